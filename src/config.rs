@@ -1,0 +1,118 @@
+//! Server configuration: flags with environment fallbacks, validated once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::core::ingest::Limits;
+use crate::core::model::MICROS_PER_SECOND;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// gRPC listen address; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "SEXTANT_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+
+    /// Directory of the embedded sled database.
+    #[arg(long, env = "SEXTANT_DATA_DIR", default_value = "data/sextant")]
+    pub data_dir: PathBuf,
+
+    /// Prometheus text metrics on http://ADDR/metrics; "off" disables them.
+    #[arg(long, env = "SEXTANT_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "SEXTANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Seed a `demo` project with generated data when it is empty.
+    #[arg(long, env = "SEXTANT_DEMO")]
+    pub demo: bool,
+
+    /// Users to generate for the demo project (about 15 events each).
+    #[arg(long, env = "SEXTANT_DEMO_USERS", default_value_t = 5000)]
+    pub demo_users: u64,
+
+    /// Most events (or users) in one Track / Identify request.
+    #[arg(long, env = "SEXTANT_MAX_BATCH_EVENTS", default_value_t = 5000)]
+    pub max_batch_events: usize,
+
+    /// Largest gRPC message the server decodes, in bytes.
+    #[arg(long, env = "SEXTANT_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Largest encoded event, in bytes.
+    #[arg(long, env = "SEXTANT_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
+    pub max_event_bytes: usize,
+
+    /// Most properties on one event.
+    #[arg(long, env = "SEXTANT_MAX_PROPERTIES", default_value_t = 256)]
+    pub max_properties: usize,
+
+    /// How far in the future an event timestamp may be, in seconds.
+    #[arg(long, env = "SEXTANT_MAX_FUTURE_SECS", default_value_t = 3600)]
+    pub max_future_secs: i64,
+
+    /// TrackStream batches one stream may have in flight before the server stops reading it.
+    #[arg(long, env = "SEXTANT_STREAM_INFLIGHT", default_value_t = 8)]
+    pub stream_inflight: usize,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish, in seconds.
+    #[arg(long, env = "SEXTANT_GRACE_SECS", default_value_t = 10)]
+    pub grace_secs: u64,
+}
+
+impl ServeConfig {
+    /// A config for tests and tools: everything default, the given data dir, port 0.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        let mut config = <ServeCli as clap::Parser>::parse_from(["serve"]).config;
+        config.addr = "127.0.0.1:0".parse().expect("valid address");
+        config.metrics_addr = "127.0.0.1:0".into();
+        config.data_dir = data_dir;
+        config
+    }
+
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics_addr.trim() {
+            "" | "off" => Ok(None),
+            addr => Ok(Some(
+                addr.parse()
+                    .map_err(|e| anyhow::anyhow!("--metrics-addr {addr:?}: {e}"))?,
+            )),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_batch_events: self.max_batch_events,
+            max_event_bytes: self.max_event_bytes,
+            max_properties: self.max_properties,
+            max_future_micros: self.max_future_secs.saturating_mul(MICROS_PER_SECOND),
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_batch_events > 0, "--max-batch-events must be positive");
+        anyhow::ensure!(
+            self.max_message_bytes >= 1024,
+            "--max-message-bytes must be at least 1024"
+        );
+        anyhow::ensure!(self.stream_inflight > 0, "--stream-inflight must be positive");
+        anyhow::ensure!(self.max_future_secs >= 0, "--max-future-secs must not be negative");
+        self.metrics_addr()?;
+        Ok(())
+    }
+}
+
+#[derive(clap::Parser)]
+struct ServeCli {
+    #[command(flatten)]
+    config: ServeConfig,
+}

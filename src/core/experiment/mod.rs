@@ -1,0 +1,3 @@
+//! Experiments: deterministic assignment (more to come: exposures, statistics, readouts).
+
+pub mod assign;

@@ -1,0 +1,318 @@
+//! The in-memory columnar layout of a project's events, built from the log.
+//!
+//! Queries scan integer columns (person, time, name) and a flat property arena instead of
+//! parsing anything per event. Strings are interned once; rows are append-only, so a row
+//! index stays valid for the life of the process.
+
+use hashbrown::HashMap;
+
+use super::model::{Event, Micros, Value};
+
+/// Marks "no value" in an id column.
+pub const NONE: u32 = u32::MAX;
+
+/// Strings to dense ids and back.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    strings: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        let boxed: Box<str> = s.into();
+        self.strings.push(boxed.clone());
+        self.ids.insert(boxed, id);
+        id
+    }
+
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    pub fn resolve(&self, id: u32) -> &str {
+        &self.strings[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+/// A property value with strings interned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Number(f64),
+    Str(u32),
+    Time(Micros),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prop {
+    pub key: u32,
+    pub value: Cell,
+}
+
+/// People are user ids and anonymous ids in one id space, so one integer column identifies
+/// who did an event; anonymous ids are keyed with a NUL prefix that user ids cannot contain.
+fn anonymous_key(anonymous_id: &str) -> String {
+    format!("\0{anonymous_id}")
+}
+
+#[derive(Debug, Default)]
+pub struct EventTable {
+    pub names: Interner,
+    pub keys: Interner,
+    pub strings: Interner,
+    pub people: Interner,
+    /// Per person: the person whose events these are (itself, or the user an anonymous id is
+    /// aliased to).
+    pub canonical: Vec<u32>,
+    /// Per person: true for user ids, false for anonymous ids.
+    pub is_user: Vec<bool>,
+    /// Per user person: the anonymous people aliased to it.
+    pub aliases: HashMap<u32, Vec<u32>>,
+    /// Per person: its rows in arrival order.
+    pub person_rows: Vec<Vec<u32>>,
+    pub name_counts: Vec<u64>,
+
+    // Row columns.
+    pub person: Vec<u32>,
+    pub anonymous: Vec<u32>,
+    pub time: Vec<Micros>,
+    pub name: Vec<u32>,
+    /// Row i's properties are `props[prop_end[i-1]..prop_end[i]]`.
+    pub prop_end: Vec<u32>,
+    pub props: Vec<Prop>,
+    /// Row i's event id is `id_bytes[id_end[i-1]..id_end[i]]`.
+    pub id_end: Vec<u64>,
+    pub id_bytes: Vec<u8>,
+    pub min_time: Option<Micros>,
+    pub max_time: Option<Micros>,
+}
+
+impl EventTable {
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+
+    fn person_id(&mut self, key: &str, is_user: bool) -> u32 {
+        let id = self.people.intern(key);
+        if id as usize == self.canonical.len() {
+            self.canonical.push(id);
+            self.is_user.push(is_user);
+            self.person_rows.push(Vec::new());
+        }
+        id
+    }
+
+    pub fn user_person(&mut self, user_id: &str) -> u32 {
+        self.person_id(user_id, true)
+    }
+
+    pub fn find_user(&self, user_id: &str) -> Option<u32> {
+        self.people.get(user_id)
+    }
+
+    pub fn anonymous_person(&mut self, anonymous_id: &str) -> u32 {
+        self.person_id(&anonymous_key(anonymous_id), false)
+    }
+
+    /// The id a person is known by outside: the user id, or the anonymous id.
+    pub fn person_name(&self, person: u32) -> &str {
+        let key = self.people.resolve(person);
+        key.strip_prefix('\0').unwrap_or(key)
+    }
+
+    /// Links an anonymous id to a user; later aliases of the same anonymous id win.
+    pub fn alias(&mut self, anonymous_id: &str, user_id: &str) {
+        let anon = self.anonymous_person(anonymous_id);
+        let user = self.user_person(user_id);
+        let previous = self.canonical[anon as usize];
+        if previous == user {
+            return;
+        }
+        if previous != anon
+            && let Some(list) = self.aliases.get_mut(&previous)
+        {
+            list.retain(|&p| p != anon);
+        }
+        self.canonical[anon as usize] = user;
+        self.aliases.entry(user).or_default().push(anon);
+    }
+
+    pub fn push(&mut self, event: &Event) {
+        let row = self.time.len() as u32;
+        let anonymous = if event.anonymous_id.is_empty() {
+            NONE
+        } else {
+            self.anonymous_person(&event.anonymous_id)
+        };
+        let person = if event.user_id.is_empty() {
+            anonymous
+        } else {
+            self.user_person(&event.user_id)
+        };
+        let name = self.names.intern(&event.name);
+        if name as usize == self.name_counts.len() {
+            self.name_counts.push(0);
+        }
+        self.name_counts[name as usize] += 1;
+        for (key, value) in &event.properties {
+            let key = self.keys.intern(key);
+            let value = match value {
+                Value::Null => Cell::Null,
+                Value::Bool(b) => Cell::Bool(*b),
+                Value::Number(n) => Cell::Number(*n),
+                Value::String(s) => Cell::Str(self.strings.intern(s)),
+                Value::Timestamp(t) => Cell::Time(*t),
+            };
+            self.props.push(Prop { key, value });
+        }
+        self.prop_end.push(self.props.len() as u32);
+        self.id_bytes.extend_from_slice(event.event_id.as_bytes());
+        self.id_end.push(self.id_bytes.len() as u64);
+        self.person.push(person);
+        self.anonymous.push(anonymous);
+        self.time.push(event.timestamp);
+        self.name.push(name);
+        self.person_rows[person as usize].push(row);
+        self.min_time = Some(self.min_time.map_or(event.timestamp, |t| t.min(event.timestamp)));
+        self.max_time = Some(self.max_time.map_or(event.timestamp, |t| t.max(event.timestamp)));
+    }
+
+    pub fn row_props(&self, row: usize) -> &[Prop] {
+        let start = if row == 0 { 0 } else { self.prop_end[row - 1] as usize };
+        &self.props[start..self.prop_end[row] as usize]
+    }
+
+    pub fn row_event_id(&self, row: usize) -> &str {
+        let start = if row == 0 { 0 } else { self.id_end[row - 1] as usize };
+        // Ids were pushed from `&str`, so every slice between ends is valid UTF-8.
+        std::str::from_utf8(&self.id_bytes[start..self.id_end[row] as usize]).unwrap_or_default()
+    }
+
+    /// Rebuilds row `row` as an event.
+    pub fn event(&self, row: usize) -> Event {
+        let person = self.person[row];
+        let user_id = if person != NONE && self.is_user[person as usize] {
+            self.person_name(person).to_owned()
+        } else {
+            String::new()
+        };
+        let anonymous = self.anonymous[row];
+        let anonymous_id = if anonymous == NONE {
+            String::new()
+        } else {
+            self.person_name(anonymous).to_owned()
+        };
+        let properties = self
+            .row_props(row)
+            .iter()
+            .map(|prop| {
+                let value = match prop.value {
+                    Cell::Null => Value::Null,
+                    Cell::Bool(b) => Value::Bool(b),
+                    Cell::Number(n) => Value::Number(n),
+                    Cell::Str(s) => Value::String(self.strings.resolve(s).to_owned()),
+                    Cell::Time(t) => Value::Timestamp(t),
+                };
+                (self.keys.resolve(prop.key).to_owned(), value)
+            })
+            .collect();
+        Event {
+            event_id: self.row_event_id(row).to_owned(),
+            name: self.names.resolve(self.name[row]).to_owned(),
+            user_id,
+            anonymous_id,
+            timestamp: self.time[row],
+            properties,
+        }
+    }
+
+    /// The rows of a user, including rows of anonymous ids aliased to it, by time then arrival.
+    pub fn user_rows(&self, person: u32) -> Vec<u32> {
+        let mut rows = self.person_rows[person as usize].clone();
+        if let Some(anons) = self.aliases.get(&person) {
+            for &anon in anons {
+                rows.extend_from_slice(&self.person_rows[anon as usize]);
+            }
+        }
+        rows.sort_unstable_by_key(|&r| (self.time[r as usize], r));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, user: &str, anon: &str, t: Micros) -> Event {
+        Event {
+            event_id: id.into(),
+            name: "view".into(),
+            user_id: user.into(),
+            anonymous_id: anon.into(),
+            timestamp: t,
+            properties: vec![
+                ("price".into(), Value::Number(9.5)),
+                ("sku".into(), Value::String("a".into())),
+                ("gift".into(), Value::Bool(true)),
+                ("when".into(), Value::Timestamp(7)),
+                ("note".into(), Value::Null),
+            ],
+        }
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        let mut table = EventTable::default();
+        let events = [
+            event("e1", "u1", "", 30),
+            event("e2", "", "a1", 10),
+            event("e3", "u1", "a1", 20),
+        ];
+        for e in &events {
+            table.push(e);
+        }
+        for (row, e) in events.iter().enumerate() {
+            assert_eq!(&table.event(row), e);
+        }
+        assert_eq!(table.min_time, Some(10));
+        assert_eq!(table.max_time, Some(30));
+        assert_eq!(table.name_counts, vec![3]);
+    }
+
+    #[test]
+    fn aliased_anonymous_rows_count_for_the_user() {
+        let mut table = EventTable::default();
+        table.push(&event("e1", "u1", "", 30));
+        table.push(&event("e2", "", "a1", 10));
+        table.push(&event("e3", "", "a2", 5));
+        let user = table.find_user("u1").unwrap();
+        assert_eq!(table.user_rows(user), vec![0]);
+        table.alias("a1", "u1");
+        assert_eq!(table.user_rows(user), vec![1, 0]);
+        let anon = table.person[1];
+        assert_eq!(table.canonical[anon as usize], user);
+        // Re-aliasing to another user moves the rows.
+        table.alias("a1", "u2");
+        assert_eq!(table.user_rows(user), vec![0]);
+        let u2 = table.find_user("u2").unwrap();
+        assert_eq!(table.user_rows(u2), vec![1]);
+    }
+}

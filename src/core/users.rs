@@ -1,0 +1,114 @@
+//! Users: profiles, timelines and raw event export.
+
+use super::engine::Engine;
+use super::model::{Event, TimeRange, UserProfile};
+use super::page::PageRequest;
+use crate::error::{Error, Result};
+
+/// The most events one export message carries.
+pub const EXPORT_CHUNK: usize = 1000;
+
+impl Engine {
+    pub fn get_user(&self, project: &str, user_id: &str) -> Result<UserProfile> {
+        if user_id.is_empty() {
+            return Err(Error::invalid("user_id", "must not be empty"));
+        }
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let table = &state.table;
+        let not_found = || Error::NotFound(format!("user {user_id:?} not found"));
+        let person = table.find_user(user_id).ok_or_else(not_found)?;
+        let rows = table.user_rows(person);
+        let traits = state.traits.get(&person);
+        if rows.is_empty() && traits.is_none() {
+            return Err(not_found());
+        }
+        let anonymous_ids = table
+            .aliases
+            .get(&person)
+            .map(|anons| anons.iter().map(|&a| table.person_name(a).to_owned()).collect())
+            .unwrap_or_default();
+        Ok(UserProfile {
+            user_id: user_id.to_owned(),
+            traits: traits
+                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            anonymous_ids,
+            first_seen: rows.first().map(|&r| table.time[r as usize]),
+            last_seen: rows.last().map(|&r| table.time[r as usize]),
+            events: rows.len() as u64,
+        })
+    }
+
+    /// A user's events oldest first, one page at a time.
+    pub fn list_user_events(
+        &self,
+        project: &str,
+        user_id: &str,
+        range: TimeRange,
+        page: &PageRequest,
+    ) -> Result<(Vec<Event>, String)> {
+        if user_id.is_empty() {
+            return Err(Error::invalid("user_id", "must not be empty"));
+        }
+        let offset = page.offset()?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let table = &state.table;
+        let Some(person) = table.find_user(user_id) else {
+            return Err(Error::NotFound(format!("user {user_id:?} not found")));
+        };
+        let rows: Vec<u32> = table
+            .user_rows(person)
+            .into_iter()
+            .filter(|&r| range.contains(table.time[r as usize]))
+            .collect();
+        let size = page.size();
+        let events = rows
+            .iter()
+            .skip(offset)
+            .take(size)
+            .map(|&r| table.event(r as usize))
+            .collect();
+        let next = if offset + size < rows.len() {
+            super::page::token_for(&(offset + size).to_string())
+        } else {
+            String::new()
+        };
+        Ok((events, next))
+    }
+
+    /// The rows an export returns, ordered by time then arrival. Rows are append-only, so the
+    /// list stays valid while the export streams.
+    pub fn export_rows(&self, project: &str, range: TimeRange, names: &[String], user_id: &str) -> Result<Vec<u32>> {
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let table = &state.table;
+        let name_ids: Vec<u32> = names.iter().filter_map(|n| table.names.get(n)).collect();
+        if !names.is_empty() && name_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name[row]);
+        let mut rows: Vec<u32> = if user_id.is_empty() {
+            (0..table.len() as u32)
+                .filter(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize))
+                .collect()
+        } else {
+            let Some(person) = table.find_user(user_id) else {
+                return Ok(Vec::new());
+            };
+            table.user_rows(person)
+        };
+        if !user_id.is_empty() {
+            rows.retain(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize));
+        }
+        rows.sort_unstable_by_key(|&r| (table.time[r as usize], r));
+        Ok(rows)
+    }
+
+    pub fn events_at(&self, project: &str, rows: &[u32]) -> Result<Vec<Event>> {
+        let entry = self.project(project)?;
+        let state = entry.read();
+        Ok(rows.iter().map(|&r| state.table.event(r as usize)).collect())
+    }
+}

@@ -1,0 +1,98 @@
+//! The domain error and its single mapping to a gRPC status.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed; `field` is its path in the request, e.g. `events[3].name`.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A configured limit was exceeded; `field` names what is limited.
+    #[error("{field}: {message}")]
+    ResourceExhausted { field: String, message: String },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("shutting down")]
+    Unavailable,
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn exhausted(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::ResourceExhausted {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The canonical gRPC code name, used for per-item errors inside batch replies.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::Unavailable => "UNAVAILABLE",
+            Error::Storage(_) | Error::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(err: sled::Error) -> Self {
+        Error::Storage(err.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::InvalidArgument {
+                field,
+                message: description,
+            } => {
+                let details = ErrorDetails::with_bad_request_violation(field, description);
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::ResourceExhausted { .. } => {
+                let details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            Error::NotFound(_) => Status::not_found(message),
+            Error::AlreadyExists(_) => Status::already_exists(message),
+            Error::FailedPrecondition(_) => Status::failed_precondition(message),
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::Unavailable => Status::unavailable(message),
+            Error::Storage(_) | Error::Internal(_) => {
+                tracing::error!(error = %message, "request failed");
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Api;
+use super::convert::{incoming_event, item_error, user_update_from_pb};
+use crate::core::model::now_micros;
+use crate::error::Error;
+use crate::pb::{self, ingest_service_server::IngestService};
+
+impl Api {
+    async fn track_batch(&self, request: pb::TrackRequest) -> Result<pb::TrackResponse, Status> {
+        let started = Instant::now();
+        if request.events.len() > self.engine.limits.max_batch_events {
+            return Err(Error::exhausted(
+                "events",
+                format!(
+                    "{} events in one request, at most {}",
+                    request.events.len(),
+                    self.engine.limits.max_batch_events
+                ),
+            )
+            .into());
+        }
+        let received = now_micros();
+        let items = request
+            .events
+            .into_iter()
+            .map(|e| incoming_event(e, received))
+            .collect();
+        let outcome = self.engine.track(&request.project, items).await?;
+        metrics::histogram!("sextant_ack_latency_seconds").record(started.elapsed().as_secs_f64());
+        Ok(pb::TrackResponse {
+            sequence: request.sequence,
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            quarantined: outcome.quarantined,
+            rejected: outcome.rejected.into_iter().map(item_error).collect(),
+            warnings: outcome.warnings.into_iter().map(item_error).collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl IngestService for Api {
+    async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
+        Ok(Response::new(self.track_batch(request.into_inner()).await?))
+    }
+
+    /// Batches are processed in order with up to `stream_inflight` of them in flight; acks go
+    /// out in the order of the requests. Every received batch is acked or failed: a failed
+    /// batch ends the stream with its status after the acks before it.
+    async fn track_stream(
+        &self,
+        request: Request<Streaming<pb::TrackRequest>>,
+    ) -> Result<Response<BoxStream<pb::TrackResponse>>, Status> {
+        let inbound = request.into_inner();
+        let inflight = self.stream_inflight.max(1);
+        let (ack_tx, ack_rx) = mpsc::channel::<Result<pb::TrackResponse, Status>>(inflight);
+        let api = self.clone();
+        tokio::spawn(async move {
+            // Batches start in request order and run concurrently up to `inflight`;
+            // `buffered` yields their results in the same order.
+            let pending = inbound.map(|item| {
+                let api = api.clone();
+                async move {
+                    match item {
+                        Ok(batch) => api.track_batch(batch).await,
+                        Err(status) => Err(status),
+                    }
+                }
+            });
+            let mut acks = std::pin::pin!(pending.buffered(inflight));
+            while let Some(ack) = acks.next().await {
+                let failed = ack.is_err();
+                if ack_tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+    }
+
+    async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+        let request = request.into_inner();
+        let updates = request
+            .users
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| user_update_from_pb(i, u))
+            .collect();
+        let (updated, rejected) = self.engine.identify(&request.project, updates).await?;
+        Ok(Response::new(pb::IdentifyResponse {
+            updated,
+            rejected: rejected.into_iter().map(item_error).collect(),
+        }))
+    }
+
+    async fn alias(&self, request: Request<pb::AliasRequest>) -> Result<Response<pb::AliasResponse>, Status> {
+        let request = request.into_inner();
+        self.engine
+            .alias(&request.project, request.anonymous_id, request.user_id)
+            .await?;
+        Ok(Response::new(pb::AliasResponse {}))
+    }
+}

@@ -1,0 +1,48 @@
+//! The gRPC layer: thin handlers that decode, call the core and encode.
+
+pub mod catalog;
+pub mod convert;
+pub mod ingest;
+pub mod project;
+pub mod user;
+
+use std::sync::Arc;
+
+use tonic::Status;
+
+use crate::core::engine::Engine;
+use crate::error::Result;
+
+/// Shared handle every service holds.
+#[derive(Clone)]
+pub struct Api {
+    pub engine: Arc<Engine>,
+    /// How many TrackStream batches one stream may have in flight before it stops reading.
+    pub stream_inflight: usize,
+}
+
+/// Services that are declared in the protos but not built yet answer UNIMPLEMENTED through the
+/// generated default methods.
+#[derive(Clone, Default)]
+pub struct Unimplemented;
+
+impl Api {
+    /// Runs blocking core work (locks, sled) off the async executor.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        F: FnOnce(&Engine) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+impl crate::pb::metric_service_server::MetricService for Unimplemented {}
+impl crate::pb::goal_service_server::GoalService for Unimplemented {}
+impl crate::pb::cohort_service_server::CohortService for Unimplemented {}
+impl crate::pb::analysis_service_server::AnalysisService for Unimplemented {}
+impl crate::pb::experiment_service_server::ExperimentService for Unimplemented {}

@@ -1,0 +1,71 @@
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use super::convert::{event_to_pb, time_range, user_to_pb};
+use crate::core::page::PageRequest;
+use crate::core::users::EXPORT_CHUNK;
+use crate::pb::{self, user_service_server::UserService};
+
+#[tonic::async_trait]
+impl UserService for Api {
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+        let request = request.into_inner();
+        let user = self
+            .blocking(move |engine| engine.get_user(&request.project, &request.user_id))
+            .await?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    async fn list_user_events(
+        &self,
+        request: Request<pb::ListUserEventsRequest>,
+    ) -> Result<Response<pb::ListUserEventsResponse>, Status> {
+        let request = request.into_inner();
+        let range = time_range("range", request.range.as_ref())?;
+        let page = PageRequest {
+            size: request.page_size,
+            token: request.page_token,
+        };
+        let (events, next_page_token) = self
+            .blocking(move |engine| engine.list_user_events(&request.project, &request.user_id, range, &page))
+            .await?;
+        Ok(Response::new(pb::ListUserEventsResponse {
+            events: events.into_iter().map(event_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    /// Streams chunks of events; a slow reader holds back only this stream (bounded channel).
+    async fn export_events(
+        &self,
+        request: Request<pb::ExportEventsRequest>,
+    ) -> Result<Response<BoxStream<pb::ExportEventsResponse>>, Status> {
+        let request = request.into_inner();
+        let range = time_range("range", request.range.as_ref())?;
+        let project = request.project.clone();
+        let rows = self
+            .blocking(move |engine| engine.export_rows(&request.project, range, &request.names, &request.user_id))
+            .await?;
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            for chunk in rows.chunks(EXPORT_CHUNK) {
+                let chunk = chunk.to_vec();
+                let project = project.clone();
+                let events = api.blocking(move |engine| engine.events_at(&project, &chunk)).await;
+                let message = events.map(|events| pb::ExportEventsResponse {
+                    events: events.into_iter().map(event_to_pb).collect(),
+                });
+                if tx.send(message).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

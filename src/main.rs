@@ -1,0 +1,151 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use sextant::config::ServeConfig;
+use sextant::r#gen::{self as generator, GenOptions};
+use sextant::load::{self, LoadArgs};
+use sextant::{server, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "sextant",
+    version,
+    about = "Metrics-as-a-service: events in over gRPC, business metrics out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(Box<ServeConfig>),
+    /// Write synthetic users.jsonl and events.jsonl (reference data for tests, demos, benchmarks).
+    Gen(GenArgs),
+    /// Ingest users.jsonl / events.jsonl into a running server through the gRPC API.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Days covered, starting at --start.
+    #[arg(long, default_value_t = 90)]
+    days: u32,
+    /// First day (UTC), YYYY-MM-DD.
+    #[arg(long, default_value = "2026-01-01")]
+    start: chrono::NaiveDate,
+    /// Share of events written twice with the same event_id.
+    #[arg(long, default_value_t = 0.001)]
+    dup_rate: f64,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(config) => runtime.block_on(serve(*config)),
+        Command::Gen(args) => {
+            let options = GenOptions {
+                users: args.users,
+                days: args.days,
+                start: args.start,
+                seed: args.seed,
+                dup_rate: args.dup_rate,
+                out: args.out,
+            };
+            let summary = generator::generate(&options)?;
+            println!(
+                "wrote {} users and {} distinct events ({} duplicate lines) to {}",
+                summary.users,
+                summary.events,
+                summary.duplicates,
+                options.out.display()
+            );
+            Ok(())
+        }
+        Command::Load(args) => {
+            telemetry::init_tracing(sextant::config::LogFormat::Text);
+            let report = runtime.block_on(load::run(&args))?;
+            print_report(&report);
+            Ok(())
+        }
+    }
+}
+
+fn print_report(report: &load::LoadReport) {
+    println!(
+        "users updated {}; events sent {}, accepted {}, duplicates {}, quarantined {}, rejected {}; {:.1} s, {:.0} events/s",
+        report.users,
+        report.sent,
+        report.accepted,
+        report.duplicates,
+        report.quarantined,
+        report.rejected,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second()
+    );
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    telemetry::init_tracing(config.log_format);
+    let running = server::start(&config).await?;
+    println!("sextant listening on {}", running.addr);
+    if let Some(metrics) = running.metrics_addr {
+        println!("prometheus metrics on http://{metrics}/metrics");
+    }
+    if config.demo {
+        seed_demo(&config, &running).await.context("seeding the demo project")?;
+    }
+    server::shutdown_signal().await;
+    running.stop().await
+}
+
+/// Fills the `demo` project with generated data through the public API, once.
+async fn seed_demo(config: &ServeConfig, running: &server::RunningServer) -> anyhow::Result<()> {
+    let has_events = running
+        .engine
+        .project_stats("demo")
+        .map(|s| s.events > 0)
+        .unwrap_or(false);
+    if !has_events {
+        let out = config.data_dir.join("demo-gen");
+        let options = GenOptions {
+            users: config.demo_users,
+            out: out.clone(),
+            ..GenOptions::default()
+        };
+        let summary = tokio::task::spawn_blocking(move || generator::generate(&options)).await??;
+        println!(
+            "generated {} users and {} events for the demo project",
+            summary.users, summary.events
+        );
+        let args = LoadArgs {
+            client: load::ClientArgs {
+                addr: running.addr.to_string(),
+                api_key: std::env::var("SEXTANT_API_KEY").ok(),
+            },
+            project: "demo".into(),
+            users: Some(out.join("users.jsonl")),
+            events: Some(out.join("events.jsonl")),
+            batch: 2000,
+            inflight: 8,
+        };
+        let report = load::run(&args).await?;
+        print_report(&report);
+        std::fs::remove_dir_all(&out).ok();
+    }
+    let addr = running.addr;
+    println!(
+        "\ndemo project ready. Try:\n  grpcurl -plaintext -d '{{\"project\":\"demo\"}}' {addr} sextant.v1.ProjectService/GetProjectStats\n  grpcurl -plaintext -d '{{\"project\":\"demo\",\"user_id\":\"u42_0\"}}' {addr} sextant.v1.UserService/GetUser\n  grpcurl -plaintext {addr} list\nCtrl-C stops the server."
+    );
+    Ok(())
+}

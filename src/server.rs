@@ -1,0 +1,168 @@
+//! Binds the listeners first, then serves every service until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::ServeConfig;
+use crate::core::engine::Engine;
+use crate::grpc::{Api, Unimplemented};
+use crate::pb;
+use crate::storage::SledStorage;
+use crate::telemetry;
+
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub engine: Arc<Engine>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight calls finish within the grace period, then flushes.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the server ends (after a signal was handled by `serve_until_signal`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?
+    }
+}
+
+/// Opens storage, binds, and starts serving in the background.
+pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    let limits = config.limits();
+    let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Engine>> {
+        let storage = SledStorage::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+        Ok(Engine::open(Arc::new(storage), limits)?)
+    })
+    .await??;
+
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let metrics_addr = match config.metrics_addr()? {
+        Some(metrics_addr) => {
+            telemetry::prometheus();
+            let (bound, metrics_listener) = telemetry::bind_metrics(metrics_addr)
+                .await
+                .with_context(|| format!("binding metrics {metrics_addr}"))?;
+            tokio::spawn(telemetry::serve_metrics(metrics_listener));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let api = Api {
+        engine: engine.clone(),
+        stream_inflight: config.stream_inflight,
+    };
+    let max = config.max_message_bytes;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    use pb::analysis_service_server::AnalysisServiceServer;
+    use pb::catalog_service_server::CatalogServiceServer;
+    use pb::cohort_service_server::CohortServiceServer;
+    use pb::experiment_service_server::ExperimentServiceServer;
+    use pb::goal_service_server::GoalServiceServer;
+    use pb::ingest_service_server::IngestServiceServer;
+    use pb::metric_service_server::MetricServiceServer;
+    use pb::project_service_server::ProjectServiceServer;
+    use pb::user_service_server::UserServiceServer;
+    health_reporter.set_serving::<IngestServiceServer<Api>>().await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let router = Server::builder()
+        .layer(telemetry::RequestMetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ProjectServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(CatalogServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(IngestServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(UserServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(MetricServiceServer::new(Unimplemented).max_decoding_message_size(max))
+        .add_service(GoalServiceServer::new(Unimplemented).max_decoding_message_size(max))
+        .add_service(CohortServiceServer::new(Unimplemented).max_decoding_message_size(max))
+        .add_service(AnalysisServiceServer::new(Unimplemented).max_decoding_message_size(max))
+        .add_service(ExperimentServiceServer::new(Unimplemented).max_decoding_message_size(max));
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let grace = Duration::from_secs(config.grace_secs);
+    let task_engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
+        let signal = async move {
+            let _ = shutdown_rx.await;
+            let _ = stopping_tx.send(());
+        };
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        tokio::pin!(serve);
+        // After the signal, in-flight calls get `grace` to finish; then the server is dropped.
+        let served = tokio::select! {
+            result = &mut serve => result.map_err(anyhow::Error::from),
+            _ = async { let _ = stopping_rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping open calls");
+                Ok(())
+            }
+        };
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let closed = tokio::task::spawn_blocking(move || task_engine.close()).await?;
+        served?;
+        closed?;
+        tracing::info!("stopped; storage flushed");
+        Ok(())
+    });
+    tracing::info!(addr = %addr, metrics = ?metrics_addr, "listening");
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        engine,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}
