@@ -71,6 +71,19 @@ pub async fn bind_metrics(addr: SocketAddr) -> std::io::Result<(SocketAddr, TcpL
     Ok((listener.local_addr()?, listener))
 }
 
+/// tonic reports a message over the decode limit as OUT_OF_RANGE; gRPC's convention (and
+/// SPEC §3) is RESOURCE_EXHAUSTED, so rewrite it on trailers-only error responses.
+fn resource_exhausted_for_oversize(headers: &mut http::HeaderMap) {
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+}
+
 /// Counts gRPC requests and their latency by method and status code.
 #[derive(Clone, Copy, Default)]
 pub struct RequestMetricsLayer;
@@ -105,7 +118,8 @@ where
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await?;
+            let mut response = future.await?;
+            resource_exhausted_for_oversize(response.headers_mut());
             // Errors are "trailers-only" responses with the status in the headers; a missing
             // header means the call succeeded (or, for streams, is still running).
             let code = response

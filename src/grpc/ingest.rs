@@ -70,7 +70,7 @@ impl IngestService for Api {
                 async move {
                     match item {
                         Ok(batch) => api.track_batch(batch).await,
-                        Err(status) => Err(status),
+                        Err(status) => Err(oversize_as_exhausted(status)),
                     }
                 }
             });
@@ -107,4 +107,12 @@ impl IngestService for Api {
             .await?;
         Ok(Response::new(pb::AliasResponse {}))
     }
+}
+
+/// See `telemetry::resource_exhausted_for_oversize`: the same rule for streamed messages.
+fn oversize_as_exhausted(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
+        return Status::resource_exhausted(status.message().to_owned());
+    }
+    status
 }

@@ -1,0 +1,169 @@
+//! Real servers on 127.0.0.1:0 with temporary data dirs, and typed clients.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sextant::config::ServeConfig;
+use sextant::pb;
+use sextant::pb::catalog_service_client::CatalogServiceClient;
+use sextant::pb::ingest_service_client::IngestServiceClient;
+use sextant::pb::project_service_client::ProjectServiceClient;
+use sextant::pb::user_service_client::UserServiceClient;
+use sextant::server::{self, RunningServer};
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub running: Option<RunningServer>,
+    pub channel: Channel,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let mut server = Self::start_in(&dir, |_| {}).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let mut server = Self::start_in(&dir, configure).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    pub async fn start_in(dir: &Path, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = ServeConfig::for_data_dir(dir.to_path_buf());
+        configure(&mut config);
+        let running = server::start(&config).await.expect("server starts");
+        let channel = Channel::from_shared(format!("http://{}", running.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects");
+        TestServer {
+            dir: dir.to_path_buf(),
+            _temp: None,
+            running: Some(running),
+            channel,
+        }
+    }
+
+    /// Stops the server (flushing) and starts a new one on the same data dir.
+    pub async fn restart(mut self) -> Self {
+        self.running.take().unwrap().stop().await.expect("clean stop");
+        let mut next = Self::start_in(&self.dir, |_| {}).await;
+        next._temp = self._temp.take();
+        next
+    }
+
+    pub fn projects(&self) -> ProjectServiceClient<Channel> {
+        ProjectServiceClient::new(self.channel.clone())
+    }
+    pub fn catalog(&self) -> CatalogServiceClient<Channel> {
+        CatalogServiceClient::new(self.channel.clone())
+    }
+    pub fn ingest(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::new(self.channel.clone()).max_encoding_message_size(64 * 1024 * 1024)
+    }
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel.clone())
+    }
+
+    pub async fn create_project(&self, id: &str) {
+        let project = pb::Project {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.projects()
+            .create_project(pb::CreateProjectRequest { project: Some(project) })
+            .await
+            .expect("project");
+    }
+
+    pub async fn track(&self, project: &str, events: Vec<pb::Event>) -> pb::TrackResponse {
+        let request = pb::TrackRequest {
+            project: project.into(),
+            events,
+            sequence: 0,
+        };
+        self.ingest().track(request).await.expect("track").into_inner()
+    }
+
+    pub async fn stats(&self, project: &str) -> pb::GetProjectStatsResponse {
+        let request = pb::GetProjectStatsRequest {
+            project: project.into(),
+        };
+        self.projects()
+            .get_project_stats(request)
+            .await
+            .expect("stats")
+            .into_inner()
+    }
+
+    /// Every event of the project, ordered by time.
+    pub async fn export(&self, project: &str) -> Vec<pb::Event> {
+        let request = pb::ExportEventsRequest {
+            project: project.into(),
+            ..Default::default()
+        };
+        let mut stream = self.users().export_events(request).await.expect("export").into_inner();
+        let mut events = Vec::new();
+        while let Some(chunk) = stream.message().await.expect("chunk") {
+            events.extend(chunk.events);
+        }
+        events
+    }
+}
+
+/// 2026-01-01T00:00:00Z plus `seconds`.
+pub fn ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: 1_767_225_600 + seconds,
+        nanos: 0,
+    }
+}
+
+pub fn event(id: &str, name: &str, user: &str, seconds: i64) -> pb::Event {
+    pb::Event {
+        event_id: id.into(),
+        name: name.into(),
+        user_id: user.into(),
+        timestamp: Some(ts(seconds)),
+        ..Default::default()
+    }
+}
+
+pub fn with_props(mut event: pb::Event, props: &[(&str, pb::Value)]) -> pb::Event {
+    event.properties = props
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect::<HashMap<_, _>>();
+    event
+}
+
+pub fn num(n: f64) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::NumberValue(n)),
+    }
+}
+
+pub fn text(s: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::StringValue(s.into())),
+    }
+}
+
+/// The BadRequest field violations carried in a status's details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

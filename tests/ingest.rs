@@ -1,0 +1,578 @@
+//! Ingestion end to end over gRPC: round trips, dedupe, validation, limits, streams.
+
+mod common;
+
+use common::*;
+use sextant::pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_round_trip_keeps_every_field() {
+    let server = TestServer::start().await;
+    server.create_project("shop").await;
+    let purchase = with_props(
+        event("e1", "purchase", "u1", 3600),
+        &[
+            ("revenue", num(42.5)),
+            ("currency", text("EUR")),
+            (
+                "gift",
+                pb::Value {
+                    kind: Some(pb::value::Kind::BoolValue(true)),
+                },
+            ),
+            (
+                "shipped_at",
+                pb::Value {
+                    kind: Some(pb::value::Kind::TimestampValue(ts(7200))),
+                },
+            ),
+            (
+                "coupon",
+                pb::Value {
+                    kind: Some(pb::value::Kind::NullValue(0)),
+                },
+            ),
+        ],
+    );
+    let anonymous = pb::Event {
+        user_id: String::new(),
+        anonymous_id: "anon-1".into(),
+        ..event("e2", "view", "", 10)
+    };
+    let reply = server.track("shop", vec![purchase.clone(), anonymous.clone()]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.quarantined), (2, 0, 0));
+    assert!(reply.rejected.is_empty() && reply.warnings.is_empty());
+
+    // Read your writes: the reply means visible. Export orders by time.
+    assert_eq!(server.export("shop").await, vec![anonymous, purchase.clone()]);
+    let timeline = server
+        .users()
+        .list_user_events(pb::ListUserEventsRequest {
+            project: "shop".into(),
+            user_id: "u1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(timeline.events, vec![purchase]);
+
+    let stats = server.stats("shop").await;
+    assert_eq!(stats.events, 2);
+    assert_eq!(stats.users, 1, "anonymous ids are not users");
+    assert_eq!(
+        stats.events_by_name,
+        vec![
+            pb::EventNameCount {
+                name: "purchase".into(),
+                events: 1
+            },
+            pb::EventNameCount {
+                name: "view".into(),
+                events: 1
+            }
+        ]
+    );
+    assert_eq!(stats.first_event_time, Some(ts(10)));
+    assert_eq!(stats.last_event_time, Some(ts(3600)));
+    assert!(stats.bytes_on_disk > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_event_id_and_timestamp_are_filled_by_the_server() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let bare = pb::Event {
+        name: "ping".into(),
+        user_id: "u".into(),
+        ..Default::default()
+    };
+    let reply = server.track("p", vec![bare.clone(), bare]).await;
+    assert_eq!(reply.accepted, 2, "two events without ids are two events");
+    let events = server.export("p").await;
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        let id = uuid::Uuid::parse_str(&e.event_id).expect("a uuid");
+        assert_eq!(id.get_version_num(), 7);
+        let seconds = e.timestamp.unwrap().seconds;
+        assert!(
+            seconds >= before && seconds <= before + 60,
+            "receive time, got {seconds}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_acknowledged_but_stored_once_for_ever() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    // Inside one batch: the first wins even though the payload differs.
+    let first = with_props(event("dup", "signup", "u1", 0), &[("plan", text("pro"))]);
+    let second = with_props(event("dup", "signup", "u1", 5), &[("plan", text("free"))]);
+    let reply = server
+        .track(
+            "p",
+            vec![first.clone(), second.clone(), event("other", "signup", "u2", 1)],
+        )
+        .await;
+    assert_eq!((reply.accepted, reply.duplicates), (2, 1));
+    // Across batches.
+    let reply = server.track("p", vec![second.clone()]).await;
+    assert_eq!((reply.accepted, reply.duplicates), (0, 1));
+    // Across concurrent batches: 8 batches of the same 50 ids race; exactly 50 are stored.
+    let batch: Vec<pb::Event> = (0..50).map(|i| event(&format!("c{i}"), "view", "u3", i)).collect();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let mut client = server.ingest();
+        let events = batch.clone();
+        handles.push(tokio::spawn(async move {
+            client
+                .track(pb::TrackRequest {
+                    project: "p".into(),
+                    events,
+                    sequence: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }));
+    }
+    let (mut accepted, mut duplicates) = (0, 0);
+    for h in handles {
+        let r = h.await.unwrap();
+        accepted += r.accepted;
+        duplicates += r.duplicates;
+    }
+    assert_eq!((accepted, duplicates), (50, 350));
+    // The same event id in another project is another event.
+    server.create_project("q").await;
+    assert_eq!(server.track("q", vec![second.clone()]).await.accepted, 1);
+
+    let stored = server.export("p").await;
+    assert_eq!(stored.len(), 52);
+    assert_eq!(stored.iter().find(|e| e.event_id == "dup").unwrap(), &first);
+
+    // And after a restart the id set is rebuilt from storage.
+    let server = server.restart().await;
+    let reply = server
+        .track(
+            "p",
+            vec![second, event("c7", "view", "u3", 7), event("new", "view", "u3", 9)],
+        )
+        .await;
+    assert_eq!((reply.accepted, reply.duplicates), (1, 2));
+    assert_eq!(server.stats("p").await.events, 53);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_event_fails_alone_with_its_field_named() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let future = prost_types::Timestamp {
+        seconds: chrono_now() + 2 * 3600,
+        nanos: 0,
+    };
+    let big = "x".repeat(40 * 1024);
+    let too_many: Vec<(String, pb::Value)> = (0..300).map(|i| (format!("p{i}"), num(i as f64))).collect();
+    let events = vec![
+        event("ok1", "view", "u1", 1),
+        event("bad-name", "", "u1", 1),
+        pb::Event {
+            user_id: String::new(),
+            ..event("bad-user", "view", "", 1)
+        },
+        pb::Event {
+            timestamp: Some(future),
+            ..event("bad-time", "view", "u1", 1)
+        },
+        with_props(event("bad-size", "view", "u1", 1), &[("blob", text(&big))]),
+        pb::Event {
+            properties: too_many.into_iter().collect(),
+            ..event("bad-props", "view", "u1", 1)
+        },
+        with_props(event("bad-nan", "view", "u1", 1), &[("price", num(f64::NAN))]),
+        event("ok2", "view", "u2", 2),
+    ];
+    let reply = server.track("p", events).await;
+    assert_eq!(reply.accepted, 2);
+    let rejected: Vec<(u32, &str, &str)> = reply
+        .rejected
+        .iter()
+        .map(|e| (e.index, e.event_id.as_str(), e.code.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (1, "bad-name", "INVALID_ARGUMENT"),
+            (2, "bad-user", "INVALID_ARGUMENT"),
+            (3, "bad-time", "INVALID_ARGUMENT"),
+            (4, "bad-size", "INVALID_ARGUMENT"),
+            (5, "bad-props", "INVALID_ARGUMENT"),
+            (6, "", "INVALID_ARGUMENT"),
+        ]
+    );
+    let messages: Vec<&str> = reply.rejected.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        messages[0].starts_with("events[1].name: must not be empty"),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[1].starts_with("events[2].user_id: user_id or anonymous_id is required"),
+        "{}",
+        messages[1]
+    );
+    assert!(
+        messages[2].starts_with("events[3].timestamp: more than 3600 s in the future"),
+        "{}",
+        messages[2]
+    );
+    assert!(messages[3].starts_with("events[4].event: "), "{}", messages[3]);
+    assert!(
+        messages[4].starts_with("events[5].properties: 300 properties, at most 256"),
+        "{}",
+        messages[4]
+    );
+    assert!(
+        messages[5].starts_with("events[6].properties.price: number must be finite"),
+        "{}",
+        messages[5]
+    );
+    let ids: Vec<String> = server.export("p").await.into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, vec!["ok1", "ok2"]);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_fail_the_whole_request_with_resource_exhausted() {
+    let server = TestServer::start_with(|c| {
+        c.max_batch_events = 10;
+        c.max_message_bytes = 64 * 1024;
+    })
+    .await;
+    server.create_project("p").await;
+    let eleven: Vec<pb::Event> = (0..11).map(|i| event(&format!("e{i}"), "view", "u", i)).collect();
+    let status = server
+        .ingest()
+        .track(pb::TrackRequest {
+            project: "p".into(),
+            events: eleven,
+            sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("at most 10"), "{}", status.message());
+    assert_eq!(violated_fields(&status), Vec::<String>::new());
+    {
+        use tonic_types::StatusExt;
+        assert!(status.get_details_retry_info().is_some(), "retry hint attached");
+    }
+
+    // A message over the decode limit: the transport refuses it before it is decoded.
+    let fat = vec![with_props(
+        event("fat", "view", "u", 1),
+        &[("blob", text(&"y".repeat(100 * 1024)))],
+    )];
+    let status = server
+        .ingest()
+        .track(pb::TrackRequest {
+            project: "p".into(),
+            events: fat,
+            sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(server.stats("p").await.events, 0, "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_project_and_bad_ids_are_clear_errors() {
+    let server = TestServer::start().await;
+    let status = server
+        .ingest()
+        .track(pb::TrackRequest {
+            project: "nope".into(),
+            events: vec![event("e", "x", "u", 0)],
+            sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("nope"));
+    let status = server
+        .ingest()
+        .track(pb::TrackRequest {
+            project: "Bad Id".into(),
+            events: vec![],
+            sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), vec!["project"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_stream_acks_every_sequence_in_order() {
+    let server = TestServer::start_with(|c| c.stream_inflight = 3).await;
+    server.create_project("p").await;
+    let batches: Vec<pb::TrackRequest> = (1..=40u64)
+        .map(|seq| pb::TrackRequest {
+            project: "p".into(),
+            sequence: seq * 10,
+            // Batch 7 repeats batch 6's ids: acked as duplicates.
+            events: (0..25)
+                .map(|i| {
+                    let b = if seq == 7 { 6 } else { seq };
+                    event(&format!("b{b}-{i}"), "view", &format!("u{i}"), (seq * 100 + i) as i64)
+                })
+                .collect(),
+        })
+        .collect();
+    let mut acks = server
+        .ingest()
+        .track_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(ack) = acks.next().await {
+        let ack = ack.unwrap();
+        seen.push((ack.sequence, ack.accepted, ack.duplicates));
+    }
+    let expected: Vec<(u64, u64, u64)> = (1..=40u64)
+        .map(|seq| if seq == 7 { (70, 0, 25) } else { (seq * 10, 25, 0) })
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(server.stats("p").await.events, 39 * 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_stream_fails_on_an_unknown_project_after_acking_earlier_batches() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let batches = vec![
+        pb::TrackRequest {
+            project: "p".into(),
+            sequence: 1,
+            events: vec![event("a", "x", "u", 0)],
+        },
+        pb::TrackRequest {
+            project: "missing".into(),
+            sequence: 2,
+            events: vec![event("b", "x", "u", 0)],
+        },
+        pb::TrackRequest {
+            project: "p".into(),
+            sequence: 3,
+            events: vec![event("c", "x", "u", 0)],
+        },
+    ];
+    let mut acks = server
+        .ingest()
+        .track_stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acks.next().await.unwrap().unwrap().sequence, 1);
+    let status = acks.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(acks.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_alias_and_get_user() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let update = |user: &str, set: &[(&str, pb::Value)], once: &[(&str, pb::Value)], unset: &[&str]| pb::UserUpdate {
+        user_id: user.into(),
+        set: set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        set_once: once.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        unset: unset.iter().map(|s| s.to_string()).collect(),
+    };
+    let reply = server
+        .ingest()
+        .identify(pb::IdentifyRequest {
+            project: "p".into(),
+            users: vec![
+                update(
+                    "u1",
+                    &[("plan", text("free")), ("country", text("DE"))],
+                    &[("channel", text("email"))],
+                    &[],
+                ),
+                update("", &[("plan", text("pro"))], &[], &[]),
+                update(
+                    "u1",
+                    &[("plan", text("pro"))],
+                    &[("channel", text("social"))],
+                    &["country"],
+                ),
+                update("u2", &[("score", num(f64::INFINITY))], &[], &[]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.updated, 2);
+    let rejected: Vec<(u32, String)> = reply.rejected.iter().map(|e| (e.index, e.message.clone())).collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (1, "users[1].user_id: must not be empty".to_string()),
+            (3, "users[3].set.score: number must be finite".to_string())
+        ]
+    );
+
+    server
+        .track(
+            "p",
+            vec![pb::Event {
+                anonymous_id: "anon".into(),
+                ..event("a1", "view", "", 5)
+            }],
+        )
+        .await;
+    server.track("p", vec![event("a2", "signup", "u1", 50)]).await;
+    server
+        .ingest()
+        .alias(pb::AliasRequest {
+            project: "p".into(),
+            anonymous_id: "anon".into(),
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap();
+    let user = server
+        .users()
+        .get_user(pb::GetUserRequest {
+            project: "p".into(),
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.traits.len(), 2);
+    assert_eq!(user.traits["plan"], text("pro"));
+    assert_eq!(user.traits["channel"], text("email"), "set_once keeps the first value");
+    assert_eq!(user.anonymous_ids, vec!["anon"]);
+    assert_eq!(user.events, 2, "the aliased anonymous event counts for the user");
+    assert_eq!((user.first_seen, user.last_seen), (Some(ts(5)), Some(ts(50))));
+
+    let status = server
+        .users()
+        .get_user(pb::GetUserRequest {
+            project: "p".into(),
+            user_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = server
+        .ingest()
+        .alias(pb::AliasRequest {
+            project: "p".into(),
+            anonymous_id: "".into(),
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), vec!["anonymous_id"]);
+
+    // Traits and aliases survive a restart.
+    let server = server.restart().await;
+    let again = server
+        .users()
+        .get_user(pb::GetUserRequest {
+            project: "p".into(),
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(again, user);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_pages_and_export_filters() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let mut events: Vec<pb::Event> = (0..25)
+        .map(|i| event(&format!("u1-{i}"), "view", "u1", 100 - i))
+        .collect();
+    events.push(event("u2-0", "buy", "u2", 50));
+    events.push(event("u1-buy", "buy", "u1", 60));
+    server.track("p", events).await;
+
+    let mut users = server.users();
+    let mut token = String::new();
+    let mut times = Vec::new();
+    loop {
+        let page = users
+            .list_user_events(pb::ListUserEventsRequest {
+                project: "p".into(),
+                user_id: "u1".into(),
+                page_size: 10,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= 10);
+        times.extend(page.events.iter().map(|e| e.timestamp.unwrap().seconds - ts(0).seconds));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<i64> = (76..=100).collect();
+    expected.push(60);
+    expected.sort();
+    assert_eq!(times, expected);
+
+    let request = pb::ExportEventsRequest {
+        project: "p".into(),
+        range: Some(pb::TimeRange {
+            from: Some(ts(50)),
+            to: Some(ts(80)),
+        }),
+        names: vec!["buy".into()],
+        user_id: String::new(),
+    };
+    let mut stream = users.export_events(request).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        ids.extend(chunk.events.into_iter().map(|e| e.event_id));
+    }
+    assert_eq!(ids, vec!["u2-0", "u1-buy"]);
+
+    let status = users
+        .list_user_events(pb::ListUserEventsRequest {
+            project: "p".into(),
+            user_id: "u1".into(),
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), vec!["page_token"]);
+}
