@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sextant_descriptor.bin"))
         .generate_default_stubs(true)
+        // Sorted maps: properties arrive in key order, and decoding skips SipHash.
+        .btree_map(".")
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

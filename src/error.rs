@@ -46,6 +46,16 @@ impl Error {
         }
     }
 
+    /// Places a field error under `parent`: field `x` becomes `parent.x`, an empty field
+    /// becomes `parent`. Lets hot paths build field paths only when something fails.
+    pub fn under(self, parent: &str) -> Self {
+        match self {
+            Error::InvalidArgument { field, message } if field.is_empty() => Error::invalid(parent, message),
+            Error::InvalidArgument { field, message } => Error::invalid(format!("{parent}.{field}"), message),
+            other => other,
+        }
+    }
+
     /// The canonical gRPC code name, used for per-item errors inside batch replies.
     pub fn code_name(&self) -> &'static str {
         match self {

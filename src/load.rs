@@ -142,7 +142,7 @@ fn json_value(value: serde_json::Value) -> pb::Value {
     pb::Value { kind: Some(kind) }
 }
 
-fn json_map(map: serde_json::Map<String, serde_json::Value>) -> std::collections::HashMap<String, pb::Value> {
+fn json_map(map: serde_json::Map<String, serde_json::Value>) -> std::collections::BTreeMap<String, pb::Value> {
     map.into_iter().map(|(k, v)| (k, json_value(v))).collect()
 }
 

@@ -32,12 +32,15 @@ pub fn validate_name(field: &str, name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
-    let chars = name.chars().count();
-    if chars > MAX_NAME_CHARS {
-        return Err(Error::invalid(
-            field,
-            format!("{chars} characters, at most {MAX_NAME_CHARS}"),
-        ));
+    // A UTF-8 character is at least one byte: only long names need counting.
+    if name.len() > MAX_NAME_CHARS {
+        let chars = name.chars().count();
+        if chars > MAX_NAME_CHARS {
+            return Err(Error::invalid(
+                field,
+                format!("{chars} characters, at most {MAX_NAME_CHARS}"),
+            ));
+        }
     }
     if name.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));

@@ -6,17 +6,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
-use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteOp, WriteResult, Writer};
-use super::model::{EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value, now_micros};
+use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
+use super::model::{
+    Event, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value, now_micros,
+};
 use super::table::EventTable;
 use crate::error::{Error, Result};
-use crate::storage::{LogRecord, Storage};
+use crate::storage::{LogRecord, Storage, encode_record};
 
 /// Everything known about one project.
 #[derive(Debug)]
@@ -42,12 +45,15 @@ impl ProjectState {
         }
     }
 
-    /// Applies a durable log record.
-    pub fn apply(&mut self, record: &LogRecord) {
+    /// Applies a durable log record. For `Events`, `keep[i]` says whether event i is new
+    /// (not a duplicate); an empty `keep` keeps every event.
+    pub fn apply(&mut self, record: &LogRecord, keep: &[bool]) {
         match record {
             LogRecord::Events { events, .. } => {
-                for event in events {
-                    self.table.push(event);
+                for (i, event) in events.iter().enumerate() {
+                    if keep.get(i).copied().unwrap_or(true) {
+                        self.table.push(event);
+                    }
                 }
             }
             LogRecord::Users { updates, .. } => {
@@ -98,6 +104,7 @@ pub struct Engine {
     projects: RwLock<BTreeMap<String, Arc<ProjectEntry>>>,
     writer: Mutex<Option<Writer>>,
     sender: RwLock<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
+    next_quarantine_id: AtomicU64,
     pub limits: Limits,
 }
 
@@ -152,19 +159,19 @@ impl Engine {
                 tracing::warn!(project = %project, "log record of an unknown project skipped");
                 return Ok(());
             };
-            match &record {
+            let keep = match &record {
                 LogRecord::Events { events, .. } => {
-                    for event in events {
-                        seen.insert(ingest::event_key(project, &event.event_id));
-                    }
+                    let keys: Vec<u128> = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
+                    ingest::dedupe(&mut seen, &keys)
                 }
                 LogRecord::Quarantined { entries, .. } => {
                     let max = entries.iter().map(|e| e.id + 1).max().unwrap_or(0);
                     next_quarantine_id = next_quarantine_id.max(max);
+                    Vec::new()
                 }
-                _ => {}
-            }
-            state.apply(&record);
+                _ => Vec::new(),
+            };
+            state.apply(&record, &keep);
             Ok(())
         })?;
         let events: usize = projects.values().map(|p| p.table.len()).sum();
@@ -175,7 +182,7 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "storage loaded"
         );
-        let writer = ingest::spawn_writer(storage.clone(), seen, next_quarantine_id, WRITE_QUEUE);
+        let writer = ingest::spawn_writer(storage.clone(), seen, WRITE_QUEUE);
         let sender = writer.sender.clone();
         Ok(Arc::new(Engine {
             storage,
@@ -187,6 +194,7 @@ impl Engine {
             ),
             writer: Mutex::new(Some(writer)),
             sender: RwLock::new(Some(sender)),
+            next_quarantine_id: AtomicU64::new(next_quarantine_id),
             limits,
         }))
     }
@@ -341,17 +349,57 @@ impl Engine {
 
     // ---- ingestion ----
 
-    async fn write(&self, project_id: &str, project: Arc<ProjectEntry>, op: WriteOp) -> Result<WriteResult> {
+    /// Encodes records here, on the caller's thread, and has the writer make them durable.
+    /// `keys` are the dedupe keys of the first record's events, when it is `Events`.
+    async fn write(&self, project: Arc<ProjectEntry>, records: Vec<LogRecord>, keys: Vec<u128>) -> Result<WriteResult> {
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
+        let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();
         let job = WriteJob {
-            project_id: project_id.to_owned(),
             project,
-            op,
+            records,
+            encoded,
+            keys,
             reply,
         };
         sender.send(job).await.map_err(|_| Error::Unavailable)?;
         receiver.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// The records of an ingest step: events first (with their dedupe keys), then quarantine
+    /// changes. Quarantine entries get their ids here.
+    fn event_records(
+        &self,
+        project: &str,
+        events: Vec<Event>,
+        mut quarantine: Vec<QuarantinedEvent>,
+        unquarantine: Vec<u64>,
+    ) -> (Vec<LogRecord>, Vec<u128>) {
+        let mut records = Vec::with_capacity(3);
+        let mut keys = Vec::new();
+        if !events.is_empty() {
+            keys = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
+            records.push(LogRecord::Events {
+                project: project.to_owned(),
+                events,
+            });
+        }
+        if !quarantine.is_empty() {
+            for entry in &mut quarantine {
+                entry.id = self.next_quarantine_id.fetch_add(1, Ordering::Relaxed);
+            }
+            records.push(LogRecord::Quarantined {
+                project: project.to_owned(),
+                entries: quarantine,
+            });
+        }
+        if !unquarantine.is_empty() {
+            records.push(LogRecord::Unquarantined {
+                project: project.to_owned(),
+                ids: unquarantine,
+            });
+        }
+        (records, keys)
     }
 
     /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
@@ -379,12 +427,8 @@ impl Engine {
         if sorted.accepted.is_empty() && sorted.quarantined.is_empty() {
             return Ok(outcome);
         }
-        let op = WriteOp::Events {
-            events: sorted.accepted,
-            quarantine: sorted.quarantined,
-            unquarantine: vec![],
-        };
-        let written = self.write(project_id, entry, op).await?;
+        let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
+        let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
         outcome.duplicates = written.duplicates;
         Ok(outcome)
@@ -427,17 +471,14 @@ impl Engine {
         if valid.is_empty() {
             return Ok((0, rejected));
         }
-        let written = self
-            .write(
-                project_id,
-                entry,
-                WriteOp::Users {
-                    at: now_micros(),
-                    updates: valid,
-                },
-            )
-            .await?;
-        Ok((written.accepted, rejected))
+        let updated = valid.len() as u64;
+        let record = LogRecord::Users {
+            project: project_id.to_owned(),
+            at: now_micros(),
+            updates: valid,
+        };
+        self.write(entry, vec![record], vec![]).await?;
+        Ok((updated, rejected))
     }
 
     pub async fn alias(&self, project_id: &str, anonymous_id: String, user_id: String) -> Result<()> {
@@ -448,8 +489,12 @@ impl Engine {
             }
             ingest::validate_user_id(field, id)?;
         }
-        self.write(project_id, entry, WriteOp::Alias { anonymous_id, user_id })
-            .await?;
+        let record = LogRecord::Alias {
+            project: project_id.to_owned(),
+            anonymous_id,
+            user_id,
+        };
+        self.write(entry, vec![record], vec![]).await?;
         Ok(())
     }
 
@@ -491,12 +536,8 @@ impl Engine {
         if leaving.is_empty() {
             return Ok(outcome);
         }
-        let op = WriteOp::Events {
-            events: passing,
-            quarantine: vec![],
-            unquarantine: leaving,
-        };
-        let written = self.write(project_id, entry, op).await?;
+        let (records, keys) = self.event_records(project_id, passing, vec![], leaving);
+        let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
         outcome.duplicates = written.duplicates;
         Ok(outcome)

@@ -19,7 +19,7 @@ use super::catalog::{self, validate_name};
 use super::engine::ProjectEntry;
 use super::model::{Enforcement, Event, EventType, MICROS_PER_SECOND, Micros, QuarantinedEvent, UserUpdate, Value};
 use crate::error::{Error, Result};
-use crate::storage::{LogRecord, Storage};
+use crate::storage::{Encoded, LogRecord, Storage};
 
 /// Configurable ingest limits (SPEC §3 defaults).
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub fn validate_properties(field: &str, properties: &[(String, Value)], limits: 
         ));
     }
     for (key, value) in properties {
-        validate_name(&format!("{field}.{key}"), key)?;
+        validate_name("", key).map_err(|e| e.under(&format!("{field}.{key}")))?;
         if let Value::Number(n) = value
             && !n.is_finite()
         {
@@ -211,10 +211,7 @@ pub fn sort_batch(
 }
 
 fn prefix(index: u32, error: Error) -> Error {
-    match error {
-        Error::InvalidArgument { field, message } => Error::invalid(format!("events[{index}].{field}"), message),
-        other => other,
-    }
+    error.under(&format!("events[{index}]"))
 }
 
 pub fn validate_user_update(index: usize, update: &UserUpdate, limits: &Limits) -> Result<()> {
@@ -231,34 +228,21 @@ pub fn validate_user_update(index: usize, update: &UserUpdate, limits: &Limits) 
     Ok(())
 }
 
-/// What the writer is asked to make durable.
-pub enum WriteOp {
-    Events {
-        events: Vec<Event>,
-        quarantine: Vec<QuarantinedEvent>,
-        /// Quarantine entries leaving the quarantine with this write (replay).
-        unquarantine: Vec<u64>,
-    },
-    Users {
-        at: Micros,
-        updates: Vec<UserUpdate>,
-    },
-    Alias {
-        anonymous_id: String,
-        user_id: String,
-    },
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteResult {
+    /// New events among `keys`.
     pub accepted: u64,
+    /// Events among `keys` seen before.
     pub duplicates: u64,
 }
 
+/// Records to make durable, already encoded. If the first record is `Events`, `keys` holds
+/// its events' dedupe keys in order and the writer stores only the new ones in memory.
 pub struct WriteJob {
-    pub project_id: String,
     pub project: Arc<ProjectEntry>,
-    pub op: WriteOp,
+    pub records: Vec<LogRecord>,
+    pub encoded: Vec<Encoded>,
+    pub keys: Vec<u128>,
     pub reply: oneshot::Sender<Result<WriteResult>>,
 }
 
@@ -293,6 +277,11 @@ pub fn event_key(project: &str, event_id: &str) -> u128 {
     hasher.digest128()
 }
 
+/// Marks which keys are new, adding them to `seen`; a key repeated inside `keys` is new once.
+pub fn dedupe(seen: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
+    keys.iter().map(|key| seen.insert(*key)).collect()
+}
+
 const MAX_GROUP: usize = 64;
 
 pub struct Writer {
@@ -301,29 +290,23 @@ pub struct Writer {
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
-pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SeenIds, next_quarantine_id: u64, capacity: usize) -> Writer {
+pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SeenIds, capacity: usize) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
-        .spawn(move || run_writer(storage, receiver, seen, next_quarantine_id))
+        .spawn(move || run_writer(storage, receiver, seen))
         .expect("spawning the writer thread");
     Writer { sender, thread }
 }
 
-/// A job after dedupe: the records to append and what to undo if they fail.
-struct Prepared {
+/// A job whose records were appended, waiting for the group's sync.
+struct Appended {
     job: WriteJob,
-    records: Vec<LogRecord>,
-    added: Vec<u128>,
+    keep: Vec<bool>,
     result: WriteResult,
 }
 
-fn run_writer(
-    storage: Arc<dyn Storage>,
-    mut receiver: mpsc::Receiver<WriteJob>,
-    mut seen: SeenIds,
-    mut next_quarantine_id: u64,
-) {
+fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, mut seen: SeenIds) {
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = vec![first];
@@ -333,39 +316,43 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        let mut prepared: Vec<Prepared> = Vec::with_capacity(jobs.len());
+        let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let mut p = prepare(job, &mut seen, &mut next_quarantine_id);
-            if let Err(err) = storage.append(&p.records) {
-                forget(&mut seen, &p.added);
-                p.records.clear();
-                let _ = p.job.reply.send(Err(err));
+            let keep = dedupe(&mut seen, &job.keys);
+            let accepted = keep.iter().filter(|k| **k).count() as u64;
+            let result = WriteResult {
+                accepted,
+                duplicates: keep.len() as u64 - accepted,
+            };
+            if let Err(err) = storage.append(&job.encoded) {
+                forget(&mut seen, &job.keys, &keep);
+                let _ = job.reply.send(Err(err));
                 continue;
             }
-            prepared.push(p);
+            appended.push(Appended { job, keep, result });
         }
         if let Err(err) = storage.sync() {
             tracing::error!(error = %err, "sync failed; failing the group");
-            for p in prepared {
-                forget(&mut seen, &p.added);
-                let _ = p.job.reply.send(Err(Error::Storage(err.to_string())));
+            for a in appended {
+                forget(&mut seen, &a.job.keys, &a.keep);
+                let _ = a.job.reply.send(Err(Error::Storage(err.to_string())));
             }
             continue;
         }
         let mut events = 0u64;
-        for p in &prepared {
-            let mut state = p.job.project.write();
-            for record in &p.records {
-                state.apply(record);
+        for a in &appended {
+            let mut state = a.job.project.write();
+            for record in &a.job.records {
+                state.apply(record, &a.keep);
             }
-            events += p.result.accepted;
+            events += a.result.accepted;
         }
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
-        tracing::trace!(jobs = prepared.len(), events, "group committed");
-        for p in prepared {
-            metrics::counter!("sextant_events_accepted_total").increment(p.result.accepted);
-            metrics::counter!("sextant_events_duplicate_total").increment(p.result.duplicates);
-            let _ = p.job.reply.send(Ok(p.result));
+        tracing::trace!(jobs = appended.len(), events, "group committed");
+        for a in appended {
+            metrics::counter!("sextant_events_accepted_total").increment(a.result.accepted);
+            metrics::counter!("sextant_events_duplicate_total").increment(a.result.duplicates);
+            let _ = a.job.reply.send(Ok(a.result));
         }
     }
     if let Err(err) = storage.sync() {
@@ -373,81 +360,12 @@ fn run_writer(
     }
 }
 
-fn forget(seen: &mut SeenIds, added: &[u128]) {
-    for key in added {
-        seen.remove(key);
-    }
-}
-
-fn prepare(mut job: WriteJob, seen: &mut SeenIds, next_quarantine_id: &mut u64) -> Prepared {
-    let project = job.project_id.clone();
-    let mut records = Vec::with_capacity(2);
-    let mut added = Vec::new();
-    let mut result = WriteResult::default();
-    match std::mem::replace(
-        &mut job.op,
-        WriteOp::Alias {
-            anonymous_id: String::new(),
-            user_id: String::new(),
-        },
-    ) {
-        WriteOp::Events {
-            events,
-            mut quarantine,
-            unquarantine,
-        } => {
-            let mut fresh = Vec::with_capacity(events.len());
-            for event in events {
-                let key = event_key(&project, &event.event_id);
-                if seen.insert(key) {
-                    added.push(key);
-                    fresh.push(event);
-                } else {
-                    result.duplicates += 1;
-                }
-            }
-            result.accepted = fresh.len() as u64;
-            if !fresh.is_empty() {
-                records.push(LogRecord::Events {
-                    project: project.clone(),
-                    events: fresh,
-                });
-            }
-            if !quarantine.is_empty() {
-                for entry in &mut quarantine {
-                    entry.id = *next_quarantine_id;
-                    *next_quarantine_id += 1;
-                }
-                records.push(LogRecord::Quarantined {
-                    project: project.clone(),
-                    entries: quarantine,
-                });
-            }
-            if !unquarantine.is_empty() {
-                records.push(LogRecord::Unquarantined {
-                    project,
-                    ids: unquarantine,
-                });
-            }
+/// Undoes `dedupe` for a job that did not become durable.
+fn forget(seen: &mut SeenIds, keys: &[u128], keep: &[bool]) {
+    for (key, kept) in keys.iter().zip(keep) {
+        if *kept {
+            seen.remove(key);
         }
-        WriteOp::Users { at, updates } => {
-            result.accepted = updates.len() as u64;
-            records.push(LogRecord::Users { project, at, updates });
-        }
-        WriteOp::Alias { anonymous_id, user_id } => {
-            result.accepted = 1;
-            records.push(LogRecord::Alias {
-                project,
-                anonymous_id,
-                user_id,
-            });
-        }
-    }
-    Prepared {
-        job,
-        records,
-        added,
-        result,
     }
 }
 
@@ -565,6 +483,15 @@ mod tests {
         assert_eq!((block.accepted.len(), block.outcome.rejected.len()), (1, 2));
         let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0);
         assert_eq!((quarantine.accepted.len(), quarantine.quarantined.len()), (1, 1));
+    }
+
+    #[test]
+    fn dedupe_keeps_the_first_of_each_key() {
+        let mut seen = SeenIds::default();
+        assert_eq!(dedupe(&mut seen, &[1, 2, 1, 3]), vec![true, true, false, true]);
+        assert_eq!(dedupe(&mut seen, &[3, 4]), vec![false, true]);
+        forget(&mut seen, &[3, 4], &[false, true]);
+        assert_eq!(dedupe(&mut seen, &[4, 3]), vec![true, false]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Conversions between generated protobuf types and domain types.
 
+use std::collections::BTreeMap;
+
 use prost_types::Timestamp;
 
 use crate::core::ingest::{Incoming, ItemError};
@@ -82,18 +84,18 @@ pub fn value_to_pb(value: &Value) -> pb::Value {
     pb::Value { kind: Some(kind) }
 }
 
-/// Map entries sorted by key, values converted; errors name `field.key`.
-fn properties_from_pb(field: &str, map: std::collections::HashMap<String, pb::Value>) -> Result<Vec<(String, Value)>> {
+/// Map entries (already sorted: maps decode into BTreeMaps), values converted; errors name
+/// `field.key`.
+fn properties_from_pb(field: &str, map: BTreeMap<String, pb::Value>) -> Result<Vec<(String, Value)>> {
     let mut out = Vec::with_capacity(map.len());
     for (key, value) in map {
-        let converted = value_from_pb(&format!("{field}.{key}"), &value)?;
+        let converted = value_from_pb("", &value).map_err(|e| e.under(&format!("{field}.{key}")))?;
         out.push((key, converted));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
-fn properties_to_pb(properties: &[(String, Value)]) -> std::collections::HashMap<String, pb::Value> {
+fn properties_to_pb(properties: &[(String, Value)]) -> BTreeMap<String, pb::Value> {
     properties.iter().map(|(k, v)| (k.clone(), value_to_pb(v))).collect()
 }
 

@@ -12,13 +12,18 @@ use serde::{Deserialize, Serialize};
 pub use sled_store::SledStorage;
 
 use crate::core::model::{Event, Micros, QuarantinedEvent, UserUpdate};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One durable step of ingestion. Replaying all records in order rebuilds the event data.
+/// An `Events` record holds a validated batch as received, duplicates included: whether an
+/// event is new depends only on the records before it, so replay decides exactly as the
+/// writer did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LogRecord {
-    /// Accepted, deduplicated events.
-    Events { project: String, events: Vec<Event> },
+    Events {
+        project: String,
+        events: Vec<Event>,
+    },
     /// Traits set at `at`.
     Users {
         project: String,
@@ -35,7 +40,10 @@ pub enum LogRecord {
         entries: Vec<QuarantinedEvent>,
     },
     /// Quarantine entries that were replayed (stored or found duplicate) and leave the quarantine.
-    Unquarantined { project: String, ids: Vec<u64> },
+    Unquarantined {
+        project: String,
+        ids: Vec<u64>,
+    },
 }
 
 pub trait Storage: Send + Sync + 'static {
@@ -46,11 +54,39 @@ pub trait Storage: Send + Sync + 'static {
     fn delete_meta(&self, key: &str) -> Result<()>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
     fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
-    /// Appends records to the log; durable only after the next `sync`.
-    fn append(&self, records: &[LogRecord]) -> Result<()>;
+    /// Appends encoded records to the log; durable only after the next `sync`.
+    fn append(&self, records: &[Encoded]) -> Result<()>;
     /// Makes everything appended so far durable (the group-commit point).
     fn sync(&self) -> Result<()>;
     /// Visits every log record in append order.
     fn replay(&self, visit: &mut dyn FnMut(LogRecord) -> Result<()>) -> Result<()>;
     fn bytes_on_disk(&self) -> Result<u64>;
+}
+
+/// A log record in its stored form. Encoding happens on the request path, in parallel, so the
+/// single writer thread only appends bytes.
+#[derive(Debug, Clone)]
+pub struct Encoded(pub Vec<u8>);
+
+pub(crate) const LOG_FORMAT_V1: u8 = 1;
+
+/// The log codec: a format byte followed by an lz4-compressed bincode encoding.
+pub fn encode_record(record: &LogRecord) -> Result<Encoded> {
+    let raw = bincode::serialize(record).map_err(|e| Error::Internal(format!("encode log record: {e}")))?;
+    let mut value = Vec::with_capacity(1 + 4 + lz4_flex::block::get_maximum_output_size(raw.len()));
+    value.push(LOG_FORMAT_V1);
+    value.extend_from_slice(&lz4_flex::compress_prepend_size(&raw));
+    Ok(Encoded(value))
+}
+
+pub fn decode_record(value: &[u8]) -> Result<LogRecord> {
+    let Some((&format, body)) = value.split_first() else {
+        return Err(Error::Storage("empty log value".into()));
+    };
+    if format != LOG_FORMAT_V1 {
+        return Err(Error::Storage(format!("unknown log format {format}")));
+    }
+    let raw =
+        lz4_flex::decompress_size_prepended(body).map_err(|e| Error::Storage(format!("decompress log value: {e}")))?;
+    bincode::deserialize(&raw).map_err(|e| Error::Storage(format!("decode log value: {e}")))
 }

@@ -3,15 +3,13 @@
 //! Log values are one record per ingested batch (never one key per event: sled tops out near
 //! 40k single-key inserts/s here, but near 760k events/s written as one value per batch),
 //! keyed by a big-endian sequence number so iteration order is append order. A value is a
-//! format byte followed by an lz4-compressed bincode encoding of the record.
+//! record in the log codec of `super` (a format byte, then lz4-compressed bincode).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{LogRecord, Storage};
+use super::{Encoded, LogRecord, Storage, decode_record};
 use crate::error::{Error, Result};
-
-const LOG_FORMAT_V1: u8 = 1;
 
 pub struct SledStorage {
     db: sled::Db,
@@ -51,26 +49,6 @@ fn decode_seq(key: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-fn encode_record(record: &LogRecord) -> Result<Vec<u8>> {
-    let raw = bincode::serialize(record).map_err(|e| Error::Internal(format!("encode log record: {e}")))?;
-    let mut value = Vec::with_capacity(1 + raw.len() / 2);
-    value.push(LOG_FORMAT_V1);
-    value.extend_from_slice(&lz4_flex::compress_prepend_size(&raw));
-    Ok(value)
-}
-
-fn decode_record(value: &[u8]) -> Result<LogRecord> {
-    let Some((&format, body)) = value.split_first() else {
-        return Err(Error::Storage("empty log value".into()));
-    };
-    if format != LOG_FORMAT_V1 {
-        return Err(Error::Storage(format!("unknown log format {format}")));
-    }
-    let raw =
-        lz4_flex::decompress_size_prepended(body).map_err(|e| Error::Storage(format!("decompress log value: {e}")))?;
-    bincode::deserialize(&raw).map_err(|e| Error::Storage(format!("decode log value: {e}")))
-}
-
 impl Storage for SledStorage {
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.meta.get(key)?.map(|v| v.to_vec()))
@@ -98,11 +76,10 @@ impl Storage for SledStorage {
             .collect()
     }
 
-    fn append(&self, records: &[LogRecord]) -> Result<()> {
+    fn append(&self, records: &[Encoded]) -> Result<()> {
         for record in records {
-            let value = encode_record(record)?;
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            self.log.insert(seq.to_be_bytes(), value)?;
+            self.log.insert(seq.to_be_bytes(), record.0.as_slice())?;
         }
         Ok(())
     }
@@ -129,6 +106,7 @@ impl Storage for SledStorage {
 mod tests {
     use super::*;
     use crate::core::model::{Event, Value};
+    use crate::storage::{LOG_FORMAT_V1, encode_record};
 
     fn sample() -> LogRecord {
         LogRecord::Events {
@@ -152,12 +130,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStorage::open(dir.path()).unwrap();
-            store.append(&[sample(), sample()]).unwrap();
+            store
+                .append(&[encode_record(&sample()).unwrap(), encode_record(&sample()).unwrap()])
+                .unwrap();
             store.sync().unwrap();
             store.put_meta("project/p", b"{}").unwrap();
         }
         let store = SledStorage::open(dir.path()).unwrap();
-        store.append(&[sample()]).unwrap();
+        store.append(&[encode_record(&sample()).unwrap()]).unwrap();
         let mut seen = Vec::new();
         store
             .replay(&mut |r| {

@@ -1,7 +1,7 @@
 //! Real servers on 127.0.0.1:0 with temporary data dirs, and typed clients.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sextant::config::ServeConfig;
@@ -143,7 +143,7 @@ pub fn with_props(mut event: pb::Event, props: &[(&str, pb::Value)]) -> pb::Even
     event.properties = props
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect::<HashMap<_, _>>();
+        .collect::<BTreeMap<_, _>>();
     event
 }
 
