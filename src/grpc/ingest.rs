@@ -63,15 +63,19 @@ impl IngestService for Api {
         let (ack_tx, ack_rx) = mpsc::channel::<Result<pb::TrackResponse, Status>>(inflight);
         let api = self.clone();
         tokio::spawn(async move {
-            // Batches start in request order and run concurrently up to `inflight`;
-            // `buffered` yields their results in the same order.
+            // Each batch runs as its own task, so decoding, validation and encoding of
+            // in-flight batches use every core; `buffered` yields results in request order.
             let pending = inbound.map(|item| {
                 let api = api.clone();
-                async move {
+                let task = tokio::spawn(async move {
                     match item {
                         Ok(batch) => api.track_batch(batch).await,
                         Err(status) => Err(oversize_as_exhausted(status)),
                     }
+                });
+                async move {
+                    task.await
+                        .unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}"))))
                 }
             });
             let mut acks = std::pin::pin!(pending.buffered(inflight));
