@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Ingest benchmark (BENCHMARKS.md): `sextant load` of `sextant gen --users N` into a fresh
+# server with durable acks; reports events/s, the server's peak RSS, bytes on disk per event
+# and the time to reload everything at restart. Usage: scripts/bench-ingest.sh [USERS] [WORKDIR]
+set -euo pipefail
+users=${1:-700000}
+work=${2:-/tmp/sextant-bench}
+port=50290
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+bin=target/release/sextant
+mkdir -p "$work"
+if [ ! -s "$work/data-$users/events.jsonl" ]; then
+  "$bin" gen --users "$users" --seed 42 --out "$work/data-$users"
+fi
+rm -rf "$work/db"
+"$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" >"$work/serve.out" 2>"$work/serve.err" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+sleep 1
+"$bin" load --addr 127.0.0.1:$port --project bench --users "$work/data-$users/users.jsonl"
+"$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" | tee "$work/load.out"
+peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$server/status)
+events=$(grep -o 'accepted [0-9]*' "$work/load.out" | awk '{print $2}')
+kill -TERM $server; wait $server || true
+bytes=$(du -sb "$work/db" | awk '{print $1}')
+echo "server peak RSS: $((peak_kb / 1024)) MiB"
+echo "bytes on disk: $bytes ($(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.1f", b / e}') per event)"
+"$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" >"$work/serve.out" 2>"$work/serve.err" &
+server=$!
+for _ in $(seq 1 300); do
+  grep -q "storage loaded" "$work/serve.err" && break
+  sleep 1
+done
+sed 's/\x1b\[[0-9;]*m//g' "$work/serve.err" | grep -o 'storage loaded.*'
+echo "server RSS after reload: $(($(awk '/VmHWM/ {print $2}' /proc/$server/status) / 1024)) MiB"
