@@ -7,9 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let mut protos: Vec<PathBuf> = std::fs::read_dir("proto/sextant/v1")?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+    let mut protos: Vec<PathBuf> =
+        std::fs::read_dir("proto/sextant/v1")?.map(|entry| entry.map(|e| e.path())).collect::<Result<_, _>>()?;
     protos.retain(|p| p.extension().is_some_and(|ext| ext == "proto"));
     protos.sort();
 

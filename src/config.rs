@@ -82,10 +82,7 @@ impl ServeConfig {
     pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
         match self.metrics_addr.trim() {
             "" | "off" => Ok(None),
-            addr => Ok(Some(
-                addr.parse()
-                    .map_err(|e| anyhow::anyhow!("--metrics-addr {addr:?}: {e}"))?,
-            )),
+            addr => Ok(Some(addr.parse().map_err(|e| anyhow::anyhow!("--metrics-addr {addr:?}: {e}"))?)),
         }
     }
 
@@ -100,10 +97,7 @@ impl ServeConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_batch_events > 0, "--max-batch-events must be positive");
-        anyhow::ensure!(
-            self.max_message_bytes >= 1024,
-            "--max-message-bytes must be at least 1024"
-        );
+        anyhow::ensure!(self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024");
         anyhow::ensure!(self.stream_inflight > 0, "--stream-inflight must be positive");
         anyhow::ensure!(self.max_future_secs >= 0, "--max-future-secs must not be negative");
         self.metrics_addr()?;

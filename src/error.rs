@@ -33,17 +33,11 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
-        }
+        Error::InvalidArgument { field: field.into(), message: message.into() }
     }
 
     pub fn exhausted(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::ResourceExhausted {
-            field: field.into(),
-            message: message.into(),
-        }
+        Error::ResourceExhausted { field: field.into(), message: message.into() }
     }
 
     /// Places a field error under `parent`: field `x` becomes `parent.x`, an empty field
@@ -82,10 +76,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
         match err {
-            Error::InvalidArgument {
-                field,
-                message: description,
-            } => {
+            Error::InvalidArgument { field, message: description } => {
                 let details = ErrorDetails::with_bad_request_violation(field, description);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }

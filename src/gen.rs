@@ -29,32 +29,16 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::core::experiment::assign::hash_bucket;
 
-const CHANNELS: [(&str, f64); 5] = [
-    ("organic", 0.35),
-    ("paid_search", 0.25),
-    ("social", 0.20),
-    ("email", 0.10),
-    ("referral", 0.10),
-];
-const COUNTRIES: [(&str, f64); 6] = [
-    ("US", 0.40),
-    ("DE", 0.15),
-    ("GB", 0.12),
-    ("IN", 0.13),
-    ("BR", 0.10),
-    ("JP", 0.10),
-];
+const CHANNELS: [(&str, f64); 5] =
+    [("organic", 0.35), ("paid_search", 0.25), ("social", 0.20), ("email", 0.10), ("referral", 0.10)];
+const COUNTRIES: [(&str, f64); 6] =
+    [("US", 0.40), ("DE", 0.15), ("GB", 0.12), ("IN", 0.13), ("BR", 0.10), ("JP", 0.10)];
 const PLANS: [(&str, f64); 3] = [("free", 0.80), ("pro", 0.17), ("enterprise", 0.03)];
 
 /// Per channel, in the order of `CHANNELS`: onboarding rate, daily return base,
 /// purchase propensity.
-const CHANNEL_BEHAVIOUR: [(f64, f64, f64); 5] = [
-    (0.62, 0.30, 1.00),
-    (0.55, 0.22, 1.15),
-    (0.40, 0.16, 0.70),
-    (0.70, 0.38, 1.30),
-    (0.66, 0.34, 1.20),
-];
+const CHANNEL_BEHAVIOUR: [(f64, f64, f64); 5] =
+    [(0.62, 0.30, 1.00), (0.55, 0.22, 1.15), (0.40, 0.16, 0.70), (0.70, 0.38, 1.30), (0.66, 0.34, 1.20)];
 
 const EXPERIMENT: &str = "checkout_v2";
 /// Relative lift of the purchase probability in treatment.
@@ -154,11 +138,7 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let start = opts.start.and_time(NaiveTime::MIN);
     let horizon_s = f64::from(opts.days) * DAY_S;
-    let mut summary = GenSummary {
-        users: opts.users,
-        events: 0,
-        duplicates: 0,
-    };
+    let mut summary = GenSummary { users: opts.users, events: 0, duplicates: 0 };
     // Reused across users so the hot loop does not allocate.
     let mut events: Vec<Event> = Vec::with_capacity(512);
     let mut user_id = String::with_capacity(32);
@@ -173,13 +153,7 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
         let plan = pick(&mut rng, &PLANS);
 
         line.clear();
-        push_user_line(
-            &mut line,
-            &user_id,
-            CHANNELS[channel].0,
-            COUNTRIES[country].0,
-            PLANS[plan].0,
-        );
+        push_user_line(&mut line, &user_id, CHANNELS[channel].0, COUNTRIES[country].0, PLANS[plan].0);
         users_out.write_all(&line)?;
 
         events.clear();
@@ -246,12 +220,7 @@ fn simulate_user(rng: &mut ChaCha8Rng, user_id: &str, channel: usize, horizon_s:
 
     // Signups ramp up over the range (growth); the time within the day is uniform.
     let signup_s = horizon_s * unit(rng).sqrt();
-    emit(
-        signup_s,
-        Props::Signup {
-            channel: CHANNELS[channel].0,
-        },
-    );
+    emit(signup_s, Props::Signup { channel: CHANNELS[channel].0 });
     if unit(rng) < onboard_rate {
         emit(signup_s + 60.0 + unit(rng) * 7200.0, Props::OnboardingComplete);
     }
@@ -264,11 +233,7 @@ fn simulate_user(rng: &mut ChaCha8Rng, user_id: &str, channel: usize, horizon_s:
             break;
         }
         // Return probability decays with the square root of the user's age in days.
-        let p_active = if day == 0 {
-            1.0
-        } else {
-            (return_base / f64::from(day).sqrt()).min(0.95)
-        };
+        let p_active = if day == 0 { 1.0 } else { (return_base / f64::from(day).sqrt()).min(0.95) };
         if unit(rng) >= p_active {
             continue;
         }
@@ -291,11 +256,7 @@ fn simulate_user(rng: &mut ChaCha8Rng, user_id: &str, channel: usize, horizon_s:
         emit(t, Props::AddToCart);
         let mut p_buy = 0.30 * buy;
         if t >= EXPOSURE_FROM_S && variant.is_none() {
-            let assigned = if hash_bucket(EXPERIMENT, user_id) >= 0.5 {
-                "treatment"
-            } else {
-                "control"
-            };
+            let assigned = if hash_bucket(EXPERIMENT, user_id) >= 0.5 { "treatment" } else { "control" };
             variant = Some(assigned);
             emit(t + 1.0, Props::Exposure { variant: assigned });
         }
@@ -311,12 +272,7 @@ fn simulate_user(rng: &mut ChaCha8Rng, user_id: &str, channel: usize, horizon_s:
         let u1 = unit(rng);
         let u2 = unit(rng);
         let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (TAU * u2).cos();
-        emit(
-            t,
-            Props::Purchase {
-                revenue: round2((3.2 + 0.8 * z).exp()),
-            },
-        );
+        emit(t, Props::Purchase { revenue: round2((3.2 + 0.8 * z).exp()) });
     }
 }
 
@@ -438,10 +394,7 @@ fn push_u64(line: &mut Vec<u8>, mut n: u64) {
 /// prices and revenues always fall inside (revenue ≥ 0.03: Box–Muller with 53-bit
 /// draws keeps |z| < 8.6).
 fn push_py_float(line: &mut Vec<u8>, x: f64) {
-    debug_assert!(
-        (1e-4..1e16).contains(&x.abs()),
-        "{x} would print differently from python"
-    );
+    debug_assert!((1e-4..1e16).contains(&x.abs()), "{x} would print differently from python");
     write!(line, "{x:?}").expect("writing to a Vec cannot fail");
 }
 
@@ -472,12 +425,7 @@ mod tests {
     }
 
     fn options(out: &Path, users: u64, seed: u64) -> GenOptions {
-        GenOptions {
-            users,
-            seed,
-            out: out.to_path_buf(),
-            ..GenOptions::default()
-        }
+        GenOptions { users, seed, out: out.to_path_buf(), ..GenOptions::default() }
     }
 
     fn read(dir: &Path, file: &str) -> String {
@@ -593,16 +541,8 @@ mod tests {
         generate(&options(&c.0, 300, 8)).unwrap();
         assert_eq!(summary_a, summary_b);
         for file in ["users.jsonl", "events.jsonl"] {
-            assert_eq!(
-                fs::read(a.0.join(file)).unwrap(),
-                fs::read(b.0.join(file)).unwrap(),
-                "{file}"
-            );
-            assert_ne!(
-                fs::read(a.0.join(file)).unwrap(),
-                fs::read(c.0.join(file)).unwrap(),
-                "{file}"
-            );
+            assert_eq!(fs::read(a.0.join(file)).unwrap(), fs::read(b.0.join(file)).unwrap(), "{file}");
+            assert_ne!(fs::read(a.0.join(file)).unwrap(), fs::read(c.0.join(file)).unwrap(), "{file}");
         }
     }
 
@@ -632,27 +572,18 @@ mod tests {
         }
         assert_eq!(seen.len() as u64, summary.events);
         let total = summary.events as f64;
-        assert!(
-            (total / 15_199.0 - 1.0).abs() < 0.10,
-            "{total} events vs python's 15199"
-        );
+        assert!((total / 15_199.0 - 1.0).abs() < 0.10, "{total} events vs python's 15199");
         assert_eq!(counts.len(), python.len(), "{counts:?}");
         for (name, expected) in python {
             let got = counts[name];
-            assert!(
-                (got / expected - 1.0).abs() < 0.10,
-                "{name}: {got} vs python's {expected}"
-            );
+            assert!((got / expected - 1.0).abs() < 0.10, "{name}: {got} vs python's {expected}");
         }
     }
 
     #[test]
     fn every_line_is_json_with_the_expected_shape() {
         let dir = TempDir::new("shape");
-        let opts = GenOptions {
-            dup_rate: 0.05,
-            ..options(&dir.0, 400, 3)
-        };
+        let opts = GenOptions { dup_rate: 0.05, ..options(&dir.0, 400, 3) };
         let summary = generate(&opts).unwrap();
 
         let users = read(&dir.0, "users.jsonl");
@@ -675,13 +606,7 @@ mod tests {
 
         let start = opts.start.and_time(NaiveTime::MIN);
         let end = start + TimeDelta::days(i64::from(opts.days));
-        let key_order = [
-            "\"event_id\": ",
-            "\"name\": ",
-            "\"user_id\": ",
-            "\"timestamp\": ",
-            "\"properties\": ",
-        ];
+        let key_order = ["\"event_id\": ", "\"name\": ", "\"user_id\": ", "\"timestamp\": ", "\"properties\": "];
         let (mut seq, mut duplicates) = (0u64, 0u64);
         let mut previous = "";
         for line in read(&dir.0, "events.jsonl").lines() {
@@ -716,13 +641,7 @@ mod tests {
                 }
                 "view_item" => {
                     assert_eq!(keys, ["item", "price"]);
-                    let item: u32 = props["item"]
-                        .as_str()
-                        .unwrap()
-                        .strip_prefix("sku")
-                        .unwrap()
-                        .parse()
-                        .unwrap();
+                    let item: u32 = props["item"].as_str().unwrap().strip_prefix("sku").unwrap().parse().unwrap();
                     assert!(item < 500);
                     let price = props["price"].as_f64().unwrap();
                     assert!((5.0..=100.0).contains(&price), "{line}");
@@ -759,11 +678,7 @@ mod tests {
             }
             let user_id = event["user_id"].as_str().unwrap();
             let variant = event["properties"]["variant"].as_str().unwrap();
-            let expected = if hash_bucket("checkout_v2", user_id) >= 0.5 {
-                "treatment"
-            } else {
-                "control"
-            };
+            let expected = if hash_bucket("checkout_v2", user_id) >= 0.5 { "treatment" } else { "control" };
             assert_eq!(variant, expected, "{line}");
             // Duplicate lines aside, a user is exposed once.
             if exposed.insert(user_id.to_owned()) && variant == "treatment" {
@@ -780,20 +695,11 @@ mod tests {
     #[test]
     fn rejects_bad_options() {
         let dir = TempDir::new("bad");
-        let bad_rate = GenOptions {
-            dup_rate: 1.5,
-            ..options(&dir.0, 10, 1)
-        };
+        let bad_rate = GenOptions { dup_rate: 1.5, ..options(&dir.0, 10, 1) };
         assert_eq!(generate(&bad_rate).unwrap_err().kind(), io::ErrorKind::InvalidInput);
-        let nan_rate = GenOptions {
-            dup_rate: f64::NAN,
-            ..options(&dir.0, 10, 1)
-        };
+        let nan_rate = GenOptions { dup_rate: f64::NAN, ..options(&dir.0, 10, 1) };
         assert_eq!(generate(&nan_rate).unwrap_err().kind(), io::ErrorKind::InvalidInput);
-        let late = GenOptions {
-            start: NaiveDate::from_ymd_opt(9999, 12, 1).unwrap(),
-            ..options(&dir.0, 10, 1)
-        };
+        let late = GenOptions { start: NaiveDate::from_ymd_opt(9999, 12, 1).unwrap(), ..options(&dir.0, 10, 1) };
         assert_eq!(generate(&late).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -801,19 +707,9 @@ mod tests {
     fn zero_users_or_days_write_empty_event_files() {
         let dir = TempDir::new("empty");
         let summary = generate(&options(&dir.0, 0, 1)).unwrap();
-        assert_eq!(
-            summary,
-            GenSummary {
-                users: 0,
-                events: 0,
-                duplicates: 0
-            }
-        );
+        assert_eq!(summary, GenSummary { users: 0, events: 0, duplicates: 0 });
         assert_eq!(read(&dir.0, "events.jsonl"), "");
-        let no_days = GenOptions {
-            days: 0,
-            ..options(&dir.0, 5, 1)
-        };
+        let no_days = GenOptions { days: 0, ..options(&dir.0, 5, 1) };
         let summary = generate(&no_days).unwrap();
         assert_eq!(summary.events, 0);
         assert_eq!(read(&dir.0, "users.jsonl").lines().count(), 5);

@@ -85,22 +85,14 @@ pub type Intercepted = tonic::service::interceptor::InterceptedService<Channel, 
 
 impl ClientArgs {
     pub async fn connect(&self) -> anyhow::Result<(Channel, BearerKey)> {
-        let url = if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        };
+        let url = if self.addr.contains("://") { self.addr.clone() } else { format!("http://{}", self.addr) };
         let channel = Endpoint::from_shared(url.clone())
             .with_context(|| format!("--addr {:?}", self.addr))?
             .connect()
             .await
             .with_context(|| format!("connecting to {url}"))?;
         let key = match &self.api_key {
-            Some(key) => Some(
-                format!("Bearer {key}")
-                    .parse()
-                    .context("--api-key is not valid in a header")?,
-            ),
+            Some(key) => Some(format!("Bearer {key}").parse().context("--api-key is not valid in a header")?),
             None => None,
         };
         Ok((channel, BearerKey(key)))
@@ -152,10 +144,7 @@ pub fn parse_event_line(line: &str) -> anyhow::Result<pb::Event> {
     let timestamp = match event.timestamp {
         Some(ts) => {
             let parsed = chrono::DateTime::parse_from_rfc3339(&ts).with_context(|| format!("timestamp {ts:?}"))?;
-            Some(prost_types::Timestamp {
-                seconds: parsed.timestamp(),
-                nanos: parsed.timestamp_subsec_nanos() as i32,
-            })
+            Some(prost_types::Timestamp { seconds: parsed.timestamp(), nanos: parsed.timestamp_subsec_nanos() as i32 })
         }
         None => None,
     };
@@ -172,11 +161,7 @@ pub fn parse_event_line(line: &str) -> anyhow::Result<pb::Event> {
 /// One line of users.jsonl as an Identify update setting its traits.
 pub fn parse_user_line(line: &str) -> anyhow::Result<pb::UserUpdate> {
     let user: JsonUser = serde_json::from_str(line)?;
-    Ok(pb::UserUpdate {
-        user_id: user.user_id,
-        set: json_map(user.traits),
-        ..Default::default()
-    })
+    Ok(pb::UserUpdate { user_id: user.user_id, set: json_map(user.traits), ..Default::default() })
 }
 
 fn progress(total_bytes: u64, what: &str) -> ProgressBar {
@@ -201,21 +186,12 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     }
     let (channel, key) = args.client.connect().await?;
     let mut projects = ProjectServiceClient::with_interceptor(channel.clone(), key.clone());
-    let get = projects
-        .get_project(pb::GetProjectRequest {
-            project: args.project.clone(),
-        })
-        .await;
+    let get = projects.get_project(pb::GetProjectRequest { project: args.project.clone() }).await;
     match get {
         Ok(_) => {}
         Err(status) if status.code() == tonic::Code::NotFound => {
-            let project = pb::Project {
-                id: args.project.clone(),
-                ..Default::default()
-            };
-            projects
-                .create_project(pb::CreateProjectRequest { project: Some(project) })
-                .await?;
+            let project = pb::Project { id: args.project.clone(), ..Default::default() };
+            projects.create_project(pb::CreateProjectRequest { project: Some(project) }).await?;
         }
         Err(status) => return Err(status.into()),
     }
@@ -256,10 +232,7 @@ async fn load_users(client: IngestServiceClient<Intercepted>, project: &str, pat
     let updated: Vec<u64> = futures::stream::iter(batches)
         .map(|users| {
             let mut client = client.clone();
-            let request = pb::IdentifyRequest {
-                project: project.to_owned(),
-                users,
-            };
+            let request = pb::IdentifyRequest { project: project.to_owned(), users };
             async move { client.identify(request).await.map(|r| r.into_inner().updated) }
         })
         .buffer_unordered(4)
@@ -298,14 +271,7 @@ async fn load_events(
                 sent += events.len() as u64;
                 let batch = std::mem::replace(&mut events, Vec::with_capacity(batch_size));
                 sequence += 1;
-                if tx
-                    .blocking_send(pb::TrackRequest {
-                        project: project.clone(),
-                        events: batch,
-                        sequence,
-                    })
-                    .is_err()
-                {
+                if tx.blocking_send(pb::TrackRequest { project: project.clone(), events: batch, sequence }).is_err() {
                     bail!("the stream ended before all events were sent");
                 }
             }
@@ -313,11 +279,7 @@ async fn load_events(
         if !events.is_empty() {
             sent += events.len() as u64;
             sequence += 1;
-            let _ = tx.blocking_send(pb::TrackRequest {
-                project,
-                events,
-                sequence,
-            });
+            let _ = tx.blocking_send(pb::TrackRequest { project, events, sequence });
         }
         Ok(sent)
     });
@@ -351,22 +313,10 @@ mod tests {
         let line = r#"{"event_id": "e42_7", "name": "purchase", "user_id": "u42_0", "timestamp": "2026-01-03T04:05:06.789Z", "properties": {"revenue": 30.0, "currency": "USD"}}"#;
         let event = parse_event_line(line).unwrap();
         assert_eq!(event.event_id, "e42_7");
-        assert_eq!(
-            event.timestamp,
-            Some(prost_types::Timestamp {
-                seconds: 1_767_413_106,
-                nanos: 789_000_000
-            })
-        );
-        assert_eq!(
-            event.properties["revenue"].kind,
-            Some(pb::value::Kind::NumberValue(30.0))
-        );
+        assert_eq!(event.timestamp, Some(prost_types::Timestamp { seconds: 1_767_413_106, nanos: 789_000_000 }));
+        assert_eq!(event.properties["revenue"].kind, Some(pb::value::Kind::NumberValue(30.0)));
         let user = parse_user_line(r#"{"user_id": "u1", "traits": {"channel": "email"}}"#).unwrap();
-        assert_eq!(
-            user.set["channel"].kind,
-            Some(pb::value::Kind::StringValue("email".into()))
-        );
+        assert_eq!(user.set["channel"].kind, Some(pb::value::Kind::StringValue("email".into())));
         assert!(parse_event_line("{").is_err());
         assert!(parse_event_line(r#"{"name": "x", "timestamp": "yesterday"}"#).is_err());
     }

@@ -14,11 +14,7 @@ use sextant::{server, telemetry};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "sextant",
-    version,
-    about = "Metrics-as-a-service: events in over gRPC, business metrics out"
-)]
+#[command(name = "sextant", version, about = "Metrics-as-a-service: events in over gRPC, business metrics out")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,28 +112,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
 /// Fills the `demo` project with generated data through the public API, once.
 async fn seed_demo(config: &ServeConfig, running: &server::RunningServer) -> anyhow::Result<()> {
-    let has_events = running
-        .engine
-        .project_stats("demo")
-        .map(|s| s.events > 0)
-        .unwrap_or(false);
+    let has_events = running.engine.project_stats("demo").map(|s| s.events > 0).unwrap_or(false);
     if !has_events {
         let out = config.data_dir.join("demo-gen");
-        let options = GenOptions {
-            users: config.demo_users,
-            out: out.clone(),
-            ..GenOptions::default()
-        };
+        let options = GenOptions { users: config.demo_users, out: out.clone(), ..GenOptions::default() };
         let summary = tokio::task::spawn_blocking(move || generator::generate(&options)).await??;
-        println!(
-            "generated {} users and {} events for the demo project",
-            summary.users, summary.events
-        );
+        println!("generated {} users and {} events for the demo project", summary.users, summary.events);
         let args = LoadArgs {
-            client: load::ClientArgs {
-                addr: running.addr.to_string(),
-                api_key: std::env::var("SEXTANT_API_KEY").ok(),
-            },
+            client: load::ClientArgs { addr: running.addr.to_string(), api_key: std::env::var("SEXTANT_API_KEY").ok() },
             project: "demo".into(),
             users: Some(out.join("users.jsonl")),
             events: Some(out.join("events.jsonl")),

@@ -52,9 +52,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     })
     .await??;
 
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("binding {}", config.addr))?;
+    let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let metrics_addr = match config.metrics_addr()? {
         Some(metrics_addr) => {
@@ -68,10 +66,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         None => None,
     };
 
-    let api = Api {
-        engine: engine.clone(),
-        stream_inflight: config.stream_inflight,
-    };
+    let api = Api { engine: engine.clone(), stream_inflight: config.stream_inflight };
     let max = config.max_message_bytes;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -88,9 +83,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     use pb::project_service_server::ProjectServiceServer;
     use pb::user_service_server::UserServiceServer;
     health_reporter.set_serving::<IngestServiceServer<Api>>().await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
     let router = Server::builder()
         .layer(telemetry::RequestMetricsLayer)
@@ -125,9 +118,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
                 Ok(())
             }
         };
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         let closed = tokio::task::spawn_blocking(move || task_engine.close()).await?;
         served?;
         closed?;
@@ -135,13 +126,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         Ok(())
     });
     tracing::info!(addr = %addr, metrics = ?metrics_addr, "listening");
-    Ok(RunningServer {
-        addr,
-        metrics_addr,
-        engine,
-        shutdown: Some(shutdown_tx),
-        task,
-    })
+    Ok(RunningServer { addr, metrics_addr, engine, shutdown: Some(shutdown_tx), task })
 }
 
 /// Resolves on SIGINT or SIGTERM.

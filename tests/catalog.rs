@@ -36,10 +36,7 @@ async fn set_enforcement(server: &TestServer, mode: pb::Enforcement) {
         .projects()
         .update_project(pb::UpdateProjectRequest {
             project: "p".into(),
-            update: Some(pb::Project {
-                enforcement: mode as i32,
-                ..Default::default()
-            }),
+            update: Some(pb::Project { enforcement: mode as i32, ..Default::default() }),
             update_mask: vec!["enforcement".into()],
         })
         .await
@@ -51,20 +48,14 @@ async fn plan_server() -> TestServer {
     server.create_project("p").await;
     server
         .catalog()
-        .upsert_event_type(pb::UpsertEventTypeRequest {
-            project: "p".into(),
-            event_type: Some(purchase_type()),
-        })
+        .upsert_event_type(pb::UpsertEventTypeRequest { project: "p".into(), event_type: Some(purchase_type()) })
         .await
         .unwrap();
     server
 }
 
 fn valid(id: &str) -> pb::Event {
-    with_props(
-        event(id, "purchase", "u1", 10),
-        &[("revenue", num(9.5)), ("currency", text("USD"))],
-    )
+    with_props(event(id, "purchase", "u1", 10), &[("revenue", num(9.5)), ("currency", text("USD"))])
 }
 
 fn violating(id: &str) -> pb::Event {
@@ -89,24 +80,13 @@ async fn warn_accepts_and_reports_violations() {
     set_enforcement(&server, pb::Enforcement::Warn).await;
     let reply = server.track("p", vec![valid("v"), violating("x"), unknown("m")]).await;
     assert_eq!(reply.accepted, 3);
-    let warnings: Vec<(u32, &str, &str)> = reply
-        .warnings
-        .iter()
-        .map(|w| (w.index, w.event_id.as_str(), w.message.as_str()))
-        .collect();
+    let warnings: Vec<(u32, &str, &str)> =
+        reply.warnings.iter().map(|w| (w.index, w.event_id.as_str(), w.message.as_str())).collect();
     assert_eq!(
         warnings,
         vec![
-            (
-                1,
-                "x",
-                "events[1]: tracking plan: properties.revenue: -1 is below the minimum 0"
-            ),
-            (
-                2,
-                "m",
-                "events[2]: tracking plan: name: event \"mystery\" is not in the tracking plan"
-            ),
+            (1, "x", "events[1]: tracking plan: properties.revenue: -1 is below the minimum 0"),
+            (2, "m", "events[2]: tracking plan: name: event \"mystery\" is not in the tracking plan"),
         ]
     );
 }
@@ -133,39 +113,24 @@ async fn quarantine_keeps_violations_apart_until_replayed() {
 
     let listed = server
         .catalog()
-        .list_quarantined(pb::ListQuarantinedRequest {
-            project: "p".into(),
-            ..Default::default()
-        })
+        .list_quarantined(pb::ListQuarantinedRequest { project: "p".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
-    let entries: Vec<(String, Vec<String>)> = listed
-        .events
-        .iter()
-        .map(|q| (q.event.as_ref().unwrap().event_id.clone(), q.reasons.clone()))
-        .collect();
+    let entries: Vec<(String, Vec<String>)> =
+        listed.events.iter().map(|q| (q.event.as_ref().unwrap().event_id.clone(), q.reasons.clone())).collect();
     assert_eq!(
         entries,
         vec![
-            (
-                "x".to_string(),
-                vec!["properties.revenue: -1 is below the minimum 0".to_string()]
-            ),
-            (
-                "m".to_string(),
-                vec!["name: event \"mystery\" is not in the tracking plan".to_string()]
-            ),
+            ("x".to_string(), vec!["properties.revenue: -1 is below the minimum 0".to_string()]),
+            ("m".to_string(), vec!["name: event \"mystery\" is not in the tracking plan".to_string()]),
         ]
     );
 
     // Nothing changed in the plan yet: both stay.
     let mut catalog = server.catalog();
     let replay = catalog
-        .replay_quarantined(pb::ReplayQuarantinedRequest {
-            project: "p".into(),
-            ids: vec![],
-        })
+        .replay_quarantined(pb::ReplayQuarantinedRequest { project: "p".into(), ids: vec![] })
         .await
         .unwrap()
         .into_inner();
@@ -175,18 +140,12 @@ async fn quarantine_keeps_violations_apart_until_replayed() {
     catalog
         .upsert_event_type(pb::UpsertEventTypeRequest {
             project: "p".into(),
-            event_type: Some(pb::EventType {
-                name: "mystery".into(),
-                ..Default::default()
-            }),
+            event_type: Some(pb::EventType { name: "mystery".into(), ..Default::default() }),
         })
         .await
         .unwrap();
     let replay = catalog
-        .replay_quarantined(pb::ReplayQuarantinedRequest {
-            project: "p".into(),
-            ids: vec![],
-        })
+        .replay_quarantined(pb::ReplayQuarantinedRequest { project: "p".into(), ids: vec![] })
         .await
         .unwrap()
         .into_inner();
@@ -196,18 +155,12 @@ async fn quarantine_keeps_violations_apart_until_replayed() {
 
     // Unknown quarantine ids are NOT_FOUND / INVALID_ARGUMENT.
     let status = catalog
-        .replay_quarantined(pb::ReplayQuarantinedRequest {
-            project: "p".into(),
-            ids: vec!["999".into()],
-        })
+        .replay_quarantined(pb::ReplayQuarantinedRequest { project: "p".into(), ids: vec!["999".into()] })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = catalog
-        .replay_quarantined(pb::ReplayQuarantinedRequest {
-            project: "p".into(),
-            ids: vec!["abc".into()],
-        })
+        .replay_quarantined(pb::ReplayQuarantinedRequest { project: "p".into(), ids: vec!["abc".into()] })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), vec!["ids[0]"]);
@@ -222,36 +175,20 @@ async fn quarantine_keeps_violations_apart_until_replayed() {
 async fn event_type_crud_and_validation() {
     let server = plan_server().await;
     let mut catalog = server.catalog();
-    let got = catalog
-        .get_event_type(pb::GetEventTypeRequest {
-            project: "p".into(),
-            name: "purchase".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .event_type
-        .unwrap();
+    let got = server.get_event_type("p", "purchase").await;
     assert_eq!(got.properties, purchase_type().properties);
     assert_eq!(got.question, "how much revenue do we make?");
     for name in ["a", "b", "c"] {
         catalog
             .upsert_event_type(pb::UpsertEventTypeRequest {
                 project: "p".into(),
-                event_type: Some(pb::EventType {
-                    name: name.into(),
-                    ..Default::default()
-                }),
+                event_type: Some(pb::EventType { name: name.into(), ..Default::default() }),
             })
             .await
             .unwrap();
     }
     let page = catalog
-        .list_event_types(pb::ListEventTypesRequest {
-            project: "p".into(),
-            page_size: 3,
-            page_token: String::new(),
-        })
+        .list_event_types(pb::ListEventTypesRequest { project: "p".into(), page_size: 3, page_token: String::new() })
         .await
         .unwrap()
         .into_inner();
@@ -269,18 +206,9 @@ async fn event_type_crud_and_validation() {
     assert_eq!(rest.event_types.len(), 1);
     assert!(rest.next_page_token.is_empty());
 
-    catalog
-        .delete_event_type(pb::DeleteEventTypeRequest {
-            project: "p".into(),
-            name: "a".into(),
-        })
-        .await
-        .unwrap();
+    catalog.delete_event_type(pb::DeleteEventTypeRequest { project: "p".into(), name: "a".into() }).await.unwrap();
     let status = catalog
-        .delete_event_type(pb::DeleteEventTypeRequest {
-            project: "p".into(),
-            name: "a".into(),
-        })
+        .delete_event_type(pb::DeleteEventTypeRequest { project: "p".into(), name: "a".into() })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -288,30 +216,14 @@ async fn event_type_crud_and_validation() {
     // Bad schemas name the field and change nothing.
     let bad = |props: Vec<pb::PropertySchema>| pb::UpsertEventTypeRequest {
         project: "p".into(),
-        event_type: Some(pb::EventType {
-            name: "purchase".into(),
-            properties: props,
-            ..Default::default()
-        }),
+        event_type: Some(pb::EventType { name: "purchase".into(), properties: props, ..Default::default() }),
     };
     let cases = vec![
-        (
-            vec![pb::PropertySchema {
-                name: "".into(),
-                ..Default::default()
-            }],
-            "event_type.properties[0].name",
-        ),
+        (vec![pb::PropertySchema { name: "".into(), ..Default::default() }], "event_type.properties[0].name"),
         (
             vec![
-                pb::PropertySchema {
-                    name: "x".into(),
-                    ..Default::default()
-                },
-                pb::PropertySchema {
-                    name: "x".into(),
-                    ..Default::default()
-                },
+                pb::PropertySchema { name: "x".into(), ..Default::default() },
+                pb::PropertySchema { name: "x".into(), ..Default::default() },
             ],
             "event_type.properties[1].name",
         ),
@@ -326,11 +238,7 @@ async fn event_type_crud_and_validation() {
             "event_type.properties[0].min",
         ),
         (
-            vec![pb::PropertySchema {
-                name: "x".into(),
-                r#type: 42,
-                ..Default::default()
-            }],
+            vec![pb::PropertySchema { name: "x".into(), r#type: 42, ..Default::default() }],
             "event_type.properties[0].type",
         ),
     ];
@@ -339,15 +247,6 @@ async fn event_type_crud_and_validation() {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(violated_fields(&status), vec![field]);
     }
-    let unchanged = catalog
-        .get_event_type(pb::GetEventTypeRequest {
-            project: "p".into(),
-            name: "purchase".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .event_type
-        .unwrap();
+    let unchanged = server.get_event_type("p", "purchase").await;
     assert_eq!(unchanged.properties, purchase_type().properties);
 }

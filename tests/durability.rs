@@ -33,16 +33,17 @@ async fn spawn_server(dir: &Path) -> Process {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("first line");
-    let addr = line
-        .trim()
-        .strip_prefix("sextant listening on ")
-        .unwrap_or_else(|| panic!("unexpected: {line}"));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let addr = line.trim().strip_prefix("sextant listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
     Process { child, channel }
+}
+
+async fn create_project(channel: &Channel, id: &str) {
+    let project = pb::Project { id: id.into(), ..Default::default() };
+    ProjectServiceClient::new(channel.clone())
+        .create_project(pb::CreateProjectRequest { project: Some(project) })
+        .await
+        .expect("project created");
 }
 
 fn kill_9(mut process: Process) {
@@ -56,15 +57,7 @@ async fn acked_events_survive_kill_9_exactly_once() {
     let temp = tempfile::tempdir().unwrap();
     let mut acked: Vec<String> = Vec::new();
     let mut server = spawn_server(temp.path()).await;
-    ProjectServiceClient::new(server.channel.clone())
-        .create_project(pb::CreateProjectRequest {
-            project: Some(pb::Project {
-                id: "p".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    create_project(&server.channel, "p").await;
 
     // Three rounds, each killed after a different number of acks while more batches are in flight.
     for (round, kill_after) in [(0u64, 1usize), (1, 7), (2, 30)] {
@@ -73,27 +66,14 @@ async fn acked_events_survive_kill_9_exactly_once() {
                 project: "p".into(),
                 sequence: b,
                 events: (0..200)
-                    .map(|i| {
-                        event(
-                            &format!("r{round}-b{b}-{i}"),
-                            "view",
-                            &format!("u{i}"),
-                            (b * 200 + i) as i64,
-                        )
-                    })
+                    .map(|i| event(&format!("r{round}-b{b}-{i}"), "view", &format!("u{i}"), (b * 200 + i) as i64))
                     .collect(),
             })
             .collect();
-        let sent: HashMap<u64, Vec<String>> = batches
-            .iter()
-            .map(|b| (b.sequence, b.events.iter().map(|e| e.event_id.clone()).collect()))
-            .collect();
+        let sent: HashMap<u64, Vec<String>> =
+            batches.iter().map(|b| (b.sequence, b.events.iter().map(|e| e.event_id.clone()).collect())).collect();
         let mut client = IngestServiceClient::new(server.channel.clone());
-        let mut acks = client
-            .track_stream(tokio_stream::iter(batches))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut acks = client.track_stream(tokio_stream::iter(batches)).await.unwrap().into_inner();
         for _ in 0..kill_after {
             let ack = acks.next().await.unwrap().unwrap();
             assert_eq!(ack.accepted, 200);
@@ -105,10 +85,7 @@ async fn acked_events_survive_kill_9_exactly_once() {
 
     let mut users = UserServiceClient::new(server.channel.clone());
     let mut stream = users
-        .export_events(pb::ExportEventsRequest {
-            project: "p".into(),
-            ..Default::default()
-        })
+        .export_events(pb::ExportEventsRequest { project: "p".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -127,11 +104,7 @@ async fn acked_events_survive_kill_9_exactly_once() {
     // Replaying everything acked is fully deduplicated after the crashes.
     let replay: Vec<pb::Event> = acked.iter().take(500).map(|id| event(id, "view", "u0", 0)).collect();
     let reply = IngestServiceClient::new(server.channel.clone())
-        .track(pb::TrackRequest {
-            project: "p".into(),
-            events: replay,
-            sequence: 0,
-        })
+        .track(pb::TrackRequest { project: "p".into(), events: replay, sequence: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -143,28 +116,13 @@ async fn acked_events_survive_kill_9_exactly_once() {
 async fn sigterm_flushes_and_exits_zero() {
     let temp = tempfile::tempdir().unwrap();
     let server = spawn_server(temp.path()).await;
-    ProjectServiceClient::new(server.channel.clone())
-        .create_project(pb::CreateProjectRequest {
-            project: Some(pb::Project {
-                id: "p".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    create_project(&server.channel, "p").await;
     IngestServiceClient::new(server.channel.clone())
-        .track(pb::TrackRequest {
-            project: "p".into(),
-            events: vec![event("a", "x", "u", 0)],
-            sequence: 0,
-        })
+        .track(pb::TrackRequest { project: "p".into(), events: vec![event("a", "x", "u", 0)], sequence: 0 })
         .await
         .unwrap();
     let mut child = server.child;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "graceful exit");

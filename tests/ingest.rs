@@ -16,31 +16,12 @@ async fn batch_round_trip_keeps_every_field() {
         &[
             ("revenue", num(42.5)),
             ("currency", text("EUR")),
-            (
-                "gift",
-                pb::Value {
-                    kind: Some(pb::value::Kind::BoolValue(true)),
-                },
-            ),
-            (
-                "shipped_at",
-                pb::Value {
-                    kind: Some(pb::value::Kind::TimestampValue(ts(7200))),
-                },
-            ),
-            (
-                "coupon",
-                pb::Value {
-                    kind: Some(pb::value::Kind::NullValue(0)),
-                },
-            ),
+            ("gift", pb::Value { kind: Some(pb::value::Kind::BoolValue(true)) }),
+            ("shipped_at", pb::Value { kind: Some(pb::value::Kind::TimestampValue(ts(7200))) }),
+            ("coupon", pb::Value { kind: Some(pb::value::Kind::NullValue(0)) }),
         ],
     );
-    let anonymous = pb::Event {
-        user_id: String::new(),
-        anonymous_id: "anon-1".into(),
-        ..event("e2", "view", "", 10)
-    };
+    let anonymous = pb::Event { user_id: String::new(), anonymous_id: "anon-1".into(), ..event("e2", "view", "", 10) };
     let reply = server.track("shop", vec![purchase.clone(), anonymous.clone()]).await;
     assert_eq!((reply.accepted, reply.duplicates, reply.quarantined), (2, 0, 0));
     assert!(reply.rejected.is_empty() && reply.warnings.is_empty());
@@ -65,14 +46,8 @@ async fn batch_round_trip_keeps_every_field() {
     assert_eq!(
         stats.events_by_name,
         vec![
-            pb::EventNameCount {
-                name: "purchase".into(),
-                events: 1
-            },
-            pb::EventNameCount {
-                name: "view".into(),
-                events: 1
-            }
+            pb::EventNameCount { name: "purchase".into(), events: 1 },
+            pb::EventNameCount { name: "view".into(), events: 1 }
         ]
     );
     assert_eq!(stats.first_event_time, Some(ts(10)));
@@ -84,15 +59,8 @@ async fn batch_round_trip_keeps_every_field() {
 async fn missing_event_id_and_timestamp_are_filled_by_the_server() {
     let server = TestServer::start().await;
     server.create_project("p").await;
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let bare = pb::Event {
-        name: "ping".into(),
-        user_id: "u".into(),
-        ..Default::default()
-    };
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let bare = pb::Event { name: "ping".into(), user_id: "u".into(), ..Default::default() };
     let reply = server.track("p", vec![bare.clone(), bare]).await;
     assert_eq!(reply.accepted, 2, "two events without ids are two events");
     let events = server.export("p").await;
@@ -101,10 +69,7 @@ async fn missing_event_id_and_timestamp_are_filled_by_the_server() {
         let id = uuid::Uuid::parse_str(&e.event_id).expect("a uuid");
         assert_eq!(id.get_version_num(), 7);
         let seconds = e.timestamp.unwrap().seconds;
-        assert!(
-            seconds >= before && seconds <= before + 60,
-            "receive time, got {seconds}"
-        );
+        assert!(seconds >= before && seconds <= before + 60, "receive time, got {seconds}");
     }
 }
 
@@ -115,12 +80,7 @@ async fn duplicates_are_acknowledged_but_stored_once_for_ever() {
     // Inside one batch: the first wins even though the payload differs.
     let first = with_props(event("dup", "signup", "u1", 0), &[("plan", text("pro"))]);
     let second = with_props(event("dup", "signup", "u1", 5), &[("plan", text("free"))]);
-    let reply = server
-        .track(
-            "p",
-            vec![first.clone(), second.clone(), event("other", "signup", "u2", 1)],
-        )
-        .await;
+    let reply = server.track("p", vec![first.clone(), second.clone(), event("other", "signup", "u2", 1)]).await;
     assert_eq!((reply.accepted, reply.duplicates), (2, 1));
     // Across batches.
     let reply = server.track("p", vec![second.clone()]).await;
@@ -132,15 +92,7 @@ async fn duplicates_are_acknowledged_but_stored_once_for_ever() {
         let mut client = server.ingest();
         let events = batch.clone();
         handles.push(tokio::spawn(async move {
-            client
-                .track(pb::TrackRequest {
-                    project: "p".into(),
-                    events,
-                    sequence: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner()
+            client.track(pb::TrackRequest { project: "p".into(), events, sequence: 0 }).await.unwrap().into_inner()
         }));
     }
     let (mut accepted, mut duplicates) = (0, 0);
@@ -160,12 +112,7 @@ async fn duplicates_are_acknowledged_but_stored_once_for_ever() {
 
     // And after a restart the id set is rebuilt from storage.
     let server = server.restart().await;
-    let reply = server
-        .track(
-            "p",
-            vec![second, event("c7", "view", "u3", 7), event("new", "view", "u3", 9)],
-        )
-        .await;
+    let reply = server.track("p", vec![second, event("c7", "view", "u3", 7), event("new", "view", "u3", 9)]).await;
     assert_eq!((reply.accepted, reply.duplicates), (1, 2));
     assert_eq!(server.stats("p").await.events, 53);
 }
@@ -174,38 +121,23 @@ async fn duplicates_are_acknowledged_but_stored_once_for_ever() {
 async fn a_bad_event_fails_alone_with_its_field_named() {
     let server = TestServer::start().await;
     server.create_project("p").await;
-    let future = prost_types::Timestamp {
-        seconds: chrono_now() + 2 * 3600,
-        nanos: 0,
-    };
+    let future = prost_types::Timestamp { seconds: chrono_now() + 2 * 3600, nanos: 0 };
     let big = "x".repeat(40 * 1024);
     let too_many: Vec<(String, pb::Value)> = (0..300).map(|i| (format!("p{i}"), num(i as f64))).collect();
     let events = vec![
         event("ok1", "view", "u1", 1),
         event("bad-name", "", "u1", 1),
-        pb::Event {
-            user_id: String::new(),
-            ..event("bad-user", "view", "", 1)
-        },
-        pb::Event {
-            timestamp: Some(future),
-            ..event("bad-time", "view", "u1", 1)
-        },
+        pb::Event { user_id: String::new(), ..event("bad-user", "view", "", 1) },
+        pb::Event { timestamp: Some(future), ..event("bad-time", "view", "u1", 1) },
         with_props(event("bad-size", "view", "u1", 1), &[("blob", text(&big))]),
-        pb::Event {
-            properties: too_many.into_iter().collect(),
-            ..event("bad-props", "view", "u1", 1)
-        },
+        pb::Event { properties: too_many.into_iter().collect(), ..event("bad-props", "view", "u1", 1) },
         with_props(event("bad-nan", "view", "u1", 1), &[("price", num(f64::NAN))]),
         event("ok2", "view", "u2", 2),
     ];
     let reply = server.track("p", events).await;
     assert_eq!(reply.accepted, 2);
-    let rejected: Vec<(u32, &str, &str)> = reply
-        .rejected
-        .iter()
-        .map(|e| (e.index, e.event_id.as_str(), e.code.as_str()))
-        .collect();
+    let rejected: Vec<(u32, &str, &str)> =
+        reply.rejected.iter().map(|e| (e.index, e.event_id.as_str(), e.code.as_str())).collect();
     assert_eq!(
         rejected,
         vec![
@@ -218,41 +150,18 @@ async fn a_bad_event_fails_alone_with_its_field_named() {
         ]
     );
     let messages: Vec<&str> = reply.rejected.iter().map(|e| e.message.as_str()).collect();
-    assert!(
-        messages[0].starts_with("events[1].name: must not be empty"),
-        "{}",
-        messages[0]
-    );
-    assert!(
-        messages[1].starts_with("events[2].user_id: user_id or anonymous_id is required"),
-        "{}",
-        messages[1]
-    );
-    assert!(
-        messages[2].starts_with("events[3].timestamp: more than 3600 s in the future"),
-        "{}",
-        messages[2]
-    );
+    assert!(messages[0].starts_with("events[1].name: must not be empty"), "{}", messages[0]);
+    assert!(messages[1].starts_with("events[2].user_id: user_id or anonymous_id is required"), "{}", messages[1]);
+    assert!(messages[2].starts_with("events[3].timestamp: more than 3600 s in the future"), "{}", messages[2]);
     assert!(messages[3].starts_with("events[4].event: "), "{}", messages[3]);
-    assert!(
-        messages[4].starts_with("events[5].properties: 300 properties, at most 256"),
-        "{}",
-        messages[4]
-    );
-    assert!(
-        messages[5].starts_with("events[6].properties.price: number must be finite"),
-        "{}",
-        messages[5]
-    );
+    assert!(messages[4].starts_with("events[5].properties: 300 properties, at most 256"), "{}", messages[4]);
+    assert!(messages[5].starts_with("events[6].properties.price: number must be finite"), "{}", messages[5]);
     let ids: Vec<String> = server.export("p").await.into_iter().map(|e| e.event_id).collect();
     assert_eq!(ids, vec!["ok1", "ok2"]);
 }
 
 fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,15 +173,8 @@ async fn request_limits_fail_the_whole_request_with_resource_exhausted() {
     .await;
     server.create_project("p").await;
     let eleven: Vec<pb::Event> = (0..11).map(|i| event(&format!("e{i}"), "view", "u", i)).collect();
-    let status = server
-        .ingest()
-        .track(pb::TrackRequest {
-            project: "p".into(),
-            events: eleven,
-            sequence: 0,
-        })
-        .await
-        .unwrap_err();
+    let status =
+        server.ingest().track(pb::TrackRequest { project: "p".into(), events: eleven, sequence: 0 }).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("at most 10"), "{}", status.message());
     assert_eq!(violated_fields(&status), Vec::<String>::new());
@@ -282,19 +184,9 @@ async fn request_limits_fail_the_whole_request_with_resource_exhausted() {
     }
 
     // A message over the decode limit: the transport refuses it before it is decoded.
-    let fat = vec![with_props(
-        event("fat", "view", "u", 1),
-        &[("blob", text(&"y".repeat(100 * 1024)))],
-    )];
-    let status = server
-        .ingest()
-        .track(pb::TrackRequest {
-            project: "p".into(),
-            events: fat,
-            sequence: 0,
-        })
-        .await
-        .unwrap_err();
+    let fat = vec![with_props(event("fat", "view", "u", 1), &[("blob", text(&"y".repeat(100 * 1024)))])];
+    let status =
+        server.ingest().track(pb::TrackRequest { project: "p".into(), events: fat, sequence: 0 }).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(server.stats("p").await.events, 0, "nothing stored");
 }
@@ -304,22 +196,14 @@ async fn unknown_project_and_bad_ids_are_clear_errors() {
     let server = TestServer::start().await;
     let status = server
         .ingest()
-        .track(pb::TrackRequest {
-            project: "nope".into(),
-            events: vec![event("e", "x", "u", 0)],
-            sequence: 0,
-        })
+        .track(pb::TrackRequest { project: "nope".into(), events: vec![event("e", "x", "u", 0)], sequence: 0 })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("nope"));
     let status = server
         .ingest()
-        .track(pb::TrackRequest {
-            project: "Bad Id".into(),
-            events: vec![],
-            sequence: 0,
-        })
+        .track(pb::TrackRequest { project: "Bad Id".into(), events: vec![], sequence: 0 })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -343,20 +227,14 @@ async fn track_stream_acks_every_sequence_in_order() {
                 .collect(),
         })
         .collect();
-    let mut acks = server
-        .ingest()
-        .track_stream(tokio_stream::iter(batches))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut acks = server.ingest().track_stream(tokio_stream::iter(batches)).await.unwrap().into_inner();
     let mut seen = Vec::new();
     while let Some(ack) = acks.next().await {
         let ack = ack.unwrap();
         seen.push((ack.sequence, ack.accepted, ack.duplicates));
     }
-    let expected: Vec<(u64, u64, u64)> = (1..=40u64)
-        .map(|seq| if seq == 7 { (70, 0, 25) } else { (seq * 10, 25, 0) })
-        .collect();
+    let expected: Vec<(u64, u64, u64)> =
+        (1..=40u64).map(|seq| if seq == 7 { (70, 0, 25) } else { (seq * 10, 25, 0) }).collect();
     assert_eq!(seen, expected);
     assert_eq!(server.stats("p").await.events, 39 * 25);
 }
@@ -366,28 +244,11 @@ async fn track_stream_fails_on_an_unknown_project_after_acking_earlier_batches()
     let server = TestServer::start().await;
     server.create_project("p").await;
     let batches = vec![
-        pb::TrackRequest {
-            project: "p".into(),
-            sequence: 1,
-            events: vec![event("a", "x", "u", 0)],
-        },
-        pb::TrackRequest {
-            project: "missing".into(),
-            sequence: 2,
-            events: vec![event("b", "x", "u", 0)],
-        },
-        pb::TrackRequest {
-            project: "p".into(),
-            sequence: 3,
-            events: vec![event("c", "x", "u", 0)],
-        },
+        pb::TrackRequest { project: "p".into(), sequence: 1, events: vec![event("a", "x", "u", 0)] },
+        pb::TrackRequest { project: "missing".into(), sequence: 2, events: vec![event("b", "x", "u", 0)] },
+        pb::TrackRequest { project: "p".into(), sequence: 3, events: vec![event("c", "x", "u", 0)] },
     ];
-    let mut acks = server
-        .ingest()
-        .track_stream(tokio_stream::iter(batches))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut acks = server.ingest().track_stream(tokio_stream::iter(batches)).await.unwrap().into_inner();
     assert_eq!(acks.next().await.unwrap().unwrap().sequence, 1);
     let status = acks.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -409,19 +270,9 @@ async fn identify_alias_and_get_user() {
         .identify(pb::IdentifyRequest {
             project: "p".into(),
             users: vec![
-                update(
-                    "u1",
-                    &[("plan", text("free")), ("country", text("DE"))],
-                    &[("channel", text("email"))],
-                    &[],
-                ),
+                update("u1", &[("plan", text("free")), ("country", text("DE"))], &[("channel", text("email"))], &[]),
                 update("", &[("plan", text("pro"))], &[], &[]),
-                update(
-                    "u1",
-                    &[("plan", text("pro"))],
-                    &[("channel", text("social"))],
-                    &["country"],
-                ),
+                update("u1", &[("plan", text("pro"))], &[("channel", text("social"))], &["country"]),
                 update("u2", &[("score", num(f64::INFINITY))], &[], &[]),
             ],
         })
@@ -438,36 +289,14 @@ async fn identify_alias_and_get_user() {
         ]
     );
 
-    server
-        .track(
-            "p",
-            vec![pb::Event {
-                anonymous_id: "anon".into(),
-                ..event("a1", "view", "", 5)
-            }],
-        )
-        .await;
+    server.track("p", vec![pb::Event { anonymous_id: "anon".into(), ..event("a1", "view", "", 5) }]).await;
     server.track("p", vec![event("a2", "signup", "u1", 50)]).await;
     server
         .ingest()
-        .alias(pb::AliasRequest {
-            project: "p".into(),
-            anonymous_id: "anon".into(),
-            user_id: "u1".into(),
-        })
+        .alias(pb::AliasRequest { project: "p".into(), anonymous_id: "anon".into(), user_id: "u1".into() })
         .await
         .unwrap();
-    let user = server
-        .users()
-        .get_user(pb::GetUserRequest {
-            project: "p".into(),
-            user_id: "u1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let user = server.get_user("p", "u1").await.unwrap();
     assert_eq!(user.traits.len(), 2);
     assert_eq!(user.traits["plan"], text("pro"));
     assert_eq!(user.traits["channel"], text("email"), "set_once keeps the first value");
@@ -475,39 +304,18 @@ async fn identify_alias_and_get_user() {
     assert_eq!(user.events, 2, "the aliased anonymous event counts for the user");
     assert_eq!((user.first_seen, user.last_seen), (Some(ts(5)), Some(ts(50))));
 
-    let status = server
-        .users()
-        .get_user(pb::GetUserRequest {
-            project: "p".into(),
-            user_id: "ghost".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = server.get_user("p", "ghost").await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = server
         .ingest()
-        .alias(pb::AliasRequest {
-            project: "p".into(),
-            anonymous_id: "".into(),
-            user_id: "u1".into(),
-        })
+        .alias(pb::AliasRequest { project: "p".into(), anonymous_id: "".into(), user_id: "u1".into() })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), vec!["anonymous_id"]);
 
     // Traits and aliases survive a restart.
     let server = server.restart().await;
-    let again = server
-        .users()
-        .get_user(pb::GetUserRequest {
-            project: "p".into(),
-            user_id: "u1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+    let again = server.get_user("p", "u1").await.unwrap();
     assert_eq!(again, user);
 }
 
@@ -515,9 +323,7 @@ async fn identify_alias_and_get_user() {
 async fn timeline_pages_and_export_filters() {
     let server = TestServer::start().await;
     server.create_project("p").await;
-    let mut events: Vec<pb::Event> = (0..25)
-        .map(|i| event(&format!("u1-{i}"), "view", "u1", 100 - i))
-        .collect();
+    let mut events: Vec<pb::Event> = (0..25).map(|i| event(&format!("u1-{i}"), "view", "u1", 100 - i)).collect();
     events.push(event("u2-0", "buy", "u2", 50));
     events.push(event("u1-buy", "buy", "u1", 60));
     server.track("p", events).await;
@@ -551,10 +357,7 @@ async fn timeline_pages_and_export_filters() {
 
     let request = pb::ExportEventsRequest {
         project: "p".into(),
-        range: Some(pb::TimeRange {
-            from: Some(ts(50)),
-            to: Some(ts(80)),
-        }),
+        range: Some(pb::TimeRange { from: Some(ts(50)), to: Some(ts(80)) }),
         names: vec!["buy".into()],
         user_id: String::new(),
     };

@@ -12,17 +12,11 @@ pub fn validate_slug(field: &str, id: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not be empty"));
     };
     if bytes.len() > 63 {
-        return Err(Error::invalid(
-            field,
-            format!("{} characters, at most 63", id.chars().count()),
-        ));
+        return Err(Error::invalid(field, format!("{} characters, at most 63", id.chars().count())));
     }
     let lower_digit = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !lower_digit(first) || !bytes.iter().all(|b| lower_digit(b) || *b == b'_' || *b == b'-') {
-        return Err(Error::invalid(
-            field,
-            format!("{id:?} must match [a-z0-9][a-z0-9_-]{{0,62}}"),
-        ));
+        return Err(Error::invalid(field, format!("{id:?} must match [a-z0-9][a-z0-9_-]{{0,62}}")));
     }
     Ok(())
 }
@@ -36,10 +30,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<()> {
     if name.len() > MAX_NAME_CHARS {
         let chars = name.chars().count();
         if chars > MAX_NAME_CHARS {
-            return Err(Error::invalid(
-                field,
-                format!("{chars} characters, at most {MAX_NAME_CHARS}"),
-            ));
+            return Err(Error::invalid(field, format!("{chars} characters, at most {MAX_NAME_CHARS}")));
         }
     }
     if name.chars().any(char::is_control) {
@@ -65,18 +56,12 @@ pub fn validate_event_type(event_type: &EventType) -> Result<()> {
         let field = format!("event_type.properties[{i}]");
         validate_name(&format!("{field}.name"), &property.name)?;
         if !seen.insert(property.name.as_str()) {
-            return Err(Error::invalid(
-                format!("{field}.name"),
-                format!("duplicate property {:?}", property.name),
-            ));
+            return Err(Error::invalid(format!("{field}.name"), format!("duplicate property {:?}", property.name)));
         }
         if let (Some(min), Some(max)) = (property.min, property.max)
             && min > max
         {
-            return Err(Error::invalid(
-                format!("{field}.min"),
-                format!("min {min} is greater than max {max}"),
-            ));
+            return Err(Error::invalid(format!("{field}.min"), format!("min {min} is greater than max {max}")));
         }
         if [property.min, property.max].iter().flatten().any(|b| !b.is_finite()) {
             return Err(Error::invalid(format!("{field}.min"), "bounds must be finite"));
@@ -86,10 +71,7 @@ pub fn validate_event_type(event_type: &EventType) -> Result<()> {
             return Err(Error::invalid(format!("{field}.min"), "min and max need type NUMBER"));
         }
         if !property.allowed_values.is_empty() && !matches!(property.kind, PropertyType::String) {
-            return Err(Error::invalid(
-                format!("{field}.allowed_values"),
-                "allowed values need type STRING",
-            ));
+            return Err(Error::invalid(format!("{field}.allowed_values"), "allowed values need type STRING"));
         }
     }
     Ok(())
@@ -210,20 +192,14 @@ mod tests {
 
     #[test]
     fn conforming_event_has_no_violations() {
-        let e = purchase(vec![
-            ("revenue", Value::Number(12.5)),
-            ("currency", Value::String("EUR".into())),
-        ]);
+        let e = purchase(vec![("revenue", Value::Number(12.5)), ("currency", Value::String("EUR".into()))]);
         assert!(violations(&e, Some(&plan())).is_empty());
     }
 
     #[test]
     fn each_rule_is_reported() {
         let p = plan();
-        assert_eq!(
-            violations(&purchase(vec![]), Some(&p)),
-            vec!["properties.revenue: required"]
-        );
+        assert_eq!(violations(&purchase(vec![]), Some(&p)), vec!["properties.revenue: required"]);
         assert_eq!(
             violations(&purchase(vec![("revenue", Value::Null)]), Some(&p)),
             vec!["properties.revenue: required"]
@@ -242,25 +218,16 @@ mod tests {
         );
         assert_eq!(
             violations(
-                &purchase(vec![
-                    ("revenue", Value::Number(1.0)),
-                    ("currency", Value::String("GBP".into()))
-                ]),
+                &purchase(vec![("revenue", Value::Number(1.0)), ("currency", Value::String("GBP".into()))]),
                 Some(&p)
             ),
             vec!["properties.currency: \"GBP\" is not an allowed value"]
         );
         assert_eq!(
-            violations(
-                &purchase(vec![("revenue", Value::Number(1.0)), ("coupon", Value::Bool(true))]),
-                Some(&p)
-            ),
+            violations(&purchase(vec![("revenue", Value::Number(1.0)), ("coupon", Value::Bool(true))]), Some(&p)),
             vec!["properties.coupon: not in the tracking plan"]
         );
-        assert_eq!(
-            violations(&purchase(vec![]), None),
-            vec!["name: event \"purchase\" is not in the tracking plan"]
-        );
+        assert_eq!(violations(&purchase(vec![]), None), vec!["name: event \"purchase\" is not in the tracking plan"]);
     }
 
     #[test]

@@ -61,9 +61,7 @@ impl ProjectState {
                     self.apply_user_update(update);
                 }
             }
-            LogRecord::Alias {
-                anonymous_id, user_id, ..
-            } => self.table.alias(anonymous_id, user_id),
+            LogRecord::Alias { anonymous_id, user_id, .. } => self.table.alias(anonymous_id, user_id),
             LogRecord::Quarantined { entries, .. } => {
                 for entry in entries {
                     self.quarantine.insert(entry.id, entry.clone());
@@ -186,12 +184,7 @@ impl Engine {
         let sender = writer.sender.clone();
         Ok(Arc::new(Engine {
             storage,
-            projects: RwLock::new(
-                projects
-                    .into_iter()
-                    .map(|(id, state)| (id, Arc::new(RwLock::new(state))))
-                    .collect(),
-            ),
+            projects: RwLock::new(projects.into_iter().map(|(id, state)| (id, Arc::new(RwLock::new(state)))).collect()),
             writer: Mutex::new(Some(writer)),
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
@@ -212,11 +205,7 @@ impl Engine {
 
     pub fn project(&self, id: &str) -> Result<Arc<ProjectEntry>> {
         validate_slug("project", id)?;
-        self.projects
-            .read()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("project {id:?} not found")))
+        self.projects.read().get(id).cloned().ok_or_else(|| Error::NotFound(format!("project {id:?} not found")))
     }
 
     // ---- projects ----
@@ -237,10 +226,7 @@ impl Engine {
         }
         self.storage.put_meta(&project_key(&project.id), &encode(&project)?)?;
         tracing::info!(project = %project.id, "project created");
-        projects.insert(
-            project.id.clone(),
-            Arc::new(RwLock::new(ProjectState::new(project.clone()))),
-        );
+        projects.insert(project.id.clone(), Arc::new(RwLock::new(ProjectState::new(project.clone()))));
         Ok(project)
     }
 
@@ -249,11 +235,7 @@ impl Engine {
     }
 
     pub fn list_projects(&self) -> Vec<Project> {
-        self.projects
-            .read()
-            .values()
-            .map(|p| p.read().project.clone())
-            .collect()
+        self.projects.read().values().map(|p| p.read().project.clone()).collect()
     }
 
     pub fn update_project(&self, id: &str, update: ProjectUpdate) -> Result<Project> {
@@ -311,8 +293,7 @@ impl Engine {
         validate_event_type(&event_type)?;
         event_type.updated = now_micros();
         let mut state = entry.write();
-        self.storage
-            .put_meta(&event_type_key(project, &event_type.name), &encode(&event_type)?)?;
+        self.storage.put_meta(&event_type_key(project, &event_type.name), &encode(&event_type)?)?;
         state.event_types.insert(event_type.name.clone(), event_type.clone());
         Ok(event_type)
     }
@@ -355,13 +336,7 @@ impl Engine {
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
         let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();
-        let job = WriteJob {
-            project,
-            records,
-            encoded,
-            keys,
-            reply,
-        };
+        let job = WriteJob { project, records, encoded, keys, reply };
         sender.send(job).await.map_err(|_| Error::Unavailable)?;
         receiver.await.map_err(|_| Error::Unavailable)?
     }
@@ -379,25 +354,16 @@ impl Engine {
         let mut keys = Vec::new();
         if !events.is_empty() {
             keys = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
-            records.push(LogRecord::Events {
-                project: project.to_owned(),
-                events,
-            });
+            records.push(LogRecord::Events { project: project.to_owned(), events });
         }
         if !quarantine.is_empty() {
             for entry in &mut quarantine {
                 entry.id = self.next_quarantine_id.fetch_add(1, Ordering::Relaxed);
             }
-            records.push(LogRecord::Quarantined {
-                project: project.to_owned(),
-                entries: quarantine,
-            });
+            records.push(LogRecord::Quarantined { project: project.to_owned(), entries: quarantine });
         }
         if !unquarantine.is_empty() {
-            records.push(LogRecord::Unquarantined {
-                project: project.to_owned(),
-                ids: unquarantine,
-            });
+            records.push(LogRecord::Unquarantined { project: project.to_owned(), ids: unquarantine });
         }
         (records, keys)
     }
@@ -407,11 +373,7 @@ impl Engine {
         if items.len() > self.limits.max_batch_events {
             return Err(Error::exhausted(
                 "events",
-                format!(
-                    "{} events in one request, at most {}",
-                    items.len(),
-                    self.limits.max_batch_events
-                ),
+                format!("{} events in one request, at most {}", items.len(), self.limits.max_batch_events),
             ));
         }
         let entry = self.project(project_id)?;
@@ -444,11 +406,7 @@ impl Engine {
         if updates.len() > self.limits.max_batch_events {
             return Err(Error::exhausted(
                 "users",
-                format!(
-                    "{} users in one request, at most {}",
-                    updates.len(),
-                    self.limits.max_batch_events
-                ),
+                format!("{} users in one request, at most {}", updates.len(), self.limits.max_batch_events),
             ));
         }
         let entry = self.project(project_id)?;
@@ -461,22 +419,16 @@ impl Engine {
             });
             match checked {
                 Ok(update) => valid.push(update),
-                Err((user_id, error)) => rejected.push(ingest::ItemError {
-                    index: index as u32,
-                    event_id: user_id,
-                    error,
-                }),
+                Err((user_id, error)) => {
+                    rejected.push(ingest::ItemError { index: index as u32, event_id: user_id, error })
+                }
             }
         }
         if valid.is_empty() {
             return Ok((0, rejected));
         }
         let updated = valid.len() as u64;
-        let record = LogRecord::Users {
-            project: project_id.to_owned(),
-            at: now_micros(),
-            updates: valid,
-        };
+        let record = LogRecord::Users { project: project_id.to_owned(), at: now_micros(), updates: valid };
         self.write(entry, vec![record], vec![]).await?;
         Ok((updated, rejected))
     }
@@ -489,11 +441,7 @@ impl Engine {
             }
             ingest::validate_user_id(field, id)?;
         }
-        let record = LogRecord::Alias {
-            project: project_id.to_owned(),
-            anonymous_id,
-            user_id,
-        };
+        let record = LogRecord::Alias { project: project_id.to_owned(), anonymous_id, user_id };
         self.write(entry, vec![record], vec![]).await?;
         Ok(())
     }

@@ -70,10 +70,7 @@ pub struct TrackOutcome {
 
 pub fn validate_user_id(field: &str, id: &str) -> Result<()> {
     if id.len() > MAX_USER_ID_BYTES {
-        return Err(Error::invalid(
-            field,
-            format!("{} bytes, at most {MAX_USER_ID_BYTES}", id.len()),
-        ));
+        return Err(Error::invalid(field, format!("{} bytes, at most {MAX_USER_ID_BYTES}", id.len())));
     }
     if id.contains('\0') {
         return Err(Error::invalid(field, "must not contain NUL"));
@@ -110,10 +107,7 @@ pub fn validate_event(event: &mut Event, encoded_len: usize, limits: &Limits, no
     }
     validate_name("name", &event.name)?;
     if event.event_id.len() > MAX_ID_BYTES {
-        return Err(Error::invalid(
-            "event_id",
-            format!("{} bytes, at most {MAX_ID_BYTES}", event.event_id.len()),
-        ));
+        return Err(Error::invalid("event_id", format!("{} bytes, at most {MAX_ID_BYTES}", event.event_id.len())));
     }
     if event.user_id.is_empty() && event.anonymous_id.is_empty() {
         return Err(Error::invalid("user_id", "user_id or anonymous_id is required"));
@@ -123,10 +117,7 @@ pub fn validate_event(event: &mut Event, encoded_len: usize, limits: &Limits, no
     if event.timestamp > now + limits.max_future_micros {
         return Err(Error::invalid(
             "timestamp",
-            format!(
-                "more than {} s in the future",
-                limits.max_future_micros / MICROS_PER_SECOND
-            ),
+            format!("more than {} s in the future", limits.max_future_micros / MICROS_PER_SECOND),
         ));
     }
     validate_properties("properties", &event.properties, limits)?;
@@ -158,20 +149,12 @@ pub fn sort_batch(
         let mut event = match item.event {
             Ok(event) => event,
             Err(error) => {
-                sorted.outcome.rejected.push(ItemError {
-                    index,
-                    event_id: String::new(),
-                    error: prefix(index, error),
-                });
+                sorted.outcome.rejected.push(ItemError { index, event_id: String::new(), error: prefix(index, error) });
                 continue;
             }
         };
         if let Err(error) = validate_event(&mut event, item.encoded_len, limits, now) {
-            sorted.outcome.rejected.push(ItemError {
-                index,
-                event_id: event.event_id,
-                error: prefix(index, error),
-            });
+            sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error: prefix(index, error) });
             continue;
         }
         if enforcement == Enforcement::Allow {
@@ -199,12 +182,9 @@ pub fn sort_batch(
                 event_id: event.event_id,
                 error: Error::FailedPrecondition(message),
             }),
-            Enforcement::Quarantine => sorted.quarantined.push(QuarantinedEvent {
-                id: 0,
-                event,
-                reasons,
-                received: now,
-            }),
+            Enforcement::Quarantine => {
+                sorted.quarantined.push(QuarantinedEvent { id: 0, event, reasons, received: now })
+            }
         }
     }
     sorted
@@ -320,10 +300,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         for job in jobs {
             let keep = dedupe(&mut seen, &job.keys);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
-            let result = WriteResult {
-                accepted,
-                duplicates: keep.len() as u64 - accepted,
-            };
+            let result = WriteResult { accepted, duplicates: keep.len() as u64 - accepted };
             if let Err(err) = storage.append(&job.encoded) {
                 forget(&mut seen, &job.keys, &keep);
                 let _ = job.reply.send(Err(err));
@@ -392,47 +369,16 @@ mod tests {
             (event("", "u"), 10, "name"),
             (event(&"x".repeat(201), "u"), 10, "name"),
             (event("a", ""), 10, "user_id"),
-            (
-                Event {
-                    event_id: "i".repeat(129),
-                    ..event("a", "u")
-                },
-                10,
-                "event_id",
-            ),
-            (
-                Event {
-                    timestamp: now + 3601 * MICROS_PER_SECOND,
-                    ..event("a", "u")
-                },
-                10,
-                "timestamp",
-            ),
+            (Event { event_id: "i".repeat(129), ..event("a", "u") }, 10, "event_id"),
+            (Event { timestamp: now + 3601 * MICROS_PER_SECOND, ..event("a", "u") }, 10, "timestamp"),
             (event("a", "u"), 40_000, "event"),
             (
-                Event {
-                    properties: (0..257).map(|i| (format!("p{i}"), Value::Null)).collect(),
-                    ..event("a", "u")
-                },
+                Event { properties: (0..257).map(|i| (format!("p{i}"), Value::Null)).collect(), ..event("a", "u") },
                 10,
                 "properties",
             ),
-            (
-                Event {
-                    properties: vec![("x".into(), Value::Number(f64::NAN))],
-                    ..event("a", "u")
-                },
-                10,
-                "properties.x",
-            ),
-            (
-                Event {
-                    user_id: "a\0b".into(),
-                    ..event("a", "u")
-                },
-                10,
-                "user_id",
-            ),
+            (Event { properties: vec![("x".into(), Value::Number(f64::NAN))], ..event("a", "u") }, 10, "properties.x"),
+            (Event { user_id: "a\0b".into(), ..event("a", "u") }, 10, "user_id"),
         ];
         for (mut e, len, field) in cases {
             match validate_event(&mut e, len, &limits, now) {
@@ -440,10 +386,7 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
-        let mut ok = Event {
-            timestamp: now + 3600 * MICROS_PER_SECOND,
-            ..event("a", "u")
-        };
+        let mut ok = Event { timestamp: now + 3600 * MICROS_PER_SECOND, ..event("a", "u") };
         validate_event(&mut ok, 10, &limits, now).unwrap();
         assert_eq!(ok.event_id.len(), 36, "a uuid is assigned");
     }
@@ -451,26 +394,12 @@ mod tests {
     #[test]
     fn enforcement_sorts_events() {
         let limits = Limits::default();
-        let plan = |name: &str| {
-            (name == "known").then(|| EventType {
-                name: name.into(),
-                ..Default::default()
-            })
-        };
+        let plan = |name: &str| (name == "known").then(|| EventType { name: name.into(), ..Default::default() });
         let batch = || {
             vec![
-                Incoming {
-                    event: Ok(event("known", "u")),
-                    encoded_len: 1,
-                },
-                Incoming {
-                    event: Ok(event("unknown", "u")),
-                    encoded_len: 1,
-                },
-                Incoming {
-                    event: Ok(event("", "u")),
-                    encoded_len: 1,
-                },
+                Incoming { event: Ok(event("known", "u")), encoded_len: 1 },
+                Incoming { event: Ok(event("unknown", "u")), encoded_len: 1 },
+                Incoming { event: Ok(event("", "u")), encoded_len: 1 },
             ]
         };
         let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0);

@@ -36,9 +36,7 @@ impl PageRequest {
     pub fn offset(&self) -> Result<usize> {
         match self.after()? {
             None => Ok(0),
-            Some(s) => s
-                .parse()
-                .map_err(|_| Error::invalid("page_token", "not a token returned by this call")),
+            Some(s) => s.parse().map_err(|_| Error::invalid("page_token", "not a token returned by this call")),
         }
     }
 }
@@ -51,21 +49,15 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// One page of `items` (sorted by `key`) after the request's token, and the next token.
 pub fn paginate<T>(items: Vec<T>, key: impl Fn(&T) -> String, page: &PageRequest) -> Result<(Vec<T>, String)> {
     let after = page.after()?;
     let size = page.size();
-    let mut out: Vec<T> = items
-        .into_iter()
-        .filter(|item| after.as_ref().is_none_or(|a| key(item) > *a))
-        .take(size + 1)
-        .collect();
+    let mut out: Vec<T> =
+        items.into_iter().filter(|item| after.as_ref().is_none_or(|a| key(item) > *a)).take(size + 1).collect();
     let next = if out.len() > size {
         out.truncate(size);
         out.last().map(|item| token_for(&key(item))).unwrap_or_default()
@@ -83,10 +75,7 @@ mod tests {
     #[test]
     fn pages_cover_everything_once() {
         let items: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
-        let mut page = PageRequest {
-            size: 10,
-            token: String::new(),
-        };
+        let mut page = PageRequest { size: 10, token: String::new() };
         let mut seen = Vec::new();
         loop {
             let (got, next) = paginate(items.clone(), |s| s.clone(), &page).unwrap();
@@ -102,10 +91,7 @@ mod tests {
     #[test]
     fn bad_tokens_are_invalid_argument() {
         for token in ["zz", "abc", "ff"] {
-            let page = PageRequest {
-                size: 1,
-                token: token.into(),
-            };
+            let page = PageRequest { size: 1, token: token.into() };
             assert!(
                 matches!(page.after(), Err(Error::InvalidArgument { field, .. }) if field == "page_token"),
                 "{token}"

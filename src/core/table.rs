@@ -157,16 +157,8 @@ impl EventTable {
 
     pub fn push(&mut self, event: &Event) {
         let row = self.time.len() as u32;
-        let anonymous = if event.anonymous_id.is_empty() {
-            NONE
-        } else {
-            self.anonymous_person(&event.anonymous_id)
-        };
-        let person = if event.user_id.is_empty() {
-            anonymous
-        } else {
-            self.user_person(&event.user_id)
-        };
+        let anonymous = if event.anonymous_id.is_empty() { NONE } else { self.anonymous_person(&event.anonymous_id) };
+        let person = if event.user_id.is_empty() { anonymous } else { self.user_person(&event.user_id) };
         let name = self.names.intern(&event.name);
         if name as usize == self.name_counts.len() {
             self.name_counts.push(0);
@@ -215,11 +207,7 @@ impl EventTable {
             String::new()
         };
         let anonymous = self.anonymous[row];
-        let anonymous_id = if anonymous == NONE {
-            String::new()
-        } else {
-            self.person_name(anonymous).to_owned()
-        };
+        let anonymous_id = if anonymous == NONE { String::new() } else { self.person_name(anonymous).to_owned() };
         let properties = self
             .row_props(row)
             .iter()
@@ -281,11 +269,7 @@ mod tests {
     #[test]
     fn rows_round_trip() {
         let mut table = EventTable::default();
-        let events = [
-            event("e1", "u1", "", 30),
-            event("e2", "", "a1", 10),
-            event("e3", "u1", "a1", 20),
-        ];
+        let events = [event("e1", "u1", "", 30), event("e2", "", "a1", 10), event("e3", "u1", "a1", 20)];
         for e in &events {
             table.push(e);
         }

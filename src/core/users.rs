@@ -30,9 +30,7 @@ impl Engine {
             .unwrap_or_default();
         Ok(UserProfile {
             user_id: user_id.to_owned(),
-            traits: traits
-                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default(),
+            traits: traits.map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
             anonymous_ids,
             first_seen: rows.first().map(|&r| table.time[r as usize]),
             last_seen: rows.last().map(|&r| table.time[r as usize]),
@@ -58,18 +56,10 @@ impl Engine {
         let Some(person) = table.find_user(user_id) else {
             return Err(Error::NotFound(format!("user {user_id:?} not found")));
         };
-        let rows: Vec<u32> = table
-            .user_rows(person)
-            .into_iter()
-            .filter(|&r| range.contains(table.time[r as usize]))
-            .collect();
+        let rows: Vec<u32> =
+            table.user_rows(person).into_iter().filter(|&r| range.contains(table.time[r as usize])).collect();
         let size = page.size();
-        let events = rows
-            .iter()
-            .skip(offset)
-            .take(size)
-            .map(|&r| table.event(r as usize))
-            .collect();
+        let events = rows.iter().skip(offset).take(size).map(|&r| table.event(r as usize)).collect();
         let next = if offset + size < rows.len() {
             super::page::token_for(&(offset + size).to_string())
         } else {
@@ -90,9 +80,7 @@ impl Engine {
         }
         let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name[row]);
         let mut rows: Vec<u32> = if user_id.is_empty() {
-            (0..table.len() as u32)
-                .filter(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize))
-                .collect()
+            (0..table.len() as u32).filter(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize)).collect()
         } else {
             let Some(person) = table.find_user(user_id) else {
                 return Ok(Vec::new());

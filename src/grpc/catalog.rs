@@ -13,17 +13,11 @@ impl CatalogService for Api {
         request: Request<pb::UpsertEventTypeRequest>,
     ) -> Result<Response<pb::UpsertEventTypeResponse>, Status> {
         let request = request.into_inner();
-        let event_type = request
-            .event_type
-            .ok_or_else(|| Error::invalid("event_type", "required"))?;
+        let event_type = request.event_type.ok_or_else(|| Error::invalid("event_type", "required"))?;
         let event_type = event_type_from_pb(event_type)?;
         let project = request.project;
-        let stored = self
-            .blocking(move |engine| engine.upsert_event_type(&project, event_type))
-            .await?;
-        Ok(Response::new(pb::UpsertEventTypeResponse {
-            event_type: Some(event_type_to_pb(stored)),
-        }))
+        let stored = self.blocking(move |engine| engine.upsert_event_type(&project, event_type)).await?;
+        Ok(Response::new(pb::UpsertEventTypeResponse { event_type: Some(event_type_to_pb(stored)) }))
     }
 
     async fn get_event_type(
@@ -31,12 +25,8 @@ impl CatalogService for Api {
         request: Request<pb::GetEventTypeRequest>,
     ) -> Result<Response<pb::GetEventTypeResponse>, Status> {
         let request = request.into_inner();
-        let found = self
-            .blocking(move |engine| engine.get_event_type(&request.project, &request.name))
-            .await?;
-        Ok(Response::new(pb::GetEventTypeResponse {
-            event_type: Some(event_type_to_pb(found)),
-        }))
+        let found = self.blocking(move |engine| engine.get_event_type(&request.project, &request.name)).await?;
+        Ok(Response::new(pb::GetEventTypeResponse { event_type: Some(event_type_to_pb(found)) }))
     }
 
     async fn list_event_types(
@@ -44,10 +34,7 @@ impl CatalogService for Api {
         request: Request<pb::ListEventTypesRequest>,
     ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
         let request = request.into_inner();
-        let page = PageRequest {
-            size: request.page_size,
-            token: request.page_token,
-        };
+        let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
         let (types, next_page_token) = self
             .blocking(move |engine| paginate(engine.list_event_types(&project)?, |t| t.name.clone(), &page))
@@ -63,8 +50,7 @@ impl CatalogService for Api {
         request: Request<pb::DeleteEventTypeRequest>,
     ) -> Result<Response<pb::DeleteEventTypeResponse>, Status> {
         let request = request.into_inner();
-        self.blocking(move |engine| engine.delete_event_type(&request.project, &request.name))
-            .await?;
+        self.blocking(move |engine| engine.delete_event_type(&request.project, &request.name)).await?;
         Ok(Response::new(pb::DeleteEventTypeResponse {}))
     }
 
@@ -73,10 +59,7 @@ impl CatalogService for Api {
         request: Request<pb::ListQuarantinedRequest>,
     ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
         let request = request.into_inner();
-        let page = PageRequest {
-            size: request.page_size,
-            token: request.page_token,
-        };
+        let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
         // Zero-padded ids sort like numbers, so the key order is the quarantine order.
         let (entries, next_page_token) = self

@@ -24,10 +24,7 @@ pub fn micros_from_timestamp(field: &str, ts: &Timestamp) -> Result<Micros> {
 }
 
 pub fn timestamp(micros: Micros) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
+    Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1000) as i32 }
 }
 
 pub fn optional_timestamp(micros: Option<Micros>) -> Option<Timestamp> {
@@ -38,16 +35,8 @@ pub fn time_range(field: &str, range: Option<&pb::TimeRange>) -> Result<TimeRang
     let Some(range) = range else {
         return Ok(TimeRange::default());
     };
-    let from = range
-        .from
-        .as_ref()
-        .map(|t| micros_from_timestamp(&format!("{field}.from"), t))
-        .transpose()?;
-    let to = range
-        .to
-        .as_ref()
-        .map(|t| micros_from_timestamp(&format!("{field}.to"), t))
-        .transpose()?;
+    let from = range.from.as_ref().map(|t| micros_from_timestamp(&format!("{field}.from"), t)).transpose()?;
+    let to = range.to.as_ref().map(|t| micros_from_timestamp(&format!("{field}.to"), t)).transpose()?;
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
@@ -117,10 +106,7 @@ pub fn incoming_event(event: pb::Event, received: Micros) -> Incoming {
             timestamp,
         })
     })();
-    Incoming {
-        event: converted,
-        encoded_len,
-    }
+    Incoming { event: converted, encoded_len }
 }
 
 pub fn event_to_pb(event: Event) -> pb::Event {
@@ -326,9 +312,7 @@ mod tests {
     #[test]
     fn non_finite_numbers_are_rejected() {
         for n in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let v = pb::Value {
-                kind: Some(pb::value::Kind::NumberValue(n)),
-            };
+            let v = pb::Value { kind: Some(pb::value::Kind::NumberValue(n)) };
             assert!(value_from_pb("p", &v).is_err());
         }
     }

@@ -27,11 +27,7 @@ impl Api {
             .into());
         }
         let received = now_micros();
-        let items = request
-            .events
-            .into_iter()
-            .map(|e| incoming_event(e, received))
-            .collect();
+        let items = request.events.into_iter().map(|e| incoming_event(e, received)).collect();
         let outcome = self.engine.track(&request.project, items).await?;
         metrics::histogram!("sextant_ack_latency_seconds").record(started.elapsed().as_secs_f64());
         Ok(pb::TrackResponse {
@@ -73,10 +69,7 @@ impl IngestService for Api {
                         Err(status) => Err(oversize_as_exhausted(status)),
                     }
                 });
-                async move {
-                    task.await
-                        .unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}"))))
-                }
+                async move { task.await.unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}")))) }
             });
             let mut acks = std::pin::pin!(pending.buffered(inflight));
             while let Some(ack) = acks.next().await {
@@ -91,24 +84,14 @@ impl IngestService for Api {
 
     async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
         let request = request.into_inner();
-        let updates = request
-            .users
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| user_update_from_pb(i, u))
-            .collect();
+        let updates = request.users.into_iter().enumerate().map(|(i, u)| user_update_from_pb(i, u)).collect();
         let (updated, rejected) = self.engine.identify(&request.project, updates).await?;
-        Ok(Response::new(pb::IdentifyResponse {
-            updated,
-            rejected: rejected.into_iter().map(item_error).collect(),
-        }))
+        Ok(Response::new(pb::IdentifyResponse { updated, rejected: rejected.into_iter().map(item_error).collect() }))
     }
 
     async fn alias(&self, request: Request<pb::AliasRequest>) -> Result<Response<pb::AliasResponse>, Status> {
         let request = request.into_inner();
-        self.engine
-            .alias(&request.project, request.anonymous_id, request.user_id)
-            .await?;
+        self.engine.alias(&request.project, request.anonymous_id, request.user_id).await?;
         Ok(Response::new(pb::AliasResponse {}))
     }
 }

@@ -13,15 +13,10 @@ impl ProjectService for Api {
         &self,
         request: Request<pb::CreateProjectRequest>,
     ) -> Result<Response<pb::CreateProjectResponse>, Status> {
-        let project = request
-            .into_inner()
-            .project
-            .ok_or_else(|| Error::invalid("project", "required"))?;
+        let project = request.into_inner().project.ok_or_else(|| Error::invalid("project", "required"))?;
         let project = project_from_pb(project)?;
         let created = self.blocking(move |engine| engine.create_project(project)).await?;
-        Ok(Response::new(pb::CreateProjectResponse {
-            project: Some(project_to_pb(created)),
-        }))
+        Ok(Response::new(pb::CreateProjectResponse { project: Some(project_to_pb(created)) }))
     }
 
     async fn get_project(
@@ -30,9 +25,7 @@ impl ProjectService for Api {
     ) -> Result<Response<pb::GetProjectResponse>, Status> {
         let id = request.into_inner().project;
         let project = self.blocking(move |engine| engine.get_project(&id)).await?;
-        Ok(Response::new(pb::GetProjectResponse {
-            project: Some(project_to_pb(project)),
-        }))
+        Ok(Response::new(pb::GetProjectResponse { project: Some(project_to_pb(project)) }))
     }
 
     async fn list_projects(
@@ -40,13 +33,9 @@ impl ProjectService for Api {
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let request = request.into_inner();
-        let page = PageRequest {
-            size: request.page_size,
-            token: request.page_token,
-        };
-        let (projects, next_page_token) = self
-            .blocking(move |engine| paginate(engine.list_projects(), |p| p.id.clone(), &page))
-            .await?;
+        let page = PageRequest { size: request.page_size, token: request.page_token };
+        let (projects, next_page_token) =
+            self.blocking(move |engine| paginate(engine.list_projects(), |p| p.id.clone(), &page)).await?;
         Ok(Response::new(pb::ListProjectsResponse {
             projects: projects.into_iter().map(project_to_pb).collect(),
             next_page_token,
@@ -79,9 +68,7 @@ impl ProjectService for Api {
         };
         let id = request.project;
         let project = self.blocking(move |engine| engine.update_project(&id, update)).await?;
-        Ok(Response::new(pb::UpdateProjectResponse {
-            project: Some(project_to_pb(project)),
-        }))
+        Ok(Response::new(pb::UpdateProjectResponse { project: Some(project_to_pb(project)) }))
     }
 
     async fn get_project_stats(

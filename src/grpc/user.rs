@@ -13,12 +13,8 @@ use crate::pb::{self, user_service_server::UserService};
 impl UserService for Api {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
         let request = request.into_inner();
-        let user = self
-            .blocking(move |engine| engine.get_user(&request.project, &request.user_id))
-            .await?;
-        Ok(Response::new(pb::GetUserResponse {
-            user: Some(user_to_pb(user)),
-        }))
+        let user = self.blocking(move |engine| engine.get_user(&request.project, &request.user_id)).await?;
+        Ok(Response::new(pb::GetUserResponse { user: Some(user_to_pb(user)) }))
     }
 
     async fn list_user_events(
@@ -27,10 +23,7 @@ impl UserService for Api {
     ) -> Result<Response<pb::ListUserEventsResponse>, Status> {
         let request = request.into_inner();
         let range = time_range("range", request.range.as_ref())?;
-        let page = PageRequest {
-            size: request.page_size,
-            token: request.page_token,
-        };
+        let page = PageRequest { size: request.page_size, token: request.page_token };
         let (events, next_page_token) = self
             .blocking(move |engine| engine.list_user_events(&request.project, &request.user_id, range, &page))
             .await?;
@@ -58,9 +51,8 @@ impl UserService for Api {
                 let chunk = chunk.to_vec();
                 let project = project.clone();
                 let events = api.blocking(move |engine| engine.events_at(&project, &chunk)).await;
-                let message = events.map(|events| pb::ExportEventsResponse {
-                    events: events.into_iter().map(event_to_pb).collect(),
-                });
+                let message = events
+                    .map(|events| pb::ExportEventsResponse { events: events.into_iter().map(event_to_pb).collect() });
                 if tx.send(message).await.is_err() {
                     return; // the client went away
                 }

@@ -33,19 +33,13 @@ impl SledStorage {
             Some((key, _)) => decode_seq(&key)? + 1,
             None => 0,
         };
-        Ok(SledStorage {
-            db,
-            meta,
-            log,
-            next_seq: AtomicU64::new(next_seq),
-        })
+        Ok(SledStorage { db, meta, log, next_seq: AtomicU64::new(next_seq) })
     }
 }
 
 fn decode_seq(key: &[u8]) -> Result<u64> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| Error::Storage(format!("log key of {} bytes, expected 8", key.len())))?;
+    let bytes: [u8; 8] =
+        key.try_into().map_err(|_| Error::Storage(format!("log key of {} bytes, expected 8", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -117,10 +111,7 @@ mod tests {
                 user_id: "u1".into(),
                 anonymous_id: String::new(),
                 timestamp: 1_700_000_000_000_000,
-                properties: vec![
-                    ("plan".into(), Value::String("pro".into())),
-                    ("n".into(), Value::Number(2.5)),
-                ],
+                properties: vec![("plan".into(), Value::String("pro".into())), ("n".into(), Value::Number(2.5))],
             }],
         }
     }
@@ -130,9 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStorage::open(dir.path()).unwrap();
-            store
-                .append(&[encode_record(&sample()).unwrap(), encode_record(&sample()).unwrap()])
-                .unwrap();
+            store.append(&[encode_record(&sample()).unwrap(), encode_record(&sample()).unwrap()]).unwrap();
             store.sync().unwrap();
             store.put_meta("project/p", b"{}").unwrap();
         }

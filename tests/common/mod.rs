@@ -41,17 +41,9 @@ impl TestServer {
         let mut config = ServeConfig::for_data_dir(dir.to_path_buf());
         configure(&mut config);
         let running = server::start(&config).await.expect("server starts");
-        let channel = Channel::from_shared(format!("http://{}", running.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connects");
-        TestServer {
-            dir: dir.to_path_buf(),
-            _temp: None,
-            running: Some(running),
-            channel,
-        }
+        let channel =
+            Channel::from_shared(format!("http://{}", running.addr)).unwrap().connect().await.expect("connects");
+        TestServer { dir: dir.to_path_buf(), _temp: None, running: Some(running), channel }
     }
 
     /// Stops the server (flushing) and starts a new one on the same data dir.
@@ -76,42 +68,33 @@ impl TestServer {
     }
 
     pub async fn create_project(&self, id: &str) {
-        let project = pb::Project {
-            id: id.into(),
-            ..Default::default()
-        };
-        self.projects()
-            .create_project(pb::CreateProjectRequest { project: Some(project) })
-            .await
-            .expect("project");
+        let project = pb::Project { id: id.into(), ..Default::default() };
+        self.projects().create_project(pb::CreateProjectRequest { project: Some(project) }).await.expect("project");
     }
 
     pub async fn track(&self, project: &str, events: Vec<pb::Event>) -> pb::TrackResponse {
-        let request = pb::TrackRequest {
-            project: project.into(),
-            events,
-            sequence: 0,
-        };
+        let request = pb::TrackRequest { project: project.into(), events, sequence: 0 };
         self.ingest().track(request).await.expect("track").into_inner()
     }
 
     pub async fn stats(&self, project: &str) -> pb::GetProjectStatsResponse {
-        let request = pb::GetProjectStatsRequest {
-            project: project.into(),
-        };
-        self.projects()
-            .get_project_stats(request)
-            .await
-            .expect("stats")
-            .into_inner()
+        let request = pb::GetProjectStatsRequest { project: project.into() };
+        self.projects().get_project_stats(request).await.expect("stats").into_inner()
+    }
+
+    pub async fn get_user(&self, project: &str, user_id: &str) -> Result<pb::User, tonic::Status> {
+        let request = pb::GetUserRequest { project: project.into(), user_id: user_id.into() };
+        Ok(self.users().get_user(request).await?.into_inner().user.expect("user in reply"))
+    }
+
+    pub async fn get_event_type(&self, project: &str, name: &str) -> pb::EventType {
+        let request = pb::GetEventTypeRequest { project: project.into(), name: name.into() };
+        self.catalog().get_event_type(request).await.expect("event type").into_inner().event_type.expect("in reply")
     }
 
     /// Every event of the project, ordered by time.
     pub async fn export(&self, project: &str) -> Vec<pb::Event> {
-        let request = pb::ExportEventsRequest {
-            project: project.into(),
-            ..Default::default()
-        };
+        let request = pb::ExportEventsRequest { project: project.into(), ..Default::default() };
         let mut stream = self.users().export_events(request).await.expect("export").into_inner();
         let mut events = Vec::new();
         while let Some(chunk) = stream.message().await.expect("chunk") {
@@ -123,10 +106,7 @@ impl TestServer {
 
 /// 2026-01-01T00:00:00Z plus `seconds`.
 pub fn ts(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: 1_767_225_600 + seconds,
-        nanos: 0,
-    }
+    prost_types::Timestamp { seconds: 1_767_225_600 + seconds, nanos: 0 }
 }
 
 pub fn event(id: &str, name: &str, user: &str, seconds: i64) -> pb::Event {
@@ -140,23 +120,16 @@ pub fn event(id: &str, name: &str, user: &str, seconds: i64) -> pb::Event {
 }
 
 pub fn with_props(mut event: pb::Event, props: &[(&str, pb::Value)]) -> pb::Event {
-    event.properties = props
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect::<BTreeMap<_, _>>();
+    event.properties = props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
     event
 }
 
 pub fn num(n: f64) -> pb::Value {
-    pb::Value {
-        kind: Some(pb::value::Kind::NumberValue(n)),
-    }
+    pb::Value { kind: Some(pb::value::Kind::NumberValue(n)) }
 }
 
 pub fn text(s: &str) -> pb::Value {
-    pb::Value {
-        kind: Some(pb::value::Kind::StringValue(s.into())),
-    }
+    pb::Value { kind: Some(pb::value::Kind::StringValue(s.into())) }
 }
 
 /// The BadRequest field violations carried in a status's details.

@@ -16,9 +16,7 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
 /// Feeds more bytes into a running FNV-1a state, so `seed + id` can be hashed
 /// without building the concatenated string.
 fn fnv1a32_continue(state: u32, bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .fold(state, |h, &b| (h ^ u32::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(state, |h, &b| (h ^ u32::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 /// GrowthBook hashing v2: a bucket in `[0, 1)` with 4 decimal digits.
