@@ -14,8 +14,10 @@ use tokio::sync::oneshot;
 
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
 use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
+use super::metric::Metric;
 use super::model::{
-    Event, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value, now_micros,
+    Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value,
+    now_micros,
 };
 use super::table::EventTable;
 use crate::error::{Error, Result};
@@ -30,6 +32,10 @@ pub struct ProjectState {
     /// Per user person id: traits by name.
     pub traits: HashMap<u32, BTreeMap<String, Value>>,
     pub quarantine: BTreeMap<u64, QuarantinedEvent>,
+    /// Every version of every metric, oldest first.
+    pub metrics: BTreeMap<String, Vec<Metric>>,
+    /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
+    pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -42,6 +48,8 @@ impl ProjectState {
             table: EventTable::default(),
             traits: HashMap::new(),
             quarantine: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            manual: HashMap::new(),
         }
     }
 
@@ -71,6 +79,16 @@ impl ProjectState {
                 for id in ids {
                     self.quarantine.remove(id);
                 }
+            }
+            LogRecord::ManualValues { metric_key, values, .. } => {
+                let stored = self.manual.entry(metric_key.clone()).or_default();
+                for value in values {
+                    let key = (value.timestamp, format!("{:?}", value.dimensions));
+                    stored.insert(key, value.clone());
+                }
+            }
+            LogRecord::ManualCleared { metric_key, .. } => {
+                self.manual.remove(metric_key);
             }
         }
     }
@@ -141,6 +159,14 @@ impl Engine {
                 state.event_types.insert(event_type.name.clone(), event_type);
             }
         }
+        // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
+        for (key, bytes) in storage.scan_meta("metric/")? {
+            let metric: Metric = decode(&key, &bytes)?;
+            let project = key.split('/').nth(1).unwrap_or_default();
+            if let Some(state) = projects.get_mut(project) {
+                state.metrics.entry(metric.key.clone()).or_default().push(metric);
+            }
+        }
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;
         let mut records = 0u64;
@@ -151,7 +177,9 @@ impl Engine {
                 | LogRecord::Users { project, .. }
                 | LogRecord::Alias { project, .. }
                 | LogRecord::Quarantined { project, .. }
-                | LogRecord::Unquarantined { project, .. } => project,
+                | LogRecord::Unquarantined { project, .. }
+                | LogRecord::ManualValues { project, .. }
+                | LogRecord::ManualCleared { project, .. } => project,
             };
             let Some(state) = projects.get_mut(project) else {
                 tracing::warn!(project = %project, "log record of an unknown project skipped");
@@ -201,6 +229,14 @@ impl Engine {
             let _ = writer.thread.join();
         }
         self.storage.sync()
+    }
+
+    pub(crate) fn put_meta_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.storage.put_meta(key, &encode(value)?)
+    }
+
+    pub(crate) fn delete_meta(&self, key: &str) -> Result<()> {
+        self.storage.delete_meta(key)
     }
 
     pub fn project(&self, id: &str) -> Result<Arc<ProjectEntry>> {
@@ -332,7 +368,12 @@ impl Engine {
 
     /// Encodes records here, on the caller's thread, and has the writer make them durable.
     /// `keys` are the dedupe keys of the first record's events, when it is `Events`.
-    async fn write(&self, project: Arc<ProjectEntry>, records: Vec<LogRecord>, keys: Vec<u128>) -> Result<WriteResult> {
+    pub(crate) async fn write(
+        &self,
+        project: Arc<ProjectEntry>,
+        records: Vec<LogRecord>,
+        keys: Vec<u128>,
+    ) -> Result<WriteResult> {
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
         let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();

@@ -3,8 +3,14 @@
 pub mod catalog;
 pub mod engine;
 pub mod experiment;
+pub mod filter;
+pub mod formula;
 pub mod ingest;
+pub mod metric;
+pub mod metrics;
 pub mod model;
 pub mod page;
+pub mod query;
 pub mod table;
+pub mod time;
 pub mod users;

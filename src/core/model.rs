@@ -125,6 +125,15 @@ pub struct QuarantinedEvent {
     pub received: Micros,
 }
 
+/// One value of a MANUAL metric (ad spend, finance targets, balances).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManualValue {
+    pub timestamp: Micros,
+    pub value: f64,
+    /// Sorted by key.
+    pub dimensions: Vec<(String, Value)>,
+}
+
 /// A user as GetUser shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserProfile {

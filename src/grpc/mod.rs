@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod convert;
 pub mod ingest;
+pub mod metric;
 pub mod project;
 pub mod user;
 
@@ -41,7 +42,6 @@ impl Api {
     }
 }
 
-impl crate::pb::metric_service_server::MetricService for Unimplemented {}
 impl crate::pb::goal_service_server::GoalService for Unimplemented {}
 impl crate::pb::cohort_service_server::CohortService for Unimplemented {}
 impl crate::pb::analysis_service_server::AnalysisService for Unimplemented {}

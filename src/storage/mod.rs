@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use sled_store::SledStorage;
 
-use crate::core::model::{Event, Micros, QuarantinedEvent, UserUpdate};
+use crate::core::model::{Event, ManualValue, Micros, QuarantinedEvent, UserUpdate};
 use crate::error::{Error, Result};
 
 /// One durable step of ingestion. Replaying all records in order rebuilds the event data.
@@ -43,6 +43,18 @@ pub enum LogRecord {
     Unquarantined {
         project: String,
         ids: Vec<u64>,
+    },
+    /// Values pushed to a MANUAL metric; a value with the same timestamp and dimensions as an
+    /// earlier one replaces it.
+    ManualValues {
+        project: String,
+        metric_key: String,
+        values: Vec<ManualValue>,
+    },
+    /// A MANUAL metric was deleted: its values go with it.
+    ManualCleared {
+        project: String,
+        metric_key: String,
     },
 }
 

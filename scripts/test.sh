@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: Rust unit and end-to-end tests, then the cross-checks against DuckDB on
+# generated data (installing their Python dependencies first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-test-deps.sh
+cargo test --locked
+cargo build --locked --quiet
+for check in tests/reference/*_vs_duckdb.py; do
+  echo "== $check"
+  python3 "$check"
+done

@@ -1,0 +1,662 @@
+//! Metric queries: one pass over a project's events, grouped by person, into
+//! (breakdown group × bucket) cells.
+//!
+//! Every bucket aggregates over a window of event time: the bucket itself (clipped to the
+//! query range), a trailing window ending at the bucket's end (`rolling_window`), or the
+//! enclosing period up to the bucket's end (`to_date`). Windows are monotone in both ends, so
+//! the buckets an event counts for are one contiguous run found by binary search. Distinct
+//! users are counted with a per-cell marker of the last person seen, which is exact because
+//! all rows of a person are visited together.
+
+use chrono_tz::Tz;
+use hashbrown::HashMap;
+
+use super::engine::ProjectState;
+use super::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number, trait_column};
+use super::metric::{Metric, MetricKind};
+use super::model::{Micros, Value};
+use super::table::{Cell, EventTable, NONE};
+use super::time::{self, Granularity};
+use crate::error::{Error, Result};
+
+/// Most buckets one query may return.
+pub const MAX_BUCKETS: usize = 10_000;
+pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
+pub const OTHER: &str = "$other";
+pub const NO_VALUE: &str = "$none";
+
+#[derive(Debug, Clone)]
+pub struct MetricQuery {
+    pub from: Micros,
+    pub to: Micros,
+    pub granularity: Granularity,
+    pub tz: Tz,
+    pub filters: Vec<Filter>,
+    /// An event property or `user.<trait>`.
+    pub breakdown: Option<String>,
+    pub breakdown_limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub start: Micros,
+    pub end: Micros,
+    pub value: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub breakdown_value: String,
+    pub points: Vec<Point>,
+    /// The metric over the whole range (not a sum of buckets for distinct counts).
+    pub total: Option<f64>,
+}
+
+/// The time window each bucket aggregates over.
+fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<(Micros, Micros)> {
+    bounds
+        .windows(2)
+        .map(|b| {
+            let end = b[1].min(query.to);
+            let start = match (metric.rolling_window, metric.to_date) {
+                (Some(window), _) => end - window,
+                (None, Some(period)) => time::period_floor(b[0].max(query.from), period, query.tz),
+                (None, None) => b[0].max(query.from),
+            };
+            (start, end)
+        })
+        .collect()
+}
+
+/// Hashable form of a cell, for grouping by an event property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum GroupKey {
+    Missing,
+    Bool(bool),
+    Number(u64),
+    Str(u32),
+    Time(i64),
+}
+
+fn group_key(cell: Option<Cell>) -> GroupKey {
+    match cell {
+        None | Some(Cell::Null) => GroupKey::Missing,
+        Some(Cell::Bool(b)) => GroupKey::Bool(b),
+        // -0.0 and 0.0 are one group.
+        Some(Cell::Number(n)) => GroupKey::Number(if n == 0.0 { 0 } else { n.to_bits() }),
+        Some(Cell::Str(s)) => GroupKey::Str(s),
+        Some(Cell::Time(t)) => GroupKey::Time(t),
+    }
+}
+
+pub fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { format!("{n}") }
+}
+
+fn format_time(t: Micros) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t).map(|d| d.to_rfc3339()).unwrap_or_default()
+}
+
+pub fn label_of_value(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => NO_VALUE.into(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => format_number(*n),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Timestamp(t)) => format_time(*t),
+    }
+}
+
+fn label_of_key(key: GroupKey, table: &EventTable) -> String {
+    match key {
+        GroupKey::Missing => NO_VALUE.into(),
+        GroupKey::Bool(b) => b.to_string(),
+        GroupKey::Number(bits) => format_number(f64::from_bits(bits)),
+        GroupKey::Str(s) => table.strings.resolve(s).to_owned(),
+        GroupKey::Time(t) => format_time(t),
+    }
+}
+
+/// How rows map to breakdown groups.
+enum Groups {
+    One,
+    /// Per person id (a trait of the canonical user).
+    Person {
+        group_of: Vec<u32>,
+        labels: Vec<String>,
+    },
+    /// Per row, by an event property; groups are numbered in order of discovery.
+    Row {
+        key: u32,
+        ids: HashMap<GroupKey, u32>,
+        labels: Vec<String>,
+    },
+}
+
+impl Groups {
+    fn new(state: &ProjectState, breakdown: Option<&str>) -> Groups {
+        let Some(breakdown) = breakdown else {
+            return Groups::One;
+        };
+        match breakdown.strip_prefix(TRAIT_PREFIX) {
+            Some(name) => {
+                let mut labels: Vec<String> = Vec::new();
+                let mut ids: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+                let group_of = trait_column(state, name)
+                    .iter()
+                    .map(|value| {
+                        let label = label_of_value(value.as_ref());
+                        *ids.entry(label.clone()).or_insert_with(|| {
+                            labels.push(label);
+                            labels.len() as u32 - 1
+                        })
+                    })
+                    .collect();
+                Groups::Person { group_of, labels }
+            }
+            None => Groups::Row {
+                key: state.table.keys.get(breakdown).unwrap_or(NONE),
+                ids: HashMap::new(),
+                labels: Vec::new(),
+            },
+        }
+    }
+
+    fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
+        match self {
+            Groups::One => 0,
+            Groups::Person { group_of, .. } => group_of[person as usize],
+            Groups::Row { key, ids, labels } => {
+                let cell = if *key == NONE {
+                    None
+                } else {
+                    table.row_props(row).iter().find(|p| p.key == *key).map(|p| p.value)
+                };
+                let group_key = group_key(cell);
+                *ids.entry(group_key).or_insert_with(|| {
+                    labels.push(label_of_key(group_key, table));
+                    labels.len() as u32 - 1
+                })
+            }
+        }
+    }
+
+    fn labels(&self) -> Vec<String> {
+        match self {
+            Groups::One => vec![String::new()],
+            Groups::Person { labels, .. } | Groups::Row { labels, .. } => labels.clone(),
+        }
+    }
+}
+
+/// Accumulators for `cells` cells of one aggregate kind.
+struct Cells {
+    kind: MetricKind,
+    count: Vec<u64>,
+    sum: Vec<f64>,
+    min: Vec<f64>,
+    max: Vec<f64>,
+    values: Vec<Vec<f64>>,
+    last_person: Vec<u32>,
+}
+
+impl Cells {
+    fn new(kind: MetricKind, cells: usize) -> Cells {
+        let sized = |on: bool, fill: f64| if on { vec![fill; cells] } else { Vec::new() };
+        Cells {
+            kind,
+            count: vec![0; cells],
+            sum: sized(matches!(kind, MetricKind::Sum | MetricKind::Avg), 0.0),
+            min: sized(kind == MetricKind::Min, f64::INFINITY),
+            max: sized(kind == MetricKind::Max, f64::NEG_INFINITY),
+            values: if kind == MetricKind::Percentile { vec![Vec::new(); cells] } else { Vec::new() },
+            last_person: if kind == MetricKind::UniqueUsers { vec![NONE; cells] } else { Vec::new() },
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, cell: usize, person: u32, value: f64) {
+        match self.kind {
+            MetricKind::UniqueUsers => {
+                if self.last_person[cell] != person {
+                    self.last_person[cell] = person;
+                    self.count[cell] += 1;
+                }
+            }
+            MetricKind::Sum | MetricKind::Avg => {
+                self.sum[cell] += value;
+                self.count[cell] += 1;
+            }
+            MetricKind::Min => {
+                self.min[cell] = self.min[cell].min(value);
+                self.count[cell] += 1;
+            }
+            MetricKind::Max => {
+                self.max[cell] = self.max[cell].max(value);
+                self.count[cell] += 1;
+            }
+            MetricKind::Percentile => {
+                self.values[cell].push(value);
+                self.count[cell] += 1;
+            }
+            _ => self.count[cell] += 1,
+        }
+    }
+
+    fn value(&mut self, cell: usize, percentile: f64) -> Option<f64> {
+        let n = self.count[cell];
+        match self.kind {
+            MetricKind::Count | MetricKind::UniqueUsers => Some(n as f64),
+            MetricKind::Sum => Some(self.sum[cell]),
+            _ if n == 0 => None,
+            MetricKind::Avg => Some(self.sum[cell] / n as f64),
+            MetricKind::Min => Some(self.min[cell]),
+            MetricKind::Max => Some(self.max[cell]),
+            MetricKind::Percentile => Some(percentile_of(&mut self.values[cell], percentile)),
+            _ => None,
+        }
+    }
+}
+
+/// The `p`-th percentile (0 < p < 100) with linear interpolation between closest ranks
+/// (numpy's default, DuckDB's `quantile_cont`). `values` must not be empty.
+pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    let rank = p / 100.0 * (values.len() - 1) as f64;
+    let lower = rank.floor() as usize;
+    let upper = (lower + 1).min(values.len() - 1);
+    values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
+}
+
+/// Visits every canonical person with all their rows (their own and their aliases').
+fn for_each_person(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
+    let mut merged = Vec::new();
+    for person in 0..table.canonical.len() as u32 {
+        if table.canonical[person as usize] != person {
+            continue;
+        }
+        match table.aliases.get(&person) {
+            Some(anons) if !anons.is_empty() => {
+                merged.clear();
+                merged.extend_from_slice(&table.person_rows[person as usize]);
+                for &anon in anons {
+                    merged.extend_from_slice(&table.person_rows[anon as usize]);
+                }
+                visit(person, &merged);
+            }
+            _ => visit(person, &table.person_rows[person as usize]),
+        }
+    }
+}
+
+/// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
+pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
+    let windows = bucket_windows(metric, query, &bounds);
+    let buckets = windows.len();
+    let window_starts: Vec<Micros> = windows.iter().map(|w| w.0).collect();
+    let window_ends: Vec<Micros> = windows.iter().map(|w| w.1).collect();
+    let scan_from = window_starts.iter().copied().min().unwrap_or(query.from).min(query.from);
+    let scan_to = query.to;
+
+    let table = &state.table;
+    let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
+    let name = table.names.get(&selector.event).unwrap_or(NONE);
+    let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
+    let filters = CompiledFilters::compile(state, &filters);
+    let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
+    let property = if needs_value { table.keys.get(&metric.property).unwrap_or(NONE) } else { NONE };
+
+    let mut groups = Groups::new(state, query.breakdown.as_deref());
+    // A breakdown first needs a pass for per-group totals over the range, to rank groups
+    // and fold the tail into `$other`; the main pass fills the cells and the series totals.
+    let scan =
+        |groups: &mut Groups, remap: Option<&[u32]>, n_groups: usize, cells: &mut Option<Cells>, totals: &mut Cells| {
+            if name == NONE {
+                return;
+            }
+            for_each_person(table, |person, rows| {
+                if !filters.person_passes(person) {
+                    return;
+                }
+                for &row in rows {
+                    let row = row as usize;
+                    let t = table.time[row];
+                    if table.name[row] != name || t < scan_from || t >= scan_to || !filters.row_passes(table, row) {
+                        continue;
+                    }
+                    let value = if needs_value {
+                        match row_number(table, row, property) {
+                            Some(v) => v,
+                            None => continue,
+                        }
+                    } else {
+                        0.0
+                    };
+                    let raw_group = groups.group(table, person, row) as usize;
+                    let group = remap.map_or(raw_group, |r| r[raw_group] as usize);
+                    if t >= query.from {
+                        if totals.count.len() <= group {
+                            totals.grow(group + 1);
+                        }
+                        totals.add(group, person, value);
+                    }
+                    let Some(cells) = cells.as_mut() else { continue };
+                    debug_assert!(group < n_groups);
+                    let first = window_ends.partition_point(|&end| end <= t);
+                    let last = window_starts.partition_point(|&start| start <= t);
+                    for bucket in first..last {
+                        cells.add(group * buckets + bucket, person, value);
+                    }
+                }
+            });
+        };
+
+    let mut totals = Cells::new(metric.kind, 0);
+    let (labels, remap, n_groups) = if query.breakdown.is_none() {
+        (vec![String::new()], None, 1)
+    } else {
+        scan(&mut groups, None, 0, &mut None, &mut totals);
+        let labels = groups.labels();
+        totals.grow(labels.len());
+        // Groups without a matching event in the range (a trait value nobody active has) are
+        // not series.
+        let active: Vec<usize> = (0..labels.len()).filter(|&g| totals.count[g] > 0).collect();
+        let mut ranked: Vec<(usize, Option<f64>)> =
+            active.into_iter().map(|g| (g, totals.value(g, metric.percentile))).collect();
+        ranked.sort_by(|a, b| {
+            b.1.unwrap_or(f64::NEG_INFINITY)
+                .total_cmp(&a.1.unwrap_or(f64::NEG_INFINITY))
+                .then(labels[a.0].cmp(&labels[b.0]))
+        });
+        let limit = query.breakdown_limit.max(1);
+        // Unranked groups have no rows in the range, so where they map does not matter.
+        let mut remap = vec![0u32; labels.len()];
+        let mut kept = Vec::new();
+        for (rank, (group, _)) in ranked.iter().enumerate() {
+            remap[*group] = rank.min(limit) as u32;
+            if rank < limit {
+                kept.push(labels[*group].clone());
+            }
+        }
+        if ranked.len() > limit {
+            kept.push(OTHER.into());
+        }
+        let n = kept.len();
+        totals = Cells::new(metric.kind, 0);
+        (kept, Some(remap), n)
+    };
+    let mut cells = Some(Cells::new(metric.kind, n_groups * buckets));
+    scan(&mut groups, remap.as_deref(), n_groups, &mut cells, &mut totals);
+    let mut cells = cells.expect("cells were created above");
+
+    totals.grow(n_groups);
+    let series = labels
+        .into_iter()
+        .enumerate()
+        .map(|(group, label)| {
+            let points = (0..buckets)
+                .map(|b| Point {
+                    start: bounds[b],
+                    end: bounds[b + 1],
+                    value: cells.value(group * buckets + b, metric.percentile),
+                })
+                .collect();
+            Series { breakdown_value: label, points, total: totals.value(group, metric.percentile) }
+        })
+        .collect();
+    Ok(series)
+}
+
+impl Cells {
+    fn grow(&mut self, cells: usize) {
+        self.count.resize(cells, 0);
+        match self.kind {
+            MetricKind::Sum | MetricKind::Avg => self.sum.resize(cells, 0.0),
+            MetricKind::Min => self.min.resize(cells, f64::INFINITY),
+            MetricKind::Max => self.max.resize(cells, f64::NEG_INFINITY),
+            MetricKind::Percentile => self.values.resize(cells, Vec::new()),
+            MetricKind::UniqueUsers => self.last_person.resize(cells, NONE),
+            _ => {}
+        }
+    }
+}
+
+/// Rows matching an event selector plus the query's filters.
+struct Matcher {
+    name: u32,
+    filters: CompiledFilters,
+}
+
+impl Matcher {
+    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter]) -> Matcher {
+        let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
+        Matcher {
+            name: state.table.names.get(&selector.event).unwrap_or(NONE),
+            filters: CompiledFilters::compile(state, &filters),
+        }
+    }
+
+    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
+        self.name != NONE
+            && table.name[row] == self.name
+            && self.filters.person_passes(person)
+            && self.filters.row_passes(table, row)
+    }
+}
+
+/// Per (group × bucket) cells of "entered" and "succeeded" distinct people, for metrics that
+/// are a share of users (CONVERSION, RETENTION).
+struct ShareCells {
+    entered: Vec<u64>,
+    succeeded: Vec<u64>,
+    entered_by: Vec<u32>,
+    succeeded_by: Vec<u32>,
+}
+
+impl ShareCells {
+    fn new(cells: usize) -> ShareCells {
+        ShareCells {
+            entered: vec![0; cells],
+            succeeded: vec![0; cells],
+            entered_by: vec![NONE; cells],
+            succeeded_by: vec![NONE; cells],
+        }
+    }
+
+    fn grow(&mut self, cells: usize) {
+        if self.entered.len() < cells {
+            self.entered.resize(cells, 0);
+            self.succeeded.resize(cells, 0);
+            self.entered_by.resize(cells, NONE);
+            self.succeeded_by.resize(cells, NONE);
+        }
+    }
+
+    fn add(&mut self, cell: usize, person: u32, succeeded: bool) {
+        self.grow(cell + 1);
+        if self.entered_by[cell] != person {
+            self.entered_by[cell] = person;
+            self.entered[cell] += 1;
+        }
+        if succeeded && self.succeeded_by[cell] != person {
+            self.succeeded_by[cell] = person;
+            self.succeeded[cell] += 1;
+        }
+    }
+
+    fn share(&self, cell: usize) -> Option<f64> {
+        let entered = *self.entered.get(cell)?;
+        (entered > 0).then(|| self.succeeded[cell] as f64 / entered as f64)
+    }
+}
+
+/// One entry of a person into a share metric: when, in which breakdown group, and whether it
+/// succeeded.
+struct Entry {
+    time: Micros,
+    group: u32,
+    succeeded: bool,
+}
+
+/// Runs a share metric: `entries` lists a person's entries (time in the query range). Groups
+/// beyond the breakdown limit (ranked by people entered) fold into `$other`.
+fn share_metric(
+    state: &ProjectState,
+    query: &MetricQuery,
+    mut entries: impl FnMut(&mut Groups, u32, &[u32], &mut Vec<Entry>),
+) -> Result<Vec<Series>> {
+    let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
+    let buckets = bounds.len() - 1;
+    let table = &state.table;
+    let mut groups = Groups::new(state, query.breakdown.as_deref());
+    let mut scratch = Vec::new();
+    let mut run = |groups: &mut Groups, remap: Option<&[u32]>, cells: &mut ShareCells, totals: &mut ShareCells| {
+        for_each_person(table, |person, rows| {
+            scratch.clear();
+            entries(groups, person, rows, &mut scratch);
+            for entry in &scratch {
+                if entry.time < query.from || entry.time >= query.to {
+                    continue;
+                }
+                let group = remap.map_or(entry.group, |r| r[entry.group as usize]) as usize;
+                let bucket = bounds.partition_point(|&b| b <= entry.time) - 1;
+                totals.add(group, person, entry.succeeded);
+                if remap.is_some() || query.breakdown.is_none() {
+                    cells.add(group * buckets + bucket, person, entry.succeeded);
+                }
+            }
+        });
+    };
+    let mut cells = ShareCells::new(0);
+    let mut totals = ShareCells::new(0);
+    let labels = if query.breakdown.is_none() {
+        run(&mut groups, None, &mut cells, &mut totals);
+        vec![String::new()]
+    } else {
+        run(&mut groups, None, &mut cells, &mut totals);
+        let labels = groups.labels();
+        totals.grow(labels.len());
+        let mut ranked: Vec<usize> = (0..labels.len()).filter(|&g| totals.entered[g] > 0).collect();
+        ranked.sort_by(|&a, &b| totals.entered[b].cmp(&totals.entered[a]).then(labels[a].cmp(&labels[b])));
+        let limit = query.breakdown_limit.max(1);
+        let mut remap = vec![0u32; labels.len()];
+        let mut kept = Vec::new();
+        for (rank, &group) in ranked.iter().enumerate() {
+            remap[group] = rank.min(limit) as u32;
+            if rank < limit {
+                kept.push(labels[group].clone());
+            }
+        }
+        if ranked.len() > limit {
+            kept.push(OTHER.into());
+        }
+        cells = ShareCells::new(kept.len() * buckets);
+        totals = ShareCells::new(kept.len());
+        run(&mut groups, Some(&remap), &mut cells, &mut totals);
+        kept
+    };
+    cells.grow(labels.len() * buckets);
+    Ok(labels
+        .into_iter()
+        .enumerate()
+        .map(|(group, label)| Series {
+            points: (0..buckets)
+                .map(|b| Point { start: bounds[b], end: bounds[b + 1], value: cells.share(group * buckets + b) })
+                .collect(),
+            total: totals.share(group),
+            breakdown_value: label,
+        })
+        .collect())
+}
+
+fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
+    if key == NONE {
+        return None;
+    }
+    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value).filter(|c| !matches!(c, Cell::Null))
+}
+
+/// CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
+/// bucket within the window (A and B sharing every constant property's value).
+pub fn conversion(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let table = &state.table;
+    let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
+        return Err(Error::invalid("metric.conversion_selector", "required"));
+    };
+    let first = Matcher::new(state, a, &query.filters);
+    let then = Matcher::new(state, b, &[]);
+    let window = metric.window.unwrap_or(super::metric::DEFAULT_CONVERSION_WINDOW);
+    let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys.get(p).unwrap_or(NONE)).collect();
+    let mut successes: Vec<(Micros, usize)> = Vec::new();
+    share_metric(state, query, |groups, person, rows, out| {
+        successes.clear();
+        successes.extend(
+            rows.iter().map(|&r| r as usize).filter(|&r| then.matches(table, person, r)).map(|r| (table.time[r], r)),
+        );
+        successes.sort_unstable();
+        for &row in rows {
+            let row = row as usize;
+            if !first.matches(table, person, row) {
+                continue;
+            }
+            let t = table.time[row];
+            let start = successes.partition_point(|&(tb, _)| tb < t);
+            let succeeded = successes[start..].iter().take_while(|&&(tb, _)| tb - t <= window).any(|&(_, rb)| {
+                constants
+                    .iter()
+                    .all(|&k| cell_of(table, row, k).is_some() && cell_of(table, row, k) == cell_of(table, rb, k))
+            });
+            out.push(Entry { time: t, group: groups.group(table, person, row), succeeded });
+        }
+    })
+}
+
+/// RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
+/// `retention_offset` after it (calendar periods in the query's zone, or rolling periods
+/// from the first A; or that period or any later one when unbounded).
+pub fn retention(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let table = &state.table;
+    let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
+        return Err(Error::invalid("metric.conversion_selector", "required"));
+    };
+    let first = Matcher::new(state, a, &query.filters);
+    let then = Matcher::new(state, b, &[]);
+    let granularity = match metric.retention_period {
+        super::metric::Period::Day => Granularity::Day,
+        super::metric::Period::Week => Granularity::Week,
+        super::metric::Period::Month => Granularity::Month,
+    };
+    let period_days: i64 = match metric.retention_period {
+        super::metric::Period::Day => 1,
+        super::metric::Period::Week => 7,
+        super::metric::Period::Month => 30,
+    };
+    let offset = i64::from(metric.retention_offset);
+    share_metric(state, query, |groups, person, rows, out| {
+        let Some(&first_row) = rows
+            .iter()
+            .filter(|&&r| first.matches(table, person, r as usize))
+            .min_by_key(|&&r| (table.time[r as usize], r))
+        else {
+            return;
+        };
+        let first_row = first_row as usize;
+        let t0 = table.time[first_row];
+        let (start, end) = if metric.retention_rolling {
+            let period = period_days * 86_400_000_000;
+            (t0 + offset * period, t0 + (offset + 1) * period)
+        } else {
+            let mut start = time::floor(t0, granularity, query.tz);
+            for _ in 0..offset {
+                start = time::next(start, granularity, query.tz);
+            }
+            (start, time::next(start, granularity, query.tz))
+        };
+        let succeeded = rows.iter().map(|&r| r as usize).any(|r| {
+            let t = table.time[r];
+            then.matches(table, person, r) && t >= start && (metric.retention_unbounded || t < end)
+        });
+        out.push(Entry { time: t0, group: groups.group(table, person, first_row), succeeded });
+    })
+}

@@ -1,0 +1,482 @@
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use super::convert::{item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb};
+use crate::core::filter::{EventSelector, Filter, FilterOp};
+use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
+use crate::core::metrics::{Compare, MetricTarget};
+use crate::core::model::ManualValue;
+use crate::core::page::{PageRequest, paginate};
+use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Series};
+use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
+use crate::error::{Error, Result};
+use crate::pb::{self, metric_service_server::MetricService};
+
+fn enum_error(field: &str, value: i32) -> Error {
+    Error::invalid(field, format!("unknown enum value {value}"))
+}
+
+pub fn filter_from_pb(field: &str, filter: pb::Filter) -> Result<Filter> {
+    let op = match pb::FilterOp::try_from(filter.op).map_err(|_| enum_error(&format!("{field}.op"), filter.op))? {
+        pb::FilterOp::Unspecified | pb::FilterOp::Eq => FilterOp::Eq,
+        pb::FilterOp::Neq => FilterOp::Neq,
+        pb::FilterOp::In => FilterOp::In,
+        pb::FilterOp::NotIn => FilterOp::NotIn,
+        pb::FilterOp::Gt => FilterOp::Gt,
+        pb::FilterOp::Gte => FilterOp::Gte,
+        pb::FilterOp::Lt => FilterOp::Lt,
+        pb::FilterOp::Lte => FilterOp::Lte,
+        pb::FilterOp::Contains => FilterOp::Contains,
+        pb::FilterOp::IsSet => FilterOp::IsSet,
+        pb::FilterOp::IsNotSet => FilterOp::IsNotSet,
+    };
+    let values = filter
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| value_from_pb(&format!("{field}.values[{i}]"), v))
+        .collect::<Result<Vec<_>>>()?;
+    let filter = Filter { property: filter.property, op, values };
+    crate::core::filter::validate_filter(field, &filter)?;
+    Ok(filter)
+}
+
+fn filter_to_pb(filter: &Filter) -> pb::Filter {
+    let op = match filter.op {
+        FilterOp::Eq => pb::FilterOp::Eq,
+        FilterOp::Neq => pb::FilterOp::Neq,
+        FilterOp::In => pb::FilterOp::In,
+        FilterOp::NotIn => pb::FilterOp::NotIn,
+        FilterOp::Gt => pb::FilterOp::Gt,
+        FilterOp::Gte => pb::FilterOp::Gte,
+        FilterOp::Lt => pb::FilterOp::Lt,
+        FilterOp::Lte => pb::FilterOp::Lte,
+        FilterOp::Contains => pb::FilterOp::Contains,
+        FilterOp::IsSet => pb::FilterOp::IsSet,
+        FilterOp::IsNotSet => pb::FilterOp::IsNotSet,
+    };
+    pb::Filter {
+        property: filter.property.clone(),
+        op: op as i32,
+        values: filter.values.iter().map(value_to_pb).collect(),
+    }
+}
+
+pub fn filters_from_pb(field: &str, filters: Vec<pb::Filter>) -> Result<Vec<Filter>> {
+    filters.into_iter().enumerate().map(|(i, f)| filter_from_pb(&format!("{field}[{i}]"), f)).collect()
+}
+
+pub fn selector_from_pb(field: &str, selector: Option<pb::EventSelector>) -> Result<Option<EventSelector>> {
+    let Some(selector) = selector else { return Ok(None) };
+    let filters = filters_from_pb(&format!("{field}.filters"), selector.filters)?;
+    Ok(Some(EventSelector { event: selector.event, filters }))
+}
+
+fn selector_to_pb(selector: &Option<EventSelector>) -> Option<pb::EventSelector> {
+    selector
+        .as_ref()
+        .map(|s| pb::EventSelector { event: s.event.clone(), filters: s.filters.iter().map(filter_to_pb).collect() })
+}
+
+fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
+    let Some(d) = duration else { return Ok(None) };
+    let micros = d
+        .seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(i64::from(d.nanos / 1000)))
+        .ok_or_else(|| Error::invalid(field, "duration out of range"))?;
+    if micros <= 0 {
+        return Err(Error::invalid(field, "must be positive"));
+    }
+    Ok(Some(micros))
+}
+
+fn duration_to_pb(micros: Option<i64>) -> Option<prost_types::Duration> {
+    micros.map(|m| prost_types::Duration { seconds: m / 1_000_000, nanos: (m % 1_000_000 * 1000) as i32 })
+}
+
+fn offset_from_pb(offset: Option<pb::CalendarOffset>) -> CalendarOffset {
+    offset.map(|o| CalendarOffset { months: o.months, days: o.days }).unwrap_or_default()
+}
+
+fn offset_to_pb(offset: CalendarOffset) -> Option<pb::CalendarOffset> {
+    (!offset.is_zero()).then_some(pb::CalendarOffset { months: offset.months, days: offset.days })
+}
+
+pub fn granularity_from_pb(field: &str, value: i32) -> Result<Granularity> {
+    Ok(match pb::Granularity::try_from(value).map_err(|_| enum_error(field, value))? {
+        pb::Granularity::Unspecified | pb::Granularity::Day => Granularity::Day,
+        pb::Granularity::Hour => Granularity::Hour,
+        pb::Granularity::Week => Granularity::Week,
+        pb::Granularity::Month => Granularity::Month,
+        pb::Granularity::Quarter => Granularity::Quarter,
+        pb::Granularity::Total => Granularity::Total,
+    })
+}
+
+fn role_from_pb(field: &str, value: i32) -> Result<MetricRole> {
+    Ok(match pb::MetricRole::try_from(value).map_err(|_| enum_error(field, value))? {
+        pb::MetricRole::Unspecified | pb::MetricRole::Kpi => MetricRole::Kpi,
+        pb::MetricRole::NorthStar => MetricRole::NorthStar,
+        pb::MetricRole::Input => MetricRole::Input,
+        pb::MetricRole::Guardrail => MetricRole::Guardrail,
+    })
+}
+
+fn role_to_pb(role: MetricRole) -> pb::MetricRole {
+    match role {
+        MetricRole::Kpi => pb::MetricRole::Kpi,
+        MetricRole::NorthStar => pb::MetricRole::NorthStar,
+        MetricRole::Input => pb::MetricRole::Input,
+        MetricRole::Guardrail => pb::MetricRole::Guardrail,
+    }
+}
+
+const KINDS: [(pb::MetricKind, MetricKind); 12] = [
+    (pb::MetricKind::Count, MetricKind::Count),
+    (pb::MetricKind::UniqueUsers, MetricKind::UniqueUsers),
+    (pb::MetricKind::Sum, MetricKind::Sum),
+    (pb::MetricKind::Avg, MetricKind::Avg),
+    (pb::MetricKind::Min, MetricKind::Min),
+    (pb::MetricKind::Max, MetricKind::Max),
+    (pb::MetricKind::Percentile, MetricKind::Percentile),
+    (pb::MetricKind::Ratio, MetricKind::Ratio),
+    (pb::MetricKind::Formula, MetricKind::Formula),
+    (pb::MetricKind::Conversion, MetricKind::Conversion),
+    (pb::MetricKind::Retention, MetricKind::Retention),
+    (pb::MetricKind::Manual, MetricKind::Manual),
+];
+
+pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
+    let kind = pb::MetricKind::try_from(metric.kind).map_err(|_| enum_error("metric.kind", metric.kind))?;
+    let kind = KINDS
+        .iter()
+        .find(|(p, _)| *p == kind)
+        .map(|(_, k)| *k)
+        .ok_or_else(|| Error::invalid("metric.kind", "required"))?;
+    let to_date =
+        match pb::ToDate::try_from(metric.to_date).map_err(|_| enum_error("metric.to_date", metric.to_date))? {
+            pb::ToDate::Unspecified => None,
+            pb::ToDate::Week => Some(CalendarPeriod::Week),
+            pb::ToDate::Month => Some(CalendarPeriod::Month),
+            pb::ToDate::Quarter => Some(CalendarPeriod::Quarter),
+            pb::ToDate::Year => Some(CalendarPeriod::Year),
+        };
+    let retention_period = match pb::Period::try_from(metric.retention_period)
+        .map_err(|_| enum_error("metric.retention_period", metric.retention_period))?
+    {
+        pb::Period::Unspecified | pb::Period::Day => Period::Day,
+        pb::Period::Week => Period::Week,
+        pb::Period::Month => Period::Month,
+    };
+    let direction = match pb::Direction::try_from(metric.direction)
+        .map_err(|_| enum_error("metric.direction", metric.direction))?
+    {
+        pb::Direction::Unspecified | pb::Direction::Increase => Direction::Increase,
+        pb::Direction::Decrease => Direction::Decrease,
+    };
+    let semi_additive_last = pb::SemiAdditive::try_from(metric.semi_additive)
+        .map_err(|_| enum_error("metric.semi_additive", metric.semi_additive))?
+        == pb::SemiAdditive::Last;
+    Ok(Metric {
+        selector: selector_from_pb("metric.selector", metric.selector)?,
+        conversion_selector: selector_from_pb("metric.conversion_selector", metric.conversion_selector)?,
+        window: duration_from_pb("metric.window", metric.window)?,
+        rolling_window: duration_from_pb("metric.rolling_window", metric.rolling_window)?,
+        role: role_from_pb("metric.role", metric.role)?,
+        numerator_offset: offset_from_pb(metric.numerator_offset),
+        denominator_offset: offset_from_pb(metric.denominator_offset),
+        inputs: metric
+            .inputs
+            .into_iter()
+            .map(|i| MetricInput { alias: i.alias, metric_key: i.metric_key, offset: offset_from_pb(i.offset) })
+            .collect(),
+        key: metric.key,
+        name: metric.name,
+        description: metric.description,
+        kind,
+        property: metric.property,
+        percentile: metric.percentile,
+        numerator_key: metric.numerator_key,
+        denominator_key: metric.denominator_key,
+        formula: metric.formula,
+        retention_period,
+        retention_offset: metric.retention_offset,
+        retention_rolling: pb::RetentionMode::try_from(metric.retention_mode)
+            .map_err(|_| enum_error("metric.retention_mode", metric.retention_mode))?
+            == pb::RetentionMode::Rolling,
+        retention_unbounded: metric.retention_unbounded,
+        to_date,
+        semi_additive_last,
+        fill_nulls_with: metric.fill_nulls_with,
+        constant_properties: metric.constant_properties,
+        parent_keys: metric.parent_keys,
+        direction,
+        unit: metric.unit,
+        version: 0,
+        created: 0,
+        updated: 0,
+    })
+}
+
+pub fn metric_to_pb(metric: Metric) -> pb::MetricDefinition {
+    let kind = KINDS.iter().find(|(_, k)| *k == metric.kind).map_or(pb::MetricKind::Unspecified, |(p, _)| *p);
+    pb::MetricDefinition {
+        selector: selector_to_pb(&metric.selector),
+        conversion_selector: selector_to_pb(&metric.conversion_selector),
+        window: duration_to_pb(metric.window),
+        rolling_window: duration_to_pb(metric.rolling_window),
+        role: role_to_pb(metric.role) as i32,
+        numerator_offset: offset_to_pb(metric.numerator_offset),
+        denominator_offset: offset_to_pb(metric.denominator_offset),
+        inputs: metric
+            .inputs
+            .into_iter()
+            .map(|i| pb::MetricInput { alias: i.alias, metric_key: i.metric_key, offset: offset_to_pb(i.offset) })
+            .collect(),
+        kind: kind as i32,
+        to_date: match metric.to_date {
+            None => pb::ToDate::Unspecified,
+            Some(CalendarPeriod::Week) => pb::ToDate::Week,
+            Some(CalendarPeriod::Month) => pb::ToDate::Month,
+            Some(CalendarPeriod::Quarter) => pb::ToDate::Quarter,
+            Some(CalendarPeriod::Year) => pb::ToDate::Year,
+        } as i32,
+        retention_period: match metric.retention_period {
+            Period::Day => pb::Period::Day,
+            Period::Week => pb::Period::Week,
+            Period::Month => pb::Period::Month,
+        } as i32,
+        direction: match metric.direction {
+            Direction::Increase => pb::Direction::Increase,
+            Direction::Decrease => pb::Direction::Decrease,
+        } as i32,
+        semi_additive: if metric.semi_additive_last { pb::SemiAdditive::Last } else { pb::SemiAdditive::Unspecified }
+            as i32,
+        key: metric.key,
+        name: metric.name,
+        description: metric.description,
+        property: metric.property,
+        percentile: metric.percentile,
+        numerator_key: metric.numerator_key,
+        denominator_key: metric.denominator_key,
+        formula: metric.formula,
+        retention_offset: metric.retention_offset,
+        fill_nulls_with: metric.fill_nulls_with,
+        constant_properties: metric.constant_properties,
+        parent_keys: metric.parent_keys,
+        unit: metric.unit,
+        version: metric.version,
+        created_time: Some(timestamp(metric.created)),
+        updated_time: Some(timestamp(metric.updated)),
+        retention_mode: if metric.retention_rolling {
+            pb::RetentionMode::Rolling
+        } else {
+            pb::RetentionMode::Unspecified
+        } as i32,
+        retention_unbounded: metric.retention_unbounded,
+    }
+}
+
+fn series_to_pb(series: Vec<Series>, comparison: Option<&[Series]>) -> Vec<pb::Series> {
+    series
+        .into_iter()
+        .map(|s| {
+            let matched = comparison.and_then(|c| c.iter().find(|c| c.breakdown_value == s.breakdown_value));
+            let points = s
+                .points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let before = matched.and_then(|c| c.points.get(i)).and_then(|p| p.value);
+                    let (absolute_change, relative_change) = match (p.value, before) {
+                        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
+                        _ => (None, None),
+                    };
+                    pb::Point {
+                        start: Some(timestamp(p.start)),
+                        end: Some(timestamp(p.end)),
+                        value: p.value.unwrap_or(0.0),
+                        has_value: p.value.is_some(),
+                        complete: p.end <= crate::core::model::now_micros(),
+                        absolute_change,
+                        relative_change,
+                    }
+                })
+                .collect();
+            pb::Series {
+                breakdown_value: s.breakdown_value,
+                points,
+                total: s.total.unwrap_or(0.0),
+                has_total: s.total.is_some(),
+            }
+        })
+        .collect()
+}
+
+fn required_range(range: Option<&pb::TimeRange>) -> Result<(i64, i64)> {
+    let range = time_range("range", range)?;
+    match (range.from, range.to) {
+        (Some(from), Some(to)) if from < to => Ok((from, to)),
+        (Some(_), Some(_)) => Err(Error::invalid("range", "to must be after from")),
+        _ => Err(Error::invalid("range", "from and to are required")),
+    }
+}
+
+#[tonic::async_trait]
+impl MetricService for Api {
+    async fn create_metric(
+        &self,
+        request: Request<pb::CreateMetricRequest>,
+    ) -> Result<Response<pb::CreateMetricResponse>, Status> {
+        let request = request.into_inner();
+        let metric = metric_from_pb(request.metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
+        let created = self.blocking(move |engine| engine.create_metric(&request.project, metric)).await?;
+        Ok(Response::new(pb::CreateMetricResponse { metric: Some(metric_to_pb(created)) }))
+    }
+
+    async fn update_metric(
+        &self,
+        request: Request<pb::UpdateMetricRequest>,
+    ) -> Result<Response<pb::UpdateMetricResponse>, Status> {
+        let request = request.into_inner();
+        let metric = metric_from_pb(request.metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
+        let updated = self.blocking(move |engine| engine.update_metric(&request.project, metric)).await?;
+        Ok(Response::new(pb::UpdateMetricResponse { metric: Some(metric_to_pb(updated)) }))
+    }
+
+    async fn get_metric(
+        &self,
+        request: Request<pb::GetMetricRequest>,
+    ) -> Result<Response<pb::GetMetricResponse>, Status> {
+        let request = request.into_inner();
+        let (metric, latest_version) =
+            self.blocking(move |engine| engine.get_metric(&request.project, &request.key, request.version)).await?;
+        Ok(Response::new(pb::GetMetricResponse { metric: Some(metric_to_pb(metric)), latest_version }))
+    }
+
+    async fn list_metrics(
+        &self,
+        request: Request<pb::ListMetricsRequest>,
+    ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        let request = request.into_inner();
+        let roles = request
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| role_from_pb(&format!("roles[{i}]"), *r))
+            .collect::<Result<Vec<_>>>()?;
+        let page = PageRequest { size: request.page_size, token: request.page_token };
+        let project = request.project;
+        let (metrics, next_page_token) = self
+            .blocking(move |engine| paginate(engine.list_metrics(&project, &roles)?, |m| m.key.clone(), &page))
+            .await?;
+        Ok(Response::new(pb::ListMetricsResponse {
+            metrics: metrics.into_iter().map(metric_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_metric(
+        &self,
+        request: Request<pb::DeleteMetricRequest>,
+    ) -> Result<Response<pb::DeleteMetricResponse>, Status> {
+        let request = request.into_inner();
+        let (project, key) = (request.project.clone(), request.key.clone());
+        let was_manual = self.blocking(move |engine| engine.delete_metric(&request.project, &request.key)).await?;
+        if was_manual {
+            self.engine.clear_manual_values(&project, &key).await?;
+        }
+        Ok(Response::new(pb::DeleteMetricResponse {}))
+    }
+
+    async fn record_values(
+        &self,
+        request: Request<pb::RecordValuesRequest>,
+    ) -> Result<Response<pb::RecordValuesResponse>, Status> {
+        let request = request.into_inner();
+        let values = request
+            .values
+            .into_iter()
+            .map(|v| {
+                let timestamp = match &v.timestamp {
+                    Some(ts) => micros_from_timestamp("timestamp", ts)?,
+                    None => return Err(Error::invalid("timestamp", "required")),
+                };
+                let mut dimensions = v
+                    .dimensions
+                    .iter()
+                    .map(|(k, value)| {
+                        Ok((k.clone(), value_from_pb("", value).map_err(|e| e.under(&format!("dimensions.{k}")))?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                dimensions.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(ManualValue { timestamp, value: v.value, dimensions })
+            })
+            .collect();
+        let (recorded, rejected) = self.engine.record_values(&request.project, &request.metric_key, values).await?;
+        Ok(Response::new(pb::RecordValuesResponse {
+            recorded,
+            rejected: rejected.into_iter().map(item_error).collect(),
+        }))
+    }
+
+    async fn query_metric(
+        &self,
+        request: Request<pb::QueryMetricRequest>,
+    ) -> Result<Response<pb::QueryMetricResponse>, Status> {
+        let request = request.into_inner();
+        let target = match request.metric {
+            Some(pb::query_metric_request::Metric::MetricKey(key)) => {
+                crate::core::catalog::validate_slug("metric_key", &key)?;
+                MetricTarget::Key(key, request.version)
+            }
+            Some(pb::query_metric_request::Metric::Definition(definition)) => {
+                let mut metric = metric_from_pb(definition)?;
+                if metric.key.is_empty() {
+                    metric.key = "inline".into();
+                }
+                MetricTarget::Inline(Box::new(metric))
+            }
+            None => return Err(Error::invalid("metric_key", "a metric key or an inline definition is required").into()),
+        };
+        let (from, to) = required_range(request.range.as_ref())?;
+        if !request.cohort_id.is_empty() {
+            return Err(Error::invalid("cohort_id", "cohort filters are not available yet").into());
+        }
+        let compare =
+            match pb::Compare::try_from(request.compare).map_err(|_| enum_error("compare", request.compare))? {
+                pb::Compare::Unspecified | pb::Compare::None => Compare::None,
+                pb::Compare::PreviousPeriod => Compare::PreviousPeriod,
+                pb::Compare::PreviousYear => Compare::PreviousYear,
+            };
+        let breakdown = (!request.breakdown.is_empty()).then_some(request.breakdown);
+        if let Some(breakdown) = &breakdown {
+            let name = breakdown.strip_prefix(crate::core::filter::TRAIT_PREFIX).unwrap_or(breakdown);
+            crate::core::catalog::validate_name("breakdown", name)?;
+        }
+        let query = MetricQuery {
+            from,
+            to,
+            granularity: granularity_from_pb("granularity", request.granularity)?,
+            tz: chrono_tz::Tz::UTC,
+            filters: filters_from_pb("filters", request.filters)?,
+            breakdown,
+            breakdown_limit: if request.breakdown_limit == 0 {
+                DEFAULT_BREAKDOWN_LIMIT
+            } else {
+                request.breakdown_limit as usize
+            },
+        };
+        let zone = request.timezone;
+        let project = request.project;
+        let answer = self.blocking(move |engine| engine.query_metric(&project, target, query, &zone, compare)).await?;
+        let comparison = series_to_pb(answer.comparison.clone(), None);
+        Ok(Response::new(pb::QueryMetricResponse {
+            series: series_to_pb(answer.series, Some(&answer.comparison)),
+            comparison,
+            timezone: answer.timezone,
+            metric_version: answer.version,
+        }))
+    }
+}

@@ -1,0 +1,98 @@
+"""Shared helpers for the reference checks: build stubs from ../proto, run a server, load data."""
+import glob
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def stubs():
+    """Generates the Python gRPC stubs from the repo's protos into a temp dir and imports them."""
+    from grpc_tools import protoc
+    import grpc_tools
+
+    out = tempfile.mkdtemp(prefix="sextant-stubs-")
+    proto_root = os.path.join(ROOT, "proto")
+    files = sorted(glob.glob(os.path.join(proto_root, "sextant", "v1", "*.proto")))
+    include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", *files]
+    if protoc.main(args) != 0:
+        sys.exit("protoc failed")
+    sys.path.insert(0, out)
+    names = ["project", "ingest", "metric", "common", "analysis"]
+    return {n: importlib.import_module(f"sextant.v1.{n}_pb2") for n in names} | {
+        f"{n}_grpc": importlib.import_module(f"sextant.v1.{n}_pb2_grpc") for n in ["project", "metric", "analysis"]
+    }
+
+
+def binary():
+    path = os.environ.get("SEXTANT_BIN") or os.path.join(ROOT, "target", "debug", "sextant")
+    if not os.path.exists(path):
+        subprocess.run(["cargo", "build", "--quiet"], cwd=ROOT, check=True)
+    return path
+
+
+class Server:
+    """A sextant server on a free port with a fresh data dir; stopped on exit."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="sextant-ref-")
+        self.proc = subprocess.Popen(
+            [binary(), "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", os.path.join(self.dir, "db")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        prefix = "sextant listening on "
+        if not line.startswith(prefix):
+            self.proc.kill()
+            sys.exit(f"server did not start: {line!r}")
+        self.addr = line[len(prefix):].strip()
+
+    def generate_and_load(self, users, seed, project):
+        data = os.path.join(self.dir, "data")
+        subprocess.run([binary(), "gen", "--users", str(users), "--seed", str(seed), "--out", data], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([binary(), "load", "--addr", self.addr, "--project", project,
+                        "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl")],
+                       check=True, stdout=subprocess.DEVNULL)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class Checks:
+    """Counts comparisons and prints the closing line CI reads."""
+
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def equal(self, what, got, want):
+        if got == want:
+            self.passed += 1
+            print(f"ok   {what}")
+            return
+        self.failed += 1
+        print(f"FAIL {what}")
+        keys = sorted(set(got) | set(want)) if isinstance(got, dict) else range(max(len(got), len(want)))
+        shown = 0
+        for k in keys:
+            g = got.get(k) if isinstance(got, dict) else (got[k] if k < len(got) else None)
+            w = want.get(k) if isinstance(want, dict) else (want[k] if k < len(want) else None)
+            if g != w and shown < 10:
+                print(f"     {k}: sextant {g!r} != duckdb {w!r}")
+                shown += 1
+
+    def finish(self):
+        print(f"{self.passed} passed, {self.failed} failed")
+        sys.exit(1 if self.failed else 0)
