@@ -581,3 +581,62 @@ async fn manual_values_sum_or_keep_the_last() {
     let status = client.record_values(record("ghost", vec![plain(0, 1, 1.0)])).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_tree_shows_the_north_star_and_its_inputs() {
+    let server = shop().await;
+    let mut client = metrics(&server);
+    let tree_request = |root: &str| pb::GetMetricTreeRequest {
+        project: "shop".into(),
+        root_key: root.into(),
+        range: Some(pb::TimeRange { from: Some(ts(at(1, 0))), to: Some(ts(at(3, 0))) }),
+        ..Default::default()
+    };
+    let status = client.get_metric_tree(tree_request("")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "no north star yet");
+
+    let star = pb::MetricDefinition { role: pb::MetricRole::NorthStar as i32, ..revenue(pb::MetricKind::Sum) };
+    create(&server, star).await.unwrap();
+    let buyers = pb::MetricDefinition {
+        role: pb::MetricRole::Input as i32,
+        parent_keys: vec!["revenue".into()],
+        ..definition("buyers", pb::MetricKind::UniqueUsers, "purchase")
+    };
+    create(&server, buyers).await.unwrap();
+    let sessions = pb::MetricDefinition {
+        role: pb::MetricRole::Input as i32,
+        parent_keys: vec!["buyers".into()],
+        ..definition("sessions", pb::MetricKind::Count, "session_start")
+    };
+    create(&server, sessions).await.unwrap();
+
+    let reply = client.get_metric_tree(tree_request("")).await.unwrap().into_inner();
+    // Days 1-2 against the previous period, days -1..0.
+    assert_eq!(reply.previous_range, Some(pb::TimeRange { from: Some(ts(at(-1, 0))), to: Some(ts(at(1, 0))) }));
+    let root = reply.root.unwrap();
+    // Revenue: 50 + 5 now, 10 before.
+    assert_eq!(
+        (root.metric_key.as_str(), root.current_value, root.previous_value),
+        ("revenue", Some(55.0), Some(10.0))
+    );
+    assert_eq!((root.absolute_change, root.relative_change), (Some(45.0), Some(4.5)));
+    assert_eq!(root.children.len(), 1);
+    let buyers = &root.children[0];
+    // Buyers: u2, u3 (day 1), u1, u4 (day 2) now; u1 before.
+    assert_eq!(
+        (buyers.metric_key.as_str(), buyers.current_value, buyers.previous_value),
+        ("buyers", Some(4.0), Some(1.0))
+    );
+    let sessions = &buyers.children[0];
+    // Sessions: 3 on days 1-2, 3 on day 0.
+    assert_eq!(
+        (sessions.current_value, sessions.previous_value, sessions.relative_change),
+        (Some(3.0), Some(3.0), Some(0.0))
+    );
+
+    let mut shallow = tree_request("buyers");
+    shallow.max_depth = 1;
+    let reply = client.get_metric_tree(shallow).await.unwrap().into_inner();
+    let root = reply.root.unwrap();
+    assert_eq!((root.metric_key.as_str(), root.children.len()), ("buyers", 0));
+}

@@ -458,3 +458,78 @@ fn check_graph(state: &ProjectState, metric: &Metric) -> Result<()> {
     }
     validate_references(metric, &state.latest_metrics())
 }
+
+/// A metric with its value now and in the comparison period, and the metrics that feed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeNode {
+    pub metric: Metric,
+    pub current: Option<f64>,
+    pub previous: Option<f64>,
+    pub children: Vec<TreeNode>,
+}
+
+impl Engine {
+    /// The metric tree under `root_key` (default: the North Star): each metric's value over
+    /// the range and the comparison range, children being the metrics that name it as parent.
+    pub fn metric_tree(
+        &self,
+        project: &str,
+        root_key: &str,
+        mut query: MetricQuery,
+        zone: &str,
+        compare: Compare,
+        max_depth: usize,
+    ) -> Result<(TreeNode, Option<(Micros, Micros)>)> {
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
+        query.tz = time::parse_zone("timezone", zone)?;
+        query.granularity = Granularity::Total;
+        let metrics = state.latest_metrics();
+        let root = if root_key.is_empty() {
+            metrics.values().find(|m| m.role == MetricRole::NorthStar).ok_or_else(|| {
+                Error::FailedPrecondition(
+                    "the project has no NORTH_STAR metric; give one that role or set root_key".into(),
+                )
+            })?
+        } else {
+            super::catalog::validate_slug("root_key", root_key)?;
+            metrics.get(root_key).ok_or_else(|| Error::NotFound(format!("metric {root_key:?} not found")))?
+        };
+        let previous = comparison_range(query.from, query.to, compare, query.tz);
+        let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };
+        let node = tree_node(&state, &metrics, root, &query, previous, depth, &mut Vec::new())?;
+        Ok((node, previous))
+    }
+}
+
+fn total(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Option<f64>> {
+    Ok(evaluate(state, metric, query, 0)?.first().and_then(|s| s.points.first()).and_then(|p| p.value))
+}
+
+fn tree_node(
+    state: &ProjectState,
+    metrics: &BTreeMap<String, Metric>,
+    metric: &Metric,
+    query: &MetricQuery,
+    previous_range: Option<(Micros, Micros)>,
+    depth: usize,
+    path: &mut Vec<String>,
+) -> Result<TreeNode> {
+    let current = total(state, metric, query)?;
+    let previous = match previous_range {
+        Some((from, to)) => total(state, metric, &MetricQuery { from, to, ..query.clone() })?,
+        None => None,
+    };
+    path.push(metric.key.clone());
+    let mut children = Vec::new();
+    if depth > 1 {
+        let feeding: Vec<&Metric> =
+            metrics.values().filter(|m| m.parent_keys.contains(&metric.key) && !path.contains(&m.key)).collect();
+        for child in feeding {
+            children.push(tree_node(state, metrics, child, query, previous_range, depth - 1, path)?);
+        }
+    }
+    path.pop();
+    Ok(TreeNode { metric: metric.clone(), current, previous, children })
+}

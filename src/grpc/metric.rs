@@ -4,7 +4,7 @@ use super::Api;
 use super::convert::{item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
-use crate::core::metrics::{Compare, MetricTarget};
+use crate::core::metrics::{Compare, MetricTarget, TreeNode};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
 use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Series};
@@ -390,6 +390,42 @@ impl MetricService for Api {
         Ok(Response::new(pb::DeleteMetricResponse {}))
     }
 
+    async fn get_metric_tree(
+        &self,
+        request: Request<pb::GetMetricTreeRequest>,
+    ) -> Result<Response<pb::GetMetricTreeResponse>, Status> {
+        let request = request.into_inner();
+        let (from, to) = required_range(request.range.as_ref())?;
+        if !request.cohort_id.is_empty() {
+            return Err(Error::invalid("cohort_id", "cohort filters are not available yet").into());
+        }
+        // The tree compares with the previous period unless told otherwise.
+        let compare =
+            match pb::Compare::try_from(request.compare).map_err(|_| enum_error("compare", request.compare))? {
+                pb::Compare::Unspecified | pb::Compare::PreviousPeriod => Compare::PreviousPeriod,
+                pb::Compare::None => Compare::None,
+                pb::Compare::PreviousYear => Compare::PreviousYear,
+            };
+        let query = MetricQuery {
+            from,
+            to,
+            granularity: Granularity::Total,
+            tz: chrono_tz::Tz::UTC,
+            filters: filters_from_pb("filters", request.filters)?,
+            breakdown: None,
+            breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
+        };
+        let (project, root, zone, depth) =
+            (request.project, request.root_key, request.timezone, request.max_depth as usize);
+        let (node, previous) =
+            self.blocking(move |engine| engine.metric_tree(&project, &root, query, &zone, compare, depth)).await?;
+        Ok(Response::new(pb::GetMetricTreeResponse {
+            root: Some(tree_to_pb(node)),
+            previous_range: previous
+                .map(|(from, to)| pb::TimeRange { from: Some(timestamp(from)), to: Some(timestamp(to)) }),
+        }))
+    }
+
     async fn record_values(
         &self,
         request: Request<pb::RecordValuesRequest>,
@@ -478,5 +514,25 @@ impl MetricService for Api {
             timezone: answer.timezone,
             metric_version: answer.version,
         }))
+    }
+}
+
+fn tree_to_pb(node: TreeNode) -> pb::MetricTreeNode {
+    let (absolute_change, relative_change) = match (node.current, node.previous) {
+        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
+        _ => (None, None),
+    };
+    let definition = metric_to_pb(node.metric);
+    pb::MetricTreeNode {
+        metric_key: definition.key,
+        name: definition.name,
+        role: definition.role,
+        direction: definition.direction,
+        unit: definition.unit,
+        current_value: node.current,
+        previous_value: node.previous,
+        absolute_change,
+        relative_change,
+        children: node.children.into_iter().map(tree_to_pb).collect(),
     }
 }
