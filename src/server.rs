@@ -94,7 +94,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         .add_service(IngestServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(UserServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(MetricServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(GoalServiceServer::new(Unimplemented).max_decoding_message_size(max))
+        .add_service(GoalServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(CohortServiceServer::new(Unimplemented).max_decoding_message_size(max))
         .add_service(AnalysisServiceServer::new(Unimplemented).max_decoding_message_size(max))
         .add_service(ExperimentServiceServer::new(Unimplemented).max_decoding_message_size(max));

@@ -640,3 +640,97 @@ async fn metric_tree_shows_the_north_star_and_its_inputs() {
     let root = reply.root.unwrap();
     assert_eq!((root.metric_key.as_str(), root.children.len()), ("buyers", 0));
 }
+
+mod goals {
+    use super::*;
+    use sextant::pb::goal_service_client::GoalServiceClient;
+
+    fn goal(id: &str, from_day: i64, to_day: i64, target: pb::goal::Target) -> pb::Goal {
+        pb::Goal {
+            id: id.into(),
+            metric_key: "sessions".into(),
+            granularity: pb::Granularity::Day as i32,
+            period: Some(pb::TimeRange { from: Some(ts(at(from_day, 0))), to: Some(ts(at(to_day, 0))) }),
+            target: Some(target),
+            ..Default::default()
+        }
+    }
+
+    async fn progress(client: &mut GoalServiceClient<Channel>, id: &str, day: i64) -> pb::GetGoalProgressResponse {
+        let request = pb::GetGoalProgressRequest { project: "shop".into(), id: id.into(), as_of: Some(ts(at(day, 0))) };
+        client.get_goal_progress(request).await.unwrap().into_inner()
+    }
+
+    fn status(reply: &pb::GetGoalProgressResponse) -> pb::GoalStatus {
+        pb::GoalStatus::try_from(reply.status).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn additive_goal_statuses() {
+        let server = shop().await;
+        create(&server, definition("sessions", pb::MetricKind::Count, "session_start")).await.unwrap();
+        let mut client = GoalServiceClient::new(server.channel.clone());
+        let writer = client.clone();
+        let create_goal = |g: pb::Goal| {
+            let mut client = writer.clone();
+            async move { client.create_goal(pb::CreateGoalRequest { project: "shop".into(), goal: Some(g) }).await }
+        };
+        use pb::goal::Target::{RelativeTarget, TargetValue};
+        for (id, target) in [("ten", 10.0), ("nine", 9.0), ("twenty", 20.0), ("hundred", 100.0), ("nineteen", 19.0)] {
+            create_goal(goal(id, 0, 10, TargetValue(target))).await.unwrap();
+        }
+        assert_eq!(status(&progress(&mut client, "ten", 0).await), pb::GoalStatus::NotStarted);
+        // By day 4: 3 + 2 + 1 + 1 = 7 sessions in 4 of 10 days, projected 7 × 10 / 4 = 17.5.
+        let reply = progress(&mut client, "ten", 4).await;
+        assert_eq!(status(&reply), pb::GoalStatus::OnTrack);
+        assert_eq!((reply.current, reply.baseline, reply.projected), (Some(7.0), Some(0.0), Some(17.5)));
+        assert_eq!((reply.progress, reply.expected_progress), (Some(0.7), 0.4));
+        assert_eq!(reply.points.len(), 4);
+        // 17.5 is at least 90% of the way to 19, not to 100.
+        assert_eq!(status(&progress(&mut client, "nineteen", 4).await), pb::GoalStatus::AtRisk);
+        assert_eq!(status(&progress(&mut client, "hundred", 4).await), pb::GoalStatus::OffTrack);
+        // By day 9 the total is 9 (day 6 and day 8 add one each).
+        assert_eq!(status(&progress(&mut client, "nine", 9).await), pb::GoalStatus::Achieved);
+        assert_eq!(status(&progress(&mut client, "twenty", 11).await), pb::GoalStatus::Missed);
+
+        // +20% over the 4 days before: baseline 7, target 8.4; days 4-5 have no sessions.
+        create_goal(goal("growth", 4, 8, RelativeTarget(0.2))).await.unwrap();
+        let reply = progress(&mut client, "growth", 6).await;
+        assert_eq!(reply.baseline, Some(7.0));
+        assert!((reply.target.unwrap() - 8.4).abs() < 1e-9);
+        assert_eq!((reply.current, reply.projected), (Some(0.0), Some(0.0)));
+        assert_eq!(status(&reply), pb::GoalStatus::OffTrack);
+
+        // Bad goals name the field; a duplicate id is ALREADY_EXISTS.
+        let status = create_goal(goal("ten", 0, 10, TargetValue(1.0))).await.unwrap_err();
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let cases = [
+            (pb::Goal { metric_key: "ghost".into(), ..goal("g", 0, 10, TargetValue(1.0)) }, "goal.metric_key"),
+            (pb::Goal { target: None, ..goal("g", 0, 10, TargetValue(1.0)) }, "goal.target_value"),
+            (goal("g", 10, 0, TargetValue(1.0)), "goal.period"),
+            (pb::Goal { timezone: "Nowhere".into(), ..goal("g", 0, 10, TargetValue(1.0)) }, "goal.timezone"),
+            (goal("g", 0, 10, TargetValue(f64::NAN)), "goal.target_value"),
+        ];
+        for (bad, field) in cases {
+            let status = create_goal(bad).await.unwrap_err();
+            assert_eq!(violated_fields(&status), vec![field]);
+        }
+        // A metric with goals cannot be deleted; the goal persists across a restart.
+        let status = metrics(&server)
+            .delete_metric(pb::DeleteMetricRequest { project: "shop".into(), key: "sessions".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("goal growth"), "{}", status.message());
+        let server = server.restart().await;
+        let mut client = GoalServiceClient::new(server.channel.clone());
+        assert_eq!(progress(&mut client, "ten", 4).await.projected, Some(17.5));
+        let listed =
+            client.list_goals(pb::ListGoalsRequest { project: "shop".into(), ..Default::default() }).await.unwrap();
+        assert_eq!(listed.into_inner().goals.len(), 6);
+        client.delete_goal(pb::DeleteGoalRequest { project: "shop".into(), id: "ten".into() }).await.unwrap();
+        let status =
+            client.get_goal(pb::GetGoalRequest { project: "shop".into(), id: "ten".into() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+}

@@ -161,8 +161,8 @@ async fn health_reflection_metrics_and_unbuilt_services() {
     }
 
     // Declared but not built yet: UNIMPLEMENTED, not a transport error.
-    let mut goals = sextant::pb::goal_service_client::GoalServiceClient::new(server.channel.clone());
-    let status = goals.list_goals(pb::ListGoalsRequest::default()).await.unwrap_err();
+    let mut cohorts = sextant::pb::cohort_service_client::CohortServiceClient::new(server.channel.clone());
+    let status = cohorts.list_cohorts(pb::ListCohortsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
 
     server.create_project("p").await;
@@ -175,7 +175,7 @@ async fn health_reflection_metrics_and_unbuilt_services() {
         "sextant_events_rejected_total",
         "sextant_ack_latency_seconds_bucket",
         "sextant_requests_total{method=\"Track\",code=\"0\"}",
-        "sextant_requests_total{method=\"ListGoals\",code=\"12\"}",
+        "sextant_requests_total{method=\"ListCohorts\",code=\"12\"}",
     ] {
         assert!(body.contains(line), "{line} missing from:\n{body}");
     }

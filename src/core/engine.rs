@@ -13,6 +13,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
+use super::goals::Goal;
 use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
 use super::metric::Metric;
 use super::model::{
@@ -34,6 +35,7 @@ pub struct ProjectState {
     pub quarantine: BTreeMap<u64, QuarantinedEvent>,
     /// Every version of every metric, oldest first.
     pub metrics: BTreeMap<String, Vec<Metric>>,
+    pub goals: BTreeMap<String, Goal>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
 }
@@ -50,6 +52,7 @@ impl ProjectState {
             quarantine: BTreeMap::new(),
             metrics: BTreeMap::new(),
             manual: HashMap::new(),
+            goals: BTreeMap::new(),
         }
     }
 
@@ -165,6 +168,13 @@ impl Engine {
             let project = key.split('/').nth(1).unwrap_or_default();
             if let Some(state) = projects.get_mut(project) {
                 state.metrics.entry(metric.key.clone()).or_default().push(metric);
+            }
+        }
+        for (key, bytes) in storage.scan_meta("goal/")? {
+            let goal: Goal = decode(&key, &bytes)?;
+            let project = key.split('/').nth(1).unwrap_or_default();
+            if let Some(state) = projects.get_mut(project) {
+                state.goals.insert(goal.id.clone(), goal);
             }
         }
         let mut seen = SeenIds::default();

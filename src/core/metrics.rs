@@ -340,6 +340,8 @@ impl Engine {
             })
             .map(|m| m.key.clone())
             .collect();
+        let goals = state.goals.values().filter(|g| g.metric_key == key).map(|g| format!("goal {}", g.id));
+        let referrers: Vec<String> = referrers.into_iter().chain(goals).collect();
         if !referrers.is_empty() {
             return Err(Error::FailedPrecondition(format!("metric {key:?} is referenced by {}", referrers.join(", "))));
         }

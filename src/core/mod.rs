@@ -5,6 +5,8 @@ pub mod engine;
 pub mod experiment;
 pub mod filter;
 pub mod formula;
+pub mod goal;
+pub mod goals;
 pub mod ingest;
 pub mod metric;
 pub mod metrics;

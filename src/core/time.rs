@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 use super::model::Micros;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Granularity {
     Hour,
     #[default]

@@ -7,7 +7,7 @@ use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole
 use crate::core::metrics::{Compare, MetricTarget, TreeNode};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
-use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Series};
+use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series};
 use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
 use crate::error::{Error, Result};
 use crate::pb::{self, metric_service_server::MetricService};
@@ -41,7 +41,7 @@ pub fn filter_from_pb(field: &str, filter: pb::Filter) -> Result<Filter> {
     Ok(filter)
 }
 
-fn filter_to_pb(filter: &Filter) -> pb::Filter {
+pub fn filter_to_pb(filter: &Filter) -> pb::Filter {
     let op = match filter.op {
         FilterOp::Eq => pb::FilterOp::Eq,
         FilterOp::Neq => pb::FilterOp::Neq,
@@ -278,7 +278,25 @@ pub fn metric_to_pb(metric: Metric) -> pb::MetricDefinition {
     }
 }
 
+/// A point with its change against the comparison value; `complete` once its end is past `now`.
+pub fn point_to_pb(p: &Point, before: Option<f64>, now: i64) -> pb::Point {
+    let (absolute_change, relative_change) = match (p.value, before) {
+        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
+        _ => (None, None),
+    };
+    pb::Point {
+        start: Some(timestamp(p.start)),
+        end: Some(timestamp(p.end)),
+        value: p.value.unwrap_or(0.0),
+        has_value: p.value.is_some(),
+        complete: p.end <= now,
+        absolute_change,
+        relative_change,
+    }
+}
+
 fn series_to_pb(series: Vec<Series>, comparison: Option<&[Series]>) -> Vec<pb::Series> {
+    let now = crate::core::model::now_micros();
     series
         .into_iter()
         .map(|s| {
@@ -287,22 +305,7 @@ fn series_to_pb(series: Vec<Series>, comparison: Option<&[Series]>) -> Vec<pb::S
                 .points
                 .iter()
                 .enumerate()
-                .map(|(i, p)| {
-                    let before = matched.and_then(|c| c.points.get(i)).and_then(|p| p.value);
-                    let (absolute_change, relative_change) = match (p.value, before) {
-                        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
-                        _ => (None, None),
-                    };
-                    pb::Point {
-                        start: Some(timestamp(p.start)),
-                        end: Some(timestamp(p.end)),
-                        value: p.value.unwrap_or(0.0),
-                        has_value: p.value.is_some(),
-                        complete: p.end <= crate::core::model::now_micros(),
-                        absolute_change,
-                        relative_change,
-                    }
-                })
+                .map(|(i, p)| point_to_pb(p, matched.and_then(|c| c.points.get(i)).and_then(|p| p.value), now))
                 .collect();
             pb::Series {
                 breakdown_value: s.breakdown_value,

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod convert;
+pub mod goal;
 pub mod ingest;
 pub mod metric;
 pub mod project;
@@ -42,7 +43,6 @@ impl Api {
     }
 }
 
-impl crate::pb::goal_service_server::GoalService for Unimplemented {}
 impl crate::pb::cohort_service_server::CohortService for Unimplemented {}
 impl crate::pb::analysis_service_server::AnalysisService for Unimplemented {}
 impl crate::pb::experiment_service_server::ExperimentService for Unimplemented {}
