@@ -734,3 +734,55 @@ mod goals {
         assert_eq!(status.code(), Code::NotFound);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hours_months_quarters_previous_year_and_constant_properties() {
+    let server = shop().await;
+    let sessions = definition("sessions", pb::MetricKind::Count, "session_start");
+    let mut request = query(sessions.clone(), 0, 1, pb::Granularity::Hour);
+    request.range = Some(pb::TimeRange { from: Some(ts(at(0, 9))), to: Some(ts(at(0, 13))) });
+    // Sessions on day 0 at 10:00, 11:00 and 12:00.
+    assert_eq!(values(&run(&server, request).await.series[0]), some(&[0.0, 1.0, 1.0, 1.0]));
+    // January 2026 holds all nine sessions; February and March none. One quarter holds all.
+    let reply = run(&server, query(sessions.clone(), 0, 90, pb::Granularity::Month)).await;
+    assert_eq!(values(&reply.series[0]), some(&[9.0, 0.0, 0.0]));
+    assert_eq!(reply.series[0].points[1].start, Some(ts(at(31, 0))));
+    let reply = run(&server, query(sessions.clone(), 0, 90, pb::Granularity::Quarter)).await;
+    assert_eq!(values(&reply.series[0]), some(&[9.0]));
+    // A year earlier there was nothing: the change is the whole value, relative change undefined.
+    let mut request = query(sessions, 0, 4, pb::Granularity::Total);
+    request.compare = pb::Compare::PreviousYear as i32;
+    let reply = run(&server, request).await;
+    assert_eq!(values(&reply.comparison[0]), some(&[0.0]));
+    assert_eq!(reply.comparison[0].points[0].start, Some(ts(at(-365, 0))));
+    let point = &reply.series[0].points[0];
+    assert_eq!((point.value, point.absolute_change, point.relative_change), (7.0, Some(7.0), None));
+
+    // Constant properties: a cart counts only for the item that was viewed.
+    let item = |id: &str, name: &str, user: &str, hour: i64, sku: &str| {
+        with_props(event(id, name, user, at(5, hour)), &[("sku", text(sku))])
+    };
+    server
+        .track(
+            "shop",
+            vec![
+                item("v1", "view_item", "u1", 10, "a"),
+                item("c1", "add_to_cart", "u1", 11, "b"),
+                item("v2", "view_item", "u2", 10, "c"),
+                item("c2", "add_to_cart", "u2", 12, "c"),
+            ],
+        )
+        .await;
+    let view_to_cart = |constant: Vec<String>| pb::MetricDefinition {
+        key: "view_to_cart".into(),
+        kind: pb::MetricKind::Conversion as i32,
+        selector: selector("view_item"),
+        conversion_selector: selector("add_to_cart"),
+        constant_properties: constant,
+        ..Default::default()
+    };
+    let reply = run(&server, query(view_to_cart(vec![]), 5, 6, pb::Granularity::Total)).await;
+    assert_eq!(values(&reply.series[0]), some(&[1.0]));
+    let reply = run(&server, query(view_to_cart(vec!["sku".into()]), 5, 6, pb::Granularity::Total)).await;
+    assert_eq!(values(&reply.series[0]), some(&[0.5]));
+}

@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 use hashbrown::HashMap;
 
 use super::engine::ProjectState;
-use super::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number, trait_column};
+use super::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number};
 use super::metric::{Metric, MetricKind};
 use super::model::{Micros, Value};
 use super::table::{Cell, EventTable, NONE};
@@ -140,18 +140,28 @@ impl Groups {
         };
         match breakdown.strip_prefix(TRAIT_PREFIX) {
             Some(name) => {
-                let mut labels: Vec<String> = Vec::new();
-                let mut ids: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-                let group_of = trait_column(state, name)
-                    .iter()
-                    .map(|value| {
-                        let label = label_of_value(value.as_ref());
+                // Group ids per user from the traits map, one label per distinct value (no
+                // per-person allocation), then per person through the canonical mapping.
+                let table = &state.table;
+                let mut labels: Vec<String> = vec![NO_VALUE.into()];
+                let mut ids: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
+                ids.insert(NO_VALUE.into(), 0);
+                let mut by_user = vec![0u32; table.canonical.len()];
+                for (&person, traits) in &state.traits {
+                    let Some(value) = traits.get(name) else { continue };
+                    let id = match value {
+                        Value::String(s) => ids.get(s.as_str()).copied(),
+                        _ => None,
+                    };
+                    by_user[person as usize] = id.unwrap_or_else(|| {
+                        let label = label_of_value(Some(value));
                         *ids.entry(label.clone()).or_insert_with(|| {
                             labels.push(label);
                             labels.len() as u32 - 1
                         })
-                    })
-                    .collect();
+                    });
+                }
+                let group_of = table.canonical.iter().map(|&c| by_user[c as usize]).collect();
                 Groups::Person { group_of, labels }
             }
             None => Groups::Row {
@@ -352,15 +362,10 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
             });
         };
 
-    let mut totals = Cells::new(metric.kind, 0);
-    let (labels, remap, n_groups) = if query.breakdown.is_none() {
-        (vec![String::new()], None, 1)
-    } else {
-        scan(&mut groups, None, 0, &mut None, &mut totals);
-        let labels = groups.labels();
+    let limit = query.breakdown_limit.max(1);
+    // Orders active groups (with a matching event in the range) by their total, best first.
+    let rank = |totals: &mut Cells, labels: &[String]| -> Vec<usize> {
         totals.grow(labels.len());
-        // Groups without a matching event in the range (a trait value nobody active has) are
-        // not series.
         let active: Vec<usize> = (0..labels.len()).filter(|&g| totals.count[g] > 0).collect();
         let mut ranked: Vec<(usize, Option<f64>)> =
             active.into_iter().map(|g| (g, totals.value(g, metric.percentile))).collect();
@@ -369,32 +374,54 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
                 .total_cmp(&a.1.unwrap_or(f64::NEG_INFINITY))
                 .then(labels[a.0].cmp(&labels[b.0]))
         });
-        let limit = query.breakdown_limit.max(1);
-        // Unranked groups have no rows in the range, so where they map does not matter.
-        let mut remap = vec![0u32; labels.len()];
-        let mut kept = Vec::new();
-        for (rank, (group, _)) in ranked.iter().enumerate() {
-            remap[*group] = rank.min(limit) as u32;
-            if rank < limit {
-                kept.push(labels[*group].clone());
+        ranked.into_iter().map(|(g, _)| g).collect()
+    };
+    let mut totals = Cells::new(metric.kind, 0);
+    // With no breakdown, or a trait breakdown with at most `limit` values, one pass fills
+    // every group; otherwise a first pass ranks the groups and the tail folds into `$other`.
+    let known_labels = match &groups {
+        Groups::One => Some(vec![String::new()]),
+        Groups::Person { labels, .. } if labels.len() <= limit => Some(labels.clone()),
+        _ => None,
+    };
+    let (order, labels, remap, n_groups) = match known_labels {
+        Some(labels) => {
+            let n = labels.len();
+            (None, labels, None, n)
+        }
+        None => {
+            scan(&mut groups, None, 0, &mut None, &mut totals);
+            let labels = groups.labels();
+            let ranked = rank(&mut totals, &labels);
+            // Unranked groups have no rows in the range, so where they map does not matter.
+            let mut remap = vec![0u32; labels.len()];
+            let mut kept = Vec::new();
+            for (position, &group) in ranked.iter().enumerate() {
+                remap[group] = position.min(limit) as u32;
+                if position < limit {
+                    kept.push(labels[group].clone());
+                }
             }
+            if ranked.len() > limit {
+                kept.push(OTHER.into());
+            }
+            totals = Cells::new(metric.kind, 0);
+            let n = kept.len();
+            (Some((0..n).collect::<Vec<_>>()), kept, Some(remap), n)
         }
-        if ranked.len() > limit {
-            kept.push(OTHER.into());
-        }
-        let n = kept.len();
-        totals = Cells::new(metric.kind, 0);
-        (kept, Some(remap), n)
     };
     let mut cells = Some(Cells::new(metric.kind, n_groups * buckets));
     scan(&mut groups, remap.as_deref(), n_groups, &mut cells, &mut totals);
     let mut cells = cells.expect("cells were created above");
-
     totals.grow(n_groups);
-    let series = labels
+    let order = match order {
+        Some(order) => order,
+        None if query.breakdown.is_none() => vec![0],
+        None => rank(&mut totals, &labels),
+    };
+    let series = order
         .into_iter()
-        .enumerate()
-        .map(|(group, label)| {
+        .map(|group| {
             let points = (0..buckets)
                 .map(|b| Point {
                     start: bounds[b],
@@ -402,7 +429,7 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
                     value: cells.value(group * buckets + b, metric.percentile),
                 })
                 .collect();
-            Series { breakdown_value: label, points, total: totals.value(group, metric.percentile) }
+            Series { breakdown_value: labels[group].clone(), points, total: totals.value(group, metric.percentile) }
         })
         .collect();
     Ok(series)
