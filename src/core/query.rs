@@ -278,6 +278,24 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
     values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
 }
 
+/// Keeps the first `limit` groups of `ranked` and maps the rest to one `$other` group: the
+/// kept labels (with `$other` last when anything was folded) and a raw-group → series map.
+/// Unranked groups have no rows in the range, so where they map does not matter.
+fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (Vec<String>, Vec<u32>) {
+    let mut remap = vec![0u32; labels.len()];
+    let mut kept = Vec::new();
+    for (position, &group) in ranked.iter().enumerate() {
+        remap[group] = position.min(limit) as u32;
+        if position < limit {
+            kept.push(labels[group].clone());
+        }
+    }
+    if ranked.len() > limit {
+        kept.push(OTHER.into());
+    }
+    (kept, remap)
+}
+
 /// Visits every canonical person with all their rows (their own and their aliases').
 fn for_each_person(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
     let mut merged = Vec::new();
@@ -393,18 +411,7 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
             scan(&mut groups, None, 0, &mut None, &mut totals);
             let labels = groups.labels();
             let ranked = rank(&mut totals, &labels);
-            // Unranked groups have no rows in the range, so where they map does not matter.
-            let mut remap = vec![0u32; labels.len()];
-            let mut kept = Vec::new();
-            for (position, &group) in ranked.iter().enumerate() {
-                remap[group] = position.min(limit) as u32;
-                if position < limit {
-                    kept.push(labels[group].clone());
-                }
-            }
-            if ranked.len() > limit {
-                kept.push(OTHER.into());
-            }
+            let (kept, remap) = fold_tail(&ranked, &labels, limit);
             totals = Cells::new(metric.kind, 0);
             let n = kept.len();
             (Some((0..n).collect::<Vec<_>>()), kept, Some(remap), n)
@@ -566,18 +573,7 @@ fn share_metric(
         totals.grow(labels.len());
         let mut ranked: Vec<usize> = (0..labels.len()).filter(|&g| totals.entered[g] > 0).collect();
         ranked.sort_by(|&a, &b| totals.entered[b].cmp(&totals.entered[a]).then(labels[a].cmp(&labels[b])));
-        let limit = query.breakdown_limit.max(1);
-        let mut remap = vec![0u32; labels.len()];
-        let mut kept = Vec::new();
-        for (rank, &group) in ranked.iter().enumerate() {
-            remap[group] = rank.min(limit) as u32;
-            if rank < limit {
-                kept.push(labels[group].clone());
-            }
-        }
-        if ranked.len() > limit {
-            kept.push(OTHER.into());
-        }
+        let (kept, remap) = fold_tail(&ranked, &labels, query.breakdown_limit.max(1));
         cells = ShareCells::new(kept.len() * buckets);
         totals = ShareCells::new(kept.len());
         run(&mut groups, Some(&remap), &mut cells, &mut totals);
