@@ -430,8 +430,7 @@ impl Engine {
         let entry = self.project(project_id)?;
         let sorted = {
             let state = entry.read();
-            let plan = |name: &str| state.event_types.get(name).cloned();
-            ingest::sort_batch(items, state.project.enforcement, &plan, &self.limits, now_micros())
+            ingest::sort_batch(items, state.project.enforcement, &state.event_types, &self.limits, now_micros())
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;

@@ -7,7 +7,7 @@
 //! in-memory tables and only then replies: an ack means on disk and visible to queries.
 //! The bounded channel is the backpressure: when the writer is behind, senders wait.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -139,7 +139,7 @@ pub struct Sorted {
 pub fn sort_batch(
     items: Vec<Incoming>,
     enforcement: Enforcement,
-    plan: &dyn Fn(&str) -> Option<EventType>,
+    plan: &BTreeMap<String, EventType>,
     limits: &Limits,
     now: Micros,
 ) -> Sorted {
@@ -161,7 +161,7 @@ pub fn sort_batch(
             sorted.accepted.push(event);
             continue;
         }
-        let reasons = catalog::violations(&event, plan(&event.name).as_ref());
+        let reasons = catalog::violations(&event, plan.get(&event.name));
         if reasons.is_empty() {
             sorted.accepted.push(event);
             continue;
@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn enforcement_sorts_events() {
         let limits = Limits::default();
-        let plan = |name: &str| (name == "known").then(|| EventType { name: name.into(), ..Default::default() });
+        let plan = BTreeMap::from([("known".to_string(), EventType { name: "known".into(), ..Default::default() })]);
         let batch = || {
             vec![
                 Incoming { event: Ok(event("known", "u")), encoded_len: 1 },
