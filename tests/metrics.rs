@@ -786,3 +786,37 @@ async fn hours_months_quarters_previous_year_and_constant_properties() {
     let reply = run(&server, query(view_to_cart(vec!["sku".into()]), 5, 6, pb::Granularity::Total)).await;
     assert_eq!(values(&reply.series[0]), some(&[0.5]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_nulls_and_ratio_offsets() {
+    let server = shop().await;
+    create(&server, revenue(pb::MetricKind::Sum)).await.unwrap();
+    create(&server, pb::MetricDefinition { key: "avg_revenue".into(), ..revenue(pb::MetricKind::Avg) }).await.unwrap();
+    create(&server, definition("dau", pb::MetricKind::UniqueUsers, "session_start")).await.unwrap();
+    // Average revenue has no value on day 3 (no priced purchase); without a fill the sum has none.
+    let formula = |fill: Option<f64>| pb::MetricDefinition {
+        key: "f".into(),
+        kind: pb::MetricKind::Formula as i32,
+        formula: "revenue + avg_revenue".into(),
+        fill_nulls_with: fill,
+        ..Default::default()
+    };
+    // Days 0-3: revenue 10, 50, 5, 0; average 10, 25, 5, none.
+    let reply = run(&server, query(formula(None), 0, 4, pb::Granularity::Day)).await;
+    assert_eq!(values(&reply.series[0]), vec![Some(20.0), Some(75.0), Some(10.0), None]);
+    let reply = run(&server, query(formula(Some(0.0)), 0, 4, pb::Granularity::Day)).await;
+    assert_eq!(values(&reply.series[0]), some(&[20.0, 75.0, 10.0, 0.0]));
+
+    // Yesterday's revenue per today's active user: numerator shifted back one day.
+    let lagged = pb::MetricDefinition {
+        key: "lagged_arpu".into(),
+        kind: pb::MetricKind::Ratio as i32,
+        numerator_key: "revenue".into(),
+        denominator_key: "dau".into(),
+        numerator_offset: Some(pb::CalendarOffset { months: 0, days: 1 }),
+        ..Default::default()
+    };
+    // Day 1: 10 / 2; day 2: 50 / 1; day 3: 5 / 1.
+    let reply = run(&server, query(lagged, 1, 4, pb::Granularity::Day)).await;
+    assert_eq!(values(&reply.series[0]), some(&[5.0, 50.0, 5.0]));
+}
