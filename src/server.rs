@@ -97,7 +97,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         .add_service(GoalServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(CohortServiceServer::new(Unimplemented).max_decoding_message_size(max))
         .add_service(AnalysisServiceServer::new(Unimplemented).max_decoding_message_size(max))
-        .add_service(ExperimentServiceServer::new(Unimplemented).max_decoding_message_size(max));
+        .add_service(ExperimentServiceServer::new(api.clone()).max_decoding_message_size(max));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.grace_secs);

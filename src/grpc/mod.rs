@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod convert;
+pub mod experiment;
 pub mod goal;
 pub mod ingest;
 pub mod metric;
@@ -45,4 +46,3 @@ impl Api {
 
 impl crate::pb::cohort_service_server::CohortService for Unimplemented {}
 impl crate::pb::analysis_service_server::AnalysisService for Unimplemented {}
-impl crate::pb::experiment_service_server::ExperimentService for Unimplemented {}
