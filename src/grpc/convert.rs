@@ -45,6 +45,11 @@ pub fn time_range(field: &str, range: Option<&pb::TimeRange>) -> Result<TimeRang
     Ok(TimeRange { from, to })
 }
 
+/// An enum number the protos do not define.
+pub fn enum_error(field: &str, value: i32) -> Error {
+    Error::invalid(field, format!("unknown enum value {value}"))
+}
+
 pub fn value_from_pb(field: &str, value: &pb::Value) -> Result<Value> {
     use pb::value::Kind;
     Ok(match &value.kind {

@@ -4,6 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use super::convert::enum_error;
 use crate::core::experiment::stats::{
     self, Correction, Covariate, Difference, Engine, GaussianPrior, Moments, Sided, StatsConfig, StatsError, Summary,
     SummaryKind,
@@ -18,10 +19,6 @@ const MDE_POWER: f64 = 0.8;
 const DEFAULT_POWER: f64 = 0.8;
 /// Default minimum detectable effect: 10% (relative, or of the control mean when absolute).
 const DEFAULT_MDE_SHARE: f64 = 0.1;
-
-fn enum_error(field: &str, value: i32) -> Error {
-    Error::invalid(field, format!("unknown enum value {value}"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // pb → domain

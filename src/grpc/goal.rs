@@ -1,7 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use super::convert::{micros_from_timestamp, time_range, timestamp};
+use super::convert::{enum_error, micros_from_timestamp, time_range, timestamp};
 use super::metric::{filters_from_pb, granularity_from_pb, point_to_pb};
 use crate::core::goal::{GoalStatus, Target};
 use crate::core::goals::{Goal, GoalReport};
@@ -30,7 +30,7 @@ fn goal_from_pb(goal: pb::Goal) -> Result<Goal> {
         Ok(pb::Direction::Unspecified) => None,
         Ok(pb::Direction::Increase) => Some(Direction::Increase),
         Ok(pb::Direction::Decrease) => Some(Direction::Decrease),
-        Err(_) => return Err(Error::invalid("goal.direction", format!("unknown enum value {}", goal.direction))),
+        Err(_) => return Err(enum_error("goal.direction", goal.direction)),
     };
     if !goal.cohort_id.is_empty() {
         return Err(Error::invalid("goal.cohort_id", "cohort filters are not available yet"));

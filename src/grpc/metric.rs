@@ -1,7 +1,9 @@
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use super::convert::{item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb};
+use super::convert::{
+    enum_error, item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb,
+};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
 use crate::core::metrics::{Compare, MetricTarget, TreeNode};
@@ -11,10 +13,6 @@ use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series};
 use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
 use crate::error::{Error, Result};
 use crate::pb::{self, metric_service_server::MetricService};
-
-fn enum_error(field: &str, value: i32) -> Error {
-    Error::invalid(field, format!("unknown enum value {value}"))
-}
 
 pub fn filter_from_pb(field: &str, filter: pb::Filter) -> Result<Filter> {
     let op = match pb::FilterOp::try_from(filter.op).map_err(|_| enum_error(&format!("{field}.op"), filter.op))? {
