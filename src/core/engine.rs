@@ -155,28 +155,31 @@ impl Engine {
             let project: Project = decode(&key, &bytes)?;
             projects.insert(project.id.clone(), ProjectState::new(project));
         }
-        for (key, bytes) in storage.scan_meta("event_type/")? {
-            let event_type: EventType = decode(&key, &bytes)?;
-            let project = key.split('/').nth(1).unwrap_or_default();
-            if let Some(state) = projects.get_mut(project) {
-                state.event_types.insert(event_type.name.clone(), event_type);
+        // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
+        fn load<T: DeserializeOwned>(
+            storage: &dyn Storage,
+            prefix: &str,
+            projects: &mut BTreeMap<String, ProjectState>,
+            mut add: impl FnMut(&mut ProjectState, T),
+        ) -> Result<()> {
+            for (key, bytes) in storage.scan_meta(prefix)? {
+                let object: T = decode(&key, &bytes)?;
+                if let Some(state) = projects.get_mut(key.split('/').nth(1).unwrap_or_default()) {
+                    add(state, object);
+                }
             }
+            Ok(())
         }
+        load(storage.as_ref(), "event_type/", &mut projects, |state, t: EventType| {
+            state.event_types.insert(t.name.clone(), t);
+        })?;
         // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
-        for (key, bytes) in storage.scan_meta("metric/")? {
-            let metric: Metric = decode(&key, &bytes)?;
-            let project = key.split('/').nth(1).unwrap_or_default();
-            if let Some(state) = projects.get_mut(project) {
-                state.metrics.entry(metric.key.clone()).or_default().push(metric);
-            }
-        }
-        for (key, bytes) in storage.scan_meta("goal/")? {
-            let goal: Goal = decode(&key, &bytes)?;
-            let project = key.split('/').nth(1).unwrap_or_default();
-            if let Some(state) = projects.get_mut(project) {
-                state.goals.insert(goal.id.clone(), goal);
-            }
-        }
+        load(storage.as_ref(), "metric/", &mut projects, |state, m: Metric| {
+            state.metrics.entry(m.key.clone()).or_default().push(m);
+        })?;
+        load(storage.as_ref(), "goal/", &mut projects, |state, g: Goal| {
+            state.goals.insert(g.id.clone(), g);
+        })?;
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;
         let mut records = 0u64;

@@ -155,18 +155,7 @@ fn matches(op: FilterOp, operands: &[Operand], probe: Option<Probe>) -> bool {
 
 /// Whether a plain value (a trait, a MANUAL value's dimension) passes a filter.
 pub fn value_matches(filter: &Filter, value: Option<&Value>) -> bool {
-    let operands: Vec<Operand> = filter
-        .values
-        .iter()
-        .map(|v| match v {
-            Value::Number(n) => Operand::Number(*n),
-            Value::String(s) => Operand::Str(None, s.clone()),
-            Value::Bool(b) => Operand::Bool(*b),
-            Value::Timestamp(t) => Operand::Time(*t),
-            Value::Null => Operand::Null,
-        })
-        .collect();
-    matches(filter.op, &operands, value.and_then(Probe::of_value))
+    matches(filter.op, &operands(None, &filter.values), value.and_then(Probe::of_value))
 }
 
 struct RowFilter {
@@ -184,12 +173,13 @@ pub struct CompiledFilters {
     person: Option<Vec<bool>>,
 }
 
-fn operands(table: &EventTable, values: &[Value]) -> Vec<Operand> {
+/// Filter values as operands; with a table, strings carry their interned ids.
+fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
     values
         .iter()
         .map(|v| match v {
             Value::Number(n) => Operand::Number(*n),
-            Value::String(s) => Operand::Str(table.strings.get(s), s.clone()),
+            Value::String(s) => Operand::Str(table.and_then(|t| t.strings.get(s)), s.clone()),
             Value::Bool(b) => Operand::Bool(*b),
             Value::Timestamp(t) => Operand::Time(*t),
             Value::Null => Operand::Null,
@@ -216,7 +206,7 @@ impl CompiledFilters {
         let mut row = Vec::new();
         let mut person: Option<Vec<bool>> = None;
         for filter in filters {
-            let operands = operands(table, &filter.values);
+            let operands = operands(Some(table), &filter.values);
             match filter.property.strip_prefix(TRAIT_PREFIX) {
                 Some(name) => {
                     let column = trait_column(state, name);
@@ -283,7 +273,7 @@ mod tests {
 
     fn rows_passing(table: &EventTable, property: &str, op: FilterOp, values: Vec<Value>) -> Vec<usize> {
         let filter =
-            RowFilter { key: table.keys.get(property).unwrap_or(NONE), op, operands: operands(table, &values) };
+            RowFilter { key: table.keys.get(property).unwrap_or(NONE), op, operands: operands(Some(table), &values) };
         let compiled = CompiledFilters { row: vec![filter], person: None };
         (0..table.len()).filter(|&r| compiled.row_passes(table, r)).collect()
     }

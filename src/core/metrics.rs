@@ -43,6 +43,13 @@ impl ProjectState {
         self.metrics.iter().filter_map(|(k, versions)| versions.last().map(|m| (k.clone(), m.clone()))).collect()
     }
 
+    /// A version of a metric (0: the latest).
+    fn metric_version(&self, key: &str, version: u32) -> Result<&Metric> {
+        let versions = self.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
+        let found = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
+        found.ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))
+    }
+
     fn latest_metric(&self, key: &str) -> Result<&Metric> {
         self.metrics.get(key).and_then(|v| v.last()).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))
     }
@@ -311,11 +318,9 @@ impl Engine {
         super::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let versions = state.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
-        let latest = versions.last().map_or(0, |m| m.version);
-        let metric = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
-        let metric = metric.ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))?;
-        Ok((metric.clone(), latest))
+        let metric = state.metric_version(key, version)?.clone();
+        let latest = state.latest_metric(key)?.version;
+        Ok((metric, latest))
     }
 
     pub fn list_metrics(&self, project: &str, roles: &[MetricRole]) -> Result<Vec<Metric>> {
@@ -423,12 +428,7 @@ impl Engine {
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         let metric = match target {
-            MetricTarget::Key(key, version) => {
-                let versions =
-                    state.metrics.get(&key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
-                let found = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
-                found.cloned().ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))?
-            }
+            MetricTarget::Key(key, version) => state.metric_version(&key, version)?.clone(),
             MetricTarget::Inline(metric) => {
                 metric.validate()?;
                 validate_references(&metric, &state.latest_metrics())?;
