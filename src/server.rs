@@ -13,7 +13,7 @@ use tonic::transport::Server;
 
 use crate::config::ServeConfig;
 use crate::core::engine::Engine;
-use crate::grpc::{Api, Unimplemented};
+use crate::grpc::Api;
 use crate::pb;
 use crate::storage::SledStorage;
 use crate::telemetry;
@@ -95,8 +95,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         .add_service(UserServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(MetricServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(GoalServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(CohortServiceServer::new(Unimplemented).max_decoding_message_size(max))
-        .add_service(AnalysisServiceServer::new(Unimplemented).max_decoding_message_size(max))
+        .add_service(CohortServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(AnalysisServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(ExperimentServiceServer::new(api.clone()).max_decoding_message_size(max));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

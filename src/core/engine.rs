@@ -13,6 +13,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
+use super::cohort::Cohort;
 use super::goals::Goal;
 use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
 use super::metric::Metric;
@@ -38,6 +39,7 @@ pub struct ProjectState {
     pub goals: BTreeMap<String, Goal>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
+    pub cohorts: BTreeMap<String, Cohort>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -53,6 +55,7 @@ impl ProjectState {
             metrics: BTreeMap::new(),
             manual: HashMap::new(),
             goals: BTreeMap::new(),
+            cohorts: BTreeMap::new(),
         }
     }
 
@@ -179,6 +182,9 @@ impl Engine {
         })?;
         load(storage.as_ref(), "goal/", &mut projects, |state, g: Goal| {
             state.goals.insert(g.id.clone(), g);
+        })?;
+        load(storage.as_ref(), "cohort/", &mut projects, |state, c: Cohort| {
+            state.cohorts.insert(c.id.clone(), c);
         })?;
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;

@@ -201,10 +201,11 @@ pub fn trait_column(state: &ProjectState, name: &str) -> Vec<Option<Value>> {
 }
 
 impl CompiledFilters {
-    pub fn compile(state: &ProjectState, filters: &[&Filter]) -> CompiledFilters {
+    /// Compiles `filters`; with `members` (a cohort), only its members pass.
+    pub fn compile(state: &ProjectState, filters: &[&Filter], members: Option<&[bool]>) -> CompiledFilters {
         let table = &state.table;
         let mut row = Vec::new();
-        let mut person: Option<Vec<bool>> = None;
+        let mut person: Option<Vec<bool>> = members.map(<[bool]>::to_vec);
         for filter in filters {
             let operands = operands(Some(table), &filter.values);
             match filter.property.strip_prefix(TRAIT_PREFIX) {
@@ -222,6 +223,11 @@ impl CompiledFilters {
             }
         }
         CompiledFilters { row, person }
+    }
+
+    /// Per person id: passes every person-level condition.
+    pub fn person_mask(self, people: usize) -> Vec<bool> {
+        self.person.unwrap_or_else(|| vec![true; people])
     }
 
     pub fn person_passes(&self, person: u32) -> bool {

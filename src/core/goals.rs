@@ -29,6 +29,9 @@ pub struct Goal {
     /// Empty: the project's zone.
     pub timezone: String,
     pub filters: Vec<Filter>,
+    /// Only members of this cohort (evaluated when progress is measured); empty: everyone.
+    #[serde(default)]
+    pub cohort_id: String,
     pub created: Micros,
     pub updated: Micros,
 }
@@ -101,6 +104,8 @@ fn query_points(
         filters: goal.filters.clone(),
         breakdown: None,
         breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
+        cohort_id: String::new(),
+        members: super::cohort::resolve(state, "goal.cohort_id", &goal.cohort_id)?,
     };
     Ok(evaluate(state, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }
@@ -157,6 +162,9 @@ impl Engine {
         if !state.metrics.contains_key(&goal.metric_key) {
             return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
         }
+        if !goal.cohort_id.is_empty() && !state.cohorts.contains_key(&goal.cohort_id) {
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+        }
         (goal.created, goal.updated) = (now_micros(), now_micros());
         self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
         state.goals.insert(goal.id.clone(), goal.clone());
@@ -171,6 +179,9 @@ impl Engine {
             state.goals.get(&goal.id).ok_or_else(|| Error::NotFound(format!("goal {:?} not found", goal.id)))?;
         if !state.metrics.contains_key(&goal.metric_key) {
             return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+        }
+        if !goal.cohort_id.is_empty() && !state.cohorts.contains_key(&goal.cohort_id) {
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
         }
         (goal.created, goal.updated) = (previous.created, now_micros());
         self.put_meta_json(&goal_key(project, &goal.id), &goal)?;

@@ -427,6 +427,7 @@ impl Engine {
         let state = entry.read();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
+        query.members = super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
         let metric = match target {
             MetricTarget::Key(key, version) => state.metric_version(&key, version)?.clone(),
             MetricTarget::Inline(metric) => {
@@ -487,6 +488,7 @@ impl Engine {
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;
+        query.members = super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
         let metrics = state.latest_metrics();
         let root = if root_key.is_empty() {
             metrics.values().find(|m| m.role == MetricRole::NorthStar).ok_or_else(|| {

@@ -1,10 +1,12 @@
 //! The domain: no tonic or prost types here.
 
 pub mod catalog;
+pub mod cohort;
 pub mod engine;
 pub mod experiment;
 pub mod filter;
 pub mod formula;
+pub mod funnel;
 pub mod goal;
 pub mod goals;
 pub mod ingest;
@@ -13,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod page;
 pub mod query;
+pub mod retention;
 pub mod table;
 pub mod time;
 pub mod users;

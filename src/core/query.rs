@@ -11,6 +11,7 @@
 use chrono_tz::Tz;
 use hashbrown::HashMap;
 
+use super::cohort::Members;
 use super::engine::ProjectState;
 use super::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number};
 use super::metric::{Metric, MetricKind};
@@ -23,6 +24,11 @@ use crate::error::{Error, Result};
 pub const MAX_BUCKETS: usize = 10_000;
 pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
 pub const OTHER: &str = "$other";
+
+/// A request's breakdown limit, 0 meaning the default.
+pub fn breakdown_limit_or_default(limit: usize) -> usize {
+    if limit == 0 { DEFAULT_BREAKDOWN_LIMIT } else { limit }
+}
 pub const NO_VALUE: &str = "$none";
 
 #[derive(Debug, Clone)]
@@ -35,6 +41,9 @@ pub struct MetricQuery {
     /// An event property or `user.<trait>`.
     pub breakdown: Option<String>,
     pub breakdown_limit: usize,
+    /// Only members of this cohort; resolved into `members` by the engine before evaluation.
+    pub cohort_id: String,
+    pub members: Option<Members>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,7 +79,7 @@ fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Ve
 
 /// Hashable form of a cell, for grouping by an event property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum GroupKey {
+pub(crate) enum GroupKey {
     Missing,
     Bool(bool),
     Number(u64),
@@ -118,7 +127,7 @@ fn label_of_key(key: GroupKey, table: &EventTable) -> String {
 }
 
 /// How rows map to breakdown groups.
-enum Groups {
+pub(crate) enum Groups {
     One,
     /// Per person id (a trait of the canonical user).
     Person {
@@ -134,7 +143,7 @@ enum Groups {
 }
 
 impl Groups {
-    fn new(state: &ProjectState, breakdown: Option<&str>) -> Groups {
+    pub(crate) fn new(state: &ProjectState, breakdown: Option<&str>) -> Groups {
         let Some(breakdown) = breakdown else {
             return Groups::One;
         };
@@ -172,7 +181,7 @@ impl Groups {
         }
     }
 
-    fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
+    pub(crate) fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
         match self {
             Groups::One => 0,
             Groups::Person { group_of, .. } => group_of[person as usize],
@@ -191,7 +200,7 @@ impl Groups {
         }
     }
 
-    fn labels(&self) -> Vec<String> {
+    pub(crate) fn labels(&self) -> Vec<String> {
         match self {
             Groups::One => vec![String::new()],
             Groups::Person { labels, .. } | Groups::Row { labels, .. } => labels.clone(),
@@ -317,6 +326,23 @@ fn for_each_person(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
     }
 }
 
+/// Visits every canonical person with all their rows ordered by time, then arrival.
+pub(crate) fn for_each_person_sorted(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
+    let mut sorted = Vec::new();
+    let key = |r: u32| (table.time[r as usize], r);
+    for_each_person(table, |person, rows| {
+        // Most people's events arrive in time order; sort only those that did not.
+        if rows.windows(2).all(|w| key(w[0]) <= key(w[1])) {
+            visit(person, rows);
+        } else {
+            sorted.clear();
+            sorted.extend_from_slice(rows);
+            sorted.sort_unstable_by_key(|&r| key(r));
+            visit(person, &sorted);
+        }
+    });
+}
+
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
 pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
@@ -331,7 +357,7 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
     let name = table.names.get(&selector.event).unwrap_or(NONE);
     let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
-    let filters = CompiledFilters::compile(state, &filters);
+    let filters = CompiledFilters::compile(state, &filters, query.members.as_ref().map(|m| m.as_slice()));
     let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
     let property = if needs_value { table.keys.get(&metric.property).unwrap_or(NONE) } else { NONE };
 
@@ -463,11 +489,11 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter]) -> Matcher {
+    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter], members: Option<&Members>) -> Matcher {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         Matcher {
             name: state.table.names.get(&selector.event).unwrap_or(NONE),
-            filters: CompiledFilters::compile(state, &filters),
+            filters: CompiledFilters::compile(state, &filters, members.map(|m| m.as_slice())),
         }
     }
 
@@ -607,8 +633,8 @@ pub fn conversion(state: &ProjectState, metric: &Metric, query: &MetricQuery) ->
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
     };
-    let first = Matcher::new(state, a, &query.filters);
-    let then = Matcher::new(state, b, &[]);
+    let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
+    let then = Matcher::new(state, b, &[], None);
     let window = metric.window.unwrap_or(super::metric::DEFAULT_CONVERSION_WINDOW);
     let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys.get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
@@ -643,8 +669,8 @@ pub fn retention(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> 
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
     };
-    let first = Matcher::new(state, a, &query.filters);
-    let then = Matcher::new(state, b, &[]);
+    let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
+    let then = Matcher::new(state, b, &[], None);
     let granularity = match metric.retention_period {
         super::metric::Period::Day => Granularity::Day,
         super::metric::Period::Week => Granularity::Week,

@@ -128,6 +128,10 @@ impl EventTable {
         self.people.get(user_id)
     }
 
+    pub fn find_anonymous(&self, anonymous_id: &str) -> Option<u32> {
+        self.people.get(&anonymous_key(anonymous_id))
+    }
+
     pub fn anonymous_person(&mut self, anonymous_id: &str) -> u32 {
         self.person_id(&anonymous_key(anonymous_id), false)
     }

@@ -32,9 +32,6 @@ fn goal_from_pb(goal: pb::Goal) -> Result<Goal> {
         Ok(pb::Direction::Decrease) => Some(Direction::Decrease),
         Err(_) => return Err(enum_error("goal.direction", goal.direction)),
     };
-    if !goal.cohort_id.is_empty() {
-        return Err(Error::invalid("goal.cohort_id", "cohort filters are not available yet"));
-    }
     Ok(Goal {
         period: period("goal.period", goal.period.as_ref())?
             .ok_or_else(|| Error::invalid("goal.period", "required"))?,
@@ -48,6 +45,7 @@ fn goal_from_pb(goal: pb::Goal) -> Result<Goal> {
         target,
         direction,
         timezone: goal.timezone,
+        cohort_id: goal.cohort_id,
         created: 0,
         updated: 0,
     })
@@ -84,7 +82,7 @@ fn goal_to_pb(goal: Goal) -> pb::Goal {
         } as i32,
         timezone: goal.timezone,
         filters: goal.filters.iter().map(super::metric::filter_to_pb).collect(),
-        cohort_id: String::new(),
+        cohort_id: goal.cohort_id,
         created_time: Some(timestamp(goal.created)),
         updated_time: Some(timestamp(goal.updated)),
     }

@@ -9,7 +9,7 @@ use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole
 use crate::core::metrics::{Compare, MetricTarget, TreeNode};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
-use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series};
+use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series, breakdown_limit_or_default};
 use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
 use crate::error::{Error, Result};
 use crate::pb::{self, metric_service_server::MetricService};
@@ -76,7 +76,7 @@ fn selector_to_pb(selector: &Option<EventSelector>) -> Option<pb::EventSelector>
         .map(|s| pb::EventSelector { event: s.event.clone(), filters: s.filters.iter().map(filter_to_pb).collect() })
 }
 
-fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
+pub fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
     let Some(d) = duration else { return Ok(None) };
     let micros = d
         .seconds
@@ -99,6 +99,14 @@ fn offset_from_pb(offset: Option<pb::CalendarOffset>) -> CalendarOffset {
 
 fn offset_to_pb(offset: CalendarOffset) -> Option<pb::CalendarOffset> {
     (!offset.is_zero()).then_some(pb::CalendarOffset { months: offset.months, days: offset.days })
+}
+
+pub fn period_from_pb(field: &str, value: i32) -> Result<Period> {
+    Ok(match pb::Period::try_from(value).map_err(|_| enum_error(field, value))? {
+        pb::Period::Unspecified | pb::Period::Day => Period::Day,
+        pb::Period::Week => Period::Week,
+        pb::Period::Month => Period::Month,
+    })
 }
 
 pub fn granularity_from_pb(field: &str, value: i32) -> Result<Granularity> {
@@ -160,13 +168,7 @@ pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
             pb::ToDate::Quarter => Some(CalendarPeriod::Quarter),
             pb::ToDate::Year => Some(CalendarPeriod::Year),
         };
-    let retention_period = match pb::Period::try_from(metric.retention_period)
-        .map_err(|_| enum_error("metric.retention_period", metric.retention_period))?
-    {
-        pb::Period::Unspecified | pb::Period::Day => Period::Day,
-        pb::Period::Week => Period::Week,
-        pb::Period::Month => Period::Month,
-    };
+    let retention_period = period_from_pb("metric.retention_period", metric.retention_period)?;
     let direction = match pb::Direction::try_from(metric.direction)
         .map_err(|_| enum_error("metric.direction", metric.direction))?
     {
@@ -397,9 +399,6 @@ impl MetricService for Api {
     ) -> Result<Response<pb::GetMetricTreeResponse>, Status> {
         let request = request.into_inner();
         let (from, to) = required_range(request.range.as_ref())?;
-        if !request.cohort_id.is_empty() {
-            return Err(Error::invalid("cohort_id", "cohort filters are not available yet").into());
-        }
         // The tree compares with the previous period unless told otherwise.
         let compare =
             match pb::Compare::try_from(request.compare).map_err(|_| enum_error("compare", request.compare))? {
@@ -415,6 +414,8 @@ impl MetricService for Api {
             filters: filters_from_pb("filters", request.filters)?,
             breakdown: None,
             breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
+            cohort_id: request.cohort_id,
+            members: None,
         };
         let (project, root, zone, depth) =
             (request.project, request.root_key, request.timezone, request.max_depth as usize);
@@ -478,9 +479,6 @@ impl MetricService for Api {
             None => return Err(Error::invalid("metric_key", "a metric key or an inline definition is required").into()),
         };
         let (from, to) = required_range(request.range.as_ref())?;
-        if !request.cohort_id.is_empty() {
-            return Err(Error::invalid("cohort_id", "cohort filters are not available yet").into());
-        }
         let compare =
             match pb::Compare::try_from(request.compare).map_err(|_| enum_error("compare", request.compare))? {
                 pb::Compare::Unspecified | pb::Compare::None => Compare::None,
@@ -499,11 +497,9 @@ impl MetricService for Api {
             tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
             breakdown,
-            breakdown_limit: if request.breakdown_limit == 0 {
-                DEFAULT_BREAKDOWN_LIMIT
-            } else {
-                request.breakdown_limit as usize
-            },
+            breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
+            cohort_id: request.cohort_id,
+            members: None,
         };
         let zone = request.timezone;
         let project = request.project;

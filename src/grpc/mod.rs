@@ -1,6 +1,8 @@
 //! The gRPC layer: thin handlers that decode, call the core and encode.
 
+pub mod analysis;
 pub mod catalog;
+pub mod cohort;
 pub mod convert;
 pub mod experiment;
 pub mod goal;
@@ -24,11 +26,6 @@ pub struct Api {
     pub stream_inflight: usize,
 }
 
-/// Services that are declared in the protos but not built yet answer UNIMPLEMENTED through the
-/// generated default methods.
-#[derive(Clone, Default)]
-pub struct Unimplemented;
-
 impl Api {
     /// Runs blocking core work (locks, sled) off the async executor.
     pub async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
@@ -43,6 +40,3 @@ impl Api {
             .map_err(Status::from)
     }
 }
-
-impl crate::pb::cohort_service_server::CohortService for Unimplemented {}
-impl crate::pb::analysis_service_server::AnalysisService for Unimplemented {}

@@ -1,0 +1,366 @@
+//! Cohorts (SPEC §6): named sets of people, static (uploaded ids) or behavioural (conditions
+//! on events and traits, evaluated at query time).
+//!
+//! A member is a canonical person: a user id, or an anonymous id never linked to a user. An
+//! evaluated cohort is a `Members` mask indexed by person id, where an aliased anonymous id
+//! carries its user's membership, so scans can test any row's person directly.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::validate_slug;
+use super::engine::{Engine, ProjectState};
+use super::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
+use super::model::{Micros, now_micros};
+use super::page::{PageRequest, paginate};
+use super::table::NONE;
+use crate::error::{Error, Result};
+
+/// Most ids one static cohort may hold.
+pub const MAX_STATIC_IDS: usize = 1_000_000;
+/// How deep condition groups may nest.
+pub const MAX_DEPTH: usize = 16;
+/// Most conditions in one cohort, over all groups.
+pub const MAX_CONDITIONS: usize = 256;
+const MAX_ID_BYTES: usize = 1024;
+const DAY: Micros = 86_400_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeFrame {
+    All,
+    /// Absolute `[from, to)`.
+    Range(Micros, Micros),
+    /// `[now − N days, now)` at evaluation time.
+    LastDays(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Behavioural {
+    pub selector: EventSelector,
+    /// At least 1.
+    pub min_count: u32,
+    /// Fewer than `min_count` matching events instead.
+    pub did_not: bool,
+    pub frame: TimeFrame,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Condition {
+    Behavioural(Behavioural),
+    /// A filter whose property is `user.<trait>`.
+    Trait(Filter),
+    Group(ConditionGroup),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConditionGroup {
+    /// OR when true, AND otherwise.
+    pub any: bool,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Definition {
+    /// Uploaded ids, sorted and unique.
+    Static(Vec<String>),
+    Conditions(ConditionGroup),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cohort {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub definition: Definition,
+    pub created: Micros,
+}
+
+/// An evaluated cohort: per person id, whether the person (or the user it is aliased to) is
+/// a member.
+pub type Members = Arc<Vec<bool>>;
+
+pub fn cohort_key(project: &str, id: &str) -> String {
+    format!("cohort/{project}/{id}")
+}
+
+impl Cohort {
+    /// Checks the definition and normalises static ids (sorted, duplicates removed).
+    pub fn validate(&mut self) -> Result<()> {
+        validate_slug("cohort.id", &self.id)?;
+        match &mut self.definition {
+            Definition::Static(ids) => {
+                if ids.len() > MAX_STATIC_IDS {
+                    return Err(Error::invalid(
+                        "cohort.static_members.user_ids",
+                        format!("at most {MAX_STATIC_IDS} ids, got {}", ids.len()),
+                    ));
+                }
+                for (i, id) in ids.iter().enumerate() {
+                    if id.is_empty() || id.len() > MAX_ID_BYTES || id.contains('\0') {
+                        return Err(Error::invalid(
+                            format!("cohort.static_members.user_ids[{i}]"),
+                            format!("must be 1 to {MAX_ID_BYTES} bytes without NUL"),
+                        ));
+                    }
+                }
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            Definition::Conditions(group) => {
+                let mut count = 0;
+                validate_group("cohort.conditions", group, 1, &mut count)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploaded ids of a static cohort (0 for dynamic ones).
+    pub fn static_size(&self) -> usize {
+        match &self.definition {
+            Definition::Static(ids) => ids.len(),
+            Definition::Conditions(_) => 0,
+        }
+    }
+}
+
+fn validate_group(field: &str, group: &ConditionGroup, depth: usize, count: &mut usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::invalid(field, format!("groups nest at most {MAX_DEPTH} deep")));
+    }
+    if group.conditions.is_empty() {
+        return Err(Error::invalid(format!("{field}.conditions"), "at least one condition is required"));
+    }
+    for (i, condition) in group.conditions.iter().enumerate() {
+        *count += 1;
+        if *count > MAX_CONDITIONS {
+            return Err(Error::invalid(field, format!("at most {MAX_CONDITIONS} conditions in a cohort")));
+        }
+        let field = format!("{field}.conditions[{i}]");
+        match condition {
+            Condition::Behavioural(b) => {
+                let field = format!("{field}.behavioural");
+                filter::validate_selector(&format!("{field}.event"), &b.selector)?;
+                if b.selector.event.is_empty() {
+                    return Err(Error::invalid(format!("{field}.event.event"), "required"));
+                }
+                if b.min_count == 0 {
+                    return Err(Error::invalid(format!("{field}.min_count"), "must be at least 1"));
+                }
+                match b.frame {
+                    TimeFrame::Range(from, to) if from >= to => {
+                        return Err(Error::invalid(format!("{field}.range"), "to must be after from"));
+                    }
+                    TimeFrame::LastDays(0) => {
+                        return Err(Error::invalid(format!("{field}.last_days"), "must be at least 1"));
+                    }
+                    TimeFrame::LastDays(days) if days > 36_500 => {
+                        return Err(Error::invalid(format!("{field}.last_days"), "at most 36500"));
+                    }
+                    _ => {}
+                }
+            }
+            Condition::Trait(f) => {
+                let field = format!("{field}.trait");
+                if !f.property.starts_with(TRAIT_PREFIX) {
+                    return Err(Error::invalid(
+                        format!("{field}.property"),
+                        format!("must be user.<trait>, got {:?}", f.property),
+                    ));
+                }
+                filter::validate_filter(&field, f)?;
+            }
+            Condition::Group(inner) => validate_group(&format!("{field}.group"), inner, depth + 1, count)?,
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates a cohort at `now` over the project's current state.
+pub fn evaluate(state: &ProjectState, cohort: &Cohort, now: Micros) -> Members {
+    let table = &state.table;
+    let canonical_mask = match &cohort.definition {
+        Definition::Static(ids) => {
+            let mut mask = vec![false; table.canonical.len()];
+            for id in ids {
+                // An uploaded id names a user, or else a visitor known only by anonymous id.
+                let person = table.find_user(id).or_else(|| table.find_anonymous(id));
+                if let Some(p) = person
+                    && table.canonical[p as usize] == p
+                {
+                    mask[p as usize] = true;
+                }
+            }
+            mask
+        }
+        Definition::Conditions(group) => evaluate_group(state, group, now),
+    };
+    Arc::new(table.canonical.iter().map(|&c| canonical_mask[c as usize]).collect())
+}
+
+/// Per person id, for canonical people only (other entries are unspecified).
+fn evaluate_group(state: &ProjectState, group: &ConditionGroup, now: Micros) -> Vec<bool> {
+    let people = state.table.canonical.len();
+    let mut result = vec![!group.any; people];
+    for condition in &group.conditions {
+        let pass = match condition {
+            Condition::Behavioural(b) => evaluate_behavioural(state, b, now),
+            Condition::Trait(f) => CompiledFilters::compile(state, &[f], None).person_mask(people),
+            Condition::Group(inner) => evaluate_group(state, inner, now),
+        };
+        for (r, p) in result.iter_mut().zip(pass) {
+            *r = if group.any { *r || p } else { *r && p };
+        }
+    }
+    result
+}
+
+fn evaluate_behavioural(state: &ProjectState, b: &Behavioural, now: Micros) -> Vec<bool> {
+    let table = &state.table;
+    let (from, to) = match b.frame {
+        TimeFrame::All => (Micros::MIN, Micros::MAX),
+        TimeFrame::Range(from, to) => (from, to),
+        TimeFrame::LastDays(days) => (now - i64::from(days) * DAY, now),
+    };
+    let mut counts = vec![0u32; table.canonical.len()];
+    let name = table.names.get(&b.selector.event).unwrap_or(NONE);
+    if name != NONE {
+        let filters: Vec<&Filter> = b.selector.filters.iter().collect();
+        let filters = CompiledFilters::compile(state, &filters, None);
+        // A column scan: the rows of an event name are not indexed, and this touches only the
+        // name and time columns for rows of other events.
+        for row in 0..table.len() {
+            let t = table.time[row];
+            if table.name[row] != name || t < from || t >= to {
+                continue;
+            }
+            let person = table.person[row];
+            if !filters.person_passes(person) || !filters.row_passes(table, row) {
+                continue;
+            }
+            let c = &mut counts[table.canonical[person as usize] as usize];
+            *c = c.saturating_add(1);
+        }
+    }
+    counts.into_iter().map(|c| (c >= b.min_count) != b.did_not).collect()
+}
+
+/// Canonical people of a mask, by id.
+fn member_ids(state: &ProjectState, mask: &[bool]) -> Vec<String> {
+    let table = &state.table;
+    let mut ids: Vec<String> = (0..table.canonical.len() as u32)
+        .filter(|&p| table.canonical[p as usize] == p && mask[p as usize])
+        .map(|p| table.person_name(p).to_owned())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Resolves an optional `cohort_id` of a query into its members, evaluated now.
+pub fn resolve(state: &ProjectState, field: &str, cohort_id: &str) -> Result<Option<Members>> {
+    if cohort_id.is_empty() {
+        return Ok(None);
+    }
+    validate_slug(field, cohort_id)?;
+    let cohort = state
+        .cohorts
+        .get(cohort_id)
+        .ok_or_else(|| Error::NotFound(format!("{field}: cohort {cohort_id:?} not found")))?;
+    Ok(Some(evaluate(state, cohort, now_micros())))
+}
+
+impl Engine {
+    pub fn create_cohort(&self, project: &str, mut cohort: Cohort) -> Result<Cohort> {
+        cohort.validate()?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        if state.cohorts.contains_key(&cohort.id) {
+            return Err(Error::AlreadyExists(format!("cohort {:?} already exists", cohort.id)));
+        }
+        cohort.created = now_micros();
+        self.put_meta_json(&cohort_key(project, &cohort.id), &cohort)?;
+        state.cohorts.insert(cohort.id.clone(), cohort.clone());
+        Ok(cohort)
+    }
+
+    pub fn get_cohort(&self, project: &str, id: &str) -> Result<Cohort> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        state.cohorts.get(id).cloned().ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))
+    }
+
+    /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
+    pub fn list_cohorts(&self, project: &str, page: &PageRequest) -> Result<(Vec<(Cohort, usize)>, String)> {
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let listed: Vec<(Cohort, usize)> = state
+            .cohorts
+            .values()
+            .map(|c| {
+                let definition = match &c.definition {
+                    Definition::Static(_) => Definition::Static(Vec::new()),
+                    other => other.clone(),
+                };
+                let listed = Cohort {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    description: c.description.clone(),
+                    definition,
+                    created: c.created,
+                };
+                (listed, c.static_size())
+            })
+            .collect();
+        paginate(listed, |(c, _)| c.id.clone(), page)
+    }
+
+    pub fn delete_cohort(&self, project: &str, id: &str) -> Result<()> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        if !state.cohorts.contains_key(id) {
+            return Err(Error::NotFound(format!("cohort {id:?} not found")));
+        }
+        let referrers: Vec<String> =
+            state.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {:?}", g.id)).collect();
+        if !referrers.is_empty() {
+            return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
+        }
+        self.delete_meta(&cohort_key(project, id))?;
+        state.cohorts.remove(id);
+        Ok(())
+    }
+
+    /// One page of members by id: the uploaded ids of a static cohort, or the people a
+    /// dynamic one holds now.
+    pub fn cohort_members(&self, project: &str, id: &str, page: &PageRequest) -> Result<(Vec<String>, String)> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let cohort = state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let ids = match &cohort.definition {
+            Definition::Static(ids) => ids.clone(),
+            Definition::Conditions(_) => member_ids(&state, &evaluate(&state, cohort, now_micros())),
+        };
+        paginate(ids, String::clone, page)
+    }
+
+    /// The number of members and when they were counted.
+    pub fn cohort_size(&self, project: &str, id: &str) -> Result<(u64, Micros)> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let cohort = state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let now = now_micros();
+        let size = match &cohort.definition {
+            Definition::Static(ids) => ids.len() as u64,
+            Definition::Conditions(_) => {
+                let mask = evaluate(&state, cohort, now);
+                let table = &state.table;
+                (0..table.canonical.len()).filter(|&p| table.canonical[p] as usize == p && mask[p]).count() as u64
+            }
+        };
+        Ok((size, now))
+    }
+}

@@ -1,0 +1,446 @@
+//! Funnels (SPEC §7): where people drop out of a sequence of steps.
+//!
+//! One pass over people, each with their rows in time order. Per person, every step-1 event
+//! in the range starts an attempt; an attempt fills later steps greedily with the earliest
+//! unused matching event (which also makes the intervals checked by exclusions as short as
+//! possible), within `window` of its step-1 event. A person counts once per step with their
+//! furthest valid attempt, the earliest on ties (or every valid attempt in TOTAL_CONVERSIONS
+//! mode).
+//!
+//! Rows are pre-classified once per person into bit masks of the steps and exclusions they
+//! match (at most 64 of each), so attempts compare integers only.
+
+use super::cohort;
+use super::engine::{Engine, ProjectState};
+use super::filter::{self, CompiledFilters, EventSelector, Filter};
+use super::model::Micros;
+use super::query::{Groups, OTHER, breakdown_limit_or_default, for_each_person_sorted};
+use super::table::{EventTable, NONE};
+use super::time;
+use crate::error::{Error, Result};
+
+pub const MIN_STEPS: usize = 2;
+pub const MAX_STEPS: usize = 64;
+pub const MAX_EXCLUSIONS: usize = 64;
+pub const DEFAULT_WINDOW: Micros = 14 * 86_400_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FunnelOrder {
+    #[default]
+    Ordered,
+    Strict,
+    Unordered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FunnelMode {
+    #[default]
+    UniqueUsers,
+    TotalConversions,
+}
+
+/// An event that invalidates an attempt when it occurs strictly between the attempt's
+/// `from_step` and `to_step` events (0-based; up to the last reached step when `to_step` was
+/// not reached). For UNORDERED funnels, step k means the k-th step completed in time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exclusion {
+    pub selector: EventSelector,
+    pub from_step: usize,
+    pub to_step: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FunnelQuery {
+    pub steps: Vec<EventSelector>,
+    pub from: Micros,
+    pub to: Micros,
+    pub window: Micros,
+    pub order: FunnelOrder,
+    pub mode: FunnelMode,
+    /// A trait (`user.x`) or a step-1 event property.
+    pub breakdown: Option<String>,
+    pub breakdown_limit: usize,
+    pub cohort_id: String,
+    pub exclusions: Vec<Exclusion>,
+    pub timezone: String,
+    /// ANDed to every step.
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelStep {
+    pub event: String,
+    pub users: u64,
+    pub conversion_from_previous: f64,
+    pub conversion_from_start: f64,
+    pub median_seconds_from_previous: f64,
+    pub mean_seconds_from_previous: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunnelResult {
+    pub steps: Vec<FunnelStep>,
+    /// With a breakdown: (value, steps), by step-1 users descending, `$other` last.
+    pub breakdowns: Vec<(String, Vec<FunnelStep>)>,
+}
+
+impl FunnelQuery {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps.len() < MIN_STEPS || self.steps.len() > MAX_STEPS {
+            return Err(Error::invalid("steps", format!("{MIN_STEPS} to {MAX_STEPS} steps, got {}", self.steps.len())));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            filter::validate_selector(&format!("steps[{i}]"), step)?;
+        }
+        if self.from >= self.to {
+            return Err(Error::invalid("range", "to must be after from"));
+        }
+        if self.window < 0 {
+            return Err(Error::invalid("window", "must not be negative"));
+        }
+        if self.exclusions.len() > MAX_EXCLUSIONS {
+            return Err(Error::invalid("exclusions", format!("at most {MAX_EXCLUSIONS}")));
+        }
+        let last = self.steps.len() - 1;
+        for (i, exclusion) in self.exclusions.iter().enumerate() {
+            filter::validate_selector(&format!("exclusions[{i}].event"), &exclusion.selector)?;
+            if exclusion.to_step > last {
+                return Err(Error::invalid(
+                    format!("exclusions[{i}].to_step"),
+                    format!("the funnel has {} steps", self.steps.len()),
+                ));
+            }
+            if exclusion.from_step >= exclusion.to_step {
+                return Err(Error::invalid(format!("exclusions[{i}].from_step"), "must be before to_step"));
+            }
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            filter::validate_filter(&format!("filters[{i}]"), f)?;
+        }
+        if let Some(breakdown) = &self.breakdown {
+            let name = breakdown.strip_prefix(filter::TRAIT_PREFIX).unwrap_or(breakdown);
+            super::catalog::validate_name("breakdown", name)?;
+        }
+        time::parse_zone("timezone", &self.timezone)?;
+        Ok(())
+    }
+}
+
+/// Rows matching one selector (plus the query's filters).
+struct StepMatcher {
+    name: u32,
+    filters: CompiledFilters,
+}
+
+impl StepMatcher {
+    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter], members: Option<&[bool]>) -> Self {
+        let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
+        StepMatcher {
+            name: state.table.names.get(&selector.event).unwrap_or(NONE),
+            filters: CompiledFilters::compile(state, &filters, members),
+        }
+    }
+
+    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
+        self.name != NONE
+            && table.name[row] == self.name
+            && self.filters.person_passes(person)
+            && self.filters.row_passes(table, row)
+    }
+}
+
+/// Per breakdown group: people (or attempts) per step and the step-to-step durations.
+#[derive(Default, Clone)]
+struct GroupCounts {
+    users: Vec<u64>,
+    /// Per step: microseconds from the previous step, one entry per counted attempt.
+    durations: Vec<Vec<Micros>>,
+}
+
+impl GroupCounts {
+    fn new(steps: usize) -> Self {
+        GroupCounts { users: vec![0; steps], durations: vec![Vec::new(); steps] }
+    }
+
+    fn add(&mut self, times: &[Micros]) {
+        for (k, count) in self.users.iter_mut().enumerate().take(times.len()) {
+            *count += 1;
+            if k > 0 {
+                self.durations[k].push(times[k] - times[k - 1]);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: GroupCounts) {
+        for (k, (users, durations)) in other.users.into_iter().zip(other.durations).enumerate() {
+            self.users[k] += users;
+            self.durations[k].extend(durations);
+        }
+    }
+
+    fn steps(mut self, events: &[String]) -> Vec<FunnelStep> {
+        let first = self.users[0];
+        (0..self.users.len())
+            .map(|k| {
+                let users = self.users[k];
+                let previous = if k == 0 { users } else { self.users[k - 1] };
+                let (median, mean) = median_and_mean(&mut self.durations[k]);
+                FunnelStep {
+                    event: events[k].clone(),
+                    users,
+                    conversion_from_previous: if k == 0 {
+                        1.0
+                    } else if previous == 0 {
+                        0.0
+                    } else {
+                        users as f64 / previous as f64
+                    },
+                    conversion_from_start: if first == 0 { 0.0 } else { users as f64 / first as f64 },
+                    median_seconds_from_previous: median,
+                    mean_seconds_from_previous: mean,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The median (mean of the two middle values for an even count) and the mean of durations,
+/// in seconds; 0 for none. Sums are exact integers, so the mean is rounded once.
+fn median_and_mean(durations: &mut [Micros]) -> (f64, f64) {
+    if durations.is_empty() {
+        return (0.0, 0.0);
+    }
+    durations.sort_unstable();
+    let n = durations.len();
+    let median = if n % 2 == 1 {
+        durations[n / 2] as f64 / 1e6
+    } else {
+        (durations[n / 2 - 1] as f64 + durations[n / 2] as f64) / 2.0 / 1e6
+    };
+    let sum: i128 = durations.iter().map(|&d| i128::from(d)).sum();
+    (median, sum as f64 / n as f64 / 1e6)
+}
+
+/// A person's rows, pre-classified.
+#[derive(Default)]
+struct Timeline {
+    times: Vec<Micros>,
+    rows: Vec<u32>,
+    steps: Vec<u64>,
+    exclusions: Vec<u64>,
+}
+
+/// One attempt's result: the positions in the timeline filling its steps, in step order
+/// (in completion order for UNORDERED).
+struct Attempt {
+    positions: [u32; MAX_STEPS],
+    reached: usize,
+}
+
+impl Timeline {
+    /// The first position whose time is at least `t`.
+    fn lower_bound(&self, t: Micros) -> usize {
+        self.times.partition_point(|&x| x < t)
+    }
+
+    fn attempt(&self, start: usize, n: usize, window: Micros, order: FunnelOrder) -> Attempt {
+        let mut attempt = Attempt { positions: [0; MAX_STEPS], reached: 1 };
+        attempt.positions[0] = start as u32;
+        let t1 = self.times[start];
+        let deadline = t1.saturating_add(window);
+        let used = |attempt: &Attempt, p: usize| attempt.positions[..attempt.reached].contains(&(p as u32));
+        match order {
+            FunnelOrder::Ordered | FunnelOrder::Strict => {
+                for k in 1..n {
+                    let previous = self.times[attempt.positions[k - 1] as usize];
+                    // STRICT: nothing strictly between consecutive steps, so step k can be no
+                    // later than the person's next event time after step k−1.
+                    let latest = if order == FunnelOrder::Strict {
+                        let after = self.times.partition_point(|&x| x <= previous);
+                        self.times.get(after).copied().unwrap_or(previous).min(deadline)
+                    } else {
+                        deadline
+                    };
+                    let bit = 1u64 << k;
+                    let found = (self.lower_bound(previous)..self.times.len())
+                        .take_while(|&p| self.times[p] <= latest)
+                        .find(|&p| self.steps[p] & bit != 0 && !used(&attempt, p));
+                    let Some(p) = found else { break };
+                    attempt.positions[k] = p as u32;
+                    attempt.reached = k + 1;
+                }
+            }
+            FunnelOrder::Unordered => {
+                let begin = self.lower_bound(t1);
+                for k in 1..n {
+                    let bit = 1u64 << k;
+                    let found = (begin..self.times.len())
+                        .take_while(|&p| self.times[p] <= deadline)
+                        .find(|&p| self.steps[p] & bit != 0 && !used(&attempt, p));
+                    if let Some(p) = found {
+                        attempt.positions[attempt.reached] = p as u32;
+                        attempt.reached += 1;
+                    }
+                }
+                // Steps count in the order they were completed.
+                attempt.positions[..attempt.reached].sort_unstable_by_key(|&p| (self.times[p as usize], p));
+            }
+        }
+        attempt
+    }
+
+    /// Whether an excluded event falls strictly between two of the attempt's steps.
+    fn excluded(&self, attempt: &Attempt, exclusions: &[Exclusion]) -> bool {
+        exclusions.iter().enumerate().any(|(e, exclusion)| {
+            if attempt.reached <= exclusion.from_step + 1 {
+                return false;
+            }
+            let last = exclusion.to_step.min(attempt.reached - 1);
+            let after = self.times[attempt.positions[exclusion.from_step] as usize];
+            let before = self.times[attempt.positions[last] as usize];
+            let bit = 1u64 << e;
+            let first = self.times.partition_point(|&x| x <= after);
+            (first..self.times.len()).take_while(|&p| self.times[p] < before).any(|p| self.exclusions[p] & bit != 0)
+        })
+    }
+
+    fn step_times(&self, attempt: &Attempt, out: &mut Vec<Micros>) {
+        out.clear();
+        out.extend(attempt.positions[..attempt.reached].iter().map(|&p| self.times[p as usize]));
+    }
+}
+
+/// Runs a funnel over the project's current state.
+pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
+    let table = &state.table;
+    let members = cohort::resolve(state, "cohort_id", &query.cohort_id)?;
+    let members = members.as_ref().map(|m| m.as_slice());
+    let n = query.steps.len();
+    let steps: Vec<StepMatcher> =
+        query.steps.iter().map(|s| StepMatcher::new(state, s, &query.filters, members)).collect();
+    let exclusions: Vec<StepMatcher> =
+        query.exclusions.iter().map(|e| StepMatcher::new(state, &e.selector, &[], None)).collect();
+    let step_names: Vec<u32> = steps.iter().map(|s| s.name).collect();
+    let exclusion_names: Vec<u32> = exclusions.iter().map(|s| s.name).collect();
+
+    let mut groups = Groups::new(state, query.breakdown.as_deref());
+    let mut counts: Vec<GroupCounts> = Vec::new();
+    let mut timeline = Timeline::default();
+    let mut times = Vec::with_capacity(n);
+    if steps[0].name != NONE {
+        for_each_person_sorted(table, |person, rows| {
+            if !steps[0].filters.person_passes(person) {
+                return;
+            }
+            timeline.times.clear();
+            timeline.rows.clear();
+            timeline.steps.clear();
+            timeline.exclusions.clear();
+            let mut any_entry = false;
+            for &row in rows {
+                let r = row as usize;
+                let name = table.name[r];
+                let mut step_bits = 0u64;
+                for (k, matcher) in steps.iter().enumerate() {
+                    if step_names[k] == name && matcher.matches(table, person, r) {
+                        step_bits |= 1 << k;
+                    }
+                }
+                let mut exclusion_bits = 0u64;
+                for (e, matcher) in exclusions.iter().enumerate() {
+                    if exclusion_names[e] == name && matcher.matches(table, person, r) {
+                        exclusion_bits |= 1 << e;
+                    }
+                }
+                let t = table.time[r];
+                any_entry |= step_bits & 1 != 0 && t >= query.from && t < query.to;
+                timeline.times.push(t);
+                timeline.rows.push(row);
+                timeline.steps.push(step_bits);
+                timeline.exclusions.push(exclusion_bits);
+            }
+            if !any_entry {
+                return;
+            }
+            let mut best: Option<Attempt> = None;
+            for start in 0..timeline.times.len() {
+                let t = timeline.times[start];
+                if timeline.steps[start] & 1 == 0 || t < query.from || t >= query.to {
+                    continue;
+                }
+                let attempt = timeline.attempt(start, n, query.window, query.order);
+                if timeline.excluded(&attempt, &query.exclusions) {
+                    continue;
+                }
+                if query.mode == FunnelMode::TotalConversions {
+                    let group = groups.group(table, person, timeline.rows[start] as usize) as usize;
+                    if counts.len() <= group {
+                        counts.resize(group + 1, GroupCounts::new(n));
+                    }
+                    timeline.step_times(&attempt, &mut times);
+                    counts[group].add(&times);
+                    continue;
+                }
+                let better = best.as_ref().is_none_or(|b| attempt.reached > b.reached);
+                let complete = attempt.reached == n;
+                if better {
+                    best = Some(attempt);
+                }
+                if complete {
+                    break;
+                }
+            }
+            if let Some(best) = best {
+                let group = groups.group(table, person, timeline.rows[best.positions[0] as usize] as usize) as usize;
+                if counts.len() <= group {
+                    counts.resize(group + 1, GroupCounts::new(n));
+                }
+                timeline.step_times(&best, &mut times);
+                counts[group].add(&times);
+            }
+        });
+    }
+
+    let events: Vec<String> = query.steps.iter().map(|s| s.event.clone()).collect();
+    let mut total = GroupCounts::new(n);
+    if query.breakdown.is_none() {
+        if let Some(only) = counts.pop() {
+            total = only;
+        }
+        return Ok(FunnelResult { steps: total.steps(&events), breakdowns: Vec::new() });
+    }
+    let labels = groups.labels();
+    let mut ranked: Vec<(usize, GroupCounts)> =
+        counts.into_iter().enumerate().filter(|(_, c)| c.users[0] > 0).collect();
+    ranked.sort_by(|(a, ca), (b, cb)| cb.users[0].cmp(&ca.users[0]).then(labels[*a].cmp(&labels[*b])));
+    let limit = breakdown_limit_or_default(query.breakdown_limit);
+    let mut breakdowns = Vec::new();
+    let mut other: Option<GroupCounts> = None;
+    for (position, (group, group_counts)) in ranked.into_iter().enumerate() {
+        total.merge(group_counts.clone());
+        if position < limit {
+            breakdowns.push((labels[group].clone(), group_counts));
+        } else {
+            other.get_or_insert_with(|| GroupCounts::new(n)).merge(group_counts);
+        }
+    }
+    if let Some(other) = other {
+        breakdowns.push((OTHER.to_owned(), other));
+    }
+    Ok(FunnelResult {
+        steps: total.steps(&events),
+        breakdowns: breakdowns.into_iter().map(|(label, c)| (label, c.steps(&events))).collect(),
+    })
+}
+
+impl Engine {
+    pub fn query_funnel(&self, project: &str, mut query: FunnelQuery) -> Result<FunnelResult> {
+        query.validate()?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        if query.timezone.is_empty() {
+            query.timezone = state.project.timezone.clone();
+        }
+        run(&state, &query)
+    }
+}

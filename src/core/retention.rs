@@ -1,0 +1,578 @@
+//! Retention tables and cohort tables (SPEC §6, §7): people enter a row at a time t0 (their
+//! cohort event), and each column k says what they did in period k after it.
+//!
+//! Both run one pass over people with their rows in time order. Calendar periods are
+//! indexed by binary search in a precomputed list of period starts in the query's zone;
+//! rolling periods are `(t − t0) / P`. A period is complete when it has ended for every
+//! member of the row.
+
+use hashbrown::HashMap;
+
+use super::cohort;
+use super::engine::{Engine, ProjectState};
+use super::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
+use super::metric::Period;
+use super::model::{Micros, now_micros};
+use super::query::{Groups, OTHER, breakdown_limit_or_default, for_each_person_sorted};
+use super::table::{EventTable, NONE};
+use super::time;
+use crate::error::{Error, Result};
+
+pub const DEFAULT_PERIODS: usize = 8;
+pub const MAX_PERIODS: usize = 1000;
+/// Most calendar periods one query may span (rows plus columns).
+const MAX_SPAN: usize = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetentionMode {
+    #[default]
+    Calendar,
+    Rolling,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RetentionQuery {
+    pub cohort_event: EventSelector,
+    /// None: any event.
+    pub return_event: Option<EventSelector>,
+    pub first_time: bool,
+    pub period: Period,
+    pub periods: usize,
+    pub from: Micros,
+    pub to: Micros,
+    pub timezone: String,
+    /// A trait (`user.x`) or a cohort-event property.
+    pub breakdown: Option<String>,
+    pub mode: RetentionMode,
+    pub unbounded: bool,
+    pub cohort_id: String,
+    pub breakdown_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionRow {
+    pub start: Micros,
+    pub breakdown_value: String,
+    pub size: u64,
+    pub retained: Vec<u64>,
+    pub shares: Vec<f64>,
+    pub complete: Vec<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RetentionTable {
+    pub rows: Vec<RetentionRow>,
+    pub average_shares: Vec<f64>,
+    pub average_users: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CohortValue {
+    #[default]
+    RetentionShare,
+    RevenuePerUser,
+    CumulativeRevenuePerUser,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CohortTableQuery {
+    pub from: Micros,
+    pub to: Micros,
+    pub period: Period,
+    pub periods: usize,
+    pub timezone: String,
+    /// None: the first event of any kind.
+    pub first_event: Option<EventSelector>,
+    pub breakdown: Option<String>,
+    pub value: CohortValue,
+    /// RETENTION_SHARE; None: any event.
+    pub return_event: Option<EventSelector>,
+    pub revenue: Option<EventSelector>,
+    pub revenue_property: String,
+    pub cohort_id: String,
+    pub mode: RetentionMode,
+    pub breakdown_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortTableRow {
+    pub start: Micros,
+    pub breakdown_value: String,
+    pub users: u64,
+    pub values: Vec<f64>,
+    pub complete: Vec<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CohortTable {
+    pub rows: Vec<CohortTableRow>,
+    pub average_values: Vec<f64>,
+    pub average_users: Vec<u64>,
+}
+
+fn validate_common(from: Micros, to: Micros, periods: usize, timezone: &str, breakdown: Option<&str>) -> Result<()> {
+    if from >= to {
+        return Err(Error::invalid("range", "to must be after from"));
+    }
+    if periods > MAX_PERIODS {
+        return Err(Error::invalid("periods", format!("at most {MAX_PERIODS}, got {periods}")));
+    }
+    time::parse_zone("timezone", timezone)?;
+    if let Some(breakdown) = breakdown {
+        let name = breakdown.strip_prefix(TRAIT_PREFIX).unwrap_or(breakdown);
+        super::catalog::validate_name("breakdown", name)?;
+    }
+    Ok(())
+}
+
+fn validate_optional_selector(field: &str, selector: Option<&EventSelector>) -> Result<()> {
+    selector.map_or(Ok(()), |s| filter::validate_selector(field, s))
+}
+
+impl RetentionQuery {
+    pub fn validate(&self) -> Result<()> {
+        filter::validate_selector("cohort_event", &self.cohort_event)?;
+        validate_optional_selector("return_event", self.return_event.as_ref())?;
+        validate_common(self.from, self.to, self.periods, &self.timezone, self.breakdown.as_deref())
+    }
+}
+
+impl CohortTableQuery {
+    pub fn validate(&self) -> Result<()> {
+        validate_optional_selector("first_event", self.first_event.as_ref())?;
+        validate_optional_selector("return_event", self.return_event.as_ref())?;
+        validate_common(self.from, self.to, self.periods, &self.timezone, self.breakdown.as_deref())?;
+        if self.value != CohortValue::RetentionShare {
+            let revenue =
+                self.revenue.as_ref().ok_or_else(|| Error::invalid("revenue", "required for revenue values"))?;
+            filter::validate_selector("revenue", revenue)?;
+            super::catalog::validate_name("revenue_property", &self.revenue_property)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows matching a selector; `None` matches every row.
+struct RowMatcher {
+    /// NONE with `any` false: no row can match.
+    name: u32,
+    any: bool,
+    filters: Option<CompiledFilters>,
+}
+
+impl RowMatcher {
+    fn new(state: &ProjectState, selector: Option<&EventSelector>, members: Option<&[bool]>) -> RowMatcher {
+        match selector {
+            None => RowMatcher {
+                name: NONE,
+                any: true,
+                filters: members.map(|m| CompiledFilters::compile(state, &[], Some(m))),
+            },
+            Some(s) => {
+                let filters: Vec<&filter::Filter> = s.filters.iter().collect();
+                RowMatcher {
+                    name: state.table.names.get(&s.event).unwrap_or(NONE),
+                    any: false,
+                    filters: Some(CompiledFilters::compile(state, &filters, members)),
+                }
+            }
+        }
+    }
+
+    fn can_match(&self) -> bool {
+        self.any || self.name != NONE
+    }
+
+    fn person_passes(&self, person: u32) -> bool {
+        self.filters.as_ref().is_none_or(|f| f.person_passes(person))
+    }
+
+    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
+        (self.any || table.name[row] == self.name)
+            && self.filters.as_ref().is_none_or(|f| f.person_passes(person) && f.row_passes(table, row))
+    }
+}
+
+/// How columns are measured for an entry.
+enum Measure {
+    /// Whether the person did a return event in period k (or, unbounded, in k or later).
+    Returned { matcher: RowMatcher, unbounded: bool },
+    /// The sum of a numeric property over matching events in period k.
+    Sum { matcher: RowMatcher, property: u32 },
+}
+
+/// The shape shared by retention and cohort tables.
+struct Grid {
+    period: Period,
+    periods: usize,
+    mode: RetentionMode,
+    from: Micros,
+    to: Micros,
+    tz: chrono_tz::Tz,
+    breakdown: Option<String>,
+    breakdown_limit: usize,
+}
+
+/// One (row start, breakdown group) cell of the table being built.
+#[derive(Clone)]
+struct RowAccumulator {
+    size: u64,
+    last_t0: Micros,
+    sums: Vec<f64>,
+}
+
+/// A finished row: start, label, size, per-period sums and completeness.
+struct GridRow {
+    start: Micros,
+    label: String,
+    size: u64,
+    sums: Vec<f64>,
+    complete: Vec<bool>,
+}
+
+const DAY: Micros = 86_400_000_000;
+
+impl Period {
+    pub fn granularity(self) -> time::Granularity {
+        match self {
+            Period::Day => time::Granularity::Day,
+            Period::Week => time::Granularity::Week,
+            Period::Month => time::Granularity::Month,
+        }
+    }
+
+    /// The length of a rolling period: 1, 7 or 30 days.
+    pub fn rolling_length(self) -> Micros {
+        match self {
+            Period::Day => DAY,
+            Period::Week => 7 * DAY,
+            Period::Month => 30 * DAY,
+        }
+    }
+}
+
+impl Grid {
+    /// Runs the grid: `entries` lists a person's (t0, row) entries given their sorted rows.
+    fn run(
+        &self,
+        state: &ProjectState,
+        members: Option<&[bool]>,
+        measure: &Measure,
+        mut entries: impl FnMut(u32, &[u32], &mut Vec<(Micros, u32)>),
+    ) -> Result<Vec<GridRow>> {
+        let table = &state.table;
+        let granularity = self.period.granularity();
+        // Calendar period starts from the one holding `from` to `periods` past the one holding
+        // the last possible t0, plus one end.
+        let mut bounds = vec![time::floor(self.from, granularity, self.tz)];
+        let mut rows_span = 0usize;
+        loop {
+            let last = *bounds.last().unwrap_or(&self.from);
+            if last < self.to {
+                rows_span = bounds.len();
+            } else if bounds.len() > rows_span + self.periods {
+                break;
+            }
+            if bounds.len() > MAX_SPAN {
+                return Err(Error::invalid(
+                    "range",
+                    format!("spans more than {MAX_SPAN} periods; use a longer period"),
+                ));
+            }
+            bounds.push(time::next(last, granularity, self.tz).max(last + 1));
+        }
+        let index_of = |t: Micros| bounds.partition_point(|&b| b <= t).saturating_sub(1);
+        let rolling = self.rolling_length();
+
+        let mut groups = Groups::new(state, self.breakdown.as_deref());
+        let mut cells: HashMap<(u32, u32), RowAccumulator> = HashMap::new();
+        let mut person_entries = Vec::new();
+        let mut hits = vec![0.0f64; self.periods];
+        let (matcher, property) = match measure {
+            Measure::Returned { matcher, .. } => (matcher, NONE),
+            Measure::Sum { matcher, property } => (matcher, *property),
+        };
+        let unbounded = matches!(measure, Measure::Returned { unbounded: true, .. });
+        for_each_person_sorted(table, |person, rows| {
+            if members.is_some_and(|m| !m[person as usize]) {
+                return;
+            }
+            person_entries.clear();
+            entries(person, rows, &mut person_entries);
+            for &(t0, row0) in &person_entries {
+                let start = index_of(t0);
+                hits.iter_mut().for_each(|h| *h = 0.0);
+                let mut furthest: Option<usize> = None;
+                let first = rows.partition_point(|&r| table.time[r as usize] < t0);
+                if matcher.can_match() && matcher.person_passes(person) {
+                    for &row in &rows[first..] {
+                        let r = row as usize;
+                        if !matcher.matches(table, person, r) {
+                            continue;
+                        }
+                        let t = table.time[r];
+                        let k = match self.mode {
+                            RetentionMode::Calendar if t >= *bounds.last().unwrap_or(&t) => usize::MAX,
+                            RetentionMode::Calendar => index_of(t) - start,
+                            RetentionMode::Rolling => ((t - t0) / rolling) as usize,
+                        };
+                        if property != NONE {
+                            if k < self.periods
+                                && let Some(v) = row_number(table, r, property)
+                            {
+                                hits[k] += v;
+                            }
+                        } else if unbounded {
+                            furthest = Some(furthest.map_or(k, |f| f.max(k)));
+                        } else if k < self.periods {
+                            hits[k] = 1.0;
+                        }
+                    }
+                }
+                if let Some(furthest) = furthest {
+                    hits.iter_mut().take(furthest.saturating_add(1)).for_each(|h| *h = 1.0);
+                }
+                let group = groups.group(table, person, row0 as usize);
+                let cell = cells.entry((start as u32, group)).or_insert_with(|| RowAccumulator {
+                    size: 0,
+                    last_t0: t0,
+                    sums: vec![0.0; self.periods],
+                });
+                cell.size += 1;
+                cell.last_t0 = cell.last_t0.max(t0);
+                for (sum, hit) in cell.sums.iter_mut().zip(&hits) {
+                    *sum += hit;
+                }
+            }
+        });
+
+        // Fold breakdown values past the limit (ranked by people) into `$other`.
+        let labels = groups.labels();
+        let mut remap: Vec<Option<usize>> = vec![None; labels.len()];
+        if self.breakdown.is_some() {
+            let mut size_by_group = vec![0u64; labels.len()];
+            for ((_, group), cell) in &cells {
+                size_by_group[*group as usize] += cell.size;
+            }
+            let mut ranked: Vec<usize> = (0..labels.len()).filter(|&g| size_by_group[g] > 0).collect();
+            ranked.sort_by(|&a, &b| size_by_group[b].cmp(&size_by_group[a]).then(labels[a].cmp(&labels[b])));
+            for (position, &group) in ranked.iter().enumerate() {
+                if position < self.breakdown_limit.max(1) {
+                    remap[group] = Some(group);
+                }
+            }
+        }
+        let mut merged: std::collections::BTreeMap<(u32, String), RowAccumulator> = Default::default();
+        for ((start, group), cell) in cells {
+            let label = match (&self.breakdown, remap[group as usize]) {
+                (None, _) => String::new(),
+                (Some(_), Some(g)) => labels[g].clone(),
+                (Some(_), None) => OTHER.to_owned(),
+            };
+            match merged.get_mut(&(start, label.clone())) {
+                Some(into) => {
+                    into.size += cell.size;
+                    into.last_t0 = into.last_t0.max(cell.last_t0);
+                    for (a, b) in into.sums.iter_mut().zip(&cell.sums) {
+                        *a += b;
+                    }
+                }
+                None => {
+                    merged.insert((start, label), cell);
+                }
+            }
+        }
+        let now = now_micros();
+        Ok(merged
+            .into_iter()
+            .map(|((start, label), cell)| {
+                let start = start as usize;
+                let complete = (0..self.periods)
+                    .map(|k| match self.mode {
+                        RetentionMode::Calendar => bounds.get(start + k + 1).is_some_and(|&end| end <= now),
+                        RetentionMode::Rolling => cell.last_t0.saturating_add((k as i64 + 1) * rolling) <= now,
+                    })
+                    .collect();
+                GridRow { start: bounds[start], label, size: cell.size, sums: cell.sums, complete }
+            })
+            .collect())
+    }
+
+    fn rolling_length(&self) -> Micros {
+        self.period.rolling_length()
+    }
+}
+
+/// Per period: Σ sums / Σ size over the rows that completed the period, and that Σ size.
+fn averages(rows: &[GridRow], periods: usize) -> (Vec<f64>, Vec<u64>) {
+    (0..periods)
+        .map(|k| {
+            let (sum, users) = rows
+                .iter()
+                .filter(|r| r.complete[k])
+                .fold((0.0, 0u64), |(sum, users), r| (sum + r.sums[k], users + r.size));
+            (if users == 0 { 0.0 } else { sum / users as f64 }, users)
+        })
+        .unzip()
+}
+
+fn periods_or_default(periods: usize) -> usize {
+    if periods == 0 { DEFAULT_PERIODS } else { periods }
+}
+
+/// The first matching row of a person, when it falls in [from, to).
+fn first_in_range(
+    table: &EventTable,
+    rows: &[u32],
+    from: Micros,
+    to: Micros,
+    mut matches: impl FnMut(usize) -> bool,
+) -> Option<(Micros, u32)> {
+    let row = *rows.iter().find(|&&r| matches(r as usize))?;
+    let t = table.time[row as usize];
+    (t >= from && t < to).then_some((t, row))
+}
+
+pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<RetentionTable> {
+    let table = &state.table;
+    let members = cohort::resolve(state, "cohort_id", &query.cohort_id)?;
+    let members = members.as_ref().map(|m| m.as_slice());
+    let tz = time::parse_zone("timezone", &query.timezone)?;
+    let periods = periods_or_default(query.periods);
+    let grid = Grid {
+        period: query.period,
+        periods,
+        mode: query.mode,
+        from: query.from,
+        to: query.to,
+        tz,
+        breakdown: query.breakdown.clone(),
+        breakdown_limit: breakdown_limit_or_default(query.breakdown_limit),
+    };
+    let cohort_event = RowMatcher::new(state, Some(&query.cohort_event), None);
+    let measure = Measure::Returned {
+        matcher: RowMatcher::new(state, query.return_event.as_ref(), None),
+        unbounded: query.unbounded,
+    };
+    let granularity = query.period.granularity();
+    let rows = grid.run(state, members, &measure, |person, rows, out| {
+        if !cohort_event.can_match() || !cohort_event.person_passes(person) {
+            return;
+        }
+        let matches = |r: usize| cohort_event.matches(table, person, r);
+        if query.first_time {
+            out.extend(first_in_range(table, rows, query.from, query.to, matches));
+            return;
+        }
+        // Recurring: the first cohort event in range of each calendar period.
+        let mut current_period = None;
+        for &row in rows {
+            let r = row as usize;
+            let t = table.time[r];
+            if t < query.from || t >= query.to || !matches(r) {
+                continue;
+            }
+            let period = time::floor(t, granularity, tz);
+            if current_period != Some(period) {
+                current_period = Some(period);
+                out.push((t, row));
+            }
+        }
+    })?;
+    let (average_shares, average_users) = averages(&rows, periods);
+    Ok(RetentionTable {
+        rows: rows
+            .into_iter()
+            .map(|r| RetentionRow {
+                start: r.start,
+                breakdown_value: r.label,
+                size: r.size,
+                retained: r.sums.iter().map(|&s| s as u64).collect(),
+                shares: r.sums.iter().map(|&s| s / r.size as f64).collect(),
+                complete: r.complete,
+            })
+            .collect(),
+        average_shares,
+        average_users,
+    })
+}
+
+pub fn cohort_table(state: &ProjectState, query: &CohortTableQuery) -> Result<CohortTable> {
+    let table = &state.table;
+    let members = cohort::resolve(state, "cohort_id", &query.cohort_id)?;
+    let members = members.as_ref().map(|m| m.as_slice());
+    let tz = time::parse_zone("timezone", &query.timezone)?;
+    let periods = periods_or_default(query.periods);
+    let grid = Grid {
+        period: query.period,
+        periods,
+        mode: query.mode,
+        from: query.from,
+        to: query.to,
+        tz,
+        breakdown: query.breakdown.clone(),
+        breakdown_limit: breakdown_limit_or_default(query.breakdown_limit),
+    };
+    let first_event = RowMatcher::new(state, query.first_event.as_ref(), None);
+    let measure = match query.value {
+        CohortValue::RetentionShare => {
+            Measure::Returned { matcher: RowMatcher::new(state, query.return_event.as_ref(), None), unbounded: false }
+        }
+        CohortValue::RevenuePerUser | CohortValue::CumulativeRevenuePerUser => Measure::Sum {
+            matcher: RowMatcher::new(state, query.revenue.as_ref(), None),
+            property: table.keys.get(&query.revenue_property).unwrap_or(NONE),
+        },
+    };
+    let rows = grid.run(state, members, &measure, |person, rows, out| {
+        if !first_event.can_match() || !first_event.person_passes(person) {
+            return;
+        }
+        out.extend(first_in_range(table, rows, query.from, query.to, |r| first_event.matches(table, person, r)));
+    })?;
+    let cumulative = query.value == CohortValue::CumulativeRevenuePerUser;
+    let mut rows: Vec<GridRow> = rows;
+    if cumulative {
+        for row in &mut rows {
+            for k in 1..row.sums.len() {
+                row.sums[k] += row.sums[k - 1];
+            }
+        }
+    }
+    let (average_values, average_users) = averages(&rows, periods);
+    Ok(CohortTable {
+        rows: rows
+            .into_iter()
+            .map(|r| CohortTableRow {
+                start: r.start,
+                breakdown_value: r.label,
+                users: r.size,
+                values: r.sums.iter().map(|&s| s / r.size as f64).collect(),
+                complete: r.complete,
+            })
+            .collect(),
+        average_values,
+        average_users,
+    })
+}
+
+impl Engine {
+    pub fn query_retention(&self, project: &str, mut query: RetentionQuery) -> Result<RetentionTable> {
+        query.validate()?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        if query.timezone.is_empty() {
+            query.timezone = state.project.timezone.clone();
+        }
+        retention(&state, &query)
+    }
+
+    pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {
+        query.validate()?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        if query.timezone.is_empty() {
+            query.timezone = state.project.timezone.clone();
+        }
+        cohort_table(&state, &query)
+    }
+}

@@ -1,0 +1,218 @@
+//! AnalysisService: funnels, retention tables and cohort tables.
+
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use super::convert::{enum_error, time_range, timestamp};
+use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
+use crate::core::filter::EventSelector;
+use crate::core::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
+use crate::core::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery};
+use crate::error::{Error, Result};
+use crate::pb::{self, analysis_service_server::AnalysisService};
+
+fn required_range(range: Option<&pb::TimeRange>) -> Result<(i64, i64)> {
+    let range = time_range("range", range)?;
+    match (range.from, range.to) {
+        (Some(from), Some(to)) => Ok((from, to)),
+        _ => Err(Error::invalid("range", "from and to are required")),
+    }
+}
+
+fn optional(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// An unset selector, or one with an empty `event`, means "any event".
+fn any_event_selector(field: &str, selector: Option<pb::EventSelector>) -> Result<Option<EventSelector>> {
+    match selector {
+        Some(s) if !s.event.is_empty() => selector_from_pb(field, Some(s)),
+        Some(s) if !s.filters.is_empty() => Err(Error::invalid(format!("{field}.event"), "filters need an event")),
+        _ => Ok(None),
+    }
+}
+
+fn required_selector(field: &str, selector: Option<pb::EventSelector>) -> Result<EventSelector> {
+    selector_from_pb(field, selector)?.ok_or_else(|| Error::invalid(field, "required"))
+}
+
+fn mode_from_pb(value: i32) -> Result<RetentionMode> {
+    Ok(match pb::RetentionMode::try_from(value).map_err(|_| enum_error("mode", value))? {
+        pb::RetentionMode::Unspecified | pb::RetentionMode::Calendar => RetentionMode::Calendar,
+        pb::RetentionMode::Rolling => RetentionMode::Rolling,
+    })
+}
+
+fn funnel_from_pb(request: pb::QueryFunnelRequest) -> Result<FunnelQuery> {
+    let (from, to) = required_range(request.range.as_ref())?;
+    let steps = request
+        .steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| required_selector(&format!("steps[{i}]"), Some(s)))
+        .collect::<Result<Vec<_>>>()?;
+    let n = steps.len();
+    let exclusions = request
+        .exclusions
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let field = format!("exclusions[{i}]");
+            // 1-based on the wire; 0 means the first / the last step.
+            let from_step = if e.from_step == 0 { 0 } else { e.from_step as usize - 1 };
+            let to_step = if e.to_step == 0 { n.saturating_sub(1) } else { e.to_step as usize - 1 };
+            Ok(Exclusion { selector: required_selector(&format!("{field}.event"), e.event)?, from_step, to_step })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(FunnelQuery {
+        steps,
+        from,
+        to,
+        window: duration_from_pb("window", request.window)?.unwrap_or(funnel::DEFAULT_WINDOW),
+        order: match pb::FunnelOrder::try_from(request.order).map_err(|_| enum_error("order", request.order))? {
+            pb::FunnelOrder::Unspecified | pb::FunnelOrder::Ordered => FunnelOrder::Ordered,
+            pb::FunnelOrder::Strict => FunnelOrder::Strict,
+            pb::FunnelOrder::Unordered => FunnelOrder::Unordered,
+        },
+        mode: match pb::FunnelMode::try_from(request.mode).map_err(|_| enum_error("mode", request.mode))? {
+            pb::FunnelMode::Unspecified | pb::FunnelMode::UniqueUsers => FunnelMode::UniqueUsers,
+            pb::FunnelMode::TotalConversions => FunnelMode::TotalConversions,
+        },
+        breakdown: optional(request.breakdown),
+        breakdown_limit: request.breakdown_limit as usize,
+        cohort_id: request.cohort_id,
+        exclusions,
+        timezone: request.timezone,
+        filters: filters_from_pb("filters", request.filters)?,
+    })
+}
+
+fn steps_to_pb(steps: Vec<FunnelStep>) -> Vec<pb::FunnelStep> {
+    steps
+        .into_iter()
+        .map(|s| pb::FunnelStep {
+            users: s.users,
+            conversion_from_previous: s.conversion_from_previous,
+            conversion_from_start: s.conversion_from_start,
+            median_seconds_from_previous: s.median_seconds_from_previous,
+            mean_seconds_from_previous: s.mean_seconds_from_previous,
+            event: s.event,
+        })
+        .collect()
+}
+
+fn retention_from_pb(request: pb::QueryRetentionRequest) -> Result<RetentionQuery> {
+    let (from, to) = required_range(request.range.as_ref())?;
+    Ok(RetentionQuery {
+        cohort_event: required_selector("cohort_event", request.cohort_event)?,
+        return_event: any_event_selector("return_event", request.return_event)?,
+        first_time: request.first_time,
+        period: period_from_pb("period", request.period)?,
+        periods: request.periods as usize,
+        from,
+        to,
+        timezone: request.timezone,
+        breakdown: optional(request.breakdown),
+        mode: mode_from_pb(request.mode)?,
+        unbounded: request.unbounded,
+        cohort_id: request.cohort_id,
+        breakdown_limit: request.breakdown_limit as usize,
+    })
+}
+
+fn cohort_table_from_pb(request: pb::QueryCohortTableRequest) -> Result<CohortTableQuery> {
+    let (from, to) = required_range(request.range.as_ref())?;
+    let value = match pb::CohortTableValue::try_from(request.value).map_err(|_| enum_error("value", request.value))? {
+        pb::CohortTableValue::Unspecified | pb::CohortTableValue::RetentionShare => CohortValue::RetentionShare,
+        pb::CohortTableValue::RevenuePerUser => CohortValue::RevenuePerUser,
+        pb::CohortTableValue::CumulativeRevenuePerUser => CohortValue::CumulativeRevenuePerUser,
+    };
+    Ok(CohortTableQuery {
+        from,
+        to,
+        period: period_from_pb("period", request.period)?,
+        periods: request.periods as usize,
+        timezone: request.timezone,
+        first_event: any_event_selector("first_event", request.first_event)?,
+        breakdown: optional(request.breakdown),
+        value,
+        return_event: any_event_selector("return_event", request.return_event)?,
+        revenue: selector_from_pb("revenue", request.revenue)?,
+        revenue_property: request.revenue_property,
+        cohort_id: request.cohort_id,
+        mode: mode_from_pb(request.mode)?,
+        breakdown_limit: request.breakdown_limit as usize,
+    })
+}
+
+#[tonic::async_trait]
+impl AnalysisService for Api {
+    async fn query_funnel(
+        &self,
+        request: Request<pb::QueryFunnelRequest>,
+    ) -> Result<Response<pb::QueryFunnelResponse>, Status> {
+        let request = request.into_inner();
+        let project = request.project.clone();
+        let query = funnel_from_pb(request)?;
+        let result = self.blocking(move |engine| engine.query_funnel(&project, query)).await?;
+        Ok(Response::new(pb::QueryFunnelResponse {
+            steps: steps_to_pb(result.steps),
+            breakdowns: result
+                .breakdowns
+                .into_iter()
+                .map(|(value, steps)| pb::FunnelBreakdown { value, steps: steps_to_pb(steps) })
+                .collect(),
+        }))
+    }
+
+    async fn query_retention(
+        &self,
+        request: Request<pb::QueryRetentionRequest>,
+    ) -> Result<Response<pb::QueryRetentionResponse>, Status> {
+        let request = request.into_inner();
+        let project = request.project.clone();
+        let query = retention_from_pb(request)?;
+        let table = self.blocking(move |engine| engine.query_retention(&project, query)).await?;
+        Ok(Response::new(pb::QueryRetentionResponse {
+            cohorts: table
+                .rows
+                .into_iter()
+                .map(|r| pb::RetentionCohort {
+                    start: Some(timestamp(r.start)),
+                    breakdown_value: r.breakdown_value,
+                    size: r.size,
+                    retained: r.retained,
+                    shares: r.shares,
+                    complete: r.complete,
+                })
+                .collect(),
+            average_shares: table.average_shares,
+            average_users: table.average_users,
+        }))
+    }
+
+    async fn query_cohort_table(
+        &self,
+        request: Request<pb::QueryCohortTableRequest>,
+    ) -> Result<Response<pb::QueryCohortTableResponse>, Status> {
+        let request = request.into_inner();
+        let project = request.project.clone();
+        let query = cohort_table_from_pb(request)?;
+        let table = self.blocking(move |engine| engine.query_cohort_table(&project, query)).await?;
+        Ok(Response::new(pb::QueryCohortTableResponse {
+            rows: table
+                .rows
+                .into_iter()
+                .map(|r| pb::CohortTableRow {
+                    start: Some(timestamp(r.start)),
+                    breakdown_value: r.breakdown_value,
+                    users: r.users,
+                    values: r.values,
+                    complete: r.complete,
+                })
+                .collect(),
+            average_values: table.average_values,
+            average_users: table.average_users,
+        }))
+    }
+}
