@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Query benchmark (BENCHMARKS.md): Sextant's QueryMetric against DuckDB on the same data.
+"""Query benchmark (BENCHMARKS.md): Sextant's metric, funnel, retention and cohort calls against
+DuckDB on the same data.
 
 Starts a release server on a data dir already loaded by scripts/bench-ingest.sh, loads the
 same events.jsonl into DuckDB (in memory), and times each query several times in the same
@@ -31,6 +32,106 @@ def timed(fn, runs):
     return statistics.median(times), result
 
 
+FROM = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+TO = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
+
+
+def set_range(request_range, from_=FROM, to=TO):
+    getattr(request_range, "from").FromDatetime(from_)
+    request_range.to.FromDatetime(to)
+
+
+def benchmarks(pb, channel, project):
+    """(name, sextant call returning a comparable answer, DuckDB SQL, DuckDB rows to the same shape)."""
+    m, c, a, co = pb["metric"], pb["common"], pb["analysis"], pb["cohort"]
+    metrics = pb["metric_grpc"].MetricServiceStub(channel)
+    analysis = pb["analysis_grpc"].AnalysisServiceStub(channel)
+    cohorts = pb["cohort_grpc"].CohortServiceStub(channel)
+
+    dau = m.QueryMetricRequest(
+        project=project,
+        definition=m.MetricDefinition(key="dau", kind=m.METRIC_KIND_UNIQUE_USERS,
+                                      selector=c.EventSelector(event="session_start")),
+        granularity=c.GRANULARITY_DAY, breakdown="user.channel", breakdown_limit=10)
+    set_range(dau.range)
+
+    def dau_call():
+        reply = metrics.QueryMetric(dau, timeout=600)
+        return {(s.breakdown_value, p.start.seconds): p.value for s in reply.series for p in s.points if p.value}
+
+    yield ("daily unique users of session_start by user.channel, 90 days", dau_call, """
+        SELECT u.channel, CAST(epoch(date_trunc('day', e.ts)) AS BIGINT) AS day, COUNT(DISTINCT e.user_id)
+        FROM events e JOIN users u USING (user_id)
+        WHERE e.name = 'session_start' AND e.ts >= '2026-01-01' AND e.ts < '2026-04-01'
+        GROUP BY 1, 2""", lambda rows: {(ch, day): float(n) for ch, day, n in rows})
+
+    steps = ["signup", "onboarding_complete", "add_to_cart", "purchase"]
+    funnel = a.QueryFunnelRequest(project=project, steps=[c.EventSelector(event=s) for s in steps])
+    set_range(funnel.range)
+    funnel.window.FromTimedelta(dt.timedelta(days=7))
+
+    def funnel_call():
+        return [s.users for s in analysis.QueryFunnel(funnel, timeout=600).steps]
+
+    # Each step: the first event at or after the previous step's (ASOF), kept when within 7 days
+    # of the attempt's signup; each user with their furthest attempt.
+    yield ("4-step funnel signup → purchase, 7-day window, 90 days", funnel_call, """
+        WITH s AS (SELECT user_id, ts AS t1 FROM events
+                   WHERE name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01'),
+        o AS (SELECT user_id, ts FROM events WHERE name = 'onboarding_complete'),
+        c AS (SELECT user_id, ts FROM events WHERE name = 'add_to_cart'),
+        p AS (SELECT user_id, ts FROM events WHERE name = 'purchase'),
+        s2 AS (SELECT s.user_id, s.t1, CASE WHEN o.ts <= s.t1 + INTERVAL 7 DAY THEN o.ts END AS t2
+               FROM s ASOF LEFT JOIN o ON o.user_id = s.user_id AND o.ts >= s.t1),
+        s3 AS (SELECT s2.*, CASE WHEN c.ts <= s2.t1 + INTERVAL 7 DAY THEN c.ts END AS t3
+               FROM s2 ASOF LEFT JOIN c ON c.user_id = s2.user_id AND c.ts >= s2.t2),
+        s4 AS (SELECT s3.*, CASE WHEN p.ts <= s3.t1 + INTERVAL 7 DAY THEN p.ts END AS t4
+               FROM s3 ASOF LEFT JOIN p ON p.user_id = s3.user_id AND p.ts >= s3.t3),
+        best AS (SELECT user_id, max(1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT + (t4 IS NOT NULL)::INT) AS reached
+                 FROM s4 GROUP BY user_id)
+        SELECT count(*) FILTER (WHERE reached >= 1), count(*) FILTER (WHERE reached >= 2),
+               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best""",
+           lambda rows: list(rows[0]))
+
+    retention = a.QueryRetentionRequest(project=project, cohort_event=c.EventSelector(event="signup"),
+                                        return_event=c.EventSelector(event="session_start"), first_time=True,
+                                        period=c.PERIOD_WEEK, periods=8, breakdown="user.channel")
+    set_range(retention.range)
+
+    def retention_call():
+        reply = analysis.QueryRetention(retention, timeout=600)
+        return {(r.start.seconds, r.breakdown_value, k): n for r in reply.cohorts for k, n in enumerate(r.retained)}
+
+    yield ("weekly first-time retention signup → session_start by user.channel, 8 weeks", retention_call, """
+        WITH first AS (SELECT user_id, min(ts) AS t0 FROM events WHERE name = 'signup' GROUP BY user_id),
+        cohort AS (SELECT f.user_id, f.t0, date_trunc('week', f.t0) AS week, coalesce(u.channel, '$none') AS channel
+                   FROM first f LEFT JOIN users u USING (user_id)
+                   WHERE f.t0 >= '2026-01-01' AND f.t0 < '2026-04-01'),
+        sizes AS (SELECT week, channel, count(*) AS size FROM cohort GROUP BY ALL),
+        returns AS (SELECT DISTINCT c.week, c.channel, c.user_id,
+                           CAST(date_diff('day', c.week, date_trunc('week', e.ts)) / 7 AS INT) AS k
+                    FROM cohort c JOIN events e ON e.user_id = c.user_id AND e.name = 'session_start' AND e.ts >= c.t0),
+        counts AS (SELECT week, channel, k, count(*) AS n FROM returns WHERE k < 8 GROUP BY ALL)
+        SELECT CAST(epoch(s.week) AS BIGINT), s.channel, p.k, coalesce(n, 0)
+        FROM sizes s CROSS JOIN range(8) p(k) LEFT JOIN counts USING (week, channel, k)""",
+           lambda rows: {(w, ch, k): n for w, ch, k, n in rows})
+
+    try:
+        cohorts.DeleteCohort(co.DeleteCohortRequest(project=project, id="bench-repeat-buyers"))
+    except grpc.RpcError:
+        pass
+    cohorts.CreateCohort(co.CreateCohortRequest(project=project, cohort=co.Cohort(
+        id="bench-repeat-buyers", conditions=co.CohortConditionGroup(conditions=[co.CohortCondition(
+            behavioural=co.BehaviouralCondition(event=c.EventSelector(event="purchase"), min_count=2))]))))
+
+    def cohort_call():
+        return cohorts.GetCohortSize(co.GetCohortSizeRequest(project=project, id="bench-repeat-buyers")).size
+
+    yield ("behavioural cohort size: purchased at least twice", cohort_call, """
+        SELECT count(*) FROM (SELECT user_id FROM events WHERE name = 'purchase' GROUP BY 1 HAVING count(*) >= 2)""",
+           lambda rows: rows[0][0])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -46,19 +147,6 @@ def main():
     try:
         channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
         grpc.channel_ready_future(channel).result(timeout=600)
-        m, c = pb["metric"], pb["common"]
-        metrics = pb["metric_grpc"].MetricServiceStub(channel)
-        request = m.QueryMetricRequest(
-            project=args.project,
-            definition=m.MetricDefinition(key="dau", kind=m.METRIC_KIND_UNIQUE_USERS,
-                                          selector=c.EventSelector(event="session_start")),
-            granularity=c.GRANULARITY_DAY, breakdown="user.channel", breakdown_limit=10)
-        getattr(request.range, "from").FromDatetime(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
-        request.range.to.FromDatetime(dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc))
-        metrics.QueryMetric(request, timeout=600)  # warm-up
-        sextant_s, reply = timed(lambda: metrics.QueryMetric(request, timeout=600), args.runs)
-        sextant_cells = {(s.breakdown_value, p.start.seconds): p.value for s in reply.series for p in s.points if p.value}
-
         db = duckdb.connect()
         start = time.perf_counter()
         db.execute(f"""
@@ -72,19 +160,19 @@ def main():
                  columns={{'user_id': 'VARCHAR', 'traits': 'JSON'}})""")
         load_s = time.perf_counter() - start
         db.execute("SET TimeZone = 'UTC'")
-        sql = """SELECT u.channel, CAST(epoch(date_trunc('day', e.ts)) AS BIGINT) AS day, COUNT(DISTINCT e.user_id)
-                 FROM events e JOIN users u USING (user_id)
-                 WHERE e.name = 'session_start' AND e.ts >= '2026-01-01' AND e.ts < '2026-04-01'
-                 GROUP BY 1, 2"""
-        duck_s, rows = timed(lambda: db.execute(sql).fetchall(), args.runs)
-        duck_cells = {(ch, day): float(n) for ch, day, n in rows}
         events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        same = "yes" if duck_cells == sextant_cells else "NO"
         print(f"events: {events}; DuckDB {duckdb.__version__} load from JSON: {load_s:.1f} s (not timed below)")
-        print(f"daily unique users of session_start by user.channel, 90 days (median of {args.runs}):")
-        print(f"  sextant QueryMetric over gRPC: {sextant_s * 1000:.0f} ms")
-        print(f"  duckdb in-process:             {duck_s * 1000:.0f} ms")
-        print(f"  ratio duckdb / sextant:        {duck_s / sextant_s:.2f}x; same answer: {same}")
+        print(f"median of {args.runs} runs after one warm-up; Sextant over gRPC, DuckDB in-process")
+        print(f"| query | Sextant | DuckDB | DuckDB / Sextant | same answer |")
+        print(f"|---|---|---|---|---|")
+        for name, sextant_call, duck_sql, duck_shape in benchmarks(pb, channel, args.project):
+            sextant_call()  # warm-up
+            sextant_s, got = timed(sextant_call, args.runs)
+            db.execute(duck_sql).fetchall()
+            duck_s, rows = timed(lambda: db.execute(duck_sql).fetchall(), args.runs)
+            same = "yes" if got == duck_shape(rows) else "NO"
+            print(f"| {name} | {sextant_s * 1000:.0f} ms | {duck_s * 1000:.0f} ms | {duck_s / sextant_s:.2f}x | {same} |",
+                  flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)

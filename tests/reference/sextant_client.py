@@ -22,9 +22,9 @@ def stubs():
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
     sys.path.insert(0, out)
-    names = ["project", "ingest", "metric", "common", "analysis"]
+    names = ["project", "ingest", "metric", "common", "analysis", "cohort"]
     return {n: importlib.import_module(f"sextant.v1.{n}_pb2") for n in names} | {
-        f"{n}_grpc": importlib.import_module(f"sextant.v1.{n}_pb2_grpc") for n in ["project", "metric", "analysis"]
+        f"{n}_grpc": importlib.import_module(f"sextant.v1.{n}_pb2_grpc") for n in ["project", "metric", "analysis", "cohort"]
     }
 
 
