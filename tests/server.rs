@@ -130,7 +130,7 @@ async fn stats_match_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reflection_metrics_and_unbuilt_services() {
+async fn health_reflection_and_metrics() {
     let server = TestServer::start().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
     let reply = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
@@ -160,13 +160,11 @@ async fn health_reflection_metrics_and_unbuilt_services() {
         assert!(names.contains(&service.to_string()), "{service} in {names:?}");
     }
 
-    // Declared but not built yet: UNIMPLEMENTED, not a transport error.
-    let mut cohorts = sextant::pb::cohort_service_client::CohortServiceClient::new(server.channel.clone());
-    let status = cohorts.list_cohorts(pb::ListCohortsRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-
     server.create_project("p").await;
     server.track("p", vec![event("a", "x", "u", 0), event("a", "x", "u", 0), event("", "", "u", 0)]).await;
+    let mut cohorts = sextant::pb::cohort_service_client::CohortServiceClient::new(server.channel.clone());
+    let missing = pb::GetCohortRequest { project: "p".into(), id: "ghost".into() };
+    assert_eq!(cohorts.get_cohort(missing).await.unwrap_err().code(), Code::NotFound);
     let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();
     let body = http_get(addr, "/metrics").await;
     for line in [
@@ -175,7 +173,7 @@ async fn health_reflection_metrics_and_unbuilt_services() {
         "sextant_events_rejected_total",
         "sextant_ack_latency_seconds_bucket",
         "sextant_requests_total{method=\"Track\",code=\"0\"}",
-        "sextant_requests_total{method=\"ListCohorts\",code=\"12\"}",
+        "sextant_requests_total{method=\"GetCohort\",code=\"5\"}",
     ] {
         assert!(body.contains(line), "{line} missing from:\n{body}");
     }

@@ -21,6 +21,8 @@ use super::model::{
     Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value,
     now_micros,
 };
+use super::person_order::PersonOrderCache;
+use super::query::TraitGroupCache;
 use super::table::EventTable;
 use crate::error::{Error, Result};
 use crate::storage::{LogRecord, Storage, encode_record};
@@ -40,6 +42,11 @@ pub struct ProjectState {
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
     pub cohorts: BTreeMap<String, Cohort>,
+    /// Events by person then time, for funnels and retention; rebuilt lazily.
+    pub person_order: PersonOrderCache,
+    /// Bumped on every trait change, so caches derived from traits know when to rebuild.
+    pub traits_version: u64,
+    pub trait_groups: TraitGroupCache,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -56,6 +63,9 @@ impl ProjectState {
             manual: HashMap::new(),
             goals: BTreeMap::new(),
             cohorts: BTreeMap::new(),
+            person_order: PersonOrderCache::default(),
+            traits_version: 0,
+            trait_groups: TraitGroupCache::default(),
         }
     }
 
@@ -100,6 +110,7 @@ impl ProjectState {
     }
 
     fn apply_user_update(&mut self, update: &UserUpdate) {
+        self.traits_version += 1;
         let person = self.table.user_person(&update.user_id);
         let traits = self.traits.entry(person).or_default();
         for (key, value) in &update.set {

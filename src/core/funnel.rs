@@ -14,7 +14,7 @@ use super::cohort;
 use super::engine::{Engine, ProjectState};
 use super::filter::{self, CompiledFilters, EventSelector, Filter};
 use super::model::Micros;
-use super::query::{Groups, OTHER, breakdown_limit_or_default, for_each_person_sorted};
+use super::query::{Groups, OTHER, breakdown_limit_or_default};
 use super::table::{EventTable, NONE};
 use super::time;
 use crate::error::{Error, Result};
@@ -141,11 +141,9 @@ impl StepMatcher {
         }
     }
 
+    /// Whether a row already known to have this step's event name matches the filters.
     fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
-        self.name != NONE
-            && table.name[row] == self.name
-            && self.filters.person_passes(person)
-            && self.filters.row_passes(table, row)
+        self.filters.person_passes(person) && self.filters.row_passes(table, row)
     }
 }
 
@@ -328,7 +326,8 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
     let mut timeline = Timeline::default();
     let mut times = Vec::with_capacity(n);
     if steps[0].name != NONE {
-        for_each_person_sorted(table, |person, rows| {
+        let order = state.person_order.get(table);
+        order.for_each(table, |person, events| {
             if !steps[0].filters.person_passes(person) {
                 return;
             }
@@ -337,9 +336,9 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
             timeline.steps.clear();
             timeline.exclusions.clear();
             let mut any_entry = false;
-            for &row in rows {
+            for (i, &row) in events.rows.iter().enumerate() {
                 let r = row as usize;
-                let name = table.name[r];
+                let name = events.names[i];
                 let mut step_bits = 0u64;
                 for (k, matcher) in steps.iter().enumerate() {
                     if step_names[k] == name && matcher.matches(table, person, r) {
@@ -352,7 +351,7 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
                         exclusion_bits |= 1 << e;
                     }
                 }
-                let t = table.time[r];
+                let t = events.times[i];
                 any_entry |= step_bits & 1 != 0 && t >= query.from && t < query.to;
                 timeline.times.push(t);
                 timeline.rows.push(row);

@@ -14,6 +14,7 @@ pub mod metric;
 pub mod metrics;
 pub mod model;
 pub mod page;
+pub mod person_order;
 pub mod query;
 pub mod retention;
 pub mod table;

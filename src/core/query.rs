@@ -8,6 +8,8 @@
 //! users are counted with a per-cell marker of the last person seen, which is exact because
 //! all rows of a person are visited together.
 
+use std::sync::Arc;
+
 use chrono_tz::Tz;
 use hashbrown::HashMap;
 
@@ -126,14 +128,77 @@ fn label_of_key(key: GroupKey, table: &EventTable) -> String {
     }
 }
 
+/// A trait's value per person id as a group id (0: `$none`), with one label per group.
+#[derive(Debug)]
+pub struct TraitGroups {
+    /// (traits version, people, table layout) when built.
+    built_for: (u64, usize, u64),
+    pub group_of: Vec<u32>,
+    pub labels: Vec<String>,
+}
+
+impl TraitGroups {
+    fn build(state: &ProjectState, name: &str) -> TraitGroups {
+        // Group ids per user from the traits map, one label per distinct value (no per-person
+        // allocation), then per person through the canonical mapping.
+        let table = &state.table;
+        let mut labels: Vec<String> = vec![NO_VALUE.into()];
+        let mut ids: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
+        ids.insert(NO_VALUE.into(), 0);
+        let mut by_user = vec![0u32; table.canonical.len()];
+        for (&person, traits) in &state.traits {
+            let Some(value) = traits.get(name) else { continue };
+            let id = match value {
+                Value::String(s) => ids.get(s.as_str()).copied(),
+                _ => None,
+            };
+            by_user[person as usize] = id.unwrap_or_else(|| {
+                let label = label_of_value(Some(value));
+                *ids.entry(label.clone()).or_insert_with(|| {
+                    labels.push(label);
+                    labels.len() as u32 - 1
+                })
+            });
+        }
+        TraitGroups {
+            built_for: TraitGroups::version(state),
+            group_of: table.canonical.iter().map(|&c| by_user[c as usize]).collect(),
+            labels,
+        }
+    }
+
+    fn version(state: &ProjectState) -> (u64, usize, u64) {
+        (state.traits_version, state.table.canonical.len(), state.table.layout_version())
+    }
+}
+
+/// Trait groups by trait name, reused until traits, people or aliases change: a breakdown by
+/// `user.channel` otherwise walks every user's trait map on each query.
+#[derive(Debug, Default)]
+pub struct TraitGroupCache {
+    by_trait: parking_lot::Mutex<HashMap<String, Arc<TraitGroups>>>,
+}
+
+impl TraitGroupCache {
+    pub fn get(&self, state: &ProjectState, name: &str) -> Arc<TraitGroups> {
+        let version = TraitGroups::version(state);
+        if let Some(groups) = self.by_trait.lock().get(name).filter(|g| g.built_for == version) {
+            return groups.clone();
+        }
+        let groups = Arc::new(TraitGroups::build(state, name));
+        let mut cached = self.by_trait.lock();
+        // Keep the cache to the traits queried lately.
+        cached.retain(|_, g| g.built_for == version);
+        cached.insert(name.to_owned(), groups.clone());
+        groups
+    }
+}
+
 /// How rows map to breakdown groups.
 pub(crate) enum Groups {
     One,
     /// Per person id (a trait of the canonical user).
-    Person {
-        group_of: Vec<u32>,
-        labels: Vec<String>,
-    },
+    Person(Arc<TraitGroups>),
     /// Per row, by an event property; groups are numbered in order of discovery.
     Row {
         key: u32,
@@ -148,31 +213,7 @@ impl Groups {
             return Groups::One;
         };
         match breakdown.strip_prefix(TRAIT_PREFIX) {
-            Some(name) => {
-                // Group ids per user from the traits map, one label per distinct value (no
-                // per-person allocation), then per person through the canonical mapping.
-                let table = &state.table;
-                let mut labels: Vec<String> = vec![NO_VALUE.into()];
-                let mut ids: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
-                ids.insert(NO_VALUE.into(), 0);
-                let mut by_user = vec![0u32; table.canonical.len()];
-                for (&person, traits) in &state.traits {
-                    let Some(value) = traits.get(name) else { continue };
-                    let id = match value {
-                        Value::String(s) => ids.get(s.as_str()).copied(),
-                        _ => None,
-                    };
-                    by_user[person as usize] = id.unwrap_or_else(|| {
-                        let label = label_of_value(Some(value));
-                        *ids.entry(label.clone()).or_insert_with(|| {
-                            labels.push(label);
-                            labels.len() as u32 - 1
-                        })
-                    });
-                }
-                let group_of = table.canonical.iter().map(|&c| by_user[c as usize]).collect();
-                Groups::Person { group_of, labels }
-            }
+            Some(name) => Groups::Person(state.trait_groups.get(state, name)),
             None => Groups::Row {
                 key: state.table.keys.get(breakdown).unwrap_or(NONE),
                 ids: HashMap::new(),
@@ -184,7 +225,7 @@ impl Groups {
     pub(crate) fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
         match self {
             Groups::One => 0,
-            Groups::Person { group_of, .. } => group_of[person as usize],
+            Groups::Person(groups) => groups.group_of[person as usize],
             Groups::Row { key, ids, labels } => {
                 let cell = if *key == NONE {
                     None
@@ -203,7 +244,8 @@ impl Groups {
     pub(crate) fn labels(&self) -> Vec<String> {
         match self {
             Groups::One => vec![String::new()],
-            Groups::Person { labels, .. } | Groups::Row { labels, .. } => labels.clone(),
+            Groups::Person(groups) => groups.labels.clone(),
+            Groups::Row { labels, .. } => labels.clone(),
         }
     }
 }
@@ -305,44 +347,6 @@ fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (Vec<String>,
     (kept, remap)
 }
 
-/// Visits every canonical person with all their rows (their own and their aliases').
-fn for_each_person(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
-    let mut merged = Vec::new();
-    for person in 0..table.canonical.len() as u32 {
-        if table.canonical[person as usize] != person {
-            continue;
-        }
-        match table.aliases.get(&person) {
-            Some(anons) if !anons.is_empty() => {
-                merged.clear();
-                merged.extend_from_slice(&table.person_rows[person as usize]);
-                for &anon in anons {
-                    merged.extend_from_slice(&table.person_rows[anon as usize]);
-                }
-                visit(person, &merged);
-            }
-            _ => visit(person, &table.person_rows[person as usize]),
-        }
-    }
-}
-
-/// Visits every canonical person with all their rows ordered by time, then arrival.
-pub(crate) fn for_each_person_sorted(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
-    let mut sorted = Vec::new();
-    let key = |r: u32| (table.time[r as usize], r);
-    for_each_person(table, |person, rows| {
-        // Most people's events arrive in time order; sort only those that did not.
-        if rows.windows(2).all(|w| key(w[0]) <= key(w[1])) {
-            visit(person, rows);
-        } else {
-            sorted.clear();
-            sorted.extend_from_slice(rows);
-            sorted.sort_unstable_by_key(|&r| key(r));
-            visit(person, &sorted);
-        }
-    });
-}
-
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
 pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
@@ -362,6 +366,7 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
     let property = if needs_value { table.keys.get(&metric.property).unwrap_or(NONE) } else { NONE };
 
     let mut groups = Groups::new(state, query.breakdown.as_deref());
+    let order = state.person_order.get(table);
     // A breakdown first needs a pass for per-group totals over the range, to rank groups
     // and fold the tail into `$other`; the main pass fills the cells and the series totals.
     let scan =
@@ -369,14 +374,17 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
             if name == NONE {
                 return;
             }
-            for_each_person(table, |person, rows| {
+            order.for_each(table, |person, events| {
                 if !filters.person_passes(person) {
                     return;
                 }
-                for &row in rows {
-                    let row = row as usize;
-                    let t = table.time[row];
-                    if table.name[row] != name || t < scan_from || t >= scan_to || !filters.row_passes(table, row) {
+                for i in 0..events.len() {
+                    let t = events.times[i];
+                    if events.names[i] != name || t < scan_from || t >= scan_to {
+                        continue;
+                    }
+                    let row = events.rows[i] as usize;
+                    if !filters.row_passes(table, row) {
                         continue;
                     }
                     let value = if needs_value {
@@ -425,7 +433,7 @@ pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuer
     // every group; otherwise a first pass ranks the groups and the tail folds into `$other`.
     let known_labels = match &groups {
         Groups::One => Some(vec![String::new()]),
-        Groups::Person { labels, .. } if labels.len() <= limit => Some(labels.clone()),
+        Groups::Person(groups) if groups.labels.len() <= limit => Some(groups.labels.clone()),
         _ => None,
     };
     let (order, labels, remap, n_groups) = match known_labels {
@@ -570,11 +578,12 @@ fn share_metric(
     let buckets = bounds.len() - 1;
     let table = &state.table;
     let mut groups = Groups::new(state, query.breakdown.as_deref());
+    let order = state.person_order.get(table);
     let mut scratch = Vec::new();
     let mut run = |groups: &mut Groups, remap: Option<&[u32]>, cells: &mut ShareCells, totals: &mut ShareCells| {
-        for_each_person(table, |person, rows| {
+        order.for_each(table, |person, events| {
             scratch.clear();
-            entries(groups, person, rows, &mut scratch);
+            entries(groups, person, events.rows, &mut scratch);
             for entry in &scratch {
                 if entry.time < query.from || entry.time >= query.to {
                     continue;

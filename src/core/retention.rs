@@ -13,7 +13,8 @@ use super::engine::{Engine, ProjectState};
 use super::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
 use super::metric::Period;
 use super::model::{Micros, now_micros};
-use super::query::{Groups, OTHER, breakdown_limit_or_default, for_each_person_sorted};
+use super::person_order::PersonEvents;
+use super::query::{Groups, OTHER, breakdown_limit_or_default};
 use super::table::{EventTable, NONE};
 use super::time;
 use crate::error::{Error, Result};
@@ -187,8 +188,9 @@ impl RowMatcher {
         self.filters.as_ref().is_none_or(|f| f.person_passes(person))
     }
 
-    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
-        (self.any || table.name[row] == self.name)
+    /// Whether row `row`, of event name `name`, matches.
+    fn matches(&self, name: u32, table: &EventTable, person: u32, row: usize) -> bool {
+        (self.any || name == self.name)
             && self.filters.as_ref().is_none_or(|f| f.person_passes(person) && f.row_passes(table, row))
     }
 }
@@ -258,7 +260,7 @@ impl Grid {
         state: &ProjectState,
         members: Option<&[bool]>,
         measure: &Measure,
-        mut entries: impl FnMut(u32, &[u32], &mut Vec<(Micros, u32)>),
+        mut entries: impl FnMut(u32, PersonEvents<'_>, &mut Vec<(Micros, u32)>),
     ) -> Result<Vec<GridRow>> {
         let table = &state.table;
         let granularity = self.period.granularity();
@@ -293,24 +295,25 @@ impl Grid {
             Measure::Sum { matcher, property } => (matcher, *property),
         };
         let unbounded = matches!(measure, Measure::Returned { unbounded: true, .. });
-        for_each_person_sorted(table, |person, rows| {
+        let order = state.person_order.get(table);
+        order.for_each(table, |person, events| {
             if members.is_some_and(|m| !m[person as usize]) {
                 return;
             }
             person_entries.clear();
-            entries(person, rows, &mut person_entries);
+            entries(person, events, &mut person_entries);
             for &(t0, row0) in &person_entries {
                 let start = index_of(t0);
                 hits.iter_mut().for_each(|h| *h = 0.0);
                 let mut furthest: Option<usize> = None;
-                let first = rows.partition_point(|&r| table.time[r as usize] < t0);
+                let first = events.times.partition_point(|&t| t < t0);
                 if matcher.can_match() && matcher.person_passes(person) {
-                    for &row in &rows[first..] {
-                        let r = row as usize;
-                        if !matcher.matches(table, person, r) {
+                    for i in first..events.len() {
+                        let r = events.rows[i] as usize;
+                        if !matcher.matches(events.names[i], table, person, r) {
                             continue;
                         }
-                        let t = table.time[r];
+                        let t = events.times[i];
                         let k = match self.mode {
                             RetentionMode::Calendar if t >= *bounds.last().unwrap_or(&t) => usize::MAX,
                             RetentionMode::Calendar => index_of(t) - start,
@@ -420,17 +423,16 @@ fn periods_or_default(periods: usize) -> usize {
     if periods == 0 { DEFAULT_PERIODS } else { periods }
 }
 
-/// The first matching row of a person, when it falls in [from, to).
+/// A person's first matching event, when it falls in [from, to).
 fn first_in_range(
-    table: &EventTable,
-    rows: &[u32],
+    events: PersonEvents<'_>,
     from: Micros,
     to: Micros,
     mut matches: impl FnMut(usize) -> bool,
 ) -> Option<(Micros, u32)> {
-    let row = *rows.iter().find(|&&r| matches(r as usize))?;
-    let t = table.time[row as usize];
-    (t >= from && t < to).then_some((t, row))
+    let i = (0..events.len()).find(|&i| matches(i))?;
+    let t = events.times[i];
+    (t >= from && t < to).then_some((t, events.rows[i]))
 }
 
 pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<RetentionTable> {
@@ -455,27 +457,26 @@ pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<Retenti
         unbounded: query.unbounded,
     };
     let granularity = query.period.granularity();
-    let rows = grid.run(state, members, &measure, |person, rows, out| {
+    let rows = grid.run(state, members, &measure, |person, events, out| {
         if !cohort_event.can_match() || !cohort_event.person_passes(person) {
             return;
         }
-        let matches = |r: usize| cohort_event.matches(table, person, r);
+        let matches = |i: usize| cohort_event.matches(events.names[i], table, person, events.rows[i] as usize);
         if query.first_time {
-            out.extend(first_in_range(table, rows, query.from, query.to, matches));
+            out.extend(first_in_range(events, query.from, query.to, matches));
             return;
         }
         // Recurring: the first cohort event in range of each calendar period.
         let mut current_period = None;
-        for &row in rows {
-            let r = row as usize;
-            let t = table.time[r];
-            if t < query.from || t >= query.to || !matches(r) {
+        for i in 0..events.len() {
+            let t = events.times[i];
+            if t < query.from || t >= query.to || !matches(i) {
                 continue;
             }
             let period = time::floor(t, granularity, tz);
             if current_period != Some(period) {
                 current_period = Some(period);
-                out.push((t, row));
+                out.push((t, events.rows[i]));
             }
         }
     })?;
@@ -523,11 +524,12 @@ pub fn cohort_table(state: &ProjectState, query: &CohortTableQuery) -> Result<Co
             property: table.keys.get(&query.revenue_property).unwrap_or(NONE),
         },
     };
-    let rows = grid.run(state, members, &measure, |person, rows, out| {
+    let rows = grid.run(state, members, &measure, |person, events, out| {
         if !first_event.can_match() || !first_event.person_passes(person) {
             return;
         }
-        out.extend(first_in_range(table, rows, query.from, query.to, |r| first_event.matches(table, person, r)));
+        let matches = |i: usize| first_event.matches(events.names[i], table, person, events.rows[i] as usize);
+        out.extend(first_in_range(events, query.from, query.to, matches));
     })?;
     let cumulative = query.value == CohortValue::CumulativeRevenuePerUser;
     let mut rows: Vec<GridRow> = rows;

@@ -99,6 +99,27 @@ pub struct EventTable {
     pub id_bytes: Vec<u8>,
     pub min_time: Option<Micros>,
     pub max_time: Option<Micros>,
+    /// Changes whenever rows change owner or the table is replaced, so layouts derived from
+    /// it (see `person_order`) know when to rebuild.
+    layout: LayoutVersion,
+}
+
+/// A process-wide unique version: a fresh table never shares one with an older table.
+#[derive(Debug)]
+struct LayoutVersion(u64);
+
+static NEXT_LAYOUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl LayoutVersion {
+    fn next() -> LayoutVersion {
+        LayoutVersion(NEXT_LAYOUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for LayoutVersion {
+    fn default() -> Self {
+        LayoutVersion::next()
+    }
 }
 
 impl EventTable {
@@ -108,6 +129,10 @@ impl EventTable {
 
     pub fn is_empty(&self) -> bool {
         self.time.is_empty()
+    }
+
+    pub fn layout_version(&self) -> u64 {
+        self.layout.0
     }
 
     fn person_id(&mut self, key: &str, is_user: bool) -> u32 {
@@ -157,6 +182,7 @@ impl EventTable {
         }
         self.canonical[anon as usize] = user;
         self.aliases.entry(user).or_default().push(anon);
+        self.layout = LayoutVersion::next();
     }
 
     pub fn push(&mut self, event: &Event) {
