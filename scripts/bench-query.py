@@ -42,7 +42,7 @@ def set_range(request_range, from_=FROM, to=TO):
 
 
 def benchmarks(pb, channel, project):
-    """(name, sextant call returning a comparable answer, DuckDB SQL, DuckDB rows to the same shape)."""
+    """(name, sextant call returning a comparable answer, DuckDB SQL, chDB SQL, SQL rows to the same shape)."""
     m, c, a, co = pb["metric"], pb["common"], pb["analysis"], pb["cohort"]
     metrics = pb["metric_grpc"].MetricServiceStub(channel)
     analysis = pb["analysis_grpc"].AnalysisServiceStub(channel)
@@ -61,6 +61,10 @@ def benchmarks(pb, channel, project):
 
     yield ("daily unique users of session_start by user.channel, 90 days", dau_call, """
         SELECT u.channel, CAST(epoch(date_trunc('day', e.ts)) AS BIGINT) AS day, COUNT(DISTINCT e.user_id)
+        FROM events e JOIN users u USING (user_id)
+        WHERE e.name = 'session_start' AND e.ts >= '2026-01-01' AND e.ts < '2026-04-01'
+        GROUP BY 1, 2""", """
+        SELECT u.channel, toUnixTimestamp(toStartOfDay(e.ts)) AS day, uniqExact(e.user_id)
         FROM events e JOIN users u USING (user_id)
         WHERE e.name = 'session_start' AND e.ts >= '2026-01-01' AND e.ts < '2026-04-01'
         GROUP BY 1, 2""", lambda rows: {(ch, day): float(n) for ch, day, n in rows})
@@ -90,8 +94,14 @@ def benchmarks(pb, channel, project):
         best AS (SELECT user_id, max(1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT + (t4 IS NOT NULL)::INT) AS reached
                  FROM s4 GROUP BY user_id)
         SELECT count(*) FILTER (WHERE reached >= 1), count(*) FILTER (WHERE reached >= 2),
-               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best""",
-           lambda rows: list(rows[0]))
+               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best""", """
+        SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4) FROM (
+            SELECT user_id, windowFunnel(604800000)(toUInt64(toUnixTimestamp64Milli(ts)),
+                       name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01', name = 'onboarding_complete',
+                       name = 'add_to_cart', name = 'purchase') AS level
+            FROM events WHERE name IN ('signup', 'onboarding_complete', 'add_to_cart', 'purchase')
+                AND ts >= '2026-01-01'
+            GROUP BY user_id)""", lambda rows: list(rows[0]))
 
     retention = a.QueryRetentionRequest(project=project, cohort_event=c.EventSelector(event="signup"),
                                         return_event=c.EventSelector(event="session_start"), first_time=True,
@@ -113,7 +123,21 @@ def benchmarks(pb, channel, project):
                     FROM cohort c JOIN events e ON e.user_id = c.user_id AND e.name = 'session_start' AND e.ts >= c.t0),
         counts AS (SELECT week, channel, k, count(*) AS n FROM returns WHERE k < 8 GROUP BY ALL)
         SELECT CAST(epoch(s.week) AS BIGINT), s.channel, p.k, coalesce(n, 0)
-        FROM sizes s CROSS JOIN range(8) p(k) LEFT JOIN counts USING (week, channel, k)""",
+        FROM sizes s CROSS JOIN range(8) p(k) LEFT JOIN counts USING (week, channel, k)""", """
+        WITH first AS (SELECT user_id, min(ts) AS t0 FROM events WHERE name = 'signup' GROUP BY user_id),
+        cohort AS (SELECT f.user_id AS user_id, f.t0 AS t0, toStartOfWeek(f.t0, 1) AS week,
+                          if(u.channel = '', '$none', u.channel) AS channel
+                   FROM first f LEFT JOIN users u ON u.user_id = f.user_id
+                   WHERE f.t0 >= '2026-01-01' AND f.t0 < '2026-04-01'),
+        returns AS (SELECT DISTINCT c.week AS week, c.channel AS channel, c.user_id AS user_id,
+                           intDiv(dateDiff('day', c.week, toStartOfWeek(e.ts, 1)), 7) AS k
+                    FROM cohort c JOIN events e ON e.user_id = c.user_id
+                    WHERE e.name = 'session_start' AND e.ts >= c.t0),
+        counts AS (SELECT week, channel, k, count() AS n FROM returns WHERE k < 8 GROUP BY week, channel, k),
+        cells AS (SELECT week, channel, arrayJoin(range(8)) AS k FROM cohort GROUP BY week, channel)
+        SELECT toUnixTimestamp(toDateTime(cells.week, 'UTC')), cells.channel, cells.k, counts.n
+        FROM cells LEFT JOIN counts ON counts.week = cells.week AND counts.channel = cells.channel
+                                       AND counts.k = cells.k""",
            lambda rows: {(w, ch, k): n for w, ch, k, n in rows})
 
     try:
@@ -128,8 +152,39 @@ def benchmarks(pb, channel, project):
         return cohorts.GetCohortSize(co.GetCohortSizeRequest(project=project, id="bench-repeat-buyers")).size
 
     yield ("behavioural cohort size: purchased at least twice", cohort_call, """
-        SELECT count(*) FROM (SELECT user_id FROM events WHERE name = 'purchase' GROUP BY 1 HAVING count(*) >= 2)""",
+        SELECT count(*) FROM (SELECT user_id FROM events WHERE name = 'purchase' GROUP BY 1 HAVING count(*) >= 2)""", """
+        SELECT count() FROM (SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count() >= 2)""",
            lambda rows: rows[0][0])
+
+
+def load_chdb(data):
+    """Loads the same files into a chDB MergeTree sorted by user and time; returns a query function."""
+    import json
+
+    from chdb import session
+
+    sess = session.Session()
+    start = time.perf_counter()
+    sess.query("""CREATE TABLE events (event_id String, name LowCardinality(String), user_id String,
+                                       ts DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY (user_id, ts)""")
+    sess.query(f"""INSERT INTO events SELECT event_id, any(name), any(user_id),
+                          any(parseDateTime64BestEffort(timestamp, 3, 'UTC'))
+                   FROM file('{os.path.join(data, 'events.jsonl')}', 'JSONEachRow',
+                             'event_id String, name String, user_id String, timestamp String')
+                   GROUP BY event_id""")
+    sess.query("CREATE TABLE users (user_id String, channel String) ENGINE = MergeTree ORDER BY user_id")
+    sess.query(f"""INSERT INTO users SELECT user_id, JSONExtractString(traits, 'channel')
+                   FROM file('{os.path.join(data, 'users.jsonl')}', 'JSONEachRow', 'user_id String, traits String')""")
+    sess.query("OPTIMIZE TABLE events FINAL")
+    print(f"chDB {sess.query('SELECT version()', 'CSV').bytes().decode().strip()} load: "
+          f"{time.perf_counter() - start:.1f} s (not timed below)")
+
+    def query(sql):
+        result = sess.query(sql + " SETTINGS output_format_json_quote_64bit_integers = 0, session_timezone = 'UTC'",
+                            "JSONCompact")
+        return [tuple(row) for row in json.loads(result.bytes())["data"]]
+
+    return query
 
 
 def main():
@@ -138,6 +193,7 @@ def main():
     ap.add_argument("--db", required=True)
     ap.add_argument("--project", default="bench")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--chdb", action="store_true", help="also time chDB (pip install chdb)")
     args = ap.parse_args()
     pb = stubs()
     binary = os.path.join(ROOT, "target", "release", "sextant")
@@ -162,17 +218,26 @@ def main():
         db.execute("SET TimeZone = 'UTC'")
         events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         print(f"events: {events}; DuckDB {duckdb.__version__} load from JSON: {load_s:.1f} s (not timed below)")
-        print(f"median of {args.runs} runs after one warm-up; Sextant over gRPC, DuckDB in-process")
-        print(f"| query | Sextant | DuckDB | DuckDB / Sextant | same answer |")
-        print(f"|---|---|---|---|---|")
-        for name, sextant_call, duck_sql, duck_shape in benchmarks(pb, channel, args.project):
+        chdb_query = load_chdb(args.data) if args.chdb else None
+        print(f"median of {args.runs} runs after one warm-up; Sextant over gRPC, DuckDB and chDB in-process")
+        print("| query | Sextant | DuckDB | chDB | fastest other / Sextant | same answer (DuckDB, chDB) |")
+        print("|---|---|---|---|---|---|")
+        for name, sextant_call, duck_sql, chdb_sql, shape in benchmarks(pb, channel, args.project):
             sextant_call()  # warm-up
             sextant_s, got = timed(sextant_call, args.runs)
             db.execute(duck_sql).fetchall()
             duck_s, rows = timed(lambda: db.execute(duck_sql).fetchall(), args.runs)
-            same = "yes" if got == duck_shape(rows) else "NO"
-            print(f"| {name} | {sextant_s * 1000:.0f} ms | {duck_s * 1000:.0f} ms | {duck_s / sextant_s:.2f}x | {same} |",
-                  flush=True)
+            same = ["yes" if got == shape(rows) else "NO"]
+            others = [duck_s]
+            chdb_cell = "-"
+            if chdb_query:
+                chdb_query(chdb_sql)
+                chdb_s, rows = timed(lambda: chdb_query(chdb_sql), args.runs)
+                others.append(chdb_s)
+                chdb_cell = f"{chdb_s * 1000:.0f} ms"
+                same.append("yes" if got == shape(rows) else "NO")
+            print(f"| {name} | {sextant_s * 1000:.0f} ms | {duck_s * 1000:.0f} ms | {chdb_cell} | "
+                  f"{min(others) / sextant_s:.2f}x | {', '.join(same)} |", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)
