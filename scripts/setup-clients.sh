@@ -18,11 +18,15 @@ apt_install() {
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
   [[ ${#missing[@]} == 0 ]] && return 0
+  local log
+  log=$(mktemp)
   if [[ -z $apt_updated ]]; then
-    as_root apt-get update -qq >/dev/null
+    as_root apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
     apt_updated=1
   fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1 ||
+    { cat "$log" >&2; exit 1; }
+  rm -f "$log"
 }
 
 # Node.js 18 or later (the machine's own, else Debian's).
