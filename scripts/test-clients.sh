@@ -46,6 +46,7 @@ fi
 export SEXTANT_ADDR=$addr SEXTANT_API_KEY=$key
 echo "== client examples against $addr"
 
+# The steps run under `if`, where set -e is off: each chains its commands with &&.
 failed=()
 run() {
   local name=$1
@@ -57,23 +58,29 @@ run() {
 }
 
 python_example() {
-  cd "$root/client-examples/python"
-  python3 -m grpc_tools.protoc -I../../proto --python_out=. --grpc_python_out=. ../../proto/sextant/v1/*.proto
-  python3 example.py
+  cd "$root/client-examples/python" &&
+    python3 -m grpc_tools.protoc -I../../proto --python_out=. --grpc_python_out=. ../../proto/sextant/v1/*.proto &&
+    python3 example.py
 }
 node_example() {
-  cd "$root/client-examples/node"
-  node example.js
+  cd "$root/client-examples/node" && node example.js
 }
+# GOPATH mode against Debian's grpc-go (no module proxy); a build cache even without $HOME.
 go_example() {
-  cd "$root/client-examples/go"
-  ./gen.sh
-  # GOPATH mode against Debian's grpc-go (no module proxy); a build cache even without $HOME.
-  GO111MODULE=off GOPATH="$PWD/.gopath:/usr/share/gocode" GOFLAGS= \
-    GOCACHE="${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-$work}/.cache}/go-build}" go run main.go
+  cd "$root/client-examples/go" && ./gen.sh &&
+    GO111MODULE=off GOPATH="$PWD/.gopath:/usr/share/gocode" GOFLAGS= \
+      GOCACHE="${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-$work}/.cache}/go-build}" go run main.go
 }
 walkthrough() {
-  cd "$root"
+  cd "$root" || return 1
+  # The README shows the walkthrough's calls: they must be the ones run here.
+  python3 - <<'PY' || return 1
+import sys
+script = open("client-examples/grpcurl/walkthrough.sh").read()
+calls = script.split("# What the server offers")[1].split("# A wrong key")[0].strip()
+if calls not in open("client-examples/README.md").read():
+    sys.exit("client-examples/README.md no longer shows the calls of grpcurl/walkthrough.sh")
+PY
   GRPCURL="python3 client-examples/grpcurl/pygrpcurl.py" bash client-examples/grpcurl/walkthrough.sh >"$work/walkthrough.log" 2>&1 ||
     { cat "$work/walkthrough.log"; return 1; }
   tail -1 "$work/walkthrough.log"
