@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: Rust unit and end-to-end tests, then the cross-checks against DuckDB on
-# generated data (installing their Python dependencies first).
+# generated data (installing their Python dependencies first), then the client examples in
+# Python, Node and Go against a fresh server (scripts/test-clients.sh installs their tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-deps.sh
@@ -10,3 +11,4 @@ for check in tests/reference/*_vs_duckdb.py; do
   echo "== $check"
   python3 "$check"
 done
+bash scripts/test-clients.sh

@@ -1,0 +1,3 @@
+module sextantexample
+
+go 1.19
