@@ -52,7 +52,7 @@ pub struct ProjectState {
 pub type ProjectEntry = RwLock<ProjectState>;
 
 impl ProjectState {
-    fn new(project: Project) -> Self {
+    pub(crate) fn new(project: Project) -> Self {
         ProjectState {
             project,
             event_types: BTreeMap::new(),

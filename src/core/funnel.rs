@@ -318,8 +318,32 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
         query.steps.iter().map(|s| StepMatcher::new(state, s, &query.filters, members)).collect();
     let exclusions: Vec<StepMatcher> =
         query.exclusions.iter().map(|e| StepMatcher::new(state, &e.selector, &[], None)).collect();
-    let step_names: Vec<u32> = steps.iter().map(|s| s.name).collect();
-    let exclusion_names: Vec<u32> = exclusions.iter().map(|s| s.name).collect();
+    // Per event name: the steps and exclusions it may fill, so most rows cost one lookup.
+    let names_by_step = |matchers: &[StepMatcher]| {
+        let mut masks = vec![0u64; table.names.len()];
+        for (k, matcher) in matchers.iter().enumerate() {
+            if matcher.name != NONE {
+                masks[matcher.name as usize] |= 1 << k;
+            }
+        }
+        masks
+    };
+    let step_masks = names_by_step(&steps);
+    let exclusion_masks = names_by_step(&exclusions);
+    // STRICT needs every event (any event breaks the sequence); other orders only the rows
+    // that may fill a step or void an attempt.
+    let keep_every_row = query.order == FunnelOrder::Strict;
+    let matching = |matchers: &[StepMatcher], mut candidates: u64, person: u32, row: usize| {
+        let mut bits = 0u64;
+        while candidates != 0 {
+            let k = candidates.trailing_zeros() as usize;
+            if matchers[k].matches(table, person, row) {
+                bits |= 1 << k;
+            }
+            candidates &= candidates - 1;
+        }
+        bits
+    };
 
     let mut groups = Groups::new(state, query.breakdown.as_deref());
     let mut counts: Vec<GroupCounts> = Vec::new();
@@ -337,20 +361,13 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
             timeline.exclusions.clear();
             let mut any_entry = false;
             for (i, &row) in events.rows.iter().enumerate() {
-                let r = row as usize;
-                let name = events.names[i];
-                let mut step_bits = 0u64;
-                for (k, matcher) in steps.iter().enumerate() {
-                    if step_names[k] == name && matcher.matches(table, person, r) {
-                        step_bits |= 1 << k;
-                    }
+                let name = events.names[i] as usize;
+                let (step_candidates, exclusion_candidates) = (step_masks[name], exclusion_masks[name]);
+                if step_candidates | exclusion_candidates == 0 && !keep_every_row {
+                    continue;
                 }
-                let mut exclusion_bits = 0u64;
-                for (e, matcher) in exclusions.iter().enumerate() {
-                    if exclusion_names[e] == name && matcher.matches(table, person, r) {
-                        exclusion_bits |= 1 << e;
-                    }
-                }
+                let step_bits = matching(&steps, step_candidates, person, row as usize);
+                let exclusion_bits = matching(&exclusions, exclusion_candidates, person, row as usize);
                 let t = events.times[i];
                 any_entry |= step_bits & 1 != 0 && t >= query.from && t < query.to;
                 timeline.times.push(t);
@@ -441,5 +458,110 @@ impl Engine {
             query.timezone = state.project.timezone.clone();
         }
         run(&state, &query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::core::model::{Event, Project};
+
+    const MINUTE: Micros = 60_000_000;
+    const NAMES: [&str; 4] = ["A", "B", "C", "X"];
+
+    fn state(events: &[(u8, u8, u8)]) -> ProjectState {
+        let mut state = ProjectState::new(Project {
+            id: "p".into(),
+            name: String::new(),
+            timezone: "UTC".into(),
+            enforcement: Default::default(),
+            retention_days: 0,
+            created: 0,
+        });
+        for (i, &(user, name, minute)) in events.iter().enumerate() {
+            state.table.push(&Event {
+                event_id: format!("e{i}"),
+                name: NAMES[name as usize].into(),
+                user_id: format!("u{user}"),
+                anonymous_id: String::new(),
+                timestamp: i64::from(minute) * MINUTE,
+                properties: vec![],
+            });
+        }
+        state
+    }
+
+    fn query(order: FunnelOrder, mode: FunnelMode) -> FunnelQuery {
+        FunnelQuery {
+            steps: ["A", "B", "C"].iter().map(|s| EventSelector { event: s.to_string(), filters: vec![] }).collect(),
+            from: 0,
+            to: 20 * MINUTE,
+            window: 10 * MINUTE,
+            order,
+            mode,
+            ..Default::default()
+        }
+    }
+
+    fn users(state: &ProjectState, order: FunnelOrder, mode: FunnelMode) -> Vec<u64> {
+        run(state, &query(order, mode)).unwrap().steps.iter().map(|s| s.users).collect()
+    }
+
+    /// The furthest ORDERED step any attempt of a user reaches, by trying every chain.
+    fn brute_force_ordered(events: &[(u8, u8, u8)], user: u8) -> usize {
+        let mine: Vec<(u8, Micros)> =
+            events.iter().filter(|e| e.0 == user).map(|e| (e.1, i64::from(e.2) * MINUTE)).collect();
+        fn extend(mine: &[(u8, Micros)], used: &mut Vec<usize>, t1: Micros, step: u8) -> usize {
+            if step == 3 {
+                return 3;
+            }
+            let previous = mine[*used.last().expect("a step-1 event")].1;
+            let mut best = step as usize;
+            for (i, &(name, t)) in mine.iter().enumerate() {
+                if name == step && t >= previous && t - t1 <= 10 * MINUTE && !used.contains(&i) {
+                    used.push(i);
+                    best = best.max(extend(mine, used, t1, step + 1));
+                    used.pop();
+                }
+            }
+            best
+        }
+        (0..mine.len())
+            .filter(|&i| mine[i].0 == 0 && mine[i].1 < 20 * MINUTE)
+            .map(|i| extend(&mine, &mut vec![i], mine[i].1, 1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    proptest! {
+        #[test]
+        fn funnel_invariants(events in proptest::collection::vec((0u8..4, 0u8..4, 0u8..30), 0..40)) {
+            let state = state(&events);
+            let ordered = users(&state, FunnelOrder::Ordered, FunnelMode::UniqueUsers);
+            let strict = users(&state, FunnelOrder::Strict, FunnelMode::UniqueUsers);
+            let unordered = users(&state, FunnelOrder::Unordered, FunnelMode::UniqueUsers);
+            let attempts = users(&state, FunnelOrder::Ordered, FunnelMode::TotalConversions);
+            for counts in [&ordered, &strict, &unordered, &attempts] {
+                prop_assert!(counts.windows(2).all(|w| w[0] >= w[1]), "steps never grow: {counts:?}");
+            }
+            // Entry depends on step 1 only; a strict chain is an ordered one, which is an
+            // unordered one; every user counted has at least one attempt.
+            prop_assert_eq!(strict[0], ordered[0]);
+            prop_assert_eq!(unordered[0], ordered[0]);
+            for k in 0..3 {
+                prop_assert!(strict[k] <= ordered[k] && ordered[k] <= unordered[k]);
+                prop_assert!(attempts[k] >= ordered[k]);
+            }
+            // Greedy earliest filling reaches as far as any chain would.
+            let mut expected = vec![0u64; 3];
+            for user in 0..4 {
+                for count in expected.iter_mut().take(brute_force_ordered(&events, user)) {
+                    *count += 1;
+                }
+            }
+            prop_assert_eq!(ordered, expected);
+        }
     }
 }
