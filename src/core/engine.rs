@@ -13,12 +13,13 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
+use super::experiment::definition::Experiment;
 use super::goals::Goal;
 use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
 use super::metric::Metric;
 use super::model::{
-    Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value,
-    now_micros,
+    Enforcement, Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent,
+    UserUpdate, Value, now_micros,
 };
 use super::table::EventTable;
 use crate::error::{Error, Result};
@@ -38,6 +39,7 @@ pub struct ProjectState {
     pub goals: BTreeMap<String, Goal>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
+    pub experiments: BTreeMap<String, Experiment>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -53,6 +55,7 @@ impl ProjectState {
             metrics: BTreeMap::new(),
             manual: HashMap::new(),
             goals: BTreeMap::new(),
+            experiments: BTreeMap::new(),
         }
     }
 
@@ -179,6 +182,9 @@ impl Engine {
         })?;
         load(storage.as_ref(), "goal/", &mut projects, |state, g: Goal| {
             state.goals.insert(g.id.clone(), g);
+        })?;
+        load(storage.as_ref(), "experiment/", &mut projects, |state, e: Experiment| {
+            state.experiments.insert(e.key.clone(), e);
         })?;
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;
@@ -424,6 +430,17 @@ impl Engine {
 
     /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
     pub async fn track(&self, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
+        self.track_with_plan(project_id, items, true).await
+    }
+
+    /// `track`, enforcing the tracking plan or not (exposures logged by the experiment
+    /// service are checked against their experiment instead).
+    pub(crate) async fn track_with_plan(
+        &self,
+        project_id: &str,
+        items: Vec<Incoming>,
+        enforce_plan: bool,
+    ) -> Result<TrackOutcome> {
         if items.len() > self.limits.max_batch_events {
             return Err(Error::exhausted(
                 "events",
@@ -433,7 +450,8 @@ impl Engine {
         let entry = self.project(project_id)?;
         let sorted = {
             let state = entry.read();
-            ingest::sort_batch(items, state.project.enforcement, &state.event_types, &self.limits, now_micros())
+            let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
+            ingest::sort_batch(items, enforcement, &state.event_types, &self.limits, now_micros())
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;

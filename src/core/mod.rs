@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod experiment;
+pub mod experiments;
 pub mod filter;
 pub mod formula;
 pub mod goal;

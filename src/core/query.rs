@@ -297,12 +297,20 @@ fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (Vec<String>,
 }
 
 /// Visits every canonical person with all their rows (their own and their aliases').
-fn for_each_person(table: &EventTable, mut visit: impl FnMut(u32, &[u32])) {
+fn for_each_person(table: &EventTable, visit: impl FnMut(u32, &[u32])) {
+    let people = (0..table.canonical.len() as u32).filter(|&p| table.canonical[p as usize] == p);
+    for_listed_people(table, people, visit);
+}
+
+/// Visits the given canonical people, in the order given, with all their rows (their own and
+/// their aliases'), reusing one buffer for merged rows.
+pub(crate) fn for_listed_people(
+    table: &EventTable,
+    people: impl IntoIterator<Item = u32>,
+    mut visit: impl FnMut(u32, &[u32]),
+) {
     let mut merged = Vec::new();
-    for person in 0..table.canonical.len() as u32 {
-        if table.canonical[person as usize] != person {
-            continue;
-        }
+    for person in people {
         match table.aliases.get(&person) {
             Some(anons) if !anons.is_empty() => {
                 merged.clear();
@@ -457,13 +465,13 @@ impl Cells {
 }
 
 /// Rows matching an event selector plus the query's filters.
-struct Matcher {
+pub(crate) struct Matcher {
     name: u32,
     filters: CompiledFilters,
 }
 
 impl Matcher {
-    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter]) -> Matcher {
+    pub(crate) fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter]) -> Matcher {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         Matcher {
             name: state.table.names.get(&selector.event).unwrap_or(NONE),
@@ -471,7 +479,7 @@ impl Matcher {
         }
     }
 
-    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
+    pub(crate) fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
         self.name != NONE
             && table.name[row] == self.name
             && self.filters.person_passes(person)

@@ -76,7 +76,7 @@ fn selector_to_pb(selector: &Option<EventSelector>) -> Option<pb::EventSelector>
         .map(|s| pb::EventSelector { event: s.event.clone(), filters: s.filters.iter().map(filter_to_pb).collect() })
 }
 
-fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
+pub fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
     let Some(d) = duration else { return Ok(None) };
     let micros = d
         .seconds
@@ -89,7 +89,7 @@ fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Res
     Ok(Some(micros))
 }
 
-fn duration_to_pb(micros: Option<i64>) -> Option<prost_types::Duration> {
+pub fn duration_to_pb(micros: Option<i64>) -> Option<prost_types::Duration> {
     micros.map(|m| prost_types::Duration { seconds: m / 1_000_000, nanos: (m % 1_000_000 * 1000) as i32 })
 }
 
