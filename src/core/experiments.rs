@@ -248,11 +248,7 @@ impl Engine {
         {
             let state = entry.read();
             for (index, item) in items.into_iter().enumerate() {
-                let checked = item.and_then(|item| {
-                    let event = exposure_event(&state, item, now)?;
-                    Ok(event)
-                });
-                let event = checked.and_then(|mut event| {
+                let event = item.and_then(|item| exposure_event(&state, item, now)).and_then(|mut event| {
                     let len = event.event_id.len() + event.user_id.len() + event.anonymous_id.len() + 64;
                     ingest::validate_event(&mut event, len, &self.limits, now)?;
                     Ok(event)

@@ -307,13 +307,10 @@ mod tests {
 
     #[test]
     fn assignment_follows_the_seed_weights_and_coverage() {
-        let mut e = two_variants();
-        e.seed = String::new();
-        e.key = "x".into();
+        let mut e = Experiment { key: "x".into(), coverage: 0.8, ..two_variants() };
         e.normalize().unwrap();
-        // SPEC §8: weights (0.5, 0.5) with coverage 0.8 give [0, 0.4) and [0.5, 0.9).
-        e.coverage = 0.8;
-        e.seed = "".into();
+        // The seed defaults to the key; SPEC §8: weights (0.5, 0.5) with coverage 0.8 give
+        // [0, 0.4) and [0.5, 0.9).
         let (variant, bucket) = e.assign("a");
         assert_eq!(bucket, assign::hash_bucket("x", "a"));
         let expected = assign::choose_variant(bucket, &[0.5, 0.5], 0.8);

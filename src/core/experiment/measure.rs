@@ -285,7 +285,7 @@ pub struct MetricPlan<'a> {
     pub kind: SummaryKind,
 }
 
-/// Where each exposed user's metric values are measured.
+/// Where each exposed user's metric values are measured, and how they are capped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Windows {
     /// Per-user window from the first exposure; `None`: until `end`.
@@ -350,7 +350,6 @@ pub fn measure(
         }
     });
 
-    let variants = experiment.variants.len();
     Ok(plans
         .iter()
         .zip(columns)
@@ -367,7 +366,6 @@ pub fn measure(
                 .iter()
                 .map(|v| VariantData { key: v.key.clone(), weight: v.weight, ..Default::default() })
                 .collect();
-            debug_assert_eq!(data.len(), variants);
             for (i, user) in users.iter().enumerate() {
                 let (s, c): (&mut Summary, &mut Covariate) = {
                     let d = &mut data[user.variant as usize];

@@ -248,7 +248,7 @@ pub fn analyze_summaries(request: SummariesRequest) -> Result<SummariesReadout> 
     }
     let users: Vec<u64> = variants.iter().map(|v| v.summary.users as u64).collect();
     let weights: Vec<f64> = variants.iter().map(|v| v.weight).collect();
-    let metric =
+    let mut metric =
         analyze_metric(request.kind, request.variants, control, &request.config, request.minimum_detectable_effect);
     if let Some(problem) = metric.variants.iter().find_map(|v| v.problem.clone()) {
         return Err(problem.into());
@@ -258,7 +258,6 @@ pub fn analyze_summaries(request: SummariesRequest) -> Result<SummariesReadout> 
             return Err(comparison_error(e.clone(), control, comparison.variant));
         }
     }
-    let mut metric = metric;
     correct(&mut [&mut metric], request.config.correction);
     let srm_p_value = srm_p_value(&users, &weights).map_err(|e| {
         let field = match e.field() {
