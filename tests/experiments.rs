@@ -968,6 +968,7 @@ async fn log_exposures_rejects_per_item() {
     let rejected: Vec<_> = reply.rejected.iter().map(|e| (e.index, e.code.as_str())).collect();
     assert_eq!(rejected, vec![(1, "NOT_FOUND"), (2, "INVALID_ARGUMENT"), (3, "INVALID_ARGUMENT")]);
     assert!(reply.rejected[1].message.starts_with("exposures[2].variant"), "{:?}", reply.rejected[1]);
+    assert_eq!(reply.rejected[1].event_id, "e3");
     // Idempotent by event id.
     let again = log(&server, vec![exposure("e1", "u1", "checkout", "control", 60)]).await;
     assert_eq!((again.accepted, again.duplicates), (0, 1));

@@ -248,6 +248,7 @@ impl Engine {
         {
             let state = entry.read();
             for (index, item) in items.into_iter().enumerate() {
+                let event_id = item.as_ref().map(|i| i.event_id.clone()).unwrap_or_default();
                 let event = item.and_then(|item| exposure_event(&state, item, now)).and_then(|mut event| {
                     let len = event.event_id.len() + event.user_id.len() + event.anonymous_id.len() + 64;
                     ingest::validate_event(&mut event, len, &self.limits, now)?;
@@ -260,7 +261,7 @@ impl Engine {
                     }
                     Err(error) => outcome.rejected.push(ItemError {
                         index: index as u32,
-                        event_id: String::new(),
+                        event_id,
                         error: error.under(&format!("exposures[{index}]")),
                     }),
                 }
