@@ -392,8 +392,9 @@ fn metric(key: &str, kind: pb::MetricKind, event: &str, property: &str) -> pb::M
 }
 
 /// A project `shop` with the metrics purchasers (UNIQUE_USERS of purchase), revenue (SUM of
-/// purchase.revenue), sessions (COUNT of session_start), rps (RATIO revenue / sessions) and
-/// p95 (PERCENTILE, which experiments cannot analyse).
+/// purchase.revenue), sessions (COUNT of session_start), rps (RATIO revenue / sessions),
+/// session_to_purchase (CONVERSION within 3 hours) and p95 (PERCENTILE, which experiments
+/// cannot analyse).
 async fn shop() -> TestServer {
     let server = TestServer::start().await;
     server.create_project("shop").await;
@@ -407,7 +408,13 @@ async fn shop() -> TestServer {
     };
     let p95 =
         pb::MetricDefinition { percentile: 95.0, ..metric("p95", pb::MetricKind::Percentile, "purchase", "revenue") };
+    let conversion = pb::MetricDefinition {
+        conversion_selector: Some(pb::EventSelector { event: "purchase".into(), filters: vec![] }),
+        window: Some(prost_types::Duration { seconds: 3 * 3600, nanos: 0 }),
+        ..metric("session_to_purchase", pb::MetricKind::Conversion, "session_start", "")
+    };
     for definition in [
+        conversion,
         metric("purchasers", pb::MetricKind::UniqueUsers, "purchase", ""),
         metric("revenue", pb::MetricKind::Sum, "purchase", "revenue"),
         metric("sessions", pb::MetricKind::Count, "session_start", ""),
@@ -895,6 +902,18 @@ async fn results_from_hand_made_events() {
     assert_eq!(guardrail.adjusted_p_value, guardrail.p_value, "guardrails are not in the family");
     let stored = get(&server, "checkout").await.unwrap();
     assert_eq!(stored.stats.unwrap().difference, pb::Difference::Relative as i32);
+
+    // CONVERSION: a session, then a purchase within 3 hours, both in the user's window.
+    // c1 buys 0.9 days after their session (no), c3 2.4 h after (yes); t1 and t2 2.4 h after
+    // (yes), t3 never: control 1/3, treatment 2/3.
+    let with_conversion = pb::Experiment { secondary_metric_keys: vec!["session_to_purchase".into()], ..stored };
+    update(&server, with_conversion).await.unwrap();
+    let r = results(&server, "checkout", None).await;
+    let conversion = metric_result(&r, "session_to_purchase");
+    assert_eq!(conversion.summary_type, pb::SummaryType::Proportion as i32);
+    assert_eq!((summary(conversion, 0).sum, summary(conversion, 1).sum), (1.0, 2.0));
+    assert_eq!((conversion.variants[0].users, conversion.variants[1].users), (3, 3));
+    assert_sig4(conversion.comparisons[0].effect, 1.0);
 }
 
 #[tokio::test]
