@@ -14,12 +14,13 @@ use tokio::sync::oneshot;
 
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
 use super::cohort::Cohort;
+use super::experiment::definition::Experiment;
 use super::goals::Goal;
 use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
 use super::metric::Metric;
 use super::model::{
-    Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, Value,
-    now_micros,
+    Enforcement, Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent,
+    UserUpdate, Value, now_micros,
 };
 use super::person_order::PersonOrderCache;
 use super::query::TraitGroupCache;
@@ -47,6 +48,7 @@ pub struct ProjectState {
     /// Bumped on every trait change, so caches derived from traits know when to rebuild.
     pub traits_version: u64,
     pub trait_groups: TraitGroupCache,
+    pub experiments: BTreeMap<String, Experiment>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -66,6 +68,7 @@ impl ProjectState {
             person_order: PersonOrderCache::default(),
             traits_version: 0,
             trait_groups: TraitGroupCache::default(),
+            experiments: BTreeMap::new(),
         }
     }
 
@@ -196,6 +199,9 @@ impl Engine {
         })?;
         load(storage.as_ref(), "cohort/", &mut projects, |state, c: Cohort| {
             state.cohorts.insert(c.id.clone(), c);
+        })?;
+        load(storage.as_ref(), "experiment/", &mut projects, |state, e: Experiment| {
+            state.experiments.insert(e.key.clone(), e);
         })?;
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;
@@ -441,6 +447,17 @@ impl Engine {
 
     /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
     pub async fn track(&self, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
+        self.track_with_plan(project_id, items, true).await
+    }
+
+    /// `track`, enforcing the tracking plan or not (exposures logged by the experiment
+    /// service are checked against their experiment instead).
+    pub(crate) async fn track_with_plan(
+        &self,
+        project_id: &str,
+        items: Vec<Incoming>,
+        enforce_plan: bool,
+    ) -> Result<TrackOutcome> {
         if items.len() > self.limits.max_batch_events {
             return Err(Error::exhausted(
                 "events",
@@ -450,7 +467,8 @@ impl Engine {
         let entry = self.project(project_id)?;
         let sorted = {
             let state = entry.read();
-            ingest::sort_batch(items, state.project.enforcement, &state.event_types, &self.limits, now_micros())
+            let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
+            ingest::sort_batch(items, enforcement, &state.event_types, &self.limits, now_micros())
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;

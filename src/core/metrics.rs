@@ -346,7 +346,12 @@ impl Engine {
             .map(|m| m.key.clone())
             .collect();
         let goals = state.goals.values().filter(|g| g.metric_key == key).map(|g| format!("goal {}", g.id));
-        let referrers: Vec<String> = referrers.into_iter().chain(goals).collect();
+        let experiments = state
+            .experiments
+            .values()
+            .filter(|e| e.metrics().any(|(_, k)| k == key))
+            .map(|e| format!("experiment {}", e.key));
+        let referrers: Vec<String> = referrers.into_iter().chain(goals).chain(experiments).collect();
         if !referrers.is_empty() {
             return Err(Error::FailedPrecondition(format!("metric {key:?} is referenced by {}", referrers.join(", "))));
         }

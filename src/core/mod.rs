@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod cohort;
 pub mod engine;
 pub mod experiment;
+pub mod experiments;
 pub mod filter;
 pub mod formula;
 pub mod funnel;

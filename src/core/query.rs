@@ -347,6 +347,29 @@ fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (Vec<String>,
     (kept, remap)
 }
 
+/// Visits the given canonical people, in the order given, with all their rows (their own and
+/// their aliases'), reusing one buffer for merged rows.
+pub(crate) fn for_listed_people(
+    table: &EventTable,
+    people: impl IntoIterator<Item = u32>,
+    mut visit: impl FnMut(u32, &[u32]),
+) {
+    let mut merged = Vec::new();
+    for person in people {
+        match table.aliases.get(&person) {
+            Some(anons) if !anons.is_empty() => {
+                merged.clear();
+                merged.extend_from_slice(&table.person_rows[person as usize]);
+                for &anon in anons {
+                    merged.extend_from_slice(&table.person_rows[anon as usize]);
+                }
+                visit(person, &merged);
+            }
+            _ => visit(person, &table.person_rows[person as usize]),
+        }
+    }
+}
+
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
 pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
@@ -491,13 +514,18 @@ impl Cells {
 }
 
 /// Rows matching an event selector plus the query's filters.
-struct Matcher {
+pub(crate) struct Matcher {
     name: u32,
     filters: CompiledFilters,
 }
 
 impl Matcher {
-    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter], members: Option<&Members>) -> Matcher {
+    pub(crate) fn new(
+        state: &ProjectState,
+        selector: &EventSelector,
+        extra: &[Filter],
+        members: Option<&Members>,
+    ) -> Matcher {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         Matcher {
             name: state.table.names.get(&selector.event).unwrap_or(NONE),
@@ -505,7 +533,7 @@ impl Matcher {
         }
     }
 
-    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
+    pub(crate) fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
         self.name != NONE
             && table.name[row] == self.name
             && self.filters.person_passes(person)

@@ -1,24 +1,29 @@
-//! ExperimentService: the stateless calls (AnalyzeSummaries, AdjustPValues, PlanExperiment).
-//! The stateful calls answer UNIMPLEMENTED through the generated defaults.
+//! ExperimentService: thin handlers over `core::experiments` (definitions, lifecycle,
+//! assignment, exposures, results) and `core::experiment::readout` (AnalyzeSummaries), plus
+//! the stateless AdjustPValues and PlanExperiment over the statistics module.
 
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use super::convert::enum_error;
+use super::convert::{enum_error, micros_from_timestamp, optional_timestamp, timestamp};
+use super::metric::{duration_from_pb, duration_to_pb};
+use crate::core::experiment::definition::{Experiment, ExperimentStatus, MetricRole, ReadoutConfig, Variant};
+use crate::core::experiment::readout::{
+    self, Comparison, Decision, MetricReadout, SummariesRequest, VariantData, VariantReadout,
+};
 use crate::core::experiment::stats::{
-    self, Correction, Covariate, Difference, Engine, GaussianPrior, Moments, Sided, StatsConfig, StatsError, Summary,
+    self, Correction, Covariate, Difference, Engine, GaussianPrior, Sided, StatsConfig, StatsError, Summary,
     SummaryKind,
 };
+use crate::core::experiments::{ExperimentResults, ExposureItem};
 use crate::core::metric::Direction;
+use crate::core::model::now_micros;
+use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, Result};
 use crate::pb::{self, experiment_service_server::ExperimentService};
 
-/// Power at which `Comparison.mde` is computed.
-const MDE_POWER: f64 = 0.8;
 /// Default planning power.
 const DEFAULT_POWER: f64 = 0.8;
-/// Default minimum detectable effect: 10% (relative, or of the control mean when absolute).
-const DEFAULT_MDE_SHARE: f64 = 0.1;
 
 // ---------------------------------------------------------------------------------------------
 // pb → domain
@@ -55,22 +60,23 @@ fn direction_from_pb(value: i32) -> Result<Direction> {
     })
 }
 
-/// The request's `config` with the proto defaults resolved; errors name `config.*`.
-fn stats_config_from_pb(config: Option<pb::StatsConfig>, direction: Direction) -> Result<StatsConfig> {
+/// A `StatsConfig` with the proto defaults resolved and validated; errors name `field.*`.
+fn readout_config_from_pb(field: &str, config: Option<pb::StatsConfig>) -> Result<ReadoutConfig> {
     let c = config.unwrap_or_default();
-    let engine = match pb::Engine::try_from(c.engine).map_err(|_| enum_error("config.engine", c.engine))? {
+    let sub = |name: &str| format!("{field}.{name}");
+    let engine = match pb::Engine::try_from(c.engine).map_err(|_| enum_error(&sub("engine"), c.engine))? {
         pb::Engine::Unspecified | pb::Engine::Frequentist => Engine::Frequentist,
         pb::Engine::Bayesian => Engine::Bayesian,
     };
     let difference =
-        match pb::Difference::try_from(c.difference).map_err(|_| enum_error("config.difference", c.difference))? {
+        match pb::Difference::try_from(c.difference).map_err(|_| enum_error(&sub("difference"), c.difference))? {
             pb::Difference::Unspecified | pb::Difference::Relative => Difference::Relative,
             pb::Difference::Absolute => Difference::Absolute,
         };
-    let config = StatsConfig {
+    let stats = StatsConfig {
         engine,
         alpha: if c.alpha == 0.0 { stats::DEFAULT_ALPHA } else { c.alpha },
-        sided: sided_from_pb("config.sided", c.sided)?,
+        sided: sided_from_pb(&sub("sided"), c.sided)?,
         difference,
         sequential: c.sequential,
         sequential_tuning: if c.sequential_tuning == 0.0 {
@@ -82,184 +88,298 @@ fn stats_config_from_pb(config: Option<pb::StatsConfig>, direction: Direction) -
             mean: c.prior_mean,
             variance: if c.prior_variance == 0.0 { stats::DEFAULT_PRIOR_VARIANCE } else { c.prior_variance },
         }),
-        direction,
+        direction: Direction::Increase,
         cuped: c.cuped,
-        correction: correction_from_pb("config.correction", c.correction)?,
+        correction: correction_from_pb(&sub("correction"), c.correction)?,
         winsorize_percentile: (c.winsorize_percentile != 0.0).then_some(c.winsorize_percentile),
     };
-    config.validate().map_err(|e| Error::from(e).under("config"))?;
+    let config =
+        ReadoutConfig { stats, cuped_pre_period: duration_from_pb(&sub("cuped_pre_period"), c.cuped_pre_period)? };
+    config.validate(field)?;
     Ok(config)
 }
 
-fn summary_from_pb(v: &pb::VariantSummary) -> Summary {
-    Summary {
-        users: v.users as f64,
-        sum: v.sum,
-        sum_squares: v.sum_squares,
-        denominator_sum: v.denominator_sum,
-        denominator_sum_squares: v.denominator_sum_squares,
-        cross_sum: v.cross_sum,
+fn optional_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Option<i64>> {
+    t.map(|t| micros_from_timestamp(field, t)).transpose()
+}
+
+fn experiment_from_pb(e: pb::Experiment) -> Result<Experiment> {
+    Ok(Experiment {
+        readout: readout_config_from_pb("experiment.stats", e.stats)?,
+        attribution_window: duration_from_pb("experiment.attribution_window", e.attribution_window)?,
+        start_time: optional_time("experiment.start_time", e.start_time.as_ref())?,
+        end_time: optional_time("experiment.end_time", e.end_time.as_ref())?,
+        key: e.key,
+        name: e.name,
+        hypothesis: e.hypothesis,
+        seed: e.seed,
+        variants: e
+            .variants
+            .into_iter()
+            .map(|v| Variant { key: v.key, weight: v.weight, name: v.name, description: v.description })
+            .collect(),
+        coverage: e.coverage,
+        control_variant: e.control_variant,
+        primary_metric_keys: e.primary_metric_keys,
+        secondary_metric_keys: e.secondary_metric_keys,
+        guardrail_metric_keys: e.guardrail_metric_keys,
+        minimum_detectable_effect: e.minimum_detectable_effect,
+        status: ExperimentStatus::Draft,
+        created: 0,
+        updated: 0,
+    })
+}
+
+fn status_from_pb(value: i32) -> Result<Option<ExperimentStatus>> {
+    Ok(match pb::ExperimentStatus::try_from(value).map_err(|_| enum_error("statuses", value))? {
+        pb::ExperimentStatus::Unspecified => None,
+        pb::ExperimentStatus::Draft => Some(ExperimentStatus::Draft),
+        pb::ExperimentStatus::Running => Some(ExperimentStatus::Running),
+        pb::ExperimentStatus::Stopped => Some(ExperimentStatus::Stopped),
+    })
+}
+
+fn summary_from_pb(v: &pb::VariantSummary) -> VariantData {
+    VariantData {
+        key: v.key.clone(),
+        summary: Summary {
+            users: v.users as f64,
+            sum: v.sum,
+            sum_squares: v.sum_squares,
+            denominator_sum: v.denominator_sum,
+            denominator_sum_squares: v.denominator_sum_squares,
+            cross_sum: v.cross_sum,
+        },
+        covariate: Covariate { sum: v.pre_sum, sum_squares: v.pre_sum_squares, cross_sum: v.pre_cross_sum },
+        weight: v.weight,
     }
 }
 
-/// A comparison's error with `control.*` / `treatment.*` renamed to the request's
-/// `variants[i].*` (and the data-wide errors placed on `variants`).
-fn comparison_error(err: StatsError, control: usize, treatment: usize) -> Error {
-    let field = match err.field() {
-        Some(f) if f.starts_with("control") => f.replacen("control", &format!("variants[{control}]"), 1),
-        Some(f) if f.starts_with("treatment") => f.replacen("treatment", &format!("variants[{treatment}]"), 1),
-        Some(f) if !f.is_empty() => f.to_string(),
-        _ => "variants".to_string(),
-    };
-    Error::invalid(field, err.to_string())
+fn exposure_from_pb(index: usize, e: pb::Exposure) -> Result<ExposureItem> {
+    let timestamp = e
+        .timestamp
+        .as_ref()
+        .map(|t| micros_from_timestamp("timestamp", t))
+        .transpose()
+        .map_err(|err| err.under(&format!("exposures[{index}]")))?;
+    Ok(ExposureItem {
+        event_id: e.event_id,
+        user_id: e.user_id,
+        anonymous_id: e.anonymous_id,
+        experiment_key: e.experiment_key,
+        variant: e.variant,
+        timestamp,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // domain → pb
 // ---------------------------------------------------------------------------------------------
 
-/// One comparison, with power and MDE at the comparison's standard error.
-fn comparison_to_pb(
-    variant: &str,
-    c: &stats::ComparisonResult,
-    config: &StatsConfig,
-    mde: f64,
-    variance_reduction: f64,
-) -> pb::Comparison {
-    // Comparison.power / mde are diagnostics: a degenerate input gives 0 rather than an error.
-    let power = stats::power_from_standard_error(mde, c.standard_error, config.alpha, config.sided).unwrap_or(0.0);
-    let mde = stats::mde_from_standard_error(c.standard_error, config.alpha, MDE_POWER, config.sided).unwrap_or(0.0);
-    let relative = c.relative.unwrap_or_default();
+fn stats_config_to_pb(config: &ReadoutConfig) -> pb::StatsConfig {
+    let s = &config.stats;
+    pb::StatsConfig {
+        engine: match s.engine {
+            Engine::Frequentist => pb::Engine::Frequentist,
+            Engine::Bayesian => pb::Engine::Bayesian,
+        } as i32,
+        alpha: s.alpha,
+        sided: match s.sided {
+            Sided::TwoSided => pb::Sided::TwoSided,
+            Sided::Greater => pb::Sided::Greater,
+            Sided::Less => pb::Sided::Less,
+        } as i32,
+        difference: match s.difference {
+            Difference::Relative => pb::Difference::Relative,
+            Difference::Absolute => pb::Difference::Absolute,
+        } as i32,
+        sequential: s.sequential,
+        sequential_tuning: s.sequential_tuning,
+        cuped: s.cuped,
+        correction: match s.correction {
+            Correction::None => pb::Correction::None,
+            Correction::Holm => pb::Correction::Holm,
+            Correction::BenjaminiHochberg => pb::Correction::BenjaminiHochberg,
+        } as i32,
+        winsorize_percentile: s.winsorize_percentile.unwrap_or(0.0),
+        prior_mean: s.prior.map_or(0.0, |p| p.mean),
+        prior_variance: s.prior.map_or(0.0, |p| p.variance),
+        use_prior: s.prior.is_some(),
+        cuped_pre_period: duration_to_pb(Some(config.cuped_pre_period())),
+    }
+}
+
+fn status_to_pb(status: ExperimentStatus) -> pb::ExperimentStatus {
+    match status {
+        ExperimentStatus::Draft => pb::ExperimentStatus::Draft,
+        ExperimentStatus::Running => pb::ExperimentStatus::Running,
+        ExperimentStatus::Stopped => pb::ExperimentStatus::Stopped,
+    }
+}
+
+fn experiment_to_pb(e: Experiment) -> pb::Experiment {
+    pb::Experiment {
+        stats: Some(stats_config_to_pb(&e.readout)),
+        attribution_window: duration_to_pb(e.attribution_window),
+        start_time: optional_timestamp(e.start_time),
+        end_time: optional_timestamp(e.end_time),
+        status: status_to_pb(e.status) as i32,
+        created_time: Some(timestamp(e.created)),
+        updated_time: Some(timestamp(e.updated)),
+        key: e.key,
+        name: e.name,
+        hypothesis: e.hypothesis,
+        seed: e.seed,
+        variants: e
+            .variants
+            .into_iter()
+            .map(|v| pb::Variant { key: v.key, weight: v.weight, name: v.name, description: v.description })
+            .collect(),
+        coverage: e.coverage,
+        control_variant: e.control_variant,
+        primary_metric_keys: e.primary_metric_keys,
+        secondary_metric_keys: e.secondary_metric_keys,
+        guardrail_metric_keys: e.guardrail_metric_keys,
+        minimum_detectable_effect: e.minimum_detectable_effect,
+    }
+}
+
+fn comparison_to_pb(variant: &str, c: &Comparison) -> pb::Comparison {
+    let r = &c.result;
+    let relative = r.relative.unwrap_or_default();
     pb::Comparison {
         variant: variant.to_string(),
-        effect: c.effect,
-        ci_lower: c.ci_lower,
-        ci_upper: c.ci_upper,
-        p_value: c.p_value,
-        adjusted_p_value: c.adjusted_p_value,
-        chance_to_win: c.chance_to_win,
-        risk_control: c.risk_control,
-        risk_treatment: c.risk_treatment,
-        significant: c.significant,
-        absolute_effect: c.absolute.effect,
-        absolute_ci_lower: c.absolute.ci_lower,
-        absolute_ci_upper: c.absolute.ci_upper,
+        effect: r.effect,
+        ci_lower: r.ci_lower,
+        ci_upper: r.ci_upper,
+        p_value: r.p_value,
+        adjusted_p_value: r.adjusted_p_value,
+        chance_to_win: r.chance_to_win,
+        risk_control: r.risk_control,
+        risk_treatment: r.risk_treatment,
+        significant: r.significant,
+        absolute_effect: r.absolute.effect,
+        absolute_ci_lower: r.absolute.ci_lower,
+        absolute_ci_upper: r.absolute.ci_upper,
         relative_effect: relative.effect,
         relative_ci_lower: relative.ci_lower,
         relative_ci_upper: relative.ci_upper,
-        standard_error: c.standard_error,
-        power,
-        mde,
-        regressed: c.regressed,
-        variance_reduction,
+        standard_error: r.standard_error,
+        power: c.power,
+        mde: c.mde,
+        regressed: r.regressed,
+        variance_reduction: c.variance_reduction,
     }
 }
 
-fn variant_result_to_pb(summary: &pb::VariantSummary, m: &Moments, alpha: f64) -> Result<pb::VariantResult> {
-    let (ci_lower, ci_upper) = m.confidence_interval(alpha)?;
-    Ok(pb::VariantResult {
-        variant: summary.key.clone(),
-        users: summary.users,
-        mean: m.mean,
+fn variant_summary_to_pb(d: &VariantData) -> pb::VariantSummary {
+    let s = &d.summary;
+    pb::VariantSummary {
+        key: d.key.clone(),
+        users: s.users as u64,
+        sum: s.sum,
+        sum_squares: s.sum_squares,
+        denominator_sum: s.denominator_sum,
+        denominator_sum_squares: s.denominator_sum_squares,
+        cross_sum: s.cross_sum,
+        pre_sum: d.covariate.sum,
+        pre_sum_squares: d.covariate.sum_squares,
+        pre_cross_sum: d.covariate.cross_sum,
+        weight: d.weight,
+    }
+}
+
+/// A variant's mean; without an interval (fewer than 2 users) the interval is the mean.
+fn variant_result_to_pb(v: &VariantReadout) -> pb::VariantResult {
+    let (ci_lower, ci_upper) = v.ci.unwrap_or((v.mean, v.mean));
+    pb::VariantResult {
+        variant: v.data.key.clone(),
+        users: v.data.summary.users as u64,
+        mean: v.mean,
         ci_lower,
         ci_upper,
-        summary: Some(summary.clone()),
-    })
+        summary: Some(variant_summary_to_pb(&v.data)),
+    }
+}
+
+fn comparisons_to_pb(m: &MetricReadout) -> Vec<pb::Comparison> {
+    m.comparisons
+        .iter()
+        .filter_map(|c| {
+            c.outcome.as_ref().ok().map(|outcome| comparison_to_pb(&m.variants[c.variant].data.key, outcome))
+        })
+        .collect()
+}
+
+fn summary_kind_to_pb(kind: SummaryKind) -> pb::SummaryType {
+    match kind {
+        SummaryKind::Mean => pb::SummaryType::Mean,
+        SummaryKind::Proportion => pb::SummaryType::Proportion,
+        SummaryKind::Ratio => pb::SummaryType::Ratio,
+    }
+}
+
+fn results_to_pb(r: ExperimentResults) -> pb::GetExperimentResultsResponse {
+    let metrics = r
+        .metrics
+        .iter()
+        .map(|m| pb::MetricResult {
+            metric_key: m.key.clone(),
+            role: match m.role {
+                MetricRole::Primary => pb::ExperimentMetricRole::Primary,
+                MetricRole::Secondary => pb::ExperimentMetricRole::Secondary,
+                MetricRole::Guardrail => pb::ExperimentMetricRole::Guardrail,
+            } as i32,
+            variants: m.readout.variants.iter().map(variant_result_to_pb).collect(),
+            comparisons: comparisons_to_pb(&m.readout),
+            summary_type: summary_kind_to_pb(m.readout.kind) as i32,
+            metric_version: m.version,
+            direction: match m.direction {
+                Direction::Increase => pb::Direction::Increase,
+                Direction::Decrease => pb::Direction::Decrease,
+            } as i32,
+        })
+        .collect();
+    pb::GetExperimentResultsResponse {
+        metrics,
+        srm_p_value: r.srm_p_value,
+        excluded_users: r.excluded_users,
+        decision: match r.decision {
+            Decision::Ship => pb::Decision::Ship,
+            Decision::Rollback => pb::Decision::Rollback,
+            Decision::KeepRunning => pb::Decision::KeepRunning,
+            Decision::Inconclusive => pb::Decision::Inconclusive,
+        } as i32,
+        reasons: r.reasons,
+        srm_detected: r.srm_detected,
+        variant_users: r.variant_users,
+        analysis_range: Some(pb::TimeRange {
+            from: Some(timestamp(r.analysis_range.0)),
+            to: Some(timestamp(r.analysis_range.1)),
+        }),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Calls
+// Stateless calls
 // ---------------------------------------------------------------------------------------------
 
 fn analyze_summaries(request: pb::AnalyzeSummariesRequest) -> Result<pb::AnalyzeSummariesResponse> {
-    let variants = &request.variants;
-    if variants.len() < 2 {
-        return Err(Error::invalid("variants", format!("at least 2 variants are required, got {}", variants.len())));
-    }
-    for (i, v) in variants.iter().enumerate() {
-        if !v.key.is_empty() && variants[..i].iter().any(|w| w.key == v.key) {
-            return Err(Error::invalid(format!("variants[{i}].key"), format!("duplicate variant key {:?}", v.key)));
-        }
-    }
-    let control = if request.control_variant.is_empty() {
-        0
-    } else {
-        variants.iter().position(|v| v.key == request.control_variant).ok_or_else(|| {
-            Error::invalid("control_variant", format!("{:?} names none of the variants", request.control_variant))
-        })?
-    };
     let kind = summary_kind_from_pb(request.summary_type)?;
-    let direction = direction_from_pb(request.direction)?;
-    let config = stats_config_from_pb(request.config, direction)?;
-    let mde_request = request.minimum_detectable_effect;
-    if !mde_request.is_finite() {
-        return Err(Error::invalid("minimum_detectable_effect", "must be a finite number"));
-    }
-
-    let summaries: Vec<Summary> = variants.iter().map(summary_from_pb).collect();
-    let plain = summaries
-        .iter()
-        .enumerate()
-        .map(|(i, s)| s.moments(kind, &format!("variants[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (moments, variance_reduction) = if config.cuped && kind != SummaryKind::Ratio {
-        let covariates: Vec<Covariate> = variants
-            .iter()
-            .map(|v| Covariate { sum: v.pre_sum, sum_squares: v.pre_sum_squares, cross_sum: v.pre_cross_sum })
-            .collect();
-        let adjusted = stats::cuped_adjust(&summaries, &covariates, kind)?;
-        (adjusted.moments, adjusted.variance_reduction)
-    } else {
-        (plain.clone(), 0.0)
-    };
-
-    let mut comparisons = Vec::with_capacity(variants.len() - 1);
-    for (i, m) in moments.iter().enumerate().filter(|&(i, _)| i != control) {
-        let result =
-            stats::compare_moments(&moments[control], m, &config).map_err(|e| comparison_error(e, control, i))?;
-        comparisons.push((i, result));
-    }
-    let p_values: Vec<f64> = comparisons.iter().map(|(_, c)| c.p_value).collect();
-    let adjusted = stats::adjust_p_values(&p_values, config.correction);
-
-    // 0 = 0.1 relative, or 10% of the control mean for an absolute difference.
-    let mde = if mde_request != 0.0 {
-        mde_request.abs()
-    } else if config.difference == Difference::Relative {
-        DEFAULT_MDE_SHARE
-    } else {
-        DEFAULT_MDE_SHARE * plain[control].mean.abs()
-    };
-    let comparisons = comparisons
-        .iter_mut()
-        .zip(adjusted)
-        .map(|((i, c), adjusted_p)| {
-            c.apply_adjusted_p_value(adjusted_p, &config);
-            comparison_to_pb(&variants[*i].key, c, &config, mde, variance_reduction)
-        })
-        .collect();
-
-    let observed: Vec<u64> = variants.iter().map(|v| v.users).collect();
-    let weights: Vec<f64> = if variants.iter().all(|v| v.weight == 0.0) {
-        vec![1.0 / variants.len() as f64; variants.len()]
-    } else {
-        variants.iter().map(|v| v.weight).collect()
-    };
-    let srm_p_value = stats::srm_p_value(&observed, &weights).map_err(|e| {
-        let field = match e.field() {
-            Some(f) if f.starts_with("weights[") => format!("variants[{}].weight", &f["weights[".len()..f.len() - 1]),
-            _ => "variants".to_string(),
-        };
-        Error::invalid(field, e.to_string())
+    let mut config = readout_config_from_pb("config", request.config)?.stats;
+    config.direction = direction_from_pb(request.direction)?;
+    let readout = readout::analyze_summaries(SummariesRequest {
+        kind,
+        control_variant: request.control_variant,
+        variants: request.variants.iter().map(summary_from_pb).collect(),
+        config,
+        minimum_detectable_effect: request.minimum_detectable_effect,
     })?;
-
-    let variants = variants
-        .iter()
-        .zip(&plain)
-        .enumerate()
-        .map(|(i, (v, m))| variant_result_to_pb(v, m, config.alpha).map_err(|e| e.under(&format!("variants[{i}]"))))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(pb::AnalyzeSummariesResponse { comparisons, srm_p_value, variants })
+    Ok(pb::AnalyzeSummariesResponse {
+        comparisons: comparisons_to_pb(&readout.metric),
+        srm_p_value: readout.srm_p_value,
+        variants: readout.metric.variants.iter().map(variant_result_to_pb).collect(),
+    })
 }
 
 fn adjust_p_values(request: pb::AdjustPValuesRequest) -> Result<pb::AdjustPValuesResponse> {
@@ -365,8 +485,121 @@ fn plan_experiment(r: pb::PlanExperimentRequest) -> Result<pb::PlanExperimentRes
     Ok(pb::PlanExperimentResponse { users_per_variant, total_users, mde, days })
 }
 
+fn required<T>(field: &str, value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| Error::invalid(field, "required"))
+}
+
 #[tonic::async_trait]
 impl ExperimentService for Api {
+    async fn create_experiment(
+        &self,
+        request: Request<pb::CreateExperimentRequest>,
+    ) -> Result<Response<pb::CreateExperimentResponse>, Status> {
+        let request = request.into_inner();
+        let experiment = experiment_from_pb(required("experiment", request.experiment)?)?;
+        let experiment = self.blocking(move |engine| engine.create_experiment(&request.project, experiment)).await?;
+        Ok(Response::new(pb::CreateExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    }
+
+    async fn update_experiment(
+        &self,
+        request: Request<pb::UpdateExperimentRequest>,
+    ) -> Result<Response<pb::UpdateExperimentResponse>, Status> {
+        let request = request.into_inner();
+        let experiment = experiment_from_pb(required("experiment", request.experiment)?)?;
+        let experiment = self.blocking(move |engine| engine.update_experiment(&request.project, experiment)).await?;
+        Ok(Response::new(pb::UpdateExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    }
+
+    async fn get_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<pb::GetExperimentResponse>, Status> {
+        let r = request.into_inner();
+        let experiment = self.blocking(move |engine| engine.get_experiment(&r.project, &r.experiment_key)).await?;
+        Ok(Response::new(pb::GetExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    }
+
+    async fn list_experiments(
+        &self,
+        request: Request<pb::ListExperimentsRequest>,
+    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        let r = request.into_inner();
+        let page = PageRequest { size: r.page_size, token: r.page_token };
+        let statuses = r.statuses.iter().map(|&s| status_from_pb(s)).collect::<Result<Vec<_>>>()?;
+        // UNSPECIFIED among the statuses means any status.
+        let statuses: Vec<ExperimentStatus> =
+            if statuses.contains(&None) { Vec::new() } else { statuses.into_iter().flatten().collect() };
+        let project = r.project;
+        let (experiments, next_page_token) = self
+            .blocking(move |engine| paginate(engine.list_experiments(&project, &statuses)?, |e| e.key.clone(), &page))
+            .await?;
+        Ok(Response::new(pb::ListExperimentsResponse {
+            experiments: experiments.into_iter().map(experiment_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn start_experiment(
+        &self,
+        request: Request<pb::StartExperimentRequest>,
+    ) -> Result<Response<pb::StartExperimentResponse>, Status> {
+        let r = request.into_inner();
+        let experiment = self.blocking(move |engine| engine.start_experiment(&r.project, &r.experiment_key)).await?;
+        Ok(Response::new(pb::StartExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    }
+
+    async fn stop_experiment(
+        &self,
+        request: Request<pb::StopExperimentRequest>,
+    ) -> Result<Response<pb::StopExperimentResponse>, Status> {
+        let r = request.into_inner();
+        let experiment = self.blocking(move |engine| engine.stop_experiment(&r.project, &r.experiment_key)).await?;
+        Ok(Response::new(pb::StopExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    }
+
+    async fn assign(&self, request: Request<pb::AssignRequest>) -> Result<Response<pb::AssignResponse>, Status> {
+        let r = request.into_inner();
+        let (project, key, user, anonymous) =
+            (r.project.clone(), r.experiment_key.clone(), r.user_id.clone(), r.anonymous_id.clone());
+        let assignment = self.blocking(move |engine| engine.assign(&project, &key, &user, &anonymous)).await?;
+        let in_experiment = !assignment.variant.is_empty();
+        if r.log_exposure && in_experiment {
+            self.engine
+                .log_assignment(&r.project, &r.experiment_key, &r.user_id, &r.anonymous_id, &assignment.variant)
+                .await?;
+        }
+        Ok(Response::new(pb::AssignResponse { variant: assignment.variant, bucket: assignment.bucket, in_experiment }))
+    }
+
+    async fn log_exposures(
+        &self,
+        request: Request<pb::LogExposuresRequest>,
+    ) -> Result<Response<pb::LogExposuresResponse>, Status> {
+        let r = request.into_inner();
+        let items = r.exposures.into_iter().enumerate().map(|(i, e)| exposure_from_pb(i, e)).collect();
+        let outcome = self.engine.log_exposures(&r.project, items).await?;
+        Ok(Response::new(pb::LogExposuresResponse {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            rejected: outcome.rejected.into_iter().map(super::convert::item_error).collect(),
+        }))
+    }
+
+    async fn get_experiment_results(
+        &self,
+        request: Request<pb::GetExperimentResultsRequest>,
+    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        let r = request.into_inner();
+        let config = r.stats.map(|s| readout_config_from_pb("stats", Some(s))).transpose()?;
+        let results = self
+            .blocking(move |engine| {
+                engine.experiment_results(&r.project, &r.experiment_key, &r.cohort_id, config, now_micros())
+            })
+            .await?;
+        Ok(Response::new(results_to_pb(results)))
+    }
+
     async fn analyze_summaries(
         &self,
         request: Request<pb::AnalyzeSummariesRequest>,

@@ -89,7 +89,7 @@ pub fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) ->
     Ok(Some(micros))
 }
 
-fn duration_to_pb(micros: Option<i64>) -> Option<prost_types::Duration> {
+pub fn duration_to_pb(micros: Option<i64>) -> Option<prost_types::Duration> {
     micros.map(|m| prost_types::Duration { seconds: m / 1_000_000, nanos: (m % 1_000_000 * 1000) as i32 })
 }
 

@@ -1,4 +1,8 @@
-//! Experiments: deterministic assignment (more to come: exposures, statistics, readouts).
+//! Experiments: definitions and lifecycle, deterministic assignment (GrowthBook hashing v2),
+//! measurement from stored events, statistics, and readouts with a decision.
 
 pub mod assign;
+pub mod definition;
+pub mod measure;
+pub mod readout;
 pub mod stats;

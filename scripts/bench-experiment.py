@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Experiment readout benchmark (BENCHMARKS.md): GetExperimentResults for the generator's
+`checkout_v2` A/B test with 3 metrics, on a data dir already loaded by scripts/bench-ingest.sh.
+
+Starts a release server on that data, creates (once) the metrics purchasers (UNIQUE_USERS of
+purchase), revenue (SUM of purchase.revenue) and sessions (COUNT of session_start) and the
+backfilled experiment over [2026-01-31, 2026-04-01), then times GetExperimentResults several
+times and reports the median, with and without CUPED. Usage:
+  scripts/bench-experiment.py --db /tmp/sextant-bench/db --project bench
+The binary is target/release/sextant, or $SEXTANT_BIN.
+"""
+import argparse
+import datetime as dt
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import grpc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
+from sextant_client import ROOT, stubs  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--project", default="bench")
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    pb = stubs()
+    e = importlib.import_module("sextant.v1.experiment_pb2")
+    e_grpc = importlib.import_module("sextant.v1.experiment_pb2_grpc")
+    m, c = pb["metric"], pb["common"]
+    binary = os.environ.get("SEXTANT_BIN") or os.path.join(ROOT, "target", "release", "sextant")
+    server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", args.db],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    addr = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+    try:
+        channel = grpc.insecure_channel(addr)
+        grpc.channel_ready_future(channel).result(timeout=600)
+        metrics = pb["metric_grpc"].MetricServiceStub(channel)
+        experiments = e_grpc.ExperimentServiceStub(channel)
+        for definition in [
+            m.MetricDefinition(key="purchasers", kind=m.METRIC_KIND_UNIQUE_USERS, selector=c.EventSelector(event="purchase")),
+            m.MetricDefinition(key="revenue", kind=m.METRIC_KIND_SUM, selector=c.EventSelector(event="purchase"),
+                               property="revenue"),
+            m.MetricDefinition(key="sessions", kind=m.METRIC_KIND_COUNT, selector=c.EventSelector(event="session_start")),
+        ]:
+            try:
+                metrics.CreateMetric(m.CreateMetricRequest(project=args.project, metric=definition))
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+        experiment = e.Experiment(
+            key="checkout_v2",
+            variants=[e.Variant(key="control", weight=0.5), e.Variant(key="treatment", weight=0.5)],
+            primary_metric_keys=["purchasers"],
+            secondary_metric_keys=["revenue"],
+            guardrail_metric_keys=["sessions"],
+        )
+        experiment.start_time.FromDatetime(dt.datetime(2026, 1, 31, tzinfo=dt.timezone.utc))
+        experiment.end_time.FromDatetime(dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc))
+        try:
+            experiments.CreateExperiment(e.CreateExperimentRequest(project=args.project, experiment=experiment))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        for label, stats in [("plain", None), ("cuped", e.StatsConfig(cuped=True))]:
+            request = e.GetExperimentResultsRequest(project=args.project, experiment_key="checkout_v2", stats=stats)
+            reply = experiments.GetExperimentResults(request, timeout=600)  # warm-up
+            times = []
+            for _ in range(args.runs):
+                start = time.perf_counter()
+                reply = experiments.GetExperimentResults(request, timeout=600)
+                times.append(time.perf_counter() - start)
+            print(f"{label}: median {statistics.median(times) * 1000:.0f} ms over {args.runs} runs "
+                  f"(min {min(times) * 1000:.0f} ms); users {list(reply.variant_users)}, "
+                  f"decision {e.Decision.Name(reply.decision)}")
+        for reason in reply.reasons:
+            print("  ", reason)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+//! Measuring an experiment from stored events: who was exposed to which variant (derived at
+//! query time from every `$exposure` event, whenever it arrived), and each exposed user's
+//! value of each metric over their attribution window, aggregated into the per-variant
+//! sufficient statistics the readout compares.
+//!
+//! Exposures come from one scan of the name column. Metric values come from one pass over the
+//! exposed people, each visited once with all their rows (their own and their aliases'); per
+//! user and metric the rows are checked against compiled selectors, integers only, and each
+//! value lands in a per-metric column. Nothing is allocated per event.
+
+use std::collections::BTreeMap;
+
+use super::definition::{EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, VARIANT_PROPERTY};
+use super::readout::VariantData;
+use super::stats::{self, Covariate, Summary, SummaryKind};
+use crate::core::engine::ProjectState;
+use crate::core::filter::row_number;
+use crate::core::metric::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
+use crate::core::model::Micros;
+use crate::core::query::{Matcher, for_listed_people};
+use crate::core::table::{Cell, EventTable, NONE};
+use crate::error::{Error, Result};
+
+/// A user exposed to exactly one variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposure {
+    /// Canonical person id (an anonymous id aliased to a user counts for the user).
+    pub person: u32,
+    pub first: Micros,
+    pub variant: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Exposures {
+    /// Single-variant users, by person id.
+    pub users: Vec<Exposure>,
+    /// Users per variant, in variant order.
+    pub per_variant: Vec<u64>,
+    /// Users exposed to more than one variant.
+    pub excluded: u64,
+}
+
+/// Exposures to `experiment` with a time in `[from, to)`, of cohort `members` only when given.
+/// An exposure naming a variant the experiment does not have is ignored.
+pub fn exposures(
+    table: &EventTable,
+    experiment: &Experiment,
+    from: Micros,
+    to: Micros,
+    members: Option<&[bool]>,
+) -> Exposures {
+    let mut out = Exposures { per_variant: vec![0; experiment.variants.len()], ..Default::default() };
+    let (Some(name), Some(experiment_key), Some(variant_key), Some(experiment_value)) = (
+        table.names.get(EXPOSURE_EVENT),
+        table.keys.get(EXPERIMENT_PROPERTY),
+        table.keys.get(VARIANT_PROPERTY),
+        table.strings.get(&experiment.key),
+    ) else {
+        return out;
+    };
+    let variant_ids: Vec<u32> = experiment.variants.iter().map(|v| table.strings.get(&v.key).unwrap_or(NONE)).collect();
+    // Per canonical person: its index in `seen`.
+    let mut slot = vec![NONE; table.canonical.len()];
+    // (person, first exposure, variant, mixed)
+    let mut seen: Vec<(u32, Micros, u16, bool)> = Vec::new();
+    for (row, &row_name) in table.name.iter().enumerate() {
+        if row_name != name {
+            continue;
+        }
+        let t = table.time[row];
+        if t < from || t >= to {
+            continue;
+        }
+        let (mut ours, mut variant) = (false, None);
+        for prop in table.row_props(row) {
+            if prop.key == experiment_key {
+                ours = prop.value == Cell::Str(experiment_value);
+            } else if prop.key == variant_key
+                && let Cell::Str(id) = prop.value
+            {
+                variant = variant_ids.iter().position(|&v| v == id);
+            }
+        }
+        let (true, Some(variant)) = (ours, variant) else { continue };
+        let person = table.canonical[table.person[row] as usize];
+        if members.is_some_and(|m| !m[person as usize]) {
+            continue;
+        }
+        let index = &mut slot[person as usize];
+        if *index == NONE {
+            *index = seen.len() as u32;
+            seen.push((person, t, variant as u16, false));
+        } else {
+            let entry = &mut seen[*index as usize];
+            entry.1 = entry.1.min(t);
+            entry.3 |= entry.2 != variant as u16;
+        }
+    }
+    seen.sort_unstable_by_key(|e| e.0);
+    for (person, first, variant, mixed) in seen {
+        if mixed {
+            out.excluded += 1;
+        } else {
+            out.per_variant[variant as usize] += 1;
+            out.users.push(Exposure { person, first, variant });
+        }
+    }
+    out
+}
+
+/// What one selector contributes per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aggregate {
+    /// Matching events.
+    Count,
+    /// 1 when there is a matching event.
+    Any,
+    /// Sum of a numeric property (events without it add nothing).
+    Sum(u32),
+    /// Matching events with a numeric value of the property (AVG's denominator).
+    Valued(u32),
+}
+
+struct Source {
+    matcher: Matcher,
+    aggregate: Aggregate,
+}
+
+impl Source {
+    /// The user's value over rows with a time in `[from, to)`.
+    fn value(&self, table: &EventTable, person: u32, rows: &[u32], from: Micros, to: Micros) -> f64 {
+        let mut total = 0.0;
+        for &row in rows {
+            let row = row as usize;
+            let t = table.time[row];
+            if t < from || t >= to || !self.matcher.matches(table, person, row) {
+                continue;
+            }
+            match self.aggregate {
+                Aggregate::Count => total += 1.0,
+                Aggregate::Any => return 1.0,
+                Aggregate::Sum(key) => total += row_number(table, row, key).unwrap_or(0.0),
+                Aggregate::Valued(key) => total += f64::from(u8::from(row_number(table, row, key).is_some())),
+            }
+        }
+        total
+    }
+}
+
+/// How a metric turns a user's events into a per-user value.
+enum UserMetric {
+    /// MEAN or PROPORTION of one selector's per-user value.
+    Single(Source),
+    /// PROPORTION: an A event, then a B event at or after it within `window`, both inside
+    /// the user's window and sharing every constant property's value.
+    Conversion { first: Matcher, then: Matcher, window: Micros, constants: Vec<u32> },
+    /// RATIO: numerator and denominator per user.
+    Ratio(Source, Source),
+}
+
+/// The summary type of a metric in experiments, or why it cannot be analysed: UNIQUE_USERS
+/// and CONVERSION are proportions, COUNT and SUM means, RATIO (over COUNT, SUM or
+/// UNIQUE_USERS inputs) and AVG ratios.
+pub fn summary_kind(metric: &Metric, metrics: &BTreeMap<String, Metric>) -> std::result::Result<SummaryKind, String> {
+    match metric.kind {
+        MetricKind::UniqueUsers | MetricKind::Conversion => Ok(SummaryKind::Proportion),
+        MetricKind::Count | MetricKind::Sum => Ok(SummaryKind::Mean),
+        MetricKind::Avg => Ok(SummaryKind::Ratio),
+        MetricKind::Ratio => {
+            for input in [&metric.numerator_key, &metric.denominator_key] {
+                let Some(m) = metrics.get(input) else {
+                    return Err(format!("metric {:?}: input {input:?} does not exist", metric.key));
+                };
+                if !matches!(m.kind, MetricKind::Count | MetricKind::Sum | MetricKind::UniqueUsers) {
+                    return Err(format!(
+                        "metric {:?}: input {input:?} is {:?}; ratio metrics in experiments need COUNT, SUM or \
+                         UNIQUE_USERS inputs",
+                        metric.key, m.kind
+                    ));
+                }
+            }
+            Ok(SummaryKind::Ratio)
+        }
+        kind => Err(format!(
+            "metric {:?} is {kind:?}; experiments analyse COUNT, SUM, UNIQUE_USERS, CONVERSION, RATIO and AVG metrics",
+            metric.key
+        )),
+    }
+}
+
+fn source(state: &ProjectState, metric: &Metric, aggregate: impl Fn(u32) -> Aggregate) -> Result<Source> {
+    let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
+    let property = state.table.keys.get(&metric.property).unwrap_or(NONE);
+    Ok(Source { matcher: Matcher::new(state, selector, &[], None), aggregate: aggregate(property) })
+}
+
+fn plain_source(state: &ProjectState, metric: &Metric) -> Result<Source> {
+    source(state, metric, |property| match metric.kind {
+        MetricKind::Sum => Aggregate::Sum(property),
+        MetricKind::UniqueUsers => Aggregate::Any,
+        _ => Aggregate::Count,
+    })
+}
+
+impl UserMetric {
+    fn compile(state: &ProjectState, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
+        Ok(match metric.kind {
+            MetricKind::Count | MetricKind::Sum | MetricKind::UniqueUsers => {
+                UserMetric::Single(plain_source(state, metric)?)
+            }
+            MetricKind::Avg => {
+                UserMetric::Ratio(source(state, metric, Aggregate::Sum)?, source(state, metric, Aggregate::Valued)?)
+            }
+            MetricKind::Ratio => {
+                let input = |key: &str| {
+                    metrics.get(key).ok_or_else(|| Error::FailedPrecondition(format!("metric {key:?} not found")))
+                };
+                UserMetric::Ratio(
+                    plain_source(state, input(&metric.numerator_key)?)?,
+                    plain_source(state, input(&metric.denominator_key)?)?,
+                )
+            }
+            MetricKind::Conversion => {
+                let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
+                    return Err(Error::invalid("metric.conversion_selector", "required"));
+                };
+                UserMetric::Conversion {
+                    first: Matcher::new(state, a, &[], None),
+                    then: Matcher::new(state, b, &[], None),
+                    window: metric.window.unwrap_or(DEFAULT_CONVERSION_WINDOW),
+                    constants: metric
+                        .constant_properties
+                        .iter()
+                        .map(|p| state.table.keys.get(p).unwrap_or(NONE))
+                        .collect(),
+                }
+            }
+            kind => return Err(Error::FailedPrecondition(format!("metric {:?} is {kind:?}", metric.key))),
+        })
+    }
+
+    /// `(x, y)` over rows in `[from, to)`; `y` is 0 except for ratios. `scratch` holds B rows
+    /// of a conversion between calls, so no allocation happens per user.
+    fn value(
+        &self,
+        table: &EventTable,
+        person: u32,
+        rows: &[u32],
+        from: Micros,
+        to: Micros,
+        scratch: &mut Vec<(Micros, u32)>,
+    ) -> (f64, f64) {
+        match self {
+            UserMetric::Single(source) => (source.value(table, person, rows, from, to), 0.0),
+            UserMetric::Ratio(x, y) => (x.value(table, person, rows, from, to), y.value(table, person, rows, from, to)),
+            UserMetric::Conversion { first, then, window, constants } => {
+                scratch.clear();
+                let inside = |row: usize| (from..to).contains(&table.time[row]);
+                scratch.extend(
+                    rows.iter()
+                        .filter(|&&r| inside(r as usize) && then.matches(table, person, r as usize))
+                        .map(|&r| (table.time[r as usize], r)),
+                );
+                let converted = rows.iter().map(|&r| r as usize).any(|a| {
+                    if !inside(a) || !first.matches(table, person, a) {
+                        return false;
+                    }
+                    let ta = table.time[a];
+                    scratch.iter().any(|&(tb, b)| {
+                        tb >= ta
+                            && tb - ta <= *window
+                            && constants.iter().all(|&k| {
+                                let value = cell(table, a, k);
+                                value.is_some() && value == cell(table, b as usize, k)
+                            })
+                    })
+                });
+                (f64::from(u8::from(converted)), 0.0)
+            }
+        }
+    }
+}
+
+fn cell(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
+    if key == NONE {
+        return None;
+    }
+    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value).filter(|c| !matches!(c, Cell::Null))
+}
+
+/// A metric to measure: its definition and summary type.
+pub struct MetricPlan<'a> {
+    pub metric: &'a Metric,
+    pub kind: SummaryKind,
+}
+
+/// Where each exposed user's metric values are measured, and how they are capped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Windows {
+    /// Per-user window from the first exposure; `None`: until `end`.
+    pub attribution: Option<Micros>,
+    /// End of the analysis (exclusive).
+    pub end: Micros,
+    /// CUPED covariate window before the first exposure; `None`: no covariate.
+    pub cuped_pre_period: Option<Micros>,
+    /// Cap per-user values at this percentile of the pooled values (not proportions).
+    pub winsorize_percentile: Option<f64>,
+}
+
+/// Per-user values of one metric, one entry per exposed user.
+struct Columns {
+    x: Vec<f64>,
+    y: Vec<f64>,
+    pre: Vec<f64>,
+}
+
+/// Measures every metric over the exposed users and returns, per metric, the statistics of
+/// each variant in variant order (weights filled from the experiment).
+pub fn measure(
+    state: &ProjectState,
+    experiment: &Experiment,
+    exposures: &Exposures,
+    plans: &[MetricPlan],
+    windows: &Windows,
+) -> Result<Vec<Vec<VariantData>>> {
+    let table = &state.table;
+    let metrics = state.latest_metrics();
+    let compiled = plans.iter().map(|p| UserMetric::compile(state, p.metric, &metrics)).collect::<Result<Vec<_>>>()?;
+    let users = &exposures.users;
+    let is_ratio: Vec<bool> = plans.iter().map(|p| p.kind == SummaryKind::Ratio).collect();
+    let cuped: Vec<bool> =
+        plans.iter().map(|p| windows.cuped_pre_period.is_some() && p.kind != SummaryKind::Ratio).collect();
+    let mut columns: Vec<Columns> = plans
+        .iter()
+        .enumerate()
+        .map(|(m, _)| Columns {
+            x: Vec::with_capacity(users.len()),
+            y: Vec::with_capacity(if is_ratio[m] { users.len() } else { 0 }),
+            pre: Vec::with_capacity(if cuped[m] { users.len() } else { 0 }),
+        })
+        .collect();
+    let mut scratch = Vec::new();
+    let mut next = 0usize;
+    for_listed_people(table, users.iter().map(|u| u.person), |person, rows| {
+        let user = users[next];
+        next += 1;
+        let from = user.first;
+        let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
+        for (m, metric) in compiled.iter().enumerate() {
+            let (x, y) = metric.value(table, person, rows, from, to, &mut scratch);
+            let column = &mut columns[m];
+            column.x.push(x);
+            if is_ratio[m] {
+                column.y.push(y);
+            }
+            if let (true, Some(pre)) = (cuped[m], windows.cuped_pre_period) {
+                column.pre.push(metric.value(table, person, rows, from.saturating_sub(pre), from, &mut scratch).0);
+            }
+        }
+    });
+
+    Ok(plans
+        .iter()
+        .zip(columns)
+        .map(|(plan, mut column)| {
+            if let Some(p) = windows.winsorize_percentile
+                && plan.kind != SummaryKind::Proportion
+            {
+                stats::winsorize_cap(&mut column.x, p);
+                stats::winsorize_cap(&mut column.y, p);
+                stats::winsorize_cap(&mut column.pre, p);
+            }
+            let mut data: Vec<VariantData> = experiment
+                .variants
+                .iter()
+                .map(|v| VariantData { key: v.key.clone(), weight: v.weight, ..Default::default() })
+                .collect();
+            for (i, user) in users.iter().enumerate() {
+                let (s, c): (&mut Summary, &mut Covariate) = {
+                    let d = &mut data[user.variant as usize];
+                    (&mut d.summary, &mut d.covariate)
+                };
+                let x = column.x[i];
+                s.users += 1.0;
+                s.sum += x;
+                s.sum_squares += x * x;
+                if let Some(&y) = column.y.get(i) {
+                    s.denominator_sum += y;
+                    s.denominator_sum_squares += y * y;
+                    s.cross_sum += x * y;
+                }
+                if let Some(&p) = column.pre.get(i) {
+                    c.sum += p;
+                    c.sum_squares += p * p;
+                    c.cross_sum += x * p;
+                }
+            }
+            data
+        })
+        .collect())
+}
