@@ -158,7 +158,14 @@ impl PersonOrderCache {
         match current.as_ref() {
             Some(order) if order.serves(table) => order.clone(),
             _ => {
+                let started = std::time::Instant::now();
                 let order = Arc::new(PersonOrder::build(table));
+                tracing::info!(
+                    rows = order.covered,
+                    people = order.people.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "built events by person"
+                );
                 *current = Some(order.clone());
                 order
             }
