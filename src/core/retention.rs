@@ -31,23 +31,33 @@ pub enum RetentionMode {
     Rolling,
 }
 
+/// What retention and cohort tables share: who enters when, the columns, the zone, the row
+/// breakdown and the cohort.
+#[derive(Debug, Clone, Default)]
+pub struct TableShape {
+    /// People enter with a t0 in `[from, to)`.
+    pub from: Micros,
+    pub to: Micros,
+    pub period: Period,
+    /// Columns, period 0 included; 0 means the default.
+    pub periods: usize,
+    pub mode: RetentionMode,
+    /// Empty: the project's zone.
+    pub timezone: String,
+    /// A trait (`user.x`) or a property of the t0 event.
+    pub breakdown: Option<String>,
+    pub breakdown_limit: usize,
+    pub cohort_id: String,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RetentionQuery {
     pub cohort_event: EventSelector,
     /// None: any event.
     pub return_event: Option<EventSelector>,
     pub first_time: bool,
-    pub period: Period,
-    pub periods: usize,
-    pub from: Micros,
-    pub to: Micros,
-    pub timezone: String,
-    /// A trait (`user.x`) or a cohort-event property.
-    pub breakdown: Option<String>,
-    pub mode: RetentionMode,
     pub unbounded: bool,
-    pub cohort_id: String,
-    pub breakdown_limit: usize,
+    pub shape: TableShape,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,22 +87,14 @@ pub enum CohortValue {
 
 #[derive(Debug, Clone, Default)]
 pub struct CohortTableQuery {
-    pub from: Micros,
-    pub to: Micros,
-    pub period: Period,
-    pub periods: usize,
-    pub timezone: String,
     /// None: the first event of any kind.
     pub first_event: Option<EventSelector>,
-    pub breakdown: Option<String>,
     pub value: CohortValue,
     /// RETENTION_SHARE; None: any event.
     pub return_event: Option<EventSelector>,
     pub revenue: Option<EventSelector>,
     pub revenue_property: String,
-    pub cohort_id: String,
-    pub mode: RetentionMode,
-    pub breakdown_limit: usize,
+    pub shape: TableShape,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,19 +113,21 @@ pub struct CohortTable {
     pub average_users: Vec<u64>,
 }
 
-fn validate_common(from: Micros, to: Micros, periods: usize, timezone: &str, breakdown: Option<&str>) -> Result<()> {
-    if from >= to {
-        return Err(Error::invalid("range", "to must be after from"));
+impl TableShape {
+    fn validate(&self) -> Result<()> {
+        if self.from >= self.to {
+            return Err(Error::invalid("range", "to must be after from"));
+        }
+        if self.periods > MAX_PERIODS {
+            return Err(Error::invalid("periods", format!("at most {MAX_PERIODS}, got {}", self.periods)));
+        }
+        time::parse_zone("timezone", &self.timezone)?;
+        if let Some(breakdown) = &self.breakdown {
+            let name = breakdown.strip_prefix(TRAIT_PREFIX).unwrap_or(breakdown);
+            super::catalog::validate_name("breakdown", name)?;
+        }
+        Ok(())
     }
-    if periods > MAX_PERIODS {
-        return Err(Error::invalid("periods", format!("at most {MAX_PERIODS}, got {periods}")));
-    }
-    time::parse_zone("timezone", timezone)?;
-    if let Some(breakdown) = breakdown {
-        let name = breakdown.strip_prefix(TRAIT_PREFIX).unwrap_or(breakdown);
-        super::catalog::validate_name("breakdown", name)?;
-    }
-    Ok(())
 }
 
 fn validate_optional_selector(field: &str, selector: Option<&EventSelector>) -> Result<()> {
@@ -134,7 +138,7 @@ impl RetentionQuery {
     pub fn validate(&self) -> Result<()> {
         filter::validate_selector("cohort_event", &self.cohort_event)?;
         validate_optional_selector("return_event", self.return_event.as_ref())?;
-        validate_common(self.from, self.to, self.periods, &self.timezone, self.breakdown.as_deref())
+        self.shape.validate()
     }
 }
 
@@ -142,7 +146,7 @@ impl CohortTableQuery {
     pub fn validate(&self) -> Result<()> {
         validate_optional_selector("first_event", self.first_event.as_ref())?;
         validate_optional_selector("return_event", self.return_event.as_ref())?;
-        validate_common(self.from, self.to, self.periods, &self.timezone, self.breakdown.as_deref())?;
+        self.shape.validate()?;
         if self.value != CohortValue::RetentionShare {
             let revenue =
                 self.revenue.as_ref().ok_or_else(|| Error::invalid("revenue", "required for revenue values"))?;
@@ -254,6 +258,21 @@ impl Period {
 }
 
 impl Grid {
+    /// The grid of a validated shape, and the members of its cohort (evaluated now).
+    fn new(state: &ProjectState, shape: &TableShape) -> Result<(Grid, Option<cohort::Members>)> {
+        let grid = Grid {
+            period: shape.period,
+            periods: if shape.periods == 0 { DEFAULT_PERIODS } else { shape.periods },
+            mode: shape.mode,
+            from: shape.from,
+            to: shape.to,
+            tz: time::parse_zone("timezone", &shape.timezone)?,
+            breakdown: shape.breakdown.clone(),
+            breakdown_limit: breakdown_limit_or_default(shape.breakdown_limit),
+        };
+        Ok((grid, cohort::resolve(state, "cohort_id", &shape.cohort_id)?))
+    }
+
     /// Runs the grid: `entries` lists a person's (t0, row) entries given their sorted rows.
     fn run(
         &self,
@@ -419,10 +438,6 @@ fn averages(rows: &[GridRow], periods: usize) -> (Vec<f64>, Vec<u64>) {
         .unzip()
 }
 
-fn periods_or_default(periods: usize) -> usize {
-    if periods == 0 { DEFAULT_PERIODS } else { periods }
-}
-
 /// A person's first matching event, when it falls in [from, to).
 fn first_in_range(
     events: PersonEvents<'_>,
@@ -437,40 +452,29 @@ fn first_in_range(
 
 pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<RetentionTable> {
     let table = &state.table;
-    let members = cohort::resolve(state, "cohort_id", &query.cohort_id)?;
+    let (grid, members) = Grid::new(state, &query.shape)?;
     let members = members.as_ref().map(|m| m.as_slice());
-    let tz = time::parse_zone("timezone", &query.timezone)?;
-    let periods = periods_or_default(query.periods);
-    let grid = Grid {
-        period: query.period,
-        periods,
-        mode: query.mode,
-        from: query.from,
-        to: query.to,
-        tz,
-        breakdown: query.breakdown.clone(),
-        breakdown_limit: breakdown_limit_or_default(query.breakdown_limit),
-    };
+    let (from, to, tz, periods) = (grid.from, grid.to, grid.tz, grid.periods);
     let cohort_event = RowMatcher::new(state, Some(&query.cohort_event), None);
     let measure = Measure::Returned {
         matcher: RowMatcher::new(state, query.return_event.as_ref(), None),
         unbounded: query.unbounded,
     };
-    let granularity = query.period.granularity();
+    let granularity = grid.period.granularity();
     let rows = grid.run(state, members, &measure, |person, events, out| {
         if !cohort_event.can_match() || !cohort_event.person_passes(person) {
             return;
         }
         let matches = |i: usize| cohort_event.matches(events.names[i], table, person, events.rows[i] as usize);
         if query.first_time {
-            out.extend(first_in_range(events, query.from, query.to, matches));
+            out.extend(first_in_range(events, from, to, matches));
             return;
         }
         // Recurring: the first cohort event in range of each calendar period.
         let mut current_period = None;
         for i in 0..events.len() {
             let t = events.times[i];
-            if t < query.from || t >= query.to || !matches(i) {
+            if t < from || t >= to || !matches(i) {
                 continue;
             }
             let period = time::floor(t, granularity, tz);
@@ -500,20 +504,9 @@ pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<Retenti
 
 pub fn cohort_table(state: &ProjectState, query: &CohortTableQuery) -> Result<CohortTable> {
     let table = &state.table;
-    let members = cohort::resolve(state, "cohort_id", &query.cohort_id)?;
+    let (grid, members) = Grid::new(state, &query.shape)?;
     let members = members.as_ref().map(|m| m.as_slice());
-    let tz = time::parse_zone("timezone", &query.timezone)?;
-    let periods = periods_or_default(query.periods);
-    let grid = Grid {
-        period: query.period,
-        periods,
-        mode: query.mode,
-        from: query.from,
-        to: query.to,
-        tz,
-        breakdown: query.breakdown.clone(),
-        breakdown_limit: breakdown_limit_or_default(query.breakdown_limit),
-    };
+    let (from, to, periods) = (grid.from, grid.to, grid.periods);
     let first_event = RowMatcher::new(state, query.first_event.as_ref(), None);
     let measure = match query.value {
         CohortValue::RetentionShare => {
@@ -529,7 +522,7 @@ pub fn cohort_table(state: &ProjectState, query: &CohortTableQuery) -> Result<Co
             return;
         }
         let matches = |i: usize| first_event.matches(events.names[i], table, person, events.rows[i] as usize);
-        out.extend(first_in_range(events, query.from, query.to, matches));
+        out.extend(first_in_range(events, from, to, matches));
     })?;
     let cumulative = query.value == CohortValue::CumulativeRevenuePerUser;
     let mut rows: Vec<GridRow> = rows;
@@ -562,8 +555,8 @@ impl Engine {
         query.validate()?;
         let entry = self.project(project)?;
         let state = entry.read();
-        if query.timezone.is_empty() {
-            query.timezone = state.project.timezone.clone();
+        if query.shape.timezone.is_empty() {
+            query.shape.timezone = state.project.timezone.clone();
         }
         retention(&state, &query)
     }
@@ -572,8 +565,8 @@ impl Engine {
         query.validate()?;
         let entry = self.project(project)?;
         let state = entry.read();
-        if query.timezone.is_empty() {
-            query.timezone = state.project.timezone.clone();
+        if query.shape.timezone.is_empty() {
+            query.shape.timezone = state.project.timezone.clone();
         }
         cohort_table(&state, &query)
     }

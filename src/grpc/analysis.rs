@@ -7,7 +7,7 @@ use super::convert::{enum_error, time_range, timestamp};
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
 use crate::core::filter::EventSelector;
 use crate::core::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
-use crate::core::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery};
+use crate::core::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
 use crate::error::{Error, Result};
 use crate::pb::{self, analysis_service_server::AnalysisService};
 
@@ -107,16 +107,18 @@ fn retention_from_pb(request: pb::QueryRetentionRequest) -> Result<RetentionQuer
         cohort_event: required_selector("cohort_event", request.cohort_event)?,
         return_event: any_event_selector("return_event", request.return_event)?,
         first_time: request.first_time,
-        period: period_from_pb("period", request.period)?,
-        periods: request.periods as usize,
-        from,
-        to,
-        timezone: request.timezone,
-        breakdown: optional(request.breakdown),
-        mode: mode_from_pb(request.mode)?,
         unbounded: request.unbounded,
-        cohort_id: request.cohort_id,
-        breakdown_limit: request.breakdown_limit as usize,
+        shape: TableShape {
+            from,
+            to,
+            period: period_from_pb("period", request.period)?,
+            periods: request.periods as usize,
+            mode: mode_from_pb(request.mode)?,
+            timezone: request.timezone,
+            breakdown: optional(request.breakdown),
+            breakdown_limit: request.breakdown_limit as usize,
+            cohort_id: request.cohort_id,
+        },
     })
 }
 
@@ -128,20 +130,22 @@ fn cohort_table_from_pb(request: pb::QueryCohortTableRequest) -> Result<CohortTa
         pb::CohortTableValue::CumulativeRevenuePerUser => CohortValue::CumulativeRevenuePerUser,
     };
     Ok(CohortTableQuery {
-        from,
-        to,
-        period: period_from_pb("period", request.period)?,
-        periods: request.periods as usize,
-        timezone: request.timezone,
         first_event: any_event_selector("first_event", request.first_event)?,
-        breakdown: optional(request.breakdown),
         value,
         return_event: any_event_selector("return_event", request.return_event)?,
         revenue: selector_from_pb("revenue", request.revenue)?,
         revenue_property: request.revenue_property,
-        cohort_id: request.cohort_id,
-        mode: mode_from_pb(request.mode)?,
-        breakdown_limit: request.breakdown_limit as usize,
+        shape: TableShape {
+            from,
+            to,
+            period: period_from_pb("period", request.period)?,
+            periods: request.periods as usize,
+            mode: mode_from_pb(request.mode)?,
+            timezone: request.timezone,
+            breakdown: optional(request.breakdown),
+            breakdown_limit: request.breakdown_limit as usize,
+            cohort_id: request.cohort_id,
+        },
     })
 }
 
