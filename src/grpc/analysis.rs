@@ -101,29 +101,35 @@ fn steps_to_pb(steps: Vec<FunnelStep>) -> Vec<pb::FunnelStep> {
         .collect()
 }
 
+/// The shape fields retention and cohort-table requests share (same names, two messages).
+macro_rules! table_shape {
+    ($request:ident) => {{
+        let (from, to) = required_range($request.range.as_ref())?;
+        TableShape {
+            from,
+            to,
+            period: period_from_pb("period", $request.period)?,
+            periods: $request.periods as usize,
+            mode: mode_from_pb($request.mode)?,
+            timezone: $request.timezone,
+            breakdown: optional($request.breakdown),
+            breakdown_limit: $request.breakdown_limit as usize,
+            cohort_id: $request.cohort_id,
+        }
+    }};
+}
+
 fn retention_from_pb(request: pb::QueryRetentionRequest) -> Result<RetentionQuery> {
-    let (from, to) = required_range(request.range.as_ref())?;
     Ok(RetentionQuery {
         cohort_event: required_selector("cohort_event", request.cohort_event)?,
         return_event: any_event_selector("return_event", request.return_event)?,
         first_time: request.first_time,
         unbounded: request.unbounded,
-        shape: TableShape {
-            from,
-            to,
-            period: period_from_pb("period", request.period)?,
-            periods: request.periods as usize,
-            mode: mode_from_pb(request.mode)?,
-            timezone: request.timezone,
-            breakdown: optional(request.breakdown),
-            breakdown_limit: request.breakdown_limit as usize,
-            cohort_id: request.cohort_id,
-        },
+        shape: table_shape!(request),
     })
 }
 
 fn cohort_table_from_pb(request: pb::QueryCohortTableRequest) -> Result<CohortTableQuery> {
-    let (from, to) = required_range(request.range.as_ref())?;
     let value = match pb::CohortTableValue::try_from(request.value).map_err(|_| enum_error("value", request.value))? {
         pb::CohortTableValue::Unspecified | pb::CohortTableValue::RetentionShare => CohortValue::RetentionShare,
         pb::CohortTableValue::RevenuePerUser => CohortValue::RevenuePerUser,
@@ -135,17 +141,7 @@ fn cohort_table_from_pb(request: pb::QueryCohortTableRequest) -> Result<CohortTa
         return_event: any_event_selector("return_event", request.return_event)?,
         revenue: selector_from_pb("revenue", request.revenue)?,
         revenue_property: request.revenue_property,
-        shape: TableShape {
-            from,
-            to,
-            period: period_from_pb("period", request.period)?,
-            periods: request.periods as usize,
-            mode: mode_from_pb(request.mode)?,
-            timezone: request.timezone,
-            breakdown: optional(request.breakdown),
-            breakdown_limit: request.breakdown_limit as usize,
-            cohort_id: request.cohort_id,
-        },
+        shape: table_shape!(request),
     })
 }
 

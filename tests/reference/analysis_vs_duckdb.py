@@ -15,11 +15,10 @@ import datetime as dt
 import os
 import sys
 
-import duckdb
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, stubs  # noqa: E402
+from sextant_client import Checks, Server, duckdb_of, stubs  # noqa: E402
 
 FROM = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 TO = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
@@ -29,22 +28,6 @@ STEPS = ["signup", "onboarding_complete", "add_to_cart", "purchase"]
 def set_range(request_range):
     getattr(request_range, "from").FromDatetime(FROM)
     request_range.to.FromDatetime(TO)
-
-
-def load(db, data):
-    db.execute("SET TimeZone = 'UTC'")
-    db.execute(f"""
-        CREATE TABLE events AS
-        SELECT DISTINCT ON (event_id) event_id, name, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
-               TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE) AS revenue
-        FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
-                            columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',
-                                      'timestamp': 'VARCHAR', 'properties': 'JSON'}})
-        ORDER BY event_id""")
-    db.execute(f"""
-        CREATE TABLE users AS SELECT user_id, traits->>'channel' AS channel
-        FROM read_json_auto('{os.path.join(data, 'users.jsonl')}', format='newline_delimited',
-                            columns={{'user_id': 'VARCHAR', 'traits': 'JSON'}})""")
 
 
 FUNNEL_SQL = """
@@ -109,8 +92,7 @@ def main():
         channel = grpc.insecure_channel(server.addr)
         analysis = pb["analysis_grpc"].AnalysisServiceStub(channel)
         a, c = pb["analysis"], pb["common"]
-        db = duckdb.connect()
-        load(db, data)
+        db = duckdb_of(data)
 
         # Funnel, whole and by channel.
         request = a.QueryFunnelRequest(project="ref", steps=[c.EventSelector(event=s) for s in STEPS],

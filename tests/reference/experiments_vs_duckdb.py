@@ -18,13 +18,12 @@ import math
 import os
 import sys
 
-import duckdb
 import grpc
 import numpy as np
 from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, stubs  # noqa: E402
+from sextant_client import Checks, Server, duckdb_of, stubs  # noqa: E402
 
 START = dt.datetime(2026, 1, 31, tzinfo=dt.timezone.utc)
 END = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
@@ -105,17 +104,7 @@ def main():
         experiments.CreateExperiment(e.CreateExperimentRequest(project="ref", experiment=experiment))
         reply = experiments.GetExperimentResults(e.GetExperimentResultsRequest(project="ref", experiment_key="checkout_v2"))
 
-        db = duckdb.connect()
-        db.execute("SET TimeZone = 'UTC'")
-        db.execute(f"""
-            CREATE TABLE events AS
-            SELECT DISTINCT ON (event_id) event_id, name, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
-                   TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE) AS revenue,
-                   properties->>'experiment' AS experiment, properties->>'variant' AS variant
-            FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
-                                columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',
-                                          'timestamp': 'VARCHAR', 'properties': 'JSON'}})
-            ORDER BY event_id""")
+        db = duckdb_of(data)
         window = f"TIMESTAMPTZ '{START.isoformat()}' AND e.ts < TIMESTAMPTZ '{END.isoformat()}'"
         db.execute(f"""
             CREATE TABLE exposed AS

@@ -8,11 +8,10 @@ import datetime as dt
 import os
 import sys
 
-import duckdb
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, stubs  # noqa: E402
+from sextant_client import Checks, Server, duckdb_of, stubs  # noqa: E402
 
 FROM = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 TO = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
@@ -41,20 +40,7 @@ def main():
         def selector(event):
             return c.EventSelector(event=event)
 
-        db = duckdb.connect()
-        db.execute(f"""
-            CREATE TABLE events AS
-            SELECT DISTINCT ON (event_id) event_id, name, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
-                   TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE) AS revenue
-            FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
-                                columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',
-                                          'timestamp': 'VARCHAR', 'properties': 'JSON'}})
-            ORDER BY event_id""")
-        db.execute(f"""
-            CREATE TABLE users AS SELECT user_id, traits->>'channel' AS channel
-            FROM read_json_auto('{os.path.join(data, 'users.jsonl')}', format='newline_delimited',
-                                columns={{'user_id': 'VARCHAR', 'traits': 'JSON'}})""")
-        db.execute("SET TimeZone = 'UTC'")
+        db = duckdb_of(data)
         days = [r[0].isoformat() for r in db.execute(
             "SELECT CAST(d AS DATE) FROM range(TIMESTAMP '2026-01-01', TIMESTAMP '2026-04-01', INTERVAL 1 DAY) t(d)").fetchall()]
 

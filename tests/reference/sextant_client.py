@@ -70,6 +70,29 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def duckdb_of(data):
+    """DuckDB with the generated files as tables, in UTC: `events` (deduplicated by event_id; name,
+    user_id, ts, revenue, experiment, variant) and `users` (user_id, channel)."""
+    import duckdb
+
+    db = duckdb.connect()
+    db.execute("SET TimeZone = 'UTC'")
+    db.execute(f"""
+        CREATE TABLE events AS
+        SELECT DISTINCT ON (event_id) event_id, name, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
+               TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE) AS revenue,
+               properties->>'experiment' AS experiment, properties->>'variant' AS variant
+        FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
+                            columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',
+                                      'timestamp': 'VARCHAR', 'properties': 'JSON'}})
+        ORDER BY event_id""")
+    db.execute(f"""
+        CREATE TABLE users AS SELECT user_id, traits->>'channel' AS channel
+        FROM read_json_auto('{os.path.join(data, 'users.jsonl')}', format='newline_delimited',
+                            columns={{'user_id': 'VARCHAR', 'traits': 'JSON'}})""")
+    return db
+
+
 class Checks:
     """Counts comparisons and prints the closing line CI reads."""
 
