@@ -1,6 +1,8 @@
 //! The domain: no tonic or prost types here.
 
+pub mod auth;
 pub mod catalog;
+pub mod data_retention;
 pub mod engine;
 pub mod experiment;
 pub mod filter;

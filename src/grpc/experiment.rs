@@ -371,6 +371,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::AnalyzeSummariesRequest>,
     ) -> Result<Response<pb::AnalyzeSummariesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(analyze_summaries(request.into_inner())?))
     }
 
@@ -378,6 +379,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::AdjustPValuesRequest>,
     ) -> Result<Response<pb::AdjustPValuesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(adjust_p_values(request.into_inner())?))
     }
 
@@ -385,6 +387,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::PlanExperimentRequest>,
     ) -> Result<Response<pb::PlanExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(plan_experiment(request.into_inner())?))
     }
 }

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -44,28 +46,44 @@ impl Api {
 #[tonic::async_trait]
 impl IngestService for Api {
     async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(self.track_batch(request.into_inner()).await?))
     }
 
     /// Batches are processed in order with up to `stream_inflight` of them in flight; acks go
     /// out in the order of the requests. Every received batch is acked or failed: a failed
-    /// batch ends the stream with its status after the acks before it.
+    /// batch ends the stream with its status after the acks before it. When the server shuts
+    /// down, the stream stops reading, acks what it received and ends with UNAVAILABLE: the
+    /// client resends from the first unacked sequence, to this server or another.
     async fn track_stream(
         &self,
         request: Request<Streaming<pb::TrackRequest>>,
     ) -> Result<Response<BoxStream<pb::TrackResponse>>, Status> {
+        let grant = self.grant(&request)?;
         let inbound = request.into_inner();
         let inflight = self.stream_inflight.max(1);
         let (ack_tx, ack_rx) = mpsc::channel::<Result<pb::TrackResponse, Status>>(inflight);
         let api = self.clone();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stopped = {
+            let (cut, stopped) = (cut.clone(), self.stopped());
+            async move {
+                stopped.await;
+                cut.store(true, Ordering::Relaxed);
+            }
+        };
         tokio::spawn(async move {
             // Each batch runs as its own task, so decoding, validation and encoding of
             // in-flight batches use every core; `buffered` yields results in request order.
-            let pending = inbound.map(|item| {
+            let pending = inbound.take_until(stopped).map(|item| {
                 let api = api.clone();
+                let grant = grant.clone();
                 let task = tokio::spawn(async move {
                     match item {
-                        Ok(batch) => api.track_batch(batch).await,
+                        Ok(batch) => {
+                            grant.check(&batch.project)?;
+                            api.track_batch(batch).await
+                        }
                         Err(status) => Err(oversize_as_exhausted(status)),
                     }
                 });
@@ -75,14 +93,19 @@ impl IngestService for Api {
             while let Some(ack) = acks.next().await {
                 let failed = ack.is_err();
                 if ack_tx.send(ack).await.is_err() || failed {
-                    break;
+                    return;
                 }
+            }
+            if cut.load(Ordering::Relaxed) {
+                let status = Status::unavailable("server shutting down: batches after the last ack were not read");
+                let _ = ack_tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
 
     async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let updates = request.users.into_iter().enumerate().map(|(i, u)| user_update_from_pb(i, u)).collect();
         let (updated, rejected) = self.engine.identify(&request.project, updates).await?;
@@ -90,6 +113,7 @@ impl IngestService for Api {
     }
 
     async fn alias(&self, request: Request<pb::AliasRequest>) -> Result<Response<pb::AliasResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         self.engine.alias(&request.project, request.anonymous_id, request.user_id).await?;
         Ok(Response::new(pb::AliasResponse {}))

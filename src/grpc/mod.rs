@@ -1,5 +1,7 @@
 //! The gRPC layer: thin handlers that decode, call the core and encode.
 
+pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod convert;
 pub mod experiment;
@@ -22,6 +24,9 @@ pub struct Api {
     pub engine: Arc<Engine>,
     /// How many TrackStream batches one stream may have in flight before it stops reading.
     pub stream_inflight: usize,
+    /// Turns true when the server starts shutting down: open streams stop reading, finish
+    /// what they received and end with UNAVAILABLE.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Services that are declared in the protos but not built yet answer UNIMPLEMENTED through the
@@ -30,6 +35,14 @@ pub struct Api {
 pub struct Unimplemented;
 
 impl Api {
+    /// Resolves once the server starts shutting down.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
     /// Runs blocking core work (locks, sled) off the async executor.
     pub async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
     where
