@@ -1,6 +1,7 @@
 //! Sextant: a metrics-as-a-service backend. Events in over gRPC; North Star metrics, goals,
 //! funnels, retention and experiment readouts out.
 
+pub mod backup;
 pub mod config;
 pub mod core;
 pub mod error;
