@@ -60,7 +60,7 @@ impl IngestService for Api {
         request: Request<Streaming<pb::TrackRequest>>,
     ) -> Result<Response<BoxStream<pb::TrackResponse>>, Status> {
         let grant = self.grant(&request)?;
-        let inbound = request.into_inner();
+        let mut inbound = request.into_inner();
         let inflight = self.stream_inflight.max(1);
         let (ack_tx, ack_rx) = mpsc::channel::<Result<pb::TrackResponse, Status>>(inflight);
         let api = self.clone();
@@ -75,30 +75,44 @@ impl IngestService for Api {
         tokio::spawn(async move {
             // Each batch runs as its own task, so decoding, validation and encoding of
             // in-flight batches use every core; `buffered` yields results in request order.
-            let pending = inbound.take_until(stopped).map(|item| {
-                let api = api.clone();
-                let grant = grant.clone();
-                let task = tokio::spawn(async move {
-                    match item {
-                        Ok(batch) => {
-                            grant.check(&batch.project)?;
-                            api.track_batch(batch).await
+            let cut_by_shutdown = {
+                let pending =
+                    (&mut inbound).take_until(stopped).map(|item| {
+                        let api = api.clone();
+                        let grant = grant.clone();
+                        let task = tokio::spawn(async move {
+                            match item {
+                                Ok(batch) => {
+                                    grant.check(&batch.project)?;
+                                    api.track_batch(batch).await
+                                }
+                                Err(status) => Err(oversize_as_exhausted(status)),
+                            }
+                        });
+                        async move {
+                            task.await.unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}"))))
                         }
-                        Err(status) => Err(oversize_as_exhausted(status)),
+                    });
+                let mut acks = std::pin::pin!(pending.buffered(inflight));
+                loop {
+                    match acks.next().await {
+                        Some(ack) => {
+                            let failed = ack.is_err();
+                            if ack_tx.send(ack).await.is_err() || failed {
+                                return;
+                            }
+                        }
+                        None => break cut.load(Ordering::Relaxed),
                     }
-                });
-                async move { task.await.unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}")))) }
-            });
-            let mut acks = std::pin::pin!(pending.buffered(inflight));
-            while let Some(ack) = acks.next().await {
-                let failed = ack.is_err();
-                if ack_tx.send(ack).await.is_err() || failed {
-                    return;
                 }
-            }
-            if cut.load(Ordering::Relaxed) {
+            };
+            if cut_by_shutdown {
                 let status = Status::unavailable("server shutting down: batches after the last ack were not read");
                 let _ = ack_tx.send(Err(status)).await;
+                drop(ack_tx);
+                // Keep the request open briefly (discarding what still arrives), so the client
+                // reads the status before the connection closes rather than a reset.
+                let _ = tokio::time::timeout(SHUTDOWN_LINGER, async { while inbound.next().await.is_some() {} }).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
@@ -119,6 +133,9 @@ impl IngestService for Api {
         Ok(Response::new(pb::AliasResponse {}))
     }
 }
+
+/// How long a stream cut by shutdown waits for the client to read its final status.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// See `telemetry::resource_exhausted_for_oversize`: the same rule for streamed messages.
 fn oversize_as_exhausted(status: Status) -> Status {

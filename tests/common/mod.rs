@@ -55,14 +55,17 @@ impl TestServer {
         .await
     }
 
-    /// Stops the server (flushing) and starts a new one on the same data dir.
+    /// Stops the server (flushing; unless a test stopped it already) and starts a new one on
+    /// the same data dir.
     pub async fn restart(self) -> Self {
         self.restart_with(|_| {}).await
     }
 
     /// Like `restart`, with a changed configuration.
     pub async fn restart_with(mut self, configure: impl FnOnce(&mut ServeConfig)) -> Self {
-        self.running.take().unwrap().stop().await.expect("clean stop");
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean stop");
+        }
         let mut next = Self::start_in(&self.dir, configure).await;
         next._temp = self._temp.take();
         next
