@@ -227,7 +227,7 @@ async fn hostile_inputs_get_their_status_and_change_nothing() {
     let year1 = prost_types::Timestamp { seconds: -62_135_596_800, nanos: 0 };
     let year9999 = prost_types::Timestamp { seconds: 253_402_300_799, nanos: 0 };
     let huge = pb::TimeRange { from: Some(year1), to: Some(year9999) };
-    let status = metrics.query_metric(query(huge.clone(), pb::Granularity::Hour)).await.unwrap_err();
+    let status = metrics.query_metric(query(huge, pb::Granularity::Hour)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "10^4 years by the hour: {status:?}");
     let reply = metrics.query_metric(query(huge, pb::Granularity::Total)).await.unwrap().into_inner();
     assert_eq!(reply.series[0].points[0].value, 1.0, "one bucket over all time");
