@@ -9,6 +9,7 @@ pub mod r#gen;
 pub mod grpc;
 pub mod load;
 pub mod server;
+pub mod soak;
 pub mod storage;
 pub mod telemetry;
 

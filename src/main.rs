@@ -7,6 +7,7 @@ use sextant::backup::{self, BackupArgs};
 use sextant::config::ServeConfig;
 use sextant::r#gen::{self as generator, GenOptions};
 use sextant::load::{self, LoadArgs};
+use sextant::soak::{self, SoakArgs};
 use sextant::{server, telemetry};
 
 // The ingest path allocates many small strings per event (protobuf decoding); mimalloc
@@ -32,6 +33,9 @@ enum Command {
     /// Copy a running server's data into a new data directory (a consistent snapshot). To
     /// restore, start a server with `--data-dir` set to that directory.
     Backup(BackupArgs),
+    /// Mixed ingest and queries from several clients for a fixed time; prints errors and
+    /// latency percentiles per call.
+    Soak(SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -87,6 +91,24 @@ fn main() -> anyhow::Result<()> {
                 report.bytes,
                 args.out.display()
             );
+            Ok(())
+        }
+        Command::Soak(args) => {
+            telemetry::init_tracing(sextant::config::LogFormat::Text);
+            let report = runtime.block_on(soak::run(&args))?;
+            println!(
+                "{} clients, {:.1} s, {} events accepted ({:.0} events/s)\n",
+                args.clients,
+                report.elapsed.as_secs_f64(),
+                report.events,
+                report.events as f64 / report.elapsed.as_secs_f64()
+            );
+            print!("{}", report.table());
+            for (name, stats) in &report.calls {
+                if let Some(error) = &stats.first_error {
+                    println!("first {name} error: {error}");
+                }
+            }
             Ok(())
         }
         Command::Load(args) => {

@@ -140,7 +140,7 @@ const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// See `telemetry::resource_exhausted_for_oversize`: the same rule for streamed messages.
 fn oversize_as_exhausted(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
-        return Status::resource_exhausted(status.message().to_owned());
+        return Error::exhausted("message", status.message()).into();
     }
     status
 }

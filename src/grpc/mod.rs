@@ -1,4 +1,10 @@
 //! The gRPC layer: thin handlers that decode, call the core and encode.
+//!
+//! Access: `auth::ACCESS` says what each RPC needs (a role, or the server admin key) and the
+//! guard layer checks key and role before the handler runs. Each handler's first line checks
+//! the request's project: `self.authorize(&request, &request.get_ref().project)?;` (client
+//! streams: `let grant = self.grant(&request)?;`, then `grant.check(&message.project)?` per
+//! message). Forgetting it makes the call PERMISSION_DENIED for project keys.
 
 pub mod admin;
 pub mod auth;
