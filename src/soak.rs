@@ -182,7 +182,10 @@ async fn soak_client(
                         event_id: format!("soak-{client}-{n}-{i}"),
                         name: if i % 10 == 0 { "buy".into() } else { "view".into() },
                         user_id: format!("u{}", rng.random_range(0..5_000)),
-                        timestamp: Some(prost_types::Timestamp { seconds: START + rng.random_range(0..30 * DAY), nanos: 0 }),
+                        timestamp: Some(prost_types::Timestamp {
+                            seconds: START + rng.random_range(0..30 * DAY),
+                            nanos: 0,
+                        }),
                         ..Default::default()
                     })
                     .collect();
@@ -194,7 +197,7 @@ async fn soak_client(
                 calls.entry("Track").or_default().record(started, result.map(|_| ()));
             }
             10..14 => {
-                let key = if n % 2 == 0 { "soak_views" } else { "soak_viewers" };
+                let key = if n.is_multiple_of(2) { "soak_views" } else { "soak_viewers" };
                 let request = pb::QueryMetricRequest {
                     project: project.clone(),
                     metric: Some(pb::query_metric_request::Metric::MetricKey(key.into())),

@@ -412,10 +412,14 @@ async fn stream_limit_and_deadlines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_time_budget_is_deadline_exceeded() {
-    let server = TestServer::start_with(|c| c.query_timeout_secs = 0.000_001).await;
-    let project = pb::Project { id: "p".into(), ..Default::default() };
-    let status =
-        server.projects().create_project(pb::CreateProjectRequest { project: Some(project) }).await.unwrap_err();
+    // A budget of 1 µs: a call that needs more (5,000 events to validate, encode and flush)
+    // ends with DEADLINE_EXCEEDED. (grpc::auth tests the timing against a slow service.)
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let server = server.restart_with(|c| c.query_timeout_secs = 0.000_001).await;
+    let events: Vec<pb::Event> = (0..5000).map(|i| event(&format!("d{i}"), "view", &format!("u{i}"), i)).collect();
+    let request = pb::TrackRequest { project: "p".into(), events, sequence: 0 };
+    let status = server.ingest().track(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("time budget"), "{status:?}");
 }
