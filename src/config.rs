@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use crate::core::ingest::Limits;
 use crate::core::model::MICROS_PER_SECOND;
+use crate::grpc::auth::GuardConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -67,6 +69,36 @@ pub struct ServeConfig {
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish, in seconds.
     #[arg(long, env = "SEXTANT_GRACE_SECS", default_value_t = 10)]
     pub grace_secs: u64,
+
+    /// Server admin API key. When set, every call (but health and reflection) needs
+    /// `authorization: Bearer <key>`; when unset the server runs open, without auth.
+    #[arg(long, env = "SEXTANT_BOOTSTRAP_KEY", hide_env_values = true)]
+    pub bootstrap_key: Option<String>,
+
+    /// PEM certificate chain; with --tls-key, serves TLS instead of plaintext.
+    #[arg(long, env = "SEXTANT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SEXTANT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Requests per second per API key (per client address when auth is off); 0 disables.
+    #[arg(long, env = "SEXTANT_RATE_LIMIT", default_value_t = 0.0)]
+    pub rate_limit: f64,
+
+    /// Streaming calls (TrackStream, ExportEvents, WatchMetric) open at once, server-wide.
+    #[arg(long, env = "SEXTANT_MAX_STREAMS", default_value_t = 1024)]
+    pub max_streams: usize,
+
+    /// Time budget of a unary call (queries) in seconds, also bounded by the client's
+    /// grpc-timeout; 0: only the client's.
+    #[arg(long, env = "SEXTANT_QUERY_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub query_timeout_secs: f64,
+
+    /// How often the data retention job runs, in seconds.
+    #[arg(long, env = "SEXTANT_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
+    pub retention_interval_secs: u64,
 }
 
 impl ServeConfig {
@@ -86,6 +118,15 @@ impl ServeConfig {
         }
     }
 
+    pub fn guard(&self) -> GuardConfig {
+        GuardConfig {
+            bootstrap_key: self.bootstrap_key.clone().filter(|k| !k.is_empty()),
+            rate_limit: self.rate_limit,
+            max_streams: self.max_streams,
+            unary_budget: (self.query_timeout_secs > 0.0).then(|| Duration::from_secs_f64(self.query_timeout_secs)),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_batch_events: self.max_batch_events,
@@ -100,6 +141,18 @@ impl ServeConfig {
         anyhow::ensure!(self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024");
         anyhow::ensure!(self.stream_inflight > 0, "--stream-inflight must be positive");
         anyhow::ensure!(self.max_future_secs >= 0, "--max-future-secs must not be negative");
+        anyhow::ensure!(self.rate_limit >= 0.0 && self.rate_limit.is_finite(), "--rate-limit must be >= 0");
+        anyhow::ensure!(self.max_streams > 0, "--max-streams must be positive");
+        anyhow::ensure!(
+            self.query_timeout_secs >= 0.0 && self.query_timeout_secs.is_finite(),
+            "--query-timeout-secs must be >= 0"
+        );
+        anyhow::ensure!(self.retention_interval_secs > 0, "--retention-interval-secs must be positive");
+        anyhow::ensure!(
+            self.bootstrap_key.as_deref().is_none_or(|k| k.is_empty() || k.len() >= 16),
+            "--bootstrap-key must be at least 16 characters"
+        );
+        anyhow::ensure!(self.tls_cert.is_some() == self.tls_key.is_some(), "--tls-cert and --tls-key go together");
         self.metrics_addr()?;
         Ok(())
     }

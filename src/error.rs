@@ -19,6 +19,14 @@ pub enum Error {
     /// A configured limit was exceeded; `field` names what is limited.
     #[error("{field}: {message}")]
     ResourceExhausted { field: String, message: String },
+    /// A rate limit was hit; the client may retry after `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: std::time::Duration },
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The call raced with a change that invalidated it (e.g. an export during a deletion).
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -57,7 +65,9 @@ impl Error {
             Error::NotFound(_) => "NOT_FOUND",
             Error::AlreadyExists(_) => "ALREADY_EXISTS",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
-            Error::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
+            Error::ResourceExhausted { .. } | Error::RateLimited { .. } => "RESOURCE_EXHAUSTED",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Error::Aborted(_) => "ABORTED",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::Unavailable => "UNAVAILABLE",
@@ -84,6 +94,12 @@ impl From<Error> for Status {
                 let details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            Error::RateLimited { retry_after, .. } => {
+                let details = ErrorDetails::with_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
+            Error::Aborted(_) => Status::aborted(message),
             Error::NotFound(_) => Status::not_found(message),
             Error::AlreadyExists(_) => Status::already_exists(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),

@@ -1,6 +1,7 @@
 //! Sextant: a metrics-as-a-service backend. Events in over gRPC; North Star metrics, goals,
 //! funnels, retention and experiment readouts out.
 
+pub mod backup;
 pub mod config;
 pub mod core;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod r#gen;
 pub mod grpc;
 pub mod load;
 pub mod server;
+pub mod soak;
 pub mod storage;
 pub mod telemetry;
 

@@ -26,8 +26,11 @@ pub struct ClientArgs {
     #[arg(long, env = "SEXTANT_CLIENT_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// API key, sent as `authorization: Bearer <key>`.
-    #[arg(long, env = "SEXTANT_API_KEY")]
+    #[arg(long, env = "SEXTANT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM certificate to trust for an `https://` address (e.g. the server's self-signed one).
+    #[arg(long, env = "SEXTANT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -86,11 +89,16 @@ pub type Intercepted = tonic::service::interceptor::InterceptedService<Channel, 
 impl ClientArgs {
     pub async fn connect(&self) -> anyhow::Result<(Channel, BearerKey)> {
         let url = if self.addr.contains("://") { self.addr.clone() } else { format!("http://{}", self.addr) };
-        let channel = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("--addr {:?}", self.addr))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+        let mut endpoint = Endpoint::from_shared(url.clone()).with_context(|| format!("--addr {:?}", self.addr))?;
+        if url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = &self.ca_cert {
+                let pem = std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+        }
+        let channel = endpoint.connect().await.with_context(|| format!("connecting to {url}"))?;
         let key = match &self.api_key {
             Some(key) => Some(format!("Bearer {key}").parse().context("--api-key is not valid in a header")?),
             None => None,

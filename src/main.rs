@@ -3,9 +3,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use sextant::backup::{self, BackupArgs};
 use sextant::config::ServeConfig;
 use sextant::r#gen::{self as generator, GenOptions};
 use sextant::load::{self, LoadArgs};
+use sextant::soak::{self, SoakArgs};
 use sextant::{server, telemetry};
 
 // The ingest path allocates many small strings per event (protobuf decoding); mimalloc
@@ -28,6 +30,12 @@ enum Command {
     Gen(GenArgs),
     /// Ingest users.jsonl / events.jsonl into a running server through the gRPC API.
     Load(LoadArgs),
+    /// Copy a running server's data into a new data directory (a consistent snapshot). To
+    /// restore, start a server with `--data-dir` set to that directory.
+    Backup(BackupArgs),
+    /// Mixed ingest and queries from several clients for a fixed time; prints errors and
+    /// latency percentiles per call.
+    Soak(SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +81,36 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Backup(args) => {
+            telemetry::init_tracing(sextant::config::LogFormat::Text);
+            let report = runtime.block_on(backup::run(&args))?;
+            println!(
+                "backed up {} meta objects and {} log records ({} bytes) to {}",
+                report.meta,
+                report.log,
+                report.bytes,
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::Soak(args) => {
+            telemetry::init_tracing(sextant::config::LogFormat::Text);
+            let report = runtime.block_on(soak::run(&args))?;
+            println!(
+                "{} clients, {:.1} s, {} events accepted ({:.0} events/s)\n",
+                args.clients,
+                report.elapsed.as_secs_f64(),
+                report.events,
+                report.events as f64 / report.elapsed.as_secs_f64()
+            );
+            print!("{}", report.table());
+            for (name, stats) in &report.calls {
+                if let Some(error) = &stats.first_error {
+                    println!("first {name} error: {error}");
+                }
+            }
+            Ok(())
+        }
         Command::Load(args) => {
             telemetry::init_tracing(sextant::config::LogFormat::Text);
             let report = runtime.block_on(load::run(&args))?;
@@ -110,6 +148,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     running.stop().await
 }
 
+/// How the demo loader reaches this server: its bootstrap key (unless SEXTANT_API_KEY is
+/// set), and over TLS trusting the server's own certificate.
+fn demo_client(config: &ServeConfig, running: &server::RunningServer) -> load::ClientArgs {
+    let port = running.addr.port();
+    let addr = match &config.tls_cert {
+        Some(_) => format!("https://localhost:{port}"),
+        None => running.addr.to_string(),
+    };
+    let api_key = std::env::var("SEXTANT_API_KEY").ok().or_else(|| config.bootstrap_key.clone());
+    load::ClientArgs { addr, api_key, ca_cert: config.tls_cert.clone() }
+}
+
 /// Fills the `demo` project with generated data through the public API, once.
 async fn seed_demo(config: &ServeConfig, running: &server::RunningServer) -> anyhow::Result<()> {
     let has_events = running.engine.project_stats("demo").map(|s| s.events > 0).unwrap_or(false);
@@ -119,7 +169,7 @@ async fn seed_demo(config: &ServeConfig, running: &server::RunningServer) -> any
         let summary = tokio::task::spawn_blocking(move || generator::generate(&options)).await??;
         println!("generated {} users and {} events for the demo project", summary.users, summary.events);
         let args = LoadArgs {
-            client: load::ClientArgs { addr: running.addr.to_string(), api_key: std::env::var("SEXTANT_API_KEY").ok() },
+            client: demo_client(config, running),
             project: "demo".into(),
             users: Some(out.join("users.jsonl")),
             events: Some(out.join("events.jsonl")),

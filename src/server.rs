@@ -8,11 +8,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
+use crate::core::data_retention::run_retention_job;
 use crate::core::engine::Engine;
 use crate::grpc::Api;
+use crate::grpc::auth::GuardLayer;
 use crate::pb;
 use crate::storage::SledStorage;
 use crate::telemetry;
@@ -65,13 +67,23 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         None => None,
     };
 
-    let api = Api { engine: engine.clone(), stream_inflight: config.stream_inflight };
+    let guard = GuardLayer::new(engine.clone(), &config.guard())?;
+    if guard.auth_enabled() {
+        tracing::info!("auth enforced: every call but health and reflection needs an API key");
+    } else {
+        tracing::warn!(
+            "no bootstrap key configured (--bootstrap-key / SEXTANT_BOOTSTRAP_KEY): auth is OFF, every call is allowed"
+        );
+    }
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let api = Api { engine: engine.clone(), stream_inflight: config.stream_inflight, stopping };
     let max = config.max_message_bytes;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    use pb::admin_service_server::AdminServiceServer;
     use pb::analysis_service_server::AnalysisServiceServer;
     use pb::catalog_service_server::CatalogServiceServer;
     use pb::cohort_service_server::CohortServiceServer;
@@ -84,8 +96,17 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     health_reporter.set_serving::<IngestServiceServer<Api>>().await;
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let cert = std::fs::read(cert).with_context(|| format!("reading --tls-cert {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("reading --tls-key {}", key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("TLS configuration")?;
+    }
+    let router = builder
         .layer(telemetry::RequestMetricsLayer)
+        .layer(guard)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ProjectServiceServer::new(api.clone()).max_decoding_message_size(max))
@@ -96,15 +117,22 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         .add_service(GoalServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(CohortServiceServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(AnalysisServiceServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(ExperimentServiceServer::new(api.clone()).max_decoding_message_size(max));
+        .add_service(ExperimentServiceServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(AdminServiceServer::new(api.clone()).max_decoding_message_size(max));
+
+    let retention =
+        tokio::spawn(run_retention_job(engine.clone(), Duration::from_secs(config.retention_interval_secs)));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.grace_secs);
     let task_engine = engine.clone();
+    let stopping_streams = stopping_tx;
     let task = tokio::spawn(async move {
         let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
         let signal = async move {
             let _ = shutdown_rx.await;
+            // Open streams stop reading and finish what they received (see IngestService).
+            let _ = stopping_streams.send(true);
             let _ = stopping_tx.send(());
         };
         // No Nagle: a reply that fills a partial segment would otherwise wait for the peer's delayed ACK
@@ -121,6 +149,9 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
             }
         };
         health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        // Wait until the job is gone: it holds the engine, and with it the database lock.
+        retention.abort();
+        let _ = retention.await;
         let closed = tokio::task::spawn_blocking(move || task_engine.close()).await?;
         served?;
         closed?;

@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
+use super::auth::ApiKey;
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
 use super::cohort::Cohort;
 use super::experiment::definition::Experiment;
@@ -109,7 +110,49 @@ impl ProjectState {
             LogRecord::ManualCleared { metric_key, .. } => {
                 self.manual.remove(metric_key);
             }
+            LogRecord::UserDeleted { user_id, .. } => self.erase_user(user_id),
+            LogRecord::EventsExpired { before, .. } => self.expire(*before),
         }
+    }
+
+    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention). The writer
+    /// calls it after each job, replay once at the end, so a log with many deletions replays
+    /// in one pass.
+    pub fn compact(&mut self) -> usize {
+        self.table.compact()
+    }
+
+    /// Marks the user's events (aliased anonymous ids' included) for erasure and forgets its
+    /// traits, aliases and quarantined events at once.
+    fn erase_user(&mut self, user_id: &str) {
+        let table = &mut self.table;
+        let Some(person) = table.find_user(user_id) else {
+            return;
+        };
+        for row in table.user_rows(person) {
+            table.erase(row);
+        }
+        let anonymous: std::collections::HashSet<String> =
+            table.unalias_all(person).into_iter().map(|a| table.person_name(a).to_owned()).collect();
+        self.traits.remove(&person);
+        self.traits_version += 1;
+        self.quarantine.retain(|_, q| {
+            let event = &q.event;
+            event.user_id != user_id && !(event.user_id.is_empty() && anonymous.contains(&event.anonymous_id))
+        });
+    }
+
+    /// Marks events older than `before` for erasure and drops old quarantined events.
+    fn expire(&mut self, before: Micros) {
+        let table = &mut self.table;
+        if table.min_time.is_some_and(|t| t < before) {
+            for row in 0..table.len() {
+                if table.time[row] < before {
+                    table.erase(row as u32);
+                }
+            }
+        }
+        self.quarantine.retain(|_, q| q.event.timestamp >= before);
     }
 
     fn apply_user_update(&mut self, update: &UserUpdate) {
@@ -141,6 +184,8 @@ pub struct Engine {
     writer: Mutex<Option<Writer>>,
     sender: RwLock<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
     next_quarantine_id: AtomicU64,
+    /// Every project's API keys by key id (see `auth`).
+    pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     pub limits: Limits,
 }
 
@@ -203,20 +248,19 @@ impl Engine {
         load(storage.as_ref(), "experiment/", &mut projects, |state, e: Experiment| {
             state.experiments.insert(e.key.clone(), e);
         })?;
+        let mut api_keys = BTreeMap::new();
+        for (key, bytes) in storage.scan_meta("api_key/")? {
+            let api_key: ApiKey = decode(&key, &bytes)?;
+            if projects.contains_key(&api_key.project) {
+                api_keys.insert(api_key.id.clone(), api_key);
+            }
+        }
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;
         let mut records = 0u64;
         storage.replay(&mut |record| {
             records += 1;
-            let project = match &record {
-                LogRecord::Events { project, .. }
-                | LogRecord::Users { project, .. }
-                | LogRecord::Alias { project, .. }
-                | LogRecord::Quarantined { project, .. }
-                | LogRecord::Unquarantined { project, .. }
-                | LogRecord::ManualValues { project, .. }
-                | LogRecord::ManualCleared { project, .. } => project,
-            };
+            let project = record.project();
             let Some(state) = projects.get_mut(project) else {
                 tracing::warn!(project = %project, "log record of an unknown project skipped");
                 return Ok(());
@@ -236,6 +280,9 @@ impl Engine {
             state.apply(&record, &keep);
             Ok(())
         })?;
+        for state in projects.values_mut() {
+            state.compact();
+        }
         let events: usize = projects.values().map(|p| p.table.len()).sum();
         tracing::info!(
             projects = projects.len(),
@@ -252,6 +299,7 @@ impl Engine {
             writer: Mutex::new(Some(writer)),
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
+            api_keys: RwLock::new(api_keys),
             limits,
         }))
     }
@@ -269,6 +317,11 @@ impl Engine {
 
     pub(crate) fn put_meta_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         self.storage.put_meta(key, &encode(value)?)
+    }
+
+    /// Raw storage, for backups.
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
     }
 
     pub(crate) fn delete_meta(&self, key: &str) -> Result<()> {

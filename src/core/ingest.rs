@@ -322,6 +322,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
             for record in &a.job.records {
                 state.apply(record, &a.keep);
             }
+            state.compact();
             events += a.result.accepted;
         }
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());

@@ -1,7 +1,9 @@
 //! The domain: no tonic or prost types here.
 
+pub mod auth;
 pub mod catalog;
 pub mod cohort;
+pub mod data_retention;
 pub mod engine;
 pub mod experiment;
 pub mod experiments;

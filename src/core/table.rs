@@ -1,8 +1,11 @@
 //! The in-memory columnar layout of a project's events, built from the log.
 //!
 //! Queries scan integer columns (person, time, name) and a flat property arena instead of
-//! parsing anything per event. Strings are interned once; rows are append-only, so a row
-//! index stays valid for the life of the process.
+//! parsing anything per event. Strings are interned once. Rows are appended, and removed only
+//! by `compact` (DeleteUser, data retention), which renumbers them and bumps `generation`: a
+//! row index is valid while the project lock is held, or across locks while `generation` is
+//! unchanged. Person, name, key and string ids never change. A row column added here must be
+//! rebuilt in `compact`.
 
 use hashbrown::HashMap;
 
@@ -99,8 +102,12 @@ pub struct EventTable {
     pub id_bytes: Vec<u8>,
     pub min_time: Option<Micros>,
     pub max_time: Option<Micros>,
-    /// Changes whenever rows change owner or the table is replaced, so layouts derived from
-    /// it (see `person_order`) know when to rebuild.
+    /// Rows marked by `erase`, removed by the next `compact`.
+    erased: Vec<u32>,
+    /// Bumped whenever `compact` renumbers rows.
+    pub generation: u64,
+    /// Changes whenever rows change owner or number, or the table is replaced, so layouts
+    /// derived from it (see `person_order`) know when to rebuild.
     layout: LayoutVersion,
 }
 
@@ -262,6 +269,72 @@ impl EventTable {
         }
     }
 
+    /// Marks a row for removal by the next `compact`. Until then it is still visible.
+    pub fn erase(&mut self, row: u32) {
+        self.erased.push(row);
+    }
+
+    /// Unlinks every anonymous id aliased to `user` (they become their own people again).
+    pub fn unalias_all(&mut self, user: u32) -> Vec<u32> {
+        let anons = self.aliases.remove(&user).unwrap_or_default();
+        for &anon in &anons {
+            self.canonical[anon as usize] = anon;
+        }
+        if !anons.is_empty() {
+            self.layout = LayoutVersion::next();
+        }
+        anons
+    }
+
+    /// Removes the rows marked by `erase`, keeping the order of the rest; returns how many
+    /// were removed. O(rows): deletions and retention are rare, queries stay simple.
+    pub fn compact(&mut self) -> usize {
+        if self.erased.is_empty() {
+            return 0;
+        }
+        let n = self.len();
+        let mut dropped = vec![false; n];
+        for row in self.erased.drain(..) {
+            dropped[row as usize] = true;
+        }
+        let removed = dropped.iter().filter(|d| **d).count();
+        let kept = n - removed;
+        let person = std::mem::replace(&mut self.person, Vec::with_capacity(kept));
+        let anonymous = std::mem::replace(&mut self.anonymous, Vec::with_capacity(kept));
+        let time = std::mem::replace(&mut self.time, Vec::with_capacity(kept));
+        let name = std::mem::replace(&mut self.name, Vec::with_capacity(kept));
+        let prop_end = std::mem::replace(&mut self.prop_end, Vec::with_capacity(kept));
+        let props = std::mem::take(&mut self.props);
+        let id_end = std::mem::replace(&mut self.id_end, Vec::with_capacity(kept));
+        let id_bytes = std::mem::take(&mut self.id_bytes);
+        for rows in &mut self.person_rows {
+            rows.clear();
+        }
+        self.name_counts.iter_mut().for_each(|c| *c = 0);
+        self.min_time = None;
+        self.max_time = None;
+        for row in (0..n).filter(|&r| !dropped[r]) {
+            let new_row = self.time.len() as u32;
+            let prop_start = if row == 0 { 0 } else { prop_end[row - 1] as usize };
+            self.props.extend_from_slice(&props[prop_start..prop_end[row] as usize]);
+            self.prop_end.push(self.props.len() as u32);
+            let id_start = if row == 0 { 0 } else { id_end[row - 1] as usize };
+            self.id_bytes.extend_from_slice(&id_bytes[id_start..id_end[row] as usize]);
+            self.id_end.push(self.id_bytes.len() as u64);
+            self.person.push(person[row]);
+            self.anonymous.push(anonymous[row]);
+            self.time.push(time[row]);
+            self.name.push(name[row]);
+            self.name_counts[name[row] as usize] += 1;
+            self.person_rows[person[row] as usize].push(new_row);
+            self.min_time = Some(self.min_time.map_or(time[row], |t| t.min(time[row])));
+            self.max_time = Some(self.max_time.map_or(time[row], |t| t.max(time[row])));
+        }
+        self.generation += 1;
+        self.layout = LayoutVersion::next();
+        removed
+    }
+
     /// The rows of a user, including rows of anonymous ids aliased to it, by time then arrival.
     pub fn user_rows(&self, person: u32) -> Vec<u32> {
         let mut rows = self.person_rows[person as usize].clone();
@@ -328,5 +401,32 @@ mod tests {
         assert_eq!(table.user_rows(user), vec![0]);
         let u2 = table.find_user("u2").unwrap();
         assert_eq!(table.user_rows(u2), vec![1]);
+    }
+
+    #[test]
+    fn compaction_removes_marked_rows_and_keeps_the_rest_intact() {
+        let mut table = EventTable::default();
+        let events: Vec<Event> = (0..6).map(|i| event(&format!("e{i}"), &format!("u{}", i % 2), "", i * 10)).collect();
+        for e in &events {
+            table.push(e);
+        }
+        assert_eq!(table.compact(), 0);
+        assert_eq!(table.generation, 0);
+        table.erase(0);
+        table.erase(3);
+        table.erase(3);
+        assert_eq!(table.compact(), 2);
+        assert_eq!(table.generation, 1);
+        let kept: Vec<Event> = (0..table.len()).map(|r| table.event(r)).collect();
+        assert_eq!(kept, vec![events[1].clone(), events[2].clone(), events[4].clone(), events[5].clone()]);
+        assert_eq!((table.min_time, table.max_time), (Some(10), Some(50)));
+        assert_eq!(table.name_counts, vec![4]);
+        let u0 = table.find_user("u0").unwrap();
+        assert_eq!(table.user_rows(u0), vec![1, 2]);
+        for r in 0..4 {
+            table.erase(r);
+        }
+        assert_eq!(table.compact(), 4);
+        assert!(table.is_empty() && table.min_time.is_none());
     }
 }

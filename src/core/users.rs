@@ -1,9 +1,11 @@
 //! Users: profiles, timelines and raw event export.
 
 use super::engine::Engine;
+use super::ingest;
 use super::model::{Event, TimeRange, UserProfile};
 use super::page::PageRequest;
 use crate::error::{Error, Result};
+use crate::storage::LogRecord;
 
 /// The most events one export message carries.
 pub const EXPORT_CHUNK: usize = 1000;
@@ -68,22 +70,52 @@ impl Engine {
         Ok((events, next))
     }
 
-    /// The rows an export returns, ordered by time then arrival. Rows are append-only, so the
-    /// list stays valid while the export streams.
-    pub fn export_rows(&self, project: &str, range: TimeRange, names: &[String], user_id: &str) -> Result<Vec<u32>> {
+    /// Erases a user (a GDPR request): its events, those of anonymous ids aliased to it, its
+    /// traits, aliases and quarantined events. Durable when it returns; the event ids stay
+    /// known, so replaying the same events is deduplicated. Returns the events erased;
+    /// erasing an unknown user erases nothing and succeeds (retries are safe).
+    pub async fn delete_user(&self, project: &str, user_id: &str) -> Result<u64> {
+        if user_id.is_empty() {
+            return Err(Error::invalid("user_id", "must not be empty"));
+        }
+        ingest::validate_user_id("user_id", user_id)?;
+        let entry = self.project(project)?;
+        let events = {
+            let state = entry.read();
+            match state.table.find_user(user_id) {
+                Some(person) => state.table.user_rows(person).len() as u64,
+                None => return Ok(0),
+            }
+        };
+        let record = LogRecord::UserDeleted { project: project.to_owned(), user_id: user_id.to_owned() };
+        self.write(entry, vec![record], vec![]).await?;
+        tracing::info!(project = %project, events, "user erased");
+        Ok(events)
+    }
+
+    /// The rows an export returns, ordered by time then arrival, with the table generation
+    /// they belong to (see `events_at`).
+    pub fn export_rows(
+        &self,
+        project: &str,
+        range: TimeRange,
+        names: &[String],
+        user_id: &str,
+    ) -> Result<(Vec<u32>, u64)> {
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.table;
+        let generation = table.generation;
         let name_ids: Vec<u32> = names.iter().filter_map(|n| table.names.get(n)).collect();
         if !names.is_empty() && name_ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), generation));
         }
         let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name[row]);
         let mut rows: Vec<u32> = if user_id.is_empty() {
             (0..table.len() as u32).filter(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize)).collect()
         } else {
             let Some(person) = table.find_user(user_id) else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), generation));
             };
             table.user_rows(person)
         };
@@ -91,12 +123,17 @@ impl Engine {
             rows.retain(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize));
         }
         rows.sort_unstable_by_key(|&r| (table.time[r as usize], r));
-        Ok(rows)
+        Ok((rows, generation))
     }
 
-    pub fn events_at(&self, project: &str, rows: &[u32]) -> Result<Vec<Event>> {
+    /// Events at rows listed by `export_rows`. A deletion in between renumbers rows: then the
+    /// export fails with ABORTED (retry) rather than return other events.
+    pub fn events_at(&self, project: &str, rows: &[u32], generation: u64) -> Result<Vec<Event>> {
         let entry = self.project(project)?;
         let state = entry.read();
+        if state.table.generation != generation {
+            return Err(Error::Aborted("events were deleted while the export ran; retry".into()));
+        }
         Ok(rows.iter().map(|&r| state.table.event(r as usize)).collect())
     }
 }

@@ -151,6 +151,7 @@ impl AnalysisService for Api {
         &self,
         request: Request<pb::QueryFunnelRequest>,
     ) -> Result<Response<pb::QueryFunnelResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let project = request.project.clone();
         let query = funnel_from_pb(request)?;
@@ -169,6 +170,7 @@ impl AnalysisService for Api {
         &self,
         request: Request<pb::QueryRetentionRequest>,
     ) -> Result<Response<pb::QueryRetentionResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let project = request.project.clone();
         let query = retention_from_pb(request)?;
@@ -195,6 +197,7 @@ impl AnalysisService for Api {
         &self,
         request: Request<pb::QueryCohortTableRequest>,
     ) -> Result<Response<pb::QueryCohortTableResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let project = request.project.clone();
         let query = cohort_table_from_pb(request)?;

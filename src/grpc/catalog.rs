@@ -12,6 +12,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::UpsertEventTypeRequest>,
     ) -> Result<Response<pb::UpsertEventTypeResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let event_type = request.event_type.ok_or_else(|| Error::invalid("event_type", "required"))?;
         let event_type = event_type_from_pb(event_type)?;
@@ -24,6 +25,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::GetEventTypeRequest>,
     ) -> Result<Response<pb::GetEventTypeResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let found = self.blocking(move |engine| engine.get_event_type(&request.project, &request.name)).await?;
         Ok(Response::new(pb::GetEventTypeResponse { event_type: Some(event_type_to_pb(found)) }))
@@ -33,6 +35,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::ListEventTypesRequest>,
     ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
@@ -49,6 +52,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::DeleteEventTypeRequest>,
     ) -> Result<Response<pb::DeleteEventTypeResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         self.blocking(move |engine| engine.delete_event_type(&request.project, &request.name)).await?;
         Ok(Response::new(pb::DeleteEventTypeResponse {}))
@@ -58,6 +62,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::ListQuarantinedRequest>,
     ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
@@ -75,6 +80,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::ReplayQuarantinedRequest>,
     ) -> Result<Response<pb::ReplayQuarantinedResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let ids = request
             .ids

@@ -131,6 +131,7 @@ impl CohortService for Api {
         &self,
         request: Request<pb::CreateCohortRequest>,
     ) -> Result<Response<pb::CreateCohortResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let cohort = cohort_from_pb(request.cohort.ok_or_else(|| Error::invalid("cohort", "required"))?)?;
         let project = request.project;
@@ -143,6 +144,7 @@ impl CohortService for Api {
         &self,
         request: Request<pb::GetCohortRequest>,
     ) -> Result<Response<pb::GetCohortResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let cohort = self.blocking(move |engine| engine.get_cohort(&request.project, &request.id)).await?;
         let size = cohort.static_size();
@@ -153,6 +155,7 @@ impl CohortService for Api {
         &self,
         request: Request<pb::ListCohortsRequest>,
     ) -> Result<Response<pb::ListCohortsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
@@ -167,6 +170,7 @@ impl CohortService for Api {
         &self,
         request: Request<pb::DeleteCohortRequest>,
     ) -> Result<Response<pb::DeleteCohortResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         self.blocking(move |engine| engine.delete_cohort(&request.project, &request.id)).await?;
         Ok(Response::new(pb::DeleteCohortResponse {}))
@@ -176,6 +180,7 @@ impl CohortService for Api {
         &self,
         request: Request<pb::ListCohortMembersRequest>,
     ) -> Result<Response<pb::ListCohortMembersResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (project, id) = (request.project, request.id);
@@ -188,6 +193,7 @@ impl CohortService for Api {
         &self,
         request: Request<pb::GetCohortSizeRequest>,
     ) -> Result<Response<pb::GetCohortSizeResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let (size, computed) = self.blocking(move |engine| engine.cohort_size(&request.project, &request.id)).await?;
         Ok(Response::new(pb::GetCohortSizeResponse { size, computed_time: Some(timestamp(computed)) }))

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use prost_types::Timestamp;
 
+use crate::core::auth::{ApiKey, Role};
 use crate::core::ingest::{Incoming, ItemError};
 use crate::core::model::{
     Enforcement, Event, EventType, Micros, Project, ProjectStats, PropertySchema, PropertyType, QuarantinedEvent,
@@ -294,6 +295,32 @@ pub fn user_to_pb(user: UserProfile) -> pb::User {
         first_seen: optional_timestamp(user.first_seen),
         last_seen: optional_timestamp(user.last_seen),
         events: user.events,
+    }
+}
+
+pub fn role_from_pb(field: &str, role: i32) -> Result<Role> {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Ingest) => Ok(Role::Ingest),
+        Ok(pb::Role::Read) => Ok(Role::Read),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Unspecified) => Err(Error::invalid(field, "required: ROLE_INGEST, ROLE_READ or ROLE_ADMIN")),
+        Err(_) => Err(enum_error(field, role)),
+    }
+}
+
+pub fn api_key_to_pb(key: ApiKey) -> pb::ApiKey {
+    let role = match key.role {
+        Role::Ingest => pb::Role::Ingest,
+        Role::Read => pb::Role::Read,
+        Role::Admin => pb::Role::Admin,
+    };
+    pb::ApiKey {
+        id: key.id,
+        role: role as i32,
+        name: key.name,
+        created_time: Some(timestamp(key.created)),
+        expire_time: optional_timestamp(key.expires),
+        revoked: key.revoked,
     }
 }
 

@@ -495,6 +495,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::CreateExperimentRequest>,
     ) -> Result<Response<pb::CreateExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let experiment = experiment_from_pb(required("experiment", request.experiment)?)?;
         let experiment = self.blocking(move |engine| engine.create_experiment(&request.project, experiment)).await?;
@@ -505,6 +506,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::UpdateExperimentRequest>,
     ) -> Result<Response<pb::UpdateExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let experiment = experiment_from_pb(required("experiment", request.experiment)?)?;
         let experiment = self.blocking(move |engine| engine.update_experiment(&request.project, experiment)).await?;
@@ -515,6 +517,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::GetExperimentRequest>,
     ) -> Result<Response<pb::GetExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let experiment = self.blocking(move |engine| engine.get_experiment(&r.project, &r.experiment_key)).await?;
         Ok(Response::new(pb::GetExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
@@ -524,6 +527,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::ListExperimentsRequest>,
     ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let page = PageRequest { size: r.page_size, token: r.page_token };
         let statuses = r.statuses.iter().map(|&s| status_from_pb(s)).collect::<Result<Vec<_>>>()?;
@@ -544,6 +548,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::StartExperimentRequest>,
     ) -> Result<Response<pb::StartExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let experiment = self.blocking(move |engine| engine.start_experiment(&r.project, &r.experiment_key)).await?;
         Ok(Response::new(pb::StartExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
@@ -553,12 +558,14 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::StopExperimentRequest>,
     ) -> Result<Response<pb::StopExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let experiment = self.blocking(move |engine| engine.stop_experiment(&r.project, &r.experiment_key)).await?;
         Ok(Response::new(pb::StopExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
     }
 
     async fn assign(&self, request: Request<pb::AssignRequest>) -> Result<Response<pb::AssignResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let (project, key, user, anonymous) =
             (r.project.clone(), r.experiment_key.clone(), r.user_id.clone(), r.anonymous_id.clone());
@@ -576,6 +583,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::LogExposuresRequest>,
     ) -> Result<Response<pb::LogExposuresResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let items = r.exposures.into_iter().enumerate().map(|(i, e)| exposure_from_pb(i, e)).collect();
         let outcome = self.engine.log_exposures(&r.project, items).await?;
@@ -590,6 +598,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::GetExperimentResultsRequest>,
     ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
         let config = r.stats.map(|s| readout_config_from_pb("stats", Some(s))).transpose()?;
         let results = self
@@ -604,6 +613,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::AnalyzeSummariesRequest>,
     ) -> Result<Response<pb::AnalyzeSummariesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(analyze_summaries(request.into_inner())?))
     }
 
@@ -611,6 +621,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::AdjustPValuesRequest>,
     ) -> Result<Response<pb::AdjustPValuesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(adjust_p_values(request.into_inner())?))
     }
 
@@ -618,6 +629,7 @@ impl ExperimentService for Api {
         &self,
         request: Request<pb::PlanExperimentRequest>,
     ) -> Result<Response<pb::PlanExperimentResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(plan_experiment(request.into_inner())?))
     }
 }

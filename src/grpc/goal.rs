@@ -119,6 +119,7 @@ impl GoalService for Api {
         &self,
         request: Request<pb::CreateGoalRequest>,
     ) -> Result<Response<pb::CreateGoalResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let goal = goal_from_pb(request.goal.ok_or_else(|| Error::invalid("goal", "required"))?)?;
         let goal = self.blocking(move |engine| engine.create_goal(&request.project, goal)).await?;
@@ -129,6 +130,7 @@ impl GoalService for Api {
         &self,
         request: Request<pb::UpdateGoalRequest>,
     ) -> Result<Response<pb::UpdateGoalResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let goal = goal_from_pb(request.goal.ok_or_else(|| Error::invalid("goal", "required"))?)?;
         let goal = self.blocking(move |engine| engine.update_goal(&request.project, goal)).await?;
@@ -136,6 +138,7 @@ impl GoalService for Api {
     }
 
     async fn get_goal(&self, request: Request<pb::GetGoalRequest>) -> Result<Response<pb::GetGoalResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let goal = self.blocking(move |engine| engine.get_goal(&request.project, &request.id)).await?;
         Ok(Response::new(pb::GetGoalResponse { goal: Some(goal_to_pb(goal)) }))
@@ -145,6 +148,7 @@ impl GoalService for Api {
         &self,
         request: Request<pb::ListGoalsRequest>,
     ) -> Result<Response<pb::ListGoalsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (project, metric_key) = (request.project, request.metric_key);
@@ -158,6 +162,7 @@ impl GoalService for Api {
         &self,
         request: Request<pb::DeleteGoalRequest>,
     ) -> Result<Response<pb::DeleteGoalResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         self.blocking(move |engine| engine.delete_goal(&request.project, &request.id)).await?;
         Ok(Response::new(pb::DeleteGoalResponse {}))
@@ -167,6 +172,7 @@ impl GoalService for Api {
         &self,
         request: Request<pb::GetGoalProgressRequest>,
     ) -> Result<Response<pb::GetGoalProgressResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let as_of = request.as_of.as_ref().map(|t| micros_from_timestamp("as_of", t)).transpose()?;
         let report = self.blocking(move |engine| engine.goal_progress(&request.project, &request.id, as_of)).await?;

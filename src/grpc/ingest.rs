@@ -1,3 +1,5 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -44,45 +46,80 @@ impl Api {
 #[tonic::async_trait]
 impl IngestService for Api {
     async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(self.track_batch(request.into_inner()).await?))
     }
 
     /// Batches are processed in order with up to `stream_inflight` of them in flight; acks go
     /// out in the order of the requests. Every received batch is acked or failed: a failed
-    /// batch ends the stream with its status after the acks before it.
+    /// batch ends the stream with its status after the acks before it. When the server shuts
+    /// down, the stream stops reading, acks what it received and ends with UNAVAILABLE: the
+    /// client resends from the first unacked sequence, to this server or another.
     async fn track_stream(
         &self,
         request: Request<Streaming<pb::TrackRequest>>,
     ) -> Result<Response<BoxStream<pb::TrackResponse>>, Status> {
-        let inbound = request.into_inner();
+        let grant = self.grant(&request)?;
+        let mut inbound = request.into_inner();
         let inflight = self.stream_inflight.max(1);
         let (ack_tx, ack_rx) = mpsc::channel::<Result<pb::TrackResponse, Status>>(inflight);
         let api = self.clone();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stopped = {
+            let (cut, stopped) = (cut.clone(), self.stopped());
+            async move {
+                stopped.await;
+                cut.store(true, Ordering::Relaxed);
+            }
+        };
         tokio::spawn(async move {
             // Each batch runs as its own task, so decoding, validation and encoding of
             // in-flight batches use every core; `buffered` yields results in request order.
-            let pending = inbound.map(|item| {
-                let api = api.clone();
-                let task = tokio::spawn(async move {
-                    match item {
-                        Ok(batch) => api.track_batch(batch).await,
-                        Err(status) => Err(oversize_as_exhausted(status)),
+            let cut_by_shutdown = {
+                let pending =
+                    (&mut inbound).take_until(stopped).map(|item| {
+                        let api = api.clone();
+                        let grant = grant.clone();
+                        let task = tokio::spawn(async move {
+                            match item {
+                                Ok(batch) => {
+                                    grant.check(&batch.project)?;
+                                    api.track_batch(batch).await
+                                }
+                                Err(status) => Err(oversize_as_exhausted(status)),
+                            }
+                        });
+                        async move {
+                            task.await.unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}"))))
+                        }
+                    });
+                let mut acks = std::pin::pin!(pending.buffered(inflight));
+                loop {
+                    match acks.next().await {
+                        Some(ack) => {
+                            let failed = ack.is_err();
+                            if ack_tx.send(ack).await.is_err() || failed {
+                                return;
+                            }
+                        }
+                        None => break cut.load(Ordering::Relaxed),
                     }
-                });
-                async move { task.await.unwrap_or_else(|e| Err(Status::internal(format!("batch task failed: {e}")))) }
-            });
-            let mut acks = std::pin::pin!(pending.buffered(inflight));
-            while let Some(ack) = acks.next().await {
-                let failed = ack.is_err();
-                if ack_tx.send(ack).await.is_err() || failed {
-                    break;
                 }
+            };
+            if cut_by_shutdown {
+                let status = Status::unavailable("server shutting down: batches after the last ack were not read");
+                let _ = ack_tx.send(Err(status)).await;
+                drop(ack_tx);
+                // Keep the request open briefly (discarding what still arrives), so the client
+                // reads the status before the connection closes rather than a reset.
+                let _ = tokio::time::timeout(SHUTDOWN_LINGER, async { while inbound.next().await.is_some() {} }).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
 
     async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let updates = request.users.into_iter().enumerate().map(|(i, u)| user_update_from_pb(i, u)).collect();
         let (updated, rejected) = self.engine.identify(&request.project, updates).await?;
@@ -90,16 +127,20 @@ impl IngestService for Api {
     }
 
     async fn alias(&self, request: Request<pb::AliasRequest>) -> Result<Response<pb::AliasResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         self.engine.alias(&request.project, request.anonymous_id, request.user_id).await?;
         Ok(Response::new(pb::AliasResponse {}))
     }
 }
 
+/// How long a stream cut by shutdown waits for the client to read its final status.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// See `telemetry::resource_exhausted_for_oversize`: the same rule for streamed messages.
 fn oversize_as_exhausted(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
-        return Status::resource_exhausted(status.message().to_owned());
+        return Error::exhausted("message", status.message()).into();
     }
     status
 }

@@ -332,6 +332,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::CreateMetricRequest>,
     ) -> Result<Response<pb::CreateMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let metric = metric_from_pb(request.metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
         let created = self.blocking(move |engine| engine.create_metric(&request.project, metric)).await?;
@@ -342,6 +343,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::UpdateMetricRequest>,
     ) -> Result<Response<pb::UpdateMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let metric = metric_from_pb(request.metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
         let updated = self.blocking(move |engine| engine.update_metric(&request.project, metric)).await?;
@@ -352,6 +354,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::GetMetricRequest>,
     ) -> Result<Response<pb::GetMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let (metric, latest_version) =
             self.blocking(move |engine| engine.get_metric(&request.project, &request.key, request.version)).await?;
@@ -362,6 +365,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::ListMetricsRequest>,
     ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let roles = request
             .roles
@@ -384,6 +388,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::DeleteMetricRequest>,
     ) -> Result<Response<pb::DeleteMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let (project, key) = (request.project.clone(), request.key.clone());
         let was_manual = self.blocking(move |engine| engine.delete_metric(&request.project, &request.key)).await?;
@@ -397,6 +402,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::GetMetricTreeRequest>,
     ) -> Result<Response<pb::GetMetricTreeResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let (from, to) = required_range(request.range.as_ref())?;
         // The tree compares with the previous period unless told otherwise.
@@ -432,6 +438,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::RecordValuesRequest>,
     ) -> Result<Response<pb::RecordValuesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let values = request
             .values
@@ -463,6 +470,7 @@ impl MetricService for Api {
         &self,
         request: Request<pb::QueryMetricRequest>,
     ) -> Result<Response<pb::QueryMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let target = match request.metric {
             Some(pb::query_metric_request::Metric::MetricKey(key)) => {

@@ -1,6 +1,14 @@
 //! The gRPC layer: thin handlers that decode, call the core and encode.
+//!
+//! Access: `auth::ACCESS` says what each RPC needs (a role, or the server admin key) and the
+//! guard layer checks key and role before the handler runs. Each handler's first line checks
+//! the request's project: `self.authorize(&request, &request.get_ref().project)?;` (client
+//! streams: `let grant = self.grant(&request)?;`, then `grant.check(&message.project)?` per
+//! message). Forgetting it makes the call PERMISSION_DENIED for project keys.
 
+pub mod admin;
 pub mod analysis;
+pub mod auth;
 pub mod catalog;
 pub mod cohort;
 pub mod convert;
@@ -24,9 +32,20 @@ pub struct Api {
     pub engine: Arc<Engine>,
     /// How many TrackStream batches one stream may have in flight before it stops reading.
     pub stream_inflight: usize,
+    /// Turns true when the server starts shutting down: open streams stop reading, finish
+    /// what they received and end with UNAVAILABLE.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Api {
+    /// Resolves once the server starts shutting down.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
     /// Runs blocking core work (locks, sled) off the async executor.
     pub async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
     where

@@ -1,7 +1,10 @@
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use super::convert::{enforcement_from_pb, project_from_pb, project_to_pb, stats_to_pb};
+use super::convert::{
+    api_key_to_pb, enforcement_from_pb, micros_from_timestamp, project_from_pb, project_to_pb, role_from_pb,
+    stats_to_pb,
+};
 use crate::core::model::ProjectUpdate;
 use crate::core::page::{PageRequest, paginate};
 use crate::error::Error;
@@ -13,6 +16,7 @@ impl ProjectService for Api {
         &self,
         request: Request<pb::CreateProjectRequest>,
     ) -> Result<Response<pb::CreateProjectResponse>, Status> {
+        self.authorize(&request, "")?;
         let project = request.into_inner().project.ok_or_else(|| Error::invalid("project", "required"))?;
         let project = project_from_pb(project)?;
         let created = self.blocking(move |engine| engine.create_project(project)).await?;
@@ -23,6 +27,7 @@ impl ProjectService for Api {
         &self,
         request: Request<pb::GetProjectRequest>,
     ) -> Result<Response<pb::GetProjectResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let id = request.into_inner().project;
         let project = self.blocking(move |engine| engine.get_project(&id)).await?;
         Ok(Response::new(pb::GetProjectResponse { project: Some(project_to_pb(project)) }))
@@ -32,6 +37,7 @@ impl ProjectService for Api {
         &self,
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
+        self.authorize(&request, "")?;
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (projects, next_page_token) =
@@ -46,6 +52,7 @@ impl ProjectService for Api {
         &self,
         request: Request<pb::UpdateProjectRequest>,
     ) -> Result<Response<pb::UpdateProjectResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let new = request.update.ok_or_else(|| Error::invalid("update", "required"))?;
         let masked = |field: &str| request.update_mask.iter().any(|m| m == field);
@@ -75,8 +82,48 @@ impl ProjectService for Api {
         &self,
         request: Request<pb::GetProjectStatsRequest>,
     ) -> Result<Response<pb::GetProjectStatsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let id = request.into_inner().project;
         let stats = self.blocking(move |engine| engine.project_stats(&id)).await?;
         Ok(Response::new(stats_to_pb(stats)))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let role = role_from_pb("role", request.role)?;
+        let expires = request.expire_time.as_ref().map(|t| micros_from_timestamp("expire_time", t)).transpose()?;
+        let (key, secret) =
+            self.blocking(move |engine| engine.create_api_key(&request.project, role, request.name, expires)).await?;
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(api_key_to_pb(key)), secret }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let page = PageRequest { size: request.page_size, token: request.page_token };
+        let (keys, next_page_token) = self
+            .blocking(move |engine| paginate(engine.list_api_keys(&request.project)?, |k| k.id.clone(), &page))
+            .await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.into_iter().map(api_key_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        self.blocking(move |engine| engine.revoke_api_key(&request.project, &request.key_id)).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
     }
 }

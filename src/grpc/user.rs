@@ -12,6 +12,7 @@ use crate::pb::{self, user_service_server::UserService};
 #[tonic::async_trait]
 impl UserService for Api {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let user = self.blocking(move |engine| engine.get_user(&request.project, &request.user_id)).await?;
         Ok(Response::new(pb::GetUserResponse { user: Some(user_to_pb(user)) }))
@@ -21,6 +22,7 @@ impl UserService for Api {
         &self,
         request: Request<pb::ListUserEventsRequest>,
     ) -> Result<Response<pb::ListUserEventsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let range = time_range("range", request.range.as_ref())?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
@@ -33,15 +35,26 @@ impl UserService for Api {
         }))
     }
 
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let events_deleted = self.engine.delete_user(&request.project, &request.user_id).await?;
+        Ok(Response::new(pb::DeleteUserResponse { events_deleted }))
+    }
+
     /// Streams chunks of events; a slow reader holds back only this stream (bounded channel).
     async fn export_events(
         &self,
         request: Request<pb::ExportEventsRequest>,
     ) -> Result<Response<BoxStream<pb::ExportEventsResponse>>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let range = time_range("range", request.range.as_ref())?;
         let project = request.project.clone();
-        let rows = self
+        let (rows, generation) = self
             .blocking(move |engine| engine.export_rows(&request.project, range, &request.names, &request.user_id))
             .await?;
         let (tx, rx) = mpsc::channel(4);
@@ -50,11 +63,12 @@ impl UserService for Api {
             for chunk in rows.chunks(EXPORT_CHUNK) {
                 let chunk = chunk.to_vec();
                 let project = project.clone();
-                let events = api.blocking(move |engine| engine.events_at(&project, &chunk)).await;
+                let events = api.blocking(move |engine| engine.events_at(&project, &chunk, generation)).await;
                 let message = events
                     .map(|events| pb::ExportEventsResponse { events: events.into_iter().map(event_to_pb).collect() });
-                if tx.send(message).await.is_err() {
-                    return; // the client went away
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    return; // the client went away, or the export failed
                 }
             }
         });

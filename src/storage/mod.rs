@@ -56,6 +56,35 @@ pub enum LogRecord {
         project: String,
         metric_key: String,
     },
+    // New variants go at the end: bincode stores the variant index.
+    /// DeleteUser: the user's events (and those of anonymous ids aliased to it) stored before
+    /// this record, its traits and aliases are erased. Event ids stay in the dedupe set.
+    UserDeleted {
+        project: String,
+        user_id: String,
+    },
+    /// Data retention: events with a timestamp before `before` stored before this record are
+    /// dropped. Event ids stay in the dedupe set.
+    EventsExpired {
+        project: String,
+        before: Micros,
+    },
+}
+
+impl LogRecord {
+    pub fn project(&self) -> &str {
+        match self {
+            LogRecord::Events { project, .. }
+            | LogRecord::Users { project, .. }
+            | LogRecord::Alias { project, .. }
+            | LogRecord::Quarantined { project, .. }
+            | LogRecord::Unquarantined { project, .. }
+            | LogRecord::ManualValues { project, .. }
+            | LogRecord::ManualCleared { project, .. }
+            | LogRecord::UserDeleted { project, .. }
+            | LogRecord::EventsExpired { project, .. } => project,
+        }
+    }
 }
 
 pub trait Storage: Send + Sync + 'static {
@@ -73,6 +102,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Visits every log record in append order.
     fn replay(&self, visit: &mut dyn FnMut(LogRecord) -> Result<()>) -> Result<()>;
     fn bytes_on_disk(&self) -> Result<u64>;
+    /// A consistent copy for backups: the log up to its end when the call starts (appends
+    /// only add after it), then every meta entry. Raw stored bytes, in store order.
+    fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<()>;
+}
+
+/// Receives each stored entry of a snapshot: (tree, key, value).
+pub type SnapshotVisitor<'a> = dyn FnMut(Tree, &[u8], &[u8]) -> Result<()> + 'a;
+
+/// The two kinds of stored data, as a backup names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    Meta,
+    Log,
 }
 
 /// A log record in its stored form. Encoding happens on the request path, in parallel, so the

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Encoded, LogRecord, Storage, decode_record};
+use super::{Encoded, LogRecord, SnapshotVisitor, Storage, Tree, decode_record};
 use crate::error::{Error, Result};
 
 pub struct SledStorage {
@@ -34,6 +34,29 @@ impl SledStorage {
             None => 0,
         };
         Ok(SledStorage { db, meta, log, next_seq: AtomicU64::new(next_seq) })
+    }
+
+    /// Opens a new, empty data directory to restore a backup into.
+    pub fn create_empty(dir: &Path) -> Result<Self> {
+        let storage = Self::open(dir)?;
+        if !storage.meta.is_empty() || !storage.log.is_empty() {
+            return Err(Error::Storage(format!("{} already holds data", dir.display())));
+        }
+        Ok(storage)
+    }
+
+    /// Stores one backup entry as it was.
+    pub fn restore(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
+        match tree {
+            Tree::Meta => self.meta.insert(key, value)?,
+            Tree::Log => {
+                let seq = decode_seq(key)?;
+                decode_record(value)?;
+                self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
+                self.log.insert(key, value)?
+            }
+        };
+        Ok(())
     }
 }
 
@@ -93,6 +116,19 @@ impl Storage for SledStorage {
 
     fn bytes_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<()> {
+        let end = self.next_seq.load(Ordering::Relaxed).to_be_bytes();
+        for item in self.log.range(..end) {
+            let (key, value) = item?;
+            visit(Tree::Log, &key, &value)?;
+        }
+        for item in self.meta.iter() {
+            let (key, value) = item?;
+            visit(Tree::Meta, &key, &value)?;
+        }
+        Ok(())
     }
 }
 

@@ -46,10 +46,27 @@ impl TestServer {
         TestServer { dir: dir.to_path_buf(), _temp: None, running: Some(running), channel }
     }
 
-    /// Stops the server (flushing) and starts a new one on the same data dir.
-    pub async fn restart(mut self) -> Self {
-        self.running.take().unwrap().stop().await.expect("clean stop");
-        let mut next = Self::start_in(&self.dir, |_| {}).await;
+    /// A server that enforces auth, with `BOOTSTRAP` as its server admin key.
+    pub async fn start_secure(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_with(|config| {
+            config.bootstrap_key = Some(BOOTSTRAP.into());
+            configure(config)
+        })
+        .await
+    }
+
+    /// Stops the server (flushing; unless a test stopped it already) and starts a new one on
+    /// the same data dir.
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like `restart`, with a changed configuration.
+    pub async fn restart_with(mut self, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean stop");
+        }
+        let mut next = Self::start_in(&self.dir, configure).await;
         next._temp = self._temp.take();
         next
     }
@@ -102,6 +119,16 @@ impl TestServer {
         }
         events
     }
+}
+
+/// The server admin key of `TestServer::start_secure`.
+pub const BOOTSTRAP: &str = "test-bootstrap-key-0123456789";
+
+/// A request carrying `authorization: Bearer <key>`.
+pub fn bearer<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
+    request
 }
 
 /// 2026-01-01T00:00:00Z plus `seconds`.

@@ -1,0 +1,59 @@
+//! Data retention: a project's `retention_days` (0 = keep for ever) enforced by a background
+//! job that drops older events through the log, so the drop survives a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::Engine;
+use super::model::{MICROS_PER_SECOND, Micros, now_micros};
+use crate::error::Result;
+use crate::storage::LogRecord;
+
+const MICROS_PER_DAY: Micros = 86_400 * MICROS_PER_SECOND;
+
+impl Engine {
+    /// Drops events of `project` with a timestamp before `before`; returns how many.
+    pub async fn expire_events(&self, project: &str, before: Micros) -> Result<u64> {
+        let entry = self.project(project)?;
+        let expiring = {
+            let state = entry.read();
+            let table = &state.table;
+            let old_quarantine = state.quarantine.values().any(|q| q.event.timestamp < before);
+            if table.min_time.is_none_or(|t| t >= before) && !old_quarantine {
+                return Ok(0);
+            }
+            table.time.iter().filter(|&&t| t < before).count() as u64
+        };
+        let record = LogRecord::EventsExpired { project: project.to_owned(), before };
+        self.write(entry, vec![record], vec![]).await?;
+        tracing::info!(project = %project, events = expiring, before, "retention dropped old events");
+        Ok(expiring)
+    }
+
+    /// One pass of the retention job over every project with a retention setting.
+    pub async fn enforce_retention(&self, now: Micros) -> Result<u64> {
+        let mut dropped = 0;
+        for project in self.list_projects() {
+            if project.retention_days == 0 {
+                continue;
+            }
+            let before = now.saturating_sub(i64::from(project.retention_days) * MICROS_PER_DAY);
+            dropped += self.expire_events(&project.id, before).await?;
+        }
+        Ok(dropped)
+    }
+}
+
+/// Runs the retention job every `every` until the engine's writer closes.
+pub async fn run_retention_job(engine: Arc<Engine>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match engine.enforce_retention(now_micros()).await {
+            Ok(_) => {}
+            Err(crate::error::Error::Unavailable) => return,
+            Err(err) => tracing::warn!(error = %err, "retention pass failed; retrying at the next tick"),
+        }
+    }
+}

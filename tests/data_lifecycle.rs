@@ -1,0 +1,334 @@
+//! DeleteUser, data retention, and backup / restore.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::{BOOTSTRAP, TestServer, bearer, event, text, ts};
+use sextant::pb;
+use sextant::pb::metric_service_client::MetricServiceClient;
+use tonic::Code;
+
+fn definition(key: &str, kind: pb::MetricKind, event: &str) -> pb::MetricDefinition {
+    let selector = Some(pb::EventSelector { event: event.into(), filters: vec![] });
+    pb::MetricDefinition { key: key.into(), kind: kind as i32, selector, ..Default::default() }
+}
+
+/// (total views, unique viewers) over all of 2026-01.
+async fn views(server: &TestServer, project: &str) -> (f64, f64) {
+    let mut values = Vec::new();
+    for key in ["views", "viewers"] {
+        let request = pb::QueryMetricRequest {
+            project: project.into(),
+            metric: Some(pb::query_metric_request::Metric::MetricKey(key.into())),
+            range: Some(pb::TimeRange { from: Some(ts(0)), to: Some(ts(31 * 86_400)) }),
+            granularity: pb::Granularity::Total as i32,
+            ..Default::default()
+        };
+        let reply = MetricServiceClient::new(server.channel.clone()).query_metric(request).await.unwrap().into_inner();
+        values.push(reply.series[0].points[0].value);
+    }
+    (values[0], values[1])
+}
+
+async fn create_metrics(server: &TestServer, project: &str) {
+    for metric in
+        [definition("views", pb::MetricKind::Count, "view"), definition("viewers", pb::MetricKind::UniqueUsers, "view")]
+    {
+        let request = pb::CreateMetricRequest { project: project.into(), metric: Some(metric) };
+        MetricServiceClient::new(server.channel.clone()).create_metric(request).await.unwrap();
+    }
+}
+
+fn anonymous(id: &str, anonymous_id: &str, seconds: i64) -> pb::Event {
+    pb::Event { anonymous_id: anonymous_id.into(), ..event(id, "view", "", seconds) }
+}
+
+async fn list_user_events(server: &TestServer, user: &str) -> Vec<String> {
+    let request = pb::ListUserEventsRequest { project: "p".into(), user_id: user.into(), ..Default::default() };
+    match server.users().list_user_events(request).await {
+        Ok(reply) => reply.into_inner().events.into_iter().map(|e| e.event_id).collect(),
+        Err(status) if status.code() == Code::NotFound => Vec::new(),
+        Err(status) => panic!("{status:?}"),
+    }
+}
+
+async fn export_ids(server: &TestServer, user: &str) -> Vec<String> {
+    let request = pb::ExportEventsRequest { project: "p".into(), user_id: user.into(), ..Default::default() };
+    let mut stream = server.users().export_events(request).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        ids.extend(chunk.events.into_iter().map(|e| e.event_id));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_user_erases_it_from_every_query_also_after_restart() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    create_metrics(&server, "p").await;
+    let deleted_events = vec![
+        event("u1-a", "view", "u1", 10),
+        event("u1-b", "view", "u1", 20),
+        pb::Event { anonymous_id: "anon-1".into(), ..event("u1-c", "view", "u1", 30) },
+        anonymous("anon-1-a", "anon-1", 5),
+        anonymous("anon-1-b", "anon-1", 40),
+    ];
+    let kept_events =
+        vec![event("u2-a", "view", "u2", 15), event("u2-b", "view", "u2", 25), anonymous("anon-2-a", "anon-2", 1)];
+    server.track("p", deleted_events.clone()).await;
+    server.track("p", kept_events.clone()).await;
+    let mut traits = BTreeMap::new();
+    traits.insert("plan".to_string(), text("pro"));
+    let users = vec![pb::UserUpdate { user_id: "u1".into(), set: traits.clone(), ..Default::default() }];
+    server.ingest().identify(pb::IdentifyRequest { project: "p".into(), users }).await.unwrap();
+    let users = vec![pb::UserUpdate { user_id: "u2".into(), set: traits, ..Default::default() }];
+    server.ingest().identify(pb::IdentifyRequest { project: "p".into(), users }).await.unwrap();
+    server
+        .ingest()
+        .alias(pb::AliasRequest { project: "p".into(), anonymous_id: "anon-1".into(), user_id: "u1".into() })
+        .await
+        .unwrap();
+    assert_eq!(server.get_user("p", "u1").await.unwrap().events, 5);
+    assert_eq!(views(&server, "p").await, (8.0, 3.0));
+
+    let reply = server
+        .users()
+        .delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: "u1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.events_deleted, 5);
+
+    let kept_ids: Vec<String> = {
+        let mut ids: Vec<(i64, String)> =
+            kept_events.iter().map(|e| (e.timestamp.unwrap().seconds, e.event_id.clone())).collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    };
+    let mut server = server;
+    for round in ["before restart", "after restart"] {
+        let missing = server.get_user("p", "u1").await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound, "{round}");
+        assert!(list_user_events(&server, "u1").await.is_empty(), "{round}");
+        assert!(export_ids(&server, "u1").await.is_empty(), "{round}");
+        assert_eq!(export_ids(&server, "").await, kept_ids, "{round}");
+        assert_eq!(views(&server, "p").await, (3.0, 2.0), "{round}: u2 and anon-2 remain");
+        assert_eq!(server.stats("p").await.events, 3, "{round}");
+        let u2 = server.get_user("p", "u2").await.unwrap();
+        assert_eq!((u2.events, u2.traits.len()), (2, 1), "{round}: others untouched");
+        // The anonymous id is no longer linked to anyone.
+        assert!(list_user_events(&server, "anon-1").await.is_empty(), "{round}");
+        // Replaying the erased events is still deduplicated.
+        let replay = server.track("p", deleted_events.clone()).await;
+        assert_eq!((replay.accepted, replay.duplicates), (0, 5), "{round}");
+        if round == "before restart" {
+            server = server.restart().await;
+        }
+    }
+    // The user may come back with new events; deleting twice is harmless.
+    assert_eq!(server.track("p", vec![event("u1-new", "view", "u1", 50)]).await.accepted, 1);
+    assert_eq!(server.get_user("p", "u1").await.unwrap().events, 1);
+    assert!(server.get_user("p", "u1").await.unwrap().traits.is_empty());
+    for _ in 0..2 {
+        server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: "u1".into() }).await.unwrap();
+    }
+    let server = server.restart().await;
+    assert_eq!(server.get_user("p", "u1").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(server.stats("p").await.events, 3);
+    let invalid =
+        server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: String::new() }).await;
+    assert_eq!(common::violated_fields(&invalid.unwrap_err()), vec!["user_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_events_and_nothing_newer() {
+    let server = TestServer::start_with(|c| c.retention_interval_secs = 1).await;
+    server.create_project("p").await;
+    server.create_project("keep").await;
+    let now = sextant::core::model::now_micros() / 1_000_000;
+    let day = 86_400;
+    let at = |id: &str, seconds_ago: i64| pb::Event {
+        timestamp: Some(prost_types::Timestamp { seconds: now - seconds_ago, nanos: 0 }),
+        ..event(id, "view", "u1", 0)
+    };
+    let events = vec![
+        at("old-1", 30 * day),
+        at("old-2", 10 * day),
+        at("edge-old", 5 * day + 60),
+        at("edge-new", 5 * day - 60),
+        at("new", 60),
+    ];
+    server.track("p", events.clone()).await;
+    server.track("keep", events.clone()).await;
+    let update = pb::Project { retention_days: 5, ..Default::default() };
+    let request = pb::UpdateProjectRequest {
+        project: "p".into(),
+        update: Some(update),
+        update_mask: vec!["retention_days".into()],
+    };
+    server.projects().update_project(request).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats("p").await.events != 2 {
+        assert!(std::time::Instant::now() < deadline, "retention job did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server = server.restart().await;
+    for _ in 0..2 {
+        assert_eq!(export_ids(&server, "").await, vec!["edge-new".to_string(), "new".to_string()]);
+        let keep = pb::ExportEventsRequest { project: "keep".into(), ..Default::default() };
+        let mut stream = server.users().export_events(keep).await.unwrap().into_inner();
+        let mut kept = 0;
+        while let Some(chunk) = stream.message().await.unwrap() {
+            kept += chunk.events.len();
+        }
+        assert_eq!(kept, 5, "a project without retention keeps everything");
+        // Dropped ids stay known.
+        let replay = server.track("p", events.clone()).await;
+        assert_eq!((replay.accepted, replay.duplicates), (0, 5));
+    }
+}
+
+/// Every event id of a project, with how often it is stored.
+async fn stored(server: &TestServer, project: &str, key: &str) -> HashMap<String, usize> {
+    let request = bearer(pb::ExportEventsRequest { project: project.into(), ..Default::default() }, key);
+    let mut stream = server.users().export_events(request).await.unwrap().into_inner();
+    let mut ids = HashMap::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        for e in chunk.events {
+            *ids.entry(e.event_id).or_default() += 1;
+        }
+    }
+    ids
+}
+
+async fn backup(server: &TestServer, out: &std::path::Path, key: &str) -> sextant::backup::BackupReport {
+    let args = sextant::backup::BackupArgs {
+        client: sextant::load::ClientArgs {
+            addr: server.running.as_ref().unwrap().addr.to_string(),
+            api_key: Some(key.into()),
+            ca_cert: None,
+        },
+        out: out.to_path_buf(),
+    };
+    sextant::backup::run(&args).await.expect("backup")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_while_ingesting_restores_into_a_server_that_answers_the_same() {
+    let server = TestServer::start_secure(|_| {}).await;
+    let project = pb::Project { id: "p".into(), ..Default::default() };
+    server
+        .projects()
+        .create_project(bearer(pb::CreateProjectRequest { project: Some(project) }, BOOTSTRAP))
+        .await
+        .unwrap();
+    let key = server
+        .projects()
+        .create_api_key(bearer(
+            pb::CreateApiKeyRequest { project: "p".into(), role: pb::Role::Admin as i32, ..Default::default() },
+            BOOTSTRAP,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    for metric in
+        [definition("views", pb::MetricKind::Count, "view"), definition("viewers", pb::MetricKind::UniqueUsers, "view")]
+    {
+        let request = bearer(pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) }, &key);
+        MetricServiceClient::new(server.channel.clone()).create_metric(request).await.unwrap();
+    }
+    let batch = |b: u64| pb::TrackRequest {
+        project: "p".into(),
+        sequence: b,
+        events: (0..100)
+            .map(|i| event(&format!("b{b}-{i}"), "view", &format!("u{}", i % 37), (b * 100 + i) as i64))
+            .collect(),
+    };
+    let track = |b: u64| {
+        let mut client = server.ingest();
+        let request = bearer(batch(b), &key);
+        async move { client.track(request).await.unwrap() }
+    };
+    for b in 0..20 {
+        track(b).await;
+    }
+
+    // Back up while another client keeps ingesting.
+    let temp = tempfile::tempdir().unwrap();
+    let writer = {
+        let mut client = server.ingest();
+        let key = key.clone();
+        tokio::spawn(async move {
+            for b in 20..80 {
+                client.track(bearer(batch(b), &key)).await.unwrap();
+            }
+        })
+    };
+    let report = backup(&server, &temp.path().join("live"), BOOTSTRAP).await;
+    assert!(report.log >= 20 && report.meta >= 4, "{report:?}");
+    writer.await.unwrap();
+    let restored = TestServer::start_in(&temp.path().join("live"), |c| c.bootstrap_key = Some(BOOTSTRAP.into())).await;
+    let ids = stored(&restored, "p", &key).await;
+    assert!(ids.values().all(|&n| n == 1));
+    for b in 0..80u64 {
+        let present = (0..100).filter(|i| ids.contains_key(&format!("b{b}-{i}"))).count();
+        assert!(present == 0 || present == 100, "batch {b} is whole or absent, found {present}");
+        if b < 20 {
+            assert_eq!(present, 100, "batch {b} was acked before the backup");
+        }
+    }
+    restored.running.unwrap().stop().await.unwrap();
+
+    // A backup at rest answers exactly like the original, keys included.
+    let report = backup(&server, &temp.path().join("rest"), BOOTSTRAP).await;
+    assert!(report.bytes > 0);
+    let restored = TestServer::start_in(&temp.path().join("rest"), |c| c.bootstrap_key = Some(BOOTSTRAP.into())).await;
+    assert_eq!(stored(&restored, "p", &key).await, stored(&server, "p", &key).await);
+    assert_eq!(stored(&restored, "p", &key).await.len(), 8000);
+    let stats = |s: &TestServer| {
+        let mut client = s.projects();
+        let request = bearer(pb::GetProjectStatsRequest { project: "p".into() }, &key);
+        async move {
+            let mut stats = client.get_project_stats(request).await.unwrap().into_inner();
+            stats.bytes_on_disk = 0;
+            stats
+        }
+    };
+    assert_eq!(stats(&restored).await, stats(&server).await);
+    for metric in ["views", "viewers"] {
+        let query = |s: &TestServer| {
+            let mut client = MetricServiceClient::new(s.channel.clone());
+            let request = bearer(
+                pb::QueryMetricRequest {
+                    project: "p".into(),
+                    metric: Some(pb::query_metric_request::Metric::MetricKey(metric.into())),
+                    range: Some(pb::TimeRange { from: Some(ts(0)), to: Some(ts(86_400)) }),
+                    granularity: pb::Granularity::Hour as i32,
+                    ..Default::default()
+                },
+                &key,
+            );
+            async move { client.query_metric(request).await.unwrap().into_inner() }
+        };
+        assert_eq!(query(&restored).await, query(&server).await, "{metric}");
+    }
+    // Only the server admin may back up; the target must be empty.
+    let args = sextant::backup::BackupArgs {
+        client: sextant::load::ClientArgs {
+            addr: server.running.as_ref().unwrap().addr.to_string(),
+            api_key: Some(key.clone()),
+            ca_cert: None,
+        },
+        out: temp.path().join("denied"),
+    };
+    let denied = sextant::backup::run(&args).await.unwrap_err();
+    assert!(format!("{denied:#}").contains("server admin"), "{denied:#}");
+    restored.running.unwrap().stop().await.unwrap();
+    let args = sextant::backup::BackupArgs { out: temp.path().join("rest"), ..args };
+    assert!(sextant::backup::run(&args).await.is_err(), "not into a used directory");
+}
