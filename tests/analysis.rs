@@ -592,3 +592,26 @@ async fn cohort_tables_give_retention_revenue_and_the_ltv_curve() {
     let status = client.query_cohort_table(missing_revenue).await.expect_err("revenue required");
     assert_eq!(violated_fields(&status), vec!["revenue".to_string()]);
 }
+
+#[tokio::test]
+async fn deleted_users_leave_funnels_retention_and_cohorts() {
+    let server =
+        with_events(&[("u1", "A", 0), ("u1", "B", MIN), ("u2", "A", 0), ("u2", "B", 2 * MIN), ("u3", "A", 0)]).await;
+    // The first queries build and cache the events by person; the deletion must reach them.
+    assert_eq!(users(&run_funnel(&server, funnel(&["A", "B"])).await.steps), vec![3, 2]);
+    let mut request = retention("A", "B");
+    request.period = pb::Period::Day as i32;
+    assert_eq!(run_retention(&server, request.clone()).await.cohorts[0].retained[0], 2);
+    let deleted = server
+        .users()
+        .delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: "u1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.events_deleted, 2);
+    let reply = run_funnel(&server, funnel(&["A", "B"])).await;
+    assert_eq!(users(&reply.steps), vec![2, 1]);
+    assert_eq!(reply.steps[1].median_seconds_from_previous, 120.0, "only u2's conversion is left");
+    let table = run_retention(&server, request).await;
+    assert_eq!((table.cohorts[0].size, table.cohorts[0].retained[0]), (2, 1));
+}
