@@ -83,18 +83,7 @@ async fn acked_events_survive_kill_9_exactly_once() {
         server = spawn_server(temp.path()).await;
     }
 
-    let mut users = UserServiceClient::new(server.channel.clone());
-    let mut stream = users
-        .export_events(pb::ExportEventsRequest { project: "p".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut stored: HashMap<String, usize> = HashMap::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        for e in chunk.events {
-            *stored.entry(e.event_id).or_default() += 1;
-        }
-    }
+    let stored = stored_event_counts(&server.channel).await;
     assert_eq!(acked.len(), 38 * 200);
     for id in &acked {
         assert_eq!(stored.get(id), Some(&1), "acked event {id} must be stored exactly once");
@@ -244,7 +233,19 @@ async fn random_sigkills_during_concurrent_streams_lose_and_duplicate_nothing_ac
         server = spawn_server(temp.path()).await;
     }
 
-    let mut users = UserServiceClient::new(server.channel.clone());
+    let stored = stored_event_counts(&server.channel).await;
+    let acked = acked.lock().clone();
+    println!("{} acks, {} distinct events stored", acked.len(), stored.len());
+    for id in &acked {
+        assert_eq!(stored.get(id), Some(&1), "acked event {id} must be stored exactly once (seed {seed})");
+    }
+    assert!(stored.values().all(|&n| n == 1), "no event is stored twice (seed {seed})");
+    kill_9(server);
+}
+
+/// How many times each event id of project "p" is stored.
+async fn stored_event_counts(channel: &tonic::transport::Channel) -> HashMap<String, usize> {
+    let mut users = UserServiceClient::new(channel.clone());
     let mut stream = users
         .export_events(pb::ExportEventsRequest { project: "p".into(), ..Default::default() })
         .await
@@ -256,11 +257,5 @@ async fn random_sigkills_during_concurrent_streams_lose_and_duplicate_nothing_ac
             *stored.entry(e.event_id).or_default() += 1;
         }
     }
-    let acked = acked.lock().clone();
-    println!("{} acks, {} distinct events stored", acked.len(), stored.len());
-    for id in &acked {
-        assert_eq!(stored.get(id), Some(&1), "acked event {id} must be stored exactly once (seed {seed})");
-    }
-    assert!(stored.values().all(|&n| n == 1), "no event is stored twice (seed {seed})");
-    kill_9(server);
+    stored
 }
