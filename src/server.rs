@@ -104,8 +104,11 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     let task_engine = engine.clone();
     let task = tokio::spawn(async move {
         let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
+        let live_engine = task_engine.clone();
         let signal = async move {
             let _ = shutdown_rx.await;
+            // Watch streams never end by themselves: end them so shutdown need not wait.
+            live_engine.stop_live();
             let _ = stopping_tx.send(());
         };
         let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);

@@ -38,6 +38,9 @@ pub struct ProjectState {
     pub goals: BTreeMap<String, Goal>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
+    /// Bumped after the writer applied records to this project (and when a metric definition
+    /// changes): live queries wait on it instead of polling (`core::live`).
+    pub changes: tokio::sync::watch::Sender<u64>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -53,6 +56,7 @@ impl ProjectState {
             metrics: BTreeMap::new(),
             manual: HashMap::new(),
             goals: BTreeMap::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -125,6 +129,8 @@ pub struct Engine {
     sender: RwLock<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
     next_quarantine_id: AtomicU64,
     pub limits: Limits,
+    /// Live metric feeds and watch streams (WatchMetric).
+    pub live: super::live::LiveHub,
 }
 
 fn project_key(id: &str) -> String {
@@ -230,12 +236,14 @@ impl Engine {
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             limits,
+            live: super::live::LiveHub::default(),
         }))
     }
 
     /// Stops the writer after the queued writes and makes everything durable. Writes after
     /// this fail with UNAVAILABLE.
     pub fn close(&self) -> Result<()> {
+        self.stop_live();
         self.sender.write().take();
         if let Some(writer) = self.writer.lock().take() {
             drop(writer.sender);

@@ -1,5 +1,6 @@
 //! The domain: no tonic or prost types here.
 
+pub mod anomaly;
 pub mod catalog;
 pub mod engine;
 pub mod experiment;
@@ -8,6 +9,7 @@ pub mod formula;
 pub mod goal;
 pub mod goals;
 pub mod ingest;
+pub mod live;
 pub mod metric;
 pub mod metrics;
 pub mod model;
