@@ -10,6 +10,7 @@ pub mod load;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod watch;
 
 /// Code generated from `proto/sextant/v1`.
 pub mod pb {

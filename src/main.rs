@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sextant::config::ServeConfig;
 use sextant::r#gen::{self as generator, GenOptions};
 use sextant::load::{self, LoadArgs};
+use sextant::watch::{self, WatchArgs};
 use sextant::{server, telemetry};
 
 // The ingest path allocates many small strings per event (protobuf decoding); mimalloc
@@ -28,6 +29,8 @@ enum Command {
     Gen(GenArgs),
     /// Ingest users.jsonl / events.jsonl into a running server through the gRPC API.
     Load(LoadArgs),
+    /// Print a metric's current value live as events arrive (WatchMetric).
+    Watch(WatchArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             print_report(&report);
             Ok(())
         }
+        Command::Watch(args) => runtime.block_on(watch::run(&args)),
     }
 }
 
