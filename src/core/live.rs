@@ -13,8 +13,10 @@
 //!   one per `MIN_INTERVAL` (1 s); changes in between are coalesced into the next message.
 //! - **Cost bound.** A feed evaluates at most once per `MIN_INTERVAL`, and after an evaluation
 //!   that took `d` waits at least `d × feeds / LIVE_CPU_SHARE`: all feeds together spend about
-//!   5% of one core at most, and hold the project's read lock (which the writer needs) as
-//!   briefly. On a large project updates then come less often than once per second.
+//!   2.5% of one core at most, and hold the projects' read locks (which the writer needs to
+//!   apply a batch) about 2.5% of the time at most. On a large project updates then come less
+//!   often than once per second (3M events: ~40 ms per evaluation, an update every ~1.6 s for
+//!   one watched metric; BENCHMARKS.md).
 //! - **Lifecycle.** A stream is a plain `Stream` polled by the gRPC layer: when the client goes
 //!   away it is dropped, and with it its receiver; no task per stream exists. A feed ends when
 //!   its last receiver is gone (checked under the registry lock, so a stream joining at that
@@ -43,7 +45,7 @@ use crate::error::{Error, Result};
 /// Fewest time between two messages of one stream, and between two evaluations of a feed.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Share of one core that feed evaluations may use together (see the module doc).
-const LIVE_CPU_SHARE: f64 = 0.05;
+const LIVE_CPU_SHARE: f64 = 0.025;
 
 /// What a watcher asks for. Streams with equal specs share a feed.
 #[derive(Debug, Clone, PartialEq)]
