@@ -298,8 +298,11 @@ impl Watcher {
 /// Why a feed woke up.
 enum Wake {
     Evaluate,
+    /// No stream listens any more.
     Unused,
     Stopping,
+    /// The project's change signal is gone with the project.
+    ProjectGone,
 }
 
 struct FeedTask {
@@ -312,14 +315,14 @@ struct FeedTask {
 }
 
 impl FeedTask {
-    /// Waits for `until` (a reason to evaluate), unless the feed loses its last receiver or the
-    /// server stops first.
+    /// Waits for `until` (true: a reason to evaluate; false: the project is gone), unless the
+    /// feed loses its last receiver or the server stops first.
     async fn wait(&mut self, until: impl std::future::Future<Output = bool>) -> Wake {
         let mut stopping = self.engine.live.stopping.subscribe();
         tokio::select! {
             _ = self.readings.closed() => Wake::Unused,
             _ = stopping.wait_for(|s| *s) => Wake::Stopping,
-            go = until => if go { Wake::Evaluate } else { Wake::Unused },
+            go = until => if go { Wake::Evaluate } else { Wake::ProjectGone },
         }
     }
 
@@ -358,8 +361,12 @@ impl FeedTask {
                     }
                     continue;
                 }
-                Wake::Stopping => {
-                    self.readings.send_replace(Some(Err(Error::Unavailable)));
+                Wake::Stopping | Wake::ProjectGone => {
+                    let error = match wake {
+                        Wake::Stopping => Error::Unavailable,
+                        _ => Error::NotFound(format!("project {:?} not found", self.spec.project)),
+                    };
+                    self.readings.send_replace(Some(Err(error)));
                     self.engine.live.retire(&self.key, self.id);
                     break;
                 }
