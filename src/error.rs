@@ -5,7 +5,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A request field is malformed; `field` is its path in the request, e.g. `events[3].name`.
     #[error("{field}: {message}")]

@@ -12,6 +12,7 @@ pub mod server;
 pub mod soak;
 pub mod storage;
 pub mod telemetry;
+pub mod watch;
 
 /// Code generated from `proto/sextant/v1`.
 pub mod pb {

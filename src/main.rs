@@ -8,6 +8,7 @@ use sextant::config::ServeConfig;
 use sextant::r#gen::{self as generator, GenOptions};
 use sextant::load::{self, LoadArgs};
 use sextant::soak::{self, SoakArgs};
+use sextant::watch::{self, WatchArgs};
 use sextant::{server, telemetry};
 
 // The ingest path allocates many small strings per event (protobuf decoding); mimalloc
@@ -36,6 +37,8 @@ enum Command {
     /// Mixed ingest and queries from several clients for a fixed time; prints errors and
     /// latency percentiles per call.
     Soak(SoakArgs),
+    /// Print a metric's current value live as events arrive (WatchMetric).
+    Watch(WatchArgs),
 }
 
 #[derive(clap::Args)]
@@ -117,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             print_report(&report);
             Ok(())
         }
+        Command::Watch(args) => runtime.block_on(watch::run(&args)),
     }
 }
 

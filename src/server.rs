@@ -129,10 +129,13 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     let stopping_streams = stopping_tx;
     let task = tokio::spawn(async move {
         let (stopping_tx, stopping_rx) = oneshot::channel::<()>();
+        let live_engine = task_engine.clone();
         let signal = async move {
             let _ = shutdown_rx.await;
             // Open streams stop reading and finish what they received (see IngestService).
             let _ = stopping_streams.send(true);
+            // Watch streams never end by themselves: end them so shutdown need not wait.
+            live_engine.stop_live();
             let _ = stopping_tx.send(());
         };
         // No Nagle: a reply that fills a partial segment would otherwise wait for the peer's delayed ACK

@@ -50,6 +50,9 @@ pub struct ProjectState {
     pub traits_version: u64,
     pub trait_groups: TraitGroupCache,
     pub experiments: BTreeMap<String, Experiment>,
+    /// Bumped after the writer applied records to this project (and when a metric definition
+    /// changes): live queries wait on it instead of polling (`core::live`).
+    pub changes: tokio::sync::watch::Sender<u64>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -70,6 +73,7 @@ impl ProjectState {
             traits_version: 0,
             trait_groups: TraitGroupCache::default(),
             experiments: BTreeMap::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -187,6 +191,8 @@ pub struct Engine {
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     pub limits: Limits,
+    /// Live metric feeds and watch streams (WatchMetric).
+    pub live: super::live::LiveHub,
 }
 
 fn project_key(id: &str) -> String {
@@ -301,12 +307,14 @@ impl Engine {
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             api_keys: RwLock::new(api_keys),
             limits,
+            live: super::live::LiveHub::default(),
         }))
     }
 
     /// Stops the writer after the queued writes and makes everything durable. Writes after
     /// this fail with UNAVAILABLE.
     pub fn close(&self) -> Result<()> {
+        self.stop_live();
         self.sender.write().take();
         if let Some(writer) = self.writer.lock().take() {
             drop(writer.sender);

@@ -317,6 +317,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
             continue;
         }
         let mut events = 0u64;
+        let mut touched: Vec<&Arc<ProjectEntry>> = Vec::new();
         for a in &appended {
             let mut state = a.job.project.write();
             for record in &a.job.records {
@@ -324,6 +325,13 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
             }
             state.compact();
             events += a.result.accepted;
+            if !touched.iter().any(|p| Arc::ptr_eq(p, &a.job.project)) {
+                touched.push(&a.job.project);
+            }
+        }
+        // Once per project and group, after everything is applied: live queries re-read then.
+        for project in touched {
+            project.read().changes.send_modify(|n| *n += 1);
         }
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
         tracing::trace!(jobs = appended.len(), events, "group committed");

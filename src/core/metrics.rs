@@ -44,14 +44,26 @@ impl ProjectState {
     }
 
     /// A version of a metric (0: the latest).
-    fn metric_version(&self, key: &str, version: u32) -> Result<&Metric> {
+    pub(crate) fn metric_version(&self, key: &str, version: u32) -> Result<&Metric> {
         let versions = self.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
         let found = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
         found.ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))
     }
 
-    fn latest_metric(&self, key: &str) -> Result<&Metric> {
+    pub(crate) fn latest_metric(&self, key: &str) -> Result<&Metric> {
         self.metrics.get(key).and_then(|v| v.last()).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))
+    }
+
+    /// The definition a query runs: a stored version, or a checked inline definition.
+    pub(crate) fn resolve_target(&self, target: MetricTarget) -> Result<Metric> {
+        match target {
+            MetricTarget::Key(key, version) => Ok(self.metric_version(&key, version)?.clone()),
+            MetricTarget::Inline(metric) => {
+                metric.validate()?;
+                validate_references(&metric, &self.latest_metrics())?;
+                Ok(*metric)
+            }
+        }
     }
 }
 
@@ -310,6 +322,7 @@ impl Engine {
         metric.updated = now_micros();
         self.put_meta_json(&metric_key(project, &metric.key, metric.version), &metric)?;
         state.metrics.entry(metric.key.clone()).or_default().push(metric.clone());
+        state.changes.send_modify(|n| *n += 1);
         Ok(metric)
     }
 
@@ -359,6 +372,7 @@ impl Engine {
             self.delete_meta(&metric_key(project, key, metric.version))?;
         }
         state.metrics.remove(key);
+        state.changes.send_modify(|n| *n += 1);
         Ok(versions.iter().any(|m| m.kind == MetricKind::Manual))
     }
 
@@ -433,14 +447,7 @@ impl Engine {
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.members = super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
-        let metric = match target {
-            MetricTarget::Key(key, version) => state.metric_version(&key, version)?.clone(),
-            MetricTarget::Inline(metric) => {
-                metric.validate()?;
-                validate_references(&metric, &state.latest_metrics())?;
-                *metric
-            }
-        };
+        let metric = state.resolve_target(target)?;
         let series = evaluate(&state, &metric, &query, 0)?;
         let comparison = match comparison_range(query.from, query.to, compare, query.tz) {
             Some((from, to)) => evaluate(&state, &metric, &MetricQuery { from, to, ..query.clone() }, 0)?,

@@ -1,5 +1,6 @@
 //! The domain: no tonic or prost types here.
 
+pub mod anomaly;
 pub mod auth;
 pub mod catalog;
 pub mod cohort;
@@ -13,6 +14,7 @@ pub mod funnel;
 pub mod goal;
 pub mod goals;
 pub mod ingest;
+pub mod live;
 pub mod metric;
 pub mod metrics;
 pub mod model;

@@ -1,10 +1,14 @@
+use futures::StreamExt;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use super::convert::{
     enum_error, item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb,
 };
+use crate::core::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
+use crate::core::live::{self, LiveValue, WatchSpec};
 use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
 use crate::core::metrics::{Compare, MetricTarget, TreeNode};
 use crate::core::model::ManualValue;
@@ -326,8 +330,145 @@ fn required_range(range: Option<&pb::TimeRange>) -> Result<(i64, i64)> {
     }
 }
 
+/// A stored metric by key or an inline definition (given a placeholder key when it has none).
+fn metric_target(key: Option<String>, definition: Option<pb::MetricDefinition>, version: u32) -> Result<MetricTarget> {
+    match (key, definition) {
+        (Some(key), _) => {
+            crate::core::catalog::validate_slug("metric_key", &key)?;
+            Ok(MetricTarget::Key(key, version))
+        }
+        (None, Some(definition)) => {
+            let mut metric = metric_from_pb(definition)?;
+            if metric.key.is_empty() {
+                metric.key = "inline".into();
+            }
+            Ok(MetricTarget::Inline(Box::new(metric)))
+        }
+        (None, None) => Err(Error::invalid("metric_key", "a metric key or an inline definition is required")),
+    }
+}
+
+fn breakdown_from_pb(breakdown: String) -> Result<Option<String>> {
+    if breakdown.is_empty() {
+        return Ok(None);
+    }
+    let name = breakdown.strip_prefix(crate::core::filter::TRAIT_PREFIX).unwrap_or(&breakdown);
+    crate::core::catalog::validate_name("breakdown", name)?;
+    Ok(Some(breakdown))
+}
+
+/// A granularity with buckets to follow or compare: TOTAL is refused.
+fn series_granularity(field: &str, value: i32) -> Result<Granularity> {
+    match granularity_from_pb(field, value)? {
+        Granularity::Total => {
+            Err(Error::invalid(field, "TOTAL is a single bucket; use HOUR, DAY, WEEK, MONTH or QUARTER"))
+        }
+        granularity => Ok(granularity),
+    }
+}
+
+fn sensitivity_threshold(sensitivity: i32, score_threshold: f64) -> Result<f64> {
+    let sensitivity =
+        match pb::AnomalySensitivity::try_from(sensitivity).map_err(|_| enum_error("sensitivity", sensitivity))? {
+            pb::AnomalySensitivity::Low => Sensitivity::Low,
+            pb::AnomalySensitivity::Unspecified | pb::AnomalySensitivity::Medium => Sensitivity::Medium,
+            pb::AnomalySensitivity::High => Sensitivity::High,
+        };
+    if score_threshold.is_nan() || score_threshold < 0.0 || score_threshold.is_infinite() {
+        return Err(Error::invalid("score_threshold", "must be a positive number (0: use sensitivity)"));
+    }
+    Ok(if score_threshold > 0.0 { score_threshold } else { sensitivity.threshold() })
+}
+
+fn live_to_pb(value: &LiveValue) -> pb::WatchMetricResponse {
+    pb::WatchMetricResponse {
+        point: Some(point_to_pb(&value.point, None, value.computed)),
+        computed_time: Some(timestamp(value.computed)),
+        metric_version: value.version,
+        breakdown: series_to_pb(value.breakdown.clone(), None),
+        timezone: value.timezone.clone(),
+    }
+}
+
+fn anomaly_point_to_pb(p: &AnomalyPoint, now: i64, to: i64) -> pb::AnomalyPoint {
+    let v = &p.verdict;
+    pb::AnomalyPoint {
+        start: Some(timestamp(p.start)),
+        end: Some(timestamp(p.end)),
+        value: p.value.unwrap_or(0.0),
+        has_value: p.value.is_some(),
+        expected: v.expected,
+        lower: v.lower,
+        upper: v.upper,
+        score: v.score,
+        is_anomaly: v.is_anomaly,
+        is_bad: v.is_bad,
+        complete: p.end <= now && p.end <= to,
+    }
+}
+
 #[tonic::async_trait]
 impl MetricService for Api {
+    /// Validation errors fail the call; the stream itself lives in `core::live`.
+    async fn watch_metric(
+        &self,
+        request: Request<pb::WatchMetricRequest>,
+    ) -> Result<Response<BoxStream<pb::WatchMetricResponse>>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        crate::core::catalog::validate_slug("metric_key", &request.metric_key)?;
+        let spec = WatchSpec {
+            project: request.project,
+            metric_key: request.metric_key,
+            granularity: series_granularity("granularity", request.granularity)?,
+            timezone: request.timezone,
+            filters: filters_from_pb("filters", request.filters)?,
+            breakdown: breakdown_from_pb(request.breakdown)?,
+            breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
+            cohort_id: request.cohort_id,
+        };
+        let readings = live::watch(self.engine.clone(), spec).await?;
+        let stream = readings.map(|reading| reading.map(|value| live_to_pb(&value)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn detect_anomalies(
+        &self,
+        request: Request<pb::DetectAnomaliesRequest>,
+    ) -> Result<Response<pb::DetectAnomaliesResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let target = match request.metric {
+            Some(pb::detect_anomalies_request::Metric::MetricKey(key)) => metric_target(Some(key), None, 0)?,
+            Some(pb::detect_anomalies_request::Metric::Definition(definition)) => {
+                metric_target(None, Some(definition), 0)?
+            }
+            None => metric_target(None, None, 0)?,
+        };
+        let (from, to) = required_range(request.range.as_ref())?;
+        let query = AnomalyQuery {
+            from,
+            to,
+            granularity: series_granularity("granularity", request.granularity)?,
+            filters: filters_from_pb("filters", request.filters)?,
+            season: request.season,
+            history: request.history,
+            threshold: sensitivity_threshold(request.sensitivity, request.score_threshold)?,
+            cohort_id: request.cohort_id,
+        };
+        let (project, zone) = (request.project, request.timezone);
+        let report = self.blocking(move |engine| engine.detect_anomalies(&project, target, query, &zone)).await?;
+        let now = crate::core::model::now_micros();
+        Ok(Response::new(pb::DetectAnomaliesResponse {
+            points: report.points.iter().map(|p| anomaly_point_to_pb(p, now, to)).collect(),
+            score_threshold: report.threshold,
+            season: report.season,
+            history: report.history,
+            timezone: report.timezone,
+            metric_version: report.version,
+        }))
+    }
+
     async fn create_metric(
         &self,
         request: Request<pb::CreateMetricRequest>,
@@ -473,18 +614,11 @@ impl MetricService for Api {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let target = match request.metric {
-            Some(pb::query_metric_request::Metric::MetricKey(key)) => {
-                crate::core::catalog::validate_slug("metric_key", &key)?;
-                MetricTarget::Key(key, request.version)
-            }
+            Some(pb::query_metric_request::Metric::MetricKey(key)) => metric_target(Some(key), None, request.version)?,
             Some(pb::query_metric_request::Metric::Definition(definition)) => {
-                let mut metric = metric_from_pb(definition)?;
-                if metric.key.is_empty() {
-                    metric.key = "inline".into();
-                }
-                MetricTarget::Inline(Box::new(metric))
+                metric_target(None, Some(definition), request.version)?
             }
-            None => return Err(Error::invalid("metric_key", "a metric key or an inline definition is required").into()),
+            None => metric_target(None, None, 0)?,
         };
         let (from, to) = required_range(request.range.as_ref())?;
         let compare =
@@ -493,18 +627,13 @@ impl MetricService for Api {
                 pb::Compare::PreviousPeriod => Compare::PreviousPeriod,
                 pb::Compare::PreviousYear => Compare::PreviousYear,
             };
-        let breakdown = (!request.breakdown.is_empty()).then_some(request.breakdown);
-        if let Some(breakdown) = &breakdown {
-            let name = breakdown.strip_prefix(crate::core::filter::TRAIT_PREFIX).unwrap_or(breakdown);
-            crate::core::catalog::validate_name("breakdown", name)?;
-        }
         let query = MetricQuery {
             from,
             to,
             granularity: granularity_from_pb("granularity", request.granularity)?,
             tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
-            breakdown,
+            breakdown: breakdown_from_pb(request.breakdown)?,
             breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
             cohort_id: request.cohort_id,
             members: None,
