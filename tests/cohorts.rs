@@ -183,6 +183,10 @@ async fn behavioural_and_trait_conditions_combine_with_and_or() {
     let either = group(pb::ConditionOperator::Or, vec![plan_is("free"), did_not("purchase")]);
     create(&server, dynamic("free-or-idle", either)).await.unwrap();
     assert_eq!(members(&server, "free-or-idle").await, vec!["anon-1", "u2", "u4"]);
+    // A deleted user is nobody: not even a member of "never bought".
+    server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: "u4".into() }).await.unwrap();
+    assert_eq!(members(&server, "never").await, vec!["anon-1"]);
+    assert_eq!(members(&server, "free-or-idle").await, vec!["anon-1", "u2"]);
 }
 
 #[tokio::test]

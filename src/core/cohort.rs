@@ -193,9 +193,28 @@ pub fn evaluate(state: &ProjectState, cohort: &Cohort, now: Micros) -> Members {
             }
             mask
         }
-        Definition::Conditions(group) => evaluate_group(state, group, now),
+        Definition::Conditions(group) => {
+            let mut mask = evaluate_group(state, group, now);
+            // Only known people: with events or traits. A deleted user, kept as an id with
+            // nothing left, matches no condition, not even "did not".
+            for (p, member) in mask.iter_mut().enumerate() {
+                *member = *member && known(state, p as u32);
+            }
+            mask
+        }
     };
     Arc::new(table.canonical.iter().map(|&c| canonical_mask[c as usize]).collect())
+}
+
+/// Whether a canonical person has events (their own or an aliased id's) or traits.
+fn known(state: &ProjectState, person: u32) -> bool {
+    let table = &state.table;
+    !table.person_rows[person as usize].is_empty()
+        || state.traits.contains_key(&person)
+        || table
+            .aliases
+            .get(&person)
+            .is_some_and(|anons| anons.iter().any(|&a| !table.person_rows[a as usize].is_empty()))
 }
 
 /// Per person id, for canonical people only (other entries are unspecified).
