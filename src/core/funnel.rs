@@ -14,6 +14,7 @@ use super::cohort;
 use super::engine::{Engine, ProjectState};
 use super::filter::{self, CompiledFilters, EventSelector, Filter};
 use super::model::Micros;
+use super::person_order::{PersonEvents, query_threads};
 use super::query::{Groups, OTHER, breakdown_limit_or_default};
 use super::table::{EventTable, NONE};
 use super::time;
@@ -345,77 +346,105 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
         bits
     };
 
-    let mut groups = Groups::new(state, query.breakdown.as_deref());
-    let mut counts: Vec<GroupCounts> = Vec::new();
-    let mut timeline = Timeline::default();
-    let mut times = Vec::with_capacity(n);
-    if steps[0].name != NONE {
-        let order = state.person_order.get(table);
-        order.for_each(table, |person, events| {
-            if !steps[0].filters.person_passes(person) {
-                return;
-            }
-            timeline.times.clear();
-            timeline.rows.clear();
-            timeline.steps.clear();
-            timeline.exclusions.clear();
-            let mut any_entry = false;
-            for (i, &row) in events.rows.iter().enumerate() {
-                let name = events.names[i] as usize;
-                let (step_candidates, exclusion_candidates) = (step_masks[name], exclusion_masks[name]);
-                if step_candidates | exclusion_candidates == 0 && !keep_every_row {
-                    continue;
-                }
-                let step_bits = matching(&steps, step_candidates, person, row as usize);
-                let exclusion_bits = matching(&exclusions, exclusion_candidates, person, row as usize);
-                let t = events.times[i];
-                any_entry |= step_bits & 1 != 0 && t >= query.from && t < query.to;
-                timeline.times.push(t);
-                timeline.rows.push(row);
-                timeline.steps.push(step_bits);
-                timeline.exclusions.push(exclusion_bits);
-            }
-            if !any_entry {
-                return;
-            }
-            let mut best: Option<Attempt> = None;
-            for start in 0..timeline.times.len() {
-                let t = timeline.times[start];
-                if timeline.steps[start] & 1 == 0 || t < query.from || t >= query.to {
-                    continue;
-                }
-                let attempt = timeline.attempt(start, n, query.window, query.order);
-                if timeline.excluded(&attempt, &query.exclusions) {
-                    continue;
-                }
-                if query.mode == FunnelMode::TotalConversions {
-                    let group = groups.group(table, person, timeline.rows[start] as usize) as usize;
-                    if counts.len() <= group {
-                        counts.resize(group + 1, GroupCounts::new(n));
-                    }
-                    timeline.step_times(&attempt, &mut times);
-                    counts[group].add(&times);
-                    continue;
-                }
-                let better = best.as_ref().is_none_or(|b| attempt.reached > b.reached);
-                let complete = attempt.reached == n;
-                if better {
-                    best = Some(attempt);
-                }
-                if complete {
-                    break;
-                }
-            }
-            if let Some(best) = best {
-                let group = groups.group(table, person, timeline.rows[best.positions[0] as usize] as usize) as usize;
-                if counts.len() <= group {
-                    counts.resize(group + 1, GroupCounts::new(n));
-                }
-                timeline.step_times(&best, &mut times);
-                counts[group].add(&times);
-            }
-        });
+    /// One thread's share: its own breakdown groups, counts and scratch space.
+    struct Part {
+        groups: Groups,
+        counts: Vec<GroupCounts>,
+        timeline: Timeline,
+        times: Vec<Micros>,
     }
+    impl Part {
+        fn add(&mut self, table: &EventTable, person: u32, start: usize, attempt: &Attempt, n: usize) {
+            let group = self.groups.group(table, person, self.timeline.rows[start] as usize) as usize;
+            if self.counts.len() <= group {
+                self.counts.resize(group + 1, GroupCounts::new(n));
+            }
+            self.timeline.step_times(attempt, &mut self.times);
+            self.counts[group].add(&self.times);
+        }
+    }
+    let new_part = || Part {
+        groups: Groups::new(state, query.breakdown.as_deref()),
+        counts: Vec::new(),
+        timeline: Timeline::default(),
+        times: Vec::with_capacity(n),
+    };
+    let visit = |part: &mut Part, person: u32, events: PersonEvents<'_>| {
+        if !steps[0].filters.person_passes(person) {
+            return;
+        }
+        let timeline = &mut part.timeline;
+        timeline.times.clear();
+        timeline.rows.clear();
+        timeline.steps.clear();
+        timeline.exclusions.clear();
+        let mut any_entry = false;
+        for (i, &row) in events.rows.iter().enumerate() {
+            let name = events.names[i] as usize;
+            let (step_candidates, exclusion_candidates) = (step_masks[name], exclusion_masks[name]);
+            if step_candidates | exclusion_candidates == 0 && !keep_every_row {
+                continue;
+            }
+            let step_bits = matching(&steps, step_candidates, person, row as usize);
+            let exclusion_bits = matching(&exclusions, exclusion_candidates, person, row as usize);
+            let t = events.times[i];
+            any_entry |= step_bits & 1 != 0 && t >= query.from && t < query.to;
+            timeline.times.push(t);
+            timeline.rows.push(row);
+            timeline.steps.push(step_bits);
+            timeline.exclusions.push(exclusion_bits);
+        }
+        if !any_entry {
+            return;
+        }
+        let mut best: Option<Attempt> = None;
+        for start in 0..part.timeline.times.len() {
+            let timeline = &part.timeline;
+            let t = timeline.times[start];
+            if timeline.steps[start] & 1 == 0 || t < query.from || t >= query.to {
+                continue;
+            }
+            let attempt = timeline.attempt(start, n, query.window, query.order);
+            if timeline.excluded(&attempt, &query.exclusions) {
+                continue;
+            }
+            if query.mode == FunnelMode::TotalConversions {
+                part.add(table, person, start, &attempt, n);
+                continue;
+            }
+            let better = best.as_ref().is_none_or(|b| attempt.reached > b.reached);
+            let complete = attempt.reached == n;
+            if better {
+                best = Some(attempt);
+            }
+            if complete {
+                break;
+            }
+        }
+        if let Some(best) = best {
+            part.add(table, person, best.positions[0] as usize, &best, n);
+        }
+    };
+    let parts = if steps[0].name == NONE {
+        Vec::new()
+    } else {
+        let order = state.person_order.get(table);
+        order.fold_parts(table, query_threads(table), new_part, visit)
+    };
+    // Parts number breakdown values in their own order: merge them by label.
+    let mut by_label: hashbrown::HashMap<String, GroupCounts> = hashbrown::HashMap::new();
+    for part in parts {
+        let part_labels = part.groups.labels();
+        for (group, group_counts) in part.counts.into_iter().enumerate() {
+            match by_label.get_mut(&part_labels[group]) {
+                Some(into) => into.merge(group_counts),
+                None => {
+                    by_label.insert(part_labels[group].clone(), group_counts);
+                }
+            }
+        }
+    }
+    let (labels, mut counts): (Vec<String>, Vec<GroupCounts>) = by_label.into_iter().unzip();
 
     let events: Vec<String> = query.steps.iter().map(|s| s.event.clone()).collect();
     let mut total = GroupCounts::new(n);
@@ -425,7 +454,6 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
         }
         return Ok(FunnelResult { steps: total.steps(&events), breakdowns: Vec::new() });
     }
-    let labels = groups.labels();
     let mut ranked: Vec<(usize, GroupCounts)> =
         counts.into_iter().enumerate().filter(|(_, c)| c.users[0] > 0).collect();
     ranked.sort_by(|(a, ca), (b, cb)| cb.users[0].cmp(&ca.users[0]).then(labels[*a].cmp(&labels[*b])));

@@ -97,30 +97,101 @@ impl PersonOrder {
 
     /// Visits every canonical person with rows, with their events in time order.
     pub fn for_each(&self, table: &EventTable, mut visit: impl FnMut(u32, PersonEvents<'_>)) {
-        // Rows appended since the build, per canonical person.
-        let mut tail: HashMap<u32, Vec<u32>> = HashMap::new();
-        for row in self.covered..table.len() {
-            let person = table.canonical[table.person[row] as usize];
-            tail.entry(person).or_default().push(row as u32);
+        let tail = Tail::of(self, table);
+        self.visit_part(table, &tail, 0..self.people.len(), &tail.new_people, &mut visit);
+    }
+
+    /// Like `for_each`, split into contiguous parts of people run on up to `threads` threads
+    /// (see `query_threads`): each part folds into its own state from `init`; the states come
+    /// back in part order.
+    pub fn fold_parts<S: Send>(
+        &self,
+        table: &EventTable,
+        threads: usize,
+        init: impl Fn() -> S + Sync,
+        visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
+    ) -> Vec<S> {
+        let tail = Tail::of(self, table);
+        let parts = threads.clamp(1, self.people.len().max(1));
+        let bounds: Vec<usize> = (0..=parts).map(|k| k * self.people.len() / parts).collect();
+        let run = |k: usize| {
+            let mut state = init();
+            let extra: &[u32] = if k + 1 == parts { &tail.new_people } else { &[] };
+            self.visit_part(table, &tail, bounds[k]..bounds[k + 1], extra, &mut |person, events| {
+                visit(&mut state, person, events)
+            });
+            state
+        };
+        if parts == 1 {
+            return vec![run(0)];
         }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..parts).map(|k| scope.spawn(move || run(k))).collect();
+            let mut states = vec![run(0)];
+            // A panic in a part is a bug; re-raise it on the calling thread.
+            states.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
+            states
+        })
+    }
+
+    fn visit_part(
+        &self,
+        table: &EventTable,
+        tail: &Tail,
+        people: std::ops::Range<usize>,
+        new_people: &[u32],
+        visit: &mut dyn FnMut(u32, PersonEvents<'_>),
+    ) {
         let mut merged = Merged::default();
-        for (i, &person) in self.people.iter().enumerate() {
+        for i in people {
+            let person = self.people[i];
             let span = self.starts[i] as usize..self.starts[i + 1] as usize;
             let events = PersonEvents {
                 rows: &self.rows[span.clone()],
                 times: &self.times[span.clone()],
                 names: &self.names[span],
             };
-            match tail.remove(&person) {
+            match tail.rows.get(&person) {
                 None => visit(person, events),
-                Some(extra) => visit(person, merged.fill(table, events.rows, &extra)),
+                Some(extra) => visit(person, merged.fill(table, events.rows, extra)),
             }
         }
-        let mut rest: Vec<(u32, Vec<u32>)> = tail.into_iter().collect();
-        rest.sort_unstable_by_key(|(person, _)| *person);
-        for (person, extra) in rest {
-            visit(person, merged.fill(table, &[], &extra));
+        for person in new_people {
+            visit(*person, merged.fill(table, &[], &tail.rows[person]));
         }
+    }
+}
+
+/// Below this many rows a query is not worth splitting across threads.
+const MIN_PARALLEL_ROWS: usize = 200_000;
+
+/// How many threads a scan of `table` should use: one per core for large tables.
+pub fn query_threads(table: &EventTable) -> usize {
+    if table.len() < MIN_PARALLEL_ROWS {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// Rows appended since an order was built, per canonical person.
+struct Tail {
+    rows: HashMap<u32, Vec<u32>>,
+    /// People with tail rows only, ascending.
+    new_people: Vec<u32>,
+}
+
+impl Tail {
+    fn of(order: &PersonOrder, table: &EventTable) -> Tail {
+        let mut rows: HashMap<u32, Vec<u32>> = HashMap::new();
+        for row in order.covered..table.len() {
+            let person = table.canonical[table.person[row] as usize];
+            rows.entry(person).or_default().push(row as u32);
+        }
+        // `people` is ascending (built in person id order).
+        let mut new_people: Vec<u32> =
+            rows.keys().copied().filter(|p| order.people.binary_search(p).is_err()).collect();
+        new_people.sort_unstable();
+        Tail { rows, new_people }
     }
 }
 
@@ -230,6 +301,16 @@ mod tests {
                 ("u3".into(), vec![5], vec![7]),
             ]
         );
+        // Split in parts, the same people and events come back, in the same order.
+        for threads in 1..=4 {
+            let parts = order.fold_parts(&table, threads, Vec::new, |seen, person, events| {
+                seen.push((person, events.rows.to_vec()));
+            });
+            assert_eq!(parts.len(), threads.min(2), "two cached people at most two parts");
+            let mut all = Vec::new();
+            order.for_each(&table, |person, events| all.push((person, events.rows.to_vec())));
+            assert_eq!(parts.concat(), all);
+        }
         // Moving an alias changes who owns rows: the order no longer serves.
         table.alias("x", "u2");
         assert!(!order.serves(&table));
