@@ -1,6 +1,7 @@
 //! Funnels (SPEC §7): where people drop out of a sequence of steps.
 //!
-//! One pass over people, each with their rows in time order. Per person, every step-1 event
+//! One pass over people, each with their rows in time order (`PersonOrder`), split across
+//! the cores in contiguous parts that merge at the end. Per person, every step-1 event
 //! in the range starts an attempt; an attempt fills later steps greedily with the earliest
 //! unused matching event (which also makes the intervals checked by exclusions as short as
 //! possible), within `window` of its step-1 event. A person counts once per step with their
