@@ -220,12 +220,7 @@ async fn backup(server: &TestServer, out: &std::path::Path, key: &str) -> sextan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_while_ingesting_restores_into_a_server_that_answers_the_same() {
     let server = TestServer::start_secure(|_| {}).await;
-    let project = pb::Project { id: "p".into(), ..Default::default() };
-    server
-        .projects()
-        .create_project(bearer(pb::CreateProjectRequest { project: Some(project) }, BOOTSTRAP))
-        .await
-        .unwrap();
+    server.create_project("p").await;
     let key = server
         .projects()
         .create_api_key(bearer(

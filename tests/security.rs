@@ -92,12 +92,7 @@ async fn create_key(server: &TestServer, project: &str, role: pb::Role) -> (pb::
 
 async fn secure_projects(server: &TestServer) -> Keys {
     for id in ["a", "b"] {
-        let project = pb::Project { id: id.into(), ..Default::default() };
-        server
-            .projects()
-            .create_project(bearer(pb::CreateProjectRequest { project: Some(project) }, BOOTSTRAP))
-            .await
-            .unwrap();
+        server.create_project(id).await;
     }
     Keys {
         ingest: create_key(server, "a", pb::Role::Ingest).await.1,

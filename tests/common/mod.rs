@@ -84,9 +84,11 @@ impl TestServer {
         UserServiceClient::new(self.channel.clone())
     }
 
+    /// Creates a project, with the bootstrap key (which an open server ignores).
     pub async fn create_project(&self, id: &str) {
         let project = pb::Project { id: id.into(), ..Default::default() };
-        self.projects().create_project(pb::CreateProjectRequest { project: Some(project) }).await.expect("project");
+        let request = bearer(pb::CreateProjectRequest { project: Some(project) }, BOOTSTRAP);
+        self.projects().create_project(request).await.expect("project");
     }
 
     pub async fn track(&self, project: &str, events: Vec<pb::Event>) -> pb::TrackResponse {
