@@ -1,18 +1,14 @@
 //! Sextant: a metrics-as-a-service backend. Events in over gRPC; North Star metrics, goals,
 //! funnels, retention and experiment readouts out.
 
-pub mod backup;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;
-pub mod r#gen;
 pub mod grpc;
-pub mod load;
 pub mod server;
-pub mod soak;
 pub mod storage;
 pub mod telemetry;
-pub mod watch;
 
 /// Code generated from `proto/sextant/v1`.
 pub mod pb {

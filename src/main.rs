@@ -3,12 +3,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use sextant::backup::{self, BackupArgs};
+use sextant::cli::backup::{self, BackupArgs};
+use sextant::cli::r#gen::{self as generator, GenOptions};
+use sextant::cli::load::{self, LoadArgs};
+use sextant::cli::soak::{self, SoakArgs};
+use sextant::cli::watch::{self, WatchArgs};
 use sextant::config::ServeConfig;
-use sextant::r#gen::{self as generator, GenOptions};
-use sextant::load::{self, LoadArgs};
-use sextant::soak::{self, SoakArgs};
-use sextant::watch::{self, WatchArgs};
 use sextant::{server, telemetry};
 
 // The ingest path allocates many small strings per event (protobuf decoding); mimalloc

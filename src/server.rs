@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
-use crate::core::data_retention::run_retention_job;
 use crate::core::engine::Engine;
+use crate::core::expiry::run_retention_job;
 use crate::grpc::Api;
 use crate::grpc::auth::GuardLayer;
 use crate::pb;

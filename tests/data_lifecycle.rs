@@ -205,16 +205,16 @@ async fn stored(server: &TestServer, project: &str, key: &str) -> HashMap<String
     ids
 }
 
-async fn backup(server: &TestServer, out: &std::path::Path, key: &str) -> sextant::backup::BackupReport {
-    let args = sextant::backup::BackupArgs {
-        client: sextant::load::ClientArgs {
+async fn backup(server: &TestServer, out: &std::path::Path, key: &str) -> sextant::cli::backup::BackupReport {
+    let args = sextant::cli::backup::BackupArgs {
+        client: sextant::cli::load::ClientArgs {
             addr: server.running.as_ref().unwrap().addr.to_string(),
             api_key: Some(key.into()),
             ca_cert: None,
         },
         out: out.to_path_buf(),
     };
-    sextant::backup::run(&args).await.expect("backup")
+    sextant::cli::backup::run(&args).await.expect("backup")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,17 +313,17 @@ async fn backup_while_ingesting_restores_into_a_server_that_answers_the_same() {
         assert_eq!(query(&restored).await, query(&server).await, "{metric}");
     }
     // Only the server admin may back up; the target must be empty.
-    let args = sextant::backup::BackupArgs {
-        client: sextant::load::ClientArgs {
+    let args = sextant::cli::backup::BackupArgs {
+        client: sextant::cli::load::ClientArgs {
             addr: server.running.as_ref().unwrap().addr.to_string(),
             api_key: Some(key.clone()),
             ca_cert: None,
         },
         out: temp.path().join("denied"),
     };
-    let denied = sextant::backup::run(&args).await.unwrap_err();
+    let denied = sextant::cli::backup::run(&args).await.unwrap_err();
     assert!(format!("{denied:#}").contains("server admin"), "{denied:#}");
     restored.running.unwrap().stop().await.unwrap();
-    let args = sextant::backup::BackupArgs { out: temp.path().join("rest"), ..args };
-    assert!(sextant::backup::run(&args).await.is_err(), "not into a used directory");
+    let args = sextant::cli::backup::BackupArgs { out: temp.path().join("rest"), ..args };
+    assert!(sextant::cli::backup::run(&args).await.is_err(), "not into a used directory");
 }

@@ -10,8 +10,8 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use super::engine::Engine;
-use super::model::{Micros, now_micros};
+use crate::core::engine::Engine;
+use crate::core::model::{Micros, now_micros};
 use crate::error::{Error, Result};
 
 /// A project key's role (SPEC §10). ADMIN includes READ and INGEST.

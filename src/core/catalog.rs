@@ -1,6 +1,6 @@
 //! The tracking plan: event types with property schemas, and the check of an event against it.
 
-use super::model::{Event, EventType, PropertyType, Value};
+use crate::core::model::{Event, EventType, PropertyType, Value};
 use crate::error::{Error, Result};
 
 pub const MAX_NAME_CHARS: usize = 200;

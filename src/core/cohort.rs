@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::validate_slug;
-use super::engine::{Engine, ProjectState};
-use super::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
-use super::model::{Micros, now_micros};
-use super::page::{PageRequest, paginate};
-use super::table::NONE;
+use crate::core::catalog::validate_slug;
+use crate::core::engine::{Engine, ProjectState};
+use crate::core::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
+use crate::core::model::{Micros, now_micros};
+use crate::core::page::{PageRequest, paginate};
+use crate::core::store::table::NONE;
 use crate::error::{Error, Result};
 
 /// Most ids one static cohort may hold.

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::ProjectState;
-use super::model::Value;
-use super::table::{Cell, EventTable, NONE};
+use crate::core::engine::ProjectState;
+use crate::core::model::Value;
+use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ pub const TRAIT_PREFIX: &str = "user.";
 
 pub fn validate_filter(field: &str, filter: &Filter) -> Result<()> {
     let name = filter.property.strip_prefix(TRAIT_PREFIX).unwrap_or(&filter.property);
-    super::catalog::validate_name(&format!("{field}.property"), name)?;
+    crate::core::catalog::validate_name(&format!("{field}.property"), name)?;
     let arity_ok = match filter.op {
         FilterOp::IsSet | FilterOp::IsNotSet => filter.values.is_empty(),
         FilterOp::In | FilterOp::NotIn => !filter.values.is_empty(),
@@ -68,7 +68,7 @@ pub fn validate_filter(field: &str, filter: &Filter) -> Result<()> {
 }
 
 pub fn validate_selector(field: &str, selector: &EventSelector) -> Result<()> {
-    super::catalog::validate_name(&format!("{field}.event"), &selector.event)?;
+    crate::core::catalog::validate_name(&format!("{field}.event"), &selector.event)?;
     for (i, filter) in selector.filters.iter().enumerate() {
         validate_filter(&format!("{field}.filters[{i}]"), filter)?;
     }

@@ -1,27 +1,27 @@
-//! The domain: no tonic or prost types here.
+//! The domain: no tonic, prost or sled types here.
+//!
+//! Map, lower floors first (a module imports only from its own floor or below):
+//! - `model`, `time`, `page`, `filter`: plain types, calendar buckets, paging, event selectors.
+//! - `store`: a project's events in memory (columnar table, person order, trait groups).
+//! - `catalog`, `auth`: the tracking plan, API keys and roles.
+//! - `metric`, `goal`, `cohort`, `analysis`, `experiment`: the analyses; each reads a project
+//!   view and the definitions it needs, never the engine.
+//! - `ingest`: validation and the single writer; `expiry`: data retention.
+//! - `engine`: projects, the definitions registry, and the application calls the gRPC adapter
+//!   makes (one per RPC), built from the floors below.
 
-pub mod anomaly;
+pub mod analysis;
 pub mod auth;
 pub mod catalog;
 pub mod cohort;
-pub mod data_retention;
 pub mod engine;
 pub mod experiment;
-pub mod experiments;
+pub mod expiry;
 pub mod filter;
-pub mod formula;
-pub mod funnel;
 pub mod goal;
-pub mod goals;
 pub mod ingest;
-pub mod live;
 pub mod metric;
-pub mod metrics;
 pub mod model;
 pub mod page;
-pub mod person_order;
-pub mod query;
-pub mod retention;
-pub mod table;
+pub mod store;
 pub mod time;
-pub mod users;

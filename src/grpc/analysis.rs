@@ -5,9 +5,9 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use super::convert::{enum_error, time_range, timestamp};
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
+use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
+use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
 use crate::core::filter::EventSelector;
-use crate::core::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
-use crate::core::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
 use crate::error::{Error, Result};
 use crate::pb::{self, analysis_service_server::AnalysisService};
 

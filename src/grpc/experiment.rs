@@ -1,4 +1,4 @@
-//! ExperimentService: thin handlers over `core::experiments` (definitions, lifecycle,
+//! ExperimentService: thin handlers over `core::engine::experiments` (definitions, lifecycle,
 //! assignment, exposures, results) and `core::experiment::readout` (AnalyzeSummaries), plus
 //! the stateless AdjustPValues and PlanExperiment over the statistics module.
 
@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use super::convert::{enum_error, micros_from_timestamp, optional_timestamp, timestamp};
 use super::metric::{duration_from_pb, duration_to_pb};
+use crate::core::engine::experiments::{ExperimentResults, ExposureItem};
 use crate::core::experiment::definition::{Experiment, ExperimentStatus, MetricRole, ReadoutConfig, Variant};
 use crate::core::experiment::readout::{
     self, Comparison, Decision, MetricReadout, SummariesRequest, VariantData, VariantReadout,
@@ -15,8 +16,7 @@ use crate::core::experiment::stats::{
     self, Correction, Covariate, Difference, Engine, GaussianPrior, Sided, StatsConfig, StatsError, Summary,
     SummaryKind,
 };
-use crate::core::experiments::{ExperimentResults, ExposureItem};
-use crate::core::metric::Direction;
+use crate::core::metric::definition::Direction;
 use crate::core::model::now_micros;
 use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, Result};

@@ -6,14 +6,14 @@ use super::Api;
 use super::convert::{
     enum_error, item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb,
 };
-use crate::core::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
-use crate::core::live::{self, LiveValue, WatchSpec};
-use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
-use crate::core::metrics::{Compare, MetricTarget, TreeNode};
+use crate::core::metric::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
+use crate::core::metric::definition::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
+use crate::core::metric::evaluate::{Compare, MetricTarget, TreeNode};
+use crate::core::metric::live::{self, LiveValue, WatchSpec};
+use crate::core::metric::scan::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series, breakdown_limit_or_default};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
-use crate::core::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series, breakdown_limit_or_default};
 use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
 use crate::error::{Error, Result};
 use crate::pb::{self, metric_service_server::MetricService};
@@ -409,7 +409,7 @@ fn anomaly_point_to_pb(p: &AnomalyPoint, now: i64, to: i64) -> pb::AnomalyPoint 
 
 #[tonic::async_trait]
 impl MetricService for Api {
-    /// Validation errors fail the call; the stream itself lives in `core::live`.
+    /// Validation errors fail the call; the stream itself lives in `core::metric::live`.
     async fn watch_metric(
         &self,
         request: Request<pb::WatchMetricRequest>,

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use super::convert::{event_to_pb, time_range, user_to_pb};
+use crate::core::engine::users::EXPORT_CHUNK;
 use crate::core::page::PageRequest;
-use crate::core::users::EXPORT_CHUNK;
 use crate::pb::{self, user_service_server::UserService};
 
 #[tonic::async_trait]

@@ -15,10 +15,10 @@ use super::readout::VariantData;
 use super::stats::{self, Covariate, Summary, SummaryKind};
 use crate::core::engine::ProjectState;
 use crate::core::filter::row_number;
-use crate::core::metric::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
+use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
+use crate::core::metric::scan::{Matcher, for_listed_people};
 use crate::core::model::Micros;
-use crate::core::query::{Matcher, for_listed_people};
-use crate::core::table::{Cell, EventTable, NONE};
+use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result};
 
 /// A user exposed to exactly one variant.

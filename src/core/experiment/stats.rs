@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, Continuous, ContinuousCDF, StudentsT};
 use statrs::function::erf;
 
-use crate::core::metric::Direction;
+use crate::core::metric::definition::Direction;
 
 /// Significance level used when none is configured.
 pub const DEFAULT_ALPHA: f64 = 0.05;

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::engine::{Engine, ProjectState};
-use super::filter;
-use super::metric::{Metric, MetricKind, MetricRole, validate_references};
-use super::model::{ManualValue, Micros, now_micros};
-use super::query::{self, MetricQuery, Point, Series};
-use super::time::{self, CalendarOffset, Granularity};
+use crate::core::engine::{Engine, ProjectState};
+use crate::core::filter;
+use crate::core::metric::definition::{Metric, MetricKind, MetricRole, validate_references};
+use crate::core::metric::scan::{self, MetricQuery, Point, Series};
+use crate::core::model::{ManualValue, Micros, now_micros};
+use crate::core::time::{self, CalendarOffset, Granularity};
 use crate::error::{Error, Result};
 use crate::storage::LogRecord;
 
@@ -104,7 +104,7 @@ pub fn evaluate(state: &ProjectState, metric: &Metric, query: &MetricQuery, dept
         return Err(Error::invalid("metric", "inputs nest too deeply"));
     }
     match metric.kind {
-        kind if kind.is_event_aggregate() => query::event_aggregate(state, metric, query),
+        kind if kind.is_event_aggregate() => scan::event_aggregate(state, metric, query),
         MetricKind::Ratio => {
             let inputs = [
                 (metric.numerator_key.as_str(), metric.numerator_offset),
@@ -117,8 +117,8 @@ pub fn evaluate(state: &ProjectState, metric: &Metric, query: &MetricQuery, dept
             }))
         }
         MetricKind::Formula => {
-            let expr =
-                super::formula::parse(&metric.formula).map_err(|e| Error::invalid("metric.formula", e.to_string()))?;
+            let expr = crate::core::metric::formula::parse(&metric.formula)
+                .map_err(|e| Error::invalid("metric.formula", e.to_string()))?;
             let names: Vec<String> = if metric.inputs.is_empty() {
                 expr.references()
             } else {
@@ -139,8 +139,8 @@ pub fn evaluate(state: &ProjectState, metric: &Metric, query: &MetricQuery, dept
             }))
         }
         MetricKind::Manual => Ok(manual_series(state, metric, query)),
-        MetricKind::Conversion => query::conversion(state, metric, query),
-        MetricKind::Retention => query::retention(state, metric, query),
+        MetricKind::Conversion => scan::conversion(state, metric, query),
+        MetricKind::Retention => scan::retention(state, metric, query),
         kind => unreachable!("{kind:?} is an event aggregate, handled above"),
     }
 }
@@ -186,7 +186,7 @@ struct ManualGroup {
 /// Filters and the breakdown apply to the values' dimensions; empty buckets are 0.
 fn manual_series(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Vec<Series> {
     let bounds =
-        time::bucket_bounds(query.from, query.to, query.granularity, query.tz, query::MAX_BUCKETS).unwrap_or_default();
+        time::bucket_bounds(query.from, query.to, query.granularity, query.tz, scan::MAX_BUCKETS).unwrap_or_default();
     let buckets = bounds.len().saturating_sub(1);
     let empty = || ManualGroup { buckets: vec![ManualCell::EMPTY; buckets], total: ManualCell::EMPTY };
     let dimension =
@@ -198,7 +198,7 @@ fn manual_series(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> 
             continue;
         }
         let label = match &query.breakdown {
-            Some(name) => query::label_of_value(dimension(value, name).as_ref()),
+            Some(name) => scan::label_of_value(dimension(value, name).as_ref()),
             None => String::new(),
         };
         let bucket = bounds.partition_point(|&b| b <= value.timestamp).saturating_sub(1).min(buckets.saturating_sub(1));
@@ -218,7 +218,7 @@ fn manual_series(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> 
             }
             other.total.merge(&group.total);
         }
-        ranked.push((query::OTHER.into(), other));
+        ranked.push((scan::OTHER.into(), other));
     }
     if ranked.is_empty() && query.breakdown.is_none() {
         ranked.push((String::new(), empty()));
@@ -265,7 +265,7 @@ fn combine(
     f: impl Fn(&[Option<f64>]) -> Option<f64>,
 ) -> Vec<Series> {
     let bounds =
-        time::bucket_bounds(query.from, query.to, query.granularity, query.tz, query::MAX_BUCKETS).unwrap_or_default();
+        time::bucket_bounds(query.from, query.to, query.granularity, query.tz, scan::MAX_BUCKETS).unwrap_or_default();
     let mut labels: Vec<String> = Vec::new();
     for series in inputs.iter().flatten() {
         if !labels.contains(&series.breakdown_value) {
@@ -328,7 +328,7 @@ impl Engine {
 
     /// A version of a metric (0: the latest) and the latest version number.
     pub fn get_metric(&self, project: &str, key: &str, version: u32) -> Result<(Metric, u32)> {
-        super::catalog::validate_slug("key", key)?;
+        crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
         let state = entry.read();
         let metric = state.metric_version(key, version)?.clone();
@@ -345,7 +345,7 @@ impl Engine {
     /// Deletes every version. Returns true for a MANUAL metric, whose stored values the
     /// caller then clears with `clear_manual_values`.
     pub fn delete_metric(&self, project: &str, key: &str) -> Result<bool> {
-        super::catalog::validate_slug("key", key)?;
+        crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
         let versions =
@@ -389,8 +389,8 @@ impl Engine {
         project: &str,
         key: &str,
         values: Vec<Result<ManualValue>>,
-    ) -> Result<(u64, Vec<super::ingest::ItemError>)> {
-        super::catalog::validate_slug("metric_key", key)?;
+    ) -> Result<(u64, Vec<crate::core::ingest::ItemError>)> {
+        crate::core::catalog::validate_slug("metric_key", key)?;
         if values.len() > self.limits.max_batch_events {
             return Err(Error::exhausted(
                 "values",
@@ -412,12 +412,12 @@ impl Engine {
                 if !v.value.is_finite() {
                     return Err(Error::invalid("value", "must be finite"));
                 }
-                super::ingest::validate_properties("dimensions", &v.dimensions, &self.limits)?;
+                crate::core::ingest::validate_properties("dimensions", &v.dimensions, &self.limits)?;
                 Ok(v)
             });
             match checked {
                 Ok(v) => valid.push(v),
-                Err(error) => rejected.push(super::ingest::ItemError {
+                Err(error) => rejected.push(crate::core::ingest::ItemError {
                     index: index as u32,
                     event_id: String::new(),
                     error: error.under(&format!("values[{index}]")),
@@ -446,7 +446,7 @@ impl Engine {
         let state = entry.read();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
-        query.members = super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
+        query.members = crate::core::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
         let metric = state.resolve_target(target)?;
         let series = evaluate(&state, &metric, &query, 0)?;
         let comparison = match comparison_range(query.from, query.to, compare, query.tz) {
@@ -500,7 +500,7 @@ impl Engine {
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;
-        query.members = super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
+        query.members = crate::core::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
         let metrics = state.latest_metrics();
         let root = if root_key.is_empty() {
             metrics.values().find(|m| m.role == MetricRole::NorthStar).ok_or_else(|| {
@@ -509,7 +509,7 @@ impl Engine {
                 )
             })?
         } else {
-            super::catalog::validate_slug("root_key", root_key)?;
+            crate::core::catalog::validate_slug("root_key", root_key)?;
             metrics.get(root_key).ok_or_else(|| Error::NotFound(format!("metric {root_key:?} not found")))?
         };
         let previous = comparison_range(query.from, query.to, compare, query.tz);

@@ -2,15 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::validate_slug;
-use super::engine::{Engine, ProjectState};
-use super::filter::Filter;
-use super::goal::{self, Bucket, GoalInput, GoalProgress, Target};
-use super::metric::{Direction, Metric, MetricKind};
-use super::metrics::evaluate;
-use super::model::{Micros, now_micros};
-use super::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point};
-use super::time::{self, Granularity};
+use crate::core::catalog::validate_slug;
+use crate::core::engine::{Engine, ProjectState};
+use crate::core::filter::Filter;
+use crate::core::goal::progress::{self, Bucket, GoalInput, GoalProgress, Target};
+use crate::core::metric::definition::{Direction, Metric, MetricKind};
+use crate::core::metric::evaluate::evaluate;
+use crate::core::metric::scan::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point};
+use crate::core::model::{Micros, now_micros};
+use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +73,7 @@ impl Goal {
         }
         time::parse_zone("goal.timezone", &self.timezone)?;
         for (i, filter) in self.filters.iter().enumerate() {
-            super::filter::validate_filter(&format!("goal.filters[{i}]"), filter)?;
+            crate::core::filter::validate_filter(&format!("goal.filters[{i}]"), filter)?;
         }
         Ok(())
     }
@@ -105,7 +105,7 @@ fn query_points(
         breakdown: None,
         breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
         cohort_id: String::new(),
-        members: super::cohort::resolve(state, "goal.cohort_id", &goal.cohort_id)?,
+        members: crate::core::cohort::resolve(state, "goal.cohort_id", &goal.cohort_id)?,
     };
     Ok(evaluate(state, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }
@@ -130,7 +130,8 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
     // Buckets are clipped to the period; a bucket ending after `now` is incomplete.
     let buckets: Vec<Bucket> =
         points.iter().map(|p| Bucket { start: p.start.max(start), end: p.end.min(end), value: p.value }).collect();
-    let (base_from, base_to) = goal.baseline_period.unwrap_or_else(|| goal::default_baseline_period(start, end, tz));
+    let (base_from, base_to) =
+        goal.baseline_period.unwrap_or_else(|| progress::default_baseline_period(start, end, tz));
     let baseline = if additive {
         query_points(state, metric, goal, tz, base_from, base_to, Granularity::Total)?.first().and_then(|p| p.value)
     } else {
@@ -147,7 +148,8 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
         baseline,
         buckets,
     };
-    let progress = goal::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {:?}: {e}", goal.id)))?;
+    let progress =
+        progress::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {:?}: {e}", goal.id)))?;
     Ok(GoalReport { goal: goal.clone(), progress, as_of: now, points, metric_version: metric.version })
 }
 

@@ -34,12 +34,12 @@ use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::engine::Engine;
-use super::filter::Filter;
-use super::metrics::evaluate;
-use super::model::{Micros, now_micros};
-use super::query::{MetricQuery, Point, Series};
-use super::time::{self, Granularity};
+use crate::core::engine::Engine;
+use crate::core::filter::Filter;
+use crate::core::metric::evaluate::evaluate;
+use crate::core::metric::scan::{MetricQuery, Point, Series};
+use crate::core::model::{Micros, now_micros};
+use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
 /// Fewest time between two messages of one stream, and between two evaluations of a feed.
@@ -183,7 +183,7 @@ impl Engine {
             breakdown: None,
             breakdown_limit: spec.breakdown_limit,
             cohort_id: String::new(),
-            members: super::cohort::resolve(&state, "cohort_id", &spec.cohort_id)?,
+            members: crate::core::cohort::resolve(&state, "cohort_id", &spec.cohort_id)?,
         };
         let overall = evaluate(&state, metric, &query, 0)?;
         let point = overall.first().and_then(|s| s.points.first()).copied();

@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use crate::load::ClientArgs;
+use crate::cli::load::ClientArgs;
 use crate::pb;
 use crate::pb::metric_service_client::MetricServiceClient;
 
@@ -63,7 +63,7 @@ pub struct WatchArgs {
 }
 
 fn show_value(point: &pb::Point) -> String {
-    if point.has_value { crate::core::query::format_number(point.value) } else { "no value".into() }
+    if point.has_value { crate::core::metric::scan::format_number(point.value) } else { "no value".into() }
 }
 
 fn local(ts: Option<&prost_types::Timestamp>, tz: Tz, format: &str) -> String {

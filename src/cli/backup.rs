@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::load::ClientArgs;
+use crate::cli::load::ClientArgs;
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::storage::{SledStorage, Storage, Tree};

@@ -9,7 +9,7 @@
 
 use hashbrown::HashMap;
 
-use super::model::{Event, Micros, Value};
+use crate::core::model::{Event, Micros, Value};
 
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;

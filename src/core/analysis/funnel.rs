@@ -11,14 +11,14 @@
 //! Rows are pre-classified once per person into bit masks of the steps and exclusions they
 //! match (at most 64 of each), so attempts compare integers only.
 
-use super::cohort;
-use super::engine::{Engine, ProjectState};
-use super::filter::{self, CompiledFilters, EventSelector, Filter};
-use super::model::Micros;
-use super::person_order::{PersonEvents, query_threads};
-use super::query::{Groups, OTHER, breakdown_limit_or_default};
-use super::table::{EventTable, NONE};
-use super::time;
+use crate::core::cohort;
+use crate::core::engine::{Engine, ProjectState};
+use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
+use crate::core::metric::scan::{Groups, OTHER, breakdown_limit_or_default};
+use crate::core::model::Micros;
+use crate::core::store::person_order::{PersonEvents, query_threads};
+use crate::core::store::table::{EventTable, NONE};
+use crate::core::time;
 use crate::error::{Error, Result};
 
 pub const MIN_STEPS: usize = 2;
@@ -121,7 +121,7 @@ impl FunnelQuery {
         }
         if let Some(breakdown) = &self.breakdown {
             let name = breakdown.strip_prefix(filter::TRAIT_PREFIX).unwrap_or(breakdown);
-            super::catalog::validate_name("breakdown", name)?;
+            crate::core::catalog::validate_name("breakdown", name)?;
         }
         time::parse_zone("timezone", &self.timezone)?;
         Ok(())

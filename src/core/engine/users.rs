@@ -1,9 +1,9 @@
 //! Users: profiles, timelines and raw event export.
 
-use super::engine::Engine;
-use super::ingest;
-use super::model::{Event, TimeRange, UserProfile};
-use super::page::PageRequest;
+use crate::core::engine::Engine;
+use crate::core::ingest;
+use crate::core::model::{Event, TimeRange, UserProfile};
+use crate::core::page::PageRequest;
 use crate::error::{Error, Result};
 use crate::storage::LogRecord;
 
@@ -63,7 +63,7 @@ impl Engine {
         let size = page.size();
         let events = rows.iter().skip(offset).take(size).map(|&r| table.event(r as usize)).collect();
         let next = if offset + size < rows.len() {
-            super::page::token_for(&(offset + size).to_string())
+            crate::core::page::token_for(&(offset + size).to_string())
         } else {
             String::new()
         };

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::engine::Engine;
-use super::model::{MICROS_PER_SECOND, Micros, now_micros};
+use crate::core::engine::Engine;
+use crate::core::model::{MICROS_PER_SECOND, Micros, now_micros};
 use crate::error::Result;
 use crate::storage::LogRecord;
 

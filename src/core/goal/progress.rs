@@ -24,7 +24,7 @@ pub enum GoalStatus {
 }
 
 /// Which way is good: `Increase` is met when value ≥ target, `Decrease` when value ≤ target.
-pub use super::metric::Direction;
+pub use crate::core::metric::definition::Direction;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Target {

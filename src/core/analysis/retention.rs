@@ -8,15 +8,15 @@
 
 use hashbrown::HashMap;
 
-use super::cohort;
-use super::engine::{Engine, ProjectState};
-use super::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
-use super::metric::Period;
-use super::model::{Micros, now_micros};
-use super::person_order::PersonEvents;
-use super::query::{Groups, OTHER, breakdown_limit_or_default};
-use super::table::{EventTable, NONE};
-use super::time;
+use crate::core::cohort;
+use crate::core::engine::{Engine, ProjectState};
+use crate::core::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
+use crate::core::metric::definition::Period;
+use crate::core::metric::scan::{Groups, OTHER, breakdown_limit_or_default};
+use crate::core::model::{Micros, now_micros};
+use crate::core::store::person_order::PersonEvents;
+use crate::core::store::table::{EventTable, NONE};
+use crate::core::time;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_PERIODS: usize = 8;
@@ -124,7 +124,7 @@ impl TableShape {
         time::parse_zone("timezone", &self.timezone)?;
         if let Some(breakdown) = &self.breakdown {
             let name = breakdown.strip_prefix(TRAIT_PREFIX).unwrap_or(breakdown);
-            super::catalog::validate_name("breakdown", name)?;
+            crate::core::catalog::validate_name("breakdown", name)?;
         }
         Ok(())
     }
@@ -151,7 +151,7 @@ impl CohortTableQuery {
             let revenue =
                 self.revenue.as_ref().ok_or_else(|| Error::invalid("revenue", "required for revenue values"))?;
             filter::validate_selector("revenue", revenue)?;
-            super::catalog::validate_name("revenue_property", &self.revenue_property)?;
+            crate::core::catalog::validate_name("revenue_property", &self.revenue_property)?;
         }
         Ok(())
     }

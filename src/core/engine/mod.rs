@@ -4,6 +4,9 @@
 //! `ProjectState` per project. Reads take a project's read lock; the writer thread takes its
 //! write lock only to append already-durable records.
 
+pub mod experiments;
+pub mod users;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,20 +15,20 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
-use super::auth::ApiKey;
-use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
-use super::cohort::Cohort;
-use super::experiment::definition::Experiment;
-use super::goals::Goal;
-use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
-use super::metric::Metric;
-use super::model::{
+use crate::core::auth::ApiKey;
+use crate::core::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
+use crate::core::cohort::Cohort;
+use crate::core::experiment::definition::Experiment;
+use crate::core::goal::definition::Goal;
+use crate::core::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
+use crate::core::metric::definition::Metric;
+use crate::core::metric::scan::TraitGroupCache;
+use crate::core::model::{
     Enforcement, Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent,
     UserUpdate, Value, now_micros,
 };
-use super::person_order::PersonOrderCache;
-use super::query::TraitGroupCache;
-use super::table::EventTable;
+use crate::core::store::person_order::PersonOrderCache;
+use crate::core::store::table::EventTable;
 use crate::error::{Error, Result};
 use crate::storage::{LogRecord, Storage, encode_record};
 
@@ -51,7 +54,7 @@ pub struct ProjectState {
     pub trait_groups: TraitGroupCache,
     pub experiments: BTreeMap<String, Experiment>,
     /// Bumped after the writer applied records to this project (and when a metric definition
-    /// changes): live queries wait on it instead of polling (`core::live`).
+    /// changes): live queries wait on it instead of polling (`core::metric::live`).
     pub changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -192,7 +195,7 @@ pub struct Engine {
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     pub limits: Limits,
     /// Live metric feeds and watch streams (WatchMetric).
-    pub live: super::live::LiveHub,
+    pub live: crate::core::metric::live::LiveHub,
 }
 
 fn project_key(id: &str) -> String {
@@ -307,7 +310,7 @@ impl Engine {
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             api_keys: RwLock::new(api_keys),
             limits,
-            live: super::live::LiveHub::default(),
+            live: crate::core::metric::live::LiveHub::default(),
         }))
     }
 
@@ -621,7 +624,7 @@ impl Engine {
                     continue;
                 }
                 let plan = state.event_types.get(&event.name);
-                if !super::catalog::violations(&event, plan).is_empty() {
+                if !crate::core::catalog::violations(&event, plan).is_empty() {
                     outcome.remaining += 1;
                     continue;
                 }

@@ -15,9 +15,11 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::catalog::{self, validate_name};
-use super::engine::ProjectEntry;
-use super::model::{Enforcement, Event, EventType, MICROS_PER_SECOND, Micros, QuarantinedEvent, UserUpdate, Value};
+use crate::core::catalog::{self, validate_name};
+use crate::core::engine::ProjectEntry;
+use crate::core::model::{
+    Enforcement, Event, EventType, MICROS_PER_SECOND, Micros, QuarantinedEvent, UserUpdate, Value,
+};
 use crate::error::{Error, Result};
 use crate::storage::{Encoded, LogRecord, Storage};
 

@@ -1,18 +1,18 @@
 //! Experiments of the engine: stored definitions with their lifecycle, assignment, exposure
 //! logging and the readout over stored events.
 
-use super::catalog::validate_slug;
-use super::engine::{Engine, ProjectState};
-use super::experiment::definition::{
+use crate::core::catalog::validate_slug;
+use crate::core::engine::{Engine, ProjectState};
+use crate::core::experiment::definition::{
     EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, ExperimentStatus, MetricRole, ReadoutConfig, VARIANT_PROPERTY,
     experiment_key,
 };
-use super::experiment::measure::{self, MetricPlan, Windows};
-use super::experiment::readout::{self, Decision, MetricFinding, MetricReadout};
-use super::experiment::stats::SummaryKind;
-use super::ingest::{self, Incoming, ItemError};
-use super::metric::{Direction, Metric};
-use super::model::{Event, Micros, Value, now_micros};
+use crate::core::experiment::measure::{self, MetricPlan, Windows};
+use crate::core::experiment::readout::{self, Decision, MetricFinding, MetricReadout};
+use crate::core::experiment::stats::SummaryKind;
+use crate::core::ingest::{self, Incoming, ItemError};
+use crate::core::metric::definition::{Direction, Metric};
+use crate::core::model::{Event, Micros, Value, now_micros};
 use crate::error::{Error, Result};
 
 /// An exposure to record as a `$exposure` event.
@@ -353,7 +353,7 @@ pub fn results(
     config: ReadoutConfig,
     now: Micros,
 ) -> Result<ExperimentResults> {
-    let members = super::cohort::resolve(state, "cohort_id", cohort_id)?;
+    let members = crate::core::cohort::resolve(state, "cohort_id", cohort_id)?;
     let start = experiment.start_time.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "experiment {:?} has no start_time: start it, or set start_time for a backfill",
@@ -393,7 +393,7 @@ pub fn results(
         .map(|(&(role, metric, kind), data)| {
             let mut data: Vec<Option<_>> = data.into_iter().map(Some).collect();
             let ordered = order.iter().map(|&v| data[v].take().unwrap_or_default()).collect();
-            let metric_config = super::experiment::stats::StatsConfig { direction: metric.direction, ..stats };
+            let metric_config = crate::core::experiment::stats::StatsConfig { direction: metric.direction, ..stats };
             let readout =
                 readout::analyze_metric(kind, ordered, 0, &metric_config, experiment.minimum_detectable_effect);
             MetricResults {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::load::{ClientArgs, Intercepted};
+use crate::cli::load::{ClientArgs, Intercepted};
 use crate::pb;
 use crate::pb::ingest_service_client::IngestServiceClient;
 use crate::pb::metric_service_client::MetricServiceClient;

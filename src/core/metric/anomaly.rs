@@ -29,13 +29,13 @@
 //! The statistics are pure functions; `Engine::detect_anomalies` evaluates the metric with the
 //! ordinary metric evaluation over the range extended back by `s·h` buckets and scores it.
 
-use super::engine::Engine;
-use super::filter::Filter;
-use super::metric::Direction;
-use super::metrics::{MetricTarget, evaluate};
-use super::model::{Micros, now_micros};
-use super::query::{self, DEFAULT_BREAKDOWN_LIMIT, MetricQuery};
-use super::time::{self, Granularity};
+use crate::core::engine::Engine;
+use crate::core::filter::Filter;
+use crate::core::metric::definition::Direction;
+use crate::core::metric::evaluate::{MetricTarget, evaluate};
+use crate::core::metric::scan::{self, DEFAULT_BREAKDOWN_LIMIT, MetricQuery};
+use crate::core::model::{Micros, now_micros};
+use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
 /// Normal-consistency factor of the median absolute deviation: 1 / Φ⁻¹(3/4).
@@ -291,15 +291,15 @@ impl Engine {
         let metric = state.resolve_target(target)?;
 
         let first_start = time::floor(query.from, query.granularity, tz);
-        let checked = time::bucket_bounds(first_start, query.to, query.granularity, tz, query::MAX_BUCKETS)?.len() - 1;
+        let checked = time::bucket_bounds(first_start, query.to, query.granularity, tz, scan::MAX_BUCKETS)?.len() - 1;
         let back = season as usize * history as usize;
-        if checked + back > query::MAX_BUCKETS {
+        if checked + back > scan::MAX_BUCKETS {
             return Err(Error::invalid(
                 "history",
                 format!(
                     "{checked} buckets in the range plus {back} of history (season × history) exceed {}; \
                      lower history or narrow the range",
-                    query::MAX_BUCKETS
+                    scan::MAX_BUCKETS
                 ),
             ));
         }
@@ -316,7 +316,7 @@ impl Engine {
             breakdown: None,
             breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
             cohort_id: String::new(),
-            members: super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?,
+            members: crate::core::cohort::resolve(&state, "cohort_id", &query.cohort_id)?,
         };
         let series = evaluate(&state, &metric, &metric_query, 0)?;
         let points = series.into_iter().next().map(|s| s.points).unwrap_or_default();

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::validate_slug;
-use super::filter::{EventSelector, validate_selector};
-use super::model::Micros;
-use super::time::{CalendarOffset, CalendarPeriod};
+use crate::core::catalog::validate_slug;
+use crate::core::filter::{EventSelector, validate_selector};
+use crate::core::model::Micros;
+use crate::core::time::{CalendarOffset, CalendarPeriod};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -128,7 +128,7 @@ impl Metric {
             MetricKind::Formula => {
                 let mut keys: Vec<String> = self.inputs.iter().map(|i| i.metric_key.clone()).collect();
                 let aliases: BTreeSet<&str> = self.inputs.iter().map(|i| i.alias.as_str()).collect();
-                if let Ok(expr) = super::formula::parse(&self.formula) {
+                if let Ok(expr) = crate::core::metric::formula::parse(&self.formula) {
                     keys.extend(expr.references().into_iter().filter(|r| !aliases.contains(r.as_str())));
                 }
                 keys
@@ -166,7 +166,7 @@ impl Metric {
             validate_selector("metric.conversion_selector", selector)?;
         }
         if self.kind.needs_property() {
-            super::catalog::validate_name("metric.property", &self.property)?;
+            crate::core::catalog::validate_name("metric.property", &self.property)?;
         }
         if self.kind == MetricKind::Percentile && !(self.percentile > 0.0 && self.percentile < 100.0) {
             return Err(Error::invalid("metric.percentile", "must be in (0, 100), e.g. 95 for p95"));
@@ -176,8 +176,8 @@ impl Metric {
             validate_slug("metric.denominator_key", &self.denominator_key)?;
         }
         if self.kind == MetricKind::Formula {
-            let expr =
-                super::formula::parse(&self.formula).map_err(|e| Error::invalid("metric.formula", e.to_string()))?;
+            let expr = crate::core::metric::formula::parse(&self.formula)
+                .map_err(|e| Error::invalid("metric.formula", e.to_string()))?;
             for (i, input) in self.inputs.iter().enumerate() {
                 validate_slug(&format!("metric.inputs[{i}].metric_key"), &input.metric_key)?;
             }
@@ -225,7 +225,7 @@ impl Metric {
             }
         }
         for property in &self.constant_properties {
-            super::catalog::validate_name("metric.constant_properties", property)?;
+            crate::core::catalog::validate_name("metric.constant_properties", property)?;
         }
         Ok(())
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use super::model::Micros;
-use super::table::EventTable;
+use crate::core::model::Micros;
+use crate::core::store::table::EventTable;
 
 /// Rebuild when the unsorted tail exceeds this many rows and an eighth of the covered rows.
 const MIN_REBUILD_TAIL: usize = 50_000;

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use hashbrown::HashMap;
 
-use super::cohort::Members;
-use super::engine::ProjectState;
-use super::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number};
-use super::metric::{Metric, MetricKind};
-use super::model::{Micros, Value};
-use super::table::{Cell, EventTable, NONE};
-use super::time::{self, Granularity};
+use crate::core::cohort::Members;
+use crate::core::engine::ProjectState;
+use crate::core::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number};
+use crate::core::metric::definition::{Metric, MetricKind};
+use crate::core::model::{Micros, Value};
+use crate::core::store::table::{Cell, EventTable, NONE};
+use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
 /// Most buckets one query may return.
@@ -672,7 +672,7 @@ pub fn conversion(state: &ProjectState, metric: &Metric, query: &MetricQuery) ->
     };
     let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
     let then = Matcher::new(state, b, &[], None);
-    let window = metric.window.unwrap_or(super::metric::DEFAULT_CONVERSION_WINDOW);
+    let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
     let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys.get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
     share_metric(state, query, |groups, person, rows, out| {
@@ -709,14 +709,14 @@ pub fn retention(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> 
     let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
     let then = Matcher::new(state, b, &[], None);
     let granularity = match metric.retention_period {
-        super::metric::Period::Day => Granularity::Day,
-        super::metric::Period::Week => Granularity::Week,
-        super::metric::Period::Month => Granularity::Month,
+        crate::core::metric::definition::Period::Day => Granularity::Day,
+        crate::core::metric::definition::Period::Week => Granularity::Week,
+        crate::core::metric::definition::Period::Month => Granularity::Month,
     };
     let period_days: i64 = match metric.retention_period {
-        super::metric::Period::Day => 1,
-        super::metric::Period::Week => 7,
-        super::metric::Period::Month => 30,
+        crate::core::metric::definition::Period::Day => 1,
+        crate::core::metric::definition::Period::Week => 7,
+        crate::core::metric::definition::Period::Month => 30,
     };
     let offset = i64::from(metric.retention_offset);
     share_metric(state, query, |groups, person, rows, out| {

@@ -1,0 +1,7 @@
+//! Client tools in the binary: data generator, loader, live watcher, soak test, backup.
+
+pub mod backup;
+pub mod r#gen;
+pub mod load;
+pub mod soak;
+pub mod watch;

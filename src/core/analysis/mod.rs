@@ -1,0 +1,4 @@
+//! Analyses over people's event sequences (SPEC §7): funnels, retention and cohort tables.
+
+pub mod funnel;
+pub mod retention;
