@@ -1,7 +1,5 @@
-//! The domain error and its single mapping to a gRPC status.
-
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+//! The domain error: one enum for every layer below the adapter, which maps it to a gRPC
+//! status in one place (`grpc::status`).
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -72,44 +70,6 @@ impl Error {
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::Unavailable => "UNAVAILABLE",
             Error::Storage(_) | Error::Internal(_) => "INTERNAL",
-        }
-    }
-}
-
-impl From<sled::Error> for Error {
-    fn from(err: sled::Error) -> Self {
-        Error::Storage(err.to_string())
-    }
-}
-
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        let message = err.to_string();
-        match err {
-            Error::InvalidArgument { field, message: description } => {
-                let details = ErrorDetails::with_bad_request_violation(field, description);
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
-            Error::ResourceExhausted { .. } => {
-                let details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            Error::RateLimited { retry_after, .. } => {
-                let details = ErrorDetails::with_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
-            Error::Aborted(_) => Status::aborted(message),
-            Error::NotFound(_) => Status::not_found(message),
-            Error::AlreadyExists(_) => Status::already_exists(message),
-            Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::Unauthenticated(_) => Status::unauthenticated(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::Unavailable => Status::unavailable(message),
-            Error::Storage(_) | Error::Internal(_) => {
-                tracing::error!(error = %message, "request failed");
-                Status::internal(message)
-            }
         }
     }
 }

@@ -12,7 +12,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
 use crate::core::engine::Engine;
-use crate::core::expiry::run_retention_job;
+use crate::core::engine::expiry::run_retention_job;
 use crate::grpc::Api;
 use crate::grpc::auth::GuardLayer;
 use crate::pb;

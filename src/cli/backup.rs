@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::cli::load::ClientArgs;
+use crate::core::store::record::decode_record;
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::storage::{SledStorage, Storage, Tree};
@@ -47,6 +48,10 @@ pub async fn run(args: &BackupArgs) -> anyhow::Result<BackupReport> {
                     Ok(pb::BackupTree::Log) => Tree::Log,
                     _ => anyhow::bail!("backup entry of unknown tree {}", entry.tree),
                 };
+                if tree == Tree::Log {
+                    // A log value that does not decode would stop the restored server at start.
+                    decode_record(&entry.value)?;
+                }
                 storage.restore(tree, &entry.key, &entry.value)?;
                 match tree {
                     Tree::Meta => counts.meta += 1,

@@ -63,7 +63,7 @@ pub struct WatchArgs {
 }
 
 fn show_value(point: &pb::Point) -> String {
-    if point.has_value { crate::core::metric::scan::format_number(point.value) } else { "no value".into() }
+    if point.has_value { crate::core::analysis::breakdown::format_number(point.value) } else { "no value".into() }
 }
 
 fn local(ts: Option<&prost_types::Timestamp>, tz: Tz, format: &str) -> String {

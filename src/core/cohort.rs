@@ -5,15 +5,15 @@
 //! evaluated cohort is a `Members` mask indexed by person id, where an aliased anonymous id
 //! carries its user's membership, so scans can test any row's person directly.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::catalog::validate_slug;
-use crate::core::engine::{Engine, ProjectState};
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
 use crate::core::model::{Micros, now_micros};
-use crate::core::page::{PageRequest, paginate};
+use crate::core::store::ProjectData;
 use crate::core::store::table::NONE;
 use crate::error::{Error, Result};
 
@@ -177,7 +177,7 @@ fn validate_group(field: &str, group: &ConditionGroup, depth: usize, count: &mut
 }
 
 /// Evaluates a cohort at `now` over the project's current state.
-pub fn evaluate(state: &ProjectState, cohort: &Cohort, now: Micros) -> Members {
+pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
     let table = &state.table;
     let canonical_mask = match &cohort.definition {
         Definition::Static(ids) => {
@@ -207,7 +207,7 @@ pub fn evaluate(state: &ProjectState, cohort: &Cohort, now: Micros) -> Members {
 }
 
 /// Whether a canonical person has events (their own or an aliased id's) or traits.
-fn known(state: &ProjectState, person: u32) -> bool {
+fn known(state: &ProjectData, person: u32) -> bool {
     let table = &state.table;
     !table.person_rows[person as usize].is_empty()
         || state.traits.contains_key(&person)
@@ -218,7 +218,7 @@ fn known(state: &ProjectState, person: u32) -> bool {
 }
 
 /// Per person id, for canonical people only (other entries are unspecified).
-fn evaluate_group(state: &ProjectState, group: &ConditionGroup, now: Micros) -> Vec<bool> {
+fn evaluate_group(state: &ProjectData, group: &ConditionGroup, now: Micros) -> Vec<bool> {
     let people = state.table.canonical.len();
     let mut result = vec![!group.any; people];
     for condition in &group.conditions {
@@ -234,7 +234,7 @@ fn evaluate_group(state: &ProjectState, group: &ConditionGroup, now: Micros) -> 
     result
 }
 
-fn evaluate_behavioural(state: &ProjectState, b: &Behavioural, now: Micros) -> Vec<bool> {
+fn evaluate_behavioural(state: &ProjectData, b: &Behavioural, now: Micros) -> Vec<bool> {
     let table = &state.table;
     let (from, to) = match b.frame {
         TimeFrame::All => (Micros::MIN, Micros::MAX),
@@ -265,7 +265,7 @@ fn evaluate_behavioural(state: &ProjectState, b: &Behavioural, now: Micros) -> V
 }
 
 /// Canonical people of a mask, by id.
-fn member_ids(state: &ProjectState, mask: &[bool]) -> Vec<String> {
+pub(crate) fn member_ids(state: &ProjectData, mask: &[bool]) -> Vec<String> {
     let table = &state.table;
     let mut ids: Vec<String> = (0..table.canonical.len() as u32)
         .filter(|&p| table.canonical[p as usize] == p && mask[p as usize])
@@ -275,111 +275,16 @@ fn member_ids(state: &ProjectState, mask: &[bool]) -> Vec<String> {
     ids
 }
 
+/// A project's cohorts by id.
+pub type Cohorts = BTreeMap<String, Cohort>;
+
 /// Resolves an optional `cohort_id` of a query into its members, evaluated now.
-pub fn resolve(state: &ProjectState, field: &str, cohort_id: &str) -> Result<Option<Members>> {
+pub fn resolve(state: &ProjectData, cohorts: &Cohorts, field: &str, cohort_id: &str) -> Result<Option<Members>> {
     if cohort_id.is_empty() {
         return Ok(None);
     }
     validate_slug(field, cohort_id)?;
-    let cohort = state
-        .cohorts
-        .get(cohort_id)
-        .ok_or_else(|| Error::NotFound(format!("{field}: cohort {cohort_id:?} not found")))?;
+    let cohort =
+        cohorts.get(cohort_id).ok_or_else(|| Error::NotFound(format!("{field}: cohort {cohort_id:?} not found")))?;
     Ok(Some(evaluate(state, cohort, now_micros())))
-}
-
-impl Engine {
-    pub fn create_cohort(&self, project: &str, mut cohort: Cohort) -> Result<Cohort> {
-        cohort.validate()?;
-        let entry = self.project(project)?;
-        let mut state = entry.write();
-        if state.cohorts.contains_key(&cohort.id) {
-            return Err(Error::AlreadyExists(format!("cohort {:?} already exists", cohort.id)));
-        }
-        cohort.created = now_micros();
-        self.put_meta_json(&cohort_key(project, &cohort.id), &cohort)?;
-        state.cohorts.insert(cohort.id.clone(), cohort.clone());
-        Ok(cohort)
-    }
-
-    pub fn get_cohort(&self, project: &str, id: &str) -> Result<Cohort> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        state.cohorts.get(id).cloned().ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))
-    }
-
-    /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
-    pub fn list_cohorts(&self, project: &str, page: &PageRequest) -> Result<(Vec<(Cohort, usize)>, String)> {
-        let entry = self.project(project)?;
-        let state = entry.read();
-        let listed: Vec<(Cohort, usize)> = state
-            .cohorts
-            .values()
-            .map(|c| {
-                let definition = match &c.definition {
-                    Definition::Static(_) => Definition::Static(Vec::new()),
-                    other => other.clone(),
-                };
-                let listed = Cohort {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    description: c.description.clone(),
-                    definition,
-                    created: c.created,
-                };
-                (listed, c.static_size())
-            })
-            .collect();
-        paginate(listed, |(c, _)| c.id.clone(), page)
-    }
-
-    pub fn delete_cohort(&self, project: &str, id: &str) -> Result<()> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let mut state = entry.write();
-        if !state.cohorts.contains_key(id) {
-            return Err(Error::NotFound(format!("cohort {id:?} not found")));
-        }
-        let referrers: Vec<String> =
-            state.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {:?}", g.id)).collect();
-        if !referrers.is_empty() {
-            return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
-        }
-        self.delete_meta(&cohort_key(project, id))?;
-        state.cohorts.remove(id);
-        Ok(())
-    }
-
-    /// One page of members by id: the uploaded ids of a static cohort, or the people a
-    /// dynamic one holds now.
-    pub fn cohort_members(&self, project: &str, id: &str, page: &PageRequest) -> Result<(Vec<String>, String)> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        let cohort = state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
-        let ids = match &cohort.definition {
-            Definition::Static(ids) => ids.clone(),
-            Definition::Conditions(_) => member_ids(&state, &evaluate(&state, cohort, now_micros())),
-        };
-        paginate(ids, String::clone, page)
-    }
-
-    /// The number of members and when they were counted.
-    pub fn cohort_size(&self, project: &str, id: &str) -> Result<(u64, Micros)> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        let cohort = state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
-        let now = now_micros();
-        let size = match &cohort.definition {
-            Definition::Static(ids) => ids.len() as u64,
-            Definition::Conditions(_) => {
-                let mask = evaluate(&state, cohort, now);
-                let table = &state.table;
-                (0..table.canonical.len()).filter(|&p| table.canonical[p] as usize == p && mask[p]).count() as u64
-            }
-        };
-        Ok((size, now))
-    }
 }

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::engine::ProjectState;
 use crate::core::model::Value;
+use crate::core::store::ProjectData;
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result};
 
@@ -189,7 +189,7 @@ fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
 
 /// The value of a trait for every person id: the canonical person's trait, so an aliased
 /// anonymous id carries its user's traits.
-pub fn trait_column(state: &ProjectState, name: &str) -> Vec<Option<Value>> {
+pub fn trait_column(state: &ProjectData, name: &str) -> Vec<Option<Value>> {
     let table = &state.table;
     let mut by_user: Vec<Option<Value>> = vec![None; table.canonical.len()];
     for (person, traits) in &state.traits {
@@ -202,7 +202,7 @@ pub fn trait_column(state: &ProjectState, name: &str) -> Vec<Option<Value>> {
 
 impl CompiledFilters {
     /// Compiles `filters`; with `members` (a cohort), only its members pass.
-    pub fn compile(state: &ProjectState, filters: &[&Filter], members: Option<&[bool]>) -> CompiledFilters {
+    pub fn compile(state: &ProjectData, filters: &[&Filter], members: Option<&[bool]>) -> CompiledFilters {
         let table = &state.table;
         let mut row = Vec::new();
         let mut person: Option<Vec<bool>> = members.map(<[bool]>::to_vec);

@@ -16,7 +16,6 @@ pub mod catalog;
 pub mod cohort;
 pub mod engine;
 pub mod experiment;
-pub mod expiry;
 pub mod filter;
 pub mod goal;
 pub mod ingest;

@@ -13,7 +13,7 @@ use crate::core::experiment::readout::{
     self, Comparison, Decision, MetricReadout, SummariesRequest, VariantData, VariantReadout,
 };
 use crate::core::experiment::stats::{
-    self, Correction, Covariate, Difference, Engine, GaussianPrior, Sided, StatsConfig, StatsError, Summary,
+    self, Correction, Covariate, Difference, GaussianPrior, Sided, StatsConfig, StatsError, StatsMethod, Summary,
     SummaryKind,
 };
 use crate::core::metric::definition::Direction;
@@ -65,8 +65,8 @@ fn readout_config_from_pb(field: &str, config: Option<pb::StatsConfig>) -> Resul
     let c = config.unwrap_or_default();
     let sub = |name: &str| format!("{field}.{name}");
     let engine = match pb::Engine::try_from(c.engine).map_err(|_| enum_error(&sub("engine"), c.engine))? {
-        pb::Engine::Unspecified | pb::Engine::Frequentist => Engine::Frequentist,
-        pb::Engine::Bayesian => Engine::Bayesian,
+        pb::Engine::Unspecified | pb::Engine::Frequentist => StatsMethod::Frequentist,
+        pb::Engine::Bayesian => StatsMethod::Bayesian,
     };
     let difference =
         match pb::Difference::try_from(c.difference).map_err(|_| enum_error(&sub("difference"), c.difference))? {
@@ -180,8 +180,8 @@ fn stats_config_to_pb(config: &ReadoutConfig) -> pb::StatsConfig {
     let s = &config.stats;
     pb::StatsConfig {
         engine: match s.engine {
-            Engine::Frequentist => pb::Engine::Frequentist,
-            Engine::Bayesian => pb::Engine::Bayesian,
+            StatsMethod::Frequentist => pb::Engine::Frequentist,
+            StatsMethod::Bayesian => pb::Engine::Bayesian,
         } as i32,
         alpha: s.alpha,
         sided: match s.sided {

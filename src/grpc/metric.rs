@@ -6,12 +6,14 @@ use super::Api;
 use super::convert::{
     enum_error, item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb,
 };
+use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default};
+use crate::core::engine::live::{self, LiveValue, WatchSpec};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::metric::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
+use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::definition::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
-use crate::core::metric::evaluate::{Compare, MetricTarget, TreeNode};
-use crate::core::metric::live::{self, LiveValue, WatchSpec};
-use crate::core::metric::scan::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point, Series, breakdown_limit_or_default};
+use crate::core::metric::evaluate::{Compare, TreeNode};
+use crate::core::metric::scan::{MetricQuery, Point, Series};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
 use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
@@ -409,7 +411,7 @@ fn anomaly_point_to_pb(p: &AnomalyPoint, now: i64, to: i64) -> pb::AnomalyPoint 
 
 #[tonic::async_trait]
 impl MetricService for Api {
-    /// Validation errors fail the call; the stream itself lives in `core::metric::live`.
+    /// Validation errors fail the call; the stream itself lives in `core::engine::live`.
     async fn watch_metric(
         &self,
         request: Request<pb::WatchMetricRequest>,

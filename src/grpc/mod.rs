@@ -17,6 +17,7 @@ pub mod goal;
 pub mod ingest;
 pub mod metric;
 pub mod project;
+pub mod status;
 pub mod user;
 
 use std::sync::Arc;

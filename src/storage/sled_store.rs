@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Encoded, LogRecord, SnapshotVisitor, Storage, Tree, decode_record};
+use super::{Encoded, SnapshotVisitor, Storage, Tree};
 use crate::error::{Error, Result};
 
 pub struct SledStorage {
@@ -45,13 +45,12 @@ impl SledStorage {
         Ok(storage)
     }
 
-    /// Stores one backup entry as it was.
+    /// Stores one backup entry as it was (the caller has checked that a log value decodes).
     pub fn restore(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
         match tree {
             Tree::Meta => self.meta.insert(key, value)?,
             Tree::Log => {
                 let seq = decode_seq(key)?;
-                decode_record(value)?;
                 self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
                 self.log.insert(key, value)?
             }
@@ -64,6 +63,12 @@ fn decode_seq(key: &[u8]) -> Result<u64> {
     let bytes: [u8; 8] =
         key.try_into().map_err(|_| Error::Storage(format!("log key of {} bytes, expected 8", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
+}
+
+impl From<sled::Error> for Error {
+    fn from(err: sled::Error) -> Self {
+        Error::Storage(err.to_string())
+    }
 }
 
 impl Storage for SledStorage {
@@ -106,10 +111,10 @@ impl Storage for SledStorage {
         Ok(())
     }
 
-    fn replay(&self, visit: &mut dyn FnMut(LogRecord) -> Result<()>) -> Result<()> {
+    fn replay(&self, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         for item in self.log.iter() {
             let (_, value) = item?;
-            visit(decode_record(&value)?)?;
+            visit(&value)?;
         }
         Ok(())
     }
@@ -136,7 +141,7 @@ impl Storage for SledStorage {
 mod tests {
     use super::*;
     use crate::core::model::{Event, Value};
-    use crate::storage::{LOG_FORMAT_V1, encode_record};
+    use crate::core::store::record::{LOG_FORMAT_V1, LogRecord, decode_record, encode_record};
 
     fn sample() -> LogRecord {
         LogRecord::Events {
@@ -166,7 +171,7 @@ mod tests {
         let mut seen = Vec::new();
         store
             .replay(&mut |r| {
-                seen.push(r);
+                seen.push(decode_record(r)?);
                 Ok(())
             })
             .unwrap();

@@ -11,11 +11,11 @@
 //! Rows are pre-classified once per person into bit masks of the steps and exclusions they
 //! match (at most 64 of each), so attempts compare integers only.
 
-use crate::core::cohort;
-use crate::core::engine::{Engine, ProjectState};
+use crate::core::analysis::breakdown::{Groups, OTHER, breakdown_limit_or_default};
+use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
-use crate::core::metric::scan::{Groups, OTHER, breakdown_limit_or_default};
 use crate::core::model::Micros;
+use crate::core::store::ProjectData;
 use crate::core::store::person_order::{PersonEvents, query_threads};
 use crate::core::store::table::{EventTable, NONE};
 use crate::core::time;
@@ -135,7 +135,7 @@ struct StepMatcher {
 }
 
 impl StepMatcher {
-    fn new(state: &ProjectState, selector: &EventSelector, extra: &[Filter], members: Option<&[bool]>) -> Self {
+    fn new(state: &ProjectData, selector: &EventSelector, extra: &[Filter], members: Option<&[bool]>) -> Self {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         StepMatcher {
             name: state.table.names.get(&selector.event).unwrap_or(NONE),
@@ -311,9 +311,9 @@ impl Timeline {
 }
 
 /// Runs a funnel over the project's current state.
-pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
+pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Result<FunnelResult> {
     let table = &state.table;
-    let members = cohort::resolve(state, "cohort_id", &query.cohort_id)?;
+    let members = cohort::resolve(state, cohorts, "cohort_id", &query.cohort_id)?;
     let members = members.as_ref().map(|m| m.as_slice());
     let n = query.steps.len();
     let steps: Vec<StepMatcher> =
@@ -478,37 +478,18 @@ pub fn run(state: &ProjectState, query: &FunnelQuery) -> Result<FunnelResult> {
     })
 }
 
-impl Engine {
-    pub fn query_funnel(&self, project: &str, mut query: FunnelQuery) -> Result<FunnelResult> {
-        query.validate()?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        if query.timezone.is_empty() {
-            query.timezone = state.project.timezone.clone();
-        }
-        run(&state, &query)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::model::{Event, Project};
+    use crate::core::model::Event;
 
     const MINUTE: Micros = 60_000_000;
     const NAMES: [&str; 4] = ["A", "B", "C", "X"];
 
-    fn state(events: &[(u8, u8, u8)]) -> ProjectState {
-        let mut state = ProjectState::new(Project {
-            id: "p".into(),
-            name: String::new(),
-            timezone: "UTC".into(),
-            enforcement: Default::default(),
-            retention_days: 0,
-            created: 0,
-        });
+    fn state(events: &[(u8, u8, u8)]) -> ProjectData {
+        let mut state = ProjectData::default();
         for (i, &(user, name, minute)) in events.iter().enumerate() {
             state.table.push(&Event {
                 event_id: format!("e{i}"),
@@ -534,8 +515,8 @@ mod tests {
         }
     }
 
-    fn users(state: &ProjectState, order: FunnelOrder, mode: FunnelMode) -> Vec<u64> {
-        run(state, &query(order, mode)).unwrap().steps.iter().map(|s| s.users).collect()
+    fn users(state: &ProjectData, order: FunnelOrder, mode: FunnelMode) -> Vec<u64> {
+        run(state, &Cohorts::new(), &query(order, mode)).unwrap().steps.iter().map(|s| s.users).collect()
     }
 
     /// The furthest ORDERED step any attempt of a user reaches, by trying every chain.

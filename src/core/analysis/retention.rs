@@ -8,12 +8,12 @@
 
 use hashbrown::HashMap;
 
-use crate::core::cohort;
-use crate::core::engine::{Engine, ProjectState};
+use crate::core::analysis::breakdown::{Groups, OTHER, breakdown_limit_or_default};
+use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
 use crate::core::metric::definition::Period;
-use crate::core::metric::scan::{Groups, OTHER, breakdown_limit_or_default};
 use crate::core::model::{Micros, now_micros};
+use crate::core::store::ProjectData;
 use crate::core::store::person_order::PersonEvents;
 use crate::core::store::table::{EventTable, NONE};
 use crate::core::time;
@@ -166,7 +166,7 @@ struct RowMatcher {
 }
 
 impl RowMatcher {
-    fn new(state: &ProjectState, selector: Option<&EventSelector>, members: Option<&[bool]>) -> RowMatcher {
+    fn new(state: &ProjectData, selector: Option<&EventSelector>, members: Option<&[bool]>) -> RowMatcher {
         match selector {
             None => RowMatcher {
                 name: NONE,
@@ -259,7 +259,7 @@ impl Period {
 
 impl Grid {
     /// The grid of a validated shape, and the members of its cohort (evaluated now).
-    fn new(state: &ProjectState, shape: &TableShape) -> Result<(Grid, Option<cohort::Members>)> {
+    fn new(state: &ProjectData, cohorts: &Cohorts, shape: &TableShape) -> Result<(Grid, Option<cohort::Members>)> {
         let grid = Grid {
             period: shape.period,
             periods: if shape.periods == 0 { DEFAULT_PERIODS } else { shape.periods },
@@ -270,13 +270,13 @@ impl Grid {
             breakdown: shape.breakdown.clone(),
             breakdown_limit: breakdown_limit_or_default(shape.breakdown_limit),
         };
-        Ok((grid, cohort::resolve(state, "cohort_id", &shape.cohort_id)?))
+        Ok((grid, cohort::resolve(state, cohorts, "cohort_id", &shape.cohort_id)?))
     }
 
     /// Runs the grid: `entries` lists a person's (t0, row) entries given their sorted rows.
     fn run(
         &self,
-        state: &ProjectState,
+        state: &ProjectData,
         members: Option<&[bool]>,
         measure: &Measure,
         mut entries: impl FnMut(u32, PersonEvents<'_>, &mut Vec<(Micros, u32)>),
@@ -450,9 +450,9 @@ fn first_in_range(
     (t >= from && t < to).then_some((t, events.rows[i]))
 }
 
-pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<RetentionTable> {
+pub fn retention(state: &ProjectData, cohorts: &Cohorts, query: &RetentionQuery) -> Result<RetentionTable> {
     let table = &state.table;
-    let (grid, members) = Grid::new(state, &query.shape)?;
+    let (grid, members) = Grid::new(state, cohorts, &query.shape)?;
     let members = members.as_ref().map(|m| m.as_slice());
     let (from, to, tz, periods) = (grid.from, grid.to, grid.tz, grid.periods);
     let cohort_event = RowMatcher::new(state, Some(&query.cohort_event), None);
@@ -502,9 +502,9 @@ pub fn retention(state: &ProjectState, query: &RetentionQuery) -> Result<Retenti
     })
 }
 
-pub fn cohort_table(state: &ProjectState, query: &CohortTableQuery) -> Result<CohortTable> {
+pub fn cohort_table(state: &ProjectData, cohorts: &Cohorts, query: &CohortTableQuery) -> Result<CohortTable> {
     let table = &state.table;
-    let (grid, members) = Grid::new(state, &query.shape)?;
+    let (grid, members) = Grid::new(state, cohorts, &query.shape)?;
     let members = members.as_ref().map(|m| m.as_slice());
     let (from, to, periods) = (grid.from, grid.to, grid.periods);
     let first_event = RowMatcher::new(state, query.first_event.as_ref(), None);
@@ -548,26 +548,4 @@ pub fn cohort_table(state: &ProjectState, query: &CohortTableQuery) -> Result<Co
         average_values,
         average_users,
     })
-}
-
-impl Engine {
-    pub fn query_retention(&self, project: &str, mut query: RetentionQuery) -> Result<RetentionTable> {
-        query.validate()?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        if query.shape.timezone.is_empty() {
-            query.shape.timezone = state.project.timezone.clone();
-        }
-        retention(&state, &query)
-    }
-
-    pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {
-        query.validate()?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        if query.shape.timezone.is_empty() {
-            query.shape.timezone = state.project.timezone.clone();
-        }
-        cohort_table(&state, &query)
-    }
 }

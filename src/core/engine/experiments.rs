@@ -2,7 +2,7 @@
 //! logging and the readout over stored events.
 
 use crate::core::catalog::validate_slug;
-use crate::core::engine::{Engine, ProjectState};
+use crate::core::engine::{Definitions, Engine, ProjectState};
 use crate::core::experiment::definition::{
     EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, ExperimentStatus, MetricRole, ReadoutConfig, VARIANT_PROPERTY,
     experiment_key,
@@ -69,7 +69,7 @@ pub struct ExperimentResults {
 
 /// Checks that every metric exists and can be analysed in an experiment.
 fn check_metrics(state: &ProjectState, experiment: &Experiment) -> Result<()> {
-    let metrics = state.latest_metrics();
+    let metrics = state.defs.metrics.latest_metrics();
     let mut index = [0usize; 3];
     for (role, key) in experiment.metrics() {
         let slot = &mut index[role as usize];
@@ -85,7 +85,7 @@ fn not_found(key: &str) -> Error {
     Error::NotFound(format!("experiment {key:?} not found"))
 }
 
-impl ProjectState {
+impl Definitions {
     fn experiment(&self, key: &str) -> Result<&Experiment> {
         self.experiments.get(key).ok_or_else(|| not_found(key))
     }
@@ -96,7 +96,7 @@ impl Engine {
         experiment.normalize()?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        if state.experiments.contains_key(&experiment.key) {
+        if state.defs.experiments.contains_key(&experiment.key) {
             return Err(Error::AlreadyExists(format!("experiment {:?} already exists", experiment.key)));
         }
         check_metrics(&state, &experiment)?;
@@ -104,7 +104,7 @@ impl Engine {
         (experiment.created, experiment.updated) = (now_micros(), now_micros());
         self.put_meta_json(&experiment_key(project, &experiment.key), &experiment)?;
         tracing::info!(project = %project, experiment = %experiment.key, "experiment created");
-        state.experiments.insert(experiment.key.clone(), experiment.clone());
+        state.defs.experiments.insert(experiment.key.clone(), experiment.clone());
         Ok(experiment)
     }
 
@@ -114,7 +114,7 @@ impl Engine {
         validate_slug("experiment.key", &experiment.key)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        let previous = state.experiment(&experiment.key)?.clone();
+        let previous = state.defs.experiment(&experiment.key)?.clone();
         if previous.status != ExperimentStatus::Draft {
             experiment.start_time = experiment.start_time.or(previous.start_time);
         }
@@ -131,7 +131,7 @@ impl Engine {
         check_metrics(&state, &experiment)?;
         (experiment.status, experiment.created, experiment.updated) = (previous.status, previous.created, now_micros());
         self.put_meta_json(&experiment_key(project, &experiment.key), &experiment)?;
-        state.experiments.insert(experiment.key.clone(), experiment.clone());
+        state.defs.experiments.insert(experiment.key.clone(), experiment.clone());
         Ok(experiment)
     }
 
@@ -139,7 +139,7 @@ impl Engine {
         validate_slug("experiment_key", key)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        state.experiment(key).cloned()
+        state.defs.experiment(key).cloned()
     }
 
     /// Ordered by key; `statuses` empty: all.
@@ -147,6 +147,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         Ok(state
+            .defs
             .experiments
             .values()
             .filter(|e| statuses.is_empty() || statuses.contains(&e.status))
@@ -196,13 +197,13 @@ impl Engine {
         validate_slug("experiment_key", key)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        let mut experiment = state.experiment(key)?.clone();
+        let mut experiment = state.defs.experiment(key)?.clone();
         let now = now_micros();
         if change(&mut experiment, now)? {
             experiment.updated = now;
             self.put_meta_json(&experiment_key(project, key), &experiment)?;
             tracing::info!(project = %project, experiment = %key, status = ?experiment.status, "experiment status changed");
-            state.experiments.insert(key.to_owned(), experiment.clone());
+            state.defs.experiments.insert(key.to_owned(), experiment.clone());
         }
         Ok(experiment)
     }
@@ -216,7 +217,7 @@ impl Engine {
         }
         let entry = self.project(project)?;
         let state = entry.read();
-        let experiment = state.experiment(key)?;
+        let experiment = state.defs.experiment(key)?;
         let (variant, bucket) = experiment.assign(id);
         let variant = variant.map(|v| experiment.variants[v].key.clone()).unwrap_or_default();
         Ok(Assignment { variant, bucket })
@@ -312,7 +313,7 @@ impl Engine {
         }
         let entry = self.project(project)?;
         let state = entry.read();
-        let experiment = state.experiment(key)?;
+        let experiment = state.defs.experiment(key)?;
         results(&state, experiment, cohort_id, config.unwrap_or(experiment.readout), now)
     }
 }
@@ -320,7 +321,7 @@ impl Engine {
 /// A `$exposure` event for an exposure, checked against its experiment.
 fn exposure_event(state: &ProjectState, item: ExposureItem, now: Micros) -> Result<Event> {
     validate_slug("experiment_key", &item.experiment_key)?;
-    let experiment = state.experiment(&item.experiment_key)?;
+    let experiment = state.defs.experiment(&item.experiment_key)?;
     if experiment.variant_index(&item.variant).is_none() {
         return Err(Error::invalid(
             "variant",
@@ -353,7 +354,7 @@ pub fn results(
     config: ReadoutConfig,
     now: Micros,
 ) -> Result<ExperimentResults> {
-    let members = crate::core::cohort::resolve(state, "cohort_id", cohort_id)?;
+    let members = crate::core::cohort::resolve(&state.data, &state.defs.cohorts, "cohort_id", cohort_id)?;
     let start = experiment.start_time.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "experiment {:?} has no start_time: start it, or set start_time for a backfill",
@@ -362,7 +363,7 @@ pub fn results(
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
 
-    let metrics = state.latest_metrics();
+    let metrics = state.defs.metrics.latest_metrics();
     let mut chosen: Vec<(MetricRole, &Metric, SummaryKind)> = Vec::new();
     for (role, key) in experiment.metrics() {
         let metric = metrics
@@ -372,7 +373,8 @@ pub fn results(
         chosen.push((role, metric, kind));
     }
 
-    let exposures = measure::exposures(&state.table, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
+    let exposures =
+        measure::exposures(&state.data.table, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
     let stats = config.stats;
     let windows = Windows {
         attribution: experiment.attribution_window,
@@ -381,7 +383,7 @@ pub fn results(
         winsorize_percentile: stats.winsorize_percentile,
     };
     let plans: Vec<MetricPlan> = chosen.iter().map(|&(_, metric, kind)| MetricPlan { metric, kind }).collect();
-    let measured = measure::measure(state, experiment, &exposures, &plans, &windows)?;
+    let measured = measure::measure(&state.data, &metrics, experiment, &exposures, &plans, &windows)?;
 
     // Control first, then the other variants in definition order.
     let control = experiment.control();

@@ -4,10 +4,19 @@
 //! `ProjectState` per project. Reads take a project's read lock; the writer thread takes its
 //! write lock only to append already-durable records.
 
+pub mod anomalies;
+pub mod cohorts;
 pub mod experiments;
+pub mod expiry;
+pub mod funnels;
+pub mod goals;
+pub mod keys;
+pub mod live;
+pub mod metrics;
+pub mod retention;
 pub mod users;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,41 +30,38 @@ use crate::core::cohort::Cohort;
 use crate::core::experiment::definition::Experiment;
 use crate::core::goal::definition::Goal;
 use crate::core::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
-use crate::core::metric::definition::Metric;
-use crate::core::metric::scan::TraitGroupCache;
+use crate::core::metric::definition::{Metric, MetricBook};
 use crate::core::model::{
-    Enforcement, Event, EventType, ManualValue, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent,
-    UserUpdate, Value, now_micros,
+    Enforcement, Event, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, now_micros,
 };
-use crate::core::store::person_order::PersonOrderCache;
-use crate::core::store::table::EventTable;
+use crate::core::store::ProjectData;
+use crate::core::store::record::{LogRecord, decode_record, encode_record};
 use crate::error::{Error, Result};
-use crate::storage::{LogRecord, Storage, encode_record};
+use crate::storage::Storage;
 
-/// Everything known about one project.
+/// Everything known about one project: its settings, its data and its definitions.
 #[derive(Debug)]
 pub struct ProjectState {
     pub project: Project,
-    pub event_types: BTreeMap<String, EventType>,
-    pub table: EventTable,
-    /// Per user person id: traits by name.
-    pub traits: HashMap<u32, BTreeMap<String, Value>>,
-    pub quarantine: BTreeMap<u64, QuarantinedEvent>,
-    /// Every version of every metric, oldest first.
-    pub metrics: BTreeMap<String, Vec<Metric>>,
-    pub goals: BTreeMap<String, Goal>,
-    /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
-    pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
-    pub cohorts: BTreeMap<String, Cohort>,
-    /// Events by person then time, for funnels and retention; rebuilt lazily.
-    pub person_order: PersonOrderCache,
-    /// Bumped on every trait change, so caches derived from traits know when to rebuild.
-    pub traits_version: u64,
-    pub trait_groups: TraitGroupCache,
-    pub experiments: BTreeMap<String, Experiment>,
+    /// Events, traits, quarantine, MANUAL values and the caches derived from them: what the
+    /// analyses read.
+    pub data: ProjectData,
+    /// The registry of definitions (tracking plan, metrics, goals, cohorts, experiments).
+    pub defs: Definitions,
     /// Bumped after the writer applied records to this project (and when a metric definition
-    /// changes): live queries wait on it instead of polling (`core::metric::live`).
+    /// changes): live queries wait on it instead of polling (`engine::live`).
     pub changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// A project's definitions, loaded from meta storage at start and changed by the engine's
+/// create/update/delete calls; analyses receive the parts they read.
+#[derive(Debug, Default)]
+pub struct Definitions {
+    pub event_types: BTreeMap<String, EventType>,
+    pub metrics: MetricBook,
+    pub goals: BTreeMap<String, Goal>,
+    pub cohorts: BTreeMap<String, Cohort>,
+    pub experiments: BTreeMap<String, Experiment>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -64,123 +70,9 @@ impl ProjectState {
     pub(crate) fn new(project: Project) -> Self {
         ProjectState {
             project,
-            event_types: BTreeMap::new(),
-            table: EventTable::default(),
-            traits: HashMap::new(),
-            quarantine: BTreeMap::new(),
-            metrics: BTreeMap::new(),
-            manual: HashMap::new(),
-            goals: BTreeMap::new(),
-            cohorts: BTreeMap::new(),
-            person_order: PersonOrderCache::default(),
-            traits_version: 0,
-            trait_groups: TraitGroupCache::default(),
-            experiments: BTreeMap::new(),
+            data: ProjectData::default(),
+            defs: Definitions::default(),
             changes: tokio::sync::watch::Sender::new(0),
-        }
-    }
-
-    /// Applies a durable log record. For `Events`, `keep[i]` says whether event i is new
-    /// (not a duplicate); an empty `keep` keeps every event.
-    pub fn apply(&mut self, record: &LogRecord, keep: &[bool]) {
-        match record {
-            LogRecord::Events { events, .. } => {
-                for (i, event) in events.iter().enumerate() {
-                    if keep.get(i).copied().unwrap_or(true) {
-                        self.table.push(event);
-                    }
-                }
-            }
-            LogRecord::Users { updates, .. } => {
-                for update in updates {
-                    self.apply_user_update(update);
-                }
-            }
-            LogRecord::Alias { anonymous_id, user_id, .. } => self.table.alias(anonymous_id, user_id),
-            LogRecord::Quarantined { entries, .. } => {
-                for entry in entries {
-                    self.quarantine.insert(entry.id, entry.clone());
-                }
-            }
-            LogRecord::Unquarantined { ids, .. } => {
-                for id in ids {
-                    self.quarantine.remove(id);
-                }
-            }
-            LogRecord::ManualValues { metric_key, values, .. } => {
-                let stored = self.manual.entry(metric_key.clone()).or_default();
-                for value in values {
-                    let key = (value.timestamp, format!("{:?}", value.dimensions));
-                    stored.insert(key, value.clone());
-                }
-            }
-            LogRecord::ManualCleared { metric_key, .. } => {
-                self.manual.remove(metric_key);
-            }
-            LogRecord::UserDeleted { user_id, .. } => self.erase_user(user_id),
-            LogRecord::EventsExpired { before, .. } => self.expire(*before),
-        }
-    }
-
-    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention). The writer
-    /// calls it after each job, replay once at the end, so a log with many deletions replays
-    /// in one pass.
-    pub fn compact(&mut self) -> usize {
-        self.table.compact()
-    }
-
-    /// Marks the user's events (aliased anonymous ids' included) for erasure and forgets its
-    /// traits, aliases and quarantined events at once.
-    fn erase_user(&mut self, user_id: &str) {
-        let table = &mut self.table;
-        let Some(person) = table.find_user(user_id) else {
-            return;
-        };
-        for row in table.user_rows(person) {
-            table.erase(row);
-        }
-        let anonymous: std::collections::HashSet<String> =
-            table.unalias_all(person).into_iter().map(|a| table.person_name(a).to_owned()).collect();
-        self.traits.remove(&person);
-        self.traits_version += 1;
-        self.quarantine.retain(|_, q| {
-            let event = &q.event;
-            event.user_id != user_id && !(event.user_id.is_empty() && anonymous.contains(&event.anonymous_id))
-        });
-    }
-
-    /// Marks events older than `before` for erasure and drops old quarantined events.
-    fn expire(&mut self, before: Micros) {
-        let table = &mut self.table;
-        if table.min_time.is_some_and(|t| t < before) {
-            for row in 0..table.len() {
-                if table.time[row] < before {
-                    table.erase(row as u32);
-                }
-            }
-        }
-        self.quarantine.retain(|_, q| q.event.timestamp >= before);
-    }
-
-    fn apply_user_update(&mut self, update: &UserUpdate) {
-        self.traits_version += 1;
-        let person = self.table.user_person(&update.user_id);
-        let traits = self.traits.entry(person).or_default();
-        for (key, value) in &update.set {
-            // Setting null removes the trait: a null trait and a missing one mean the same.
-            if matches!(value, Value::Null) {
-                traits.remove(key);
-            } else {
-                traits.insert(key.clone(), value.clone());
-            }
-        }
-        for (key, value) in &update.set_once {
-            if !matches!(value, Value::Null) {
-                traits.entry(key.clone()).or_insert_with(|| value.clone());
-            }
-        }
-        for key in &update.unset {
-            traits.remove(key);
         }
     }
 }
@@ -195,7 +87,7 @@ pub struct Engine {
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     pub limits: Limits,
     /// Live metric feeds and watch streams (WatchMetric).
-    pub live: crate::core::metric::live::LiveHub,
+    pub live: crate::core::engine::live::LiveHub,
 }
 
 fn project_key(id: &str) -> String {
@@ -242,20 +134,20 @@ impl Engine {
             Ok(())
         }
         load(storage.as_ref(), "event_type/", &mut projects, |state, t: EventType| {
-            state.event_types.insert(t.name.clone(), t);
+            state.defs.event_types.insert(t.name.clone(), t);
         })?;
         // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
         load(storage.as_ref(), "metric/", &mut projects, |state, m: Metric| {
-            state.metrics.entry(m.key.clone()).or_default().push(m);
+            state.defs.metrics.entry(m.key.clone()).or_default().push(m);
         })?;
         load(storage.as_ref(), "goal/", &mut projects, |state, g: Goal| {
-            state.goals.insert(g.id.clone(), g);
+            state.defs.goals.insert(g.id.clone(), g);
         })?;
         load(storage.as_ref(), "cohort/", &mut projects, |state, c: Cohort| {
-            state.cohorts.insert(c.id.clone(), c);
+            state.defs.cohorts.insert(c.id.clone(), c);
         })?;
         load(storage.as_ref(), "experiment/", &mut projects, |state, e: Experiment| {
-            state.experiments.insert(e.key.clone(), e);
+            state.defs.experiments.insert(e.key.clone(), e);
         })?;
         let mut api_keys = BTreeMap::new();
         for (key, bytes) in storage.scan_meta("api_key/")? {
@@ -267,7 +159,8 @@ impl Engine {
         let mut seen = SeenIds::default();
         let mut next_quarantine_id = 0u64;
         let mut records = 0u64;
-        storage.replay(&mut |record| {
+        storage.replay(&mut |value| {
+            let record = decode_record(value)?;
             records += 1;
             let project = record.project();
             let Some(state) = projects.get_mut(project) else {
@@ -286,13 +179,13 @@ impl Engine {
                 }
                 _ => Vec::new(),
             };
-            state.apply(&record, &keep);
+            state.data.apply(&record, &keep);
             Ok(())
         })?;
         for state in projects.values_mut() {
-            state.compact();
+            state.data.compact();
         }
-        let events: usize = projects.values().map(|p| p.table.len()).sum();
+        let events: usize = projects.values().map(|p| p.data.table.len()).sum();
         tracing::info!(
             projects = projects.len(),
             records,
@@ -310,7 +203,7 @@ impl Engine {
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             api_keys: RwLock::new(api_keys),
             limits,
-            live: crate::core::metric::live::LiveHub::default(),
+            live: crate::core::engine::live::LiveHub::default(),
         }))
     }
 
@@ -401,7 +294,7 @@ impl Engine {
     pub fn project_stats(&self, id: &str) -> Result<ProjectStats> {
         let entry = self.project(id)?;
         let state = entry.read();
-        let table = &state.table;
+        let table = &state.data.table;
         let mut events_by_name: Vec<(String, u64)> = table
             .name_counts
             .iter()
@@ -418,7 +311,7 @@ impl Engine {
             first_event: table.min_time,
             last_event: table.max_time,
             bytes_on_disk: self.storage.bytes_on_disk()?,
-            quarantined: state.quarantine.len() as u64,
+            quarantined: state.data.quarantine.len() as u64,
         })
     }
 
@@ -430,7 +323,7 @@ impl Engine {
         event_type.updated = now_micros();
         let mut state = entry.write();
         self.storage.put_meta(&event_type_key(project, &event_type.name), &encode(&event_type)?)?;
-        state.event_types.insert(event_type.name.clone(), event_type.clone());
+        state.defs.event_types.insert(event_type.name.clone(), event_type.clone());
         Ok(event_type)
     }
 
@@ -438,6 +331,7 @@ impl Engine {
         validate_name("name", name)?;
         self.project(project)?
             .read()
+            .defs
             .event_types
             .get(name)
             .cloned()
@@ -445,23 +339,23 @@ impl Engine {
     }
 
     pub fn list_event_types(&self, project: &str) -> Result<Vec<EventType>> {
-        Ok(self.project(project)?.read().event_types.values().cloned().collect())
+        Ok(self.project(project)?.read().defs.event_types.values().cloned().collect())
     }
 
     pub fn delete_event_type(&self, project: &str, name: &str) -> Result<()> {
         validate_name("name", name)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        if !state.event_types.contains_key(name) {
+        if !state.defs.event_types.contains_key(name) {
             return Err(Error::NotFound(format!("event type {name:?} not found")));
         }
         self.storage.delete_meta(&event_type_key(project, name))?;
-        state.event_types.remove(name);
+        state.defs.event_types.remove(name);
         Ok(())
     }
 
     pub fn list_quarantined(&self, project: &str) -> Result<Vec<QuarantinedEvent>> {
-        Ok(self.project(project)?.read().quarantine.values().cloned().collect())
+        Ok(self.project(project)?.read().data.quarantine.values().cloned().collect())
     }
 
     // ---- ingestion ----
@@ -532,12 +426,12 @@ impl Engine {
         let sorted = {
             let state = entry.read();
             let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
-            ingest::sort_batch(items, enforcement, &state.event_types, &self.limits, now_micros())
+            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now_micros())
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;
-        metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
-        metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);
+        ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
+        ::metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);
         if sorted.accepted.is_empty() && sorted.quarantined.is_empty() {
             return Ok(outcome);
         }
@@ -606,11 +500,11 @@ impl Engine {
         let (passing, leaving) = {
             let state = entry.read();
             let selected: Vec<&QuarantinedEvent> = if ids.is_empty() {
-                state.quarantine.values().collect()
+                state.data.quarantine.values().collect()
             } else {
                 let mut selected = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let found = state.quarantine.get(id);
+                    let found = state.data.quarantine.get(id);
                     selected.push(found.ok_or_else(|| Error::NotFound(format!("quarantined event {id} not found")))?);
                 }
                 selected
@@ -623,7 +517,7 @@ impl Engine {
                     outcome.rejected += 1;
                     continue;
                 }
-                let plan = state.event_types.get(&event.name);
+                let plan = state.defs.event_types.get(&event.name);
                 if !crate::core::catalog::violations(&event, plan).is_empty() {
                     outcome.remaining += 1;
                     continue;

@@ -4,8 +4,8 @@ use crate::core::engine::Engine;
 use crate::core::ingest;
 use crate::core::model::{Event, TimeRange, UserProfile};
 use crate::core::page::PageRequest;
+use crate::core::store::record::LogRecord;
 use crate::error::{Error, Result};
-use crate::storage::LogRecord;
 
 /// The most events one export message carries.
 pub const EXPORT_CHUNK: usize = 1000;
@@ -17,11 +17,11 @@ impl Engine {
         }
         let entry = self.project(project)?;
         let state = entry.read();
-        let table = &state.table;
+        let table = &state.data.table;
         let not_found = || Error::NotFound(format!("user {user_id:?} not found"));
         let person = table.find_user(user_id).ok_or_else(not_found)?;
         let rows = table.user_rows(person);
-        let traits = state.traits.get(&person);
+        let traits = state.data.traits.get(&person);
         if rows.is_empty() && traits.is_none() {
             return Err(not_found());
         }
@@ -54,7 +54,7 @@ impl Engine {
         let offset = page.offset()?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let table = &state.table;
+        let table = &state.data.table;
         let Some(person) = table.find_user(user_id) else {
             return Err(Error::NotFound(format!("user {user_id:?} not found")));
         };
@@ -82,8 +82,8 @@ impl Engine {
         let entry = self.project(project)?;
         let events = {
             let state = entry.read();
-            match state.table.find_user(user_id) {
-                Some(person) => state.table.user_rows(person).len() as u64,
+            match state.data.table.find_user(user_id) {
+                Some(person) => state.data.table.user_rows(person).len() as u64,
                 None => return Ok(0),
             }
         };
@@ -104,7 +104,7 @@ impl Engine {
     ) -> Result<(Vec<u32>, u64)> {
         let entry = self.project(project)?;
         let state = entry.read();
-        let table = &state.table;
+        let table = &state.data.table;
         let generation = table.generation;
         let name_ids: Vec<u32> = names.iter().filter_map(|n| table.names.get(n)).collect();
         if !names.is_empty() && name_ids.is_empty() {
@@ -131,9 +131,9 @@ impl Engine {
     pub fn events_at(&self, project: &str, rows: &[u32], generation: u64) -> Result<Vec<Event>> {
         let entry = self.project(project)?;
         let state = entry.read();
-        if state.table.generation != generation {
+        if state.data.table.generation != generation {
             return Err(Error::Aborted("events were deleted while the export ran; retry".into()));
         }
-        Ok(rows.iter().map(|&r| state.table.event(r as usize)).collect())
+        Ok(rows.iter().map(|&r| state.data.table.event(r as usize)).collect())
     }
 }

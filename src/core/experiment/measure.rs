@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use super::definition::{EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, VARIANT_PROPERTY};
 use super::readout::VariantData;
 use super::stats::{self, Covariate, Summary, SummaryKind};
-use crate::core::engine::ProjectState;
 use crate::core::filter::row_number;
 use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
 use crate::core::metric::scan::{Matcher, for_listed_people};
 use crate::core::model::Micros;
+use crate::core::store::ProjectData;
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result};
 
@@ -188,13 +188,13 @@ pub fn summary_kind(metric: &Metric, metrics: &BTreeMap<String, Metric>) -> std:
     }
 }
 
-fn source(state: &ProjectState, metric: &Metric, aggregate: impl Fn(u32) -> Aggregate) -> Result<Source> {
+fn source(state: &ProjectData, metric: &Metric, aggregate: impl Fn(u32) -> Aggregate) -> Result<Source> {
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
     let property = state.table.keys.get(&metric.property).unwrap_or(NONE);
     Ok(Source { matcher: Matcher::new(state, selector, &[], None), aggregate: aggregate(property) })
 }
 
-fn plain_source(state: &ProjectState, metric: &Metric) -> Result<Source> {
+fn plain_source(state: &ProjectData, metric: &Metric) -> Result<Source> {
     source(state, metric, |property| match metric.kind {
         MetricKind::Sum => Aggregate::Sum(property),
         MetricKind::UniqueUsers => Aggregate::Any,
@@ -203,7 +203,7 @@ fn plain_source(state: &ProjectState, metric: &Metric) -> Result<Source> {
 }
 
 impl UserMetric {
-    fn compile(state: &ProjectState, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
+    fn compile(state: &ProjectData, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
         Ok(match metric.kind {
             MetricKind::Count | MetricKind::Sum | MetricKind::UniqueUsers => {
                 UserMetric::Single(plain_source(state, metric)?)
@@ -317,15 +317,15 @@ struct Columns {
 /// Measures every metric over the exposed users and returns, per metric, the statistics of
 /// each variant in variant order (weights filled from the experiment).
 pub fn measure(
-    state: &ProjectState,
+    state: &ProjectData,
+    metrics: &BTreeMap<String, Metric>,
     experiment: &Experiment,
     exposures: &Exposures,
     plans: &[MetricPlan],
     windows: &Windows,
 ) -> Result<Vec<Vec<VariantData>>> {
     let table = &state.table;
-    let metrics = state.latest_metrics();
-    let compiled = plans.iter().map(|p| UserMetric::compile(state, p.metric, &metrics)).collect::<Result<Vec<_>>>()?;
+    let compiled = plans.iter().map(|p| UserMetric::compile(state, p.metric, metrics)).collect::<Result<Vec<_>>>()?;
     let users = &exposures.users;
     let is_ratio: Vec<bool> = plans.iter().map(|p| p.kind == SummaryKind::Ratio).collect();
     let cuped: Vec<bool> =

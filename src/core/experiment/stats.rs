@@ -130,9 +130,9 @@ fn positive(field: &str, value: f64) -> Result<f64, StatsError> {
 // Configuration
 // ---------------------------------------------------------------------------------------------
 
-/// Statistical engine (proto `Engine`).
+/// The statistical method of a readout (proto enum `Engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum Engine {
+pub enum StatsMethod {
     #[default]
     Frequentist,
     Bayesian,
@@ -199,7 +199,7 @@ impl Default for GaussianPrior {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StatsConfig {
-    pub engine: Engine,
+    pub engine: StatsMethod,
     /// Significance level in (0, 1); intervals are at 1 − α.
     pub alpha: f64,
     pub sided: Sided,
@@ -222,7 +222,7 @@ pub struct StatsConfig {
 impl Default for StatsConfig {
     fn default() -> Self {
         StatsConfig {
-            engine: Engine::Frequentist,
+            engine: StatsMethod::Frequentist,
             alpha: DEFAULT_ALPHA,
             sided: Sided::TwoSided,
             difference: Difference::Relative,
@@ -531,7 +531,7 @@ impl ComparisonResult {
     /// follows); sequential and Bayesian significance do not use p-values and stay as they are.
     pub fn apply_adjusted_p_value(&mut self, adjusted_p_value: f64, config: &StatsConfig) {
         self.adjusted_p_value = sanitize_p(adjusted_p_value);
-        if config.engine == Engine::Frequentist && !config.sequential {
+        if config.engine == StatsMethod::Frequentist && !config.sequential {
             self.significant = self.adjusted_p_value < config.alpha;
             self.regressed = self.significant && is_bad(self.effect, config.direction);
         }
@@ -705,7 +705,7 @@ fn estimate(
     });
 
     let (post_mean, post_sd) = match (config.engine, prior) {
-        (Engine::Bayesian, Some(p)) => {
+        (StatsMethod::Bayesian, Some(p)) => {
             let precision = 1.0 / variance + 1.0 / p.variance;
             ((effect / variance + p.mean / p.variance) / precision, (1.0 / precision).sqrt())
         }
@@ -714,14 +714,14 @@ fn estimate(
     let (chance_to_win, risk_control, risk_treatment) = win_and_risk(post_mean, post_sd, config.direction);
 
     let (center, spread, half_width) = match config.engine {
-        Engine::Frequentist if config.sequential => {
+        StatsMethod::Frequentist if config.sequential => {
             (effect, se, sequential_half_width(variance, n_total, config.sequential_tuning, alpha, config.sided))
         }
-        Engine::Frequentist => {
+        StatsMethod::Frequentist => {
             let q = t_upper_quantile(alpha / config.sided.tails(), dof);
             (effect, se, q * se)
         }
-        Engine::Bayesian => {
+        StatsMethod::Bayesian => {
             let z = normal_upper_quantile(alpha / config.sided.tails());
             (post_mean, post_sd, z * post_sd)
         }
@@ -732,9 +732,9 @@ fn estimate(
         Sided::Less => (f64::NEG_INFINITY, center + half_width),
     };
     let significant = match config.engine {
-        Engine::Frequentist if config.sequential => ci_lower > 0.0 || ci_upper < 0.0,
-        Engine::Frequentist => p_value < alpha,
-        Engine::Bayesian => chance_to_win < alpha || chance_to_win > 1.0 - alpha,
+        StatsMethod::Frequentist if config.sequential => ci_lower > 0.0 || ci_upper < 0.0,
+        StatsMethod::Frequentist => p_value < alpha,
+        StatsMethod::Bayesian => chance_to_win < alpha || chance_to_win > 1.0 - alpha,
     };
     let result = Estimate {
         effect: center,
@@ -1461,7 +1461,7 @@ mod tests {
 
     #[test]
     fn spec_bayesian_proportions() {
-        let cfg = StatsConfig { engine: Engine::Bayesian, ..config() };
+        let cfg = StatsConfig { engine: StatsMethod::Bayesian, ..config() };
         let r = compare(
             &Summary::proportion(100.0, 49.0),
             &Summary::proportion(100.0, 51.0),
@@ -1875,7 +1875,7 @@ mod tests {
         let a = Moments { users: 200.0, mean: 10.0, variance: 4.0, unadjusted_mean: 10.0 };
         let b = Moments { users: 220.0, mean: 10.4, variance: 5.0, unadjusted_mean: 10.4 };
         let cfg = StatsConfig {
-            engine: Engine::Bayesian,
+            engine: StatsMethod::Bayesian,
             difference: Difference::Absolute,
             prior: Some(GaussianPrior { mean: 0.0, variance: 9.0 }),
             ..config()
@@ -2111,7 +2111,7 @@ mod tests {
 
     fn arb_config() -> impl Strategy<Value = StatsConfig> {
         (
-            prop_oneof![Just(Engine::Frequentist), Just(Engine::Bayesian)],
+            prop_oneof![Just(StatsMethod::Frequentist), Just(StatsMethod::Bayesian)],
             prop_oneof![Just(Sided::TwoSided), Just(Sided::Greater), Just(Sided::Less)],
             prop_oneof![Just(Difference::Relative), Just(Difference::Absolute)],
             any::<bool>(),

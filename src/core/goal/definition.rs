@@ -2,14 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::analysis::breakdown::DEFAULT_BREAKDOWN_LIMIT;
 use crate::core::catalog::validate_slug;
-use crate::core::engine::{Engine, ProjectState};
+use crate::core::cohort::Cohorts;
 use crate::core::filter::Filter;
 use crate::core::goal::progress::{self, Bucket, GoalInput, GoalProgress, Target};
-use crate::core::metric::definition::{Direction, Metric, MetricKind};
+use crate::core::metric::definition::{Direction, Metric, MetricBook, MetricKind};
 use crate::core::metric::evaluate::evaluate;
-use crate::core::metric::scan::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point};
-use crate::core::model::{Micros, now_micros};
+use crate::core::metric::scan::{MetricQuery, Point};
+use crate::core::model::Micros;
+use crate::core::store::ProjectData;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
@@ -87,8 +89,11 @@ fn additive(metric: &Metric) -> bool {
             || (metric.kind == MetricKind::Manual && !metric.semi_additive_last))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn query_points(
-    state: &ProjectState,
+    state: &ProjectData,
+    metrics: &MetricBook,
+    cohorts: &Cohorts,
     metric: &Metric,
     goal: &Goal,
     tz: chrono_tz::Tz,
@@ -105,25 +110,31 @@ fn query_points(
         breakdown: None,
         breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
         cohort_id: String::new(),
-        members: crate::core::cohort::resolve(state, "goal.cohort_id", &goal.cohort_id)?,
+        members: crate::core::cohort::resolve(state, cohorts, "goal.cohort_id", &goal.cohort_id)?,
     };
-    Ok(evaluate(state, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
+    Ok(evaluate(state, metrics, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }
 
-/// Measures a goal as of `now`.
-pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalReport> {
-    let metric = state
-        .metrics
+/// Measures a goal as of `now`; `default_zone` is the project's.
+pub fn measure(
+    state: &ProjectData,
+    metrics: &MetricBook,
+    cohorts: &Cohorts,
+    default_zone: &str,
+    goal: &Goal,
+    now: Micros,
+) -> Result<GoalReport> {
+    let metric = metrics
         .get(&goal.metric_key)
         .and_then(|v| v.last())
         .ok_or_else(|| Error::NotFound(format!("metric {:?} not found", goal.metric_key)))?;
-    let zone = if goal.timezone.is_empty() { state.project.timezone.as_str() } else { goal.timezone.as_str() };
+    let zone = if goal.timezone.is_empty() { default_zone } else { goal.timezone.as_str() };
     let tz = time::parse_zone("goal.timezone", zone)?;
     let (start, end) = goal.period;
     let additive = additive(metric);
     let measured_to = now.min(end);
     let points = if measured_to > start {
-        query_points(state, metric, goal, tz, start, measured_to, goal.granularity)?
+        query_points(state, metrics, cohorts, metric, goal, tz, start, measured_to, goal.granularity)?
     } else {
         Vec::new()
     };
@@ -133,10 +144,15 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
     let (base_from, base_to) =
         goal.baseline_period.unwrap_or_else(|| progress::default_baseline_period(start, end, tz));
     let baseline = if additive {
-        query_points(state, metric, goal, tz, base_from, base_to, Granularity::Total)?.first().and_then(|p| p.value)
+        query_points(state, metrics, cohorts, metric, goal, tz, base_from, base_to, Granularity::Total)?
+            .first()
+            .and_then(|p| p.value)
     } else {
         // Measured like `current`: the last bucket of the goal's granularity in the baseline.
-        query_points(state, metric, goal, tz, base_from, base_to, goal.granularity)?.iter().rev().find_map(|p| p.value)
+        query_points(state, metrics, cohorts, metric, goal, tz, base_from, base_to, goal.granularity)?
+            .iter()
+            .rev()
+            .find_map(|p| p.value)
     };
     let input = GoalInput {
         additive,
@@ -151,76 +167,4 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
     let progress =
         progress::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {:?}: {e}", goal.id)))?;
     Ok(GoalReport { goal: goal.clone(), progress, as_of: now, points, metric_version: metric.version })
-}
-
-impl Engine {
-    pub fn create_goal(&self, project: &str, mut goal: Goal) -> Result<Goal> {
-        goal.validate()?;
-        let entry = self.project(project)?;
-        let mut state = entry.write();
-        if state.goals.contains_key(&goal.id) {
-            return Err(Error::AlreadyExists(format!("goal {:?} already exists", goal.id)));
-        }
-        if !state.metrics.contains_key(&goal.metric_key) {
-            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
-        }
-        if !goal.cohort_id.is_empty() && !state.cohorts.contains_key(&goal.cohort_id) {
-            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
-        }
-        (goal.created, goal.updated) = (now_micros(), now_micros());
-        self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
-        state.goals.insert(goal.id.clone(), goal.clone());
-        Ok(goal)
-    }
-
-    pub fn update_goal(&self, project: &str, mut goal: Goal) -> Result<Goal> {
-        goal.validate()?;
-        let entry = self.project(project)?;
-        let mut state = entry.write();
-        let previous =
-            state.goals.get(&goal.id).ok_or_else(|| Error::NotFound(format!("goal {:?} not found", goal.id)))?;
-        if !state.metrics.contains_key(&goal.metric_key) {
-            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
-        }
-        if !goal.cohort_id.is_empty() && !state.cohorts.contains_key(&goal.cohort_id) {
-            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
-        }
-        (goal.created, goal.updated) = (previous.created, now_micros());
-        self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
-        state.goals.insert(goal.id.clone(), goal.clone());
-        Ok(goal)
-    }
-
-    pub fn get_goal(&self, project: &str, id: &str) -> Result<Goal> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        state.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))
-    }
-
-    pub fn list_goals(&self, project: &str, metric_key: &str) -> Result<Vec<Goal>> {
-        let entry = self.project(project)?;
-        let state = entry.read();
-        Ok(state.goals.values().filter(|g| metric_key.is_empty() || g.metric_key == metric_key).cloned().collect())
-    }
-
-    pub fn delete_goal(&self, project: &str, id: &str) -> Result<()> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let mut state = entry.write();
-        if !state.goals.contains_key(id) {
-            return Err(Error::NotFound(format!("goal {id:?} not found")));
-        }
-        self.delete_meta(&goal_key(project, id))?;
-        state.goals.remove(id);
-        Ok(())
-    }
-
-    pub fn goal_progress(&self, project: &str, id: &str, as_of: Option<Micros>) -> Result<GoalReport> {
-        validate_slug("id", id)?;
-        let entry = self.project(project)?;
-        let state = entry.read();
-        let goal = state.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))?;
-        measure(&state, goal, as_of.unwrap_or_else(now_micros))
-    }
 }

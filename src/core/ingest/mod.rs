@@ -20,8 +20,9 @@ use crate::core::engine::ProjectEntry;
 use crate::core::model::{
     Enforcement, Event, EventType, MICROS_PER_SECOND, Micros, QuarantinedEvent, UserUpdate, Value,
 };
+use crate::core::store::record::LogRecord;
 use crate::error::{Error, Result};
-use crate::storage::{Encoded, LogRecord, Storage};
+use crate::storage::{Encoded, Storage};
 
 /// Configurable ingest limits (SPEC §3 defaults).
 #[derive(Debug, Clone)]
@@ -323,9 +324,9 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         for a in &appended {
             let mut state = a.job.project.write();
             for record in &a.job.records {
-                state.apply(record, &a.keep);
+                state.data.apply(record, &a.keep);
             }
-            state.compact();
+            state.data.compact();
             events += a.result.accepted;
             if !touched.iter().any(|p| Arc::ptr_eq(p, &a.job.project)) {
                 touched.push(&a.job.project);

@@ -267,6 +267,65 @@ pub fn validate_references(candidate: &Metric, metrics: &BTreeMap<String, Metric
     Ok(())
 }
 
+/// Every version of every metric of a project, oldest first, by key. Derefs to the map so
+/// the engine's create/update/delete calls change it directly.
+#[derive(Debug, Default)]
+pub struct MetricBook {
+    versions: BTreeMap<String, Vec<Metric>>,
+}
+
+impl std::ops::Deref for MetricBook {
+    type Target = BTreeMap<String, Vec<Metric>>;
+    fn deref(&self) -> &Self::Target {
+        &self.versions
+    }
+}
+
+impl std::ops::DerefMut for MetricBook {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.versions
+    }
+}
+
+/// Which metric a query runs.
+pub enum MetricTarget {
+    Key(String, u32),
+    Inline(Box<Metric>),
+}
+
+impl MetricBook {
+    /// The latest version of every metric.
+    pub fn latest_metrics(&self) -> BTreeMap<String, Metric> {
+        self.versions.iter().filter_map(|(k, versions)| versions.last().map(|m| (k.clone(), m.clone()))).collect()
+    }
+
+    /// A version of a metric (0: the latest).
+    pub(crate) fn metric_version(&self, key: &str, version: u32) -> Result<&Metric> {
+        let versions = self.versions.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
+        let found = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
+        found.ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))
+    }
+
+    pub(crate) fn latest_metric(&self, key: &str) -> Result<&Metric> {
+        self.versions
+            .get(key)
+            .and_then(|v| v.last())
+            .ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))
+    }
+
+    /// The definition a query runs: a stored version, or a checked inline definition.
+    pub(crate) fn resolve_target(&self, target: MetricTarget) -> Result<Metric> {
+        match target {
+            MetricTarget::Key(key, version) => Ok(self.metric_version(&key, version)?.clone()),
+            MetricTarget::Inline(metric) => {
+                metric.validate()?;
+                validate_references(&metric, &self.latest_metrics())?;
+                Ok(*metric)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

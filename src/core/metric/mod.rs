@@ -1,9 +1,8 @@
-//! Metrics (SPEC §4, §9): definitions, evaluation over a project's events, formulas, live
-//! feeds and anomaly detection.
+//! Metrics (SPEC §4, §9): definitions, evaluation over a project's events, formulas and
+//! anomaly detection (live feeds run in `engine::live`).
 
 pub mod anomaly;
 pub mod definition;
 pub mod evaluate;
 pub mod formula;
-pub mod live;
 pub mod scan;

@@ -8,30 +8,20 @@
 //! users are counted with a per-cell marker of the last person seen, which is exact because
 //! all rows of a person are visited together.
 
-use std::sync::Arc;
-
 use chrono_tz::Tz;
-use hashbrown::HashMap;
 
+use crate::core::analysis::breakdown::{Groups, fold_tail};
 use crate::core::cohort::Members;
-use crate::core::engine::ProjectState;
-use crate::core::filter::{CompiledFilters, EventSelector, Filter, TRAIT_PREFIX, row_number};
+use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
-use crate::core::model::{Micros, Value};
+use crate::core::model::Micros;
+use crate::core::store::ProjectData;
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
 /// Most buckets one query may return.
 pub const MAX_BUCKETS: usize = 10_000;
-pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
-pub const OTHER: &str = "$other";
-
-/// A request's breakdown limit, 0 meaning the default.
-pub fn breakdown_limit_or_default(limit: usize) -> usize {
-    if limit == 0 { DEFAULT_BREAKDOWN_LIMIT } else { limit }
-}
-pub const NO_VALUE: &str = "$none";
 
 #[derive(Debug, Clone)]
 pub struct MetricQuery {
@@ -80,176 +70,6 @@ fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Ve
 }
 
 /// Hashable form of a cell, for grouping by an event property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum GroupKey {
-    Missing,
-    Bool(bool),
-    Number(u64),
-    Str(u32),
-    Time(i64),
-}
-
-fn group_key(cell: Option<Cell>) -> GroupKey {
-    match cell {
-        None | Some(Cell::Null) => GroupKey::Missing,
-        Some(Cell::Bool(b)) => GroupKey::Bool(b),
-        // -0.0 and 0.0 are one group.
-        Some(Cell::Number(n)) => GroupKey::Number(if n == 0.0 { 0 } else { n.to_bits() }),
-        Some(Cell::Str(s)) => GroupKey::Str(s),
-        Some(Cell::Time(t)) => GroupKey::Time(t),
-    }
-}
-
-pub fn format_number(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { format!("{n}") }
-}
-
-fn format_time(t: Micros) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t).map(|d| d.to_rfc3339()).unwrap_or_default()
-}
-
-pub fn label_of_value(value: Option<&Value>) -> String {
-    match value {
-        None | Some(Value::Null) => NO_VALUE.into(),
-        Some(Value::Bool(b)) => b.to_string(),
-        Some(Value::Number(n)) => format_number(*n),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Timestamp(t)) => format_time(*t),
-    }
-}
-
-fn label_of_key(key: GroupKey, table: &EventTable) -> String {
-    match key {
-        GroupKey::Missing => NO_VALUE.into(),
-        GroupKey::Bool(b) => b.to_string(),
-        GroupKey::Number(bits) => format_number(f64::from_bits(bits)),
-        GroupKey::Str(s) => table.strings.resolve(s).to_owned(),
-        GroupKey::Time(t) => format_time(t),
-    }
-}
-
-/// A trait's value per person id as a group id (0: `$none`), with one label per group.
-#[derive(Debug)]
-pub struct TraitGroups {
-    /// (traits version, people, table layout) when built.
-    built_for: (u64, usize, u64),
-    pub group_of: Vec<u32>,
-    pub labels: Vec<String>,
-}
-
-impl TraitGroups {
-    fn build(state: &ProjectState, name: &str) -> TraitGroups {
-        // Group ids per user from the traits map, one label per distinct value (no per-person
-        // allocation), then per person through the canonical mapping.
-        let table = &state.table;
-        let mut labels: Vec<String> = vec![NO_VALUE.into()];
-        let mut ids: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
-        ids.insert(NO_VALUE.into(), 0);
-        let mut by_user = vec![0u32; table.canonical.len()];
-        for (&person, traits) in &state.traits {
-            let Some(value) = traits.get(name) else { continue };
-            let id = match value {
-                Value::String(s) => ids.get(s.as_str()).copied(),
-                _ => None,
-            };
-            by_user[person as usize] = id.unwrap_or_else(|| {
-                let label = label_of_value(Some(value));
-                *ids.entry(label.clone()).or_insert_with(|| {
-                    labels.push(label);
-                    labels.len() as u32 - 1
-                })
-            });
-        }
-        TraitGroups {
-            built_for: TraitGroups::version(state),
-            group_of: table.canonical.iter().map(|&c| by_user[c as usize]).collect(),
-            labels,
-        }
-    }
-
-    fn version(state: &ProjectState) -> (u64, usize, u64) {
-        (state.traits_version, state.table.canonical.len(), state.table.layout_version())
-    }
-}
-
-/// Trait groups by trait name, reused until traits, people or aliases change: a breakdown by
-/// `user.channel` otherwise walks every user's trait map on each query.
-#[derive(Debug, Default)]
-pub struct TraitGroupCache {
-    by_trait: parking_lot::Mutex<HashMap<String, Arc<TraitGroups>>>,
-}
-
-impl TraitGroupCache {
-    pub fn get(&self, state: &ProjectState, name: &str) -> Arc<TraitGroups> {
-        let version = TraitGroups::version(state);
-        if let Some(groups) = self.by_trait.lock().get(name).filter(|g| g.built_for == version) {
-            return groups.clone();
-        }
-        let groups = Arc::new(TraitGroups::build(state, name));
-        let mut cached = self.by_trait.lock();
-        // Keep the cache to the traits queried lately.
-        cached.retain(|_, g| g.built_for == version);
-        cached.insert(name.to_owned(), groups.clone());
-        groups
-    }
-}
-
-/// How rows map to breakdown groups.
-pub(crate) enum Groups {
-    One,
-    /// Per person id (a trait of the canonical user).
-    Person(Arc<TraitGroups>),
-    /// Per row, by an event property; groups are numbered in order of discovery.
-    Row {
-        key: u32,
-        ids: HashMap<GroupKey, u32>,
-        labels: Vec<String>,
-    },
-}
-
-impl Groups {
-    pub(crate) fn new(state: &ProjectState, breakdown: Option<&str>) -> Groups {
-        let Some(breakdown) = breakdown else {
-            return Groups::One;
-        };
-        match breakdown.strip_prefix(TRAIT_PREFIX) {
-            Some(name) => Groups::Person(state.trait_groups.get(state, name)),
-            None => Groups::Row {
-                key: state.table.keys.get(breakdown).unwrap_or(NONE),
-                ids: HashMap::new(),
-                labels: Vec::new(),
-            },
-        }
-    }
-
-    pub(crate) fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
-        match self {
-            Groups::One => 0,
-            Groups::Person(groups) => groups.group_of[person as usize],
-            Groups::Row { key, ids, labels } => {
-                let cell = if *key == NONE {
-                    None
-                } else {
-                    table.row_props(row).iter().find(|p| p.key == *key).map(|p| p.value)
-                };
-                let group_key = group_key(cell);
-                *ids.entry(group_key).or_insert_with(|| {
-                    labels.push(label_of_key(group_key, table));
-                    labels.len() as u32 - 1
-                })
-            }
-        }
-    }
-
-    pub(crate) fn labels(&self) -> Vec<String> {
-        match self {
-            Groups::One => vec![String::new()],
-            Groups::Person(groups) => groups.labels.clone(),
-            Groups::Row { labels, .. } => labels.clone(),
-        }
-    }
-}
-
 /// Accumulators for `cells` cells of one aggregate kind.
 struct Cells {
     kind: MetricKind,
@@ -329,24 +149,6 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
     values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
 }
 
-/// Keeps the first `limit` groups of `ranked` and maps the rest to one `$other` group: the
-/// kept labels (with `$other` last when anything was folded) and a raw-group → series map.
-/// Unranked groups have no rows in the range, so where they map does not matter.
-fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (Vec<String>, Vec<u32>) {
-    let mut remap = vec![0u32; labels.len()];
-    let mut kept = Vec::new();
-    for (position, &group) in ranked.iter().enumerate() {
-        remap[group] = position.min(limit) as u32;
-        if position < limit {
-            kept.push(labels[group].clone());
-        }
-    }
-    if ranked.len() > limit {
-        kept.push(OTHER.into());
-    }
-    (kept, remap)
-}
-
 /// Visits the given canonical people, in the order given, with all their rows (their own and
 /// their aliases'), reusing one buffer for merged rows.
 pub(crate) fn for_listed_people(
@@ -371,7 +173,7 @@ pub(crate) fn for_listed_people(
 }
 
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
-pub fn event_aggregate(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let windows = bucket_windows(metric, query, &bounds);
     let buckets = windows.len();
@@ -521,7 +323,7 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     pub(crate) fn new(
-        state: &ProjectState,
+        state: &ProjectData,
         selector: &EventSelector,
         extra: &[Filter],
         members: Option<&Members>,
@@ -598,7 +400,7 @@ struct Entry {
 /// Runs a share metric: `entries` lists a person's entries (time in the query range). Groups
 /// beyond the breakdown limit (ranked by people entered) fold into `$other`.
 fn share_metric(
-    state: &ProjectState,
+    state: &ProjectData,
     query: &MetricQuery,
     mut entries: impl FnMut(&mut Groups, u32, &[u32], &mut Vec<Entry>),
 ) -> Result<Vec<Series>> {
@@ -665,7 +467,7 @@ fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
 
 /// CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
 /// bucket within the window (A and B sharing every constant property's value).
-pub fn conversion(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let table = &state.table;
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
@@ -701,7 +503,7 @@ pub fn conversion(state: &ProjectState, metric: &Metric, query: &MetricQuery) ->
 /// RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
 /// `retention_offset` after it (calendar periods in the query's zone, or rolling periods
 /// from the first A; or that period or any later one when unbounded).
-pub fn retention(state: &ProjectState, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let table = &state.table;
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));

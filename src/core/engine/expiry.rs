@@ -1,15 +1,11 @@
-//! Data retention: a project's `retention_days` (0 = keep for ever) enforced by a background
-//! job that drops older events through the log, so the drop survives a restart.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Data retention of the engine: expiring old events through the log.
 
 use crate::core::engine::Engine;
 use crate::core::model::{MICROS_PER_SECOND, Micros, now_micros};
+use crate::core::store::record::LogRecord;
 use crate::error::Result;
-use crate::storage::LogRecord;
-
-const MICROS_PER_DAY: Micros = 86_400 * MICROS_PER_SECOND;
+use std::sync::Arc;
+use std::time::Duration;
 
 impl Engine {
     /// Drops events of `project` with a timestamp before `before`; returns how many.
@@ -17,8 +13,8 @@ impl Engine {
         let entry = self.project(project)?;
         let expiring = {
             let state = entry.read();
-            let table = &state.table;
-            let old_quarantine = state.quarantine.values().any(|q| q.event.timestamp < before);
+            let table = &state.data.table;
+            let old_quarantine = state.data.quarantine.values().any(|q| q.event.timestamp < before);
             if table.min_time.is_none_or(|t| t >= before) && !old_quarantine {
                 return Ok(0);
             }
@@ -43,6 +39,8 @@ impl Engine {
         Ok(dropped)
     }
 }
+
+const MICROS_PER_DAY: Micros = 86_400 * MICROS_PER_SECOND;
 
 /// Runs the retention job every `every` until the engine's writer closes.
 pub async fn run_retention_job(engine: Arc<Engine>, every: Duration) {

@@ -1,7 +1,7 @@
 //! Live metrics (SPEC §9): the value of a metric's current bucket, pushed to watchers as
 //! events arrive, without polling storage.
 //!
-//! - **Signal.** The writer bumps a project's change counter (`ProjectState::changes`, a
+//! - **Signal.** The writer bumps a project's change counter (`ProjectData::changes`, a
 //!   `tokio::sync::watch`) once it has applied a group of records, so ingestion never waits for
 //!   watchers: it only increments a counter.
 //! - **Feeds.** Watch streams with identical parameters share one *feed*: a task that waits for
@@ -25,15 +25,6 @@
 //!   `Engine::live_streams` and `Engine::live_feeds` (and the gauges `sextant_live_streams`,
 //!   `sextant_live_feeds`) count what is open.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-use futures::Stream;
-use parking_lot::Mutex;
-use tokio::sync::watch;
-
 use crate::core::engine::Engine;
 use crate::core::filter::Filter;
 use crate::core::metric::evaluate::evaluate;
@@ -41,6 +32,13 @@ use crate::core::metric::scan::{MetricQuery, Point, Series};
 use crate::core::model::{Micros, now_micros};
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
+use futures::Stream;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Fewest time between two messages of one stream, and between two evaluations of a feed.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -139,65 +137,6 @@ impl LiveHub {
         if feeds.get(key).is_some_and(|f| f.id == id) {
             feeds.remove(key);
         }
-    }
-}
-
-impl Engine {
-    /// Ends every feed (and so every watch stream, with UNAVAILABLE); new watches are refused.
-    /// Called when the server starts shutting down, so open streams do not hold it up.
-    pub fn stop_live(&self) {
-        self.live.stopping.send_replace(true);
-    }
-
-    /// Open WatchMetric streams.
-    pub fn live_streams(&self) -> usize {
-        self.live.stream_count.load(Ordering::SeqCst)
-    }
-
-    /// Running feeds (one per distinct watched spec).
-    pub fn live_feeds(&self) -> usize {
-        self.live.feed_count.load(Ordering::SeqCst)
-    }
-
-    /// The metric's current bucket (and its breakdown), latest metric version.
-    pub fn live_value(&self, spec: &WatchSpec) -> Result<LiveValue> {
-        if spec.granularity == Granularity::Total {
-            return Err(Error::invalid("granularity", "TOTAL has no current bucket; use HOUR to QUARTER"));
-        }
-        let entry = self.project(&spec.project)?;
-        let state = entry.read();
-        // Read under the lock the writer applies under: a later `computed` saw every write an
-        // earlier one saw (streams rely on that to skip stale readings).
-        let now = now_micros();
-        let zone = if spec.timezone.is_empty() { state.project.timezone.as_str() } else { spec.timezone.as_str() };
-        let tz = time::parse_zone("timezone", zone)?;
-        let metric = state.metric_version(&spec.metric_key, 0)?;
-        let from = time::floor(now, spec.granularity, tz);
-        let to = time::next(from, spec.granularity, tz).max(from + 1);
-        let query = MetricQuery {
-            from,
-            to,
-            granularity: spec.granularity,
-            tz,
-            filters: spec.filters.clone(),
-            breakdown: None,
-            breakdown_limit: spec.breakdown_limit,
-            cohort_id: String::new(),
-            members: crate::core::cohort::resolve(&state, "cohort_id", &spec.cohort_id)?,
-        };
-        let overall = evaluate(&state, metric, &query, 0)?;
-        let point = overall.first().and_then(|s| s.points.first()).copied();
-        let breakdown = match &spec.breakdown {
-            Some(property) => evaluate(&state, metric, &MetricQuery { breakdown: Some(property.clone()), ..query }, 0)?,
-            None => Vec::new(),
-        };
-        Ok(LiveValue {
-            point: point.unwrap_or(Point { start: from, end: to, value: None }),
-            breakdown,
-            computed: now,
-            version: metric.version,
-            timezone: tz.name().to_owned(),
-        })
     }
 }
 
@@ -391,5 +330,70 @@ impl FeedTask {
             }
         }
         LiveHub::adjust(&self.engine.live.feed_count, "sextant_live_feeds", false);
+    }
+}
+
+impl Engine {
+    /// Ends every feed (and so every watch stream, with UNAVAILABLE); new watches are refused.
+    /// Called when the server starts shutting down, so open streams do not hold it up.
+    pub fn stop_live(&self) {
+        self.live.stopping.send_replace(true);
+    }
+
+    /// Open WatchMetric streams.
+    pub fn live_streams(&self) -> usize {
+        self.live.stream_count.load(Ordering::SeqCst)
+    }
+
+    /// Running feeds (one per distinct watched spec).
+    pub fn live_feeds(&self) -> usize {
+        self.live.feed_count.load(Ordering::SeqCst)
+    }
+
+    /// The metric's current bucket (and its breakdown), latest metric version.
+    pub fn live_value(&self, spec: &WatchSpec) -> Result<LiveValue> {
+        if spec.granularity == Granularity::Total {
+            return Err(Error::invalid("granularity", "TOTAL has no current bucket; use HOUR to QUARTER"));
+        }
+        let entry = self.project(&spec.project)?;
+        let state = entry.read();
+        // Read under the lock the writer applies under: a later `computed` saw every write an
+        // earlier one saw (streams rely on that to skip stale readings).
+        let now = now_micros();
+        let zone = if spec.timezone.is_empty() { state.project.timezone.as_str() } else { spec.timezone.as_str() };
+        let tz = time::parse_zone("timezone", zone)?;
+        let metric = state.defs.metrics.metric_version(&spec.metric_key, 0)?;
+        let from = time::floor(now, spec.granularity, tz);
+        let to = time::next(from, spec.granularity, tz).max(from + 1);
+        let query = MetricQuery {
+            from,
+            to,
+            granularity: spec.granularity,
+            tz,
+            filters: spec.filters.clone(),
+            breakdown: None,
+            breakdown_limit: spec.breakdown_limit,
+            cohort_id: String::new(),
+            members: crate::core::cohort::resolve(&state.data, &state.defs.cohorts, "cohort_id", &spec.cohort_id)?,
+        };
+        let overall = evaluate(&state.data, &state.defs.metrics, metric, &query, 0)?;
+        let point = overall.first().and_then(|s| s.points.first()).copied();
+        let breakdown = match &spec.breakdown {
+            Some(property) => evaluate(
+                &state.data,
+                &state.defs.metrics,
+                metric,
+                &MetricQuery { breakdown: Some(property.clone()), ..query },
+                0,
+            )?,
+            None => Vec::new(),
+        };
+        Ok(LiveValue {
+            point: point.unwrap_or(Point { start: from, end: to, value: None }),
+            breakdown,
+            computed: now,
+            version: metric.version,
+            timezone: tz.name().to_owned(),
+        })
     }
 }

@@ -1,0 +1,124 @@
+//! Breakdowns shared by metrics, funnels, retention and cohort tables: how rows map to groups
+//! (a trait of the person, or an event property), the default limit, and folding the groups
+//! past the limit into `$other`.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use crate::core::filter::TRAIT_PREFIX;
+use crate::core::store::ProjectData;
+use crate::core::store::table::{Cell, EventTable, NONE};
+pub use crate::core::store::trait_groups::{NO_VALUE, TraitGroups, format_number, format_time, label_of_value};
+
+pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
+pub const OTHER: &str = "$other";
+
+/// A request's breakdown limit, 0 meaning the default.
+pub fn breakdown_limit_or_default(limit: usize) -> usize {
+    if limit == 0 { DEFAULT_BREAKDOWN_LIMIT } else { limit }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum GroupKey {
+    Missing,
+    Bool(bool),
+    Number(u64),
+    Str(u32),
+    Time(i64),
+}
+
+fn group_key(cell: Option<Cell>) -> GroupKey {
+    match cell {
+        None | Some(Cell::Null) => GroupKey::Missing,
+        Some(Cell::Bool(b)) => GroupKey::Bool(b),
+        // -0.0 and 0.0 are one group.
+        Some(Cell::Number(n)) => GroupKey::Number(if n == 0.0 { 0 } else { n.to_bits() }),
+        Some(Cell::Str(s)) => GroupKey::Str(s),
+        Some(Cell::Time(t)) => GroupKey::Time(t),
+    }
+}
+
+fn label_of_key(key: GroupKey, table: &EventTable) -> String {
+    match key {
+        GroupKey::Missing => NO_VALUE.into(),
+        GroupKey::Bool(b) => b.to_string(),
+        GroupKey::Number(bits) => format_number(f64::from_bits(bits)),
+        GroupKey::Str(s) => table.strings.resolve(s).to_owned(),
+        GroupKey::Time(t) => format_time(t),
+    }
+}
+
+/// How rows map to breakdown groups.
+pub(crate) enum Groups {
+    One,
+    /// Per person id (a trait of the canonical user).
+    Person(Arc<TraitGroups>),
+    /// Per row, by an event property; groups are numbered in order of discovery.
+    Row {
+        key: u32,
+        ids: HashMap<GroupKey, u32>,
+        labels: Vec<String>,
+    },
+}
+
+impl Groups {
+    pub(crate) fn new(state: &ProjectData, breakdown: Option<&str>) -> Groups {
+        let Some(breakdown) = breakdown else {
+            return Groups::One;
+        };
+        match breakdown.strip_prefix(TRAIT_PREFIX) {
+            Some(name) => Groups::Person(state.trait_groups.get(state, name)),
+            None => Groups::Row {
+                key: state.table.keys.get(breakdown).unwrap_or(NONE),
+                ids: HashMap::new(),
+                labels: Vec::new(),
+            },
+        }
+    }
+
+    pub(crate) fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
+        match self {
+            Groups::One => 0,
+            Groups::Person(groups) => groups.group_of[person as usize],
+            Groups::Row { key, ids, labels } => {
+                let cell = if *key == NONE {
+                    None
+                } else {
+                    table.row_props(row).iter().find(|p| p.key == *key).map(|p| p.value)
+                };
+                let group_key = group_key(cell);
+                *ids.entry(group_key).or_insert_with(|| {
+                    labels.push(label_of_key(group_key, table));
+                    labels.len() as u32 - 1
+                })
+            }
+        }
+    }
+
+    pub(crate) fn labels(&self) -> Vec<String> {
+        match self {
+            Groups::One => vec![String::new()],
+            Groups::Person(groups) => groups.labels.clone(),
+            Groups::Row { labels, .. } => labels.clone(),
+        }
+    }
+}
+
+/// Keeps the first `limit` groups of `ranked` and maps the rest to one `$other` group: the
+/// kept labels (with `$other` last when anything was folded) and a raw-group → series map.
+/// Unranked groups have no rows in the range, so where they map does not matter.
+pub(crate) fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (Vec<String>, Vec<u32>) {
+    let mut remap = vec![0u32; labels.len()];
+    let mut kept = Vec::new();
+    for (position, &group) in ranked.iter().enumerate() {
+        remap[group] = position.min(limit) as u32;
+        if position < limit {
+            kept.push(labels[group].clone());
+        }
+    }
+    if ranked.len() > limit {
+        kept.push(OTHER.into());
+    }
+    (kept, remap)
+}

@@ -1,0 +1,105 @@
+//! The cohort calls of the engine: stored cohorts, their members and size.
+
+use crate::core::catalog::validate_slug;
+use crate::core::cohort::*;
+use crate::core::engine::Engine;
+use crate::core::model::{Micros, now_micros};
+use crate::core::page::{PageRequest, paginate};
+use crate::error::{Error, Result};
+
+impl Engine {
+    pub fn create_cohort(&self, project: &str, mut cohort: Cohort) -> Result<Cohort> {
+        cohort.validate()?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        if state.defs.cohorts.contains_key(&cohort.id) {
+            return Err(Error::AlreadyExists(format!("cohort {:?} already exists", cohort.id)));
+        }
+        cohort.created = now_micros();
+        self.put_meta_json(&cohort_key(project, &cohort.id), &cohort)?;
+        state.defs.cohorts.insert(cohort.id.clone(), cohort.clone());
+        Ok(cohort)
+    }
+
+    pub fn get_cohort(&self, project: &str, id: &str) -> Result<Cohort> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        state.defs.cohorts.get(id).cloned().ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))
+    }
+
+    /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
+    pub fn list_cohorts(&self, project: &str, page: &PageRequest) -> Result<(Vec<(Cohort, usize)>, String)> {
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let listed: Vec<(Cohort, usize)> = state
+            .defs
+            .cohorts
+            .values()
+            .map(|c| {
+                let definition = match &c.definition {
+                    Definition::Static(_) => Definition::Static(Vec::new()),
+                    other => other.clone(),
+                };
+                let listed = Cohort {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    description: c.description.clone(),
+                    definition,
+                    created: c.created,
+                };
+                (listed, c.static_size())
+            })
+            .collect();
+        paginate(listed, |(c, _)| c.id.clone(), page)
+    }
+
+    pub fn delete_cohort(&self, project: &str, id: &str) -> Result<()> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        if !state.defs.cohorts.contains_key(id) {
+            return Err(Error::NotFound(format!("cohort {id:?} not found")));
+        }
+        let referrers: Vec<String> =
+            state.defs.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {:?}", g.id)).collect();
+        if !referrers.is_empty() {
+            return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
+        }
+        self.delete_meta(&cohort_key(project, id))?;
+        state.defs.cohorts.remove(id);
+        Ok(())
+    }
+
+    /// One page of members by id: the uploaded ids of a static cohort, or the people a
+    /// dynamic one holds now.
+    pub fn cohort_members(&self, project: &str, id: &str, page: &PageRequest) -> Result<(Vec<String>, String)> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let cohort = state.defs.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let ids = match &cohort.definition {
+            Definition::Static(ids) => ids.clone(),
+            Definition::Conditions(_) => member_ids(&state.data, &evaluate(&state.data, cohort, now_micros())),
+        };
+        paginate(ids, String::clone, page)
+    }
+
+    /// The number of members and when they were counted.
+    pub fn cohort_size(&self, project: &str, id: &str) -> Result<(u64, Micros)> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let cohort = state.defs.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let now = now_micros();
+        let size = match &cohort.definition {
+            Definition::Static(ids) => ids.len() as u64,
+            Definition::Conditions(_) => {
+                let mask = evaluate(&state.data, cohort, now);
+                let table = &state.data.table;
+                (0..table.canonical.len()).filter(|&p| table.canonical[p] as usize == p && mask[p]).count() as u64
+            }
+        };
+        Ok((size, now))
+    }
+}

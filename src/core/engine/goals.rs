@@ -1,0 +1,86 @@
+//! The goal calls of the engine: stored goals and their progress.
+
+use crate::core::catalog::validate_slug;
+use crate::core::engine::Engine;
+use crate::core::goal::definition::*;
+use crate::core::model::{Micros, now_micros};
+use crate::error::{Error, Result};
+
+impl Engine {
+    pub fn create_goal(&self, project: &str, mut goal: Goal) -> Result<Goal> {
+        goal.validate()?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        if state.defs.goals.contains_key(&goal.id) {
+            return Err(Error::AlreadyExists(format!("goal {:?} already exists", goal.id)));
+        }
+        if !state.defs.metrics.contains_key(&goal.metric_key) {
+            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+        }
+        if !goal.cohort_id.is_empty() && !state.defs.cohorts.contains_key(&goal.cohort_id) {
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+        }
+        (goal.created, goal.updated) = (now_micros(), now_micros());
+        self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
+        state.defs.goals.insert(goal.id.clone(), goal.clone());
+        Ok(goal)
+    }
+
+    pub fn update_goal(&self, project: &str, mut goal: Goal) -> Result<Goal> {
+        goal.validate()?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        let previous =
+            state.defs.goals.get(&goal.id).ok_or_else(|| Error::NotFound(format!("goal {:?} not found", goal.id)))?;
+        if !state.defs.metrics.contains_key(&goal.metric_key) {
+            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+        }
+        if !goal.cohort_id.is_empty() && !state.defs.cohorts.contains_key(&goal.cohort_id) {
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+        }
+        (goal.created, goal.updated) = (previous.created, now_micros());
+        self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
+        state.defs.goals.insert(goal.id.clone(), goal.clone());
+        Ok(goal)
+    }
+
+    pub fn get_goal(&self, project: &str, id: &str) -> Result<Goal> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        state.defs.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))
+    }
+
+    pub fn list_goals(&self, project: &str, metric_key: &str) -> Result<Vec<Goal>> {
+        let entry = self.project(project)?;
+        let state = entry.read();
+        Ok(state.defs.goals.values().filter(|g| metric_key.is_empty() || g.metric_key == metric_key).cloned().collect())
+    }
+
+    pub fn delete_goal(&self, project: &str, id: &str) -> Result<()> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let mut state = entry.write();
+        if !state.defs.goals.contains_key(id) {
+            return Err(Error::NotFound(format!("goal {id:?} not found")));
+        }
+        self.delete_meta(&goal_key(project, id))?;
+        state.defs.goals.remove(id);
+        Ok(())
+    }
+
+    pub fn goal_progress(&self, project: &str, id: &str, as_of: Option<Micros>) -> Result<GoalReport> {
+        validate_slug("id", id)?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        let goal = state.defs.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))?;
+        measure(
+            &state.data,
+            &state.defs.metrics,
+            &state.defs.cohorts,
+            &state.project.timezone,
+            goal,
+            as_of.unwrap_or_else(now_micros),
+        )
+    }
+}

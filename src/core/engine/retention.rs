@@ -1,0 +1,27 @@
+//! QueryRetention and QueryCohortTable: the project's default zone, then the table.
+
+use crate::core::analysis::retention::*;
+use crate::core::engine::Engine;
+use crate::error::Result;
+
+impl Engine {
+    pub fn query_retention(&self, project: &str, mut query: RetentionQuery) -> Result<RetentionTable> {
+        query.validate()?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        if query.shape.timezone.is_empty() {
+            query.shape.timezone = state.project.timezone.clone();
+        }
+        retention(&state.data, &state.defs.cohorts, &query)
+    }
+
+    pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {
+        query.validate()?;
+        let entry = self.project(project)?;
+        let state = entry.read();
+        if query.shape.timezone.is_empty() {
+            query.shape.timezone = state.project.timezone.clone();
+        }
+        cohort_table(&state.data, &state.defs.cohorts, &query)
+    }
+}
