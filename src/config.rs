@@ -2,13 +2,23 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::core::ingest::Limits;
 use crate::core::model::MICROS_PER_SECOND;
 use crate::grpc::auth::GuardConfig;
+use crate::storage::{SledStorage, Storage};
+
+/// The storage backends `serve` can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// The embedded engine (sled for metadata and the log).
+    Sled,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -21,6 +31,10 @@ pub struct ServeConfig {
     /// gRPC listen address; port 0 picks a free port (the bound address is printed).
     #[arg(long, env = "SEXTANT_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
+
+    /// Where events and definitions live: `sled`, the embedded engine in --data-dir.
+    #[arg(long, env = "SEXTANT_STORAGE", value_enum, default_value_t = StorageKind::Sled)]
+    pub storage: StorageKind,
 
     /// Directory of the embedded sled database.
     #[arg(long, env = "SEXTANT_DATA_DIR", default_value = "data/sextant")]
@@ -109,6 +123,17 @@ impl ServeConfig {
         config.metrics_addr = "127.0.0.1:0".into();
         config.data_dir = data_dir;
         config
+    }
+
+    /// Opens the configured storage backend: the one place that picks it. Blocking.
+    pub fn open_storage(&self) -> anyhow::Result<Arc<dyn Storage>> {
+        match self.storage {
+            StorageKind::Sled => {
+                let storage = SledStorage::open(&self.data_dir)
+                    .with_context(|| format!("opening {}", self.data_dir.display()))?;
+                Ok(Arc::new(storage))
+            }
+        }
     }
 
     pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {

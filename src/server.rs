@@ -16,7 +16,6 @@ use crate::core::engine::expiry::run_retention_job;
 use crate::grpc::Api;
 use crate::grpc::auth::GuardLayer;
 use crate::pb;
-use crate::storage::SledStorage;
 use crate::telemetry;
 
 pub struct RunningServer {
@@ -45,11 +44,9 @@ impl RunningServer {
 /// Opens storage, binds, and starts serving in the background.
 pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     config.validate()?;
-    let data_dir = config.data_dir.clone();
-    let limits = config.limits();
+    let opening = config.clone();
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Engine>> {
-        let storage = SledStorage::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
-        Ok(Engine::open(Arc::new(storage), limits)?)
+        Ok(Engine::open(opening.open_storage()?, opening.limits())?)
     })
     .await??;
 

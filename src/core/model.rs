@@ -164,7 +164,31 @@ pub struct TimeRange {
 }
 
 impl TimeRange {
+    /// The bounds of a range a query requires: both set, `from` before `to`.
+    pub fn required(&self, field: &str) -> crate::error::Result<(Micros, Micros)> {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) if from < to => Ok((from, to)),
+            (Some(_), Some(_)) => Err(crate::error::Error::invalid(field, "to must be after from")),
+            _ => Err(crate::error::Error::invalid(field, "from and to are required")),
+        }
+    }
+
     pub fn contains(&self, t: Micros) -> bool {
         self.from.is_none_or(|from| t >= from) && self.to.is_none_or(|to| t < to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn required_ranges_have_both_ends_in_order() {
+        let range = |from, to| TimeRange { from, to };
+        assert_eq!(range(Some(1), Some(2)).required("range").unwrap(), (1, 2));
+        for bad in [range(Some(2), Some(2)), range(Some(3), Some(2)), range(None, Some(2)), range(Some(1), None)] {
+            assert!(matches!(bad.required("range"), Err(Error::InvalidArgument { field, .. }) if field == "range"));
+        }
     }
 }

@@ -18,6 +18,19 @@ pub enum Granularity {
     Total,
 }
 
+impl Granularity {
+    /// The granularity of a series to follow or compare bucket by bucket: TOTAL, a single
+    /// bucket, is refused.
+    pub fn series(self, field: &str) -> Result<Granularity> {
+        match self {
+            Granularity::Total => {
+                Err(Error::invalid(field, "TOTAL is a single bucket; use HOUR, DAY, WEEK, MONTH or QUARTER"))
+            }
+            granularity => Ok(granularity),
+        }
+    }
+}
+
 /// Periods that can enclose a bucket for period-to-date values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CalendarPeriod {

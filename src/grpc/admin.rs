@@ -26,7 +26,7 @@ impl AdminService for Api {
         tokio::task::spawn_blocking(move || {
             let mut chunk = pb::BackupResponse::default();
             let mut bytes = 0usize;
-            let result = engine.storage().snapshot(&mut |tree, key, value| {
+            let result = engine.snapshot(&mut |tree, key, value| {
                 let tree = match tree {
                     Tree::Meta => pb::BackupTree::Meta,
                     Tree::Log => pb::BackupTree::Log,

@@ -3,21 +3,13 @@
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use super::convert::{enum_error, time_range, timestamp};
+use super::convert::{enum_error, required_range, timestamp};
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
 use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
 use crate::core::filter::EventSelector;
 use crate::error::{Error, Result};
 use crate::pb::{self, analysis_service_server::AnalysisService};
-
-fn required_range(range: Option<&pb::TimeRange>) -> Result<(i64, i64)> {
-    let range = time_range("range", range)?;
-    match (range.from, range.to) {
-        (Some(from), Some(to)) => Ok((from, to)),
-        _ => Err(Error::invalid("range", "from and to are required")),
-    }
-}
 
 fn optional(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)

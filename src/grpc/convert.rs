@@ -32,6 +32,11 @@ pub fn optional_timestamp(micros: Option<Micros>) -> Option<Timestamp> {
     micros.map(timestamp)
 }
 
+/// The `range` a query requires: both ends, `from` before `to` (`TimeRange::required`).
+pub fn required_range(range: Option<&pb::TimeRange>) -> Result<(i64, i64)> {
+    time_range("range", range)?.required("range")
+}
+
 pub fn time_range(field: &str, range: Option<&pb::TimeRange>) -> Result<TimeRange> {
     let Some(range) = range else {
         return Ok(TimeRange::default());

@@ -9,21 +9,18 @@ use super::convert::{enum_error, micros_from_timestamp, optional_timestamp, time
 use super::metric::{duration_from_pb, duration_to_pb};
 use crate::core::engine::experiments::{ExperimentResults, ExposureItem};
 use crate::core::experiment::definition::{Experiment, ExperimentStatus, MetricRole, ReadoutConfig, Variant};
+use crate::core::experiment::plan::{self, PlanRequest};
 use crate::core::experiment::readout::{
     self, Comparison, Decision, MetricReadout, SummariesRequest, VariantData, VariantReadout,
 };
 use crate::core::experiment::stats::{
-    self, Correction, Covariate, Difference, GaussianPrior, Sided, StatsConfig, StatsError, StatsMethod, Summary,
-    SummaryKind,
+    self, Correction, Covariate, Difference, GaussianPrior, Sided, StatsConfig, StatsMethod, Summary, SummaryKind,
 };
 use crate::core::metric::definition::Direction;
 use crate::core::model::now_micros;
 use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, Result};
 use crate::pb::{self, experiment_service_server::ExperimentService};
-
-/// Default planning power.
-const DEFAULT_POWER: f64 = 0.8;
 
 // ---------------------------------------------------------------------------------------------
 // pb → domain
@@ -392,97 +389,20 @@ fn adjust_p_values(request: pb::AdjustPValuesRequest) -> Result<pb::AdjustPValue
 }
 
 /// Renames the planning functions' parameter names to the request's fields.
-fn plan_error(err: StatsError) -> Error {
-    let field = match err.field() {
-        Some("variance") => "baseline_variance",
-        Some("mean") => "baseline_mean",
-        Some("standard_error") => "users_per_variant",
-        Some(f) => f,
-        None => "",
-    };
-    Error::invalid(field, err.to_string())
-}
-
-/// `n` rounded up, ignoring floating-point noise just above an integer.
-fn round_up(n: f64) -> f64 {
-    if (n - n.round()).abs() <= 1e-9 * n.abs().max(1.0) { n.round() } else { n.ceil() }
-}
-
-fn plan_experiment(r: pb::PlanExperimentRequest) -> Result<pb::PlanExperimentResponse> {
-    let alpha = if r.alpha == 0.0 { stats::DEFAULT_ALPHA } else { r.alpha };
-    let power = if r.power == 0.0 { DEFAULT_POWER } else { r.power };
-    let variants = if r.variants == 0 { 2 } else { r.variants };
-    if variants < 2 {
-        return Err(Error::invalid("variants", "at least 2 variants (including control) are required"));
-    }
-    if !r.alpha.is_finite() || !(0.0..1.0).contains(&r.alpha) {
-        return Err(Error::invalid("alpha", format!("must be in (0, 1), got {}", r.alpha)));
-    }
-    if !r.power.is_finite() || !(0.0..1.0).contains(&r.power) {
-        return Err(Error::invalid("power", format!("must be in (0, 1), got {}", r.power)));
-    }
-    if !r.mde.is_finite() || r.mde < 0.0 {
-        return Err(Error::invalid("mde", format!("must be positive, got {}", r.mde)));
-    }
-    if r.mde == 0.0 && r.users_per_variant == 0 {
-        return Err(Error::invalid("mde", "an effect above 0 (or users_per_variant) is required"));
-    }
-    if !r.daily_users.is_finite() || r.daily_users < 0.0 {
-        return Err(Error::invalid("daily_users", format!("must be non-negative, got {}", r.daily_users)));
-    }
-    let sided = sided_from_pb("sided", r.sided)?;
-    let test_alpha = stats::bonferroni_alpha(alpha, variants);
-    let proportion = r.baseline_proportion != 0.0;
-
-    let (users_per_variant, mde) = if r.mde > 0.0 {
-        let n = if proportion {
-            stats::sample_size_per_variant_proportion(
-                r.baseline_proportion,
-                r.mde,
-                r.relative,
-                test_alpha,
-                power,
-                sided,
-            )
-        } else {
-            stats::sample_size_per_variant(
-                r.baseline_mean,
-                r.baseline_variance,
-                r.mde,
-                r.relative,
-                test_alpha,
-                power,
-                sided,
-            )
-        }
-        .map_err(plan_error)?;
-        let n = round_up(n);
-        if n >= u64::MAX as f64 {
-            return Err(Error::invalid("mde", "the effect is too small: the sample size overflows"));
-        }
-        (n as u64, r.mde)
-    } else {
-        let n = r.users_per_variant as f64;
-        let mde = if proportion {
-            stats::minimum_detectable_effect_proportion(n, r.baseline_proportion, r.relative, test_alpha, power, sided)
-        } else {
-            stats::minimum_detectable_effect(
-                n,
-                r.baseline_variance,
-                r.baseline_mean,
-                r.relative,
-                test_alpha,
-                power,
-                sided,
-            )
-        }
-        .map_err(plan_error)?;
-        (r.users_per_variant, mde)
-    };
-    let total_users = users_per_variant.saturating_mul(u64::from(variants));
-    let days =
-        if r.daily_users > 0.0 { (total_users as f64 / r.daily_users).ceil().min(u32::MAX as f64) as u32 } else { 0 };
-    Ok(pb::PlanExperimentResponse { users_per_variant, total_users, mde, days })
+fn plan_from_pb(r: pb::PlanExperimentRequest) -> Result<PlanRequest> {
+    Ok(PlanRequest {
+        baseline_mean: r.baseline_mean,
+        baseline_variance: r.baseline_variance,
+        baseline_proportion: r.baseline_proportion,
+        mde: r.mde,
+        relative: r.relative,
+        alpha: r.alpha,
+        power: r.power,
+        variants: r.variants,
+        sided: sided_from_pb("sided", r.sided)?,
+        users_per_variant: r.users_per_variant,
+        daily_users: r.daily_users,
+    })
 }
 
 fn required<T>(field: &str, value: Option<T>) -> Result<T> {
@@ -567,15 +487,11 @@ impl ExperimentService for Api {
     async fn assign(&self, request: Request<pb::AssignRequest>) -> Result<Response<pb::AssignResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let r = request.into_inner();
-        let (project, key, user, anonymous) =
-            (r.project.clone(), r.experiment_key.clone(), r.user_id.clone(), r.anonymous_id.clone());
-        let assignment = self.blocking(move |engine| engine.assign(&project, &key, &user, &anonymous)).await?;
-        let in_experiment = !assignment.variant.is_empty();
-        if r.log_exposure && in_experiment {
-            self.engine
-                .log_assignment(&r.project, &r.experiment_key, &r.user_id, &r.anonymous_id, &assignment.variant)
-                .await?;
-        }
+        let assignment = self
+            .engine
+            .assign_and_log(&r.project, &r.experiment_key, &r.user_id, &r.anonymous_id, r.log_exposure)
+            .await?;
+        let in_experiment = assignment.in_experiment();
         Ok(Response::new(pb::AssignResponse { variant: assignment.variant, bucket: assignment.bucket, in_experiment }))
     }
 
@@ -630,6 +546,12 @@ impl ExperimentService for Api {
         request: Request<pb::PlanExperimentRequest>,
     ) -> Result<Response<pb::PlanExperimentResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
-        Ok(Response::new(plan_experiment(request.into_inner())?))
+        let plan = plan::plan(&plan_from_pb(request.into_inner())?)?;
+        Ok(Response::new(pb::PlanExperimentResponse {
+            users_per_variant: plan.users_per_variant,
+            total_users: plan.total_users,
+            mde: plan.mde,
+            days: plan.days,
+        }))
     }
 }

@@ -17,17 +17,6 @@ use crate::pb::{self, ingest_service_server::IngestService};
 impl Api {
     async fn track_batch(&self, request: pb::TrackRequest) -> Result<pb::TrackResponse, Status> {
         let started = Instant::now();
-        if request.events.len() > self.engine.limits.max_batch_events {
-            return Err(Error::exhausted(
-                "events",
-                format!(
-                    "{} events in one request, at most {}",
-                    request.events.len(),
-                    self.engine.limits.max_batch_events
-                ),
-            )
-            .into());
-        }
         let received = now_micros();
         let items = request.events.into_iter().map(|e| incoming_event(e, received)).collect();
         let outcome = self.engine.track(&request.project, items).await?;

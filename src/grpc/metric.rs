@@ -4,16 +4,16 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use super::convert::{
-    enum_error, item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb,
+    enum_error, item_error, micros_from_timestamp, required_range, timestamp, value_from_pb, value_to_pb,
 };
-use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default};
+use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default, breakdown_of};
 use crate::core::engine::live::{self, LiveValue, WatchSpec};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::metric::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::definition::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
 use crate::core::metric::evaluate::{Compare, TreeNode};
-use crate::core::metric::scan::{MetricQuery, Point, Series};
+use crate::core::metric::scan::{MetricQuery, Point, Series, change};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
 use crate::core::time::{CalendarOffset, CalendarPeriod, Granularity};
@@ -286,16 +286,13 @@ pub fn metric_to_pb(metric: Metric) -> pb::MetricDefinition {
 
 /// A point with its change against the comparison value; `complete` once its end is past `now`.
 pub fn point_to_pb(p: &Point, before: Option<f64>, now: i64) -> pb::Point {
-    let (absolute_change, relative_change) = match (p.value, before) {
-        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
-        _ => (None, None),
-    };
+    let (absolute_change, relative_change) = change(p.value, before);
     pb::Point {
         start: Some(timestamp(p.start)),
         end: Some(timestamp(p.end)),
         value: p.value.unwrap_or(0.0),
         has_value: p.value.is_some(),
-        complete: p.end <= now,
+        complete: p.is_complete(now),
         absolute_change,
         relative_change,
     }
@@ -323,15 +320,6 @@ fn series_to_pb(series: Vec<Series>, comparison: Option<&[Series]>) -> Vec<pb::S
         .collect()
 }
 
-fn required_range(range: Option<&pb::TimeRange>) -> Result<(i64, i64)> {
-    let range = time_range("range", range)?;
-    match (range.from, range.to) {
-        (Some(from), Some(to)) if from < to => Ok((from, to)),
-        (Some(_), Some(_)) => Err(Error::invalid("range", "to must be after from")),
-        _ => Err(Error::invalid("range", "from and to are required")),
-    }
-}
-
 /// A stored metric by key or an inline definition (given a placeholder key when it has none).
 fn metric_target(key: Option<String>, definition: Option<pb::MetricDefinition>, version: u32) -> Result<MetricTarget> {
     match (key, definition) {
@@ -350,36 +338,12 @@ fn metric_target(key: Option<String>, definition: Option<pb::MetricDefinition>, 
     }
 }
 
-fn breakdown_from_pb(breakdown: String) -> Result<Option<String>> {
-    if breakdown.is_empty() {
-        return Ok(None);
-    }
-    let name = breakdown.strip_prefix(crate::core::filter::TRAIT_PREFIX).unwrap_or(&breakdown);
-    crate::core::catalog::validate_name("breakdown", name)?;
-    Ok(Some(breakdown))
-}
-
-/// A granularity with buckets to follow or compare: TOTAL is refused.
-fn series_granularity(field: &str, value: i32) -> Result<Granularity> {
-    match granularity_from_pb(field, value)? {
-        Granularity::Total => {
-            Err(Error::invalid(field, "TOTAL is a single bucket; use HOUR, DAY, WEEK, MONTH or QUARTER"))
-        }
-        granularity => Ok(granularity),
-    }
-}
-
-fn sensitivity_threshold(sensitivity: i32, score_threshold: f64) -> Result<f64> {
-    let sensitivity =
-        match pb::AnomalySensitivity::try_from(sensitivity).map_err(|_| enum_error("sensitivity", sensitivity))? {
-            pb::AnomalySensitivity::Low => Sensitivity::Low,
-            pb::AnomalySensitivity::Unspecified | pb::AnomalySensitivity::Medium => Sensitivity::Medium,
-            pb::AnomalySensitivity::High => Sensitivity::High,
-        };
-    if score_threshold.is_nan() || score_threshold < 0.0 || score_threshold.is_infinite() {
-        return Err(Error::invalid("score_threshold", "must be a positive number (0: use sensitivity)"));
-    }
-    Ok(if score_threshold > 0.0 { score_threshold } else { sensitivity.threshold() })
+fn sensitivity_from_pb(sensitivity: i32) -> Result<Sensitivity> {
+    Ok(match pb::AnomalySensitivity::try_from(sensitivity).map_err(|_| enum_error("sensitivity", sensitivity))? {
+        pb::AnomalySensitivity::Low => Sensitivity::Low,
+        pb::AnomalySensitivity::Unspecified | pb::AnomalySensitivity::Medium => Sensitivity::Medium,
+        pb::AnomalySensitivity::High => Sensitivity::High,
+    })
 }
 
 fn live_to_pb(value: &LiveValue) -> pb::WatchMetricResponse {
@@ -392,7 +356,7 @@ fn live_to_pb(value: &LiveValue) -> pb::WatchMetricResponse {
     }
 }
 
-fn anomaly_point_to_pb(p: &AnomalyPoint, now: i64, to: i64) -> pb::AnomalyPoint {
+fn anomaly_point_to_pb(p: &AnomalyPoint) -> pb::AnomalyPoint {
     let v = &p.verdict;
     pb::AnomalyPoint {
         start: Some(timestamp(p.start)),
@@ -405,7 +369,7 @@ fn anomaly_point_to_pb(p: &AnomalyPoint, now: i64, to: i64) -> pb::AnomalyPoint 
         score: v.score,
         is_anomaly: v.is_anomaly,
         is_bad: v.is_bad,
-        complete: p.end <= now && p.end <= to,
+        complete: p.complete,
     }
 }
 
@@ -422,10 +386,10 @@ impl MetricService for Api {
         let spec = WatchSpec {
             project: request.project,
             metric_key: request.metric_key,
-            granularity: series_granularity("granularity", request.granularity)?,
+            granularity: granularity_from_pb("granularity", request.granularity)?,
             timezone: request.timezone,
             filters: filters_from_pb("filters", request.filters)?,
-            breakdown: breakdown_from_pb(request.breakdown)?,
+            breakdown: breakdown_of("breakdown", request.breakdown)?,
             breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
             cohort_id: request.cohort_id,
         };
@@ -451,18 +415,17 @@ impl MetricService for Api {
         let query = AnomalyQuery {
             from,
             to,
-            granularity: series_granularity("granularity", request.granularity)?,
+            granularity: granularity_from_pb("granularity", request.granularity)?,
             filters: filters_from_pb("filters", request.filters)?,
             season: request.season,
             history: request.history,
-            threshold: sensitivity_threshold(request.sensitivity, request.score_threshold)?,
+            threshold: sensitivity_from_pb(request.sensitivity)?.resolve(request.score_threshold)?,
             cohort_id: request.cohort_id,
         };
         let (project, zone) = (request.project, request.timezone);
         let report = self.blocking(move |engine| engine.detect_anomalies(&project, target, query, &zone)).await?;
-        let now = crate::core::model::now_micros();
         Ok(Response::new(pb::DetectAnomaliesResponse {
-            points: report.points.iter().map(|p| anomaly_point_to_pb(p, now, to)).collect(),
+            points: report.points.iter().map(anomaly_point_to_pb).collect(),
             score_threshold: report.threshold,
             season: report.season,
             history: report.history,
@@ -533,11 +496,7 @@ impl MetricService for Api {
     ) -> Result<Response<pb::DeleteMetricResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
-        let (project, key) = (request.project.clone(), request.key.clone());
-        let was_manual = self.blocking(move |engine| engine.delete_metric(&request.project, &request.key)).await?;
-        if was_manual {
-            self.engine.clear_manual_values(&project, &key).await?;
-        }
+        self.engine.delete_metric(&request.project, &request.key).await?;
         Ok(Response::new(pb::DeleteMetricResponse {}))
     }
 
@@ -635,7 +594,7 @@ impl MetricService for Api {
             granularity: granularity_from_pb("granularity", request.granularity)?,
             tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
-            breakdown: breakdown_from_pb(request.breakdown)?,
+            breakdown: breakdown_of("breakdown", request.breakdown)?,
             breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
             cohort_id: request.cohort_id,
             members: None,
@@ -654,10 +613,7 @@ impl MetricService for Api {
 }
 
 fn tree_to_pb(node: TreeNode) -> pb::MetricTreeNode {
-    let (absolute_change, relative_change) = match (node.current, node.previous) {
-        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
-        _ => (None, None),
-    };
+    let (absolute_change, relative_change) = change(node.current, node.previous);
     let definition = metric_to_pb(node.metric);
     pb::MetricTreeNode {
         metric_key: definition.key,

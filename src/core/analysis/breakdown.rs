@@ -14,6 +14,17 @@ pub use crate::core::store::trait_groups::{NO_VALUE, TraitGroups, format_number,
 pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
 pub const OTHER: &str = "$other";
 
+/// A request's breakdown: none when empty, else an event property or `user.<trait>` with a
+/// valid name.
+pub fn breakdown_of(field: &str, breakdown: String) -> crate::error::Result<Option<String>> {
+    if breakdown.is_empty() {
+        return Ok(None);
+    }
+    let name = breakdown.strip_prefix(TRAIT_PREFIX).unwrap_or(&breakdown);
+    crate::core::catalog::validate_name(field, name)?;
+    Ok(Some(breakdown))
+}
+
 /// A request's breakdown limit, 0 meaning the default.
 pub fn breakdown_limit_or_default(limit: usize) -> usize {
     if limit == 0 { DEFAULT_BREAKDOWN_LIMIT } else { limit }

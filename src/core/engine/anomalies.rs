@@ -7,7 +7,7 @@ use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::evaluate::evaluate;
 use crate::core::metric::scan::{self, MetricQuery};
 use crate::core::model::now_micros;
-use crate::core::time::{self, Granularity};
+use crate::core::time::{self};
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -21,9 +21,7 @@ impl Engine {
         query: AnomalyQuery,
         zone: &str,
     ) -> Result<AnomalyReport> {
-        if query.granularity == Granularity::Total {
-            return Err(Error::invalid("granularity", "TOTAL has no series to compare; use HOUR to QUARTER"));
-        }
+        query.granularity.series("granularity")?;
         if query.to <= query.from {
             return Err(Error::invalid("range", "to must be after from"));
         }
@@ -100,7 +98,14 @@ impl Engine {
             points: points[first..]
                 .iter()
                 .zip(verdicts)
-                .map(|(p, verdict)| AnomalyPoint { start: p.start, end: p.end, value: p.value, verdict })
+                .zip(&observations[first..])
+                .map(|((p, verdict), seen)| AnomalyPoint {
+                    start: p.start,
+                    end: p.end,
+                    value: p.value,
+                    verdict,
+                    complete: seen.complete,
+                })
                 .collect(),
             threshold: query.threshold,
             season,

@@ -1,6 +1,8 @@
 //! Experiments of the engine: stored definitions with their lifecycle, assignment, exposure
 //! logging and the readout over stored events.
 
+use std::sync::Arc;
+
 use crate::core::catalog::validate_slug;
 use crate::core::engine::{Definitions, Engine, ProjectState};
 use crate::core::experiment::definition::{
@@ -40,6 +42,12 @@ pub struct Assignment {
     /// Empty when not in the experiment.
     pub variant: String,
     pub bucket: f64,
+}
+
+impl Assignment {
+    pub fn in_experiment(&self) -> bool {
+        !self.variant.is_empty()
+    }
 }
 
 /// One metric of a readout.
@@ -226,12 +234,7 @@ impl Engine {
     /// Stores exposures as `$exposure` events through the durable ingest path. Items that
     /// failed decoding arrive as errors; each bad item is returned with its index.
     pub async fn log_exposures(&self, project: &str, items: Vec<Result<ExposureItem>>) -> Result<ExposureOutcome> {
-        if items.len() > self.limits.max_batch_events {
-            return Err(Error::exhausted(
-                "exposures",
-                format!("{} exposures in one request, at most {}", items.len(), self.limits.max_batch_events),
-            ));
-        }
+        self.limits.check_batch("exposures", items.len())?;
         let entry = self.project(project)?;
         let now = now_micros();
         let mut outcome = ExposureOutcome::default();
@@ -275,7 +278,25 @@ impl Engine {
     }
 
     /// Records the exposure of an Assign call with `log_exposure`.
-    pub async fn log_assignment(
+    /// Assign, and with `log_exposure` an exposure for an id in the experiment (none for an
+    /// id outside it), stored before the answer.
+    pub async fn assign_and_log(
+        self: &Arc<Self>,
+        project: &str,
+        key: &str,
+        user_id: &str,
+        anonymous_id: &str,
+        log_exposure: bool,
+    ) -> Result<Assignment> {
+        let (p, k, u, a) = (project.to_owned(), key.to_owned(), user_id.to_owned(), anonymous_id.to_owned());
+        let assignment = self.off_executor(move |engine| engine.assign(&p, &k, &u, &a)).await?;
+        if log_exposure && assignment.in_experiment() {
+            self.log_assignment(project, key, user_id, anonymous_id, &assignment.variant).await?;
+        }
+        Ok(assignment)
+    }
+
+    async fn log_assignment(
         &self,
         project: &str,
         key: &str,

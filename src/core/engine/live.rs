@@ -352,9 +352,7 @@ impl Engine {
 
     /// The metric's current bucket (and its breakdown), latest metric version.
     pub fn live_value(&self, spec: &WatchSpec) -> Result<LiveValue> {
-        if spec.granularity == Granularity::Total {
-            return Err(Error::invalid("granularity", "TOTAL has no current bucket; use HOUR to QUARTER"));
-        }
+        spec.granularity.series("granularity")?;
         let entry = self.project(&spec.project)?;
         let state = entry.read();
         // Read under the lock the writer applies under: a later `computed` saw every write an

@@ -1,5 +1,7 @@
 //! The metric calls of the engine: versioned definitions, MANUAL values, queries and the metric tree.
 
+use std::sync::Arc;
+
 use crate::core::engine::Engine;
 use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::definition::{Metric, MetricKind, MetricRole};
@@ -64,9 +66,20 @@ impl Engine {
             .collect())
     }
 
-    /// Deletes every version. Returns true for a MANUAL metric, whose stored values the
-    /// caller then clears with `clear_manual_values`.
-    pub fn delete_metric(&self, project: &str, key: &str) -> Result<bool> {
+    /// Deletes every version of a metric and, for a MANUAL metric, its recorded values. The
+    /// definitions go first; values whose metric no longer exists are also dropped at open, so
+    /// a crash between the two steps leaves no values behind.
+    pub async fn delete_metric(self: &Arc<Self>, project: &str, key: &str) -> Result<()> {
+        let (project_id, metric_key) = (project.to_owned(), key.to_owned());
+        let was_manual = self.off_executor(move |engine| engine.remove_metric(&project_id, &metric_key)).await?;
+        if was_manual {
+            self.clear_manual_values(project, key).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every version of a metric's definition; true when it was MANUAL.
+    fn remove_metric(&self, project: &str, key: &str) -> Result<bool> {
         crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
@@ -101,7 +114,7 @@ impl Engine {
         Ok(versions.iter().any(|m| m.kind == MetricKind::Manual))
     }
 
-    pub async fn clear_manual_values(&self, project: &str, key: &str) -> Result<()> {
+    async fn clear_manual_values(&self, project: &str, key: &str) -> Result<()> {
         let entry = self.project(project)?;
         let record = LogRecord::ManualCleared { project: project.to_owned(), metric_key: key.to_owned() };
         self.write(entry, vec![record], vec![]).await?;
@@ -116,12 +129,7 @@ impl Engine {
         values: Vec<Result<ManualValue>>,
     ) -> Result<(u64, Vec<crate::core::ingest::ItemError>)> {
         crate::core::catalog::validate_slug("metric_key", key)?;
-        if values.len() > self.limits.max_batch_events {
-            return Err(Error::exhausted(
-                "values",
-                format!("{} values, at most {}", values.len(), self.limits.max_batch_events),
-            ));
-        }
+        self.limits.check_batch("values", values.len())?;
         let entry = self.project(project)?;
         {
             let state = entry.read();

@@ -183,6 +183,9 @@ impl Engine {
             Ok(())
         })?;
         for state in projects.values_mut() {
+            // Values of a MANUAL metric deleted just before a crash (see `delete_metric`).
+            let metrics = &state.defs.metrics;
+            state.data.manual.retain(|key, _| metrics.contains_key(key));
             state.data.compact();
         }
         let events: usize = projects.values().map(|p| p.data.table.len()).sum();
@@ -223,9 +226,21 @@ impl Engine {
         self.storage.put_meta(key, &encode(value)?)
     }
 
-    /// Raw storage, for backups.
-    pub(crate) fn storage(&self) -> &dyn Storage {
-        self.storage.as_ref()
+    /// A consistent copy of everything stored, for backups (`Storage::snapshot`).
+    pub fn snapshot(&self, visit: &mut crate::storage::SnapshotVisitor<'_>) -> Result<()> {
+        self.storage.snapshot(visit)
+    }
+
+    /// Runs blocking work (locks a writer may hold, storage) on the blocking pool, so async
+    /// calls that mix it with writes never block the executor.
+    pub(crate) async fn off_executor<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|e| Error::Internal(format!("task failed: {e}")))?
     }
 
     pub(crate) fn delete_meta(&self, key: &str) -> Result<()> {
@@ -416,12 +431,7 @@ impl Engine {
         items: Vec<Incoming>,
         enforce_plan: bool,
     ) -> Result<TrackOutcome> {
-        if items.len() > self.limits.max_batch_events {
-            return Err(Error::exhausted(
-                "events",
-                format!("{} events in one request, at most {}", items.len(), self.limits.max_batch_events),
-            ));
-        }
+        self.limits.check_batch("events", items.len())?;
         let entry = self.project(project_id)?;
         let sorted = {
             let state = entry.read();
@@ -449,12 +459,7 @@ impl Engine {
         project_id: &str,
         updates: Vec<Result<UserUpdate, (String, Error)>>,
     ) -> Result<(u64, Vec<ingest::ItemError>)> {
-        if updates.len() > self.limits.max_batch_events {
-            return Err(Error::exhausted(
-                "users",
-                format!("{} users in one request, at most {}", updates.len(), self.limits.max_batch_events),
-            ));
-        }
+        self.limits.check_batch("users", updates.len())?;
         let entry = self.project(project_id)?;
         let mut valid = Vec::with_capacity(updates.len());
         let mut rejected = Vec::new();

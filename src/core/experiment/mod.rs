@@ -4,5 +4,6 @@
 pub mod assign;
 pub mod definition;
 pub mod measure;
+pub mod plan;
 pub mod readout;
 pub mod stats;

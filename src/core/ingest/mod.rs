@@ -33,6 +33,20 @@ pub struct Limits {
     pub max_future_micros: Micros,
 }
 
+impl Limits {
+    /// A request carries at most `max_batch_events` items (events, users, exposures, values):
+    /// more is RESOURCE_EXHAUSTED for the whole request, naming `field`.
+    pub fn check_batch(&self, field: &str, items: usize) -> Result<()> {
+        if items > self.max_batch_events {
+            return Err(Error::exhausted(
+                field,
+                format!("{items} {field} in one request, at most {}", self.max_batch_events),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

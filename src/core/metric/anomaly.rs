@@ -33,6 +33,7 @@ use crate::core::filter::Filter;
 use crate::core::metric::definition::Direction;
 use crate::core::model::Micros;
 use crate::core::time::{self, Granularity};
+use crate::error::{Error, Result};
 
 /// Normal-consistency factor of the median absolute deviation: 1 / Φ⁻¹(3/4).
 pub const MAD_SCALE: f64 = 1.4826;
@@ -56,6 +57,14 @@ pub enum Sensitivity {
 }
 
 impl Sensitivity {
+    /// The |score| a point must exceed: `score_threshold` when above 0, else the sensitivity's.
+    pub fn resolve(self, score_threshold: f64) -> Result<f64> {
+        if !score_threshold.is_finite() || score_threshold < 0.0 {
+            return Err(Error::invalid("score_threshold", "must be a positive number (0: use sensitivity)"));
+        }
+        Ok(if score_threshold > 0.0 { score_threshold } else { self.threshold() })
+    }
+
     /// The |score| a point must exceed.
     pub fn threshold(self) -> f64 {
         match self {
@@ -235,6 +244,8 @@ pub struct AnomalyPoint {
     pub end: Micros,
     pub value: Option<f64>,
     pub verdict: Verdict,
+    /// The bucket was over (and inside the range) when scored.
+    pub complete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

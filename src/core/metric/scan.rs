@@ -45,6 +45,22 @@ pub struct Point {
     pub value: Option<f64>,
 }
 
+impl Point {
+    /// Whether the bucket is over at `now`: later events can no longer land in it.
+    pub fn is_complete(&self, now: Micros) -> bool {
+        self.end <= now
+    }
+}
+
+/// A value's change against an earlier one: absolute, and relative when the earlier value
+/// is not 0. Either is absent when a value is.
+pub fn change(current: Option<f64>, previous: Option<f64>) -> (Option<f64>, Option<f64>) {
+    match (current, previous) {
+        (Some(now), Some(then)) => (Some(now - then), (then != 0.0).then(|| (now - then) / then)),
+        _ => (None, None),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub breakdown_value: String,
