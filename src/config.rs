@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::core::ingest::Limits;
-use crate::core::model::MICROS_PER_SECOND;
+use crate::core::model::{Clock, MICROS_PER_SECOND};
 use crate::grpc::auth::GuardConfig;
 use crate::storage::{SledStorage, Storage};
 
@@ -35,6 +35,10 @@ pub struct ServeConfig {
     /// Where events and definitions live: `sled`, the embedded engine in --data-dir.
     #[arg(long, env = "SEXTANT_STORAGE", value_enum, default_value_t = StorageKind::Sled)]
     pub storage: StorageKind,
+
+    /// The clock of time-dependent rules; tests move it instead of sleeping.
+    #[arg(skip)]
+    pub clock: Clock,
 
     /// Directory of the embedded sled database.
     #[arg(long, env = "SEXTANT_DATA_DIR", default_value = "data/sextant")]

@@ -46,7 +46,7 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let opening = config.clone();
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Engine>> {
-        Ok(Engine::open(opening.open_storage()?, opening.limits())?)
+        Ok(Engine::open(opening.open_storage()?, opening.limits(), opening.clock.clone())?)
     })
     .await??;
 

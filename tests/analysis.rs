@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use sextant::pb;
 use sextant::pb::analysis_service_client::AnalysisServiceClient;
-use sextant::pb::cohort_service_client::CohortServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -15,7 +14,7 @@ const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
 fn analysis(server: &TestServer) -> AnalysisServiceClient<Channel> {
-    AnalysisServiceClient::new(server.channel.clone())
+    server.analysis()
 }
 
 fn step(event: &str) -> pb::EventSelector {
@@ -305,7 +304,8 @@ async fn filters_apply_to_every_step_and_cohorts_restrict_who_enters() {
     }];
     // u2's B has no `web`: u2 stops at step 1.
     assert_eq!(users(&run_funnel(&server, request.clone()).await.steps), vec![2, 1]);
-    CohortServiceClient::new(server.channel.clone())
+    server
+        .cohorts()
         .create_cohort(pb::CreateCohortRequest {
             project: "p".into(),
             cohort: Some(pb::Cohort {

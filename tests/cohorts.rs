@@ -6,21 +6,14 @@ mod common;
 
 use common::*;
 use sextant::pb;
-use sextant::pb::analysis_service_client::AnalysisServiceClient;
 use sextant::pb::cohort_service_client::CohortServiceClient;
-use sextant::pb::goal_service_client::GoalServiceClient;
-use sextant::pb::metric_service_client::MetricServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const DAY: i64 = 86_400;
 
 fn cohorts(server: &TestServer) -> CohortServiceClient<Channel> {
-    CohortServiceClient::new(server.channel.clone())
-}
-
-fn selector(event: &str) -> Option<pb::EventSelector> {
-    Some(pb::EventSelector { event: event.into(), filters: vec![] })
+    server.cohorts()
 }
 
 fn did(event: &str, min_count: u32) -> pb::CohortCondition {
@@ -265,7 +258,7 @@ async fn static_cohorts_keep_uploaded_ids_and_list_without_them() {
 async fn cohorts_filter_metrics_goals_and_retention() {
     let server = shop().await;
     create(&server, static_cohort("pair", &["u1", "u3"])).await.unwrap();
-    let mut metrics = MetricServiceClient::new(server.channel.clone());
+    let mut metrics = server.metrics();
     let purchases = pb::MetricDefinition {
         key: "purchases".into(),
         kind: pb::MetricKind::Count as i32,
@@ -288,7 +281,7 @@ async fn cohorts_filter_metrics_goals_and_retention() {
     let status = metrics.query_metric(query("missing")).await.expect_err("unknown cohort");
     assert_eq!(status.code(), Code::NotFound);
 
-    let mut goals = GoalServiceClient::new(server.channel.clone());
+    let mut goals = server.goals();
     let goal = |cohort_id: &str| pb::Goal {
         id: "buys".into(),
         metric_key: "purchases".into(),
@@ -331,7 +324,7 @@ async fn cohorts_filter_metrics_goals_and_retention() {
         cohort_id: "pair".into(),
         ..Default::default()
     };
-    let mut analysis = AnalysisServiceClient::new(server.channel.clone());
+    let mut analysis = server.analysis();
     let reply = analysis.query_retention(retention.clone()).await.unwrap().into_inner();
     let sizes: Vec<u64> = reply.cohorts.iter().map(|c| c.size).collect();
     assert_eq!(sizes, vec![1, 1], "u1 on day 0 and u3 on day 3, not u2");

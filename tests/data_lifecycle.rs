@@ -5,15 +5,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{BOOTSTRAP, TestServer, bearer, event, text, ts};
+use common::{BOOTSTRAP, TestServer, bearer, definition, event, text, ts};
 use sextant::pb;
-use sextant::pb::metric_service_client::MetricServiceClient;
 use tonic::Code;
-
-fn definition(key: &str, kind: pb::MetricKind, event: &str) -> pb::MetricDefinition {
-    let selector = Some(pb::EventSelector { event: event.into(), filters: vec![] });
-    pb::MetricDefinition { key: key.into(), kind: kind as i32, selector, ..Default::default() }
-}
 
 /// (total views, unique viewers) over all of 2026-01.
 async fn views(server: &TestServer, project: &str) -> (f64, f64) {
@@ -26,7 +20,7 @@ async fn views(server: &TestServer, project: &str) -> (f64, f64) {
             granularity: pb::Granularity::Total as i32,
             ..Default::default()
         };
-        let reply = MetricServiceClient::new(server.channel.clone()).query_metric(request).await.unwrap().into_inner();
+        let reply = server.metrics().query_metric(request).await.unwrap().into_inner();
         values.push(reply.series[0].points[0].value);
     }
     (values[0], values[1])
@@ -37,7 +31,7 @@ async fn create_metrics(server: &TestServer, project: &str) {
         [definition("views", pb::MetricKind::Count, "view"), definition("viewers", pb::MetricKind::UniqueUsers, "view")]
     {
         let request = pb::CreateMetricRequest { project: project.into(), metric: Some(metric) };
-        MetricServiceClient::new(server.channel.clone()).create_metric(request).await.unwrap();
+        server.metrics().create_metric(request).await.unwrap();
     }
 }
 
@@ -235,7 +229,7 @@ async fn backup_while_ingesting_restores_into_a_server_that_answers_the_same() {
         [definition("views", pb::MetricKind::Count, "view"), definition("viewers", pb::MetricKind::UniqueUsers, "view")]
     {
         let request = bearer(pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) }, &key);
-        MetricServiceClient::new(server.channel.clone()).create_metric(request).await.unwrap();
+        server.metrics().create_metric(request).await.unwrap();
     }
     let batch = |b: u64| pb::TrackRequest {
         project: "p".into(),
@@ -297,7 +291,7 @@ async fn backup_while_ingesting_restores_into_a_server_that_answers_the_same() {
     assert_eq!(stats(&restored).await, stats(&server).await);
     for metric in ["views", "viewers"] {
         let query = |s: &TestServer| {
-            let mut client = MetricServiceClient::new(s.channel.clone());
+            let mut client = s.metrics();
             let request = bearer(
                 pb::QueryMetricRequest {
                     project: "p".into(),

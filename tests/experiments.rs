@@ -8,12 +8,11 @@ mod common;
 use common::*;
 use sextant::pb;
 use sextant::pb::experiment_service_client::ExperimentServiceClient;
-use sextant::pb::metric_service_client::MetricServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
 fn client(server: &TestServer) -> ExperimentServiceClient<Channel> {
-    ExperimentServiceClient::new(server.channel.clone())
+    server.experiments()
 }
 
 /// `actual` equals `expected` to 4 significant digits (relative error below half a unit of the
@@ -398,7 +397,7 @@ fn metric(key: &str, kind: pb::MetricKind, event: &str, property: &str) -> pb::M
 async fn shop() -> TestServer {
     let server = TestServer::start().await;
     server.create_project("shop").await;
-    let mut metrics = MetricServiceClient::new(server.channel.clone());
+    let mut metrics = server.metrics();
     let ratio = pb::MetricDefinition {
         key: "rps".into(),
         kind: pb::MetricKind::Ratio as i32,
@@ -558,7 +557,7 @@ async fn definitions_and_lifecycle() {
     }
 
     // Metrics used by an experiment cannot be deleted.
-    let mut metrics = MetricServiceClient::new(server.channel.clone());
+    let mut metrics = server.metrics();
     let status = metrics
         .delete_metric(pb::DeleteMetricRequest { project: "shop".into(), key: "sessions".into() })
         .await
@@ -958,7 +957,8 @@ async fn attribution_window_cuped_and_winsorizing() {
     };
     let status = c.get_experiment_results(request.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    sextant::pb::cohort_service_client::CohortServiceClient::new(server.channel.clone())
+    server
+        .cohorts()
         .create_cohort(pb::CreateCohortRequest {
             project: "shop".into(),
             cohort: Some(pb::Cohort {

@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use bytes::{Buf, BufMut};
 use common::{BOOTSTRAP, TestServer, bearer, event, num, text, ts};
 use sextant::pb;
-use sextant::pb::experiment_service_client::ExperimentServiceClient;
-use sextant::pb::metric_service_client::MetricServiceClient;
 use tonic::Code;
 use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -86,13 +84,15 @@ async fn hostile_inputs_get_their_status_and_change_nothing() {
         selector: Some(pb::EventSelector { event: "view".into(), filters: vec![] }),
         ..Default::default()
     };
-    MetricServiceClient::new(server.channel.clone())
+    server
+        .metrics()
         .create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) })
         .await
         .unwrap();
     let manual =
         pb::MetricDefinition { key: "spend".into(), kind: pb::MetricKind::Manual as i32, ..Default::default() };
-    MetricServiceClient::new(server.channel.clone())
+    server
+        .metrics()
         .create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(manual) })
         .await
         .unwrap();
@@ -211,12 +211,12 @@ async fn hostile_inputs_get_their_status_and_change_nothing() {
         pb::ManualValue { timestamp: None, value: 1.0, ..Default::default() },
     ];
     let request = pb::RecordValuesRequest { project: "p".into(), metric_key: "spend".into(), values };
-    let reply = MetricServiceClient::new(server.channel.clone()).record_values(request).await.unwrap().into_inner();
+    let reply = server.metrics().record_values(request).await.unwrap().into_inner();
     assert_eq!((reply.recorded, reply.rejected.len()), (0, 4), "{reply:?}");
     assert_eq!(snapshot(&server).await, before, "users and manual values");
 
     // Queries and definitions.
-    let mut metrics = MetricServiceClient::new(server.channel.clone());
+    let mut metrics = server.metrics();
     let query = |range: pb::TimeRange, granularity: pb::Granularity| pb::QueryMetricRequest {
         project: "p".into(),
         metric: Some(pb::query_metric_request::Metric::MetricKey("views".into())),
@@ -273,7 +273,7 @@ async fn hostile_inputs_get_their_status_and_change_nothing() {
         ],
         ..Default::default()
     };
-    let status = ExperimentServiceClient::new(server.channel.clone()).analyze_summaries(summaries).await.unwrap_err();
+    let status = server.experiments().analyze_summaries(summaries).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let page = pb::ListUserEventsRequest {
         project: "p".into(),

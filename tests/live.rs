@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn metrics(server: &TestServer) -> MetricServiceClient<Channel> {
-    MetricServiceClient::new(server.channel.clone())
+    server.metrics()
 }
 
 fn now() -> prost_types::Timestamp {

@@ -67,15 +67,7 @@ async fn shop() -> TestServer {
 }
 
 fn metrics(server: &TestServer) -> MetricServiceClient<Channel> {
-    MetricServiceClient::new(server.channel.clone())
-}
-
-fn selector(event: &str) -> Option<pb::EventSelector> {
-    Some(pb::EventSelector { event: event.into(), filters: vec![] })
-}
-
-fn definition(key: &str, kind: pb::MetricKind, event: &str) -> pb::MetricDefinition {
-    pb::MetricDefinition { key: key.into(), kind: kind as i32, selector: selector(event), ..Default::default() }
+    server.metrics()
 }
 
 fn revenue(kind: pb::MetricKind) -> pb::MetricDefinition {
@@ -299,7 +291,7 @@ async fn buckets_follow_the_zone_across_dst() {
         timezone: zone.into(),
         ..Default::default()
     };
-    let mut client = MetricServiceClient::new(server.channel.clone());
+    let mut client = server.metrics();
     let berlin = client.query_metric(request("Europe/Berlin")).await.unwrap().into_inner();
     assert_eq!(berlin.timezone, "Europe/Berlin");
     let starts: Vec<i64> = berlin.series[0].points.iter().map(|p| p.start.unwrap().seconds).collect();
@@ -669,7 +661,7 @@ mod goals {
     async fn additive_goal_statuses() {
         let server = shop().await;
         create(&server, definition("sessions", pb::MetricKind::Count, "session_start")).await.unwrap();
-        let mut client = GoalServiceClient::new(server.channel.clone());
+        let mut client = server.goals();
         let writer = client.clone();
         let create_goal = |g: pb::Goal| {
             let mut client = writer.clone();
@@ -723,7 +715,7 @@ mod goals {
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(status.message().contains("goal growth"), "{}", status.message());
         let server = server.restart().await;
-        let mut client = GoalServiceClient::new(server.channel.clone());
+        let mut client = server.goals();
         assert_eq!(progress(&mut client, "ten", 4).await.projected, Some(17.5));
         let listed =
             client.list_goals(pb::ListGoalsRequest { project: "shop".into(), ..Default::default() }).await.unwrap();

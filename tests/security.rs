@@ -269,7 +269,7 @@ async fn keys_are_listed_revoked_at_once_expire_and_survive_restart() {
     assert_eq!(stats(&server, &tampered).await.unwrap_err().code(), Code::Unauthenticated);
 
     // Expiry.
-    let soon = sextant::grpc::convert::timestamp(sextant::core::model::now_micros() + 1_500_000);
+    let soon = sextant::grpc::convert::timestamp(server.clock.now() + 1_500_000);
     let request = pb::CreateApiKeyRequest {
         project: "a".into(),
         role: pb::Role::Read as i32,
@@ -278,11 +278,11 @@ async fn keys_are_listed_revoked_at_once_expire_and_survive_restart() {
     };
     let expiring = server.projects().create_api_key(bearer(request, BOOTSTRAP)).await.unwrap().into_inner();
     stats(&server, &expiring.secret).await.expect("not expired yet");
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    server.clock.advance(Duration::from_millis(1600));
     let expired = stats(&server, &expiring.secret).await.unwrap_err();
     assert_eq!(expired.code(), Code::Unauthenticated);
     assert!(expired.message().contains("expired"), "{expired:?}");
-    let past = sextant::grpc::convert::timestamp(sextant::core::model::now_micros() - 1);
+    let past = sextant::grpc::convert::timestamp(server.clock.now() - 1);
     let request = pb::CreateApiKeyRequest {
         project: "a".into(),
         role: pb::Role::Read as i32,

@@ -162,7 +162,7 @@ async fn health_reflection_and_metrics() {
 
     server.create_project("p").await;
     server.track("p", vec![event("a", "x", "u", 0), event("a", "x", "u", 0), event("", "", "u", 0)]).await;
-    let mut cohorts = sextant::pb::cohort_service_client::CohortServiceClient::new(server.channel.clone());
+    let mut cohorts = server.cohorts();
     let missing = pb::GetCohortRequest { project: "p".into(), id: "ghost".into() };
     assert_eq!(cohorts.get_cohort(missing).await.unwrap_err().code(), Code::NotFound);
     let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();

@@ -89,10 +89,6 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(bytes)
 }
 
-pub(crate) fn meta_key(project: &str, id: &str) -> String {
-    format!("api_key/{project}/{id}")
-}
-
 /// The server admin key, kept as a salted HMAC so comparisons take constant time.
 pub struct BootstrapKey {
     key: hmac::Key,

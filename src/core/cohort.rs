@@ -80,10 +80,6 @@ pub struct Cohort {
 /// a member.
 pub type Members = Arc<Vec<bool>>;
 
-pub fn cohort_key(project: &str, id: &str) -> String {
-    format!("cohort/{project}/{id}")
-}
-
 impl Cohort {
     /// Checks the definition and normalises static ids (sorted, duplicates removed).
     pub fn validate(&mut self) -> Result<()> {

@@ -11,6 +11,25 @@ pub fn now_micros() -> Micros {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// The engine's clock for time-dependent rules (key expiry, data retention): the system
+/// clock plus an offset, which tests move forward instead of sleeping. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> Micros {
+        now_micros().saturating_add(self.offset.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Moves this clock (and every clone) forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+        self.offset.fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A property or trait value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {

@@ -589,7 +589,7 @@ mod tests {
         use tower::{Layer, Service, ServiceExt};
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::storage::SledStorage::open(dir.path()).unwrap();
-        let engine = Engine::open(Arc::new(storage), Default::default()).unwrap();
+        let engine = Engine::open(Arc::new(storage), Default::default(), Default::default()).unwrap();
         let config = GuardConfig { unary_budget: budget, max_streams: 1, ..Default::default() };
         let slow = tower::service_fn(move |_: http::Request<()>| async move {
             tokio::time::sleep(delay).await;

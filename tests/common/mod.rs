@@ -5,9 +5,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sextant::config::ServeConfig;
+use sextant::core::model::Clock;
 use sextant::pb;
+use sextant::pb::admin_service_client::AdminServiceClient;
+use sextant::pb::analysis_service_client::AnalysisServiceClient;
 use sextant::pb::catalog_service_client::CatalogServiceClient;
+use sextant::pb::cohort_service_client::CohortServiceClient;
+use sextant::pb::experiment_service_client::ExperimentServiceClient;
+use sextant::pb::goal_service_client::GoalServiceClient;
 use sextant::pb::ingest_service_client::IngestServiceClient;
+use sextant::pb::metric_service_client::MetricServiceClient;
 use sextant::pb::project_service_client::ProjectServiceClient;
 use sextant::pb::user_service_client::UserServiceClient;
 use sextant::server::{self, RunningServer};
@@ -18,6 +25,8 @@ pub struct TestServer {
     _temp: Option<tempfile::TempDir>,
     pub running: Option<RunningServer>,
     pub channel: Channel,
+    /// The server's clock: `advance` it instead of sleeping (key expiry, data retention).
+    pub clock: Clock,
 }
 
 impl TestServer {
@@ -43,7 +52,7 @@ impl TestServer {
         let running = server::start(&config).await.expect("server starts");
         let channel =
             Channel::from_shared(format!("http://{}", running.addr)).unwrap().connect().await.expect("connects");
-        TestServer { dir: dir.to_path_buf(), _temp: None, running: Some(running), channel }
+        TestServer { dir: dir.to_path_buf(), _temp: None, running: Some(running), channel, clock: config.clock }
     }
 
     /// A server that enforces auth, with `BOOTSTRAP` as its server admin key.
@@ -82,6 +91,24 @@ impl TestServer {
     }
     pub fn users(&self) -> UserServiceClient<Channel> {
         UserServiceClient::new(self.channel.clone())
+    }
+    pub fn metrics(&self) -> MetricServiceClient<Channel> {
+        MetricServiceClient::new(self.channel.clone())
+    }
+    pub fn goals(&self) -> GoalServiceClient<Channel> {
+        GoalServiceClient::new(self.channel.clone())
+    }
+    pub fn cohorts(&self) -> CohortServiceClient<Channel> {
+        CohortServiceClient::new(self.channel.clone())
+    }
+    pub fn analysis(&self) -> AnalysisServiceClient<Channel> {
+        AnalysisServiceClient::new(self.channel.clone())
+    }
+    pub fn experiments(&self) -> ExperimentServiceClient<Channel> {
+        ExperimentServiceClient::new(self.channel.clone())
+    }
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
     }
 
     /// Creates a project, with the bootstrap key (which an open server ignores).
@@ -151,6 +178,16 @@ pub fn event(id: &str, name: &str, user: &str, seconds: i64) -> pb::Event {
 pub fn with_props(mut event: pb::Event, props: &[(&str, pb::Value)]) -> pb::Event {
     event.properties = props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
     event
+}
+
+/// A selector of one event name, without filters.
+pub fn selector(event: &str) -> Option<pb::EventSelector> {
+    Some(pb::EventSelector { event: event.into(), filters: vec![] })
+}
+
+/// A metric definition of `kind` over `event`.
+pub fn definition(key: &str, kind: pb::MetricKind, event: &str) -> pb::MetricDefinition {
+    pb::MetricDefinition { key: key.into(), kind: kind as i32, selector: selector(event), ..Default::default() }
 }
 
 pub fn num(n: f64) -> pb::Value {

@@ -3,6 +3,7 @@
 use crate::core::catalog::validate_slug;
 use crate::core::cohort::*;
 use crate::core::engine::Engine;
+use crate::core::engine::meta::MetaKey;
 use crate::core::model::{Micros, now_micros};
 use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ impl Engine {
             return Err(Error::AlreadyExists(format!("cohort {:?} already exists", cohort.id)));
         }
         cohort.created = now_micros();
-        self.put_meta_json(&cohort_key(project, &cohort.id), &cohort)?;
+        self.put_meta(MetaKey::Cohort { project, id: &cohort.id }, &cohort)?;
         state.defs.cohorts.insert(cohort.id.clone(), cohort.clone());
         Ok(cohort)
     }
@@ -66,7 +67,7 @@ impl Engine {
         if !referrers.is_empty() {
             return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
         }
-        self.delete_meta(&cohort_key(project, id))?;
+        self.delete_meta(MetaKey::Cohort { project, id })?;
         state.defs.cohorts.remove(id);
         Ok(())
     }

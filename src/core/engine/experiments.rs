@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use crate::core::catalog::validate_slug;
+use crate::core::engine::meta::MetaKey;
 use crate::core::engine::{Definitions, Engine, ProjectState};
 use crate::core::experiment::definition::{
     EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, ExperimentStatus, MetricRole, ReadoutConfig, VARIANT_PROPERTY,
-    experiment_key,
 };
 use crate::core::experiment::measure::{self, MetricPlan, Windows};
 use crate::core::experiment::readout::{self, Decision, MetricFinding, MetricReadout};
@@ -110,7 +110,7 @@ impl Engine {
         check_metrics(&state, &experiment)?;
         experiment.status = ExperimentStatus::Draft;
         (experiment.created, experiment.updated) = (now_micros(), now_micros());
-        self.put_meta_json(&experiment_key(project, &experiment.key), &experiment)?;
+        self.put_meta(MetaKey::Experiment { project, key: &experiment.key }, &experiment)?;
         tracing::info!(project = %project, experiment = %experiment.key, "experiment created");
         state.defs.experiments.insert(experiment.key.clone(), experiment.clone());
         Ok(experiment)
@@ -138,7 +138,7 @@ impl Engine {
         }
         check_metrics(&state, &experiment)?;
         (experiment.status, experiment.created, experiment.updated) = (previous.status, previous.created, now_micros());
-        self.put_meta_json(&experiment_key(project, &experiment.key), &experiment)?;
+        self.put_meta(MetaKey::Experiment { project, key: &experiment.key }, &experiment)?;
         state.defs.experiments.insert(experiment.key.clone(), experiment.clone());
         Ok(experiment)
     }
@@ -209,7 +209,7 @@ impl Engine {
         let now = now_micros();
         if change(&mut experiment, now)? {
             experiment.updated = now;
-            self.put_meta_json(&experiment_key(project, key), &experiment)?;
+            self.put_meta(MetaKey::Experiment { project, key }, &experiment)?;
             tracing::info!(project = %project, experiment = %key, status = ?experiment.status, "experiment status changed");
             state.defs.experiments.insert(key.to_owned(), experiment.clone());
         }

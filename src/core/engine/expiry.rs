@@ -1,7 +1,7 @@
 //! Data retention of the engine: expiring old events through the log.
 
 use crate::core::engine::Engine;
-use crate::core::model::{MICROS_PER_SECOND, Micros, now_micros};
+use crate::core::model::{MICROS_PER_SECOND, Micros};
 use crate::core::store::record::LogRecord;
 use crate::error::Result;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub async fn run_retention_job(engine: Arc<Engine>, every: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match engine.enforce_retention(now_micros()).await {
+        match engine.enforce_retention(engine.clock.now()).await {
             Ok(_) => {}
             Err(crate::error::Error::Unavailable) => return,
             Err(err) => tracing::warn!(error = %err, "retention pass failed; retrying at the next tick"),

@@ -2,6 +2,7 @@
 
 use crate::core::catalog::validate_slug;
 use crate::core::engine::Engine;
+use crate::core::engine::meta::MetaKey;
 use crate::core::goal::definition::*;
 use crate::core::model::{Micros, now_micros};
 use crate::error::{Error, Result};
@@ -21,7 +22,7 @@ impl Engine {
             return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
         }
         (goal.created, goal.updated) = (now_micros(), now_micros());
-        self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
+        self.put_meta(MetaKey::Goal { project, id: &goal.id }, &goal)?;
         state.defs.goals.insert(goal.id.clone(), goal.clone());
         Ok(goal)
     }
@@ -39,7 +40,7 @@ impl Engine {
             return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
         }
         (goal.created, goal.updated) = (previous.created, now_micros());
-        self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
+        self.put_meta(MetaKey::Goal { project, id: &goal.id }, &goal)?;
         state.defs.goals.insert(goal.id.clone(), goal.clone());
         Ok(goal)
     }
@@ -64,7 +65,7 @@ impl Engine {
         if !state.defs.goals.contains_key(id) {
             return Err(Error::NotFound(format!("goal {id:?} not found")));
         }
-        self.delete_meta(&goal_key(project, id))?;
+        self.delete_meta(MetaKey::Goal { project, id })?;
         state.defs.goals.remove(id);
         Ok(())
     }

@@ -2,7 +2,8 @@
 
 use crate::core::auth::*;
 use crate::core::engine::Engine;
-use crate::core::model::{Micros, now_micros};
+use crate::core::engine::meta::MetaKey;
+use crate::core::model::Micros;
 use crate::error::{Error, Result};
 use ring::hmac;
 
@@ -19,7 +20,7 @@ impl Engine {
         if name.chars().count() > 200 {
             return Err(Error::invalid("name", "longer than 200 characters"));
         }
-        let now = now_micros();
+        let now = self.clock.now();
         if expires.is_some_and(|t| t <= now) {
             return Err(Error::invalid("expire_time", "must be in the future"));
         }
@@ -39,7 +40,7 @@ impl Engine {
             hash: hex(tag.as_ref()),
         };
         let mut keys = self.api_keys.write();
-        self.put_meta_json(&meta_key(project, &id), &key)?;
+        self.put_meta(MetaKey::ApiKey { project, id: &id }, &key)?;
         keys.insert(id, key.clone());
         tracing::info!(project = %project, key = %key.id, role = key.role.name(), "api key created");
         Ok((key, secret))
@@ -61,7 +62,7 @@ impl Engine {
             .ok_or_else(|| Error::NotFound(format!("api key {id:?} not found")))?;
         let mut revoked = key.clone();
         revoked.revoked = true;
-        self.put_meta_json(&meta_key(project, id), &revoked)?;
+        self.put_meta(MetaKey::ApiKey { project, id }, &revoked)?;
         *key = revoked;
         tracing::info!(project = %project, key = %id, "api key revoked");
         Ok(())
@@ -86,7 +87,7 @@ impl Engine {
         if key.revoked {
             return Err(Error::Unauthenticated(format!("api key {id} was revoked")));
         }
-        if key.is_expired(now_micros()) {
+        if key.is_expired(self.clock.now()) {
             return Err(Error::Unauthenticated(format!("api key {id} has expired")));
         }
         Ok(Principal::Key { id: key.id.clone(), project: key.project.clone(), role: key.role })

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::core::engine::Engine;
+use crate::core::engine::meta::MetaKey;
 use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::definition::{Metric, MetricKind, MetricRole};
 use crate::core::metric::evaluate::*;
@@ -23,7 +24,7 @@ impl Engine {
         check_graph(&state.defs.metrics, &metric)?;
         let now = now_micros();
         (metric.version, metric.created, metric.updated) = (1, now, now);
-        self.put_meta_json(&metric_key(project, &metric.key, 1), &metric)?;
+        self.put_meta(MetaKey::Metric { project, key: &metric.key, version: 1 }, &metric)?;
         state.defs.metrics.insert(metric.key.clone(), vec![metric.clone()]);
         Ok(metric)
     }
@@ -38,7 +39,7 @@ impl Engine {
         metric.version = previous.version + 1;
         metric.created = previous.created;
         metric.updated = now_micros();
-        self.put_meta_json(&metric_key(project, &metric.key, metric.version), &metric)?;
+        self.put_meta(MetaKey::Metric { project, key: &metric.key, version: metric.version }, &metric)?;
         state.defs.metrics.entry(metric.key.clone()).or_default().push(metric.clone());
         state.changes.send_modify(|n| *n += 1);
         Ok(metric)
@@ -107,7 +108,7 @@ impl Engine {
             return Err(Error::FailedPrecondition(format!("metric {key:?} is referenced by {}", referrers.join(", "))));
         }
         for metric in &versions {
-            self.delete_meta(&metric_key(project, key, metric.version))?;
+            self.delete_meta(MetaKey::Metric { project, key, version: metric.version })?;
         }
         state.defs.metrics.remove(key);
         state.changes.send_modify(|n| *n += 1);

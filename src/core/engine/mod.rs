@@ -10,34 +10,34 @@ pub mod experiments;
 pub mod expiry;
 pub mod funnels;
 pub mod goals;
+pub mod ingest;
 pub mod keys;
 pub mod live;
+pub mod meta;
 pub mod metrics;
 pub mod retention;
 pub mod users;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::oneshot;
 
 use crate::core::auth::ApiKey;
 use crate::core::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
 use crate::core::cohort::Cohort;
 use crate::core::experiment::definition::Experiment;
 use crate::core::goal::definition::Goal;
-use crate::core::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
+use crate::core::ingest::{Limits, SeenIds, WriteJob, Writer};
 use crate::core::metric::definition::{Metric, MetricBook};
-use crate::core::model::{
-    Enforcement, Event, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, UserUpdate, now_micros,
-};
+use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, now_micros};
 use crate::core::store::ProjectData;
-use crate::core::store::record::{LogRecord, decode_record, encode_record};
+use crate::core::store::record::{LogRecord, decode_record};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use meta::{MetaKey, MetaKind};
 
 /// Everything known about one project: its settings, its data and its definitions.
 #[derive(Debug)]
@@ -86,24 +86,10 @@ pub struct Engine {
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     pub limits: Limits,
+    /// What "now" is for key expiry and data retention.
+    pub clock: Clock,
     /// Live metric feeds and watch streams (WatchMetric).
     pub live: crate::core::engine::live::LiveHub,
-}
-
-fn project_key(id: &str) -> String {
-    format!("project/{id}")
-}
-
-fn event_type_key(project: &str, name: &str) -> String {
-    format!("event_type/{project}/{name}")
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encode meta: {e}")))
-}
-
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("decode {key}: {e}")))
 }
 
 /// How many write jobs may wait for the writer before senders wait too.
@@ -111,47 +97,47 @@ const WRITE_QUEUE: usize = 64;
 
 impl Engine {
     /// Loads meta objects and replays the log, then starts the writer.
-    pub fn open(storage: Arc<dyn Storage>, limits: Limits) -> Result<Arc<Engine>> {
+    pub fn open(storage: Arc<dyn Storage>, limits: Limits, clock: Clock) -> Result<Arc<Engine>> {
         let started = std::time::Instant::now();
         let mut projects = BTreeMap::new();
-        for (key, bytes) in storage.scan_meta("project/")? {
-            let project: Project = decode(&key, &bytes)?;
+        for (key, bytes) in storage.scan_meta(MetaKind::Project.prefix())? {
+            let project: Project = meta::decode(&key, &bytes)?;
             projects.insert(project.id.clone(), ProjectState::new(project));
         }
         // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
         fn load<T: DeserializeOwned>(
             storage: &dyn Storage,
-            prefix: &str,
+            kind: MetaKind,
             projects: &mut BTreeMap<String, ProjectState>,
             mut add: impl FnMut(&mut ProjectState, T),
         ) -> Result<()> {
-            for (key, bytes) in storage.scan_meta(prefix)? {
-                let object: T = decode(&key, &bytes)?;
-                if let Some(state) = projects.get_mut(key.split('/').nth(1).unwrap_or_default()) {
+            for (key, bytes) in storage.scan_meta(kind.prefix())? {
+                let object: T = meta::decode(&key, &bytes)?;
+                if let Some(state) = projects.get_mut(MetaKind::project_of(&key)) {
                     add(state, object);
                 }
             }
             Ok(())
         }
-        load(storage.as_ref(), "event_type/", &mut projects, |state, t: EventType| {
+        load(storage.as_ref(), MetaKind::EventType, &mut projects, |state, t: EventType| {
             state.defs.event_types.insert(t.name.clone(), t);
         })?;
         // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
-        load(storage.as_ref(), "metric/", &mut projects, |state, m: Metric| {
+        load(storage.as_ref(), MetaKind::Metric, &mut projects, |state, m: Metric| {
             state.defs.metrics.entry(m.key.clone()).or_default().push(m);
         })?;
-        load(storage.as_ref(), "goal/", &mut projects, |state, g: Goal| {
+        load(storage.as_ref(), MetaKind::Goal, &mut projects, |state, g: Goal| {
             state.defs.goals.insert(g.id.clone(), g);
         })?;
-        load(storage.as_ref(), "cohort/", &mut projects, |state, c: Cohort| {
+        load(storage.as_ref(), MetaKind::Cohort, &mut projects, |state, c: Cohort| {
             state.defs.cohorts.insert(c.id.clone(), c);
         })?;
-        load(storage.as_ref(), "experiment/", &mut projects, |state, e: Experiment| {
+        load(storage.as_ref(), MetaKind::Experiment, &mut projects, |state, e: Experiment| {
             state.defs.experiments.insert(e.key.clone(), e);
         })?;
         let mut api_keys = BTreeMap::new();
-        for (key, bytes) in storage.scan_meta("api_key/")? {
-            let api_key: ApiKey = decode(&key, &bytes)?;
+        for (key, bytes) in storage.scan_meta(MetaKind::ApiKey.prefix())? {
+            let api_key: ApiKey = meta::decode(&key, &bytes)?;
             if projects.contains_key(&api_key.project) {
                 api_keys.insert(api_key.id.clone(), api_key);
             }
@@ -169,8 +155,9 @@ impl Engine {
             };
             let keep = match &record {
                 LogRecord::Events { events, .. } => {
-                    let keys: Vec<u128> = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
-                    ingest::dedupe(&mut seen, &keys)
+                    let keys: Vec<u128> =
+                        events.iter().map(|e| crate::core::ingest::event_key(project, &e.event_id)).collect();
+                    crate::core::ingest::dedupe(&mut seen, &keys)
                 }
                 LogRecord::Quarantined { entries, .. } => {
                     let max = entries.iter().map(|e| e.id + 1).max().unwrap_or(0);
@@ -196,7 +183,7 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "storage loaded"
         );
-        let writer = ingest::spawn_writer(storage.clone(), seen, WRITE_QUEUE);
+        let writer = crate::core::ingest::spawn_writer(storage.clone(), seen, WRITE_QUEUE);
         let sender = writer.sender.clone();
         Ok(Arc::new(Engine {
             storage,
@@ -206,6 +193,7 @@ impl Engine {
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             api_keys: RwLock::new(api_keys),
             limits,
+            clock,
             live: crate::core::engine::live::LiveHub::default(),
         }))
     }
@@ -222,8 +210,9 @@ impl Engine {
         self.storage.sync()
     }
 
-    pub(crate) fn put_meta_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        self.storage.put_meta(key, &encode(value)?)
+    /// Stores a definition under its key; durable when it returns.
+    pub(crate) fn put_meta<T: Serialize>(&self, key: MetaKey<'_>, value: &T) -> Result<()> {
+        self.storage.put_meta(&key.path(), &meta::encode(value)?)
     }
 
     /// A consistent copy of everything stored, for backups (`Storage::snapshot`).
@@ -243,8 +232,8 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("task failed: {e}")))?
     }
 
-    pub(crate) fn delete_meta(&self, key: &str) -> Result<()> {
-        self.storage.delete_meta(key)
+    pub(crate) fn delete_meta(&self, key: MetaKey<'_>) -> Result<()> {
+        self.storage.delete_meta(&key.path())
     }
 
     pub fn project(&self, id: &str) -> Result<Arc<ProjectEntry>> {
@@ -268,7 +257,7 @@ impl Engine {
         if projects.contains_key(&project.id) {
             return Err(Error::AlreadyExists(format!("project {:?} already exists", project.id)));
         }
-        self.storage.put_meta(&project_key(&project.id), &encode(&project)?)?;
+        self.put_meta(MetaKey::Project(&project.id), &project)?;
         tracing::info!(project = %project.id, "project created");
         projects.insert(project.id.clone(), Arc::new(RwLock::new(ProjectState::new(project.clone()))));
         Ok(project)
@@ -301,7 +290,7 @@ impl Engine {
         if let Some(days) = update.retention_days {
             project.retention_days = days;
         }
-        self.storage.put_meta(&project_key(id), &encode(&project)?)?;
+        self.put_meta(MetaKey::Project(id), &project)?;
         state.project = project.clone();
         Ok(project)
     }
@@ -337,7 +326,7 @@ impl Engine {
         validate_event_type(&event_type)?;
         event_type.updated = now_micros();
         let mut state = entry.write();
-        self.storage.put_meta(&event_type_key(project, &event_type.name), &encode(&event_type)?)?;
+        self.put_meta(MetaKey::EventType { project, name: &event_type.name }, &event_type)?;
         state.defs.event_types.insert(event_type.name.clone(), event_type.clone());
         Ok(event_type)
     }
@@ -364,7 +353,7 @@ impl Engine {
         if !state.defs.event_types.contains_key(name) {
             return Err(Error::NotFound(format!("event type {name:?} not found")));
         }
-        self.storage.delete_meta(&event_type_key(project, name))?;
+        self.delete_meta(MetaKey::EventType { project, name })?;
         state.defs.event_types.remove(name);
         Ok(())
     }
@@ -372,181 +361,4 @@ impl Engine {
     pub fn list_quarantined(&self, project: &str) -> Result<Vec<QuarantinedEvent>> {
         Ok(self.project(project)?.read().data.quarantine.values().cloned().collect())
     }
-
-    // ---- ingestion ----
-
-    /// Encodes records here, on the caller's thread, and has the writer make them durable.
-    /// `keys` are the dedupe keys of the first record's events, when it is `Events`.
-    pub(crate) async fn write(
-        &self,
-        project: Arc<ProjectEntry>,
-        records: Vec<LogRecord>,
-        keys: Vec<u128>,
-    ) -> Result<WriteResult> {
-        let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
-        let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
-        let (reply, receiver) = oneshot::channel();
-        let job = WriteJob { project, records, encoded, keys, reply };
-        sender.send(job).await.map_err(|_| Error::Unavailable)?;
-        receiver.await.map_err(|_| Error::Unavailable)?
-    }
-
-    /// The records of an ingest step: events first (with their dedupe keys), then quarantine
-    /// changes. Quarantine entries get their ids here.
-    fn event_records(
-        &self,
-        project: &str,
-        events: Vec<Event>,
-        mut quarantine: Vec<QuarantinedEvent>,
-        unquarantine: Vec<u64>,
-    ) -> (Vec<LogRecord>, Vec<u128>) {
-        let mut records = Vec::with_capacity(3);
-        let mut keys = Vec::new();
-        if !events.is_empty() {
-            keys = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
-            records.push(LogRecord::Events { project: project.to_owned(), events });
-        }
-        if !quarantine.is_empty() {
-            for entry in &mut quarantine {
-                entry.id = self.next_quarantine_id.fetch_add(1, Ordering::Relaxed);
-            }
-            records.push(LogRecord::Quarantined { project: project.to_owned(), entries: quarantine });
-        }
-        if !unquarantine.is_empty() {
-            records.push(LogRecord::Unquarantined { project: project.to_owned(), ids: unquarantine });
-        }
-        (records, keys)
-    }
-
-    /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
-    pub async fn track(&self, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
-        self.track_with_plan(project_id, items, true).await
-    }
-
-    /// `track`, enforcing the tracking plan or not (exposures logged by the experiment
-    /// service are checked against their experiment instead).
-    pub(crate) async fn track_with_plan(
-        &self,
-        project_id: &str,
-        items: Vec<Incoming>,
-        enforce_plan: bool,
-    ) -> Result<TrackOutcome> {
-        self.limits.check_batch("events", items.len())?;
-        let entry = self.project(project_id)?;
-        let sorted = {
-            let state = entry.read();
-            let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
-            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now_micros())
-        };
-        let mut outcome = sorted.outcome;
-        outcome.quarantined = sorted.quarantined.len() as u64;
-        ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
-        ::metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);
-        if sorted.accepted.is_empty() && sorted.quarantined.is_empty() {
-            return Ok(outcome);
-        }
-        let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
-        let written = self.write(entry, records, keys).await?;
-        outcome.accepted = written.accepted;
-        outcome.duplicates = written.duplicates;
-        Ok(outcome)
-    }
-
-    /// Applies trait updates; invalid items (already failed in decoding, as `(user_id, error)`,
-    /// or failing validation here) are returned with their index and skipped.
-    pub async fn identify(
-        &self,
-        project_id: &str,
-        updates: Vec<Result<UserUpdate, (String, Error)>>,
-    ) -> Result<(u64, Vec<ingest::ItemError>)> {
-        self.limits.check_batch("users", updates.len())?;
-        let entry = self.project(project_id)?;
-        let mut valid = Vec::with_capacity(updates.len());
-        let mut rejected = Vec::new();
-        for (index, update) in updates.into_iter().enumerate() {
-            let checked = update.and_then(|u| match ingest::validate_user_update(index, &u, &self.limits) {
-                Ok(()) => Ok(u),
-                Err(error) => Err((u.user_id, error)),
-            });
-            match checked {
-                Ok(update) => valid.push(update),
-                Err((user_id, error)) => {
-                    rejected.push(ingest::ItemError { index: index as u32, event_id: user_id, error })
-                }
-            }
-        }
-        if valid.is_empty() {
-            return Ok((0, rejected));
-        }
-        let updated = valid.len() as u64;
-        let record = LogRecord::Users { project: project_id.to_owned(), at: now_micros(), updates: valid };
-        self.write(entry, vec![record], vec![]).await?;
-        Ok((updated, rejected))
-    }
-
-    pub async fn alias(&self, project_id: &str, anonymous_id: String, user_id: String) -> Result<()> {
-        let entry = self.project(project_id)?;
-        for (field, id) in [("anonymous_id", &anonymous_id), ("user_id", &user_id)] {
-            if id.is_empty() {
-                return Err(Error::invalid(field, "must not be empty"));
-            }
-            ingest::validate_user_id(field, id)?;
-        }
-        let record = LogRecord::Alias { project: project_id.to_owned(), anonymous_id, user_id };
-        self.write(entry, vec![record], vec![]).await?;
-        Ok(())
-    }
-
-    /// Re-checks quarantined events against the current plan and stores the ones that pass.
-    pub async fn replay_quarantined(&self, project_id: &str, ids: &[u64]) -> Result<ReplayOutcome> {
-        let entry = self.project(project_id)?;
-        let now = now_micros();
-        let mut outcome = ReplayOutcome::default();
-        let (passing, leaving) = {
-            let state = entry.read();
-            let selected: Vec<&QuarantinedEvent> = if ids.is_empty() {
-                state.data.quarantine.values().collect()
-            } else {
-                let mut selected = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let found = state.data.quarantine.get(id);
-                    selected.push(found.ok_or_else(|| Error::NotFound(format!("quarantined event {id} not found")))?);
-                }
-                selected
-            };
-            let mut passing = Vec::new();
-            let mut leaving = Vec::new();
-            for entry in selected {
-                let mut event = entry.event.clone();
-                if ingest::validate_event(&mut event, 0, &self.limits, now).is_err() {
-                    outcome.rejected += 1;
-                    continue;
-                }
-                let plan = state.defs.event_types.get(&event.name);
-                if !crate::core::catalog::violations(&event, plan).is_empty() {
-                    outcome.remaining += 1;
-                    continue;
-                }
-                passing.push(event);
-                leaving.push(entry.id);
-            }
-            (passing, leaving)
-        };
-        if leaving.is_empty() {
-            return Ok(outcome);
-        }
-        let (records, keys) = self.event_records(project_id, passing, vec![], leaving);
-        let written = self.write(entry, records, keys).await?;
-        outcome.accepted = written.accepted;
-        outcome.duplicates = written.duplicates;
-        Ok(outcome)
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayOutcome {
-    pub accepted: u64,
-    pub duplicates: u64,
-    pub remaining: u64,
-    pub rejected: u64,
 }

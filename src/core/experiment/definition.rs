@@ -95,10 +95,6 @@ pub struct Experiment {
     pub updated: Micros,
 }
 
-pub fn experiment_key(project: &str, key: &str) -> String {
-    format!("experiment/{project}/{key}")
-}
-
 impl Experiment {
     pub fn seed(&self) -> &str {
         if self.seed.is_empty() { &self.key } else { &self.seed }

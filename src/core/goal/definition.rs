@@ -48,10 +48,6 @@ pub struct GoalReport {
     pub metric_version: u32,
 }
 
-pub fn goal_key(project: &str, id: &str) -> String {
-    format!("goal/{project}/{id}")
-}
-
 impl Goal {
     pub fn validate(&self) -> Result<()> {
         validate_slug("goal.id", &self.id)?;

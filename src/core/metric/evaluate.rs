@@ -32,10 +32,6 @@ pub struct MetricAnswer {
     pub timezone: String,
 }
 
-pub fn metric_key(project: &str, key: &str, version: u32) -> String {
-    format!("metric/{project}/{key}/{version:010}")
-}
-
 /// The range before `[from, to)` to compare with: the previous year, or the period of equal
 /// length just before (whole calendar months shift by months, so March compares with February).
 pub fn comparison_range(from: Micros, to: Micros, compare: Compare, tz: chrono_tz::Tz) -> Option<(Micros, Micros)> {

@@ -1,0 +1,189 @@
+//! The ingest calls of the engine: Track, Identify, Alias and quarantine replays. Each
+//! validates and enforces the plan (`ingest::validate`), encodes its log records on the
+//! caller's thread and waits for the single writer (`ingest::writer`) to make them durable.
+
+use crate::core::engine::{Engine, ProjectEntry};
+use crate::core::ingest::{self, Incoming, TrackOutcome, WriteJob, WriteResult};
+use crate::core::model::{Enforcement, Event, QuarantinedEvent, UserUpdate, now_micros};
+use crate::core::store::record::{LogRecord, encode_record};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::oneshot;
+
+impl Engine {
+    /// Encodes records here, on the caller's thread, and has the writer make them durable.
+    /// `keys` are the dedupe keys of the first record's events, when it is `Events`.
+    pub(crate) async fn write(
+        &self,
+        project: Arc<ProjectEntry>,
+        records: Vec<LogRecord>,
+        keys: Vec<u128>,
+    ) -> Result<WriteResult> {
+        let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
+        let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
+        let (reply, receiver) = oneshot::channel();
+        let job = WriteJob { project, records, encoded, keys, reply };
+        sender.send(job).await.map_err(|_| Error::Unavailable)?;
+        receiver.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// The records of an ingest step: events first (with their dedupe keys), then quarantine
+    /// changes. Quarantine entries get their ids here.
+    fn event_records(
+        &self,
+        project: &str,
+        events: Vec<Event>,
+        mut quarantine: Vec<QuarantinedEvent>,
+        unquarantine: Vec<u64>,
+    ) -> (Vec<LogRecord>, Vec<u128>) {
+        let mut records = Vec::with_capacity(3);
+        let mut keys = Vec::new();
+        if !events.is_empty() {
+            keys = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
+            records.push(LogRecord::Events { project: project.to_owned(), events });
+        }
+        if !quarantine.is_empty() {
+            for entry in &mut quarantine {
+                entry.id = self.next_quarantine_id.fetch_add(1, Ordering::Relaxed);
+            }
+            records.push(LogRecord::Quarantined { project: project.to_owned(), entries: quarantine });
+        }
+        if !unquarantine.is_empty() {
+            records.push(LogRecord::Unquarantined { project: project.to_owned(), ids: unquarantine });
+        }
+        (records, keys)
+    }
+
+    /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
+    pub async fn track(&self, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
+        self.track_with_plan(project_id, items, true).await
+    }
+
+    /// `track`, enforcing the tracking plan or not (exposures logged by the experiment
+    /// service are checked against their experiment instead).
+    pub(crate) async fn track_with_plan(
+        &self,
+        project_id: &str,
+        items: Vec<Incoming>,
+        enforce_plan: bool,
+    ) -> Result<TrackOutcome> {
+        self.limits.check_batch("events", items.len())?;
+        let entry = self.project(project_id)?;
+        let sorted = {
+            let state = entry.read();
+            let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
+            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now_micros())
+        };
+        let mut outcome = sorted.outcome;
+        outcome.quarantined = sorted.quarantined.len() as u64;
+        ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
+        ::metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);
+        if sorted.accepted.is_empty() && sorted.quarantined.is_empty() {
+            return Ok(outcome);
+        }
+        let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
+        let written = self.write(entry, records, keys).await?;
+        outcome.accepted = written.accepted;
+        outcome.duplicates = written.duplicates;
+        Ok(outcome)
+    }
+
+    /// Applies trait updates; invalid items (already failed in decoding, as `(user_id, error)`,
+    /// or failing validation here) are returned with their index and skipped.
+    pub async fn identify(
+        &self,
+        project_id: &str,
+        updates: Vec<Result<UserUpdate, (String, Error)>>,
+    ) -> Result<(u64, Vec<ingest::ItemError>)> {
+        self.limits.check_batch("users", updates.len())?;
+        let entry = self.project(project_id)?;
+        let mut valid = Vec::with_capacity(updates.len());
+        let mut rejected = Vec::new();
+        for (index, update) in updates.into_iter().enumerate() {
+            let checked = update.and_then(|u| match ingest::validate_user_update(index, &u, &self.limits) {
+                Ok(()) => Ok(u),
+                Err(error) => Err((u.user_id, error)),
+            });
+            match checked {
+                Ok(update) => valid.push(update),
+                Err((user_id, error)) => {
+                    rejected.push(ingest::ItemError { index: index as u32, event_id: user_id, error })
+                }
+            }
+        }
+        if valid.is_empty() {
+            return Ok((0, rejected));
+        }
+        let updated = valid.len() as u64;
+        let record = LogRecord::Users { project: project_id.to_owned(), at: now_micros(), updates: valid };
+        self.write(entry, vec![record], vec![]).await?;
+        Ok((updated, rejected))
+    }
+
+    pub async fn alias(&self, project_id: &str, anonymous_id: String, user_id: String) -> Result<()> {
+        let entry = self.project(project_id)?;
+        for (field, id) in [("anonymous_id", &anonymous_id), ("user_id", &user_id)] {
+            if id.is_empty() {
+                return Err(Error::invalid(field, "must not be empty"));
+            }
+            ingest::validate_user_id(field, id)?;
+        }
+        let record = LogRecord::Alias { project: project_id.to_owned(), anonymous_id, user_id };
+        self.write(entry, vec![record], vec![]).await?;
+        Ok(())
+    }
+
+    /// Re-checks quarantined events against the current plan and stores the ones that pass.
+    pub async fn replay_quarantined(&self, project_id: &str, ids: &[u64]) -> Result<ReplayOutcome> {
+        let entry = self.project(project_id)?;
+        let now = now_micros();
+        let mut outcome = ReplayOutcome::default();
+        let (passing, leaving) = {
+            let state = entry.read();
+            let selected: Vec<&QuarantinedEvent> = if ids.is_empty() {
+                state.data.quarantine.values().collect()
+            } else {
+                let mut selected = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let found = state.data.quarantine.get(id);
+                    selected.push(found.ok_or_else(|| Error::NotFound(format!("quarantined event {id} not found")))?);
+                }
+                selected
+            };
+            let mut passing = Vec::new();
+            let mut leaving = Vec::new();
+            for entry in selected {
+                let mut event = entry.event.clone();
+                if ingest::validate_event(&mut event, 0, &self.limits, now).is_err() {
+                    outcome.rejected += 1;
+                    continue;
+                }
+                let plan = state.defs.event_types.get(&event.name);
+                if !crate::core::catalog::violations(&event, plan).is_empty() {
+                    outcome.remaining += 1;
+                    continue;
+                }
+                passing.push(event);
+                leaving.push(entry.id);
+            }
+            (passing, leaving)
+        };
+        if leaving.is_empty() {
+            return Ok(outcome);
+        }
+        let (records, keys) = self.event_records(project_id, passing, vec![], leaving);
+        let written = self.write(entry, records, keys).await?;
+        outcome.accepted = written.accepted;
+        outcome.duplicates = written.duplicates;
+        Ok(outcome)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub remaining: u64,
+    pub rejected: u64,
+}

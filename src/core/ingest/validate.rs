@@ -1,0 +1,280 @@
+//! Per-event validation against the limits and the tracking plan: what a batch keeps,
+//! quarantines or rejects, before anything is written.
+
+use std::collections::BTreeMap;
+
+use crate::core::catalog::{self, validate_name};
+use crate::core::model::{
+    Enforcement, Event, EventType, MICROS_PER_SECOND, Micros, QuarantinedEvent, UserUpdate, Value,
+};
+use crate::error::{Error, Result};
+
+/// Configurable ingest limits (SPEC §3 defaults).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_batch_events: usize,
+    pub max_event_bytes: usize,
+    pub max_properties: usize,
+    pub max_future_micros: Micros,
+}
+
+impl Limits {
+    /// A request carries at most `max_batch_events` items (events, users, exposures, values):
+    /// more is RESOURCE_EXHAUSTED for the whole request, naming `field`.
+    pub fn check_batch(&self, field: &str, items: usize) -> Result<()> {
+        if items > self.max_batch_events {
+            return Err(Error::exhausted(
+                field,
+                format!("{items} {field} in one request, at most {}", self.max_batch_events),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_events: 5_000,
+            max_event_bytes: 32 * 1024,
+            max_properties: 256,
+            max_future_micros: 3600 * MICROS_PER_SECOND,
+        }
+    }
+}
+
+pub const MAX_ID_BYTES: usize = 128;
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// An event as received: decoding may already have failed (e.g. a NaN number), and the
+/// encoded size is known only on the wire.
+pub struct Incoming {
+    pub event: Result<Event>,
+    pub encoded_len: usize,
+}
+
+/// A per-item failure or warning in a batch reply.
+#[derive(Debug)]
+pub struct ItemError {
+    pub index: u32,
+    pub event_id: String,
+    pub error: Error,
+}
+
+#[derive(Debug, Default)]
+pub struct TrackOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    pub rejected: Vec<ItemError>,
+    pub warnings: Vec<ItemError>,
+}
+
+pub fn validate_user_id(field: &str, id: &str) -> Result<()> {
+    if id.len() > MAX_USER_ID_BYTES {
+        return Err(Error::invalid(field, format!("{} bytes, at most {MAX_USER_ID_BYTES}", id.len())));
+    }
+    if id.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+pub fn validate_properties(field: &str, properties: &[(String, Value)], limits: &Limits) -> Result<()> {
+    if properties.len() > limits.max_properties {
+        return Err(Error::invalid(
+            field,
+            format!("{} properties, at most {}", properties.len(), limits.max_properties),
+        ));
+    }
+    for (key, value) in properties {
+        validate_name("", key).map_err(|e| e.under(&format!("{field}.{key}")))?;
+        if let Value::Number(n) = value
+            && !n.is_finite()
+        {
+            return Err(Error::invalid(format!("{field}.{key}"), "number must be finite"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one event against the limits; fills a missing event id with a UUIDv7.
+/// Field names in errors are relative to the event (`name`, `properties.price`).
+pub fn validate_event(event: &mut Event, encoded_len: usize, limits: &Limits, now: Micros) -> Result<()> {
+    if encoded_len > limits.max_event_bytes {
+        return Err(Error::invalid(
+            "event",
+            format!("{encoded_len} bytes encoded, at most {}", limits.max_event_bytes),
+        ));
+    }
+    validate_name("name", &event.name)?;
+    if event.event_id.len() > MAX_ID_BYTES {
+        return Err(Error::invalid("event_id", format!("{} bytes, at most {MAX_ID_BYTES}", event.event_id.len())));
+    }
+    if event.user_id.is_empty() && event.anonymous_id.is_empty() {
+        return Err(Error::invalid("user_id", "user_id or anonymous_id is required"));
+    }
+    validate_user_id("user_id", &event.user_id)?;
+    validate_user_id("anonymous_id", &event.anonymous_id)?;
+    if event.timestamp > now + limits.max_future_micros {
+        return Err(Error::invalid(
+            "timestamp",
+            format!("more than {} s in the future", limits.max_future_micros / MICROS_PER_SECOND),
+        ));
+    }
+    validate_properties("properties", &event.properties, limits)?;
+    if event.event_id.is_empty() {
+        event.event_id = uuid::Uuid::now_v7().to_string();
+    }
+    Ok(())
+}
+
+/// Events split by what happens to them, before deduplication.
+#[derive(Default)]
+pub struct Sorted {
+    pub accepted: Vec<Event>,
+    pub quarantined: Vec<QuarantinedEvent>,
+    pub outcome: TrackOutcome,
+}
+
+/// Validates a batch and applies the project's enforcement to it.
+pub fn sort_batch(
+    items: Vec<Incoming>,
+    enforcement: Enforcement,
+    plan: &BTreeMap<String, EventType>,
+    limits: &Limits,
+    now: Micros,
+) -> Sorted {
+    let mut sorted = Sorted::default();
+    for (index, item) in items.into_iter().enumerate() {
+        let index = index as u32;
+        let mut event = match item.event {
+            Ok(event) => event,
+            Err(error) => {
+                sorted.outcome.rejected.push(ItemError { index, event_id: String::new(), error: prefix(index, error) });
+                continue;
+            }
+        };
+        if let Err(error) = validate_event(&mut event, item.encoded_len, limits, now) {
+            sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error: prefix(index, error) });
+            continue;
+        }
+        if enforcement == Enforcement::Allow {
+            sorted.accepted.push(event);
+            continue;
+        }
+        let reasons = catalog::violations(&event, plan.get(&event.name));
+        if reasons.is_empty() {
+            sorted.accepted.push(event);
+            continue;
+        }
+        let message = format!("events[{index}]: tracking plan: {}", reasons.join("; "));
+        match enforcement {
+            Enforcement::Allow => unreachable!("handled above"),
+            Enforcement::Warn => {
+                sorted.outcome.warnings.push(ItemError {
+                    index,
+                    event_id: event.event_id.clone(),
+                    error: Error::FailedPrecondition(message),
+                });
+                sorted.accepted.push(event);
+            }
+            Enforcement::Block => sorted.outcome.rejected.push(ItemError {
+                index,
+                event_id: event.event_id,
+                error: Error::FailedPrecondition(message),
+            }),
+            Enforcement::Quarantine => {
+                sorted.quarantined.push(QuarantinedEvent { id: 0, event, reasons, received: now })
+            }
+        }
+    }
+    sorted
+}
+
+fn prefix(index: u32, error: Error) -> Error {
+    error.under(&format!("events[{index}]"))
+}
+
+pub fn validate_user_update(index: usize, update: &UserUpdate, limits: &Limits) -> Result<()> {
+    let field = format!("users[{index}]");
+    if update.user_id.is_empty() {
+        return Err(Error::invalid(format!("{field}.user_id"), "must not be empty"));
+    }
+    validate_user_id(&format!("{field}.user_id"), &update.user_id)?;
+    validate_properties(&format!("{field}.set"), &update.set, limits)?;
+    validate_properties(&format!("{field}.set_once"), &update.set_once, limits)?;
+    for key in &update.unset {
+        validate_name(&format!("{field}.unset"), key)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str, user: &str) -> Event {
+        Event {
+            event_id: String::new(),
+            name: name.into(),
+            user_id: user.into(),
+            anonymous_id: String::new(),
+            timestamp: 0,
+            properties: vec![],
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let limits = Limits::default();
+        let now = 1_000 * MICROS_PER_SECOND;
+        let cases: Vec<(Event, usize, &str)> = vec![
+            (event("", "u"), 10, "name"),
+            (event(&"x".repeat(201), "u"), 10, "name"),
+            (event("a", ""), 10, "user_id"),
+            (Event { event_id: "i".repeat(129), ..event("a", "u") }, 10, "event_id"),
+            (Event { timestamp: now + 3601 * MICROS_PER_SECOND, ..event("a", "u") }, 10, "timestamp"),
+            (event("a", "u"), 40_000, "event"),
+            (
+                Event { properties: (0..257).map(|i| (format!("p{i}"), Value::Null)).collect(), ..event("a", "u") },
+                10,
+                "properties",
+            ),
+            (Event { properties: vec![("x".into(), Value::Number(f64::NAN))], ..event("a", "u") }, 10, "properties.x"),
+            (Event { user_id: "a\0b".into(), ..event("a", "u") }, 10, "user_id"),
+        ];
+        for (mut e, len, field) in cases {
+            match validate_event(&mut e, len, &limits, now) {
+                Err(Error::InvalidArgument { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let mut ok = Event { timestamp: now + 3600 * MICROS_PER_SECOND, ..event("a", "u") };
+        validate_event(&mut ok, 10, &limits, now).unwrap();
+        assert_eq!(ok.event_id.len(), 36, "a uuid is assigned");
+    }
+
+    #[test]
+    fn enforcement_sorts_events() {
+        let limits = Limits::default();
+        let plan = BTreeMap::from([("known".to_string(), EventType { name: "known".into(), ..Default::default() })]);
+        let batch = || {
+            vec![
+                Incoming { event: Ok(event("known", "u")), encoded_len: 1 },
+                Incoming { event: Ok(event("unknown", "u")), encoded_len: 1 },
+                Incoming { event: Ok(event("", "u")), encoded_len: 1 },
+            ]
+        };
+        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0);
+        assert_eq!((allow.accepted.len(), allow.outcome.rejected.len()), (2, 1));
+        assert_eq!(allow.outcome.rejected[0].index, 2);
+        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0);
+        assert_eq!((warn.accepted.len(), warn.outcome.warnings.len()), (2, 1));
+        assert_eq!(warn.outcome.warnings[0].index, 1);
+        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0);
+        assert_eq!((block.accepted.len(), block.outcome.rejected.len()), (1, 2));
+        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0);
+        assert_eq!((quarantine.accepted.len(), quarantine.quarantined.len()), (1, 1));
+    }
+}

@@ -1,0 +1,185 @@
+//! The single writer: every write goes through one thread fed by a bounded channel. The thread
+//! takes whatever jobs are waiting (up to `MAX_GROUP`), dedupes their events against the in-memory id set,
+//! appends one log value per job, makes them durable with one `sync`, applies them to the
+//! in-memory tables and only then replies: an ack means on disk and visible to queries.
+//! The bounded channel is the backpressure: when the writer is behind, senders wait.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::engine::ProjectEntry;
+use crate::core::store::record::LogRecord;
+use crate::error::{Error, Result};
+use crate::storage::{Encoded, Storage};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteResult {
+    /// New events among `keys`.
+    pub accepted: u64,
+    /// Events among `keys` seen before.
+    pub duplicates: u64,
+}
+
+/// Records to make durable, already encoded. If the first record is `Events`, `keys` holds
+/// its events' dedupe keys in order and the writer stores only the new ones in memory.
+pub struct WriteJob {
+    pub project: Arc<ProjectEntry>,
+    pub records: Vec<LogRecord>,
+    pub encoded: Vec<Encoded>,
+    pub keys: Vec<u128>,
+    pub reply: oneshot::Sender<Result<WriteResult>>,
+}
+
+/// Hashes already spread their bits: use the low 64 as the table hash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(buf);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+/// 128-bit hashes of (project, event id): every event id ever accepted.
+pub type SeenIds = HashSet<u128, BuildHasherDefault<IdHasher>>;
+
+pub fn event_key(project: &str, event_id: &str) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(project.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(event_id.as_bytes());
+    hasher.digest128()
+}
+
+/// Marks which keys are new, adding them to `seen`; a key repeated inside `keys` is new once.
+pub fn dedupe(seen: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
+    keys.iter().map(|key| seen.insert(*key)).collect()
+}
+
+const MAX_GROUP: usize = 64;
+
+pub struct Writer {
+    pub sender: mpsc::Sender<WriteJob>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts the writer thread; it ends when every sender is dropped, after syncing.
+pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SeenIds, capacity: usize) -> Writer {
+    let (sender, receiver) = mpsc::channel(capacity);
+    let thread = std::thread::Builder::new()
+        .name("sextant-writer".into())
+        .spawn(move || run_writer(storage, receiver, seen))
+        .expect("spawning the writer thread");
+    Writer { sender, thread }
+}
+
+/// A job whose records were appended, waiting for the group's sync.
+struct Appended {
+    job: WriteJob,
+    keep: Vec<bool>,
+    result: WriteResult,
+}
+
+fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, mut seen: SeenIds) {
+    while let Some(first) = receiver.blocking_recv() {
+        let started = Instant::now();
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let keep = dedupe(&mut seen, &job.keys);
+            let accepted = keep.iter().filter(|k| **k).count() as u64;
+            let result = WriteResult { accepted, duplicates: keep.len() as u64 - accepted };
+            if let Err(err) = storage.append(&job.encoded) {
+                forget(&mut seen, &job.keys, &keep);
+                let _ = job.reply.send(Err(err));
+                continue;
+            }
+            appended.push(Appended { job, keep, result });
+        }
+        if let Err(err) = storage.sync() {
+            tracing::error!(error = %err, "sync failed; failing the group");
+            for a in appended {
+                forget(&mut seen, &a.job.keys, &a.keep);
+                let _ = a.job.reply.send(Err(Error::Storage(err.to_string())));
+            }
+            continue;
+        }
+        let mut events = 0u64;
+        let mut touched: Vec<&Arc<ProjectEntry>> = Vec::new();
+        for a in &appended {
+            let mut state = a.job.project.write();
+            for record in &a.job.records {
+                state.data.apply(record, &a.keep);
+            }
+            state.data.compact();
+            events += a.result.accepted;
+            if !touched.iter().any(|p| Arc::ptr_eq(p, &a.job.project)) {
+                touched.push(&a.job.project);
+            }
+        }
+        // Once per project and group, after everything is applied: live queries re-read then.
+        for project in touched {
+            project.read().changes.send_modify(|n| *n += 1);
+        }
+        metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
+        tracing::trace!(jobs = appended.len(), events, "group committed");
+        for a in appended {
+            metrics::counter!("sextant_events_accepted_total").increment(a.result.accepted);
+            metrics::counter!("sextant_events_duplicate_total").increment(a.result.duplicates);
+            let _ = a.job.reply.send(Ok(a.result));
+        }
+    }
+    if let Err(err) = storage.sync() {
+        tracing::error!(error = %err, "final sync failed");
+    }
+}
+
+/// Undoes `dedupe` for a job that did not become durable.
+fn forget(seen: &mut SeenIds, keys: &[u128], keep: &[bool]) {
+    for (key, kept) in keys.iter().zip(keep) {
+        if *kept {
+            seen.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_keeps_the_first_of_each_key() {
+        let mut seen = SeenIds::default();
+        assert_eq!(dedupe(&mut seen, &[1, 2, 1, 3]), vec![true, true, false, true]);
+        assert_eq!(dedupe(&mut seen, &[3, 4]), vec![false, true]);
+        forget(&mut seen, &[3, 4], &[false, true]);
+        assert_eq!(dedupe(&mut seen, &[4, 3]), vec![true, false]);
+    }
+
+    #[test]
+    fn event_keys_separate_projects() {
+        assert_ne!(event_key("a", "bc"), event_key("ab", "c"));
+        assert_eq!(event_key("a", "x"), event_key("a", "x"));
+    }
+}
