@@ -76,6 +76,26 @@ impl Error {
     }
 }
 
+/// Characters of a request value echoed in an error message.
+pub const ECHO_CHARS: usize = 64;
+/// Characters of a whole error message (and of a field path in its details): a backstop so no
+/// reply carries an oversized `grpc-message` header, whatever a message echoes.
+pub const MESSAGE_CHARS: usize = 1_024;
+
+/// The first `max` characters of `text`, with "…" when cut.
+pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+    }
+}
+
+/// A request value as error messages quote it: `{:?}` of its first 64 characters (plus "…").
+/// Every message that repeats what the client sent goes through this.
+pub fn echo(value: &str) -> String {
+    format!("{:?}", cap(value, ECHO_CHARS))
+}
+
 impl From<sled::Error> for Error {
     fn from(err: sled::Error) -> Self {
         Error::Storage(err.to_string())
@@ -84,9 +104,10 @@ impl From<sled::Error> for Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let message = err.to_string();
+        let message = cap(&err.to_string(), MESSAGE_CHARS).into_owned();
         match err {
             Error::InvalidArgument { field, message: description } => {
+                let (field, description) = (cap(&field, MESSAGE_CHARS), cap(&description, MESSAGE_CHARS));
                 let details = ErrorDetails::with_bad_request_violation(field, description);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
@@ -111,5 +132,22 @@ impl From<Error> for Status {
                 Status::internal(message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_and_messages_are_capped() {
+        assert_eq!(echo("abc"), "\"abc\"");
+        let long = "é".repeat(1_000_000);
+        assert_eq!(echo(&long), format!("\"{}…\"", "é".repeat(ECHO_CHARS)));
+        let status = Status::from(Error::NotFound(format!("user {long} not found")));
+        assert_eq!(status.message().chars().count(), MESSAGE_CHARS + 1);
+        let status = Status::from(Error::invalid(long.clone(), long));
+        assert!(status.message().chars().count() <= MESSAGE_CHARS + 1);
+        assert!(status.into_http::<()>().headers().iter().map(|(_, v)| v.len()).sum::<usize>() < 16 * 1024);
     }
 }

@@ -6,13 +6,15 @@
 //! passwords and would cost milliseconds per request). The server admin key
 //! (`SEXTANT_BOOTSTRAP_KEY`) is not stored: see `BootstrapKey`.
 
+use std::sync::atomic::Ordering;
+
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::model::{Micros, now_micros};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// A project key's role (SPEC §10). ADMIN includes READ and INGEST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,9 +124,7 @@ impl Engine {
         expires: Option<Micros>,
     ) -> Result<(ApiKey, String)> {
         self.project(project)?;
-        if name.chars().count() > 200 {
-            return Err(Error::invalid("name", "longer than 200 characters"));
-        }
+        super::bounds::check_name("name", &name)?;
         let now = now_micros();
         if expires.is_some_and(|t| t <= now) {
             return Err(Error::invalid("expire_time", "must be in the future"));
@@ -164,13 +164,33 @@ impl Engine {
         let key = keys
             .get_mut(id)
             .filter(|k| k.project == project)
-            .ok_or_else(|| Error::NotFound(format!("api key {id:?} not found")))?;
+            .ok_or_else(|| Error::NotFound(format!("api key {id} not found", id = echo(id))))?;
         let mut revoked = key.clone();
         revoked.revoked = true;
         self.put_meta_json(&meta_key(project, id), &revoked)?;
         *key = revoked;
+        self.api_key_generation.fetch_add(1, Ordering::SeqCst);
         tracing::info!(project = %project, key = %id, "api key revoked");
         Ok(())
+    }
+
+    /// Counts revocations; a stream re-checks its key when this moved since its last look.
+    pub fn api_key_generation(&self) -> u64 {
+        self.api_key_generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether the key `id` still works (not revoked, not expired, not deleted): the check an
+    /// open stream repeats. Returns the key's expiry.
+    pub fn recheck_api_key(&self, id: &str) -> Result<Option<Micros>> {
+        let keys = self.api_keys.read();
+        let key = keys.get(id).ok_or_else(|| Error::Unauthenticated("unknown api key".into()))?;
+        if key.revoked {
+            return Err(Error::Unauthenticated(format!("api key {id} was revoked")));
+        }
+        if key.is_expired(now_micros()) {
+            return Err(Error::Unauthenticated(format!("api key {id} has expired")));
+        }
+        Ok(key.expires)
     }
 
     /// Checks a project key's secret. Unknown, malformed, revoked and expired keys are all

@@ -15,7 +15,7 @@ use super::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
 use super::model::{Micros, now_micros};
 use super::page::{PageRequest, paginate};
 use super::table::NONE;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// Most ids one static cohort may hold.
 pub const MAX_STATIC_IDS: usize = 1_000_000;
@@ -88,6 +88,8 @@ impl Cohort {
     /// Checks the definition and normalises static ids (sorted, duplicates removed).
     pub fn validate(&mut self) -> Result<()> {
         validate_slug("cohort.id", &self.id)?;
+        super::bounds::check_name("cohort.name", &self.name)?;
+        super::bounds::check_text("cohort.description", &self.description)?;
         match &mut self.definition {
             Definition::Static(ids) => {
                 if ids.len() > MAX_STATIC_IDS {
@@ -281,10 +283,9 @@ pub fn resolve(state: &ProjectState, field: &str, cohort_id: &str) -> Result<Opt
         return Ok(None);
     }
     validate_slug(field, cohort_id)?;
-    let cohort = state
-        .cohorts
-        .get(cohort_id)
-        .ok_or_else(|| Error::NotFound(format!("{field}: cohort {cohort_id:?} not found")))?;
+    let cohort = state.cohorts.get(cohort_id).ok_or_else(|| {
+        Error::NotFound(format!("{field}: cohort {cohort_id} not found", cohort_id = echo(cohort_id)))
+    })?;
     Ok(Some(evaluate(state, cohort, now_micros())))
 }
 
@@ -294,7 +295,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.cohorts.contains_key(&cohort.id) {
-            return Err(Error::AlreadyExists(format!("cohort {:?} already exists", cohort.id)));
+            return Err(Error::AlreadyExists(format!("cohort {} already exists", echo(&cohort.id))));
         }
         cohort.created = now_micros();
         self.put_meta_json(&cohort_key(project, &cohort.id), &cohort)?;
@@ -306,7 +307,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        state.cohorts.get(id).cloned().ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))
+        state.cohorts.get(id).cloned().ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))
     }
 
     /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
@@ -339,12 +340,16 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if !state.cohorts.contains_key(id) {
-            return Err(Error::NotFound(format!("cohort {id:?} not found")));
+            return Err(Error::NotFound(format!("cohort {id} not found", id = echo(id))));
         }
         let referrers: Vec<String> =
             state.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {:?}", g.id)).collect();
         if !referrers.is_empty() {
-            return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
+            return Err(Error::FailedPrecondition(format!(
+                "cohort {id} is referenced by {}",
+                referrers.join(", "),
+                id = echo(id)
+            )));
         }
         self.delete_meta(&cohort_key(project, id))?;
         state.cohorts.remove(id);
@@ -357,7 +362,8 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let cohort = state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let cohort =
+            state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
             Definition::Conditions(_) => member_ids(&state, &evaluate(&state, cohort, now_micros())),
@@ -370,7 +376,8 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let cohort = state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let cohort =
+            state.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))?;
         let now = now_micros();
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,

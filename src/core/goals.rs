@@ -11,7 +11,7 @@ use super::metrics::evaluate;
 use super::model::{Micros, now_micros};
 use super::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point};
 use super::time::{self, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Goal {
@@ -53,6 +53,8 @@ pub fn goal_key(project: &str, id: &str) -> String {
 impl Goal {
     pub fn validate(&self) -> Result<()> {
         validate_slug("goal.id", &self.id)?;
+        super::bounds::check_name("goal.name", &self.name)?;
+        super::bounds::check_text("goal.description", &self.description)?;
         validate_slug("goal.metric_key", &self.metric_key)?;
         if self.period.0 >= self.period.1 {
             return Err(Error::invalid("goal.period", "to must be after from"));
@@ -116,7 +118,7 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
         .metrics
         .get(&goal.metric_key)
         .and_then(|v| v.last())
-        .ok_or_else(|| Error::NotFound(format!("metric {:?} not found", goal.metric_key)))?;
+        .ok_or_else(|| Error::NotFound(format!("metric {} not found", echo(&goal.metric_key))))?;
     let zone = if goal.timezone.is_empty() { state.project.timezone.as_str() } else { goal.timezone.as_str() };
     let tz = time::parse_zone("goal.timezone", zone)?;
     let (start, end) = goal.period;
@@ -147,7 +149,8 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
         baseline,
         buckets,
     };
-    let progress = goal::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {:?}: {e}", goal.id)))?;
+    let progress =
+        goal::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {}: {e}", echo(&goal.id))))?;
     Ok(GoalReport { goal: goal.clone(), progress, as_of: now, points, metric_version: metric.version })
 }
 
@@ -157,13 +160,13 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.goals.contains_key(&goal.id) {
-            return Err(Error::AlreadyExists(format!("goal {:?} already exists", goal.id)));
+            return Err(Error::AlreadyExists(format!("goal {} already exists", echo(&goal.id))));
         }
         if !state.metrics.contains_key(&goal.metric_key) {
-            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+            return Err(Error::NotFound(format!("goal.metric_key: metric {} not found", echo(&goal.metric_key))));
         }
         if !goal.cohort_id.is_empty() && !state.cohorts.contains_key(&goal.cohort_id) {
-            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {}", echo(&goal.cohort_id))));
         }
         (goal.created, goal.updated) = (now_micros(), now_micros());
         self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
@@ -176,12 +179,12 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         let previous =
-            state.goals.get(&goal.id).ok_or_else(|| Error::NotFound(format!("goal {:?} not found", goal.id)))?;
+            state.goals.get(&goal.id).ok_or_else(|| Error::NotFound(format!("goal {} not found", echo(&goal.id))))?;
         if !state.metrics.contains_key(&goal.metric_key) {
-            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+            return Err(Error::NotFound(format!("goal.metric_key: metric {} not found", echo(&goal.metric_key))));
         }
         if !goal.cohort_id.is_empty() && !state.cohorts.contains_key(&goal.cohort_id) {
-            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {}", echo(&goal.cohort_id))));
         }
         (goal.created, goal.updated) = (previous.created, now_micros());
         self.put_meta_json(&goal_key(project, &goal.id), &goal)?;
@@ -193,7 +196,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        state.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))
+        state.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))
     }
 
     pub fn list_goals(&self, project: &str, metric_key: &str) -> Result<Vec<Goal>> {
@@ -207,7 +210,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if !state.goals.contains_key(id) {
-            return Err(Error::NotFound(format!("goal {id:?} not found")));
+            return Err(Error::NotFound(format!("goal {id} not found", id = echo(id))));
         }
         self.delete_meta(&goal_key(project, id))?;
         state.goals.remove(id);
@@ -218,7 +221,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let goal = state.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))?;
+        let goal = state.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))?;
         measure(&state, goal, as_of.unwrap_or_else(now_micros))
     }
 }

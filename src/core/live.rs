@@ -40,7 +40,7 @@ use super::metrics::evaluate;
 use super::model::{Micros, now_micros};
 use super::query::{MetricQuery, Point, Series};
 use super::time::{self, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// Fewest time between two messages of one stream, and between two evaluations of a feed.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -368,7 +368,7 @@ impl FeedTask {
                 Wake::Stopping | Wake::ProjectGone => {
                     let error = match wake {
                         Wake::Stopping => Error::Unavailable,
-                        _ => Error::NotFound(format!("project {:?} not found", self.spec.project)),
+                        _ => Error::NotFound(format!("project {} not found", echo(&self.spec.project))),
                     };
                     self.readings.send_replace(Some(Err(error)));
                     self.engine.live.retire(&self.key, self.id);

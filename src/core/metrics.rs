@@ -9,7 +9,7 @@ use super::metric::{Metric, MetricKind, MetricRole, validate_references};
 use super::model::{ManualValue, Micros, now_micros};
 use super::query::{self, MetricQuery, Point, Series};
 use super::time::{self, CalendarOffset, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use crate::storage::LogRecord;
 
 /// How deep RATIO/FORMULA inputs may nest (cycles are refused at definition time).
@@ -45,13 +45,17 @@ impl ProjectState {
 
     /// A version of a metric (0: the latest).
     pub(crate) fn metric_version(&self, key: &str, version: u32) -> Result<&Metric> {
-        let versions = self.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
+        let versions =
+            self.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))?;
         let found = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
-        found.ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))
+        found.ok_or_else(|| Error::NotFound(format!("metric {key} has no version {version}", key = echo(key))))
     }
 
     pub(crate) fn latest_metric(&self, key: &str) -> Result<&Metric> {
-        self.metrics.get(key).and_then(|v| v.last()).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))
+        self.metrics
+            .get(key)
+            .and_then(|v| v.last())
+            .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))
     }
 
     /// The definition a query runs: a stored version, or a checked inline definition.
@@ -103,6 +107,8 @@ pub fn evaluate(state: &ProjectState, metric: &Metric, query: &MetricQuery, dept
     if depth > MAX_DEPTH {
         return Err(Error::invalid("metric", "inputs nest too deeply"));
     }
+    // Definitions stored before offsets were bounded are refused here, not evaluated.
+    metric.validate_offsets()?;
     match metric.kind {
         kind if kind.is_event_aggregate() => query::event_aggregate(state, metric, query),
         MetricKind::Ratio => {
@@ -300,7 +306,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.metrics.contains_key(&metric.key) {
-            return Err(Error::AlreadyExists(format!("metric {:?} already exists", metric.key)));
+            return Err(Error::AlreadyExists(format!("metric {} already exists", echo(&metric.key))));
         }
         check_graph(&state, &metric)?;
         let now = now_micros();
@@ -348,8 +354,11 @@ impl Engine {
         super::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        let versions =
-            state.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?.clone();
+        let versions = state
+            .metrics
+            .get(key)
+            .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))?
+            .clone();
         let referrers: Vec<String> = state
             .latest_metrics()
             .values()
@@ -366,7 +375,11 @@ impl Engine {
             .map(|e| format!("experiment {}", e.key));
         let referrers: Vec<String> = referrers.into_iter().chain(goals).chain(experiments).collect();
         if !referrers.is_empty() {
-            return Err(Error::FailedPrecondition(format!("metric {key:?} is referenced by {}", referrers.join(", "))));
+            return Err(Error::FailedPrecondition(format!(
+                "metric {key} is referenced by {}",
+                referrers.join(", "),
+                key = echo(key)
+            )));
         }
         for metric in &versions {
             self.delete_meta(&metric_key(project, key, metric.version))?;
@@ -402,7 +415,11 @@ impl Engine {
             let state = entry.read();
             let metric = state.latest_metric(key)?;
             if metric.kind != MetricKind::Manual {
-                return Err(Error::FailedPrecondition(format!("metric {key:?} is {:?}, not MANUAL", metric.kind)));
+                return Err(Error::FailedPrecondition(format!(
+                    "metric {key} is {:?}, not MANUAL",
+                    metric.kind,
+                    key = echo(key)
+                )));
             }
         }
         let mut valid = Vec::with_capacity(values.len());
@@ -469,7 +486,10 @@ fn check_graph(state: &ProjectState, metric: &Metric) -> Result<()> {
         && let Some(other) =
             state.latest_metrics().values().find(|m| m.role == MetricRole::NorthStar && m.key != metric.key)
     {
-        return Err(Error::FailedPrecondition(format!("metric {:?} is already the project's north star", other.key)));
+        return Err(Error::FailedPrecondition(format!(
+            "metric {} is already the project's north star",
+            echo(&other.key)
+        )));
     }
     validate_references(metric, &state.latest_metrics())
 }
@@ -510,7 +530,9 @@ impl Engine {
             })?
         } else {
             super::catalog::validate_slug("root_key", root_key)?;
-            metrics.get(root_key).ok_or_else(|| Error::NotFound(format!("metric {root_key:?} not found")))?
+            metrics
+                .get(root_key)
+                .ok_or_else(|| Error::NotFound(format!("metric {root_key} not found", root_key = echo(root_key))))?
         };
         let previous = comparison_range(query.from, query.to, compare, query.tz);
         let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };

@@ -2,6 +2,8 @@
 
 pub mod anomaly;
 pub mod auth;
+pub mod bounds;
+pub mod cancel;
 pub mod catalog;
 pub mod cohort;
 pub mod data_retention;

@@ -4,7 +4,7 @@ use super::engine::Engine;
 use super::ingest;
 use super::model::{Event, TimeRange, UserProfile};
 use super::page::PageRequest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use crate::storage::LogRecord;
 
 /// The most events one export message carries.
@@ -18,7 +18,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.table;
-        let not_found = || Error::NotFound(format!("user {user_id:?} not found"));
+        let not_found = || Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id)));
         let person = table.find_user(user_id).ok_or_else(not_found)?;
         let rows = table.user_rows(person);
         let traits = state.traits.get(&person);
@@ -56,7 +56,7 @@ impl Engine {
         let state = entry.read();
         let table = &state.table;
         let Some(person) = table.find_user(user_id) else {
-            return Err(Error::NotFound(format!("user {user_id:?} not found")));
+            return Err(Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id))));
         };
         let rows: Vec<u32> =
             table.user_rows(person).into_iter().filter(|&r| range.contains(table.time[r as usize])).collect();

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use super::convert::{enum_error, time_range, timestamp};
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
+use crate::core::bounds;
 use crate::core::filter::EventSelector;
 use crate::core::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
@@ -79,7 +80,7 @@ fn funnel_from_pb(request: pb::QueryFunnelRequest) -> Result<FunnelQuery> {
             pb::FunnelMode::TotalConversions => FunnelMode::TotalConversions,
         },
         breakdown: optional(request.breakdown),
-        breakdown_limit: request.breakdown_limit as usize,
+        breakdown_limit: bounds::breakdown_limit("breakdown_limit", request.breakdown_limit)?,
         cohort_id: request.cohort_id,
         exclusions,
         timezone: request.timezone,
@@ -113,7 +114,7 @@ macro_rules! table_shape {
             mode: mode_from_pb($request.mode)?,
             timezone: $request.timezone,
             breakdown: optional($request.breakdown),
-            breakdown_limit: $request.breakdown_limit as usize,
+            breakdown_limit: bounds::breakdown_limit("breakdown_limit", $request.breakdown_limit)?,
             cohort_id: $request.cohort_id,
         }
     }};
@@ -155,7 +156,7 @@ impl AnalysisService for Api {
         let request = request.into_inner();
         let project = request.project.clone();
         let query = funnel_from_pb(request)?;
-        let result = self.blocking(move |engine| engine.query_funnel(&project, query)).await?;
+        let result = self.query(move |engine| engine.query_funnel(&project, query)).await?;
         Ok(Response::new(pb::QueryFunnelResponse {
             steps: steps_to_pb(result.steps),
             breakdowns: result
@@ -174,7 +175,7 @@ impl AnalysisService for Api {
         let request = request.into_inner();
         let project = request.project.clone();
         let query = retention_from_pb(request)?;
-        let table = self.blocking(move |engine| engine.query_retention(&project, query)).await?;
+        let table = self.query(move |engine| engine.query_retention(&project, query)).await?;
         Ok(Response::new(pb::QueryRetentionResponse {
             cohorts: table
                 .rows
@@ -201,7 +202,7 @@ impl AnalysisService for Api {
         let request = request.into_inner();
         let project = request.project.clone();
         let query = cohort_table_from_pb(request)?;
-        let table = self.blocking(move |engine| engine.query_cohort_table(&project, query)).await?;
+        let table = self.query(move |engine| engine.query_cohort_table(&project, query)).await?;
         Ok(Response::new(pb::QueryCohortTableResponse {
             rows: table
                 .rows
