@@ -74,6 +74,8 @@ pub enum Principal {
 }
 
 const PREFIX: &str = "sxk_";
+/// Longest key id a request may name (ids are 16 hex digits).
+pub const MAX_KEY_ID_CHARS: usize = 64;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -160,6 +162,10 @@ impl Engine {
     /// Revokes a key; the next request with it is UNAUTHENTICATED.
     pub fn revoke_api_key(&self, project: &str, id: &str) -> Result<()> {
         self.project(project)?;
+        // Ids are 16 hex digits; anything much longer is not one.
+        if id.len() > MAX_KEY_ID_CHARS {
+            return Err(Error::invalid("key_id", format!("{} characters, at most {MAX_KEY_ID_CHARS}", id.len())));
+        }
         let mut keys = self.api_keys.write();
         let key = keys
             .get_mut(id)

@@ -216,6 +216,8 @@ impl Engine {
         if id.is_empty() {
             return Err(Error::invalid("user_id", "user_id or anonymous_id is required"));
         }
+        super::ingest::validate_user_id("user_id", user_id)?;
+        super::ingest::validate_user_id("anonymous_id", anonymous_id)?;
         let entry = self.project(project)?;
         let state = entry.read();
         let experiment = state.experiment(key)?;

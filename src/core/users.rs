@@ -15,6 +15,7 @@ impl Engine {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "must not be empty"));
         }
+        ingest::validate_user_id("user_id", user_id)?;
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.table;
@@ -51,6 +52,7 @@ impl Engine {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "must not be empty"));
         }
+        ingest::validate_user_id("user_id", user_id)?;
         let offset = page.offset()?;
         let entry = self.project(project)?;
         let state = entry.read();
