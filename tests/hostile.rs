@@ -865,3 +865,31 @@ async fn names_and_free_text_are_bounded_everywhere() {
     let listed = goals.list_goals(pb::ListGoalsRequest { project: "p".into(), ..Default::default() }).await.unwrap();
     assert_eq!(listed.into_inner().goals.len(), 1);
 }
+
+/// Issue 19 (3), sibling: an export running when its key is revoked ends with UNAUTHENTICATED
+/// before it delivers everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_ends_a_running_export() {
+    let server = TestServer::start_secure(|_| {}).await;
+    server.create_project("p").await;
+    for part in 0..4 {
+        let events =
+            (0..5000).map(|i| event(&format!("x{part}-{i}"), "view", &format!("u{i}"), i64::from(i))).collect();
+        let request = bearer(pb::TrackRequest { project: "p".into(), events, sequence: 0 }, BOOTSTRAP);
+        server.ingest().track(request).await.unwrap();
+    }
+    let reader = create_key(&server, pb::Role::Read, None).await;
+    let request = bearer(pb::ExportEventsRequest { project: "p".into(), ..Default::default() }, &reader);
+    let mut stream = server.users().export_events(request).await.unwrap().into_inner();
+    let mut received = stream.message().await.unwrap().expect("a first chunk").events.len();
+    revoke(&server, &reader).await;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => received += chunk.events.len(),
+            Ok(None) => panic!("the export finished with a revoked key ({received} events)"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(received < 20_000, "{received}");
+}
