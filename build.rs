@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .generate_default_stubs(true)
         // Sorted maps: properties arrive in key order, and decoding skips SipHash.
         .btree_map(".")
+        // prost's codec, but an undecodable request is INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -73,3 +73,35 @@ impl Error {
         }
     }
 }
+
+/// Characters of a request value echoed in an error message.
+pub const ECHO_CHARS: usize = 64;
+/// Characters of a whole error message (and of a field path in its details): a backstop so no
+/// reply carries an oversized `grpc-message` header, whatever a message echoes.
+pub const MESSAGE_CHARS: usize = 1_024;
+
+/// The first `max` characters of `text`, with "…" when cut.
+pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+    }
+}
+
+/// A request value as error messages quote it: `{:?}` of its first 64 characters (plus "…").
+/// Every message that repeats what the client sent goes through this.
+pub fn echo(value: &str) -> String {
+    format!("{:?}", cap(value, ECHO_CHARS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_are_capped() {
+        assert_eq!(echo("abc"), "\"abc\"");
+        let long = "é".repeat(1_000_000);
+        assert_eq!(echo(&long), format!("\"{}…\"", "é".repeat(ECHO_CHARS)));
+    }
+}

@@ -697,7 +697,6 @@ mod goals {
         let status = create_goal(goal("ten", 0, 10, TargetValue(1.0))).await.unwrap_err();
         assert_eq!(status.code(), Code::AlreadyExists);
         let cases = [
-            (pb::Goal { metric_key: "ghost".into(), ..goal("g", 0, 10, TargetValue(1.0)) }, "goal.metric_key"),
             (pb::Goal { target: None, ..goal("g", 0, 10, TargetValue(1.0)) }, "goal.target_value"),
             (goal("g", 10, 0, TargetValue(1.0)), "goal.period"),
             (pb::Goal { timezone: "Nowhere".into(), ..goal("g", 0, 10, TargetValue(1.0)) }, "goal.timezone"),
@@ -707,6 +706,12 @@ mod goals {
             let status = create_goal(bad).await.unwrap_err();
             assert_eq!(violated_fields(&status), vec![field]);
         }
+        // An unknown metric is NOT_FOUND (goal.proto), naming the field in the message.
+        let status = create_goal(pb::Goal { metric_key: "ghost".into(), ..goal("g", 0, 10, TargetValue(1.0)) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert!(status.message().starts_with("goal.metric_key"), "{status:?}");
         // A metric with goals cannot be deleted; the goal persists across a restart.
         let status = metrics(&server)
             .delete_metric(pb::DeleteMetricRequest { project: "shop".into(), key: "sessions".into() })

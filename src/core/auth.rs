@@ -71,6 +71,8 @@ pub enum Principal {
 }
 
 pub(crate) const PREFIX: &str = "sxk_";
+/// Longest key id a request may name (ids are 16 hex digits).
+pub const MAX_KEY_ID_CHARS: usize = 64;
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

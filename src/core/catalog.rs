@@ -1,9 +1,9 @@
 //! The tracking plan: event types with property schemas, and the check of an event against it.
 
 use crate::core::model::{Event, EventType, PropertyType, Value};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
-pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_NAME_CHARS: usize = super::bounds::MAX_NAME_CHARS;
 
 /// Ids of projects and other objects: `[a-z0-9][a-z0-9_-]{0,62}`.
 pub fn validate_slug(field: &str, id: &str) -> Result<()> {
@@ -16,7 +16,7 @@ pub fn validate_slug(field: &str, id: &str) -> Result<()> {
     }
     let lower_digit = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !lower_digit(first) || !bytes.iter().all(|b| lower_digit(b) || *b == b'_' || *b == b'-') {
-        return Err(Error::invalid(field, format!("{id:?} must match [a-z0-9][a-z0-9_-]{{0,62}}")));
+        return Err(Error::invalid(field, format!("{id} must match [a-z0-9][a-z0-9_-]{{0,62}}", id = echo(id))));
     }
     Ok(())
 }
@@ -46,17 +46,23 @@ pub fn validate_timezone(field: &str, zone: &str) -> Result<String> {
     }
     zone.parse::<chrono_tz::Tz>()
         .map(|tz| tz.name().to_owned())
-        .map_err(|_| Error::invalid(field, format!("unknown IANA time zone {zone:?}")))
+        .map_err(|_| Error::invalid(field, format!("unknown IANA time zone {zone}", zone = echo(zone))))
 }
 
 pub fn validate_event_type(event_type: &EventType) -> Result<()> {
     validate_name("event_type.name", &event_type.name)?;
+    super::bounds::check_text("event_type.description", &event_type.description)?;
+    super::bounds::check_text("event_type.question", &event_type.question)?;
     let mut seen = std::collections::HashSet::new();
     for (i, property) in event_type.properties.iter().enumerate() {
         let field = format!("event_type.properties[{i}]");
         validate_name(&format!("{field}.name"), &property.name)?;
+        super::bounds::check_text(&format!("{field}.description"), &property.description)?;
         if !seen.insert(property.name.as_str()) {
-            return Err(Error::invalid(format!("{field}.name"), format!("duplicate property {:?}", property.name)));
+            return Err(Error::invalid(
+                format!("{field}.name"),
+                format!("duplicate property {}", echo(&property.name)),
+            ));
         }
         if let (Some(min), Some(max)) = (property.min, property.max)
             && min > max

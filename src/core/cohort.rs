@@ -15,7 +15,7 @@ use crate::core::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PR
 use crate::core::model::{Micros, now_micros};
 use crate::core::store::ProjectData;
 use crate::core::store::table::NONE;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// Most ids one static cohort may hold.
 pub const MAX_STATIC_IDS: usize = 1_000_000;
@@ -84,6 +84,8 @@ impl Cohort {
     /// Checks the definition and normalises static ids (sorted, duplicates removed).
     pub fn validate(&mut self) -> Result<()> {
         validate_slug("cohort.id", &self.id)?;
+        super::bounds::check_name("cohort.name", &self.name)?;
+        super::bounds::check_text("cohort.description", &self.description)?;
         match &mut self.definition {
             Definition::Static(ids) => {
                 if ids.len() > MAX_STATIC_IDS {
@@ -280,7 +282,8 @@ pub fn resolve(state: &ProjectData, cohorts: &Cohorts, field: &str, cohort_id: &
         return Ok(None);
     }
     validate_slug(field, cohort_id)?;
-    let cohort =
-        cohorts.get(cohort_id).ok_or_else(|| Error::NotFound(format!("{field}: cohort {cohort_id:?} not found")))?;
+    let cohort = cohorts.get(cohort_id).ok_or_else(|| {
+        Error::NotFound(format!("{field}: cohort {cohort_id} not found", cohort_id = echo(cohort_id)))
+    })?;
     Ok(Some(evaluate(state, cohort, now_micros())))
 }

@@ -12,6 +12,8 @@
 
 pub mod analysis;
 pub mod auth;
+pub mod bounds;
+pub mod cancel;
 pub mod catalog;
 pub mod cohort;
 pub mod engine;

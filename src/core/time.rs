@@ -5,7 +5,7 @@ use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime
 use chrono_tz::Tz;
 
 use crate::core::model::Micros;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Granularity {
@@ -57,7 +57,7 @@ pub fn parse_zone(field: &str, zone: &str) -> Result<Tz> {
     if zone.is_empty() {
         return Ok(Tz::UTC);
     }
-    zone.parse::<Tz>().map_err(|_| Error::invalid(field, format!("unknown IANA time zone {zone:?}")))
+    zone.parse::<Tz>().map_err(|_| Error::invalid(field, format!("unknown IANA time zone {zone}", zone = echo(zone))))
 }
 
 fn local(t: Micros, tz: Tz) -> NaiveDateTime {
@@ -74,7 +74,8 @@ pub fn instant(naive: NaiveDateTime, tz: Tz) -> Micros {
             // Walk forward in 15-minute steps to the first wall-clock time after the gap.
             let mut probe = naive;
             for _ in 0..24 {
-                probe += Duration::minutes(15);
+                let Some(later) = probe.checked_add_signed(Duration::minutes(15)) else { break };
+                probe = later;
                 if let Some(t) = tz.from_local_datetime(&probe).earliest() {
                     return t.timestamp_micros();
                 }
@@ -92,23 +93,51 @@ fn first_of_month(year: i32, month: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(year, month, 1).unwrap_or_default()
 }
 
-fn add_months(date: NaiveDate, months: i32) -> NaiveDate {
-    let total = date.year() * 12 + date.month0() as i32 + months;
-    let (year, month0) = (total.div_euclid(12), total.rem_euclid(12) as u32);
-    let first = first_of_month(year, month0 + 1);
+/// `date` plus `months` calendar months, clamped to the month's last day; None outside the
+/// calendar's range.
+fn add_months(date: NaiveDate, months: i64) -> Option<NaiveDate> {
+    let total = i64::from(date.year()).checked_mul(12)?.checked_add(i64::from(date.month0()))?.checked_add(months)?;
+    let year = i32::try_from(total.div_euclid(12)).ok()?;
+    let month = total.rem_euclid(12) as u32 + 1;
+    let first = NaiveDate::from_ymd_opt(year, month, 1)?;
     let days_in_month =
-        first_of_month(year + (month0 + 1) as i32 / 12, (month0 + 1) % 12 + 1).pred_opt().unwrap_or(first).day();
-    NaiveDate::from_ymd_opt(year, month0 + 1, date.day().min(days_in_month)).unwrap_or(first)
+        first.checked_add_months(chrono::Months::new(1)).and_then(|d| d.pred_opt()).map_or(31, |d| d.day());
+    NaiveDate::from_ymd_opt(year, month, date.day().min(days_in_month))
 }
 
-/// Shifts an instant back by a calendar offset in local time (months, then days).
+/// `date` plus `days` days; None outside the calendar's range.
+fn add_days(date: NaiveDate, days: i64) -> Option<NaiveDate> {
+    date.checked_add_signed(Duration::try_days(days)?)
+}
+
+/// Shifts an instant back by a calendar offset in local time (months, then days). Offsets are
+/// bounded at validation (`bounds::check_offset`); beyond the calendar this saturates, never panics.
 pub fn shift_back(t: Micros, offset: CalendarOffset, tz: Tz) -> Micros {
     if offset.is_zero() {
         return t;
     }
     let naive = local(t, tz);
-    let date = add_months(naive.date(), -offset.months) - Duration::days(i64::from(offset.days));
-    instant(date.and_time(naive.time()), tz)
+    let date = add_months(naive.date(), -i64::from(offset.months)).and_then(|d| add_days(d, -i64::from(offset.days)));
+    match date {
+        Some(date) => instant(date.and_time(naive.time()), tz),
+        None if offset.months > 0 || (offset.months == 0 && offset.days > 0) => Micros::MIN,
+        None => Micros::MAX,
+    }
+}
+
+/// The start of the bucket `n` buckets after the one starting at `start`: `next` applied `n`
+/// times, in one calendar step. Saturates beyond the calendar.
+pub fn advance(start: Micros, granularity: Granularity, n: u32, tz: Tz) -> Micros {
+    let date = local(start, tz).date();
+    let n = i64::from(n);
+    let following = match granularity {
+        Granularity::Hour => return start.saturating_add(n.saturating_mul(3_600_000_000)),
+        Granularity::Day | Granularity::Total => add_days(date, n),
+        Granularity::Week => add_days(date, 7 * n),
+        Granularity::Month => add_months(date, n),
+        Granularity::Quarter => add_months(date, 3 * n),
+    };
+    following.map_or(Micros::MAX, |d| instant(midnight(d), tz))
 }
 
 /// The start of the bucket of `granularity` containing `t`.
@@ -118,7 +147,9 @@ pub fn floor(t: Micros, granularity: Granularity, tz: Tz) -> Micros {
     let start = match granularity {
         Granularity::Hour => naive.date().and_hms_opt(naive.hour(), 0, 0).unwrap_or(naive),
         Granularity::Day | Granularity::Total => midnight(date),
-        Granularity::Week => midnight(date - Duration::days(i64::from(date.weekday().num_days_from_monday()))),
+        Granularity::Week => {
+            midnight(add_days(date, -i64::from(date.weekday().num_days_from_monday())).unwrap_or(date))
+        }
         Granularity::Month => midnight(first_of_month(date.year(), date.month())),
         Granularity::Quarter => midnight(first_of_month(date.year(), date.month0() / 3 * 3 + 1)),
     };
@@ -144,13 +175,13 @@ pub fn next(start: Micros, granularity: Granularity, tz: Tz) -> Micros {
     let date = naive.date();
     let following = match granularity {
         // Hours step in absolute time: a repeated or skipped local hour is still one hour.
-        Granularity::Hour => return start + 3_600_000_000,
-        Granularity::Day | Granularity::Total => midnight(date + Duration::days(1)),
-        Granularity::Week => midnight(date + Duration::days(7)),
-        Granularity::Month => midnight(add_months(date, 1)),
-        Granularity::Quarter => midnight(add_months(date, 3)),
+        Granularity::Hour => return start.saturating_add(3_600_000_000),
+        Granularity::Day | Granularity::Total => add_days(date, 1),
+        Granularity::Week => add_days(date, 7),
+        Granularity::Month => add_months(date, 1),
+        Granularity::Quarter => add_months(date, 3),
     };
-    instant(following, tz)
+    following.map_or(Micros::MAX, |d| instant(midnight(d), tz))
 }
 
 /// Bucket boundaries covering [from, to): `bounds[i]..bounds[i+1]` is bucket i. The first
@@ -171,7 +202,7 @@ pub fn bucket_bounds(
     let mut bounds = vec![floor(from, granularity, tz)];
     while *bounds.last().unwrap_or(&to) < to {
         let last = *bounds.last().unwrap_or(&to);
-        bounds.push(next(last, granularity, tz).max(last + 1));
+        bounds.push(next(last, granularity, tz).max(last.saturating_add(1)));
         if bounds.len() > max_buckets + 1 {
             return Err(Error::invalid("range", format!("more than {max_buckets} buckets; use a coarser granularity")));
         }
@@ -239,10 +270,38 @@ mod tests {
         assert_eq!(show(shifted, utc), "2026-02-28T10:00:00+00:00");
         let shifted = shift_back(at("2026-03-31T10:00:00Z"), CalendarOffset { months: 12, days: 7 }, utc);
         assert_eq!(show(shifted, utc), "2025-03-24T10:00:00+00:00");
-        assert_eq!(
-            add_months(NaiveDate::from_ymd_opt(2026, 12, 15).unwrap(), 1),
-            NaiveDate::from_ymd_opt(2027, 1, 15).unwrap()
-        );
+        assert_eq!(add_months(NaiveDate::from_ymd_opt(2026, 12, 15).unwrap(), 1), NaiveDate::from_ymd_opt(2027, 1, 15));
+        assert_eq!(add_months(NaiveDate::from_ymd_opt(2024, 3, 31).unwrap(), -1), NaiveDate::from_ymd_opt(2024, 2, 29));
+    }
+
+    #[test]
+    fn extreme_offsets_saturate_instead_of_panicking() {
+        let utc = Tz::UTC;
+        let t = at("2026-03-31T10:00:00Z");
+        for (months, days) in [(0, i32::MAX), (0, i32::MIN), (i32::MAX, 0), (i32::MIN, 0), (i32::MIN, i32::MIN)] {
+            let shifted = shift_back(t, CalendarOffset { months, days }, utc);
+            let back = months > 0 || (months == 0 && days > 0);
+            assert_eq!(shifted, if back { Micros::MIN } else { Micros::MAX }, "{months} months, {days} days");
+        }
+        for g in [Granularity::Hour, Granularity::Day, Granularity::Week, Granularity::Month, Granularity::Quarter] {
+            assert_eq!(advance(t, g, u32::MAX, utc), Micros::MAX, "{g:?}");
+            let _ = floor(Micros::MIN, g, utc);
+            let _ = next(Micros::MAX, g, utc);
+            let _ = floor(Micros::MAX, g, utc);
+        }
+    }
+
+    #[test]
+    fn advance_is_next_repeated() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        for g in [Granularity::Hour, Granularity::Day, Granularity::Week, Granularity::Month, Granularity::Quarter] {
+            let start = floor(at("2026-01-31T12:00:00Z"), g, berlin);
+            let mut stepped = start;
+            for n in 0..400u32 {
+                assert_eq!(advance(start, g, n, berlin), stepped, "{g:?} × {n}");
+                stepped = next(stepped, g, berlin);
+            }
+        }
     }
 
     #[test]

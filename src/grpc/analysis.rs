@@ -7,6 +7,7 @@ use super::convert::{enum_error, required_range, timestamp};
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
 use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
+use crate::core::bounds;
 use crate::core::filter::EventSelector;
 use crate::error::{Error, Result};
 use crate::pb::{self, analysis_service_server::AnalysisService};
@@ -71,7 +72,7 @@ fn funnel_from_pb(request: pb::QueryFunnelRequest) -> Result<FunnelQuery> {
             pb::FunnelMode::TotalConversions => FunnelMode::TotalConversions,
         },
         breakdown: optional(request.breakdown),
-        breakdown_limit: request.breakdown_limit as usize,
+        breakdown_limit: bounds::breakdown_limit("breakdown_limit", request.breakdown_limit)?,
         cohort_id: request.cohort_id,
         exclusions,
         timezone: request.timezone,
@@ -105,7 +106,7 @@ macro_rules! table_shape {
             mode: mode_from_pb($request.mode)?,
             timezone: $request.timezone,
             breakdown: optional($request.breakdown),
-            breakdown_limit: $request.breakdown_limit as usize,
+            breakdown_limit: bounds::breakdown_limit("breakdown_limit", $request.breakdown_limit)?,
             cohort_id: $request.cohort_id,
         }
     }};
@@ -147,7 +148,7 @@ impl AnalysisService for Api {
         let request = request.into_inner();
         let project = request.project.clone();
         let query = funnel_from_pb(request)?;
-        let result = self.blocking(move |engine| engine.query_funnel(&project, query)).await?;
+        let result = self.query(move |engine| engine.query_funnel(&project, query)).await?;
         Ok(Response::new(pb::QueryFunnelResponse {
             steps: steps_to_pb(result.steps),
             breakdowns: result
@@ -166,7 +167,7 @@ impl AnalysisService for Api {
         let request = request.into_inner();
         let project = request.project.clone();
         let query = retention_from_pb(request)?;
-        let table = self.blocking(move |engine| engine.query_retention(&project, query)).await?;
+        let table = self.query(move |engine| engine.query_retention(&project, query)).await?;
         Ok(Response::new(pb::QueryRetentionResponse {
             cohorts: table
                 .rows
@@ -193,7 +194,7 @@ impl AnalysisService for Api {
         let request = request.into_inner();
         let project = request.project.clone();
         let query = cohort_table_from_pb(request)?;
-        let table = self.blocking(move |engine| engine.query_cohort_table(&project, query)).await?;
+        let table = self.query(move |engine| engine.query_cohort_table(&project, query)).await?;
         Ok(Response::new(pb::QueryCohortTableResponse {
             rows: table
                 .rows

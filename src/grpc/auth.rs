@@ -30,7 +30,8 @@ use tonic::{Request, Status};
 use super::Api;
 use crate::core::auth::{BootstrapKey, Principal, Role};
 use crate::core::engine::Engine;
-use crate::error::Error;
+use crate::core::model::{Micros, now_micros};
+use crate::error::{Error, echo};
 
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +200,8 @@ pub struct Grant {
     access: Access,
     method: String,
     checked: AtomicBool,
+    /// The key generation and expiry at the last `recheck`.
+    seen: Mutex<Option<(u64, Option<Micros>)>>,
 }
 
 impl Grant {
@@ -207,15 +210,38 @@ impl Grant {
         self.checked.store(true, Ordering::Relaxed);
         match (&self.principal, self.access) {
             (Principal::Open | Principal::ServerAdmin, _) | (_, Access::Open | Access::Stateless(_)) => Ok(()),
-            (Principal::Key { project: own, id, .. }, _) if own != project => {
-                Err(Error::PermissionDenied(format!("api key {id} belongs to project {own:?}, not {project:?}")).into())
-            }
+            (Principal::Key { project: own, id, .. }, _) if own != project => Err(Error::PermissionDenied(format!(
+                "api key {id} belongs to project {own}, not {project}",
+                own = echo(own),
+                project = echo(project)
+            ))
+            .into()),
             _ => Ok(()),
         }
     }
 
     pub fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    /// Re-checks a project key on every message of an open stream: revoked or expired since
+    /// the call started is UNAUTHENTICATED. Cheap: a full look only when a key was revoked
+    /// since the last one, or the cached expiry passed.
+    pub fn recheck(&self, engine: &Engine) -> Result<(), Status> {
+        let Principal::Key { id, .. } = &self.principal else {
+            return Ok(());
+        };
+        let generation = engine.api_key_generation();
+        let mut seen = self.seen.lock();
+        if let Some((at, expires)) = *seen
+            && at == generation
+            && expires.is_none_or(|t| now_micros() < t)
+        {
+            return Ok(());
+        }
+        let expires = engine.recheck_api_key(id)?;
+        *seen = Some((generation, expires));
+        Ok(())
     }
 }
 
@@ -386,8 +412,13 @@ impl Guard {
                 (a, b) => a.or(b),
             }
         };
-        let grant =
-            Grant { principal, access: method.access, method: path.to_owned(), checked: AtomicBool::new(false) };
+        let grant = Grant {
+            principal,
+            access: method.access,
+            method: path.to_owned(),
+            checked: AtomicBool::new(false),
+            seen: Mutex::new(None),
+        };
         Ok(Admitted { grant: Some(Arc::new(grant)), permit, deadline })
     }
 
@@ -491,7 +522,7 @@ where
         Box::pin(async move {
             let Admitted { grant, permit, deadline } = admitted;
             let call = inner.call(request);
-            let response = match deadline {
+            let mut response = match deadline {
                 None => call.await?,
                 Some(deadline) => match tokio::time::timeout(deadline, call).await {
                     Ok(response) => response?,
@@ -502,12 +533,15 @@ where
                 },
             };
             // Fail closed when a project-scoped handler forgot its check (UNIMPLEMENTED stubs
-            // touch no data and pass).
+            // touch no data and pass; neither do requests the codec could not decode, which
+            // never reached the handler).
             let unimplemented = response.headers().get("grpc-status").is_some_and(|code| code == "12");
+            let undecodable = response.headers_mut().remove(super::codec::UNDECODABLE).is_some();
             if let Some(grant) = grant
                 && matches!((&grant.principal, grant.access), (Principal::Key { .. }, Access::Project(_)))
                 && !grant.checked.load(Ordering::Relaxed)
                 && !unimplemented
+                && !undecodable
             {
                 tracing::error!(method = %grant.method, "handler returned without checking the project; denied");
                 return Ok(status_response(Error::PermissionDenied(format!(

@@ -3,7 +3,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use super::convert::{event_type_from_pb, event_type_to_pb, quarantined_to_pb};
 use crate::core::page::{PageRequest, paginate};
-use crate::error::Error;
+use crate::error::{Error, echo};
 use crate::pb::{self, catalog_service_server::CatalogService};
 
 #[tonic::async_trait]
@@ -87,8 +87,9 @@ impl CatalogService for Api {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                id.parse::<u64>()
-                    .map_err(|_| Error::invalid(format!("ids[{i}]"), format!("{id:?} is not a quarantine id")))
+                id.parse::<u64>().map_err(|_| {
+                    Error::invalid(format!("ids[{i}]"), format!("{id} is not a quarantine id", id = echo(id)))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let outcome = self.engine.replay_quarantined(&request.project, &ids).await?;

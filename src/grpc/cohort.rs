@@ -184,8 +184,7 @@ impl CohortService for Api {
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (project, id) = (request.project, request.id);
-        let (user_ids, next_page_token) =
-            self.blocking(move |engine| engine.cohort_members(&project, &id, &page)).await?;
+        let (user_ids, next_page_token) = self.query(move |engine| engine.cohort_members(&project, &id, &page)).await?;
         Ok(Response::new(pb::ListCohortMembersResponse { user_ids, next_page_token }))
     }
 
@@ -195,7 +194,7 @@ impl CohortService for Api {
     ) -> Result<Response<pb::GetCohortSizeResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
-        let (size, computed) = self.blocking(move |engine| engine.cohort_size(&request.project, &request.id)).await?;
+        let (size, computed) = self.query(move |engine| engine.cohort_size(&request.project, &request.id)).await?;
         Ok(Response::new(pb::GetCohortSizeResponse { size, computed_time: Some(timestamp(computed)) }))
     }
 }

@@ -518,7 +518,7 @@ impl ExperimentService for Api {
         let r = request.into_inner();
         let config = r.stats.map(|s| readout_config_from_pb("stats", Some(s))).transpose()?;
         let results = self
-            .blocking(move |engine| {
+            .query(move |engine| {
                 engine.experiment_results(&r.project, &r.experiment_key, &r.cohort_id, config, now_micros())
             })
             .await?;

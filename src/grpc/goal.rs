@@ -175,7 +175,7 @@ impl GoalService for Api {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let as_of = request.as_of.as_ref().map(|t| micros_from_timestamp("as_of", t)).transpose()?;
-        let report = self.blocking(move |engine| engine.goal_progress(&request.project, &request.id, as_of)).await?;
+        let report = self.query(move |engine| engine.goal_progress(&request.project, &request.id, as_of)).await?;
         Ok(Response::new(report_to_pb(report)))
     }
 }

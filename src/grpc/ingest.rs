@@ -73,6 +73,7 @@ impl IngestService for Api {
                             match item {
                                 Ok(batch) => {
                                     grant.check(&batch.project)?;
+                                    grant.recheck(&api.engine)?;
                                     api.track_batch(batch).await
                                 }
                                 Err(status) => Err(oversize_as_exhausted(status)),
@@ -127,9 +128,10 @@ impl IngestService for Api {
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// See `telemetry::resource_exhausted_for_oversize`: the same rule for streamed messages.
-fn oversize_as_exhausted(status: Status) -> Status {
+fn oversize_as_exhausted(mut status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
         return Error::exhausted("message", status.message()).into();
     }
+    status.metadata_mut().remove(super::codec::UNDECODABLE);
     status
 }

@@ -7,6 +7,7 @@ use super::convert::{
     enum_error, item_error, micros_from_timestamp, required_range, timestamp, value_from_pb, value_to_pb,
 };
 use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default, breakdown_of};
+use crate::core::bounds;
 use crate::core::engine::live::{self, LiveValue, WatchSpec};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::metric::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
@@ -380,7 +381,8 @@ impl MetricService for Api {
         &self,
         request: Request<pb::WatchMetricRequest>,
     ) -> Result<Response<BoxStream<pb::WatchMetricResponse>>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
+        let grant = self.grant(&request)?;
+        grant.check(&request.get_ref().project)?;
         let request = request.into_inner();
         crate::core::catalog::validate_slug("metric_key", &request.metric_key)?;
         let spec = WatchSpec {
@@ -390,11 +392,23 @@ impl MetricService for Api {
             timezone: request.timezone,
             filters: filters_from_pb("filters", request.filters)?,
             breakdown: breakdown_of("breakdown", request.breakdown)?,
-            breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
+            breakdown_limit: breakdown_limit_or_default(bounds::breakdown_limit(
+                "breakdown_limit",
+                request.breakdown_limit,
+            )?),
             cohort_id: request.cohort_id,
         };
         let readings = live::watch(self.engine.clone(), spec).await?;
-        let stream = readings.map(|reading| reading.map(|value| live_to_pb(&value)).map_err(Status::from));
+        let engine = self.engine.clone();
+        // The key is re-checked before every message: a revoked or expired key ends the stream.
+        let stream = readings.scan(false, move |ended, reading| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            let message = grant.recheck(&engine).and_then(|()| reading.map(|v| live_to_pb(&v)).map_err(Status::from));
+            *ended = message.is_err();
+            futures::future::ready(Some(message))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -423,7 +437,7 @@ impl MetricService for Api {
             cohort_id: request.cohort_id,
         };
         let (project, zone) = (request.project, request.timezone);
-        let report = self.blocking(move |engine| engine.detect_anomalies(&project, target, query, &zone)).await?;
+        let report = self.query(move |engine| engine.detect_anomalies(&project, target, query, &zone)).await?;
         Ok(Response::new(pb::DetectAnomaliesResponse {
             points: report.points.iter().map(anomaly_point_to_pb).collect(),
             score_threshold: report.threshold,
@@ -528,7 +542,7 @@ impl MetricService for Api {
         let (project, root, zone, depth) =
             (request.project, request.root_key, request.timezone, request.max_depth as usize);
         let (node, previous) =
-            self.blocking(move |engine| engine.metric_tree(&project, &root, query, &zone, compare, depth)).await?;
+            self.query(move |engine| engine.metric_tree(&project, &root, query, &zone, compare, depth)).await?;
         Ok(Response::new(pb::GetMetricTreeResponse {
             root: Some(tree_to_pb(node)),
             previous_range: previous
@@ -595,13 +609,16 @@ impl MetricService for Api {
             tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
             breakdown: breakdown_of("breakdown", request.breakdown)?,
-            breakdown_limit: breakdown_limit_or_default(request.breakdown_limit as usize),
+            breakdown_limit: breakdown_limit_or_default(bounds::breakdown_limit(
+                "breakdown_limit",
+                request.breakdown_limit,
+            )?),
             cohort_id: request.cohort_id,
             members: None,
         };
         let zone = request.timezone;
         let project = request.project;
-        let answer = self.blocking(move |engine| engine.query_metric(&project, target, query, &zone, compare)).await?;
+        let answer = self.query(move |engine| engine.query_metric(&project, target, query, &zone, compare)).await?;
         let comparison = series_to_pb(answer.comparison.clone(), None);
         Ok(Response::new(pb::QueryMetricResponse {
             series: series_to_pb(answer.series, Some(&answer.comparison)),

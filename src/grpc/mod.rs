@@ -10,6 +10,7 @@ pub mod admin;
 pub mod analysis;
 pub mod auth;
 pub mod catalog;
+pub mod codec;
 pub mod cohort;
 pub mod convert;
 pub mod experiment;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 
+use crate::core::cancel::CancelToken;
 use crate::core::engine::Engine;
 use crate::error::Result;
 
@@ -58,5 +60,26 @@ impl Api {
             .await
             .map_err(|e| Status::internal(format!("task failed: {e}")))?
             .map_err(Status::from)
+    }
+
+    /// Like `blocking`, for read-only queries that may run long: when the call is dropped (its
+    /// deadline, a client cancel, shutdown), the work's scans see the token and stop within a
+    /// few hundred people, releasing the project. Never for work that stores anything.
+    pub async fn query<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        F: FnOnce(&Engine) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        /// Cancels the token when the handler's future is dropped before the work ends.
+        struct CancelOnDrop(CancelToken);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                self.0.cancel();
+            }
+        }
+        let token = CancelToken::default();
+        // Dropped with this future: at once when the call is dropped, harmlessly after the work.
+        let _cancel_on_drop = CancelOnDrop(token.clone());
+        self.blocking(move |engine| token.scope(|| work(engine))).await
     }
 }

@@ -4,13 +4,14 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::Error;
+use crate::error::{Error, MESSAGE_CHARS, cap};
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let message = err.to_string();
+        let message = cap(&err.to_string(), MESSAGE_CHARS).into_owned();
         match err {
             Error::InvalidArgument { field, message: description } => {
+                let (field, description) = (cap(&field, MESSAGE_CHARS), cap(&description, MESSAGE_CHARS));
                 let details = ErrorDetails::with_bad_request_violation(field, description);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
@@ -35,5 +36,20 @@ impl From<Error> for Status {
                 Status::internal(message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_capped() {
+        let long = "é".repeat(1_000_000);
+        let status = Status::from(Error::NotFound(format!("user {long} not found")));
+        assert_eq!(status.message().chars().count(), MESSAGE_CHARS + 1);
+        let status = Status::from(Error::invalid(long.clone(), long));
+        assert!(status.message().chars().count() <= MESSAGE_CHARS + 1);
+        assert!(status.into_http::<()>().headers().iter().map(|(_, v)| v.len()).sum::<usize>() < 16 * 1024);
     }
 }

@@ -50,7 +50,8 @@ impl UserService for Api {
         &self,
         request: Request<pb::ExportEventsRequest>,
     ) -> Result<Response<BoxStream<pb::ExportEventsResponse>>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
+        let grant = self.grant(&request)?;
+        grant.check(&request.get_ref().project)?;
         let request = request.into_inner();
         let range = time_range("range", request.range.as_ref())?;
         let project = request.project.clone();
@@ -63,7 +64,11 @@ impl UserService for Api {
             for chunk in rows.chunks(EXPORT_CHUNK) {
                 let chunk = chunk.to_vec();
                 let project = project.clone();
-                let events = api.blocking(move |engine| engine.events_at(&project, &chunk, generation)).await;
+                // A key revoked or expired mid-export ends the stream (UNAUTHENTICATED).
+                let events = match grant.recheck(&api.engine) {
+                    Ok(()) => api.blocking(move |engine| engine.events_at(&project, &chunk, generation)).await,
+                    Err(status) => Err(status),
+                };
                 let message = events
                     .map(|events| pb::ExportEventsResponse { events: events.into_iter().map(event_to_pb).collect() });
                 let failed = message.is_err();

@@ -100,6 +100,7 @@ impl FunnelQuery {
         if self.window < 0 {
             return Err(Error::invalid("window", "must not be negative"));
         }
+        crate::core::bounds::check_window("window", Some(self.window))?;
         if self.exclusions.len() > MAX_EXCLUSIONS {
             return Err(Error::invalid("exclusions", format!("at most {MAX_EXCLUSIONS}")));
         }

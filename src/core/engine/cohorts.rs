@@ -6,7 +6,7 @@ use crate::core::engine::Engine;
 use crate::core::engine::meta::MetaKey;
 use crate::core::model::{Micros, now_micros};
 use crate::core::page::{PageRequest, paginate};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 impl Engine {
     pub fn create_cohort(&self, project: &str, mut cohort: Cohort) -> Result<Cohort> {
@@ -14,7 +14,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.defs.cohorts.contains_key(&cohort.id) {
-            return Err(Error::AlreadyExists(format!("cohort {:?} already exists", cohort.id)));
+            return Err(Error::AlreadyExists(format!("cohort {} already exists", echo(&cohort.id))));
         }
         cohort.created = now_micros();
         self.put_meta(MetaKey::Cohort { project, id: &cohort.id }, &cohort)?;
@@ -26,7 +26,12 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        state.defs.cohorts.get(id).cloned().ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))
+        state
+            .defs
+            .cohorts
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))
     }
 
     /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
@@ -60,10 +65,10 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if !state.defs.cohorts.contains_key(id) {
-            return Err(Error::NotFound(format!("cohort {id:?} not found")));
+            return Err(Error::NotFound(format!("cohort {id} not found", id = echo(id))));
         }
         let referrers: Vec<String> =
-            state.defs.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {:?}", g.id)).collect();
+            state.defs.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {}", echo(&g.id))).collect();
         if !referrers.is_empty() {
             return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
         }
@@ -78,7 +83,11 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let cohort = state.defs.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let cohort = state
+            .defs
+            .cohorts
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
             Definition::Conditions(_) => member_ids(&state.data, &evaluate(&state.data, cohort, now_micros())),
@@ -91,7 +100,11 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let cohort = state.defs.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id:?} not found")))?;
+        let cohort = state
+            .defs
+            .cohorts
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))?;
         let now = now_micros();
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,

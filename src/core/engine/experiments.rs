@@ -15,7 +15,7 @@ use crate::core::experiment::stats::SummaryKind;
 use crate::core::ingest::{self, Incoming, ItemError};
 use crate::core::metric::definition::{Direction, Metric};
 use crate::core::model::{Event, Micros, Value, now_micros};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// An exposure to record as a `$exposure` event.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -83,14 +83,15 @@ fn check_metrics(state: &ProjectState, experiment: &Experiment) -> Result<()> {
         let slot = &mut index[role as usize];
         let field = Experiment::metric_field(role, *slot);
         *slot += 1;
-        let metric = metrics.get(key).ok_or_else(|| Error::invalid(&field, format!("unknown metric {key:?}")))?;
+        let metric =
+            metrics.get(key).ok_or_else(|| Error::invalid(&field, format!("unknown metric {key}", key = echo(key))))?;
         measure::summary_kind(metric, &metrics).map_err(|message| Error::invalid(&field, message))?;
     }
     Ok(())
 }
 
 fn not_found(key: &str) -> Error {
-    Error::NotFound(format!("experiment {key:?} not found"))
+    Error::NotFound(format!("experiment {key} not found", key = echo(key)))
 }
 
 impl Definitions {
@@ -105,7 +106,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.defs.experiments.contains_key(&experiment.key) {
-            return Err(Error::AlreadyExists(format!("experiment {:?} already exists", experiment.key)));
+            return Err(Error::AlreadyExists(format!("experiment {} already exists", echo(&experiment.key))));
         }
         check_metrics(&state, &experiment)?;
         experiment.status = ExperimentStatus::Draft;
@@ -132,8 +133,8 @@ impl Engine {
         experiment.normalize()?;
         if previous.status != ExperimentStatus::Draft && previous.reassigns(&experiment) {
             return Err(Error::FailedPrecondition(format!(
-                "experiment {:?} has started: seed, variants and coverage can no longer change (it would reassign users)",
-                experiment.key
+                "experiment {} has started: seed, variants and coverage can no longer change (it would reassign users)",
+                echo(&experiment.key)
             )));
         }
         check_metrics(&state, &experiment)?;
@@ -167,9 +168,10 @@ impl Engine {
     pub fn start_experiment(&self, project: &str, key: &str) -> Result<Experiment> {
         self.transition(project, key, |experiment, now| match experiment.status {
             ExperimentStatus::Running => Ok(false),
-            ExperimentStatus::Stopped => {
-                Err(Error::FailedPrecondition(format!("experiment {key:?} is stopped; it cannot start again")))
-            }
+            ExperimentStatus::Stopped => Err(Error::FailedPrecondition(format!(
+                "experiment {key} is stopped; it cannot start again",
+                key = echo(key)
+            ))),
             ExperimentStatus::Draft => {
                 experiment.status = ExperimentStatus::Running;
                 experiment.start_time.get_or_insert(now);
@@ -183,7 +185,7 @@ impl Engine {
         self.transition(project, key, |experiment, now| match experiment.status {
             ExperimentStatus::Stopped => Ok(false),
             ExperimentStatus::Draft => {
-                Err(Error::FailedPrecondition(format!("experiment {key:?} is a draft; start it first")))
+                Err(Error::FailedPrecondition(format!("experiment {key} is a draft; start it first", key = echo(key))))
             }
             ExperimentStatus::Running => {
                 experiment.status = ExperimentStatus::Stopped;
@@ -223,6 +225,8 @@ impl Engine {
         if id.is_empty() {
             return Err(Error::invalid("user_id", "user_id or anonymous_id is required"));
         }
+        crate::core::ingest::validate_user_id("user_id", user_id)?;
+        crate::core::ingest::validate_user_id("anonymous_id", anonymous_id)?;
         let entry = self.project(project)?;
         let state = entry.read();
         let experiment = state.defs.experiment(key)?;
@@ -346,7 +350,7 @@ fn exposure_event(state: &ProjectState, item: ExposureItem, now: Micros) -> Resu
     if experiment.variant_index(&item.variant).is_none() {
         return Err(Error::invalid(
             "variant",
-            format!("{:?} is not a variant of experiment {:?}", item.variant, item.experiment_key),
+            format!("{} is not a variant of experiment {}", echo(&item.variant), echo(&item.experiment_key)),
         ));
     }
     if item.user_id.is_empty() && item.anonymous_id.is_empty() {
@@ -378,8 +382,8 @@ pub fn results(
     let members = crate::core::cohort::resolve(&state.data, &state.defs.cohorts, "cohort_id", cohort_id)?;
     let start = experiment.start_time.ok_or_else(|| {
         Error::FailedPrecondition(format!(
-            "experiment {:?} has no start_time: start it, or set start_time for a backfill",
-            experiment.key
+            "experiment {} has no start_time: start it, or set start_time for a backfill",
+            echo(&experiment.key)
         ))
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
@@ -387,9 +391,9 @@ pub fn results(
     let metrics = state.defs.metrics.latest_metrics();
     let mut chosen: Vec<(MetricRole, &Metric, SummaryKind)> = Vec::new();
     for (role, key) in experiment.metrics() {
-        let metric = metrics
-            .get(key)
-            .ok_or_else(|| Error::FailedPrecondition(format!("metric {key:?} of the experiment no longer exists")))?;
+        let metric = metrics.get(key).ok_or_else(|| {
+            Error::FailedPrecondition(format!("metric {key} of the experiment no longer exists", key = echo(key)))
+        })?;
         let kind = measure::summary_kind(metric, &metrics).map_err(Error::FailedPrecondition)?;
         chosen.push((role, metric, kind));
     }

@@ -5,7 +5,7 @@ use crate::core::engine::Engine;
 use crate::core::engine::meta::MetaKey;
 use crate::core::goal::definition::*;
 use crate::core::model::{Micros, now_micros};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 impl Engine {
     pub fn create_goal(&self, project: &str, mut goal: Goal) -> Result<Goal> {
@@ -13,13 +13,13 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.defs.goals.contains_key(&goal.id) {
-            return Err(Error::AlreadyExists(format!("goal {:?} already exists", goal.id)));
+            return Err(Error::AlreadyExists(format!("goal {} already exists", echo(&goal.id))));
         }
         if !state.defs.metrics.contains_key(&goal.metric_key) {
-            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+            return Err(Error::NotFound(format!("goal.metric_key: metric {} not found", echo(&goal.metric_key))));
         }
         if !goal.cohort_id.is_empty() && !state.defs.cohorts.contains_key(&goal.cohort_id) {
-            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {}", echo(&goal.cohort_id))));
         }
         (goal.created, goal.updated) = (now_micros(), now_micros());
         self.put_meta(MetaKey::Goal { project, id: &goal.id }, &goal)?;
@@ -31,13 +31,16 @@ impl Engine {
         goal.validate()?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        let previous =
-            state.defs.goals.get(&goal.id).ok_or_else(|| Error::NotFound(format!("goal {:?} not found", goal.id)))?;
+        let previous = state
+            .defs
+            .goals
+            .get(&goal.id)
+            .ok_or_else(|| Error::NotFound(format!("goal {} not found", echo(&goal.id))))?;
         if !state.defs.metrics.contains_key(&goal.metric_key) {
-            return Err(Error::invalid("goal.metric_key", format!("unknown metric {:?}", goal.metric_key)));
+            return Err(Error::NotFound(format!("goal.metric_key: metric {} not found", echo(&goal.metric_key))));
         }
         if !goal.cohort_id.is_empty() && !state.defs.cohorts.contains_key(&goal.cohort_id) {
-            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {:?}", goal.cohort_id)));
+            return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {}", echo(&goal.cohort_id))));
         }
         (goal.created, goal.updated) = (previous.created, now_micros());
         self.put_meta(MetaKey::Goal { project, id: &goal.id }, &goal)?;
@@ -49,7 +52,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        state.defs.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))
+        state.defs.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))
     }
 
     pub fn list_goals(&self, project: &str, metric_key: &str) -> Result<Vec<Goal>> {
@@ -63,7 +66,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if !state.defs.goals.contains_key(id) {
-            return Err(Error::NotFound(format!("goal {id:?} not found")));
+            return Err(Error::NotFound(format!("goal {id} not found", id = echo(id))));
         }
         self.delete_meta(MetaKey::Goal { project, id })?;
         state.defs.goals.remove(id);
@@ -74,7 +77,8 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let goal = state.defs.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id:?} not found")))?;
+        let goal =
+            state.defs.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))?;
         measure(
             &state.data,
             &state.defs.metrics,

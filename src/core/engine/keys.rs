@@ -1,10 +1,12 @@
 //! API keys of the engine: create, list, revoke, authenticate.
 
 use crate::core::auth::*;
+use std::sync::atomic::Ordering;
+
 use crate::core::engine::Engine;
 use crate::core::engine::meta::MetaKey;
 use crate::core::model::Micros;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use ring::hmac;
 
 impl Engine {
@@ -17,9 +19,7 @@ impl Engine {
         expires: Option<Micros>,
     ) -> Result<(ApiKey, String)> {
         self.project(project)?;
-        if name.chars().count() > 200 {
-            return Err(Error::invalid("name", "longer than 200 characters"));
-        }
+        crate::core::bounds::check_name("name", &name)?;
         let now = self.clock.now();
         if expires.is_some_and(|t| t <= now) {
             return Err(Error::invalid("expire_time", "must be in the future"));
@@ -55,17 +55,41 @@ impl Engine {
     /// Revokes a key; the next request with it is UNAUTHENTICATED.
     pub fn revoke_api_key(&self, project: &str, id: &str) -> Result<()> {
         self.project(project)?;
+        // Ids are 16 hex digits; anything much longer is not one.
+        if id.len() > MAX_KEY_ID_CHARS {
+            return Err(Error::invalid("key_id", format!("{} characters, at most {MAX_KEY_ID_CHARS}", id.len())));
+        }
         let mut keys = self.api_keys.write();
         let key = keys
             .get_mut(id)
             .filter(|k| k.project == project)
-            .ok_or_else(|| Error::NotFound(format!("api key {id:?} not found")))?;
+            .ok_or_else(|| Error::NotFound(format!("api key {id} not found", id = echo(id))))?;
         let mut revoked = key.clone();
         revoked.revoked = true;
         self.put_meta(MetaKey::ApiKey { project, id }, &revoked)?;
         *key = revoked;
+        self.api_key_generation.fetch_add(1, Ordering::SeqCst);
         tracing::info!(project = %project, key = %id, "api key revoked");
         Ok(())
+    }
+
+    /// Counts revocations; a stream re-checks its key when this moved since its last look.
+    pub fn api_key_generation(&self) -> u64 {
+        self.api_key_generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether the key `id` still works (not revoked, not expired, not deleted): the check an
+    /// open stream repeats. Returns the key's expiry.
+    pub fn recheck_api_key(&self, id: &str) -> Result<Option<Micros>> {
+        let keys = self.api_keys.read();
+        let key = keys.get(id).ok_or_else(|| Error::Unauthenticated("unknown api key".into()))?;
+        if key.revoked {
+            return Err(Error::Unauthenticated(format!("api key {id} was revoked")));
+        }
+        if key.is_expired(self.clock.now()) {
+            return Err(Error::Unauthenticated(format!("api key {id} has expired")));
+        }
+        Ok(key.expires)
     }
 
     /// Checks a project key's secret. Unknown, malformed, revoked and expired keys are all

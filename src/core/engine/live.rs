@@ -31,7 +31,7 @@ use crate::core::metric::evaluate::evaluate;
 use crate::core::metric::scan::{MetricQuery, Point, Series};
 use crate::core::model::{Micros, now_micros};
 use crate::core::time::{self, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use futures::Stream;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -307,7 +307,7 @@ impl FeedTask {
                 Wake::Stopping | Wake::ProjectGone => {
                     let error = match wake {
                         Wake::Stopping => Error::Unavailable,
-                        _ => Error::NotFound(format!("project {:?} not found", self.spec.project)),
+                        _ => Error::NotFound(format!("project {} not found", echo(&self.spec.project))),
                     };
                     self.readings.send_replace(Some(Err(error)));
                     self.engine.live.retire(&self.key, self.id);

@@ -11,7 +11,7 @@ use crate::core::metric::scan::MetricQuery;
 use crate::core::model::{ManualValue, Micros, now_micros};
 use crate::core::store::record::LogRecord;
 use crate::core::time::{self, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 impl Engine {
     pub fn create_metric(&self, project: &str, mut metric: Metric) -> Result<Metric> {
@@ -19,7 +19,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if state.defs.metrics.contains_key(&metric.key) {
-            return Err(Error::AlreadyExists(format!("metric {:?} already exists", metric.key)));
+            return Err(Error::AlreadyExists(format!("metric {} already exists", echo(&metric.key))));
         }
         check_graph(&state.defs.metrics, &metric)?;
         let now = now_micros();
@@ -84,8 +84,12 @@ impl Engine {
         crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
         let mut state = entry.write();
-        let versions =
-            state.defs.metrics.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?.clone();
+        let versions = state
+            .defs
+            .metrics
+            .get(key)
+            .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))?
+            .clone();
         let referrers: Vec<String> = state
             .defs
             .metrics
@@ -220,7 +224,9 @@ impl Engine {
             })?
         } else {
             crate::core::catalog::validate_slug("root_key", root_key)?;
-            metrics.get(root_key).ok_or_else(|| Error::NotFound(format!("metric {root_key:?} not found")))?
+            metrics
+                .get(root_key)
+                .ok_or_else(|| Error::NotFound(format!("metric {root_key} not found", root_key = echo(root_key))))?
         };
         let previous = comparison_range(query.from, query.to, compare, query.tz);
         let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };

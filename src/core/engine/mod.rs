@@ -35,7 +35,7 @@ use crate::core::metric::definition::{Metric, MetricBook};
 use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, now_micros};
 use crate::core::store::ProjectData;
 use crate::core::store::record::{LogRecord, decode_record};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 use crate::storage::Storage;
 use meta::{MetaKey, MetaKind};
 
@@ -85,6 +85,8 @@ pub struct Engine {
     next_quarantine_id: AtomicU64,
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
+    /// Bumped by every revocation, so open streams re-check their key only when it moves.
+    pub(crate) api_key_generation: AtomicU64,
     pub limits: Limits,
     /// What "now" is for key expiry and data retention.
     pub clock: Clock,
@@ -192,6 +194,7 @@ impl Engine {
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             api_keys: RwLock::new(api_keys),
+            api_key_generation: AtomicU64::new(0),
             limits,
             clock,
             live: crate::core::engine::live::LiveHub::default(),
@@ -238,7 +241,11 @@ impl Engine {
 
     pub fn project(&self, id: &str) -> Result<Arc<ProjectEntry>> {
         validate_slug("project", id)?;
-        self.projects.read().get(id).cloned().ok_or_else(|| Error::NotFound(format!("project {id:?} not found")))
+        self.projects
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("project {id} not found", id = echo(id))))
     }
 
     // ---- projects ----
@@ -246,16 +253,14 @@ impl Engine {
     pub fn create_project(&self, mut project: Project) -> Result<Project> {
         validate_slug("project.id", &project.id)?;
         project.timezone = validate_timezone("project.timezone", &project.timezone)?;
-        if project.name.chars().count() > 200 {
-            return Err(Error::invalid("project.name", "longer than 200 characters"));
-        }
+        crate::core::bounds::check_name("project.name", &project.name)?;
         if project.name.is_empty() {
             project.name = project.id.clone();
         }
         project.created = now_micros();
         let mut projects = self.projects.write();
         if projects.contains_key(&project.id) {
-            return Err(Error::AlreadyExists(format!("project {:?} already exists", project.id)));
+            return Err(Error::AlreadyExists(format!("project {} already exists", echo(&project.id))));
         }
         self.put_meta(MetaKey::Project(&project.id), &project)?;
         tracing::info!(project = %project.id, "project created");
@@ -276,9 +281,7 @@ impl Engine {
         let mut state = entry.write();
         let mut project = state.project.clone();
         if let Some(name) = update.name {
-            if name.chars().count() > 200 {
-                return Err(Error::invalid("update.name", "longer than 200 characters"));
-            }
+            crate::core::bounds::check_name("update.name", &name)?;
             project.name = name;
         }
         if let Some(zone) = update.timezone {
@@ -339,7 +342,7 @@ impl Engine {
             .event_types
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("event type {name:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("event type {name} not found", name = echo(name))))
     }
 
     pub fn list_event_types(&self, project: &str) -> Result<Vec<EventType>> {
@@ -351,7 +354,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         if !state.defs.event_types.contains_key(name) {
-            return Err(Error::NotFound(format!("event type {name:?} not found")));
+            return Err(Error::NotFound(format!("event type {name} not found", name = echo(name))));
         }
         self.delete_meta(MetaKey::EventType { project, name })?;
         state.defs.event_types.remove(name);

@@ -5,7 +5,7 @@ use crate::core::ingest;
 use crate::core::model::{Event, TimeRange, UserProfile};
 use crate::core::page::PageRequest;
 use crate::core::store::record::LogRecord;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// The most events one export message carries.
 pub const EXPORT_CHUNK: usize = 1000;
@@ -15,10 +15,11 @@ impl Engine {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "must not be empty"));
         }
+        ingest::validate_user_id("user_id", user_id)?;
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.data.table;
-        let not_found = || Error::NotFound(format!("user {user_id:?} not found"));
+        let not_found = || Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id)));
         let person = table.find_user(user_id).ok_or_else(not_found)?;
         let rows = table.user_rows(person);
         let traits = state.data.traits.get(&person);
@@ -51,12 +52,13 @@ impl Engine {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "must not be empty"));
         }
+        ingest::validate_user_id("user_id", user_id)?;
         let offset = page.offset()?;
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.data.table;
         let Some(person) = table.find_user(user_id) else {
-            return Err(Error::NotFound(format!("user {user_id:?} not found")));
+            return Err(Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id))));
         };
         let rows: Vec<u32> =
             table.user_rows(person).into_iter().filter(|&r| range.contains(table.time[r as usize])).collect();

@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use super::assign;
 use super::stats::{StatsConfig, WEIGHT_TOLERANCE};
+use crate::core::bounds;
 use crate::core::catalog::validate_slug;
 use crate::core::model::Micros;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// Most variants one experiment may have.
 pub const MAX_VARIANTS: usize = 100;
@@ -63,6 +64,7 @@ impl ReadoutConfig {
         if self.cuped_pre_period.is_some_and(|p| p <= 0) {
             return Err(Error::invalid(format!("{field}.cuped_pre_period"), "must be positive"));
         }
+        bounds::check_window(&format!("{field}.cuped_pre_period"), self.cuped_pre_period)?;
         Ok(())
     }
 }
@@ -145,14 +147,9 @@ impl Experiment {
     /// definition on its own; that the metrics exist is checked against the project.
     pub fn normalize(&mut self) -> Result<()> {
         validate_slug("experiment.key", &self.key)?;
-        for (field, text) in [("experiment.name", &self.name), ("experiment.seed", &self.seed)] {
-            if text.chars().count() > 200 {
-                return Err(Error::invalid(field, "longer than 200 characters"));
-            }
-        }
-        if self.hypothesis.chars().count() > 10_000 {
-            return Err(Error::invalid("experiment.hypothesis", "longer than 10,000 characters"));
-        }
+        bounds::check_name("experiment.name", &self.name)?;
+        bounds::check_name("experiment.seed", &self.seed)?;
+        bounds::check_text("experiment.hypothesis", &self.hypothesis)?;
         if self.variants.len() < 2 {
             return Err(Error::invalid(
                 "experiment.variants",
@@ -170,7 +167,7 @@ impl Experiment {
             if self.variants[..i].iter().any(|v| v.key == variant.key) {
                 return Err(Error::invalid(
                     format!("experiment.variants[{i}].key"),
-                    format!("duplicate variant key {:?}", variant.key),
+                    format!("duplicate variant key {}", echo(&variant.key)),
                 ));
             }
             if !(variant.weight > 0.0 && variant.weight <= 1.0) {
@@ -179,9 +176,8 @@ impl Experiment {
                     format!("must be in (0, 1], got {}", variant.weight),
                 ));
             }
-            if variant.name.chars().count() > 200 {
-                return Err(Error::invalid(format!("experiment.variants[{i}].name"), "longer than 200 characters"));
-            }
+            bounds::check_name(&format!("experiment.variants[{i}].name"), &variant.name)?;
+            bounds::check_text(&format!("experiment.variants[{i}].description"), &variant.description)?;
         }
         let sum: f64 = self.variants.iter().map(|v| v.weight).sum();
         if (sum - 1.0).abs() > WEIGHT_TOLERANCE {
@@ -198,7 +194,7 @@ impl Experiment {
         } else if self.variant_index(&self.control_variant).is_none() {
             return Err(Error::invalid(
                 "experiment.control_variant",
-                format!("{:?} names none of the variants", self.control_variant),
+                format!("{} names none of the variants", echo(&self.control_variant)),
             ));
         }
         let mut seen: Vec<&str> = Vec::new();
@@ -211,7 +207,7 @@ impl Experiment {
                 let field = Self::metric_field(role, i);
                 validate_slug(&field, key)?;
                 if seen.contains(&key.as_str()) {
-                    return Err(Error::invalid(field, format!("metric {key:?} is listed twice")));
+                    return Err(Error::invalid(field, format!("metric {key} is listed twice", key = echo(key))));
                 }
                 seen.push(key);
             }
@@ -219,6 +215,7 @@ impl Experiment {
         if self.attribution_window.is_some_and(|w| w <= 0) {
             return Err(Error::invalid("experiment.attribution_window", "must be positive"));
         }
+        bounds::check_window("experiment.attribution_window", self.attribution_window)?;
         self.readout.validate("experiment.stats")?;
         if !self.minimum_detectable_effect.is_finite() || self.minimum_detectable_effect < 0.0 {
             return Err(Error::invalid(

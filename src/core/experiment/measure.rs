@@ -19,7 +19,7 @@ use crate::core::metric::scan::{Matcher, for_listed_people};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
 use crate::core::store::table::{Cell, EventTable, NONE};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// A user exposed to exactly one variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +213,9 @@ impl UserMetric {
             }
             MetricKind::Ratio => {
                 let input = |key: &str| {
-                    metrics.get(key).ok_or_else(|| Error::FailedPrecondition(format!("metric {key:?} not found")))
+                    metrics
+                        .get(key)
+                        .ok_or_else(|| Error::FailedPrecondition(format!("metric {key} not found", key = echo(key))))
                 };
                 UserMetric::Ratio(
                     plain_source(state, input(&metric.numerator_key)?)?,
@@ -235,7 +237,7 @@ impl UserMetric {
                         .collect(),
                 }
             }
-            kind => return Err(Error::FailedPrecondition(format!("metric {:?} is {kind:?}", metric.key))),
+            kind => return Err(Error::FailedPrecondition(format!("metric {} is {kind:?}", echo(&metric.key)))),
         })
     }
 

@@ -7,7 +7,7 @@ use super::definition::MetricRole;
 use super::stats::{
     self, ComparisonResult, Correction, Covariate, Difference, Moments, StatsConfig, StatsError, Summary, SummaryKind,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// Power at which `mde` is computed, and below which a comparison is underpowered.
 pub const TARGET_POWER: f64 = 0.8;
@@ -233,14 +233,17 @@ pub fn analyze_summaries(request: SummariesRequest) -> Result<SummariesReadout> 
     }
     for (i, v) in variants.iter().enumerate() {
         if !v.key.is_empty() && variants[..i].iter().any(|w| w.key == v.key) {
-            return Err(Error::invalid(format!("variants[{i}].key"), format!("duplicate variant key {:?}", v.key)));
+            return Err(Error::invalid(
+                format!("variants[{i}].key"),
+                format!("duplicate variant key {}", echo(&v.key)),
+            ));
         }
     }
     let control = if request.control_variant.is_empty() {
         0
     } else {
         variants.iter().position(|v| v.key == request.control_variant).ok_or_else(|| {
-            Error::invalid("control_variant", format!("{:?} names none of the variants", request.control_variant))
+            Error::invalid("control_variant", format!("{} names none of the variants", echo(&request.control_variant)))
         })?
     };
     if !request.minimum_detectable_effect.is_finite() {

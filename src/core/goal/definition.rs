@@ -13,7 +13,7 @@ use crate::core::metric::scan::{MetricQuery, Point};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
 use crate::core::time::{self, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Goal {
@@ -51,6 +51,8 @@ pub struct GoalReport {
 impl Goal {
     pub fn validate(&self) -> Result<()> {
         validate_slug("goal.id", &self.id)?;
+        crate::core::bounds::check_name("goal.name", &self.name)?;
+        crate::core::bounds::check_text("goal.description", &self.description)?;
         validate_slug("goal.metric_key", &self.metric_key)?;
         if self.period.0 >= self.period.1 {
             return Err(Error::invalid("goal.period", "to must be after from"));
@@ -123,7 +125,7 @@ pub fn measure(
     let metric = metrics
         .get(&goal.metric_key)
         .and_then(|v| v.last())
-        .ok_or_else(|| Error::NotFound(format!("metric {:?} not found", goal.metric_key)))?;
+        .ok_or_else(|| Error::NotFound(format!("metric {} not found", echo(&goal.metric_key))))?;
     let zone = if goal.timezone.is_empty() { default_zone } else { goal.timezone.as_str() };
     let tz = time::parse_zone("goal.timezone", zone)?;
     let (start, end) = goal.period;
@@ -161,6 +163,6 @@ pub fn measure(
         buckets,
     };
     let progress =
-        progress::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {:?}: {e}", goal.id)))?;
+        progress::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {}: {e}", echo(&goal.id))))?;
     Ok(GoalReport { goal: goal.clone(), progress, as_of: now, points, metric_version: metric.version })
 }

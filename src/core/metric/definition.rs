@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::bounds;
 use crate::core::catalog::validate_slug;
 use crate::core::filter::{EventSelector, validate_selector};
 use crate::core::model::Micros;
 use crate::core::time::{CalendarOffset, CalendarPeriod};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum MetricKind {
@@ -144,9 +145,13 @@ impl Metric {
     /// `validate_references`.
     pub fn validate(&self) -> Result<()> {
         validate_slug("metric.key", &self.key)?;
-        if self.name.chars().count() > 200 {
-            return Err(Error::invalid("metric.name", "longer than 200 characters"));
-        }
+        bounds::check_name("metric.name", &self.name)?;
+        bounds::check_name("metric.unit", &self.unit)?;
+        bounds::check_text("metric.description", &self.description)?;
+        self.validate_offsets()?;
+        bounds::check_period_index("metric.retention_offset", self.retention_offset)?;
+        bounds::check_window("metric.window", self.window)?;
+        bounds::check_window("metric.rolling_window", self.rolling_window)?;
         let selector_needed =
             self.kind.is_event_aggregate() || matches!(self.kind, MetricKind::Conversion | MetricKind::Retention);
         match (&self.selector, selector_needed) {
@@ -189,7 +194,10 @@ impl Metric {
                 .collect();
             for reference in expr.references() {
                 if !self.inputs.is_empty() && !known.contains(reference.as_str()) {
-                    return Err(Error::invalid("metric.formula", format!("{reference:?} is not among the inputs")));
+                    return Err(Error::invalid(
+                        "metric.formula",
+                        format!("{reference} is not among the inputs", reference = echo(&reference)),
+                    ));
                 }
                 if self.inputs.is_empty() {
                     validate_slug("metric.formula", &reference)?;
@@ -231,17 +239,30 @@ impl Metric {
     }
 }
 
+impl Metric {
+    /// The calendar offsets of RATIO and FORMULA inputs are bounded (`bounds::check_offset`);
+    /// checked at create and again before a stored definition is evaluated.
+    pub fn validate_offsets(&self) -> Result<()> {
+        bounds::check_offset("metric.numerator_offset", self.numerator_offset)?;
+        bounds::check_offset("metric.denominator_offset", self.denominator_offset)?;
+        for (i, input) in self.inputs.iter().enumerate() {
+            bounds::check_offset(&format!("metric.inputs[{i}].offset"), input.offset)?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks that every referenced metric exists and that neither inputs nor parent links form
 /// a cycle, with `candidate` replacing its previous version in `metrics`.
 pub fn validate_references(candidate: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<()> {
     for key in candidate.input_keys() {
         if key != candidate.key && !metrics.contains_key(&key) {
-            return Err(Error::invalid("metric", format!("references unknown metric {key:?}")));
+            return Err(Error::invalid("metric", format!("references unknown metric {key}", key = echo(&key))));
         }
     }
     for key in &candidate.parent_keys {
         if !metrics.contains_key(key) {
-            return Err(Error::invalid("metric.parent_keys", format!("unknown metric {key:?}")));
+            return Err(Error::invalid("metric.parent_keys", format!("unknown metric {key}", key = echo(key))));
         }
     }
     let lookup = |key: &str| if key == candidate.key { Some(candidate) } else { metrics.get(key) };
@@ -255,7 +276,7 @@ pub fn validate_references(candidate: &Metric, metrics: &BTreeMap<String, Metric
         while let Some(key) = stack.pop() {
             if key == candidate.key {
                 let field = if what == "inputs" { "metric" } else { "metric.parent_keys" };
-                return Err(Error::invalid(field, format!("{what} form a cycle through {:?}", candidate.key)));
+                return Err(Error::invalid(field, format!("{what} form a cycle through {}", echo(&candidate.key))));
             }
             if seen.insert(key.clone())
                 && let Some(metric) = lookup(&key)
@@ -301,16 +322,19 @@ impl MetricBook {
 
     /// A version of a metric (0: the latest).
     pub(crate) fn metric_version(&self, key: &str, version: u32) -> Result<&Metric> {
-        let versions = self.versions.get(key).ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))?;
+        let versions = self
+            .versions
+            .get(key)
+            .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))?;
         let found = if version == 0 { versions.last() } else { versions.iter().find(|m| m.version == version) };
-        found.ok_or_else(|| Error::NotFound(format!("metric {key:?} has no version {version}")))
+        found.ok_or_else(|| Error::NotFound(format!("metric {key} has no version {version}", key = echo(key))))
     }
 
     pub(crate) fn latest_metric(&self, key: &str) -> Result<&Metric> {
         self.versions
             .get(key)
             .and_then(|v| v.last())
-            .ok_or_else(|| Error::NotFound(format!("metric {key:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))
     }
 
     /// The definition a query runs: a stored version, or a checked inline definition.
@@ -356,6 +380,13 @@ mod tests {
         assert_eq!(field(Metric { kind: MetricKind::Formula, formula: "a + ".into(), ..count("x") }), "metric.formula");
         assert_eq!(field(Metric { kind: MetricKind::Conversion, ..count("x") }), "metric.conversion_selector");
         assert_eq!(field(Metric { parent_keys: vec!["x".into()], ..count("x") }), "metric.parent_keys[0]");
+        let days = |days| CalendarOffset { months: 0, days };
+        assert_eq!(field(Metric { numerator_offset: days(i32::MIN), ..count("x") }), "metric.numerator_offset.days");
+        let input = MetricInput { metric_key: "a".into(), offset: days(i32::MAX), ..Default::default() };
+        assert_eq!(field(Metric { inputs: vec![input], ..count("x") }), "metric.inputs[0].offset.days");
+        assert_eq!(field(Metric { retention_offset: u32::MAX, ..count("x") }), "metric.retention_offset");
+        assert_eq!(field(Metric { rolling_window: Some(i64::MAX), ..count("x") }), "metric.rolling_window");
+        assert_eq!(field(Metric { name: "x".repeat(201), ..count("x") }), "metric.name");
     }
 
     #[test]

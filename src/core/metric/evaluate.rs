@@ -9,7 +9,7 @@ use crate::core::metric::scan::{self, MetricQuery, Point, Series};
 use crate::core::model::{ManualValue, Micros};
 use crate::core::store::ProjectData;
 use crate::core::time::{self, CalendarOffset, Granularity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, echo};
 
 /// How deep RATIO/FORMULA inputs may nest (cycles are refused at definition time).
 pub(crate) const MAX_DEPTH: usize = 16;
@@ -74,6 +74,8 @@ pub fn evaluate(
     if depth > MAX_DEPTH {
         return Err(Error::invalid("metric", "inputs nest too deeply"));
     }
+    // Definitions stored before offsets were bounded are refused here, not evaluated.
+    metric.validate_offsets()?;
     match metric.kind {
         kind if kind.is_event_aggregate() => scan::event_aggregate(state, metric, query),
         MetricKind::Ratio => {
@@ -272,7 +274,10 @@ pub(crate) fn check_graph(book: &MetricBook, metric: &Metric) -> Result<()> {
         && let Some(other) =
             book.latest_metrics().values().find(|m| m.role == MetricRole::NorthStar && m.key != metric.key)
     {
-        return Err(Error::FailedPrecondition(format!("metric {:?} is already the project's north star", other.key)));
+        return Err(Error::FailedPrecondition(format!(
+            "metric {} is already the project's north star",
+            echo(&other.key)
+        )));
     }
     validate_references(metric, &book.latest_metrics())
 }

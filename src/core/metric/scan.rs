@@ -173,7 +173,11 @@ pub(crate) fn for_listed_people(
     mut visit: impl FnMut(u32, &[u32]),
 ) {
     let mut merged = Vec::new();
-    for person in people {
+    for (i, person) in people.into_iter().enumerate() {
+        // A cancelled query stops here; its caller is gone and discards the result.
+        if i.is_multiple_of(crate::core::cancel::CHECK_EVERY) && crate::core::cancel::stopped() {
+            return;
+        }
         match table.aliases.get(&person) {
             Some(anons) if !anons.is_empty() => {
                 merged.clear();
@@ -549,12 +553,10 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
         let t0 = table.time[first_row];
         let (start, end) = if metric.retention_rolling {
             let period = period_days * 86_400_000_000;
-            (t0 + offset * period, t0 + (offset + 1) * period)
+            (t0.saturating_add(offset.saturating_mul(period)), t0.saturating_add((offset + 1).saturating_mul(period)))
         } else {
-            let mut start = time::floor(t0, granularity, query.tz);
-            for _ in 0..offset {
-                start = time::next(start, granularity, query.tz);
-            }
+            let start =
+                time::advance(time::floor(t0, granularity, query.tz), granularity, metric.retention_offset, query.tz);
             (start, time::next(start, granularity, query.tz))
         };
         let succeeded = rows.iter().map(|&r| r as usize).any(|r| {

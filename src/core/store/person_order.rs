@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::core::cancel;
 use crate::core::model::Micros;
 use crate::core::store::table::EventTable;
 
@@ -114,6 +115,7 @@ impl PersonOrder {
         let tail = Tail::of(self, table);
         let parts = threads.clamp(1, self.people.len().max(1));
         let bounds: Vec<usize> = (0..=parts).map(|k| k * self.people.len() / parts).collect();
+        let token = cancel::current();
         let run = |k: usize| {
             let mut state = init();
             let extra: &[u32] = if k + 1 == parts { &tail.new_people } else { &[] };
@@ -126,7 +128,8 @@ impl PersonOrder {
             return vec![run(0)];
         }
         std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..parts).map(|k| scope.spawn(move || run(k))).collect();
+            let token = token.as_ref();
+            let handles: Vec<_> = (1..parts).map(|k| scope.spawn(move || cancel::within(token, || run(k)))).collect();
             let mut states = vec![run(0)];
             // A panic in a part is a bug; re-raise it on the calling thread.
             states.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
@@ -143,7 +146,12 @@ impl PersonOrder {
         visit: &mut dyn FnMut(u32, PersonEvents<'_>),
     ) {
         let mut merged = Merged::default();
+        let first = people.start;
         for i in people {
+            // A cancelled query stops here; its caller is gone and discards the result.
+            if (i - first).is_multiple_of(cancel::CHECK_EVERY) && cancel::stopped() {
+                return;
+            }
             let person = self.people[i];
             let span = self.starts[i] as usize..self.starts[i + 1] as usize;
             let events = PersonEvents {
@@ -156,7 +164,10 @@ impl PersonOrder {
                 Some(extra) => visit(person, merged.fill(table, events.rows, extra)),
             }
         }
-        for person in new_people {
+        for (i, person) in new_people.iter().enumerate() {
+            if i.is_multiple_of(cancel::CHECK_EVERY) && cancel::stopped() {
+                return;
+            }
             visit(*person, merged.fill(table, &[], &tail.rows[person]));
         }
     }
@@ -316,5 +327,32 @@ mod tests {
         assert!(!order.serves(&table));
         let rebuilt = PersonOrder::build(&table);
         assert_eq!(collect(&rebuilt, &table)[1], ("u2".into(), vec![1, 6, 3], vec![10, 10, 20]));
+    }
+
+    #[test]
+    fn a_cancelled_scan_stops_within_one_check_interval() {
+        let mut table = EventTable::default();
+        for i in 0..2_000 {
+            push(&mut table, &format!("e{i}"), "a", &format!("u{i}"), "", i);
+        }
+        let order = PersonOrder::build(&table);
+        let token = crate::core::cancel::CancelToken::default();
+        let visited = token.scope(|| {
+            let mut visited = 0;
+            order.for_each(&table, |_, _| {
+                visited += 1;
+                if visited == 10 {
+                    token.cancel();
+                }
+            });
+            visited
+        });
+        assert_eq!(visited, cancel::CHECK_EVERY, "stops at the first check after the cancel");
+        for threads in [1, 2, 4] {
+            let parts = token.scope(|| order.fold_parts(&table, threads, || 0, |n, _, _| *n += 1));
+            assert_eq!(parts.iter().sum::<usize>(), 0, "{threads} threads: an already cancelled scan visits nobody");
+        }
+        let all: usize = order.fold_parts(&table, 2, || 0, |n, _, _| *n += 1).iter().sum();
+        assert_eq!(all, 2_000, "without a token the scan is whole");
     }
 }
