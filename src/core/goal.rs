@@ -223,7 +223,9 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
 ///
 /// When `[start, end)` is a whole number of calendar months in `zone` (both ends at local midnight on
 /// the 1st, as for a month, quarter or year), the baseline is the same number of calendar months before
-/// `start`, so March's baseline is all of February. Otherwise it is `[start − (end − start), start)`.
+/// `start`, so March's baseline is all of February. When both ends are local midnights it is the same
+/// number of local calendar days before `start` (two weeks across a DST change are 335 or 337 hours,
+/// and so is the baseline when it holds the change). Otherwise it is `[start − (end − start), start)`.
 /// Where a DST change skips local midnight, the month starts at the transition.
 pub fn default_baseline_period(start: i64, end: i64, zone: Tz) -> (i64, i64) {
     if let (Some(first), Some(last)) = (month_boundary(start, zone), month_boundary(end, zone))
@@ -231,6 +233,10 @@ pub fn default_baseline_period(start: i64, end: i64, zone: Tz) -> (i64, i64) {
         && let Some(from) = month_start(first - (last - first), zone)
     {
         return (from, start);
+    }
+    if let Some(days) = super::time::whole_days_between(start, end, zone) {
+        let offset = super::time::CalendarOffset { months: 0, days };
+        return (super::time::shift_back(start, offset, zone), start);
     }
     (start.saturating_sub(end.saturating_sub(start)), start)
 }
@@ -906,5 +912,13 @@ mod tests {
         assert_eq!(default_baseline_period(start, end, berlin), (start - 14 * DAY, start));
         // A reversed range does not panic: the same (negative) duration arithmetic.
         assert_eq!(default_baseline_period(end, start, berlin), (end + 14 * DAY, end));
+        // Two local weeks holding the spring DST change (335 hours) get the two local weeks
+        // before (336 hours), not a baseline starting at 01:00.
+        let (start, end) = (at(berlin, 2026, 3, 23, 0), at(berlin, 2026, 4, 6, 0));
+        assert_eq!(end - start, 14 * DAY - HOUR);
+        assert_eq!(default_baseline_period(start, end, berlin), (at(berlin, 2026, 3, 9, 0), start));
+        // And two weeks after it get the two weeks holding it.
+        let (start, end) = (at(berlin, 2026, 4, 6, 0), at(berlin, 2026, 4, 20, 0));
+        assert_eq!(default_baseline_period(start, end, berlin), (at(berlin, 2026, 3, 23, 0), start));
     }
 }

@@ -119,6 +119,9 @@ pub struct Metric {
 }
 
 pub const DEFAULT_CONVERSION_WINDOW: Micros = 14 * 86_400_000_000;
+const ROLLING_DAY: Micros = 86_400_000_000;
+/// A rolling window spans at most 100 years of days.
+pub const MAX_ROLLING_DAYS: i64 = 36_600;
 
 impl Metric {
     /// Metrics this one reads values from (RATIO and FORMULA inputs).
@@ -202,6 +205,14 @@ impl Metric {
         }
         if !window_ok(self.rolling_window) {
             return Err(Error::invalid("metric.rolling_window", "must be positive"));
+        }
+        if let Some(window) = self.rolling_window
+            && (window % ROLLING_DAY != 0 || window / ROLLING_DAY > MAX_ROLLING_DAYS)
+        {
+            return Err(Error::invalid(
+                "metric.rolling_window",
+                format!("must be a whole number of days, at most {MAX_ROLLING_DAYS}"),
+            ));
         }
         if (self.rolling_window.is_some() || self.to_date.is_some()) && !self.kind.is_event_aggregate() {
             return Err(Error::invalid(
@@ -297,6 +308,11 @@ mod tests {
         assert_eq!(field(Metric { kind: MetricKind::Formula, formula: "a + ".into(), ..count("x") }), "metric.formula");
         assert_eq!(field(Metric { kind: MetricKind::Conversion, ..count("x") }), "metric.conversion_selector");
         assert_eq!(field(Metric { parent_keys: vec!["x".into()], ..count("x") }), "metric.parent_keys[0]");
+        // Rolling windows are whole local days.
+        assert!(Metric { rolling_window: Some(7 * ROLLING_DAY), ..count("x") }.validate().is_ok());
+        for window in [ROLLING_DAY + 1, ROLLING_DAY / 2, (MAX_ROLLING_DAYS + 1) * ROLLING_DAY] {
+            assert_eq!(field(Metric { rolling_window: Some(window), ..count("x") }), "metric.rolling_window");
+        }
     }
 
     #[test]

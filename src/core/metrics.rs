@@ -83,6 +83,11 @@ pub fn comparison_range(from: Micros, to: Micros, compare: Compare, tz: chrono_t
                 let offset = CalendarOffset { months, days: 0 };
                 return Some((time::shift_back(from, offset, tz), from));
             }
+            // Whole local days shift by days, so a week compares with the week before even when
+            // a DST change makes one of them 167 or 169 hours long.
+            if let Some(days) = time::whole_days_between(from, to, tz) {
+                return Some((time::shift_back(from, CalendarOffset { months: 0, days }, tz), from));
+            }
             Some((from - (to - from), from))
         }
     }
