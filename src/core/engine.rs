@@ -407,7 +407,10 @@ impl Engine {
             .map(|(i, n)| (table.names.resolve(i as u32).to_owned(), *n))
             .collect();
         events_by_name.sort();
-        let users = table.is_user.iter().filter(|u| **u).count() as u64;
+        // Identified users with events or traits; a deleted user keeps its interned id only.
+        let users = (0..table.is_user.len() as u32)
+            .filter(|&p| table.is_user[p as usize] && super::cohort::known(&state, p))
+            .count() as u64;
         Ok(ProjectStats {
             events: table.len() as u64,
             events_by_name,
