@@ -188,6 +188,8 @@ pub struct Engine {
     writer: Mutex<Option<Writer>>,
     sender: RwLock<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
     next_quarantine_id: AtomicU64,
+    /// Ids of every stored event (the writer's dedupe set).
+    seen: ingest::SharedIds,
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     pub limits: Limits,
@@ -297,7 +299,8 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "storage loaded"
         );
-        let writer = ingest::spawn_writer(storage.clone(), seen, WRITE_QUEUE);
+        let seen: ingest::SharedIds = Arc::new(RwLock::new(seen));
+        let writer = ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE);
         let sender = writer.sender.clone();
         Ok(Arc::new(Engine {
             storage,
@@ -305,6 +308,7 @@ impl Engine {
             writer: Mutex::new(Some(writer)),
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
+            seen,
             api_keys: RwLock::new(api_keys),
             limits,
             live: super::live::LiveHub::default(),
@@ -532,7 +536,12 @@ impl Engine {
         let sorted = {
             let state = entry.read();
             let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
-            ingest::sort_batch(items, enforcement, &state.event_types, &self.limits, now_micros())
+            let held: std::collections::HashSet<&str> =
+                state.quarantine.values().map(|q| q.event.event_id.as_str()).collect();
+            let stored = |id: &str| self.seen.read().contains(&ingest::event_key(project_id, id));
+            let quarantined = |id: &str| held.contains(id);
+            let received = ingest::Received { stored: &stored, quarantined: &quarantined };
+            ingest::sort_batch(items, enforcement, &state.event_types, &self.limits, now_micros(), &received)
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;
@@ -544,7 +553,7 @@ impl Engine {
         let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
         let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
-        outcome.duplicates = written.duplicates;
+        outcome.duplicates += written.duplicates;
         Ok(outcome)
     }
 
@@ -639,7 +648,7 @@ impl Engine {
         let (records, keys) = self.event_records(project_id, passing, vec![], leaving);
         let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
-        outcome.duplicates = written.duplicates;
+        outcome.duplicates += written.duplicates;
         Ok(outcome)
     }
 }

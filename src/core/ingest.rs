@@ -135,15 +135,34 @@ pub struct Sorted {
     pub outcome: TrackOutcome,
 }
 
-/// Validates a batch and applies the project's enforcement to it.
+/// What a project has already received, asked before the tracking plan judges an event: a
+/// repeated id is a duplicate whatever its payload (SPEC §1, the first write wins).
+pub struct Received<'a> {
+    /// Whether an id belongs to a stored event. Asked only for events the plan would reject or
+    /// quarantine: the writer dedupes the rest, concurrent batches included.
+    pub stored: &'a dyn Fn(&str) -> bool,
+    /// Whether an id belongs to an event kept in quarantine (received, not stored).
+    pub quarantined: &'a dyn Fn(&str) -> bool,
+}
+
+impl Received<'_> {
+    /// Nothing received: every id is new.
+    pub const NOTHING: Received<'static> = Received { stored: &|_| false, quarantined: &|_| false };
+}
+
+/// Validates a batch and applies the project's enforcement to it. Duplicates are decided
+/// first: an id repeated inside the batch, an id in quarantine and (for events the plan would
+/// not accept) a stored id are counted in `duplicates`, never judged by the plan.
 pub fn sort_batch(
     items: Vec<Incoming>,
     enforcement: Enforcement,
     plan: &BTreeMap<String, EventType>,
     limits: &Limits,
     now: Micros,
+    received: &Received,
 ) -> Sorted {
     let mut sorted = Sorted::default();
+    let mut batch_ids: HashSet<u128, BuildHasherDefault<IdHasher>> = HashSet::default();
     for (index, item) in items.into_iter().enumerate() {
         let index = index as u32;
         let mut event = match item.event {
@@ -157,6 +176,11 @@ pub fn sort_batch(
             sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error: prefix(index, error) });
             continue;
         }
+        let repeated = !batch_ids.insert(xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes()));
+        if repeated || (received.quarantined)(&event.event_id) {
+            sorted.outcome.duplicates += 1;
+            continue;
+        }
         if enforcement == Enforcement::Allow {
             sorted.accepted.push(event);
             continue;
@@ -164,6 +188,10 @@ pub fn sort_batch(
         let reasons = catalog::violations(&event, plan.get(&event.name));
         if reasons.is_empty() {
             sorted.accepted.push(event);
+            continue;
+        }
+        if (received.stored)(&event.event_id) {
+            sorted.outcome.duplicates += 1;
             continue;
         }
         let message = format!("events[{index}]: tracking plan: {}", reasons.join("; "));
@@ -249,6 +277,10 @@ impl Hasher for IdHasher {
 /// 128-bit hashes of (project, event id): every event id ever accepted.
 pub type SeenIds = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
+/// The writer's id set, shared so that ingestion can ask whether an id was stored before the
+/// tracking plan judges it. Only the writer thread writes it.
+pub type SharedIds = Arc<parking_lot::RwLock<SeenIds>>;
+
 pub fn event_key(project: &str, event_id: &str) -> u128 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(project.as_bytes());
@@ -270,7 +302,7 @@ pub struct Writer {
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
-pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SeenIds, capacity: usize) -> Writer {
+pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SharedIds, capacity: usize) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
@@ -286,7 +318,7 @@ struct Appended {
     result: WriteResult,
 }
 
-fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, mut seen: SeenIds) {
+fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, seen: SharedIds) {
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = vec![first];
@@ -298,11 +330,11 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         }
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let keep = dedupe(&mut seen, &job.keys);
+            let keep = dedupe(&mut seen.write(), &job.keys);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
             let result = WriteResult { accepted, duplicates: keep.len() as u64 - accepted };
             if let Err(err) = storage.append(&job.encoded) {
-                forget(&mut seen, &job.keys, &keep);
+                forget(&mut seen.write(), &job.keys, &keep);
                 let _ = job.reply.send(Err(err));
                 continue;
             }
@@ -311,7 +343,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         if let Err(err) = storage.sync() {
             tracing::error!(error = %err, "sync failed; failing the group");
             for a in appended {
-                forget(&mut seen, &a.job.keys, &a.keep);
+                forget(&mut seen.write(), &a.job.keys, &a.keep);
                 let _ = a.job.reply.send(Err(Error::Storage(err.to_string())));
             }
             continue;
@@ -411,16 +443,53 @@ mod tests {
                 Incoming { event: Ok(event("", "u")), encoded_len: 1 },
             ]
         };
-        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0);
+        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((allow.accepted.len(), allow.outcome.rejected.len()), (2, 1));
         assert_eq!(allow.outcome.rejected[0].index, 2);
-        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0);
+        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((warn.accepted.len(), warn.outcome.warnings.len()), (2, 1));
         assert_eq!(warn.outcome.warnings[0].index, 1);
-        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0);
+        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((block.accepted.len(), block.outcome.rejected.len()), (1, 2));
-        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0);
+        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((quarantine.accepted.len(), quarantine.quarantined.len()), (1, 1));
+    }
+
+    #[test]
+    fn duplicates_are_decided_before_the_plan() {
+        let limits = Limits::default();
+        let plan = BTreeMap::from([("known".to_string(), EventType { name: "known".into(), ..Default::default() })]);
+        let with_id = |id: &str, name: &str| Incoming {
+            event: Ok(Event { event_id: id.into(), ..event(name, "u") }),
+            encoded_len: 1,
+        };
+        // "s" is stored, "q" quarantined; "b" repeats inside the batch.
+        let stored = |id: &str| id == "s";
+        let quarantined = |id: &str| id == "q";
+        let received = Received { stored: &stored, quarantined: &quarantined };
+        let batch = || {
+            vec![
+                with_id("s", "unknown"),
+                with_id("q", "known"),
+                with_id("b", "known"),
+                with_id("b", "unknown"),
+                with_id("n", "unknown"),
+            ]
+        };
+        for enforcement in [Enforcement::Block, Enforcement::Quarantine] {
+            let sorted = sort_batch(batch(), enforcement, &plan, &limits, 0, &received);
+            assert_eq!(sorted.outcome.duplicates, 3, "{enforcement:?}");
+            assert_eq!(sorted.accepted.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+            let judged: Vec<u32> = sorted.outcome.rejected.iter().map(|r| r.index).collect();
+            let held: Vec<&str> = sorted.quarantined.iter().map(|q| q.event.event_id.as_str()).collect();
+            match enforcement {
+                Enforcement::Block => assert_eq!((judged, held), (vec![4], vec![])),
+                _ => assert_eq!((judged, held), (vec![], vec!["n"])),
+            }
+        }
+        // A valid event with a stored id is left to the writer, which acknowledges it.
+        let sorted = sort_batch(vec![with_id("s", "known")], Enforcement::Block, &plan, &limits, 0, &received);
+        assert_eq!((sorted.accepted.len(), sorted.outcome.duplicates), (1, 0));
     }
 
     #[test]
