@@ -16,13 +16,19 @@ fn date(month: u32, day: u32) -> NaiveDate {
 }
 
 /// Hours the zone is ahead of UTC at a local wall-clock time (never a skipped or repeated
-/// one here): Berlin is +2 from 2026-03-29 02:00 to 2026-10-25 03:00 local, +1 otherwise.
+/// one here): Berlin is +2 from 2026-03-29 02:00 to 2026-10-25 03:00 local (in 2025 from
+/// 03-30 to 10-26), +1 otherwise.
 fn offset_hours(zone: &str, day: NaiveDate, hour: i64) -> i64 {
-    match zone {
-        "Asia/Tokyo" => 9,
-        "Europe/Berlin" if (day, hour) >= (date(3, 29), 2) && (day, hour) < (date(10, 25), 3) => 2,
-        "Europe/Berlin" => 1,
-        other => panic!("no offsets for {other}"),
+    let summer = |(from, to): ((u32, u32), (u32, u32))| {
+        let on = |(m, d): (u32, u32)| NaiveDate::from_ymd_opt(day.year(), m, d).unwrap();
+        (day, hour) >= (on(from), 2) && (day, hour) < (on(to), 3)
+    };
+    match (zone, day.year()) {
+        ("Asia/Tokyo", _) => 9,
+        ("Europe/Berlin", 2026) if summer(((3, 29), (10, 25))) => 2,
+        ("Europe/Berlin", 2025) if summer(((3, 30), (10, 26))) => 2,
+        ("Europe/Berlin", 2025 | 2026) => 1,
+        other => panic!("no offsets for {other:?}"),
     }
 }
 
@@ -189,5 +195,21 @@ async fn previous_period_is_the_same_number_of_local_days_before() {
             assert_eq!(values(&reply.comparison[0]), expected, "{zone} {from}");
             assert_eq!(expected, vec![2.0; 7]);
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_year_of_iso_weeks_is_52_weeks_back() {
+    let (server, _) = server_with_events().await;
+    for (z, zone) in ZONES.iter().enumerate() {
+        let metric = named(definition(pb::MetricKind::Count), z);
+        let mut request = request(zone, metric, date(3, 30), date(4, 13), pb::Granularity::Week);
+        request.compare = pb::Compare::PreviousYear as i32;
+        let reply = query(&server, request).await;
+        // Mondays 364 days earlier: 2025-03-31 and 2025-04-07 (a calendar year back from
+        // Monday 2026-03-30 is a Sunday).
+        let mondays = [NaiveDate::from_ymd_opt(2025, 3, 31).unwrap(), NaiveDate::from_ymd_opt(2025, 4, 7).unwrap()];
+        let starts: Vec<i64> = reply.comparison[0].points.iter().map(|p| p.start.unwrap().seconds).collect();
+        assert_eq!(starts, mondays.iter().map(|&d| local(zone, d, 0, 0)).collect::<Vec<_>>(), "{zone}");
     }
 }

@@ -67,11 +67,22 @@ impl ProjectState {
     }
 }
 
-/// The range before `[from, to)` to compare with: the previous year, or the period of equal
-/// length just before (whole calendar months shift by months, so March compares with February).
-pub fn comparison_range(from: Micros, to: Micros, compare: Compare, tz: chrono_tz::Tz) -> Option<(Micros, Micros)> {
+/// The range before `[from, to)` to compare with: the previous year (52 weeks for ISO weeks,
+/// so weekdays line up), or the period of equal length just before (whole calendar months
+/// shift by months, so March compares with February).
+pub fn comparison_range(
+    from: Micros,
+    to: Micros,
+    compare: Compare,
+    granularity: Granularity,
+    tz: chrono_tz::Tz,
+) -> Option<(Micros, Micros)> {
     match compare {
         Compare::None => None,
+        Compare::PreviousYear if granularity == Granularity::Week => {
+            let weeks = CalendarOffset { months: 0, days: 52 * 7 };
+            Some((time::shift_back(from, weeks, tz), time::shift_back(to, weeks, tz)))
+        }
         Compare::PreviousYear => {
             let year = CalendarOffset { months: 12, days: 0 };
             Some((time::shift_back(from, year, tz), time::shift_back(to, year, tz)))
@@ -454,7 +465,7 @@ impl Engine {
         query.members = super::cohort::resolve(&state, "cohort_id", &query.cohort_id)?;
         let metric = state.resolve_target(target)?;
         let series = evaluate(&state, &metric, &query, 0)?;
-        let comparison = match comparison_range(query.from, query.to, compare, query.tz) {
+        let comparison = match comparison_range(query.from, query.to, compare, query.granularity, query.tz) {
             Some((from, to)) => evaluate(&state, &metric, &MetricQuery { from, to, ..query.clone() }, 0)?,
             None => Vec::new(),
         };
@@ -517,7 +528,7 @@ impl Engine {
             super::catalog::validate_slug("root_key", root_key)?;
             metrics.get(root_key).ok_or_else(|| Error::NotFound(format!("metric {root_key:?} not found")))?
         };
-        let previous = comparison_range(query.from, query.to, compare, query.tz);
+        let previous = comparison_range(query.from, query.to, compare, query.granularity, query.tz);
         let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };
         let node = tree_node(&state, &metrics, root, &query, previous, depth, &mut Vec::new())?;
         Ok((node, previous))
