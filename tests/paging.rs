@@ -10,6 +10,18 @@ use sextant::pb::cohort_service_client::CohortServiceClient;
 use sextant::pb::metric_service_client::MetricServiceClient;
 use tonic::Code;
 
+/// A COUNT of `view` events named `key` in project "p".
+async fn create_views_metric(server: &TestServer, key: &str) {
+    let metric = pb::MetricDefinition {
+        key: key.into(),
+        kind: pb::MetricKind::Count as i32,
+        selector: Some(pb::EventSelector { event: "view".into(), filters: vec![] }),
+        ..Default::default()
+    };
+    let request = pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) };
+    MetricServiceClient::new(server.channel.clone()).create_metric(request).await.unwrap();
+}
+
 async fn user_events_page(server: &TestServer, token: &str) -> Result<(Vec<String>, String), tonic::Status> {
     let request = pb::ListUserEventsRequest {
         project: "p".into(),
@@ -71,8 +83,8 @@ async fn user_events_added_while_paging_never_repeat_or_skip_earlier_ones() {
     }
 }
 
-/// Pages through a list of names two at a time, creating `before` and `after` (which sort
-/// before and after every existing name) between pages.
+/// Pages through a list of names two at a time, creating `a<round>` and `z<round>` (which
+/// sort before and after every existing name) between the first pages.
 async fn page_through<F, Fut, C, CFut>(list: F, create: C, existing: &[&str]) -> Vec<String>
 where
     F: Fn(String) -> Fut,
@@ -91,8 +103,11 @@ where
         }
         token = next;
         round += 1;
-        create(format!("a{round}")).await;
-        create(format!("z{round}")).await;
+        // Two rounds: a list ordered by arrival grows by two at its end each time.
+        if round <= 2 {
+            create(format!("a{round}")).await;
+            create(format!("z{round}")).await;
+        }
     }
     let listed: Vec<&str> = seen.iter().map(String::as_str).filter(|n| n.starts_with('m')).collect();
     assert_eq!(listed, existing, "each existing item once, in order: {seen:?}");
@@ -108,16 +123,8 @@ async fn lists_page_by_position_while_objects_are_added() {
     // Metrics.
     let metrics = MetricServiceClient::new(server.channel.clone());
     let create_metric = |key: String| {
-        let mut client = metrics.clone();
-        async move {
-            let metric = pb::MetricDefinition {
-                key,
-                kind: pb::MetricKind::Count as i32,
-                selector: Some(pb::EventSelector { event: "view".into(), filters: vec![] }),
-                ..Default::default()
-            };
-            client.create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) }).await.unwrap();
-        }
+        let server = &server;
+        async move { create_views_metric(server, &key).await }
     };
     for key in existing {
         create_metric(key.into()).await;
@@ -246,4 +253,120 @@ async fn lists_page_by_position_while_objects_are_added() {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), vec!["page_token"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goals_experiments_projects_and_quarantine_page_by_position() {
+    use sextant::pb::experiment_service_client::ExperimentServiceClient;
+    use sextant::pb::goal_service_client::GoalServiceClient;
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    let existing = ["m1", "m2", "m3", "m4", "m5"];
+    create_views_metric(&server, "views").await;
+
+    let goals = GoalServiceClient::new(server.channel.clone());
+    let create_goal = |id: String| {
+        let mut client = goals.clone();
+        async move {
+            let goal = pb::Goal {
+                id,
+                metric_key: "views".into(),
+                period: Some(pb::TimeRange { from: Some(ts(0)), to: Some(ts(86_400)) }),
+                target: Some(pb::goal::Target::TargetValue(1.0)),
+                ..Default::default()
+            };
+            client.create_goal(pb::CreateGoalRequest { project: "p".into(), goal: Some(goal) }).await.unwrap();
+        }
+    };
+    for id in existing {
+        create_goal(id.into()).await;
+    }
+    let list_goals = |token: String| {
+        let mut client = goals.clone();
+        async move {
+            let request =
+                pb::ListGoalsRequest { project: "p".into(), page_size: 2, page_token: token, ..Default::default() };
+            let reply = client.list_goals(request).await.unwrap().into_inner();
+            (reply.goals.into_iter().map(|g| g.id).collect(), reply.next_page_token)
+        }
+    };
+    page_through(list_goals, create_goal, &existing).await;
+
+    let experiments = ExperimentServiceClient::new(server.channel.clone());
+    let create_experiment = |key: String| {
+        let mut client = experiments.clone();
+        async move {
+            let variant = |key: &str| pb::Variant { key: key.into(), weight: 0.5, ..Default::default() };
+            let experiment = pb::Experiment {
+                key,
+                variants: vec![variant("control"), variant("treatment")],
+                primary_metric_keys: vec!["views".into()],
+                ..Default::default()
+            };
+            let request = pb::CreateExperimentRequest { project: "p".into(), experiment: Some(experiment) };
+            client.create_experiment(request).await.unwrap();
+        }
+    };
+    for key in existing {
+        create_experiment(key.into()).await;
+    }
+    let list_experiments = |token: String| {
+        let mut client = experiments.clone();
+        async move {
+            let request = pb::ListExperimentsRequest {
+                project: "p".into(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            };
+            let reply = client.list_experiments(request).await.unwrap().into_inner();
+            (reply.experiments.into_iter().map(|e| e.key).collect(), reply.next_page_token)
+        }
+    };
+    page_through(list_experiments, create_experiment, &existing).await;
+
+    let create_project = |id: String| {
+        let server = &server;
+        async move { server.create_project(&id).await }
+    };
+    for id in existing {
+        create_project(id.into()).await;
+    }
+    let list_projects = |token: String| {
+        let mut client = server.projects();
+        async move {
+            let request = pb::ListProjectsRequest { page_size: 2, page_token: token, ..Default::default() };
+            let reply = client.list_projects(request).await.unwrap().into_inner();
+            (reply.projects.into_iter().map(|p| p.id).collect(), reply.next_page_token)
+        }
+    };
+    page_through(list_projects, create_project, &existing).await;
+
+    // Quarantined events list oldest first: events quarantined while paging come after.
+    server
+        .projects()
+        .update_project(pb::UpdateProjectRequest {
+            project: "p".into(),
+            update: Some(pb::Project { enforcement: pb::Enforcement::Quarantine as i32, ..Default::default() }),
+            update_mask: vec!["enforcement".into()],
+        })
+        .await
+        .unwrap();
+    let quarantine = |id: String| {
+        let server = &server;
+        async move { assert_eq!(server.track("p", vec![event(&id, "unplanned", "u", 10)]).await.quarantined, 1) }
+    };
+    for id in existing {
+        quarantine(id.into()).await;
+    }
+    let list_quarantined = |token: String| {
+        let mut client = server.catalog();
+        async move {
+            let request = pb::ListQuarantinedRequest { project: "p".into(), page_size: 2, page_token: token };
+            let reply = client.list_quarantined(request).await.unwrap().into_inner();
+            (reply.events.into_iter().map(|q| q.event.unwrap().event_id).collect(), reply.next_page_token)
+        }
+    };
+    let seen = page_through(list_quarantined, quarantine, &existing).await;
+    assert_eq!(&seen[existing.len()..existing.len() + 2], ["a1", "z1"], "added ones come last: {seen:?}");
 }
