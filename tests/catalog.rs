@@ -171,6 +171,51 @@ async fn quarantine_keeps_violations_apart_until_replayed() {
     assert_eq!(server.stats("p").await.events, 2);
 }
 
+/// SPEC §1: a repeated event id is a duplicate before the plan judges its payload; the first
+/// write wins, and an event kept in quarantine counts as received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_acknowledged_before_the_plan_judges_them() {
+    let server = plan_server().await;
+    set_enforcement(&server, pb::Enforcement::Block).await;
+    let reply = server.track("p", vec![valid("v")]).await;
+    assert_eq!((reply.accepted, reply.duplicates), (1, 0));
+    // The stored id resent with a payload the plan rejects: a duplicate, not a rejection.
+    let reply = server.track("p", vec![violating("v")]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.rejected.len()), (0, 1, 0));
+    // Inside one batch: the first occurrence is judged, the repeat is a duplicate.
+    let reply = server.track("p", vec![valid("w"), violating("w")]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.rejected.len()), (1, 1, 0));
+
+    set_enforcement(&server, pb::Enforcement::Quarantine).await;
+    let reply = server.track("p", vec![violating("v"), unknown("w")]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.quarantined), (0, 2, 0));
+    let reply = server.track("p", vec![violating("q"), violating("q"), unknown("r")]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.quarantined), (0, 1, 2));
+    // A quarantined id resent, valid or not, is a duplicate too.
+    let reply = server.track("p", vec![valid("q"), unknown("r")]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.quarantined), (0, 2, 0));
+
+    let server = server.restart().await;
+    let reply = server.track("p", vec![violating("w"), valid("q")]).await;
+    assert_eq!((reply.accepted, reply.duplicates, reply.quarantined), (0, 2, 0), "after a restart");
+    // The first writes won: v and w stored with their valid payloads, q and r quarantined.
+    let stored: Vec<(String, f64)> = server
+        .export("p")
+        .await
+        .into_iter()
+        .map(|e| {
+            let revenue = match e.properties.get("revenue").and_then(|v| v.kind.clone()) {
+                Some(pb::value::Kind::NumberValue(n)) => n,
+                other => panic!("{other:?}"),
+            };
+            (e.event_id, revenue)
+        })
+        .collect();
+    assert_eq!(stored, vec![("v".to_string(), 9.5), ("w".to_string(), 9.5)]);
+    let stats = server.stats("p").await;
+    assert_eq!((stats.events, stats.quarantined), (2, 2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_type_crud_and_validation() {
     let server = plan_server().await;

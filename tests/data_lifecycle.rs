@@ -87,6 +87,8 @@ async fn delete_user_erases_it_from_every_query_also_after_restart() {
         .unwrap();
     assert_eq!(server.get_user("p", "u1").await.unwrap().events, 5);
     assert_eq!(views(&server, "p").await, (8.0, 3.0));
+    // Identified users with events or traits: u1 and u2 (anonymous ids are not users).
+    assert_eq!(server.stats("p").await.users, 2);
 
     let reply = server
         .users()
@@ -111,6 +113,7 @@ async fn delete_user_erases_it_from_every_query_also_after_restart() {
         assert_eq!(export_ids(&server, "").await, kept_ids, "{round}");
         assert_eq!(views(&server, "p").await, (3.0, 2.0), "{round}: u2 and anon-2 remain");
         assert_eq!(server.stats("p").await.events, 3, "{round}");
+        assert_eq!(server.stats("p").await.users, 1, "{round}: only u2 is left");
         let u2 = server.get_user("p", "u2").await.unwrap();
         assert_eq!((u2.events, u2.traits.len()), (2, 1), "{round}: others untouched");
         // The anonymous id is no longer linked to anyone.
@@ -126,12 +129,14 @@ async fn delete_user_erases_it_from_every_query_also_after_restart() {
     assert_eq!(server.track("p", vec![event("u1-new", "view", "u1", 50)]).await.accepted, 1);
     assert_eq!(server.get_user("p", "u1").await.unwrap().events, 1);
     assert!(server.get_user("p", "u1").await.unwrap().traits.is_empty());
+    assert_eq!(server.stats("p").await.users, 2, "u1 is back");
     for _ in 0..2 {
         server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: "u1".into() }).await.unwrap();
     }
     let server = server.restart().await;
     assert_eq!(server.get_user("p", "u1").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(server.stats("p").await.events, 3);
+    assert_eq!(server.stats("p").await.users, 1);
     let invalid =
         server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: String::new() }).await;
     assert_eq!(common::violated_fields(&invalid.unwrap_err()), vec!["user_id"]);

@@ -295,12 +295,12 @@ func metricAndGoal() {
 		AsOf: ts("2026-01-08T00:00:00Z")})
 	must(err)
 	// SUM is additive. Baseline: [01-05, 01-07) = 30 + 20 = 50; target 50 × 1.2 = 60; current:
-	// [01-07, 01-08) = 55; progress (55 − 50)/(60 − 50) = 0.5; expected 24 h/48 h = 0.5;
+	// [01-07, 01-08) = 55; progress 55/60 (additive: current / target); expected 24 h/48 h = 0.5;
 	// projected 55 × 48/24 = 110 ≥ 60 → ON_TRACK.
 	closeTo("baseline", present("baseline", progress.Baseline), 50)
 	closeTo("target", present("target", progress.Target), 60)
 	closeTo("current", present("current", progress.Current), 55)
-	closeTo("progress", present("progress", progress.Progress), 0.5)
+	closeTo("progress", present("progress", progress.Progress), 55.0/60.0)
 	closeTo("expected progress", progress.ExpectedProgress, 0.5)
 	closeTo("projected", present("projected", progress.Projected), 110)
 	check("status", progress.Status.String(), "GOAL_STATUS_ON_TRACK")

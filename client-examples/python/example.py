@@ -226,12 +226,12 @@ def metric_and_goal():
     progress = goals.GetGoalProgress(goal.GetGoalProgressRequest(
         project=PROJECT, id="revenue-growth", as_of=ts("2026-01-08T00:00:00Z")), metadata=METADATA)
     # SUM is additive. Baseline: [01-05, 01-07) = 30 + 20 = 50; target 50 × 1.2 = 60; current:
-    # [01-07, 01-08) = 55; progress (55 − 50)/(60 − 50) = 0.5; expected 24 h/48 h = 0.5;
+    # [01-07, 01-08) = 55; progress 55/60 (additive: current / target); expected 24 h/48 h = 0.5;
     # projected 55 × 48/24 = 110 ≥ 60 → ON_TRACK.
     close("baseline", progress.baseline, 50)
     close("target", progress.target, 60)
     close("current", progress.current, 55)
-    close("progress", progress.progress, 0.5)
+    close("progress", progress.progress, 55 / 60)
     close("expected progress", progress.expected_progress, 0.5)
     close("projected", progress.projected, 110)
     check("status", goal.GoalStatus.Name(progress.status), "GOAL_STATUS_ON_TRACK")

@@ -204,8 +204,9 @@ pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
     Arc::new(table.canonical.iter().map(|&c| canonical_mask[c as usize]).collect())
 }
 
-/// Whether a canonical person has events (their own or an aliased id's) or traits.
-fn known(state: &ProjectData, person: u32) -> bool {
+/// Whether a canonical person has events (their own or an aliased id's) or traits: a deleted
+/// user stays interned with nothing left, and counts nowhere.
+pub(crate) fn known(state: &ProjectData, person: u32) -> bool {
     let table = &state.table;
     !table.person_rows[person as usize].is_empty()
         || state.traits.contains_key(&person)

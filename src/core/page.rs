@@ -1,5 +1,6 @@
 //! Paging of list calls: `page_size` (default 100, at most 1000) and an opaque token.
 
+use super::model::Micros;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -32,17 +33,30 @@ impl PageRequest {
             .ok_or_else(|| Error::invalid("page_token", "not a token returned by this call"))
     }
 
-    /// The offset to continue at, for lists without stable keys.
-    pub fn offset(&self) -> Result<usize> {
-        match self.after()? {
-            None => Ok(0),
-            Some(s) => s.parse().map_err(|_| Error::invalid("page_token", "not a token returned by this call")),
-        }
+    /// The (time, id) position to continue after, from a token made by `time_token_for`, for
+    /// lists ordered by time then id (a user's events).
+    pub fn after_time(&self) -> Result<Option<(Micros, String)>> {
+        let Some(position) = self.after()? else {
+            return Ok(None);
+        };
+        position
+            .split_once('/')
+            .and_then(|(time, id)| Some((time.parse().ok()?, id.to_owned())))
+            .map(Some)
+            .ok_or_else(|| Error::invalid("page_token", "not a token returned by this call"))
     }
 }
 
+/// A token continuing after the item with this key, in a list ordered by key. Positions, not
+/// offsets: items added between two pages never make a page repeat or skip an item that
+/// existed when paging started.
 pub fn token_for(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token continuing after the item at (time, id), in a list ordered by time then id.
+pub fn time_token_for(time: Micros, id: &str) -> String {
+    token_for(&format!("{time}/{id}"))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
@@ -96,6 +110,19 @@ mod tests {
                 matches!(page.after(), Err(Error::InvalidArgument { field, .. }) if field == "page_token"),
                 "{token}"
             );
+        }
+    }
+
+    #[test]
+    fn time_positions_round_trip_and_bad_ones_are_invalid() {
+        for (time, id) in [(-5, "a/b"), (0, ""), (1_767_225_600_000_000, "e01")] {
+            let page = PageRequest { size: 1, token: time_token_for(time, id) };
+            assert_eq!(page.after_time().unwrap(), Some((time, id.to_string())));
+        }
+        assert_eq!(PageRequest::default().after_time().unwrap(), None);
+        for token in [token_for("m1"), token_for("x/e01"), "zz".into()] {
+            let page = PageRequest { size: 1, token };
+            assert!(matches!(page.after_time(), Err(Error::InvalidArgument { field, .. }) if field == "page_token"));
         }
     }
 

@@ -140,6 +140,27 @@ pub fn advance(start: Micros, granularity: Granularity, n: u32, tz: Tz) -> Micro
     following.map_or(Micros::MAX, |d| instant(midnight(d), tz))
 }
 
+const DAY_MICROS: Micros = 86_400_000_000;
+
+/// The start of a trailing window of `length` ending at `end`: whole days are local calendar
+/// days in `tz` (7 days before a local midnight is the local midnight a week earlier, 167 or
+/// 169 hours across a DST change); a remainder of less than a day is subtracted as is.
+pub fn days_before(end: Micros, length: Micros, tz: Tz) -> Micros {
+    // Clamped far beyond any stored window (validation allows 100 years) so dates stay valid.
+    let days = CalendarOffset { months: 0, days: (length / DAY_MICROS).clamp(0, 10_000_000) as i32 };
+    shift_back(end, days, tz) - length % DAY_MICROS
+}
+
+/// The number of local calendar days from `from` to `to` when both are the start of a local
+/// day in `tz` (midnight, or the end of a DST gap that skips it); `None` otherwise.
+pub fn whole_days_between(from: Micros, to: Micros, tz: Tz) -> Option<i32> {
+    let starts_day = |t: Micros| floor(t, Granularity::Day, tz) == t;
+    if !starts_day(from) || !starts_day(to) {
+        return None;
+    }
+    i32::try_from((local(to, tz).date() - local(from, tz).date()).num_days()).ok()
+}
+
 /// The start of the bucket of `granularity` containing `t`.
 pub fn floor(t: Micros, granularity: Granularity, tz: Tz) -> Micros {
     let naive = local(t, tz);
@@ -302,6 +323,32 @@ mod tests {
                 stepped = next(stepped, g, berlin);
             }
         }
+    }
+
+    #[test]
+    fn trailing_days_are_local_calendar_days_across_dst() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let week = 7 * DAY_MICROS;
+        // Spring: the week before 2026-03-31 00:00 CEST holds the 23-hour day: 167 hours.
+        let end = at("2026-03-31T00:00:00+02:00");
+        assert_eq!(show(days_before(end, week, berlin), berlin), "2026-03-24T00:00:00+01:00");
+        // Autumn: the week before 2026-10-27 00:00 CET holds the 25-hour day: 169 hours.
+        let end = at("2026-10-27T00:00:00+01:00");
+        assert_eq!(show(days_before(end, week, berlin), berlin), "2026-10-20T00:00:00+02:00");
+        // Without DST, and a remainder below a day, plain durations.
+        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
+        let end = at("2026-03-31T00:00:00+09:00");
+        assert_eq!(days_before(end, week + 3_600_000_000, tokyo), end - week - 3_600_000_000);
+    }
+
+    #[test]
+    fn whole_days_between_local_midnights_only() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let (from, to) = (at("2026-03-23T00:00:00+01:00"), at("2026-03-30T00:00:00+02:00"));
+        assert_eq!(whole_days_between(from, to, berlin), Some(7));
+        assert_eq!(whole_days_between(from, to, Tz::UTC), None, "not midnights in UTC");
+        assert_eq!(whole_days_between(from + 1, to, berlin), None);
+        assert_eq!(whole_days_between(to, from, berlin), Some(-7));
     }
 
     #[test]

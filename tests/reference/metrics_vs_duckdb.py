@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """QueryMetric against DuckDB on the same `sextant gen` data: exact equality.
 
-Daily unique users of session_start, daily revenue, weekly signups by user.channel (UTC).
+Daily unique users of session_start, daily revenue, weekly signups by user.channel (UTC), and
+7-day rolling unique users in Europe/Berlin across the 2026-03-29 DST change (local days).
 Run from anywhere: python3 tests/reference/metrics_vs_duckdb.py (needs duckdb, grpcio-tools).
 """
 import datetime as dt
 import os
 import sys
+from zoneinfo import ZoneInfo
 
 import grpc
 
@@ -72,6 +74,29 @@ def main():
         want = {(ch, w.isoformat()): 0.0 for ch in channels for w in weeks}
         want.update({(ch, w.isoformat()): float(n) for ch, w, n in rows})
         checks.equal("weekly signups by user.channel", got, want)
+
+        # Rolling 7-day unique users by Berlin day: day D covers the local dates D - 6 ..= D (a
+        # window holding the spring DST change is 167 hours long, not 168).
+        berlin = ZoneInfo("Europe/Berlin")
+        wau = m.MetricDefinition(key="wau", kind=m.METRIC_KIND_UNIQUE_USERS, selector=selector("session_start"))
+        wau.rolling_window.seconds = 7 * 86_400
+        request = m.QueryMetricRequest(project="ref", definition=wau, granularity=c.GRANULARITY_DAY,
+                                       timezone="Europe/Berlin")
+        request.range.__getattribute__("from").FromDatetime(dt.datetime(2026, 3, 24, tzinfo=berlin))
+        request.range.to.FromDatetime(dt.datetime(2026, 4, 5, tzinfo=berlin))
+        reply = metrics.QueryMetric(request)
+        got = {dt.datetime.fromtimestamp(p.start.seconds, berlin).date().isoformat(): p.value
+               for p in reply.series[0].points}
+        rows = db.execute("""
+            WITH local AS (
+                SELECT user_id, CAST(timezone('Europe/Berlin', ts) AS DATE) AS d FROM events
+                WHERE name = 'session_start')
+            SELECT CAST(g.day AS DATE), COUNT(DISTINCT l.user_id)
+            FROM range(TIMESTAMP '2026-03-24', TIMESTAMP '2026-04-05', INTERVAL 1 DAY) g(day)
+            LEFT JOIN local l ON l.d > CAST(g.day AS DATE) - 7 AND l.d <= CAST(g.day AS DATE)
+            GROUP BY 1""").fetchall()
+        want = {d.isoformat(): float(n) for d, n in rows}
+        checks.equal("7-day rolling unique users by Europe/Berlin day across DST", got, want)
     checks.finish()
 
 

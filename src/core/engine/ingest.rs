@@ -73,7 +73,12 @@ impl Engine {
         let sorted = {
             let state = entry.read();
             let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
-            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now_micros())
+            let held: std::collections::HashSet<&str> =
+                state.data.quarantine.values().map(|q| q.event.event_id.as_str()).collect();
+            let stored = |id: &str| self.seen.read().contains(&ingest::event_key(project_id, id));
+            let quarantined = |id: &str| held.contains(id);
+            let received = ingest::Received { stored: &stored, quarantined: &quarantined };
+            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now_micros(), &received)
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;
@@ -85,7 +90,7 @@ impl Engine {
         let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
         let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
-        outcome.duplicates = written.duplicates;
+        outcome.duplicates += written.duplicates;
         Ok(outcome)
     }
 
@@ -175,7 +180,7 @@ impl Engine {
         let (records, keys) = self.event_records(project_id, passing, vec![], leaving);
         let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
-        outcome.duplicates = written.duplicates;
+        outcome.duplicates += written.duplicates;
         Ok(outcome)
     }
 }

@@ -187,7 +187,7 @@ impl Engine {
         query.members = crate::core::cohort::resolve(&state.data, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let metric = state.defs.metrics.resolve_target(target)?;
         let series = evaluate(&state.data, &state.defs.metrics, &metric, &query, 0)?;
-        let comparison = match comparison_range(query.from, query.to, compare, query.tz) {
+        let comparison = match comparison_range(query.from, query.to, compare, query.granularity, query.tz) {
             Some((from, to)) => {
                 evaluate(&state.data, &state.defs.metrics, &metric, &MetricQuery { from, to, ..query.clone() }, 0)?
             }
@@ -228,7 +228,7 @@ impl Engine {
                 .get(root_key)
                 .ok_or_else(|| Error::NotFound(format!("metric {root_key} not found", root_key = echo(root_key))))?
         };
-        let previous = comparison_range(query.from, query.to, compare, query.tz);
+        let previous = comparison_range(query.from, query.to, compare, query.granularity, query.tz);
         let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };
         let node =
             tree_node(&state.data, &state.defs.metrics, &metrics, root, &query, previous, depth, &mut Vec::new())?;

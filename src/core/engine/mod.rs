@@ -83,6 +83,8 @@ pub struct Engine {
     writer: Mutex<Option<Writer>>,
     sender: RwLock<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
     next_quarantine_id: AtomicU64,
+    /// Ids of every stored event (the writer's dedupe set).
+    pub(crate) seen: crate::core::ingest::SharedIds,
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     /// Bumped by every revocation, so open streams re-check their key only when it moves.
@@ -185,7 +187,8 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "storage loaded"
         );
-        let writer = crate::core::ingest::spawn_writer(storage.clone(), seen, WRITE_QUEUE);
+        let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
+        let writer = crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE);
         let sender = writer.sender.clone();
         Ok(Arc::new(Engine {
             storage,
@@ -193,6 +196,7 @@ impl Engine {
             writer: Mutex::new(Some(writer)),
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
+            seen,
             api_keys: RwLock::new(api_keys),
             api_key_generation: AtomicU64::new(0),
             limits,
@@ -310,7 +314,10 @@ impl Engine {
             .map(|(i, n)| (table.names.resolve(i as u32).to_owned(), *n))
             .collect();
         events_by_name.sort();
-        let users = table.is_user.iter().filter(|u| **u).count() as u64;
+        // Identified users with events or traits; a deleted user keeps its interned id only.
+        let users = (0..table.is_user.len() as u32)
+            .filter(|&p| table.is_user[p as usize] && crate::core::cohort::known(&state.data, p))
+            .count() as u64;
         Ok(ProjectStats {
             events: table.len() as u64,
             events_by_name,

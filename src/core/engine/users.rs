@@ -41,7 +41,9 @@ impl Engine {
         })
     }
 
-    /// A user's events oldest first, one page at a time.
+    /// A user's events oldest first (ties by event id), one page at a time. The token is the
+    /// (time, event id) of the page's last event, so events tracked between two pages never
+    /// make the next page repeat or skip one.
     pub fn list_user_events(
         &self,
         project: &str,
@@ -53,22 +55,30 @@ impl Engine {
             return Err(Error::invalid("user_id", "must not be empty"));
         }
         ingest::validate_user_id("user_id", user_id)?;
-        let offset = page.offset()?;
+        let after = page.after_time()?;
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.data.table;
         let Some(person) = table.find_user(user_id) else {
             return Err(Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id))));
         };
-        let rows: Vec<u32> =
-            table.user_rows(person).into_iter().filter(|&r| range.contains(table.time[r as usize])).collect();
+        let position = |r: u32| (table.time[r as usize], table.row_event_id(r as usize));
+        let mut rows: Vec<u32> = table
+            .user_rows(person)
+            .into_iter()
+            .filter(|&r| range.contains(table.time[r as usize]))
+            .filter(|&r| after.as_ref().is_none_or(|(time, id)| position(r) > (*time, id.as_str())))
+            .collect();
+        rows.sort_unstable_by(|&a, &b| position(a).cmp(&position(b)));
         let size = page.size();
-        let events = rows.iter().skip(offset).take(size).map(|&r| table.event(r as usize)).collect();
-        let next = if offset + size < rows.len() {
-            crate::core::page::token_for(&(offset + size).to_string())
-        } else {
-            String::new()
+        let next = match rows.get(size.saturating_sub(1)) {
+            Some(&last) if rows.len() > size => {
+                let (time, id) = position(last);
+                crate::core::page::time_token_for(time, id)
+            }
+            _ => String::new(),
         };
+        let events = rows.iter().take(size).map(|&r| table.event(r as usize)).collect();
         Ok((events, next))
     }
 

@@ -76,6 +76,8 @@ pub struct GoalProgress {
     pub current: Option<f64>,
     /// The absolute target.
     pub target: f64,
+    /// Additive: current / target, the share of the period's target reached so far (for a `Decrease`
+    /// goal, whose target is a cap, the share of the cap used); `None` when the target is 0. Otherwise:
     /// (current − baseline) / (target − baseline); `None` when a value is missing or target = baseline.
     /// May be negative or above 1.
     pub progress: Option<f64>,
@@ -139,8 +141,14 @@ const TOLERANCE: f64 = 1e-9;
 ///    toward the target (only meaningful when the target lies on the good side of the baseline);
 ///    `OffTrack` otherwise.
 ///
-/// "Meets" is ≥ for `Increase` and ≤ for `Decrease`, with a relative slack of 1e-9. `progress` uses the
-/// same formula in both directions, so it is positive when moving toward a lower target.
+/// "Meets" is ≥ for `Increase` and ≤ for `Decrease`, with a relative slack of 1e-9.
+///
+/// Progress (SPEC §5): for additive metrics `current / target`, the share of the period's target
+/// reached so far, to compare with `expected_progress` (the running total starts at 0 each period,
+/// so measuring from the baseline would be negative for most of a period that is on track); for a
+/// `Decrease` goal the target is a cap and progress the share of it used. For all others
+/// `(current − baseline) / (target − baseline)`, the same in both directions, so it is positive when
+/// moving toward a lower target.
 pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
     validate(input)?;
     let target = match input.target {
@@ -212,7 +220,9 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
         baseline,
         current: measured.current,
         target,
-        progress: measured.current.and_then(share),
+        progress: measured
+            .current
+            .and_then(|current| if input.additive { share_of_target(current, target) } else { share(current) }),
         expected_progress,
         projected: measured.projected,
         status,
@@ -223,7 +233,9 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
 ///
 /// When `[start, end)` is a whole number of calendar months in `zone` (both ends at local midnight on
 /// the 1st, as for a month, quarter or year), the baseline is the same number of calendar months before
-/// `start`, so March's baseline is all of February. Otherwise it is `[start − (end − start), start)`.
+/// `start`, so March's baseline is all of February. When both ends are local midnights it is the same
+/// number of local calendar days before `start` (two weeks across a DST change are 335 or 337 hours,
+/// and so is the baseline when it holds the change). Otherwise it is `[start − (end − start), start)`.
 /// Where a DST change skips local midnight, the month starts at the transition.
 pub fn default_baseline_period(start: i64, end: i64, zone: Tz) -> (i64, i64) {
     if let (Some(first), Some(last)) = (month_boundary(start, zone), month_boundary(end, zone))
@@ -231,6 +243,10 @@ pub fn default_baseline_period(start: i64, end: i64, zone: Tz) -> (i64, i64) {
         && let Some(from) = month_start(first - (last - first), zone)
     {
         return (from, start);
+    }
+    if let Some(days) = crate::core::time::whole_days_between(start, end, zone) {
+        let offset = crate::core::time::CalendarOffset { months: 0, days };
+        return (crate::core::time::shift_back(start, offset, zone), start);
     }
     (start.saturating_sub(end.saturating_sub(start)), start)
 }
@@ -295,6 +311,12 @@ fn least_squares_at(points: &[(f64, f64)], x: f64) -> Option<f64> {
     let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
     let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
     if sxx == 0.0 { Some(mean_y) } else { Some(mean_y + sxy / sxx * (x - mean_x)) }
+}
+
+/// An additive goal's progress: the share of the target reached (or, for a cap, used).
+fn share_of_target(current: f64, target: f64) -> Option<f64> {
+    let share = current / target;
+    (target != 0.0 && share.is_finite()).then_some(share)
 }
 
 /// Whether the target lies on the good side of the baseline, so "90% of the way" means something.
@@ -520,13 +542,14 @@ mod tests {
     fn additive_relative_target_plus_20_percent() {
         // "+20% signups vs the previous period": baseline total 1000 → target 1000 × 1.2 = 1200.
         // Day 5 of 10: total 5 × 130 = 650 → projected 650 × 10 / 5 = 1300 ≥ 1200 → ON_TRACK.
-        // progress per SPEC = (650 − 1000) / (1200 − 1000) = −1.75 (a running total against a whole
-        // period's baseline; the status comes from the projection).
+        // progress = 650 / 1200 (the share of the target reached, against an expected 0.5); measured
+        // from the baseline it would be (650 − 1000) / (1200 − 1000) = −1.75 on a goal on track.
         let p = run(&additive(Target::Relative(0.20), Direction::Increase, Some(1000.0), 5.0, &[130.0; 5]));
         assert_close(Some(p.target), 1200.0);
         assert_eq!(p.baseline, Some(1000.0));
         assert_close(p.projected, 1300.0);
-        assert_close(p.progress, -1.75);
+        assert_close(p.progress, 650.0 / 1200.0);
+        assert_close(Some(p.expected_progress), 0.5);
         assert_eq!(p.status, GoalStatus::OnTrack);
         // Day 5 total 560 → projected 1120; (1120 − 1000) / 200 = 0.6 → OFF_TRACK.
         let p = run(&additive(Target::Relative(0.20), Direction::Increase, Some(1000.0), 5.0, &[112.0; 5]));
@@ -550,11 +573,11 @@ mod tests {
             run(&additive(Target::Relative(-0.10), Direction::Decrease, Some(1000.0), days, values))
         };
         // Day 4: total 4 × 85 = 340 ≤ 900, but the period is young: not ACHIEVED. projected
-        // 340 × 10 / 4 = 850 ≤ 900 → ON_TRACK. progress (340 − 1000) / (900 − 1000) = 6.6.
+        // 340 × 10 / 4 = 850 ≤ 900 → ON_TRACK. The target is a cap: progress = 340 / 900 of it used.
         let p = goal(4.0, &[85.0; 4]);
         assert_close(Some(p.target), 900.0);
         assert_close(p.projected, 850.0);
-        assert_close(p.progress, 6.6);
+        assert_close(p.progress, 340.0 / 900.0);
         assert_eq!(p.status, GoalStatus::OnTrack);
         // Total 363 → projected 907.5; (907.5 − 1000) / (900 − 1000) = 0.925 ≥ 0.9 → AT_RISK.
         let p = goal(4.0, &[90.75; 4]);
@@ -562,9 +585,14 @@ mod tests {
         assert_eq!(p.status, GoalStatus::AtRisk);
         // Total 370 → projected 925; (925 − 1000) / −100 = 0.75 → OFF_TRACK.
         assert_eq!(goal(4.0, &[92.5; 4]).status, GoalStatus::OffTrack);
-        // After the period: 10 × 88 = 880 ≤ 900 → ACHIEVED; 10 × 95 = 950 → MISSED.
+        // After the period: 10 × 88 = 880 ≤ 900 → ACHIEVED; 10 × 95 = 950 → MISSED, 950 / 900 used.
         assert_eq!(goal(10.0, &[88.0; 10]).status, GoalStatus::Achieved);
-        assert_eq!(goal(10.0, &[95.0; 10]).status, GoalStatus::Missed);
+        let p = goal(10.0, &[95.0; 10]);
+        assert_eq!(p.status, GoalStatus::Missed);
+        assert_close(p.progress, 950.0 / 900.0);
+        // A target of 0 (an absolute cap of nothing) leaves progress undefined.
+        let p = run(&additive(Target::Absolute(0.0), Direction::Decrease, None, 4.0, &[1.0; 4]));
+        assert_eq!(p.progress, None);
     }
 
     // ---- non-additive metrics: latest complete bucket, least-squares projection ----
@@ -906,5 +934,13 @@ mod tests {
         assert_eq!(default_baseline_period(start, end, berlin), (start - 14 * DAY, start));
         // A reversed range does not panic: the same (negative) duration arithmetic.
         assert_eq!(default_baseline_period(end, start, berlin), (end + 14 * DAY, end));
+        // Two local weeks holding the spring DST change (335 hours) get the two local weeks
+        // before (336 hours), not a baseline starting at 01:00.
+        let (start, end) = (at(berlin, 2026, 3, 23, 0), at(berlin, 2026, 4, 6, 0));
+        assert_eq!(end - start, 14 * DAY - HOUR);
+        assert_eq!(default_baseline_period(start, end, berlin), (at(berlin, 2026, 3, 9, 0), start));
+        // And two weeks after it get the two weeks holding it.
+        let (start, end) = (at(berlin, 2026, 4, 6, 0), at(berlin, 2026, 4, 20, 0));
+        assert_eq!(default_baseline_period(start, end, berlin), (at(berlin, 2026, 3, 23, 0), start));
     }
 }

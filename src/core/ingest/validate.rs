@@ -1,13 +1,16 @@
 //! Per-event validation against the limits and the tracking plan: what a batch keeps,
 //! quarantines or rejects, before anything is written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use crate::core::catalog::{self, validate_name};
 use crate::core::model::{
     Enforcement, Event, EventType, MICROS_PER_SECOND, Micros, QuarantinedEvent, UserUpdate, Value,
 };
 use crate::error::{Error, Result};
+
+use super::writer::IdHasher;
 
 /// Configurable ingest limits (SPEC §3 defaults).
 #[derive(Debug, Clone)]
@@ -137,15 +140,34 @@ pub struct Sorted {
     pub outcome: TrackOutcome,
 }
 
-/// Validates a batch and applies the project's enforcement to it.
+/// What a project has already received, asked before the tracking plan judges an event: a
+/// repeated id is a duplicate whatever its payload (SPEC §1, the first write wins).
+pub struct Received<'a> {
+    /// Whether an id belongs to a stored event. Asked only for events the plan would reject or
+    /// quarantine: the writer dedupes the rest, concurrent batches included.
+    pub stored: &'a dyn Fn(&str) -> bool,
+    /// Whether an id belongs to an event kept in quarantine (received, not stored).
+    pub quarantined: &'a dyn Fn(&str) -> bool,
+}
+
+impl Received<'_> {
+    /// Nothing received: every id is new.
+    pub const NOTHING: Received<'static> = Received { stored: &|_| false, quarantined: &|_| false };
+}
+
+/// Validates a batch and applies the project's enforcement to it. Duplicates are decided
+/// first: an id repeated inside the batch, an id in quarantine and (for events the plan would
+/// not accept) a stored id are counted in `duplicates`, never judged by the plan.
 pub fn sort_batch(
     items: Vec<Incoming>,
     enforcement: Enforcement,
     plan: &BTreeMap<String, EventType>,
     limits: &Limits,
     now: Micros,
+    received: &Received,
 ) -> Sorted {
     let mut sorted = Sorted::default();
+    let mut batch_ids: HashSet<u128, BuildHasherDefault<IdHasher>> = HashSet::default();
     for (index, item) in items.into_iter().enumerate() {
         let index = index as u32;
         let mut event = match item.event {
@@ -159,6 +181,11 @@ pub fn sort_batch(
             sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error: prefix(index, error) });
             continue;
         }
+        let repeated = !batch_ids.insert(xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes()));
+        if repeated || (received.quarantined)(&event.event_id) {
+            sorted.outcome.duplicates += 1;
+            continue;
+        }
         if enforcement == Enforcement::Allow {
             sorted.accepted.push(event);
             continue;
@@ -166,6 +193,10 @@ pub fn sort_batch(
         let reasons = catalog::violations(&event, plan.get(&event.name));
         if reasons.is_empty() {
             sorted.accepted.push(event);
+            continue;
+        }
+        if (received.stored)(&event.event_id) {
+            sorted.outcome.duplicates += 1;
             continue;
         }
         let message = format!("events[{index}]: tracking plan: {}", reasons.join("; "));
@@ -266,15 +297,52 @@ mod tests {
                 Incoming { event: Ok(event("", "u")), encoded_len: 1 },
             ]
         };
-        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0);
+        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((allow.accepted.len(), allow.outcome.rejected.len()), (2, 1));
         assert_eq!(allow.outcome.rejected[0].index, 2);
-        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0);
+        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((warn.accepted.len(), warn.outcome.warnings.len()), (2, 1));
         assert_eq!(warn.outcome.warnings[0].index, 1);
-        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0);
+        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((block.accepted.len(), block.outcome.rejected.len()), (1, 2));
-        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0);
+        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0, &Received::NOTHING);
         assert_eq!((quarantine.accepted.len(), quarantine.quarantined.len()), (1, 1));
+    }
+
+    #[test]
+    fn duplicates_are_decided_before_the_plan() {
+        let limits = Limits::default();
+        let plan = BTreeMap::from([("known".to_string(), EventType { name: "known".into(), ..Default::default() })]);
+        let with_id = |id: &str, name: &str| Incoming {
+            event: Ok(Event { event_id: id.into(), ..event(name, "u") }),
+            encoded_len: 1,
+        };
+        // "s" is stored, "q" quarantined; "b" repeats inside the batch.
+        let stored = |id: &str| id == "s";
+        let quarantined = |id: &str| id == "q";
+        let received = Received { stored: &stored, quarantined: &quarantined };
+        let batch = || {
+            vec![
+                with_id("s", "unknown"),
+                with_id("q", "known"),
+                with_id("b", "known"),
+                with_id("b", "unknown"),
+                with_id("n", "unknown"),
+            ]
+        };
+        for enforcement in [Enforcement::Block, Enforcement::Quarantine] {
+            let sorted = sort_batch(batch(), enforcement, &plan, &limits, 0, &received);
+            assert_eq!(sorted.outcome.duplicates, 3, "{enforcement:?}");
+            assert_eq!(sorted.accepted.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+            let judged: Vec<u32> = sorted.outcome.rejected.iter().map(|r| r.index).collect();
+            let held: Vec<&str> = sorted.quarantined.iter().map(|q| q.event.event_id.as_str()).collect();
+            match enforcement {
+                Enforcement::Block => assert_eq!((judged, held), (vec![4], vec![])),
+                _ => assert_eq!((judged, held), (vec![], vec!["n"])),
+            }
+        }
+        // A valid event with a stored id is left to the writer, which acknowledges it.
+        let sorted = sort_batch(vec![with_id("s", "known")], Enforcement::Block, &plan, &limits, 0, &received);
+        assert_eq!((sorted.accepted.len(), sorted.outcome.duplicates), (1, 0));
     }
 }

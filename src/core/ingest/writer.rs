@@ -58,6 +58,10 @@ impl Hasher for IdHasher {
 /// 128-bit hashes of (project, event id): every event id ever accepted.
 pub type SeenIds = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
+/// The writer's id set, shared so that ingestion can ask whether an id was stored before the
+/// tracking plan judges it. Only the writer thread writes it.
+pub type SharedIds = Arc<parking_lot::RwLock<SeenIds>>;
+
 pub fn event_key(project: &str, event_id: &str) -> u128 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(project.as_bytes());
@@ -79,7 +83,7 @@ pub struct Writer {
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
-pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SeenIds, capacity: usize) -> Writer {
+pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SharedIds, capacity: usize) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
@@ -95,7 +99,7 @@ struct Appended {
     result: WriteResult,
 }
 
-fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, mut seen: SeenIds) {
+fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, seen: SharedIds) {
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = vec![first];
@@ -107,11 +111,11 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         }
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let keep = dedupe(&mut seen, &job.keys);
+            let keep = dedupe(&mut seen.write(), &job.keys);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
             let result = WriteResult { accepted, duplicates: keep.len() as u64 - accepted };
             if let Err(err) = storage.append(&job.encoded) {
-                forget(&mut seen, &job.keys, &keep);
+                forget(&mut seen.write(), &job.keys, &keep);
                 let _ = job.reply.send(Err(err));
                 continue;
             }
@@ -120,7 +124,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         if let Err(err) = storage.sync() {
             tracing::error!(error = %err, "sync failed; failing the group");
             for a in appended {
-                forget(&mut seen, &a.job.keys, &a.keep);
+                forget(&mut seen.write(), &a.job.keys, &a.keep);
                 let _ = a.job.reply.send(Err(Error::Storage(err.to_string())));
             }
             continue;

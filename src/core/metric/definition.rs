@@ -120,6 +120,9 @@ pub struct Metric {
 }
 
 pub const DEFAULT_CONVERSION_WINDOW: Micros = 14 * 86_400_000_000;
+const ROLLING_DAY: Micros = 86_400_000_000;
+/// The longest rolling window, in days (every window's bound, `bounds::MAX_WINDOW_DAYS`).
+pub const MAX_ROLLING_DAYS: i64 = bounds::MAX_WINDOW_DAYS;
 
 impl Metric {
     /// Metrics this one reads values from (RATIO and FORMULA inputs).
@@ -210,6 +213,14 @@ impl Metric {
         }
         if !window_ok(self.rolling_window) {
             return Err(Error::invalid("metric.rolling_window", "must be positive"));
+        }
+        if let Some(window) = self.rolling_window
+            && (window % ROLLING_DAY != 0 || window / ROLLING_DAY > MAX_ROLLING_DAYS)
+        {
+            return Err(Error::invalid(
+                "metric.rolling_window",
+                format!("must be a whole number of days, at most {MAX_ROLLING_DAYS}"),
+            ));
         }
         if (self.rolling_window.is_some() || self.to_date.is_some()) && !self.kind.is_event_aggregate() {
             return Err(Error::invalid(
@@ -387,6 +398,11 @@ mod tests {
         assert_eq!(field(Metric { retention_offset: u32::MAX, ..count("x") }), "metric.retention_offset");
         assert_eq!(field(Metric { rolling_window: Some(i64::MAX), ..count("x") }), "metric.rolling_window");
         assert_eq!(field(Metric { name: "x".repeat(201), ..count("x") }), "metric.name");
+        // Rolling windows are whole local days.
+        assert!(Metric { rolling_window: Some(7 * ROLLING_DAY), ..count("x") }.validate().is_ok());
+        for window in [ROLLING_DAY + 1, ROLLING_DAY / 2, (MAX_ROLLING_DAYS + 1) * ROLLING_DAY] {
+            assert_eq!(field(Metric { rolling_window: Some(window), ..count("x") }), "metric.rolling_window");
+        }
     }
 
     #[test]

@@ -32,11 +32,22 @@ pub struct MetricAnswer {
     pub timezone: String,
 }
 
-/// The range before `[from, to)` to compare with: the previous year, or the period of equal
-/// length just before (whole calendar months shift by months, so March compares with February).
-pub fn comparison_range(from: Micros, to: Micros, compare: Compare, tz: chrono_tz::Tz) -> Option<(Micros, Micros)> {
+/// The range before `[from, to)` to compare with: the previous year (52 weeks for ISO weeks,
+/// so weekdays line up), or the period of equal length just before (whole calendar months
+/// shift by months, so March compares with February).
+pub fn comparison_range(
+    from: Micros,
+    to: Micros,
+    compare: Compare,
+    granularity: Granularity,
+    tz: chrono_tz::Tz,
+) -> Option<(Micros, Micros)> {
     match compare {
         Compare::None => None,
+        Compare::PreviousYear if granularity == Granularity::Week => {
+            let weeks = CalendarOffset { months: 0, days: 52 * 7 };
+            Some((time::shift_back(from, weeks, tz), time::shift_back(to, weeks, tz)))
+        }
         Compare::PreviousYear => {
             let year = CalendarOffset { months: 12, days: 0 };
             Some((time::shift_back(from, year, tz), time::shift_back(to, year, tz)))
@@ -47,6 +58,11 @@ pub fn comparison_range(from: Micros, to: Micros, compare: Compare, tz: chrono_t
                 let months = months_between(from, to, tz);
                 let offset = CalendarOffset { months, days: 0 };
                 return Some((time::shift_back(from, offset, tz), from));
+            }
+            // Whole local days shift by days, so a week compares with the week before even when
+            // a DST change makes one of them 167 or 169 hours long.
+            if let Some(days) = time::whole_days_between(from, to, tz) {
+                return Some((time::shift_back(from, CalendarOffset { months: 0, days }, tz), from));
             }
             Some((from - (to - from), from))
         }

@@ -76,8 +76,10 @@ fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Ve
         .map(|b| {
             let end = b[1].min(query.to);
             let start = match (metric.rolling_window, metric.to_date) {
-                (Some(window), _) => end - window,
-                (None, Some(period)) => time::period_floor(b[0].max(query.from), period, query.tz),
+                (Some(window), _) => time::days_before(end, window, query.tz),
+                // The to-date period containing the bucket's last instant (a week that ends in
+                // April starts its month-to-date value on April 1st).
+                (None, Some(period)) => time::period_floor(end - 1, period, query.tz),
                 (None, None) => b[0].max(query.from),
             };
             (start, end)
