@@ -8,6 +8,7 @@ pub mod error;
 pub mod r#gen;
 pub mod grpc;
 pub mod load;
+pub mod load_marketing;
 pub mod server;
 pub mod soak;
 pub mod storage;
