@@ -133,7 +133,12 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
     ),
     (
         "AnalysisService",
-        &[("QueryFunnel", Project(Read)), ("QueryRetention", Project(Read)), ("QueryCohortTable", Project(Read))],
+        &[
+            ("QueryFunnel", Project(Read)),
+            ("QueryRetention", Project(Read)),
+            ("QueryCohortTable", Project(Read)),
+            ("QueryAttribution", Project(Read)),
+        ],
     ),
     (
         "ExperimentService",
