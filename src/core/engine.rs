@@ -16,6 +16,7 @@ use super::auth::ApiKey;
 use super::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
 use super::cohort::Cohort;
 use super::experiment::definition::Experiment;
+use super::experiment::holdout::Holdout;
 use super::goals::Goal;
 use super::ingest::{self, Incoming, Limits, SeenIds, TrackOutcome, WriteJob, WriteResult, Writer};
 use super::metric::Metric;
@@ -50,6 +51,7 @@ pub struct ProjectState {
     pub traits_version: u64,
     pub trait_groups: TraitGroupCache,
     pub experiments: BTreeMap<String, Experiment>,
+    pub holdouts: BTreeMap<String, Holdout>,
     /// Bumped after the writer applied records to this project (and when a metric definition
     /// changes): live queries wait on it instead of polling (`core::live`).
     pub changes: tokio::sync::watch::Sender<u64>,
@@ -73,6 +75,7 @@ impl ProjectState {
             traits_version: 0,
             trait_groups: TraitGroupCache::default(),
             experiments: BTreeMap::new(),
+            holdouts: BTreeMap::new(),
             changes: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -253,6 +256,9 @@ impl Engine {
         })?;
         load(storage.as_ref(), "experiment/", &mut projects, |state, e: Experiment| {
             state.experiments.insert(e.key.clone(), e);
+        })?;
+        load(storage.as_ref(), "holdout/", &mut projects, |state, h: Holdout| {
+            state.holdouts.insert(h.key.clone(), h);
         })?;
         let mut api_keys = BTreeMap::new();
         for (key, bytes) in storage.scan_meta("api_key/")? {
