@@ -300,6 +300,9 @@ async fn spend_gives_cac_roas_and_roi() {
     assert!(reply.rows.iter().all(|r| !r.has_spend && r.spend == 0.0));
 }
 
+/// An edit that makes a request bad.
+type Change = Box<dyn Fn(&mut pb::QueryAttributionRequest)>;
+
 #[tokio::test]
 async fn bad_requests_name_the_field() {
     use pb::AttributionModel as M;
@@ -311,7 +314,7 @@ async fn bad_requests_name_the_field() {
         ..Default::default()
     };
     metrics(&server).create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(count) }).await.unwrap();
-    let cases: Vec<(&str, Code, Box<dyn Fn(&mut pb::QueryAttributionRequest)>)> = vec![
+    let cases: Vec<(&str, Code, Change)> = vec![
         ("model", Code::InvalidArgument, Box::new(|r| r.model = 99)),
         ("lookback", Code::InvalidArgument, Box::new(|r| r.lookback = duration(-DAY))),
         ("half_life", Code::InvalidArgument, Box::new(|r| r.half_life = duration(0))),

@@ -80,6 +80,19 @@ impl ProjectState {
         }
     }
 
+    /// An empty UTC project `p`, for unit tests of analyses.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        ProjectState::new(Project {
+            id: "p".into(),
+            name: String::new(),
+            timezone: "UTC".into(),
+            enforcement: Default::default(),
+            retention_days: 0,
+            created: 0,
+        })
+    }
+
     /// Applies a durable log record. For `Events`, `keep[i]` says whether event i is new
     /// (not a duplicate); an empty `keep` keeps every event.
     pub fn apply(&mut self, record: &LogRecord, keep: &[bool]) {

@@ -495,20 +495,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::model::{Event, Project};
+    use crate::core::model::Event;
 
     const MINUTE: Micros = 60_000_000;
     const NAMES: [&str; 4] = ["A", "B", "C", "X"];
 
     fn state(events: &[(u8, u8, u8)]) -> ProjectState {
-        let mut state = ProjectState::new(Project {
-            id: "p".into(),
-            name: String::new(),
-            timezone: "UTC".into(),
-            enforcement: Default::default(),
-            retention_days: 0,
-            created: 0,
-        });
+        let mut state = ProjectState::for_tests();
         for (i, &(user, name, minute)) in events.iter().enumerate() {
             state.table.push(&Event {
                 event_id: format!("e{i}"),

@@ -382,7 +382,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::model::{Event, Project};
+    use crate::core::model::Event;
 
     const MINUTE: Micros = 60_000_000;
     const MODELS: [AttributionModel; 6] = [
@@ -489,14 +489,7 @@ mod tests {
 
     /// (person, kind: 0 buy / 1 visit with a channel / 2 visit without one, channel, minute)
     fn state(events: &[(u8, u8, u8, u8)]) -> ProjectState {
-        let mut state = ProjectState::new(Project {
-            id: "p".into(),
-            name: String::new(),
-            timezone: "UTC".into(),
-            enforcement: Default::default(),
-            retention_days: 0,
-            created: 0,
-        });
+        let mut state = ProjectState::for_tests();
         for (i, &(person, kind, channel, minute)) in events.iter().enumerate() {
             let properties = match kind {
                 1 => vec![("src".to_owned(), Value::String(format!("c{channel}")))],
