@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Run the gRPC server.
     Serve(Box<ServeConfig>),
-    /// Write synthetic users.jsonl and events.jsonl (reference data for tests, demos, benchmarks).
+    /// Write synthetic users.jsonl and events.jsonl (reference data for tests, demos, benchmarks),
+    /// plus touches.jsonl, aliases.jsonl and spend.jsonl for marketing attribution.
     Gen(GenArgs),
     /// Ingest users.jsonl / events.jsonl into a running server through the gRPC API.
     Load(LoadArgs),
@@ -76,11 +77,12 @@ fn main() -> anyhow::Result<()> {
             };
             let summary = generator::generate(&options)?;
             println!(
-                "wrote {} users and {} distinct events ({} duplicate lines) to {}",
+                "wrote {} users and {} distinct events ({} duplicate lines) to {}, and {} anonymous touches",
                 summary.users,
                 summary.events,
                 summary.duplicates,
-                options.out.display()
+                options.out.display(),
+                summary.touches
             );
             Ok(())
         }
@@ -126,13 +128,15 @@ fn main() -> anyhow::Result<()> {
 
 fn print_report(report: &load::LoadReport) {
     println!(
-        "users updated {}; events sent {}, accepted {}, duplicates {}, quarantined {}, rejected {}; {:.1} s, {:.0} events/s",
+        "users updated {}; events sent {}, accepted {}, duplicates {}, quarantined {}, rejected {}; aliases {}, spend values {}; {:.1} s, {:.0} events/s",
         report.users,
         report.sent,
         report.accepted,
         report.duplicates,
         report.quarantined,
         report.rejected,
+        report.aliases,
+        report.spend_values,
         report.elapsed.as_secs_f64(),
         report.events_per_second()
     );
@@ -177,6 +181,10 @@ async fn seed_demo(config: &ServeConfig, running: &server::RunningServer) -> any
             project: "demo".into(),
             users: Some(out.join("users.jsonl")),
             events: Some(out.join("events.jsonl")),
+            touches: Some(out.join("touches.jsonl")),
+            aliases: Some(out.join("aliases.jsonl")),
+            spend: Some(out.join("spend.jsonl")),
+            spend_metric: Some("ad_spend".into()),
             batch: 2000,
             inflight: 8,
         };

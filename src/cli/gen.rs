@@ -8,6 +8,9 @@
 //! - `<out>/users.jsonl`: `{"user_id", "traits": {"channel", "country", "plan"}}`
 //! - `<out>/events.jsonl`: `{"event_id", "name", "user_id", "timestamp", "properties"}`
 //!
+//! - `<out>/touches.jsonl`, `<out>/aliases.jsonl`, `<out>/spend.jsonl`: marketing data
+//!   (SPEC §11; see `write_marketing` below), drawn from their own random streams.
+//!
 //! Events are grouped by user, not sorted by time: ingestion order must not matter.
 //! A small share of lines is written twice with the same `event_id` (`dup_rate`) to
 //! exercise idempotent ingestion.
@@ -84,6 +87,8 @@ pub struct GenSummary {
     pub events: u64,
     /// Extra lines repeating an event already written.
     pub duplicates: u64,
+    /// Anonymous `page_view` touches in touches.jsonl.
+    pub touches: u64,
 }
 
 /// One event of the user being simulated, before the horizon check.
@@ -138,7 +143,8 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let start = opts.start.and_time(NaiveTime::MIN);
     let horizon_s = f64::from(opts.days) * DAY_S;
-    let mut summary = GenSummary { users: opts.users, events: 0, duplicates: 0 };
+    let mut summary = GenSummary { users: opts.users, events: 0, duplicates: 0, touches: 0 };
+    let mut marketing = Marketing::create(opts)?;
     // Reused across users so the hot loop does not allocate.
     let mut events: Vec<Event> = Vec::with_capacity(512);
     let mut user_id = String::with_capacity(32);
@@ -158,6 +164,11 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
 
         events.clear();
         simulate_user(&mut rng, &user_id, channel, horizon_s, &mut events);
+        // The signup is the first event simulated; touches and the alias lead up to it.
+        let signup_s = events[0].offset_s;
+        if signup_s < horizon_s {
+            summary.touches += marketing.write_user(opts, i, channel, start, signup_s)?;
+        }
         for event in &events {
             // A day starting before the horizon can still place events after it
             // (later in that day, or onboarding); like the Python, drop those.
@@ -179,6 +190,7 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
     // BufWriter's drop ignores write errors; flushing here reports them.
     users_out.flush()?;
     events_out.flush()?;
+    marketing.finish(opts)?;
     Ok(summary)
 }
 
@@ -396,6 +408,163 @@ fn push_u64(line: &mut Vec<u8>, mut n: u64) {
 fn push_py_float(line: &mut Vec<u8>, x: f64) {
     debug_assert!((1e-4..1e16).contains(&x.abs()), "{x} would print differently from python");
     write!(line, "{x:?}").expect("writing to a Vec cannot fail");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Marketing data (SPEC §11): anonymous touches before signup, aliases, daily ad spend.
+//
+// Drawn from random streams of their own, seeded from (seed, user index, a constant), so adding
+// them left every line of users.jsonl and events.jsonl byte-identical, and other additions to
+// the main stream do not move them. Touches go to their own file for the same reason: analyses
+// of events.jsonl answer as before, and `sextant load --touches` adds them.
+// ---------------------------------------------------------------------------------------------
+
+/// Share of users who visit anonymously before signing up.
+const ANONYMOUS_VISITORS: f64 = 0.8;
+/// Anonymous visits of such a user: 1 to this many page views.
+const MAX_TOUCHES: f64 = 6.0;
+/// Touches fall within this many days before signup.
+const TOUCH_DAYS: f64 = 40.0;
+/// Share of touches that are direct visits (no `utm_source`).
+const DIRECT_VISITS: f64 = 0.2;
+/// Probability that the last touch before signup is the user's acquisition channel.
+const LAST_TOUCH_IS_ACQUISITION: f64 = 0.6;
+/// Where earlier visits come from, whatever the acquisition channel: discovery happens on
+/// social and organic search more than the channel that finally converts.
+const DISCOVERY: [(&str, f64); 5] =
+    [("social", 0.35), ("organic", 0.25), ("paid_search", 0.15), ("referral", 0.15), ("email", 0.10)];
+const CAMPAIGNS: [&str; 3] = ["brand", "launch", "retarget"];
+/// Paid channels with the spend per expected signup (a CAC before attribution).
+const PAID: [(&str, f64); 2] = [("paid_search", 30.0), ("social", 18.0)];
+/// Stream constants: one per kind of draw, so no two draws share a stream.
+const TOUCH_STREAM: u64 = 0x746f_7563_6865_7301;
+const SPEND_STREAM: u64 = 0x7370_656e_6400_0001;
+
+/// A ChaCha stream for (seed, index, stream), independent of the main one.
+fn side_rng(seed: u64, index: u64, stream: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&index.to_le_bytes());
+    key[16..24].copy_from_slice(&stream.to_le_bytes());
+    ChaCha8Rng::from_seed(key)
+}
+
+/// The writers of touches.jsonl and aliases.jsonl; spend.jsonl is written at the end.
+struct Marketing {
+    touches: BufWriter<File>,
+    aliases: BufWriter<File>,
+    line: Vec<u8>,
+    offsets: Vec<f64>,
+}
+
+impl Marketing {
+    fn create(opts: &GenOptions) -> io::Result<Marketing> {
+        Ok(Marketing {
+            touches: BufWriter::with_capacity(WRITE_BUFFER, File::create(opts.out.join("touches.jsonl"))?),
+            aliases: BufWriter::with_capacity(WRITE_BUFFER, File::create(opts.out.join("aliases.jsonl"))?),
+            line: Vec::with_capacity(256),
+            offsets: Vec::with_capacity(8),
+        })
+    }
+
+    /// Writes user `index`'s anonymous visits before `signup_s` and the alias made at signup;
+    /// returns the number of touches.
+    fn write_user(
+        &mut self,
+        opts: &GenOptions,
+        index: u64,
+        channel: usize,
+        start: NaiveDateTime,
+        signup_s: f64,
+    ) -> io::Result<u64> {
+        let mut rng = side_rng(opts.seed, index, TOUCH_STREAM);
+        if unit(&mut rng) >= ANONYMOUS_VISITORS {
+            return Ok(0);
+        }
+        let visits = 1 + (unit(&mut rng) * MAX_TOUCHES) as usize;
+        self.offsets.clear();
+        // At least a minute before signup, so the alias follows every visit.
+        self.offsets.extend((0..visits).map(|_| signup_s - 60.0 - unit(&mut rng) * TOUCH_DAYS * DAY_S));
+        self.offsets.sort_by(f64::total_cmp);
+        for (k, &offset_s) in self.offsets.iter().enumerate() {
+            let last = k + 1 == visits;
+            let source = if unit(&mut rng) < DIRECT_VISITS {
+                None
+            } else if last && unit(&mut rng) < LAST_TOUCH_IS_ACQUISITION {
+                Some(CHANNELS[channel].0)
+            } else {
+                Some(DISCOVERY[pick(&mut rng, &DISCOVERY)].0)
+            };
+            let campaign = CAMPAIGNS[(unit(&mut rng) * CAMPAIGNS.len() as f64) as usize];
+            let line = &mut self.line;
+            line.clear();
+            line.extend_from_slice(b"{\"event_id\": \"t");
+            push_u64(line, opts.seed);
+            line.push(b'_');
+            push_u64(line, index);
+            line.push(b'_');
+            push_u64(line, k as u64);
+            line.extend_from_slice(b"\", \"name\": \"page_view\", \"anonymous_id\": \"");
+            push_anonymous_id(line, opts.seed, index);
+            line.extend_from_slice(b"\", \"timestamp\": \"");
+            push_timestamp(line, start, offset_s);
+            line.extend_from_slice(b"\", \"properties\": {");
+            if let Some(source) = source {
+                line.extend_from_slice(b"\"utm_source\": \"");
+                line.extend_from_slice(source.as_bytes());
+                line.extend_from_slice(b"\", \"utm_campaign\": \"");
+                line.extend_from_slice(source.as_bytes());
+                line.push(b'_');
+                line.extend_from_slice(campaign.as_bytes());
+                line.extend_from_slice(b"\"");
+            }
+            line.extend_from_slice(b"}}\n");
+            self.touches.write_all(line)?;
+        }
+        let line = &mut self.line;
+        line.clear();
+        line.extend_from_slice(b"{\"anonymous_id\": \"");
+        push_anonymous_id(line, opts.seed, index);
+        line.extend_from_slice(b"\", \"user_id\": \"u");
+        push_u64(line, opts.seed);
+        line.push(b'_');
+        push_u64(line, index);
+        line.extend_from_slice(b"\", \"timestamp\": \"");
+        push_timestamp(line, start, signup_s);
+        line.extend_from_slice(b"\"}\n");
+        self.aliases.write_all(line)?;
+        Ok(visits as u64)
+    }
+
+    /// Flushes the per-user files and writes spend.jsonl: per day and paid channel, the
+    /// channel's expected signups that day (signup times follow a square-root ramp) times its
+    /// cost per signup, with ±20% noise.
+    fn finish(mut self, opts: &GenOptions) -> io::Result<()> {
+        self.touches.flush()?;
+        self.aliases.flush()?;
+        let mut out = BufWriter::new(File::create(opts.out.join("spend.jsonl"))?);
+        let mut rng = side_rng(opts.seed, u64::MAX, SPEND_STREAM);
+        let days = f64::from(opts.days);
+        for d in 0..opts.days {
+            let date = opts.start + Days::new(u64::from(d));
+            let share_of_signups = (2.0 * f64::from(d) + 1.0) / (days * days);
+            for (source, cost) in PAID {
+                let weight = CHANNELS.iter().find(|(c, _)| *c == source).map_or(0.0, |(_, w)| *w);
+                let expected = opts.users as f64 * weight * share_of_signups;
+                let amount = round2(expected * cost * (0.8 + 0.4 * unit(&mut rng)));
+                writeln!(out, "{{\"date\": \"{date}\", \"utm_source\": \"{source}\", \"amount\": {amount:?}}}")?;
+            }
+        }
+        out.flush()
+    }
+}
+
+/// `a<seed>_<index>`: the anonymous id of user `u<seed>_<index>` before signup.
+fn push_anonymous_id(line: &mut Vec<u8>, seed: u64, index: u64) {
+    line.push(b'a');
+    push_u64(line, seed);
+    line.push(b'_');
+    push_u64(line, index);
 }
 
 #[cfg(test)]
@@ -703,11 +872,79 @@ mod tests {
         assert_eq!(generate(&late).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 
+    fn sha256_hex(bytes: &[u8]) -> String {
+        ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn marketing_data_leaves_users_and_events_byte_identical() {
+        // Digests of the files written before touches, aliases and spend existed.
+        let dir = TempDir::new("identical");
+        generate(&options(&dir.0, 300, 7)).unwrap();
+        assert_eq!(
+            sha256_hex(read(&dir.0, "events.jsonl").as_bytes()),
+            "433c7b99241e1bcceada00c52484fe42ce8adc6f61fa741889100b92156593d2"
+        );
+        assert_eq!(
+            sha256_hex(read(&dir.0, "users.jsonl").as_bytes()),
+            "4135c710866aad2d213512ad54abe49574e80a8455670635817140217a031253"
+        );
+    }
+
+    #[test]
+    fn touches_come_before_the_alias_and_spend_covers_every_day() {
+        let dir = TempDir::new("marketing");
+        let summary = generate(&options(&dir.0, 400, 5)).unwrap();
+        let mut alias_time = std::collections::HashMap::new();
+        for line in read(&dir.0, "aliases.jsonl").lines() {
+            let alias: Value = serde_json::from_str(line).unwrap();
+            let anonymous = alias["anonymous_id"].as_str().unwrap().to_owned();
+            assert_eq!(alias["user_id"].as_str().unwrap(), format!("u5_{}", &anonymous[3..]), "{line}");
+            alias_time.insert(anonymous, alias["timestamp"].as_str().unwrap().to_owned());
+        }
+        // Most users visit anonymously first.
+        assert!((250..=390).contains(&alias_time.len()), "{} aliases", alias_time.len());
+        let (mut touches, mut direct) = (0u64, 0u64);
+        let mut sources = HashSet::new();
+        for line in read(&dir.0, "touches.jsonl").lines() {
+            let touch: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(touch["name"], "page_view");
+            assert!(touch.get("user_id").is_none(), "{line}");
+            let signup = &alias_time[touch["anonymous_id"].as_str().unwrap()];
+            assert!(touch["timestamp"].as_str().unwrap() < signup.as_str(), "{line}");
+            match touch["properties"]["utm_source"].as_str() {
+                Some(source) => {
+                    assert!(CHANNELS.iter().any(|(c, _)| *c == source), "{line}");
+                    assert!(touch["properties"]["utm_campaign"].as_str().unwrap().starts_with(source));
+                    sources.insert(source.to_owned());
+                }
+                None => direct += 1,
+            }
+            touches += 1;
+        }
+        assert_eq!(touches, summary.touches);
+        assert!(direct > 0 && direct < touches / 2, "{direct} direct of {touches}");
+        assert_eq!(sources.len(), CHANNELS.len());
+        let spend = read(&dir.0, "spend.jsonl");
+        assert_eq!(spend.lines().count(), 90 * PAID.len());
+        for line in spend.lines() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            assert!(PAID.iter().any(|(c, _)| value["utm_source"] == *c), "{line}");
+            assert!(value["amount"].as_f64().unwrap() >= 0.0, "{line}");
+        }
+        // Deterministic per seed.
+        let again = TempDir::new("marketing-again");
+        generate(&options(&again.0, 400, 5)).unwrap();
+        for file in ["touches.jsonl", "aliases.jsonl", "spend.jsonl"] {
+            assert_eq!(read(&dir.0, file), read(&again.0, file), "{file}");
+        }
+    }
+
     #[test]
     fn zero_users_or_days_write_empty_event_files() {
         let dir = TempDir::new("empty");
         let summary = generate(&options(&dir.0, 0, 1)).unwrap();
-        assert_eq!(summary, GenSummary { users: 0, events: 0, duplicates: 0 });
+        assert_eq!(summary, GenSummary { users: 0, events: 0, duplicates: 0, touches: 0 });
         assert_eq!(read(&dir.0, "events.jsonl"), "");
         let no_days = GenOptions { days: 0, ..options(&dir.0, 5, 1) };
         let summary = generate(&no_days).unwrap();

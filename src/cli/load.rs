@@ -46,6 +46,19 @@ pub struct LoadArgs {
     /// events.jsonl from `sextant gen`.
     #[arg(long)]
     pub events: Option<PathBuf>,
+    /// touches.jsonl from `sextant gen`: anonymous page views, loaded like events.
+    #[arg(long)]
+    pub touches: Option<PathBuf>,
+    /// aliases.jsonl from `sextant gen`: one Alias call per line (anonymous id → user).
+    #[arg(long)]
+    pub aliases: Option<PathBuf>,
+    /// spend.jsonl from `sextant gen`: recorded as values of the MANUAL metric --spend-metric,
+    /// each with dimension `utm_source`.
+    #[arg(long, requires = "spend_metric")]
+    pub spend: Option<PathBuf>,
+    /// The MANUAL metric the spend goes to; created when absent.
+    #[arg(long)]
+    pub spend_metric: Option<String>,
     /// Events per TrackStream batch.
     #[arg(long, default_value_t = 2000)]
     pub batch: usize,
@@ -62,6 +75,8 @@ pub struct LoadReport {
     pub duplicates: u64,
     pub quarantined: u64,
     pub rejected: u64,
+    pub aliases: u64,
+    pub spend_values: u64,
     pub elapsed: Duration,
 }
 
@@ -182,7 +197,7 @@ fn progress(total_bytes: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn open(path: &Path) -> anyhow::Result<(BufReader<File>, u64)> {
+pub(crate) fn open(path: &Path) -> anyhow::Result<(BufReader<File>, u64)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata()?.len();
     Ok((BufReader::with_capacity(1 << 20, file), size))
@@ -203,7 +218,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         }
         Err(status) => return Err(status.into()),
     }
-    let ingest = IngestServiceClient::with_interceptor(channel, key)
+    let ingest = IngestServiceClient::with_interceptor(channel.clone(), key.clone())
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let started = Instant::now();
@@ -212,7 +227,17 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         report.users = load_users(ingest.clone(), &args.project, users).await?;
     }
     if let Some(events) = &args.events {
-        load_events(ingest, args, events, &mut report).await?;
+        load_events(ingest.clone(), args, events, &mut report).await?;
+    }
+    if let Some(touches) = &args.touches {
+        load_events(ingest.clone(), args, touches, &mut report).await?;
+    }
+    if let Some(aliases) = &args.aliases {
+        report.aliases = crate::cli::load_marketing::load_aliases(ingest, &args.project, aliases).await?;
+    }
+    if let (Some(spend), Some(metric)) = (&args.spend, &args.spend_metric) {
+        let metrics = crate::pb::metric_service_client::MetricServiceClient::with_interceptor(channel, key);
+        report.spend_values = crate::cli::load_marketing::load_spend(metrics, &args.project, metric, spend).await?;
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -307,7 +332,7 @@ async fn load_events(
         }
         bar.set_message(format!("{} accepted", report.accepted));
     }
-    report.sent = parser.join().map_err(|_| anyhow::anyhow!("parser thread panicked"))??;
+    report.sent += parser.join().map_err(|_| anyhow::anyhow!("parser thread panicked"))??;
     bar.finish_and_clear();
     Ok(())
 }

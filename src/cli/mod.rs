@@ -3,5 +3,6 @@
 pub mod backup;
 pub mod r#gen;
 pub mod load;
+pub mod load_marketing;
 pub mod soak;
 pub mod watch;

@@ -1,10 +1,11 @@
-//! AnalysisService: funnels, retention tables and cohort tables.
+//! AnalysisService: funnels, retention tables, cohort tables and attribution.
 
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use super::convert::{enum_error, required_range, timestamp};
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
+use crate::core::analysis::attribution::{self, AttributionModel, AttributionQuery};
 use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
 use crate::core::bounds;
@@ -138,6 +139,41 @@ fn cohort_table_from_pb(request: pb::QueryCohortTableRequest) -> Result<CohortTa
     })
 }
 
+/// A duration that may be 0 (unlike `duration_from_pb`); negative is INVALID_ARGUMENT.
+fn non_negative_duration(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
+    match duration {
+        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(Some(0)),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Error::invalid(field, "must not be negative")),
+        other => duration_from_pb(field, other),
+    }
+}
+
+fn attribution_from_pb(request: pb::QueryAttributionRequest) -> Result<AttributionQuery> {
+    let (from, to) = required_range(request.range.as_ref())?;
+    let model = match pb::AttributionModel::try_from(request.model).map_err(|_| enum_error("model", request.model))? {
+        pb::AttributionModel::Unspecified | pb::AttributionModel::LastTouch => AttributionModel::LastTouch,
+        pb::AttributionModel::FirstTouch => AttributionModel::FirstTouch,
+        pb::AttributionModel::Linear => AttributionModel::Linear,
+        pb::AttributionModel::PositionBased => AttributionModel::PositionBased,
+        pb::AttributionModel::TimeDecay => AttributionModel::TimeDecay,
+        pb::AttributionModel::Participation => AttributionModel::Participation,
+    };
+    Ok(AttributionQuery {
+        conversion: required_selector("conversion", request.conversion)?,
+        touch: required_selector("touch", request.touch)?,
+        channel_property: request.channel_property,
+        model,
+        lookback: non_negative_duration("lookback", request.lookback)?.unwrap_or(attribution::DEFAULT_LOOKBACK),
+        half_life: duration_from_pb("half_life", request.half_life)?.unwrap_or(attribution::DEFAULT_HALF_LIFE),
+        from,
+        to,
+        value_property: request.value_property,
+        spend_metric_key: request.spend_metric_key,
+        first_conversion_only: request.first_conversion_only,
+        cohort_id: request.cohort_id,
+    })
+}
+
 #[tonic::async_trait]
 impl AnalysisService for Api {
     async fn query_funnel(
@@ -209,6 +245,37 @@ impl AnalysisService for Api {
                 .collect(),
             average_values: table.average_values,
             average_users: table.average_users,
+        }))
+    }
+
+    async fn query_attribution(
+        &self,
+        request: Request<pb::QueryAttributionRequest>,
+    ) -> Result<Response<pb::QueryAttributionResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let project = request.project.clone();
+        let query = attribution_from_pb(request)?;
+        let result = self.blocking(move |engine| engine.query_attribution(&project, query)).await?;
+        Ok(Response::new(pb::QueryAttributionResponse {
+            conversions: result.conversions,
+            value: result.value,
+            rows: result
+                .rows
+                .into_iter()
+                .map(|r| pb::AttributionRow {
+                    channel: r.channel,
+                    credit: r.credit,
+                    value_credit: r.value_credit,
+                    influenced: r.influenced,
+                    spend: r.spend,
+                    cost_per_conversion: r.cost_per_conversion,
+                    roas: r.roas,
+                    roi: r.roi,
+                    has_spend: r.has_spend,
+                })
+                .collect(),
+            total_spend: result.total_spend,
         }))
     }
 }

@@ -134,7 +134,12 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
     ),
     (
         "AnalysisService",
-        &[("QueryFunnel", Project(Read)), ("QueryRetention", Project(Read)), ("QueryCohortTable", Project(Read))],
+        &[
+            ("QueryFunnel", Project(Read)),
+            ("QueryRetention", Project(Read)),
+            ("QueryCohortTable", Project(Read)),
+            ("QueryAttribution", Project(Read)),
+        ],
     ),
     (
         "ExperimentService",
@@ -151,6 +156,11 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
             ("AnalyzeSummaries", Stateless(Read)),
             ("AdjustPValues", Stateless(Read)),
             ("PlanExperiment", Stateless(Read)),
+            ("GetHoldout", Project(Read)),
+            ("ListHoldouts", Project(Read)),
+            ("GetHoldoutResults", Project(Read)),
+            ("CreateHoldout", Project(Admin)),
+            ("StopHoldout", Project(Admin)),
         ],
     ),
     ("AdminService", &[("Backup", Server)]),

@@ -9,6 +9,7 @@ use super::convert::{enum_error, micros_from_timestamp, optional_timestamp, time
 use super::metric::{duration_from_pb, duration_to_pb};
 use crate::core::engine::experiments::{ExperimentResults, ExposureItem};
 use crate::core::experiment::definition::{Experiment, ExperimentStatus, MetricRole, ReadoutConfig, Variant};
+use crate::core::experiment::holdout::Holdout;
 use crate::core::experiment::plan::{self, PlanRequest};
 use crate::core::experiment::readout::{
     self, Comparison, Decision, MetricReadout, SummariesRequest, VariantData, VariantReadout,
@@ -405,6 +406,36 @@ fn plan_from_pb(r: pb::PlanExperimentRequest) -> Result<PlanRequest> {
     })
 }
 
+fn holdout_from_pb(h: pb::Holdout) -> Result<Holdout> {
+    Ok(Holdout {
+        start_time: optional_time("holdout.start_time", h.start_time.as_ref())?,
+        end_time: optional_time("holdout.end_time", h.end_time.as_ref())?,
+        key: h.key,
+        name: h.name,
+        percent: h.percent,
+        seed: h.seed,
+        metric_keys: h.metric_keys,
+        created: 0,
+        updated: 0,
+    })
+}
+
+fn holdout_to_pb(h: Holdout) -> pb::Holdout {
+    let now = now_micros();
+    pb::Holdout {
+        running: h.running(now),
+        key: h.key,
+        name: h.name,
+        percent: h.percent,
+        seed: h.seed,
+        metric_keys: h.metric_keys,
+        start_time: optional_timestamp(h.start_time),
+        end_time: optional_timestamp(h.end_time),
+        created_time: Some(timestamp(h.created)),
+        updated_time: Some(timestamp(h.updated)),
+    }
+}
+
 fn required<T>(field: &str, value: Option<T>) -> Result<T> {
     value.ok_or_else(|| Error::invalid(field, "required"))
 }
@@ -492,7 +523,12 @@ impl ExperimentService for Api {
             .assign_and_log(&r.project, &r.experiment_key, &r.user_id, &r.anonymous_id, r.log_exposure)
             .await?;
         let in_experiment = assignment.in_experiment();
-        Ok(Response::new(pb::AssignResponse { variant: assignment.variant, bucket: assignment.bucket, in_experiment }))
+        Ok(Response::new(pb::AssignResponse {
+            variant: assignment.variant,
+            bucket: assignment.bucket,
+            in_experiment,
+            holdout_key: assignment.holdout_key,
+        }))
     }
 
     async fn log_exposures(
@@ -553,5 +589,65 @@ impl ExperimentService for Api {
             mde: plan.mde,
             days: plan.days,
         }))
+    }
+
+    async fn create_holdout(
+        &self,
+        request: Request<pb::CreateHoldoutRequest>,
+    ) -> Result<Response<pb::CreateHoldoutResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let holdout = holdout_from_pb(required("holdout", request.holdout)?)?;
+        let holdout = self.blocking(move |engine| engine.create_holdout(&request.project, holdout)).await?;
+        Ok(Response::new(pb::CreateHoldoutResponse { holdout: Some(holdout_to_pb(holdout)) }))
+    }
+
+    async fn get_holdout(
+        &self,
+        request: Request<pb::GetHoldoutRequest>,
+    ) -> Result<Response<pb::GetHoldoutResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let r = request.into_inner();
+        let holdout = self.blocking(move |engine| engine.get_holdout(&r.project, &r.holdout_key)).await?;
+        Ok(Response::new(pb::GetHoldoutResponse { holdout: Some(holdout_to_pb(holdout)) }))
+    }
+
+    async fn list_holdouts(
+        &self,
+        request: Request<pb::ListHoldoutsRequest>,
+    ) -> Result<Response<pb::ListHoldoutsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let r = request.into_inner();
+        let page = PageRequest { size: r.page_size, token: r.page_token };
+        let project = r.project;
+        let (holdouts, next_page_token) =
+            self.blocking(move |engine| paginate(engine.list_holdouts(&project)?, |h| h.key.clone(), &page)).await?;
+        Ok(Response::new(pb::ListHoldoutsResponse {
+            holdouts: holdouts.into_iter().map(holdout_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn stop_holdout(
+        &self,
+        request: Request<pb::StopHoldoutRequest>,
+    ) -> Result<Response<pb::StopHoldoutResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let r = request.into_inner();
+        let holdout = self.blocking(move |engine| engine.stop_holdout(&r.project, &r.holdout_key)).await?;
+        Ok(Response::new(pb::StopHoldoutResponse { holdout: Some(holdout_to_pb(holdout)) }))
+    }
+
+    async fn get_holdout_results(
+        &self,
+        request: Request<pb::GetHoldoutResultsRequest>,
+    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let r = request.into_inner();
+        let config = readout_config_from_pb("stats", r.stats)?;
+        let results = self
+            .blocking(move |engine| engine.holdout_results(&r.project, &r.holdout_key, config, now_micros()))
+            .await?;
+        Ok(Response::new(results_to_pb(results)))
     }
 }

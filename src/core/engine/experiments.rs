@@ -9,6 +9,7 @@ use crate::core::engine::{Definitions, Engine, ProjectState};
 use crate::core::experiment::definition::{
     EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, ExperimentStatus, MetricRole, ReadoutConfig, VARIANT_PROPERTY,
 };
+use crate::core::experiment::holdout::holding_out;
 use crate::core::experiment::measure::{self, MetricPlan, Windows};
 use crate::core::experiment::readout::{self, Decision, MetricFinding, MetricReadout};
 use crate::core::experiment::stats::SummaryKind;
@@ -42,6 +43,8 @@ pub struct Assignment {
     /// Empty when not in the experiment.
     pub variant: String,
     pub bucket: f64,
+    /// The running holdout keeping the id out of every experiment; empty when none does.
+    pub holdout_key: String,
 }
 
 impl Assignment {
@@ -218,7 +221,8 @@ impl Engine {
         Ok(experiment)
     }
 
-    /// The variant `user_id` (or `anonymous_id` without one) gets, in any status.
+    /// The variant `user_id` (or `anonymous_id` without one) gets, in any status; none while a
+    /// running holdout holds the id out.
     pub fn assign(&self, project: &str, key: &str, user_id: &str, anonymous_id: &str) -> Result<Assignment> {
         validate_slug("experiment_key", key)?;
         let id = if user_id.is_empty() { anonymous_id } else { user_id };
@@ -231,8 +235,11 @@ impl Engine {
         let state = entry.read();
         let experiment = state.defs.experiment(key)?;
         let (variant, bucket) = experiment.assign(id);
+        if let Some(holdout) = holding_out(&state.defs.holdouts, id, now_micros()) {
+            return Ok(Assignment { variant: String::new(), bucket, holdout_key: holdout.key.clone() });
+        }
         let variant = variant.map(|v| experiment.variants[v].key.clone()).unwrap_or_default();
-        Ok(Assignment { variant, bucket })
+        Ok(Assignment { variant, bucket, holdout_key: String::new() })
     }
 
     /// Stores exposures as `$exposure` events through the durable ingest path. Items that
@@ -387,7 +394,22 @@ pub fn results(
         ))
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
+    let exposures =
+        measure::exposures(&state.data.table, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
+    read_out(state, experiment, &exposures, config, (start, end), now)
+}
 
+/// Measures and analyses `exposures` of an experiment (or of a holdout, read as one) over the
+/// analysis range `[start, end)`: per-user values, comparisons with the correction over
+/// primary and secondary metrics, SRM and the decision.
+pub fn read_out(
+    state: &ProjectState,
+    experiment: &Experiment,
+    exposures: &measure::Exposures,
+    config: ReadoutConfig,
+    (start, end): (Micros, Micros),
+    now: Micros,
+) -> Result<ExperimentResults> {
     let metrics = state.defs.metrics.latest_metrics();
     let mut chosen: Vec<(MetricRole, &Metric, SummaryKind)> = Vec::new();
     for (role, key) in experiment.metrics() {
@@ -398,8 +420,6 @@ pub fn results(
         chosen.push((role, metric, kind));
     }
 
-    let exposures =
-        measure::exposures(&state.data.table, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
     let stats = config.stats;
     let windows = Windows {
         attribution: experiment.attribution_window,
@@ -408,7 +428,7 @@ pub fn results(
         winsorize_percentile: stats.winsorize_percentile,
     };
     let plans: Vec<MetricPlan> = chosen.iter().map(|&(_, metric, kind)| MetricPlan { metric, kind }).collect();
-    let measured = measure::measure(&state.data, &metrics, experiment, &exposures, &plans, &windows)?;
+    let measured = measure::measure(&state.data, &metrics, experiment, exposures, &plans, &windows)?;
 
     // Control first, then the other variants in definition order.
     let control = experiment.control();
@@ -453,7 +473,7 @@ pub fn results(
         srm_p_value,
         srm_detected: srm_p_value < readout::SRM_THRESHOLD,
         excluded_users: exposures.excluded,
-        variant_users: exposures.per_variant,
+        variant_users: exposures.per_variant.clone(),
         decision,
         reasons,
         analysis_range: (start, end),

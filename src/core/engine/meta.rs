@@ -14,6 +14,7 @@ pub enum MetaKey<'a> {
     Goal { project: &'a str, id: &'a str },
     Cohort { project: &'a str, id: &'a str },
     Experiment { project: &'a str, key: &'a str },
+    Holdout { project: &'a str, key: &'a str },
     ApiKey { project: &'a str, id: &'a str },
 }
 
@@ -26,6 +27,7 @@ pub enum MetaKind {
     Goal,
     Cohort,
     Experiment,
+    Holdout,
     ApiKey,
 }
 
@@ -39,6 +41,7 @@ impl MetaKind {
             MetaKind::Goal => "goal/",
             MetaKind::Cohort => "cohort/",
             MetaKind::Experiment => "experiment/",
+            MetaKind::Holdout => "holdout/",
             MetaKind::ApiKey => "api_key/",
         }
     }
@@ -58,6 +61,7 @@ impl MetaKey<'_> {
             MetaKey::Goal { project, id } => format!("goal/{project}/{id}"),
             MetaKey::Cohort { project, id } => format!("cohort/{project}/{id}"),
             MetaKey::Experiment { project, key } => format!("experiment/{project}/{key}"),
+            MetaKey::Holdout { project, key } => format!("holdout/{project}/{key}"),
             MetaKey::ApiKey { project, id } => format!("api_key/{project}/{id}"),
         }
     }
@@ -84,6 +88,7 @@ mod tests {
             (MetaKey::Goal { project: "p", id: "g" }, MetaKind::Goal),
             (MetaKey::Cohort { project: "p", id: "c" }, MetaKind::Cohort),
             (MetaKey::Experiment { project: "p", key: "e" }, MetaKind::Experiment),
+            (MetaKey::Holdout { project: "p", key: "h" }, MetaKind::Holdout),
             (MetaKey::ApiKey { project: "p", id: "k" }, MetaKind::ApiKey),
         ];
         for (key, kind) in keys {

@@ -107,7 +107,13 @@ impl Engine {
             .values()
             .filter(|e| e.metrics().any(|(_, k)| k == key))
             .map(|e| format!("experiment {}", e.key));
-        let referrers: Vec<String> = referrers.into_iter().chain(goals).chain(experiments).collect();
+        let holdouts = state
+            .defs
+            .holdouts
+            .values()
+            .filter(|h| h.metric_keys.iter().any(|k| k == key))
+            .map(|h| format!("holdout {}", h.key));
+        let referrers: Vec<String> = referrers.into_iter().chain(goals).chain(experiments).chain(holdouts).collect();
         if !referrers.is_empty() {
             return Err(Error::FailedPrecondition(format!("metric {key:?} is referenced by {}", referrers.join(", "))));
         }

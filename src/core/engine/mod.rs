@@ -5,11 +5,13 @@
 //! write lock only to append already-durable records.
 
 pub mod anomalies;
+pub mod attribution;
 pub mod cohorts;
 pub mod experiments;
 pub mod expiry;
 pub mod funnels;
 pub mod goals;
+pub mod holdouts;
 pub mod ingest;
 pub mod keys;
 pub mod live;
@@ -29,6 +31,7 @@ use crate::core::auth::ApiKey;
 use crate::core::catalog::{validate_event_type, validate_name, validate_slug, validate_timezone};
 use crate::core::cohort::Cohort;
 use crate::core::experiment::definition::Experiment;
+use crate::core::experiment::holdout::Holdout;
 use crate::core::goal::definition::Goal;
 use crate::core::ingest::{Limits, SeenIds, WriteJob, Writer};
 use crate::core::metric::definition::{Metric, MetricBook};
@@ -62,6 +65,7 @@ pub struct Definitions {
     pub goals: BTreeMap<String, Goal>,
     pub cohorts: BTreeMap<String, Cohort>,
     pub experiments: BTreeMap<String, Experiment>,
+    pub holdouts: BTreeMap<String, Holdout>,
 }
 
 pub type ProjectEntry = RwLock<ProjectState>;
@@ -138,6 +142,9 @@ impl Engine {
         })?;
         load(storage.as_ref(), MetaKind::Experiment, &mut projects, |state, e: Experiment| {
             state.defs.experiments.insert(e.key.clone(), e);
+        })?;
+        load(storage.as_ref(), MetaKind::Holdout, &mut projects, |state, h: Holdout| {
+            state.defs.holdouts.insert(h.key.clone(), h);
         })?;
         let mut api_keys = BTreeMap::new();
         for (key, bytes) in storage.scan_meta(MetaKind::ApiKey.prefix())? {

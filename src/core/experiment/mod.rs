@@ -3,6 +3,7 @@
 
 pub mod assign;
 pub mod definition;
+pub mod holdout;
 pub mod measure;
 pub mod plan;
 pub mod readout;
