@@ -83,6 +83,9 @@ pub struct GoalProgress {
     pub expected_progress: f64,
     /// The projected value at the end of the period; once the period is over, the measured end value.
     pub projected: Option<f64>,
+    /// How `projected` was computed: "pace", "linear", a forecast model's name, or "measured"
+    /// once the period is over; empty before the period starts.
+    pub projection: String,
     pub status: GoalStatus,
 }
 
@@ -162,7 +165,7 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
     let over = input.now >= input.period_end;
 
     let measured = if !started {
-        Measured { current: None, projected: None, any_value: false, first_value: None }
+        Measured { current: None, projected: None, any_value: false, first_value: None, projection: String::new() }
     } else if input.additive {
         measure_additive(input, length, elapsed, over)
     } else {
@@ -215,6 +218,7 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
         progress: measured.current.and_then(share),
         expected_progress,
         projected: measured.projected,
+        projection: measured.projection,
         status,
     })
 }
@@ -242,6 +246,7 @@ struct Measured {
     any_value: bool,
     /// Non-additive: the first complete bucket's value, the fallback baseline for absolute targets.
     first_value: Option<f64>,
+    projection: String,
 }
 
 fn measure_additive(input: &GoalInput, length: f64, elapsed: f64, over: bool) -> Measured {
@@ -252,6 +257,7 @@ fn measure_additive(input: &GoalInput, length: f64, elapsed: f64, over: bool) ->
         projected: projected.is_finite().then_some(projected),
         any_value: true,
         first_value: None,
+        projection: if over { "measured" } else { "pace" }.into(),
     }
 }
 
@@ -266,7 +272,13 @@ fn measure_latest(input: &GoalInput, over: bool) -> Measured {
         let x = last_bucket_midpoint(input);
         least_squares_at(&points, x).filter(|p| p.is_finite())
     };
-    Measured { current, projected, any_value: !points.is_empty(), first_value: points.first().map(|&(_, v)| v) }
+    Measured {
+        current,
+        projected,
+        any_value: !points.is_empty(),
+        first_value: points.first().map(|&(_, v)| v),
+        projection: if over { "measured" } else { "linear" }.into(),
+    }
 }
 
 /// Midpoint of the period's last bucket (the one containing `period_end − 1µs`), relative to

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::analysis::revenue::BridgeComponent;
 use super::catalog::validate_slug;
 use super::filter::{EventSelector, validate_selector};
 use super::model::Micros;
@@ -25,6 +26,10 @@ pub enum MetricKind {
     Conversion,
     Retention,
     Manual,
+    /// Per bucket, the sum over people of their latest `property` value before its end.
+    LatestSum,
+    /// A column of the revenue bridge (`revenue_component`).
+    RevenueBridge,
 }
 
 impl MetricKind {
@@ -43,7 +48,16 @@ impl MetricKind {
     }
 
     fn needs_property(self) -> bool {
-        matches!(self, MetricKind::Sum | MetricKind::Avg | MetricKind::Min | MetricKind::Max | MetricKind::Percentile)
+        matches!(
+            self,
+            MetricKind::Sum
+                | MetricKind::Avg
+                | MetricKind::Min
+                | MetricKind::Max
+                | MetricKind::Percentile
+                | MetricKind::LatestSum
+                | MetricKind::RevenueBridge
+        )
     }
 }
 
@@ -109,6 +123,9 @@ pub struct Metric {
     pub semi_additive_last: bool,
     pub fill_nulls_with: Option<f64>,
     pub constant_properties: Vec<String>,
+    /// REVENUE_BRIDGE: the column read. Defaulted so definitions stored before it still load.
+    #[serde(default)]
+    pub revenue_component: BridgeComponent,
     pub role: MetricRole,
     pub parent_keys: Vec<String>,
     pub direction: Direction,
@@ -147,8 +164,11 @@ impl Metric {
         if self.name.chars().count() > 200 {
             return Err(Error::invalid("metric.name", "longer than 200 characters"));
         }
-        let selector_needed =
-            self.kind.is_event_aggregate() || matches!(self.kind, MetricKind::Conversion | MetricKind::Retention);
+        let selector_needed = self.kind.is_event_aggregate()
+            || matches!(
+                self.kind,
+                MetricKind::Conversion | MetricKind::Retention | MetricKind::LatestSum | MetricKind::RevenueBridge
+            );
         match (&self.selector, selector_needed) {
             (Some(selector), _) => validate_selector("metric.selector", selector)?,
             (None, true) => {

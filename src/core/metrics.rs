@@ -141,6 +141,8 @@ pub fn evaluate(state: &ProjectState, metric: &Metric, query: &MetricQuery, dept
         MetricKind::Manual => Ok(manual_series(state, metric, query)),
         MetricKind::Conversion => query::conversion(state, metric, query),
         MetricKind::Retention => query::retention(state, metric, query),
+        MetricKind::LatestSum => super::analysis::revenue::latest_sum_series(state, metric, query),
+        MetricKind::RevenueBridge => super::analysis::revenue::bridge_series(state, metric, query),
         kind => unreachable!("{kind:?} is an event aggregate, handled above"),
     }
 }

@@ -1,5 +1,6 @@
 //! The domain: no tonic or prost types here.
 
+pub mod analysis;
 pub mod anomaly;
 pub mod auth;
 pub mod catalog;

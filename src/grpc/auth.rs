@@ -102,11 +102,13 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
             ("GetMetricTree", Project(Read)),
             ("WatchMetric", Project(Read)),
             ("DetectAnomalies", Project(Read)),
+            ("ForecastMetric", Project(Read)),
             ("CreateMetric", Project(Admin)),
             ("UpdateMetric", Project(Admin)),
             ("DeleteMetric", Project(Admin)),
             // Pushed values change stored data like a create; not in SPEC's INGEST list.
             ("RecordValues", Project(Admin)),
+            ("ApplyFramework", Project(Admin)),
         ],
     ),
     (
@@ -133,7 +135,12 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
     ),
     (
         "AnalysisService",
-        &[("QueryFunnel", Project(Read)), ("QueryRetention", Project(Read)), ("QueryCohortTable", Project(Read))],
+        &[
+            ("QueryFunnel", Project(Read)),
+            ("QueryRetention", Project(Read)),
+            ("QueryCohortTable", Project(Read)),
+            ("QueryRevenueBridge", Project(Read)),
+        ],
     ),
     (
         "ExperimentService",

@@ -6,6 +6,7 @@ use super::Api;
 use super::convert::{
     enum_error, item_error, micros_from_timestamp, time_range, timestamp, value_from_pb, value_to_pb,
 };
+use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::live::{self, LiveValue, WatchSpec};
@@ -142,7 +143,7 @@ fn role_to_pb(role: MetricRole) -> pb::MetricRole {
     }
 }
 
-const KINDS: [(pb::MetricKind, MetricKind); 12] = [
+const KINDS: [(pb::MetricKind, MetricKind); 14] = [
     (pb::MetricKind::Count, MetricKind::Count),
     (pb::MetricKind::UniqueUsers, MetricKind::UniqueUsers),
     (pb::MetricKind::Sum, MetricKind::Sum),
@@ -155,7 +156,39 @@ const KINDS: [(pb::MetricKind, MetricKind); 12] = [
     (pb::MetricKind::Conversion, MetricKind::Conversion),
     (pb::MetricKind::Retention, MetricKind::Retention),
     (pb::MetricKind::Manual, MetricKind::Manual),
+    (pb::MetricKind::LatestSum, MetricKind::LatestSum),
+    (pb::MetricKind::RevenueBridge, MetricKind::RevenueBridge),
 ];
+
+const COMPONENTS: [(pb::RevenueComponent, BridgeComponent); 14] = [
+    (pb::RevenueComponent::StartingMrr, BridgeComponent::StartingMrr),
+    (pb::RevenueComponent::NewMrr, BridgeComponent::NewMrr),
+    (pb::RevenueComponent::ReactivationMrr, BridgeComponent::ReactivationMrr),
+    (pb::RevenueComponent::ExpansionMrr, BridgeComponent::ExpansionMrr),
+    (pb::RevenueComponent::ContractionMrr, BridgeComponent::ContractionMrr),
+    (pb::RevenueComponent::ChurnedMrr, BridgeComponent::ChurnedMrr),
+    (pb::RevenueComponent::EndingMrr, BridgeComponent::EndingMrr),
+    (pb::RevenueComponent::StartingCustomers, BridgeComponent::StartingCustomers),
+    (pb::RevenueComponent::NewCustomers, BridgeComponent::NewCustomers),
+    (pb::RevenueComponent::ChurnedCustomers, BridgeComponent::ChurnedCustomers),
+    (pb::RevenueComponent::EndingCustomers, BridgeComponent::EndingCustomers),
+    (pb::RevenueComponent::NetRevenueRetention, BridgeComponent::NetRevenueRetention),
+    (pb::RevenueComponent::GrossRevenueRetention, BridgeComponent::GrossRevenueRetention),
+    (pb::RevenueComponent::CustomerChurnRate, BridgeComponent::CustomerChurnRate),
+];
+
+/// The bridge column: required for REVENUE_BRIDGE metrics, unset for every other kind.
+fn component_from_pb(kind: MetricKind, value: i32) -> Result<BridgeComponent> {
+    let field = "metric.revenue_component";
+    let component = pb::RevenueComponent::try_from(value).map_err(|_| enum_error(field, value))?;
+    let found = COMPONENTS.iter().find(|(p, _)| *p == component).map(|(_, c)| *c);
+    match (kind, found) {
+        (MetricKind::RevenueBridge, Some(c)) => Ok(c),
+        (MetricKind::RevenueBridge, None) => Err(Error::invalid(field, "required for REVENUE_BRIDGE metrics")),
+        (_, None) => Ok(BridgeComponent::default()),
+        (_, Some(_)) => Err(Error::invalid(field, "applies to REVENUE_BRIDGE metrics only")),
+    }
+}
 
 pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
     let kind = pb::MetricKind::try_from(metric.kind).map_err(|_| enum_error("metric.kind", metric.kind))?;
@@ -179,6 +212,7 @@ pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
         pb::Direction::Unspecified | pb::Direction::Increase => Direction::Increase,
         pb::Direction::Decrease => Direction::Decrease,
     };
+    let revenue_component = component_from_pb(kind, metric.revenue_component)?;
     let semi_additive_last = pb::SemiAdditive::try_from(metric.semi_additive)
         .map_err(|_| enum_error("metric.semi_additive", metric.semi_additive))?
         == pb::SemiAdditive::Last;
@@ -214,6 +248,7 @@ pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
         semi_additive_last,
         fill_nulls_with: metric.fill_nulls_with,
         constant_properties: metric.constant_properties,
+        revenue_component,
         parent_keys: metric.parent_keys,
         direction,
         unit: metric.unit,
@@ -279,6 +314,13 @@ pub fn metric_to_pb(metric: Metric) -> pb::MetricDefinition {
             pb::RetentionMode::Unspecified
         } as i32,
         retention_unbounded: metric.retention_unbounded,
+        revenue_component: match metric.kind {
+            MetricKind::RevenueBridge => COMPONENTS
+                .iter()
+                .find(|(_, c)| *c == metric.revenue_component)
+                .map_or(pb::RevenueComponent::Unspecified, |(p, _)| *p),
+            _ => pb::RevenueComponent::Unspecified,
+        } as i32,
     }
 }
 
@@ -467,6 +509,22 @@ impl MetricService for Api {
             timezone: report.timezone,
             metric_version: report.version,
         }))
+    }
+
+    async fn forecast_metric(
+        &self,
+        request: Request<pb::ForecastMetricRequest>,
+    ) -> Result<Response<pb::ForecastMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        Err(Status::unimplemented("ForecastMetric is not built yet"))
+    }
+
+    async fn apply_framework(
+        &self,
+        request: Request<pb::ApplyFrameworkRequest>,
+    ) -> Result<Response<pb::ApplyFrameworkResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        Err(Status::unimplemented("ApplyFramework is not built yet"))
     }
 
     async fn create_metric(

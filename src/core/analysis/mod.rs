@@ -1,0 +1,3 @@
+//! Analyses over people's event histories that are more than one metric: the revenue bridge.
+
+pub mod revenue;
