@@ -265,3 +265,270 @@ async fn mrr_and_bridge_columns_are_metrics() {
         client.create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(bad) }).await.unwrap_err();
     assert!(status.message().starts_with("metric.property"), "{}", status.message());
 }
+
+/// A product: three signups on day 0, activation, sessions, purchases and subscriptions.
+async fn product() -> TestServer {
+    let mut events = vec![
+        // u1 signs up, activates within the hour, comes back on day 7, buys for 30.
+        event("s1", "signup", "u1", 0),
+        event("o1", "onboarding_complete", "u1", HOUR),
+        event("v1", "session_start", "u1", 10),
+        event("v2", "session_start", "u1", 7 * DAY + HOUR),
+        with_props(event("p1", "purchase", "u1", 2 * HOUR), &[("revenue", num(30.0))]),
+        // u2 signs up, never activates, comes back on day 3, buys for 10.
+        event("s2", "signup", "u2", 2 * HOUR),
+        event("v3", "session_start", "u2", 2 * HOUR + 10),
+        event("v4", "session_start", "u2", 3 * DAY),
+        with_props(event("p2", "purchase", "u2", 3 * HOUR), &[("revenue", num(10.0))]),
+        // u3 signs up and activates on day 9: outside the 7-day activation window.
+        event("s3", "signup", "u3", 3 * HOUR),
+        event("v5", "session_start", "u3", 3 * HOUR + 10),
+        event("o3", "onboarding_complete", "u3", 9 * DAY),
+    ];
+    // Subscriptions: u1 at 50 and u2 at 20 on day 1; u2 cancels on day 2.
+    events.push(change("m1", "u1", DAY + HOUR, 50.0));
+    events.push(change("m2", "u2", DAY + HOUR, 20.0));
+    events.push(change("m3", "u2", 2 * DAY + HOUR, 0.0));
+    with_events(events).await
+}
+
+fn aarrr(dry_run: bool) -> pb::ApplyFrameworkRequest {
+    pb::ApplyFrameworkRequest {
+        project: "p".into(),
+        framework: pb::Framework::NorthStarAarrr as i32,
+        mapping: Some(pb::FrameworkMapping {
+            signup_event: "signup".into(),
+            activation_event: "onboarding_complete".into(),
+            core_event: "session_start".into(),
+            purchase_event: "purchase".into(),
+            revenue_property: "revenue".into(),
+            ..Default::default()
+        }),
+        dry_run,
+    }
+}
+
+fn saas() -> pb::ApplyFrameworkRequest {
+    pb::ApplyFrameworkRequest {
+        project: "p".into(),
+        framework: pb::Framework::SaasRevenue as i32,
+        mapping: Some(pb::FrameworkMapping {
+            subscription_event: "subscription_changed".into(),
+            mrr_property: "mrr".into(),
+            ..Default::default()
+        }),
+        dry_run: false,
+    }
+}
+
+async fn apply(server: &TestServer, request: pb::ApplyFrameworkRequest) -> pb::ApplyFrameworkResponse {
+    metrics(server).apply_framework(request).await.expect("apply").into_inner()
+}
+
+async fn metric_keys(server: &TestServer) -> Vec<String> {
+    let request = pb::ListMetricsRequest { project: "p".into(), ..Default::default() };
+    let reply = metrics(server).list_metrics(request).await.unwrap().into_inner();
+    reply.metrics.into_iter().map(|m| m.key).collect()
+}
+
+fn sorted(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys
+}
+
+const AARRR_CREATED: [&str; 8] = [
+    "acquisition_signups",
+    "activation_rate",
+    "active_users",
+    "arpu",
+    "north_star",
+    "paying_users",
+    "retention_d7",
+    "revenue",
+];
+
+#[tokio::test]
+async fn north_star_aarrr_in_one_call() {
+    let server = product().await;
+
+    // A dry run reports what would happen and writes nothing.
+    let dry = apply(&server, aarrr(true)).await;
+    assert_eq!(sorted(dry.created.clone()), AARRR_CREATED);
+    assert!(metric_keys(&server).await.is_empty());
+    assert_eq!(sorted(dry.event_types_created.clone()), ["onboarding_complete", "purchase", "session_start", "signup"]);
+    let list = pb::ListEventTypesRequest { project: "p".into(), ..Default::default() };
+    assert!(server.catalog().list_event_types(list).await.unwrap().into_inner().event_types.is_empty());
+
+    let applied = apply(&server, aarrr(false)).await;
+    assert_eq!(applied.created, dry.created);
+    assert!(applied.updated.is_empty() && applied.unchanged.is_empty());
+    // Unmapped slots are skipped with the slot named; so are the metrics reading them.
+    let skipped: Vec<(String, String)> = applied.skipped.iter().map(|s| (s.key.clone(), s.reason.clone())).collect();
+    assert_eq!(
+        skipped,
+        [
+            ("referring_users".to_string(), "mapping.referral_event is empty".to_string()),
+            (
+                "referral_rate".to_string(),
+                "needs \"referring_users\", skipped: mapping.referral_event is empty".to_string()
+            ),
+            ("cac".to_string(), "mapping.spend_metric_key is empty".to_string()),
+        ]
+    );
+    assert_eq!(metric_keys(&server).await, AARRR_CREATED);
+
+    // Idempotent: the second call changes nothing.
+    let again = apply(&server, aarrr(false)).await;
+    assert!(again.created.is_empty() && again.updated.is_empty(), "{again:?}");
+    assert_eq!(sorted(again.unchanged), AARRR_CREATED);
+    assert_eq!(sorted(again.event_types_unchanged), ["onboarding_complete", "purchase", "session_start", "signup"]);
+    let north_star = metrics(&server)
+        .get_metric(pb::GetMetricRequest { project: "p".into(), key: "north_star".into(), version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(north_star.latest_version, 1);
+
+    // The tree: the North Star with its inputs (helpers stay out of it).
+    let tree = metrics(&server)
+        .get_metric_tree(pb::GetMetricTreeRequest {
+            project: "p".into(),
+            range: range(0, 7 * DAY),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .root
+        .unwrap();
+    assert_eq!(tree.metric_key, "north_star");
+    assert_eq!(tree.role, pb::MetricRole::NorthStar as i32);
+    // Weekly active users at the end of the first week: u1, u2 and u3.
+    assert_eq!(tree.current_value, Some(3.0));
+    let children: Vec<&str> = tree.children.iter().map(|c| c.metric_key.as_str()).collect();
+    assert_eq!(children, ["acquisition_signups", "activation_rate", "arpu", "paying_users", "retention_d7", "revenue"]);
+
+    // Values on day 0: activation 1/3 (u3 activates after the window), D7 retention 1/3 (u1),
+    // ARPU (30 + 10) / 3 active users.
+    assert_eq!(query_values(&server, "activation_rate", DAY, pb::Granularity::Day).await, [Some(1.0 / 3.0)]);
+    assert_eq!(query_values(&server, "retention_d7", DAY, pb::Granularity::Day).await, [Some(1.0 / 3.0)]);
+    assert_eq!(query_values(&server, "arpu", DAY, pb::Granularity::Day).await, [Some(40.0 / 3.0)]);
+
+    // The tracking plan: the mapped events with their questions; purchase requires revenue.
+    let purchase = server.get_event_type("p", "purchase").await;
+    assert!(purchase.question.contains("revenue"), "{purchase:?}");
+    let revenue = purchase.properties.iter().find(|p| p.name == "revenue").expect("revenue property");
+    assert!(revenue.required);
+    assert_eq!(revenue.r#type, pb::PropertyType::Number as i32);
+    assert!(!server.get_event_type("p", "signup").await.question.is_empty());
+}
+
+#[tokio::test]
+async fn saas_revenue_in_one_call() {
+    let server = product().await;
+    let applied = apply(&server, saas()).await;
+    let created = [
+        "mrr",
+        "new_mrr",
+        "reactivation_mrr",
+        "expansion_mrr",
+        "contraction_mrr",
+        "churned_mrr",
+        "customers",
+        "net_revenue_retention",
+        "gross_revenue_retention",
+        "customer_churn_rate",
+        "arpa",
+        "ltv",
+    ];
+    assert_eq!(applied.created, created);
+    assert!(applied.skipped.is_empty(), "{:?}", applied.skipped);
+    assert_eq!(applied.event_types_created, ["subscription_changed"]);
+    let mrr = server.get_event_type("p", "subscription_changed").await;
+    let property = mrr.properties.iter().find(|p| p.name == "mrr").expect("mrr property");
+    assert!(property.required && property.min == Some(0.0));
+
+    // MRR at each day's end: 0, 70, 50; day 2 loses one of two customers.
+    assert_eq!(query_values(&server, "mrr", 3 * DAY, pb::Granularity::Day).await, [Some(0.0), Some(70.0), Some(50.0)]);
+    assert_eq!(
+        query_values(&server, "new_mrr", 3 * DAY, pb::Granularity::Day).await,
+        [Some(0.0), Some(70.0), Some(0.0)]
+    );
+    assert_eq!(
+        query_values(&server, "churned_mrr", 3 * DAY, pb::Granularity::Day).await,
+        [Some(0.0), Some(0.0), Some(20.0)]
+    );
+    assert_eq!(
+        query_values(&server, "customer_churn_rate", 3 * DAY, pb::Granularity::Day).await,
+        [None, None, Some(0.5)]
+    );
+    assert_eq!(
+        query_values(&server, "net_revenue_retention", 3 * DAY, pb::Granularity::Day).await,
+        [None, None, Some(50.0 / 70.0)]
+    );
+    // ARPA = 50 / 1 customer; LTV = ARPA / churn rate = 50 / 0.5.
+    assert_eq!(query_values(&server, "arpa", 3 * DAY, pb::Granularity::Day).await, [None, Some(35.0), Some(50.0)]);
+    assert_eq!(query_values(&server, "ltv", 3 * DAY, pb::Granularity::Day).await, [None, None, Some(100.0)]);
+
+    // The SaaS tree hangs under mrr.
+    let tree = metrics(&server)
+        .get_metric_tree(pb::GetMetricTreeRequest {
+            project: "p".into(),
+            root_key: "mrr".into(),
+            range: range(0, 3 * DAY),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .root
+        .unwrap();
+    assert_eq!(tree.current_value, Some(50.0));
+    assert_eq!(tree.children.len(), created.len() - 1);
+    let again = apply(&server, saas()).await;
+    assert_eq!(again.unchanged, created);
+}
+
+#[tokio::test]
+async fn frameworks_never_invent_events_and_refuse_bad_input() {
+    let server = product().await;
+    // An event the project has never received: a skipped reason, not an error.
+    let mut request = aarrr(false);
+    let mapping = request.mapping.as_mut().unwrap();
+    mapping.referral_event = "invite_sent".into();
+    mapping.core_event = "app_opened".into();
+    let applied = apply(&server, request).await;
+    let reason = |key: &str| applied.skipped.iter().find(|s| s.key == key).map(|s| s.reason.clone());
+    assert_eq!(
+        reason("referring_users").as_deref(),
+        Some("mapping.referral_event: event \"invite_sent\" has never been received")
+    );
+    assert_eq!(
+        reason("north_star").as_deref(),
+        Some("mapping.core_event: event \"app_opened\" has never been received")
+    );
+    assert!(reason("arpu").unwrap().starts_with("needs \"active_users\""));
+    assert!(applied.created.contains(&"acquisition_signups".to_string()));
+    let types = applied.event_types_created.clone();
+    assert!(!types.contains(&"invite_sent".to_string()) && !types.contains(&"app_opened".to_string()), "{types:?}");
+    let before = metric_keys(&server).await;
+
+    let mut cases: Vec<(pb::ApplyFrameworkRequest, &str)> = Vec::new();
+    cases.push((pb::ApplyFrameworkRequest { framework: 0, ..aarrr(false) }, "framework"));
+    cases.push((pb::ApplyFrameworkRequest { framework: 42, ..aarrr(false) }, "framework"));
+    let mut bad = aarrr(false);
+    bad.mapping.as_mut().unwrap().activation_window = Some(prost_types::Duration { seconds: -5, nanos: 0 });
+    cases.push((bad, "mapping.activation_window"));
+    let mut bad = aarrr(false);
+    bad.mapping.as_mut().unwrap().signup_event = "x".repeat(300);
+    cases.push((bad, "mapping.signup_event"));
+    for (request, field) in cases {
+        let status = metrics(&server).apply_framework(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let mut unknown = aarrr(false);
+    unknown.project = "nope".into();
+    assert_eq!(metrics(&server).apply_framework(unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(metric_keys(&server).await, before);
+}

@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod experiments;
 pub mod filter;
 pub mod formula;
+pub mod framework;
 pub mod funnel;
 pub mod goal;
 pub mod goals;

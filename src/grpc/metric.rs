@@ -9,6 +9,7 @@ use super::convert::{
 use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
+use crate::core::framework::{Framework, FrameworkMapping};
 use crate::core::live::{self, LiveValue, WatchSpec};
 use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
 use crate::core::metrics::{Compare, MetricTarget, TreeNode};
@@ -176,6 +177,23 @@ const COMPONENTS: [(pb::RevenueComponent, BridgeComponent); 14] = [
     (pb::RevenueComponent::GrossRevenueRetention, BridgeComponent::GrossRevenueRetention),
     (pb::RevenueComponent::CustomerChurnRate, BridgeComponent::CustomerChurnRate),
 ];
+
+fn mapping_from_pb(m: pb::FrameworkMapping) -> Result<FrameworkMapping> {
+    Ok(FrameworkMapping {
+        activation_window: duration_from_pb("mapping.activation_window", m.activation_window)?,
+        signup_event: m.signup_event,
+        activation_event: m.activation_event,
+        core_event: m.core_event,
+        purchase_event: m.purchase_event,
+        revenue_property: m.revenue_property,
+        subscription_event: m.subscription_event,
+        mrr_property: m.mrr_property,
+        referral_event: m.referral_event,
+        touch_event: m.touch_event,
+        channel_property: m.channel_property,
+        spend_metric_key: m.spend_metric_key,
+    })
+}
 
 /// The bridge column: required for REVENUE_BRIDGE metrics, unset for every other kind.
 fn component_from_pb(kind: MetricKind, value: i32) -> Result<BridgeComponent> {
@@ -524,7 +542,28 @@ impl MetricService for Api {
         request: Request<pb::ApplyFrameworkRequest>,
     ) -> Result<Response<pb::ApplyFrameworkResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
-        Err(Status::unimplemented("ApplyFramework is not built yet"))
+        let request = request.into_inner();
+        let framework =
+            match pb::Framework::try_from(request.framework).map_err(|_| enum_error("framework", request.framework))? {
+                pb::Framework::Unspecified => {
+                    return Err(Error::invalid("framework", "required: NORTH_STAR_AARRR or SAAS_REVENUE").into());
+                }
+                pb::Framework::NorthStarAarrr => Framework::NorthStarAarrr,
+                pb::Framework::SaasRevenue => Framework::SaasRevenue,
+            };
+        let mapping = mapping_from_pb(request.mapping.unwrap_or_default())?;
+        let (project, dry_run) = (request.project, request.dry_run);
+        let applied =
+            self.blocking(move |engine| engine.apply_framework(&project, framework, &mapping, dry_run)).await?;
+        Ok(Response::new(pb::ApplyFrameworkResponse {
+            created: applied.created,
+            updated: applied.updated,
+            unchanged: applied.unchanged,
+            skipped: applied.skipped.into_iter().map(|s| pb::SkippedMetric { key: s.key, reason: s.reason }).collect(),
+            event_types_created: applied.event_types_created,
+            event_types_updated: applied.event_types_updated,
+            event_types_unchanged: applied.event_types_unchanged,
+        }))
     }
 
     async fn create_metric(
