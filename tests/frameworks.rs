@@ -532,3 +532,130 @@ async fn frameworks_never_invent_events_and_refuse_bad_input() {
     assert_eq!(metrics(&server).apply_framework(unknown).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(metric_keys(&server).await, before);
 }
+
+/// Day d of 21 has 10 + d `tick` events from distinct users, plus a weekly bump on Mondays.
+async fn ticking() -> TestServer {
+    let mut events = Vec::new();
+    for day in 0..21i64 {
+        // 2026-01-05 (day 4) is a Monday.
+        let count = 10 + day + if day % 7 == 4 { 5 } else { 0 };
+        for i in 0..count {
+            events.push(event(&format!("t{day}_{i}"), "tick", &format!("u{i}"), day * DAY + 60 * i));
+        }
+    }
+    let server = with_events(events).await;
+    for (key, kind) in [("ticks", pb::MetricKind::Count), ("tickers", pb::MetricKind::UniqueUsers)] {
+        let metric = pb::MetricDefinition {
+            key: key.into(),
+            kind: kind as i32,
+            selector: selector("tick"),
+            ..Default::default()
+        };
+        metrics(&server)
+            .create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) })
+            .await
+            .unwrap();
+    }
+    server
+}
+
+fn forecast_request(horizon: u32) -> pb::ForecastMetricRequest {
+    pb::ForecastMetricRequest {
+        project: "p".into(),
+        metric_key: "ticks".into(),
+        range: range(0, 21 * DAY),
+        granularity: pb::Granularity::Day as i32,
+        horizon,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn forecast_continues_trend_and_season_with_bands() {
+    let server = ticking().await;
+    let reply = metrics(&server).forecast_metric(forecast_request(7)).await.unwrap().into_inner();
+    assert_eq!(reply.method, "ETS(A,Ad,A) season 7, maximum likelihood");
+    assert_eq!(reply.history.len(), 21);
+    assert_eq!(reply.history[20].value, 30.0);
+    assert_eq!(reply.points.len(), 7);
+    for (h, p) in reply.points.iter().enumerate() {
+        let day = 21 + h as i64;
+        assert_eq!(p.start, Some(ts(day * DAY)));
+        assert_eq!(p.end, Some(ts((day + 1) * DAY)));
+        // The series is exactly 10 + day (+5 on Mondays): the forecast follows it closely.
+        let expected = (10 + day + if day % 7 == 4 { 5 } else { 0 }) as f64;
+        assert!((p.value - expected).abs() < 1.5, "day {day}: {} vs {expected}", p.value);
+        assert!(p.lower_95 <= p.lower_80 && p.lower_80 <= p.value && p.value <= p.upper_80 && p.upper_80 <= p.upper_95);
+    }
+    // Monday (day 25) stands out.
+    assert!(reply.points[4].value > reply.points[3].value + 3.0);
+
+    // A short history falls back to a simpler model and says so.
+    let mut short = forecast_request(2);
+    short.range = range(0, 12 * DAY);
+    let reply = metrics(&server).forecast_metric(short).await.unwrap().into_inner();
+    assert_eq!(reply.method, "ETS(A,Ad,N), maximum likelihood (history shorter than two seasons of 7)");
+    let mut shorter = forecast_request(2);
+    shorter.range = range(0, 2 * DAY);
+    let reply = metrics(&server).forecast_metric(shorter).await.unwrap().into_inner();
+    assert_eq!(reply.method, "naive (fewer than 3 buckets)");
+    assert_eq!(reply.points[1].value, 11.0);
+}
+
+#[tokio::test]
+async fn forecast_bad_input_is_invalid_argument_naming_the_field() {
+    let server = ticking().await;
+    let mut total = forecast_request(3);
+    total.granularity = pb::Granularity::Total as i32;
+    let mut no_range = forecast_request(3);
+    no_range.range = None;
+    let mut zone = forecast_request(3);
+    zone.timezone = "Nowhere/Else".into();
+    let cases = [
+        (forecast_request(0), "horizon"),
+        (forecast_request(1001), "horizon"),
+        (total, "granularity"),
+        (no_range, "range"),
+        (zone, "timezone"),
+    ];
+    for (request, field) in cases {
+        let status = metrics(&server).forecast_metric(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let mut unknown = forecast_request(3);
+    unknown.metric_key = "nope".into();
+    assert_eq!(metrics(&server).forecast_metric(unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(metrics(&server).forecast_metric(forecast_request(1000)).await.unwrap().into_inner().points.len(), 1000);
+}
+
+#[tokio::test]
+async fn goal_progress_says_which_projection_it_used() {
+    use sextant::pb::goal_service_client::GoalServiceClient;
+    let server = ticking().await;
+    let mut goals = GoalServiceClient::new(server.channel.clone());
+    for (id, metric) in [("more-tickers", "tickers"), ("more-ticks", "ticks")] {
+        let goal = pb::Goal {
+            id: id.into(),
+            metric_key: metric.into(),
+            granularity: pb::Granularity::Day as i32,
+            period: range(0, 28 * DAY),
+            target: Some(pb::goal::Target::TargetValue(40.0)),
+            ..Default::default()
+        };
+        goals.create_goal(pb::CreateGoalRequest { project: "p".into(), goal: Some(goal) }).await.unwrap();
+    }
+    let progress =
+        |id: &str, now: i64| pb::GetGoalProgressRequest { project: "p".into(), id: id.into(), as_of: Some(ts(now)) };
+    // UNIQUE_USERS with 21 complete days: the forecast model; 37 tickers expected on day 27.
+    let reply = goals.get_goal_progress(progress("more-tickers", 21 * DAY)).await.unwrap().into_inner();
+    assert_eq!(reply.projection, "ETS(A,Ad,A) season 7, maximum likelihood");
+    let projected = reply.projected.unwrap();
+    assert!((projected - 37.0).abs() < 2.0, "{projected}");
+    // Five complete days: too few for a forecast, the least-squares line.
+    let reply = goals.get_goal_progress(progress("more-tickers", 5 * DAY)).await.unwrap().into_inner();
+    assert_eq!(reply.projection, "linear");
+    // COUNT is additive: pace.
+    let reply = goals.get_goal_progress(progress("more-ticks", 21 * DAY)).await.unwrap().into_inner();
+    assert_eq!(reply.projection, "pace");
+}

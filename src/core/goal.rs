@@ -62,6 +62,9 @@ pub struct GoalInput {
     /// overlaps, each inside the period (the caller clips a bucket that straddles a period boundary) and
     /// starting before `now`; the last one may be incomplete (`end > now`).
     pub buckets: Vec<Bucket>,
+    /// Non-additive metrics: a projected end value computed elsewhere (a forecast) and its
+    /// method, used instead of the least-squares line while the period runs.
+    pub forecast: Option<(f64, String)>,
 }
 
 /// The result of [`progress`]. Mirrors the numbers of `GetGoalProgressResponse`.
@@ -170,6 +173,12 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
         measure_additive(input, length, elapsed, over)
     } else {
         measure_latest(input, over)
+    };
+    let measured = match &input.forecast {
+        Some((value, method)) if started && !over && !input.additive && measured.any_value && value.is_finite() => {
+            Measured { projected: Some(*value), projection: method.clone(), ..measured }
+        }
+        _ => measured,
     };
 
     let baseline = match input.target {
@@ -426,6 +435,7 @@ mod tests {
             now: T0 + (days * DAY as f64) as i64,
             baseline,
             buckets: series(T0, DAY, &some(values)),
+            forecast: None,
         }
     }
 
@@ -442,11 +452,24 @@ mod tests {
             now: T0 + days * DAY,
             baseline,
             buckets: series(T0, WEEK, &some(values)),
+            forecast: None,
         }
     }
 
     fn run(input: &GoalInput) -> GoalProgress {
         progress(input).expect("valid input")
+    }
+
+    #[test]
+    fn a_forecast_replaces_the_line_for_non_additive_metrics_only() {
+        let mut input = weekly(Target::Absolute(200.0), Direction::Increase, Some(100.0), 15, &[110.0, 120.0]);
+        assert_eq!(run(&input).projection, "linear");
+        input.forecast = Some((205.0, "ETS(A,Ad,N)".into()));
+        let p = run(&input);
+        assert_eq!((p.projected, p.projection.as_str(), p.status), (Some(205.0), "ETS(A,Ad,N)", GoalStatus::OnTrack));
+        let mut additive = additive(Target::Absolute(1000.0), Direction::Increase, None, 4.0, &[100.0; 4]);
+        additive.forecast = Some((5.0, "ETS(A,Ad,N)".into()));
+        assert_eq!(run(&additive).projection, "pace");
     }
 
     // ---- additive metrics: total so far, projection = current × length / elapsed ----
@@ -720,6 +743,7 @@ mod tests {
                 Bucket { start, end: start + 28 * DAY, value: Some(100.0) },
                 Bucket { start: start + 28 * DAY, end: start + 59 * DAY, value: Some(159.0) },
             ],
+            forecast: None,
         };
         let p = run(&input);
         assert_close(p.projected, 220.0);
@@ -797,6 +821,7 @@ mod tests {
             now: march + 14 * DAY,
             baseline: Some(0.40),
             buckets: vec![Bucket { start: march, end: march + 31 * DAY, value: Some(0.43) }],
+            forecast: None,
         };
         // Mid-March the only bucket is incomplete: NOT_STARTED, expected 14 / 31.
         let p = run(&input);

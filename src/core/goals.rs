@@ -1,15 +1,16 @@
 //! Goals: stored definitions and their progress, measured by querying the goal's metric.
 
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::validate_slug;
 use super::engine::{Engine, ProjectState};
 use super::filter::Filter;
 use super::goal::{self, Bucket, GoalInput, GoalProgress, Target};
-use super::metric::{Direction, Metric, MetricKind};
+use super::metric::{Direction, Metric, MetricKind, forecast};
 use super::metrics::evaluate;
 use super::model::{Micros, now_micros};
-use super::query::{DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point};
+use super::query::{self, DEFAULT_BREAKDOWN_LIMIT, MetricQuery, Point};
 use super::time::{self, Granularity};
 use crate::error::{Error, Result};
 
@@ -137,7 +138,9 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
         // Measured like `current`: the last bucket of the goal's granularity in the baseline.
         query_points(state, metric, goal, tz, base_from, base_to, goal.granularity)?.iter().rev().find_map(|p| p.value)
     };
+    let forecast = if additive { None } else { forecast_end_value(&buckets, goal.granularity, tz, now, end) };
     let input = GoalInput {
+        forecast,
         additive,
         direction: goal.direction.unwrap_or(metric.direction),
         target: goal.target,
@@ -149,6 +152,31 @@ pub fn measure(state: &ProjectState, goal: &Goal, now: Micros) -> Result<GoalRep
     };
     let progress = goal::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {:?}: {e}", goal.id)))?;
     Ok(GoalReport { goal: goal.clone(), progress, as_of: now, points, metric_version: metric.version })
+}
+
+/// Complete buckets needed before a goal's projection uses the forecast instead of a line.
+const MIN_FORECAST_BUCKETS: usize = 10;
+
+/// The forecast (ForecastMetric's model) of the period's last bucket from the period's complete
+/// buckets, when there are at least `MIN_FORECAST_BUCKETS` of them and the period is running.
+fn forecast_end_value(
+    buckets: &[Bucket],
+    granularity: Granularity,
+    tz: Tz,
+    now: Micros,
+    end: Micros,
+) -> Option<(f64, String)> {
+    let complete: Vec<&Bucket> = buckets.iter().filter(|b| b.end <= now).collect();
+    let last_end = complete.last()?.end;
+    if complete.len() < MIN_FORECAST_BUCKETS || last_end >= end {
+        return None;
+    }
+    let values = forecast::fill_gaps(&complete.iter().map(|b| b.value).collect::<Vec<_>>());
+    let fit = forecast::fit(&values, forecast::default_season(granularity) as usize).ok()?;
+    // Steps from the last complete bucket to the bucket holding the period's last instant.
+    let steps = time::bucket_bounds(last_end, end, granularity, tz, query::MAX_BUCKETS).ok()?.len() - 1;
+    let value = fit.forecast(steps).last()?.value;
+    Some((value, fit.method))
 }
 
 impl Engine {

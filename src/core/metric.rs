@@ -1,5 +1,7 @@
 //! Metric definitions: kinds, roles, validation and the reference graph (inputs and parents).
 
+pub mod forecast;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,7 @@ use crate::core::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::framework::{Framework, FrameworkMapping};
 use crate::core::live::{self, LiveValue, WatchSpec};
+use crate::core::metric::forecast::ForecastQuery;
 use crate::core::metric::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
 use crate::core::metrics::{Compare, MetricTarget, TreeNode};
 use crate::core::model::ManualValue;
@@ -534,7 +535,37 @@ impl MetricService for Api {
         request: Request<pb::ForecastMetricRequest>,
     ) -> Result<Response<pb::ForecastMetricResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
-        Err(Status::unimplemented("ForecastMetric is not built yet"))
+        let request = request.into_inner();
+        let (from, to) = required_range(request.range.as_ref())?;
+        let query = ForecastQuery {
+            metric_key: request.metric_key,
+            from,
+            to,
+            granularity: granularity_from_pb("granularity", request.granularity)?,
+            timezone: request.timezone,
+            horizon: request.horizon,
+            season: request.season,
+        };
+        let project = request.project;
+        let forecast = self.blocking(move |engine| engine.forecast_metric(&project, query)).await?;
+        let now = crate::core::model::now_micros();
+        Ok(Response::new(pb::ForecastMetricResponse {
+            history: forecast.history.iter().map(|p| point_to_pb(p, None, now)).collect(),
+            points: forecast
+                .points
+                .iter()
+                .map(|(start, end, f)| pb::ForecastPoint {
+                    start: Some(timestamp(*start)),
+                    end: Some(timestamp(*end)),
+                    value: f.value,
+                    lower_80: f.lower_80,
+                    upper_80: f.upper_80,
+                    lower_95: f.lower_95,
+                    upper_95: f.upper_95,
+                })
+                .collect(),
+            method: forecast.method,
+        }))
     }
 
     async fn apply_framework(
