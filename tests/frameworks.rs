@@ -331,6 +331,17 @@ async fn metric_keys(server: &TestServer) -> Vec<String> {
     reply.metrics.into_iter().map(|m| m.key).collect()
 }
 
+/// The metric tree under `root_key` (empty: the North Star) over [0, to).
+async fn tree(server: &TestServer, root_key: &str, to: i64) -> pb::MetricTreeNode {
+    let request = pb::GetMetricTreeRequest {
+        project: "p".into(),
+        root_key: root_key.into(),
+        range: range(0, to),
+        ..Default::default()
+    };
+    metrics(server).get_metric_tree(request).await.expect("tree").into_inner().root.expect("root")
+}
+
 fn sorted(mut keys: Vec<String>) -> Vec<String> {
     keys.sort();
     keys
@@ -390,17 +401,7 @@ async fn north_star_aarrr_in_one_call() {
     assert_eq!(north_star.latest_version, 1);
 
     // The tree: the North Star with its inputs (helpers stay out of it).
-    let tree = metrics(&server)
-        .get_metric_tree(pb::GetMetricTreeRequest {
-            project: "p".into(),
-            range: range(0, 7 * DAY),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .root
-        .unwrap();
+    let tree = tree(&server, "", 7 * DAY).await;
     assert_eq!(tree.metric_key, "north_star");
     assert_eq!(tree.role, pb::MetricRole::NorthStar as i32);
     // Weekly active users at the end of the first week: u1, u2 and u3.
@@ -471,18 +472,7 @@ async fn saas_revenue_in_one_call() {
     assert_eq!(query_values(&server, "ltv", 3 * DAY, pb::Granularity::Day).await, [None, None, Some(100.0)]);
 
     // The SaaS tree hangs under mrr.
-    let tree = metrics(&server)
-        .get_metric_tree(pb::GetMetricTreeRequest {
-            project: "p".into(),
-            root_key: "mrr".into(),
-            range: range(0, 3 * DAY),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .root
-        .unwrap();
+    let tree = tree(&server, "mrr", 3 * DAY).await;
     assert_eq!(tree.current_value, Some(50.0));
     assert_eq!(tree.children.len(), created.len() - 1);
     let again = apply(&server, saas()).await;

@@ -16,15 +16,13 @@ import sys
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, stubs  # noqa: E402
+from sextant_client import Checks, Server, duckdb_of, stubs  # noqa: E402
 
 FROM = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)  # a Monday
 TO = dt.datetime(2026, 3, 30, tzinfo=dt.timezone.utc)  # 12 whole weeks
 
 
 def main():
-    import duckdb
-
     pb = stubs()
     checks = Checks()
     with Server() as server:
@@ -52,17 +50,7 @@ def main():
             return {p.start.ToDatetime().date().isoformat(): (round(p.value, 9) if p.has_value else None)
                     for p in reply.series[0].points}
 
-        db = duckdb.connect()
-        db.execute("SET TimeZone = 'UTC'")
-        db.execute(f"""
-            CREATE TABLE events AS
-            SELECT DISTINCT ON (event_id) event_id, name, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
-                   TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE) AS revenue,
-                   TRY_CAST(json_extract(properties, '$.mrr') AS DOUBLE) AS mrr
-            FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
-                                columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',
-                                          'timestamp': 'VARCHAR', 'properties': 'JSON'}})
-            ORDER BY event_id""")
+        db = duckdb_of(data)
         weeks = [r[0].isoformat() for r in db.execute(
             f"SELECT CAST(d AS DATE) FROM range(TIMESTAMP '{FROM.date()}', TIMESTAMP '{TO.date()}', INTERVAL 7 DAY) t(d)"
         ).fetchall()]

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, stubs  # noqa: E402
+from sextant_client import Checks, Server, duckdb_of, stubs  # noqa: E402
 
 FROM = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 TO = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc)
@@ -96,24 +96,16 @@ def reference(db, edges):
 
 
 def main():
-    import duckdb
-
     pb = stubs()
     checks = Checks()
     with Server() as server:
         data = server.generate_and_load(users=3000, seed=7, project="ref")
         analysis = pb["analysis_grpc"].AnalysisServiceStub(grpc.insecure_channel(server.addr))
         a, c = pb["analysis"], pb["common"]
-        db = duckdb.connect()
-        db.execute("SET TimeZone = 'UTC'")
-        db.execute(f"""
-            CREATE TABLE subs AS
-            SELECT DISTINCT ON (event_id) event_id, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
-                   greatest(CAST(json_extract(properties, '$.mrr') AS DOUBLE), 0) AS mrr
-            FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
-                                columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',
-                                          'timestamp': 'VARCHAR', 'properties': 'JSON'}})
-            WHERE name = 'subscription_changed' ORDER BY event_id""")
+        db = duckdb_of(data)
+        db.execute("""
+            CREATE TABLE subs AS SELECT event_id, user_id, ts, greatest(mrr, 0) AS mrr FROM events
+            WHERE name = 'subscription_changed'""")
         subscribers, events = db.execute("SELECT count(DISTINCT user_id), count(*) FROM subs").fetchone()
         print(f"     {events} subscription events of {subscribers} subscribers")
         if events < 500:
