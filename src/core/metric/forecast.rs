@@ -556,7 +556,7 @@ mod tests {
         let y = series(70);
         let fit = fit(&y[..56], 7).unwrap();
         assert_eq!(fit.method, "ETS(A,Ad,A) season 7, maximum likelihood");
-        assert!(fit.alpha > 0.0 && fit.alpha < 1.0 && fit.beta < fit.alpha && fit.gamma < 1.0 - fit.alpha);
+        assert!((0.0..=1.0).contains(&fit.alpha) && fit.beta <= fit.alpha && fit.gamma <= 1.0 - fit.alpha);
         assert!((0.8..=0.995).contains(&fit.phi));
         let forecast = fit.forecast(14);
         let mape: f64 =
