@@ -395,7 +395,10 @@ fn recent_variance(c: &Candidate, y: &[f64], sse: f64, k: usize) -> f64 {
     }
     let errors = one_step_errors(c, y);
     let tail = &errors[n - recent..];
-    whole.max(tail.iter().map(|e| e * e).sum::<f64>() / tail.len() as f64)
+    // The same degrees-of-freedom correction as the whole history's: fitted errors understate
+    // fresh ones by (n − k) / n.
+    let correction = if n > k { n as f64 / (n - k) as f64 } else { 1.0 };
+    whole.max(tail.iter().map(|e| e * e).sum::<f64>() / tail.len() as f64 * correction)
 }
 
 /// The one-step errors of the model through `y`.
