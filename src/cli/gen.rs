@@ -18,7 +18,12 @@
 //! Event names: `signup`, `onboarding_complete`, `session_start`, `view_item`,
 //! `add_to_cart`, `purchase` (property `revenue`), `$exposure` (experiment
 //! `checkout_v2`, variant `control` | `treatment`, for users who reach a cart from
-//! day 30 of the range on).
+//! day 30 of the range on), `subscription_changed` (properties `mrr`, the user's MRR after
+//! the change, 0 when cancelled, and `plan`) for users on a paid plan.
+//!
+//! Subscription events come from their own random stream per user and carry their own ids
+//! (`s<seed>_<user>_<n>`), written after the user's other events: adding them left every
+//! other line byte-identical.
 
 use std::f64::consts::TAU;
 use std::fmt::Write as _;
@@ -150,6 +155,7 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
     let mut user_id = String::with_capacity(32);
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut seq: u64 = 0;
+    let mut subscriptions: Vec<Subscription> = Vec::with_capacity(16);
 
     for i in 0..opts.users {
         user_id.clear();
@@ -184,6 +190,17 @@ pub fn generate(opts: &GenOptions) -> io::Result<GenSummary> {
                 events_out.write_all(&line)?;
                 summary.duplicates += 1;
             }
+        }
+
+        // The signup is the first event simulated, always inside the horizon.
+        let signup_s = events.first().map_or(0.0, |e| e.offset_s);
+        subscriptions.clear();
+        simulate_subscription(opts.seed, i, PLANS[plan].0, signup_s, horizon_s, &mut subscriptions);
+        for (n, change) in subscriptions.iter().enumerate() {
+            line.clear();
+            push_subscription_line(&mut line, opts.seed, i, n, &user_id, start, change);
+            events_out.write_all(&line)?;
+            summary.events += 1;
         }
     }
 
@@ -288,6 +305,90 @@ fn simulate_user(rng: &mut ChaCha8Rng, user_id: &str, channel: usize, horizon_s:
     }
 }
 
+/// Seeds the subscription stream: independent of the main stream, so drawing from it
+/// leaves every other event unchanged.
+const SUBSCRIPTION_STREAM: u64 = 0x5355_4253_4352_4950; // "SUBSCRIP"
+/// Monthly list prices per seat: (plan, price of the first seat, price of each extra seat).
+const PAID_PLANS: [(&str, u64, u64); 2] = [("pro", 49, 29), ("enterprise", 499, 99)];
+/// How often a subscriber may change: each fortnight at most once.
+const CHANGE_PERIOD_S: f64 = 14.0 * DAY_S;
+
+/// One `subscription_changed` event: the user's MRR and plan after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Subscription {
+    offset_s: f64,
+    mrr: u64,
+    plan: &'static str,
+}
+
+fn plan_mrr(plan: usize, seats: u64) -> u64 {
+    let (_, first, extra) = PAID_PLANS[plan];
+    first + extra * (seats - 1)
+}
+
+/// Appends the subscription history of user `index` on `plan` (none for a free plan): a
+/// start within two weeks of signup, then per fortnight an upgrade (more seats, or pro
+/// to enterprise), a downgrade (fewer seats, or enterprise to pro) or a cancellation (`mrr`
+/// 0, plan `none`); a cancelled user may reactivate on the plan they left. Each change falls
+/// at a random time inside its period; changes past the horizon are dropped.
+fn simulate_subscription(
+    seed: u64,
+    index: u64,
+    plan: &str,
+    signup_s: f64,
+    horizon_s: f64,
+    out: &mut Vec<Subscription>,
+) {
+    let Some(mut tier) = PAID_PLANS.iter().position(|(p, _, _)| *p == plan) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SUBSCRIPTION_STREAM);
+    rng.set_stream(index);
+    let mut seats = 1 + (unit(&mut rng) * 3.0) as u64;
+    let mut t = signup_s + unit(&mut rng) * 14.0 * DAY_S;
+    let mut active = true;
+    while t < horizon_s {
+        let mrr = if active { plan_mrr(tier, seats) } else { 0 };
+        let plan = if active { PAID_PLANS[tier].0 } else { "none" };
+        out.push(Subscription { offset_s: t, mrr, plan });
+        // The next change: the first fortnight with one, at most a year ahead.
+        let mut next = None;
+        for period in 0..26 {
+            let r = unit(&mut rng);
+            let at = t + f64::from(period) * CHANGE_PERIOD_S + (0.2 + 0.8 * unit(&mut rng)) * CHANGE_PERIOD_S;
+            if active {
+                if r < 0.12 {
+                    if tier == 0 && unit(&mut rng) < 0.25 {
+                        tier = 1;
+                    } else {
+                        seats += 1 + (unit(&mut rng) * 2.0) as u64;
+                    }
+                } else if r < 0.20 {
+                    if seats > 1 {
+                        seats -= 1;
+                    } else if tier == 1 {
+                        tier = 0;
+                    } else {
+                        continue;
+                    }
+                } else if r < 0.28 {
+                    active = false;
+                } else {
+                    continue;
+                }
+            } else if r < 0.35 {
+                active = true;
+            } else {
+                continue;
+            }
+            next = Some(at);
+            break;
+        }
+        let Some(at) = next else { break };
+        t = at;
+    }
+}
+
 /// `{"user_id": "…", "traits": {"channel": "…", "country": "…", "plan": "…"}}` and a
 /// newline, spaced like Python's `json.dumps`. No value here ever needs escaping.
 fn push_user_line(line: &mut Vec<u8>, user_id: &str, channel: &str, country: &str, plan: &str) {
@@ -349,6 +450,34 @@ fn push_event_line(line: &mut Vec<u8>, seed: u64, seq: u64, user_id: &str, start
         }
     }
     line.extend_from_slice(b"}\n");
+}
+
+/// A `subscription_changed` line: `{"mrr": <integer>, "plan": "…"}` as properties, id
+/// `s<seed>_<user index>_<n>` (never an id of the `e<seed>_<seq>` events).
+fn push_subscription_line(
+    line: &mut Vec<u8>,
+    seed: u64,
+    index: u64,
+    n: usize,
+    user_id: &str,
+    start: NaiveDateTime,
+    change: &Subscription,
+) {
+    line.extend_from_slice(b"{\"event_id\": \"s");
+    push_u64(line, seed);
+    line.push(b'_');
+    push_u64(line, index);
+    line.push(b'_');
+    push_u64(line, n as u64);
+    line.extend_from_slice(b"\", \"name\": \"subscription_changed\", \"user_id\": \"");
+    line.extend_from_slice(user_id.as_bytes());
+    line.extend_from_slice(b"\", \"timestamp\": \"");
+    push_timestamp(line, start, change.offset_s);
+    line.extend_from_slice(b"\", \"properties\": {\"mrr\": ");
+    push_u64(line, change.mrr);
+    line.extend_from_slice(b", \"plan\": \"");
+    line.extend_from_slice(change.plan.as_bytes());
+    line.extend_from_slice(b"\"}}\n");
 }
 
 /// `start + offset_s` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. Like the Python (`start +
@@ -730,17 +859,20 @@ mod tests {
             ("$exposure", 577.0),
         ];
         let dir = TempDir::new("sizes");
-        let summary = generate(&options(&dir.0, 1000, 42)).unwrap();
+        generate(&options(&dir.0, 1000, 42)).unwrap();
         let mut seen = HashSet::new();
         let mut counts: HashMap<String, f64> = HashMap::new();
         for line in read(&dir.0, "events.jsonl").lines() {
             let event: Value = serde_json::from_str(line).unwrap();
+            // The Python reference writes no subscriptions; they are checked below.
+            if event["name"] == "subscription_changed" {
+                continue;
+            }
             if seen.insert(event["event_id"].as_str().unwrap().to_owned()) {
                 *counts.entry(event["name"].as_str().unwrap().to_owned()).or_default() += 1.0;
             }
         }
-        assert_eq!(seen.len() as u64, summary.events);
-        let total = summary.events as f64;
+        let total = seen.len() as f64;
         assert!((total / 15_199.0 - 1.0).abs() < 0.10, "{total} events vs python's 15199");
         assert_eq!(counts.len(), python.len(), "{counts:?}");
         for (name, expected) in python {
@@ -776,7 +908,7 @@ mod tests {
         let start = opts.start.and_time(NaiveTime::MIN);
         let end = start + TimeDelta::days(i64::from(opts.days));
         let key_order = ["\"event_id\": ", "\"name\": ", "\"user_id\": ", "\"timestamp\": ", "\"properties\": "];
-        let (mut seq, mut duplicates) = (0u64, 0u64);
+        let (mut seq, mut duplicates, mut subscriptions) = (0u64, 0u64, 0u64);
         let mut previous = "";
         for line in read(&dir.0, "events.jsonl").lines() {
             // A duplicate repeats the line just written, byte for byte.
@@ -785,6 +917,10 @@ mod tests {
                 continue;
             }
             previous = line;
+            if line.contains("\"name\": \"subscription_changed\"") {
+                subscriptions += 1;
+                continue;
+            }
             seq += 1;
             let positions: Vec<usize> = key_order.iter().map(|k| line.find(k).expect(k)).collect();
             assert!(positions.is_sorted(), "key order: {line}");
@@ -829,7 +965,8 @@ mod tests {
                 other => panic!("unexpected event name {other}"),
             }
         }
-        assert_eq!(seq, summary.events);
+        assert_eq!(seq + subscriptions, summary.events);
+        assert!(subscriptions > 0, "paid users should have subscription events");
         assert_eq!(duplicates, summary.duplicates);
         assert!(duplicates > 0, "dup_rate 0.05 should repeat some lines");
     }
@@ -859,6 +996,64 @@ mod tests {
         assert!(exposed.len() > 500, "only {} exposed users", exposed.len());
         let share = treatment as f64 / exposed.len() as f64;
         assert!((0.45..0.55).contains(&share), "treatment share {share}");
+    }
+
+    #[test]
+    fn subscriptions_leave_every_other_line_unchanged() {
+        // sha256 of events.jsonl written by `sextant gen --users 1000 --seed 42` before
+        // subscriptions existed (commit 9cffa64).
+        const BEFORE: &str = "78ebc69b7822f5ec1a0d7cf42cf78311d281fd2f1badc37a6f06c5dd80303d29";
+        let dir = TempDir::new("unchanged");
+        generate(&options(&dir.0, 1000, 42)).unwrap();
+        let events = read(&dir.0, "events.jsonl");
+        let others: String =
+            events.lines().filter(|l| !l.contains("\"subscription_changed\"")).map(|l| format!("{l}\n")).collect();
+        let digest = ring::digest::digest(&ring::digest::SHA256, others.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, BEFORE);
+    }
+
+    #[test]
+    fn subscriptions_move_mrr_for_paid_users_only() {
+        let dir = TempDir::new("subscriptions");
+        generate(&options(&dir.0, 2000, 5)).unwrap();
+        let plans: HashMap<String, String> = read(&dir.0, "users.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|u| (u["user_id"].as_str().unwrap().to_owned(), u["traits"]["plan"].as_str().unwrap().to_owned()))
+            .collect();
+        // Per user: (timestamp, mrr) in file order, which is time order.
+        let mut history: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+        let mut ids = HashSet::new();
+        for line in read(&dir.0, "events.jsonl").lines() {
+            let event: Value = serde_json::from_str(line).unwrap();
+            if event["name"] != "subscription_changed" {
+                continue;
+            }
+            assert!(ids.insert(event["event_id"].as_str().unwrap().to_owned()), "{line}");
+            let user = event["user_id"].as_str().unwrap().to_owned();
+            assert_ne!(plans[&user], "free", "{line}");
+            let mrr = event["properties"]["mrr"].as_u64().unwrap();
+            let plan = event["properties"]["plan"].as_str().unwrap();
+            assert_eq!(mrr == 0, plan == "none", "{line}");
+            history.entry(user).or_default().push((event["timestamp"].as_str().unwrap().to_owned(), mrr));
+        }
+        let (mut up, mut down, mut cancel, mut back) = (0, 0, 0, 0);
+        for changes in history.values() {
+            assert!(changes.windows(2).all(|w| w[0].0 <= w[1].0), "{changes:?}");
+            assert!(changes[0].1 > 0, "a history starts with a subscription: {changes:?}");
+            for w in changes.windows(2) {
+                match (w[0].1, w[1].1) {
+                    (a, 0) if a > 0 => cancel += 1,
+                    (0, b) if b > 0 => back += 1,
+                    (a, b) if b > a => up += 1,
+                    (a, b) if b < a => down += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(history.len() > 250, "{} subscribers", history.len());
+        assert!(up > 20 && down > 10 && cancel > 20 && back > 5, "{up} {down} {cancel} {back}");
     }
 
     #[test]

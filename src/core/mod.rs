@@ -19,6 +19,7 @@ pub mod cohort;
 pub mod engine;
 pub mod experiment;
 pub mod filter;
+pub mod framework;
 pub mod goal;
 pub mod ingest;
 pub mod metric;

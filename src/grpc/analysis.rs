@@ -1,13 +1,15 @@
-//! AnalysisService: funnels, retention tables, cohort tables and attribution.
+//! AnalysisService: funnels, retention tables, cohort tables, attribution and the revenue bridge.
 
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use super::convert::{enum_error, required_range, timestamp};
+use super::metric::granularity_from_pb;
 use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
 use crate::core::analysis::attribution::{self, AttributionModel, AttributionQuery};
 use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
+use crate::core::analysis::revenue::{BridgeQuery, RevenuePeriod};
 use crate::core::bounds;
 use crate::core::filter::EventSelector;
 use crate::error::{Error, Result};
@@ -174,8 +176,55 @@ fn attribution_from_pb(request: pb::QueryAttributionRequest) -> Result<Attributi
     })
 }
 
+fn bridge_from_pb(request: pb::QueryRevenueBridgeRequest) -> Result<BridgeQuery> {
+    let (from, to) = required_range(request.range.as_ref())?;
+    Ok(BridgeQuery {
+        subscription: required_selector("subscription", request.subscription)?,
+        mrr_property: request.mrr_property,
+        from,
+        to,
+        granularity: granularity_from_pb("granularity", request.granularity)?,
+        timezone: request.timezone,
+    })
+}
+
+fn revenue_period_to_pb(p: &RevenuePeriod) -> pb::RevenuePeriod {
+    pb::RevenuePeriod {
+        start: Some(timestamp(p.start)),
+        end: Some(timestamp(p.end)),
+        starting_mrr: p.starting_mrr,
+        new_mrr: p.new_mrr,
+        expansion_mrr: p.expansion_mrr,
+        contraction_mrr: p.contraction_mrr,
+        churned_mrr: p.churned_mrr,
+        reactivation_mrr: p.reactivation_mrr,
+        ending_mrr: p.ending_mrr,
+        starting_customers: p.starting_customers,
+        new_customers: p.new_customers,
+        churned_customers: p.churned_customers,
+        ending_customers: p.ending_customers,
+        net_revenue_retention: p.net_revenue_retention(),
+        gross_revenue_retention: p.gross_revenue_retention(),
+    }
+}
+
 #[tonic::async_trait]
 impl AnalysisService for Api {
+    async fn query_revenue_bridge(
+        &self,
+        request: Request<pb::QueryRevenueBridgeRequest>,
+    ) -> Result<Response<pb::QueryRevenueBridgeResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let project = request.project.clone();
+        let query = bridge_from_pb(request)?;
+        let bridge = self.blocking(move |engine| engine.query_revenue_bridge(&project, query)).await?;
+        Ok(Response::new(pb::QueryRevenueBridgeResponse {
+            periods: bridge.periods.iter().map(revenue_period_to_pb).collect(),
+            timezone: bridge.timezone.name().to_owned(),
+        }))
+    }
+
     async fn query_funnel(
         &self,
         request: Request<pb::QueryFunnelRequest>,

@@ -103,11 +103,13 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
             ("GetMetricTree", Project(Read)),
             ("WatchMetric", Project(Read)),
             ("DetectAnomalies", Project(Read)),
+            ("ForecastMetric", Project(Read)),
             ("CreateMetric", Project(Admin)),
             ("UpdateMetric", Project(Admin)),
             ("DeleteMetric", Project(Admin)),
             // Pushed values change stored data like a create; not in SPEC's INGEST list.
             ("RecordValues", Project(Admin)),
+            ("ApplyFramework", Project(Admin)),
         ],
     ),
     (
@@ -139,6 +141,7 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
             ("QueryRetention", Project(Read)),
             ("QueryCohortTable", Project(Read)),
             ("QueryAttribution", Project(Read)),
+            ("QueryRevenueBridge", Project(Read)),
         ],
     ),
     (

@@ -106,6 +106,7 @@ fn report_to_pb(report: GoalReport) -> pb::GetGoalProgressResponse {
         progress: p.progress,
         expected_progress: p.expected_progress,
         projected: p.projected,
+        projection: p.projection,
         status: status as i32,
         as_of: Some(timestamp(report.as_of)),
         points: report.points.iter().map(|point| point_to_pb(point, None, report.as_of)).collect(),

@@ -7,13 +7,16 @@ use super::convert::{
     enum_error, item_error, micros_from_timestamp, required_range, timestamp, value_from_pb, value_to_pb,
 };
 use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default, breakdown_of};
+use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::bounds;
 use crate::core::engine::live::{self, LiveValue, WatchSpec};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
+use crate::core::framework::{Framework, FrameworkMapping};
 use crate::core::metric::anomaly::{AnomalyPoint, AnomalyQuery, Sensitivity};
 use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::definition::{Direction, Metric, MetricInput, MetricKind, MetricRole, Period};
 use crate::core::metric::evaluate::{Compare, TreeNode};
+use crate::core::metric::forecast::ForecastQuery;
 use crate::core::metric::scan::{MetricQuery, Point, Series, change};
 use crate::core::model::ManualValue;
 use crate::core::page::{PageRequest, paginate};
@@ -145,7 +148,7 @@ fn role_to_pb(role: MetricRole) -> pb::MetricRole {
     }
 }
 
-const KINDS: [(pb::MetricKind, MetricKind); 12] = [
+const KINDS: [(pb::MetricKind, MetricKind); 14] = [
     (pb::MetricKind::Count, MetricKind::Count),
     (pb::MetricKind::UniqueUsers, MetricKind::UniqueUsers),
     (pb::MetricKind::Sum, MetricKind::Sum),
@@ -158,7 +161,56 @@ const KINDS: [(pb::MetricKind, MetricKind); 12] = [
     (pb::MetricKind::Conversion, MetricKind::Conversion),
     (pb::MetricKind::Retention, MetricKind::Retention),
     (pb::MetricKind::Manual, MetricKind::Manual),
+    (pb::MetricKind::LatestSum, MetricKind::LatestSum),
+    (pb::MetricKind::RevenueBridge, MetricKind::RevenueBridge),
 ];
+
+const COMPONENTS: [(pb::RevenueComponent, BridgeComponent); 14] = [
+    (pb::RevenueComponent::StartingMrr, BridgeComponent::StartingMrr),
+    (pb::RevenueComponent::NewMrr, BridgeComponent::NewMrr),
+    (pb::RevenueComponent::ReactivationMrr, BridgeComponent::ReactivationMrr),
+    (pb::RevenueComponent::ExpansionMrr, BridgeComponent::ExpansionMrr),
+    (pb::RevenueComponent::ContractionMrr, BridgeComponent::ContractionMrr),
+    (pb::RevenueComponent::ChurnedMrr, BridgeComponent::ChurnedMrr),
+    (pb::RevenueComponent::EndingMrr, BridgeComponent::EndingMrr),
+    (pb::RevenueComponent::StartingCustomers, BridgeComponent::StartingCustomers),
+    (pb::RevenueComponent::NewCustomers, BridgeComponent::NewCustomers),
+    (pb::RevenueComponent::ChurnedCustomers, BridgeComponent::ChurnedCustomers),
+    (pb::RevenueComponent::EndingCustomers, BridgeComponent::EndingCustomers),
+    (pb::RevenueComponent::NetRevenueRetention, BridgeComponent::NetRevenueRetention),
+    (pb::RevenueComponent::GrossRevenueRetention, BridgeComponent::GrossRevenueRetention),
+    (pb::RevenueComponent::CustomerChurnRate, BridgeComponent::CustomerChurnRate),
+];
+
+fn mapping_from_pb(m: pb::FrameworkMapping) -> Result<FrameworkMapping> {
+    Ok(FrameworkMapping {
+        activation_window: duration_from_pb("mapping.activation_window", m.activation_window)?,
+        signup_event: m.signup_event,
+        activation_event: m.activation_event,
+        core_event: m.core_event,
+        purchase_event: m.purchase_event,
+        revenue_property: m.revenue_property,
+        subscription_event: m.subscription_event,
+        mrr_property: m.mrr_property,
+        referral_event: m.referral_event,
+        touch_event: m.touch_event,
+        channel_property: m.channel_property,
+        spend_metric_key: m.spend_metric_key,
+    })
+}
+
+/// The bridge column: required for REVENUE_BRIDGE metrics, unset for every other kind.
+fn component_from_pb(kind: MetricKind, value: i32) -> Result<BridgeComponent> {
+    let field = "metric.revenue_component";
+    let component = pb::RevenueComponent::try_from(value).map_err(|_| enum_error(field, value))?;
+    let found = COMPONENTS.iter().find(|(p, _)| *p == component).map(|(_, c)| *c);
+    match (kind, found) {
+        (MetricKind::RevenueBridge, Some(c)) => Ok(c),
+        (MetricKind::RevenueBridge, None) => Err(Error::invalid(field, "required for REVENUE_BRIDGE metrics")),
+        (_, None) => Ok(BridgeComponent::default()),
+        (_, Some(_)) => Err(Error::invalid(field, "applies to REVENUE_BRIDGE metrics only")),
+    }
+}
 
 pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
     let kind = pb::MetricKind::try_from(metric.kind).map_err(|_| enum_error("metric.kind", metric.kind))?;
@@ -182,6 +234,7 @@ pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
         pb::Direction::Unspecified | pb::Direction::Increase => Direction::Increase,
         pb::Direction::Decrease => Direction::Decrease,
     };
+    let revenue_component = component_from_pb(kind, metric.revenue_component)?;
     let semi_additive_last = pb::SemiAdditive::try_from(metric.semi_additive)
         .map_err(|_| enum_error("metric.semi_additive", metric.semi_additive))?
         == pb::SemiAdditive::Last;
@@ -217,6 +270,7 @@ pub fn metric_from_pb(metric: pb::MetricDefinition) -> Result<Metric> {
         semi_additive_last,
         fill_nulls_with: metric.fill_nulls_with,
         constant_properties: metric.constant_properties,
+        revenue_component,
         parent_keys: metric.parent_keys,
         direction,
         unit: metric.unit,
@@ -282,6 +336,13 @@ pub fn metric_to_pb(metric: Metric) -> pb::MetricDefinition {
             pb::RetentionMode::Unspecified
         } as i32,
         retention_unbounded: metric.retention_unbounded,
+        revenue_component: match metric.kind {
+            MetricKind::RevenueBridge => COMPONENTS
+                .iter()
+                .find(|(_, c)| *c == metric.revenue_component)
+                .map_or(pb::RevenueComponent::Unspecified, |(p, _)| *p),
+            _ => pb::RevenueComponent::Unspecified,
+        } as i32,
     }
 }
 
@@ -445,6 +506,73 @@ impl MetricService for Api {
             history: report.history,
             timezone: report.timezone,
             metric_version: report.version,
+        }))
+    }
+
+    async fn forecast_metric(
+        &self,
+        request: Request<pb::ForecastMetricRequest>,
+    ) -> Result<Response<pb::ForecastMetricResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let (from, to) = required_range(request.range.as_ref())?;
+        let query = ForecastQuery {
+            metric_key: request.metric_key,
+            from,
+            to,
+            granularity: granularity_from_pb("granularity", request.granularity)?,
+            timezone: request.timezone,
+            horizon: request.horizon,
+            season: request.season,
+        };
+        let project = request.project;
+        let forecast = self.blocking(move |engine| engine.forecast_metric(&project, query)).await?;
+        let now = crate::core::model::now_micros();
+        Ok(Response::new(pb::ForecastMetricResponse {
+            history: forecast.history.iter().map(|p| point_to_pb(p, None, now)).collect(),
+            points: forecast
+                .points
+                .iter()
+                .map(|(start, end, f)| pb::ForecastPoint {
+                    start: Some(timestamp(*start)),
+                    end: Some(timestamp(*end)),
+                    value: f.value,
+                    lower_80: f.lower_80,
+                    upper_80: f.upper_80,
+                    lower_95: f.lower_95,
+                    upper_95: f.upper_95,
+                })
+                .collect(),
+            method: forecast.method,
+        }))
+    }
+
+    async fn apply_framework(
+        &self,
+        request: Request<pb::ApplyFrameworkRequest>,
+    ) -> Result<Response<pb::ApplyFrameworkResponse>, Status> {
+        self.authorize(&request, &request.get_ref().project)?;
+        let request = request.into_inner();
+        let framework =
+            match pb::Framework::try_from(request.framework).map_err(|_| enum_error("framework", request.framework))? {
+                pb::Framework::Unspecified => {
+                    return Err(Error::invalid("framework", "required: NORTH_STAR_AARRR or SAAS_REVENUE").into());
+                }
+                pb::Framework::NorthStarAarrr => Framework::NorthStarAarrr,
+                pb::Framework::SaasRevenue => Framework::SaasRevenue,
+            };
+        let mapping = mapping_from_pb(request.mapping.unwrap_or_default())?;
+        let (project, dry_run) = (request.project, request.dry_run);
+        let applied =
+            self.blocking(move |engine| engine.apply_framework(&project, framework, &mapping, dry_run)).await?;
+        Ok(Response::new(pb::ApplyFrameworkResponse {
+            created: applied.created,
+            updated: applied.updated,
+            unchanged: applied.unchanged,
+            skipped: applied.skipped.into_iter().map(|s| pb::SkippedMetric { key: s.key, reason: s.reason }).collect(),
+            event_types_created: applied.event_types_created,
+            event_types_updated: applied.event_types_updated,
+            event_types_unchanged: applied.event_types_unchanged,
         }))
     }
 

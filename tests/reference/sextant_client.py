@@ -72,7 +72,7 @@ class Server:
 
 def duckdb_of(data):
     """DuckDB with the generated files as tables, in UTC: `events` (deduplicated by event_id; name,
-    user_id, ts, revenue, experiment, variant) and `users` (user_id, channel)."""
+    user_id, ts, revenue, mrr, experiment, variant) and `users` (user_id, channel)."""
     import duckdb
 
     db = duckdb.connect()
@@ -81,6 +81,7 @@ def duckdb_of(data):
         CREATE TABLE events AS
         SELECT DISTINCT ON (event_id) event_id, name, user_id, CAST(timestamp AS TIMESTAMPTZ) AS ts,
                TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE) AS revenue,
+               TRY_CAST(json_extract(properties, '$.mrr') AS DOUBLE) AS mrr,
                properties->>'experiment' AS experiment, properties->>'variant' AS variant
         FROM read_json_auto('{os.path.join(data, 'events.jsonl')}', format='newline_delimited',
                             columns={{'event_id': 'VARCHAR', 'name': 'VARCHAR', 'user_id': 'VARCHAR',

@@ -9,6 +9,8 @@ pub mod attribution;
 pub mod cohorts;
 pub mod experiments;
 pub mod expiry;
+pub mod forecast;
+pub mod framework;
 pub mod funnels;
 pub mod goals;
 pub mod holdouts;
@@ -18,6 +20,7 @@ pub mod live;
 pub mod meta;
 pub mod metrics;
 pub mod retention;
+pub mod revenue;
 pub mod users;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@ use crate::core::filter::Filter;
 use crate::core::goal::progress::{self, Bucket, GoalInput, GoalProgress, Target};
 use crate::core::metric::definition::{Direction, Metric, MetricBook, MetricKind};
 use crate::core::metric::evaluate::evaluate;
+use crate::core::metric::forecast;
 use crate::core::metric::scan::{MetricQuery, Point};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
@@ -152,7 +153,9 @@ pub fn measure(
             .rev()
             .find_map(|p| p.value)
     };
+    let forecast = if additive { None } else { forecast_end_value(&buckets, goal.granularity, tz, now, end) };
     let input = GoalInput {
+        forecast,
         additive,
         direction: goal.direction.unwrap_or(metric.direction),
         target: goal.target,
@@ -165,4 +168,30 @@ pub fn measure(
     let progress =
         progress::progress(&input).map_err(|e| Error::FailedPrecondition(format!("goal {}: {e}", echo(&goal.id))))?;
     Ok(GoalReport { goal: goal.clone(), progress, as_of: now, points, metric_version: metric.version })
+}
+
+/// Complete buckets needed before a goal's projection uses the forecast instead of a line.
+const MIN_FORECAST_BUCKETS: usize = 10;
+
+/// The forecast (ForecastMetric's model) of the period's last bucket from the period's complete
+/// buckets, when there are at least `MIN_FORECAST_BUCKETS` of them and the period is running.
+fn forecast_end_value(
+    buckets: &[Bucket],
+    granularity: Granularity,
+    tz: chrono_tz::Tz,
+    now: Micros,
+    end: Micros,
+) -> Option<(f64, String)> {
+    let complete: Vec<&Bucket> = buckets.iter().filter(|b| b.end <= now).collect();
+    let last_end = complete.last()?.end;
+    if complete.len() < MIN_FORECAST_BUCKETS || last_end >= end {
+        return None;
+    }
+    let values = forecast::fill_gaps(&complete.iter().map(|b| b.value).collect::<Vec<_>>());
+    let fit = forecast::fit(&values, forecast::default_season(granularity) as usize).ok()?;
+    // Steps from the last complete bucket to the bucket holding the period's last instant.
+    let steps =
+        time::bucket_bounds(last_end, end, granularity, tz, crate::core::metric::scan::MAX_BUCKETS).ok()?.len() - 1;
+    let value = fit.forecast(steps).last()?.value;
+    Some((value, fit.method))
 }

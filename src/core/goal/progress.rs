@@ -62,6 +62,9 @@ pub struct GoalInput {
     /// overlaps, each inside the period (the caller clips a bucket that straddles a period boundary) and
     /// starting before `now`; the last one may be incomplete (`end > now`).
     pub buckets: Vec<Bucket>,
+    /// Non-additive metrics: a projected end value computed elsewhere (a forecast) and its
+    /// method, used instead of the least-squares line while the period runs.
+    pub forecast: Option<(f64, String)>,
 }
 
 /// The result of [`progress`]. Mirrors the numbers of `GetGoalProgressResponse`.
@@ -85,6 +88,9 @@ pub struct GoalProgress {
     pub expected_progress: f64,
     /// The projected value at the end of the period; once the period is over, the measured end value.
     pub projected: Option<f64>,
+    /// How `projected` was computed: "pace", "linear", a forecast model's name, or "measured"
+    /// once the period is over; empty before the period starts.
+    pub projection: String,
     pub status: GoalStatus,
 }
 
@@ -170,11 +176,17 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
     let over = input.now >= input.period_end;
 
     let measured = if !started {
-        Measured { current: None, projected: None, any_value: false, first_value: None }
+        Measured { current: None, projected: None, any_value: false, first_value: None, projection: String::new() }
     } else if input.additive {
         measure_additive(input, length, elapsed, over)
     } else {
         measure_latest(input, over)
+    };
+    let measured = match &input.forecast {
+        Some((value, method)) if started && !over && !input.additive && measured.any_value && value.is_finite() => {
+            Measured { projected: Some(*value), projection: method.clone(), ..measured }
+        }
+        _ => measured,
     };
 
     let baseline = match input.target {
@@ -225,6 +237,7 @@ pub fn progress(input: &GoalInput) -> Result<GoalProgress, GoalError> {
             .and_then(|current| if input.additive { share_of_target(current, target) } else { share(current) }),
         expected_progress,
         projected: measured.projected,
+        projection: measured.projection,
         status,
     })
 }
@@ -258,6 +271,7 @@ struct Measured {
     any_value: bool,
     /// Non-additive: the first complete bucket's value, the fallback baseline for absolute targets.
     first_value: Option<f64>,
+    projection: String,
 }
 
 fn measure_additive(input: &GoalInput, length: f64, elapsed: f64, over: bool) -> Measured {
@@ -268,6 +282,7 @@ fn measure_additive(input: &GoalInput, length: f64, elapsed: f64, over: bool) ->
         projected: projected.is_finite().then_some(projected),
         any_value: true,
         first_value: None,
+        projection: if over { "measured" } else { "pace" }.into(),
     }
 }
 
@@ -282,7 +297,13 @@ fn measure_latest(input: &GoalInput, over: bool) -> Measured {
         let x = last_bucket_midpoint(input);
         least_squares_at(&points, x).filter(|p| p.is_finite())
     };
-    Measured { current, projected, any_value: !points.is_empty(), first_value: points.first().map(|&(_, v)| v) }
+    Measured {
+        current,
+        projected,
+        any_value: !points.is_empty(),
+        first_value: points.first().map(|&(_, v)| v),
+        projection: if over { "measured" } else { "linear" }.into(),
+    }
 }
 
 /// Midpoint of the period's last bucket (the one containing `period_end − 1µs`), relative to
@@ -436,6 +457,7 @@ mod tests {
             now: T0 + (days * DAY as f64) as i64,
             baseline,
             buckets: series(T0, DAY, &some(values)),
+            forecast: None,
         }
     }
 
@@ -452,11 +474,24 @@ mod tests {
             now: T0 + days * DAY,
             baseline,
             buckets: series(T0, WEEK, &some(values)),
+            forecast: None,
         }
     }
 
     fn run(input: &GoalInput) -> GoalProgress {
         progress(input).expect("valid input")
+    }
+
+    #[test]
+    fn a_forecast_replaces_the_line_for_non_additive_metrics_only() {
+        let mut input = weekly(Target::Absolute(200.0), Direction::Increase, Some(100.0), 15, &[110.0, 120.0]);
+        assert_eq!(run(&input).projection, "linear");
+        input.forecast = Some((205.0, "ETS(A,Ad,N)".into()));
+        let p = run(&input);
+        assert_eq!((p.projected, p.projection.as_str(), p.status), (Some(205.0), "ETS(A,Ad,N)", GoalStatus::OnTrack));
+        let mut additive = additive(Target::Absolute(1000.0), Direction::Increase, None, 4.0, &[100.0; 4]);
+        additive.forecast = Some((5.0, "ETS(A,Ad,N)".into()));
+        assert_eq!(run(&additive).projection, "pace");
     }
 
     // ---- additive metrics: total so far, projection = current × length / elapsed ----
@@ -736,6 +771,7 @@ mod tests {
                 Bucket { start, end: start + 28 * DAY, value: Some(100.0) },
                 Bucket { start: start + 28 * DAY, end: start + 59 * DAY, value: Some(159.0) },
             ],
+            forecast: None,
         };
         let p = run(&input);
         assert_close(p.projected, 220.0);
@@ -813,6 +849,7 @@ mod tests {
             now: march + 14 * DAY,
             baseline: Some(0.40),
             buckets: vec![Bucket { start: march, end: march + 31 * DAY, value: Some(0.43) }],
+            forecast: None,
         };
         // Mid-March the only bucket is incomplete: NOT_STARTED, expected 14 / 31.
         let p = run(&input);

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::bounds;
 use crate::core::catalog::validate_slug;
 use crate::core::filter::{EventSelector, validate_selector};
@@ -26,6 +27,10 @@ pub enum MetricKind {
     Conversion,
     Retention,
     Manual,
+    /// Per bucket, the sum over people of their latest `property` value before its end.
+    LatestSum,
+    /// A column of the revenue bridge (`revenue_component`).
+    RevenueBridge,
 }
 
 impl MetricKind {
@@ -44,7 +49,16 @@ impl MetricKind {
     }
 
     fn needs_property(self) -> bool {
-        matches!(self, MetricKind::Sum | MetricKind::Avg | MetricKind::Min | MetricKind::Max | MetricKind::Percentile)
+        matches!(
+            self,
+            MetricKind::Sum
+                | MetricKind::Avg
+                | MetricKind::Min
+                | MetricKind::Max
+                | MetricKind::Percentile
+                | MetricKind::LatestSum
+                | MetricKind::RevenueBridge
+        )
     }
 }
 
@@ -110,6 +124,9 @@ pub struct Metric {
     pub semi_additive_last: bool,
     pub fill_nulls_with: Option<f64>,
     pub constant_properties: Vec<String>,
+    /// REVENUE_BRIDGE: the column read. Defaulted so definitions stored before it still load.
+    #[serde(default)]
+    pub revenue_component: BridgeComponent,
     pub role: MetricRole,
     pub parent_keys: Vec<String>,
     pub direction: Direction,
@@ -155,8 +172,11 @@ impl Metric {
         bounds::check_period_index("metric.retention_offset", self.retention_offset)?;
         bounds::check_window("metric.window", self.window)?;
         bounds::check_window("metric.rolling_window", self.rolling_window)?;
-        let selector_needed =
-            self.kind.is_event_aggregate() || matches!(self.kind, MetricKind::Conversion | MetricKind::Retention);
+        let selector_needed = self.kind.is_event_aggregate()
+            || matches!(
+                self.kind,
+                MetricKind::Conversion | MetricKind::Retention | MetricKind::LatestSum | MetricKind::RevenueBridge
+            );
         match (&self.selector, selector_needed) {
             (Some(selector), _) => validate_selector("metric.selector", selector)?,
             (None, true) => {

@@ -4,5 +4,6 @@
 pub mod anomaly;
 pub mod definition;
 pub mod evaluate;
+pub mod forecast;
 pub mod formula;
 pub mod scan;
