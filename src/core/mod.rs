@@ -4,6 +4,7 @@ pub mod anomaly;
 pub mod auth;
 pub mod catalog;
 pub mod cohort;
+pub mod dashboard;
 pub mod data_retention;
 pub mod engine;
 pub mod experiment;
