@@ -13,6 +13,7 @@ pub mod soak;
 pub mod storage;
 pub mod telemetry;
 pub mod watch;
+pub mod web;
 
 /// Code generated from `proto/sextant/v1`.
 pub mod pb {
