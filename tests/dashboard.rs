@@ -87,7 +87,7 @@ async fn total(server: &TestServer, key: &str, from: i64, to: i64) -> String {
     };
     let reply =
         MetricServiceClient::new(server.channel.clone()).query_metric(bearer(request, BOOTSTRAP)).await.unwrap();
-    let point = reply.into_inner().series[0].points[0].clone();
+    let point = reply.into_inner().series[0].points[0];
     assert!(point.has_value);
     point.value.to_string()
 }
