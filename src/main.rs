@@ -143,7 +143,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let running = server::start(&config).await?;
     println!("sextant listening on {}", running.addr);
     if let Some(url) = &running.web_url {
-        println!("dashboard on {url}");
+        // Not println!: a reader that stopped after the first line (a closed pipe) must not
+        // make the server panic.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "dashboard on {url}");
     }
     if let Some(metrics) = running.metrics_addr {
         println!("prometheus metrics on http://{metrics}/metrics");
