@@ -47,7 +47,7 @@ pub fn shell() -> Markup {
 /// Without a project in the URL (and a key that is not bound to one): links to each project.
 pub fn chooser(projects: &[Project]) -> Markup {
     html! {
-        section.chooser data-tile="projects" {
+        section.chooser {
             h2 { "Projects" }
             @if projects.is_empty() {
                 p.empty { "No project yet: create one with ProjectService/CreateProject, or start the server with --demo." }
