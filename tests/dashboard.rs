@@ -272,3 +272,45 @@ async fn demo_definitions_fill_the_page_once() {
     assert!(html.contains("<td>social</td><td>—</td><td>1,550</td>"), "{html}");
     assert!(html.contains("signup · 0 users"), "the CONVERSION metric gives the default funnel: {html}");
 }
+
+#[tokio::test]
+async fn with_tls_the_page_is_served_over_https() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use tower::ServiceExt;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let (cert, key) = (temp.path().join("cert.pem"), temp.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut config = sextant::config::ServeConfig::for_data_dir(temp.path().join("data"));
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    let running = sextant::server::start(&config).await.expect("TLS server starts");
+    assert_eq!(running.web_url, Some(format!("https://{}/", running.addr)));
+    let port = running.addr.port();
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(certified.cert.pem())).domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connects");
+    let project = pb::Project { id: "tls".into(), ..Default::default() };
+    let mut projects = pb::project_service_client::ProjectServiceClient::new(channel.clone());
+    projects.create_project(pb::CreateProjectRequest { project: Some(project) }).await.unwrap();
+    // A browser negotiates HTTP/2 over TLS; the page's routes answer it like HTTP/1.1.
+    for (path, code, needle) in
+        [("/", 200, "key-prompt"), ("/api/dashboard?project=tls", 200, r#"data-tile="north-star""#)]
+    {
+        let request =
+            http::Request::get(format!("https://localhost:{port}{path}")).body(tonic::body::Body::empty()).unwrap();
+        let response = channel.clone().oneshot(request).await.expect("https response");
+        assert_eq!(response.status().as_u16(), code, "{path}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains(needle), "{path}: {body}");
+    }
+    running.stop().await.unwrap();
+}
