@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: Rust unit and end-to-end tests, then the cross-checks against DuckDB on
 # generated data (installing their Python dependencies first), then the client examples in
-# Python, Node and Go against a fresh server (scripts/test-clients.sh installs their tools).
+# Python, Node and Go against a fresh server (scripts/test-clients.sh installs their tools), and the
+# dashboard in headless Chromium (scripts/test-dashboard.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-deps.sh
@@ -12,3 +13,4 @@ for check in tests/reference/*_vs_duckdb.py; do
   python3 "$check"
 done
 bash scripts/test-clients.sh
+bash scripts/test-dashboard.sh

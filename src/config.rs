@@ -26,6 +26,12 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// gRPC listen address; port 0 picks a free port (the bound address is printed).
@@ -113,6 +119,10 @@ pub struct ServeConfig {
     /// grpc-timeout; 0: only the client's.
     #[arg(long, env = "SEXTANT_QUERY_TIMEOUT_SECS", default_value_t = 30.0)]
     pub query_timeout_secs: f64,
+
+    /// The web dashboard at http(s)://ADDR/ beside the gRPC services: "on" or "off".
+    #[arg(long, env = "SEXTANT_WEB", value_enum, default_value_t = Toggle::On)]
+    pub web: Toggle,
 
     /// How often the data retention job runs, in seconds.
     #[arg(long, env = "SEXTANT_RETENTION_INTERVAL_SECS", default_value_t = 3600)]

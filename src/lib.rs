@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod web;
 
 /// Code generated from `proto/sextant/v1`.
 pub mod pb {

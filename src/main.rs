@@ -146,6 +146,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::init_tracing(config.log_format);
     let running = server::start(&config).await?;
     println!("sextant listening on {}", running.addr);
+    if let Some(url) = &running.web_url {
+        // Not println!: a reader that stopped after the first line (a closed pipe) must not
+        // make the server panic.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "dashboard on {url}");
+    }
     if let Some(metrics) = running.metrics_addr {
         println!("prometheus metrics on http://{metrics}/metrics");
     }
@@ -191,6 +197,13 @@ async fn seed_demo(config: &ServeConfig, running: &server::RunningServer) -> any
         let report = load::run(&args).await?;
         print_report(&report);
         std::fs::remove_dir_all(&out).ok();
+    }
+    let created = sextant::web::demo::seed(running.engine.clone(), "demo").await?;
+    if created > 0 {
+        println!("created {created} demo metrics, goals and experiments");
+    }
+    if let Some(url) = &running.web_url {
+        println!("\ndashboard: {url}?project=demo");
     }
     let addr = running.addr;
     println!(

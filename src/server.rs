@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, Toggle};
 use crate::core::engine::Engine;
 use crate::core::engine::expiry::run_retention_job;
 use crate::grpc::Api;
@@ -20,6 +20,8 @@ use crate::telemetry;
 
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The dashboard's URL, when it is served.
+    pub web_url: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -101,9 +103,18 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("TLS configuration")?;
     }
+    // The dashboard shares the listener: HTTP/1.1 requests and paths that name no gRPC
+    // service go to its routes, gRPC calls to the services.
+    let web = config.web == Toggle::On;
+    let routes = match web {
+        true => tonic::service::Routes::from(crate::web::routes(engine.clone(), guard.clone())),
+        false => tonic::service::Routes::default(),
+    };
     let router = builder
+        .accept_http1(web)
         .layer(telemetry::RequestMetricsLayer)
         .layer(guard)
+        .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ProjectServiceServer::new(api.clone()).max_decoding_message_size(max))
@@ -158,8 +169,10 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         tracing::info!("stopped; storage flushed");
         Ok(())
     });
-    tracing::info!(addr = %addr, metrics = ?metrics_addr, "listening");
-    Ok(RunningServer { addr, metrics_addr, engine, shutdown: Some(shutdown_tx), task })
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    let web_url = web.then(|| format!("{scheme}://{addr}/"));
+    tracing::info!(addr = %addr, metrics = ?metrics_addr, web = ?web_url, "listening");
+    Ok(RunningServer { addr, web_url, metrics_addr, engine, shutdown: Some(shutdown_tx), task })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -352,6 +352,30 @@ impl GuardLayer {
     pub fn auth_enabled(&self) -> bool {
         self.0.bootstrap.is_some()
     }
+
+    /// The dashboard's check, the one a READ call on `project` gets: the bearer key, its
+    /// role and project, and the rate limit. `project` None: any project the key may read
+    /// (the caller picks one from the returned principal).
+    pub fn admit_web(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+        project: Option<&str>,
+    ) -> Result<Principal, Error> {
+        let guard = &self.0;
+        let principal = match &guard.bootstrap {
+            None => Principal::Open,
+            Some(bootstrap) => guard.authenticate(bootstrap, headers)?,
+        };
+        check_role(&principal, Access::Project(Role::Read), "/dashboard")?;
+        guard.limit_rate(&principal, extensions)?;
+        if let (Principal::Key { project: own, id, .. }, Some(project)) = (&principal, project)
+            && own != project
+        {
+            return Err(Error::PermissionDenied(format!("api key {id} belongs to project {own:?}, not {project:?}")));
+        }
+        Ok(principal)
+    }
 }
 
 impl<S> tower::Layer<S> for GuardLayer {
@@ -378,7 +402,9 @@ impl Guard {
     fn admit<B>(&self, request: &http::Request<B>) -> Result<Admitted, Error> {
         let path = request.uri().path();
         let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
-        if OPEN_SERVICES.contains(&service) {
+        // The dashboard's paths (`/`, `/api/…`, `/assets/…`) name no gRPC service: the web
+        // routes check their key themselves (`GuardLayer::admit_web`).
+        if OPEN_SERVICES.contains(&service) || !service.contains('.') {
             return Ok(Admitted { grant: None, permit: None, deadline: None });
         }
         let method = self.methods.get(path).copied();
@@ -393,17 +419,7 @@ impl Guard {
             (None, _) => return Err(Error::PermissionDenied(format!("{path} is not in the access table"))),
         };
         check_role(&principal, method.access, path)?;
-        if let Some(rate) = &self.rate {
-            let caller = match &principal {
-                Principal::Key { id, .. } => id.clone(),
-                Principal::ServerAdmin => "server-admin".to_owned(),
-                Principal::Open => peer(request).map(|ip| ip.to_string()).unwrap_or_default(),
-            };
-            rate.take(&caller).map_err(|retry_after| Error::RateLimited {
-                message: format!("rate limit of {} requests per second exceeded", rate.rate),
-                retry_after,
-            })?;
-        }
+        self.limit_rate(&principal, request.extensions())?;
         let permit = if method.streaming {
             let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
                 Error::exhausted("streams", format!("{} streaming calls open, at most that many", self.max_streams))
@@ -433,6 +449,22 @@ impl Guard {
             seen: Mutex::new(None),
         };
         Ok(Admitted { grant: Some(Arc::new(grant)), permit, deadline })
+    }
+
+    /// The per-key (per-address when open) token bucket.
+    fn limit_rate(&self, principal: &Principal, extensions: &http::Extensions) -> Result<(), Error> {
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        let caller = match principal {
+            Principal::Key { id, .. } => id.clone(),
+            Principal::ServerAdmin => "server-admin".to_owned(),
+            Principal::Open => peer(extensions).map(|ip| ip.to_string()).unwrap_or_default(),
+        };
+        rate.take(&caller).map_err(|retry_after| Error::RateLimited {
+            message: format!("rate limit of {} requests per second exceeded", rate.rate),
+            retry_after,
+        })
     }
 
     fn authenticate(&self, bootstrap: &BootstrapKey, headers: &http::HeaderMap) -> Result<Principal, Error> {
@@ -473,9 +505,8 @@ fn check_role(principal: &Principal, access: Access, path: &str) -> Result<(), E
     }
 }
 
-fn peer<B>(request: &http::Request<B>) -> Option<IpAddr> {
+fn peer(extensions: &http::Extensions) -> Option<IpAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let extensions = request.extensions();
     extensions
         .get::<TcpConnectInfo>()
         .and_then(|info| info.remote_addr())

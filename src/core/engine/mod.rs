@@ -7,6 +7,7 @@
 pub mod anomalies;
 pub mod attribution;
 pub mod cohorts;
+pub mod dashboard;
 pub mod experiments;
 pub mod expiry;
 pub mod forecast;
