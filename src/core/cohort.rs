@@ -179,12 +179,12 @@ pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
     let table = &state.table;
     let canonical_mask = match &cohort.definition {
         Definition::Static(ids) => {
-            let mut mask = vec![false; table.canonical.len()];
+            let mut mask = vec![false; table.canonical().len()];
             for id in ids {
                 // An uploaded id names a user, or else a visitor known only by anonymous id.
                 let person = table.find_user(id).or_else(|| table.find_anonymous(id));
                 if let Some(p) = person
-                    && table.canonical[p as usize] == p
+                    && table.canonical()[p as usize] == p
                 {
                     mask[p as usize] = true;
                 }
@@ -201,24 +201,24 @@ pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
             mask
         }
     };
-    Arc::new(table.canonical.iter().map(|&c| canonical_mask[c as usize]).collect())
+    Arc::new(table.canonical().iter().map(|&c| canonical_mask[c as usize]).collect())
 }
 
 /// Whether a canonical person has events (their own or an aliased id's) or traits: a deleted
 /// user stays interned with nothing left, and counts nowhere.
 pub(crate) fn known(state: &ProjectData, person: u32) -> bool {
     let table = &state.table;
-    !table.person_rows[person as usize].is_empty()
+    !table.person_rows()[person as usize].is_empty()
         || state.traits.contains_key(&person)
         || table
-            .aliases
+            .aliases()
             .get(&person)
-            .is_some_and(|anons| anons.iter().any(|&a| !table.person_rows[a as usize].is_empty()))
+            .is_some_and(|anons| anons.iter().any(|&a| !table.person_rows()[a as usize].is_empty()))
 }
 
 /// Per person id, for canonical people only (other entries are unspecified).
 fn evaluate_group(state: &ProjectData, group: &ConditionGroup, now: Micros) -> Vec<bool> {
-    let people = state.table.canonical.len();
+    let people = state.table.canonical().len();
     let mut result = vec![!group.any; people];
     for condition in &group.conditions {
         let pass = match condition {
@@ -240,23 +240,23 @@ fn evaluate_behavioural(state: &ProjectData, b: &Behavioural, now: Micros) -> Ve
         TimeFrame::Range(from, to) => (from, to),
         TimeFrame::LastDays(days) => (now - i64::from(days) * DAY, now),
     };
-    let mut counts = vec![0u32; table.canonical.len()];
-    let name = table.names.get(&b.selector.event).unwrap_or(NONE);
+    let mut counts = vec![0u32; table.canonical().len()];
+    let name = table.names().get(&b.selector.event).unwrap_or(NONE);
     if name != NONE {
         let filters: Vec<&Filter> = b.selector.filters.iter().collect();
         let filters = CompiledFilters::compile(state, &filters, None);
         // A column scan: the rows of an event name are not indexed, and this touches only the
         // name and time columns for rows of other events.
         for row in 0..table.len() {
-            let t = table.time[row];
-            if table.name[row] != name || t < from || t >= to {
+            let t = table.time()[row];
+            if table.name()[row] != name || t < from || t >= to {
                 continue;
             }
-            let person = table.person[row];
+            let person = table.person()[row];
             if !filters.person_passes(person) || !filters.row_passes(table, row) {
                 continue;
             }
-            let c = &mut counts[table.canonical[person as usize] as usize];
+            let c = &mut counts[table.canonical()[person as usize] as usize];
             *c = c.saturating_add(1);
         }
     }
@@ -266,8 +266,8 @@ fn evaluate_behavioural(state: &ProjectData, b: &Behavioural, now: Micros) -> Ve
 /// Canonical people of a mask, by id.
 pub(crate) fn member_ids(state: &ProjectData, mask: &[bool]) -> Vec<String> {
     let table = &state.table;
-    let mut ids: Vec<String> = (0..table.canonical.len() as u32)
-        .filter(|&p| table.canonical[p as usize] == p && mask[p as usize])
+    let mut ids: Vec<String> = (0..table.canonical().len() as u32)
+        .filter(|&p| table.canonical()[p as usize] == p && mask[p as usize])
         .map(|p| table.person_name(p).to_owned())
         .collect();
     ids.sort_unstable();

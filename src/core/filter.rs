@@ -100,7 +100,7 @@ impl<'a> Probe<'a> {
         Some(match cell {
             Cell::Null => return None,
             Cell::Number(n) => Probe::Number(n),
-            Cell::Str(id) => Probe::Str(Some(id), table.strings.resolve(id)),
+            Cell::Str(id) => Probe::Str(Some(id), table.strings().resolve(id)),
             Cell::Bool(b) => Probe::Bool(b),
             Cell::Time(t) => Probe::Time(t),
         })
@@ -179,7 +179,7 @@ fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
         .iter()
         .map(|v| match v {
             Value::Number(n) => Operand::Number(*n),
-            Value::String(s) => Operand::Str(table.and_then(|t| t.strings.get(s)), s.clone()),
+            Value::String(s) => Operand::Str(table.and_then(|t| t.strings().get(s)), s.clone()),
             Value::Bool(b) => Operand::Bool(*b),
             Value::Timestamp(t) => Operand::Time(*t),
             Value::Null => Operand::Null,
@@ -191,13 +191,13 @@ fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
 /// anonymous id carries its user's traits.
 pub fn trait_column(state: &ProjectData, name: &str) -> Vec<Option<Value>> {
     let table = &state.table;
-    let mut by_user: Vec<Option<Value>> = vec![None; table.canonical.len()];
+    let mut by_user: Vec<Option<Value>> = vec![None; table.canonical().len()];
     for (person, traits) in &state.traits {
         if let Some(value) = traits.get(name) {
             by_user[*person as usize] = Some(value.clone());
         }
     }
-    table.canonical.iter().map(|&c| by_user[c as usize].clone()).collect()
+    table.canonical().iter().map(|&c| by_user[c as usize].clone()).collect()
 }
 
 impl CompiledFilters {
@@ -211,13 +211,13 @@ impl CompiledFilters {
             match filter.property.strip_prefix(TRAIT_PREFIX) {
                 Some(name) => {
                     let column = trait_column(state, name);
-                    let pass = person.get_or_insert_with(|| vec![true; table.canonical.len()]);
+                    let pass = person.get_or_insert_with(|| vec![true; table.canonical().len()]);
                     for (p, value) in column.iter().enumerate() {
                         pass[p] = pass[p] && matches(filter.op, &operands, value.as_ref().and_then(Probe::of_value));
                     }
                 }
                 None => {
-                    let key = table.keys.get(&filter.property).unwrap_or(NONE);
+                    let key = table.keys().get(&filter.property).unwrap_or(NONE);
                     row.push(RowFilter { key, op: filter.op, operands });
                 }
             }
@@ -279,7 +279,7 @@ mod tests {
 
     fn rows_passing(table: &EventTable, property: &str, op: FilterOp, values: Vec<Value>) -> Vec<usize> {
         let filter =
-            RowFilter { key: table.keys.get(property).unwrap_or(NONE), op, operands: operands(Some(table), &values) };
+            RowFilter { key: table.keys().get(property).unwrap_or(NONE), op, operands: operands(Some(table), &values) };
         let compiled = CompiledFilters { row: vec![filter], person: None };
         (0..table.len()).filter(|&r| compiled.row_passes(table, r)).collect()
     }

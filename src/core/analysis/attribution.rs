@@ -214,10 +214,10 @@ pub fn run(
     let members = cohort::resolve(state, cohorts, "cohort_id", &query.cohort_id)?;
     let conversion = Matcher::new(state, &query.conversion, &[], members.as_ref());
     let touch = Matcher::new(state, &query.touch, &[], None);
-    let channel_key = table.keys.get(&query.channel_property).unwrap_or(NONE);
+    let channel_key = table.keys().get(&query.channel_property).unwrap_or(NONE);
     let value_key =
-        if query.value_property.is_empty() { NONE } else { table.keys.get(&query.value_property).unwrap_or(NONE) };
-    let empty = table.strings.get("").unwrap_or(NONE);
+        if query.value_property.is_empty() { NONE } else { table.keys().get(&query.value_property).unwrap_or(NONE) };
+    let empty = table.strings().get("").unwrap_or(NONE);
     let channel_of = |row: usize| -> Option<u32> {
         if channel_key == NONE {
             return None;
@@ -287,7 +287,7 @@ pub fn run(
             }
         }
     };
-    let parts = if table.names.get(&query.conversion.event).is_none() {
+    let parts = if table.names().get(&query.conversion.event).is_none() {
         Vec::new()
     } else {
         let order = state.person_order.get(table);
@@ -309,7 +309,7 @@ pub fn run(
     result.rows = merged
         .into_iter()
         .map(|(channel, c)| {
-            let channel = if channel == NONE { DIRECT.to_owned() } else { table.strings.resolve(channel).to_owned() };
+            let channel = if channel == NONE { DIRECT.to_owned() } else { table.strings().resolve(channel).to_owned() };
             let spend = spend.get(&channel).copied().unwrap_or(0.0);
             economics(channel, c.credit, c.value_credit, c.influenced, spend)
         })

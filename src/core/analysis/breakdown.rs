@@ -55,7 +55,7 @@ fn label_of_key(key: GroupKey, table: &EventTable) -> String {
         GroupKey::Missing => NO_VALUE.into(),
         GroupKey::Bool(b) => b.to_string(),
         GroupKey::Number(bits) => format_number(f64::from_bits(bits)),
-        GroupKey::Str(s) => table.strings.resolve(s).to_owned(),
+        GroupKey::Str(s) => table.strings().resolve(s).to_owned(),
         GroupKey::Time(t) => format_time(t),
     }
 }
@@ -81,7 +81,7 @@ impl Groups {
         match breakdown.strip_prefix(TRAIT_PREFIX) {
             Some(name) => Groups::Person(state.trait_groups.get(state, name)),
             None => Groups::Row {
-                key: state.table.keys.get(breakdown).unwrap_or(NONE),
+                key: state.table.keys().get(breakdown).unwrap_or(NONE),
                 ids: HashMap::new(),
                 labels: Vec::new(),
             },

@@ -139,7 +139,7 @@ impl StepMatcher {
     fn new(state: &ProjectData, selector: &EventSelector, extra: &[Filter], members: Option<&[bool]>) -> Self {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         StepMatcher {
-            name: state.table.names.get(&selector.event).unwrap_or(NONE),
+            name: state.table.names().get(&selector.event).unwrap_or(NONE),
             filters: CompiledFilters::compile(state, &filters, members),
         }
     }
@@ -323,7 +323,7 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
         query.exclusions.iter().map(|e| StepMatcher::new(state, &e.selector, &[], None)).collect();
     // Per event name: the steps and exclusions it may fill, so most rows cost one lookup.
     let names_by_step = |matchers: &[StepMatcher]| {
-        let mut masks = vec![0u64; table.names.len()];
+        let mut masks = vec![0u64; table.names().len()];
         for (k, matcher) in matchers.iter().enumerate() {
             if matcher.name != NONE {
                 masks[matcher.name as usize] |= 1 << k;

@@ -176,7 +176,7 @@ impl RowMatcher {
             Some(s) => {
                 let filters: Vec<&filter::Filter> = s.filters.iter().collect();
                 RowMatcher {
-                    name: state.table.names.get(&s.event).unwrap_or(NONE),
+                    name: state.table.names().get(&s.event).unwrap_or(NONE),
                     any: false,
                     filters: Some(CompiledFilters::compile(state, &filters, members)),
                 }
@@ -514,7 +514,7 @@ pub fn cohort_table(state: &ProjectData, cohorts: &Cohorts, query: &CohortTableQ
         }
         CohortValue::RevenuePerUser | CohortValue::CumulativeRevenuePerUser => Measure::Sum {
             matcher: RowMatcher::new(state, query.revenue.as_ref(), None),
-            property: table.keys.get(&query.revenue_property).unwrap_or(NONE),
+            property: table.keys().get(&query.revenue_property).unwrap_or(NONE),
         },
     };
     let rows = grid.run(state, members, &measure, |person, events, out| {

@@ -202,7 +202,7 @@ fn fold_changes<S: Send>(
     visit: impl Fn(&mut S, &[Change<'_>]) + Sync,
 ) -> Vec<S> {
     let table = &state.table;
-    let key = table.keys.get(property).unwrap_or(NONE);
+    let key = table.keys().get(property).unwrap_or(NONE);
     if key == NONE {
         return vec![init()];
     }

@@ -74,7 +74,7 @@ impl Engine {
         let points = series.into_iter().next().map(|s| s.points).unwrap_or_default();
         // The project's first data: events, or values recorded for MANUAL metrics.
         let first_manual = state.data.manual.values().filter_map(|values| values.keys().next().map(|k| k.0)).min();
-        let data_start = [state.data.table.min_time, first_manual].into_iter().flatten().min();
+        let data_start = [state.data.table.min_time(), first_manual].into_iter().flatten().min();
         drop(state);
 
         let now = now_micros();

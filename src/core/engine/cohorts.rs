@@ -111,7 +111,7 @@ impl Engine {
             Definition::Conditions(_) => {
                 let mask = evaluate(&state.data, cohort, now);
                 let table = &state.data.table;
-                (0..table.canonical.len()).filter(|&p| table.canonical[p] as usize == p && mask[p]).count() as u64
+                (0..table.canonical().len()).filter(|&p| table.canonical()[p] as usize == p && mask[p]).count() as u64
             }
         };
         Ok((size, now))

@@ -314,7 +314,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let tz = time::parse_zone("timezone", &state.project.timezone)?;
-        Ok((state.defs.metrics.latest_metrics().into_values().collect(), tz, state.data.table.max_time))
+        Ok((state.defs.metrics.latest_metrics().into_values().collect(), tz, state.data.table.max_time()))
     }
 
     /// The page's range for a request (see `day_range`).

@@ -15,10 +15,10 @@ impl Engine {
             let state = entry.read();
             let table = &state.data.table;
             let old_quarantine = state.data.quarantine.values().any(|q| q.event.timestamp < before);
-            if table.min_time.is_none_or(|t| t >= before) && !old_quarantine {
+            if table.min_time().is_none_or(|t| t >= before) && !old_quarantine {
                 return Ok(0);
             }
-            table.time.iter().filter(|&&t| t < before).count() as u64
+            table.time().iter().filter(|&&t| t < before).count() as u64
         };
         let record = LogRecord::EventsExpired { project: project.to_owned(), before };
         self.write(entry, vec![record], vec![]).await?;

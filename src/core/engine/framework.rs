@@ -19,7 +19,7 @@ impl Engine {
             let entry = self.project(project)?;
             let state = entry.read();
             let table = &state.data.table;
-            let seen = |name: &str| table.names.get(name).is_some_and(|id| table.name_counts[id as usize] > 0);
+            let seen = |name: &str| table.names().get(name).is_some_and(|id| table.name_counts()[id as usize] > 0);
             let metrics = state.defs.metrics.latest_metrics();
             let view = ProjectView { seen: &seen, metrics: &metrics };
             (plan(framework, mapping, &view, &state.defs.event_types), metrics, state.defs.event_types.clone())

@@ -318,23 +318,23 @@ impl Engine {
         let state = entry.read();
         let table = &state.data.table;
         let mut events_by_name: Vec<(String, u64)> = table
-            .name_counts
+            .name_counts()
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| (table.names.resolve(i as u32).to_owned(), *n))
+            .map(|(i, n)| (table.names().resolve(i as u32).to_owned(), *n))
             .collect();
         events_by_name.sort();
         // Identified users with events or traits; a deleted user keeps its interned id only.
-        let users = (0..table.is_user.len() as u32)
-            .filter(|&p| table.is_user[p as usize] && crate::core::cohort::known(&state.data, p))
+        let users = (0..table.is_user().len() as u32)
+            .filter(|&p| table.is_user()[p as usize] && crate::core::cohort::known(&state.data, p))
             .count() as u64;
         Ok(ProjectStats {
             events: table.len() as u64,
             events_by_name,
             users,
-            first_event: table.min_time,
-            last_event: table.max_time,
+            first_event: table.min_time(),
+            last_event: table.max_time(),
             bytes_on_disk: self.storage.bytes_on_disk()?,
             quarantined: state.data.quarantine.len() as u64,
         })

@@ -27,7 +27,7 @@ impl Engine {
             return Err(not_found());
         }
         let anonymous_ids = table
-            .aliases
+            .aliases()
             .get(&person)
             .map(|anons| anons.iter().map(|&a| table.person_name(a).to_owned()).collect())
             .unwrap_or_default();
@@ -35,8 +35,8 @@ impl Engine {
             user_id: user_id.to_owned(),
             traits: traits.map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
             anonymous_ids,
-            first_seen: rows.first().map(|&r| table.time[r as usize]),
-            last_seen: rows.last().map(|&r| table.time[r as usize]),
+            first_seen: rows.first().map(|&r| table.time()[r as usize]),
+            last_seen: rows.last().map(|&r| table.time()[r as usize]),
             events: rows.len() as u64,
         })
     }
@@ -62,11 +62,11 @@ impl Engine {
         let Some(person) = table.find_user(user_id) else {
             return Err(Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id))));
         };
-        let position = |r: u32| (table.time[r as usize], table.row_event_id(r as usize));
+        let position = |r: u32| (table.time()[r as usize], table.row_event_id(r as usize));
         let mut rows: Vec<u32> = table
             .user_rows(person)
             .into_iter()
-            .filter(|&r| range.contains(table.time[r as usize]))
+            .filter(|&r| range.contains(table.time()[r as usize]))
             .filter(|&r| after.as_ref().is_none_or(|(time, id)| position(r) > (*time, id.as_str())))
             .collect();
         rows.sort_unstable_by(|&a, &b| position(a).cmp(&position(b)));
@@ -117,14 +117,16 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let table = &state.data.table;
-        let generation = table.generation;
-        let name_ids: Vec<u32> = names.iter().filter_map(|n| table.names.get(n)).collect();
+        let generation = table.generation();
+        let name_ids: Vec<u32> = names.iter().filter_map(|n| table.names().get(n)).collect();
         if !names.is_empty() && name_ids.is_empty() {
             return Ok((Vec::new(), generation));
         }
-        let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name[row]);
+        let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name()[row]);
         let mut rows: Vec<u32> = if user_id.is_empty() {
-            (0..table.len() as u32).filter(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize)).collect()
+            (0..table.len() as u32)
+                .filter(|&r| range.contains(table.time()[r as usize]) && name_ok(r as usize))
+                .collect()
         } else {
             let Some(person) = table.find_user(user_id) else {
                 return Ok((Vec::new(), generation));
@@ -132,9 +134,9 @@ impl Engine {
             table.user_rows(person)
         };
         if !user_id.is_empty() {
-            rows.retain(|&r| range.contains(table.time[r as usize]) && name_ok(r as usize));
+            rows.retain(|&r| range.contains(table.time()[r as usize]) && name_ok(r as usize));
         }
-        rows.sort_unstable_by_key(|&r| (table.time[r as usize], r));
+        rows.sort_unstable_by_key(|&r| (table.time()[r as usize], r));
         Ok((rows, generation))
     }
 
@@ -143,7 +145,7 @@ impl Engine {
     pub fn events_at(&self, project: &str, rows: &[u32], generation: u64) -> Result<Vec<Event>> {
         let entry = self.project(project)?;
         let state = entry.read();
-        if state.data.table.generation != generation {
+        if state.data.table.generation() != generation {
             return Err(Error::Aborted("events were deleted while the export ran; retry".into()));
         }
         Ok(rows.iter().map(|&r| state.data.table.event(r as usize)).collect())

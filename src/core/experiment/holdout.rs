@@ -116,16 +116,16 @@ pub fn holding_out<'a>(holdouts: &'a BTreeMap<String, Holdout>, id: &str, now: M
 /// first event there, split by whether the holdout holds their id out (variant 0) or not (1).
 pub(crate) fn seen_people(state: &ProjectData, holdout: &Holdout, from: Micros, to: Micros) -> Exposures {
     let table = &state.table;
-    let mut first = vec![Micros::MAX; table.canonical.len()];
-    for (row, &t) in table.time.iter().enumerate() {
+    let mut first = vec![Micros::MAX; table.canonical().len()];
+    for (row, &t) in table.time().iter().enumerate() {
         if t < from || t >= to {
             continue;
         }
-        let person = table.person[row];
+        let person = table.person()[row];
         if person == NONE {
             continue;
         }
-        let canonical = table.canonical[person as usize] as usize;
+        let canonical = table.canonical()[person as usize] as usize;
         first[canonical] = first[canonical].min(t);
     }
     let mut out = Exposures { per_variant: vec![0, 0], ..Default::default() };

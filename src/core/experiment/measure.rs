@@ -51,23 +51,24 @@ pub fn exposures(
 ) -> Exposures {
     let mut out = Exposures { per_variant: vec![0; experiment.variants.len()], ..Default::default() };
     let (Some(name), Some(experiment_key), Some(variant_key), Some(experiment_value)) = (
-        table.names.get(EXPOSURE_EVENT),
-        table.keys.get(EXPERIMENT_PROPERTY),
-        table.keys.get(VARIANT_PROPERTY),
-        table.strings.get(&experiment.key),
+        table.names().get(EXPOSURE_EVENT),
+        table.keys().get(EXPERIMENT_PROPERTY),
+        table.keys().get(VARIANT_PROPERTY),
+        table.strings().get(&experiment.key),
     ) else {
         return out;
     };
-    let variant_ids: Vec<u32> = experiment.variants.iter().map(|v| table.strings.get(&v.key).unwrap_or(NONE)).collect();
+    let variant_ids: Vec<u32> =
+        experiment.variants.iter().map(|v| table.strings().get(&v.key).unwrap_or(NONE)).collect();
     // Per canonical person: its index in `seen`.
-    let mut slot = vec![NONE; table.canonical.len()];
+    let mut slot = vec![NONE; table.canonical().len()];
     // (person, first exposure, variant, mixed)
     let mut seen: Vec<(u32, Micros, u16, bool)> = Vec::new();
-    for (row, &row_name) in table.name.iter().enumerate() {
+    for (row, &row_name) in table.name().iter().enumerate() {
         if row_name != name {
             continue;
         }
-        let t = table.time[row];
+        let t = table.time()[row];
         if t < from || t >= to {
             continue;
         }
@@ -82,7 +83,7 @@ pub fn exposures(
             }
         }
         let (true, Some(variant)) = (ours, variant) else { continue };
-        let person = table.canonical[table.person[row] as usize];
+        let person = table.canonical()[table.person()[row] as usize];
         if members.is_some_and(|m| !m[person as usize]) {
             continue;
         }
@@ -132,7 +133,7 @@ impl Source {
         let mut total = 0.0;
         for &row in rows {
             let row = row as usize;
-            let t = table.time[row];
+            let t = table.time()[row];
             if t < from || t >= to || !self.matcher.matches(table, person, row) {
                 continue;
             }
@@ -190,7 +191,7 @@ pub fn summary_kind(metric: &Metric, metrics: &BTreeMap<String, Metric>) -> std:
 
 fn source(state: &ProjectData, metric: &Metric, aggregate: impl Fn(u32) -> Aggregate) -> Result<Source> {
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let property = state.table.keys.get(&metric.property).unwrap_or(NONE);
+    let property = state.table.keys().get(&metric.property).unwrap_or(NONE);
     Ok(Source { matcher: Matcher::new(state, selector, &[], None), aggregate: aggregate(property) })
 }
 
@@ -233,7 +234,7 @@ impl UserMetric {
                     constants: metric
                         .constant_properties
                         .iter()
-                        .map(|p| state.table.keys.get(p).unwrap_or(NONE))
+                        .map(|p| state.table.keys().get(p).unwrap_or(NONE))
                         .collect(),
                 }
             }
@@ -257,17 +258,17 @@ impl UserMetric {
             UserMetric::Ratio(x, y) => (x.value(table, person, rows, from, to), y.value(table, person, rows, from, to)),
             UserMetric::Conversion { first, then, window, constants } => {
                 scratch.clear();
-                let inside = |row: usize| (from..to).contains(&table.time[row]);
+                let inside = |row: usize| (from..to).contains(&table.time()[row]);
                 scratch.extend(
                     rows.iter()
                         .filter(|&&r| inside(r as usize) && then.matches(table, person, r as usize))
-                        .map(|&r| (table.time[r as usize], r)),
+                        .map(|&r| (table.time()[r as usize], r)),
                 );
                 let converted = rows.iter().map(|&r| r as usize).any(|a| {
                     if !inside(a) || !first.matches(table, person, a) {
                         return false;
                     }
-                    let ta = table.time[a];
+                    let ta = table.time()[a];
                     scratch.iter().any(|&(tb, b)| {
                         tb >= ta
                             && tb - ta <= *window

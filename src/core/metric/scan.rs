@@ -180,16 +180,16 @@ pub(crate) fn for_listed_people(
         if i.is_multiple_of(crate::core::cancel::CHECK_EVERY) && crate::core::cancel::stopped() {
             return;
         }
-        match table.aliases.get(&person) {
+        match table.aliases().get(&person) {
             Some(anons) if !anons.is_empty() => {
                 merged.clear();
-                merged.extend_from_slice(&table.person_rows[person as usize]);
+                merged.extend_from_slice(&table.person_rows()[person as usize]);
                 for &anon in anons {
-                    merged.extend_from_slice(&table.person_rows[anon as usize]);
+                    merged.extend_from_slice(&table.person_rows()[anon as usize]);
                 }
                 visit(person, &merged);
             }
-            _ => visit(person, &table.person_rows[person as usize]),
+            _ => visit(person, &table.person_rows()[person as usize]),
         }
     }
 }
@@ -206,11 +206,11 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
 
     let table = &state.table;
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let name = table.names.get(&selector.event).unwrap_or(NONE);
+    let name = table.names().get(&selector.event).unwrap_or(NONE);
     let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
     let filters = CompiledFilters::compile(state, &filters, query.members.as_ref().map(|m| m.as_slice()));
     let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
-    let property = if needs_value { table.keys.get(&metric.property).unwrap_or(NONE) } else { NONE };
+    let property = if needs_value { table.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
 
     let mut groups = Groups::new(state, query.breakdown.as_deref());
     let order = state.person_order.get(table);
@@ -352,14 +352,14 @@ impl Matcher {
     ) -> Matcher {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         Matcher {
-            name: state.table.names.get(&selector.event).unwrap_or(NONE),
+            name: state.table.names().get(&selector.event).unwrap_or(NONE),
             filters: CompiledFilters::compile(state, &filters, members.map(|m| m.as_slice())),
         }
     }
 
     pub(crate) fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
         self.name != NONE
-            && table.name[row] == self.name
+            && table.name()[row] == self.name
             && self.filters.person_passes(person)
             && self.filters.row_passes(table, row)
     }
@@ -497,12 +497,12 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
     let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
     let then = Matcher::new(state, b, &[], None);
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
-    let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys.get(p).unwrap_or(NONE)).collect();
+    let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys().get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
     share_metric(state, query, |groups, person, rows, out| {
         successes.clear();
         successes.extend(
-            rows.iter().map(|&r| r as usize).filter(|&r| then.matches(table, person, r)).map(|r| (table.time[r], r)),
+            rows.iter().map(|&r| r as usize).filter(|&r| then.matches(table, person, r)).map(|r| (table.time()[r], r)),
         );
         successes.sort_unstable();
         for &row in rows {
@@ -510,7 +510,7 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
             if !first.matches(table, person, row) {
                 continue;
             }
-            let t = table.time[row];
+            let t = table.time()[row];
             let start = successes.partition_point(|&(tb, _)| tb < t);
             let succeeded = successes[start..].iter().take_while(|&&(tb, _)| tb - t <= window).any(|&(_, rb)| {
                 constants
@@ -547,12 +547,12 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
         let Some(&first_row) = rows
             .iter()
             .filter(|&&r| first.matches(table, person, r as usize))
-            .min_by_key(|&&r| (table.time[r as usize], r))
+            .min_by_key(|&&r| (table.time()[r as usize], r))
         else {
             return;
         };
         let first_row = first_row as usize;
-        let t0 = table.time[first_row];
+        let t0 = table.time()[first_row];
         let (start, end) = if metric.retention_rolling {
             let period = period_days * 86_400_000_000;
             (t0.saturating_add(offset.saturating_mul(period)), t0.saturating_add((offset + 1).saturating_mul(period)))
@@ -562,7 +562,7 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
             (start, time::next(start, granularity, query.tz))
         };
         let succeeded = rows.iter().map(|&r| r as usize).any(|r| {
-            let t = table.time[r];
+            let t = table.time()[r];
             then.matches(table, person, r) && t >= start && (metric.retention_unbounded || t < end)
         });
         out.push(Entry { time: t0, group: groups.group(table, person, first_row), succeeded });

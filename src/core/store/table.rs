@@ -74,38 +74,38 @@ fn anonymous_key(anonymous_id: &str) -> String {
 
 #[derive(Debug, Default)]
 pub struct EventTable {
-    pub names: Interner,
-    pub keys: Interner,
-    pub strings: Interner,
-    pub people: Interner,
+    pub(in crate::core::store) names: Interner,
+    pub(in crate::core::store) keys: Interner,
+    pub(in crate::core::store) strings: Interner,
+    pub(in crate::core::store) people: Interner,
     /// Per person: the person whose events these are (itself, or the user an anonymous id is
     /// aliased to).
-    pub canonical: Vec<u32>,
+    pub(in crate::core::store) canonical: Vec<u32>,
     /// Per person: true for user ids, false for anonymous ids.
-    pub is_user: Vec<bool>,
+    pub(in crate::core::store) is_user: Vec<bool>,
     /// Per user person: the anonymous people aliased to it.
-    pub aliases: HashMap<u32, Vec<u32>>,
+    pub(in crate::core::store) aliases: HashMap<u32, Vec<u32>>,
     /// Per person: its rows in arrival order.
-    pub person_rows: Vec<Vec<u32>>,
-    pub name_counts: Vec<u64>,
+    pub(in crate::core::store) person_rows: Vec<Vec<u32>>,
+    pub(in crate::core::store) name_counts: Vec<u64>,
 
     // Row columns.
-    pub person: Vec<u32>,
-    pub anonymous: Vec<u32>,
-    pub time: Vec<Micros>,
-    pub name: Vec<u32>,
+    pub(in crate::core::store) person: Vec<u32>,
+    pub(in crate::core::store) anonymous: Vec<u32>,
+    pub(in crate::core::store) time: Vec<Micros>,
+    pub(in crate::core::store) name: Vec<u32>,
     /// Row i's properties are `props[prop_end[i-1]..prop_end[i]]`.
-    pub prop_end: Vec<u32>,
-    pub props: Vec<Prop>,
+    pub(in crate::core::store) prop_end: Vec<u32>,
+    pub(in crate::core::store) props: Vec<Prop>,
     /// Row i's event id is `id_bytes[id_end[i-1]..id_end[i]]`.
-    pub id_end: Vec<u64>,
-    pub id_bytes: Vec<u8>,
-    pub min_time: Option<Micros>,
-    pub max_time: Option<Micros>,
+    pub(in crate::core::store) id_end: Vec<u64>,
+    pub(in crate::core::store) id_bytes: Vec<u8>,
+    pub(in crate::core::store) min_time: Option<Micros>,
+    pub(in crate::core::store) max_time: Option<Micros>,
     /// Rows marked by `erase`, removed by the next `compact`.
     erased: Vec<u32>,
     /// Bumped whenever `compact` renumbers rows.
-    pub generation: u64,
+    pub(in crate::core::store) generation: u64,
     /// Changes whenever rows change owner or number, or the table is replaced, so layouts
     /// derived from it (see `person_order`) know when to rebuild.
     layout: LayoutVersion,
@@ -345,6 +345,65 @@ impl EventTable {
         }
         rows.sort_unstable_by_key(|&r| (self.time[r as usize], r));
         rows
+    }
+}
+
+/// Read-only access to the columns, for the analyses: only the store changes them (through
+/// `push`, `alias`, `erase` and `compact`), so readers never see a half-applied record.
+impl EventTable {
+    pub fn names(&self) -> &Interner {
+        &self.names
+    }
+    pub fn keys(&self) -> &Interner {
+        &self.keys
+    }
+    pub fn strings(&self) -> &Interner {
+        &self.strings
+    }
+    pub fn people(&self) -> &Interner {
+        &self.people
+    }
+    /// Per person: the person whose events these are (itself, or the user it is aliased to).
+    pub fn canonical(&self) -> &[u32] {
+        &self.canonical
+    }
+    /// Per person: true for user ids, false for anonymous ids.
+    pub fn is_user(&self) -> &[bool] {
+        &self.is_user
+    }
+    /// Per user person: the anonymous people aliased to it.
+    pub fn aliases(&self) -> &HashMap<u32, Vec<u32>> {
+        &self.aliases
+    }
+    /// Per person: its rows in arrival order.
+    pub fn person_rows(&self) -> &[Vec<u32>] {
+        &self.person_rows
+    }
+    /// Per event name: its stored events.
+    pub fn name_counts(&self) -> &[u64] {
+        &self.name_counts
+    }
+    /// Per row: the person who did it.
+    pub fn person(&self) -> &[u32] {
+        &self.person
+    }
+    /// Per row: its time.
+    pub fn time(&self) -> &[Micros] {
+        &self.time
+    }
+    /// Per row: its event name id.
+    pub fn name(&self) -> &[u32] {
+        &self.name
+    }
+    pub fn min_time(&self) -> Option<Micros> {
+        self.min_time
+    }
+    pub fn max_time(&self) -> Option<Micros> {
+        self.max_time
+    }
+    /// Bumped whenever `compact` renumbers rows.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
