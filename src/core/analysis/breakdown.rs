@@ -116,6 +116,22 @@ impl Groups {
     }
 }
 
+/// Ranks breakdown groups best first (`better` says which of two is, ties go by label in byte
+/// order) and splits them at the breakdown limit (0: the default): the groups kept, in rank
+/// order, and the rest, which the caller folds into one `$other` group. Metrics, funnels,
+/// retention and cohort tables all rank and cut here.
+pub fn top_groups<T, L: Ord>(
+    mut groups: Vec<T>,
+    limit: usize,
+    label: impl Fn(&T) -> L,
+    better: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> (Vec<T>, Vec<T>) {
+    groups.sort_by(|a, b| better(a, b).then_with(|| label(a).cmp(&label(b))));
+    let limit = breakdown_limit_or_default(limit);
+    let rest = if groups.len() > limit { groups.split_off(limit) } else { Vec::new() };
+    (groups, rest)
+}
+
 /// Keeps the first `limit` groups of `ranked` and maps the rest to one `$other` group: the
 /// kept labels (with `$other` last when anything was folded) and a raw-group → series map.
 /// Unranked groups have no rows in the range, so where they map does not matter.
@@ -132,4 +148,20 @@ pub(crate) fn fold_tail(ranked: &[usize], labels: &[String], limit: usize) -> (V
         kept.push(OTHER.into());
     }
     (kept, remap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_groups_rank_by_score_then_label_and_cut_at_the_limit() {
+        let groups = vec![("b", 5), ("a", 5), ("c", 9), ("d", 1)];
+        let (kept, rest) = top_groups(groups.clone(), 2, |g| g.0, |x, y| y.1.cmp(&x.1));
+        assert_eq!(kept, vec![("c", 9), ("a", 5)]);
+        assert_eq!(rest, vec![("b", 5), ("d", 1)]);
+        // 0 is the default limit (10): nothing is folded here.
+        let (kept, rest) = top_groups(groups, 0, |g| g.0, |x, y| y.1.cmp(&x.1));
+        assert_eq!((kept.len(), rest.len()), (4, 0));
+    }
 }

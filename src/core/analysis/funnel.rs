@@ -11,7 +11,7 @@
 //! Rows are pre-classified once per person into bit masks of the steps and exclusions they
 //! match (at most 64 of each), so attempts compare integers only.
 
-use crate::core::analysis::breakdown::{Groups, OTHER, breakdown_limit_or_default};
+use crate::core::analysis::breakdown::{Groups, OTHER, top_groups};
 use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
 use crate::core::model::Micros;
@@ -456,19 +456,22 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
         }
         return Ok(FunnelResult { steps: total.steps(&events), breakdowns: Vec::new() });
     }
-    let mut ranked: Vec<(usize, GroupCounts)> =
-        counts.into_iter().enumerate().filter(|(_, c)| c.users[0] > 0).collect();
-    ranked.sort_by(|(a, ca), (b, cb)| cb.users[0].cmp(&ca.users[0]).then(labels[*a].cmp(&labels[*b])));
-    let limit = breakdown_limit_or_default(query.breakdown_limit);
+    let entered: Vec<(usize, GroupCounts)> = counts.into_iter().enumerate().filter(|(_, c)| c.users[0] > 0).collect();
+    let (kept, rest) = top_groups(
+        entered,
+        query.breakdown_limit,
+        |(g, _)| labels[*g].as_str(),
+        |a, b| b.1.users[0].cmp(&a.1.users[0]),
+    );
     let mut breakdowns = Vec::new();
     let mut other: Option<GroupCounts> = None;
-    for (position, (group, group_counts)) in ranked.into_iter().enumerate() {
+    for (group, group_counts) in kept {
         total.merge(group_counts.clone());
-        if position < limit {
-            breakdowns.push((labels[group].clone(), group_counts));
-        } else {
-            other.get_or_insert_with(|| GroupCounts::new(n)).merge(group_counts);
-        }
+        breakdowns.push((labels[group].clone(), group_counts));
+    }
+    for (_, group_counts) in rest {
+        total.merge(group_counts.clone());
+        other.get_or_insert_with(|| GroupCounts::new(n)).merge(group_counts);
     }
     if let Some(other) = other {
         breakdowns.push((OTHER.to_owned(), other));

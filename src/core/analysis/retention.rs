@@ -8,7 +8,7 @@
 
 use hashbrown::HashMap;
 
-use crate::core::analysis::breakdown::{Groups, OTHER, breakdown_limit_or_default};
+use crate::core::analysis::breakdown::{Groups, OTHER, breakdown_limit_or_default, top_groups};
 use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
 use crate::core::metric::definition::Period;
@@ -376,12 +376,15 @@ impl Grid {
             for ((_, group), cell) in &cells {
                 size_by_group[*group as usize] += cell.size;
             }
-            let mut ranked: Vec<usize> = (0..labels.len()).filter(|&g| size_by_group[g] > 0).collect();
-            ranked.sort_by(|&a, &b| size_by_group[b].cmp(&size_by_group[a]).then(labels[a].cmp(&labels[b])));
-            for (position, &group) in ranked.iter().enumerate() {
-                if position < self.breakdown_limit.max(1) {
-                    remap[group] = Some(group);
-                }
+            let entered: Vec<usize> = (0..labels.len()).filter(|&g| size_by_group[g] > 0).collect();
+            let (kept, _) = top_groups(
+                entered,
+                self.breakdown_limit,
+                |&g| labels[g].as_str(),
+                |&a, &b| size_by_group[b].cmp(&size_by_group[a]),
+            );
+            for group in kept {
+                remap[group] = Some(group);
             }
         }
         let mut merged: std::collections::BTreeMap<(u32, String), RowAccumulator> = Default::default();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::analysis::breakdown::top_groups;
 use crate::core::filter;
 use crate::core::metric::definition::{Metric, MetricBook, MetricKind, MetricRole, validate_references};
 use crate::core::metric::scan::{self, MetricQuery, Point, Series};
@@ -198,12 +199,15 @@ fn manual_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> V
         group.total.add(value.timestamp, value.value);
     }
     let last = metric.semi_additive_last;
-    let mut ranked: Vec<(String, ManualGroup)> = groups.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.total.value(last).total_cmp(&a.1.total.value(last)).then(a.0.cmp(&b.0)));
-    let limit = query.breakdown_limit.max(1);
-    if query.breakdown.is_some() && ranked.len() > limit {
+    let (mut ranked, rest) = top_groups(
+        groups.into_iter().collect::<Vec<(String, ManualGroup)>>(),
+        query.breakdown_limit,
+        |g| g.0.clone(),
+        |a, b| b.1.total.value(last).total_cmp(&a.1.total.value(last)),
+    );
+    if !rest.is_empty() {
         let mut other = empty();
-        for (_, group) in ranked.split_off(limit) {
+        for (_, group) in rest {
             for (into, from) in other.buckets.iter_mut().zip(&group.buckets) {
                 into.merge(from);
             }

@@ -10,7 +10,7 @@
 
 use chrono_tz::Tz;
 
-use crate::core::analysis::breakdown::{Groups, fold_tail};
+use crate::core::analysis::breakdown::{Groups, breakdown_limit_or_default, fold_tail, top_groups};
 use crate::core::cohort::Members;
 use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
@@ -261,19 +261,17 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
             });
         };
 
-    let limit = query.breakdown_limit.max(1);
+    let limit = breakdown_limit_or_default(query.breakdown_limit);
     // Orders active groups (with a matching event in the range) by their total, best first.
     let rank = |totals: &mut Cells, labels: &[String]| -> Vec<usize> {
         totals.grow(labels.len());
         let active: Vec<usize> = (0..labels.len()).filter(|&g| totals.count[g] > 0).collect();
-        let mut ranked: Vec<(usize, Option<f64>)> =
+        let active: Vec<(usize, Option<f64>)> =
             active.into_iter().map(|g| (g, totals.value(g, metric.percentile))).collect();
-        ranked.sort_by(|a, b| {
-            b.1.unwrap_or(f64::NEG_INFINITY)
-                .total_cmp(&a.1.unwrap_or(f64::NEG_INFINITY))
-                .then(labels[a.0].cmp(&labels[b.0]))
-        });
-        ranked.into_iter().map(|(g, _)| g).collect()
+        let score = |v: &Option<f64>| v.unwrap_or(f64::NEG_INFINITY);
+        let (kept, rest) =
+            top_groups(active, usize::MAX, |(g, _)| labels[*g].as_str(), |a, b| score(&b.1).total_cmp(&score(&a.1)));
+        kept.into_iter().chain(rest).map(|(g, _)| g).collect()
     };
     let mut totals = Cells::new(metric.kind, 0);
     // With no breakdown, or a trait breakdown with at most `limit` values, one pass fills
@@ -458,9 +456,15 @@ fn share_metric(
         run(&mut groups, None, &mut cells, &mut totals);
         let labels = groups.labels();
         totals.grow(labels.len());
-        let mut ranked: Vec<usize> = (0..labels.len()).filter(|&g| totals.entered[g] > 0).collect();
-        ranked.sort_by(|&a, &b| totals.entered[b].cmp(&totals.entered[a]).then(labels[a].cmp(&labels[b])));
-        let (kept, remap) = fold_tail(&ranked, &labels, query.breakdown_limit.max(1));
+        let entered: Vec<usize> = (0..labels.len()).filter(|&g| totals.entered[g] > 0).collect();
+        let (kept, rest) = top_groups(
+            entered,
+            usize::MAX,
+            |&g| labels[g].as_str(),
+            |&a, &b| totals.entered[b].cmp(&totals.entered[a]),
+        );
+        let ranked: Vec<usize> = kept.into_iter().chain(rest).collect();
+        let (kept, remap) = fold_tail(&ranked, &labels, breakdown_limit_or_default(query.breakdown_limit));
         cells = ShareCells::new(kept.len() * buckets);
         totals = ShareCells::new(kept.len());
         run(&mut groups, Some(&remap), &mut cells, &mut totals);
