@@ -1,14 +1,16 @@
 //! The domain: no tonic, prost or sled types here.
 //!
 //! Map, lower floors first (a module imports only from its own floor or below):
-//! - `model`, `time`, `page`, `filter`: plain types, calendar buckets, paging, event selectors.
-//! - `store`: a project's events in memory (columnar table, person order, trait groups).
+//! - `model`, `time`, `page`, `filter`, `bounds`, `cancel`: plain types, calendar buckets,
+//!   paging, event selectors, request-size limits, cancellation of long scans.
+//! - `store`: a project's events in memory (columnar table, person order, trait groups) and
+//!   the log record that changes them.
 //! - `catalog`, `auth`: the tracking plan, API keys and roles.
-//! - `metric`, `goal`, `cohort`, `analysis`, `experiment`: the analyses; each reads a project
-//!   view and the definitions it needs, never the engine.
-//! - `ingest`: validation and the single writer; `expiry`: data retention.
-//! - `engine`: projects, the definitions registry, and the application calls the gRPC adapter
-//!   makes (one per RPC), built from the floors below.
+//! - `metric`, `goal`, `cohort`, `analysis`, `experiment`, `framework`: the analyses; each
+//!   reads a project's `ProjectData` and the definitions it needs, never the engine.
+//! - `ingest`: validation and the single writer.
+//! - `engine`: projects, the definitions registry, and the application calls the adapters
+//!   make (one per RPC, plus the dashboard's view model), built from the floors below.
 
 pub mod analysis;
 pub mod auth;
