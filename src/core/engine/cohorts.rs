@@ -2,8 +2,8 @@
 
 use crate::core::catalog::validate_slug;
 use crate::core::cohort::*;
-use crate::core::engine::Engine;
 use crate::core::engine::meta::MetaKey;
+use crate::core::engine::{Definitions, Engine};
 use crate::core::model::{Micros, now_micros};
 use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, Result, echo};
@@ -26,12 +26,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        state
-            .defs
-            .cohorts
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))
+        state.defs.cohort(id).cloned()
     }
 
     /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
@@ -83,11 +78,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let cohort = state
-            .defs
-            .cohorts
-            .get(id)
-            .ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))?;
+        let cohort = state.defs.cohort(id)?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
             Definition::Conditions(_) => member_ids(&state.data, &evaluate(&state.data, cohort, now_micros())),
@@ -100,11 +91,7 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let cohort = state
-            .defs
-            .cohorts
-            .get(id)
-            .ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))?;
+        let cohort = state.defs.cohort(id)?;
         let now = now_micros();
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,
@@ -115,5 +102,11 @@ impl Engine {
             }
         };
         Ok((size, now))
+    }
+}
+
+impl Definitions {
+    fn cohort(&self, id: &str) -> Result<&Cohort> {
+        self.cohorts.get(id).ok_or_else(|| Error::NotFound(format!("cohort {id} not found", id = echo(id))))
     }
 }
