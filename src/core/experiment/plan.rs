@@ -77,29 +77,14 @@ pub fn plan(r: &PlanRequest) -> Result<Plan> {
         return Err(Error::invalid("daily_users", format!("must be non-negative, got {}", r.daily_users)));
     }
     let sided = r.sided;
-    let test_alpha = stats::bonferroni_alpha(alpha, variants);
+    let design = stats::Design { alpha: stats::bonferroni_alpha(alpha, variants), power, sided };
     let proportion = r.baseline_proportion != 0.0;
 
     let (users_per_variant, mde) = if r.mde > 0.0 {
         let n = if proportion {
-            stats::sample_size_per_variant_proportion(
-                r.baseline_proportion,
-                r.mde,
-                r.relative,
-                test_alpha,
-                power,
-                sided,
-            )
+            stats::sample_size_per_variant_proportion(r.baseline_proportion, r.mde, r.relative, design)
         } else {
-            stats::sample_size_per_variant(
-                r.baseline_mean,
-                r.baseline_variance,
-                r.mde,
-                r.relative,
-                test_alpha,
-                power,
-                sided,
-            )
+            stats::sample_size_per_variant(r.baseline_mean, r.baseline_variance, r.mde, r.relative, design)
         }
         .map_err(plan_error)?;
         let n = round_up(n);
@@ -110,17 +95,9 @@ pub fn plan(r: &PlanRequest) -> Result<Plan> {
     } else {
         let n = r.users_per_variant as f64;
         let mde = if proportion {
-            stats::minimum_detectable_effect_proportion(n, r.baseline_proportion, r.relative, test_alpha, power, sided)
+            stats::minimum_detectable_effect_proportion(n, r.baseline_proportion, r.relative, design)
         } else {
-            stats::minimum_detectable_effect(
-                n,
-                r.baseline_variance,
-                r.baseline_mean,
-                r.relative,
-                test_alpha,
-                power,
-                sided,
-            )
+            stats::minimum_detectable_effect(n, r.baseline_variance, r.baseline_mean, r.relative, design)
         }
         .map_err(plan_error)?;
         (r.users_per_variant, mde)

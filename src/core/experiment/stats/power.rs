@@ -10,6 +10,20 @@ pub fn bonferroni_alpha(alpha: f64, variants: u32) -> f64 {
 }
 
 /// `z_{1−α/s} + z_{power}` with `s` = 2 for two-sided tests, 1 otherwise.
+/// What a planned test is to achieve: its level, its power and its sides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Design {
+    pub alpha: f64,
+    pub power: f64,
+    pub sided: Sided,
+}
+
+impl Design {
+    fn z_sum(self) -> Result<f64, StatsError> {
+        z_sum(self.alpha, self.power, self.sided)
+    }
+}
+
 pub(crate) fn z_sum(alpha: f64, power: f64, sided: Sided) -> Result<f64, StatsError> {
     unit_open("alpha", alpha)?;
     unit_open("power", power)?;
@@ -43,13 +57,11 @@ pub fn sample_size_per_variant(
     baseline_variance: f64,
     mde: f64,
     relative: bool,
-    alpha: f64,
-    power: f64,
-    sided: Sided,
+    design: Design,
 ) -> Result<f64, StatsError> {
     let variance = positive("baseline_variance", baseline_variance)?;
     let delta = absolute_mde(mde, baseline_mean, relative, "baseline_mean")?;
-    let z = z_sum(alpha, power, sided)?;
+    let z = design.z_sum()?;
     finite(|| "mde".into(), z * z * 2.0 * variance / (delta * delta))
 }
 
@@ -59,9 +71,7 @@ pub fn sample_size_per_variant_proportion(
     baseline_proportion: f64,
     mde: f64,
     relative: bool,
-    alpha: f64,
-    power: f64,
-    sided: Sided,
+    design: Design,
 ) -> Result<f64, StatsError> {
     let p = unit_open("baseline_proportion", baseline_proportion)?;
     let delta = absolute_mde(mde, p, relative, "baseline_proportion")?;
@@ -72,7 +82,7 @@ pub fn sample_size_per_variant_proportion(
             reason: format!("the baseline proportion plus the effect is {target}, above 1"),
         });
     }
-    let z = z_sum(alpha, power, sided)?;
+    let z = design.z_sum()?;
     finite(|| "mde".into(), z * z * (p * (1.0 - p) + target * (1.0 - target)) / (delta * delta))
 }
 
@@ -84,13 +94,11 @@ pub fn minimum_detectable_effect(
     variance: f64,
     mean: f64,
     relative: bool,
-    alpha: f64,
-    power: f64,
-    sided: Sided,
+    design: Design,
 ) -> Result<f64, StatsError> {
     let n = positive("users_per_variant", users_per_variant)?;
     let variance = positive("variance", variance)?;
-    let delta = mde_from_standard_error((2.0 * variance / n).sqrt(), alpha, power, sided)?;
+    let delta = mde_from_standard_error((2.0 * variance / n).sqrt(), design.alpha, design.power, design.sided)?;
     scale_effect(delta, mean, relative)
 }
 
@@ -114,13 +122,11 @@ pub fn minimum_detectable_effect_proportion(
     users_per_variant: f64,
     baseline_proportion: f64,
     relative: bool,
-    alpha: f64,
-    power: f64,
-    sided: Sided,
+    design: Design,
 ) -> Result<f64, StatsError> {
     let n = positive("users_per_variant", users_per_variant)?;
     let p = unit_open("baseline_proportion", baseline_proportion)?;
-    let k = z_sum(alpha, power, sided)?;
+    let k = design.z_sum()?;
     let c = k * k / n;
     let b = c * (1.0 - 2.0 * p);
     let delta = (b + (b * b + 8.0 * c * (1.0 + c) * p * (1.0 - p)).sqrt()) / (2.0 * (1.0 + c));

@@ -336,22 +336,29 @@ fn sample_size_matches_statsmodels() {
     // Mean 10, variance 4, +5% relative → Δ = 0.5, effect size d = Δ/σ = 0.25.
     // statsmodels NormalIndPower().solve_power(effect_size=0.25, alpha=0.05, power=0.8,
     // ratio=1, alternative=...) (it also counts the far tail of a two-sided test).
-    let n = sample_size_per_variant(10.0, 4.0, 0.05, true, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let n = sample_size_per_variant(10.0, 4.0, 0.05, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+        .unwrap();
     assert_close(n, 251.16353630180953, 1e-5);
-    let n = sample_size_per_variant(10.0, 4.0, 0.5, false, 0.05, 0.8, Sided::Greater).unwrap();
+    let n = sample_size_per_variant(10.0, 4.0, 0.5, false, Design { alpha: 0.05, power: 0.8, sided: Sided::Greater })
+        .unwrap();
     // statsmodels' root finder gives 197.84183122339462; the closed form
     // 2 (norm.isf(0.05) + norm.isf(0.2))² / 0.25² (scipy) is exact:
     assert_close(n, 197.84183122339462, 1e-8);
     assert_close(n, 197.84183142463266, 1e-13);
     // NormalIndPower().solve_power(effect_size=0.1, alpha=0.01, power=0.9)
-    let n = sample_size_per_variant(0.0, 1.0, 0.1, false, 0.01, 0.9, Sided::TwoSided).unwrap();
+    let n = sample_size_per_variant(0.0, 1.0, 0.1, false, Design { alpha: 0.01, power: 0.9, sided: Sided::TwoSided })
+        .unwrap();
     assert_close(n, 2975.8774332994276, 1e-6);
     // TTestIndPower gives 252.13 for the first case: the t-test needs about one user more.
     // Proportions, 10% → 11%: statsmodels.stats.power.normal_sample_size_one_tail(0.01, 0.8,
     // 0.05 / 2, std_null=sqrt(0.1·0.9 + 0.11·0.89))
-    let n = sample_size_per_variant_proportion(0.1, 0.1, true, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let n =
+        sample_size_per_variant_proportion(0.1, 0.1, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+            .unwrap();
     assert_close(n, 14748.045020841955, 1e-9);
-    let n = sample_size_per_variant_proportion(0.1, 0.01, false, 0.05, 0.8, Sided::Less).unwrap();
+    let n =
+        sample_size_per_variant_proportion(0.1, 0.01, false, Design { alpha: 0.05, power: 0.8, sided: Sided::Less })
+            .unwrap();
     assert_close(n, 11617.025038965163, 1e-9);
     // Bonferroni split for more than two variants.
     assert_eq!(bonferroni_alpha(0.05, 2), 0.05);
@@ -374,17 +381,34 @@ fn power_and_mde_match_statsmodels() {
     // far tail of the two-sided test (3e-6 smaller); the closed form
     // (norm.isf(0.025) + norm.isf(0.2)) sqrt(2/1000) = 0.12529069984918348 (scipy) does not.
     // σ = 3 → Δ = 3d.
-    let mde = minimum_detectable_effect(1000.0, 9.0, 0.0, false, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let mde =
+        minimum_detectable_effect(1000.0, 9.0, 0.0, false, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+            .unwrap();
     assert_close(mde, 3.0 * 0.1252903452971738, 1e-5);
     assert_close(mde, 3.0 * 0.12529069984918348, 1e-13);
-    let rel = minimum_detectable_effect(1000.0, 9.0, 30.0, true, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let rel =
+        minimum_detectable_effect(1000.0, 9.0, 30.0, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+            .unwrap();
     assert_close(rel, 0.12529069984918348 / 10.0, 1e-13);
     // MDE and sample size are inverses.
-    let n = sample_size_per_variant(30.0, 9.0, rel, true, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let n = sample_size_per_variant(30.0, 9.0, rel, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+        .unwrap();
     assert_close(n, 1000.0, 1e-12);
-    let d = minimum_detectable_effect_proportion(14748.045020841955, 0.1, false, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let d = minimum_detectable_effect_proportion(
+        14748.045020841955,
+        0.1,
+        false,
+        Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided },
+    )
+    .unwrap();
     assert_close(d, 0.01, 1e-9);
-    let r = minimum_detectable_effect_proportion(14748.045020841955, 0.1, true, 0.05, 0.8, Sided::TwoSided).unwrap();
+    let r = minimum_detectable_effect_proportion(
+        14748.045020841955,
+        0.1,
+        true,
+        Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided },
+    )
+    .unwrap();
     assert_close(r, 0.1, 1e-9);
     // Power at the MDE is the requested power (one-sided: exactly).
     let se = 0.37;
@@ -396,19 +420,35 @@ fn power_and_mde_match_statsmodels() {
 
 #[test]
 fn planning_errors() {
-    let err = sample_size_per_variant(0.0, 4.0, 0.05, true, 0.05, 0.8, Sided::TwoSided).unwrap_err();
+    let err = sample_size_per_variant(0.0, 4.0, 0.05, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+        .unwrap_err();
     assert_eq!(err, StatsError::ZeroControlMean { field: "baseline_mean".into() });
-    let err = sample_size_per_variant(10.0, 0.0, 0.05, true, 0.05, 0.8, Sided::TwoSided).unwrap_err();
+    let err =
+        sample_size_per_variant(10.0, 0.0, 0.05, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+            .unwrap_err();
     assert_eq!(err.field(), Some("baseline_variance"));
-    let err = sample_size_per_variant(10.0, 4.0, 0.0, true, 0.05, 0.8, Sided::TwoSided).unwrap_err();
+    let err = sample_size_per_variant(10.0, 4.0, 0.0, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+        .unwrap_err();
     assert_eq!(err.field(), Some("mde"));
-    let err = sample_size_per_variant(10.0, 4.0, 0.05, true, 0.05, 1.0, Sided::TwoSided).unwrap_err();
+    let err =
+        sample_size_per_variant(10.0, 4.0, 0.05, true, Design { alpha: 0.05, power: 1.0, sided: Sided::TwoSided })
+            .unwrap_err();
     assert_eq!(err.to_string(), "power must be in (0, 1), got 1");
-    let err = sample_size_per_variant_proportion(0.6, 1.0, true, 0.05, 0.8, Sided::TwoSided).unwrap_err();
+    let err =
+        sample_size_per_variant_proportion(0.6, 1.0, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+            .unwrap_err();
     assert_eq!(err.field(), Some("mde"));
-    let err = sample_size_per_variant_proportion(0.0, 0.1, true, 0.05, 0.8, Sided::TwoSided).unwrap_err();
+    let err =
+        sample_size_per_variant_proportion(0.0, 0.1, true, Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided })
+            .unwrap_err();
     assert_eq!(err.field(), Some("baseline_proportion"));
-    let err = minimum_detectable_effect_proportion(3.0, 0.9, false, 0.05, 0.8, Sided::TwoSided).unwrap_err();
+    let err = minimum_detectable_effect_proportion(
+        3.0,
+        0.9,
+        false,
+        Design { alpha: 0.05, power: 0.8, sided: Sided::TwoSided },
+    )
+    .unwrap_err();
     assert_eq!(err.field(), Some("users_per_variant"));
     let err = power(0.1, 0.0, 1.0, 1.0, false, 0.05, Sided::TwoSided).unwrap_err();
     assert_eq!(err.field(), Some("users_per_variant"));
