@@ -70,7 +70,7 @@ pub struct Series {
 }
 
 /// The time window each bucket aggregates over.
-fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<(Micros, Micros)> {
+pub(crate) fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<(Micros, Micros)> {
     bounds
         .windows(2)
         .map(|b| {
@@ -89,7 +89,7 @@ fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Ve
 
 /// Hashable form of a cell, for grouping by an event property.
 /// Accumulators for `cells` cells of one aggregate kind.
-struct Cells {
+pub(crate) struct Cells {
     kind: MetricKind,
     count: Vec<u64>,
     sum: Vec<f64>,
@@ -100,7 +100,7 @@ struct Cells {
 }
 
 impl Cells {
-    fn new(kind: MetricKind, cells: usize) -> Cells {
+    pub(crate) fn new(kind: MetricKind, cells: usize) -> Cells {
         let sized = |on: bool, fill: f64| if on { vec![fill; cells] } else { Vec::new() };
         Cells {
             kind,
@@ -114,7 +114,7 @@ impl Cells {
     }
 
     #[inline]
-    fn add(&mut self, cell: usize, person: u32, value: f64) {
+    pub(crate) fn add(&mut self, cell: usize, person: u32, value: f64) {
         match self.kind {
             MetricKind::UniqueUsers => {
                 if self.last_person[cell] != person {
@@ -142,7 +142,7 @@ impl Cells {
         }
     }
 
-    fn value(&mut self, cell: usize, percentile: f64) -> Option<f64> {
+    pub(crate) fn value(&mut self, cell: usize, percentile: f64) -> Option<f64> {
         let n = self.count[cell];
         match self.kind {
             MetricKind::Count | MetricKind::UniqueUsers => Some(n as f64),
