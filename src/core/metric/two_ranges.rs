@@ -1,9 +1,9 @@
 //! A metric's totals over two ranges (a range and its comparison period) in one pass over the
 //! events, for the metric tree: the same cells `scan::event_aggregate` fills, one per range.
 
-use crate::core::filter::{CompiledFilters, Filter, row_number};
+use crate::core::filter::{CompiledFilters, Filter};
 use crate::core::metric::definition::{Metric, MetricKind};
-use crate::core::metric::scan::{Cells, MAX_BUCKETS, MetricQuery, bucket_windows};
+use crate::core::metric::scan::{Cells, MAX_BUCKETS, Matching, MetricQuery, bucket_windows};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
 use crate::core::store::table::NONE;
@@ -44,31 +44,11 @@ pub fn totals(
 
     let mut cells = Cells::new(metric.kind, windows.len());
     if name != NONE {
-        state.person_order.get(table).for_each(table, |person, events| {
-            if !filters.person_passes(person) {
-                return;
-            }
-            for i in 0..events.len() {
-                let t = events.times[i];
-                if events.names[i] != name || t < scan_from || t >= scan_to {
-                    continue;
-                }
-                let row = events.rows[i] as usize;
-                if !filters.row_passes(table, row) {
-                    continue;
-                }
-                let value = if needs_value {
-                    match row_number(table, row, property) {
-                        Some(v) => v,
-                        None => continue,
-                    }
-                } else {
-                    0.0
-                };
-                for (cell, &(start, end)) in windows.iter().enumerate() {
-                    if start <= t && t < end {
-                        cells.add(cell, person, value);
-                    }
+        let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: scan_to };
+        matching.for_each(table, &state.person_order.get(table), |person, _, t, value| {
+            for (cell, &(start, end)) in windows.iter().enumerate() {
+                if start <= t && t < end {
+                    cells.add(cell, person, value);
                 }
             }
         });
