@@ -331,17 +331,24 @@ impl Engine {
         let ns = north_star.as_ref();
         let range_ref = &range;
         let metrics_ref = &metrics;
+        // An event aggregate's sparkline is the anomaly tile's daily series over the range.
+        let shared_series = ns.is_some_and(|m| m.kind.is_event_aggregate());
         let dashboard = std::thread::scope(|scope| {
-            let tree = scope.spawn(move || self.metric_tiles(project, ns, range_ref));
+            let tree = scope.spawn(move || self.metric_tiles(project, ns, range_ref, !shared_series));
             let goals = scope.spawn(move || self.goal_tiles(project, range_ref));
             let funnel = scope.spawn(move || self.funnel_tile(project, request, metrics_ref, range_ref));
             let retention = scope.spawn(move || self.retention_tile(project, request, metrics_ref, range_ref));
             let experiments = scope.spawn(move || self.experiment_tiles(project));
             let anomalies = scope.spawn(move || self.anomaly_tile(project, ns, range_ref));
             let attribution = scope.spawn(move || self.attribution_tile(project, metrics_ref, range_ref));
+            let anomalies = joined(anomalies);
             let (north_star, inputs) = match joined(tree) {
                 Ok((north_star, inputs)) => (Ok(north_star), Ok(inputs)),
                 Err(error) => (Err(error.clone()), Err(error)),
+            };
+            let north_star = match north_star {
+                Ok(Some(tile)) if shared_series => self.with_shared_series(project, tile, &anomalies, range_ref),
+                other => other,
             };
             Dashboard {
                 project: project.to_owned(),
@@ -354,7 +361,7 @@ impl Engine {
                 funnel: joined(funnel),
                 retention: joined(retention),
                 experiments: joined(experiments),
-                anomalies: joined(anomalies),
+                anomalies,
                 attribution: joined(attribution),
             }
         });
@@ -373,7 +380,7 @@ impl Engine {
             return Ok((range, None));
         };
         let (value, previous) = self.total_with_previous(project, &north_star.key, &range)?;
-        let tile = self.metric_tile(project, &north_star, value, previous, &range)?;
+        let tile = self.metric_tile(project, &north_star, value, previous, &range, true)?;
         Ok((range, Some(tile)))
     }
 
@@ -393,9 +400,9 @@ impl Engine {
         value: Option<f64>,
         previous: Option<f64>,
         range: &DayRange,
+        with_series: bool,
     ) -> Result<MetricTile> {
-        let query = MetricQuery { granularity: Granularity::Day, ..total_query(range) };
-        let answer = self.query_metric(project, MetricTarget::Key(metric.key.clone(), 0), query, "", Compare::None)?;
+        let series = if with_series { self.daily_series(project, &metric.key, range)? } else { vec![] };
         Ok(MetricTile {
             key: metric.key.clone(),
             name: metric.name.clone(),
@@ -403,8 +410,33 @@ impl Engine {
             direction: metric.direction,
             value,
             previous,
-            series: answer.series.into_iter().next().map(|s| s.points).unwrap_or_default(),
+            series,
         })
+    }
+
+    /// A metric's value per day of the range (the sparkline).
+    fn daily_series(&self, project: &str, key: &str, range: &DayRange) -> Result<Vec<Point>> {
+        let query = MetricQuery { granularity: Granularity::Day, ..total_query(range) };
+        let answer = self.query_metric(project, MetricTarget::Key(key.to_owned(), 0), query, "", Compare::None)?;
+        Ok(answer.series.into_iter().next().map(|s| s.points).unwrap_or_default())
+    }
+
+    /// Fills the North Star tile's sparkline from the anomaly tile's points (the same daily
+    /// evaluation over the range), or from its own query when that tile failed.
+    fn with_shared_series(
+        &self,
+        project: &str,
+        mut tile: MetricTile,
+        anomalies: &Result<Option<(String, AnomalyReport)>>,
+        range: &DayRange,
+    ) -> Result<Option<MetricTile>> {
+        tile.series = match anomalies {
+            Ok(Some((key, report))) if *key == tile.key => {
+                report.points.iter().map(|p| Point { start: p.start, end: p.end, value: p.value }).collect()
+            }
+            _ => self.daily_series(project, &tile.key, range)?,
+        };
+        Ok(Some(tile))
     }
 
     /// The North Star and its inputs (GetMetricTree over the range, previous period), each
@@ -414,16 +446,17 @@ impl Engine {
         project: &str,
         north_star: Option<&Metric>,
         range: &DayRange,
+        root_series: bool,
     ) -> Result<(Option<MetricTile>, Vec<MetricTile>)> {
         if north_star.is_none() {
             return Ok((None, vec![]));
         }
         let (root, _) = self.metric_tree(project, "", total_query(range), "", Compare::PreviousPeriod, 2)?;
-        let root_tile = self.metric_tile(project, &root.metric, root.current, root.previous, range)?;
+        let root_tile = self.metric_tile(project, &root.metric, root.current, root.previous, range, root_series)?;
         let inputs = root
             .children
             .iter()
-            .map(|child| self.metric_tile(project, &child.metric, child.current, child.previous, range))
+            .map(|child| self.metric_tile(project, &child.metric, child.current, child.previous, range, true))
             .collect::<Result<Vec<_>>>()?;
         Ok((Some(root_tile), inputs))
     }

@@ -346,6 +346,10 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let experiment = state.defs.experiment(key)?;
+        if cohort_id.is_empty() && config.is_none() {
+            let compute = || results(&state, experiment, cohort_id, experiment.readout, now);
+            return self.readouts.get_or_compute(project, &state, experiment, now, compute);
+        }
         results(&state, experiment, cohort_id, config.unwrap_or(experiment.readout), now)
     }
 }

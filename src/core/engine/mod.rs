@@ -20,6 +20,7 @@ pub mod keys;
 pub mod live;
 pub mod meta;
 pub mod metrics;
+pub mod readout_cache;
 pub mod retention;
 pub mod revenue;
 pub mod users;
@@ -102,6 +103,8 @@ pub struct Engine {
     pub clock: Clock,
     /// Live metric feeds and watch streams (WatchMetric).
     pub live: crate::core::engine::live::LiveHub,
+    /// Readouts of stopped experiments, reused while their inputs are unchanged.
+    pub(crate) readouts: crate::core::engine::readout_cache::ReadoutCache,
 }
 
 /// How many write jobs may wait for the writer before senders wait too.
@@ -213,6 +216,7 @@ impl Engine {
             limits,
             clock,
             live: crate::core::engine::live::LiveHub::default(),
+            readouts: Default::default(),
         }))
     }
 

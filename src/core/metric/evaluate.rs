@@ -328,10 +328,16 @@ pub(crate) fn tree_node(
     depth: usize,
     path: &mut Vec<String>,
 ) -> Result<TreeNode> {
-    let current = total(state, book, metric, query)?;
-    let previous = match previous_range {
-        Some((from, to)) => total(state, book, metric, &MetricQuery { from, to, ..query.clone() })?,
-        None => None,
+    let (current, previous) = match previous_range {
+        // Event aggregates: both ranges from one pass over the events.
+        Some(range) if crate::core::metric::two_ranges::applies(metric, query) => {
+            crate::core::metric::two_ranges::totals(state, metric, query, range)?
+        }
+        Some((from, to)) => (
+            total(state, book, metric, query)?,
+            total(state, book, metric, &MetricQuery { from, to, ..query.clone() })?,
+        ),
+        None => (total(state, book, metric, query)?, None),
     };
     path.push(metric.key.clone());
     let mut children = Vec::new();

@@ -7,3 +7,4 @@ pub mod evaluate;
 pub mod forecast;
 pub mod formula;
 pub mod scan;
+pub mod two_ranges;

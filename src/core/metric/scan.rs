@@ -16,6 +16,7 @@ use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
+use crate::core::store::person_order::PersonOrder;
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
@@ -70,7 +71,7 @@ pub struct Series {
 }
 
 /// The time window each bucket aggregates over.
-fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<(Micros, Micros)> {
+pub(crate) fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<(Micros, Micros)> {
     bounds
         .windows(2)
         .map(|b| {
@@ -89,7 +90,7 @@ fn bucket_windows(metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Ve
 
 /// Hashable form of a cell, for grouping by an event property.
 /// Accumulators for `cells` cells of one aggregate kind.
-struct Cells {
+pub(crate) struct Cells {
     kind: MetricKind,
     count: Vec<u64>,
     sum: Vec<f64>,
@@ -100,7 +101,7 @@ struct Cells {
 }
 
 impl Cells {
-    fn new(kind: MetricKind, cells: usize) -> Cells {
+    pub(crate) fn new(kind: MetricKind, cells: usize) -> Cells {
         let sized = |on: bool, fill: f64| if on { vec![fill; cells] } else { Vec::new() };
         Cells {
             kind,
@@ -114,7 +115,7 @@ impl Cells {
     }
 
     #[inline]
-    fn add(&mut self, cell: usize, person: u32, value: f64) {
+    pub(crate) fn add(&mut self, cell: usize, person: u32, value: f64) {
         match self.kind {
             MetricKind::UniqueUsers => {
                 if self.last_person[cell] != person {
@@ -142,7 +143,7 @@ impl Cells {
         }
     }
 
-    fn value(&mut self, cell: usize, percentile: f64) -> Option<f64> {
+    pub(crate) fn value(&mut self, cell: usize, percentile: f64) -> Option<f64> {
         let n = self.count[cell];
         match self.kind {
             MetricKind::Count | MetricKind::UniqueUsers => Some(n as f64),
@@ -221,42 +222,22 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
             if name == NONE {
                 return;
             }
-            order.for_each(table, |person, events| {
-                if !filters.person_passes(person) {
-                    return;
+            let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: scan_to };
+            matching.for_each(table, &order, |person, row, t, value| {
+                let raw_group = groups.group(table, person, row) as usize;
+                let group = remap.map_or(raw_group, |r| r[raw_group] as usize);
+                if t >= query.from {
+                    if totals.count.len() <= group {
+                        totals.grow(group + 1);
+                    }
+                    totals.add(group, person, value);
                 }
-                for i in 0..events.len() {
-                    let t = events.times[i];
-                    if events.names[i] != name || t < scan_from || t >= scan_to {
-                        continue;
-                    }
-                    let row = events.rows[i] as usize;
-                    if !filters.row_passes(table, row) {
-                        continue;
-                    }
-                    let value = if needs_value {
-                        match row_number(table, row, property) {
-                            Some(v) => v,
-                            None => continue,
-                        }
-                    } else {
-                        0.0
-                    };
-                    let raw_group = groups.group(table, person, row) as usize;
-                    let group = remap.map_or(raw_group, |r| r[raw_group] as usize);
-                    if t >= query.from {
-                        if totals.count.len() <= group {
-                            totals.grow(group + 1);
-                        }
-                        totals.add(group, person, value);
-                    }
-                    let Some(cells) = cells.as_mut() else { continue };
-                    debug_assert!(group < n_groups);
-                    let first = window_ends.partition_point(|&end| end <= t);
-                    let last = window_starts.partition_point(|&start| start <= t);
-                    for bucket in first..last {
-                        cells.add(group * buckets + bucket, person, value);
-                    }
+                let Some(cells) = cells.as_mut() else { return };
+                debug_assert!(group < n_groups);
+                let first = window_ends.partition_point(|&end| end <= t);
+                let last = window_starts.partition_point(|&start| start <= t);
+                for bucket in first..last {
+                    cells.add(group * buckets + bucket, person, value);
                 }
             });
         };
@@ -332,6 +313,53 @@ impl Cells {
             MetricKind::UniqueUsers => self.last_person.resize(cells, NONE),
             _ => {}
         }
+    }
+}
+
+/// The events a metric pass reads: one event name in `[from, to)`, passing the filters, with a
+/// numeric property when `needs_value` (events without it are skipped).
+pub(crate) struct Matching<'a> {
+    pub name: u32,
+    pub filters: &'a CompiledFilters,
+    pub needs_value: bool,
+    pub property: u32,
+    pub from: Micros,
+    pub to: Micros,
+}
+
+impl Matching<'_> {
+    /// Visits the matching events person by person (all of a person's rows together):
+    /// `visit(person, row, time, value)`, value 0 when not needed.
+    pub(crate) fn for_each(
+        &self,
+        table: &EventTable,
+        order: &PersonOrder,
+        mut visit: impl FnMut(u32, usize, Micros, f64),
+    ) {
+        order.for_each(table, |person, events| {
+            if !self.filters.person_passes(person) {
+                return;
+            }
+            for i in 0..events.len() {
+                let t = events.times[i];
+                if events.names[i] != self.name || t < self.from || t >= self.to {
+                    continue;
+                }
+                let row = events.rows[i] as usize;
+                if !self.filters.row_passes(table, row) {
+                    continue;
+                }
+                let value = if self.needs_value {
+                    match row_number(table, row, self.property) {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                } else {
+                    0.0
+                };
+                visit(person, row, t, value);
+            }
+        });
     }
 }
 
