@@ -10,16 +10,17 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
 use super::convert::{incoming_event, item_error, user_update_from_pb};
+use crate::core::engine::ingest::Turn;
 use crate::core::model::now_micros;
 use crate::error::Error;
 use crate::pb::{self, ingest_service_server::IngestService};
 
 impl Api {
-    async fn track_batch(&self, request: pb::TrackRequest) -> Result<pb::TrackResponse, Status> {
+    async fn track_batch(&self, request: pb::TrackRequest, turn: Turn) -> Result<pb::TrackResponse, Status> {
         let started = Instant::now();
         let received = now_micros();
         let items = request.events.into_iter().map(|e| incoming_event(e, received)).collect();
-        let outcome = self.engine.track(&request.project, items).await?;
+        let outcome = self.engine.track_in_turn(&request.project, items, turn).await?;
         metrics::histogram!("sextant_ack_latency_seconds").record(started.elapsed().as_secs_f64());
         Ok(pb::TrackResponse {
             sequence: request.sequence,
@@ -36,7 +37,7 @@ impl Api {
 impl IngestService for Api {
     async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
-        Ok(Response::new(self.track_batch(request.into_inner()).await?))
+        Ok(Response::new(self.track_batch(request.into_inner(), Turn::default()).await?))
     }
 
     /// Batches are processed in order with up to `stream_inflight` of them in flight; acks go
@@ -65,16 +66,21 @@ impl IngestService for Api {
             // Each batch runs as its own task, so decoding, validation and encoding of
             // in-flight batches use every core; `buffered` yields results in request order.
             let cut_by_shutdown = {
+                // Each batch queues its write after the one before it: of two batches
+                // repeating an id, the earlier one stores it.
+                let mut previous = None;
                 let pending =
                     (&mut inbound).take_until(stopped).map(|item| {
                         let api = api.clone();
                         let grant = grant.clone();
+                        let (turn, next) = Turn::chain(previous.take());
+                        previous = Some(next);
                         let task = tokio::spawn(async move {
                             match item {
                                 Ok(batch) => {
                                     grant.check(&batch.project)?;
                                     grant.recheck(&api.engine)?;
-                                    api.track_batch(batch).await
+                                    api.track_batch(batch, turn).await
                                 }
                                 Err(status) => Err(oversize_as_exhausted(status)),
                             }

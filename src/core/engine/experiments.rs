@@ -277,7 +277,7 @@ impl Engine {
             return Ok(outcome);
         }
         // The server checked these against the experiment: the tracking plan does not apply.
-        let tracked = self.track_with_plan(project, events, false).await?;
+        let tracked = self.track_with_plan(project, events, false, Default::default()).await?;
         outcome.accepted = tracked.accepted;
         outcome.duplicates = tracked.duplicates;
         for mut item in tracked.rejected {

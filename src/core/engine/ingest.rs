@@ -20,12 +20,23 @@ impl Engine {
         records: Vec<LogRecord>,
         keys: Vec<u128>,
     ) -> Result<WriteResult> {
+        self.submit(project, records, keys).await?.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// Queues a write job; the receiver answers once the writer made it durable. The writer
+    /// handles jobs in queue order, so of two jobs repeating an id the first queued is stored.
+    async fn submit(
+        &self,
+        project: Arc<ProjectEntry>,
+        records: Vec<LogRecord>,
+        keys: Vec<u128>,
+    ) -> Result<oneshot::Receiver<Result<WriteResult>>> {
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
         let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();
         let job = WriteJob { project, records, encoded, keys, reply };
         sender.send(job).await.map_err(|_| Error::Unavailable)?;
-        receiver.await.map_err(|_| Error::Unavailable)?
+        Ok(receiver)
     }
 
     /// The records of an ingest step: events first (with their dedupe keys), then quarantine
@@ -57,7 +68,14 @@ impl Engine {
 
     /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
     pub async fn track(&self, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
-        self.track_with_plan(project_id, items, true).await
+        self.track_with_plan(project_id, items, true, Turn::default()).await
+    }
+
+    /// `track` for one batch of a stream: validated in parallel with the others, but queued for
+    /// the writer only after the batch before it (`turn`), so an id repeated by two batches of
+    /// one stream is stored by the earlier batch.
+    pub async fn track_in_turn(&self, project_id: &str, items: Vec<Incoming>, turn: Turn) -> Result<TrackOutcome> {
+        self.track_with_plan(project_id, items, true, turn).await
     }
 
     /// `track`, enforcing the tracking plan or not (exposures logged by the experiment
@@ -67,7 +85,34 @@ impl Engine {
         project_id: &str,
         items: Vec<Incoming>,
         enforce_plan: bool,
+        mut turn: Turn,
     ) -> Result<TrackOutcome> {
+        let prepared = self.prepare_track(project_id, items, enforce_plan);
+        turn.wait().await;
+        let (mut outcome, receiver) = match prepared {
+            Ok((outcome, Some((entry, records, keys)))) => {
+                let submitted = self.submit(entry, records, keys).await;
+                turn.pass();
+                (outcome, submitted?)
+            }
+            Ok((outcome, None)) => return Ok(outcome),
+            Err(error) => return Err(error),
+        };
+        let written = receiver.await.map_err(|_| Error::Unavailable)??;
+        outcome.accepted = written.accepted;
+        outcome.duplicates += written.duplicates;
+        Ok(outcome)
+    }
+
+    /// Validation and the tracking plan for a batch: its outcome so far and, when anything is
+    /// to be stored, the records to write with their dedupe keys.
+    #[allow(clippy::type_complexity)]
+    fn prepare_track(
+        &self,
+        project_id: &str,
+        items: Vec<Incoming>,
+        enforce_plan: bool,
+    ) -> Result<(TrackOutcome, Option<(Arc<ProjectEntry>, Vec<LogRecord>, Vec<u128>)>)> {
         self.limits.check_batch("events", items.len())?;
         let entry = self.project(project_id)?;
         let sorted = {
@@ -85,13 +130,10 @@ impl Engine {
         ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
         ::metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);
         if sorted.accepted.is_empty() && sorted.quarantined.is_empty() {
-            return Ok(outcome);
+            return Ok((outcome, None));
         }
         let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
-        let written = self.write(entry, records, keys).await?;
-        outcome.accepted = written.accepted;
-        outcome.duplicates += written.duplicates;
-        Ok(outcome)
+        Ok((outcome, Some((entry, records, keys))))
     }
 
     /// Applies trait updates; invalid items (already failed in decoding, as `(user_id, error)`,
@@ -191,4 +233,33 @@ pub struct ReplayOutcome {
     pub duplicates: u64,
     pub remaining: u64,
     pub rejected: u64,
+}
+
+/// A batch's place in its stream: it queues its write after the batch before it did (or
+/// finished without one), then lets the next batch go. Dropping it lets the next batch go.
+#[derive(Debug, Default)]
+pub struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    then: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// The turn after `previous`, and the one after it.
+    pub fn chain(previous: Option<oneshot::Receiver<()>>) -> (Turn, oneshot::Receiver<()>) {
+        let (then, next) = oneshot::channel();
+        (Turn { after: previous, then: Some(then) }, next)
+    }
+
+    async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            // A dropped sender means the batch before finished: go on.
+            let _ = after.await;
+        }
+    }
+
+    fn pass(&mut self) {
+        if let Some(then) = self.then.take() {
+            let _ = then.send(());
+        }
+    }
 }
