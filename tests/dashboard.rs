@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{BOOTSTRAP, TestServer, bearer, event, num, text, ts, with_props};
+use common::{BOOTSTRAP, TestServer, TlsServer, bearer, event, num, text, ts, with_props};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -280,28 +280,11 @@ async fn demo_definitions_fill_the_page_once() {
 
 #[tokio::test]
 async fn with_tls_the_page_is_served_over_https() {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     use tower::ServiceExt;
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let temp = tempfile::tempdir().unwrap();
-    let (cert, key) = (temp.path().join("cert.pem"), temp.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let mut config = sextant::config::ServeConfig::for_data_dir(temp.path().join("data"));
-    config.tls_cert = Some(cert);
-    config.tls_key = Some(key);
-    let running = sextant::server::start(&config).await.expect("TLS server starts");
+    // The certificate's directory lives as long as `tls`.
+    let tls = TlsServer::start(|_| {}).await;
+    let (running, channel, port) = (tls.running, tls.channel, tls.port);
     assert_eq!(running.web_url, Some(format!("https://{}/", running.addr)));
-    let port = running.addr.port();
-    let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(certified.cert.pem())).domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://localhost:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .expect("TLS connects");
     let project = pb::Project { id: "tls".into(), ..Default::default() };
     let mut projects = pb::project_service_client::ProjectServiceClient::new(channel.clone());
     projects.create_project(pb::CreateProjectRequest { project: Some(project) }).await.unwrap();

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOOTSTRAP, TestServer, bearer, event};
+use common::{BOOTSTRAP, TestServer, TlsServer, bearer, event};
 use prost::Message;
 use sextant::core::auth::Role;
 use sextant::grpc::auth::{ACCESS, Access};
@@ -305,28 +305,9 @@ async fn keys_are_listed_revoked_at_once_expire_and_survive_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_round_trip_with_a_self_signed_certificate() {
-    use tonic::transport::{Certificate, ClientTlsConfig};
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let temp = tempfile::tempdir().unwrap();
-    let (cert, key) = (temp.path().join("cert.pem"), temp.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let mut config = sextant::config::ServeConfig::for_data_dir(temp.path().join("data"));
-    config.tls_cert = Some(cert);
-    config.tls_key = Some(key);
-    config.bootstrap_key = Some(BOOTSTRAP.into());
-    let running = sextant::server::start(&config).await.expect("TLS server starts");
-    let port = running.addr.port();
-
-    let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(certified.cert.pem())).domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://localhost:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .expect("TLS connects");
+    // The certificate's directory lives as long as `tls`.
+    let tls = TlsServer::start(|config| config.bootstrap_key = Some(BOOTSTRAP.into())).await;
+    let (running, channel, port) = (tls.running, tls.channel, tls.port);
     let mut projects = pb::project_service_client::ProjectServiceClient::new(channel.clone());
     let project = pb::Project { id: "tls".into(), ..Default::default() };
     projects.create_project(bearer(pb::CreateProjectRequest { project: Some(project) }, BOOTSTRAP)).await.unwrap();

@@ -206,3 +206,39 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// A server with TLS on a fresh self-signed certificate for `localhost`, and a channel to it
+/// that trusts the certificate.
+pub struct TlsServer {
+    pub running: RunningServer,
+    pub channel: Channel,
+    pub port: u16,
+    _temp: tempfile::TempDir,
+}
+
+impl TlsServer {
+    pub async fn start(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        use tonic::transport::{Certificate, ClientTlsConfig};
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let (cert, key) = (temp.path().join("cert.pem"), temp.path().join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        let mut config = ServeConfig::for_data_dir(temp.path().join("data"));
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+        configure(&mut config);
+        let running = server::start(&config).await.expect("TLS server starts");
+        let port = running.addr.port();
+        let tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(certified.cert.pem())).domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .expect("TLS connects");
+        TlsServer { running, channel, port, _temp: temp }
+    }
+}
