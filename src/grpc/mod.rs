@@ -55,11 +55,7 @@ impl Api {
         F: FnOnce(&Engine) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || work(&engine))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(Status::from)
+        Ok(self.engine.off_executor(work).await?)
     }
 
     /// Like `blocking`, for read-only queries that may run long: when the call is dropped (its
