@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use super::convert::{enum_error, required_range, timestamp};
 use super::metric::granularity_from_pb;
-use super::metric::{duration_from_pb, filters_from_pb, period_from_pb, selector_from_pb};
+use super::metric::{duration_from_pb, duration_micros, filters_from_pb, period_from_pb, selector_from_pb};
 use crate::core::analysis::attribution::{self, AttributionModel, AttributionQuery};
 use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
@@ -141,15 +141,6 @@ fn cohort_table_from_pb(request: pb::QueryCohortTableRequest) -> Result<CohortTa
     })
 }
 
-/// A duration that may be 0 (unlike `duration_from_pb`); negative is INVALID_ARGUMENT.
-fn non_negative_duration(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
-    match duration {
-        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(Some(0)),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Error::invalid(field, "must not be negative")),
-        other => duration_from_pb(field, other),
-    }
-}
-
 fn attribution_from_pb(request: pb::QueryAttributionRequest) -> Result<AttributionQuery> {
     let (from, to) = required_range(request.range.as_ref())?;
     let model = match pb::AttributionModel::try_from(request.model).map_err(|_| enum_error("model", request.model))? {
@@ -165,7 +156,7 @@ fn attribution_from_pb(request: pb::QueryAttributionRequest) -> Result<Attributi
         touch: required_selector("touch", request.touch)?,
         channel_property: request.channel_property,
         model,
-        lookback: non_negative_duration("lookback", request.lookback)?.unwrap_or(attribution::DEFAULT_LOOKBACK),
+        lookback: duration_micros("lookback", request.lookback)?.unwrap_or(attribution::DEFAULT_LOOKBACK),
         half_life: duration_from_pb("half_life", request.half_life)?.unwrap_or(attribution::DEFAULT_HALF_LIFE),
         from,
         to,

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use super::convert::{enum_error, micros_from_timestamp, optional_timestamp, timestamp};
 use super::metric::{duration_from_pb, duration_to_pb};
+use crate::core::engine::Engine;
 use crate::core::engine::experiments::{ExperimentResults, ExposureItem};
 use crate::core::experiment::definition::{Experiment, ExperimentStatus, MetricRole, ReadoutConfig, Variant};
 use crate::core::experiment::holdout::Holdout;
@@ -440,6 +441,19 @@ fn required<T>(field: &str, value: Option<T>) -> Result<T> {
     value.ok_or_else(|| Error::invalid(field, "required"))
 }
 
+impl Api {
+    /// CreateExperiment and UpdateExperiment: convert the definition, store it through `save`.
+    async fn save_experiment(
+        &self,
+        project: String,
+        experiment: Option<pb::Experiment>,
+        save: fn(&Engine, &str, Experiment) -> Result<Experiment>,
+    ) -> Result<pb::Experiment, Status> {
+        let experiment = experiment_from_pb(required("experiment", experiment)?)?;
+        Ok(experiment_to_pb(self.blocking(move |engine| save(engine, &project, experiment)).await?))
+    }
+}
+
 #[tonic::async_trait]
 impl ExperimentService for Api {
     async fn create_experiment(
@@ -448,9 +462,8 @@ impl ExperimentService for Api {
     ) -> Result<Response<pb::CreateExperimentResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
-        let experiment = experiment_from_pb(required("experiment", request.experiment)?)?;
-        let experiment = self.blocking(move |engine| engine.create_experiment(&request.project, experiment)).await?;
-        Ok(Response::new(pb::CreateExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+        let experiment = self.save_experiment(request.project, request.experiment, Engine::create_experiment).await?;
+        Ok(Response::new(pb::CreateExperimentResponse { experiment: Some(experiment) }))
     }
 
     async fn update_experiment(
@@ -459,9 +472,8 @@ impl ExperimentService for Api {
     ) -> Result<Response<pb::UpdateExperimentResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
-        let experiment = experiment_from_pb(required("experiment", request.experiment)?)?;
-        let experiment = self.blocking(move |engine| engine.update_experiment(&request.project, experiment)).await?;
-        Ok(Response::new(pb::UpdateExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+        let experiment = self.save_experiment(request.project, request.experiment, Engine::update_experiment).await?;
+        Ok(Response::new(pb::UpdateExperimentResponse { experiment: Some(experiment) }))
     }
 
     async fn get_experiment(
@@ -482,9 +494,6 @@ impl ExperimentService for Api {
         let r = request.into_inner();
         let page = PageRequest { size: r.page_size, token: r.page_token };
         let statuses = r.statuses.iter().map(|&s| status_from_pb(s)).collect::<Result<Vec<_>>>()?;
-        // UNSPECIFIED among the statuses means any status.
-        let statuses: Vec<ExperimentStatus> =
-            if statuses.contains(&None) { Vec::new() } else { statuses.into_iter().flatten().collect() };
         let project = r.project;
         let (experiments, next_page_token) = self
             .blocking(move |engine| paginate(engine.list_experiments(&project, &statuses)?, |e| e.key.clone(), &page))
@@ -555,7 +564,7 @@ impl ExperimentService for Api {
         let config = r.stats.map(|s| readout_config_from_pb("stats", Some(s))).transpose()?;
         let results = self
             .query(move |engine| {
-                engine.experiment_results(&r.project, &r.experiment_key, &r.cohort_id, config, now_micros())
+                engine.experiment_results(&r.project, &r.experiment_key, &r.cohort_id, config, engine.clock.now())
             })
             .await?;
         Ok(Response::new(results_to_pb(results)))
@@ -646,7 +655,7 @@ impl ExperimentService for Api {
         let r = request.into_inner();
         let config = readout_config_from_pb("stats", r.stats)?;
         let results = self
-            .blocking(move |engine| engine.holdout_results(&r.project, &r.holdout_key, config, now_micros()))
+            .blocking(move |engine| engine.holdout_results(&r.project, &r.holdout_key, config, engine.clock.now()))
             .await?;
         Ok(Response::new(results_to_pb(results)))
     }

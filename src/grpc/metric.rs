@@ -9,6 +9,7 @@ use super::convert::{
 use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default, breakdown_of};
 use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::bounds;
+use crate::core::engine::Engine;
 use crate::core::engine::live::{self, LiveValue, WatchSpec};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::framework::{Framework, FrameworkMapping};
@@ -86,17 +87,24 @@ fn selector_to_pb(selector: &Option<EventSelector>) -> Option<pb::EventSelector>
         .map(|s| pb::EventSelector { event: s.event.clone(), filters: s.filters.iter().map(filter_to_pb).collect() })
 }
 
-pub fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
+/// A duration in microseconds, any sign (the core says which signs a field allows).
+pub fn duration_micros(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
     let Some(d) = duration else { return Ok(None) };
     let micros = d
         .seconds
         .checked_mul(1_000_000)
         .and_then(|s| s.checked_add(i64::from(d.nanos / 1000)))
         .ok_or_else(|| Error::invalid(field, "duration out of range"))?;
-    if micros <= 0 {
+    Ok(Some(micros))
+}
+
+/// A duration that must be positive when given.
+pub fn duration_from_pb(field: &str, duration: Option<prost_types::Duration>) -> Result<Option<i64>> {
+    let micros = duration_micros(field, duration)?;
+    if micros.is_some_and(|m| m <= 0) {
         return Err(Error::invalid(field, "must be positive"));
     }
-    Ok(Some(micros))
+    Ok(micros)
 }
 
 pub fn duration_to_pb(micros: Option<i64>) -> Option<prost_types::Duration> {
@@ -435,6 +443,29 @@ fn anomaly_point_to_pb(p: &AnomalyPoint) -> pb::AnomalyPoint {
     }
 }
 
+/// The comparison asked for; UNSPECIFIED leaves the choice to the call (see `Compare`).
+fn compare_from_pb(value: i32) -> Result<Option<Compare>> {
+    Ok(match pb::Compare::try_from(value).map_err(|_| enum_error("compare", value))? {
+        pb::Compare::Unspecified => None,
+        pb::Compare::None => Some(Compare::None),
+        pb::Compare::PreviousPeriod => Some(Compare::PreviousPeriod),
+        pb::Compare::PreviousYear => Some(Compare::PreviousYear),
+    })
+}
+
+impl Api {
+    /// CreateMetric and UpdateMetric: convert the definition, store it through `save`.
+    async fn save_metric(
+        &self,
+        project: String,
+        metric: Option<pb::MetricDefinition>,
+        save: fn(&Engine, &str, Metric) -> Result<Metric>,
+    ) -> Result<pb::MetricDefinition, Status> {
+        let metric = metric_from_pb(metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
+        Ok(metric_to_pb(self.blocking(move |engine| save(engine, &project, metric)).await?))
+    }
+}
+
 #[tonic::async_trait]
 impl MetricService for Api {
     /// Validation errors fail the call; the stream itself lives in `core::engine::live`.
@@ -582,9 +613,8 @@ impl MetricService for Api {
     ) -> Result<Response<pb::CreateMetricResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
-        let metric = metric_from_pb(request.metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
-        let created = self.blocking(move |engine| engine.create_metric(&request.project, metric)).await?;
-        Ok(Response::new(pb::CreateMetricResponse { metric: Some(metric_to_pb(created)) }))
+        let metric = self.save_metric(request.project, request.metric, Engine::create_metric).await?;
+        Ok(Response::new(pb::CreateMetricResponse { metric: Some(metric) }))
     }
 
     async fn update_metric(
@@ -593,9 +623,8 @@ impl MetricService for Api {
     ) -> Result<Response<pb::UpdateMetricResponse>, Status> {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
-        let metric = metric_from_pb(request.metric.ok_or_else(|| Error::invalid("metric", "required"))?)?;
-        let updated = self.blocking(move |engine| engine.update_metric(&request.project, metric)).await?;
-        Ok(Response::new(pb::UpdateMetricResponse { metric: Some(metric_to_pb(updated)) }))
+        let metric = self.save_metric(request.project, request.metric, Engine::update_metric).await?;
+        Ok(Response::new(pb::UpdateMetricResponse { metric: Some(metric) }))
     }
 
     async fn get_metric(
@@ -649,13 +678,7 @@ impl MetricService for Api {
         self.authorize(&request, &request.get_ref().project)?;
         let request = request.into_inner();
         let (from, to) = required_range(request.range.as_ref())?;
-        // The tree compares with the previous period unless told otherwise.
-        let compare =
-            match pb::Compare::try_from(request.compare).map_err(|_| enum_error("compare", request.compare))? {
-                pb::Compare::Unspecified | pb::Compare::PreviousPeriod => Compare::PreviousPeriod,
-                pb::Compare::None => Compare::None,
-                pb::Compare::PreviousYear => Compare::PreviousYear,
-            };
+        let compare = compare_from_pb(request.compare)?;
         let query = MetricQuery {
             from,
             to,
@@ -724,12 +747,7 @@ impl MetricService for Api {
             None => metric_target(None, None, 0)?,
         };
         let (from, to) = required_range(request.range.as_ref())?;
-        let compare =
-            match pb::Compare::try_from(request.compare).map_err(|_| enum_error("compare", request.compare))? {
-                pb::Compare::Unspecified | pb::Compare::None => Compare::None,
-                pb::Compare::PreviousPeriod => Compare::PreviousPeriod,
-                pb::Compare::PreviousYear => Compare::PreviousYear,
-            };
+        let compare = compare_from_pb(request.compare)?;
         let query = MetricQuery {
             from,
             to,

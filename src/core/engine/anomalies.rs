@@ -6,7 +6,7 @@ use crate::core::metric::anomaly::*;
 use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::evaluate::evaluate;
 use crate::core::metric::scan::{self, MetricQuery};
-use crate::core::model::now_micros;
+
 use crate::core::time::{self};
 use crate::error::{Error, Result};
 
@@ -77,7 +77,7 @@ impl Engine {
         let data_start = [state.data.table.min_time(), first_manual].into_iter().flatten().min();
         drop(state);
 
-        let now = now_micros();
+        let now = self.clock.now();
         let observations: Vec<Observation> = points
             .iter()
             .map(|p| Observation { value: p.value, complete: p.end <= now && p.end <= query.to })

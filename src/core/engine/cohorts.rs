@@ -4,7 +4,7 @@ use crate::core::catalog::validate_slug;
 use crate::core::cohort::*;
 use crate::core::engine::meta::MetaKey;
 use crate::core::engine::{Definitions, Engine};
-use crate::core::model::{Micros, now_micros};
+use crate::core::model::Micros;
 use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, Result, echo};
 
@@ -16,7 +16,7 @@ impl Engine {
         if state.defs.cohorts.contains_key(&cohort.id) {
             return Err(Error::AlreadyExists(format!("cohort {} already exists", echo(&cohort.id))));
         }
-        cohort.created = now_micros();
+        cohort.created = self.clock.now();
         self.put_meta(MetaKey::Cohort { project, id: &cohort.id }, &cohort)?;
         state.defs.cohorts.insert(cohort.id.clone(), cohort.clone());
         Ok(cohort)
@@ -81,7 +81,7 @@ impl Engine {
         let cohort = state.defs.cohort(id)?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
-            Definition::Conditions(_) => member_ids(&state.data, &evaluate(&state.data, cohort, now_micros())),
+            Definition::Conditions(_) => member_ids(&state.data, &evaluate(&state.data, cohort, self.clock.now())),
         };
         paginate(ids, String::clone, page)
     }
@@ -92,7 +92,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let cohort = state.defs.cohort(id)?;
-        let now = now_micros();
+        let now = self.clock.now();
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,
             Definition::Conditions(_) => {

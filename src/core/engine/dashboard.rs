@@ -19,7 +19,7 @@ use crate::core::metric::definition::MetricTarget;
 use crate::core::metric::definition::{Direction, Metric, MetricKind, MetricRole};
 use crate::core::metric::evaluate::Compare;
 use crate::core::metric::scan::{MetricQuery, Point};
-use crate::core::model::{Micros, now_micros};
+use crate::core::model::Micros;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
@@ -320,13 +320,13 @@ impl Engine {
     /// The page's range for a request (see `day_range`).
     pub fn dashboard_range(&self, project: &str, request: &DashboardRequest) -> Result<DayRange> {
         let (_, tz, latest) = self.dashboard_basics(project)?;
-        day_range(request.from, request.to, latest, now_micros(), tz)
+        day_range(request.from, request.to, latest, self.clock.now(), tz)
     }
 
     /// Every tile of the project's page, the tiles computed in parallel.
     pub fn dashboard(&self, project: &str, request: &DashboardRequest) -> Result<Dashboard> {
         let (metrics, tz, latest) = self.dashboard_basics(project)?;
-        let range = day_range(request.from, request.to, latest, now_micros(), tz)?;
+        let range = day_range(request.from, request.to, latest, self.clock.now(), tz)?;
         let north_star = metrics.iter().find(|m| m.role == MetricRole::NorthStar).cloned();
         let ns = north_star.as_ref();
         let range_ref = &range;
@@ -375,7 +375,7 @@ impl Engine {
         request: &DashboardRequest,
     ) -> Result<(DayRange, Option<MetricTile>)> {
         let (metrics, tz, latest) = self.dashboard_basics(project)?;
-        let range = day_range(request.from, request.to, latest, now_micros(), tz)?;
+        let range = day_range(request.from, request.to, latest, self.clock.now(), tz)?;
         let Some(north_star) = metrics.into_iter().find(|m| m.role == MetricRole::NorthStar) else {
             return Ok((range, None));
         };
@@ -386,7 +386,7 @@ impl Engine {
 
     fn total_with_previous(&self, project: &str, key: &str, range: &DayRange) -> Result<(Option<f64>, Option<f64>)> {
         let target = MetricTarget::Key(key.to_owned(), 0);
-        let answer = self.query_metric(project, target, total_query(range), "", Compare::PreviousPeriod)?;
+        let answer = self.query_metric(project, target, total_query(range), "", Some(Compare::PreviousPeriod))?;
         let first = |series: &[crate::core::metric::scan::Series]| {
             series.first().and_then(|s| s.points.first()).and_then(|p| p.value)
         };
@@ -417,7 +417,8 @@ impl Engine {
     /// A metric's value per day of the range (the sparkline).
     fn daily_series(&self, project: &str, key: &str, range: &DayRange) -> Result<Vec<Point>> {
         let query = MetricQuery { granularity: Granularity::Day, ..total_query(range) };
-        let answer = self.query_metric(project, MetricTarget::Key(key.to_owned(), 0), query, "", Compare::None)?;
+        let answer =
+            self.query_metric(project, MetricTarget::Key(key.to_owned(), 0), query, "", Some(Compare::None))?;
         Ok(answer.series.into_iter().next().map(|s| s.points).unwrap_or_default())
     }
 
@@ -451,7 +452,7 @@ impl Engine {
         if north_star.is_none() {
             return Ok((None, vec![]));
         }
-        let (root, _) = self.metric_tree(project, "", total_query(range), "", Compare::PreviousPeriod, 2)?;
+        let (root, _) = self.metric_tree(project, "", total_query(range), "", Some(Compare::PreviousPeriod), 2)?;
         let root_tile = self.metric_tile(project, &root.metric, root.current, root.previous, range, root_series)?;
         let inputs = root
             .children
@@ -463,7 +464,7 @@ impl Engine {
 
     /// Every goal's progress as of the end of the range (or now, when that is earlier).
     fn goal_tiles(&self, project: &str, range: &DayRange) -> Result<Vec<(String, Result<GoalReport>)>> {
-        let as_of = range.end.min(now_micros());
+        let as_of = range.end.min(self.clock.now());
         let goals = self.list_goals(project, "")?;
         Ok(goals.into_iter().map(|g| (g.id.clone(), self.goal_progress(project, &g.id, Some(as_of)))).collect())
     }
@@ -512,10 +513,10 @@ impl Engine {
     /// Running and stopped experiments, newest first, with their primary readout.
     fn experiment_tiles(&self, project: &str) -> Result<Vec<ExperimentTile>> {
         let mut experiments =
-            self.list_experiments(project, &[ExperimentStatus::Running, ExperimentStatus::Stopped])?;
+            self.list_experiments(project, &[Some(ExperimentStatus::Running), Some(ExperimentStatus::Stopped)])?;
         experiments.sort_by(|a, b| b.start_time.cmp(&a.start_time).then(a.key.cmp(&b.key)));
         experiments.truncate(MAX_EXPERIMENTS);
-        let now = now_micros();
+        let now = self.clock.now();
         Ok(experiments
             .into_iter()
             .map(|experiment| {

@@ -154,17 +154,11 @@ impl Engine {
         state.defs.experiment(key).cloned()
     }
 
-    /// Ordered by key; `statuses` empty: all.
-    pub fn list_experiments(&self, project: &str, statuses: &[ExperimentStatus]) -> Result<Vec<Experiment>> {
+    /// Ordered by key, filtered by `ExperimentStatus::passes`.
+    pub fn list_experiments(&self, project: &str, statuses: &[Option<ExperimentStatus>]) -> Result<Vec<Experiment>> {
         let entry = self.project(project)?;
         let state = entry.read();
-        Ok(state
-            .defs
-            .experiments
-            .values()
-            .filter(|e| statuses.is_empty() || statuses.contains(&e.status))
-            .cloned()
-            .collect())
+        Ok(state.defs.experiments.values().filter(|e| e.status.passes(statuses)).cloned().collect())
     }
 
     /// DRAFT → RUNNING (idempotent when RUNNING); start_time becomes now unless set.

@@ -21,7 +21,7 @@ impl Engine {
         if !goal.cohort_id.is_empty() && !state.defs.cohorts.contains_key(&goal.cohort_id) {
             return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {}", echo(&goal.cohort_id))));
         }
-        (goal.created, goal.updated) = (now_micros(), now_micros());
+        (goal.created, goal.updated) = (self.clock.now(), self.clock.now());
         self.put_meta(MetaKey::Goal { project, id: &goal.id }, &goal)?;
         state.defs.goals.insert(goal.id.clone(), goal.clone());
         Ok(goal)
@@ -42,7 +42,7 @@ impl Engine {
         if !goal.cohort_id.is_empty() && !state.defs.cohorts.contains_key(&goal.cohort_id) {
             return Err(Error::invalid("goal.cohort_id", format!("unknown cohort {}", echo(&goal.cohort_id))));
         }
-        (goal.created, goal.updated) = (previous.created, now_micros());
+        (goal.created, goal.updated) = (previous.created, self.clock.now());
         self.put_meta(MetaKey::Goal { project, id: &goal.id }, &goal)?;
         state.defs.goals.insert(goal.id.clone(), goal.clone());
         Ok(goal)

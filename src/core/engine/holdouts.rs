@@ -6,7 +6,7 @@ use crate::core::engine::experiments::{ExperimentResults, read_out};
 use crate::core::engine::meta::MetaKey;
 use crate::core::experiment::definition::ReadoutConfig;
 use crate::core::experiment::holdout::*;
-use crate::core::model::{Micros, now_micros};
+use crate::core::model::Micros;
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -19,7 +19,7 @@ impl Engine {
             return Err(Error::AlreadyExists(format!("holdout {:?} already exists", holdout.key)));
         }
         check_metrics(&state.defs.metrics, &holdout)?;
-        let now = now_micros();
+        let now = self.clock.now();
         holdout.start_time.get_or_insert(now);
         (holdout.created, holdout.updated) = (now, now);
         self.put_meta(MetaKey::Holdout { project, key: &holdout.key }, &holdout)?;
@@ -48,7 +48,7 @@ impl Engine {
         let entry = self.project(project)?;
         let mut state = entry.write();
         let mut holdout = state.defs.holdouts.get(key).cloned().ok_or_else(|| not_found(key))?;
-        let now = now_micros();
+        let now = self.clock.now();
         if holdout.end_time.is_some_and(|end| end <= now) {
             return Ok(holdout);
         }

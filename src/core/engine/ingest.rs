@@ -4,7 +4,7 @@
 
 use crate::core::engine::{Engine, ProjectEntry};
 use crate::core::ingest::{self, Incoming, TrackOutcome, WriteJob, WriteResult};
-use crate::core::model::{Enforcement, Event, QuarantinedEvent, UserUpdate, now_micros};
+use crate::core::model::{Enforcement, Event, QuarantinedEvent, UserUpdate};
 use crate::core::store::record::{LogRecord, encode_record};
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -123,7 +123,7 @@ impl Engine {
             let stored = |id: &str| self.seen.read().contains(&ingest::event_key(project_id, id));
             let quarantined = |id: &str| held.contains(id);
             let received = ingest::Received { stored: &stored, quarantined: &quarantined };
-            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now_micros(), &received)
+            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, self.clock.now(), &received)
         };
         let mut outcome = sorted.outcome;
         outcome.quarantined = sorted.quarantined.len() as u64;
@@ -163,7 +163,7 @@ impl Engine {
             return Ok((0, rejected));
         }
         let updated = valid.len() as u64;
-        let record = LogRecord::Users { project: project_id.to_owned(), at: now_micros(), updates: valid };
+        let record = LogRecord::Users { project: project_id.to_owned(), at: self.clock.now(), updates: valid };
         self.write(entry, vec![record], vec![]).await?;
         Ok((updated, rejected))
     }
@@ -184,7 +184,7 @@ impl Engine {
     /// Re-checks quarantined events against the current plan and stores the ones that pass.
     pub async fn replay_quarantined(&self, project_id: &str, ids: &[u64]) -> Result<ReplayOutcome> {
         let entry = self.project(project_id)?;
-        let now = now_micros();
+        let now = self.clock.now();
         let mut outcome = ReplayOutcome::default();
         let (passing, leaving) = {
             let state = entry.read();

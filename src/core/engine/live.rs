@@ -29,7 +29,7 @@ use crate::core::engine::Engine;
 use crate::core::filter::Filter;
 use crate::core::metric::evaluate::evaluate;
 use crate::core::metric::scan::{MetricQuery, Point, Series};
-use crate::core::model::{Micros, now_micros};
+use crate::core::model::Micros;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result, echo};
 use futures::Stream;
@@ -273,7 +273,7 @@ impl FeedTask {
         let mut evaluated_at = Instant::now();
         loop {
             // New data, or the start of the next bucket.
-            let to_next_bucket = Duration::from_micros((bucket_end - now_micros()).max(0) as u64);
+            let to_next_bucket = Duration::from_micros((bucket_end - self.engine.clock.now()).max(0) as u64);
             let mut changes = self.changes.clone();
             let wake = self
                 .wait(async move {
@@ -357,7 +357,7 @@ impl Engine {
         let state = entry.read();
         // Read under the lock the writer applies under: a later `computed` saw every write an
         // earlier one saw (streams rely on that to skip stale readings).
-        let now = now_micros();
+        let now = self.clock.now();
         let zone = if spec.timezone.is_empty() { state.project.timezone.as_str() } else { spec.timezone.as_str() };
         let tz = time::parse_zone("timezone", zone)?;
         let metric = state.defs.metrics.metric_version(&spec.metric_key, 0)?;

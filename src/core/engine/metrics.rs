@@ -184,8 +184,9 @@ impl Engine {
         target: MetricTarget,
         mut query: MetricQuery,
         zone: &str,
-        compare: Compare,
+        compare: Option<Compare>,
     ) -> Result<MetricAnswer> {
+        let compare = compare.unwrap_or_default();
         let entry = self.project(project)?;
         let state = entry.read();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
@@ -212,7 +213,7 @@ impl Engine {
         root_key: &str,
         mut query: MetricQuery,
         zone: &str,
-        compare: Compare,
+        compare: Option<Compare>,
         max_depth: usize,
     ) -> Result<(TreeNode, Option<(Micros, Micros)>)> {
         let entry = self.project(project)?;
@@ -234,6 +235,7 @@ impl Engine {
                 .get(root_key)
                 .ok_or_else(|| Error::NotFound(format!("metric {root_key} not found", root_key = echo(root_key))))?
         };
+        let compare = compare.unwrap_or(Compare::TREE_DEFAULT);
         let previous = comparison_range(query.from, query.to, compare, query.granularity, query.tz);
         let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };
         let node =

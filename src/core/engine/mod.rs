@@ -40,7 +40,7 @@ use crate::core::experiment::holdout::Holdout;
 use crate::core::goal::definition::Goal;
 use crate::core::ingest::{Limits, SeenIds, WriteJob, Writer};
 use crate::core::metric::definition::{Metric, MetricBook};
-use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent, now_micros};
+use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::record::{LogRecord, decode_record};
 use crate::error::{Error, Result, echo};
@@ -276,7 +276,7 @@ impl Engine {
         if project.name.is_empty() {
             project.name = project.id.clone();
         }
-        project.created = now_micros();
+        project.created = self.clock.now();
         let mut projects = self.projects.write();
         if projects.contains_key(&project.id) {
             return Err(Error::AlreadyExists(format!("project {} already exists", echo(&project.id))));
@@ -349,7 +349,7 @@ impl Engine {
     pub fn upsert_event_type(&self, project: &str, mut event_type: EventType) -> Result<EventType> {
         let entry = self.project(project)?;
         validate_event_type(&event_type)?;
-        event_type.updated = now_micros();
+        event_type.updated = self.clock.now();
         let mut state = entry.write();
         self.put_meta(MetaKey::EventType { project, name: &event_type.name }, &event_type)?;
         state.defs.event_types.insert(event_type.name.clone(), event_type.clone());

@@ -28,6 +28,14 @@ pub enum ExperimentStatus {
     Stopped,
 }
 
+impl ExperimentStatus {
+    /// Whether this status passes a list filter. `None` in the filter stands for "any status"
+    /// (UNSPECIFIED on the wire), and an empty filter passes every status.
+    pub fn passes(self, filter: &[Option<ExperimentStatus>]) -> bool {
+        filter.is_empty() || filter.iter().any(|wanted| wanted.is_none_or(|s| s == self))
+    }
+}
+
 /// Role of a metric within an experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetricRole {
@@ -241,6 +249,15 @@ impl Experiment {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_filter_treats_none_as_any_status() {
+        use ExperimentStatus::*;
+        assert!(Running.passes(&[]));
+        assert!(Running.passes(&[Some(Draft), Some(Running)]));
+        assert!(!Stopped.passes(&[Some(Draft), Some(Running)]));
+        assert!(Stopped.passes(&[Some(Draft), None]));
+    }
+
     use super::*;
 
     fn two_variants() -> Experiment {

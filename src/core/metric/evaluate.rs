@@ -23,6 +23,13 @@ pub enum Compare {
     PreviousYear,
 }
 
+impl Compare {
+    /// What a metric tree compares with when the request leaves it open: a tree is read for
+    /// what changed, so the previous period. A single metric query compares with nothing
+    /// (`Compare::default()`).
+    pub const TREE_DEFAULT: Compare = Compare::PreviousPeriod;
+}
+
 /// A query answer: the series, and the comparison series when asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricAnswer {
