@@ -379,3 +379,53 @@ async fn timeline_pages_and_export_filters() {
         .unwrap_err();
     assert_eq!(violated_fields(&status), vec!["page_token"]);
 }
+
+/// A query holding one project's lock must not hold up another project's acks: the writer
+/// hands the busy project's batch to its applier and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_project_does_not_hold_up_another_projects_acks() {
+    let server = TestServer::start().await;
+    server.create_project("busy").await;
+    server.create_project("free").await;
+    let engine = server.running.as_ref().unwrap().engine.clone();
+    // Stands in for a long query on "busy": its read lock, held until told to let go.
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let entry = engine.project("busy").unwrap();
+        let _guard = entry.read();
+        locked.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    lock_taken.recv().unwrap();
+
+    // The batch for "busy" is validated before the lock is needed, then waits for it.
+    let mut busy_ingest = server.ingest();
+    let busy_track = tokio::spawn(async move {
+        busy_ingest
+            .track(pb::TrackRequest {
+                project: "busy".into(),
+                events: vec![event("b1", "view", "u1", 10)],
+                ..Default::default()
+            })
+            .await
+    });
+    // Give the busy batch time to reach the writer first (no assertion rests on this).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let patience = std::time::Duration::from_secs(30);
+    let free = tokio::time::timeout(patience, server.track("free", vec![event("f1", "view", "u1", 10)]))
+        .await
+        .expect("an ack for one project waited for another project's query");
+    assert_eq!(free.accepted, 1);
+    assert!(!busy_track.is_finished(), "the busy project's ack came before its lock was free");
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let busy = busy_track.await.unwrap().unwrap().into_inner();
+    assert_eq!(busy.accepted, 1);
+    // Acked means visible, in order, for both projects.
+    assert_eq!(server.export("busy").await.len(), 1);
+    assert_eq!(server.track("busy", vec![event("b2", "view", "u1", 20)]).await.accepted, 1);
+    assert_eq!(server.export("busy").await.len(), 2);
+    assert_eq!(server.export("free").await.len(), 1);
+}

@@ -20,7 +20,8 @@ pub trait Storage: Send + Sync + 'static {
     fn delete_meta(&self, key: &str) -> Result<()>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
     fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
-    /// Appends encoded records to the log; durable only after the next `sync`.
+    /// Appends encoded records to the log atomically (after a crash, all of them or none);
+    /// durable only after the next `sync`.
     fn append(&self, records: &[Encoded]) -> Result<()>;
     /// Makes everything appended so far durable (the group-commit point).
     fn sync(&self) -> Result<()>;

@@ -67,6 +67,12 @@ fn decode_seq(key: &[u8]) -> Result<u64> {
 
 impl From<sled::Error> for Error {
     fn from(err: sled::Error) -> Self {
+        // A full disk is the client's to wait out (RESOURCE_EXHAUSTED), not an internal fault.
+        if let sled::Error::Io(io) = &err
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Error::exhausted("storage", format!("the disk is full: {io}"));
+        }
         Error::Storage(err.to_string())
     }
 }
@@ -99,10 +105,13 @@ impl Storage for SledStorage {
     }
 
     fn append(&self, records: &[Encoded]) -> Result<()> {
-        for record in records {
-            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            self.log.insert(seq.to_be_bytes(), record.0.as_slice())?;
+        // One sled batch: a crash keeps all of a job's records or none of them.
+        let mut batch = sled::Batch::default();
+        let first = self.next_seq.fetch_add(records.len() as u64, Ordering::Relaxed);
+        for (seq, record) in (first..).zip(records) {
+            batch.insert(&seq.to_be_bytes()[..], record.0.as_slice());
         }
+        self.log.apply_batch(batch)?;
         Ok(())
     }
 

@@ -238,7 +238,11 @@ impl Engine {
 
     /// Stores exposures as `$exposure` events through the durable ingest path. Items that
     /// failed decoding arrive as errors; each bad item is returned with its index.
-    pub async fn log_exposures(&self, project: &str, items: Vec<Result<ExposureItem>>) -> Result<ExposureOutcome> {
+    pub async fn log_exposures(
+        self: &Arc<Self>,
+        project: &str,
+        items: Vec<Result<ExposureItem>>,
+    ) -> Result<ExposureOutcome> {
         self.limits.check_batch("exposures", items.len())?;
         let entry = self.project(project)?;
         let now = now_micros();
@@ -282,7 +286,6 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Records the exposure of an Assign call with `log_exposure`.
     /// Assign, and with `log_exposure` an exposure for an id in the experiment (none for an
     /// id outside it), stored before the answer.
     pub async fn assign_and_log(
@@ -301,8 +304,9 @@ impl Engine {
         Ok(assignment)
     }
 
+    /// Records the exposure of an Assign call with `log_exposure`.
     async fn log_assignment(
-        &self,
+        self: &Arc<Self>,
         project: &str,
         key: &str,
         user_id: &str,

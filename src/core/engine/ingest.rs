@@ -67,27 +67,34 @@ impl Engine {
     }
 
     /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
-    pub async fn track(&self, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
+    pub async fn track(self: &Arc<Self>, project_id: &str, items: Vec<Incoming>) -> Result<TrackOutcome> {
         self.track_with_plan(project_id, items, true, Turn::default()).await
     }
 
     /// `track` for one batch of a stream: validated in parallel with the others, but queued for
     /// the writer only after the batch before it (`turn`), so an id repeated by two batches of
     /// one stream is stored by the earlier batch.
-    pub async fn track_in_turn(&self, project_id: &str, items: Vec<Incoming>, turn: Turn) -> Result<TrackOutcome> {
+    pub async fn track_in_turn(
+        self: &Arc<Self>,
+        project_id: &str,
+        items: Vec<Incoming>,
+        turn: Turn,
+    ) -> Result<TrackOutcome> {
         self.track_with_plan(project_id, items, true, turn).await
     }
 
     /// `track`, enforcing the tracking plan or not (exposures logged by the experiment
     /// service are checked against their experiment instead).
     pub(crate) async fn track_with_plan(
-        &self,
+        self: &Arc<Self>,
         project_id: &str,
         items: Vec<Incoming>,
         enforce_plan: bool,
         mut turn: Turn,
     ) -> Result<TrackOutcome> {
-        let prepared = self.prepare_track(project_id, items, enforce_plan);
+        // Validation reads the project under its lock: off the executor, like every lock wait.
+        let project = project_id.to_owned();
+        let prepared = self.off_executor(move |engine| engine.prepare_track(&project, items, enforce_plan)).await;
         turn.wait().await;
         let (mut outcome, receiver) = match prepared {
             Ok((outcome, Some((entry, records, keys)))) => {

@@ -1,10 +1,13 @@
 //! The single writer: every write goes through one thread fed by a bounded channel. The thread
 //! takes whatever jobs are waiting (up to `MAX_GROUP`), dedupes their events against the in-memory id set,
 //! appends one log value per job, makes them durable with one `sync`, applies them to the
-//! in-memory tables and only then replies: an ack means on disk and visible to queries.
+//! in-memory tables and only then replies: an ack means on disk and visible to queries. The
+//! writer never waits for a project's lock: a job whose project a query holds goes to the
+//! applier thread, which applies it (and that project's later jobs, in order) when the lock
+//! frees, so a long query delays only its own project's acks.
 //! The bounded channel is the backpressure: when the writer is behind, senders wait.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,9 +15,9 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::engine::ProjectEntry;
+use crate::core::engine::{ProjectEntry, ProjectState};
 use crate::core::store::record::LogRecord;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::storage::{Encoded, Storage};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +102,59 @@ struct Appended {
     result: WriteResult,
 }
 
+/// Jobs handed to the applier thread, per project (by `project_id`).
+type Deferred = Arc<parking_lot::Mutex<HashMap<usize, usize>>>;
+
+fn project_id(project: &Arc<ProjectEntry>) -> usize {
+    Arc::as_ptr(project) as usize
+}
+
+/// Applies a durable job and wakes the project's live queries (`engine::live`).
+fn apply(state: &mut ProjectState, a: &Appended) {
+    for record in &a.job.records {
+        state.data.apply(record, &a.keep);
+    }
+    state.data.compact();
+    state.changes.send_modify(|n| *n += 1);
+}
+
+/// Applies the job if the project's lock is free now; false if a query holds it.
+fn try_apply(project: &ProjectEntry, a: &Appended) -> bool {
+    let Some(mut state) = project.try_write() else {
+        return false;
+    };
+    apply(&mut state, a);
+    true
+}
+
+fn reply(a: Appended) {
+    metrics::counter!("sextant_events_accepted_total").increment(a.result.accepted);
+    metrics::counter!("sextant_events_duplicate_total").increment(a.result.duplicates);
+    let _ = a.job.reply.send(Ok(a.result));
+}
+
+/// Applies durable jobs whose project was busy when the writer got to them, in the order the
+/// writer handed them over, waiting for each project's lock here instead of in the writer.
+fn run_applier(receiver: std::sync::mpsc::Receiver<Appended>, deferred: Deferred) {
+    for a in receiver {
+        apply(&mut a.job.project.write(), &a);
+        if let Some(count) = deferred.lock().get_mut(&project_id(&a.job.project)) {
+            *count -= 1;
+        }
+        reply(a);
+    }
+}
+
 fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, seen: SharedIds) {
+    let deferred = Deferred::default();
+    let (applier, applier_receiver) = std::sync::mpsc::channel::<Appended>();
+    let applier_thread = {
+        let deferred = deferred.clone();
+        std::thread::Builder::new()
+            .name("sextant-applier".into())
+            .spawn(move || run_applier(applier_receiver, deferred))
+            .expect("spawning the applier thread")
+    };
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = vec![first];
@@ -125,34 +180,35 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
             tracing::error!(error = %err, "sync failed; failing the group");
             for a in appended {
                 forget(&mut seen.write(), &a.job.keys, &a.keep);
-                let _ = a.job.reply.send(Err(Error::Storage(err.to_string())));
+                let _ = a.job.reply.send(Err(err.clone()));
             }
             continue;
         }
         let mut events = 0u64;
-        let mut touched: Vec<&Arc<ProjectEntry>> = Vec::new();
-        for a in &appended {
-            let mut state = a.job.project.write();
-            for record in &a.job.records {
-                state.data.apply(record, &a.keep);
-            }
-            state.data.compact();
+        let mut replies = Vec::with_capacity(appended.len());
+        for a in appended {
             events += a.result.accepted;
-            if !touched.iter().any(|p| Arc::ptr_eq(p, &a.job.project)) {
-                touched.push(&a.job.project);
+            // A project whose lock a query holds (or that has jobs waiting) is applied by the
+            // applier thread, so one long query delays only its own project's acks.
+            let project = a.job.project.clone();
+            let waiting = deferred.lock().get(&project_id(&project)).copied().unwrap_or(0) > 0;
+            if waiting || !try_apply(&project, &a) {
+                *deferred.lock().entry(project_id(&project)).or_default() += 1;
+                // The applier ends only after this thread drops its sender.
+                let _ = applier.send(a);
+                continue;
             }
-        }
-        // Once per project and group, after everything is applied: live queries re-read then.
-        for project in touched {
-            project.read().changes.send_modify(|n| *n += 1);
+            replies.push(a);
         }
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
-        tracing::trace!(jobs = appended.len(), events, "group committed");
-        for a in appended {
-            metrics::counter!("sextant_events_accepted_total").increment(a.result.accepted);
-            metrics::counter!("sextant_events_duplicate_total").increment(a.result.duplicates);
-            let _ = a.job.reply.send(Ok(a.result));
+        tracing::trace!(jobs = replies.len(), events, "group committed");
+        for a in replies {
+            reply(a);
         }
+    }
+    drop(applier);
+    if applier_thread.join().is_err() {
+        tracing::error!("the applier thread panicked");
     }
     if let Err(err) = storage.sync() {
         tracing::error!(error = %err, "final sync failed");

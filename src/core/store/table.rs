@@ -94,8 +94,9 @@ pub struct EventTable {
     pub(in crate::core::store) anonymous: Vec<u32>,
     pub(in crate::core::store) time: Vec<Micros>,
     pub(in crate::core::store) name: Vec<u32>,
-    /// Row i's properties are `props[prop_end[i-1]..prop_end[i]]`.
-    pub(in crate::core::store) prop_end: Vec<u32>,
+    /// Row i's properties are `props[prop_end[i-1]..prop_end[i]]` (u64: a project may hold
+    /// more than 2³² properties in all).
+    pub(in crate::core::store) prop_end: Vec<u64>,
     pub(in crate::core::store) props: Vec<Prop>,
     /// Row i's event id is `id_bytes[id_end[i-1]..id_end[i]]`.
     pub(in crate::core::store) id_end: Vec<u64>,
@@ -212,7 +213,7 @@ impl EventTable {
             };
             self.props.push(Prop { key, value });
         }
-        self.prop_end.push(self.props.len() as u32);
+        self.prop_end.push(self.props.len() as u64);
         self.id_bytes.extend_from_slice(event.event_id.as_bytes());
         self.id_end.push(self.id_bytes.len() as u64);
         self.person.push(person);
@@ -317,7 +318,7 @@ impl EventTable {
             let new_row = self.time.len() as u32;
             let prop_start = if row == 0 { 0 } else { prop_end[row - 1] as usize };
             self.props.extend_from_slice(&props[prop_start..prop_end[row] as usize]);
-            self.prop_end.push(self.props.len() as u32);
+            self.prop_end.push(self.props.len() as u64);
             let id_start = if row == 0 { 0 } else { id_end[row - 1] as usize };
             self.id_bytes.extend_from_slice(&id_bytes[id_start..id_end[row] as usize]);
             self.id_end.push(self.id_bytes.len() as u64);
