@@ -127,6 +127,11 @@ pub struct ServeConfig {
     /// How often the data retention job runs, in seconds.
     #[arg(long, env = "SEXTANT_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
     pub retention_interval_secs: u64,
+
+    /// How often background compaction runs, in seconds: projects that deleted users or
+    /// expired events since their last compaction are rewritten so that data leaves the disk.
+    #[arg(long, env = "SEXTANT_COMPACT_INTERVAL_SECS", default_value_t = 3600)]
+    pub compact_interval_secs: u64,
 }
 
 impl ServeConfig {
@@ -187,6 +192,7 @@ impl ServeConfig {
             "--query-timeout-secs must be >= 0"
         );
         anyhow::ensure!(self.retention_interval_secs > 0, "--retention-interval-secs must be positive");
+        anyhow::ensure!(self.compact_interval_secs > 0, "--compact-interval-secs must be positive");
         anyhow::ensure!(
             self.bootstrap_key.as_deref().is_none_or(|k| k.is_empty() || k.len() >= 16),
             "--bootstrap-key must be at least 16 characters"

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sextant::cli::backup::{self, BackupArgs};
 use sextant::cli::r#gen::{self as generator, GenOptions};
 use sextant::cli::load::{self, LoadArgs};
+use sextant::cli::maintenance::{self, CheckArgs, CompactArgs};
 use sextant::cli::soak::{self, SoakArgs};
 use sextant::cli::watch::{self, WatchArgs};
 use sextant::config::ServeConfig;
@@ -35,6 +36,12 @@ enum Command {
     /// Copy a running server's data into a new data directory (a consistent snapshot). To
     /// restore, start a server with `--data-dir` set to that directory.
     Backup(BackupArgs),
+    /// Have a running server rewrite its stored data so that deleted users and expired events
+    /// leave the disk (AdminService.Compact; needs the server admin key).
+    Compact(CompactArgs),
+    /// Verify, offline, that every stored record of a data directory reads back; exits
+    /// non-zero naming the first that does not.
+    Check(CheckArgs),
     /// Mixed ingest and queries from several clients for a fixed time; prints errors and
     /// latency percentiles per call.
     Soak(SoakArgs),
@@ -95,6 +102,21 @@ fn main() -> anyhow::Result<()> {
                 report.log,
                 report.bytes,
                 args.out.display()
+            );
+            Ok(())
+        }
+        Command::Compact(args) => {
+            let compacted = runtime.block_on(maintenance::compact(&args))?;
+            println!("compacted: {} bytes before, {} bytes after", compacted.bytes_before, compacted.bytes_after);
+            Ok(())
+        }
+        Command::Check(args) => {
+            let report = maintenance::check(&args)?;
+            println!(
+                "{}: {} log records and {} meta objects read back",
+                args.data_dir.display(),
+                report.log,
+                report.meta
             );
             Ok(())
         }

@@ -12,6 +12,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::{ServeConfig, Toggle};
 use crate::core::engine::Engine;
+use crate::core::engine::compaction::run_compaction_job;
 use crate::core::engine::expiry::run_retention_job;
 use crate::grpc::Api;
 use crate::grpc::auth::GuardLayer;
@@ -130,6 +131,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
 
     let retention =
         tokio::spawn(run_retention_job(engine.clone(), Duration::from_secs(config.retention_interval_secs)));
+    let compaction =
+        tokio::spawn(run_compaction_job(engine.clone(), Duration::from_secs(config.compact_interval_secs)));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.grace_secs);
@@ -160,9 +163,11 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
             }
         };
         health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-        // Wait until the job is gone: it holds the engine, and with it the database lock.
+        // Wait until the jobs are gone: they hold the engine, and with it the database lock.
         retention.abort();
         let _ = retention.await;
+        compaction.abort();
+        let _ = compaction.await;
         let closed = tokio::task::spawn_blocking(move || task_engine.close()).await?;
         served?;
         closed?;

@@ -49,4 +49,13 @@ impl AdminService for Api {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
+        self.authorize(&request, "")?;
+        let compacted = self.engine.compact(&request.into_inner().project).await?;
+        Ok(Response::new(pb::CompactResponse {
+            bytes_before: compacted.bytes_before,
+            bytes_after: compacted.bytes_after,
+        }))
+    }
 }

@@ -166,7 +166,7 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
             ("StopHoldout", Project(Admin)),
         ],
     ),
-    ("AdminService", &[("Backup", Server)]),
+    ("AdminService", &[("Backup", Server), ("Compact", Server)]),
 ];
 
 /// Services open to everyone (every method).

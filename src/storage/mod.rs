@@ -31,7 +31,14 @@ pub trait Storage: Send + Sync + 'static {
     /// A consistent copy for backups: the log up to its end when the call starts (appends
     /// only add after it), then every meta entry. Raw stored bytes, in store order.
     fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<()>;
+    /// Compaction: replaces the log with the values `keep` accepts (in order) followed by
+    /// the values `extra` puts, so that nothing left out stays in any file. The caller makes sure nothing is
+    /// appended meanwhile (the writer thread calls it).
+    fn rewrite_log(&self, keep: &mut dyn FnMut(&[u8]) -> Result<bool>, extra: &mut ExtraValues<'_>) -> Result<()>;
 }
+
+/// Produces values to append, one `put` each, so a rewrite never holds them all at once.
+pub type ExtraValues<'a> = dyn FnMut(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> + 'a;
 
 /// Receives each stored entry of a snapshot: (tree, key, value).
 pub type SnapshotVisitor<'a> = dyn FnMut(Tree, &[u8], &[u8]) -> Result<()> + 'a;

@@ -8,51 +8,132 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Encoded, SnapshotVisitor, Storage, Tree};
+use super::{Encoded, ExtraValues, SnapshotVisitor, Storage, Tree};
 use crate::error::{Error, Result};
 
 pub struct SledStorage {
+    /// The data directory; the live database is the subdirectory named in `CURRENT`.
+    dir: std::path::PathBuf,
+    /// Swapped whole by `rewrite_log`; every other call shares it.
+    inner: parking_lot::RwLock<Inner>,
+}
+
+struct Inner {
     db: sled::Db,
     meta: sled::Tree,
     log: sled::Tree,
     next_seq: AtomicU64,
 }
 
-impl SledStorage {
-    pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()?;
+/// Names the live database's subdirectory. Written atomically (temporary file, fsync,
+/// rename), so after a crash it names either the old database or the finished new one.
+const CURRENT: &str = "CURRENT";
+const FIRST_DB: &str = "sled";
+
+impl Inner {
+    fn open(path: &Path) -> Result<Inner> {
+        let db =
+            sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(256 * 1024 * 1024).open()?;
         let meta = db.open_tree("meta")?;
         let log = db.open_tree("log")?;
         let next_seq = match log.last()? {
             Some((key, _)) => decode_seq(&key)? + 1,
             None => 0,
         };
-        Ok(SledStorage { db, meta, log, next_seq: AtomicU64::new(next_seq) })
+        Ok(Inner { db, meta, log, next_seq: AtomicU64::new(next_seq) })
+    }
+}
+
+fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        return Error::exhausted("storage", format!("the disk is full: {what} {}: {err}", path.display()));
+    }
+    Error::Storage(format!("{what} {}: {err}", path.display()))
+}
+
+/// The database subdirectory `CURRENT` names (the first one when there is no `CURRENT`).
+fn current_db(dir: &Path) -> Result<String> {
+    match std::fs::read_to_string(dir.join(CURRENT)) {
+        Ok(name) => {
+            let name = name.trim().to_owned();
+            if !is_db_name(&name) {
+                return Err(Error::Storage(format!("{} names {name:?}, not a database", dir.join(CURRENT).display())));
+            }
+            Ok(name)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(FIRST_DB.to_owned()),
+        Err(err) => Err(io_error("cannot read", &dir.join(CURRENT), err)),
+    }
+}
+
+/// `sled` or `sled.<n>`: the only names this store creates (and may remove) in the data dir.
+fn is_db_name(name: &str) -> bool {
+    name == FIRST_DB
+        || name.strip_prefix("sled.").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes database directories other than the live one: a compaction that crashed before
+/// switching, or the old database of one that crashed after.
+fn remove_stale_dbs(dir: &Path, live: &str) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_db_name(&name) && name != live {
+            tracing::info!(dir = %entry.path().display(), "removing a database left by an earlier compaction");
+            std::fs::remove_dir_all(entry.path()).map_err(|e| io_error("cannot remove", &entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("cannot sync", dir, e))
+}
+
+/// Bytes of every file under `path`.
+fn dir_bytes(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    let entries = std::fs::read_dir(path).map_err(|e| io_error("cannot list", path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("cannot list", path, e))?;
+        let meta = entry.metadata().map_err(|e| io_error("cannot stat", &entry.path(), e))?;
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+impl SledStorage {
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let live = current_db(dir)?;
+        remove_stale_dbs(dir, &live)?;
+        let inner = Inner::open(&dir.join(&live))?;
+        Ok(SledStorage { dir: dir.to_owned(), inner: parking_lot::RwLock::new(inner) })
     }
 
     /// Opens a new, empty data directory to restore a backup into.
     pub fn create_empty(dir: &Path) -> Result<Self> {
         let storage = Self::open(dir)?;
-        if !storage.meta.is_empty() || !storage.log.is_empty() {
-            return Err(Error::Storage(format!("{} already holds data", dir.display())));
+        {
+            let inner = storage.inner.read();
+            if !inner.meta.is_empty() || !inner.log.is_empty() {
+                return Err(Error::Storage(format!("{} already holds data", dir.display())));
+            }
         }
         Ok(storage)
     }
 
     /// Stores one backup entry as it was (the caller has checked that a log value decodes).
     pub fn restore(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
+        let inner = self.inner.read();
         match tree {
-            Tree::Meta => self.meta.insert(key, value)?,
+            Tree::Meta => inner.meta.insert(key, value)?,
             Tree::Log => {
                 let seq = decode_seq(key)?;
-                self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
-                self.log.insert(key, value)?
+                inner.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
+                inner.log.insert(key, value)?
             }
         };
         Ok(())
@@ -79,23 +160,27 @@ impl From<sled::Error> for Error {
 
 impl Storage for SledStorage {
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+        Ok(self.inner.read().meta.get(key)?.map(|v| v.to_vec()))
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.meta.insert(key, value)?;
-        self.db.flush()?;
+        let inner = self.inner.read();
+        inner.meta.insert(key, value)?;
+        inner.db.flush()?;
         Ok(())
     }
 
     fn delete_meta(&self, key: &str) -> Result<()> {
-        self.meta.remove(key)?;
-        self.db.flush()?;
+        let inner = self.inner.read();
+        inner.meta.remove(key)?;
+        inner.db.flush()?;
         Ok(())
     }
 
     fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.meta
+        self.inner
+            .read()
+            .meta
             .scan_prefix(prefix)
             .map(|item| {
                 let (key, value) = item?;
@@ -105,23 +190,24 @@ impl Storage for SledStorage {
     }
 
     fn append(&self, records: &[Encoded]) -> Result<()> {
+        let inner = self.inner.read();
         // One sled batch: a crash keeps all of a job's records or none of them.
         let mut batch = sled::Batch::default();
-        let first = self.next_seq.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let first = inner.next_seq.fetch_add(records.len() as u64, Ordering::Relaxed);
         for (seq, record) in (first..).zip(records) {
             batch.insert(&seq.to_be_bytes()[..], record.0.as_slice());
         }
-        self.log.apply_batch(batch)?;
+        inner.log.apply_batch(batch)?;
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.flush()?;
+        self.inner.read().db.flush()?;
         Ok(())
     }
 
     fn replay(&self, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        for item in self.log.iter() {
+        for item in self.inner.read().log.iter() {
             let (_, value) = item?;
             visit(&value)?;
         }
@@ -129,20 +215,79 @@ impl Storage for SledStorage {
     }
 
     fn bytes_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        let _unchanging = self.inner.read();
+        dir_bytes(&self.dir)
     }
 
     fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<()> {
-        let end = self.next_seq.load(Ordering::Relaxed).to_be_bytes();
-        for item in self.log.range(..end) {
+        // The read guard keeps a compaction from swapping the database mid-copy.
+        let inner = self.inner.read();
+        let end = inner.next_seq.load(Ordering::Relaxed).to_be_bytes();
+        for item in inner.log.range(..end) {
             let (key, value) = item?;
             visit(Tree::Log, &key, &value)?;
         }
-        for item in self.meta.iter() {
+        for item in inner.meta.iter() {
             let (key, value) = item?;
             visit(Tree::Meta, &key, &value)?;
         }
         Ok(())
+    }
+
+    /// Writes a new database beside the live one (every meta entry, the log values `keep`
+    /// accepts in order, then what `extra` puts), switches `CURRENT` to it and deletes the old one, so
+    /// what was left out is gone from the disk. Meta calls wait meanwhile.
+    fn rewrite_log(&self, keep: &mut dyn FnMut(&[u8]) -> Result<bool>, extra: &mut ExtraValues<'_>) -> Result<()> {
+        let mut inner = self.inner.write();
+        inner.db.flush()?;
+        let old_name = current_db(&self.dir)?;
+        let number = old_name.strip_prefix("sled.").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let new_name = format!("sled.{}", number + 1);
+        let new_path = self.dir.join(&new_name);
+        if new_path.exists() {
+            std::fs::remove_dir_all(&new_path).map_err(|e| io_error("cannot remove", &new_path, e))?;
+        }
+        let fresh = Inner::open(&new_path)?;
+        let mut batch = sled::Batch::default();
+        for item in inner.meta.iter() {
+            let (key, value) = item?;
+            batch.insert(key, value);
+        }
+        fresh.meta.apply_batch(batch)?;
+        let mut seq = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut batched = 0usize;
+        let mut put = |value: &[u8], batch: &mut sled::Batch, batched: &mut usize| -> Result<()> {
+            batch.insert(&seq.to_be_bytes()[..], value);
+            seq += 1;
+            *batched += value.len();
+            if *batched >= 16 * 1024 * 1024 {
+                fresh.log.apply_batch(std::mem::take(batch))?;
+                *batched = 0;
+            }
+            Ok(())
+        };
+        for item in inner.log.iter() {
+            let (_, value) = item?;
+            if keep(&value)? {
+                put(&value, &mut batch, &mut batched)?;
+            }
+        }
+        extra(&mut |value| put(value, &mut batch, &mut batched))?;
+        fresh.log.apply_batch(batch)?;
+        fresh.next_seq.store(seq, Ordering::Relaxed);
+        fresh.db.flush()?;
+        // The switch: from here on a restart opens the new database.
+        let temporary = self.dir.join("CURRENT.tmp");
+        std::fs::write(&temporary, &new_name).map_err(|e| io_error("cannot write", &temporary, e))?;
+        std::fs::File::open(&temporary)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error("cannot sync", &temporary, e))?;
+        std::fs::rename(&temporary, self.dir.join(CURRENT)).map_err(|e| io_error("cannot rename", &temporary, e))?;
+        sync_dir(&self.dir)?;
+        let old = std::mem::replace(&mut *inner, fresh);
+        drop(old);
+        remove_stale_dbs(&self.dir, &new_name)
     }
 }
 

@@ -35,7 +35,7 @@ impl Engine {
         let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();
         let job = WriteJob { project, records, encoded, keys, reply };
-        sender.send(job).await.map_err(|_| Error::Unavailable)?;
+        sender.send(ingest::WriterTask::Write(job)).await.map_err(|_| Error::Unavailable)?;
         Ok(receiver)
     }
 
@@ -133,13 +133,23 @@ impl Engine {
             ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, self.clock.now(), &received)
         };
         let mut outcome = sorted.outcome;
+        // Ids stored before are answered here and never written again: a client re-sending a
+        // deleted user's events must not put them back on disk. (Two batches racing with one
+        // new id are still settled by the writer.)
+        let mut accepted = sorted.accepted;
+        {
+            let seen = self.seen.read();
+            let before = accepted.len();
+            accepted.retain(|e| !seen.contains(&ingest::event_key(project_id, &e.event_id)));
+            outcome.duplicates += (before - accepted.len()) as u64;
+        }
         outcome.quarantined = sorted.quarantined.len() as u64;
         ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
         ::metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);
-        if sorted.accepted.is_empty() && sorted.quarantined.is_empty() {
+        if accepted.is_empty() && sorted.quarantined.is_empty() {
             return Ok((outcome, None));
         }
-        let (records, keys) = self.event_records(project_id, sorted.accepted, sorted.quarantined, vec![]);
+        let (records, keys) = self.event_records(project_id, accepted, sorted.quarantined, vec![]);
         Ok((outcome, Some((entry, records, keys))))
     }
 

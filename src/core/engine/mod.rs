@@ -7,6 +7,7 @@
 pub mod anomalies;
 pub mod attribution;
 pub mod cohorts;
+pub mod compaction;
 pub mod dashboard;
 pub mod experiments;
 pub mod expiry;
@@ -38,7 +39,7 @@ use crate::core::cohort::Cohort;
 use crate::core::experiment::definition::Experiment;
 use crate::core::experiment::holdout::Holdout;
 use crate::core::goal::definition::Goal;
-use crate::core::ingest::{Limits, SeenIds, WriteJob, Writer};
+use crate::core::ingest::{Limits, SeenIds, Writer, WriterTask};
 use crate::core::metric::definition::{Metric, MetricBook};
 use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
 use crate::core::store::ProjectData;
@@ -90,7 +91,7 @@ pub struct Engine {
     storage: Arc<dyn Storage>,
     projects: RwLock<BTreeMap<String, Arc<ProjectEntry>>>,
     writer: Mutex<Option<Writer>>,
-    sender: RwLock<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
+    sender: RwLock<Option<tokio::sync::mpsc::Sender<WriterTask>>>,
     next_quarantine_id: AtomicU64,
     /// Ids of every stored event (the writer's dedupe set).
     pub(crate) seen: crate::core::ingest::SharedIds,
@@ -177,6 +178,10 @@ impl Engine {
                         events.iter().map(|e| crate::core::ingest::event_key(project, &e.event_id)).collect();
                     crate::core::ingest::dedupe(&mut seen, &keys)
                 }
+                LogRecord::SeenIds { keys, .. } => {
+                    seen.extend(keys.iter().copied());
+                    Vec::new()
+                }
                 LogRecord::Quarantined { entries, .. } => {
                     let max = entries.iter().map(|e| e.id + 1).max().unwrap_or(0);
                     next_quarantine_id = next_quarantine_id.max(max);
@@ -191,7 +196,7 @@ impl Engine {
             // Values of a MANUAL metric deleted just before a crash (see `delete_metric`).
             let metrics = &state.defs.metrics;
             state.data.manual.retain(|key, _| metrics.contains_key(key));
-            state.data.compact();
+            state.data.compact(&state.project.id);
         }
         let events: usize = projects.values().map(|p| p.data.table.len()).sum();
         tracing::info!(

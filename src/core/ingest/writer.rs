@@ -1,11 +1,11 @@
 //! The single writer: every write goes through one thread fed by a bounded channel. The thread
-//! takes whatever jobs are waiting (up to `MAX_GROUP`), dedupes their events against the in-memory id set,
-//! appends one log value per job, makes them durable with one `sync`, applies them to the
-//! in-memory tables and only then replies: an ack means on disk and visible to queries. The
-//! writer never waits for a project's lock: a job whose project a query holds goes to the
-//! applier thread, which applies it (and that project's later jobs, in order) when the lock
-//! frees, so a long query delays only its own project's acks.
-//! The bounded channel is the backpressure: when the writer is behind, senders wait.
+//! takes whatever jobs are waiting (up to `MAX_GROUP`), dedupes their events against the ids
+//! stored before and the group's own, appends one log value per job, makes them durable with
+//! one `sync`, applies them to the in-memory tables and only then replies: an ack means on
+//! disk and visible to queries. The writer never waits for a project's lock: a job whose
+//! project a query holds goes to the applier thread, which applies it (and that project's
+//! later jobs, in order) when the lock frees, so a long query delays only its own project's
+//! acks. The bounded channel is the backpressure: when the writer is behind, senders wait.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::engine::{ProjectEntry, ProjectState};
-use crate::core::store::record::LogRecord;
+use crate::core::store::record::{LogRecord, decode_record, encode_record};
 use crate::error::Result;
 use crate::storage::{Encoded, Storage};
 
@@ -36,6 +36,24 @@ pub struct WriteJob {
     pub encoded: Vec<Encoded>,
     pub keys: Vec<u128>,
     pub reply: oneshot::Sender<Result<WriteResult>>,
+}
+
+/// What the writer thread is asked to do.
+pub enum WriterTask {
+    Write(WriteJob),
+    Compact(CompactJob),
+}
+
+/// Rewrites the log so that what the projects deleted or expired leaves the disk (see
+/// `Storage::rewrite_log`). The writer runs it between groups, after every earlier job is
+/// applied, so the projects' data in memory is exactly their durable log.
+pub struct CompactJob {
+    /// The projects to rewrite from their data in memory, by id.
+    pub projects: Vec<(String, Arc<ProjectEntry>)>,
+    /// Every existing project: records of any other (deleted) project are dropped.
+    pub existing: HashSet<String>,
+    /// Answers the data directory's bytes before and after.
+    pub reply: oneshot::Sender<Result<(u64, u64)>>,
 }
 
 /// Hashes already spread their bits: use the low 64 as the table hash.
@@ -65,23 +83,24 @@ pub type SeenIds = HashSet<u128, BuildHasherDefault<IdHasher>>;
 /// tracking plan judges it. Only the writer thread writes it.
 pub type SharedIds = Arc<parking_lot::RwLock<SeenIds>>;
 
-pub fn event_key(project: &str, event_id: &str) -> u128 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(project.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(event_id.as_bytes());
-    hasher.digest128()
-}
+pub use crate::core::store::record::event_key;
 
 /// Marks which keys are new, adding them to `seen`; a key repeated inside `keys` is new once.
 pub fn dedupe(seen: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
     keys.iter().map(|key| seen.insert(*key)).collect()
 }
 
+/// `dedupe` for the writer's group: keys already durable (`durable`) are old, new ones go to
+/// `group`, which joins `durable` only once the group is synced, so that whoever reads
+/// `durable` (the Track fast path answers "duplicate" from it) sees only stored ids.
+fn dedupe_in_group(durable: &SeenIds, group: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
+    keys.iter().map(|key| !durable.contains(key) && group.insert(*key)).collect()
+}
+
 const MAX_GROUP: usize = 64;
 
 pub struct Writer {
-    pub sender: mpsc::Sender<WriteJob>,
+    pub sender: mpsc::Sender<WriterTask>,
     pub thread: JoinHandle<()>,
 }
 
@@ -114,7 +133,7 @@ fn apply(state: &mut ProjectState, a: &Appended) {
     for record in &a.job.records {
         state.data.apply(record, &a.keep);
     }
-    state.data.compact();
+    state.data.compact(&state.project.id);
     state.changes.send_modify(|n| *n += 1);
 }
 
@@ -133,10 +152,23 @@ fn reply(a: Appended) {
     let _ = a.job.reply.send(Ok(a.result));
 }
 
+enum ApplierTask {
+    Apply(Appended),
+    /// Answered once every job handed over before it is applied.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
 /// Applies durable jobs whose project was busy when the writer got to them, in the order the
 /// writer handed them over, waiting for each project's lock here instead of in the writer.
-fn run_applier(receiver: std::sync::mpsc::Receiver<Appended>, deferred: Deferred) {
-    for a in receiver {
+fn run_applier(receiver: std::sync::mpsc::Receiver<ApplierTask>, deferred: Deferred) {
+    for task in receiver {
+        let a = match task {
+            ApplierTask::Apply(a) => a,
+            ApplierTask::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         apply(&mut a.job.project.write(), &a);
         if let Some(count) = deferred.lock().get_mut(&project_id(&a.job.project)) {
             *count -= 1;
@@ -145,9 +177,9 @@ fn run_applier(receiver: std::sync::mpsc::Receiver<Appended>, deferred: Deferred
     }
 }
 
-fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>, seen: SharedIds) {
+fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriterTask>, seen: SharedIds) {
     let deferred = Deferred::default();
-    let (applier, applier_receiver) = std::sync::mpsc::channel::<Appended>();
+    let (applier, applier_receiver) = std::sync::mpsc::channel::<ApplierTask>();
     let applier_thread = {
         let deferred = deferred.clone();
         std::thread::Builder::new()
@@ -155,22 +187,29 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
             .spawn(move || run_applier(applier_receiver, deferred))
             .expect("spawning the applier thread")
     };
+    let mut compaction = None;
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
+        let mut jobs = Vec::new();
+        match first {
+            WriterTask::Write(job) => jobs.push(job),
+            WriterTask::Compact(job) => compaction = Some(job),
+        }
+        while compaction.is_none() && jobs.len() < MAX_GROUP {
             match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(WriterTask::Write(job)) => jobs.push(job),
+                Ok(WriterTask::Compact(job)) => compaction = Some(job),
                 Err(_) => break,
             }
         }
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
+        let mut group_keys = SeenIds::default();
         for job in jobs {
-            let keep = dedupe(&mut seen.write(), &job.keys);
+            let keep = dedupe_in_group(&seen.read(), &mut group_keys, &job.keys);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
             let result = WriteResult { accepted, duplicates: keep.len() as u64 - accepted };
             if let Err(err) = storage.append(&job.encoded) {
-                forget(&mut seen.write(), &job.keys, &keep);
+                forget(&mut group_keys, &job.keys, &keep);
                 let _ = job.reply.send(Err(err));
                 continue;
             }
@@ -178,12 +217,13 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         }
         if let Err(err) = storage.sync() {
             tracing::error!(error = %err, "sync failed; failing the group");
+            group_keys.clear();
             for a in appended {
-                forget(&mut seen.write(), &a.job.keys, &a.keep);
                 let _ = a.job.reply.send(Err(err.clone()));
             }
             continue;
         }
+        seen.write().extend(group_keys.drain());
         let mut events = 0u64;
         let mut replies = Vec::with_capacity(appended.len());
         for a in appended {
@@ -195,7 +235,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
             if waiting || !try_apply(&project, &a) {
                 *deferred.lock().entry(project_id(&project)).or_default() += 1;
                 // The applier ends only after this thread drops its sender.
-                let _ = applier.send(a);
+                let _ = applier.send(ApplierTask::Apply(a));
                 continue;
             }
             replies.push(a);
@@ -204,6 +244,12 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
         tracing::trace!(jobs = replies.len(), events, "group committed");
         for a in replies {
             reply(a);
+        }
+        if let Some(job) = compaction.take() {
+            let (done, applied) = std::sync::mpsc::channel();
+            let _ = applier.send(ApplierTask::Barrier(done));
+            let _ = applied.recv();
+            let _ = job.reply.send(compact(storage.as_ref(), &job.projects, &job.existing));
         }
     }
     drop(applier);
@@ -215,7 +261,43 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriteJob>,
     }
 }
 
-/// Undoes `dedupe` for a job that did not become durable.
+/// Rewrites the log: the given projects' records from their data in memory, other existing
+/// projects' records as they are, deleted projects' not at all.
+fn compact(
+    storage: &dyn Storage,
+    projects: &[(String, Arc<ProjectEntry>)],
+    existing: &HashSet<String>,
+) -> Result<(u64, u64)> {
+    let started = Instant::now();
+    let before = storage.bytes_on_disk()?;
+    let rewritten: HashSet<&str> = projects.iter().map(|(id, _)| id.as_str()).collect();
+    let mut keep = |value: &[u8]| -> Result<bool> {
+        let project = decode_record(value)?.project().to_owned();
+        Ok(existing.contains(&project) && !rewritten.contains(project.as_str()))
+    };
+    let mut checkpoints = |put: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
+        for (id, project) in projects {
+            let state = project.read();
+            state.data.checkpoint(id, &mut |record| put(&encode_record(&record)?.0))?;
+        }
+        Ok(())
+    };
+    storage.rewrite_log(&mut keep, &mut checkpoints)?;
+    for (_, project) in projects {
+        project.read().data.needs_compaction.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    let after = storage.bytes_on_disk()?;
+    tracing::info!(
+        projects = projects.len(),
+        before,
+        after,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compacted"
+    );
+    Ok((before, after))
+}
+
+/// Undoes `dedupe_in_group` for a job that could not be appended.
 fn forget(seen: &mut SeenIds, keys: &[u128], keep: &[bool]) {
     for (key, kept) in keys.iter().zip(keep) {
         if *kept {
@@ -235,6 +317,16 @@ mod tests {
         assert_eq!(dedupe(&mut seen, &[3, 4]), vec![false, true]);
         forget(&mut seen, &[3, 4], &[false, true]);
         assert_eq!(dedupe(&mut seen, &[4, 3]), vec![true, false]);
+    }
+
+    #[test]
+    fn a_group_sees_durable_keys_and_its_own_but_adds_to_neither_until_synced() {
+        let durable: SeenIds = [1u128, 2].into_iter().collect();
+        let mut group = SeenIds::default();
+        assert_eq!(dedupe_in_group(&durable, &mut group, &[1, 3, 3, 4]), vec![false, true, false, true]);
+        assert_eq!(dedupe_in_group(&durable, &mut group, &[4, 5, 2]), vec![false, true, false]);
+        assert_eq!(durable.len(), 2);
+        assert_eq!(group.len(), 3);
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub struct ProjectData {
     /// Bumped on every trait change, so caches derived from traits know when to rebuild.
     pub traits_version: u64,
     pub trait_groups: TraitGroupCache,
+    /// Dedupe keys of events removed by deletion or retention: compaction writes them in
+    /// place of the events, so their ids stay duplicates.
+    pub erased_keys: Vec<u128>,
+    /// Something was deleted or expired since the log was last rewritten: its bytes are still
+    /// on disk until the next compaction.
+    pub needs_compaction: std::sync::atomic::AtomicBool,
 }
 
 impl ProjectData {
@@ -70,16 +76,86 @@ impl ProjectData {
             LogRecord::ManualCleared { metric_key, .. } => {
                 self.manual.remove(metric_key);
             }
-            LogRecord::UserDeleted { user_id, .. } => self.erase_user(user_id),
-            LogRecord::EventsExpired { before, .. } => self.expire(*before),
+            LogRecord::UserDeleted { user_id, .. } => {
+                self.erase_user(user_id);
+                *self.needs_compaction.get_mut() = true;
+            }
+            LogRecord::EventsExpired { before, .. } => {
+                self.expire(*before);
+                *self.needs_compaction.get_mut() = true;
+            }
+            LogRecord::SeenIds { keys, .. } => self.erased_keys.extend_from_slice(keys),
         }
     }
 
-    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention). The writer
-    /// calls it after each job, replay once at the end, so a log with many deletions replays
-    /// in one pass.
-    pub fn compact(&mut self) -> usize {
-        self.table.compact()
+    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention), keeping their
+    /// dedupe keys. The writer calls it after each job, replay once at the end, so a log with
+    /// many deletions replays in one pass.
+    pub fn compact(&mut self, project: &str) -> usize {
+        let erased = &mut self.erased_keys;
+        self.table.compact(|event_id| erased.push(record::event_key(project, event_id)))
+    }
+
+    /// The log records that rebuild this data as it is now, and nothing that was deleted or
+    /// expired: what compaction writes in place of the project's history. Replaying them
+    /// gives the same rows in the same order, traits, aliases, quarantine, MANUAL values and
+    /// dedupe keys.
+    pub fn checkpoint(
+        &self,
+        project: &str,
+        emit: &mut dyn FnMut(LogRecord) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        const EVENTS_PER_RECORD: usize = 10_000;
+        let project = || project.to_owned();
+        let table = &self.table;
+        if !self.erased_keys.is_empty() {
+            emit(LogRecord::SeenIds { project: project(), keys: self.erased_keys.clone() })?;
+        }
+        let mut row = 0;
+        while row < table.len() {
+            let end = (row + EVENTS_PER_RECORD).min(table.len());
+            emit(LogRecord::Events { project: project(), events: (row..end).map(|r| table.event(r)).collect() })?;
+            row = end;
+        }
+        let mut people: Vec<(&u32, &BTreeMap<String, Value>)> = self.traits.iter().collect();
+        people.sort_unstable_by_key(|(person, _)| **person);
+        let updates: Vec<UserUpdate> = people
+            .into_iter()
+            .map(|(&person, traits)| UserUpdate {
+                user_id: table.person_name(person).to_owned(),
+                set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                set_once: Vec::new(),
+                unset: Vec::new(),
+            })
+            .collect();
+        for chunk in updates.chunks(EVENTS_PER_RECORD) {
+            emit(LogRecord::Users { project: project(), at: 0, updates: chunk.to_vec() })?;
+        }
+        let mut aliases: Vec<(&u32, &Vec<u32>)> = table.aliases().iter().collect();
+        aliases.sort_unstable_by_key(|(user, _)| **user);
+        for (&user, anonymous) in aliases {
+            for &anon in anonymous {
+                emit(LogRecord::Alias {
+                    project: project(),
+                    anonymous_id: table.person_name(anon).to_owned(),
+                    user_id: table.person_name(user).to_owned(),
+                })?;
+            }
+        }
+        if !self.quarantine.is_empty() {
+            emit(LogRecord::Quarantined { project: project(), entries: self.quarantine.values().cloned().collect() })?;
+        }
+        let mut metric_keys: Vec<&String> = self.manual.keys().collect();
+        metric_keys.sort_unstable();
+        for metric_key in metric_keys {
+            let values = &self.manual[metric_key];
+            emit(LogRecord::ManualValues {
+                project: project(),
+                metric_key: metric_key.clone(),
+                values: values.values().cloned().collect(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Marks the user's events (aliased anonymous ids' included) for erasure and forgets its
@@ -135,5 +211,97 @@ impl ProjectData {
         for key in &update.unset {
             traits.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::Event;
+
+    fn event(id: &str, user: &str, anon: &str, t: Micros, note: &str) -> Event {
+        Event {
+            event_id: id.into(),
+            name: "view".into(),
+            user_id: user.into(),
+            anonymous_id: anon.into(),
+            timestamp: t,
+            properties: vec![("note".into(), Value::String(note.into()))],
+        }
+    }
+
+    fn replay(records: &[LogRecord]) -> ProjectData {
+        let mut data = ProjectData::default();
+        for record in records {
+            data.apply(record, &[]);
+        }
+        data.compact("p");
+        data
+    }
+
+    #[test]
+    fn a_checkpoint_replays_to_the_same_data_without_what_was_deleted() {
+        let p = || "p".to_owned();
+        let set = |user: &str, plan: &str| UserUpdate {
+            user_id: user.into(),
+            set: vec![("plan".into(), Value::String(plan.into()))],
+            set_once: vec![],
+            unset: vec![],
+        };
+        let history = vec![
+            LogRecord::Events {
+                project: p(),
+                events: (0..25_000).map(|i| event(&format!("k{i}"), "keeper", "", i, "kept")).collect(),
+            },
+            LogRecord::Events {
+                project: p(),
+                events: vec![event("v1", "victim", "", 5, "secret"), event("a1", "", "anon", 6, "secret")],
+            },
+            LogRecord::Events { project: p(), events: vec![event("a2", "", "anon2", 7, "kept")] },
+            LogRecord::Users { project: p(), at: 1, updates: vec![set("victim", "x"), set("keeper", "pro")] },
+            LogRecord::Alias { project: p(), anonymous_id: "anon".into(), user_id: "victim".into() },
+            LogRecord::Alias { project: p(), anonymous_id: "anon2".into(), user_id: "keeper".into() },
+            LogRecord::ManualValues {
+                project: p(),
+                metric_key: "spend".into(),
+                values: vec![ManualValue { timestamp: 3, value: 9.5, dimensions: vec![] }],
+            },
+            LogRecord::UserDeleted { project: p(), user_id: "victim".into() },
+        ];
+        let original = replay(&history);
+        let mut checkpoint = Vec::new();
+        original
+            .checkpoint("p", &mut |record| {
+                checkpoint.push(record);
+                Ok(())
+            })
+            .unwrap();
+        // 25,001 events in records of at most 10,000, the removed ids as keys only.
+        let sizes: Vec<usize> = checkpoint
+            .iter()
+            .filter_map(|r| match r {
+                LogRecord::Events { events, .. } => Some(events.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sizes, vec![10_000, 10_000, 5_001]);
+        let text = format!("{checkpoint:?}");
+        assert!(!text.contains("victim") && !text.contains("secret") && !text.contains("\"anon\""), "{text:.300}");
+        assert!(matches!(&checkpoint[0], LogRecord::SeenIds { keys, .. }
+            if *keys == vec![record::event_key("p", "v1"), record::event_key("p", "a1")]));
+
+        let rebuilt = replay(&checkpoint);
+        let table = &rebuilt.table;
+        assert_eq!(table.len(), original.table.len());
+        for row in 0..table.len() {
+            assert_eq!(table.event(row), original.table.event(row));
+        }
+        let keeper = table.find_user("keeper").unwrap();
+        assert_eq!(rebuilt.traits[&keeper]["plan"], Value::String("pro".into()));
+        assert_eq!(rebuilt.traits.len(), 1);
+        assert_eq!(table.user_rows(keeper).len(), 25_001, "the alias of anon2 survives");
+        assert_eq!(rebuilt.manual, original.manual);
+        assert_eq!(rebuilt.erased_keys, original.erased_keys);
+        assert!(table.find_user("victim").is_none() && table.find_anonymous("anon").is_none());
     }
 }

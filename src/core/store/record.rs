@@ -62,6 +62,22 @@ pub enum LogRecord {
         project: String,
         before: Micros,
     },
+    /// Written by compaction in place of the events it dropped (deleted users, retention):
+    /// their dedupe keys (`event_key`), so their ids stay duplicates for ever while nothing
+    /// else of them stays on disk.
+    SeenIds {
+        project: String,
+        keys: Vec<u128>,
+    },
+}
+
+/// The dedupe key of an event: a 128-bit hash of (project, event id).
+pub fn event_key(project: &str, event_id: &str) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(project.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(event_id.as_bytes());
+    hasher.digest128()
 }
 
 impl LogRecord {
@@ -75,7 +91,8 @@ impl LogRecord {
             | LogRecord::ManualValues { project, .. }
             | LogRecord::ManualCleared { project, .. }
             | LogRecord::UserDeleted { project, .. }
-            | LogRecord::EventsExpired { project, .. } => project,
+            | LogRecord::EventsExpired { project, .. }
+            | LogRecord::SeenIds { project, .. } => project,
         }
     }
 }

@@ -287,15 +287,19 @@ impl EventTable {
         anons
     }
 
-    /// Removes the rows marked by `erase`, keeping the order of the rest; returns how many
-    /// were removed. O(rows): deletions and retention are rare, queries stay simple.
-    pub fn compact(&mut self) -> usize {
+    /// Removes the rows marked by `erase`, keeping the order of the rest, and tells `removed`
+    /// each removed row's event id; returns how many were removed. O(rows): deletions and
+    /// retention are rare, queries stay simple.
+    pub fn compact(&mut self, mut removed: impl FnMut(&str)) -> usize {
         if self.erased.is_empty() {
             return 0;
         }
         let n = self.len();
         let mut dropped = vec![false; n];
-        for row in self.erased.drain(..) {
+        for row in std::mem::take(&mut self.erased) {
+            if !dropped[row as usize] {
+                removed(self.row_event_id(row as usize));
+            }
             dropped[row as usize] = true;
         }
         let removed = dropped.iter().filter(|d| **d).count();
@@ -470,12 +474,14 @@ mod tests {
         for e in &events {
             table.push(e);
         }
-        assert_eq!(table.compact(), 0);
+        assert_eq!(table.compact(|_| {}), 0);
         assert_eq!(table.generation, 0);
         table.erase(0);
         table.erase(3);
         table.erase(3);
-        assert_eq!(table.compact(), 2);
+        let mut removed = Vec::new();
+        assert_eq!(table.compact(|id| removed.push(id.to_owned())), 2);
+        assert_eq!(removed, vec!["e0", "e3"]);
         assert_eq!(table.generation, 1);
         let kept: Vec<Event> = (0..table.len()).map(|r| table.event(r)).collect();
         assert_eq!(kept, vec![events[1].clone(), events[2].clone(), events[4].clone(), events[5].clone()]);
@@ -486,7 +492,7 @@ mod tests {
         for r in 0..4 {
             table.erase(r);
         }
-        assert_eq!(table.compact(), 4);
+        assert_eq!(table.compact(|_| {}), 4);
         assert!(table.is_empty() && table.min_time.is_none());
     }
 }

@@ -1,0 +1,80 @@
+//! Compaction: rewriting the stored log so that what DeleteUser and data retention removed
+//! leaves the disk, on demand (AdminService.Compact) and in the background.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::core::engine::{Engine, ProjectEntry};
+use crate::core::ingest::{CompactJob, WriterTask};
+use crate::error::{Error, Result};
+
+/// The data directory's size around a compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+impl Engine {
+    /// Rewrites `project`'s stored data (every project's when empty) from what it holds now,
+    /// so deleted users, expired events and deleted records are in no file any more. Writes
+    /// wait while it runs; it returns when the new files are durable and the old ones gone.
+    pub async fn compact(&self, project: &str) -> Result<Compacted> {
+        let projects = if project.is_empty() {
+            self.projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect()
+        } else {
+            vec![(project.to_owned(), self.project(project)?)]
+        };
+        self.compact_projects(projects).await
+    }
+
+    /// The background pass: compacts the projects that deleted or expired something since
+    /// their last compaction, if any.
+    pub async fn compact_if_needed(self: &Arc<Self>) -> Result<Option<Compacted>> {
+        // Project locks may wait for a writer: off the executor.
+        let due: Vec<(String, Arc<ProjectEntry>)> = self
+            .off_executor(|engine| {
+                Ok(engine
+                    .projects
+                    .read()
+                    .iter()
+                    .filter(|(_, entry)| entry.read().data.needs_compaction.load(Ordering::Relaxed))
+                    .map(|(id, entry)| (id.clone(), entry.clone()))
+                    .collect())
+            })
+            .await?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        self.compact_projects(due).await.map(Some)
+    }
+
+    async fn compact_projects(&self, projects: Vec<(String, Arc<ProjectEntry>)>) -> Result<Compacted> {
+        let existing: HashSet<String> = self.projects.read().keys().cloned().collect();
+        let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
+        let (reply, answer) = oneshot::channel();
+        let job = CompactJob { projects, existing, reply };
+        sender.send(WriterTask::Compact(job)).await.map_err(|_| Error::Unavailable)?;
+        let (bytes_before, bytes_after) = answer.await.map_err(|_| Error::Unavailable)??;
+        Ok(Compacted { bytes_before, bytes_after })
+    }
+}
+
+/// Runs `compact_if_needed` every `every` until the engine's writer closes.
+pub async fn run_compaction_job(engine: Arc<Engine>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match engine.compact_if_needed().await {
+            Ok(_) => {}
+            Err(Error::Unavailable) => return,
+            Err(err) => tracing::warn!(error = %err, "background compaction failed; retrying at the next tick"),
+        }
+    }
+}
