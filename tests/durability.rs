@@ -306,7 +306,7 @@ async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
             }
             acked
         });
-        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(0..80))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(0..150))).await;
         kill_9(server);
         let finished = compaction.await.unwrap().is_ok();
         println!("round {round}: compaction {}", if finished { "finished before the kill" } else { "killed" });
