@@ -18,11 +18,20 @@ rm -rf "$work/db"
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 sleep 1
+# Anonymous memory (RssAnon: heap, not the file pages the kernel may drop) sampled during the load.
+( peak=0; while kill -0 $server 2>/dev/null; do
+    anon=$(awk '/RssAnon/ {print $2}' /proc/$server/status 2>/dev/null || echo 0)
+    [ "${anon:-0}" -gt "$peak" ] && peak=$anon && echo "$peak" >"$work/rss-anon-peak"
+    sleep 0.2
+  done ) &
+sampler=$!
 "$bin" load --addr 127.0.0.1:$port --project bench --users "$work/data-$users/users.jsonl"
 "$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" | tee "$work/load.out"
 peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$server/status)
+echo "server peak RssAnon during the load: $(($(cat "$work/rss-anon-peak") / 1024)) MiB"
 events=$(grep -o 'accepted [0-9]*' "$work/load.out" | awk '{print $2}')
 kill -TERM $server; wait $server || true
+kill $sampler 2>/dev/null || true
 bytes=$(du -sb "$work/db" | awk '{print $1}')
 echo "server peak RSS: $((peak_kb / 1024)) MiB"
 echo "bytes on disk: $bytes ($(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.1f", b / e}') per event)"

@@ -246,31 +246,33 @@ impl Engine {
         self.limits.check_batch("exposures", items.len())?;
         let entry = self.project(project)?;
         let now = now_micros();
-        let mut outcome = ExposureOutcome::default();
-        let mut events = Vec::with_capacity(items.len());
-        let mut origin = Vec::with_capacity(items.len());
-        {
-            let state = entry.read();
-            for (index, item) in items.into_iter().enumerate() {
-                let event_id = item.as_ref().map(|i| i.event_id.clone()).unwrap_or_default();
-                let event = item.and_then(|item| exposure_event(&state, item, now)).and_then(|mut event| {
-                    let len = event.event_id.len() + event.user_id.len() + event.anonymous_id.len() + 64;
-                    ingest::validate_event(&mut event, len, &self.limits, now)?;
-                    Ok(event)
-                });
-                match event {
-                    Ok(event) => {
-                        events.push(Incoming { event: Ok(event), encoded_len: 0 });
-                        origin.push(index as u32);
+        let (mut outcome, events, origin) = self
+            .read_project(&entry, move |engine, state| {
+                let mut outcome = ExposureOutcome::default();
+                let mut events = Vec::with_capacity(items.len());
+                let mut origin = Vec::with_capacity(items.len());
+                for (index, item) in items.into_iter().enumerate() {
+                    let event_id = item.as_ref().map(|i| i.event_id.clone()).unwrap_or_default();
+                    let event = item.and_then(|item| exposure_event(state, item, now)).and_then(|mut event| {
+                        let len = event.event_id.len() + event.user_id.len() + event.anonymous_id.len() + 64;
+                        ingest::validate_event(&mut event, len, &engine.limits, now)?;
+                        Ok(event)
+                    });
+                    match event {
+                        Ok(event) => {
+                            events.push(Incoming { event: Ok(event), encoded_len: 0 });
+                            origin.push(index as u32);
+                        }
+                        Err(error) => outcome.rejected.push(ItemError {
+                            index: index as u32,
+                            event_id,
+                            error: error.under(&format!("exposures[{index}]")),
+                        }),
                     }
-                    Err(error) => outcome.rejected.push(ItemError {
-                        index: index as u32,
-                        event_id,
-                        error: error.under(&format!("exposures[{index}]")),
-                    }),
                 }
-            }
-        }
+                Ok((outcome, events, origin))
+            })
+            .await?;
         if events.is_empty() {
             return Ok(outcome);
         }

@@ -9,16 +9,23 @@ use std::time::Duration;
 
 impl Engine {
     /// Drops events of `project` with a timestamp before `before`; returns how many.
-    pub async fn expire_events(&self, project: &str, before: Micros) -> Result<u64> {
+    pub async fn expire_events(self: &Arc<Self>, project: &str, before: Micros) -> Result<u64> {
         let entry = self.project(project)?;
-        let expiring = {
-            let state = entry.read();
-            let table = &state.data.table;
-            let old_quarantine = state.data.quarantine.values().any(|q| q.event.timestamp < before);
-            if table.min_time().is_none_or(|t| t >= before) && !old_quarantine {
-                return Ok(0);
-            }
-            table.time().iter().filter(|&&t| t < before).count() as u64
+        // The project lock may wait for a writer: counted off the executor.
+        let counted = entry.clone();
+        let expiring = self
+            .off_executor(move |_| {
+                let state = counted.read();
+                let table = &state.data.table;
+                let old_quarantine = state.data.quarantine.values().any(|q| q.event.timestamp < before);
+                if table.min_time().is_none_or(|t| t >= before) && !old_quarantine {
+                    return Ok(None);
+                }
+                Ok(Some(table.time().iter().filter(|&&t| t < before).count() as u64))
+            })
+            .await?;
+        let Some(expiring) = expiring else {
+            return Ok(0);
         };
         let record = LogRecord::EventsExpired { project: project.to_owned(), before };
         self.write(entry, vec![record], vec![]).await?;
@@ -27,7 +34,7 @@ impl Engine {
     }
 
     /// One pass of the retention job over every project with a retention setting.
-    pub async fn enforce_retention(&self, now: Micros) -> Result<u64> {
+    pub async fn enforce_retention(self: &Arc<Self>, now: Micros) -> Result<u64> {
         let mut dropped = 0;
         for project in self.list_projects() {
             if project.retention_days == 0 {

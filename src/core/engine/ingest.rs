@@ -199,40 +199,43 @@ impl Engine {
     }
 
     /// Re-checks quarantined events against the current plan and stores the ones that pass.
-    pub async fn replay_quarantined(&self, project_id: &str, ids: &[u64]) -> Result<ReplayOutcome> {
+    pub async fn replay_quarantined(self: &Arc<Self>, project_id: &str, ids: &[u64]) -> Result<ReplayOutcome> {
         let entry = self.project(project_id)?;
         let now = self.clock.now();
-        let mut outcome = ReplayOutcome::default();
-        let (passing, leaving) = {
-            let state = entry.read();
-            let selected: Vec<&QuarantinedEvent> = if ids.is_empty() {
-                state.data.quarantine.values().collect()
-            } else {
-                let mut selected = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let found = state.data.quarantine.get(id);
-                    selected.push(found.ok_or_else(|| Error::NotFound(format!("quarantined event {id} not found")))?);
+        let ids = ids.to_vec();
+        let (passing, leaving, mut outcome) = self
+            .read_project(&entry, move |engine, state| {
+                let mut outcome = ReplayOutcome::default();
+                let selected: Vec<&QuarantinedEvent> = if ids.is_empty() {
+                    state.data.quarantine.values().collect()
+                } else {
+                    let mut selected = Vec::with_capacity(ids.len());
+                    for id in &ids {
+                        let found = state.data.quarantine.get(id);
+                        selected
+                            .push(found.ok_or_else(|| Error::NotFound(format!("quarantined event {id} not found")))?);
+                    }
+                    selected
+                };
+                let mut passing = Vec::new();
+                let mut leaving = Vec::new();
+                for entry in selected {
+                    let mut event = entry.event.clone();
+                    if ingest::validate_event(&mut event, 0, &engine.limits, now).is_err() {
+                        outcome.rejected += 1;
+                        continue;
+                    }
+                    let plan = state.defs.event_types.get(&event.name);
+                    if !crate::core::catalog::violations(&event, plan).is_empty() {
+                        outcome.remaining += 1;
+                        continue;
+                    }
+                    passing.push(event);
+                    leaving.push(entry.id);
                 }
-                selected
-            };
-            let mut passing = Vec::new();
-            let mut leaving = Vec::new();
-            for entry in selected {
-                let mut event = entry.event.clone();
-                if ingest::validate_event(&mut event, 0, &self.limits, now).is_err() {
-                    outcome.rejected += 1;
-                    continue;
-                }
-                let plan = state.defs.event_types.get(&event.name);
-                if !crate::core::catalog::violations(&event, plan).is_empty() {
-                    outcome.remaining += 1;
-                    continue;
-                }
-                passing.push(event);
-                leaving.push(entry.id);
-            }
-            (passing, leaving)
-        };
+                Ok((passing, leaving, outcome))
+            })
+            .await?;
         if leaving.is_empty() {
             return Ok(outcome);
         }

@@ -134,7 +134,7 @@ impl Engine {
 
     /// Stores values of a MANUAL metric; invalid items are returned with their index.
     pub async fn record_values(
-        &self,
+        self: &Arc<Self>,
         project: &str,
         key: &str,
         values: Vec<Result<ManualValue>>,
@@ -142,12 +142,11 @@ impl Engine {
         crate::core::catalog::validate_slug("metric_key", key)?;
         self.limits.check_batch("values", values.len())?;
         let entry = self.project(project)?;
-        {
-            let state = entry.read();
-            let metric = state.defs.metrics.latest_metric(key)?;
-            if metric.kind != MetricKind::Manual {
-                return Err(Error::FailedPrecondition(format!("metric {key:?} is {:?}, not MANUAL", metric.kind)));
-            }
+        let metric_key = key.to_owned();
+        let kind =
+            self.read_project(&entry, move |_, state| Ok(state.defs.metrics.latest_metric(&metric_key)?.kind)).await?;
+        if kind != MetricKind::Manual {
+            return Err(Error::FailedPrecondition(format!("metric {key:?} is {kind:?}, not MANUAL")));
         }
         let mut valid = Vec::with_capacity(values.len());
         let mut rejected = Vec::new();

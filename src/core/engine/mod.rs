@@ -259,6 +259,17 @@ impl Engine {
             .map_err(|e| Error::Internal(format!("task failed: {e}")))?
     }
 
+    /// Reads a project's state off the executor, for async calls: the lock may wait behind a
+    /// writer that waits for a long query.
+    pub(crate) async fn read_project<T: Send + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<ProjectEntry>,
+        read: impl FnOnce(&Engine, &ProjectState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let entry = entry.clone();
+        self.off_executor(move |engine| read(engine, &entry.read())).await
+    }
+
     pub(crate) fn delete_meta(&self, key: MetaKey<'_>) -> Result<()> {
         self.storage.delete_meta(&key.path())
     }

@@ -1,5 +1,7 @@
 //! Users: profiles, timelines and raw event export.
 
+use std::sync::Arc;
+
 use crate::core::engine::Engine;
 use crate::core::ingest;
 use crate::core::model::{Event, TimeRange, UserProfile};
@@ -86,18 +88,21 @@ impl Engine {
     /// traits, aliases and quarantined events. Durable when it returns; the event ids stay
     /// known, so replaying the same events is deduplicated. Returns the events erased;
     /// erasing an unknown user erases nothing and succeeds (retries are safe).
-    pub async fn delete_user(&self, project: &str, user_id: &str) -> Result<u64> {
+    pub async fn delete_user(self: &Arc<Self>, project: &str, user_id: &str) -> Result<u64> {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "must not be empty"));
         }
         ingest::validate_user_id("user_id", user_id)?;
         let entry = self.project(project)?;
-        let events = {
-            let state = entry.read();
-            match state.data.table.find_user(user_id) {
-                Some(person) => state.data.table.user_rows(person).len() as u64,
-                None => return Ok(0),
-            }
+        let user = user_id.to_owned();
+        let events = self
+            .read_project(&entry, move |_, state| {
+                let table = &state.data.table;
+                Ok(table.find_user(&user).map(|person| table.user_rows(person).len() as u64))
+            })
+            .await?;
+        let Some(events) = events else {
+            return Ok(0);
         };
         let record = LogRecord::UserDeleted { project: project.to_owned(), user_id: user_id.to_owned() };
         self.write(entry, vec![record], vec![]).await?;

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Storage benchmark (BENCHMARKS.md, issue 14's figures) on a data dir loaded by
+scripts/bench-ingest.sh (which prints the load's events/s and peak RssAnon):
+
+- restart: process start -> port open (the server binds only once its data is consistent)
+  and -> first funnel answered;
+- RssAnon after the restart plus a funnel, a retention table and a daily-uniques breakdown;
+- p99 of 100-event Track calls on a second project, idle and while the loaded project runs
+  funnels and retention back to back and receives writes;
+- bytes on disk per event, and the data dir before / after retention + Compact (on a copy).
+
+Usage: scripts/bench-storage.py --data /tmp/sxbench/data-700000 --db /tmp/sxbench/db
+"""
+import argparse
+import datetime as dt
+import importlib
+import importlib.util
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "reference"))
+from sextant_client import ROOT, stubs  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("bench_query", os.path.join(HERE, "bench-query.py"))
+bench_query = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_query)
+
+BIN = os.path.join(ROOT, "target", "release", "sextant")
+
+
+def rss_anon_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def start(db, *extra):
+    started = time.perf_counter()
+    proc = subprocess.Popen([BIN, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--web", "off",
+                             "--data-dir", db, *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    addr = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+    channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
+    grpc.channel_ready_future(channel).result(timeout=600)
+    return proc, channel, time.perf_counter() - started, started
+
+
+def stop(proc):
+    proc.terminate()
+    proc.wait(timeout=600)
+
+
+def track_request(pb, project, prefix, n):
+    c, i = pb["common"], pb["ingest"]
+    now = dt.datetime.now(dt.timezone.utc)
+    request = i.TrackRequest(project=project)
+    for k in range(n):
+        e = request.events.add(event_id=f"{prefix}-{k}", name="bench_write", user_id=f"w{k % 97}")
+        e.timestamp.FromDatetime(now)
+    return request
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--project", default="bench")
+    ap.add_argument("--calls", type=int, default=300)
+    args = ap.parse_args()
+    pb = stubs()
+    admin_pb = importlib.import_module("sextant.v1.admin_pb2")
+    admin_grpc = importlib.import_module("sextant.v1.admin_pb2_grpc")
+    ingest_grpc = importlib.import_module("sextant.v1.ingest_pb2_grpc")
+
+    proc, channel, to_port, started = start(args.db)
+    try:
+        calls = list(bench_query.benchmarks(pb, channel, args.project))
+        funnel = next(call for name, call, *_ in calls if "funnel" in name)
+        funnel()
+        first_funnel = time.perf_counter() - started
+        for _, call, *_ in calls:
+            call()
+        rss_after = rss_anon_mib(proc.pid)
+        stats = pb["project"].GetProjectStatsRequest(project=args.project)
+        events = pb["project_grpc"].ProjectServiceStub(channel).GetProjectStats(stats).events
+        print(f"events: {events}")
+        print(f"restart: port open (data consistent) {to_port:.2f} s, first funnel answered {first_funnel:.2f} s")
+        print(f"RssAnon after restart + funnel, retention, daily uniques: {rss_after:.0f} MiB")
+
+        projects = pb["project_grpc"].ProjectServiceStub(channel)
+        try:
+            projects.CreateProject(pb["project"].CreateProjectRequest(project=pb["project"].Project(id="writes")))
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        ingest = ingest_grpc.IngestServiceStub(channel)
+        run = f"{time.time_ns()}"
+
+        def track_latencies(tag):
+            out = []
+            for k in range(args.calls):
+                request = track_request(pb, "writes", f"{run}-{tag}-{k}", 100)
+                t = time.perf_counter()
+                ingest.Track(request, timeout=600)
+                out.append(time.perf_counter() - t)
+            return out
+
+        idle = track_latencies("idle")
+        stop_load = threading.Event()
+        queries = [0]
+
+        def query_load():
+            # Funnels and retention back to back on the loaded project.
+            heavy = [call for name, call, *_ in calls if "funnel" in name or "retention" in name]
+            while not stop_load.is_set():
+                for call in heavy:
+                    call()
+                    queries[0] += 1
+
+        def write_load():
+            k = 0
+            while not stop_load.is_set():
+                ingest.Track(track_request(pb, args.project, f"{run}-load-{k}", 100), timeout=600)
+                k += 1
+
+        workers = [threading.Thread(target=query_load), threading.Thread(target=write_load)]
+        for w in workers:
+            w.start()
+        time.sleep(1)
+        loaded = track_latencies("loaded")
+        stop_load.set()
+        for w in workers:
+            w.join()
+        for label, values in (("idle", idle), ("while the other project is queried and written", loaded)):
+            print(f"Track of 100 events on another project, {label}: p50 {statistics.median(values) * 1000:.1f} ms, "
+                  f"p99 {percentile(values, 99) * 1000:.1f} ms ({len(values)} calls)")
+        print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
+    finally:
+        stop(proc)
+
+    size = dir_bytes(args.db)
+    print(f"disk: {size} bytes, {size / events:.1f} bytes per event")
+
+    # Retention + Compact on a copy, so the data dir stays as loaded.
+    copy = args.db.rstrip("/") + ".compact-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(args.db, copy)
+    proc, channel, _, _ = start(copy, "--retention-interval-secs", "1")
+    try:
+        projects = pb["project_grpc"].ProjectServiceStub(channel)
+        keep_from = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+        days = (dt.datetime.now(dt.timezone.utc) - keep_from).days
+        update = pb["project"].UpdateProjectRequest(project=args.project, update=pb["project"].Project(retention_days=days),
+                                                    update_mask=["retention_days"])
+        projects.UpdateProject(update)
+        while projects.GetProjectStats(pb["project"].GetProjectStatsRequest(project=args.project)).events == events:
+            time.sleep(0.5)
+        left = projects.GetProjectStats(pb["project"].GetProjectStatsRequest(project=args.project)).events
+        t = time.perf_counter()
+        reply = admin_grpc.AdminServiceStub(channel).Compact(admin_pb.CompactRequest(), timeout=3600)
+        took = time.perf_counter() - t
+        print(f"retention {days} days kept {left} of {events} events; Compact took {took:.1f} s: "
+              f"{reply.bytes_before} -> {reply.bytes_after} bytes ({reply.bytes_after / max(left, 1):.1f} bytes per kept event)")
+    finally:
+        stop(proc)
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
