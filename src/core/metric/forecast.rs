@@ -3,8 +3,8 @@
 //! ETS(A,A,A), fitted by maximum likelihood, with prediction intervals; simpler models when
 //! the history is short.
 //!
-//! The `augurs-ets` crate was considered: its 0.10 release panics on seasonal models
-//! (`unimplemented!`), so the model is written here (Hyndman et al., *Forecasting with
+//! The `augurs-ets` crate was considered: its latest release, 0.10.3, panics on seasonal models
+//! (`unimplemented!("seasonal component not implemented yet")`), so the model is written here (Hyndman et al., *Forecasting with
 //! Exponential Smoothing*, 2008, ch. 2, 6 and 7). With additive errors the likelihood,
 //! concentrated over σ², is −n/2·ln(SSE/n), so maximising it means minimising the one-step
 //! squared errors over the smoothing parameters and the initial states, done here by
@@ -19,8 +19,10 @@
 //! of the two under which the fitted one-step errors are likelier. Counts and sums of events
 //! are roughly Poisson: their noise grows with their level, so a growing metric's early
 //! errors understate the noise of its forecasts, and a constant variance gives bands that
-//! are too narrow (74% of held-out points inside the 95% bands on generated data, against
-//! 90% with the variance following the level).
+//! are too narrow. On generated data (tests/reference/forecast_vs_statsmodels.py, seeds 1 to
+//! 12) the 95% bands held 86.3% of held-out points with the constant variance (taken over the
+//! latest third of the history where larger) and hold 93.4% with the variance following the
+//! level.
 
 use crate::core::metric::scan::Point;
 use crate::core::model::Micros;
@@ -365,9 +367,9 @@ pub fn fit(y: &[f64], season: usize) -> Result<Fit> {
     };
     let damped = fit_shape(Shape::Trend { damped: true, season: m }, y);
     let undamped = fit_shape(Shape::Trend { damped: false, season: m }, y);
-    let choice =
-        format!("lower AICc than {}", if undamped.aicc < damped.aicc { &damped } else { &undamped }.shape.name());
-    let best = if undamped.aicc < damped.aicc { undamped } else { damped };
+    // On a tie the damped trend, the model SPEC §16 names, is kept.
+    let (best, other) = if undamped.aicc < damped.aicc { (undamped, damped) } else { (damped, undamped) };
+    let choice = format!("lower AICc than {}", other.shape.name());
     Ok(best.named(&why.into_iter().chain([choice]).collect::<Vec<_>>()))
 }
 
@@ -471,12 +473,12 @@ fn aicc(sse: f64, n: usize, k: usize) -> f64 {
 impl VarianceModel {
     /// Of a constant one-step variance and one proportional to the fitted value, the one
     /// under which the fitted one-step errors (error, fitted value) are likelier as independent
-    /// normals. Both are judged on the steps whose fitted value is positive (at least a
-    /// hundredth of the largest, so a misfit at a start from zero does not decide), and only
-    /// when those are at least half. The constant is the mean squared error of all steps; the level's factor is
-    /// Σe²/Σfitted (a moment estimate, steadier than the maximum-likelihood mean of e²/fitted
-    /// when fitted values are small). Either is scaled by n / (n − k) for the `k` fitted
-    /// parameters, since fitted errors understate fresh ones.
+    /// normals. Both are judged on the steps whose fitted value is positive (above a hundredth
+    /// of the largest, so a misfit where the metric starts from zero does not decide), and only
+    /// when those are at least half of the steps; the constant is then the mean squared error
+    /// of all steps. The level's factor is Σe²/Σfitted, a moment estimate steadier than the
+    /// maximum-likelihood mean of e²/fitted when fitted values are small. Either is scaled by
+    /// n / (n − k) for the `k` fitted parameters, since fitted errors understate fresh ones.
     fn choose(steps: &[(f64, f64)], k: usize) -> VarianceModel {
         let n = steps.len();
         let correction = if n > k { n as f64 / (n - k) as f64 } else { 1.0 };
