@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The test command: Rust unit and end-to-end tests, then the cross-checks against DuckDB on
-# generated data (installing their Python dependencies first), then the client examples in
-# Python, Node and Go against a fresh server (scripts/test-clients.sh installs their tools), and the
-# dashboard in headless Chromium (scripts/test-dashboard.sh installs it).
+# The test command: Rust unit and end-to-end tests, then the cross-checks against DuckDB and the
+# forecasts against statsmodels on generated data (installing their Python dependencies first),
+# then the client examples in Python, Node and Go against a fresh server (scripts/test-clients.sh
+# installs their tools), and the dashboard in headless Chromium (scripts/test-dashboard.sh
+# installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-deps.sh
 cargo test --locked
 cargo build --locked --quiet
-for check in tests/reference/*_vs_duckdb.py; do
+for check in tests/reference/*_vs_duckdb.py tests/reference/*_vs_statsmodels.py; do
   echo "== $check"
   python3 "$check"
 done

@@ -564,7 +564,8 @@ fn forecast_request(horizon: u32) -> pb::ForecastMetricRequest {
 async fn forecast_continues_trend_and_season_with_bands() {
     let server = ticking().await;
     let reply = metrics(&server).forecast_metric(forecast_request(7)).await.unwrap().into_inner();
-    assert_eq!(reply.method, "ETS(A,Ad,A) season 7, maximum likelihood");
+    // Exactly linear growth: no damping, so the undamped trend has the lower AICc.
+    assert_eq!(reply.method, "ETS(A,A,A) season 7, maximum likelihood (lower AICc than ETS(A,Ad,A) season 7)");
     assert_eq!(reply.history.len(), 21);
     assert_eq!(reply.history[20].value, 30.0);
     assert_eq!(reply.points.len(), 7);
@@ -584,7 +585,11 @@ async fn forecast_continues_trend_and_season_with_bands() {
     let mut short = forecast_request(2);
     short.range = range(0, 12 * DAY);
     let reply = metrics(&server).forecast_metric(short).await.unwrap().into_inner();
-    assert_eq!(reply.method, "ETS(A,Ad,N), maximum likelihood (history shorter than two seasons of 7)");
+    assert_eq!(
+        reply.method,
+        "ETS(A,A,N), maximum likelihood, variance proportional to the level (history shorter than two seasons of 7; \
+         lower AICc than ETS(A,Ad,N))"
+    );
     let mut shorter = forecast_request(2);
     shorter.range = range(0, 2 * DAY);
     let reply = metrics(&server).forecast_metric(shorter).await.unwrap().into_inner();
@@ -639,7 +644,7 @@ async fn goal_progress_says_which_projection_it_used() {
         |id: &str, now: i64| pb::GetGoalProgressRequest { project: "p".into(), id: id.into(), as_of: Some(ts(now)) };
     // UNIQUE_USERS with 21 complete days: the forecast model; 37 tickers expected on day 27.
     let reply = goals.get_goal_progress(progress("more-tickers", 21 * DAY)).await.unwrap().into_inner();
-    assert_eq!(reply.projection, "ETS(A,Ad,A) season 7, maximum likelihood");
+    assert_eq!(reply.projection, "ETS(A,A,A) season 7, maximum likelihood (lower AICc than ETS(A,Ad,A) season 7)");
     let projected = reply.projected.unwrap();
     assert!((projected - 37.0).abs() < 2.0, "{projected}");
     // Five complete days: too few for a forecast, the least-squares line.
