@@ -7,8 +7,9 @@ users=${1:-700000}
 work=${2:-/tmp/sextant-bench}
 port=50290
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=target/release/sextant
+# SEXTANT_BIN runs another build (e.g. an older commit's, for a before/after in one run).
+bin=${SEXTANT_BIN:-target/release/sextant}
+[ -n "${SEXTANT_BIN:-}" ] || cargo build --release --quiet
 mkdir -p "$work"
 if [ ! -s "$work/data-$users/events.jsonl" ]; then
   "$bin" gen --users "$users" --seed 42 --out "$work/data-$users"

@@ -33,7 +33,8 @@ spec = importlib.util.spec_from_file_location("bench_query", os.path.join(HERE, 
 bench_query = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_query)
 
-BIN = os.path.join(ROOT, "target", "release", "sextant")
+# SEXTANT_BIN runs another build (e.g. an older commit's, for a before/after in one run).
+BIN = os.environ.get("SEXTANT_BIN") or os.path.join(ROOT, "target", "release", "sextant")
 
 
 def rss_anon_mib(pid):
@@ -84,6 +85,7 @@ def main():
     ap.add_argument("--db", required=True)
     ap.add_argument("--project", default="bench")
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--skip-compact", action="store_true", help="for builds without AdminService.Compact")
     args = ap.parse_args()
     pb = stubs()
     admin_pb = importlib.import_module("sextant.v1.admin_pb2")
@@ -159,6 +161,8 @@ def main():
     size = dir_bytes(args.db)
     print(f"disk: {size} bytes, {size / events:.1f} bytes per event")
 
+    if args.skip_compact:
+        return
     # Retention + Compact on a copy, so the data dir stays as loaded.
     copy = args.db.rstrip("/") + ".compact-copy"
     shutil.rmtree(copy, ignore_errors=True)

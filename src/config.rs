@@ -194,6 +194,11 @@ impl ServeConfig {
         anyhow::ensure!(self.retention_interval_secs > 0, "--retention-interval-secs must be positive");
         anyhow::ensure!(self.compact_interval_secs > 0, "--compact-interval-secs must be positive");
         anyhow::ensure!(
+            self.max_properties <= crate::core::store::table::MAX_PROPERTIES,
+            "--max-properties must be at most {}",
+            crate::core::store::table::MAX_PROPERTIES
+        );
+        anyhow::ensure!(
             self.bootstrap_key.as_deref().is_none_or(|k| k.is_empty() || k.len() >= 16),
             "--bootstrap-key must be at least 16 characters"
         );

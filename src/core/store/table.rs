@@ -14,6 +14,12 @@ use crate::core::model::{Event, Micros, Value};
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
 
+/// Rows per block of property offsets (see `EventTable::prop_end`).
+const PROP_BLOCK: usize = 4096;
+/// The most properties one event may have (the configured limit is checked against it), so
+/// that a block's offsets fit in u32.
+pub const MAX_PROPERTIES: usize = (u32::MAX as usize) / PROP_BLOCK;
+
 /// Strings to dense ids and back.
 #[derive(Debug, Default)]
 pub struct Interner {
@@ -94,9 +100,11 @@ pub struct EventTable {
     pub(in crate::core::store) anonymous: Vec<u32>,
     pub(in crate::core::store) time: Vec<Micros>,
     pub(in crate::core::store) name: Vec<u32>,
-    /// Row i's properties are `props[prop_end[i-1]..prop_end[i]]` (u64: a project may hold
-    /// more than 2³² properties in all).
-    pub(in crate::core::store) prop_end: Vec<u64>,
+    /// Row i's properties end at `prop_block_start[i / PROP_BLOCK] + prop_end[i]` (and start
+    /// where row i-1's end): 4 bytes a row, and no wrap past 2³² properties in a project, since
+    /// a block of rows holds at most PROP_BLOCK × MAX_PROPERTIES of them.
+    pub(in crate::core::store) prop_end: Vec<u32>,
+    pub(in crate::core::store) prop_block_start: Vec<u64>,
     pub(in crate::core::store) props: Vec<Prop>,
     /// Row i's event id is `id_bytes[id_end[i-1]..id_end[i]]`.
     pub(in crate::core::store) id_end: Vec<u64>,
@@ -213,7 +221,7 @@ impl EventTable {
             };
             self.props.push(Prop { key, value });
         }
-        self.prop_end.push(self.props.len() as u64);
+        self.push_prop_end();
         self.id_bytes.extend_from_slice(event.event_id.as_bytes());
         self.id_end.push(self.id_bytes.len() as u64);
         self.person.push(person);
@@ -225,9 +233,26 @@ impl EventTable {
         self.max_time = Some(self.max_time.map_or(event.timestamp, |t| t.max(event.timestamp)));
     }
 
+    /// Ends the properties of the row being added (row `prop_end.len()`) at `props.len()`.
+    fn push_prop_end(&mut self) {
+        let row = self.prop_end.len();
+        if row % PROP_BLOCK == 0 {
+            // A block starts where the row before it ends.
+            let start = if row == 0 { 0 } else { self.prop_end_of(row - 1) };
+            self.prop_block_start.push(start as u64);
+        }
+        let start = self.prop_block_start[row / PROP_BLOCK];
+        let offset = u32::try_from(self.props.len() as u64 - start).expect("MAX_PROPERTIES bounds a block's offsets");
+        self.prop_end.push(offset);
+    }
+
+    fn prop_end_of(&self, row: usize) -> usize {
+        (self.prop_block_start[row / PROP_BLOCK] + u64::from(self.prop_end[row])) as usize
+    }
+
     pub fn row_props(&self, row: usize) -> &[Prop] {
-        let start = if row == 0 { 0 } else { self.prop_end[row - 1] as usize };
-        &self.props[start..self.prop_end[row] as usize]
+        let start = if row == 0 { 0 } else { self.prop_end_of(row - 1) };
+        &self.props[start..self.prop_end_of(row)]
     }
 
     pub fn row_event_id(&self, row: usize) -> &str {
@@ -308,7 +333,9 @@ impl EventTable {
         let anonymous = std::mem::replace(&mut self.anonymous, Vec::with_capacity(kept));
         let time = std::mem::replace(&mut self.time, Vec::with_capacity(kept));
         let name = std::mem::replace(&mut self.name, Vec::with_capacity(kept));
-        let prop_end = std::mem::replace(&mut self.prop_end, Vec::with_capacity(kept));
+        let prop_ends: Vec<usize> = (0..n).map(|row| self.prop_end_of(row)).collect();
+        self.prop_end = Vec::with_capacity(kept);
+        self.prop_block_start.clear();
         let props = std::mem::take(&mut self.props);
         let id_end = std::mem::replace(&mut self.id_end, Vec::with_capacity(kept));
         let id_bytes = std::mem::take(&mut self.id_bytes);
@@ -320,9 +347,9 @@ impl EventTable {
         self.max_time = None;
         for row in (0..n).filter(|&r| !dropped[r]) {
             let new_row = self.time.len() as u32;
-            let prop_start = if row == 0 { 0 } else { prop_end[row - 1] as usize };
-            self.props.extend_from_slice(&props[prop_start..prop_end[row] as usize]);
-            self.prop_end.push(self.props.len() as u64);
+            let prop_start = if row == 0 { 0 } else { prop_ends[row - 1] };
+            self.props.extend_from_slice(&props[prop_start..prop_ends[row]]);
+            self.push_prop_end();
             let id_start = if row == 0 { 0 } else { id_end[row - 1] as usize };
             self.id_bytes.extend_from_slice(&id_bytes[id_start..id_end[row] as usize]);
             self.id_end.push(self.id_bytes.len() as u64);
@@ -446,6 +473,34 @@ mod tests {
         assert_eq!(table.min_time, Some(10));
         assert_eq!(table.max_time, Some(30));
         assert_eq!(table.name_counts, vec![3]);
+    }
+
+    #[test]
+    fn property_offsets_hold_across_blocks_and_compaction() {
+        let mut table = EventTable::default();
+        let events: Vec<Event> = (0..3 * PROP_BLOCK as i64 + 5)
+            .map(|i| {
+                let mut e = event(&format!("e{i}"), "u1", "", i);
+                e.properties.truncate((i % 6) as usize);
+                e
+            })
+            .collect();
+        for e in &events {
+            table.push(e);
+        }
+        assert_eq!(table.prop_block_start.len(), 4);
+        for (row, e) in events.iter().enumerate() {
+            assert_eq!(&table.event(row), e);
+        }
+        for row in (0..events.len()).step_by(3) {
+            table.erase(row as u32);
+        }
+        table.compact(|_| {});
+        let kept: Vec<&Event> = events.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, e)| e).collect();
+        assert_eq!(table.len(), kept.len());
+        for (row, e) in kept.iter().enumerate() {
+            assert_eq!(&&table.event(row), e);
+        }
     }
 
     #[test]
