@@ -236,7 +236,7 @@ impl EventTable {
     /// Ends the properties of the row being added (row `prop_end.len()`) at `props.len()`.
     fn push_prop_end(&mut self) {
         let row = self.prop_end.len();
-        if row % PROP_BLOCK == 0 {
+        if row.is_multiple_of(PROP_BLOCK) {
             // A block starts where the row before it ends.
             let start = if row == 0 { 0 } else { self.prop_end_of(row - 1) };
             self.prop_block_start.push(start as u64);
