@@ -84,7 +84,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--db", required=True)
     ap.add_argument("--project", default="bench")
-    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--seconds", type=float, default=20, help="how long Track is timed, idle and loaded")
     ap.add_argument("--skip-compact", action="store_true", help="for builds without AdminService.Compact")
     args = ap.parse_args()
     pb = stubs()
@@ -118,7 +118,10 @@ def main():
 
         def track_latencies(tag):
             out = []
-            for k in range(args.calls):
+            deadline = time.perf_counter() + args.seconds
+            k = 0
+            while time.perf_counter() < deadline:
+                k += 1
                 request = track_request(pb, "writes", f"{run}-{tag}-{k}", 100)
                 t = time.perf_counter()
                 ingest.Track(request, timeout=600)
@@ -172,12 +175,14 @@ def main():
         projects = pb["project_grpc"].ProjectServiceStub(channel)
         keep_from = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
         days = (dt.datetime.now(dt.timezone.utc) - keep_from).days
+        count = lambda: projects.GetProjectStats(pb["project"].GetProjectStatsRequest(project=args.project)).events
+        events = count()
         update = pb["project"].UpdateProjectRequest(project=args.project, update=pb["project"].Project(retention_days=days),
                                                     update_mask=["retention_days"])
         projects.UpdateProject(update)
-        while projects.GetProjectStats(pb["project"].GetProjectStatsRequest(project=args.project)).events == events:
+        while count() == events:
             time.sleep(0.5)
-        left = projects.GetProjectStats(pb["project"].GetProjectStatsRequest(project=args.project)).events
+        left = count()
         t = time.perf_counter()
         reply = admin_grpc.AdminServiceStub(channel).Compact(admin_pb.CompactRequest(), timeout=3600)
         took = time.perf_counter() - t

@@ -185,9 +185,13 @@ async fn retention_drops_old_events_and_nothing_newer() {
             kept += chunk.events.len();
         }
         assert_eq!(kept, 5, "a project without retention keeps everything");
-        // Dropped ids stay known.
+        // A late replay stores nothing: the kept events are duplicates, the expired ones are
+        // refused as past the retention (so no expired id needs keeping).
         let replay = server.track("p", events.clone()).await;
-        assert_eq!((replay.accepted, replay.duplicates), (0, 5));
+        assert_eq!((replay.accepted, replay.duplicates), (0, 2));
+        let refused: Vec<&str> = replay.rejected.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(refused, vec!["old-1", "old-2", "edge-old"]);
+        assert!(replay.rejected.iter().all(|r| r.message.contains("retention")), "{:?}", replay.rejected);
     }
 }
 

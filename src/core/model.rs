@@ -84,6 +84,15 @@ pub struct Project {
     pub created: Micros,
 }
 
+impl Project {
+    /// Events with a timestamp before this are past the project's data retention: dropped by
+    /// the retention job, refused by Track. None when the project keeps everything.
+    pub fn retention_cutoff(&self, now: Micros) -> Option<Micros> {
+        (self.retention_days > 0)
+            .then(|| now.saturating_sub(i64::from(self.retention_days) * 86_400 * MICROS_PER_SECOND))
+    }
+}
+
 /// Which project fields an update overwrites.
 #[derive(Debug, Clone, Default)]
 pub struct ProjectUpdate {

@@ -1,7 +1,7 @@
 //! Data retention of the engine: expiring old events through the log.
 
 use crate::core::engine::Engine;
-use crate::core::model::{MICROS_PER_SECOND, Micros};
+use crate::core::model::Micros;
 use crate::core::store::record::LogRecord;
 use crate::error::Result;
 use std::sync::Arc;
@@ -37,17 +37,14 @@ impl Engine {
     pub async fn enforce_retention(self: &Arc<Self>, now: Micros) -> Result<u64> {
         let mut dropped = 0;
         for project in self.list_projects() {
-            if project.retention_days == 0 {
+            let Some(before) = project.retention_cutoff(now) else {
                 continue;
-            }
-            let before = now.saturating_sub(i64::from(project.retention_days) * MICROS_PER_DAY);
+            };
             dropped += self.expire_events(&project.id, before).await?;
         }
         Ok(dropped)
     }
 }
-
-const MICROS_PER_DAY: Micros = 86_400 * MICROS_PER_SECOND;
 
 /// Runs the retention job every `every` until the engine's writer closes.
 pub async fn run_retention_job(engine: Arc<Engine>, every: Duration) {

@@ -130,7 +130,9 @@ impl Engine {
             let stored = |id: &str| self.seen.read().contains(&ingest::event_key(project_id, id));
             let quarantined = |id: &str| held.contains(id);
             let received = ingest::Received { stored: &stored, quarantined: &quarantined };
-            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, self.clock.now(), &received)
+            let now = self.clock.now();
+            let cutoff = state.project.retention_cutoff(now);
+            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now, cutoff, &received)
         };
         let mut outcome = sorted.outcome;
         // Ids stored before are answered here and never written again: a client re-sending a

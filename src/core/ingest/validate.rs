@@ -164,6 +164,7 @@ pub fn sort_batch(
     plan: &BTreeMap<String, EventType>,
     limits: &Limits,
     now: Micros,
+    retention_cutoff: Option<Micros>,
     received: &Received,
 ) -> Sorted {
     let mut sorted = Sorted::default();
@@ -179,6 +180,15 @@ pub fn sort_batch(
         };
         if let Err(error) = validate_event(&mut event, item.encoded_len, limits, now) {
             sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error: prefix(index, error) });
+            continue;
+        }
+        // The retention job would drop it at once; refusing it keeps answers stable and means
+        // no id of an expired event needs keeping for dedupe.
+        if retention_cutoff.is_some_and(|cutoff| event.timestamp < cutoff) {
+            let error = Error::FailedPrecondition(format!(
+                "events[{index}].timestamp: older than the project's data retention (retention_days)"
+            ));
+            sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error });
             continue;
         }
         let repeated = !batch_ids.insert(xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes()));
@@ -297,15 +307,15 @@ mod tests {
                 Incoming { event: Ok(event("", "u")), encoded_len: 1 },
             ]
         };
-        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0, &Received::NOTHING);
+        let allow = sort_batch(batch(), Enforcement::Allow, &plan, &limits, 0, None, &Received::NOTHING);
         assert_eq!((allow.accepted.len(), allow.outcome.rejected.len()), (2, 1));
         assert_eq!(allow.outcome.rejected[0].index, 2);
-        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0, &Received::NOTHING);
+        let warn = sort_batch(batch(), Enforcement::Warn, &plan, &limits, 0, None, &Received::NOTHING);
         assert_eq!((warn.accepted.len(), warn.outcome.warnings.len()), (2, 1));
         assert_eq!(warn.outcome.warnings[0].index, 1);
-        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0, &Received::NOTHING);
+        let block = sort_batch(batch(), Enforcement::Block, &plan, &limits, 0, None, &Received::NOTHING);
         assert_eq!((block.accepted.len(), block.outcome.rejected.len()), (1, 2));
-        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0, &Received::NOTHING);
+        let quarantine = sort_batch(batch(), Enforcement::Quarantine, &plan, &limits, 0, None, &Received::NOTHING);
         assert_eq!((quarantine.accepted.len(), quarantine.quarantined.len()), (1, 1));
     }
 
@@ -331,7 +341,7 @@ mod tests {
             ]
         };
         for enforcement in [Enforcement::Block, Enforcement::Quarantine] {
-            let sorted = sort_batch(batch(), enforcement, &plan, &limits, 0, &received);
+            let sorted = sort_batch(batch(), enforcement, &plan, &limits, 0, None, &received);
             assert_eq!(sorted.outcome.duplicates, 3, "{enforcement:?}");
             assert_eq!(sorted.accepted.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
             let judged: Vec<u32> = sorted.outcome.rejected.iter().map(|r| r.index).collect();
@@ -342,7 +352,24 @@ mod tests {
             }
         }
         // A valid event with a stored id is left to the writer, which acknowledges it.
-        let sorted = sort_batch(vec![with_id("s", "known")], Enforcement::Block, &plan, &limits, 0, &received);
+        let sorted = sort_batch(vec![with_id("s", "known")], Enforcement::Block, &plan, &limits, 0, None, &received);
         assert_eq!((sorted.accepted.len(), sorted.outcome.duplicates), (1, 0));
+    }
+
+    #[test]
+    fn events_past_the_retention_are_refused_with_their_index() {
+        let limits = Limits::default();
+        let at = |id: &str, t: Micros| Incoming {
+            event: Ok(Event { event_id: id.into(), timestamp: t, ..event("view", "u") }),
+            encoded_len: 1,
+        };
+        let batch = vec![at("old", 99), at("edge", 100), at("new", 500)];
+        let sorted =
+            sort_batch(batch, Enforcement::Allow, &BTreeMap::new(), &limits, 1_000, Some(100), &Received::NOTHING);
+        let kept: Vec<&str> = sorted.accepted.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(kept, vec!["edge", "new"]);
+        let refused = &sorted.outcome.rejected;
+        assert_eq!((refused.len(), refused[0].index, refused[0].event_id.as_str()), (1, 0, "old"));
+        assert!(matches!(&refused[0].error, Error::FailedPrecondition(m) if m.contains("events[0].timestamp")));
     }
 }

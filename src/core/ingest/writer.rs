@@ -133,7 +133,7 @@ fn apply(state: &mut ProjectState, a: &Appended) {
     for record in &a.job.records {
         state.data.apply(record, &a.keep);
     }
-    state.data.compact(&state.project.id);
+    state.data.compact();
     state.changes.send_modify(|n| *n += 1);
 }
 

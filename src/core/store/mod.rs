@@ -30,8 +30,9 @@ pub struct ProjectData {
     /// Bumped on every trait change, so caches derived from traits know when to rebuild.
     pub traits_version: u64,
     pub trait_groups: TraitGroupCache,
-    /// Dedupe keys of events removed by deletion or retention: compaction writes them in
-    /// place of the events, so their ids stay duplicates.
+    /// Dedupe keys of deleted users' events: compaction writes them in place of the events, so
+    /// re-sent events of a deleted user stay duplicates. (Expired events need none: Track
+    /// refuses events older than the retention.)
     pub erased_keys: Vec<u128>,
     /// Something was deleted or expired since the log was last rewritten: its bytes are still
     /// on disk until the next compaction.
@@ -76,8 +77,8 @@ impl ProjectData {
             LogRecord::ManualCleared { metric_key, .. } => {
                 self.manual.remove(metric_key);
             }
-            LogRecord::UserDeleted { user_id, .. } => {
-                self.erase_user(user_id);
+            LogRecord::UserDeleted { project, user_id } => {
+                self.erase_user(project, user_id);
                 *self.needs_compaction.get_mut() = true;
             }
             LogRecord::EventsExpired { before, .. } => {
@@ -88,12 +89,11 @@ impl ProjectData {
         }
     }
 
-    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention), keeping their
-    /// dedupe keys. The writer calls it after each job, replay once at the end, so a log with
-    /// many deletions replays in one pass.
-    pub fn compact(&mut self, project: &str) -> usize {
-        let erased = &mut self.erased_keys;
-        self.table.compact(|event_id| erased.push(record::event_key(project, event_id)))
+    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention). The writer
+    /// calls it after each job, replay once at the end, so a log with many deletions replays
+    /// in one pass.
+    pub fn compact(&mut self) -> usize {
+        self.table.compact()
     }
 
     /// The log records that rebuild this data as it is now, and nothing that was deleted or
@@ -160,12 +160,13 @@ impl ProjectData {
 
     /// Marks the user's events (aliased anonymous ids' included) for erasure and forgets its
     /// traits, aliases and quarantined events at once.
-    fn erase_user(&mut self, user_id: &str) {
+    fn erase_user(&mut self, project: &str, user_id: &str) {
         let table = &mut self.table;
         let Some(person) = table.find_user(user_id) else {
             return;
         };
         for row in table.user_rows(person) {
+            self.erased_keys.push(record::event_key(project, table.row_event_id(row as usize)));
             table.erase(row);
         }
         let anonymous: std::collections::HashSet<String> =
@@ -235,7 +236,7 @@ mod tests {
         for record in records {
             data.apply(record, &[]);
         }
-        data.compact("p");
+        data.compact();
         data
     }
 

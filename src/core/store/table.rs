@@ -312,19 +312,15 @@ impl EventTable {
         anons
     }
 
-    /// Removes the rows marked by `erase`, keeping the order of the rest, and tells `removed`
-    /// each removed row's event id; returns how many were removed. O(rows): deletions and
-    /// retention are rare, queries stay simple.
-    pub fn compact(&mut self, mut removed: impl FnMut(&str)) -> usize {
+    /// Removes the rows marked by `erase`, keeping the order of the rest; returns how many
+    /// were removed. O(rows): deletions and retention are rare, queries stay simple.
+    pub fn compact(&mut self) -> usize {
         if self.erased.is_empty() {
             return 0;
         }
         let n = self.len();
         let mut dropped = vec![false; n];
-        for row in std::mem::take(&mut self.erased) {
-            if !dropped[row as usize] {
-                removed(self.row_event_id(row as usize));
-            }
+        for row in self.erased.drain(..) {
             dropped[row as usize] = true;
         }
         let removed = dropped.iter().filter(|d| **d).count();
@@ -495,7 +491,7 @@ mod tests {
         for row in (0..events.len()).step_by(3) {
             table.erase(row as u32);
         }
-        table.compact(|_| {});
+        table.compact();
         let kept: Vec<&Event> = events.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, e)| e).collect();
         assert_eq!(table.len(), kept.len());
         for (row, e) in kept.iter().enumerate() {
@@ -529,14 +525,12 @@ mod tests {
         for e in &events {
             table.push(e);
         }
-        assert_eq!(table.compact(|_| {}), 0);
+        assert_eq!(table.compact(), 0);
         assert_eq!(table.generation, 0);
         table.erase(0);
         table.erase(3);
         table.erase(3);
-        let mut removed = Vec::new();
-        assert_eq!(table.compact(|id| removed.push(id.to_owned())), 2);
-        assert_eq!(removed, vec!["e0", "e3"]);
+        assert_eq!(table.compact(), 2);
         assert_eq!(table.generation, 1);
         let kept: Vec<Event> = (0..table.len()).map(|r| table.event(r)).collect();
         assert_eq!(kept, vec![events[1].clone(), events[2].clone(), events[4].clone(), events[5].clone()]);
@@ -547,7 +541,7 @@ mod tests {
         for r in 0..4 {
             table.erase(r);
         }
-        assert_eq!(table.compact(|_| {}), 4);
+        assert_eq!(table.compact(), 4);
         assert!(table.is_empty() && table.min_time.is_none());
     }
 }
