@@ -46,6 +46,16 @@ async fn create_project(channel: &Channel, id: &str) {
         .expect("project created");
 }
 
+/// The random kill times' seed: SEXTANT_CRASH_SEED, or the clock's; printed to replay a failure.
+fn crash_seed() -> (u64, rand_chacha::ChaCha8Rng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("SEXTANT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("SEXTANT_CRASH_SEED={seed}");
+    (seed, rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+}
+
 fn kill_9(mut process: Process) {
     // SIGKILL: no destructor, no flush, no graceful anything.
     process.child.kill().expect("kill");
@@ -183,12 +193,8 @@ async fn shutdown_acks_or_fails_every_received_batch_of_an_open_stream() {
 /// SEXTANT_CRASH_SEED) to replay a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_during_concurrent_streams_lose_and_duplicate_nothing_acked() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("SEXTANT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    println!("SEXTANT_CRASH_SEED={seed}");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = crash_seed();
     let temp = tempfile::tempdir().unwrap();
     let mut server = spawn_server(temp.path()).await;
     create_project(&server.channel, "p").await;
@@ -265,13 +271,9 @@ async fn stored_event_counts(channel: &tonic::transport::Channel) -> HashMap<Str
 /// each restart every acked event is there exactly once, and the deleted user stays gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     use sextant::pb::admin_service_client::AdminServiceClient;
-    let seed: u64 = std::env::var("SEXTANT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    println!("SEXTANT_CRASH_SEED={seed}");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (seed, mut rng) = crash_seed();
     let temp = tempfile::tempdir().unwrap();
     let mut server = spawn_server(temp.path()).await;
     create_project(&server.channel, "p").await;

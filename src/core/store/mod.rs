@@ -221,14 +221,8 @@ mod tests {
     use crate::core::model::Event;
 
     fn event(id: &str, user: &str, anon: &str, t: Micros, note: &str) -> Event {
-        Event {
-            event_id: id.into(),
-            name: "view".into(),
-            user_id: user.into(),
-            anonymous_id: anon.into(),
-            timestamp: t,
-            properties: vec![("note".into(), Value::String(note.into()))],
-        }
+        let properties = vec![("note".into(), Value::String(note.into()))];
+        Event { properties, ..table::test_event(id, user, anon, t) }
     }
 
     fn replay(records: &[LogRecord]) -> ProjectData {

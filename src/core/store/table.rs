@@ -435,26 +435,29 @@ impl EventTable {
     }
 }
 
+/// An event of every property type, for the store's tests.
+#[cfg(test)]
+pub(crate) fn test_event(id: &str, user: &str, anon: &str, t: Micros) -> Event {
+    Event {
+        event_id: id.into(),
+        name: "view".into(),
+        user_id: user.into(),
+        anonymous_id: anon.into(),
+        timestamp: t,
+        properties: vec![
+            ("price".into(), Value::Number(9.5)),
+            ("sku".into(), Value::String("a".into())),
+            ("gift".into(), Value::Bool(true)),
+            ("when".into(), Value::Timestamp(7)),
+            ("note".into(), Value::Null),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_event as event;
     use super::*;
-
-    fn event(id: &str, user: &str, anon: &str, t: Micros) -> Event {
-        Event {
-            event_id: id.into(),
-            name: "view".into(),
-            user_id: user.into(),
-            anonymous_id: anon.into(),
-            timestamp: t,
-            properties: vec![
-                ("price".into(), Value::Number(9.5)),
-                ("sku".into(), Value::String("a".into())),
-                ("gift".into(), Value::Bool(true)),
-                ("when".into(), Value::Timestamp(7)),
-                ("note".into(), Value::Null),
-            ],
-        }
-    }
 
     #[test]
     fn rows_round_trip() {
