@@ -209,3 +209,39 @@ fn check_names_a_record_that_does_not_read_back() {
     let missing = sextant::cli::maintenance::CheckArgs { data_dir: dir.path().join("missing") };
     assert!(sextant::cli::maintenance::check(&missing).is_err());
 }
+
+/// Compaction while events, traits and definitions are written: every call completes (no call
+/// waits on a lock compaction holds while it waits on theirs), and all of it is there after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_runs_beside_writes_of_events_and_definitions() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    // Enough that compaction takes a while, so the calls below land while it runs.
+    for b in 0..40 {
+        let events = (0..2500).map(|i| event(&format!("e{b}-{i}"), "view", &format!("u{i}"), i)).collect();
+        server.track("p", events).await;
+    }
+    let patience = std::time::Duration::from_secs(60);
+    let mut compactions = Vec::new();
+    for _ in 0..3 {
+        let mut admin = server.admin();
+        compactions.push(tokio::spawn(async move { admin.compact(pb::CompactRequest::default()).await }));
+    }
+    for i in 0..20 {
+        let metric = common::definition(&format!("m{i}"), pb::MetricKind::Count, "view");
+        let mut metrics = server.metrics();
+        let create = metrics.create_metric(pb::CreateMetricRequest { project: "p".into(), metric: Some(metric) });
+        tokio::time::timeout(patience, create).await.expect("create_metric waited on compaction").unwrap();
+        let events = vec![event(&format!("late-{i}"), "view", "u1", 1000 + i)];
+        let tracked = tokio::time::timeout(patience, server.track("p", events)).await.expect("track waited");
+        assert_eq!(tracked.accepted, 1);
+    }
+    for compaction in compactions {
+        tokio::time::timeout(patience, compaction).await.expect("compaction ended").unwrap().unwrap();
+    }
+    let server = server.restart().await;
+    assert_eq!(server.stats("p").await.events, 100_020);
+    let request = pb::ListMetricsRequest { project: "p".into(), ..Default::default() };
+    assert_eq!(server.metrics().list_metrics(request).await.unwrap().into_inner().metrics.len(), 20);
+}

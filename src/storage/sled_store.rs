@@ -234,48 +234,53 @@ impl Storage for SledStorage {
         Ok(())
     }
 
-    /// Writes a new database beside the live one (every meta entry, the log values `keep`
-    /// accepts in order, then what `extra` puts), switches `CURRENT` to it and deletes the old one, so
-    /// what was left out is gone from the disk. Meta calls wait meanwhile.
+    /// Writes a new database beside the live one (the log values `keep` accepts in order,
+    /// then what `extra` puts, then every meta entry), switches `CURRENT` to it and deletes the
+    /// old one, so what was left out is gone from the disk. The log is copied under a shared
+    /// lock (the caller appends nothing meanwhile; `extra` may take project locks, whose
+    /// holders may store meta); only the meta copy and the switch hold the exclusive lock.
     fn rewrite_log(&self, keep: &mut dyn FnMut(&[u8]) -> Result<bool>, extra: &mut ExtraValues<'_>) -> Result<()> {
+        let (fresh, new_name) = {
+            let inner = self.inner.read();
+            let old_name = current_db(&self.dir)?;
+            let number = old_name.strip_prefix("sled.").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            let new_name = format!("sled.{}", number + 1);
+            let new_path = self.dir.join(&new_name);
+            if new_path.exists() {
+                std::fs::remove_dir_all(&new_path).map_err(|e| io_error("cannot remove", &new_path, e))?;
+            }
+            let fresh = Inner::open(&new_path)?;
+            let mut seq = 0u64;
+            let mut batch = sled::Batch::default();
+            let mut batched = 0usize;
+            let mut put = |value: &[u8], batch: &mut sled::Batch, batched: &mut usize| -> Result<()> {
+                batch.insert(&seq.to_be_bytes()[..], value);
+                seq += 1;
+                *batched += value.len();
+                if *batched >= 16 * 1024 * 1024 {
+                    fresh.log.apply_batch(std::mem::take(batch))?;
+                    *batched = 0;
+                }
+                Ok(())
+            };
+            for item in inner.log.iter() {
+                let (_, value) = item?;
+                if keep(&value)? {
+                    put(&value, &mut batch, &mut batched)?;
+                }
+            }
+            extra(&mut |value| put(value, &mut batch, &mut batched))?;
+            fresh.log.apply_batch(batch)?;
+            fresh.next_seq.store(seq, Ordering::Relaxed);
+            (fresh, new_name)
+        };
         let mut inner = self.inner.write();
-        inner.db.flush()?;
-        let old_name = current_db(&self.dir)?;
-        let number = old_name.strip_prefix("sled.").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-        let new_name = format!("sled.{}", number + 1);
-        let new_path = self.dir.join(&new_name);
-        if new_path.exists() {
-            std::fs::remove_dir_all(&new_path).map_err(|e| io_error("cannot remove", &new_path, e))?;
-        }
-        let fresh = Inner::open(&new_path)?;
         let mut batch = sled::Batch::default();
         for item in inner.meta.iter() {
             let (key, value) = item?;
             batch.insert(key, value);
         }
         fresh.meta.apply_batch(batch)?;
-        let mut seq = 0u64;
-        let mut batch = sled::Batch::default();
-        let mut batched = 0usize;
-        let mut put = |value: &[u8], batch: &mut sled::Batch, batched: &mut usize| -> Result<()> {
-            batch.insert(&seq.to_be_bytes()[..], value);
-            seq += 1;
-            *batched += value.len();
-            if *batched >= 16 * 1024 * 1024 {
-                fresh.log.apply_batch(std::mem::take(batch))?;
-                *batched = 0;
-            }
-            Ok(())
-        };
-        for item in inner.log.iter() {
-            let (_, value) = item?;
-            if keep(&value)? {
-                put(&value, &mut batch, &mut batched)?;
-            }
-        }
-        extra(&mut |value| put(value, &mut batch, &mut batched))?;
-        fresh.log.apply_batch(batch)?;
-        fresh.next_seq.store(seq, Ordering::Relaxed);
         fresh.db.flush()?;
         // The switch: from here on a restart opens the new database.
         let temporary = self.dir.join("CURRENT.tmp");
