@@ -14,7 +14,7 @@ use crate::core::metric::definition::{MetricBook, MetricKind};
 use crate::core::metric::scan::Matcher;
 use crate::core::model::{Micros, Value};
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, query_threads};
+use crate::core::store::person_order::{PersonEvents, Rows, query_threads};
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result};
 
@@ -290,8 +290,10 @@ pub fn run(
     let parts = if table.names().get(&query.conversion.event).is_none() {
         Vec::new()
     } else {
+        // Only conversions and touches are read: people without a conversion add nothing.
+        let names = [conversion.name(), touch.name()];
         let order = state.person_order.get(table);
-        order.fold_parts(table, query_threads(table), Part::default, visit)
+        order.fold_parts_named(table, query_threads(table), Rows::Named(&names), Part::default, visit)
     };
 
     let mut result = Attribution { total_spend: spend.values().sum(), ..Default::default() };

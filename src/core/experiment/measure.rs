@@ -4,9 +4,11 @@
 //! sufficient statistics the readout compares.
 //!
 //! Exposures come from one scan of the name column. Metric values come from one pass over the
-//! exposed people, each visited once with all their rows (their own and their aliases'); per
-//! user and metric the rows are checked against compiled selectors, integers only, and each
-//! value lands in a per-metric column. Nothing is allocated per event.
+//! people who did the metrics' events (the person order's name index), each visited once with
+//! those of their rows (their own and their aliases', in time order); per exposed user and
+//! metric the rows are checked against compiled selectors, integers only, and each value lands
+//! in the user's place of a per-metric column. An exposed user without such rows keeps 0, the
+//! value of no rows. Nothing is allocated per event.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +17,10 @@ use super::readout::VariantData;
 use super::stats::{self, Covariate, Summary, SummaryKind};
 use crate::core::filter::row_number;
 use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
-use crate::core::metric::scan::{Matcher, for_listed_people};
+use crate::core::metric::scan::Matcher;
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
+use crate::core::store::person_order::Rows;
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result, echo};
 
@@ -204,6 +207,15 @@ fn plain_source(state: &ProjectData, metric: &Metric) -> Result<Source> {
 }
 
 impl UserMetric {
+    /// The event names whose rows it reads.
+    fn names(&self) -> Vec<u32> {
+        match self {
+            UserMetric::Single(source) => vec![source.matcher.name()],
+            UserMetric::Ratio(x, y) => vec![x.matcher.name(), y.matcher.name()],
+            UserMetric::Conversion { first, then, .. } => vec![first.name(), then.name()],
+        }
+    }
+
     fn compile(state: &ProjectData, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
         Ok(match metric.kind {
             MetricKind::Count | MetricKind::Sum | MetricKind::UniqueUsers => {
@@ -333,31 +345,39 @@ pub fn measure(
     let is_ratio: Vec<bool> = plans.iter().map(|p| p.kind == SummaryKind::Ratio).collect();
     let cuped: Vec<bool> =
         plans.iter().map(|p| windows.cuped_pre_period.is_some() && p.kind != SummaryKind::Ratio).collect();
+    // Every value of no rows is 0: users nobody visits below keep it.
     let mut columns: Vec<Columns> = plans
         .iter()
         .enumerate()
         .map(|(m, _)| Columns {
-            x: Vec::with_capacity(users.len()),
-            y: Vec::with_capacity(if is_ratio[m] { users.len() } else { 0 }),
-            pre: Vec::with_capacity(if cuped[m] { users.len() } else { 0 }),
+            x: vec![0.0; users.len()],
+            y: vec![0.0; if is_ratio[m] { users.len() } else { 0 }],
+            pre: vec![0.0; if cuped[m] { users.len() } else { 0 }],
         })
         .collect();
+    // Per canonical person: its place in `users`.
+    let mut slot = vec![NONE; table.canonical().len()];
+    for (i, user) in users.iter().enumerate() {
+        slot[user.person as usize] = i as u32;
+    }
+    let names: Vec<u32> = compiled.iter().flat_map(UserMetric::names).collect();
     let mut scratch = Vec::new();
-    let mut next = 0usize;
-    for_listed_people(table, users.iter().map(|u| u.person), |person, rows| {
-        let user = users[next];
-        next += 1;
+    let order = state.person_order.get(table);
+    order.for_each_named(table, Rows::Named(&names), |person, events| {
+        let Some(&i) = slot.get(person as usize).filter(|&&i| i != NONE) else { return };
+        let (i, rows) = (i as usize, events.rows);
+        let user = users[i];
         let from = user.first;
         let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
         for (m, metric) in compiled.iter().enumerate() {
             let (x, y) = metric.value(table, person, rows, from, to, &mut scratch);
             let column = &mut columns[m];
-            column.x.push(x);
+            column.x[i] = x;
             if is_ratio[m] {
-                column.y.push(y);
+                column.y[i] = y;
             }
             if let (true, Some(pre)) = (cuped[m], windows.cuped_pre_period) {
-                column.pre.push(metric.value(table, person, rows, from.saturating_sub(pre), from, &mut scratch).0);
+                column.pre[i] = metric.value(table, person, rows, from.saturating_sub(pre), from, &mut scratch).0;
             }
         }
     });

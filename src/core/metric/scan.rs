@@ -16,7 +16,7 @@ use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::PersonOrder;
+use crate::core::store::person_order::{PersonEvents, PersonOrder, Rows};
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
@@ -168,33 +168,6 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
     values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
 }
 
-/// Visits the given canonical people, in the order given, with all their rows (their own and
-/// their aliases'), reusing one buffer for merged rows.
-pub(crate) fn for_listed_people(
-    table: &EventTable,
-    people: impl IntoIterator<Item = u32>,
-    mut visit: impl FnMut(u32, &[u32]),
-) {
-    let mut merged = Vec::new();
-    for (i, person) in people.into_iter().enumerate() {
-        // A cancelled query stops here; its caller is gone and discards the result.
-        if i.is_multiple_of(crate::core::cancel::CHECK_EVERY) && crate::core::cancel::stopped() {
-            return;
-        }
-        match table.aliases().get(&person) {
-            Some(anons) if !anons.is_empty() => {
-                merged.clear();
-                merged.extend_from_slice(&table.person_rows()[person as usize]);
-                for &anon in anons {
-                    merged.extend_from_slice(&table.person_rows()[anon as usize]);
-                }
-                visit(person, &merged);
-            }
-            _ => visit(person, &table.person_rows()[person as usize]),
-        }
-    }
-}
-
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
 pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
@@ -336,13 +309,23 @@ impl Matching<'_> {
         order: &PersonOrder,
         mut visit: impl FnMut(u32, usize, Micros, f64),
     ) {
-        order.for_each(table, |person, events| {
+        if self.name == NONE {
+            return;
+        }
+        let numbers =
+            (self.needs_value && self.property != NONE).then(|| order.numbers(table, self.name, self.property));
+        order.for_each_named(table, Rows::Named(&[self.name]), |person, events| {
             if !self.filters.person_passes(person) {
                 return;
             }
-            for i in 0..events.len() {
+            // Events come in time order: skip to `from`, stop at `to`.
+            let first = events.times.partition_point(|&t| t < self.from);
+            for i in first..events.len() {
                 let t = events.times[i];
-                if events.names[i] != self.name || t < self.from || t >= self.to {
+                if t >= self.to {
+                    break;
+                }
+                if events.names[i] != self.name {
                     continue;
                 }
                 let row = events.rows[i] as usize;
@@ -350,7 +333,11 @@ impl Matching<'_> {
                     continue;
                 }
                 let value = if self.needs_value {
-                    match row_number(table, row, self.property) {
+                    let number = match (&numbers, events.indexed_at) {
+                        (Some(numbers), Some(at)) => numbers[at + i],
+                        _ => row_number(table, row, self.property),
+                    };
+                    match number {
                         Some(v) => v,
                         None => continue,
                     }
@@ -381,6 +368,19 @@ impl Matcher {
             name: state.table.names().get(&selector.event).unwrap_or(NONE),
             filters: CompiledFilters::compile(state, &filters, members.map(|m| m.as_slice())),
         }
+    }
+
+    /// The event name id it matches (`NONE`: none).
+    pub(crate) fn name(&self) -> u32 {
+        self.name
+    }
+
+    /// `matches` for a row whose event name (`name`) the caller already has.
+    pub(crate) fn matches_event(&self, name: u32, table: &EventTable, person: u32, row: usize) -> bool {
+        self.name != NONE
+            && name == self.name
+            && self.filters.person_passes(person)
+            && self.filters.row_passes(table, row)
     }
 
     pub(crate) fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
@@ -450,7 +450,8 @@ struct Entry {
 fn share_metric(
     state: &ProjectData,
     query: &MetricQuery,
-    mut entries: impl FnMut(&mut Groups, u32, &[u32], &mut Vec<Entry>),
+    names: &[u32],
+    mut entries: impl FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>),
 ) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let buckets = bounds.len() - 1;
@@ -459,9 +460,9 @@ fn share_metric(
     let order = state.person_order.get(table);
     let mut scratch = Vec::new();
     let mut run = |groups: &mut Groups, remap: Option<&[u32]>, cells: &mut ShareCells, totals: &mut ShareCells| {
-        order.for_each(table, |person, events| {
+        order.for_each_named(table, Rows::Named(names), |person, events| {
             scratch.clear();
-            entries(groups, person, events.rows, &mut scratch);
+            entries(groups, person, events, &mut scratch);
             for entry in &scratch {
                 if entry.time < query.from || entry.time >= query.to {
                     continue;
@@ -531,18 +532,21 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
     let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys().get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
-    share_metric(state, query, |groups, person, rows, out| {
+    // Only A and B rows can enter or succeed: people without them add no entry.
+    share_metric(state, query, &[first.name, then.name], |groups, person, events, out| {
+        let matched = |matcher: &Matcher, i: usize| {
+            matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
+        };
         successes.clear();
+        // In (time, row) order already: events come so.
         successes.extend(
-            rows.iter().map(|&r| r as usize).filter(|&r| then.matches(table, person, r)).map(|r| (table.time()[r], r)),
+            (0..events.len()).filter(|&i| matched(&then, i)).map(|i| (events.times[i], events.rows[i] as usize)),
         );
-        successes.sort_unstable();
-        for &row in rows {
-            let row = row as usize;
-            if !first.matches(table, person, row) {
+        for i in 0..events.len() {
+            if !matched(&first, i) {
                 continue;
             }
-            let t = table.time()[row];
+            let (row, t) = (events.rows[i] as usize, events.times[i]);
             let start = successes.partition_point(|&(tb, _)| tb < t);
             let succeeded = successes[start..].iter().take_while(|&&(tb, _)| tb - t <= window).any(|&(_, rb)| {
                 constants
@@ -575,16 +579,16 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
         crate::core::metric::definition::Period::Month => 30,
     };
     let offset = i64::from(metric.retention_offset);
-    share_metric(state, query, |groups, person, rows, out| {
-        let Some(&first_row) = rows
-            .iter()
-            .filter(|&&r| first.matches(table, person, r as usize))
-            .min_by_key(|&&r| (table.time()[r as usize], r))
-        else {
+    // Only A and B rows matter: people without an A add no entry.
+    share_metric(state, query, &[first.name, then.name], |groups, person, events, out| {
+        let matched = |matcher: &Matcher, i: usize| {
+            matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
+        };
+        // Events come in (time, row) order: the first match is the earliest.
+        let Some(first_i) = (0..events.len()).find(|&i| matched(&first, i)) else {
             return;
         };
-        let first_row = first_row as usize;
-        let t0 = table.time()[first_row];
+        let (first_row, t0) = (events.rows[first_i] as usize, events.times[first_i]);
         let (start, end) = if metric.retention_rolling {
             let period = period_days * 86_400_000_000;
             (t0.saturating_add(offset.saturating_mul(period)), t0.saturating_add((offset + 1).saturating_mul(period)))
@@ -593,9 +597,9 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
                 time::advance(time::floor(t0, granularity, query.tz), granularity, metric.retention_offset, query.tz);
             (start, time::next(start, granularity, query.tz))
         };
-        let succeeded = rows.iter().map(|&r| r as usize).any(|r| {
-            let t = table.time()[r];
-            then.matches(table, person, r) && t >= start && (metric.retention_unbounded || t < end)
+        let succeeded = (0..events.len()).any(|i| {
+            let t = events.times[i];
+            matched(&then, i) && t >= start && (metric.retention_unbounded || t < end)
         });
         out.push(Entry { time: t0, group: groups.group(table, person, first_row), succeeded });
     })
