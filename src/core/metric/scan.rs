@@ -520,9 +520,23 @@ fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
     table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value).filter(|c| !matches!(c, Cell::Null))
 }
 
+/// Lists a person's entries into a share metric from their events of the metric's names.
+type EntriesOf<'a> = Box<dyn FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>) + 'a>;
+
 /// CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
 /// bucket within the window (A and B sharing every constant property's value).
 pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let (names, entries) = conversion_entries(state, metric, query)?;
+    share_metric(state, query, &names, entries)
+}
+
+/// A conversion's names (A, B) and entries: one per A row, succeeded when a B follows within
+/// the window. Only A and B rows can enter or succeed: people without them add no entry.
+fn conversion_entries<'a>(
+    state: &'a ProjectData,
+    metric: &'a Metric,
+    query: &MetricQuery,
+) -> Result<([u32; 2], EntriesOf<'a>)> {
     let table = &state.table;
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
@@ -532,8 +546,8 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
     let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys().get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
-    // Only A and B rows can enter or succeed: people without them add no entry.
-    share_metric(state, query, &[first.name, then.name], |groups, person, events, out| {
+    let names = [first.name, then.name];
+    let entries = move |groups: &mut Groups, person: u32, events: PersonEvents<'_>, out: &mut Vec<Entry>| {
         let matched = |matcher: &Matcher, i: usize| {
             matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
         };
@@ -555,13 +569,25 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
             });
             out.push(Entry { time: t, group: groups.group(table, person, row), succeeded });
         }
-    })
+    };
+    Ok((names, Box::new(entries)))
 }
 
 /// RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
 /// `retention_offset` after it (calendar periods in the query's zone, or rolling periods
 /// from the first A; or that period or any later one when unbounded).
 pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let (names, entries) = retention_entries(state, metric, query)?;
+    share_metric(state, query, &names, entries)
+}
+
+/// A retention metric's names (A, B) and entries: one per person, at their first A. Only A
+/// and B rows matter: people without an A add no entry.
+fn retention_entries<'a>(
+    state: &'a ProjectData,
+    metric: &'a Metric,
+    query: &MetricQuery,
+) -> Result<([u32; 2], EntriesOf<'a>)> {
     let table = &state.table;
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
@@ -579,8 +605,9 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
         crate::core::metric::definition::Period::Month => 30,
     };
     let offset = i64::from(metric.retention_offset);
-    // Only A and B rows matter: people without an A add no entry.
-    share_metric(state, query, &[first.name, then.name], |groups, person, events, out| {
+    let tz = query.tz;
+    let names = [first.name, then.name];
+    let entries = move |groups: &mut Groups, person: u32, events: PersonEvents<'_>, out: &mut Vec<Entry>| {
         let matched = |matcher: &Matcher, i: usize| {
             matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
         };
@@ -593,14 +620,47 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
             let period = period_days * 86_400_000_000;
             (t0.saturating_add(offset.saturating_mul(period)), t0.saturating_add((offset + 1).saturating_mul(period)))
         } else {
-            let start =
-                time::advance(time::floor(t0, granularity, query.tz), granularity, metric.retention_offset, query.tz);
-            (start, time::next(start, granularity, query.tz))
+            let start = time::advance(time::floor(t0, granularity, tz), granularity, metric.retention_offset, tz);
+            (start, time::next(start, granularity, tz))
         };
         let succeeded = (0..events.len()).any(|i| {
             let t = events.times[i];
             matched(&then, i) && t >= start && (metric.retention_unbounded || t < end)
         });
         out.push(Entry { time: t0, group: groups.group(table, person, first_row), succeeded });
-    })
+    };
+    Ok((names, Box::new(entries)))
+}
+
+/// A CONVERSION or RETENTION metric's value over each of `ranges` (GRANULARITY_TOTAL, no
+/// breakdown) from one pass over the events: an entry counts in every range holding its time,
+/// as it would in that range's own evaluation (whether an entry succeeds does not depend on
+/// the range).
+pub(crate) fn share_totals(
+    state: &ProjectData,
+    metric: &Metric,
+    query: &MetricQuery,
+    ranges: &[(Micros, Micros)],
+) -> Result<Vec<Option<f64>>> {
+    let (names, mut entries) = match metric.kind {
+        MetricKind::Conversion => conversion_entries(state, metric, query)?,
+        MetricKind::Retention => retention_entries(state, metric, query)?,
+        kind => return Err(Error::Internal(format!("{kind:?} is not a share metric"))),
+    };
+    let table = &state.table;
+    let mut groups = Groups::new(state, None);
+    let mut cells = ShareCells::new(ranges.len());
+    let mut scratch = Vec::new();
+    state.person_order.get(table).for_each_named(table, Rows::Named(&names), |person, events| {
+        scratch.clear();
+        entries(&mut groups, person, events, &mut scratch);
+        for entry in &scratch {
+            for (k, &(from, to)) in ranges.iter().enumerate() {
+                if from <= entry.time && entry.time < to {
+                    cells.add(k, person, entry.succeeded);
+                }
+            }
+        }
+    });
+    Ok((0..ranges.len()).map(|k| cells.share(k)).collect())
 }
