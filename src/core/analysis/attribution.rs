@@ -234,21 +234,29 @@ pub fn run(
         part.converted.clear();
         for (i, &row) in events.rows.iter().enumerate() {
             let t = events.times[i];
+            if t >= query.from.max(earliest_touch)
+                && t < query.to
+                && conversion.matches_event(events.names[i], table, person, row as usize)
+            {
+                part.converted.push((t, row));
+            }
+        }
+        // Touches only matter to people who converted (most touching people did not: their
+        // channels are not read).
+        if part.converted.is_empty() {
+            return;
+        }
+        for (i, &row) in events.rows.iter().enumerate() {
+            let t = events.times[i];
             if t < earliest_touch || t >= query.to {
                 continue;
             }
             let r = row as usize;
-            if t >= query.from && conversion.matches(table, person, r) {
-                part.converted.push((t, row));
-            }
-            if touch.matches(table, person, r)
+            if touch.matches_event(events.names[i], table, person, r)
                 && let Some(channel) = channel_of(r)
             {
                 part.touches.push((t, row, channel));
             }
-        }
-        if part.converted.is_empty() {
-            return;
         }
         order_ties(&mut part.converted, |c| *c, table);
         order_ties(&mut part.touches, |c| (c.0, c.1), table);

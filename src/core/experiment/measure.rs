@@ -44,14 +44,16 @@ pub struct Exposures {
 }
 
 /// Exposures to `experiment` with a time in `[from, to)`, of cohort `members` only when given.
-/// An exposure naming a variant the experiment does not have is ignored.
+/// An exposure naming a variant the experiment does not have is ignored. Reads the
+/// `$exposure` rows only, person by person (the person order's name index).
 pub fn exposures(
-    table: &EventTable,
+    state: &ProjectData,
     experiment: &Experiment,
     from: Micros,
     to: Micros,
     members: Option<&[bool]>,
 ) -> Exposures {
+    let table = &state.table;
     let mut out = Exposures { per_variant: vec![0; experiment.variants.len()], ..Default::default() };
     let (Some(name), Some(experiment_key), Some(variant_key), Some(experiment_value)) = (
         table.names().get(EXPOSURE_EVENT),
@@ -63,43 +65,38 @@ pub fn exposures(
     };
     let variant_ids: Vec<u32> =
         experiment.variants.iter().map(|v| table.strings().get(&v.key).unwrap_or(NONE)).collect();
-    // Per canonical person: its index in `seen`.
-    let mut slot = vec![NONE; table.canonical().len()];
     // (person, first exposure, variant, mixed)
     let mut seen: Vec<(u32, Micros, u16, bool)> = Vec::new();
-    for (row, &row_name) in table.name().iter().enumerate() {
-        if row_name != name {
-            continue;
-        }
-        let t = table.time()[row];
-        if t < from || t >= to {
-            continue;
-        }
-        let (mut ours, mut variant) = (false, None);
-        for prop in table.row_props(row) {
-            if prop.key == experiment_key {
-                ours = prop.value == Cell::Str(experiment_value);
-            } else if prop.key == variant_key
-                && let Cell::Str(id) = prop.value
-            {
-                variant = variant_ids.iter().position(|&v| v == id);
-            }
-        }
-        let (true, Some(variant)) = (ours, variant) else { continue };
-        let person = table.canonical()[table.person()[row] as usize];
+    state.person_order.get(table).for_each_named(table, Rows::Named(&[name]), |person, events| {
         if members.is_some_and(|m| !m[person as usize]) {
-            continue;
+            return;
         }
-        let index = &mut slot[person as usize];
-        if *index == NONE {
-            *index = seen.len() as u32;
-            seen.push((person, t, variant as u16, false));
-        } else {
-            let entry = &mut seen[*index as usize];
-            entry.1 = entry.1.min(t);
-            entry.3 |= entry.2 != variant as u16;
+        let mut first: Option<(Micros, u16, bool)> = None;
+        for (i, &row) in events.rows.iter().enumerate() {
+            let t = events.times[i];
+            if events.names[i] != name || t < from || t >= to {
+                continue;
+            }
+            let (mut ours, mut variant) = (false, None);
+            for prop in table.row_props(row as usize) {
+                if prop.key == experiment_key {
+                    ours = prop.value == Cell::Str(experiment_value);
+                } else if prop.key == variant_key
+                    && let Cell::Str(id) = prop.value
+                {
+                    variant = variant_ids.iter().position(|&v| v == id);
+                }
+            }
+            let (true, Some(variant)) = (ours, variant) else { continue };
+            first = Some(match first {
+                None => (t, variant as u16, false),
+                Some((at, v, mixed)) => (at.min(t), v, mixed || v != variant as u16),
+            });
         }
-    }
+        if let Some((at, variant, mixed)) = first {
+            seen.push((person, at, variant, mixed));
+        }
+    });
     seen.sort_unstable_by_key(|e| e.0);
     for (person, first, variant, mixed) in seen {
         if mixed {

@@ -177,6 +177,25 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
     let window_ends: Vec<Micros> = windows.iter().map(|w| w.1).collect();
     let scan_from = window_starts.iter().copied().min().unwrap_or(query.from).min(query.from);
     let scan_to = query.to;
+    // Plain buckets of one width (days in a zone without a DST change in the range, and any
+    // single bucket) tile [from, to): an event's bucket is arithmetic, not a binary search.
+    let width = bounds[1] - bounds[0];
+    let uniform = metric.rolling_window.is_none()
+        && metric.to_date.is_none()
+        && width > 0
+        && bounds.windows(2).all(|b| b[1] - b[0] == width);
+    let buckets_of = |t: Micros| -> (usize, usize) {
+        if uniform {
+            let bucket = ((t - bounds[0]) / width) as usize;
+            debug_assert_eq!(
+                (bucket, bucket + 1),
+                (window_ends.partition_point(|&end| end <= t), window_starts.partition_point(|&start| start <= t))
+            );
+            (bucket, bucket + 1)
+        } else {
+            (window_ends.partition_point(|&end| end <= t), window_starts.partition_point(|&start| start <= t))
+        }
+    };
 
     let table = &state.table;
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
@@ -207,8 +226,7 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
                 }
                 let Some(cells) = cells.as_mut() else { return };
                 debug_assert!(group < n_groups);
-                let first = window_ends.partition_point(|&end| end <= t);
-                let last = window_starts.partition_point(|&start| start <= t);
+                let (first, last) = buckets_of(t);
                 for bucket in first..last {
                     cells.add(group * buckets + bucket, person, value);
                 }
