@@ -228,6 +228,19 @@ pub fn run(
         }
     };
     let earliest_touch = query.from.saturating_sub(query.lookback);
+    let order = table.names().get(&query.conversion.event).map(|_| state.person_order.get(table));
+    // The touches' channels as a column of the touch event's rows, read once per order.
+    let channels = order
+        .as_ref()
+        .filter(|_| channel_key != NONE && touch.name() != NONE)
+        .map(|order| order.strings(table, touch.name(), channel_key));
+    let channel_at = |events: &PersonEvents<'_>, i: usize| -> Option<u32> {
+        let id = match (&channels, events.position(i)) {
+            (Some(channels), Some(at)) => channels[at],
+            _ => return channel_of(events.rows[i] as usize),
+        };
+        (id != NONE && id != empty).then_some(id)
+    };
 
     let visit = |part: &mut Part, person: u32, events: PersonEvents<'_>| {
         part.touches.clear();
@@ -253,7 +266,7 @@ pub fn run(
             }
             let r = row as usize;
             if touch.matches_event(events.names[i], table, person, r)
-                && let Some(channel) = channel_of(r)
+                && let Some(channel) = channel_at(&events, i)
             {
                 part.touches.push((t, row, channel));
             }
@@ -295,13 +308,13 @@ pub fn run(
             }
         }
     };
-    let parts = if table.names().get(&query.conversion.event).is_none() {
-        Vec::new()
-    } else {
-        // Only conversions and touches are read: people without a conversion add nothing.
-        let names = [conversion.name(), touch.name()];
-        let order = state.person_order.get(table);
-        order.fold_parts_named(table, query_threads(table), Rows::Named(&names), Part::default, visit)
+    let parts = match &order {
+        None => Vec::new(),
+        Some(order) => {
+            // Only conversions and touches are read: people without a conversion add nothing.
+            let names = [conversion.name(), touch.name()];
+            order.fold_parts_named(table, query_threads(table), Rows::Named(&names), Part::default, visit)
+        }
     };
 
     let mut result = Attribution { total_spend: spend.values().sum(), ..Default::default() };

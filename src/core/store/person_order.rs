@@ -40,10 +40,14 @@ pub struct PersonOrder {
     /// Per (event name, property key): the property's numeric value for each of the name's
     /// indexed rows (`filter::row_number`), made on first use.
     numbers: parking_lot::Mutex<HashMap<(u32, u32), Numbers>>,
+    /// Likewise a string property's id per indexed row (`NONE`: missing or not a string).
+    strings: parking_lot::Mutex<HashMap<(u32, u32), Strings>>,
 }
 
 /// A numeric property's value per indexed row of one name (see `PersonOrder::numbers`).
 pub type Numbers = Arc<Vec<Option<f64>>>;
+/// A string property's interned id per indexed row of one name (see `PersonOrder::strings`).
+pub type Strings = Arc<Vec<u32>>;
 
 /// One event name's rows in person order (then time): a copy of the order's columns for these
 /// rows only, so a scan of the name reads contiguous memory. Its people come in groups:
@@ -81,6 +85,19 @@ pub struct PersonEvents<'a> {
     /// Set when these are rows `at..at + len` of one name's index (a named scan of one name):
     /// `PersonOrder::numbers` of that name then has their values from `at` on.
     pub indexed_at: Option<usize>,
+    /// When not empty (several names merged from the index): each event's position in its
+    /// own name's index, for `PersonOrder::numbers` and `PersonOrder::strings` of that name.
+    pub positions: &'a [u32],
+}
+
+impl PersonEvents<'_> {
+    /// Event `i`'s position in its name's index, when known.
+    pub fn position(&self, i: usize) -> Option<usize> {
+        match self.indexed_at {
+            Some(at) => Some(at + i),
+            None => self.positions.get(i).map(|&p| p as usize),
+        }
+    }
 }
 
 impl PersonEvents<'_> {
@@ -105,6 +122,7 @@ impl PersonOrder {
             names: Vec::with_capacity(table.len()),
             by_name: Vec::new(),
             numbers: Default::default(),
+            strings: Default::default(),
         };
         let key = |r: &u32| (table.time[*r as usize], *r);
         for person in 0..table.canonical.len() as u32 {
@@ -184,6 +202,18 @@ impl PersonOrder {
         let column =
             Arc::new(rows.iter().map(|&row| crate::core::filter::row_number(table, row as usize, key)).collect());
         self.numbers.lock().insert((name, key), Arc::clone(&column));
+        column
+    }
+
+    /// Property `key`'s string id for each indexed row of event name `name` (`NONE` when the
+    /// row lacks it or holds another type), like `numbers`.
+    pub fn strings(&self, table: &EventTable, name: u32, key: u32) -> Strings {
+        if let Some(column) = self.strings.lock().get(&(name, key)) {
+            return column.clone();
+        }
+        let rows = self.by_name.get(name as usize).map_or(&[][..], |index| &index.rows[..]);
+        let column = Arc::new(rows.iter().map(|&row| string_of(table, row as usize, key)).collect());
+        self.strings.lock().insert((name, key), Arc::clone(&column));
         column
     }
 
@@ -296,7 +326,7 @@ impl PersonOrder {
             .collect();
         // A name column for a group of one name.
         let same_name: Vec<Vec<u32>> = lists.iter().map(|l| vec![l.0; l.1.longest]).collect();
-        let mut parts: Vec<(u32, &[u32], &[Micros])> = Vec::new();
+        let mut parts: Vec<MergePart<'_>> = Vec::new();
         let tail_people = &tail.existing
             [tail.existing.partition_point(|&p| p < people.start)..tail.existing.partition_point(|&p| p < people.end)];
         let (mut next_tail, mut visited) = (0usize, 0usize);
@@ -335,7 +365,13 @@ impl PersonOrder {
                 let indexed_at = Some(span.start);
                 visit(
                     person,
-                    PersonEvents { rows: &index.rows[span.clone()], times: &index.times[span], names, indexed_at },
+                    PersonEvents {
+                        rows: &index.rows[span.clone()],
+                        times: &index.times[span],
+                        names,
+                        indexed_at,
+                        positions: &[],
+                    },
                 );
                 continue;
             };
@@ -344,7 +380,7 @@ impl PersonOrder {
             for (name, index, group, _) in [first, second].into_iter().chain(holding.map(|(_, l)| l)) {
                 let span = index.span(*group);
                 *group += 1;
-                parts.push((*name, &index.rows[span.clone()], &index.times[span]));
+                parts.push((*name, span.start as u32, &index.rows[span.clone()], &index.times[span]));
             }
             gathered.merge(&mut parts);
             visit(person, gathered.events());
@@ -382,6 +418,7 @@ impl PersonOrder {
                 times: &self.times[span.clone()],
                 names: &self.names[span],
                 indexed_at: None,
+                positions: &[],
             };
             match tail.rows.get(&person) {
                 None => visit(person, events),
@@ -394,6 +431,14 @@ impl PersonOrder {
             }
             visit(*person, merged.fill(table, &[], &tail.rows[person]));
         }
+    }
+}
+
+/// Property `key`'s string id in `row`, `NONE` when missing or not a string.
+pub fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
+    match table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value) {
+        Some(crate::core::store::table::Cell::Str(id)) => id,
+        _ => crate::core::store::table::NONE,
     }
 }
 
@@ -446,10 +491,17 @@ struct Merged {
     rows: Vec<u32>,
     times: Vec<Micros>,
     names: Vec<u32>,
+    /// Filled by `merge` only (empty after `fill`).
+    positions: Vec<u32>,
 }
+
+/// One name's group being merged: (name, the position of its next row in the name's index,
+/// its rows left, their times).
+type MergePart<'a> = (u32, u32, &'a [u32], &'a [Micros]);
 
 impl Merged {
     fn fill(&mut self, table: &EventTable, sorted: &[u32], extra: &[u32]) -> PersonEvents<'_> {
+        self.positions.clear();
         self.rows.clear();
         self.rows.extend_from_slice(sorted);
         self.rows.extend_from_slice(extra);
@@ -483,31 +535,40 @@ impl Merged {
         self.rows.clear();
         self.times.clear();
         self.names.clear();
+        self.positions.clear();
     }
 
     /// Replaces the columns with `parts` (name, rows, times), each sorted by (time, row),
     /// merged by (time, row). Consumes the parts.
-    fn merge(&mut self, parts: &mut [(u32, &[u32], &[Micros])]) {
+    fn merge(&mut self, parts: &mut [MergePart<'_>]) {
         self.clear();
         loop {
             let next = parts
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| !p.1.is_empty())
-                .min_by_key(|(_, p)| (p.2[0], p.1[0]))
+                .filter(|(_, p)| !p.2.is_empty())
+                .min_by_key(|(_, p)| (p.3[0], p.2[0]))
                 .map(|(k, _)| k);
             let Some(k) = next else { return };
-            let (name, rows, times) = &mut parts[k];
+            let (name, position, rows, times) = &mut parts[k];
             self.rows.push(rows[0]);
             self.times.push(times[0]);
             self.names.push(*name);
+            self.positions.push(*position);
+            *position += 1;
             *rows = &rows[1..];
             *times = &times[1..];
         }
     }
 
     fn events(&self) -> PersonEvents<'_> {
-        PersonEvents { rows: &self.rows, times: &self.times, names: &self.names, indexed_at: None }
+        PersonEvents {
+            rows: &self.rows,
+            times: &self.times,
+            names: &self.names,
+            indexed_at: None,
+            positions: &self.positions,
+        }
     }
 }
 
@@ -636,6 +697,12 @@ mod tests {
     fn named_scan(order: &PersonOrder, table: &EventTable, names: &[u32]) -> Vec<Visit> {
         let mut seen = Vec::new();
         order.for_each_named(table, Rows::Named(names), |person, events| {
+            // A known position is the row's place in its own name's index.
+            for i in 0..events.len() {
+                if let Some(at) = events.position(i) {
+                    assert_eq!(order.by_name[events.names[i] as usize].rows[at], events.rows[i]);
+                }
+            }
             seen.push((person, events.rows.to_vec(), events.times.to_vec(), events.names.to_vec()));
         });
         seen
@@ -777,6 +844,18 @@ mod tests {
         });
         assert_eq!(checked, 14 - 3, "every buy row of the people without a tail row");
         assert!(order.numbers(&table, NONE - 1, amount).is_empty(), "an unknown name has no rows");
+        // Strings likewise: the string id where the property is a string, NONE elsewhere.
+        let strings = order.strings(&table, buy, amount);
+        let index = &order.by_name[buy as usize];
+        assert_eq!(strings.len(), index.rows.len());
+        for (at, &row) in index.rows.iter().enumerate() {
+            let expected = match table.row_props(row as usize).first().map(|p| p.value) {
+                Some(crate::core::store::table::Cell::Str(id)) => id,
+                _ => NONE,
+            };
+            assert_eq!(strings[at], expected);
+        }
+        assert!(strings.contains(&table.strings().get("x").unwrap()) && strings.contains(&NONE));
     }
 
     #[test]
