@@ -20,7 +20,7 @@ use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricK
 use crate::core::metric::scan::Matcher;
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::Rows;
+use crate::core::store::person_order::{Rows, query_threads};
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result, echo};
 
@@ -65,38 +65,41 @@ pub fn exposures(
     };
     let variant_ids: Vec<u32> =
         experiment.variants.iter().map(|v| table.strings().get(&v.key).unwrap_or(NONE)).collect();
-    // (person, first exposure, variant, mixed)
-    let mut seen: Vec<(u32, Micros, u16, bool)> = Vec::new();
-    state.person_order.get(table).for_each_named(table, Rows::Named(&[name]), |person, events| {
-        if members.is_some_and(|m| !m[person as usize]) {
-            return;
-        }
-        let mut first: Option<(Micros, u16, bool)> = None;
-        for (i, &row) in events.rows.iter().enumerate() {
-            let t = events.times[i];
-            if events.names[i] != name || t < from || t >= to {
-                continue;
+    // (person, first exposure, variant, mixed), per part of the people (see `fold_parts`).
+    type Seen = Vec<(u32, Micros, u16, bool)>;
+    let order = state.person_order.get(table);
+    let parts =
+        order.fold_parts_named(table, query_threads(table), Rows::Named(&[name]), Seen::new, |seen, person, events| {
+            if members.is_some_and(|m| !m[person as usize]) {
+                return;
             }
-            let (mut ours, mut variant) = (false, None);
-            for prop in table.row_props(row as usize) {
-                if prop.key == experiment_key {
-                    ours = prop.value == Cell::Str(experiment_value);
-                } else if prop.key == variant_key
-                    && let Cell::Str(id) = prop.value
-                {
-                    variant = variant_ids.iter().position(|&v| v == id);
+            let mut first: Option<(Micros, u16, bool)> = None;
+            for (i, &row) in events.rows.iter().enumerate() {
+                let t = events.times[i];
+                if events.names[i] != name || t < from || t >= to {
+                    continue;
                 }
+                let (mut ours, mut variant) = (false, None);
+                for prop in table.row_props(row as usize) {
+                    if prop.key == experiment_key {
+                        ours = prop.value == Cell::Str(experiment_value);
+                    } else if prop.key == variant_key
+                        && let Cell::Str(id) = prop.value
+                    {
+                        variant = variant_ids.iter().position(|&v| v == id);
+                    }
+                }
+                let (true, Some(variant)) = (ours, variant) else { continue };
+                first = Some(match first {
+                    None => (t, variant as u16, false),
+                    Some((at, v, mixed)) => (at.min(t), v, mixed || v != variant as u16),
+                });
             }
-            let (true, Some(variant)) = (ours, variant) else { continue };
-            first = Some(match first {
-                None => (t, variant as u16, false),
-                Some((at, v, mixed)) => (at.min(t), v, mixed || v != variant as u16),
-            });
-        }
-        if let Some((at, variant, mixed)) = first {
-            seen.push((person, at, variant, mixed));
-        }
-    });
+            if let Some((at, variant, mixed)) = first {
+                seen.push((person, at, variant, mixed));
+            }
+        });
+    let mut seen = parts.concat();
     seen.sort_unstable_by_key(|e| e.0);
     for (person, first, variant, mixed) in seen {
         if mixed {
@@ -358,26 +361,44 @@ pub fn measure(
         slot[user.person as usize] = i as u32;
     }
     let names: Vec<u32> = compiled.iter().flat_map(UserMetric::names).collect();
-    let mut scratch = Vec::new();
+    // Parts of the people on their own threads, each listing (user, metric, x, y, pre); the
+    // values land in the columns afterwards, so the columns keep the users' order.
+    type Values = (Vec<(u32, u32, f64, f64, f64)>, Vec<(Micros, u32)>);
     let order = state.person_order.get(table);
-    order.for_each_named(table, Rows::Named(&names), |person, events| {
-        let Some(&i) = slot.get(person as usize).filter(|&&i| i != NONE) else { return };
-        let (i, rows) = (i as usize, events.rows);
-        let user = users[i];
-        let from = user.first;
-        let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
-        for (m, metric) in compiled.iter().enumerate() {
-            let (x, y) = metric.value(table, person, rows, from, to, &mut scratch);
+    let parts = order.fold_parts_named(
+        table,
+        query_threads(table),
+        Rows::Named(&names),
+        Values::default,
+        |(values, scratch), person, events| {
+            let Some(&i) = slot.get(person as usize).filter(|&&i| i != NONE) else { return };
+            let rows = events.rows;
+            let user = users[i as usize];
+            let from = user.first;
+            let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
+            for (m, metric) in compiled.iter().enumerate() {
+                let (x, y) = metric.value(table, person, rows, from, to, scratch);
+                let pre = match (cuped[m], windows.cuped_pre_period) {
+                    (true, Some(pre)) => metric.value(table, person, rows, from.saturating_sub(pre), from, scratch).0,
+                    _ => 0.0,
+                };
+                values.push((i, m as u32, x, y, pre));
+            }
+        },
+    );
+    for (values, _) in parts {
+        for (i, m, x, y, pre) in values {
+            let (i, m) = (i as usize, m as usize);
             let column = &mut columns[m];
             column.x[i] = x;
             if is_ratio[m] {
                 column.y[i] = y;
             }
-            if let (true, Some(pre)) = (cuped[m], windows.cuped_pre_period) {
-                column.pre[i] = metric.value(table, person, rows, from.saturating_sub(pre), from, &mut scratch).0;
+            if cuped[m] && windows.cuped_pre_period.is_some() {
+                column.pre[i] = pre;
             }
         }
-    });
+    }
 
     Ok(plans
         .iter()
