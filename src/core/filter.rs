@@ -230,11 +230,17 @@ impl CompiledFilters {
         self.person.unwrap_or_else(|| vec![true; people])
     }
 
+    #[inline]
     pub fn person_passes(&self, person: u32) -> bool {
         self.person.as_ref().is_none_or(|pass| pass[person as usize])
     }
 
+    #[inline]
     pub fn row_passes(&self, table: &EventTable, row: usize) -> bool {
+        self.row.is_empty() || self.row_filters_pass(table, row)
+    }
+
+    fn row_filters_pass(&self, table: &EventTable, row: usize) -> bool {
         self.row.iter().all(|f| {
             let cell = if f.key == NONE {
                 None

@@ -14,7 +14,7 @@ use crate::core::metric::definition::{MetricBook, MetricKind};
 use crate::core::metric::scan::Matcher;
 use crate::core::model::{Micros, Value};
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, query_threads};
+use crate::core::store::person_order::{PersonEvents, Rows, query_threads};
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result};
 
@@ -228,27 +228,48 @@ pub fn run(
         }
     };
     let earliest_touch = query.from.saturating_sub(query.lookback);
+    let order = table.names().get(&query.conversion.event).map(|_| state.person_order.get(table));
+    // The touches' channels as a column of the touch event's rows, read once per order.
+    let channels = order
+        .as_ref()
+        .filter(|_| channel_key != NONE && touch.name() != NONE)
+        .map(|order| order.strings(table, touch.name(), channel_key));
+    let channel_at = |events: &PersonEvents<'_>, i: usize| -> Option<u32> {
+        let id = match (&channels, events.position(i)) {
+            (Some(channels), Some(at)) => channels[at],
+            _ => return channel_of(events.rows[i] as usize),
+        };
+        (id != NONE && id != empty).then_some(id)
+    };
 
     let visit = |part: &mut Part, person: u32, events: PersonEvents<'_>| {
         part.touches.clear();
         part.converted.clear();
         for (i, &row) in events.rows.iter().enumerate() {
             let t = events.times[i];
+            if t >= query.from.max(earliest_touch)
+                && t < query.to
+                && conversion.matches_event(events.names[i], table, person, row as usize)
+            {
+                part.converted.push((t, row));
+            }
+        }
+        // Touches only matter to people who converted (most touching people did not: their
+        // channels are not read).
+        if part.converted.is_empty() {
+            return;
+        }
+        for (i, &row) in events.rows.iter().enumerate() {
+            let t = events.times[i];
             if t < earliest_touch || t >= query.to {
                 continue;
             }
             let r = row as usize;
-            if t >= query.from && conversion.matches(table, person, r) {
-                part.converted.push((t, row));
-            }
-            if touch.matches(table, person, r)
-                && let Some(channel) = channel_of(r)
+            if touch.matches_event(events.names[i], table, person, r)
+                && let Some(channel) = channel_at(&events, i)
             {
                 part.touches.push((t, row, channel));
             }
-        }
-        if part.converted.is_empty() {
-            return;
         }
         order_ties(&mut part.converted, |c| *c, table);
         order_ties(&mut part.touches, |c| (c.0, c.1), table);
@@ -287,11 +308,13 @@ pub fn run(
             }
         }
     };
-    let parts = if table.names().get(&query.conversion.event).is_none() {
-        Vec::new()
-    } else {
-        let order = state.person_order.get(table);
-        order.fold_parts(table, query_threads(table), Part::default, visit)
+    let parts = match &order {
+        None => Vec::new(),
+        Some(order) => {
+            // Only conversions and touches are read: people without a conversion add nothing.
+            let names = [conversion.name(), touch.name()];
+            order.fold_parts_named(table, query_threads(table), Rows::Named(&names), Part::default, visit)
+        }
     };
 
     let mut result = Attribution { total_spend: spend.values().sum(), ..Default::default() };

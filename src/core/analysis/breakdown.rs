@@ -50,6 +50,22 @@ fn group_key(cell: Option<Cell>) -> GroupKey {
     }
 }
 
+/// The group of `row` under a breakdown by event property `key` (a new label on first sight).
+fn row_group(
+    key: u32,
+    ids: &mut HashMap<GroupKey, u32>,
+    labels: &mut Vec<String>,
+    table: &EventTable,
+    row: usize,
+) -> u32 {
+    let cell = if key == NONE { None } else { table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value) };
+    let group_key = group_key(cell);
+    *ids.entry(group_key).or_insert_with(|| {
+        labels.push(label_of_key(group_key, table));
+        labels.len() as u32 - 1
+    })
+}
+
 fn label_of_key(key: GroupKey, table: &EventTable) -> String {
     match key {
         GroupKey::Missing => NO_VALUE.into(),
@@ -88,22 +104,13 @@ impl Groups {
         }
     }
 
+    /// Called per event by the scans: the common cases inline, a property breakdown not.
+    #[inline]
     pub(crate) fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
         match self {
             Groups::One => 0,
             Groups::Person(groups) => groups.group_of[person as usize],
-            Groups::Row { key, ids, labels } => {
-                let cell = if *key == NONE {
-                    None
-                } else {
-                    table.row_props(row).iter().find(|p| p.key == *key).map(|p| p.value)
-                };
-                let group_key = group_key(cell);
-                *ids.entry(group_key).or_insert_with(|| {
-                    labels.push(label_of_key(group_key, table));
-                    labels.len() as u32 - 1
-                })
-            }
+            Groups::Row { key, ids, labels } => row_group(*key, ids, labels, table, row),
         }
     }
 

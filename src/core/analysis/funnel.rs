@@ -16,7 +16,7 @@ use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, query_threads};
+use crate::core::store::person_order::{PersonEvents, Rows, query_threads};
 use crate::core::store::table::{EventTable, NONE};
 use crate::core::time;
 use crate::error::{Error, Result};
@@ -430,8 +430,11 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
     let parts = if steps[0].name == NONE {
         Vec::new()
     } else {
+        // Other orders than STRICT read only the steps' and exclusions' events.
+        let names: Vec<u32> = steps.iter().chain(&exclusions).map(|m| m.name).collect();
+        let rows = if keep_every_row { Rows::All } else { Rows::Named(&names) };
         let order = state.person_order.get(table);
-        order.fold_parts(table, query_threads(table), new_part, visit)
+        order.fold_parts_named(table, query_threads(table), rows, new_part, visit)
     };
     // Parts number breakdown values in their own order: merge them by label.
     let mut by_label: hashbrown::HashMap<String, GroupCounts> = hashbrown::HashMap::new();

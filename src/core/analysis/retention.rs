@@ -14,7 +14,7 @@ use crate::core::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, ro
 use crate::core::metric::definition::Period;
 use crate::core::model::{Micros, now_micros};
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::PersonEvents;
+use crate::core::store::person_order::{PersonEvents, Rows};
 use crate::core::store::table::{EventTable, NONE};
 use crate::core::time;
 use crate::error::{Error, Result};
@@ -188,6 +188,11 @@ impl RowMatcher {
         self.any || self.name != NONE
     }
 
+    /// The event names it can match: None for every row.
+    fn names(&self) -> Option<u32> {
+        (!self.any).then_some(self.name)
+    }
+
     fn person_passes(&self, person: u32) -> bool {
         self.filters.as_ref().is_none_or(|f| f.person_passes(person))
     }
@@ -273,12 +278,15 @@ impl Grid {
         Ok((grid, cohort::resolve(state, cohorts, "cohort_id", &shape.cohort_id)?))
     }
 
-    /// Runs the grid: `entries` lists a person's (t0, row) entries given their sorted rows.
+    /// Runs the grid: `entries` lists a person's (t0, row) entries given their sorted rows,
+    /// which hold only `entry`'s and the measure's events when both are named (an entry needs
+    /// an `entry` event, a column the measure's).
     fn run(
         &self,
         state: &ProjectData,
         members: Option<&[bool]>,
         measure: &Measure,
+        entry: &RowMatcher,
         mut entries: impl FnMut(u32, PersonEvents<'_>, &mut Vec<(Micros, u32)>),
     ) -> Result<Vec<GridRow>> {
         let table = &state.table;
@@ -314,8 +322,10 @@ impl Grid {
             Measure::Sum { matcher, property } => (matcher, *property),
         };
         let unbounded = matches!(measure, Measure::Returned { unbounded: true, .. });
+        let names: Option<Vec<u32>> = [entry.names(), matcher.names()].into_iter().collect();
+        let rows = names.as_deref().map_or(Rows::All, Rows::Named);
         let order = state.person_order.get(table);
-        order.for_each(table, |person, events| {
+        order.for_each_named(table, rows, |person, events| {
             if members.is_some_and(|m| !m[person as usize]) {
                 return;
             }
@@ -464,7 +474,7 @@ pub fn retention(state: &ProjectData, cohorts: &Cohorts, query: &RetentionQuery)
         unbounded: query.unbounded,
     };
     let granularity = grid.period.granularity();
-    let rows = grid.run(state, members, &measure, |person, events, out| {
+    let rows = grid.run(state, members, &measure, &cohort_event, |person, events, out| {
         if !cohort_event.can_match() || !cohort_event.person_passes(person) {
             return;
         }
@@ -520,7 +530,7 @@ pub fn cohort_table(state: &ProjectData, cohorts: &Cohorts, query: &CohortTableQ
             property: table.keys().get(&query.revenue_property).unwrap_or(NONE),
         },
     };
-    let rows = grid.run(state, members, &measure, |person, events, out| {
+    let rows = grid.run(state, members, &measure, &first_event, |person, events, out| {
         if !first_event.can_match() || !first_event.person_passes(person) {
             return;
         }

@@ -12,7 +12,7 @@ use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::metric::scan::{self as query, Matcher, MetricQuery, Point, Series};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::query_threads;
+use crate::core::store::person_order::{Rows, query_threads};
 use crate::core::store::table::NONE;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
@@ -208,9 +208,10 @@ fn fold_changes<S: Send>(
     }
     let order = state.person_order.get(table);
     order
-        .fold_parts(
+        .fold_parts_named(
             table,
             query_threads(table),
+            Rows::Named(&[matcher.name()]),
             || (init(), Vec::new()),
             |(acc, changes): &mut (S, Vec<Change<'_>>), person, events| {
                 changes.clear();

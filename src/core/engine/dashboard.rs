@@ -333,8 +333,22 @@ impl Engine {
         let metrics_ref = &metrics;
         // An event aggregate's sparkline is the anomaly tile's daily series over the range.
         let shared_series = ns.is_some_and(|m| m.kind.is_event_aggregate());
+        // The inputs' sparklines (the tree's children: metrics naming the North Star as parent)
+        // are computed beside the tree rather than after it, each on its own thread.
+        let input_keys: Vec<&str> = match ns {
+            Some(root) => metrics
+                .iter()
+                .filter(|m| m.key != root.key && m.parent_keys.contains(&root.key))
+                .map(|m| m.key.as_str())
+                .collect(),
+            None => vec![],
+        };
         let dashboard = std::thread::scope(|scope| {
-            let tree = scope.spawn(move || self.metric_tiles(project, ns, range_ref, !shared_series));
+            let series: Vec<_> = input_keys
+                .iter()
+                .map(|&key| (key, scope.spawn(move || self.daily_series(project, key, range_ref))))
+                .collect();
+            let tree = scope.spawn(move || self.metric_tiles(project, ns, range_ref, !shared_series, series));
             let goals = scope.spawn(move || self.goal_tiles(project, range_ref));
             let funnel = scope.spawn(move || self.funnel_tile(project, request, metrics_ref, range_ref));
             let retention = scope.spawn(move || self.retention_tile(project, request, metrics_ref, range_ref));
@@ -442,22 +456,37 @@ impl Engine {
 
     /// The North Star and its inputs (GetMetricTree over the range, previous period), each
     /// with its daily series.
+    /// `series` holds the inputs' daily series being computed on other threads, by key; an
+    /// input without one (the definitions changed meanwhile) gets its own query.
     fn metric_tiles(
         &self,
         project: &str,
         north_star: Option<&Metric>,
         range: &DayRange,
         root_series: bool,
+        series: Vec<(&str, std::thread::ScopedJoinHandle<'_, Result<Vec<Point>>>)>,
     ) -> Result<(Option<MetricTile>, Vec<MetricTile>)> {
         if north_star.is_none() {
             return Ok((None, vec![]));
         }
         let (root, _) = self.metric_tree(project, "", total_query(range), "", Some(Compare::PreviousPeriod), 2)?;
         let root_tile = self.metric_tile(project, &root.metric, root.current, root.previous, range, root_series)?;
+        let mut series: Vec<(&str, Result<Vec<Point>>)> =
+            series.into_iter().map(|(key, handle)| (key, joined(handle))).collect();
         let inputs = root
             .children
             .iter()
-            .map(|child| self.metric_tile(project, &child.metric, child.current, child.previous, range, true))
+            .map(|child| {
+                let metric = &child.metric;
+                match series.iter().position(|(key, _)| *key == metric.key) {
+                    Some(at) => {
+                        let points = series.swap_remove(at).1?;
+                        let tile = self.metric_tile(project, metric, child.current, child.previous, range, false)?;
+                        Ok(MetricTile { series: points, ..tile })
+                    }
+                    None => self.metric_tile(project, metric, child.current, child.previous, range, true),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((Some(root_tile), inputs))
     }

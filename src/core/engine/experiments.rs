@@ -398,8 +398,7 @@ pub fn results(
         ))
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
-    let exposures =
-        measure::exposures(&state.data.table, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
+    let exposures = measure::exposures(&state.data, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
     read_out(state, experiment, &exposures, config, (start, end), now)
 }
 

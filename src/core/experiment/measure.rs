@@ -4,9 +4,11 @@
 //! sufficient statistics the readout compares.
 //!
 //! Exposures come from one scan of the name column. Metric values come from one pass over the
-//! exposed people, each visited once with all their rows (their own and their aliases'); per
-//! user and metric the rows are checked against compiled selectors, integers only, and each
-//! value lands in a per-metric column. Nothing is allocated per event.
+//! people who did the metrics' events (the person order's name index), each visited once with
+//! those of their rows (their own and their aliases', in time order); per exposed user and
+//! metric the rows are checked against compiled selectors, integers only, and each value lands
+//! in the user's place of a per-metric column. An exposed user without such rows keeps 0, the
+//! value of no rows. Nothing is allocated per event.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +17,10 @@ use super::readout::VariantData;
 use super::stats::{self, Covariate, Summary, SummaryKind};
 use crate::core::filter::row_number;
 use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
-use crate::core::metric::scan::{Matcher, for_listed_people};
+use crate::core::metric::scan::Matcher;
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
+use crate::core::store::person_order::{Rows, query_threads};
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::error::{Error, Result, echo};
 
@@ -41,14 +44,16 @@ pub struct Exposures {
 }
 
 /// Exposures to `experiment` with a time in `[from, to)`, of cohort `members` only when given.
-/// An exposure naming a variant the experiment does not have is ignored.
+/// An exposure naming a variant the experiment does not have is ignored. Reads the
+/// `$exposure` rows only, person by person (the person order's name index).
 pub fn exposures(
-    table: &EventTable,
+    state: &ProjectData,
     experiment: &Experiment,
     from: Micros,
     to: Micros,
     members: Option<&[bool]>,
 ) -> Exposures {
+    let table = &state.table;
     let mut out = Exposures { per_variant: vec![0; experiment.variants.len()], ..Default::default() };
     let (Some(name), Some(experiment_key), Some(variant_key), Some(experiment_value)) = (
         table.names().get(EXPOSURE_EVENT),
@@ -60,43 +65,41 @@ pub fn exposures(
     };
     let variant_ids: Vec<u32> =
         experiment.variants.iter().map(|v| table.strings().get(&v.key).unwrap_or(NONE)).collect();
-    // Per canonical person: its index in `seen`.
-    let mut slot = vec![NONE; table.canonical().len()];
-    // (person, first exposure, variant, mixed)
-    let mut seen: Vec<(u32, Micros, u16, bool)> = Vec::new();
-    for (row, &row_name) in table.name().iter().enumerate() {
-        if row_name != name {
-            continue;
-        }
-        let t = table.time()[row];
-        if t < from || t >= to {
-            continue;
-        }
-        let (mut ours, mut variant) = (false, None);
-        for prop in table.row_props(row) {
-            if prop.key == experiment_key {
-                ours = prop.value == Cell::Str(experiment_value);
-            } else if prop.key == variant_key
-                && let Cell::Str(id) = prop.value
-            {
-                variant = variant_ids.iter().position(|&v| v == id);
+    // (person, first exposure, variant, mixed), per part of the people (see `fold_parts`).
+    type Seen = Vec<(u32, Micros, u16, bool)>;
+    let order = state.person_order.get(table);
+    let parts =
+        order.fold_parts_named(table, query_threads(table), Rows::Named(&[name]), Seen::new, |seen, person, events| {
+            if members.is_some_and(|m| !m[person as usize]) {
+                return;
             }
-        }
-        let (true, Some(variant)) = (ours, variant) else { continue };
-        let person = table.canonical()[table.person()[row] as usize];
-        if members.is_some_and(|m| !m[person as usize]) {
-            continue;
-        }
-        let index = &mut slot[person as usize];
-        if *index == NONE {
-            *index = seen.len() as u32;
-            seen.push((person, t, variant as u16, false));
-        } else {
-            let entry = &mut seen[*index as usize];
-            entry.1 = entry.1.min(t);
-            entry.3 |= entry.2 != variant as u16;
-        }
-    }
+            let mut first: Option<(Micros, u16, bool)> = None;
+            for (i, &row) in events.rows.iter().enumerate() {
+                let t = events.times[i];
+                if events.names[i] != name || t < from || t >= to {
+                    continue;
+                }
+                let (mut ours, mut variant) = (false, None);
+                for prop in table.row_props(row as usize) {
+                    if prop.key == experiment_key {
+                        ours = prop.value == Cell::Str(experiment_value);
+                    } else if prop.key == variant_key
+                        && let Cell::Str(id) = prop.value
+                    {
+                        variant = variant_ids.iter().position(|&v| v == id);
+                    }
+                }
+                let (true, Some(variant)) = (ours, variant) else { continue };
+                first = Some(match first {
+                    None => (t, variant as u16, false),
+                    Some((at, v, mixed)) => (at.min(t), v, mixed || v != variant as u16),
+                });
+            }
+            if let Some((at, variant, mixed)) = first {
+                seen.push((person, at, variant, mixed));
+            }
+        });
+    let mut seen = parts.concat();
     seen.sort_unstable_by_key(|e| e.0);
     for (person, first, variant, mixed) in seen {
         if mixed {
@@ -204,6 +207,15 @@ fn plain_source(state: &ProjectData, metric: &Metric) -> Result<Source> {
 }
 
 impl UserMetric {
+    /// The event names whose rows it reads.
+    fn names(&self) -> Vec<u32> {
+        match self {
+            UserMetric::Single(source) => vec![source.matcher.name()],
+            UserMetric::Ratio(x, y) => vec![x.matcher.name(), y.matcher.name()],
+            UserMetric::Conversion { first, then, .. } => vec![first.name(), then.name()],
+        }
+    }
+
     fn compile(state: &ProjectData, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
         Ok(match metric.kind {
             MetricKind::Count | MetricKind::Sum | MetricKind::UniqueUsers => {
@@ -333,34 +345,60 @@ pub fn measure(
     let is_ratio: Vec<bool> = plans.iter().map(|p| p.kind == SummaryKind::Ratio).collect();
     let cuped: Vec<bool> =
         plans.iter().map(|p| windows.cuped_pre_period.is_some() && p.kind != SummaryKind::Ratio).collect();
+    // Every value of no rows is 0: users nobody visits below keep it.
     let mut columns: Vec<Columns> = plans
         .iter()
         .enumerate()
         .map(|(m, _)| Columns {
-            x: Vec::with_capacity(users.len()),
-            y: Vec::with_capacity(if is_ratio[m] { users.len() } else { 0 }),
-            pre: Vec::with_capacity(if cuped[m] { users.len() } else { 0 }),
+            x: vec![0.0; users.len()],
+            y: vec![0.0; if is_ratio[m] { users.len() } else { 0 }],
+            pre: vec![0.0; if cuped[m] { users.len() } else { 0 }],
         })
         .collect();
-    let mut scratch = Vec::new();
-    let mut next = 0usize;
-    for_listed_people(table, users.iter().map(|u| u.person), |person, rows| {
-        let user = users[next];
-        next += 1;
-        let from = user.first;
-        let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
-        for (m, metric) in compiled.iter().enumerate() {
-            let (x, y) = metric.value(table, person, rows, from, to, &mut scratch);
-            let column = &mut columns[m];
-            column.x.push(x);
-            if is_ratio[m] {
-                column.y.push(y);
+    // Per canonical person: its place in `users`.
+    let mut slot = vec![NONE; table.canonical().len()];
+    for (i, user) in users.iter().enumerate() {
+        slot[user.person as usize] = i as u32;
+    }
+    let names: Vec<u32> = compiled.iter().flat_map(UserMetric::names).collect();
+    // Parts of the people on their own threads, each listing (user, metric, x, y, pre); the
+    // values land in the columns afterwards, so the columns keep the users' order.
+    type Values = (Vec<(u32, u32, f64, f64, f64)>, Vec<(Micros, u32)>);
+    let order = state.person_order.get(table);
+    let parts = order.fold_parts_named(
+        table,
+        query_threads(table),
+        Rows::Named(&names),
+        Values::default,
+        |(values, scratch), person, events| {
+            let Some(&i) = slot.get(person as usize).filter(|&&i| i != NONE) else { return };
+            let rows = events.rows;
+            let user = users[i as usize];
+            let from = user.first;
+            let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
+            for (m, metric) in compiled.iter().enumerate() {
+                let (x, y) = metric.value(table, person, rows, from, to, scratch);
+                let pre = match (cuped[m], windows.cuped_pre_period) {
+                    (true, Some(pre)) => metric.value(table, person, rows, from.saturating_sub(pre), from, scratch).0,
+                    _ => 0.0,
+                };
+                values.push((i, m as u32, x, y, pre));
             }
-            if let (true, Some(pre)) = (cuped[m], windows.cuped_pre_period) {
-                column.pre.push(metric.value(table, person, rows, from.saturating_sub(pre), from, &mut scratch).0);
+        },
+    );
+    for (values, _) in parts {
+        for (i, m, x, y, pre) in values {
+            let (i, m) = (i as usize, m as usize);
+            let column = &mut columns[m];
+            column.x[i] = x;
+            if is_ratio[m] {
+                column.y[i] = y;
+            }
+            if cuped[m] && windows.cuped_pre_period.is_some() {
+                column.pre[i] = pre;
             }
         }
-    });
+    }
 
     Ok(plans
         .iter()

@@ -351,8 +351,27 @@ pub(crate) fn tree_node(
     if depth > 1 {
         let feeding: Vec<&Metric> =
             metrics.values().filter(|m| m.parent_keys.contains(&metric.key) && !path.contains(&m.key)).collect();
-        for child in feeding {
-            children.push(tree_node(state, book, metrics, child, query, previous_range, depth - 1, path)?);
+        // Each child (and its subtree) on its own thread: they only read.
+        let path_ref = &*path;
+        let token = crate::core::cancel::current();
+        let nodes: Vec<Result<TreeNode>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = feeding
+                .iter()
+                .map(|&child| {
+                    let token = token.as_ref();
+                    scope.spawn(move || {
+                        crate::core::cancel::within(token, || {
+                            let mut path = path_ref.to_vec();
+                            tree_node(state, book, metrics, child, query, previous_range, depth - 1, &mut path)
+                        })
+                    })
+                })
+                .collect();
+            // A panic in a child is a bug; re-raise it on the calling thread.
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        for node in nodes {
+            children.push(node?);
         }
     }
     path.pop();

@@ -16,7 +16,7 @@ use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
 use crate::core::store::ProjectData;
-use crate::core::store::person_order::PersonOrder;
+use crate::core::store::person_order::{PersonEvents, PersonOrder, Rows};
 use crate::core::store::table::{Cell, EventTable, NONE};
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
@@ -168,33 +168,6 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
     values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
 }
 
-/// Visits the given canonical people, in the order given, with all their rows (their own and
-/// their aliases'), reusing one buffer for merged rows.
-pub(crate) fn for_listed_people(
-    table: &EventTable,
-    people: impl IntoIterator<Item = u32>,
-    mut visit: impl FnMut(u32, &[u32]),
-) {
-    let mut merged = Vec::new();
-    for (i, person) in people.into_iter().enumerate() {
-        // A cancelled query stops here; its caller is gone and discards the result.
-        if i.is_multiple_of(crate::core::cancel::CHECK_EVERY) && crate::core::cancel::stopped() {
-            return;
-        }
-        match table.aliases().get(&person) {
-            Some(anons) if !anons.is_empty() => {
-                merged.clear();
-                merged.extend_from_slice(&table.person_rows()[person as usize]);
-                for &anon in anons {
-                    merged.extend_from_slice(&table.person_rows()[anon as usize]);
-                }
-                visit(person, &merged);
-            }
-            _ => visit(person, &table.person_rows()[person as usize]),
-        }
-    }
-}
-
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
 pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
@@ -204,6 +177,25 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
     let window_ends: Vec<Micros> = windows.iter().map(|w| w.1).collect();
     let scan_from = window_starts.iter().copied().min().unwrap_or(query.from).min(query.from);
     let scan_to = query.to;
+    // Plain buckets of one width (days in a zone without a DST change in the range, and any
+    // single bucket) tile [from, to): an event's bucket is arithmetic, not a binary search.
+    let width = bounds[1] - bounds[0];
+    let uniform = metric.rolling_window.is_none()
+        && metric.to_date.is_none()
+        && width > 0
+        && bounds.windows(2).all(|b| b[1] - b[0] == width);
+    let buckets_of = |t: Micros| -> (usize, usize) {
+        if uniform {
+            let bucket = ((t - bounds[0]) / width) as usize;
+            debug_assert_eq!(
+                (bucket, bucket + 1),
+                (window_ends.partition_point(|&end| end <= t), window_starts.partition_point(|&start| start <= t))
+            );
+            (bucket, bucket + 1)
+        } else {
+            (window_ends.partition_point(|&end| end <= t), window_starts.partition_point(|&start| start <= t))
+        }
+    };
 
     let table = &state.table;
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
@@ -234,8 +226,7 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
                 }
                 let Some(cells) = cells.as_mut() else { return };
                 debug_assert!(group < n_groups);
-                let first = window_ends.partition_point(|&end| end <= t);
-                let last = window_starts.partition_point(|&start| start <= t);
+                let (first, last) = buckets_of(t);
                 for bucket in first..last {
                     cells.add(group * buckets + bucket, person, value);
                 }
@@ -336,13 +327,23 @@ impl Matching<'_> {
         order: &PersonOrder,
         mut visit: impl FnMut(u32, usize, Micros, f64),
     ) {
-        order.for_each(table, |person, events| {
+        if self.name == NONE {
+            return;
+        }
+        let numbers =
+            (self.needs_value && self.property != NONE).then(|| order.numbers(table, self.name, self.property));
+        order.for_each_named(table, Rows::Named(&[self.name]), |person, events| {
             if !self.filters.person_passes(person) {
                 return;
             }
-            for i in 0..events.len() {
+            // Events come in time order: skip to `from`, stop at `to`.
+            let first = events.times.partition_point(|&t| t < self.from);
+            for i in first..events.len() {
                 let t = events.times[i];
-                if events.names[i] != self.name || t < self.from || t >= self.to {
+                if t >= self.to {
+                    break;
+                }
+                if events.names[i] != self.name {
                     continue;
                 }
                 let row = events.rows[i] as usize;
@@ -350,7 +351,11 @@ impl Matching<'_> {
                     continue;
                 }
                 let value = if self.needs_value {
-                    match row_number(table, row, self.property) {
+                    let number = match (&numbers, events.indexed_at) {
+                        (Some(numbers), Some(at)) => numbers[at + i],
+                        _ => row_number(table, row, self.property),
+                    };
+                    match number {
                         Some(v) => v,
                         None => continue,
                     }
@@ -381,6 +386,19 @@ impl Matcher {
             name: state.table.names().get(&selector.event).unwrap_or(NONE),
             filters: CompiledFilters::compile(state, &filters, members.map(|m| m.as_slice())),
         }
+    }
+
+    /// The event name id it matches (`NONE`: none).
+    pub(crate) fn name(&self) -> u32 {
+        self.name
+    }
+
+    /// `matches` for a row whose event name (`name`) the caller already has.
+    pub(crate) fn matches_event(&self, name: u32, table: &EventTable, person: u32, row: usize) -> bool {
+        self.name != NONE
+            && name == self.name
+            && self.filters.person_passes(person)
+            && self.filters.row_passes(table, row)
     }
 
     pub(crate) fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
@@ -450,7 +468,8 @@ struct Entry {
 fn share_metric(
     state: &ProjectData,
     query: &MetricQuery,
-    mut entries: impl FnMut(&mut Groups, u32, &[u32], &mut Vec<Entry>),
+    names: &[u32],
+    mut entries: impl FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>),
 ) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let buckets = bounds.len() - 1;
@@ -459,9 +478,9 @@ fn share_metric(
     let order = state.person_order.get(table);
     let mut scratch = Vec::new();
     let mut run = |groups: &mut Groups, remap: Option<&[u32]>, cells: &mut ShareCells, totals: &mut ShareCells| {
-        order.for_each(table, |person, events| {
+        order.for_each_named(table, Rows::Named(names), |person, events| {
             scratch.clear();
-            entries(groups, person, events.rows, &mut scratch);
+            entries(groups, person, events, &mut scratch);
             for entry in &scratch {
                 if entry.time < query.from || entry.time >= query.to {
                     continue;
@@ -519,9 +538,23 @@ fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
     table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value).filter(|c| !matches!(c, Cell::Null))
 }
 
+/// Lists a person's entries into a share metric from their events of the metric's names.
+type EntriesOf<'a> = Box<dyn FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>) + 'a>;
+
 /// CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
 /// bucket within the window (A and B sharing every constant property's value).
 pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let (names, entries) = conversion_entries(state, metric, query)?;
+    share_metric(state, query, &names, entries)
+}
+
+/// A conversion's names (A, B) and entries: one per A row, succeeded when a B follows within
+/// the window. Only A and B rows can enter or succeed: people without them add no entry.
+fn conversion_entries<'a>(
+    state: &'a ProjectData,
+    metric: &'a Metric,
+    query: &MetricQuery,
+) -> Result<([u32; 2], EntriesOf<'a>)> {
     let table = &state.table;
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
@@ -531,18 +564,21 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
     let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys().get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
-    share_metric(state, query, |groups, person, rows, out| {
+    let names = [first.name, then.name];
+    let entries = move |groups: &mut Groups, person: u32, events: PersonEvents<'_>, out: &mut Vec<Entry>| {
+        let matched = |matcher: &Matcher, i: usize| {
+            matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
+        };
         successes.clear();
+        // In (time, row) order already: events come so.
         successes.extend(
-            rows.iter().map(|&r| r as usize).filter(|&r| then.matches(table, person, r)).map(|r| (table.time()[r], r)),
+            (0..events.len()).filter(|&i| matched(&then, i)).map(|i| (events.times[i], events.rows[i] as usize)),
         );
-        successes.sort_unstable();
-        for &row in rows {
-            let row = row as usize;
-            if !first.matches(table, person, row) {
+        for i in 0..events.len() {
+            if !matched(&first, i) {
                 continue;
             }
-            let t = table.time()[row];
+            let (row, t) = (events.rows[i] as usize, events.times[i]);
             let start = successes.partition_point(|&(tb, _)| tb < t);
             let succeeded = successes[start..].iter().take_while(|&&(tb, _)| tb - t <= window).any(|&(_, rb)| {
                 constants
@@ -551,13 +587,25 @@ pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
             });
             out.push(Entry { time: t, group: groups.group(table, person, row), succeeded });
         }
-    })
+    };
+    Ok((names, Box::new(entries)))
 }
 
 /// RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
 /// `retention_offset` after it (calendar periods in the query's zone, or rolling periods
 /// from the first A; or that period or any later one when unbounded).
 pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let (names, entries) = retention_entries(state, metric, query)?;
+    share_metric(state, query, &names, entries)
+}
+
+/// A retention metric's names (A, B) and entries: one per person, at their first A. Only A
+/// and B rows matter: people without an A add no entry.
+fn retention_entries<'a>(
+    state: &'a ProjectData,
+    metric: &'a Metric,
+    query: &MetricQuery,
+) -> Result<([u32; 2], EntriesOf<'a>)> {
     let table = &state.table;
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
@@ -575,28 +623,62 @@ pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> R
         crate::core::metric::definition::Period::Month => 30,
     };
     let offset = i64::from(metric.retention_offset);
-    share_metric(state, query, |groups, person, rows, out| {
-        let Some(&first_row) = rows
-            .iter()
-            .filter(|&&r| first.matches(table, person, r as usize))
-            .min_by_key(|&&r| (table.time()[r as usize], r))
-        else {
+    let tz = query.tz;
+    let names = [first.name, then.name];
+    let entries = move |groups: &mut Groups, person: u32, events: PersonEvents<'_>, out: &mut Vec<Entry>| {
+        let matched = |matcher: &Matcher, i: usize| {
+            matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
+        };
+        // Events come in (time, row) order: the first match is the earliest.
+        let Some(first_i) = (0..events.len()).find(|&i| matched(&first, i)) else {
             return;
         };
-        let first_row = first_row as usize;
-        let t0 = table.time()[first_row];
+        let (first_row, t0) = (events.rows[first_i] as usize, events.times[first_i]);
         let (start, end) = if metric.retention_rolling {
             let period = period_days * 86_400_000_000;
             (t0.saturating_add(offset.saturating_mul(period)), t0.saturating_add((offset + 1).saturating_mul(period)))
         } else {
-            let start =
-                time::advance(time::floor(t0, granularity, query.tz), granularity, metric.retention_offset, query.tz);
-            (start, time::next(start, granularity, query.tz))
+            let start = time::advance(time::floor(t0, granularity, tz), granularity, metric.retention_offset, tz);
+            (start, time::next(start, granularity, tz))
         };
-        let succeeded = rows.iter().map(|&r| r as usize).any(|r| {
-            let t = table.time()[r];
-            then.matches(table, person, r) && t >= start && (metric.retention_unbounded || t < end)
+        let succeeded = (0..events.len()).any(|i| {
+            let t = events.times[i];
+            matched(&then, i) && t >= start && (metric.retention_unbounded || t < end)
         });
         out.push(Entry { time: t0, group: groups.group(table, person, first_row), succeeded });
-    })
+    };
+    Ok((names, Box::new(entries)))
+}
+
+/// A CONVERSION or RETENTION metric's value over each of `ranges` (GRANULARITY_TOTAL, no
+/// breakdown) from one pass over the events: an entry counts in every range holding its time,
+/// as it would in that range's own evaluation (whether an entry succeeds does not depend on
+/// the range).
+pub(crate) fn share_totals(
+    state: &ProjectData,
+    metric: &Metric,
+    query: &MetricQuery,
+    ranges: &[(Micros, Micros)],
+) -> Result<Vec<Option<f64>>> {
+    let (names, mut entries) = match metric.kind {
+        MetricKind::Conversion => conversion_entries(state, metric, query)?,
+        MetricKind::Retention => retention_entries(state, metric, query)?,
+        kind => return Err(Error::Internal(format!("{kind:?} is not a share metric"))),
+    };
+    let table = &state.table;
+    let mut groups = Groups::new(state, None);
+    let mut cells = ShareCells::new(ranges.len());
+    let mut scratch = Vec::new();
+    state.person_order.get(table).for_each_named(table, Rows::Named(&names), |person, events| {
+        scratch.clear();
+        entries(&mut groups, person, events, &mut scratch);
+        for entry in &scratch {
+            for (k, &(from, to)) in ranges.iter().enumerate() {
+                if from <= entry.time && entry.time < to {
+                    cells.add(k, person, entry.succeeded);
+                }
+            }
+        }
+    });
+    Ok((0..ranges.len()).map(|k| cells.share(k)).collect())
 }

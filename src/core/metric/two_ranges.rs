@@ -11,9 +11,10 @@ use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
 /// Whether `totals` answers for `metric` exactly as two GRANULARITY_TOTAL evaluations would:
-/// an event aggregate without a breakdown.
+/// an event aggregate, CONVERSION or RETENTION without a breakdown.
 pub fn applies(metric: &Metric, query: &MetricQuery) -> bool {
-    metric.kind.is_event_aggregate() && query.breakdown.is_none()
+    (metric.kind.is_event_aggregate() || matches!(metric.kind, MetricKind::Conversion | MetricKind::Retention))
+        && query.breakdown.is_none()
 }
 
 /// The metric's value over `query`'s range and over `previous` (each one GRANULARITY_TOTAL
@@ -26,6 +27,11 @@ pub fn totals(
     previous: (Micros, Micros),
 ) -> Result<(Option<f64>, Option<f64>)> {
     metric.validate_offsets()?;
+    if matches!(metric.kind, MetricKind::Conversion | MetricKind::Retention) {
+        let values =
+            crate::core::metric::scan::share_totals(state, metric, query, &[(query.from, query.to), previous])?;
+        return Ok((values[0], values[1]));
+    }
     let window = |from: Micros, to: Micros| -> Result<(Micros, Micros)> {
         let bounds = time::bucket_bounds(from, to, Granularity::Total, query.tz, MAX_BUCKETS)?;
         let ranged = MetricQuery { from, to, granularity: Granularity::Total, ..query.clone() };
@@ -107,7 +113,12 @@ mod tests {
         previous: (Micros, Micros),
     ) -> (Option<f64>, Option<f64>) {
         let value = |(from, to)| {
-            crate::core::metric::scan::event_aggregate(state, metric, &query(from, to)).unwrap()[0].points[0].value
+            let series = match metric.kind {
+                MetricKind::Conversion => crate::core::metric::scan::conversion(state, metric, &query(from, to)),
+                MetricKind::Retention => crate::core::metric::scan::retention(state, metric, &query(from, to)),
+                _ => crate::core::metric::scan::event_aggregate(state, metric, &query(from, to)),
+            };
+            series.unwrap()[0].points[0].value
         };
         (value(current), value(previous))
     }
@@ -149,6 +160,38 @@ mod tests {
                         "{kind:?} {rolling:?} {current:?}"
                     );
                 }
+            }
+        }
+        // Share metrics: conversion (buy, then buy again within a day or two) and retention
+        // (first buy, back the next day or any later one), with the per-user entries the ranges split.
+        for window in [DAY, 2 * DAY] {
+            let conversion = Metric {
+                key: "c".into(),
+                kind: MetricKind::Conversion,
+                selector: Some(EventSelector { event: "buy".into(), filters: vec![] }),
+                conversion_selector: Some(EventSelector { event: "buy".into(), filters: vec![] }),
+                window: Some(window),
+                ..Default::default()
+            };
+            for (current, previous) in ranges {
+                let answer = totals(&state, &conversion, &query(current.0, current.1), previous).unwrap();
+                assert_eq!(answer, reference(&state, &conversion, current, previous), "conversion {current:?}");
+            }
+        }
+        for unbounded in [false, true] {
+            let retention = Metric {
+                key: "r".into(),
+                kind: MetricKind::Retention,
+                selector: Some(EventSelector { event: "buy".into(), filters: vec![] }),
+                conversion_selector: Some(EventSelector { event: "buy".into(), filters: vec![] }),
+                retention_period: crate::core::metric::definition::Period::Day,
+                retention_offset: 1,
+                retention_unbounded: unbounded,
+                ..Default::default()
+            };
+            for (current, previous) in ranges {
+                let answer = totals(&state, &retention, &query(current.0, current.1), previous).unwrap();
+                assert_eq!(answer, reference(&state, &retention, current, previous), "retention {current:?}");
             }
         }
         // Hand-computed: 3 distinct users bought on day 0 (users 1, 2, 4), and 0 users before it.

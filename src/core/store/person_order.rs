@@ -5,6 +5,11 @@
 //! person then time, built once and reused by later queries. Rows appended since the build
 //! (the tail) are merged in per person at query time; when the tail grows past a share of
 //! the covered rows, or an alias changes who owns which rows, the next query rebuilds.
+//!
+//! The order also indexes its positions by event name, so a scan that reads only some events
+//! (a metric over `purchase`, a funnel from `signup` to `purchase`) visits the people who did
+//! them, with only those events, instead of walking every row (`for_each_named`). The index
+//! is part of the order: built with it, rebuilt with it, and the tail is merged in the same way.
 
 use std::sync::Arc;
 
@@ -30,6 +35,45 @@ pub struct PersonOrder {
     rows: Vec<u32>,
     times: Vec<Micros>,
     names: Vec<u32>,
+    /// Per event name id known at build time: its rows, in the order above.
+    by_name: Vec<NameIndex>,
+    /// Per (event name, property key): the property's numeric value for each of the name's
+    /// indexed rows (`filter::row_number`), made on first use.
+    numbers: parking_lot::Mutex<HashMap<(u32, u32), Numbers>>,
+    /// Likewise a string property's id per indexed row (`NONE`: missing or not a string).
+    strings: parking_lot::Mutex<HashMap<(u32, u32), Strings>>,
+}
+
+/// A numeric property's value per indexed row of one name (see `PersonOrder::numbers`).
+pub type Numbers = Arc<Vec<Option<f64>>>;
+/// A string property's interned id per indexed row of one name (see `PersonOrder::strings`).
+pub type Strings = Arc<Vec<u32>>;
+
+/// One event name's rows in person order (then time): a copy of the order's columns for these
+/// rows only, so a scan of the name reads contiguous memory. Its people come in groups:
+/// `people[g]` (an index into the order's people) owns `rows[starts[g]..starts[g + 1]]`.
+#[derive(Debug, Default)]
+struct NameIndex {
+    people: Vec<u32>,
+    starts: Vec<u32>,
+    rows: Vec<u32>,
+    times: Vec<Micros>,
+    /// The most rows in one group.
+    longest: usize,
+}
+
+impl NameIndex {
+    fn span(&self, group: usize) -> std::ops::Range<usize> {
+        self.starts[group] as usize..self.starts[group + 1] as usize
+    }
+}
+
+/// Which rows a scan reads: all of them, or only the rows of some event names (name ids;
+/// `NONE` or unknown ids select nothing).
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    All,
+    Named(&'a [u32]),
 }
 
 /// One person's events in time order (ties by arrival): parallel slices.
@@ -38,6 +82,22 @@ pub struct PersonEvents<'a> {
     pub rows: &'a [u32],
     pub times: &'a [Micros],
     pub names: &'a [u32],
+    /// Set when these are rows `at..at + len` of one name's index (a named scan of one name):
+    /// `PersonOrder::numbers` of that name then has their values from `at` on.
+    pub indexed_at: Option<usize>,
+    /// When not empty (several names merged from the index): each event's position in its
+    /// own name's index, for `PersonOrder::numbers` and `PersonOrder::strings` of that name.
+    pub positions: &'a [u32],
+}
+
+impl PersonEvents<'_> {
+    /// Event `i`'s position in its name's index, when known.
+    pub fn position(&self, i: usize) -> Option<usize> {
+        match self.indexed_at {
+            Some(at) => Some(at + i),
+            None => self.positions.get(i).map(|&p| p as usize),
+        }
+    }
 }
 
 impl PersonEvents<'_> {
@@ -60,6 +120,9 @@ impl PersonOrder {
             rows: Vec::with_capacity(table.len()),
             times: Vec::with_capacity(table.len()),
             names: Vec::with_capacity(table.len()),
+            by_name: Vec::new(),
+            numbers: Default::default(),
+            strings: Default::default(),
         };
         let key = |r: &u32| (table.time[*r as usize], *r);
         for person in 0..table.canonical.len() as u32 {
@@ -85,7 +148,73 @@ impl PersonOrder {
         }
         order.times.extend(order.rows.iter().map(|&r| table.time[r as usize]));
         order.names.extend(order.rows.iter().map(|&r| table.name[r as usize]));
+        order.index_names(table.names().len());
         order
+    }
+
+    /// Fills `by_name` from the sorted columns.
+    fn index_names(&mut self, names: usize) {
+        let mut counts = vec![0usize; names];
+        for &name in &self.names {
+            counts[name as usize] += 1;
+        }
+        let mut by_name: Vec<NameIndex> = counts
+            .iter()
+            .map(|&n| NameIndex {
+                people: Vec::new(),
+                starts: vec![0],
+                rows: Vec::with_capacity(n),
+                times: Vec::with_capacity(n),
+                longest: 0,
+            })
+            .collect();
+        for i in 0..self.people.len() {
+            let span = self.starts[i] as usize..self.starts[i + 1] as usize;
+            for position in span {
+                let index = &mut by_name[self.names[position] as usize];
+                if index.people.last() != Some(&(i as u32)) {
+                    if !index.rows.is_empty() {
+                        index.starts.push(index.rows.len() as u32);
+                    }
+                    index.people.push(i as u32);
+                }
+                index.rows.push(self.rows[position]);
+                index.times.push(self.times[position]);
+            }
+        }
+        for index in &mut by_name {
+            if !index.rows.is_empty() {
+                index.starts.push(index.rows.len() as u32);
+            }
+            index.longest = index.starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        }
+        self.by_name = by_name;
+    }
+
+    /// Property `key`'s numeric value (`filter::row_number`) for each indexed row of event
+    /// name `name`, in index order (see `PersonEvents::indexed_at`): read from the property
+    /// arena once, then kept with the order, so sums over a name read one contiguous column.
+    pub fn numbers(&self, table: &EventTable, name: u32, key: u32) -> Numbers {
+        if let Some(column) = self.numbers.lock().get(&(name, key)) {
+            return column.clone();
+        }
+        let rows = self.by_name.get(name as usize).map_or(&[][..], |index| &index.rows[..]);
+        let column =
+            Arc::new(rows.iter().map(|&row| crate::core::filter::row_number(table, row as usize, key)).collect());
+        self.numbers.lock().insert((name, key), Arc::clone(&column));
+        column
+    }
+
+    /// Property `key`'s string id for each indexed row of event name `name` (`NONE` when the
+    /// row lacks it or holds another type), like `numbers`.
+    pub fn strings(&self, table: &EventTable, name: u32, key: u32) -> Strings {
+        if let Some(column) = self.strings.lock().get(&(name, key)) {
+            return column.clone();
+        }
+        let rows = self.by_name.get(name as usize).map_or(&[][..], |index| &index.rows[..]);
+        let column = Arc::new(rows.iter().map(|&row| string_of(table, row as usize, key)).collect());
+        self.strings.lock().insert((name, key), Arc::clone(&column));
+        column
     }
 
     /// Whether this order can serve `table` (possibly with a tail) without a rebuild.
@@ -97,9 +226,15 @@ impl PersonOrder {
     }
 
     /// Visits every canonical person with rows, with their events in time order.
-    pub fn for_each(&self, table: &EventTable, mut visit: impl FnMut(u32, PersonEvents<'_>)) {
+    pub fn for_each(&self, table: &EventTable, visit: impl FnMut(u32, PersonEvents<'_>)) {
+        self.for_each_named(table, Rows::All, visit)
+    }
+
+    /// Like `for_each`, reading only `rows`: with `Rows::Named`, visits (in the same order as
+    /// `for_each`) each person with at least one event of those names, with only those events.
+    pub fn for_each_named(&self, table: &EventTable, rows: Rows<'_>, mut visit: impl FnMut(u32, PersonEvents<'_>)) {
         let tail = Tail::of(self, table);
-        self.visit_part(table, &tail, 0..self.people.len(), &tail.new_people, &mut visit);
+        self.visit_rows(table, &tail, rows, 0..self.people.len(), &tail.new_people, &mut visit);
     }
 
     /// Like `for_each`, split into contiguous parts of people run on up to `threads` threads
@@ -112,6 +247,18 @@ impl PersonOrder {
         init: impl Fn() -> S + Sync,
         visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
     ) -> Vec<S> {
+        self.fold_parts_named(table, threads, Rows::All, init, visit)
+    }
+
+    /// `fold_parts` reading only `rows` (see `for_each_named`).
+    pub fn fold_parts_named<S: Send>(
+        &self,
+        table: &EventTable,
+        threads: usize,
+        rows: Rows<'_>,
+        init: impl Fn() -> S + Sync,
+        visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
+    ) -> Vec<S> {
         let tail = Tail::of(self, table);
         let parts = threads.clamp(1, self.people.len().max(1));
         let bounds: Vec<usize> = (0..=parts).map(|k| k * self.people.len() / parts).collect();
@@ -119,7 +266,7 @@ impl PersonOrder {
         let run = |k: usize| {
             let mut state = init();
             let extra: &[u32] = if k + 1 == parts { &tail.new_people } else { &[] };
-            self.visit_part(table, &tail, bounds[k]..bounds[k + 1], extra, &mut |person, events| {
+            self.visit_rows(table, &tail, rows, bounds[k]..bounds[k + 1], extra, &mut |person, events| {
                 visit(&mut state, person, events)
             });
             state
@@ -135,6 +282,118 @@ impl PersonOrder {
             states.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
             states
         })
+    }
+
+    fn visit_rows(
+        &self,
+        table: &EventTable,
+        tail: &Tail,
+        rows: Rows<'_>,
+        people: std::ops::Range<usize>,
+        new_people: &[u32],
+        visit: &mut dyn FnMut(u32, PersonEvents<'_>),
+    ) {
+        match rows {
+            Rows::All => self.visit_part(table, tail, people, new_people, visit),
+            Rows::Named(names) => self.visit_named(table, tail, names, people, new_people, visit),
+        }
+    }
+
+    /// `visit_part` through the name index: merges the names' people groups (each in person
+    /// order), and merges people with tail rows from their whole events, filtered.
+    fn visit_named(
+        &self,
+        table: &EventTable,
+        tail: &Tail,
+        names: &[u32],
+        people: std::ops::Range<usize>,
+        new_people: &[u32],
+        visit: &mut dyn FnMut(u32, PersonEvents<'_>),
+    ) {
+        let mut names = names.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let mut gathered = Merged::default();
+        // (name, its index, its next group, the end of its groups in the part)
+        let mut lists: Vec<(u32, &NameIndex, usize, usize)> = names
+            .iter()
+            .filter_map(|&name| {
+                let index = self.by_name.get(name as usize)?;
+                let first = index.people.partition_point(|&p| (p as usize) < people.start);
+                let end = index.people.partition_point(|&p| (p as usize) < people.end);
+                (first < end).then_some((name, index, first, end))
+            })
+            .collect();
+        // A name column for a group of one name.
+        let same_name: Vec<Vec<u32>> = lists.iter().map(|l| vec![l.0; l.1.longest]).collect();
+        let mut parts: Vec<MergePart<'_>> = Vec::new();
+        let tail_people = &tail.existing
+            [tail.existing.partition_point(|&p| p < people.start)..tail.existing.partition_point(|&p| p < people.end)];
+        let (mut next_tail, mut visited) = (0usize, 0usize);
+        loop {
+            if visited.is_multiple_of(cancel::CHECK_EVERY) && cancel::stopped() {
+                return;
+            }
+            visited += 1;
+            let indexed = lists.iter().filter(|l| l.2 < l.3).map(|l| l.1.people[l.2] as usize).min();
+            let tailed = tail_people.get(next_tail).copied();
+            let i = match (indexed, tailed) {
+                (None, None) => break,
+                (Some(i), Some(t)) => i.min(t),
+                (Some(i), None) => i,
+                (None, Some(t)) => t,
+            };
+            let person = self.people[i];
+            let mut holding = lists.iter_mut().enumerate().filter(|(_, l)| l.2 < l.3 && l.1.people[l.2] as usize == i);
+            if tailed == Some(i) {
+                next_tail += 1;
+                holding.for_each(|(_, l)| l.2 += 1);
+                let span = self.starts[i] as usize..self.starts[i + 1] as usize;
+                let events = gathered.fill_named(table, &self.rows[span], &tail.rows[&person], &names);
+                if !events.is_empty() {
+                    visit(person, events);
+                }
+                continue;
+            }
+            let (k, first) = holding.next().expect("the person holds a group of some name");
+            let Some((_, second)) = holding.next() else {
+                // One name: its group as it is.
+                let span = first.1.span(first.2);
+                first.2 += 1;
+                let index = first.1;
+                let names = &same_name[k][..span.len()];
+                let indexed_at = Some(span.start);
+                visit(
+                    person,
+                    PersonEvents {
+                        rows: &index.rows[span.clone()],
+                        times: &index.times[span],
+                        names,
+                        indexed_at,
+                        positions: &[],
+                    },
+                );
+                continue;
+            };
+            // Several names: their groups merged by (time, row), the order's order.
+            parts.clear();
+            for (name, index, group, _) in [first, second].into_iter().chain(holding.map(|(_, l)| l)) {
+                let span = index.span(*group);
+                *group += 1;
+                parts.push((*name, span.start as u32, &index.rows[span.clone()], &index.times[span]));
+            }
+            gathered.merge(&mut parts);
+            visit(person, gathered.events());
+        }
+        for (i, person) in new_people.iter().enumerate() {
+            if i.is_multiple_of(cancel::CHECK_EVERY) && cancel::stopped() {
+                return;
+            }
+            let events = gathered.fill_named(table, &[], &tail.rows[person], &names);
+            if !events.is_empty() {
+                visit(*person, events);
+            }
+        }
     }
 
     fn visit_part(
@@ -158,6 +417,8 @@ impl PersonOrder {
                 rows: &self.rows[span.clone()],
                 times: &self.times[span.clone()],
                 names: &self.names[span],
+                indexed_at: None,
+                positions: &[],
             };
             match tail.rows.get(&person) {
                 None => visit(person, events),
@@ -170,6 +431,14 @@ impl PersonOrder {
             }
             visit(*person, merged.fill(table, &[], &tail.rows[person]));
         }
+    }
+}
+
+/// Property `key`'s string id in `row`, `NONE` when missing or not a string.
+pub fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
+    match table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value) {
+        Some(crate::core::store::table::Cell::Str(id)) => id,
+        _ => crate::core::store::table::NONE,
     }
 }
 
@@ -189,6 +458,9 @@ struct Tail {
     rows: HashMap<u32, Vec<u32>>,
     /// People with tail rows only, ascending.
     new_people: Vec<u32>,
+    /// Indexes (into the order's people) of the people with both covered and tail rows,
+    /// ascending.
+    existing: Vec<usize>,
 }
 
 impl Tail {
@@ -199,10 +471,17 @@ impl Tail {
             rows.entry(person).or_default().push(row as u32);
         }
         // `people` is ascending (built in person id order).
-        let mut new_people: Vec<u32> =
-            rows.keys().copied().filter(|p| order.people.binary_search(p).is_err()).collect();
+        let mut new_people = Vec::new();
+        let mut existing = Vec::new();
+        for &person in rows.keys() {
+            match order.people.binary_search(&person) {
+                Ok(i) => existing.push(i),
+                Err(_) => new_people.push(person),
+            }
+        }
         new_people.sort_unstable();
-        Tail { rows, new_people }
+        existing.sort_unstable();
+        Tail { rows, new_people, existing }
     }
 }
 
@@ -212,10 +491,17 @@ struct Merged {
     rows: Vec<u32>,
     times: Vec<Micros>,
     names: Vec<u32>,
+    /// Filled by `merge` only (empty after `fill`).
+    positions: Vec<u32>,
 }
+
+/// One name's group being merged: (name, the position of its next row in the name's index,
+/// its rows left, their times).
+type MergePart<'a> = (u32, u32, &'a [u32], &'a [Micros]);
 
 impl Merged {
     fn fill(&mut self, table: &EventTable, sorted: &[u32], extra: &[u32]) -> PersonEvents<'_> {
+        self.positions.clear();
         self.rows.clear();
         self.rows.extend_from_slice(sorted);
         self.rows.extend_from_slice(extra);
@@ -224,7 +510,65 @@ impl Merged {
         self.times.extend(self.rows.iter().map(|&r| table.time[r as usize]));
         self.names.clear();
         self.names.extend(self.rows.iter().map(|&r| table.name[r as usize]));
-        PersonEvents { rows: &self.rows, times: &self.times, names: &self.names }
+        self.events()
+    }
+
+    /// `fill`, keeping only the rows of `names`.
+    fn fill_named(&mut self, table: &EventTable, sorted: &[u32], extra: &[u32], names: &[u32]) -> PersonEvents<'_> {
+        self.fill(table, sorted, extra);
+        let mut kept = 0;
+        for i in 0..self.rows.len() {
+            if names.contains(&self.names[i]) {
+                self.rows[kept] = self.rows[i];
+                self.times[kept] = self.times[i];
+                self.names[kept] = self.names[i];
+                kept += 1;
+            }
+        }
+        self.rows.truncate(kept);
+        self.times.truncate(kept);
+        self.names.truncate(kept);
+        self.events()
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.times.clear();
+        self.names.clear();
+        self.positions.clear();
+    }
+
+    /// Replaces the columns with `parts` (name, rows, times), each sorted by (time, row),
+    /// merged by (time, row). Consumes the parts.
+    fn merge(&mut self, parts: &mut [MergePart<'_>]) {
+        self.clear();
+        loop {
+            let next = parts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.2.is_empty())
+                .min_by_key(|(_, p)| (p.3[0], p.2[0]))
+                .map(|(k, _)| k);
+            let Some(k) = next else { return };
+            let (name, position, rows, times) = &mut parts[k];
+            self.rows.push(rows[0]);
+            self.times.push(times[0]);
+            self.names.push(*name);
+            self.positions.push(*position);
+            *position += 1;
+            *rows = &rows[1..];
+            *times = &times[1..];
+        }
+    }
+
+    fn events(&self) -> PersonEvents<'_> {
+        PersonEvents {
+            rows: &self.rows,
+            times: &self.times,
+            names: &self.names,
+            indexed_at: None,
+            positions: &self.positions,
+        }
     }
 }
 
@@ -259,6 +603,7 @@ impl PersonOrderCache {
 mod tests {
     use super::*;
     use crate::core::model::Event;
+    use crate::core::store::table::NONE;
 
     fn push(table: &mut EventTable, id: &str, name: &str, user: &str, anon: &str, t: Micros) {
         table.push(&Event {
@@ -327,6 +672,198 @@ mod tests {
         assert!(!order.serves(&table));
         let rebuilt = PersonOrder::build(&table);
         assert_eq!(collect(&rebuilt, &table)[1], ("u2".into(), vec![1, 6, 3], vec![10, 10, 20]));
+    }
+
+    type Visit = (u32, Vec<u32>, Vec<Micros>, Vec<u32>);
+
+    /// What a named scan must give: the full scan's people and events, in its order, keeping
+    /// only rows of `names` and people left with some.
+    fn filtered_full_scan(order: &PersonOrder, table: &EventTable, names: &[u32]) -> Vec<Visit> {
+        let mut seen = Vec::new();
+        order.for_each(table, |person, events| {
+            let keep: Vec<usize> = (0..events.len()).filter(|&i| names.contains(&events.names[i])).collect();
+            if !keep.is_empty() {
+                seen.push((
+                    person,
+                    keep.iter().map(|&i| events.rows[i]).collect(),
+                    keep.iter().map(|&i| events.times[i]).collect(),
+                    keep.iter().map(|&i| events.names[i]).collect(),
+                ));
+            }
+        });
+        seen
+    }
+
+    fn named_scan(order: &PersonOrder, table: &EventTable, names: &[u32]) -> Vec<Visit> {
+        let mut seen = Vec::new();
+        order.for_each_named(table, Rows::Named(names), |person, events| {
+            // A known position is the row's place in its own name's index.
+            for i in 0..events.len() {
+                if let Some(at) = events.position(i) {
+                    assert_eq!(order.by_name[events.names[i] as usize].rows[at], events.rows[i]);
+                }
+            }
+            seen.push((person, events.rows.to_vec(), events.times.to_vec(), events.names.to_vec()));
+        });
+        seen
+    }
+
+    /// Every subset of the table's names (plus an unknown id), through `for_each_named` and
+    /// `fold_parts_named` on 1 to 4 threads, against the filtered full scan.
+    fn assert_named_scans_match(order: &PersonOrder, table: &EventTable) {
+        let known = table.names().len() as u32;
+        let ids: Vec<u32> = (0..known).chain([known + 3, NONE]).collect();
+        for mask in 0..(1u32 << ids.len()) {
+            let names: Vec<u32> = (0..ids.len()).filter(|&k| mask & (1 << k) != 0).map(|k| ids[k]).collect();
+            let expected = filtered_full_scan(order, table, &names);
+            assert_eq!(named_scan(order, table, &names), expected, "names {names:?}");
+            for threads in 1..=4 {
+                let parts = order.fold_parts_named(table, threads, Rows::Named(&names), Vec::new, |seen, person, e| {
+                    seen.push((person, e.rows.to_vec(), e.times.to_vec(), e.names.to_vec()));
+                });
+                assert_eq!(parts.concat(), expected, "names {names:?}, {threads} threads");
+            }
+        }
+        // `Rows::All` is the full scan.
+        let mut all = Vec::new();
+        order.for_each_named(table, Rows::All, |person, e| all.push((person, e.rows.to_vec())));
+        let mut full = Vec::new();
+        order.for_each(table, |person, e| full.push((person, e.rows.to_vec())));
+        assert_eq!(all, full);
+    }
+
+    /// A table of `people` users and anonymous ids doing events of four names at scattered
+    /// times, some of them twice at the same time.
+    fn scattered(table: &mut EventTable, from: usize, to: usize) {
+        let names = ["a", "b", "c", "d"];
+        for i in from..to {
+            let (user, anon) = if i % 7 == 3 {
+                (String::new(), format!("x{}", i % 11))
+            } else {
+                (format!("u{}", i % 13), String::new())
+            };
+            let name = names[(i * 5 + i / 3) % if i % 17 == 0 { 4 } else { 3 }];
+            push(table, &format!("e{i}"), name, &user, &anon, ((i * 37) % 101) as Micros);
+        }
+    }
+
+    #[test]
+    fn named_scans_read_the_names_rows_in_the_full_scans_order() {
+        let mut table = EventTable::default();
+        scattered(&mut table, 0, 300);
+        table.alias("x1", "u1");
+        table.alias("x2", "u5");
+        let order = PersonOrder::build(&table);
+        assert_named_scans_match(&order, &table);
+
+        // Appends: existing people get rows (some of a name the order never saw), new people
+        // appear, an anonymous id aliased before shows up in the tail.
+        scattered(&mut table, 300, 340);
+        push(&mut table, "n1", "fresh", "u2", "", 50);
+        push(&mut table, "n2", "fresh", "newcomer", "", 5);
+        push(&mut table, "n3", "a", "", "x1", 1);
+        push(&mut table, "n4", "b", "", "x99", 2);
+        assert!(order.serves(&table));
+        assert_named_scans_match(&order, &table);
+
+        // A new alias moves rows to another person: the cache rebuilds, index included.
+        let cache = PersonOrderCache::default();
+        let before = cache.get(&table);
+        table.alias("x3", "u4");
+        assert!(!before.serves(&table));
+        let after = cache.get(&table);
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert_named_scans_match(&after, &table);
+        let u4 = table.find_user("u4").unwrap();
+        let x3_rows: Vec<u32> = table.person_rows[table.find_anonymous("x3").unwrap() as usize].clone();
+        let mut u4_rows = Vec::new();
+        after.for_each_named(&table, Rows::Named(&[0, 1, 2, 3]), |person, e| {
+            if person == u4 {
+                u4_rows.extend_from_slice(e.rows);
+            }
+        });
+        assert!(x3_rows.iter().all(|r| u4_rows.contains(r)), "x3's rows are u4's now");
+
+        // Compaction renumbers rows: the cache rebuilds and the index names the new rows.
+        let u0 = table.find_user("u0").unwrap();
+        for row in table.user_rows(u0) {
+            table.erase(row);
+        }
+        table.unalias_all(u0);
+        assert!(table.compact() > 0);
+        let compacted = cache.get(&table);
+        assert!(!Arc::ptr_eq(&after, &compacted));
+        assert_named_scans_match(&compacted, &table);
+        let a = table.names().get("a").unwrap();
+        for (person, rows, times, names) in named_scan(&compacted, &table, &[a]) {
+            assert_ne!(person, u0);
+            for (k, &row) in rows.iter().enumerate() {
+                assert_eq!((table.time[row as usize], table.name[row as usize]), (times[k], names[k]));
+                assert_eq!(table.name[row as usize], a);
+            }
+        }
+        // And an append after the compaction is merged in again.
+        scattered(&mut table, 400, 420);
+        assert!(compacted.serves(&table));
+        assert_named_scans_match(&compacted, &table);
+    }
+
+    #[test]
+    fn numbers_of_a_name_follow_its_index() {
+        let mut table = EventTable::default();
+        for i in 0..40i64 {
+            let value = match i % 4 {
+                0 => Some(crate::core::model::Value::Number(i as f64)),
+                1 => Some(crate::core::model::Value::String("x".into())),
+                2 => None,
+                _ => Some(crate::core::model::Value::Number(-0.5 * i as f64)),
+            };
+            table.push(&Event {
+                event_id: format!("e{i}"),
+                name: if i % 3 == 0 { "buy".into() } else { "view".into() },
+                user_id: format!("u{}", i % 5),
+                anonymous_id: String::new(),
+                timestamp: (i * 7) % 13,
+                properties: value.into_iter().map(|v| ("amount".to_owned(), v)).collect(),
+            });
+        }
+        let order = PersonOrder::build(&table);
+        let (buy, amount) = (table.names().get("buy").unwrap(), table.keys().get("amount").unwrap());
+        let numbers = order.numbers(&table, buy, amount);
+        assert!(Arc::ptr_eq(&numbers, &order.numbers(&table, buy, amount)), "made once");
+        // A tail row: its events are merged, so they carry no index position.
+        push(&mut table, "t", "buy", "u1", "", 3);
+        let mut checked = 0;
+        order.for_each_named(&table, Rows::Named(&[buy]), |_, events| {
+            for (i, &row) in events.rows.iter().enumerate() {
+                if let Some(at) = events.indexed_at {
+                    assert_eq!(numbers[at + i], crate::core::filter::row_number(&table, row as usize, amount));
+                    checked += 1;
+                }
+            }
+        });
+        assert_eq!(checked, 14 - 3, "every buy row of the people without a tail row");
+        assert!(order.numbers(&table, NONE - 1, amount).is_empty(), "an unknown name has no rows");
+        // Strings likewise: the string id where the property is a string, NONE elsewhere.
+        let strings = order.strings(&table, buy, amount);
+        let index = &order.by_name[buy as usize];
+        assert_eq!(strings.len(), index.rows.len());
+        for (at, &row) in index.rows.iter().enumerate() {
+            let expected = match table.row_props(row as usize).first().map(|p| p.value) {
+                Some(crate::core::store::table::Cell::Str(id)) => id,
+                _ => NONE,
+            };
+            assert_eq!(strings[at], expected);
+        }
+        assert!(strings.contains(&table.strings().get("x").unwrap()) && strings.contains(&NONE));
+    }
+
+    #[test]
+    fn a_named_scan_of_a_table_without_rows_visits_nobody() {
+        let table = EventTable::default();
+        let order = PersonOrder::build(&table);
+        assert!(named_scan(&order, &table, &[0, NONE]).is_empty());
+        assert!(order.fold_parts_named(&table, 2, Rows::Named(&[0]), || 0, |n, _, _| *n += 1) == vec![0]);
     }
 
     #[test]
