@@ -541,6 +541,14 @@ fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
 /// Lists a person's entries into a share metric from their events of the metric's names.
 type EntriesOf<'a> = Box<dyn FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>) + 'a>;
 
+/// The matchers of a share metric's A (with the query's filters and cohort) and B.
+fn share_matchers(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<(Matcher, Matcher)> {
+    let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
+        return Err(Error::invalid("metric.conversion_selector", "required"));
+    };
+    Ok((Matcher::new(state, a, &query.filters, query.members.as_ref()), Matcher::new(state, b, &[], None)))
+}
+
 /// CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
 /// bucket within the window (A and B sharing every constant property's value).
 pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
@@ -556,11 +564,7 @@ fn conversion_entries<'a>(
     query: &MetricQuery,
 ) -> Result<([u32; 2], EntriesOf<'a>)> {
     let table = &state.table;
-    let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
-        return Err(Error::invalid("metric.conversion_selector", "required"));
-    };
-    let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
-    let then = Matcher::new(state, b, &[], None);
+    let (first, then) = share_matchers(state, metric, query)?;
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
     let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys().get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
@@ -607,11 +611,7 @@ fn retention_entries<'a>(
     query: &MetricQuery,
 ) -> Result<([u32; 2], EntriesOf<'a>)> {
     let table = &state.table;
-    let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
-        return Err(Error::invalid("metric.conversion_selector", "required"));
-    };
-    let first = Matcher::new(state, a, &query.filters, query.members.as_ref());
-    let then = Matcher::new(state, b, &[], None);
+    let (first, then) = share_matchers(state, metric, query)?;
     let granularity = match metric.retention_period {
         crate::core::metric::definition::Period::Day => Granularity::Day,
         crate::core::metric::definition::Period::Week => Granularity::Week,
