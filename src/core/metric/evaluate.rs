@@ -138,8 +138,7 @@ pub fn evaluate(
         MetricKind::Manual => Ok(manual_series(state, metric, query)),
         MetricKind::LatestSum => crate::core::analysis::revenue::latest_sum_series(state, metric, query),
         MetricKind::RevenueBridge => crate::core::analysis::revenue::bridge_series(state, metric, query),
-        MetricKind::Conversion => scan::conversion(state, metric, query),
-        MetricKind::Retention => scan::retention(state, metric, query),
+        MetricKind::Conversion | MetricKind::Retention => scan::share(state, metric, query),
         kind => unreachable!("{kind:?} is an event aggregate, handled above"),
     }
 }

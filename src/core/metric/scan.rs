@@ -541,6 +541,9 @@ fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
 /// Lists a person's entries into a share metric from their events of the metric's names.
 type EntriesOf<'a> = Box<dyn FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>) + 'a>;
 
+/// A share metric's names (A, B) and its `EntriesOf`.
+type ShareEntries<'a> = Result<([u32; 2], EntriesOf<'a>)>;
+
 /// The matchers of a share metric's A (with the query's filters and cohort) and B.
 fn share_matchers(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<(Matcher, Matcher)> {
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
@@ -549,20 +552,29 @@ fn share_matchers(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
     Ok((Matcher::new(state, a, &query.filters, query.members.as_ref()), Matcher::new(state, b, &[], None)))
 }
 
-/// CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
-/// bucket within the window (A and B sharing every constant property's value).
-pub fn conversion(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
-    let (names, entries) = conversion_entries(state, metric, query)?;
+/// A share metric's series:
+/// - CONVERSION: of people doing A in a bucket, the share doing B at or after an A of that
+///   bucket within the window (A and B sharing every constant property's value);
+/// - RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
+///   `retention_offset` after it (calendar periods in the query's zone, or rolling periods
+///   from the first A; or that period or any later one when unbounded).
+pub fn share(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let (names, entries) = share_entries(state, metric, query)?;
     share_metric(state, query, &names, entries)
+}
+
+/// A share metric's names (A, B) and entries.
+fn share_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
+    match metric.kind {
+        MetricKind::Conversion => conversion_entries(state, metric, query),
+        MetricKind::Retention => retention_entries(state, metric, query),
+        kind => Err(Error::Internal(format!("{kind:?} is not a share metric"))),
+    }
 }
 
 /// A conversion's names (A, B) and entries: one per A row, succeeded when a B follows within
 /// the window. Only A and B rows can enter or succeed: people without them add no entry.
-fn conversion_entries<'a>(
-    state: &'a ProjectData,
-    metric: &'a Metric,
-    query: &MetricQuery,
-) -> Result<([u32; 2], EntriesOf<'a>)> {
+fn conversion_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
     let table = &state.table;
     let (first, then) = share_matchers(state, metric, query)?;
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
@@ -595,21 +607,9 @@ fn conversion_entries<'a>(
     Ok((names, Box::new(entries)))
 }
 
-/// RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
-/// `retention_offset` after it (calendar periods in the query's zone, or rolling periods
-/// from the first A; or that period or any later one when unbounded).
-pub fn retention(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
-    let (names, entries) = retention_entries(state, metric, query)?;
-    share_metric(state, query, &names, entries)
-}
-
 /// A retention metric's names (A, B) and entries: one per person, at their first A. Only A
 /// and B rows matter: people without an A add no entry.
-fn retention_entries<'a>(
-    state: &'a ProjectData,
-    metric: &'a Metric,
-    query: &MetricQuery,
-) -> Result<([u32; 2], EntriesOf<'a>)> {
+fn retention_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
     let table = &state.table;
     let (first, then) = share_matchers(state, metric, query)?;
     let granularity = match metric.retention_period {
@@ -660,11 +660,7 @@ pub(crate) fn share_totals(
     query: &MetricQuery,
     ranges: &[(Micros, Micros)],
 ) -> Result<Vec<Option<f64>>> {
-    let (names, mut entries) = match metric.kind {
-        MetricKind::Conversion => conversion_entries(state, metric, query)?,
-        MetricKind::Retention => retention_entries(state, metric, query)?,
-        kind => return Err(Error::Internal(format!("{kind:?} is not a share metric"))),
-    };
+    let (names, mut entries) = share_entries(state, metric, query)?;
     let table = &state.table;
     let mut groups = Groups::new(state, None);
     let mut cells = ShareCells::new(ranges.len());

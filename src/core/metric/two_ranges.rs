@@ -114,8 +114,9 @@ mod tests {
     ) -> (Option<f64>, Option<f64>) {
         let value = |(from, to)| {
             let series = match metric.kind {
-                MetricKind::Conversion => crate::core::metric::scan::conversion(state, metric, &query(from, to)),
-                MetricKind::Retention => crate::core::metric::scan::retention(state, metric, &query(from, to)),
+                MetricKind::Conversion | MetricKind::Retention => {
+                    crate::core::metric::scan::share(state, metric, &query(from, to))
+                }
                 _ => crate::core::metric::scan::event_aggregate(state, metric, &query(from, to)),
             };
             series.unwrap()[0].points[0].value
