@@ -3,7 +3,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{Api, Reply};
 use crate::error::Error;
 use crate::pb::{self, admin_service_server::AdminService};
 use crate::storage::Tree;
@@ -16,10 +16,7 @@ const BACKUP_CHUNK_BYTES: usize = 3 * 1024 * 1024;
 impl AdminService for Api {
     /// Streams the snapshot from a blocking thread through a bounded channel: a slow reader
     /// holds back only the snapshot, never the writer (the log is append-only).
-    async fn backup(
-        &self,
-        request: Request<pb::BackupRequest>,
-    ) -> Result<Response<BoxStream<pb::BackupResponse>>, Status> {
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Reply<BoxStream<pb::BackupResponse>> {
         self.authorize(&request, "")?;
         let (tx, rx) = mpsc::channel::<Result<pb::BackupResponse, Status>>(4);
         let engine = self.engine.clone();
@@ -50,7 +47,7 @@ impl AdminService for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
+    async fn compact(&self, request: Request<pb::CompactRequest>) -> Reply<pb::CompactResponse> {
         self.authorize(&request, "")?;
         let compacted = self.engine.compact(&request.into_inner().project).await?;
         Ok(Response::new(pb::CompactResponse {

@@ -1,11 +1,11 @@
 //! AnalysisService: funnels, retention tables, cohort tables, attribution and the revenue bridge.
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
-use super::Api;
 use super::convert::{enum_error, required_range, timestamp};
 use super::metric::granularity_from_pb;
 use super::metric::{duration_from_pb, duration_micros, filters_from_pb, period_from_pb, selector_from_pb};
+use super::{Api, Reply};
 use crate::core::analysis::attribution::{self, AttributionModel, AttributionQuery};
 use crate::core::analysis::funnel::{self, Exclusion, FunnelMode, FunnelOrder, FunnelQuery, FunnelStep};
 use crate::core::analysis::retention::{CohortTableQuery, CohortValue, RetentionMode, RetentionQuery, TableShape};
@@ -204,9 +204,8 @@ impl AnalysisService for Api {
     async fn query_revenue_bridge(
         &self,
         request: Request<pb::QueryRevenueBridgeRequest>,
-    ) -> Result<Response<pb::QueryRevenueBridgeResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::QueryRevenueBridgeResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let project = request.project.clone();
         let query = bridge_from_pb(request)?;
         let bridge = self.blocking(move |engine| engine.query_revenue_bridge(&project, query)).await?;
@@ -216,12 +215,8 @@ impl AnalysisService for Api {
         }))
     }
 
-    async fn query_funnel(
-        &self,
-        request: Request<pb::QueryFunnelRequest>,
-    ) -> Result<Response<pb::QueryFunnelResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn query_funnel(&self, request: Request<pb::QueryFunnelRequest>) -> Reply<pb::QueryFunnelResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let project = request.project.clone();
         let query = funnel_from_pb(request)?;
         let result = self.query(move |engine| engine.query_funnel(&project, query)).await?;
@@ -235,12 +230,8 @@ impl AnalysisService for Api {
         }))
     }
 
-    async fn query_retention(
-        &self,
-        request: Request<pb::QueryRetentionRequest>,
-    ) -> Result<Response<pb::QueryRetentionResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn query_retention(&self, request: Request<pb::QueryRetentionRequest>) -> Reply<pb::QueryRetentionResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let project = request.project.clone();
         let query = retention_from_pb(request)?;
         let table = self.query(move |engine| engine.query_retention(&project, query)).await?;
@@ -265,9 +256,8 @@ impl AnalysisService for Api {
     async fn query_cohort_table(
         &self,
         request: Request<pb::QueryCohortTableRequest>,
-    ) -> Result<Response<pb::QueryCohortTableResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::QueryCohortTableResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let project = request.project.clone();
         let query = cohort_table_from_pb(request)?;
         let table = self.query(move |engine| engine.query_cohort_table(&project, query)).await?;
@@ -291,9 +281,8 @@ impl AnalysisService for Api {
     async fn query_attribution(
         &self,
         request: Request<pb::QueryAttributionRequest>,
-    ) -> Result<Response<pb::QueryAttributionResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::QueryAttributionResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let project = request.project.clone();
         let query = attribution_from_pb(request)?;
         let result = self.blocking(move |engine| engine.query_attribution(&project, query)).await?;

@@ -1,7 +1,7 @@
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
-use super::Api;
 use super::convert::{event_type_from_pb, event_type_to_pb, quarantined_to_pb};
+use super::{Api, Reply};
 use crate::core::page::{PageRequest, paginate};
 use crate::error::{Error, echo};
 use crate::pb::{self, catalog_service_server::CatalogService};
@@ -11,9 +11,8 @@ impl CatalogService for Api {
     async fn upsert_event_type(
         &self,
         request: Request<pb::UpsertEventTypeRequest>,
-    ) -> Result<Response<pb::UpsertEventTypeResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::UpsertEventTypeResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let event_type = request.event_type.ok_or_else(|| Error::invalid("event_type", "required"))?;
         let event_type = event_type_from_pb(event_type)?;
         let project = request.project;
@@ -21,22 +20,14 @@ impl CatalogService for Api {
         Ok(Response::new(pb::UpsertEventTypeResponse { event_type: Some(event_type_to_pb(stored)) }))
     }
 
-    async fn get_event_type(
-        &self,
-        request: Request<pb::GetEventTypeRequest>,
-    ) -> Result<Response<pb::GetEventTypeResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_event_type(&self, request: Request<pb::GetEventTypeRequest>) -> Reply<pb::GetEventTypeResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let found = self.blocking(move |engine| engine.get_event_type(&request.project, &request.name)).await?;
         Ok(Response::new(pb::GetEventTypeResponse { event_type: Some(event_type_to_pb(found)) }))
     }
 
-    async fn list_event_types(
-        &self,
-        request: Request<pb::ListEventTypesRequest>,
-    ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn list_event_types(&self, request: Request<pb::ListEventTypesRequest>) -> Reply<pb::ListEventTypesResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
         let (types, next_page_token) = self
@@ -51,9 +42,8 @@ impl CatalogService for Api {
     async fn delete_event_type(
         &self,
         request: Request<pb::DeleteEventTypeRequest>,
-    ) -> Result<Response<pb::DeleteEventTypeResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::DeleteEventTypeResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         self.blocking(move |engine| engine.delete_event_type(&request.project, &request.name)).await?;
         Ok(Response::new(pb::DeleteEventTypeResponse {}))
     }
@@ -61,9 +51,8 @@ impl CatalogService for Api {
     async fn list_quarantined(
         &self,
         request: Request<pb::ListQuarantinedRequest>,
-    ) -> Result<Response<pb::ListQuarantinedResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::ListQuarantinedResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
         // Zero-padded ids sort like numbers, so the key order is the quarantine order.
@@ -79,9 +68,8 @@ impl CatalogService for Api {
     async fn replay_quarantined(
         &self,
         request: Request<pb::ReplayQuarantinedRequest>,
-    ) -> Result<Response<pb::ReplayQuarantinedResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::ReplayQuarantinedResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let ids = request
             .ids
             .iter()

@@ -1,10 +1,10 @@
 //! CohortService: static and behavioural cohorts, their members and sizes.
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
-use super::Api;
 use super::convert::{enum_error, time_range, timestamp};
 use super::metric::{filter_from_pb, filter_to_pb, selector_from_pb};
+use super::{Api, Reply};
 use crate::core::cohort::{Behavioural, Cohort, Condition, ConditionGroup, Definition, MAX_DEPTH, TimeFrame};
 use crate::core::filter::EventSelector;
 use crate::core::page::PageRequest;
@@ -127,12 +127,8 @@ fn cohort_to_pb(cohort: Cohort, static_size: usize) -> pb::Cohort {
 
 #[tonic::async_trait]
 impl CohortService for Api {
-    async fn create_cohort(
-        &self,
-        request: Request<pb::CreateCohortRequest>,
-    ) -> Result<Response<pb::CreateCohortResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn create_cohort(&self, request: Request<pb::CreateCohortRequest>) -> Reply<pb::CreateCohortResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let cohort = cohort_from_pb(request.cohort.ok_or_else(|| Error::invalid("cohort", "required"))?)?;
         let project = request.project;
         let cohort = self.blocking(move |engine| engine.create_cohort(&project, cohort)).await?;
@@ -140,23 +136,15 @@ impl CohortService for Api {
         Ok(Response::new(pb::CreateCohortResponse { cohort: Some(cohort_to_pb(cohort, size)) }))
     }
 
-    async fn get_cohort(
-        &self,
-        request: Request<pb::GetCohortRequest>,
-    ) -> Result<Response<pb::GetCohortResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_cohort(&self, request: Request<pb::GetCohortRequest>) -> Reply<pb::GetCohortResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let cohort = self.blocking(move |engine| engine.get_cohort(&request.project, &request.id)).await?;
         let size = cohort.static_size();
         Ok(Response::new(pb::GetCohortResponse { cohort: Some(cohort_to_pb(cohort, size)) }))
     }
 
-    async fn list_cohorts(
-        &self,
-        request: Request<pb::ListCohortsRequest>,
-    ) -> Result<Response<pb::ListCohortsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn list_cohorts(&self, request: Request<pb::ListCohortsRequest>) -> Reply<pb::ListCohortsResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let project = request.project;
         let (cohorts, next_page_token) = self.blocking(move |engine| engine.list_cohorts(&project, &page)).await?;
@@ -166,12 +154,8 @@ impl CohortService for Api {
         }))
     }
 
-    async fn delete_cohort(
-        &self,
-        request: Request<pb::DeleteCohortRequest>,
-    ) -> Result<Response<pb::DeleteCohortResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn delete_cohort(&self, request: Request<pb::DeleteCohortRequest>) -> Reply<pb::DeleteCohortResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         self.blocking(move |engine| engine.delete_cohort(&request.project, &request.id)).await?;
         Ok(Response::new(pb::DeleteCohortResponse {}))
     }
@@ -179,21 +163,16 @@ impl CohortService for Api {
     async fn list_cohort_members(
         &self,
         request: Request<pb::ListCohortMembersRequest>,
-    ) -> Result<Response<pb::ListCohortMembersResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::ListCohortMembersResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (project, id) = (request.project, request.id);
         let (user_ids, next_page_token) = self.query(move |engine| engine.cohort_members(&project, &id, &page)).await?;
         Ok(Response::new(pb::ListCohortMembersResponse { user_ids, next_page_token }))
     }
 
-    async fn get_cohort_size(
-        &self,
-        request: Request<pb::GetCohortSizeRequest>,
-    ) -> Result<Response<pb::GetCohortSizeResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_cohort_size(&self, request: Request<pb::GetCohortSizeRequest>) -> Reply<pb::GetCohortSizeResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let (size, computed) = self.query(move |engine| engine.cohort_size(&request.project, &request.id)).await?;
         Ok(Response::new(pb::GetCohortSizeResponse { size, computed_time: Some(timestamp(computed)) }))
     }

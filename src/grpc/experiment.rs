@@ -4,9 +4,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::Api;
 use super::convert::{enum_error, micros_from_timestamp, optional_timestamp, timestamp};
 use super::metric::{duration_from_pb, duration_to_pb};
+use super::{Api, Reply};
 use crate::core::engine::Engine;
 use crate::core::engine::experiments::{ExperimentResults, ExposureItem};
 use crate::core::experiment::definition::{Experiment, ExperimentStatus, MetricRole, ReadoutConfig, Variant};
@@ -442,6 +442,17 @@ fn required<T>(field: &str, value: Option<T>) -> Result<T> {
 }
 
 impl Api {
+    /// Get, Start and StopExperiment, GetHoldout and StopHoldout: one engine call on (project,
+    /// key), its answer converted by `to_pb`.
+    async fn keyed<T: Send + 'static, P>(
+        &self,
+        (project, key): (String, String),
+        call: fn(&Engine, &str, &str) -> Result<T>,
+        to_pb: fn(T) -> P,
+    ) -> Result<Option<P>, Status> {
+        Ok(Some(to_pb(self.blocking(move |engine| call(engine, &project, &key)).await?)))
+    }
+
     /// CreateExperiment and UpdateExperiment: convert the definition, store it through `save`.
     async fn save_experiment(
         &self,
@@ -459,9 +470,8 @@ impl ExperimentService for Api {
     async fn create_experiment(
         &self,
         request: Request<pb::CreateExperimentRequest>,
-    ) -> Result<Response<pb::CreateExperimentResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::CreateExperimentResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let experiment = self.save_experiment(request.project, request.experiment, Engine::create_experiment).await?;
         Ok(Response::new(pb::CreateExperimentResponse { experiment: Some(experiment) }))
     }
@@ -469,29 +479,23 @@ impl ExperimentService for Api {
     async fn update_experiment(
         &self,
         request: Request<pb::UpdateExperimentRequest>,
-    ) -> Result<Response<pb::UpdateExperimentResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::UpdateExperimentResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let experiment = self.save_experiment(request.project, request.experiment, Engine::update_experiment).await?;
         Ok(Response::new(pb::UpdateExperimentResponse { experiment: Some(experiment) }))
     }
 
-    async fn get_experiment(
-        &self,
-        request: Request<pb::GetExperimentRequest>,
-    ) -> Result<Response<pb::GetExperimentResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
-        let experiment = self.blocking(move |engine| engine.get_experiment(&r.project, &r.experiment_key)).await?;
-        Ok(Response::new(pb::GetExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    async fn get_experiment(&self, request: Request<pb::GetExperimentRequest>) -> Reply<pb::GetExperimentResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let experiment = self.keyed((r.project, r.experiment_key), Engine::get_experiment, experiment_to_pb).await?;
+        Ok(Response::new(pb::GetExperimentResponse { experiment }))
     }
 
     async fn list_experiments(
         &self,
         request: Request<pb::ListExperimentsRequest>,
-    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
+    ) -> Reply<pb::ListExperimentsResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: r.page_size, token: r.page_token };
         let statuses = r.statuses.iter().map(|&s| status_from_pb(s)).collect::<Result<Vec<_>>>()?;
         let project = r.project;
@@ -507,26 +511,20 @@ impl ExperimentService for Api {
     async fn start_experiment(
         &self,
         request: Request<pb::StartExperimentRequest>,
-    ) -> Result<Response<pb::StartExperimentResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
-        let experiment = self.blocking(move |engine| engine.start_experiment(&r.project, &r.experiment_key)).await?;
-        Ok(Response::new(pb::StartExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    ) -> Reply<pb::StartExperimentResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let experiment = self.keyed((r.project, r.experiment_key), Engine::start_experiment, experiment_to_pb).await?;
+        Ok(Response::new(pb::StartExperimentResponse { experiment }))
     }
 
-    async fn stop_experiment(
-        &self,
-        request: Request<pb::StopExperimentRequest>,
-    ) -> Result<Response<pb::StopExperimentResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
-        let experiment = self.blocking(move |engine| engine.stop_experiment(&r.project, &r.experiment_key)).await?;
-        Ok(Response::new(pb::StopExperimentResponse { experiment: Some(experiment_to_pb(experiment)) }))
+    async fn stop_experiment(&self, request: Request<pb::StopExperimentRequest>) -> Reply<pb::StopExperimentResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let experiment = self.keyed((r.project, r.experiment_key), Engine::stop_experiment, experiment_to_pb).await?;
+        Ok(Response::new(pb::StopExperimentResponse { experiment }))
     }
 
-    async fn assign(&self, request: Request<pb::AssignRequest>) -> Result<Response<pb::AssignResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
+    async fn assign(&self, request: Request<pb::AssignRequest>) -> Reply<pb::AssignResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
         let assignment = self
             .engine
             .assign_and_log(&r.project, &r.experiment_key, &r.user_id, &r.anonymous_id, r.log_exposure)
@@ -540,12 +538,8 @@ impl ExperimentService for Api {
         }))
     }
 
-    async fn log_exposures(
-        &self,
-        request: Request<pb::LogExposuresRequest>,
-    ) -> Result<Response<pb::LogExposuresResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
+    async fn log_exposures(&self, request: Request<pb::LogExposuresRequest>) -> Reply<pb::LogExposuresResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
         let items = r.exposures.into_iter().enumerate().map(|(i, e)| exposure_from_pb(i, e)).collect();
         let outcome = self.engine.log_exposures(&r.project, items).await?;
         Ok(Response::new(pb::LogExposuresResponse {
@@ -558,9 +552,8 @@ impl ExperimentService for Api {
     async fn get_experiment_results(
         &self,
         request: Request<pb::GetExperimentResultsRequest>,
-    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
+    ) -> Reply<pb::GetExperimentResultsResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
         let config = r.stats.map(|s| readout_config_from_pb("stats", Some(s))).transpose()?;
         let results = self
             .query(move |engine| {
@@ -573,23 +566,17 @@ impl ExperimentService for Api {
     async fn analyze_summaries(
         &self,
         request: Request<pb::AnalyzeSummariesRequest>,
-    ) -> Result<Response<pb::AnalyzeSummariesResponse>, Status> {
+    ) -> Reply<pb::AnalyzeSummariesResponse> {
         self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(analyze_summaries(request.into_inner())?))
     }
 
-    async fn adjust_p_values(
-        &self,
-        request: Request<pb::AdjustPValuesRequest>,
-    ) -> Result<Response<pb::AdjustPValuesResponse>, Status> {
+    async fn adjust_p_values(&self, request: Request<pb::AdjustPValuesRequest>) -> Reply<pb::AdjustPValuesResponse> {
         self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(adjust_p_values(request.into_inner())?))
     }
 
-    async fn plan_experiment(
-        &self,
-        request: Request<pb::PlanExperimentRequest>,
-    ) -> Result<Response<pb::PlanExperimentResponse>, Status> {
+    async fn plan_experiment(&self, request: Request<pb::PlanExperimentRequest>) -> Reply<pb::PlanExperimentResponse> {
         self.authorize(&request, &request.get_ref().project)?;
         let plan = plan::plan(&plan_from_pb(request.into_inner())?)?;
         Ok(Response::new(pb::PlanExperimentResponse {
@@ -600,33 +587,21 @@ impl ExperimentService for Api {
         }))
     }
 
-    async fn create_holdout(
-        &self,
-        request: Request<pb::CreateHoldoutRequest>,
-    ) -> Result<Response<pb::CreateHoldoutResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn create_holdout(&self, request: Request<pb::CreateHoldoutRequest>) -> Reply<pb::CreateHoldoutResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let holdout = holdout_from_pb(required("holdout", request.holdout)?)?;
         let holdout = self.blocking(move |engine| engine.create_holdout(&request.project, holdout)).await?;
         Ok(Response::new(pb::CreateHoldoutResponse { holdout: Some(holdout_to_pb(holdout)) }))
     }
 
-    async fn get_holdout(
-        &self,
-        request: Request<pb::GetHoldoutRequest>,
-    ) -> Result<Response<pb::GetHoldoutResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
-        let holdout = self.blocking(move |engine| engine.get_holdout(&r.project, &r.holdout_key)).await?;
-        Ok(Response::new(pb::GetHoldoutResponse { holdout: Some(holdout_to_pb(holdout)) }))
+    async fn get_holdout(&self, request: Request<pb::GetHoldoutRequest>) -> Reply<pb::GetHoldoutResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let holdout = self.keyed((r.project, r.holdout_key), Engine::get_holdout, holdout_to_pb).await?;
+        Ok(Response::new(pb::GetHoldoutResponse { holdout }))
     }
 
-    async fn list_holdouts(
-        &self,
-        request: Request<pb::ListHoldoutsRequest>,
-    ) -> Result<Response<pb::ListHoldoutsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
+    async fn list_holdouts(&self, request: Request<pb::ListHoldoutsRequest>) -> Reply<pb::ListHoldoutsResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: r.page_size, token: r.page_token };
         let project = r.project;
         let (holdouts, next_page_token) =
@@ -637,22 +612,17 @@ impl ExperimentService for Api {
         }))
     }
 
-    async fn stop_holdout(
-        &self,
-        request: Request<pb::StopHoldoutRequest>,
-    ) -> Result<Response<pb::StopHoldoutResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
-        let holdout = self.blocking(move |engine| engine.stop_holdout(&r.project, &r.holdout_key)).await?;
-        Ok(Response::new(pb::StopHoldoutResponse { holdout: Some(holdout_to_pb(holdout)) }))
+    async fn stop_holdout(&self, request: Request<pb::StopHoldoutRequest>) -> Reply<pb::StopHoldoutResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let holdout = self.keyed((r.project, r.holdout_key), Engine::stop_holdout, holdout_to_pb).await?;
+        Ok(Response::new(pb::StopHoldoutResponse { holdout }))
     }
 
     async fn get_holdout_results(
         &self,
         request: Request<pb::GetHoldoutResultsRequest>,
-    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let r = request.into_inner();
+    ) -> Reply<pb::GetExperimentResultsResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
         let config = readout_config_from_pb("stats", r.stats)?;
         let results = self
             .blocking(move |engine| engine.holdout_results(&r.project, &r.holdout_key, config, engine.clock.now()))

@@ -1,8 +1,8 @@
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
-use super::Api;
 use super::convert::{enum_error, micros_from_timestamp, time_range, timestamp};
 use super::metric::{filters_from_pb, granularity_from_pb, point_to_pb};
+use super::{Api, Reply};
 use crate::core::goal::definition::{Goal, GoalReport};
 use crate::core::goal::progress::{GoalStatus, Target};
 use crate::core::metric::definition::Direction;
@@ -116,41 +116,28 @@ fn report_to_pb(report: GoalReport) -> pb::GetGoalProgressResponse {
 
 #[tonic::async_trait]
 impl GoalService for Api {
-    async fn create_goal(
-        &self,
-        request: Request<pb::CreateGoalRequest>,
-    ) -> Result<Response<pb::CreateGoalResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn create_goal(&self, request: Request<pb::CreateGoalRequest>) -> Reply<pb::CreateGoalResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let goal = goal_from_pb(request.goal.ok_or_else(|| Error::invalid("goal", "required"))?)?;
         let goal = self.blocking(move |engine| engine.create_goal(&request.project, goal)).await?;
         Ok(Response::new(pb::CreateGoalResponse { goal: Some(goal_to_pb(goal)) }))
     }
 
-    async fn update_goal(
-        &self,
-        request: Request<pb::UpdateGoalRequest>,
-    ) -> Result<Response<pb::UpdateGoalResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn update_goal(&self, request: Request<pb::UpdateGoalRequest>) -> Reply<pb::UpdateGoalResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let goal = goal_from_pb(request.goal.ok_or_else(|| Error::invalid("goal", "required"))?)?;
         let goal = self.blocking(move |engine| engine.update_goal(&request.project, goal)).await?;
         Ok(Response::new(pb::UpdateGoalResponse { goal: Some(goal_to_pb(goal)) }))
     }
 
-    async fn get_goal(&self, request: Request<pb::GetGoalRequest>) -> Result<Response<pb::GetGoalResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_goal(&self, request: Request<pb::GetGoalRequest>) -> Reply<pb::GetGoalResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let goal = self.blocking(move |engine| engine.get_goal(&request.project, &request.id)).await?;
         Ok(Response::new(pb::GetGoalResponse { goal: Some(goal_to_pb(goal)) }))
     }
 
-    async fn list_goals(
-        &self,
-        request: Request<pb::ListGoalsRequest>,
-    ) -> Result<Response<pb::ListGoalsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn list_goals(&self, request: Request<pb::ListGoalsRequest>) -> Reply<pb::ListGoalsResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (project, metric_key) = (request.project, request.metric_key);
         let (goals, next_page_token) = self
@@ -159,12 +146,8 @@ impl GoalService for Api {
         Ok(Response::new(pb::ListGoalsResponse { goals: goals.into_iter().map(goal_to_pb).collect(), next_page_token }))
     }
 
-    async fn delete_goal(
-        &self,
-        request: Request<pb::DeleteGoalRequest>,
-    ) -> Result<Response<pb::DeleteGoalResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn delete_goal(&self, request: Request<pb::DeleteGoalRequest>) -> Reply<pb::DeleteGoalResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         self.blocking(move |engine| engine.delete_goal(&request.project, &request.id)).await?;
         Ok(Response::new(pb::DeleteGoalResponse {}))
     }
@@ -172,9 +155,8 @@ impl GoalService for Api {
     async fn get_goal_progress(
         &self,
         request: Request<pb::GetGoalProgressRequest>,
-    ) -> Result<Response<pb::GetGoalProgressResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::GetGoalProgressResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let as_of = request.as_of.as_ref().map(|t| micros_from_timestamp("as_of", t)).transpose()?;
         let report = self.query(move |engine| engine.goal_progress(&request.project, &request.id, as_of)).await?;
         Ok(Response::new(report_to_pb(report)))

@@ -8,8 +8,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Api;
 use super::convert::{incoming_event, item_error, user_update_from_pb};
+use super::{Api, Reply};
 use crate::core::engine::ingest::Turn;
 use crate::core::model::now_micros;
 use crate::error::Error;
@@ -35,7 +35,7 @@ impl Api {
 
 #[tonic::async_trait]
 impl IngestService for Api {
-    async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
+    async fn track(&self, request: Request<pb::TrackRequest>) -> Reply<pb::TrackResponse> {
         self.authorize(&request, &request.get_ref().project)?;
         Ok(Response::new(self.track_batch(request.into_inner(), Turn::default()).await?))
     }
@@ -45,10 +45,7 @@ impl IngestService for Api {
     /// batch ends the stream with its status after the acks before it. When the server shuts
     /// down, the stream stops reading, acks what it received and ends with UNAVAILABLE: the
     /// client resends from the first unacked sequence, to this server or another.
-    async fn track_stream(
-        &self,
-        request: Request<Streaming<pb::TrackRequest>>,
-    ) -> Result<Response<BoxStream<pb::TrackResponse>>, Status> {
+    async fn track_stream(&self, request: Request<Streaming<pb::TrackRequest>>) -> Reply<BoxStream<pb::TrackResponse>> {
         let grant = self.grant(&request)?;
         let mut inbound = request.into_inner();
         let inflight = self.stream_inflight.max(1);
@@ -114,17 +111,15 @@ impl IngestService for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
 
-    async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Reply<pb::IdentifyResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let updates = request.users.into_iter().enumerate().map(|(i, u)| user_update_from_pb(i, u)).collect();
         let (updated, rejected) = self.engine.identify(&request.project, updates).await?;
         Ok(Response::new(pb::IdentifyResponse { updated, rejected: rejected.into_iter().map(item_error).collect() }))
     }
 
-    async fn alias(&self, request: Request<pb::AliasRequest>) -> Result<Response<pb::AliasResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn alias(&self, request: Request<pb::AliasRequest>) -> Reply<pb::AliasResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         self.engine.alias(&request.project, request.anonymous_id, request.user_id).await?;
         Ok(Response::new(pb::AliasResponse {}))
     }

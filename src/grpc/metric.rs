@@ -2,10 +2,10 @@ use futures::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::Api;
 use super::convert::{
     enum_error, item_error, micros_from_timestamp, required_range, timestamp, value_from_pb, value_to_pb,
 };
+use super::{Api, Reply};
 use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default, breakdown_of};
 use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::bounds;
@@ -443,6 +443,11 @@ fn anomaly_point_to_pb(p: &AnomalyPoint) -> pb::AnomalyPoint {
     }
 }
 
+/// The `breakdown_limit` field: bounded, 0 meaning the default.
+fn breakdown_limit_from_pb(limit: u32) -> Result<usize> {
+    Ok(breakdown_limit_or_default(bounds::breakdown_limit("breakdown_limit", limit)?))
+}
+
 /// The comparison asked for; UNSPECIFIED leaves the choice to the call (see `Compare`).
 fn compare_from_pb(value: i32) -> Result<Option<Compare>> {
     Ok(match pb::Compare::try_from(value).map_err(|_| enum_error("compare", value))? {
@@ -472,7 +477,7 @@ impl MetricService for Api {
     async fn watch_metric(
         &self,
         request: Request<pb::WatchMetricRequest>,
-    ) -> Result<Response<BoxStream<pb::WatchMetricResponse>>, Status> {
+    ) -> Reply<BoxStream<pb::WatchMetricResponse>> {
         let grant = self.grant(&request)?;
         grant.check(&request.get_ref().project)?;
         let request = request.into_inner();
@@ -484,10 +489,7 @@ impl MetricService for Api {
             timezone: request.timezone,
             filters: filters_from_pb("filters", request.filters)?,
             breakdown: breakdown_of("breakdown", request.breakdown)?,
-            breakdown_limit: breakdown_limit_or_default(bounds::breakdown_limit(
-                "breakdown_limit",
-                request.breakdown_limit,
-            )?),
+            breakdown_limit: breakdown_limit_from_pb(request.breakdown_limit)?,
             cohort_id: request.cohort_id,
         };
         let readings = live::watch(self.engine.clone(), spec).await?;
@@ -507,9 +509,8 @@ impl MetricService for Api {
     async fn detect_anomalies(
         &self,
         request: Request<pb::DetectAnomaliesRequest>,
-    ) -> Result<Response<pb::DetectAnomaliesResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    ) -> Reply<pb::DetectAnomaliesResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let target = match request.metric {
             Some(pb::detect_anomalies_request::Metric::MetricKey(key)) => metric_target(Some(key), None, 0)?,
             Some(pb::detect_anomalies_request::Metric::Definition(definition)) => {
@@ -540,12 +541,8 @@ impl MetricService for Api {
         }))
     }
 
-    async fn forecast_metric(
-        &self,
-        request: Request<pb::ForecastMetricRequest>,
-    ) -> Result<Response<pb::ForecastMetricResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn forecast_metric(&self, request: Request<pb::ForecastMetricRequest>) -> Reply<pb::ForecastMetricResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let (from, to) = required_range(request.range.as_ref())?;
         let query = ForecastQuery {
             metric_key: request.metric_key,
@@ -578,12 +575,8 @@ impl MetricService for Api {
         }))
     }
 
-    async fn apply_framework(
-        &self,
-        request: Request<pb::ApplyFrameworkRequest>,
-    ) -> Result<Response<pb::ApplyFrameworkResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn apply_framework(&self, request: Request<pb::ApplyFrameworkRequest>) -> Reply<pb::ApplyFrameworkResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let framework =
             match pb::Framework::try_from(request.framework).map_err(|_| enum_error("framework", request.framework))? {
                 pb::Framework::Unspecified => {
@@ -607,43 +600,27 @@ impl MetricService for Api {
         }))
     }
 
-    async fn create_metric(
-        &self,
-        request: Request<pb::CreateMetricRequest>,
-    ) -> Result<Response<pb::CreateMetricResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
-        let metric = self.save_metric(request.project, request.metric, Engine::create_metric).await?;
-        Ok(Response::new(pb::CreateMetricResponse { metric: Some(metric) }))
+    async fn create_metric(&self, request: Request<pb::CreateMetricRequest>) -> Reply<pb::CreateMetricResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let metric = Some(self.save_metric(r.project, r.metric, Engine::create_metric).await?);
+        Ok(Response::new(pb::CreateMetricResponse { metric }))
     }
 
-    async fn update_metric(
-        &self,
-        request: Request<pb::UpdateMetricRequest>,
-    ) -> Result<Response<pb::UpdateMetricResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
-        let metric = self.save_metric(request.project, request.metric, Engine::update_metric).await?;
-        Ok(Response::new(pb::UpdateMetricResponse { metric: Some(metric) }))
+    async fn update_metric(&self, request: Request<pb::UpdateMetricRequest>) -> Reply<pb::UpdateMetricResponse> {
+        let r = self.scoped(request, |r| &r.project)?;
+        let metric = Some(self.save_metric(r.project, r.metric, Engine::update_metric).await?);
+        Ok(Response::new(pb::UpdateMetricResponse { metric }))
     }
 
-    async fn get_metric(
-        &self,
-        request: Request<pb::GetMetricRequest>,
-    ) -> Result<Response<pb::GetMetricResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_metric(&self, request: Request<pb::GetMetricRequest>) -> Reply<pb::GetMetricResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let (metric, latest_version) =
             self.blocking(move |engine| engine.get_metric(&request.project, &request.key, request.version)).await?;
         Ok(Response::new(pb::GetMetricResponse { metric: Some(metric_to_pb(metric)), latest_version }))
     }
 
-    async fn list_metrics(
-        &self,
-        request: Request<pb::ListMetricsRequest>,
-    ) -> Result<Response<pb::ListMetricsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn list_metrics(&self, request: Request<pb::ListMetricsRequest>) -> Reply<pb::ListMetricsResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let roles = request
             .roles
             .iter()
@@ -661,22 +638,14 @@ impl MetricService for Api {
         }))
     }
 
-    async fn delete_metric(
-        &self,
-        request: Request<pb::DeleteMetricRequest>,
-    ) -> Result<Response<pb::DeleteMetricResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn delete_metric(&self, request: Request<pb::DeleteMetricRequest>) -> Reply<pb::DeleteMetricResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         self.engine.delete_metric(&request.project, &request.key).await?;
         Ok(Response::new(pb::DeleteMetricResponse {}))
     }
 
-    async fn get_metric_tree(
-        &self,
-        request: Request<pb::GetMetricTreeRequest>,
-    ) -> Result<Response<pb::GetMetricTreeResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_metric_tree(&self, request: Request<pb::GetMetricTreeRequest>) -> Reply<pb::GetMetricTreeResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let (from, to) = required_range(request.range.as_ref())?;
         let compare = compare_from_pb(request.compare)?;
         let query = MetricQuery {
@@ -701,12 +670,8 @@ impl MetricService for Api {
         }))
     }
 
-    async fn record_values(
-        &self,
-        request: Request<pb::RecordValuesRequest>,
-    ) -> Result<Response<pb::RecordValuesResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn record_values(&self, request: Request<pb::RecordValuesRequest>) -> Reply<pb::RecordValuesResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let values = request
             .values
             .into_iter()
@@ -733,12 +698,8 @@ impl MetricService for Api {
         }))
     }
 
-    async fn query_metric(
-        &self,
-        request: Request<pb::QueryMetricRequest>,
-    ) -> Result<Response<pb::QueryMetricResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn query_metric(&self, request: Request<pb::QueryMetricRequest>) -> Reply<pb::QueryMetricResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let target = match request.metric {
             Some(pb::query_metric_request::Metric::MetricKey(key)) => metric_target(Some(key), None, request.version)?,
             Some(pb::query_metric_request::Metric::Definition(definition)) => {
@@ -755,10 +716,7 @@ impl MetricService for Api {
             tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
             breakdown: breakdown_of("breakdown", request.breakdown)?,
-            breakdown_limit: breakdown_limit_or_default(bounds::breakdown_limit(
-                "breakdown_limit",
-                request.breakdown_limit,
-            )?),
+            breakdown_limit: breakdown_limit_from_pb(request.breakdown_limit)?,
             cohort_id: request.cohort_id,
             members: None,
         };

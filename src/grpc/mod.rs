@@ -29,6 +29,9 @@ use crate::core::cancel::CancelToken;
 use crate::core::engine::Engine;
 use crate::error::Result;
 
+/// A unary handler's answer, short enough for one-line handler signatures.
+pub type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+
 /// Shared handle every service holds.
 #[derive(Clone)]
 pub struct Api {
@@ -50,6 +53,13 @@ impl Api {
     }
 
     /// Runs blocking core work (locks, sled) off the async executor.
+    /// Authorizes a project-scoped request (`project` reads its project field) and hands
+    /// over its message.
+    pub fn scoped<T>(&self, request: tonic::Request<T>, project: impl FnOnce(&T) -> &str) -> Result<T, Status> {
+        self.authorize(&request, project(request.get_ref()))?;
+        Ok(request.into_inner())
+    }
+
     pub async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
     where
         F: FnOnce(&Engine) -> Result<T> + Send + 'static,

@@ -1,29 +1,24 @@
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
-use super::Api;
 use super::convert::{event_to_pb, time_range, user_to_pb};
+use super::{Api, Reply};
 use crate::core::engine::users::EXPORT_CHUNK;
 use crate::core::page::PageRequest;
 use crate::pb::{self, user_service_server::UserService};
 
 #[tonic::async_trait]
 impl UserService for Api {
-    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Reply<pb::GetUserResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let user = self.blocking(move |engine| engine.get_user(&request.project, &request.user_id)).await?;
         Ok(Response::new(pb::GetUserResponse { user: Some(user_to_pb(user)) }))
     }
 
-    async fn list_user_events(
-        &self,
-        request: Request<pb::ListUserEventsRequest>,
-    ) -> Result<Response<pb::ListUserEventsResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn list_user_events(&self, request: Request<pb::ListUserEventsRequest>) -> Reply<pb::ListUserEventsResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let range = time_range("range", request.range.as_ref())?;
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (events, next_page_token) = self
@@ -35,12 +30,8 @@ impl UserService for Api {
         }))
     }
 
-    async fn delete_user(
-        &self,
-        request: Request<pb::DeleteUserRequest>,
-    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        self.authorize(&request, &request.get_ref().project)?;
-        let request = request.into_inner();
+    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Reply<pb::DeleteUserResponse> {
+        let request = self.scoped(request, |r| &r.project)?;
         let events_deleted = self.engine.delete_user(&request.project, &request.user_id).await?;
         Ok(Response::new(pb::DeleteUserResponse { events_deleted }))
     }
@@ -49,7 +40,7 @@ impl UserService for Api {
     async fn export_events(
         &self,
         request: Request<pb::ExportEventsRequest>,
-    ) -> Result<Response<BoxStream<pb::ExportEventsResponse>>, Status> {
+    ) -> Reply<BoxStream<pb::ExportEventsResponse>> {
         let grant = self.grant(&request)?;
         grant.check(&request.get_ref().project)?;
         let request = request.into_inner();
