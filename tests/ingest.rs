@@ -429,3 +429,55 @@ async fn a_busy_project_does_not_hold_up_another_projects_acks() {
     assert_eq!(server.export("busy").await.len(), 2);
     assert_eq!(server.export("free").await.len(), 1);
 }
+
+/// A batch that is durable but waits in the applier (behind another busy project) is not yet
+/// visible: a retry of it must not be answered "duplicate" until it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_not_acknowledged_before_the_first_copy_is_visible() {
+    let server = TestServer::start().await;
+    for project in ["a", "b"] {
+        server.create_project(project).await;
+    }
+    let engine = server.running.as_ref().unwrap().engine.clone();
+    // Stand-ins for long queries on "a" and "b": their read locks, held until told to let go.
+    let hold = |project: &'static str| {
+        let engine = engine.clone();
+        let (locked, lock_taken) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let entry = engine.project(project).unwrap();
+            let _guard = entry.read();
+            locked.send(()).unwrap();
+            released.recv().unwrap();
+        });
+        lock_taken.recv().unwrap();
+        (release, holder)
+    };
+    let track = |project: &'static str, id: &'static str| {
+        let mut ingest = server.ingest();
+        tokio::spawn(async move {
+            let events = vec![event(id, "view", "u1", 10)];
+            ingest.track(pb::TrackRequest { project: project.into(), events, ..Default::default() }).await
+        })
+    };
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(300));
+    let (release_a, holder_a) = hold("a");
+    let (release_b, holder_b) = hold("b");
+    let first_a = track("a", "a1");
+    pause().await;
+    let first_b = track("b", "b1");
+    pause().await;
+    // "b" is free again, but its batch waits in the applier behind "a"'s.
+    release_b.send(()).unwrap();
+    holder_b.join().unwrap();
+    let retry_b = track("b", "b1");
+    pause().await;
+    assert!(!first_b.is_finished() && !retry_b.is_finished(), "b1 was acknowledged before it was visible");
+    release_a.send(()).unwrap();
+    holder_a.join().unwrap();
+    assert_eq!(first_a.await.unwrap().unwrap().into_inner().accepted, 1);
+    assert_eq!(first_b.await.unwrap().unwrap().into_inner().accepted, 1);
+    let retried = retry_b.await.unwrap().unwrap().into_inner();
+    assert_eq!((retried.accepted, retried.duplicates), (0, 1));
+    assert_eq!(server.export("b").await.len(), 1);
+}

@@ -139,11 +139,18 @@ impl Engine {
         // deleted user's events must not put them back on disk. (Two batches racing with one
         // new id are still settled by the writer.)
         let mut accepted = sorted.accepted;
-        {
+        let known: Vec<bool> = {
             let seen = self.seen.read();
-            let before = accepted.len();
-            accepted.retain(|e| !seen.contains(&ingest::event_key(project_id, &e.event_id)));
-            outcome.duplicates += (before - accepted.len()) as u64;
+            accepted.iter().map(|e| seen.contains(&ingest::event_key(project_id, &e.event_id))).collect()
+        };
+        // The answer holds only if everything durable of the project is applied, checked after
+        // reading the ids (the writer publishes ids only after counting a job deferred): a
+        // known id then means a visible event, as an ack must. Otherwise the writer answers.
+        let duplicates = known.iter().filter(|k| **k).count();
+        if duplicates > 0 && !ingest::has_deferred(&self.deferred, &entry) {
+            outcome.duplicates += duplicates as u64;
+            let mut known = known.into_iter();
+            accepted.retain(|_| !known.next().unwrap_or(false));
         }
         outcome.quarantined = sorted.quarantined.len() as u64;
         ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);

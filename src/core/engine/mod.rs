@@ -95,6 +95,8 @@ pub struct Engine {
     next_quarantine_id: AtomicU64,
     /// Ids of every stored event (the writer's dedupe set).
     pub(crate) seen: crate::core::ingest::SharedIds,
+    /// Per project, durable jobs the writer's applier has not applied yet.
+    pub(crate) deferred: crate::core::ingest::Deferred,
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     /// Bumped by every revocation, so open streams re-check their key only when it moves.
@@ -209,6 +211,7 @@ impl Engine {
         let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
         let writer = crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE);
         let sender = writer.sender.clone();
+        let deferred = writer.deferred.clone();
         Ok(Arc::new(Engine {
             storage,
             projects: RwLock::new(projects.into_iter().map(|(id, state)| (id, Arc::new(RwLock::new(state)))).collect()),
@@ -216,6 +219,7 @@ impl Engine {
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             seen,
+            deferred,
             api_keys: RwLock::new(api_keys),
             api_key_generation: AtomicU64::new(0),
             limits,

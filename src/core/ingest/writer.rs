@@ -102,16 +102,20 @@ const MAX_GROUP: usize = 64;
 pub struct Writer {
     pub sender: mpsc::Sender<WriterTask>,
     pub thread: JoinHandle<()>,
+    /// Per project, jobs durable but not yet applied (see `Deferred`).
+    pub deferred: Deferred,
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
 pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SharedIds, capacity: usize) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
+    let deferred = Deferred::default();
+    let shared = deferred.clone();
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
-        .spawn(move || run_writer(storage, receiver, seen))
+        .spawn(move || run_writer(storage, receiver, seen, shared))
         .expect("spawning the writer thread");
-    Writer { sender, thread }
+    Writer { sender, thread, deferred }
 }
 
 /// A job whose records were appended, waiting for the group's sync.
@@ -121,11 +125,18 @@ struct Appended {
     result: WriteResult,
 }
 
-/// Jobs handed to the applier thread, per project (by `project_id`).
-type Deferred = Arc<parking_lot::Mutex<HashMap<usize, usize>>>;
+/// Jobs handed to the applier thread and not applied yet, per project (by `project_id`).
+/// While a project has some, ids in the shared set may not be visible yet, so Track's fast
+/// "duplicate" answer waits for the writer instead.
+pub type Deferred = Arc<parking_lot::Mutex<HashMap<usize, usize>>>;
 
-fn project_id(project: &Arc<ProjectEntry>) -> usize {
+pub fn project_id(project: &Arc<ProjectEntry>) -> usize {
     Arc::as_ptr(project) as usize
+}
+
+/// Whether `project` has durable jobs not applied yet.
+pub fn has_deferred(deferred: &Deferred, project: &Arc<ProjectEntry>) -> bool {
+    deferred.lock().get(&project_id(project)).copied().unwrap_or(0) > 0
 }
 
 /// Applies a durable job and wakes the project's live queries (`engine::live`).
@@ -177,8 +188,12 @@ fn run_applier(receiver: std::sync::mpsc::Receiver<ApplierTask>, deferred: Defer
     }
 }
 
-fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriterTask>, seen: SharedIds) {
-    let deferred = Deferred::default();
+fn run_writer(
+    storage: Arc<dyn Storage>,
+    mut receiver: mpsc::Receiver<WriterTask>,
+    seen: SharedIds,
+    deferred: Deferred,
+) {
     let (applier, applier_receiver) = std::sync::mpsc::channel::<ApplierTask>();
     let applier_thread = {
         let deferred = deferred.clone();
@@ -223,7 +238,6 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriterTask
             }
             continue;
         }
-        seen.write().extend(group_keys.drain());
         let mut events = 0u64;
         let mut replies = Vec::with_capacity(appended.len());
         for a in appended {
@@ -231,8 +245,7 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriterTask
             // A project whose lock a query holds (or that has jobs waiting) is applied by the
             // applier thread, so one long query delays only its own project's acks.
             let project = a.job.project.clone();
-            let waiting = deferred.lock().get(&project_id(&project)).copied().unwrap_or(0) > 0;
-            if waiting || !try_apply(&project, &a) {
+            if has_deferred(&deferred, &project) || !try_apply(&project, &a) {
                 *deferred.lock().entry(project_id(&project)).or_default() += 1;
                 // The applier ends only after this thread drops its sender.
                 let _ = applier.send(ApplierTask::Apply(a));
@@ -240,6 +253,9 @@ fn run_writer(storage: Arc<dyn Storage>, mut receiver: mpsc::Receiver<WriterTask
             }
             replies.push(a);
         }
+        // Only now, with every job applied or counted as deferred, may Track's fast path see
+        // these ids (see `Deferred`).
+        seen.write().extend(group_keys.drain());
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
         tracing::trace!(jobs = replies.len(), events, "group committed");
         for a in replies {
