@@ -61,7 +61,21 @@ fn current_db(dir: &Path) -> Result<String> {
             }
             Ok(name)
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(FIRST_DB.to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            // No compaction has switched yet: the first database is live, and a numbered one
+            // can only be a compaction's unfinished copy, unless the first one is gone too.
+            let numbered = std::fs::read_dir(dir)
+                .map_err(|e| io_error("cannot list", dir, e))?
+                .filter_map(|entry| entry.ok())
+                .any(|entry| entry.file_name().to_str().is_some_and(|n| is_db_name(n) && n != FIRST_DB));
+            if numbered && !dir.join(FIRST_DB).exists() {
+                return Err(Error::Storage(format!(
+                    "{} is missing but compacted databases exist; restore it (it names the live sled.N directory)",
+                    dir.join(CURRENT).display()
+                )));
+            }
+            Ok(FIRST_DB.to_owned())
+        }
         Err(err) => Err(io_error("cannot read", &dir.join(CURRENT), err)),
     }
 }
@@ -337,6 +351,36 @@ mod tests {
         assert_eq!(seen, vec![sample(), sample(), sample()]);
         assert_eq!(store.get_meta("project/p").unwrap().as_deref(), Some(&b"{}"[..]));
         assert_eq!(store.scan_meta("project/").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_rewrite_switches_databases_and_a_missing_current_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStorage::open(dir.path()).unwrap();
+            store.append(&[encode_record(&sample()).unwrap(), Encoded(vec![9])]).unwrap();
+            store.put_meta("project/p", b"{}").unwrap();
+            let mut keep = |value: &[u8]| Ok(value != [9]);
+            let mut extra = |put: &mut dyn FnMut(&[u8]) -> Result<()>| put(&[7]);
+            store.rewrite_log(&mut keep, &mut extra).unwrap();
+            let mut values = Vec::new();
+            store
+                .replay(&mut |v| {
+                    values.push(v.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(values, vec![encode_record(&sample()).unwrap().0, vec![7]]);
+        }
+        assert_eq!(std::fs::read_to_string(dir.path().join(CURRENT)).unwrap(), "sled.1");
+        assert!(!dir.path().join(FIRST_DB).exists());
+        let store = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(store.get_meta("project/p").unwrap().as_deref(), Some(&b"{}"[..]));
+        drop(store);
+        std::fs::remove_file(dir.path().join(CURRENT)).unwrap();
+        let refused = SledStorage::open(dir.path()).err().expect("refused");
+        assert!(refused.to_string().contains("CURRENT is missing"), "{refused}");
+        assert!(dir.path().join("sled.1").exists(), "nothing was removed");
     }
 
     #[test]
