@@ -44,7 +44,7 @@ pub struct CheckReport {
 /// object; the first that does not read back is the error, with its position.
 pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     anyhow::ensure!(args.data_dir.is_dir(), "{} is not a directory", args.data_dir.display());
-    let storage = SledStorage::open(&args.data_dir)
+    let storage = SledStorage::open_existing(&args.data_dir)
         .with_context(|| format!("opening {} (is a server running on it?)", args.data_dir.display()))?;
     let mut report = CheckReport::default();
     storage

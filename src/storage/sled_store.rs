@@ -123,7 +123,21 @@ impl SledStorage {
             .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
         let live = current_db(dir)?;
         remove_stale_dbs(dir, &live)?;
-        let inner = Inner::open(&dir.join(&live))?;
+        Self::open_live(dir, &live)
+    }
+
+    /// Opens an existing data directory's live database and changes nothing else there (for
+    /// `sextant check`, which must not tidy what it inspects).
+    pub fn open_existing(dir: &Path) -> Result<Self> {
+        let live = current_db(dir)?;
+        if !dir.join(&live).is_dir() {
+            return Err(Error::Storage(format!("{} holds no database ({live})", dir.display())));
+        }
+        Self::open_live(dir, &live)
+    }
+
+    fn open_live(dir: &Path, live: &str) -> Result<Self> {
+        let inner = Inner::open(&dir.join(live))?;
         Ok(SledStorage { dir: dir.to_owned(), inner: parking_lot::RwLock::new(inner) })
     }
 
