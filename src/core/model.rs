@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 pub type Micros = i64;
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
+pub const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 
 pub fn now_micros() -> Micros {
     chrono::Utc::now().timestamp_micros()
@@ -88,8 +89,7 @@ impl Project {
     /// Events with a timestamp before this are past the project's data retention: dropped by
     /// the retention job, refused by Track. None when the project keeps everything.
     pub fn retention_cutoff(&self, now: Micros) -> Option<Micros> {
-        (self.retention_days > 0)
-            .then(|| now.saturating_sub(i64::from(self.retention_days) * 86_400 * MICROS_PER_SECOND))
+        (self.retention_days > 0).then(|| now.saturating_sub(i64::from(self.retention_days) * MICROS_PER_DAY))
     }
 }
 

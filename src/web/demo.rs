@@ -14,7 +14,7 @@ use crate::core::model::{ManualValue, Micros, Value};
 use crate::core::time::Granularity;
 use crate::error::{Error, Result};
 
-const DAY: Micros = 86_400_000_000;
+const DAY: Micros = crate::core::model::MICROS_PER_DAY;
 
 fn at(date: &str) -> Micros {
     let date: chrono::NaiveDate = date.parse().expect("a literal date");

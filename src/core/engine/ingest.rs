@@ -39,19 +39,17 @@ impl Engine {
         Ok(receiver)
     }
 
-    /// The records of an ingest step: events first (with their dedupe keys), then quarantine
-    /// changes. Quarantine entries get their ids here.
+    /// The records of an ingest step: events first (`keys` are their dedupe keys, see
+    /// `event_keys`), then quarantine changes. Quarantine entries get their ids here.
     fn event_records(
         &self,
         project: &str,
         events: Vec<Event>,
         mut quarantine: Vec<QuarantinedEvent>,
         unquarantine: Vec<u64>,
-    ) -> (Vec<LogRecord>, Vec<u128>) {
+    ) -> Vec<LogRecord> {
         let mut records = Vec::with_capacity(3);
-        let mut keys = Vec::new();
         if !events.is_empty() {
-            keys = events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect();
             records.push(LogRecord::Events { project: project.to_owned(), events });
         }
         if !quarantine.is_empty() {
@@ -63,7 +61,7 @@ impl Engine {
         if !unquarantine.is_empty() {
             records.push(LogRecord::Unquarantined { project: project.to_owned(), ids: unquarantine });
         }
-        (records, keys)
+        records
     }
 
     /// Validates, enforces the plan, dedupes and stores a batch; returns once it is durable.
@@ -139,9 +137,10 @@ impl Engine {
         // deleted user's events must not put them back on disk. (Two batches racing with one
         // new id are still settled by the writer.)
         let mut accepted = sorted.accepted;
+        let mut keys = event_keys(project_id, &accepted);
         let known: Vec<bool> = {
             let seen = self.seen.read();
-            accepted.iter().map(|e| seen.contains(&ingest::event_key(project_id, &e.event_id))).collect()
+            keys.iter().map(|key| seen.contains(key)).collect()
         };
         // The answer holds only if everything durable of the project is applied, checked after
         // reading the ids (the writer publishes ids only after counting a job deferred): a
@@ -149,8 +148,8 @@ impl Engine {
         let duplicates = known.iter().filter(|k| **k).count();
         if duplicates > 0 && !ingest::has_deferred(&self.deferred, &entry) {
             outcome.duplicates += duplicates as u64;
-            let mut known = known.into_iter();
-            accepted.retain(|_| !known.next().unwrap_or(false));
+            (accepted, keys) =
+                accepted.into_iter().zip(keys).zip(&known).filter(|(_, known)| !**known).map(|(pair, _)| pair).unzip();
         }
         outcome.quarantined = sorted.quarantined.len() as u64;
         ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
@@ -158,7 +157,7 @@ impl Engine {
         if accepted.is_empty() && sorted.quarantined.is_empty() {
             return Ok((outcome, None));
         }
-        let (records, keys) = self.event_records(project_id, accepted, sorted.quarantined, vec![]);
+        let records = self.event_records(project_id, accepted, sorted.quarantined, vec![]);
         Ok((outcome, Some((entry, records, keys))))
     }
 
@@ -248,7 +247,8 @@ impl Engine {
         if leaving.is_empty() {
             return Ok(outcome);
         }
-        let (records, keys) = self.event_records(project_id, passing, vec![], leaving);
+        let keys = event_keys(project_id, &passing);
+        let records = self.event_records(project_id, passing, vec![], leaving);
         let written = self.write(entry, records, keys).await?;
         outcome.accepted = written.accepted;
         outcome.duplicates += written.duplicates;
@@ -291,4 +291,10 @@ impl Turn {
             let _ = then.send(());
         }
     }
+}
+
+/// The dedupe keys of a batch's events, in order: computed once per batch, for the fast
+/// duplicate answer and the writer alike.
+fn event_keys(project: &str, events: &[Event]) -> Vec<u128> {
+    events.iter().map(|e| ingest::event_key(project, &e.event_id)).collect()
 }

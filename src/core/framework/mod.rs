@@ -13,7 +13,7 @@ use crate::core::metric::definition::{Direction, Metric, MetricInput, MetricKind
 use crate::core::model::{EventType, Micros, PropertySchema, PropertyType};
 use crate::error::{Error, Result};
 
-pub const DEFAULT_ACTIVATION_WINDOW: Micros = 7 * 86_400_000_000;
+pub const DEFAULT_ACTIVATION_WINDOW: Micros = 7 * crate::core::model::MICROS_PER_DAY;
 const WEEK: Micros = 7 * 86_400_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

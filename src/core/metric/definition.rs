@@ -136,8 +136,8 @@ pub struct Metric {
     pub updated: Micros,
 }
 
-pub const DEFAULT_CONVERSION_WINDOW: Micros = 14 * 86_400_000_000;
-const ROLLING_DAY: Micros = 86_400_000_000;
+pub const DEFAULT_CONVERSION_WINDOW: Micros = 14 * crate::core::model::MICROS_PER_DAY;
+const ROLLING_DAY: Micros = crate::core::model::MICROS_PER_DAY;
 /// The longest rolling window, in days (every window's bound, `bounds::MAX_WINDOW_DAYS`).
 pub const MAX_ROLLING_DAYS: i64 = bounds::MAX_WINDOW_DAYS;
 

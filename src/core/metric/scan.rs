@@ -635,7 +635,7 @@ fn retention_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &Met
         };
         let (first_row, t0) = (events.rows[first_i] as usize, events.times[first_i]);
         let (start, end) = if metric.retention_rolling {
-            let period = period_days * 86_400_000_000;
+            let period = period_days * crate::core::model::MICROS_PER_DAY;
             (t0.saturating_add(offset.saturating_mul(period)), t0.saturating_add((offset + 1).saturating_mul(period)))
         } else {
             let start = time::advance(time::floor(t0, granularity, tz), granularity, metric.retention_offset, tz);

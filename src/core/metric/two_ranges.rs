@@ -68,7 +68,7 @@ mod tests {
     use crate::core::filter::EventSelector;
     use crate::core::model::{Event, Value};
 
-    const DAY: Micros = 86_400_000_000;
+    const DAY: Micros = crate::core::model::MICROS_PER_DAY;
 
     /// Users 0..5 with `amount` = user + day, on days 0..10 (user u on days d where (u + d) % 3 != 0).
     fn state() -> ProjectData {
