@@ -57,6 +57,11 @@ impl ProjectData {
                 }
             }
             LogRecord::Alias { anonymous_id, user_id, .. } => self.table.alias(anonymous_id, user_id),
+            LogRecord::Aliases { pairs, .. } => {
+                for (anonymous_id, user_id) in pairs {
+                    self.table.alias(anonymous_id, user_id);
+                }
+            }
             LogRecord::Quarantined { entries, .. } => {
                 for entry in entries {
                     self.quarantine.insert(entry.id, entry.clone());
@@ -119,28 +124,30 @@ impl ProjectData {
         }
         let mut people: Vec<(&u32, &BTreeMap<String, Value>)> = self.traits.iter().collect();
         people.sort_unstable_by_key(|(person, _)| **person);
-        let updates: Vec<UserUpdate> = people
-            .into_iter()
-            .map(|(&person, traits)| UserUpdate {
-                user_id: table.person_name(person).to_owned(),
-                set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                set_once: Vec::new(),
-                unset: Vec::new(),
-            })
-            .collect();
-        for chunk in updates.chunks(EVENTS_PER_RECORD) {
-            emit(LogRecord::Users { project: project(), at: 0, updates: chunk.to_vec() })?;
+        for chunk in people.chunks(EVENTS_PER_RECORD) {
+            let updates = chunk
+                .iter()
+                .map(|&(&person, traits)| UserUpdate {
+                    user_id: table.person_name(person).to_owned(),
+                    set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    set_once: Vec::new(),
+                    unset: Vec::new(),
+                })
+                .collect();
+            emit(LogRecord::Users { project: project(), at: 0, updates })?;
         }
-        let mut aliases: Vec<(&u32, &Vec<u32>)> = table.aliases().iter().collect();
-        aliases.sort_unstable_by_key(|(user, _)| **user);
-        for (&user, anonymous) in aliases {
-            for &anon in anonymous {
-                emit(LogRecord::Alias {
-                    project: project(),
-                    anonymous_id: table.person_name(anon).to_owned(),
-                    user_id: table.person_name(user).to_owned(),
-                })?;
-            }
+        let mut aliases: Vec<(u32, u32)> = table
+            .aliases()
+            .iter()
+            .flat_map(|(&user, anonymous)| anonymous.iter().map(move |&anon| (user, anon)))
+            .collect();
+        aliases.sort_unstable();
+        for chunk in aliases.chunks(EVENTS_PER_RECORD) {
+            let pairs = chunk
+                .iter()
+                .map(|&(user, anon)| (table.person_name(anon).to_owned(), table.person_name(user).to_owned()))
+                .collect();
+            emit(LogRecord::Aliases { project: project(), pairs })?;
         }
         if !self.quarantine.is_empty() {
             emit(LogRecord::Quarantined { project: project(), entries: self.quarantine.values().cloned().collect() })?;
@@ -280,6 +287,10 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, vec![10_000, 10_000, 5_001]);
+        let aliases: Vec<&LogRecord> = checkpoint.iter().filter(|r| matches!(r, LogRecord::Aliases { .. })).collect();
+        assert!(
+            matches!(aliases[..], [LogRecord::Aliases { pairs, .. }] if *pairs == vec![("anon2".to_string(), "keeper".to_string())])
+        );
         let text = format!("{checkpoint:?}");
         assert!(!text.contains("victim") && !text.contains("secret") && !text.contains("\"anon\""), "{text:.300}");
         assert!(matches!(&checkpoint[0], LogRecord::SeenIds { keys, .. }

@@ -69,6 +69,12 @@ pub enum LogRecord {
         project: String,
         keys: Vec<u128>,
     },
+    /// Written by compaction: many `Alias` records in one, (anonymous id, user id) applied in
+    /// order.
+    Aliases {
+        project: String,
+        pairs: Vec<(String, String)>,
+    },
 }
 
 /// The dedupe key of an event: a 128-bit hash of (project, event id).
@@ -92,7 +98,8 @@ impl LogRecord {
             | LogRecord::ManualCleared { project, .. }
             | LogRecord::UserDeleted { project, .. }
             | LogRecord::EventsExpired { project, .. }
-            | LogRecord::SeenIds { project, .. } => project,
+            | LogRecord::SeenIds { project, .. }
+            | LogRecord::Aliases { project, .. } => project,
         }
     }
 }
