@@ -208,12 +208,9 @@ pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
 /// user stays interned with nothing left, and counts nowhere.
 pub(crate) fn known(state: &ProjectData, person: u32) -> bool {
     let table = &state.table;
-    !table.person_rows()[person as usize].is_empty()
+    table.has_rows(person)
         || state.traits.contains_key(&person)
-        || table
-            .aliases()
-            .get(&person)
-            .is_some_and(|anons| anons.iter().any(|&a| !table.person_rows()[a as usize].is_empty()))
+        || table.aliases().get(&person).is_some_and(|anons| anons.iter().any(|&a| table.has_rows(a)))
 }
 
 /// Per person id, for canonical people only (other entries are unspecified).

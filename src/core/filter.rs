@@ -245,7 +245,7 @@ impl CompiledFilters {
             let cell = if f.key == NONE {
                 None
             } else {
-                table.row_props(row).iter().find(|p| p.key == f.key).map(|p| p.value)
+                table.row_props(row).iter().find(|p| p.key == f.key).map(|p| p.value())
             };
             matches(f.op, &f.operands, cell.and_then(|c| Probe::of_cell(c, table)))
         })
@@ -254,7 +254,7 @@ impl CompiledFilters {
 
 /// The numeric value of property `key` in a row, when it has one.
 pub fn row_number(table: &EventTable, row: usize, key: u32) -> Option<f64> {
-    table.row_props(row).iter().find(|p| p.key == key).and_then(|p| match p.value {
+    table.row_props(row).iter().find(|p| p.key == key).and_then(|p| match p.value() {
         Cell::Number(n) => Some(n),
         _ => None,
     })

@@ -28,6 +28,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Visits every stored log value in append order (the core decodes them).
     fn replay(&self, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
     fn bytes_on_disk(&self) -> Result<u64>;
+    /// A directory the engine may fill with files it rebuilds at each start (the columns of
+    /// `core::store::column`), or none to keep them in memory. Emptied by the engine at open.
+    fn scratch_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// A consistent copy for backups: the log up to its end when the call starts (appends
     /// only add after it), then every meta entry. Raw stored bytes, in store order.
     fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<()>;

@@ -29,6 +29,8 @@ struct Inner {
 /// rename), so after a crash it names either the old database or the finished new one.
 const CURRENT: &str = "CURRENT";
 const FIRST_DB: &str = "sled";
+/// The engine's column files (`Storage::scratch_dir`), rebuilt from the log at each start.
+const SCRATCH: &str = "columns";
 
 impl Inner {
     fn open(path: &Path) -> Result<Inner> {
@@ -240,6 +242,10 @@ impl Storage for SledStorage {
             visit(&value)?;
         }
         Ok(())
+    }
+
+    fn scratch_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.dir.join(SCRATCH))
     }
 
     fn bytes_on_disk(&self) -> Result<u64> {

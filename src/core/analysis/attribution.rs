@@ -222,7 +222,7 @@ pub fn run(
         if channel_key == NONE {
             return None;
         }
-        match table.row_props(row).iter().find(|p| p.key == channel_key)?.value {
+        match table.row_props(row).iter().find(|p| p.key == channel_key)?.value() {
             Cell::Str(id) if id != empty => Some(id),
             _ => None,
         }

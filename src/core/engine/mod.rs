@@ -43,6 +43,7 @@ use crate::core::ingest::{Limits, SeenIds, Writer, WriterTask};
 use crate::core::metric::definition::{Metric, MetricBook};
 use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
 use crate::core::store::ProjectData;
+use crate::core::store::column::ColumnSpace;
 use crate::core::store::record::{LogRecord, decode_record};
 use crate::error::{Error, Result, echo};
 use crate::storage::Storage;
@@ -77,10 +78,11 @@ pub struct Definitions {
 pub type ProjectEntry = RwLock<ProjectState>;
 
 impl ProjectState {
-    pub(crate) fn new(project: Project) -> Self {
+    /// A project with no data yet, its columns in files of `columns` (or in memory).
+    pub(crate) fn new(project: Project, columns: Option<&Arc<ColumnSpace>>) -> Self {
         ProjectState {
             project,
-            data: ProjectData::default(),
+            data: ProjectData::in_space(columns),
             defs: Definitions::default(),
             changes: tokio::sync::watch::Sender::new(0),
         }
@@ -108,6 +110,8 @@ pub struct Engine {
     pub live: crate::core::engine::live::LiveHub,
     /// Readouts of stopped experiments, reused while their inputs are unchanged.
     pub(crate) readouts: crate::core::engine::readout_cache::ReadoutCache,
+    /// Where projects' event columns are kept (none: in memory).
+    columns: Option<Arc<ColumnSpace>>,
 }
 
 /// How many write jobs may wait for the writer before senders wait too.
@@ -117,10 +121,17 @@ impl Engine {
     /// Loads meta objects and replays the log, then starts the writer.
     pub fn open(storage: Arc<dyn Storage>, limits: Limits, clock: Clock) -> Result<Arc<Engine>> {
         let started = std::time::Instant::now();
+        let columns =
+            match storage.scratch_dir() {
+                Some(dir) => Some(ColumnSpace::scratch(&dir).map_err(|e| {
+                    Error::Storage(format!("cannot prepare the column directory {}: {e}", dir.display()))
+                })?),
+                None => None,
+            };
         let mut projects = BTreeMap::new();
         for (key, bytes) in storage.scan_meta(MetaKind::Project.prefix())? {
             let project: Project = meta::decode(&key, &bytes)?;
-            projects.insert(project.id.clone(), ProjectState::new(project));
+            projects.insert(project.id.clone(), ProjectState::new(project, columns.as_ref()));
         }
         // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
         fn load<T: DeserializeOwned>(
@@ -163,7 +174,7 @@ impl Engine {
                 api_keys.insert(api_key.id.clone(), api_key);
             }
         }
-        let mut seen = SeenIds::default();
+        let mut seen = SeenIds::in_space(columns.as_ref());
         let mut next_quarantine_id = 0u64;
         let mut records = 0u64;
         storage.replay(&mut |value| {
@@ -181,7 +192,9 @@ impl Engine {
                     crate::core::ingest::dedupe(&mut seen, &keys)
                 }
                 LogRecord::SeenIds { keys, .. } => {
-                    seen.extend(keys.iter().copied());
+                    keys.iter().for_each(|key| {
+                        seen.insert(*key);
+                    });
                     Vec::new()
                 }
                 LogRecord::Quarantined { entries, .. } => {
@@ -226,6 +239,7 @@ impl Engine {
             clock,
             live: crate::core::engine::live::LiveHub::default(),
             readouts: Default::default(),
+            columns,
         }))
     }
 
@@ -303,7 +317,10 @@ impl Engine {
         }
         self.put_meta(MetaKey::Project(&project.id), &project)?;
         tracing::info!(project = %project.id, "project created");
-        projects.insert(project.id.clone(), Arc::new(RwLock::new(ProjectState::new(project.clone()))));
+        projects.insert(
+            project.id.clone(),
+            Arc::new(RwLock::new(ProjectState::new(project.clone(), self.columns.as_ref()))),
+        );
         Ok(project)
     }
 

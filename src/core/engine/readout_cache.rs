@@ -73,14 +73,17 @@ mod tests {
     use crate::core::model::{Enforcement, Project};
 
     fn state() -> ProjectState {
-        ProjectState::new(Project {
-            id: "p".into(),
-            name: "p".into(),
-            timezone: "UTC".into(),
-            enforcement: Enforcement::default(),
-            retention_days: 0,
-            created: 0,
-        })
+        ProjectState::new(
+            Project {
+                id: "p".into(),
+                name: "p".into(),
+                timezone: "UTC".into(),
+                enforcement: Enforcement::default(),
+                retention_days: 0,
+                created: 0,
+            },
+            None,
+        )
     }
 
     fn results(users: u64) -> ExperimentResults {

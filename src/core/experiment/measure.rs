@@ -82,9 +82,9 @@ pub fn exposures(
                 let (mut ours, mut variant) = (false, None);
                 for prop in table.row_props(row as usize) {
                     if prop.key == experiment_key {
-                        ours = prop.value == Cell::Str(experiment_value);
+                        ours = prop.value() == Cell::Str(experiment_value);
                     } else if prop.key == variant_key
-                        && let Cell::Str(id) = prop.value
+                        && let Cell::Str(id) = prop.value()
                     {
                         variant = variant_ids.iter().position(|&v| v == id);
                     }
@@ -300,7 +300,7 @@ fn cell(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value).filter(|c| !matches!(c, Cell::Null))
+    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// A metric to measure: its definition and summary type.

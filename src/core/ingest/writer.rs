@@ -8,13 +8,14 @@
 //! acks. The bounded channel is the backpressure: when the writer is behind, senders wait.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::ids::{KeySet, SeenIds};
 use crate::core::engine::{ProjectEntry, ProjectState};
 use crate::core::store::record::{LogRecord, decode_record, encode_record};
 use crate::error::Result;
@@ -76,9 +77,6 @@ impl Hasher for IdHasher {
     }
 }
 
-/// 128-bit hashes of (project, event id): every event id ever accepted.
-pub type SeenIds = HashSet<u128, BuildHasherDefault<IdHasher>>;
-
 /// The writer's id set, shared so that ingestion can ask whether an id was stored before the
 /// tracking plan judges it. Only the writer thread writes it.
 pub type SharedIds = Arc<parking_lot::RwLock<SeenIds>>;
@@ -93,7 +91,7 @@ pub fn dedupe(seen: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
 /// `dedupe` for the writer's group: keys already durable (`durable`) are old, new ones go to
 /// `group`, which joins `durable` only once the group is synced, so that whoever reads
 /// `durable` (the Track fast path answers "duplicate" from it) sees only stored ids.
-fn dedupe_in_group(durable: &SeenIds, group: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
+fn dedupe_in_group(durable: &SeenIds, group: &mut KeySet, keys: &[u128]) -> Vec<bool> {
     keys.iter().map(|key| !durable.contains(key) && group.insert(*key)).collect()
 }
 
@@ -218,7 +216,7 @@ fn run_writer(
             }
         }
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
-        let mut group_keys = SeenIds::default();
+        let mut group_keys = KeySet::default();
         for job in jobs {
             let keep = dedupe_in_group(&seen.read(), &mut group_keys, &job.keys);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
@@ -256,6 +254,11 @@ fn run_writer(
         // Only now, with every job applied or counted as deferred, may Track's fast path see
         // these ids (see `Deferred`).
         seen.write().extend(group_keys.drain());
+        if seen.read().merge_due() {
+            // Built while readers go on; they wait only for the swap.
+            let merged = seen.read().merged();
+            seen.write().install(merged);
+        }
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
         tracing::trace!(jobs = replies.len(), events, "group committed");
         for a in replies {
@@ -314,7 +317,7 @@ fn compact(
 }
 
 /// Undoes `dedupe_in_group` for a job that could not be appended.
-fn forget(seen: &mut SeenIds, keys: &[u128], keep: &[bool]) {
+fn forget(seen: &mut KeySet, keys: &[u128], keep: &[bool]) {
     for (key, kept) in keys.iter().zip(keep) {
         if *kept {
             seen.remove(key);
@@ -331,14 +334,16 @@ mod tests {
         let mut seen = SeenIds::default();
         assert_eq!(dedupe(&mut seen, &[1, 2, 1, 3]), vec![true, true, false, true]);
         assert_eq!(dedupe(&mut seen, &[3, 4]), vec![false, true]);
-        forget(&mut seen, &[3, 4], &[false, true]);
-        assert_eq!(dedupe(&mut seen, &[4, 3]), vec![true, false]);
+        let mut group: KeySet = [3u128, 4].into_iter().collect();
+        forget(&mut group, &[3, 4], &[false, true]);
+        assert!(group.contains(&3) && !group.contains(&4));
     }
 
     #[test]
     fn a_group_sees_durable_keys_and_its_own_but_adds_to_neither_until_synced() {
-        let durable: SeenIds = [1u128, 2].into_iter().collect();
-        let mut group = SeenIds::default();
+        let mut durable = SeenIds::default();
+        durable.extend([1u128, 2]);
+        let mut group = KeySet::default();
         assert_eq!(dedupe_in_group(&durable, &mut group, &[1, 3, 3, 4]), vec![false, true, false, true]);
         assert_eq!(dedupe_in_group(&durable, &mut group, &[4, 5, 2]), vec![false, true, false]);
         assert_eq!(durable.len(), 2);

@@ -535,7 +535,7 @@ fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value).filter(|c| !matches!(c, Cell::Null))
+    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// Lists a person's entries into a share metric from their events of the metric's names.

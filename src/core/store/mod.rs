@@ -2,6 +2,7 @@
 //! traits, quarantine and MANUAL values, with the caches derived from them; and the log record
 //! that changes them.
 
+pub mod column;
 pub mod person_order;
 pub mod record;
 pub mod table;
@@ -40,6 +41,12 @@ pub struct ProjectData {
 }
 
 impl ProjectData {
+    /// No data yet, the event columns in files of `columns` (or in memory).
+    pub fn in_space(columns: Option<&std::sync::Arc<column::ColumnSpace>>) -> ProjectData {
+        let table = columns.map_or_else(EventTable::default, |space| EventTable::in_space(space.clone()));
+        ProjectData { table, ..ProjectData::default() }
+    }
+
     /// Applies a durable log record. For `Events`, `keep[i]` says whether event i is new
     /// (not a duplicate); an empty `keep` keeps every event.
     pub fn apply(&mut self, record: &LogRecord, keep: &[bool]) {

@@ -17,6 +17,7 @@ use hashbrown::HashMap;
 
 use crate::core::cancel;
 use crate::core::model::Micros;
+use crate::core::store::column::Column;
 use crate::core::store::table::EventTable;
 
 /// Rebuild when the unsorted tail exceeds this many rows and an eighth of the covered rows.
@@ -30,11 +31,11 @@ pub struct PersonOrder {
     layout: u64,
     /// Canonical people with rows, and where each one's rows start; `starts` has one more
     /// entry than `people`.
-    people: Vec<u32>,
-    starts: Vec<u32>,
-    rows: Vec<u32>,
-    times: Vec<Micros>,
-    names: Vec<u32>,
+    people: Column<u32>,
+    starts: Column<u32>,
+    rows: Column<u32>,
+    times: Column<Micros>,
+    names: Column<u32>,
     /// Per event name id known at build time: its rows, in the order above.
     by_name: Vec<NameIndex>,
     /// Per (event name, property key): the property's numeric value for each of the name's
@@ -54,10 +55,10 @@ pub type Strings = Arc<Vec<u32>>;
 /// `people[g]` (an index into the order's people) owns `rows[starts[g]..starts[g + 1]]`.
 #[derive(Debug, Default)]
 struct NameIndex {
-    people: Vec<u32>,
-    starts: Vec<u32>,
-    rows: Vec<u32>,
-    times: Vec<Micros>,
+    people: Column<u32>,
+    starts: Column<u32>,
+    rows: Column<u32>,
+    times: Column<Micros>,
     /// The most rows in one group.
     longest: usize,
 }
@@ -112,60 +113,84 @@ impl PersonEvents<'_> {
 
 impl PersonOrder {
     pub fn build(table: &EventTable) -> PersonOrder {
+        let space = table.space();
+        let n = table.len();
+        // Group rows by canonical person (a counting sort: people ascending, rows in arrival
+        // order within each), then sort each person's rows by (time, row).
+        let mut counts = vec![0u32; table.canonical.len()];
+        for &person in table.person.iter() {
+            counts[table.canonical[person as usize] as usize] += 1;
+        }
+        let mut people: Column<u32> = Column::in_space(space);
+        let mut starts: Column<u32> = Column::in_space(space);
+        starts.push(0);
+        let mut next = Vec::with_capacity(counts.len());
+        let mut end = 0u32;
+        for (person, &count) in counts.iter().enumerate() {
+            next.push(end);
+            if count > 0 {
+                end += count;
+                people.push(person as u32);
+                starts.push(end);
+            }
+        }
+        drop(counts);
+        let mut rows: Column<u32> = Column::in_space(space);
+        rows.resize_zeroed(n);
+        for (row, &person) in table.person.iter().enumerate() {
+            let slot = &mut next[table.canonical[person as usize] as usize];
+            rows[*slot as usize] = row as u32;
+            *slot += 1;
+        }
+        drop(next);
+        let key = |r: &u32| (table.time[*r as usize], *r);
+        for span in starts.windows(2) {
+            let own = &mut rows[span[0] as usize..span[1] as usize];
+            if !own.is_sorted_by_key(key) {
+                own.sort_unstable_by_key(key);
+            }
+        }
+        let mut times: Column<Micros> = Column::in_space(space);
+        times.extend(rows.iter().map(|&r| table.time[r as usize]));
+        let mut names: Column<u32> = Column::in_space(space);
+        names.extend(rows.iter().map(|&r| table.name[r as usize]));
         let mut order = PersonOrder {
-            covered: table.len(),
+            covered: n,
             layout: table.layout_version(),
-            people: Vec::new(),
-            starts: vec![0],
-            rows: Vec::with_capacity(table.len()),
-            times: Vec::with_capacity(table.len()),
-            names: Vec::with_capacity(table.len()),
+            people,
+            starts,
+            rows,
+            times,
+            names,
             by_name: Vec::new(),
             numbers: Default::default(),
             strings: Default::default(),
         };
-        let key = |r: &u32| (table.time[*r as usize], *r);
-        for person in 0..table.canonical.len() as u32 {
-            if table.canonical[person as usize] != person {
-                continue;
-            }
-            let begin = order.rows.len();
-            order.rows.extend_from_slice(&table.person_rows[person as usize]);
-            if let Some(anons) = table.aliases.get(&person) {
-                for &anon in anons {
-                    order.rows.extend_from_slice(&table.person_rows[anon as usize]);
-                }
-            }
-            if order.rows.len() == begin {
-                continue;
-            }
-            let own = &mut order.rows[begin..];
-            if !own.is_sorted_by_key(key) {
-                own.sort_unstable_by_key(key);
-            }
-            order.people.push(person);
-            order.starts.push(order.rows.len() as u32);
-        }
-        order.times.extend(order.rows.iter().map(|&r| table.time[r as usize]));
-        order.names.extend(order.rows.iter().map(|&r| table.name[r as usize]));
-        order.index_names(table.names().len());
+        order.index_names(table);
         order
     }
 
     /// Fills `by_name` from the sorted columns.
-    fn index_names(&mut self, names: usize) {
-        let mut counts = vec![0usize; names];
-        for &name in &self.names {
+    fn index_names(&mut self, table: &EventTable) {
+        let space = table.space();
+        let mut counts = vec![0usize; table.names().len()];
+        for &name in self.names.iter() {
             counts[name as usize] += 1;
         }
         let mut by_name: Vec<NameIndex> = counts
             .iter()
-            .map(|&n| NameIndex {
-                people: Vec::new(),
-                starts: vec![0],
-                rows: Vec::with_capacity(n),
-                times: Vec::with_capacity(n),
-                longest: 0,
+            .map(|&n| {
+                let mut index = NameIndex {
+                    people: Column::in_space(space),
+                    starts: Column::in_space(space),
+                    rows: Column::in_space(space),
+                    times: Column::in_space(space),
+                    longest: 0,
+                };
+                index.starts.push(0);
+                index.rows.reserve(n);
+                index.times.reserve(n);
+                index
             })
             .collect();
         for i in 0..self.people.len() {
@@ -174,7 +199,8 @@ impl PersonOrder {
                 let index = &mut by_name[self.names[position] as usize];
                 if index.people.last() != Some(&(i as u32)) {
                     if !index.rows.is_empty() {
-                        index.starts.push(index.rows.len() as u32);
+                        let len = index.rows.len() as u32;
+                        index.starts.push(len);
                     }
                     index.people.push(i as u32);
                 }
@@ -184,7 +210,8 @@ impl PersonOrder {
         }
         for index in &mut by_name {
             if !index.rows.is_empty() {
-                index.starts.push(index.rows.len() as u32);
+                let len = index.rows.len() as u32;
+                index.starts.push(len);
             }
             index.longest = index.starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
         }
@@ -436,7 +463,7 @@ impl PersonOrder {
 
 /// Property `key`'s string id in `row`, `NONE` when missing or not a string.
 pub fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
-    match table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value) {
+    match table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()) {
         Some(crate::core::store::table::Cell::Str(id)) => id,
         _ => crate::core::store::table::NONE,
     }
@@ -775,7 +802,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&before, &after));
         assert_named_scans_match(&after, &table);
         let u4 = table.find_user("u4").unwrap();
-        let x3_rows: Vec<u32> = table.person_rows[table.find_anonymous("x3").unwrap() as usize].clone();
+        let x3_rows: Vec<u32> = table.own_rows(table.find_anonymous("x3").unwrap());
         let mut u4_rows = Vec::new();
         after.for_each_named(&table, Rows::Named(&[0, 1, 2, 3]), |person, e| {
             if person == u4 {
@@ -849,7 +876,7 @@ mod tests {
         let index = &order.by_name[buy as usize];
         assert_eq!(strings.len(), index.rows.len());
         for (at, &row) in index.rows.iter().enumerate() {
-            let expected = match table.row_props(row as usize).first().map(|p| p.value) {
+            let expected = match table.row_props(row as usize).first().map(|p| p.value()) {
                 Some(crate::core::store::table::Cell::Str(id)) => id,
                 _ => NONE,
             };

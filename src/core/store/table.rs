@@ -7,9 +7,12 @@
 //! unchanged. Person, name, key and string ids never change. A row column added here must be
 //! rebuilt in `compact`.
 
+use std::sync::Arc;
+
 use hashbrown::HashMap;
 
 use crate::core::model::{Event, Micros, Value};
+use crate::core::store::column::{Column, ColumnSpace};
 
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
@@ -66,10 +69,37 @@ pub enum Cell {
     Time(Micros),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One property of a row: its key id and a typed value, 16 plain bytes so the property arena
+/// can live in a file-backed column.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Prop {
     pub key: u32,
-    pub value: Cell,
+    tag: u32,
+    bits: u64,
+}
+
+impl Prop {
+    pub fn new(key: u32, value: Cell) -> Prop {
+        let (tag, bits) = match value {
+            Cell::Null => (0, 0),
+            Cell::Bool(b) => (1, u64::from(b)),
+            Cell::Number(n) => (2, n.to_bits()),
+            Cell::Str(s) => (3, u64::from(s)),
+            Cell::Time(t) => (4, t as u64),
+        };
+        Prop { key, tag, bits }
+    }
+
+    pub fn value(&self) -> Cell {
+        match self.tag {
+            1 => Cell::Bool(self.bits != 0),
+            2 => Cell::Number(f64::from_bits(self.bits)),
+            3 => Cell::Str(self.bits as u32),
+            4 => Cell::Time(self.bits as i64),
+            _ => Cell::Null,
+        }
+    }
 }
 
 /// People are user ids and anonymous ids in one id space, so one integer column identifies
@@ -91,24 +121,27 @@ pub struct EventTable {
     pub(in crate::core::store) is_user: Vec<bool>,
     /// Per user person: the anonymous people aliased to it.
     pub(in crate::core::store) aliases: HashMap<u32, Vec<u32>>,
-    /// Per person: its rows in arrival order.
-    pub(in crate::core::store) person_rows: Vec<Vec<u32>>,
+    /// Per person: its last row (`NONE` when it has none); `previous_row` links back from it.
+    pub(in crate::core::store) last_row: Vec<u32>,
     pub(in crate::core::store) name_counts: Vec<u64>,
 
     // Row columns.
-    pub(in crate::core::store) person: Vec<u32>,
-    pub(in crate::core::store) anonymous: Vec<u32>,
-    pub(in crate::core::store) time: Vec<Micros>,
-    pub(in crate::core::store) name: Vec<u32>,
+    pub(in crate::core::store) person: Column<u32>,
+    pub(in crate::core::store) anonymous: Column<u32>,
+    pub(in crate::core::store) time: Column<Micros>,
+    pub(in crate::core::store) name: Column<u32>,
+    /// Per row: the same person's row before it (`NONE` for its first), so a person's rows
+    /// are a chain from `last_row` without a list per person.
+    pub(in crate::core::store) previous_row: Column<u32>,
     /// Row i's properties end at `prop_block_start[i / PROP_BLOCK] + prop_end[i]` (and start
     /// where row i-1's end): 4 bytes a row, and no wrap past 2³² properties in a project, since
     /// a block of rows holds at most PROP_BLOCK × MAX_PROPERTIES of them.
-    pub(in crate::core::store) prop_end: Vec<u32>,
+    pub(in crate::core::store) prop_end: Column<u32>,
     pub(in crate::core::store) prop_block_start: Vec<u64>,
-    pub(in crate::core::store) props: Vec<Prop>,
+    pub(in crate::core::store) props: Column<Prop>,
     /// Row i's event id is `id_bytes[id_end[i-1]..id_end[i]]`.
-    pub(in crate::core::store) id_end: Vec<u64>,
-    pub(in crate::core::store) id_bytes: Vec<u8>,
+    pub(in crate::core::store) id_end: Column<u64>,
+    pub(in crate::core::store) id_bytes: Column<u8>,
     pub(in crate::core::store) min_time: Option<Micros>,
     pub(in crate::core::store) max_time: Option<Micros>,
     /// Rows marked by `erase`, removed by the next `compact`.
@@ -118,6 +151,8 @@ pub struct EventTable {
     /// Changes whenever rows change owner or number, or the table is replaced, so layouts
     /// derived from it (see `person_order`) know when to rebuild.
     layout: LayoutVersion,
+    /// Where the row columns' files are (none: in memory).
+    space: Option<Arc<ColumnSpace>>,
 }
 
 /// A process-wide unique version: a fresh table never shares one with an older table.
@@ -139,6 +174,28 @@ impl Default for LayoutVersion {
 }
 
 impl EventTable {
+    /// An empty table whose row columns live in files of `space`.
+    pub fn in_space(space: Arc<ColumnSpace>) -> EventTable {
+        EventTable {
+            person: space.column(),
+            anonymous: space.column(),
+            time: space.column(),
+            name: space.column(),
+            previous_row: space.column(),
+            prop_end: space.column(),
+            props: space.column(),
+            id_end: space.column(),
+            id_bytes: space.column(),
+            space: Some(space),
+            ..EventTable::default()
+        }
+    }
+
+    /// Where derived columns (the person order) should live: beside the table's.
+    pub fn space(&self) -> Option<&Arc<ColumnSpace>> {
+        self.space.as_ref()
+    }
+
     pub fn len(&self) -> usize {
         self.time.len()
     }
@@ -156,7 +213,7 @@ impl EventTable {
         if id as usize == self.canonical.len() {
             self.canonical.push(id);
             self.is_user.push(is_user);
-            self.person_rows.push(Vec::new());
+            self.last_row.push(NONE);
         }
         id
     }
@@ -219,7 +276,7 @@ impl EventTable {
                 Value::String(s) => Cell::Str(self.strings.intern(s)),
                 Value::Timestamp(t) => Cell::Time(*t),
             };
-            self.props.push(Prop { key, value });
+            self.props.push(Prop::new(key, value));
         }
         self.push_prop_end();
         self.id_bytes.extend_from_slice(event.event_id.as_bytes());
@@ -228,9 +285,33 @@ impl EventTable {
         self.anonymous.push(anonymous);
         self.time.push(event.timestamp);
         self.name.push(name);
-        self.person_rows[person as usize].push(row);
+        self.link_row(person, row);
         self.min_time = Some(self.min_time.map_or(event.timestamp, |t| t.min(event.timestamp)));
         self.max_time = Some(self.max_time.map_or(event.timestamp, |t| t.max(event.timestamp)));
+    }
+
+    /// Appends row `row` to `person`'s chain.
+    fn link_row(&mut self, person: u32, row: u32) {
+        let last = &mut self.last_row[person as usize];
+        self.previous_row.push(*last);
+        *last = row;
+    }
+
+    /// A person's own rows (not those of people aliased to it), in arrival order.
+    pub fn own_rows(&self, person: u32) -> Vec<u32> {
+        let mut rows = Vec::new();
+        let mut row = self.last_row[person as usize];
+        while row != NONE {
+            rows.push(row);
+            row = self.previous_row[row as usize];
+        }
+        rows.reverse();
+        rows
+    }
+
+    /// Whether a person has rows of its own.
+    pub fn has_rows(&self, person: u32) -> bool {
+        self.last_row[person as usize] != NONE
     }
 
     /// Ends the properties of the row being added (row `prop_end.len()`) at `props.len()`.
@@ -275,7 +356,7 @@ impl EventTable {
             .row_props(row)
             .iter()
             .map(|prop| {
-                let value = match prop.value {
+                let value = match prop.value() {
                     Cell::Null => Value::Null,
                     Cell::Bool(b) => Value::Bool(b),
                     Cell::Number(n) => Value::Number(n),
@@ -325,19 +406,24 @@ impl EventTable {
         }
         let removed = dropped.iter().filter(|d| **d).count();
         let kept = n - removed;
-        let person = std::mem::replace(&mut self.person, Vec::with_capacity(kept));
-        let anonymous = std::mem::replace(&mut self.anonymous, Vec::with_capacity(kept));
-        let time = std::mem::replace(&mut self.time, Vec::with_capacity(kept));
-        let name = std::mem::replace(&mut self.name, Vec::with_capacity(kept));
-        let prop_ends: Vec<usize> = (0..n).map(|row| self.prop_end_of(row)).collect();
-        self.prop_end = Vec::with_capacity(kept);
-        self.prop_block_start.clear();
-        let props = std::mem::take(&mut self.props);
-        let id_end = std::mem::replace(&mut self.id_end, Vec::with_capacity(kept));
-        let id_bytes = std::mem::take(&mut self.id_bytes);
-        for rows in &mut self.person_rows {
-            rows.clear();
+        // New columns (new files), filled from the old ones, which go when this returns.
+        fn fresh<T: bytemuck::Pod>(column: &mut Column<T>, kept: usize) -> Column<T> {
+            let mut new = column.fresh();
+            new.reserve(kept);
+            std::mem::replace(column, new)
         }
+        let person = fresh(&mut self.person, kept);
+        let anonymous = fresh(&mut self.anonymous, kept);
+        let time = fresh(&mut self.time, kept);
+        let name = fresh(&mut self.name, kept);
+        fresh(&mut self.previous_row, kept);
+        let prop_ends: Vec<usize> = (0..n).map(|row| self.prop_end_of(row)).collect();
+        fresh(&mut self.prop_end, kept);
+        self.prop_block_start.clear();
+        let props = fresh(&mut self.props, 0);
+        let id_end = fresh(&mut self.id_end, kept);
+        let id_bytes = fresh(&mut self.id_bytes, 0);
+        self.last_row.iter_mut().for_each(|r| *r = NONE);
         self.name_counts.iter_mut().for_each(|c| *c = 0);
         self.min_time = None;
         self.max_time = None;
@@ -354,7 +440,7 @@ impl EventTable {
             self.time.push(time[row]);
             self.name.push(name[row]);
             self.name_counts[name[row] as usize] += 1;
-            self.person_rows[person[row] as usize].push(new_row);
+            self.link_row(person[row], new_row);
             self.min_time = Some(self.min_time.map_or(time[row], |t| t.min(time[row])));
             self.max_time = Some(self.max_time.map_or(time[row], |t| t.max(time[row])));
         }
@@ -365,10 +451,10 @@ impl EventTable {
 
     /// The rows of a user, including rows of anonymous ids aliased to it, by time then arrival.
     pub fn user_rows(&self, person: u32) -> Vec<u32> {
-        let mut rows = self.person_rows[person as usize].clone();
+        let mut rows = self.own_rows(person);
         if let Some(anons) = self.aliases.get(&person) {
             for &anon in anons {
-                rows.extend_from_slice(&self.person_rows[anon as usize]);
+                rows.extend(self.own_rows(anon));
             }
         }
         rows.sort_unstable_by_key(|&r| (self.time[r as usize], r));
@@ -402,10 +488,6 @@ impl EventTable {
     /// Per user person: the anonymous people aliased to it.
     pub fn aliases(&self) -> &HashMap<u32, Vec<u32>> {
         &self.aliases
-    }
-    /// Per person: its rows in arrival order.
-    pub fn person_rows(&self) -> &[Vec<u32>] {
-        &self.person_rows
     }
     /// Per event name: its stored events.
     pub fn name_counts(&self) -> &[u64] {

@@ -1,0 +1,316 @@
+//! Append-only typed columns kept in files and read through `mmap`.
+//!
+//! A project's columns (times, names, people, properties, event ids, the person order) are
+//! most of its memory. Kept in `Vec`s they are anonymous memory: the process must hold all of
+//! them, and they are rebuilt at every start. In a file mapped shared they live in the page
+//! cache instead, which the kernel writes back and evicts under pressure, so the process's
+//! own memory stays bounded by what it holds besides events (LMDB and QuestDB's column files
+//! work this way). A `Column` reads as a slice, like a `Vec`; growing it extends the file
+//! (blocks reserved with `fallocate`, so a full disk fails the growth, not a later write
+//! through the map with SIGBUS) and maps it again.
+//!
+//! Columns made by `Column::memory` (the default, and every test table) are plain `Vec`s.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytemuck::Pod;
+use memmap2::MmapMut;
+
+/// A directory whose files back columns, with a counter naming new files.
+#[derive(Debug)]
+pub struct ColumnSpace {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+impl ColumnSpace {
+    /// Uses `dir` (created when missing) for column files; files already in it are removed:
+    /// they were scratch files of an earlier process.
+    pub fn scratch(dir: &Path) -> std::io::Result<Arc<ColumnSpace>> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        Ok(Arc::new(ColumnSpace { dir: dir.to_owned(), next: AtomicU64::new(0) }))
+    }
+
+    /// A new empty column backed by a new file of this space.
+    pub fn column<T: Pod>(self: &Arc<Self>) -> Column<T> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{n}.col"));
+        match FileColumn::create(&path) {
+            Ok(file) => Column { len: 0, backing: Backing::File(file), space: Some(Arc::clone(self)) },
+            Err(err) => fatal("cannot create", &path, &err),
+        }
+    }
+}
+
+/// A column that cannot grow has nowhere to put an event the log already holds: stop, and let
+/// the restart replay it once there is room (nothing acknowledged is lost).
+fn fatal(what: &str, path: &Path, err: &std::io::Error) -> ! {
+    tracing::error!(path = %path.display(), error = %err, "{what} a column file; stopping (acknowledged events are in the log and come back at restart)");
+    eprintln!("sextant: {what} column file {}: {err}", path.display());
+    std::process::abort()
+}
+
+/// Growth step bounds: start at a page's worth, double, but reserve at most 64 MiB at a time
+/// so a nearly full disk fails late and a small project stays small.
+const MIN_GROWTH_BYTES: usize = 4096;
+const MAX_GROWTH_BYTES: usize = 64 << 20;
+
+#[derive(Debug)]
+struct FileColumn {
+    path: PathBuf,
+    map: Option<MmapMut>,
+    capacity_bytes: usize,
+}
+
+impl FileColumn {
+    /// The file is opened only to grow it: the map alone keeps the data, so thousands of
+    /// columns hold no file descriptors.
+    fn create(path: &Path) -> std::io::Result<FileColumn> {
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        Ok(FileColumn { path: path.to_owned(), map: None, capacity_bytes: 0 })
+    }
+
+    fn grow_to(&mut self, bytes: usize) {
+        if bytes <= self.capacity_bytes {
+            return;
+        }
+        let step = self.capacity_bytes.clamp(MIN_GROWTH_BYTES, MAX_GROWTH_BYTES);
+        let target = bytes.max(self.capacity_bytes + step).next_multiple_of(MIN_GROWTH_BYTES);
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.path) {
+            Ok(file) => file,
+            Err(err) => fatal("cannot open", &self.path, &err),
+        };
+        if let Err(err) = reserve(&file, target) {
+            fatal("cannot grow", &self.path, &err);
+        }
+        // SAFETY: the file is this column's own (a fresh name in its space, which nothing
+        // else opens), so nothing else changes it under the map; the old map is dropped
+        // before any slice of the new one is handed out (`&mut self`).
+        match unsafe { MmapMut::map_mut(&file) } {
+            Ok(map) => {
+                self.map = Some(map);
+                self.capacity_bytes = target;
+            }
+            Err(err) => fatal("cannot map", &self.path, &err),
+        }
+    }
+
+    /// The mapped values (none before the first growth; a map is page-aligned, so any
+    /// plain type's alignment holds).
+    fn values<T: Pod>(&self) -> &[T] {
+        self.map.as_deref().map_or(&[], bytemuck::cast_slice)
+    }
+
+    fn values_mut<T: Pod>(&mut self) -> &mut [T] {
+        self.map.as_deref_mut().map_or(&mut [], bytemuck::cast_slice_mut)
+    }
+}
+
+impl Drop for FileColumn {
+    fn drop(&mut self) {
+        self.map = None;
+        // A leftover is harmless: the space is emptied at the next start.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Extends `file` to `bytes` with its blocks allocated.
+fn reserve(file: &File, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(bytes).map_err(|_| std::io::Error::other("column file too large"))?;
+    // SAFETY: a plain syscall on a file descriptor this process owns.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate: a sparse extension, as good as it gets there.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(bytes as u64),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[derive(Debug)]
+enum Backing<T> {
+    Memory(Vec<T>),
+    File(FileColumn),
+}
+
+/// A growable array of plain values, in memory or in a mapped file (see the module doc).
+#[derive(Debug)]
+pub struct Column<T: Pod> {
+    len: usize,
+    backing: Backing<T>,
+    /// Where a `fresh` column of the same kind goes.
+    space: Option<Arc<ColumnSpace>>,
+}
+
+impl<T: Pod> Default for Column<T> {
+    fn default() -> Self {
+        Column::memory()
+    }
+}
+
+impl<T: Pod> Column<T> {
+    pub fn memory() -> Column<T> {
+        Column { len: 0, backing: Backing::Memory(Vec::new()), space: None }
+    }
+
+    /// A column in `space` when there is one, else in memory.
+    pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> Column<T> {
+        space.map_or_else(Column::memory, |space| space.column())
+    }
+
+    /// A new empty column where this one lives (a new file in the same space, or memory).
+    pub fn fresh(&self) -> Column<T> {
+        Column::in_space(self.space.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes room for `additional` more values.
+    pub fn reserve(&mut self, additional: usize) {
+        match &mut self.backing {
+            Backing::Memory(values) => values.reserve(additional),
+            Backing::File(file) => file.grow_to((self.len + additional) * size_of::<T>()),
+        }
+    }
+
+    /// Extends the column to `len` values, the new ones all zero bytes.
+    pub fn resize_zeroed(&mut self, len: usize) {
+        match &mut self.backing {
+            Backing::Memory(values) => values.resize(len, T::zeroed()),
+            Backing::File(file) => {
+                file.grow_to(len * size_of::<T>());
+                if len > self.len {
+                    // Values past `len` may be left from an earlier truncate.
+                    file.values_mut::<T>()[self.len..len].fill(T::zeroed());
+                }
+            }
+        }
+        self.len = len;
+    }
+
+    pub fn push(&mut self, value: T) {
+        self.extend_from_slice(std::slice::from_ref(&value));
+    }
+
+    pub fn extend_from_slice(&mut self, values: &[T]) {
+        match &mut self.backing {
+            Backing::Memory(stored) => stored.extend_from_slice(values),
+            Backing::File(file) => {
+                let end = self.len + values.len();
+                file.grow_to(end * size_of::<T>());
+                file.values_mut::<T>()[self.len..end].copy_from_slice(values);
+            }
+        }
+        self.len += values.len();
+    }
+
+    pub fn extend(&mut self, values: impl IntoIterator<Item = T>) {
+        let values = values.into_iter();
+        self.reserve(values.size_hint().0);
+        for value in values {
+            self.push(value);
+        }
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        if let Backing::Memory(values) = &mut self.backing {
+            values.truncate(len);
+        }
+        self.len = self.len.min(len);
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    pub fn last(&self) -> Option<&T> {
+        self.as_slice().last()
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match &self.backing {
+            Backing::Memory(values) => values,
+            Backing::File(file) => &file.values()[..self.len],
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        match &mut self.backing {
+            Backing::Memory(values) => values,
+            Backing::File(file) => &mut file.values_mut()[..self.len],
+        }
+    }
+}
+
+impl<T: Pod> std::ops::Deref for Column<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod> std::ops::DerefMut for Column<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.as_mut_slice()
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for Column<T> {
+    fn from(values: Vec<T>) -> Self {
+        Column { len: values.len(), backing: Backing::Memory(values), space: None }
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for Column<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_columns_read_like_vecs_and_grow_across_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::scratch(&dir.path().join("cols")).unwrap();
+        let mut file: Column<u64> = space.column();
+        let mut memory: Column<u64> = Column::memory();
+        for i in 0..100_000u64 {
+            file.push(i * 3);
+            memory.push(i * 3);
+        }
+        file.extend_from_slice(&[7, 8, 9]);
+        memory.extend_from_slice(&[7, 8, 9]);
+        assert_eq!(file.len(), 100_003);
+        assert_eq!(file, memory);
+        assert_eq!(file[99_999], 299_997);
+        file[0] = 42;
+        assert_eq!(file.first(), Some(&42));
+        file.truncate(10);
+        assert_eq!(file.len(), 10);
+        assert_eq!(file.last(), Some(&27));
+        let fresh = file.fresh();
+        assert!(fresh.is_empty());
+        let mut zeroed = fresh;
+        zeroed.resize_zeroed(3);
+        assert_eq!(&zeroed[..], &[0, 0, 0]);
+        // Dropped columns take their files with them.
+        drop((file, zeroed));
+        assert_eq!(std::fs::read_dir(dir.path().join("cols")).unwrap().count(), 0);
+    }
+}
