@@ -209,7 +209,7 @@ pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
 pub(crate) fn known(state: &ProjectData, person: u32) -> bool {
     let table = &state.table;
     table.has_rows(person)
-        || state.traits.contains_key(&person)
+        || state.traits.contains(person)
         || table.aliases().get(&person).is_some_and(|anons| anons.iter().any(|&a| table.has_rows(a)))
 }
 

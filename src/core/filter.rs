@@ -192,10 +192,8 @@ fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
 pub fn trait_column(state: &ProjectData, name: &str) -> Vec<Option<Value>> {
     let table = &state.table;
     let mut by_user: Vec<Option<Value>> = vec![None; table.canonical().len()];
-    for (person, traits) in &state.traits {
-        if let Some(value) = traits.get(name) {
-            by_user[*person as usize] = Some(value.clone());
-        }
+    for (person, value) in state.traits.values_of(name) {
+        by_user[person as usize] = Some(value);
     }
     table.canonical().iter().map(|&c| by_user[c as usize].clone()).collect()
 }

@@ -24,7 +24,7 @@ impl Engine {
         let not_found = || Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id)));
         let person = table.find_user(user_id).ok_or_else(not_found)?;
         let rows = table.user_rows(person);
-        let traits = state.data.traits.get(&person);
+        let traits = state.data.traits.of(person);
         if rows.is_empty() && traits.is_none() {
             return Err(not_found());
         }
@@ -35,7 +35,7 @@ impl Engine {
             .unwrap_or_default();
         Ok(UserProfile {
             user_id: user_id.to_owned(),
-            traits: traits.map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+            traits: traits.map(|t| t.into_iter().collect()).unwrap_or_default(),
             anonymous_ids,
             first_seen: rows.first().map(|&r| table.time()[r as usize]),
             last_seen: rows.last().map(|&r| table.time()[r as usize]),

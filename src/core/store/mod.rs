@@ -7,10 +7,11 @@ pub mod person_order;
 pub mod record;
 pub mod table;
 pub mod trait_groups;
+pub mod traits;
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::core::model::{ManualValue, Micros, QuarantinedEvent, UserUpdate, Value};
+use crate::core::model::{ManualValue, Micros, QuarantinedEvent, UserUpdate};
 use person_order::PersonOrderCache;
 use record::LogRecord;
 use table::EventTable;
@@ -22,7 +23,7 @@ use trait_groups::TraitGroupCache;
 pub struct ProjectData {
     pub table: EventTable,
     /// Per user person id: traits by name.
-    pub traits: HashMap<u32, BTreeMap<String, Value>>,
+    pub traits: traits::Traits,
     pub quarantine: BTreeMap<u64, QuarantinedEvent>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
@@ -129,14 +130,13 @@ impl ProjectData {
             emit(LogRecord::Events { project: project(), events: (row..end).map(|r| table.event(r)).collect() })?;
             row = end;
         }
-        let mut people: Vec<(&u32, &BTreeMap<String, Value>)> = self.traits.iter().collect();
-        people.sort_unstable_by_key(|(person, _)| **person);
+        let people = self.traits.users();
         for chunk in people.chunks(EVENTS_PER_RECORD) {
             let updates = chunk
                 .iter()
-                .map(|&(&person, traits)| UserUpdate {
-                    user_id: table.person_name(person).to_owned(),
-                    set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                .map(|(person, traits)| UserUpdate {
+                    user_id: table.person_name(*person).to_owned(),
+                    set: traits.clone(),
                     set_once: Vec::new(),
                     unset: Vec::new(),
                 })
@@ -185,7 +185,7 @@ impl ProjectData {
         }
         let anonymous: std::collections::HashSet<String> =
             table.unalias_all(person).into_iter().map(|a| table.person_name(a).to_owned()).collect();
-        self.traits.remove(&person);
+        self.traits.remove(person);
         self.traits_version += 1;
         self.quarantine.retain(|_, q| {
             let event = &q.event;
@@ -209,30 +209,14 @@ impl ProjectData {
     fn apply_user_update(&mut self, update: &UserUpdate) {
         self.traits_version += 1;
         let person = self.table.user_person(&update.user_id);
-        let traits = self.traits.entry(person).or_default();
-        for (key, value) in &update.set {
-            // Setting null removes the trait: a null trait and a missing one mean the same.
-            if matches!(value, Value::Null) {
-                traits.remove(key);
-            } else {
-                traits.insert(key.clone(), value.clone());
-            }
-        }
-        for (key, value) in &update.set_once {
-            if !matches!(value, Value::Null) {
-                traits.entry(key.clone()).or_insert_with(|| value.clone());
-            }
-        }
-        for key in &update.unset {
-            traits.remove(key);
-        }
+        self.traits.update(person, update);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::Event;
+    use crate::core::model::{Event, Value};
 
     fn event(id: &str, user: &str, anon: &str, t: Micros, note: &str) -> Event {
         let properties = vec![("note".into(), Value::String(note.into()))];
@@ -310,7 +294,7 @@ mod tests {
             assert_eq!(table.event(row), original.table.event(row));
         }
         let keeper = table.find_user("keeper").unwrap();
-        assert_eq!(rebuilt.traits[&keeper]["plan"], Value::String("pro".into()));
+        assert_eq!(rebuilt.traits.of(keeper).unwrap(), vec![("plan".to_owned(), Value::String("pro".into()))]);
         assert_eq!(rebuilt.traits.len(), 1);
         assert_eq!(table.user_rows(keeper).len(), 25_001, "the alias of anon2 survives");
         assert_eq!(rebuilt.manual, original.manual);

@@ -23,43 +23,62 @@ const PROP_BLOCK: usize = 4096;
 /// that a block's offsets fit in u32.
 pub const MAX_PROPERTIES: usize = (u32::MAX as usize) / PROP_BLOCK;
 
-/// Strings to dense ids and back.
+/// Strings to dense ids and back. The strings are one byte column with end offsets (files when
+/// the table's columns are), and the lookup table holds only ids, hashed by the string they
+/// name: a few bytes per string of anonymous memory, where a map of boxed strings held each
+/// string twice with two allocations.
 #[derive(Debug, Default)]
 pub struct Interner {
-    ids: HashMap<Box<str>, u32>,
-    strings: Vec<Box<str>>,
+    bytes: Column<u8>,
+    ends: Column<u64>,
+    index: hashbrown::HashTable<u32>,
+}
+
+fn hash_str(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
 }
 
 impl Interner {
+    pub fn in_space(space: &Arc<ColumnSpace>) -> Interner {
+        Interner { bytes: space.column(), ends: space.column(), index: Default::default() }
+    }
+
     pub fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
+        if let Some(id) = self.get(s) {
             return id;
         }
-        let id = self.strings.len() as u32;
-        let boxed: Box<str> = s.into();
-        self.strings.push(boxed.clone());
-        self.ids.insert(boxed, id);
+        let id = self.ends.len() as u32;
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.ends.push(self.bytes.len() as u64);
+        let Interner { bytes, ends, index } = self;
+        index.insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
         id
     }
 
     pub fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
+        self.index.find(hash_str(s), |&id| self.resolve(id) == s).copied()
     }
 
     pub fn resolve(&self, id: u32) -> &str {
-        &self.strings[id as usize]
+        resolve(&self.bytes, &self.ends, id)
     }
 
     pub fn len(&self) -> usize {
-        self.strings.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.strings.is_empty()
+        self.ends.is_empty()
     }
 }
 
-/// A property value with strings interned.
+fn resolve<'a>(bytes: &'a [u8], ends: &[u64], id: u32) -> &'a str {
+    let id = id as usize;
+    let start = if id == 0 { 0 } else { ends[id - 1] as usize };
+    // Only whole `&str`s are appended, so every span between ends is valid UTF-8.
+    std::str::from_utf8(&bytes[start..ends[id] as usize]).unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cell {
     Null,
@@ -177,6 +196,10 @@ impl EventTable {
     /// An empty table whose row columns live in files of `space`.
     pub fn in_space(space: Arc<ColumnSpace>) -> EventTable {
         EventTable {
+            names: Interner::in_space(&space),
+            keys: Interner::in_space(&space),
+            strings: Interner::in_space(&space),
+            people: Interner::in_space(&space),
             person: space.column(),
             anonymous: space.column(),
             time: space.column(),

@@ -47,14 +47,13 @@ impl TraitGroups {
         let mut ids: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
         ids.insert(NO_VALUE.into(), 0);
         let mut by_user = vec![0u32; table.canonical.len()];
-        for (&person, traits) in &state.traits {
-            let Some(value) = traits.get(name) else { continue };
-            let id = match value {
+        for (person, value) in state.traits.values_of(name) {
+            let id = match &value {
                 Value::String(s) => ids.get(s.as_str()).copied(),
                 _ => None,
             };
             by_user[person as usize] = id.unwrap_or_else(|| {
-                let label = label_of_value(Some(value));
+                let label = label_of_value(Some(&value));
                 *ids.entry(label.clone()).or_insert_with(|| {
                     labels.push(label);
                     labels.len() as u32 - 1
