@@ -113,10 +113,11 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => {
             let report = maintenance::check(&args)?;
             println!(
-                "{}: {} log records and {} meta objects read back",
+                "{}: {} log records, {} meta objects and {} checkpoint files read back",
                 args.data_dir.display(),
                 report.log,
-                report.meta
+                report.meta,
+                report.checkpoint_files
             );
             Ok(())
         }

@@ -12,7 +12,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::{ServeConfig, Toggle};
 use crate::core::engine::Engine;
-use crate::core::engine::compaction::run_compaction_job;
+use crate::core::engine::compaction::{run_checkpoint_job, run_compaction_job};
 use crate::core::engine::expiry::run_retention_job;
 use crate::grpc::Api;
 use crate::grpc::auth::GuardLayer;
@@ -133,6 +133,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         tokio::spawn(run_retention_job(engine.clone(), Duration::from_secs(config.retention_interval_secs)));
     let compaction =
         tokio::spawn(run_compaction_job(engine.clone(), Duration::from_secs(config.compact_interval_secs)));
+    let checkpoints =
+        tokio::spawn(run_checkpoint_job(engine.clone(), Duration::from_secs(config.checkpoint_interval_secs)));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let grace = Duration::from_secs(config.grace_secs);
@@ -168,6 +170,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         let _ = retention.await;
         compaction.abort();
         let _ = compaction.await;
+        checkpoints.abort();
+        let _ = checkpoints.await;
         let closed = tokio::task::spawn_blocking(move || task_engine.close()).await?;
         served?;
         closed?;

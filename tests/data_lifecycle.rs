@@ -268,7 +268,9 @@ async fn backup_while_ingesting_restores_into_a_server_that_answers_the_same() {
         })
     };
     let report = backup(&server, &temp.path().join("live"), BOOTSTRAP).await;
-    assert!(report.log >= 20 && report.meta >= 4, "{report:?}");
+    // The log part is the projects' data as records of up to 10,000 events (what is restored is
+    // checked below, event by event).
+    assert!(report.log >= 1 && report.meta >= 4, "{report:?}");
     writer.await.unwrap();
     let restored = TestServer::start_in(&temp.path().join("live"), |c| c.bootstrap_key = Some(BOOTSTRAP.into())).await;
     let ids = stored(&restored, "p", &key).await;

@@ -872,7 +872,9 @@ async fn names_and_free_text_are_bounded_everywhere() {
 async fn a_revoked_key_ends_a_running_export() {
     let server = TestServer::start_secure(|_| {}).await;
     server.create_project("p").await;
-    for part in 0..4 {
+    // Enough chunks that the export cannot be all produced (checked, then buffered on the way)
+    // while the revocation, a durable write, is stored.
+    for part in 0..16 {
         let events =
             (0..5000).map(|i| event(&format!("x{part}-{i}"), "view", &format!("u{i}"), i64::from(i))).collect();
         let request = bearer(pb::TrackRequest { project: "p".into(), events, sequence: 0 }, BOOTSTRAP);
@@ -891,5 +893,5 @@ async fn a_revoked_key_ends_a_running_export() {
         }
     };
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(received < 20_000, "{received}");
+    assert!(received < 80_000, "{received}");
 }

@@ -38,17 +38,20 @@ pub struct CheckArgs {
 pub struct CheckReport {
     pub meta: u64,
     pub log: u64,
+    /// Checkpoint files (columns and project states) whose checksums match the manifest.
+    pub checkpoint_files: u64,
 }
 
 /// Opens the store (sled verifies its own checksums) and decodes every log record and meta
-/// object; the first that does not read back is the error, with its position.
+/// object, then checks every checkpoint file against the manifest's checksums; the first that
+/// does not read back is the error, naming it.
 pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     anyhow::ensure!(args.data_dir.is_dir(), "{} is not a directory", args.data_dir.display());
     let storage = SledStorage::open_existing(&args.data_dir)
         .with_context(|| format!("opening {} (is a server running on it?)", args.data_dir.display()))?;
     let mut report = CheckReport::default();
     storage
-        .replay(&mut |value| {
+        .replay(None, &mut |value| {
             decode_record(value)?;
             report.log += 1;
             Ok(())
@@ -58,6 +61,10 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
         serde_json::from_slice::<serde_json::Value>(&value)
             .with_context(|| format!("meta object {key} of {}", args.data_dir.display()))?;
         report.meta += 1;
+    }
+    let segments = args.data_dir.join("segments");
+    if let Some(manifest) = crate::core::store::segment::Manifest::read(&segments)? {
+        report.checkpoint_files = manifest.verify(&segments)? as u64;
     }
     Ok(report)
 }

@@ -25,12 +25,20 @@ pub trait Storage: Send + Sync + 'static {
     fn append(&self, records: &[Encoded]) -> Result<()>;
     /// Makes everything appended so far durable (the group-commit point).
     fn sync(&self) -> Result<()>;
-    /// Visits every stored log value in append order (the core decodes them).
-    fn replay(&self, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// Visits every stored log value in append order (the core decodes them), or only those
+    /// after `after` (a position `log_position` gave; when the log has been rewritten since,
+    /// into another database, every value is after it).
+    fn replay(&self, after: Option<&LogPosition>, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// Where the log ends now: what a checkpoint covers when the caller appends nothing
+    /// meanwhile.
+    fn log_position(&self) -> Result<LogPosition>;
+    /// Drops the log values before `position` (a checkpoint holds them now); nothing when the
+    /// log has been rewritten since.
+    fn truncate_log(&self, position: &LogPosition) -> Result<()>;
     fn bytes_on_disk(&self) -> Result<u64>;
-    /// A directory the engine may fill with files it rebuilds at each start (the columns of
-    /// `core::store::column`), or none to keep them in memory. Emptied by the engine at open.
-    fn scratch_dir(&self) -> Option<std::path::PathBuf> {
+    /// The data directory, where the engine keeps its column files and checkpoints
+    /// (`core::store::segment`) beside the storage's own; none to keep them in memory.
+    fn files_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
     /// A consistent copy for backups: the log up to its end when the call starts (appends
@@ -40,6 +48,14 @@ pub trait Storage: Send + Sync + 'static {
     /// the values `extra` puts, so that nothing left out stays in any file. The caller makes sure nothing is
     /// appended meanwhile (the writer thread calls it).
     fn rewrite_log(&self, keep: &mut dyn FnMut(&[u8]) -> Result<bool>, extra: &mut ExtraValues<'_>) -> Result<()>;
+}
+
+/// A point in the log: the database that holds it (compaction rewrites the log into a new
+/// one) and the sequence number of the next value appended there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    pub db: String,
+    pub seq: u64,
 }
 
 /// Produces values to append, one `put` each, so a rewrite never holds them all at once.

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Encoded, ExtraValues, SnapshotVisitor, Storage, Tree};
+use super::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage, Tree};
 use crate::error::{Error, Result};
 
 pub struct SledStorage {
@@ -19,6 +19,8 @@ pub struct SledStorage {
 }
 
 struct Inner {
+    /// The database's directory name (`sled`, `sled.N`).
+    name: String,
     db: sled::Db,
     meta: sled::Tree,
     log: sled::Tree,
@@ -29,8 +31,8 @@ struct Inner {
 /// rename), so after a crash it names either the old database or the finished new one.
 const CURRENT: &str = "CURRENT";
 const FIRST_DB: &str = "sled";
-/// The engine's column files (`Storage::scratch_dir`), rebuilt from the log at each start.
-const SCRATCH: &str = "columns";
+/// Key (in the default tree) of the sequence number below which the log was truncated.
+const LOG_FLOOR: &[u8] = b"log_floor";
 
 impl Inner {
     fn open(path: &Path) -> Result<Inner> {
@@ -38,11 +40,19 @@ impl Inner {
             sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(256 * 1024 * 1024).open()?;
         let meta = db.open_tree("meta")?;
         let log = db.open_tree("log")?;
-        let next_seq = match log.last()? {
+        let after_last = match log.last()? {
             Some((key, _)) => decode_seq(&key)? + 1,
             None => 0,
         };
-        Ok(Inner { db, meta, log, next_seq: AtomicU64::new(next_seq) })
+        // A truncated log may be empty: its numbering goes on from where it was cut, or a
+        // checkpoint's position would skip the values appended next.
+        let floor = match db.get(LOG_FLOOR)? {
+            Some(bytes) => decode_seq(&bytes)?,
+            None => 0,
+        };
+        let next_seq = after_last.max(floor);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Inner { name, db, meta, log, next_seq: AtomicU64::new(next_seq) })
     }
 }
 
@@ -236,16 +246,40 @@ impl Storage for SledStorage {
         Ok(())
     }
 
-    fn replay(&self, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        for item in self.inner.read().log.iter() {
+    fn replay(&self, after: Option<&LogPosition>, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let inner = self.inner.read();
+        let from = after.filter(|p| p.db == inner.name).map_or(0, |p| p.seq);
+        for item in inner.log.range(from.to_be_bytes()..) {
             let (_, value) = item?;
             visit(&value)?;
         }
         Ok(())
     }
 
-    fn scratch_dir(&self) -> Option<std::path::PathBuf> {
-        Some(self.dir.join(SCRATCH))
+    fn log_position(&self) -> Result<LogPosition> {
+        let inner = self.inner.read();
+        Ok(LogPosition { db: inner.name.clone(), seq: inner.next_seq.load(Ordering::Relaxed) })
+    }
+
+    fn truncate_log(&self, position: &LogPosition) -> Result<()> {
+        let inner = self.inner.read();
+        if position.db != inner.name {
+            return Ok(());
+        }
+        inner.db.insert(LOG_FLOOR, &position.seq.to_be_bytes()[..])?;
+        inner.db.flush()?;
+        let mut batch = sled::Batch::default();
+        for item in inner.log.range(..position.seq.to_be_bytes()) {
+            let (key, _) = item?;
+            batch.remove(key);
+        }
+        inner.log.apply_batch(batch)?;
+        inner.db.flush()?;
+        Ok(())
+    }
+
+    fn files_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.dir.clone())
     }
 
     fn bytes_on_disk(&self) -> Result<u64> {
@@ -351,6 +385,41 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_log_replays_from_its_position_and_numbers_on_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = encode_record(&sample()).unwrap();
+        let count = |store: &SledStorage, after: Option<&LogPosition>| {
+            let mut n = 0;
+            store
+                .replay(after, &mut |_| {
+                    n += 1;
+                    Ok(())
+                })
+                .unwrap();
+            n
+        };
+        let position = {
+            let store = SledStorage::open(dir.path()).unwrap();
+            store.append(&[value.clone(), value.clone(), value.clone()]).unwrap();
+            store.sync().unwrap();
+            let position = store.log_position().unwrap();
+            assert_eq!(position, LogPosition { db: "sled".into(), seq: 3 });
+            store.append(std::slice::from_ref(&value)).unwrap();
+            assert_eq!(count(&store, Some(&position)), 1);
+            store.truncate_log(&store.log_position().unwrap()).unwrap();
+            assert_eq!(count(&store, None), 0);
+            store.log_position().unwrap()
+        };
+        // Reopened with an empty log, the numbering goes on after the cut.
+        let store = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(store.log_position().unwrap(), position);
+        store.append(std::slice::from_ref(&value)).unwrap();
+        assert_eq!(count(&store, Some(&position)), 1);
+        // A position in another database covers nothing here.
+        assert_eq!(count(&store, Some(&LogPosition { db: "sled.7".into(), seq: 99 })), 1);
+    }
+
+    #[test]
     fn records_round_trip_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -363,7 +432,7 @@ mod tests {
         store.append(&[encode_record(&sample()).unwrap()]).unwrap();
         let mut seen = Vec::new();
         store
-            .replay(&mut |r| {
+            .replay(None, &mut |r| {
                 seen.push(decode_record(r)?);
                 Ok(())
             })
@@ -385,7 +454,7 @@ mod tests {
             store.rewrite_log(&mut keep, &mut extra).unwrap();
             let mut values = Vec::new();
             store
-                .replay(&mut |v| {
+                .replay(None, &mut |v| {
                     values.push(v.to_vec());
                     Ok(())
                 })

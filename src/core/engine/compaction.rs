@@ -64,6 +64,41 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Takes a checkpoint now if anything was written since the last one (see
+    /// `engine::checkpoint`).
+    pub async fn checkpoint(&self) -> Result<()> {
+        let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(WriterTask::Checkpoint(reply)).await.map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// The data directory's bytes: the storage's and the checkpoint's files.
+    pub fn bytes_on_disk(&self) -> Result<u64> {
+        let segments = match &self.columns {
+            Some(space) => crate::core::store::segment::dir_bytes(space.dir())?,
+            None => 0,
+        };
+        Ok(self.storage.bytes_on_disk()? + segments)
+    }
+}
+
+/// Runs `Engine::checkpoint` every `every` until the engine's writer closes.
+pub async fn run_checkpoint_job(engine: Arc<Engine>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match engine.checkpoint().await {
+            Ok(()) => {}
+            Err(Error::Unavailable) => return,
+            Err(err) => tracing::warn!(error = %err, "checkpoint failed; retrying at the next tick"),
+        }
+    }
+}
+
 /// Runs `compact_if_needed` every `every` until the engine's writer closes.
 pub async fn run_compaction_job(engine: Arc<Engine>, every: Duration) {
     let mut ticks = tokio::time::interval(every);

@@ -6,6 +6,7 @@
 
 pub mod anomalies;
 pub mod attribution;
+pub mod checkpoint;
 pub mod cohorts;
 pub mod compaction;
 pub mod dashboard;
@@ -45,8 +46,9 @@ use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate,
 use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
 use crate::core::store::record::{LogRecord, decode_record};
+use crate::core::store::segment::{self, Manifest};
 use crate::error::{Error, Result, echo};
-use crate::storage::Storage;
+use crate::storage::{LogPosition, Storage};
 use meta::{MetaKey, MetaKind};
 
 /// Everything known about one project: its settings, its data and its definitions.
@@ -91,7 +93,7 @@ impl ProjectState {
 
 pub struct Engine {
     storage: Arc<dyn Storage>,
-    projects: RwLock<BTreeMap<String, Arc<ProjectEntry>>>,
+    projects: checkpoint::ProjectMap,
     writer: Mutex<Option<Writer>>,
     sender: RwLock<Option<tokio::sync::mpsc::Sender<WriterTask>>>,
     next_quarantine_id: AtomicU64,
@@ -114,6 +116,15 @@ pub struct Engine {
     columns: Option<Arc<ColumnSpace>>,
 }
 
+/// The engine's column files under a data directory: `segments` (checkpointed, see
+/// `store::segment`) and `columns` (scratch: the person order, rebuilt after each start).
+fn column_spaces(dir: &std::path::Path) -> Result<Arc<ColumnSpace>> {
+    let prepare =
+        |what: &str, e: std::io::Error| Error::Storage(format!("cannot prepare {what} under {}: {e}", dir.display()));
+    let scratch = ColumnSpace::scratch(&dir.join("columns")).map_err(|e| prepare("columns", e))?;
+    ColumnSpace::durable(&dir.join("segments"), scratch).map_err(|e| prepare("segments", e))
+}
+
 /// How many write jobs may wait for the writer before senders wait too.
 const WRITE_QUEUE: usize = 64;
 
@@ -121,17 +132,29 @@ impl Engine {
     /// Loads meta objects and replays the log, then starts the writer.
     pub fn open(storage: Arc<dyn Storage>, limits: Limits, clock: Clock) -> Result<Arc<Engine>> {
         let started = std::time::Instant::now();
-        let columns =
-            match storage.scratch_dir() {
-                Some(dir) => Some(ColumnSpace::scratch(&dir).map_err(|e| {
-                    Error::Storage(format!("cannot prepare the column directory {}: {e}", dir.display()))
-                })?),
-                None => None,
-            };
+        let columns = match storage.files_dir() {
+            Some(dir) => Some(column_spaces(&dir)?),
+            None => None,
+        };
+        let manifest = match &columns {
+            Some(space) => Manifest::read(space.dir())?,
+            None => None,
+        };
+        if let Some(space) = &columns {
+            // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
+            let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
+            space.keep_only(listed).map_err(|e| segment::file_error("cannot tidy", space.dir(), e))?;
+        }
         let mut projects = BTreeMap::new();
         for (key, bytes) in storage.scan_meta(MetaKind::Project.prefix())? {
             let project: Project = meta::decode(&key, &bytes)?;
-            projects.insert(project.id.clone(), ProjectState::new(project, columns.as_ref()));
+            let mut state = ProjectState::new(project, columns.as_ref());
+            if let (Some(space), Some(files)) =
+                (&columns, manifest.as_ref().and_then(|m| m.projects.get(&state.project.id)))
+            {
+                state.data = ProjectData::load(space, files)?;
+            }
+            projects.insert(state.project.id.clone(), state);
         }
         // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
         fn load<T: DeserializeOwned>(
@@ -174,10 +197,15 @@ impl Engine {
                 api_keys.insert(api_key.id.clone(), api_key);
             }
         }
-        let mut seen = SeenIds::in_space(columns.as_ref());
-        let mut next_quarantine_id = 0u64;
+        let mut seen = match (&columns, &manifest) {
+            (Some(space), Some(manifest)) => SeenIds::load(space, &manifest.seen, &manifest.seen_starts)?,
+            _ => SeenIds::in_space(columns.as_ref()),
+        };
+        let mut next_quarantine_id =
+            projects.values().flat_map(|p| p.data.quarantine.keys()).max().map_or(0, |id| id + 1);
         let mut records = 0u64;
-        storage.replay(&mut |value| {
+        let after = manifest.as_ref().map(|m| LogPosition { db: m.log_db.clone(), seq: m.log_seq });
+        storage.replay(after.as_ref(), &mut |value| {
             let record = decode_record(value)?;
             records += 1;
             let project = record.project();
@@ -222,12 +250,20 @@ impl Engine {
             "storage loaded"
         );
         let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
-        let writer = crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE);
+        let projects: checkpoint::ProjectMap =
+            Arc::new(RwLock::new(projects.into_iter().map(|(id, state)| (id, Arc::new(RwLock::new(state)))).collect()));
+        let checkpointer = columns.as_ref().map(|space| checkpoint::Checkpointer {
+            projects: projects.clone(),
+            space: space.clone(),
+            storage: storage.clone(),
+            seen: seen.clone(),
+        });
+        let writer = crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE, checkpointer);
         let sender = writer.sender.clone();
         let deferred = writer.deferred.clone();
         Ok(Arc::new(Engine {
             storage,
-            projects: RwLock::new(projects.into_iter().map(|(id, state)| (id, Arc::new(RwLock::new(state)))).collect()),
+            projects,
             writer: Mutex::new(Some(writer)),
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
@@ -260,9 +296,58 @@ impl Engine {
         self.storage.put_meta(&key.path(), &meta::encode(value)?)
     }
 
-    /// A consistent copy of everything stored, for backups (`Storage::snapshot`).
+    /// A copy of everything stored, for backups, in the storage's raw form (meta entries,
+    /// then log values a restore replays): every project's data as of one moment, written as
+    /// the log records that rebuild it (`ProjectData::checkpoint`; the log alone no longer
+    /// holds what checkpoints cover). Each project's records are spooled to a file under its
+    /// read lock and sent from there, so a slow reader holds back nothing; while the spool is
+    /// written, only that project's acks wait.
     pub fn snapshot(&self, visit: &mut crate::storage::SnapshotVisitor<'_>) -> Result<()> {
-        self.storage.snapshot(visit)
+        let Some(space) = &self.columns else {
+            return self.storage.snapshot(visit);
+        };
+        for (key, value) in self.storage.scan_meta("")? {
+            visit(crate::storage::Tree::Meta, key.as_bytes(), &value)?;
+        }
+        let projects: Vec<(String, Arc<ProjectEntry>)> =
+            self.projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect();
+        let spool_path = space.derived().dir().join(space.new_name("backup"));
+        let mut seq = 0u64;
+        let result = (|| -> Result<()> {
+            for (id, entry) in &projects {
+                let spool = std::fs::File::create(&spool_path)
+                    .map_err(|e| segment::file_error("cannot create", &spool_path, e))?;
+                let mut spool = std::io::BufWriter::new(spool);
+                entry.read().data.checkpoint(id, &mut |record| {
+                    let encoded = crate::core::store::record::encode_record(&record)?;
+                    use std::io::Write;
+                    spool
+                        .write_all(&(encoded.0.len() as u64).to_le_bytes())
+                        .and_then(|()| spool.write_all(&encoded.0))
+                        .map_err(|e| segment::file_error("cannot write", &spool_path, e))
+                })?;
+                drop(spool);
+                let mut spool = std::io::BufReader::new(
+                    std::fs::File::open(&spool_path).map_err(|e| segment::file_error("cannot open", &spool_path, e))?,
+                );
+                let mut length = [0u8; 8];
+                loop {
+                    use std::io::Read;
+                    match spool.read_exact(&mut length) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(segment::file_error("cannot read", &spool_path, e)),
+                    }
+                    let mut value = vec![0u8; u64::from_le_bytes(length) as usize];
+                    spool.read_exact(&mut value).map_err(|e| segment::file_error("cannot read", &spool_path, e))?;
+                    visit(crate::storage::Tree::Log, &seq.to_be_bytes(), &value)?;
+                    seq += 1;
+                }
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&spool_path);
+        result
     }
 
     /// Runs blocking work (locks a writer may hold, storage) on the blocking pool, so async
@@ -376,7 +461,7 @@ impl Engine {
             users,
             first_event: table.min_time(),
             last_event: table.max_time(),
-            bytes_on_disk: self.storage.bytes_on_disk()?,
+            bytes_on_disk: self.bytes_on_disk()?,
             quarantined: state.data.quarantine.len() as u64,
         })
     }

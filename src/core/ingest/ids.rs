@@ -15,6 +15,8 @@ use hashbrown::HashSet;
 
 use super::writer::IdHasher;
 use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::segment::{ColumnRef, file_error, open_column, save_column};
+use crate::error::{Error, Result};
 
 /// Leading key bits that pick a range of the sorted column.
 const RANGE_BITS: u32 = 18;
@@ -31,6 +33,8 @@ pub struct SeenIds {
     /// Range r of leading bits is `sorted[starts[r]..starts[r + 1]]` (`2^RANGE_BITS + 1` entries
     /// once there are sorted keys; empty before).
     starts: Vec<u64>,
+    /// The last checkpoint's copy of `starts` (kept so its file stays while listed).
+    saved_starts: Option<Column<u64>>,
 }
 
 impl Default for SeenIds {
@@ -53,7 +57,7 @@ fn range_of(key: u128) -> usize {
 impl SeenIds {
     /// An empty set whose sorted keys live in a file of `space` (or in memory).
     pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> SeenIds {
-        SeenIds { recent: KeySet::default(), sorted: Column::in_space(space), starts: Vec::new() }
+        SeenIds { recent: KeySet::default(), sorted: Column::in_space(space), starts: Vec::new(), saved_starts: None }
     }
 
     pub fn len(&self) -> usize {
@@ -104,9 +108,13 @@ impl SeenIds {
 
     /// The sorted column of every key in the set, built without changing it.
     pub fn merged(&self) -> Merged {
+        self.merged_into(self.sorted.fresh())
+    }
+
+    /// `merged`, into the empty column `sorted`.
+    fn merged_into(&self, mut sorted: Column<u128>) -> Merged {
         let mut recent: Vec<u128> = self.recent.iter().copied().collect();
         recent.sort_unstable();
-        let mut sorted = self.sorted.fresh();
         sorted.reserve(self.sorted.len() + recent.len());
         let (mut old, mut new) = (&self.sorted[..], &recent[..]);
         // Both runs are sorted and disjoint: copy the old run in blocks up to each new key.
@@ -135,6 +143,45 @@ impl SeenIds {
         self.sorted = merged.sorted;
         self.starts = merged.starts;
         self.recent = KeySet::default();
+    }
+}
+
+impl SeenIds {
+    /// Checkpoint: merges every key into the sorted column and writes it and the range table.
+    pub fn save(&mut self, space: &Arc<ColumnSpace>) -> Result<(ColumnRef, ColumnRef)> {
+        fn column<T: bytemuck::Pod>(space: &Arc<ColumnSpace>) -> Result<Column<T>> {
+            space.try_column().map_err(|(path, e)| file_error("cannot create", &path, e))
+        }
+        // A set made in memory (no space at start) moves to a file now.
+        if !self.recent.is_empty() || self.sorted.file_name().is_none() {
+            let merged = self.merged_into(column(space)?);
+            self.install(merged);
+        }
+        let mut starts: Column<u64> = column(space)?;
+        starts.extend_from_slice(&self.starts);
+        let refs = (save_column(&self.sorted, space)?, save_column(&starts, space)?);
+        self.saved_starts = Some(starts);
+        Ok(refs)
+    }
+
+    /// The set a checkpoint saved.
+    pub fn load(space: &Arc<ColumnSpace>, sorted: &ColumnRef, starts: &ColumnRef) -> Result<SeenIds> {
+        let sorted: Column<u128> = open_column(space, sorted)?;
+        let saved: Column<u64> = open_column(space, starts)?;
+        let valid = if sorted.is_empty() {
+            saved.is_empty()
+        } else {
+            saved.len() == (1 << RANGE_BITS) + 1
+                && saved.windows(2).all(|w| w[0] <= w[1])
+                && saved.last() == Some(&(sorted.len() as u64))
+        };
+        if !valid {
+            return Err(Error::Storage(format!(
+                "the checkpointed dedupe keys' range table {} is corrupt",
+                starts.file
+            )));
+        }
+        Ok(SeenIds { recent: KeySet::default(), starts: saved.to_vec(), sorted, saved_starts: Some(saved) })
     }
 }
 

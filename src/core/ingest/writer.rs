@@ -16,6 +16,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ids::{KeySet, SeenIds};
+use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer};
 use crate::core::engine::{ProjectEntry, ProjectState};
 use crate::core::store::record::{LogRecord, decode_record, encode_record};
 use crate::error::Result;
@@ -43,6 +44,9 @@ pub struct WriteJob {
 pub enum WriterTask {
     Write(WriteJob),
     Compact(CompactJob),
+    /// Take a checkpoint if anything was written since the last one (see
+    /// `engine::checkpoint`); answers once it is durable.
+    Checkpoint(oneshot::Sender<Result<()>>),
 }
 
 /// Rewrites the log so that what the projects deleted or expired leaves the disk (see
@@ -105,13 +109,18 @@ pub struct Writer {
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
-pub fn spawn_writer(storage: Arc<dyn Storage>, seen: SharedIds, capacity: usize) -> Writer {
+pub fn spawn_writer(
+    storage: Arc<dyn Storage>,
+    seen: SharedIds,
+    capacity: usize,
+    checkpoints: Option<Checkpointer>,
+) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
     let deferred = Deferred::default();
     let shared = deferred.clone();
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
-        .spawn(move || run_writer(storage, receiver, seen, shared))
+        .spawn(move || run_writer(storage, receiver, seen, shared, checkpoints))
         .expect("spawning the writer thread");
     Writer { sender, thread, deferred }
 }
@@ -191,6 +200,7 @@ fn run_writer(
     mut receiver: mpsc::Receiver<WriterTask>,
     seen: SharedIds,
     deferred: Deferred,
+    checkpoints: Option<Checkpointer>,
 ) {
     let (applier, applier_receiver) = std::sync::mpsc::channel::<ApplierTask>();
     let applier_thread = {
@@ -200,18 +210,27 @@ fn run_writer(
             .spawn(move || run_applier(applier_receiver, deferred))
             .expect("spawning the applier thread")
     };
+    let drain = || {
+        let (done, applied) = std::sync::mpsc::channel();
+        let _ = applier.send(ApplierTask::Barrier(done));
+        let _ = applied.recv();
+    };
+    let mut checkpoint = Checkpoints { checkpointer: checkpoints, last: None, events: 0 };
     let mut compaction = None;
+    let mut checkpoint_asked = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = Vec::new();
         match first {
             WriterTask::Write(job) => jobs.push(job),
             WriterTask::Compact(job) => compaction = Some(job),
+            WriterTask::Checkpoint(reply) => checkpoint_asked.push(reply),
         }
-        while compaction.is_none() && jobs.len() < MAX_GROUP {
+        while compaction.is_none() && checkpoint_asked.is_empty() && jobs.len() < MAX_GROUP {
             match receiver.try_recv() {
                 Ok(WriterTask::Write(job)) => jobs.push(job),
                 Ok(WriterTask::Compact(job)) => compaction = Some(job),
+                Ok(WriterTask::Checkpoint(reply)) => checkpoint_asked.push(reply),
                 Err(_) => break,
             }
         }
@@ -264,11 +283,21 @@ fn run_writer(
         for a in replies {
             reply(a);
         }
+        checkpoint.events += events;
         if let Some(job) = compaction.take() {
-            let (done, applied) = std::sync::mpsc::channel();
-            let _ = applier.send(ApplierTask::Barrier(done));
-            let _ = applied.recv();
-            let _ = job.reply.send(compact(storage.as_ref(), &job.projects, &job.existing));
+            drain();
+            let result = match &checkpoint.checkpointer {
+                Some(checkpointer) => checkpointer.compact(&job.projects).inspect(|_| checkpoint.done(&storage)),
+                None => compact(storage.as_ref(), &job.projects, &job.existing),
+            };
+            let _ = job.reply.send(result);
+        }
+        if !checkpoint_asked.is_empty() || checkpoint.events >= CHECKPOINT_EVENTS {
+            drain();
+            let result = checkpoint.take(&storage);
+            for reply in checkpoint_asked.drain(..) {
+                let _ = reply.send(result.clone());
+            }
         }
     }
     drop(applier);
@@ -277,6 +306,37 @@ fn run_writer(
     }
     if let Err(err) = storage.sync() {
         tracing::error!(error = %err, "final sync failed");
+    }
+    // A clean stop leaves a checkpoint of everything, so the next start replays nothing.
+    if let Err(err) = checkpoint.take(&storage) {
+        tracing::error!(error = %err, "final checkpoint failed; the next start replays the log");
+    }
+}
+
+/// The writer's checkpoint state: the position of the last one and the events stored since.
+struct Checkpoints {
+    checkpointer: Option<Checkpointer>,
+    last: Option<crate::storage::LogPosition>,
+    events: u64,
+}
+
+impl Checkpoints {
+    /// Takes a checkpoint if the log moved since the last one (the applier drained).
+    fn take(&mut self, storage: &Arc<dyn Storage>) -> Result<()> {
+        let Some(checkpointer) = &self.checkpointer else {
+            return Ok(());
+        };
+        if self.last.as_ref() == Some(&storage.log_position()?) {
+            return Ok(());
+        }
+        checkpointer.run()?;
+        self.done(storage);
+        Ok(())
+    }
+
+    fn done(&mut self, storage: &Arc<dyn Storage>) {
+        self.last = storage.log_position().ok();
+        self.events = 0;
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! Columns made by `Column::memory` (the default, and every test table) are plain `Vec`s.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,10 +21,20 @@ use bytemuck::Pod;
 use memmap2::MmapMut;
 
 /// A directory whose files back columns, with a counter naming new files.
+///
+/// A scratch space's files live only as long as their columns. A durable space's files are
+/// what checkpoints list (`store::segment`): a file the last checkpoint lists stays when its
+/// column goes (a restart needs it) until the next checkpoint no longer lists it.
 #[derive(Debug)]
 pub struct ColumnSpace {
     dir: PathBuf,
     next: AtomicU64,
+    durable: bool,
+    /// Files the last checkpoint lists (durable spaces only).
+    pinned: parking_lot::Mutex<HashSet<String>>,
+    /// Where columns derived from this space's (the person order) go: they are rebuilt, never
+    /// listed, so a durable space sends them to a scratch one.
+    derived: Option<Arc<ColumnSpace>>,
 }
 
 impl ColumnSpace {
@@ -34,17 +45,141 @@ impl ColumnSpace {
             std::fs::remove_dir_all(dir)?;
         }
         std::fs::create_dir_all(dir)?;
-        Ok(Arc::new(ColumnSpace { dir: dir.to_owned(), next: AtomicU64::new(0) }))
+        Ok(Arc::new(ColumnSpace {
+            dir: dir.to_owned(),
+            next: AtomicU64::new(0),
+            durable: false,
+            pinned: Default::default(),
+            derived: None,
+        }))
     }
 
-    /// A new empty column backed by a new file of this space.
-    pub fn column<T: Pod>(self: &Arc<Self>) -> Column<T> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{n}.col"));
-        match FileColumn::create(&path) {
-            Ok(file) => Column { len: 0, backing: Backing::File(file), space: Some(Arc::clone(self)) },
-            Err(err) => fatal("cannot create", &path, &err),
+    /// Uses `dir` (created when missing) for checkpointed column files, numbering new ones after
+    /// those already there; derived columns go to `derived`.
+    pub fn durable(dir: &Path, derived: Arc<ColumnSpace>) -> std::io::Result<Arc<ColumnSpace>> {
+        std::fs::create_dir_all(dir)?;
+        let mut next = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            if let Some(n) = name.to_str().and_then(number_of) {
+                next = next.max(n + 1);
+            }
         }
+        Ok(Arc::new(ColumnSpace {
+            dir: dir.to_owned(),
+            next: AtomicU64::new(next),
+            durable: true,
+            pinned: Default::default(),
+            derived: Some(derived),
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new file name in this space, `<n>.<extension>`.
+    pub fn new_name(&self, extension: &str) -> String {
+        format!("{}.{extension}", self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The space for columns derived from this one's.
+    pub fn derived(self: &Arc<Self>) -> Arc<ColumnSpace> {
+        self.derived.clone().unwrap_or_else(|| Arc::clone(self))
+    }
+
+    /// A new empty column backed by a new file of this space (a column that cannot get one
+    /// stops the process, see `fatal`).
+    pub fn column<T: Pod>(self: &Arc<Self>) -> Column<T> {
+        self.try_column().unwrap_or_else(|(path, err)| fatal("cannot create", &path, &err))
+    }
+
+    /// `column`, failing instead of stopping (for checkpoints, which can report it).
+    pub fn try_column<T: Pod>(self: &Arc<Self>) -> Result<Column<T>, (PathBuf, std::io::Error)> {
+        let name = self.new_name("col");
+        let path = self.dir.join(&name);
+        match FileColumn::create(&path) {
+            Ok(()) => Ok(Column {
+                len: 0,
+                backing: Backing::File(FileColumn {
+                    path,
+                    name,
+                    map: None,
+                    capacity_bytes: 0,
+                    space: Arc::clone(self),
+                }),
+                space: Some(Arc::clone(self)),
+            }),
+            Err(err) => Err((path, err)),
+        }
+    }
+
+    /// The column a checkpoint listed: file `name`, its first `len` values.
+    pub fn open<T: Pod>(self: &Arc<Self>, name: &str, len: usize) -> std::io::Result<Column<T>> {
+        let path = self.dir.join(name);
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let capacity_bytes = file.metadata()?.len() as usize;
+        if capacity_bytes < len * size_of::<T>() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} holds {capacity_bytes} bytes, fewer than the {len} values listed", path.display()),
+            ));
+        }
+        // SAFETY: as in `FileColumn::grow_to`: files of this space are opened by this process only.
+        let map = if capacity_bytes == 0 { None } else { Some(unsafe { MmapMut::map_mut(&file)? }) };
+        Ok(Column {
+            len,
+            backing: Backing::File(FileColumn {
+                path,
+                name: name.to_owned(),
+                map,
+                capacity_bytes,
+                space: Arc::clone(self),
+            }),
+            space: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Records the files a new checkpoint lists, and removes those the previous one listed
+    /// and this one does not (no column holds them any more: a checkpoint lists every live
+    /// column of the space).
+    pub fn pin(&self, listed: HashSet<String>) -> std::io::Result<()> {
+        let previous = std::mem::replace(&mut *self.pinned.lock(), listed.clone());
+        for name in previous.difference(&listed) {
+            remove_if_present(&self.dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// At start: removes every numbered file (`<n>.<ext>`, the names this space gives) the
+    /// checkpoint does not list (left by a crash), and pins the listed ones. Other files (the
+    /// manifest) are not the space's to remove.
+    pub fn keep_only(&self, listed: HashSet<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if number_of(&name).is_some() && !listed.contains(&name) {
+                remove_if_present(&entry.path())?;
+            }
+        }
+        *self.pinned.lock() = listed;
+        Ok(())
+    }
+}
+
+/// The number of a file name this space gives (`<n>.<ext>`).
+fn number_of(name: &str) -> Option<u64> {
+    let (number, extension) = name.split_once('.')?;
+    if extension.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.parse().ok()
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
     }
 }
 
@@ -64,16 +199,17 @@ const MAX_GROWTH_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 struct FileColumn {
     path: PathBuf,
+    name: String,
     map: Option<MmapMut>,
     capacity_bytes: usize,
+    space: Arc<ColumnSpace>,
 }
 
 impl FileColumn {
     /// The file is opened only to grow it: the map alone keeps the data, so thousands of
     /// columns hold no file descriptors.
-    fn create(path: &Path) -> std::io::Result<FileColumn> {
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-        Ok(FileColumn { path: path.to_owned(), map: None, capacity_bytes: 0 })
+    fn create(path: &Path) -> std::io::Result<()> {
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(drop)
     }
 
     fn grow_to(&mut self, bytes: usize) {
@@ -115,7 +251,10 @@ impl FileColumn {
 impl Drop for FileColumn {
     fn drop(&mut self) {
         self.map = None;
-        // A leftover is harmless: the space is emptied at the next start.
+        if self.space.durable && self.space.pinned.lock().contains(&self.name) {
+            return;
+        }
+        // A leftover is harmless: scratch spaces are emptied, durable ones tidied, at start.
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -172,6 +311,31 @@ impl<T: Pod> Column<T> {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The file's name in its space (none for a column in memory).
+    pub fn file_name(&self) -> Option<&str> {
+        match &self.backing {
+            Backing::File(file) => Some(&file.name),
+            Backing::Memory(_) => None,
+        }
+    }
+
+    /// Makes the values written so far durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        if let Backing::File(file) = &self.backing {
+            if let Some(map) = &file.map {
+                map.flush()?;
+            }
+            // The size that growing set is file metadata: fsync it too.
+            std::fs::File::open(&file.path)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// A checksum of the values (not of the unused capacity after them).
+    pub fn checksum(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(self.as_slice()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -283,6 +447,31 @@ impl<T: Pod + PartialEq> PartialEq for Column<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durable_spaces_keep_listed_and_foreign_files_and_number_after_the_highest() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["3.col", "7.state", "9.col", "MANIFEST", "notes.txt"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
+        let space = ColumnSpace::durable(dir.path(), scratch).unwrap();
+        space.keep_only(["3.col".to_owned(), "7.state".to_owned()].into()).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["3.col", "7.state", "MANIFEST", "notes.txt", "scratch"]);
+        assert_eq!(space.new_name("col"), "10.col");
+        // A pinned file outlives its column; an unpinned one goes with it.
+        let listed: Column<u32> = space.open("3.col", 0).unwrap();
+        let mut unlisted: Column<u32> = space.column();
+        unlisted.push(1);
+        let unlisted_name = unlisted.file_name().unwrap().to_owned();
+        drop((listed, unlisted));
+        assert!(dir.path().join("3.col").exists() && !dir.path().join(unlisted_name).exists());
+        space.pin(HashSet::new()).unwrap();
+        assert!(!dir.path().join("3.col").exists() && !dir.path().join("7.state").exists());
+    }
 
     #[test]
     fn file_columns_read_like_vecs_and_grow_across_maps() {

@@ -5,6 +5,7 @@
 pub mod column;
 pub mod person_order;
 pub mod record;
+pub mod segment;
 pub mod table;
 pub mod trait_groups;
 pub mod traits;
@@ -80,13 +81,7 @@ impl ProjectData {
                     self.quarantine.remove(id);
                 }
             }
-            LogRecord::ManualValues { metric_key, values, .. } => {
-                let stored = self.manual.entry(metric_key.clone()).or_default();
-                for value in values {
-                    let key = (value.timestamp, format!("{:?}", value.dimensions));
-                    stored.insert(key, value.clone());
-                }
-            }
+            LogRecord::ManualValues { metric_key, values, .. } => self.add_manual(metric_key, values),
             LogRecord::ManualCleared { metric_key, .. } => {
                 self.manual.remove(metric_key);
             }
@@ -99,6 +94,34 @@ impl ProjectData {
                 *self.needs_compaction.get_mut() = true;
             }
             LogRecord::SeenIds { keys, .. } => self.erased_keys.extend_from_slice(keys),
+        }
+    }
+
+    /// The same data rebuilt from `checkpoint`'s records into new columns and interners, which
+    /// hold nothing deleted or expired (compaction swaps it in).
+    pub fn rebuilt(
+        &self,
+        project: &str,
+        space: &std::sync::Arc<column::ColumnSpace>,
+    ) -> crate::error::Result<ProjectData> {
+        let mut fresh = ProjectData::in_space(Some(space));
+        self.checkpoint(project, &mut |record| {
+            fresh.apply(&record, &[]);
+            Ok(())
+        })?;
+        fresh.compact();
+        // Caches keyed by the generation (readouts) must not take the new rows for old ones.
+        fresh.table.generation = self.table.generation + 1;
+        Ok(fresh)
+    }
+
+    /// Stores values of a MANUAL metric; one with the timestamp and dimensions of an earlier
+    /// one replaces it.
+    pub(crate) fn add_manual(&mut self, metric_key: &str, values: &[ManualValue]) {
+        let stored = self.manual.entry(metric_key.to_owned()).or_default();
+        for value in values {
+            let key = (value.timestamp, format!("{:?}", value.dimensions));
+            stored.insert(key, value.clone());
         }
     }
 

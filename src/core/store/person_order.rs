@@ -113,7 +113,8 @@ impl PersonEvents<'_> {
 
 impl PersonOrder {
     pub fn build(table: &EventTable) -> PersonOrder {
-        let space = table.space();
+        let derived = table.space().map(|space| space.derived());
+        let space = derived.as_ref();
         let n = table.len();
         // Group rows by canonical person (a counting sort: people ascending, rows in arrival
         // order within each), then sort each person's rows by (time, row).
@@ -172,7 +173,8 @@ impl PersonOrder {
 
     /// Fills `by_name` from the sorted columns.
     fn index_names(&mut self, table: &EventTable) {
-        let space = table.space();
+        let derived = table.space().map(|space| space.derived());
+        let space = derived.as_ref();
         let mut counts = vec![0usize; table.names().len()];
         for &name in self.names.iter() {
             counts[name as usize] += 1;

@@ -29,8 +29,8 @@ pub const MAX_PROPERTIES: usize = (u32::MAX as usize) / PROP_BLOCK;
 /// string twice with two allocations.
 #[derive(Debug, Default)]
 pub struct Interner {
-    bytes: Column<u8>,
-    ends: Column<u64>,
+    pub(in crate::core::store) bytes: Column<u8>,
+    pub(in crate::core::store) ends: Column<u64>,
     index: hashbrown::HashTable<u32>,
 }
 
@@ -53,6 +53,32 @@ impl Interner {
         let Interner { bytes, ends, index } = self;
         index.insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
         id
+    }
+
+    /// Rebuilds the lookup table from the string columns (after loading them from a
+    /// checkpoint), checking that they hold whole strings.
+    pub(in crate::core::store) fn rebuild_index(&mut self) -> Result<(), String> {
+        let mut start = 0u64;
+        for (id, &end) in self.ends.iter().enumerate() {
+            if end < start || end > self.bytes.len() as u64 {
+                return Err(format!("string {id} ends at {end}, outside {start}..{}", self.bytes.len()));
+            }
+            if std::str::from_utf8(&self.bytes[start as usize..end as usize]).is_err() {
+                return Err(format!("string {id} is not UTF-8"));
+            }
+            start = end;
+        }
+        let Interner { bytes, ends, index } = self;
+        index.clear();
+        index.reserve(ends.len(), |&id| hash_str(resolve(bytes, ends, id)));
+        for id in 0..ends.len() as u32 {
+            let s = resolve(bytes, ends, id);
+            if index.find(hash_str(s), |&other| resolve(bytes, ends, other) == s).is_some() {
+                return Err(format!("string {id} is stored twice"));
+            }
+            index.insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
+        }
+        Ok(())
     }
 
     pub fn get(&self, s: &str) -> Option<u32> {
@@ -212,6 +238,50 @@ impl EventTable {
             space: Some(space),
             ..EventTable::default()
         }
+    }
+
+    /// Checks the invariants the columns and the per-person arrays share (after loading a
+    /// checkpoint), so that a bad file is an error at start, not a panic in a query.
+    pub(in crate::core::store) fn check_consistent(&self) -> Result<(), String> {
+        let n = self.len();
+        let rows = [
+            ("person", self.person.len()),
+            ("anonymous", self.anonymous.len()),
+            ("name", self.name.len()),
+            ("previous_row", self.previous_row.len()),
+            ("prop_end", self.prop_end.len()),
+            ("id_end", self.id_end.len()),
+        ];
+        if let Some((column, len)) = rows.iter().find(|(_, len)| *len != n) {
+            return Err(format!("column {column} has {len} rows, time has {n}"));
+        }
+        let people = self.people.len();
+        if self.canonical.len() != people || self.is_user.len() != people || self.last_row.len() != people {
+            return Err(format!("per-person arrays disagree with the {people} people"));
+        }
+        if self.prop_block_start.len() != n.div_ceil(PROP_BLOCK) || self.name_counts.len() > self.names.len() {
+            return Err("property blocks or name counts disagree with the rows".into());
+        }
+        let person_ok = |p: u32| p == NONE || (p as usize) < people;
+        if !self.person.iter().all(|&p| p != NONE && (p as usize) < people)
+            || !self.anonymous.iter().all(|&p| person_ok(p))
+            || !self.canonical.iter().all(|&p| (p as usize) < people)
+            || !self.name.iter().all(|&name| (name as usize) < self.name_counts.len())
+            || !self
+                .previous_row
+                .iter()
+                .enumerate()
+                .all(|(row, &previous)| previous == NONE || (previous as usize) < row)
+            || !self.last_row.iter().all(|&row| row == NONE || (row as usize) < n)
+        {
+            return Err("a row names a person, name or row that does not exist".into());
+        }
+        let props_end = if n == 0 { 0 } else { self.prop_end_of(n - 1) };
+        let ids_end = self.id_end.last().copied().unwrap_or(0);
+        if props_end > self.props.len() || ids_end > self.id_bytes.len() as u64 {
+            return Err("property or event id offsets run past their columns".into());
+        }
+        Ok(())
     }
 
     /// Where derived columns (the person order) should live: beside the table's.

@@ -1,0 +1,328 @@
+//! Checkpoints: a project's data as files, so a restart maps them instead of replaying the log.
+//!
+//! A checkpoint lists, per project, its column files (each with its length and a checksum of
+//! the values) and one state file (everything small: interner lookups are rebuilt from their
+//! columns, the rest is serialized), and the dedupe set's sorted keys, with the log position
+//! it covers. Columns are append-only, so a file a checkpoint lists is never changed in its
+//! listed prefix afterwards: later appends go past it, and compaction writes new files. The
+//! manifest is written last (temporary file, fsync, rename, fsync of the directory), so a
+//! crash leaves either the old checkpoint or the new one, each with all its files.
+//!
+//! At start the engine opens the files the manifest lists, checks every checksum (a bad file is
+//! an error naming it: the server refuses to start rather than answer wrong), and replays only
+//! the log records after the checkpoint's position.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use serde::{Deserialize, Serialize};
+
+use crate::core::model::{ManualValue, Micros, QuarantinedEvent, Value};
+use crate::core::store::ProjectData;
+use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::table::EventTable;
+use crate::error::{Error, Result};
+
+pub const MANIFEST: &str = "MANIFEST";
+const MANIFEST_VERSION: u32 = 1;
+
+/// What a checkpoint holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    /// The log database (`Storage::log_position`) and the first sequence number after the
+    /// checkpoint: records from there on are replayed. In another database (a compaction
+    /// switched after the checkpoint), every record is after it.
+    pub log_db: String,
+    pub log_seq: u64,
+    pub projects: BTreeMap<String, ProjectFiles>,
+    pub seen: ColumnRef,
+    pub seen_starts: ColumnRef,
+}
+
+/// A column file, how many values of it the checkpoint covers, and their checksum.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnRef {
+    pub file: String,
+    pub len: u64,
+    /// The values' bytes (`len` times the value size): what the checksum covers.
+    pub bytes: u64,
+    pub checksum: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectFiles {
+    pub columns: BTreeMap<String, ColumnRef>,
+    pub state: String,
+    pub state_checksum: u64,
+}
+
+impl Manifest {
+    /// Every file the manifest lists.
+    pub fn files(&self) -> HashSet<String> {
+        let mut files: HashSet<String> = [self.seen.file.clone(), self.seen_starts.file.clone()].into();
+        for project in self.projects.values() {
+            files.insert(project.state.clone());
+            files.extend(project.columns.values().map(|c| c.file.clone()));
+        }
+        files
+    }
+
+    pub fn read(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join(MANIFEST);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(file_error("cannot read", &path, err)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Storage(format!("{} is not a valid manifest: {e}", path.display())))?;
+        if manifest.version != MANIFEST_VERSION {
+            return Err(Error::Storage(format!("{} has unknown version {}", path.display(), manifest.version)));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Writes the manifest atomically and durably.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let temporary = dir.join("MANIFEST.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
+        write_durably(&temporary, &bytes)?;
+        std::fs::rename(&temporary, dir.join(MANIFEST)).map_err(|e| file_error("cannot rename", &temporary, e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| file_error("cannot sync", dir, e))
+    }
+}
+
+pub(crate) fn file_error(what: &str, path: &Path, err: std::io::Error) -> Error {
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        return Error::exhausted("storage", format!("the disk is full: {what} {}: {err}", path.display()));
+    }
+    Error::Storage(format!("{what} {}: {err}", path.display()))
+}
+
+/// Bytes of every file under `path` (none when it does not exist).
+pub fn dir_bytes(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(file_error("cannot list", path, err)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| file_error("cannot list", path, e))?;
+        let meta = entry.metadata().map_err(|e| file_error("cannot stat", &entry.path(), e))?;
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = std::fs::File::create(path).map_err(|e| file_error("cannot create", path, e))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| file_error("cannot write", path, e))
+}
+
+/// Syncs a column and describes it for the manifest.
+pub fn save_column<T: Pod>(column: &Column<T>, space: &ColumnSpace) -> Result<ColumnRef> {
+    let file = column.file_name().ok_or_else(|| Error::Internal("checkpoint of a column in memory".into()))?;
+    column.sync().map_err(|e| file_error("cannot sync", &space.dir().join(file), e))?;
+    Ok(ColumnRef {
+        file: file.to_owned(),
+        len: column.len() as u64,
+        bytes: std::mem::size_of_val(column.as_slice()) as u64,
+        checksum: column.checksum(),
+    })
+}
+
+/// Opens a listed column and checks its values against the checksum.
+pub fn open_column<T: Pod>(space: &Arc<ColumnSpace>, listed: &ColumnRef) -> Result<Column<T>> {
+    let path = space.dir().join(&listed.file);
+    let column =
+        space.open::<T>(&listed.file, listed.len as usize).map_err(|e| file_error("cannot open column", &path, e))?;
+    if column.checksum() != listed.checksum {
+        return Err(Error::Storage(format!(
+            "{} is corrupt: its checksum differs from the manifest's; restore the data directory from a backup",
+            path.display()
+        )));
+    }
+    Ok(column)
+}
+
+impl Manifest {
+    /// Checks every listed file against its checksum without opening it as a column (for
+    /// `sextant check`); the first bad one is the error. Returns how many files were checked.
+    pub fn verify(&self, dir: &Path) -> Result<usize> {
+        let corrupt = |file: &str, why: &str| {
+            Error::Storage(format!(
+                "{} is corrupt ({why}); restore the data directory from a backup",
+                dir.join(file).display()
+            ))
+        };
+        let mut columns: Vec<&ColumnRef> = vec![&self.seen, &self.seen_starts];
+        let mut checked = 0;
+        for project in self.projects.values() {
+            columns.extend(project.columns.values());
+            let path = dir.join(&project.state);
+            let bytes = std::fs::read(&path).map_err(|e| file_error("cannot read", &path, e))?;
+            if xxhash_rust::xxh3::xxh3_64(&bytes) != project.state_checksum {
+                return Err(corrupt(&project.state, "checksum differs from the manifest's"));
+            }
+            checked += 1;
+        }
+        for column in columns {
+            let path = dir.join(&column.file);
+            let mut bytes = std::fs::read(&path).map_err(|e| file_error("cannot read", &path, e))?;
+            if (bytes.len() as u64) < column.bytes {
+                return Err(corrupt(&column.file, "shorter than the manifest lists"));
+            }
+            bytes.truncate(column.bytes as usize);
+            if xxhash_rust::xxh3::xxh3_64(&bytes) != column.checksum {
+                return Err(corrupt(&column.file, "checksum differs from the manifest's"));
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+}
+
+/// The small part of a project's data, serialized whole at each checkpoint.
+#[derive(Serialize, Deserialize)]
+struct ProjectState {
+    canonical: Vec<u32>,
+    is_user: Vec<bool>,
+    aliases: Vec<(u32, Vec<u32>)>,
+    last_row: Vec<u32>,
+    name_counts: Vec<u64>,
+    prop_block_start: Vec<u64>,
+    min_time: Option<Micros>,
+    max_time: Option<Micros>,
+    generation: u64,
+    traits: Vec<(u32, Vec<(String, Value)>)>,
+    quarantine: Vec<QuarantinedEvent>,
+    manual: Vec<(String, Vec<ManualValue>)>,
+    erased_keys: Vec<u128>,
+    needs_compaction: bool,
+}
+
+/// Applies `$visit!(name, field)` to every row column and interner column of a table, so that
+/// saving and loading list the same columns.
+macro_rules! table_columns {
+    ($table:expr, $visit:ident) => {
+        $visit!("person", $table.person);
+        $visit!("anonymous", $table.anonymous);
+        $visit!("time", $table.time);
+        $visit!("name", $table.name);
+        $visit!("previous_row", $table.previous_row);
+        $visit!("prop_end", $table.prop_end);
+        $visit!("props", $table.props);
+        $visit!("id_end", $table.id_end);
+        $visit!("id_bytes", $table.id_bytes);
+        $visit!("names.bytes", $table.names.bytes);
+        $visit!("names.ends", $table.names.ends);
+        $visit!("keys.bytes", $table.keys.bytes);
+        $visit!("keys.ends", $table.keys.ends);
+        $visit!("strings.bytes", $table.strings.bytes);
+        $visit!("strings.ends", $table.strings.ends);
+        $visit!("people.bytes", $table.people.bytes);
+        $visit!("people.ends", $table.people.ends);
+    };
+}
+
+impl ProjectData {
+    /// Writes this project's checkpoint files (its columns synced in place, a new state file)
+    /// and describes them. The caller holds the project so nothing changes meanwhile.
+    pub fn save(&self, space: &Arc<ColumnSpace>) -> Result<ProjectFiles> {
+        let table = &self.table;
+        let mut columns = BTreeMap::new();
+        macro_rules! save {
+            ($name:expr, $column:expr) => {
+                columns.insert($name.to_owned(), save_column(&$column, space)?);
+            };
+        }
+        table_columns!(table, save);
+        let mut aliases: Vec<(u32, Vec<u32>)> = table.aliases.iter().map(|(&u, a)| (u, a.clone())).collect();
+        aliases.sort_unstable();
+        let mut manual: Vec<(String, Vec<ManualValue>)> =
+            self.manual.iter().map(|(key, values)| (key.clone(), values.values().cloned().collect())).collect();
+        manual.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let state = ProjectState {
+            canonical: table.canonical.clone(),
+            is_user: table.is_user.clone(),
+            aliases,
+            last_row: table.last_row.clone(),
+            name_counts: table.name_counts.clone(),
+            prop_block_start: table.prop_block_start.clone(),
+            min_time: table.min_time,
+            max_time: table.max_time,
+            generation: table.generation,
+            traits: self.traits.users(),
+            quarantine: self.quarantine.values().cloned().collect(),
+            manual,
+            erased_keys: self.erased_keys.clone(),
+            needs_compaction: self.needs_compaction.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let bytes = bincode::serialize(&state).map_err(|e| Error::Internal(format!("checkpoint state: {e}")))?;
+        let bytes = lz4_flex::compress_prepend_size(&bytes);
+        let name = space.new_name("state");
+        write_durably(&space.dir().join(&name), &bytes)?;
+        Ok(ProjectFiles { columns, state: name, state_checksum: xxhash_rust::xxh3::xxh3_64(&bytes) })
+    }
+
+    /// The project a checkpoint saved, its columns mapped from their files.
+    pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
+        let path = space.dir().join(&files.state);
+        let bytes = std::fs::read(&path).map_err(|e| file_error("cannot read", &path, e))?;
+        if xxhash_rust::xxh3::xxh3_64(&bytes) != files.state_checksum {
+            return Err(Error::Storage(format!(
+                "{} is corrupt: its checksum differs from the manifest's; restore the data directory from a backup",
+                path.display()
+            )));
+        }
+        let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
+        let bytes = lz4_flex::decompress_size_prepended(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let state: ProjectState = bincode::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut table = EventTable::in_space(space.clone());
+        macro_rules! load {
+            ($name:expr, $column:expr) => {
+                let listed = files
+                    .columns
+                    .get($name)
+                    .ok_or_else(|| Error::Storage(format!("the manifest lists no column {}", $name)))?;
+                $column = open_column(space, listed)?;
+            };
+        }
+        table_columns!(table, load);
+        for interner in [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people] {
+            interner.rebuild_index().map_err(|e| Error::Storage(format!("a checkpointed interner is corrupt: {e}")))?;
+        }
+        table.canonical = state.canonical;
+        table.is_user = state.is_user;
+        table.aliases = state.aliases.into_iter().collect();
+        table.last_row = state.last_row;
+        table.name_counts = state.name_counts;
+        table.prop_block_start = state.prop_block_start;
+        table.min_time = state.min_time;
+        table.max_time = state.max_time;
+        table.generation = state.generation;
+        table.check_consistent().map_err(corrupt)?;
+        let mut data = ProjectData { table, ..ProjectData::default() };
+        for (person, traits) in state.traits {
+            let update = crate::core::model::UserUpdate {
+                user_id: String::new(),
+                set: traits,
+                set_once: Vec::new(),
+                unset: Vec::new(),
+            };
+            data.traits.update(person, &update);
+        }
+        data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
+        for (metric_key, values) in state.manual {
+            data.add_manual(&metric_key, &values);
+        }
+        data.erased_keys = state.erased_keys;
+        *data.needs_compaction.get_mut() = state.needs_compaction;
+        Ok(data)
+    }
+}
