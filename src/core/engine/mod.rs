@@ -140,6 +140,9 @@ impl Engine {
             Some(space) => Manifest::read(space.dir())?,
             None => None,
         };
+        if let (Some(space), Some(manifest)) = (&columns, &manifest) {
+            manifest.verify(space.dir())?;
+        }
         if let Some(space) = &columns {
             // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
             let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();

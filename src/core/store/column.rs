@@ -109,6 +109,7 @@ impl ColumnSpace {
                     space: Arc::clone(self),
                 }),
                 space: Some(Arc::clone(self)),
+                full_blocks: Default::default(),
             }),
             Err(err) => Err((path, err)),
         }
@@ -137,6 +138,7 @@ impl ColumnSpace {
                 space: Arc::clone(self),
             }),
             space: Some(Arc::clone(self)),
+            full_blocks: Default::default(),
         })
     }
 
@@ -286,6 +288,17 @@ pub struct Column<T: Pod> {
     backing: Backing<T>,
     /// Where a `fresh` column of the same kind goes.
     space: Option<Arc<ColumnSpace>>,
+    /// Checksums of the full `CHECKSUM_BLOCK`s hashed so far (values are appended, never
+    /// changed, in durable columns; a mutable borrow forgets them).
+    full_blocks: parking_lot::Mutex<Vec<u64>>,
+}
+
+/// Bytes per checksummed block of a column: a checkpoint hashes only the blocks that are new.
+pub const CHECKSUM_BLOCK: usize = 4 << 20;
+
+/// The checksum of each `CHECKSUM_BLOCK` of `bytes` (the last one possibly shorter).
+pub fn block_checksums(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks(CHECKSUM_BLOCK).map(xxhash_rust::xxh3::xxh3_64).collect()
 }
 
 impl<T: Pod> Default for Column<T> {
@@ -296,7 +309,7 @@ impl<T: Pod> Default for Column<T> {
 
 impl<T: Pod> Column<T> {
     pub fn memory() -> Column<T> {
-        Column { len: 0, backing: Backing::Memory(Vec::new()), space: None }
+        Column { len: 0, backing: Backing::Memory(Vec::new()), space: None, full_blocks: Default::default() }
     }
 
     /// A column in `space` when there is one, else in memory.
@@ -333,9 +346,28 @@ impl<T: Pod> Column<T> {
         Ok(())
     }
 
-    /// A checksum of the values (not of the unused capacity after them).
-    pub fn checksum(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(self.as_slice()))
+    /// The checksums of the values' bytes by `CHECKSUM_BLOCK` (not of the unused capacity
+    /// after them); full blocks are hashed once and remembered.
+    pub fn checksums(&self) -> Vec<u64> {
+        let bytes: &[u8] = bytemuck::cast_slice(self.as_slice());
+        let full = bytes.len() / CHECKSUM_BLOCK;
+        let mut known = self.full_blocks.lock();
+        known.truncate(full);
+        while known.len() < full {
+            let at = known.len() * CHECKSUM_BLOCK;
+            known.push(xxhash_rust::xxh3::xxh3_64(&bytes[at..at + CHECKSUM_BLOCK]));
+        }
+        let mut sums = known.clone();
+        if bytes.len() > full * CHECKSUM_BLOCK {
+            sums.push(xxhash_rust::xxh3::xxh3_64(&bytes[full * CHECKSUM_BLOCK..]));
+        }
+        sums
+    }
+
+    /// Takes `sums` (checked against the file already) as this column's block checksums.
+    pub fn assume_checksums(&self, sums: &[u64]) {
+        let full = std::mem::size_of_val(self.as_slice()) / CHECKSUM_BLOCK;
+        *self.full_blocks.lock() = sums[..full.min(sums.len())].to_vec();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -352,6 +384,7 @@ impl<T: Pod> Column<T> {
 
     /// Extends the column to `len` values, the new ones all zero bytes.
     pub fn resize_zeroed(&mut self, len: usize) {
+        self.full_blocks.get_mut().clear();
         match &mut self.backing {
             Backing::Memory(values) => values.resize(len, T::zeroed()),
             Backing::File(file) => {
@@ -390,6 +423,7 @@ impl<T: Pod> Column<T> {
     }
 
     pub fn truncate(&mut self, len: usize) {
+        self.full_blocks.get_mut().clear();
         if let Backing::Memory(values) = &mut self.backing {
             values.truncate(len);
         }
@@ -412,6 +446,7 @@ impl<T: Pod> Column<T> {
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [T] {
+        self.full_blocks.get_mut().clear();
         match &mut self.backing {
             Backing::Memory(values) => values,
             Backing::File(file) => &mut file.values_mut()[..self.len],
@@ -434,7 +469,7 @@ impl<T: Pod> std::ops::DerefMut for Column<T> {
 
 impl<T: Pod> From<Vec<T>> for Column<T> {
     fn from(values: Vec<T>) -> Self {
-        Column { len: values.len(), backing: Backing::Memory(values), space: None }
+        Column { len: values.len(), backing: Backing::Memory(values), space: None, full_blocks: Default::default() }
     }
 }
 
@@ -495,11 +530,21 @@ mod tests {
         assert_eq!(file.last(), Some(&27));
         let fresh = file.fresh();
         assert!(fresh.is_empty());
+        // Block checksums: remembered full blocks agree with hashing the bytes afresh.
+        let mut big: Column<u64> = space.column();
+        big.extend(0..(CHECKSUM_BLOCK as u64 / 8) * 2 + 5);
+        let first = big.checksums();
+        assert_eq!(first.len(), 3);
+        big.extend_from_slice(&[1; 1000]);
+        assert_eq!(big.checksums(), block_checksums(bytemuck::cast_slice(&big[..])));
+        assert_eq!(big.checksums()[..2], first[..2]);
+        big[0] = 99;
+        assert_ne!(big.checksums()[0], first[0], "a mutable borrow forgets the remembered blocks");
         let mut zeroed = fresh;
         zeroed.resize_zeroed(3);
         assert_eq!(&zeroed[..], &[0, 0, 0]);
         // Dropped columns take their files with them.
-        drop((file, zeroed));
+        drop((file, zeroed, big));
         assert_eq!(std::fs::read_dir(dir.path().join("cols")).unwrap().count(), 0);
     }
 }
