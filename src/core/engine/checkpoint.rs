@@ -33,6 +33,9 @@ pub struct Checkpointer {
     pub space: Arc<ColumnSpace>,
     pub storage: Arc<dyn Storage>,
     pub seen: SharedIds,
+    /// The log position the checkpoint loaded at start covers, when nothing came after it:
+    /// no new checkpoint is needed until the log moves.
+    pub covered: Option<crate::storage::LogPosition>,
 }
 
 impl Checkpointer {

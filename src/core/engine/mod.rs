@@ -142,6 +142,7 @@ impl Engine {
         };
         if let (Some(space), Some(manifest)) = (&columns, &manifest) {
             manifest.verify(space.dir())?;
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint files verified");
         }
         if let Some(space) = &columns {
             // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
@@ -208,6 +209,7 @@ impl Engine {
             projects.values().flat_map(|p| p.data.quarantine.keys()).max().map_or(0, |id| id + 1);
         let mut records = 0u64;
         let after = manifest.as_ref().map(|m| LogPosition { db: m.log_db.clone(), seq: m.log_seq });
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint loaded");
         storage.replay(after.as_ref(), &mut |value| {
             let record = decode_record(value)?;
             records += 1;
@@ -260,6 +262,7 @@ impl Engine {
             space: space.clone(),
             storage: storage.clone(),
             seen: seen.clone(),
+            covered: if manifest.is_some() && records == 0 { storage.log_position().ok() } else { None },
         });
         let writer = crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE, checkpointer);
         let sender = writer.sender.clone();

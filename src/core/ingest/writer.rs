@@ -215,7 +215,8 @@ fn run_writer(
         let _ = applier.send(ApplierTask::Barrier(done));
         let _ = applied.recv();
     };
-    let mut checkpoint = Checkpoints { checkpointer: checkpoints, last: None, events: 0 };
+    let last = checkpoints.as_ref().and_then(|c| c.covered.clone());
+    let mut checkpoint = Checkpoints { checkpointer: checkpoints, last, events: 0 };
     let mut compaction = None;
     let mut checkpoint_asked = Vec::new();
     while let Some(first) = receiver.blocking_recv() {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 use serde::{Deserialize, Serialize};
 
-use crate::core::model::{ManualValue, Micros, QuarantinedEvent, Value};
+use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::column::{Column, ColumnSpace};
 use crate::core::store::table::EventTable;
@@ -221,7 +221,7 @@ struct ProjectState {
     min_time: Option<Micros>,
     max_time: Option<Micros>,
     generation: u64,
-    traits: Vec<(u32, Vec<(String, Value)>)>,
+    traits: crate::core::store::traits::TraitsState,
     quarantine: Vec<QuarantinedEvent>,
     manual: Vec<(String, Vec<ManualValue>)>,
     erased_keys: Vec<u128>,
@@ -279,7 +279,7 @@ impl ProjectData {
             min_time: table.min_time,
             max_time: table.max_time,
             generation: table.generation,
-            traits: self.traits.users(),
+            traits: self.traits.state(),
             quarantine: self.quarantine.values().cloned().collect(),
             manual,
             erased_keys: self.erased_keys.clone(),
@@ -330,15 +330,7 @@ impl ProjectData {
         table.generation = state.generation;
         table.check_consistent().map_err(corrupt)?;
         let mut data = ProjectData { table, ..ProjectData::default() };
-        for (person, traits) in state.traits {
-            let update = crate::core::model::UserUpdate {
-                user_id: String::new(),
-                set: traits,
-                set_once: Vec::new(),
-                unset: Vec::new(),
-            };
-            data.traits.update(person, &update);
-        }
+        data.traits = crate::core::store::traits::Traits::from_state(state.traits).map_err(corrupt)?;
         data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
         for (metric_key, values) in state.manual {
             data.add_manual(&metric_key, &values);

@@ -105,6 +105,72 @@ impl Traits {
     }
 }
 
+/// `Traits` as a checkpoint stores it: the interned names and strings, and per user its
+/// (name id, value) pairs as plain bytes, so a restart rebuilds it without a string per trait.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TraitsState {
+    names: Vec<String>,
+    strings: Vec<String>,
+    people: Vec<u32>,
+    counts: Vec<u32>,
+    props: Vec<u8>,
+}
+
+impl Traits {
+    pub fn state(&self) -> TraitsState {
+        let all = |interner: &Interner| (0..interner.len() as u32).map(|id| interner.resolve(id).to_owned()).collect();
+        let mut people: Vec<u32> = self.by_user.keys().copied().collect();
+        people.sort_unstable();
+        let counts = people.iter().map(|p| self.by_user[p].len() as u32).collect();
+        let props: Vec<Prop> = people.iter().flat_map(|p| self.by_user[p].iter().copied()).collect();
+        TraitsState {
+            names: all(&self.names),
+            strings: all(&self.strings),
+            people,
+            counts,
+            props: bytemuck::cast_slice(&props).to_vec(),
+        }
+    }
+
+    /// The traits a checkpoint saved; an error names what does not fit together.
+    pub fn from_state(state: TraitsState) -> Result<Traits, String> {
+        let mut traits = Traits::default();
+        for name in &state.names {
+            traits.names.intern(name);
+        }
+        for s in &state.strings {
+            traits.strings.intern(s);
+        }
+        if traits.names.len() != state.names.len() || traits.strings.len() != state.strings.len() {
+            return Err("trait names or strings repeat".into());
+        }
+        if !state.props.len().is_multiple_of(size_of::<Prop>()) || state.people.len() != state.counts.len() {
+            return Err("trait lists do not fit together".into());
+        }
+        let props: Vec<Prop> = state.props.chunks_exact(size_of::<Prop>()).map(bytemuck::pod_read_unaligned).collect();
+        if state.counts.iter().map(|&c| c as usize).sum::<usize>() != props.len() {
+            return Err("trait counts do not add up".into());
+        }
+        let valid = |p: &Prop| {
+            (p.key as usize) < state.names.len()
+                && match p.value() {
+                    Cell::Str(s) => (s as usize) < state.strings.len(),
+                    _ => true,
+                }
+        };
+        if !props.iter().all(valid) {
+            return Err("a trait names a string that does not exist".into());
+        }
+        traits.by_user.reserve(state.people.len());
+        let mut at = 0;
+        for (&person, &count) in state.people.iter().zip(&state.counts) {
+            traits.by_user.insert(person, props[at..at + count as usize].into());
+            at += count as usize;
+        }
+        Ok(traits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +212,8 @@ mod tests {
         assert_eq!(plans, vec![(1, Value::String("pro".into()))]);
         assert_eq!(traits.values_of("missing").count(), 0);
         assert_eq!(traits.users().len(), 2);
+        let copy = Traits::from_state(traits.state()).unwrap();
+        assert_eq!(copy.users(), traits.users());
         traits.remove(1);
         assert!(!traits.contains(1) && traits.contains(2));
     }
