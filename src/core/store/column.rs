@@ -194,9 +194,9 @@ fn fatal(what: &str, path: &Path, err: &std::io::Error) -> ! {
 }
 
 /// Growth step bounds: start at a page's worth, double, but reserve at most 64 MiB at a time
-/// so a nearly full disk fails late and a small project stays small.
+/// so a nearly full disk fails late and a file holds at most 4 MiB it does not use yet.
 const MIN_GROWTH_BYTES: usize = 4096;
-const MAX_GROWTH_BYTES: usize = 64 << 20;
+const MAX_GROWTH_BYTES: usize = 4 << 20;
 
 #[derive(Debug)]
 struct FileColumn {
