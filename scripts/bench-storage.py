@@ -86,83 +86,85 @@ def main():
     ap.add_argument("--project", default="bench")
     ap.add_argument("--seconds", type=float, default=20, help="how long Track is timed, idle and loaded")
     ap.add_argument("--skip-compact", action="store_true", help="for builds without AdminService.Compact")
+    ap.add_argument("--only-compact", action="store_true", help="only the retention + Compact figures")
     args = ap.parse_args()
     pb = stubs()
     admin_pb = importlib.import_module("sextant.v1.admin_pb2")
     admin_grpc = importlib.import_module("sextant.v1.admin_pb2_grpc")
     ingest_grpc = importlib.import_module("sextant.v1.ingest_pb2_grpc")
 
-    proc, channel, to_port, started = start(args.db)
-    try:
-        calls = list(bench_query.benchmarks(pb, channel, args.project))
-        funnel = next(call for name, call, *_ in calls if "funnel" in name)
-        funnel()
-        first_funnel = time.perf_counter() - started
-        for _, call, *_ in calls:
-            call()
-        rss_after = rss_anon_mib(proc.pid)
-        stats = pb["project"].GetProjectStatsRequest(project=args.project)
-        events = pb["project_grpc"].ProjectServiceStub(channel).GetProjectStats(stats).events
-        print(f"events: {events}")
-        print(f"restart: port open (data consistent) {to_port:.2f} s, first funnel answered {first_funnel:.2f} s")
-        print(f"RssAnon after restart + funnel, retention, daily uniques: {rss_after:.0f} MiB")
-
-        projects = pb["project_grpc"].ProjectServiceStub(channel)
+    if not args.only_compact:
+        proc, channel, to_port, started = start(args.db)
         try:
-            projects.CreateProject(pb["project"].CreateProjectRequest(project=pb["project"].Project(id="writes")))
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise
-        ingest = ingest_grpc.IngestServiceStub(channel)
-        run = f"{time.time_ns()}"
+            calls = list(bench_query.benchmarks(pb, channel, args.project))
+            funnel = next(call for name, call, *_ in calls if "funnel" in name)
+            funnel()
+            first_funnel = time.perf_counter() - started
+            for _, call, *_ in calls:
+                call()
+            rss_after = rss_anon_mib(proc.pid)
+            stats = pb["project"].GetProjectStatsRequest(project=args.project)
+            events = pb["project_grpc"].ProjectServiceStub(channel).GetProjectStats(stats).events
+            print(f"events: {events}")
+            print(f"restart: port open (data consistent) {to_port:.2f} s, first funnel answered {first_funnel:.2f} s")
+            print(f"RssAnon after restart + funnel, retention, daily uniques: {rss_after:.0f} MiB")
 
-        def track_latencies(tag):
-            out = []
-            deadline = time.perf_counter() + args.seconds
-            k = 0
-            while time.perf_counter() < deadline:
-                k += 1
-                request = track_request(pb, "writes", f"{run}-{tag}-{k}", 100)
-                t = time.perf_counter()
-                ingest.Track(request, timeout=600)
-                out.append(time.perf_counter() - t)
-            return out
+            projects = pb["project_grpc"].ProjectServiceStub(channel)
+            try:
+                projects.CreateProject(pb["project"].CreateProjectRequest(project=pb["project"].Project(id="writes")))
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+            ingest = ingest_grpc.IngestServiceStub(channel)
+            run = f"{time.time_ns()}"
 
-        idle = track_latencies("idle")
-        stop_load = threading.Event()
-        queries = [0]
+            def track_latencies(tag):
+                out = []
+                deadline = time.perf_counter() + args.seconds
+                k = 0
+                while time.perf_counter() < deadline:
+                    k += 1
+                    request = track_request(pb, "writes", f"{run}-{tag}-{k}", 100)
+                    t = time.perf_counter()
+                    ingest.Track(request, timeout=600)
+                    out.append(time.perf_counter() - t)
+                return out
 
-        def query_load():
-            # Funnels and retention back to back on the loaded project.
-            heavy = [call for name, call, *_ in calls if "funnel" in name or "retention" in name]
-            while not stop_load.is_set():
-                for call in heavy:
-                    call()
-                    queries[0] += 1
+            idle = track_latencies("idle")
+            stop_load = threading.Event()
+            queries = [0]
 
-        def write_load():
-            k = 0
-            while not stop_load.is_set():
-                ingest.Track(track_request(pb, args.project, f"{run}-load-{k}", 100), timeout=600)
-                k += 1
+            def query_load():
+                # Funnels and retention back to back on the loaded project.
+                heavy = [call for name, call, *_ in calls if "funnel" in name or "retention" in name]
+                while not stop_load.is_set():
+                    for call in heavy:
+                        call()
+                        queries[0] += 1
 
-        workers = [threading.Thread(target=query_load), threading.Thread(target=write_load)]
-        for w in workers:
-            w.start()
-        time.sleep(1)
-        loaded = track_latencies("loaded")
-        stop_load.set()
-        for w in workers:
-            w.join()
-        for label, values in (("idle", idle), ("while the other project is queried and written", loaded)):
-            print(f"Track of 100 events on another project, {label}: p50 {statistics.median(values) * 1000:.1f} ms, "
-                  f"p99 {percentile(values, 99) * 1000:.1f} ms ({len(values)} calls)")
-        print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
-    finally:
-        stop(proc)
+            def write_load():
+                k = 0
+                while not stop_load.is_set():
+                    ingest.Track(track_request(pb, args.project, f"{run}-load-{k}", 100), timeout=600)
+                    k += 1
 
-    size = dir_bytes(args.db)
-    print(f"disk: {size} bytes, {size / events:.1f} bytes per event")
+            workers = [threading.Thread(target=query_load), threading.Thread(target=write_load)]
+            for w in workers:
+                w.start()
+            time.sleep(1)
+            loaded = track_latencies("loaded")
+            stop_load.set()
+            for w in workers:
+                w.join()
+            for label, values in (("idle", idle), ("while the other project is queried and written", loaded)):
+                print(f"Track of 100 events on another project, {label}: p50 {statistics.median(values) * 1000:.1f} ms, "
+                      f"p99 {percentile(values, 99) * 1000:.1f} ms ({len(values)} calls)")
+            print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
+        finally:
+            stop(proc)
+
+        size = dir_bytes(args.db)
+        print(f"disk: {size} bytes, {size / events:.1f} bytes per event")
 
     if args.skip_compact:
         return
@@ -190,7 +192,12 @@ def main():
               f"{reply.bytes_before} -> {reply.bytes_after} bytes ({reply.bytes_after / max(left, 1):.1f} bytes per kept event)")
     finally:
         stop(proc)
-        shutil.rmtree(copy, ignore_errors=True)
+    # Stopped: what stays on disk (the person order's scratch files go with the process).
+    for part in sorted(os.listdir(copy)):
+        path = os.path.join(copy, part)
+        size = dir_bytes(path) if os.path.isdir(path) else os.path.getsize(path)
+        print(f"  after the stop: {part}: {size} bytes ({size / max(left, 1):.1f} per kept event)")
+    shutil.rmtree(copy, ignore_errors=True)
 
 
 if __name__ == "__main__":
