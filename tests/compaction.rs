@@ -37,7 +37,9 @@ fn found_on_disk(dir: &Path, needles: &[&str]) -> Vec<String> {
         let bytes = std::fs::read(&file).unwrap();
         // Checkpointed project states are lz4-compressed: search them decompressed too.
         if file.extension().is_some_and(|e| e == "state") {
-            haystacks.push(lz4_flex::decompress_size_prepended(&bytes).unwrap());
+            let mut state = Vec::new();
+            std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&bytes[..]), &mut state).unwrap();
+            haystacks.push(state);
         }
         haystacks.push(bytes);
     }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 
 /// Leading key bits that pick a range of the sorted column.
 const RANGE_BITS: u32 = 18;
-/// Merge when the recent keys exceed this many and an eighth of the sorted ones.
+/// Merge when the recent keys exceed this many and a sixteenth of the sorted ones.
 const MIN_MERGE: usize = 1 << 20;
 
 /// A hash set of keys (a batch's or a group's).
@@ -96,7 +96,7 @@ impl SeenIds {
 
     /// Whether the recent keys should be merged into the sorted ones now.
     pub fn merge_due(&self) -> bool {
-        self.recent.len() >= MIN_MERGE.max(self.sorted.len() / 8)
+        self.recent.len() >= MIN_MERGE.max(self.sorted.len() / 16)
     }
 
     fn merge_if_due(&mut self) {

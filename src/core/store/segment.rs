@@ -12,6 +12,7 @@
 //! an error naming it: the server refuses to start rather than answer wrong), and replays only
 //! the log records after the checkpoint's position.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
@@ -209,23 +210,42 @@ impl Manifest {
     }
 }
 
-/// The small part of a project's data, serialized whole at each checkpoint.
+/// The small part of a project's data, serialized whole at each checkpoint: borrowed when
+/// saved (no copy of the per-person arrays), owned when loaded.
 #[derive(Serialize, Deserialize)]
-struct ProjectState {
-    canonical: Vec<u32>,
-    is_user: Vec<bool>,
+struct ProjectState<'a> {
+    canonical: Cow<'a, [u32]>,
+    is_user: Cow<'a, [bool]>,
     aliases: Vec<(u32, Vec<u32>)>,
-    last_row: Vec<u32>,
-    name_counts: Vec<u64>,
-    prop_block_start: Vec<u64>,
+    last_row: Cow<'a, [u32]>,
+    name_counts: Cow<'a, [u64]>,
+    prop_block_start: Cow<'a, [u64]>,
     min_time: Option<Micros>,
     max_time: Option<Micros>,
     generation: u64,
     traits: crate::core::store::traits::TraitsState,
     quarantine: Vec<QuarantinedEvent>,
     manual: Vec<(String, Vec<ManualValue>)>,
-    erased_keys: Vec<u128>,
+    erased_keys: Cow<'a, [u128]>,
     needs_compaction: bool,
+}
+
+/// Writes what passes through to `inner`, hashing it.
+struct Hashing<W> {
+    inner: W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Applies `$visit!(name, field)` to every row column and interner column of a table, so that
@@ -270,26 +290,38 @@ impl ProjectData {
             self.manual.iter().map(|(key, values)| (key.clone(), values.values().cloned().collect())).collect();
         manual.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let state = ProjectState {
-            canonical: table.canonical.clone(),
-            is_user: table.is_user.clone(),
+            canonical: Cow::Borrowed(&table.canonical),
+            is_user: Cow::Borrowed(&table.is_user),
             aliases,
-            last_row: table.last_row.clone(),
-            name_counts: table.name_counts.clone(),
-            prop_block_start: table.prop_block_start.clone(),
+            last_row: Cow::Borrowed(&table.last_row),
+            name_counts: Cow::Borrowed(&table.name_counts),
+            prop_block_start: Cow::Borrowed(&table.prop_block_start),
             min_time: table.min_time,
             max_time: table.max_time,
             generation: table.generation,
             traits: self.traits.state(),
             quarantine: self.quarantine.values().cloned().collect(),
             manual,
-            erased_keys: self.erased_keys.clone(),
+            erased_keys: Cow::Borrowed(&self.erased_keys),
             needs_compaction: self.needs_compaction.load(std::sync::atomic::Ordering::Relaxed),
         };
-        let bytes = bincode::serialize(&state).map_err(|e| Error::Internal(format!("checkpoint state: {e}")))?;
-        let bytes = lz4_flex::compress_prepend_size(&bytes);
+        // Streamed through lz4 into the file: no whole copy of the state in memory.
         let name = space.new_name("state");
-        write_durably(&space.dir().join(&name), &bytes)?;
-        Ok(ProjectFiles { columns, state: name, state_checksum: xxhash_rust::xxh3::xxh3_64(&bytes) })
+        let path = space.dir().join(&name);
+        let failed = |e: std::io::Error| file_error("cannot write", &path, e);
+        let file = std::fs::File::create(&path).map_err(|e| file_error("cannot create", &path, e))?;
+        let hashing = Hashing { inner: std::io::BufWriter::new(file), hasher: xxhash_rust::xxh3::Xxh3::new() };
+        let mut encoder = lz4_flex::frame::FrameEncoder::new(hashing);
+        bincode::serialize_into(&mut encoder, &state).map_err(|e| match *e {
+            bincode::ErrorKind::Io(e) => failed(e),
+            e => Error::Internal(format!("checkpoint state: {e}")),
+        })?;
+        let mut hashing = encoder.finish().map_err(|e| failed(e.into()))?;
+        hashing.flush().map_err(failed)?;
+        let checksum = hashing.hasher.digest();
+        let file = hashing.inner.into_inner().map_err(|e| failed(e.into_error()))?;
+        file.sync_all().map_err(failed)?;
+        Ok(ProjectFiles { columns, state: name, state_checksum: checksum })
     }
 
     /// The project a checkpoint saved, its columns mapped from their files.
@@ -303,8 +335,8 @@ impl ProjectData {
             )));
         }
         let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
-        let bytes = lz4_flex::decompress_size_prepended(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let state: ProjectState = bincode::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let state: ProjectState<'static> = bincode::deserialize_from(lz4_flex::frame::FrameDecoder::new(&bytes[..]))
+            .map_err(|e| corrupt(e.to_string()))?;
         let mut table = EventTable::in_space(space.clone());
         macro_rules! load {
             ($name:expr, $column:expr) => {
@@ -319,12 +351,12 @@ impl ProjectData {
         for interner in [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people] {
             interner.rebuild_index().map_err(|e| Error::Storage(format!("a checkpointed interner is corrupt: {e}")))?;
         }
-        table.canonical = state.canonical;
-        table.is_user = state.is_user;
+        table.canonical = state.canonical.into_owned();
+        table.is_user = state.is_user.into_owned();
         table.aliases = state.aliases.into_iter().collect();
-        table.last_row = state.last_row;
-        table.name_counts = state.name_counts;
-        table.prop_block_start = state.prop_block_start;
+        table.last_row = state.last_row.into_owned();
+        table.name_counts = state.name_counts.into_owned();
+        table.prop_block_start = state.prop_block_start.into_owned();
         table.min_time = state.min_time;
         table.max_time = state.max_time;
         table.generation = state.generation;
@@ -335,7 +367,7 @@ impl ProjectData {
         for (metric_key, values) in state.manual {
             data.add_manual(&metric_key, &values);
         }
-        data.erased_keys = state.erased_keys;
+        data.erased_keys = state.erased_keys.into_owned();
         *data.needs_compaction.get_mut() = state.needs_compaction;
         Ok(data)
     }

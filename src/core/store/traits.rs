@@ -122,14 +122,11 @@ impl Traits {
         let mut people: Vec<u32> = self.by_user.keys().copied().collect();
         people.sort_unstable();
         let counts = people.iter().map(|p| self.by_user[p].len() as u32).collect();
-        let props: Vec<Prop> = people.iter().flat_map(|p| self.by_user[p].iter().copied()).collect();
-        TraitsState {
-            names: all(&self.names),
-            strings: all(&self.strings),
-            people,
-            counts,
-            props: bytemuck::cast_slice(&props).to_vec(),
+        let mut props = Vec::with_capacity(self.by_user.values().map(|p| size_of_val(&p[..])).sum());
+        for person in &people {
+            props.extend_from_slice(bytemuck::cast_slice(&self.by_user[person][..]));
         }
+        TraitsState { names: all(&self.names), strings: all(&self.strings), people, counts, props }
     }
 
     /// The traits a checkpoint saved; an error names what does not fit together.
