@@ -335,8 +335,9 @@ impl ProjectData {
             )));
         }
         let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
-        let state: ProjectState<'static> = bincode::deserialize_from(lz4_flex::frame::FrameDecoder::new(&bytes[..]))
-            .map_err(|e| corrupt(e.to_string()))?;
+        // Buffered: bincode reads value by value, and each frame read has a cost.
+        let decoder = std::io::BufReader::with_capacity(1 << 16, lz4_flex::frame::FrameDecoder::new(&bytes[..]));
+        let state: ProjectState<'static> = bincode::deserialize_from(decoder).map_err(|e| corrupt(e.to_string()))?;
         let mut table = EventTable::in_space(space.clone());
         macro_rules! load {
             ($name:expr, $column:expr) => {
@@ -348,9 +349,6 @@ impl ProjectData {
             };
         }
         table_columns!(table, load);
-        for interner in [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people] {
-            interner.rebuild_index().map_err(|e| Error::Storage(format!("a checkpointed interner is corrupt: {e}")))?;
-        }
         table.canonical = state.canonical.into_owned();
         table.is_user = state.is_user.into_owned();
         table.aliases = state.aliases.into_iter().collect();
@@ -360,9 +358,21 @@ impl ProjectData {
         table.min_time = state.min_time;
         table.max_time = state.max_time;
         table.generation = state.generation;
-        table.check_consistent().map_err(corrupt)?;
+        // Rebuilding the interners' lookups and checking the rows, and restoring the traits, are
+        // independent: on two threads.
+        let (checked, traits) = std::thread::scope(|scope| {
+            let traits = scope.spawn(|| crate::core::store::traits::Traits::from_state(state.traits));
+            let checked = (|| {
+                for interner in [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people] {
+                    interner.rebuild_index().map_err(|e| format!("a checkpointed interner is corrupt: {e}"))?;
+                }
+                table.check_consistent()
+            })();
+            (checked, traits.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        });
+        checked.map_err(corrupt)?;
         let mut data = ProjectData { table, ..ProjectData::default() };
-        data.traits = crate::core::store::traits::Traits::from_state(state.traits).map_err(corrupt)?;
+        data.traits = traits.map_err(corrupt)?;
         data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
         for (metric_key, values) in state.manual {
             data.add_manual(&metric_key, &values);

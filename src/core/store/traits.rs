@@ -113,6 +113,7 @@ pub struct TraitsState {
     strings: Vec<String>,
     people: Vec<u32>,
     counts: Vec<u32>,
+    #[serde(with = "serde_bytes")]
     props: Vec<u8>,
 }
 
