@@ -1,7 +1,6 @@
 //! Compaction: rewriting the stored log so that what DeleteUser and data retention removed
 //! leaves the disk, on demand (AdminService.Compact) and in the background.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -54,10 +53,9 @@ impl Engine {
     }
 
     async fn compact_projects(&self, projects: Vec<(String, Arc<ProjectEntry>)>) -> Result<Compacted> {
-        let existing: HashSet<String> = self.projects.read().keys().cloned().collect();
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
         let (reply, answer) = oneshot::channel();
-        let job = CompactJob { projects, existing, reply };
+        let job = CompactJob { projects, reply };
         sender.send(WriterTask::Compact(job)).await.map_err(|_| Error::Unavailable)?;
         let (bytes_before, bytes_after) = answer.await.map_err(|_| Error::Unavailable)??;
         Ok(Compacted { bytes_before, bytes_after })

@@ -7,7 +7,7 @@
 //! later jobs, in order) when the lock frees, so a long query delays only its own project's
 //! acks. The bounded channel is the backpressure: when the writer is behind, senders wait.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::ids::{KeySet, SeenIds};
 use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer};
 use crate::core::engine::{ProjectEntry, ProjectState};
-use crate::core::store::record::{LogRecord, decode_record, encode_record};
+use crate::core::store::record::LogRecord;
 use crate::error::Result;
 use crate::storage::{Encoded, Storage};
 
@@ -49,14 +49,12 @@ pub enum WriterTask {
     Checkpoint(oneshot::Sender<Result<()>>),
 }
 
-/// Rewrites the log so that what the projects deleted or expired leaves the disk (see
-/// `Storage::rewrite_log`). The writer runs it between groups, after every earlier job is
-/// applied, so the projects' data in memory is exactly their durable log.
+/// Rebuilds projects' files so that what they deleted or expired leaves the disk (see
+/// `engine::checkpoint::Checkpointer::compact`). The writer runs it between groups, after
+/// every earlier job is applied, so the projects' data in memory is exactly their durable log.
 pub struct CompactJob {
-    /// The projects to rewrite from their data in memory, by id.
+    /// The projects to rebuild from their data in memory, by id.
     pub projects: Vec<(String, Arc<ProjectEntry>)>,
-    /// Every existing project: records of any other (deleted) project are dropped.
-    pub existing: HashSet<String>,
     /// Answers the data directory's bytes before and after.
     pub reply: oneshot::Sender<Result<(u64, u64)>>,
 }
@@ -289,7 +287,9 @@ fn run_writer(
             drain();
             let result = match &checkpoint.checkpointer {
                 Some(checkpointer) => checkpointer.compact(&job.projects).inspect(|_| checkpoint.done(&storage)),
-                None => compact(storage.as_ref(), &job.projects, &job.existing),
+                None => Err(crate::error::Error::Internal(
+                    "compaction needs a storage with a data directory for column files".into(),
+                )),
             };
             let _ = job.reply.send(result);
         }
@@ -339,42 +339,6 @@ impl Checkpoints {
         self.last = storage.log_position().ok();
         self.events = 0;
     }
-}
-
-/// Rewrites the log: the given projects' records from their data in memory, other existing
-/// projects' records as they are, deleted projects' not at all.
-fn compact(
-    storage: &dyn Storage,
-    projects: &[(String, Arc<ProjectEntry>)],
-    existing: &HashSet<String>,
-) -> Result<(u64, u64)> {
-    let started = Instant::now();
-    let before = storage.bytes_on_disk()?;
-    let rewritten: HashSet<&str> = projects.iter().map(|(id, _)| id.as_str()).collect();
-    let mut keep = |value: &[u8]| -> Result<bool> {
-        let project = decode_record(value)?.project().to_owned();
-        Ok(existing.contains(&project) && !rewritten.contains(project.as_str()))
-    };
-    let mut checkpoints = |put: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
-        for (id, project) in projects {
-            let state = project.read();
-            state.data.checkpoint(id, &mut |record| put(&encode_record(&record)?.0))?;
-        }
-        Ok(())
-    };
-    storage.rewrite_log(&mut keep, &mut checkpoints)?;
-    for (_, project) in projects {
-        project.read().data.needs_compaction.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-    let after = storage.bytes_on_disk()?;
-    tracing::info!(
-        projects = projects.len(),
-        before,
-        after,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "compacted"
-    );
-    Ok((before, after))
 }
 
 /// Undoes `dedupe_in_group` for a job that could not be appended.
