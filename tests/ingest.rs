@@ -380,6 +380,22 @@ async fn timeline_pages_and_export_filters() {
     assert_eq!(violated_fields(&status), vec!["page_token"]);
 }
 
+/// Stands in for a long query on `project`: holds its read lock until the sender is used.
+fn hold_project(server: &TestServer, project: &str) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let engine = server.running.as_ref().unwrap().engine.clone();
+    let project = project.to_owned();
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let entry = engine.project(&project).unwrap();
+        let _guard = entry.read();
+        locked.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    lock_taken.recv().unwrap();
+    (release, holder)
+}
+
 /// A query holding one project's lock must not hold up another project's acks: the writer
 /// hands the busy project's batch to its applier and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,17 +403,7 @@ async fn a_busy_project_does_not_hold_up_another_projects_acks() {
     let server = TestServer::start().await;
     server.create_project("busy").await;
     server.create_project("free").await;
-    let engine = server.running.as_ref().unwrap().engine.clone();
-    // Stands in for a long query on "busy": its read lock, held until told to let go.
-    let (locked, lock_taken) = std::sync::mpsc::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let entry = engine.project("busy").unwrap();
-        let _guard = entry.read();
-        locked.send(()).unwrap();
-        released.recv().unwrap();
-    });
-    lock_taken.recv().unwrap();
+    let (release, holder) = hold_project(&server, "busy");
 
     // The batch for "busy" is validated before the lock is needed, then waits for it.
     let mut busy_ingest = server.ingest();
@@ -480,4 +486,45 @@ async fn a_retry_is_not_acknowledged_before_the_first_copy_is_visible() {
     let retried = retry_b.await.unwrap().unwrap().into_inner();
     assert_eq!((retried.accepted, retried.duplicates), (0, 1));
     assert_eq!(server.export("b").await.len(), 1);
+}
+
+/// A checkpoint asked for while a query holds a project with a batch waiting is put off: other
+/// projects' acks go on meanwhile, and the checkpoint is written once the query ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_waits_for_a_busy_project_without_holding_up_acks() {
+    let server = TestServer::start().await;
+    server.create_project("busy").await;
+    server.create_project("free").await;
+    let (release, holder) = hold_project(&server, "busy");
+    let mut busy_ingest = server.ingest();
+    let busy_track = tokio::spawn(async move {
+        busy_ingest
+            .track(pb::TrackRequest {
+                project: "busy".into(),
+                events: vec![event("b1", "view", "u1", 10)],
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let engine = server.running.as_ref().unwrap().engine.clone();
+    let checkpoint = tokio::spawn(async move { engine.checkpoint().await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let patience = std::time::Duration::from_secs(30);
+    for i in 0..3 {
+        let free =
+            tokio::time::timeout(patience, server.track("free", vec![event(&format!("f{i}"), "view", "u1", 10)]))
+                .await
+                .expect("an ack waited for a checkpoint that waited for another project's query");
+        assert_eq!(free.accepted, 1);
+    }
+    assert!(!checkpoint.is_finished(), "the checkpoint was written while a batch waited for its project");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(busy_track.await.unwrap().unwrap().into_inner().accepted, 1);
+    // The next group (or ask) writes it.
+    assert_eq!(server.track("free", vec![event("f9", "view", "u1", 10)]).await.accepted, 1);
+    tokio::time::timeout(patience, checkpoint).await.expect("the checkpoint was written").unwrap().unwrap();
+    assert_eq!(server.export("busy").await.len(), 1);
+    assert_eq!(server.export("free").await.len(), 4);
 }

@@ -6,6 +6,8 @@
 //! nothing, and one after a crash replays at most what came after the last checkpoint. It
 //! runs between groups with the applier drained, so every project's data in memory is exactly
 //! the log up to the position it records; queries go on meanwhile (it reads the projects).
+//! While a query holds a project that has jobs waiting, the checkpoint is put off to a later
+//! group rather than make the writer wait for the query.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -225,7 +225,7 @@ fn run_writer(
             WriterTask::Compact(job) => compaction = Some(job),
             WriterTask::Checkpoint(reply) => checkpoint_asked.push(reply),
         }
-        while compaction.is_none() && checkpoint_asked.is_empty() && jobs.len() < MAX_GROUP {
+        while compaction.is_none() && jobs.len() < MAX_GROUP {
             match receiver.try_recv() {
                 Ok(WriterTask::Write(job)) => jobs.push(job),
                 Ok(WriterTask::Compact(job)) => compaction = Some(job),
@@ -293,7 +293,10 @@ fn run_writer(
             };
             let _ = job.reply.send(result);
         }
-        if !checkpoint_asked.is_empty() || checkpoint.events >= CHECKPOINT_EVENTS {
+        // A checkpoint waits for no query: while some project's jobs wait for a query to end,
+        // it is put off to a later group, so no project's acks wait behind another's query.
+        let due = !checkpoint_asked.is_empty() || checkpoint.events >= CHECKPOINT_EVENTS;
+        if due && !deferred.lock().values().any(|&waiting| waiting > 0) {
             drain();
             let result = checkpoint.take(&storage);
             for reply in checkpoint_asked.drain(..) {
