@@ -91,7 +91,7 @@ impl ColumnSpace {
     /// A new empty column backed by a new file of this space (a column that cannot get one
     /// stops the process, see `fatal`).
     pub fn column<T: Pod>(self: &Arc<Self>) -> Column<T> {
-        self.try_column().unwrap_or_else(|(path, err)| fatal("cannot create", &path, &err))
+        self.try_column().unwrap_or_else(|(path, err)| fatal(self.durable, "cannot create", &path, &err))
     }
 
     /// `column`, failing instead of stopping (for checkpoints, which can report it).
@@ -185,16 +185,22 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// A column that cannot grow has nowhere to put an event the log already holds: stop, and let
-/// the restart replay it once there is room (nothing acknowledged is lost).
-fn fatal(what: &str, path: &Path, err: &std::io::Error) -> ! {
+/// A durable column that cannot grow has nowhere to put an event the log already holds: stop
+/// the process, and let the restart replay it once there is room (nothing acknowledged is
+/// lost). A scratch column (the person order) is only a query's: that query fails (a panic in
+/// its task), not the process; so does anything when the whole directory is gone (removed
+/// under a server being torn down, or by hand), as there is nothing to restart on.
+fn fatal(durable: bool, what: &str, path: &Path, err: &std::io::Error) -> ! {
+    if !durable || path.parent().is_some_and(|dir| !dir.exists()) {
+        panic!("{what} column file {}: {err}", path.display());
+    }
     tracing::error!(path = %path.display(), error = %err, "{what} a column file; stopping (acknowledged events are in the log and come back at restart)");
     eprintln!("sextant: {what} column file {}: {err}", path.display());
     std::process::abort()
 }
 
-/// Growth step bounds: start at a page's worth, double, but reserve at most 64 MiB at a time
-/// so a nearly full disk fails late and a file holds at most 4 MiB it does not use yet.
+/// Growth step bounds: start at a page's worth, double, but reserve at most 4 MiB at a time, so
+/// a file holds at most 4 MiB it does not use yet.
 const MIN_GROWTH_BYTES: usize = 4096;
 const MAX_GROWTH_BYTES: usize = 4 << 20;
 
@@ -222,10 +228,10 @@ impl FileColumn {
         let target = bytes.max(self.capacity_bytes + step).next_multiple_of(MIN_GROWTH_BYTES);
         let file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.path) {
             Ok(file) => file,
-            Err(err) => fatal("cannot open", &self.path, &err),
+            Err(err) => fatal(self.space.durable, "cannot open", &self.path, &err),
         };
         if let Err(err) = reserve(&file, target) {
-            fatal("cannot grow", &self.path, &err);
+            fatal(self.space.durable, "cannot grow", &self.path, &err);
         }
         // SAFETY: the file is this column's own (a fresh name in its space, which nothing
         // else opens), so nothing else changes it under the map; the old map is dropped
@@ -235,7 +241,7 @@ impl FileColumn {
                 self.map = Some(map);
                 self.capacity_bytes = target;
             }
-            Err(err) => fatal("cannot map", &self.path, &err),
+            Err(err) => fatal(self.space.durable, "cannot map", &self.path, &err),
         }
     }
 
