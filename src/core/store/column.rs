@@ -188,10 +188,11 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
 /// A durable column that cannot grow has nowhere to put an event the log already holds: stop
 /// the process, and let the restart replay it once there is room (nothing acknowledged is
 /// lost). A scratch column (the person order) is only a query's: that query fails (a panic in
-/// its task), not the process; so does anything when the whole directory is gone (removed
-/// under a server being torn down, or by hand), as there is nothing to restart on.
+/// its task), not the process; so does anything whose file or directory is gone (removed under
+/// a server being torn down, or by hand), as a restart would not bring it back.
 fn fatal(durable: bool, what: &str, path: &Path, err: &std::io::Error) -> ! {
-    if !durable || path.parent().is_some_and(|dir| !dir.exists()) {
+    let removed = err.kind() == std::io::ErrorKind::NotFound || path.parent().is_some_and(|dir| !dir.exists());
+    if !durable || removed {
         panic!("{what} column file {}: {err}", path.display());
     }
     tracing::error!(path = %path.display(), error = %err, "{what} a column file; stopping (acknowledged events are in the log and come back at restart)");
