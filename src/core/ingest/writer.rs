@@ -272,15 +272,16 @@ fn run_writer(
         // Only now, with every job applied or counted as deferred, may Track's fast path see
         // these ids (see `Deferred`).
         seen.write().extend(group_keys.drain());
-        if seen.read().merge_due() {
-            // Built while readers go on; they wait only for the swap.
-            let merged = seen.read().merged();
-            seen.write().install(merged);
-        }
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
         tracing::trace!(jobs = replies.len(), events, "group committed");
         for a in replies {
             reply(a);
+        }
+        // After the acks, so a merge of the dedupe keys delays no ack of this group; built
+        // while readers go on, they wait only for the swap.
+        if seen.read().merge_due() {
+            let merged = seen.read().merged();
+            seen.write().install(merged);
         }
         checkpoint.events += events;
         if let Some(job) = compaction.take() {
