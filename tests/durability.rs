@@ -61,6 +61,18 @@ fn crash_seed() -> (u64, rand_chacha::ChaCha8Rng) {
     (seed, rand_chacha::ChaCha8Rng::seed_from_u64(seed))
 }
 
+/// SIGTERM, then the server must exit 0 (a graceful stop, storage flushed).
+fn stop_gracefully(mut process: Process) {
+    let status = Command::new("kill").args(["-TERM", &process.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(process.child.wait().unwrap().code(), Some(0), "graceful exit");
+}
+
+/// `sextant check` of a stopped server's data directory.
+fn check_data_dir(dir: &Path) -> anyhow::Result<sextant::cli::maintenance::CheckReport> {
+    sextant::cli::maintenance::check(&sextant::cli::maintenance::CheckArgs { data_dir: dir.to_path_buf() })
+}
+
 fn kill_9(mut process: Process) {
     // SIGKILL: no destructor, no flush, no graceful anything.
     process.child.kill().expect("kill");
@@ -125,11 +137,7 @@ async fn sigterm_flushes_and_exits_zero() {
         .track(pb::TrackRequest { project: "p".into(), events: vec![event("a", "x", "u", 0)], sequence: 0 })
         .await
         .unwrap();
-    let mut child = server.child;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "graceful exit");
+    stop_gracefully(server);
 
     let server = spawn_server(temp.path()).await;
     let stats = ProjectServiceClient::new(server.channel.clone())
@@ -376,12 +384,8 @@ async fn sigkills_during_checkpoints_lose_and_duplicate_nothing_acked() {
         assert!(stored.values().all(|&n| n == 1), "no event is stored twice (round {round}, seed {seed})");
     }
     let before = stored_event_counts(&server.channel).await;
-    let mut child = server.child;
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    assert_eq!(child.wait().unwrap().code(), Some(0), "graceful exit");
-    let report =
-        sextant::cli::maintenance::check(&sextant::cli::maintenance::CheckArgs { data_dir: temp.path().to_path_buf() })
-            .unwrap();
+    stop_gracefully(server);
+    let report = check_data_dir(temp.path()).unwrap();
     assert_eq!(report.log, 0, "a clean stop checkpoints everything: {report:?}");
     assert!(report.checkpoint_files >= 19, "17 columns and a state file per project, two for the ids: {report:?}");
     let server = spawn_server_with(temp.path(), &args).await;
@@ -401,9 +405,7 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
         .track(pb::TrackRequest { project: "p".into(), events, sequence: 0 })
         .await
         .unwrap();
-    let mut child = server.child;
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    stop_gracefully(server);
 
     let segments = temp.path().join("segments");
     let manifest: serde_json::Value =
@@ -422,8 +424,6 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     assert!(!output.status.success(), "the server must not start on a corrupt file");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&times) && stderr.contains("corrupt"), "{stderr}");
-    let error =
-        sextant::cli::maintenance::check(&sextant::cli::maintenance::CheckArgs { data_dir: temp.path().to_path_buf() })
-            .unwrap_err();
+    let error = check_data_dir(temp.path()).unwrap_err();
     assert!(format!("{error:#}").contains(&times), "{error:#}");
 }

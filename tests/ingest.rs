@@ -396,6 +396,18 @@ fn hold_project(server: &TestServer, project: &str) -> (std::sync::mpsc::Sender<
     (release, holder)
 }
 
+/// Tracks one event (`id`, "view" by u1) into `project` on a task of its own.
+fn spawn_track(
+    server: &TestServer,
+    project: &str,
+    id: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::TrackResponse>, tonic::Status>> {
+    let mut ingest = server.ingest();
+    let request =
+        pb::TrackRequest { project: project.into(), events: vec![event(id, "view", "u1", 10)], ..Default::default() };
+    tokio::spawn(async move { ingest.track(request).await })
+}
+
 /// A query holding one project's lock must not hold up another project's acks: the writer
 /// hands the busy project's batch to its applier and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,16 +418,7 @@ async fn a_busy_project_does_not_hold_up_another_projects_acks() {
     let (release, holder) = hold_project(&server, "busy");
 
     // The batch for "busy" is validated before the lock is needed, then waits for it.
-    let mut busy_ingest = server.ingest();
-    let busy_track = tokio::spawn(async move {
-        busy_ingest
-            .track(pb::TrackRequest {
-                project: "busy".into(),
-                events: vec![event("b1", "view", "u1", 10)],
-                ..Default::default()
-            })
-            .await
-    });
+    let busy_track = spawn_track(&server, "busy", "b1");
     // Give the busy batch time to reach the writer first (no assertion rests on this).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let patience = std::time::Duration::from_secs(30);
@@ -444,31 +447,11 @@ async fn a_retry_is_not_acknowledged_before_the_first_copy_is_visible() {
     for project in ["a", "b"] {
         server.create_project(project).await;
     }
-    let engine = server.running.as_ref().unwrap().engine.clone();
-    // Stand-ins for long queries on "a" and "b": their read locks, held until told to let go.
-    let hold = |project: &'static str| {
-        let engine = engine.clone();
-        let (locked, lock_taken) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            let entry = engine.project(project).unwrap();
-            let _guard = entry.read();
-            locked.send(()).unwrap();
-            released.recv().unwrap();
-        });
-        lock_taken.recv().unwrap();
-        (release, holder)
-    };
-    let track = |project: &'static str, id: &'static str| {
-        let mut ingest = server.ingest();
-        tokio::spawn(async move {
-            let events = vec![event(id, "view", "u1", 10)];
-            ingest.track(pb::TrackRequest { project: project.into(), events, ..Default::default() }).await
-        })
-    };
+    let track = |project: &str, id: &str| spawn_track(&server, project, id);
     let pause = || tokio::time::sleep(std::time::Duration::from_millis(300));
-    let (release_a, holder_a) = hold("a");
-    let (release_b, holder_b) = hold("b");
+    // Stand-ins for long queries on "a" and "b".
+    let (release_a, holder_a) = hold_project(&server, "a");
+    let (release_b, holder_b) = hold_project(&server, "b");
     let first_a = track("a", "a1");
     pause().await;
     let first_b = track("b", "b1");
@@ -496,16 +479,7 @@ async fn a_checkpoint_waits_for_a_busy_project_without_holding_up_acks() {
     server.create_project("busy").await;
     server.create_project("free").await;
     let (release, holder) = hold_project(&server, "busy");
-    let mut busy_ingest = server.ingest();
-    let busy_track = tokio::spawn(async move {
-        busy_ingest
-            .track(pb::TrackRequest {
-                project: "busy".into(),
-                events: vec![event("b1", "view", "u1", 10)],
-                ..Default::default()
-            })
-            .await
-    });
+    let busy_track = spawn_track(&server, "busy", "b1");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let engine = server.running.as_ref().unwrap().engine.clone();
     let checkpoint = tokio::spawn(async move { engine.checkpoint().await });

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::files::{dir_bytes, io_error, replace_durably};
 use super::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage, Tree};
 use crate::error::{Error, Result};
 
@@ -54,13 +55,6 @@ impl Inner {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Inner { name, db, meta, log, next_seq: AtomicU64::new(next_seq) })
     }
-}
-
-fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
-    if err.kind() == std::io::ErrorKind::StorageFull {
-        return Error::exhausted("storage", format!("the disk is full: {what} {}: {err}", path.display()));
-    }
-    Error::Storage(format!("{what} {}: {err}", path.display()))
 }
 
 /// The database subdirectory `CURRENT` names (the first one when there is no `CURRENT`).
@@ -111,22 +105,6 @@ fn remove_stale_dbs(dir: &Path, live: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("cannot sync", dir, e))
-}
-
-/// Bytes of every file under `path`.
-fn dir_bytes(path: &Path) -> Result<u64> {
-    let mut total = 0;
-    let entries = std::fs::read_dir(path).map_err(|e| io_error("cannot list", path, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error("cannot list", path, e))?;
-        let meta = entry.metadata().map_err(|e| io_error("cannot stat", &entry.path(), e))?;
-        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
-    }
-    Ok(total)
 }
 
 impl SledStorage {
@@ -351,13 +329,7 @@ impl Storage for SledStorage {
         fresh.meta.apply_batch(batch)?;
         fresh.db.flush()?;
         // The switch: from here on a restart opens the new database.
-        let temporary = self.dir.join("CURRENT.tmp");
-        std::fs::write(&temporary, &new_name).map_err(|e| io_error("cannot write", &temporary, e))?;
-        std::fs::File::open(&temporary)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_error("cannot sync", &temporary, e))?;
-        std::fs::rename(&temporary, self.dir.join(CURRENT)).map_err(|e| io_error("cannot rename", &temporary, e))?;
-        sync_dir(&self.dir)?;
+        replace_durably(&self.dir, CURRENT, new_name.as_bytes())?;
         let old = std::mem::replace(&mut *inner, fresh);
         drop(old);
         remove_stale_dbs(&self.dir, &new_name)

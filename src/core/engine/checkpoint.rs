@@ -63,7 +63,7 @@ impl Checkpointer {
         };
         manifest.write(self.space.dir())?;
         self.space.pin(manifest.files()).map_err(|e| {
-            crate::core::store::segment::file_error("cannot remove old checkpoint files in", self.space.dir(), e)
+            crate::storage::files::io_error("cannot remove old checkpoint files in", self.space.dir(), e)
         })?;
         self.storage.truncate_log(&position)?;
         tracing::info!(
@@ -102,6 +102,12 @@ impl Checkpointer {
     }
 
     fn bytes_on_disk(&self) -> Result<u64> {
-        Ok(self.storage.bytes_on_disk()? + crate::core::store::segment::dir_bytes(self.space.dir())?)
+        bytes_on_disk(self.storage.as_ref(), Some(&self.space))
     }
+}
+
+/// The data directory's bytes: the storage's and the column files' (`space`).
+pub fn bytes_on_disk(storage: &dyn Storage, space: Option<&Arc<ColumnSpace>>) -> Result<u64> {
+    let columns = space.map_or(Ok(0), |space| crate::storage::files::dir_bytes(space.dir()))?;
+    Ok(storage.bytes_on_disk()? + columns)
 }

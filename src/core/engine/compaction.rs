@@ -74,40 +74,40 @@ impl Engine {
 
     /// The data directory's bytes: the storage's and the checkpoint's files.
     pub fn bytes_on_disk(&self) -> Result<u64> {
-        let segments = match &self.columns {
-            Some(space) => crate::core::store::segment::dir_bytes(space.dir())?,
-            None => 0,
-        };
-        Ok(self.storage.bytes_on_disk()? + segments)
+        crate::core::engine::checkpoint::bytes_on_disk(self.storage.as_ref(), self.columns.as_ref())
+    }
+}
+
+/// Runs `pass` every `every` (the first time at once when `at_start`) until the engine's
+/// writer closes (a pass answers UNAVAILABLE); a failed pass is logged and retried at the next
+/// tick. The background jobs: retention, compaction, checkpoints.
+pub(crate) async fn run_every<T, F: Future<Output = Result<T>>>(
+    every: Duration,
+    at_start: bool,
+    what: &str,
+    mut pass: impl FnMut() -> F,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if !at_start {
+        ticks.tick().await;
+    }
+    loop {
+        ticks.tick().await;
+        match pass().await {
+            Ok(_) => {}
+            Err(Error::Unavailable) => return,
+            Err(err) => tracing::warn!(error = %err, "{what} failed; retrying at the next tick"),
+        }
     }
 }
 
 /// Runs `Engine::checkpoint` every `every` until the engine's writer closes.
 pub async fn run_checkpoint_job(engine: Arc<Engine>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        match engine.checkpoint().await {
-            Ok(()) => {}
-            Err(Error::Unavailable) => return,
-            Err(err) => tracing::warn!(error = %err, "checkpoint failed; retrying at the next tick"),
-        }
-    }
+    run_every(every, false, "checkpoint", || engine.checkpoint()).await
 }
 
 /// Runs `compact_if_needed` every `every` until the engine's writer closes.
 pub async fn run_compaction_job(engine: Arc<Engine>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        match engine.compact_if_needed().await {
-            Ok(_) => {}
-            Err(Error::Unavailable) => return,
-            Err(err) => tracing::warn!(error = %err, "background compaction failed; retrying at the next tick"),
-        }
-    }
+    run_every(every, false, "background compaction", || engine.compact_if_needed()).await
 }

@@ -48,14 +48,8 @@ impl Engine {
 
 /// Runs the retention job every `every` until the engine's writer closes.
 pub async fn run_retention_job(engine: Arc<Engine>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match engine.enforce_retention(engine.clock.now()).await {
-            Ok(_) => {}
-            Err(crate::error::Error::Unavailable) => return,
-            Err(err) => tracing::warn!(error = %err, "retention pass failed; retrying at the next tick"),
-        }
-    }
+    crate::core::engine::compaction::run_every(every, true, "retention pass", || {
+        engine.enforce_retention(engine.clock.now())
+    })
+    .await
 }

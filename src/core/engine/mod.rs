@@ -46,7 +46,7 @@ use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate,
 use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
 use crate::core::store::record::{LogRecord, decode_record};
-use crate::core::store::segment::{self, Manifest};
+use crate::core::store::segment::Manifest;
 use crate::error::{Error, Result, echo};
 use crate::storage::{LogPosition, Storage};
 use meta::{MetaKey, MetaKind};
@@ -82,12 +82,12 @@ pub type ProjectEntry = RwLock<ProjectState>;
 impl ProjectState {
     /// A project with no data yet, its columns in files of `columns` (or in memory).
     pub(crate) fn new(project: Project, columns: Option<&Arc<ColumnSpace>>) -> Self {
-        ProjectState {
-            project,
-            data: ProjectData::in_space(columns),
-            defs: Definitions::default(),
-            changes: tokio::sync::watch::Sender::new(0),
-        }
+        Self::with_data(project, ProjectData::in_space(columns))
+    }
+
+    /// A project with the data given (loaded from a checkpoint).
+    fn with_data(project: Project, data: ProjectData) -> Self {
+        ProjectState { project, data, defs: Definitions::default(), changes: tokio::sync::watch::Sender::new(0) }
     }
 }
 
@@ -147,17 +147,16 @@ impl Engine {
         if let Some(space) = &columns {
             // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
             let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
-            space.keep_only(listed).map_err(|e| segment::file_error("cannot tidy", space.dir(), e))?;
+            space.keep_only(listed).map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
         }
         let mut projects = BTreeMap::new();
         for (key, bytes) in storage.scan_meta(MetaKind::Project.prefix())? {
             let project: Project = meta::decode(&key, &bytes)?;
-            let mut state = ProjectState::new(project, columns.as_ref());
-            if let (Some(space), Some(files)) =
-                (&columns, manifest.as_ref().and_then(|m| m.projects.get(&state.project.id)))
-            {
-                state.data = ProjectData::load(space, files)?;
-            }
+            // A checkpointed project is loaded, not made empty first (its new files unused).
+            let state = match (&columns, manifest.as_ref().and_then(|m| m.projects.get(&project.id))) {
+                (Some(space), Some(files)) => ProjectState::with_data(project, ProjectData::load(space, files)?),
+                _ => ProjectState::new(project, columns.as_ref()),
+            };
             projects.insert(state.project.id.clone(), state);
         }
         // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
@@ -322,7 +321,7 @@ impl Engine {
         let result = (|| -> Result<()> {
             for (id, entry) in &projects {
                 let spool = std::fs::File::create(&spool_path)
-                    .map_err(|e| segment::file_error("cannot create", &spool_path, e))?;
+                    .map_err(|e| crate::storage::files::io_error("cannot create", &spool_path, e))?;
                 let mut spool = std::io::BufWriter::new(spool);
                 entry.read().data.checkpoint(id, &mut |record| {
                     let encoded = crate::core::store::record::encode_record(&record)?;
@@ -330,11 +329,12 @@ impl Engine {
                     spool
                         .write_all(&(encoded.0.len() as u64).to_le_bytes())
                         .and_then(|()| spool.write_all(&encoded.0))
-                        .map_err(|e| segment::file_error("cannot write", &spool_path, e))
+                        .map_err(|e| crate::storage::files::io_error("cannot write", &spool_path, e))
                 })?;
                 drop(spool);
                 let mut spool = std::io::BufReader::new(
-                    std::fs::File::open(&spool_path).map_err(|e| segment::file_error("cannot open", &spool_path, e))?,
+                    std::fs::File::open(&spool_path)
+                        .map_err(|e| crate::storage::files::io_error("cannot open", &spool_path, e))?,
                 );
                 let mut length = [0u8; 8];
                 loop {
@@ -342,10 +342,12 @@ impl Engine {
                     match spool.read_exact(&mut length) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                        Err(e) => return Err(segment::file_error("cannot read", &spool_path, e)),
+                        Err(e) => return Err(crate::storage::files::io_error("cannot read", &spool_path, e)),
                     }
                     let mut value = vec![0u8; u64::from_le_bytes(length) as usize];
-                    spool.read_exact(&mut value).map_err(|e| segment::file_error("cannot read", &spool_path, e))?;
+                    spool
+                        .read_exact(&mut value)
+                        .map_err(|e| crate::storage::files::io_error("cannot read", &spool_path, e))?;
                     visit(crate::storage::Tree::Log, &seq.to_be_bytes(), &value)?;
                     seq += 1;
                 }

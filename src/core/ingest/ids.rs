@@ -15,8 +15,9 @@ use hashbrown::HashSet;
 
 use super::writer::IdHasher;
 use crate::core::store::column::{Column, ColumnSpace};
-use crate::core::store::segment::{ColumnRef, file_error, open_column, save_column};
+use crate::core::store::segment::{ColumnRef, open_column, save_column};
 use crate::error::{Error, Result};
+use crate::storage::files::io_error;
 
 /// Leading key bits that pick a range of the sorted column.
 const RANGE_BITS: u32 = 18;
@@ -150,7 +151,7 @@ impl SeenIds {
     /// Checkpoint: merges every key into the sorted column and writes it and the range table.
     pub fn save(&mut self, space: &Arc<ColumnSpace>) -> Result<(ColumnRef, ColumnRef)> {
         fn column<T: bytemuck::Pod>(space: &Arc<ColumnSpace>) -> Result<Column<T>> {
-            space.try_column().map_err(|(path, e)| file_error("cannot create", &path, e))
+            space.try_column().map_err(|(path, e)| io_error("cannot create", &path, e))
         }
         // A set made in memory (no space at start) moves to a file now.
         if !self.recent.is_empty() || self.sorted.file_name().is_none() {

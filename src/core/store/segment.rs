@@ -26,6 +26,7 @@ use crate::core::store::ProjectData;
 use crate::core::store::column::{Column, ColumnSpace};
 use crate::core::store::table::EventTable;
 use crate::error::{Error, Result};
+use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
 const MANIFEST_VERSION: u32 = 1;
@@ -78,7 +79,7 @@ impl Manifest {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(file_error("cannot read", &path, err)),
+            Err(err) => return Err(io_error("cannot read", &path, err)),
         };
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Storage(format!("{} is not a valid manifest: {e}", path.display())))?;
@@ -90,46 +91,15 @@ impl Manifest {
 
     /// Writes the manifest atomically and durably.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let temporary = dir.join("MANIFEST.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Internal(e.to_string()))?;
-        write_durably(&temporary, &bytes)?;
-        std::fs::rename(&temporary, dir.join(MANIFEST)).map_err(|e| file_error("cannot rename", &temporary, e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| file_error("cannot sync", dir, e))
+        replace_durably(dir, MANIFEST, &bytes)
     }
-}
-
-pub(crate) fn file_error(what: &str, path: &Path, err: std::io::Error) -> Error {
-    if err.kind() == std::io::ErrorKind::StorageFull {
-        return Error::exhausted("storage", format!("the disk is full: {what} {}: {err}", path.display()));
-    }
-    Error::Storage(format!("{what} {}: {err}", path.display()))
-}
-
-/// Bytes of every file under `path` (none when it does not exist).
-pub fn dir_bytes(path: &Path) -> Result<u64> {
-    let mut total = 0;
-    let entries = match std::fs::read_dir(path) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(err) => return Err(file_error("cannot list", path, err)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| file_error("cannot list", path, e))?;
-        let meta = entry.metadata().map_err(|e| file_error("cannot stat", &entry.path(), e))?;
-        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
-    }
-    Ok(total)
-}
-
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = std::fs::File::create(path).map_err(|e| file_error("cannot create", path, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| file_error("cannot write", path, e))
 }
 
 /// Syncs a column and describes it for the manifest.
 pub fn save_column<T: Pod>(column: &Column<T>, space: &ColumnSpace) -> Result<ColumnRef> {
     let file = column.file_name().ok_or_else(|| Error::Internal("checkpoint of a column in memory".into()))?;
-    column.sync().map_err(|e| file_error("cannot sync", &space.dir().join(file), e))?;
+    column.sync().map_err(|e| io_error("cannot sync", &space.dir().join(file), e))?;
     Ok(ColumnRef {
         file: file.to_owned(),
         len: column.len() as u64,
@@ -142,7 +112,7 @@ pub fn save_column<T: Pod>(column: &Column<T>, space: &ColumnSpace) -> Result<Co
 pub fn open_column<T: Pod>(space: &Arc<ColumnSpace>, listed: &ColumnRef) -> Result<Column<T>> {
     let path = space.dir().join(&listed.file);
     let column =
-        space.open::<T>(&listed.file, listed.len as usize).map_err(|e| file_error("cannot open column", &path, e))?;
+        space.open::<T>(&listed.file, listed.len as usize).map_err(|e| io_error("cannot open column", &path, e))?;
     if std::mem::size_of_val(column.as_slice()) as u64 != listed.bytes {
         return Err(Error::Storage(format!("{} does not hold the values the manifest lists", path.display())));
     }
@@ -163,7 +133,7 @@ impl Manifest {
         };
         for project in self.projects.values() {
             let path = dir.join(&project.state);
-            let bytes = std::fs::read(&path).map_err(|e| file_error("cannot read", &path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
             if xxhash_rust::xxh3::xxh3_64(&bytes) != project.state_checksum {
                 return Err(corrupt(&project.state, "its checksum differs from the manifest's"));
             }
@@ -172,8 +142,8 @@ impl Manifest {
         columns.extend(self.projects.values().flat_map(|p| p.columns.values()));
         let check = |column: &ColumnRef| -> Result<()> {
             let path = dir.join(&column.file);
-            let file = std::fs::File::open(&path).map_err(|e| file_error("cannot open", &path, e))?;
-            let size = file.metadata().map_err(|e| file_error("cannot stat", &path, e))?.len();
+            let file = std::fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+            let size = file.metadata().map_err(|e| io_error("cannot stat", &path, e))?.len();
             if size < column.bytes {
                 return Err(corrupt(&column.file, "it is shorter than the manifest lists"));
             }
@@ -182,7 +152,7 @@ impl Manifest {
             } else {
                 // SAFETY: a read-only map of a file no process changes in the listed prefix
                 // (columns only append past it).
-                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| file_error("cannot map", &path, e))?;
+                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?;
                 crate::core::store::column::block_checksums(&map[..column.bytes as usize])
             };
             if sums != column.checksums {
@@ -308,8 +278,8 @@ impl ProjectData {
         // Streamed through lz4 into the file: no whole copy of the state in memory.
         let name = space.new_name("state");
         let path = space.dir().join(&name);
-        let failed = |e: std::io::Error| file_error("cannot write", &path, e);
-        let file = std::fs::File::create(&path).map_err(|e| file_error("cannot create", &path, e))?;
+        let failed = |e: std::io::Error| io_error("cannot write", &path, e);
+        let file = std::fs::File::create(&path).map_err(|e| io_error("cannot create", &path, e))?;
         let hashing = Hashing { inner: std::io::BufWriter::new(file), hasher: xxhash_rust::xxh3::Xxh3::new() };
         let mut encoder = lz4_flex::frame::FrameEncoder::new(hashing);
         bincode::serialize_into(&mut encoder, &state).map_err(|e| match *e {
@@ -327,7 +297,7 @@ impl ProjectData {
     /// The project a checkpoint saved, its columns mapped from their files.
     pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
         let path = space.dir().join(&files.state);
-        let bytes = std::fs::read(&path).map_err(|e| file_error("cannot read", &path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
         if xxhash_rust::xxh3::xxh3_64(&bytes) != files.state_checksum {
             return Err(Error::Storage(format!(
                 "{} is corrupt: its checksum differs from the manifest's; restore the data directory from a backup",
@@ -338,7 +308,9 @@ impl ProjectData {
         // Buffered: bincode reads value by value, and each frame read has a cost.
         let decoder = std::io::BufReader::with_capacity(1 << 16, lz4_flex::frame::FrameDecoder::new(&bytes[..]));
         let state: ProjectState<'static> = bincode::deserialize_from(decoder).map_err(|e| corrupt(e.to_string()))?;
-        let mut table = EventTable::in_space(space.clone());
+        // Every column is replaced by its file below: start from empty ones in memory, not new files.
+        let mut table = EventTable::default();
+        table.space = Some(space.clone());
         macro_rules! load {
             ($name:expr, $column:expr) => {
                 let listed = files

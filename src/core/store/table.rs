@@ -197,7 +197,7 @@ pub struct EventTable {
     /// derived from it (see `person_order`) know when to rebuild.
     layout: LayoutVersion,
     /// Where the row columns' files are (none: in memory).
-    space: Option<Arc<ColumnSpace>>,
+    pub(in crate::core::store) space: Option<Arc<ColumnSpace>>,
 }
 
 /// A process-wide unique version: a fresh table never shares one with an older table.
