@@ -8,6 +8,7 @@ GRANULARITY_TOTAL over the page's range; for the default range (the 30 days endi
 latest event's day) and a 7-day one. Then, with auth on, that the page without a key shows
 only the key prompt. Run by scripts/test-dashboard.sh (which installs chromium).
 """
+import atexit
 import datetime as dt
 import os
 import shutil
@@ -63,6 +64,7 @@ class Page(HTMLParser):
 def start(env_extra):
     """A demo server on a free port; returns (process, address) once the demo is seeded."""
     data = tempfile.mkdtemp(prefix="sextant-dash-")
+    atexit.register(shutil.rmtree, data, ignore_errors=True)
     env = dict(os.environ, **env_extra)
     env.pop("SEXTANT_API_KEY", None)
     proc = subprocess.Popen(

@@ -1,7 +1,9 @@
 """Shared helpers for the reference checks: build stubs from ../proto, run a server, load data."""
 import glob
 import importlib
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ def stubs():
     import grpc_tools
 
     out = tempfile.mkdtemp(prefix="sextant-stubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     proto_root = os.path.join(ROOT, "proto")
     files = sorted(glob.glob(os.path.join(proto_root, "sextant", "v1", "*.proto")))
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
@@ -68,6 +71,7 @@ class Server:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def duckdb_of(data):
