@@ -52,19 +52,14 @@ impl Checkpointer {
         for (id, entry) in &projects {
             files.insert(id.clone(), entry.read().data.save(&self.space)?);
         }
-        let (seen, seen_starts) = self.seen.write().save(&self.space)?;
-        let manifest = Manifest {
-            version: 1,
-            log_db: position.db.clone(),
-            log_seq: position.seq,
-            projects: files,
-            seen,
-            seen_starts,
-        };
+        // Held until the manifest pins the runs' files (see `SavedRuns`).
+        let seen = crate::core::ingest::save_seen(&self.seen, &self.space)?;
+        let manifest = Manifest::new(position.db.clone(), position.seq, files, seen.listed.clone());
         manifest.write(self.space.dir())?;
         self.space.pin(manifest.files()).map_err(|e| {
             crate::storage::files::io_error("cannot remove old checkpoint files in", self.space.dir(), e)
         })?;
+        drop(seen);
         self.storage.truncate_log(&position)?;
         tracing::info!(
             projects = projects.len(),

@@ -201,7 +201,10 @@ impl Engine {
             }
         }
         let mut seen = match (&columns, &manifest) {
-            (Some(space), Some(manifest)) => SeenIds::load(space, &manifest.seen, &manifest.seen_starts)?,
+            (Some(space), Some(manifest)) => match &manifest.seen {
+                Some(sorted) => SeenIds::load_sorted(space, sorted)?,
+                None => SeenIds::load(space, &manifest.seen_runs)?,
+            },
             _ => SeenIds::in_space(columns.as_ref()),
         };
         let mut next_quarantine_id =

@@ -1,41 +1,59 @@
 //! The set of every event id ever stored (as 128-bit keys, `event_key`), in bounded memory.
 //!
 //! A hash set of 10 M keys is about 280 MB of anonymous memory, growing for ever. Instead,
-//! recent keys sit in a small hash set, and older ones in one sorted column (a mapped file, see
-//! `store::column`) with a table of where each range of leading bits starts: keys are hashes,
-//! so a range holds a few dozen keys and a lookup reads one or two pages. When the recent set
-//! grows past a share of the sorted one, the two merge into a new sorted column; the writer
-//! builds it under the read lock (`merged`) and swaps it in under the write lock (`install`),
-//! so readers wait only for the swap.
+//! recent keys sit in a small hash set, and older ones in a few immutable sorted runs (mapped
+//! files, see `store::column`), like the levels of an LSM tree. Each run has a table of where
+//! each range of leading bits starts (about eight keys per range, so a lookup reads one or two
+//! cache lines of keys) and a blocked bloom filter (one cache line per lookup), so a new key,
+//! the common case, is ruled out of a run by one cache line.
+//!
+//! When the recent set reaches `FLUSH` keys, or at a checkpoint, it is sorted into a new run.
+//! Runs merge in the background when the newer ones add up to at least half of the one before
+//! them (`MERGE_RATIO`), so run sizes grow geometrically: at 31 M keys there are about three,
+//! and each key is rewritten a few times over its life, where one sorted column rewritten at
+//! every merge copied all the keys each time (quadratic in the data). A merge reads the runs
+//! it replaces without any lock and swaps its result in under the write lock.
 
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use hashbrown::HashSet;
 
 use super::writer::IdHasher;
 use crate::core::store::column::{Column, ColumnSpace};
-use crate::core::store::segment::{ColumnRef, open_column, save_column};
+use crate::core::store::segment::{ColumnRef, SeenRunRef, open_column, save_column};
 use crate::error::{Error, Result};
 use crate::storage::files::io_error;
 
-/// Leading key bits that pick a range of the sorted column.
-const RANGE_BITS: u32 = 18;
-/// Merge when the recent keys exceed this many and a sixteenth of the sorted ones.
-const MIN_MERGE: usize = 1 << 20;
+/// Recent keys become a run at this many.
+const FLUSH: usize = 1 << 20;
+/// Runs from the newest back merge while the run before them holds at most this many times
+/// their keys.
+const MERGE_RATIO: usize = 2;
+/// Bloom filter bits per key and bits set per key: about 1% false positives (blocked).
+const BLOOM_BITS_PER_KEY: usize = 10;
+const BLOOM_PROBES: u32 = 7;
+/// A bloom block is one 64-byte cache line.
+const BLOCK_WORDS: usize = 8;
+/// The index column starts with the run's range bits and key count.
+const HEADER: usize = 2;
+const MAX_RANGE_BITS: u32 = 24;
 
 /// A hash set of keys (a batch's or a group's).
 pub type KeySet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
+/// The writer's id set, shared so that ingestion can ask whether an id was stored before the
+/// tracking plan judges it. Only the writer thread (and the merge it starts) changes it.
+pub type SharedIds = Arc<parking_lot::RwLock<SeenIds>>;
+
 #[derive(Debug)]
 pub struct SeenIds {
     recent: KeySet,
-    sorted: Column<u128>,
-    /// Range r of leading bits is `sorted[starts[r]..starts[r + 1]]` (`2^RANGE_BITS + 1` entries
-    /// once there are sorted keys; empty before).
-    starts: Vec<u64>,
-    /// The last checkpoint's copy of `starts` (kept so its file stays while listed).
-    saved_starts: Option<Column<u64>>,
+    /// Oldest first. Every key is in exactly one run or in `recent`.
+    runs: Vec<Arc<Run>>,
+    /// Where runs get their files (none: in memory).
+    space: Option<Arc<ColumnSpace>>,
 }
 
 impl Default for SeenIds {
@@ -44,25 +62,167 @@ impl Default for SeenIds {
     }
 }
 
-/// The sorted keys and range table of a merge, ready to `install`.
-pub struct Merged {
-    sorted: Column<u128>,
-    starts: Vec<u64>,
-    merged: usize,
+/// Sorted, distinct keys and their index: `[range_bits, key count, starts (2^range_bits + 1
+/// entries: range r is keys[starts[r]..starts[r + 1]]), bloom blocks]`.
+#[derive(Debug)]
+pub struct Run {
+    keys: Column<u128>,
+    index: Column<u64>,
+    range_bits: u32,
+    bloom_blocks: usize,
 }
 
-fn range_of(key: u128) -> usize {
-    (key >> (128 - RANGE_BITS)) as usize
+fn range_bits_for(len: usize) -> u32 {
+    let ranges = (len / 8).max(1);
+    ranges.ilog2().min(MAX_RANGE_BITS)
+}
+
+fn bloom_blocks_for(len: usize) -> usize {
+    (len * BLOOM_BITS_PER_KEY).div_ceil(BLOCK_WORDS * 64).max(1)
+}
+
+fn index_len(range_bits: u32, bloom_blocks: usize) -> usize {
+    HEADER + (1 << range_bits) + 1 + bloom_blocks * BLOCK_WORDS
+}
+
+fn range_of(key: u128, bits: u32) -> usize {
+    if bits == 0 { 0 } else { (key >> (128 - bits)) as usize }
+}
+
+/// The bloom block of `key` (from its low 64 bits; the range uses the leading ones).
+fn bloom_block(key: u128, blocks: usize) -> usize {
+    ((u128::from(key as u64) * blocks as u128) >> 64) as usize
+}
+
+/// The (word, mask) of each bit `key` sets in its block, from its high 64 bits, remixed so
+/// they do not repeat the leading bits the range table uses.
+fn bloom_probes(key: u128) -> impl Iterator<Item = (usize, u64)> {
+    let bits = ((key >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..BLOOM_PROBES).map(move |i| {
+        let bit = (bits >> (i * 9)) & 511;
+        ((bit >> 6) as usize, 1u64 << (bit & 63))
+    })
+}
+
+fn new_column<T: bytemuck::Pod>(space: Option<&Arc<ColumnSpace>>) -> Result<Column<T>> {
+    match space {
+        Some(space) => space.try_column().map_err(|(path, e)| io_error("cannot create", &path, e)),
+        None => Ok(Column::memory()),
+    }
+}
+
+impl Run {
+    /// A run of `keys` (sorted, distinct).
+    fn from_sorted(space: Option<&Arc<ColumnSpace>>, keys: &[u128]) -> Result<Run> {
+        let mut column = new_column(space)?;
+        column.extend_from_slice(keys);
+        Run::indexed(space, column)
+    }
+
+    /// The run of every key of `runs` (disjoint), merged in order.
+    fn merged(space: Option<&Arc<ColumnSpace>>, runs: &[Arc<Run>]) -> Result<Run> {
+        let mut column: Column<u128> = new_column(space)?;
+        column.reserve(runs.iter().map(|r| r.len()).sum());
+        let mut heads: Vec<&[u128]> = runs.iter().map(|r| r.keys.as_slice()).filter(|k| !k.is_empty()).collect();
+        let mut out = Vec::with_capacity(1 << 16);
+        while heads.len() > 1 {
+            // The head with the least key gives every key below the other heads' least one.
+            let (least, _) = heads.iter().enumerate().min_by_key(|(_, h)| h[0]).unwrap_or((0, &heads[0]));
+            let bound = heads.iter().enumerate().filter(|(i, _)| *i != least).map(|(_, h)| h[0]).min();
+            let head = heads[least];
+            let take = bound.map_or(head.len(), |bound| head.iter().position(|&k| k >= bound).unwrap_or(head.len()));
+            out.extend_from_slice(&head[..take]);
+            if take == head.len() {
+                heads.swap_remove(least);
+            } else {
+                heads[least] = &head[take..];
+            }
+            if out.len() >= 1 << 16 {
+                column.extend_from_slice(&out);
+                out.clear();
+            }
+        }
+        column.extend_from_slice(&out);
+        if let Some(rest) = heads.first() {
+            column.extend_from_slice(rest);
+        }
+        Run::indexed(space, column)
+    }
+
+    /// Builds the index of the keys in `keys`.
+    fn indexed(space: Option<&Arc<ColumnSpace>>, keys: Column<u128>) -> Result<Run> {
+        let range_bits = range_bits_for(keys.len());
+        let bloom_blocks = bloom_blocks_for(keys.len());
+        let mut index: Column<u64> = new_column(space)?;
+        // Filled in place: no copy of the (tens of MB) index in anonymous memory.
+        index.resize_zeroed(index_len(range_bits, bloom_blocks));
+        let slots = index.as_mut_slice();
+        let (header, rest) = slots.split_at_mut(HEADER);
+        header.copy_from_slice(&[u64::from(range_bits), keys.len() as u64]);
+        let (starts, bloom) = rest.split_at_mut((1 << range_bits) + 1);
+        let mut at = 0usize;
+        for (r, start) in starts.iter_mut().enumerate() {
+            while at < keys.len() && range_of(keys[at], range_bits) < r {
+                at += 1;
+            }
+            *start = at as u64;
+        }
+        for &key in keys.iter() {
+            let block = &mut bloom[bloom_block(key, bloom_blocks) * BLOCK_WORDS..][..BLOCK_WORDS];
+            for (word, mask) in bloom_probes(key) {
+                block[word] |= mask;
+            }
+        }
+        Ok(Run { keys, index, range_bits, bloom_blocks })
+    }
+
+    /// The run a checkpoint listed, its index checked for consistency with its keys.
+    fn open(space: &Arc<ColumnSpace>, listed: &SeenRunRef) -> Result<Run> {
+        let keys: Column<u128> = open_column(space, &listed.keys)?;
+        let index: Column<u64> = open_column(space, &listed.index)?;
+        let corrupt = || Error::Storage(format!("the checkpointed dedupe index {} is corrupt", listed.index.file));
+        let range_bits = range_bits_for(keys.len());
+        let bloom_blocks = bloom_blocks_for(keys.len());
+        if index.len() != index_len(range_bits, bloom_blocks)
+            || index[..HEADER] != [u64::from(range_bits), keys.len() as u64]
+        {
+            return Err(corrupt());
+        }
+        let starts = &index[HEADER..HEADER + (1 << range_bits) + 1];
+        if starts[0] != 0 || starts.last() != Some(&(keys.len() as u64)) || !starts.is_sorted() {
+            return Err(corrupt());
+        }
+        Ok(Run { keys, index, range_bits, bloom_blocks })
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn contains(&self, key: u128) -> bool {
+        let index = self.index.as_slice();
+        let bloom_at = HEADER + (1 << self.range_bits) + 1;
+        let block = &index[bloom_at + bloom_block(key, self.bloom_blocks) * BLOCK_WORDS..][..BLOCK_WORDS];
+        if bloom_probes(key).any(|(word, mask)| block[word] & mask == 0) {
+            return false;
+        }
+        let r = HEADER + range_of(key, self.range_bits);
+        self.keys[index[r] as usize..index[r + 1] as usize].binary_search(&key).is_ok()
+    }
+
+    fn save(&self, space: &ColumnSpace) -> Result<SeenRunRef> {
+        Ok(SeenRunRef { keys: save_column(&self.keys, space)?, index: save_column(&self.index, space)? })
+    }
 }
 
 impl SeenIds {
-    /// An empty set whose sorted keys live in a file of `space` (or in memory).
+    /// An empty set whose runs live in files of `space` (or in memory).
     pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> SeenIds {
-        SeenIds { recent: KeySet::default(), sorted: Column::in_space(space), starts: Vec::new(), saved_starts: None }
+        SeenIds { recent: KeySet::default(), runs: Vec::new(), space: space.cloned() }
     }
 
     pub fn len(&self) -> usize {
-        self.recent.len() + self.sorted.len()
+        self.recent.len() + self.runs.iter().map(|r| r.len()).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,23 +230,22 @@ impl SeenIds {
     }
 
     pub fn contains(&self, key: &u128) -> bool {
-        if self.recent.contains(key) {
-            return true;
-        }
-        if self.starts.is_empty() {
-            return false;
-        }
-        let r = range_of(*key);
-        self.sorted[self.starts[r] as usize..self.starts[r + 1] as usize].binary_search(key).is_ok()
+        self.recent.contains(key) || self.runs.iter().rev().any(|run| run.contains(*key))
     }
 
-    /// Adds `key`; false when it was already there.
+    /// Adds `key`; false when it was already there. Flushes and merges in the caller's thread
+    /// when due (the replay at start; the writer uses `extend` and `flush_if_due`).
     pub fn insert(&mut self, key: u128) -> bool {
         if self.contains(&key) {
             return false;
         }
         self.recent.insert(key);
-        self.merge_if_due();
+        if self.flush_due()
+            && let Err(err) = self.flush_and_merge()
+        {
+            // The keys stay in memory; the next flush tries again.
+            tracing::error!(error = %err, "cannot write the dedupe keys; keeping them in memory");
+        }
         true
     }
 
@@ -95,94 +254,167 @@ impl SeenIds {
         self.recent.extend(keys);
     }
 
-    /// Whether the recent keys should be merged into the sorted ones now.
-    pub fn merge_due(&self) -> bool {
-        self.recent.len() >= MIN_MERGE.max(self.sorted.len() / 16)
+    fn flush_due(&self) -> bool {
+        self.recent.len() >= FLUSH
     }
 
-    fn merge_if_due(&mut self) {
-        if self.merge_due() {
-            let merged = self.merged();
-            self.install(merged);
-        }
+    /// The recent keys as a run, made without changing the set (`add_flushed` adds it).
+    fn flushed(&self) -> Result<Run> {
+        let mut keys: Vec<u128> = self.recent.iter().copied().collect();
+        keys.sort_unstable();
+        Run::from_sorted(self.space.as_ref(), &keys)
     }
 
-    /// The sorted column of every key in the set, built without changing it.
-    pub fn merged(&self) -> Merged {
-        self.merged_into(self.sorted.fresh())
-    }
-
-    /// `merged`, into the empty column `sorted`.
-    fn merged_into(&self, mut sorted: Column<u128>) -> Merged {
-        let mut recent: Vec<u128> = self.recent.iter().copied().collect();
-        recent.sort_unstable();
-        sorted.reserve(self.sorted.len() + recent.len());
-        let (mut old, mut new) = (&self.sorted[..], &recent[..]);
-        // Both runs are sorted and disjoint: copy the old run in blocks up to each new key.
-        while let Some((&key, rest)) = new.split_first() {
-            let at = old.partition_point(|&k| k < key);
-            sorted.extend_from_slice(&old[..at]);
-            sorted.push(key);
-            old = &old[at..];
-            new = rest;
-        }
-        sorted.extend_from_slice(old);
-        let mut starts = Vec::with_capacity((1 << RANGE_BITS) + 1);
-        let mut at = 0usize;
-        for r in 0..=(1usize << RANGE_BITS) {
-            while at < sorted.len() && range_of(sorted[at]) < r {
-                at += 1;
-            }
-            starts.push(at as u64);
-        }
-        Merged { sorted, starts, merged: recent.len() }
-    }
-
-    /// Replaces the sorted keys with a merge of this set, made since the last change.
-    pub fn install(&mut self, merged: Merged) {
-        debug_assert_eq!(merged.merged, self.recent.len(), "the set changed since the merge");
-        self.sorted = merged.sorted;
-        self.starts = merged.starts;
+    /// Replaces the recent keys by `run`, made from them by `flushed` since the last change.
+    fn add_flushed(&mut self, run: Run) {
+        debug_assert_eq!(run.len(), self.recent.len(), "the recent keys changed since the flush");
+        self.runs.push(Arc::new(run));
         self.recent = KeySet::default();
     }
-}
 
-impl SeenIds {
-    /// Checkpoint: merges every key into the sorted column and writes it and the range table.
-    pub fn save(&mut self, space: &Arc<ColumnSpace>) -> Result<(ColumnRef, ColumnRef)> {
-        fn column<T: bytemuck::Pod>(space: &Arc<ColumnSpace>) -> Result<Column<T>> {
-            space.try_column().map_err(|(path, e)| io_error("cannot create", &path, e))
+    /// The newest runs that are due to merge (see `MERGE_RATIO`), when there are two or more.
+    fn merge_inputs(&self) -> Option<Vec<Arc<Run>>> {
+        let last = self.runs.len().checked_sub(1)?;
+        let (mut from, mut keys) = (last, self.runs[last].len());
+        while from > 0 && self.runs[from - 1].len() <= keys * MERGE_RATIO {
+            from -= 1;
+            keys += self.runs[from].len();
         }
-        // A set made in memory (no space at start) moves to a file now.
-        if !self.recent.is_empty() || self.sorted.file_name().is_none() {
-            let merged = self.merged_into(column(space)?);
-            self.install(merged);
+        (from < last).then(|| self.runs[from..].to_vec())
+    }
+
+    /// Puts `merged` in place of `inputs`, which must still be runs of the set, in order.
+    fn replace_runs(&mut self, inputs: &[Arc<Run>], merged: Run) -> bool {
+        let at = self.runs.windows(inputs.len()).position(|w| w.iter().zip(inputs).all(|(a, b)| Arc::ptr_eq(a, b)));
+        let Some(at) = at else {
+            return false;
+        };
+        self.runs.splice(at..at + inputs.len(), [Arc::new(merged)]);
+        true
+    }
+
+    /// Flushes the recent keys and merges the runs as due, in this thread.
+    fn flush_and_merge(&mut self) -> Result<()> {
+        if !self.recent.is_empty() {
+            let run = self.flushed()?;
+            self.add_flushed(run);
         }
-        let mut starts: Column<u64> = column(space)?;
-        starts.extend_from_slice(&self.starts);
-        let refs = (save_column(&self.sorted, space)?, save_column(&starts, space)?);
-        self.saved_starts = Some(starts);
-        Ok(refs)
+        while let Some(inputs) = self.merge_inputs() {
+            let merged = Run::merged(self.space.as_ref(), &inputs)?;
+            self.replace_runs(&inputs, merged);
+        }
+        Ok(())
     }
 
     /// The set a checkpoint saved.
-    pub fn load(space: &Arc<ColumnSpace>, sorted: &ColumnRef, starts: &ColumnRef) -> Result<SeenIds> {
-        let sorted: Column<u128> = open_column(space, sorted)?;
-        let saved: Column<u64> = open_column(space, starts)?;
-        let valid = if sorted.is_empty() {
-            saved.is_empty()
-        } else {
-            saved.len() == (1 << RANGE_BITS) + 1
-                && saved.windows(2).all(|w| w[0] <= w[1])
-                && saved.last() == Some(&(sorted.len() as u64))
-        };
-        if !valid {
-            return Err(Error::Storage(format!(
-                "the checkpointed dedupe keys' range table {} is corrupt",
-                starts.file
-            )));
+    pub fn load(space: &Arc<ColumnSpace>, runs: &[SeenRunRef]) -> Result<SeenIds> {
+        let runs = runs.iter().map(|run| Run::open(space, run).map(Arc::new)).collect::<Result<_>>()?;
+        Ok(SeenIds { recent: KeySet::default(), runs, space: Some(space.clone()) })
+    }
+
+    /// The set a version-1 checkpoint saved: one sorted column (its range table is not needed),
+    /// copied into a run.
+    pub fn load_sorted(space: &Arc<ColumnSpace>, sorted: &ColumnRef) -> Result<SeenIds> {
+        let keys: Column<u128> = open_column(space, sorted)?;
+        if !keys.is_sorted_by(|a, b| a < b) {
+            return Err(Error::Storage(format!("the checkpointed dedupe keys {} are not sorted", sorted.file)));
         }
-        Ok(SeenIds { recent: KeySet::default(), starts: saved.to_vec(), sorted, saved_starts: Some(saved) })
+        let mut ids = SeenIds::in_space(Some(space));
+        if !keys.is_empty() {
+            ids.runs.push(Arc::new(Run::from_sorted(Some(space), &keys)?));
+        }
+        Ok(ids)
+    }
+}
+
+/// The dedupe set as a checkpoint lists it. Holding it keeps the runs' files: a merge that
+/// replaces them meanwhile must not delete a file before the manifest listing it pins it.
+pub struct SavedRuns {
+    pub listed: Vec<SeenRunRef>,
+    _runs: Vec<Arc<Run>>,
+}
+
+/// Checkpoint: makes the recent keys a run (built while readers go on) and describes every
+/// run, synced, for the manifest.
+pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
+    if seen.read().space.is_none() {
+        // A set made in memory (no space at start) moves to files now.
+        let mut ids = seen.write();
+        ids.space = Some(space.clone());
+        let keys: Vec<u128> = ids.runs.drain(..).flat_map(|run| run.keys.to_vec()).collect();
+        ids.recent.extend(keys);
+    }
+    if !seen.read().recent.is_empty() {
+        let run = seen.read().flushed()?;
+        seen.write().add_flushed(run);
+    }
+    let runs = seen.read().runs.clone();
+    let listed = runs.iter().map(|run| run.save(space)).collect::<Result<_>>()?;
+    Ok(SavedRuns { listed, _runs: runs })
+}
+
+/// Flushes the writer's recent keys into a run when due, building it while readers go on
+/// (they wait only for the swap).
+pub fn flush_if_due(seen: &SharedIds) -> Result<()> {
+    if !seen.read().flush_due() {
+        return Ok(());
+    }
+    let run = seen.read().flushed()?;
+    seen.write().add_flushed(run);
+    Ok(())
+}
+
+/// Runs merges of the dedupe runs in a background thread, one at a time.
+#[derive(Default)]
+pub struct Merger {
+    running: Option<JoinHandle<()>>,
+}
+
+impl Merger {
+    /// Starts a merge when one is due and none is running.
+    pub fn start_if_due(&mut self, seen: &SharedIds) {
+        if self.running.as_ref().is_some_and(|thread| !thread.is_finished()) {
+            return;
+        }
+        self.finish();
+        let (space, inputs) = {
+            let ids = seen.read();
+            let Some(inputs) = ids.merge_inputs() else {
+                return;
+            };
+            (ids.space.clone(), inputs)
+        };
+        let seen = seen.clone();
+        let spawned = std::thread::Builder::new().name("sextant-dedupe-merge".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            match Run::merged(space.as_ref(), &inputs) {
+                Ok(merged) => {
+                    let keys = merged.len();
+                    if seen.write().replace_runs(&inputs, merged) {
+                        tracing::debug!(
+                            runs = inputs.len(),
+                            keys,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "dedupe runs merged"
+                        );
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "cannot merge the dedupe runs; keeping them apart"),
+            }
+        });
+        match spawned {
+            Ok(thread) => self.running = Some(thread),
+            Err(err) => tracing::error!(error = %err, "cannot start a merge of the dedupe runs"),
+        }
+    }
+
+    /// Waits for the running merge, if any.
+    pub fn finish(&mut self) {
+        if let Some(thread) = self.running.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the dedupe merge thread panicked");
+        }
     }
 }
 
@@ -195,38 +427,161 @@ mod tests {
         crate::core::store::record::event_key("p", &i.to_string())
     }
 
+    fn run_lens(ids: &SeenIds) -> Vec<usize> {
+        ids.runs.iter().map(|r| r.len()).collect()
+    }
+
     #[test]
-    fn keys_stay_members_across_merges() {
+    fn keys_stay_members_across_flushes_and_merges() {
         let mut ids = SeenIds::default();
         for i in 0..1000 {
             assert!(ids.insert(key(i)));
         }
-        ids.install(ids.merged());
-        assert_eq!(ids.recent.len(), 0);
-        ids.extend((1000..1500).map(key));
-        for i in 0..1500 {
+        ids.flush_and_merge().unwrap();
+        assert_eq!((ids.recent.len(), run_lens(&ids)), (0, vec![1000]));
+        ids.extend((1000..1400).map(key));
+        for i in 0..1400 {
             assert!(ids.contains(&key(i)), "{i}");
             assert!(!ids.insert(key(i)));
         }
-        assert!(!ids.contains(&key(1500)));
-        ids.install(ids.merged());
-        assert_eq!(ids.len(), 1500);
-        assert!(ids.sorted.is_sorted());
-        assert!(ids.contains(&key(1499)) && !ids.contains(&key(1501)));
+        assert!(!ids.contains(&key(1400)));
+        ids.flush_and_merge().unwrap();
+        // 1000 > 2 × 400: the runs stay apart.
+        assert_eq!(run_lens(&ids), vec![1000, 400]);
+        assert!((0..1400).all(|i| ids.contains(&key(i))) && !ids.contains(&key(1400)));
+        ids.extend((1400..1900).map(key));
+        ids.flush_and_merge().unwrap();
+        // 400 ≤ 2 × 500 merges, then 1000 ≤ 2 × 900 too.
+        assert_eq!(run_lens(&ids), vec![1900]);
+        assert!(ids.runs[0].keys.is_sorted_by(|a, b| a < b));
+        assert!((0..1900).all(|i| ids.contains(&key(i))) && !ids.contains(&key(1900)));
+    }
+
+    #[test]
+    fn run_sizes_grow_geometrically() {
+        let mut ids = SeenIds::default();
+        let mut next = 0;
+        for _ in 0..31 {
+            ids.extend((next..next + 100).map(key));
+            next += 100;
+            ids.flush_and_merge().unwrap();
+            for pair in ids.runs.windows(2) {
+                assert!(pair[0].len() > pair[1].len() * MERGE_RATIO, "{:?}", run_lens(&ids));
+            }
+        }
+        assert_eq!(run_lens(&ids), vec![2100, 800, 200]);
+        assert_eq!(ids.len(), 3100);
+    }
+
+    #[test]
+    fn the_bloom_filter_rules_out_most_absent_keys() {
+        let keys: Vec<u128> = {
+            let mut k: Vec<u128> = (0..100_000).map(key).collect();
+            k.sort_unstable();
+            k
+        };
+        let run = Run::from_sorted(None, &keys).unwrap();
+        let bloom_at = HEADER + (1 << run.range_bits) + 1;
+        let index = run.index.as_slice();
+        let passes = (100_000..200_000)
+            .map(key)
+            .filter(|&k| {
+                let block = &index[bloom_at + bloom_block(k, run.bloom_blocks) * BLOCK_WORDS..][..BLOCK_WORDS];
+                bloom_probes(k).all(|(word, mask)| block[word] & mask != 0)
+            })
+            .count();
+        // Blocked, 10 bits per key, 7 probes: about 1% (unblocked would be 0.8%).
+        assert!(passes < 2_000, "{passes} of 100000 absent keys pass the bloom filter");
+        assert!(keys.iter().all(|k| run.contains(*k)));
+        assert_eq!(run.range_bits, 13);
+    }
+
+    #[test]
+    fn a_merge_in_the_background_replaces_its_inputs_and_keeps_later_runs() {
+        let seen: SharedIds = Default::default();
+        seen.write().extend((0..300).map(key));
+        seen.write().flush_and_merge().unwrap();
+        seen.write().extend((300..500).map(key));
+        let run = seen.read().flushed().unwrap();
+        seen.write().add_flushed(run);
+        // 300 ≤ 2 × 200: due. A run added while the merge runs stays after the merged one.
+        let inputs = seen.read().merge_inputs().unwrap();
+        seen.write().extend((500..510).map(key));
+        let run = seen.read().flushed().unwrap();
+        seen.write().add_flushed(run);
+        let merged = Run::merged(None, &inputs).unwrap();
+        assert!(seen.write().replace_runs(&inputs, merged));
+        assert_eq!(run_lens(&seen.read()), vec![500, 10]);
+        // 500 > 2 × 10: nothing due. Then 20 more: 10 ≤ 2 × 20 merges in the background.
+        let mut merger = Merger::default();
+        merger.start_if_due(&seen);
+        merger.finish();
+        assert_eq!(run_lens(&seen.read()), vec![500, 10]);
+        seen.write().extend((510..530).map(key));
+        flush_if_due(&seen).unwrap();
+        assert_eq!(seen.read().recent.len(), 20, "below FLUSH: no flush");
+        let run = seen.read().flushed().unwrap();
+        seen.write().add_flushed(run);
+        merger.start_if_due(&seen);
+        merger.finish();
+        assert_eq!(run_lens(&seen.read()), vec![500, 30]);
+        assert!((0..530).all(|i| seen.read().contains(&key(i))) && !seen.read().contains(&key(530)));
+    }
+
+    #[test]
+    fn runs_saved_to_files_load_back_and_a_version_1_column_becomes_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
+        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let mut ids = SeenIds::default();
+        ids.extend((0..700).map(key));
+        ids.flush_and_merge().unwrap();
+        ids.extend((700..900).map(key));
+        // Made in memory, saved to files: the keys become one run in a file.
+        let seen: SharedIds = Arc::new(parking_lot::RwLock::new(ids));
+        let listed = save(&seen, &space).unwrap().listed;
+        assert_eq!(listed.len(), 1);
+        let loaded = SeenIds::load(&space, &listed).unwrap();
+        assert_eq!(loaded.len(), 900);
+        assert!((0..900).all(|i| loaded.contains(&key(i))) && !loaded.contains(&key(900)));
+
+        // A wrong count in an index is refused, naming the file.
+        let mut bad = listed[0].clone();
+        let mut index: Column<u64> = space.column();
+        index.extend_from_slice(&loaded.runs[0].index);
+        index.as_mut_slice()[1] += 1;
+        bad.index = save_column(&index, &space).unwrap();
+        let err = SeenIds::load(&space, &[bad]).unwrap_err().to_string();
+        assert!(err.contains(index.file_name().unwrap()) && err.contains("corrupt"), "{err}");
+
+        // Version 1: one sorted column.
+        let mut sorted: Vec<u128> = (0..50).map(key).collect();
+        sorted.sort_unstable();
+        let mut column: Column<u128> = space.column();
+        column.extend_from_slice(&sorted);
+        let old = save_column(&column, &space).unwrap();
+        let migrated = SeenIds::load_sorted(&space, &old).unwrap();
+        assert_eq!(run_lens(&migrated), vec![50]);
+        assert!((0..50).all(|i| migrated.contains(&key(i))) && !migrated.contains(&key(50)));
+        sorted.swap(0, 1);
+        let mut unsorted: Column<u128> = space.column();
+        unsorted.extend_from_slice(&sorted);
+        let unsorted = save_column(&unsorted, &space).unwrap();
+        assert!(SeenIds::load_sorted(&space, &unsorted).unwrap_err().to_string().contains("not sorted"));
     }
 
     proptest! {
         #[test]
-        fn membership_matches_a_hash_set(keys in proptest::collection::vec(any::<u128>(), 0..300), cut in 0usize..300) {
+        fn membership_matches_a_hash_set(keys in proptest::collection::vec(any::<u128>(), 0..300), cuts in proptest::collection::vec(0usize..300, 0..6)) {
             let mut ids = SeenIds::default();
             let mut reference = std::collections::HashSet::new();
             for (i, k) in keys.iter().enumerate() {
-                if i == cut {
-                    ids.install(ids.merged());
+                if cuts.contains(&i) {
+                    ids.flush_and_merge().unwrap();
                 }
                 prop_assert_eq!(ids.insert(*k), reference.insert(*k));
             }
-            ids.install(ids.merged());
+            ids.flush_and_merge().unwrap();
             for k in &keys {
                 prop_assert!(ids.contains(k));
             }

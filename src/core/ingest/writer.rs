@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::ids::{KeySet, SeenIds};
+use super::ids::{KeySet, Merger, SeenIds, SharedIds, flush_if_due};
 use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer};
 use crate::core::engine::{ProjectEntry, ProjectState};
 use crate::core::store::record::LogRecord;
@@ -78,10 +78,6 @@ impl Hasher for IdHasher {
         self.0 = n as u64;
     }
 }
-
-/// The writer's id set, shared so that ingestion can ask whether an id was stored before the
-/// tracking plan judges it. Only the writer thread writes it.
-pub type SharedIds = Arc<parking_lot::RwLock<SeenIds>>;
 
 pub use crate::core::store::record::event_key;
 
@@ -217,6 +213,7 @@ fn run_writer(
     let mut checkpoint = Checkpoints { checkpointer: checkpoints, last, events: 0 };
     let mut compaction = None;
     let mut checkpoint_asked = Vec::new();
+    let mut merger = Merger::default();
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = Vec::new();
@@ -277,12 +274,12 @@ fn run_writer(
         for a in replies {
             reply(a);
         }
-        // After the acks, so a merge of the dedupe keys delays no ack of this group; built
-        // while readers go on, they wait only for the swap.
-        if seen.read().merge_due() {
-            let merged = seen.read().merged();
-            seen.write().install(merged);
+        // After the acks, so that sorting the recent dedupe keys into a run delays no ack of
+        // this group; merging runs happens in the background.
+        if let Err(err) = flush_if_due(&seen) {
+            tracing::error!(error = %err, "cannot write the dedupe keys; keeping them in memory");
         }
+        merger.start_if_due(&seen);
         checkpoint.events += events;
         if let Some(job) = compaction.take() {
             drain();
@@ -306,6 +303,7 @@ fn run_writer(
         }
     }
     drop(applier);
+    merger.finish();
     if applier_thread.join().is_err() {
         tracing::error!("the applier thread panicked");
     }

@@ -1,9 +1,9 @@
 //! Checkpoints: a project's data as files, so a restart maps them instead of replaying the log.
 //!
 //! A checkpoint lists, per project, its column files (each with its length and checksums of
-//! its values by 4 MiB block, so a checkpoint hashes only new blocks) and one state file (everything small: interner lookups are rebuilt from their
-//! columns, the rest is serialized), and the dedupe set's sorted keys, with the log position
-//! it covers. Columns are append-only, so a file a checkpoint lists is never changed in its
+//! its values by 4 MiB block, so a checkpoint hashes only new blocks) and one state file
+//! (everything small: interner lookups are rebuilt from their columns, the rest is
+//! serialized), and the dedupe set's runs of sorted keys, with the log position it covers. Columns are append-only, so a file a checkpoint lists is never changed in its
 //! listed prefix afterwards: later appends go past it, and compaction writes new files. The
 //! manifest is written last (temporary file, fsync, rename, fsync of the directory), so a
 //! crash leaves either the old checkpoint or the new one, each with all its files.
@@ -29,7 +29,9 @@ use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
-const MANIFEST_VERSION: u32 = 1;
+/// Version 2 lists the dedupe keys as runs (`seen_runs`); version 1, one sorted column
+/// (`seen`), still loads.
+const MANIFEST_VERSION: u32 = 2;
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,8 +43,21 @@ pub struct Manifest {
     pub log_db: String,
     pub log_seq: u64,
     pub projects: BTreeMap<String, ProjectFiles>,
-    pub seen: ColumnRef,
-    pub seen_starts: ColumnRef,
+    /// The dedupe set's runs, oldest first (version 2).
+    #[serde(default)]
+    pub seen_runs: Vec<SeenRunRef>,
+    /// Version 1: the dedupe keys in one sorted column, and its range table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<ColumnRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_starts: Option<ColumnRef>,
+}
+
+/// One run of the dedupe set (`ingest::ids`): its sorted keys and their index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeenRunRef {
+    pub keys: ColumnRef,
+    pub index: ColumnRef,
 }
 
 /// A column file, how many values of it the checkpoint covers, and their checksums.
@@ -66,7 +81,7 @@ pub struct ProjectFiles {
 impl Manifest {
     /// Every file the manifest lists.
     pub fn files(&self) -> HashSet<String> {
-        let mut files: HashSet<String> = [self.seen.file.clone(), self.seen_starts.file.clone()].into();
+        let mut files: HashSet<String> = self.seen_columns().map(|c| c.file.clone()).collect();
         for project in self.projects.values() {
             files.insert(project.state.clone());
             files.extend(project.columns.values().map(|c| c.file.clone()));
@@ -83,10 +98,26 @@ impl Manifest {
         };
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Storage(format!("{} is not a valid manifest: {e}", path.display())))?;
-        if manifest.version != MANIFEST_VERSION {
+        if !(1..=MANIFEST_VERSION).contains(&manifest.version) {
             return Err(Error::Storage(format!("{} has unknown version {}", path.display(), manifest.version)));
         }
         Ok(Some(manifest))
+    }
+
+    /// The dedupe set's column files.
+    fn seen_columns(&self) -> impl Iterator<Item = &ColumnRef> {
+        let runs = self.seen_runs.iter().flat_map(|run| [&run.keys, &run.index]);
+        runs.chain(self.seen.iter()).chain(self.seen_starts.iter())
+    }
+
+    /// A manifest of this version (what `write` writes).
+    pub fn new(
+        log_db: String,
+        log_seq: u64,
+        projects: BTreeMap<String, ProjectFiles>,
+        seen_runs: Vec<SeenRunRef>,
+    ) -> Manifest {
+        Manifest { version: MANIFEST_VERSION, log_db, log_seq, projects, seen_runs, seen: None, seen_starts: None }
     }
 
     /// Writes the manifest atomically and durably.
@@ -138,7 +169,7 @@ impl Manifest {
                 return Err(corrupt(&project.state, "its checksum differs from the manifest's"));
             }
         }
-        let mut columns: Vec<&ColumnRef> = vec![&self.seen, &self.seen_starts];
+        let mut columns: Vec<&ColumnRef> = self.seen_columns().collect();
         columns.extend(self.projects.values().flat_map(|p| p.columns.values()));
         let check = |column: &ColumnRef| -> Result<()> {
             let path = dir.join(&column.file);
