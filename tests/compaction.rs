@@ -35,8 +35,8 @@ fn found_on_disk(dir: &Path, needles: &[&str]) -> Vec<String> {
     walk(dir, &mut files);
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
-        // Checkpointed project states are lz4-compressed: search them decompressed too.
-        if file.extension().is_some_and(|e| e == "state") {
+        // Checkpointed project states and traits are lz4-compressed: search them decompressed too.
+        if file.extension().is_some_and(|e| e == "state" || e == "traits") {
             let mut state = Vec::new();
             std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(&bytes[..]), &mut state).unwrap();
             haystacks.push(state);

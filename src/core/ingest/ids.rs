@@ -89,15 +89,15 @@ fn range_of(key: u128, bits: u32) -> usize {
     if bits == 0 { 0 } else { (key >> (128 - bits)) as usize }
 }
 
-/// The bloom block of `key` (from its low 64 bits; the range uses the leading ones).
+/// The bloom block of `key`, from its high 64 bits: in key order the blocks ascend, so
+/// building a run's filter from its sorted keys writes memory in order, not at random.
 fn bloom_block(key: u128, blocks: usize) -> usize {
-    ((u128::from(key as u64) * blocks as u128) >> 64) as usize
+    ((u128::from((key >> 64) as u64) * blocks as u128) >> 64) as usize
 }
 
-/// The (word, mask) of each bit `key` sets in its block, from its high 64 bits, remixed so
-/// they do not repeat the leading bits the range table uses.
+/// The (word, mask) of each bit `key` sets in its block, from its low 64 bits (remixed).
 fn bloom_probes(key: u128) -> impl Iterator<Item = (usize, u64)> {
-    let bits = ((key >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let bits = (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (0..BLOOM_PROBES).map(move |i| {
         let bit = (bits >> (i * 9)) & 511;
         ((bit >> 6) as usize, 1u64 << (bit & 63))

@@ -32,6 +32,8 @@ pub struct ProjectData {
     pub person_order: PersonOrderCache,
     /// Bumped on every trait change, so caches derived from traits know when to rebuild.
     pub traits_version: u64,
+    /// The traits file the last checkpoint listed: (`Traits::changes` then, file, checksum).
+    pub traits_file: parking_lot::Mutex<Option<(u64, String, u64)>>,
     pub trait_groups: TraitGroupCache,
     /// Dedupe keys of deleted users' events: compaction writes them in place of the events, so
     /// re-sent events of a deleted user stay duplicates. (Expired events need none: Track

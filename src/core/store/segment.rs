@@ -76,6 +76,19 @@ pub struct ProjectFiles {
     pub columns: BTreeMap<String, ColumnRef>,
     pub state: String,
     pub state_checksum: u64,
+    /// The traits, in a file of their own that a checkpoint rewrites only when they changed
+    /// (none: inside `state`, where earlier checkpoints kept them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traits: Option<String>,
+    #[serde(default)]
+    pub traits_checksum: u64,
+}
+
+impl ProjectFiles {
+    /// The compressed files (state, traits) with their checksums.
+    fn compressed(&self) -> impl Iterator<Item = (&String, u64)> {
+        std::iter::once((&self.state, self.state_checksum)).chain(self.traits.iter().map(|t| (t, self.traits_checksum)))
+    }
 }
 
 impl Manifest {
@@ -83,7 +96,7 @@ impl Manifest {
     pub fn files(&self) -> HashSet<String> {
         let mut files: HashSet<String> = self.seen_columns().map(|c| c.file.clone()).collect();
         for project in self.projects.values() {
-            files.insert(project.state.clone());
+            files.extend(project.compressed().map(|(file, _)| file.clone()));
             files.extend(project.columns.values().map(|c| c.file.clone()));
         }
         files
@@ -162,11 +175,11 @@ impl Manifest {
                 dir.join(file).display()
             ))
         };
-        for project in self.projects.values() {
-            let path = dir.join(&project.state);
+        for (file, checksum) in self.projects.values().flat_map(|p| p.compressed()) {
+            let path = dir.join(file);
             let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
-            if xxhash_rust::xxh3::xxh3_64(&bytes) != project.state_checksum {
-                return Err(corrupt(&project.state, "its checksum differs from the manifest's"));
+            if xxhash_rust::xxh3::xxh3_64(&bytes) != checksum {
+                return Err(corrupt(file, "its checksum differs from the manifest's"));
             }
         }
         let mut columns: Vec<&ColumnRef> = self.seen_columns().collect();
@@ -229,6 +242,42 @@ struct ProjectState<'a> {
     manual: Vec<(String, Vec<ManualValue>)>,
     erased_keys: Cow<'a, [u128]>,
     needs_compaction: bool,
+}
+
+/// Writes `value` (bincode) through lz4 into a new file `<n>.<extension>` of `space`, synced;
+/// returns its name and checksum. Streamed: no whole copy of the value in memory.
+fn write_compressed<T: Serialize>(space: &ColumnSpace, extension: &str, value: &T) -> Result<(String, u64)> {
+    let name = space.new_name(extension);
+    let path = space.dir().join(&name);
+    let failed = |e: std::io::Error| io_error("cannot write", &path, e);
+    let file = std::fs::File::create(&path).map_err(|e| io_error("cannot create", &path, e))?;
+    let hashing = Hashing { inner: std::io::BufWriter::new(file), hasher: xxhash_rust::xxh3::Xxh3::new() };
+    let mut encoder = lz4_flex::frame::FrameEncoder::new(hashing);
+    bincode::serialize_into(&mut encoder, value).map_err(|e| match *e {
+        bincode::ErrorKind::Io(e) => failed(e),
+        e => Error::Internal(format!("checkpoint {extension}: {e}")),
+    })?;
+    let mut hashing = encoder.finish().map_err(|e| failed(e.into()))?;
+    hashing.flush().map_err(failed)?;
+    let checksum = hashing.hasher.digest();
+    let file = hashing.inner.into_inner().map_err(|e| failed(e.into_error()))?;
+    file.sync_all().map_err(failed)?;
+    Ok((name, checksum))
+}
+
+/// Reads a file `write_compressed` wrote, checking its checksum first.
+fn read_compressed<T: serde::de::DeserializeOwned>(space: &ColumnSpace, name: &str, checksum: u64) -> Result<T> {
+    let path = space.dir().join(name);
+    let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
+    if xxhash_rust::xxh3::xxh3_64(&bytes) != checksum {
+        return Err(Error::Storage(format!(
+            "{} is corrupt: its checksum differs from the manifest's; restore the data directory from a backup",
+            path.display()
+        )));
+    }
+    // Buffered: bincode reads value by value, and each frame read has a cost.
+    let decoder = std::io::BufReader::with_capacity(1 << 16, lz4_flex::frame::FrameDecoder::new(&bytes[..]));
+    bincode::deserialize_from(decoder).map_err(|e| Error::Storage(format!("{} cannot be read: {e}", path.display())))
 }
 
 /// Writes what passes through to `inner`, hashing it.
@@ -300,45 +349,36 @@ impl ProjectData {
             min_time: table.min_time,
             max_time: table.max_time,
             generation: table.generation,
-            traits: self.traits.state(),
+            // In their own file (below).
+            traits: crate::core::store::traits::Traits::empty_state(),
             quarantine: self.quarantine.values().cloned().collect(),
             manual,
             erased_keys: Cow::Borrowed(&self.erased_keys),
             needs_compaction: self.needs_compaction.load(std::sync::atomic::Ordering::Relaxed),
         };
-        // Streamed through lz4 into the file: no whole copy of the state in memory.
-        let name = space.new_name("state");
-        let path = space.dir().join(&name);
-        let failed = |e: std::io::Error| io_error("cannot write", &path, e);
-        let file = std::fs::File::create(&path).map_err(|e| io_error("cannot create", &path, e))?;
-        let hashing = Hashing { inner: std::io::BufWriter::new(file), hasher: xxhash_rust::xxh3::Xxh3::new() };
-        let mut encoder = lz4_flex::frame::FrameEncoder::new(hashing);
-        bincode::serialize_into(&mut encoder, &state).map_err(|e| match *e {
-            bincode::ErrorKind::Io(e) => failed(e),
-            e => Error::Internal(format!("checkpoint state: {e}")),
-        })?;
-        let mut hashing = encoder.finish().map_err(|e| failed(e.into()))?;
-        hashing.flush().map_err(failed)?;
-        let checksum = hashing.hasher.digest();
-        let file = hashing.inner.into_inner().map_err(|e| failed(e.into_error()))?;
-        file.sync_all().map_err(failed)?;
-        Ok(ProjectFiles { columns, state: name, state_checksum: checksum })
+        let (state, state_checksum) = write_compressed(space, "state", &state)?;
+        // The traits file the last checkpoint wrote is listed again while the traits have not
+        // changed since: a load of users is written once, not at every checkpoint.
+        let mut saved = self.traits_file.lock();
+        let (traits, traits_checksum) = match &*saved {
+            Some((changes, file, checksum)) if *changes == self.traits.changes() => (file.clone(), *checksum),
+            _ => {
+                let (file, checksum) = write_compressed(space, "traits", &self.traits.state())?;
+                *saved = Some((self.traits.changes(), file.clone(), checksum));
+                (file, checksum)
+            }
+        };
+        Ok(ProjectFiles { columns, state, state_checksum, traits: Some(traits), traits_checksum })
     }
 
     /// The project a checkpoint saved, its columns mapped from their files.
     pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
         let path = space.dir().join(&files.state);
-        let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
-        if xxhash_rust::xxh3::xxh3_64(&bytes) != files.state_checksum {
-            return Err(Error::Storage(format!(
-                "{} is corrupt: its checksum differs from the manifest's; restore the data directory from a backup",
-                path.display()
-            )));
-        }
         let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
-        // Buffered: bincode reads value by value, and each frame read has a cost.
-        let decoder = std::io::BufReader::with_capacity(1 << 16, lz4_flex::frame::FrameDecoder::new(&bytes[..]));
-        let state: ProjectState<'static> = bincode::deserialize_from(decoder).map_err(|e| corrupt(e.to_string()))?;
+        let mut state: ProjectState<'static> = read_compressed(space, &files.state, files.state_checksum)?;
+        if let Some(traits) = &files.traits {
+            state.traits = read_compressed(space, traits, files.traits_checksum)?;
+        }
         // Every column is replaced by its file below: start from empty ones in memory, not new files.
         let mut table = EventTable::default();
         table.space = Some(space.clone());
@@ -376,6 +416,9 @@ impl ProjectData {
         checked.map_err(corrupt)?;
         let mut data = ProjectData { table, ..ProjectData::default() };
         data.traits = traits.map_err(corrupt)?;
+        if let Some(traits) = &files.traits {
+            *data.traits_file.get_mut() = Some((data.traits.changes(), traits.clone(), files.traits_checksum));
+        }
         data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
         for (metric_key, values) in state.manual {
             data.add_manual(&metric_key, &values);
@@ -383,5 +426,67 @@ impl ProjectData {
         data.erased_keys = state.erased_keys.into_owned();
         *data.needs_compaction.get_mut() = state.needs_compaction;
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Event, UserUpdate, Value};
+    use crate::core::store::record::LogRecord;
+
+    fn users(set: &[(&str, &str)]) -> LogRecord {
+        let updates = set
+            .iter()
+            .map(|(user, plan)| UserUpdate {
+                user_id: (*user).into(),
+                set: vec![("plan".into(), Value::String((*plan).into()))],
+                set_once: vec![],
+                unset: vec![],
+            })
+            .collect();
+        LogRecord::Users { project: "p".into(), at: 0, updates }
+    }
+
+    #[test]
+    fn unchanged_traits_keep_their_file_and_everything_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
+        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let mut data = ProjectData::in_space(Some(&space));
+        data.apply(&users(&[("u1", "free"), ("u2", "pro")]), &[]);
+        let event = |id: &str, user: &str| Event {
+            event_id: id.into(),
+            name: "view".into(),
+            user_id: user.into(),
+            anonymous_id: String::new(),
+            timestamp: 1_000,
+            properties: vec![],
+        };
+        data.table.push(&event("e1", "u1"));
+        let first = data.save(&space).unwrap();
+        data.table.push(&event("e2", "u2"));
+        let second = data.save(&space).unwrap();
+        assert_ne!(first.state, second.state, "the state is written at every checkpoint");
+        assert_eq!((&first.traits, first.traits_checksum), (&second.traits, second.traits_checksum));
+        data.apply(&users(&[("u2", "team")]), &[]);
+        let third = data.save(&space).unwrap();
+        assert_ne!(third.traits, second.traits, "changed traits get a new file");
+
+        let loaded = ProjectData::load(&space, &third).unwrap();
+        assert_eq!(loaded.table.len(), 2);
+        let u2 = loaded.table.find_user("u2").unwrap();
+        assert_eq!(loaded.traits.of(u2).unwrap(), vec![("plan".to_owned(), Value::String("team".into()))]);
+        // Loaded, then saved without a change: the listed traits file again.
+        assert_eq!(loaded.save(&space).unwrap().traits, third.traits);
+
+        // A flipped byte in the traits file is found by its checksum.
+        let path = space.dir().join(third.traits.as_ref().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = ProjectData::load(&space, &third).unwrap_err().to_string();
+        assert!(err.contains(third.traits.as_ref().unwrap()) && err.contains("corrupt"), "{err}");
     }
 }

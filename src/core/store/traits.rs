@@ -14,6 +14,8 @@ pub struct Traits {
     strings: Interner,
     /// Per user person id (a user who had traits set, even if all were removed since).
     by_user: HashMap<u32, Box<[Prop]>>,
+    /// Counts changes, so a checkpoint can tell the traits it saved last are still current.
+    changes: u64,
 }
 
 impl Traits {
@@ -31,7 +33,13 @@ impl Traits {
     }
 
     pub fn remove(&mut self, person: u32) {
+        self.changes += 1;
         self.by_user.remove(&person);
+    }
+
+    /// How many changes the traits have had (see `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// A user's traits by name, or none when no traits were ever set.
@@ -81,6 +89,7 @@ impl Traits {
 
     /// Applies `set` (null removes), then `set_once` (only traits not set), then `unset`.
     pub fn update(&mut self, person: u32, update: &UserUpdate) {
+        self.changes += 1;
         let mut props: Vec<Prop> = self.by_user.remove(&person).map(Vec::from).unwrap_or_default();
         for (name, value) in &update.set {
             let key = self.names.intern(name);
@@ -118,6 +127,12 @@ pub struct TraitsState {
 }
 
 impl Traits {
+    /// None saved: a state with no users (what a checkpoint whose traits are in their own file
+    /// puts in the project state).
+    pub fn empty_state() -> TraitsState {
+        Traits::default().state()
+    }
+
     pub fn state(&self) -> TraitsState {
         let all = |interner: &Interner| (0..interner.len() as u32).map(|id| interner.resolve(id).to_owned()).collect();
         let mut people: Vec<u32> = self.by_user.keys().copied().collect();
