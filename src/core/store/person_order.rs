@@ -113,15 +113,44 @@ impl PersonEvents<'_> {
 
 impl PersonOrder {
     pub fn build(table: &EventTable) -> PersonOrder {
+        PersonOrder::build_with(table, query_threads(table))
+    }
+
+    /// `build` on `threads` threads.
+    fn build_with(table: &EventTable, threads: usize) -> PersonOrder {
         let derived = table.space().map(|space| space.derived());
         let space = derived.as_ref();
         let n = table.len();
-        // Group rows by canonical person (a counting sort: people ascending, rows in arrival
-        // order within each), then sort each person's rows by (time, row).
-        let mut counts = vec![0u32; table.canonical.len()];
-        for &person in table.person.iter() {
-            counts[table.canonical[person as usize] as usize] += 1;
-        }
+        let threads = threads.max(1);
+        // Each row's canonical person (the one random lookup per row), with the rows per
+        // person, in parallel over chunks of rows.
+        let mut owner: Column<u32> = Column::in_space(space);
+        owner.resize_zeroed(n);
+        let chunk = n.div_ceil(threads).max(1);
+        let counts = std::thread::scope(|scope| {
+            let parts: Vec<_> = owner
+                .as_mut_slice()
+                .chunks_mut(chunk)
+                .zip(table.person.chunks(chunk))
+                .map(|(owners, persons)| {
+                    scope.spawn(move || {
+                        let mut counts = vec![0u32; table.canonical.len()];
+                        for (owner, &person) in owners.iter_mut().zip(persons) {
+                            *owner = table.canonical[person as usize];
+                            counts[*owner as usize] += 1;
+                        }
+                        counts
+                    })
+                })
+                .collect();
+            let mut total = vec![0u32; table.canonical.len()];
+            for part in parts {
+                let counts = part.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                total.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
+            }
+            total
+        });
+        // People ascending, each one's rows starting where the previous one's end.
         let mut people: Column<u32> = Column::in_space(space);
         let mut starts: Column<u32> = Column::in_space(space);
         starts.push(0);
@@ -136,25 +165,94 @@ impl PersonOrder {
             }
         }
         drop(counts);
+        // Rows, times and names go to their person's slots (arrival order within a person),
+        // read in row order: every read is sequential. Each thread takes a range of people
+        // with about as many rows as the others, and so a range of slots of its own.
         let mut rows: Column<u32> = Column::in_space(space);
-        rows.resize_zeroed(n);
-        for (row, &person) in table.person.iter().enumerate() {
-            let slot = &mut next[table.canonical[person as usize] as usize];
-            rows[*slot as usize] = row as u32;
-            *slot += 1;
-        }
-        drop(next);
-        let key = |r: &u32| (table.time[*r as usize], *r);
-        for span in starts.windows(2) {
-            let own = &mut rows[span[0] as usize..span[1] as usize];
-            if !own.is_sorted_by_key(key) {
-                own.sort_unstable_by_key(key);
-            }
-        }
         let mut times: Column<Micros> = Column::in_space(space);
-        times.extend(rows.iter().map(|&r| table.time[r as usize]));
         let mut names: Column<u32> = Column::in_space(space);
-        names.extend(rows.iter().map(|&r| table.name[r as usize]));
+        rows.resize_zeroed(n);
+        times.resize_zeroed(n);
+        names.resize_zeroed(n);
+        // Cut the canonical people where the slots reach each thread's share of the rows.
+        let mut cuts = vec![0usize];
+        for k in 1..threads {
+            let i = starts.partition_point(|&s| (s as usize) < n * k / threads);
+            let cut = people.get(i).map_or(next.len(), |&p| p as usize);
+            cuts.push(cut.max(cuts[k - 1]));
+        }
+        cuts.push(next.len());
+        let bounds: Vec<usize> = cuts.iter().map(|&c| next.get(c).map_or(n, |&s| s as usize)).collect();
+        std::thread::scope(|scope| {
+            let (mut rows, mut times, mut names) = (rows.as_mut_slice(), times.as_mut_slice(), names.as_mut_slice());
+            let mut next = &mut next[..];
+            let owner = owner.as_slice();
+            for k in 0..threads {
+                let (first, last) = (cuts[k], cuts[k + 1]);
+                let (base, upto) = (bounds[k], bounds[k + 1]);
+                let own_next;
+                (own_next, next) = std::mem::take(&mut next).split_at_mut(last - first);
+                let own_rows;
+                (own_rows, rows) = std::mem::take(&mut rows).split_at_mut(upto - base);
+                let own_times;
+                (own_times, times) = std::mem::take(&mut times).split_at_mut(upto - base);
+                let own_names;
+                (own_names, names) = std::mem::take(&mut names).split_at_mut(upto - base);
+                scope.spawn(move || {
+                    for (row, &person) in owner.iter().enumerate() {
+                        let person = person as usize;
+                        if person < first || person >= last {
+                            continue;
+                        }
+                        let slot = &mut own_next[person - first];
+                        let at = *slot as usize - base;
+                        *slot += 1;
+                        own_rows[at] = row as u32;
+                        own_times[at] = table.time[row];
+                        own_names[at] = table.name[row];
+                    }
+                });
+            }
+        });
+        drop(owner);
+        drop(next);
+        // Each person's events by (time, row): most are in order already.
+        let spans: Vec<std::ops::Range<usize>> =
+            starts.windows(2).map(|w| w[0] as usize..w[1] as usize).filter(|span| span.len() > 1).collect();
+        let sort_part = |rows: &mut [u32],
+                         times: &mut [Micros],
+                         names: &mut [u32],
+                         spans: &[std::ops::Range<usize>],
+                         base: usize| {
+            let mut events = Vec::new();
+            for span in spans {
+                let span = span.start - base..span.end - base;
+                let (r, t) = (&rows[span.clone()], &times[span.clone()]);
+                if (1..r.len()).all(|i| (t[i - 1], r[i - 1]) <= (t[i], r[i])) {
+                    continue;
+                }
+                events.clear();
+                events.extend(span.clone().map(|i| (times[i], rows[i], names[i])));
+                events.sort_unstable_by_key(|&(time, row, _)| (time, row));
+                for (i, (time, row, name)) in span.zip(events.iter().copied()) {
+                    (times[i], rows[i], names[i]) = (time, row, name);
+                }
+            }
+        };
+        let split = spans.partition_point(|span| span.start < n / 2);
+        if threads > 1 && split > 0 && split < spans.len() {
+            let at = spans[split].start;
+            let (rows_a, rows_b) = rows.as_mut_slice().split_at_mut(at);
+            let (times_a, times_b) = times.as_mut_slice().split_at_mut(at);
+            let (names_a, names_b) = names.as_mut_slice().split_at_mut(at);
+            let (spans_a, spans_b) = spans.split_at(split);
+            std::thread::scope(|scope| {
+                scope.spawn(|| sort_part(rows_a, times_a, names_a, spans_a, 0));
+                sort_part(rows_b, times_b, names_b, spans_b, at);
+            });
+        } else {
+            sort_part(rows.as_mut_slice(), times.as_mut_slice(), names.as_mut_slice(), &spans, 0);
+        }
         let mut order = PersonOrder {
             covered: n,
             layout: table.layout_version(),
@@ -657,6 +755,47 @@ mod tests {
         });
         seen.sort();
         seen
+    }
+
+    proptest::proptest! {
+        /// Built on any number of threads, the order is the table's rows sorted by (canonical
+        /// person, time, row), with each person's start, and the names along.
+        #[test]
+        fn any_thread_count_builds_the_sorted_order(
+            events in proptest::collection::vec((0u8..12, 0u8..3, 0i64..20), 0..120),
+            aliases in proptest::collection::vec((0u8..12, 0u8..12), 0..4),
+            threads in 1usize..5,
+        ) {
+            let mut table = EventTable::default();
+            for (i, &(user, name, t)) in events.iter().enumerate() {
+                // Users 8 and up arrive anonymous: aliases can move them to a user.
+                let (user_id, anon) = if user >= 8 { (String::new(), format!("a{user}")) } else { (format!("u{user}"), String::new()) };
+                push(&mut table, &format!("e{i}"), ["a", "b", "c"][name as usize], &user_id, &anon, t);
+            }
+            for &(anon, user) in &aliases {
+                table.alias(&format!("a{}", 8 + anon % 4), &format!("u{}", user % 8));
+            }
+            let mut want: Vec<(u32, Micros, u32)> = (0..table.len())
+                .map(|r| (table.canonical[table.person[r] as usize], table.time[r], r as u32))
+                .collect();
+            want.sort_unstable();
+            let order = PersonOrder::build_with(&table, threads);
+            proptest::prop_assert_eq!(order.rows.to_vec(), want.iter().map(|w| w.2).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(order.times.to_vec(), want.iter().map(|w| w.1).collect::<Vec<_>>());
+            let names: Vec<u32> = want.iter().map(|w| table.name[w.2 as usize]).collect();
+            proptest::prop_assert_eq!(order.names.to_vec(), names);
+            let mut people: Vec<u32> = want.iter().map(|w| w.0).collect();
+            people.dedup();
+            proptest::prop_assert_eq!(order.people.to_vec(), people.clone());
+            for (i, &person) in people.iter().enumerate() {
+                let first = want.iter().position(|w| w.0 == person).unwrap() as u32;
+                proptest::prop_assert_eq!(order.starts[i], first);
+            }
+            proptest::prop_assert_eq!(order.starts.last().copied(), Some(table.len() as u32));
+            // And it equals the one-thread build, name index included.
+            let single = PersonOrder::build_with(&table, 1);
+            proptest::prop_assert_eq!(named_scan(&order, &table, &[0, 1, 2]), named_scan(&single, &table, &[0, 1, 2]));
+        }
     }
 
     #[test]
