@@ -11,6 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
+/// A Track batch ready for the writer (see `Engine::submit`).
+struct PreparedWrite {
+    entry: Arc<ProjectEntry>,
+    records: Vec<LogRecord>,
+    keys: Vec<u128>,
+    absent_at: Option<u64>,
+}
+
 impl Engine {
     /// Encodes records here, on the caller's thread, and has the writer make them durable.
     /// `keys` are the dedupe keys of the first record's events, when it is `Events`.
@@ -20,21 +28,23 @@ impl Engine {
         records: Vec<LogRecord>,
         keys: Vec<u128>,
     ) -> Result<WriteResult> {
-        self.submit(project, records, keys).await?.await.map_err(|_| Error::Unavailable)?
+        self.submit(project, records, keys, None).await?.await.map_err(|_| Error::Unavailable)?
     }
 
     /// Queues a write job; the receiver answers once the writer made it durable. The writer
     /// handles jobs in queue order, so of two jobs repeating an id the first queued is stored.
+    /// `absent_at`: see `WriteJob::absent_at`.
     async fn submit(
         &self,
         project: Arc<ProjectEntry>,
         records: Vec<LogRecord>,
         keys: Vec<u128>,
+        absent_at: Option<u64>,
     ) -> Result<oneshot::Receiver<Result<WriteResult>>> {
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
         let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();
-        let job = WriteJob { project, records, encoded, keys, reply };
+        let job = WriteJob { project, records, encoded, keys, absent_at, reply };
         sender.send(ingest::WriterTask::Write(job)).await.map_err(|_| Error::Unavailable)?;
         Ok(receiver)
     }
@@ -95,8 +105,8 @@ impl Engine {
         let prepared = self.off_executor(move |engine| engine.prepare_track(&project, items, enforce_plan)).await;
         turn.wait().await;
         let (mut outcome, receiver) = match prepared {
-            Ok((outcome, Some((entry, records, keys)))) => {
-                let submitted = self.submit(entry, records, keys).await;
+            Ok((outcome, Some(prepared))) => {
+                let submitted = self.submit(prepared.entry, prepared.records, prepared.keys, prepared.absent_at).await;
                 turn.pass();
                 (outcome, submitted?)
             }
@@ -110,14 +120,13 @@ impl Engine {
     }
 
     /// Validation and the tracking plan for a batch: its outcome so far and, when anything is
-    /// to be stored, the records to write with their dedupe keys.
-    #[allow(clippy::type_complexity)]
+    /// to be stored, the write to queue.
     fn prepare_track(
         &self,
         project_id: &str,
         items: Vec<Incoming>,
         enforce_plan: bool,
-    ) -> Result<(TrackOutcome, Option<(Arc<ProjectEntry>, Vec<LogRecord>, Vec<u128>)>)> {
+    ) -> Result<(TrackOutcome, Option<PreparedWrite>)> {
         self.limits.check_batch("events", items.len())?;
         let entry = self.project(project_id)?;
         let sorted = {
@@ -138,18 +147,22 @@ impl Engine {
         // new id are still settled by the writer.)
         let mut accepted = sorted.accepted;
         let mut keys = event_keys(project_id, &accepted);
-        let known: Vec<bool> = {
+        let (known, mark): (Vec<bool>, u64) = {
             let seen = self.seen.read();
-            keys.iter().map(|key| seen.contains(key)).collect()
+            (keys.iter().map(|key| seen.contains(key)).collect(), seen.mark())
         };
         // The answer holds only if everything durable of the project is applied, checked after
         // reading the ids (the writer publishes ids only after counting a job deferred): a
         // known id then means a visible event, as an ack must. Otherwise the writer answers.
         let duplicates = known.iter().filter(|k| **k).count();
+        // With the known ids taken out, every key left was absent at `mark`: the writer
+        // checks only ids added since. Otherwise it checks them all.
+        let mut absent_at = (duplicates == 0).then_some(mark);
         if duplicates > 0 && !ingest::has_deferred(&self.deferred, &entry) {
             outcome.duplicates += duplicates as u64;
             (accepted, keys) =
                 accepted.into_iter().zip(keys).zip(&known).filter(|(_, known)| !**known).map(|(pair, _)| pair).unzip();
+            absent_at = Some(mark);
         }
         outcome.quarantined = sorted.quarantined.len() as u64;
         ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
@@ -158,7 +171,7 @@ impl Engine {
             return Ok((outcome, None));
         }
         let records = self.event_records(project_id, accepted, sorted.quarantined, vec![]);
-        Ok((outcome, Some((entry, records, keys))))
+        Ok((outcome, Some(PreparedWrite { entry, records, keys, absent_at })))
     }
 
     /// Applies trait updates; invalid items (already failed in decoding, as `(user_id, error)`,

@@ -54,6 +54,9 @@ pub struct SeenIds {
     runs: Vec<Arc<Run>>,
     /// Where runs get their files (none: in memory).
     space: Option<Arc<ColumnSpace>>,
+    /// Flushes of the recent keys into a run so far: while it has not moved, every key added
+    /// since is in `recent` (see `added_since`).
+    flushes: u64,
 }
 
 impl Default for SeenIds {
@@ -218,7 +221,7 @@ impl Run {
 impl SeenIds {
     /// An empty set whose runs live in files of `space` (or in memory).
     pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> SeenIds {
-        SeenIds { recent: KeySet::default(), runs: Vec::new(), space: space.cloned() }
+        SeenIds { recent: KeySet::default(), runs: Vec::new(), space: space.cloned(), flushes: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -231,6 +234,17 @@ impl SeenIds {
 
     pub fn contains(&self, key: &u128) -> bool {
         self.recent.contains(key) || self.runs.iter().rev().any(|run| run.contains(*key))
+    }
+
+    /// A mark to check keys against later with `added_since`: the flushes so far.
+    pub fn mark(&self) -> u64 {
+        self.flushes
+    }
+
+    /// Whether `key`, absent when `mark` gave `since`, has been added since: one hash probe
+    /// while no flush has moved recent keys into a run, else a full `contains`.
+    pub fn added_since(&self, key: &u128, since: u64) -> bool {
+        if since == self.flushes { self.recent.contains(key) } else { self.contains(key) }
     }
 
     /// Adds `key`; false when it was already there. Flushes and merges in the caller's thread
@@ -270,6 +284,7 @@ impl SeenIds {
         debug_assert_eq!(run.len(), self.recent.len(), "the recent keys changed since the flush");
         self.runs.push(Arc::new(run));
         self.recent = KeySet::default();
+        self.flushes += 1;
     }
 
     /// The newest runs that are due to merge (see `MERGE_RATIO`), when there are two or more.
@@ -309,7 +324,7 @@ impl SeenIds {
     /// The set a checkpoint saved.
     pub fn load(space: &Arc<ColumnSpace>, runs: &[SeenRunRef]) -> Result<SeenIds> {
         let runs = runs.iter().map(|run| Run::open(space, run).map(Arc::new)).collect::<Result<_>>()?;
-        Ok(SeenIds { recent: KeySet::default(), runs, space: Some(space.clone()) })
+        Ok(SeenIds { recent: KeySet::default(), runs, space: Some(space.clone()), flushes: 0 })
     }
 
     /// The set a version-1 checkpoint saved: one sorted column (its range table is not needed),
@@ -455,6 +470,24 @@ mod tests {
         assert_eq!(run_lens(&ids), vec![1900]);
         assert!(ids.runs[0].keys.is_sorted_by(|a, b| a < b));
         assert!((0..1900).all(|i| ids.contains(&key(i))) && !ids.contains(&key(1900)));
+    }
+
+    #[test]
+    fn keys_added_since_a_mark_are_found_with_or_without_a_flush_between() {
+        let mut ids = SeenIds::default();
+        ids.extend((0..100).map(key));
+        ids.flush_and_merge().unwrap();
+        let mark = ids.mark();
+        assert!(!ids.added_since(&key(100), mark));
+        ids.extend([key(100)]);
+        assert!(ids.added_since(&key(100), mark), "in the recent keys");
+        // An old key is not "added since" by the recent-only probe: the caller checked it
+        // absent at the mark, so it cannot be one.
+        assert!(!ids.added_since(&key(5), mark));
+        ids.flush_and_merge().unwrap();
+        assert_ne!(ids.mark(), mark);
+        assert!(ids.added_since(&key(100), mark), "moved to a run: the full check finds it");
+        assert!(!ids.added_since(&key(101), mark));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct WriteJob {
     pub records: Vec<LogRecord>,
     pub encoded: Vec<Encoded>,
     pub keys: Vec<u128>,
+    /// When every key was checked absent from the dedupe set: its `SeenIds::mark` then, so
+    /// the writer checks only what was added since.
+    pub absent_at: Option<u64>,
     pub reply: oneshot::Sender<Result<WriteResult>>,
 }
 
@@ -89,8 +92,12 @@ pub fn dedupe(seen: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
 /// `dedupe` for the writer's group: keys already durable (`durable`) are old, new ones go to
 /// `group`, which joins `durable` only once the group is synced, so that whoever reads
 /// `durable` (the Track fast path answers "duplicate" from it) sees only stored ids.
-fn dedupe_in_group(durable: &SeenIds, group: &mut KeySet, keys: &[u128]) -> Vec<bool> {
-    keys.iter().map(|key| !durable.contains(key) && group.insert(*key)).collect()
+fn dedupe_in_group(durable: &SeenIds, group: &mut KeySet, keys: &[u128], absent_at: Option<u64>) -> Vec<bool> {
+    let stored = |key: &u128| match absent_at {
+        Some(mark) => durable.added_since(key, mark),
+        None => durable.contains(key),
+    };
+    keys.iter().map(|key| !stored(key) && group.insert(*key)).collect()
 }
 
 const MAX_GROUP: usize = 64;
@@ -233,7 +240,7 @@ fn run_writer(
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
         let mut group_keys = KeySet::default();
         for job in jobs {
-            let keep = dedupe_in_group(&seen.read(), &mut group_keys, &job.keys);
+            let keep = dedupe_in_group(&seen.read(), &mut group_keys, &job.keys, job.absent_at);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
             let result = WriteResult { accepted, duplicates: keep.len() as u64 - accepted };
             if let Err(err) = storage.append(&job.encoded) {
@@ -371,8 +378,8 @@ mod tests {
         let mut durable = SeenIds::default();
         durable.extend([1u128, 2]);
         let mut group = KeySet::default();
-        assert_eq!(dedupe_in_group(&durable, &mut group, &[1, 3, 3, 4]), vec![false, true, false, true]);
-        assert_eq!(dedupe_in_group(&durable, &mut group, &[4, 5, 2]), vec![false, true, false]);
+        assert_eq!(dedupe_in_group(&durable, &mut group, &[1, 3, 3, 4], None), vec![false, true, false, true]);
+        assert_eq!(dedupe_in_group(&durable, &mut group, &[4, 5, 2], None), vec![false, true, false]);
         assert_eq!(durable.len(), 2);
         assert_eq!(group.len(), 3);
     }
