@@ -1,7 +1,8 @@
-//! Users' traits, kept compactly: per user a boxed slice of (trait name id, value) pairs with
-//! names and string values interned, about 60 bytes for a user with three traits, where a
-//! `BTreeMap<String, Value>` per user took about 700 (a B-tree node is sized for eleven
-//! entries, and every name was a separate allocation).
+//! Users' traits, kept compactly: per user a slice of (trait name id, value) pairs, with names
+//! and string values interned, in one arena for all users: about 70 bytes for a user with
+//! three traits, where a `BTreeMap<String, Value>` per user took about 700 (a B-tree node is
+//! sized for eleven entries, and every name was a separate allocation), and a restart makes
+//! one allocation for every user's traits instead of one per user.
 
 use hashbrown::HashMap;
 
@@ -12,8 +13,14 @@ use crate::core::store::table::{Cell, Interner, Prop};
 pub struct Traits {
     names: Interner,
     strings: Interner,
-    /// Per user person id (a user who had traits set, even if all were removed since).
-    by_user: HashMap<u32, Box<[Prop]>>,
+    /// Every user's traits: a user's are `arena[start..start + len]`. An update appends the
+    /// user's new slice; the old one is garbage until the arena is rebuilt.
+    arena: Vec<Prop>,
+    /// Per user person id (a user who had traits set, even if all were removed since): where
+    /// its traits are in `arena`, and how many.
+    by_user: HashMap<u32, (usize, u32)>,
+    /// Props in `arena` no user points at any more.
+    garbage: usize,
     /// Counts changes, so a checkpoint can tell the traits it saved last are still current.
     changes: u64,
 }
@@ -34,7 +41,14 @@ impl Traits {
 
     pub fn remove(&mut self, person: u32) {
         self.changes += 1;
-        self.by_user.remove(&person);
+        if let Some((_, len)) = self.by_user.remove(&person) {
+            self.garbage += len as usize;
+        }
+    }
+
+    /// A user's traits, when any were ever set.
+    fn props_of(&self, person: u32) -> Option<&[Prop]> {
+        self.by_user.get(&person).map(|&(start, len)| &self.arena[start..start + len as usize])
     }
 
     /// How many changes the traits have had (see `changes`).
@@ -44,7 +58,7 @@ impl Traits {
 
     /// A user's traits by name, or none when no traits were ever set.
     pub fn of(&self, person: u32) -> Option<Vec<(String, Value)>> {
-        let props = self.by_user.get(&person)?;
+        let props = self.props_of(person)?;
         let mut traits: Vec<(String, Value)> =
             props.iter().map(|p| (self.names.resolve(p.key).to_owned(), self.value(p.value()))).collect();
         traits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -61,8 +75,8 @@ impl Traits {
     /// The value of trait `name` for every user who has it.
     pub fn values_of<'a>(&'a self, name: &str) -> impl Iterator<Item = (u32, Value)> + 'a {
         let key = self.names.get(name);
-        self.by_user.iter().filter_map(move |(&person, props)| {
-            let prop = props.iter().find(|p| Some(p.key) == key)?;
+        self.by_user.keys().filter_map(move |&person| {
+            let prop = self.props_of(person)?.iter().find(|p| Some(p.key) == key)?;
             Some((person, self.value(prop.value())))
         })
     }
@@ -90,7 +104,7 @@ impl Traits {
     /// Applies `set` (null removes), then `set_once` (only traits not set), then `unset`.
     pub fn update(&mut self, person: u32, update: &UserUpdate) {
         self.changes += 1;
-        let mut props: Vec<Prop> = self.by_user.remove(&person).map(Vec::from).unwrap_or_default();
+        let mut props: Vec<Prop> = self.props_of(person).map(<[Prop]>::to_vec).unwrap_or_default();
         for (name, value) in &update.set {
             let key = self.names.intern(name);
             props.retain(|p| p.key != key);
@@ -110,7 +124,26 @@ impl Traits {
                 props.retain(|p| p.key != key);
             }
         }
-        self.by_user.insert(person, props.into_boxed_slice());
+        let start = self.arena.len();
+        self.arena.extend_from_slice(&props);
+        if let Some((_, old)) = self.by_user.insert(person, (start, props.len() as u32)) {
+            self.garbage += old as usize;
+        }
+        if self.garbage > 1024 && self.garbage * 2 > self.arena.len() {
+            self.rebuild_arena();
+        }
+    }
+
+    /// Copies the live slices into a new arena, dropping the garbage.
+    fn rebuild_arena(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for (start, len) in self.by_user.values_mut() {
+            let live = &self.arena[*start..*start + *len as usize];
+            *start = arena.len();
+            arena.extend_from_slice(live);
+        }
+        self.arena = arena;
+        self.garbage = 0;
     }
 }
 
@@ -137,10 +170,10 @@ impl Traits {
         let all = |interner: &Interner| (0..interner.len() as u32).map(|id| interner.resolve(id).to_owned()).collect();
         let mut people: Vec<u32> = self.by_user.keys().copied().collect();
         people.sort_unstable();
-        let counts = people.iter().map(|p| self.by_user[p].len() as u32).collect();
-        let mut props = Vec::with_capacity(self.by_user.values().map(|p| size_of_val(&p[..])).sum());
-        for person in &people {
-            props.extend_from_slice(bytemuck::cast_slice(&self.by_user[person][..]));
+        let counts = people.iter().map(|p| self.by_user[p].1).collect();
+        let mut props = Vec::with_capacity((self.arena.len() - self.garbage) * size_of::<Prop>());
+        for &person in &people {
+            props.extend_from_slice(bytemuck::cast_slice(self.props_of(person).unwrap_or_default()));
         }
         TraitsState { names: all(&self.names), strings: all(&self.strings), people, counts, props }
     }
@@ -177,9 +210,12 @@ impl Traits {
         traits.by_user.reserve(state.people.len());
         let mut at = 0;
         for (&person, &count) in state.people.iter().zip(&state.counts) {
-            traits.by_user.insert(person, props[at..at + count as usize].into());
+            if traits.by_user.insert(person, (at, count)).is_some() {
+                return Err(format!("person {person} has two trait lists"));
+            }
             at += count as usize;
         }
+        traits.arena = props;
         Ok(traits)
     }
 }
@@ -196,6 +232,30 @@ mod tests {
             set_once: pairs(set_once),
             unset: unset.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn updates_past_the_garbage_bound_rebuild_the_arena_and_keep_every_users_traits() {
+        let mut traits = Traits::default();
+        for round in 0..3000 {
+            for person in 0..3u32 {
+                let value = Value::Number(f64::from(round * 10 + person as i32));
+                traits.update(person, &update(&[("n", value), ("plan", Value::String("pro".into()))], &[], &[]));
+            }
+        }
+        traits.remove(2);
+        assert!(traits.arena.len() < 3 * 2 * 1100, "rebuilt: {} props for 2 users", traits.arena.len());
+        assert!(traits.garbage * 2 <= traits.arena.len() || traits.garbage <= 1024);
+        let want =
+            |n: f64| Some(vec![("n".to_owned(), Value::Number(n)), ("plan".to_owned(), Value::String("pro".into()))]);
+        assert_eq!((traits.of(0), traits.of(1), traits.of(2)), (want(29990.0), want(29991.0), None));
+        let copy = Traits::from_state(traits.state()).unwrap();
+        assert_eq!(copy.users(), traits.users());
+        assert_eq!((copy.arena.len(), copy.garbage), (4, 0));
+        // A state listing a person twice does not load.
+        let mut state = traits.state();
+        state.people = vec![0, 0];
+        assert!(Traits::from_state(state).unwrap_err().contains("two trait lists"));
     }
 
     #[test]
