@@ -55,6 +55,7 @@ impl Checkpointer {
         // Held until the manifest pins the runs' files (see `SavedRuns`).
         let seen = crate::core::ingest::save_seen(&self.seen, &self.space)?;
         let manifest = Manifest::new(position.db.clone(), position.seq, files, seen.listed.clone());
+        self.space.pin_also(manifest.files());
         manifest.write(self.space.dir())?;
         self.space.pin(manifest.files()).map_err(|e| {
             crate::storage::files::io_error("cannot remove old checkpoint files in", self.space.dir(), e)

@@ -57,6 +57,9 @@ pub struct SeenIds {
     /// Flushes of the recent keys into a run so far: while it has not moved, every key added
     /// since is in `recent` (see `added_since`).
     flushes: u64,
+    /// Flush when `recent` holds this many keys (`FLUSH`, or more after a flush failed, so a
+    /// failing disk is not retried for every key).
+    flush_at: usize,
 }
 
 impl Default for SeenIds {
@@ -134,7 +137,11 @@ impl Run {
             let bound = heads.iter().enumerate().filter(|(i, _)| *i != least).map(|(_, h)| h[0]).min();
             let head = heads[least];
             let take = bound.map_or(head.len(), |bound| head.iter().position(|&k| k >= bound).unwrap_or(head.len()));
-            out.extend_from_slice(&head[..take]);
+            // Runs are disjoint; should two ever share a key, it is kept once (from the other
+            // head), and the merge still moves on.
+            let take = if take == 0 { 1 } else { take };
+            let kept = if bound == Some(head[0]) { 0 } else { take };
+            out.extend_from_slice(&head[..kept]);
             if take == head.len() {
                 heads.swap_remove(least);
             } else {
@@ -154,8 +161,17 @@ impl Run {
 
     /// Builds the index of the keys in `keys`.
     fn indexed(space: Option<&Arc<ColumnSpace>>, keys: Column<u128>) -> Result<Run> {
-        let range_bits = range_bits_for(keys.len());
-        let bloom_blocks = bloom_blocks_for(keys.len());
+        let (range_bits, bloom_blocks) = (range_bits_for(keys.len()), bloom_blocks_for(keys.len()));
+        Run::indexed_with(space, keys, range_bits, bloom_blocks)
+    }
+
+    /// `indexed` with the given layout.
+    fn indexed_with(
+        space: Option<&Arc<ColumnSpace>>,
+        keys: Column<u128>,
+        range_bits: u32,
+        bloom_blocks: usize,
+    ) -> Result<Run> {
         let mut index: Column<u64> = new_column(space)?;
         // Filled in place: no copy of the (tens of MB) index in anonymous memory.
         index.resize_zeroed(index_len(range_bits, bloom_blocks));
@@ -184,11 +200,15 @@ impl Run {
         let keys: Column<u128> = open_column(space, &listed.keys)?;
         let index: Column<u64> = open_column(space, &listed.index)?;
         let corrupt = || Error::Storage(format!("the checkpointed dedupe index {} is corrupt", listed.index.file));
-        let range_bits = range_bits_for(keys.len());
-        let bloom_blocks = bloom_blocks_for(keys.len());
-        if index.len() != index_len(range_bits, bloom_blocks)
-            || index[..HEADER] != [u64::from(range_bits), keys.len() as u64]
-        {
+        // The layout comes from the header and the length, not from today's constants, so a
+        // change of them keeps older runs readable.
+        let (range_bits, count) = match index.get(..HEADER) {
+            Some(&[bits, count]) if bits <= 40 => (bits as u32, count),
+            _ => return Err(corrupt()),
+        };
+        let bloom_words = index.len().checked_sub(HEADER + (1usize << range_bits) + 1).ok_or_else(corrupt)?;
+        let bloom_blocks = bloom_words / BLOCK_WORDS;
+        if count != keys.len() as u64 || bloom_blocks == 0 || !bloom_words.is_multiple_of(BLOCK_WORDS) {
             return Err(corrupt());
         }
         let starts = &index[HEADER..HEADER + (1 << range_bits) + 1];
@@ -221,7 +241,7 @@ impl Run {
 impl SeenIds {
     /// An empty set whose runs live in files of `space` (or in memory).
     pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> SeenIds {
-        SeenIds { recent: KeySet::default(), runs: Vec::new(), space: space.cloned(), flushes: 0 }
+        SeenIds { recent: KeySet::default(), runs: Vec::new(), space: space.cloned(), flushes: 0, flush_at: FLUSH }
     }
 
     pub fn len(&self) -> usize {
@@ -257,8 +277,7 @@ impl SeenIds {
         if self.flush_due()
             && let Err(err) = self.flush_and_merge()
         {
-            // The keys stay in memory; the next flush tries again.
-            tracing::error!(error = %err, "cannot write the dedupe keys; keeping them in memory");
+            self.flush_failed(&err);
         }
         true
     }
@@ -269,7 +288,14 @@ impl SeenIds {
     }
 
     fn flush_due(&self) -> bool {
-        self.recent.len() >= FLUSH
+        self.recent.len() >= self.flush_at
+    }
+
+    /// A run's file could not be made: the keys stay in the recent set, and the next try
+    /// waits for `FLUSH` more of them.
+    fn flush_failed(&mut self, err: &Error) {
+        self.flush_at = self.recent.len() + FLUSH;
+        tracing::error!(error = %err, keys = self.recent.len(), "cannot write a run of dedupe keys; keeping them in memory");
     }
 
     /// The recent keys as a run, made without changing the set (`add_flushed` adds it).
@@ -285,6 +311,7 @@ impl SeenIds {
         self.runs.push(Arc::new(run));
         self.recent = KeySet::default();
         self.flushes += 1;
+        self.flush_at = FLUSH;
     }
 
     /// The newest runs that are due to merge (see `MERGE_RATIO`), when there are two or more.
@@ -324,7 +351,7 @@ impl SeenIds {
     /// The set a checkpoint saved.
     pub fn load(space: &Arc<ColumnSpace>, runs: &[SeenRunRef]) -> Result<SeenIds> {
         let runs = runs.iter().map(|run| Run::open(space, run).map(Arc::new)).collect::<Result<_>>()?;
-        Ok(SeenIds { recent: KeySet::default(), runs, space: Some(space.clone()), flushes: 0 })
+        Ok(SeenIds { recent: KeySet::default(), runs, space: Some(space.clone()), flushes: 0, flush_at: FLUSH })
     }
 
     /// The set a version-1 checkpoint saved: one sorted column (its range table is not needed),
@@ -369,14 +396,18 @@ pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
 }
 
 /// Flushes the writer's recent keys into a run when due, building it while readers go on
-/// (they wait only for the swap).
-pub fn flush_if_due(seen: &SharedIds) -> Result<()> {
+/// (they wait only for the swap). A run whose file cannot be created leaves the keys in
+/// memory (see `flush_failed`); one whose file cannot grow stops the process like any durable
+/// column (`column::fatal`): the log holds the keys' events, and a restart rebuilds them.
+pub fn flush_if_due(seen: &SharedIds) {
     if !seen.read().flush_due() {
-        return Ok(());
+        return;
     }
-    let run = seen.read().flushed()?;
-    seen.write().add_flushed(run);
-    Ok(())
+    let flushed = seen.read().flushed();
+    match flushed {
+        Ok(run) => seen.write().add_flushed(run),
+        Err(err) => seen.write().flush_failed(&err),
+    }
 }
 
 /// Runs merges of the dedupe runs in a background thread, one at a time.
@@ -414,6 +445,7 @@ impl Merger {
                         );
                     }
                 }
+                // The file could not be created: the runs stay as they are.
                 Err(err) => tracing::error!(error = %err, "cannot merge the dedupe runs; keeping them apart"),
             }
         });
@@ -491,6 +523,40 @@ mod tests {
     }
 
     #[test]
+    fn merging_runs_that_share_a_key_keeps_it_once() {
+        let a = Arc::new(Run::from_sorted(None, &[1, 5, 9]).unwrap());
+        let b = Arc::new(Run::from_sorted(None, &[5, 6, 9, 10]).unwrap());
+        let merged = Run::merged(None, &[a, b]).unwrap();
+        assert_eq!(merged.keys.to_vec(), vec![1, 5, 6, 9, 10]);
+    }
+
+    #[test]
+    fn a_run_saved_with_another_layout_loads_by_its_header_and_a_failed_flush_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
+        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let mut sorted: Vec<u128> = (0..1000).map(key).collect();
+        sorted.sort_unstable();
+        let mut column: Column<u128> = space.column();
+        column.extend_from_slice(&sorted);
+        // Not what today's constants give for 1000 keys (6 range bits, 20 blocks).
+        let run = Run::indexed_with(Some(&space), column, 2, 3).unwrap();
+        let listed = run.save(&space).unwrap();
+        let loaded = SeenIds::load(&space, &[listed]).unwrap();
+        assert_eq!((loaded.runs[0].range_bits, loaded.runs[0].bloom_blocks), (2, 3));
+        assert!((0..1000).all(|i| loaded.contains(&key(i))) && !loaded.contains(&key(1000)));
+
+        // No directory for a new run's file: the keys stay recent, the next try waits.
+        let mut ids = SeenIds::in_space(Some(&space));
+        ids.extend((0..10).map(key));
+        std::fs::remove_dir_all(space.dir()).unwrap();
+        let err = ids.flushed().unwrap_err();
+        ids.flush_failed(&err);
+        assert_eq!((ids.recent.len(), ids.flush_at), (10, 10 + FLUSH));
+        assert!((0..10).all(|i| ids.contains(&key(i))));
+    }
+
+    #[test]
     fn run_sizes_grow_geometrically() {
         let mut ids = SeenIds::default();
         let mut next = 0;
@@ -551,7 +617,7 @@ mod tests {
         merger.finish();
         assert_eq!(run_lens(&seen.read()), vec![500, 10]);
         seen.write().extend((510..530).map(key));
-        flush_if_due(&seen).unwrap();
+        flush_if_due(&seen);
         assert_eq!(seen.read().recent.len(), 20, "below FLUSH: no flush");
         let run = seen.read().flushed().unwrap();
         seen.write().add_flushed(run);

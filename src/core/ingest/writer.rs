@@ -283,9 +283,7 @@ fn run_writer(
         }
         // After the acks, so that sorting the recent dedupe keys into a run delays no ack of
         // this group; merging runs happens in the background.
-        if let Err(err) = flush_if_due(&seen) {
-            tracing::error!(error = %err, "cannot write the dedupe keys; keeping them in memory");
-        }
+        flush_if_due(&seen);
         merger.start_if_due(&seen);
         checkpoint.events += events;
         if let Some(job) = compaction.take() {

@@ -153,6 +153,14 @@ impl ColumnSpace {
         Ok(())
     }
 
+    /// Adds `files` to the pinned ones, deleting nothing: a checkpoint pins what its manifest
+    /// lists before writing it, so a column dropped meanwhile cannot delete a listed file even
+    /// when the manifest's write fails half way (renamed, its directory not synced). The next
+    /// `pin` removes whatever of them the next manifest does not list.
+    pub fn pin_also(&self, files: impl IntoIterator<Item = String>) {
+        self.pinned.lock().extend(files);
+    }
+
     /// At start: removes every numbered file (`<n>.<ext>`, the names this space gives) the
     /// checkpoint does not list (left by a crash), and pins the listed ones. Other files (the
     /// manifest) are not the space's to remove.
@@ -513,6 +521,16 @@ mod tests {
         assert!(dir.path().join("3.col").exists() && !dir.path().join(unlisted_name).exists());
         space.pin(HashSet::new()).unwrap();
         assert!(!dir.path().join("3.col").exists() && !dir.path().join("7.state").exists());
+        // Pinned ahead of a manifest: a dropped column keeps its file until a later `pin`
+        // leaves it out.
+        let mut ahead: Column<u32> = space.column();
+        ahead.push(1);
+        let ahead_name = ahead.file_name().unwrap().to_owned();
+        space.pin_also([ahead_name.clone()]);
+        drop(ahead);
+        assert!(dir.path().join(&ahead_name).exists());
+        space.pin(HashSet::new()).unwrap();
+        assert!(!dir.path().join(&ahead_name).exists());
     }
 
     #[test]

@@ -123,7 +123,8 @@ impl PersonOrder {
         let n = table.len();
         let threads = threads.max(1);
         // Each row's canonical person (the one random lookup per row), with the rows per
-        // person, in parallel over chunks of rows.
+        // person, in parallel over chunks of rows. (Each thread counts into an array over all
+        // people: 4 bytes per person per thread, at most 8 threads, freed right after.)
         let mut owner: Column<u32> = Column::in_space(space);
         owner.resize_zeroed(n);
         let chunk = n.div_ceil(threads).max(1);
@@ -167,7 +168,8 @@ impl PersonOrder {
         drop(counts);
         // Rows, times and names go to their person's slots (arrival order within a person),
         // read in row order: every read is sequential. Each thread takes a range of people
-        // with about as many rows as the others, and so a range of slots of its own.
+        // with about as many rows as the others, and so a range of slots of its own; each
+        // reads the whole owner column (sequentially) and skips the rows of other ranges.
         let mut rows: Column<u32> = Column::in_space(space);
         let mut times: Column<Micros> = Column::in_space(space);
         let mut names: Column<u32> = Column::in_space(space);

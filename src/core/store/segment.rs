@@ -415,7 +415,10 @@ impl ProjectData {
         });
         checked.map_err(corrupt)?;
         let mut data = ProjectData { table, ..ProjectData::default() };
-        data.traits = traits.map_err(corrupt)?;
+        data.traits = traits.map_err(|e| match &files.traits {
+            Some(file) => Error::Storage(format!("{} cannot be read: {e}", space.dir().join(file).display())),
+            None => corrupt(e),
+        })?;
         if let Some(traits) = &files.traits {
             *data.traits_file.get_mut() = Some((data.traits.changes(), traits.clone(), files.traits_checksum));
         }

@@ -43,6 +43,7 @@ impl Traits {
         self.changes += 1;
         if let Some((_, len)) = self.by_user.remove(&person) {
             self.garbage += len as usize;
+            self.rebuild_arena_if_due();
         }
     }
 
@@ -129,6 +130,11 @@ impl Traits {
         if let Some((_, old)) = self.by_user.insert(person, (start, props.len() as u32)) {
             self.garbage += old as usize;
         }
+        self.rebuild_arena_if_due();
+    }
+
+    /// Rebuilds the arena once garbage is most of it.
+    fn rebuild_arena_if_due(&mut self) {
         if self.garbage > 1024 && self.garbage * 2 > self.arena.len() {
             self.rebuild_arena();
         }
