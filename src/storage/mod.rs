@@ -36,6 +36,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Drops the log values before `position` (a checkpoint holds them now); nothing when the
     /// log has been rewritten since.
     fn truncate_log(&self, position: &LogPosition) -> Result<()>;
+    /// Bytes of every file under the storage's directory (for sled, the data directory, the
+    /// column files of `files_dir` included).
     fn bytes_on_disk(&self) -> Result<u64>;
     /// The data directory, where the engine keeps its column files and checkpoints
     /// (`core::store::segment`) beside the storage's own; none to keep them in memory.

@@ -102,8 +102,14 @@ impl Checkpointer {
     }
 }
 
-/// The data directory's bytes: the storage's and the column files' (`space`).
+/// The data directory's bytes: the storage's and, when they live elsewhere, the column
+/// files' (`space`). The sled storage's directory is the data directory, columns included:
+/// adding them again counted every checkpointed byte twice.
 pub fn bytes_on_disk(storage: &dyn Storage, space: Option<&Arc<ColumnSpace>>) -> Result<u64> {
-    let columns = space.map_or(Ok(0), |space| crate::storage::files::dir_bytes(space.dir()))?;
+    let inside = |space: &Arc<ColumnSpace>| storage.files_dir().is_some_and(|dir| space.dir().starts_with(dir));
+    let columns = match space {
+        Some(space) if !inside(space) => crate::storage::files::dir_bytes(space.dir())?,
+        _ => 0,
+    };
     Ok(storage.bytes_on_disk()? + columns)
 }
