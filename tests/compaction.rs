@@ -155,10 +155,14 @@ async fn after_delete_user_and_compact_no_file_holds_the_user_and_answers_stay()
     let secrets = [VICTIM, VICTIM_ANON, VICTIM_TRAIT, VICTIM_PROP, VICTIM_EVENT];
     let kept = [KEEPER_PROP, KEEPER_TRAIT];
     let everything: Vec<&str> = secrets.iter().chain(&kept).copied().collect();
-    // Deleted from every answer at once, but still on disk until compaction.
+    // Deleted from every answer at once, but still on disk until compaction: the user's id,
+    // anonymous id, trait and property values stay in the string tables. (Its event ids went
+    // sooner: its rows left the table's column files at the checkpoint after DeleteUser, and a
+    // clean stop moves the log, which held them, to a fresh database.)
     assert_eq!(export(&server, "p").await, keeper);
     stop(server).await;
-    assert_eq!(found_on_disk(dir, &everything), sorted(&everything));
+    let lingering: Vec<&str> = everything.iter().copied().filter(|s| *s != VICTIM_EVENT).collect();
+    assert_eq!(found_on_disk(dir, &everything), sorted(&lingering));
 
     let server = TestServer::start_in(dir, |_| {}).await;
     let compacted = compact(&server, "p").await;

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::event;
+use common::{event, with_props};
 use sextant::pb;
 use sextant::pb::ingest_service_client::IngestServiceClient;
 use sextant::pb::project_service_client::ProjectServiceClient;
@@ -441,4 +441,58 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     assert!(stderr.contains(&times) && stderr.contains("corrupt"), "{stderr}");
     let error = check_data_dir(temp.path()).unwrap_err();
     assert!(format!("{error:#}").contains(&times), "{error:#}");
+}
+
+/// The bytes of the log databases (`sled*`) under a data directory.
+fn log_bytes(dir: &Path) -> u64 {
+    fn walk(path: &Path) -> u64 {
+        let meta = std::fs::metadata(path).unwrap();
+        if !meta.is_dir() {
+            return meta.len();
+        }
+        std::fs::read_dir(path).unwrap().map(|e| walk(&e.unwrap().path())).sum()
+    }
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sled"))
+        .map(|e| walk(&e.path()))
+        .sum()
+}
+
+/// A clean stop checkpoints everything and leaves no log behind: sled keeps its files' size
+/// after the log is truncated, so the stop moves the meta objects to a fresh database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_no_dead_log_bytes_and_loses_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = spawn_server(temp.path()).await;
+    create_project(&server.channel, "p").await;
+    let mut writer = IngestServiceClient::new(server.channel.clone());
+    use rand::{Rng, SeedableRng};
+    // Random text, so that nothing compresses it away.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for b in 0..40u64 {
+        let events: Vec<pb::Event> = (0..500)
+            .map(|i| {
+                let text: String =
+                    (&mut rng).sample_iter(rand::distr::Alphanumeric).take(400).map(char::from).collect();
+                let note = pb::Value { kind: Some(pb::value::Kind::StringValue(text)) };
+                with_props(
+                    event(&format!("e{b}-{i}"), "view", &format!("u{i}"), (b * 500 + i) as i64),
+                    &[("note", note)],
+                )
+            })
+            .collect();
+        writer.track(pb::TrackRequest { project: "p".into(), events, sequence: b }).await.unwrap();
+    }
+    let running = log_bytes(temp.path());
+    stop_gracefully(server);
+    let stopped = log_bytes(temp.path());
+    // 20,000 events of over 400 bytes went through the log: about 8 MB.
+    assert!(running > 4 << 20, "the log held the events while running: {running} bytes");
+    assert!(stopped < running / 4, "stopped: {stopped} bytes of log, running: {running}");
+    let server = spawn_server(temp.path()).await;
+    let stored = stored_event_counts(&server.channel).await;
+    assert_eq!((stored.len(), stored.values().all(|&n| n == 1)), (20_000, true));
+    stop_gracefully(server);
 }
