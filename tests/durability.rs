@@ -460,10 +460,11 @@ fn log_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// A clean stop checkpoints everything and leaves no log behind: sled keeps its files' size
-/// after the log is truncated, so the stop moves the meta objects to a fresh database.
+/// A clean stop checkpoints everything and leaves no dead bytes behind: sled keeps its files'
+/// size after the log is truncated, so the stop moves the meta objects to a fresh database,
+/// and column files give back the blocks reserved past their values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_stop_leaves_no_dead_log_bytes_and_loses_nothing() {
+async fn a_clean_stop_leaves_no_dead_bytes_and_loses_nothing() {
     let temp = tempfile::tempdir().unwrap();
     let server = spawn_server(temp.path()).await;
     create_project(&server.channel, "p").await;
@@ -491,6 +492,22 @@ async fn a_clean_stop_leaves_no_dead_log_bytes_and_loses_nothing() {
     // 20,000 events of over 400 bytes went through the log: about 8 MB.
     assert!(running > 4 << 20, "the log held the events while running: {running} bytes");
     assert!(stopped < running / 4, "stopped: {stopped} bytes of log, running: {running}");
+    // And each checkpointed column file holds its values and nothing reserved past them.
+    let segments = temp.path().join("segments");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap();
+    let mut columns: Vec<&serde_json::Value> = manifest["projects"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["columns"].as_object().unwrap().values())
+        .collect();
+    columns.extend(manifest["seen_runs"].as_array().unwrap().iter().flat_map(|run| [&run["keys"], &run["index"]]));
+    assert!(columns.len() >= 19, "{manifest}");
+    for column in columns {
+        let size = std::fs::metadata(segments.join(column["file"].as_str().unwrap())).unwrap().len();
+        assert_eq!(size, column["bytes"].as_u64().unwrap(), "{column}");
+    }
     let server = spawn_server(temp.path()).await;
     let stored = stored_event_counts(&server.channel).await;
     assert_eq!((stored.len(), stored.values().all(|&n| n == 1)), (20_000, true));

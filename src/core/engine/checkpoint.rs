@@ -100,6 +100,18 @@ impl Checkpointer {
     fn bytes_on_disk(&self) -> Result<u64> {
         bytes_on_disk(self.storage.as_ref(), Some(&self.space))
     }
+
+    /// At a clean stop, after the last checkpoint: the column files give back the blocks
+    /// reserved past their values (up to 4 MiB a column), and the then-empty log moves to a
+    /// fresh database (sled keeps its files' size after a truncation). A stopped data
+    /// directory then holds only data: at 1.5 M events these were most of its bytes.
+    pub fn release_space(&self) -> Result<()> {
+        let projects: Vec<Arc<ProjectEntry>> = self.projects.read().values().cloned().collect();
+        for entry in projects {
+            entry.write().data.release_reserves(&self.space)?;
+        }
+        self.storage.rewrite_log(&mut |_| Ok(true), &mut |_| Ok(()))
+    }
 }
 
 /// The data directory's bytes: the storage's and, when they live elsewhere, the column

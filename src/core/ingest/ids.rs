@@ -168,7 +168,7 @@ impl Run {
     /// `indexed` with the given layout.
     fn indexed_with(
         space: Option<&Arc<ColumnSpace>>,
-        keys: Column<u128>,
+        mut keys: Column<u128>,
         range_bits: u32,
         bloom_blocks: usize,
     ) -> Result<Run> {
@@ -192,6 +192,14 @@ impl Run {
                 block[word] |= mask;
             }
         }
+        // A run never grows: its files keep no reserved blocks.
+        let path = |name: Option<&str>| match (space, name) {
+            (Some(space), Some(name)) => space.dir().join(name),
+            _ => Default::default(),
+        };
+        let (keys_path, index_path) = (path(keys.file_name()), path(index.file_name()));
+        keys.release_reserve().map_err(|e| io_error("cannot shrink", &keys_path, e))?;
+        index.release_reserve().map_err(|e| io_error("cannot shrink", &index_path, e))?;
         Ok(Run { keys, index, range_bits, bloom_blocks })
     }
 

@@ -379,6 +379,20 @@ impl<T: Pod> Column<T> {
         sums
     }
 
+    /// Gives back the file's blocks reserved past the values (growth reserves up to 4 MiB
+    /// ahead), for a stopped data directory to hold only data. Growing again reserves anew.
+    pub fn release_reserve(&mut self) -> std::io::Result<()> {
+        let bytes = self.len * size_of::<T>();
+        if let Backing::File(file) = &mut self.backing
+            && file.capacity_bytes > bytes
+        {
+            // The map may stay larger than the file: only the values' pages are ever read.
+            std::fs::OpenOptions::new().write(true).open(&file.path)?.set_len(bytes as u64)?;
+            file.capacity_bytes = bytes;
+        }
+        Ok(())
+    }
+
     /// Takes `sums` (checked against the file already) as this column's block checksums.
     pub fn assume_checksums(&self, sums: &[u64]) {
         let full = std::mem::size_of_val(self.as_slice()) / CHECKSUM_BLOCK;

@@ -371,6 +371,20 @@ impl ProjectData {
         Ok(ProjectFiles { columns, state, state_checksum, traits: Some(traits), traits_checksum })
     }
 
+    /// Gives back every column file's reserved blocks past its values (at a clean stop).
+    pub fn release_reserves(&mut self, space: &ColumnSpace) -> Result<()> {
+        let table = &mut self.table;
+        macro_rules! release {
+            ($name:expr, $column:expr) => {
+                if let Some(file) = $column.file_name().map(str::to_owned) {
+                    $column.release_reserve().map_err(|e| io_error("cannot shrink", &space.dir().join(file), e))?;
+                }
+            };
+        }
+        table_columns!(table, release);
+        Ok(())
+    }
+
     /// The project a checkpoint saved, its columns mapped from their files.
     pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
         let path = space.dir().join(&files.state);
