@@ -118,6 +118,12 @@ fn new_column<T: bytemuck::Pod>(space: Option<&Arc<ColumnSpace>>) -> Result<Colu
 }
 
 impl Run {
+    /// A run of `keys` (distinct, in any order).
+    fn of_keys(space: Option<&Arc<ColumnSpace>>, mut keys: Vec<u128>) -> Result<Run> {
+        keys.sort_unstable();
+        Run::from_sorted(space, &keys)
+    }
+
     /// A run of `keys` (sorted, distinct).
     fn from_sorted(space: Option<&Arc<ColumnSpace>>, keys: &[u128]) -> Result<Run> {
         let mut column = new_column(space)?;
@@ -308,9 +314,7 @@ impl SeenIds {
 
     /// The recent keys as a run, made without changing the set (`add_flushed` adds it).
     fn flushed(&self) -> Result<Run> {
-        let mut keys: Vec<u128> = self.recent.iter().copied().collect();
-        keys.sort_unstable();
-        Run::from_sorted(self.space.as_ref(), &keys)
+        Run::of_keys(self.space.as_ref(), self.recent.iter().copied().collect())
     }
 
     /// Replaces the recent keys by `run`, made from them by `flushed` since the last change.
@@ -395,7 +399,7 @@ pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
         ids.recent.extend(keys);
     }
     if !seen.read().recent.is_empty() {
-        let run = seen.read().flushed()?;
+        let run = flushed_unlocked(seen)?;
         seen.write().add_flushed(run);
     }
     let runs = seen.read().runs.clone();
@@ -411,11 +415,22 @@ pub fn flush_if_due(seen: &SharedIds) {
     if !seen.read().flush_due() {
         return;
     }
-    let flushed = seen.read().flushed();
-    match flushed {
+    match flushed_unlocked(seen) {
         Ok(run) => seen.write().add_flushed(run),
         Err(err) => seen.write().flush_failed(&err),
     }
+}
+
+/// `SeenIds::flushed` for the writer thread (the only one that changes the recent keys, so
+/// the copy stays theirs until `add_flushed`): only copying them holds the read lock, not the
+/// sort and the file. A merge waiting for the write lock would otherwise hold back every
+/// reader (the lock is fair) for as long as a sort of a million keys.
+fn flushed_unlocked(seen: &SharedIds) -> Result<Run> {
+    let (keys, space) = {
+        let ids = seen.read();
+        (ids.recent.iter().copied().collect(), ids.space.clone())
+    };
+    Run::of_keys(space.as_ref(), keys)
 }
 
 /// Runs merges of the dedupe runs in a background thread, one at a time.
