@@ -21,6 +21,17 @@ struct Process {
     channel: Channel,
 }
 
+/// A test that fails half way must not leave its server running (killed and reaped here;
+/// nothing to do for one already stopped).
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 async fn spawn_server(dir: &Path) -> Process {
     spawn_server_with(dir, &[]).await
 }
