@@ -52,7 +52,7 @@ impl ReadoutCache {
             changes: *state.changes.borrow(),
             generation: state.data.table.generation(),
             rows: state.data.table.len(),
-            traits_version: state.data.traits_version,
+            traits_version: state.data.traits.changes(),
         };
         let key = (project.to_owned(), experiment.key.clone());
         if let Some((cached, results)) = self.entries.lock().get(&key)
@@ -70,7 +70,7 @@ impl ReadoutCache {
 mod tests {
     use super::*;
     use crate::core::experiment::readout::Decision;
-    use crate::core::model::{Enforcement, Project};
+    use crate::core::model::{Enforcement, Project, UserUpdate, Value};
 
     fn state() -> ProjectState {
         ProjectState::new(
@@ -127,7 +127,13 @@ mod tests {
         assert_eq!(read(&cache, &state, &experiment, &mut calls), 2);
         experiment.name = "renamed".into();
         assert_eq!(read(&cache, &state, &experiment, &mut calls), 3);
-        state.data.traits_version += 1;
+        let update = UserUpdate {
+            user_id: "u1".into(),
+            set: vec![("plan".into(), Value::String("pro".into()))],
+            set_once: vec![],
+            unset: vec![],
+        };
+        state.data.traits.update(0, &update);
         assert_eq!(read(&cache, &state, &experiment, &mut calls), 4);
         assert_eq!(read(&cache, &state, &experiment, &mut calls), 4);
         // A failure is not kept.

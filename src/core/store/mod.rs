@@ -30,8 +30,6 @@ pub struct ProjectData {
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
     /// Events by person then time, for funnels and retention; rebuilt lazily.
     pub person_order: PersonOrderCache,
-    /// Bumped on every trait change, so caches derived from traits know when to rebuild.
-    pub traits_version: u64,
     /// The traits file the last checkpoint listed: (`Traits::changes` then, file, checksum).
     pub traits_file: parking_lot::Mutex<Option<(u64, String, u64)>>,
     pub trait_groups: TraitGroupCache,
@@ -211,7 +209,6 @@ impl ProjectData {
         let anonymous: std::collections::HashSet<String> =
             table.unalias_all(person).into_iter().map(|a| table.person_name(a).to_owned()).collect();
         self.traits.remove(person);
-        self.traits_version += 1;
         self.quarantine.retain(|_, q| {
             let event = &q.event;
             event.user_id != user_id && !(event.user_id.is_empty() && anonymous.contains(&event.anonymous_id))
@@ -232,7 +229,6 @@ impl ProjectData {
     }
 
     fn apply_user_update(&mut self, update: &UserUpdate) {
-        self.traits_version += 1;
         let person = self.table.user_person(&update.user_id);
         self.traits.update(person, update);
     }

@@ -68,7 +68,7 @@ impl TraitGroups {
     }
 
     fn version(state: &ProjectData) -> (u64, usize, u64) {
-        (state.traits_version, state.table.canonical.len(), state.table.layout_version())
+        (state.traits.changes(), state.table.canonical.len(), state.table.layout_version())
     }
 }
 

@@ -21,7 +21,8 @@ pub struct Traits {
     by_user: HashMap<u32, (usize, u32)>,
     /// Props in `arena` no user points at any more.
     garbage: usize,
-    /// Counts changes, so a checkpoint can tell the traits it saved last are still current.
+    /// Counts changes, so that what is derived from the traits (trait groups, cached
+    /// readouts, the checkpoint's traits file) can tell whether it is still current.
     changes: u64,
 }
 
