@@ -155,15 +155,15 @@ impl Engine {
         // reading the ids (the writer publishes ids only after counting a job deferred): a
         // known id then means a visible event, as an ack must. Otherwise the writer answers.
         let duplicates = known.iter().filter(|k| **k).count();
-        // With the known ids taken out, every key left was absent at `mark`: the writer
-        // checks only ids added since. Otherwise it checks them all.
-        let mut absent_at = (duplicates == 0).then_some(mark);
-        if duplicates > 0 && !ingest::has_deferred(&self.deferred, &entry) {
+        let answered_here = duplicates > 0 && !ingest::has_deferred(&self.deferred, &entry);
+        if answered_here {
             outcome.duplicates += duplicates as u64;
             (accepted, keys) =
                 accepted.into_iter().zip(keys).zip(&known).filter(|(_, known)| !**known).map(|(pair, _)| pair).unzip();
-            absent_at = Some(mark);
         }
+        // When no key left was known at `mark`, the writer checks only ids added since;
+        // otherwise (known ids left for it to answer) it checks them all.
+        let absent_at = (duplicates == 0 || answered_here).then_some(mark);
         outcome.quarantined = sorted.quarantined.len() as u64;
         ::metrics::counter!("sextant_events_rejected_total").increment(outcome.rejected.len() as u64);
         ::metrics::counter!("sextant_events_quarantined_total").increment(outcome.quarantined);

@@ -363,7 +363,7 @@ impl SeenIds {
     /// The set a checkpoint saved.
     pub fn load(space: &Arc<ColumnSpace>, runs: &[SeenRunRef]) -> Result<SeenIds> {
         let runs = runs.iter().map(|run| Run::open(space, run).map(Arc::new)).collect::<Result<_>>()?;
-        Ok(SeenIds { recent: KeySet::default(), runs, space: Some(space.clone()), flushes: 0, flush_at: FLUSH })
+        Ok(SeenIds { runs, ..SeenIds::in_space(Some(space)) })
     }
 
     /// The set a version-1 checkpoint saved: one sorted column (its range table is not needed),

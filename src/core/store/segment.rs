@@ -3,8 +3,9 @@
 //! A checkpoint lists, per project, its column files (each with its length and checksums of
 //! its values by 4 MiB block, so a checkpoint hashes only new blocks) and one state file
 //! (everything small: interner lookups are rebuilt from their columns, the rest is
-//! serialized), and the dedupe set's runs of sorted keys, with the log position it covers. Columns are append-only, so a file a checkpoint lists is never changed in its
-//! listed prefix afterwards: later appends go past it, and compaction writes new files. The
+//! serialized) with the traits in a file of their own (listed again while unchanged), and
+//! the dedupe set's runs of sorted keys, with the log position it covers. Columns are
+//! append-only, so a file a checkpoint lists is never changed in its listed prefix afterwards: later appends go past it, and compaction writes new files. The
 //! manifest is written last (temporary file, fsync, rename, fsync of the directory), so a
 //! crash leaves either the old checkpoint or the new one, each with all its files.
 //!
