@@ -67,18 +67,6 @@ fn found_on_disk(dir: &Path, needles: &[&str]) -> Vec<String> {
     found
 }
 
-/// The bytes of every file under `dir`.
-fn walked_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() { walked_bytes(&entry.path()) } else { meta.len() }
-        })
-        .sum()
-}
-
 fn sorted(strings: &[&str]) -> Vec<String> {
     let mut strings: Vec<String> = strings.iter().map(|s| s.to_string()).collect();
     strings.sort();
@@ -169,7 +157,7 @@ async fn after_delete_user_and_compact_no_file_holds_the_user_and_answers_stay()
     assert!(compacted.bytes_after < compacted.bytes_before, "3,000 events fewer on disk: {compacted:?}");
     // The figures are the data directory's size (checkpoint files once, not twice), give or
     // take what sled writes in the background.
-    let walked = walked_bytes(dir);
+    let walked = common::bytes_under(dir);
     assert!(compacted.bytes_after.abs_diff(walked) * 10 < walked, "{compacted:?} against {walked} on disk");
     let mut server = server;
     for round in 0..2 {

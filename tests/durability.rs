@@ -456,18 +456,11 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
 
 /// The bytes of the log databases (`sled*`) under a data directory.
 fn log_bytes(dir: &Path) -> u64 {
-    fn walk(path: &Path) -> u64 {
-        let meta = std::fs::metadata(path).unwrap();
-        if !meta.is_dir() {
-            return meta.len();
-        }
-        std::fs::read_dir(path).unwrap().map(|e| walk(&e.unwrap().path())).sum()
-    }
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_name().to_string_lossy().starts_with("sled"))
-        .map(|e| walk(&e.path()))
+        .map(|e| common::bytes_under(&e.path()))
         .sum()
 }
 

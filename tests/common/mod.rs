@@ -154,6 +154,16 @@ impl TestServer {
 pub const BOOTSTRAP: &str = "test-bootstrap-key-0123456789";
 
 /// A request carrying `authorization: Bearer <key>`.
+/// The bytes of every file under `path` (or of `path`, a file): walked here, independently of
+/// the server's own accounting, so that a test can check that.
+pub fn bytes_under(path: &Path) -> u64 {
+    let meta = std::fs::metadata(path).unwrap();
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path).unwrap().map(|entry| bytes_under(&entry.unwrap().path())).sum()
+}
+
 pub fn bearer<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
