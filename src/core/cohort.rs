@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::catalog::validate_slug;
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
 use crate::core::model::{Micros, now_micros};
-use crate::core::store::ProjectData;
+use crate::core::store::source::{EventSource, Scan};
 use crate::core::store::table::NONE;
 use crate::error::{Error, Result, echo};
 
@@ -175,16 +175,17 @@ fn validate_group(field: &str, group: &ConditionGroup, depth: usize, count: &mut
 }
 
 /// Evaluates a cohort at `now` over the project's current state.
-pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
-    let table = &state.table;
+pub fn evaluate(source: &impl EventSource, cohort: &Cohort, now: Micros) -> Members {
     let canonical_mask = match &cohort.definition {
         Definition::Static(ids) => {
-            let mut mask = vec![false; table.canonical().len()];
+            let mut mask = vec![false; source.canonical().len()];
             for id in ids {
-                // An uploaded id names a user, or else a visitor known only by anonymous id.
-                let person = table.find_user(id).or_else(|| table.find_anonymous(id));
+                // An uploaded id names a user, or else a visitor known only by anonymous id;
+                // one whose data was deleted (a user, or an id aliased to them) counts nowhere.
+                let person = source.find_person(id);
                 if let Some(p) = person
-                    && table.canonical()[p as usize] == p
+                    && source.canonical()[p as usize] == p
+                    && source.known(p)
                 {
                     mask[p as usize] = true;
                 }
@@ -192,36 +193,27 @@ pub fn evaluate(state: &ProjectData, cohort: &Cohort, now: Micros) -> Members {
             mask
         }
         Definition::Conditions(group) => {
-            let mut mask = evaluate_group(state, group, now);
+            let mut mask = evaluate_group(source, group, now);
             // Only known people: with events or traits. A deleted user, kept as an id with
             // nothing left, matches no condition, not even "did not".
             for (p, member) in mask.iter_mut().enumerate() {
-                *member = *member && known(state, p as u32);
+                *member = *member && source.known(p as u32);
             }
             mask
         }
     };
-    Arc::new(table.canonical().iter().map(|&c| canonical_mask[c as usize]).collect())
-}
-
-/// Whether a canonical person has events (their own or an aliased id's) or traits: a deleted
-/// user stays interned with nothing left, and counts nowhere.
-pub(crate) fn known(state: &ProjectData, person: u32) -> bool {
-    let table = &state.table;
-    table.has_rows(person)
-        || state.traits.contains(person)
-        || table.aliases().get(&person).is_some_and(|anons| anons.iter().any(|&a| table.has_rows(a)))
+    Arc::new(source.canonical().iter().map(|&c| canonical_mask[c as usize]).collect())
 }
 
 /// Per person id, for canonical people only (other entries are unspecified).
-fn evaluate_group(state: &ProjectData, group: &ConditionGroup, now: Micros) -> Vec<bool> {
-    let people = state.table.canonical().len();
+fn evaluate_group(source: &impl EventSource, group: &ConditionGroup, now: Micros) -> Vec<bool> {
+    let people = source.canonical().len();
     let mut result = vec![!group.any; people];
     for condition in &group.conditions {
         let pass = match condition {
-            Condition::Behavioural(b) => evaluate_behavioural(state, b, now),
-            Condition::Trait(f) => CompiledFilters::compile(state, &[f], None).person_mask(people),
-            Condition::Group(inner) => evaluate_group(state, inner, now),
+            Condition::Behavioural(b) => evaluate_behavioural(source, b, now),
+            Condition::Trait(f) => CompiledFilters::compile(source, &[f], None).person_mask(people),
+            Condition::Group(inner) => evaluate_group(source, inner, now),
         };
         for (r, p) in result.iter_mut().zip(pass) {
             *r = if group.any { *r || p } else { *r && p };
@@ -230,42 +222,33 @@ fn evaluate_group(state: &ProjectData, group: &ConditionGroup, now: Micros) -> V
     result
 }
 
-fn evaluate_behavioural(state: &ProjectData, b: &Behavioural, now: Micros) -> Vec<bool> {
-    let table = &state.table;
+fn evaluate_behavioural(source: &impl EventSource, b: &Behavioural, now: Micros) -> Vec<bool> {
     let (from, to) = match b.frame {
         TimeFrame::All => (Micros::MIN, Micros::MAX),
         TimeFrame::Range(from, to) => (from, to),
         TimeFrame::LastDays(days) => (now - i64::from(days) * DAY, now),
     };
-    let mut counts = vec![0u32; table.canonical().len()];
-    let name = table.names().get(&b.selector.event).unwrap_or(NONE);
+    let mut counts = vec![0u32; source.canonical().len()];
+    let name = source.names().get(&b.selector.event).unwrap_or(NONE);
     if name != NONE {
         let filters: Vec<&Filter> = b.selector.filters.iter().collect();
-        let filters = CompiledFilters::compile(state, &filters, None);
-        // A column scan: the rows of an event name are not indexed, and this touches only the
-        // name and time columns for rows of other events.
-        for row in 0..table.len() {
-            let t = table.time()[row];
-            if table.name()[row] != name || t < from || t >= to {
-                continue;
+        let filters = CompiledFilters::compile(source, &filters, None);
+        source.for_each(Scan::named(&[name]).within(from, to), |person, events| {
+            if !filters.person_passes(person) {
+                return;
             }
-            let person = table.person()[row];
-            if !filters.person_passes(person) || !filters.row_passes(table, row) {
-                continue;
-            }
-            let c = &mut counts[table.canonical()[person as usize] as usize];
-            *c = c.saturating_add(1);
-        }
+            let matching = events.rows.iter().filter(|&&row| filters.row_passes(source, row as usize)).count();
+            counts[person as usize] = u32::try_from(matching).unwrap_or(u32::MAX);
+        });
     }
     counts.into_iter().map(|c| (c >= b.min_count) != b.did_not).collect()
 }
 
 /// Canonical people of a mask, by id.
-pub(crate) fn member_ids(state: &ProjectData, mask: &[bool]) -> Vec<String> {
-    let table = &state.table;
-    let mut ids: Vec<String> = (0..table.canonical().len() as u32)
-        .filter(|&p| table.canonical()[p as usize] == p && mask[p as usize])
-        .map(|p| table.person_name(p).to_owned())
+pub(crate) fn member_ids(source: &impl EventSource, mask: &[bool]) -> Vec<String> {
+    let mut ids: Vec<String> = (0..source.canonical().len() as u32)
+        .filter(|&p| source.canonical()[p as usize] == p && mask[p as usize])
+        .map(|p| source.person_name(p).to_owned())
         .collect();
     ids.sort_unstable();
     ids
@@ -275,7 +258,7 @@ pub(crate) fn member_ids(state: &ProjectData, mask: &[bool]) -> Vec<String> {
 pub type Cohorts = BTreeMap<String, Cohort>;
 
 /// Resolves an optional `cohort_id` of a query into its members, evaluated now.
-pub fn resolve(state: &ProjectData, cohorts: &Cohorts, field: &str, cohort_id: &str) -> Result<Option<Members>> {
+pub fn resolve(source: &impl EventSource, cohorts: &Cohorts, field: &str, cohort_id: &str) -> Result<Option<Members>> {
     if cohort_id.is_empty() {
         return Ok(None);
     }
@@ -283,5 +266,5 @@ pub fn resolve(state: &ProjectData, cohorts: &Cohorts, field: &str, cohort_id: &
     let cohort = cohorts.get(cohort_id).ok_or_else(|| {
         Error::NotFound(format!("{field}: cohort {cohort_id} not found", cohort_id = echo(cohort_id)))
     })?;
-    Ok(Some(evaluate(state, cohort, now_micros())))
+    Ok(Some(evaluate(source, cohort, now_micros())))
 }

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::model::Value;
-use crate::core::store::ProjectData;
-use crate::core::store::table::{Cell, EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::table::{Cell, Interner, NONE, Prop};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -96,11 +96,11 @@ enum Probe<'a> {
 }
 
 impl<'a> Probe<'a> {
-    fn of_cell(cell: Cell, table: &'a EventTable) -> Option<Probe<'a>> {
+    fn of_cell(cell: Cell, strings: &'a Interner) -> Option<Probe<'a>> {
         Some(match cell {
             Cell::Null => return None,
             Cell::Number(n) => Probe::Number(n),
-            Cell::Str(id) => Probe::Str(Some(id), table.strings().resolve(id)),
+            Cell::Str(id) => Probe::Str(Some(id), strings.resolve(id)),
             Cell::Bool(b) => Probe::Bool(b),
             Cell::Time(t) => Probe::Time(t),
         })
@@ -173,13 +173,13 @@ pub struct CompiledFilters {
     person: Option<Vec<bool>>,
 }
 
-/// Filter values as operands; with a table, strings carry their interned ids.
-fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
+/// Filter values as operands; with a source's string dictionary, strings carry their ids.
+fn operands(strings: Option<&Interner>, values: &[Value]) -> Vec<Operand> {
     values
         .iter()
         .map(|v| match v {
             Value::Number(n) => Operand::Number(*n),
-            Value::String(s) => Operand::Str(table.and_then(|t| t.strings().get(s)), s.clone()),
+            Value::String(s) => Operand::Str(strings.and_then(|t| t.get(s)), s.clone()),
             Value::Bool(b) => Operand::Bool(*b),
             Value::Timestamp(t) => Operand::Time(*t),
             Value::Null => Operand::Null,
@@ -189,33 +189,31 @@ fn operands(table: Option<&EventTable>, values: &[Value]) -> Vec<Operand> {
 
 /// The value of a trait for every person id: the canonical person's trait, so an aliased
 /// anonymous id carries its user's traits.
-pub fn trait_column(state: &ProjectData, name: &str) -> Vec<Option<Value>> {
-    let table = &state.table;
-    let mut by_user: Vec<Option<Value>> = vec![None; table.canonical().len()];
-    for (person, value) in state.traits.values_of(name) {
+pub fn trait_column(source: &impl EventSource, name: &str) -> Vec<Option<Value>> {
+    let mut by_user: Vec<Option<Value>> = vec![None; source.canonical().len()];
+    for (person, value) in source.trait_values(name) {
         by_user[person as usize] = Some(value);
     }
-    table.canonical().iter().map(|&c| by_user[c as usize].clone()).collect()
+    source.canonical().iter().map(|&c| by_user[c as usize].clone()).collect()
 }
 
 impl CompiledFilters {
     /// Compiles `filters`; with `members` (a cohort), only its members pass.
-    pub fn compile(state: &ProjectData, filters: &[&Filter], members: Option<&[bool]>) -> CompiledFilters {
-        let table = &state.table;
+    pub fn compile(source: &impl EventSource, filters: &[&Filter], members: Option<&[bool]>) -> CompiledFilters {
         let mut row = Vec::new();
         let mut person: Option<Vec<bool>> = members.map(<[bool]>::to_vec);
         for filter in filters {
-            let operands = operands(Some(table), &filter.values);
+            let operands = operands(Some(source.strings()), &filter.values);
             match filter.property.strip_prefix(TRAIT_PREFIX) {
                 Some(name) => {
-                    let column = trait_column(state, name);
-                    let pass = person.get_or_insert_with(|| vec![true; table.canonical().len()]);
+                    let column = trait_column(source, name);
+                    let pass = person.get_or_insert_with(|| vec![true; source.canonical().len()]);
                     for (p, value) in column.iter().enumerate() {
                         pass[p] = pass[p] && matches(filter.op, &operands, value.as_ref().and_then(Probe::of_value));
                     }
                 }
                 None => {
-                    let key = table.keys().get(&filter.property).unwrap_or(NONE);
+                    let key = source.keys().get(&filter.property).unwrap_or(NONE);
                     row.push(RowFilter { key, op: filter.op, operands });
                 }
             }
@@ -234,25 +232,25 @@ impl CompiledFilters {
     }
 
     #[inline]
-    pub fn row_passes(&self, table: &EventTable, row: usize) -> bool {
-        self.row.is_empty() || self.row_filters_pass(table, row)
+    pub fn row_passes(&self, source: &impl EventSource, row: usize) -> bool {
+        self.row.is_empty() || self.row_filters_pass(source, row)
     }
 
-    fn row_filters_pass(&self, table: &EventTable, row: usize) -> bool {
+    fn row_filters_pass(&self, source: &impl EventSource, row: usize) -> bool {
         self.row.iter().all(|f| {
             let cell = if f.key == NONE {
                 None
             } else {
-                table.row_props(row).iter().find(|p| p.key == f.key).map(|p| p.value())
+                source.row_props(row).iter().find(|p| p.key == f.key).map(|p| p.value())
             };
-            matches(f.op, &f.operands, cell.and_then(|c| Probe::of_cell(c, table)))
+            matches(f.op, &f.operands, cell.and_then(|c| Probe::of_cell(c, source.strings())))
         })
     }
 }
 
-/// The numeric value of property `key` in a row, when it has one.
-pub fn row_number(table: &EventTable, row: usize, key: u32) -> Option<f64> {
-    table.row_props(row).iter().find(|p| p.key == key).and_then(|p| match p.value() {
+/// The numeric value of property `key` among a row's properties, when it has one.
+pub fn row_number(props: &[Prop], key: u32) -> Option<f64> {
+    props.iter().find(|p| p.key == key).and_then(|p| match p.value() {
         Cell::Number(n) => Some(n),
         _ => None,
     })
@@ -262,11 +260,12 @@ pub fn row_number(table: &EventTable, row: usize, key: u32) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::core::model::Event;
+    use crate::core::store::ProjectData;
 
-    fn table() -> EventTable {
-        let mut table = EventTable::default();
+    fn data() -> ProjectData {
+        let mut data = ProjectData::default();
         for (i, (plan, price)) in [("pro", 10.0), ("free", 0.0), ("pro", 25.5)].iter().enumerate() {
-            table.push(&Event {
+            data.table.push(&Event {
                 event_id: format!("e{i}"),
                 name: "buy".into(),
                 user_id: format!("u{i}"),
@@ -278,19 +277,23 @@ mod tests {
                 ],
             });
         }
-        table
+        data
     }
 
-    fn rows_passing(table: &EventTable, property: &str, op: FilterOp, values: Vec<Value>) -> Vec<usize> {
-        let filter =
-            RowFilter { key: table.keys().get(property).unwrap_or(NONE), op, operands: operands(Some(table), &values) };
+    fn rows_passing(data: &ProjectData, property: &str, op: FilterOp, values: Vec<Value>) -> Vec<usize> {
+        let source = data.source();
+        let filter = RowFilter {
+            key: source.keys().get(property).unwrap_or(NONE),
+            op,
+            operands: operands(Some(source.strings()), &values),
+        };
         let compiled = CompiledFilters { row: vec![filter], person: None };
-        (0..table.len()).filter(|&r| compiled.row_passes(table, r)).collect()
+        (0..source.row_count()).filter(|&r| compiled.row_passes(&source, r)).collect()
     }
 
     #[test]
     fn each_operator() {
-        let t = table();
+        let t = data();
         let s = |x: &str| Value::String(x.into());
         assert_eq!(rows_passing(&t, "plan", FilterOp::Eq, vec![s("pro")]), vec![0, 2]);
         assert_eq!(rows_passing(&t, "plan", FilterOp::Neq, vec![s("pro")]), vec![1]);

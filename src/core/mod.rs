@@ -3,11 +3,12 @@
 //! Map, lower floors first (a module imports only from its own floor or below):
 //! - `model`, `time`, `page`, `filter`, `bounds`, `cancel`: plain types, calendar buckets,
 //!   paging, event selectors, request-size limits, cancellation of long scans.
-//! - `store`: a project's events in memory (columnar table, person order, trait groups) and
-//!   the log record that changes them.
+//! - `store`: a project's events in memory (columnar table, person order, trait groups), the
+//!   log record that changes them, and the query seam the analyses read them through.
 //! - `catalog`, `auth`: the tracking plan, API keys and roles.
 //! - `metric`, `goal`, `cohort`, `analysis`, `experiment`, `framework`: the analyses; each
-//!   reads a project's `ProjectData` and the definitions it needs, never the engine.
+//!   reads a project's events through the query seam (`store::source::EventSource`) and the
+//!   definitions it needs, never the engine.
 //! - `ingest`: validation and the single writer.
 //! - `engine`: projects, the definitions registry, and the application calls the adapters
 //!   make (one per RPC, plus the dashboard's view model), built from the floors below.
@@ -27,5 +28,7 @@ pub mod ingest;
 pub mod metric;
 pub mod model;
 pub mod page;
+#[cfg(test)]
+mod seam_tests;
 pub mod store;
 pub mod time;

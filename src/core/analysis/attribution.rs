@@ -13,9 +13,9 @@ use crate::core::filter::{self, EventSelector, row_number};
 use crate::core::metric::definition::{MetricBook, MetricKind};
 use crate::core::metric::scan::Matcher;
 use crate::core::model::{Micros, Value};
-use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, Rows, query_threads};
-use crate::core::store::table::{Cell, EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::source::{PersonEvents, Scan};
+use crate::core::store::table::{Cell, NONE};
 use crate::error::{Error, Result};
 
 pub const DAY: Micros = 86_400_000_000;
@@ -192,48 +192,44 @@ struct Part {
 }
 
 /// Sorts runs of equal times by event id: rows arrive ordered by (time, arrival).
-fn order_ties<T>(items: &mut [T], key: impl Fn(&T) -> (Micros, u32), table: &EventTable) {
+fn order_ties<T>(items: &mut [T], key: impl Fn(&T) -> (Micros, u32), source: &impl EventSource) {
     if items.windows(2).any(|w| key(&w[0]).0 == key(&w[1]).0) {
         items.sort_by(|a, b| {
             let (ta, ra) = key(a);
             let (tb, rb) = key(b);
-            ta.cmp(&tb).then_with(|| table.row_event_id(ra as usize).cmp(table.row_event_id(rb as usize)))
+            ta.cmp(&tb).then_with(|| source.row_event_id(ra as usize).cmp(source.row_event_id(rb as usize)))
         });
     }
 }
 
 /// Runs an attribution query over the project's current state.
 pub fn run(
-    state: &ProjectData,
+    source: &impl EventSource,
     metrics: &MetricBook,
     cohorts: &Cohorts,
     query: &AttributionQuery,
 ) -> Result<Attribution> {
-    let table = &state.table;
-    let spend = spend_by_channel(state, metrics, query)?;
-    let members = cohort::resolve(state, cohorts, "cohort_id", &query.cohort_id)?;
-    let conversion = Matcher::new(state, &query.conversion, &[], members.as_ref());
-    let touch = Matcher::new(state, &query.touch, &[], None);
-    let channel_key = table.keys().get(&query.channel_property).unwrap_or(NONE);
+    let spend = spend_by_channel(source, metrics, query)?;
+    let members = cohort::resolve(source, cohorts, "cohort_id", &query.cohort_id)?;
+    let conversion = Matcher::new(source, &query.conversion, &[], members.as_ref());
+    let touch = Matcher::new(source, &query.touch, &[], None);
+    let channel_key = source.keys().get(&query.channel_property).unwrap_or(NONE);
     let value_key =
-        if query.value_property.is_empty() { NONE } else { table.keys().get(&query.value_property).unwrap_or(NONE) };
-    let empty = table.strings().get("").unwrap_or(NONE);
+        if query.value_property.is_empty() { NONE } else { source.keys().get(&query.value_property).unwrap_or(NONE) };
+    let empty = source.strings().get("").unwrap_or(NONE);
     let channel_of = |row: usize| -> Option<u32> {
         if channel_key == NONE {
             return None;
         }
-        match table.row_props(row).iter().find(|p| p.key == channel_key)?.value() {
+        match source.row_props(row).iter().find(|p| p.key == channel_key)?.value() {
             Cell::Str(id) if id != empty => Some(id),
             _ => None,
         }
     };
     let earliest_touch = query.from.saturating_sub(query.lookback);
-    let order = table.names().get(&query.conversion.event).map(|_| state.person_order.get(table));
-    // The touches' channels as a column of the touch event's rows, read once per order.
-    let channels = order
-        .as_ref()
-        .filter(|_| channel_key != NONE && touch.name() != NONE)
-        .map(|order| order.strings(table, touch.name(), channel_key));
+    // The touches' channels as a column of the touch event's rows, when the source keeps one.
+    let channels =
+        (channel_key != NONE && touch.name() != NONE).then(|| source.string_ids(touch.name(), channel_key)).flatten();
     let channel_at = |events: &PersonEvents<'_>, i: usize| -> Option<u32> {
         let id = match (&channels, events.position(i)) {
             (Some(channels), Some(at)) => channels[at],
@@ -249,7 +245,7 @@ pub fn run(
             let t = events.times[i];
             if t >= query.from.max(earliest_touch)
                 && t < query.to
-                && conversion.matches_event(events.names[i], table, person, row as usize)
+                && conversion.matches_event(events.names[i], source, person, row as usize)
             {
                 part.converted.push((t, row));
             }
@@ -265,14 +261,14 @@ pub fn run(
                 continue;
             }
             let r = row as usize;
-            if touch.matches_event(events.names[i], table, person, r)
+            if touch.matches_event(events.names[i], source, person, r)
                 && let Some(channel) = channel_at(&events, i)
             {
                 part.touches.push((t, row, channel));
             }
         }
-        order_ties(&mut part.converted, |c| *c, table);
-        order_ties(&mut part.touches, |c| (c.0, c.1), table);
+        order_ties(&mut part.converted, |c| *c, source);
+        order_ties(&mut part.touches, |c| (c.0, c.1), source);
         if query.first_conversion_only {
             part.converted.truncate(1);
         }
@@ -282,7 +278,11 @@ pub fn run(
         part.channel_ids.extend(part.touches.iter().map(|c| c.2));
         for k in 0..part.converted.len() {
             let (t, row) = part.converted[k];
-            let value = if value_key == NONE { 0.0 } else { row_number(table, row as usize, value_key).unwrap_or(0.0) };
+            let value = if value_key == NONE {
+                0.0
+            } else {
+                row_number(source.row_props(row as usize), value_key).unwrap_or(0.0)
+            };
             part.conversions += 1;
             part.value += value;
             let lo = part.times.partition_point(|&x| x < t.saturating_sub(query.lookback));
@@ -308,13 +308,12 @@ pub fn run(
             }
         }
     };
-    let parts = match &order {
-        None => Vec::new(),
-        Some(order) => {
-            // Only conversions and touches are read: people without a conversion add nothing.
-            let names = [conversion.name(), touch.name()];
-            order.fold_parts_named(table, query_threads(table), Rows::Named(&names), Part::default, visit)
-        }
+    let parts = if conversion.name() == NONE {
+        Vec::new()
+    } else {
+        // Only conversions and touches are read: people without a conversion add nothing.
+        let names = [conversion.name(), touch.name()];
+        source.fold_parts(Scan::named(&names).within(earliest_touch, query.to), Part::default, visit)
     };
 
     let mut result = Attribution { total_spend: spend.values().sum(), ..Default::default() };
@@ -332,7 +331,8 @@ pub fn run(
     result.rows = merged
         .into_iter()
         .map(|(channel, c)| {
-            let channel = if channel == NONE { DIRECT.to_owned() } else { table.strings().resolve(channel).to_owned() };
+            let channel =
+                if channel == NONE { DIRECT.to_owned() } else { source.strings().resolve(channel).to_owned() };
             let spend = spend.get(&channel).copied().unwrap_or(0.0);
             economics(channel, c.credit, c.value_credit, c.influenced, spend)
         })
@@ -358,7 +358,7 @@ fn economics(channel: String, credit: f64, value_credit: f64, influenced: u64, s
 /// Spend per channel in the query's range: the MANUAL metric's values whose dimension named
 /// like the channel property holds the channel (a string).
 fn spend_by_channel(
-    state: &ProjectData,
+    source: &impl EventSource,
     metrics: &MetricBook,
     query: &AttributionQuery,
 ) -> Result<HashMap<String, f64>> {
@@ -374,7 +374,7 @@ fn spend_by_channel(
     if metric.kind != MetricKind::Manual {
         return Err(Error::invalid("spend_metric_key", format!("metric {key:?} is {:?}, not MANUAL", metric.kind)));
     }
-    let Some(values) = state.manual.get(key) else {
+    let Some(values) = source.manual(key) else {
         return Ok(spend);
     };
     for value in values.values() {
@@ -395,6 +395,7 @@ mod tests {
 
     use super::*;
     use crate::core::model::Event;
+    use crate::core::store::ProjectData;
 
     const MINUTE: Micros = 60_000_000;
     const MODELS: [AttributionModel; 6] = [
@@ -486,7 +487,7 @@ mod tests {
                     to: 50 * MINUTE,
                     ..Default::default()
                 };
-                let result = run(&state, &MetricBook::default(), &Cohorts::new(), &query).unwrap();
+                let result = run(&state.source(), &MetricBook::default(), &Cohorts::new(), &query).unwrap();
                 let credit: f64 = result.rows.iter().map(|r| r.credit).sum();
                 let expected = events.iter().filter(|e| e.1 == 0 && (10..50).contains(&e.3)).count() as u64;
                 prop_assert_eq!(result.conversions, expected);
@@ -538,7 +539,7 @@ mod tests {
             ..Default::default()
         };
         let rows = |model| -> Vec<(String, f64, u64)> {
-            run(&state, &MetricBook::default(), &Cohorts::new(), &query(model))
+            run(&state.source(), &MetricBook::default(), &Cohorts::new(), &query(model))
                 .unwrap()
                 .rows
                 .into_iter()
@@ -555,5 +556,26 @@ mod tests {
             rows(AttributionModel::FirstTouch),
             vec![("$direct".into(), 1.0, 1), ("c0".into(), 1.0, 1), ("c1".into(), 0.0, 1), ("c2".into(), 0.0, 1)]
         );
+    }
+
+    #[test]
+    fn a_touch_before_the_range_counts_within_the_lookback() {
+        // u1 visits from c1 at minute 5 and from c2 at minute 14, and buys at 20; the query
+        // starts at 15 with a 10-minute lookback: c2 (6 minutes before) is in it, c1 (15
+        // minutes before) is not.
+        let state = state(&[(1, 1, 1, 5), (1, 1, 2, 14), (1, 0, 0, 20)]);
+        let query = AttributionQuery {
+            conversion: EventSelector { event: "buy".into(), filters: vec![] },
+            touch: EventSelector { event: "visit".into(), filters: vec![] },
+            channel_property: "src".into(),
+            model: AttributionModel::FirstTouch,
+            lookback: 10 * MINUTE,
+            from: 15 * MINUTE,
+            to: 60 * MINUTE,
+            ..Default::default()
+        };
+        let result = run(&state.source(), &MetricBook::default(), &Cohorts::new(), &query).unwrap();
+        let rows: Vec<(String, f64)> = result.rows.into_iter().map(|r| (r.channel, r.credit)).collect();
+        assert_eq!(rows, vec![("c2".to_owned(), 1.0)]);
     }
 }

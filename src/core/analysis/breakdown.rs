@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::core::filter::TRAIT_PREFIX;
-use crate::core::store::ProjectData;
-use crate::core::store::table::{Cell, EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::table::{Cell, NONE};
 pub use crate::core::store::trait_groups::{NO_VALUE, TraitGroups, format_number, format_time, label_of_value};
 
 pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
@@ -55,23 +55,23 @@ fn row_group(
     key: u32,
     ids: &mut HashMap<GroupKey, u32>,
     labels: &mut Vec<String>,
-    table: &EventTable,
+    source: &impl EventSource,
     row: usize,
 ) -> u32 {
-    let cell = if key == NONE { None } else { table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()) };
+    let cell = if key == NONE { None } else { source.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()) };
     let group_key = group_key(cell);
     *ids.entry(group_key).or_insert_with(|| {
-        labels.push(label_of_key(group_key, table));
+        labels.push(label_of_key(group_key, source));
         labels.len() as u32 - 1
     })
 }
 
-fn label_of_key(key: GroupKey, table: &EventTable) -> String {
+fn label_of_key(key: GroupKey, source: &impl EventSource) -> String {
     match key {
         GroupKey::Missing => NO_VALUE.into(),
         GroupKey::Bool(b) => b.to_string(),
         GroupKey::Number(bits) => format_number(f64::from_bits(bits)),
-        GroupKey::Str(s) => table.strings().resolve(s).to_owned(),
+        GroupKey::Str(s) => source.strings().resolve(s).to_owned(),
         GroupKey::Time(t) => format_time(t),
     }
 }
@@ -90,14 +90,14 @@ pub(crate) enum Groups {
 }
 
 impl Groups {
-    pub(crate) fn new(state: &ProjectData, breakdown: Option<&str>) -> Groups {
+    pub(crate) fn new(source: &impl EventSource, breakdown: Option<&str>) -> Groups {
         let Some(breakdown) = breakdown else {
             return Groups::One;
         };
         match breakdown.strip_prefix(TRAIT_PREFIX) {
-            Some(name) => Groups::Person(state.trait_groups.get(state, name)),
+            Some(name) => Groups::Person(source.trait_groups(name)),
             None => Groups::Row {
-                key: state.table.keys().get(breakdown).unwrap_or(NONE),
+                key: source.keys().get(breakdown).unwrap_or(NONE),
                 ids: HashMap::new(),
                 labels: Vec::new(),
             },
@@ -106,11 +106,11 @@ impl Groups {
 
     /// Called per event by the scans: the common cases inline, a property breakdown not.
     #[inline]
-    pub(crate) fn group(&mut self, table: &EventTable, person: u32, row: usize) -> u32 {
+    pub(crate) fn group(&mut self, source: &impl EventSource, person: u32, row: usize) -> u32 {
         match self {
             Groups::One => 0,
             Groups::Person(groups) => groups.group_of[person as usize],
-            Groups::Row { key, ids, labels } => row_group(*key, ids, labels, table, row),
+            Groups::Row { key, ids, labels } => row_group(*key, ids, labels, source, row),
         }
     }
 

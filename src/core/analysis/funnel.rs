@@ -15,9 +15,9 @@ use crate::core::analysis::breakdown::{Groups, OTHER, top_groups};
 use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, Rows, query_threads};
-use crate::core::store::table::{EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::source::{PersonEvents, Scan};
+use crate::core::store::table::NONE;
 use crate::core::time;
 use crate::error::{Error, Result};
 
@@ -136,17 +136,17 @@ struct StepMatcher {
 }
 
 impl StepMatcher {
-    fn new(state: &ProjectData, selector: &EventSelector, extra: &[Filter], members: Option<&[bool]>) -> Self {
+    fn new(source: &impl EventSource, selector: &EventSelector, extra: &[Filter], members: Option<&[bool]>) -> Self {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         StepMatcher {
-            name: state.table.names().get(&selector.event).unwrap_or(NONE),
-            filters: CompiledFilters::compile(state, &filters, members),
+            name: source.names().get(&selector.event).unwrap_or(NONE),
+            filters: CompiledFilters::compile(source, &filters, members),
         }
     }
 
     /// Whether a row already known to have this step's event name matches the filters.
-    fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
-        self.filters.person_passes(person) && self.filters.row_passes(table, row)
+    fn matches(&self, source: &impl EventSource, person: u32, row: usize) -> bool {
+        self.filters.person_passes(person) && self.filters.row_passes(source, row)
     }
 }
 
@@ -312,18 +312,17 @@ impl Timeline {
 }
 
 /// Runs a funnel over the project's current state.
-pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Result<FunnelResult> {
-    let table = &state.table;
-    let members = cohort::resolve(state, cohorts, "cohort_id", &query.cohort_id)?;
+pub fn run(source: &impl EventSource, cohorts: &Cohorts, query: &FunnelQuery) -> Result<FunnelResult> {
+    let members = cohort::resolve(source, cohorts, "cohort_id", &query.cohort_id)?;
     let members = members.as_ref().map(|m| m.as_slice());
     let n = query.steps.len();
     let steps: Vec<StepMatcher> =
-        query.steps.iter().map(|s| StepMatcher::new(state, s, &query.filters, members)).collect();
+        query.steps.iter().map(|s| StepMatcher::new(source, s, &query.filters, members)).collect();
     let exclusions: Vec<StepMatcher> =
-        query.exclusions.iter().map(|e| StepMatcher::new(state, &e.selector, &[], None)).collect();
+        query.exclusions.iter().map(|e| StepMatcher::new(source, &e.selector, &[], None)).collect();
     // Per event name: the steps and exclusions it may fill, so most rows cost one lookup.
     let names_by_step = |matchers: &[StepMatcher]| {
-        let mut masks = vec![0u64; table.names().len()];
+        let mut masks = vec![0u64; source.names().len()];
         for (k, matcher) in matchers.iter().enumerate() {
             if matcher.name != NONE {
                 masks[matcher.name as usize] |= 1 << k;
@@ -340,7 +339,7 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
         let mut bits = 0u64;
         while candidates != 0 {
             let k = candidates.trailing_zeros() as usize;
-            if matchers[k].matches(table, person, row) {
+            if matchers[k].matches(source, person, row) {
                 bits |= 1 << k;
             }
             candidates &= candidates - 1;
@@ -356,8 +355,8 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
         times: Vec<Micros>,
     }
     impl Part {
-        fn add(&mut self, table: &EventTable, person: u32, start: usize, attempt: &Attempt, n: usize) {
-            let group = self.groups.group(table, person, self.timeline.rows[start] as usize) as usize;
+        fn add(&mut self, source: &impl EventSource, person: u32, start: usize, attempt: &Attempt, n: usize) {
+            let group = self.groups.group(source, person, self.timeline.rows[start] as usize) as usize;
             if self.counts.len() <= group {
                 self.counts.resize(group + 1, GroupCounts::new(n));
             }
@@ -366,7 +365,7 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
         }
     }
     let new_part = || Part {
-        groups: Groups::new(state, query.breakdown.as_deref()),
+        groups: Groups::new(source, query.breakdown.as_deref()),
         counts: Vec::new(),
         timeline: Timeline::default(),
         times: Vec::with_capacity(n),
@@ -411,7 +410,7 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
                 continue;
             }
             if query.mode == FunnelMode::TotalConversions {
-                part.add(table, person, start, &attempt, n);
+                part.add(source, person, start, &attempt, n);
                 continue;
             }
             let better = best.as_ref().is_none_or(|b| attempt.reached > b.reached);
@@ -424,7 +423,7 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
             }
         }
         if let Some(best) = best {
-            part.add(table, person, best.positions[0] as usize, &best, n);
+            part.add(source, person, best.positions[0] as usize, &best, n);
         }
     };
     let parts = if steps[0].name == NONE {
@@ -432,9 +431,9 @@ pub fn run(state: &ProjectData, cohorts: &Cohorts, query: &FunnelQuery) -> Resul
     } else {
         // Other orders than STRICT read only the steps' and exclusions' events.
         let names: Vec<u32> = steps.iter().chain(&exclusions).map(|m| m.name).collect();
-        let rows = if keep_every_row { Rows::All } else { Rows::Named(&names) };
-        let order = state.person_order.get(table);
-        order.fold_parts_named(table, query_threads(table), rows, new_part, visit)
+        let scan = if keep_every_row { Scan::all() } else { Scan::named(&names) };
+        // Entries in [from, to), later steps up to a window after the last entry.
+        source.fold_parts(scan.within(query.from, query.to.saturating_add(query.window)), new_part, visit)
     };
     // Parts number breakdown values in their own order: merge them by label.
     let mut by_label: hashbrown::HashMap<String, GroupCounts> = hashbrown::HashMap::new();
@@ -491,6 +490,7 @@ mod tests {
 
     use super::*;
     use crate::core::model::Event;
+    use crate::core::store::ProjectData;
 
     const MINUTE: Micros = 60_000_000;
     const NAMES: [&str; 4] = ["A", "B", "C", "X"];
@@ -523,7 +523,7 @@ mod tests {
     }
 
     fn users(state: &ProjectData, order: FunnelOrder, mode: FunnelMode) -> Vec<u64> {
-        run(state, &Cohorts::new(), &query(order, mode)).unwrap().steps.iter().map(|s| s.users).collect()
+        run(&state.source(), &Cohorts::new(), &query(order, mode)).unwrap().steps.iter().map(|s| s.users).collect()
     }
 
     /// The furthest ORDERED step any attempt of a user reaches, by trying every chain.

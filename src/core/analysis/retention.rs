@@ -13,9 +13,9 @@ use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
 use crate::core::metric::definition::Period;
 use crate::core::model::{Micros, now_micros};
-use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, Rows};
-use crate::core::store::table::{EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::source::{PersonEvents, Scan};
+use crate::core::store::table::NONE;
 use crate::core::time;
 use crate::error::{Error, Result};
 
@@ -166,19 +166,19 @@ struct RowMatcher {
 }
 
 impl RowMatcher {
-    fn new(state: &ProjectData, selector: Option<&EventSelector>, members: Option<&[bool]>) -> RowMatcher {
+    fn new(source: &impl EventSource, selector: Option<&EventSelector>, members: Option<&[bool]>) -> RowMatcher {
         match selector {
             None => RowMatcher {
                 name: NONE,
                 any: true,
-                filters: members.map(|m| CompiledFilters::compile(state, &[], Some(m))),
+                filters: members.map(|m| CompiledFilters::compile(source, &[], Some(m))),
             },
             Some(s) => {
                 let filters: Vec<&filter::Filter> = s.filters.iter().collect();
                 RowMatcher {
-                    name: state.table.names().get(&s.event).unwrap_or(NONE),
+                    name: source.names().get(&s.event).unwrap_or(NONE),
                     any: false,
-                    filters: Some(CompiledFilters::compile(state, &filters, members)),
+                    filters: Some(CompiledFilters::compile(source, &filters, members)),
                 }
             }
         }
@@ -198,9 +198,9 @@ impl RowMatcher {
     }
 
     /// Whether row `row`, of event name `name`, matches.
-    fn matches(&self, name: u32, table: &EventTable, person: u32, row: usize) -> bool {
+    fn matches(&self, name: u32, source: &impl EventSource, person: u32, row: usize) -> bool {
         (self.any || name == self.name)
-            && self.filters.as_ref().is_none_or(|f| f.person_passes(person) && f.row_passes(table, row))
+            && self.filters.as_ref().is_none_or(|f| f.person_passes(person) && f.row_passes(source, row))
     }
 }
 
@@ -264,7 +264,11 @@ impl Period {
 
 impl Grid {
     /// The grid of a validated shape, and the members of its cohort (evaluated now).
-    fn new(state: &ProjectData, cohorts: &Cohorts, shape: &TableShape) -> Result<(Grid, Option<cohort::Members>)> {
+    fn new(
+        source: &impl EventSource,
+        cohorts: &Cohorts,
+        shape: &TableShape,
+    ) -> Result<(Grid, Option<cohort::Members>)> {
         let grid = Grid {
             period: shape.period,
             periods: if shape.periods == 0 { DEFAULT_PERIODS } else { shape.periods },
@@ -275,7 +279,7 @@ impl Grid {
             breakdown: shape.breakdown.clone(),
             breakdown_limit: breakdown_limit_or_default(shape.breakdown_limit),
         };
-        Ok((grid, cohort::resolve(state, cohorts, "cohort_id", &shape.cohort_id)?))
+        Ok((grid, cohort::resolve(source, cohorts, "cohort_id", &shape.cohort_id)?))
     }
 
     /// Runs the grid: `entries` lists a person's (t0, row) entries given their sorted rows,
@@ -283,13 +287,12 @@ impl Grid {
     /// an `entry` event, a column the measure's).
     fn run(
         &self,
-        state: &ProjectData,
+        source: &impl EventSource,
         members: Option<&[bool]>,
         measure: &Measure,
         entry: &RowMatcher,
         mut entries: impl FnMut(u32, PersonEvents<'_>, &mut Vec<(Micros, u32)>),
     ) -> Result<Vec<GridRow>> {
-        let table = &state.table;
         let granularity = self.period.granularity();
         // Calendar period starts from the one holding `from` to `periods` past the one holding
         // the last possible t0, plus one end.
@@ -313,7 +316,7 @@ impl Grid {
         let index_of = |t: Micros| bounds.partition_point(|&b| b <= t).saturating_sub(1);
         let rolling = self.rolling_length();
 
-        let mut groups = Groups::new(state, self.breakdown.as_deref());
+        let mut groups = Groups::new(source, self.breakdown.as_deref());
         let mut cells: HashMap<(u32, u32), RowAccumulator> = HashMap::new();
         let mut person_entries = Vec::new();
         let mut hits = vec![0.0f64; self.periods];
@@ -323,9 +326,9 @@ impl Grid {
         };
         let unbounded = matches!(measure, Measure::Returned { unbounded: true, .. });
         let names: Option<Vec<u32>> = [entry.names(), matcher.names()].into_iter().collect();
-        let rows = names.as_deref().map_or(Rows::All, Rows::Named);
-        let order = state.person_order.get(table);
-        order.for_each_named(table, rows, |person, events| {
+        // Every time: a first-time cohort needs the events before the range, returns run past it.
+        let scan = names.as_deref().map_or(Scan::all(), Scan::named);
+        source.for_each(scan, |person, events| {
             if members.is_some_and(|m| !m[person as usize]) {
                 return;
             }
@@ -339,7 +342,7 @@ impl Grid {
                 if matcher.can_match() && matcher.person_passes(person) {
                     for i in first..events.len() {
                         let r = events.rows[i] as usize;
-                        if !matcher.matches(events.names[i], table, person, r) {
+                        if !matcher.matches(events.names[i], source, person, r) {
                             continue;
                         }
                         let t = events.times[i];
@@ -350,7 +353,7 @@ impl Grid {
                         };
                         if property != NONE {
                             if k < self.periods
-                                && let Some(v) = row_number(table, r, property)
+                                && let Some(v) = row_number(source.row_props(r), property)
                             {
                                 hits[k] += v;
                             }
@@ -364,7 +367,7 @@ impl Grid {
                 if let Some(furthest) = furthest {
                     hits.iter_mut().take(furthest.saturating_add(1)).for_each(|h| *h = 1.0);
                 }
-                let group = groups.group(table, person, row0 as usize);
+                let group = groups.group(source, person, row0 as usize);
                 let cell = cells.entry((start as u32, group)).or_insert_with(|| RowAccumulator {
                     size: 0,
                     last_t0: t0,
@@ -463,22 +466,21 @@ fn first_in_range(
     (t >= from && t < to).then_some((t, events.rows[i]))
 }
 
-pub fn retention(state: &ProjectData, cohorts: &Cohorts, query: &RetentionQuery) -> Result<RetentionTable> {
-    let table = &state.table;
-    let (grid, members) = Grid::new(state, cohorts, &query.shape)?;
+pub fn retention(source: &impl EventSource, cohorts: &Cohorts, query: &RetentionQuery) -> Result<RetentionTable> {
+    let (grid, members) = Grid::new(source, cohorts, &query.shape)?;
     let members = members.as_ref().map(|m| m.as_slice());
     let (from, to, tz, periods) = (grid.from, grid.to, grid.tz, grid.periods);
-    let cohort_event = RowMatcher::new(state, Some(&query.cohort_event), None);
+    let cohort_event = RowMatcher::new(source, Some(&query.cohort_event), None);
     let measure = Measure::Returned {
-        matcher: RowMatcher::new(state, query.return_event.as_ref(), None),
+        matcher: RowMatcher::new(source, query.return_event.as_ref(), None),
         unbounded: query.unbounded,
     };
     let granularity = grid.period.granularity();
-    let rows = grid.run(state, members, &measure, &cohort_event, |person, events, out| {
+    let rows = grid.run(source, members, &measure, &cohort_event, |person, events, out| {
         if !cohort_event.can_match() || !cohort_event.person_passes(person) {
             return;
         }
-        let matches = |i: usize| cohort_event.matches(events.names[i], table, person, events.rows[i] as usize);
+        let matches = |i: usize| cohort_event.matches(events.names[i], source, person, events.rows[i] as usize);
         if query.first_time {
             out.extend(first_in_range(events, from, to, matches));
             return;
@@ -515,26 +517,25 @@ pub fn retention(state: &ProjectData, cohorts: &Cohorts, query: &RetentionQuery)
     })
 }
 
-pub fn cohort_table(state: &ProjectData, cohorts: &Cohorts, query: &CohortTableQuery) -> Result<CohortTable> {
-    let table = &state.table;
-    let (grid, members) = Grid::new(state, cohorts, &query.shape)?;
+pub fn cohort_table(source: &impl EventSource, cohorts: &Cohorts, query: &CohortTableQuery) -> Result<CohortTable> {
+    let (grid, members) = Grid::new(source, cohorts, &query.shape)?;
     let members = members.as_ref().map(|m| m.as_slice());
     let (from, to, periods) = (grid.from, grid.to, grid.periods);
-    let first_event = RowMatcher::new(state, query.first_event.as_ref(), None);
+    let first_event = RowMatcher::new(source, query.first_event.as_ref(), None);
     let measure = match query.value {
         CohortValue::RetentionShare => {
-            Measure::Returned { matcher: RowMatcher::new(state, query.return_event.as_ref(), None), unbounded: false }
+            Measure::Returned { matcher: RowMatcher::new(source, query.return_event.as_ref(), None), unbounded: false }
         }
         CohortValue::RevenuePerUser | CohortValue::CumulativeRevenuePerUser => Measure::Sum {
-            matcher: RowMatcher::new(state, query.revenue.as_ref(), None),
-            property: table.keys().get(&query.revenue_property).unwrap_or(NONE),
+            matcher: RowMatcher::new(source, query.revenue.as_ref(), None),
+            property: source.keys().get(&query.revenue_property).unwrap_or(NONE),
         },
     };
-    let rows = grid.run(state, members, &measure, &first_event, |person, events, out| {
+    let rows = grid.run(source, members, &measure, &first_event, |person, events, out| {
         if !first_event.can_match() || !first_event.person_passes(person) {
             return;
         }
-        let matches = |i: usize| first_event.matches(events.names[i], table, person, events.rows[i] as usize);
+        let matches = |i: usize| first_event.matches(events.names[i], source, person, events.rows[i] as usize);
         out.extend(first_in_range(events, from, to, matches));
     })?;
     let cumulative = query.value == CohortValue::CumulativeRevenuePerUser;

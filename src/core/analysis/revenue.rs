@@ -11,8 +11,8 @@ use crate::core::filter::{EventSelector, Filter, row_number, validate_selector};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::metric::scan::{self as query, Matcher, MetricQuery, Point, Series};
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
-use crate::core::store::person_order::{Rows, query_threads};
+use crate::core::store::source::EventSource;
+use crate::core::store::source::Scan;
 use crate::core::store::table::NONE;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
@@ -194,24 +194,20 @@ type Change<'a> = (Micros, &'a str, i128);
 /// ordered by (time, event id), folding into one state per part of people (merged by the
 /// caller).
 fn fold_changes<S: Send>(
-    state: &ProjectData,
+    source: &impl EventSource,
     matcher: &Matcher,
     property: &str,
     until: Micros,
     init: impl Fn() -> S + Sync,
     visit: impl Fn(&mut S, &[Change<'_>]) + Sync,
 ) -> Vec<S> {
-    let table = &state.table;
-    let key = table.keys().get(property).unwrap_or(NONE);
+    let key = source.keys().get(property).unwrap_or(NONE);
     if key == NONE {
         return vec![init()];
     }
-    let order = state.person_order.get(table);
-    order
-        .fold_parts_named(
-            table,
-            query_threads(table),
-            Rows::Named(&[matcher.name()]),
+    source
+        .fold_parts(
+            Scan::named(&[matcher.name()]).within(Micros::MIN, until),
             || (init(), Vec::new()),
             |(acc, changes): &mut (S, Vec<Change<'_>>), person, events| {
                 changes.clear();
@@ -220,11 +216,11 @@ fn fold_changes<S: Send>(
                         break;
                     }
                     let row = events.rows[i] as usize;
-                    if !matcher.matches(table, person, row) {
+                    if !matcher.matches(source, person, row) {
                         continue;
                     }
-                    let Some(value) = row_number(table, row, key) else { continue };
-                    changes.push((events.times[i], table.row_event_id(row), units(value)));
+                    let Some(value) = row_number(source.row_props(row), key) else { continue };
+                    changes.push((events.times[i], source.row_event_id(row), units(value)));
                 }
                 if changes.is_empty() {
                     return;
@@ -260,7 +256,7 @@ fn values_at<'c>(
 
 /// The bridge over the buckets `bounds[k]..bounds[k + 1]`.
 pub fn bridge(
-    state: &ProjectData,
+    source: &impl EventSource,
     selector: &EventSelector,
     property: &str,
     filters: &[Filter],
@@ -268,10 +264,10 @@ pub fn bridge(
     bounds: &[Micros],
 ) -> Vec<RevenuePeriod> {
     let buckets = bounds.len().saturating_sub(1);
-    let matcher = Matcher::new(state, selector, filters, members);
+    let matcher = Matcher::new(source, selector, filters, members);
     let until = bounds.last().copied().unwrap_or(Micros::MIN);
     let parts = fold_changes(
-        state,
+        source,
         &matcher,
         property,
         until,
@@ -315,12 +311,12 @@ pub fn bridge(
 }
 
 /// Per bound, the sum over people of their latest value strictly before it (not clamped).
-fn latest_sums(state: &ProjectData, metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<f64> {
+fn latest_sums(source: &impl EventSource, metric: &Metric, query: &MetricQuery, bounds: &[Micros]) -> Vec<f64> {
     let Some(selector) = metric.selector.as_ref() else { return vec![0.0; bounds.len()] };
-    let matcher = Matcher::new(state, selector, &query.filters, query.members.as_ref());
+    let matcher = Matcher::new(source, selector, &query.filters, query.members.as_ref());
     let until = bounds.last().copied().unwrap_or(Micros::MIN);
     let parts = fold_changes(
-        state,
+        source,
         &matcher,
         &metric.property,
         until,
@@ -343,13 +339,13 @@ fn no_breakdown(query: &MetricQuery, kind: MetricKind) -> Result<()> {
 
 /// A LATEST_SUM metric: per bucket, the sum at the bucket's end; the total is the sum at the
 /// range's end.
-pub fn latest_sum_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+pub fn latest_sum_series(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     no_breakdown(query, metric.kind)?;
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, query::MAX_BUCKETS)?;
     // The sums at every bucket end (a bucket cut by `to` ends there), and at `to` for the total.
     let mut ends: Vec<Micros> = bounds[1..].iter().map(|&e| e.min(query.to)).collect();
     ends.push(query.to);
-    let sums = latest_sums(state, metric, query, &ends);
+    let sums = latest_sums(source, metric, query, &ends);
     let points =
         bounds.windows(2).zip(&sums).map(|(b, &sum)| Point { start: b[0], end: b[1], value: Some(sum) }).collect();
     Ok(vec![Series { breakdown_value: String::new(), points, total: sums.last().copied() }])
@@ -357,7 +353,7 @@ pub fn latest_sum_series(state: &ProjectData, metric: &Metric, query: &MetricQue
 
 /// A REVENUE_BRIDGE metric: one column of the bridge per bucket; the total is the column of
 /// the single period [from, to).
-pub fn bridge_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+pub fn bridge_series(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     no_breakdown(query, metric.kind)?;
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, query::MAX_BUCKETS)?;
@@ -370,8 +366,8 @@ pub fn bridge_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) 
     if let Some(last) = clipped.last_mut() {
         *last = (*last).min(query.to);
     }
-    let periods = bridge(state, selector, &metric.property, &query.filters, members, &clipped);
-    let whole = bridge(state, selector, &metric.property, &query.filters, members, &[query.from, query.to]);
+    let periods = bridge(source, selector, &metric.property, &query.filters, members, &clipped);
+    let whole = bridge(source, selector, &metric.property, &query.filters, members, &[query.from, query.to]);
     let component = metric.revenue_component;
     let points = periods
         .iter()
@@ -396,6 +392,7 @@ pub struct Bridge {
 mod tests {
     use super::*;
     use crate::core::model::{Event, Value};
+    use crate::core::store::ProjectData;
 
     const DAY: Micros = 86_400_000_000;
 
@@ -417,7 +414,7 @@ mod tests {
 
     fn run(state: &ProjectData, days: i64) -> Vec<RevenuePeriod> {
         let bounds: Vec<Micros> = (0..=days).map(|d| d * DAY).collect();
-        bridge(state, &EventSelector { event: "sub".into(), filters: vec![] }, "mrr", &[], None, &bounds)
+        bridge(&state.source(), &EventSelector { event: "sub".into(), filters: vec![] }, "mrr", &[], None, &bounds)
     }
 
     fn check_identity(periods: &[RevenuePeriod]) {

@@ -81,7 +81,9 @@ impl Engine {
         let cohort = state.defs.cohort(id)?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
-            Definition::Conditions(_) => member_ids(&state.data, &evaluate(&state.data, cohort, self.clock.now())),
+            Definition::Conditions(_) => {
+                member_ids(&state.data.source(), &evaluate(&state.data.source(), cohort, self.clock.now()))
+            }
         };
         paginate(ids, String::clone, page)
     }
@@ -96,7 +98,7 @@ impl Engine {
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,
             Definition::Conditions(_) => {
-                let mask = evaluate(&state.data, cohort, now);
+                let mask = evaluate(&state.data.source(), cohort, now);
                 let table = &state.data.table;
                 (0..table.canonical().len()).filter(|&p| table.canonical()[p] as usize == p && mask[p]).count() as u64
             }

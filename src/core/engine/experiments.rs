@@ -390,7 +390,7 @@ pub fn results(
     config: ReadoutConfig,
     now: Micros,
 ) -> Result<ExperimentResults> {
-    let members = crate::core::cohort::resolve(&state.data, &state.defs.cohorts, "cohort_id", cohort_id)?;
+    let members = crate::core::cohort::resolve(&state.data.source(), &state.defs.cohorts, "cohort_id", cohort_id)?;
     let start = experiment.start_time.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "experiment {} has no start_time: start it, or set start_time for a backfill",
@@ -398,7 +398,8 @@ pub fn results(
         ))
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
-    let exposures = measure::exposures(&state.data, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
+    let exposures =
+        measure::exposures(&state.data.source(), experiment, start, end, members.as_ref().map(|m| m.as_slice()));
     read_out(state, experiment, &exposures, config, (start, end), now)
 }
 
@@ -431,7 +432,7 @@ pub fn read_out(
         winsorize_percentile: stats.winsorize_percentile,
     };
     let plans: Vec<MetricPlan> = chosen.iter().map(|&(_, metric, kind)| MetricPlan { metric, kind }).collect();
-    let measured = measure::measure(&state.data, &metrics, experiment, exposures, &plans, &windows)?;
+    let measured = measure::measure(&state.data.source(), &metrics, experiment, exposures, &plans, &windows)?;
 
     // Control first, then the other variants in definition order.
     let control = experiment.control();

@@ -372,13 +372,18 @@ impl Engine {
             breakdown: None,
             breakdown_limit: spec.breakdown_limit,
             cohort_id: String::new(),
-            members: crate::core::cohort::resolve(&state.data, &state.defs.cohorts, "cohort_id", &spec.cohort_id)?,
+            members: crate::core::cohort::resolve(
+                &state.data.source(),
+                &state.defs.cohorts,
+                "cohort_id",
+                &spec.cohort_id,
+            )?,
         };
-        let overall = evaluate(&state.data, &state.defs.metrics, metric, &query, 0)?;
+        let overall = evaluate(&state.data.source(), &state.defs.metrics, metric, &query, 0)?;
         let point = overall.first().and_then(|s| s.points.first()).copied();
         let breakdown = match &spec.breakdown {
             Some(property) => evaluate(
-                &state.data,
+                &state.data.source(),
                 &state.defs.metrics,
                 metric,
                 &MetricQuery { breakdown: Some(property.clone()), ..query },

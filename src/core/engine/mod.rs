@@ -47,6 +47,7 @@ use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
 use crate::core::store::record::{LogRecord, decode_record};
 use crate::core::store::segment::Manifest;
+use crate::core::store::source::EventSource;
 use crate::error::{Error, Result, echo};
 use crate::storage::{LogPosition, Storage};
 use meta::{MetaKey, MetaKind};
@@ -463,8 +464,9 @@ impl Engine {
             .collect();
         events_by_name.sort();
         // Identified users with events or traits; a deleted user keeps its interned id only.
+        let source = state.data.source();
         let users = (0..table.is_user().len() as u32)
-            .filter(|&p| table.is_user()[p as usize] && crate::core::cohort::known(&state.data, p))
+            .filter(|&p| table.is_user()[p as usize] && source.known(p))
             .count() as u64;
         Ok(ProjectStats {
             events: table.len() as u64,

@@ -12,8 +12,7 @@ use super::measure::{self, Exposure, Exposures};
 use crate::core::catalog::validate_slug;
 use crate::core::metric::definition::MetricBook;
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
-use crate::core::store::table::NONE;
+use crate::core::store::source::{EventSource, Scan};
 use crate::error::{Error, Result};
 
 /// Most a holdout may keep out.
@@ -114,26 +113,15 @@ pub fn holding_out<'a>(holdouts: &'a BTreeMap<String, Holdout>, id: &str, now: M
 
 /// Everyone seen in `[from, to)`: each canonical person (by person id) with the time of their
 /// first event there, split by whether the holdout holds their id out (variant 0) or not (1).
-pub(crate) fn seen_people(state: &ProjectData, holdout: &Holdout, from: Micros, to: Micros) -> Exposures {
-    let table = &state.table;
-    let mut first = vec![Micros::MAX; table.canonical().len()];
-    for (row, &t) in table.time().iter().enumerate() {
-        if t < from || t >= to {
-            continue;
-        }
-        let person = table.person()[row];
-        if person == NONE {
-            continue;
-        }
-        let canonical = table.canonical()[person as usize] as usize;
-        first[canonical] = first[canonical].min(t);
-    }
+pub(crate) fn seen_people(source: &impl EventSource, holdout: &Holdout, from: Micros, to: Micros) -> Exposures {
+    let mut first = vec![Micros::MAX; source.canonical().len()];
+    source.for_each(Scan::all().within(from, to), |person, events| first[person as usize] = events.times[0]);
     let mut out = Exposures { per_variant: vec![0, 0], ..Default::default() };
     for (person, &t) in first.iter().enumerate() {
         if t == Micros::MAX {
             continue;
         }
-        let variant = u16::from(!holdout.holds_out(table.person_name(person as u32)));
+        let variant = u16::from(!holdout.holds_out(source.person_name(person as u32)));
         out.per_variant[variant as usize] += 1;
         out.users.push(Exposure { person: person as u32, first: t, variant });
     }

@@ -19,9 +19,9 @@ use crate::core::filter::row_number;
 use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
 use crate::core::metric::scan::Matcher;
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
-use crate::core::store::person_order::{Rows, query_threads};
-use crate::core::store::table::{Cell, EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::source::Scan;
+use crate::core::store::table::{Cell, NONE};
 use crate::error::{Error, Result, echo};
 
 /// A user exposed to exactly one variant.
@@ -47,58 +47,55 @@ pub struct Exposures {
 /// An exposure naming a variant the experiment does not have is ignored. Reads the
 /// `$exposure` rows only, person by person (the person order's name index).
 pub fn exposures(
-    state: &ProjectData,
+    data: &impl EventSource,
     experiment: &Experiment,
     from: Micros,
     to: Micros,
     members: Option<&[bool]>,
 ) -> Exposures {
-    let table = &state.table;
     let mut out = Exposures { per_variant: vec![0; experiment.variants.len()], ..Default::default() };
     let (Some(name), Some(experiment_key), Some(variant_key), Some(experiment_value)) = (
-        table.names().get(EXPOSURE_EVENT),
-        table.keys().get(EXPERIMENT_PROPERTY),
-        table.keys().get(VARIANT_PROPERTY),
-        table.strings().get(&experiment.key),
+        data.names().get(EXPOSURE_EVENT),
+        data.keys().get(EXPERIMENT_PROPERTY),
+        data.keys().get(VARIANT_PROPERTY),
+        data.strings().get(&experiment.key),
     ) else {
         return out;
     };
     let variant_ids: Vec<u32> =
-        experiment.variants.iter().map(|v| table.strings().get(&v.key).unwrap_or(NONE)).collect();
+        experiment.variants.iter().map(|v| data.strings().get(&v.key).unwrap_or(NONE)).collect();
     // (person, first exposure, variant, mixed), per part of the people (see `fold_parts`).
     type Seen = Vec<(u32, Micros, u16, bool)>;
-    let order = state.person_order.get(table);
-    let parts =
-        order.fold_parts_named(table, query_threads(table), Rows::Named(&[name]), Seen::new, |seen, person, events| {
-            if members.is_some_and(|m| !m[person as usize]) {
-                return;
+    let parts = data.fold_parts(Scan::named(&[name]).within(from, to), Seen::new, |seen, person, events| {
+        if members.is_some_and(|m| !m[person as usize]) {
+            return;
+        }
+        let mut first: Option<(Micros, u16, bool)> = None;
+        for (i, &row) in events.rows.iter().enumerate() {
+            let t = events.times[i];
+            if events.names[i] != name || t < from || t >= to {
+                continue;
             }
-            let mut first: Option<(Micros, u16, bool)> = None;
-            for (i, &row) in events.rows.iter().enumerate() {
-                let t = events.times[i];
-                if events.names[i] != name || t < from || t >= to {
-                    continue;
+            let (mut ours, mut variant) = (false, None);
+            for prop in data.row_props(row as usize) {
+                if prop.key == experiment_key {
+                    ours = prop.value() == Cell::Str(experiment_value);
+                } else if prop.key == variant_key
+                    && let Cell::Str(id) = prop.value()
+                {
+                    variant = variant_ids.iter().position(|&v| v == id);
                 }
-                let (mut ours, mut variant) = (false, None);
-                for prop in table.row_props(row as usize) {
-                    if prop.key == experiment_key {
-                        ours = prop.value() == Cell::Str(experiment_value);
-                    } else if prop.key == variant_key
-                        && let Cell::Str(id) = prop.value()
-                    {
-                        variant = variant_ids.iter().position(|&v| v == id);
-                    }
-                }
-                let (true, Some(variant)) = (ours, variant) else { continue };
-                first = Some(match first {
-                    None => (t, variant as u16, false),
-                    Some((at, v, mixed)) => (at.min(t), v, mixed || v != variant as u16),
-                });
             }
-            if let Some((at, variant, mixed)) = first {
-                seen.push((person, at, variant, mixed));
-            }
-        });
+            let (true, Some(variant)) = (ours, variant) else { continue };
+            first = Some(match first {
+                None => (t, variant as u16, false),
+                Some((at, v, mixed)) => (at.min(t), v, mixed || v != variant as u16),
+            });
+        }
+        if let Some((at, variant, mixed)) = first {
+            seen.push((person, at, variant, mixed));
+        }
+    });
     let mut seen = parts.concat();
     seen.sort_unstable_by_key(|e| e.0);
     for (person, first, variant, mixed) in seen {
@@ -132,19 +129,19 @@ struct Source {
 
 impl Source {
     /// The user's value over rows with a time in `[from, to)`.
-    fn value(&self, table: &EventTable, person: u32, rows: &[u32], from: Micros, to: Micros) -> f64 {
+    fn value(&self, data: &impl EventSource, person: u32, rows: &[u32], from: Micros, to: Micros) -> f64 {
         let mut total = 0.0;
         for &row in rows {
             let row = row as usize;
-            let t = table.time()[row];
-            if t < from || t >= to || !self.matcher.matches(table, person, row) {
+            let t = data.row_time(row);
+            if t < from || t >= to || !self.matcher.matches(data, person, row) {
                 continue;
             }
             match self.aggregate {
                 Aggregate::Count => total += 1.0,
                 Aggregate::Any => return 1.0,
-                Aggregate::Sum(key) => total += row_number(table, row, key).unwrap_or(0.0),
-                Aggregate::Valued(key) => total += f64::from(u8::from(row_number(table, row, key).is_some())),
+                Aggregate::Sum(key) => total += row_number(data.row_props(row), key).unwrap_or(0.0),
+                Aggregate::Valued(key) => total += f64::from(u8::from(row_number(data.row_props(row), key).is_some())),
             }
         }
         total
@@ -192,14 +189,14 @@ pub fn summary_kind(metric: &Metric, metrics: &BTreeMap<String, Metric>) -> std:
     }
 }
 
-fn source(state: &ProjectData, metric: &Metric, aggregate: impl Fn(u32) -> Aggregate) -> Result<Source> {
+fn source(data: &impl EventSource, metric: &Metric, aggregate: impl Fn(u32) -> Aggregate) -> Result<Source> {
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let property = state.table.keys().get(&metric.property).unwrap_or(NONE);
-    Ok(Source { matcher: Matcher::new(state, selector, &[], None), aggregate: aggregate(property) })
+    let property = data.keys().get(&metric.property).unwrap_or(NONE);
+    Ok(Source { matcher: Matcher::new(data, selector, &[], None), aggregate: aggregate(property) })
 }
 
-fn plain_source(state: &ProjectData, metric: &Metric) -> Result<Source> {
-    source(state, metric, |property| match metric.kind {
+fn plain_source(data: &impl EventSource, metric: &Metric) -> Result<Source> {
+    source(data, metric, |property| match metric.kind {
         MetricKind::Sum => Aggregate::Sum(property),
         MetricKind::UniqueUsers => Aggregate::Any,
         _ => Aggregate::Count,
@@ -216,13 +213,13 @@ impl UserMetric {
         }
     }
 
-    fn compile(state: &ProjectData, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
+    fn compile(data: &impl EventSource, metric: &Metric, metrics: &BTreeMap<String, Metric>) -> Result<UserMetric> {
         Ok(match metric.kind {
             MetricKind::Count | MetricKind::Sum | MetricKind::UniqueUsers => {
-                UserMetric::Single(plain_source(state, metric)?)
+                UserMetric::Single(plain_source(data, metric)?)
             }
             MetricKind::Avg => {
-                UserMetric::Ratio(source(state, metric, Aggregate::Sum)?, source(state, metric, Aggregate::Valued)?)
+                UserMetric::Ratio(source(data, metric, Aggregate::Sum)?, source(data, metric, Aggregate::Valued)?)
             }
             MetricKind::Ratio => {
                 let input = |key: &str| {
@@ -231,8 +228,8 @@ impl UserMetric {
                         .ok_or_else(|| Error::FailedPrecondition(format!("metric {key} not found", key = echo(key))))
                 };
                 UserMetric::Ratio(
-                    plain_source(state, input(&metric.numerator_key)?)?,
-                    plain_source(state, input(&metric.denominator_key)?)?,
+                    plain_source(data, input(&metric.numerator_key)?)?,
+                    plain_source(data, input(&metric.denominator_key)?)?,
                 )
             }
             MetricKind::Conversion => {
@@ -240,14 +237,10 @@ impl UserMetric {
                     return Err(Error::invalid("metric.conversion_selector", "required"));
                 };
                 UserMetric::Conversion {
-                    first: Matcher::new(state, a, &[], None),
-                    then: Matcher::new(state, b, &[], None),
+                    first: Matcher::new(data, a, &[], None),
+                    then: Matcher::new(data, b, &[], None),
                     window: metric.window.unwrap_or(DEFAULT_CONVERSION_WINDOW),
-                    constants: metric
-                        .constant_properties
-                        .iter()
-                        .map(|p| state.table.keys().get(p).unwrap_or(NONE))
-                        .collect(),
+                    constants: metric.constant_properties.iter().map(|p| data.keys().get(p).unwrap_or(NONE)).collect(),
                 }
             }
             kind => return Err(Error::FailedPrecondition(format!("metric {} is {kind:?}", echo(&metric.key)))),
@@ -258,7 +251,7 @@ impl UserMetric {
     /// of a conversion between calls, so no allocation happens per user.
     fn value(
         &self,
-        table: &EventTable,
+        data: &impl EventSource,
         person: u32,
         rows: &[u32],
         from: Micros,
@@ -266,27 +259,27 @@ impl UserMetric {
         scratch: &mut Vec<(Micros, u32)>,
     ) -> (f64, f64) {
         match self {
-            UserMetric::Single(source) => (source.value(table, person, rows, from, to), 0.0),
-            UserMetric::Ratio(x, y) => (x.value(table, person, rows, from, to), y.value(table, person, rows, from, to)),
+            UserMetric::Single(source) => (source.value(data, person, rows, from, to), 0.0),
+            UserMetric::Ratio(x, y) => (x.value(data, person, rows, from, to), y.value(data, person, rows, from, to)),
             UserMetric::Conversion { first, then, window, constants } => {
                 scratch.clear();
-                let inside = |row: usize| (from..to).contains(&table.time()[row]);
+                let inside = |row: usize| (from..to).contains(&data.row_time(row));
                 scratch.extend(
                     rows.iter()
-                        .filter(|&&r| inside(r as usize) && then.matches(table, person, r as usize))
-                        .map(|&r| (table.time()[r as usize], r)),
+                        .filter(|&&r| inside(r as usize) && then.matches(data, person, r as usize))
+                        .map(|&r| (data.row_time(r as usize), r)),
                 );
                 let converted = rows.iter().map(|&r| r as usize).any(|a| {
-                    if !inside(a) || !first.matches(table, person, a) {
+                    if !inside(a) || !first.matches(data, person, a) {
                         return false;
                     }
-                    let ta = table.time()[a];
+                    let ta = data.row_time(a);
                     scratch.iter().any(|&(tb, b)| {
                         tb >= ta
                             && tb - ta <= *window
                             && constants.iter().all(|&k| {
-                                let value = cell(table, a, k);
-                                value.is_some() && value == cell(table, b as usize, k)
+                                let value = cell(data, a, k);
+                                value.is_some() && value == cell(data, b as usize, k)
                             })
                     })
                 });
@@ -296,11 +289,11 @@ impl UserMetric {
     }
 }
 
-fn cell(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
+fn cell(data: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
+    data.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// A metric to measure: its definition and summary type.
@@ -332,15 +325,14 @@ struct Columns {
 /// Measures every metric over the exposed users and returns, per metric, the statistics of
 /// each variant in variant order (weights filled from the experiment).
 pub fn measure(
-    state: &ProjectData,
+    data: &impl EventSource,
     metrics: &BTreeMap<String, Metric>,
     experiment: &Experiment,
     exposures: &Exposures,
     plans: &[MetricPlan],
     windows: &Windows,
 ) -> Result<Vec<Vec<VariantData>>> {
-    let table = &state.table;
-    let compiled = plans.iter().map(|p| UserMetric::compile(state, p.metric, metrics)).collect::<Result<Vec<_>>>()?;
+    let compiled = plans.iter().map(|p| UserMetric::compile(data, p.metric, metrics)).collect::<Result<Vec<_>>>()?;
     let users = &exposures.users;
     let is_ratio: Vec<bool> = plans.iter().map(|p| p.kind == SummaryKind::Ratio).collect();
     let cuped: Vec<bool> =
@@ -356,7 +348,7 @@ pub fn measure(
         })
         .collect();
     // Per canonical person: its place in `users`.
-    let mut slot = vec![NONE; table.canonical().len()];
+    let mut slot = vec![NONE; data.canonical().len()];
     for (i, user) in users.iter().enumerate() {
         slot[user.person as usize] = i as u32;
     }
@@ -364,11 +356,11 @@ pub fn measure(
     // Parts of the people on their own threads, each listing (user, metric, x, y, pre); the
     // values land in the columns afterwards, so the columns keep the users' order.
     type Values = (Vec<(u32, u32, f64, f64, f64)>, Vec<(Micros, u32)>);
-    let order = state.person_order.get(table);
-    let parts = order.fold_parts_named(
-        table,
-        query_threads(table),
-        Rows::Named(&names),
+    // Each user's window starts at their first exposure (less the CUPED pre-period).
+    let earliest = users.iter().map(|u| u.first).min().unwrap_or(windows.end);
+    let earliest = windows.cuped_pre_period.map_or(earliest, |pre| earliest.saturating_sub(pre));
+    let parts = data.fold_parts(
+        Scan::named(&names).within(earliest, windows.end),
         Values::default,
         |(values, scratch), person, events| {
             let Some(&i) = slot.get(person as usize).filter(|&&i| i != NONE) else { return };
@@ -377,9 +369,9 @@ pub fn measure(
             let from = user.first;
             let to = windows.attribution.map_or(windows.end, |w| (from.saturating_add(w)).min(windows.end));
             for (m, metric) in compiled.iter().enumerate() {
-                let (x, y) = metric.value(table, person, rows, from, to, scratch);
+                let (x, y) = metric.value(data, person, rows, from, to, scratch);
                 let pre = match (cuped[m], windows.cuped_pre_period) {
-                    (true, Some(pre)) => metric.value(table, person, rows, from.saturating_sub(pre), from, scratch).0,
+                    (true, Some(pre)) => metric.value(data, person, rows, from.saturating_sub(pre), from, scratch).0,
                     _ => 0.0,
                 };
                 values.push((i, m as u32, x, y, pre));
@@ -411,14 +403,14 @@ pub fn measure(
                 stats::winsorize_cap(&mut column.y, p);
                 stats::winsorize_cap(&mut column.pre, p);
             }
-            let mut data: Vec<VariantData> = experiment
+            let mut variants: Vec<VariantData> = experiment
                 .variants
                 .iter()
                 .map(|v| VariantData { key: v.key.clone(), weight: v.weight, ..Default::default() })
                 .collect();
             for (i, user) in users.iter().enumerate() {
                 let (s, c): (&mut Summary, &mut Covariate) = {
-                    let d = &mut data[user.variant as usize];
+                    let d = &mut variants[user.variant as usize];
                     (&mut d.summary, &mut d.covariate)
                 };
                 let x = column.x[i];
@@ -436,7 +428,7 @@ pub fn measure(
                     c.cross_sum += x * p;
                 }
             }
-            data
+            variants
         })
         .collect())
 }

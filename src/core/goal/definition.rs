@@ -12,7 +12,7 @@ use crate::core::metric::evaluate::evaluate;
 use crate::core::metric::forecast;
 use crate::core::metric::scan::{MetricQuery, Point};
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
+use crate::core::store::source::EventSource;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result, echo};
 
@@ -90,7 +90,7 @@ fn additive(metric: &Metric) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 fn query_points(
-    state: &ProjectData,
+    source: &impl EventSource,
     metrics: &MetricBook,
     cohorts: &Cohorts,
     metric: &Metric,
@@ -109,14 +109,14 @@ fn query_points(
         breakdown: None,
         breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
         cohort_id: String::new(),
-        members: crate::core::cohort::resolve(state, cohorts, "goal.cohort_id", &goal.cohort_id)?,
+        members: crate::core::cohort::resolve(source, cohorts, "goal.cohort_id", &goal.cohort_id)?,
     };
-    Ok(evaluate(state, metrics, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
+    Ok(evaluate(source, metrics, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }
 
 /// Measures a goal as of `now`; `default_zone` is the project's.
 pub fn measure(
-    state: &ProjectData,
+    source: &impl EventSource,
     metrics: &MetricBook,
     cohorts: &Cohorts,
     default_zone: &str,
@@ -133,7 +133,7 @@ pub fn measure(
     let additive = additive(metric);
     let measured_to = now.min(end);
     let points = if measured_to > start {
-        query_points(state, metrics, cohorts, metric, goal, tz, start, measured_to, goal.granularity)?
+        query_points(source, metrics, cohorts, metric, goal, tz, start, measured_to, goal.granularity)?
     } else {
         Vec::new()
     };
@@ -143,12 +143,12 @@ pub fn measure(
     let (base_from, base_to) =
         goal.baseline_period.unwrap_or_else(|| progress::default_baseline_period(start, end, tz));
     let baseline = if additive {
-        query_points(state, metrics, cohorts, metric, goal, tz, base_from, base_to, Granularity::Total)?
+        query_points(source, metrics, cohorts, metric, goal, tz, base_from, base_to, Granularity::Total)?
             .first()
             .and_then(|p| p.value)
     } else {
         // Measured like `current`: the last bucket of the goal's granularity in the baseline.
-        query_points(state, metrics, cohorts, metric, goal, tz, base_from, base_to, goal.granularity)?
+        query_points(source, metrics, cohorts, metric, goal, tz, base_from, base_to, goal.granularity)?
             .iter()
             .rev()
             .find_map(|p| p.value)

@@ -8,7 +8,7 @@ use crate::core::filter;
 use crate::core::metric::definition::{Metric, MetricBook, MetricKind, MetricRole, validate_references};
 use crate::core::metric::scan::{self, MetricQuery, Point, Series};
 use crate::core::model::{ManualValue, Micros};
-use crate::core::store::ProjectData;
+use crate::core::store::source::EventSource;
 use crate::core::time::{self, CalendarOffset, Granularity};
 use crate::error::{Error, Result, echo};
 
@@ -89,7 +89,7 @@ fn months_between(from: Micros, to: Micros, tz: chrono_tz::Tz) -> i32 {
 
 /// Evaluates any metric kind over a project's state.
 pub fn evaluate(
-    state: &ProjectData,
+    source: &impl EventSource,
     metrics: &MetricBook,
     metric: &Metric,
     query: &MetricQuery,
@@ -101,13 +101,13 @@ pub fn evaluate(
     // Definitions stored before offsets were bounded are refused here, not evaluated.
     metric.validate_offsets()?;
     match metric.kind {
-        kind if kind.is_event_aggregate() => scan::event_aggregate(state, metric, query),
+        kind if kind.is_event_aggregate() => scan::event_aggregate(source, metric, query),
         MetricKind::Ratio => {
             let inputs = [
                 (metric.numerator_key.as_str(), metric.numerator_offset),
                 (metric.denominator_key.as_str(), metric.denominator_offset),
             ];
-            let values = input_series(state, metrics, &inputs, query, depth)?;
+            let values = input_series(source, metrics, &inputs, query, depth)?;
             Ok(combine(&values, query, None, |v| match (v[0], v[1]) {
                 (Some(n), Some(d)) if d != 0.0 => Some(n / d),
                 _ => None,
@@ -130,15 +130,15 @@ pub fn evaluate(
             } else {
                 metric.inputs.iter().map(|i| (i.metric_key.as_str(), i.offset)).collect()
             };
-            let values = input_series(state, metrics, &inputs, query, depth)?;
+            let values = input_series(source, metrics, &inputs, query, depth)?;
             Ok(combine(&values, query, metric.fill_nulls_with, |v| {
                 expr.eval(&|name: &str| names.iter().position(|n| n == name).and_then(|i| v[i]))
             }))
         }
-        MetricKind::Manual => Ok(manual_series(state, metric, query)),
-        MetricKind::LatestSum => crate::core::analysis::revenue::latest_sum_series(state, metric, query),
-        MetricKind::RevenueBridge => crate::core::analysis::revenue::bridge_series(state, metric, query),
-        MetricKind::Conversion | MetricKind::Retention => scan::share(state, metric, query),
+        MetricKind::Manual => Ok(manual_series(source, metric, query)),
+        MetricKind::LatestSum => crate::core::analysis::revenue::latest_sum_series(source, metric, query),
+        MetricKind::RevenueBridge => crate::core::analysis::revenue::bridge_series(source, metric, query),
+        MetricKind::Conversion | MetricKind::Retention => scan::share(source, metric, query),
         kind => unreachable!("{kind:?} is an event aggregate, handled above"),
     }
 }
@@ -182,7 +182,7 @@ struct ManualGroup {
 
 /// MANUAL values per bucket: summed, or the latest by timestamp (`semi_additive_last`).
 /// Filters and the breakdown apply to the values' dimensions; empty buckets are 0.
-fn manual_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Vec<Series> {
+fn manual_series(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Vec<Series> {
     let bounds =
         time::bucket_bounds(query.from, query.to, query.granularity, query.tz, scan::MAX_BUCKETS).unwrap_or_default();
     let buckets = bounds.len().saturating_sub(1);
@@ -190,7 +190,7 @@ fn manual_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> V
     let dimension =
         |value: &ManualValue, name: &str| value.dimensions.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let mut groups: BTreeMap<String, ManualGroup> = BTreeMap::new();
-    let values = state.manual.get(&metric.key).into_iter().flat_map(|m| m.values());
+    let values = source.manual(&metric.key).into_iter().flat_map(|m| m.values());
     for value in values.filter(|v| v.timestamp >= query.from && v.timestamp < query.to) {
         if !query.filters.iter().all(|f| filter::value_matches(f, dimension(value, &f.property).as_ref())) {
             continue;
@@ -238,7 +238,7 @@ fn manual_series(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> V
 
 /// Each input's series over the query range shifted back by its offset.
 fn input_series(
-    state: &ProjectData,
+    source: &impl EventSource,
     metrics: &MetricBook,
     inputs: &[(&str, CalendarOffset)],
     query: &MetricQuery,
@@ -253,7 +253,7 @@ fn input_series(
                 to: time::shift_back(query.to, *offset, query.tz),
                 ..query.clone()
             };
-            evaluate(state, metrics, metric, &shifted, depth + 1)
+            evaluate(source, metrics, metric, &shifted, depth + 1)
         })
         .collect()
 }
@@ -319,13 +319,13 @@ pub struct TreeNode {
     pub children: Vec<TreeNode>,
 }
 
-fn total(state: &ProjectData, book: &MetricBook, metric: &Metric, query: &MetricQuery) -> Result<Option<f64>> {
-    Ok(evaluate(state, book, metric, query, 0)?.first().and_then(|s| s.points.first()).and_then(|p| p.value))
+fn total(source: &impl EventSource, book: &MetricBook, metric: &Metric, query: &MetricQuery) -> Result<Option<f64>> {
+    Ok(evaluate(source, book, metric, query, 0)?.first().and_then(|s| s.points.first()).and_then(|p| p.value))
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tree_node(
-    state: &ProjectData,
+    source: &impl EventSource,
     book: &MetricBook,
     metrics: &BTreeMap<String, Metric>,
     metric: &Metric,
@@ -337,13 +337,13 @@ pub(crate) fn tree_node(
     let (current, previous) = match previous_range {
         // Event aggregates: both ranges from one pass over the events.
         Some(range) if crate::core::metric::two_ranges::applies(metric, query) => {
-            crate::core::metric::two_ranges::totals(state, metric, query, range)?
+            crate::core::metric::two_ranges::totals(source, metric, query, range)?
         }
         Some((from, to)) => (
-            total(state, book, metric, query)?,
-            total(state, book, metric, &MetricQuery { from, to, ..query.clone() })?,
+            total(source, book, metric, query)?,
+            total(source, book, metric, &MetricQuery { from, to, ..query.clone() })?,
         ),
-        None => (total(state, book, metric, query)?, None),
+        None => (total(source, book, metric, query)?, None),
     };
     path.push(metric.key.clone());
     let mut children = Vec::new();
@@ -361,7 +361,7 @@ pub(crate) fn tree_node(
                     scope.spawn(move || {
                         crate::core::cancel::within(token, || {
                             let mut path = path_ref.to_vec();
-                            tree_node(state, book, metrics, child, query, previous_range, depth - 1, &mut path)
+                            tree_node(source, book, metrics, child, query, previous_range, depth - 1, &mut path)
                         })
                     })
                 })

@@ -15,9 +15,9 @@ use crate::core::cohort::Members;
 use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
-use crate::core::store::person_order::{PersonEvents, PersonOrder, Rows};
-use crate::core::store::table::{Cell, EventTable, NONE};
+use crate::core::store::source::EventSource;
+use crate::core::store::source::{PersonEvents, Scan};
+use crate::core::store::table::{Cell, NONE};
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
 
@@ -169,7 +169,7 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
 }
 
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
-pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+pub fn event_aggregate(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let windows = bucket_windows(metric, query, &bounds);
     let buckets = windows.len();
@@ -197,16 +197,14 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
         }
     };
 
-    let table = &state.table;
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let name = table.names().get(&selector.event).unwrap_or(NONE);
+    let name = source.names().get(&selector.event).unwrap_or(NONE);
     let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
-    let filters = CompiledFilters::compile(state, &filters, query.members.as_ref().map(|m| m.as_slice()));
+    let filters = CompiledFilters::compile(source, &filters, query.members.as_ref().map(|m| m.as_slice()));
     let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
-    let property = if needs_value { table.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
+    let property = if needs_value { source.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
 
-    let mut groups = Groups::new(state, query.breakdown.as_deref());
-    let order = state.person_order.get(table);
+    let mut groups = Groups::new(source, query.breakdown.as_deref());
     // A breakdown first needs a pass for per-group totals over the range, to rank groups
     // and fold the tail into `$other`; the main pass fills the cells and the series totals.
     let scan =
@@ -215,8 +213,8 @@ pub fn event_aggregate(state: &ProjectData, metric: &Metric, query: &MetricQuery
                 return;
             }
             let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: scan_to };
-            matching.for_each(table, &order, |person, row, t, value| {
-                let raw_group = groups.group(table, person, row) as usize;
+            matching.for_each(source, |person, row, t, value| {
+                let raw_group = groups.group(source, person, row) as usize;
                 let group = remap.map_or(raw_group, |r| r[raw_group] as usize);
                 if t >= query.from {
                     if totals.count.len() <= group {
@@ -321,18 +319,13 @@ pub(crate) struct Matching<'a> {
 impl Matching<'_> {
     /// Visits the matching events person by person (all of a person's rows together):
     /// `visit(person, row, time, value)`, value 0 when not needed.
-    pub(crate) fn for_each(
-        &self,
-        table: &EventTable,
-        order: &PersonOrder,
-        mut visit: impl FnMut(u32, usize, Micros, f64),
-    ) {
+    pub(crate) fn for_each(&self, source: &impl EventSource, mut visit: impl FnMut(u32, usize, Micros, f64)) {
         if self.name == NONE {
             return;
         }
         let numbers =
-            (self.needs_value && self.property != NONE).then(|| order.numbers(table, self.name, self.property));
-        order.for_each_named(table, Rows::Named(&[self.name]), |person, events| {
+            (self.needs_value && self.property != NONE).then(|| source.numbers(self.name, self.property)).flatten();
+        source.for_each(Scan::named(&[self.name]).within(self.from, self.to), |person, events| {
             if !self.filters.person_passes(person) {
                 return;
             }
@@ -347,13 +340,13 @@ impl Matching<'_> {
                     continue;
                 }
                 let row = events.rows[i] as usize;
-                if !self.filters.row_passes(table, row) {
+                if !self.filters.row_passes(source, row) {
                     continue;
                 }
                 let value = if self.needs_value {
                     let number = match (&numbers, events.indexed_at) {
                         (Some(numbers), Some(at)) => numbers[at + i],
-                        _ => row_number(table, row, self.property),
+                        _ => row_number(source.row_props(row), self.property),
                     };
                     match number {
                         Some(v) => v,
@@ -376,15 +369,15 @@ pub(crate) struct Matcher {
 
 impl Matcher {
     pub(crate) fn new(
-        state: &ProjectData,
+        source: &impl EventSource,
         selector: &EventSelector,
         extra: &[Filter],
         members: Option<&Members>,
     ) -> Matcher {
         let filters: Vec<&Filter> = selector.filters.iter().chain(extra).collect();
         Matcher {
-            name: state.table.names().get(&selector.event).unwrap_or(NONE),
-            filters: CompiledFilters::compile(state, &filters, members.map(|m| m.as_slice())),
+            name: source.names().get(&selector.event).unwrap_or(NONE),
+            filters: CompiledFilters::compile(source, &filters, members.map(|m| m.as_slice())),
         }
     }
 
@@ -394,18 +387,18 @@ impl Matcher {
     }
 
     /// `matches` for a row whose event name (`name`) the caller already has.
-    pub(crate) fn matches_event(&self, name: u32, table: &EventTable, person: u32, row: usize) -> bool {
+    pub(crate) fn matches_event(&self, name: u32, source: &impl EventSource, person: u32, row: usize) -> bool {
         self.name != NONE
             && name == self.name
             && self.filters.person_passes(person)
-            && self.filters.row_passes(table, row)
+            && self.filters.row_passes(source, row)
     }
 
-    pub(crate) fn matches(&self, table: &EventTable, person: u32, row: usize) -> bool {
+    pub(crate) fn matches(&self, source: &impl EventSource, person: u32, row: usize) -> bool {
         self.name != NONE
-            && table.name()[row] == self.name
+            && source.row_name(row) == self.name
             && self.filters.person_passes(person)
-            && self.filters.row_passes(table, row)
+            && self.filters.row_passes(source, row)
     }
 }
 
@@ -466,19 +459,18 @@ struct Entry {
 /// Runs a share metric: `entries` lists a person's entries (time in the query range). Groups
 /// beyond the breakdown limit (ranked by people entered) fold into `$other`.
 fn share_metric(
-    state: &ProjectData,
+    source: &impl EventSource,
     query: &MetricQuery,
     names: &[u32],
     mut entries: impl FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<Entry>),
 ) -> Result<Vec<Series>> {
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let buckets = bounds.len() - 1;
-    let table = &state.table;
-    let mut groups = Groups::new(state, query.breakdown.as_deref());
-    let order = state.person_order.get(table);
+    let mut groups = Groups::new(source, query.breakdown.as_deref());
     let mut scratch = Vec::new();
     let mut run = |groups: &mut Groups, remap: Option<&[u32]>, cells: &mut ShareCells, totals: &mut ShareCells| {
-        order.for_each_named(table, Rows::Named(names), |person, events| {
+        // Every time: a retention entry is a person's first A ever, its return may come later.
+        source.for_each(Scan::named(names), |person, events| {
             scratch.clear();
             entries(groups, person, events, &mut scratch);
             for entry in &scratch {
@@ -531,11 +523,11 @@ fn share_metric(
         .collect())
 }
 
-fn cell_of(table: &EventTable, row: usize, key: u32) -> Option<Cell> {
+fn cell_of(source: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
+    source.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// Lists a person's entries into a share metric from their events of the metric's names.
@@ -545,11 +537,11 @@ type EntriesOf<'a> = Box<dyn FnMut(&mut Groups, u32, PersonEvents<'_>, &mut Vec<
 type ShareEntries<'a> = Result<([u32; 2], EntriesOf<'a>)>;
 
 /// The matchers of a share metric's A (with the query's filters and cohort) and B.
-fn share_matchers(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<(Matcher, Matcher)> {
+fn share_matchers(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Result<(Matcher, Matcher)> {
     let (Some(a), Some(b)) = (&metric.selector, &metric.conversion_selector) else {
         return Err(Error::invalid("metric.conversion_selector", "required"));
     };
-    Ok((Matcher::new(state, a, &query.filters, query.members.as_ref()), Matcher::new(state, b, &[], None)))
+    Ok((Matcher::new(source, a, &query.filters, query.members.as_ref()), Matcher::new(source, b, &[], None)))
 }
 
 /// A share metric's series:
@@ -558,32 +550,31 @@ fn share_matchers(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> 
 /// - RETENTION: of people whose first A ever falls in a bucket, the share doing B in period
 ///   `retention_offset` after it (calendar periods in the query's zone, or rolling periods
 ///   from the first A; or that period or any later one when unbounded).
-pub fn share(state: &ProjectData, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
-    let (names, entries) = share_entries(state, metric, query)?;
-    share_metric(state, query, &names, entries)
+pub fn share(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    let (names, entries) = share_entries(source, metric, query)?;
+    share_metric(source, query, &names, entries)
 }
 
 /// A share metric's names (A, B) and entries.
-fn share_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
+fn share_entries<'a, S: EventSource>(source: &'a S, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
     match metric.kind {
-        MetricKind::Conversion => conversion_entries(state, metric, query),
-        MetricKind::Retention => retention_entries(state, metric, query),
+        MetricKind::Conversion => conversion_entries(source, metric, query),
+        MetricKind::Retention => retention_entries(source, metric, query),
         kind => Err(Error::Internal(format!("{kind:?} is not a share metric"))),
     }
 }
 
 /// A conversion's names (A, B) and entries: one per A row, succeeded when a B follows within
 /// the window. Only A and B rows can enter or succeed: people without them add no entry.
-fn conversion_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
-    let table = &state.table;
-    let (first, then) = share_matchers(state, metric, query)?;
+fn conversion_entries<'a, S: EventSource>(source: &'a S, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
+    let (first, then) = share_matchers(source, metric, query)?;
     let window = metric.window.unwrap_or(crate::core::metric::definition::DEFAULT_CONVERSION_WINDOW);
-    let constants: Vec<u32> = metric.constant_properties.iter().map(|p| table.keys().get(p).unwrap_or(NONE)).collect();
+    let constants: Vec<u32> = metric.constant_properties.iter().map(|p| source.keys().get(p).unwrap_or(NONE)).collect();
     let mut successes: Vec<(Micros, usize)> = Vec::new();
     let names = [first.name, then.name];
     let entries = move |groups: &mut Groups, person: u32, events: PersonEvents<'_>, out: &mut Vec<Entry>| {
         let matched = |matcher: &Matcher, i: usize| {
-            matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
+            matcher.matches_event(events.names[i], source, person, events.rows[i] as usize)
         };
         successes.clear();
         // In (time, row) order already: events come so.
@@ -599,9 +590,9 @@ fn conversion_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &Me
             let succeeded = successes[start..].iter().take_while(|&&(tb, _)| tb - t <= window).any(|&(_, rb)| {
                 constants
                     .iter()
-                    .all(|&k| cell_of(table, row, k).is_some() && cell_of(table, row, k) == cell_of(table, rb, k))
+                    .all(|&k| cell_of(source, row, k).is_some() && cell_of(source, row, k) == cell_of(source, rb, k))
             });
-            out.push(Entry { time: t, group: groups.group(table, person, row), succeeded });
+            out.push(Entry { time: t, group: groups.group(source, person, row), succeeded });
         }
     };
     Ok((names, Box::new(entries)))
@@ -609,9 +600,8 @@ fn conversion_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &Me
 
 /// A retention metric's names (A, B) and entries: one per person, at their first A. Only A
 /// and B rows matter: people without an A add no entry.
-fn retention_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
-    let table = &state.table;
-    let (first, then) = share_matchers(state, metric, query)?;
+fn retention_entries<'a, S: EventSource>(source: &'a S, metric: &'a Metric, query: &MetricQuery) -> ShareEntries<'a> {
+    let (first, then) = share_matchers(source, metric, query)?;
     let granularity = match metric.retention_period {
         crate::core::metric::definition::Period::Day => Granularity::Day,
         crate::core::metric::definition::Period::Week => Granularity::Week,
@@ -627,7 +617,7 @@ fn retention_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &Met
     let names = [first.name, then.name];
     let entries = move |groups: &mut Groups, person: u32, events: PersonEvents<'_>, out: &mut Vec<Entry>| {
         let matched = |matcher: &Matcher, i: usize| {
-            matcher.matches_event(events.names[i], table, person, events.rows[i] as usize)
+            matcher.matches_event(events.names[i], source, person, events.rows[i] as usize)
         };
         // Events come in (time, row) order: the first match is the earliest.
         let Some(first_i) = (0..events.len()).find(|&i| matched(&first, i)) else {
@@ -645,7 +635,7 @@ fn retention_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &Met
             let t = events.times[i];
             matched(&then, i) && t >= start && (metric.retention_unbounded || t < end)
         });
-        out.push(Entry { time: t0, group: groups.group(table, person, first_row), succeeded });
+        out.push(Entry { time: t0, group: groups.group(source, person, first_row), succeeded });
     };
     Ok((names, Box::new(entries)))
 }
@@ -655,17 +645,16 @@ fn retention_entries<'a>(state: &'a ProjectData, metric: &'a Metric, query: &Met
 /// as it would in that range's own evaluation (whether an entry succeeds does not depend on
 /// the range).
 pub(crate) fn share_totals(
-    state: &ProjectData,
+    source: &impl EventSource,
     metric: &Metric,
     query: &MetricQuery,
     ranges: &[(Micros, Micros)],
 ) -> Result<Vec<Option<f64>>> {
-    let (names, mut entries) = share_entries(state, metric, query)?;
-    let table = &state.table;
-    let mut groups = Groups::new(state, None);
+    let (names, mut entries) = share_entries(source, metric, query)?;
+    let mut groups = Groups::new(source, None);
     let mut cells = ShareCells::new(ranges.len());
     let mut scratch = Vec::new();
-    state.person_order.get(table).for_each_named(table, Rows::Named(&names), |person, events| {
+    source.for_each(Scan::named(&names), |person, events| {
         scratch.clear();
         entries(&mut groups, person, events, &mut scratch);
         for entry in &scratch {

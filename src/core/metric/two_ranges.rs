@@ -5,7 +5,7 @@ use crate::core::filter::{CompiledFilters, Filter};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::metric::scan::{Cells, MAX_BUCKETS, Matching, MetricQuery, bucket_windows};
 use crate::core::model::Micros;
-use crate::core::store::ProjectData;
+use crate::core::store::source::EventSource;
 use crate::core::store::table::NONE;
 use crate::core::time::{self, Granularity};
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ pub fn applies(metric: &Metric, query: &MetricQuery) -> bool {
 /// bucket, with the metric's rolling or to-date window), from a single scan. Only for metrics
 /// where `applies` holds.
 pub fn totals(
-    state: &ProjectData,
+    source: &impl EventSource,
     metric: &Metric,
     query: &MetricQuery,
     previous: (Micros, Micros),
@@ -29,7 +29,7 @@ pub fn totals(
     metric.validate_offsets()?;
     if matches!(metric.kind, MetricKind::Conversion | MetricKind::Retention) {
         let values =
-            crate::core::metric::scan::share_totals(state, metric, query, &[(query.from, query.to), previous])?;
+            crate::core::metric::scan::share_totals(source, metric, query, &[(query.from, query.to), previous])?;
         return Ok((values[0], values[1]));
     }
     let window = |from: Micros, to: Micros| -> Result<(Micros, Micros)> {
@@ -39,19 +39,18 @@ pub fn totals(
     };
     let windows = [window(query.from, query.to)?, window(previous.0, previous.1)?];
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let table = &state.table;
-    let name = table.names().get(&selector.event).unwrap_or(NONE);
+    let name = source.names().get(&selector.event).unwrap_or(NONE);
     let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
-    let filters = CompiledFilters::compile(state, &filters, query.members.as_ref().map(|m| m.as_slice()));
+    let filters = CompiledFilters::compile(source, &filters, query.members.as_ref().map(|m| m.as_slice()));
     let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
-    let property = if needs_value { table.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
+    let property = if needs_value { source.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
     let scan_from = windows.iter().map(|w| w.0).min().unwrap_or(query.from);
     let scan_to = windows.iter().map(|w| w.1).max().unwrap_or(query.to);
 
     let mut cells = Cells::new(metric.kind, windows.len());
     if name != NONE {
         let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: scan_to };
-        matching.for_each(table, &state.person_order.get(table), |person, _, t, value| {
+        matching.for_each(source, |person, _, t, value| {
             for (cell, &(start, end)) in windows.iter().enumerate() {
                 if start <= t && t < end {
                     cells.add(cell, person, value);
@@ -67,6 +66,7 @@ mod tests {
     use super::*;
     use crate::core::filter::EventSelector;
     use crate::core::model::{Event, Value};
+    use crate::core::store::ProjectData;
 
     const DAY: Micros = crate::core::model::MICROS_PER_DAY;
 
@@ -115,9 +115,9 @@ mod tests {
         let value = |(from, to)| {
             let series = match metric.kind {
                 MetricKind::Conversion | MetricKind::Retention => {
-                    crate::core::metric::scan::share(state, metric, &query(from, to))
+                    crate::core::metric::scan::share(&state.source(), metric, &query(from, to))
                 }
-                _ => crate::core::metric::scan::event_aggregate(state, metric, &query(from, to)),
+                _ => crate::core::metric::scan::event_aggregate(&state.source(), metric, &query(from, to)),
             };
             series.unwrap()[0].points[0].value
         };
@@ -154,7 +154,7 @@ mod tests {
                     ..Default::default()
                 };
                 for (current, previous) in ranges {
-                    let answer = totals(&state, &metric, &query(current.0, current.1), previous).unwrap();
+                    let answer = totals(&state.source(), &metric, &query(current.0, current.1), previous).unwrap();
                     assert_eq!(
                         answer,
                         reference(&state, &metric, current, previous),
@@ -175,7 +175,7 @@ mod tests {
                 ..Default::default()
             };
             for (current, previous) in ranges {
-                let answer = totals(&state, &conversion, &query(current.0, current.1), previous).unwrap();
+                let answer = totals(&state.source(), &conversion, &query(current.0, current.1), previous).unwrap();
                 assert_eq!(answer, reference(&state, &conversion, current, previous), "conversion {current:?}");
             }
         }
@@ -191,7 +191,7 @@ mod tests {
                 ..Default::default()
             };
             for (current, previous) in ranges {
-                let answer = totals(&state, &retention, &query(current.0, current.1), previous).unwrap();
+                let answer = totals(&state.source(), &retention, &query(current.0, current.1), previous).unwrap();
                 assert_eq!(answer, reference(&state, &retention, current, previous), "retention {current:?}");
             }
         }
@@ -201,9 +201,9 @@ mod tests {
             selector: Some(EventSelector { event: "buy".into(), filters: vec![] }),
             ..Default::default()
         };
-        assert_eq!(totals(&state, &unique, &query(0, DAY), (-DAY, 0)).unwrap(), (Some(3.0), Some(0.0)));
+        assert_eq!(totals(&state.source(), &unique, &query(0, DAY), (-DAY, 0)).unwrap(), (Some(3.0), Some(0.0)));
         // An unknown event counts nothing in either range.
         let unknown = Metric { selector: Some(EventSelector { event: "nope".into(), filters: vec![] }), ..unique };
-        assert_eq!(totals(&state, &unknown, &query(0, DAY), (-DAY, 0)).unwrap(), (Some(0.0), Some(0.0)));
+        assert_eq!(totals(&state.source(), &unknown, &query(0, DAY), (-DAY, 0)).unwrap(), (Some(0.0), Some(0.0)));
     }
 }

@@ -3,9 +3,12 @@
 //! that changes them.
 
 pub mod column;
+pub mod embedded;
+pub mod person_batch;
 pub mod person_order;
 pub mod record;
 pub mod segment;
+pub mod source;
 pub mod table;
 pub mod trait_groups;
 pub mod traits;

@@ -328,8 +328,9 @@ impl PersonOrder {
             return column.clone();
         }
         let rows = self.by_name.get(name as usize).map_or(&[][..], |index| &index.rows[..]);
-        let column =
-            Arc::new(rows.iter().map(|&row| crate::core::filter::row_number(table, row as usize, key)).collect());
+        let column = Arc::new(
+            rows.iter().map(|&row| crate::core::filter::row_number(table.row_props(row as usize), key)).collect(),
+        );
         self.numbers.lock().insert((name, key), Arc::clone(&column));
         column
     }
@@ -391,25 +392,13 @@ impl PersonOrder {
         let tail = Tail::of(self, table);
         let parts = threads.clamp(1, self.people.len().max(1));
         let bounds: Vec<usize> = (0..=parts).map(|k| k * self.people.len() / parts).collect();
-        let token = cancel::current();
-        let run = |k: usize| {
+        crate::core::store::source::run_parts(parts, |k| {
             let mut state = init();
             let extra: &[u32] = if k + 1 == parts { &tail.new_people } else { &[] };
             self.visit_rows(table, &tail, rows, bounds[k]..bounds[k + 1], extra, &mut |person, events| {
                 visit(&mut state, person, events)
             });
             state
-        };
-        if parts == 1 {
-            return vec![run(0)];
-        }
-        std::thread::scope(|scope| {
-            let token = token.as_ref();
-            let handles: Vec<_> = (1..parts).map(|k| scope.spawn(move || cancel::within(token, || run(k)))).collect();
-            let mut states = vec![run(0)];
-            // A panic in a part is a bug; re-raise it on the calling thread.
-            states.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
-            states
         })
     }
 
@@ -1007,7 +996,7 @@ mod tests {
         order.for_each_named(&table, Rows::Named(&[buy]), |_, events| {
             for (i, &row) in events.rows.iter().enumerate() {
                 if let Some(at) = events.indexed_at {
-                    assert_eq!(numbers[at + i], crate::core::filter::row_number(&table, row as usize, amount));
+                    assert_eq!(numbers[at + i], crate::core::filter::row_number(table.row_props(row as usize), amount));
                     checked += 1;
                 }
             }

@@ -40,14 +40,19 @@ pub struct TraitGroups {
 
 impl TraitGroups {
     fn build(state: &ProjectData, name: &str) -> TraitGroups {
-        // Group ids per user from the traits map, one label per distinct value (no per-person
-        // allocation), then per person through the canonical mapping.
-        let table = &state.table;
+        let mut groups = TraitGroups::of_values(&state.table.canonical, state.traits.values_of(name));
+        groups.built_for = TraitGroups::version(state);
+        groups
+    }
+
+    /// Groups per person id from a trait's value per canonical person (`values`), through the
+    /// `canonical` mapping: one label per distinct value, without a per-person allocation.
+    pub fn of_values(canonical: &[u32], values: impl IntoIterator<Item = (u32, Value)>) -> TraitGroups {
         let mut labels: Vec<String> = vec![NO_VALUE.into()];
         let mut ids: hashbrown::HashMap<String, u32> = hashbrown::HashMap::new();
         ids.insert(NO_VALUE.into(), 0);
-        let mut by_user = vec![0u32; table.canonical.len()];
-        for (person, value) in state.traits.values_of(name) {
+        let mut by_user = vec![0u32; canonical.len()];
+        for (person, value) in values {
             let id = match &value {
                 Value::String(s) => ids.get(s.as_str()).copied(),
                 _ => None,
@@ -60,11 +65,7 @@ impl TraitGroups {
                 })
             });
         }
-        TraitGroups {
-            built_for: TraitGroups::version(state),
-            group_of: table.canonical.iter().map(|&c| by_user[c as usize]).collect(),
-            labels,
-        }
+        TraitGroups { built_for: (0, 0, 0), group_of: canonical.iter().map(|&c| by_user[c as usize]).collect(), labels }
     }
 
     fn version(state: &ProjectData) -> (u64, usize, u64) {

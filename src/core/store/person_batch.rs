@@ -1,0 +1,229 @@
+//! A source of events that arrive already in person order, identity resolved: what a store
+//! that is not this process returns for `... ORDER BY person, time, arrival` (a ClickHouse
+//! cluster keeps each person's events on one shard, sorted so). The analyses read it through
+//! the same seam as the embedded engine, so they give the same answers over it.
+//!
+//! Rows are kept in the order they came, so a person's events are one contiguous run and a scan
+//! needs no index: a named scan filters each person's run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::core::model::{Event, Micros, Value};
+use crate::core::store::source::{EventSource, ManualValues, Numbers, PersonEvents, Rows, Scan, Strings, trim};
+use crate::core::store::table::{EventTable, Interner, Prop};
+use crate::core::store::trait_groups::TraitGroups;
+use crate::error::{Error, Result};
+
+/// Fewer rows than this are scanned in one part.
+const MIN_ROWS_PER_PART: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct PersonBatch {
+    /// Dictionaries, properties and event ids of the rows; its people are the batch's people
+    /// (canonical only: there are no aliases left to apply).
+    table: EventTable,
+    /// Person p's rows start at `starts[p]` and end where the next person's start (the last
+    /// person's at the end).
+    starts: Vec<u32>,
+    /// Rows in order, as the `rows` of a whole-person scan.
+    row_ids: Vec<u32>,
+    traits: HashMap<u32, Vec<(String, Value)>>,
+    manual: HashMap<String, ManualValues>,
+    /// The person whose rows are being added.
+    current: Option<u32>,
+    /// For a `split_parts` test: scan in this many parts whatever the size.
+    parts: Option<usize>,
+}
+
+impl PersonBatch {
+    /// Starts the next person: a user id, or an anonymous id no user claimed. Their events
+    /// follow, in time order; a person comes once.
+    pub fn add_person(&mut self, id: &str, is_user: bool, traits: Vec<(String, Value)>) -> Result<()> {
+        let known = if is_user { self.table.find_user(id) } else { self.table.find_anonymous(id) };
+        if known.is_some() {
+            return Err(Error::Internal(format!("person {id:?} came twice in a person-ordered stream")));
+        }
+        let person = if is_user { self.table.user_person(id) } else { self.table.anonymous_person(id) };
+        debug_assert_eq!(person as usize, self.starts.len(), "people are numbered as they come");
+        self.starts.push(self.table.len() as u32);
+        if !traits.is_empty() {
+            self.traits.insert(person, traits);
+        }
+        self.current = Some(person);
+        Ok(())
+    }
+
+    /// Adds an event of the current person; `event`'s user and anonymous ids are ignored.
+    pub fn add_event(&mut self, event: &Event) -> Result<()> {
+        let person = self.current.ok_or_else(|| Error::Internal("an event before any person".into()))?;
+        let first = self.starts[person as usize] as usize;
+        if self.table.len() > first && self.table.time()[self.table.len() - 1] > event.timestamp {
+            return Err(Error::Internal(format!("event {:?} out of time order", event.event_id)));
+        }
+        let (user_id, anonymous_id) = match self.table.is_user()[person as usize] {
+            true => (self.table.person_name(person).to_owned(), String::new()),
+            false => (String::new(), self.table.person_name(person).to_owned()),
+        };
+        self.row_ids.push(self.table.len() as u32);
+        self.table.push(&Event { user_id, anonymous_id, ..event.clone() });
+        Ok(())
+    }
+
+    /// Stores MANUAL values of metric `key`.
+    pub fn add_manual(&mut self, key: &str, values: ManualValues) {
+        self.manual.insert(key.to_owned(), values);
+    }
+
+    /// Scans in `parts` parts whatever the size (tests use it to exercise merging parts).
+    pub fn split_parts(&mut self, parts: usize) {
+        self.parts = Some(parts.max(1));
+    }
+
+    fn span(&self, person: usize) -> std::ops::Range<usize> {
+        self.starts[person] as usize..self.starts.get(person + 1).map_or(self.table.len(), |&s| s as usize)
+    }
+
+    /// Visits people `people` with the scan's events.
+    fn visit_people(
+        &self,
+        scan: Scan<'_>,
+        people: std::ops::Range<usize>,
+        visit: &mut dyn FnMut(u32, PersonEvents<'_>),
+    ) {
+        let (times, names) = (self.table.time(), self.table.name());
+        let mut picked: (Vec<u32>, Vec<Micros>, Vec<u32>) = Default::default();
+        for person in people {
+            let span = self.span(person);
+            let events = match scan.rows {
+                Rows::All => PersonEvents {
+                    rows: &self.row_ids[span.clone()],
+                    times: &times[span.clone()],
+                    names: &names[span],
+                    indexed_at: None,
+                    positions: &[],
+                },
+                Rows::Named(wanted) => {
+                    picked.0.clear();
+                    picked.1.clear();
+                    picked.2.clear();
+                    for row in span.filter(|&row| wanted.contains(&names[row])) {
+                        picked.0.push(row as u32);
+                        picked.1.push(times[row]);
+                        picked.2.push(names[row]);
+                    }
+                    PersonEvents {
+                        rows: &picked.0,
+                        times: &picked.1,
+                        names: &picked.2,
+                        indexed_at: None,
+                        positions: &[],
+                    }
+                }
+            };
+            if let Some(events) = trim(events, scan.from, scan.to) {
+                visit(person as u32, events);
+            }
+        }
+    }
+}
+
+impl EventSource for PersonBatch {
+    fn names(&self) -> &Interner {
+        self.table.names()
+    }
+
+    fn keys(&self) -> &Interner {
+        self.table.keys()
+    }
+
+    fn strings(&self) -> &Interner {
+        self.table.strings()
+    }
+
+    fn canonical(&self) -> &[u32] {
+        self.table.canonical()
+    }
+
+    fn person_name(&self, person: u32) -> &str {
+        self.table.person_name(person)
+    }
+
+    fn find_person(&self, id: &str) -> Option<u32> {
+        self.table.find_user(id).or_else(|| self.table.find_anonymous(id))
+    }
+
+    fn known(&self, person: u32) -> bool {
+        !self.span(person as usize).is_empty() || self.traits.contains_key(&person)
+    }
+
+    fn row_count(&self) -> usize {
+        self.table.len()
+    }
+
+    fn row_time(&self, row: usize) -> Micros {
+        self.table.time()[row]
+    }
+
+    fn row_name(&self, row: usize) -> u32 {
+        self.table.name()[row]
+    }
+
+    fn row_props(&self, row: usize) -> &[Prop] {
+        self.table.row_props(row)
+    }
+
+    fn row_event_id(&self, row: usize) -> &str {
+        self.table.row_event_id(row)
+    }
+
+    fn trait_values(&self, name: &str) -> Vec<(u32, Value)> {
+        let mut values: Vec<(u32, Value)> = self
+            .traits
+            .iter()
+            .filter_map(|(&person, traits)| Some((person, traits.iter().find(|(n, _)| n == name)?.1.clone())))
+            .collect();
+        values.sort_unstable_by_key(|v| v.0);
+        values
+    }
+
+    fn trait_groups(&self, name: &str) -> Arc<TraitGroups> {
+        Arc::new(TraitGroups::of_values(self.canonical(), self.trait_values(name)))
+    }
+
+    fn manual(&self, key: &str) -> Option<&ManualValues> {
+        self.manual.get(key)
+    }
+
+    fn fold_parts<S: Send>(
+        &self,
+        scan: Scan<'_>,
+        init: impl Fn() -> S + Sync,
+        visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
+    ) -> Vec<S> {
+        let people = self.table.canonical().len();
+        let wanted = self.parts.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+            cores.min(self.table.len() / MIN_ROWS_PER_PART).max(1)
+        });
+        let parts = wanted.clamp(1, people.max(1));
+        crate::core::store::source::run_parts(parts, |k| {
+            let mut state = init();
+            let range = k * people / parts..(k + 1) * people / parts;
+            self.visit_people(scan, range, &mut |person, events| visit(&mut state, person, events));
+            state
+        })
+    }
+
+    fn for_each(&self, scan: Scan<'_>, mut visit: impl FnMut(u32, PersonEvents<'_>)) {
+        self.visit_people(scan, 0..self.table.canonical().len(), &mut visit)
+    }
+
+    fn numbers(&self, _name: u32, _key: u32) -> Option<Numbers> {
+        None
+    }
+
+    fn string_ids(&self, _name: u32, _key: u32) -> Option<Strings> {
+        None
+    }
+}
