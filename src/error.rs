@@ -31,6 +31,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("shutting down")]
     Unavailable,
+    /// A backend this server needs (a ClickHouse shard) cannot be reached: retry later.
+    #[error("{0}")]
+    BackendUnavailable(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("internal: {0}")]
@@ -68,7 +71,7 @@ impl Error {
             Error::Aborted(_) => "ABORTED",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
-            Error::Unavailable => "UNAVAILABLE",
+            Error::Unavailable | Error::BackendUnavailable(_) => "UNAVAILABLE",
             Error::Storage(_) | Error::Internal(_) => "INTERNAL",
         }
     }

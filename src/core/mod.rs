@@ -29,6 +29,6 @@ pub mod metric;
 pub mod model;
 pub mod page;
 #[cfg(test)]
-mod seam_tests;
+pub(crate) mod seam_tests;
 pub mod store;
 pub mod time;

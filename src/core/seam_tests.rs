@@ -33,22 +33,23 @@ use crate::core::store::source::{EventSource, ManualValues};
 use crate::core::time::Granularity;
 
 const HOUR: Micros = 3_600_000_000;
-const DAY: Micros = MICROS_PER_DAY;
+pub(crate) const DAY: Micros = MICROS_PER_DAY;
 /// 2026-03-16 00:00 UTC: the range crosses Berlin's change to summer time (March 29).
-const START: Micros = 1_773_619_200_000_000;
+pub(crate) const START: Micros = 1_773_619_200_000_000;
 const PROJECT: &str = "p";
 
-/// What was sent, in order, and what this test expects the store to hold.
-struct Sent {
-    events: Vec<Event>,
+/// What was sent, in order, and what this test expects the store to hold. The ClickHouse
+/// backend's test sends the same.
+pub(crate) struct Sent {
+    pub events: Vec<Event>,
     /// Final alias per anonymous id (a later alias wins).
-    aliases: HashMap<String, String>,
-    traits: BTreeMap<String, BTreeMap<String, Value>>,
-    deleted: Vec<String>,
-    spend: Vec<ManualValue>,
+    pub aliases: HashMap<String, String>,
+    pub traits: BTreeMap<String, BTreeMap<String, Value>>,
+    pub deleted: Vec<String>,
+    pub spend: Vec<ManualValue>,
 }
 
-fn sent(seed: u64) -> Sent {
+pub(crate) fn sent(seed: u64) -> Sent {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let users: Vec<String> = (0..30).map(|i| format!("u{i:02}")).collect();
     let anons: Vec<String> = (0..25).map(|i| format!("a{i:02}")).collect();
@@ -113,7 +114,7 @@ fn pick_number(rng: &mut ChaCha8Rng, list: &[f64]) -> f64 {
 }
 
 /// The embedded engine, fed the way the writer feeds it.
-fn embedded(sent: &Sent) -> ProjectData {
+pub(crate) fn embedded(sent: &Sent) -> ProjectData {
     let mut data = ProjectData::default();
     let project = || PROJECT.to_owned();
     let (first, rest) = sent.events.split_at(sent.events.len() / 2);
@@ -277,7 +278,7 @@ fn metric(key: &str, kind: MetricKind, event: &str, property: &str) -> Metric {
     Metric { key: key.into(), kind, selector: Some(selector(event)), property: property.into(), ..Default::default() }
 }
 
-fn compare_all(embedded: &impl EventSource, batch: &impl EventSource, seed: u64) {
+pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource, seed: u64) {
     let cohorts = cohorts();
     let mut book = MetricBook::default();
     book.insert("spend".into(), vec![Metric { key: "spend".into(), kind: MetricKind::Manual, ..Default::default() }]);

@@ -30,7 +30,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::Unavailable => Status::unavailable(message),
+            Error::Unavailable | Error::BackendUnavailable(_) => Status::unavailable(message),
             Error::Storage(_) | Error::Internal(_) => {
                 tracing::error!(error = %message, "request failed");
                 Status::internal(message)

@@ -86,7 +86,7 @@ fn failure(error: Error) -> Response {
         Error::RateLimited { .. } | Error::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::FailedPrecondition(_) => StatusCode::PRECONDITION_FAILED,
         Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-        Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable | Error::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut response = (status, format!("{error}\n")).into_response();

@@ -1,0 +1,388 @@
+//! Events, aliases and traits on a ClickHouse cluster, read back as person-ordered batches for
+//! the query seam (`core::store::source`): the first part of the scale-out backend.
+//!
+//! Writes go through the `Distributed` tables with `insert_distributed_sync=1`, so an insert
+//! that returns has its rows on their shards (read-your-writes). Reads ask for the rows an
+//! analysis needs (event names, time range), with each anonymous id's events credited to the
+//! user it was last aliased to (a `GLOBAL` join, since an anonymous id and its user may sit on
+//! different shards), ordered by (person, time, arrival); the rows stream into a `PersonBatch`
+//! together with each user's traits, folded from their updates in arrival order with the
+//! embedded engine's own `Traits`.
+//!
+//! The client is the `clickhouse` crate over HTTP with RowBinary. Validation is off (the
+//! 18.16 servers CI runs lack `RowBinaryWithNamesAndTypes`), so the row structs below must
+//! match the column order of `schema.rs` exactly; fetches set `wait_end_of_query=1`, so an error
+//! part-way through a result is an error, not a truncated answer.
+
+pub mod schema;
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::core::model::{Event, Micros, UserUpdate, Value};
+use crate::core::store::person_batch::PersonBatch;
+use crate::core::store::traits::Traits;
+use crate::error::{Error, Result};
+
+/// Where the cluster is and what to call things there.
+#[derive(Debug, Clone)]
+pub struct ClickHouseConfig {
+    /// One HTTP URL per shard server; the first takes the distributed reads and writes.
+    pub urls: Vec<String>,
+    pub database: String,
+    /// The `remote_servers` cluster the `Distributed` tables spread over.
+    pub cluster: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// A connected cluster with the current schema.
+#[derive(Clone)]
+pub struct ClickHouse {
+    /// One client per shard server (DDL runs on each), bound to the database.
+    servers: Vec<Client>,
+    database: String,
+}
+
+/// What a read needs: the events of some names (all when `None`) in `[from, to)`.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub names: Option<Vec<String>>,
+    pub from: Micros,
+    pub to: Micros,
+}
+
+impl Fetch {
+    pub fn everything() -> Fetch {
+        Fetch { names: None, from: Micros::MIN, to: Micros::MAX }
+    }
+}
+
+#[derive(Row, Serialize)]
+struct EventRow<'a> {
+    project: &'a str,
+    person: &'a str,
+    is_user: u8,
+    anonymous_id: &'a str,
+    time: i64,
+    seq: u64,
+    name: &'a str,
+    event_id: &'a str,
+    prop_keys: Vec<&'a str>,
+    prop_kinds: Vec<u8>,
+    prop_numbers: Vec<f64>,
+    prop_strings: Vec<&'a str>,
+}
+
+#[derive(Row, Serialize)]
+struct AliasRow<'a> {
+    project: &'a str,
+    anonymous_id: &'a str,
+    user_id: &'a str,
+    seq: u64,
+}
+
+#[derive(Row, Serialize)]
+struct UserUpdateRow<'a> {
+    project: &'a str,
+    user_id: &'a str,
+    seq: u64,
+    update_json: String,
+}
+
+/// An event as a read returns it: the person it counts for, and whether that is a user.
+#[derive(Row, Deserialize)]
+struct FetchedEvent {
+    owner: String,
+    owner_is_user: u8,
+    time: i64,
+    name: String,
+    event_id: String,
+    prop_keys: Vec<String>,
+    prop_kinds: Vec<u8>,
+    prop_numbers: Vec<f64>,
+    prop_strings: Vec<String>,
+}
+
+#[derive(Row, Deserialize)]
+struct FetchedUpdate {
+    user_id: String,
+    update_json: String,
+}
+
+const KIND_NULL: u8 = 0;
+const KIND_BOOL: u8 = 1;
+const KIND_NUMBER: u8 = 2;
+const KIND_STRING: u8 = 3;
+const KIND_TIME: u8 = 4;
+
+impl ClickHouse {
+    /// Connects to every server, checks that each knows the cluster, and brings the schema up
+    /// to date. An unreachable server is UNAVAILABLE; a bad name or a missing cluster is a
+    /// configuration error naming it.
+    pub async fn connect(config: &ClickHouseConfig) -> Result<ClickHouse> {
+        if config.urls.is_empty() {
+            return Err(Error::invalid("clickhouse_url", "at least one URL is required"));
+        }
+        for (field, name) in [("clickhouse_database", &config.database), ("clickhouse_cluster", &config.cluster)] {
+            if !schema::is_identifier(name) {
+                return Err(Error::invalid(
+                    field,
+                    format!("{name:?} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"),
+                ));
+            }
+        }
+        let mut servers = Vec::new();
+        for url in &config.urls {
+            let mut client = Client::default().with_url(url.as_str()).with_validation(false);
+            if let Some(user) = &config.user {
+                client = client.with_user(user.as_str());
+            }
+            if let Some(password) = &config.password {
+                client = client.with_password(password.as_str());
+            }
+            let known: u64 = client
+                .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+                .bind(config.cluster.as_str())
+                .fetch_one()
+                .await
+                .map_err(|e| unreachable(url, &e))?;
+            if known == 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "clickhouse_cluster: {url} has no cluster {:?} in its remote_servers",
+                    config.cluster
+                )));
+            }
+            let create = format!("CREATE DATABASE IF NOT EXISTS {}", config.database);
+            client.query(&create).execute().await.map_err(|e| unreachable(url, &e))?;
+            servers.push(client.with_database(config.database.as_str()));
+        }
+        let store = ClickHouse { servers, database: config.database.clone() };
+        for (url, server) in config.urls.iter().zip(&store.servers) {
+            store.migrate(url, server, &config.cluster).await?;
+        }
+        Ok(store)
+    }
+
+    async fn migrate(&self, url: &str, server: &Client, cluster: &str) -> Result<()> {
+        let sql = |statement: &str| schema::render(statement, &self.database, cluster);
+        server.query(&sql(schema::VERSIONS_TABLE)).execute().await.map_err(|e| unreachable(url, &e))?;
+        let applied: u32 = server
+            .query("SELECT max(version) FROM schema_versions")
+            .fetch_one()
+            .await
+            .map_err(|e| unreachable(url, &e))?;
+        for (version, statements) in schema::MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+            for statement in *statements {
+                server.query(&sql(statement)).execute().await.map_err(|e| unreachable(url, &e))?;
+            }
+            let record = format!("INSERT INTO schema_versions VALUES ({version})");
+            server.query(&record).execute().await.map_err(|e| unreachable(url, &e))?;
+            tracing::info!(url, version, "clickhouse schema migrated");
+        }
+        Ok(())
+    }
+
+    /// The server that takes distributed reads and writes.
+    fn front(&self) -> &Client {
+        &self.servers[0]
+    }
+
+    /// Stores events in arrival order, numbered from `first_seq`. Returns when every row is on
+    /// its shard.
+    pub async fn insert_events(&self, project: &str, events: &[Event], first_seq: u64) -> Result<()> {
+        let mut insert = self.insert::<EventRow<'_>>("events").await?;
+        for (i, event) in events.iter().enumerate() {
+            let is_user = !event.user_id.is_empty();
+            let mut row = EventRow {
+                project,
+                person: if is_user { &event.user_id } else { &event.anonymous_id },
+                is_user: u8::from(is_user),
+                anonymous_id: &event.anonymous_id,
+                time: event.timestamp,
+                seq: first_seq + i as u64,
+                name: &event.name,
+                event_id: &event.event_id,
+                prop_keys: Vec::with_capacity(event.properties.len()),
+                prop_kinds: Vec::with_capacity(event.properties.len()),
+                prop_numbers: Vec::with_capacity(event.properties.len()),
+                prop_strings: Vec::with_capacity(event.properties.len()),
+            };
+            for (key, value) in &event.properties {
+                let (kind, number, string) = match value {
+                    Value::Null => (KIND_NULL, 0.0, ""),
+                    Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b)), ""),
+                    Value::Number(n) => (KIND_NUMBER, *n, ""),
+                    Value::String(s) => (KIND_STRING, 0.0, s.as_str()),
+                    // Microseconds since 1970 stay exact in an f64 until the year 2255.
+                    Value::Timestamp(t) => (KIND_TIME, *t as f64, ""),
+                };
+                row.prop_keys.push(key);
+                row.prop_kinds.push(kind);
+                row.prop_numbers.push(number);
+                row.prop_strings.push(string);
+            }
+            insert.write(&row).await.map_err(|e| self.failed(&e))?;
+        }
+        insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    /// Stores aliases (anonymous id, user id) in order, numbered from `first_seq`.
+    pub async fn insert_aliases(&self, project: &str, pairs: &[(String, String)], first_seq: u64) -> Result<()> {
+        let mut insert = self.insert::<AliasRow<'_>>("aliases").await?;
+        for (i, (anonymous_id, user_id)) in pairs.iter().enumerate() {
+            let row = AliasRow { project, anonymous_id, user_id, seq: first_seq + i as u64 };
+            insert.write(&row).await.map_err(|e| self.failed(&e))?;
+        }
+        insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    /// Stores trait updates in order, numbered from `first_seq`.
+    pub async fn insert_user_updates(&self, project: &str, updates: &[UserUpdate], first_seq: u64) -> Result<()> {
+        let mut insert = self.insert::<UserUpdateRow<'_>>("user_updates").await?;
+        for (i, update) in updates.iter().enumerate() {
+            let update_json = serde_json::to_string(update).map_err(|e| Error::Internal(e.to_string()))?;
+            let row = UserUpdateRow { project, user_id: &update.user_id, seq: first_seq + i as u64, update_json };
+            insert.write(&row).await.map_err(|e| self.failed(&e))?;
+        }
+        insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    async fn insert<T: Row>(&self, table: &str) -> Result<clickhouse::insert::Insert<T>> {
+        let insert = self.front().insert::<T>(table).await.map_err(|e| self.failed(&e))?;
+        Ok(insert.with_setting("insert_distributed_sync", "1"))
+    }
+
+    /// The events `fetch` asks for and every user's traits, in person order: what the
+    /// analyses read through the query seam.
+    pub async fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch> {
+        let mut sql = String::from(
+            "SELECT owner, owner_is_user, time, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
+             FROM (
+                SELECT if(is_user = 1 OR alias_user = '', person, alias_user) AS owner,
+                       toUInt8(is_user = 1 OR alias_user != '') AS owner_is_user,
+                       time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
+                FROM events
+                GLOBAL ANY LEFT JOIN (
+                    SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS alias_user
+                    FROM aliases WHERE project = ? GROUP BY anonymous_id
+                ) USING (person, is_user)
+                WHERE project = ? AND time >= ? AND time < ?",
+        );
+        if fetch.names.is_some() {
+            sql.push_str(" AND has(?, name)");
+        }
+        sql.push_str(") ORDER BY owner, owner_is_user, time, seq");
+        let mut query = self.front().query(&sql).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
+        if let Some(names) = &fetch.names {
+            query = query.bind(names.as_slice());
+        }
+        let mut events =
+            query.with_setting("wait_end_of_query", "1").fetch::<FetchedEvent>().map_err(|e| self.failed(&e))?;
+
+        let mut users = self.traits(project).await?.into_iter().peekable();
+        let mut batch = PersonBatch::default();
+        let mut current: Option<(String, bool)> = None;
+        while let Some(row) = events.next().await.map_err(|e| self.failed(&e))? {
+            let person = (row.owner, row.owner_is_user == 1);
+            if current.as_ref() != Some(&person) {
+                // Users with traits who sort before this person come first.
+                while users.peek().is_some_and(|(id, _)| (id.as_str(), true) < (person.0.as_str(), person.1)) {
+                    let (id, traits) = users.next().unwrap_or_default();
+                    batch.add_person(&id, true, traits)?;
+                }
+                let traits = match users.peek() {
+                    Some((id, _)) if person.1 && *id == person.0 => users.next().map(|u| u.1).unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                batch.add_person(&person.0, person.1, traits)?;
+                current = Some(person);
+            }
+            let event = Event {
+                event_id: row.event_id,
+                name: row.name,
+                user_id: String::new(),
+                anonymous_id: String::new(),
+                timestamp: row.time,
+                properties: properties(row.prop_keys, &row.prop_kinds, &row.prop_numbers, row.prop_strings)?,
+            };
+            batch.add_event(&event)?;
+        }
+        for (id, traits) in users {
+            batch.add_person(&id, true, traits)?;
+        }
+        Ok(batch)
+    }
+
+    /// Every user's traits now, by user id in byte order.
+    async fn traits(&self, project: &str) -> Result<Vec<(String, Vec<(String, Value)>)>> {
+        let mut cursor = self
+            .front()
+            .query("SELECT user_id, update_json FROM user_updates WHERE project = ? ORDER BY user_id, seq")
+            .bind(project)
+            .with_setting("wait_end_of_query", "1")
+            .fetch::<FetchedUpdate>()
+            .map_err(|e| self.failed(&e))?;
+        let mut users: Vec<(String, Vec<(String, Value)>)> = Vec::new();
+        // One user at a time, folded with the embedded engine's own update rules.
+        let mut folding = Traits::default();
+        while let Some(row) = cursor.next().await.map_err(|e| self.failed(&e))? {
+            if users.last().is_none_or(|(id, _)| *id != row.user_id) {
+                finish(&mut users, &folding);
+                folding = Traits::default();
+                users.push((row.user_id.clone(), Vec::new()));
+            }
+            let update: UserUpdate = serde_json::from_str(&row.update_json)
+                .map_err(|e| Error::Storage(format!("clickhouse: user {:?}: bad update: {e}", row.user_id)))?;
+            folding.update(0, &update);
+        }
+        finish(&mut users, &folding);
+        Ok(users)
+    }
+
+    fn failed(&self, error: &clickhouse::error::Error) -> Error {
+        unreachable(&format!("clickhouse database {}", self.database), error)
+    }
+}
+
+/// Sets the last user's traits from what was folded for them.
+fn finish(users: &mut [(String, Vec<(String, Value)>)], folding: &Traits) {
+    if let Some(last) = users.last_mut() {
+        last.1 = folding.of(0).unwrap_or_default();
+    }
+}
+
+/// Properties from their stored arrays.
+fn properties(keys: Vec<String>, kinds: &[u8], numbers: &[f64], strings: Vec<String>) -> Result<Vec<(String, Value)>> {
+    if kinds.len() != keys.len() || numbers.len() != keys.len() || strings.len() != keys.len() {
+        return Err(Error::Storage("clickhouse: property arrays of different lengths".into()));
+    }
+    keys.into_iter()
+        .zip(strings)
+        .enumerate()
+        .map(|(i, (key, string))| {
+            let value = match kinds[i] {
+                KIND_NULL => Value::Null,
+                KIND_BOOL => Value::Bool(numbers[i] != 0.0),
+                KIND_NUMBER => Value::Number(numbers[i]),
+                KIND_STRING => Value::String(string),
+                KIND_TIME => Value::Timestamp(numbers[i] as Micros),
+                other => return Err(Error::Storage(format!("clickhouse: property {key:?} has unknown kind {other}"))),
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// A ClickHouse failure: the network, a timeout or a server's error (a shard down, a server
+/// out of memory) is UNAVAILABLE, worth retrying; rows that do not decode are a storage fault.
+fn unreachable(what: &str, error: &clickhouse::error::Error) -> Error {
+    use clickhouse::error::Error as Ch;
+    match error {
+        Ch::Network(_) | Ch::TimedOut | Ch::BadResponse(_) => Error::BackendUnavailable(format!("{what}: {error}")),
+        _ => Error::Storage(format!("{what}: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
