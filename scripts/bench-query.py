@@ -196,7 +196,8 @@ def main():
     ap.add_argument("--chdb", action="store_true", help="also time chDB (pip install chdb)")
     args = ap.parse_args()
     pb = stubs()
-    binary = os.path.join(ROOT, "target", "release", "sextant")
+    # SEXTANT_BIN runs another build (e.g. an older commit's, for a before/after in one run).
+    binary = os.environ.get("SEXTANT_BIN") or os.path.join(ROOT, "target", "release", "sextant")
     server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", args.db],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     addr = server.stdout.readline().strip().rsplit(" ", 1)[-1]

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sextant::cli::backup::{self, BackupArgs};
+use sextant::cli::bench_clickhouse::{self, BenchClickHouseArgs};
 use sextant::cli::r#gen::{self as generator, GenOptions};
 use sextant::cli::load::{self, LoadArgs};
 use sextant::cli::maintenance::{self, CheckArgs, CompactArgs};
@@ -47,6 +48,10 @@ enum Command {
     Soak(SoakArgs),
     /// Print a metric's current value live as events arrive (WatchMetric).
     Watch(WatchArgs),
+    /// Store `sextant gen` events in a ClickHouse cluster through the backend's exactly-once
+    /// write path and time it, then time a funnel read back from it against the embedded
+    /// engine's over the same events (drops and recreates --database).
+    BenchClickhouse(BenchClickHouseArgs),
 }
 
 #[derive(clap::Args)]
@@ -138,6 +143,10 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::BenchClickhouse(args) => {
+            telemetry::init_tracing(sextant::config::LogFormat::Text);
+            runtime.block_on(bench_clickhouse::run(&args))
         }
         Command::Load(args) => {
             telemetry::init_tracing(sextant::config::LogFormat::Text);

@@ -1,7 +1,8 @@
 //! Client tools in the binary: data generator, loader, live watcher, soak test, backup,
-//! compaction and the offline data check.
+//! compaction, the offline data check and the ClickHouse backend's benchmark.
 
 pub mod backup;
+pub mod bench_clickhouse;
 pub mod r#gen;
 pub mod load;
 pub mod load_marketing;

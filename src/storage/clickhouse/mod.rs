@@ -16,6 +16,8 @@
 
 pub mod schema;
 
+use std::collections::HashMap;
+
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +77,30 @@ struct EventRow<'a> {
 }
 
 #[derive(Row, Serialize)]
+struct EventIdRow<'a> {
+    project: &'a str,
+    event_id: &'a str,
+    seq: u64,
+}
+
+/// Ids looked up in one query.
+const ID_LOOKUP_CHUNK: usize = 2_000;
+
+/// Strings bound as an SQL tuple, `('a', 'b')`, which `IN` takes (a slice binds as an array).
+struct InList<'a>(&'a [&'a str]);
+
+impl Serialize for InList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(self.0.len())?;
+        for id in self.0 {
+            tuple.serialize_element(id)?;
+        }
+        tuple.end()
+    }
+}
+
+#[derive(Row, Serialize)]
 struct AliasRow<'a> {
     project: &'a str,
     anonymous_id: &'a str,
@@ -96,6 +122,7 @@ struct FetchedEvent {
     owner: String,
     owner_is_user: u8,
     time: i64,
+    seq: u64,
     name: String,
     event_id: String,
     prop_keys: Vec<String>,
@@ -188,11 +215,57 @@ impl ClickHouse {
         &self.servers[0]
     }
 
-    /// Stores events in arrival order, numbered from `first_seq`. Returns when every row is on
-    /// its shard.
-    pub async fn insert_events(&self, project: &str, events: &[Event], first_seq: u64) -> Result<()> {
-        let mut insert = self.insert::<EventRow<'_>>("events").await?;
+    /// Stores the events whose ids are new (to the project and to the batch, the first of a
+    /// repeated id wins), numbered from `first_seq` in arrival order, and says which were new.
+    /// Returns when every stored row is on its shard: the ack point.
+    ///
+    /// Exactly once: a batch's ids are looked up in `event_ids` (by primary key, on the shards
+    /// that own them) and only unknown ones are stored, events first and then their ids, so a
+    /// crash between the two leaves an event that a resend stores again rather than one that
+    /// is lost. Such a second copy, or one from two nodes storing the same id at once, is
+    /// dropped when read (`person_batch` keeps the earliest copy of an id).
+    pub async fn store_events(&self, project: &str, events: &[Event], first_seq: u64) -> Result<Vec<bool>> {
+        let mut new = vec![true; events.len()];
+        let mut in_batch = std::collections::HashSet::new();
         for (i, event) in events.iter().enumerate() {
+            new[i] = in_batch.insert(event.event_id.as_str());
+        }
+        let ids: Vec<&str> = in_batch.into_iter().collect();
+        let mut known = std::collections::HashSet::new();
+        for chunk in ids.chunks(ID_LOOKUP_CHUNK) {
+            let mut cursor = self
+                .front()
+                .query("SELECT event_id FROM event_ids WHERE project = ? AND event_id IN ?")
+                .bind(project)
+                .bind(InList(chunk))
+                .with_setting("wait_end_of_query", "1")
+                .fetch::<String>()
+                .map_err(|e| self.failed(&e))?;
+            while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
+                known.insert(id);
+            }
+        }
+        for (i, event) in events.iter().enumerate() {
+            new[i] = new[i] && !known.contains(&event.event_id);
+        }
+        let stored: Vec<(u64, &Event)> =
+            events.iter().enumerate().filter(|(i, _)| new[*i]).map(|(i, e)| (first_seq + i as u64, e)).collect();
+        if stored.is_empty() {
+            return Ok(new);
+        }
+        self.insert_event_rows(project, &stored).await?;
+        let mut insert = self.insert::<EventIdRow<'_>>("event_ids").await?;
+        for &(seq, event) in &stored {
+            insert.write(&EventIdRow { project, event_id: &event.event_id, seq }).await.map_err(|e| self.failed(&e))?;
+        }
+        insert.end().await.map_err(|e| self.failed(&e))?;
+        Ok(new)
+    }
+
+    /// Writes event rows as given (each with its seq), without looking at their ids.
+    async fn insert_event_rows(&self, project: &str, events: &[(u64, &Event)]) -> Result<()> {
+        let mut insert = self.insert::<EventRow<'_>>("events").await?;
+        for &(seq, event) in events {
             let is_user = !event.user_id.is_empty();
             let mut row = EventRow {
                 project,
@@ -200,7 +273,7 @@ impl ClickHouse {
                 is_user: u8::from(is_user),
                 anonymous_id: &event.anonymous_id,
                 time: event.timestamp,
-                seq: first_seq + i as u64,
+                seq,
                 name: &event.name,
                 event_id: &event.event_id,
                 prop_keys: Vec::with_capacity(event.properties.len()),
@@ -257,7 +330,7 @@ impl ClickHouse {
     /// analyses read through the query seam.
     pub async fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch> {
         let mut sql = String::from(
-            "SELECT owner, owner_is_user, time, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
+            "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
              FROM (
                 SELECT if(is_user = 1 OR alias_user = '', person, alias_user) AS owner,
                        toUInt8(is_user = 1 OR alias_user != '') AS owner_is_user,
@@ -282,31 +355,33 @@ impl ClickHouse {
 
         let mut users = self.traits(project).await?.into_iter().peekable();
         let mut batch = PersonBatch::default();
-        let mut current: Option<(String, bool)> = None;
-        while let Some(row) = events.next().await.map_err(|e| self.failed(&e))? {
-            let person = (row.owner, row.owner_is_user == 1);
-            if current.as_ref() != Some(&person) {
-                // Users with traits who sort before this person come first.
-                while users.peek().is_some_and(|(id, _)| (id.as_str(), true) < (person.0.as_str(), person.1)) {
-                    let (id, traits) = users.next().unwrap_or_default();
-                    batch.add_person(&id, true, traits)?;
+        let mut person: Option<(String, bool)> = None;
+        let mut rows: Vec<FetchedEvent> = Vec::new();
+        loop {
+            let row = events.next().await.map_err(|e| self.failed(&e))?;
+            let next = row.as_ref().map(|r| (r.owner.as_str(), r.owner_is_user == 1));
+            if next.is_none() || person.as_ref().map(|(id, is_user)| (id.as_str(), *is_user)) != next {
+                if let Some((id, is_user)) = person.take() {
+                    // Users with traits who sort before this person come first.
+                    while users.peek().is_some_and(|(user, _)| (user.as_str(), true) < (id.as_str(), is_user)) {
+                        let (user, traits) = users.next().unwrap_or_default();
+                        batch.add_person(&user, true, traits)?;
+                    }
+                    let traits = match users.peek() {
+                        Some((user, _)) if is_user && *user == id => users.next().map(|u| u.1).unwrap_or_default(),
+                        _ => Vec::new(),
+                    };
+                    batch.add_person(&id, is_user, traits)?;
+                    for row in first_copies(&mut rows) {
+                        batch.add_event(&row_event(row)?)?;
+                    }
                 }
-                let traits = match users.peek() {
-                    Some((id, _)) if person.1 && *id == person.0 => users.next().map(|u| u.1).unwrap_or_default(),
-                    _ => Vec::new(),
-                };
-                batch.add_person(&person.0, person.1, traits)?;
-                current = Some(person);
+                person = next.map(|(id, is_user)| (id.to_owned(), is_user));
             }
-            let event = Event {
-                event_id: row.event_id,
-                name: row.name,
-                user_id: String::new(),
-                anonymous_id: String::new(),
-                timestamp: row.time,
-                properties: properties(row.prop_keys, &row.prop_kinds, &row.prop_numbers, row.prop_strings)?,
-            };
-            batch.add_event(&event)?;
+            match row {
+                Some(row) => rows.push(row),
+                None => break,
+            }
         }
         for (id, traits) in users {
             batch.add_person(&id, true, traits)?;
@@ -343,6 +418,34 @@ impl ClickHouse {
     fn failed(&self, error: &clickhouse::error::Error) -> Error {
         unreachable(&format!("clickhouse database {}", self.database), error)
     }
+}
+
+/// One person's rows (in time, seq order) without the later copies of an id, emptying `rows`.
+fn first_copies(rows: &mut Vec<FetchedEvent>) -> Vec<FetchedEvent> {
+    let mut first: HashMap<&str, u64> = HashMap::new();
+    for row in rows.iter() {
+        let seq = first.entry(row.event_id.as_str()).or_insert(row.seq);
+        *seq = (*seq).min(row.seq);
+    }
+    if first.len() == rows.len() {
+        return std::mem::take(rows);
+    }
+    let keep: Vec<bool> = rows.iter().map(|row| first[row.event_id.as_str()] == row.seq).collect();
+    let mut keep = keep.into_iter();
+    let mut kept = std::mem::take(rows);
+    kept.retain(|_| keep.next().unwrap_or(false));
+    kept
+}
+
+fn row_event(row: FetchedEvent) -> Result<Event> {
+    Ok(Event {
+        event_id: row.event_id,
+        name: row.name,
+        user_id: String::new(),
+        anonymous_id: String::new(),
+        timestamp: row.time,
+        properties: properties(row.prop_keys, &row.prop_kinds, &row.prop_numbers, row.prop_strings)?,
+    })
 }
 
 /// Sets the last user's traits from what was folded for them.

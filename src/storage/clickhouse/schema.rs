@@ -10,34 +10,47 @@
 //! checked to be plain identifiers.
 
 /// (version, statements): applied in order, each version once per server.
-pub const MIGRATIONS: &[(u32, &[&str])] = &[(
-    1,
-    &[
-        // Events as sent, one row each. `person` is the user id, or the anonymous id when there
-        // is none (`is_user` says which); `seq` is the arrival order, which breaks ties in time.
-        // Properties are parallel arrays: key, kind (0 null, 1 bool, 2 number, 3 string,
-        // 4 timestamp), the number (bools 0/1, timestamps in microseconds) or the string.
-        "CREATE TABLE IF NOT EXISTS {db}.events_local (
+pub const MIGRATIONS: &[(u32, &[&str])] = &[
+    (
+        1,
+        &[
+            // Events as sent, one row each. `person` is the user id, or the anonymous id when there
+            // is none (`is_user` says which); `seq` is the arrival order, which breaks ties in time.
+            // Properties are parallel arrays: key, kind (0 null, 1 bool, 2 number, 3 string,
+            // 4 timestamp), the number (bools 0/1, timestamps in microseconds) or the string.
+            "CREATE TABLE IF NOT EXISTS {db}.events_local (
             project String, person String, is_user UInt8, anonymous_id String, time Int64,
             seq UInt64, name String, event_id String, prop_keys Array(String),
             prop_kinds Array(UInt8), prop_numbers Array(Float64), prop_strings Array(String)
         ) ENGINE = MergeTree() ORDER BY (project, person, time, seq)",
-        "CREATE TABLE IF NOT EXISTS {db}.events AS {db}.events_local
+            "CREATE TABLE IF NOT EXISTS {db}.events AS {db}.events_local
             ENGINE = Distributed({cluster}, {db}, events_local, cityHash64(person))",
-        // Aliases: the latest (by seq) user of an anonymous id wins.
-        "CREATE TABLE IF NOT EXISTS {db}.aliases_local (
+            // Aliases: the latest (by seq) user of an anonymous id wins.
+            "CREATE TABLE IF NOT EXISTS {db}.aliases_local (
             project String, anonymous_id String, user_id String, seq UInt64
         ) ENGINE = MergeTree() ORDER BY (project, anonymous_id, seq)",
-        "CREATE TABLE IF NOT EXISTS {db}.aliases AS {db}.aliases_local
+            "CREATE TABLE IF NOT EXISTS {db}.aliases AS {db}.aliases_local
             ENGINE = Distributed({cluster}, {db}, aliases_local, cityHash64(anonymous_id))",
-        // Trait updates as sent (a JSON `UserUpdate`), folded in seq order when read.
-        "CREATE TABLE IF NOT EXISTS {db}.user_updates_local (
+            // Trait updates as sent (a JSON `UserUpdate`), folded in seq order when read.
+            "CREATE TABLE IF NOT EXISTS {db}.user_updates_local (
             project String, user_id String, seq UInt64, update_json String
         ) ENGINE = MergeTree() ORDER BY (project, user_id, seq)",
-        "CREATE TABLE IF NOT EXISTS {db}.user_updates AS {db}.user_updates_local
+            "CREATE TABLE IF NOT EXISTS {db}.user_updates AS {db}.user_updates_local
             ENGINE = Distributed({cluster}, {db}, user_updates_local, cityHash64(user_id))",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            // Every stored event id, sharded by the id so that a batch's ids are looked up by
+            // primary key on the shards that own them: the write-time half of exactly-once.
+            "CREATE TABLE IF NOT EXISTS {db}.event_ids_local (project String, event_id String, seq UInt64)
+                ENGINE = MergeTree() ORDER BY (project, event_id)",
+            "CREATE TABLE IF NOT EXISTS {db}.event_ids AS {db}.event_ids_local
+                ENGINE = Distributed({cluster}, {db}, event_ids_local, cityHash64(project, event_id))",
+        ],
+    ),
+];
 
 /// Which migrations a server has applied.
 pub const VERSIONS_TABLE: &str =

@@ -72,10 +72,11 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
         sent.deleted.clear();
         sent.spend.clear();
         let (first, rest) = sent.events.split_at(sent.events.len() / 2);
-        store.insert_events(&project, first, 0).await.unwrap();
+        let new = store.store_events(&project, first, 0).await.unwrap();
+        assert!(new.iter().all(|&n| n), "seed {seed}: the generated ids are distinct");
         let pairs: Vec<(String, String)> = sent.aliases.iter().map(|(a, u)| (a.clone(), u.clone())).collect();
         store.insert_aliases(&project, &pairs, 0).await.unwrap();
-        store.insert_events(&project, rest, first.len() as u64).await.unwrap();
+        store.store_events(&project, rest, first.len() as u64).await.unwrap();
         let updates: Vec<UserUpdate> = sent
             .traits
             .iter()
@@ -137,4 +138,60 @@ async fn a_bad_configuration_or_an_unreachable_server_is_named() {
     let down = config(vec![urls[0].clone(), format!("http://{closed}")], &database.name);
     let error = ClickHouse::connect(&down).await.err().unwrap();
     assert!(matches!(&error, Error::BackendUnavailable(m) if m.contains(&closed.to_string())), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_event_id_counts_once_across_resends_restarts_crashes_and_racing_nodes() {
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "once");
+    let node = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let event = |id: &str, user: &str, minute: i64| Event {
+        event_id: id.into(),
+        name: "buy".into(),
+        user_id: user.into(),
+        anonymous_id: String::new(),
+        timestamp: START + minute * 60_000_000,
+        properties: vec![("amount".into(), Value::Number(minute as f64))],
+    };
+    let project = "p";
+
+    // A repeated id inside a batch: the first wins.
+    let batch = [event("e1", "u1", 1), event("e2", "u2", 2), event("e1", "u1", 3)];
+    assert_eq!(node.store_events(project, &batch, 0).await.unwrap(), vec![true, true, false]);
+    // A resend, through another connection as after a restart: nothing new.
+    let restarted = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let resend = [event("e2", "u2", 2), event("e1", "u1", 9), event("e3", "u1", 4)];
+    assert_eq!(restarted.store_events(project, &resend, 10).await.unwrap(), vec![false, false, true]);
+
+    // A crash after the events were written but before their ids were: the resend writes a
+    // second copy, which reads drop (the earliest copy wins, whatever its time).
+    node.insert_event_rows(project, &[(20, &event("e4", "u3", 50))]).await.unwrap();
+    assert_eq!(node.store_events(project, &[event("e4", "u3", 5)], 30).await.unwrap(), vec![true]);
+
+    // Two nodes storing the same new ids at once: both may write them; each counts once.
+    let racing: Vec<Event> = (0..200).map(|i| event(&format!("r{i}"), &format!("u{}", i % 7), i)).collect();
+    let (a, b) = tokio::join!(node.store_events(project, &racing, 100), restarted.store_events(project, &racing, 400));
+    let stored_twice = a.unwrap().iter().zip(b.unwrap()).filter(|(a, b)| **a && *b).count();
+
+    let read = node.person_batch(project, &Fetch::everything()).await.unwrap();
+    let mut seen: Vec<(String, String, Micros)> = Vec::new();
+    read.for_each(crate::core::store::source::Scan::all(), |person, events| {
+        for (i, &row) in events.rows.iter().enumerate() {
+            seen.push((
+                read.person_name(person).to_owned(),
+                read.row_event_id(row as usize).to_owned(),
+                events.times[i],
+            ));
+        }
+    });
+    seen.sort();
+    let mut expected: Vec<(String, String, Micros)> = vec![
+        ("u1".into(), "e1".into(), START + 60_000_000),
+        ("u2".into(), "e2".into(), START + 2 * 60_000_000),
+        ("u1".into(), "e3".into(), START + 4 * 60_000_000),
+        ("u3".into(), "e4".into(), START + 50 * 60_000_000),
+    ];
+    expected.extend(racing.iter().map(|e| (e.user_id.clone(), e.event_id.clone(), e.timestamp)));
+    expected.sort();
+    assert_eq!(seen, expected, "each id once ({stored_twice} of the racing ids were stored by both nodes)");
 }
