@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: Rust unit and end-to-end tests (the ClickHouse backend's against a local
 # two-shard cluster), then the cross-checks against DuckDB and the forecasts against
-# statsmodels on generated data (installing their Python dependencies first),
+# statsmodels on generated data and the ClickHouse backend's SQL on chDB (installing their
+# Python dependencies first),
 # then the client examples in Python, Node and Go against a fresh server (scripts/test-clients.sh
 # installs their tools), and the dashboard in headless Chromium (scripts/test-dashboard.sh
 # installs it).
@@ -17,7 +18,7 @@ export "$clickhouse_url"
 export SEXTANT_REQUIRE_CLICKHOUSE=1
 cargo test --locked
 cargo build --locked --quiet
-for check in tests/reference/*_vs_duckdb.py tests/reference/*_vs_statsmodels.py; do
+for check in tests/reference/*_vs_duckdb.py tests/reference/*_vs_statsmodels.py tests/reference/*_vs_chdb.py; do
   echo "== $check"
   python3 "$check"
 done

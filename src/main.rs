@@ -52,6 +52,15 @@ enum Command {
     /// write path and time it, then time a funnel read back from it against the embedded
     /// engine's over the same events (drops and recreates --database).
     BenchClickhouse(BenchClickHouseArgs),
+    /// Print, one JSON string per line, every SQL statement the ClickHouse backend sends (with
+    /// sample values), for tests/reference/clickhouse_sql_vs_chdb.py.
+    #[command(hide = true)]
+    ClickhouseSql {
+        #[arg(long, default_value = "sextant")]
+        database: String,
+        #[arg(long, default_value = "sextant")]
+        cluster: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +150,12 @@ fn main() -> anyhow::Result<()> {
                 if let Some(error) = &stats.first_error {
                     println!("first {name} error: {error}");
                 }
+            }
+            Ok(())
+        }
+        Command::ClickhouseSql { database, cluster } => {
+            for statement in sextant::storage::clickhouse::sql::every_statement(&database, &cluster) {
+                println!("{}", serde_json::to_string(&statement)?);
             }
             Ok(())
         }

@@ -19,7 +19,7 @@ use crate::core::model::{Event, Micros};
 use crate::core::store::ProjectData;
 use crate::core::store::record::LogRecord;
 use crate::core::store::source::EventSource;
-use crate::storage::clickhouse::{ClickHouse, ClickHouseConfig, Fetch};
+use crate::storage::clickhouse::{ClickHouse, ClickHouseConfig, Fetch, schema, sql};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchClickHouseArgs {
@@ -55,9 +55,9 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
         user: None,
         password: None,
     };
+    anyhow::ensure!(schema::is_identifier(&args.database), "--database {:?} is not a plain identifier", args.database);
     for url in &config.urls {
-        let drop = format!("DROP DATABASE IF EXISTS {}", args.database);
-        clickhouse::Client::default().with_url(url.as_str()).query(&drop).execute().await?;
+        sql::drop_database(&clickhouse::Client::default().with_url(url.as_str()), &args.database).execute().await?;
     }
     let store = Arc::new(ClickHouse::connect(&config).await?);
 

@@ -15,6 +15,7 @@
 //! part-way through a result is an error, not a truncated answer.
 
 pub mod schema;
+pub mod sql;
 
 use std::collections::HashMap;
 
@@ -86,20 +87,6 @@ struct EventIdRow<'a> {
 /// Ids looked up in one query.
 const ID_LOOKUP_CHUNK: usize = 2_000;
 
-/// Strings bound as an SQL tuple, `('a', 'b')`, which `IN` takes (a slice binds as an array).
-struct InList<'a>(&'a [&'a str]);
-
-impl Serialize for InList<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut tuple = serializer.serialize_tuple(self.0.len())?;
-        for id in self.0 {
-            tuple.serialize_element(id)?;
-        }
-        tuple.end()
-    }
-}
-
 #[derive(Row, Serialize)]
 struct AliasRow<'a> {
     project: &'a str,
@@ -168,20 +155,15 @@ impl ClickHouse {
             if let Some(password) = &config.password {
                 client = client.with_password(password.as_str());
             }
-            let known: u64 = client
-                .query("SELECT count() FROM system.clusters WHERE cluster = ?")
-                .bind(config.cluster.as_str())
-                .fetch_one()
-                .await
-                .map_err(|e| unreachable(url, &e))?;
+            let known: u64 =
+                sql::cluster_known(&client, &config.cluster).fetch_one().await.map_err(|e| unreachable(url, &e))?;
             if known == 0 {
                 return Err(Error::FailedPrecondition(format!(
                     "clickhouse_cluster: {url} has no cluster {:?} in its remote_servers",
                     config.cluster
                 )));
             }
-            let create = format!("CREATE DATABASE IF NOT EXISTS {}", config.database);
-            client.query(&create).execute().await.map_err(|e| unreachable(url, &e))?;
+            sql::create_database(&client, &config.database).execute().await.map_err(|e| unreachable(url, &e))?;
             servers.push(client.with_database(config.database.as_str()));
         }
         let store = ClickHouse { servers, database: config.database.clone() };
@@ -192,19 +174,14 @@ impl ClickHouse {
     }
 
     async fn migrate(&self, url: &str, server: &Client, cluster: &str) -> Result<()> {
-        let sql = |statement: &str| schema::render(statement, &self.database, cluster);
-        server.query(&sql(schema::VERSIONS_TABLE)).execute().await.map_err(|e| unreachable(url, &e))?;
-        let applied: u32 = server
-            .query("SELECT max(version) FROM schema_versions")
-            .fetch_one()
-            .await
-            .map_err(|e| unreachable(url, &e))?;
+        let ddl = |statement: &str| sql::ddl(server, statement, &self.database, cluster);
+        ddl(schema::VERSIONS_TABLE).execute().await.map_err(|e| unreachable(url, &e))?;
+        let applied: u32 = sql::applied_version(server).fetch_one().await.map_err(|e| unreachable(url, &e))?;
         for (version, statements) in schema::MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
             for statement in *statements {
-                server.query(&sql(statement)).execute().await.map_err(|e| unreachable(url, &e))?;
+                ddl(statement).execute().await.map_err(|e| unreachable(url, &e))?;
             }
-            let record = format!("INSERT INTO schema_versions VALUES ({version})");
-            server.query(&record).execute().await.map_err(|e| unreachable(url, &e))?;
+            sql::record_version(server, *version).execute().await.map_err(|e| unreachable(url, &e))?;
             tracing::info!(url, version, "clickhouse schema migrated");
         }
         Ok(())
@@ -233,14 +210,8 @@ impl ClickHouse {
         let ids: Vec<&str> = in_batch.into_iter().collect();
         let mut known = std::collections::HashSet::new();
         for chunk in ids.chunks(ID_LOOKUP_CHUNK) {
-            let mut cursor = self
-                .front()
-                .query("SELECT event_id FROM event_ids WHERE project = ? AND event_id IN ?")
-                .bind(project)
-                .bind(InList(chunk))
-                .with_setting("wait_end_of_query", "1")
-                .fetch::<String>()
-                .map_err(|e| self.failed(&e))?;
+            let mut cursor =
+                sql::known_ids(self.front(), project, chunk).fetch::<String>().map_err(|e| self.failed(&e))?;
             while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
                 known.insert(id);
             }
@@ -329,29 +300,8 @@ impl ClickHouse {
     /// The events `fetch` asks for and every user's traits, in person order: what the
     /// analyses read through the query seam.
     pub async fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch> {
-        let mut sql = String::from(
-            "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
-             FROM (
-                SELECT if(is_user = 1 OR alias_user = '', person, alias_user) AS owner,
-                       toUInt8(is_user = 1 OR alias_user != '') AS owner_is_user,
-                       time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
-                FROM events
-                GLOBAL ANY LEFT JOIN (
-                    SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS alias_user
-                    FROM aliases WHERE project = ? GROUP BY anonymous_id
-                ) USING (person, is_user)
-                WHERE project = ? AND time >= ? AND time < ?",
-        );
-        if fetch.names.is_some() {
-            sql.push_str(" AND has(?, name)");
-        }
-        sql.push_str(") ORDER BY owner, owner_is_user, time, seq");
-        let mut query = self.front().query(&sql).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
-        if let Some(names) = &fetch.names {
-            query = query.bind(names.as_slice());
-        }
         let mut events =
-            query.with_setting("wait_end_of_query", "1").fetch::<FetchedEvent>().map_err(|e| self.failed(&e))?;
+            sql::events(self.front(), project, fetch).fetch::<FetchedEvent>().map_err(|e| self.failed(&e))?;
 
         let mut users = self.traits(project).await?.into_iter().peekable();
         let mut batch = PersonBatch::default();
@@ -391,13 +341,8 @@ impl ClickHouse {
 
     /// Every user's traits now, by user id in byte order.
     async fn traits(&self, project: &str) -> Result<Vec<(String, Vec<(String, Value)>)>> {
-        let mut cursor = self
-            .front()
-            .query("SELECT user_id, update_json FROM user_updates WHERE project = ? ORDER BY user_id, seq")
-            .bind(project)
-            .with_setting("wait_end_of_query", "1")
-            .fetch::<FetchedUpdate>()
-            .map_err(|e| self.failed(&e))?;
+        let mut cursor =
+            sql::trait_updates(self.front(), project).fetch::<FetchedUpdate>().map_err(|e| self.failed(&e))?;
         let mut users: Vec<(String, Vec<(String, Value)>)> = Vec::new();
         // One user at a time, folded with the embedded engine's own update rules.
         let mut folding = Traits::default();

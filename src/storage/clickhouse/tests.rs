@@ -48,7 +48,7 @@ impl Drop for TestDatabase {
                 runtime.block_on(async {
                     for url in &urls {
                         let client = Client::default().with_url(url.as_str());
-                        let _ = client.query(&format!("DROP DATABASE IF EXISTS {name}")).execute().await;
+                        let _ = sql::drop_database(&client, &name).execute().await;
                     }
                 })
             })
