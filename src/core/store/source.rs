@@ -120,17 +120,17 @@ pub trait EventSource: Sync {
 
 /// `events` without the events outside `[from, to)` (they are in time order), or none when
 /// nothing is left.
+#[inline]
 pub fn trim<'a>(events: PersonEvents<'a>, from: Micros, to: Micros) -> Option<PersonEvents<'a>> {
-    if from == Micros::MIN && to == Micros::MAX {
+    let (&earliest, &latest) = (events.times.first()?, events.times.last()?);
+    // Most people's events are all inside the range: no search.
+    if earliest >= from && latest < to {
         return Some(events);
     }
     let first = events.times.partition_point(|&t| t < from);
     let end = first + events.times[first..].partition_point(|&t| t < to);
     if first == end {
         return None;
-    }
-    if first == 0 && end == events.len() {
-        return Some(events);
     }
     Some(PersonEvents {
         rows: &events.rows[first..end],
