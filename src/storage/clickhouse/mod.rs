@@ -84,8 +84,9 @@ struct EventIdRow<'a> {
     seq: u64,
 }
 
-/// Ids looked up in one query.
-const ID_LOOKUP_CHUNK: usize = 2_000;
+/// Bytes of ids looked up in one query: ClickHouse refuses a query longer than
+/// `max_query_size` (256 KiB by default), and an id is sent quoted and escaped.
+const ID_LOOKUP_BYTES: usize = 100_000;
 
 #[derive(Row, Serialize)]
 struct AliasRow<'a> {
@@ -209,7 +210,7 @@ impl ClickHouse {
         }
         let ids: Vec<&str> = in_batch.into_iter().collect();
         let mut known = std::collections::HashSet::new();
-        for chunk in ids.chunks(ID_LOOKUP_CHUNK) {
+        for chunk in id_chunks(&ids) {
             let mut cursor =
                 sql::known_ids(self.front(), project, chunk).fetch::<String>().map_err(|e| self.failed(&e))?;
             while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
@@ -363,6 +364,28 @@ impl ClickHouse {
     fn failed(&self, error: &clickhouse::error::Error) -> Error {
         unreachable(&format!("clickhouse database {}", self.database), error)
     }
+}
+
+/// `ids` in runs of at most `ID_LOOKUP_BYTES` (one id at least).
+fn id_chunks<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a {
+    let mut rest = ids;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .position(|id| {
+                bytes += id.len() * 2 + 3;
+                bytes > ID_LOOKUP_BYTES
+            })
+            .unwrap_or(rest.len())
+            .max(1);
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// One person's rows (in time, seq order) without the later copies of an id, emptying `rows`.

@@ -195,3 +195,18 @@ async fn each_event_id_counts_once_across_resends_restarts_crashes_and_racing_no
     expected.sort();
     assert_eq!(seen, expected, "each id once ({stored_twice} of the racing ids were stored by both nodes)");
 }
+
+#[test]
+fn id_lookups_stay_under_the_query_size_limit_and_cover_every_id() {
+    let long = "x".repeat(ID_LOOKUP_BYTES);
+    let ids: Vec<String> = (0..30_000).map(|i| format!("event-{i:08}")).chain([long]).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let chunks: Vec<&[&str]> = id_chunks(&ids).collect();
+    assert!(chunks.len() > 2);
+    assert_eq!(chunks.concat(), ids, "every id once, in order");
+    for chunk in &chunks {
+        let bytes: usize = chunk.iter().map(|id| id.len() * 2 + 3).sum();
+        assert!(bytes <= ID_LOOKUP_BYTES || chunk.len() == 1, "{} ids, {bytes} bytes", chunk.len());
+    }
+    assert!(id_chunks(&[]).next().is_none());
+}
