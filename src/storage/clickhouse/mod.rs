@@ -89,6 +89,13 @@ struct EventIdRow<'a> {
 const ID_LOOKUP_BYTES: usize = 100_000;
 
 #[derive(Row, Serialize)]
+struct DeletedUserRow<'a> {
+    project: &'a str,
+    user_id: &'a str,
+    seq: u64,
+}
+
+#[derive(Row, Serialize)]
 struct AliasRow<'a> {
     project: &'a str,
     anonymous_id: &'a str,
@@ -291,6 +298,50 @@ impl ClickHouse {
             insert.write(&row).await.map_err(|e| self.failed(&e))?;
         }
         insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    /// DeleteUser at arrival position `seq`: from now on no read sees the user's events from
+    /// before it (nor those of anonymous ids credited to them), their traits or aliases; a
+    /// tombstone does that at once, then each shard is asked to remove the rows (ClickHouse
+    /// mutations, which run in the background). Event ids stay known, so a resent event of
+    /// the user is still a duplicate.
+    pub async fn delete_user(&self, project: &str, user_id: &str, seq: u64) -> Result<()> {
+        let mut cursor =
+            sql::aliased_to(self.front(), project, user_id).fetch::<String>().map_err(|e| self.failed(&e))?;
+        let mut anonymous = Vec::new();
+        while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
+            anonymous.push(id);
+        }
+        let mut insert = self.insert::<DeletedUserRow<'_>>("deleted_users").await?;
+        insert.write(&DeletedUserRow { project, user_id, seq }).await.map_err(|e| self.failed(&e))?;
+        insert.end().await.map_err(|e| self.failed(&e))?;
+        let anonymous: Vec<&str> = anonymous.iter().map(String::as_str).collect();
+        for server in &self.servers {
+            for mutation in sql::purge_user(server, project, user_id, &anonymous, seq) {
+                mutation.execute().await.map_err(|e| self.failed(&e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every shard server has finished its mutations (the rows DeleteUser removes
+    /// are then gone from its files), up to `timeout`; says whether they finished.
+    pub async fn mutations_done(&self, timeout: std::time::Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for server in &self.servers {
+            loop {
+                let pending: u64 =
+                    sql::pending_mutations(server, &self.database).fetch_one().await.map_err(|e| self.failed(&e))?;
+                if pending == 0 {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(true)
     }
 
     async fn insert<T: Row>(&self, table: &str) -> Result<clickhouse::insert::Insert<T>> {

@@ -50,6 +50,16 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                 ENGINE = Distributed({cluster}, {db}, event_ids_local, cityHash64(project, event_id))",
         ],
     ),
+    (
+        3,
+        &[
+            // DeleteUser's tombstones: what a user had before `seq` counts nowhere from then on.
+            "CREATE TABLE IF NOT EXISTS {db}.deleted_users_local (project String, user_id String, seq UInt64)
+                ENGINE = MergeTree() ORDER BY (project, user_id, seq)",
+            "CREATE TABLE IF NOT EXISTS {db}.deleted_users AS {db}.deleted_users_local
+                ENGINE = Distributed({cluster}, {db}, deleted_users_local, cityHash64(user_id))",
+        ],
+    ),
 ];
 
 /// Which migrations a server has applied.

@@ -44,41 +44,136 @@ pub fn known_ids(client: &Client, project: &str, ids: &[&str]) -> Query {
         .with_setting("wait_end_of_query", "1")
 }
 
-/// The events `fetch` asks for, each credited to the person it counts for (an anonymous id's
-/// latest alias, by a GLOBAL join since the alias may sit on another shard), in person order:
-/// (owner, is that a user, time, seq, name, event id, property arrays). The joined subquery
-/// has a name: ClickHouse 20 and later require one (`joined_subquery_requires_alias`).
+/// The events `fetch` asks for, each credited to the person it counts for, in person order:
+/// (owner, is that a user, time, seq, name, event id, property arrays).
+///
+/// - An anonymous id counts for the user of its latest alias (a GLOBAL join: the alias may sit
+///   on another shard), unless that user was deleted after the alias: DeleteUser unlinks the
+///   user's anonymous ids, whose later events are their own again.
+/// - What a deletion covered is left out at once, before the mutations that remove the rows
+///   have run: a user's own events from before their tombstone's seq, and an anonymous id's
+///   events from before it when the id was aliased to them then (`hidden_before`).
+///
+/// 18.16 takes one JOIN per SELECT and no joined column in the WHERE of that SELECT, hence the
+/// nesting; every joined subquery has a name, which ClickHouse 20 and later require
+/// (`joined_subquery_requires_alias`).
 pub fn events(client: &Client, project: &str, fetch: &Fetch) -> Query {
     let mut sql = String::from(
         "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
          FROM (
-            SELECT if(is_user = 1 OR alias_user = '', person, alias_user) AS owner,
-                   toUInt8(is_user = 1 OR alias_user != '') AS owner_is_user,
-                   time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
+         SELECT owner, owner_is_user, is_user, hidden_before, deleted_at, time, seq, name, event_id,
+                prop_keys, prop_kinds, prop_numbers, prop_strings
+         FROM (
+            SELECT if(is_user = 1 OR live_user = '', person, live_user) AS owner,
+                   toUInt8(is_user = 1 OR live_user != '') AS owner_is_user,
+                   is_user, hidden_before, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
             FROM events
             GLOBAL ANY LEFT JOIN (
-                SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS alias_user
-                FROM aliases WHERE project = ? GROUP BY anonymous_id
-            ) AS latest_alias USING (person, is_user)
+                SELECT person, is_user, if(alias_seq < deleted_at, '', alias_user) AS live_user,
+                       if(alias_seq < deleted_at, deleted_at, 0) AS hidden_before
+                FROM (
+                    SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS alias_user,
+                           max(seq) AS alias_seq
+                    FROM aliases WHERE project = ? GROUP BY anonymous_id
+                ) AS latest_alias
+                ANY LEFT JOIN (
+                    SELECT user_id AS alias_user, max(seq) AS deleted_at
+                    FROM deleted_users WHERE project = ? GROUP BY user_id
+                ) AS alias_deletion USING alias_user
+            ) AS live_alias USING (person, is_user)
             WHERE project = ? AND time >= ? AND time < ?",
     );
     if fetch.names.is_some() {
         sql.push_str(" AND has(?, name)");
     }
-    sql.push_str(") ORDER BY owner, owner_is_user, time, seq");
-    let mut query = client.query(&sql).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
+    sql.push_str(
+        ") AS owned
+         ANY LEFT JOIN (
+            SELECT user_id AS owner, toUInt8(1) AS owner_is_user, max(seq) AS deleted_at
+            FROM deleted_users WHERE project = ? GROUP BY user_id
+         ) AS owner_deletion USING (owner, owner_is_user)
+         ) AS checked
+         WHERE is_user = 1 AND seq >= deleted_at OR is_user = 0 AND seq >= hidden_before
+         ORDER BY owner, owner_is_user, time, seq",
+    );
+    let mut query = client.query(&sql).bind(project).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
     if let Some(names) = &fetch.names {
         query = query.bind(names.as_slice());
     }
-    query.with_setting("wait_end_of_query", "1")
+    query.bind(project).with_setting("wait_end_of_query", "1")
 }
 
-/// A project's trait updates, by user then arrival.
+/// A project's trait updates, by user then arrival, without a deleted user's updates from
+/// before the deletion.
 pub fn trait_updates(client: &Client, project: &str) -> Query {
     client
-        .query("SELECT user_id, update_json FROM user_updates WHERE project = ? ORDER BY user_id, seq")
+        .query(
+            "SELECT user_id, update_json FROM (
+                SELECT user_id, seq, update_json, deleted_at
+                FROM (SELECT user_id, seq, update_json FROM user_updates WHERE project = ?) AS updates
+                ANY LEFT JOIN (
+                    SELECT user_id, max(seq) AS deleted_at FROM deleted_users WHERE project = ? GROUP BY user_id
+                ) AS deletion USING user_id
+             ) AS checked
+             WHERE seq >= deleted_at
+             ORDER BY user_id, seq",
+        )
+        .bind(project)
         .bind(project)
         .with_setting("wait_end_of_query", "1")
+}
+
+/// The anonymous ids whose latest alias is `user_id`.
+pub fn aliased_to(client: &Client, project: &str, user_id: &str) -> Query {
+    client
+        .query(
+            "SELECT anonymous_id FROM (
+                SELECT anonymous_id, argMax(user_id, seq) AS user FROM aliases WHERE project = ? GROUP BY anonymous_id
+             ) WHERE user = ?",
+        )
+        .bind(project)
+        .bind(user_id)
+        .with_setting("wait_end_of_query", "1")
+}
+
+/// Removes, on one shard server, the rows a deletion at `seq` covers: the user's events and
+/// those of `anonymous` ids credited to them, their trait updates and aliases. ClickHouse runs
+/// such a mutation in the background; the tombstone already hides the rows.
+pub fn purge_user(client: &Client, project: &str, user_id: &str, anonymous: &[&str], seq: u64) -> Vec<Query> {
+    // 18.16 cannot type `has([], x)`: no anonymous ids, no such condition.
+    let events = if anonymous.is_empty() {
+        client
+            .query("ALTER TABLE events_local DELETE WHERE project = ? AND seq < ? AND is_user = 1 AND person = ?")
+            .bind(project)
+            .bind(seq)
+            .bind(user_id)
+    } else {
+        client
+            .query(
+                "ALTER TABLE events_local DELETE WHERE project = ? AND seq < ?
+                    AND ((is_user = 1 AND person = ?) OR (is_user = 0 AND has(?, person)))",
+            )
+            .bind(project)
+            .bind(seq)
+            .bind(user_id)
+            .bind(anonymous)
+    };
+    let updates = client
+        .query("ALTER TABLE user_updates_local DELETE WHERE project = ? AND user_id = ? AND seq < ?")
+        .bind(project)
+        .bind(user_id)
+        .bind(seq);
+    let aliases = client
+        .query("ALTER TABLE aliases_local DELETE WHERE project = ? AND user_id = ? AND seq < ?")
+        .bind(project)
+        .bind(user_id)
+        .bind(seq);
+    vec![events, updates, aliases]
+}
+
+/// Mutations a shard server has not finished.
+pub fn pending_mutations(client: &Client, database: &str) -> Query {
+    client.query("SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0").bind(database)
 }
 
 /// Strings bound as an SQL tuple, `('a', 'b')`, which `IN` takes (a slice binds as an array).
@@ -111,6 +206,10 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     let named = Fetch { names: Some(vec!["signup".into(), "purchase".into()]), from: 0, to: 86_400_000_000 };
     queries.push(events(&client, "p", &named));
     queries.push(trait_updates(&client, "p"));
+    queries.push(aliased_to(&client, "p", "u1"));
+    queries.extend(purge_user(&client, "p", "u1", &["a1", "a2"], 7));
+    queries.extend(purge_user(&client, "p", "u1", &[], 7));
+    queries.push(pending_mutations(&client, database));
     queries.iter().map(|q| q.sql_display().to_string()).collect()
 }
 

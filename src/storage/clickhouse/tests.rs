@@ -68,8 +68,7 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
     for seed in 0..3 {
         let project = format!("p{seed}");
         let mut sent = sent(seed);
-        // Not stored in ClickHouse yet: deletions and MANUAL values.
-        sent.deleted.clear();
+        // Not stored in ClickHouse yet: MANUAL values.
         sent.spend.clear();
         let (first, rest) = sent.events.split_at(sent.events.len() / 2);
         let new = store.store_events(&project, first, 0).await.unwrap();
@@ -87,10 +86,17 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
             })
             .collect();
         store.insert_user_updates(&project, &updates, 0).await.unwrap();
+        // Deletions come after everything else, as in the embedded engine's log.
+        let after_all = sent.events.len() as u64 + updates.len() as u64;
+        for (k, user) in sent.deleted.iter().enumerate() {
+            store.delete_user(&project, user, after_all + k as u64).await.unwrap();
+        }
 
         let data = embedded(&sent);
         let batch = store.person_batch(&project, &Fetch::everything()).await.unwrap();
-        assert_eq!(batch.row_count(), sent.events.len(), "seed {seed}: every event is read back once");
+        let stored = data.source().row_count();
+        assert!(stored < sent.events.len(), "seed {seed}: the deleted users had events");
+        assert_eq!(batch.row_count(), stored, "seed {seed}: every event left is read back once");
         compare_all(&data.source(), &batch, seed);
 
         // A read pruned to a funnel's names and range (its window past the end) answers it.
@@ -209,4 +215,98 @@ fn id_lookups_stay_under_the_query_size_limit_and_cover_every_id() {
         assert!(bytes <= ID_LOOKUP_BYTES || chunk.len() == 1, "{} ids, {bytes} bytes", chunk.len());
     }
     assert!(id_chunks(&[]).next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_user_counts_nowhere_at_once_and_leaves_the_tables_after_the_mutations() {
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "delete");
+    let store = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let event = |id: &str, user: &str, anon: &str, minute: i64, note: &str| Event {
+        event_id: id.into(),
+        name: "visit".into(),
+        user_id: user.into(),
+        anonymous_id: anon.into(),
+        timestamp: START + minute * 60_000_000,
+        properties: vec![("note".into(), Value::String(note.into()))],
+    };
+    let project = "p";
+    let before = [
+        event("e1", "gone", "", 1, "secret-of-gone"),
+        event("e2", "", "anon-of-gone", 2, "secret-of-anon"),
+        event("e3", "kept", "", 3, "kept-note"),
+    ];
+    store.store_events(project, &before, 0).await.unwrap();
+    store.insert_aliases(project, &[("anon-of-gone".into(), "gone".into())], 3).await.unwrap();
+    let traits = UserUpdate {
+        user_id: "gone".into(),
+        set: vec![("email".into(), Value::String("gone@example.com".into()))],
+        ..Default::default()
+    };
+    store.insert_user_updates(project, &[traits], 4).await.unwrap();
+
+    // Hold the shards' merges (which run mutations), so the read below sees the tombstone's
+    // work, not the mutation's.
+    let merges = |verb: &'static str| {
+        let store = &store;
+        async move {
+            for server in &store.servers {
+                for table in ["events_local", "user_updates_local", "aliases_local"] {
+                    server.query(&format!("SYSTEM {verb} MERGES {table}")).execute().await.unwrap();
+                }
+            }
+        }
+    };
+    merges("STOP").await;
+    store.delete_user(project, "gone", 5).await.unwrap();
+    let people = |batch: &PersonBatch| -> Vec<(String, Vec<String>)> {
+        let mut people = Vec::new();
+        batch.for_each(crate::core::store::source::Scan::all(), |person, events| {
+            let ids = events.rows.iter().map(|&r| batch.row_event_id(r as usize).to_owned()).collect();
+            people.push((batch.person_name(person).to_owned(), ids));
+        });
+        people
+    };
+    // At once: only the other user is left; the deleted user has no traits either.
+    let read = store.person_batch(project, &Fetch::everything()).await.unwrap();
+    assert_eq!(people(&read), vec![("kept".to_owned(), vec!["e3".to_owned()])]);
+    assert!(read.trait_values("email").is_empty());
+
+    // A resend is a duplicate; the same ids are not stored again. New events after the
+    // deletion count, and the anonymous id is its own visitor again (no longer aliased).
+    let resend = store.store_events(project, &before[..2], 6).await.unwrap();
+    assert_eq!(resend, vec![false, false]);
+    let after = [event("e4", "gone", "", 10, "new"), event("e5", "", "anon-of-gone", 11, "new")];
+    store.store_events(project, &after, 8).await.unwrap();
+    // An id first aliased to the user after the deletion brings its earlier events to them,
+    // as in the embedded engine: the deletion did not cover them.
+    store.store_events(project, &[event("e0", "", "late-anon", 0, "early")], 10).await.unwrap();
+    store.insert_aliases(project, &[("late-anon".into(), "gone".into())], 11).await.unwrap();
+    let read = store.person_batch(project, &Fetch::everything()).await.unwrap();
+    assert_eq!(
+        people(&read),
+        vec![
+            ("anon-of-gone".to_owned(), vec!["e5".to_owned()]),
+            ("gone".to_owned(), vec!["e0".to_owned(), "e4".to_owned()]),
+            ("kept".to_owned(), vec!["e3".to_owned()]),
+        ]
+    );
+
+    // Once the shards' mutations ran, the rows are gone from the tables, not just hidden.
+    merges("START").await;
+    assert!(store.mutations_done(std::time::Duration::from_secs(60)).await.unwrap(), "mutations finish");
+    let leftover: u64 = store
+        .front()
+        .query(
+            "SELECT count() FROM events WHERE project = ? AND event_id IN ('e1', 'e2')
+             OR has(prop_strings, 'secret-of-gone') OR has(prop_strings, 'secret-of-anon')",
+        )
+        .bind(project)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(leftover, 0, "the deleted user's events are gone from every shard");
+    let updates: u64 =
+        store.front().query("SELECT count() FROM user_updates WHERE user_id = 'gone'").fetch_one().await.unwrap();
+    assert_eq!(updates, 0);
 }
