@@ -43,6 +43,9 @@ pub struct BenchClickHouseArgs {
     /// Inserts in flight.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Keep the database an earlier run loaded and time only the reads.
+    #[arg(long)]
+    pub reuse: bool,
 }
 
 const PROJECT: &str = "bench";
@@ -56,7 +59,7 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
         password: None,
     };
     anyhow::ensure!(schema::is_identifier(&args.database), "--database {:?} is not a plain identifier", args.database);
-    for url in &config.urls {
+    for url in config.urls.iter().filter(|_| !args.reuse) {
         sql::drop_database(&clickhouse::Client::default().with_url(url.as_str()), &args.database).execute().await?;
     }
     let store = Arc::new(ClickHouse::connect(&config).await?);
@@ -67,30 +70,9 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
         let incoming = crate::grpc::convert::incoming_event(parse_event_line(&line?)?, 0);
         events.push(incoming.event?);
     }
-    let started = Instant::now();
-    let chunks: Vec<(u64, &[Event])> =
-        events.chunks(args.batch.max(1)).enumerate().map(|(i, c)| ((i * args.batch) as u64, c)).collect();
-    let stored: Vec<anyhow::Result<usize>> = futures::stream::iter(chunks)
-        .map(|(seq, chunk)| {
-            let store = store.clone();
-            async move {
-                let new = store.store_events(PROJECT, chunk, seq).await?;
-                Ok(new.iter().filter(|&&n| n).count())
-            }
-        })
-        .buffer_unordered(args.concurrency.max(1))
-        .collect()
-        .await;
-    let accepted: usize = stored.into_iter().sum::<anyhow::Result<usize>>()?;
-    let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "stored {} events ({} new) in {elapsed:.2} s: {:.0} events/s ({} per insert, {} in flight)",
-        events.len(),
-        accepted,
-        events.len() as f64 / elapsed,
-        args.batch,
-        args.concurrency
-    );
+    if !args.reuse {
+        store_all(&store, &events, args).await?;
+    }
 
     let mut updates = Vec::new();
     if let Some(path) = &args.users {
@@ -101,7 +83,7 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
             updates.push(update);
         }
         let started = Instant::now();
-        for chunk in updates.chunks(args.batch.max(1)) {
+        for chunk in updates.chunks(args.batch.max(1)).filter(|_| !args.reuse) {
             store.insert_user_updates(PROJECT, chunk, 0).await?;
         }
         println!("stored {} users' traits in {:.2} s", updates.len(), started.elapsed().as_secs_f64());
@@ -143,6 +125,36 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
         let users: Vec<u64> = result.steps.iter().map(|s| s.users).collect();
         println!("embedded funnel (in memory), run {run}: {:.2} s: {users:?}", started.elapsed().as_secs_f64());
     }
+    Ok(())
+}
+
+/// Stores `events` in batches, several in flight, and prints the rate.
+async fn store_all(store: &Arc<ClickHouse>, events: &[Event], args: &BenchClickHouseArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let chunks: Vec<(u64, &[Event])> =
+        events.chunks(args.batch.max(1)).enumerate().map(|(i, c)| ((i * args.batch) as u64, c)).collect();
+    let stored: Vec<anyhow::Result<usize>> = futures::stream::iter(chunks)
+        .map(|(seq, chunk)| {
+            let store = store.clone();
+            async move {
+                let new = store.store_events(PROJECT, chunk, seq).await?;
+                Ok(new.iter().filter(|&&n| n).count())
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let accepted: usize = stored.into_iter().sum::<anyhow::Result<usize>>()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "stored {} events ({} new) in {elapsed:.2} s: {:.0} events/s ({} per insert, {} in flight)",
+        events.len(),
+        accepted,
+        events.len() as f64 / elapsed,
+        args.batch,
+        args.concurrency
+    );
+
     Ok(())
 }
 

@@ -181,7 +181,7 @@ fn batch(sent: &Sent, parts: usize) -> PersonBatch {
         batch.add_person(&id, is_user, traits).unwrap();
         rows.sort_unstable();
         for (_, arrival) in rows {
-            batch.add_event(&sent.events[arrival]).unwrap();
+            batch.add_event(sent.events[arrival].clone()).unwrap();
         }
     }
     let spend: ManualValues =

@@ -54,19 +54,19 @@ impl PersonBatch {
         Ok(())
     }
 
-    /// Adds an event of the current person; `event`'s user and anonymous ids are ignored.
-    pub fn add_event(&mut self, event: &Event) -> Result<()> {
+    /// Adds an event of the current person; `event`'s user and anonymous ids are replaced by
+    /// the person's.
+    pub fn add_event(&mut self, mut event: Event) -> Result<()> {
         let person = self.current.ok_or_else(|| Error::Internal("an event before any person".into()))?;
         let first = self.starts[person as usize] as usize;
         if self.table.len() > first && self.table.time()[self.table.len() - 1] > event.timestamp {
             return Err(Error::Internal(format!("event {:?} out of time order", event.event_id)));
         }
-        let (user_id, anonymous_id) = match self.table.is_user()[person as usize] {
-            true => (self.table.person_name(person).to_owned(), String::new()),
-            false => (String::new(), self.table.person_name(person).to_owned()),
-        };
+        let name = self.table.person_name(person).to_owned();
+        (event.user_id, event.anonymous_id) =
+            if self.table.is_user()[person as usize] { (name, String::new()) } else { (String::new(), name) };
         self.row_ids.push(self.table.len() as u32);
-        self.table.push(&Event { user_id, anonymous_id, ..event.clone() });
+        self.table.push(&event);
         Ok(())
     }
 

@@ -374,8 +374,9 @@ impl ClickHouse {
                         _ => Vec::new(),
                     };
                     batch.add_person(&id, is_user, traits)?;
-                    for row in first_copies(&mut rows) {
-                        batch.add_event(&row_event(row)?)?;
+                    drop_later_copies(&mut rows);
+                    for row in rows.drain(..) {
+                        batch.add_event(row_event(row)?)?;
                     }
                 }
                 person = next.map(|(id, is_user)| (id.to_owned(), is_user));
@@ -439,21 +440,24 @@ fn id_chunks<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a
     })
 }
 
-/// One person's rows (in time, seq order) without the later copies of an id, emptying `rows`.
-fn first_copies(rows: &mut Vec<FetchedEvent>) -> Vec<FetchedEvent> {
-    let mut first: HashMap<&str, u64> = HashMap::new();
+/// Drops the later copies (by seq) of a repeated id from one person's rows, keeping the order.
+fn drop_later_copies(rows: &mut Vec<FetchedEvent>) {
+    // Copies are rare and a person's rows few: a check without allocating comes first.
+    let repeated = if rows.len() <= 32 {
+        rows.iter().enumerate().any(|(i, a)| rows[..i].iter().any(|b| b.event_id == a.event_id))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        !rows.iter().all(|row| seen.insert(row.event_id.as_str()))
+    };
+    if !repeated {
+        return;
+    }
+    let mut first: HashMap<String, u64> = HashMap::new();
     for row in rows.iter() {
-        let seq = first.entry(row.event_id.as_str()).or_insert(row.seq);
+        let seq = first.entry(row.event_id.clone()).or_insert(row.seq);
         *seq = (*seq).min(row.seq);
     }
-    if first.len() == rows.len() {
-        return std::mem::take(rows);
-    }
-    let keep: Vec<bool> = rows.iter().map(|row| first[row.event_id.as_str()] == row.seq).collect();
-    let mut keep = keep.into_iter();
-    let mut kept = std::mem::take(rows);
-    kept.retain(|_| keep.next().unwrap_or(false));
-    kept
+    rows.retain(|row| first[row.event_id.as_str()] == row.seq);
 }
 
 fn row_event(row: FetchedEvent) -> Result<Event> {
