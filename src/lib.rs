@@ -2,6 +2,7 @@
 //! funnels, retention and experiment readouts out.
 
 pub mod cli;
+pub mod clickhouse;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -154,7 +154,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::ClickhouseSql { database, cluster } => {
-            for statement in sextant::storage::clickhouse::sql::every_statement(&database, &cluster) {
+            for statement in sextant::clickhouse::sql::every_statement(&database, &cluster) {
                 println!("{}", serde_json::to_string(&statement)?);
             }
             Ok(())

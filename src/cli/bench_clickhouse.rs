@@ -12,6 +12,7 @@ use futures::StreamExt;
 use std::io::BufRead;
 
 use crate::cli::load::{open, parse_event_line, parse_user_line};
+use crate::clickhouse::{ClickHouse, ClickHouseConfig, Fetch, schema, sql};
 use crate::core::analysis::funnel::{self, FunnelQuery};
 use crate::core::cohort::Cohorts;
 use crate::core::filter::EventSelector;
@@ -19,7 +20,6 @@ use crate::core::model::{Event, Micros};
 use crate::core::store::ProjectData;
 use crate::core::store::record::LogRecord;
 use crate::core::store::source::EventSource;
-use crate::storage::clickhouse::{ClickHouse, ClickHouseConfig, Fetch, schema, sql};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchClickHouseArgs {

@@ -6,7 +6,6 @@
 //! batches, user updates, aliases, quarantine changes), one stored value per batch. The core
 //! keeps a compact in-memory layout built from the log for queries and rebuilds it at start.
 
-pub mod clickhouse;
 pub mod files;
 mod sled_store;
 
