@@ -76,15 +76,7 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
         let pairs: Vec<(String, String)> = sent.aliases.iter().map(|(a, u)| (a.clone(), u.clone())).collect();
         store.insert_aliases(&project, &pairs, 0).await.unwrap();
         store.store_events(&project, rest, first.len() as u64).await.unwrap();
-        let updates: Vec<UserUpdate> = sent
-            .traits
-            .iter()
-            .map(|(user, traits)| UserUpdate {
-                user_id: user.clone(),
-                set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                ..Default::default()
-            })
-            .collect();
+        let updates = sent.trait_updates();
         store.insert_user_updates(&project, &updates, 0).await.unwrap();
         // Deletions come after everything else, as in the embedded engine's log.
         let after_all = sent.events.len() as u64 + updates.len() as u64;

@@ -49,6 +49,20 @@ pub(crate) struct Sent {
     pub spend: Vec<ManualValue>,
 }
 
+impl Sent {
+    /// One update per user with traits, setting them all.
+    pub(crate) fn trait_updates(&self) -> Vec<UserUpdate> {
+        self.traits
+            .iter()
+            .map(|(user, traits)| UserUpdate {
+                user_id: user.clone(),
+                set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                ..Default::default()
+            })
+            .collect()
+    }
+}
+
 pub(crate) fn sent(seed: u64) -> Sent {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let users: Vec<String> = (0..30).map(|i| format!("u{i:02}")).collect();
@@ -126,16 +140,7 @@ pub(crate) fn embedded(sent: &Sent) -> ProjectData {
         data.apply(&record, &[]);
     }
     data.apply(&LogRecord::Events { project: project(), events: rest.to_vec() }, &[]);
-    let updates = sent
-        .traits
-        .iter()
-        .map(|(user, traits)| UserUpdate {
-            user_id: user.clone(),
-            set: traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ..Default::default()
-        })
-        .collect();
-    data.apply(&LogRecord::Users { project: project(), at: START, updates }, &[]);
+    data.apply(&LogRecord::Users { project: project(), at: START, updates: sent.trait_updates() }, &[]);
     for user_id in &sent.deleted {
         data.apply(&LogRecord::UserDeleted { project: project(), user_id: user_id.clone() }, &[]);
     }
