@@ -237,7 +237,11 @@ fn evaluate_behavioural(source: &impl EventSource, b: &Behavioural, now: Micros)
             if !filters.person_passes(person) {
                 return;
             }
-            let matching = events.rows.iter().filter(|&&row| filters.row_passes(source, row as usize)).count();
+            // A source may return events outside the range too.
+            let first = events.times.partition_point(|&t| t < from);
+            let end = events.times.partition_point(|&t| t < to);
+            let matching =
+                events.rows[first..end].iter().filter(|&&row| filters.row_passes(source, row as usize)).count();
             counts[person as usize] = u32::try_from(matching).unwrap_or(u32::MAX);
         });
     }

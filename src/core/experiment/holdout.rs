@@ -115,7 +115,13 @@ pub fn holding_out<'a>(holdouts: &'a BTreeMap<String, Holdout>, id: &str, now: M
 /// first event there, split by whether the holdout holds their id out (variant 0) or not (1).
 pub(crate) fn seen_people(source: &impl EventSource, holdout: &Holdout, from: Micros, to: Micros) -> Exposures {
     let mut first = vec![Micros::MAX; source.canonical().len()];
-    source.for_each(Scan::all().within(from, to), |person, events| first[person as usize] = events.times[0]);
+    source.for_each(Scan::all().within(from, to), |person, events| {
+        // A source may return events outside the range too.
+        let at = events.times.partition_point(|&t| t < from);
+        if let Some(&t) = events.times.get(at).filter(|&&t| t < to) {
+            first[person as usize] = t;
+        }
+    });
     let mut out = Exposures { per_variant: vec![0, 0], ..Default::default() };
     for (person, &t) in first.iter().enumerate() {
         if t == Micros::MAX {
