@@ -9,6 +9,10 @@
 //! together with each user's traits, folded from their updates in arrival order with the
 //! embedded engine's own `Traits`.
 //!
+//! Every write carries a `seq`: one counter per project that only grows, shared by events,
+//! aliases, trait updates and deletions, since reads compare them (ties in time, the latest
+//! alias, what a deletion covered). The caller owns it; the tests number writes in order.
+//!
 //! The client is the `clickhouse` crate over HTTP with RowBinary. Validation is off (the
 //! 18.16 servers CI runs lack `RowBinaryWithNamesAndTypes`), so the row structs below must
 //! match the column order of `schema.rs` exactly; fetches set `wait_end_of_query=1`, so an error
@@ -47,7 +51,9 @@ pub struct ClickHouse {
     database: String,
 }
 
-/// What a read needs: the events of some names (all when `None`) in `[from, to)`.
+/// What a read needs: the events of some names (all when `None`) in `[from, to)`. A batch read
+/// so holds only those events: a cohort condition or a STRICT funnel evaluated over it would
+/// see only them, so a query with either reads everything.
 #[derive(Debug, Clone)]
 pub struct Fetch {
     pub names: Option<Vec<String>>,
@@ -92,6 +98,13 @@ const ID_LOOKUP_BYTES: usize = 100_000;
 struct DeletedUserRow<'a> {
     project: &'a str,
     user_id: &'a str,
+    seq: u64,
+}
+
+#[derive(Row, Serialize)]
+struct DeletedAnonymousRow<'a> {
+    project: &'a str,
+    anonymous_id: &'a str,
     seq: u64,
 }
 
@@ -281,10 +294,19 @@ impl ClickHouse {
 
     /// Stores aliases (anonymous id, user id) in order, numbered from `first_seq`.
     pub async fn insert_aliases(&self, project: &str, pairs: &[(String, String)], first_seq: u64) -> Result<()> {
+        let seqs = (first_seq..).take(pairs.len());
+        self.write_aliases(project, pairs.iter().zip(seqs)).await
+    }
+
+    /// Aliases all at `seq` (DeleteUser's unlinking: an empty user id).
+    async fn insert_aliases_at(&self, project: &str, pairs: &[(String, String)], seq: u64) -> Result<()> {
+        self.write_aliases(project, pairs.iter().zip(std::iter::repeat(seq))).await
+    }
+
+    async fn write_aliases(&self, project: &str, rows: impl Iterator<Item = (&(String, String), u64)>) -> Result<()> {
         let mut insert = self.insert::<AliasRow<'_>>("aliases").await?;
-        for (i, (anonymous_id, user_id)) in pairs.iter().enumerate() {
-            let row = AliasRow { project, anonymous_id, user_id, seq: first_seq + i as u64 };
-            insert.write(&row).await.map_err(|e| self.failed(&e))?;
+        for ((anonymous_id, user_id), seq) in rows {
+            insert.write(&AliasRow { project, anonymous_id, user_id, seq }).await.map_err(|e| self.failed(&e))?;
         }
         insert.end().await.map_err(|e| self.failed(&e))
     }
@@ -311,6 +333,18 @@ impl ClickHouse {
         let mut anonymous = Vec::new();
         while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
             anonymous.push(id);
+        }
+        // The anonymous ids first: a deletion cut short here hides their events and unlinks
+        // them; the user's own tombstone (last) completes it, and a retry does it all again.
+        if !anonymous.is_empty() {
+            let mut insert = self.insert::<DeletedAnonymousRow<'_>>("deleted_anonymous").await?;
+            for anonymous_id in &anonymous {
+                let row = DeletedAnonymousRow { project, anonymous_id, seq };
+                insert.write(&row).await.map_err(|e| self.failed(&e))?;
+            }
+            insert.end().await.map_err(|e| self.failed(&e))?;
+            let unlinked: Vec<(String, String)> = anonymous.iter().map(|a| (a.clone(), String::new())).collect();
+            self.insert_aliases_at(project, &unlinked, seq).await?;
         }
         let mut insert = self.insert::<DeletedUserRow<'_>>("deleted_users").await?;
         insert.write(&DeletedUserRow { project, user_id, seq }).await.map_err(|e| self.failed(&e))?;
@@ -457,7 +491,10 @@ fn drop_later_copies(rows: &mut Vec<FetchedEvent>) {
         let seq = first.entry(row.event_id.clone()).or_insert(row.seq);
         *seq = (*seq).min(row.seq);
     }
-    rows.retain(|row| first[row.event_id.as_str()] == row.seq);
+    // The earliest copy, once even if two copies share a seq.
+    rows.retain(|row| {
+        first.get(row.event_id.as_str()) == Some(&row.seq) && first.remove(row.event_id.as_str()).is_some()
+    });
 }
 
 fn row_event(row: FetchedEvent) -> Result<Event> {
@@ -500,14 +537,36 @@ fn properties(keys: Vec<String>, kinds: &[u8], numbers: &[f64], strings: Vec<Str
         .collect()
 }
 
-/// A ClickHouse failure: the network, a timeout or a server's error (a shard down, a server
-/// out of memory) is UNAVAILABLE, worth retrying; rows that do not decode are a storage fault.
+/// A ClickHouse failure as the client sees it:
+/// - the network, a timeout, or a server saying it cannot now (a shard down, out of memory,
+///   too many parts or queries) is UNAVAILABLE: worth retrying;
+/// - a server refusing our user or password is a configuration error, named;
+/// - anything else (a query it rejects, rows that do not decode) is a storage fault.
 fn unreachable(what: &str, error: &clickhouse::error::Error) -> Error {
     use clickhouse::error::Error as Ch;
     match error {
-        Ch::Network(_) | Ch::TimedOut | Ch::BadResponse(_) => Error::BackendUnavailable(format!("{what}: {error}")),
+        Ch::Network(_) | Ch::TimedOut => Error::BackendUnavailable(format!("{what}: {error}")),
+        Ch::BadResponse(message) => match exception_code(message) {
+            // NETWORK_ERROR, SOCKET_TIMEOUT, TIMEOUT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES,
+            // MEMORY_LIMIT_EXCEEDED, TOO_MANY_PARTS, ALL_CONNECTION_TRIES_FAILED,
+            // ALL_REPLICAS_ARE_STALE, NO_FREE_CONNECTION
+            Some(210 | 209 | 159 | 202 | 241 | 252 | 279 | 369 | 203) | None => {
+                Error::BackendUnavailable(format!("{what}: {error}"))
+            }
+            // UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, AUTHENTICATION_FAILED
+            Some(192..=194 | 516) => {
+                Error::FailedPrecondition(format!("{what}: the server refuses the credentials: {error}"))
+            }
+            Some(_) => Error::Storage(format!("{what}: {error}")),
+        },
         _ => Error::Storage(format!("{what}: {error}")),
     }
+}
+
+/// The exception code in a ClickHouse error message (`Code: 210, e.displayText() = …`).
+fn exception_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + "Code: ".len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
 #[cfg(test)]

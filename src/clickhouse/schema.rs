@@ -53,11 +53,16 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
     (
         3,
         &[
-            // DeleteUser's tombstones: what a user had before `seq` counts nowhere from then on.
+            // DeleteUser's tombstones: what a user had before `seq` counts nowhere from then on,
+            // nor the events before `seq` of each anonymous id aliased to them then.
             "CREATE TABLE IF NOT EXISTS {db}.deleted_users_local (project String, user_id String, seq UInt64)
                 ENGINE = MergeTree() ORDER BY (project, user_id, seq)",
             "CREATE TABLE IF NOT EXISTS {db}.deleted_users AS {db}.deleted_users_local
                 ENGINE = Distributed({cluster}, {db}, deleted_users_local, cityHash64(user_id))",
+            "CREATE TABLE IF NOT EXISTS {db}.deleted_anonymous_local (project String, anonymous_id String, seq UInt64)
+                ENGINE = MergeTree() ORDER BY (project, anonymous_id, seq)",
+            "CREATE TABLE IF NOT EXISTS {db}.deleted_anonymous AS {db}.deleted_anonymous_local
+                ENGINE = Distributed({cluster}, {db}, deleted_anonymous_local, cityHash64(anonymous_id))",
         ],
     ),
 ];

@@ -48,11 +48,11 @@ pub fn known_ids(client: &Client, project: &str, ids: &[&str]) -> Query {
 /// (owner, is that a user, time, seq, name, event id, property arrays).
 ///
 /// - An anonymous id counts for the user of its latest alias (a GLOBAL join: the alias may sit
-///   on another shard), unless that user was deleted after the alias: DeleteUser unlinks the
-///   user's anonymous ids, whose later events are their own again.
+///   on another shard); DeleteUser writes an empty alias for each id aliased to the user then,
+///   so its later events are its own again, whatever it was aliased to before.
 /// - What a deletion covered is left out at once, before the mutations that remove the rows
-///   have run: a user's own events from before their tombstone's seq, and an anonymous id's
-///   events from before it when the id was aliased to them then (`hidden_before`).
+///   have run: a user's own events from before their latest tombstone, and an anonymous id's
+///   events from before its own tombstone (written when it was aliased to a deleted user).
 ///
 /// 18.16 takes one JOIN per SELECT and no joined column in the WHERE of that SELECT, hence the
 /// nesting; every joined subquery has a name, which ClickHouse 20 and later require
@@ -61,46 +61,46 @@ pub fn events(client: &Client, project: &str, fetch: &Fetch) -> Query {
     let mut sql = String::from(
         "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
          FROM (
-         SELECT owner, owner_is_user, is_user, hidden_before, deleted_at, time, seq, name, event_id,
-                prop_keys, prop_kinds, prop_numbers, prop_strings
-         FROM (
-            SELECT if(is_user = 1 OR live_user = '', person, live_user) AS owner,
-                   toUInt8(is_user = 1 OR live_user != '') AS owner_is_user,
-                   is_user, hidden_before, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
+          SELECT owner, owner_is_user, is_user, anonymous_deleted_at, deleted_at, time, seq, name, event_id,
+                 prop_keys, prop_kinds, prop_numbers, prop_strings
+          FROM (
+           SELECT if(is_user = 1 OR live_user = '', person, live_user) AS owner,
+                  toUInt8(is_user = 1 OR live_user != '') AS owner_is_user,
+                  is_user, anonymous_deleted_at, time, seq, name, event_id,
+                  prop_keys, prop_kinds, prop_numbers, prop_strings
+           FROM (
+            SELECT person, is_user, live_user, time, seq, name, event_id,
+                   prop_keys, prop_kinds, prop_numbers, prop_strings
             FROM events
             GLOBAL ANY LEFT JOIN (
-                SELECT person, is_user, if(alias_seq < deleted_at, '', alias_user) AS live_user,
-                       if(alias_seq < deleted_at, deleted_at, 0) AS hidden_before
-                FROM (
-                    SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS alias_user,
-                           max(seq) AS alias_seq
-                    FROM aliases WHERE project = ? GROUP BY anonymous_id
-                ) AS latest_alias
-                ANY LEFT JOIN (
-                    SELECT user_id AS alias_user, max(seq) AS deleted_at
-                    FROM deleted_users WHERE project = ? GROUP BY user_id
-                ) AS alias_deletion USING alias_user
-            ) AS live_alias USING (person, is_user)
+                SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS live_user
+                FROM aliases WHERE project = ? GROUP BY anonymous_id
+            ) AS latest_alias USING (person, is_user)
             WHERE project = ? AND time >= ? AND time < ?",
     );
     if fetch.names.is_some() {
         sql.push_str(" AND has(?, name)");
     }
     sql.push_str(
-        ") AS owned
-         ANY LEFT JOIN (
+        ") AS aliased
+           ANY LEFT JOIN (
+            SELECT anonymous_id AS person, toUInt8(0) AS is_user, max(seq) AS anonymous_deleted_at
+            FROM deleted_anonymous WHERE project = ? GROUP BY anonymous_id
+           ) AS anonymous_deletion USING (person, is_user)
+          ) AS owned
+          ANY LEFT JOIN (
             SELECT user_id AS owner, toUInt8(1) AS owner_is_user, max(seq) AS deleted_at
             FROM deleted_users WHERE project = ? GROUP BY user_id
-         ) AS owner_deletion USING (owner, owner_is_user)
+          ) AS owner_deletion USING (owner, owner_is_user)
          ) AS checked
-         WHERE is_user = 1 AND seq >= deleted_at OR is_user = 0 AND seq >= hidden_before
+         WHERE is_user = 1 AND seq >= deleted_at OR is_user = 0 AND seq >= anonymous_deleted_at
          ORDER BY owner, owner_is_user, time, seq",
     );
-    let mut query = client.query(&sql).bind(project).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
+    let mut query = client.query(&sql).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
     if let Some(names) = &fetch.names {
         query = query.bind(names.as_slice());
     }
-    query.bind(project).with_setting("wait_end_of_query", "1")
+    query.bind(project).bind(project).with_setting("wait_end_of_query", "1")
 }
 
 /// A project's trait updates, by user then arrival, without a deleted user's updates from

@@ -302,3 +302,130 @@ async fn a_deleted_user_counts_nowhere_at_once_and_leaves_the_tables_after_the_m
         store.front().query("SELECT count() FROM user_updates WHERE user_id = 'gone'").fetch_one().await.unwrap();
     assert_eq!(updates, 0);
 }
+
+/// One write of a deletion scenario, numbered by its position.
+enum Op {
+    Event(&'static str, &'static str, &'static str),
+    Alias(&'static str, &'static str),
+    Delete(&'static str),
+}
+
+/// Each person's event ids, by person name.
+fn people_of(source: &impl EventSource) -> Vec<(String, Vec<String>)> {
+    let mut people = Vec::new();
+    source.for_each(crate::core::store::source::Scan::all(), |person, events| {
+        let ids = events.rows.iter().map(|&r| source.row_event_id(r as usize).to_owned()).collect();
+        people.push((source.person_name(person).to_owned(), ids));
+    });
+    people.sort();
+    people
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletions_follow_the_alias_history_as_the_embedded_engine_does() {
+    use crate::core::store::ProjectData;
+    use crate::core::store::record::LogRecord;
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "history");
+    let store = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let scenarios: [(&str, Vec<Op>); 3] = [
+        // An id aliased to V, then to U; U deleted: the id is its own again, not V's.
+        (
+            "older-alias",
+            vec![
+                Op::Alias("a", "v"),
+                Op::Alias("a", "u"),
+                Op::Event("e2", "", "a"),
+                Op::Delete("u"),
+                Op::Event("e4", "", "a"),
+            ],
+        ),
+        // An id's event credited to U when U is deleted stays gone when the id is aliased again.
+        (
+            "realiased",
+            vec![
+                Op::Event("e0", "", "a"),
+                Op::Alias("a", "u"),
+                Op::Delete("u"),
+                Op::Alias("a", "v"),
+                Op::Event("e4", "", "a"),
+            ],
+        ),
+        // U deleted twice: the id's own event between the two deletions stays.
+        (
+            "twice",
+            vec![
+                Op::Alias("a", "u"),
+                Op::Event("e1", "u", ""),
+                Op::Delete("u"),
+                Op::Event("e3", "", "a"),
+                Op::Event("e4", "u", ""),
+                Op::Delete("u"),
+            ],
+        ),
+    ];
+    let event = |id: &str, user: &str, anon: &str, seq: usize| Event {
+        event_id: id.into(),
+        name: "visit".into(),
+        user_id: user.into(),
+        anonymous_id: anon.into(),
+        timestamp: START + seq as i64,
+        properties: vec![],
+    };
+    for (project, ops) in &scenarios {
+        let mut data = ProjectData::default();
+        let p = || project.to_string();
+        for (seq, op) in ops.iter().enumerate() {
+            let seq64 = seq as u64;
+            match op {
+                Op::Event(id, user, anon) => {
+                    let e = event(id, user, anon, seq);
+                    store.store_events(project, std::slice::from_ref(&e), seq64).await.unwrap();
+                    data.apply(&LogRecord::Events { project: p(), events: vec![e] }, &[]);
+                }
+                Op::Alias(anon, user) => {
+                    store.insert_aliases(project, &[(anon.to_string(), user.to_string())], seq64).await.unwrap();
+                    let record =
+                        LogRecord::Alias { project: p(), anonymous_id: anon.to_string(), user_id: user.to_string() };
+                    data.apply(&record, &[]);
+                }
+                Op::Delete(user) => {
+                    // Tombstones alone first: the shards' merges (and so mutations) wait.
+                    for server in &store.servers {
+                        server.query("SYSTEM STOP MERGES").execute().await.unwrap();
+                    }
+                    store.delete_user(project, user, seq64).await.unwrap();
+                    data.apply(&LogRecord::UserDeleted { project: p(), user_id: user.to_string() }, &[]);
+                    data.compact();
+                    let read = store.person_batch(project, &Fetch::everything()).await.unwrap();
+                    assert_eq!(
+                        people_of(&read),
+                        people_of(&data.source()),
+                        "{project}, tombstones only, after op {seq}"
+                    );
+                    for server in &store.servers {
+                        server.query("SYSTEM START MERGES").execute().await.unwrap();
+                    }
+                    assert!(store.mutations_done(std::time::Duration::from_secs(60)).await.unwrap());
+                }
+            }
+            let read = store.person_batch(project, &Fetch::everything()).await.unwrap();
+            assert_eq!(people_of(&read), people_of(&data.source()), "{project}, after op {seq}");
+        }
+    }
+}
+
+#[test]
+fn server_errors_are_told_apart_by_their_code() {
+    let bad = |m: &str| unreachable("x", &clickhouse::error::Error::BadResponse(m.into()));
+    let shard_down = "Code: 279, e.displayText() = DB::NetException: All connection tries failed";
+    assert!(matches!(bad(shard_down), Error::BackendUnavailable(_)));
+    let password = "Code: 193, e.displayText() = DB::Exception: Wrong password for user default";
+    assert!(matches!(bad(password), Error::FailedPrecondition(m) if m.contains("credentials")));
+    let syntax = "Code: 62, e.displayText() = DB::Exception: Syntax error";
+    assert!(matches!(bad(syntax), Error::Storage(_)));
+    assert!(matches!(bad("no code at all"), Error::BackendUnavailable(_)));
+    assert_eq!(exception_code("Code: 210, e.displayText()"), Some(210));
+    assert_eq!(exception_code("Code: 1"), Some(1));
+    assert_eq!(exception_code("Code: x"), None);
+}
