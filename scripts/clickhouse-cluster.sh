@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two-shard local ClickHouse cluster for the ClickHouse backend (issue 15): two plain
 # background servers (no systemd, so it works in CI and containers) with a `sextant`
-# cluster of two shards in remote_servers, for Distributed tables.
+# cluster of two shards in remote_servers, for Distributed tables (and sextant_one_shard_down,
+# whose second shard is a port nothing listens on, for the fault tests).
 #   scripts/clickhouse-cluster.sh up DIR    start (or find running) servers; the last line
 #                                           printed is SEXTANT_CLICKHOUSE_URL=http://..,http://..
 #   scripts/clickhouse-cluster.sh down DIR  stop them (exit 0 if none running)
@@ -129,6 +130,16 @@ write_config() { # shard http tcp interserver tcp1 tcp2
                 <replica><host>127.0.0.1</host><port>$6</port></replica>
             </shard>
         </sextant>
+        <!-- The same first shard and a second one nothing listens on (port 1), for the tests
+             of a shard that is down. -->
+        <sextant_one_shard_down>
+            <shard>
+                <replica><host>127.0.0.1</host><port>$5</port></replica>
+            </shard>
+            <shard>
+                <replica><host>127.0.0.1</host><port>1</port></replica>
+            </shard>
+        </sextant_one_shard_down>
     </remote_servers>
 </yandex>
 EOF

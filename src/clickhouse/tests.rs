@@ -429,3 +429,29 @@ fn server_errors_are_told_apart_by_their_code() {
     assert_eq!(exception_code("Code: 1"), Some(1));
     assert_eq!(exception_code("Code: x"), None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_down_fails_writes_and_reads_instead_of_answering_in_part() {
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "shard_down");
+    // scripts/clickhouse-cluster.sh defines this cluster: the first shard, and one on a port
+    // nothing listens on.
+    let down = ClickHouseConfig { cluster: "sextant_one_shard_down".into(), ..config(urls.clone(), &database.name) };
+    let store = ClickHouse::connect(&down).await.expect("a cluster started by scripts/clickhouse-cluster.sh");
+    let events: Vec<Event> = (0..50)
+        .map(|i| Event {
+            event_id: format!("e{i}"),
+            name: "visit".into(),
+            user_id: format!("u{i}"),
+            anonymous_id: String::new(),
+            timestamp: START + i,
+            properties: vec![],
+        })
+        .collect();
+    // Some of these people live on the missing shard: the insert fails, so nothing is acked.
+    let error = store.store_events("p", &events, 0).await.unwrap_err();
+    assert!(matches!(&error, Error::BackendUnavailable(_)), "{error:?}");
+    // A read needs every shard: an error, never the half that one shard has.
+    let error = store.person_batch("p", &Fetch::everything()).await.err().unwrap();
+    assert!(matches!(&error, Error::BackendUnavailable(_)), "{error:?}");
+}
