@@ -20,7 +20,8 @@
 //!
 //! Implementations: `Embedded` (the embedded engine's table and person order) and
 //! `PersonBatch` (events that arrive already person-ordered, as an external engine streams
-//! them). Answers through both are checked equal in `tests`.
+//! them). `core/seam_tests.rs` requires equal answers through both; there `PersonBatch` returns
+//! events outside a scan's range, so an analysis that asks for too narrow a range differs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
