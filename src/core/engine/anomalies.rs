@@ -38,6 +38,7 @@ impl Engine {
         }
         let entry = self.project(project)?;
         let state = entry.read();
+        let source = state.data.source();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         let tz = time::parse_zone("timezone", zone)?;
         let metric = state.defs.metrics.resolve_target(target)?;
@@ -68,14 +69,9 @@ impl Engine {
             breakdown: None,
             breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
             cohort_id: String::new(),
-            members: crate::core::cohort::resolve(
-                &state.data.source(),
-                &state.defs.cohorts,
-                "cohort_id",
-                &query.cohort_id,
-            )?,
+            members: crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?,
         };
-        let series = evaluate(&state.data.source(), &state.defs.metrics, &metric, &metric_query, 0)?;
+        let series = evaluate(&source, &state.defs.metrics, &metric, &metric_query, 0)?;
         let points = series.into_iter().next().map(|s| s.points).unwrap_or_default();
         // The project's first data: events, or values recorded for MANUAL metrics.
         let first_manual = state.data.manual.values().filter_map(|values| values.keys().next().map(|k| k.0)).min();

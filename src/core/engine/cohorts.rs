@@ -78,12 +78,11 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
+        let source = state.data.source();
         let cohort = state.defs.cohort(id)?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
-            Definition::Conditions(_) => {
-                member_ids(&state.data.source(), &evaluate(&state.data.source(), cohort, self.clock.now()))
-            }
+            Definition::Conditions(_) => member_ids(&source, &evaluate(&source, cohort, self.clock.now())),
         };
         paginate(ids, String::clone, page)
     }

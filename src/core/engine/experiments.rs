@@ -390,7 +390,8 @@ pub fn results(
     config: ReadoutConfig,
     now: Micros,
 ) -> Result<ExperimentResults> {
-    let members = crate::core::cohort::resolve(&state.data.source(), &state.defs.cohorts, "cohort_id", cohort_id)?;
+    let source = state.data.source();
+    let members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", cohort_id)?;
     let start = experiment.start_time.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "experiment {} has no start_time: start it, or set start_time for a backfill",
@@ -398,8 +399,7 @@ pub fn results(
         ))
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
-    let exposures =
-        measure::exposures(&state.data.source(), experiment, start, end, members.as_ref().map(|m| m.as_slice()));
+    let exposures = measure::exposures(&source, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
     read_out(state, experiment, &exposures, config, (start, end), now)
 }
 

@@ -355,6 +355,7 @@ impl Engine {
         spec.granularity.series("granularity")?;
         let entry = self.project(&spec.project)?;
         let state = entry.read();
+        let source = state.data.source();
         // Read under the lock the writer applies under: a later `computed` saw every write an
         // earlier one saw (streams rely on that to skip stale readings).
         let now = self.clock.now();
@@ -372,18 +373,13 @@ impl Engine {
             breakdown: None,
             breakdown_limit: spec.breakdown_limit,
             cohort_id: String::new(),
-            members: crate::core::cohort::resolve(
-                &state.data.source(),
-                &state.defs.cohorts,
-                "cohort_id",
-                &spec.cohort_id,
-            )?,
+            members: crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &spec.cohort_id)?,
         };
-        let overall = evaluate(&state.data.source(), &state.defs.metrics, metric, &query, 0)?;
+        let overall = evaluate(&source, &state.defs.metrics, metric, &query, 0)?;
         let point = overall.first().and_then(|s| s.points.first()).copied();
         let breakdown = match &spec.breakdown {
             Some(property) => evaluate(
-                &state.data.source(),
+                &source,
                 &state.defs.metrics,
                 metric,
                 &MetricQuery { breakdown: Some(property.clone()), ..query },

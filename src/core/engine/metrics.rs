@@ -188,20 +188,16 @@ impl Engine {
         let compare = compare.unwrap_or_default();
         let entry = self.project(project)?;
         let state = entry.read();
+        let source = state.data.source();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
-        query.members =
-            crate::core::cohort::resolve(&state.data.source(), &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let metric = state.defs.metrics.resolve_target(target)?;
-        let series = evaluate(&state.data.source(), &state.defs.metrics, &metric, &query, 0)?;
+        let series = evaluate(&source, &state.defs.metrics, &metric, &query, 0)?;
         let comparison = match comparison_range(query.from, query.to, compare, query.granularity, query.tz) {
-            Some((from, to)) => evaluate(
-                &state.data.source(),
-                &state.defs.metrics,
-                &metric,
-                &MetricQuery { from, to, ..query.clone() },
-                0,
-            )?,
+            Some((from, to)) => {
+                evaluate(&source, &state.defs.metrics, &metric, &MetricQuery { from, to, ..query.clone() }, 0)?
+            }
             None => Vec::new(),
         };
         Ok(MetricAnswer { series, comparison, version: metric.version, timezone: query.tz.name().to_owned() })
@@ -222,11 +218,11 @@ impl Engine {
     ) -> Result<(TreeNode, Option<(Micros, Micros)>)> {
         let entry = self.project(project)?;
         let state = entry.read();
+        let source = state.data.source();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;
-        query.members =
-            crate::core::cohort::resolve(&state.data.source(), &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let metrics = state.defs.metrics.latest_metrics();
         let root = if root_key.is_empty() {
             metrics.values().find(|m| m.role == MetricRole::NorthStar).ok_or_else(|| {
@@ -243,16 +239,7 @@ impl Engine {
         let compare = compare.unwrap_or(Compare::TREE_DEFAULT);
         let previous = comparison_range(query.from, query.to, compare, query.granularity, query.tz);
         let depth = if max_depth == 0 { MAX_DEPTH } else { max_depth.min(MAX_DEPTH) };
-        let node = tree_node(
-            &state.data.source(),
-            &state.defs.metrics,
-            &metrics,
-            root,
-            &query,
-            previous,
-            depth,
-            &mut Vec::new(),
-        )?;
+        let node = tree_node(&source, &state.defs.metrics, &metrics, root, &query, previous, depth, &mut Vec::new())?;
         Ok((node, previous))
     }
 }
