@@ -177,14 +177,14 @@ impl ClickHouse {
                 client = client.with_password(password.as_str());
             }
             let known: u64 =
-                sql::cluster_known(&client, &config.cluster).fetch_one().await.map_err(|e| unreachable(url, &e))?;
+                sql::cluster_known(&client, &config.cluster).fetch_one().await.map_err(|e| backend_error(url, &e))?;
             if known == 0 {
                 return Err(Error::FailedPrecondition(format!(
                     "clickhouse_cluster: {url} has no cluster {:?} in its remote_servers",
                     config.cluster
                 )));
             }
-            sql::create_database(&client, &config.database).execute().await.map_err(|e| unreachable(url, &e))?;
+            sql::create_database(&client, &config.database).execute().await.map_err(|e| backend_error(url, &e))?;
             servers.push(client.with_database(config.database.as_str()));
         }
         let store = ClickHouse { servers, database: config.database.clone() };
@@ -196,13 +196,13 @@ impl ClickHouse {
 
     async fn migrate(&self, url: &str, server: &Client, cluster: &str) -> Result<()> {
         let ddl = |statement: &str| sql::ddl(server, statement, &self.database, cluster);
-        ddl(schema::VERSIONS_TABLE).execute().await.map_err(|e| unreachable(url, &e))?;
-        let applied: u32 = sql::applied_version(server).fetch_one().await.map_err(|e| unreachable(url, &e))?;
+        ddl(schema::VERSIONS_TABLE).execute().await.map_err(|e| backend_error(url, &e))?;
+        let applied: u32 = sql::applied_version(server).fetch_one().await.map_err(|e| backend_error(url, &e))?;
         for (version, statements) in schema::MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
             for statement in *statements {
-                ddl(statement).execute().await.map_err(|e| unreachable(url, &e))?;
+                ddl(statement).execute().await.map_err(|e| backend_error(url, &e))?;
             }
-            sql::record_version(server, *version).execute().await.map_err(|e| unreachable(url, &e))?;
+            sql::record_version(server, *version).execute().await.map_err(|e| backend_error(url, &e))?;
             tracing::info!(url, version, "clickhouse schema migrated");
         }
         Ok(())
@@ -448,7 +448,7 @@ impl ClickHouse {
     }
 
     fn failed(&self, error: &clickhouse::error::Error) -> Error {
-        unreachable(&format!("clickhouse database {}", self.database), error)
+        backend_error(&format!("clickhouse database {}", self.database), error)
     }
 }
 
@@ -542,7 +542,7 @@ fn properties(keys: Vec<String>, kinds: &[u8], numbers: &[f64], strings: Vec<Str
 ///   too many parts or queries) is UNAVAILABLE: worth retrying;
 /// - a server refusing our user or password is a configuration error, named;
 /// - anything else (a query it rejects, rows that do not decode) is a storage fault.
-fn unreachable(what: &str, error: &clickhouse::error::Error) -> Error {
+fn backend_error(what: &str, error: &clickhouse::error::Error) -> Error {
     use clickhouse::error::Error as Ch;
     match error {
         Ch::Network(_) | Ch::TimedOut => Error::BackendUnavailable(format!("{what}: {error}")),

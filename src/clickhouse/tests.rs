@@ -417,7 +417,7 @@ async fn deletions_follow_the_alias_history_as_the_embedded_engine_does() {
 
 #[test]
 fn server_errors_are_told_apart_by_their_code() {
-    let bad = |m: &str| unreachable("x", &clickhouse::error::Error::BadResponse(m.into()));
+    let bad = |m: &str| backend_error("x", &clickhouse::error::Error::BadResponse(m.into()));
     let shard_down = "Code: 279, e.displayText() = DB::NetException: All connection tries failed";
     assert!(matches!(bad(shard_down), Error::BackendUnavailable(_)));
     let password = "Code: 193, e.displayText() = DB::Exception: Wrong password for user default";

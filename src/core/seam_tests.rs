@@ -414,14 +414,7 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
         }
     }
 
-    for model in [
-        AttributionModel::LastTouch,
-        AttributionModel::FirstTouch,
-        AttributionModel::Linear,
-        AttributionModel::PositionBased,
-        AttributionModel::TimeDecay,
-        AttributionModel::Participation,
-    ] {
+    for model in AttributionModel::ALL {
         let query = AttributionQuery {
             conversion: selector("purchase"),
             touch: selector("visit"),

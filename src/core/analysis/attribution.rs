@@ -35,6 +35,18 @@ pub enum AttributionModel {
     Participation,
 }
 
+impl AttributionModel {
+    /// Every model, in declaration order.
+    pub const ALL: [AttributionModel; 6] = [
+        AttributionModel::LastTouch,
+        AttributionModel::FirstTouch,
+        AttributionModel::Linear,
+        AttributionModel::PositionBased,
+        AttributionModel::TimeDecay,
+        AttributionModel::Participation,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttributionQuery {
     pub conversion: EventSelector,
@@ -398,14 +410,6 @@ mod tests {
     use crate::core::store::ProjectData;
 
     const MINUTE: Micros = 60_000_000;
-    const MODELS: [AttributionModel; 6] = [
-        AttributionModel::LastTouch,
-        AttributionModel::FirstTouch,
-        AttributionModel::Linear,
-        AttributionModel::PositionBased,
-        AttributionModel::TimeDecay,
-        AttributionModel::Participation,
-    ];
 
     fn shares(model: AttributionModel, times: &[Micros], channels: &[u32], half_life: Micros) -> Vec<f64> {
         let mut out = Vec::new();
@@ -453,7 +457,7 @@ mod tests {
             touches.sort();
             let times: Vec<Micros> = touches.iter().map(|t| t.0 * DAY).collect();
             let channels: Vec<u32> = touches.iter().map(|t| t.1).collect();
-            for model in MODELS {
+            for model in AttributionModel::ALL {
                 let s = shares(model, &times, &channels, half_life * DAY);
                 prop_assert!(s.iter().all(|f| (0.0..=1.0).contains(f)));
                 let total: f64 = s.iter().sum();
@@ -476,7 +480,7 @@ mod tests {
             lookback in 0i64..40,
         ) {
             let state = state(&events);
-            for model in MODELS {
+            for model in AttributionModel::ALL {
                 let query = AttributionQuery {
                     conversion: EventSelector { event: "buy".into(), filters: vec![] },
                     touch: EventSelector { event: "visit".into(), filters: vec![] },

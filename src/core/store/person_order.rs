@@ -355,32 +355,17 @@ impl PersonOrder {
             && (tail <= MIN_REBUILD_TAIL || tail <= self.covered / 8)
     }
 
-    /// Visits every canonical person with rows, with their events in time order.
-    pub fn for_each(&self, table: &EventTable, visit: impl FnMut(u32, PersonEvents<'_>)) {
-        self.for_each_named(table, Rows::All, visit)
-    }
-
-    /// Like `for_each`, reading only `rows`: with `Rows::Named`, visits (in the same order as
-    /// `for_each`) each person with at least one event of those names, with only those events.
+    /// Visits every canonical person with rows (`Rows::All`), with their events in time order;
+    /// with `Rows::Named`, in the same order, each person with at least one event of those
+    /// names, with only those events.
     pub fn for_each_named(&self, table: &EventTable, rows: Rows<'_>, mut visit: impl FnMut(u32, PersonEvents<'_>)) {
         let tail = Tail::of(self, table);
         self.visit_rows(table, &tail, rows, 0..self.people.len(), &tail.new_people, &mut visit);
     }
 
-    /// Like `for_each`, split into contiguous parts of people run on up to `threads` threads
-    /// (see `query_threads`): each part folds into its own state from `init`; the states come
-    /// back in part order.
-    pub fn fold_parts<S: Send>(
-        &self,
-        table: &EventTable,
-        threads: usize,
-        init: impl Fn() -> S + Sync,
-        visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
-    ) -> Vec<S> {
-        self.fold_parts_named(table, threads, Rows::All, init, visit)
-    }
-
-    /// `fold_parts` reading only `rows` (see `for_each_named`).
+    /// Like `for_each_named`, split into contiguous parts of people run on up to `threads`
+    /// threads (see `query_threads`): each part folds into its own state from `init`; the
+    /// states come back in part order.
     pub fn fold_parts_named<S: Send>(
         &self,
         table: &EventTable,
@@ -553,7 +538,7 @@ impl PersonOrder {
 }
 
 /// Property `key`'s string id in `row`, `NONE` when missing or not a string.
-pub fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
+fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
     match table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()) {
         Some(crate::core::store::table::Cell::Str(id)) => id,
         _ => crate::core::store::table::NONE,
@@ -736,7 +721,7 @@ mod tests {
 
     fn collect(order: &PersonOrder, table: &EventTable) -> Vec<(String, Vec<u32>, Vec<Micros>)> {
         let mut seen = Vec::new();
-        order.for_each(table, |person, events| {
+        order.for_each_named(table, Rows::All, |person, events| {
             assert_eq!(events.times.len(), events.rows.len());
             for (i, &row) in events.rows.iter().enumerate() {
                 assert_eq!(events.times[i], table.time[row as usize]);
@@ -818,12 +803,12 @@ mod tests {
         );
         // Split in parts, the same people and events come back, in the same order.
         for threads in 1..=4 {
-            let parts = order.fold_parts(&table, threads, Vec::new, |seen, person, events| {
+            let parts = order.fold_parts_named(&table, threads, Rows::All, Vec::new, |seen, person, events| {
                 seen.push((person, events.rows.to_vec()));
             });
             assert_eq!(parts.len(), threads.min(2), "two cached people at most two parts");
             let mut all = Vec::new();
-            order.for_each(&table, |person, events| all.push((person, events.rows.to_vec())));
+            order.for_each_named(&table, Rows::All, |person, events| all.push((person, events.rows.to_vec())));
             assert_eq!(parts.concat(), all);
         }
         // Moving an alias changes who owns rows: the order no longer serves.
@@ -839,7 +824,7 @@ mod tests {
     /// only rows of `names` and people left with some.
     fn filtered_full_scan(order: &PersonOrder, table: &EventTable, names: &[u32]) -> Vec<Visit> {
         let mut seen = Vec::new();
-        order.for_each(table, |person, events| {
+        order.for_each_named(table, Rows::All, |person, events| {
             let keep: Vec<usize> = (0..events.len()).filter(|&i| names.contains(&events.names[i])).collect();
             if !keep.is_empty() {
                 seen.push((
@@ -887,7 +872,7 @@ mod tests {
         let mut all = Vec::new();
         order.for_each_named(table, Rows::All, |person, e| all.push((person, e.rows.to_vec())));
         let mut full = Vec::new();
-        order.for_each(table, |person, e| full.push((person, e.rows.to_vec())));
+        order.for_each_named(table, Rows::All, |person, e| full.push((person, e.rows.to_vec())));
         assert_eq!(all, full);
     }
 
@@ -1035,7 +1020,7 @@ mod tests {
         let token = crate::core::cancel::CancelToken::default();
         let visited = token.scope(|| {
             let mut visited = 0;
-            order.for_each(&table, |_, _| {
+            order.for_each_named(&table, Rows::All, |_, _| {
                 visited += 1;
                 if visited == 10 {
                     token.cancel();
@@ -1045,10 +1030,10 @@ mod tests {
         });
         assert_eq!(visited, cancel::CHECK_EVERY, "stops at the first check after the cancel");
         for threads in [1, 2, 4] {
-            let parts = token.scope(|| order.fold_parts(&table, threads, || 0, |n, _, _| *n += 1));
+            let parts = token.scope(|| order.fold_parts_named(&table, threads, Rows::All, || 0, |n, _, _| *n += 1));
             assert_eq!(parts.iter().sum::<usize>(), 0, "{threads} threads: an already cancelled scan visits nobody");
         }
-        let all: usize = order.fold_parts(&table, 2, || 0, |n, _, _| *n += 1).iter().sum();
+        let all: usize = order.fold_parts_named(&table, 2, Rows::All, || 0, |n, _, _| *n += 1).iter().sum();
         assert_eq!(all, 2_000, "without a token the scan is whole");
     }
 }
