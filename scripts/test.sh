@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: Rust unit and end-to-end tests (the ClickHouse backend's against a local
-# two-shard cluster), then the cross-checks against DuckDB and the forecasts against
+# two-shard cluster, and the end-to-end tests a second time with the server on it), then the cross-checks against DuckDB and the forecasts against
 # statsmodels on generated data and the ClickHouse backend's SQL on chDB (installing their
 # Python dependencies first),
 # then the client examples in Python, Node and Go against a fresh server (scripts/test-clients.sh
@@ -17,6 +17,19 @@ clickhouse_url=$(bash scripts/clickhouse-cluster.sh up "$clickhouse_dir" | tail 
 export "$clickhouse_url"
 export SEXTANT_REQUIRE_CLICKHOUSE=1
 cargo test --locked
+# The end-to-end tests again with every server on the cluster (`serve --storage clickhouse`,
+# see tests/common), but for the few about the embedded engine's own machinery: its applier
+# and project locks, checkpoint and log files, files under the data dir, and backups (a
+# ClickHouse deployment's are the cluster's own).
+SEXTANT_TEST_STORAGE=clickhouse cargo test --locked --test '*' -- \
+  --skip a_busy_project_does_not_hold_up_another_projects_acks \
+  --skip a_checkpoint_waits_for_a_busy_project_without_holding_up_acks \
+  --skip a_retry_is_not_acknowledged_before_the_first_copy_is_visible \
+  --skip a_corrupt_checkpoint_file_stops_the_start_naming_it \
+  --skip a_clean_stop_leaves_no_dead_bytes_and_loses_nothing \
+  --skip sigkills_during_checkpoints_lose_and_duplicate_nothing_acked \
+  --skip after_delete_user_and_compact_no_file_holds_the_user_and_answers_stay \
+  --skip backup_while_ingesting_restores_into_a_server_that_answers_the_same
 cargo build --locked --quiet
 for check in tests/reference/*_vs_duckdb.py tests/reference/*_vs_statsmodels.py tests/reference/*_vs_chdb.py; do
   echo "== $check"

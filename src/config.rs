@@ -18,6 +18,9 @@ use crate::storage::{SledStorage, Storage};
 pub enum StorageKind {
     /// The embedded engine (sled for metadata and the log).
     Sled,
+    /// A ClickHouse cluster: events, users, aliases and every definition live there, so
+    /// several nodes serve the same projects.
+    Clickhouse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,9 +41,31 @@ pub struct ServeConfig {
     #[arg(long, env = "SEXTANT_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
 
-    /// Where events and definitions live: `sled`, the embedded engine in --data-dir.
+    /// Where events and definitions live: `sled`, the embedded engine in --data-dir, or
+    /// `clickhouse`, a cluster (--clickhouse-url).
     #[arg(long, env = "SEXTANT_STORAGE", value_enum, default_value_t = StorageKind::Sled)]
     pub storage: StorageKind,
+
+    /// With --storage clickhouse: the HTTP URL of each shard server, comma-separated; the
+    /// first takes the distributed reads and writes.
+    #[arg(long, env = "SEXTANT_CLICKHOUSE_URL", value_delimiter = ',')]
+    pub clickhouse_url: Vec<String>,
+
+    /// The ClickHouse database Sextant's tables live in (created when missing).
+    #[arg(long, env = "SEXTANT_CLICKHOUSE_DATABASE", default_value = "sextant")]
+    pub clickhouse_database: String,
+
+    /// The `remote_servers` cluster the Distributed tables spread over.
+    #[arg(long, env = "SEXTANT_CLICKHOUSE_CLUSTER", default_value = "sextant")]
+    pub clickhouse_cluster: String,
+
+    /// ClickHouse user (default: the server's default user).
+    #[arg(long, env = "SEXTANT_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+
+    /// ClickHouse password.
+    #[arg(long, env = "SEXTANT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
 
     /// The clock of time-dependent rules; tests move it instead of sleeping.
     #[arg(skip)]
@@ -157,6 +182,18 @@ impl ServeConfig {
                 let storage = SledStorage::open(&self.data_dir)
                     .with_context(|| format!("opening {}", self.data_dir.display()))?;
                 Ok(Arc::new(storage))
+            }
+            StorageKind::Clickhouse => {
+                let config = crate::clickhouse::ClickHouseConfig {
+                    urls: self.clickhouse_url.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
+                    database: self.clickhouse_database.clone(),
+                    cluster: self.clickhouse_cluster.clone(),
+                    user: self.clickhouse_user.clone(),
+                    password: self.clickhouse_password.clone(),
+                };
+                let storage = crate::clickhouse::storage::ClickHouseStorage::open(&config)
+                    .with_context(|| format!("connecting to clickhouse at {}", config.urls.join(",")))?;
+                Ok(storage)
             }
         }
     }

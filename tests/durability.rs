@@ -40,6 +40,7 @@ async fn spawn_server_with(dir: &Path, extra: &[&str]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sextant"))
         .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
         .arg(dir)
+        .args(common::clickhouse_flags_if_asked(dir))
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -20,6 +20,7 @@
 
 pub mod schema;
 pub mod sql;
+pub mod storage;
 
 use std::collections::HashMap;
 
@@ -51,21 +52,7 @@ pub struct ClickHouse {
     database: String,
 }
 
-/// What a read needs: the events of some names (all when `None`) in `[from, to)`. A batch read
-/// so holds only those events: a cohort condition or a STRICT funnel evaluated over it would
-/// see only them, so a query with either reads everything.
-#[derive(Debug, Clone)]
-pub struct Fetch {
-    pub names: Option<Vec<String>>,
-    pub from: Micros,
-    pub to: Micros,
-}
-
-impl Fetch {
-    pub fn everything() -> Fetch {
-        Fetch { names: None, from: Micros::MIN, to: Micros::MAX }
-    }
-}
+pub use crate::core::store::remote::Fetch;
 
 #[derive(Row, Serialize)]
 struct EventRow<'a> {
@@ -124,6 +111,43 @@ struct UserUpdateRow<'a> {
     update_json: String,
 }
 
+#[derive(Row, Serialize)]
+struct MetaRowRef<'a> {
+    key: &'a str,
+    version: u64,
+    deleted: u8,
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+}
+
+#[derive(Row, Deserialize)]
+struct MetaRow {
+    deleted: u8,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+}
+
+#[derive(Row, Deserialize)]
+struct KeyedMetaRow {
+    key: String,
+    deleted: u8,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+}
+
+#[derive(Row, Serialize)]
+struct RecordRow<'a> {
+    seq: u64,
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+}
+
+#[derive(Row, Deserialize)]
+struct StoredRecord {
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+}
+
 /// An event as a read returns it: the person it counts for, and whether that is a user.
 #[derive(Row, Deserialize)]
 struct FetchedEvent {
@@ -137,6 +161,48 @@ struct FetchedEvent {
     prop_kinds: Vec<u8>,
     prop_numbers: Vec<f64>,
     prop_strings: Vec<String>,
+}
+
+/// `FetchedEvent` with the user id (when `is_user`) or anonymous id it was sent with.
+#[derive(Row, Deserialize)]
+struct FetchedSent {
+    owner: String,
+    owner_is_user: u8,
+    time: i64,
+    seq: u64,
+    name: String,
+    event_id: String,
+    prop_keys: Vec<String>,
+    prop_kinds: Vec<u8>,
+    prop_numbers: Vec<f64>,
+    prop_strings: Vec<String>,
+    sender: String,
+    is_user: u8,
+    sender_anonymous: String,
+}
+
+/// A fetched row, for `drop_later_copies`.
+trait FetchedRow {
+    fn event_id(&self) -> &str;
+    fn seq(&self) -> u64;
+}
+
+impl FetchedRow for FetchedEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl FetchedRow for FetchedSent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 #[derive(Row, Deserialize)]
@@ -229,14 +295,7 @@ impl ClickHouse {
             new[i] = in_batch.insert(event.event_id.as_str());
         }
         let ids: Vec<&str> = in_batch.into_iter().collect();
-        let mut known = std::collections::HashSet::new();
-        for chunk in id_chunks(&ids) {
-            let mut cursor =
-                sql::known_ids(self.front(), project, chunk).fetch::<String>().map_err(|e| self.failed(&e))?;
-            while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
-                known.insert(id);
-            }
-        }
+        let known = self.stored_ids(project, &ids).await?;
         for (i, event) in events.iter().enumerate() {
             new[i] = new[i] && !known.contains(&event.event_id);
         }
@@ -252,6 +311,19 @@ impl ClickHouse {
         }
         insert.end().await.map_err(|e| self.failed(&e))?;
         Ok(new)
+    }
+
+    /// Which of `ids` the project has stored.
+    pub async fn stored_ids(&self, project: &str, ids: &[&str]) -> Result<std::collections::HashSet<String>> {
+        let mut known = std::collections::HashSet::new();
+        for chunk in id_chunks(ids) {
+            let mut cursor =
+                sql::known_ids(self.front(), project, chunk).fetch::<String>().map_err(|e| self.failed(&e))?;
+            while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
+                known.insert(id);
+            }
+        }
+        Ok(known)
     }
 
     /// Writes event rows as given (each with its seq), without looking at their ids.
@@ -389,7 +461,7 @@ impl ClickHouse {
         let mut events =
             sql::events(self.front(), project, fetch).fetch::<FetchedEvent>().map_err(|e| self.failed(&e))?;
 
-        let mut users = self.traits(project).await?.into_iter().peekable();
+        let mut users = self.traits(project, fetch.user.as_deref()).await?.into_iter().peekable();
         let mut batch = PersonBatch::default();
         let mut person: Option<(String, bool)> = None;
         let mut rows: Vec<FetchedEvent> = Vec::new();
@@ -426,10 +498,116 @@ impl ClickHouse {
         Ok(batch)
     }
 
-    /// Every user's traits now, by user id in byte order.
-    async fn traits(&self, project: &str) -> Result<Vec<(String, Vec<(String, Value)>)>> {
+    /// The latest value of a definition; `None` when it was never stored or was deleted.
+    pub async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let rows: Vec<MetaRow> = sql::meta_get(self.front(), key).fetch_all().await.map_err(|e| self.failed(&e))?;
+        Ok(rows.into_iter().next().filter(|row| row.deleted == 0).map(|row| row.value))
+    }
+
+    /// Stores a definition's value (or its deletion) as version `version`.
+    pub async fn meta_put(&self, key: &str, version: u64, value: Option<&[u8]>) -> Result<()> {
+        let mut insert = self.insert::<MetaRowRef<'_>>("meta").await?;
+        let row = MetaRowRef { key, version, deleted: u8::from(value.is_none()), value: value.unwrap_or_default() };
+        insert.write(&row).await.map_err(|e| self.failed(&e))?;
+        insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    /// Every live definition whose key starts with `prefix`, in key order.
+    pub async fn meta_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows: Vec<KeyedMetaRow> =
+            sql::meta_scan(self.front(), prefix).fetch_all().await.map_err(|e| self.failed(&e))?;
+        Ok(rows.into_iter().filter(|row| row.deleted == 0).map(|row| (row.key, row.value)).collect())
+    }
+
+    /// Stores records numbered from `first_seq`.
+    pub async fn append_records(&self, values: &[Vec<u8>], first_seq: u64) -> Result<()> {
+        let mut insert = self.insert::<RecordRow<'_>>("records").await?;
+        for (i, value) in values.iter().enumerate() {
+            insert.write(&RecordRow { seq: first_seq + i as u64, value }).await.map_err(|e| self.failed(&e))?;
+        }
+        insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    /// Every stored record in order.
+    pub async fn records(&self) -> Result<Vec<Vec<u8>>> {
+        let rows: Vec<StoredRecord> = sql::records(self.front()).fetch_all().await.map_err(|e| self.failed(&e))?;
+        Ok(rows.into_iter().map(|row| row.value).collect())
+    }
+
+    /// See `sql::generation`.
+    pub async fn generation(&self) -> Result<u64> {
+        sql::generation(self.front()).fetch_one().await.map_err(|e| self.failed(&e))
+    }
+
+    /// Bytes of the database in every server's files.
+    pub async fn bytes_on_disk(&self) -> Result<u64> {
+        let mut total = 0u64;
+        for server in &self.servers {
+            let bytes: u64 =
+                sql::bytes_on_disk(server, &self.database).fetch_one().await.map_err(|e| self.failed(&e))?;
+            total += bytes;
+        }
+        Ok(total)
+    }
+
+    /// Asks every shard server to remove a project's events from before `cutoff` (mutations,
+    /// run in the background; reads leave such events out meanwhile by their range).
+    pub async fn expire(&self, project: &str, cutoff: Micros) -> Result<()> {
+        for server in &self.servers {
+            sql::expire(server, project, cutoff).execute().await.map_err(|e| self.failed(&e))?;
+        }
+        Ok(())
+    }
+
+    /// The events `fetch` asks for as they were sent (user and anonymous ids included), in
+    /// person order, each once.
+    pub async fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>> {
         let mut cursor =
-            sql::trait_updates(self.front(), project).fetch::<FetchedUpdate>().map_err(|e| self.failed(&e))?;
+            sql::events_as_sent(self.front(), project, fetch).fetch::<FetchedSent>().map_err(|e| self.failed(&e))?;
+        let mut events = Vec::new();
+        let mut person: Vec<FetchedSent> = Vec::new();
+        loop {
+            let row = cursor.next().await.map_err(|e| self.failed(&e))?;
+            let same = match (&row, person.first()) {
+                (Some(row), Some(first)) => row.owner == first.owner && row.owner_is_user == first.owner_is_user,
+                _ => true,
+            };
+            if !same || row.is_none() {
+                drop_later_copies(&mut person);
+                for sent in person.drain(..) {
+                    let event = Event {
+                        event_id: sent.event_id,
+                        name: sent.name,
+                        user_id: if sent.is_user == 1 { sent.sender } else { String::new() },
+                        anonymous_id: sent.sender_anonymous,
+                        timestamp: sent.time,
+                        properties: properties(
+                            sent.prop_keys,
+                            &sent.prop_kinds,
+                            &sent.prop_numbers,
+                            sent.prop_strings,
+                        )?,
+                    };
+                    events.push((sent.seq, event));
+                }
+            }
+            match row {
+                Some(row) => person.push(row),
+                None => break,
+            }
+        }
+        Ok(events)
+    }
+
+    /// The anonymous ids credited to `user_id` now.
+    pub async fn anonymous_ids(&self, project: &str, user_id: &str) -> Result<Vec<String>> {
+        sql::aliased_to(self.front(), project, user_id).fetch_all().await.map_err(|e| self.failed(&e))
+    }
+
+    /// Every user's traits now, by user id in byte order.
+    async fn traits(&self, project: &str, user: Option<&str>) -> Result<Vec<(String, Vec<(String, Value)>)>> {
+        let mut cursor =
+            sql::trait_updates(self.front(), project, user).fetch::<FetchedUpdate>().map_err(|e| self.failed(&e))?;
         let mut users: Vec<(String, Vec<(String, Value)>)> = Vec::new();
         // One user at a time, folded with the embedded engine's own update rules.
         let mut folding = Traits::default();
@@ -475,26 +653,24 @@ fn id_chunks<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a
 }
 
 /// Drops the later copies (by seq) of a repeated id from one person's rows, keeping the order.
-fn drop_later_copies(rows: &mut Vec<FetchedEvent>) {
+fn drop_later_copies<R: FetchedRow>(rows: &mut Vec<R>) {
     // Copies are rare and a person's rows few: a check without allocating comes first.
     let repeated = if rows.len() <= 32 {
-        rows.iter().enumerate().any(|(i, a)| rows[..i].iter().any(|b| b.event_id == a.event_id))
+        rows.iter().enumerate().any(|(i, a)| rows[..i].iter().any(|b| b.event_id() == a.event_id()))
     } else {
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
-        !rows.iter().all(|row| seen.insert(row.event_id.as_str()))
+        !rows.iter().all(|row| seen.insert(row.event_id()))
     };
     if !repeated {
         return;
     }
     let mut first: HashMap<String, u64> = HashMap::new();
     for row in rows.iter() {
-        let seq = first.entry(row.event_id.clone()).or_insert(row.seq);
-        *seq = (*seq).min(row.seq);
+        let seq = first.entry(row.event_id().to_owned()).or_insert(row.seq());
+        *seq = (*seq).min(row.seq());
     }
     // The earliest copy, once even if two copies share a seq.
-    rows.retain(|row| {
-        first.get(row.event_id.as_str()) == Some(&row.seq) && first.remove(row.event_id.as_str()).is_some()
-    });
+    rows.retain(|row| first.get(row.event_id()) == Some(&row.seq()) && first.remove(row.event_id()).is_some());
 }
 
 fn row_event(row: FetchedEvent) -> Result<Event> {

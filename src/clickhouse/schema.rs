@@ -65,6 +65,25 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                 ENGINE = Distributed({cluster}, {db}, deleted_anonymous_local, cityHash64(anonymous_id))",
         ],
     ),
+    (
+        4,
+        &[
+            // Definitions (projects, keys, tracking plans, metrics, goals, cohorts,
+            // experiments) by key: every change is a new row, the highest version wins, and a
+            // deletion is a row with `deleted = 1`. Rows are never removed, so the row count
+            // moves with every change: nodes rebuild their caches when it does.
+            "CREATE TABLE IF NOT EXISTS {db}.meta_local (key String, version UInt64, deleted UInt8, value String)
+                ENGINE = MergeTree() ORDER BY (key, version)",
+            "CREATE TABLE IF NOT EXISTS {db}.meta AS {db}.meta_local
+                ENGINE = Distributed({cluster}, {db}, meta_local, cityHash64(key))",
+            // The engine's other records (quarantine changes, MANUAL metric values), encoded as
+            // the embedded log's values and replayed in `seq` order.
+            "CREATE TABLE IF NOT EXISTS {db}.records_local (seq UInt64, value String)
+                ENGINE = MergeTree() ORDER BY seq",
+            "CREATE TABLE IF NOT EXISTS {db}.records AS {db}.records_local
+                ENGINE = Distributed({cluster}, {db}, records_local, cityHash64(seq))",
+        ],
+    ),
 ];
 
 /// Which migrations a server has applied.

@@ -58,19 +58,39 @@ pub fn known_ids(client: &Client, project: &str, ids: &[&str]) -> Query {
 /// nesting; every joined subquery has a name, which ClickHouse 20 and later require
 /// (`joined_subquery_requires_alias`).
 pub fn events(client: &Client, project: &str, fetch: &Fetch) -> Query {
-    let mut sql = String::from(
-        "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings
+    events_with(client, project, fetch, false)
+}
+
+/// `events` with each event's user id and anonymous id as sent, last: (…, sender, is that a
+/// user id, the anonymous id).
+pub fn events_as_sent(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    events_with(client, project, fetch, true)
+}
+
+fn events_with(client: &Client, project: &str, fetch: &Fetch, as_sent: bool) -> Query {
+    let (outer, owned, aliased, inner) = if as_sent {
+        (
+            ", sender, is_user, sender_anonymous",
+            ", sender, sender_anonymous",
+            ", person AS sender, anonymous_id AS sender_anonymous",
+            ", anonymous_id",
+        )
+    } else {
+        ("", "", "", "")
+    };
+    let mut sql = format!(
+        "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings{outer}
          FROM (
           SELECT owner, owner_is_user, is_user, anonymous_deleted_at, deleted_at, time, seq, name, event_id,
-                 prop_keys, prop_kinds, prop_numbers, prop_strings
+                 prop_keys, prop_kinds, prop_numbers, prop_strings{owned}
           FROM (
            SELECT if(is_user = 1 OR live_user = '', person, live_user) AS owner,
                   toUInt8(is_user = 1 OR live_user != '') AS owner_is_user,
                   is_user, anonymous_deleted_at, time, seq, name, event_id,
-                  prop_keys, prop_kinds, prop_numbers, prop_strings
+                  prop_keys, prop_kinds, prop_numbers, prop_strings{aliased}
            FROM (
             SELECT person, is_user, live_user, time, seq, name, event_id,
-                   prop_keys, prop_kinds, prop_numbers, prop_strings
+                   prop_keys, prop_kinds, prop_numbers, prop_strings{inner}
             FROM events
             GLOBAL ANY LEFT JOIN (
                 SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS live_user
@@ -93,34 +113,87 @@ pub fn events(client: &Client, project: &str, fetch: &Fetch) -> Query {
             FROM deleted_users WHERE project = ? GROUP BY user_id
           ) AS owner_deletion USING (owner, owner_is_user)
          ) AS checked
-         WHERE is_user = 1 AND seq >= deleted_at OR is_user = 0 AND seq >= anonymous_deleted_at
-         ORDER BY owner, owner_is_user, time, seq",
+         WHERE (is_user = 1 AND seq >= deleted_at OR is_user = 0 AND seq >= anonymous_deleted_at)",
     );
+    if fetch.user.is_some() {
+        sql.push_str(" AND owner = ? AND owner_is_user = 1");
+    }
+    sql.push_str(" ORDER BY owner, owner_is_user, time, seq");
     let mut query = client.query(&sql).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
     if let Some(names) = &fetch.names {
         query = query.bind(names.as_slice());
     }
-    query.bind(project).bind(project).with_setting("wait_end_of_query", "1")
+    query = query.bind(project).bind(project);
+    if let Some(user) = &fetch.user {
+        query = query.bind(user.as_str());
+    }
+    query.with_setting("wait_end_of_query", "1")
 }
 
-/// A project's trait updates, by user then arrival, without a deleted user's updates from
-/// before the deletion.
-pub fn trait_updates(client: &Client, project: &str) -> Query {
+/// The latest row of a definition: (deleted, value).
+pub fn meta_get(client: &Client, key: &str) -> Query {
+    client
+        .query("SELECT deleted, value FROM meta WHERE key = ? ORDER BY version DESC LIMIT 1")
+        .bind(key)
+        .with_setting("wait_end_of_query", "1")
+}
+
+/// The latest row of each definition whose key starts with `prefix`, in key order:
+/// (key, deleted, value).
+pub fn meta_scan(client: &Client, prefix: &str) -> Query {
     client
         .query(
+            "SELECT key, argMax(deleted, version), argMax(value, version) FROM meta
+             WHERE substring(key, 1, ?) = ? GROUP BY key ORDER BY key",
+        )
+        .bind(prefix.len() as u64)
+        .bind(prefix)
+        .with_setting("wait_end_of_query", "1")
+}
+
+/// Every stored record, in the order they were stored.
+pub fn records(client: &Client) -> Query {
+    client.query("SELECT value FROM records ORDER BY seq").with_setting("wait_end_of_query", "1")
+}
+
+/// Moves with every definition change and every record stored (rows are only added).
+pub fn generation(client: &Client) -> Query {
+    client
+        .query("SELECT sum(rows) FROM (SELECT count() AS rows FROM meta UNION ALL SELECT count() AS rows FROM records)")
+}
+
+/// Bytes of the database's tables in one server's files.
+pub fn bytes_on_disk(client: &Client, database: &str) -> Query {
+    client.query("SELECT sum(bytes) FROM system.parts WHERE database = ? AND active").bind(database)
+}
+
+/// Removes, on one shard server, a project's events from before `cutoff`.
+pub fn expire(client: &Client, project: &str, cutoff: i64) -> Query {
+    client.query("ALTER TABLE events_local DELETE WHERE project = ? AND time < ?").bind(project).bind(cutoff)
+}
+
+/// A project's trait updates (or one user's), by user then arrival, without a deleted user's
+/// updates from before the deletion.
+pub fn trait_updates(client: &Client, project: &str, user: Option<&str>) -> Query {
+    let only = if user.is_some() { " AND user_id = ?" } else { "" };
+    let query = client
+        .query(&format!(
             "SELECT user_id, update_json FROM (
                 SELECT user_id, seq, update_json, deleted_at
-                FROM (SELECT user_id, seq, update_json FROM user_updates WHERE project = ?) AS updates
+                FROM (SELECT user_id, seq, update_json FROM user_updates WHERE project = ?{only}) AS updates
                 ANY LEFT JOIN (
                     SELECT user_id, max(seq) AS deleted_at FROM deleted_users WHERE project = ? GROUP BY user_id
                 ) AS deletion USING user_id
              ) AS checked
              WHERE seq >= deleted_at
-             ORDER BY user_id, seq",
-        )
-        .bind(project)
-        .bind(project)
-        .with_setting("wait_end_of_query", "1")
+             ORDER BY user_id, seq"
+        ))
+        .bind(project);
+    let query = match user {
+        Some(user) => query.bind(user),
+        None => query,
+    };
+    query.bind(project).with_setting("wait_end_of_query", "1")
 }
 
 /// The anonymous ids whose latest alias is `user_id`.
@@ -203,9 +276,19 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     }
     queries.push(known_ids(&client, "p", &["e1", "it's"]));
     queries.push(events(&client, "p", &Fetch::everything()));
-    let named = Fetch { names: Some(vec!["signup".into(), "purchase".into()]), from: 0, to: 86_400_000_000 };
+    let named =
+        Fetch { names: Some(vec!["signup".into(), "purchase".into()]), from: 0, to: 86_400_000_000, user: None };
     queries.push(events(&client, "p", &named));
-    queries.push(trait_updates(&client, "p"));
+    queries.push(events(&client, "p", &Fetch::of_user("u1")));
+    queries.push(events_as_sent(&client, "p", &Fetch::everything()));
+    queries.push(trait_updates(&client, "p", None));
+    queries.push(trait_updates(&client, "p", Some("u1")));
+    queries.push(meta_get(&client, "metric/p/m"));
+    queries.push(meta_scan(&client, "metric/p/"));
+    queries.push(records(&client));
+    queries.push(generation(&client));
+    queries.push(bytes_on_disk(&client, database));
+    queries.push(expire(&client, "p", 86_400_000_000));
     queries.push(aliased_to(&client, "p", "u1"));
     queries.extend(purge_user(&client, "p", "u1", &["a1", "a2"], 7));
     queries.extend(purge_user(&client, "p", "u1", &[], 7));

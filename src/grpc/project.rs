@@ -32,7 +32,7 @@ impl ProjectService for Api {
         let request = request.into_inner();
         let page = PageRequest { size: request.page_size, token: request.page_token };
         let (projects, next_page_token) =
-            self.blocking(move |engine| paginate(engine.list_projects(), |p| p.id.clone(), &page)).await?;
+            self.blocking(move |engine| paginate(engine.list_projects()?, |p| p.id.clone(), &page)).await?;
         Ok(Response::new(pb::ListProjectsResponse {
             projects: projects.into_iter().map(project_to_pb).collect(),
             next_page_token,

@@ -5,7 +5,8 @@ use tonic::{Request, Response};
 
 use super::convert::{event_to_pb, time_range, user_to_pb};
 use super::{Api, Reply};
-use crate::core::engine::users::EXPORT_CHUNK;
+use crate::core::engine::users::{EXPORT_CHUNK, Export};
+use crate::core::model::Event;
 use crate::core::page::PageRequest;
 use crate::pb::{self, user_service_server::UserService};
 
@@ -46,19 +47,34 @@ impl UserService for Api {
         let request = request.into_inner();
         let range = time_range("range", request.range.as_ref())?;
         let project = request.project.clone();
-        let (rows, generation) = self
-            .blocking(move |engine| engine.export_rows(&request.project, range, &request.names, &request.user_id))
+        let export = self
+            .blocking(move |engine| engine.export(&request.project, range, &request.names, &request.user_id))
             .await?;
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
-            for chunk in rows.chunks(EXPORT_CHUNK) {
-                let chunk = chunk.to_vec();
+            // Chunks of rows to read (the embedded table) or of events read already (a remote engine).
+            let chunks: Vec<Result<Vec<Event>, (Vec<u32>, u64)>> = match export {
+                Export::Rows { rows, generation } => {
+                    rows.chunks(EXPORT_CHUNK).map(|chunk| Err((chunk.to_vec(), generation))).collect()
+                }
+                Export::Events(events) => {
+                    let mut events = events.into_iter();
+                    std::iter::from_fn(|| Some(events.by_ref().take(EXPORT_CHUNK).collect::<Vec<_>>()))
+                        .take_while(|chunk| !chunk.is_empty())
+                        .map(Ok)
+                        .collect()
+                }
+            };
+            for chunk in chunks {
                 let project = project.clone();
                 // A key revoked or expired mid-export ends the stream (UNAUTHENTICATED).
-                let events = match grant.recheck(&api.engine) {
-                    Ok(()) => api.blocking(move |engine| engine.events_at(&project, &chunk, generation)).await,
-                    Err(status) => Err(status),
+                let events = match (grant.recheck(&api.engine), chunk) {
+                    (Err(status), _) => Err(status),
+                    (Ok(()), Ok(events)) => Ok(events),
+                    (Ok(()), Err((rows, generation))) => {
+                        api.blocking(move |engine| engine.events_at(&project, &rows, generation)).await
+                    }
                 };
                 let message = events
                     .map(|events| pb::ExportEventsResponse { events: events.into_iter().map(event_to_pb).collect() });

@@ -51,6 +51,11 @@ pub trait Storage: Send + Sync + 'static {
     /// the values `extra` puts, so that nothing left out stays in any file. The caller makes sure nothing is
     /// appended meanwhile (the writer thread calls it).
     fn rewrite_log(&self, keep: &mut dyn FnMut(&[u8]) -> Result<bool>, extra: &mut ExtraValues<'_>) -> Result<()>;
+    /// Where events, traits and aliases live when another engine keeps them (the ClickHouse
+    /// backend); none when they are the log's records, applied to the engine's own table.
+    fn remote_events(&self) -> Option<&dyn crate::core::store::remote::RemoteEvents> {
+        None
+    }
 }
 
 /// A point in the log: the database that holds it (compaction rewrites the log into a new

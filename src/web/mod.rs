@@ -184,7 +184,10 @@ async fn dashboard(State(web): State<Web>, RawQuery(raw): RawQuery, parts: axum:
         Err(error) => return failure(error),
     };
     let Some(project) = project else {
-        let projects = web.engine.list_projects();
+        let projects = match blocking(&web, |engine| engine.list_projects()).await {
+            Ok(projects) => projects,
+            Err(error) => return failure(error),
+        };
         return html(StatusCode::OK, views::chooser(&projects).into_string());
     };
     let request = query.request;

@@ -48,6 +48,7 @@ impl TestServer {
 
     pub async fn start_in(dir: &Path, configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig::for_data_dir(dir.to_path_buf());
+        on_clickhouse_if_asked(&mut config, dir);
         configure(&mut config);
         let running = server::start(&config).await.expect("server starts");
         let channel =
@@ -156,6 +157,47 @@ pub const BOOTSTRAP: &str = "test-bootstrap-key-0123456789";
 /// A request carrying `authorization: Bearer <key>`.
 /// The bytes of every file under `path` (or of `path`, a file): walked here, independently of
 /// the server's own accounting, so that a test can check that.
+/// With `SEXTANT_TEST_STORAGE=clickhouse` (and `SEXTANT_CLICKHOUSE_URL`), servers run on the
+/// ClickHouse cluster, each data dir with a database of its own (a restart finds it again):
+/// how `scripts/test.sh` runs end-to-end tests against both backends.
+pub fn on_clickhouse_if_asked(config: &mut ServeConfig, dir: &Path) {
+    if std::env::var("SEXTANT_TEST_STORAGE").as_deref() != Ok("clickhouse") {
+        return;
+    }
+    let urls =
+        std::env::var("SEXTANT_CLICKHOUSE_URL").expect("SEXTANT_TEST_STORAGE=clickhouse needs SEXTANT_CLICKHOUSE_URL");
+    on_clickhouse(config, &urls, &database_for(dir));
+}
+
+/// `on_clickhouse_if_asked` as `sextant serve` flags, for tests that run the binary.
+pub fn clickhouse_flags_if_asked(dir: &Path) -> Vec<String> {
+    if std::env::var("SEXTANT_TEST_STORAGE").as_deref() != Ok("clickhouse") {
+        return Vec::new();
+    }
+    let urls =
+        std::env::var("SEXTANT_CLICKHOUSE_URL").expect("SEXTANT_TEST_STORAGE=clickhouse needs SEXTANT_CLICKHOUSE_URL");
+    let database = database_for(dir);
+    ["--storage", "clickhouse", "--clickhouse-url", &urls, "--clickhouse-database", &database]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Points `config` at the cluster `urls`, database `database`.
+pub fn on_clickhouse(config: &mut ServeConfig, urls: &str, database: &str) {
+    config.storage = sextant::config::StorageKind::Clickhouse;
+    config.clickhouse_url = urls.split(',').map(str::to_owned).collect();
+    config.clickhouse_database = database.to_owned();
+    config.clickhouse_cluster = "sextant".into();
+}
+
+/// A database name of its own for a test's data dir.
+pub fn database_for(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    format!("t{:016x}", hasher.finish())
+}
+
 pub fn bytes_under(path: &Path) -> u64 {
     let meta = std::fs::metadata(path).unwrap();
     if !meta.is_dir() {

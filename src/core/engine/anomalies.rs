@@ -38,7 +38,7 @@ impl Engine {
         }
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = state.data.source();
+        let source = self.events(&state)?;
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         let tz = time::parse_zone("timezone", zone)?;
         let metric = state.defs.metrics.resolve_target(target)?;
@@ -75,7 +75,7 @@ impl Engine {
         let points = series.into_iter().next().map(|s| s.points).unwrap_or_default();
         // The project's first data: events, or values recorded for MANUAL metrics.
         let first_manual = state.data.manual.values().filter_map(|values| values.keys().next().map(|k| k.0)).min();
-        let data_start = [state.data.table.min_time(), first_manual].into_iter().flatten().min();
+        let data_start = [source.time_span().map(|(first, _)| first), first_manual].into_iter().flatten().min();
         drop(state);
 
         let now = self.clock.now();

@@ -10,7 +10,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let started = std::time::Instant::now();
-        let result = run(&state.data.source(), &state.defs.metrics, &state.defs.cohorts, &query)?;
+        let result = run(&self.events(&state)?, &state.defs.metrics, &state.defs.cohorts, &query)?;
         tracing::debug!(
             project = %project,
             model = ?query.model,

@@ -6,6 +6,7 @@ use crate::core::engine::meta::MetaKey;
 use crate::core::engine::{Definitions, Engine};
 use crate::core::model::Micros;
 use crate::core::page::{PageRequest, paginate};
+use crate::core::store::source::EventSource;
 use crate::error::{Error, Result, echo};
 
 impl Engine {
@@ -78,8 +79,8 @@ impl Engine {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = state.data.source();
         let cohort = state.defs.cohort(id)?;
+        let source = self.events(&state)?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
             Definition::Conditions(_) => member_ids(&source, &evaluate(&source, cohort, self.clock.now())),
@@ -97,9 +98,10 @@ impl Engine {
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,
             Definition::Conditions(_) => {
-                let mask = evaluate(&state.data.source(), cohort, now);
-                let table = &state.data.table;
-                (0..table.canonical().len()).filter(|&p| table.canonical()[p] as usize == p && mask[p]).count() as u64
+                let source = self.events(&state)?;
+                let mask = evaluate(&source, cohort, now);
+                let canonical = source.canonical();
+                (0..canonical.len()).filter(|&p| canonical[p] as usize == p && mask[p]).count() as u64
             }
         };
         Ok((size, now))

@@ -11,6 +11,9 @@ use crate::core::engine::{Engine, ProjectEntry};
 use crate::core::ingest::{CompactJob, WriterTask};
 use crate::error::{Error, Result};
 
+/// How long a compaction waits for a remote engine's removals.
+pub(crate) const REMOTE_SETTLE: Duration = Duration::from_secs(600);
+
 /// The data directory's size around a compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compacted {
@@ -22,7 +25,29 @@ impl Engine {
     /// Rewrites `project`'s stored data (every project's when empty) from what it holds now,
     /// so deleted users, expired events and deleted records are in no file any more. Writes
     /// wait while it runs; it returns when the new files are durable and the old ones gone.
+    ///
+    /// On a remote engine (ClickHouse) the removals are its own background mutations, which
+    /// DeleteUser and retention started: this waits for them to finish.
     pub async fn compact(&self, project: &str) -> Result<Compacted> {
+        if self.remote().is_some() {
+            if !project.is_empty() {
+                self.project(project)?;
+            }
+            let storage = self.storage.clone();
+            return tokio::task::spawn_blocking(move || {
+                let remote = storage.remote_events().ok_or_else(|| Error::Internal("no remote engine".into()))?;
+                let bytes_before = storage.bytes_on_disk()?;
+                if !remote.settle(REMOTE_SETTLE)? {
+                    return Err(Error::BackendUnavailable(format!(
+                        "clickhouse mutations still running after {} s; retry later",
+                        REMOTE_SETTLE.as_secs()
+                    )));
+                }
+                Ok(Compacted { bytes_before, bytes_after: storage.bytes_on_disk()? })
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("task failed: {e}")))?;
+        }
         let projects = if project.is_empty() {
             self.projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect()
         } else {
@@ -34,6 +59,9 @@ impl Engine {
     /// The background pass: compacts the projects that deleted or expired something since
     /// their last compaction, if any.
     pub async fn compact_if_needed(self: &Arc<Self>) -> Result<Option<Compacted>> {
+        if self.remote().is_some() {
+            return Ok(None); // ClickHouse runs its mutations itself
+        }
         // Project locks may wait for a writer: off the executor.
         let due: Vec<(String, Arc<ProjectEntry>)> = self
             .off_executor(|engine| {

@@ -314,7 +314,8 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let tz = time::parse_zone("timezone", &state.project.timezone)?;
-        Ok((state.defs.metrics.latest_metrics().into_values().collect(), tz, state.data.table.max_time()))
+        let latest = self.events(&state)?.time_span().map(|(_, last)| last);
+        Ok((state.defs.metrics.latest_metrics().into_values().collect(), tz, latest))
     }
 
     /// The page's range for a request (see `day_range`).

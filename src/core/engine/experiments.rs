@@ -1,6 +1,7 @@
 //! Experiments of the engine: stored definitions with their lifecycle, assignment, exposure
 //! logging and the readout over stored events.
 
+use crate::core::store::source::EventSource;
 use std::sync::Arc;
 
 use crate::core::catalog::validate_slug;
@@ -346,11 +347,12 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let experiment = state.defs.experiment(key)?;
-        if cohort_id.is_empty() && config.is_none() {
-            let compute = || results(&state, experiment, cohort_id, experiment.readout, now);
+        let compute = || results(&self.events(&state)?, &state, experiment, cohort_id, config, now);
+        // A remote engine's events change without this node knowing: nothing is cached then.
+        if cohort_id.is_empty() && config.is_none() && self.remote().is_none() {
             return self.readouts.get_or_compute(project, &state, experiment, now, compute);
         }
-        results(&state, experiment, cohort_id, config.unwrap_or(experiment.readout), now)
+        compute()
     }
 }
 
@@ -384,14 +386,15 @@ fn exposure_event(state: &ProjectState, item: ExposureItem, now: Micros) -> Resu
 /// values, comparisons with the correction over primary and secondary metrics, SRM and the
 /// decision.
 pub fn results(
+    source: &impl EventSource,
     state: &ProjectState,
     experiment: &Experiment,
     cohort_id: &str,
-    config: ReadoutConfig,
+    config: Option<ReadoutConfig>,
     now: Micros,
 ) -> Result<ExperimentResults> {
-    let source = state.data.source();
-    let members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", cohort_id)?;
+    let config = config.unwrap_or(experiment.readout);
+    let members = crate::core::cohort::resolve(source, &state.defs.cohorts, "cohort_id", cohort_id)?;
     let start = experiment.start_time.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "experiment {} has no start_time: start it, or set start_time for a backfill",
@@ -399,14 +402,15 @@ pub fn results(
         ))
     })?;
     let end = experiment.end_time.map_or(now, |end| end.min(now)).max(start);
-    let exposures = measure::exposures(&source, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
-    read_out(state, experiment, &exposures, config, (start, end), now)
+    let exposures = measure::exposures(source, experiment, start, end, members.as_ref().map(|m| m.as_slice()));
+    read_out(source, state, experiment, &exposures, config, (start, end), now)
 }
 
 /// Measures and analyses `exposures` of an experiment (or of a holdout, read as one) over the
 /// analysis range `[start, end)`: per-user values, comparisons with the correction over
 /// primary and secondary metrics, SRM and the decision.
 pub fn read_out(
+    source: &impl EventSource,
     state: &ProjectState,
     experiment: &Experiment,
     exposures: &measure::Exposures,
@@ -432,7 +436,7 @@ pub fn read_out(
         winsorize_percentile: stats.winsorize_percentile,
     };
     let plans: Vec<MetricPlan> = chosen.iter().map(|&(_, metric, kind)| MetricPlan { metric, kind }).collect();
-    let measured = measure::measure(&state.data.source(), &metrics, experiment, exposures, &plans, &windows)?;
+    let measured = measure::measure(source, &metrics, experiment, exposures, &plans, &windows)?;
 
     // Control first, then the other variants in definition order.
     let control = experiment.control();

@@ -1,8 +1,11 @@
 //! Data retention of the engine: expiring old events through the log.
 
-use crate::core::engine::Engine;
+use crate::core::engine::compaction::REMOTE_SETTLE;
+use crate::core::engine::{Engine, ProjectEntry};
 use crate::core::model::Micros;
 use crate::core::store::record::LogRecord;
+use crate::core::store::remote::Fetch;
+use crate::core::store::source::EventSource;
 use crate::error::Result;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,9 @@ impl Engine {
     /// Drops events of `project` with a timestamp before `before`; returns how many.
     pub async fn expire_events(self: &Arc<Self>, project: &str, before: Micros) -> Result<u64> {
         let entry = self.project(project)?;
+        if self.remote().is_some() {
+            return self.expire_remote(project, entry, before).await;
+        }
         // The project lock may wait for a writer: counted off the executor.
         let counted = entry.clone();
         let expiring = self
@@ -33,10 +39,42 @@ impl Engine {
         Ok(expiring)
     }
 
+    /// `expire_events` on a remote engine: its events go by its own mutations, awaited here
+    /// so that no read sees them afterwards; old quarantined events by a record, as here.
+    async fn expire_remote(self: &Arc<Self>, project: &str, entry: Arc<ProjectEntry>, before: Micros) -> Result<u64> {
+        let project_id = project.to_owned();
+        let expiring = self
+            .on_remote(move |remote| {
+                let old = Fetch { to: before, ..Fetch::everything() };
+                let expiring = remote.person_batch(&project_id, &old)?.row_count() as u64;
+                if expiring > 0 {
+                    remote.expire(&project_id, before)?;
+                    if !remote.settle(REMOTE_SETTLE)? {
+                        tracing::warn!(project = %project_id, "clickhouse retention mutations still running");
+                    }
+                }
+                Ok(expiring)
+            })
+            .await?;
+        let old_quarantine = self
+            .read_project(&entry, move |_, state| {
+                Ok(state.data.quarantine.values().any(|q| q.event.timestamp < before))
+            })
+            .await?;
+        if old_quarantine {
+            let record = LogRecord::EventsExpired { project: project.to_owned(), before };
+            self.write(entry, vec![record], vec![]).await?;
+        }
+        if expiring > 0 {
+            tracing::info!(project = %project, events = expiring, before, "retention dropped old events");
+        }
+        Ok(expiring)
+    }
+
     /// One pass of the retention job over every project with a retention setting.
     pub async fn enforce_retention(self: &Arc<Self>, now: Micros) -> Result<u64> {
         let mut dropped = 0;
-        for project in self.list_projects() {
+        for project in self.list_projects()? {
             let Some(before) = project.retention_cutoff(now) else {
                 continue;
             };

@@ -4,6 +4,7 @@
 use crate::core::engine::Engine;
 use crate::core::framework::*;
 use crate::core::model::EventType;
+use crate::core::store::source::EventSource;
 use crate::error::Result;
 
 impl Engine {
@@ -18,8 +19,9 @@ impl Engine {
         let (plan, metrics, types) = {
             let entry = self.project(project)?;
             let state = entry.read();
-            let table = &state.data.table;
-            let seen = |name: &str| table.names().get(name).is_some_and(|id| table.name_counts()[id as usize] > 0);
+            let source = self.events(&state)?;
+            let counts = source.name_counts();
+            let seen = |name: &str| source.names().get(name).is_some_and(|id| counts[id as usize] > 0);
             let metrics = state.defs.metrics.latest_metrics();
             let view = ProjectView { seen: &seen, metrics: &metrics };
             (plan(framework, mapping, &view, &state.defs.event_types), metrics, state.defs.event_types.clone())

@@ -12,6 +12,6 @@ impl Engine {
         if query.timezone.is_empty() {
             query.timezone = state.project.timezone.clone();
         }
-        run(&state.data.source(), &state.defs.cohorts, &query)
+        run(&self.events(&state)?, &state.defs.cohorts, &query)
     }
 }

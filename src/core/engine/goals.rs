@@ -80,7 +80,7 @@ impl Engine {
         let goal =
             state.defs.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))?;
         measure(
-            &state.data.source(),
+            &self.events(&state)?,
             &state.defs.metrics,
             &state.defs.cohorts,
             &state.project.timezone,

@@ -77,7 +77,8 @@ impl Engine {
         let holdout = state.defs.holdouts.get(key).ok_or_else(|| not_found(key))?;
         let start = holdout.start_time.unwrap_or(holdout.created);
         let end = holdout.end_time.map_or(now, |end| end.min(now)).max(start);
-        let exposures = seen_people(&state.data.source(), holdout, start, end);
-        read_out(&state, &holdout.as_experiment(), &exposures, config, (start, end), now)
+        let source = self.events(&state)?;
+        let exposures = seen_people(&source, holdout, start, end);
+        read_out(&source, &state, &holdout.as_experiment(), &exposures, config, (start, end), now)
     }
 }

@@ -34,13 +34,45 @@ impl Engine {
     /// Queues a write job; the receiver answers once the writer made it durable. The writer
     /// handles jobs in queue order, so of two jobs repeating an id the first queued is stored.
     /// `absent_at`: see `WriteJob::absent_at`.
+    ///
+    /// With a remote engine (ClickHouse), events go there instead and are stored when this
+    /// returns; the other records still go through the writer (to the remote's record table).
     async fn submit(
         &self,
         project: Arc<ProjectEntry>,
-        records: Vec<LogRecord>,
-        keys: Vec<u128>,
+        mut records: Vec<LogRecord>,
+        mut keys: Vec<u128>,
         absent_at: Option<u64>,
     ) -> Result<oneshot::Receiver<Result<WriteResult>>> {
+        if self.remote().is_some()
+            && let Some(LogRecord::Events { .. }) = records.first()
+        {
+            let LogRecord::Events { project: id, events } = records.remove(0) else { unreachable!("checked above") };
+            let entry = project.clone();
+            let stored = self
+                .on_remote(move |remote| {
+                    let stored = remote.store_events(&id, &events)?;
+                    // Live watchers on this node see the write (other nodes' writes: at their next tick).
+                    entry.read().changes.send_modify(|n| *n += 1);
+                    Ok(stored)
+                })
+                .await?;
+            let accepted = stored.iter().filter(|s| **s).count() as u64;
+            let written = WriteResult { accepted, duplicates: stored.len() as u64 - accepted };
+            ::metrics::counter!("sextant_events_accepted_total").increment(written.accepted);
+            ::metrics::counter!("sextant_events_duplicate_total").increment(written.duplicates);
+            keys.clear();
+            let (reply, receiver) = oneshot::channel();
+            if records.is_empty() {
+                let _ = reply.send(Ok(written));
+            } else {
+                let rest = Box::pin(self.submit(project, records, keys, absent_at)).await?;
+                tokio::spawn(async move {
+                    let _ = reply.send(rest.await.map_err(|_| Error::Unavailable).and_then(|r| r.map(|_| written)));
+                });
+            }
+            return Ok(receiver);
+        }
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;
         let encoded = records.iter().map(encode_record).collect::<Result<Vec<_>>>()?;
         let (reply, receiver) = oneshot::channel();
@@ -64,7 +96,11 @@ impl Engine {
         }
         if !quarantine.is_empty() {
             for entry in &mut quarantine {
-                entry.id = self.next_quarantine_id.fetch_add(1, Ordering::Relaxed);
+                entry.id = match self.remote() {
+                    // Several nodes number entries: ids from the remote's write numbers.
+                    Some(remote) => remote.next_id(),
+                    None => self.next_quarantine_id.fetch_add(1, Ordering::Relaxed),
+                };
             }
             records.push(LogRecord::Quarantined { project: project.to_owned(), entries: quarantine });
         }
@@ -129,12 +165,23 @@ impl Engine {
     ) -> Result<(TrackOutcome, Option<PreparedWrite>)> {
         self.limits.check_batch("events", items.len())?;
         let entry = self.project(project_id)?;
+        // A remote engine's stored ids, looked up at once for the events the plan may judge
+        // (see `Received::stored`); when the plan judges none, `store_events` answers.
+        let remote_stored = match self.remote() {
+            Some(remote) if enforce_plan && entry.read().project.enforcement != Enforcement::Allow => {
+                let ids: Vec<String> =
+                    items.iter().filter_map(|item| item.event.as_ref().ok().map(|e| e.event_id.clone())).collect();
+                remote.stored_ids(project_id, &ids)?
+            }
+            _ => Default::default(),
+        };
         let sorted = {
             let state = entry.read();
             let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
             let held: std::collections::HashSet<&str> =
                 state.data.quarantine.values().map(|q| q.event.event_id.as_str()).collect();
-            let stored = |id: &str| self.seen.read().contains(&ingest::event_key(project_id, id));
+            let stored =
+                |id: &str| remote_stored.contains(id) || self.seen.read().contains(&ingest::event_key(project_id, id));
             let quarantined = |id: &str| held.contains(id);
             let received = ingest::Received { stored: &stored, quarantined: &quarantined };
             let now = self.clock.now();
@@ -201,6 +248,11 @@ impl Engine {
             return Ok((0, rejected));
         }
         let updated = valid.len() as u64;
+        if self.remote().is_some() {
+            let project = project_id.to_owned();
+            self.on_remote(move |remote| remote.store_user_updates(&project, &valid)).await?;
+            return Ok((updated, rejected));
+        }
         let record = LogRecord::Users { project: project_id.to_owned(), at: self.clock.now(), updates: valid };
         self.write(entry, vec![record], vec![]).await?;
         Ok((updated, rejected))
@@ -213,6 +265,10 @@ impl Engine {
                 return Err(Error::invalid(field, "must not be empty"));
             }
             ingest::validate_user_id(field, id)?;
+        }
+        if self.remote().is_some() {
+            let project = project_id.to_owned();
+            return self.on_remote(move |remote| remote.store_alias(&project, &anonymous_id, &user_id)).await;
         }
         let record = LogRecord::Alias { project: project_id.to_owned(), anonymous_id, user_id };
         self.write(entry, vec![record], vec![]).await?;

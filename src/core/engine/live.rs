@@ -42,6 +42,8 @@ use tokio::sync::watch;
 
 /// Fewest time between two messages of one stream, and between two evaluations of a feed.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a live feed re-reads a remote engine (ClickHouse) that other nodes write to.
+const REMOTE_POLL: Duration = Duration::from_secs(2);
 /// Share of one core that feed evaluations may use together (see the module doc).
 const LIVE_CPU_SHARE: f64 = 0.025;
 
@@ -273,7 +275,11 @@ impl FeedTask {
         let mut evaluated_at = Instant::now();
         loop {
             // New data, or the start of the next bucket.
-            let to_next_bucket = Duration::from_micros((bucket_end - self.engine.clock.now()).max(0) as u64);
+            let mut to_next_bucket = Duration::from_micros((bucket_end - self.engine.clock.now()).max(0) as u64);
+            if self.engine.remote().is_some() {
+                // Other nodes' writes to a shared remote engine notify nobody here: poll.
+                to_next_bucket = to_next_bucket.min(REMOTE_POLL);
+            }
             let mut changes = self.changes.clone();
             let wake = self
                 .wait(async move {
@@ -355,7 +361,7 @@ impl Engine {
         spec.granularity.series("granularity")?;
         let entry = self.project(&spec.project)?;
         let state = entry.read();
-        let source = state.data.source();
+        let source = self.events(&state)?;
         // Read under the lock the writer applies under: a later `computed` saw every write an
         // earlier one saw (streams rely on that to skip stale readings).
         let now = self.clock.now();

@@ -188,7 +188,7 @@ impl Engine {
         let compare = compare.unwrap_or_default();
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = state.data.source();
+        let source = self.events(&state)?;
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
@@ -218,7 +218,7 @@ impl Engine {
     ) -> Result<(TreeNode, Option<(Micros, Micros)>)> {
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = state.data.source();
+        let source = self.events(&state)?;
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;

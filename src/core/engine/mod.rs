@@ -46,8 +46,9 @@ use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate,
 use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
 use crate::core::store::record::{LogRecord, decode_record};
+use crate::core::store::remote::{Fetch, RemoteEvents};
 use crate::core::store::segment::Manifest;
-use crate::core::store::source::EventSource;
+use crate::core::store::source::{AnySource, EventSource};
 use crate::error::{Error, Result, echo};
 use crate::storage::{LogPosition, Storage};
 use meta::{MetaKey, MetaKind};
@@ -115,6 +116,10 @@ pub struct Engine {
     pub(crate) readouts: crate::core::engine::readout_cache::ReadoutCache,
     /// Where projects' event columns are kept (none: in memory).
     columns: Option<Arc<ColumnSpace>>,
+    /// With a remote engine: the generation (`RemoteEvents::generation`) this node's
+    /// definitions and records were loaded at, and one rebuild at a time (see `refresh`).
+    remote_generation: AtomicU64,
+    reloading: Mutex<()>,
 }
 
 /// The engine's column files under a data directory: `segments` (checkpointed, see
@@ -126,6 +131,68 @@ fn column_spaces(dir: &std::path::Path) -> Result<Arc<ColumnSpace>> {
     ColumnSpace::durable(&dir.join("segments"), scratch).map_err(|e| prepare("segments", e))
 }
 
+/// Projects with their definitions (and, from a checkpoint, their data) and API keys, as
+/// meta storage holds them: what `Engine::open` starts from and a remote engine's refresh
+/// rebuilds.
+fn load_definitions(
+    storage: &dyn Storage,
+    columns: Option<&Arc<ColumnSpace>>,
+    manifest: Option<&Manifest>,
+) -> Result<(BTreeMap<String, ProjectState>, BTreeMap<String, ApiKey>)> {
+    let mut projects = BTreeMap::new();
+    for (key, bytes) in storage.scan_meta(MetaKind::Project.prefix())? {
+        let project: Project = meta::decode(&key, &bytes)?;
+        // A checkpointed project is loaded, not made empty first (its new files unused).
+        let state = match (columns, manifest.and_then(|m| m.projects.get(&project.id))) {
+            (Some(space), Some(files)) => ProjectState::with_data(project, ProjectData::load(space, files)?),
+            _ => ProjectState::new(project, columns),
+        };
+        projects.insert(state.project.id.clone(), state);
+    }
+    // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
+    fn load<T: DeserializeOwned>(
+        storage: &dyn Storage,
+        kind: MetaKind,
+        projects: &mut BTreeMap<String, ProjectState>,
+        mut add: impl FnMut(&mut ProjectState, T),
+    ) -> Result<()> {
+        for (key, bytes) in storage.scan_meta(kind.prefix())? {
+            let object: T = meta::decode(&key, &bytes)?;
+            if let Some(state) = projects.get_mut(MetaKind::project_of(&key)) {
+                add(state, object);
+            }
+        }
+        Ok(())
+    }
+    load(storage, MetaKind::EventType, &mut projects, |state, t: EventType| {
+        state.defs.event_types.insert(t.name.clone(), t);
+    })?;
+    // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
+    load(storage, MetaKind::Metric, &mut projects, |state, m: Metric| {
+        state.defs.metrics.entry(m.key.clone()).or_default().push(m);
+    })?;
+    load(storage, MetaKind::Goal, &mut projects, |state, g: Goal| {
+        state.defs.goals.insert(g.id.clone(), g);
+    })?;
+    load(storage, MetaKind::Cohort, &mut projects, |state, c: Cohort| {
+        state.defs.cohorts.insert(c.id.clone(), c);
+    })?;
+    load(storage, MetaKind::Experiment, &mut projects, |state, e: Experiment| {
+        state.defs.experiments.insert(e.key.clone(), e);
+    })?;
+    load(storage, MetaKind::Holdout, &mut projects, |state, h: Holdout| {
+        state.defs.holdouts.insert(h.key.clone(), h);
+    })?;
+    let mut api_keys = BTreeMap::new();
+    for (key, bytes) in storage.scan_meta(MetaKind::ApiKey.prefix())? {
+        let api_key: ApiKey = meta::decode(&key, &bytes)?;
+        if projects.contains_key(&api_key.project) {
+            api_keys.insert(api_key.id.clone(), api_key);
+        }
+    }
+    Ok((projects, api_keys))
+}
+
 /// How many write jobs may wait for the writer before senders wait too.
 const WRITE_QUEUE: usize = 64;
 
@@ -133,6 +200,8 @@ impl Engine {
     /// Loads meta objects and replays the log, then starts the writer.
     pub fn open(storage: Arc<dyn Storage>, limits: Limits, clock: Clock) -> Result<Arc<Engine>> {
         let started = std::time::Instant::now();
+        // Read before the definitions, so a change made meanwhile triggers a rebuild.
+        let remote_generation = storage.remote_events().map(|remote| remote.generation()).transpose()?;
         let columns = match storage.files_dir() {
             Some(dir) => Some(column_spaces(&dir)?),
             None => None,
@@ -150,57 +219,7 @@ impl Engine {
             let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
             space.keep_only(listed).map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
         }
-        let mut projects = BTreeMap::new();
-        for (key, bytes) in storage.scan_meta(MetaKind::Project.prefix())? {
-            let project: Project = meta::decode(&key, &bytes)?;
-            // A checkpointed project is loaded, not made empty first (its new files unused).
-            let state = match (&columns, manifest.as_ref().and_then(|m| m.projects.get(&project.id))) {
-                (Some(space), Some(files)) => ProjectState::with_data(project, ProjectData::load(space, files)?),
-                _ => ProjectState::new(project, columns.as_ref()),
-            };
-            projects.insert(state.project.id.clone(), state);
-        }
-        // Per-project objects are keyed `kind/<project>/...`; objects of unknown projects are skipped.
-        fn load<T: DeserializeOwned>(
-            storage: &dyn Storage,
-            kind: MetaKind,
-            projects: &mut BTreeMap<String, ProjectState>,
-            mut add: impl FnMut(&mut ProjectState, T),
-        ) -> Result<()> {
-            for (key, bytes) in storage.scan_meta(kind.prefix())? {
-                let object: T = meta::decode(&key, &bytes)?;
-                if let Some(state) = projects.get_mut(MetaKind::project_of(&key)) {
-                    add(state, object);
-                }
-            }
-            Ok(())
-        }
-        load(storage.as_ref(), MetaKind::EventType, &mut projects, |state, t: EventType| {
-            state.defs.event_types.insert(t.name.clone(), t);
-        })?;
-        // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
-        load(storage.as_ref(), MetaKind::Metric, &mut projects, |state, m: Metric| {
-            state.defs.metrics.entry(m.key.clone()).or_default().push(m);
-        })?;
-        load(storage.as_ref(), MetaKind::Goal, &mut projects, |state, g: Goal| {
-            state.defs.goals.insert(g.id.clone(), g);
-        })?;
-        load(storage.as_ref(), MetaKind::Cohort, &mut projects, |state, c: Cohort| {
-            state.defs.cohorts.insert(c.id.clone(), c);
-        })?;
-        load(storage.as_ref(), MetaKind::Experiment, &mut projects, |state, e: Experiment| {
-            state.defs.experiments.insert(e.key.clone(), e);
-        })?;
-        load(storage.as_ref(), MetaKind::Holdout, &mut projects, |state, h: Holdout| {
-            state.defs.holdouts.insert(h.key.clone(), h);
-        })?;
-        let mut api_keys = BTreeMap::new();
-        for (key, bytes) in storage.scan_meta(MetaKind::ApiKey.prefix())? {
-            let api_key: ApiKey = meta::decode(&key, &bytes)?;
-            if projects.contains_key(&api_key.project) {
-                api_keys.insert(api_key.id.clone(), api_key);
-            }
-        }
+        let (mut projects, api_keys) = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
         let mut seen = match (&columns, &manifest) {
             (Some(space), Some(manifest)) => match &manifest.seen {
                 Some(sorted) => SeenIds::load_sorted(space, sorted)?,
@@ -285,6 +304,8 @@ impl Engine {
             live: crate::core::engine::live::LiveHub::default(),
             readouts: Default::default(),
             columns,
+            remote_generation: AtomicU64::new(remote_generation.unwrap_or_default()),
+            reloading: Mutex::new(()),
         }))
     }
 
@@ -385,12 +406,107 @@ impl Engine {
         self.off_executor(move |engine| read(engine, &entry.read())).await
     }
 
+    /// The engine keeping events, traits and aliases when it is not this one (ClickHouse).
+    pub(crate) fn remote(&self) -> Option<&dyn RemoteEvents> {
+        self.storage.remote_events()
+    }
+
+    /// Runs a call of the remote engine on the blocking pool (it waits for the network).
+    pub(crate) async fn on_remote<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn RemoteEvents) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || match storage.remote_events() {
+            Some(remote) => call(remote),
+            None => Err(Error::Internal("no remote engine".into())),
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("task failed: {e}")))?
+    }
+
+    /// Every event of `state`'s project, as its analyses read them.
+    pub(crate) fn events<'a>(&self, state: &'a ProjectState) -> Result<AnySource<'a>> {
+        self.events_of(state, &Fetch::everything())
+    }
+
+    /// The events `fetch` asks for: the project's own table (all of it: a scan prunes), or
+    /// what the remote engine returns, with the MANUAL values this node keeps.
+    pub(crate) fn events_of<'a>(&self, state: &'a ProjectState, fetch: &Fetch) -> Result<AnySource<'a>> {
+        let Some(remote) = self.remote() else {
+            return Ok(AnySource::Embedded(state.data.source()));
+        };
+        let mut batch = remote.person_batch(&state.project.id, fetch)?;
+        for (key, values) in &state.data.manual {
+            batch.add_manual(key, values.clone());
+        }
+        Ok(AnySource::Batch(Box::new(batch)))
+    }
+
     pub(crate) fn delete_meta(&self, key: MetaKey<'_>) -> Result<()> {
         self.storage.delete_meta(&key.path())
     }
 
+    /// With a remote engine, rebuilds this node's definitions, API keys and records (quarantine,
+    /// MANUAL values) when the remote's generation moved since they were loaded: another node,
+    /// or this one, changed them. A version check per call, so a node never answers from a
+    /// stale definition; without a remote engine, nothing to do.
+    pub(crate) fn refresh(&self) -> Result<()> {
+        let Some(remote) = self.remote() else {
+            return Ok(());
+        };
+        let generation = remote.generation()?;
+        if self.remote_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        let _one = self.reloading.lock();
+        if self.remote_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        let (mut fresh, api_keys) = load_definitions(self.storage.as_ref(), None, None)?;
+        self.storage.replay(None, &mut |value| {
+            let record = decode_record(value)?;
+            if let Some(state) = fresh.get_mut(record.project()) {
+                state.data.apply(&record, &[]);
+            }
+            Ok(())
+        })?;
+        let mut complete = true;
+        let entries: Vec<(String, Option<Arc<ProjectEntry>>)> = {
+            let projects = self.projects.read();
+            fresh.keys().map(|id| (id.clone(), projects.get(id).cloned())).collect()
+        };
+        for (id, entry) in entries {
+            let Some(state) = fresh.remove(&id) else { continue };
+            let Some(entry) = entry else {
+                self.projects.write().entry(id).or_insert_with(|| Arc::new(RwLock::new(state)));
+                continue;
+            };
+            // This thread may hold the project's read lock (a call that looks a project up
+            // twice): then wait no longer than a moment, and rebuild again on the next call.
+            let Some(mut current) = entry.try_write_for(std::time::Duration::from_millis(200)) else {
+                complete = false;
+                continue;
+            };
+            let mut state = state;
+            state.data.manual.retain(|key, _| state.defs.metrics.contains_key(key));
+            current.project = state.project;
+            current.defs = state.defs;
+            current.data = state.data;
+            current.changes.send_modify(|n| *n += 1);
+        }
+        *self.api_keys.write() = api_keys;
+        self.api_key_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if complete {
+            self.remote_generation.store(generation, std::sync::atomic::Ordering::Release);
+        }
+        tracing::debug!(generation, complete, "definitions reloaded from the remote engine");
+        Ok(())
+    }
+
     pub fn project(&self, id: &str) -> Result<Arc<ProjectEntry>> {
         validate_slug("project", id)?;
+        self.refresh()?;
         self.projects
             .read()
             .get(id)
@@ -425,8 +541,9 @@ impl Engine {
         Ok(self.project(id)?.read().project.clone())
     }
 
-    pub fn list_projects(&self) -> Vec<Project> {
-        self.projects.read().values().map(|p| p.read().project.clone()).collect()
+    pub fn list_projects(&self) -> Result<Vec<Project>> {
+        self.refresh()?;
+        Ok(self.projects.read().values().map(|p| p.read().project.clone()).collect())
     }
 
     pub fn update_project(&self, id: &str, update: ProjectUpdate) -> Result<Project> {
@@ -454,26 +571,22 @@ impl Engine {
     pub fn project_stats(&self, id: &str) -> Result<ProjectStats> {
         let entry = self.project(id)?;
         let state = entry.read();
-        let table = &state.data.table;
-        let mut events_by_name: Vec<(String, u64)> = table
-            .name_counts()
+        let source = self.events(&state)?;
+        let counts = source.name_counts();
+        let mut events_by_name: Vec<(String, u64)> = counts
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| (table.names().resolve(i as u32).to_owned(), *n))
+            .map(|(i, n)| (source.names().resolve(i as u32).to_owned(), *n))
             .collect();
         events_by_name.sort();
-        // Identified users with events or traits; a deleted user keeps its interned id only.
-        let source = state.data.source();
-        let users = (0..table.is_user().len() as u32)
-            .filter(|&p| table.is_user()[p as usize] && source.known(p))
-            .count() as u64;
+        let span = source.time_span();
         Ok(ProjectStats {
-            events: table.len() as u64,
+            events: counts.iter().sum(),
             events_by_name,
-            users,
-            first_event: table.min_time(),
-            last_event: table.max_time(),
+            users: source.user_count(),
+            first_event: span.map(|(first, _)| first),
+            last_event: span.map(|(_, last)| last),
             bytes_on_disk: self.bytes_on_disk()?,
             quarantined: state.data.quarantine.len() as u64,
         })

@@ -12,7 +12,7 @@ impl Engine {
         if query.shape.timezone.is_empty() {
             query.shape.timezone = state.project.timezone.clone();
         }
-        retention(&state.data.source(), &state.defs.cohorts, &query)
+        retention(&self.events(&state)?, &state.defs.cohorts, &query)
     }
 
     pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {
@@ -22,6 +22,6 @@ impl Engine {
         if query.shape.timezone.is_empty() {
             query.shape.timezone = state.project.timezone.clone();
         }
-        cohort_table(&state.data.source(), &state.defs.cohorts, &query)
+        cohort_table(&self.events(&state)?, &state.defs.cohorts, &query)
     }
 }

@@ -14,7 +14,7 @@ impl Engine {
         let zone = if query.timezone.is_empty() { state.project.timezone.as_str() } else { query.timezone.as_str() };
         let tz = time::parse_zone("timezone", zone)?;
         let bounds = time::bucket_bounds(query.from, query.to, query.granularity, tz, query::MAX_BUCKETS)?;
-        let periods = bridge(&state.data.source(), &query.subscription, &query.mrr_property, &[], None, &bounds);
+        let periods = bridge(&self.events(&state)?, &query.subscription, &query.mrr_property, &[], None, &bounds);
         tracing::debug!(project, periods = periods.len(), "revenue bridge");
         Ok(Bridge { periods, timezone: tz })
     }

@@ -4,10 +4,18 @@ use std::sync::Arc;
 
 use crate::core::engine::Engine;
 use crate::core::ingest;
-use crate::core::model::{Event, TimeRange, UserProfile};
+use crate::core::model::{Event, Micros, TimeRange, UserProfile};
 use crate::core::page::PageRequest;
 use crate::core::store::record::LogRecord;
+use crate::core::store::remote::Fetch;
+use crate::core::store::source::{EventSource, Scan};
 use crate::error::{Error, Result, echo};
+
+/// What an export sends (see `Engine::export`).
+pub enum Export {
+    Rows { rows: Vec<u32>, generation: u64 },
+    Events(Vec<Event>),
+}
 
 /// The most events one export message carries.
 pub const EXPORT_CHUNK: usize = 1000;
@@ -19,9 +27,29 @@ impl Engine {
         }
         ingest::validate_user_id("user_id", user_id)?;
         let entry = self.project(project)?;
+        let not_found = || Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id)));
+        if let Some(remote) = self.remote() {
+            let batch = remote.person_batch(project, &Fetch::of_user(user_id))?;
+            let person = batch.find_person(user_id).filter(|&p| batch.known(p)).ok_or_else(not_found)?;
+            let mut times = Vec::new();
+            batch.for_each(Scan::all(), |p, events| {
+                if p == person {
+                    times.extend_from_slice(events.times);
+                }
+            });
+            let mut anonymous_ids = remote.anonymous_ids(project, user_id)?;
+            anonymous_ids.sort();
+            return Ok(UserProfile {
+                user_id: user_id.to_owned(),
+                traits: batch.traits_of(person),
+                anonymous_ids,
+                first_seen: times.first().copied(),
+                last_seen: times.last().copied(),
+                events: times.len() as u64,
+            });
+        }
         let state = entry.read();
         let table = &state.data.table;
-        let not_found = || Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id)));
         let person = table.find_user(user_id).ok_or_else(not_found)?;
         let rows = table.user_rows(person);
         let traits = state.data.traits.of(person);
@@ -59,10 +87,32 @@ impl Engine {
         ingest::validate_user_id("user_id", user_id)?;
         let after = page.after_time()?;
         let entry = self.project(project)?;
+        let not_found = || Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id)));
+        if let Some(remote) = self.remote() {
+            let fetch = Fetch {
+                from: range.from.unwrap_or(Micros::MIN),
+                to: range.to.unwrap_or(Micros::MAX),
+                ..Fetch::of_user(user_id)
+            };
+            let mut events: Vec<Event> = remote.events_as_sent(project, &fetch)?.into_iter().map(|(_, e)| e).collect();
+            if events.is_empty() && !self.remote_user_known(project, user_id)? {
+                return Err(not_found());
+            }
+            let position = |e: &Event| (e.timestamp, e.event_id.clone());
+            events.retain(|e| after.as_ref().is_none_or(|(time, id)| (e.timestamp, e.event_id.as_str()) > (*time, id)));
+            events.sort_unstable_by_key(position);
+            let size = page.size();
+            let next = match events.get(size.saturating_sub(1)) {
+                Some(last) if events.len() > size => crate::core::page::time_token_for(last.timestamp, &last.event_id),
+                _ => String::new(),
+            };
+            events.truncate(size);
+            return Ok((events, next));
+        }
         let state = entry.read();
         let table = &state.data.table;
         let Some(person) = table.find_user(user_id) else {
-            return Err(Error::NotFound(format!("user {user_id} not found", user_id = echo(user_id))));
+            return Err(not_found());
         };
         let position = |r: u32| (table.time()[r as usize], table.row_event_id(r as usize));
         let mut rows: Vec<u32> = table
@@ -95,6 +145,24 @@ impl Engine {
         ingest::validate_user_id("user_id", user_id)?;
         let entry = self.project(project)?;
         let user = user_id.to_owned();
+        if self.remote().is_some() {
+            let (project_id, user) = (project.to_owned(), user.clone());
+            let events = self
+                .on_remote(move |remote| {
+                    let batch = remote.person_batch(&project_id, &Fetch::of_user(&user))?;
+                    let Some(person) = batch.find_person(&user).filter(|&p| batch.known(p)) else {
+                        return Ok(None);
+                    };
+                    let mut events = 0u64;
+                    batch.for_each(Scan::all(), |p, rows| events += u64::from(p == person) * rows.times.len() as u64);
+                    remote.delete_user(&project_id, &user)?;
+                    Ok(Some(events))
+                })
+                .await?;
+            let events = events.unwrap_or(0);
+            tracing::info!(project = %project, events, "user erased");
+            return Ok(events);
+        }
         let events = self
             .read_project(&entry, move |_, state| {
                 let table = &state.data.table;
@@ -110,22 +178,28 @@ impl Engine {
         Ok(events)
     }
 
-    /// The rows an export returns, ordered by time then arrival, with the table generation
-    /// they belong to (see `events_at`).
-    pub fn export_rows(
-        &self,
-        project: &str,
-        range: TimeRange,
-        names: &[String],
-        user_id: &str,
-    ) -> Result<(Vec<u32>, u64)> {
+    /// What an export returns, ordered by time then arrival: rows of the project's table with
+    /// the table generation they belong to (see `events_at`), or the events themselves when a
+    /// remote engine keeps them.
+    pub fn export(&self, project: &str, range: TimeRange, names: &[String], user_id: &str) -> Result<Export> {
         let entry = self.project(project)?;
+        if let Some(remote) = self.remote() {
+            let fetch = Fetch {
+                names: (!names.is_empty()).then(|| names.to_vec()),
+                from: range.from.unwrap_or(Micros::MIN),
+                to: range.to.unwrap_or(Micros::MAX),
+                user: (!user_id.is_empty()).then(|| user_id.to_owned()),
+            };
+            let mut events = remote.events_as_sent(project, &fetch)?;
+            events.sort_unstable_by_key(|(seq, event)| (event.timestamp, *seq));
+            return Ok(Export::Events(events.into_iter().map(|(_, event)| event).collect()));
+        }
         let state = entry.read();
         let table = &state.data.table;
         let generation = table.generation();
         let name_ids: Vec<u32> = names.iter().filter_map(|n| table.names().get(n)).collect();
         if !names.is_empty() && name_ids.is_empty() {
-            return Ok((Vec::new(), generation));
+            return Ok(Export::Rows { rows: Vec::new(), generation });
         }
         let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name()[row]);
         let mut rows: Vec<u32> = if user_id.is_empty() {
@@ -134,7 +208,7 @@ impl Engine {
                 .collect()
         } else {
             let Some(person) = table.find_user(user_id) else {
-                return Ok((Vec::new(), generation));
+                return Ok(Export::Rows { rows: Vec::new(), generation });
             };
             table.user_rows(person)
         };
@@ -142,7 +216,16 @@ impl Engine {
             rows.retain(|&r| range.contains(table.time()[r as usize]) && name_ok(r as usize));
         }
         rows.sort_unstable_by_key(|&r| (table.time()[r as usize], r));
-        Ok((rows, generation))
+        Ok(Export::Rows { rows, generation })
+    }
+
+    /// Whether a remote engine knows `user_id` (events or traits).
+    fn remote_user_known(&self, project: &str, user_id: &str) -> Result<bool> {
+        let Some(remote) = self.remote() else {
+            return Ok(false);
+        };
+        let batch = remote.person_batch(project, &Fetch::of_user(user_id))?;
+        Ok(batch.find_person(user_id).is_some_and(|p| batch.known(p)))
     }
 
     /// Events at rows listed by `export_rows`. A deletion in between renumbers rows: then the

@@ -25,6 +25,11 @@ impl ProjectData {
 }
 
 impl Embedded<'_> {
+    /// The data read.
+    pub fn data(&self) -> &ProjectData {
+        self.data
+    }
+
     fn order(&self) -> &PersonOrder {
         self.order.get_or_init(|| self.data.person_order.get(&self.data.table))
     }

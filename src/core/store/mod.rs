@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod person_batch;
 pub mod person_order;
 pub mod record;
+pub mod remote;
 pub mod segment;
 pub mod source;
 pub mod table;

@@ -70,6 +70,19 @@ impl PersonBatch {
         Ok(())
     }
 
+    /// Users with events or traits.
+    pub fn user_count(&self) -> u64 {
+        let is_user = self.table.is_user();
+        (0..is_user.len() as u32).filter(|&p| is_user[p as usize] && self.known(p)).count() as u64
+    }
+
+    /// A person's traits, sorted by name.
+    pub fn traits_of(&self, person: u32) -> Vec<(String, Value)> {
+        let mut traits = self.traits.get(&person).cloned().unwrap_or_default();
+        traits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        traits
+    }
+
     /// Stores MANUAL values of metric `key`.
     pub fn add_manual(&mut self, key: &str, values: ManualValues) {
         self.manual.insert(key.to_owned(), values);

@@ -160,3 +160,118 @@ pub fn run_parts<S: Send>(parts: usize, run: impl Fn(usize) -> S + Sync) -> Vec<
         states
     })
 }
+
+/// The source a call reads: the embedded table, or a batch another engine returned.
+pub enum AnySource<'a> {
+    Embedded(crate::core::store::embedded::Embedded<'a>),
+    Batch(Box<crate::core::store::person_batch::PersonBatch>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $source:ident => $call:expr) => {
+        match $self {
+            AnySource::Embedded($source) => $call,
+            AnySource::Batch($source) => $call,
+        }
+    };
+}
+
+impl AnySource<'_> {
+    /// The earliest and latest event time, if any event.
+    pub fn time_span(&self) -> Option<(Micros, Micros)> {
+        if let AnySource::Embedded(embedded) = self {
+            let table = &embedded.data().table;
+            return table.min_time().zip(table.max_time());
+        }
+        let times = (0..self.row_count()).map(|row| self.row_time(row));
+        times.fold(None, |span, t| Some(span.map_or((t, t), |(lo, hi): (Micros, Micros)| (lo.min(t), hi.max(t)))))
+    }
+
+    /// Identified users with events or traits (a deleted user can stay interned with none).
+    pub fn user_count(&self) -> u64 {
+        match self {
+            AnySource::Embedded(embedded) => {
+                let is_user = embedded.data().table.is_user();
+                (0..is_user.len() as u32).filter(|&p| is_user[p as usize] && embedded.known(p)).count() as u64
+            }
+            AnySource::Batch(batch) => batch.user_count(),
+        }
+    }
+
+    /// Events per event name id.
+    pub fn name_counts(&self) -> Vec<u64> {
+        if let AnySource::Embedded(embedded) = self {
+            return embedded.data().table.name_counts().to_vec();
+        }
+        let mut counts = vec![0u64; self.names().len()];
+        for row in 0..self.row_count() {
+            counts[self.row_name(row) as usize] += 1;
+        }
+        counts
+    }
+}
+
+impl EventSource for AnySource<'_> {
+    fn names(&self) -> &Interner {
+        delegate!(self, s => s.names())
+    }
+    fn keys(&self) -> &Interner {
+        delegate!(self, s => s.keys())
+    }
+    fn strings(&self) -> &Interner {
+        delegate!(self, s => s.strings())
+    }
+    fn canonical(&self) -> &[u32] {
+        delegate!(self, s => s.canonical())
+    }
+    fn person_name(&self, person: u32) -> &str {
+        delegate!(self, s => s.person_name(person))
+    }
+    fn find_person(&self, id: &str) -> Option<u32> {
+        delegate!(self, s => s.find_person(id))
+    }
+    fn known(&self, person: u32) -> bool {
+        delegate!(self, s => s.known(person))
+    }
+    fn row_count(&self) -> usize {
+        delegate!(self, s => s.row_count())
+    }
+    fn row_time(&self, row: usize) -> Micros {
+        delegate!(self, s => s.row_time(row))
+    }
+    fn row_name(&self, row: usize) -> u32 {
+        delegate!(self, s => s.row_name(row))
+    }
+    fn row_props(&self, row: usize) -> &[Prop] {
+        delegate!(self, s => s.row_props(row))
+    }
+    fn row_event_id(&self, row: usize) -> &str {
+        delegate!(self, s => s.row_event_id(row))
+    }
+    fn trait_values(&self, name: &str) -> Vec<(u32, Value)> {
+        delegate!(self, s => s.trait_values(name))
+    }
+    fn trait_groups(&self, name: &str) -> Arc<TraitGroups> {
+        delegate!(self, s => s.trait_groups(name))
+    }
+    fn manual(&self, key: &str) -> Option<&ManualValues> {
+        delegate!(self, s => s.manual(key))
+    }
+    fn fold_parts<S: Send>(
+        &self,
+        scan: Scan<'_>,
+        init: impl Fn() -> S + Sync,
+        visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
+    ) -> Vec<S> {
+        delegate!(self, s => s.fold_parts(scan, init, visit))
+    }
+    fn for_each(&self, scan: Scan<'_>, visit: impl FnMut(u32, PersonEvents<'_>)) {
+        delegate!(self, s => s.for_each(scan, visit))
+    }
+    fn numbers(&self, name: u32, key: u32) -> Option<Numbers> {
+        delegate!(self, s => s.numbers(name, key))
+    }
+    fn string_ids(&self, name: u32, key: u32) -> Option<Strings> {
+        delegate!(self, s => s.string_ids(name, key))
+    }
+}

@@ -1,0 +1,66 @@
+//! Events kept by another engine (the ClickHouse backend, `crate::clickhouse`): what the
+//! engine asks of it instead of its own table. Writes return when the other engine holds them
+//! (the ack point); reads come back as a `PersonBatch`, which the analyses read through the
+//! query seam like the embedded table. Calls block: the engine makes them off the executor.
+
+use crate::core::model::{Event, Micros, UserUpdate};
+use crate::core::store::person_batch::PersonBatch;
+use crate::error::Result;
+
+/// What a read needs: the events of some names (all when `None`) in `[from, to)`, of one user
+/// (with the anonymous ids credited to them) or of everyone. A batch read so holds only those
+/// events: a cohort condition or a STRICT funnel evaluated over it would see only them, so a
+/// query with either reads everything.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub names: Option<Vec<String>>,
+    pub from: Micros,
+    pub to: Micros,
+    /// Only this user's events (and those credited to them); `None`: everyone's.
+    pub user: Option<String>,
+}
+
+impl Fetch {
+    pub fn everything() -> Fetch {
+        Fetch { names: None, from: Micros::MIN, to: Micros::MAX, user: None }
+    }
+
+    pub fn of_user(user_id: &str) -> Fetch {
+        Fetch { user: Some(user_id.to_owned()), ..Fetch::everything() }
+    }
+}
+
+/// Events, traits and aliases on another engine. Every write is numbered by the store itself
+/// (its order decides ties in time, the latest alias and what a deletion covers).
+pub trait RemoteEvents: Send + Sync {
+    /// Stores the events whose ids the project has not stored yet (the first of an id
+    /// repeated in the batch wins) and says which were stored. Returns once they are durable.
+    /// Batches sharing an id on one node are stored one after the other, so their answers
+    /// count each id once.
+    fn store_events(&self, project: &str, events: &[Event]) -> Result<Vec<bool>>;
+    /// Which of `ids` the project has stored.
+    fn stored_ids(&self, project: &str, ids: &[String]) -> Result<std::collections::HashSet<String>>;
+    /// Trait updates, applied in order.
+    fn store_user_updates(&self, project: &str, updates: &[UserUpdate]) -> Result<()>;
+    /// Credits `anonymous_id`'s events (past and future) to `user_id`.
+    fn store_alias(&self, project: &str, anonymous_id: &str, user_id: &str) -> Result<()>;
+    /// Erases a user: at once for every read, and from the engine's files in the background.
+    fn delete_user(&self, project: &str, user_id: &str) -> Result<()>;
+    /// Removes a project's events from before `cutoff` (its retention period).
+    fn expire(&self, project: &str, cutoff: Micros) -> Result<()>;
+    /// What `fetch` asks for, with every user's traits, in person order.
+    fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch>;
+    /// The events `fetch` asks for as they were sent (user and anonymous ids), each with its
+    /// arrival number, in no particular order.
+    fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>>;
+    /// The anonymous ids whose events count for `user_id` now.
+    fn anonymous_ids(&self, project: &str, user_id: &str) -> Result<Vec<String>>;
+    /// An id no other call on any node gets (for quarantine entries), from the write numbers.
+    fn next_id(&self) -> u64;
+    /// A number that moves whenever a definition or another record stored beside the events
+    /// changes, on any node: caches of them are rebuilt when it moves.
+    fn generation(&self) -> Result<u64>;
+    /// Waits up to `timeout` for background removals (deletions, expiry) to reach the files;
+    /// true when none is left.
+    fn settle(&self, timeout: std::time::Duration) -> Result<bool>;
+}
