@@ -2,6 +2,8 @@
 # Ingest benchmark (BENCHMARKS.md): `sextant load` of `sextant gen --users N` into a fresh
 # server with durable acks; reports events/s, the server's peak RSS, bytes on disk per event
 # and the time to reload everything at restart. Usage: scripts/bench-ingest.sh [USERS] [WORKDIR]
+# SEXTANT_SERVE_ARGS adds `serve` flags: '--storage clickhouse --clickhouse-url URL
+# --clickhouse-database DB' loads into a ClickHouse cluster (scripts/clickhouse-cluster.sh).
 set -euo pipefail
 users=${1:-700000}
 work=${2:-/tmp/sextant-bench}
@@ -15,7 +17,7 @@ if [ ! -s "$work/data-$users/events.jsonl" ]; then
   "$bin" gen --users "$users" --seed 42 --out "$work/data-$users"
 fi
 rm -rf "$work/db"
-"$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" >"$work/serve.out" 2>"$work/serve.err" &
+"$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" ${SEXTANT_SERVE_ARGS:-} >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 sleep 1
@@ -36,7 +38,7 @@ kill $sampler 2>/dev/null || true
 bytes=$(du -sb "$work/db" | awk '{print $1}')
 echo "server peak RSS: $((peak_kb / 1024)) MiB"
 echo "bytes on disk: $bytes ($(awk -v b="$bytes" -v e="$events" 'BEGIN {printf "%.1f", b / e}') per event)"
-"$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" >"$work/serve.out" 2>"$work/serve.err" &
+"$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" ${SEXTANT_SERVE_ARGS:-} >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 for _ in $(seq 1 300); do
   grep -q "storage loaded" "$work/serve.err" && break

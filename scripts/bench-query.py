@@ -6,6 +6,8 @@ Starts a release server on a data dir already loaded by scripts/bench-ingest.sh,
 same events.jsonl into DuckDB (in memory), and times each query several times in the same
 run, reporting medians and the ratio. Usage:
   scripts/bench-query.py --data /tmp/sextant-bench/data-700000 --db /tmp/sextant-bench/db --project bench
+With --serve-args '--storage clickhouse --clickhouse-url URL --clickhouse-database DB' the server
+reads a ClickHouse database that scripts/bench-ingest.sh loaded with the same SEXTANT_SERVE_ARGS.
 """
 import argparse
 import datetime as dt
@@ -194,11 +196,14 @@ def main():
     ap.add_argument("--project", default="bench")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--chdb", action="store_true", help="also time chDB (pip install chdb)")
+    ap.add_argument("--serve-args", default="",
+                    help="more `sextant serve` flags, e.g. '--storage clickhouse --clickhouse-url URL'")
     args = ap.parse_args()
     pb = stubs()
     # SEXTANT_BIN runs another build (e.g. an older commit's, for a before/after in one run).
     binary = os.environ.get("SEXTANT_BIN") or os.path.join(ROOT, "target", "release", "sextant")
-    server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", args.db],
+    server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", args.db]
+                              + args.serve_args.split(),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     addr = server.stdout.readline().strip().rsplit(" ", 1)[-1]
     try:

@@ -213,3 +213,70 @@ async fn misconfiguration_is_a_clear_startup_error() {
     let no_url = start(Box::new(|c| c.clickhouse_url = Vec::new())).await;
     assert!(no_url.contains("clickhouse_url"), "{no_url}");
 }
+
+/// DeleteUser on one node, as the embedded engine does it: the user's quarantined events leave
+/// the quarantine everywhere, and a user known only by an alias is unlinked (later events of
+/// the anonymous id are its own). Retention on one node hides old events on the other at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_and_retention_reach_every_node() {
+    let Some(urls) = cluster() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let database = database_for(shared.path());
+    let a = TestServer::start_with(|c| on_clickhouse(c, &urls, &database)).await;
+    let b = TestServer::start_with(|c| on_clickhouse(c, &urls, &database)).await;
+    a.create_project("p").await;
+    let quarantine = pb::Project { enforcement: pb::Enforcement::Quarantine as i32, ..Default::default() };
+    let update = pb::UpdateProjectRequest {
+        project: "p".into(),
+        update: Some(quarantine),
+        update_mask: vec!["enforcement".into()],
+    };
+    a.projects().update_project(update).await.unwrap();
+    let event_type = pb::EventType { name: "signup".into(), ..Default::default() };
+    let upsert = pb::UpsertEventTypeRequest { project: "p".into(), event_type: Some(event_type) };
+    a.catalog().upsert_event_type(upsert).await.unwrap();
+    // Planned events are stored; an unplanned one of u1 and one of u2 are quarantined.
+    let reply = b
+        .track(
+            "p",
+            vec![event("s1", "signup", "u1", 10), event("x1", "mystery", "u1", 20), event("x2", "mystery", "u2", 30)],
+        )
+        .await;
+    assert_eq!((reply.accepted, reply.quarantined), (1, 2));
+    let quarantined = |server: &TestServer| {
+        let mut catalog = server.catalog();
+        async move {
+            let request = pb::ListQuarantinedRequest { project: "p".into(), ..Default::default() };
+            let listed = catalog.list_quarantined(request).await.unwrap().into_inner();
+            listed.events.into_iter().map(|q| q.event.unwrap().event_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(quarantined(&a).await, vec!["x1", "x2"]);
+    let delete = pb::DeleteUserRequest { project: "p".into(), user_id: "u1".into() };
+    assert_eq!(a.users().delete_user(delete).await.unwrap().into_inner().events_deleted, 1);
+    assert_eq!(quarantined(&b).await, vec!["x2"], "u1's quarantined event went with u1");
+
+    // A user known only by an alias: deleting them unlinks the anonymous id.
+    let alias = pb::AliasRequest { project: "p".into(), anonymous_id: "anon".into(), user_id: "ghost".into() };
+    a.ingest().alias(alias).await.unwrap();
+    let delete = pb::DeleteUserRequest { project: "p".into(), user_id: "ghost".into() };
+    assert_eq!(b.users().delete_user(delete).await.unwrap().into_inner().events_deleted, 0);
+    let anonymous = pb::Event { anonymous_id: "anon".into(), ..event("s2", "signup", "", 40) };
+    assert_eq!(a.track("p", vec![anonymous]).await.accepted, 1);
+    assert_eq!(b.get_user("p", "ghost").await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(b.stats("p").await.events, 1, "s2, the anonymous id's own");
+
+    // Retention through one node: the other stops seeing the old event at once.
+    assert_eq!(b.stats("p").await.events, 1);
+    let days = pb::Project { retention_days: 1, ..Default::default() };
+    let update = pb::UpdateProjectRequest {
+        project: "p".into(),
+        update: Some(days),
+        update_mask: vec!["retention_days".into()],
+    };
+    a.projects().update_project(update).await.unwrap();
+    let engine = a.running.as_ref().unwrap().engine.clone();
+    assert_eq!(engine.enforce_retention(engine.clock.now()).await.unwrap(), 1);
+    assert_eq!(b.stats("p").await.events, 0);
+    assert_eq!(b.export("p").await.len(), 0);
+}

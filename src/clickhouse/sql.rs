@@ -143,8 +143,10 @@ pub fn meta_get(client: &Client, key: &str) -> Query {
 pub fn meta_scan(client: &Client, prefix: &str) -> Query {
     client
         .query(
-            "SELECT key, argMax(deleted, version), argMax(value, version) FROM meta
-             WHERE substring(key, 1, ?) = ? GROUP BY key ORDER BY key",
+            "SELECT key, tupleElement(latest, 1), tupleElement(latest, 2) FROM (
+                SELECT key, argMax(tuple(deleted, value), version) AS latest FROM meta
+                WHERE substring(key, 1, ?) = ? GROUP BY key
+             ) ORDER BY key",
         )
         .bind(prefix.len() as u64)
         .bind(prefix)
@@ -196,13 +198,14 @@ pub fn trait_updates(client: &Client, project: &str, user: Option<&str>) -> Quer
     query.bind(project).with_setting("wait_end_of_query", "1")
 }
 
-/// The anonymous ids whose latest alias is `user_id`.
+/// The anonymous ids whose latest alias is `user_id`, in the order they were aliased.
 pub fn aliased_to(client: &Client, project: &str, user_id: &str) -> Query {
     client
         .query(
             "SELECT anonymous_id FROM (
-                SELECT anonymous_id, argMax(user_id, seq) AS user FROM aliases WHERE project = ? GROUP BY anonymous_id
-             ) WHERE user = ?",
+                SELECT anonymous_id, argMax(user_id, seq) AS user, max(seq) AS aliased_at
+                FROM aliases WHERE project = ? GROUP BY anonymous_id
+             ) WHERE user = ? ORDER BY aliased_at",
         )
         .bind(project)
         .bind(user_id)

@@ -27,6 +27,24 @@ pub struct ClickHouseStorage {
     runtime: Option<tokio::runtime::Runtime>,
     sequence: Sequence,
     storing: InFlight,
+    ids: Ids,
+}
+
+/// Ids unique across nodes (quarantine entries): milliseconds since 1970 times 2^20 plus 20
+/// random bits, so two nodes' ids collide only in the same millisecond with the same bits
+/// (one chance in a million); on one node they only grow.
+#[derive(Default)]
+struct Ids {
+    last: parking_lot::Mutex<u64>,
+}
+
+impl Ids {
+    fn next(&self) -> u64 {
+        let fresh = ((now_micros().max(0) as u64 / 1000) << 20) | (rand::random::<u64>() & 0xF_FFFF);
+        let mut last = self.last.lock();
+        *last = fresh.max(*last + 1);
+        *last
+    }
 }
 
 /// Dedupe keys of the event ids being stored on this node: a batch waits for any other batch
@@ -81,6 +99,7 @@ impl ClickHouseStorage {
             runtime: Some(runtime),
             sequence: Sequence::default(),
             storing: InFlight::default(),
+            ids: Ids::default(),
         }))
     }
 
@@ -140,8 +159,8 @@ fn wait<T: Send + 'static>(
 }
 
 /// Write numbers: microseconds since 1970 times 1024, plus this node's random salt below
-/// 1024 (so two nodes' numbers in one microsecond differ, but for one chance in 1024), never
-/// less than one past the last number given out (see the module doc).
+/// 1024 (so two nodes' numbers in one microsecond mostly differ; a tie only leaves their order
+/// open), never less than one past the last number given out (see the module doc).
 struct Sequence {
     last: AtomicU64,
     salt: u64,
@@ -296,7 +315,7 @@ impl RemoteEvents for ClickHouseStorage {
     }
 
     fn next_id(&self) -> u64 {
-        self.sequence.take(1)
+        self.ids.next()
     }
 
     fn generation(&self) -> Result<u64> {

@@ -39,33 +39,34 @@ impl Engine {
         Ok(expiring)
     }
 
-    /// `expire_events` on a remote engine: its events go by its own mutations, awaited here
-    /// so that no read sees them afterwards; old quarantined events by a record, as here.
+    /// `expire_events` on a remote engine: a record first, from which every node's reads
+    /// leave the events out (and old quarantined events go), then ClickHouse's mutations,
+    /// which remove them from its files in the background.
     async fn expire_remote(self: &Arc<Self>, project: &str, entry: Arc<ProjectEntry>, before: Micros) -> Result<u64> {
         let project_id = project.to_owned();
-        let expiring = self
-            .on_remote(move |remote| {
-                let old = Fetch { to: before, ..Fetch::everything() };
-                let expiring = remote.person_batch(&project_id, &old)?.row_count() as u64;
-                if expiring > 0 {
-                    remote.expire(&project_id, before)?;
-                    if !remote.settle(REMOTE_SETTLE)? {
-                        tracing::warn!(project = %project_id, "clickhouse retention mutations still running");
-                    }
-                }
-                Ok(expiring)
-            })
-            .await?;
+        let old = Fetch { to: before, ..Fetch::everything() };
+        let expiring =
+            self.on_remote(move |remote| Ok(remote.person_batch(&project_id, &old)?.row_count() as u64)).await?;
         let old_quarantine = self
             .read_project(&entry, move |_, state| {
                 Ok(state.data.quarantine.values().any(|q| q.event.timestamp < before))
             })
             .await?;
-        if old_quarantine {
-            let record = LogRecord::EventsExpired { project: project.to_owned(), before };
-            self.write(entry, vec![record], vec![]).await?;
+        if expiring == 0 && !old_quarantine {
+            return Ok(0);
         }
+        let record = LogRecord::EventsExpired { project: project.to_owned(), before };
+        self.write(entry, vec![record], vec![]).await?;
         if expiring > 0 {
+            let project_id = project.to_owned();
+            self.on_remote(move |remote| {
+                remote.expire(&project_id, before)?;
+                if !remote.settle(REMOTE_SETTLE)? {
+                    tracing::warn!(project = %project_id, "clickhouse retention mutations still running");
+                }
+                Ok(())
+            })
+            .await?;
             tracing::info!(project = %project, events = expiring, before, "retention dropped old events");
         }
         Ok(expiring)

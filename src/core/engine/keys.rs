@@ -100,14 +100,8 @@ impl Engine {
         let Some(id) = id else {
             return Err(unknown());
         };
-        if self.remote().is_some() {
-            // Keys made or revoked on another node: the version check, which waits for the
-            // network, told to the runtime when on one of its workers.
-            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.refresh())?,
-                _ => self.refresh()?,
-            }
-        }
+        // Keys made or revoked on another node.
+        self.refresh(None)?;
         let keys = self.api_keys.read();
         let key = keys.get(id).ok_or_else(unknown)?;
         let (Some(salt), Some(hash)) = (unhex(&key.salt), unhex(&key.hash)) else {

@@ -42,7 +42,7 @@ use crate::core::experiment::holdout::Holdout;
 use crate::core::goal::definition::Goal;
 use crate::core::ingest::{Limits, SeenIds, Writer, WriterTask};
 use crate::core::metric::definition::{Metric, MetricBook};
-use crate::core::model::{Clock, EventType, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
+use crate::core::model::{Clock, EventType, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
 use crate::core::store::record::{LogRecord, decode_record};
@@ -65,6 +65,8 @@ pub struct ProjectState {
     /// Bumped after the writer applied records to this project (and when a metric definition
     /// changes): live queries wait on it instead of polling (`engine::live`).
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// With a remote engine: the remote generation this state was rebuilt at (see `refresh`).
+    pub generation: u64,
 }
 
 /// A project's definitions, loaded from meta storage at start and changed by the engine's
@@ -89,7 +91,13 @@ impl ProjectState {
 
     /// A project with the data given (loaded from a checkpoint).
     fn with_data(project: Project, data: ProjectData) -> Self {
-        ProjectState { project, data, defs: Definitions::default(), changes: tokio::sync::watch::Sender::new(0) }
+        ProjectState {
+            project,
+            data,
+            defs: Definitions::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+            generation: 0,
+        }
     }
 }
 
@@ -117,9 +125,10 @@ pub struct Engine {
     /// Where projects' event columns are kept (none: in memory).
     columns: Option<Arc<ColumnSpace>>,
     /// With a remote engine: the generation (`RemoteEvents::generation`) this node's
-    /// definitions and records were loaded at, and one rebuild at a time (see `refresh`).
+    /// definitions and records were loaded at (see `refresh`).
     remote_generation: AtomicU64,
-    reloading: Mutex<()>,
+    /// Rebuilt project states not swapped in yet (their project was busy).
+    pending: Mutex<BTreeMap<String, (u64, ProjectState)>>,
 }
 
 /// The engine's column files under a data directory: `segments` (checkpointed, see
@@ -191,6 +200,19 @@ fn load_definitions(
         }
     }
     Ok((projects, api_keys))
+}
+
+/// Puts a project state rebuilt at `generation` in place of `current`, unless that is newer
+/// (another thread swapped in a later rebuild first); live feeds re-read.
+fn swap_in(current: &mut ProjectState, (generation, state): (u64, ProjectState)) {
+    if current.generation > generation {
+        return;
+    }
+    current.project = state.project;
+    current.defs = state.defs;
+    current.data = state.data;
+    current.generation = generation;
+    current.changes.send_modify(|n| *n += 1);
 }
 
 /// How many write jobs may wait for the writer before senders wait too.
@@ -305,7 +327,7 @@ impl Engine {
             readouts: Default::default(),
             columns,
             remote_generation: AtomicU64::new(remote_generation.unwrap_or_default()),
-            reloading: Mutex::new(()),
+            pending: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -436,7 +458,10 @@ impl Engine {
         let Some(remote) = self.remote() else {
             return Ok(AnySource::Embedded(state.data.source()));
         };
-        let mut batch = remote.person_batch(&state.project.id, fetch)?;
+        // Expired events are left out at once; ClickHouse removes them in the background.
+        let mut fetch = fetch.clone();
+        fetch.from = fetch.from.max(state.data.expired_before.unwrap_or(Micros::MIN));
+        let mut batch = remote.person_batch(&state.project.id, &fetch)?;
         for (key, values) in &state.data.manual {
             batch.add_manual(key, values.clone());
         }
@@ -449,64 +474,82 @@ impl Engine {
 
     /// With a remote engine, rebuilds this node's definitions, API keys and records (quarantine,
     /// MANUAL values) when the remote's generation moved since they were loaded: another node,
-    /// or this one, changed them. A version check per call, so a node never answers from a
-    /// stale definition; without a remote engine, nothing to do.
-    pub(crate) fn refresh(&self) -> Result<()> {
+    /// or this one, changed them. A version check per call; without a remote engine, nothing.
+    ///
+    /// A project whose lock a query holds keeps its state until the lock is free, except
+    /// `wait_for`, the project the caller is about to use: it waits for it, as a definition
+    /// change waits for queries on the embedded engine. The rebuilt states wait in `pending`
+    /// meanwhile, so a busy project never makes other calls load everything again.
+    pub(crate) fn refresh(&self, wait_for: Option<&str>) -> Result<()> {
+        if self.remote().is_none() {
+            return Ok(());
+        }
+        // It waits for the network: told to the runtime when on one of its workers.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.refresh_now(wait_for))
+            }
+            _ => self.refresh_now(wait_for),
+        }
+    }
+
+    fn refresh_now(&self, wait_for: Option<&str>) -> Result<()> {
         let Some(remote) = self.remote() else {
             return Ok(());
         };
         let generation = remote.generation()?;
-        if self.remote_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+        let mut pending = self.pending.lock();
+        if self.remote_generation.load(std::sync::atomic::Ordering::Acquire) == generation && pending.is_empty() {
             return Ok(());
         }
-        let _one = self.reloading.lock();
-        if self.remote_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
-            return Ok(());
-        }
-        let (mut fresh, api_keys) = load_definitions(self.storage.as_ref(), None, None)?;
-        self.storage.replay(None, &mut |value| {
-            let record = decode_record(value)?;
-            if let Some(state) = fresh.get_mut(record.project()) {
-                state.data.apply(&record, &[]);
+        if self.remote_generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+            let (mut fresh, api_keys) = load_definitions(self.storage.as_ref(), None, None)?;
+            self.storage.replay(None, &mut |value| {
+                let record = decode_record(value)?;
+                if let Some(state) = fresh.get_mut(record.project()) {
+                    state.data.apply(&record, &[]);
+                }
+                Ok(())
+            })?;
+            for state in fresh.values_mut() {
+                let metrics = &state.defs.metrics;
+                state.data.manual.retain(|key, _| metrics.contains_key(key));
             }
-            Ok(())
-        })?;
-        let mut complete = true;
-        let entries: Vec<(String, Option<Arc<ProjectEntry>>)> = {
-            let projects = self.projects.read();
-            fresh.keys().map(|id| (id.clone(), projects.get(id).cloned())).collect()
-        };
-        for (id, entry) in entries {
-            let Some(state) = fresh.remove(&id) else { continue };
+            *pending = fresh.into_iter().map(|(id, state)| (id, (generation, state))).collect();
+            *self.api_keys.write() = api_keys;
+            self.api_key_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.remote_generation.store(generation, std::sync::atomic::Ordering::Release);
+            tracing::debug!(generation, "definitions reloaded from the remote engine");
+        }
+        let ids: Vec<String> = pending.keys().cloned().collect();
+        let mut waited = None;
+        for id in ids {
+            let entry = self.projects.read().get(&id).cloned();
             let Some(entry) = entry else {
+                let (generation, mut state) = pending.remove(&id).expect("listed");
+                state.generation = generation;
                 self.projects.write().entry(id).or_insert_with(|| Arc::new(RwLock::new(state)));
                 continue;
             };
-            // This thread may hold the project's read lock (a call that looks a project up
-            // twice): then wait no longer than a moment, and rebuild again on the next call.
-            let Some(mut current) = entry.try_write_for(std::time::Duration::from_millis(200)) else {
-                complete = false;
+            if wait_for == Some(id.as_str()) {
+                waited = Some((entry, pending.remove(&id).expect("listed")));
                 continue;
-            };
-            let mut state = state;
-            state.data.manual.retain(|key, _| state.defs.metrics.contains_key(key));
-            current.project = state.project;
-            current.defs = state.defs;
-            current.data = state.data;
-            current.changes.send_modify(|n| *n += 1);
+            }
+            if let Some(mut current) = entry.try_write() {
+                swap_in(&mut current, pending.remove(&id).expect("listed"));
+            }
         }
-        *self.api_keys.write() = api_keys;
-        self.api_key_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if complete {
-            self.remote_generation.store(generation, std::sync::atomic::Ordering::Release);
+        // The caller's project last, without holding the others back while its lock is busy.
+        drop(pending);
+        if let Some((entry, rebuilt)) = waited {
+            swap_in(&mut entry.write(), rebuilt);
         }
-        tracing::debug!(generation, complete, "definitions reloaded from the remote engine");
         Ok(())
     }
 
     pub fn project(&self, id: &str) -> Result<Arc<ProjectEntry>> {
         validate_slug("project", id)?;
-        self.refresh()?;
+        self.refresh(Some(id))?;
         self.projects
             .read()
             .get(id)
@@ -542,8 +585,10 @@ impl Engine {
     }
 
     pub fn list_projects(&self) -> Result<Vec<Project>> {
-        self.refresh()?;
-        Ok(self.projects.read().values().map(|p| p.read().project.clone()).collect())
+        self.refresh(None)?;
+        // Entries first: no project lock is waited for under the map's lock.
+        let entries: Vec<Arc<ProjectEntry>> = self.projects.read().values().cloned().collect();
+        Ok(entries.iter().map(|p| p.read().project.clone()).collect())
     }
 
     pub fn update_project(&self, id: &str, update: ProjectUpdate) -> Result<Project> {

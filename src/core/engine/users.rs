@@ -37,8 +37,7 @@ impl Engine {
                     times.extend_from_slice(events.times);
                 }
             });
-            let mut anonymous_ids = remote.anonymous_ids(project, user_id)?;
-            anonymous_ids.sort();
+            let anonymous_ids = remote.anonymous_ids(project, user_id)?;
             return Ok(UserProfile {
                 user_id: user_id.to_owned(),
                 traits: batch.traits_of(person),
@@ -147,19 +146,34 @@ impl Engine {
         let user = user_id.to_owned();
         if self.remote().is_some() {
             let (project_id, user) = (project.to_owned(), user.clone());
-            let events = self
+            // Tombstones even for a user without events: an alias to them is unlinked too.
+            let (events, anonymous) = self
                 .on_remote(move |remote| {
                     let batch = remote.person_batch(&project_id, &Fetch::of_user(&user))?;
-                    let Some(person) = batch.find_person(&user).filter(|&p| batch.known(p)) else {
-                        return Ok(None);
-                    };
                     let mut events = 0u64;
-                    batch.for_each(Scan::all(), |p, rows| events += u64::from(p == person) * rows.times.len() as u64);
+                    if let Some(person) = batch.find_person(&user) {
+                        batch.for_each(Scan::all(), |p, rows| {
+                            events += u64::from(p == person) * rows.times.len() as u64
+                        });
+                    }
+                    let anonymous = remote.anonymous_ids(&project_id, &user)?;
                     remote.delete_user(&project_id, &user)?;
-                    Ok(Some(events))
+                    Ok((events, anonymous))
                 })
                 .await?;
-            let events = events.unwrap_or(0);
+            // Their quarantined events leave the quarantine, on every node.
+            let user = user_id.to_owned();
+            let leaving: Vec<u64> = self
+                .read_project(&entry, move |_, state| {
+                    let theirs =
+                        |e: &Event| e.user_id == user || (e.user_id.is_empty() && anonymous.contains(&e.anonymous_id));
+                    Ok(state.data.quarantine.values().filter(|q| theirs(&q.event)).map(|q| q.id).collect())
+                })
+                .await?;
+            if !leaving.is_empty() {
+                let record = LogRecord::Unquarantined { project: project.to_owned(), ids: leaving };
+                self.write(entry, vec![record], vec![]).await?;
+            }
             tracing::info!(project = %project, events, "user erased");
             return Ok(events);
         }

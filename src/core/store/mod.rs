@@ -44,6 +44,9 @@ pub struct ProjectData {
     /// Something was deleted or expired since the log was last rewritten: its bytes are still
     /// on disk until the next compaction.
     pub needs_compaction: std::sync::atomic::AtomicBool,
+    /// The latest retention cutoff applied (`EventsExpired`): a remote engine's reads start
+    /// there, since its own removal runs in the background.
+    pub expired_before: Option<Micros>,
 }
 
 impl ProjectData {
@@ -94,6 +97,7 @@ impl ProjectData {
                 *self.needs_compaction.get_mut() = true;
             }
             LogRecord::EventsExpired { before, .. } => {
+                self.expired_before = self.expired_before.max(Some(*before));
                 self.expire(*before);
                 *self.needs_compaction.get_mut() = true;
             }
