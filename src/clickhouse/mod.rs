@@ -242,11 +242,19 @@ impl ClickHouse {
             if let Some(password) = &config.password {
                 client = client.with_password(password.as_str());
             }
-            let known: u64 =
-                sql::cluster_known(&client, &config.cluster).fetch_one().await.map_err(|e| backend_error(url, &e))?;
-            if known == 0 {
+            let shards: u64 =
+                sql::cluster_shards(&client, &config.cluster).fetch_one().await.map_err(|e| backend_error(url, &e))?;
+            if shards == 0 {
                 return Err(Error::FailedPrecondition(format!(
                     "clickhouse_cluster: {url} has no cluster {:?} in its remote_servers",
+                    config.cluster
+                )));
+            }
+            // Events are written straight to their shard's server (`person_shard`).
+            if shards != config.urls.len() as u64 {
+                return Err(Error::FailedPrecondition(format!(
+                    "clickhouse_url: {} URLs for cluster {:?} of {shards} shards: give one URL per shard",
+                    config.urls.len(),
                     config.cluster
                 )));
             }
@@ -305,63 +313,84 @@ impl ClickHouse {
             return Ok(new);
         }
         self.insert_event_rows(project, &stored).await?;
-        let mut insert = self.insert::<EventIdRow<'_>>("event_ids").await?;
+        // Each id on the shard server that owns it (see `id_shard`), the shards at once.
+        let mut by_shard: Vec<Vec<EventIdRow<'_>>> = self.servers.iter().map(|_| Vec::new()).collect();
         for &(seq, event) in &stored {
-            insert.write(&EventIdRow { project, event_id: &event.event_id, seq }).await.map_err(|e| self.failed(&e))?;
+            by_shard[self.id_shard(project, &event.event_id)].push(EventIdRow {
+                project,
+                event_id: &event.event_id,
+                seq,
+            });
         }
-        insert.end().await.map_err(|e| self.failed(&e))?;
+        let inserts = by_shard.into_iter().enumerate().filter(|(_, rows)| !rows.is_empty());
+        futures::future::try_join_all(
+            inserts.map(|(shard, rows)| self.insert_local::<EventIdRow<'_>>(shard, "event_ids_local", rows)),
+        )
+        .await?;
         Ok(new)
     }
 
-    /// Which of `ids` the project has stored.
+    /// Which of `ids` the project has stored: each looked up by primary key on the shard
+    /// server that owns it, the shards at once.
     pub async fn stored_ids(&self, project: &str, ids: &[&str]) -> Result<std::collections::HashSet<String>> {
-        let mut known = std::collections::HashSet::new();
-        for chunk in id_chunks(ids) {
-            let mut cursor =
-                sql::known_ids(self.front(), project, chunk).fetch::<String>().map_err(|e| self.failed(&e))?;
-            while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
-                known.insert(id);
-            }
+        let mut by_shard: Vec<Vec<&str>> = self.servers.iter().map(|_| Vec::new()).collect();
+        for id in ids {
+            by_shard[self.id_shard(project, id)].push(id);
         }
-        Ok(known)
+        let lookups = by_shard.iter().enumerate().map(|(shard, ids)| async move {
+            let mut known = Vec::new();
+            for chunk in id_chunks(ids) {
+                let mut cursor = sql::known_ids(&self.servers[shard], project, chunk)
+                    .fetch::<String>()
+                    .map_err(|e| self.failed(&e))?;
+                while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
+                    known.push(id);
+                }
+            }
+            Ok::<_, Error>(known)
+        });
+        Ok(futures::future::try_join_all(lookups).await?.into_iter().flatten().collect())
     }
 
-    /// Writes event rows as given (each with its seq), without looking at their ids.
+    /// Writes event rows as given (each with its seq), without looking at their ids: each on
+    /// its person's shard server (see `person_shard`), the shards at once.
     async fn insert_event_rows(&self, project: &str, events: &[(u64, &Event)]) -> Result<()> {
-        let mut insert = self.insert::<EventRow<'_>>("events").await?;
+        let mut by_shard: Vec<Vec<EventRow<'_>>> = self.servers.iter().map(|_| Vec::new()).collect();
         for &(seq, event) in events {
-            let is_user = !event.user_id.is_empty();
-            let mut row = EventRow {
-                project,
-                person: if is_user { &event.user_id } else { &event.anonymous_id },
-                is_user: u8::from(is_user),
-                anonymous_id: &event.anonymous_id,
-                time: event.timestamp,
-                seq,
-                name: &event.name,
-                event_id: &event.event_id,
-                prop_keys: Vec::with_capacity(event.properties.len()),
-                prop_kinds: Vec::with_capacity(event.properties.len()),
-                prop_numbers: Vec::with_capacity(event.properties.len()),
-                prop_strings: Vec::with_capacity(event.properties.len()),
-            };
-            for (key, value) in &event.properties {
-                let (kind, number, string) = match value {
-                    Value::Null => (KIND_NULL, 0.0, ""),
-                    Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b)), ""),
-                    Value::Number(n) => (KIND_NUMBER, *n, ""),
-                    Value::String(s) => (KIND_STRING, 0.0, s.as_str()),
-                    // Microseconds since 1970 stay exact in an f64 until the year 2255.
-                    Value::Timestamp(t) => (KIND_TIME, *t as f64, ""),
-                };
-                row.prop_keys.push(key);
-                row.prop_kinds.push(kind);
-                row.prop_numbers.push(number);
-                row.prop_strings.push(string);
-            }
-            insert.write(&row).await.map_err(|e| self.failed(&e))?;
+            let row = event_row(project, seq, event);
+            by_shard[self.person_shard(row.person)].push(row);
+        }
+        let inserts = by_shard.into_iter().enumerate().filter(|(_, rows)| !rows.is_empty());
+        futures::future::try_join_all(
+            inserts.map(|(shard, rows)| self.insert_local::<EventRow<'_>>(shard, "events_local", rows)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts rows into one shard server's local table: when it returns they are in that
+    /// server's files, with no `Distributed` table forwarding them (the ack point).
+    async fn insert_local<T>(&self, shard: usize, table: &str, rows: Vec<T::Value<'_>>) -> Result<()>
+    where
+        T: Row,
+        for<'r> T::Value<'r>: Serialize,
+    {
+        let mut insert = self.servers[shard].insert::<T>(table).await.map_err(|e| self.failed(&e))?;
+        for row in &rows {
+            insert.write(row).await.map_err(|e| self.failed(&e))?;
         }
         insert.end().await.map_err(|e| self.failed(&e))
+    }
+
+    /// The shard server a person's events live on: a stable hash (xxh3) of the person, so a
+    /// person's events sit on one shard whichever node writes them.
+    fn person_shard(&self, person: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(person.as_bytes()) % self.servers.len() as u64) as usize
+    }
+
+    /// The shard server that keeps an event id (for the write-time lookup).
+    fn id_shard(&self, project: &str, event_id: &str) -> usize {
+        (crate::core::store::record::event_key(project, event_id) % self.servers.len() as u128) as usize
     }
 
     /// Stores aliases (anonymous id, user id) in order, numbered from `first_seq`.
@@ -628,6 +657,40 @@ impl ClickHouse {
     fn failed(&self, error: &clickhouse::error::Error) -> Error {
         backend_error(&format!("clickhouse database {}", self.database), error)
     }
+}
+
+/// An event as its row.
+fn event_row<'a>(project: &'a str, seq: u64, event: &'a Event) -> EventRow<'a> {
+    let is_user = !event.user_id.is_empty();
+    let mut row = EventRow {
+        project,
+        person: if is_user { &event.user_id } else { &event.anonymous_id },
+        is_user: u8::from(is_user),
+        anonymous_id: &event.anonymous_id,
+        time: event.timestamp,
+        seq,
+        name: &event.name,
+        event_id: &event.event_id,
+        prop_keys: Vec::with_capacity(event.properties.len()),
+        prop_kinds: Vec::with_capacity(event.properties.len()),
+        prop_numbers: Vec::with_capacity(event.properties.len()),
+        prop_strings: Vec::with_capacity(event.properties.len()),
+    };
+    for (key, value) in &event.properties {
+        let (kind, number, string) = match value {
+            Value::Null => (KIND_NULL, 0.0, ""),
+            Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b)), ""),
+            Value::Number(n) => (KIND_NUMBER, *n, ""),
+            Value::String(s) => (KIND_STRING, 0.0, s.as_str()),
+            // Microseconds since 1970 stay exact in an f64 until the year 2255.
+            Value::Timestamp(t) => (KIND_TIME, *t as f64, ""),
+        };
+        row.prop_keys.push(key);
+        row.prop_kinds.push(kind);
+        row.prop_numbers.push(number);
+        row.prop_strings.push(string);
+    }
+    row
 }
 
 /// `ids` in runs of at most `ID_LOOKUP_BYTES` (one id at least).

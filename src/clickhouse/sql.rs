@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use super::{Fetch, schema};
 
-pub fn cluster_known(client: &Client, cluster: &str) -> Query {
-    client.query("SELECT count() FROM system.clusters WHERE cluster = ?").bind(cluster)
+/// How many shards the cluster has, as this server's `remote_servers` says.
+pub fn cluster_shards(client: &Client, cluster: &str) -> Query {
+    client.query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?").bind(cluster)
 }
 
 pub fn create_database(client: &Client, database: &str) -> Query {
@@ -35,10 +36,10 @@ pub fn record_version(client: &Client, version: u32) -> Query {
     client.query("INSERT INTO schema_versions VALUES (?)").bind(version)
 }
 
-/// Which of `ids` the project has stored.
+/// Which of `ids` the project has stored, on one shard server (the one that owns them).
 pub fn known_ids(client: &Client, project: &str, ids: &[&str]) -> Query {
     client
-        .query("SELECT event_id FROM event_ids WHERE project = ? AND event_id IN ?")
+        .query("SELECT event_id FROM event_ids_local WHERE project = ? AND event_id IN ?")
         .bind(project)
         .bind(InList(ids))
         .with_setting("wait_end_of_query", "1")
@@ -270,7 +271,7 @@ impl Serialize for InList<'_> {
 /// server: the database, the versions table, each migration, then the reads.
 pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     let client = Client::default();
-    let mut queries = vec![cluster_known(&client, cluster), create_database(&client, database)];
+    let mut queries = vec![cluster_shards(&client, cluster), create_database(&client, database)];
     queries.push(ddl(&client, schema::VERSIONS_TABLE, database, cluster));
     queries.push(applied_version(&client));
     for (version, statements) in schema::MIGRATIONS {

@@ -28,6 +28,8 @@ pub struct ClickHouseStorage {
     sequence: Sequence,
     storing: InFlight,
     ids: Ids,
+    /// Per project, batches waiting for the group commit (`store_queued`).
+    queues: parking_lot::Mutex<std::collections::HashMap<String, StoreQueue>>,
 }
 
 /// Ids unique across nodes (quarantine entries): milliseconds since 1970 times 2^20 plus 20
@@ -100,6 +102,7 @@ impl ClickHouseStorage {
             sequence: Sequence::default(),
             storing: InFlight::default(),
             ids: Ids::default(),
+            queues: Default::default(),
         }))
     }
 
@@ -132,6 +135,74 @@ impl ClickHouseStorage {
             }
         }
     }
+}
+
+impl ClickHouseStorage {
+    /// Group commit: a batch that found fewer than `STORE_LANES` stores of its project running
+    /// leads one, storing whatever batches queued meanwhile as one (one id lookup, one insert
+    /// per table) until none is left. ClickHouse wants few large inserts (each makes a part on
+    /// every shard), and a store is mostly waiting for it: a few run at once. Their batches
+    /// share no id (`InFlight`), so each id is still stored once.
+    fn store_queued(&self, project: &str) {
+        loop {
+            let group: Vec<QueuedStore> = {
+                let mut queues = self.queues.lock();
+                let Some(queue) = queues.get_mut(project) else {
+                    return;
+                };
+                if queue.waiting.is_empty() {
+                    queue.storing -= 1;
+                    if queue.storing == 0 {
+                        queues.remove(project);
+                    }
+                    return;
+                }
+                let mut events = 0;
+                let take = queue
+                    .waiting
+                    .iter()
+                    .position(|(batch, _)| {
+                        events += batch.len();
+                        events > GROUP_EVENTS
+                    })
+                    .unwrap_or(queue.waiting.len())
+                    .max(1);
+                queue.waiting.drain(..take).collect()
+            };
+            let sizes: Vec<usize> = group.iter().map(|(batch, _)| batch.len()).collect();
+            let mut combined = Vec::with_capacity(sizes.iter().sum());
+            let mut replies = Vec::with_capacity(group.len());
+            for (batch, reply) in group {
+                combined.extend(batch);
+                replies.push(reply);
+            }
+            let first = self.sequence.take(combined.len() as u64);
+            let owned = project.to_owned();
+            let stored =
+                self.run(move |store| Box::pin(async move { store.store_events(&owned, &combined, first).await }));
+            let mut offset = 0;
+            for (reply, size) in replies.into_iter().zip(sizes) {
+                let _ = reply.send(stored.as_ref().map(|s| s[offset..offset + size].to_vec()).map_err(Error::clone));
+                offset += size;
+            }
+        }
+    }
+}
+
+/// Events stored in one group commit at most (a batch larger than that goes alone).
+const GROUP_EVENTS: usize = 50_000;
+
+/// Group commits of one project running at once on a node.
+const STORE_LANES: usize = 3;
+
+/// A batch waiting for its project's store, and where its answer goes.
+type QueuedStore = (Vec<Event>, std::sync::mpsc::SyncSender<Result<Vec<bool>>>);
+
+/// A project's batches waiting for a store, and how many callers are storing them.
+#[derive(Default)]
+struct StoreQueue {
+    waiting: Vec<QueuedStore>,
+    storing: usize,
 }
 
 /// A call of the client, run on its runtime.
@@ -257,14 +328,25 @@ impl Storage for ClickHouseStorage {
 }
 
 impl RemoteEvents for ClickHouseStorage {
-    fn store_events(&self, project: &str, events: &[Event]) -> Result<Vec<bool>> {
+    fn store_events(&self, project: &str, events: &[Event], held: &mut dyn FnMut()) -> Result<Vec<bool>> {
         let mut keys: Vec<u128> = events.iter().map(|e| event_key(project, &e.event_id)).collect();
         keys.sort_unstable();
         keys.dedup();
         let _held = self.storing.hold(keys);
-        let (project, events) = (project.to_owned(), events.to_vec());
-        let first = self.sequence.take(events.len() as u64);
-        self.run(move |store| Box::pin(async move { store.store_events(&project, &events, first).await }))
+        held();
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let lead = {
+            let mut queues = self.queues.lock();
+            let queue = queues.entry(project.to_owned()).or_default();
+            queue.waiting.push((events.to_vec(), reply));
+            let lead = queue.storing < STORE_LANES;
+            queue.storing += usize::from(lead);
+            lead
+        };
+        if lead {
+            self.store_queued(project);
+        }
+        answer.recv().map_err(|_| Error::Internal("a clickhouse store was dropped".into()))?
     }
 
     fn stored_ids(&self, project: &str, ids: &[String]) -> Result<std::collections::HashSet<String>> {

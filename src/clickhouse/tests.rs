@@ -131,6 +131,13 @@ async fn a_bad_configuration_or_an_unreachable_server_is_named() {
         "{error:?}"
     );
 
+    // One URL for a cluster of two shards: events go straight to their shard's server.
+    let error = ClickHouse::connect(&config(urls[..1].to_vec(), &database.name)).await.err().unwrap();
+    assert!(
+        matches!(&error, Error::FailedPrecondition(m) if m.contains("1 URLs") && m.contains("2 shards")),
+        "{error:?}"
+    );
+
     // A port nothing listens on: bind one, then free it.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let down = config(vec![urls[0].clone(), format!("http://{closed}")], &database.name);
@@ -435,9 +442,11 @@ async fn a_shard_down_fails_writes_and_reads_instead_of_answering_in_part() {
     let Some(urls) = cluster_urls() else { return };
     let database = TestDatabase::new(&urls, "shard_down");
     // scripts/clickhouse-cluster.sh defines this cluster: the first shard, and one on a port
-    // nothing listens on.
+    // nothing listens on (for reads); writes go to the shard servers, the second one down too.
     let down = ClickHouseConfig { cluster: "sextant_one_shard_down".into(), ..config(urls.clone(), &database.name) };
-    let store = ClickHouse::connect(&down).await.expect("a cluster started by scripts/clickhouse-cluster.sh");
+    let mut store = ClickHouse::connect(&down).await.expect("a cluster started by scripts/clickhouse-cluster.sh");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    store.servers[1] = Client::default().with_url(format!("http://{closed}")).with_database(database.name.as_str());
     let events: Vec<Event> = (0..50)
         .map(|i| Event {
             event_id: format!("e{i}"),

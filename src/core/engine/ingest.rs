@@ -48,29 +48,47 @@ impl Engine {
             && let Some(LogRecord::Events { .. }) = records.first()
         {
             let LogRecord::Events { project: id, events } = records.remove(0) else { unreachable!("checked above") };
-            let entry = project.clone();
-            let stored = self
-                .on_remote(move |remote| {
-                    let stored = remote.store_events(&id, &events)?;
-                    // Live watchers on this node see the write (other nodes' writes: at their next tick).
-                    entry.read().changes.send_modify(|n| *n += 1);
-                    Ok(stored)
-                })
-                .await?;
-            let accepted = stored.iter().filter(|s| **s).count() as u64;
-            let written = WriteResult { accepted, duplicates: stored.len() as u64 - accepted };
-            ::metrics::counter!("sextant_events_accepted_total").increment(written.accepted);
-            ::metrics::counter!("sextant_events_duplicate_total").increment(written.duplicates);
-            keys.clear();
-            let (reply, receiver) = oneshot::channel();
-            if records.is_empty() {
-                let _ = reply.send(Ok(written));
-            } else {
-                let rest = Box::pin(self.submit(project, records, keys, absent_at)).await?;
-                tokio::spawn(async move {
-                    let _ = reply.send(rest.await.map_err(|_| Error::Unavailable).and_then(|r| r.map(|_| written)));
+            // The store runs on its own; this returns once its ids are held, which is the
+            // queue position a stream's next batch waits for (`Turn`), so batches pipeline.
+            let (held, holding) = oneshot::channel();
+            let (stored_reply, stored) = oneshot::channel();
+            let (storage, entry) = (self.storage.clone(), project.clone());
+            tokio::task::spawn_blocking(move || {
+                let Some(remote) = storage.remote_events() else {
+                    return;
+                };
+                let mut held = Some(held);
+                let result = remote.store_events(&id, &events, &mut || {
+                    if let Some(held) = held.take() {
+                        let _ = held.send(());
+                    }
                 });
-            }
+                // Live watchers on this node see the write (other nodes' writes: at their next tick).
+                entry.read().changes.send_modify(|n| *n += 1);
+                let _ = stored_reply.send(result);
+            });
+            // A store that failed before holding its ids drops `held`: its error comes below.
+            let _ = holding.await;
+            keys.clear();
+            let rest = match records.is_empty() {
+                true => None,
+                false => Some(Box::pin(self.submit(project, records, keys, absent_at)).await?),
+            };
+            let (reply, receiver) = oneshot::channel();
+            tokio::spawn(async move {
+                let written = async {
+                    let stored = stored.await.map_err(|_| Error::Unavailable)??;
+                    if let Some(rest) = rest {
+                        rest.await.map_err(|_| Error::Unavailable)??;
+                    }
+                    let accepted = stored.iter().filter(|s| **s).count() as u64;
+                    let written = WriteResult { accepted, duplicates: stored.len() as u64 - accepted };
+                    ::metrics::counter!("sextant_events_accepted_total").increment(written.accepted);
+                    ::metrics::counter!("sextant_events_duplicate_total").increment(written.duplicates);
+                    Ok(written)
+                };
+                let _ = reply.send(written.await);
+            });
             return Ok(receiver);
         }
         let sender = self.sender.read().clone().ok_or(Error::Unavailable)?;

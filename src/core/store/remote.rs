@@ -35,9 +35,9 @@ impl Fetch {
 pub trait RemoteEvents: Send + Sync {
     /// Stores the events whose ids the project has not stored yet (the first of an id
     /// repeated in the batch wins) and says which were stored. Returns once they are durable.
-    /// Batches sharing an id on one node are stored one after the other, so their answers
-    /// count each id once.
-    fn store_events(&self, project: &str, events: &[Event]) -> Result<Vec<bool>>;
+    /// Batches sharing an id on one node are stored one after the other, in the order they
+    /// hold their ids: `held` is called once they are held, before the store.
+    fn store_events(&self, project: &str, events: &[Event], held: &mut dyn FnMut()) -> Result<Vec<bool>>;
     /// Which of `ids` the project has stored.
     fn stored_ids(&self, project: &str, ids: &[String]) -> Result<std::collections::HashSet<String>>;
     /// Trait updates, applied in order.
