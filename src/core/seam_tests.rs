@@ -29,6 +29,7 @@ use crate::core::model::{Event, MICROS_PER_DAY, ManualValue, Micros, UserUpdate,
 use crate::core::store::ProjectData;
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::LogRecord;
+use crate::core::store::remote::Fetch;
 use crate::core::store::source::{EventSource, ManualValues};
 use crate::core::time::Granularity;
 
@@ -154,6 +155,12 @@ pub(crate) fn embedded(sent: &Sent) -> ProjectData {
 
 /// The same events as an external store would stream them, from this test's own model.
 fn batch(sent: &Sent, parts: usize) -> PersonBatch {
+    fetched(sent, parts, &Fetch::everything())
+}
+
+/// What a remote engine returns for `fetch`: the events of its names in its range, people
+/// with none of them left out (but users with traits).
+fn fetched(sent: &Sent, parts: usize, fetch: &Fetch) -> PersonBatch {
     // Who each event counts for: its user, else the user its anonymous id is aliased to.
     let owner = |e: &Event| -> (String, bool) {
         if !e.user_id.is_empty() {
@@ -165,7 +172,11 @@ fn batch(sent: &Sent, parts: usize) -> PersonBatch {
         }
     };
     let mut people: BTreeMap<(String, bool), Vec<(Micros, usize)>> = BTreeMap::new();
-    for (arrival, event) in sent.events.iter().enumerate() {
+    let wanted = |e: &Event| {
+        (fetch.from..fetch.to).contains(&e.timestamp)
+            && fetch.names.as_ref().is_none_or(|names| names.contains(&e.name))
+    };
+    for (arrival, event) in sent.events.iter().enumerate().filter(|(_, e)| wanted(e)) {
         let (id, is_user) = owner(event);
         if is_user && sent.deleted.contains(&id) {
             continue;
@@ -519,6 +530,59 @@ fn every_analysis_answers_the_same_over_the_embedded_engine_and_a_person_ordered
         let data = embedded(&sent);
         for parts in [1, 3] {
             compare_all(&data.source(), &batch(&sent, parts), seed);
+        }
+    }
+}
+
+/// A funnel or retention query over only what its `fetch` asks for (as a remote engine reads
+/// it) answers as over everything.
+#[test]
+fn funnels_and_retention_answer_the_same_over_only_what_they_fetch() {
+    let cohorts = cohorts();
+    for seed in 0..4 {
+        let sent = sent(seed);
+        let data = embedded(&sent);
+        let embedded = data.source();
+        for order in [FunnelOrder::Ordered, FunnelOrder::Strict, FunnelOrder::Unordered] {
+            for (breakdown, cohort_id) in [(None, ""), (Some("plan"), ""), (Some("user.country"), "buyers")] {
+                let query = FunnelQuery {
+                    steps: vec![selector("visit"), selector("signup"), selector("purchase")],
+                    from: START + 2 * DAY,
+                    to: START + 25 * DAY,
+                    window: 3 * DAY,
+                    order,
+                    breakdown: breakdown.map(String::from),
+                    cohort_id: cohort_id.into(),
+                    exclusions: vec![Exclusion { selector: selector("sub"), from_step: 0, to_step: 1 }],
+                    timezone: "Europe/Berlin".into(),
+                    ..Default::default()
+                };
+                let narrow = fetched(&sent, 1, &funnel::fetch(&query));
+                let what = format!("seed {seed} fetched funnel {order:?} {breakdown:?}");
+                assert_same(&what, &funnel::run(&embedded, &cohorts, &query), &funnel::run(&narrow, &cohorts, &query));
+            }
+        }
+        for (first_time, unbounded, breakdown) in [(true, false, None), (false, true, Some("plan"))] {
+            let query = RetentionQuery {
+                cohort_event: selector("visit"),
+                return_event: Some(selector("purchase")),
+                first_time,
+                unbounded,
+                shape: TableShape {
+                    from: START + DAY,
+                    to: START + 20 * DAY,
+                    period: Period::Week,
+                    periods: 4,
+                    timezone: "Europe/Berlin".into(),
+                    breakdown: breakdown.map(String::from),
+                    ..Default::default()
+                },
+            };
+            let narrow = fetched(&sent, 1, &retention::fetch(&query));
+            let what = format!("seed {seed} fetched retention {first_time} {unbounded}");
+            let (a, b) =
+                (retention::retention(&embedded, &cohorts, &query), retention::retention(&narrow, &cohorts, &query));
+            assert_same(&what, &a, &b);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::core::analysis::breakdown::{Groups, OTHER, top_groups};
 use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
 use crate::core::model::Micros;
+use crate::core::store::remote::Fetch;
 use crate::core::store::source::EventSource;
 use crate::core::store::source::{PersonEvents, Scan};
 use crate::core::store::table::NONE;
@@ -309,6 +310,18 @@ impl Timeline {
         out.clear();
         out.extend(attempt.positions[..attempt.reached].iter().map(|&p| self.times[p as usize]));
     }
+}
+
+/// What `run` reads of the events, for a store that fetches them first (a remote engine): the
+/// steps' and exclusions' events from `from` to a window after `to` (see the scan in `run`),
+/// or everything when a cohort or the STRICT order needs other events.
+pub fn fetch(query: &FunnelQuery) -> Fetch {
+    let selectors = query.steps.iter().chain(query.exclusions.iter().map(|e| &e.selector));
+    let names: Vec<String> = selectors.map(|s| s.event.clone()).collect();
+    if !query.cohort_id.is_empty() || query.order == FunnelOrder::Strict || names.iter().any(String::is_empty) {
+        return Fetch::everything();
+    }
+    Fetch { names: Some(names), from: query.from, to: query.to.saturating_add(query.window), user: None }
 }
 
 /// Runs a funnel over the project's current state.

@@ -13,6 +13,7 @@ use crate::core::cohort::{self, Cohorts};
 use crate::core::filter::{self, CompiledFilters, EventSelector, TRAIT_PREFIX, row_number};
 use crate::core::metric::definition::Period;
 use crate::core::model::{Micros, now_micros};
+use crate::core::store::remote::Fetch;
 use crate::core::store::source::EventSource;
 use crate::core::store::source::{PersonEvents, Scan};
 use crate::core::store::table::NONE;
@@ -464,6 +465,20 @@ fn first_in_range(
     let i = (0..events.len()).find(|&i| matches(i))?;
     let t = events.times[i];
     (t >= from && t < to).then_some((t, events.rows[i]))
+}
+
+/// What `retention` reads of the events, for a store that fetches them first (a remote
+/// engine): the cohort and return events at any time (a first-time cohort looks before the
+/// range, returns run past it), or everything for a cohort filter or any event as return.
+pub fn fetch(query: &RetentionQuery) -> Fetch {
+    let Some(return_event) = &query.return_event else {
+        return Fetch::everything();
+    };
+    let names = vec![query.cohort_event.event.clone(), return_event.event.clone()];
+    if !query.shape.cohort_id.is_empty() || names.iter().any(String::is_empty) {
+        return Fetch::everything();
+    }
+    Fetch { names: Some(names), ..Fetch::everything() }
 }
 
 pub fn retention(source: &impl EventSource, cohorts: &Cohorts, query: &RetentionQuery) -> Result<RetentionTable> {

@@ -12,6 +12,6 @@ impl Engine {
         if query.timezone.is_empty() {
             query.timezone = state.project.timezone.clone();
         }
-        run(&self.events(&state)?, &state.defs.cohorts, &query)
+        run(&self.events_of(&state, &fetch(&query))?, &state.defs.cohorts, &query)
     }
 }

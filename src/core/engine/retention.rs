@@ -12,7 +12,7 @@ impl Engine {
         if query.shape.timezone.is_empty() {
             query.shape.timezone = state.project.timezone.clone();
         }
-        retention(&self.events(&state)?, &state.defs.cohorts, &query)
+        retention(&self.events_of(&state, &fetch(&query))?, &state.defs.cohorts, &query)
     }
 
     pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {
