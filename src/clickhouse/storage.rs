@@ -192,8 +192,9 @@ impl ClickHouseStorage {
 /// Events stored in one group commit at most (a batch larger than that goes alone).
 const GROUP_EVENTS: usize = 50_000;
 
-/// Group commits of one project running at once on a node.
-const STORE_LANES: usize = 3;
+/// Group commits of one project running at once on a node (2 beat 3 on the 2-core bench:
+/// fewer, larger inserts; BENCHMARKS.md).
+const STORE_LANES: usize = 2;
 
 /// A batch waiting for its project's store, and where its answer goes.
 type QueuedStore = (Vec<Event>, std::sync::mpsc::SyncSender<Result<Vec<bool>>>);
