@@ -306,27 +306,9 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
         assert_same(&format!("seed {seed} cohort {id}"), &a, &b);
     }
 
-    for order in [FunnelOrder::Ordered, FunnelOrder::Strict, FunnelOrder::Unordered] {
-        for mode in [FunnelMode::UniqueUsers, FunnelMode::TotalConversions] {
-            for (breakdown, cohort_id) in [(None, ""), (Some("plan"), ""), (Some("user.country"), "buyers")] {
-                let query = FunnelQuery {
-                    steps: vec![selector("visit"), selector("signup"), selector("purchase")],
-                    from: START + 2 * DAY,
-                    to: START + 25 * DAY,
-                    window: 3 * DAY,
-                    order,
-                    mode,
-                    breakdown: breakdown.map(String::from),
-                    cohort_id: cohort_id.into(),
-                    exclusions: vec![Exclusion { selector: selector("sub"), from_step: 0, to_step: 1 }],
-                    timezone: "Europe/Berlin".into(),
-                    filters: vec![filter("plan", FilterOp::Neq, &["team"])],
-                    ..Default::default()
-                };
-                let what = format!("seed {seed} funnel {order:?} {mode:?} {breakdown:?}");
-                assert_same(&what, &funnel::run(embedded, &cohorts, &query), &funnel::run(batch, &cohorts, &query));
-            }
-        }
+    for (what, query) in funnel_queries() {
+        let what = format!("seed {seed} {what}");
+        assert_same(&what, &funnel::run(embedded, &cohorts, &query), &funnel::run(batch, &cohorts, &query));
     }
 
     for (first_time, unbounded, mode, breakdown) in [
@@ -534,6 +516,34 @@ fn every_analysis_answers_the_same_over_the_embedded_engine_and_a_person_ordered
     }
 }
 
+/// The funnels both seam tests ask: every order and mode, with and without a breakdown and a
+/// cohort, an exclusion and a filter, in a zone with a DST change.
+fn funnel_queries() -> Vec<(String, FunnelQuery)> {
+    let mut queries = Vec::new();
+    for order in [FunnelOrder::Ordered, FunnelOrder::Strict, FunnelOrder::Unordered] {
+        for mode in [FunnelMode::UniqueUsers, FunnelMode::TotalConversions] {
+            for (breakdown, cohort_id) in [(None, ""), (Some("plan"), ""), (Some("user.country"), "buyers")] {
+                let query = FunnelQuery {
+                    steps: vec![selector("visit"), selector("signup"), selector("purchase")],
+                    from: START + 2 * DAY,
+                    to: START + 25 * DAY,
+                    window: 3 * DAY,
+                    order,
+                    mode,
+                    breakdown: breakdown.map(String::from),
+                    cohort_id: cohort_id.into(),
+                    exclusions: vec![Exclusion { selector: selector("sub"), from_step: 0, to_step: 1 }],
+                    timezone: "Europe/Berlin".into(),
+                    filters: vec![filter("plan", FilterOp::Neq, &["team"])],
+                    ..Default::default()
+                };
+                queries.push((format!("funnel {order:?} {mode:?} {breakdown:?}"), query));
+            }
+        }
+    }
+    queries
+}
+
 /// A funnel or retention query over only what its `fetch` asks for (as a remote engine reads
 /// it) answers as over everything.
 #[test]
@@ -543,24 +553,10 @@ fn funnels_and_retention_answer_the_same_over_only_what_they_fetch() {
         let sent = sent(seed);
         let data = embedded(&sent);
         let embedded = data.source();
-        for order in [FunnelOrder::Ordered, FunnelOrder::Strict, FunnelOrder::Unordered] {
-            for (breakdown, cohort_id) in [(None, ""), (Some("plan"), ""), (Some("user.country"), "buyers")] {
-                let query = FunnelQuery {
-                    steps: vec![selector("visit"), selector("signup"), selector("purchase")],
-                    from: START + 2 * DAY,
-                    to: START + 25 * DAY,
-                    window: 3 * DAY,
-                    order,
-                    breakdown: breakdown.map(String::from),
-                    cohort_id: cohort_id.into(),
-                    exclusions: vec![Exclusion { selector: selector("sub"), from_step: 0, to_step: 1 }],
-                    timezone: "Europe/Berlin".into(),
-                    ..Default::default()
-                };
-                let narrow = fetched(&sent, 1, &funnel::fetch(&query));
-                let what = format!("seed {seed} fetched funnel {order:?} {breakdown:?}");
-                assert_same(&what, &funnel::run(&embedded, &cohorts, &query), &funnel::run(&narrow, &cohorts, &query));
-            }
+        for (what, query) in funnel_queries() {
+            let narrow = fetched(&sent, 1, &funnel::fetch(&query));
+            let what = format!("seed {seed} fetched {what}");
+            assert_same(&what, &funnel::run(&embedded, &cohorts, &query), &funnel::run(&narrow, &cohorts, &query));
         }
         for (first_time, unbounded, breakdown) in [(true, false, None), (false, true, Some("plan"))] {
             let query = RetentionQuery {
