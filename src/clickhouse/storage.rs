@@ -129,9 +129,7 @@ impl ClickHouseStorage {
                     return Err(Error::Aborted("the call was cancelled".into()));
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Internal("the clickhouse client runtime stopped".into()));
-                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(stopped()),
             }
         }
     }
@@ -218,6 +216,11 @@ impl Drop for ClickHouseStorage {
     }
 }
 
+/// A call cut short because the client's runtime stopped (the server is stopping): retry.
+fn stopped() -> Error {
+    Error::BackendUnavailable("the clickhouse client stopped (the server is stopping)".into())
+}
+
 /// Spawns `future` on `runtime` and waits for it from whatever thread this is.
 fn wait<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
@@ -227,7 +230,7 @@ fn wait<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = reply.send(future.await);
     });
-    answer.recv().map_err(|_| Error::Internal("the clickhouse client runtime stopped".into()))?
+    answer.recv().map_err(|_| stopped())?
 }
 
 /// Write numbers: microseconds since 1970 times 1024, plus this node's random salt below
@@ -347,7 +350,7 @@ impl RemoteEvents for ClickHouseStorage {
         if lead {
             self.store_queued(project);
         }
-        answer.recv().map_err(|_| Error::Internal("a clickhouse store was dropped".into()))?
+        answer.recv().map_err(|_| stopped())?
     }
 
     fn stored_ids(&self, project: &str, ids: &[String]) -> Result<std::collections::HashSet<String>> {

@@ -35,8 +35,9 @@ impl Engine {
     /// handles jobs in queue order, so of two jobs repeating an id the first queued is stored.
     /// `absent_at`: see `WriteJob::absent_at`.
     ///
-    /// With a remote engine (ClickHouse), events go there instead and are stored when this
-    /// returns; the other records still go through the writer (to the remote's record table).
+    /// With a remote engine (ClickHouse), events go there instead: this returns once their ids
+    /// are held (their place in line), the receiver once they are stored; the other records
+    /// still go through the writer (to the remote's record table).
     async fn submit(
         &self,
         project: Arc<ProjectEntry>,
@@ -70,9 +71,10 @@ impl Engine {
             // A store that failed before holding its ids drops `held`: its error comes below.
             let _ = holding.await;
             keys.clear();
-            let rest = match records.is_empty() {
-                true => None,
-                false => Some(Box::pin(self.submit(project, records, keys, absent_at)).await?),
+            let rest = if records.is_empty() {
+                None
+            } else {
+                Some(Box::pin(self.submit(project, records, keys, absent_at)).await?)
             };
             let (reply, receiver) = oneshot::channel();
             tokio::spawn(async move {
