@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command: Rust unit and end-to-end tests (the ClickHouse backend's against a local
-# two-shard cluster, and the end-to-end tests a second time with the server on it), then the cross-checks against DuckDB and the forecasts against
-# statsmodels on generated data and the ClickHouse backend's SQL on chDB (installing their
-# Python dependencies first),
-# then the client examples in Python, Node and Go against a fresh server (scripts/test-clients.sh
+# two-shard cluster, and the end-to-end tests a second time with the server on it), then the
+# cross-checks against DuckDB and the forecasts against statsmodels on generated data (on both
+# backends) and the ClickHouse backend's SQL on chDB (installing their Python dependencies
+# first), then the client examples in Python, Node and Go against a fresh server (scripts/test-clients.sh
 # installs their tools), and the dashboard in headless Chromium (scripts/test-dashboard.sh
 # installs it).
 set -euo pipefail
@@ -34,6 +34,11 @@ cargo build --locked --quiet
 for check in tests/reference/*_vs_duckdb.py tests/reference/*_vs_statsmodels.py tests/reference/*_vs_chdb.py; do
   echo "== $check"
   python3 "$check"
+done
+# The same independent checks with the server on the cluster.
+for check in tests/reference/*_vs_duckdb.py tests/reference/*_vs_statsmodels.py; do
+  echo "== $check (server on ClickHouse)"
+  SEXTANT_TEST_STORAGE=clickhouse python3 "$check"
 done
 bash scripts/test-clients.sh
 bash scripts/test-dashboard.sh

@@ -38,13 +38,24 @@ def binary():
     return path
 
 
+def storage_flags(data_dir):
+    """With SEXTANT_TEST_STORAGE=clickhouse, the server runs on the cluster of
+    SEXTANT_CLICKHOUSE_URL, in a database of its own (how scripts/test.sh checks both backends)."""
+    if os.environ.get("SEXTANT_TEST_STORAGE") != "clickhouse":
+        return []
+    database = "ref_" + os.path.basename(data_dir).replace("-", "_")
+    return ["--storage", "clickhouse", "--clickhouse-url", os.environ["SEXTANT_CLICKHOUSE_URL"],
+            "--clickhouse-database", database]
+
+
 class Server:
     """A sextant server on a free port with a fresh data dir; stopped on exit."""
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="sextant-ref-")
         self.proc = subprocess.Popen(
-            [binary(), "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", os.path.join(self.dir, "db")],
+            [binary(), "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", os.path.join(self.dir, "db")]
+            + storage_flags(self.dir),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
