@@ -163,19 +163,11 @@ struct FetchedEvent {
     prop_strings: Vec<String>,
 }
 
-/// `FetchedEvent` with the user id (when `is_user`) or anonymous id it was sent with.
+/// `FetchedEvent` with the user id (when `is_user`) or anonymous id it was sent with; RowBinary
+/// reads the nested struct's columns first, in order.
 #[derive(Row, Deserialize)]
 struct FetchedSent {
-    owner: String,
-    owner_is_user: u8,
-    time: i64,
-    seq: u64,
-    name: String,
-    event_id: String,
-    prop_keys: Vec<String>,
-    prop_kinds: Vec<u8>,
-    prop_numbers: Vec<f64>,
-    prop_strings: Vec<String>,
+    event: FetchedEvent,
     sender: String,
     is_user: u8,
     sender_anonymous: String,
@@ -198,10 +190,10 @@ impl FetchedRow for FetchedEvent {
 
 impl FetchedRow for FetchedSent {
     fn event_id(&self) -> &str {
-        &self.event_id
+        &self.event.event_id
     }
     fn seq(&self) -> u64 {
-        self.seq
+        self.event.seq
     }
 }
 
@@ -428,13 +420,9 @@ impl ClickHouse {
     /// tombstone does that at once, then each shard is asked to remove the rows (ClickHouse
     /// mutations, which run in the background). Event ids stay known, so a resent event of
     /// the user is still a duplicate.
-    pub async fn delete_user(&self, project: &str, user_id: &str, seq: u64) -> Result<()> {
-        let mut cursor =
-            sql::aliased_to(self.front(), project, user_id).fetch::<String>().map_err(|e| self.failed(&e))?;
-        let mut anonymous = Vec::new();
-        while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
-            anonymous.push(id);
-        }
+    /// Returns the anonymous ids it unlinked (those credited to the user then).
+    pub async fn delete_user(&self, project: &str, user_id: &str, seq: u64) -> Result<Vec<String>> {
+        let anonymous = self.anonymous_ids(project, user_id).await?;
         // The anonymous ids first: a deletion cut short here hides their events and unlinks
         // them; the user's own tombstone (last) completes it, and a retry does it all again.
         if !anonymous.is_empty() {
@@ -450,13 +438,13 @@ impl ClickHouse {
         let mut insert = self.insert::<DeletedUserRow<'_>>("deleted_users").await?;
         insert.write(&DeletedUserRow { project, user_id, seq }).await.map_err(|e| self.failed(&e))?;
         insert.end().await.map_err(|e| self.failed(&e))?;
-        let anonymous: Vec<&str> = anonymous.iter().map(String::as_str).collect();
+        let ids: Vec<&str> = anonymous.iter().map(String::as_str).collect();
         for server in &self.servers {
-            for mutation in sql::purge_user(server, project, user_id, &anonymous, seq) {
+            for mutation in sql::purge_user(server, project, user_id, &ids, seq) {
                 mutation.execute().await.map_err(|e| self.failed(&e))?;
             }
         }
-        Ok(())
+        Ok(anonymous)
     }
 
     /// Waits until every shard server has finished its mutations (the rows DeleteUser removes
@@ -598,26 +586,18 @@ impl ClickHouse {
         loop {
             let row = cursor.next().await.map_err(|e| self.failed(&e))?;
             let same = match (&row, person.first()) {
-                (Some(row), Some(first)) => row.owner == first.owner && row.owner_is_user == first.owner_is_user,
+                (Some(row), Some(first)) => {
+                    (&row.event.owner, row.event.owner_is_user) == (&first.event.owner, first.event.owner_is_user)
+                }
                 _ => true,
             };
             if !same || row.is_none() {
                 drop_later_copies(&mut person);
                 for sent in person.drain(..) {
-                    let event = Event {
-                        event_id: sent.event_id,
-                        name: sent.name,
-                        user_id: if sent.is_user == 1 { sent.sender } else { String::new() },
-                        anonymous_id: sent.sender_anonymous,
-                        timestamp: sent.time,
-                        properties: properties(
-                            sent.prop_keys,
-                            &sent.prop_kinds,
-                            &sent.prop_numbers,
-                            sent.prop_strings,
-                        )?,
-                    };
-                    events.push((sent.seq, event));
+                    let seq = sent.event.seq;
+                    let user_id = if sent.is_user == 1 { sent.sender } else { String::new() };
+                    let event = Event { user_id, anonymous_id: sent.sender_anonymous, ..row_event(sent.event)? };
+                    events.push((seq, event));
                 }
             }
             match row {

@@ -375,7 +375,7 @@ impl RemoteEvents for ClickHouseStorage {
         self.run(move |store| Box::pin(async move { store.insert_aliases(&project, &pair, seq).await }))
     }
 
-    fn delete_user(&self, project: &str, user_id: &str) -> Result<()> {
+    fn delete_user(&self, project: &str, user_id: &str) -> Result<Vec<String>> {
         let (project, user_id, seq) = (project.to_owned(), user_id.to_owned(), self.sequence.take(1));
         self.run(move |store| Box::pin(async move { store.delete_user(&project, &user_id, seq).await }))
     }

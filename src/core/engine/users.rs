@@ -156,9 +156,7 @@ impl Engine {
                             events += u64::from(p == person) * rows.times.len() as u64
                         });
                     }
-                    let anonymous = remote.anonymous_ids(&project_id, &user)?;
-                    remote.delete_user(&project_id, &user)?;
-                    Ok((events, anonymous))
+                    Ok((events, remote.delete_user(&project_id, &user)?))
                 })
                 .await?;
             // Their quarantined events leave the quarantine, on every node.

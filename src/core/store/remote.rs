@@ -45,7 +45,8 @@ pub trait RemoteEvents: Send + Sync {
     /// Credits `anonymous_id`'s events (past and future) to `user_id`.
     fn store_alias(&self, project: &str, anonymous_id: &str, user_id: &str) -> Result<()>;
     /// Erases a user: at once for every read, and from the engine's files in the background.
-    fn delete_user(&self, project: &str, user_id: &str) -> Result<()>;
+    /// Returns the anonymous ids it unlinked (those credited to the user then).
+    fn delete_user(&self, project: &str, user_id: &str) -> Result<Vec<String>>;
     /// Removes a project's events from before `cutoff` (its retention period).
     fn expire(&self, project: &str, cutoff: Micros) -> Result<()>;
     /// What `fetch` asks for, with every user's traits, in person order.
