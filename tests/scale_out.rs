@@ -9,6 +9,12 @@ use common::*;
 use sextant::cli::r#gen::{GenOptions, generate};
 use sextant::cli::load::{ClientArgs, LoadArgs};
 use sextant::core::engine::dashboard::DashboardRequest;
+use sextant::core::filter::{Filter, FilterOp};
+use sextant::core::metric::definition::MetricTarget;
+use sextant::core::metric::evaluate::{Compare, TreeNode};
+use sextant::core::metric::scan::MetricQuery;
+use sextant::core::model::Value;
+use sextant::core::time::Granularity;
 use sextant::pb;
 use tonic::Code;
 
@@ -177,12 +183,72 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
     assert!(a.contains("FunnelTile") && a.contains("RetentionTile") && a.contains("ExperimentTile"), "{a}");
     // Equal line by line, numbers to the last bits of a sum (the engines add rows in
     // different person orders).
-    assert_eq!(a.lines().count(), b.lines().count());
-    for (x, y) in a.lines().zip(b.lines()).filter(|(x, y)| x != y) {
-        let number = |line: &str| line.trim().trim_end_matches(',').parse::<f64>().ok();
-        let close = number(x).zip(number(y)).is_some_and(|(x, y)| (x - y).abs() <= 1e-9 * x.abs().max(1.0));
-        assert!(close, "dashboards differ (embedded, clickhouse): {x:?} vs {y:?}");
+    assert_close("dashboards", &a, &b);
+
+    // Metric queries and the tree, as computed in ClickHouse where they can be (plain event
+    // aggregates, their ratios and formulas: `metric::scan::pushable`) and from the events
+    // otherwise (rolling windows, conversions, a cohort), over days across a DST change.
+    let (from, to) = (stats[0].first_event.unwrap(), stats[0].last_event.unwrap() + 1);
+    let trait_filter =
+        Filter { property: "user.country".into(), op: FilterOp::Neq, values: vec![Value::String("DE".into())] };
+    let event_filter = Filter { property: "revenue".into(), op: FilterOp::Gt, values: vec![Value::Number(20.0)] };
+    let queries = [
+        (Granularity::Day, vec![], None, Compare::PreviousPeriod),
+        (Granularity::Week, vec![trait_filter.clone()], Some("user.plan"), Compare::None),
+        (Granularity::Month, vec![event_filter], Some("user.channel"), Compare::None),
+        (Granularity::Total, vec![trait_filter], None, Compare::PreviousYear),
+    ];
+    let metrics = local.list_metrics("demo", &[]).unwrap();
+    assert!(metrics.len() >= 8, "{metrics:?}");
+    let before = remote.pushed_down_aggregates();
+    for metric in &metrics {
+        for (granularity, filters, breakdown, compare) in &queries {
+            let query = MetricQuery {
+                from,
+                to,
+                granularity: *granularity,
+                tz: chrono_tz::UTC,
+                filters: filters.clone(),
+                breakdown: breakdown.map(String::from),
+                breakdown_limit: 3,
+                cohort_id: String::new(),
+                members: None,
+            };
+            let answers = [&local, &remote].map(|engine| {
+                let target = MetricTarget::Key(metric.key.clone(), 0);
+                engine.query_metric("demo", target, query.clone(), "Europe/Berlin", Some(*compare)).unwrap()
+            });
+            let what = format!("metric {} {granularity:?} {filters:?} {breakdown:?}", metric.key);
+            assert_close(&what, &format!("{:#?}", answers[0]), &format!("{:#?}", answers[1]));
+        }
     }
+    let pushed = remote.pushed_down_aggregates() - before;
+    assert!(pushed >= 20, "plain aggregates are computed in ClickHouse: {pushed}");
+    assert_eq!(local.pushed_down_aggregates(), 0);
+    let query = MetricQuery {
+        from,
+        to,
+        granularity: Granularity::Total,
+        tz: chrono_tz::UTC,
+        filters: vec![],
+        breakdown: None,
+        breakdown_limit: 0,
+        cohort_id: String::new(),
+        members: None,
+    };
+    // Each node's metric and values (the definitions' creation times differ between the two).
+    fn values(node: &TreeNode, out: &mut Vec<(String, Option<f64>, Option<f64>)>) {
+        out.push((node.metric.key.clone(), node.current, node.previous));
+        node.children.iter().for_each(|child| values(child, out));
+    }
+    let trees = [&local, &remote].map(|engine| {
+        let (root, _) = engine.metric_tree("demo", "", query.clone(), "", None, 0).unwrap();
+        let mut nodes = Vec::new();
+        values(&root, &mut nodes);
+        format!("{nodes:#?}")
+    });
+    assert!(trees[0].lines().count() > 20, "{}", trees[0]);
+    assert_close("trees", &trees[0], &trees[1]);
 
     let mut exports = [embedded.export("demo").await, clustered.export("demo").await];
     for export in &mut exports {
@@ -193,6 +259,21 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
 
     for user in ["u1_0", "u42_0", "u200_0"] {
         assert_eq!(embedded.get_user("demo", user).await.ok(), clustered.get_user("demo", user).await.ok(), "{user}");
+    }
+}
+
+/// Two pretty-printed answers equal line by line, numbers to the last bits of a sum (the
+/// engines add rows in different orders).
+fn assert_close(what: &str, a: &str, b: &str) {
+    assert_eq!(a.lines().count(), b.lines().count(), "{what}:\n{a}\n{b}");
+    for (x, y) in a.lines().zip(b.lines()).filter(|(x, y)| x != y) {
+        let number = |line: &str| {
+            let value = line.trim().trim_end_matches(',');
+            let value = value.strip_prefix("Some(").and_then(|v| v.strip_suffix(')')).unwrap_or(value);
+            value.rsplit(": ").next().unwrap_or(value).parse::<f64>().ok()
+        };
+        let close = number(x).zip(number(y)).is_some_and(|(x, y)| (x - y).abs() <= 1e-9 * x.abs().max(1.0));
+        assert!(close, "{what} differ (embedded, clickhouse): {x:?} vs {y:?}");
     }
 }
 

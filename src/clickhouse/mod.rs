@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{Event, Micros, UserUpdate, Value};
 use crate::core::store::person_batch::PersonBatch;
+use crate::core::store::remote::{AggregateRequest, Aggregated, PartialCell, PersonCells};
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 
@@ -203,11 +204,22 @@ struct FetchedUpdate {
     update_json: String,
 }
 
-const KIND_NULL: u8 = 0;
-const KIND_BOOL: u8 = 1;
-const KIND_NUMBER: u8 = 2;
-const KIND_STRING: u8 = 3;
-const KIND_TIME: u8 = 4;
+use sql::{KIND_BOOL, KIND_NULL, KIND_NUMBER, KIND_STRING, KIND_TIME};
+
+/// A person's partial cells of an event aggregate, as `sql::aggregate` returns them.
+#[derive(Row, Deserialize)]
+struct FetchedCells {
+    owner: String,
+    owner_is_user: u8,
+    buckets: Vec<u32>,
+    group_kinds: Vec<u8>,
+    group_numbers: Vec<f64>,
+    group_strings: Vec<String>,
+    counts: Vec<u64>,
+    sums: Vec<f64>,
+    mins: Vec<f64>,
+    maxs: Vec<f64>,
+}
 
 impl ClickHouse {
     /// Connects to every server, checks that each knows the cluster, and brings the schema up
@@ -515,6 +527,45 @@ impl ClickHouse {
         Ok(batch)
     }
 
+    /// An event aggregate's partial cells per person, and every user's traits when asked.
+    pub async fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {
+        let rows: Vec<FetchedCells> =
+            sql::aggregate(self.front(), project, request).fetch_all().await.map_err(|e| self.failed(&e))?;
+        let mut people = Vec::with_capacity(rows.len());
+        for row in rows {
+            let n = row.buckets.len();
+            // Columns not asked for come back empty.
+            let lengths = [row.group_kinds.len(), row.group_numbers.len(), row.group_strings.len(), row.counts.len()];
+            let values = [row.sums.len(), row.mins.len(), row.maxs.len()];
+            if lengths.iter().chain(&values).any(|&len| len != n && len != 0) {
+                return Err(Error::Storage(format!("clickhouse: person {:?}: cells of unequal length", row.owner)));
+            }
+            let mut strings = row.group_strings.into_iter();
+            let cells = (0..n)
+                .map(|i| {
+                    let group = match row.group_kinds.get(i) {
+                        Some(&kind) => {
+                            let number = row.group_numbers.get(i).copied().unwrap_or(0.0);
+                            property_value(kind, number, strings.next().unwrap_or_default())?
+                        }
+                        None => Value::Null,
+                    };
+                    Ok(PartialCell {
+                        bucket: row.buckets[i],
+                        group,
+                        count: row.counts.get(i).copied().unwrap_or(0),
+                        sum: row.sums.get(i).copied().unwrap_or(0.0),
+                        min: row.mins.get(i).copied().unwrap_or(f64::INFINITY),
+                        max: row.maxs.get(i).copied().unwrap_or(f64::NEG_INFINITY),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            people.push(PersonCells { id: row.owner, is_user: row.owner_is_user == 1, cells });
+        }
+        let traits = if request.with_traits { self.traits(project, None).await? } else { Vec::new() };
+        Ok(Aggregated { people, traits })
+    }
+
     /// The latest value of a definition; `None` when it was never stored or was deleted.
     pub async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let rows: Vec<MetaRow> = sql::meta_get(self.front(), key).fetch_all().await.map_err(|e| self.failed(&e))?;
@@ -743,17 +794,23 @@ fn properties(keys: Vec<String>, kinds: &[u8], numbers: &[f64], strings: Vec<Str
         .zip(strings)
         .enumerate()
         .map(|(i, (key, string))| {
-            let value = match kinds[i] {
-                KIND_NULL => Value::Null,
-                KIND_BOOL => Value::Bool(numbers[i] != 0.0),
-                KIND_NUMBER => Value::Number(numbers[i]),
-                KIND_STRING => Value::String(string),
-                KIND_TIME => Value::Timestamp(numbers[i] as Micros),
-                other => return Err(Error::Storage(format!("clickhouse: property {key:?} has unknown kind {other}"))),
-            };
+            let value = property_value(kinds[i], numbers[i], string)
+                .map_err(|_| Error::Storage(format!("clickhouse: property {key:?} has unknown kind {}", kinds[i])))?;
             Ok((key, value))
         })
         .collect()
+}
+
+/// A stored property value from its kind, number and string columns.
+fn property_value(kind: u8, number: f64, string: String) -> Result<Value> {
+    Ok(match kind {
+        KIND_NULL => Value::Null,
+        KIND_BOOL => Value::Bool(number != 0.0),
+        KIND_NUMBER => Value::Number(number),
+        KIND_STRING => Value::String(string),
+        KIND_TIME => Value::Timestamp(number as Micros),
+        other => return Err(Error::Storage(format!("clickhouse: unknown property kind {other}"))),
+    })
 }
 
 /// A ClickHouse failure as the client sees it:

@@ -10,6 +10,9 @@ use clickhouse::query::Query;
 use serde::Serialize;
 
 use super::{Fetch, schema};
+use crate::core::filter::{Filter, FilterOp};
+use crate::core::model::{Micros, Value};
+use crate::core::store::remote::{AggregateRequest, CellValues};
 
 /// How many shards the cluster has, as this server's `remote_servers` says.
 pub fn cluster_shards(client: &Client, cluster: &str) -> Query {
@@ -69,6 +72,14 @@ pub fn events_as_sent(client: &Client, project: &str, fetch: &Fetch) -> Query {
 }
 
 fn events_with(client: &Client, project: &str, fetch: &Fetch, as_sent: bool) -> Query {
+    let mut sql = checked_events(project, fetch, as_sent);
+    sql.text.push_str(" ORDER BY owner, owner_is_user, time, seq");
+    sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
+/// The SELECT of `events` without its order: (owner, owner_is_user, time, seq, name, event_id,
+/// property arrays[, sender, is_user, sender_anonymous]).
+fn checked_events(project: &str, fetch: &Fetch, as_sent: bool) -> Sql {
     let (outer, owned, aliased, inner) = if as_sent {
         (
             ", sender, is_user, sender_anonymous",
@@ -79,7 +90,8 @@ fn events_with(client: &Client, project: &str, fetch: &Fetch, as_sent: bool) -> 
     } else {
         ("", "", "", "")
     };
-    let mut sql = format!(
+    let mut sql = Sql::default();
+    sql.push(&format!(
         "SELECT owner, owner_is_user, time, seq, name, event_id, prop_keys, prop_kinds, prop_numbers, prop_strings{outer}
          FROM (
           SELECT owner, owner_is_user, is_user, anonymous_deleted_at, deleted_at, time, seq, name, event_id,
@@ -95,40 +107,378 @@ fn events_with(client: &Client, project: &str, fetch: &Fetch, as_sent: bool) -> 
             FROM events
             GLOBAL ANY LEFT JOIN (
                 SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS live_user
-                FROM aliases WHERE project = ? GROUP BY anonymous_id
+                FROM aliases WHERE project = "
+    ));
+    sql.arg(project);
+    sql.push(
+        " GROUP BY anonymous_id
             ) AS latest_alias USING (person, is_user)
-            WHERE project = ? AND time >= ? AND time < ?",
+            WHERE project = ",
     );
-    if fetch.names.is_some() {
-        sql.push_str(" AND has(?, name)");
+    sql.arg(project);
+    sql.push(" AND time >= ");
+    sql.arg(fetch.from);
+    sql.push(" AND time < ");
+    sql.arg(fetch.to);
+    if let Some(names) = &fetch.names {
+        sql.push(" AND has(");
+        sql.arg(names.clone());
+        sql.push(", name)");
     }
-    sql.push_str(
+    sql.push(
         ") AS aliased
            ANY LEFT JOIN (
             SELECT anonymous_id AS person, toUInt8(0) AS is_user, max(seq) AS anonymous_deleted_at
-            FROM deleted_anonymous WHERE project = ? GROUP BY anonymous_id
+            FROM deleted_anonymous WHERE project = ",
+    );
+    sql.arg(project);
+    sql.push(
+        " GROUP BY anonymous_id
            ) AS anonymous_deletion USING (person, is_user)
           ) AS owned
           ANY LEFT JOIN (
             SELECT user_id AS owner, toUInt8(1) AS owner_is_user, max(seq) AS deleted_at
-            FROM deleted_users WHERE project = ? GROUP BY user_id
+            FROM deleted_users WHERE project = ",
+    );
+    sql.arg(project);
+    sql.push(
+        " GROUP BY user_id
           ) AS owner_deletion USING (owner, owner_is_user)
          ) AS checked
          WHERE (is_user = 1 AND seq >= deleted_at OR is_user = 0 AND seq >= anonymous_deleted_at)",
     );
-    if fetch.user.is_some() {
-        sql.push_str(" AND owner = ? AND owner_is_user = 1");
-    }
-    sql.push_str(" ORDER BY owner, owner_is_user, time, seq");
-    let mut query = client.query(&sql).bind(project).bind(project).bind(fetch.from).bind(fetch.to);
-    if let Some(names) = &fetch.names {
-        query = query.bind(names.as_slice());
-    }
-    query = query.bind(project).bind(project);
     if let Some(user) = &fetch.user {
-        query = query.bind(user.as_str());
+        sql.push(" AND owner = ");
+        sql.arg(user.as_str());
+        sql.push(" AND owner_is_user = 1");
     }
-    query.with_setting("wait_end_of_query", "1")
+    sql
+}
+
+/// An event aggregate's partial cells, one row per person: (owner, owner_is_user, and per
+/// cell: bucket, breakdown value as kind/number/string, count, sum, min, max).
+///
+/// The events are those `events` reads, each id once (the earliest copy of a person's id, as
+/// `person_batch` keeps: copies are dropped before the filters look, since a later copy may
+/// differ). Filters follow `core::filter`: a missing or null property matches only NEQ,
+/// NOT_IN and IS_NOT_SET; comparisons take numbers and timestamps; a value is a number.
+pub fn aggregate(client: &Client, project: &str, request: &AggregateRequest) -> Query {
+    let fetch = Fetch { names: Some(vec![request.name.clone()]), from: request.from, to: request.to, user: None };
+    let mut sql = Sql::default();
+    // Only the columns the caller reads: the rest are sent as empty arrays.
+    let column = |wanted: bool, name: &str, empty: &str| {
+        if wanted { format!("groupArray({name})") } else { format!("emptyArray{empty}()") }
+    };
+    let grouped = request.breakdown_property.is_some();
+    let values = request.values;
+    let columns = [
+        column(grouped, "group_kind", "UInt8"),
+        column(grouped, "group_number", "Float64"),
+        column(grouped, "group_string", "String"),
+        column(values.count, "events", "UInt64"),
+        column(values.sum, "total", "Float64"),
+        column(values.min, "low", "Float64"),
+        column(values.max, "high", "Float64"),
+    ];
+    sql.push(&format!("SELECT owner, owner_is_user, groupArray(bucket), {}", columns.join(", ")));
+    sql.push(
+        "
+         FROM (
+          SELECT owner, owner_is_user, bucket, group_kind, group_number, group_string,
+                 count() AS events, sum(value) AS total, min(value) AS low, max(value) AS high
+          FROM (
+           SELECT owner, owner_is_user, ",
+    );
+    // Buckets are runs of one width (days in a zone split by a DST change, months): within a
+    // run, arithmetic. (18.16 loses a subquery's column that only a lambda uses, so no
+    // `arrayCount(e -> e <= time, ends)`.)
+    let runs = bucket_runs(&request.bounds);
+    sql.push("toUInt32(");
+    if runs.len() > 1 {
+        sql.push("multiIf(");
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let last = i + 1 == runs.len();
+        if !last {
+            sql.push("time < ");
+            sql.arg(run.end);
+            sql.push(", ");
+        }
+        sql.arg(run.first as i64);
+        sql.push(" + intDiv(time - ");
+        sql.arg(run.start);
+        sql.push(", ");
+        sql.arg(run.width);
+        sql.push(")");
+        if !last {
+            sql.push(", ");
+        }
+    }
+    if runs.len() > 1 {
+        sql.push(")");
+    }
+    sql.push(")");
+    sql.push(" AS bucket, ");
+    match &request.breakdown_property {
+        Some(key) => {
+            sql.property(key, "kinds");
+            sql.push(" AS group_kind, ");
+            // -0 and 0 are one group, as in `core::analysis::breakdown`.
+            sql.push("if(");
+            sql.property(key, "numbers");
+            sql.push(" = 0, 0, ");
+            sql.property(key, "numbers");
+            sql.push(") AS group_number, ");
+            sql.property(key, "strings");
+            sql.push(" AS group_string, ");
+        }
+        None => sql.push("toUInt8(0) AS group_kind, toFloat64(0) AS group_number, '' AS group_string, "),
+    }
+    match &request.value_property {
+        Some(key) => sql.property(key, "numbers"),
+        None => sql.push("toFloat64(0)"),
+    }
+    sql.push(" AS value, ");
+    let mut conditions = 0;
+    if let Some(key) = &request.value_property {
+        sql.property(key, "kinds");
+        sql.push(&format!(" = {KIND_NUMBER}"));
+        conditions += 1;
+    }
+    for filter in &request.filters {
+        if conditions > 0 {
+            sql.push(" AND ");
+        }
+        sql.filter(filter);
+        conditions += 1;
+    }
+    if conditions == 0 {
+        sql.push("1");
+    }
+    sql.push(" AS passes FROM (");
+    let events = checked_events(project, &fetch, false);
+    sql.text.push_str(&events.text);
+    sql.args.extend(events.args);
+    sql.push(
+        ") ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id
+          ) WHERE passes = 1
+          GROUP BY owner, owner_is_user, bucket, group_kind, group_number, group_string
+         ) GROUP BY owner, owner_is_user",
+    );
+    sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
+/// Consecutive buckets of one width: bucket `first + (t - start) / width` for `t < end`.
+#[derive(Debug, PartialEq)]
+struct BucketRun {
+    first: usize,
+    start: Micros,
+    width: Micros,
+    end: Micros,
+}
+
+/// `bounds` (bucket b is `[bounds[b], bounds[b + 1])`) as runs of equal width.
+fn bucket_runs(bounds: &[Micros]) -> Vec<BucketRun> {
+    let mut runs: Vec<BucketRun> = Vec::new();
+    for (b, pair) in bounds.windows(2).enumerate() {
+        let width = pair[1] - pair[0];
+        match runs.last_mut() {
+            Some(run) if run.width == width => run.end = pair[1],
+            _ => runs.push(BucketRun { first: b, start: pair[0], width, end: pair[1] }),
+        }
+    }
+    runs
+}
+
+/// Property kinds as stored in `prop_kinds`.
+pub(super) const KIND_NULL: u8 = 0;
+pub(super) const KIND_BOOL: u8 = 1;
+pub(super) const KIND_NUMBER: u8 = 2;
+pub(super) const KIND_STRING: u8 = 3;
+pub(super) const KIND_TIME: u8 = 4;
+
+/// A statement and its values, in the order of their `?`s.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn arg(&mut self, value: impl Into<Arg>) {
+        self.text.push('?');
+        self.args.push(value.into());
+    }
+
+    /// An event property's column (`kinds`, `numbers` or `strings`): the kind is 0 (null)
+    /// when the event has no such property.
+    fn property(&mut self, key: &str, column: &str) {
+        self.push(&format!("prop_{column}[indexOf(prop_keys, "));
+        self.arg(key);
+        self.push(")]");
+    }
+
+    /// `core::filter::matches` of an event-property filter, in SQL.
+    fn filter(&mut self, filter: &Filter) {
+        let key = filter.property.as_str();
+        let kind_is = |sql: &mut Sql, kind: u8| {
+            sql.push("(");
+            sql.property(key, "kinds");
+            sql.push(&format!(" = {kind}"));
+        };
+        let equal = |sql: &mut Sql, value: &Value| {
+            match value {
+                Value::Null => {
+                    kind_is(sql, KIND_NULL);
+                }
+                Value::String(s) => {
+                    kind_is(sql, KIND_STRING);
+                    sql.push(" AND ");
+                    sql.property(key, "strings");
+                    sql.push(" = ");
+                    sql.arg(s.as_str());
+                }
+                Value::Number(_) | Value::Bool(_) | Value::Timestamp(_) => {
+                    let (kind, number) = match value {
+                        Value::Number(n) => (KIND_NUMBER, *n),
+                        Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b))),
+                        Value::Timestamp(t) => (KIND_TIME, *t as f64),
+                        _ => unreachable!("matched above"),
+                    };
+                    kind_is(sql, kind);
+                    sql.push(" AND ");
+                    sql.property(key, "numbers");
+                    sql.push(" = ");
+                    sql.arg(number);
+                }
+            }
+            sql.push(")");
+        };
+        let any_equal = |sql: &mut Sql| {
+            sql.push("(");
+            for (i, value) in filter.values.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                equal(sql, value);
+            }
+            sql.push(")");
+        };
+        match filter.op {
+            FilterOp::Eq | FilterOp::In => any_equal(self),
+            FilterOp::Neq | FilterOp::NotIn => {
+                self.push("NOT ");
+                any_equal(self);
+            }
+            FilterOp::Gt | FilterOp::Gte | FilterOp::Lt | FilterOp::Lte => {
+                let bound = match filter.values.first() {
+                    Some(Value::Number(n)) => Some(*n),
+                    Some(Value::Timestamp(t)) => Some(*t as f64),
+                    _ => None,
+                };
+                let Some(bound) = bound else {
+                    // Validation refuses it; nothing passes, as in `core::filter`.
+                    self.push("0");
+                    return;
+                };
+                let op = match filter.op {
+                    FilterOp::Gt => ">",
+                    FilterOp::Gte => ">=",
+                    FilterOp::Lt => "<",
+                    _ => "<=",
+                };
+                self.push("(");
+                self.property(key, "kinds");
+                self.push(&format!(" IN ({KIND_NUMBER}, {KIND_TIME}) AND "));
+                self.property(key, "numbers");
+                self.push(&format!(" {op} "));
+                self.arg(bound);
+                self.push(")");
+            }
+            FilterOp::Contains => match filter.values.first() {
+                Some(Value::String(needle)) => {
+                    kind_is(self, KIND_STRING);
+                    if !needle.is_empty() {
+                        self.push(" AND position(");
+                        self.property(key, "strings");
+                        self.push(", ");
+                        self.arg(needle.as_str());
+                        self.push(") > 0");
+                    }
+                    self.push(")");
+                }
+                _ => self.push("0"),
+            },
+            FilterOp::IsSet => {
+                self.push("(");
+                self.property(key, "kinds");
+                self.push(&format!(" != {KIND_NULL})"));
+            }
+            FilterOp::IsNotSet => {
+                kind_is(self, KIND_NULL);
+                self.push(")");
+            }
+        }
+    }
+
+    fn query(self, client: &Client) -> Query {
+        self.args.into_iter().fold(client.query(&self.text), |query, arg| query.bind(arg))
+    }
+}
+
+/// A value bound to a `?`.
+enum Arg {
+    Str(String),
+    Strs(Vec<String>),
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f64),
+}
+
+impl From<&str> for Arg {
+    fn from(value: &str) -> Arg {
+        Arg::Str(value.to_owned())
+    }
+}
+
+impl From<Vec<String>> for Arg {
+    fn from(value: Vec<String>) -> Arg {
+        Arg::Strs(value)
+    }
+}
+
+impl From<i64> for Arg {
+    fn from(value: i64) -> Arg {
+        Arg::Int(value)
+    }
+}
+
+impl From<Vec<i64>> for Arg {
+    fn from(value: Vec<i64>) -> Arg {
+        Arg::Ints(value)
+    }
+}
+
+impl From<f64> for Arg {
+    fn from(value: f64) -> Arg {
+        Arg::Float(value)
+    }
+}
+
+impl Serialize for Arg {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Arg::Str(v) => v.serialize(serializer),
+            Arg::Strs(v) => v.serialize(serializer),
+            Arg::Int(v) => v.serialize(serializer),
+            Arg::Ints(v) => v.serialize(serializer),
+            Arg::Float(v) => v.serialize(serializer),
+        }
+    }
 }
 
 /// The latest row of a definition: (deleted, value).
@@ -285,6 +635,7 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     queries.push(events(&client, "p", &named));
     queries.push(events(&client, "p", &Fetch::of_user("u1")));
     queries.push(events_as_sent(&client, "p", &Fetch::everything()));
+    queries.extend(sample_aggregates().iter().map(|request| aggregate(&client, "p", request)));
     queries.push(trait_updates(&client, "p", None));
     queries.push(trait_updates(&client, "p", Some("u1")));
     queries.push(meta_get(&client, "metric/p/m"));
@@ -300,9 +651,68 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     queries.iter().map(|q| q.sql_display().to_string()).collect()
 }
 
+/// Aggregate requests that use every part of `aggregate`: both bucket forms, each filter
+/// operator and value kind, a value and a breakdown property.
+fn sample_aggregates() -> Vec<AggregateRequest> {
+    let on = |property: &str, op: FilterOp, values: Vec<Value>| Filter { property: property.into(), op, values };
+    let day = 86_400_000_000;
+    let plain = AggregateRequest {
+        name: "visit".into(),
+        from: 0,
+        to: 3 * day,
+        filters: Vec::new(),
+        value_property: None,
+        breakdown_property: None,
+        bounds: vec![0, day, 2 * day, 3 * day],
+        with_traits: false,
+        values: CellValues::default(),
+    };
+    let filtered = AggregateRequest {
+        name: "purchase".into(),
+        filters: vec![
+            on("plan", FilterOp::In, vec![Value::String("it's".into()), Value::Null, Value::Bool(true)]),
+            on("plan", FilterOp::NotIn, vec![Value::Number(2.5), Value::Timestamp(day)]),
+            on("amount", FilterOp::Gte, vec![Value::Number(10.0)]),
+            on("at", FilterOp::Lt, vec![Value::Timestamp(day)]),
+            on("plan", FilterOp::Contains, vec![Value::String("pro".into())]),
+            on("plan", FilterOp::IsSet, vec![]),
+            on("coupon", FilterOp::IsNotSet, vec![]),
+        ],
+        value_property: Some("amount".into()),
+        breakdown_property: Some("plan".into()),
+        bounds: vec![0, day, 2 * day + 3_600_000_000],
+        values: CellValues { count: true, sum: true, min: true, max: true },
+        ..plain.clone()
+    };
+    vec![plain, filtered]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_runs_of_one_width() {
+        let h = 3_600_000_000;
+        // Days with a 23-hour one (spring forward), then whole days again.
+        let bounds = [0, 24 * h, 48 * h, 71 * h, 95 * h, 119 * h];
+        let runs = bucket_runs(&bounds);
+        assert_eq!(
+            runs,
+            vec![
+                BucketRun { first: 0, start: 0, width: 24 * h, end: 48 * h },
+                BucketRun { first: 2, start: 48 * h, width: 23 * h, end: 71 * h },
+                BucketRun { first: 3, start: 71 * h, width: 24 * h, end: 119 * h },
+            ]
+        );
+        // Each time's bucket from its run is the one the bounds give.
+        for t in (0..119).map(|x| x * h + 7) {
+            let run = runs.iter().find(|r| t < r.end).unwrap();
+            let bucket = run.first + ((t - run.start) / run.width) as usize;
+            assert_eq!(bucket, bounds.partition_point(|&b| b <= t) - 1, "{t}");
+        }
+        assert_eq!(bucket_runs(&[5, 9]), vec![BucketRun { first: 0, start: 5, width: 4, end: 9 }]);
+    }
 
     #[test]
     fn every_statement_has_its_values_bound_and_escaped() {

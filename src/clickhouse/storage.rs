@@ -18,7 +18,7 @@ use crate::clickhouse::{ClickHouse, ClickHouseConfig, Fetch};
 use crate::core::model::{Event, Micros, UserUpdate, now_micros};
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::event_key;
-use crate::core::store::remote::RemoteEvents;
+use crate::core::store::remote::{AggregateRequest, Aggregated, RemoteEvents};
 use crate::error::{Error, Result};
 use crate::storage::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage};
 
@@ -388,6 +388,11 @@ impl RemoteEvents for ClickHouseStorage {
     fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch> {
         let (project, fetch) = (project.to_owned(), fetch.clone());
         self.read(move |store| Box::pin(async move { store.person_batch(&project, &fetch).await }))
+    }
+
+    fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {
+        let (project, request) = (project.to_owned(), request.clone());
+        self.read(move |store| Box::pin(async move { store.aggregate(&project, &request).await }))
     }
 
     fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>> {

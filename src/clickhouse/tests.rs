@@ -8,7 +8,7 @@ use super::*;
 use crate::core::analysis::funnel::{self, FunnelQuery};
 use crate::core::cohort::Cohorts;
 use crate::core::filter::EventSelector;
-use crate::core::seam_tests::{DAY, START, compare_all, embedded, sent};
+use crate::core::seam_tests::{DAY, START, assert_same, compare_all, embedded, sent};
 use crate::core::store::source::EventSource;
 
 fn cluster_urls() -> Option<Vec<String>> {
@@ -114,6 +114,165 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
     // Another project's rows are not read.
     let empty = store.person_batch("nobody", &Fetch::everything()).await.unwrap();
     assert_eq!(empty.row_count(), 0);
+}
+
+/// Every pushed-down event aggregate (`metric::scan::pushable`) against a scan of the same
+/// events by the embedded engine: each kind, granularity (days across Berlin's DST change,
+/// months), breakdown (event property of strings, of numbers, a trait; under and over the
+/// limit), filter operator and trait filter, with later copies of some ids that differ.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
+    use crate::core::filter::{Filter, FilterOp};
+    use crate::core::metric::definition::{Metric, MetricKind};
+    use crate::core::metric::scan::{self, MetricQuery};
+    use crate::core::time::Granularity;
+
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "pushdown");
+    let store = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let project = "p";
+    let mut sent = sent(7);
+    // Booleans and timestamps too, on some purchases.
+    for (i, event) in sent.events.iter_mut().filter(|e| e.name == "purchase").enumerate().filter(|(i, _)| i % 3 == 0) {
+        event.properties.push(("gift".into(), Value::Bool(i % 2 == 0)));
+        event.properties.push(("at".into(), Value::Timestamp(START + (i as i64 % 20) * DAY)));
+    }
+    let (first, rest) = sent.events.split_at(sent.events.len() / 2);
+    store.store_events(project, first, 0).await.unwrap();
+    let pairs: Vec<(String, String)> = sent.aliases.iter().map(|(a, u)| (a.clone(), u.clone())).collect();
+    store.insert_aliases(project, &pairs, 0).await.unwrap();
+    store.store_events(project, rest, first.len() as u64).await.unwrap();
+    let updates = sent.trait_updates();
+    store.insert_user_updates(project, &updates, 0).await.unwrap();
+    let mut seq = sent.events.len() as u64 + updates.len() as u64;
+    // Later copies of some ids, as a crash between a batch's two writes leaves them: changed,
+    // so counting one would show.
+    let copies: Vec<Event> = sent
+        .events
+        .iter()
+        .step_by(9)
+        .map(|e| {
+            let mut copy = e.clone();
+            copy.properties =
+                vec![("amount".into(), Value::Number(1000.0)), ("plan".into(), Value::String("gold".into()))];
+            copy
+        })
+        .collect();
+    let rows: Vec<(u64, &Event)> = copies.iter().enumerate().map(|(i, e)| (seq + i as u64, e)).collect();
+    store.insert_event_rows(project, &rows).await.unwrap();
+    seq += copies.len() as u64;
+    for (k, user) in sent.deleted.iter().enumerate() {
+        store.delete_user(project, user, seq + k as u64).await.unwrap();
+    }
+    let data = embedded(&sent);
+    let embedded = data.source();
+
+    let metric = |kind: MetricKind, event: &str, property: &str, filters: Vec<Filter>| Metric {
+        key: "m".into(),
+        kind,
+        selector: Some(EventSelector { event: event.into(), filters }),
+        property: property.into(),
+        ..Default::default()
+    };
+    let string = |s: &str| Value::String(s.into());
+    let on = |property: &str, op: FilterOp, values: Vec<Value>| Filter { property: property.into(), op, values };
+    let filter_sets = vec![
+        vec![],
+        vec![on("plan", FilterOp::Eq, vec![string("pro")])],
+        vec![on("plan", FilterOp::Neq, vec![string("pro")])],
+        vec![on("plan", FilterOp::In, vec![string("free"), string("team")])],
+        vec![on("plan", FilterOp::NotIn, vec![string("free"), Value::Null])],
+        vec![on("amount", FilterOp::Gt, vec![Value::Number(50.0)])],
+        vec![
+            on("amount", FilterOp::Gte, vec![Value::Number(50.0)]),
+            on("amount", FilterOp::Lt, vec![Value::Number(80.0)]),
+        ],
+        vec![on("amount", FilterOp::Lte, vec![Value::Number(20.5)])],
+        vec![on("amount", FilterOp::Eq, vec![Value::Number(25.0), string("25")])],
+        vec![on("plan", FilterOp::Contains, vec![string("e")])],
+        vec![on("plan", FilterOp::Contains, vec![string("")])],
+        vec![on("plan", FilterOp::IsSet, vec![])],
+        vec![on("plan", FilterOp::IsNotSet, vec![])],
+        vec![on("plan", FilterOp::Eq, vec![Value::Null])],
+        vec![on("gift", FilterOp::Eq, vec![Value::Bool(true)])],
+        vec![on("gift", FilterOp::NotIn, vec![Value::Bool(false), Value::Number(1.0)])],
+        vec![on("at", FilterOp::Lt, vec![Value::Timestamp(START + 9 * DAY)])],
+        vec![on("at", FilterOp::In, vec![Value::Timestamp(START + 3 * DAY), Value::Number((START + 6 * DAY) as f64)])],
+        vec![on("user.country", FilterOp::In, vec![string("de"), string("us")])],
+        vec![on("user.age", FilterOp::Gte, vec![Value::Number(40.0)]), on("plan", FilterOp::IsSet, vec![])],
+    ];
+    let kinds = [
+        (MetricKind::Count, ""),
+        (MetricKind::UniqueUsers, ""),
+        (MetricKind::Sum, "amount"),
+        (MetricKind::Avg, "amount"),
+        (MetricKind::Min, "amount"),
+        (MetricKind::Max, "amount"),
+    ];
+    let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let mut asked = 0;
+    for (k, (kind, property)) in kinds.iter().enumerate() {
+        for (f, filters) in filter_sets.iter().enumerate() {
+            for (granularity, breakdown, limit) in [
+                (Granularity::Day, None, 0),
+                (Granularity::Week, Some("plan"), 2),
+                (Granularity::Month, Some("user.country"), 0),
+                (Granularity::Total, Some("amount"), 3),
+                (Granularity::Day, Some("channel"), 0),
+                (Granularity::Hour, Some("user.country"), 1),
+                (Granularity::Week, Some("gift"), 0),
+                (Granularity::Day, Some("at"), 4),
+            ] {
+                // Every combination of kind and filters, and each breakdown with a few of them.
+                if breakdown.is_some() && (f + k) % 3 != 0 {
+                    continue;
+                }
+                let (event, filters) =
+                    if breakdown == Some("channel") { ("visit", vec![]) } else { ("purchase", filters.clone()) };
+                let (selector_filters, query_filters) = filters.split_at(filters.len() / 2);
+                let m = metric(*kind, event, property, selector_filters.to_vec());
+                let query = MetricQuery {
+                    from: START + DAY + 5 * 3_600_000_000,
+                    to: if granularity == Granularity::Hour { START + 3 * DAY } else { START + 29 * DAY },
+                    granularity,
+                    tz: berlin,
+                    filters: query_filters.to_vec(),
+                    breakdown: breakdown.map(String::from),
+                    breakdown_limit: limit,
+                    cohort_id: String::new(),
+                    members: None,
+                };
+                assert!(scan::pushable(&m, &query));
+                let request = scan::aggregate_request(&m, &query, Micros::MIN).unwrap();
+                let pushed = scan::aggregate_partials(&m, &query, store.aggregate(project, &request).await.unwrap());
+                let scanned = scan::event_aggregate(&embedded, &m, &query);
+                let what = format!("{kind:?} filters {filters:?} {granularity:?} by {breakdown:?} limit {limit}");
+                assert_same(&what, &scanned, &pushed);
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked > 150, "{asked}");
+    // The retention cutoff leaves older events out, as the engine's reads do.
+    let m = metric(MetricKind::Count, "visit", "", vec![]);
+    let query = MetricQuery {
+        from: START,
+        to: START + 30 * DAY,
+        granularity: Granularity::Total,
+        tz: berlin,
+        filters: vec![],
+        breakdown: None,
+        breakdown_limit: 0,
+        cohort_id: String::new(),
+        members: None,
+    };
+    let cutoff = START + 10 * DAY;
+    let request = scan::aggregate_request(&m, &query, cutoff).unwrap();
+    let pushed = scan::aggregate_partials(&m, &query, store.aggregate(project, &request).await.unwrap()).unwrap();
+    let later = MetricQuery { from: cutoff, ..query.clone() };
+    let scanned = scan::event_aggregate(&embedded, &m, &later).unwrap();
+    assert_eq!(pushed[0].total, scanned[0].total);
+    assert!(pushed[0].total.unwrap() > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -205,6 +205,62 @@ pub fn evaluate(source: &impl EventSource, cohort: &Cohort, now: Micros) -> Memb
     Arc::new(source.canonical().iter().map(|&c| canonical_mask[c as usize]).collect())
 }
 
+/// What evaluating a cohort's conditions reads: only the events its behavioural conditions
+/// name, when every member must have such an event or a trait that is set (the people a
+/// narrowed read returns: those with the events read, and every user with traits). A "did
+/// not" condition, or a trait condition that a missing trait passes, can take in people with
+/// none of those events: then everything.
+pub fn fetch(cohort: &Cohort) -> crate::core::store::remote::Fetch {
+    use crate::core::store::remote::Fetch;
+    let Definition::Conditions(group) = &cohort.definition else {
+        return Fetch::everything();
+    };
+    if !bounded_group(group) {
+        return Fetch::everything();
+    }
+    let mut names = Vec::new();
+    collect_names(group, &mut names);
+    names.sort();
+    names.dedup();
+    Fetch { names: Some(names), ..Fetch::everything() }
+}
+
+/// Whether every member of `group` has an event one of its behavioural conditions counts, or
+/// a trait that is set.
+fn bounded_group(group: &ConditionGroup) -> bool {
+    let bounded = |condition: &Condition| match condition {
+        Condition::Behavioural(b) => !b.did_not,
+        Condition::Trait(f) => match f.op {
+            filter::FilterOp::Eq | filter::FilterOp::In => {
+                !f.values.iter().any(|v| matches!(v, crate::core::model::Value::Null))
+            }
+            filter::FilterOp::Gt
+            | filter::FilterOp::Gte
+            | filter::FilterOp::Lt
+            | filter::FilterOp::Lte
+            | filter::FilterOp::Contains
+            | filter::FilterOp::IsSet => true,
+            filter::FilterOp::Neq | filter::FilterOp::NotIn | filter::FilterOp::IsNotSet => false,
+        },
+        Condition::Group(inner) => bounded_group(inner),
+    };
+    if group.any {
+        !group.conditions.is_empty() && group.conditions.iter().all(bounded)
+    } else {
+        group.conditions.iter().any(bounded)
+    }
+}
+
+fn collect_names(group: &ConditionGroup, names: &mut Vec<String>) {
+    for condition in &group.conditions {
+        match condition {
+            Condition::Behavioural(b) => names.push(b.selector.event.clone()),
+            Condition::Trait(_) => {}
+            Condition::Group(inner) => collect_names(inner, names),
+        }
+    }
+}
+
 /// Per person id, for canonical people only (other entries are unspecified).
 fn evaluate_group(source: &impl EventSource, group: &ConditionGroup, now: Micros) -> Vec<bool> {
     let people = source.canonical().len();

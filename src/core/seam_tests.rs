@@ -207,7 +207,7 @@ fn fetched(sent: &Sent, parts: usize, fetch: &Fetch) -> PersonBatch {
 }
 
 /// `a` and `b` print the same but for floating-point rounding (sums taken in another order).
-fn assert_same(what: &str, a: &impl std::fmt::Debug, b: &impl std::fmt::Debug) {
+pub(crate) fn assert_same(what: &str, a: &impl std::fmt::Debug, b: &impl std::fmt::Debug) {
     let (a, b) = (format!("{a:?}"), format!("{b:?}"));
     let (ta, tb) = (tokens(&a), tokens(&b));
     let same = ta.len() == tb.len()
@@ -547,12 +547,45 @@ fn funnel_queries() -> Vec<(String, FunnelQuery)> {
 /// A funnel or retention query over only what its `fetch` asks for (as a remote engine reads
 /// it) answers as over everything.
 #[test]
-fn funnels_and_retention_answer_the_same_over_only_what_they_fetch() {
+fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
     let cohorts = cohorts();
+    let behaviour = |event: &str, min_count, did_not| {
+        Condition::Behavioural(Behavioural { selector: selector(event), min_count, did_not, frame: TimeFrame::All })
+    };
+    let group = |any, conditions| Condition::Group(ConditionGroup { any, conditions });
+    let country = |op, values: &[&str]| Condition::Trait(filter("user.country", op, values));
+    // (conditions, whether a narrowed read answers them)
+    let definitions = [
+        (group(false, vec![behaviour("purchase", 2, false)]), true),
+        (group(true, vec![behaviour("sub", 1, false), country(FilterOp::In, &["de", "fr"])]), true),
+        (group(false, vec![behaviour("signup", 1, true), country(FilterOp::Eq, &["us"])]), true),
+        (group(false, vec![behaviour("visit", 3, false), group(true, vec![behaviour("signup", 1, true)])]), true),
+        (group(false, vec![behaviour("purchase", 1, true)]), false),
+        (group(true, vec![behaviour("sub", 1, false), country(FilterOp::Neq, &["de"])]), false),
+        (group(false, vec![country(FilterOp::IsNotSet, &[])]), false),
+        (group(false, vec![]), false),
+    ];
+    let mut members = [0; 8];
     for seed in 0..4 {
         let sent = sent(seed);
         let data = embedded(&sent);
         let embedded = data.source();
+        for (k, (condition, narrowed)) in definitions.iter().enumerate() {
+            let Condition::Group(conditions) = condition.clone() else { unreachable!("groups above") };
+            let cohort = Cohort {
+                id: format!("c{k}"),
+                definition: Definition::Conditions(conditions),
+                ..cohorts["listed"].clone()
+            };
+            let fetch = cohort::fetch(&cohort);
+            assert_eq!(fetch.names.is_some(), *narrowed, "cohort {k}");
+            let narrow = fetched(&sent, 1, &fetch);
+            let now = START + 40 * DAY;
+            let full = cohort::member_ids(&embedded, &cohort::evaluate(&embedded, &cohort, now));
+            let read = cohort::member_ids(&narrow, &cohort::evaluate(&narrow, &cohort, now));
+            assert_eq!(full, read, "seed {seed} cohort {k}");
+            members[k] += full.len();
+        }
         for (what, query) in funnel_queries() {
             let narrow = fetched(&sent, 1, &funnel::fetch(&query));
             let what = format!("seed {seed} fetched {what}");
@@ -581,4 +614,5 @@ fn funnels_and_retention_answer_the_same_over_only_what_they_fetch() {
             assert_same(&what, &a, &b);
         }
     }
+    assert!(members.iter().all(|&n| n > 0), "every cohort has members: {members:?}");
 }

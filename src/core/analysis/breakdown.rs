@@ -7,8 +7,9 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::core::filter::TRAIT_PREFIX;
+use crate::core::model::Value;
 use crate::core::store::source::EventSource;
-use crate::core::store::table::{Cell, NONE};
+use crate::core::store::table::{Cell, Interner, NONE};
 pub use crate::core::store::trait_groups::{NO_VALUE, TraitGroups, format_number, format_time, label_of_value};
 
 pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
@@ -86,6 +87,8 @@ pub(crate) enum Groups {
         key: u32,
         ids: HashMap<GroupKey, u32>,
         labels: Vec<String>,
+        /// The strings of values grouped by `value_group` (their own ids, not the source's).
+        values: Box<Interner>,
     },
 }
 
@@ -100,6 +103,7 @@ impl Groups {
                 key: source.keys().get(breakdown).unwrap_or(NONE),
                 ids: HashMap::new(),
                 labels: Vec::new(),
+                values: Box::default(),
             },
         }
     }
@@ -110,7 +114,30 @@ impl Groups {
         match self {
             Groups::One => 0,
             Groups::Person(groups) => groups.group_of[person as usize],
-            Groups::Row { key, ids, labels } => row_group(*key, ids, labels, source, row),
+            Groups::Row { key, ids, labels, .. } => row_group(*key, ids, labels, source, row),
+        }
+    }
+
+    /// The group of a person's value of the breakdown property, for cells that carry the
+    /// value instead of a row (a remote engine's partial cells). A `Groups` groups rows or
+    /// values, never both.
+    pub(crate) fn value_group(&mut self, person: u32, value: &Value) -> u32 {
+        match self {
+            Groups::One => 0,
+            Groups::Person(groups) => groups.group_of[person as usize],
+            Groups::Row { ids, labels, values, .. } => {
+                let key = match value {
+                    Value::Null => GroupKey::Missing,
+                    Value::Bool(b) => GroupKey::Bool(*b),
+                    Value::Number(n) => GroupKey::Number(if *n == 0.0 { 0 } else { n.to_bits() }),
+                    Value::String(s) => GroupKey::Str(values.intern(s)),
+                    Value::Timestamp(t) => GroupKey::Time(*t),
+                };
+                *ids.entry(key).or_insert_with(|| {
+                    labels.push(label_of_value(Some(value)));
+                    labels.len() as u32 - 1
+                })
+            }
         }
     }
 

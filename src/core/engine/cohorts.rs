@@ -80,7 +80,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let cohort = state.defs.cohort(id)?;
-        let source = self.events(&state)?;
+        let source = self.events_of(&state, &fetch(cohort))?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
             Definition::Conditions(_) => member_ids(&source, &evaluate(&source, cohort, self.clock.now())),
@@ -98,7 +98,7 @@ impl Engine {
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,
             Definition::Conditions(_) => {
-                let source = self.events(&state)?;
+                let source = self.events_of(&state, &fetch(cohort))?;
                 let mask = evaluate(&source, cohort, now);
                 let canonical = source.canonical();
                 (0..canonical.len()).filter(|&p| canonical[p] as usize == p && mask[p]).count() as u64

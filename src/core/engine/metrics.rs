@@ -188,11 +188,11 @@ impl Engine {
         let compare = compare.unwrap_or_default();
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = self.events(&state)?;
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
-        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let metric = state.defs.metrics.resolve_target(target)?;
+        let source = self.metric_events(&state, [&metric], &query)?;
+        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let series = evaluate(&source, &state.defs.metrics, &metric, &query, 0)?;
         let comparison = match comparison_range(query.from, query.to, compare, query.granularity, query.tz) {
             Some((from, to)) => {
@@ -218,12 +218,12 @@ impl Engine {
     ) -> Result<(TreeNode, Option<(Micros, Micros)>)> {
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = self.events(&state)?;
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;
-        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let metrics = state.defs.metrics.latest_metrics();
+        let source = self.metric_events(&state, metrics.values(), &query)?;
+        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
         let root = if root_key.is_empty() {
             metrics.values().find(|m| m.role == MetricRole::NorthStar).ok_or_else(|| {
                 Error::FailedPrecondition(

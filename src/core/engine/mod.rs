@@ -42,9 +42,11 @@ use crate::core::experiment::holdout::Holdout;
 use crate::core::goal::definition::Goal;
 use crate::core::ingest::{Limits, SeenIds, Writer, WriterTask};
 use crate::core::metric::definition::{Metric, MetricBook};
+use crate::core::metric::scan::{AggregatePushdown, MetricQuery, Series};
 use crate::core::model::{Clock, EventType, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
+use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::{LogRecord, decode_record};
 use crate::core::store::remote::{Fetch, RemoteEvents};
 use crate::core::store::segment::Manifest;
@@ -127,6 +129,8 @@ pub struct Engine {
     /// With a remote engine: the generation (`RemoteEvents::generation`) this node's
     /// definitions and records were loaded at (see `refresh`).
     remote_generation: AtomicU64,
+    /// Event aggregates the remote engine computed (`metric_events`), for tests and telemetry.
+    pushed_down: Arc<AtomicU64>,
     /// Rebuilt project states not swapped in yet (their project was busy).
     pending: Mutex<BTreeMap<String, (u64, ProjectState)>>,
 }
@@ -327,6 +331,7 @@ impl Engine {
             readouts: Default::default(),
             columns,
             remote_generation: AtomicU64::new(remote_generation.unwrap_or_default()),
+            pushed_down: Arc::default(),
             pending: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -460,12 +465,40 @@ impl Engine {
         };
         // Expired events are left out at once; ClickHouse removes them in the background.
         let mut fetch = fetch.clone();
-        fetch.from = fetch.from.max(state.data.expired_before.unwrap_or(Micros::MIN));
+        fetch.from = fetch.from.max(not_before(state));
         let mut batch = remote.person_batch(&state.project.id, &fetch)?;
-        for (key, values) in &state.data.manual {
-            batch.add_manual(key, values.clone());
-        }
+        add_manual(&mut batch, state);
         Ok(AnySource::Batch(Box::new(batch)))
+    }
+
+    /// What evaluating `metrics` over `query` reads: with a remote engine, when every event
+    /// aggregate among them is computed there (`scan::pushable`) and nothing else reads events,
+    /// no events at all: the aggregates go to the remote engine as they are evaluated.
+    pub(crate) fn metric_events<'a, 'm>(
+        &self,
+        state: &'a ProjectState,
+        metrics: impl IntoIterator<Item = &'m Metric>,
+        query: &MetricQuery,
+    ) -> Result<AnySource<'a>> {
+        let book = &state.defs.metrics;
+        let reads = |m: &Metric| crate::core::metric::evaluate::reads_events(book, m, query, 0);
+        if self.remote().is_none() || metrics.into_iter().any(reads) {
+            return self.events(state);
+        }
+        let mut batch = PersonBatch::default();
+        add_manual(&mut batch, state);
+        batch.set_pushdown(Arc::new(RemoteAggregates {
+            storage: self.storage.clone(),
+            project: state.project.id.clone(),
+            not_before: not_before(state),
+            pushed_down: self.pushed_down.clone(),
+        }));
+        Ok(AnySource::Batch(Box::new(batch)))
+    }
+
+    /// How many event aggregates the remote engine has computed for this node.
+    pub fn pushed_down_aggregates(&self) -> u64 {
+        self.pushed_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn delete_meta(&self, key: MetaKey<'_>) -> Result<()> {
@@ -678,5 +711,37 @@ impl Engine {
 
     pub fn list_quarantined(&self, project: &str) -> Result<Vec<QuarantinedEvent>> {
         Ok(self.project(project)?.read().data.quarantine.values().cloned().collect())
+    }
+}
+
+/// Where a project's events start: its retention cutoff, if any. The remote engine removes
+/// older events in the background; reads leave them out meanwhile.
+fn not_before(state: &ProjectState) -> Micros {
+    state.data.expired_before.unwrap_or(Micros::MIN)
+}
+
+/// The MANUAL values this node keeps, into a batch the remote engine returned.
+fn add_manual(batch: &mut PersonBatch, state: &ProjectState) {
+    for (key, values) in &state.data.manual {
+        batch.add_manual(key, values.clone());
+    }
+}
+
+/// A project's event aggregates computed by the remote engine (`metric_events`).
+struct RemoteAggregates {
+    storage: Arc<dyn Storage>,
+    project: String,
+    not_before: Micros,
+    pushed_down: Arc<AtomicU64>,
+}
+
+impl AggregatePushdown for RemoteAggregates {
+    fn event_aggregate(&self, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+        let remote = self.storage.remote_events().ok_or_else(|| Error::Internal("no remote engine".into()))?;
+        let request = crate::core::metric::scan::aggregate_request(metric, query, self.not_before)?;
+        let aggregated = remote.aggregate(&self.project, &request)?;
+        self.pushed_down.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::counter!("sextant_aggregates_pushed_down_total").increment(1);
+        crate::core::metric::scan::aggregate_partials(metric, query, aggregated)
     }
 }

@@ -87,6 +87,30 @@ fn months_between(from: Micros, to: Micros, tz: chrono_tz::Tz) -> i32 {
     months
 }
 
+/// Whether evaluating `metric` over `query` reads events beyond what a source's pushdown
+/// answers (`scan::pushable` event aggregates) and MANUAL values. In doubt (an unknown input,
+/// a bad formula), true: the caller then reads the events, and the evaluation reports the
+/// error as it would anyway.
+pub fn reads_events(metrics: &MetricBook, metric: &Metric, query: &MetricQuery, depth: usize) -> bool {
+    if depth > MAX_DEPTH || !query.cohort_id.is_empty() {
+        return true;
+    }
+    let inputs_read = |keys: &[&str]| {
+        keys.iter().any(|key| metrics.latest_metric(key).map_or(true, |m| reads_events(metrics, m, query, depth + 1)))
+    };
+    match metric.kind {
+        kind if kind.is_event_aggregate() => !scan::pushable(metric, query),
+        MetricKind::Manual => false,
+        MetricKind::Ratio => inputs_read(&[&metric.numerator_key, &metric.denominator_key]),
+        MetricKind::Formula if metric.inputs.is_empty() => match crate::core::metric::formula::parse(&metric.formula) {
+            Ok(expr) => inputs_read(&expr.references().iter().map(String::as_str).collect::<Vec<_>>()),
+            Err(_) => true,
+        },
+        MetricKind::Formula => inputs_read(&metric.inputs.iter().map(|i| i.metric_key.as_str()).collect::<Vec<_>>()),
+        _ => true,
+    }
+}
+
 /// Evaluates any metric kind over a project's state.
 pub fn evaluate(
     source: &impl EventSource,
@@ -334,9 +358,11 @@ pub(crate) fn tree_node(
     depth: usize,
     path: &mut Vec<String>,
 ) -> Result<TreeNode> {
+    let pushed = source.pushdown().is_some() && scan::pushable(metric, query);
     let (current, previous) = match previous_range {
-        // Event aggregates: both ranges from one pass over the events.
-        Some(range) if crate::core::metric::two_ranges::applies(metric, query) => {
+        // Event aggregates: both ranges from one pass over the events (unless computed where
+        // the events are).
+        Some(range) if crate::core::metric::two_ranges::applies(metric, query) && !pushed => {
             crate::core::metric::two_ranges::totals(source, metric, query, range)?
         }
         Some((from, to)) => (

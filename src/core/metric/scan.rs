@@ -15,6 +15,8 @@ use crate::core::cohort::Members;
 use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
+use crate::core::store::person_batch::PersonBatch;
+use crate::core::store::remote::{AggregateRequest, Aggregated, CellValues, PartialCell};
 use crate::core::store::source::EventSource;
 use crate::core::store::source::{PersonEvents, Scan};
 use crate::core::store::table::{Cell, NONE};
@@ -143,6 +145,26 @@ impl Cells {
         }
     }
 
+    /// Adds an event's value, or a partial cell of a person's events (never for PERCENTILE,
+    /// which `pushable` keeps to events).
+    #[inline]
+    pub(crate) fn add_share(&mut self, cell: usize, person: u32, share: Share<'_>) {
+        let partial = match share {
+            Share::Event(value) => return self.add(cell, person, value),
+            Share::Partial(partial) => partial,
+        };
+        match self.kind {
+            MetricKind::UniqueUsers => self.add(cell, person, 0.0),
+            MetricKind::Sum | MetricKind::Avg => self.sum[cell] += partial.sum,
+            MetricKind::Min => self.min[cell] = self.min[cell].min(partial.min),
+            MetricKind::Max => self.max[cell] = self.max[cell].max(partial.max),
+            _ => {}
+        }
+        if self.kind != MetricKind::UniqueUsers {
+            self.count[cell] += partial.count;
+        }
+    }
+
     pub(crate) fn value(&mut self, cell: usize, percentile: f64) -> Option<f64> {
         let n = self.count[cell];
         match self.kind {
@@ -168,15 +190,96 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
     values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
 }
 
+/// Whether a remote engine computes `metric` over `query` where the events are
+/// (`AggregatePushdown`): a kind that partial cells add up to exactly, each event in one
+/// bucket (no rolling or to-date window) and no cohort, whose members are read from events.
+/// Trait filters and breakdowns are applied here, to the people the cells come with.
+pub fn pushable(metric: &Metric, query: &MetricQuery) -> bool {
+    matches!(
+        metric.kind,
+        MetricKind::Count
+            | MetricKind::UniqueUsers
+            | MetricKind::Sum
+            | MetricKind::Avg
+            | MetricKind::Min
+            | MetricKind::Max
+    ) && metric.rolling_window.is_none()
+        && metric.to_date.is_none()
+        && metric.selector.is_some()
+        && query.cohort_id.is_empty()
+        && query.members.is_none()
+}
+
+/// Event aggregates computed where the events are, for the metrics `pushable` accepts.
+pub trait AggregatePushdown: Send + Sync {
+    fn event_aggregate(&self, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>>;
+}
+
+/// What a remote engine is asked for an event aggregate (`pushable` holds): the events of the
+/// selector's name in the query's range, through the selector's and the query's event-property
+/// filters, in `bounds`' buckets. `not_before` is where the project's retention starts.
+pub fn aggregate_request(metric: &Metric, query: &MetricQuery, not_before: Micros) -> Result<AggregateRequest> {
+    let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
+    let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
+    let all_filters = || selector.filters.iter().chain(&query.filters);
+    let on_traits = |property: &str| property.starts_with(crate::core::filter::TRAIT_PREFIX);
+    let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
+    Ok(AggregateRequest {
+        name: selector.event.clone(),
+        from: query.from.max(not_before),
+        to: query.to,
+        filters: all_filters().filter(|f| !on_traits(&f.property)).cloned().collect(),
+        value_property: needs_value.then(|| metric.property.clone()),
+        breakdown_property: query.breakdown.clone().filter(|b| !on_traits(b)),
+        bounds,
+        with_traits: all_filters().any(|f| on_traits(&f.property)) || query.breakdown.as_deref().is_some_and(on_traits),
+        values: CellValues {
+            count: metric.kind != MetricKind::UniqueUsers,
+            sum: matches!(metric.kind, MetricKind::Sum | MetricKind::Avg),
+            min: metric.kind == MetricKind::Min,
+            max: metric.kind == MetricKind::Max,
+        },
+    })
+}
+
+/// An event aggregate from a remote engine's partial cells (`aggregate_request`'s answer):
+/// the same groups, ranking, `$other` and totals as a scan of the events gives.
+pub fn aggregate_partials(metric: &Metric, query: &MetricQuery, aggregated: Aggregated) -> Result<Vec<Series>> {
+    let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
+    let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
+    // The people, with their traits: trait filters and breakdowns read them.
+    let mut people = PersonBatch::default();
+    for (user, traits) in aggregated.traits {
+        people.add_person(&user, true, traits)?;
+    }
+    let mut cells = Vec::with_capacity(aggregated.people.len());
+    for person in aggregated.people {
+        cells.push((people.person(&person.id, person.is_user)?, person.cells));
+    }
+    let trait_filters: Vec<&Filter> = selector
+        .filters
+        .iter()
+        .chain(&query.filters)
+        .filter(|f| f.property.starts_with(crate::core::filter::TRAIT_PREFIX))
+        .collect();
+    let people_pass = CompiledFilters::compile(&people, &trait_filters, None);
+    let buckets = bounds.len() - 1;
+    let feed = PartialFeed { cells: &cells, people_pass: &people_pass, buckets };
+    fill(&people, metric, query, &bounds, feed)
+}
+
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).
 pub fn event_aggregate(source: &impl EventSource, metric: &Metric, query: &MetricQuery) -> Result<Vec<Series>> {
+    if let Some(pushdown) = source.pushdown()
+        && pushable(metric, query)
+    {
+        return pushdown.event_aggregate(metric, query);
+    }
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let windows = bucket_windows(metric, query, &bounds);
-    let buckets = windows.len();
     let window_starts: Vec<Micros> = windows.iter().map(|w| w.0).collect();
     let window_ends: Vec<Micros> = windows.iter().map(|w| w.1).collect();
     let scan_from = window_starts.iter().copied().min().unwrap_or(query.from).min(query.from);
-    let scan_to = query.to;
     // Plain buckets of one width (days in a zone without a DST change in the range, and any
     // single bucket) tile [from, to): an event's bucket is arithmetic, not a binary search.
     let width = bounds[1] - bounds[0];
@@ -203,30 +306,92 @@ pub fn event_aggregate(source: &impl EventSource, metric: &Metric, query: &Metri
     let filters = CompiledFilters::compile(source, &filters, query.members.as_ref().map(|m| m.as_slice()));
     let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
     let property = if needs_value { source.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
+    let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: query.to };
+    let feed = EventFeed { source, matching, from: query.from, buckets_of };
+    fill(source, metric, query, &bounds, feed)
+}
 
+/// One event's or one partial cell's part of a cell.
+#[derive(Clone, Copy)]
+pub(crate) enum Share<'a> {
+    Event(f64),
+    Partial(&'a PartialCell),
+}
+
+/// Where an event aggregate's cells are filled from: `visit(person, group, buckets, in the
+/// totals, share)` for each share, all of a person's together.
+trait Feed {
+    fn run(&self, groups: &mut Groups, visit: impl FnMut(u32, u32, std::ops::Range<usize>, bool, Share<'_>));
+}
+
+/// The matching events of a source.
+struct EventFeed<'a, S, B> {
+    source: &'a S,
+    matching: Matching<'a>,
+    /// Events before it count for rolling buckets only, not the totals.
+    from: Micros,
+    buckets_of: B,
+}
+
+impl<S: EventSource, B: Fn(Micros) -> (usize, usize)> Feed for EventFeed<'_, S, B> {
+    fn run(&self, groups: &mut Groups, mut visit: impl FnMut(u32, u32, std::ops::Range<usize>, bool, Share<'_>)) {
+        self.matching.for_each(self.source, |person, row, t, value| {
+            let group = groups.group(self.source, person, row);
+            let (first, last) = (self.buckets_of)(t);
+            visit(person, group, first..last, t >= self.from, Share::Event(value));
+        });
+    }
+}
+
+/// A remote engine's partial cells, per person of a `PersonBatch` of the people.
+struct PartialFeed<'a> {
+    cells: &'a [(u32, Vec<PartialCell>)],
+    people_pass: &'a CompiledFilters,
+    buckets: usize,
+}
+
+impl Feed for PartialFeed<'_> {
+    fn run(&self, groups: &mut Groups, mut visit: impl FnMut(u32, u32, std::ops::Range<usize>, bool, Share<'_>)) {
+        for (person, cells) in self.cells {
+            if !self.people_pass.person_passes(*person) {
+                continue;
+            }
+            for cell in cells {
+                let bucket = (cell.bucket as usize).min(self.buckets.saturating_sub(1));
+                let group = groups.value_group(*person, &cell.group);
+                visit(*person, group, bucket..bucket + 1, true, Share::Partial(cell));
+            }
+        }
+    }
+}
+
+/// Fills an event aggregate's (group × bucket) cells from `feed` and makes the series: groups
+/// ranked by their total, the tail past the breakdown limit folded into `$other`.
+fn fill(
+    source: &impl EventSource,
+    metric: &Metric,
+    query: &MetricQuery,
+    bounds: &[Micros],
+    feed: impl Feed,
+) -> Result<Vec<Series>> {
+    let buckets = bounds.len() - 1;
     let mut groups = Groups::new(source, query.breakdown.as_deref());
     // A breakdown first needs a pass for per-group totals over the range, to rank groups
     // and fold the tail into `$other`; the main pass fills the cells and the series totals.
     let scan =
         |groups: &mut Groups, remap: Option<&[u32]>, n_groups: usize, cells: &mut Option<Cells>, totals: &mut Cells| {
-            if name == NONE {
-                return;
-            }
-            let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: scan_to };
-            matching.for_each(source, |person, row, t, value| {
-                let raw_group = groups.group(source, person, row) as usize;
-                let group = remap.map_or(raw_group, |r| r[raw_group] as usize);
-                if t >= query.from {
+            feed.run(groups, |person, raw_group, in_buckets, in_totals, share| {
+                let group = remap.map_or(raw_group as usize, |r| r[raw_group as usize] as usize);
+                if in_totals {
                     if totals.count.len() <= group {
                         totals.grow(group + 1);
                     }
-                    totals.add(group, person, value);
+                    totals.add_share(group, person, share);
                 }
                 let Some(cells) = cells.as_mut() else { return };
                 debug_assert!(group < n_groups);
-                let (first, last) = buckets_of(t);
-                for bucket in first..last {
-                    cells.add(group * buckets + bucket, person, value);
+                for bucket in in_buckets {
+                    cells.add_share(group * buckets + bucket, person, share);
                 }
             });
         };

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::core::metric::scan::AggregatePushdown;
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::source::{EventSource, ManualValues, Numbers, PersonEvents, Rows, Scan, Strings};
 use crate::core::store::table::{EventTable, Interner, Prop};
@@ -34,6 +35,18 @@ pub struct PersonBatch {
     current: Option<u32>,
     /// For a `split_parts` test: scan in this many parts whatever the size.
     parts: Option<usize>,
+    /// Where event aggregates are computed instead of over the rows (`set_pushdown`).
+    pushdown: Option<Pushdown>,
+}
+
+/// `AggregatePushdown` for a batch's `Debug`.
+#[derive(Clone)]
+struct Pushdown(Arc<dyn AggregatePushdown>);
+
+impl std::fmt::Debug for Pushdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pushdown")
+    }
 }
 
 impl PersonBatch {
@@ -52,6 +65,24 @@ impl PersonBatch {
         }
         self.current = Some(person);
         Ok(())
+    }
+
+    /// The person `id` (a user id, or an anonymous id), added without traits when new; for
+    /// batches that hold people but no events.
+    pub fn person(&mut self, id: &str, is_user: bool) -> Result<u32> {
+        let known = if is_user { self.table.find_user(id) } else { self.table.find_anonymous(id) };
+        match known {
+            Some(person) => Ok(person),
+            None => {
+                self.add_person(id, is_user, Vec::new())?;
+                Ok(self.starts.len() as u32 - 1)
+            }
+        }
+    }
+
+    /// Answers event aggregates with `pushdown` (a batch read without the events they need).
+    pub fn set_pushdown(&mut self, pushdown: Arc<dyn AggregatePushdown>) {
+        self.pushdown = Some(Pushdown(pushdown));
     }
 
     /// Adds an event of the current person; `event`'s user and anonymous ids are replaced by
@@ -241,5 +272,9 @@ impl EventSource for PersonBatch {
 
     fn string_ids(&self, _name: u32, _key: u32) -> Option<Strings> {
         None
+    }
+
+    fn pushdown(&self) -> Option<&dyn AggregatePushdown> {
+        self.pushdown.as_ref().map(|p| p.0.as_ref())
     }
 }

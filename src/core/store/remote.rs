@@ -3,7 +3,8 @@
 //! (the ack point); reads come back as a `PersonBatch`, which the analyses read through the
 //! query seam like the embedded table. Calls block: the engine makes them off the executor.
 
-use crate::core::model::{Event, Micros, UserUpdate};
+use crate::core::filter::Filter;
+use crate::core::model::{Event, Micros, UserUpdate, Value};
 use crate::core::store::person_batch::PersonBatch;
 use crate::error::Result;
 
@@ -30,6 +31,67 @@ impl Fetch {
     }
 }
 
+/// An event aggregate computed where the events are: the events of one name in
+/// `[from, to)` that pass `filters` (event properties only) and, with `value_property`, carry
+/// a number there, summed up per person, bucket and breakdown value. The people's own
+/// conditions (traits, cohorts) and the ranking of groups are left to the caller, which knows
+/// them; what comes back is small (one row per person) and exact.
+#[derive(Debug, Clone)]
+pub struct AggregateRequest {
+    pub name: String,
+    pub from: Micros,
+    pub to: Micros,
+    pub filters: Vec<Filter>,
+    pub value_property: Option<String>,
+    /// Group by this event property's value too.
+    pub breakdown_property: Option<String>,
+    /// Bucket b holds times in `[bounds[b], bounds[b + 1])`.
+    pub bounds: Vec<Micros>,
+    /// Return every user's traits as well (a trait filter or breakdown reads them).
+    pub with_traits: bool,
+    /// Which of a cell's values the caller reads; the others may come back as their defaults
+    /// (0, and ±infinity for the minimum and maximum).
+    pub values: CellValues,
+}
+
+/// The values of partial cells an aggregate reads (a distinct count reads none: a cell says
+/// the person had an event there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CellValues {
+    pub count: bool,
+    pub sum: bool,
+    pub min: bool,
+    pub max: bool,
+}
+
+/// What one bucket and breakdown value holds of a person's matching events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartialCell {
+    pub bucket: u32,
+    /// The breakdown property's value (`Value::Null` when missing or null, or without one).
+    pub group: Value,
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A person's partial cells: the user id, or an anonymous id no user claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonCells {
+    pub id: String,
+    pub is_user: bool,
+    pub cells: Vec<PartialCell>,
+}
+
+/// What an `AggregateRequest` returns: the people with matching events and, when asked, every
+/// user's traits (by user id).
+#[derive(Debug, Default)]
+pub struct Aggregated {
+    pub people: Vec<PersonCells>,
+    pub traits: Vec<(String, Vec<(String, Value)>)>,
+}
+
 /// Events, traits and aliases on another engine. Every write is numbered by the store itself
 /// (its order decides ties in time, the latest alias and what a deletion covers).
 pub trait RemoteEvents: Send + Sync {
@@ -51,6 +113,8 @@ pub trait RemoteEvents: Send + Sync {
     fn expire(&self, project: &str, cutoff: Micros) -> Result<()>;
     /// What `fetch` asks for, with every user's traits, in person order.
     fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch>;
+    /// An event aggregate's partial cells, per person (`AggregateRequest`).
+    fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated>;
     /// The events `fetch` asks for as they were sent (user and anonymous ids), each with its
     /// arrival number, in no particular order.
     fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>>;

@@ -117,6 +117,11 @@ pub trait EventSource: Sync {
     fn numbers(&self, name: u32, key: u32) -> Option<Numbers>;
     /// Like `numbers`, a string property's id.
     fn string_ids(&self, name: u32, key: u32) -> Option<Strings>;
+    /// Where event aggregates are computed instead of by scanning this source (a remote
+    /// engine; see `metric::scan::pushable`).
+    fn pushdown(&self) -> Option<&dyn crate::core::metric::scan::AggregatePushdown> {
+        None
+    }
 }
 
 /// `events` without the events outside `[from, to)` (they are in time order), or none when
@@ -273,5 +278,8 @@ impl EventSource for AnySource<'_> {
     }
     fn string_ids(&self, name: u32, key: u32) -> Option<Strings> {
         delegate!(self, s => s.string_ids(name, key))
+    }
+    fn pushdown(&self) -> Option<&dyn crate::core::metric::scan::AggregatePushdown> {
+        delegate!(self, s => s.pushdown())
     }
 }
