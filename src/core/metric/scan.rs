@@ -300,13 +300,7 @@ pub fn event_aggregate(source: &impl EventSource, metric: &Metric, query: &Metri
         }
     };
 
-    let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let name = source.names().get(&selector.event).unwrap_or(NONE);
-    let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
-    let filters = CompiledFilters::compile(source, &filters, query.members.as_ref().map(|m| m.as_slice()));
-    let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
-    let property = if needs_value { source.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
-    let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: query.to };
+    let matching = Matching::of_metric(source, metric, query, scan_from, query.to)?;
     let feed = EventFeed { source, matching, from: query.from, buckets_of };
     fill(source, metric, query, &bounds, feed)
 }
@@ -327,7 +321,7 @@ trait Feed {
 /// The matching events of a source.
 struct EventFeed<'a, S, B> {
     source: &'a S,
-    matching: Matching<'a>,
+    matching: Matching,
     /// Events before it count for rolling buckets only, not the totals.
     from: Micros,
     buckets_of: B,
@@ -472,16 +466,38 @@ impl Cells {
 
 /// The events a metric pass reads: one event name in `[from, to)`, passing the filters, with a
 /// numeric property when `needs_value` (events without it are skipped).
-pub(crate) struct Matching<'a> {
+pub(crate) struct Matching {
     pub name: u32,
-    pub filters: &'a CompiledFilters,
+    pub filters: CompiledFilters,
     pub needs_value: bool,
     pub property: u32,
     pub from: Micros,
     pub to: Micros,
 }
 
-impl Matching<'_> {
+impl Matching {
+    /// The events an event aggregate reads in `[from, to)`: its selector's name through its
+    /// and the query's filters (and the query's cohort), with its property when it sums one.
+    pub(crate) fn of_metric(
+        source: &impl EventSource,
+        metric: &Metric,
+        query: &MetricQuery,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Matching> {
+        let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
+        let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
+        let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
+        Ok(Matching {
+            name: source.names().get(&selector.event).unwrap_or(NONE),
+            filters: CompiledFilters::compile(source, &filters, query.members.as_ref().map(|m| m.as_slice())),
+            needs_value,
+            property: if needs_value { source.keys().get(&metric.property).unwrap_or(NONE) } else { NONE },
+            from,
+            to,
+        })
+    }
+
     /// Visits the matching events person by person (all of a person's rows together):
     /// `visit(person, row, time, value)`, value 0 when not needed.
     pub(crate) fn for_each(&self, source: &impl EventSource, mut visit: impl FnMut(u32, usize, Micros, f64)) {

@@ -1,14 +1,13 @@
 //! A metric's totals over two ranges (a range and its comparison period) in one pass over the
 //! events, for the metric tree: the same cells `scan::event_aggregate` fills, one per range.
 
-use crate::core::filter::{CompiledFilters, Filter};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::metric::scan::{Cells, MAX_BUCKETS, Matching, MetricQuery, bucket_windows};
 use crate::core::model::Micros;
 use crate::core::store::source::EventSource;
 use crate::core::store::table::NONE;
 use crate::core::time::{self, Granularity};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Whether `totals` answers for `metric` exactly as two GRANULARITY_TOTAL evaluations would:
 /// an event aggregate, CONVERSION or RETENTION without a breakdown.
@@ -38,18 +37,12 @@ pub fn totals(
         Ok(bucket_windows(metric, &ranged, &bounds)[0])
     };
     let windows = [window(query.from, query.to)?, window(previous.0, previous.1)?];
-    let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
-    let name = source.names().get(&selector.event).unwrap_or(NONE);
-    let filters: Vec<&Filter> = selector.filters.iter().chain(&query.filters).collect();
-    let filters = CompiledFilters::compile(source, &filters, query.members.as_ref().map(|m| m.as_slice()));
-    let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
-    let property = if needs_value { source.keys().get(&metric.property).unwrap_or(NONE) } else { NONE };
     let scan_from = windows.iter().map(|w| w.0).min().unwrap_or(query.from);
     let scan_to = windows.iter().map(|w| w.1).max().unwrap_or(query.to);
+    let matching = Matching::of_metric(source, metric, query, scan_from, scan_to)?;
 
     let mut cells = Cells::new(metric.kind, windows.len());
-    if name != NONE {
-        let matching = Matching { name, filters: &filters, needs_value, property, from: scan_from, to: scan_to };
+    if matching.name != NONE {
         matching.for_each(source, |person, _, t, value| {
             for (cell, &(start, end)) in windows.iter().enumerate() {
                 if start <= t && t < end {
