@@ -101,7 +101,7 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let names = Some(query.steps.iter().map(|s| s.event.clone()).collect());
-    let fetch = Fetch { names, from: query.from, to: query.to.saturating_add(query.window), user: None };
+    let fetch = Fetch { names, from: query.from, to: query.to.saturating_add(query.window), user: None, traits: true };
     let cohorts = Cohorts::new();
     for run in 1..=3 {
         let started = Instant::now();

@@ -490,7 +490,8 @@ impl ClickHouse {
         let mut events =
             sql::events(self.front(), project, fetch).fetch::<FetchedEvent>().map_err(|e| self.failed(&e))?;
 
-        let mut users = self.traits(project, fetch.user.as_deref()).await?.into_iter().peekable();
+        let users = if fetch.traits { self.traits(project, fetch.user.as_deref()).await? } else { Vec::new() };
+        let mut users = users.into_iter().peekable();
         let mut batch = PersonBatch::default();
         let mut person: Option<(String, bool)> = None;
         let mut rows: Vec<FetchedEvent> = Vec::new();
@@ -529,8 +530,11 @@ impl ClickHouse {
 
     /// An event aggregate's partial cells per person, and every user's traits when asked.
     pub async fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {
-        let rows: Vec<FetchedCells> =
-            sql::aggregate(self.front(), project, request).fetch_all().await.map_err(|e| self.failed(&e))?;
+        let started = std::time::Instant::now();
+        let query = sql::aggregate(self.front(), project, request);
+        tracing::trace!(sql = %query.sql_display(), "aggregate");
+        let rows: Vec<FetchedCells> = query.fetch_all().await.map_err(|e| self.failed(&e))?;
+        let fetched = started.elapsed();
         let mut people = Vec::with_capacity(rows.len());
         for row in rows {
             let n = row.buckets.len();
@@ -563,6 +567,14 @@ impl ClickHouse {
             people.push(PersonCells { id: row.owner, is_user: row.owner_is_user == 1, cells });
         }
         let traits = if request.with_traits { self.traits(project, None).await? } else { Vec::new() };
+        tracing::debug!(
+            project,
+            event = %request.name,
+            people = people.len(),
+            fetched_ms = fetched.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "event aggregate computed in clickhouse"
+        );
         Ok(Aggregated { people, traits })
     }
 

@@ -101,7 +101,7 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
             ..Default::default()
         };
         let names = Some(query.steps.iter().map(|s| s.event.clone()).collect());
-        let pruned = Fetch { names, from: query.from, to: query.to + query.window, user: None };
+        let pruned = Fetch { names, from: query.from, to: query.to + query.window, ..Fetch::everything() };
         let batch = store.person_batch(&project, &pruned).await.unwrap();
         assert!(batch.row_count() < sent.events.len(), "seed {seed}: the read is pruned");
         let cohorts = Cohorts::new();

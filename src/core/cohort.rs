@@ -207,9 +207,9 @@ pub fn evaluate(source: &impl EventSource, cohort: &Cohort, now: Micros) -> Memb
 
 /// What evaluating a cohort's conditions reads: only the events its behavioural conditions
 /// name, when every member must have such an event or a trait that is set (the people a
-/// narrowed read returns: those with the events read, and every user with traits). A "did
-/// not" condition, or a trait condition that a missing trait passes, can take in people with
-/// none of those events: then everything.
+/// narrowed read returns: those with the events read, and every user with traits, which are
+/// read only when a condition is on traits). A "did not" condition, or a trait condition that
+/// a missing trait passes, can take in people with none of those events: then everything.
 pub fn fetch(cohort: &Cohort) -> crate::core::store::remote::Fetch {
     use crate::core::store::remote::Fetch;
     let Definition::Conditions(group) = &cohort.definition else {
@@ -219,10 +219,10 @@ pub fn fetch(cohort: &Cohort) -> crate::core::store::remote::Fetch {
         return Fetch::everything();
     }
     let mut names = Vec::new();
-    collect_names(group, &mut names);
+    let traits = collect_names(group, &mut names);
     names.sort();
     names.dedup();
-    Fetch { names: Some(names), ..Fetch::everything() }
+    Fetch { names: Some(names), traits, ..Fetch::everything() }
 }
 
 /// Whether every member of `group` has an event one of its behavioural conditions counts, or
@@ -251,14 +251,17 @@ fn bounded_group(group: &ConditionGroup) -> bool {
     }
 }
 
-fn collect_names(group: &ConditionGroup, names: &mut Vec<String>) {
+/// Collects the events `group` names; true when it has a trait condition.
+fn collect_names(group: &ConditionGroup, names: &mut Vec<String>) -> bool {
+    let mut traits = false;
     for condition in &group.conditions {
         match condition {
             Condition::Behavioural(b) => names.push(b.selector.event.clone()),
-            Condition::Trait(_) => {}
-            Condition::Group(inner) => collect_names(inner, names),
+            Condition::Trait(_) => traits = true,
+            Condition::Group(inner) => traits |= collect_names(inner, names),
         }
     }
+    traits
 }
 
 /// Per person id, for canonical people only (other entries are unspecified).

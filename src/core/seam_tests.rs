@@ -183,14 +183,15 @@ fn fetched(sent: &Sent, parts: usize, fetch: &Fetch) -> PersonBatch {
         }
         people.entry((id, is_user)).or_default().push((event.timestamp, arrival));
     }
-    for user in sent.traits.keys().filter(|u| !sent.deleted.contains(u)) {
+    let with_traits = |user: &&String| fetch.traits && !sent.deleted.contains(*user);
+    for user in sent.traits.keys().filter(with_traits) {
         people.entry((user.clone(), true)).or_default();
     }
     let mut batch = PersonBatch::default();
     batch.split_parts(parts);
     // People in another order than the embedded engine numbers them.
     for ((id, is_user), mut rows) in people.into_iter().rev() {
-        let traits = match sent.traits.get(&id).filter(|_| is_user) {
+        let traits = match sent.traits.get(&id).filter(|_| is_user && fetch.traits) {
             Some(traits) => traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             None => Vec::new(),
         };
@@ -579,6 +580,11 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             };
             let fetch = cohort::fetch(&cohort);
             assert_eq!(fetch.names.is_some(), *narrowed, "cohort {k}");
+            assert_eq!(
+                fetch.traits,
+                !narrowed || k == 1 || k == 2,
+                "cohort {k} reads traits when it has trait conditions"
+            );
             let narrow = fetched(&sent, 1, &fetch);
             let now = START + 40 * DAY;
             let full = cohort::member_ids(&embedded, &cohort::evaluate(&embedded, &cohort, now));

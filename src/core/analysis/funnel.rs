@@ -321,7 +321,7 @@ pub fn fetch(query: &FunnelQuery) -> Fetch {
     if !query.cohort_id.is_empty() || query.order == FunnelOrder::Strict || names.iter().any(String::is_empty) {
         return Fetch::everything();
     }
-    Fetch { names: Some(names), from: query.from, to: query.to.saturating_add(query.window), user: None }
+    Fetch { names: Some(names), from: query.from, to: query.to.saturating_add(query.window), ..Fetch::everything() }
 }
 
 /// Runs a funnel over the project's current state.

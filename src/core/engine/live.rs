@@ -361,7 +361,6 @@ impl Engine {
         spec.granularity.series("granularity")?;
         let entry = self.project(&spec.project)?;
         let state = entry.read();
-        let source = self.events(&state)?;
         // Read under the lock the writer applies under: a later `computed` saw every write an
         // earlier one saw (streams rely on that to skip stale readings).
         let now = self.clock.now();
@@ -370,7 +369,7 @@ impl Engine {
         let metric = state.defs.metrics.metric_version(&spec.metric_key, 0)?;
         let from = time::floor(now, spec.granularity, tz);
         let to = time::next(from, spec.granularity, tz).max(from + 1);
-        let query = MetricQuery {
+        let mut query = MetricQuery {
             from,
             to,
             granularity: spec.granularity,
@@ -378,9 +377,12 @@ impl Engine {
             filters: spec.filters.clone(),
             breakdown: None,
             breakdown_limit: spec.breakdown_limit,
-            cohort_id: String::new(),
-            members: crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &spec.cohort_id)?,
+            cohort_id: spec.cohort_id.clone(),
+            members: None,
         };
+        let source = self.metric_events(&state, [metric], &query)?;
+        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &spec.cohort_id)?;
+        query.cohort_id = String::new();
         let overall = evaluate(&source, &state.defs.metrics, metric, &query, 0)?;
         let point = overall.first().and_then(|s| s.points.first()).copied();
         let breakdown = match &spec.breakdown {

@@ -201,6 +201,7 @@ impl Engine {
                 from: range.from.unwrap_or(Micros::MIN),
                 to: range.to.unwrap_or(Micros::MAX),
                 user: (!user_id.is_empty()).then(|| user_id.to_owned()),
+                traits: false,
             };
             let mut events = remote.events_as_sent(project, &fetch)?;
             events.sort_unstable_by_key(|(seq, event)| (event.timestamp, *seq));

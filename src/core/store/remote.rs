@@ -19,11 +19,13 @@ pub struct Fetch {
     pub to: Micros,
     /// Only this user's events (and those credited to them); `None`: everyone's.
     pub user: Option<String>,
+    /// With every user's traits (false: no traits, for a read that looks at none).
+    pub traits: bool,
 }
 
 impl Fetch {
     pub fn everything() -> Fetch {
-        Fetch { names: None, from: Micros::MIN, to: Micros::MAX, user: None }
+        Fetch { names: None, from: Micros::MIN, to: Micros::MAX, user: None, traits: true }
     }
 
     pub fn of_user(user_id: &str) -> Fetch {
