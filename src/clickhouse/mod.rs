@@ -528,6 +528,15 @@ impl ClickHouse {
         Ok(batch)
     }
 
+    /// The earliest and latest time of the events `fetch` asks for, if any.
+    pub async fn time_span(&self, project: &str, fetch: &Fetch) -> Result<Option<(Micros, Micros)>> {
+        let (first, last, events) = sql::time_span(self.front(), project, fetch)
+            .fetch_one::<(i64, i64, u64)>()
+            .await
+            .map_err(|e| self.failed(&e))?;
+        Ok((events > 0).then_some((first, last)))
+    }
+
     /// An event aggregate's partial cells per person, and every user's traits when asked.
     pub async fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {
         let started = std::time::Instant::now();

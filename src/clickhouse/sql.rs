@@ -155,6 +155,17 @@ fn checked_events(project: &str, fetch: &Fetch, as_sent: bool) -> Sql {
     sql
 }
 
+/// The earliest and latest time of the events `events` reads, and how many there are.
+pub fn time_span(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    let mut sql = Sql::default();
+    sql.push("SELECT min(time), max(time), count() FROM (");
+    let events = checked_events(project, fetch, false);
+    sql.text.push_str(&events.text);
+    sql.args.extend(events.args);
+    sql.push(")");
+    sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
 /// An event aggregate's partial cells, one row per person: (owner, owner_is_user, and per
 /// cell: bucket, breakdown value as kind/number/string, count, sum, min, max).
 ///
@@ -664,6 +675,7 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     queries.push(events(&client, "p", &Fetch::of_user("u1")));
     queries.push(events_as_sent(&client, "p", &Fetch::everything()));
     queries.extend(sample_aggregates().iter().map(|request| aggregate(&client, "p", request)));
+    queries.push(time_span(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(trait_updates(&client, "p", None));
     queries.push(trait_updates(&client, "p", Some("u1")));
     queries.push(meta_get(&client, "metric/p/m"));

@@ -390,6 +390,11 @@ impl RemoteEvents for ClickHouseStorage {
         self.read(move |store| Box::pin(async move { store.person_batch(&project, &fetch).await }))
     }
 
+    fn time_span(&self, project: &str, fetch: &Fetch) -> Result<Option<(Micros, Micros)>> {
+        let (project, fetch) = (project.to_owned(), fetch.clone());
+        self.read(move |store| Box::pin(async move { store.time_span(&project, &fetch).await }))
+    }
+
     fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {
         let (project, request) = (project.to_owned(), request.clone());
         self.read(move |store| Box::pin(async move { store.aggregate(&project, &request).await }))

@@ -90,6 +90,9 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
         assert!(stored < sent.events.len(), "seed {seed}: the deleted users had events");
         assert_eq!(batch.row_count(), stored, "seed {seed}: every event left is read back once");
         compare_all(&data.source(), &batch, seed);
+        let span = crate::core::store::source::AnySource::Embedded(data.source()).time_span();
+        assert!(span.is_some());
+        assert_eq!(store.time_span(&project, &Fetch::everything()).await.unwrap(), span, "seed {seed}");
 
         // A read pruned to a funnel's names and range (its window past the end) answers it.
         let query = FunnelQuery {
@@ -114,6 +117,7 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
     // Another project's rows are not read.
     let empty = store.person_batch("nobody", &Fetch::everything()).await.unwrap();
     assert_eq!(empty.row_count(), 0);
+    assert_eq!(store.time_span("nobody", &Fetch::everything()).await.unwrap(), None);
 }
 
 /// Every pushed-down event aggregate (`metric::scan::pushable`) against a scan of the same

@@ -38,7 +38,6 @@ impl Engine {
         }
         let entry = self.project(project)?;
         let state = entry.read();
-        let source = self.events(&state)?;
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         let tz = time::parse_zone("timezone", zone)?;
         let metric = state.defs.metrics.resolve_target(target)?;
@@ -60,7 +59,7 @@ impl Engine {
         for _ in 0..back {
             history_from = previous(history_from, query.granularity, tz);
         }
-        let metric_query = MetricQuery {
+        let mut metric_query = MetricQuery {
             from: history_from,
             to: query.to,
             granularity: query.granularity,
@@ -68,14 +67,18 @@ impl Engine {
             filters: query.filters,
             breakdown: None,
             breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
-            cohort_id: String::new(),
-            members: crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?,
+            cohort_id: query.cohort_id.clone(),
+            members: None,
         };
+        let source = self.metric_events(&state, [&metric], &metric_query)?;
+        metric_query.members =
+            crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        metric_query.cohort_id = String::new();
         let series = evaluate(&source, &state.defs.metrics, &metric, &metric_query, 0)?;
         let points = series.into_iter().next().map(|s| s.points).unwrap_or_default();
         // The project's first data: events, or values recorded for MANUAL metrics.
         let first_manual = state.data.manual.values().filter_map(|values| values.keys().next().map(|k| k.0)).min();
-        let data_start = [source.time_span().map(|(first, _)| first), first_manual].into_iter().flatten().min();
+        let data_start = [self.time_span(&state)?.map(|(first, _)| first), first_manual].into_iter().flatten().min();
         drop(state);
 
         let now = self.clock.now();

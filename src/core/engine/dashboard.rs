@@ -314,7 +314,7 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let tz = time::parse_zone("timezone", &state.project.timezone)?;
-        let latest = self.events(&state)?.time_span().map(|(_, last)| last);
+        let latest = self.time_span(&state)?.map(|(_, last)| last);
         Ok((state.defs.metrics.latest_metrics().into_values().collect(), tz, latest))
     }
 

@@ -471,6 +471,18 @@ impl Engine {
         Ok(AnySource::Batch(Box::new(batch)))
     }
 
+    /// The earliest and latest time of the project's events, if any: on a remote engine, one
+    /// query rather than a read of every event.
+    pub(crate) fn time_span(&self, state: &ProjectState) -> Result<Option<(Micros, Micros)>> {
+        match self.remote() {
+            Some(remote) => {
+                let fetch = Fetch { from: not_before(state), ..Fetch::everything() };
+                remote.time_span(&state.project.id, &fetch)
+            }
+            None => Ok(AnySource::Embedded(state.data.source()).time_span()),
+        }
+    }
+
     /// What evaluating `metrics` over `query` reads: with a remote engine, when every event
     /// aggregate among them is computed there (`scan::pushable`) and nothing else reads events,
     /// no events at all: the aggregates go to the remote engine as they are evaluated.

@@ -115,6 +115,8 @@ pub trait RemoteEvents: Send + Sync {
     fn expire(&self, project: &str, cutoff: Micros) -> Result<()>;
     /// What `fetch` asks for, with every user's traits, in person order.
     fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch>;
+    /// The earliest and latest time of the events `fetch` asks for, if any.
+    fn time_span(&self, project: &str, fetch: &Fetch) -> Result<Option<(Micros, Micros)>>;
     /// An event aggregate's partial cells, per person (`AggregateRequest`).
     fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated>;
     /// The events `fetch` asks for as they were sent (user and anonymous ids), each with its
