@@ -159,9 +159,7 @@ fn checked_events(project: &str, fetch: &Fetch, as_sent: bool) -> Sql {
 pub fn time_span(client: &Client, project: &str, fetch: &Fetch) -> Query {
     let mut sql = Sql::default();
     sql.push("SELECT min(time), max(time), count() FROM (");
-    let events = checked_events(project, fetch, false);
-    sql.text.push_str(&events.text);
-    sql.args.extend(events.args);
+    sql.append(checked_events(project, fetch, false));
     sql.push(")");
     sql.query(client).with_setting("wait_end_of_query", "1")
 }
@@ -292,9 +290,7 @@ pub fn aggregate(client: &Client, project: &str, request: &AggregateRequest) -> 
         sql.push("1");
     }
     sql.push(" AS passes FROM (");
-    let events = checked_events(project, &fetch, false);
-    sql.text.push_str(&events.text);
-    sql.args.extend(events.args);
+    sql.append(checked_events(project, &fetch, false));
     sql.push(") ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) WHERE passes = 1");
     if single.is_none() {
         sql.push(" GROUP BY owner, owner_is_user, bucket, group_kind, group_number, group_string)");
@@ -342,6 +338,12 @@ struct Sql {
 impl Sql {
     fn push(&mut self, text: &str) {
         self.text.push_str(text);
+    }
+
+    /// `other` as a part of this statement (a subquery), with its values.
+    fn append(&mut self, other: Sql) {
+        self.text.push_str(&other.text);
+        self.args.extend(other.args);
     }
 
     fn arg(&mut self, value: impl Into<Arg>) {
