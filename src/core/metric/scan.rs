@@ -190,20 +190,37 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
     values[lower] + (rank - lower as f64) * (values[upper] - values[lower])
 }
 
+/// Most bytes of filter values an aggregate sends to a remote engine: they travel as SQL text,
+/// which ClickHouse caps (256 KiB by default). A longer list (say, an IN of 100,000 ids) is
+/// answered from the events instead.
+const MAX_PUSHED_FILTER_BYTES: usize = 64 * 1024;
+
 /// Whether a remote engine computes `metric` over `query` where the events are
 /// (`AggregatePushdown`): a kind that partial cells add up to exactly, each event in one
-/// bucket (no rolling or to-date window) and no cohort, whose members are read from events.
-/// Trait filters and breakdowns are applied here, to the people the cells come with.
+/// bucket (no rolling or to-date window), no cohort (whose members are read from events) and
+/// filter values that fit a statement. Trait filters and breakdowns are applied here, to the
+/// people the cells come with.
 pub fn pushable(metric: &Metric, query: &MetricQuery) -> bool {
-    matches!(
-        metric.kind,
-        MetricKind::Count
-            | MetricKind::UniqueUsers
-            | MetricKind::Sum
-            | MetricKind::Avg
-            | MetricKind::Min
-            | MetricKind::Max
-    ) && metric.rolling_window.is_none()
+    let selector_filters = metric.selector.iter().flat_map(|s| &s.filters);
+    let value_bytes: usize = selector_filters
+        .chain(&query.filters)
+        .flat_map(|f| &f.values)
+        .map(|v| match v {
+            crate::core::model::Value::String(s) => s.len() + 16,
+            _ => 32,
+        })
+        .sum();
+    value_bytes <= MAX_PUSHED_FILTER_BYTES
+        && matches!(
+            metric.kind,
+            MetricKind::Count
+                | MetricKind::UniqueUsers
+                | MetricKind::Sum
+                | MetricKind::Avg
+                | MetricKind::Min
+                | MetricKind::Max
+        )
+        && metric.rolling_window.is_none()
         && metric.to_date.is_none()
         && metric.selector.is_some()
         && query.cohort_id.is_empty()
@@ -847,4 +864,49 @@ pub(crate) fn share_totals(
         }
     });
     Ok((0..ranges.len()).map(|k| cells.share(k)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::filter::FilterOp;
+    use crate::core::model::Value;
+
+    #[test]
+    fn pushable_aggregates_are_plain_kinds_without_windows_cohorts_or_huge_filters() {
+        let metric = |kind| Metric {
+            kind,
+            selector: Some(EventSelector { event: "buy".into(), filters: Vec::new() }),
+            ..Default::default()
+        };
+        let query = MetricQuery {
+            from: 0,
+            to: 86_400_000_000,
+            granularity: Granularity::Day,
+            tz: chrono_tz::UTC,
+            filters: Vec::new(),
+            breakdown: Some("user.plan".into()),
+            breakdown_limit: 0,
+            cohort_id: String::new(),
+            members: None,
+        };
+        for kind in [MetricKind::Count, MetricKind::UniqueUsers, MetricKind::Sum, MetricKind::Avg, MetricKind::Min] {
+            assert!(pushable(&metric(kind), &query), "{kind:?}");
+        }
+        assert!(!pushable(&metric(MetricKind::Percentile), &query));
+        assert!(!pushable(&metric(MetricKind::Conversion), &query));
+        let rolling = Metric { rolling_window: Some(7 * 86_400_000_000), ..metric(MetricKind::UniqueUsers) };
+        assert!(!pushable(&rolling, &query));
+        let in_cohort = MetricQuery { cohort_id: "buyers".into(), ..query.clone() };
+        assert!(!pushable(&metric(MetricKind::Count), &in_cohort));
+        let ids = |n: usize| Filter {
+            property: "x".into(),
+            op: FilterOp::In,
+            values: (0..n).map(|i| Value::Number(i as f64)).collect(),
+        };
+        let short = MetricQuery { filters: vec![ids(100)], ..query.clone() };
+        assert!(pushable(&metric(MetricKind::Count), &short));
+        let long = MetricQuery { filters: vec![ids(100_000)], ..query.clone() };
+        assert!(!pushable(&metric(MetricKind::Count), &long), "a long IN list is answered from the events");
+    }
 }
