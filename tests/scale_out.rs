@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use sextant::cli::r#gen::{GenOptions, generate};
 use sextant::cli::load::{ClientArgs, LoadArgs};
+use sextant::config::StorageKind;
 use sextant::core::engine::dashboard::DashboardRequest;
 use sextant::core::filter::{Filter, FilterOp};
 use sextant::core::metric::definition::MetricTarget;
@@ -146,7 +147,8 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
     let data = tempfile::tempdir().unwrap();
     let options = GenOptions { users: 300, days: 30, seed: 7, out: data.path().to_path_buf(), ..GenOptions::default() };
     generate(&options).unwrap();
-    let embedded = TestServer::start().await;
+    // The embedded engine even in test.sh's pass that puts every other server on the cluster.
+    let embedded = TestServer::start_with(|c| c.storage = StorageKind::Sled).await;
     let database = database_for(data.path());
     let clustered = TestServer::start_with(|c| on_clickhouse(c, &urls, &database)).await;
     for server in [&embedded, &clustered] {
