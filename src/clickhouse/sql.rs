@@ -472,7 +472,6 @@ enum Arg {
     Str(String),
     Strs(Vec<String>),
     Int(i64),
-    Ints(Vec<i64>),
     Float(f64),
 }
 
@@ -494,12 +493,6 @@ impl From<i64> for Arg {
     }
 }
 
-impl From<Vec<i64>> for Arg {
-    fn from(value: Vec<i64>) -> Arg {
-        Arg::Ints(value)
-    }
-}
-
 impl From<f64> for Arg {
     fn from(value: f64) -> Arg {
         Arg::Float(value)
@@ -512,7 +505,6 @@ impl Serialize for Arg {
             Arg::Str(v) => v.serialize(serializer),
             Arg::Strs(v) => v.serialize(serializer),
             Arg::Int(v) => v.serialize(serializer),
-            Arg::Ints(v) => v.serialize(serializer),
             Arg::Float(v) => v.serialize(serializer),
         }
     }

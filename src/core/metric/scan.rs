@@ -211,15 +211,8 @@ pub fn pushable(metric: &Metric, query: &MetricQuery) -> bool {
         })
         .sum();
     value_bytes <= MAX_PUSHED_FILTER_BYTES
-        && matches!(
-            metric.kind,
-            MetricKind::Count
-                | MetricKind::UniqueUsers
-                | MetricKind::Sum
-                | MetricKind::Avg
-                | MetricKind::Min
-                | MetricKind::Max
-        )
+        && metric.kind.is_event_aggregate()
+        && metric.kind != MetricKind::Percentile
         && metric.rolling_window.is_none()
         && metric.to_date.is_none()
         && metric.selector.is_some()
