@@ -31,17 +31,42 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Stops accepting, lets in-flight calls finish within the grace period, then flushes.
+    /// Returns once the database is released, so a new server can open the same directory.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.context("server task")?
+        self.wait().await
     }
 
-    /// Waits until the server ends (after a signal was handled by `serve_until_signal`).
+    /// Waits until the server ends (after a signal was handled by `serve_until_signal`) and
+    /// its storage is released.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("server task")?
+        let engine = Arc::downgrade(&self.engine);
+        drop(self.engine);
+        self.task.await.context("server task")??;
+        released(engine).await
     }
+}
+
+/// Waits for the last holder of the engine to let go. The server task ends when hyper's graceful
+/// shutdown counts no open connection, but a connection's task may still be dropping its copy of
+/// the services (and with them the engine and the database's file lock) on another thread; a
+/// blocking call cut off by the grace period also runs to its end.
+async fn released(engine: std::sync::Weak<Engine>) -> anyhow::Result<()> {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while engine.strong_count() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "storage still in use {}s after stop ({} holders of the engine)",
+                PATIENCE.as_secs(),
+                engine.strong_count()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// Opens storage, binds, and starts serving in the background.

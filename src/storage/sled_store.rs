@@ -37,8 +37,7 @@ const LOG_FLOOR: &[u8] = b"log_floor";
 
 impl Inner {
     fn open(path: &Path) -> Result<Inner> {
-        let db =
-            sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(256 * 1024 * 1024).open()?;
+        let db = open_db(path)?;
         let meta = db.open_tree("meta")?;
         let log = db.open_tree("log")?;
         let after_last = match log.last()? {
@@ -54,6 +53,31 @@ impl Inner {
         let next_seq = after_last.max(floor);
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Inner { name, db, meta, log, next_seq: AtomicU64::new(next_seq) })
+    }
+}
+
+/// How long opening waits for the database's file lock. sled releases it only when its last
+/// background write of a closed database ends (its thread pool holds the file), which can be
+/// just after a server in this process stopped; another process holding it keeps it.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_db(path: &Path) -> Result<sled::Db> {
+    let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(256 * 1024 * 1024);
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::Storage(format!(
+                        "{} is in use by another process (its lock stayed held for {} s)",
+                        path.display(),
+                        LOCK_PATIENCE.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return Ok(opened?),
+        }
     }
 }
 
@@ -449,5 +473,21 @@ mod tests {
         assert!(decode_record(&[]).is_err());
         assert!(decode_record(&[9, 1, 2]).is_err());
         assert!(decode_record(&[LOG_FORMAT_V1, 4, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn opening_waits_for_a_released_lock_and_names_one_that_stays_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = SledStorage::open(dir.path()).unwrap();
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let reopened = SledStorage::open(dir.path()).expect("opens once the other handle lets go");
+        released.join().unwrap();
+        let error = SledStorage::open(dir.path()).err().expect("the lock stays held");
+        assert!(error.to_string().contains("in use by another process"), "{error}");
+        assert!(error.to_string().contains(&dir.path().join(FIRST_DB).display().to_string()), "{error}");
+        drop(reopened);
     }
 }
