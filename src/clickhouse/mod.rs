@@ -1,13 +1,15 @@
 //! Events, aliases and traits on a ClickHouse cluster, read back as person-ordered batches for
 //! the query seam (`core::store::source`): the first part of the scale-out backend.
 //!
-//! Writes go through the `Distributed` tables with `insert_distributed_sync=1`, so an insert
-//! that returns has its rows on their shards (read-your-writes). Reads ask for the rows an
-//! analysis needs (event names, time range), with each anonymous id's events credited to the
-//! user it was last aliased to (a `GLOBAL` join, since an anonymous id and its user may sit on
-//! different shards), ordered by (person, time, arrival); the rows stream into a `PersonBatch`
-//! together with each user's traits, folded from their updates in arrival order with the
-//! embedded engine's own `Traits`.
+//! Events go straight to their person's shard server (`events_local`), the other writes through
+//! the `Distributed` tables with `insert_distributed_sync=1`, so a write that returns has its
+//! rows on their shards (read-your-writes). Reads ask every shard server at once for its own
+//! rows an analysis needs (event names, time range), with each anonymous id's events credited
+//! to the user it was last aliased to (the alias table read whole, since an anonymous id and its
+//! user may sit on different shards), ordered by (person, time, arrival); Sextant merges the
+//! shards' streams by person (`ShardRows`) into a `PersonBatch`, together with each user's
+//! traits, folded from their updates in arrival order with the embedded engine's own `Traits`.
+//! Event aggregates and time spans go through the first server's `Distributed` table.
 //!
 //! Every write carries a `seq`: one counter per project that only grows, shared by events,
 //! aliases, trait updates and deletions, since reads compare them (ties in time, the latest
@@ -36,7 +38,7 @@ use crate::error::{Error, Result};
 /// Where the cluster is and what to call things there.
 #[derive(Debug, Clone)]
 pub struct ClickHouseConfig {
-    /// One HTTP URL per shard server; the first takes the distributed reads and writes.
+    /// One HTTP URL per shard server; the first takes the distributed aggregates and writes.
     pub urls: Vec<String>,
     pub database: String,
     /// The `remote_servers` cluster the `Distributed` tables spread over.
@@ -174,27 +176,57 @@ struct FetchedSent {
     sender_anonymous: String,
 }
 
-/// A fetched row, for `drop_later_copies`.
-trait FetchedRow {
-    fn event_id(&self) -> &str;
-    fn seq(&self) -> u64;
+/// A fetched event row, as `ShardRows` and `drop_later_copies` see it.
+trait FetchedRow: clickhouse::RowOwned + clickhouse::RowRead + Send {
+    fn event(&self) -> &FetchedEvent;
 }
 
 impl FetchedRow for FetchedEvent {
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-    fn seq(&self) -> u64 {
-        self.seq
+    fn event(&self) -> &FetchedEvent {
+        self
     }
 }
 
 impl FetchedRow for FetchedSent {
-    fn event_id(&self) -> &str {
-        &self.event.event_id
+    fn event(&self) -> &FetchedEvent {
+        &self.event
     }
-    fn seq(&self) -> u64 {
-        self.event.seq
+}
+
+/// The shards' answers to one read, each in person order, merged into one person order: a
+/// person's rows come from one shard but for anonymous ids aliased to them that sit on another
+/// (the `Distributed` table's merge, done here so the shards answer at once and no server
+/// merges for the others).
+struct ShardRows<R> {
+    cursors: Vec<clickhouse::query::RowCursor<R>>,
+    /// Each cursor's next row; `None` once it is done.
+    heads: Vec<Option<R>>,
+}
+
+impl<R: FetchedRow> ShardRows<R> {
+    /// The next person (id, is a user) and all their rows in (time, seq) order, in `rows`
+    /// (cleared first); `None` when every shard is done.
+    async fn next_person(&mut self, rows: &mut Vec<R>) -> clickhouse::error::Result<Option<(String, bool)>> {
+        rows.clear();
+        let person = |row: &R| (row.event().owner.clone(), row.event().owner_is_user);
+        let Some((owner, is_user)) = self.heads.iter().flatten().map(person).min() else {
+            return Ok(None);
+        };
+        let mut from_shards = 0;
+        for (cursor, head) in self.cursors.iter_mut().zip(self.heads.iter_mut()) {
+            let mut took = false;
+            while let Some(row) = head.take_if(|row| row.event().owner == owner && row.event().owner_is_user == is_user)
+            {
+                rows.push(row);
+                *head = cursor.next().await?;
+                took = true;
+            }
+            from_shards += usize::from(took);
+        }
+        if from_shards > 1 {
+            rows.sort_by_key(|row| (row.event().time, row.event().seq));
+        }
+        Ok(Some((owner, is_user == 1)))
     }
 }
 
@@ -487,45 +519,54 @@ impl ClickHouse {
     /// The events `fetch` asks for and every user's traits, in person order: what the
     /// analyses read through the query seam.
     pub async fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch> {
-        let mut events =
-            sql::events(self.front(), project, fetch).fetch::<FetchedEvent>().map_err(|e| self.failed(&e))?;
-
-        let users = if fetch.traits { self.traits(project, fetch.user.as_deref()).await? } else { Vec::new() };
+        // The shards' reads and the traits at once.
+        let traits = async {
+            match fetch.traits {
+                true => self.traits(project, fetch.user.as_deref()).await,
+                false => Ok(Vec::new()),
+            }
+        };
+        let (shards, users) = futures::try_join!(self.shard_rows::<FetchedEvent>(project, fetch, false), traits)?;
+        let mut shards = shards;
         let mut users = users.into_iter().peekable();
         let mut batch = PersonBatch::default();
-        let mut person: Option<(String, bool)> = None;
         let mut rows: Vec<FetchedEvent> = Vec::new();
-        loop {
-            let row = events.next().await.map_err(|e| self.failed(&e))?;
-            let next = row.as_ref().map(|r| (r.owner.as_str(), r.owner_is_user == 1));
-            if next.is_none() || person.as_ref().map(|(id, is_user)| (id.as_str(), *is_user)) != next {
-                if let Some((id, is_user)) = person.take() {
-                    // Users with traits who sort before this person come first.
-                    while users.peek().is_some_and(|(user, _)| (user.as_str(), true) < (id.as_str(), is_user)) {
-                        let (user, traits) = users.next().unwrap_or_default();
-                        batch.add_person(&user, true, traits)?;
-                    }
-                    let traits = match users.peek() {
-                        Some((user, _)) if is_user && *user == id => users.next().map(|u| u.1).unwrap_or_default(),
-                        _ => Vec::new(),
-                    };
-                    batch.add_person(&id, is_user, traits)?;
-                    drop_later_copies(&mut rows);
-                    for row in rows.drain(..) {
-                        batch.add_event(row_event(row)?)?;
-                    }
-                }
-                person = next.map(|(id, is_user)| (id.to_owned(), is_user));
+        while let Some((id, is_user)) = shards.next_person(&mut rows).await.map_err(|e| self.failed(&e))? {
+            // Users with traits who sort before this person come first.
+            while users.peek().is_some_and(|(user, _)| (user.as_str(), true) < (id.as_str(), is_user)) {
+                let (user, traits) = users.next().unwrap_or_default();
+                batch.add_person(&user, true, traits)?;
             }
-            match row {
-                Some(row) => rows.push(row),
-                None => break,
+            let traits = match users.peek() {
+                Some((user, _)) if is_user && *user == id => users.next().map(|u| u.1).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            batch.add_person(&id, is_user, traits)?;
+            drop_later_copies(&mut rows);
+            for row in rows.drain(..) {
+                batch.add_event(row_event(row)?)?;
             }
         }
         for (id, traits) in users {
             batch.add_person(&id, true, traits)?;
         }
         Ok(batch)
+    }
+
+    /// Sends the read of `fetch`'s events to every shard server at once and returns once each
+    /// has answered (`wait_end_of_query`: a server's error comes before its first row).
+    async fn shard_rows<R: FetchedRow>(&self, project: &str, fetch: &Fetch, as_sent: bool) -> Result<ShardRows<R>> {
+        let opened = self.servers.iter().map(|server| async move {
+            let query = match as_sent {
+                true => sql::events_as_sent(server, project, fetch, sql::Scope::Shard),
+                false => sql::events(server, project, fetch, sql::Scope::Shard),
+            };
+            let mut cursor = query.fetch::<R>().map_err(|e| self.failed(&e))?;
+            let head = cursor.next().await.map_err(|e| self.failed(&e))?;
+            Ok::<_, Error>((cursor, head))
+        });
+        let (cursors, heads) = futures::future::try_join_all(opened).await?.into_iter().unzip();
+        Ok(ShardRows { cursors, heads })
     }
 
     /// The earliest and latest time of the events `fetch` asks for, if any.
@@ -651,30 +692,16 @@ impl ClickHouse {
     /// The events `fetch` asks for as they were sent (user and anonymous ids included), in
     /// person order, each once.
     pub async fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>> {
-        let mut cursor =
-            sql::events_as_sent(self.front(), project, fetch).fetch::<FetchedSent>().map_err(|e| self.failed(&e))?;
+        let mut shards = self.shard_rows::<FetchedSent>(project, fetch, true).await?;
         let mut events = Vec::new();
         let mut person: Vec<FetchedSent> = Vec::new();
-        loop {
-            let row = cursor.next().await.map_err(|e| self.failed(&e))?;
-            let same = match (&row, person.first()) {
-                (Some(row), Some(first)) => {
-                    (&row.event.owner, row.event.owner_is_user) == (&first.event.owner, first.event.owner_is_user)
-                }
-                _ => true,
-            };
-            if !same || row.is_none() {
-                drop_later_copies(&mut person);
-                for sent in person.drain(..) {
-                    let seq = sent.event.seq;
-                    let user_id = if sent.is_user == 1 { sent.sender } else { String::new() };
-                    let event = Event { user_id, anonymous_id: sent.sender_anonymous, ..row_event(sent.event)? };
-                    events.push((seq, event));
-                }
-            }
-            match row {
-                Some(row) => person.push(row),
-                None => break,
+        while shards.next_person(&mut person).await.map_err(|e| self.failed(&e))?.is_some() {
+            drop_later_copies(&mut person);
+            for sent in person.drain(..) {
+                let seq = sent.event.seq;
+                let user_id = if sent.is_user == 1 { sent.sender } else { String::new() };
+                let event = Event { user_id, anonymous_id: sent.sender_anonymous, ..row_event(sent.event)? };
+                events.push((seq, event));
             }
         }
         Ok(events)
@@ -769,23 +796,26 @@ fn id_chunks<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a
 
 /// Drops the later copies (by seq) of a repeated id from one person's rows, keeping the order.
 fn drop_later_copies<R: FetchedRow>(rows: &mut Vec<R>) {
+    fn id<R: FetchedRow>(row: &R) -> &str {
+        &row.event().event_id
+    }
     // Copies are rare and a person's rows few: a check without allocating comes first.
     let repeated = if rows.len() <= 32 {
-        rows.iter().enumerate().any(|(i, a)| rows[..i].iter().any(|b| b.event_id() == a.event_id()))
+        rows.iter().enumerate().any(|(i, a)| rows[..i].iter().any(|b| id(b) == id(a)))
     } else {
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
-        !rows.iter().all(|row| seen.insert(row.event_id()))
+        !rows.iter().all(|row| seen.insert(id(row)))
     };
     if !repeated {
         return;
     }
     let mut first: HashMap<String, u64> = HashMap::new();
     for row in rows.iter() {
-        let seq = first.entry(row.event_id().to_owned()).or_insert(row.seq());
-        *seq = (*seq).min(row.seq());
+        let seq = first.entry(id(row).to_owned()).or_insert(row.event().seq);
+        *seq = (*seq).min(row.event().seq);
     }
     // The earliest copy, once even if two copies share a seq.
-    rows.retain(|row| first.get(row.event_id()) == Some(&row.seq()) && first.remove(row.event_id()).is_some());
+    rows.retain(|row| first.get(id(row)) == Some(&row.event().seq) && first.remove(id(row)).is_some());
 }
 
 fn row_event(row: FetchedEvent) -> Result<Event> {

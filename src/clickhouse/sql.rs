@@ -61,25 +61,41 @@ pub fn known_ids(client: &Client, project: &str, ids: &[&str]) -> Query {
 /// 18.16 takes one JOIN per SELECT and no joined column in the WHERE of that SELECT, hence the
 /// nesting; every joined subquery has a name, which ClickHouse 20 and later require
 /// (`joined_subquery_requires_alias`).
-pub fn events(client: &Client, project: &str, fetch: &Fetch) -> Query {
-    events_with(client, project, fetch, false)
+///
+/// `Scope::Shard` reads the server's own rows only (`events_local`; the alias and deletion
+/// tables still whole): a person's rows are then split across the shards' answers only when
+/// their anonymous ids sit on other shards, and the caller merges them (`ShardRows`).
+pub fn events(client: &Client, project: &str, fetch: &Fetch, scope: Scope) -> Query {
+    events_with(client, project, fetch, false, scope)
 }
 
 /// `events` with each event's user id and anonymous id as sent, last: (…, sender, is that a
 /// user id, the anonymous id).
-pub fn events_as_sent(client: &Client, project: &str, fetch: &Fetch) -> Query {
-    events_with(client, project, fetch, true)
+pub fn events_as_sent(client: &Client, project: &str, fetch: &Fetch, scope: Scope) -> Query {
+    events_with(client, project, fetch, true, scope)
 }
 
-fn events_with(client: &Client, project: &str, fetch: &Fetch, as_sent: bool) -> Query {
-    let mut sql = checked_events(project, fetch, as_sent);
+/// Which events a read covers: every shard's (through the `Distributed` table, the server it
+/// is sent to merging), or the server's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    Shard,
+}
+
+fn events_with(client: &Client, project: &str, fetch: &Fetch, as_sent: bool, scope: Scope) -> Query {
+    let mut sql = checked_events(project, fetch, as_sent, scope);
     sql.text.push_str(" ORDER BY owner, owner_is_user, time, seq");
     sql.query(client).with_setting("wait_end_of_query", "1")
 }
 
 /// The SELECT of `events` without its order: (owner, owner_is_user, time, seq, name, event_id,
 /// property arrays[, sender, is_user, sender_anonymous]).
-fn checked_events(project: &str, fetch: &Fetch, as_sent: bool) -> Sql {
+fn checked_events(project: &str, fetch: &Fetch, as_sent: bool, scope: Scope) -> Sql {
+    let table = match scope {
+        Scope::Cluster => "events",
+        Scope::Shard => "events_local",
+    };
     let (outer, owned, aliased, inner) = if as_sent {
         (
             ", sender, is_user, sender_anonymous",
@@ -104,7 +120,7 @@ fn checked_events(project: &str, fetch: &Fetch, as_sent: bool) -> Sql {
            FROM (
             SELECT person, is_user, live_user, time, seq, name, event_id,
                    prop_keys, prop_kinds, prop_numbers, prop_strings{inner}
-            FROM events
+            FROM {table}
             GLOBAL ANY LEFT JOIN (
                 SELECT anonymous_id AS person, toUInt8(0) AS is_user, argMax(user_id, seq) AS live_user
                 FROM aliases WHERE project = "
@@ -159,7 +175,7 @@ fn checked_events(project: &str, fetch: &Fetch, as_sent: bool) -> Sql {
 pub fn time_span(client: &Client, project: &str, fetch: &Fetch) -> Query {
     let mut sql = Sql::default();
     sql.push("SELECT min(time), max(time), count() FROM (");
-    sql.append(checked_events(project, fetch, false));
+    sql.append(checked_events(project, fetch, false, Scope::Cluster));
     sql.push(")");
     sql.query(client).with_setting("wait_end_of_query", "1")
 }
@@ -290,7 +306,7 @@ pub fn aggregate(client: &Client, project: &str, request: &AggregateRequest) -> 
         sql.push("1");
     }
     sql.push(" AS passes FROM (");
-    sql.append(checked_events(project, &fetch, false));
+    sql.append(checked_events(project, &fetch, false, Scope::Cluster));
     sql.push(") ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) WHERE passes = 1");
     if single.is_none() {
         sql.push(" GROUP BY owner, owner_is_user, bucket, group_kind, group_number, group_string)");
@@ -658,16 +674,18 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
         queries.push(record_version(&client, *version));
     }
     queries.push(known_ids(&client, "p", &["e1", "it's"]));
-    queries.push(events(&client, "p", &Fetch::everything()));
     let named = Fetch {
         names: Some(vec!["signup".into(), "purchase".into()]),
         from: 0,
         to: 86_400_000_000,
         ..Fetch::everything()
     };
-    queries.push(events(&client, "p", &named));
-    queries.push(events(&client, "p", &Fetch::of_user("u1")));
-    queries.push(events_as_sent(&client, "p", &Fetch::everything()));
+    for scope in [Scope::Cluster, Scope::Shard] {
+        queries.push(events(&client, "p", &Fetch::everything(), scope));
+        queries.push(events(&client, "p", &named, scope));
+        queries.push(events(&client, "p", &Fetch::of_user("u1"), scope));
+        queries.push(events_as_sent(&client, "p", &Fetch::everything(), scope));
+    }
     queries.extend(sample_aggregates().iter().map(|request| aggregate(&client, "p", request)));
     queries.push(time_span(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(trait_updates(&client, "p", None));

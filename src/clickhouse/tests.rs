@@ -364,6 +364,76 @@ async fn each_event_id_counts_once_across_resends_restarts_crashes_and_racing_no
     assert_eq!(seen, expected, "each id once ({stored_twice} of the racing ids were stored by both nodes)");
 }
 
+/// Each shard answers for its own rows and Sextant merges them: a user whose aliased anonymous
+/// id sits on the other shard reads back as one person, their rows in (time, arrival) order
+/// across both shards, and an id stored on both shards counts once, as its earliest copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_whose_rows_sit_on_two_shards_reads_back_as_one_in_order() {
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "merge");
+    let store = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let project = "p";
+    let user = "u1";
+    let anonymous = (0..).map(|i| format!("a{i}")).find(|a| store.person_shard(a) != store.person_shard(user)).unwrap();
+    let other = (0..).map(|i| format!("v{i}")).find(|v| store.person_shard(v) != store.person_shard(user)).unwrap();
+    let event = |id: &str, user_id: &str, anonymous_id: &str, minute: i64| Event {
+        event_id: id.into(),
+        name: "visit".into(),
+        user_id: user_id.into(),
+        anonymous_id: anonymous_id.into(),
+        timestamp: START + minute * 60_000_000,
+        properties: vec![],
+    };
+    // "dup" goes to the anonymous id's shard first (seq 1), then, as after a crash before its id
+    // was written, to the user's shard (seq 6): the earliest copy, at minute 9, is the one read.
+    store.insert_event_rows(project, &[(1, &event("dup", "", &anonymous, 9))]).await.unwrap();
+    let events = [
+        event("u-1", user, "", 1),
+        event("a-2", "", &anonymous, 2),
+        event("u-3", user, "", 3),
+        event("a-3", "", &anonymous, 3),
+        event("v-1", &other, "", 1),
+    ];
+    store.store_events(project, &events, 2).await.unwrap();
+    store.insert_event_rows(project, &[(7, &event("dup", user, "", 4))]).await.unwrap();
+    store.insert_aliases(project, &[(anonymous.clone(), user.into())], 8).await.unwrap();
+
+    let batch = store.person_batch(project, &Fetch::everything()).await.unwrap();
+    let mut people: Vec<(String, Vec<(String, i64)>)> = Vec::new();
+    batch.for_each(crate::core::store::source::Scan::all(), |person, events| {
+        let rows = events
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, &row)| (batch.row_event_id(row as usize).to_owned(), (events.times[i] - START) / 60_000_000));
+        people.push((batch.person_name(person).to_owned(), rows.collect()));
+    });
+    let minutes = |rows: &[(&str, i64)]| rows.iter().map(|(id, m)| (id.to_string(), *m)).collect::<Vec<_>>();
+    let mut expected = vec![
+        (user.to_owned(), minutes(&[("u-1", 1), ("a-2", 2), ("u-3", 3), ("a-3", 3), ("dup", 9)])),
+        (other.clone(), minutes(&[("v-1", 1)])),
+    ];
+    expected.sort();
+    assert_eq!(people, expected);
+
+    // As sent: the same rows, each with the id it came under.
+    let sent = store.events_as_sent(project, &Fetch::everything()).await.unwrap();
+    let sent: Vec<(u64, &str, &str, &str)> =
+        sent.iter().map(|(seq, e)| (*seq, e.event_id.as_str(), e.user_id.as_str(), e.anonymous_id.as_str())).collect();
+    let mut expected_sent = vec![
+        (2, "u-1", user, ""),
+        (3, "a-2", "", anonymous.as_str()),
+        (4, "u-3", user, ""),
+        (5, "a-3", "", anonymous.as_str()),
+        (1, "dup", "", anonymous.as_str()),
+        (6, "v-1", other.as_str(), ""),
+    ];
+    if other.as_str() < user {
+        expected_sent.rotate_right(1);
+    }
+    assert_eq!(sent, expected_sent);
+}
+
 #[test]
 fn id_lookups_stay_under_the_query_size_limit_and_cover_every_id() {
     let long = "x".repeat(ID_LOOKUP_BYTES);
