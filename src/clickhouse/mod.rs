@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::model::{Event, Micros, UserUpdate, Value};
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::remote::{AggregateRequest, Aggregated, PartialCell, PersonCells};
+use crate::core::store::table::ValueRef;
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 
@@ -544,7 +545,7 @@ impl ClickHouse {
             batch.add_person(&id, is_user, traits)?;
             drop_later_copies(&mut rows);
             for row in rows.drain(..) {
-                batch.add_event(row_event(row)?)?;
+                batch.add_row(&row.name, &row.event_id, row.time, row.properties()?)?;
             }
         }
         for (id, traits) in users {
@@ -600,7 +601,7 @@ impl ClickHouse {
                     let group = match row.group_kinds.get(i) {
                         Some(&kind) => {
                             let number = row.group_numbers.get(i).copied().unwrap_or(0.0);
-                            property_value(kind, number, strings.next().unwrap_or_default())?
+                            property_value(kind, number, &strings.next().unwrap_or_default())?
                         }
                         None => Value::Null,
                     };
@@ -819,13 +820,14 @@ fn drop_later_copies<R: FetchedRow>(rows: &mut Vec<R>) {
 }
 
 fn row_event(row: FetchedEvent) -> Result<Event> {
+    let properties = row.properties()?.into_iter().map(|(key, value)| (key.to_owned(), value.into())).collect();
     Ok(Event {
         event_id: row.event_id,
         name: row.name,
         user_id: String::new(),
         anonymous_id: String::new(),
         timestamp: row.time,
-        properties: properties(row.prop_keys, &row.prop_kinds, &row.prop_numbers, row.prop_strings)?,
+        properties,
     })
 }
 
@@ -836,32 +838,38 @@ fn finish(users: &mut [(String, Vec<(String, Value)>)], folding: &Traits) {
     }
 }
 
-/// Properties from their stored arrays.
-fn properties(keys: Vec<String>, kinds: &[u8], numbers: &[f64], strings: Vec<String>) -> Result<Vec<(String, Value)>> {
-    if kinds.len() != keys.len() || numbers.len() != keys.len() || strings.len() != keys.len() {
-        return Err(Error::Storage("clickhouse: property arrays of different lengths".into()));
-    }
-    keys.into_iter()
-        .zip(strings)
-        .enumerate()
-        .map(|(i, (key, string))| {
-            let value = property_value(kinds[i], numbers[i], string)
-                .map_err(|_| Error::Storage(format!("clickhouse: property {key:?} has unknown kind {}", kinds[i])))?;
-            Ok((key, value))
-        })
-        .collect()
+/// A stored property value from its kind, number and string columns.
+fn property_value(kind: u8, number: f64, string: &str) -> Result<Value> {
+    value_ref(kind, number, string).map(Value::from)
 }
 
-/// A stored property value from its kind, number and string columns.
-fn property_value(kind: u8, number: f64, string: String) -> Result<Value> {
+/// A stored property value, its string borrowed.
+fn value_ref(kind: u8, number: f64, string: &str) -> Result<ValueRef<'_>> {
     Ok(match kind {
-        KIND_NULL => Value::Null,
-        KIND_BOOL => Value::Bool(number != 0.0),
-        KIND_NUMBER => Value::Number(number),
-        KIND_STRING => Value::String(string),
-        KIND_TIME => Value::Timestamp(number as Micros),
+        KIND_NULL => ValueRef::Null,
+        KIND_BOOL => ValueRef::Bool(number != 0.0),
+        KIND_NUMBER => ValueRef::Number(number),
+        KIND_STRING => ValueRef::Str(string),
+        KIND_TIME => ValueRef::Time(number as Micros),
         other => return Err(Error::Storage(format!("clickhouse: unknown property kind {other}"))),
     })
+}
+
+impl FetchedEvent {
+    /// The row's properties, borrowed (`PersonBatch::add_row`); all checked before any is
+    /// returned, so a bad row adds nothing.
+    fn properties(&self) -> Result<Vec<(&str, ValueRef<'_>)>> {
+        let n = self.prop_keys.len();
+        if self.prop_kinds.len() != n || self.prop_numbers.len() != n || self.prop_strings.len() != n {
+            return Err(Error::Storage("clickhouse: property arrays of different lengths".into()));
+        }
+        (0..n)
+            .map(|i| {
+                let value = value_ref(self.prop_kinds[i], self.prop_numbers[i], &self.prop_strings[i])?;
+                Ok((self.prop_keys[i].as_str(), value))
+            })
+            .collect()
+    }
 }
 
 /// A ClickHouse failure as the client sees it:

@@ -41,6 +41,12 @@ pub struct EventSelector {
 
 pub const TRAIT_PREFIX: &str = "user.";
 
+/// Whether any of `filters`, or the breakdown, is on a trait: what a read must fetch traits for.
+pub fn on_traits<'a>(filters: impl IntoIterator<Item = &'a Filter>, breakdown: Option<&str>) -> bool {
+    breakdown.is_some_and(|b| b.starts_with(TRAIT_PREFIX))
+        || filters.into_iter().any(|f| f.property.starts_with(TRAIT_PREFIX))
+}
+
 pub fn validate_filter(field: &str, filter: &Filter) -> Result<()> {
     let name = filter.property.strip_prefix(TRAIT_PREFIX).unwrap_or(&filter.property);
     crate::core::catalog::validate_name(&format!("{field}.property"), name)?;

@@ -523,7 +523,9 @@ fn funnel_queries() -> Vec<(String, FunnelQuery)> {
     let mut queries = Vec::new();
     for order in [FunnelOrder::Ordered, FunnelOrder::Strict, FunnelOrder::Unordered] {
         for mode in [FunnelMode::UniqueUsers, FunnelMode::TotalConversions] {
-            for (breakdown, cohort_id) in [(None, ""), (Some("plan"), ""), (Some("user.country"), "buyers")] {
+            let breakdowns =
+                [(None, ""), (Some("plan"), ""), (Some("user.country"), ""), (Some("user.country"), "buyers")];
+            for (breakdown, cohort_id) in breakdowns {
                 let query = FunnelQuery {
                     steps: vec![selector("visit"), selector("signup"), selector("purchase")],
                     from: START + 2 * DAY,
@@ -538,7 +540,7 @@ fn funnel_queries() -> Vec<(String, FunnelQuery)> {
                     filters: vec![filter("plan", FilterOp::Neq, &["team"])],
                     ..Default::default()
                 };
-                queries.push((format!("funnel {order:?} {mode:?} {breakdown:?}"), query));
+                queries.push((format!("funnel {order:?} {mode:?} {breakdown:?} {cohort_id:?}"), query));
             }
         }
     }
@@ -592,12 +594,20 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             assert_eq!(full, read, "seed {seed} cohort {k}");
             members[k] += full.len();
         }
-        for (what, query) in funnel_queries() {
-            let narrow = fetched(&sent, 1, &funnel::fetch(&query));
+        let mut trait_filtered = funnel_queries().pop().expect("funnels").1;
+        (trait_filtered.breakdown, trait_filtered.cohort_id) = (None, String::new());
+        trait_filtered.filters.push(filter("user.country", FilterOp::Neq, &["de"]));
+        let funnels = funnel_queries().into_iter().chain([("funnel on a trait".to_owned(), trait_filtered)]);
+        for (what, query) in funnels {
+            let fetch = funnel::fetch(&query);
+            let on_traits = query.breakdown.as_deref() == Some("user.country") || query.filters.len() > 1;
+            assert_eq!(fetch.traits, fetch.names.is_none() || on_traits, "{what} reads traits when it needs them");
+            let narrow = fetched(&sent, 1, &fetch);
             let what = format!("seed {seed} fetched {what}");
             assert_same(&what, &funnel::run(&embedded, &cohorts, &query), &funnel::run(&narrow, &cohorts, &query));
         }
-        for (first_time, unbounded, breakdown) in [(true, false, None), (false, true, Some("plan"))] {
+        let retentions = [(true, false, None), (false, true, Some("plan")), (true, true, Some("user.country"))];
+        for (first_time, unbounded, breakdown) in retentions {
             let query = RetentionQuery {
                 cohort_event: selector("visit"),
                 return_event: Some(selector("purchase")),
@@ -613,7 +623,9 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
                     ..Default::default()
                 },
             };
-            let narrow = fetched(&sent, 1, &retention::fetch(&query));
+            let fetch = retention::fetch(&query);
+            assert_eq!(fetch.traits, breakdown == Some("user.country"), "retention by {breakdown:?}");
+            let narrow = fetched(&sent, 1, &fetch);
             let what = format!("seed {seed} fetched retention {first_time} {unbounded}");
             let (a, b) =
                 (retention::retention(&embedded, &cohorts, &query), retention::retention(&narrow, &cohorts, &query));

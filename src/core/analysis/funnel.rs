@@ -314,14 +314,22 @@ impl Timeline {
 
 /// What `run` reads of the events, for a store that fetches them first (a remote engine): the
 /// steps' and exclusions' events from `from` to a window after `to` (see the scan in `run`),
-/// or everything when a cohort or the STRICT order needs other events.
+/// with traits only when a filter or the breakdown is on one; or everything when a cohort or
+/// the STRICT order needs other events.
 pub fn fetch(query: &FunnelQuery) -> Fetch {
-    let selectors = query.steps.iter().chain(query.exclusions.iter().map(|e| &e.selector));
-    let names: Vec<String> = selectors.map(|s| s.event.clone()).collect();
+    let selectors = || query.steps.iter().chain(query.exclusions.iter().map(|e| &e.selector));
+    let names: Vec<String> = selectors().map(|s| s.event.clone()).collect();
     if !query.cohort_id.is_empty() || query.order == FunnelOrder::Strict || names.iter().any(String::is_empty) {
         return Fetch::everything();
     }
-    Fetch { names: Some(names), from: query.from, to: query.to.saturating_add(query.window), ..Fetch::everything() }
+    let filters = selectors().flat_map(|s| &s.filters).chain(&query.filters);
+    Fetch {
+        names: Some(names),
+        from: query.from,
+        to: query.to.saturating_add(query.window),
+        traits: crate::core::filter::on_traits(filters, query.breakdown.as_deref()),
+        ..Fetch::everything()
+    }
 }
 
 /// Runs a funnel over the project's current state.

@@ -469,7 +469,8 @@ fn first_in_range(
 
 /// What `retention` reads of the events, for a store that fetches them first (a remote
 /// engine): the cohort and return events at any time (a first-time cohort looks before the
-/// range, returns run past it), or everything for a cohort filter or any event as return.
+/// range, returns run past it), with traits only when a filter or the breakdown is on one; or
+/// everything for a cohort filter or any event as return.
 pub fn fetch(query: &RetentionQuery) -> Fetch {
     let Some(return_event) = &query.return_event else {
         return Fetch::everything();
@@ -478,7 +479,9 @@ pub fn fetch(query: &RetentionQuery) -> Fetch {
     if !query.shape.cohort_id.is_empty() || names.iter().any(String::is_empty) {
         return Fetch::everything();
     }
-    Fetch { names: Some(names), ..Fetch::everything() }
+    let filters = query.cohort_event.filters.iter().chain(&return_event.filters);
+    let traits = crate::core::filter::on_traits(filters, query.shape.breakdown.as_deref());
+    Fetch { names: Some(names), traits, ..Fetch::everything() }
 }
 
 pub fn retention(source: &impl EventSource, cohorts: &Cohorts, query: &RetentionQuery) -> Result<RetentionTable> {

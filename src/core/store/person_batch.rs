@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::core::metric::scan::AggregatePushdown;
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::source::{EventSource, ManualValues, Numbers, PersonEvents, Rows, Scan, Strings};
-use crate::core::store::table::{EventTable, Interner, Prop};
+use crate::core::store::table::{EventTable, Interner, NONE, Prop, ValueRef};
 use crate::core::store::trait_groups::TraitGroups;
 use crate::error::{Error, Result};
 
@@ -87,17 +87,28 @@ impl PersonBatch {
 
     /// Adds an event of the current person; `event`'s user and anonymous ids are replaced by
     /// the person's.
-    pub fn add_event(&mut self, mut event: Event) -> Result<()> {
+    pub fn add_event(&mut self, event: Event) -> Result<()> {
+        let properties = event.properties.iter().map(|(key, value)| (key.as_str(), ValueRef::from(value)));
+        self.add_row(&event.name, &event.event_id, event.timestamp, properties)
+    }
+
+    /// `add_event` with the event's parts borrowed, for a reader that fills the batch from
+    /// rows it decoded itself.
+    pub fn add_row<'a>(
+        &mut self,
+        name: &str,
+        event_id: &str,
+        timestamp: Micros,
+        properties: impl IntoIterator<Item = (&'a str, ValueRef<'a>)>,
+    ) -> Result<()> {
         let person = self.current.ok_or_else(|| Error::Internal("an event before any person".into()))?;
         let first = self.starts[person as usize] as usize;
-        if self.table.len() > first && self.table.time()[self.table.len() - 1] > event.timestamp {
-            return Err(Error::Internal(format!("event {:?} out of time order", event.event_id)));
+        if self.table.len() > first && self.table.time()[self.table.len() - 1] > timestamp {
+            return Err(Error::Internal(format!("event {event_id:?} out of time order")));
         }
-        let name = self.table.person_name(person).to_owned();
-        (event.user_id, event.anonymous_id) =
-            if self.table.is_user()[person as usize] { (name, String::new()) } else { (String::new(), name) };
+        let anonymous = if self.table.is_user()[person as usize] { NONE } else { person };
         self.row_ids.push(self.table.len() as u32);
-        self.table.push(&event);
+        self.table.push_row(person, anonymous, name, event_id, timestamp, properties);
         Ok(())
     }
 

@@ -105,6 +105,40 @@ fn resolve<'a>(bytes: &'a [u8], ends: &[u64], id: u32) -> &'a str {
     std::str::from_utf8(&bytes[start..ends[id] as usize]).unwrap_or_default()
 }
 
+/// A property value to store, its string borrowed (`Table::push_row`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    Bool(bool),
+    Number(f64),
+    Str(&'a str),
+    Time(Micros),
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(value: &'a Value) -> Self {
+        match value {
+            Value::Null => ValueRef::Null,
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Number(n) => ValueRef::Number(*n),
+            Value::String(s) => ValueRef::Str(s),
+            Value::Timestamp(t) => ValueRef::Time(*t),
+        }
+    }
+}
+
+impl From<ValueRef<'_>> for Value {
+    fn from(value: ValueRef<'_>) -> Self {
+        match value {
+            ValueRef::Null => Value::Null,
+            ValueRef::Bool(b) => Value::Bool(b),
+            ValueRef::Number(n) => Value::Number(n),
+            ValueRef::Str(s) => Value::String(s.to_owned()),
+            ValueRef::Time(t) => Value::Timestamp(t),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cell {
     Null,
@@ -352,35 +386,50 @@ impl EventTable {
     }
 
     pub fn push(&mut self, event: &Event) {
-        let row = self.time.len() as u32;
         let anonymous = if event.anonymous_id.is_empty() { NONE } else { self.anonymous_person(&event.anonymous_id) };
         let person = if event.user_id.is_empty() { anonymous } else { self.user_person(&event.user_id) };
-        let name = self.names.intern(&event.name);
+        let properties = event.properties.iter().map(|(key, value)| (key.as_str(), ValueRef::from(value)));
+        self.push_row(person, anonymous, &event.name, &event.event_id, event.timestamp, properties);
+    }
+
+    /// Appends an event of `person` (sent under the anonymous person `anonymous`, or `NONE`),
+    /// its strings borrowed: for a reader that knows the person already.
+    pub fn push_row<'a>(
+        &mut self,
+        person: u32,
+        anonymous: u32,
+        name: &str,
+        event_id: &str,
+        timestamp: Micros,
+        properties: impl IntoIterator<Item = (&'a str, ValueRef<'a>)>,
+    ) {
+        let row = self.time.len() as u32;
+        let name = self.names.intern(name);
         if name as usize == self.name_counts.len() {
             self.name_counts.push(0);
         }
         self.name_counts[name as usize] += 1;
-        for (key, value) in &event.properties {
+        for (key, value) in properties {
             let key = self.keys.intern(key);
             let value = match value {
-                Value::Null => Cell::Null,
-                Value::Bool(b) => Cell::Bool(*b),
-                Value::Number(n) => Cell::Number(*n),
-                Value::String(s) => Cell::Str(self.strings.intern(s)),
-                Value::Timestamp(t) => Cell::Time(*t),
+                ValueRef::Null => Cell::Null,
+                ValueRef::Bool(b) => Cell::Bool(b),
+                ValueRef::Number(n) => Cell::Number(n),
+                ValueRef::Str(s) => Cell::Str(self.strings.intern(s)),
+                ValueRef::Time(t) => Cell::Time(t),
             };
             self.props.push(Prop::new(key, value));
         }
         self.push_prop_end();
-        self.id_bytes.extend_from_slice(event.event_id.as_bytes());
+        self.id_bytes.extend_from_slice(event_id.as_bytes());
         self.id_end.push(self.id_bytes.len() as u64);
         self.person.push(person);
         self.anonymous.push(anonymous);
-        self.time.push(event.timestamp);
+        self.time.push(timestamp);
         self.name.push(name);
         self.link_row(person, row);
-        self.min_time = Some(self.min_time.map_or(event.timestamp, |t| t.min(event.timestamp)));
-        self.max_time = Some(self.max_time.map_or(event.timestamp, |t| t.max(event.timestamp)));
+        self.min_time = Some(self.min_time.map_or(timestamp, |t| t.min(timestamp)));
+        self.max_time = Some(self.max_time.map_or(timestamp, |t| t.max(timestamp)));
     }
 
     /// Appends row `row` to `person`'s chain.
