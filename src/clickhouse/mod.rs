@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{Event, Micros, UserUpdate, Value};
 use crate::core::store::person_batch::PersonBatch;
-use crate::core::store::remote::{AggregateRequest, Aggregated, PartialCell, PersonCells};
+use crate::core::store::remote::{AggregateRequest, Aggregated, EventStats, PartialCell, PersonCells};
 use crate::core::store::table::ValueRef;
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
@@ -577,6 +577,28 @@ impl ClickHouse {
             .await
             .map_err(|e| self.failed(&e))?;
         Ok((events > 0).then_some((first, last)))
+    }
+
+    /// The numbers of `fetch`'s events GetProjectStats gives, without reading them: counts
+    /// and times per name, and the users with events or traits.
+    pub async fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats> {
+        let counts = async {
+            let query = sql::name_counts(self.front(), project, fetch);
+            query.fetch_all::<(String, u64, i64, i64)>().await.map_err(|e| self.failed(&e))
+        };
+        let owners = async {
+            let query = sql::users_with_events(self.front(), project, fetch);
+            query.fetch_all::<String>().await.map_err(|e| self.failed(&e))
+        };
+        let (counts, owners, traits) = futures::try_join!(counts, owners, self.traits(project, None))?;
+        let mut users: std::collections::HashSet<String> = owners.into_iter().collect();
+        users.extend(traits.into_iter().filter(|(_, traits)| !traits.is_empty()).map(|(user, _)| user));
+        let span = counts.iter().map(|&(_, _, first, last)| (first, last)).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+        Ok(EventStats {
+            by_name: counts.into_iter().map(|(name, n, _, _)| (name, n)).collect(),
+            span,
+            users: users.len() as u64,
+        })
     }
 
     /// An event aggregate's partial cells per person, and every user's traits when asked.

@@ -180,6 +180,28 @@ pub fn time_span(client: &Client, project: &str, fetch: &Fetch) -> Query {
     sql.query(client).with_setting("wait_end_of_query", "1")
 }
 
+/// Per event name, how many of the events `events` reads there are and their earliest and
+/// latest time: (name, count, min time, max time), by name. Each id counts once, as its
+/// earliest copy (`person_batch` keeps that one).
+pub fn name_counts(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT name, count(), min(time), max(time) FROM (SELECT owner, owner_is_user, event_id, name, time FROM (",
+    );
+    sql.append(checked_events(project, fetch, false, Scope::Cluster));
+    sql.push(") ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) GROUP BY name ORDER BY name");
+    sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
+/// The users who have any of the events `events` reads.
+pub fn users_with_events(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    let mut sql = Sql::default();
+    sql.push("SELECT DISTINCT owner FROM (");
+    sql.append(checked_events(project, fetch, false, Scope::Cluster));
+    sql.push(") WHERE owner_is_user = 1");
+    sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
 /// An event aggregate's partial cells, one row per person: (owner, owner_is_user, and per
 /// cell: bucket, breakdown value as kind/number/string, count, sum, min, max).
 ///
@@ -688,6 +710,8 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     }
     queries.extend(sample_aggregates().iter().map(|request| aggregate(&client, "p", request)));
     queries.push(time_span(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
+    queries.push(name_counts(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
+    queries.push(users_with_events(&client, "p", &Fetch::everything()));
     queries.push(trait_updates(&client, "p", None));
     queries.push(trait_updates(&client, "p", Some("u1")));
     queries.push(meta_get(&client, "metric/p/m"));

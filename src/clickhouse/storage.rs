@@ -18,7 +18,7 @@ use crate::clickhouse::{ClickHouse, ClickHouseConfig, Fetch};
 use crate::core::model::{Event, Micros, UserUpdate, now_micros};
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::event_key;
-use crate::core::store::remote::{AggregateRequest, Aggregated, RemoteEvents};
+use crate::core::store::remote::{AggregateRequest, Aggregated, EventStats, RemoteEvents};
 use crate::error::{Error, Result};
 use crate::storage::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage};
 
@@ -393,6 +393,11 @@ impl RemoteEvents for ClickHouseStorage {
     fn time_span(&self, project: &str, fetch: &Fetch) -> Result<Option<(Micros, Micros)>> {
         let (project, fetch) = (project.to_owned(), fetch.clone());
         self.read(move |store| Box::pin(async move { store.time_span(&project, &fetch).await }))
+    }
+
+    fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats> {
+        let (project, fetch) = (project.to_owned(), fetch.clone());
+        self.read(move |store| Box::pin(async move { store.event_stats(&project, &fetch).await }))
     }
 
     fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {

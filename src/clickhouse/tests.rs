@@ -93,6 +93,16 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
         let span = crate::core::store::source::AnySource::Embedded(data.source()).time_span();
         assert!(span.is_some());
         assert_eq!(store.time_span(&project, &Fetch::everything()).await.unwrap(), span, "seed {seed}");
+        // GetProjectStats' numbers, counted in ClickHouse, are the embedded engine's.
+        let source = crate::core::store::source::AnySource::Embedded(data.source());
+        let mut by_name: Vec<(String, u64)> = (source.name_counts().iter().enumerate())
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (source.names().resolve(i as u32).to_owned(), *n))
+            .collect();
+        by_name.sort();
+        let expected = EventStats { by_name, span, users: source.user_count() };
+        assert!(expected.users > 0 && expected.by_name.len() > 2);
+        assert_eq!(store.event_stats(&project, &Fetch::everything()).await.unwrap(), expected, "seed {seed}");
 
         // A read pruned to a funnel's names and range (its window past the end) answers it.
         let query = FunnelQuery {
@@ -113,6 +123,18 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
             funnel::run(&data.source(), &cohorts, &query).unwrap(),
             "seed {seed}"
         );
+
+        // A user with traits and no events counts; one whose traits were all unset does not.
+        let trait_of = |user: &str| UserUpdate {
+            user_id: user.into(),
+            set: vec![("plan".into(), Value::String("pro".into()))],
+            ..Default::default()
+        };
+        let unset = UserUpdate { user_id: "emptied".into(), unset: vec!["plan".into()], ..Default::default() };
+        let updates = [trait_of("quiet"), trait_of("emptied"), unset];
+        store.insert_user_updates(&project, &updates, after_all + 100).await.unwrap();
+        let stats = store.event_stats(&project, &Fetch::everything()).await.unwrap();
+        assert_eq!(stats.users, expected.users + 1, "seed {seed}");
     }
     // Another project's rows are not read.
     let empty = store.person_batch("nobody", &Fetch::everything()).await.unwrap();

@@ -48,7 +48,7 @@ use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::{LogRecord, decode_record};
-use crate::core::store::remote::{Fetch, RemoteEvents};
+use crate::core::store::remote::{EventStats, Fetch, RemoteEvents};
 use crate::core::store::segment::Manifest;
 use crate::core::store::source::{AnySource, EventSource};
 use crate::error::{Error, Result, echo};
@@ -661,22 +661,28 @@ impl Engine {
     pub fn project_stats(&self, id: &str) -> Result<ProjectStats> {
         let entry = self.project(id)?;
         let state = entry.read();
-        let source = self.events(&state)?;
-        let counts = source.name_counts();
-        let mut events_by_name: Vec<(String, u64)> = counts
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| (source.names().resolve(i as u32).to_owned(), *n))
-            .collect();
-        events_by_name.sort();
-        let span = source.time_span();
+        // On a remote engine, counted there rather than read.
+        let stats = match self.remote() {
+            Some(remote) => remote.event_stats(id, &Fetch { from: not_before(&state), ..Fetch::everything() })?,
+            None => {
+                let source = self.events(&state)?;
+                let counts = source.name_counts();
+                let mut by_name: Vec<(String, u64)> = counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, n)| (source.names().resolve(i as u32).to_owned(), *n))
+                    .collect();
+                by_name.sort();
+                EventStats { by_name, span: source.time_span(), users: source.user_count() }
+            }
+        };
         Ok(ProjectStats {
-            events: counts.iter().sum(),
-            events_by_name,
-            users: source.user_count(),
-            first_event: span.map(|(first, _)| first),
-            last_event: span.map(|(_, last)| last),
+            events: stats.by_name.iter().map(|(_, n)| n).sum(),
+            events_by_name: stats.by_name,
+            users: stats.users,
+            first_event: stats.span.map(|(first, _)| first),
+            last_event: stats.span.map(|(_, last)| last),
             bytes_on_disk: self.bytes_on_disk()?,
             quarantined: state.data.quarantine.len() as u64,
         })

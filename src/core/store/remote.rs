@@ -23,6 +23,17 @@ pub struct Fetch {
     pub traits: bool,
 }
 
+/// A project's events in numbers, as a read of them would count them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventStats {
+    /// (name, events), by name.
+    pub by_name: Vec<(String, u64)>,
+    /// The earliest and latest time, if any.
+    pub span: Option<(Micros, Micros)>,
+    /// Users with events or traits.
+    pub users: u64,
+}
+
 impl Fetch {
     pub fn everything() -> Fetch {
         Fetch { names: None, from: Micros::MIN, to: Micros::MAX, user: None, traits: true }
@@ -117,6 +128,8 @@ pub trait RemoteEvents: Send + Sync {
     fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch>;
     /// The earliest and latest time of the events `fetch` asks for, if any.
     fn time_span(&self, project: &str, fetch: &Fetch) -> Result<Option<(Micros, Micros)>>;
+    /// What GetProjectStats tells of the events `fetch` asks for.
+    fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats>;
     /// An event aggregate's partial cells, per person (`AggregateRequest`).
     fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated>;
     /// The events `fetch` asks for as they were sent (user and anonymous ids), each with its
