@@ -527,8 +527,7 @@ impl ClickHouse {
                 false => Ok(Vec::new()),
             }
         };
-        let (shards, users) = futures::try_join!(self.shard_rows::<FetchedEvent>(project, fetch, false), traits)?;
-        let mut shards = shards;
+        let (mut shards, users) = futures::try_join!(self.shard_rows::<FetchedEvent>(project, fetch, false), traits)?;
         let mut users = users.into_iter().peekable();
         let mut batch = PersonBatch::default();
         let mut rows: Vec<FetchedEvent> = Vec::new();

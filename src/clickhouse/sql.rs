@@ -173,32 +173,31 @@ fn checked_events(project: &str, fetch: &Fetch, as_sent: bool, scope: Scope) -> 
 
 /// The earliest and latest time of the events `events` reads, and how many there are.
 pub fn time_span(client: &Client, project: &str, fetch: &Fetch) -> Query {
-    let mut sql = Sql::default();
-    sql.push("SELECT min(time), max(time), count() FROM (");
-    sql.append(checked_events(project, fetch, false, Scope::Cluster));
-    sql.push(")");
-    sql.query(client).with_setting("wait_end_of_query", "1")
+    over_events(client, project, fetch, "SELECT min(time), max(time), count()", "")
 }
 
 /// Per event name, how many of the events `events` reads there are and their earliest and
 /// latest time: (name, count, min time, max time), by name. Each id counts once, as its
 /// earliest copy (`person_batch` keeps that one).
 pub fn name_counts(client: &Client, project: &str, fetch: &Fetch) -> Query {
-    let mut sql = Sql::default();
-    sql.push(
-        "SELECT name, count(), min(time), max(time) FROM (SELECT owner, owner_is_user, event_id, name, time FROM (",
-    );
-    sql.append(checked_events(project, fetch, false, Scope::Cluster));
-    sql.push(") ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) GROUP BY name ORDER BY name");
-    sql.query(client).with_setting("wait_end_of_query", "1")
+    let select = "SELECT name, count(), min(time), max(time) FROM (SELECT owner, owner_is_user, event_id, name, time";
+    let rest = "ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) GROUP BY name ORDER BY name";
+    over_events(client, project, fetch, select, rest)
 }
 
 /// The users who have any of the events `events` reads.
 pub fn users_with_events(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    over_events(client, project, fetch, "SELECT DISTINCT owner", "WHERE owner_is_user = 1")
+}
+
+/// `select FROM (the rows `events` reads, from every shard) rest`.
+fn over_events(client: &Client, project: &str, fetch: &Fetch, select: &str, rest: &str) -> Query {
     let mut sql = Sql::default();
-    sql.push("SELECT DISTINCT owner FROM (");
+    sql.push(select);
+    sql.push(" FROM (");
     sql.append(checked_events(project, fetch, false, Scope::Cluster));
-    sql.push(") WHERE owner_is_user = 1");
+    sql.push(") ");
+    sql.push(rest);
     sql.query(client).with_setting("wait_end_of_query", "1")
 }
 
