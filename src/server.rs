@@ -45,28 +45,31 @@ impl RunningServer {
         let engine = Arc::downgrade(&self.engine);
         drop(self.engine);
         self.task.await.context("server task")??;
-        released(engine).await
+        released(engine).await;
+        Ok(())
     }
 }
 
 /// Waits for the last holder of the engine to let go. The server task ends when hyper's graceful
 /// shutdown counts no open connection, but a connection's task may still be dropping its copy of
 /// the services (and with them the engine and the database's file lock) on another thread; a
-/// blocking call cut off by the grace period also runs to its end.
-async fn released(engine: std::sync::Weak<Engine>) -> anyhow::Result<()> {
+/// blocking call cut off by the grace period also runs to its end. The storage is flushed
+/// already, so a call that runs longer than the wait is only logged: a process exits anyway,
+/// and a server reopened in this one would name the directory as in use.
+async fn released(engine: std::sync::Weak<Engine>) {
     const PATIENCE: Duration = Duration::from_secs(30);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while engine.strong_count() > 0 {
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "storage still in use {}s after stop ({} holders of the engine)",
-                PATIENCE.as_secs(),
-                engine.strong_count()
+            tracing::warn!(
+                holders = engine.strong_count(),
+                waited_secs = PATIENCE.as_secs(),
+                "a call still holds the storage after stop"
             );
+            break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
 }
 
 /// Opens storage, binds, and starts serving in the background.
