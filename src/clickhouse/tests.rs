@@ -270,7 +270,8 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
                 };
                 assert!(scan::pushable(&m, &query));
                 let request = scan::aggregate_request(&m, &query, Micros::MIN).unwrap();
-                let pushed = scan::aggregate_partials(&m, &query, store.aggregate(project, &request).await.unwrap());
+                let pushed =
+                    scan::aggregate_partials(&m, &query, &request, store.aggregate(project, &request).await.unwrap());
                 let scanned = scan::event_aggregate(&embedded, &m, &query);
                 let what = format!("{kind:?} filters {filters:?} {granularity:?} by {breakdown:?} limit {limit}");
                 assert_same(&what, &scanned, &pushed);
@@ -294,7 +295,8 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
     };
     let cutoff = START + 10 * DAY;
     let request = scan::aggregate_request(&m, &query, cutoff).unwrap();
-    let pushed = scan::aggregate_partials(&m, &query, store.aggregate(project, &request).await.unwrap()).unwrap();
+    let pushed =
+        scan::aggregate_partials(&m, &query, &request, store.aggregate(project, &request).await.unwrap()).unwrap();
     let later = MetricQuery { from: cutoff, ..query.clone() };
     let scanned = scan::event_aggregate(&embedded, &m, &later).unwrap();
     assert_eq!(pushed[0].total, scanned[0].total);

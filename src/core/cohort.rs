@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::core::catalog::validate_slug;
-use crate::core::filter::{self, CompiledFilters, EventSelector, Filter, TRAIT_PREFIX};
+use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
 use crate::core::model::{Micros, now_micros};
 use crate::core::store::source::{EventSource, Scan};
 use crate::core::store::table::NONE;
@@ -160,7 +160,7 @@ fn validate_group(field: &str, group: &ConditionGroup, depth: usize, count: &mut
             }
             Condition::Trait(f) => {
                 let field = format!("{field}.trait");
-                if !f.property.starts_with(TRAIT_PREFIX) {
+                if !filter::is_trait(&f.property) {
                     return Err(Error::invalid(
                         format!("{field}.property"),
                         format!("must be user.<trait>, got {:?}", f.property),

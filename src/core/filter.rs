@@ -41,10 +41,14 @@ pub struct EventSelector {
 
 pub const TRAIT_PREFIX: &str = "user.";
 
+/// Whether a filter's property or a breakdown names a trait (`user.<trait>`).
+pub fn is_trait(property: &str) -> bool {
+    property.starts_with(TRAIT_PREFIX)
+}
+
 /// Whether any of `filters`, or the breakdown, is on a trait: what a read must fetch traits for.
 pub fn on_traits<'a>(filters: impl IntoIterator<Item = &'a Filter>, breakdown: Option<&str>) -> bool {
-    breakdown.is_some_and(|b| b.starts_with(TRAIT_PREFIX))
-        || filters.into_iter().any(|f| f.property.starts_with(TRAIT_PREFIX))
+    breakdown.is_some_and(is_trait) || filters.into_iter().any(|f| is_trait(&f.property))
 }
 
 pub fn validate_filter(field: &str, filter: &Filter) -> Result<()> {

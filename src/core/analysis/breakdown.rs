@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 use crate::core::filter::TRAIT_PREFIX;
 use crate::core::model::Value;
 use crate::core::store::source::EventSource;
-use crate::core::store::table::{Cell, Interner, NONE};
+use crate::core::store::table::{Cell, Interner, NONE, ValueRef};
 pub use crate::core::store::trait_groups::{NO_VALUE, TraitGroups, format_number, format_time, label_of_value};
 
 pub const DEFAULT_BREAKDOWN_LIMIT: usize = 10;
@@ -126,13 +126,7 @@ impl Groups {
             Groups::One => 0,
             Groups::Person(groups) => groups.group_of[person as usize],
             Groups::Row { ids, labels, values, .. } => {
-                let key = match value {
-                    Value::Null => GroupKey::Missing,
-                    Value::Bool(b) => GroupKey::Bool(*b),
-                    Value::Number(n) => GroupKey::Number(if *n == 0.0 { 0 } else { n.to_bits() }),
-                    Value::String(s) => GroupKey::Str(values.intern(s)),
-                    Value::Timestamp(t) => GroupKey::Time(*t),
-                };
+                let key = group_key(Some(ValueRef::from(value).cell(values)));
                 *ids.entry(key).or_insert_with(|| {
                     labels.push(label_of_value(Some(value)));
                     labels.len() as u32 - 1

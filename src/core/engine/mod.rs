@@ -760,6 +760,6 @@ impl AggregatePushdown for RemoteAggregates {
         let aggregated = remote.aggregate(&self.project, &request)?;
         self.pushed_down.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ::metrics::counter!("sextant_aggregates_pushed_down_total").increment(1);
-        crate::core::metric::scan::aggregate_partials(metric, query, aggregated)
+        crate::core::metric::scan::aggregate_partials(metric, query, &request, aggregated)
     }
 }

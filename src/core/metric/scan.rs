@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 
 use crate::core::analysis::breakdown::{Groups, breakdown_limit_or_default, fold_tail, top_groups};
 use crate::core::cohort::Members;
-use crate::core::filter::{CompiledFilters, EventSelector, Filter, row_number};
+use crate::core::filter::{CompiledFilters, EventSelector, Filter, is_trait, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
 use crate::core::store::person_batch::PersonBatch;
@@ -232,17 +232,16 @@ pub fn aggregate_request(metric: &Metric, query: &MetricQuery, not_before: Micro
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
     let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
     let all_filters = || selector.filters.iter().chain(&query.filters);
-    let on_traits = |property: &str| property.starts_with(crate::core::filter::TRAIT_PREFIX);
     let needs_value = !matches!(metric.kind, MetricKind::Count | MetricKind::UniqueUsers);
     Ok(AggregateRequest {
         name: selector.event.clone(),
         from: query.from.max(not_before),
         to: query.to,
-        filters: all_filters().filter(|f| !on_traits(&f.property)).cloned().collect(),
+        filters: all_filters().filter(|f| !is_trait(&f.property)).cloned().collect(),
         value_property: needs_value.then(|| metric.property.clone()),
-        breakdown_property: query.breakdown.clone().filter(|b| !on_traits(b)),
+        breakdown_property: query.breakdown.clone().filter(|b| !is_trait(b)),
         bounds,
-        with_traits: all_filters().any(|f| on_traits(&f.property)) || query.breakdown.as_deref().is_some_and(on_traits),
+        with_traits: crate::core::filter::on_traits(all_filters(), query.breakdown.as_deref()),
         values: CellValues {
             count: metric.kind != MetricKind::UniqueUsers,
             sum: matches!(metric.kind, MetricKind::Sum | MetricKind::Avg),
@@ -252,10 +251,16 @@ pub fn aggregate_request(metric: &Metric, query: &MetricQuery, not_before: Micro
     })
 }
 
-/// An event aggregate from a remote engine's partial cells (`aggregate_request`'s answer):
-/// the same groups, ranking, `$other` and totals as a scan of the events gives.
-pub fn aggregate_partials(metric: &Metric, query: &MetricQuery, aggregated: Aggregated) -> Result<Vec<Series>> {
-    let bounds = time::bucket_bounds(query.from, query.to, query.granularity, query.tz, MAX_BUCKETS)?;
+/// An event aggregate from a remote engine's partial cells (the answer to `request`, made by
+/// `aggregate_request`): the same groups, ranking, `$other` and totals as a scan of the events
+/// gives.
+pub fn aggregate_partials(
+    metric: &Metric,
+    query: &MetricQuery,
+    request: &AggregateRequest,
+    aggregated: Aggregated,
+) -> Result<Vec<Series>> {
+    let bounds = &request.bounds;
     let selector = metric.selector.as_ref().ok_or_else(|| Error::invalid("metric.selector", "required"))?;
     // The people, with their traits: trait filters and breakdowns read them.
     let mut people = PersonBatch::default();
@@ -266,16 +271,12 @@ pub fn aggregate_partials(metric: &Metric, query: &MetricQuery, aggregated: Aggr
     for person in aggregated.people {
         cells.push((people.person(&person.id, person.is_user)?, person.cells));
     }
-    let trait_filters: Vec<&Filter> = selector
-        .filters
-        .iter()
-        .chain(&query.filters)
-        .filter(|f| f.property.starts_with(crate::core::filter::TRAIT_PREFIX))
-        .collect();
+    let trait_filters: Vec<&Filter> =
+        selector.filters.iter().chain(&query.filters).filter(|f| is_trait(&f.property)).collect();
     let people_pass = CompiledFilters::compile(&people, &trait_filters, None);
     let buckets = bounds.len() - 1;
     let feed = PartialFeed { cells: &cells, people_pass: &people_pass, buckets };
-    fill(&people, metric, query, &bounds, feed)
+    fill(&people, metric, query, bounds, feed)
 }
 
 /// Evaluates an event aggregate (COUNT, UNIQUE_USERS, SUM, AVG, MIN, MAX, PERCENTILE).

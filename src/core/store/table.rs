@@ -127,6 +127,19 @@ impl<'a> From<&'a Value> for ValueRef<'a> {
     }
 }
 
+impl ValueRef<'_> {
+    /// The value as stored, its string interned in `strings`.
+    pub fn cell(self, strings: &mut Interner) -> Cell {
+        match self {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Bool(b) => Cell::Bool(b),
+            ValueRef::Number(n) => Cell::Number(n),
+            ValueRef::Str(s) => Cell::Str(strings.intern(s)),
+            ValueRef::Time(t) => Cell::Time(t),
+        }
+    }
+}
+
 impl From<ValueRef<'_>> for Value {
     fn from(value: ValueRef<'_>) -> Self {
         match value {
@@ -411,13 +424,7 @@ impl EventTable {
         self.name_counts[name as usize] += 1;
         for (key, value) in properties {
             let key = self.keys.intern(key);
-            let value = match value {
-                ValueRef::Null => Cell::Null,
-                ValueRef::Bool(b) => Cell::Bool(b),
-                ValueRef::Number(n) => Cell::Number(n),
-                ValueRef::Str(s) => Cell::Str(self.strings.intern(s)),
-                ValueRef::Time(t) => Cell::Time(t),
-            };
+            let value = value.cell(&mut self.strings);
             self.props.push(Prop::new(key, value));
         }
         self.push_prop_end();
