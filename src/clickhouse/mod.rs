@@ -778,14 +778,7 @@ fn event_row<'a>(project: &'a str, seq: u64, event: &'a Event) -> EventRow<'a> {
         prop_strings: Vec::with_capacity(event.properties.len()),
     };
     for (key, value) in &event.properties {
-        let (kind, number, string) = match value {
-            Value::Null => (KIND_NULL, 0.0, ""),
-            Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b)), ""),
-            Value::Number(n) => (KIND_NUMBER, *n, ""),
-            Value::String(s) => (KIND_STRING, 0.0, s.as_str()),
-            // Microseconds since 1970 stay exact in an f64 until the year 2255.
-            Value::Timestamp(t) => (KIND_TIME, *t as f64, ""),
-        };
+        let (kind, number, string) = sql::stored(value);
         row.prop_keys.push(key);
         row.prop_kinds.push(kind);
         row.prop_numbers.push(number);

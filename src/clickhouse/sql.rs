@@ -365,6 +365,18 @@ pub(super) const KIND_NUMBER: u8 = 2;
 pub(super) const KIND_STRING: u8 = 3;
 pub(super) const KIND_TIME: u8 = 4;
 
+/// A property value as its kind, number and string columns store it.
+pub(super) fn stored(value: &Value) -> (u8, f64, &str) {
+    match value {
+        Value::Null => (KIND_NULL, 0.0, ""),
+        Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b)), ""),
+        Value::Number(n) => (KIND_NUMBER, *n, ""),
+        Value::String(s) => (KIND_STRING, 0.0, s.as_str()),
+        // Microseconds since 1970 stay exact in an f64 until the year 2255.
+        Value::Timestamp(t) => (KIND_TIME, *t as f64, ""),
+    }
+}
+
 /// A statement and its values, in the order of their `?`s.
 #[derive(Default)]
 struct Sql {
@@ -405,25 +417,17 @@ impl Sql {
             sql.push(&format!(" = {kind}"));
         };
         let equal = |sql: &mut Sql, value: &Value| {
-            match value {
-                Value::Null => {
-                    kind_is(sql, KIND_NULL);
-                }
-                Value::String(s) => {
-                    kind_is(sql, KIND_STRING);
+            let (kind, number, string) = stored(value);
+            kind_is(sql, kind);
+            match kind {
+                KIND_NULL => {}
+                KIND_STRING => {
                     sql.push(" AND ");
                     sql.property(key, "strings");
                     sql.push(" = ");
-                    sql.arg(s.as_str());
+                    sql.arg(string);
                 }
-                Value::Number(_) | Value::Bool(_) | Value::Timestamp(_) => {
-                    let (kind, number) = match value {
-                        Value::Number(n) => (KIND_NUMBER, *n),
-                        Value::Bool(b) => (KIND_BOOL, f64::from(u8::from(*b))),
-                        Value::Timestamp(t) => (KIND_TIME, *t as f64),
-                        _ => unreachable!("matched above"),
-                    };
-                    kind_is(sql, kind);
+                _ => {
                     sql.push(" AND ");
                     sql.property(key, "numbers");
                     sql.push(" = ");
