@@ -70,9 +70,7 @@ impl Engine {
             cohort_id: query.cohort_id.clone(),
             members: None,
         };
-        let source = self.metric_events(&state, [&metric], &metric_query)?;
-        metric_query.members =
-            crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        let source = self.metric_events(&state, [&metric], &mut metric_query)?;
         metric_query.cohort_id = String::new();
         let series = evaluate(&source, &state.defs.metrics, &metric, &metric_query, 0)?;
         let points = series.into_iter().next().map(|s| s.points).unwrap_or_default();

@@ -380,8 +380,7 @@ impl Engine {
             cohort_id: spec.cohort_id.clone(),
             members: None,
         };
-        let source = self.metric_events(&state, [metric], &query)?;
-        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &spec.cohort_id)?;
+        let source = self.metric_events(&state, [metric], &mut query)?;
         query.cohort_id = String::new();
         let overall = evaluate(&source, &state.defs.metrics, metric, &query, 0)?;
         let point = overall.first().and_then(|s| s.points.first()).copied();

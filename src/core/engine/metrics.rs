@@ -191,8 +191,7 @@ impl Engine {
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         let metric = state.defs.metrics.resolve_target(target)?;
-        let source = self.metric_events(&state, [&metric], &query)?;
-        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        let source = self.metric_events(&state, [&metric], &mut query)?;
         let series = evaluate(&source, &state.defs.metrics, &metric, &query, 0)?;
         let comparison = match comparison_range(query.from, query.to, compare, query.granularity, query.tz) {
             Some((from, to)) => {
@@ -222,8 +221,7 @@ impl Engine {
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;
         let metrics = state.defs.metrics.latest_metrics();
-        let source = self.metric_events(&state, metrics.values(), &query)?;
-        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        let source = self.metric_events(&state, metrics.values(), &mut query)?;
         let root = if root_key.is_empty() {
             metrics.values().find(|m| m.role == MetricRole::NorthStar).ok_or_else(|| {
                 Error::FailedPrecondition(

@@ -483,10 +483,22 @@ impl Engine {
         }
     }
 
-    /// What evaluating `metrics` over `query` reads: with a remote engine, when every event
-    /// aggregate among them is computed there (`scan::pushable`) and nothing else reads events,
-    /// no events at all: the aggregates go to the remote engine as they are evaluated.
+    /// What evaluating `metrics` over `query` reads, with the query's cohort (`cohort_id`)
+    /// resolved into `query.members` from it: with a remote engine, when every event aggregate
+    /// among them is computed there (`scan::pushable`) and nothing else reads events, no events
+    /// at all: the aggregates go to the remote engine as they are evaluated.
     pub(crate) fn metric_events<'a, 'm>(
+        &self,
+        state: &'a ProjectState,
+        metrics: impl IntoIterator<Item = &'m Metric>,
+        query: &mut MetricQuery,
+    ) -> Result<AnySource<'a>> {
+        let source = self.metric_source(state, metrics, query)?;
+        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        Ok(source)
+    }
+
+    fn metric_source<'a, 'm>(
         &self,
         state: &'a ProjectState,
         metrics: impl IntoIterator<Item = &'m Metric>,
