@@ -9,12 +9,16 @@ use common::*;
 use sextant::cli::r#gen::{GenOptions, generate};
 use sextant::cli::load::{ClientArgs, LoadArgs};
 use sextant::config::StorageKind;
+use sextant::core::analysis::funnel::FunnelQuery;
+use sextant::core::analysis::retention::{RetentionQuery, TableShape};
+use sextant::core::cohort::{Behavioural, Cohort, Condition, ConditionGroup, Definition, TimeFrame};
 use sextant::core::engine::dashboard::DashboardRequest;
-use sextant::core::filter::{Filter, FilterOp};
-use sextant::core::metric::definition::MetricTarget;
+use sextant::core::filter::{EventSelector, Filter, FilterOp};
+use sextant::core::metric::definition::{MetricTarget, Period};
 use sextant::core::metric::evaluate::{Compare, TreeNode};
 use sextant::core::metric::scan::MetricQuery;
 use sextant::core::model::Value;
+use sextant::core::page::PageRequest;
 use sextant::core::time::Granularity;
 use sextant::pb;
 use tonic::Code;
@@ -215,6 +219,7 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
                 breakdown_limit: 3,
                 cohort_id: String::new(),
                 members: None,
+                member_ids: None,
             };
             let answers = [&local, &remote].map(|engine| {
                 let target = MetricTarget::Key(metric.key.clone(), 0);
@@ -237,6 +242,7 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
         breakdown_limit: 0,
         cohort_id: String::new(),
         members: None,
+        member_ids: None,
     };
     // Each node's metric and values (the definitions' creation times differ between the two).
     fn values(node: &TreeNode, out: &mut Vec<(String, Option<f64>, Option<f64>)>) {
@@ -251,6 +257,84 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
     });
     assert!(trees[0].lines().count() > 20, "{}", trees[0]);
     assert_close("trees", &trees[0], &trees[1]);
+
+    // Cohorts of conditions, counted in ClickHouse (`cohort::count_request`): their members,
+    // and metrics, a funnel and retention within them, with reads that stay narrow.
+    let did = |event: &str, filters: Vec<Filter>, min_count, did_not, frame| {
+        let selector = EventSelector { event: event.into(), filters };
+        Condition::Behavioural(Behavioural { selector, min_count, did_not, frame })
+    };
+    let cohort = |id: &str, any, conditions| Cohort {
+        id: id.into(),
+        name: id.into(),
+        description: String::new(),
+        definition: Definition::Conditions(ConditionGroup { any, conditions }),
+        created: 0,
+    };
+    let german = Filter { property: "user.country".into(), op: FilterOp::Eq, values: vec![Value::String("DE".into())] };
+    let big = Filter { property: "revenue".into(), op: FilterOp::Gte, values: vec![Value::Number(30.0)] };
+    let cohorts = [
+        cohort("big_spenders", false, vec![did("purchase", vec![big], 1, false, TimeFrame::All)]),
+        cohort("never_bought", false, vec![did("purchase", vec![], 1, true, TimeFrame::All)]),
+        cohort(
+            "german_or_carted",
+            true,
+            vec![Condition::Trait(german), did("add_to_cart", vec![], 3, false, TimeFrame::Range(from, to))],
+        ),
+    ];
+    let counted_before = remote.counted_cohorts();
+    let pushed_before = remote.pushed_down_aggregates();
+    let page = PageRequest { size: 1000, token: String::new() };
+    for c in &cohorts {
+        local.create_cohort("demo", c.clone()).unwrap();
+        remote.create_cohort("demo", c.clone()).unwrap();
+        let sizes = [&local, &remote].map(|engine| engine.cohort_size("demo", &c.id).unwrap().0);
+        assert!(sizes[0] > 5 && sizes[0] < 300, "{}: {sizes:?}", c.id);
+        assert_eq!(sizes[0], sizes[1], "{}", c.id);
+        let members = [&local, &remote].map(|engine| engine.cohort_members("demo", &c.id, &page).unwrap());
+        assert_eq!(members[0], members[1], "{}", c.id);
+
+        let query = MetricQuery { cohort_id: c.id.clone(), ..query.clone() };
+        let answers = [&local, &remote].map(|engine| {
+            let metric = MetricTarget::Key("arpu".into(), 0);
+            engine.query_metric("demo", metric, query.clone(), "UTC", None).unwrap()
+        });
+        assert_close(&format!("arpu in {}", c.id), &format!("{:#?}", answers[0]), &format!("{:#?}", answers[1]));
+
+        let steps = ["session_start", "add_to_cart", "purchase"];
+        let funnel = FunnelQuery {
+            steps: steps.map(|e| EventSelector { event: e.into(), filters: vec![] }).to_vec(),
+            from,
+            to,
+            window: 7 * 86_400_000_000,
+            timezone: "Europe/Berlin".into(),
+            cohort_id: c.id.clone(),
+            ..Default::default()
+        };
+        let funnels = [&local, &remote].map(|engine| engine.query_funnel("demo", funnel.clone()).unwrap());
+        assert_eq!(funnels[0], funnels[1], "funnel in {}", c.id);
+        let retention = RetentionQuery {
+            cohort_event: EventSelector { event: "signup".into(), filters: vec![] },
+            return_event: Some(EventSelector { event: "session_start".into(), filters: vec![] }),
+            first_time: false,
+            unbounded: false,
+            shape: TableShape {
+                from,
+                to,
+                period: Period::Week,
+                periods: 4,
+                timezone: "Europe/Berlin".into(),
+                cohort_id: c.id.clone(),
+                ..Default::default()
+            },
+        };
+        let tables = [&local, &remote].map(|engine| engine.query_retention("demo", retention.clone()).unwrap());
+        assert_eq!(tables[0], tables[1], "retention in {}", c.id);
+    }
+    // Size, members, the metric, the funnel and the retention of each cohort.
+    assert_eq!(remote.counted_cohorts() - counted_before, 5 * cohorts.len() as u64);
+    assert_eq!(local.counted_cohorts(), 0);
+    assert!(remote.pushed_down_aggregates() > pushed_before, "a metric in a counted cohort is computed in ClickHouse");
 
     let mut exports = [embedded.export("demo").await, clustered.export("demo").await];
     for export in &mut exports {

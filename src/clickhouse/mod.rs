@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{Event, Micros, UserUpdate, Value};
 use crate::core::store::person_batch::PersonBatch;
-use crate::core::store::remote::{AggregateRequest, Aggregated, EventStats, PartialCell, PersonCells};
+use crate::core::store::remote::{
+    AggregateRequest, Aggregated, CohortCountRequest, CohortCounts, EventStats, PartialCell, PersonCells, PersonCounts,
+};
 use crate::core::store::table::ValueRef;
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
@@ -238,6 +240,14 @@ struct FetchedUpdate {
 }
 
 use sql::{KIND_BOOL, KIND_NULL, KIND_NUMBER, KIND_STRING, KIND_TIME};
+
+/// A person's counts of a cohort's conditions, as `sql::cohort_counts` returns them.
+#[derive(Row, Deserialize)]
+struct FetchedCounts {
+    owner: String,
+    owner_is_user: u8,
+    counts: Vec<u64>,
+}
 
 /// A person's partial cells of an event aggregate, as `sql::aggregate` returns them.
 #[derive(Row, Deserialize)]
@@ -648,6 +658,54 @@ impl ClickHouse {
             "event aggregate computed in clickhouse"
         );
         Ok(Aggregated { people, traits })
+    }
+
+    /// A cohort's conditions counted per person, the people with any event when asked, and
+    /// every user's traits when asked.
+    pub async fn cohort_counts(&self, project: &str, request: &CohortCountRequest) -> Result<CohortCounts> {
+        let started = std::time::Instant::now();
+        let counted = async {
+            if request.conditions.is_empty() {
+                return Ok(Vec::new());
+            }
+            let query = sql::cohort_counts(self.front(), project, request);
+            tracing::trace!(sql = %query.sql_display(), "cohort counts");
+            query.fetch_all::<FetchedCounts>().await.map_err(|e| self.failed(&e))
+        };
+        let everyone = async {
+            if !request.everyone {
+                return Ok(Vec::new());
+            }
+            let fetch = Fetch { from: request.not_before, ..Fetch::everything() };
+            let query = sql::people_with_events(self.front(), project, &fetch);
+            query.fetch_all::<(String, u8)>().await.map_err(|e| self.failed(&e))
+        };
+        let traits = async { if request.with_traits { self.traits(project, None).await } else { Ok(Vec::new()) } };
+        let (counted, everyone, traits) = futures::try_join!(counted, everyone, traits)?;
+        let mut people = Vec::with_capacity(counted.len().max(everyone.len()));
+        let mut seen = std::collections::HashSet::with_capacity(counted.len());
+        for FetchedCounts { owner: id, owner_is_user: is_user, counts } in counted {
+            if counts.len() != request.conditions.len() {
+                return Err(Error::Storage(format!("clickhouse: person {id:?}: {} counts", counts.len())));
+            }
+            if request.everyone {
+                seen.insert((id.clone(), is_user));
+            }
+            people.push(PersonCounts { id, is_user: is_user == 1, counts });
+        }
+        for (id, is_user) in everyone {
+            if !seen.contains(&(id.clone(), is_user)) {
+                people.push(PersonCounts { id, is_user: is_user == 1, counts: Vec::new() });
+            }
+        }
+        tracing::debug!(
+            project,
+            conditions = request.conditions.len(),
+            people = people.len(),
+            total_ms = started.elapsed().as_millis() as u64,
+            "cohort counted in clickhouse"
+        );
+        Ok(CohortCounts { people, traits })
     }
 
     /// The latest value of a definition; `None` when it was never stored or was deleted.

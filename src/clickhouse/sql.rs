@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Fetch, schema};
 use crate::core::filter::{Filter, FilterOp};
 use crate::core::model::{Micros, Value};
-use crate::core::store::remote::{AggregateRequest, CellValues};
+use crate::core::store::remote::{AggregateRequest, CellValues, CohortCountRequest, CountedEvents};
 
 /// How many shards the cluster has, as this server's `remote_servers` says.
 pub fn cluster_shards(client: &Client, cluster: &str) -> Query {
@@ -334,6 +334,43 @@ pub fn aggregate(client: &Client, project: &str, request: &AggregateRequest) -> 
     }
     sql.push(" GROUP BY owner, owner_is_user");
     sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
+/// A cohort's behavioural conditions counted per person: (owner, owner_is_user, one count per
+/// condition). The events are those `events` reads of the conditions' names, each id once (its
+/// earliest copy, as `aggregate` keeps it); filters as in `aggregate`.
+pub fn cohort_counts(client: &Client, project: &str, request: &CohortCountRequest) -> Query {
+    let mut names: Vec<String> = request.conditions.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    let from = request.conditions.iter().map(|c| c.from).min().unwrap_or(0).max(request.not_before);
+    let to = request.conditions.iter().map(|c| c.to).max().unwrap_or(0);
+    let fetch = Fetch { names: Some(names), from, to, ..Fetch::everything() };
+    let counts: Vec<String> = (0..request.conditions.len()).map(|i| format!("countIf(c{i})")).collect();
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT owner, owner_is_user, [{}] FROM (SELECT owner, owner_is_user", counts.join(", ")));
+    for (i, condition) in request.conditions.iter().enumerate() {
+        sql.push(", (name = ");
+        sql.arg(condition.name.as_str());
+        sql.push(" AND time >= ");
+        sql.arg(condition.from);
+        sql.push(" AND time < ");
+        sql.arg(condition.to);
+        for filter in &condition.filters {
+            sql.push(" AND ");
+            sql.filter(filter);
+        }
+        sql.push(&format!(") AS c{i}"));
+    }
+    sql.push(" FROM (");
+    sql.append(checked_events(project, &fetch, false, Scope::Cluster));
+    sql.push(") ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) GROUP BY owner, owner_is_user");
+    sql.query(client).with_setting("wait_end_of_query", "1")
+}
+
+/// Every person with any of the events `events` reads: (owner, owner_is_user).
+pub fn people_with_events(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    over_events(client, project, fetch, "SELECT DISTINCT owner, owner_is_user", "")
 }
 
 /// Consecutive buckets of one width: bucket `first + (t - start) / width` for `t < end`.
@@ -715,6 +752,8 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     queries.push(time_span(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(name_counts(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(users_with_events(&client, "p", &Fetch::everything()));
+    queries.push(people_with_events(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
+    queries.push(cohort_counts(&client, "p", &sample_cohort_counts()));
     queries.push(trait_updates(&client, "p", None));
     queries.push(trait_updates(&client, "p", Some("u1")));
     queries.push(meta_get(&client, "metric/p/m"));
@@ -765,6 +804,25 @@ fn sample_aggregates() -> Vec<AggregateRequest> {
     };
     let counted = AggregateRequest { values: CellValues { count: true, ..CellValues::default() }, ..plain.clone() };
     vec![plain, counted, filtered]
+}
+
+/// Two conditions on one name and one on another, with filters and the retention start.
+fn sample_cohort_counts() -> CohortCountRequest {
+    let day = 86_400_000_000;
+    let purchase = |from, filters| CountedEvents { name: "purchase".into(), from, to: 30 * day, filters };
+    CohortCountRequest {
+        conditions: vec![
+            purchase(0, Vec::new()),
+            purchase(
+                7 * day,
+                vec![Filter { property: "plan".into(), op: FilterOp::Eq, values: vec![Value::String("pro".into())] }],
+            ),
+            CountedEvents { name: "signup".into(), from: Micros::MIN, to: Micros::MAX, filters: Vec::new() },
+        ],
+        everyone: false,
+        with_traits: false,
+        not_before: day,
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use crate::clickhouse::{ClickHouse, ClickHouseConfig, Fetch};
 use crate::core::model::{Event, Micros, UserUpdate, now_micros};
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::event_key;
-use crate::core::store::remote::{AggregateRequest, Aggregated, EventStats, RemoteEvents};
+use crate::core::store::remote::{
+    AggregateRequest, Aggregated, CohortCountRequest, CohortCounts, EventStats, RemoteEvents,
+};
 use crate::error::{Error, Result};
 use crate::storage::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage};
 
@@ -403,6 +405,11 @@ impl RemoteEvents for ClickHouseStorage {
     fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated> {
         let (project, request) = (project.to_owned(), request.clone());
         self.read(move |store| Box::pin(async move { store.aggregate(&project, &request).await }))
+    }
+
+    fn cohort_counts(&self, project: &str, request: &CohortCountRequest) -> Result<CohortCounts> {
+        let (project, request) = (project.to_owned(), request.clone());
+        self.read(move |store| Box::pin(async move { store.cohort_counts(&project, &request).await }))
     }
 
     fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>> {

@@ -131,7 +131,7 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
             ..Default::default()
         };
         let unset = UserUpdate { user_id: "emptied".into(), unset: vec!["plan".into()], ..Default::default() };
-        let updates = [trait_of("quiet"), trait_of("emptied"), unset];
+        let updates = [trait_of("hushed"), trait_of("emptied"), unset];
         store.insert_user_updates(&project, &updates, after_all + 100).await.unwrap();
         let stats = store.event_stats(&project, &Fetch::everything()).await.unwrap();
         assert_eq!(stats.users, expected.users + 1, "seed {seed}");
@@ -267,6 +267,7 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
                     breakdown_limit: limit,
                     cohort_id: String::new(),
                     members: None,
+                    member_ids: None,
                 };
                 assert!(scan::pushable(&m, &query));
                 let request = scan::aggregate_request(&m, &query, Micros::MIN).unwrap();
@@ -280,6 +281,54 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
         }
     }
     assert!(asked > 150, "{asked}");
+
+    // Cohorts counted in ClickHouse (`cohort::count_request`): each filter set on a
+    // behavioural condition, alone, as a "did not" beside a trait, and nested.
+    use crate::core::cohort::{self, Behavioural, Cohort, Condition, ConditionGroup, Definition, TimeFrame};
+    let now = START + 40 * DAY;
+    let cohort_of = |any, conditions| Cohort {
+        id: "c".into(),
+        name: "c".into(),
+        description: String::new(),
+        definition: Definition::Conditions(ConditionGroup { any, conditions }),
+        created: 0,
+    };
+    let mut cohorts = Vec::new();
+    for (f, filters) in filter_sets.iter().enumerate() {
+        let did = |event: &str, filters: &[Filter], min_count, did_not, frame| {
+            let selector = EventSelector { event: event.into(), filters: filters.to_vec() };
+            Condition::Behavioural(Behavioural { selector, min_count, did_not, frame })
+        };
+        let germans = Condition::Trait(on("user.country", FilterOp::Eq, vec![string("de")]));
+        let window = TimeFrame::Range(START + 3 * DAY, START + 20 * DAY);
+        let visits = Condition::Group(ConditionGroup {
+            any: true,
+            conditions: vec![did("visit", &[], 3, false, TimeFrame::All), did("signup", &[], 1, true, window)],
+        });
+        cohorts.push(cohort_of(false, vec![did("purchase", filters, 1 + (f % 3) as u32, false, TimeFrame::All)]));
+        cohorts.push(cohort_of(true, vec![did("purchase", filters, 1, true, TimeFrame::LastDays(25)), germans]));
+        cohorts.push(cohort_of(false, vec![did("purchase", filters, 2, false, window), visits]));
+    }
+    let mut with_members = 0;
+    for cohort in &cohorts {
+        let request = cohort::count_request(cohort, now, Micros::MIN).unwrap();
+        let counted = store.cohort_counts(project, &request).await.unwrap();
+        let members = cohort::members_from_counts(cohort, counted).unwrap().sorted();
+        let expected = cohort::member_ids(&embedded, &cohort::evaluate(&embedded, cohort, now));
+        assert_eq!(members, expected, "{:?}", cohort.definition);
+        with_members += usize::from(!expected.is_empty());
+    }
+    assert!(with_members > cohorts.len() * 2 / 3, "{with_members} of {}", cohorts.len());
+    // After a retention cutoff, as the events read from it say.
+    let cutoff = START + 10 * DAY;
+    let kept = store.person_batch(project, &Fetch { from: cutoff, ..Fetch::everything() }).await.unwrap();
+    for cohort in &cohorts[..6] {
+        let request = cohort::count_request(cohort, now, cutoff).unwrap();
+        let counted = store.cohort_counts(project, &request).await.unwrap();
+        let members = cohort::members_from_counts(cohort, counted).unwrap().sorted();
+        assert_eq!(members, cohort::member_ids(&kept, &cohort::evaluate(&kept, cohort, now)), "{cohort:?}");
+    }
+
     // The retention cutoff leaves older events out, as the engine's reads do.
     let m = metric(MetricKind::Count, "visit", "", vec![]);
     let query = MetricQuery {
@@ -292,6 +341,7 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
         breakdown_limit: 0,
         cohort_id: String::new(),
         members: None,
+        member_ids: None,
     };
     let cutoff = START + 10 * DAY;
     let request = scan::aggregate_request(&m, &query, cutoff).unwrap();

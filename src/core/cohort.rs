@@ -5,14 +5,16 @@
 //! evaluated cohort is a `Members` mask indexed by person id, where an aliased anonymous id
 //! carries its user's membership, so scans can test any row's person directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::catalog::validate_slug;
 use crate::core::filter::{self, CompiledFilters, EventSelector, Filter};
-use crate::core::model::{Micros, now_micros};
+use crate::core::model::{Micros, Value, now_micros};
+use crate::core::store::person_batch::PersonBatch;
+use crate::core::store::remote::{CohortCountRequest, CohortCounts, CountedEvents};
 use crate::core::store::source::{EventSource, Scan};
 use crate::core::store::table::NONE;
 use crate::error::{Error, Result, echo};
@@ -193,7 +195,7 @@ pub fn evaluate(source: &impl EventSource, cohort: &Cohort, now: Micros) -> Memb
             mask
         }
         Definition::Conditions(group) => {
-            let mut mask = evaluate_group(source, group, now);
+            let mut mask = evaluate_group(source, group, &mut |b| evaluate_behavioural(source, b, now));
             // Only known people: with events or traits. A deleted user, kept as an id with
             // nothing left, matches no condition, not even "did not".
             for (p, member) in mask.iter_mut().enumerate() {
@@ -251,12 +253,16 @@ fn bounded_group(group: &ConditionGroup) -> bool {
     }
 }
 
-/// Collects the events `group` names; true when it has a trait condition.
+/// Collects the events `group` names; true when it reads traits (a trait condition, or a
+/// behavioural condition's filter on a trait).
 fn collect_names(group: &ConditionGroup, names: &mut Vec<String>) -> bool {
     let mut traits = false;
     for condition in &group.conditions {
         match condition {
-            Condition::Behavioural(b) => names.push(b.selector.event.clone()),
+            Condition::Behavioural(b) => {
+                names.push(b.selector.event.clone());
+                traits |= b.selector.filters.iter().any(|f| filter::is_trait(&f.property));
+            }
             Condition::Trait(_) => traits = true,
             Condition::Group(inner) => traits |= collect_names(inner, names),
         }
@@ -264,15 +270,20 @@ fn collect_names(group: &ConditionGroup, names: &mut Vec<String>) -> bool {
     traits
 }
 
-/// Per person id, for canonical people only (other entries are unspecified).
-fn evaluate_group(source: &impl EventSource, group: &ConditionGroup, now: Micros) -> Vec<bool> {
+/// Per person id, for canonical people only (other entries are unspecified); `behavioural`
+/// says who passes each behavioural condition, called in `behavioural_conditions` order.
+fn evaluate_group(
+    source: &impl EventSource,
+    group: &ConditionGroup,
+    behavioural: &mut dyn FnMut(&Behavioural) -> Vec<bool>,
+) -> Vec<bool> {
     let people = source.canonical().len();
     let mut result = vec![!group.any; people];
     for condition in &group.conditions {
         let pass = match condition {
-            Condition::Behavioural(b) => evaluate_behavioural(source, b, now),
+            Condition::Behavioural(b) => behavioural(b),
             Condition::Trait(f) => CompiledFilters::compile(source, &[f], None).person_mask(people),
-            Condition::Group(inner) => evaluate_group(source, inner, now),
+            Condition::Group(inner) => evaluate_group(source, inner, behavioural),
         };
         for (r, p) in result.iter_mut().zip(pass) {
             *r = if group.any { *r || p } else { *r && p };
@@ -281,12 +292,35 @@ fn evaluate_group(source: &impl EventSource, group: &ConditionGroup, now: Micros
     result
 }
 
-fn evaluate_behavioural(source: &impl EventSource, b: &Behavioural, now: Micros) -> Vec<bool> {
-    let (from, to) = match b.frame {
+/// The behavioural conditions of a group and the groups in it, depth first (the order
+/// `evaluate_group` meets them in).
+pub fn behavioural_conditions(group: &ConditionGroup) -> Vec<&Behavioural> {
+    fn collect<'a>(group: &'a ConditionGroup, found: &mut Vec<&'a Behavioural>) {
+        for condition in &group.conditions {
+            match condition {
+                Condition::Behavioural(b) => found.push(b),
+                Condition::Trait(_) => {}
+                Condition::Group(inner) => collect(inner, found),
+            }
+        }
+    }
+    let mut found = Vec::new();
+    collect(group, &mut found);
+    found
+}
+
+/// Where a behavioural condition's events lie, evaluated at `now`.
+fn frame_bounds(frame: TimeFrame, now: Micros) -> (Micros, Micros) {
+    match frame {
         TimeFrame::All => (Micros::MIN, Micros::MAX),
         TimeFrame::Range(from, to) => (from, to),
         TimeFrame::LastDays(days) => (now - i64::from(days) * DAY, now),
-    };
+    }
+}
+
+/// Who passes `b`, from the events `source` holds.
+fn evaluate_behavioural(source: &impl EventSource, b: &Behavioural, now: Micros) -> Vec<bool> {
+    let (from, to) = frame_bounds(b.frame, now);
     let mut counts = vec![0u32; source.canonical().len()];
     let name = source.names().get(&b.selector.event).unwrap_or(NONE);
     if name != NONE {
@@ -305,6 +339,125 @@ fn evaluate_behavioural(source: &impl EventSource, b: &Behavioural, now: Micros)
         });
     }
     counts.into_iter().map(|c| (c >= b.min_count) != b.did_not).collect()
+}
+
+/// What a remote engine counts to evaluate `cohort` at `now` (`members_from_counts` finishes
+/// it): `None` for a static cohort, whose ids say who is in it, or filter values too large
+/// for a statement.
+pub fn count_request(cohort: &Cohort, now: Micros, not_before: Micros) -> Option<CohortCountRequest> {
+    let Definition::Conditions(group) = &cohort.definition else {
+        return None;
+    };
+    let conditions = behavioural_conditions(group);
+    if !crate::core::metric::scan::fits_statement(conditions.iter().flat_map(|b| &b.selector.filters)) {
+        return None;
+    }
+    let reads_traits = collect_names(group, &mut Vec::new());
+    let everyone = !bounded_group(group);
+    Some(CohortCountRequest {
+        conditions: conditions
+            .iter()
+            .map(|b| {
+                let (from, to) = frame_bounds(b.frame, now);
+                CountedEvents {
+                    name: b.selector.event.clone(),
+                    from,
+                    to,
+                    filters: b.selector.filters.iter().filter(|f| !filter::is_trait(&f.property)).cloned().collect(),
+                }
+            })
+            .collect(),
+        everyone,
+        // Everyone known: users with traits only too.
+        with_traits: everyone || reads_traits,
+        not_before,
+    })
+}
+
+/// A cohort's members from what a remote engine counted for `count_request(cohort, …)`: its
+/// people (all known: with events, or users with traits) and their counts.
+pub fn members_from_counts(cohort: &Cohort, counted: CohortCounts) -> Result<MemberIds> {
+    let Definition::Conditions(group) = &cohort.definition else {
+        return Err(Error::Internal(format!("cohort {} is not counted", echo(&cohort.id))));
+    };
+    let conditions = behavioural_conditions(group);
+    let mut traits: HashMap<String, Vec<(String, Value)>> =
+        counted.traits.into_iter().filter(|(_, traits)| !traits.is_empty()).collect();
+    let mut people = PersonBatch::default();
+    let mut counts = vec![Vec::with_capacity(counted.people.len()); conditions.len()];
+    for person in counted.people {
+        let traits = if person.is_user { traits.remove(&person.id).unwrap_or_default() } else { Vec::new() };
+        people.add_person(&person.id, person.is_user, traits)?;
+        for (i, column) in counts.iter_mut().enumerate() {
+            column.push(person.counts.get(i).copied().unwrap_or(0));
+        }
+    }
+    for (user, traits) in traits {
+        people.add_person(&user, true, traits)?;
+        counts.iter_mut().for_each(|column| column.push(0));
+    }
+    let mut next = 0;
+    let mask = evaluate_group(&people, group, &mut |b| {
+        let counts = &counts[next];
+        next += 1;
+        let trait_filters: Vec<&Filter> = b.selector.filters.iter().filter(|f| filter::is_trait(&f.property)).collect();
+        let people_pass = CompiledFilters::compile(&people, &trait_filters, None);
+        let min_count = u64::from(b.min_count);
+        (0..counts.len() as u32)
+            .map(|p| {
+                let count = if people_pass.person_passes(p) { counts[p as usize] } else { 0 };
+                (count >= min_count) != b.did_not
+            })
+            .collect()
+    });
+    let mut members = MemberIds::default();
+    for p in (0..mask.len() as u32).filter(|&p| mask[p as usize]) {
+        members.insert(people.person_name(p), people.is_user(p));
+    }
+    Ok(members)
+}
+
+/// A cohort's members by id (`members_from_counts`): user ids, and anonymous ids no user
+/// claimed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemberIds {
+    users: HashSet<String>,
+    anonymous: HashSet<String>,
+}
+
+impl MemberIds {
+    pub fn insert(&mut self, id: &str, is_user: bool) {
+        let set = if is_user { &mut self.users } else { &mut self.anonymous };
+        set.insert(id.to_owned());
+    }
+
+    pub fn contains(&self, id: &str, is_user: bool) -> bool {
+        if is_user { self.users.contains(id) } else { self.anonymous.contains(id) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len() + self.anonymous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every member's id, sorted (as `member_ids` lists them).
+    pub fn sorted(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.users.iter().chain(&self.anonymous).cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The members among `source`'s people: a person is one when the person its events count
+    /// for is.
+    pub fn on(&self, source: &impl EventSource) -> Members {
+        let canonical = source.canonical();
+        let is_member: Vec<bool> =
+            (0..canonical.len() as u32).map(|p| self.contains(source.person_name(p), source.is_user(p))).collect();
+        Arc::new(canonical.iter().map(|&c| is_member[c as usize]).collect())
+    }
 }
 
 /// Canonical people of a mask, by id.
@@ -329,5 +482,8 @@ pub fn resolve(source: &impl EventSource, cohorts: &Cohorts, field: &str, cohort
     let cohort = cohorts.get(cohort_id).ok_or_else(|| {
         Error::NotFound(format!("{field}: cohort {cohort_id} not found", cohort_id = echo(cohort_id)))
     })?;
+    if let Some(members) = source.counted_cohort(cohort_id) {
+        return Ok(Some(members.on(source)));
+    }
     Ok(Some(evaluate(source, cohort, now_micros())))
 }

@@ -29,7 +29,7 @@ use crate::core::model::{Event, MICROS_PER_DAY, ManualValue, Micros, UserUpdate,
 use crate::core::store::ProjectData;
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::LogRecord;
-use crate::core::store::remote::Fetch;
+use crate::core::store::remote::{CohortCountRequest, CohortCounts, Fetch, PersonCounts};
 use crate::core::store::source::{EventSource, ManualValues};
 use crate::core::time::Granularity;
 
@@ -111,6 +111,8 @@ pub(crate) fn sent(seed: u64) -> Sent {
             entry.insert("age".into(), Value::Number(f64::from(rng.random_range(18..70))));
         }
     }
+    // A user with traits and no events at all (a "did not" cohort holds them).
+    traits.entry("quiet".into()).or_default().insert("country".into(), Value::String("de".into()));
     let deleted = vec![users[rng.random_range(0..10)].clone(), users[rng.random_range(10..20)].clone()];
     let spend = ["ads", "seo", "mail"]
         .iter()
@@ -161,16 +163,7 @@ fn batch(sent: &Sent, parts: usize) -> PersonBatch {
 /// What a remote engine returns for `fetch`: the events of its names in its range, people
 /// with none of them left out (but users with traits).
 fn fetched(sent: &Sent, parts: usize, fetch: &Fetch) -> PersonBatch {
-    // Who each event counts for: its user, else the user its anonymous id is aliased to.
-    let owner = |e: &Event| -> (String, bool) {
-        if !e.user_id.is_empty() {
-            return (e.user_id.clone(), true);
-        }
-        match sent.aliases.get(&e.anonymous_id) {
-            Some(user) => (user.clone(), true),
-            None => (e.anonymous_id.clone(), false),
-        }
-    };
+    let owner = |e: &Event| owner(sent, e);
     let mut people: BTreeMap<(String, bool), Vec<(Micros, usize)>> = BTreeMap::new();
     let wanted = |e: &Event| {
         (fetch.from..fetch.to).contains(&e.timestamp)
@@ -205,6 +198,69 @@ fn fetched(sent: &Sent, parts: usize, fetch: &Fetch) -> PersonBatch {
         sent.spend.iter().map(|v| ((v.timestamp, format!("{:?}", v.dimensions)), v.clone())).collect();
     batch.add_manual("spend", spend);
     batch
+}
+
+/// Who an event counts for: its user, else the user its anonymous id is aliased to.
+fn owner(sent: &Sent, e: &Event) -> (String, bool) {
+    if !e.user_id.is_empty() {
+        return (e.user_id.clone(), true);
+    }
+    match sent.aliases.get(&e.anonymous_id) {
+        Some(user) => (user.clone(), true),
+        None => (e.anonymous_id.clone(), false),
+    }
+}
+
+/// The members of cohort `id` as a remote engine would count them now (`None` for no cohort
+/// or a static one).
+fn counted_cohort(sent: &Sent, cohorts: &Cohorts, id: &str) -> Option<std::sync::Arc<cohort::MemberIds>> {
+    let cohort = cohorts.get(id)?;
+    let request = cohort::count_request(cohort, crate::core::model::now_micros(), Micros::MIN)?;
+    Some(std::sync::Arc::new(cohort::members_from_counts(cohort, counted(sent, &request)).unwrap()))
+}
+
+/// What a remote engine counts for `request` (`RemoteEvents::cohort_counts`), from this test's
+/// own model: per person with events a condition counts (with `everyone`, per person with any
+/// event), each condition's events; every user's traits when asked. Filters: EQ and NEQ.
+fn counted(sent: &Sent, request: &CohortCountRequest) -> CohortCounts {
+    let passes = |f: &Filter, e: &Event| {
+        let value = e.properties.iter().find(|(key, _)| *key == f.property).map(|(_, v)| v);
+        let listed = value.is_some_and(|v| !matches!(v, Value::Null) && f.values.contains(v));
+        match f.op {
+            FilterOp::Eq => listed,
+            FilterOp::Neq => !listed,
+            op => panic!("the test's model has no {op:?}"),
+        }
+    };
+    let mut people: BTreeMap<(String, bool), Vec<u64>> = BTreeMap::new();
+    for event in sent.events.iter().filter(|e| e.timestamp >= request.not_before) {
+        let (id, is_user) = owner(sent, event);
+        if is_user && sent.deleted.contains(&id) {
+            continue;
+        }
+        let counts: Vec<u64> = request
+            .conditions
+            .iter()
+            .map(|c| {
+                let counts = c.name == event.name
+                    && (c.from..c.to).contains(&event.timestamp)
+                    && c.filters.iter().all(|f| passes(f, event));
+                u64::from(counts)
+            })
+            .collect();
+        if request.everyone || counts.contains(&1) {
+            let total = people.entry((id, is_user)).or_insert_with(|| vec![0; counts.len()]);
+            total.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
+        }
+    }
+    let traits = sent
+        .traits
+        .iter()
+        .filter(|(user, _)| request.with_traits && !sent.deleted.contains(*user))
+        .map(|(user, traits)| (user.clone(), traits.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+        .collect();
+    let people = people.into_iter().map(|((id, is_user), counts)| PersonCounts { id, is_user, counts }).collect();
+    CohortCounts { people, traits }
 }
 
 /// `a` and `b` print the same but for floating-point rounding (sums taken in another order).
@@ -401,6 +457,7 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
                 breakdown_limit: 2,
                 cohort_id: cohort_id.into(),
                 members: None,
+                member_ids: None,
             };
             let a = metric_answer(embedded, &book, &cohorts, m, &query);
             let b = metric_answer(batch, &book, &cohorts, m, &query);
@@ -557,6 +614,13 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
     };
     let group = |any, conditions| Condition::Group(ConditionGroup { any, conditions });
     let country = |op, values: &[&str]| Condition::Trait(filter("user.country", op, values));
+    // With a filter on an event property and one on a trait, in the last 30 days.
+    let filtered = |event: &str, min_count, did_not| {
+        let mut selector = selector(event);
+        selector.filters =
+            vec![filter("plan", FilterOp::Neq, &["team"]), filter("user.country", FilterOp::Neq, &["us"])];
+        Condition::Behavioural(Behavioural { selector, min_count, did_not, frame: TimeFrame::LastDays(30) })
+    };
     // (conditions, whether a narrowed read answers them)
     let definitions = [
         (group(false, vec![behaviour("purchase", 2, false)]), true),
@@ -567,8 +631,10 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
         (group(true, vec![behaviour("sub", 1, false), country(FilterOp::Neq, &["de"])]), false),
         (group(false, vec![country(FilterOp::IsNotSet, &[])]), false),
         (group(false, vec![]), false),
+        (group(false, vec![filtered("purchase", 1, false), behaviour("visit", 2, false)]), true),
+        (group(true, vec![filtered("signup", 1, true), group(false, vec![behaviour("sub", 1, false)])]), false),
     ];
-    let mut members = [0; 8];
+    let mut members = [0; 10];
     for seed in 0..4 {
         let sent = sent(seed);
         let data = embedded(&sent);
@@ -584,14 +650,19 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             assert_eq!(fetch.names.is_some(), *narrowed, "cohort {k}");
             assert_eq!(
                 fetch.traits,
-                !narrowed || k == 1 || k == 2,
-                "cohort {k} reads traits when it has trait conditions"
+                !narrowed || [1, 2, 8].contains(&k),
+                "cohort {k} reads traits when it has trait conditions or filters"
             );
             let narrow = fetched(&sent, 1, &fetch);
             let now = START + 40 * DAY;
             let full = cohort::member_ids(&embedded, &cohort::evaluate(&embedded, &cohort, now));
             let read = cohort::member_ids(&narrow, &cohort::evaluate(&narrow, &cohort, now));
             assert_eq!(full, read, "seed {seed} cohort {k}");
+            // Counted where the events are (a remote engine's counts, from the model).
+            let request = cohort::count_request(&cohort, now, Micros::MIN).expect("a cohort of conditions");
+            assert_eq!(request.everyone, !narrowed, "cohort {k}");
+            let counted = cohort::members_from_counts(&cohort, counted(&sent, &request)).unwrap();
+            assert_eq!(full, counted.sorted(), "seed {seed} cohort {k} counted");
             members[k] += full.len();
         }
         let mut trait_filtered = funnel_queries().pop().expect("funnels").1;
@@ -599,12 +670,18 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
         trait_filtered.filters.push(filter("user.country", FilterOp::Neq, &["de"]));
         let funnels = funnel_queries().into_iter().chain([("funnel on a trait".to_owned(), trait_filtered)]);
         for (what, query) in funnels {
-            let fetch = funnel::fetch(&query);
+            let fetch = funnel::fetch(&query, false);
             let on_traits = query.breakdown.as_deref() == Some("user.country") || query.filters.len() > 1;
             assert_eq!(fetch.traits, fetch.names.is_none() || on_traits, "{what} reads traits when it needs them");
             let narrow = fetched(&sent, 1, &fetch);
-            let what = format!("seed {seed} fetched {what}");
-            assert_same(&what, &funnel::run(&embedded, &cohorts, &query), &funnel::run(&narrow, &cohorts, &query));
+            let expected = funnel::run(&embedded, &cohorts, &query);
+            assert_same(&format!("seed {seed} fetched {what}"), &expected, &funnel::run(&narrow, &cohorts, &query));
+            if let Some(counted) = counted_cohort(&sent, &cohorts, &query.cohort_id) {
+                let mut narrow = fetched(&sent, 1, &funnel::fetch(&query, true));
+                narrow.set_counted_cohort(&query.cohort_id, counted);
+                let what = format!("seed {seed} fetched {what}, its cohort counted");
+                assert_same(&what, &expected, &funnel::run(&narrow, &cohorts, &query));
+            }
         }
         let retentions = [(true, false, None), (false, true, Some("plan")), (true, true, Some("user.country"))];
         for (first_time, unbounded, breakdown) in retentions {
@@ -623,10 +700,21 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
                     ..Default::default()
                 },
             };
-            let fetch = retention::fetch(&query);
+            let fetch = retention::fetch(&query, false);
             assert_eq!(fetch.traits, breakdown == Some("user.country"), "retention by {breakdown:?}");
             let narrow = fetched(&sent, 1, &fetch);
             let what = format!("seed {seed} fetched retention {first_time} {unbounded}");
+            let (a, b) =
+                (retention::retention(&embedded, &cohorts, &query), retention::retention(&narrow, &cohorts, &query));
+            assert_same(&what, &a, &b);
+            // In the cohort, counted where the events are: the read stays narrow.
+            let query = RetentionQuery { shape: TableShape { cohort_id: "buyers".into(), ..query.shape }, ..query };
+            let counted = counted_cohort(&sent, &cohorts, "buyers").expect("counted");
+            let fetch = retention::fetch(&query, true);
+            assert!(fetch.names.is_some(), "a counted cohort keeps the read narrow");
+            let mut narrow = fetched(&sent, 1, &fetch);
+            narrow.set_counted_cohort("buyers", counted);
+            let what = format!("{what} in a counted cohort");
             let (a, b) =
                 (retention::retention(&embedded, &cohorts, &query), retention::retention(&narrow, &cohorts, &query));
             assert_same(&what, &a, &b);

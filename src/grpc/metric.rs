@@ -658,6 +658,7 @@ impl MetricService for Api {
             breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
             cohort_id: request.cohort_id,
             members: None,
+            member_ids: None,
         };
         let (project, root, zone, depth) =
             (request.project, request.root_key, request.timezone, request.max_depth as usize);
@@ -719,6 +720,7 @@ impl MetricService for Api {
             breakdown_limit: breakdown_limit_from_pb(request.breakdown_limit)?,
             cohort_id: request.cohort_id,
             members: None,
+            member_ids: None,
         };
         let zone = request.timezone;
         let project = request.project;

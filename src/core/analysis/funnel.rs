@@ -314,12 +314,14 @@ impl Timeline {
 
 /// What `run` reads of the events, for a store that fetches them first (a remote engine): the
 /// steps' and exclusions' events from `from` to a window after `to` (see the scan in `run`),
-/// with traits only when a filter or the breakdown is on one; or everything when a cohort or
-/// the STRICT order needs other events.
-pub fn fetch(query: &FunnelQuery) -> Fetch {
+/// with traits only when a filter or the breakdown is on one; or everything when a cohort
+/// (unless the remote engine counted its members: `cohort_counted`) or the STRICT order
+/// needs other events.
+pub fn fetch(query: &FunnelQuery, cohort_counted: bool) -> Fetch {
     let selectors = || query.steps.iter().chain(query.exclusions.iter().map(|e| &e.selector));
     let names: Vec<String> = selectors().map(|s| s.event.clone()).collect();
-    if !query.cohort_id.is_empty() || query.order == FunnelOrder::Strict || names.iter().any(String::is_empty) {
+    let cohort_read = !query.cohort_id.is_empty() && !cohort_counted;
+    if cohort_read || query.order == FunnelOrder::Strict || names.iter().any(String::is_empty) {
         return Fetch::everything();
     }
     let filters = selectors().flat_map(|s| &s.filters).chain(&query.filters);

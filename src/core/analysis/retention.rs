@@ -470,13 +470,14 @@ fn first_in_range(
 /// What `retention` reads of the events, for a store that fetches them first (a remote
 /// engine): the cohort and return events at any time (a first-time cohort looks before the
 /// range, returns run past it), with traits only when a filter or the breakdown is on one; or
-/// everything for a cohort filter or any event as return.
-pub fn fetch(query: &RetentionQuery) -> Fetch {
+/// everything for a cohort filter (unless the remote engine counted its members:
+/// `cohort_counted`) or any event as return.
+pub fn fetch(query: &RetentionQuery, cohort_counted: bool) -> Fetch {
     let Some(return_event) = &query.return_event else {
         return Fetch::everything();
     };
     let names = vec![query.cohort_event.event.clone(), return_event.event.clone()];
-    if !query.shape.cohort_id.is_empty() || names.iter().any(String::is_empty) {
+    if (!query.shape.cohort_id.is_empty() && !cohort_counted) || names.iter().any(String::is_empty) {
         return Fetch::everything();
     }
     let filters = query.cohort_event.filters.iter().chain(&return_event.filters);

@@ -69,6 +69,7 @@ impl Engine {
             breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
             cohort_id: query.cohort_id.clone(),
             members: None,
+            member_ids: None,
         };
         let source = self.metric_events(&state, [&metric], &mut metric_query)?;
         metric_query.cohort_id = String::new();

@@ -80,10 +80,15 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let cohort = state.defs.cohort(id)?;
-        let source = self.events_of(&state, &fetch(cohort))?;
         let ids = match &cohort.definition {
             Definition::Static(ids) => ids.clone(),
-            Definition::Conditions(_) => member_ids(&source, &evaluate(&source, cohort, self.clock.now())),
+            Definition::Conditions(_) => match self.counted_cohort(&state, id, self.clock.now())? {
+                Some(members) => members.sorted(),
+                None => {
+                    let source = self.events_of(&state, &fetch(cohort))?;
+                    member_ids(&source, &evaluate(&source, cohort, self.clock.now()))
+                }
+            },
         };
         paginate(ids, String::clone, page)
     }
@@ -97,12 +102,15 @@ impl Engine {
         let now = self.clock.now();
         let size = match &cohort.definition {
             Definition::Static(ids) => ids.len() as u64,
-            Definition::Conditions(_) => {
-                let source = self.events_of(&state, &fetch(cohort))?;
-                let mask = evaluate(&source, cohort, now);
-                let canonical = source.canonical();
-                (0..canonical.len()).filter(|&p| canonical[p] as usize == p && mask[p]).count() as u64
-            }
+            Definition::Conditions(_) => match self.counted_cohort(&state, id, now)? {
+                Some(members) => members.len() as u64,
+                None => {
+                    let source = self.events_of(&state, &fetch(cohort))?;
+                    let mask = evaluate(&source, cohort, now);
+                    let canonical = source.canonical();
+                    (0..canonical.len()).filter(|&p| canonical[p] as usize == p && mask[p]).count() as u64
+                }
+            },
         };
         Ok((size, now))
     }

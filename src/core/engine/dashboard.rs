@@ -305,6 +305,7 @@ fn total_query(range: &DayRange) -> MetricQuery {
         breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
         cohort_id: String::new(),
         members: None,
+        member_ids: None,
     }
 }
 

@@ -20,6 +20,7 @@ impl Engine {
             breakdown_limit: 0,
             cohort_id: String::new(),
             members: None,
+            member_ids: None,
         };
         let target = MetricTarget::Key(query.metric_key.clone(), 0);
         let answer = self.query_metric(project, target, metric_query, &query.timezone, Default::default())?;

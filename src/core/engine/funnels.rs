@@ -12,6 +12,7 @@ impl Engine {
         if query.timezone.is_empty() {
             query.timezone = state.project.timezone.clone();
         }
-        run(&self.events_of(&state, &fetch(&query))?, &state.defs.cohorts, &query)
+        let source = self.events_in_cohort(&state, &query.cohort_id, |counted| fetch(&query, counted))?;
+        run(&source, &state.defs.cohorts, &query)
     }
 }

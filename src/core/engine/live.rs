@@ -379,6 +379,7 @@ impl Engine {
             breakdown_limit: spec.breakdown_limit,
             cohort_id: spec.cohort_id.clone(),
             members: None,
+            member_ids: None,
         };
         let source = self.metric_events(&state, [metric], &mut query)?;
         query.cohort_id = String::new();

@@ -131,6 +131,8 @@ pub struct Engine {
     remote_generation: AtomicU64,
     /// Event aggregates the remote engine computed (`metric_events`), for tests and telemetry.
     pushed_down: Arc<AtomicU64>,
+    /// Cohorts whose members the remote engine counted for this node (`counted_cohort`).
+    cohorts_counted: AtomicU64,
     /// Rebuilt project states not swapped in yet (their project was busy).
     pending: Mutex<BTreeMap<String, (u64, ProjectState)>>,
 }
@@ -332,6 +334,7 @@ impl Engine {
             columns,
             remote_generation: AtomicU64::new(remote_generation.unwrap_or_default()),
             pushed_down: Arc::default(),
+            cohorts_counted: AtomicU64::default(),
             pending: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -493,8 +496,53 @@ impl Engine {
         metrics: impl IntoIterator<Item = &'m Metric>,
         query: &mut MetricQuery,
     ) -> Result<AnySource<'a>> {
+        query.member_ids = self.counted_cohort(state, &query.cohort_id, crate::core::model::now_micros())?;
         let source = self.metric_source(state, metrics, query)?;
-        query.members = crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?;
+        if source.pushdown().is_none() {
+            query.members = match query.member_ids.take() {
+                Some(members) => Some(members.on(&source)),
+                None => crate::core::cohort::resolve(&source, &state.defs.cohorts, "cohort_id", &query.cohort_id)?,
+            };
+        }
+        Ok(source)
+    }
+
+    /// With a remote engine, the members of cohort `cohort_id` counted there
+    /// (`cohort::count_request`), so that a query with it reads only its own events. `None`
+    /// without a remote engine, without a cohort, for an unknown one (the query says so) and
+    /// for one not counted there (a static cohort, or filter values too long for a statement).
+    pub(crate) fn counted_cohort(
+        &self,
+        state: &ProjectState,
+        cohort_id: &str,
+        now: Micros,
+    ) -> Result<Option<Arc<crate::core::cohort::MemberIds>>> {
+        let (Some(remote), Some(cohort)) = (self.remote(), state.defs.cohorts.get(cohort_id)) else {
+            return Ok(None);
+        };
+        let Some(request) = crate::core::cohort::count_request(cohort, now, not_before(state)) else {
+            return Ok(None);
+        };
+        let counted = remote.cohort_counts(&state.project.id, &request)?;
+        self.cohorts_counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ::metrics::counter!("sextant_cohorts_counted_remotely_total").increment(1);
+        Ok(Some(Arc::new(crate::core::cohort::members_from_counts(cohort, counted)?)))
+    }
+
+    /// The events a query with cohort `cohort_id` reads: `fetch(counted)`, where `counted` says
+    /// that the remote engine counted the cohort's members (`counted_cohort`), so the read
+    /// need not hold the events the cohort's conditions look at; the members go with it.
+    pub(crate) fn events_in_cohort<'a>(
+        &self,
+        state: &'a ProjectState,
+        cohort_id: &str,
+        fetch: impl FnOnce(bool) -> Fetch,
+    ) -> Result<AnySource<'a>> {
+        let counted = self.counted_cohort(state, cohort_id, crate::core::model::now_micros())?;
+        let mut source = self.events_of(state, &fetch(counted.is_some()))?;
+        if let (Some(members), AnySource::Batch(batch)) = (counted, &mut source) {
+            batch.set_counted_cohort(cohort_id, members);
+        }
         Ok(source)
     }
 
@@ -523,6 +571,11 @@ impl Engine {
     /// How many event aggregates the remote engine has computed for this node.
     pub fn pushed_down_aggregates(&self) -> u64 {
         self.pushed_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many cohorts the remote engine has counted the members of for this node.
+    pub fn counted_cohorts(&self) -> u64 {
+        self.cohorts_counted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn delete_meta(&self, key: MetaKey<'_>) -> Result<()> {

@@ -12,7 +12,8 @@ impl Engine {
         if query.shape.timezone.is_empty() {
             query.shape.timezone = state.project.timezone.clone();
         }
-        retention(&self.events_of(&state, &fetch(&query))?, &state.defs.cohorts, &query)
+        let source = self.events_in_cohort(&state, &query.shape.cohort_id, |counted| fetch(&query, counted))?;
+        retention(&source, &state.defs.cohorts, &query)
     }
 
     pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {

@@ -110,6 +110,7 @@ fn query_points(
         breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
         cohort_id: String::new(),
         members: crate::core::cohort::resolve(source, cohorts, "goal.cohort_id", &goal.cohort_id)?,
+        member_ids: None,
     };
     Ok(evaluate(source, metrics, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }

@@ -92,7 +92,7 @@ fn months_between(from: Micros, to: Micros, tz: chrono_tz::Tz) -> i32 {
 /// a bad formula), true: the caller then reads the events, and the evaluation reports the
 /// error as it would anyway.
 pub fn reads_events(metrics: &MetricBook, metric: &Metric, query: &MetricQuery, depth: usize) -> bool {
-    if depth > MAX_DEPTH || !query.cohort_id.is_empty() {
+    if depth > MAX_DEPTH || (!query.cohort_id.is_empty() && query.member_ids.is_none()) {
         return true;
     }
     let inputs_read = |keys: &[&str]| {

@@ -8,10 +8,12 @@
 //! users are counted with a per-cell marker of the last person seen, which is exact because
 //! all rows of a person are visited together.
 
+use std::sync::Arc;
+
 use chrono_tz::Tz;
 
 use crate::core::analysis::breakdown::{Groups, breakdown_limit_or_default, fold_tail, top_groups};
-use crate::core::cohort::Members;
+use crate::core::cohort::{MemberIds, Members};
 use crate::core::filter::{CompiledFilters, EventSelector, Filter, is_trait, row_number};
 use crate::core::metric::definition::{Metric, MetricKind};
 use crate::core::model::Micros;
@@ -39,6 +41,9 @@ pub struct MetricQuery {
     /// Only members of this cohort; resolved into `members` by the engine before evaluation.
     pub cohort_id: String,
     pub members: Option<Members>,
+    /// The cohort's members as a remote engine counted them (`cohort::members_from_counts`):
+    /// then an aggregate computed there keeps only their cells.
+    pub member_ids: Option<Arc<MemberIds>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,15 +200,10 @@ pub fn percentile_of(values: &mut [f64], p: f64) -> f64 {
 /// answered from the events instead.
 const MAX_PUSHED_FILTER_BYTES: usize = 64 * 1024;
 
-/// Whether a remote engine computes `metric` over `query` where the events are
-/// (`AggregatePushdown`): a kind that partial cells add up to exactly, each event in one
-/// bucket (no rolling or to-date window), no cohort (whose members are read from events) and
-/// filter values that fit a statement. Trait filters and breakdowns are applied here, to the
-/// people the cells come with.
-pub fn pushable(metric: &Metric, query: &MetricQuery) -> bool {
-    let selector_filters = metric.selector.iter().flat_map(|s| &s.filters);
-    let value_bytes: usize = selector_filters
-        .chain(&query.filters)
+/// Whether filter values fit a statement sent to a remote engine (`MAX_PUSHED_FILTER_BYTES`).
+pub(crate) fn fits_statement<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> bool {
+    let value_bytes: usize = filters
+        .into_iter()
         .flat_map(|f| &f.values)
         .map(|v| match v {
             crate::core::model::Value::String(s) => s.len() + 16,
@@ -211,12 +211,22 @@ pub fn pushable(metric: &Metric, query: &MetricQuery) -> bool {
         })
         .sum();
     value_bytes <= MAX_PUSHED_FILTER_BYTES
+}
+
+/// Whether a remote engine computes `metric` over `query` where the events are
+/// (`AggregatePushdown`): a kind that partial cells add up to exactly, each event in one
+/// bucket (no rolling or to-date window), no cohort unless the remote engine counted its
+/// members (`member_ids`) and filter values that fit a statement. Trait filters, breakdowns
+/// and the cohort are applied here, to the people the cells come with.
+pub fn pushable(metric: &Metric, query: &MetricQuery) -> bool {
+    let selector_filters = metric.selector.iter().flat_map(|s| &s.filters);
+    fits_statement(selector_filters.chain(&query.filters))
         && metric.kind.is_event_aggregate()
         && metric.kind != MetricKind::Percentile
         && metric.rolling_window.is_none()
         && metric.to_date.is_none()
         && metric.selector.is_some()
-        && query.cohort_id.is_empty()
+        && (query.cohort_id.is_empty() || query.member_ids.is_some())
         && query.members.is_none()
 }
 
@@ -273,7 +283,8 @@ pub fn aggregate_partials(
     }
     let trait_filters: Vec<&Filter> =
         selector.filters.iter().chain(&query.filters).filter(|f| is_trait(&f.property)).collect();
-    let people_pass = CompiledFilters::compile(&people, &trait_filters, None);
+    let members = query.member_ids.as_ref().map(|ids| ids.on(&people));
+    let people_pass = CompiledFilters::compile(&people, &trait_filters, members.as_ref().map(|m| m.as_slice()));
     let buckets = bounds.len() - 1;
     let feed = PartialFeed { cells: &cells, people_pass: &people_pass, buckets };
     fill(&people, metric, query, bounds, feed)
@@ -883,6 +894,7 @@ mod tests {
             breakdown_limit: 0,
             cohort_id: String::new(),
             members: None,
+            member_ids: None,
         };
         for kind in [MetricKind::Count, MetricKind::UniqueUsers, MetricKind::Sum, MetricKind::Avg, MetricKind::Min] {
             assert!(pushable(&metric(kind), &query), "{kind:?}");

@@ -95,6 +95,7 @@ mod tests {
             breakdown_limit: 10,
             cohort_id: String::new(),
             members: None,
+            member_ids: None,
         }
     }
 

@@ -56,6 +56,10 @@ impl EventSource for Embedded<'_> {
         self.data.table.person_name(person)
     }
 
+    fn is_user(&self, person: u32) -> bool {
+        self.data.table.is_user()[person as usize]
+    }
+
     fn find_person(&self, id: &str) -> Option<u32> {
         self.data.table.find_user(id).or_else(|| self.data.table.find_anonymous(id))
     }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::core::cohort::MemberIds;
 use crate::core::metric::scan::AggregatePushdown;
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::source::{EventSource, ManualValues, Numbers, PersonEvents, Rows, Scan, Strings};
@@ -37,6 +38,8 @@ pub struct PersonBatch {
     parts: Option<usize>,
     /// Where event aggregates are computed instead of over the rows (`set_pushdown`).
     pushdown: Option<Pushdown>,
+    /// Cohorts whose members a remote engine counted (`set_counted_cohort`).
+    counted_cohorts: HashMap<String, Arc<MemberIds>>,
 }
 
 /// `AggregatePushdown` for a batch's `Debug`.
@@ -83,6 +86,12 @@ impl PersonBatch {
     /// Answers event aggregates with `pushdown` (a batch read without the events they need).
     pub fn set_pushdown(&mut self, pushdown: Arc<dyn AggregatePushdown>) {
         self.pushdown = Some(Pushdown(pushdown));
+    }
+
+    /// Gives the members of cohort `cohort_id`, counted where the events are, to the queries
+    /// over this batch (which then need not hold the events the cohort's conditions read).
+    pub fn set_counted_cohort(&mut self, cohort_id: &str, members: Arc<MemberIds>) {
+        self.counted_cohorts.insert(cohort_id.to_owned(), members);
     }
 
     /// Adds an event of the current person; `event`'s user and anonymous ids are replaced by
@@ -211,6 +220,10 @@ impl EventSource for PersonBatch {
         self.table.find_user(id).or_else(|| self.table.find_anonymous(id))
     }
 
+    fn is_user(&self, person: u32) -> bool {
+        self.table.is_user()[person as usize]
+    }
+
     fn known(&self, person: u32) -> bool {
         !self.span(person as usize).is_empty() || self.traits.contains_key(&person)
     }
@@ -287,5 +300,9 @@ impl EventSource for PersonBatch {
 
     fn pushdown(&self) -> Option<&dyn AggregatePushdown> {
         self.pushdown.as_ref().map(|p| p.0.as_ref())
+    }
+
+    fn counted_cohort(&self, cohort_id: &str) -> Option<&MemberIds> {
+        self.counted_cohorts.get(cohort_id).map(Arc::as_ref)
     }
 }

@@ -105,6 +105,49 @@ pub struct Aggregated {
     pub traits: Vec<(String, Vec<(String, Value)>)>,
 }
 
+/// A cohort's behavioural conditions counted where the events are (`cohort::count_request`):
+/// per person, how many events each condition counts. Each id counts once, as its earliest
+/// copy, as a read keeps it. A condition's trait filters and the cohort's trait conditions are
+/// left to the caller, which gets the traits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortCountRequest {
+    /// In `cohort::behavioural_conditions` order.
+    pub conditions: Vec<CountedEvents>,
+    /// Every person with any event at or after `not_before` too, counted or not: a cohort
+    /// that people without the counted events may pass (a "did not" condition) needs them.
+    pub everyone: bool,
+    /// Return every user's traits as well.
+    pub with_traits: bool,
+    /// Where the project's retention starts: no event before it counts.
+    pub not_before: Micros,
+}
+
+/// The events one behavioural condition counts: of one name, in `[from, to)`, passing
+/// `filters` (event properties only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountedEvents {
+    pub name: String,
+    pub from: Micros,
+    pub to: Micros,
+    pub filters: Vec<Filter>,
+}
+
+/// A person's counts, one per condition (empty: none counted; a person `everyone` added).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonCounts {
+    pub id: String,
+    pub is_user: bool,
+    pub counts: Vec<u64>,
+}
+
+/// What a `CohortCountRequest` returns: the people with events it counts (and with
+/// `everyone`, all people with events), and every user's traits when asked.
+#[derive(Debug, Default)]
+pub struct CohortCounts {
+    pub people: Vec<PersonCounts>,
+    pub traits: Vec<(String, Vec<(String, Value)>)>,
+}
+
 /// Events, traits and aliases on another engine. Every write is numbered by the store itself
 /// (its order decides ties in time, the latest alias and what a deletion covers).
 pub trait RemoteEvents: Send + Sync {
@@ -132,6 +175,8 @@ pub trait RemoteEvents: Send + Sync {
     fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats>;
     /// An event aggregate's partial cells, per person (`AggregateRequest`).
     fn aggregate(&self, project: &str, request: &AggregateRequest) -> Result<Aggregated>;
+    /// A cohort's behavioural conditions counted per person (`CohortCountRequest`).
+    fn cohort_counts(&self, project: &str, request: &CohortCountRequest) -> Result<CohortCounts>;
     /// The events `fetch` asks for as they were sent (user and anonymous ids), each with its
     /// arrival number, in no particular order.
     fn events_as_sent(&self, project: &str, fetch: &Fetch) -> Result<Vec<(u64, Event)>>;

@@ -81,6 +81,8 @@ pub trait EventSource: Sync {
     fn person_name(&self, person: u32) -> &str;
     /// The person a user id names, or else the visitor an anonymous id names.
     fn find_person(&self, id: &str) -> Option<u32>;
+    /// Whether a person is known by a user id (else by an anonymous id).
+    fn is_user(&self, person: u32) -> bool;
     /// Whether a canonical person has events (their own or an aliased id's) or traits: a
     /// deleted user can stay known by id with nothing left, and then counts nowhere.
     fn known(&self, person: u32) -> bool;
@@ -120,6 +122,11 @@ pub trait EventSource: Sync {
     /// Where event aggregates are computed instead of by scanning this source (a remote
     /// engine; see `metric::scan::pushable`).
     fn pushdown(&self) -> Option<&dyn crate::core::metric::scan::AggregatePushdown> {
+        None
+    }
+    /// The members of cohort `cohort_id` as a remote engine counted them, when it did (then a
+    /// source holds only the events its query reads, not those the cohort's conditions do).
+    fn counted_cohort(&self, _cohort_id: &str) -> Option<&crate::core::cohort::MemberIds> {
         None
     }
 }
@@ -235,6 +242,9 @@ impl EventSource for AnySource<'_> {
     fn find_person(&self, id: &str) -> Option<u32> {
         delegate!(self, s => s.find_person(id))
     }
+    fn is_user(&self, person: u32) -> bool {
+        delegate!(self, s => s.is_user(person))
+    }
     fn known(&self, person: u32) -> bool {
         delegate!(self, s => s.known(person))
     }
@@ -281,5 +291,8 @@ impl EventSource for AnySource<'_> {
     }
     fn pushdown(&self) -> Option<&dyn crate::core::metric::scan::AggregatePushdown> {
         delegate!(self, s => s.pushdown())
+    }
+    fn counted_cohort(&self, cohort_id: &str) -> Option<&crate::core::cohort::MemberIds> {
+        delegate!(self, s => s.counted_cohort(cohort_id))
     }
 }
