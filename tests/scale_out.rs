@@ -210,16 +210,10 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
     for metric in &metrics {
         for (granularity, filters, breakdown, compare) in &queries {
             let query = MetricQuery {
-                from,
-                to,
-                granularity: *granularity,
-                tz: chrono_tz::UTC,
                 filters: filters.clone(),
                 breakdown: breakdown.map(String::from),
                 breakdown_limit: 3,
-                cohort_id: String::new(),
-                members: None,
-                member_ids: None,
+                ..MetricQuery::new(from, to, *granularity, chrono_tz::UTC)
             };
             let answers = [&local, &remote].map(|engine| {
                 let target = MetricTarget::Key(metric.key.clone(), 0);
@@ -232,18 +226,7 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
     let pushed = remote.pushed_down_aggregates() - before;
     assert!(pushed >= 20, "plain aggregates are computed in ClickHouse: {pushed}");
     assert_eq!(local.pushed_down_aggregates(), 0);
-    let query = MetricQuery {
-        from,
-        to,
-        granularity: Granularity::Total,
-        tz: chrono_tz::UTC,
-        filters: vec![],
-        breakdown: None,
-        breakdown_limit: 0,
-        cohort_id: String::new(),
-        members: None,
-        member_ids: None,
-    };
+    let query = MetricQuery::new(from, to, Granularity::Total, chrono_tz::UTC);
     // Each node's metric and values (the definitions' creation times differ between the two).
     fn values(node: &TreeNode, out: &mut Vec<(String, Option<f64>, Option<f64>)>) {
         out.push((node.metric.key.clone(), node.current, node.previous));

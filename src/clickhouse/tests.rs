@@ -258,16 +258,15 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
                 let (selector_filters, query_filters) = filters.split_at(filters.len() / 2);
                 let m = metric(*kind, event, property, selector_filters.to_vec());
                 let query = MetricQuery {
-                    from: START + DAY + 5 * 3_600_000_000,
-                    to: if granularity == Granularity::Hour { START + 3 * DAY } else { START + 29 * DAY },
-                    granularity,
-                    tz: berlin,
                     filters: query_filters.to_vec(),
                     breakdown: breakdown.map(String::from),
                     breakdown_limit: limit,
-                    cohort_id: String::new(),
-                    members: None,
-                    member_ids: None,
+                    ..MetricQuery::new(
+                        START + DAY + 5 * 3_600_000_000,
+                        if granularity == Granularity::Hour { START + 3 * DAY } else { START + 29 * DAY },
+                        granularity,
+                        berlin,
+                    )
                 };
                 assert!(scan::pushable(&m, &query));
                 let request = scan::aggregate_request(&m, &query, Micros::MIN).unwrap();
@@ -331,18 +330,7 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
 
     // The retention cutoff leaves older events out, as the engine's reads do.
     let m = metric(MetricKind::Count, "visit", "", vec![]);
-    let query = MetricQuery {
-        from: START,
-        to: START + 30 * DAY,
-        granularity: Granularity::Total,
-        tz: berlin,
-        filters: vec![],
-        breakdown: None,
-        breakdown_limit: 0,
-        cohort_id: String::new(),
-        members: None,
-        member_ids: None,
-    };
+    let query = MetricQuery::new(START, START + 30 * DAY, Granularity::Total, berlin);
     let cutoff = START + 10 * DAY;
     let request = scan::aggregate_request(&m, &query, cutoff).unwrap();
     let pushed =

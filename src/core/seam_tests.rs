@@ -448,16 +448,11 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
                 continue;
             }
             let query = MetricQuery {
-                from: START + DAY,
-                to: START + 29 * DAY,
-                granularity,
-                tz,
                 filters: filters.clone(),
                 breakdown: breakdown.map(String::from),
                 breakdown_limit: 2,
                 cohort_id: cohort_id.into(),
-                members: None,
-                member_ids: None,
+                ..MetricQuery::new(START + DAY, START + 29 * DAY, granularity, tz)
             };
             let a = metric_answer(embedded, &book, &cohorts, m, &query);
             let b = metric_answer(batch, &book, &cohorts, m, &query);

@@ -6,7 +6,7 @@ use super::convert::{
     enum_error, item_error, micros_from_timestamp, required_range, timestamp, value_from_pb, value_to_pb,
 };
 use super::{Api, Reply};
-use crate::core::analysis::breakdown::{DEFAULT_BREAKDOWN_LIMIT, breakdown_limit_or_default, breakdown_of};
+use crate::core::analysis::breakdown::{breakdown_limit_or_default, breakdown_of};
 use crate::core::analysis::revenue::BridgeComponent;
 use crate::core::bounds;
 use crate::core::engine::Engine;
@@ -649,16 +649,9 @@ impl MetricService for Api {
         let (from, to) = required_range(request.range.as_ref())?;
         let compare = compare_from_pb(request.compare)?;
         let query = MetricQuery {
-            from,
-            to,
-            granularity: Granularity::Total,
-            tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
-            breakdown: None,
-            breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
             cohort_id: request.cohort_id,
-            members: None,
-            member_ids: None,
+            ..MetricQuery::new(from, to, Granularity::Total, chrono_tz::Tz::UTC)
         };
         let (project, root, zone, depth) =
             (request.project, request.root_key, request.timezone, request.max_depth as usize);
@@ -711,16 +704,11 @@ impl MetricService for Api {
         let (from, to) = required_range(request.range.as_ref())?;
         let compare = compare_from_pb(request.compare)?;
         let query = MetricQuery {
-            from,
-            to,
-            granularity: granularity_from_pb("granularity", request.granularity)?,
-            tz: chrono_tz::Tz::UTC,
             filters: filters_from_pb("filters", request.filters)?,
             breakdown: breakdown_of("breakdown", request.breakdown)?,
             breakdown_limit: breakdown_limit_from_pb(request.breakdown_limit)?,
             cohort_id: request.cohort_id,
-            members: None,
-            member_ids: None,
+            ..MetricQuery::new(from, to, granularity_from_pb("granularity", request.granularity)?, chrono_tz::Tz::UTC)
         };
         let zone = request.timezone;
         let project = request.project;

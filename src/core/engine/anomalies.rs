@@ -1,6 +1,5 @@
 //! DetectAnomalies: evaluates the metric with its seasonal history and scores each bucket.
 
-use crate::core::analysis::breakdown::DEFAULT_BREAKDOWN_LIMIT;
 use crate::core::engine::Engine;
 use crate::core::metric::anomaly::*;
 use crate::core::metric::definition::MetricTarget;
@@ -60,16 +59,9 @@ impl Engine {
             history_from = previous(history_from, query.granularity, tz);
         }
         let mut metric_query = MetricQuery {
-            from: history_from,
-            to: query.to,
-            granularity: query.granularity,
-            tz,
             filters: query.filters,
-            breakdown: None,
-            breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
             cohort_id: query.cohort_id.clone(),
-            members: None,
-            member_ids: None,
+            ..MetricQuery::new(history_from, query.to, query.granularity, tz)
         };
         let source = self.metric_events(&state, [&metric], &mut metric_query)?;
         metric_query.cohort_id = String::new();

@@ -6,7 +6,6 @@
 
 use chrono::{Days, NaiveDate};
 
-use crate::core::analysis::breakdown::DEFAULT_BREAKDOWN_LIMIT;
 use crate::core::analysis::funnel::{FunnelQuery, FunnelResult};
 use crate::core::analysis::retention::{RetentionQuery, RetentionTable, TableShape};
 use crate::core::engine::Engine;
@@ -295,18 +294,7 @@ pub fn with_costs(channel: &str, credit: f64, value_credit: f64, spend: f64) -> 
 }
 
 fn total_query(range: &DayRange) -> MetricQuery {
-    MetricQuery {
-        from: range.start,
-        to: range.end,
-        granularity: Granularity::Total,
-        tz: chrono_tz::Tz::UTC,
-        filters: vec![],
-        breakdown: None,
-        breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
-        cohort_id: String::new(),
-        members: None,
-        member_ids: None,
-    }
+    MetricQuery::new(range.start, range.end, Granularity::Total, chrono_tz::Tz::UTC)
 }
 
 impl Engine {

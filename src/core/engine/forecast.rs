@@ -10,18 +10,7 @@ use crate::error::Result;
 impl Engine {
     pub fn forecast_metric(&self, project: &str, query: ForecastQuery) -> Result<Forecast> {
         query.validate()?;
-        let metric_query = MetricQuery {
-            from: query.from,
-            to: query.to,
-            granularity: query.granularity,
-            tz: chrono_tz::Tz::UTC,
-            filters: Vec::new(),
-            breakdown: None,
-            breakdown_limit: 0,
-            cohort_id: String::new(),
-            members: None,
-            member_ids: None,
-        };
+        let metric_query = MetricQuery::new(query.from, query.to, query.granularity, chrono_tz::Tz::UTC);
         let target = MetricTarget::Key(query.metric_key.clone(), 0);
         let answer = self.query_metric(project, target, metric_query, &query.timezone, Default::default())?;
         let tz = time::parse_zone("timezone", &answer.timezone)?;

@@ -370,16 +370,10 @@ impl Engine {
         let from = time::floor(now, spec.granularity, tz);
         let to = time::next(from, spec.granularity, tz).max(from + 1);
         let mut query = MetricQuery {
-            from,
-            to,
-            granularity: spec.granularity,
-            tz,
             filters: spec.filters.clone(),
-            breakdown: None,
             breakdown_limit: spec.breakdown_limit,
             cohort_id: spec.cohort_id.clone(),
-            members: None,
-            member_ids: None,
+            ..MetricQuery::new(from, to, spec.granularity, tz)
         };
         let source = self.metric_events(&state, [metric], &mut query)?;
         query.cohort_id = String::new();

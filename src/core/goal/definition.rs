@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::analysis::breakdown::DEFAULT_BREAKDOWN_LIMIT;
 use crate::core::catalog::validate_slug;
 use crate::core::cohort::Cohorts;
 use crate::core::filter::Filter;
@@ -101,16 +100,9 @@ fn query_points(
     granularity: Granularity,
 ) -> Result<Vec<Point>> {
     let query = MetricQuery {
-        from,
-        to,
-        granularity,
-        tz,
         filters: goal.filters.clone(),
-        breakdown: None,
-        breakdown_limit: DEFAULT_BREAKDOWN_LIMIT,
-        cohort_id: String::new(),
         members: crate::core::cohort::resolve(source, cohorts, "goal.cohort_id", &goal.cohort_id)?,
-        member_ids: None,
+        ..MetricQuery::new(from, to, granularity, tz)
     };
     Ok(evaluate(source, metrics, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }

@@ -46,6 +46,24 @@ pub struct MetricQuery {
     pub member_ids: Option<Arc<MemberIds>>,
 }
 
+impl MetricQuery {
+    /// `[from, to)` in `granularity` buckets of zone `tz`: no filter, breakdown or cohort.
+    pub fn new(from: Micros, to: Micros, granularity: Granularity, tz: Tz) -> MetricQuery {
+        MetricQuery {
+            from,
+            to,
+            granularity,
+            tz,
+            filters: Vec::new(),
+            breakdown: None,
+            breakdown_limit: crate::core::analysis::breakdown::DEFAULT_BREAKDOWN_LIMIT,
+            cohort_id: String::new(),
+            members: None,
+            member_ids: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
     pub start: Micros,
@@ -885,16 +903,8 @@ mod tests {
             ..Default::default()
         };
         let query = MetricQuery {
-            from: 0,
-            to: 86_400_000_000,
-            granularity: Granularity::Day,
-            tz: chrono_tz::UTC,
-            filters: Vec::new(),
             breakdown: Some("user.plan".into()),
-            breakdown_limit: 0,
-            cohort_id: String::new(),
-            members: None,
-            member_ids: None,
+            ..MetricQuery::new(0, 86_400_000_000, Granularity::Day, chrono_tz::UTC)
         };
         for kind in [MetricKind::Count, MetricKind::UniqueUsers, MetricKind::Sum, MetricKind::Avg, MetricKind::Min] {
             assert!(pushable(&metric(kind), &query), "{kind:?}");

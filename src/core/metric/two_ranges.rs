@@ -85,18 +85,7 @@ mod tests {
     }
 
     fn query(from: Micros, to: Micros) -> MetricQuery {
-        MetricQuery {
-            from,
-            to,
-            granularity: Granularity::Total,
-            tz: chrono_tz::Tz::UTC,
-            filters: vec![],
-            breakdown: None,
-            breakdown_limit: 10,
-            cohort_id: String::new(),
-            members: None,
-            member_ids: None,
-        }
+        MetricQuery::new(from, to, Granularity::Total, chrono_tz::Tz::UTC)
     }
 
     /// The two GRANULARITY_TOTAL evaluations `totals` replaces.
