@@ -3,7 +3,8 @@
 # server with durable acks; reports events/s, the server's peak RSS, bytes on disk per event
 # and the time to reload everything at restart. Usage: scripts/bench-ingest.sh [USERS] [WORKDIR]
 # SEXTANT_SERVE_ARGS adds `serve` flags: '--storage clickhouse --clickhouse-url URL
-# --clickhouse-database DB' loads into a ClickHouse cluster (scripts/clickhouse-cluster.sh).
+# --clickhouse-database DB' loads into a ClickHouse cluster (scripts/clickhouse-cluster.sh);
+# SEXTANT_LOAD_ARGS adds `load` flags to the events' load (e.g. '--batch 5000 --inflight 8').
 set -euo pipefail
 users=${1:-700000}
 work=${2:-/tmp/sextant-bench}
@@ -29,7 +30,7 @@ sleep 1
   done ) &
 sampler=$!
 "$bin" load --addr 127.0.0.1:$port --project bench --users "$work/data-$users/users.jsonl"
-"$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" | tee "$work/load.out"
+"$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" ${SEXTANT_LOAD_ARGS:-} | tee "$work/load.out"
 peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$server/status)
 echo "server peak RssAnon during the load: $(($(cat "$work/rss-anon-peak") / 1024)) MiB"
 events=$(grep -o 'accepted [0-9]*' "$work/load.out" | awk '{print $2}')

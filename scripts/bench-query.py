@@ -158,6 +158,40 @@ def benchmarks(pb, channel, project):
         SELECT count() FROM (SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count() >= 2)""",
            lambda rows: rows[0][0])
 
+    in_cohort = a.QueryFunnelRequest()
+    in_cohort.CopyFrom(funnel)
+    in_cohort.cohort_id = "bench-repeat-buyers"
+
+    def cohort_funnel_call():
+        return [s.users for s in analysis.QueryFunnel(in_cohort, timeout=600).steps]
+
+    # The funnel above, for the cohort's members only.
+    repeat_buyers = "SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count(*) >= 2"
+    yield ("the same funnel within the cohort", cohort_funnel_call, f"""
+        WITH s AS (SELECT user_id, ts AS t1 FROM events
+                   WHERE name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01'
+                         AND user_id IN ({repeat_buyers})),
+        o AS (SELECT user_id, ts FROM events WHERE name = 'onboarding_complete'),
+        c AS (SELECT user_id, ts FROM events WHERE name = 'add_to_cart'),
+        p AS (SELECT user_id, ts FROM events WHERE name = 'purchase'),
+        s2 AS (SELECT s.user_id, s.t1, CASE WHEN o.ts <= s.t1 + INTERVAL 7 DAY THEN o.ts END AS t2
+               FROM s ASOF LEFT JOIN o ON o.user_id = s.user_id AND o.ts >= s.t1),
+        s3 AS (SELECT s2.*, CASE WHEN c.ts <= s2.t1 + INTERVAL 7 DAY THEN c.ts END AS t3
+               FROM s2 ASOF LEFT JOIN c ON c.user_id = s2.user_id AND c.ts >= s2.t2),
+        s4 AS (SELECT s3.*, CASE WHEN p.ts <= s3.t1 + INTERVAL 7 DAY THEN p.ts END AS t4
+               FROM s3 ASOF LEFT JOIN p ON p.user_id = s3.user_id AND p.ts >= s3.t3),
+        best AS (SELECT user_id, max(1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT + (t4 IS NOT NULL)::INT) AS reached
+                 FROM s4 GROUP BY user_id)
+        SELECT count(*) FILTER (WHERE reached >= 1), count(*) FILTER (WHERE reached >= 2),
+               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best""", f"""
+        SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4) FROM (
+            SELECT user_id, windowFunnel(604800000)(toUInt64(toUnixTimestamp64Milli(ts)),
+                       name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01', name = 'onboarding_complete',
+                       name = 'add_to_cart', name = 'purchase') AS level
+            FROM events WHERE name IN ('signup', 'onboarding_complete', 'add_to_cart', 'purchase')
+                AND ts >= '2026-01-01' AND user_id IN ({repeat_buyers.replace('count(*)', 'count()')})
+            GROUP BY user_id)""", lambda rows: list(rows[0]))
+
 
 def load_chdb(data):
     """Loads the same files into a chDB MergeTree sorted by user and time; returns a query function."""
