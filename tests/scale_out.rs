@@ -14,6 +14,8 @@ use sextant::core::analysis::retention::{RetentionQuery, TableShape};
 use sextant::core::cohort::{Behavioural, Cohort, Condition, ConditionGroup, Definition, TimeFrame};
 use sextant::core::engine::dashboard::DashboardRequest;
 use sextant::core::filter::{EventSelector, Filter, FilterOp};
+use sextant::core::goal::definition::Goal;
+use sextant::core::goal::progress::Target;
 use sextant::core::metric::definition::{MetricTarget, Period};
 use sextant::core::metric::evaluate::{Compare, TreeNode};
 use sextant::core::metric::scan::MetricQuery;
@@ -318,6 +320,33 @@ async fn a_generated_project_answers_as_on_the_embedded_engine() {
     assert_eq!(remote.counted_cohorts() - counted_before, 5 * cohorts.len() as u64);
     assert_eq!(local.counted_cohorts(), 0);
     assert!(remote.pushed_down_aggregates() > pushed_before, "a metric in a counted cohort is computed in ClickHouse");
+
+    // Goals on a plain count are measured in ClickHouse, also within a counted cohort.
+    let plain = Goal {
+        id: "late-signups".into(),
+        name: "signups in the second half".into(),
+        metric_key: "signups".into(),
+        granularity: Granularity::Week,
+        // The second half of January (the first events are touches weeks before).
+        period: (1_768_521_600_000_000, 1_769_904_000_000_000),
+        target: Target::Relative(0.1),
+        ..local.get_goal("demo", "march-signups").unwrap()
+    };
+    let in_cohort = Goal { id: "late-signups-never-bought".into(), cohort_id: "never_bought".into(), ..plain.clone() };
+    for engine in [&local, &remote] {
+        engine.create_goal("demo", plain.clone()).unwrap();
+        engine.create_goal("demo", in_cohort.clone()).unwrap();
+    }
+    for goal in ["late-signups", "late-signups-never-bought"] {
+        let pushed_before = remote.pushed_down_aggregates();
+        let as_of = Some(to - 86_400_000_000);
+        let [a, b] = [&local, &remote].map(|engine| engine.goal_progress("demo", goal, as_of).unwrap());
+        assert!(remote.pushed_down_aggregates() > pushed_before, "{goal} is measured in ClickHouse");
+        assert!(a.points.iter().any(|p| p.value.is_some_and(|v| v > 0.0)), "{goal}: {a:?}");
+        assert!(a.progress.baseline.is_some_and(|v| v > 0.0), "{goal}: {a:?}");
+        let shown = |r: &sextant::core::goal::definition::GoalReport| format!("{:#?}\n{:#?}", r.progress, r.points);
+        assert_close(goal, &shown(&a), &shown(&b));
+    }
 
     let mut exports = [embedded.export("demo").await, clustered.export("demo").await];
     for export in &mut exports {

@@ -79,13 +79,11 @@ impl Engine {
         let state = entry.read();
         let goal =
             state.defs.goals.get(id).ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))?;
-        measure(
-            &self.events(&state)?,
-            &state.defs.metrics,
-            &state.defs.cohorts,
-            &state.project.timezone,
-            goal,
-            as_of.unwrap_or_else(now_micros),
-        )
+        let mut base = base_query(goal, zone(goal, &state.project.timezone)?);
+        // On a remote engine, a goal on a plain aggregate reads no events (`metric_events`).
+        let metric = state.defs.metrics.latest_metric(&goal.metric_key).ok();
+        let source = self.metric_events(&state, metric, &mut base)?;
+        base.cohort_id.clear();
+        measure(&source, &state.defs.metrics, &base, goal, as_of.unwrap_or_else(now_micros))
     }
 }

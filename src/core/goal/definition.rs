@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::catalog::validate_slug;
-use crate::core::cohort::Cohorts;
 use crate::core::filter::Filter;
 use crate::core::goal::progress::{self, Bucket, GoalInput, GoalProgress, Target};
 use crate::core::metric::definition::{Direction, Metric, MetricBook, MetricKind};
@@ -87,32 +86,40 @@ fn additive(metric: &Metric) -> bool {
             || (metric.kind == MetricKind::Manual && !metric.semi_additive_last))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The goal's metric over `[from, to)` in `granularity` buckets, as `base` filters it.
 fn query_points(
     source: &impl EventSource,
     metrics: &MetricBook,
-    cohorts: &Cohorts,
     metric: &Metric,
-    goal: &Goal,
-    tz: chrono_tz::Tz,
-    from: Micros,
-    to: Micros,
-    granularity: Granularity,
+    base: &MetricQuery,
+    (from, to, granularity): (Micros, Micros, Granularity),
 ) -> Result<Vec<Point>> {
-    let query = MetricQuery {
-        filters: goal.filters.clone(),
-        members: crate::core::cohort::resolve(source, cohorts, "goal.cohort_id", &goal.cohort_id)?,
-        ..MetricQuery::new(from, to, granularity, tz)
-    };
+    let query = MetricQuery { from, to, granularity, ..base.clone() };
     Ok(evaluate(source, metrics, metric, &query, 0)?.into_iter().next().map(|s| s.points).unwrap_or_default())
 }
 
-/// Measures a goal as of `now`; `default_zone` is the project's.
+/// What every query of a goal shares: its filters and its cohort (`cohort_id`, resolved into
+/// `members` or `member_ids` by the caller, see `Engine::metric_events`), in zone `tz`.
+pub fn base_query(goal: &Goal, tz: chrono_tz::Tz) -> MetricQuery {
+    MetricQuery {
+        filters: goal.filters.clone(),
+        cohort_id: goal.cohort_id.clone(),
+        ..MetricQuery::new(goal.period.0, goal.period.1, Granularity::Total, tz)
+    }
+}
+
+/// The zone a goal is measured in: its own, or else the project's (`default_zone`).
+pub fn zone(goal: &Goal, default_zone: &str) -> Result<chrono_tz::Tz> {
+    let zone = if goal.timezone.is_empty() { default_zone } else { goal.timezone.as_str() };
+    time::parse_zone("goal.timezone", zone)
+}
+
+/// Measures a goal as of `now`, each query starting from `base` (`base_query`, its cohort
+/// resolved).
 pub fn measure(
     source: &impl EventSource,
     metrics: &MetricBook,
-    cohorts: &Cohorts,
-    default_zone: &str,
+    base: &MetricQuery,
     goal: &Goal,
     now: Micros,
 ) -> Result<GoalReport> {
@@ -120,13 +127,12 @@ pub fn measure(
         .get(&goal.metric_key)
         .and_then(|v| v.last())
         .ok_or_else(|| Error::NotFound(format!("metric {} not found", echo(&goal.metric_key))))?;
-    let zone = if goal.timezone.is_empty() { default_zone } else { goal.timezone.as_str() };
-    let tz = time::parse_zone("goal.timezone", zone)?;
+    let tz = base.tz;
     let (start, end) = goal.period;
     let additive = additive(metric);
     let measured_to = now.min(end);
     let points = if measured_to > start {
-        query_points(source, metrics, cohorts, metric, goal, tz, start, measured_to, goal.granularity)?
+        query_points(source, metrics, metric, base, (start, measured_to, goal.granularity))?
     } else {
         Vec::new()
     };
@@ -136,12 +142,12 @@ pub fn measure(
     let (base_from, base_to) =
         goal.baseline_period.unwrap_or_else(|| progress::default_baseline_period(start, end, tz));
     let baseline = if additive {
-        query_points(source, metrics, cohorts, metric, goal, tz, base_from, base_to, Granularity::Total)?
+        query_points(source, metrics, metric, base, (base_from, base_to, Granularity::Total))?
             .first()
             .and_then(|p| p.value)
     } else {
         // Measured like `current`: the last bucket of the goal's granularity in the baseline.
-        query_points(source, metrics, cohorts, metric, goal, tz, base_from, base_to, goal.granularity)?
+        query_points(source, metrics, metric, base, (base_from, base_to, goal.granularity))?
             .iter()
             .rev()
             .find_map(|p| p.value)
