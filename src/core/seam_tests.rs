@@ -490,33 +490,11 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
         &revenue::bridge(batch, &selector("sub"), "mrr", &[], None, &bounds),
     );
 
-    let experiment = Experiment {
-        key: "exp".into(),
-        variants: ["control", "treatment"]
-            .map(|key| Variant { key: key.into(), weight: 0.5, name: key.into(), description: String::new() })
-            .to_vec(),
-        control_variant: "control".into(),
-        ..Default::default()
-    };
-    let (from, to) = (START + 2 * DAY, START + 22 * DAY);
-    let plans_metrics = [
-        metric("purchases", MetricKind::Count, "purchase", ""),
-        metric("revenue", MetricKind::Sum, "purchase", "amount"),
-        metric("buyers", MetricKind::UniqueUsers, "purchase", ""),
-        Metric {
-            conversion_selector: Some(selector("purchase")),
-            window: Some(DAY),
-            ..metric("converts", MetricKind::Conversion, "visit", "")
-        },
-    ];
-    let all: BTreeMap<String, Metric> = plans_metrics.iter().map(|m| (m.key.clone(), m.clone())).collect();
-    let plans: Vec<MetricPlan> =
-        plans_metrics.iter().map(|m| MetricPlan { metric: m, kind: measure::summary_kind(m, &all).unwrap() }).collect();
-    let windows =
-        Windows { attribution: Some(5 * DAY), end: to, cuped_pre_period: Some(3 * DAY), winsorize_percentile: None };
-    let a = experiment_readout(embedded, &experiment, (from, to), &all, &plans, &windows);
-    let b = experiment_readout(batch, &experiment, (from, to), &all, &plans, &windows);
+    let (experiment, all) = experiment_case();
+    let a = experiment_readout(embedded, &experiment, &all);
+    let b = experiment_readout(batch, &experiment, &all);
     assert_same(&format!("seed {seed} experiment"), &a, &b);
+    let (from, to) = EXPERIMENT_RANGE;
 
     let holdout = Holdout { key: "h".into(), percent: 30.0, seed: "s".into(), ..Default::default() };
     let a = by_name(embedded, seen_people(embedded, &holdout, from, to).users);
@@ -536,16 +514,46 @@ fn metric_answer(
 }
 
 /// Exposures by person name (ids are each source's own), then every metric's statistics.
+/// Where the seam tests read the experiment out.
+const EXPERIMENT_RANGE: (Micros, Micros) = (START + 2 * DAY, START + 22 * DAY);
+
+/// The experiment the seam tests read out, with its metrics: a count, a sum, distinct users
+/// and a conversion (CUPED and an attribution window on).
+fn experiment_case() -> (Experiment, BTreeMap<String, Metric>) {
+    let metrics = [
+        metric("purchases", MetricKind::Count, "purchase", ""),
+        metric("revenue", MetricKind::Sum, "purchase", "amount"),
+        metric("buyers", MetricKind::UniqueUsers, "purchase", ""),
+        Metric {
+            conversion_selector: Some(selector("purchase")),
+            window: Some(DAY),
+            ..metric("converts", MetricKind::Conversion, "visit", "")
+        },
+    ];
+    let experiment = Experiment {
+        key: "exp".into(),
+        variants: ["control", "treatment"]
+            .map(|key| Variant { key: key.into(), weight: 0.5, name: key.into(), description: String::new() })
+            .to_vec(),
+        control_variant: "control".into(),
+        primary_metric_keys: metrics.iter().map(|m| m.key.clone()).collect(),
+        ..Default::default()
+    };
+    (experiment, metrics.into_iter().map(|m| (m.key.clone(), m)).collect())
+}
+
 fn experiment_readout(
     source: &impl EventSource,
     experiment: &Experiment,
-    (from, to): (Micros, Micros),
     metrics: &BTreeMap<String, Metric>,
-    plans: &[MetricPlan],
-    windows: &Windows,
 ) -> String {
+    let (from, to) = EXPERIMENT_RANGE;
+    let plans: Vec<MetricPlan> =
+        metrics.values().map(|m| MetricPlan { metric: m, kind: measure::summary_kind(m, metrics).unwrap() }).collect();
+    let windows =
+        Windows { attribution: Some(5 * DAY), end: to, cuped_pre_period: Some(3 * DAY), winsorize_percentile: None };
     let exposures = measure::exposures(source, experiment, from, to, None);
-    let measured = measure::measure(source, metrics, experiment, &exposures, plans, windows);
+    let measured = measure::measure(source, metrics, experiment, &exposures, &plans, &windows);
     let (excluded, per_variant) = (exposures.excluded, exposures.per_variant.clone());
     format!("{:?} {excluded} {per_variant:?} {measured:?}", by_name(source, exposures.users))
 }
@@ -660,6 +668,18 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             assert_eq!(full, counted.sorted(), "seed {seed} cohort {k} counted");
             members[k] += full.len();
         }
+        // An experiment over its exposures and its metrics' events only.
+        let (experiment, metrics) = experiment_case();
+        let fetch = measure::fetch(&experiment, &metrics, false);
+        assert_eq!(fetch.names, Some(["$exposure", "purchase", "visit"].map(String::from).to_vec()));
+        assert!(!fetch.traits);
+        assert!(measure::fetch(&experiment, &metrics, true).names.is_none(), "a cohort read needs everything");
+        let narrow = fetched(&sent, 1, &fetch);
+        assert!(narrow.row_count() < embedded.row_count());
+        let (a, b) =
+            (experiment_readout(&embedded, &experiment, &metrics), experiment_readout(&narrow, &experiment, &metrics));
+        assert_same(&format!("seed {seed} experiment over what it fetched"), &a, &b);
+
         let mut trait_filtered = funnel_queries().pop().expect("funnels").1;
         (trait_filtered.breakdown, trait_filtered.cohort_id) = (None, String::new());
         trait_filtered.filters.push(filter("user.country", FilterOp::Neq, &["de"]));

@@ -347,7 +347,12 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let experiment = state.defs.experiment(key)?;
-        let compute = || results(&self.events(&state)?, &state, experiment, cohort_id, config, now);
+        let compute = || {
+            let metrics = state.defs.metrics.latest_metrics();
+            let fetch = |counted: bool| measure::fetch(experiment, &metrics, !cohort_id.is_empty() && !counted);
+            let source = self.events_in_cohort(&state, cohort_id, fetch)?;
+            results(&source, &state, experiment, cohort_id, config, now)
+        };
         // A remote engine's events change without this node knowing: nothing is cached then.
         if cohort_id.is_empty() && config.is_none() && self.remote().is_none() {
             return self.readouts.get_or_compute(project, &state, experiment, now, compute);

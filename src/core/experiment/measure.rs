@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 use super::definition::{EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, VARIANT_PROPERTY};
 use super::readout::VariantData;
 use super::stats::{self, Covariate, Summary, SummaryKind};
-use crate::core::filter::row_number;
+use crate::core::filter::{EventSelector, row_number};
 use crate::core::metric::definition::{DEFAULT_CONVERSION_WINDOW, Metric, MetricKind};
 use crate::core::metric::scan::Matcher;
 use crate::core::model::Micros;
+use crate::core::store::remote::Fetch;
 use crate::core::store::source::EventSource;
 use crate::core::store::source::Scan;
 use crate::core::store::table::{Cell, NONE};
@@ -294,6 +295,39 @@ fn cell(data: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
         return None;
     }
     data.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
+}
+
+/// What measuring `experiment` reads of the events, for a store that fetches them first (a
+/// remote engine): its exposures and the events its metrics' selectors name (a ratio's, its
+/// inputs'), at any time, with traits only when a selector filters on one. Everything when a
+/// metric is missing (the readout says so), a selector names no event, or `cohort_read`: the
+/// query's cohort is evaluated over the events read.
+pub fn fetch(experiment: &Experiment, metrics: &BTreeMap<String, Metric>, cohort_read: bool) -> Fetch {
+    let mut selectors: Vec<&EventSelector> = Vec::new();
+    for (_, key) in experiment.metrics() {
+        let Some(metric) = metrics.get(key) else {
+            return Fetch::everything();
+        };
+        let inputs = match metric.kind {
+            MetricKind::Ratio => vec![metrics.get(&metric.numerator_key), metrics.get(&metric.denominator_key)],
+            _ => vec![Some(metric)],
+        };
+        for input in inputs {
+            let Some(input) = input else {
+                return Fetch::everything();
+            };
+            selectors.extend(input.selector.iter().chain(&input.conversion_selector));
+        }
+    }
+    if cohort_read || selectors.iter().any(|s| s.event.is_empty()) {
+        return Fetch::everything();
+    }
+    let mut names: Vec<String> = selectors.iter().map(|s| s.event.clone()).collect();
+    names.push(EXPOSURE_EVENT.to_owned());
+    names.sort();
+    names.dedup();
+    let traits = crate::core::filter::on_traits(selectors.iter().flat_map(|s| &s.filters), None);
+    Fetch { names: Some(names), traits, ..Fetch::everything() }
 }
 
 /// A metric to measure: its definition and summary type.
