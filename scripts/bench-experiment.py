@@ -7,7 +7,8 @@ purchase), revenue (SUM of purchase.revenue) and sessions (COUNT of session_star
 backfilled experiment over [2026-01-31, 2026-04-01), then times GetExperimentResults several
 times and reports the median, with and without CUPED. Usage:
   scripts/bench-experiment.py --db /tmp/sextant-bench/db --project bench
-The binary is target/release/sextant, or $SEXTANT_BIN.
+The binary is target/release/sextant, or $SEXTANT_BIN; --serve-args adds `serve` flags (e.g. a
+ClickHouse database that scripts/bench-ingest.sh loaded).
 """
 import argparse
 import datetime as dt
@@ -29,14 +30,16 @@ def main():
     ap.add_argument("--db", required=True)
     ap.add_argument("--project", default="bench")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--serve-args", default="",
+                    help="more `sextant serve` flags, e.g. '--storage clickhouse --clickhouse-url URL'")
     args = ap.parse_args()
     pb = stubs()
     e = importlib.import_module("sextant.v1.experiment_pb2")
     e_grpc = importlib.import_module("sextant.v1.experiment_pb2_grpc")
     m, c = pb["metric"], pb["common"]
     binary = os.environ.get("SEXTANT_BIN") or os.path.join(ROOT, "target", "release", "sextant")
-    server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", args.db],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", args.db,
+                               *args.serve_args.split()], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     addr = server.stdout.readline().strip().rsplit(" ", 1)[-1]
     try:
         channel = grpc.insecure_channel(addr)
