@@ -461,20 +461,7 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
     }
 
     for model in AttributionModel::ALL {
-        let query = AttributionQuery {
-            conversion: selector("purchase"),
-            touch: selector("visit"),
-            channel_property: "channel".into(),
-            model,
-            lookback: 5 * DAY,
-            half_life: DAY,
-            from: START + 4 * DAY,
-            to: START + 26 * DAY,
-            value_property: "amount".into(),
-            spend_metric_key: "spend".into(),
-            first_conversion_only: model == AttributionModel::FirstTouch,
-            cohort_id: String::new(),
-        };
+        let query = attribution_query(model);
         let what = format!("seed {seed} attribution {model:?}");
         assert_same(
             &what,
@@ -514,6 +501,24 @@ fn metric_answer(
 }
 
 /// Exposures by person name (ids are each source's own), then every metric's statistics.
+/// The attribution the seam tests ask, in `model`: purchases credited to visits' channels.
+fn attribution_query(model: AttributionModel) -> AttributionQuery {
+    AttributionQuery {
+        conversion: selector("purchase"),
+        touch: selector("visit"),
+        channel_property: "channel".into(),
+        model,
+        lookback: 5 * DAY,
+        half_life: DAY,
+        from: START + 4 * DAY,
+        to: START + 26 * DAY,
+        value_property: "amount".into(),
+        spend_metric_key: "spend".into(),
+        first_conversion_only: model == AttributionModel::FirstTouch,
+        cohort_id: String::new(),
+    }
+}
+
 /// Where the seam tests read the experiment out.
 const EXPERIMENT_RANGE: (Micros, Micros) = (START + 2 * DAY, START + 22 * DAY);
 
@@ -668,6 +673,27 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             assert_eq!(full, counted.sorted(), "seed {seed} cohort {k} counted");
             members[k] += full.len();
         }
+        // Attribution over its conversions and touches only, in a counted cohort too.
+        let mut book = MetricBook::default();
+        book.insert(
+            "spend".into(),
+            vec![Metric { key: "spend".into(), kind: MetricKind::Manual, ..Default::default() }],
+        );
+        for (model, cohort_id) in [(AttributionModel::Linear, ""), (AttributionModel::FirstTouch, "buyers")] {
+            let query = AttributionQuery { cohort_id: cohort_id.into(), ..attribution_query(model) };
+            let counted = counted_cohort(&sent, &cohorts, cohort_id);
+            let fetch = attribution::fetch(&query, counted.is_some());
+            assert_eq!((fetch.from, fetch.to), (query.from - query.lookback, query.to));
+            let mut narrow = fetched(&sent, 1, &fetch);
+            if let Some(members) = counted {
+                narrow.set_counted_cohort(cohort_id, members);
+            }
+            let what = format!("seed {seed} attribution {model:?} in {cohort_id:?} over what it fetched");
+            let expected = attribution::run(&embedded, &book, &cohorts, &query).expect("an attribution");
+            assert!(expected.conversions > 0, "{what}: {expected:?}");
+            assert_same(&what, &expected, &attribution::run(&narrow, &book, &cohorts, &query).expect("an attribution"));
+        }
+
         // An experiment over its exposures and its metrics' events only.
         let (experiment, metrics) = experiment_case();
         let fetch = measure::fetch(&experiment, &metrics, false);

@@ -13,6 +13,7 @@ use crate::core::filter::{self, EventSelector, row_number};
 use crate::core::metric::definition::{MetricBook, MetricKind};
 use crate::core::metric::scan::Matcher;
 use crate::core::model::{Micros, Value};
+use crate::core::store::remote::Fetch;
 use crate::core::store::source::EventSource;
 use crate::core::store::source::{PersonEvents, Scan};
 use crate::core::store::table::{Cell, NONE};
@@ -211,6 +212,26 @@ fn order_ties<T>(items: &mut [T], key: impl Fn(&T) -> (Micros, u32), source: &im
             let (tb, rb) = key(b);
             ta.cmp(&tb).then_with(|| source.row_event_id(ra as usize).cmp(source.row_event_id(rb as usize)))
         });
+    }
+}
+
+/// What `run` reads of the events, for a store that fetches them first (a remote engine): the
+/// conversion and touch events from a lookback before `from` to `to`, with traits only when a
+/// selector filters on one; everything when a selector names no event or the cohort is
+/// evaluated over the events read (a cohort the remote engine did not count:
+/// `cohort_counted` false).
+pub fn fetch(query: &AttributionQuery, cohort_counted: bool) -> Fetch {
+    let names = vec![query.conversion.event.clone(), query.touch.event.clone()];
+    if (!query.cohort_id.is_empty() && !cohort_counted) || names.iter().any(String::is_empty) {
+        return Fetch::everything();
+    }
+    let filters = query.conversion.filters.iter().chain(&query.touch.filters);
+    Fetch {
+        names: Some(names),
+        from: query.from.saturating_sub(query.lookback),
+        to: query.to,
+        traits: filter::on_traits(filters, None),
+        ..Fetch::everything()
     }
 }
 

@@ -1,6 +1,6 @@
 //! QueryAttribution: attribution over the project's events with its spend metric.
 
-use crate::core::analysis::attribution::{Attribution, AttributionQuery, run};
+use crate::core::analysis::attribution::{Attribution, AttributionQuery, fetch, run};
 use crate::core::engine::Engine;
 use crate::error::Result;
 
@@ -10,7 +10,8 @@ impl Engine {
         let entry = self.project(project)?;
         let state = entry.read();
         let started = std::time::Instant::now();
-        let result = run(&self.events(&state)?, &state.defs.metrics, &state.defs.cohorts, &query)?;
+        let source = self.events_in_cohort(&state, &query.cohort_id, |counted| fetch(&query, counted))?;
+        let result = run(&source, &state.defs.metrics, &state.defs.cohorts, &query)?;
         tracing::debug!(
             project = %project,
             model = ?query.model,
