@@ -500,7 +500,6 @@ fn metric_answer(
     format!("{:?}", evaluate(source, book, metric, &MetricQuery { members, ..query.clone() }, 0))
 }
 
-/// Exposures by person name (ids are each source's own), then every metric's statistics.
 /// The attribution the seam tests ask, in `model`: purchases credited to visits' channels.
 fn attribution_query(model: AttributionModel) -> AttributionQuery {
     AttributionQuery {
@@ -547,6 +546,7 @@ fn experiment_case() -> (Experiment, BTreeMap<String, Metric>) {
     (experiment, metrics.into_iter().map(|m| (m.key.clone(), m)).collect())
 }
 
+/// Exposures by person name (ids are each source's own), then every metric's statistics.
 fn experiment_readout(
     source: &impl EventSource,
     experiment: &Experiment,
