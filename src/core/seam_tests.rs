@@ -413,32 +413,7 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
     }
 
     let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
-    let mut metrics = vec![
-        metric("visits", MetricKind::Count, "visit", ""),
-        metric("visitors", MetricKind::UniqueUsers, "visit", ""),
-        metric("revenue", MetricKind::Sum, "purchase", "amount"),
-        metric("basket", MetricKind::Avg, "purchase", "amount"),
-        metric("smallest", MetricKind::Min, "purchase", "amount"),
-        metric("largest", MetricKind::Max, "purchase", "amount"),
-        Metric { percentile: 90.0, ..metric("p90", MetricKind::Percentile, "purchase", "amount") },
-        Metric {
-            conversion_selector: Some(selector("purchase")),
-            window: Some(2 * DAY),
-            constant_properties: vec!["plan".into()],
-            ..metric("converts", MetricKind::Conversion, "visit", "")
-        },
-        Metric {
-            conversion_selector: Some(selector("purchase")),
-            retention_period: Period::Week,
-            retention_offset: 1,
-            ..metric("returns", MetricKind::Retention, "signup", "")
-        },
-        metric("mrr", MetricKind::LatestSum, "sub", "mrr"),
-        metric("bridge", MetricKind::RevenueBridge, "sub", "mrr"),
-        Metric { rolling_window: Some(7 * DAY), ..metric("weekly_visitors", MetricKind::UniqueUsers, "visit", "") },
-    ];
-    metrics.push(Metric { key: "spend".into(), kind: MetricKind::Manual, ..Default::default() });
-    for m in &metrics {
+    for m in &seam_metrics() {
         for (granularity, breakdown, filters, cohort_id) in [
             (Granularity::Day, None, vec![], ""),
             (Granularity::Week, Some("plan"), vec![filter("user.country", FilterOp::In, &["de", "us"])], ""),
@@ -487,6 +462,36 @@ pub(crate) fn compare_all(embedded: &impl EventSource, batch: &impl EventSource,
     let a = by_name(embedded, seen_people(embedded, &holdout, from, to).users);
     let b = by_name(batch, seen_people(batch, &holdout, from, to).users);
     assert_same(&format!("seed {seed} holdout"), &a, &b);
+}
+
+/// The metrics both seam tests evaluate: every kind that reads events, and a MANUAL one.
+fn seam_metrics() -> Vec<Metric> {
+    let mut metrics = vec![
+        metric("visits", MetricKind::Count, "visit", ""),
+        metric("visitors", MetricKind::UniqueUsers, "visit", ""),
+        metric("revenue", MetricKind::Sum, "purchase", "amount"),
+        metric("basket", MetricKind::Avg, "purchase", "amount"),
+        metric("smallest", MetricKind::Min, "purchase", "amount"),
+        metric("largest", MetricKind::Max, "purchase", "amount"),
+        Metric { percentile: 90.0, ..metric("p90", MetricKind::Percentile, "purchase", "amount") },
+        Metric {
+            conversion_selector: Some(selector("purchase")),
+            window: Some(2 * DAY),
+            constant_properties: vec!["plan".into()],
+            ..metric("converts", MetricKind::Conversion, "visit", "")
+        },
+        Metric {
+            conversion_selector: Some(selector("purchase")),
+            retention_period: Period::Week,
+            retention_offset: 1,
+            ..metric("returns", MetricKind::Retention, "signup", "")
+        },
+        metric("mrr", MetricKind::LatestSum, "sub", "mrr"),
+        metric("bridge", MetricKind::RevenueBridge, "sub", "mrr"),
+        Metric { rolling_window: Some(7 * DAY), ..metric("weekly_visitors", MetricKind::UniqueUsers, "visit", "") },
+    ];
+    metrics.push(Metric { key: "spend".into(), kind: MetricKind::Manual, ..Default::default() });
+    metrics
 }
 
 fn metric_answer(
@@ -693,6 +698,51 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             assert!(expected.conversions > 0, "{what}: {expected:?}");
             assert_same(&what, &expected, &attribution::run(&narrow, &book, &cohorts, &query).expect("an attribution"));
         }
+
+        // Each metric over only the events its selectors name, a ratio's through its inputs;
+        // with a trait filter, a breakdown and a counted cohort.
+        let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let mut metrics = seam_metrics();
+        metrics.push(Metric {
+            numerator_key: "revenue".into(),
+            denominator_key: "visitors".into(),
+            ..metric("per_visitor", MetricKind::Ratio, "", "")
+        });
+        metrics.iter_mut().find(|m| m.key == "per_visitor").expect("ratio").selector = None;
+        let mut book = MetricBook::default();
+        for m in &metrics {
+            book.insert(m.key.clone(), vec![m.clone()]);
+        }
+        for m in &metrics {
+            let query = MetricQuery {
+                filters: vec![filter("user.country", FilterOp::In, &["de", "us"])],
+                breakdown: Some("plan".into()).filter(|_| m.kind != MetricKind::RevenueBridge),
+                breakdown_limit: 2,
+                cohort_id: "buyers".into(),
+                ..MetricQuery::new(START + DAY, START + 29 * DAY, Granularity::Week, tz)
+            };
+            let fetch = crate::core::metric::evaluate::fetch(&book, [m], &query, false);
+            assert_eq!(fetch.names.is_some(), m.kind != MetricKind::Manual, "{}", m.key);
+            assert!(fetch.traits, "{}: the filter is on a trait", m.key);
+            let mut narrow = fetched(&sent, 1, &fetch);
+            let counted = counted_cohort(&sent, &cohorts, "buyers").expect("counted");
+            let members = Some(counted.on(&narrow));
+            narrow.set_counted_cohort("buyers", counted);
+            let expected = metric_answer(&embedded, &book, &cohorts, m, &query);
+            let read = format!("{:?}", evaluate(&narrow, &book, m, &MetricQuery { members, ..query.clone() }, 0));
+            assert_same(&format!("seed {seed} metric {} over what it fetched", m.key), &expected, &read);
+        }
+        let unknown = Metric { numerator_key: "nowhere".into(), ..metrics.last().expect("ratio").clone() };
+        assert!(
+            crate::core::metric::evaluate::fetch(
+                &book,
+                [&unknown],
+                &MetricQuery::new(0, 1, Granularity::Total, tz),
+                false
+            )
+            .names
+            .is_none()
+        );
 
         // An experiment over its exposures and its metrics' events only.
         let (experiment, metrics) = experiment_case();

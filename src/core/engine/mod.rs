@@ -487,9 +487,11 @@ impl Engine {
     }
 
     /// What evaluating `metrics` over `query` reads, with the query's cohort (`cohort_id`)
-    /// resolved into `query.members` from it: with a remote engine, when every event aggregate
-    /// among them is computed there (`scan::pushable`) and nothing else reads events, no events
-    /// at all: the aggregates go to the remote engine as they are evaluated.
+    /// resolved into `query.members` (or, counted by a remote engine, `query.member_ids`). With
+    /// a remote engine: when every event aggregate among them is computed there
+    /// (`scan::pushable`) and nothing else reads events, no events at all (the aggregates go to
+    /// the remote engine as they are evaluated); otherwise the events their selectors name
+    /// (`evaluate::fetch`).
     pub(crate) fn metric_events<'a, 'm>(
         &self,
         state: &'a ProjectState,
@@ -553,9 +555,12 @@ impl Engine {
         query: &MetricQuery,
     ) -> Result<AnySource<'a>> {
         let book = &state.defs.metrics;
-        let reads = |m: &Metric| crate::core::metric::evaluate::reads_events(book, m, query, 0);
-        if self.remote().is_none() || metrics.into_iter().any(reads) {
-            return self.events(state);
+        let metrics: Vec<&Metric> = metrics.into_iter().collect();
+        let reads = |m: &&Metric| crate::core::metric::evaluate::reads_events(book, m, query, 0);
+        if self.remote().is_none() || metrics.iter().any(reads) {
+            let cohort_read = !query.cohort_id.is_empty() && query.member_ids.is_none();
+            let fetch = crate::core::metric::evaluate::fetch(book, metrics, query, cohort_read);
+            return self.events_of(state, &fetch);
         }
         let mut batch = PersonBatch::default();
         add_manual(&mut batch, state);

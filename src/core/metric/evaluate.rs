@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use crate::core::analysis::breakdown::top_groups;
-use crate::core::filter;
+use crate::core::filter::{self, EventSelector};
 use crate::core::metric::definition::{Metric, MetricBook, MetricKind, MetricRole, validate_references};
 use crate::core::metric::scan::{self, MetricQuery, Point, Series};
 use crate::core::model::{ManualValue, Micros};
+use crate::core::store::remote::Fetch;
 use crate::core::store::source::EventSource;
 use crate::core::time::{self, CalendarOffset, Granularity};
 use crate::error::{Error, Result, echo};
@@ -108,6 +109,58 @@ pub fn reads_events(metrics: &MetricBook, metric: &Metric, query: &MetricQuery, 
         },
         MetricKind::Formula => inputs_read(&metric.inputs.iter().map(|i| i.metric_key.as_str()).collect::<Vec<_>>()),
         _ => true,
+    }
+}
+
+/// What evaluating `metrics` over `query` reads of the events, for a store that fetches them
+/// first (a remote engine): the events their selectors name (their inputs' too) at any time
+/// (rolling and to-date windows look back), with traits only when a filter or the breakdown is
+/// on one. Everything when a selector names no event, an input does not exist or nests too
+/// deep, or `cohort_read`: the query's cohort is evaluated over the events read.
+pub fn fetch<'m>(
+    book: &MetricBook,
+    metrics: impl IntoIterator<Item = &'m Metric>,
+    query: &MetricQuery,
+    cohort_read: bool,
+) -> Fetch {
+    let mut selectors = Vec::new();
+    let known = metrics.into_iter().all(|metric| collect_selectors(book, metric, 0, &mut selectors));
+    if !known || cohort_read || selectors.iter().any(|s| s.event.is_empty()) {
+        return Fetch::everything();
+    }
+    let mut names: Vec<String> = selectors.iter().map(|s| s.event.clone()).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        // Nothing reads events (MANUAL values only): no name list to send.
+        return Fetch::everything();
+    }
+    let filters = selectors.iter().flat_map(|s| &s.filters).chain(&query.filters);
+    let traits = filter::on_traits(filters, query.breakdown.as_deref());
+    Fetch { names: Some(names), traits, ..Fetch::everything() }
+}
+
+/// Adds the selectors `metric` reads events through (its inputs' too) to `out`; false when it
+/// may read events no selector names.
+fn collect_selectors<'a>(
+    book: &'a MetricBook,
+    metric: &'a Metric,
+    depth: usize,
+    out: &mut Vec<&'a EventSelector>,
+) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match metric.kind {
+        MetricKind::Manual => true,
+        MetricKind::Ratio | MetricKind::Formula => metric
+            .input_keys()
+            .iter()
+            .all(|key| book.latest_metric(key).is_ok_and(|input| collect_selectors(book, input, depth + 1, out))),
+        _ => {
+            out.extend(metric.selector.iter().chain(&metric.conversion_selector));
+            metric.selector.is_some()
+        }
     }
 }
 
