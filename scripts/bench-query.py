@@ -43,6 +43,42 @@ def set_range(request_range, from_=FROM, to=TO):
     request_range.to.FromDatetime(to)
 
 
+def funnel_duckdb(people=""):
+    """DuckDB SQL of the 4-step funnel: each step the first event at or after the previous
+    step's (ASOF), kept when within 7 days of the attempt's signup; each user with their
+    furthest attempt. `people`: a condition on user_id that signups must pass."""
+    only = f" AND {people}" if people else ""
+    return f"""
+        WITH s AS (SELECT user_id, ts AS t1 FROM events
+                   WHERE name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01'{only}),
+        o AS (SELECT user_id, ts FROM events WHERE name = 'onboarding_complete'),
+        c AS (SELECT user_id, ts FROM events WHERE name = 'add_to_cart'),
+        p AS (SELECT user_id, ts FROM events WHERE name = 'purchase'),
+        s2 AS (SELECT s.user_id, s.t1, CASE WHEN o.ts <= s.t1 + INTERVAL 7 DAY THEN o.ts END AS t2
+               FROM s ASOF LEFT JOIN o ON o.user_id = s.user_id AND o.ts >= s.t1),
+        s3 AS (SELECT s2.*, CASE WHEN c.ts <= s2.t1 + INTERVAL 7 DAY THEN c.ts END AS t3
+               FROM s2 ASOF LEFT JOIN c ON c.user_id = s2.user_id AND c.ts >= s2.t2),
+        s4 AS (SELECT s3.*, CASE WHEN p.ts <= s3.t1 + INTERVAL 7 DAY THEN p.ts END AS t4
+               FROM s3 ASOF LEFT JOIN p ON p.user_id = s3.user_id AND p.ts >= s3.t3),
+        best AS (SELECT user_id, max(1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT + (t4 IS NOT NULL)::INT) AS reached
+                 FROM s4 GROUP BY user_id)
+        SELECT count(*) FILTER (WHERE reached >= 1), count(*) FILTER (WHERE reached >= 2),
+               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best"""
+
+
+def funnel_chdb(people=""):
+    """chDB SQL of the same funnel (windowFunnel); `people` as in funnel_duckdb."""
+    only = f" AND {people}" if people else ""
+    return f"""
+        SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4) FROM (
+            SELECT user_id, windowFunnel(604800000)(toUInt64(toUnixTimestamp64Milli(ts)),
+                       name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01', name = 'onboarding_complete',
+                       name = 'add_to_cart', name = 'purchase') AS level
+            FROM events WHERE name IN ('signup', 'onboarding_complete', 'add_to_cart', 'purchase')
+                AND ts >= '2026-01-01'{only}
+            GROUP BY user_id)"""
+
+
 def benchmarks(pb, channel, project):
     """(name, sextant call returning a comparable answer, DuckDB SQL, chDB SQL, SQL rows to the same shape)."""
     m, c, a, co = pb["metric"], pb["common"], pb["analysis"], pb["cohort"]
@@ -79,31 +115,8 @@ def benchmarks(pb, channel, project):
     def funnel_call():
         return [s.users for s in analysis.QueryFunnel(funnel, timeout=600).steps]
 
-    # Each step: the first event at or after the previous step's (ASOF), kept when within 7 days
-    # of the attempt's signup; each user with their furthest attempt.
-    yield ("4-step funnel signup → purchase, 7-day window, 90 days", funnel_call, """
-        WITH s AS (SELECT user_id, ts AS t1 FROM events
-                   WHERE name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01'),
-        o AS (SELECT user_id, ts FROM events WHERE name = 'onboarding_complete'),
-        c AS (SELECT user_id, ts FROM events WHERE name = 'add_to_cart'),
-        p AS (SELECT user_id, ts FROM events WHERE name = 'purchase'),
-        s2 AS (SELECT s.user_id, s.t1, CASE WHEN o.ts <= s.t1 + INTERVAL 7 DAY THEN o.ts END AS t2
-               FROM s ASOF LEFT JOIN o ON o.user_id = s.user_id AND o.ts >= s.t1),
-        s3 AS (SELECT s2.*, CASE WHEN c.ts <= s2.t1 + INTERVAL 7 DAY THEN c.ts END AS t3
-               FROM s2 ASOF LEFT JOIN c ON c.user_id = s2.user_id AND c.ts >= s2.t2),
-        s4 AS (SELECT s3.*, CASE WHEN p.ts <= s3.t1 + INTERVAL 7 DAY THEN p.ts END AS t4
-               FROM s3 ASOF LEFT JOIN p ON p.user_id = s3.user_id AND p.ts >= s3.t3),
-        best AS (SELECT user_id, max(1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT + (t4 IS NOT NULL)::INT) AS reached
-                 FROM s4 GROUP BY user_id)
-        SELECT count(*) FILTER (WHERE reached >= 1), count(*) FILTER (WHERE reached >= 2),
-               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best""", """
-        SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4) FROM (
-            SELECT user_id, windowFunnel(604800000)(toUInt64(toUnixTimestamp64Milli(ts)),
-                       name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01', name = 'onboarding_complete',
-                       name = 'add_to_cart', name = 'purchase') AS level
-            FROM events WHERE name IN ('signup', 'onboarding_complete', 'add_to_cart', 'purchase')
-                AND ts >= '2026-01-01'
-            GROUP BY user_id)""", lambda rows: list(rows[0]))
+    yield ("4-step funnel signup → purchase, 7-day window, 90 days", funnel_call, funnel_duckdb(), funnel_chdb(),
+           lambda rows: list(rows[0]))
 
     retention = a.QueryRetentionRequest(project=project, cohort_event=c.EventSelector(event="signup"),
                                         return_event=c.EventSelector(event="session_start"), first_time=True,
@@ -167,30 +180,8 @@ def benchmarks(pb, channel, project):
 
     # The funnel above, for the cohort's members only.
     repeat_buyers = "SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count(*) >= 2"
-    yield ("the same funnel within the cohort", cohort_funnel_call, f"""
-        WITH s AS (SELECT user_id, ts AS t1 FROM events
-                   WHERE name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01'
-                         AND user_id IN ({repeat_buyers})),
-        o AS (SELECT user_id, ts FROM events WHERE name = 'onboarding_complete'),
-        c AS (SELECT user_id, ts FROM events WHERE name = 'add_to_cart'),
-        p AS (SELECT user_id, ts FROM events WHERE name = 'purchase'),
-        s2 AS (SELECT s.user_id, s.t1, CASE WHEN o.ts <= s.t1 + INTERVAL 7 DAY THEN o.ts END AS t2
-               FROM s ASOF LEFT JOIN o ON o.user_id = s.user_id AND o.ts >= s.t1),
-        s3 AS (SELECT s2.*, CASE WHEN c.ts <= s2.t1 + INTERVAL 7 DAY THEN c.ts END AS t3
-               FROM s2 ASOF LEFT JOIN c ON c.user_id = s2.user_id AND c.ts >= s2.t2),
-        s4 AS (SELECT s3.*, CASE WHEN p.ts <= s3.t1 + INTERVAL 7 DAY THEN p.ts END AS t4
-               FROM s3 ASOF LEFT JOIN p ON p.user_id = s3.user_id AND p.ts >= s3.t3),
-        best AS (SELECT user_id, max(1 + (t2 IS NOT NULL)::INT + (t3 IS NOT NULL)::INT + (t4 IS NOT NULL)::INT) AS reached
-                 FROM s4 GROUP BY user_id)
-        SELECT count(*) FILTER (WHERE reached >= 1), count(*) FILTER (WHERE reached >= 2),
-               count(*) FILTER (WHERE reached >= 3), count(*) FILTER (WHERE reached >= 4) FROM best""", f"""
-        SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4) FROM (
-            SELECT user_id, windowFunnel(604800000)(toUInt64(toUnixTimestamp64Milli(ts)),
-                       name = 'signup' AND ts >= '2026-01-01' AND ts < '2026-04-01', name = 'onboarding_complete',
-                       name = 'add_to_cart', name = 'purchase') AS level
-            FROM events WHERE name IN ('signup', 'onboarding_complete', 'add_to_cart', 'purchase')
-                AND ts >= '2026-01-01' AND user_id IN ({repeat_buyers.replace('count(*)', 'count()')})
-            GROUP BY user_id)""", lambda rows: list(rows[0]))
+    yield ("the same funnel within the cohort", cohort_funnel_call, funnel_duckdb(f"user_id IN ({repeat_buyers})"),
+           funnel_chdb(f"user_id IN ({repeat_buyers.replace('count(*)', 'count()')})"), lambda rows: list(rows[0]))
 
 
 def load_chdb(data):
