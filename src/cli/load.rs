@@ -59,11 +59,12 @@ pub struct LoadArgs {
     /// The MANUAL metric the spend goes to; created when absent.
     #[arg(long)]
     pub spend_metric: Option<String>,
-    /// Events per TrackStream batch.
-    #[arg(long, default_value_t = 2000)]
+    /// Events per TrackStream batch (the default is the most a server takes by default:
+    /// ClickHouse wants few large inserts, BENCHMARKS.md).
+    #[arg(long, default_value_t = 5000)]
     pub batch: usize,
     /// Batches sent ahead of their acks.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub inflight: usize,
 }
 

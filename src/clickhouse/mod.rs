@@ -20,6 +20,7 @@
 //! match the column order of `schema.rs` exactly; fetches set `wait_end_of_query=1`, so an error
 //! part-way through a result is an error, not a truncated answer.
 
+pub mod external;
 pub mod schema;
 pub mod sql;
 pub mod storage;
@@ -55,6 +56,8 @@ pub struct ClickHouseConfig {
 pub struct ClickHouse {
     /// One client per shard server (DDL runs on each), bound to the database.
     servers: Vec<Client>,
+    /// The same servers, for statements that take external data (id lookups).
+    external: Vec<external::ExternalData>,
     database: String,
 }
 
@@ -82,10 +85,6 @@ struct EventIdRow<'a> {
     event_id: &'a str,
     seq: u64,
 }
-
-/// Bytes of ids looked up in one query: ClickHouse refuses a query longer than
-/// `max_query_size` (256 KiB by default), and an id is sent quoted and escaped.
-const ID_LOOKUP_BYTES: usize = 100_000;
 
 #[derive(Row, Serialize)]
 struct DeletedUserRow<'a> {
@@ -280,7 +279,7 @@ impl ClickHouse {
                 ));
             }
         }
-        let mut servers = Vec::new();
+        let (mut servers, mut external) = (Vec::new(), Vec::new());
         for url in &config.urls {
             let mut client = Client::default().with_url(url.as_str()).with_validation(false);
             if let Some(user) = &config.user {
@@ -307,8 +306,10 @@ impl ClickHouse {
             }
             sql::create_database(&client, &config.database).execute().await.map_err(|e| backend_error(url, &e))?;
             servers.push(client.with_database(config.database.as_str()));
+            let (user, password) = (config.user.as_deref(), config.password.as_deref());
+            external.push(external::ExternalData::new(url, &config.database, user, password));
         }
-        let store = ClickHouse { servers, database: config.database.clone() };
+        let store = ClickHouse { servers, external, database: config.database.clone() };
         for (url, server) in config.urls.iter().zip(&store.servers) {
             store.migrate(url, server, &config.cluster).await?;
         }
@@ -378,23 +379,15 @@ impl ClickHouse {
     }
 
     /// Which of `ids` the project has stored: each looked up by primary key on the shard
-    /// server that owns it, the shards at once.
+    /// server that owns it, the shards at once, one statement each (the ids as external data).
     pub async fn stored_ids(&self, project: &str, ids: &[&str]) -> Result<std::collections::HashSet<String>> {
         let mut by_shard: Vec<Vec<&str>> = self.servers.iter().map(|_| Vec::new()).collect();
         for id in ids {
             by_shard[self.id_shard(project, id)].push(id);
         }
-        let lookups = by_shard.iter().enumerate().map(|(shard, ids)| async move {
-            let mut known = Vec::new();
-            for chunk in id_chunks(ids) {
-                let mut cursor = sql::known_ids(&self.servers[shard], project, chunk)
-                    .fetch::<String>()
-                    .map_err(|e| self.failed(&e))?;
-                while let Some(id) = cursor.next().await.map_err(|e| self.failed(&e))? {
-                    known.push(id);
-                }
-            }
-            Ok::<_, Error>(known)
+        let lookups = by_shard.iter().enumerate().filter(|(_, ids)| !ids.is_empty()).map(|(shard, ids)| async move {
+            let statement = sql::known_ids(&self.servers[shard], project).sql_display().to_string();
+            self.external[shard].strings(&statement, ids).await.map_err(|e| self.failed(&e))
         });
         Ok(futures::future::try_join_all(lookups).await?.into_iter().flatten().collect())
     }
@@ -843,28 +836,6 @@ fn event_row<'a>(project: &'a str, seq: u64, event: &'a Event) -> EventRow<'a> {
         row.prop_strings.push(string);
     }
     row
-}
-
-/// `ids` in runs of at most `ID_LOOKUP_BYTES` (one id at least).
-fn id_chunks<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a {
-    let mut rest = ids;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut bytes = 0;
-        let take = rest
-            .iter()
-            .position(|id| {
-                bytes += id.len() * 2 + 3;
-                bytes > ID_LOOKUP_BYTES
-            })
-            .unwrap_or(rest.len())
-            .max(1);
-        let (chunk, tail) = rest.split_at(take);
-        rest = tail;
-        Some(chunk)
-    })
 }
 
 /// Drops the later copies (by seq) of a repeated id from one person's rows, keeping the order.

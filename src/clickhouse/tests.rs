@@ -496,19 +496,39 @@ async fn a_person_whose_rows_sit_on_two_shards_reads_back_as_one_in_order() {
     assert_eq!(sent, expected_sent);
 }
 
-#[test]
-fn id_lookups_stay_under_the_query_size_limit_and_cover_every_id() {
-    let long = "x".repeat(ID_LOOKUP_BYTES);
-    let ids: Vec<String> = (0..30_000).map(|i| format!("event-{i:08}")).chain([long]).collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let chunks: Vec<&[&str]> = id_chunks(&ids).collect();
-    assert!(chunks.len() > 2);
-    assert_eq!(chunks.concat(), ids, "every id once, in order");
-    for chunk in &chunks {
-        let bytes: usize = chunk.iter().map(|id| id.len() * 2 + 3).sum();
-        assert!(bytes <= ID_LOOKUP_BYTES || chunk.len() == 1, "{} ids, {bytes} bytes", chunk.len());
-    }
-    assert!(id_chunks(&[]).next().is_none());
+/// Ids travel as external data (`external.rs`), any bytes a client may send and any number of
+/// them in one statement per shard: each stored id is found, on whichever shard owns it, and
+/// no other (the same id in another project, a prefix, an id never stored).
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_ids_are_found_whatever_their_bytes_and_however_many_are_asked() {
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "ids");
+    let store = ClickHouse::connect(&config(urls.clone(), &database.name)).await.unwrap();
+    let awkward = ["it's", "tab\there", "new\nline", "back\\slash", "\"quoted\"", "é-ü-中", "--sextant-", " "];
+    let long = "x".repeat(100_000);
+    let mut stored: Vec<String> = awkward.iter().map(|s| s.to_string()).chain([long]).collect();
+    stored.extend((0..30_000).map(|i| format!("event-{i:08}")));
+    let event = |id: &str| Event {
+        event_id: id.into(),
+        name: "visit".into(),
+        user_id: "u1".into(),
+        anonymous_id: String::new(),
+        timestamp: START,
+        properties: vec![],
+    };
+    let events: Vec<Event> = stored.iter().map(|id| event(id)).collect();
+    assert!(store.store_events("p", &events, 0).await.unwrap().iter().all(|new| *new));
+    store.store_events("other", &[event("only-in-other")], 50_000).await.unwrap();
+
+    let mut asked: Vec<&str> = stored.iter().map(String::as_str).collect();
+    asked.extend(["only-in-other", "event-0000000", "never", "it"]);
+    let found = store.stored_ids("p", &asked).await.unwrap();
+    let expected: std::collections::HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(found.len(), expected.len());
+    assert_eq!(found, expected);
+    assert!(store.stored_ids("p", &[]).await.unwrap().is_empty());
+    // A resend of all of them stores none again.
+    assert!(store.store_events("p", &events, 60_000).await.unwrap().iter().all(|new| !*new));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,9 @@ later. This runs each statement (`sextant clickhouse-sql` lists them, with sampl
 chDB, ClickHouse 26.x embedded: the DDL and the reads for real, in order, on an empty
 database. A `Distributed` table needs a cluster, which chDB has none of: its statement is
 parsed (EXPLAIN AST) and a MergeTree copy of its local table stands in for it, so the reads
-that use it run. A few rows are inserted first so the reads do some work.
+that use it run. A few rows are inserted first so the reads do some work. The id lookup reads
+its ids as external data (a temporary table `sextant_ids` sent with the query over HTTP),
+which chDB's Python API has no way to send: a Memory table of that name stands in for it.
 """
 import json
 import os
@@ -39,6 +41,9 @@ def main():
                     s.query("EXPLAIN AST " + statement)
                     s.query(f"CREATE TABLE IF NOT EXISTS {distributed.group(1)} AS {distributed.group(2)}")
                 else:
+                    if "sextant_ids" in statement:
+                        s.query("CREATE TABLE IF NOT EXISTS sextant_ids (value String) ENGINE = Memory")
+                        s.query("INSERT INTO sextant_ids VALUES ('e1'), ('it''s')")
                     if not seeded and re.search(r"FROM (events|event_ids|user_updates)\b", statement):
                         seed(s)
                         seeded = True
