@@ -6,7 +6,8 @@ scripts/bench-ingest.sh (which prints the load's events/s and peak RssAnon):
   and -> first funnel answered;
 - RssAnon after the restart plus a funnel, a retention table and a daily-uniques breakdown;
 - p99 of 100-event Track calls on a second project, idle and while the loaded project runs
-  funnels and retention back to back and receives writes;
+  funnels and retention back to back and receives writes, and of those writes themselves
+  (Track on the project being queried);
 - bytes on disk per event, and the data dir before / after retention + Compact (on a copy).
 
 Usage: scripts/bench-storage.py --data /tmp/sxbench/data-700000 --db /tmp/sxbench/db
@@ -142,10 +143,15 @@ def main():
                         call()
                         queries[0] += 1
 
+            own = []
+
             def write_load():
+                # Its latencies: Track on the queried project itself.
                 k = 0
                 while not stop_load.is_set():
+                    t = time.perf_counter()
                     ingest.Track(track_request(pb, args.project, f"{run}-load-{k}", 100), timeout=600)
+                    own.append(time.perf_counter() - t)
                     k += 1
 
             workers = [threading.Thread(target=query_load), threading.Thread(target=write_load)]
@@ -159,6 +165,8 @@ def main():
             for label, values in (("idle", idle), ("while the other project is queried and written", loaded)):
                 print(f"Track of 100 events on another project, {label}: p50 {statistics.median(values) * 1000:.1f} ms, "
                       f"p99 {percentile(values, 99) * 1000:.1f} ms ({len(values)} calls)")
+            print(f"Track of 100 events on the queried project itself: p50 {statistics.median(own) * 1000:.1f} ms, "
+                  f"p99 {percentile(own, 99) * 1000:.1f} ms, max {max(own) * 1000:.1f} ms ({len(own)} calls)")
             print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
         finally:
             stop(proc)

@@ -408,67 +408,102 @@ fn spawn_track(
     tokio::spawn(async move { ingest.track(request).await })
 }
 
-/// A query holding one project's lock must not hold up another project's acks: the writer
-/// hands the busy project's batch to its applier and goes on.
+/// `ack`, failing the test if it does not come: an ack that waits for a query never comes
+/// while the test holds the query's lock.
+async fn acked<T>(ack: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), ack).await.expect("an ack waited for a query")
+}
+
+/// A query holding a project's lock holds up no ack, its own project's included: the writer
+/// queues the busy project's batches on it and acks them; a read that starts after an ack
+/// applies the queue first, so it sees the event (it waits for the query to end to do so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_project_does_not_hold_up_another_projects_acks() {
+async fn a_query_holds_up_no_ack_and_a_read_after_an_ack_sees_the_event() {
     let server = TestServer::start().await;
     server.create_project("busy").await;
     server.create_project("free").await;
     let (release, holder) = hold_project(&server, "busy");
 
-    // The batch for "busy" is validated before the lock is needed, then waits for it.
-    let busy_track = spawn_track(&server, "busy", "b1");
-    // Give the busy batch time to reach the writer first (no assertion rests on this).
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let patience = std::time::Duration::from_secs(30);
-    let free = tokio::time::timeout(patience, server.track("free", vec![event("f1", "view", "u1", 10)]))
-        .await
-        .expect("an ack for one project waited for another project's query");
-    assert_eq!(free.accepted, 1);
-    assert!(!busy_track.is_finished(), "the busy project's ack came before its lock was free");
+    let busy = acked(spawn_track(&server, "busy", "b1")).await.unwrap().unwrap().into_inner();
+    assert_eq!(busy.accepted, 1);
+    // Once a batch is queued the applier waits for the lock; later batches still get in.
+    assert_eq!(acked(server.track("busy", vec![event("b2", "view", "u1", 20)])).await.accepted, 1);
+    let resent = acked(server.track("busy", vec![event("b1", "view", "u1", 10)])).await;
+    assert_eq!((resent.accepted, resent.duplicates), (0, 1));
+    assert_eq!(acked(server.track("free", vec![event("f1", "view", "u1", 10)])).await.accepted, 1);
 
+    // A read started now sees both acked events, once the query lets go.
+    let reader = {
+        let mut users = server.users();
+        tokio::spawn(async move {
+            let request = pb::ExportEventsRequest { project: "busy".into(), ..Default::default() };
+            let mut stream = users.export_events(request).await.unwrap().into_inner();
+            let mut ids = Vec::new();
+            while let Some(chunk) = stream.message().await.unwrap() {
+                ids.extend(chunk.events.into_iter().map(|e| e.event_id));
+            }
+            ids
+        })
+    };
+    // Let the read reach the lock first (no assertion rests on this).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     release.send(()).unwrap();
     holder.join().unwrap();
-    let busy = busy_track.await.unwrap().unwrap().into_inner();
-    assert_eq!(busy.accepted, 1);
-    // Acked means visible, in order, for both projects.
-    assert_eq!(server.export("busy").await.len(), 1);
-    assert_eq!(server.track("busy", vec![event("b2", "view", "u1", 20)]).await.accepted, 1);
-    assert_eq!(server.export("busy").await.len(), 2);
+    let ids = reader.await.unwrap();
+    assert_eq!(ids, ["b1", "b2"]);
     assert_eq!(server.export("free").await.len(), 1);
 }
 
-/// A batch that is durable but waits in the applier (behind another busy project) is not yet
-/// visible: a retry of it must not be answered "duplicate" until it is.
+/// The queue of a busy project is bounded: past it (16 full batches), acks wait for the apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_is_not_acknowledged_before_the_first_copy_is_visible() {
+async fn past_its_bound_a_busy_projects_acks_wait_for_the_query() {
+    let server = TestServer::start_with(|config| config.max_batch_events = 2).await;
+    server.create_project("busy").await;
+    let (release, holder) = hold_project(&server, "busy");
+    let batch = |n: i64| vec![event(&format!("b{n}a"), "view", "u1", n), event(&format!("b{n}b"), "view", "u1", n)];
+    // 16 batches of 2 fill the bound of 32 events, acked at once.
+    for n in 0..16 {
+        assert_eq!(acked(server.track("busy", batch(n))).await.accepted, 2);
+    }
+    let past = {
+        let mut ingest = server.ingest();
+        let request = pb::TrackRequest { project: "busy".into(), events: batch(16), ..Default::default() };
+        tokio::spawn(async move { ingest.track(request).await })
+    };
+    // Give the batch time to reach the writer (no assertion rests on this: a wrong ack would
+    // come at once).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!past.is_finished(), "a batch past the bound was acked while the query held the lock");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(past.await.unwrap().unwrap().into_inner().accepted, 2);
+    assert_eq!(server.export("busy").await.len(), 34);
+}
+
+/// A batch queued on its project while the applier waits behind another busy project is
+/// acked, and so is a retry of it, as a duplicate: any read that starts after those acks sees
+/// the first copy, since the read applies the queue itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_answered_as_a_duplicate_finds_the_first_copy_visible() {
     let server = TestServer::start().await;
     for project in ["a", "b"] {
         server.create_project(project).await;
     }
-    let track = |project: &str, id: &str| spawn_track(&server, project, id);
-    let pause = || tokio::time::sleep(std::time::Duration::from_millis(300));
     // Stand-ins for long queries on "a" and "b".
     let (release_a, holder_a) = hold_project(&server, "a");
     let (release_b, holder_b) = hold_project(&server, "b");
-    let first_a = track("a", "a1");
-    pause().await;
-    let first_b = track("b", "b1");
-    pause().await;
-    // "b" is free again, but its batch waits in the applier behind "a"'s.
+    assert_eq!(acked(spawn_track(&server, "a", "a1")).await.unwrap().unwrap().into_inner().accepted, 1);
+    assert_eq!(acked(spawn_track(&server, "b", "b1")).await.unwrap().unwrap().into_inner().accepted, 1);
+    // "b" is free again, but the applier still waits for "a": only a read can apply b1 now.
     release_b.send(()).unwrap();
     holder_b.join().unwrap();
-    let retry_b = track("b", "b1");
-    pause().await;
-    assert!(!first_b.is_finished() && !retry_b.is_finished(), "b1 was acknowledged before it was visible");
+    let retried = acked(spawn_track(&server, "b", "b1")).await.unwrap().unwrap().into_inner();
+    assert_eq!((retried.accepted, retried.duplicates), (0, 1));
+    let ids: Vec<String> = server.export("b").await.into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, ["b1"]);
     release_a.send(()).unwrap();
     holder_a.join().unwrap();
-    assert_eq!(first_a.await.unwrap().unwrap().into_inner().accepted, 1);
-    assert_eq!(first_b.await.unwrap().unwrap().into_inner().accepted, 1);
-    let retried = retry_b.await.unwrap().unwrap().into_inner();
-    assert_eq!((retried.accepted, retried.duplicates), (0, 1));
-    assert_eq!(server.export("b").await.len(), 1);
+    assert_eq!(server.export("a").await.len(), 1);
 }
 
 /// A checkpoint asked for while a query holds a project with a batch waiting is put off: other

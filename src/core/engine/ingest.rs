@@ -65,7 +65,7 @@ impl Engine {
                     }
                 });
                 // Live watchers on this node see the write (other nodes' writes: at their next tick).
-                entry.read().changes.send_modify(|n| *n += 1);
+                entry.read_without_pending().changes.send_modify(|n| *n += 1);
                 let _ = stored_reply.send(result);
             });
             // A store that failed before holding its ids drops `held`: its error comes below.
@@ -188,7 +188,7 @@ impl Engine {
         // A remote engine's stored ids, looked up at once for the events the plan may judge
         // (see `Received::stored`); when the plan judges none, `store_events` answers.
         let remote_stored = match self.remote() {
-            Some(remote) if enforce_plan && entry.read().project.enforcement != Enforcement::Allow => {
+            Some(remote) if enforce_plan && entry.read_without_pending().project.enforcement != Enforcement::Allow => {
                 let ids: Vec<String> =
                     items.iter().filter_map(|item| item.event.as_ref().ok().map(|e| e.event_id.clone())).collect();
                 remote.stored_ids(project_id, &ids)?
@@ -196,13 +196,21 @@ impl Engine {
             _ => Default::default(),
         };
         let sorted = {
-            let state = entry.read();
+            // Settings and the plan only, plus what quarantine holds: no waiting for a query
+            // on the project (see `ProjectEntry::read_without_pending`).
+            let state = entry.read_without_pending();
             let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
             let held: std::collections::HashSet<&str> =
                 state.data.quarantine.values().map(|q| q.event.event_id.as_str()).collect();
+            let mut held_pending = std::collections::HashSet::new();
+            entry.pending_records(|record| {
+                if let LogRecord::Quarantined { entries, .. } = record {
+                    held_pending.extend(entries.iter().map(|q| q.event.event_id.clone()));
+                }
+            });
             let stored =
                 |id: &str| remote_stored.contains(id) || self.seen.read().contains(&ingest::event_key(project_id, id));
-            let quarantined = |id: &str| held.contains(id);
+            let quarantined = |id: &str| held.contains(id) || held_pending.contains(id);
             let received = ingest::Received { stored: &stored, quarantined: &quarantined };
             let now = self.clock.now();
             let cutoff = state.project.retention_cutoff(now);
@@ -218,11 +226,10 @@ impl Engine {
             let seen = self.seen.read();
             (keys.iter().map(|key| seen.contains(key)).collect(), seen.mark())
         };
-        // The answer holds only if everything durable of the project is applied, checked after
-        // reading the ids (the writer publishes ids only after counting a job deferred): a
-        // known id then means a visible event, as an ack must. Otherwise the writer answers.
+        // The writer publishes ids only once their job is applied or queued on the project,
+        // which every later read applies first: a known id means a visible event, as an ack must.
         let duplicates = known.iter().filter(|k| **k).count();
-        let answered_here = duplicates > 0 && !ingest::has_deferred(&self.deferred, &entry);
+        let answered_here = duplicates > 0;
         if answered_here {
             outcome.duplicates += duplicates as u64;
             (accepted, keys) =

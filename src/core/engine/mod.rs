@@ -1,8 +1,9 @@
 //! The engine: projects and their in-memory state, backed by a `Storage`.
 //!
 //! Meta objects are read from storage at start; the event log is replayed into one
-//! `ProjectState` per project. Reads take a project's read lock; the writer thread takes its
-//! write lock only to append already-durable records.
+//! `ProjectState` per project. Reads take a project's read lock; the writer applies durable
+//! records under its write lock, or queues them for the next reader when a query holds it
+//! (`entry`).
 
 pub mod anomalies;
 pub mod attribution;
@@ -10,6 +11,7 @@ pub mod checkpoint;
 pub mod cohorts;
 pub mod compaction;
 pub mod dashboard;
+pub mod entry;
 pub mod experiments;
 pub mod expiry;
 pub mod forecast;
@@ -83,12 +85,26 @@ pub struct Definitions {
     pub holdouts: BTreeMap<String, Holdout>,
 }
 
-pub type ProjectEntry = RwLock<ProjectState>;
+pub use entry::ProjectEntry;
 
 impl ProjectState {
     /// A project with no data yet, its columns in files of `columns` (or in memory).
     pub(crate) fn new(project: Project, columns: Option<&Arc<ColumnSpace>>) -> Self {
         Self::with_data(project, ProjectData::in_space(columns))
+    }
+
+    /// A project `id` with default settings and no data, in memory (for tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str) -> Self {
+        let project = Project {
+            id: id.into(),
+            name: id.into(),
+            timezone: "UTC".into(),
+            enforcement: crate::core::model::Enforcement::default(),
+            retention_days: 0,
+            created: 0,
+        };
+        Self::new(project, None)
     }
 
     /// A project with the data given (loaded from a checkpoint).
@@ -112,7 +128,6 @@ pub struct Engine {
     /// Ids of every stored event (the writer's dedupe set).
     pub(crate) seen: crate::core::ingest::SharedIds,
     /// Per project, durable jobs the writer's applier has not applied yet.
-    pub(crate) deferred: crate::core::ingest::Deferred,
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     /// Bumped by every revocation, so open streams re-check their key only when it moves.
@@ -223,6 +238,9 @@ fn swap_in(current: &mut ProjectState, (generation, state): (u64, ProjectState))
 
 /// How many write jobs may wait for the writer before senders wait too.
 const WRITE_QUEUE: usize = 64;
+/// Full batches a project's queue of durable, unapplied writes holds before acks wait for
+/// the apply (`entry`): at the default 5,000 events a batch, 80,000 events.
+const PENDING_BATCHES: usize = 16;
 
 impl Engine {
     /// Loads meta objects and replays the log, then starts the writer.
@@ -305,8 +323,9 @@ impl Engine {
             "storage loaded"
         );
         let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
-        let projects: checkpoint::ProjectMap =
-            Arc::new(RwLock::new(projects.into_iter().map(|(id, state)| (id, Arc::new(RwLock::new(state)))).collect()));
+        let projects: checkpoint::ProjectMap = Arc::new(RwLock::new(
+            projects.into_iter().map(|(id, state)| (id, Arc::new(ProjectEntry::new(state)))).collect(),
+        ));
         let checkpointer = columns.as_ref().map(|space| checkpoint::Checkpointer {
             projects: projects.clone(),
             space: space.clone(),
@@ -314,9 +333,11 @@ impl Engine {
             seen: seen.clone(),
             covered: if manifest.is_some() && records == 0 { storage.log_position().ok() } else { None },
         });
-        let writer = crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE, checkpointer);
+        // Acks of a project a query holds wait once this many items are queued for it (`entry`).
+        let pending_bound = limits.max_batch_events * PENDING_BATCHES;
+        let writer =
+            crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE, pending_bound, checkpointer);
         let sender = writer.sender.clone();
-        let deferred = writer.deferred.clone();
         Ok(Arc::new(Engine {
             storage,
             projects,
@@ -324,7 +345,6 @@ impl Engine {
             sender: RwLock::new(Some(sender)),
             next_quarantine_id: AtomicU64::new(next_quarantine_id),
             seen,
-            deferred,
             api_keys: RwLock::new(api_keys),
             api_key_generation: AtomicU64::new(0),
             limits,
@@ -643,7 +663,7 @@ impl Engine {
             let Some(entry) = entry else {
                 let (generation, mut state) = pending.remove(&id).expect("listed");
                 state.generation = generation;
-                self.projects.write().entry(id).or_insert_with(|| Arc::new(RwLock::new(state)));
+                self.projects.write().entry(id).or_insert_with(|| Arc::new(ProjectEntry::new(state)));
                 continue;
             };
             if wait_for == Some(id.as_str()) {
@@ -690,7 +710,7 @@ impl Engine {
         tracing::info!(project = %project.id, "project created");
         projects.insert(
             project.id.clone(),
-            Arc::new(RwLock::new(ProjectState::new(project.clone(), self.columns.as_ref()))),
+            Arc::new(ProjectEntry::new(ProjectState::new(project.clone(), self.columns.as_ref()))),
         );
         Ok(project)
     }

@@ -70,20 +70,10 @@ impl ReadoutCache {
 mod tests {
     use super::*;
     use crate::core::experiment::readout::Decision;
-    use crate::core::model::{Enforcement, Project, UserUpdate, Value};
+    use crate::core::model::{UserUpdate, Value};
 
     fn state() -> ProjectState {
-        ProjectState::new(
-            Project {
-                id: "p".into(),
-                name: "p".into(),
-                timezone: "UTC".into(),
-                enforcement: Enforcement::default(),
-                retention_days: 0,
-                created: 0,
-            },
-            None,
-        )
+        ProjectState::for_test("p")
     }
 
     fn results(users: u64) -> ExperimentResults {

@@ -3,11 +3,11 @@
 //! stored before and the group's own, appends one log value per job, makes them durable with
 //! one `sync`, applies them to the in-memory tables and only then replies: an ack means on
 //! disk and visible to queries. The writer never waits for a project's lock: a job whose
-//! project a query holds goes to the applier thread, which applies it (and that project's
-//! later jobs, in order) when the lock frees, so a long query delays only its own project's
-//! acks. The bounded channel is the backpressure: when the writer is behind, senders wait.
+//! project a query holds is queued on the project (`engine::entry`) and acked at once (within a
+//! bound); the next read or write of the project applies it first, or the applier thread once
+//! the lock frees, so a long query holds up no ack. The bounded channel is the backpressure:
+//! when the writer is behind, senders wait.
 
-use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,8 +16,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ids::{KeySet, Merger, SeenIds, SharedIds, flush_if_due};
+use crate::core::engine::ProjectEntry;
 use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer};
-use crate::core::engine::{ProjectEntry, ProjectState};
+use crate::core::engine::entry::Reply;
 use crate::core::store::record::LogRecord;
 use crate::error::Result;
 use crate::storage::{Encoded, Storage};
@@ -105,25 +106,23 @@ const MAX_GROUP: usize = 64;
 pub struct Writer {
     pub sender: mpsc::Sender<WriterTask>,
     pub thread: JoinHandle<()>,
-    /// Per project, jobs durable but not yet applied (see `Deferred`).
-    pub deferred: Deferred,
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
+/// `pending_bound`: see `ProjectEntry::push`.
 pub fn spawn_writer(
     storage: Arc<dyn Storage>,
     seen: SharedIds,
     capacity: usize,
+    pending_bound: usize,
     checkpoints: Option<Checkpointer>,
 ) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
-    let deferred = Deferred::default();
-    let shared = deferred.clone();
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
-        .spawn(move || run_writer(storage, receiver, seen, shared, checkpoints))
+        .spawn(move || run_writer(storage, receiver, seen, pending_bound, checkpoints))
         .expect("spawning the writer thread");
-    Writer { sender, thread, deferred }
+    Writer { sender, thread }
 }
 
 /// A job whose records were appended, waiting for the group's sync.
@@ -133,66 +132,31 @@ struct Appended {
     result: WriteResult,
 }
 
-/// Jobs handed to the applier thread and not applied yet, per project (by `project_id`).
-/// While a project has some, ids in the shared set may not be visible yet, so Track's fast
-/// "duplicate" answer waits for the writer instead.
-pub type Deferred = Arc<parking_lot::Mutex<HashMap<usize, usize>>>;
-
-pub fn project_id(project: &Arc<ProjectEntry>) -> usize {
-    Arc::as_ptr(project) as usize
-}
-
-/// Whether `project` has durable jobs not applied yet.
-pub fn has_deferred(deferred: &Deferred, project: &Arc<ProjectEntry>) -> bool {
-    deferred.lock().get(&project_id(project)).copied().unwrap_or(0) > 0
-}
-
-/// Applies a durable job and wakes the project's live queries (`engine::live`).
-fn apply(state: &mut ProjectState, a: &Appended) {
-    for record in &a.job.records {
-        state.data.apply(record, &a.keep);
-    }
-    state.data.compact();
-    state.changes.send_modify(|n| *n += 1);
-}
-
-/// Applies the job if the project's lock is free now; false if a query holds it.
-fn try_apply(project: &ProjectEntry, a: &Appended) -> bool {
-    let Some(mut state) = project.try_write() else {
-        return false;
-    };
-    apply(&mut state, a);
-    true
-}
-
-fn reply(a: Appended) {
-    metrics::counter!("sextant_events_accepted_total").increment(a.result.accepted);
-    metrics::counter!("sextant_events_duplicate_total").increment(a.result.duplicates);
-    let _ = a.job.reply.send(Ok(a.result));
+/// The ack of a job, with its counts.
+fn reply(sender: oneshot::Sender<Result<WriteResult>>, result: WriteResult) {
+    metrics::counter!("sextant_events_accepted_total").increment(result.accepted);
+    metrics::counter!("sextant_events_duplicate_total").increment(result.duplicates);
+    let _ = sender.send(Ok(result));
 }
 
 enum ApplierTask {
-    Apply(Appended),
-    /// Answered once every job handed over before it is applied.
+    /// Apply the project's queued jobs once its lock is free.
+    Apply(Arc<ProjectEntry>),
+    /// Answered once every project handed over before it is applied.
     Barrier(std::sync::mpsc::Sender<()>),
 }
 
-/// Applies durable jobs whose project was busy when the writer got to them, in the order the
-/// writer handed them over, waiting for each project's lock here instead of in the writer.
-fn run_applier(receiver: std::sync::mpsc::Receiver<ApplierTask>, deferred: Deferred) {
+/// Applies the queued jobs of projects that were busy when the writer got to them, in the
+/// order the writer handed them over, waiting for each project's lock here instead of in the
+/// writer. (A read of the project may have applied them already.)
+fn run_applier(receiver: std::sync::mpsc::Receiver<ApplierTask>) {
     for task in receiver {
-        let a = match task {
-            ApplierTask::Apply(a) => a,
+        match task {
+            ApplierTask::Apply(project) => drop(project.write()),
             ApplierTask::Barrier(done) => {
                 let _ = done.send(());
-                continue;
             }
-        };
-        apply(&mut a.job.project.write(), &a);
-        if let Some(count) = deferred.lock().get_mut(&project_id(&a.job.project)) {
-            *count -= 1;
         }
-        reply(a);
     }
 }
 
@@ -200,17 +164,16 @@ fn run_writer(
     storage: Arc<dyn Storage>,
     mut receiver: mpsc::Receiver<WriterTask>,
     seen: SharedIds,
-    deferred: Deferred,
+    pending_bound: usize,
     checkpoints: Option<Checkpointer>,
 ) {
     let (applier, applier_receiver) = std::sync::mpsc::channel::<ApplierTask>();
-    let applier_thread = {
-        let deferred = deferred.clone();
-        std::thread::Builder::new()
-            .name("sextant-applier".into())
-            .spawn(move || run_applier(applier_receiver, deferred))
-            .expect("spawning the applier thread")
-    };
+    let applier_thread = std::thread::Builder::new()
+        .name("sextant-applier".into())
+        .spawn(move || run_applier(applier_receiver))
+        .expect("spawning the applier thread");
+    // Projects handed to the applier that may still have queued jobs.
+    let mut handed: Vec<Arc<ProjectEntry>> = Vec::new();
     let drain = || {
         let (done, applied) = std::sync::mpsc::channel();
         let _ = applier.send(ApplierTask::Barrier(done));
@@ -259,27 +222,30 @@ fn run_writer(
             continue;
         }
         let mut events = 0u64;
-        let mut replies = Vec::with_capacity(appended.len());
-        for a in appended {
-            events += a.result.accepted;
-            // A project whose lock a query holds (or that has jobs waiting) is applied by the
-            // applier thread, so one long query delays only its own project's acks.
-            let project = a.job.project.clone();
-            if has_deferred(&deferred, &project) || !try_apply(&project, &a) {
-                *deferred.lock().entry(project_id(&project)).or_default() += 1;
+        let mut replies: Vec<Reply> = Vec::with_capacity(appended.len());
+        for Appended { job, keep, result } in appended {
+            events += result.accepted;
+            let WriteJob { project, records, reply: sender, .. } = job;
+            let ack: Reply = Box::new(move || reply(sender, result));
+            // Queued on the project, then applied at once unless a query holds its lock (the
+            // applier or the next read applies it then): no ack waits for a query.
+            let ack_now = project.push(records, keep, pending_bound, ack);
+            if project.try_write().is_none() {
+                if !handed.iter().any(|p| Arc::ptr_eq(p, &project)) {
+                    handed.push(project.clone());
+                }
                 // The applier ends only after this thread drops its sender.
-                let _ = applier.send(ApplierTask::Apply(a));
-                continue;
+                let _ = applier.send(ApplierTask::Apply(project));
             }
-            replies.push(a);
+            replies.extend(ack_now);
         }
-        // Only now, with every job applied or counted as deferred, may Track's fast path see
-        // these ids (see `Deferred`).
+        // Only now, with every job applied or queued on its project, may Track's fast path see
+        // these ids: a known id then means an event every later read sees.
         seen.write().extend(group_keys.drain());
         metrics::histogram!("sextant_group_commit_seconds").record(started.elapsed().as_secs_f64());
         tracing::trace!(jobs = replies.len(), events, "group committed");
-        for a in replies {
-            reply(a);
+        for ack in replies {
+            ack();
         }
         // After the acks, so that sorting the recent dedupe keys into a run delays no ack of
         // this group; merging runs happens in the background.
@@ -299,7 +265,8 @@ fn run_writer(
         // A checkpoint waits for no query: while some project's jobs wait for a query to end,
         // it is put off to a later group, so no project's acks wait behind another's query.
         let due = !checkpoint_asked.is_empty() || checkpoint.events >= CHECKPOINT_EVENTS;
-        if due && !deferred.lock().values().any(|&waiting| waiting > 0) {
+        handed.retain(|project| project.has_pending());
+        if due && handed.is_empty() {
             drain();
             let result = checkpoint.take(&storage);
             for reply in checkpoint_asked.drain(..) {

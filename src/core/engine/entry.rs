@@ -1,0 +1,199 @@
+//! A project's state behind its lock, and the writes that are durable but not applied yet.
+//!
+//! The writer never waits for a project's lock. When a query holds it, the writer queues the
+//! job's records here and acks at once (while the queue stays within a bound); whoever takes
+//! the lock next applies them before anything else: a read (`read`), a write (`write`,
+//! `try_write`), or the writer's applier thread once the lock frees. So an ack still means
+//! durable and visible to every read that starts after it, and a long query holds up no ack,
+//! its own project's included. Past the bound, a job's ack waits until it is applied, which
+//! bounds the memory a long query can make the queue take.
+
+use std::collections::VecDeque;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::core::engine::ProjectState;
+use crate::core::store::record::LogRecord;
+
+/// What to do once a job is applied (send its ack).
+pub type Reply = Box<dyn FnOnce() + Send>;
+
+/// Everything known about one project, and its durable writes not applied yet.
+pub struct ProjectEntry {
+    state: RwLock<ProjectState>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: VecDeque<PendingJob>,
+    /// Items (events, user updates, aliases; 1 for other records) in `jobs`.
+    items: usize,
+}
+
+struct PendingJob {
+    records: Vec<LogRecord>,
+    /// Which events of the first record are new (`ProjectData::apply`).
+    keep: Vec<bool>,
+    /// The ack, when it waits for the apply (the queue was past its bound).
+    reply: Option<Reply>,
+}
+
+impl ProjectEntry {
+    pub fn new(state: ProjectState) -> ProjectEntry {
+        ProjectEntry { state: RwLock::new(state), pending: Mutex::default() }
+    }
+
+    /// The state with every write acked so far applied. Waits for a query holding the lock
+    /// only when there is something to apply.
+    pub fn read(&self) -> RwLockReadGuard<'_, ProjectState> {
+        if !self.has_pending() {
+            return self.state.read();
+        }
+        RwLockWriteGuard::downgrade(self.write())
+    }
+
+    /// The state, with writes not applied yet left pending, and without waiting behind a
+    /// writer waiting for a query (a read lock held lets another in): for what ingestion reads
+    /// on its way to the writer (settings, the tracking plan), which must not wait for queries.
+    /// The events and quarantine it shows may lag the acks (see `pending_records`).
+    pub fn read_without_pending(&self) -> RwLockReadGuard<'_, ProjectState> {
+        self.state.read_recursive()
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, ProjectState> {
+        let mut state = self.state.write();
+        self.apply_pending(&mut state);
+        state
+    }
+
+    /// `write`, unless the lock is held.
+    pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, ProjectState>> {
+        let mut state = self.state.try_write()?;
+        self.apply_pending(&mut state);
+        Some(state)
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.lock().jobs.is_empty()
+    }
+
+    /// Visits the records queued and not applied yet, oldest first.
+    pub fn pending_records(&self, mut visit: impl FnMut(&LogRecord)) {
+        for job in &self.pending.lock().jobs {
+            job.records.iter().for_each(&mut visit);
+        }
+    }
+
+    /// Queues a durable job's records, to be applied before the state is next read or
+    /// written. While the queue holds at most `bound` items with them, gives `reply` back (ack
+    /// now); past it, keeps `reply` to run once they are applied.
+    pub fn push(&self, records: Vec<LogRecord>, keep: Vec<bool>, bound: usize, reply: Reply) -> Option<Reply> {
+        let mut pending = self.pending.lock();
+        pending.items += records.iter().map(items).sum::<usize>();
+        let (reply, ack_now) = if pending.items <= bound { (None, Some(reply)) } else { (Some(reply), None) };
+        pending.jobs.push_back(PendingJob { records, keep, reply });
+        ack_now
+    }
+
+    /// Applies the queued jobs in order (the caller holds the write lock), then runs the acks
+    /// that waited for them and wakes the project's live queries (`engine::live`).
+    fn apply_pending(&self, state: &mut ProjectState) {
+        let jobs = {
+            let mut pending = self.pending.lock();
+            pending.items = 0;
+            std::mem::take(&mut pending.jobs)
+        };
+        if jobs.is_empty() {
+            return;
+        }
+        for job in &jobs {
+            for record in &job.records {
+                state.data.apply(record, &job.keep);
+            }
+        }
+        state.data.compact();
+        state.changes.send_modify(|n| *n += 1);
+        for reply in jobs.into_iter().filter_map(|job| job.reply) {
+            reply();
+        }
+    }
+}
+
+/// How much a record weighs in the queue's bound.
+fn items(record: &LogRecord) -> usize {
+    match record {
+        LogRecord::Events { events, .. } => events.len(),
+        LogRecord::Users { updates, .. } => updates.len(),
+        LogRecord::Aliases { pairs, .. } => pairs.len(),
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::Event;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn events(ids: &[&str]) -> Vec<LogRecord> {
+        let events = ids
+            .iter()
+            .map(|id| Event {
+                event_id: (*id).into(),
+                name: "visit".into(),
+                user_id: "u1".into(),
+                anonymous_id: String::new(),
+                timestamp: 1_000_000,
+                properties: Vec::new(),
+            })
+            .collect();
+        vec![LogRecord::Events { project: "p".into(), events }]
+    }
+
+    fn entry() -> Arc<ProjectEntry> {
+        Arc::new(ProjectEntry::new(ProjectState::for_test("p")))
+    }
+
+    /// Counts the replies run, and says whether `push` gave its reply back.
+    fn push(entry: &ProjectEntry, ids: &[&str], keep: Vec<bool>, replied: &Arc<AtomicUsize>) -> bool {
+        let replied = replied.clone();
+        let reply: Reply = Box::new(move || {
+            replied.fetch_add(1, Ordering::SeqCst);
+        });
+        entry.push(events(ids), keep, 3, reply).is_some()
+    }
+
+    #[test]
+    fn queued_jobs_are_applied_in_order_before_any_read_or_write() {
+        let entry = entry();
+        let replied = Arc::new(AtomicUsize::new(0));
+        let query = entry.read();
+        // Within the bound (3 items): acked at once.
+        assert!(push(&entry, &["a", "b"], vec![true, true], &replied));
+        assert!(push(&entry, &["c"], vec![true], &replied));
+        // Past it: the ack waits for the apply. `keep` leaves out a duplicate.
+        assert!(!push(&entry, &["d", "dup"], vec![true, false], &replied));
+        assert_eq!(query.data.table.len(), 0, "the query's view does not change under it");
+        assert!(entry.try_write().is_none(), "the query holds the lock");
+        let mut seen = 0;
+        entry.pending_records(|_| seen += 1);
+        assert_eq!(seen, 3);
+        assert_eq!(entry.read_without_pending().data.table.len(), 0);
+        drop(query);
+
+        assert_eq!(replied.load(Ordering::SeqCst), 0);
+        let state = entry.read();
+        let ids: Vec<&str> = (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row)).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert_eq!(replied.load(Ordering::SeqCst), 1, "the waiting ack runs once applied");
+        assert!(!entry.has_pending());
+        assert_eq!(*state.changes.borrow(), 1, "live queries woken once for the three jobs");
+        drop(state);
+
+        // The queue's weight starts again from nothing.
+        assert!(push(&entry, &["e", "f", "g"], vec![], &replied));
+        assert_eq!(entry.write().data.table.len(), 7);
+    }
+}
