@@ -39,11 +39,12 @@ fn anonymous(id: &str, anonymous_id: &str, seconds: i64) -> pb::Event {
     pb::Event { anonymous_id: anonymous_id.into(), ..event(id, "view", "", seconds) }
 }
 
-async fn list_user_events(server: &TestServer, user: &str) -> Vec<String> {
+/// A user's timeline (event ids), or None when ListUserEvents answers NOT_FOUND.
+async fn list_user_events(server: &TestServer, user: &str) -> Option<Vec<String>> {
     let request = pb::ListUserEventsRequest { project: "p".into(), user_id: user.into(), ..Default::default() };
     match server.users().list_user_events(request).await {
-        Ok(reply) => reply.into_inner().events.into_iter().map(|e| e.event_id).collect(),
-        Err(status) if status.code() == Code::NotFound => Vec::new(),
+        Ok(reply) => Some(reply.into_inner().events.into_iter().map(|e| e.event_id).collect()),
+        Err(status) if status.code() == Code::NotFound => None,
         Err(status) => panic!("{status:?}"),
     }
 }
@@ -108,7 +109,7 @@ async fn delete_user_erases_it_from_every_query_also_after_restart() {
     for round in ["before restart", "after restart"] {
         let missing = server.get_user("p", "u1").await.unwrap_err();
         assert_eq!(missing.code(), Code::NotFound, "{round}");
-        assert!(list_user_events(&server, "u1").await.is_empty(), "{round}");
+        assert_eq!(list_user_events(&server, "u1").await, None, "{round}: a deleted user is not found");
         assert!(export_ids(&server, "u1").await.is_empty(), "{round}");
         assert_eq!(export_ids(&server, "").await, kept_ids, "{round}");
         assert_eq!(views(&server, "p").await, (3.0, 2.0), "{round}: u2 and anon-2 remain");
@@ -117,7 +118,7 @@ async fn delete_user_erases_it_from_every_query_also_after_restart() {
         let u2 = server.get_user("p", "u2").await.unwrap();
         assert_eq!((u2.events, u2.traits.len()), (2, 1), "{round}: others untouched");
         // The anonymous id is no longer linked to anyone.
-        assert!(list_user_events(&server, "anon-1").await.is_empty(), "{round}");
+        assert_eq!(list_user_events(&server, "anon-1").await, None, "{round}: an anonymous id is no user");
         // Replaying the erased events is still deduplicated.
         let replay = server.track("p", deleted_events.clone()).await;
         assert_eq!((replay.accepted, replay.duplicates), (0, 5), "{round}");
@@ -140,6 +141,58 @@ async fn delete_user_erases_it_from_every_query_also_after_restart() {
     let invalid =
         server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: String::new() }).await;
     assert_eq!(common::violated_fields(&invalid.unwrap_err()), vec!["user_id"]);
+}
+
+/// ListUserEvents finds a user exactly when GetUser does, on either engine: with events of
+/// their own or of an aliased anonymous id, or with traits; not when the only trace is an
+/// alias from an anonymous id without events, nor once deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_user_events_finds_a_user_exactly_when_get_user_does() {
+    let server = TestServer::start().await;
+    server.create_project("p").await;
+    server.track("p", vec![event("own-1", "view", "own", 10), anonymous("via-1", "anon-with-events", 20)]).await;
+    let alias = |anonymous_id: &str, user_id: &str| pb::AliasRequest {
+        project: "p".into(),
+        anonymous_id: anonymous_id.into(),
+        user_id: user_id.into(),
+    };
+    server.ingest().alias(alias("anon-with-events", "via-alias")).await.unwrap();
+    server.ingest().alias(alias("anon-without-events", "alias-only")).await.unwrap();
+    let mut traits = BTreeMap::new();
+    traits.insert("plan".to_string(), text("pro"));
+    let users = vec![pb::UserUpdate { user_id: "traits-only".into(), set: traits, ..Default::default() }];
+    server.ingest().identify(pb::IdentifyRequest { project: "p".into(), users }).await.unwrap();
+    server.track("p", vec![event("gone-1", "view", "gone", 30)]).await;
+    server.users().delete_user(pb::DeleteUserRequest { project: "p".into(), user_id: "gone".into() }).await.unwrap();
+
+    let expected: [(&str, Option<Vec<&str>>); 6] = [
+        ("own", Some(vec!["own-1"])),
+        ("via-alias", Some(vec!["via-1"])),
+        ("traits-only", Some(vec![])),
+        ("alias-only", None),
+        ("gone", None),
+        ("never-seen", None),
+    ];
+    let mut server = server;
+    for round in ["before restart", "after restart"] {
+        for (user, events) in &expected {
+            let events = events.as_ref().map(|ids| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+            assert_eq!(list_user_events(&server, user).await, events, "{round}: {user}");
+            let found = server.get_user("p", user).await.map(|_| ()).map_err(|status| status.code());
+            assert_eq!(found.is_ok(), events.is_some(), "{round}: GetUser of {user} agrees ({found:?})");
+        }
+        // A user found, with no events in the range asked, gets an empty page.
+        let request = pb::ListUserEventsRequest {
+            project: "p".into(),
+            user_id: "own".into(),
+            range: Some(pb::TimeRange { from: Some(ts(100)), to: Some(ts(200)) }),
+            ..Default::default()
+        };
+        assert!(server.users().list_user_events(request).await.unwrap().into_inner().events.is_empty(), "{round}");
+        if round == "before restart" {
+            server = server.restart().await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

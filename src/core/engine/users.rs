@@ -110,12 +110,15 @@ impl Engine {
         }
         let state = entry.read();
         let table = &state.data.table;
-        let Some(person) = table.find_user(user_id) else {
+        // Found exactly when GetUser finds the user (events, own or aliased, or traits), on
+        // either engine: a deleted user is gone, also before compaction renumbers anything.
+        let person = table.find_user(user_id).ok_or_else(not_found)?;
+        let rows = table.user_rows(person);
+        if rows.is_empty() && state.data.traits.of(person).is_none() {
             return Err(not_found());
-        };
+        }
         let position = |r: u32| (table.time()[r as usize], table.row_event_id(r as usize));
-        let mut rows: Vec<u32> = table
-            .user_rows(person)
+        let mut rows: Vec<u32> = rows
             .into_iter()
             .filter(|&r| range.contains(table.time()[r as usize]))
             .filter(|&r| after.as_ref().is_none_or(|(time, id)| position(r) > (*time, id.as_str())))
