@@ -5,6 +5,7 @@ scripts/bench-ingest.sh (which prints the load's events/s and peak RssAnon):
 - restart: process start -> port open (the server binds only once its data is consistent)
   and -> first funnel answered;
 - RssAnon after the restart plus a funnel, a retention table and a daily-uniques breakdown;
+- a funnel right after an Alias (an anonymous id's events move to a user), and after a Track;
 - p99 of 100-event Track calls on a second project, idle and while the loaded project runs
   funnels and retention back to back and receives writes, and of those writes themselves
   (Track on the project being queried);
@@ -109,6 +110,27 @@ def main():
             print(f"events: {events}")
             print(f"restart: port open (data consistent) {to_port:.2f} s, first funnel answered {first_funnel:.2f} s")
             print(f"RssAnon after restart + funnel, retention, daily uniques: {rss_after:.0f} MiB")
+
+            # A funnel after an Alias that moves an anonymous id's events to a user, against one
+            # after a plain Track (the same tail, no owner change).
+            aliases = ingest_grpc.IngestServiceStub(channel)
+            tag = f"{time.time_ns()}"
+            timed = {"after a Track": [], "after an Alias": []}
+            for k in range(5):
+                for label in timed:
+                    anon = f"bench-alias-{tag}-{k}-{len(timed[label])}"
+                    request = track_request(pb, args.project, anon, 1)
+                    request.events[0].user_id, request.events[0].anonymous_id = "", anon
+                    aliases.Track(request, timeout=600)
+                    if label == "after an Alias":
+                        aliases.Alias(pb["ingest"].AliasRequest(project=args.project, anonymous_id=anon,
+                                                               user_id=f"u{k}_0"), timeout=600)
+                    t = time.perf_counter()
+                    funnel()
+                    timed[label].append(time.perf_counter() - t)
+            for label, values in timed.items():
+                print(f"funnel {label}: median {statistics.median(values) * 1000:.0f} ms "
+                      f"({', '.join(f'{v * 1000:.0f}' for v in values)} ms)")
 
             projects = pb["project_grpc"].ProjectServiceStub(channel)
             try:

@@ -240,9 +240,12 @@ pub struct EventTable {
     erased: Vec<u32>,
     /// Bumped whenever `compact` renumbers rows.
     pub(in crate::core::store) generation: u64,
-    /// Changes whenever rows change owner or number, or the table is replaced, so layouts
-    /// derived from it (see `person_order`) know when to rebuild.
+    /// Changes whenever rows are renumbered or the table is replaced, so layouts derived from
+    /// it (see `person_order`) know when to rebuild.
     layout: LayoutVersion,
+    /// How many times an anonymous person changed owner (`canonical`): aliases and unlinks.
+    /// Derived layouts built before such a change move the rows at read time.
+    owner_changes: u64,
     /// Where the row columns' files are (none: in memory).
     pub(in crate::core::store) space: Option<Arc<ColumnSpace>>,
 }
@@ -348,6 +351,11 @@ impl EventTable {
         self.layout.0
     }
 
+    /// See `owner_changes` (the field).
+    pub fn owner_changes(&self) -> u64 {
+        self.owner_changes
+    }
+
     fn person_id(&mut self, key: &str, is_user: bool) -> u32 {
         let id = self.people.intern(key);
         if id as usize == self.canonical.len() {
@@ -395,7 +403,7 @@ impl EventTable {
         }
         self.canonical[anon as usize] = user;
         self.aliases.entry(user).or_default().push(anon);
-        self.layout = LayoutVersion::next();
+        self.owner_changes += 1;
     }
 
     pub fn push(&mut self, event: &Event) {
@@ -536,9 +544,7 @@ impl EventTable {
         for &anon in &anons {
             self.canonical[anon as usize] = anon;
         }
-        if !anons.is_empty() {
-            self.layout = LayoutVersion::next();
-        }
+        self.owner_changes += anons.len() as u64;
         anons
     }
 

@@ -32,8 +32,8 @@ pub fn label_of_value(value: Option<&Value>) -> String {
 /// A trait's value per person id as a group id (0: `$none`), with one label per group.
 #[derive(Debug)]
 pub struct TraitGroups {
-    /// (traits version, people, table layout) when built.
-    built_for: (u64, usize, u64),
+    /// (traits version, people, table layout, owner changes) when built.
+    built_for: (u64, usize, u64, u64),
     pub group_of: Vec<u32>,
     pub labels: Vec<String>,
 }
@@ -65,11 +65,15 @@ impl TraitGroups {
                 })
             });
         }
-        TraitGroups { built_for: (0, 0, 0), group_of: canonical.iter().map(|&c| by_user[c as usize]).collect(), labels }
+        TraitGroups {
+            built_for: (0, 0, 0, 0),
+            group_of: canonical.iter().map(|&c| by_user[c as usize]).collect(),
+            labels,
+        }
     }
 
-    fn version(state: &ProjectData) -> (u64, usize, u64) {
-        (state.traits.changes(), state.table.canonical.len(), state.table.layout_version())
+    fn version(state: &ProjectData) -> (u64, usize, u64, u64) {
+        (state.traits.changes(), state.table.canonical.len(), state.table.layout_version(), state.table.owner_changes())
     }
 }
 
