@@ -127,7 +127,6 @@ pub struct Engine {
     next_quarantine_id: AtomicU64,
     /// Ids of every stored event (the writer's dedupe set).
     pub(crate) seen: crate::core::ingest::SharedIds,
-    /// Per project, durable jobs the writer's applier has not applied yet.
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     /// Bumped by every revocation, so open streams re-check their key only when it moves.

@@ -2,11 +2,11 @@
 //! takes whatever jobs are waiting (up to `MAX_GROUP`), dedupes their events against the ids
 //! stored before and the group's own, appends one log value per job, makes them durable with
 //! one `sync`, applies them to the in-memory tables and only then replies: an ack means on
-//! disk and visible to queries. The writer never waits for a project's lock: a job whose
-//! project a query holds is queued on the project (`engine::entry`) and acked at once (within a
-//! bound); the next read or write of the project applies it first, or the applier thread once
-//! the lock frees, so a long query holds up no ack. The bounded channel is the backpressure:
-//! when the writer is behind, senders wait.
+//! disk and visible to every query that starts after it. The writer never waits for a
+//! project's lock: a job whose project a query holds is queued on the project
+//! (`engine::entry`) and acked at once (within a bound); the next read or write of the project
+//! applies it first, or the applier thread once the lock frees, so a long query holds up no
+//! ack. The bounded channel is the backpressure: when the writer is behind, senders wait.
 
 use std::hash::Hasher;
 use std::sync::Arc;
