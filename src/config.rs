@@ -67,6 +67,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SEXTANT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
 
+    /// Longest wait for a ClickHouse server to connect, or to send or answer anything on a
+    /// connection (a statement's whole run, for reads): past it the call fails with
+    /// UNAVAILABLE instead of hanging on a shard that stopped answering.
+    #[arg(long, env = "SEXTANT_CLICKHOUSE_TIMEOUT_SECS", default_value_t = 300)]
+    pub clickhouse_timeout_secs: u64,
+
     /// The clock of time-dependent rules; tests move it instead of sleeping.
     #[arg(skip)]
     pub clock: Clock,
@@ -190,6 +196,7 @@ impl ServeConfig {
                     cluster: self.clickhouse_cluster.clone(),
                     user: self.clickhouse_user.clone(),
                     password: self.clickhouse_password.clone(),
+                    timeout: std::time::Duration::from_secs(self.clickhouse_timeout_secs),
                 };
                 let storage = crate::clickhouse::storage::ClickHouseStorage::open(&config)
                     .with_context(|| format!("connecting to clickhouse at {}", config.urls.join(",")))?;
@@ -225,6 +232,7 @@ impl ServeConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_batch_events > 0, "--max-batch-events must be positive");
+        anyhow::ensure!(self.clickhouse_timeout_secs > 0, "--clickhouse-timeout-secs must be positive");
         anyhow::ensure!(self.max_message_bytes >= 1024, "--max-message-bytes must be at least 1024");
         anyhow::ensure!(self.stream_inflight > 0, "--stream-inflight must be positive");
         anyhow::ensure!(self.max_future_secs >= 0, "--max-future-secs must not be negative");

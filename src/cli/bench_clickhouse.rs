@@ -57,6 +57,7 @@ pub async fn run(args: &BenchClickHouseArgs) -> anyhow::Result<()> {
         cluster: args.cluster.clone(),
         user: None,
         password: None,
+        timeout: std::time::Duration::from_secs(3600),
     };
     anyhow::ensure!(schema::is_identifier(&args.database), "--database {:?} is not a plain identifier", args.database);
     for url in config.urls.iter().filter(|_| !args.reuse) {

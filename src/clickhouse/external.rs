@@ -9,13 +9,37 @@
 //! any number. Both 18.16 and current ClickHouse accept it over HTTP; the `clickhouse` crate
 //! sends none, so this posts the form itself, with the hyper client the crate uses.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use clickhouse::error::Error as ChError;
 use http_body_util::{BodyExt, Full};
+use hyper_timeout::TimeoutConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// The HTTP client of every statement, the `clickhouse` crate's included: the crate's own
+/// settings (TCP keepalive, idle connections dropped after 2 s, before ClickHouse's 3 s
+/// keep-alive closes them under a request), plus `timeout` to connect (at most 10 s) and
+/// between reads or writes on a connection. Reads ask for `wait_end_of_query`, so a statement
+/// sends nothing until done: `timeout` bounds its whole run, and a shard that stops answering
+/// fails the call (UNAVAILABLE) instead of holding it, and an ack, for ever.
+pub fn http_client<B>(timeout: Duration) -> Client<TimeoutConnector<HttpConnector>, B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.set_nodelay(true);
+    let mut connector = TimeoutConnector::new(connector);
+    connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+    connector.set_read_timeout(Some(timeout));
+    connector.set_write_timeout(Some(timeout));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(2)).build(connector)
+}
 
 /// The temporary table the strings are, with its one column `value String`.
 pub const TABLE: &str = "sextant_ids";
@@ -23,7 +47,7 @@ pub const TABLE: &str = "sextant_ids";
 /// One shard server, for statements with external data.
 #[derive(Clone)]
 pub struct ExternalData {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<TimeoutConnector<HttpConnector>, Full<Bytes>>,
     url: String,
     database: String,
     user: Option<String>,
@@ -31,11 +55,15 @@ pub struct ExternalData {
 }
 
 impl ExternalData {
-    pub fn new(url: &str, database: &str, user: Option<&str>, password: Option<&str>) -> ExternalData {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    pub fn new(
+        url: &str,
+        database: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> ExternalData {
         ExternalData {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: http_client(timeout),
             url: url.to_owned(),
             database: database.to_owned(),
             user: user.map(str::to_owned),

@@ -49,6 +49,8 @@ pub struct ClickHouseConfig {
     pub cluster: String,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// See `external::http_client`.
+    pub timeout: std::time::Duration,
 }
 
 /// A connected cluster with the current schema.
@@ -281,7 +283,9 @@ impl ClickHouse {
         }
         let (mut servers, mut external) = (Vec::new(), Vec::new());
         for url in &config.urls {
-            let mut client = Client::default().with_url(url.as_str()).with_validation(false);
+            let mut client = Client::with_http_client(external::http_client(config.timeout))
+                .with_url(url.as_str())
+                .with_validation(false);
             if let Some(user) = &config.user {
                 client = client.with_user(user.as_str());
             }
@@ -307,7 +311,7 @@ impl ClickHouse {
             sql::create_database(&client, &config.database).execute().await.map_err(|e| backend_error(url, &e))?;
             servers.push(client.with_database(config.database.as_str()));
             let (user, password) = (config.user.as_deref(), config.password.as_deref());
-            external.push(external::ExternalData::new(url, &config.database, user, password));
+            external.push(external::ExternalData::new(url, &config.database, user, password, config.timeout));
         }
         let store = ClickHouse { servers, external, database: config.database.clone() };
         for (url, server) in config.urls.iter().zip(&store.servers) {
@@ -923,6 +927,9 @@ impl FetchedEvent {
 fn backend_error(what: &str, error: &clickhouse::error::Error) -> Error {
     use clickhouse::error::Error as Ch;
     match error {
+        Ch::Network(_) | Ch::TimedOut if timed_out(error) => Error::BackendUnavailable(format!(
+            "{what}: no answer within the timeout (--clickhouse-timeout-secs): {error}"
+        )),
         Ch::Network(_) | Ch::TimedOut => Error::BackendUnavailable(format!("{what}: {error}")),
         Ch::BadResponse(message) => match exception_code(message) {
             // NETWORK_ERROR, SOCKET_TIMEOUT, TIMEOUT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES,
@@ -939,6 +946,18 @@ fn backend_error(what: &str, error: &clickhouse::error::Error) -> Error {
         },
         _ => Error::Storage(format!("{what}: {error}")),
     }
+}
+
+/// Whether a connection timed out somewhere down `error`'s sources (`external::http_client`).
+fn timed_out(error: &clickhouse::error::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = next {
+        if cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        next = cause.source();
+    }
+    matches!(error, clickhouse::error::Error::TimedOut)
 }
 
 /// The exception code in a ClickHouse error message (`Code: 210, e.displayText() = …`).

@@ -24,7 +24,14 @@ fn cluster_urls() -> Option<Vec<String>> {
 }
 
 fn config(urls: Vec<String>, database: &str) -> ClickHouseConfig {
-    ClickHouseConfig { urls, database: database.into(), cluster: "sextant".into(), user: None, password: None }
+    ClickHouseConfig {
+        urls,
+        database: database.into(),
+        cluster: "sextant".into(),
+        user: None,
+        password: None,
+        timeout: std::time::Duration::from_secs(60),
+    }
 }
 
 /// A database of its own, dropped on every server at the end.
@@ -762,6 +769,8 @@ async fn a_shard_down_fails_writes_and_reads_instead_of_answering_in_part() {
     let mut store = ClickHouse::connect(&down).await.expect("a cluster started by scripts/clickhouse-cluster.sh");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     store.servers[1] = Client::default().with_url(format!("http://{closed}")).with_database(database.name.as_str());
+    store.external[1] =
+        external::ExternalData::new(&format!("http://{closed}"), &database.name, None, None, down.timeout);
     let events: Vec<Event> = (0..50)
         .map(|i| Event {
             event_id: format!("e{i}"),
@@ -775,7 +784,41 @@ async fn a_shard_down_fails_writes_and_reads_instead_of_answering_in_part() {
     // Some of these people live on the missing shard: the insert fails, so nothing is acked.
     let error = store.store_events("p", &events, 0).await.unwrap_err();
     assert!(matches!(&error, Error::BackendUnavailable(_)), "{error:?}");
+    // So does the lookup of the ids the missing shard owns.
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let error = store.stored_ids("p", &ids).await.unwrap_err();
+    assert!(matches!(&error, Error::BackendUnavailable(_)), "{error:?}");
     // A read needs every shard: an error, never the half that one shard has.
     let error = store.person_batch("p", &Fetch::everything()).await.err().unwrap();
     assert!(matches!(&error, Error::BackendUnavailable(_)), "{error:?}");
+}
+
+/// A shard server that accepts connections but never answers (hung, or cut off without a
+/// reset) fails the call with UNAVAILABLE once the timeout passes: the id lookup (and so an
+/// ack) and a read, instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_that_stops_answering_fails_the_call_after_the_timeout() {
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "hung");
+    let quick = ClickHouseConfig { timeout: std::time::Duration::from_secs(1), ..config(urls.clone(), &database.name) };
+    let mut store = ClickHouse::connect(&quick).await.unwrap();
+    // The kernel accepts connections into its backlog; nothing ever reads or answers them.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    store.servers[1] = Client::with_http_client(external::http_client(quick.timeout))
+        .with_url(url.as_str())
+        .with_database(database.name.as_str());
+    store.external[1] = external::ExternalData::new(&url, &database.name, None, None, quick.timeout);
+    let ids: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let patience = std::time::Duration::from_secs(60);
+    let lookup = tokio::time::timeout(patience, store.stored_ids("p", &ids)).await.expect("the lookup hung");
+    assert!(
+        matches!(&lookup, Err(Error::BackendUnavailable(m)) if m.contains("no answer within the timeout")),
+        "{lookup:?}"
+    );
+    let read =
+        tokio::time::timeout(patience, store.person_batch("p", &Fetch::everything())).await.expect("the read hung");
+    assert!(matches!(&read, Err(Error::BackendUnavailable(m)) if m.contains("timeout")), "{:?}", read.err());
+    drop(hung);
 }
