@@ -4,11 +4,11 @@
 //! order. `PersonOrder` copies (row, time, name) into contiguous arrays sorted by canonical
 //! person then time, built once and reused by later queries. Rows appended since the build
 //! (the tail) are merged in per person at query time; when the tail grows past a share of
-//! the covered rows, or an alias changes who owns which rows, the next query rebuilds.
+//! the covered rows, or compaction renumbers rows, the next query rebuilds.
 //!
-//! Aliases do not rebuild it: an anonymous person whose owner changed since the build has
-//! its rows moved at query time. The blocks of the people it left and joined are read again
-//! row by row, merged like the tail, until the tail's rule asks for a rebuild.
+//! Aliases do not rebuild it either: an anonymous person whose owner changed since the build
+//! has its rows moved at query time. The blocks of the people it left and joined are read
+//! again row by row and merged like the tail, until owner changes pass the tail's share.
 //!
 //! The order also indexes its positions by event name, so a scan that reads only some events
 //! (a metric over `purchase`, a funnel from `signup` to `purchase`) visits the people who did
@@ -553,9 +553,7 @@ impl PersonOrder {
             visit(*person, merged.fill(table, &[], &tail.rows[person]));
         }
     }
-}
 
-impl PersonOrder {
     /// The rows of the order's person `i` to merge with their tail rows: none when the tail
     /// holds all of them (a person an owner change touched).
     fn block(&self, tail: &Tail, i: usize) -> &[u32] {
