@@ -6,6 +6,7 @@ use crate::core::engine::Engine;
 use crate::core::ingest;
 use crate::core::model::{Event, Micros, TimeRange, UserProfile};
 use crate::core::page::PageRequest;
+use crate::core::store::ProjectData;
 use crate::core::store::record::LogRecord;
 use crate::core::store::remote::Fetch;
 use crate::core::store::source::{EventSource, Scan};
@@ -15,6 +16,13 @@ use crate::error::{Error, Result, echo};
 pub enum Export {
     Rows { rows: Vec<u32>, generation: u64 },
     Events(Vec<Event>),
+}
+
+/// The person of `user_id` when GetUser and ListUserEvents find them: with events, their own
+/// or an aliased anonymous id's, or with traits (`EventSource::known`, which a remote engine's
+/// batch answers the same way).
+fn known_user(data: &ProjectData, user_id: &str) -> Option<u32> {
+    data.table.find_user(user_id).filter(|&person| data.source().known(person))
 }
 
 /// The most events one export message carries.
@@ -49,12 +57,9 @@ impl Engine {
         }
         let state = entry.read();
         let table = &state.data.table;
-        let person = table.find_user(user_id).ok_or_else(not_found)?;
+        let person = known_user(&state.data, user_id).ok_or_else(not_found)?;
         let rows = table.user_rows(person);
         let traits = state.data.traits.of(person);
-        if rows.is_empty() && traits.is_none() {
-            return Err(not_found());
-        }
         let anonymous_ids = table
             .aliases()
             .get(&person)
@@ -110,15 +115,12 @@ impl Engine {
         }
         let state = entry.read();
         let table = &state.data.table;
-        // Found exactly when GetUser finds the user (events, own or aliased, or traits), on
-        // either engine: a deleted user is gone, also before compaction renumbers anything.
-        let person = table.find_user(user_id).ok_or_else(not_found)?;
-        let rows = table.user_rows(person);
-        if rows.is_empty() && state.data.traits.of(person).is_none() {
-            return Err(not_found());
-        }
+        // Found exactly when GetUser finds the user, on either engine: a deleted user is gone,
+        // also before compaction renumbers anything.
+        let person = known_user(&state.data, user_id).ok_or_else(not_found)?;
         let position = |r: u32| (table.time()[r as usize], table.row_event_id(r as usize));
-        let mut rows: Vec<u32> = rows
+        let mut rows: Vec<u32> = table
+            .user_rows(person)
             .into_iter()
             .filter(|&r| range.contains(table.time()[r as usize]))
             .filter(|&r| after.as_ref().is_none_or(|(time, id)| position(r) > (*time, id.as_str())))
