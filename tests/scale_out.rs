@@ -434,6 +434,26 @@ async fn deletion_and_retention_reach_every_node() {
     let delete = pb::DeleteUserRequest { project: "p".into(), user_id: "u1".into() };
     assert_eq!(a.users().delete_user(delete).await.unwrap().into_inner().events_deleted, 1);
     assert_eq!(quarantined(&b).await, vec!["x2"], "u1's quarantined event went with u1");
+    // Its bytes too: once Compact has waited for ClickHouse's mutations, no stored record
+    // holds it, and u2's is still stored.
+    a.admin().compact(pb::CompactRequest { project: "p".into() }).await.unwrap();
+    let config = sextant::clickhouse::ClickHouseConfig {
+        urls: urls.split(',').map(str::to_owned).collect(),
+        database: database.clone(),
+        cluster: "sextant".into(),
+        user: None,
+        password: None,
+        timeout: std::time::Duration::from_secs(60),
+    };
+    let store = sextant::clickhouse::ClickHouse::connect(&config).await.unwrap();
+    let stored_records = || async {
+        let records = store.local_records().await.unwrap();
+        let decoded = records.iter().map(|(_, r)| sextant::core::store::record::decode_record(&r.value).unwrap());
+        decoded.map(|record| format!("{record:?}")).collect::<Vec<_>>().join("\n")
+    };
+    let stored = stored_records().await;
+    assert!(stored.contains("\"x2\"") && !stored.contains("\"x1\""), "{stored}");
+    assert_eq!(quarantined(&b).await, vec!["x2"]);
 
     // A user known only by an alias: deleting them unlinks the anonymous id.
     let alias = pb::AliasRequest { project: "p".into(), anonymous_id: "anon".into(), user_id: "ghost".into() };
@@ -458,4 +478,9 @@ async fn deletion_and_retention_reach_every_node() {
     assert_eq!(engine.enforce_retention(engine.clock.now()).await.unwrap(), 1);
     assert_eq!(b.stats("p").await.events, 0);
     assert_eq!(b.export("p").await.len(), 0);
+    // The old quarantined event leaves the quarantine, and its bytes the stored records.
+    assert!(quarantined(&b).await.is_empty());
+    a.admin().compact(pb::CompactRequest { project: "p".into() }).await.unwrap();
+    let stored = stored_records().await;
+    assert!(!stored.contains("\"x2\"") && !stored.contains("u2"), "{stored}");
 }

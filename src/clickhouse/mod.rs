@@ -155,6 +155,15 @@ struct StoredRecord {
     value: Vec<u8>,
 }
 
+/// A record as one shard server holds it, with a hash of its value (`sql::rewrite_records`).
+#[derive(Row, Deserialize)]
+pub struct LocalRecord {
+    pub seq: u64,
+    pub hash: u64,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
 /// An event as a read returns it: the person it counts for, and whether that is a user.
 #[derive(Row, Deserialize)]
 struct FetchedEvent {
@@ -739,6 +748,42 @@ impl ClickHouse {
     pub async fn records(&self) -> Result<Vec<Vec<u8>>> {
         let rows: Vec<StoredRecord> = sql::records(self.front()).fetch_all().await.map_err(|e| self.failed(&e))?;
         Ok(rows.into_iter().map(|row| row.value).collect())
+    }
+
+    /// Every shard server's records, each with the server's index, in arrival order.
+    pub async fn local_records(&self) -> Result<Vec<(usize, LocalRecord)>> {
+        let reads = self.servers.iter().map(|server| sql::local_records(server).fetch_all::<LocalRecord>());
+        let shards = futures::future::try_join_all(reads).await.map_err(|e| self.failed(&e))?;
+        let mut records: Vec<(usize, LocalRecord)> =
+            shards.into_iter().enumerate().flat_map(|(i, rows)| rows.into_iter().map(move |r| (i, r))).collect();
+        records.sort_by_key(|(_, record)| record.seq);
+        Ok(records)
+    }
+
+    /// Replaces records' values in place: (server index, seq, hash of the value read, new
+    /// value). ClickHouse applies them in the background (`mutations_done` waits).
+    pub async fn rewrite_records(&self, rewrites: &[(usize, u64, u64, Vec<u8>)]) -> Result<()> {
+        // A statement carries its values: up to 2 MiB of them (twice that as hex) each.
+        const STATEMENT_BYTES: usize = 2 << 20;
+        for (i, server) in self.servers.iter().enumerate() {
+            let mine: Vec<(u64, u64, &[u8])> = rewrites
+                .iter()
+                .filter(|r| r.0 == i)
+                .map(|(_, seq, hash, value)| (*seq, *hash, value.as_slice()))
+                .collect();
+            let mut start = 0;
+            while start < mine.len() {
+                let mut end = start + 1;
+                let mut bytes = mine[start].2.len();
+                while end < mine.len() && bytes + mine[end].2.len() <= STATEMENT_BYTES {
+                    bytes += mine[end].2.len();
+                    end += 1;
+                }
+                sql::rewrite_records(server, &mine[start..end]).execute().await.map_err(|e| self.failed(&e))?;
+                start = end;
+            }
+        }
+        Ok(())
     }
 
     /// See `sql::generation`.

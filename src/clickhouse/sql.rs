@@ -615,7 +615,53 @@ pub fn records(client: &Client) -> Query {
     client.query("SELECT value FROM records ORDER BY seq").with_setting("wait_end_of_query", "1")
 }
 
-/// Moves with every definition change and every record stored (rows are only added).
+/// One shard server's records with a hash of each value, in arrival order: what
+/// `rewrite_records` names a record by.
+pub fn local_records(client: &Client) -> Query {
+    client
+        .query("SELECT seq, cityHash64(value), value FROM records_local ORDER BY seq")
+        .with_setting("wait_end_of_query", "1")
+}
+
+/// Replaces, on one shard server, the values of records named by (seq, hash of the value
+/// now) with new ones: a mutation, which runs in the background. A record whose value
+/// changed since it was read (another node rewrote it) keeps its value. The number of rows
+/// never changes, so `generation` does not move.
+pub fn rewrite_records(client: &Client, rewrites: &[(u64, u64, &[u8])]) -> Query {
+    let mut sql = String::from("ALTER TABLE records_local UPDATE value = multiIf(");
+    for _ in rewrites {
+        sql.push_str("seq = ? AND cityHash64(value) = ?, unhex(?), ");
+    }
+    sql.push_str("value) WHERE seq IN (");
+    sql.push_str(&vec!["?"; rewrites.len()].join(", "));
+    sql.push(')');
+    let mut query = client.query(&sql);
+    let mut size = sql.len();
+    for (seq, hash, value) in rewrites {
+        let hex = hex(value);
+        size += hex.len() + 64;
+        query = query.bind(seq).bind(hash).bind(hex);
+    }
+    for (seq, _, _) in rewrites {
+        query = query.bind(seq);
+    }
+    // The new values are in the statement, which the server parses whole.
+    query.with_setting("max_query_size", (size + 4096).to_string())
+}
+
+/// Bytes as hexadecimal digits (`unhex` reads them back): any bytes fit a string literal.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// Moves with every definition change and every record stored (rows are only added; a
+/// rewrite of a record keeps its row).
 pub fn generation(client: &Client) -> Query {
     client
         .query("SELECT sum(rows) FROM (SELECT count() AS rows FROM meta UNION ALL SELECT count() AS rows FROM records)")
@@ -744,6 +790,9 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     queries.push(meta_get(&client, "metric/p/m"));
     queries.push(meta_scan(&client, "metric/p/"));
     queries.push(records(&client));
+    queries.push(local_records(&client));
+    queries.push(rewrite_records(&client, &[(3, 17, b"it's\x00\xff")]));
+    queries.push(rewrite_records(&client, &[(3, 17, b""), (5, u64::MAX, b"x")]));
     queries.push(generation(&client));
     queries.push(bytes_on_disk(&client, database));
     queries.push(expire(&client, "p", 86_400_000_000));

@@ -19,7 +19,7 @@ use crate::core::model::{Event, Micros, UserUpdate, now_micros};
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::event_key;
 use crate::core::store::remote::{
-    AggregateRequest, Aggregated, CohortCountRequest, CohortCounts, EventStats, RemoteEvents,
+    AggregateRequest, Aggregated, CohortCountRequest, CohortCounts, EventStats, RecordRewrite, RemoteEvents,
 };
 use crate::error::{Error, Result};
 use crate::storage::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage};
@@ -109,7 +109,7 @@ impl ClickHouseStorage {
     }
 
     /// Runs `work` on the client's runtime and waits for it.
-    fn run<T: Send + 'static>(&self, work: impl FnOnce(ClickHouse) -> Work<T>) -> Result<T> {
+    pub(super) fn run<T: Send + 'static>(&self, work: impl FnOnce(ClickHouse) -> Work<T>) -> Result<T> {
         let runtime = self.runtime.as_ref().ok_or(Error::Unavailable)?;
         wait(runtime, work(self.store.clone()))
     }
@@ -428,6 +428,24 @@ impl RemoteEvents for ClickHouseStorage {
 
     fn generation(&self) -> Result<u64> {
         self.run(|store| Box::pin(async move { store.generation().await }))
+    }
+
+    fn rewrite_records(&self, rewrite: &mut RecordRewrite<'_>) -> Result<usize> {
+        let stored = self.run(|store| Box::pin(async move { store.local_records().await }))?;
+        let listed: Vec<(u64, &[u8])> = stored.iter().map(|(_, r)| (r.seq, r.value.as_slice())).collect();
+        let mut rewrites = Vec::new();
+        for (seq, value) in rewrite(&listed)? {
+            let at = stored.partition_point(|(_, r)| r.seq < seq);
+            let Some((server, record)) = stored.get(at).filter(|(_, r)| r.seq == seq) else {
+                return Err(Error::Internal(format!("no stored record {seq} to rewrite")));
+            };
+            rewrites.push((*server, seq, record.hash, value.0));
+        }
+        let count = rewrites.len();
+        if count > 0 {
+            self.run(move |store| Box::pin(async move { store.rewrite_records(&rewrites).await }))?;
+        }
+        Ok(count)
     }
 
     fn settle(&self, timeout: std::time::Duration) -> Result<bool> {

@@ -822,3 +822,89 @@ async fn a_shard_that_stops_answering_fails_the_call_after_the_timeout() {
     assert!(matches!(&read, Err(Error::BackendUnavailable(m)) if m.contains("timeout")), "{:?}", read.err());
     drop(hung);
 }
+
+/// The quarantine records lose the events that left the quarantine (here a deleted user's and
+/// a replayed one) in place, on whichever shard holds each: no row is added or removed, a
+/// replay rebuilds the same quarantine and MANUAL values, and no stored record still holds
+/// the deleted user's event. A record changed since it was read keeps its value.
+#[test]
+fn quarantine_records_are_rewritten_in_place_without_the_events_that_left() {
+    use crate::core::model::{ManualValue, QuarantinedEvent};
+    use crate::core::store::ProjectData;
+    use crate::core::store::record::{LogRecord, decode_record, encode_record};
+    use crate::core::store::remote::RemoteEvents;
+    use crate::storage::Storage;
+    use storage::ClickHouseStorage;
+    let Some(urls) = cluster_urls() else { return };
+    let database = TestDatabase::new(&urls, "requarantine");
+    let storage = ClickHouseStorage::open(&config(urls.clone(), &database.name)).unwrap();
+    let entry = |id: u64, user: &str| QuarantinedEvent {
+        id,
+        event: Event {
+            event_id: format!("q{id}"),
+            name: "unplanned".into(),
+            user_id: user.into(),
+            timestamp: START,
+            anonymous_id: String::new(),
+            properties: vec![("email".into(), Value::String(format!("{user}@example.com")))],
+        },
+        reasons: vec!["unknown event".into()],
+        received: START,
+    };
+    let quarantined = |entries: Vec<QuarantinedEvent>| LogRecord::Quarantined { project: "p".into(), entries };
+    // Enough records that both shards hold some.
+    let mut history: Vec<LogRecord> = (0..12).map(|i| quarantined(vec![entry(100 + i, "kept")])).collect();
+    history.push(quarantined(vec![entry(1, "gone"), entry(2, "kept")]));
+    history.push(quarantined(vec![entry(3, "gone")]));
+    history.push(LogRecord::ManualValues {
+        project: "p".into(),
+        metric_key: "spend".into(),
+        values: vec![ManualValue { timestamp: START, value: 9.5, dimensions: vec![] }],
+    });
+    history.push(LogRecord::Unquarantined { project: "p".into(), ids: vec![1, 3, 105] });
+    let encoded: Vec<crate::storage::Encoded> = history.iter().map(|r| encode_record(r).unwrap()).collect();
+    storage.append(&encoded).unwrap();
+    let replayed = || {
+        let mut records = Vec::new();
+        storage
+            .replay(None, &mut |value| {
+                records.push(decode_record(value)?);
+                Ok(())
+            })
+            .unwrap();
+        records
+    };
+    let state = |records: &[LogRecord]| {
+        let mut data = ProjectData::default();
+        records.iter().for_each(|r| data.apply(r, &[]));
+        (data.quarantine, data.manual)
+    };
+    let before = replayed();
+    assert_eq!(before, history);
+    let shards: Vec<usize> = storage
+        .run(|store| Box::pin(async move { store.local_records().await }))
+        .unwrap()
+        .iter()
+        .map(|(server, _)| *server)
+        .collect();
+    assert!(shards.contains(&0) && shards.contains(&1), "records on both shards: {shards:?}");
+
+    let rewritten = storage.rewrite_records(&mut |records| crate::core::store::quarantine_rewrites(records)).unwrap();
+    assert_eq!(rewritten, 3, "the records of entries 1, 3 and 105");
+    assert!(storage.settle(std::time::Duration::from_secs(60)).unwrap(), "mutations finish");
+    let after = replayed();
+    assert_eq!(after.len(), history.len(), "no record added or removed");
+    assert_eq!(state(&after), state(&before));
+    let text = format!("{after:?}");
+    assert!(!text.contains("gone") && !text.contains("q105"), "{text}");
+    assert!(text.contains("q2") && text.contains("q104") && text.contains("spend"));
+    assert_eq!(storage.rewrite_records(&mut |records| crate::core::store::quarantine_rewrites(records)).unwrap(), 0);
+
+    // A rewrite naming a value that has changed since (another node's rewrite) changes nothing.
+    let stored = storage.run(|store| Box::pin(async move { store.local_records().await })).unwrap();
+    let (server, first) = &stored[0];
+    let stale = vec![(*server, first.seq, first.hash ^ 1, b"other".to_vec())];
+    storage.run(move |store| Box::pin(async move { store.rewrite_records(&stale).await })).unwrap();
+    assert!(storage.settle(std::time::Duration::from_secs(60)).unwrap());
+    assert_eq!(replayed(), after);
+}

@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::core::engine::{Engine, ProjectEntry};
 use crate::core::ingest::{CompactJob, WriterTask};
+use crate::core::store::quarantine_rewrites;
+use crate::core::store::remote::RemoteEvents;
 use crate::error::{Error, Result};
 
 /// How long a compaction waits for a remote engine's removals.
@@ -19,6 +21,17 @@ pub(crate) const REMOTE_SETTLE: Duration = Duration::from_secs(600);
 pub struct Compacted {
     pub bytes_before: u64,
     pub bytes_after: u64,
+}
+
+/// On a remote engine, which keeps every record: rewrites the stored quarantine records
+/// without the events that have left the quarantine (a deleted user's, expired, replayed), so
+/// their bytes leave its files once its mutations ran (`settle` waits).
+pub(crate) fn purge_quarantine_records(remote: &dyn RemoteEvents) -> Result<()> {
+    let rewritten = remote.rewrite_records(&mut |records| quarantine_rewrites(records))?;
+    if rewritten > 0 {
+        tracing::info!(records = rewritten, "quarantine records rewritten without the events that left");
+    }
+    Ok(())
 }
 
 impl Engine {
@@ -37,6 +50,7 @@ impl Engine {
             return tokio::task::spawn_blocking(move || {
                 let remote = storage.remote_events().ok_or_else(|| Error::Internal("no remote engine".into()))?;
                 let bytes_before = storage.bytes_on_disk()?;
+                purge_quarantine_records(remote)?;
                 if !remote.settle(REMOTE_SETTLE)? {
                     return Err(Error::BackendUnavailable(format!(
                         "clickhouse mutations still running after {} s; retry later",

@@ -1,6 +1,6 @@
 //! Data retention of the engine: expiring old events through the log.
 
-use crate::core::engine::compaction::REMOTE_SETTLE;
+use crate::core::engine::compaction::{REMOTE_SETTLE, purge_quarantine_records};
 use crate::core::engine::{Engine, ProjectEntry};
 use crate::core::model::Micros;
 use crate::core::store::record::LogRecord;
@@ -41,7 +41,8 @@ impl Engine {
 
     /// `expire_events` on a remote engine: a record first, from which every node's reads
     /// leave the events out (and old quarantined events go), then ClickHouse's mutations,
-    /// which remove them from its files in the background.
+    /// which remove them (and the old quarantined events' bytes) from its files in the
+    /// background.
     async fn expire_remote(self: &Arc<Self>, project: &str, entry: Arc<ProjectEntry>, before: Micros) -> Result<u64> {
         let project_id = project.to_owned();
         let old = Fetch { to: before, ..Fetch::everything() };
@@ -57,6 +58,9 @@ impl Engine {
         }
         let record = LogRecord::EventsExpired { project: project.to_owned(), before };
         self.write(entry, vec![record], vec![]).await?;
+        if old_quarantine {
+            self.on_remote(purge_quarantine_records).await?;
+        }
         if expiring > 0 {
             let project_id = project.to_owned();
             self.on_remote(move |remote| {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::core::engine::Engine;
+use crate::core::engine::{Engine, compaction};
 use crate::core::ingest;
 use crate::core::model::{Event, Micros, TimeRange, UserProfile};
 use crate::core::page::PageRequest;
@@ -176,6 +176,8 @@ impl Engine {
             if !leaving.is_empty() {
                 let record = LogRecord::Unquarantined { project: project.to_owned(), ids: leaving };
                 self.write(entry, vec![record], vec![]).await?;
+                // Their bytes too (AdminService.Compact sweeps again, for a retry cut short).
+                self.on_remote(compaction::purge_quarantine_records).await?;
             }
             tracing::info!(project = %project, events, "user erased");
             return Ok(events);

@@ -242,10 +242,112 @@ impl ProjectData {
     }
 }
 
+/// The quarantine records (of `records`: every stored record with its arrival number, in
+/// order) that still hold events which have left the quarantine by the end of them (replayed,
+/// a deleted user's, expired), each with the record to store in its place: the same entries
+/// but those. Replaying the records with these in place gives every project the same
+/// quarantine, since only entries that have left it go; an entry quarantined later is in none
+/// of `records` and so untouched. A remote engine stores records for ever (it has no log to
+/// compact), so this is how their bytes leave its files.
+pub fn quarantine_rewrites(records: &[(u64, &[u8])]) -> crate::error::Result<Vec<(u64, crate::storage::Encoded)>> {
+    let mut projects: HashMap<String, ProjectData> = HashMap::new();
+    let mut quarantined = Vec::new();
+    for &(seq, value) in records {
+        let record = record::decode_record(value)?;
+        projects.entry(record.project().to_owned()).or_default().apply(&record, &[]);
+        if let LogRecord::Quarantined { project, entries } = record {
+            quarantined.push((seq, project, entries));
+        }
+    }
+    let mut rewrites = Vec::new();
+    for (seq, project, entries) in quarantined {
+        let current = &projects[&project].quarantine;
+        if entries.iter().all(|entry| current.contains_key(&entry.id)) {
+            continue;
+        }
+        let entries = entries.into_iter().filter(|entry| current.contains_key(&entry.id)).collect();
+        rewrites.push((seq, record::encode_record(&LogRecord::Quarantined { project, entries })?));
+    }
+    Ok(rewrites)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::model::{Event, Value};
+
+    #[test]
+    fn quarantine_records_lose_exactly_the_entries_that_left_and_replay_the_same() {
+        let entry = |id: u64, user: &str, t: Micros| QuarantinedEvent {
+            id,
+            event: event(&format!("q{id}"), user, "", t, &format!("secret of {user}")),
+            reasons: vec!["unknown event".into()],
+            received: t,
+        };
+        let quarantined =
+            |project: &str, entries: Vec<QuarantinedEvent>| LogRecord::Quarantined { project: project.into(), entries };
+        let history = vec![
+            quarantined("p", vec![entry(1, "gone", 50), entry(2, "kept", 50)]),
+            quarantined("p", vec![entry(3, "gone", 60)]),
+            quarantined("p", vec![entry(4, "kept", 5), entry(5, "kept", 70)]),
+            // Another project's entry 1 is another entry.
+            quarantined("q", vec![entry(1, "gone", 50)]),
+            LogRecord::ManualValues {
+                project: "p".into(),
+                metric_key: "spend".into(),
+                values: vec![ManualValue { timestamp: 3, value: 9.5, dimensions: vec![] }],
+            },
+            // DeleteUser of "gone", then retention at 10, then a replay of entry 5.
+            LogRecord::Unquarantined { project: "p".into(), ids: vec![1, 3] },
+            LogRecord::EventsExpired { project: "p".into(), before: 10 },
+            LogRecord::Unquarantined { project: "p".into(), ids: vec![5] },
+            // Quarantined after the entries left: untouched.
+            quarantined("p", vec![entry(6, "gone", 80)]),
+        ];
+        let encoded: Vec<Vec<u8>> = history.iter().map(|r| record::encode_record(r).unwrap().0).collect();
+        let stored: Vec<(u64, &[u8])> =
+            encoded.iter().enumerate().map(|(i, v)| (10 * i as u64, v.as_slice())).collect();
+        let rewrites = quarantine_rewrites(&stored).unwrap();
+        let decoded: Vec<(u64, LogRecord)> =
+            rewrites.iter().map(|(seq, value)| (*seq, record::decode_record(&value.0).unwrap())).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                (0, quarantined("p", vec![entry(2, "kept", 50)])),
+                (10, quarantined("p", vec![])),
+                (20, quarantined("p", vec![])),
+            ]
+        );
+        // Rewritten, the records rebuild each project's quarantine and values as before, and a
+        // second pass finds nothing left to rewrite.
+        let mut rewritten = encoded.clone();
+        for (seq, value) in &rewrites {
+            rewritten[(*seq / 10) as usize] = value.0.clone();
+        }
+        let rebuild = |values: &[Vec<u8>], project: &str| {
+            let records: Vec<LogRecord> = values.iter().map(|v| record::decode_record(v).unwrap()).collect();
+            let records: Vec<LogRecord> = records.into_iter().filter(|r| r.project() == project).collect();
+            let data = replay(&records);
+            (data.quarantine, data.manual)
+        };
+        for project in ["p", "q"] {
+            assert_eq!(rebuild(&rewritten, project), rebuild(&encoded, project), "{project}");
+        }
+        let stored_entries: Vec<(String, u64)> = rewritten
+            .iter()
+            .filter_map(|v| match record::decode_record(v).unwrap() {
+                LogRecord::Quarantined { project, entries } => Some((project, entries)),
+                _ => None,
+            })
+            .flat_map(|(project, entries)| entries.into_iter().map(move |e| (project.clone(), e.id)))
+            .collect();
+        assert_eq!(stored_entries, vec![("p".into(), 2), ("q".into(), 1), ("p".into(), 6)]);
+        let again: Vec<(u64, &[u8])> =
+            rewritten.iter().enumerate().map(|(i, v)| (10 * i as u64, v.as_slice())).collect();
+        assert!(quarantine_rewrites(&again).unwrap().is_empty());
+        // A value that is not a record is an error, not a guess.
+        assert!(quarantine_rewrites(&[(0, b"\x07junk".as_slice())]).is_err());
+    }
 
     fn event(id: &str, user: &str, anon: &str, t: Micros, note: &str) -> Event {
         let properties = vec![("note".into(), Value::String(note.into()))];

@@ -148,6 +148,10 @@ pub struct CohortCounts {
     pub traits: Vec<(String, Vec<(String, Value)>)>,
 }
 
+/// What `RemoteEvents::rewrite_records` asks: given every record with its arrival number, the
+/// new values of those to change.
+pub type RecordRewrite<'a> = dyn FnMut(&[(u64, &[u8])]) -> Result<Vec<(u64, crate::storage::Encoded)>> + 'a;
+
 /// Events, traits and aliases on another engine. Every write is numbered by the store itself
 /// (its order decides ties in time, the latest alias and what a deletion covers).
 pub trait RemoteEvents: Send + Sync {
@@ -184,6 +188,12 @@ pub trait RemoteEvents: Send + Sync {
     fn anonymous_ids(&self, project: &str, user_id: &str) -> Result<Vec<String>>;
     /// An id no other call on any node gets (for quarantine entries), from the write numbers.
     fn next_id(&self) -> u64;
+    /// Shows `rewrite` every stored record (what `Storage::replay` visits), each with its
+    /// arrival number, in order. The new values it returns (by arrival number) replace the old
+    /// ones in the engine's files, in the background (`settle` waits). No record is added or
+    /// removed and `generation` does not move, so nodes keep the state they built from the old
+    /// values: a new value must rebuild the same state. Returns how many it replaced.
+    fn rewrite_records(&self, rewrite: &mut RecordRewrite<'_>) -> Result<usize>;
     /// A number that moves whenever a definition or another record stored beside the events
     /// changes, on any node: caches of them are rebuilt when it moves.
     fn generation(&self) -> Result<u64>;
