@@ -79,8 +79,9 @@ def funnel_chdb(people=""):
             GROUP BY user_id)"""
 
 
-def benchmarks(pb, channel, project):
-    """(name, sextant call returning a comparable answer, DuckDB SQL, chDB SQL, SQL rows to the same shape)."""
+def benchmarks(pb, channel, project, data=None):
+    """(name, sextant call returning a comparable answer, DuckDB SQL, chDB SQL, SQL rows to the same shape).
+    With `data` (the generated files), also the funnel within a static cohort of every seventh user."""
     m, c, a, co = pb["metric"], pb["common"], pb["analysis"], pb["cohort"]
     metrics = pb["metric_grpc"].MetricServiceStub(channel)
     analysis = pb["analysis_grpc"].AnalysisServiceStub(channel)
@@ -182,6 +183,30 @@ def benchmarks(pb, channel, project):
     repeat_buyers = "SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count(*) >= 2"
     yield ("the same funnel within the cohort", cohort_funnel_call, funnel_duckdb(f"user_id IN ({repeat_buyers})"),
            funnel_chdb(f"user_id IN ({repeat_buyers.replace('count(*)', 'count()')})"), lambda rows: list(rows[0]))
+    if data is None:
+        return
+
+    # A static (uploaded) cohort: the generated user ids u<seed>_<n> with n divisible by 7.
+    import json
+    with open(os.path.join(data, "users.jsonl")) as f:
+        listed = [u["user_id"] for u in map(json.loads, f) if int(u["user_id"].rsplit("_", 1)[1]) % 7 == 0]
+    try:
+        cohorts.DeleteCohort(co.DeleteCohortRequest(project=project, id="bench-every-seventh"))
+    except grpc.RpcError:
+        pass
+    cohorts.CreateCohort(co.CreateCohortRequest(project=project, cohort=co.Cohort(
+        id="bench-every-seventh", static_members=co.StaticCohortMembers(user_ids=listed))))
+    in_static = a.QueryFunnelRequest()
+    in_static.CopyFrom(funnel)
+    in_static.cohort_id = "bench-every-seventh"
+
+    def static_funnel_call():
+        return [s.users for s in analysis.QueryFunnel(in_static, timeout=600).steps]
+
+    seventh = "user_id IN (SELECT user_id FROM users WHERE CAST(split_part(user_id, '_', 2) AS BIGINT) % 7 = 0)"
+    yield (f"the same funnel within a static cohort ({len(listed):,} uploaded ids)", static_funnel_call,
+           funnel_duckdb(seventh), funnel_chdb("toUInt64(splitByChar('_', user_id)[2]) % 7 = 0"),
+           lambda rows: list(rows[0]))
 
 
 def load_chdb(data):
@@ -221,6 +246,7 @@ def main():
     ap.add_argument("--project", default="bench")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--chdb", action="store_true", help="also time chDB (pip install chdb)")
+    ap.add_argument("--only", default="", help="time only the queries whose name contains this")
     ap.add_argument("--serve-args", default="",
                     help="more `sextant serve` flags, e.g. '--storage clickhouse --clickhouse-url URL'")
     args = ap.parse_args()
@@ -253,7 +279,9 @@ def main():
         print(f"median of {args.runs} runs after one warm-up; Sextant over gRPC, DuckDB and chDB in-process")
         print("| query | Sextant | DuckDB | chDB | fastest other / Sextant | same answer (DuckDB, chDB) |")
         print("|---|---|---|---|---|---|")
-        for name, sextant_call, duck_sql, chdb_sql, shape in benchmarks(pb, channel, args.project):
+        for name, sextant_call, duck_sql, chdb_sql, shape in benchmarks(pb, channel, args.project, args.data):
+            if args.only not in name:
+                continue
             sextant_call()  # warm-up
             sextant_s, got = timed(sextant_call, args.runs)
             db.execute(duck_sql).fetchall()

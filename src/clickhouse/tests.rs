@@ -315,6 +315,15 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
         cohorts.push(cohort_of(true, vec![did("purchase", filters, 1, true, TimeFrame::LastDays(25)), germans]));
         cohorts.push(cohort_of(false, vec![did("purchase", filters, 2, false, window), visits]));
     }
+    // A static cohort of every id sent (deleted users, users with traits only, anonymous ids
+    // aliased or not) and one never seen: its members are among the people known.
+    let mut ids: Vec<String> = sent.events.iter().flat_map(|e| [e.user_id.clone(), e.anonymous_id.clone()]).collect();
+    ids.extend(sent.traits.keys().cloned());
+    ids.push("nobody".into());
+    ids.retain(|id| !id.is_empty());
+    let mut listed = Cohort { definition: Definition::Static(ids), ..cohort_of(false, vec![]) };
+    listed.validate().unwrap();
+    cohorts.push(listed);
     let mut with_members = 0;
     for cohort in &cohorts {
         let request = cohort::count_request(cohort, now, Micros::MIN).unwrap();
@@ -328,7 +337,7 @@ async fn event_aggregates_computed_in_clickhouse_answer_as_scans_do() {
     // After a retention cutoff, as the events read from it say.
     let cutoff = START + 10 * DAY;
     let kept = store.person_batch(project, &Fetch { from: cutoff, ..Fetch::everything() }).await.unwrap();
-    for cohort in &cohorts[..6] {
+    for cohort in cohorts[..6].iter().chain(cohorts.last()) {
         let request = cohort::count_request(cohort, now, cutoff).unwrap();
         let counted = store.cohort_counts(project, &request).await.unwrap();
         let members = cohort::members_from_counts(cohort, counted).unwrap().sorted();

@@ -342,11 +342,15 @@ fn evaluate_behavioural(source: &impl EventSource, b: &Behavioural, now: Micros)
 }
 
 /// What a remote engine counts to evaluate `cohort` at `now` (`members_from_counts` finishes
-/// it): `None` for a static cohort, whose ids say who is in it, or filter values too large
-/// for a statement.
+/// it): `None` for filter values too large for a statement. A static cohort's ids say who is
+/// in it, but only among the people known: it asks for everyone (with events, or users with
+/// traits), which is a list of people, not their events.
 pub fn count_request(cohort: &Cohort, now: Micros, not_before: Micros) -> Option<CohortCountRequest> {
-    let Definition::Conditions(group) = &cohort.definition else {
-        return None;
+    let group = match &cohort.definition {
+        Definition::Conditions(group) => group,
+        Definition::Static(_) => {
+            return Some(CohortCountRequest { conditions: Vec::new(), everyone: true, with_traits: true, not_before });
+        }
     };
     let conditions = behavioural_conditions(group);
     if !crate::core::metric::scan::fits_statement(conditions.iter().flat_map(|b| &b.selector.filters)) {
@@ -377,8 +381,9 @@ pub fn count_request(cohort: &Cohort, now: Micros, not_before: Micros) -> Option
 /// A cohort's members from what a remote engine counted for `count_request(cohort, …)`: its
 /// people (all known: with events, or users with traits) and their counts.
 pub fn members_from_counts(cohort: &Cohort, counted: CohortCounts) -> Result<MemberIds> {
-    let Definition::Conditions(group) = &cohort.definition else {
-        return Err(Error::Internal(format!("cohort {} is not counted", echo(&cohort.id))));
+    let group = match &cohort.definition {
+        Definition::Conditions(group) => group,
+        Definition::Static(ids) => return Ok(static_members(ids, counted)),
     };
     let conditions = behavioural_conditions(group);
     let mut traits: HashMap<String, Vec<(String, Value)>> =
@@ -415,6 +420,30 @@ pub fn members_from_counts(cohort: &Cohort, counted: CohortCounts) -> Result<Mem
         members.insert(people.person_name(p), people.is_user(p));
     }
     Ok(members)
+}
+
+/// A static cohort's members among the people known (`count_request`), as `evaluate` finds
+/// them: each id names a user, or else a visitor known only by that anonymous id (one aliased
+/// to a user is not among the people: its events are the user's).
+fn static_members(ids: &[String], counted: CohortCounts) -> MemberIds {
+    let mut known = MemberIds::default();
+    for person in &counted.people {
+        known.insert(&person.id, person.is_user);
+    }
+    for (user, traits) in &counted.traits {
+        if !traits.is_empty() {
+            known.insert(user, true);
+        }
+    }
+    let mut members = MemberIds::default();
+    for id in ids {
+        if known.contains(id, true) {
+            members.insert(id, true);
+        } else if known.contains(id, false) {
+            members.insert(id, false);
+        }
+    }
+    members
 }
 
 /// A cohort's members by id (`members_from_counts`): user ids, and anonymous ids no user

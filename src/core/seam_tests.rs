@@ -211,8 +211,7 @@ fn owner(sent: &Sent, e: &Event) -> (String, bool) {
     }
 }
 
-/// The members of cohort `id` as a remote engine would count them now (`None` for no cohort
-/// or a static one).
+/// The members of cohort `id` as a remote engine would count them now (`None` for no cohort).
 fn counted_cohort(sent: &Sent, cohorts: &Cohorts, id: &str) -> Option<std::sync::Arc<cohort::MemberIds>> {
     let cohort = cohorts.get(id)?;
     let request = cohort::count_request(cohort, crate::core::model::now_micros(), Micros::MIN)?;
@@ -593,8 +592,13 @@ fn funnel_queries() -> Vec<(String, FunnelQuery)> {
     let mut queries = Vec::new();
     for order in [FunnelOrder::Ordered, FunnelOrder::Strict, FunnelOrder::Unordered] {
         for mode in [FunnelMode::UniqueUsers, FunnelMode::TotalConversions] {
-            let breakdowns =
-                [(None, ""), (Some("plan"), ""), (Some("user.country"), ""), (Some("user.country"), "buyers")];
+            let breakdowns = [
+                (None, ""),
+                (Some("plan"), ""),
+                (Some("user.country"), ""),
+                (Some("user.country"), "buyers"),
+                (Some("plan"), "listed"),
+            ];
             for (breakdown, cohort_id) in breakdowns {
                 let query = FunnelQuery {
                     steps: vec![selector("visit"), selector("signup"), selector("purchase")],
@@ -678,6 +682,28 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
             assert_eq!(full, counted.sorted(), "seed {seed} cohort {k} counted");
             members[k] += full.len();
         }
+        // A static cohort of every id sent (users deleted, with traits only, anonymous ids
+        // aliased or not) and one never seen, counted from the people known.
+        let mut ids: Vec<String> =
+            sent.events.iter().flat_map(|e| [e.user_id.clone(), e.anonymous_id.clone()]).collect();
+        ids.extend(sent.traits.keys().cloned());
+        ids.extend(sent.deleted.iter().cloned());
+        ids.push("nobody".into());
+        ids.retain(|id| !id.is_empty());
+        let mut listed =
+            Cohort { id: "everyone-listed".into(), definition: Definition::Static(ids), ..cohorts["listed"].clone() };
+        listed.validate().unwrap();
+        let now = START + 40 * DAY;
+        let full = cohort::member_ids(&embedded, &cohort::evaluate(&embedded, &listed, now));
+        let request = cohort::count_request(&listed, now, Micros::MIN).expect("a static cohort is counted");
+        assert!(request.conditions.is_empty() && request.everyone && request.with_traits);
+        let counted = cohort::members_from_counts(&listed, counted(&sent, &request)).unwrap();
+        assert_eq!(full, counted.sorted(), "seed {seed} static cohort counted");
+        let users: std::collections::HashSet<&String> =
+            sent.events.iter().map(|e| &e.user_id).chain(sent.traits.keys()).collect();
+        let anonymous_members = full.iter().filter(|id| !users.contains(id)).count();
+        assert!(anonymous_members > 0 && full.len() > anonymous_members + 20, "seed {seed}: {full:?}");
+        assert!(!full.iter().any(|id| sent.deleted.contains(id) || sent.aliases.contains_key(id)), "{full:?}");
         // Attribution over its conversions and touches only, in a counted cohort too.
         let mut book = MetricBook::default();
         book.insert(
