@@ -5,7 +5,8 @@
 Starts a release server on that data, creates (once) the metrics purchasers (UNIQUE_USERS of
 purchase), revenue (SUM of purchase.revenue) and sessions (COUNT of session_start) and the
 backfilled experiment over [2026-01-31, 2026-04-01), then times GetExperimentResults several
-times and reports the median, with and without CUPED. Usage:
+times and reports the median, with and without CUPED; then the same for GetHoldoutResults of a
+10% holdout over that window on the same metrics. Usage:
   scripts/bench-experiment.py --db /tmp/sextant-bench/db --project bench
 The binary is target/release/sextant, or $SEXTANT_BIN; --serve-args adds `serve` flags (e.g. a
 ClickHouse database that scripts/bench-ingest.sh loaded).
@@ -71,19 +72,36 @@ def main():
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-        for label, stats in [("plain", None), ("cuped", e.StatsConfig(cuped=True))]:
-            request = e.GetExperimentResultsRequest(project=args.project, experiment_key="checkout_v2", stats=stats)
-            reply = experiments.GetExperimentResults(request, timeout=600)  # warm-up
+        def timed(call, request):
+            """`call(request)` after a warm-up, `--runs` times: its last reply and a summary of the times."""
+            call(request, timeout=600)
             times = []
             for _ in range(args.runs):
                 start = time.perf_counter()
-                reply = experiments.GetExperimentResults(request, timeout=600)
+                reply = call(request, timeout=600)
                 times.append(time.perf_counter() - start)
-            print(f"{label}: median {statistics.median(times) * 1000:.0f} ms over {args.runs} runs "
-                  f"(min {min(times) * 1000:.0f} ms); users {list(reply.variant_users)}, "
-                  f"decision {e.Decision.Name(reply.decision)}")
+            return reply, (f"median {statistics.median(times) * 1000:.0f} ms over {args.runs} runs "
+                           f"(min {min(times) * 1000:.0f} ms)")
+
+        for label, stats in [("plain", None), ("cuped", e.StatsConfig(cuped=True))]:
+            request = e.GetExperimentResultsRequest(project=args.project, experiment_key="checkout_v2", stats=stats)
+            reply, took = timed(experiments.GetExperimentResults, request)
+            print(f"{label}: {took}; users {list(reply.variant_users)}, decision {e.Decision.Name(reply.decision)}")
         for reason in reply.reasons:
             print("  ", reason)
+        # A holdout of 10% over the same window and metrics: everyone seen there is exposed.
+        holdout = e.Holdout(key="bench-holdout", percent=0.1, metric_keys=["purchasers", "revenue", "sessions"])
+        holdout.start_time.FromDatetime(dt.datetime(2026, 1, 31, tzinfo=dt.timezone.utc))
+        holdout.end_time.FromDatetime(dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc))
+        try:
+            experiments.CreateHoldout(e.CreateHoldoutRequest(project=args.project, holdout=holdout))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        request = e.GetHoldoutResultsRequest(project=args.project, holdout_key="bench-holdout")
+        reply, took = timed(experiments.GetHoldoutResults, request)
+        lifts = [f"{r.metric_key} {c.relative_effect:+.6f} (p {c.p_value:.4f})" for r in reply.metrics for c in r.comparisons]
+        print(f"holdout: {took}; users {list(reply.variant_users)}; {', '.join(lifts)}")
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -172,16 +172,16 @@ def benchmarks(pb, channel, project, data=None):
         SELECT count() FROM (SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count() >= 2)""",
            lambda rows: rows[0][0])
 
-    in_cohort = a.QueryFunnelRequest()
-    in_cohort.CopyFrom(funnel)
-    in_cohort.cohort_id = "bench-repeat-buyers"
-
-    def cohort_funnel_call():
-        return [s.users for s in analysis.QueryFunnel(in_cohort, timeout=600).steps]
+    def funnel_in(cohort_id):
+        """The funnel above within a cohort, as a call."""
+        request = a.QueryFunnelRequest()
+        request.CopyFrom(funnel)
+        request.cohort_id = cohort_id
+        return lambda: [s.users for s in analysis.QueryFunnel(request, timeout=600).steps]
 
     # The funnel above, for the cohort's members only.
     repeat_buyers = "SELECT user_id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING count(*) >= 2"
-    yield ("the same funnel within the cohort", cohort_funnel_call, funnel_duckdb(f"user_id IN ({repeat_buyers})"),
+    yield ("the same funnel within the cohort", funnel_in("bench-repeat-buyers"), funnel_duckdb(f"user_id IN ({repeat_buyers})"),
            funnel_chdb(f"user_id IN ({repeat_buyers.replace('count(*)', 'count()')})"), lambda rows: list(rows[0]))
     if data is None:
         return
@@ -196,15 +196,8 @@ def benchmarks(pb, channel, project, data=None):
         pass
     cohorts.CreateCohort(co.CreateCohortRequest(project=project, cohort=co.Cohort(
         id="bench-every-seventh", static_members=co.StaticCohortMembers(user_ids=listed))))
-    in_static = a.QueryFunnelRequest()
-    in_static.CopyFrom(funnel)
-    in_static.cohort_id = "bench-every-seventh"
-
-    def static_funnel_call():
-        return [s.users for s in analysis.QueryFunnel(in_static, timeout=600).steps]
-
     seventh = "user_id IN (SELECT user_id FROM users WHERE CAST(split_part(user_id, '_', 2) AS BIGINT) % 7 = 0)"
-    yield (f"the same funnel within a static cohort ({len(listed):,} uploaded ids)", static_funnel_call,
+    yield (f"the same funnel within a static cohort ({len(listed):,} uploaded ids)", funnel_in("bench-every-seventh"),
            funnel_duckdb(seventh), funnel_chdb("toUInt64(splitByChar('_', user_id)[2]) % 7 = 0"),
            lambda rows: list(rows[0]))
 

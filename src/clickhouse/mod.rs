@@ -594,6 +594,13 @@ impl ClickHouse {
         Ok((events > 0).then_some((first, last)))
     }
 
+    /// Per person with any of `fetch`'s events, the time of their first (`sql::first_seen`).
+    pub async fn first_seen(&self, project: &str, fetch: &Fetch) -> Result<Vec<(String, bool, Micros)>> {
+        let query = sql::first_seen(self.front(), project, fetch);
+        let rows: Vec<(String, u8, i64)> = query.fetch_all().await.map_err(|e| self.failed(&e))?;
+        Ok(rows.into_iter().map(|(id, is_user, time)| (id, is_user == 1, time)).collect())
+    }
+
     /// The numbers of `fetch`'s events GetProjectStats gives, without reading them: counts
     /// and times per name, and the users with events or traits.
     pub async fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats> {

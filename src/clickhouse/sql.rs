@@ -135,10 +135,15 @@ fn checked_events(project: &str, fetch: &Fetch, as_sent: bool, scope: Scope) -> 
     sql.arg(fetch.from);
     sql.push(" AND time < ");
     sql.arg(fetch.to);
-    if let Some(names) = &fetch.names {
-        sql.push(" AND has(");
-        sql.arg(names.clone());
-        sql.push(", name)");
+    match &fetch.names {
+        // 18.16 cannot type `has([], name)`: no names, no events.
+        Some(names) if names.is_empty() => sql.push(" AND 0"),
+        Some(names) => {
+            sql.push(" AND has(");
+            sql.arg(names.clone());
+            sql.push(", name)");
+        }
+        None => {}
     }
     sql.push(
         ") AS aliased
@@ -181,6 +186,15 @@ pub fn time_span(client: &Client, project: &str, fetch: &Fetch) -> Query {
 pub fn name_counts(client: &Client, project: &str, fetch: &Fetch) -> Query {
     let select = "SELECT name, count(), min(time), max(time) FROM (SELECT owner, owner_is_user, event_id, name, time";
     let rest = "ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) GROUP BY name ORDER BY name";
+    over_events(client, project, fetch, select, rest)
+}
+
+/// Per person with any of the events `events` reads, the time of their first: (owner,
+/// owner_is_user, time). Each id counts once, as its earliest copy (`person_batch` keeps that
+/// one).
+pub fn first_seen(client: &Client, project: &str, fetch: &Fetch) -> Query {
+    let select = "SELECT owner, owner_is_user, min(time) FROM (SELECT owner, owner_is_user, event_id, time";
+    let rest = "ORDER BY seq LIMIT 1 BY owner, owner_is_user, event_id) GROUP BY owner, owner_is_user";
     over_events(client, project, fetch, select, rest)
 }
 
@@ -783,6 +797,8 @@ pub fn every_statement(database: &str, cluster: &str) -> Vec<String> {
     queries.push(time_span(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(name_counts(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(users_with_events(&client, "p", &Fetch::everything()));
+    queries.push(first_seen(&client, "p", &Fetch { from: 86_400_000_000, to: 172_800_000_000, ..Fetch::everything() }));
+    queries.push(events(&client, "p", &Fetch { names: Some(Vec::new()), ..Fetch::everything() }, Scope::Shard));
     queries.push(people_with_events(&client, "p", &Fetch { from: 86_400_000_000, ..Fetch::everything() }));
     queries.push(cohort_counts(&client, "p", &sample_cohort_counts()));
     queries.push(trait_updates(&client, "p", None));

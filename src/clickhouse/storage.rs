@@ -397,6 +397,11 @@ impl RemoteEvents for ClickHouseStorage {
         self.read(move |store| Box::pin(async move { store.time_span(&project, &fetch).await }))
     }
 
+    fn first_seen(&self, project: &str, fetch: &Fetch) -> Result<Vec<(String, bool, Micros)>> {
+        let (project, fetch) = (project.to_owned(), fetch.clone());
+        self.read(move |store| Box::pin(async move { store.first_seen(&project, &fetch).await }))
+    }
+
     fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats> {
         let (project, fetch) = (project.to_owned(), fetch.clone());
         self.read(move |store| Box::pin(async move { store.event_stats(&project, &fetch).await }))

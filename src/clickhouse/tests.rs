@@ -110,6 +110,22 @@ async fn analyses_over_clickhouse_answer_as_over_the_embedded_engine() {
         let expected = EventStats { by_name, span, users: source.user_count() };
         assert!(expected.users > 0 && expected.by_name.len() > 2);
         assert_eq!(store.event_stats(&project, &Fetch::everything()).await.unwrap(), expected, "seed {seed}");
+        // Who was seen when in a range (a holdout's exposures), counted in ClickHouse.
+        let (from, to) = (START + 2 * DAY, START + 22 * DAY);
+        let holdout = crate::core::experiment::holdout::Holdout { key: "h".into(), percent: 0.3, ..Default::default() };
+        let exposed = crate::core::experiment::holdout::seen_people(&source, &holdout, from, to).users;
+        let mut seen: Vec<(String, bool, Micros)> = exposed
+            .iter()
+            .map(|u| (source.person_name(u.person).to_owned(), source.is_user(u.person), u.first))
+            .collect();
+        seen.sort();
+        let mut counted = store.first_seen(&project, &Fetch { from, to, ..Fetch::everything() }).await.unwrap();
+        counted.sort();
+        assert!(seen.len() > 10 && seen.iter().any(|p| !p.1), "seed {seed}: {seen:?}");
+        assert_eq!(counted, seen, "seed {seed}");
+        // A read of no names reads nothing (a holdout without metrics).
+        let nothing = Fetch { names: Some(Vec::new()), ..Fetch::everything() };
+        assert_eq!(store.person_batch(&project, &nothing).await.unwrap().row_count(), 0);
 
         // A read pruned to a funnel's names and range (its window past the end) answers it.
         let query = FunnelQuery {

@@ -19,7 +19,7 @@ use crate::core::analysis::retention::{
 use crate::core::analysis::revenue;
 use crate::core::cohort::{self, Behavioural, Cohort, Cohorts, Condition, ConditionGroup, Definition, TimeFrame};
 use crate::core::experiment::definition::{Experiment, Variant};
-use crate::core::experiment::holdout::{Holdout, seen_people};
+use crate::core::experiment::holdout::{Holdout, seen_in_list, seen_people};
 use crate::core::experiment::measure::{self, MetricPlan, Windows};
 use crate::core::filter::{EventSelector, Filter, FilterOp};
 use crate::core::metric::definition::{Metric, MetricBook, MetricKind, Period};
@@ -557,14 +557,40 @@ fn experiment_readout(
     metrics: &BTreeMap<String, Metric>,
 ) -> String {
     let (from, to) = EXPERIMENT_RANGE;
+    let exposures = measure::exposures(source, experiment, from, to, None);
+    readout_of(source, experiment, metrics, exposures)
+}
+
+/// `experiment_readout` from exposures found otherwise (a holdout's).
+fn readout_of(
+    source: &impl EventSource,
+    experiment: &Experiment,
+    metrics: &BTreeMap<String, Metric>,
+    exposures: measure::Exposures,
+) -> String {
+    let (_, to) = EXPERIMENT_RANGE;
     let plans: Vec<MetricPlan> =
         metrics.values().map(|m| MetricPlan { metric: m, kind: measure::summary_kind(m, metrics).unwrap() }).collect();
     let windows =
         Windows { attribution: Some(5 * DAY), end: to, cuped_pre_period: Some(3 * DAY), winsorize_percentile: None };
-    let exposures = measure::exposures(source, experiment, from, to, None);
     let measured = measure::measure(source, metrics, experiment, &exposures, &plans, &windows);
     let (excluded, per_variant) = (exposures.excluded, exposures.per_variant.clone());
     format!("{:?} {excluded} {per_variant:?} {measured:?}", by_name(source, exposures.users))
+}
+
+/// What a remote engine's `first_seen` returns for `[from, to)`, from this test's own model:
+/// per person the time of their first event there.
+fn first_seen(sent: &Sent, from: Micros, to: Micros) -> Vec<(String, bool, Micros)> {
+    let mut first: BTreeMap<(String, bool), Micros> = BTreeMap::new();
+    for event in sent.events.iter().filter(|e| (from..to).contains(&e.timestamp)) {
+        let (id, is_user) = owner(sent, event);
+        if is_user && sent.deleted.contains(&id) {
+            continue;
+        }
+        let at = first.entry((id, is_user)).or_insert(event.timestamp);
+        *at = (*at).min(event.timestamp);
+    }
+    first.into_iter().map(|((id, is_user), t)| (id, is_user, t)).collect()
 }
 
 /// (person name, first time, variant), sorted by name.
@@ -781,6 +807,33 @@ fn funnels_retention_and_cohorts_answer_the_same_over_only_what_they_fetch() {
         let (a, b) =
             (experiment_readout(&embedded, &experiment, &metrics), experiment_readout(&narrow, &experiment, &metrics));
         assert_same(&format!("seed {seed} experiment over what it fetched"), &a, &b);
+
+        // A holdout over its metrics' events only (purchases), who was seen when counted
+        // apart: people seen with other events only are exposed without events.
+        let mut metrics = metrics;
+        metrics.remove("converts");
+        let holdout = Holdout {
+            key: "h".into(),
+            percent: 0.3,
+            seed: "s".into(),
+            metric_keys: metrics.keys().cloned().collect(),
+            ..Default::default()
+        };
+        let as_experiment = holdout.as_experiment();
+        let fetch = measure::metric_fetch(&as_experiment, &metrics, false);
+        assert_eq!(fetch.names, Some(vec!["purchase".to_owned()]));
+        let (from, to) = EXPERIMENT_RANGE;
+        let expected = readout_of(&embedded, &as_experiment, &metrics, seen_people(&embedded, &holdout, from, to));
+        let mut narrow = fetched(&sent, 1, &fetch);
+        let people = narrow.canonical().len();
+        let exposures = seen_in_list(&mut narrow, &holdout, first_seen(&sent, from, to)).unwrap();
+        let added = narrow.canonical().len() - people;
+        assert!(added > 0 && exposures.per_variant.iter().all(|&n| n > 5), "{added} {:?}", exposures.per_variant);
+        assert_same(
+            &format!("seed {seed} holdout over what it fetched"),
+            &expected,
+            &readout_of(&narrow, &as_experiment, &metrics, exposures),
+        );
 
         let mut trait_filtered = funnel_queries().pop().expect("funnels").1;
         (trait_filtered.breakdown, trait_filtered.cohort_id) = (None, String::new());

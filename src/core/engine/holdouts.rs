@@ -1,12 +1,15 @@
 //! The holdout calls of the engine: stored holdouts and their readout against everyone else.
 
 use crate::core::catalog::validate_slug;
-use crate::core::engine::Engine;
 use crate::core::engine::experiments::{ExperimentResults, read_out};
 use crate::core::engine::meta::MetaKey;
+use crate::core::engine::{Engine, not_before};
 use crate::core::experiment::definition::ReadoutConfig;
 use crate::core::experiment::holdout::*;
+use crate::core::experiment::measure;
 use crate::core::model::Micros;
+use crate::core::store::remote::Fetch;
+use crate::core::store::source::AnySource;
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -62,7 +65,8 @@ impl Engine {
 
     /// Held-out people (`holdout`, the control) against everyone else seen in
     /// `[start_time, min(end_time, now))` (`general`), each from their first event there, on
-    /// the holdout's metrics with the experiment statistics of `config`.
+    /// the holdout's metrics with the experiment statistics of `config`. On a remote engine,
+    /// who was seen when is counted there, and only the metrics' events are read.
     pub fn holdout_results(
         &self,
         project: &str,
@@ -77,8 +81,23 @@ impl Engine {
         let holdout = state.defs.holdouts.get(key).ok_or_else(|| not_found(key))?;
         let start = holdout.start_time.unwrap_or(holdout.created);
         let end = holdout.end_time.map_or(now, |end| end.min(now)).max(start);
+        let experiment = holdout.as_experiment();
+        let remote = self.remote();
+        let fetch = remote.map(|_| measure::metric_fetch(&experiment, &state.defs.metrics.latest_metrics(), false));
+        if let (Some(remote), Some(fetch @ Fetch { names: Some(_), .. })) = (remote, &fetch) {
+            // Who was seen, and when first, counted where the events are; then only the
+            // events the metrics read.
+            let range = Fetch { from: start.max(not_before(&state)), to: end, ..Fetch::everything() };
+            let seen = remote.first_seen(project, &range)?;
+            let mut source = self.events_of(&state, fetch)?;
+            let AnySource::Batch(batch) = &mut source else {
+                return Err(Error::Internal("a remote engine's events come as a batch".into()));
+            };
+            let exposures = seen_in_list(batch, holdout, seen)?;
+            return read_out(&source, &state, &experiment, &exposures, config, (start, end), now);
+        }
         let source = self.events(&state)?;
         let exposures = seen_people(&source, holdout, start, end);
-        read_out(&source, &state, &holdout.as_experiment(), &exposures, config, (start, end), now)
+        read_out(&source, &state, &experiment, &exposures, config, (start, end), now)
     }
 }

@@ -823,7 +823,7 @@ impl Engine {
 
 /// Where a project's events start: its retention cutoff, if any. The remote engine removes
 /// older events in the background; reads leave them out meanwhile.
-fn not_before(state: &ProjectState) -> Micros {
+pub(crate) fn not_before(state: &ProjectState) -> Micros {
     state.data.expired_before.unwrap_or(Micros::MIN)
 }
 

@@ -12,6 +12,7 @@ use super::measure::{self, Exposure, Exposures};
 use crate::core::catalog::validate_slug;
 use crate::core::metric::definition::MetricBook;
 use crate::core::model::Micros;
+use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::source::{EventSource, Scan};
 use crate::error::{Error, Result};
 
@@ -132,6 +133,25 @@ pub(crate) fn seen_people(source: &impl EventSource, holdout: &Holdout, from: Mi
         out.users.push(Exposure { person: person as u32, first: t, variant });
     }
     out
+}
+
+/// `seen_people` from what a remote engine counted (`RemoteEvents::first_seen` over the same
+/// range): each person with the time of their first event there. Each is found in `batch`,
+/// which holds only the events the readout measures, or added to it without events.
+pub(crate) fn seen_in_list(
+    batch: &mut PersonBatch,
+    holdout: &Holdout,
+    seen: Vec<(String, bool, Micros)>,
+) -> Result<Exposures> {
+    let mut out = Exposures { per_variant: vec![0, 0], ..Default::default() };
+    for (id, is_user, first) in seen {
+        let person = batch.person(&id, is_user)?;
+        let variant = u16::from(!holdout.holds_out(&id));
+        out.per_variant[variant as usize] += 1;
+        out.users.push(Exposure { person, first, variant });
+    }
+    out.users.sort_unstable_by_key(|user| user.person);
+    Ok(out)
 }
 
 /// Checks that every metric of the holdout exists and can be read out like an experiment's.

@@ -303,6 +303,18 @@ fn cell(data: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
 /// metric is missing (the readout says so), a selector names no event, or `cohort_read`: the
 /// query's cohort is evaluated over the events read.
 pub fn fetch(experiment: &Experiment, metrics: &BTreeMap<String, Metric>, cohort_read: bool) -> Fetch {
+    let mut fetch = metric_fetch(experiment, metrics, cohort_read);
+    if let Some(names) = &mut fetch.names {
+        names.push(EXPOSURE_EVENT.to_owned());
+        names.sort();
+        names.dedup();
+    }
+    fetch
+}
+
+/// `fetch` without the exposures: the events the experiment's metrics read (a holdout's
+/// readout, whose exposures are first events of any name, counted apart).
+pub fn metric_fetch(experiment: &Experiment, metrics: &BTreeMap<String, Metric>, cohort_read: bool) -> Fetch {
     let mut selectors: Vec<&EventSelector> = Vec::new();
     for (_, key) in experiment.metrics() {
         let Some(metric) = metrics.get(key) else {
@@ -323,7 +335,6 @@ pub fn fetch(experiment: &Experiment, metrics: &BTreeMap<String, Metric>, cohort
         return Fetch::everything();
     }
     let mut names: Vec<String> = selectors.iter().map(|s| s.event.clone()).collect();
-    names.push(EXPOSURE_EVENT.to_owned());
     names.sort();
     names.dedup();
     let traits = crate::core::filter::on_traits(selectors.iter().flat_map(|s| &s.filters), None);

@@ -175,6 +175,9 @@ pub trait RemoteEvents: Send + Sync {
     fn person_batch(&self, project: &str, fetch: &Fetch) -> Result<PersonBatch>;
     /// The earliest and latest time of the events `fetch` asks for, if any.
     fn time_span(&self, project: &str, fetch: &Fetch) -> Result<Option<(Micros, Micros)>>;
+    /// Per person with any of the events `fetch` asks for: (id, is a user, the time of their
+    /// first), in no particular order.
+    fn first_seen(&self, project: &str, fetch: &Fetch) -> Result<Vec<(String, bool, Micros)>>;
     /// What GetProjectStats tells of the events `fetch` asks for.
     fn event_stats(&self, project: &str, fetch: &Fetch) -> Result<EventStats>;
     /// An event aggregate's partial cells, per person (`AggregateRequest`).
