@@ -17,6 +17,9 @@ use crate::core::store::column::{Column, ColumnSpace};
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
 
+/// The most owner changes `EventTable::owner_log` keeps: 4 bytes each.
+const OWNER_LOG_LIMIT: usize = 1 << 22;
+
 /// Rows per block of property offsets (see `EventTable::prop_end`).
 const PROP_BLOCK: usize = 4096;
 /// The most properties one event may have (the configured limit is checked against it), so
@@ -243,9 +246,12 @@ pub struct EventTable {
     /// Changes whenever rows are renumbered or the table is replaced, so layouts derived from
     /// it (see `person_order`) know when to rebuild.
     layout: LayoutVersion,
-    /// How many times an anonymous person changed owner (`canonical`): aliases and unlinks.
-    /// Derived layouts built before such a change move the rows at read time.
-    owner_changes: u64,
+    /// The anonymous people whose owner (`canonical`) changed, by aliases and unlinks, in
+    /// order: change `owner_log_start + i` moved `owner_log[i]`. Derived layouts built before a
+    /// change move the rows at read time, looking only at the people changed since their build.
+    owner_log: Vec<u32>,
+    /// Changes before the log's first (trimmed away, see `OWNER_LOG_LIMIT`).
+    owner_log_start: u64,
     /// Where the row columns' files are (none: in memory).
     pub(in crate::core::store) space: Option<Arc<ColumnSpace>>,
 }
@@ -351,9 +357,29 @@ impl EventTable {
         self.layout.0
     }
 
-    /// See `owner_changes` (the field).
+    /// How many times an anonymous person changed owner so far (see `owner_log`).
     pub fn owner_changes(&self) -> u64 {
-        self.owner_changes
+        self.owner_log_start + self.owner_log.len() as u64
+    }
+
+    /// The people whose owner changed since the first `since` changes (in order, a person once
+    /// per change), or `None` when those are no longer logged.
+    pub fn owners_changed_since(&self, since: u64) -> Option<&[u32]> {
+        let skip = usize::try_from(since.checked_sub(self.owner_log_start)?).ok()?;
+        self.owner_log.get(skip..)
+    }
+
+    fn log_owner_changes(&mut self, people: &[u32]) {
+        self.log_owner_changes_within(people, OWNER_LOG_LIMIT);
+    }
+
+    pub(in crate::core::store) fn log_owner_changes_within(&mut self, people: &[u32], limit: usize) {
+        if self.owner_log.len() + people.len() > limit {
+            // A layout built before this many changes is rebuilt anyway (`PersonOrder::serves`).
+            self.owner_log_start = self.owner_changes();
+            self.owner_log.clear();
+        }
+        self.owner_log.extend_from_slice(people);
     }
 
     fn person_id(&mut self, key: &str, is_user: bool) -> u32 {
@@ -403,7 +429,7 @@ impl EventTable {
         }
         self.canonical[anon as usize] = user;
         self.aliases.entry(user).or_default().push(anon);
-        self.owner_changes += 1;
+        self.log_owner_changes(&[anon]);
     }
 
     pub fn push(&mut self, event: &Event) {
@@ -544,7 +570,7 @@ impl EventTable {
         for &anon in &anons {
             self.canonical[anon as usize] = anon;
         }
-        self.owner_changes += anons.len() as u64;
+        self.log_owner_changes(&anons);
         anons
     }
 
@@ -695,6 +721,27 @@ pub(crate) fn test_event(id: &str, user: &str, anon: &str, t: Micros) -> Event {
 mod tests {
     use super::test_event as event;
     use super::*;
+
+    #[test]
+    fn the_owner_log_names_the_people_changed_since_and_forgets_past_its_limit() {
+        let mut table = EventTable::default();
+        table.alias("a1", "u1");
+        table.alias("a2", "u1");
+        table.alias("a2", "u1"); // no change
+        let (a1, a2, u1) =
+            (table.find_anonymous("a1").unwrap(), table.find_anonymous("a2").unwrap(), table.find_user("u1").unwrap());
+        table.unalias_all(u1);
+        assert_eq!(table.owner_changes(), 4);
+        assert_eq!(table.owners_changed_since(0), Some(&[a1, a2, a1, a2][..]));
+        assert_eq!(table.owners_changed_since(3), Some(&[a2][..]));
+        assert_eq!(table.owners_changed_since(4), Some(&[][..]));
+        assert_eq!(table.owners_changed_since(5), None);
+        // Past the limit the log starts again: earlier changes are no longer listed.
+        table.log_owner_changes_within(&[a1, a1, a1], 5);
+        assert_eq!(table.owner_changes(), 7);
+        assert_eq!(table.owners_changed_since(4), Some(&[a1, a1, a1][..]));
+        assert_eq!(table.owners_changed_since(3), None);
+    }
 
     #[test]
     fn rows_round_trip() {
