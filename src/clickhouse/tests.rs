@@ -886,7 +886,21 @@ fn quarantine_records_are_rewritten_in_place_without_the_events_that_left() {
         metric_key: "spend".into(),
         values: vec![ManualValue { timestamp: START, value: 9.5, dimensions: vec![] }],
     });
-    history.push(LogRecord::Unquarantined { project: "p".into(), ids: vec![1, 3, 105] });
+    // A record whose new value is larger than a statement may be by default (256 KiB).
+    let mut large = entry(8, "kept");
+    let mut state = 88_172_645_463_325_252u64;
+    let noise: String = (0..600_000)
+        .map(|_| {
+            // xorshift64: digits lz4 cannot shrink much (and no word the test looks for).
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'0' + (state % 10) as u8)
+        })
+        .collect();
+    large.event.properties.push(("note".into(), Value::String(noise)));
+    history.push(quarantined(vec![entry(7, "gone"), large]));
+    history.push(LogRecord::Unquarantined { project: "p".into(), ids: vec![1, 3, 7, 105] });
     let encoded: Vec<crate::storage::Encoded> = history.iter().map(|r| encode_record(r).unwrap()).collect();
     storage.append(&encoded).unwrap();
     let replayed = || {
@@ -915,14 +929,14 @@ fn quarantine_records_are_rewritten_in_place_without_the_events_that_left() {
     assert!(shards.contains(&0) && shards.contains(&1), "records on both shards: {shards:?}");
 
     let rewritten = storage.rewrite_records(&mut |records| crate::core::store::quarantine_rewrites(records)).unwrap();
-    assert_eq!(rewritten, 3, "the records of entries 1, 3 and 105");
+    assert_eq!(rewritten, 4, "the records of entries 1, 3, 7 and 105");
     assert!(storage.settle(std::time::Duration::from_secs(60)).unwrap(), "mutations finish");
     let after = replayed();
     assert_eq!(after.len(), history.len(), "no record added or removed");
     assert_eq!(state(&after), state(&before));
     let text = format!("{after:?}");
     assert!(!text.contains("gone") && !text.contains("q105"), "{text}");
-    assert!(text.contains("q2") && text.contains("q104") && text.contains("spend"));
+    assert!(text.contains("q2") && text.contains("q104") && text.contains("q8") && text.contains("spend"));
     assert_eq!(storage.rewrite_records(&mut |records| crate::core::store::quarantine_rewrites(records)).unwrap(), 0);
 
     // A rewrite naming a value that has changed since (another node's rewrite) changes nothing.
