@@ -26,6 +26,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from sextant_client import ROOT, stubs  # noqa: E402
 
 
+def create_once(call, request):
+    """Creates a definition, unless an earlier run did."""
+    try:
+        call(request)
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
@@ -53,11 +62,7 @@ def main():
                                property="revenue"),
             m.MetricDefinition(key="sessions", kind=m.METRIC_KIND_COUNT, selector=c.EventSelector(event="session_start")),
         ]:
-            try:
-                metrics.CreateMetric(m.CreateMetricRequest(project=args.project, metric=definition))
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
+            create_once(metrics.CreateMetric, m.CreateMetricRequest(project=args.project, metric=definition))
         experiment = e.Experiment(
             key="checkout_v2",
             variants=[e.Variant(key="control", weight=0.5), e.Variant(key="treatment", weight=0.5)],
@@ -67,11 +72,7 @@ def main():
         )
         experiment.start_time.FromDatetime(dt.datetime(2026, 1, 31, tzinfo=dt.timezone.utc))
         experiment.end_time.FromDatetime(dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc))
-        try:
-            experiments.CreateExperiment(e.CreateExperimentRequest(project=args.project, experiment=experiment))
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise
+        create_once(experiments.CreateExperiment, e.CreateExperimentRequest(project=args.project, experiment=experiment))
         def timed(call, request):
             """`call(request)` after a warm-up, `--runs` times: its last reply and a summary of the times."""
             call(request, timeout=600)
@@ -93,11 +94,7 @@ def main():
         holdout = e.Holdout(key="bench-holdout", percent=0.1, metric_keys=["purchasers", "revenue", "sessions"])
         holdout.start_time.FromDatetime(dt.datetime(2026, 1, 31, tzinfo=dt.timezone.utc))
         holdout.end_time.FromDatetime(dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc))
-        try:
-            experiments.CreateHoldout(e.CreateHoldoutRequest(project=args.project, holdout=holdout))
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise
+        create_once(experiments.CreateHoldout, e.CreateHoldoutRequest(project=args.project, holdout=holdout))
         request = e.GetHoldoutResultsRequest(project=args.project, holdout_key="bench-holdout")
         reply, took = timed(experiments.GetHoldoutResults, request)
         lifts = [f"{r.metric_key} {c.relative_effect:+.6f} (p {c.p_value:.4f})" for r in reply.metrics for c in r.comparisons]
