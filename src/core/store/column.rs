@@ -311,9 +311,15 @@ pub struct Column<T: Pod> {
 /// Bytes per checksummed block of a column: a checkpoint hashes only the blocks that are new.
 pub const CHECKSUM_BLOCK: usize = 4 << 20;
 
+/// The checksum of `bytes` that files are verified with: XXH3-64 (`xxhash_rust::xxh3::xxh3_64`
+/// gives the same value; `twox_hash` picks AVX2 at run time, and a start hashes every file).
+pub fn checksum(bytes: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(bytes)
+}
+
 /// The checksum of each `CHECKSUM_BLOCK` of `bytes` (the last one possibly shorter).
 pub fn block_checksums(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks(CHECKSUM_BLOCK).map(xxhash_rust::xxh3::xxh3_64).collect()
+    bytes.chunks(CHECKSUM_BLOCK).map(checksum).collect()
 }
 
 impl<T: Pod> Default for Column<T> {
@@ -370,11 +376,11 @@ impl<T: Pod> Column<T> {
         known.truncate(full);
         while known.len() < full {
             let at = known.len() * CHECKSUM_BLOCK;
-            known.push(xxhash_rust::xxh3::xxh3_64(&bytes[at..at + CHECKSUM_BLOCK]));
+            known.push(checksum(&bytes[at..at + CHECKSUM_BLOCK]));
         }
         let mut sums = known.clone();
         if bytes.len() > full * CHECKSUM_BLOCK {
-            sums.push(xxhash_rust::xxh3::xxh3_64(&bytes[full * CHECKSUM_BLOCK..]));
+            sums.push(checksum(&bytes[full * CHECKSUM_BLOCK..]));
         }
         sums
     }
@@ -511,6 +517,25 @@ impl<T: Pod + PartialEq> PartialEq for Column<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksums_are_the_xxh3_64_that_earlier_checkpoints_listed() {
+        // Checkpoints written before `checksum` moved to twox-hash hold xxhash-rust's values:
+        // every length class XXH3 treats apart (≤16, ≤128, ≤240, long with a partial stripe and
+        // block), streamed in uneven pieces too.
+        let bytes: Vec<u8> =
+            (0..(CHECKSUM_BLOCK + 4099) as u64).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        for len in [0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1023, 1024, 1025, 65_536, 1 << 20, bytes.len()] {
+            let expected = xxhash_rust::xxh3::xxh3_64(&bytes[..len]);
+            assert_eq!(checksum(&bytes[..len]), expected, "length {len}");
+            let mut streamed = twox_hash::XxHash3_64::default();
+            for piece in bytes[..len].chunks(1000) {
+                std::hash::Hasher::write(&mut streamed, piece);
+            }
+            assert_eq!(std::hash::Hasher::finish(&streamed), expected, "length {len}, streamed");
+        }
+        assert_eq!(block_checksums(&bytes).len(), 2);
+    }
 
     #[test]
     fn durable_spaces_keep_listed_and_foreign_files_and_number_after_the_highest() {

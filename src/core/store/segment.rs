@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
-use crate::core::store::column::{Column, ColumnSpace};
-use crate::core::store::table::EventTable;
+use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
+use crate::core::store::table::{EventTable, Interner};
+use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
@@ -176,10 +177,10 @@ impl Manifest {
                 dir.join(file).display()
             ))
         };
-        for (file, checksum) in self.projects.values().flat_map(|p| p.compressed()) {
+        for (file, listed) in self.projects.values().flat_map(|p| p.compressed()) {
             let path = dir.join(file);
             let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
-            if xxhash_rust::xxh3::xxh3_64(&bytes) != checksum {
+            if checksum(&bytes) != listed {
                 return Err(corrupt(file, "its checksum differs from the manifest's"));
             }
         }
@@ -198,7 +199,7 @@ impl Manifest {
                 // SAFETY: a read-only map of a file no process changes in the listed prefix
                 // (columns only append past it).
                 let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?;
-                crate::core::store::column::block_checksums(&map[..column.bytes as usize])
+                block_checksums(&map[..column.bytes as usize])
             };
             if sums != column.checksums {
                 return Err(corrupt(&column.file, "its checksum differs from the manifest's"));
@@ -252,7 +253,7 @@ fn write_compressed<T: Serialize>(space: &ColumnSpace, extension: &str, value: &
     let path = space.dir().join(&name);
     let failed = |e: std::io::Error| io_error("cannot write", &path, e);
     let file = std::fs::File::create(&path).map_err(|e| io_error("cannot create", &path, e))?;
-    let hashing = Hashing { inner: std::io::BufWriter::new(file), hasher: xxhash_rust::xxh3::Xxh3::new() };
+    let hashing = Hashing { inner: std::io::BufWriter::new(file), hasher: twox_hash::XxHash3_64::default() };
     let mut encoder = lz4_flex::frame::FrameEncoder::new(hashing);
     bincode::serialize_into(&mut encoder, value).map_err(|e| match *e {
         bincode::ErrorKind::Io(e) => failed(e),
@@ -260,17 +261,17 @@ fn write_compressed<T: Serialize>(space: &ColumnSpace, extension: &str, value: &
     })?;
     let mut hashing = encoder.finish().map_err(|e| failed(e.into()))?;
     hashing.flush().map_err(failed)?;
-    let checksum = hashing.hasher.digest();
+    let checksum = std::hash::Hasher::finish(&hashing.hasher);
     let file = hashing.inner.into_inner().map_err(|e| failed(e.into_error()))?;
     file.sync_all().map_err(failed)?;
     Ok((name, checksum))
 }
 
 /// Reads a file `write_compressed` wrote, checking its checksum first.
-fn read_compressed<T: serde::de::DeserializeOwned>(space: &ColumnSpace, name: &str, checksum: u64) -> Result<T> {
+fn read_compressed<T: serde::de::DeserializeOwned>(space: &ColumnSpace, name: &str, listed: u64) -> Result<T> {
     let path = space.dir().join(name);
     let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
-    if xxhash_rust::xxh3::xxh3_64(&bytes) != checksum {
+    if checksum(&bytes) != listed {
         return Err(Error::Storage(format!(
             "{} is corrupt: its checksum differs from the manifest's; restore the data directory from a backup",
             path.display()
@@ -284,13 +285,13 @@ fn read_compressed<T: serde::de::DeserializeOwned>(space: &ColumnSpace, name: &s
 /// Writes what passes through to `inner`, hashing it.
 struct Hashing<W> {
     inner: W,
-    hasher: xxhash_rust::xxh3::Xxh3,
+    hasher: twox_hash::XxHash3_64,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let written = self.inner.write(bytes)?;
-        self.hasher.update(&bytes[..written]);
+        std::hash::Hasher::write(&mut self.hasher, &bytes[..written]);
         Ok(written)
     }
 
@@ -390,10 +391,17 @@ impl ProjectData {
     pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
         let path = space.dir().join(&files.state);
         let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
-        let mut state: ProjectState<'static> = read_compressed(space, &files.state, files.state_checksum)?;
-        if let Some(traits) = &files.traits {
-            state.traits = read_compressed(space, traits, files.traits_checksum)?;
-        }
+        // The traits file is read and restored on a thread of its own, beside the rest.
+        let traits_file = files.traits.clone().map(|file| {
+            let (space, checksum) = (space.clone(), files.traits_checksum);
+            std::thread::spawn(move || -> Result<Traits> {
+                let state = read_compressed(&space, &file, checksum)?;
+                let restored = Traits::from_state(state);
+                restored
+                    .map_err(|e| Error::Storage(format!("{} cannot be read: {e}", space.dir().join(&file).display())))
+            })
+        });
+        let state: ProjectState<'static> = read_compressed(space, &files.state, files.state_checksum)?;
         // Every column is replaced by its file below: start from empty ones in memory, not new files.
         let mut table = EventTable::default();
         table.space = Some(space.clone());
@@ -416,24 +424,25 @@ impl ProjectData {
         table.min_time = state.min_time;
         table.max_time = state.max_time;
         table.generation = state.generation;
-        // Rebuilding the interners' lookups and checking the rows, and restoring the traits, are
-        // independent: on two threads.
-        let (checked, traits) = std::thread::scope(|scope| {
-            let traits = scope.spawn(|| crate::core::store::traits::Traits::from_state(state.traits));
-            let checked = (|| {
-                for interner in [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people] {
-                    interner.rebuild_index().map_err(|e| format!("a checkpointed interner is corrupt: {e}"))?;
-                }
-                table.check_consistent()
-            })();
-            (checked, traits.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        // Rebuilding the interners' lookups and checking the rows are independent: on two
+        // threads.
+        let (indexes, checked) = std::thread::scope(|scope| {
+            let interners = [&table.names, &table.keys, &table.strings, &table.people];
+            let indexes = scope.spawn(move || interners.map(Interner::built_index));
+            let checked = table.check_consistent();
+            (indexes.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), checked)
         });
+        let interners = [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people];
+        for (interner, index) in interners.into_iter().zip(indexes) {
+            interner.index = index.map_err(|e| corrupt(format!("a checkpointed interner is corrupt: {e}")))?;
+        }
         checked.map_err(corrupt)?;
         let mut data = ProjectData { table, ..ProjectData::default() };
-        data.traits = traits.map_err(|e| match &files.traits {
-            Some(file) => Error::Storage(format!("{} cannot be read: {e}", space.dir().join(file).display())),
-            None => corrupt(e),
-        })?;
+        data.traits = match traits_file {
+            Some(thread) => thread.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?,
+            // Earlier checkpoints kept the traits inside the state.
+            None => Traits::from_state(state.traits).map_err(corrupt)?,
+        };
         if let Some(traits) = &files.traits {
             *data.traits_file.get_mut() = Some((data.traits.changes(), traits.clone(), files.traits_checksum));
         }

@@ -34,7 +34,7 @@ pub const MAX_PROPERTIES: usize = (u32::MAX as usize) / PROP_BLOCK;
 pub struct Interner {
     pub(in crate::core::store) bytes: Column<u8>,
     pub(in crate::core::store) ends: Column<u64>,
-    index: hashbrown::HashTable<u32>,
+    pub(in crate::core::store) index: hashbrown::HashTable<u32>,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -58,30 +58,38 @@ impl Interner {
         id
     }
 
-    /// Rebuilds the lookup table from the string columns (after loading them from a
-    /// checkpoint), checking that they hold whole strings.
-    pub(in crate::core::store) fn rebuild_index(&mut self) -> Result<(), String> {
+    /// The lookup table of the strings in the columns (loaded from a checkpoint), checking
+    /// that they hold whole strings, each once (a shared borrow: a start builds it beside
+    /// other checks).
+    pub(in crate::core::store) fn built_index(&self) -> Result<hashbrown::HashTable<u32>, String> {
+        let Interner { bytes, ends, .. } = self;
+        // The strings are valid UTF-8 each exactly when their concatenation is and every end
+        // falls on a character boundary: one pass over the bytes instead of one per string.
+        let all = std::str::from_utf8(bytes).map_err(|e| format!("the strings are not UTF-8 ({e})"))?;
         let mut start = 0u64;
-        for (id, &end) in self.ends.iter().enumerate() {
-            if end < start || end > self.bytes.len() as u64 {
-                return Err(format!("string {id} ends at {end}, outside {start}..{}", self.bytes.len()));
+        for (id, &end) in ends.iter().enumerate() {
+            if end < start || end > all.len() as u64 {
+                return Err(format!("string {id} ends at {end}, outside {start}..{}", all.len()));
             }
-            if std::str::from_utf8(&self.bytes[start as usize..end as usize]).is_err() {
+            if !all.is_char_boundary(end as usize) {
                 return Err(format!("string {id} is not UTF-8"));
             }
             start = end;
         }
-        let Interner { bytes, ends, index } = self;
-        index.clear();
-        index.reserve(ends.len(), |&id| hash_str(resolve(bytes, ends, id)));
+        let mut index = hashbrown::HashTable::with_capacity(ends.len());
         for id in 0..ends.len() as u32 {
             let s = resolve(bytes, ends, id);
-            if index.find(hash_str(s), |&other| resolve(bytes, ends, other) == s).is_some() {
-                return Err(format!("string {id} is stored twice"));
+            let (same, rehash) =
+                (|&other: &u32| resolve(bytes, ends, other) == s, |&id: &u32| hash_str(resolve(bytes, ends, id)));
+            // One probe finds a string stored twice or the slot for this one.
+            match index.entry(hash_str(s), same, rehash) {
+                hashbrown::hash_table::Entry::Occupied(_) => return Err(format!("string {id} is stored twice")),
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(id);
+                }
             }
-            index.insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
         }
-        Ok(())
+        Ok(index)
     }
 
     pub fn get(&self, s: &str) -> Option<u32> {
@@ -721,6 +729,37 @@ pub(crate) fn test_event(id: &str, user: &str, anon: &str, t: Micros) -> Event {
 mod tests {
     use super::test_event as event;
     use super::*;
+
+    #[test]
+    fn a_loaded_interner_finds_every_string_and_refuses_broken_or_repeated_ones() {
+        let mut interner = Interner::default();
+        let strings = ["", "plan", "é", "naïve", "plan2"];
+        for s in strings {
+            interner.intern(s);
+        }
+        let index = interner.built_index().unwrap();
+        assert_eq!(index.len(), strings.len());
+        let loaded = Interner { index, ..interner };
+        for (id, s) in strings.iter().enumerate() {
+            assert_eq!(loaded.get(s), Some(id as u32));
+        }
+        assert_eq!(loaded.get("pla"), None);
+        let broken = |bytes: &[u8], ends: &[u64]| {
+            let mut interner = Interner::default();
+            interner.bytes.extend_from_slice(bytes);
+            interner.ends.extend_from_slice(ends);
+            interner.built_index().unwrap_err()
+        };
+        // "é" is two bytes: an end between them cuts a character.
+        assert_eq!(broken("aé".as_bytes(), &[2, 3]), "string 0 is not UTF-8");
+        assert_eq!(
+            broken(b"a\xff", &[1, 2]),
+            "the strings are not UTF-8 (invalid utf-8 sequence of 1 bytes from index 1)"
+        );
+        assert_eq!(broken(b"abab", &[2, 4]), "string 1 is stored twice");
+        assert_eq!(broken(b"abc", &[2, 1]), "string 1 ends at 1, outside 2..3");
+        assert_eq!(broken(b"abc", &[4]), "string 0 ends at 4, outside 0..3");
+    }
 
     #[test]
     fn the_owner_log_names_the_people_changed_since_and_forgets_past_its_limit() {
