@@ -106,6 +106,7 @@ impl ColumnSpace {
                     name,
                     map: None,
                     capacity_bytes: 0,
+                    written_bytes: 0,
                     space: Arc::clone(self),
                 }),
                 space: Some(Arc::clone(self)),
@@ -135,6 +136,9 @@ impl ColumnSpace {
                 name: name.to_owned(),
                 map,
                 capacity_bytes,
+                // Anything may be in the file past the listed values (appended after the
+                // checkpoint).
+                written_bytes: capacity_bytes,
                 space: Arc::clone(self),
             }),
             space: Some(Arc::clone(self)),
@@ -219,6 +223,9 @@ struct FileColumn {
     name: String,
     map: Option<MmapMut>,
     capacity_bytes: usize,
+    /// The file reads as zeros past this many bytes: it was never written there (growth
+    /// reserves zeroed blocks), so zeroing values there is needless.
+    written_bytes: usize,
     space: Arc<ColumnSpace>,
 }
 
@@ -229,10 +236,16 @@ impl FileColumn {
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(drop)
     }
 
+    /// Makes the file and its map hold at least `bytes`. Inlined check: it runs on every push.
+    #[inline]
     fn grow_to(&mut self, bytes: usize) {
-        if bytes <= self.capacity_bytes {
-            return;
+        if bytes > self.capacity_bytes {
+            self.grow(bytes);
         }
+    }
+
+    #[cold]
+    fn grow(&mut self, bytes: usize) {
         let step = self.capacity_bytes.clamp(MIN_GROWTH_BYTES, MAX_GROWTH_BYTES);
         let target = bytes.max(self.capacity_bytes + step).next_multiple_of(MIN_GROWTH_BYTES);
         let file = match std::fs::OpenOptions::new().read(true).write(true).open(&self.path) {
@@ -395,6 +408,7 @@ impl<T: Pod> Column<T> {
             // The map may stay larger than the file: only the values' pages are ever read.
             std::fs::OpenOptions::new().write(true).open(&file.path)?.set_len(bytes as u64)?;
             file.capacity_bytes = bytes;
+            file.written_bytes = file.written_bytes.min(bytes);
         }
         Ok(())
     }
@@ -424,10 +438,14 @@ impl<T: Pod> Column<T> {
             Backing::Memory(values) => values.resize(len, T::zeroed()),
             Backing::File(file) => {
                 file.grow_to(len * size_of::<T>());
-                if len > self.len {
-                    // Values past `len` may be left from an earlier truncate.
-                    file.values_mut::<T>()[self.len..len].fill(T::zeroed());
+                // Values past `len` may be left from an earlier truncate, up to where the file
+                // was ever written; past that it reads as zeros already (a fresh column's
+                // whole file: a sort's scratch columns are not written twice).
+                let dirty = (file.written_bytes / size_of::<T>()).min(len);
+                if dirty > self.len {
+                    file.values_mut::<T>()[self.len..dirty].fill(T::zeroed());
                 }
+                file.written_bytes = file.written_bytes.max(len * size_of::<T>());
             }
         }
         self.len = len;
@@ -444,6 +462,7 @@ impl<T: Pod> Column<T> {
                 let end = self.len + values.len();
                 file.grow_to(end * size_of::<T>());
                 file.values_mut::<T>()[self.len..end].copy_from_slice(values);
+                file.written_bytes = file.written_bytes.max(end * size_of::<T>());
             }
         }
         self.len += values.len();
@@ -607,6 +626,32 @@ mod tests {
         let mut zeroed = fresh;
         zeroed.resize_zeroed(3);
         assert_eq!(&zeroed[..], &[0, 0, 0]);
+        // Values written and then cut off are zeroed when the column grows over them again,
+        // in the map and past a released reserve alike; a fresh file is zeros unwritten.
+        zeroed.as_mut_slice().fill(5);
+        zeroed.extend_from_slice(&[6; 2000]);
+        zeroed.truncate(1);
+        zeroed.resize_zeroed(4000);
+        assert_eq!((zeroed[0], zeroed[1..].iter().filter(|&&v| v != 0).count()), (5, 0));
+        zeroed.as_mut_slice().fill(7);
+        zeroed.truncate(2);
+        zeroed.release_reserve().unwrap();
+        zeroed.resize_zeroed(3000);
+        assert_eq!(zeroed[..2], [7, 7]);
+        assert!(zeroed[2..].iter().all(|&v| v == 0));
+        let listed: Column<u64> = {
+            let mut written: Column<u64> = space.column();
+            written.extend_from_slice(&[9; 600]);
+            written.sync().unwrap();
+            let name = written.file_name().unwrap().to_owned();
+            std::fs::copy(space.dir().join(&name), space.dir().join("copy.col")).unwrap();
+            space.open("copy.col", 100).unwrap()
+        };
+        let mut reopened = listed;
+        // A column opened from a file may hold anything past its listed values.
+        reopened.resize_zeroed(700);
+        assert!(reopened[..100].iter().all(|&v| v == 9) && reopened[100..].iter().all(|&v| v == 0));
+        drop(reopened);
         // Dropped columns take their files with them.
         drop((file, zeroed, big));
         assert_eq!(std::fs::read_dir(dir.path().join("cols")).unwrap().count(), 0);

@@ -277,56 +277,119 @@ impl PersonOrder {
             numbers: Default::default(),
             strings: Default::default(),
         };
-        order.index_names(table);
+        order.index_names(table, threads);
         order
     }
 
-    /// Fills `by_name` from the sorted columns.
-    fn index_names(&mut self, table: &EventTable) {
+    /// Fills `by_name` from the sorted columns, on `threads` threads: each takes a range of
+    /// people with about as many positions as the others, counts its rows and groups per
+    /// name, and then writes them where the counts before it end.
+    fn index_names(&mut self, table: &EventTable, threads: usize) {
         let derived = table.space().map(|space| space.derived());
         let space = derived.as_ref();
-        let mut counts = vec![0usize; table.names().len()];
-        for &name in self.names.iter() {
-            counts[name as usize] += 1;
+        let names = table.names().len();
+        let positions = self.names.len();
+        let threads = threads.clamp(1, self.people.len().max(1));
+        let mut cuts = vec![0usize];
+        for k in 1..threads {
+            let cut = self.starts.partition_point(|&s| (s as usize) < positions * k / threads).min(self.people.len());
+            cuts.push(cut.max(cuts[k - 1]));
         }
-        let mut by_name: Vec<NameIndex> = counts
-            .iter()
-            .map(|&n| {
+        cuts.push(self.people.len());
+        let order = &*self;
+        // Per range, per name: (rows, groups, longest group).
+        let counts: Vec<Vec<(usize, usize, usize)>> = std::thread::scope(|scope| {
+            let parts: Vec<_> = cuts
+                .windows(2)
+                .map(|range| {
+                    let (first, last) = (range[0], range[1]);
+                    scope.spawn(move || {
+                        let mut counts = vec![(0usize, 0usize, 0usize); names];
+                        let mut run = vec![0usize; names];
+                        for person in first..last {
+                            let span = order.starts[person] as usize..order.starts[person + 1] as usize;
+                            for &name in &order.names[span.clone()] {
+                                run[name as usize] += 1;
+                            }
+                            for &name in &order.names[span] {
+                                let n = std::mem::take(&mut run[name as usize]);
+                                if n > 0 {
+                                    let count = &mut counts[name as usize];
+                                    *count = (count.0 + n, count.1 + 1, count.2.max(n));
+                                }
+                            }
+                        }
+                        counts
+                    })
+                })
+                .collect();
+            parts.into_iter().map(|part| part.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        let mut by_name: Vec<NameIndex> = (0..names)
+            .map(|name| {
+                let (rows, groups) = counts.iter().fold((0, 0), |(r, g), part| (r + part[name].0, g + part[name].1));
                 let mut index = NameIndex {
                     people: Column::in_space(space),
                     starts: Column::in_space(space),
                     rows: Column::in_space(space),
                     times: Column::in_space(space),
-                    longest: 0,
+                    longest: counts.iter().map(|part| part[name].2).max().unwrap_or(0),
                 };
-                index.starts.push(0);
-                index.rows.reserve(n);
-                index.times.reserve(n);
+                index.people.resize_zeroed(groups);
+                index.starts.resize_zeroed(groups + 1);
+                index.rows.resize_zeroed(rows);
+                index.times.resize_zeroed(rows);
+                if let Some(end) = index.starts.last_mut() {
+                    *end = rows as u32;
+                }
                 index
             })
             .collect();
-        for i in 0..self.people.len() {
-            let span = self.starts[i] as usize..self.starts[i + 1] as usize;
-            for position in span {
-                let index = &mut by_name[self.names[position] as usize];
-                if index.people.last() != Some(&(i as u32)) {
-                    if !index.rows.is_empty() {
-                        let len = index.rows.len() as u32;
-                        index.starts.push(len);
+        // Each range's share of every name's columns, cut where the ranges before it end.
+        type Share<'a> = (&'a mut [u32], &'a mut [u32], &'a mut [u32], &'a mut [Micros], u32);
+        let mut shares: Vec<Vec<Share<'_>>> = (0..cuts.len() - 1).map(|_| Vec::with_capacity(names)).collect();
+        for (name, index) in by_name.iter_mut().enumerate() {
+            let (mut people, mut starts) = (index.people.as_mut_slice(), index.starts.as_mut_slice());
+            let (mut rows, mut times) = (index.rows.as_mut_slice(), index.times.as_mut_slice());
+            let mut row_base = 0u32;
+            for (part, share) in counts.iter().zip(&mut shares) {
+                let (n, groups, _) = part[name];
+                let own_people;
+                (own_people, people) = std::mem::take(&mut people).split_at_mut(groups);
+                let own_starts;
+                (own_starts, starts) = std::mem::take(&mut starts).split_at_mut(groups);
+                let own_rows;
+                (own_rows, rows) = std::mem::take(&mut rows).split_at_mut(n);
+                let own_times;
+                (own_times, times) = std::mem::take(&mut times).split_at_mut(n);
+                share.push((own_people, own_starts, own_rows, own_times, row_base));
+                row_base += n as u32;
+            }
+        }
+        std::thread::scope(|scope| {
+            for (range, mut share) in cuts.windows(2).zip(shares) {
+                let (first, last) = (range[0], range[1]);
+                scope.spawn(move || {
+                    // Per name: groups and rows written so far.
+                    let mut at = vec![(0usize, 0usize); names];
+                    for person in first..last {
+                        for position in order.starts[person] as usize..order.starts[person + 1] as usize {
+                            let name = order.names[position] as usize;
+                            let (people, starts, rows, times, row_base) = &mut share[name];
+                            let (group, row) = &mut at[name];
+                            if *group == 0 || people[*group - 1] != person as u32 {
+                                people[*group] = person as u32;
+                                starts[*group] = *row_base + *row as u32;
+                                *group += 1;
+                            }
+                            rows[*row] = order.rows[position];
+                            times[*row] = order.times[position];
+                            *row += 1;
+                        }
                     }
-                    index.people.push(i as u32);
-                }
-                index.rows.push(self.rows[position]);
-                index.times.push(self.times[position]);
+                });
             }
-        }
-        for index in &mut by_name {
-            if !index.rows.is_empty() {
-                let len = index.rows.len() as u32;
-                index.starts.push(len);
-            }
-            index.longest = index.starts.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
-        }
+        });
         self.by_name = by_name;
     }
 
@@ -829,9 +892,26 @@ mod tests {
                 proptest::prop_assert_eq!(order.starts[i], first);
             }
             proptest::prop_assert_eq!(order.starts.last().copied(), Some(table.len() as u32));
-            // And it equals the one-thread build, name index included.
+            // Its name index reads each name's rows as a filtered full scan does, and equals
+            // the one-thread build's.
+            for names in [&[0u32][..], &[1], &[2], &[0, 2], &[0, 1, 2]] {
+                proptest::prop_assert_eq!(named_scan(&order, &table, names), filtered_full_scan(&order, &table, names));
+            }
             let single = PersonOrder::build_with(&table, 1);
-            proptest::prop_assert_eq!(named_scan(&order, &table, &[0, 1, 2]), named_scan(&single, &table, &[0, 1, 2]));
+            proptest::prop_assert_eq!(order.by_name.len(), single.by_name.len());
+            for (index, one) in order.by_name.iter().zip(&single.by_name) {
+                proptest::prop_assert_eq!(
+                    (index.people.to_vec(), index.starts.to_vec(), index.rows.to_vec(), index.times.to_vec(), index.longest),
+                    (one.people.to_vec(), one.starts.to_vec(), one.rows.to_vec(), one.times.to_vec(), one.longest)
+                );
+            }
+            let longest = |name: u32| {
+                let runs = people.iter().map(|&p| want.iter().filter(|w| w.0 == p && table.name[w.2 as usize] == name).count());
+                runs.max().unwrap_or(0)
+            };
+            for name in 0..order.by_name.len() as u32 {
+                proptest::prop_assert_eq!(order.by_name[name as usize].longest, longest(name));
+            }
         }
 
         /// Owner changes after the build (new links, moves to another user, unlinks), with a
