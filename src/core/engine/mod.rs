@@ -255,23 +255,41 @@ impl Engine {
             Some(space) => Manifest::read(space.dir())?,
             None => None,
         };
-        if let (Some(space), Some(manifest)) = (&columns, &manifest) {
-            manifest.verify(space.dir())?;
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint files verified");
-        }
-        if let Some(space) = &columns {
-            // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
-            let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
-            space.keep_only(listed).map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
-        }
-        let (mut projects, api_keys) = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
-        let mut seen = match (&columns, &manifest) {
-            (Some(space), Some(manifest)) => match &manifest.seen {
-                Some(sorted) => SeenIds::load_sorted(space, sorted)?,
-                None => SeenIds::load(space, &manifest.seen_runs)?,
-            },
-            _ => SeenIds::in_space(columns.as_ref()),
-        };
+        // The checkpoint's files are verified while they are loaded: loading only reads them,
+        // and nothing is applied or answered until both are done. A bad file is the error
+        // (it names the file) even when the load failed on it first.
+        let (verified, loaded) = std::thread::scope(|scope| {
+            let verifying = match (&columns, &manifest) {
+                (Some(space), Some(manifest)) => Some(scope.spawn(|| {
+                    manifest.verify(space.dir())?;
+                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint files verified");
+                    Ok::<(), Error>(())
+                })),
+                _ => None,
+            };
+            let loaded = (|| {
+                if let Some(space) = &columns {
+                    // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
+                    let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
+                    space
+                        .keep_only(listed)
+                        .map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
+                }
+                let definitions = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
+                let seen = match (&columns, &manifest) {
+                    (Some(space), Some(manifest)) => match &manifest.seen {
+                        Some(sorted) => SeenIds::load_sorted(space, sorted)?,
+                        None => SeenIds::load(space, &manifest.seen_runs)?,
+                    },
+                    _ => SeenIds::in_space(columns.as_ref()),
+                };
+                Ok::<_, Error>((definitions, seen))
+            })();
+            let verified = verifying.map_or(Ok(()), |v| v.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            (verified, loaded)
+        });
+        verified?;
+        let ((mut projects, api_keys), mut seen) = loaded?;
         let mut next_quarantine_id =
             projects.values().flat_map(|p| p.data.quarantine.keys()).max().map_or(0, |id| id + 1);
         let mut records = 0u64;
