@@ -12,6 +12,8 @@ scripts/bench-ingest.sh (which prints the load's events/s and peak RssAnon):
 - bytes on disk per event, and the data dir before / after retention + Compact (on a copy).
 
 Usage: scripts/bench-storage.py --data /tmp/sxbench/data-700000 --db /tmp/sxbench/db
+With --only-restart N, only the restart figures, N times, writing nothing (--cold: from an empty
+page cache each time).
 """
 import argparse
 import datetime as dt
@@ -49,6 +51,17 @@ def rss_anon_mib(pid):
 
 def dir_bytes(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def evict(path):
+    """Drops a directory's file pages from the page cache, as after a reboot (clean pages only)."""
+    for d, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(d, f), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def start(db, *extra):
@@ -89,8 +102,25 @@ def main():
     ap.add_argument("--seconds", type=float, default=20, help="how long Track is timed, idle and loaded")
     ap.add_argument("--skip-compact", action="store_true", help="for builds without AdminService.Compact")
     ap.add_argument("--only-compact", action="store_true", help="only the retention + Compact figures")
+    ap.add_argument("--only-restart", type=int, default=0, metavar="N",
+                    help="only N restarts, each timed to the port and to one funnel; writes nothing")
+    ap.add_argument("--cold", action="store_true",
+                    help="with --only-restart: drop the data directory's pages from the page cache before each start")
     args = ap.parse_args()
     pb = stubs()
+    if args.only_restart:
+        for _ in range(args.only_restart):
+            if args.cold:
+                evict(args.db)
+            proc, channel, to_port, started = start(args.db)
+            try:
+                calls = bench_query.benchmarks(pb, channel, args.project)
+                next(call for name, call, *_ in calls if "funnel" in name)()
+                print(f"restart{' (cold)' if args.cold else ''}: port open {to_port:.2f} s, "
+                      f"first funnel answered {time.perf_counter() - started:.2f} s", flush=True)
+            finally:
+                stop(proc)
+        return
     admin_pb = importlib.import_module("sextant.v1.admin_pb2")
     admin_grpc = importlib.import_module("sextant.v1.admin_pb2_grpc")
     ingest_grpc = importlib.import_module("sextant.v1.ingest_pb2_grpc")
