@@ -185,13 +185,11 @@ impl PersonOrder {
         times.resize_zeroed(n);
         names.resize_zeroed(n);
         // Cut the canonical people where the slots reach each thread's share of the rows.
-        let mut cuts = vec![0usize];
-        for k in 1..threads {
-            let i = starts.partition_point(|&s| (s as usize) < n * k / threads);
-            let cut = people.get(i).map_or(next.len(), |&p| p as usize);
-            cuts.push(cut.max(cuts[k - 1]));
-        }
-        cuts.push(next.len());
+        let cuts: Vec<usize> = balanced_cuts(&starts, threads)
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| if k == 0 { 0 } else { people.get(i).map_or(next.len(), |&p| p as usize) })
+            .collect();
         let bounds: Vec<usize> = cuts.iter().map(|&c| next.get(c).map_or(n, |&s| s as usize)).collect();
         std::thread::scope(|scope| {
             let (mut rows, mut times, mut names) = (rows.as_mut_slice(), times.as_mut_slice(), names.as_mut_slice());
@@ -288,14 +286,7 @@ impl PersonOrder {
         let derived = table.space().map(|space| space.derived());
         let space = derived.as_ref();
         let names = table.names().len();
-        let positions = self.names.len();
-        let threads = threads.clamp(1, self.people.len().max(1));
-        let mut cuts = vec![0usize];
-        for k in 1..threads {
-            let cut = self.starts.partition_point(|&s| (s as usize) < positions * k / threads).min(self.people.len());
-            cuts.push(cut.max(cuts[k - 1]));
-        }
-        cuts.push(self.people.len());
+        let cuts = balanced_cuts(&self.starts, threads.clamp(1, self.people.len().max(1)));
         let order = &*self;
         // Per range, per name: (rows, groups, longest group).
         let counts: Vec<Vec<(usize, usize, usize)>> = std::thread::scope(|scope| {
@@ -640,6 +631,19 @@ fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
 const MIN_PARALLEL_ROWS: usize = 200_000;
 
 /// How many threads a scan of `table` should use: one per core for large tables.
+/// Where to cut the people whose rows start at `starts` (one entry more than people, the last
+/// the row count) into `threads` ranges of about as many rows each: people indexes, ascending,
+/// from 0 to the number of people.
+fn balanced_cuts(starts: &[u32], threads: usize) -> Vec<usize> {
+    let (people, rows) = (starts.len() - 1, starts.last().map_or(0, |&n| n as usize));
+    let mut cuts = vec![0];
+    for k in 1..threads {
+        cuts.push(starts.partition_point(|&s| (s as usize) < rows * k / threads).min(people));
+    }
+    cuts.push(people);
+    cuts
+}
+
 pub fn query_threads(table: &EventTable) -> usize {
     if table.len() < MIN_PARALLEL_ROWS {
         return 1;
