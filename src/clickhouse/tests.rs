@@ -441,7 +441,7 @@ async fn each_event_id_counts_once_across_resends_restarts_crashes_and_racing_no
         for (i, &row) in events.rows.iter().enumerate() {
             seen.push((
                 read.person_name(person).to_owned(),
-                read.row_event_id(row as usize).to_owned(),
+                read.row_event_id(row as usize).into_owned(),
                 events.times[i],
             ));
         }
@@ -495,11 +495,10 @@ async fn a_person_whose_rows_sit_on_two_shards_reads_back_as_one_in_order() {
     let batch = store.person_batch(project, &Fetch::everything()).await.unwrap();
     let mut people: Vec<(String, Vec<(String, i64)>)> = Vec::new();
     batch.for_each(crate::core::store::source::Scan::all(), |person, events| {
-        let rows = events
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, &row)| (batch.row_event_id(row as usize).to_owned(), (events.times[i] - START) / 60_000_000));
+        let rows =
+            events.rows.iter().enumerate().map(|(i, &row)| {
+                (batch.row_event_id(row as usize).into_owned(), (events.times[i] - START) / 60_000_000)
+            });
         people.push((batch.person_name(person).to_owned(), rows.collect()));
     });
     let minutes = |rows: &[(&str, i64)]| rows.iter().map(|(id, m)| (id.to_string(), *m)).collect::<Vec<_>>();
@@ -608,7 +607,7 @@ async fn a_deleted_user_counts_nowhere_at_once_and_leaves_the_tables_after_the_m
     let people = |batch: &PersonBatch| -> Vec<(String, Vec<String>)> {
         let mut people = Vec::new();
         batch.for_each(crate::core::store::source::Scan::all(), |person, events| {
-            let ids = events.rows.iter().map(|&r| batch.row_event_id(r as usize).to_owned()).collect();
+            let ids = events.rows.iter().map(|&r| batch.row_event_id(r as usize).into_owned()).collect();
             people.push((batch.person_name(person).to_owned(), ids));
         });
         people
@@ -668,7 +667,7 @@ enum Op {
 fn people_of(source: &impl EventSource) -> Vec<(String, Vec<String>)> {
     let mut people = Vec::new();
     source.for_each(crate::core::store::source::Scan::all(), |person, events| {
-        let ids = events.rows.iter().map(|&r| source.row_event_id(r as usize).to_owned()).collect();
+        let ids = events.rows.iter().map(|&r| source.row_event_id(r as usize).into_owned()).collect();
         people.push((source.person_name(person).to_owned(), ids));
     });
     people.sort();

@@ -207,10 +207,10 @@ struct Part {
 /// Sorts runs of equal times by event id: rows arrive ordered by (time, arrival).
 fn order_ties<T>(items: &mut [T], key: impl Fn(&T) -> (Micros, u32), source: &impl EventSource) {
     if items.windows(2).any(|w| key(&w[0]).0 == key(&w[1]).0) {
-        items.sort_by(|a, b| {
-            let (ta, ra) = key(a);
-            let (tb, rb) = key(b);
-            ta.cmp(&tb).then_with(|| source.row_event_id(ra as usize).cmp(source.row_event_id(rb as usize)))
+        // Each id decoded once (ids are stored compressed); the sort is stable.
+        items.sort_by_cached_key(|item| {
+            let (time, row) = key(item);
+            (time, source.row_event_id(row as usize).into_owned())
         });
     }
 }

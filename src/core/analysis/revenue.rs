@@ -188,7 +188,7 @@ impl BridgeCells {
 }
 
 /// A person's value change: (time, event id, value in millionths).
-type Change<'a> = (Micros, &'a str, i128);
+type Change<'a> = (Micros, std::borrow::Cow<'a, str>, i128);
 
 /// Visits every person with at least one matching event before `until`, with their changes
 /// ordered by (time, event id), folding into one state per part of people (merged by the
@@ -226,7 +226,7 @@ fn fold_changes<S: Send>(
                     return;
                 }
                 // Events arrive ordered by (time, arrival); ties go by event id.
-                changes.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(y.1)));
+                changes.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
                 visit(acc, changes);
             },
         )

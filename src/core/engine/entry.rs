@@ -185,7 +185,8 @@ mod tests {
 
         assert_eq!(replied.load(Ordering::SeqCst), 0);
         let state = entry.read();
-        let ids: Vec<&str> = (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row)).collect();
+        let ids: Vec<String> =
+            (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row).into_owned()).collect();
         assert_eq!(ids, ["a", "b", "c", "d"]);
         assert_eq!(replied.load(Ordering::SeqCst), 1, "the waiting ack runs once applied");
         assert!(!entry.has_pending());

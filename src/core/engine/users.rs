@@ -118,23 +118,23 @@ impl Engine {
         // Found exactly when GetUser finds the user, on either engine: a deleted user is gone,
         // also before compaction renumbers anything.
         let person = known_user(&state.data, user_id).ok_or_else(not_found)?;
-        let position = |r: u32| (table.time()[r as usize], table.row_event_id(r as usize));
-        let mut rows: Vec<u32> = table
+        // Each row's (time, event id) once: ids are decoded from their blocks.
+        let mut rows: Vec<(Micros, String, u32)> = table
             .user_rows(person)
             .into_iter()
             .filter(|&r| range.contains(table.time()[r as usize]))
-            .filter(|&r| after.as_ref().is_none_or(|(time, id)| position(r) > (*time, id.as_str())))
+            .map(|r| (table.time()[r as usize], table.row_event_id(r as usize).into_owned(), r))
+            .filter(|(time, id, _)| {
+                after.as_ref().is_none_or(|(after_time, after_id)| (*time, id) > (*after_time, after_id))
+            })
             .collect();
-        rows.sort_unstable_by(|&a, &b| position(a).cmp(&position(b)));
+        rows.sort_unstable();
         let size = page.size();
         let next = match rows.get(size.saturating_sub(1)) {
-            Some(&last) if rows.len() > size => {
-                let (time, id) = position(last);
-                crate::core::page::time_token_for(time, id)
-            }
+            Some((time, id, _)) if rows.len() > size => crate::core::page::time_token_for(*time, id),
             _ => String::new(),
         };
-        let events = rows.iter().take(size).map(|&r| table.event(r as usize)).collect();
+        let events = rows.iter().take(size).map(|&(_, _, r)| table.event(r as usize)).collect();
         Ok((events, next))
     }
 

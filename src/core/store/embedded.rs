@@ -87,7 +87,7 @@ impl EventSource for Embedded<'_> {
         self.data.table.row_props(row)
     }
 
-    fn row_event_id(&self, row: usize) -> &str {
+    fn row_event_id(&self, row: usize) -> std::borrow::Cow<'_, str> {
         self.data.table.row_event_id(row)
     }
 

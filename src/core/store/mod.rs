@@ -4,6 +4,7 @@
 
 pub mod column;
 pub mod embedded;
+pub mod event_ids;
 pub mod person_batch;
 pub mod person_order;
 pub mod record;
@@ -211,7 +212,7 @@ impl ProjectData {
             return;
         };
         for row in table.user_rows(person) {
-            self.erased_keys.push(record::event_key(project, table.row_event_id(row as usize)));
+            self.erased_keys.push(record::event_key(project, &table.row_event_id(row as usize)));
             table.erase(row);
         }
         let anonymous: std::collections::HashSet<String> =

@@ -244,7 +244,7 @@ impl EventSource for PersonBatch {
         self.table.row_props(row)
     }
 
-    fn row_event_id(&self, row: usize) -> &str {
+    fn row_event_id(&self, row: usize) -> std::borrow::Cow<'_, str> {
         self.table.row_event_id(row)
     }
 

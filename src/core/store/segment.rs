@@ -25,15 +25,18 @@ use serde::{Deserialize, Serialize};
 use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
+use crate::core::store::event_ids::EventIds;
 use crate::core::store::table::{EventTable, Interner};
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
-/// Version 2 lists the dedupe keys as runs (`seen_runs`); version 1, one sorted column
-/// (`seen`), still loads.
-const MANIFEST_VERSION: u32 = 2;
+/// Version 3 keeps event ids compressed in blocks (`ids.blocks`, `ids.block_ends` and the
+/// `ids_tail` file); version 2, plain (`id_end`, `id_bytes`), and they are compressed when
+/// loaded. Version 2 lists the dedupe keys as runs (`seen_runs`); version 1, one sorted
+/// column (`seen`). Every earlier version still loads.
+const MANIFEST_VERSION: u32 = 3;
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,12 +87,19 @@ pub struct ProjectFiles {
     pub traits: Option<String>,
     #[serde(default)]
     pub traits_checksum: u64,
+    /// The event ids after the last full compressed block (version 3; see `EventIds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids_tail: Option<String>,
+    #[serde(default)]
+    pub ids_tail_checksum: u64,
 }
 
 impl ProjectFiles {
     /// The compressed files (state, traits) with their checksums.
     fn compressed(&self) -> impl Iterator<Item = (&String, u64)> {
-        std::iter::once((&self.state, self.state_checksum)).chain(self.traits.iter().map(|t| (t, self.traits_checksum)))
+        std::iter::once((&self.state, self.state_checksum))
+            .chain(self.traits.iter().map(|t| (t, self.traits_checksum)))
+            .chain(self.ids_tail.iter().map(|t| (t, self.ids_tail_checksum)))
     }
 }
 
@@ -311,8 +321,8 @@ macro_rules! table_columns {
         $visit!("previous_row", $table.previous_row);
         $visit!("prop_end", $table.prop_end);
         $visit!("props", $table.props);
-        $visit!("id_end", $table.id_end);
-        $visit!("id_bytes", $table.id_bytes);
+        $visit!("ids.blocks", $table.ids.blocks);
+        $visit!("ids.block_ends", $table.ids.block_ends);
         $visit!("names.bytes", $table.names.bytes);
         $visit!("names.ends", $table.names.ends);
         $visit!("keys.bytes", $table.keys.bytes);
@@ -370,7 +380,16 @@ impl ProjectData {
                 (file, checksum)
             }
         };
-        Ok(ProjectFiles { columns, state, state_checksum, traits: Some(traits), traits_checksum })
+        let (ids_tail, ids_tail_checksum) = write_compressed(space, "ids", table.ids.tail())?;
+        Ok(ProjectFiles {
+            columns,
+            state,
+            state_checksum,
+            traits: Some(traits),
+            traits_checksum,
+            ids_tail: Some(ids_tail),
+            ids_tail_checksum,
+        })
     }
 
     /// Gives back every column file's reserved blocks past its values (at a clean stop).
@@ -405,16 +424,33 @@ impl ProjectData {
         // Every column is replaced by its file below: start from empty ones in memory, not new files.
         let mut table = EventTable::default();
         table.space = Some(space.clone());
+        let listed = |name: &str| {
+            files.columns.get(name).ok_or_else(|| Error::Storage(format!("the manifest lists no column {name}")))
+        };
         macro_rules! load {
             ($name:expr, $column:expr) => {
-                let listed = files
-                    .columns
-                    .get($name)
-                    .ok_or_else(|| Error::Storage(format!("the manifest lists no column {}", $name)))?;
-                $column = open_column(space, listed)?;
+                // Version 2 listed the event ids plain: compressed below.
+                if !($name.starts_with("ids.") && files.ids_tail.is_none()) {
+                    $column = open_column(space, listed($name)?)?;
+                }
             };
         }
         table_columns!(table, load);
+        match &files.ids_tail {
+            Some(tail) => {
+                let tail = read_compressed(space, tail, files.ids_tail_checksum)?;
+                let (blocks, block_ends) =
+                    (std::mem::take(&mut table.ids.blocks), std::mem::take(&mut table.ids.block_ends));
+                table.ids = EventIds::from_parts(blocks, block_ends, tail)
+                    .map_err(|e| corrupt(format!("the event ids are corrupt: {e}")))?;
+            }
+            None => {
+                let ends: Column<u64> = open_column(space, listed("id_end")?)?;
+                let bytes: Column<u8> = open_column(space, listed("id_bytes")?)?;
+                table.ids = EventIds::from_plain(Some(space), &ends, &bytes)
+                    .map_err(|e| corrupt(format!("the event ids are corrupt: {e}")))?;
+            }
+        }
         table.canonical = state.canonical.into_owned();
         table.is_user = state.is_user.into_owned();
         table.aliases = state.aliases.into_iter().collect();
@@ -473,6 +509,61 @@ mod tests {
             })
             .collect();
         LogRecord::Users { project: "p".into(), at: 0, updates }
+    }
+
+    #[test]
+    fn event_ids_load_back_compressed_and_plain_ones_of_version_2_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
+        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let mut data = ProjectData::in_space(Some(&space));
+        let rows = 2 * crate::core::store::event_ids::BLOCK_ROWS + 5;
+        let id = |i: usize| format!("event-{i}-é");
+        for i in 0..rows {
+            let mut event = crate::core::store::table::test_event(&id(i), "u1", "", i as i64);
+            event.properties.clear();
+            data.table.push(&event);
+        }
+        let files = data.save(&space).unwrap();
+        assert!(files.columns.contains_key("ids.blocks") && files.ids_tail.is_some());
+        let loaded = ProjectData::load(&space, &files).unwrap();
+        let read = |data: &ProjectData| (0..rows).map(|r| data.table.row_event_id(r).into_owned()).collect::<Vec<_>>();
+        let expected: Vec<String> = (0..rows).map(id).collect();
+        assert_eq!(read(&loaded), expected);
+
+        // The same project as version 2 listed it: plain ids and their u64 ends.
+        let mut plain_bytes: Column<u8> = space.column();
+        let mut plain_ends: Column<u64> = space.column();
+        for i in 0..rows {
+            plain_bytes.extend_from_slice(id(i).as_bytes());
+            plain_ends.push(plain_bytes.len() as u64);
+        }
+        let mut v2 = files.clone();
+        v2.columns.retain(|name, _| !name.starts_with("ids."));
+        v2.columns.insert("id_bytes".into(), save_column(&plain_bytes, &space).unwrap());
+        v2.columns.insert("id_end".into(), save_column(&plain_ends, &space).unwrap());
+        v2.ids_tail = None;
+        // A start pins what the manifest lists, so the plain columns outlive their conversion.
+        space.pin_also(v2.columns.values().map(|c| c.file.clone()));
+        let converted = ProjectData::load(&space, &v2).unwrap();
+        assert_eq!(read(&converted), expected);
+        // Saved again, it is version 3.
+        let resaved = converted.save(&space).unwrap();
+        assert!(resaved.ids_tail.is_some() && !resaved.columns.contains_key("id_end"));
+        assert_eq!(read(&ProjectData::load(&space, &resaved).unwrap()), expected);
+
+        // Plain ends past their bytes are refused, naming the event ids.
+        plain_ends.push(plain_bytes.len() as u64 + 10);
+        v2.columns.insert("id_end".into(), save_column(&plain_ends, &space).unwrap());
+        space.pin_also(v2.columns.values().map(|c| c.file.clone()));
+        let err = ProjectData::load(&space, &v2).unwrap_err().to_string();
+        assert!(err.contains("the event ids are corrupt"), "{err}");
+        // So are a tail file and block ends that disagree with the rows.
+        let mut short = files.clone();
+        short.columns.get_mut("ids.block_ends").unwrap().len = 1;
+        short.columns.get_mut("ids.block_ends").unwrap().bytes = 8;
+        let err = ProjectData::load(&space, &short).unwrap_err().to_string();
+        assert!(err.contains("event id has"), "{err}");
     }
 
     #[test]

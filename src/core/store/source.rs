@@ -23,6 +23,7 @@
 //! them). `core/seam_tests.rs` requires equal answers through both; there `PersonBatch` returns
 //! events outside a scan's range, so an analysis that asks for too narrow a range differs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -92,7 +93,8 @@ pub trait EventSource: Sync {
     fn row_time(&self, row: usize) -> Micros;
     fn row_name(&self, row: usize) -> u32;
     fn row_props(&self, row: usize) -> &[Prop];
-    fn row_event_id(&self, row: usize) -> &str;
+    /// A row's event id (decoded: ids are stored compressed, as nothing scans them).
+    fn row_event_id(&self, row: usize) -> Cow<'_, str>;
 
     /// The value of trait `name` for every canonical person who has it.
     fn trait_values(&self, name: &str) -> Vec<(u32, Value)>;
@@ -260,7 +262,7 @@ impl EventSource for AnySource<'_> {
     fn row_props(&self, row: usize) -> &[Prop] {
         delegate!(self, s => s.row_props(row))
     }
-    fn row_event_id(&self, row: usize) -> &str {
+    fn row_event_id(&self, row: usize) -> Cow<'_, str> {
         delegate!(self, s => s.row_event_id(row))
     }
     fn trait_values(&self, name: &str) -> Vec<(u32, Value)> {

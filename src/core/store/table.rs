@@ -7,12 +7,14 @@
 //! unchanged. Person, name, key and string ids never change. A row column added here must be
 //! rebuilt in `compact`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
 
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::event_ids::EventIds;
 
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
@@ -242,9 +244,8 @@ pub struct EventTable {
     pub(in crate::core::store) prop_end: Column<u32>,
     pub(in crate::core::store) prop_block_start: Vec<u64>,
     pub(in crate::core::store) props: Column<Prop>,
-    /// Row i's event id is `id_bytes[id_end[i-1]..id_end[i]]`.
-    pub(in crate::core::store) id_end: Column<u64>,
-    pub(in crate::core::store) id_bytes: Column<u8>,
+    /// Per row: its event id (compressed in blocks).
+    pub(in crate::core::store) ids: EventIds,
     pub(in crate::core::store) min_time: Option<Micros>,
     pub(in crate::core::store) max_time: Option<Micros>,
     /// Rows marked by `erase`, removed by the next `compact`.
@@ -297,8 +298,7 @@ impl EventTable {
             previous_row: space.column(),
             prop_end: space.column(),
             props: space.column(),
-            id_end: space.column(),
-            id_bytes: space.column(),
+            ids: EventIds::in_space(Some(&space)),
             space: Some(space),
             ..EventTable::default()
         }
@@ -314,7 +314,7 @@ impl EventTable {
             ("name", self.name.len()),
             ("previous_row", self.previous_row.len()),
             ("prop_end", self.prop_end.len()),
-            ("id_end", self.id_end.len()),
+            ("event id", self.ids.len()),
         ];
         if let Some((column, len)) = rows.iter().find(|(_, len)| *len != n) {
             return Err(format!("column {column} has {len} rows, time has {n}"));
@@ -341,9 +341,8 @@ impl EventTable {
             return Err("a row names a person, name or row that does not exist".into());
         }
         let props_end = if n == 0 { 0 } else { self.prop_end_of(n - 1) };
-        let ids_end = self.id_end.last().copied().unwrap_or(0);
-        if props_end > self.props.len() || ids_end > self.id_bytes.len() as u64 {
-            return Err("property or event id offsets run past their columns".into());
+        if props_end > self.props.len() {
+            return Err("property offsets run past their column".into());
         }
         Ok(())
     }
@@ -470,8 +469,7 @@ impl EventTable {
             self.props.push(Prop::new(key, value));
         }
         self.push_prop_end();
-        self.id_bytes.extend_from_slice(event_id.as_bytes());
-        self.id_end.push(self.id_bytes.len() as u64);
+        self.ids.push(event_id);
         self.person.push(person);
         self.anonymous.push(anonymous);
         self.time.push(timestamp);
@@ -527,11 +525,10 @@ impl EventTable {
         &self.props[start..self.prop_end_of(row)]
     }
 
-    pub fn row_event_id(&self, row: usize) -> &str {
-        let start = if row == 0 { 0 } else { self.id_end[row - 1] as usize };
-        // Ids were pushed from `&str`, so every slice between ends is valid UTF-8.
-        std::str::from_utf8(&self.id_bytes[start..self.id_end[row] as usize]).unwrap_or_default()
+    pub fn row_event_id(&self, row: usize) -> Cow<'_, str> {
+        self.ids.get(row)
     }
+
 
     /// Rebuilds row `row` as an event.
     pub fn event(&self, row: usize) -> Event {
@@ -558,7 +555,7 @@ impl EventTable {
             })
             .collect();
         Event {
-            event_id: self.row_event_id(row).to_owned(),
+            event_id: self.row_event_id(row).into_owned(),
             name: self.names.resolve(self.name[row]).to_owned(),
             user_id,
             anonymous_id,
@@ -610,8 +607,13 @@ impl EventTable {
         fresh(&mut self.prop_end, kept);
         self.prop_block_start.clear();
         let props = fresh(&mut self.props, 0);
-        let id_end = fresh(&mut self.id_end, kept);
-        let id_bytes = fresh(&mut self.id_bytes, 0);
+        let fresh_ids = self.ids.fresh();
+        let ids = std::mem::replace(&mut self.ids, fresh_ids);
+        ids.for_each(|row, id| {
+            if !dropped[row] {
+                self.ids.push(id);
+            }
+        });
         self.last_row.iter_mut().for_each(|r| *r = NONE);
         self.name_counts.iter_mut().for_each(|c| *c = 0);
         self.min_time = None;
@@ -621,9 +623,6 @@ impl EventTable {
             let prop_start = if row == 0 { 0 } else { prop_ends[row - 1] };
             self.props.extend_from_slice(&props[prop_start..prop_ends[row]]);
             self.push_prop_end();
-            let id_start = if row == 0 { 0 } else { id_end[row - 1] as usize };
-            self.id_bytes.extend_from_slice(&id_bytes[id_start..id_end[row] as usize]);
-            self.id_end.push(self.id_bytes.len() as u64);
             self.person.push(person[row]);
             self.anonymous.push(anonymous[row]);
             self.time.push(time[row]);
