@@ -274,6 +274,17 @@ async fn random_sigkills_during_concurrent_streams_lose_and_duplicate_nothing_ac
     kill_9(server);
 }
 
+/// The event ids of project "p" in export order (time, then arrival).
+async fn exported_ids(channel: &tonic::transport::Channel) -> Vec<String> {
+    let request = pb::ExportEventsRequest { project: "p".into(), ..Default::default() };
+    let mut stream = UserServiceClient::new(channel.clone()).export_events(request).await.unwrap().into_inner();
+    let mut ids = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        ids.extend(chunk.events.into_iter().map(|e| e.event_id));
+    }
+    ids
+}
+
 /// How many times each event id of project "p" is stored.
 async fn stored_event_counts(channel: &tonic::transport::Channel) -> HashMap<String, usize> {
     let mut users = UserServiceClient::new(channel.clone());
@@ -453,6 +464,77 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     assert!(stderr.contains(&times) && stderr.contains("corrupt"), "{stderr}");
     let error = check_data_dir(temp.path()).unwrap_err();
     assert!(format!("{error:#}").contains(&times), "{error:#}");
+}
+
+/// A checkpoint written before manifest version 3 (event ids plain, dedupe runs of whole
+/// 128-bit keys) loads: the same events and ids come back, an old id is still a duplicate,
+/// and the next clean stop writes it again as version 3 without the plain files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
+    use sextant::core::store::column::block_checksums;
+    let temp = tempfile::tempdir().unwrap();
+    let server = spawn_server(temp.path()).await;
+    create_project(&server.channel, "p").await;
+    let ids: Vec<String> = (0..700).map(|i| format!("old-{i}")).collect();
+    let events: Vec<pb::Event> = ids.iter().enumerate().map(|(i, id)| event(id, "view", "u1", i as i64)).collect();
+    IngestServiceClient::new(server.channel.clone())
+        .track(pb::TrackRequest { project: "p".into(), events, sequence: 0 })
+        .await
+        .unwrap();
+    stop_gracefully(server);
+
+    // Rewrite the checkpoint as version 2 listed it.
+    let segments = temp.path().join("segments");
+    let path = segments.join("MANIFEST");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(manifest["version"], 3);
+    let mut next = 1_000_000;
+    let mut write_column = |bytes: &[u8], len: usize| {
+        next += 1;
+        let file = format!("{next}.col");
+        std::fs::write(segments.join(&file), bytes).unwrap();
+        serde_json::json!({"file": file, "len": len, "bytes": bytes.len(), "checksums": block_checksums(bytes)})
+    };
+    let (mut plain, mut ends) = (Vec::new(), Vec::new());
+    for id in &ids {
+        plain.extend_from_slice(id.as_bytes());
+        ends.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+    }
+    let project = &mut manifest["projects"]["p"];
+    let columns = project["columns"].as_object_mut().unwrap();
+    columns.retain(|name, _| !name.starts_with("ids."));
+    columns.insert("id_bytes".into(), write_column(&plain, plain.len()));
+    columns.insert("id_end".into(), write_column(&ends, ids.len()));
+    project.as_object_mut().unwrap().retain(|name, _| !name.starts_with("ids_tail"));
+    let mut keys: Vec<u128> = ids.iter().map(|id| sextant::core::store::record::event_key("p", id)).collect();
+    keys.sort_unstable();
+    let whole: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+    let runs = manifest["seen_runs"].as_array_mut().unwrap();
+    assert!(!runs.is_empty());
+    runs.truncate(1);
+    runs[0]["keys"] = write_column(&whole, keys.len());
+    manifest["version"] = 2.into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    check_data_dir(temp.path()).expect("a valid version-2 checkpoint");
+
+    let server = spawn_server(temp.path()).await;
+    assert_eq!(exported_ids(&server.channel).await, ids);
+    let resent = IngestServiceClient::new(server.channel.clone())
+        .track(pb::TrackRequest { project: "p".into(), events: vec![event(&ids[3], "view", "u1", 3)], sequence: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resent.accepted, resent.duplicates), (0, 1), "the whole keys' run still dedupes");
+    stop_gracefully(server);
+
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(manifest["version"], 3);
+    let columns = manifest["projects"]["p"]["columns"].as_object().unwrap();
+    assert!(columns.contains_key("ids.blocks") && !columns.contains_key("id_end"));
+    assert!(!segments.join("1000001.col").exists() && !segments.join("1000003.col").exists(), "plain files removed");
+    let server = spawn_server(temp.path()).await;
+    assert_eq!(exported_ids(&server.channel).await, ids);
+    stop_gracefully(server);
 }
 
 /// The bytes of the log databases (`sled*`) under a data directory.

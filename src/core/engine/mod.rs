@@ -348,7 +348,13 @@ impl Engine {
             space: space.clone(),
             storage: storage.clone(),
             seen: seen.clone(),
-            covered: if manifest.is_some() && records == 0 { storage.log_position().ok() } else { None },
+            // A checkpoint of an earlier version was converted while loading: written again at
+            // the next chance (a clean stop at the latest), so it is converted once.
+            covered: if manifest.as_ref().is_some_and(Manifest::is_current) && records == 0 {
+                storage.log_position().ok()
+            } else {
+                None
+            },
         });
         // Acks of a project a query holds wait once this many items are queued for it (`entry`).
         let pending_bound = limits.max_batch_events * PENDING_BATCHES;

@@ -7,6 +7,10 @@
 //! cache lines of keys) and a blocked bloom filter (one cache line per lookup), so a new key,
 //! the common case, is ruled out of a run by one cache line.
 //!
+//! A run keeps each key's top 96 bits (`RunKey`), 12 bytes where the whole key took 16: two
+//! keys that differ only in their low 32 bits would be taken for one, a chance of about one in
+//! 2^96 / n per lookup among n keys (below 10^-19 at a billion).
+//!
 //! When the recent set reaches `FLUSH` keys, or at a checkpoint, it is sorted into a new run.
 //! Runs merge in the background when the newer ones add up to at least half of the one before
 //! them (`MERGE_RATIO`), so run sizes grow geometrically: at 31 M keys there are about three,
@@ -40,6 +44,14 @@ const BLOCK_WORDS: usize = 8;
 const HEADER: usize = 2;
 const MAX_RANGE_BITS: u32 = 24;
 
+/// A key as a run stores it: its top 96 bits, most significant word first, so that arrays
+/// order as the keys do.
+type RunKey = [u32; 3];
+
+fn run_key(key: u128) -> RunKey {
+    [(key >> 96) as u32, (key >> 64) as u32, (key >> 32) as u32]
+}
+
 /// A hash set of keys (a batch's or a group's).
 pub type KeySet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
@@ -72,7 +84,7 @@ impl Default for SeenIds {
 /// entries: range r is keys[starts[r]..starts[r + 1]]), bloom blocks]`.
 #[derive(Debug)]
 pub struct Run {
-    keys: Column<u128>,
+    keys: Column<RunKey>,
     index: Column<u64>,
     range_bits: u32,
     bloom_blocks: usize,
@@ -91,19 +103,22 @@ fn index_len(range_bits: u32, bloom_blocks: usize) -> usize {
     HEADER + (1 << range_bits) + 1 + bloom_blocks * BLOCK_WORDS
 }
 
-fn range_of(key: u128, bits: u32) -> usize {
-    if bits == 0 { 0 } else { (key >> (128 - bits)) as usize }
+fn range_of(key: RunKey, bits: u32) -> usize {
+    // At most MAX_RANGE_BITS (< 32) leading bits: all in the first word.
+    if bits == 0 { 0 } else { (key[0] >> (32 - bits)) as usize }
 }
 
 /// The bloom block of `key`, from its high 64 bits: in key order the blocks ascend, so
 /// building a run's filter from its sorted keys writes memory in order, not at random.
-fn bloom_block(key: u128, blocks: usize) -> usize {
-    ((u128::from((key >> 64) as u64) * blocks as u128) >> 64) as usize
+fn bloom_block(key: RunKey, blocks: usize) -> usize {
+    let high = (u64::from(key[0]) << 32) | u64::from(key[1]);
+    ((u128::from(high) * blocks as u128) >> 64) as usize
 }
 
 /// The (word, mask) of each bit `key` sets in its block, from its low 64 bits (remixed).
-fn bloom_probes(key: u128) -> impl Iterator<Item = (usize, u64)> {
-    let bits = (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+fn bloom_probes(key: RunKey) -> impl Iterator<Item = (usize, u64)> {
+    let low = (u64::from(key[1]) << 32) | u64::from(key[2]);
+    let bits = low.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (0..BLOOM_PROBES).map(move |i| {
         let bit = (bits >> (i * 9)) & 511;
         ((bit >> 6) as usize, 1u64 << (bit & 63))
@@ -118,14 +133,16 @@ fn new_column<T: bytemuck::Pod>(space: Option<&Arc<ColumnSpace>>) -> Result<Colu
 }
 
 impl Run {
-    /// A run of `keys` (distinct, in any order).
-    fn of_keys(space: Option<&Arc<ColumnSpace>>, mut keys: Vec<u128>) -> Result<Run> {
+    /// A run of `keys` (in any order).
+    fn of_keys(space: Option<&Arc<ColumnSpace>>, keys: impl IntoIterator<Item = u128>) -> Result<Run> {
+        let mut keys: Vec<RunKey> = keys.into_iter().map(run_key).collect();
         keys.sort_unstable();
+        keys.dedup();
         Run::from_sorted(space, &keys)
     }
 
     /// A run of `keys` (sorted, distinct).
-    fn from_sorted(space: Option<&Arc<ColumnSpace>>, keys: &[u128]) -> Result<Run> {
+    fn from_sorted(space: Option<&Arc<ColumnSpace>>, keys: &[RunKey]) -> Result<Run> {
         let mut column = new_column(space)?;
         column.extend_from_slice(keys);
         Run::indexed(space, column)
@@ -133,9 +150,9 @@ impl Run {
 
     /// The run of every key of `runs` (disjoint), merged in order.
     fn merged(space: Option<&Arc<ColumnSpace>>, runs: &[Arc<Run>]) -> Result<Run> {
-        let mut column: Column<u128> = new_column(space)?;
+        let mut column: Column<RunKey> = new_column(space)?;
         column.reserve(runs.iter().map(|r| r.len()).sum());
-        let mut heads: Vec<&[u128]> = runs.iter().map(|r| r.keys.as_slice()).filter(|k| !k.is_empty()).collect();
+        let mut heads: Vec<&[RunKey]> = runs.iter().map(|r| r.keys.as_slice()).filter(|k| !k.is_empty()).collect();
         let mut out = Vec::with_capacity(1 << 16);
         while heads.len() > 1 {
             // The head with the least key gives every key below the other heads' least one.
@@ -166,7 +183,7 @@ impl Run {
     }
 
     /// Builds the index of the keys in `keys`.
-    fn indexed(space: Option<&Arc<ColumnSpace>>, keys: Column<u128>) -> Result<Run> {
+    fn indexed(space: Option<&Arc<ColumnSpace>>, keys: Column<RunKey>) -> Result<Run> {
         let (range_bits, bloom_blocks) = (range_bits_for(keys.len()), bloom_blocks_for(keys.len()));
         Run::indexed_with(space, keys, range_bits, bloom_blocks)
     }
@@ -174,7 +191,7 @@ impl Run {
     /// `indexed` with the given layout.
     fn indexed_with(
         space: Option<&Arc<ColumnSpace>>,
-        mut keys: Column<u128>,
+        mut keys: Column<RunKey>,
         range_bits: u32,
         bloom_blocks: usize,
     ) -> Result<Run> {
@@ -209,9 +226,13 @@ impl Run {
         Ok(Run { keys, index, range_bits, bloom_blocks })
     }
 
-    /// The run a checkpoint listed, its index checked for consistency with its keys.
+    /// The run a checkpoint listed, its index checked for consistency with its keys. A run of
+    /// whole keys (16 bytes each, before manifest version 3) becomes a run of `RunKey`s.
     fn open(space: &Arc<ColumnSpace>, listed: &SeenRunRef) -> Result<Run> {
-        let keys: Column<u128> = open_column(space, &listed.keys)?;
+        if listed.keys.bytes == listed.keys.len * size_of::<u128>() as u64 && listed.keys.len > 0 {
+            return Run::of_sorted_whole_keys(space, &listed.keys);
+        }
+        let keys: Column<RunKey> = open_column(space, &listed.keys)?;
         let index: Column<u64> = open_column(space, &listed.index)?;
         let corrupt = || Error::Storage(format!("the checkpointed dedupe index {} is corrupt", listed.index.file));
         // The layout comes from the header and the length, not from today's constants, so a
@@ -236,7 +257,19 @@ impl Run {
         self.keys.len()
     }
 
+    /// A run of the sorted whole keys in `listed` (what checkpoints before version 3 wrote).
+    fn of_sorted_whole_keys(space: &Arc<ColumnSpace>, listed: &ColumnRef) -> Result<Run> {
+        let keys: Column<u128> = open_column(space, listed)?;
+        if !keys.is_sorted_by(|a, b| a < b) {
+            return Err(Error::Storage(format!("the checkpointed dedupe keys {} are not sorted", listed.file)));
+        }
+        let mut keys: Vec<RunKey> = keys.iter().map(|&key| run_key(key)).collect();
+        keys.dedup();
+        Run::from_sorted(Some(space), &keys)
+    }
+
     fn contains(&self, key: u128) -> bool {
+        let key = run_key(key);
         let index = self.index.as_slice();
         let bloom_at = HEADER + (1 << self.range_bits) + 1;
         let block = &index[bloom_at + bloom_block(key, self.bloom_blocks) * BLOCK_WORDS..][..BLOCK_WORDS];
@@ -314,7 +347,7 @@ impl SeenIds {
 
     /// The recent keys as a run, made without changing the set (`add_flushed` adds it).
     fn flushed(&self) -> Result<Run> {
-        Run::of_keys(self.space.as_ref(), self.recent.iter().copied().collect())
+        Run::of_keys(self.space.as_ref(), self.recent.iter().copied())
     }
 
     /// Replaces the recent keys by `run`, made from them by `flushed` since the last change.
@@ -366,16 +399,12 @@ impl SeenIds {
         Ok(SeenIds { runs, ..SeenIds::in_space(Some(space)) })
     }
 
-    /// The set a version-1 checkpoint saved: one sorted column (its range table is not needed),
-    /// copied into a run.
+    /// The set a version-1 checkpoint saved: one sorted column of whole keys (its range table
+    /// is not needed), copied into a run.
     pub fn load_sorted(space: &Arc<ColumnSpace>, sorted: &ColumnRef) -> Result<SeenIds> {
-        let keys: Column<u128> = open_column(space, sorted)?;
-        if !keys.is_sorted_by(|a, b| a < b) {
-            return Err(Error::Storage(format!("the checkpointed dedupe keys {} are not sorted", sorted.file)));
-        }
         let mut ids = SeenIds::in_space(Some(space));
-        if !keys.is_empty() {
-            ids.runs.push(Arc::new(Run::from_sorted(Some(space), &keys)?));
+        if sorted.len > 0 {
+            ids.runs.push(Arc::new(Run::of_sorted_whole_keys(space, sorted)?));
         }
         Ok(ids)
     }
@@ -394,9 +423,9 @@ pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
     if seen.read().space.is_none() {
         // A set made in memory (no space at start) moves to files now.
         let mut ids = seen.write();
+        let moved = ids.runs.iter().map(|run| Run::from_sorted(Some(space), &run.keys).map(Arc::new));
+        ids.runs = moved.collect::<Result<_>>()?;
         ids.space = Some(space.clone());
-        let keys: Vec<u128> = ids.runs.drain(..).flat_map(|run| run.keys.to_vec()).collect();
-        ids.recent.extend(keys);
     }
     if !seen.read().recent.is_empty() {
         let run = flushed_unlocked(seen)?;
@@ -426,7 +455,7 @@ pub fn flush_if_due(seen: &SharedIds) {
 /// sort and the file. A merge waiting for the write lock would otherwise hold back every
 /// reader (the lock is fair) for as long as a sort of a million keys.
 fn flushed_unlocked(seen: &SharedIds) -> Result<Run> {
-    let (keys, space) = {
+    let (keys, space): (Vec<u128>, _) = {
         let ids = seen.read();
         (ids.recent.iter().copied().collect(), ids.space.clone())
     };
@@ -547,10 +576,11 @@ mod tests {
 
     #[test]
     fn merging_runs_that_share_a_key_keeps_it_once() {
-        let a = Arc::new(Run::from_sorted(None, &[1, 5, 9]).unwrap());
-        let b = Arc::new(Run::from_sorted(None, &[5, 6, 9, 10]).unwrap());
+        let keys = |low: &[u32]| low.iter().map(|&k| [0, 0, k]).collect::<Vec<RunKey>>();
+        let a = Arc::new(Run::from_sorted(None, &keys(&[1, 5, 9])).unwrap());
+        let b = Arc::new(Run::from_sorted(None, &keys(&[5, 6, 9, 10])).unwrap());
         let merged = Run::merged(None, &[a, b]).unwrap();
-        assert_eq!(merged.keys.to_vec(), vec![1, 5, 6, 9, 10]);
+        assert_eq!(merged.keys.to_vec(), keys(&[1, 5, 6, 9, 10]));
     }
 
     #[test]
@@ -558,9 +588,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
         let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
-        let mut sorted: Vec<u128> = (0..1000).map(key).collect();
+        let mut sorted: Vec<RunKey> = (0..1000).map(|i| run_key(key(i))).collect();
         sorted.sort_unstable();
-        let mut column: Column<u128> = space.column();
+        let mut column: Column<RunKey> = space.column();
         column.extend_from_slice(&sorted);
         // Not what today's constants give for 1000 keys (6 range bits, 20 blocks).
         let run = Run::indexed_with(Some(&space), column, 2, 3).unwrap();
@@ -597,16 +627,12 @@ mod tests {
 
     #[test]
     fn the_bloom_filter_rules_out_most_absent_keys() {
-        let keys: Vec<u128> = {
-            let mut k: Vec<u128> = (0..100_000).map(key).collect();
-            k.sort_unstable();
-            k
-        };
-        let run = Run::from_sorted(None, &keys).unwrap();
+        let keys: Vec<u128> = (0..100_000).map(key).collect();
+        let run = Run::of_keys(None, keys.iter().copied()).unwrap();
         let bloom_at = HEADER + (1 << run.range_bits) + 1;
         let index = run.index.as_slice();
         let passes = (100_000..200_000)
-            .map(key)
+            .map(|i| run_key(key(i)))
             .filter(|&k| {
                 let block = &index[bloom_at + bloom_block(k, run.bloom_blocks) * BLOCK_WORDS..][..BLOCK_WORDS];
                 bloom_probes(k).all(|(word, mask)| block[word] & mask != 0)
@@ -659,10 +685,12 @@ mod tests {
         ids.extend((0..700).map(key));
         ids.flush_and_merge().unwrap();
         ids.extend((700..900).map(key));
-        // Made in memory, saved to files: the keys become one run in a file.
+        // Made in memory, saved to files: the run is copied to a file, the recent keys are one.
         let seen: SharedIds = Arc::new(parking_lot::RwLock::new(ids));
         let listed = save(&seen, &space).unwrap().listed;
-        assert_eq!(listed.len(), 1);
+        assert_eq!(listed.iter().map(|run| run.keys.len).collect::<Vec<_>>(), vec![700, 200]);
+        // As a checkpoint does: what a manifest lists outlives the columns opened from it.
+        space.pin_also(listed.iter().flat_map(|run| [run.keys.file.clone(), run.index.file.clone()]));
         let loaded = SeenIds::load(&space, &listed).unwrap();
         assert_eq!(loaded.len(), 900);
         assert!((0..900).all(|i| loaded.contains(&key(i))) && !loaded.contains(&key(900)));
@@ -682,6 +710,8 @@ mod tests {
         let mut column: Column<u128> = space.column();
         column.extend_from_slice(&sorted);
         let old = save_column(&column, &space).unwrap();
+        // A start pins what the manifest lists: converting a file does not remove it.
+        space.pin_also([old.file.clone()]);
         let migrated = SeenIds::load_sorted(&space, &old).unwrap();
         assert_eq!(run_lens(&migrated), vec![50]);
         assert!((0..50).all(|i| migrated.contains(&key(i))) && !migrated.contains(&key(50)));
@@ -689,12 +719,34 @@ mod tests {
         let mut unsorted: Column<u128> = space.column();
         unsorted.extend_from_slice(&sorted);
         let unsorted = save_column(&unsorted, &space).unwrap();
+        space.pin_also([unsorted.file.clone()]);
         assert!(SeenIds::load_sorted(&space, &unsorted).unwrap_err().to_string().contains("not sorted"));
+
+        // Version 2: runs of whole keys, each with its index; loaded as runs of top 96 bits.
+        let whole = SeenRunRef { keys: old.clone(), index: listed[0].index.clone() };
+        let migrated = SeenIds::load(&space, &[vec![whole], listed.clone()].concat()).unwrap();
+        assert_eq!(run_lens(&migrated), vec![50, 700, 200]);
+        assert_eq!(migrated.runs[0].keys.len() * size_of::<RunKey>(), 50 * 12);
+        assert!((0..900).all(|i| migrated.contains(&key(i))) && !migrated.contains(&key(900)));
+        let unsorted_run = SeenRunRef { keys: unsorted, index: listed[0].index.clone() };
+        assert!(SeenIds::load(&space, &[unsorted_run]).unwrap_err().to_string().contains("not sorted"));
+    }
+
+    #[test]
+    fn a_run_tells_keys_apart_by_their_top_96_bits() {
+        let base = key(1);
+        let mut ids = SeenIds::default();
+        ids.insert(base);
+        ids.flush_and_merge().unwrap();
+        assert!(ids.contains(&base) && ids.contains(&(base ^ 1)), "the low 32 bits are not kept");
+        assert!(!ids.contains(&(base ^ (1 << 32))) && !ids.contains(&(base ^ (1 << 127))));
     }
 
     proptest! {
         #[test]
-        fn membership_matches_a_hash_set(keys in proptest::collection::vec(any::<u128>(), 0..300), cuts in proptest::collection::vec(0usize..300, 0..6)) {
+        fn membership_matches_a_hash_set(keys in proptest::collection::vec(any::<u64>(), 0..300), cuts in proptest::collection::vec(0usize..300, 0..6)) {
+            // Distinct in their top 96 bits, as keys that are hashes are.
+            let keys: Vec<u128> = keys.into_iter().map(|k| u128::from(k) << 32 | u128::from(k as u32)).collect();
             let mut ids = SeenIds::default();
             let mut reference = std::collections::HashSet::new();
             for (i, k) in keys.iter().enumerate() {

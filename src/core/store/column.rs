@@ -268,14 +268,26 @@ impl FileColumn {
     }
 
     /// The mapped values (none before the first growth; a map is page-aligned, so any
-    /// plain type's alignment holds).
+    /// plain type's alignment holds). A map sized in pages holds whole values of a type whose
+    /// size is a power of two; of others (12-byte keys), the whole ones before its end.
     fn values<T: Pod>(&self) -> &[T] {
-        self.map.as_deref().map_or(&[], bytemuck::cast_slice)
+        self.map.as_deref().map_or(&[], |bytes| bytemuck::cast_slice(whole_values::<T>(bytes)))
     }
 
     fn values_mut<T: Pod>(&mut self) -> &mut [T] {
-        self.map.as_deref_mut().map_or(&mut [], bytemuck::cast_slice_mut)
+        match self.map.as_deref_mut() {
+            Some(bytes) => {
+                let whole = whole_values::<T>(bytes).len();
+                bytemuck::cast_slice_mut(&mut bytes[..whole])
+            }
+            None => &mut [],
+        }
     }
+}
+
+/// The bytes of `bytes` that hold whole values of `T`.
+fn whole_values<T>(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.len() / size_of::<T>() * size_of::<T>()]
 }
 
 impl Drop for FileColumn {

@@ -129,6 +129,11 @@ impl Manifest {
         Ok(Some(manifest))
     }
 
+    /// Whether this is the version `write` writes (an earlier one loads converted).
+    pub fn is_current(&self) -> bool {
+        self.version == MANIFEST_VERSION
+    }
+
     /// The dedupe set's column files.
     fn seen_columns(&self) -> impl Iterator<Item = &ColumnRef> {
         let runs = self.seen_runs.iter().flat_map(|run| [&run.keys, &run.index]);
