@@ -122,16 +122,7 @@ impl ExternalData {
 
 /// A RowBinary String: its length as LEB128, then its bytes.
 fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut len = bytes.len() as u64;
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
+    crate::core::leb128::put(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
@@ -140,19 +131,7 @@ fn read_strings(mut bytes: &[u8]) -> Result<Vec<String>, ChError> {
     let malformed = || ChError::NotEnoughData;
     let mut strings = Vec::new();
     while !bytes.is_empty() {
-        let (mut len, mut shift) = (0u64, 0u32);
-        loop {
-            let (&byte, rest) = bytes.split_first().ok_or_else(malformed)?;
-            bytes = rest;
-            len |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err(malformed());
-            }
-        }
+        let len = crate::core::leb128::take(&mut bytes).ok_or_else(malformed)?;
         let len = usize::try_from(len).map_err(|_| malformed())?;
         if len > bytes.len() {
             return Err(malformed());

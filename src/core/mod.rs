@@ -25,6 +25,7 @@ pub mod filter;
 pub mod framework;
 pub mod goal;
 pub mod ingest;
+pub mod leb128;
 pub mod metric;
 pub mod model;
 pub mod page;

@@ -261,17 +261,8 @@ fn encode(ids: &IdsTail) -> Vec<u8> {
     let mut plain = Vec::with_capacity(ids.ends.len() + ids.bytes.len());
     let mut start = 0;
     for &end in &ids.ends {
-        let mut len = end - start;
+        crate::core::leb128::put(&mut plain, u64::from(end - start));
         start = end;
-        loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                plain.push(byte);
-                break;
-            }
-            plain.push(byte | 0x80);
-        }
     }
     plain.extend_from_slice(&ids.bytes);
     lz4_flex::compress_prepend_size(&plain)
@@ -280,22 +271,13 @@ fn encode(ids: &IdsTail) -> Vec<u8> {
 fn decode(compressed: &[u8]) -> Result<Block, String> {
     let plain = lz4_flex::decompress_size_prepended(compressed).map_err(|e| e.to_string())?;
     let mut ends = Vec::with_capacity(BLOCK_ROWS);
-    let (mut at, mut end) = (0usize, 0u32);
+    let (mut rest, mut end) = (&plain[..], 0u32);
     while ends.len() < BLOCK_ROWS {
-        let (mut len, mut shift) = (0u32, 0);
-        loop {
-            let &byte = plain.get(at).ok_or("the lengths run past the block")?;
-            at += 1;
-            len |= u32::from(byte & 0x7f).checked_shl(shift).ok_or("a length is too long")?;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        end = end.checked_add(len).ok_or("the ids are too long")?;
+        let len = crate::core::leb128::take(&mut rest).ok_or("the lengths run past the block")?;
+        end = u32::try_from(len).ok().and_then(|len| end.checked_add(len)).ok_or("the ids are too long")?;
         ends.push(end);
     }
-    let bytes = plain[at..].to_vec();
+    let bytes = rest.to_vec();
     if end as usize != bytes.len() {
         return Err(format!("the ids' lengths add up to {end}, the block holds {}", bytes.len()));
     }

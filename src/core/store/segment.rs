@@ -516,11 +516,16 @@ mod tests {
         LogRecord::Users { project: "p".into(), at: 0, updates }
     }
 
+    /// A durable space under `dir`, its derived columns in a scratch one beside it.
+    fn durable_space(dir: &std::path::Path) -> Arc<ColumnSpace> {
+        let scratch = ColumnSpace::scratch(&dir.join("scratch")).unwrap();
+        ColumnSpace::durable(&dir.join("segments"), scratch).unwrap()
+    }
+
     #[test]
     fn event_ids_load_back_compressed_and_plain_ones_of_version_2_are_converted() {
         let dir = tempfile::tempdir().unwrap();
-        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
-        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let space = durable_space(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
         let rows = 2 * crate::core::store::event_ids::BLOCK_ROWS + 5;
         let id = |i: usize| format!("event-{i}-é");
@@ -574,8 +579,7 @@ mod tests {
     #[test]
     fn unchanged_traits_keep_their_file_and_everything_loads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
-        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let space = durable_space(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
         data.apply(&users(&[("u1", "free"), ("u2", "pro")]), &[]);
         let event = |id: &str, user: &str| Event {
