@@ -274,6 +274,27 @@ async fn random_sigkills_during_concurrent_streams_lose_and_duplicate_nothing_ac
     kill_9(server);
 }
 
+/// The event ids of `user`'s timeline in project "p", page by page.
+async fn timeline_ids(channel: &tonic::transport::Channel, user: &str) -> Vec<String> {
+    let mut users = UserServiceClient::new(channel.clone());
+    let (mut ids, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let request = pb::ListUserEventsRequest {
+            project: "p".into(),
+            user_id: user.into(),
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
+        let page = users.list_user_events(request).await.unwrap().into_inner();
+        ids.extend(page.events.into_iter().map(|e| e.event_id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// The event ids of project "p" in export order (time, then arrival).
 async fn exported_ids(channel: &tonic::transport::Channel) -> Vec<String> {
     let request = pb::ExportEventsRequest { project: "p".into(), ..Default::default() };
@@ -466,9 +487,10 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     assert!(format!("{error:#}").contains(&times), "{error:#}");
 }
 
-/// A checkpoint written before manifest version 3 (event ids plain, dedupe runs of whole
-/// 128-bit keys) loads: the same events and ids come back, an old id is still a duplicate,
-/// and the next clean stop writes it again as version 3 without the plain files.
+/// A checkpoint written before manifest version 3 (event ids, anonymous people and previous
+/// rows in plain columns, dedupe runs of whole 128-bit keys) loads: the same events and ids
+/// come back, in a user's timeline too, an old id is still a duplicate, and the next clean
+/// stop writes it again as version 3 without the plain files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
     use sextant::core::store::column::block_checksums;
@@ -495,17 +517,22 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
         std::fs::write(segments.join(&file), bytes).unwrap();
         serde_json::json!({"file": file, "len": len, "bytes": bytes.len(), "checksums": block_checksums(bytes)})
     };
-    let (mut plain, mut ends) = (Vec::new(), Vec::new());
-    for id in &ids {
+    let (mut plain, mut ends, mut anonymous, mut previous) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (row, id) in ids.iter().enumerate() {
         plain.extend_from_slice(id.as_bytes());
         ends.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+        // One user, sent without anonymous ids: each row's previous one is the row before.
+        anonymous.extend_from_slice(&u32::MAX.to_le_bytes());
+        previous.extend_from_slice(&(row as u32).checked_sub(1).unwrap_or(u32::MAX).to_le_bytes());
     }
     let project = &mut manifest["projects"]["p"];
     let columns = project["columns"].as_object_mut().unwrap();
-    columns.retain(|name, _| !name.starts_with("ids."));
+    columns.retain(|name, _| !name.starts_with("cold."));
     columns.insert("id_bytes".into(), write_column(&plain, plain.len()));
     columns.insert("id_end".into(), write_column(&ends, ids.len()));
-    project.as_object_mut().unwrap().retain(|name, _| !name.starts_with("ids_tail"));
+    columns.insert("anonymous".into(), write_column(&anonymous, ids.len()));
+    columns.insert("previous_row".into(), write_column(&previous, ids.len()));
+    project.as_object_mut().unwrap().retain(|name, _| !name.starts_with("cold_tail"));
     let mut keys: Vec<u128> = ids.iter().map(|id| sextant::core::store::record::event_key("p", id)).collect();
     keys.sort_unstable();
     let whole: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
@@ -519,6 +546,7 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
 
     let server = spawn_server(temp.path()).await;
     assert_eq!(exported_ids(&server.channel).await, ids);
+    assert_eq!(timeline_ids(&server.channel, "u1").await, ids, "the chain of previous rows");
     let resent = IngestServiceClient::new(server.channel.clone())
         .track(pb::TrackRequest { project: "p".into(), events: vec![event(&ids[3], "view", "u1", 3)], sequence: 1 })
         .await
@@ -530,8 +558,8 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(manifest["version"], 3);
     let columns = manifest["projects"]["p"]["columns"].as_object().unwrap();
-    assert!(columns.contains_key("ids.blocks") && !columns.contains_key("id_end"));
-    assert!(!segments.join("1000001.col").exists() && !segments.join("1000003.col").exists(), "plain files removed");
+    assert!(columns.contains_key("cold.blocks") && !columns.contains_key("id_end"));
+    assert!((1_000_001..=1_000_005).all(|n| !segments.join(format!("{n}.col")).exists()), "plain files removed");
     let server = spawn_server(temp.path()).await;
     assert_eq!(exported_ids(&server.channel).await, ids);
     stop_gracefully(server);

@@ -2,9 +2,9 @@
 //! traits, quarantine and MANUAL values, with the caches derived from them; and the log record
 //! that changes them.
 
+pub mod cold_rows;
 pub mod column;
 pub mod embedded;
-pub mod event_ids;
 pub mod person_batch;
 pub mod person_order;
 pub mod record;

@@ -24,17 +24,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
+use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
-use crate::core::store::event_ids::EventIds;
 use crate::core::store::table::{EventTable, Interner};
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
-/// Version 3 keeps event ids compressed in blocks (`ids.blocks`, `ids.block_ends` and the
-/// `ids_tail` file); version 2, plain (`id_end`, `id_bytes`), and they are compressed when
-/// loaded. Version 2 lists the dedupe keys as runs (`seen_runs`); version 1, one sorted
+/// Version 3 keeps each row's event id, anonymous person and previous row compressed in
+/// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file); version 2 kept them in
+/// plain columns (`id_end`, `id_bytes`, `anonymous`, `previous_row`), compressed when loaded. Version 2 lists the dedupe keys as runs (`seen_runs`); version 1, one sorted
 /// column (`seen`). Every earlier version still loads.
 const MANIFEST_VERSION: u32 = 3;
 
@@ -87,11 +87,11 @@ pub struct ProjectFiles {
     pub traits: Option<String>,
     #[serde(default)]
     pub traits_checksum: u64,
-    /// The event ids after the last full compressed block (version 3; see `EventIds`).
+    /// The rows' cold values after their last compressed block (version 3; see `ColdRows`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ids_tail: Option<String>,
+    pub cold_tail: Option<String>,
     #[serde(default)]
-    pub ids_tail_checksum: u64,
+    pub cold_tail_checksum: u64,
 }
 
 impl ProjectFiles {
@@ -99,7 +99,7 @@ impl ProjectFiles {
     fn compressed(&self) -> impl Iterator<Item = (&String, u64)> {
         std::iter::once((&self.state, self.state_checksum))
             .chain(self.traits.iter().map(|t| (t, self.traits_checksum)))
-            .chain(self.ids_tail.iter().map(|t| (t, self.ids_tail_checksum)))
+            .chain(self.cold_tail.iter().map(|t| (t, self.cold_tail_checksum)))
     }
 }
 
@@ -320,14 +320,12 @@ impl<W: Write> Write for Hashing<W> {
 macro_rules! table_columns {
     ($table:expr, $visit:ident) => {
         $visit!("person", $table.person);
-        $visit!("anonymous", $table.anonymous);
         $visit!("time", $table.time);
         $visit!("name", $table.name);
-        $visit!("previous_row", $table.previous_row);
         $visit!("prop_end", $table.prop_end);
         $visit!("props", $table.props);
-        $visit!("ids.blocks", $table.ids.blocks);
-        $visit!("ids.block_ends", $table.ids.block_ends);
+        $visit!("cold.blocks", $table.cold.blocks);
+        $visit!("cold.block_ends", $table.cold.block_ends);
         $visit!("names.bytes", $table.names.bytes);
         $visit!("names.ends", $table.names.ends);
         $visit!("keys.bytes", $table.keys.bytes);
@@ -385,15 +383,15 @@ impl ProjectData {
                 (file, checksum)
             }
         };
-        let (ids_tail, ids_tail_checksum) = write_compressed(space, "ids", table.ids.tail())?;
+        let (cold_tail, cold_tail_checksum) = write_compressed(space, "cold", table.cold.tail())?;
         Ok(ProjectFiles {
             columns,
             state,
             state_checksum,
             traits: Some(traits),
             traits_checksum,
-            ids_tail: Some(ids_tail),
-            ids_tail_checksum,
+            cold_tail: Some(cold_tail),
+            cold_tail_checksum,
         })
     }
 
@@ -434,26 +432,28 @@ impl ProjectData {
         };
         macro_rules! load {
             ($name:expr, $column:expr) => {
-                // Version 2 listed the event ids plain: compressed below.
-                if !($name.starts_with("ids.") && files.ids_tail.is_none()) {
+                // Version 2 listed the cold values plain: compressed below.
+                if !($name.starts_with("cold.") && files.cold_tail.is_none()) {
                     $column = open_column(space, listed($name)?)?;
                 }
             };
         }
         table_columns!(table, load);
-        match &files.ids_tail {
+        let cold_corrupt = |e: String| corrupt(format!("the event ids, anonymous people or previous rows: {e}"));
+        match &files.cold_tail {
             Some(tail) => {
-                let tail = read_compressed(space, tail, files.ids_tail_checksum)?;
-                let (blocks, block_ends) =
-                    (std::mem::take(&mut table.ids.blocks), std::mem::take(&mut table.ids.block_ends));
-                table.ids = EventIds::from_parts(blocks, block_ends, tail)
-                    .map_err(|e| corrupt(format!("the event ids are corrupt: {e}")))?;
+                let tail = read_compressed(space, tail, files.cold_tail_checksum)?;
+                let blocks = std::mem::take(&mut table.cold.blocks);
+                let block_ends = std::mem::take(&mut table.cold.block_ends);
+                table.cold = ColdRows::from_parts(blocks, block_ends, tail).map_err(cold_corrupt)?;
             }
             None => {
                 let ends: Column<u64> = open_column(space, listed("id_end")?)?;
                 let bytes: Column<u8> = open_column(space, listed("id_bytes")?)?;
-                table.ids = EventIds::from_plain(Some(space), &ends, &bytes)
-                    .map_err(|e| corrupt(format!("the event ids are corrupt: {e}")))?;
+                let anonymous: Column<u32> = open_column(space, listed("anonymous")?)?;
+                let previous: Column<u32> = open_column(space, listed("previous_row")?)?;
+                table.cold =
+                    ColdRows::from_plain(Some(space), &ends, &bytes, &anonymous, &previous).map_err(cold_corrupt)?;
             }
         }
         table.canonical = state.canonical.into_owned();
@@ -523,57 +523,73 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_load_back_compressed_and_plain_ones_of_version_2_are_converted() {
+    fn cold_values_load_back_compressed_and_plain_ones_of_version_2_are_converted() {
         let dir = tempfile::tempdir().unwrap();
         let space = durable_space(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
-        let rows = 2 * crate::core::store::event_ids::BLOCK_ROWS + 5;
-        let id = |i: usize| format!("event-{i}-é");
+        let rows = 2 * crate::core::store::cold_rows::BLOCK_ROWS + 5;
         for i in 0..rows {
-            let mut event = crate::core::store::table::test_event(&id(i), "u1", "", i as i64);
-            event.properties.clear();
+            // Two users, one of them sometimes sent with an anonymous id too.
+            let (user, anonymous) = if i % 3 == 0 { ("u1", "") } else { ("u2", if i % 2 == 0 { "a2" } else { "" }) };
+            let event = crate::core::store::table::test_event(&format!("event-{i}-é"), user, anonymous, i as i64);
             data.table.push(&event);
         }
         let files = data.save(&space).unwrap();
-        assert!(files.columns.contains_key("ids.blocks") && files.ids_tail.is_some());
-        let loaded = ProjectData::load(&space, &files).unwrap();
-        let read = |data: &ProjectData| (0..rows).map(|r| data.table.row_event_id(r).into_owned()).collect::<Vec<_>>();
-        let expected: Vec<String> = (0..rows).map(id).collect();
-        assert_eq!(read(&loaded), expected);
+        assert!(files.columns.contains_key("cold.blocks") && files.cold_tail.is_some());
+        // As a checkpoint does: what it lists outlives the columns loaded from it.
+        space.pin_also(files.columns.values().map(|c| c.file.clone()));
+        // Every event as sent, and each person's own rows (the chain of previous rows).
+        let read = |data: &ProjectData| {
+            let table = &data.table;
+            let events: Vec<_> = (0..rows).map(|r| table.event(r)).collect();
+            let chains: Vec<_> = ["u1", "u2"].map(|u| table.own_rows(table.find_user(u).unwrap())).to_vec();
+            (events, chains)
+        };
+        let expected = read(&data);
+        assert_eq!(expected.1[0], (0..rows as u32).step_by(3).collect::<Vec<_>>());
+        assert_eq!(read(&ProjectData::load(&space, &files).unwrap()), expected);
 
-        // The same project as version 2 listed it: plain ids and their u64 ends.
+        // The same project as version 2 listed it: plain columns.
         let mut plain_bytes: Column<u8> = space.column();
         let mut plain_ends: Column<u64> = space.column();
-        for i in 0..rows {
-            plain_bytes.extend_from_slice(id(i).as_bytes());
+        let mut anonymous: Column<u32> = space.column();
+        let mut previous: Column<u32> = space.column();
+        for row in 0..rows {
+            let values = data.table.cold.get(row).unwrap();
+            plain_bytes.extend_from_slice(values.event_id.as_bytes());
             plain_ends.push(plain_bytes.len() as u64);
+            anonymous.push(values.anonymous);
+            previous.push(values.previous);
         }
+        assert!(anonymous.iter().any(|&a| a != crate::core::store::table::NONE));
         let mut v2 = files.clone();
-        v2.columns.retain(|name, _| !name.starts_with("ids."));
+        v2.columns.retain(|name, _| !name.starts_with("cold."));
         v2.columns.insert("id_bytes".into(), save_column(&plain_bytes, &space).unwrap());
         v2.columns.insert("id_end".into(), save_column(&plain_ends, &space).unwrap());
-        v2.ids_tail = None;
+        v2.columns.insert("anonymous".into(), save_column(&anonymous, &space).unwrap());
+        v2.columns.insert("previous_row".into(), save_column(&previous, &space).unwrap());
+        v2.cold_tail = None;
         // A start pins what the manifest lists, so the plain columns outlive their conversion.
         space.pin_also(v2.columns.values().map(|c| c.file.clone()));
         let converted = ProjectData::load(&space, &v2).unwrap();
         assert_eq!(read(&converted), expected);
         // Saved again, it is version 3.
         let resaved = converted.save(&space).unwrap();
-        assert!(resaved.ids_tail.is_some() && !resaved.columns.contains_key("id_end"));
+        assert!(resaved.cold_tail.is_some() && !resaved.columns.contains_key("id_end"));
         assert_eq!(read(&ProjectData::load(&space, &resaved).unwrap()), expected);
 
-        // Plain ends past their bytes are refused, naming the event ids.
+        // Plain ends past their bytes are refused, naming what.
         plain_ends.push(plain_bytes.len() as u64 + 10);
         v2.columns.insert("id_end".into(), save_column(&plain_ends, &space).unwrap());
         space.pin_also(v2.columns.values().map(|c| c.file.clone()));
         let err = ProjectData::load(&space, &v2).unwrap_err().to_string();
-        assert!(err.contains("the event ids are corrupt"), "{err}");
-        // So are a tail file and block ends that disagree with the rows.
+        assert!(err.contains("the event ids, anonymous people or previous rows"), "{err}");
+        // So are block ends that disagree with the rows.
         let mut short = files.clone();
-        short.columns.get_mut("ids.block_ends").unwrap().len = 1;
-        short.columns.get_mut("ids.block_ends").unwrap().bytes = 8;
+        short.columns.get_mut("cold.block_ends").unwrap().len = 1;
+        short.columns.get_mut("cold.block_ends").unwrap().bytes = 8;
         let err = ProjectData::load(&space, &short).unwrap_err().to_string();
-        assert!(err.contains("event id has"), "{err}");
+        assert!(err.contains("the rows after the last block do not fit together"), "{err}");
     }
 
     #[test]

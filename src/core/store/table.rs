@@ -13,8 +13,8 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::core::model::{Event, Micros, Value};
+use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace};
-use crate::core::store::event_ids::EventIds;
 
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
@@ -226,26 +226,25 @@ pub struct EventTable {
     pub(in crate::core::store) is_user: Vec<bool>,
     /// Per user person: the anonymous people aliased to it.
     pub(in crate::core::store) aliases: HashMap<u32, Vec<u32>>,
-    /// Per person: its last row (`NONE` when it has none); `previous_row` links back from it.
+    /// Per person: its last row (`NONE` when it has none); each row's previous one (`cold`)
+    /// links back from it.
     pub(in crate::core::store) last_row: Vec<u32>,
     pub(in crate::core::store) name_counts: Vec<u64>,
 
     // Row columns.
     pub(in crate::core::store) person: Column<u32>,
-    pub(in crate::core::store) anonymous: Column<u32>,
     pub(in crate::core::store) time: Column<Micros>,
     pub(in crate::core::store) name: Column<u32>,
-    /// Per row: the same person's row before it (`NONE` for its first), so a person's rows
-    /// are a chain from `last_row` without a list per person.
-    pub(in crate::core::store) previous_row: Column<u32>,
     /// Row i's properties end at `prop_block_start[i / PROP_BLOCK] + prop_end[i]` (and start
     /// where row i-1's end): 4 bytes a row, and no wrap past 2³² properties in a project, since
     /// a block of rows holds at most PROP_BLOCK × MAX_PROPERTIES of them.
     pub(in crate::core::store) prop_end: Column<u32>,
     pub(in crate::core::store) prop_block_start: Vec<u64>,
     pub(in crate::core::store) props: Column<Prop>,
-    /// Per row: its event id (compressed in blocks).
-    pub(in crate::core::store) ids: EventIds,
+    /// Per row, compressed in blocks (read one row at a time, never scanned): its event id,
+    /// the anonymous person it was sent under (`NONE`: none), and the same person's row before
+    /// it (`NONE` for its first), so a person's rows are a chain from `last_row`.
+    pub(in crate::core::store) cold: ColdRows,
     pub(in crate::core::store) min_time: Option<Micros>,
     pub(in crate::core::store) max_time: Option<Micros>,
     /// Rows marked by `erase`, removed by the next `compact`.
@@ -292,13 +291,11 @@ impl EventTable {
             strings: Interner::in_space(&space),
             people: Interner::in_space(&space),
             person: space.column(),
-            anonymous: space.column(),
             time: space.column(),
             name: space.column(),
-            previous_row: space.column(),
             prop_end: space.column(),
             props: space.column(),
-            ids: EventIds::in_space(Some(&space)),
+            cold: ColdRows::in_space(Some(&space)),
             space: Some(space),
             ..EventTable::default()
         }
@@ -310,11 +307,9 @@ impl EventTable {
         let n = self.len();
         let rows = [
             ("person", self.person.len()),
-            ("anonymous", self.anonymous.len()),
             ("name", self.name.len()),
-            ("previous_row", self.previous_row.len()),
             ("prop_end", self.prop_end.len()),
-            ("event id", self.ids.len()),
+            ("cold", self.cold.len()),
         ];
         if let Some((column, len)) = rows.iter().find(|(_, len)| *len != n) {
             return Err(format!("column {column} has {len} rows, time has {n}"));
@@ -326,16 +321,11 @@ impl EventTable {
         if self.prop_block_start.len() != n.div_ceil(PROP_BLOCK) || self.name_counts.len() > self.names.len() {
             return Err("property blocks or name counts disagree with the rows".into());
         }
-        let person_ok = |p: u32| p == NONE || (p as usize) < people;
+        // The cold rows' anonymous people and previous rows are checked as their blocks are
+        // decoded (a previous row is before its own; a person past the people reads as none).
         if !self.person.iter().all(|&p| p != NONE && (p as usize) < people)
-            || !self.anonymous.iter().all(|&p| person_ok(p))
             || !self.canonical.iter().all(|&p| (p as usize) < people)
             || !self.name.iter().all(|&name| (name as usize) < self.name_counts.len())
-            || !self
-                .previous_row
-                .iter()
-                .enumerate()
-                .all(|(row, &previous)| previous == NONE || (previous as usize) < row)
             || !self.last_row.iter().all(|&row| row == NONE || (row as usize) < n)
         {
             return Err("a row names a person, name or row that does not exist".into());
@@ -469,21 +459,18 @@ impl EventTable {
             self.props.push(Prop::new(key, value));
         }
         self.push_prop_end();
-        self.ids.push(event_id);
+        let previous = self.link_row(person, row);
+        self.cold.push(event_id, anonymous, previous);
         self.person.push(person);
-        self.anonymous.push(anonymous);
         self.time.push(timestamp);
         self.name.push(name);
-        self.link_row(person, row);
         self.min_time = Some(self.min_time.map_or(timestamp, |t| t.min(timestamp)));
         self.max_time = Some(self.max_time.map_or(timestamp, |t| t.max(timestamp)));
     }
 
-    /// Appends row `row` to `person`'s chain.
-    fn link_row(&mut self, person: u32, row: u32) {
-        let last = &mut self.last_row[person as usize];
-        self.previous_row.push(*last);
-        *last = row;
+    /// Makes row `row` `person`'s last; returns the row before it in the chain (`NONE`).
+    fn link_row(&mut self, person: u32, row: u32) -> u32 {
+        std::mem::replace(&mut self.last_row[person as usize], row)
     }
 
     /// A person's own rows (not those of people aliased to it), in arrival order.
@@ -492,7 +479,9 @@ impl EventTable {
         let mut row = self.last_row[person as usize];
         while row != NONE {
             rows.push(row);
-            row = self.previous_row[row as usize];
+            let previous = self.cold.get(row as usize).map_or(NONE, |values| values.previous);
+            // Previous rows come before their own (checked as blocks are decoded): no cycle.
+            row = if previous < row { previous } else { NONE };
         }
         rows.reverse();
         rows
@@ -526,9 +515,8 @@ impl EventTable {
     }
 
     pub fn row_event_id(&self, row: usize) -> Cow<'_, str> {
-        self.ids.get(row)
+        self.cold.get(row).map_or(Cow::Borrowed(""), |values| values.event_id)
     }
-
 
     /// Rebuilds row `row` as an event.
     pub fn event(&self, row: usize) -> Event {
@@ -538,8 +526,13 @@ impl EventTable {
         } else {
             String::new()
         };
-        let anonymous = self.anonymous[row];
-        let anonymous_id = if anonymous == NONE { String::new() } else { self.person_name(anonymous).to_owned() };
+        let cold = self.cold.get(row);
+        let anonymous = cold.as_ref().map_or(NONE, |values| values.anonymous);
+        let anonymous_id = if (anonymous as usize) < self.people.len() {
+            self.person_name(anonymous).to_owned()
+        } else {
+            String::new()
+        };
         let properties = self
             .row_props(row)
             .iter()
@@ -555,7 +548,7 @@ impl EventTable {
             })
             .collect();
         Event {
-            event_id: self.row_event_id(row).into_owned(),
+            event_id: cold.map(|values| values.event_id.into_owned()).unwrap_or_default(),
             name: self.names.resolve(self.name[row]).to_owned(),
             user_id,
             anonymous_id,
@@ -599,39 +592,36 @@ impl EventTable {
             std::mem::replace(column, new)
         }
         let person = fresh(&mut self.person, kept);
-        let anonymous = fresh(&mut self.anonymous, kept);
         let time = fresh(&mut self.time, kept);
         let name = fresh(&mut self.name, kept);
-        fresh(&mut self.previous_row, kept);
         let prop_ends: Vec<usize> = (0..n).map(|row| self.prop_end_of(row)).collect();
         fresh(&mut self.prop_end, kept);
         self.prop_block_start.clear();
         let props = fresh(&mut self.props, 0);
-        let fresh_ids = self.ids.fresh();
-        let ids = std::mem::replace(&mut self.ids, fresh_ids);
-        ids.for_each(|row, id| {
-            if !dropped[row] {
-                self.ids.push(id);
-            }
-        });
+        let fresh_cold = self.cold.fresh();
+        let cold = std::mem::replace(&mut self.cold, fresh_cold);
         self.last_row.iter_mut().for_each(|r| *r = NONE);
         self.name_counts.iter_mut().for_each(|c| *c = 0);
         self.min_time = None;
         self.max_time = None;
-        for row in (0..n).filter(|&r| !dropped[r]) {
+        // In row order, each block of cold values decoded once.
+        cold.for_each(|row, values| {
+            if dropped[row] {
+                return;
+            }
             let new_row = self.time.len() as u32;
             let prop_start = if row == 0 { 0 } else { prop_ends[row - 1] };
             self.props.extend_from_slice(&props[prop_start..prop_ends[row]]);
             self.push_prop_end();
+            let previous = self.link_row(person[row], new_row);
+            self.cold.push(&values.event_id, values.anonymous, previous);
             self.person.push(person[row]);
-            self.anonymous.push(anonymous[row]);
             self.time.push(time[row]);
             self.name.push(name[row]);
             self.name_counts[name[row] as usize] += 1;
-            self.link_row(person[row], new_row);
             self.min_time = Some(self.min_time.map_or(time[row], |t| t.min(time[row])));
             self.max_time = Some(self.max_time.map_or(time[row], |t| t.max(time[row])));
-        }
+        });
         self.generation += 1;
         self.layout = LayoutVersion::next();
         removed
