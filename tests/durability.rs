@@ -618,7 +618,8 @@ async fn a_clean_stop_leaves_no_dead_bytes_and_loses_nothing() {
         .flat_map(|p| p["columns"].as_object().unwrap().values())
         .collect();
     columns.extend(manifest["seen_runs"].as_array().unwrap().iter().flat_map(|run| [&run["keys"], &run["index"]]));
-    assert!(columns.len() >= 19, "{manifest}");
+    // Every table column (7 for rows and cold blocks, 8 for string tables) and the run.
+    assert!(columns.len() >= 17, "{manifest}");
     for column in columns {
         let size = std::fs::metadata(segments.join(column["file"].as_str().unwrap())).unwrap().len();
         assert_eq!(size, column["bytes"].as_u64().unwrap(), "{column}");
