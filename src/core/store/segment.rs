@@ -3,8 +3,9 @@
 //! A checkpoint lists, per project, its column files (each with its length and checksums of
 //! its values by 4 MiB block, so a checkpoint hashes only new blocks) and one state file
 //! (everything small: interner lookups are rebuilt from their columns, the rest is
-//! serialized) with the traits in a file of their own (listed again while unchanged), and
-//! the dedupe set's runs of sorted keys, with the log position it covers. Columns are
+//! serialized) with the traits in a file of their own (listed again while unchanged) and the
+//! rows' cold values after their last compressed block in another (`cold_rows`), and the
+//! dedupe set's runs of sorted keys, with the log position it covers. Columns are
 //! append-only, so a file a checkpoint lists is never changed in its listed prefix afterwards: later appends go past it, and compaction writes new files. The
 //! manifest is written last (temporary file, fsync, rename, fsync of the directory), so a
 //! crash leaves either the old checkpoint or the new one, each with all its files.
@@ -33,9 +34,10 @@ use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
 /// Version 3 keeps each row's event id, anonymous person and previous row compressed in
-/// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file); version 2 kept them in
-/// plain columns (`id_end`, `id_bytes`, `anonymous`, `previous_row`), compressed when loaded. Version 2 lists the dedupe keys as runs (`seen_runs`); version 1, one sorted
-/// column (`seen`). Every earlier version still loads.
+/// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file), and dedupe runs of
+/// 96-bit keys; version 2 kept those values in plain columns (`id_end`, `id_bytes`,
+/// `anonymous`, `previous_row`) and runs of whole keys, converted when loaded. Version 1 kept
+/// the dedupe keys in one sorted column (`seen`). Every earlier version still loads.
 const MANIFEST_VERSION: u32 = 3;
 
 /// What a checkpoint holds.
