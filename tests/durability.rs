@@ -452,23 +452,32 @@ async fn sigkills_during_checkpoints_lose_and_duplicate_nothing_acked() {
     kill_9(server);
 }
 
-/// A checkpoint file changed on disk is found by its checksum: the server refuses to start,
-/// naming the file, and `sextant check` names it too. Nothing is answered from a bad file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
-    let temp = tempfile::tempdir().unwrap();
-    let server = spawn_server(temp.path()).await;
+/// A data directory at `dir` whose project "p" holds `events`, checkpointed by a clean stop.
+async fn checkpoint_of(dir: &Path, events: Vec<pb::Event>) {
+    let server = spawn_server(dir).await;
     create_project(&server.channel, "p").await;
-    let events: Vec<pb::Event> = (0..300).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
     IngestServiceClient::new(server.channel.clone())
         .track(pb::TrackRequest { project: "p".into(), events, sequence: 0 })
         .await
         .unwrap();
     stop_gracefully(server);
+}
+
+/// The checkpoint manifest in `segments`, as JSON.
+fn read_manifest(segments: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap()
+}
+
+/// A checkpoint file changed on disk is found by its checksum: the server refuses to start,
+/// naming the file, and `sextant check` names it too. Nothing is answered from a bad file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let events: Vec<pb::Event> = (0..300).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
+    checkpoint_of(temp.path(), events).await;
 
     let segments = temp.path().join("segments");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap();
+    let manifest = read_manifest(&segments);
     let times = manifest["projects"]["p"]["columns"]["time"]["file"].as_str().unwrap().to_owned();
     let path = segments.join(&times);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -495,20 +504,14 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
 async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
     use sextant::core::store::column::block_checksums;
     let temp = tempfile::tempdir().unwrap();
-    let server = spawn_server(temp.path()).await;
-    create_project(&server.channel, "p").await;
     let ids: Vec<String> = (0..700).map(|i| format!("old-{i}")).collect();
     let events: Vec<pb::Event> = ids.iter().enumerate().map(|(i, id)| event(id, "view", "u1", i as i64)).collect();
-    IngestServiceClient::new(server.channel.clone())
-        .track(pb::TrackRequest { project: "p".into(), events, sequence: 0 })
-        .await
-        .unwrap();
-    stop_gracefully(server);
+    checkpoint_of(temp.path(), events).await;
 
     // Rewrite the checkpoint as version 2 listed it.
     let segments = temp.path().join("segments");
     let path = segments.join("MANIFEST");
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut manifest = read_manifest(&segments);
     assert_eq!(manifest["version"], 3);
     let mut next = 1_000_000;
     let mut write_column = |bytes: &[u8], len: usize| {
@@ -555,7 +558,7 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
     assert_eq!((resent.accepted, resent.duplicates), (0, 1), "the whole keys' run still dedupes");
     stop_gracefully(server);
 
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let manifest = read_manifest(&segments);
     assert_eq!(manifest["version"], 3);
     let columns = manifest["projects"]["p"]["columns"].as_object().unwrap();
     assert!(columns.contains_key("cold.blocks") && !columns.contains_key("id_end"));
@@ -609,8 +612,7 @@ async fn a_clean_stop_leaves_no_dead_bytes_and_loses_nothing() {
     assert!(stopped < running / 4, "stopped: {stopped} bytes of log, running: {running}");
     // And each checkpointed column file holds its values and nothing reserved past them.
     let segments = temp.path().join("segments");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap();
+    let manifest = read_manifest(&segments);
     let mut columns: Vec<&serde_json::Value> = manifest["projects"]
         .as_object()
         .unwrap()

@@ -586,8 +586,7 @@ mod tests {
     #[test]
     fn a_run_saved_with_another_layout_loads_by_its_header_and_a_failed_flush_backs_off() {
         let dir = tempfile::tempdir().unwrap();
-        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
-        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
         let mut sorted: Vec<RunKey> = (0..1000).map(|i| run_key(key(i))).collect();
         sorted.sort_unstable();
         let mut column: Column<RunKey> = space.column();
@@ -679,8 +678,7 @@ mod tests {
     #[test]
     fn runs_saved_to_files_load_back_and_a_version_1_column_becomes_a_run() {
         let dir = tempfile::tempdir().unwrap();
-        let scratch = ColumnSpace::scratch(&dir.path().join("scratch")).unwrap();
-        let space = ColumnSpace::durable(&dir.path().join("segments"), scratch).unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
         let mut ids = SeenIds::default();
         ids.extend((0..700).map(key));
         ids.flush_and_merge().unwrap();

@@ -74,6 +74,13 @@ impl ColumnSpace {
         }))
     }
 
+    /// For tests: a durable space in `dir/segments`, its derived columns in `dir/scratch`.
+    #[cfg(test)]
+    pub fn durable_for_tests(dir: &Path) -> Arc<ColumnSpace> {
+        let scratch = ColumnSpace::scratch(&dir.join("scratch")).expect("scratch space");
+        ColumnSpace::durable(&dir.join("segments"), scratch).expect("durable space")
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

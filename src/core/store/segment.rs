@@ -518,16 +518,10 @@ mod tests {
         LogRecord::Users { project: "p".into(), at: 0, updates }
     }
 
-    /// A durable space under `dir`, its derived columns in a scratch one beside it.
-    fn durable_space(dir: &std::path::Path) -> Arc<ColumnSpace> {
-        let scratch = ColumnSpace::scratch(&dir.join("scratch")).unwrap();
-        ColumnSpace::durable(&dir.join("segments"), scratch).unwrap()
-    }
-
     #[test]
     fn cold_values_load_back_compressed_and_plain_ones_of_version_2_are_converted() {
         let dir = tempfile::tempdir().unwrap();
-        let space = durable_space(dir.path());
+        let space = ColumnSpace::durable_for_tests(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
         let rows = 2 * crate::core::store::cold_rows::BLOCK_ROWS + 5;
         for i in 0..rows {
@@ -597,7 +591,7 @@ mod tests {
     #[test]
     fn unchanged_traits_keep_their_file_and_everything_loads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let space = durable_space(dir.path());
+        let space = ColumnSpace::durable_for_tests(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
         data.apply(&users(&[("u1", "free"), ("u2", "pro")]), &[]);
         let event = |id: &str, user: &str| Event {
