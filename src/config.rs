@@ -113,6 +113,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SEXTANT_MAX_PROPERTIES", default_value_t = 256)]
     pub max_properties: usize,
 
+    /// Distinct event property keys one project may hold (and likewise distinct trait names):
+    /// an event or user update that would add more is rejected with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SEXTANT_MAX_PROPERTY_KEYS", default_value_t = crate::core::ingest::DEFAULT_MAX_PROPERTY_KEYS)]
+    pub max_property_keys: usize,
+
     /// How far in the future an event timestamp may be, in seconds.
     #[arg(long, env = "SEXTANT_MAX_FUTURE_SECS", default_value_t = 3600)]
     pub max_future_secs: i64,
@@ -227,6 +232,7 @@ impl ServeConfig {
             max_event_bytes: self.max_event_bytes,
             max_properties: self.max_properties,
             max_future_micros: self.max_future_secs.saturating_mul(MICROS_PER_SECOND),
+            max_property_keys: self.max_property_keys,
         }
     }
 
@@ -238,6 +244,11 @@ impl ServeConfig {
         anyhow::ensure!(self.max_future_secs >= 0, "--max-future-secs must not be negative");
         anyhow::ensure!(self.rate_limit >= 0.0 && self.rate_limit.is_finite(), "--rate-limit must be >= 0");
         anyhow::ensure!(self.max_streams > 0, "--max-streams must be positive");
+        anyhow::ensure!(
+            (1..=crate::core::ingest::MAX_PROPERTY_KEYS_LIMIT).contains(&self.max_property_keys),
+            "--max-property-keys must be between 1 and {}",
+            crate::core::ingest::MAX_PROPERTY_KEYS_LIMIT
+        );
         anyhow::ensure!(
             self.query_timeout_secs >= 0.0 && self.query_timeout_secs.is_finite(),
             "--query-timeout-secs must be >= 0"

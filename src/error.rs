@@ -55,6 +55,7 @@ impl Error {
         match self {
             Error::InvalidArgument { field, message } if field.is_empty() => Error::invalid(parent, message),
             Error::InvalidArgument { field, message } => Error::invalid(format!("{parent}.{field}"), message),
+            Error::ResourceExhausted { field, message } => Error::exhausted(format!("{parent}.{field}"), message),
             other => other,
         }
     }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{event, with_props};
+use common::{event, num, text, with_props};
 use sextant::pb;
 use sextant::pb::ingest_service_client::IngestServiceClient;
 use sextant::pb::project_service_client::ProjectServiceClient;
@@ -295,30 +295,27 @@ async fn timeline_ids(channel: &tonic::transport::Channel, user: &str) -> Vec<St
     }
 }
 
-/// The event ids of project "p" in export order (time, then arrival).
-async fn exported_ids(channel: &tonic::transport::Channel) -> Vec<String> {
+/// The events of project "p" in export order (time, then arrival).
+async fn exported_events(channel: &tonic::transport::Channel) -> Vec<pb::Event> {
     let request = pb::ExportEventsRequest { project: "p".into(), ..Default::default() };
     let mut stream = UserServiceClient::new(channel.clone()).export_events(request).await.unwrap().into_inner();
-    let mut ids = Vec::new();
+    let mut events = Vec::new();
     while let Some(chunk) = stream.message().await.unwrap() {
-        ids.extend(chunk.events.into_iter().map(|e| e.event_id));
+        events.extend(chunk.events);
     }
-    ids
+    events
+}
+
+/// The event ids of project "p" in export order.
+async fn exported_ids(channel: &tonic::transport::Channel) -> Vec<String> {
+    exported_events(channel).await.into_iter().map(|e| e.event_id).collect()
 }
 
 /// How many times each event id of project "p" is stored.
 async fn stored_event_counts(channel: &tonic::transport::Channel) -> HashMap<String, usize> {
-    let mut users = UserServiceClient::new(channel.clone());
-    let mut stream = users
-        .export_events(pb::ExportEventsRequest { project: "p".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
     let mut stored: HashMap<String, usize> = HashMap::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        for e in chunk.events {
-            *stored.entry(e.event_id).or_default() += 1;
-        }
+    for id in exported_ids(channel).await {
+        *stored.entry(id).or_default() += 1;
     }
     stored
 }
@@ -463,6 +460,9 @@ async fn checkpoint_of(dir: &Path, events: Vec<pb::Event>) {
     stop_gracefully(server);
 }
 
+/// The manifest version a checkpoint is written in.
+const CURRENT_VERSION: u32 = 4;
+
 /// The checkpoint manifest in `segments`, as JSON.
 fn read_manifest(segments: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap()
@@ -499,9 +499,9 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
 /// A checkpoint written before manifest version 3 (event ids, anonymous people and previous
 /// rows in plain columns, dedupe runs of whole 128-bit keys) loads: the same events and ids
 /// come back, in a user's timeline too, an old id is still a duplicate, and the next clean
-/// stop writes it again as version 3 without the plain files.
+/// stop writes it again in the current version without the plain files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
+async fn a_version_2_checkpoint_loads_and_is_rewritten_in_the_current_version() {
     use sextant::core::store::column::block_checksums;
     let temp = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (0..700).map(|i| format!("old-{i}")).collect();
@@ -512,7 +512,7 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
     let segments = temp.path().join("segments");
     let path = segments.join("MANIFEST");
     let mut manifest = read_manifest(&segments);
-    assert_eq!(manifest["version"], 3);
+    assert_eq!(manifest["version"], CURRENT_VERSION);
     let mut next = 1_000_000;
     let mut write_column = |bytes: &[u8], len: usize| {
         next += 1;
@@ -559,13 +559,108 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_as_version_3() {
     stop_gracefully(server);
 
     let manifest = read_manifest(&segments);
-    assert_eq!(manifest["version"], 3);
+    assert_eq!(manifest["version"], CURRENT_VERSION);
     let columns = manifest["projects"]["p"]["columns"].as_object().unwrap();
     assert!(columns.contains_key("cold.blocks") && !columns.contains_key("id_end"));
     assert!((1_000_001..=1_000_005).all(|n| !segments.join(format!("{n}.col")).exists()), "plain files removed");
     let server = spawn_server(temp.path()).await;
     assert_eq!(exported_ids(&server.channel).await, ids);
     stop_gracefully(server);
+}
+
+/// A checkpoint of manifest version 3 (16-byte properties: key, type, value; u32 property
+/// ends) loads: every event comes back with the same properties of every type, a sum over a
+/// property is the same, and the next clean stop writes the current version, 12-byte
+/// properties and u16 ends, without the old files. (Under 64 rows, both versions' blocks of
+/// property ends start at 0, so the state file is the same.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_checkpoint_loads_with_its_properties_converted() {
+    use sextant::core::store::column::block_checksums;
+    let temp = tempfile::tempdir().unwrap();
+    let events: Vec<pb::Event> = (0..60i64)
+        .map(|i| {
+            let mut props = vec![("price", num(i as f64 + 0.25)), ("tier", text(&format!("t{}", i % 3)))];
+            if i % 4 == 0 {
+                props.push(("flag", pb::Value { kind: Some(pb::value::Kind::BoolValue(i % 8 == 0)) }));
+            }
+            if i % 5 == 0 {
+                let at = prost_types::Timestamp { seconds: 1_700_000_000 + i, nanos: 0 };
+                props.push(("at", pb::Value { kind: Some(pb::value::Kind::TimestampValue(at)) }));
+            }
+            // Some events carry no property at all.
+            let props = if i % 7 == 3 { vec![] } else { props };
+            with_props(event(&format!("e{i}"), "buy", &format!("u{}", i % 4), i), &props)
+        })
+        .collect();
+    checkpoint_of(temp.path(), events).await;
+    let server = spawn_server(temp.path()).await;
+    let (expected, expected_sum) = (exported_events(&server.channel).await, price_sum(&server.channel).await);
+    stop_gracefully(server);
+    assert_eq!(expected.len(), 60);
+    assert!(expected.iter().any(|e| e.properties.len() == 4) && expected.iter().any(|e| e.properties.is_empty()));
+
+    // Rewrite the property columns as version 3 listed them.
+    let segments = temp.path().join("segments");
+    let mut manifest = read_manifest(&segments);
+    assert_eq!(manifest["version"], CURRENT_VERSION);
+    let columns = manifest["projects"]["p"]["columns"].as_object_mut().unwrap();
+    let file_of = |column: &serde_json::Value| segments.join(column["file"].as_str().unwrap());
+    let props = std::fs::read(file_of(&columns["props"])).unwrap();
+    let props = &props[..columns["props"]["bytes"].as_u64().unwrap() as usize];
+    let word = |bytes: &[u8], at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let mut wide = Vec::new();
+    for prop in props.chunks_exact(12) {
+        let (key_and_type, low, high) = (word(prop, 0), word(prop, 4), word(prop, 8));
+        wide.extend_from_slice(&(key_and_type & ((1 << 29) - 1)).to_le_bytes());
+        wide.extend_from_slice(&(key_and_type >> 29).to_le_bytes());
+        wide.extend_from_slice(&(u64::from(low) | (u64::from(high) << 32)).to_le_bytes());
+    }
+    let ends = std::fs::read(file_of(&columns["prop_end"])).unwrap();
+    let ends: Vec<u8> =
+        ends[..120].chunks_exact(2).flat_map(|e| u32::from(u16::from_le_bytes([e[0], e[1]])).to_le_bytes()).collect();
+    for (name, bytes, len, file) in
+        [("props", &wide, wide.len() / 16, "1000001.col"), ("prop_end", &ends, 60, "1000002.col")]
+    {
+        std::fs::write(segments.join(file), bytes).unwrap();
+        columns[name] =
+            serde_json::json!({"file": file, "len": len, "bytes": bytes.len(), "checksums": block_checksums(bytes)});
+    }
+    manifest["version"] = 3.into();
+    std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    check_data_dir(temp.path()).expect("a valid version-3 checkpoint");
+
+    let server = spawn_server(temp.path()).await;
+    assert_eq!(exported_events(&server.channel).await, expected);
+    assert_eq!(price_sum(&server.channel).await, expected_sum);
+    stop_gracefully(server);
+    let manifest = read_manifest(&segments);
+    assert_eq!(manifest["version"], CURRENT_VERSION);
+    let columns = &manifest["projects"]["p"]["columns"];
+    assert_eq!(columns["props"]["bytes"].as_u64().unwrap(), 12 * columns["props"]["len"].as_u64().unwrap());
+    assert_eq!(columns["prop_end"]["bytes"], 120);
+    assert!(!segments.join("1000001.col").exists() && !segments.join("1000002.col").exists(), "old files removed");
+    let server = spawn_server(temp.path()).await;
+    assert_eq!(exported_events(&server.channel).await, expected);
+    stop_gracefully(server);
+}
+
+/// The sum of `price` over project "p"'s `buy` events, over all time.
+async fn price_sum(channel: &tonic::transport::Channel) -> f64 {
+    let mut definition = common::definition("revenue", pb::MetricKind::Sum, "buy");
+    definition.property = "price".into();
+    let request = pb::QueryMetricRequest {
+        project: "p".into(),
+        metric: Some(pb::query_metric_request::Metric::Definition(definition)),
+        range: Some(pb::TimeRange { from: Some(common::ts(0)), to: Some(common::ts(1_000_000)) }),
+        granularity: pb::Granularity::Total as i32,
+        ..Default::default()
+    };
+    let reply = sextant::pb::metric_service_client::MetricServiceClient::new(channel.clone())
+        .query_metric(request)
+        .await
+        .unwrap()
+        .into_inner();
+    reply.series[0].points[0].value
 }
 
 /// The bytes of the log databases (`sled*`) under a data directory.

@@ -537,3 +537,95 @@ async fn a_checkpoint_waits_for_a_busy_project_without_holding_up_acks() {
     assert_eq!(server.export("busy").await.len(), 1);
     assert_eq!(server.export("free").await.len(), 4);
 }
+
+/// The embedded engine keeps at most `--max-property-keys` distinct event property keys (and
+/// trait names) per project: an event or user update that would add one more is rejected on
+/// its own with RESOURCE_EXHAUSTED naming the key, while the rest of its batch, and every later
+/// event of known keys, is stored. The count survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_property_keys_past_the_projects_limit_are_rejected_per_item() {
+    let server = TestServer::start_with(|c| c.max_property_keys = 3).await;
+    server.create_project("p").await;
+    let keyed = |id: &str, keys: &[&str]| {
+        let props: Vec<(&str, pb::Value)> = keys.iter().map(|k| (*k, num(1.0))).collect();
+        with_props(event(id, "view", "u1", 1), &props)
+    };
+    let reply = server
+        .track(
+            "p",
+            vec![
+                keyed("e1", &["a", "b"]),
+                keyed("e2", &["c", "d"]),
+                keyed("e3", &["a", "c"]),
+                keyed("e4", &["c", "b", "a"]),
+            ],
+        )
+        .await;
+    assert_eq!(reply.accepted, 3);
+    let rejected: Vec<(u32, &str, &str)> =
+        reply.rejected.iter().map(|e| (e.index, e.code.as_str(), e.message.as_str())).collect();
+    assert_eq!(
+        rejected,
+        vec![(
+            1,
+            "RESOURCE_EXHAUSTED",
+            "events[1].properties.c: a new key, and the project holds 2 distinct property keys, at most 3 \
+             (--max-property-keys)"
+        )]
+    );
+
+    let server = server.restart_with(|c| c.max_property_keys = 3).await;
+    let reply = server.track("p", vec![keyed("e5", &["z"]), keyed("e6", &["b"])]).await;
+    assert_eq!(reply.accepted, 1);
+    assert_eq!(reply.rejected.len(), 1);
+    assert!(reply.rejected[0].message.starts_with("events[0].properties.z: a new key, and the project holds 3"));
+    let exported = server.export("p").await;
+    let stored: Vec<(String, Vec<String>)> =
+        exported.into_iter().map(|e| (e.event_id, e.properties.into_keys().collect())).collect();
+    let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        stored,
+        vec![
+            ("e1".into(), keys(&["a", "b"])),
+            ("e3".into(), keys(&["a", "c"])),
+            ("e4".into(), keys(&["a", "b", "c"])),
+            ("e6".into(), keys(&["b"]))
+        ]
+    );
+
+    // Trait names have a limit of their own.
+    let update = |user: &str, set: &[&str], once: &[&str]| pb::UserUpdate {
+        user_id: user.into(),
+        set: set.iter().map(|k| (k.to_string(), text("x"))).collect(),
+        set_once: once.iter().map(|k| (k.to_string(), text("y"))).collect(),
+        unset: vec![],
+    };
+    let reply = server
+        .ingest()
+        .identify(pb::IdentifyRequest {
+            project: "p".into(),
+            users: vec![
+                update("u1", &["plan", "country"], &[]),
+                update("u2", &["plan"], &["tier", "extra"]),
+                update("u3", &["tier"], &["plan"]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.updated, 2);
+    let rejected: Vec<(u32, &str, &str)> =
+        reply.rejected.iter().map(|e| (e.index, e.code.as_str(), e.message.as_str())).collect();
+    assert_eq!(
+        rejected,
+        vec![(
+            1,
+            "RESOURCE_EXHAUSTED",
+            "users[1].set_once.extra: a new key, and the project holds 2 distinct trait names, at most 3 \
+             (--max-property-keys)"
+        )]
+    );
+    assert!(server.get_user("p", "u2").await.ok().is_none_or(|user| user.traits.is_empty()), "u2 was not updated");
+    let u3 = server.get_user("p", "u3").await.unwrap();
+    assert_eq!(u3.traits.into_keys().collect::<Vec<_>>(), vec!["plan", "tier"], "the third name fits");
+}

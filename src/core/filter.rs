@@ -251,7 +251,7 @@ impl CompiledFilters {
             let cell = if f.key == NONE {
                 None
             } else {
-                source.row_props(row).iter().find(|p| p.key == f.key).map(|p| p.value())
+                source.row_props(row).iter().find(|p| p.key() == f.key).map(|p| p.value())
             };
             matches(f.op, &f.operands, cell.and_then(|c| Probe::of_cell(c, source.strings())))
         })
@@ -260,7 +260,7 @@ impl CompiledFilters {
 
 /// The numeric value of property `key` among a row's properties, when it has one.
 pub fn row_number(props: &[Prop], key: u32) -> Option<f64> {
-    props.iter().find(|p| p.key == key).and_then(|p| match p.value() {
+    props.iter().find(|p| p.key() == key).and_then(|p| match p.value() {
         Cell::Number(n) => Some(n),
         _ => None,
     })

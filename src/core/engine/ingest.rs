@@ -4,7 +4,7 @@
 
 use crate::core::engine::{Engine, ProjectEntry};
 use crate::core::ingest::{self, Incoming, TrackOutcome, WriteJob, WriteResult};
-use crate::core::model::{Enforcement, Event, QuarantinedEvent, UserUpdate};
+use crate::core::model::{Enforcement, Event, QuarantinedEvent, UserUpdate, Value};
 use crate::core::store::record::{LogRecord, encode_record};
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -211,7 +211,16 @@ impl Engine {
             let stored =
                 |id: &str| remote_stored.contains(id) || self.seen.read().contains(&ingest::event_key(project_id, id));
             let quarantined = |id: &str| held.contains(id) || held_pending.contains(id);
-            let received = ingest::Received { stored: &stored, quarantined: &quarantined };
+            // The embedded table's key space is bounded (`Limits::max_property_keys`); a remote
+            // engine's is not, and then no key counts as new.
+            let (keys, remote) = (state.data.table.keys(), self.remote().is_some());
+            let key_known = |key: &str| remote || keys.get(key).is_some();
+            let received = ingest::Received {
+                stored: &stored,
+                quarantined: &quarantined,
+                key_known: &key_known,
+                keys: keys.len(),
+            };
             let now = self.clock.now();
             let cutoff = state.project.retention_cutoff(now);
             ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now, cutoff, &received)
@@ -251,26 +260,16 @@ impl Engine {
     /// Applies trait updates; invalid items (already failed in decoding, as `(user_id, error)`,
     /// or failing validation here) are returned with their index and skipped.
     pub async fn identify(
-        &self,
+        self: &Arc<Self>,
         project_id: &str,
         updates: Vec<Result<UserUpdate, (String, Error)>>,
     ) -> Result<(u64, Vec<ingest::ItemError>)> {
         self.limits.check_batch("users", updates.len())?;
         let entry = self.project(project_id)?;
-        let mut valid = Vec::with_capacity(updates.len());
-        let mut rejected = Vec::new();
-        for (index, update) in updates.into_iter().enumerate() {
-            let checked = update.and_then(|u| match ingest::validate_user_update(index, &u, &self.limits) {
-                Ok(()) => Ok(u),
-                Err(error) => Err((u.user_id, error)),
-            });
-            match checked {
-                Ok(update) => valid.push(update),
-                Err((user_id, error)) => {
-                    rejected.push(ingest::ItemError { index: index as u32, event_id: user_id, error })
-                }
-            }
-        }
+        // The trait names the project holds are read under its lock: off the executor.
+        let checking = entry.clone();
+        let (valid, rejected) =
+            self.off_executor(move |engine| Ok(engine.check_user_updates(&checking, updates))).await?;
         if valid.is_empty() {
             return Ok((0, rejected));
         }
@@ -283,6 +282,42 @@ impl Engine {
         let record = LogRecord::Users { project: project_id.to_owned(), at: self.clock.now(), updates: valid };
         self.write(entry, vec![record], vec![]).await?;
         Ok((updated, rejected))
+    }
+
+    /// Validates trait updates and keeps the trait names they add within
+    /// `Limits::max_property_keys`: the valid ones, and the rejected ones with their index.
+    fn check_user_updates(
+        &self,
+        entry: &ProjectEntry,
+        updates: Vec<Result<UserUpdate, (String, Error)>>,
+    ) -> (Vec<UserUpdate>, Vec<ingest::ItemError>) {
+        let state = entry.read_without_pending();
+        let traits = &state.data.traits;
+        // A remote engine's key space is not bounded: no name counts as new there.
+        let remote = self.remote().is_some();
+        let known = |name: &str| remote || traits.has_name(name);
+        let held = if remote { 0 } else { traits.name_count() };
+        let mut budget = ingest::KeyBudget::new(&known, held, self.limits.max_property_keys, "trait names");
+        let mut valid = Vec::with_capacity(updates.len());
+        let mut rejected = Vec::new();
+        for (index, update) in updates.into_iter().enumerate() {
+            let checked = update.and_then(|u| {
+                let lists: [(&str, &[(String, Value)]); 2] = [("set", &u.set), ("set_once", &u.set_once)];
+                let checked = ingest::validate_user_update(index, &u, &self.limits)
+                    .and_then(|()| budget.admit(&lists).map_err(|e| e.under(&format!("users[{index}]"))));
+                match checked {
+                    Ok(()) => Ok(u),
+                    Err(error) => Err((u.user_id, error)),
+                }
+            });
+            match checked {
+                Ok(update) => valid.push(update),
+                Err((user_id, error)) => {
+                    rejected.push(ingest::ItemError { index: index as u32, event_id: user_id, error })
+                }
+            }
+        }
+        (valid, rejected)
     }
 
     pub async fn alias(&self, project_id: &str, anonymous_id: String, user_id: String) -> Result<()> {

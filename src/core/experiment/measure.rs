@@ -79,9 +79,9 @@ pub fn exposures(
             }
             let (mut ours, mut variant) = (false, None);
             for prop in data.row_props(row as usize) {
-                if prop.key == experiment_key {
+                if prop.key() == experiment_key {
                     ours = prop.value() == Cell::Str(experiment_value);
-                } else if prop.key == variant_key
+                } else if prop.key() == variant_key
                     && let Cell::Str(id) = prop.value()
                 {
                     variant = variant_ids.iter().position(|&v| v == id);
@@ -294,7 +294,7 @@ fn cell(data: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    data.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
+    data.row_props(row).iter().find(|p| p.key() == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// What measuring `experiment` reads of the events, for a store that fetches them first (a

@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub max_properties: usize,
     pub max_future_micros: Micros,
+    /// Distinct event property keys a project may hold, and likewise distinct trait names.
+    pub max_property_keys: usize,
 }
 
 impl Limits {
@@ -42,9 +44,17 @@ impl Default for Limits {
             max_event_bytes: 32 * 1024,
             max_properties: 256,
             max_future_micros: 3600 * MICROS_PER_SECOND,
+            max_property_keys: DEFAULT_MAX_PROPERTY_KEYS,
         }
     }
 }
+
+/// The default of `Limits::max_property_keys`.
+pub const DEFAULT_MAX_PROPERTY_KEYS: usize = 1_000_000;
+/// The most `Limits::max_property_keys` may be: half the key space a stored property has
+/// (`table::MAX_PROPERTY_KEYS`), so batches checked against the same count at once cannot
+/// together run past it.
+pub const MAX_PROPERTY_KEYS_LIMIT: usize = crate::core::store::table::MAX_PROPERTY_KEYS / 2;
 
 pub const MAX_ID_BYTES: usize = 128;
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -148,11 +158,58 @@ pub struct Received<'a> {
     pub stored: &'a dyn Fn(&str) -> bool,
     /// Whether an id belongs to an event kept in quarantine (received, not stored).
     pub quarantined: &'a dyn Fn(&str) -> bool,
+    /// Whether the project holds a property key already, and how many it holds.
+    pub key_known: &'a dyn Fn(&str) -> bool,
+    pub keys: usize,
 }
 
 impl Received<'_> {
-    /// Nothing received: every id is new.
-    pub const NOTHING: Received<'static> = Received { stored: &|_| false, quarantined: &|_| false };
+    /// Nothing received: every id and property key is new.
+    pub const NOTHING: Received<'static> =
+        Received { stored: &|_| false, quarantined: &|_| false, key_known: &|_| false, keys: 0 };
+}
+
+/// The property keys (or trait names) a batch adds to a project, within
+/// `Limits::max_property_keys`.
+pub struct KeyBudget<'a> {
+    /// Whether the project holds a key already.
+    known: &'a dyn Fn(&str) -> bool,
+    /// How many it holds.
+    held: usize,
+    limit: usize,
+    /// `property keys` or `trait names`, for messages.
+    what: &'static str,
+    added: HashSet<String>,
+}
+
+impl<'a> KeyBudget<'a> {
+    pub fn new(known: &'a dyn Fn(&str) -> bool, held: usize, limit: usize, what: &'static str) -> KeyBudget<'a> {
+        KeyBudget { known, held, limit, what, added: HashSet::new() }
+    }
+
+    /// Admits an item whose new keys (in `lists`, each under its field) fit, counting them as
+    /// added; otherwise the error names the first key past the limit.
+    pub fn admit(&mut self, lists: &[(&str, &[(String, Value)])]) -> Result<()> {
+        let keys = || lists.iter().flat_map(|(field, list)| list.iter().map(move |(key, _)| (*field, key.as_str())));
+        let new: HashSet<&str> =
+            keys().map(|(_, key)| key).filter(|key| !self.added.contains(*key) && !(self.known)(key)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let held = self.held + self.added.len();
+        if held + new.len() > self.limit {
+            let (field, key) = keys().find(|(_, key)| new.contains(key)).unwrap_or_default();
+            return Err(Error::exhausted(
+                format!("{field}.{key}"),
+                format!(
+                    "a new key, and the project holds {held} distinct {}, at most {} (--max-property-keys)",
+                    self.what, self.limit
+                ),
+            ));
+        }
+        self.added.extend(new.into_iter().map(str::to_owned));
+        Ok(())
+    }
 }
 
 /// Validates a batch and applies the project's enforcement to it. Duplicates are decided
@@ -169,6 +226,7 @@ pub fn sort_batch(
 ) -> Sorted {
     let mut sorted = Sorted::default();
     let mut batch_ids: HashSet<u128, BuildHasherDefault<IdHasher>> = HashSet::default();
+    let mut key_budget = KeyBudget::new(received.key_known, received.keys, limits.max_property_keys, "property keys");
     for (index, item) in items.into_iter().enumerate() {
         let index = index as u32;
         let mut event = match item.event {
@@ -196,11 +254,17 @@ pub fn sort_batch(
             sorted.outcome.duplicates += 1;
             continue;
         }
-        if enforcement == Enforcement::Allow {
-            sorted.accepted.push(event);
+        let reasons = if enforcement == Enforcement::Allow {
+            Vec::new()
+        } else {
+            catalog::violations(&event, plan.get(&event.name))
+        };
+        let stored = reasons.is_empty() || enforcement == Enforcement::Warn;
+        // Only stored events add keys; a quarantined one adds its keys when replayed.
+        if stored && let Err(error) = key_budget.admit(&[("properties", &event.properties)]) {
+            sorted.outcome.rejected.push(ItemError { index, event_id: event.event_id, error: prefix(index, error) });
             continue;
         }
-        let reasons = catalog::violations(&event, plan.get(&event.name));
         if reasons.is_empty() {
             sorted.accepted.push(event);
             continue;
@@ -330,7 +394,7 @@ mod tests {
         // "s" is stored, "q" quarantined; "b" repeats inside the batch.
         let stored = |id: &str| id == "s";
         let quarantined = |id: &str| id == "q";
-        let received = Received { stored: &stored, quarantined: &quarantined };
+        let received = Received { stored: &stored, quarantined: &quarantined, ..Received::NOTHING };
         let batch = || {
             vec![
                 with_id("s", "unknown"),

@@ -621,7 +621,7 @@ impl PersonOrder {
 
 /// Property `key`'s string id in `row`, `NONE` when missing or not a string.
 fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
-    match table.row_props(row).iter().find(|p| p.key == key).map(|p| p.value()) {
+    match table.row_props(row).iter().find(|p| p.key() == key).map(|p| p.value()) {
         Some(crate::core::store::table::Cell::Str(id)) => id,
         _ => crate::core::store::table::NONE,
     }

@@ -27,18 +27,21 @@ use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
-use crate::core::store::table::{EventTable, Interner};
+use crate::core::store::table::{EventTable, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
-/// Version 3 keeps each row's event id, anonymous person and previous row compressed in
-/// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file), and dedupe runs of
+/// Version 4 keeps properties in 12 bytes (`Prop`: the value's type in the key's top bits) and
+/// their ends as u16 offsets in blocks of 64 rows; version 3 kept 16-byte properties and u32
+/// offsets in blocks of 4,096 rows, converted when loaded (as the columns' value sizes tell).
+/// Version 3 moved each row's event id, anonymous person and previous row into compressed
+/// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file) and the dedupe runs to
 /// 96-bit keys; version 2 kept those values in plain columns (`id_end`, `id_bytes`,
 /// `anonymous`, `previous_row`) and runs of whole keys, converted when loaded. Version 1 kept
 /// the dedupe keys in one sorted column (`seen`). Every earlier version still loads.
-const MANIFEST_VERSION: u32 = 3;
+const MANIFEST_VERSION: u32 = 4;
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -339,6 +342,58 @@ macro_rules! table_columns {
     };
 }
 
+/// Version 3's 16-byte properties as `Prop`s, on all cores.
+fn narrow_props(space: &Arc<ColumnSpace>, wide: &[WideProp]) -> std::result::Result<Column<Prop>, String> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = wide.len().div_ceil(threads).max(1);
+    let parts: Vec<Option<Vec<Prop>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = wide
+            .chunks(per)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(WideProp::narrow).collect::<Option<Vec<Prop>>>()))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut props: Column<Prop> = Column::in_space(Some(space));
+    props.reserve(wide.len());
+    for part in parts {
+        props.extend_from_slice(&part.ok_or("a property has a key past the key space or a value of no known type")?);
+    }
+    Ok(props)
+}
+
+/// Version 3's property ends (u32 offsets from the start of their block of `WIDE_PROP_BLOCK`
+/// rows) as this version's (u16 offsets in blocks of `PROP_BLOCK` rows), with the new blocks'
+/// starts.
+fn reblock_prop_ends(
+    space: &Arc<ColumnSpace>,
+    ends: &[u32],
+    block_starts: &[u64],
+) -> std::result::Result<(Column<u16>, Vec<u64>), String> {
+    const WIDE_PROP_BLOCK: usize = 4096;
+    if block_starts.len() != ends.len().div_ceil(WIDE_PROP_BLOCK) {
+        return Err(format!("{} blocks of offsets for {} rows", block_starts.len(), ends.len()));
+    }
+    let mut new_ends: Column<u16> = Column::in_space(Some(space));
+    new_ends.reserve(ends.len());
+    let mut new_starts = Vec::with_capacity(ends.len().div_ceil(PROP_BLOCK));
+    let mut previous = 0u64;
+    for (row, &end) in ends.iter().enumerate() {
+        let end = block_starts[row / WIDE_PROP_BLOCK] + u64::from(end);
+        if end < previous {
+            return Err(format!("row {row}'s properties end before the row before it"));
+        }
+        if row % PROP_BLOCK == 0 {
+            new_starts.push(previous);
+        }
+        let offset = end - new_starts[row / PROP_BLOCK];
+        let offset =
+            u16::try_from(offset).map_err(|_| format!("row {row} has more than {MAX_PROPERTIES} properties"))?;
+        new_ends.push(offset);
+        previous = end;
+    }
+    Ok((new_ends, new_starts))
+}
+
 impl ProjectData {
     /// Writes this project's checkpoint files (its columns synced in place, a new state file)
     /// and describes them. The caller holds the project so nothing changes meanwhile.
@@ -432,15 +487,34 @@ impl ProjectData {
         let listed = |name: &str| {
             files.columns.get(name).ok_or_else(|| Error::Storage(format!("the manifest lists no column {name}")))
         };
+        // Version 3 and earlier kept 16-byte properties and u32 offsets in blocks of 4,096
+        // rows: converted below, as their values' size tells.
+        let value_size = |name: &str| listed(name).map(|c| c.bytes.checked_div(c.len).unwrap_or(0));
+        let wide_props = value_size("props")? == 16;
+        let wide_ends = value_size("prop_end")? == 4;
         macro_rules! load {
             ($name:expr, $column:expr) => {
                 // Version 2 listed the cold values plain: compressed below.
-                if !($name.starts_with("cold.") && files.cold_tail.is_none()) {
+                let converted = ($name.starts_with("cold.") && files.cold_tail.is_none())
+                    || ($name == "props" && wide_props)
+                    || ($name == "prop_end" && wide_ends);
+                if !converted {
                     $column = open_column(space, listed($name)?)?;
                 }
             };
         }
         table_columns!(table, load);
+        let props_corrupt = |e: String| corrupt(format!("the properties: {e}"));
+        if wide_props {
+            let wide: Column<WideProp> = open_column(space, listed("props")?)?;
+            table.props = narrow_props(space, &wide).map_err(props_corrupt)?;
+        }
+        let mut prop_block_start = state.prop_block_start.into_owned();
+        if wide_ends {
+            let ends: Column<u32> = open_column(space, listed("prop_end")?)?;
+            (table.prop_end, prop_block_start) =
+                reblock_prop_ends(space, &ends, &prop_block_start).map_err(props_corrupt)?;
+        }
         let cold_corrupt = |e: String| corrupt(format!("the event ids, anonymous people or previous rows: {e}"));
         match &files.cold_tail {
             Some(tail) => {
@@ -463,7 +537,7 @@ impl ProjectData {
         table.aliases = state.aliases.into_iter().collect();
         table.last_row = state.last_row.into_owned();
         table.name_counts = state.name_counts.into_owned();
-        table.prop_block_start = state.prop_block_start.into_owned();
+        table.prop_block_start = prop_block_start;
         table.min_time = state.min_time;
         table.max_time = state.max_time;
         table.generation = state.generation;
@@ -504,6 +578,7 @@ mod tests {
     use super::*;
     use crate::core::model::{Event, UserUpdate, Value};
     use crate::core::store::record::LogRecord;
+    use crate::core::store::table::MAX_PROPERTY_KEYS;
 
     fn users(set: &[(&str, &str)]) -> LogRecord {
         let updates = set
@@ -627,5 +702,72 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let err = ProjectData::load(&space, &third).unwrap_err().to_string();
         assert!(err.contains(third.traits.as_ref().unwrap()) && err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn version_3_properties_convert_across_blocks_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
+        let mut data = ProjectData::in_space(Some(&space));
+        let rows = 4096 + 300;
+        for i in 0..rows {
+            let mut event = crate::core::store::table::test_event(&format!("e{i}"), "u1", "", i as i64);
+            // Up to 39 properties: a 4,096-row block holds more than u16 offsets reach.
+            event.properties = (0..i % 40)
+                .map(|k| {
+                    let value = match k % 4 {
+                        0 => Value::Number(i as f64 / 3.0),
+                        1 => Value::String(format!("s{}", i % 11)),
+                        2 => Value::Bool(i % 2 == 0),
+                        _ => Value::Timestamp(-(i as i64)),
+                    };
+                    (format!("k{k}"), value)
+                })
+                .collect();
+            data.table.push(&event);
+        }
+        let files = data.save(&space).unwrap();
+        space.pin_also(files.columns.values().map(|c| c.file.clone()));
+        let expected: Vec<_> = (0..rows).map(|r| data.table.event(r)).collect();
+
+        // The same rows as version 3 kept their properties: 16 bytes each, and ends as u32
+        // offsets from the start of their block of 4,096 rows.
+        let table = &data.table;
+        let mut wide: Column<WideProp> = space.column();
+        table.props.iter().for_each(|p| wide.push(p.wide()));
+        let ends: Vec<u64> = (0..rows).map(|r| table.prop_end_of(r) as u64).collect();
+        let starts: Vec<u64> = (0..rows.div_ceil(4096)).map(|b| if b == 0 { 0 } else { ends[b * 4096 - 1] }).collect();
+        let mut wide_ends: Column<u32> = space.column();
+        ends.iter().enumerate().for_each(|(r, &end)| wide_ends.push((end - starts[r / 4096]) as u32));
+        assert!(wide_ends.iter().any(|&e| e > u32::from(u16::MAX)), "offsets past u16 in a 4,096-row block");
+        let mut state: ProjectState<'static> = read_compressed(&space, &files.state, files.state_checksum).unwrap();
+        state.prop_block_start = Cow::Owned(starts);
+        let (state_file, state_checksum) = write_compressed(&space, "state", &state).unwrap();
+        let mut v3 = files.clone();
+        v3.columns.insert("props".into(), save_column(&wide, &space).unwrap());
+        v3.columns.insert("prop_end".into(), save_column(&wide_ends, &space).unwrap());
+        (v3.state, v3.state_checksum) = (state_file, state_checksum);
+        space.pin_also(v3.columns.values().map(|c| c.file.clone()));
+        let converted = ProjectData::load(&space, &v3).unwrap();
+        assert_eq!((0..rows).map(|r| converted.table.event(r)).collect::<Vec<_>>(), expected);
+        assert_eq!(converted.table.prop_block_start, data.table.prop_block_start);
+
+        // A key past the key space, or block starts that disagree with the rows, are refused.
+        let mut bad = wide.to_vec();
+        bad[7].key = MAX_PROPERTY_KEYS as u32;
+        let mut bad_column: Column<WideProp> = space.column();
+        bad_column.extend_from_slice(&bad);
+        let mut past = v3.clone();
+        past.columns.insert("props".into(), save_column(&bad_column, &space).unwrap());
+        space.pin_also(past.columns.values().map(|c| c.file.clone()));
+        let err = ProjectData::load(&space, &past).unwrap_err().to_string();
+        assert!(err.contains("the properties: a property has a key past the key space"), "{err}");
+        let err = ProjectData::load(
+            &space,
+            &ProjectFiles { state: files.state.clone(), state_checksum: files.state_checksum, ..v3 },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the properties: 69 blocks of offsets for 4396 rows"), "{err}");
     }
 }

@@ -23,10 +23,13 @@ pub const NONE: u32 = u32::MAX;
 const OWNER_LOG_LIMIT: usize = 1 << 22;
 
 /// Rows per block of property offsets (see `EventTable::prop_end`).
-const PROP_BLOCK: usize = 4096;
+pub(in crate::core::store) const PROP_BLOCK: usize = 64;
 /// The most properties one event may have (the configured limit is checked against it), so
-/// that a block's offsets fit in u32.
-pub const MAX_PROPERTIES: usize = (u32::MAX as usize) / PROP_BLOCK;
+/// that a block's offsets fit in u16.
+pub const MAX_PROPERTIES: usize = (u16::MAX as usize) / PROP_BLOCK;
+/// Property keys (and trait names) a `Prop` can name: ids below 2²⁹, as the value's type takes
+/// the key's top 3 bits. Ingest refuses new keys well before (`Limits::max_property_keys`).
+pub const MAX_PROPERTY_KEYS: usize = 1 << 29;
 
 /// Strings to dense ids and back. The strings are one byte column with end offsets (files when
 /// the table's columns are), and the lookup table holds only ids, hashed by the string they
@@ -58,6 +61,14 @@ impl Interner {
         let Interner { bytes, ends, index } = self;
         index.insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
         id
+    }
+
+    /// `intern`, unless `s` is new and `limit` strings are interned already.
+    pub fn intern_below(&mut self, s: &str, limit: usize) -> Option<u32> {
+        match self.get(s) {
+            Some(id) => Some(id),
+            None => (self.len() < limit).then(|| self.intern(s)),
+        }
     }
 
     /// The lookup table of the strings in the columns (loaded from a checkpoint), checking
@@ -174,36 +185,81 @@ pub enum Cell {
     Time(Micros),
 }
 
-/// One property of a row: its key id and a typed value, 16 plain bytes so the property arena
-/// can live in a file-backed column.
+/// One property of a row: its key id and a typed value in 12 plain bytes (4-byte aligned), so
+/// the property arena can live in a file-backed column: the value's type in the top 3 bits of
+/// the key's word, its 64 bits in two words.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Prop {
+    key_and_type: u32,
+    low: u32,
+    high: u32,
+}
+
+const KEY_BITS: u32 = 29;
+
+impl Prop {
+    /// `key` must be below `MAX_PROPERTY_KEYS` (the interners that make keys are bounded).
+    pub fn new(key: u32, value: Cell) -> Prop {
+        debug_assert!((key as usize) < MAX_PROPERTY_KEYS, "property key {key} past the key space");
+        let (tag, bits) = tag_and_bits(value);
+        Prop { key_and_type: (tag << KEY_BITS) | (key & KEY_MASK), low: bits as u32, high: (bits >> 32) as u32 }
+    }
+
+    #[inline]
+    pub fn key(&self) -> u32 {
+        self.key_and_type & KEY_MASK
+    }
+
+    pub fn value(&self) -> Cell {
+        cell_of(self.key_and_type >> KEY_BITS, u64::from(self.low) | (u64::from(self.high) << 32))
+    }
+
+    /// The 16-byte form of versions up to 3 (and of the traits file): key, type, value.
+    pub fn wide(&self) -> WideProp {
+        let (tag, bits) = tag_and_bits(self.value());
+        WideProp { key: self.key(), tag, bits }
+    }
+}
+
+/// A value's type (as `Prop` and `WideProp` number it) and its 64 bits.
+fn tag_and_bits(value: Cell) -> (u32, u64) {
+    match value {
+        Cell::Null => (0, 0),
+        Cell::Bool(b) => (1, u64::from(b)),
+        Cell::Number(n) => (2, n.to_bits()),
+        Cell::Str(s) => (3, u64::from(s)),
+        Cell::Time(t) => (4, t as u64),
+    }
+}
+
+/// The value of type `tag` with these bits (an unknown type reads as null).
+fn cell_of(tag: u32, bits: u64) -> Cell {
+    match tag {
+        1 => Cell::Bool(bits != 0),
+        2 => Cell::Number(f64::from_bits(bits)),
+        3 => Cell::Str(bits as u32),
+        4 => Cell::Time(bits as i64),
+        _ => Cell::Null,
+    }
+}
+
+const KEY_MASK: u32 = (1 << KEY_BITS) - 1;
+
+/// A property as versions up to 3 stored it (and the traits file still does): 16 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct WideProp {
     pub key: u32,
     tag: u32,
     bits: u64,
 }
 
-impl Prop {
-    pub fn new(key: u32, value: Cell) -> Prop {
-        let (tag, bits) = match value {
-            Cell::Null => (0, 0),
-            Cell::Bool(b) => (1, u64::from(b)),
-            Cell::Number(n) => (2, n.to_bits()),
-            Cell::Str(s) => (3, u64::from(s)),
-            Cell::Time(t) => (4, t as u64),
-        };
-        Prop { key, tag, bits }
-    }
-
-    pub fn value(&self) -> Cell {
-        match self.tag {
-            1 => Cell::Bool(self.bits != 0),
-            2 => Cell::Number(f64::from_bits(self.bits)),
-            3 => Cell::Str(self.bits as u32),
-            4 => Cell::Time(self.bits as i64),
-            _ => Cell::Null,
-        }
+impl WideProp {
+    /// As a `Prop`, or `None` when its key is past `MAX_PROPERTY_KEYS` or its type unknown.
+    pub fn narrow(&self) -> Option<Prop> {
+        let known = self.tag <= 4 && (self.tag != 3 || self.bits <= u64::from(u32::MAX));
+        (known && (self.key as usize) < MAX_PROPERTY_KEYS).then(|| Prop::new(self.key, cell_of(self.tag, self.bits)))
     }
 }
 
@@ -236,9 +292,9 @@ pub struct EventTable {
     pub(in crate::core::store) time: Column<Micros>,
     pub(in crate::core::store) name: Column<u32>,
     /// Row i's properties end at `prop_block_start[i / PROP_BLOCK] + prop_end[i]` (and start
-    /// where row i-1's end): 4 bytes a row, and no wrap past 2³² properties in a project, since
-    /// a block of rows holds at most PROP_BLOCK × MAX_PROPERTIES of them.
-    pub(in crate::core::store) prop_end: Column<u32>,
+    /// where row i-1's end): 2 bytes a row, and no wrap however many properties a project
+    /// holds, since a block of rows holds at most PROP_BLOCK × MAX_PROPERTIES of them.
+    pub(in crate::core::store) prop_end: Column<u16>,
     pub(in crate::core::store) prop_block_start: Vec<u64>,
     pub(in crate::core::store) props: Column<Prop>,
     /// Per row, compressed in blocks (read one row at a time, never scanned): its event id,
@@ -454,7 +510,11 @@ impl EventTable {
         }
         self.name_counts[name as usize] += 1;
         for (key, value) in properties {
-            let key = self.keys.intern(key);
+            // Ingest stops new keys long before (`Limits::max_property_keys`).
+            let Some(key) = self.keys.intern_below(key, MAX_PROPERTY_KEYS) else {
+                tracing::error!(key, "a property key past the key space is dropped");
+                continue;
+            };
             let value = value.cell(&mut self.strings);
             self.props.push(Prop::new(key, value));
         }
@@ -501,11 +561,11 @@ impl EventTable {
             self.prop_block_start.push(start as u64);
         }
         let start = self.prop_block_start[row / PROP_BLOCK];
-        let offset = u32::try_from(self.props.len() as u64 - start).expect("MAX_PROPERTIES bounds a block's offsets");
+        let offset = u16::try_from(self.props.len() as u64 - start).expect("MAX_PROPERTIES bounds a block's offsets");
         self.prop_end.push(offset);
     }
 
-    fn prop_end_of(&self, row: usize) -> usize {
+    pub(in crate::core::store) fn prop_end_of(&self, row: usize) -> usize {
         (self.prop_block_start[row / PROP_BLOCK] + u64::from(self.prop_end[row])) as usize
     }
 
@@ -544,7 +604,7 @@ impl EventTable {
                     Cell::Str(s) => Value::String(self.strings.resolve(s).to_owned()),
                     Cell::Time(t) => Value::Timestamp(t),
                 };
-                (self.keys.resolve(prop.key).to_owned(), value)
+                (self.keys.resolve(prop.key()).to_owned(), value)
             })
             .collect();
         Event {

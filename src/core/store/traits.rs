@@ -7,7 +7,7 @@
 use hashbrown::HashMap;
 
 use crate::core::model::{UserUpdate, Value};
-use crate::core::store::table::{Cell, Interner, Prop};
+use crate::core::store::table::{Cell, Interner, MAX_PROPERTY_KEYS, Prop, WideProp};
 
 #[derive(Debug, Default)]
 pub struct Traits {
@@ -48,6 +48,16 @@ impl Traits {
         }
     }
 
+    /// Whether a trait of this name was ever set (its name is interned).
+    pub fn has_name(&self, name: &str) -> bool {
+        self.names.get(name).is_some()
+    }
+
+    /// Distinct trait names ever set.
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
     /// A user's traits, when any were ever set.
     fn props_of(&self, person: u32) -> Option<&[Prop]> {
         self.by_user.get(&person).map(|&(start, len)| &self.arena[start..start + len as usize])
@@ -62,7 +72,7 @@ impl Traits {
     pub fn of(&self, person: u32) -> Option<Vec<(String, Value)>> {
         let props = self.props_of(person)?;
         let mut traits: Vec<(String, Value)> =
-            props.iter().map(|p| (self.names.resolve(p.key).to_owned(), self.value(p.value()))).collect();
+            props.iter().map(|p| (self.names.resolve(p.key()).to_owned(), self.value(p.value()))).collect();
         traits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Some(traits)
     }
@@ -78,7 +88,7 @@ impl Traits {
     pub fn values_of<'a>(&'a self, name: &str) -> impl Iterator<Item = (u32, Value)> + 'a {
         let key = self.names.get(name);
         self.by_user.keys().filter_map(move |&person| {
-            let prop = self.props_of(person)?.iter().find(|p| Some(p.key) == key)?;
+            let prop = self.props_of(person)?.iter().find(|p| Some(p.key()) == key)?;
             Some((person, self.value(prop.value())))
         })
     }
@@ -103,27 +113,37 @@ impl Traits {
         }
     }
 
+    /// The id of trait name `name`, interned when new, or `None` past the names a `Prop` can
+    /// hold (ingest stops new names long before: `Limits::max_property_keys`).
+    fn name_id(&mut self, name: &str) -> Option<u32> {
+        let id = self.names.intern_below(name, MAX_PROPERTY_KEYS);
+        if id.is_none() {
+            tracing::error!(name, "a trait name past the key space is dropped");
+        }
+        id
+    }
+
     /// Applies `set` (null removes), then `set_once` (only traits not set), then `unset`.
     pub fn update(&mut self, person: u32, update: &UserUpdate) {
         self.changes += 1;
         let mut props: Vec<Prop> = self.props_of(person).map(<[Prop]>::to_vec).unwrap_or_default();
         for (name, value) in &update.set {
-            let key = self.names.intern(name);
-            props.retain(|p| p.key != key);
+            let Some(key) = self.name_id(name) else { continue };
+            props.retain(|p| p.key() != key);
             // Setting null removes the trait: a null trait and a missing one mean the same.
             if !matches!(value, Value::Null) {
                 props.push(Prop::new(key, self.cell(value)));
             }
         }
         for (name, value) in &update.set_once {
-            let key = self.names.intern(name);
-            if !matches!(value, Value::Null) && !props.iter().any(|p| p.key == key) {
+            let Some(key) = self.name_id(name) else { continue };
+            if !matches!(value, Value::Null) && !props.iter().any(|p| p.key() == key) {
                 props.push(Prop::new(key, self.cell(value)));
             }
         }
         for name in &update.unset {
             if let Some(key) = self.names.get(name) {
-                props.retain(|p| p.key != key);
+                props.retain(|p| p.key() != key);
             }
         }
         let start = self.arena.len();
@@ -178,9 +198,12 @@ impl Traits {
         let mut people: Vec<u32> = self.by_user.keys().copied().collect();
         people.sort_unstable();
         let counts = people.iter().map(|p| self.by_user[p].1).collect();
-        let mut props = Vec::with_capacity((self.arena.len() - self.garbage) * size_of::<Prop>());
+        // In the 16-byte form every version of the file has used.
+        let mut props = Vec::with_capacity((self.arena.len() - self.garbage) * size_of::<WideProp>());
         for &person in &people {
-            props.extend_from_slice(bytemuck::cast_slice(self.props_of(person).unwrap_or_default()));
+            for prop in self.props_of(person).unwrap_or_default() {
+                props.extend_from_slice(bytemuck::bytes_of(&prop.wide()));
+            }
         }
         TraitsState { names: all(&self.names), strings: all(&self.strings), people, counts, props }
     }
@@ -197,15 +220,20 @@ impl Traits {
         if traits.names.len() != state.names.len() || traits.strings.len() != state.strings.len() {
             return Err("trait names or strings repeat".into());
         }
-        if !state.props.len().is_multiple_of(size_of::<Prop>()) || state.people.len() != state.counts.len() {
+        if !state.props.len().is_multiple_of(size_of::<WideProp>()) || state.people.len() != state.counts.len() {
             return Err("trait lists do not fit together".into());
         }
-        let props: Vec<Prop> = state.props.chunks_exact(size_of::<Prop>()).map(bytemuck::pod_read_unaligned).collect();
+        let props: Vec<Prop> = state
+            .props
+            .chunks_exact(size_of::<WideProp>())
+            .map(|bytes| bytemuck::pod_read_unaligned::<WideProp>(bytes).narrow())
+            .collect::<Option<_>>()
+            .ok_or("a trait has a name past the key space or a value of no known type")?;
         if state.counts.iter().map(|&c| c as usize).sum::<usize>() != props.len() {
             return Err("trait counts do not add up".into());
         }
         let valid = |p: &Prop| {
-            (p.key as usize) < state.names.len()
+            (p.key() as usize) < state.names.len()
                 && match p.value() {
                     Cell::Str(s) => (s as usize) < state.strings.len(),
                     _ => true,
