@@ -9,7 +9,9 @@
 //!
 //! A run keeps each key's top 96 bits (`RunKey`), 12 bytes where the whole key took 16: two
 //! keys that differ only in their low 32 bits would be taken for one, a chance of about one in
-//! 2^96 / n per lookup among n keys (below 10^-19 at a billion).
+//! 2^96 / n per lookup among n keys (below 10^-19 at a billion). A run with 2^16 ranges or
+//! more (half a million keys and up: every flushed run) stores only the 80 bits below each
+//! key's top 16, which its range gives (`NarrowKey`, 10 bytes).
 //!
 //! When the recent set reaches `FLUSH` keys, or at a checkpoint, it is sorted into a new run.
 //! Runs merge in the background when the newer ones add up to at least half of the one before
@@ -84,10 +86,33 @@ impl Default for SeenIds {
 /// entries: range r is keys[starts[r]..starts[r + 1]]), bloom blocks]`.
 #[derive(Debug)]
 pub struct Run {
-    keys: Column<RunKey>,
+    keys: RunKeys,
     index: Column<u64>,
     range_bits: u32,
     bloom_blocks: usize,
+}
+
+/// A run's keys: whole `RunKey`s, or (with at least `NARROW_RANGE_BITS` range bits, so every
+/// run of half a million keys or more) only the 80 bits below the top 16, which the key's
+/// range gives: 10 bytes a key instead of 12.
+#[derive(Debug)]
+enum RunKeys {
+    Whole(Column<RunKey>),
+    Narrow(Column<NarrowKey>),
+}
+
+/// A key's 80 bits below its top 16, most significant first (arrays order as the keys do).
+type NarrowKey = [u16; 5];
+const NARROW_RANGE_BITS: u32 = 16;
+
+fn narrow(key: RunKey) -> NarrowKey {
+    [key[0] as u16, (key[1] >> 16) as u16, key[1] as u16, (key[2] >> 16) as u16, key[2] as u16]
+}
+
+/// The key whose top 16 bits are `top` and whose 80 bits below are `low`.
+fn widen(top: u32, low: NarrowKey) -> RunKey {
+    let word = |high: u16, low: u16| (u32::from(high) << 16) | u32::from(low);
+    [(top << 16) | u32::from(low[0]), word(low[1], low[2]), word(low[3], low[4])]
 }
 
 fn range_bits_for(len: usize) -> u32 {
@@ -132,6 +157,9 @@ fn new_column<T: bytemuck::Pod>(space: Option<&Arc<ColumnSpace>>) -> Result<Colu
     }
 }
 
+/// Keys written to a run in batches (a file column grows by its appends).
+const WRITE_BATCH: usize = 1 << 16;
+
 impl Run {
     /// A run of `keys` (in any order).
     fn of_keys(space: Option<&Arc<ColumnSpace>>, keys: impl IntoIterator<Item = u128>) -> Result<Run> {
@@ -143,96 +171,98 @@ impl Run {
 
     /// A run of `keys` (sorted, distinct).
     fn from_sorted(space: Option<&Arc<ColumnSpace>>, keys: &[RunKey]) -> Result<Run> {
-        let mut column = new_column(space)?;
-        column.extend_from_slice(keys);
-        Run::indexed(space, column)
+        Run::build(space, keys.len(), keys.iter().copied())
     }
 
     /// The run of every key of `runs` (disjoint), merged in order.
     fn merged(space: Option<&Arc<ColumnSpace>>, runs: &[Arc<Run>]) -> Result<Run> {
-        let mut column: Column<RunKey> = new_column(space)?;
-        column.reserve(runs.iter().map(|r| r.len()).sum());
-        let mut heads: Vec<&[RunKey]> = runs.iter().map(|r| r.keys.as_slice()).filter(|k| !k.is_empty()).collect();
-        let mut out = Vec::with_capacity(1 << 16);
-        while heads.len() > 1 {
-            // The head with the least key gives every key below the other heads' least one.
-            let (least, _) = heads.iter().enumerate().min_by_key(|(_, h)| h[0]).unwrap_or((0, &heads[0]));
-            let bound = heads.iter().enumerate().filter(|(i, _)| *i != least).map(|(_, h)| h[0]).min();
-            let head = heads[least];
-            let take = bound.map_or(head.len(), |bound| head.iter().position(|&k| k >= bound).unwrap_or(head.len()));
-            // Runs are disjoint; should two ever share a key, it is kept once (from the other
-            // head), and the merge still moves on.
-            let take = if take == 0 { 1 } else { take };
-            let kept = if bound == Some(head[0]) { 0 } else { take };
-            out.extend_from_slice(&head[..kept]);
-            if take == head.len() {
-                heads.swap_remove(least);
-            } else {
-                heads[least] = &head[take..];
+        let mut heads: Vec<_> = runs.iter().map(|run| run.keys().peekable()).collect();
+        let merged = std::iter::from_fn(|| {
+            let least = heads.iter_mut().filter_map(|head| head.peek().copied()).min()?;
+            // Runs are disjoint; should two ever share a key, it is kept once.
+            for head in &mut heads {
+                head.next_if_eq(&least);
             }
-            if out.len() >= 1 << 16 {
-                column.extend_from_slice(&out);
-                out.clear();
-            }
-        }
-        column.extend_from_slice(&out);
-        if let Some(rest) = heads.first() {
-            column.extend_from_slice(rest);
-        }
-        Run::indexed(space, column)
+            Some(least)
+        });
+        Run::build(space, runs.iter().map(|r| r.len()).sum(), merged)
     }
 
-    /// Builds the index of the keys in `keys`.
-    fn indexed(space: Option<&Arc<ColumnSpace>>, keys: Column<RunKey>) -> Result<Run> {
-        let (range_bits, bloom_blocks) = (range_bits_for(keys.len()), bloom_blocks_for(keys.len()));
-        Run::indexed_with(space, keys, range_bits, bloom_blocks)
+    /// A run of `keys` (sorted, distinct), laid out for at most `most` of them.
+    fn build(space: Option<&Arc<ColumnSpace>>, most: usize, keys: impl Iterator<Item = RunKey>) -> Result<Run> {
+        Run::build_with(space, keys, range_bits_for(most), bloom_blocks_for(most))
     }
 
-    /// `indexed` with the given layout.
-    fn indexed_with(
+    /// `build` with the given layout: narrow keys with at least `NARROW_RANGE_BITS` range bits.
+    fn build_with(
         space: Option<&Arc<ColumnSpace>>,
-        mut keys: Column<RunKey>,
+        keys: impl Iterator<Item = RunKey>,
         range_bits: u32,
         bloom_blocks: usize,
     ) -> Result<Run> {
+        let mut out = if range_bits >= NARROW_RANGE_BITS {
+            RunKeys::Narrow(new_column(space)?)
+        } else {
+            RunKeys::Whole(new_column(space)?)
+        };
         let mut index: Column<u64> = new_column(space)?;
         // Filled in place: no copy of the (tens of MB) index in anonymous memory.
         index.resize_zeroed(index_len(range_bits, bloom_blocks));
         let slots = index.as_mut_slice();
         let (header, rest) = slots.split_at_mut(HEADER);
-        header.copy_from_slice(&[u64::from(range_bits), keys.len() as u64]);
         let (starts, bloom) = rest.split_at_mut((1 << range_bits) + 1);
-        let mut at = 0usize;
-        for (r, start) in starts.iter_mut().enumerate() {
-            while at < keys.len() && range_of(keys[at], range_bits) < r {
-                at += 1;
+        // `starts[..=range]` are set: the ranges before the last key's and that one.
+        let (mut count, mut range) = (0usize, 0usize);
+        let mut batch = Vec::new();
+        let mut write = |batch: &mut Vec<RunKey>| {
+            match &mut out {
+                RunKeys::Whole(column) => column.extend_from_slice(batch),
+                RunKeys::Narrow(column) => {
+                    let narrowed: Vec<NarrowKey> = batch.iter().map(|&key| narrow(key)).collect();
+                    column.extend_from_slice(&narrowed);
+                }
             }
-            *start = at as u64;
-        }
-        for &key in keys.iter() {
+            batch.clear();
+        };
+        for key in keys {
+            let r = range_of(key, range_bits);
+            while range < r {
+                range += 1;
+                starts[range] = count as u64;
+            }
             let block = &mut bloom[bloom_block(key, bloom_blocks) * BLOCK_WORDS..][..BLOCK_WORDS];
             for (word, mask) in bloom_probes(key) {
                 block[word] |= mask;
             }
+            batch.push(key);
+            count += 1;
+            if batch.len() == WRITE_BATCH {
+                write(&mut batch);
+            }
         }
+        write(&mut batch);
+        starts[range + 1..].fill(count as u64);
+        header.copy_from_slice(&[u64::from(range_bits), count as u64]);
         // A run never grows: its files keep no reserved blocks.
         let path = |name: Option<&str>| match (space, name) {
             (Some(space), Some(name)) => space.dir().join(name),
             _ => Default::default(),
         };
-        let (keys_path, index_path) = (path(keys.file_name()), path(index.file_name()));
-        keys.release_reserve().map_err(|e| io_error("cannot shrink", &keys_path, e))?;
+        let keys_path = path(out.file_name());
+        let index_path = path(index.file_name());
+        out.release_reserve().map_err(|e| io_error("cannot shrink", &keys_path, e))?;
         index.release_reserve().map_err(|e| io_error("cannot shrink", &index_path, e))?;
-        Ok(Run { keys, index, range_bits, bloom_blocks })
+        Ok(Run { keys: out, index, range_bits, bloom_blocks })
     }
 
     /// The run a checkpoint listed, its index checked for consistency with its keys. A run of
-    /// whole keys (16 bytes each, before manifest version 3) becomes a run of `RunKey`s.
+    /// whole keys (16 bytes each, before manifest version 3) becomes a run of `RunKey`s, and
+    /// one of 12-byte keys that would be narrow now (before version 4) a narrow one.
     fn open(space: &Arc<ColumnSpace>, listed: &SeenRunRef) -> Result<Run> {
-        if listed.keys.bytes == listed.keys.len * size_of::<u128>() as u64 && listed.keys.len > 0 {
+        let key_bytes = listed.keys.bytes.checked_div(listed.keys.len).unwrap_or(0) as usize;
+        if key_bytes == size_of::<u128>() {
             return Run::of_sorted_whole_keys(space, &listed.keys);
         }
-        let keys: Column<RunKey> = open_column(space, &listed.keys)?;
         let index: Column<u64> = open_column(space, &listed.index)?;
         let corrupt = || Error::Storage(format!("the checkpointed dedupe index {} is corrupt", listed.index.file));
         // The layout comes from the header and the length, not from today's constants, so a
@@ -240,6 +270,14 @@ impl Run {
         let (range_bits, count) = match index.get(..HEADER) {
             Some(&[bits, count]) if bits <= 40 => (bits as u32, count),
             _ => return Err(corrupt()),
+        };
+        let keys = if key_bytes == size_of::<NarrowKey>() {
+            if range_bits < NARROW_RANGE_BITS {
+                return Err(corrupt());
+            }
+            RunKeys::Narrow(open_column(space, &listed.keys)?)
+        } else {
+            RunKeys::Whole(open_column(space, &listed.keys)?)
         };
         let bloom_words = index.len().checked_sub(HEADER + (1usize << range_bits) + 1).ok_or_else(corrupt)?;
         let bloom_blocks = bloom_words / BLOCK_WORDS;
@@ -250,11 +288,30 @@ impl Run {
         if starts[0] != 0 || starts.last() != Some(&(keys.len() as u64)) || !starts.is_sorted() {
             return Err(corrupt());
         }
-        Ok(Run { keys, index, range_bits, bloom_blocks })
+        let run = Run { keys, index, range_bits, bloom_blocks };
+        if matches!(run.keys, RunKeys::Whole(_)) && range_bits_for(run.len()) >= NARROW_RANGE_BITS {
+            return Run::build(Some(space), run.len(), run.keys());
+        }
+        Ok(run)
     }
 
     fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The keys in order.
+    fn keys(&self) -> Box<dyn Iterator<Item = RunKey> + '_> {
+        match &self.keys {
+            RunKeys::Whole(keys) => Box::new(keys.iter().copied()),
+            RunKeys::Narrow(keys) => {
+                let starts = &self.index[HEADER..HEADER + (1 << self.range_bits) + 1];
+                let shift = self.range_bits - NARROW_RANGE_BITS;
+                Box::new(starts.windows(2).enumerate().flat_map(move |(r, span)| {
+                    let top = (r >> shift) as u32;
+                    keys[span[0] as usize..span[1] as usize].iter().map(move |&low| widen(top, low))
+                }))
+            }
+        }
     }
 
     /// A run of the sorted whole keys in `listed` (what checkpoints before version 3 wrote).
@@ -277,11 +334,42 @@ impl Run {
             return false;
         }
         let r = HEADER + range_of(key, self.range_bits);
-        self.keys[index[r] as usize..index[r + 1] as usize].binary_search(&key).is_ok()
+        let span = index[r] as usize..index[r + 1] as usize;
+        match &self.keys {
+            RunKeys::Whole(keys) => keys[span].binary_search(&key).is_ok(),
+            RunKeys::Narrow(keys) => keys[span].binary_search(&narrow(key)).is_ok(),
+        }
     }
 
     fn save(&self, space: &ColumnSpace) -> Result<SeenRunRef> {
-        Ok(SeenRunRef { keys: save_column(&self.keys, space)?, index: save_column(&self.index, space)? })
+        let keys = match &self.keys {
+            RunKeys::Whole(keys) => save_column(keys, space)?,
+            RunKeys::Narrow(keys) => save_column(keys, space)?,
+        };
+        Ok(SeenRunRef { keys, index: save_column(&self.index, space)? })
+    }
+}
+
+impl RunKeys {
+    fn len(&self) -> usize {
+        match self {
+            RunKeys::Whole(keys) => keys.len(),
+            RunKeys::Narrow(keys) => keys.len(),
+        }
+    }
+
+    fn file_name(&self) -> Option<&str> {
+        match self {
+            RunKeys::Whole(keys) => keys.file_name(),
+            RunKeys::Narrow(keys) => keys.file_name(),
+        }
+    }
+
+    fn release_reserve(&mut self) -> std::io::Result<()> {
+        match self {
+            RunKeys::Whole(keys) => keys.release_reserve(),
+            RunKeys::Narrow(keys) => keys.release_reserve(),
+        }
     }
 }
 
@@ -423,7 +511,7 @@ pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
     if seen.read().space.is_none() {
         // A set made in memory (no space at start) moves to files now.
         let mut ids = seen.write();
-        let moved = ids.runs.iter().map(|run| Run::from_sorted(Some(space), &run.keys).map(Arc::new));
+        let moved = ids.runs.iter().map(|run| Run::build(Some(space), run.len(), run.keys()).map(Arc::new));
         ids.runs = moved.collect::<Result<_>>()?;
         ids.space = Some(space.clone());
     }
@@ -552,7 +640,7 @@ mod tests {
         ids.flush_and_merge().unwrap();
         // 400 ≤ 2 × 500 merges, then 1000 ≤ 2 × 900 too.
         assert_eq!(run_lens(&ids), vec![1900]);
-        assert!(ids.runs[0].keys.is_sorted_by(|a, b| a < b));
+        assert!(ids.runs[0].keys().is_sorted_by(|a, b| a < b));
         assert!((0..1900).all(|i| ids.contains(&key(i))) && !ids.contains(&key(1900)));
     }
 
@@ -580,7 +668,7 @@ mod tests {
         let a = Arc::new(Run::from_sorted(None, &keys(&[1, 5, 9])).unwrap());
         let b = Arc::new(Run::from_sorted(None, &keys(&[5, 6, 9, 10])).unwrap());
         let merged = Run::merged(None, &[a, b]).unwrap();
-        assert_eq!(merged.keys.to_vec(), keys(&[1, 5, 6, 9, 10]));
+        assert_eq!(merged.keys().collect::<Vec<_>>(), keys(&[1, 5, 6, 9, 10]));
     }
 
     #[test]
@@ -589,10 +677,8 @@ mod tests {
         let space = ColumnSpace::durable_for_tests(dir.path());
         let mut sorted: Vec<RunKey> = (0..1000).map(|i| run_key(key(i))).collect();
         sorted.sort_unstable();
-        let mut column: Column<RunKey> = space.column();
-        column.extend_from_slice(&sorted);
         // Not what today's constants give for 1000 keys (6 range bits, 20 blocks).
-        let run = Run::indexed_with(Some(&space), column, 2, 3).unwrap();
+        let run = Run::build_with(Some(&space), sorted.iter().copied(), 2, 3).unwrap();
         let listed = run.save(&space).unwrap();
         let loaded = SeenIds::load(&space, &[listed]).unwrap();
         assert_eq!((loaded.runs[0].range_bits, loaded.runs[0].bloom_blocks), (2, 3));
@@ -724,7 +810,7 @@ mod tests {
         let whole = SeenRunRef { keys: old.clone(), index: listed[0].index.clone() };
         let migrated = SeenIds::load(&space, &[vec![whole], listed.clone()].concat()).unwrap();
         assert_eq!(run_lens(&migrated), vec![50, 700, 200]);
-        assert_eq!(migrated.runs[0].keys.len() * size_of::<RunKey>(), 50 * 12);
+        assert!(matches!(migrated.runs[0].keys, RunKeys::Whole(_)) && migrated.runs[0].len() == 50);
         assert!((0..900).all(|i| migrated.contains(&key(i))) && !migrated.contains(&key(900)));
         let unsorted_run = SeenRunRef { keys: unsorted, index: listed[0].index.clone() };
         assert!(SeenIds::load(&space, &[unsorted_run]).unwrap_err().to_string().contains("not sorted"));
@@ -738,6 +824,64 @@ mod tests {
         ids.flush_and_merge().unwrap();
         assert!(ids.contains(&base) && ids.contains(&(base ^ 1)), "the low 32 bits are not kept");
         assert!(!ids.contains(&(base ^ (1 << 32))) && !ids.contains(&(base ^ (1 << 127))));
+    }
+
+    #[test]
+    fn a_run_of_16_range_bits_or_more_keeps_10_bytes_a_key_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
+        // Keys spread over the top bits and crowded into a few ranges, to cross range edges.
+        let mut sorted: Vec<RunKey> = (0..3000u32)
+            .map(|i| run_key(key(u64::from(i))))
+            .chain((0..200u32).map(|i| [0x1234_0000 | (i % 3), i.wrapping_mul(2_654_435_761), i]))
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let narrow = Run::build_with(Some(&space), sorted.iter().copied(), 17, 4).unwrap();
+        assert!(matches!(narrow.keys, RunKeys::Narrow(_)));
+        assert_eq!(narrow.keys().collect::<Vec<_>>(), sorted, "the top bits come back from the ranges");
+        let listed = narrow.save(&space).unwrap();
+        assert_eq!(listed.keys.bytes, 10 * sorted.len() as u64);
+        // A whole run that would be narrow today (version 3) becomes narrow as it opens.
+        let whole = Run::build_with(Some(&space), sorted.iter().copied(), 12, 4).unwrap();
+        assert!(matches!(whole.keys, RunKeys::Whole(_)));
+        let mut big: Vec<RunKey> = (0..600_000u64).map(|i| run_key(key(i))).collect();
+        big.sort_unstable();
+        let big_whole = Run::build_with(Some(&space), big.iter().copied(), 12, 1000).unwrap();
+        let lists = [listed, whole.save(&space).unwrap(), big_whole.save(&space).unwrap()];
+        space.pin_also(lists.iter().flat_map(|run| [run.keys.file.clone(), run.index.file.clone()]));
+        let loaded = SeenIds::load(&space, &lists).unwrap();
+        let layouts: Vec<bool> = loaded.runs.iter().map(|run| matches!(run.keys, RunKeys::Narrow(_))).collect();
+        assert_eq!(layouts, vec![true, false, true]);
+        assert_eq!(loaded.runs[2].range_bits, range_bits_for(600_000));
+        for run in &loaded.runs[..2] {
+            assert_eq!(run.keys().collect::<Vec<_>>(), sorted);
+        }
+        assert!((0..600_000).step_by(997).all(|i| loaded.contains(&key(i))));
+        assert!(sorted.iter().all(|k| {
+            let whole = (u128::from(k[0]) << 96) | (u128::from(k[1]) << 64) | (u128::from(k[2]) << 32);
+            loaded.runs[0].contains(whole)
+        }));
+        assert!(!loaded.contains(&key(600_000)) && !loaded.runs[0].contains(key(4000)));
+        // Merged with a whole run, the result is narrow when it is large enough, else whole.
+        let merged = Run::merged(
+            None,
+            &loaded.runs[..2]
+                .iter()
+                .cloned()
+                .chain([Arc::new(Run::of_keys(None, (5000..5100).map(key)).unwrap())])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(merged.len(), sorted.len() + 100);
+        assert!(matches!(merged.keys, RunKeys::Whole(_)), "{} keys have fewer than 16 range bits", merged.len());
+        assert!(merged.keys().is_sorted_by(|a, b| a < b));
+        // A narrow file with too few range bits for its layout is refused.
+        let mut bad = lists[0].clone();
+        bad.index = lists[1].index.clone();
+        bad.keys.len = lists[1].keys.len;
+        bad.keys.bytes = 10 * bad.keys.len;
+        assert!(SeenIds::load(&space, &[bad]).is_err());
     }
 
     proptest! {
