@@ -569,9 +569,9 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_in_the_current_version() 
 }
 
 /// A checkpoint of manifest version 3 (16-byte properties: key, type, value; u32 property
-/// ends) loads: every event comes back with the same properties of every type, a sum over a
-/// property is the same, and the next clean stop writes the current version, 12-byte
-/// properties and u16 ends, without the old files. (Under 64 rows, both versions' blocks of
+/// ends; times as plain i64) loads: every event comes back with the same time and properties
+/// of every type, a sum over a property is the same, and the next clean stop writes the
+/// current version, 12-byte properties, u16 ends and packed times, without the old files. (Under 64 rows, both versions' blocks of
 /// property ends start at 0, so the state file is the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_3_checkpoint_loads_with_its_properties_converted() {
@@ -625,6 +625,15 @@ async fn a_version_3_checkpoint_loads_with_its_properties_converted() {
         columns[name] =
             serde_json::json!({"file": file, "len": len, "bytes": bytes.len(), "checksums": block_checksums(bytes)});
     }
+    // And the times as one plain column (rows arrived in time order, as exported).
+    let micros = |e: &pb::Event| e.timestamp.as_ref().map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+    let times: Vec<u8> = expected.iter().flat_map(|e| micros(e).to_le_bytes()).collect();
+    columns.retain(|name, _| !name.starts_with("time."));
+    std::fs::write(segments.join("1000003.col"), &times).unwrap();
+    columns.insert(
+        "time".into(),
+        serde_json::json!({"file": "1000003.col", "len": 60, "bytes": 480, "checksums": block_checksums(&times)}),
+    );
     manifest["version"] = 3.into();
     std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     check_data_dir(temp.path()).expect("a valid version-3 checkpoint");
@@ -638,7 +647,8 @@ async fn a_version_3_checkpoint_loads_with_its_properties_converted() {
     let columns = &manifest["projects"]["p"]["columns"];
     assert_eq!(columns["props"]["bytes"].as_u64().unwrap(), 12 * columns["props"]["len"].as_u64().unwrap());
     assert_eq!(columns["prop_end"]["bytes"], 120);
-    assert!(!segments.join("1000001.col").exists() && !segments.join("1000002.col").exists(), "old files removed");
+    assert_eq!((columns["time"]["bytes"].as_u64(), columns["time.bases"]["len"].as_u64()), (Some(360), Some(1)));
+    assert!((1_000_001..=1_000_003).all(|n| !segments.join(format!("{n}.col")).exists()), "old files removed");
     let server = spawn_server(temp.path()).await;
     assert_eq!(exported_events(&server.channel).await, expected);
     stop_gracefully(server);

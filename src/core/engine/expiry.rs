@@ -27,7 +27,7 @@ impl Engine {
                 if table.min_time().is_none_or(|t| t >= before) && !old_quarantine {
                     return Ok(None);
                 }
-                Ok(Some(table.time().iter().filter(|&&t| t < before).count() as u64))
+                Ok(Some((0..table.len()).filter(|&row| table.time_of(row) < before).count() as u64))
             })
             .await?;
         let Some(expiring) = expiring else {

@@ -69,8 +69,8 @@ impl Engine {
             user_id: user_id.to_owned(),
             traits: traits.map(|t| t.into_iter().collect()).unwrap_or_default(),
             anonymous_ids,
-            first_seen: rows.first().map(|&r| table.time()[r as usize]),
-            last_seen: rows.last().map(|&r| table.time()[r as usize]),
+            first_seen: rows.first().map(|&r| table.time_of(r as usize)),
+            last_seen: rows.last().map(|&r| table.time_of(r as usize)),
             events: rows.len() as u64,
         })
     }
@@ -122,8 +122,8 @@ impl Engine {
         let mut rows: Vec<(Micros, String, u32)> = table
             .user_rows(person)
             .into_iter()
-            .filter(|&r| range.contains(table.time()[r as usize]))
-            .map(|r| (table.time()[r as usize], table.row_event_id(r as usize).into_owned(), r))
+            .filter(|&r| range.contains(table.time_of(r as usize)))
+            .map(|r| (table.time_of(r as usize), table.row_event_id(r as usize).into_owned(), r))
             .filter(|(time, id, _)| {
                 after.as_ref().is_none_or(|(after_time, after_id)| (*time, id) > (*after_time, after_id))
             })
@@ -224,7 +224,7 @@ impl Engine {
         let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name()[row]);
         let mut rows: Vec<u32> = if user_id.is_empty() {
             (0..table.len() as u32)
-                .filter(|&r| range.contains(table.time()[r as usize]) && name_ok(r as usize))
+                .filter(|&r| range.contains(table.time_of(r as usize)) && name_ok(r as usize))
                 .collect()
         } else {
             let Some(person) = table.find_user(user_id) else {
@@ -233,9 +233,9 @@ impl Engine {
             table.user_rows(person)
         };
         if !user_id.is_empty() {
-            rows.retain(|&r| range.contains(table.time()[r as usize]) && name_ok(r as usize));
+            rows.retain(|&r| range.contains(table.time_of(r as usize)) && name_ok(r as usize));
         }
-        rows.sort_unstable_by_key(|&r| (table.time()[r as usize], r));
+        rows.sort_unstable_by_key(|&r| (table.time_of(r as usize), r));
         Ok(Export::Rows { rows, generation })
     }
 

@@ -76,7 +76,7 @@ impl EventSource for Embedded<'_> {
     }
 
     fn row_time(&self, row: usize) -> Micros {
-        self.data.table.time()[row]
+        self.data.table.time_of(row)
     }
 
     fn row_name(&self, row: usize) -> u32 {

@@ -12,6 +12,7 @@ pub mod remote;
 pub mod segment;
 pub mod source;
 pub mod table;
+pub mod times;
 pub mod trait_groups;
 pub mod traits;
 
@@ -229,7 +230,7 @@ impl ProjectData {
         let table = &mut self.table;
         if table.min_time.is_some_and(|t| t < before) {
             for row in 0..table.len() {
-                if table.time[row] < before {
+                if table.time_of(row) < before {
                     table.erase(row as u32);
                 }
             }

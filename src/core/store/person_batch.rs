@@ -30,6 +30,8 @@ pub struct PersonBatch {
     starts: Vec<u32>,
     /// Rows in order, as the `rows` of a whole-person scan.
     row_ids: Vec<u32>,
+    /// Per row: its time, plain (the table packs them), so a scan passes slices of it.
+    times: Vec<Micros>,
     traits: HashMap<u32, Vec<(String, Value)>>,
     manual: HashMap<String, ManualValues>,
     /// The person whose rows are being added.
@@ -112,11 +114,12 @@ impl PersonBatch {
     ) -> Result<()> {
         let person = self.current.ok_or_else(|| Error::Internal("an event before any person".into()))?;
         let first = self.starts[person as usize] as usize;
-        if self.table.len() > first && self.table.time()[self.table.len() - 1] > timestamp {
+        if self.table.len() > first && self.times.last().is_some_and(|&last| last > timestamp) {
             return Err(Error::Internal(format!("event {event_id:?} out of time order")));
         }
         let anonymous = if self.table.is_user()[person as usize] { NONE } else { person };
         self.row_ids.push(self.table.len() as u32);
+        self.times.push(timestamp);
         self.table.push_row(person, anonymous, name, event_id, timestamp, properties);
         Ok(())
     }
@@ -155,7 +158,7 @@ impl PersonBatch {
         people: std::ops::Range<usize>,
         visit: &mut dyn FnMut(u32, PersonEvents<'_>),
     ) {
-        let (times, names) = (self.table.time(), self.table.name());
+        let (times, names) = (&self.times, self.table.name());
         let mut picked: (Vec<u32>, Vec<Micros>, Vec<u32>) = Default::default();
         for person in people {
             let span = self.span(person);
@@ -233,7 +236,7 @@ impl EventSource for PersonBatch {
     }
 
     fn row_time(&self, row: usize) -> Micros {
-        self.table.time()[row]
+        self.times[row]
     }
 
     fn row_name(&self, row: usize) -> u32 {

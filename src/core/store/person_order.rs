@@ -216,7 +216,7 @@ impl PersonOrder {
                         let at = *slot as usize - base;
                         *slot += 1;
                         own_rows[at] = row as u32;
-                        own_times[at] = table.time[row];
+                        own_times[at] = table.time_of(row);
                         own_names[at] = table.name[row];
                     }
                 });
@@ -736,9 +736,9 @@ impl Merged {
         self.rows.clear();
         self.rows.extend_from_slice(sorted);
         self.rows.extend_from_slice(extra);
-        self.rows.sort_unstable_by_key(|&r| (table.time[r as usize], r));
+        self.rows.sort_unstable_by_key(|&r| (table.time_of(r as usize), r));
         self.times.clear();
-        self.times.extend(self.rows.iter().map(|&r| table.time[r as usize]));
+        self.times.extend(self.rows.iter().map(|&r| table.time_of(r as usize)));
         self.names.clear();
         self.names.extend(self.rows.iter().map(|&r| table.name[r as usize]));
         self.events()
@@ -852,7 +852,7 @@ mod tests {
         order.for_each_named(table, Rows::All, |person, events| {
             assert_eq!(events.times.len(), events.rows.len());
             for (i, &row) in events.rows.iter().enumerate() {
-                assert_eq!(events.times[i], table.time[row as usize]);
+                assert_eq!(events.times[i], table.time_of(row as usize));
                 assert_eq!(events.names[i], table.name[row as usize]);
             }
             seen.push((table.person_name(person).to_owned(), events.rows.to_vec(), events.times.to_vec()));
@@ -880,7 +880,7 @@ mod tests {
                 table.alias(&format!("a{}", 8 + anon % 4), &format!("u{}", user % 8));
             }
             let mut want: Vec<(u32, Micros, u32)> = (0..table.len())
-                .map(|r| (table.canonical[table.person[r] as usize], table.time[r], r as u32))
+                .map(|r| (table.canonical[table.person[r] as usize], table.time_of(r), r as u32))
                 .collect();
             want.sort_unstable();
             let order = PersonOrder::build_with(&table, threads);
@@ -1139,7 +1139,7 @@ mod tests {
         for (person, rows, times, names) in named_scan(&compacted, &table, &[a]) {
             assert_ne!(person, u0);
             for (k, &row) in rows.iter().enumerate() {
-                assert_eq!((table.time[row as usize], table.name[row as usize]), (times[k], names[k]));
+                assert_eq!((table.time_of(row as usize), table.name[row as usize]), (times[k], names[k]));
                 assert_eq!(table.name[row as usize], a);
             }
         }

@@ -28,14 +28,18 @@ use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
 use crate::core::store::table::{EventTable, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
+use crate::core::store::times::Times;
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
-/// Version 4 keeps properties in 12 bytes (`Prop`: the value's type in the key's top bits) and
-/// their ends as u16 offsets in blocks of 64 rows; version 3 kept 16-byte properties and u32
-/// offsets in blocks of 4,096 rows, converted when loaded (as the columns' value sizes tell).
+/// Version 4 keeps properties in 12 bytes (`Prop`: the value's type in the key's top bits),
+/// their ends as u16 offsets in blocks of 64 rows, times packed in 6 bytes (`Times`: the
+/// `time`, `time.bases`, `time.far_rows` and `time.far_times` columns) and big dedupe runs'
+/// keys in 10 bytes; version 3 kept 16-byte properties, u32 offsets in blocks of 4,096 rows,
+/// plain 8-byte times and 12-byte keys, converted when loaded (as the columns' value sizes
+/// tell).
 /// Version 3 moved each row's event id, anonymous person and previous row into compressed
 /// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file) and the dedupe runs to
 /// 96-bit keys; version 2 kept those values in plain columns (`id_end`, `id_bytes`,
@@ -325,7 +329,10 @@ impl<W: Write> Write for Hashing<W> {
 macro_rules! table_columns {
     ($table:expr, $visit:ident) => {
         $visit!("person", $table.person);
-        $visit!("time", $table.time);
+        $visit!("time", $table.time.cells);
+        $visit!("time.bases", $table.time.bases);
+        $visit!("time.far_rows", $table.time.far_rows);
+        $visit!("time.far_times", $table.time.far_times);
         $visit!("name", $table.name);
         $visit!("prop_end", $table.prop_end);
         $visit!("props", $table.props);
@@ -492,18 +499,29 @@ impl ProjectData {
         let value_size = |name: &str| listed(name).map(|c| c.bytes.checked_div(c.len).unwrap_or(0));
         let wide_props = value_size("props")? == 16;
         let wide_ends = value_size("prop_end")? == 4;
+        // Before times were packed (version 4 at first), one 8-byte column.
+        let plain_times = value_size("time")? == 8;
         macro_rules! load {
             ($name:expr, $column:expr) => {
                 // Version 2 listed the cold values plain: compressed below.
                 let converted = ($name.starts_with("cold.") && files.cold_tail.is_none())
                     || ($name == "props" && wide_props)
-                    || ($name == "prop_end" && wide_ends);
+                    || ($name == "prop_end" && wide_ends)
+                    || ($name.starts_with("time") && plain_times);
                 if !converted {
                     $column = open_column(space, listed($name)?)?;
                 }
             };
         }
         table_columns!(table, load);
+        let times_corrupt = |e: String| corrupt(format!("the times: {e}"));
+        if plain_times {
+            let plain: Column<Micros> = open_column(space, listed("time")?)?;
+            table.time = Times::from_plain(Some(space), &plain);
+        } else {
+            let Times { cells, bases, far_rows, far_times } = std::mem::take(&mut table.time);
+            table.time = Times::from_parts(cells, bases, far_rows, far_times).map_err(times_corrupt)?;
+        }
         let props_corrupt = |e: String| corrupt(format!("the properties: {e}"));
         if wide_props {
             let wide: Column<WideProp> = open_column(space, listed("props")?)?;
@@ -705,7 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn version_3_properties_convert_across_blocks_and_bad_ones_are_refused() {
+    fn version_3_properties_and_times_convert_across_blocks_and_bad_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let space = ColumnSpace::durable_for_tests(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
@@ -747,10 +765,24 @@ mod tests {
         v3.columns.insert("props".into(), save_column(&wide, &space).unwrap());
         v3.columns.insert("prop_end".into(), save_column(&wide_ends, &space).unwrap());
         (v3.state, v3.state_checksum) = (state_file, state_checksum);
+        // And its times in one plain column.
+        let mut plain_times: Column<Micros> = space.column();
+        (0..rows).for_each(|r| plain_times.push(table.time_of(r)));
+        v3.columns.retain(|name, _| !name.starts_with("time."));
+        v3.columns.insert("time".into(), save_column(&plain_times, &space).unwrap());
         space.pin_also(v3.columns.values().map(|c| c.file.clone()));
         let converted = ProjectData::load(&space, &v3).unwrap();
         assert_eq!((0..rows).map(|r| converted.table.event(r)).collect::<Vec<_>>(), expected);
         assert_eq!(converted.table.prop_block_start, data.table.prop_block_start);
+        assert_eq!(converted.table.time.bases.to_vec(), data.table.time.bases.to_vec());
+
+        // Packed times without their bases are refused.
+        let mut no_bases = files.clone();
+        let empty: Column<i64> = space.column();
+        no_bases.columns.insert("time.bases".into(), save_column(&empty, &space).unwrap());
+        space.pin_also(no_bases.columns.values().map(|c| c.file.clone()));
+        let err = ProjectData::load(&space, &no_bases).unwrap_err().to_string();
+        assert!(err.contains("the times: 0 bases for 4396 times"), "{err}");
 
         // A key past the key space, or block starts that disagree with the rows, are refused.
         let mut bad = wide.to_vec();

@@ -15,6 +15,7 @@ use hashbrown::HashMap;
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::times::Times;
 
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
@@ -289,7 +290,8 @@ pub struct EventTable {
 
     // Row columns.
     pub(in crate::core::store) person: Column<u32>,
-    pub(in crate::core::store) time: Column<Micros>,
+    /// Per row: its time, packed (see `Times`).
+    pub(in crate::core::store) time: Times,
     pub(in crate::core::store) name: Column<u32>,
     /// Row i's properties end at `prop_block_start[i / PROP_BLOCK] + prop_end[i]` (and start
     /// where row i-1's end): 2 bytes a row, and no wrap however many properties a project
@@ -347,7 +349,7 @@ impl EventTable {
             strings: Interner::in_space(&space),
             people: Interner::in_space(&space),
             person: space.column(),
-            time: space.column(),
+            time: Times::in_space(Some(&space)),
             name: space.column(),
             prop_end: space.column(),
             props: space.column(),
@@ -612,7 +614,7 @@ impl EventTable {
             name: self.names.resolve(self.name[row]).to_owned(),
             user_id,
             anonymous_id,
-            timestamp: self.time[row],
+            timestamp: self.time.get(row),
             properties,
         }
     }
@@ -652,7 +654,8 @@ impl EventTable {
             std::mem::replace(column, new)
         }
         let person = fresh(&mut self.person, kept);
-        let time = fresh(&mut self.time, kept);
+        let fresh_times = self.time.fresh();
+        let time = std::mem::replace(&mut self.time, fresh_times);
         let name = fresh(&mut self.name, kept);
         let prop_ends: Vec<usize> = (0..n).map(|row| self.prop_end_of(row)).collect();
         fresh(&mut self.prop_end, kept);
@@ -675,12 +678,13 @@ impl EventTable {
             self.push_prop_end();
             let previous = self.link_row(person[row], new_row);
             self.cold.push(&values.event_id, values.anonymous, previous);
+            let t = time.get(row);
             self.person.push(person[row]);
-            self.time.push(time[row]);
+            self.time.push(t);
             self.name.push(name[row]);
             self.name_counts[name[row] as usize] += 1;
-            self.min_time = Some(self.min_time.map_or(time[row], |t| t.min(time[row])));
-            self.max_time = Some(self.max_time.map_or(time[row], |t| t.max(time[row])));
+            self.min_time = Some(self.min_time.map_or(t, |min| min.min(t)));
+            self.max_time = Some(self.max_time.map_or(t, |max| max.max(t)));
         });
         self.generation += 1;
         self.layout = LayoutVersion::next();
@@ -695,7 +699,7 @@ impl EventTable {
                 rows.extend(self.own_rows(anon));
             }
         }
-        rows.sort_unstable_by_key(|&r| (self.time[r as usize], r));
+        rows.sort_unstable_by_key(|&r| (self.time.get(r as usize), r));
         rows
     }
 }
@@ -735,9 +739,10 @@ impl EventTable {
     pub fn person(&self) -> &[u32] {
         &self.person
     }
-    /// Per row: its time.
-    pub fn time(&self) -> &[Micros] {
-        &self.time
+    /// Row `row`'s time.
+    #[inline]
+    pub fn time_of(&self, row: usize) -> Micros {
+        self.time.get(row)
     }
     /// Per row: its event name id.
     pub fn name(&self) -> &[u32] {
