@@ -61,7 +61,7 @@ impl Times {
     }
 
     /// Times as a checkpoint saved them, checked to fit together: a base per block, and the
-    /// side list exactly the marked rows, in order.
+    /// side list's rows marked far, in order.
     pub fn from_parts(
         cells: Column<Cell>,
         bases: Column<i64>,
@@ -74,17 +74,12 @@ impl Times {
         if far_rows.len() != far_times.len() || !far_rows.is_sorted_by(|a, b| a < b) {
             return Err("the far times' rows are not one per time, in order".into());
         }
-        let marked = cells.iter().enumerate().filter(|(_, cell)| offset_of(**cell) == FAR).map(|(row, _)| row as u32);
-        if !marked.eq(far_rows.iter().copied()) {
+        // Only the far rows are checked (a pass over every cell would add to each start); a
+        // cell marked far that the list lacks reads as the list's first time, never a panic.
+        if !far_rows.iter().all(|&row| cells.get(row as usize).is_some_and(|&cell| offset_of(cell) == FAR)) {
             return Err("the far times are not the rows marked far".into());
         }
         let times = Times { cells, bases, far_rows, far_times };
-        // Every offset read lands in range (a base plus an offset that overflows is corrupt).
-        let fits =
-            (0..times.len()).all(|row| times.base_and_offset(row).is_none_or(|(b, o)| b.checked_add(o).is_some()));
-        if !fits {
-            return Err("a time is out of range".into());
-        }
         Ok(times)
     }
 
@@ -130,7 +125,7 @@ impl Times {
     #[inline]
     pub fn get(&self, row: usize) -> Micros {
         match self.base_and_offset(row) {
-            // Checked not to overflow when loaded; pushed from a time that fits.
+            // Pushed from a time that fits (a corrupt base reads as a wrong time, not a panic).
             Some((base, offset)) => base.wrapping_add(offset),
             None => {
                 let at = self.far_rows.binary_search(&(row as u32)).unwrap_or_default();
@@ -192,7 +187,5 @@ mod tests {
         assert!(load((c, b, vec![1], f)).unwrap_err().contains("not the rows marked far"));
         let (c, b, r, _) = parts(&times);
         assert!(load((c, b, r, vec![])).is_err());
-        let (c, _, r, f) = parts(&times);
-        assert!(load((c, vec![i64::MAX], r, f)).unwrap_err().contains("out of range"));
     }
 }
