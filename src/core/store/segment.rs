@@ -499,8 +499,9 @@ impl ProjectData {
         let value_size = |name: &str| listed(name).map(|c| c.bytes.checked_div(c.len).unwrap_or(0));
         let wide_props = value_size("props")? == 16;
         let wide_ends = value_size("prop_end")? == 4;
-        // Before times were packed (version 4 at first), one 8-byte column.
-        let plain_times = value_size("time")? == 8;
+        // Before times were packed, one 8-byte column and no side columns (told by the side
+        // columns, as an empty column has no value size).
+        let plain_times = !files.columns.contains_key("time.bases");
         macro_rules! load {
             ($name:expr, $column:expr) => {
                 // Version 2 listed the cold values plain: compressed below.
@@ -783,6 +784,16 @@ mod tests {
         space.pin_also(no_bases.columns.values().map(|c| c.file.clone()));
         let err = ProjectData::load(&space, &no_bases).unwrap_err().to_string();
         assert!(err.contains("the times: 0 bases for 4396 times"), "{err}");
+
+        // A project without events converts too: its empty time column has no value size.
+        let empty = ProjectData::in_space(Some(&space));
+        let mut empty_v3 = empty.save(&space).unwrap();
+        empty_v3.columns.retain(|name, _| !name.starts_with("time."));
+        let no_times: Column<Micros> = space.column();
+        empty_v3.columns.insert("time".into(), save_column(&no_times, &space).unwrap());
+        space.pin_also(empty_v3.columns.values().map(|c| c.file.clone()));
+        let loaded = ProjectData::load(&space, &empty_v3).unwrap();
+        assert!(loaded.table.is_empty() && loaded.save(&space).unwrap().columns.contains_key("time.bases"));
 
         // A key past the key space, or block starts that disagree with the rows, are refused.
         let mut bad = wide.to_vec();
