@@ -574,7 +574,7 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_in_the_current_version() 
 /// current version, 12-byte properties, u16 ends and packed times, without the old files. (Under 64 rows, both versions' blocks of
 /// property ends start at 0, so the state file is the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_3_checkpoint_loads_with_its_properties_converted() {
+async fn a_version_3_checkpoint_loads_with_its_properties_and_times_converted() {
     use sextant::core::store::column::block_checksums;
     let temp = tempfile::tempdir().unwrap();
     let events: Vec<pb::Event> = (0..60i64)

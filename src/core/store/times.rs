@@ -79,8 +79,7 @@ impl Times {
         if !far_rows.iter().all(|&row| cells.get(row as usize).is_some_and(|&cell| offset_of(cell) == FAR)) {
             return Err("the far times are not the rows marked far".into());
         }
-        let times = Times { cells, bases, far_rows, far_times };
-        Ok(times)
+        Ok(Times { cells, bases, far_rows, far_times })
     }
 
     /// The times of a table written before they were packed (manifest version 3 and earlier).
