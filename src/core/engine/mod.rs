@@ -325,6 +325,13 @@ impl Engine {
             state.data.apply(&record, &keep);
             Ok(())
         })?;
+        // A crash between a checkpoint's manifest and its log truncation leaves records the
+        // checkpoint covers (the replay skipped them): they go now, as the truncation would
+        // have removed them. Otherwise a later clean stop, with nothing new to checkpoint,
+        // would leave them in the log for ever.
+        if let Some(after) = &after {
+            storage.truncate_log(after)?;
+        }
         for state in projects.values_mut() {
             // Values of a MANUAL metric deleted just before a crash (see `delete_metric`).
             let metrics = &state.defs.metrics;
