@@ -39,7 +39,7 @@ pub const MANIFEST: &str = "MANIFEST";
 /// `time`, `time.bases`, `time.far_rows` and `time.far_times` columns) and big dedupe runs'
 /// keys in 10 bytes; version 3 kept 16-byte properties, u32 offsets in blocks of 4,096 rows,
 /// plain 8-byte times and 12-byte keys, converted when loaded (as the columns' value sizes
-/// tell).
+/// tell, and for times the side columns' absence).
 /// Version 3 moved each row's event id, anonymous person and previous row into compressed
 /// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file) and the dedupe runs to
 /// 96-bit keys; version 2 kept those values in plain columns (`id_end`, `id_bytes`,
@@ -393,8 +393,10 @@ fn reblock_prop_ends(
             new_starts.push(previous);
         }
         let offset = end - new_starts[row / PROP_BLOCK];
-        let offset =
-            u16::try_from(offset).map_err(|_| format!("row {row} has more than {MAX_PROPERTIES} properties"))?;
+        let offset = u16::try_from(offset).map_err(|_| {
+            let first = row - row % PROP_BLOCK;
+            format!("rows {first}..={row} hold more than 65,535 properties (this version keeps {MAX_PROPERTIES} a row)")
+        })?;
         new_ends.push(offset);
         previous = end;
     }
