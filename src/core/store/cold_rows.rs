@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::leb128;
 use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::source::run_parts;
 use crate::core::store::table::NONE;
 
 /// Rows per compressed block. A random read decodes a whole block, so blocks are small (about
@@ -324,18 +325,10 @@ impl ColdRows {
         let full = rows / BLOCK_ROWS;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(full.max(1));
         let per = full.div_ceil(threads).max(1);
-        let encoded: Vec<Result<Vec<Vec<u8>>, String>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    let plain = &plain;
-                    scope.spawn(move || {
-                        (t * per..((t + 1) * per).min(full))
-                            .map(|b| Ok(plain(b * BLOCK_ROWS, (b + 1) * BLOCK_ROWS)?.encode(b * BLOCK_ROWS)))
-                            .collect()
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        let encoded: Vec<Result<Vec<Vec<u8>>, String>> = run_parts(threads, |t| {
+            (t * per..((t + 1) * per).min(full))
+                .map(|b| Ok(plain(b * BLOCK_ROWS, (b + 1) * BLOCK_ROWS)?.encode(b * BLOCK_ROWS)))
+                .collect()
         });
         let mut cold = ColdRows::in_space(space);
         for blocks in encoded {

@@ -27,6 +27,7 @@ use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
+use crate::core::store::source::run_parts;
 use crate::core::store::table::{EventTable, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
 use crate::core::store::times::Times;
 use crate::core::store::traits::Traits;
@@ -352,13 +353,9 @@ macro_rules! table_columns {
 /// Version 3's 16-byte properties as `Prop`s, on all cores.
 fn narrow_props(space: &Arc<ColumnSpace>, wide: &[WideProp]) -> std::result::Result<Column<Prop>, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = wide.len().div_ceil(threads).max(1);
-    let parts: Vec<Option<Vec<Prop>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = wide
-            .chunks(per)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(WideProp::narrow).collect::<Option<Vec<Prop>>>()))
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    let (len, per) = (wide.len(), wide.len().div_ceil(threads).max(1));
+    let parts = run_parts(threads, |t| {
+        wide[(t * per).min(len)..((t + 1) * per).min(len)].iter().map(WideProp::narrow).collect::<Option<Vec<Prop>>>()
     });
     let mut props: Column<Prop> = Column::in_space(Some(space));
     props.reserve(wide.len());
