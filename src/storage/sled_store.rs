@@ -268,6 +268,13 @@ impl Storage for SledStorage {
         if position.db != inner.name {
             return Ok(());
         }
+        // Nothing below the position and the floor already there (every start asks, see
+        // `Engine::open`): no write, no flush.
+        let floor = inner.db.get(LOG_FLOOR)?.map(|bytes| decode_seq(&bytes)).transpose()?;
+        let below = inner.log.range(..position.seq.to_be_bytes()).next().transpose()?;
+        if below.is_none() && floor.is_some_and(|floor| floor >= position.seq) {
+            return Ok(());
+        }
         inner.db.insert(LOG_FLOOR, &position.seq.to_be_bytes()[..])?;
         inner.db.flush()?;
         let mut batch = sled::Batch::default();
