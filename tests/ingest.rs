@@ -562,10 +562,8 @@ async fn new_property_keys_past_the_projects_limit_are_rejected_per_item() {
         )
         .await;
     assert_eq!(reply.accepted, 3);
-    let rejected: Vec<(u32, &str, &str)> =
-        reply.rejected.iter().map(|e| (e.index, e.code.as_str(), e.message.as_str())).collect();
     assert_eq!(
-        rejected,
+        coded(&reply.rejected),
         vec![(
             1,
             "RESOURCE_EXHAUSTED",
@@ -614,10 +612,8 @@ async fn new_property_keys_past_the_projects_limit_are_rejected_per_item() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.updated, 2);
-    let rejected: Vec<(u32, &str, &str)> =
-        reply.rejected.iter().map(|e| (e.index, e.code.as_str(), e.message.as_str())).collect();
     assert_eq!(
-        rejected,
+        coded(&reply.rejected),
         vec![(
             1,
             "RESOURCE_EXHAUSTED",
@@ -628,4 +624,9 @@ async fn new_property_keys_past_the_projects_limit_are_rejected_per_item() {
     assert!(server.get_user("p", "u2").await.ok().is_none_or(|user| user.traits.is_empty()), "u2 was not updated");
     let u3 = server.get_user("p", "u3").await.unwrap();
     assert_eq!(u3.traits.into_keys().collect::<Vec<_>>(), vec!["plan", "tier"], "the third name fits");
+}
+
+/// Rejected items as (index, code, message).
+fn coded(rejected: &[pb::EventError]) -> Vec<(u32, &str, &str)> {
+    rejected.iter().map(|e| (e.index, e.code.as_str(), e.message.as_str())).collect()
 }
