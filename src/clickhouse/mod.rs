@@ -448,29 +448,38 @@ impl ClickHouse {
 
     /// Stores aliases (anonymous id, user id) in order, numbered from `first_seq`.
     pub async fn insert_aliases(&self, project: &str, pairs: &[(String, String)], first_seq: u64) -> Result<()> {
-        let seqs = (first_seq..).take(pairs.len());
-        self.write_aliases(project, pairs.iter().zip(seqs)).await
+        let numbered: Vec<_> = pairs.iter().cloned().zip(first_seq..).collect();
+        self.write_aliases(project, &numbered).await
     }
 
     /// Aliases all at `seq` (DeleteUser's unlinking: an empty user id).
     async fn insert_aliases_at(&self, project: &str, pairs: &[(String, String)], seq: u64) -> Result<()> {
-        self.write_aliases(project, pairs.iter().zip(std::iter::repeat(seq))).await
+        let numbered: Vec<_> = pairs.iter().cloned().zip(std::iter::repeat(seq)).collect();
+        self.write_aliases(project, &numbered).await
     }
 
-    async fn write_aliases(&self, project: &str, rows: impl Iterator<Item = (&(String, String), u64)>) -> Result<()> {
+    /// Stores aliases ((anonymous id, user id), write number) in one insert.
+    pub async fn write_aliases(&self, project: &str, rows: &[((String, String), u64)]) -> Result<()> {
         let mut insert = self.insert::<AliasRow<'_>>("aliases").await?;
         for ((anonymous_id, user_id), seq) in rows {
-            insert.write(&AliasRow { project, anonymous_id, user_id, seq }).await.map_err(|e| self.failed(&e))?;
+            let row = AliasRow { project, anonymous_id, user_id, seq: *seq };
+            insert.write(&row).await.map_err(|e| self.failed(&e))?;
         }
         insert.end().await.map_err(|e| self.failed(&e))
     }
 
     /// Stores trait updates in order, numbered from `first_seq`.
     pub async fn insert_user_updates(&self, project: &str, updates: &[UserUpdate], first_seq: u64) -> Result<()> {
+        let numbered: Vec<_> = updates.iter().cloned().zip(first_seq..).collect();
+        self.write_user_updates(project, &numbered).await
+    }
+
+    /// Stores trait updates (each with its write number) in one insert.
+    pub async fn write_user_updates(&self, project: &str, updates: &[(UserUpdate, u64)]) -> Result<()> {
         let mut insert = self.insert::<UserUpdateRow<'_>>("user_updates").await?;
-        for (i, update) in updates.iter().enumerate() {
+        for (update, seq) in updates {
             let update_json = serde_json::to_string(update).map_err(|e| Error::Internal(e.to_string()))?;
-            let row = UserUpdateRow { project, user_id: &update.user_id, seq: first_seq + i as u64, update_json };
+            let row = UserUpdateRow { project, user_id: &update.user_id, seq: *seq, update_json };
             insert.write(&row).await.map_err(|e| self.failed(&e))?;
         }
         insert.end().await.map_err(|e| self.failed(&e))

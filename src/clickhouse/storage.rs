@@ -30,8 +30,11 @@ pub struct ClickHouseStorage {
     sequence: Sequence,
     storing: InFlight,
     ids: Ids,
-    /// Per project, batches waiting for the group commit (`store_queued`).
-    queues: parking_lot::Mutex<std::collections::HashMap<String, StoreQueue>>,
+    /// Event batches, aliases and trait updates waiting for their group commits.
+    events: GroupCommit<Vec<Event>, Vec<bool>>,
+    aliases: GroupCommit<NumberedAlias, ()>,
+    user_updates: GroupCommit<(Vec<UserUpdate>, u64), ()>,
+    generation: SharedRead<u64>,
 }
 
 /// Ids unique across nodes (quarantine entries): milliseconds since 1970 times 2^20 plus 20
@@ -104,7 +107,10 @@ impl ClickHouseStorage {
             sequence: Sequence::default(),
             storing: InFlight::default(),
             ids: Ids::default(),
-            queues: Default::default(),
+            events: GroupCommit::new(STORE_LANES, GROUP_EVENTS),
+            aliases: GroupCommit::new(STORE_LANES, GROUP_ROWS),
+            user_updates: GroupCommit::new(STORE_LANES, GROUP_ROWS),
+            generation: SharedRead::default(),
         }))
     }
 
@@ -137,15 +143,53 @@ impl ClickHouseStorage {
     }
 }
 
-impl ClickHouseStorage {
-    /// Group commit: a batch that found fewer than `STORE_LANES` stores of its project running
-    /// leads one, storing whatever batches queued meanwhile as one (one id lookup, one insert
-    /// per table) until none is left. ClickHouse wants few large inserts (each makes a part on
-    /// every shard), and a store is mostly waiting for it: a few run at once. Their batches
-    /// share no id (`InFlight`), so each id is still stored once.
-    fn store_queued(&self, project: &str) {
+/// Group commit per project: an item that finds fewer than `lanes` stores of its project
+/// running leads one, storing whatever items queued meanwhile as one group (up to `max_weight`
+/// rows; a heavier item goes alone) until none is left. ClickHouse wants few large inserts (each
+/// makes a part on the shards it reaches: one per Alias call would pile up parts faster than
+/// merges remove them, and an old server refuses inserts past 300), and a store is mostly waiting
+/// for it: a few run at once.
+struct GroupCommit<T, R> {
+    lanes: usize,
+    max_weight: usize,
+    queues: parking_lot::Mutex<std::collections::HashMap<String, GroupQueue<T, R>>>,
+}
+
+/// A project's items waiting for a store (each with its weight and where its answer goes), and
+/// how many callers are storing them.
+struct GroupQueue<T, R> {
+    waiting: Vec<(T, usize, std::sync::mpsc::SyncSender<Result<R>>)>,
+    storing: usize,
+}
+
+impl<T, R> GroupCommit<T, R> {
+    fn new(lanes: usize, max_weight: usize) -> Self {
+        GroupCommit { lanes, max_weight, queues: Default::default() }
+    }
+
+    /// Queues `item` and returns its answer once a group holding it is stored. `store` gets a
+    /// group's items in arrival order and answers each, in the same order.
+    fn submit(&self, project: &str, item: T, weight: usize, store: impl Fn(Vec<T>) -> Result<Vec<R>>) -> Result<R> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let lead = {
+            let mut queues = self.queues.lock();
+            let queue =
+                queues.entry(project.to_owned()).or_insert_with(|| GroupQueue { waiting: Vec::new(), storing: 0 });
+            queue.waiting.push((item, weight, reply));
+            let lead = queue.storing < self.lanes;
+            queue.storing += usize::from(lead);
+            lead
+        };
+        if lead {
+            self.lead(project, &store);
+        }
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Stores groups of `project` until its queue is empty.
+    fn lead(&self, project: &str, store: &impl Fn(Vec<T>) -> Result<Vec<R>>) {
         loop {
-            let group: Vec<QueuedStore> = {
+            let group: Vec<(T, usize, std::sync::mpsc::SyncSender<Result<R>>)> = {
                 let mut queues = self.queues.lock();
                 let Some(queue) = queues.get_mut(project) else {
                     return;
@@ -157,33 +201,37 @@ impl ClickHouseStorage {
                     }
                     return;
                 }
-                let mut events = 0;
+                let mut weight = 0;
                 let take = queue
                     .waiting
                     .iter()
-                    .position(|(batch, _)| {
-                        events += batch.len();
-                        events > GROUP_EVENTS
+                    .position(|(_, w, _)| {
+                        weight += w;
+                        weight > self.max_weight
                     })
                     .unwrap_or(queue.waiting.len())
                     .max(1);
                 queue.waiting.drain(..take).collect()
             };
-            let sizes: Vec<usize> = group.iter().map(|(batch, _)| batch.len()).collect();
-            let mut combined = Vec::with_capacity(sizes.iter().sum());
-            let mut replies = Vec::with_capacity(group.len());
-            for (batch, reply) in group {
-                combined.extend(batch);
-                replies.push(reply);
-            }
-            let first = self.sequence.take(combined.len() as u64);
-            let owned = project.to_owned();
-            let stored =
-                self.run(move |store| Box::pin(async move { store.store_events(&owned, &combined, first).await }));
-            let mut offset = 0;
-            for (reply, size) in replies.into_iter().zip(sizes) {
-                let _ = reply.send(stored.as_ref().map(|s| s[offset..offset + size].to_vec()).map_err(Error::clone));
-                offset += size;
+            let (items, replies): (Vec<T>, Vec<_>) = group.into_iter().map(|(item, _, reply)| (item, reply)).unzip();
+            let count = items.len();
+            match store(items) {
+                Ok(answers) if answers.len() == count => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Ok(answers) => {
+                    let error = Error::Internal(format!("a group of {count} stored gave {} answers", answers.len()));
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                Err(error) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
             }
         }
     }
@@ -192,18 +240,68 @@ impl ClickHouseStorage {
 /// Events stored in one group commit at most (a batch larger than that goes alone).
 const GROUP_EVENTS: usize = 50_000;
 
-/// Group commits of one project running at once on a node (2 beat 3 on the 2-core bench:
-/// fewer, larger inserts; BENCHMARKS.md).
+/// Aliases or trait updates stored in one group commit at most.
+const GROUP_ROWS: usize = 10_000;
+
+/// Group commits of one project running at once on a node, per kind of write (2 beat 3 on the
+/// 2-core bench: fewer, larger inserts; BENCHMARKS.md).
 const STORE_LANES: usize = 2;
 
-/// A batch waiting for its project's store, and where its answer goes.
-type QueuedStore = (Vec<Event>, std::sync::mpsc::SyncSender<Result<Vec<bool>>>);
+/// An alias waiting for its group: (anonymous id, user id) and its write number.
+type NumberedAlias = ((String, String), u64);
 
-/// A project's batches waiting for a store, and how many callers are storing them.
-#[derive(Default)]
-struct StoreQueue {
-    waiting: Vec<QueuedStore>,
-    storing: usize,
+/// A read that callers arriving together share: one runs at a time, and a caller gets the
+/// answer of the first read that started after it arrived (so it sees every write finished
+/// before it came), running that read itself when none is running. Many concurrent calls then
+/// cost one query in flight, not one each.
+struct SharedRead<T> {
+    state: parking_lot::Mutex<SharedReadState<T>>,
+    finished: parking_lot::Condvar,
+}
+
+struct SharedReadState<T> {
+    /// Reads started and finished so far (they finish in order: one runs at a time).
+    started: u64,
+    done: u64,
+    running: bool,
+    last: Option<Result<T>>,
+}
+
+impl<T> Default for SharedRead<T> {
+    fn default() -> Self {
+        let state = SharedReadState { started: 0, done: 0, running: false, last: None };
+        SharedRead { state: parking_lot::Mutex::new(state), finished: parking_lot::Condvar::new() }
+    }
+}
+
+impl<T: Clone> SharedRead<T> {
+    fn read(&self, run: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut state = self.state.lock();
+        let wanted = state.started + 1;
+        loop {
+            if state.done >= wanted
+                && let Some(last) = &state.last
+            {
+                return last.clone();
+            }
+            if !state.running {
+                state.running = true;
+                state.started += 1;
+                let this = state.started;
+                drop(state);
+                // A panic in `run` must not leave the others waiting for ever.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    .unwrap_or_else(|_| Err(Error::Internal("a shared read panicked".into())));
+                let mut state = self.state.lock();
+                state.running = false;
+                state.done = this;
+                state.last = Some(result.clone());
+                self.finished.notify_all();
+                return result;
+            }
+            self.finished.wait(&mut state);
+        }
+    }
 }
 
 /// A call of the client, run on its runtime.
@@ -340,19 +438,23 @@ impl RemoteEvents for ClickHouseStorage {
         keys.dedup();
         let _held = self.storing.hold(keys);
         held();
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let lead = {
-            let mut queues = self.queues.lock();
-            let queue = queues.entry(project.to_owned()).or_default();
-            queue.waiting.push((events.to_vec(), reply));
-            let lead = queue.storing < STORE_LANES;
-            queue.storing += usize::from(lead);
-            lead
-        };
-        if lead {
-            self.store_queued(project);
-        }
-        answer.recv().map_err(|_| stopped())?
+        // Batches of one group share no id (`InFlight`), so each id is still stored once.
+        self.events.submit(project, events.to_vec(), events.len(), |group| {
+            let sizes: Vec<usize> = group.iter().map(Vec::len).collect();
+            let combined: Vec<Event> = group.into_iter().flatten().collect();
+            let first = self.sequence.take(combined.len() as u64);
+            let owned = project.to_owned();
+            let stored =
+                self.run(move |store| Box::pin(async move { store.store_events(&owned, &combined, first).await }))?;
+            let mut offset = 0;
+            Ok(sizes
+                .into_iter()
+                .map(|size| {
+                    offset += size;
+                    stored[offset - size..offset].to_vec()
+                })
+                .collect())
+        })
     }
 
     fn stored_ids(&self, project: &str, ids: &[String]) -> Result<std::collections::HashSet<String>> {
@@ -365,16 +467,29 @@ impl RemoteEvents for ClickHouseStorage {
         })
     }
 
+    /// Numbered as they arrive, stored with the other calls' updates queued meanwhile.
     fn store_user_updates(&self, project: &str, updates: &[UserUpdate]) -> Result<()> {
-        let (project, updates) = (project.to_owned(), updates.to_vec());
         let first = self.sequence.take(updates.len() as u64);
-        self.run(move |store| Box::pin(async move { store.insert_user_updates(&project, &updates, first).await }))
+        self.user_updates.submit(project, (updates.to_vec(), first), updates.len(), |group| {
+            let count = group.len();
+            let numbered: Vec<(UserUpdate, u64)> =
+                group.into_iter().flat_map(|(updates, first)| updates.into_iter().zip(first..)).collect();
+            let owned = project.to_owned();
+            self.run(move |store| Box::pin(async move { store.write_user_updates(&owned, &numbered).await }))?;
+            Ok(vec![(); count])
+        })
     }
 
+    /// Numbered as it arrives (the latest alias of an anonymous id wins), stored with the
+    /// other calls' aliases queued meanwhile.
     fn store_alias(&self, project: &str, anonymous_id: &str, user_id: &str) -> Result<()> {
-        let (project, pair) = (project.to_owned(), vec![(anonymous_id.to_owned(), user_id.to_owned())]);
-        let seq = self.sequence.take(1);
-        self.run(move |store| Box::pin(async move { store.insert_aliases(&project, &pair, seq).await }))
+        let alias = ((anonymous_id.to_owned(), user_id.to_owned()), self.sequence.take(1));
+        self.aliases.submit(project, alias, 1, |group| {
+            let count = group.len();
+            let owned = project.to_owned();
+            self.run(move |store| Box::pin(async move { store.write_aliases(&owned, &group).await }))?;
+            Ok(vec![(); count])
+        })
     }
 
     fn delete_user(&self, project: &str, user_id: &str) -> Result<Vec<String>> {
@@ -431,8 +546,9 @@ impl RemoteEvents for ClickHouseStorage {
         self.ids.next()
     }
 
+    /// Every call checks it: concurrent checks share one query (`SharedRead`).
     fn generation(&self) -> Result<u64> {
-        self.run(|store| Box::pin(async move { store.generation().await }))
+        self.generation.read(|| self.run(|store| Box::pin(async move { store.generation().await })))
     }
 
     fn rewrite_records(&self, rewrite: &mut RecordRewrite<'_>) -> Result<usize> {
@@ -461,6 +577,7 @@ impl RemoteEvents for ClickHouseStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn sequence_numbers_grow_and_never_repeat_across_threads() {
@@ -484,5 +601,78 @@ mod tests {
         assert_eq!(all.len(), count, "no number is given out twice");
         let now = (now_micros() as u64) << 10;
         assert!(all[0] > now - (60_000_000 << 10) && *all.last().unwrap() <= now + (1 << 30), "clock-based");
+    }
+
+    #[test]
+    fn a_group_commit_answers_each_item_and_stores_it_once() {
+        let commit: GroupCommit<u64, u64> = GroupCommit::new(2, 5);
+        let stored = parking_lot::Mutex::new(Vec::new());
+        let groups = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for thread in 0..8u64 {
+                let (commit, stored, groups) = (&commit, &stored, &groups);
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        let item = thread * 100 + i;
+                        let answer = commit.submit("p", item, 1, |group| {
+                            assert!(group.len() <= 5, "a group of {} is past its weight", group.len());
+                            groups.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                            stored.lock().extend(group.iter().copied());
+                            Ok(group.iter().map(|item| item * 2).collect())
+                        });
+                        assert_eq!(answer.unwrap(), item * 2);
+                    }
+                });
+            }
+        });
+        let mut stored = stored.into_inner();
+        stored.sort_unstable();
+        let expected: Vec<u64> = (0..8).flat_map(|t| (0..25).map(move |i| t * 100 + i)).collect();
+        assert_eq!(stored, expected);
+        let groups = groups.into_inner();
+        assert!(groups < 200, "{groups} stores for 200 items: nothing was grouped");
+        assert!(commit.queues.lock().is_empty(), "the queue of an idle project is left behind");
+    }
+
+    #[test]
+    fn a_failed_group_fails_every_item_in_it_and_the_next_group_stores() {
+        let commit: GroupCommit<u64, ()> = GroupCommit::new(1, 10);
+        let failed = commit.submit("p", 1, 1, |_| Err(Error::BackendUnavailable("down".into())));
+        assert!(matches!(failed, Err(Error::BackendUnavailable(m)) if m == "down"));
+        let short = commit.submit("p", 2, 1, |_| Ok(Vec::new()));
+        assert!(matches!(short, Err(Error::Internal(m)) if m.contains("gave 0 answers")));
+        assert!(commit.submit("p", 3, 1, |group| Ok(vec![(); group.len()])).is_ok());
+    }
+
+    #[test]
+    fn a_shared_read_sees_every_write_finished_before_it_and_runs_fewer_queries() {
+        let shared: SharedRead<u64> = SharedRead::default();
+        let writes = AtomicU64::new(0);
+        let reads = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                let (shared, writes, reads) = (&shared, &writes, &reads);
+                scope.spawn(move || {
+                    for _ in 0..30 {
+                        let written = writes.fetch_add(1, Ordering::SeqCst) + 1;
+                        let seen = shared
+                            .read(|| {
+                                reads.fetch_add(1, Ordering::Relaxed);
+                                let now = writes.load(Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(1));
+                                Ok(now)
+                            })
+                            .unwrap();
+                        assert!(seen >= written, "a read saw {seen} writes after the {written}th finished");
+                    }
+                });
+            }
+        });
+        let reads = reads.into_inner();
+        assert!(reads <= 120, "{reads} queries for 240 reads: they were not shared");
+        let failing = shared.read(|| Err(Error::BackendUnavailable("down".into())));
+        assert!(failing.is_err());
+        assert_eq!(shared.read(|| Ok(7)).unwrap(), 7, "a failed read is not kept as the answer");
     }
 }

@@ -116,15 +116,16 @@ fn is_db_name(name: &str) -> bool {
         || name.strip_prefix("sled.").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Removes database directories other than the live one: a compaction that crashed before
-/// switching, or the old database of one that crashed after.
-fn remove_stale_dbs(dir: &Path, live: &str) -> Result<()> {
+/// Removes database directories other than the live one: the one a compaction just replaced,
+/// or at open what a crashed compaction left (its new database before the switch, the old one
+/// after); `what` says which, for the log.
+fn remove_stale_dbs(dir: &Path, live: &str, what: &str) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_db_name(&name) && name != live {
-            tracing::info!(dir = %entry.path().display(), "removing a database left by an earlier compaction");
+            tracing::info!(dir = %entry.path().display(), "removing {what}");
             std::fs::remove_dir_all(entry.path()).map_err(|e| io_error("cannot remove", &entry.path(), e))?;
         }
     }
@@ -136,7 +137,7 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
         let live = current_db(dir)?;
-        remove_stale_dbs(dir, &live)?;
+        remove_stale_dbs(dir, &live, "a database left by an earlier compaction")?;
         Self::open_live(dir, &live)
     }
 
@@ -363,7 +364,7 @@ impl Storage for SledStorage {
         replace_durably(&self.dir, CURRENT, new_name.as_bytes())?;
         let old = std::mem::replace(&mut *inner, fresh);
         drop(old);
-        remove_stale_dbs(&self.dir, &new_name)
+        remove_stale_dbs(&self.dir, &new_name, "the database this compaction replaced")
     }
 }
 

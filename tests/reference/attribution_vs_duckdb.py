@@ -12,13 +12,12 @@ Run: python3 tests/reference/attribution_vs_duckdb.py
 import datetime as dt
 import math
 import os
-import subprocess
 import sys
 
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, binary, stubs  # noqa: E402
+from sextant_client import Checks, Server, sextant, stubs  # noqa: E402
 
 FROM = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
 TO = dt.datetime(2026, 3, 15, tzinfo=dt.timezone.utc)
@@ -38,11 +37,10 @@ HALF_LIFE_DAYS = 7
 
 
 def load(server, data):
-    subprocess.run([binary(), "load", "--addr", server.addr, "--project", "ref",
-                    "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl"),
-                    "--touches", os.path.join(data, "touches.jsonl"), "--aliases", os.path.join(data, "aliases.jsonl"),
-                    "--spend", os.path.join(data, "spend.jsonl"), "--spend-metric", "ad_spend"],
-                   check=True, stdout=subprocess.DEVNULL)
+    sextant("load", "--addr", server.addr, "--project", "ref",
+            "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl"),
+            "--touches", os.path.join(data, "touches.jsonl"), "--aliases", os.path.join(data, "aliases.jsonl"),
+            "--spend", os.path.join(data, "spend.jsonl"), "--spend-metric", "ad_spend")
 
 
 def duckdb_of(data):
@@ -117,8 +115,7 @@ def main():
     checks = Checks()
     with Server() as server:
         data = os.path.join(server.dir, "data")
-        subprocess.run([binary(), "gen", "--users", str(USERS), "--seed", str(SEED), "--out", data], check=True,
-                       stdout=subprocess.DEVNULL)
+        sextant("gen", "--users", USERS, "--seed", SEED, "--out", data)
         load(server, data)
         analysis = pb["analysis_grpc"].AnalysisServiceStub(grpc.insecure_channel(server.addr))
         a, c = pb["analysis"], pb["common"]

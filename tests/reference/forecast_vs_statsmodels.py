@@ -16,14 +16,13 @@ that the bar is not met by the luck of one seed; about 8 s a seed).
 """
 import datetime as dt
 import os
-import subprocess
 import sys
 import warnings
 
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sextant_client import Checks, Server, binary, stubs  # noqa: E402
+from sextant_client import Checks, Server, sextant, stubs  # noqa: E402
 
 START = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)  # a Monday: whole weeks from the start
 DAYS = 182
@@ -41,11 +40,10 @@ def compare(pb, seed):
 
     with Server() as server:
         data = os.path.join(server.dir, "data")
-        subprocess.run([binary(), "gen", "--users", "5000", "--seed", str(seed), "--days", str(DAYS),
-                        "--start", START.date().isoformat(), "--out", data], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([binary(), "load", "--addr", server.addr, "--project", "ref",
-                        "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl")],
-                       check=True, stdout=subprocess.DEVNULL)
+        sextant("gen", "--users", 5000, "--seed", seed, "--days", DAYS, "--start", START.date().isoformat(),
+                "--out", data)
+        sextant("load", "--addr", server.addr, "--project", "ref",
+                "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl"))
         channel = grpc.insecure_channel(server.addr)
         metrics = pb["metric_grpc"].MetricServiceStub(channel)
         m, c = pb["metric"], pb["common"]

@@ -38,6 +38,16 @@ def binary():
     return path
 
 
+def sextant(*args):
+    """Runs `sextant ARGS...` (gen, load); on failure raises with what it printed to stderr, so the
+    check's last lines say why (without a backtrace pushing the message out of a CI log's tail)."""
+    env = dict(os.environ, RUST_BACKTRACE="0")
+    done = subprocess.run([binary(), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"sextant {args[0]} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+
+
 def storage_flags(data_dir):
     """With SEXTANT_TEST_STORAGE=clickhouse, the server runs on the cluster of
     SEXTANT_CLICKHOUSE_URL, in a database of its own (how scripts/test.sh checks both backends)."""
@@ -53,35 +63,44 @@ class Server:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="sextant-ref-")
+        # The server's log, printed when a check fails (its stderr is not the check's output).
+        self.log = open(os.path.join(self.dir, "server.log"), "w+")
         self.proc = subprocess.Popen(
             [binary(), "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir", os.path.join(self.dir, "db")]
             + storage_flags(self.dir),
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log,
             text=True,
+            env=dict(os.environ, NO_COLOR="1"),
         )
         line = self.proc.stdout.readline()
         prefix = "sextant listening on "
         if not line.startswith(prefix):
             self.proc.kill()
-            sys.exit(f"server did not start: {line!r}")
+            self.proc.wait()
+            self.log.seek(0)
+            sys.exit(f"server did not start: {line!r}; its log:\n{self.log.read()[-4000:]}")
         self.addr = line[len(prefix):].strip()
 
     def generate_and_load(self, users, seed, project):
         data = os.path.join(self.dir, "data")
-        subprocess.run([binary(), "gen", "--users", str(users), "--seed", str(seed), "--out", data], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run([binary(), "load", "--addr", self.addr, "--project", project,
-                        "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl")],
-                       check=True, stdout=subprocess.DEVNULL)
+        sextant("gen", "--users", users, "--seed", seed, "--out", data)
+        sextant("load", "--addr", self.addr, "--project", project,
+                "--users", os.path.join(data, "users.jsonl"), "--events", os.path.join(data, "events.jsonl"))
         return data
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, value, traceback):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        if kind is not None and not (kind is SystemExit and value.code in (0, None)):
+            self.log.seek(0)
+            tail = self.log.readlines()[-40:]
+            print(f"--- the server's log, last {len(tail)} lines ({self.proc.returncode=}):", file=sys.stderr)
+            sys.stderr.writelines(tail)
+        self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
