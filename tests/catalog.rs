@@ -103,6 +103,42 @@ async fn block_rejects_violating_events_only() {
     assert_eq!(ids, vec!["v"]);
 }
 
+/// A quarantined event adds its property keys when a replay stores it, within
+/// `--max-property-keys` like a Track call's: one past the limit stays in quarantine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_events_count_against_the_property_key_limit() {
+    let server = TestServer::start_with(|c| c.max_property_keys = 3).await;
+    server.create_project("p").await;
+    set_enforcement(&server, pb::Enforcement::Quarantine).await;
+    let keyed = |id: &str, keys: &[&str]| {
+        let props: Vec<(&str, pb::Value)> = keys.iter().map(|k| (*k, num(1.0))).collect();
+        with_props(event(id, "mystery", "u1", 12), &props)
+    };
+    // Not in the plan: quarantined, and their keys do not count yet.
+    let reply = server.track("p", vec![keyed("q1", &["a", "b"]), keyed("q2", &["c", "d"]), keyed("q3", &["b"])]).await;
+    assert_eq!((reply.accepted, reply.quarantined), (0, 3));
+
+    let mut catalog = server.catalog();
+    let open = pb::EventType { name: "mystery".into(), ..Default::default() };
+    catalog
+        .upsert_event_type(pb::UpsertEventTypeRequest { project: "p".into(), event_type: Some(open) })
+        .await
+        .unwrap();
+    let replay = pb::ReplayQuarantinedRequest { project: "p".into(), ids: vec![] };
+    let outcome = catalog.replay_quarantined(replay.clone()).await.unwrap().into_inner();
+    assert_eq!((outcome.accepted, outcome.remaining, outcome.rejected), (2, 0, 1));
+    let ids: Vec<String> = server.export("p").await.into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, vec!["q1", "q3"]);
+    assert_eq!(server.stats("p").await.quarantined, 1, "q2 stays in quarantine");
+
+    // The project holds 2 keys: a Track call may add one more, and then q2 still does not fit.
+    let reply = server.track("p", vec![keyed("t1", &["e"]), keyed("t2", &["f"])]).await;
+    assert_eq!(reply.accepted, 1);
+    assert!(reply.rejected[0].message.starts_with("events[1].properties.f: a new key, and the project holds 3"));
+    let outcome = catalog.replay_quarantined(replay).await.unwrap().into_inner();
+    assert_eq!((outcome.accepted, outcome.rejected), (0, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_keeps_violations_apart_until_replayed() {
     let server = plan_server().await;

@@ -2,7 +2,7 @@
 //! validates and enforces the plan (`ingest::validate`), encodes its log records on the
 //! caller's thread and waits for the single writer (`ingest::writer`) to make them durable.
 
-use crate::core::engine::{Engine, ProjectEntry};
+use crate::core::engine::{Engine, ProjectEntry, ProjectState};
 use crate::core::ingest::{self, Incoming, TrackOutcome, WriteJob, WriteResult};
 use crate::core::model::{Enforcement, Event, QuarantinedEvent, UserUpdate, Value};
 use crate::core::store::record::{LogRecord, encode_record};
@@ -211,16 +211,8 @@ impl Engine {
             let stored =
                 |id: &str| remote_stored.contains(id) || self.seen.read().contains(&ingest::event_key(project_id, id));
             let quarantined = |id: &str| held.contains(id) || held_pending.contains(id);
-            // The embedded table's key space is bounded (`Limits::max_property_keys`); a remote
-            // engine's is not, and then no key counts as new.
-            let (keys, remote) = (state.data.table.keys(), self.remote().is_some());
-            let key_known = |key: &str| remote || keys.get(key).is_some();
-            let received = ingest::Received {
-                stored: &stored,
-                quarantined: &quarantined,
-                key_known: &key_known,
-                keys: keys.len(),
-            };
+            let (key_known, keys) = self.property_keys(&state);
+            let received = ingest::Received { stored: &stored, quarantined: &quarantined, key_known: &key_known, keys };
             let now = self.clock.now();
             let cutoff = state.project.retention_cutoff(now);
             ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now, cutoff, &received)
@@ -282,6 +274,14 @@ impl Engine {
         let record = LogRecord::Users { project: project_id.to_owned(), at: self.clock.now(), updates: valid };
         self.write(entry, vec![record], vec![]).await?;
         Ok((updated, rejected))
+    }
+
+    /// Whether the project holds a property key, and how many it holds, for a `KeyBudget`. The
+    /// embedded table's key space is bounded (`Limits::max_property_keys`); a remote engine's
+    /// is not, and then no key counts as new.
+    fn property_keys<'a>(&self, state: &'a ProjectState) -> (impl Fn(&str) -> bool + 'a, usize) {
+        let (keys, remote) = (state.data.table.keys(), self.remote().is_some());
+        (move |key: &str| remote || keys.get(key).is_some(), keys.len())
     }
 
     /// Validates trait updates and keeps the trait names they add within
@@ -358,6 +358,11 @@ impl Engine {
                 };
                 let mut passing = Vec::new();
                 let mut leaving = Vec::new();
+                // Stored events add their keys now, so they count against the project's limit
+                // like a Track call's; one past it stays in quarantine.
+                let (key_known, keys) = engine.property_keys(state);
+                let limit = engine.limits.max_property_keys;
+                let mut key_budget = ingest::KeyBudget::new(&key_known, keys, limit, "property keys");
                 for entry in selected {
                     let mut event = entry.event.clone();
                     if ingest::validate_event(&mut event, 0, &engine.limits, now).is_err() {
@@ -367,6 +372,10 @@ impl Engine {
                     let plan = state.defs.event_types.get(&event.name);
                     if !crate::core::catalog::violations(&event, plan).is_empty() {
                         outcome.remaining += 1;
+                        continue;
+                    }
+                    if key_budget.admit(&[("properties", &event.properties)]).is_err() {
+                        outcome.rejected += 1;
                         continue;
                     }
                     passing.push(event);
