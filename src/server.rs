@@ -80,6 +80,15 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
         Ok(Engine::open(opening.open_storage()?, opening.limits(), opening.clock.clone())?)
     })
     .await??;
+    // A checkpoint file that fails its check ends the process, as if the start had refused
+    // it: no query has read it (they wait for the check), and every ack is in the log.
+    let verification = engine.verification();
+    std::thread::spawn(move || {
+        if let Err(error) = verification.outcome() {
+            tracing::error!(%error, "stopping: a checkpoint file is corrupt");
+            std::process::exit(1);
+        }
+    });
 
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;

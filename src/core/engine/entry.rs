@@ -7,10 +7,16 @@
 //! durable and visible to every read that starts after it, and a long query holds up no ack,
 //! its own project's included. Past the bound, a job's ack waits until it is applied, which
 //! bounds the memory a long query can make the queue take.
+//!
+//! A project loaded at start also waits for the check of its checkpoint's column files
+//! (`Verification`) before its first read: the port opens without reading every byte, and no
+//! query ever reads a file whose checksum has not passed.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::core::engine::ProjectState;
 use crate::core::store::record::LogRecord;
@@ -22,6 +28,60 @@ pub type Reply = Box<dyn FnOnce() + Send>;
 pub struct ProjectEntry {
     state: RwLock<ProjectState>,
     pending: Mutex<Pending>,
+    /// The check of the files the state was loaded from, which reads wait for (none: made
+    /// after the start, from nothing unverified).
+    verification: Option<Arc<Verification>>,
+}
+
+/// The background check of a checkpoint's column files after a start (see the module doc).
+/// Writes go on meanwhile: they append past the checked bytes, and the dedupe files are
+/// checked before the port opens. A failed check is final: the server ends the process on
+/// it (`server::start`), and a read still waiting panics rather than read a bad file.
+#[derive(Debug, Default)]
+pub struct Verification {
+    passed: AtomicBool,
+    outcome: Mutex<Option<Result<(), String>>>,
+    done: Condvar,
+}
+
+impl Verification {
+    pub fn running() -> Arc<Verification> {
+        Arc::new(Verification::default())
+    }
+
+    pub fn passed() -> Arc<Verification> {
+        let verification = Verification::running();
+        verification.finish(Ok(()));
+        verification
+    }
+
+    pub fn finish(&self, outcome: Result<(), String>) {
+        let mut slot = self.outcome.lock();
+        self.passed.store(outcome.is_ok(), Ordering::Release);
+        *slot = Some(outcome);
+        self.done.notify_all();
+    }
+
+    /// Waits for the check to end and returns how it did.
+    pub fn outcome(&self) -> Result<(), String> {
+        let mut slot = self.outcome.lock();
+        loop {
+            if let Some(outcome) = &*slot {
+                return outcome.clone();
+            }
+            self.done.wait(&mut slot);
+        }
+    }
+
+    /// Waits for the check to pass; panics when it failed.
+    pub fn wait(&self) {
+        if self.passed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(error) = self.outcome() {
+            panic!("refusing to read a project whose files failed their check: {error}");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -41,12 +101,26 @@ struct PendingJob {
 
 impl ProjectEntry {
     pub fn new(state: ProjectState) -> ProjectEntry {
-        ProjectEntry { state: RwLock::new(state), pending: Mutex::default() }
+        ProjectEntry { state: RwLock::new(state), pending: Mutex::default(), verification: None }
     }
 
-    /// The state with every write acked so far applied. Waits for a query holding the lock
-    /// only when there is something to apply.
+    /// A project loaded from files that `verification` checks.
+    pub fn loaded(state: ProjectState, verification: Arc<Verification>) -> ProjectEntry {
+        ProjectEntry { verification: Some(verification), ..ProjectEntry::new(state) }
+    }
+
+    /// Waits until the files the state was loaded from passed their check (see
+    /// `Verification`).
+    pub fn wait_verified(&self) {
+        if let Some(verification) = &self.verification {
+            verification.wait();
+        }
+    }
+
+    /// The state with every write acked so far applied, once its files passed their check.
+    /// Waits for a query holding the lock only when there is something to apply.
     pub fn read(&self) -> RwLockReadGuard<'_, ProjectState> {
+        self.wait_verified();
         if !self.has_pending() {
             return self.state.read();
         }
@@ -196,5 +270,38 @@ mod tests {
         // The queue's weight starts again from nothing.
         assert!(push(&entry, &["e", "f", "g"], vec![], &replied));
         assert_eq!(entry.write().data.table.len(), 7);
+    }
+
+    #[test]
+    fn reads_of_a_loaded_project_wait_for_its_files_check_and_writes_do_not() {
+        let verification = Verification::running();
+        let entry = Arc::new(ProjectEntry::loaded(ProjectState::for_test("p"), verification.clone()));
+        let (done, read) = std::sync::mpsc::channel();
+        let reader = {
+            let entry = entry.clone();
+            std::thread::spawn(move || done.send(entry.read().data.table.len()).unwrap())
+        };
+        // Ingestion's reads and the writer go on meanwhile.
+        assert_eq!(entry.read_without_pending().data.table.len(), 0);
+        entry.write().data.apply(&events(&["a"])[0], &[true]);
+        assert!(read.recv_timeout(std::time::Duration::from_millis(50)).is_err(), "a read went ahead of the check");
+        verification.finish(Ok(()));
+        assert_eq!(read.recv().unwrap(), 1, "the read sees the write made meanwhile");
+        reader.join().unwrap();
+        assert_eq!(entry.read().data.table.len(), 1);
+        assert_eq!(verification.outcome(), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_check_fails_every_read_of_the_project() {
+        let verification = Verification::running();
+        let entry = ProjectEntry::loaded(ProjectState::for_test("p"), verification.clone());
+        verification.finish(Err("segments/7.col is corrupt".into()));
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.read().data.table.len()));
+        let message = *read.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("segments/7.col is corrupt"), "{message}");
+        assert_eq!(verification.outcome(), Err("segments/7.col is corrupt".into()));
+        // A project made after the start has nothing to wait for.
+        assert_eq!(ProjectEntry::new(ProjectState::for_test("q")).read().data.table.len(), 0);
     }
 }

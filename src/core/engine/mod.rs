@@ -85,7 +85,7 @@ pub struct Definitions {
     pub holdouts: BTreeMap<String, Holdout>,
 }
 
-pub use entry::ProjectEntry;
+pub use entry::{ProjectEntry, Verification};
 
 impl ProjectState {
     /// A project with no data yet, its columns in files of `columns` (or in memory).
@@ -149,6 +149,57 @@ pub struct Engine {
     cohorts_counted: AtomicU64,
     /// Rebuilt project states not swapped in yet (their project was busy).
     pending: Mutex<BTreeMap<String, (u64, ProjectState)>>,
+    verification: Arc<Verification>,
+}
+
+/// Verifies the projects' column files of `manifest` on a thread of its own (see
+/// `Verification`).
+fn verify_in_background(dir: std::path::PathBuf, manifest: Manifest, started: std::time::Instant) -> Arc<Verification> {
+    let verification = Verification::running();
+    let finish = verification.clone();
+    std::thread::spawn(move || {
+        let outcome = manifest.verify_projects(&dir).map_err(|e| e.to_string());
+        match &outcome {
+            Ok(files) => {
+                tracing::info!(files, elapsed_ms = started.elapsed().as_millis() as u64, "column files verified")
+            }
+            Err(error) => tracing::error!(%error, "a checkpoint file failed its check"),
+        }
+        finish.finish(outcome.map(|_| ()));
+    });
+    verification
+}
+
+/// Projects of at least this many events get their person order built right after a start.
+const WARM_UP_ROWS: usize = 100_000;
+
+/// The projects whose person order a start builds before any query asks (largest first): a
+/// large project's first query after a restart then waits for less of it.
+fn warm_up_order(projects: &BTreeMap<String, ProjectState>) -> Vec<String> {
+    let mut large: Vec<(usize, &String)> = projects
+        .iter()
+        .map(|(id, state)| (state.data.table.len(), id))
+        .filter(|(rows, _)| *rows >= WARM_UP_ROWS)
+        .collect();
+    large.sort_unstable_by(|a, b| b.cmp(a));
+    large.into_iter().map(|(_, id)| id.clone()).collect()
+}
+
+/// Builds the person orders of `ids`, one after another, on a thread of its own, beside the
+/// files' check: queries still wait for the check, then find the order built (or wait for
+/// the build under way, see `PersonOrderCache`). It reads the state without waiting for the
+/// check, holding the project's read lock as a query would.
+fn warm_up_in_background(projects: &checkpoint::ProjectMap, ids: Vec<String>) {
+    let entries: Vec<Arc<ProjectEntry>> = ids.iter().filter_map(|id| projects.read().get(id).cloned()).collect();
+    if entries.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for entry in entries {
+            let state = entry.read_without_pending();
+            state.data.person_order.get(&state.data.table);
+        }
+    });
 }
 
 /// The engine's column files under a data directory: `segments` (checkpointed, see
@@ -255,14 +306,16 @@ impl Engine {
             Some(space) => Manifest::read(space.dir())?,
             None => None,
         };
-        // The checkpoint's files are verified while they are loaded: loading only reads them,
-        // and nothing is applied or answered until both are done. A bad file is the error
-        // (it names the file) even when the load failed on it first.
+        // The dedupe files are verified while the checkpoint loads (loading only reads them),
+        // and nothing is replayed or acked until both are done. A bad file is the error (it
+        // names the file) even when the load failed on it first. The projects' column files
+        // are verified after the port opens, while queries wait (`Verification`); the load
+        // checks their sizes, and the compressed files as it reads them.
         let (verified, loaded) = std::thread::scope(|scope| {
             let verifying = match (&columns, &manifest) {
                 (Some(space), Some(manifest)) => Some(scope.spawn(|| {
-                    manifest.verify(space.dir())?;
-                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint files verified");
+                    manifest.verify_seen(space.dir())?;
+                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "dedupe files verified");
                     Ok::<(), Error>(())
                 })),
                 _ => None,
@@ -347,9 +400,18 @@ impl Engine {
             "storage loaded"
         );
         let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
+        let verification = match (&columns, &manifest) {
+            (Some(space), Some(manifest)) => verify_in_background(space.dir().to_owned(), manifest.clone(), started),
+            _ => Verification::passed(),
+        };
+        let warm = warm_up_order(&projects);
         let projects: checkpoint::ProjectMap = Arc::new(RwLock::new(
-            projects.into_iter().map(|(id, state)| (id, Arc::new(ProjectEntry::new(state)))).collect(),
+            projects
+                .into_iter()
+                .map(|(id, state)| (id, Arc::new(ProjectEntry::loaded(state, verification.clone()))))
+                .collect(),
         ));
+        warm_up_in_background(&projects, warm);
         let checkpointer = columns.as_ref().map(|space| checkpoint::Checkpointer {
             projects: projects.clone(),
             space: space.clone(),
@@ -386,7 +448,13 @@ impl Engine {
             pushed_down: Arc::default(),
             cohorts_counted: AtomicU64::default(),
             pending: Mutex::new(BTreeMap::new()),
+            verification,
         }))
+    }
+
+    /// The check of the files the start loaded (see `Verification`).
+    pub fn verification(&self) -> Arc<Verification> {
+        self.verification.clone()
     }
 
     /// Stops the writer after the queued writes and makes everything durable. Writes after

@@ -196,59 +196,73 @@ impl Manifest {
     /// on all cores); the first bad one is the error, naming it. Returns how many files were
     /// checked.
     pub fn verify(&self, dir: &Path) -> Result<usize> {
-        let corrupt = |file: &str, why: &str| {
-            Error::Storage(format!(
-                "{} is corrupt ({why}); restore the data directory from a backup",
-                dir.join(file).display()
-            ))
-        };
         for (file, listed) in self.projects.values().flat_map(|p| p.compressed()) {
             let path = dir.join(file);
             let bytes = std::fs::read(&path).map_err(|e| io_error("cannot read", &path, e))?;
             if checksum(&bytes) != listed {
-                return Err(corrupt(file, "its checksum differs from the manifest's"));
+                return Err(corrupt(dir, file, "its checksum differs from the manifest's"));
             }
         }
-        let mut columns: Vec<&ColumnRef> = self.seen_columns().collect();
-        columns.extend(self.projects.values().flat_map(|p| p.columns.values()));
-        let check = |column: &ColumnRef| -> Result<()> {
-            let path = dir.join(&column.file);
-            let file = std::fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
-            let size = file.metadata().map_err(|e| io_error("cannot stat", &path, e))?.len();
-            if size < column.bytes {
-                return Err(corrupt(&column.file, "it is shorter than the manifest lists"));
-            }
-            let sums = if column.bytes == 0 {
-                Vec::new()
-            } else {
-                // SAFETY: a read-only map of a file no process changes in the listed prefix
-                // (columns only append past it).
-                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?;
-                block_checksums(&map[..column.bytes as usize])
-            };
-            if sums != column.checksums {
-                return Err(corrupt(&column.file, "its checksum differs from the manifest's"));
-            }
-            Ok(())
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(columns.len().max(1));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(column) = columns.get(i) else { return Ok::<(), Error>(()) };
-                            check(column)?;
-                        }
-                    })
-                })
-                .collect();
-            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-        })?;
-        Ok(self.projects.len() + columns.len())
+        Ok(self.projects.len() + self.verify_seen(dir)? + self.verify_projects(dir)?)
     }
+
+    /// `verify` for the dedupe runs' files only: what a start checks before it replays the
+    /// log or acks a write (the projects' own compressed files are checked as they load).
+    pub fn verify_seen(&self, dir: &Path) -> Result<usize> {
+        verify_columns(dir, self.seen_columns().collect())
+    }
+
+    /// `verify` for the projects' column files only: what a start checks in the background
+    /// while queries wait (`engine::Verification`).
+    pub fn verify_projects(&self, dir: &Path) -> Result<usize> {
+        verify_columns(dir, self.projects.values().flat_map(|p| p.columns.values()).collect())
+    }
+}
+
+fn corrupt(dir: &Path, file: &str, why: &str) -> Error {
+    Error::Storage(format!("{} is corrupt ({why}); restore the data directory from a backup", dir.join(file).display()))
+}
+
+/// Checks column files against their block checksums on all cores; the first bad one is the
+/// error, naming it. Returns how many were checked.
+fn verify_columns(dir: &Path, columns: Vec<&ColumnRef>) -> Result<usize> {
+    let check = |column: &ColumnRef| -> Result<()> {
+        let path = dir.join(&column.file);
+        let file = std::fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+        let size = file.metadata().map_err(|e| io_error("cannot stat", &path, e))?.len();
+        if size < column.bytes {
+            return Err(corrupt(dir, &column.file, "it is shorter than the manifest lists"));
+        }
+        let sums = if column.bytes == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: a read-only map of a file no process changes in the listed prefix
+            // (columns only append past it).
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?;
+            block_checksums(&map[..column.bytes as usize])
+        };
+        if sums != column.checksums {
+            return Err(corrupt(dir, &column.file, "its checksum differs from the manifest's"));
+        }
+        Ok(())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(columns.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(column) = columns.get(i) else { return Ok::<(), Error>(()) };
+                        check(column)?;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    })?;
+    Ok(columns.len())
 }
 
 /// The small part of a project's data, serialized whole at each checkpoint: borrowed when
