@@ -468,6 +468,27 @@ fn read_manifest(segments: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap()
 }
 
+/// Runs `sextant serve` on `dir` until it exits by itself (it must, within a minute: a server
+/// still running then is killed and the test fails).
+fn serve_until_it_stops(dir: &Path) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sextant"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    panic!("the server kept running; its log:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// A checkpoint file changed on disk is found by its checksum: the server stops, naming the
 /// file, and `sextant check` names it too. Nothing is answered from a bad file (queries wait
 /// for the check, `engine::Verification`). A file cut short is refused before the port opens.
@@ -485,11 +506,7 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     bytes[8 * 150] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
 
-    let output = Command::new(env!("CARGO_BIN_EXE_sextant"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
-        .arg(temp.path())
-        .output()
-        .unwrap();
+    let output = serve_until_it_stops(temp.path());
     assert!(!output.status.success(), "the server must not start on a corrupt file");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&times) && stderr.contains("corrupt"), "{stderr}");
@@ -502,15 +519,39 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     let names = manifest["projects"]["p"]["columns"]["name"]["file"].as_str().unwrap().to_owned();
     let file = std::fs::OpenOptions::new().write(true).open(segments.join(&names)).unwrap();
     file.set_len(file.metadata().unwrap().len() / 2).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_sextant"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
-        .arg(temp.path())
-        .output()
-        .unwrap();
+    let output = serve_until_it_stops(temp.path());
     assert!(!output.status.success(), "the server must not start on a file cut short");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"), "the port opened");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&names), "{stderr}");
+}
+
+/// Checksums catch a changed file; a file written wrong with matching checksums (a bug, not
+/// the disk) is caught by the rows' check that follows them: a row naming no person ends the
+/// process, naming the project, before any query reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
+    use sextant::core::store::column::block_checksums;
+    let temp = tempfile::tempdir().unwrap();
+    let events: Vec<pb::Event> = (0..300).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
+    checkpoint_of(temp.path(), events).await;
+
+    let segments = temp.path().join("segments");
+    let mut manifest = read_manifest(&segments);
+    let person = &mut manifest["projects"]["p"]["columns"]["person"];
+    let path = segments.join(person["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4 * 150..4 * 151].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let listed = person["bytes"].as_u64().unwrap() as usize;
+    person["checksums"] = serde_json::json!(block_checksums(&bytes[..listed]));
+    std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    check_data_dir(temp.path()).expect("the checksums match");
+
+    let output = serve_until_it_stops(temp.path());
+    assert!(!output.status.success(), "the server must stop on rows naming no person");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("project p is inconsistent") && stderr.contains("a person"), "{stderr}");
 }
 
 /// A checkpoint written before manifest version 3 (event ids, anonymous people and previous

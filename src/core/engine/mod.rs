@@ -152,22 +152,40 @@ pub struct Engine {
     verification: Arc<Verification>,
 }
 
-/// Verifies the projects' column files of `manifest` on a thread of its own (see
-/// `Verification`).
-fn verify_in_background(dir: std::path::PathBuf, manifest: Manifest, started: std::time::Instant) -> Arc<Verification> {
-    let verification = Verification::running();
-    let finish = verification.clone();
+/// Checks the projects' column files of `manifest` on a thread of its own, then every loaded
+/// table's rows against its people and names (`EventTable::check_rows`), and ends
+/// `verification` with the outcome.
+fn verify_in_background(
+    dir: std::path::PathBuf,
+    manifest: Manifest,
+    projects: checkpoint::ProjectMap,
+    verification: Arc<Verification>,
+    started: std::time::Instant,
+) {
     std::thread::spawn(move || {
-        let outcome = manifest.verify_projects(&dir).map_err(|e| e.to_string());
+        let rows = || {
+            let entries: Vec<(String, Arc<ProjectEntry>)> =
+                projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect();
+            for (id, entry) in entries {
+                let state = entry.read_without_pending();
+                state.data.table.check_rows().map_err(|e| {
+                    format!(
+                        "the checkpoint of project {id} is inconsistent ({e}); restore the data directory from a backup"
+                    )
+                })?;
+            }
+            Ok(())
+        };
+        let outcome =
+            manifest.verify_projects(&dir).map_err(|e| e.to_string()).and_then(|files| rows().map(|()| files));
         match &outcome {
             Ok(files) => {
                 tracing::info!(files, elapsed_ms = started.elapsed().as_millis() as u64, "column files verified")
             }
             Err(error) => tracing::error!(%error, "a checkpoint file failed its check"),
         }
-        finish.finish(outcome.map(|_| ()));
+        verification.finish(outcome.map(|_| ()));
     });
-    verification
 }
 
 /// Projects of at least this many events get their person order built right after a start.
@@ -400,10 +418,8 @@ impl Engine {
             "storage loaded"
         );
         let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
-        let verification = match (&columns, &manifest) {
-            (Some(space), Some(manifest)) => verify_in_background(space.dir().to_owned(), manifest.clone(), started),
-            _ => Verification::passed(),
-        };
+        let checked = columns.as_ref().zip(manifest.as_ref());
+        let verification = if checked.is_some() { Verification::running() } else { Verification::passed() };
         let warm = warm_up_order(&projects);
         let projects: checkpoint::ProjectMap = Arc::new(RwLock::new(
             projects
@@ -411,6 +427,10 @@ impl Engine {
                 .map(|(id, state)| (id, Arc::new(ProjectEntry::loaded(state, verification.clone()))))
                 .collect(),
         ));
+        if let Some((space, manifest)) = checked {
+            let dir = space.dir().to_owned();
+            verify_in_background(dir, manifest.clone(), projects.clone(), verification.clone(), started);
+        }
         warm_up_in_background(&projects, warm);
         let checkpointer = columns.as_ref().map(|space| checkpoint::Checkpointer {
             projects: projects.clone(),
