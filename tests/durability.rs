@@ -468,9 +468,20 @@ fn read_manifest(segments: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(segments.join("MANIFEST")).unwrap()).unwrap()
 }
 
-/// Runs `sextant serve` on `dir` until it exits by itself (it must, within a minute: a server
-/// still running then is killed and the test fails).
-fn serve_until_it_stops(dir: &Path) -> std::process::Output {
+/// A clean stop's checkpoint of 300 views by one user in project "p": the temporary data
+/// directory and its `segments`.
+async fn checkpoint_of_views() -> (tempfile::TempDir, std::path::PathBuf) {
+    let temp = tempfile::tempdir().unwrap();
+    let events: Vec<pb::Event> = (0..300).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
+    checkpoint_of(temp.path(), events).await;
+    let segments = temp.path().join("segments");
+    (temp, segments)
+}
+
+/// Runs `sextant serve` on `dir`, which must stop by itself, with a failure (on `what`),
+/// within a minute (a server still running then is killed and the test fails): its stdout and
+/// stderr.
+fn refused(dir: &Path, what: &str) -> (String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sextant"))
         .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--data-dir"])
         .arg(dir)
@@ -480,13 +491,16 @@ fn serve_until_it_stops(dir: &Path) -> std::process::Output {
         .unwrap();
     for _ in 0..600 {
         if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+            let output = child.wait_with_output().unwrap();
+            assert!(!output.status.success(), "the server must not run on {what}");
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            return (text(&output.stdout), text(&output.stderr));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     child.kill().unwrap();
     let output = child.wait_with_output().unwrap();
-    panic!("the server kept running; its log:\n{}", String::from_utf8_lossy(&output.stderr));
+    panic!("the server kept running on {what}; its log:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A checkpoint file changed on disk is found by its checksum: the server stops, naming the
@@ -494,11 +508,7 @@ fn serve_until_it_stops(dir: &Path) -> std::process::Output {
 /// for the check, `engine::Verification`). A file cut short is refused before the port opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
-    let temp = tempfile::tempdir().unwrap();
-    let events: Vec<pb::Event> = (0..300).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
-    checkpoint_of(temp.path(), events).await;
-
-    let segments = temp.path().join("segments");
+    let (temp, segments) = checkpoint_of_views().await;
     let manifest = read_manifest(&segments);
     let times = manifest["projects"]["p"]["columns"]["time"]["file"].as_str().unwrap().to_owned();
     let path = segments.join(&times);
@@ -506,9 +516,7 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     bytes[8 * 150] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
 
-    let output = serve_until_it_stops(temp.path());
-    assert!(!output.status.success(), "the server must not start on a corrupt file");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stderr) = refused(temp.path(), "a corrupt file");
     assert!(stderr.contains(&times) && stderr.contains("corrupt"), "{stderr}");
     let error = check_data_dir(temp.path()).unwrap_err();
     assert!(format!("{error:#}").contains(&times), "{error:#}");
@@ -519,10 +527,8 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     let names = manifest["projects"]["p"]["columns"]["name"]["file"].as_str().unwrap().to_owned();
     let file = std::fs::OpenOptions::new().write(true).open(segments.join(&names)).unwrap();
     file.set_len(file.metadata().unwrap().len() / 2).unwrap();
-    let output = serve_until_it_stops(temp.path());
-    assert!(!output.status.success(), "the server must not start on a file cut short");
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"), "the port opened");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (stdout, stderr) = refused(temp.path(), "a file cut short");
+    assert!(!stdout.contains("listening"), "the port opened");
     assert!(stderr.contains(&names), "{stderr}");
 }
 
@@ -532,11 +538,7 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
     use sextant::core::store::column::block_checksums;
-    let temp = tempfile::tempdir().unwrap();
-    let events: Vec<pb::Event> = (0..300).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
-    checkpoint_of(temp.path(), events).await;
-
-    let segments = temp.path().join("segments");
+    let (temp, segments) = checkpoint_of_views().await;
     let mut manifest = read_manifest(&segments);
     let person = &mut manifest["projects"]["p"]["columns"]["person"];
     let path = segments.join(person["file"].as_str().unwrap());
@@ -548,9 +550,7 @@ async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
     std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     check_data_dir(temp.path()).expect("the checksums match");
 
-    let output = serve_until_it_stops(temp.path());
-    assert!(!output.status.success(), "the server must stop on rows naming no person");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stderr) = refused(temp.path(), "rows naming no person");
     assert!(stderr.contains("project p is inconsistent") && stderr.contains("a person"), "{stderr}");
 }
 

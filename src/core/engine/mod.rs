@@ -191,27 +191,23 @@ fn verify_in_background(
 /// Projects of at least this many events get their person order built right after a start.
 const WARM_UP_ROWS: usize = 100_000;
 
-/// The projects whose person order a start builds before any query asks (largest first): a
-/// large project's first query after a restart then waits for less of it.
-fn warm_up_order(projects: &BTreeMap<String, ProjectState>) -> Vec<String> {
-    let mut large: Vec<(usize, &String)> = projects
-        .iter()
-        .map(|(id, state)| (state.data.table.len(), id))
+/// Builds the person orders of the projects of at least `WARM_UP_ROWS` events (largest first),
+/// one after another, on a thread of its own, beside the files' check: a large project's first
+/// query after a restart then waits for less of it. Queries still wait for the check, then
+/// find the order built (or wait for the build under way, see `PersonOrderCache`). It reads
+/// the state without waiting for the check, holding the project's read lock as a query would.
+fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
+    let mut large: Vec<(usize, Arc<ProjectEntry>)> = projects
+        .read()
+        .values()
+        .map(|entry| (entry.read_without_pending().data.table.len(), entry.clone()))
         .filter(|(rows, _)| *rows >= WARM_UP_ROWS)
         .collect();
-    large.sort_unstable_by(|a, b| b.cmp(a));
-    large.into_iter().map(|(_, id)| id.clone()).collect()
-}
-
-/// Builds the person orders of `ids`, one after another, on a thread of its own, beside the
-/// files' check: queries still wait for the check, then find the order built (or wait for
-/// the build under way, see `PersonOrderCache`). It reads the state without waiting for the
-/// check, holding the project's read lock as a query would.
-fn warm_up_in_background(projects: &checkpoint::ProjectMap, ids: Vec<String>) {
-    let entries: Vec<Arc<ProjectEntry>> = ids.iter().filter_map(|id| projects.read().get(id).cloned()).collect();
-    if entries.is_empty() {
+    if large.is_empty() {
         return;
     }
+    large.sort_unstable_by_key(|(rows, _)| std::cmp::Reverse(*rows));
+    let entries: Vec<Arc<ProjectEntry>> = large.into_iter().map(|(_, entry)| entry).collect();
     std::thread::spawn(move || {
         for entry in entries {
             let state = entry.read_without_pending();
@@ -420,7 +416,6 @@ impl Engine {
         let seen: crate::core::ingest::SharedIds = Arc::new(RwLock::new(seen));
         let checked = columns.as_ref().zip(manifest.as_ref());
         let verification = if checked.is_some() { Verification::running() } else { Verification::passed() };
-        let warm = warm_up_order(&projects);
         let projects: checkpoint::ProjectMap = Arc::new(RwLock::new(
             projects
                 .into_iter()
@@ -431,7 +426,7 @@ impl Engine {
             let dir = space.dir().to_owned();
             verify_in_background(dir, manifest.clone(), projects.clone(), verification.clone(), started);
         }
-        warm_up_in_background(&projects, warm);
+        warm_up_in_background(&projects);
         let checkpointer = columns.as_ref().map(|space| checkpoint::Checkpointer {
             projects: projects.clone(),
             space: space.clone(),
