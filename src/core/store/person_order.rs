@@ -16,7 +16,7 @@
 //! belongs to the order (rebuilt with it, the tail merged in the same way), but a name's part
 //! is made when a scan first asks for that name, with the other missing names the scan asks
 //! for, in one pass: after a start, the first funnel waits for its four names' copies, not for
-//! every name's (at 31.66 M events, a third of the rows instead of all of them).
+//! every name's (for the generator's events, a fifth of the rows instead of all of them).
 
 use std::sync::Arc;
 
