@@ -152,7 +152,7 @@ pub struct ServeConfig {
     pub max_streams: usize,
 
     /// Time budget of a unary call (queries) in seconds, also bounded by the client's
-    /// grpc-timeout; 0: only the client's.
+    /// grpc-timeout; 0: only the client's. AdminService.Compact has only the client's.
     #[arg(long, env = "SEXTANT_QUERY_TIMEOUT_SECS", default_value_t = 30.0)]
     pub query_timeout_secs: f64,
 

@@ -169,6 +169,12 @@ pub const ACCESS: &[(&str, &[(&str, Access)])] = &[
     ("AdminService", &[("Backup", Server), ("Compact", Server)]),
 ];
 
+/// Unary methods the server's time budget (`--query-timeout-secs`) does not bound: Compact
+/// returns when its files are durable, which at tens of millions of events takes longer than a
+/// query's budget (it would go on after the client read DEADLINE_EXCEEDED). The client's own
+/// deadline still bounds them.
+const UNBUDGETED: &[&str] = &["/sextant.v1.AdminService/Compact"];
+
 /// Services open to everyone (every method).
 const OPEN_SERVICES: &[&str] =
     &["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
@@ -436,7 +442,8 @@ impl Guard {
             // CANCELLED tonic's own timer would send.
             let client =
                 client.map(|d| d.saturating_sub((d / 20).clamp(Duration::from_millis(1), Duration::from_millis(50))));
-            match (client, self.unary_budget) {
+            let budget = if UNBUDGETED.contains(&path) { None } else { self.unary_budget };
+            match (client, budget) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
@@ -664,6 +671,11 @@ mod tests {
 
     /// A guard in front of a service that takes `delay` and answers OK; returns grpc-status.
     async fn guarded_call(budget: Option<Duration>, header: Option<&str>, delay: Duration) -> String {
+        guarded_call_of("/sextant.v1.ProjectService/GetProjectStats", budget, header, delay).await
+    }
+
+    /// `guarded_call` of the method at `path`.
+    async fn guarded_call_of(path: &str, budget: Option<Duration>, header: Option<&str>, delay: Duration) -> String {
         use tower::{Layer, Service, ServiceExt};
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::storage::SledStorage::open(dir.path()).unwrap();
@@ -674,7 +686,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
         let mut service = GuardLayer::new(engine, &config).unwrap().layer(slow);
-        let mut request = http::Request::builder().uri("/sextant.v1.ProjectService/GetProjectStats");
+        let mut request = http::Request::builder().uri(path);
         if let Some(header) = header {
             request = request.header("grpc-timeout", header);
         }
@@ -692,6 +704,20 @@ mod tests {
         let fast = Duration::from_millis(1);
         assert_eq!(guarded_call(Some(Duration::from_secs(5)), Some("5S"), fast).await, "0");
         assert_eq!(guarded_call(None, None, fast).await, "0");
+    }
+
+    #[tokio::test]
+    async fn compact_is_bounded_by_the_client_deadline_only() {
+        let compact = "/sextant.v1.AdminService/Compact";
+        let budget = Some(Duration::from_millis(50));
+        let longer = Duration::from_millis(300);
+        assert_eq!(guarded_call_of(compact, budget, None, longer).await, "0", "past the server's budget");
+        assert_eq!(
+            guarded_call_of(compact, budget, Some("100m"), Duration::from_secs(5)).await,
+            "4",
+            "client deadline"
+        );
+        assert_eq!(guarded_call(budget, None, longer).await, "4", "a query at the same budget");
     }
 
     #[test]
