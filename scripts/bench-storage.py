@@ -66,8 +66,13 @@ def evict(path):
 
 def start(db, *extra):
     started = time.perf_counter()
+    # SEXTANT_SERVE_LOG appends the server's log (RUST_LOG picks its level) to that file.
+    log = os.environ.get("SEXTANT_SERVE_LOG")
+    stderr = open(log, "a") if log else subprocess.DEVNULL
     proc = subprocess.Popen([BIN, "serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off", "--web", "off",
-                             "--data-dir", db, *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--data-dir", db, *extra], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    if log:
+        stderr.close()
     addr = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
     channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
     grpc.channel_ready_future(channel).result(timeout=600)

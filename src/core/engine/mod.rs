@@ -194,8 +194,9 @@ const WARM_UP_ROWS: usize = 100_000;
 /// Builds the person orders of the projects of at least `WARM_UP_ROWS` events (largest first),
 /// one after another, on a thread of its own, beside the files' check: a large project's first
 /// query after a restart then waits for less of it. Queries still wait for the check, then
-/// find the order built (or wait for the build under way, see `PersonOrderCache`). It reads
-/// the state without waiting for the check, holding the project's read lock as a query would.
+/// find the order built, or, for a build under way, read an order of their names (or wait, for
+/// a scan of every name; see `PersonOrderCache`). It reads the state without waiting for the
+/// check, holding the project's read lock as a query would, at a lower priority than queries.
 fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
     let mut large: Vec<(usize, Arc<ProjectEntry>)> = projects
         .read()
@@ -209,11 +210,27 @@ fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
     large.sort_unstable_by_key(|(rows, _)| std::cmp::Reverse(*rows));
     let entries: Vec<Arc<ProjectEntry>> = large.into_iter().map(|(_, entry)| entry).collect();
     std::thread::spawn(move || {
+        yield_to_queries();
         for entry in entries {
             let state = entry.read_without_pending();
             state.data.person_order.get(&state.data.table);
         }
     });
+}
+
+/// Lowers the calling thread's priority (and that of the threads it starts, which inherit it):
+/// background work then takes the cores only when queries leave them idle. (Linux keeps a nice
+/// value per thread; elsewhere this does nothing.)
+fn yield_to_queries() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads only its integer arguments; on Linux, `who == 0` with
+        // PRIO_PROCESS names the calling thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+        }
+    }
 }
 
 /// The engine's column files under a data directory: `segments` (checkpointed, see

@@ -17,6 +17,10 @@
 //! is made when a scan first asks for that name, with the other missing names the scan asks
 //! for, in one pass: after a start, the first funnel waits for its four names' copies, not for
 //! every name's (for the generator's events, a fifth of the rows instead of all of them).
+//!
+//! While the order is being built (after a start, or a rebuild), a named scan does not wait
+//! for it: `build_named` makes an order of only its names' rows, from the table, which serves
+//! scans of those names the same way (`PersonOrderCache::for_names`).
 
 use std::sync::Arc;
 
@@ -36,6 +40,9 @@ pub struct PersonOrder {
     covered: usize,
     /// The table's layout version when built (compaction renumbers rows).
     layout: u64,
+    /// Per event name id known at the build, whether its rows are here: `None` for all names,
+    /// else an order for some names' scans only (`build_named`).
+    only: Option<Box<[bool]>>,
     /// Each person's owner (`EventTable::canonical`) when built, and the table's count of
     /// owner changes then: people whose owner changed since are moved at query time.
     canonical: Vec<u32>,
@@ -126,6 +133,14 @@ impl PersonEvents<'_> {
     }
 }
 
+/// The table's state an order is built at: the rows it covers and each person's owner then
+/// (with the table's count of owner changes), in the table's current layout.
+struct Snapshot<'a> {
+    covered: usize,
+    canonical: &'a [u32],
+    owner_changes: u64,
+}
+
 impl PersonOrder {
     pub fn build(table: &EventTable) -> PersonOrder {
         PersonOrder::build_with(table, query_threads(table))
@@ -133,10 +148,59 @@ impl PersonOrder {
 
     /// `build` on `threads` threads.
     fn build_with(table: &EventTable, threads: usize) -> PersonOrder {
+        let now = Snapshot { covered: table.len(), canonical: &table.canonical, owner_changes: table.owner_changes() };
+        PersonOrder::build_of(table, threads, now, None)
+    }
+
+    /// An order of only the rows of event names `names` (ids; unknown ones and `NONE` hold no
+    /// rows), on `threads` threads: it serves named scans of those names (`holds`) as the whole
+    /// order does, for less work. Built at `like`'s state when given (with `like`'s names too),
+    /// so a name's positions in both are the same: `numbers` of one serve scans of the other.
+    pub fn build_named(table: &EventTable, threads: usize, names: &[u32], like: Option<&PersonOrder>) -> PersonOrder {
+        let known = table.names().len();
+        let mut keep = vec![false; known];
+        for &name in names.iter().filter(|&&name| (name as usize) < known) {
+            keep[name as usize] = true;
+        }
+        let snapshot = match like {
+            Some(like) => {
+                // Names new since `like`'s build have no covered rows: `like` holds them too.
+                let known_then = like.only.as_ref().map_or(known, |only| only.len());
+                for (name, keep) in keep.iter_mut().enumerate() {
+                    *keep |= name >= known_then || like.only.as_ref().is_none_or(|only| only[name]);
+                }
+                Snapshot { covered: like.covered, canonical: &like.canonical, owner_changes: like.owner_changes }
+            }
+            None => {
+                Snapshot { covered: table.len(), canonical: &table.canonical, owner_changes: table.owner_changes() }
+            }
+        };
+        PersonOrder::build_of(table, threads, snapshot, Some(keep))
+    }
+
+    /// Whether this order holds every name's rows (not built by `build_named`).
+    pub fn is_whole(&self) -> bool {
+        self.only.is_none()
+    }
+
+    /// Whether named scans of `names` may read this order: it holds every row of theirs it
+    /// covers (always, unless built by `build_named`).
+    pub fn holds(&self, names: &[u32]) -> bool {
+        let Some(only) = &self.only else { return true };
+        // A name past those known at the build has no covered rows: its rows are all in the tail.
+        names.iter().all(|&name| only.get(name as usize).is_none_or(|&held| held))
+    }
+
+    /// The order of rows `0..at.covered` of `table`, those of the names `keep` marks (by id)
+    /// or all of them, by each row's owner in `at`.
+    fn build_of(table: &EventTable, threads: usize, at: Snapshot<'_>, keep: Option<Vec<bool>>) -> PersonOrder {
         let derived = table.space().map(|space| space.derived());
         let space = derived.as_ref();
-        let n = table.len();
+        let n = at.covered;
+        let canonical = at.canonical;
         let threads = threads.max(1);
+        // Rows of names not kept get no owner, which no range of people holds.
+        const SKIPPED: u32 = u32::MAX;
         // Each row's canonical person (the one random lookup per row), with the rows per
         // person, in parallel over chunks of rows. (Each thread counts into an array over all
         // people: 4 bytes per person per thread, at most 8 threads, freed right after.)
@@ -144,23 +208,37 @@ impl PersonOrder {
         let mut owner: Column<u32> = Column::in_space(space);
         owner.resize_zeroed(n);
         let chunk = n.div_ceil(threads).max(1);
+        let keep = keep.as_deref();
         let counts = std::thread::scope(|scope| {
             let parts: Vec<_> = owner
                 .as_mut_slice()
                 .chunks_mut(chunk)
-                .zip(table.person.chunks(chunk))
-                .map(|(owners, persons)| {
+                .zip(table.person[..n].chunks(chunk))
+                .zip(table.name[..n].chunks(chunk))
+                .map(|((owners, persons), names)| {
                     scope.spawn(move || {
-                        let mut counts = vec![0u32; table.canonical.len()];
-                        for (owner, &person) in owners.iter_mut().zip(persons) {
-                            *owner = table.canonical[person as usize];
-                            counts[*owner as usize] += 1;
+                        let mut counts = vec![0u32; canonical.len()];
+                        match keep {
+                            None => {
+                                for (owner, &person) in owners.iter_mut().zip(persons) {
+                                    *owner = canonical[person as usize];
+                                    counts[*owner as usize] += 1;
+                                }
+                            }
+                            Some(keep) => {
+                                for ((owner, &person), &name) in owners.iter_mut().zip(persons).zip(names) {
+                                    *owner = if keep[name as usize] { canonical[person as usize] } else { SKIPPED };
+                                    if *owner != SKIPPED {
+                                        counts[*owner as usize] += 1;
+                                    }
+                                }
+                            }
                         }
                         counts
                     })
                 })
                 .collect();
-            let mut total = vec![0u32; table.canonical.len()];
+            let mut total = vec![0u32; canonical.len()];
             for part in parts {
                 let counts = part.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
                 total.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
@@ -190,16 +268,17 @@ impl PersonOrder {
         let mut rows: Column<u32> = Column::in_space(space);
         let mut times: Column<Micros> = Column::in_space(space);
         let mut names: Column<u32> = Column::in_space(space);
-        rows.resize_zeroed(n);
-        times.resize_zeroed(n);
-        names.resize_zeroed(n);
+        let placed_rows = end as usize;
+        rows.resize_zeroed(placed_rows);
+        times.resize_zeroed(placed_rows);
+        names.resize_zeroed(placed_rows);
         // Cut the canonical people where the slots reach each thread's share of the rows.
         let cuts: Vec<usize> = balanced_cuts(&starts, threads)
             .iter()
             .enumerate()
             .map(|(k, &i)| if k == 0 { 0 } else { people.get(i).map_or(next.len(), |&p| p as usize) })
             .collect();
-        let bounds: Vec<usize> = cuts.iter().map(|&c| next.get(c).map_or(n, |&s| s as usize)).collect();
+        let bounds: Vec<usize> = cuts.iter().map(|&c| next.get(c).map_or(placed_rows, |&s| s as usize)).collect();
         std::thread::scope(|scope| {
             let (mut rows, mut times, mut names) = (rows.as_mut_slice(), times.as_mut_slice(), names.as_mut_slice());
             let mut next = &mut next[..];
@@ -257,7 +336,7 @@ impl PersonOrder {
                 }
             }
         };
-        let split = spans.partition_point(|span| span.start < n / 2);
+        let split = spans.partition_point(|span| span.start < placed_rows / 2);
         if threads > 1 && split > 0 && split < spans.len() {
             let at = spans[split].start;
             let (rows_a, rows_b) = rows.as_mut_slice().split_at_mut(at);
@@ -275,8 +354,9 @@ impl PersonOrder {
         let order = PersonOrder {
             covered: n,
             layout: table.layout_version(),
-            canonical: table.canonical.clone(),
-            owner_changes: table.owner_changes(),
+            canonical: canonical.to_vec(),
+            owner_changes: at.owner_changes,
+            only: keep.map(Into::into),
             people,
             starts,
             rows,
@@ -526,6 +606,13 @@ impl PersonOrder {
         new_people: &[u32],
         visit: &mut dyn FnMut(u32, PersonEvents<'_>),
     ) {
+        debug_assert!(
+            match rows {
+                Rows::All => self.only.is_none(),
+                Rows::Named(names) => self.holds(names),
+            },
+            "an order of some names scanned for others"
+        );
         match rows {
             Rows::All => self.visit_part(table, tail, people, new_people, visit),
             Rows::Named(names) => self.visit_named(table, tail, names, people, new_people, visit),
@@ -867,14 +954,24 @@ impl Merged {
 }
 
 /// The cached order of a project: shared by concurrent queries, rebuilt when stale.
+///
+/// A query that finds the order being built (after a start, or by another query) does not
+/// wait for it when it scans only some event names: it reads an order of those names
+/// (`for_names`), a fraction of the work, kept for the next such queries while the build runs.
 #[derive(Debug, Default)]
 pub struct PersonOrderCache {
     current: parking_lot::Mutex<Option<Arc<PersonOrder>>>,
+    /// The last order of some names built while `current` was being built.
+    named: parking_lot::Mutex<Option<Arc<PersonOrder>>>,
 }
 
 impl PersonOrderCache {
+    /// The order of all rows, built if stale (waiting for a build under way).
     pub fn get(&self, table: &EventTable) -> Arc<PersonOrder> {
-        let mut current = self.current.lock();
+        PersonOrderCache::current(&mut self.current.lock(), table)
+    }
+
+    fn current(current: &mut Option<Arc<PersonOrder>>, table: &EventTable) -> Arc<PersonOrder> {
         match current.as_ref() {
             Some(order) if order.serves(table) => order.clone(),
             _ => {
@@ -890,6 +987,52 @@ impl PersonOrderCache {
                 order
             }
         }
+    }
+
+    /// Holds the lock a build of the whole order holds, as if one were under way.
+    #[cfg(test)]
+    pub(crate) fn hold_building(&self) -> parking_lot::MutexGuard<'_, Option<Arc<PersonOrder>>> {
+        self.current.lock()
+    }
+
+    /// An order that serves named scans of `names`: the order of all rows unless it is being
+    /// built right now, and then an order of some names that holds these (see `PersonOrder::holds`).
+    pub fn for_names(&self, table: &EventTable, names: &[u32]) -> Arc<PersonOrder> {
+        if let Some(mut current) = self.current.try_lock() {
+            return PersonOrderCache::current(&mut current, table);
+        }
+        let mut named = self.named.lock();
+        let cached = named.as_ref().filter(|order| order.serves(table));
+        if let Some(order) = cached.filter(|order| order.holds(names)) {
+            return order.clone();
+        }
+        // The cached names too, so queries alternating between two sets build once each.
+        let mut wanted = names.to_vec();
+        if let Some(only) = cached.and_then(|order| order.only.as_ref()) {
+            wanted.extend((0..only.len() as u32).filter(|&name| only[name as usize]));
+        }
+        let order = Arc::new(PersonOrderCache::named(table, &wanted, None));
+        *named = Some(order.clone());
+        order
+    }
+
+    /// `order` with the rows of `names` too, at the same state (see `PersonOrder::build_named`).
+    pub fn widened(&self, table: &EventTable, order: &PersonOrder, names: &[u32]) -> Arc<PersonOrder> {
+        Arc::new(PersonOrderCache::named(table, names, Some(order)))
+    }
+
+    fn named(table: &EventTable, names: &[u32], like: Option<&PersonOrder>) -> PersonOrder {
+        let started = std::time::Instant::now();
+        let order = PersonOrder::build_named(table, query_threads(table), names, like);
+        tracing::info!(
+            rows = order.rows.len(),
+            covered = order.covered,
+            people = order.people.len(),
+            names = order.only.as_ref().map_or(0, |only| only.iter().filter(|held| **held).count()),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built events by person for some names, as the whole order is being built"
+        );
+        order
     }
 }
 
@@ -1037,6 +1180,118 @@ mod tests {
             }
             assert_named_scans_match(&order, &table);
         }
+    }
+
+    proptest::proptest! {
+        /// An order of some names, built before aliases and a tail, reads every set of the
+        /// names it holds as a whole order built after them does, in full and in parts; one
+        /// widened at its state holds more names and gives the ones it had the same positions.
+        #[test]
+        fn an_order_of_some_names_reads_them_as_the_whole_order_does(
+            events in proptest::collection::vec((0u8..12, 0u8..3, 0i64..20), 1..120),
+            held in 1u8..8,
+            added in 0u8..8,
+            after in proptest::collection::vec((0u8..4, 0u8..8), 0..4),
+            tail in proptest::collection::vec((0u8..12, 0u8..3, 0i64..20), 0..20),
+            threads in 1usize..5,
+        ) {
+            let mut table = EventTable::default();
+            let push_all = |table: &mut EventTable, events: &[(u8, u8, i64)], first: usize| {
+                for (i, &(user, name, t)) in events.iter().enumerate() {
+                    let (user_id, anon) =
+                        if user >= 8 { (String::new(), format!("a{user}")) } else { (format!("u{user}"), String::new()) };
+                    push(table, &format!("e{}", first + i), ["a", "b", "c"][name as usize], &user_id, &anon, t);
+                }
+            };
+            push_all(&mut table, &events, 0);
+            let ids = |mask: u8| -> Vec<u32> { (0..3u32).filter(|&k| mask & (1 << k) != 0).collect() };
+            let named = PersonOrder::build_named(&table, threads, &ids(held), None);
+            // Its rows: the held names' rows sorted by (canonical person, time, row).
+            let known = table.names().len() as u32;
+            let mut want: Vec<(u32, Micros, u32)> = (0..table.len())
+                .filter(|&r| table.name[r] < known && held & (1 << table.name[r]) != 0)
+                .map(|r| (table.canonical[table.person[r] as usize], table.time_of(r), r as u32))
+                .collect();
+            want.sort_unstable();
+            proptest::prop_assert_eq!(named.rows.to_vec(), want.iter().map(|w| w.2).collect::<Vec<_>>());
+            proptest::prop_assert!(!named.is_whole());
+            for &(anon, user) in &after {
+                table.alias(&format!("a{}", 8 + anon), &format!("u{user}"));
+            }
+            push_all(&mut table, &tail, events.len());
+            proptest::prop_assert!(named.serves(&table));
+            let whole = PersonOrder::build(&table);
+            let wider = PersonOrder::build_named(&table, threads, &ids(added), Some(&named));
+            proptest::prop_assert!(wider.holds(&ids(held | added)));
+            for mask in 1u8..8 {
+                let names = ids(mask);
+                // Plus a name unknown to the build, which selects nothing.
+                let asked: Vec<u32> = names.iter().copied().chain([known + 3, NONE]).collect();
+                let expected = named_scan(&whole, &table, &names);
+                for order in [&named, &wider] {
+                    // It holds the names it was built for (and may hold names with no
+                    // covered rows); wherever it says it holds, it reads as the whole order.
+                    let has = if std::ptr::eq(order, &named) { held } else { held | added };
+                    if mask & !has == 0 {
+                        proptest::prop_assert!(order.holds(&names));
+                    }
+                    if !order.holds(&names) {
+                        continue;
+                    }
+                    let mut seen = named_scan(order, &table, &asked);
+                    let mut rebuilt = expected.clone();
+                    seen.sort();
+                    rebuilt.sort();
+                    proptest::prop_assert_eq!(seen.clone(), rebuilt, "names {:?}", names);
+                    let parts = order.fold_parts_named(&table, threads, Rows::Named(&asked), Vec::new, |seen, person, e| {
+                        seen.push((person, e.rows.to_vec(), e.times.to_vec(), e.names.to_vec()));
+                    });
+                    let mut parts = parts.concat();
+                    parts.sort();
+                    proptest::prop_assert_eq!(parts, seen);
+                }
+            }
+            for name in ids(held) {
+                let (before, widened) = (named.name_index(&table, name), wider.name_index(&table, name));
+                // (No index, for a name unknown at the build, is no rows.)
+                let rows = |index: Option<&NameIndex>| index.map(|index| index.rows.to_vec()).unwrap_or_default();
+                proptest::prop_assert_eq!(rows(before), rows(widened));
+            }
+        }
+    }
+
+    /// While the whole order is being built, a named scan gets an order of its names, kept for
+    /// the next scans of those names and widened by scans of others; after, the whole order.
+    #[test]
+    fn a_named_scan_does_not_wait_for_the_whole_order_being_built() {
+        let mut table = EventTable::default();
+        scattered(&mut table, 0, 300);
+        let (a, b, c) = (0, 1, 2);
+        let cache = PersonOrderCache::default();
+        let whole = PersonOrder::build(&table);
+        {
+            let _building = cache.current.lock();
+            let first = cache.for_names(&table, &[a]);
+            assert!(!first.is_whole() && first.holds(&[a]) && !first.holds(&[b]));
+            assert!(Arc::ptr_eq(&cache.for_names(&table, &[a]), &first), "kept for the next scan");
+            let both = cache.for_names(&table, &[b]);
+            assert!(both.holds(&[a, b]) && !both.holds(&[c]), "the kept names and the new ones");
+            assert_eq!(named_scan(&both, &table, &[a, b]), named_scan(&whole, &table, &[a, b]));
+            // A write makes a new tail: the kept order still serves it.
+            push(&mut table, "late", "a", "u1", "", 1);
+            assert!(Arc::ptr_eq(&cache.for_names(&table, &[a, b]), &both));
+            let wider = cache.widened(&table, &first, &[c]);
+            assert!(wider.holds(&[a, c]) && !wider.holds(&[b]));
+            assert_eq!(
+                wider.name_index(&table, a).map(|index| index.rows.to_vec()),
+                first.name_index(&table, a).map(|index| index.rows.to_vec()),
+                "a widened order keeps the positions of the names it had"
+            );
+            assert!(cache.current.is_locked());
+        }
+        let after = cache.for_names(&table, &[a]);
+        assert!(after.is_whole(), "no build under way: the whole order, built");
+        assert!(Arc::ptr_eq(&after, &cache.get(&table)));
     }
 
     /// A name's index is made when a scan first asks for it, with the scan's other missing
