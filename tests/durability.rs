@@ -504,7 +504,7 @@ fn refused(dir: &Path, what: &str) -> (String, String) {
 }
 
 /// A checkpoint file changed on disk is found by its checksum: the server stops, naming the
-/// file, and `sextant check` names it too. Nothing is answered from a bad file (queries wait
+/// file, and `sextant check` names it too. Nothing is answered from a bad file (answers wait
 /// for the check, `engine::Verification`). A file cut short is refused before the port opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
@@ -534,7 +534,7 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
 
 /// Checksums catch a changed file; a file written wrong with matching checksums (a bug, not
 /// the disk) is caught by the rows' check that follows them: a row naming no person ends the
-/// process, naming the project, before any query reads it.
+/// process, naming the project, before any query answers from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
     use sextant::core::store::column::block_checksums;

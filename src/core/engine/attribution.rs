@@ -8,7 +8,7 @@ impl Engine {
     pub fn query_attribution(&self, project: &str, query: AttributionQuery) -> Result<Attribution> {
         query.validate()?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         let started = std::time::Instant::now();
         let source = self.events_in_cohort(&state, &query.cohort_id, |counted| fetch(&query, counted))?;
         let result = run(&source, &state.defs.metrics, &state.defs.cohorts, &query)?;

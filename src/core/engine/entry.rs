@@ -8,9 +8,11 @@
 //! its own project's included. Past the bound, a job's ack waits until it is applied, which
 //! bounds the memory a long query can make the queue take.
 //!
-//! A project loaded at start also waits for the check of its checkpoint's column files
-//! (`Verification`) before its first read: the port opens without reading every byte, and no
-//! query ever reads a file whose checksum has not passed.
+//! A project loaded at start also has its checkpoint's column files checked (`Verification`)
+//! in the background: the port opens without reading every byte, and no answer leaves before
+//! the check passes. A read waits for it first (`read`); an analysis may compute meanwhile
+//! and hold its answer until then (`read_for_answer`): it writes nothing, and a failed check
+//! ends the process before any answer of it leaves.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,6 +86,33 @@ impl Verification {
     }
 }
 
+/// A read whose drop waits for the files' check (see `ProjectEntry::read_for_answer`).
+pub struct AnswerRead<'a> {
+    state: Option<RwLockReadGuard<'a, ProjectState>>,
+    entry: &'a ProjectEntry,
+}
+
+impl std::ops::Deref for AnswerRead<'_> {
+    type Target = ProjectState;
+
+    fn deref(&self) -> &ProjectState {
+        self.state.as_deref().unwrap_or_else(|| unreachable!("taken only when dropped"))
+    }
+}
+
+impl Drop for AnswerRead<'_> {
+    fn drop(&mut self) {
+        drop(self.state.take());
+        let Some(verification) = &self.entry.verification else { return };
+        if std::thread::panicking() {
+            // The analysis failed: its error too leaves only after the check.
+            let _ = verification.outcome();
+        } else {
+            verification.wait();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     jobs: VecDeque<PendingJob>,
@@ -125,6 +154,15 @@ impl ProjectEntry {
             return self.state.read();
         }
         RwLockWriteGuard::downgrade(self.write())
+    }
+
+    /// The state with every write acked so far applied, for an analysis that only computes an
+    /// answer from it: it does not wait for the files' check, but dropping the read does (after
+    /// releasing the lock), so the answer, made before the drop, leaves only once the check has
+    /// passed. After a start the analysis' scans then overlap the check instead of following it.
+    pub fn read_for_answer(&self) -> AnswerRead<'_> {
+        let state = if self.has_pending() { RwLockWriteGuard::downgrade(self.write()) } else { self.state.read() };
+        AnswerRead { state: Some(state), entry: self }
     }
 
     /// The state, with writes not applied yet left pending, and without waiting behind a
@@ -270,6 +308,45 @@ mod tests {
         // The queue's weight starts again from nothing.
         assert!(push(&entry, &["e", "f", "g"], vec![], &replied));
         assert_eq!(entry.write().data.table.len(), 7);
+    }
+
+    /// An analysis computes from the state while the files are checked; its answer leaves only
+    /// after the check passed, and none leaves when it failed. The lock is free meanwhile.
+    #[test]
+    fn an_answer_is_computed_during_the_files_check_and_leaves_after_it() {
+        for passes in [true, false] {
+            let verification = Verification::running();
+            let entry = Arc::new(ProjectEntry::loaded(ProjectState::for_test("p"), verification.clone()));
+            entry.write().data.apply(&events(&["a"])[0], &[true]);
+            let (computed, computed_rx) = std::sync::mpsc::channel();
+            let (answered, answer) = std::sync::mpsc::channel();
+            let reader = {
+                let entry = entry.clone();
+                std::thread::spawn(move || {
+                    let rows = {
+                        let state = entry.read_for_answer();
+                        computed.send(()).unwrap();
+                        state.data.table.len()
+                    };
+                    answered.send(rows).unwrap();
+                })
+            };
+            computed_rx.recv().unwrap();
+            let wait = std::time::Duration::from_millis(50);
+            assert!(answer.recv_timeout(wait).is_err(), "an answer left before the check");
+            // The reader waits without the lock: a write goes through.
+            entry.write().data.apply(&events(&["b"])[0], &[true]);
+            assert!(answer.recv_timeout(wait).is_err(), "an answer left before the check");
+            if passes {
+                verification.finish(Ok(()));
+                assert_eq!(answer.recv().unwrap(), 1, "the answer as computed");
+                reader.join().unwrap();
+            } else {
+                verification.finish(Err("segments/7.col is corrupt".into()));
+                assert!(reader.join().is_err(), "no answer from files that failed their check");
+                assert!(answer.try_recv().is_err());
+            }
+        }
     }
 
     #[test]

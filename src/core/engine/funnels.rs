@@ -8,7 +8,7 @@ impl Engine {
     pub fn query_funnel(&self, project: &str, mut query: FunnelQuery) -> Result<FunnelResult> {
         query.validate()?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         if query.timezone.is_empty() {
             query.timezone = state.project.timezone.clone();
         }

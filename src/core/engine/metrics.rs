@@ -187,7 +187,7 @@ impl Engine {
     ) -> Result<MetricAnswer> {
         let compare = compare.unwrap_or_default();
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         let metric = state.defs.metrics.resolve_target(target)?;
@@ -216,7 +216,7 @@ impl Engine {
         max_depth: usize,
     ) -> Result<(TreeNode, Option<(Micros, Micros)>)> {
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         let zone = if zone.is_empty() { state.project.timezone.as_str() } else { zone };
         query.tz = time::parse_zone("timezone", zone)?;
         query.granularity = Granularity::Total;

@@ -85,7 +85,7 @@ pub struct Definitions {
     pub holdouts: BTreeMap<String, Holdout>,
 }
 
-pub use entry::{ProjectEntry, Verification};
+pub use entry::{AnswerRead, ProjectEntry, Verification};
 
 impl ProjectState {
     /// A project with no data yet, its columns in files of `columns` (or in memory).
@@ -193,9 +193,9 @@ const WARM_UP_ROWS: usize = 100_000;
 
 /// Builds the person orders of the projects of at least `WARM_UP_ROWS` events (largest first),
 /// one after another, on a thread of its own, beside the files' check: a large project's first
-/// query after a restart then waits for less of it. Queries still wait for the check, then
-/// find the order built, or, for a build under way, read an order of their names (or wait, for
-/// a scan of every name; see `PersonOrderCache`). It reads the state without waiting for the
+/// query after a restart then waits for less of it. Queries find the order built, or, for a
+/// build under way, read an order of their names (or wait, for a scan of every name; see
+/// `PersonOrderCache`); their answers wait for the check. It reads the state without waiting for the
 /// check, holding the project's read lock as a query would, at a lower priority than queries.
 fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
     let mut large: Vec<(usize, Arc<ProjectEntry>)> = projects
@@ -340,7 +340,7 @@ impl Engine {
         // The dedupe files are verified while the checkpoint loads (loading only reads them),
         // and nothing is replayed or acked until both are done. A bad file is the error (it
         // names the file) even when the load failed on it first. The projects' column files
-        // are verified after the port opens, while queries wait (`Verification`); the load
+        // are verified after the port opens, while answers wait for them (`Verification`); the load
         // checks their sizes, and the compressed files as it reads them.
         let (verified, loaded) = std::thread::scope(|scope| {
             let verifying = match (&columns, &manifest) {

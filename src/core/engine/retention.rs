@@ -8,7 +8,7 @@ impl Engine {
     pub fn query_retention(&self, project: &str, mut query: RetentionQuery) -> Result<RetentionTable> {
         query.validate()?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         if query.shape.timezone.is_empty() {
             query.shape.timezone = state.project.timezone.clone();
         }
@@ -19,7 +19,7 @@ impl Engine {
     pub fn query_cohort_table(&self, project: &str, mut query: CohortTableQuery) -> Result<CohortTable> {
         query.validate()?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         if query.shape.timezone.is_empty() {
             query.shape.timezone = state.project.timezone.clone();
         }

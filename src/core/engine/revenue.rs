@@ -10,7 +10,7 @@ impl Engine {
     pub fn query_revenue_bridge(&self, project: &str, query: BridgeQuery) -> Result<Bridge> {
         query.validate()?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_for_answer();
         let zone = if query.timezone.is_empty() { state.project.timezone.as_str() } else { query.timezone.as_str() };
         let tz = time::parse_zone("timezone", zone)?;
         let bounds = time::bucket_bounds(query.from, query.to, query.granularity, tz, query::MAX_BUCKETS)?;

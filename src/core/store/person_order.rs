@@ -1053,6 +1053,16 @@ mod tests {
         });
     }
 
+    /// Events (user, name, time) as ids `e{first + i}`: users 8 and up arrive anonymous
+    /// (`a{user}`), names 0..3 are a, b, c.
+    fn push_all(table: &mut EventTable, events: &[(u8, u8, i64)], first: usize) {
+        for (i, &(user, name, t)) in events.iter().enumerate() {
+            let (user_id, anon) =
+                if user >= 8 { (String::new(), format!("a{user}")) } else { (format!("u{user}"), String::new()) };
+            push(table, &format!("e{}", first + i), ["a", "b", "c"][name as usize], &user_id, &anon, t);
+        }
+    }
+
     fn collect(order: &PersonOrder, table: &EventTable) -> Vec<(String, Vec<u32>, Vec<Micros>)> {
         let mut seen = Vec::new();
         order.for_each_named(table, Rows::All, |person, events| {
@@ -1145,13 +1155,6 @@ mod tests {
             trimmed in proptest::bool::ANY,
         ) {
             let mut table = EventTable::default();
-            let push_all = |table: &mut EventTable, events: &[(u8, u8, i64)], first: usize| {
-                for (i, &(user, name, t)) in events.iter().enumerate() {
-                    let (user_id, anon) =
-                        if user >= 8 { (String::new(), format!("a{user}")) } else { (format!("u{user}"), String::new()) };
-                    push(table, &format!("e{}", first + i), ["a", "b", "c"][name as usize], &user_id, &anon, t);
-                }
-            };
             let alias = |table: &mut EventTable, links: &[(u8, u8)]| {
                 for &(anon, user) in links {
                     table.alias(&format!("a{}", 8 + anon), &format!("u{user}"));
@@ -1196,13 +1199,6 @@ mod tests {
             threads in 1usize..5,
         ) {
             let mut table = EventTable::default();
-            let push_all = |table: &mut EventTable, events: &[(u8, u8, i64)], first: usize| {
-                for (i, &(user, name, t)) in events.iter().enumerate() {
-                    let (user_id, anon) =
-                        if user >= 8 { (String::new(), format!("a{user}")) } else { (format!("u{user}"), String::new()) };
-                    push(table, &format!("e{}", first + i), ["a", "b", "c"][name as usize], &user_id, &anon, t);
-                }
-            };
             push_all(&mut table, &events, 0);
             let ids = |mask: u8| -> Vec<u32> { (0..3u32).filter(|&k| mask & (1 << k) != 0).collect() };
             let named = PersonOrder::build_named(&table, threads, &ids(held), None);

@@ -213,7 +213,7 @@ impl Manifest {
     }
 
     /// `verify` for the projects' column files only: what a start checks in the background
-    /// while queries wait (`engine::Verification`).
+    /// while answers wait for them (`engine::Verification`).
     pub fn verify_projects(&self, dir: &Path) -> Result<usize> {
         verify_columns(dir, self.projects.values().flat_map(|p| p.columns.values()).collect())
     }
