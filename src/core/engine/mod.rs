@@ -195,8 +195,9 @@ const WARM_UP_ROWS: usize = 100_000;
 /// one after another, on a thread of its own, beside the files' check: a large project's first
 /// query after a restart then waits for less of it. Queries find the order built, or, for a
 /// build under way, read an order of their names (or wait, for a scan of every name; see
-/// `PersonOrderCache`); their answers wait for the check. It reads the state without waiting for the
-/// check, holding the project's read lock as a query would, at a lower priority than queries.
+/// `PersonOrderCache`); their answers wait for the check. It reads the state without waiting
+/// for the check, holding the project's read lock as a query would, at a lower priority than
+/// queries.
 fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
     let mut large: Vec<(usize, Arc<ProjectEntry>)> = projects
         .read()

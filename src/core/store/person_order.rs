@@ -968,7 +968,17 @@ pub struct PersonOrderCache {
 impl PersonOrderCache {
     /// The order of all rows, built if stale (waiting for a build under way).
     pub fn get(&self, table: &EventTable) -> Arc<PersonOrder> {
-        PersonOrderCache::current(&mut self.current.lock(), table)
+        let order = PersonOrderCache::current(&mut self.current.lock(), table);
+        self.forget_named();
+        order
+    }
+
+    /// Drops the kept order of some names once the whole order serves: it only takes space
+    /// then. (While another query builds one, it stays until the next call.)
+    fn forget_named(&self) {
+        if let Some(mut named) = self.named.try_lock() {
+            named.take();
+        }
     }
 
     fn current(current: &mut Option<Arc<PersonOrder>>, table: &EventTable) -> Arc<PersonOrder> {
@@ -996,10 +1006,13 @@ impl PersonOrderCache {
     }
 
     /// An order that serves named scans of `names`: the order of all rows unless it is being
-    /// built right now, and then an order of some names that holds these (see `PersonOrder::holds`).
+    /// built right now, and then an order of some names that holds these (see
+    /// `PersonOrder::holds`).
     pub fn for_names(&self, table: &EventTable, names: &[u32]) -> Arc<PersonOrder> {
         if let Some(mut current) = self.current.try_lock() {
-            return PersonOrderCache::current(&mut current, table);
+            let order = PersonOrderCache::current(&mut current, table);
+            self.forget_named();
+            return order;
         }
         let mut named = self.named.lock();
         let cached = named.as_ref().filter(|order| order.serves(table));
@@ -1285,8 +1298,10 @@ mod tests {
             );
             assert!(cache.current.is_locked());
         }
+        assert!(cache.named.lock().is_some());
         let after = cache.for_names(&table, &[a]);
         assert!(after.is_whole(), "no build under way: the whole order, built");
+        assert!(cache.named.lock().is_none(), "the order of some names is dropped then");
         assert!(Arc::ptr_eq(&after, &cache.get(&table)));
     }
 
