@@ -178,10 +178,9 @@ mod tests {
     use super::*;
     use crate::core::model::Event;
 
-    /// Visits of a scan: (person, row, the numbers column's value at the event's position, if
-    /// known, and the row's own value).
-    /// `names`: a named scan of them (their numbers columns asked for first, as a metric
-    /// does), or a full scan.
+    /// Visits of a named scan of `names` (their numbers columns asked for first, as a metric
+    /// does) or, with `None`, of a full scan: (person, row, the numbers column's value at the
+    /// event's position, if known, and the row's own value).
     fn values(source: &Embedded<'_>, names: Option<&[u32]>, amount: u32) -> Vec<(u32, u32, Option<f64>, Option<f64>)> {
         let mut seen = Vec::new();
         let columns: Vec<Option<Numbers>> =
