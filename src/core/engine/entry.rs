@@ -150,6 +150,11 @@ impl ProjectEntry {
     /// Waits for a query holding the lock only when there is something to apply.
     pub fn read(&self) -> RwLockReadGuard<'_, ProjectState> {
         self.wait_verified();
+        self.read_applied()
+    }
+
+    /// The state with every write acked so far applied (without waiting for the check).
+    fn read_applied(&self) -> RwLockReadGuard<'_, ProjectState> {
         if !self.has_pending() {
             return self.state.read();
         }
@@ -161,8 +166,7 @@ impl ProjectEntry {
     /// releasing the lock), so the answer, made before the drop, leaves only once the check has
     /// passed. After a start the analysis' scans then overlap the check instead of following it.
     pub fn read_for_answer(&self) -> AnswerRead<'_> {
-        let state = if self.has_pending() { RwLockWriteGuard::downgrade(self.write()) } else { self.state.read() };
-        AnswerRead { state: Some(state), entry: self }
+        AnswerRead { state: Some(self.read_applied()), entry: self }
     }
 
     /// The state, with writes not applied yet left pending, and without waiting behind a

@@ -341,8 +341,8 @@ impl Engine {
         // The dedupe files are verified while the checkpoint loads (loading only reads them),
         // and nothing is replayed or acked until both are done. A bad file is the error (it
         // names the file) even when the load failed on it first. The projects' column files
-        // are verified after the port opens, while answers wait for them (`Verification`); the load
-        // checks their sizes, and the compressed files as it reads them.
+        // are verified after the port opens, while answers wait for them (`Verification`); the
+        // load checks their sizes, and the compressed files as it reads them.
         let (verified, loaded) = std::thread::scope(|scope| {
             let verifying = match (&columns, &manifest) {
                 (Some(space), Some(manifest)) => Some(scope.spawn(|| {

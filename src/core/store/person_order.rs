@@ -141,6 +141,13 @@ struct Snapshot<'a> {
     owner_changes: u64,
 }
 
+impl Snapshot<'_> {
+    /// The table as it is.
+    fn now(table: &EventTable) -> Snapshot<'_> {
+        Snapshot { covered: table.len(), canonical: &table.canonical, owner_changes: table.owner_changes() }
+    }
+}
+
 impl PersonOrder {
     pub fn build(table: &EventTable) -> PersonOrder {
         PersonOrder::build_with(table, query_threads(table))
@@ -148,8 +155,7 @@ impl PersonOrder {
 
     /// `build` on `threads` threads.
     fn build_with(table: &EventTable, threads: usize) -> PersonOrder {
-        let now = Snapshot { covered: table.len(), canonical: &table.canonical, owner_changes: table.owner_changes() };
-        PersonOrder::build_of(table, threads, now, None)
+        PersonOrder::build_of(table, threads, Snapshot::now(table), None)
     }
 
     /// An order of only the rows of event names `names` (ids; unknown ones and `NONE` hold no
@@ -171,9 +177,7 @@ impl PersonOrder {
                 }
                 Snapshot { covered: like.covered, canonical: &like.canonical, owner_changes: like.owner_changes }
             }
-            None => {
-                Snapshot { covered: table.len(), canonical: &table.canonical, owner_changes: table.owner_changes() }
-            }
+            None => Snapshot::now(table),
         };
         PersonOrder::build_of(table, threads, snapshot, Some(keep))
     }
@@ -968,20 +972,16 @@ pub struct PersonOrderCache {
 impl PersonOrderCache {
     /// The order of all rows, built if stale (waiting for a build under way).
     pub fn get(&self, table: &EventTable) -> Arc<PersonOrder> {
-        let order = PersonOrderCache::current(&mut self.current.lock(), table);
-        self.forget_named();
-        order
+        self.whole(&mut self.current.lock(), table)
     }
 
-    /// Drops the kept order of some names once the whole order serves: it only takes space
-    /// then. (While another query builds one, it stays until the next call.)
-    fn forget_named(&self) {
+    /// The whole order in `current` (under its lock), built if stale. It serves then, so the
+    /// kept order of some names goes: it would only take space. (While another query builds
+    /// one, it stays until the next call.)
+    fn whole(&self, current: &mut Option<Arc<PersonOrder>>, table: &EventTable) -> Arc<PersonOrder> {
         if let Some(mut named) = self.named.try_lock() {
             named.take();
         }
-    }
-
-    fn current(current: &mut Option<Arc<PersonOrder>>, table: &EventTable) -> Arc<PersonOrder> {
         match current.as_ref() {
             Some(order) if order.serves(table) => order.clone(),
             _ => {
@@ -1010,9 +1010,7 @@ impl PersonOrderCache {
     /// `PersonOrder::holds`).
     pub fn for_names(&self, table: &EventTable, names: &[u32]) -> Arc<PersonOrder> {
         if let Some(mut current) = self.current.try_lock() {
-            let order = PersonOrderCache::current(&mut current, table);
-            self.forget_named();
-            return order;
+            return self.whole(&mut current, table);
         }
         let mut named = self.named.lock();
         let cached = named.as_ref().filter(|order| order.serves(table));
