@@ -81,7 +81,8 @@ pub async fn start(config: &ServeConfig) -> anyhow::Result<RunningServer> {
     })
     .await??;
     // A checkpoint file that fails its check ends the process, as if the start had refused
-    // it: no answer has left from it (answers wait for the check), and every ack is in the log.
+    // it: no answer has left from it (an answer waits for the check of the files it read), and
+    // every ack is in the log.
     let verification = engine.verification();
     std::thread::spawn(move || {
         if let Err(error) = verification.outcome() {

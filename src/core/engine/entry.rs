@@ -10,18 +10,20 @@
 //!
 //! A project loaded at start also has its checkpoint's column files checked (`Verification`)
 //! in the background: the port opens without reading every byte, and no answer leaves before
-//! the check passes. A read waits for it first (`read`); an analysis may compute meanwhile
-//! and hold its answer until then (`read_for_answer`): it writes nothing, and a failed check
-//! ends the process before any answer of it leaves.
+//! the files it read passed the check. A read waits for the whole check first (`read`); an
+//! analysis may compute meanwhile and hold its answer until the groups of files it read
+//! passed (`read_for_answer`, `FileGroup`): it writes nothing, and a failed check ends the
+//! process before any answer from a failed file leaves.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::core::engine::ProjectState;
 use crate::core::store::record::LogRecord;
+use crate::core::store::table::FileGroup;
 
 /// What to do once a job is applied (send its ack).
 pub type Reply = Box<dyn FnOnce() + Send>;
@@ -35,13 +37,15 @@ pub struct ProjectEntry {
     verification: Option<Arc<Verification>>,
 }
 
-/// The background check of a checkpoint's column files after a start (see the module doc).
+/// The background check of a checkpoint's column files after a start (see the module doc), in
+/// groups (`FileGroup`, in order): an answer waits only for the groups its reads touched.
 /// Writes go on meanwhile: they append past the checked bytes, and the dedupe files are
 /// checked before the port opens. A failed check is final: the server ends the process on
 /// it (`server::start`), and a read still waiting panics rather than read a bad file.
 #[derive(Debug, Default)]
 pub struct Verification {
-    passed: AtomicBool,
+    /// The last group (as u8) that passed: groups pass in order.
+    passed: AtomicU8,
     outcome: Mutex<Option<Result<(), String>>>,
     done: Condvar,
 }
@@ -57,9 +61,19 @@ impl Verification {
         verification
     }
 
+    /// `group`'s files (and those of the groups before it) passed.
+    pub fn pass(&self, group: FileGroup) {
+        let _slot = self.outcome.lock();
+        self.passed.fetch_max(group as u8, Ordering::Release);
+        self.done.notify_all();
+    }
+
+    /// The check ended: every group passed, or one failed.
     pub fn finish(&self, outcome: Result<(), String>) {
         let mut slot = self.outcome.lock();
-        self.passed.store(outcome.is_ok(), Ordering::Release);
+        if outcome.is_ok() {
+            self.passed.store(LAST_GROUP as u8, Ordering::Release);
+        }
         *slot = Some(outcome);
         self.done.notify_all();
     }
@@ -75,16 +89,37 @@ impl Verification {
         }
     }
 
-    /// Waits for the check to pass; panics when it failed.
-    pub fn wait(&self) {
-        if self.passed.load(Ordering::Acquire) {
-            return;
+    /// Waits until `group` passed (Ok) or the check failed (its error).
+    pub fn settled(&self, group: FileGroup) -> Result<(), String> {
+        if self.passed.load(Ordering::Acquire) >= group as u8 {
+            return Ok(());
         }
-        if let Err(error) = self.outcome() {
+        let mut slot = self.outcome.lock();
+        loop {
+            if self.passed.load(Ordering::Acquire) >= group as u8 {
+                return Ok(());
+            }
+            if let Some(Err(error)) = &*slot {
+                return Err(error.clone());
+            }
+            self.done.wait(&mut slot);
+        }
+    }
+
+    /// Waits until `group` passed; panics when the check failed first.
+    pub fn wait_for(&self, group: FileGroup) {
+        if let Err(error) = self.settled(group) {
             panic!("refusing to read a project whose files failed their check: {error}");
         }
     }
+
+    /// Waits for the whole check to pass; panics when it failed.
+    pub fn wait(&self) {
+        self.wait_for(LAST_GROUP);
+    }
 }
+
+const LAST_GROUP: FileGroup = FileGroup::ALL[FileGroup::ALL.len() - 1];
 
 /// A read whose drop waits for the files' check (see `ProjectEntry::read_for_answer`).
 pub struct AnswerRead<'a> {
@@ -102,13 +137,16 @@ impl std::ops::Deref for AnswerRead<'_> {
 
 impl Drop for AnswerRead<'_> {
     fn drop(&mut self) {
+        // The groups the answer's reads touched (any read of the table since the start counts:
+        // waiting for more is safe), then the lock goes before the wait.
+        let read = self.state.as_ref().map_or(LAST_GROUP, |state| state.data.table.groups_read());
         drop(self.state.take());
         let Some(verification) = &self.entry.verification else { return };
         if std::thread::panicking() {
-            // The analysis failed: its error too leaves only after the check.
-            let _ = verification.outcome();
+            // The analysis failed: its error too leaves only after the check of what it read.
+            let _ = verification.settled(read);
         } else {
-            verification.wait();
+            verification.wait_for(read);
         }
     }
 }
@@ -351,6 +389,56 @@ mod tests {
                 assert!(answer.try_recv().is_err());
             }
         }
+    }
+
+    /// An answer waits for the groups of files its reads touched, in the order they are
+    /// checked: one that read only people, names and times leaves once those passed, while the
+    /// properties and the cold values are still being checked.
+    #[test]
+    fn an_answer_waits_only_for_the_groups_of_files_it_read() {
+        type Read = fn(&crate::core::store::table::EventTable) -> usize;
+        let reads: [(Read, FileGroup); 4] = [
+            (|table| table.person().len() + table.name().len() + table.time_of(0) as usize, FileGroup::Scanned),
+            (|table| table.row_props(0).len(), FileGroup::Properties),
+            (|table| table.row_event_id(0).len(), FileGroup::Cold),
+            (|table| table.event(0).properties.len(), FileGroup::Cold),
+        ];
+        for (read, needs) in reads {
+            let verification = Verification::running();
+            let entry = Arc::new(ProjectEntry::loaded(ProjectState::for_test("p"), verification.clone()));
+            entry.write().data.apply(&events(&["a"])[0], &[true]);
+            let (answered, answer) = std::sync::mpsc::channel();
+            let reader = {
+                let entry = entry.clone();
+                std::thread::spawn(move || {
+                    let value = read(&entry.read_for_answer().data.table);
+                    answered.send(value).unwrap();
+                })
+            };
+            let wait = std::time::Duration::from_millis(50);
+            for group in FileGroup::ALL {
+                assert!(answer.recv_timeout(wait).is_err(), "an answer reading {needs:?} left before {group:?} passed");
+                verification.pass(group);
+                if group == needs {
+                    break;
+                }
+            }
+            answer.recv().expect("the answer leaves once its groups passed");
+            reader.join().unwrap();
+            assert_eq!(entry.read_without_pending().data.table.groups_read(), needs);
+        }
+        // A later group's failure does not hold an answer whose groups passed; one that read
+        // the failed group gets none.
+        let verification = Verification::running();
+        let entry = ProjectEntry::loaded(ProjectState::for_test("p"), verification.clone());
+        entry.write().data.apply(&events(&["a"])[0], &[true]);
+        verification.pass(FileGroup::Scanned);
+        verification.finish(Err("segments/9.col is corrupt".into()));
+        assert_eq!(entry.read_for_answer().data.table.len(), 1);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            entry.read_for_answer().data.table.row_props(0).len()
+        }));
+        assert!(read.is_err(), "no answer from a group that failed its check");
     }
 
     #[test]

@@ -53,6 +53,7 @@ use crate::core::store::record::{LogRecord, decode_record};
 use crate::core::store::remote::{EventStats, Fetch, RemoteEvents};
 use crate::core::store::segment::Manifest;
 use crate::core::store::source::{AnySource, EventSource};
+use crate::core::store::table::FileGroup;
 use crate::error::{Error, Result, echo};
 use crate::storage::{LogPosition, Storage};
 use meta::{MetaKey, MetaKind};
@@ -152,9 +153,9 @@ pub struct Engine {
     verification: Arc<Verification>,
 }
 
-/// Checks the projects' column files of `manifest` on a thread of its own, then every loaded
-/// table's rows against its people and names (`EventTable::check_rows`), and ends
-/// `verification` with the outcome.
+/// Checks the projects' column files of `manifest` on a thread of its own, group after group
+/// (`FileGroup`; after the first, every loaded table's rows against its people and names,
+/// `EventTable::check_rows`), passing each in `verification`, and ends it with the outcome.
 fn verify_in_background(
     dir: std::path::PathBuf,
     manifest: Manifest,
@@ -174,10 +175,18 @@ fn verify_in_background(
                     )
                 })?;
             }
-            Ok(())
+            Ok::<(), String>(())
         };
-        let outcome =
-            manifest.verify_projects(&dir).map_err(|e| e.to_string()).and_then(|files| rows().map(|()| files));
+        // Group after group, so an answer that reads only the first waits for it alone.
+        let outcome = FileGroup::ALL.into_iter().try_fold(0, |files, group| {
+            let checked = manifest.verify_project_group(&dir, group).map_err(|e| e.to_string())?;
+            if group == FileGroup::Scanned {
+                rows()?;
+            }
+            verification.pass(group);
+            tracing::debug!(?group, elapsed_ms = started.elapsed().as_millis() as u64, "column file group verified");
+            Ok::<_, String>(files + checked)
+        });
         match &outcome {
             Ok(files) => {
                 tracing::info!(files, elapsed_ms = started.elapsed().as_millis() as u64, "column files verified")
@@ -195,7 +204,7 @@ const WARM_UP_ROWS: usize = 100_000;
 /// one after another, on a thread of its own, beside the files' check: a large project's first
 /// query after a restart then waits for less of it. Queries find the order built, or, for a
 /// build under way, read an order of their names (or wait, for a scan of every name; see
-/// `PersonOrderCache`); their answers wait for the check. It reads the state without waiting
+/// `PersonOrderCache`); their answers wait for the check of what they read. It reads the state without waiting
 /// for the check, holding the project's read lock as a query would, at a lower priority than
 /// queries.
 fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
@@ -341,7 +350,8 @@ impl Engine {
         // The dedupe files are verified while the checkpoint loads (loading only reads them),
         // and nothing is replayed or acked until both are done. A bad file is the error (it
         // names the file) even when the load failed on it first. The projects' column files
-        // are verified after the port opens, while answers wait for them (`Verification`); the
+        // are verified after the port opens, while answers wait for those they read
+        // (`Verification`); the
         // load checks their sizes, and the compressed files as it reads them.
         let (verified, loaded) = std::thread::scope(|scope| {
             let verifying = match (&columns, &manifest) {

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
-use crate::core::store::column::{Column, ColumnSpace, block_checksums, checksum};
+use crate::core::store::column::{CHECKSUM_BLOCK, Column, ColumnSpace, block_checksums, checksum};
 use crate::core::store::source::run_parts;
-use crate::core::store::table::{EventTable, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
+use crate::core::store::table::{EventTable, FileGroup, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
 use crate::core::store::times::Times;
 use crate::core::store::traits::Traits;
 use crate::error::{Error, Result};
@@ -212,10 +212,17 @@ impl Manifest {
         verify_columns(dir, self.seen_columns().collect())
     }
 
-    /// `verify` for the projects' column files only: what a start checks in the background
-    /// while answers wait for them (`engine::Verification`).
+    /// `verify` for the projects' column files only.
     pub fn verify_projects(&self, dir: &Path) -> Result<usize> {
         verify_columns(dir, self.projects.values().flat_map(|p| p.columns.values()).collect())
+    }
+
+    /// `verify` for the projects' column files of one group: what a start checks in the
+    /// background, group after group, while answers wait for the groups they read
+    /// (`engine::Verification`).
+    pub fn verify_project_group(&self, dir: &Path, group: FileGroup) -> Result<usize> {
+        let columns = self.projects.values().flat_map(|p| p.columns.iter());
+        verify_columns(dir, columns.filter(|(name, _)| FileGroup::of_column(name) == group).map(|(_, c)| c).collect())
     }
 }
 
@@ -223,30 +230,55 @@ fn corrupt(dir: &Path, file: &str, why: &str) -> Error {
     Error::Storage(format!("{} is corrupt ({why}); restore the data directory from a backup", dir.join(file).display()))
 }
 
+/// Checksum blocks one task of `verify_columns` reads: a large file is split among the cores,
+/// so checking a group of a few large files takes no longer than checking many small ones.
+const VERIFY_SPAN: usize = 16;
+
 /// Checks column files against their block checksums on all cores; the first bad one is the
 /// error, naming it. Returns how many were checked.
 fn verify_columns(dir: &Path, columns: Vec<&ColumnRef>) -> Result<usize> {
-    let check = |column: &ColumnRef| -> Result<()> {
+    verify_columns_in_spans(dir, columns, VERIFY_SPAN)
+}
+
+/// `verify_columns`, each task reading `span` checksum blocks.
+fn verify_columns_in_spans(dir: &Path, columns: Vec<&ColumnRef>, span: usize) -> Result<usize> {
+    let mut maps = Vec::with_capacity(columns.len());
+    for column in &columns {
         let path = dir.join(&column.file);
         let file = std::fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
         let size = file.metadata().map_err(|e| io_error("cannot stat", &path, e))?.len();
         if size < column.bytes {
             return Err(corrupt(dir, &column.file, "it is shorter than the manifest lists"));
         }
-        let sums = if column.bytes == 0 {
-            Vec::new()
+        if column.checksums.len() != (column.bytes as usize).div_ceil(CHECKSUM_BLOCK) {
+            return Err(corrupt(dir, &column.file, "its checksum differs from the manifest's"));
+        }
+        // SAFETY: a read-only map of a file no process changes in the listed prefix (columns
+        // only append past it).
+        let map = if column.bytes == 0 {
+            None
         } else {
-            // SAFETY: a read-only map of a file no process changes in the listed prefix
-            // (columns only append past it).
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?;
-            block_checksums(&map[..column.bytes as usize])
+            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?)
         };
-        if sums != column.checksums {
+        maps.push(map);
+    }
+    // Tasks: (column, first block), in the columns' order.
+    let tasks: Vec<(usize, usize)> = columns
+        .iter()
+        .enumerate()
+        .flat_map(|(i, column)| (0..column.checksums.len()).step_by(span).map(move |block| (i, block)))
+        .collect();
+    let check = |&(i, first): &(usize, usize)| -> Result<()> {
+        let (column, map) = (columns[i], maps[i].as_deref().unwrap_or_default());
+        let listed = &column.checksums[first..(first + span).min(column.checksums.len())];
+        let start = first * CHECKSUM_BLOCK;
+        let end = (start + listed.len() * CHECKSUM_BLOCK).min(column.bytes as usize);
+        if block_checksums(&map[start..end]) != listed {
             return Err(corrupt(dir, &column.file, "its checksum differs from the manifest's"));
         }
         Ok(())
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(columns.len().max(1));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(tasks.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -254,8 +286,8 @@ fn verify_columns(dir: &Path, columns: Vec<&ColumnRef>) -> Result<usize> {
                 scope.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(column) = columns.get(i) else { return Ok::<(), Error>(()) };
-                        check(column)?;
+                        let Some(task) = tasks.get(i) else { return Ok::<(), Error>(()) };
+                        check(task)?;
                     }
                 })
             })
@@ -693,6 +725,74 @@ mod tests {
         short.columns.get_mut("cold.block_ends").unwrap().bytes = 8;
         let err = ProjectData::load(&space, &short).unwrap_err().to_string();
         assert!(err.contains("the rows after the last block do not fit together"), "{err}");
+    }
+
+    /// A start checks the column files group by group (`FileGroup`): together the groups are
+    /// every listed file once, and a bad properties file fails its own group only, naming it.
+    #[test]
+    fn column_files_are_checked_by_group_and_a_bad_one_fails_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
+        let mut data = ProjectData::in_space(Some(&space));
+        for i in 0..300 {
+            let event = crate::core::store::table::test_event(&format!("e{i}"), "u1", "a1", i);
+            data.table.push(&event);
+        }
+        let files = data.save(&space).unwrap();
+        let groups: BTreeMap<&str, FileGroup> =
+            files.columns.keys().map(|name| (name.as_str(), FileGroup::of_column(name))).collect();
+        assert_eq!(groups["person"], FileGroup::Scanned);
+        assert_eq!(groups["time.bases"], FileGroup::Scanned);
+        assert_eq!(groups["strings.bytes"], FileGroup::Scanned);
+        assert_eq!(groups["props"], FileGroup::Properties);
+        assert_eq!(groups["prop_end"], FileGroup::Properties);
+        assert_eq!(groups["cold.blocks"], FileGroup::Cold);
+        let manifest = Manifest::new("log".into(), 0, BTreeMap::from([("p".into(), files.clone())]), vec![]);
+        let checked: Vec<usize> =
+            FileGroup::ALL.iter().map(|&group| manifest.verify_project_group(space.dir(), group).unwrap()).collect();
+        assert_eq!(checked.iter().sum::<usize>(), files.columns.len());
+        assert_eq!(checked[1], 2);
+
+        let props = space.dir().join(&files.columns["props"].file);
+        let mut bytes = std::fs::read(&props).unwrap();
+        bytes[5] ^= 1;
+        std::fs::write(&props, bytes).unwrap();
+        assert!(manifest.verify_project_group(space.dir(), FileGroup::Scanned).is_ok());
+        assert!(manifest.verify_project_group(space.dir(), FileGroup::Cold).is_ok());
+        let err = manifest.verify_project_group(space.dir(), FileGroup::Properties).unwrap_err().to_string();
+        assert!(err.contains(&files.columns["props"].file) && err.contains("corrupt"), "{err}");
+    }
+
+    /// A file is checked in spans of blocks on several threads: a bad byte in any block, or a
+    /// list of checksums of the wrong length, names the file.
+    #[test]
+    fn a_file_checked_in_spans_finds_a_bad_block_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
+        let mut column: Column<u64> = space.column();
+        let values = (2 * CHECKSUM_BLOCK + CHECKSUM_BLOCK / 2) / 8;
+        column.extend_from_slice(&(0..values as u64).collect::<Vec<_>>());
+        let listed = save_column(&column, &space).unwrap();
+        assert_eq!(listed.checksums.len(), 3);
+        for span in [1, 2, 16] {
+            assert_eq!(verify_columns_in_spans(space.dir(), vec![&listed], span).unwrap(), 1);
+        }
+        let path = space.dir().join(&listed.file);
+        let good = std::fs::read(&path).unwrap();
+        for at in [0, CHECKSUM_BLOCK + 3, 2 * CHECKSUM_BLOCK + 100] {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            for span in [1, 2, 16] {
+                let err = verify_columns_in_spans(space.dir(), vec![&listed], span).unwrap_err().to_string();
+                assert!(err.contains(&listed.file) && err.contains("checksum"), "{err}");
+            }
+        }
+        std::fs::write(&path, &good).unwrap();
+        let mut short = listed.clone();
+        short.checksums.pop();
+        let err = verify_columns(space.dir(), vec![&short]).unwrap_err().to_string();
+        assert!(err.contains(&listed.file), "{err}");
     }
 
     #[test]

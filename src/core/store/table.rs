@@ -270,6 +270,34 @@ fn anonymous_key(anonymous_id: &str) -> String {
     format!("\0{anonymous_id}")
 }
 
+/// The groups of a loaded table's column files, in the order a start checks them after its port
+/// opens (`engine::Verification`): what scans read (people, names, times, the interned
+/// strings), then the properties, then the rows' cold values. An answer computed meanwhile
+/// waits only for the groups its reads touched (`EventTable::groups_read`): a funnel without
+/// property filters does not wait for the properties, which are most of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FileGroup {
+    Scanned = 1,
+    Properties = 2,
+    Cold = 3,
+}
+
+impl FileGroup {
+    /// In the order they are checked.
+    pub const ALL: [FileGroup; 3] = [FileGroup::Scanned, FileGroup::Properties, FileGroup::Cold];
+
+    /// The group of a column file, by its name in a checkpoint (`segment::ProjectFiles`);
+    /// version 2's plain cold columns are converted into `cold` when loaded.
+    pub fn of_column(name: &str) -> FileGroup {
+        match name {
+            "props" | "prop_end" => FileGroup::Properties,
+            "id_end" | "id_bytes" | "anonymous" | "previous_row" => FileGroup::Cold,
+            _ if name.starts_with("cold.") => FileGroup::Cold,
+            _ => FileGroup::Scanned,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct EventTable {
     pub(in crate::core::store) names: Interner,
@@ -320,6 +348,8 @@ pub struct EventTable {
     owner_log_start: u64,
     /// Where the row columns' files are (none: in memory).
     pub(in crate::core::store) space: Option<Arc<ColumnSpace>>,
+    /// The last `FileGroup` (as u8) any read touched (0: only `Scanned`'s columns).
+    groups_read: std::sync::atomic::AtomicU8,
 }
 
 /// A process-wide unique version: a fresh table never shares one with an older table.
@@ -547,6 +577,7 @@ impl EventTable {
 
     /// A person's own rows (not those of people aliased to it), in arrival order.
     pub fn own_rows(&self, person: u32) -> Vec<u32> {
+        self.touch(FileGroup::Cold);
         let mut rows = Vec::new();
         let mut row = self.last_row[person as usize];
         while row != NONE {
@@ -581,17 +612,40 @@ impl EventTable {
         (self.prop_block_start[row / PROP_BLOCK] + u64::from(self.prop_end[row])) as usize
     }
 
+    /// Notes that a read touched `group`'s columns (see `groups_read`). A load first, so that
+    /// scans on many threads do not write one cache line per row.
+    #[inline]
+    fn touch(&self, group: FileGroup) {
+        use std::sync::atomic::Ordering;
+        if self.groups_read.load(Ordering::Relaxed) < group as u8 {
+            self.groups_read.fetch_max(group as u8, Ordering::Release);
+        }
+    }
+
+    /// The last group of column files (`FileGroup`) a read of this table has touched: what an
+    /// answer computed from it waits for after a start.
+    pub fn groups_read(&self) -> FileGroup {
+        match self.groups_read.load(std::sync::atomic::Ordering::Acquire) {
+            0 | 1 => FileGroup::Scanned,
+            2 => FileGroup::Properties,
+            _ => FileGroup::Cold,
+        }
+    }
+
     pub fn row_props(&self, row: usize) -> &[Prop] {
+        self.touch(FileGroup::Properties);
         let start = if row == 0 { 0 } else { self.prop_end_of(row - 1) };
         &self.props[start..self.prop_end_of(row)]
     }
 
     pub fn row_event_id(&self, row: usize) -> Cow<'_, str> {
+        self.touch(FileGroup::Cold);
         self.cold.get(row).map_or(Cow::Borrowed(""), |values| values.event_id)
     }
 
     /// Rebuilds row `row` as an event.
     pub fn event(&self, row: usize) -> Event {
+        self.touch(FileGroup::Cold);
         let person = self.person[row];
         let user_id = if person != NONE && self.is_user[person as usize] {
             self.person_name(person).to_owned()
