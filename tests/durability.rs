@@ -461,7 +461,7 @@ async fn checkpoint_of(dir: &Path, events: Vec<pb::Event>) {
 }
 
 /// The manifest version a checkpoint is written in.
-const CURRENT_VERSION: u32 = 4;
+const CURRENT_VERSION: u32 = 5;
 
 /// The checkpoint manifest in `segments`, as JSON.
 fn read_manifest(segments: &Path) -> serde_json::Value {
@@ -629,11 +629,24 @@ async fn a_version_2_checkpoint_loads_and_is_rewritten_in_the_current_version() 
 /// A checkpoint of manifest version 3 (16-byte properties: key, type, value; u32 property
 /// ends; times as plain i64) loads: every event comes back with the same time and properties
 /// of every type, a sum over a property is the same, and the next clean stop writes the
-/// current version, 12-byte properties, u16 ends and packed times, without the old files. (Under 64 rows, both versions' blocks of
-/// property ends start at 0, so the state file is the same.)
+/// current version, encoded properties, u16 ends and packed times, without the old files.
+/// (Under 64 rows, every version's blocks of property ends start at 0, so the state file is
+/// the same.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_3_checkpoint_loads_with_its_properties_and_times_converted() {
+    old_properties_convert(3).await;
+}
+
+/// A checkpoint of manifest version 4 (12-byte properties, u16 ends counted in properties)
+/// loads the same way, and is written back with its properties encoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_checkpoint_loads_with_its_properties_encoded() {
+    old_properties_convert(4).await;
+}
+
+async fn old_properties_convert(version: u32) {
     use sextant::core::store::column::block_checksums;
+    use sextant::core::store::props::RowProps;
     let temp = tempfile::tempdir().unwrap();
     let events: Vec<pb::Event> = (0..60i64)
         .map(|i| {
@@ -657,44 +670,56 @@ async fn a_version_3_checkpoint_loads_with_its_properties_and_times_converted() 
     assert_eq!(expected.len(), 60);
     assert!(expected.iter().any(|e| e.properties.len() == 4) && expected.iter().any(|e| e.properties.is_empty()));
 
-    // Rewrite the property columns as version 3 listed them.
+    // Rewrite the property columns as the old version listed them: whole properties (16 bytes
+    // in version 3, 12 in version 4), each row's end counted in properties (u32 in version 3,
+    // u16 in version 4).
     let segments = temp.path().join("segments");
     let mut manifest = read_manifest(&segments);
     assert_eq!(manifest["version"], CURRENT_VERSION);
     let columns = manifest["projects"]["p"]["columns"].as_object_mut().unwrap();
     let file_of = |column: &serde_json::Value| segments.join(column["file"].as_str().unwrap());
-    let props = std::fs::read(file_of(&columns["props"])).unwrap();
-    let props = &props[..columns["props"]["bytes"].as_u64().unwrap() as usize];
-    let word = |bytes: &[u8], at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    let mut wide = Vec::new();
-    for prop in props.chunks_exact(12) {
-        let (key_and_type, low, high) = (word(prop, 0), word(prop, 4), word(prop, 8));
-        wide.extend_from_slice(&(key_and_type & ((1 << 29) - 1)).to_le_bytes());
-        wide.extend_from_slice(&(key_and_type >> 29).to_le_bytes());
-        wide.extend_from_slice(&(u64::from(low) | (u64::from(high) << 32)).to_le_bytes());
-    }
+    let encoded = std::fs::read(file_of(&columns["props"])).unwrap();
+    let encoded = &encoded[..columns["props"]["bytes"].as_u64().unwrap() as usize];
     let ends = std::fs::read(file_of(&columns["prop_end"])).unwrap();
-    let ends: Vec<u8> =
-        ends[..120].chunks_exact(2).flat_map(|e| u32::from(u16::from_le_bytes([e[0], e[1]])).to_le_bytes()).collect();
+    let (mut props, mut old_ends, mut start, mut count) = (Vec::new(), Vec::new(), 0, 0u32);
+    for end in ends[..120].chunks_exact(2).map(|e| usize::from(u16::from_le_bytes([e[0], e[1]]))) {
+        for prop in RowProps::new(&encoded[start..end]) {
+            match version {
+                3 => props.extend_from_slice(bytemuck::bytes_of(&prop.wide())),
+                _ => props.extend_from_slice(bytemuck::bytes_of(&prop)),
+            }
+            count += 1;
+        }
+        match version {
+            3 => old_ends.extend_from_slice(&count.to_le_bytes()),
+            _ => old_ends.extend_from_slice(&(count as u16).to_le_bytes()),
+        }
+        start = end;
+    }
+    let prop_size = if version == 3 { 16 } else { 12 };
+    assert_eq!(props.len(), prop_size * expected.iter().map(|e| e.properties.len()).sum::<usize>());
     for (name, bytes, len, file) in
-        [("props", &wide, wide.len() / 16, "1000001.col"), ("prop_end", &ends, 60, "1000002.col")]
+        [("props", &props, props.len() / prop_size, "1000001.col"), ("prop_end", &old_ends, 60, "1000002.col")]
     {
         std::fs::write(segments.join(file), bytes).unwrap();
         columns[name] =
             serde_json::json!({"file": file, "len": len, "bytes": bytes.len(), "checksums": block_checksums(bytes)});
     }
-    // And the times as one plain column (rows arrived in time order, as exported).
-    let micros = |e: &pb::Event| e.timestamp.as_ref().map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
-    let times: Vec<u8> = expected.iter().flat_map(|e| micros(e).to_le_bytes()).collect();
-    columns.retain(|name, _| !name.starts_with("time."));
-    std::fs::write(segments.join("1000003.col"), &times).unwrap();
-    columns.insert(
-        "time".into(),
-        serde_json::json!({"file": "1000003.col", "len": 60, "bytes": 480, "checksums": block_checksums(&times)}),
-    );
-    manifest["version"] = 3.into();
+    if version == 3 {
+        // And the times as one plain column (rows arrived in time order, as exported).
+        let micros =
+            |e: &pb::Event| e.timestamp.as_ref().map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+        let times: Vec<u8> = expected.iter().flat_map(|e| micros(e).to_le_bytes()).collect();
+        columns.retain(|name, _| !name.starts_with("time."));
+        std::fs::write(segments.join("1000003.col"), &times).unwrap();
+        columns.insert(
+            "time".into(),
+            serde_json::json!({"file": "1000003.col", "len": 60, "bytes": 480, "checksums": block_checksums(&times)}),
+        );
+    }
+    manifest["version"] = version.into();
     std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    check_data_dir(temp.path()).expect("a valid version-3 checkpoint");
+    check_data_dir(temp.path()).expect("a valid checkpoint of the old version");
 
     let server = spawn_server(temp.path()).await;
     assert_eq!(exported_events(&server.channel).await, expected);
@@ -703,10 +728,12 @@ async fn a_version_3_checkpoint_loads_with_its_properties_and_times_converted() 
     let manifest = read_manifest(&segments);
     assert_eq!(manifest["version"], CURRENT_VERSION);
     let columns = &manifest["projects"]["p"]["columns"];
-    assert_eq!(columns["props"]["bytes"].as_u64().unwrap(), 12 * columns["props"]["len"].as_u64().unwrap());
+    assert_eq!(columns["props"]["bytes"].as_u64().unwrap(), encoded.len() as u64, "the same bytes, encoded again");
     assert_eq!(columns["prop_end"]["bytes"], 120);
     assert_eq!((columns["time"]["bytes"].as_u64(), columns["time.bases"]["len"].as_u64()), (Some(360), Some(1)));
-    assert!((1_000_001..=1_000_003).all(|n| !segments.join(format!("{n}.col")).exists()), "old files removed");
+    // (New files are numbered after them: only those the test wrote are old.)
+    let old_files = if version == 3 { 1_000_001..=1_000_003 } else { 1_000_001..=1_000_002 };
+    assert!(old_files.into_iter().all(|n| !segments.join(format!("{n}.col")).exists()), "old files removed");
     let server = spawn_server(temp.path()).await;
     assert_eq!(exported_events(&server.channel).await, expected);
     stop_gracefully(server);

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::model::Value;
+use crate::core::store::props::RowProps;
 use crate::core::store::source::EventSource;
-use crate::core::store::table::{Cell, Interner, NONE, Prop};
+use crate::core::store::table::{Cell, Interner, NONE};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -248,22 +249,18 @@ impl CompiledFilters {
 
     fn row_filters_pass(&self, source: &impl EventSource, row: usize) -> bool {
         self.row.iter().all(|f| {
-            let cell = if f.key == NONE {
-                None
-            } else {
-                source.row_props(row).iter().find(|p| p.key() == f.key).map(|p| p.value())
-            };
+            let cell = if f.key == NONE { None } else { source.row_props(row).value_of(f.key) };
             matches(f.op, &f.operands, cell.and_then(|c| Probe::of_cell(c, source.strings())))
         })
     }
 }
 
 /// The numeric value of property `key` among a row's properties, when it has one.
-pub fn row_number(props: &[Prop], key: u32) -> Option<f64> {
-    props.iter().find(|p| p.key() == key).and_then(|p| match p.value() {
+pub fn row_number(props: RowProps<'_>, key: u32) -> Option<f64> {
+    match props.value_of(key)? {
         Cell::Number(n) => Some(n),
         _ => None,
-    })
+    }
 }
 
 #[cfg(test)]

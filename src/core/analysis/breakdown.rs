@@ -59,8 +59,7 @@ fn row_group(
     source: &impl EventSource,
     row: usize,
 ) -> u32 {
-    let cell =
-        if key == NONE { None } else { source.row_props(row).iter().find(|p| p.key() == key).map(|p| p.value()) };
+    let cell = if key == NONE { None } else { source.row_props(row).value_of(key) };
     let group_key = group_key(cell);
     *ids.entry(group_key).or_insert_with(|| {
         labels.push(label_of_key(group_key, source));

@@ -399,7 +399,7 @@ mod tests {
         type Read = fn(&crate::core::store::table::EventTable) -> usize;
         let reads: [(Read, FileGroup); 4] = [
             (|table| table.person().len() + table.name().len() + table.time_of(0) as usize, FileGroup::Scanned),
-            (|table| table.row_props(0).len(), FileGroup::Properties),
+            (|table| table.row_props(0).count(), FileGroup::Properties),
             (|table| table.row_event_id(0).len(), FileGroup::Cold),
             (|table| table.event(0).properties.len(), FileGroup::Cold),
         ];
@@ -436,7 +436,7 @@ mod tests {
         verification.finish(Err("segments/9.col is corrupt".into()));
         assert_eq!(entry.read_for_answer().data.table.len(), 1);
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            entry.read_for_answer().data.table.row_props(0).len()
+            entry.read_for_answer().data.table.row_props(0).count()
         }));
         assert!(read.is_err(), "no answer from a group that failed its check");
     }

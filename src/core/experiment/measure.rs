@@ -294,7 +294,7 @@ fn cell(data: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    data.row_props(row).iter().find(|p| p.key() == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
+    data.row_props(row).value_of(key).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// What measuring `experiment` reads of the events, for a store that fetches them first (a

@@ -748,7 +748,7 @@ fn cell_of(source: &impl EventSource, row: usize, key: u32) -> Option<Cell> {
     if key == NONE {
         return None;
     }
-    source.row_props(row).iter().find(|p| p.key() == key).map(|p| p.value()).filter(|c| !matches!(c, Cell::Null))
+    source.row_props(row).value_of(key).filter(|c| !matches!(c, Cell::Null))
 }
 
 /// Lists a person's entries into a share metric from their events of the metric's names.

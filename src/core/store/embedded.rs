@@ -9,8 +9,9 @@ use parking_lot::Mutex;
 use crate::core::model::{Micros, Value};
 use crate::core::store::ProjectData;
 use crate::core::store::person_order::{PersonOrder, Rows, query_threads};
+use crate::core::store::props::RowProps;
 use crate::core::store::source::{EventSource, ManualValues, Numbers, PersonEvents, Scan, Strings, trim};
-use crate::core::store::table::{Interner, Prop};
+use crate::core::store::table::Interner;
 use crate::core::store::trait_groups::TraitGroups;
 
 /// One project's data as an `EventSource`, for as long as the caller holds it (under the
@@ -116,7 +117,7 @@ impl EventSource for Embedded<'_> {
         self.data.table.name()[row]
     }
 
-    fn row_props(&self, row: usize) -> &[Prop] {
+    fn row_props(&self, row: usize) -> RowProps<'_> {
         self.data.table.row_props(row)
     }
 

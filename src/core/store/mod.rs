@@ -7,6 +7,7 @@ pub mod column;
 pub mod embedded;
 pub mod person_batch;
 pub mod person_order;
+pub mod props;
 pub mod record;
 pub mod remote;
 pub mod segment;

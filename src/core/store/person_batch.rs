@@ -12,8 +12,9 @@ use std::sync::Arc;
 use crate::core::cohort::MemberIds;
 use crate::core::metric::scan::AggregatePushdown;
 use crate::core::model::{Event, Micros, Value};
+use crate::core::store::props::RowProps;
 use crate::core::store::source::{EventSource, ManualValues, Numbers, PersonEvents, Rows, Scan, Strings};
-use crate::core::store::table::{EventTable, Interner, NONE, Prop, ValueRef};
+use crate::core::store::table::{EventTable, Interner, NONE, ValueRef};
 use crate::core::store::trait_groups::TraitGroups;
 use crate::error::{Error, Result};
 
@@ -243,7 +244,7 @@ impl EventSource for PersonBatch {
         self.table.name()[row]
     }
 
-    fn row_props(&self, row: usize) -> &[Prop] {
+    fn row_props(&self, row: usize) -> RowProps<'_> {
         self.table.row_props(row)
     }
 

@@ -775,7 +775,7 @@ impl PersonOrder {
 
 /// Property `key`'s string id in `row`, `NONE` when missing or not a string.
 fn string_of(table: &EventTable, row: usize, key: u32) -> u32 {
-    match table.row_props(row).iter().find(|p| p.key() == key).map(|p| p.value()) {
+    match table.row_props(row).value_of(key) {
         Some(crate::core::store::table::Cell::Str(id)) => id,
         _ => crate::core::store::table::NONE,
     }
@@ -1562,7 +1562,7 @@ mod tests {
         let index = order.name_index(&table, buy).expect("a known name");
         assert_eq!(strings.len(), index.rows.len());
         for (at, &row) in index.rows.iter().enumerate() {
-            let expected = match table.row_props(row as usize).first().map(|p| p.value()) {
+            let expected = match table.row_props(row as usize).next().map(|p| p.value()) {
                 Some(crate::core::store::table::Cell::Str(id)) => id,
                 _ => NONE,
             };

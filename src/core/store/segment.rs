@@ -27,7 +27,6 @@ use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{CHECKSUM_BLOCK, Column, ColumnSpace, block_checksums, checksum};
-use crate::core::store::source::run_parts;
 use crate::core::store::table::{EventTable, FileGroup, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
 use crate::core::store::times::Times;
 use crate::core::store::traits::Traits;
@@ -35,18 +34,21 @@ use crate::error::{Error, Result};
 use crate::storage::files::{io_error, replace_durably};
 
 pub const MANIFEST: &str = "MANIFEST";
-/// Version 4 keeps properties in 12 bytes (`Prop`: the value's type in the key's top bits),
-/// their ends as u16 offsets in blocks of 64 rows, times packed in 6 bytes (`Times`: the
-/// `time`, `time.bases`, `time.far_rows` and `time.far_times` columns) and big dedupe runs'
-/// keys in 10 bytes; version 3 kept 16-byte properties, u32 offsets in blocks of 4,096 rows,
-/// plain 8-byte times and 12-byte keys, converted when loaded (as the columns' value sizes
-/// tell, and for times the side columns' absence).
+/// Version 5 keeps properties encoded, each in as few bytes as its key and value allow
+/// (`props`: 1 to 14 bytes; the `props` column holds bytes, the offsets in `prop_end` count
+/// them).
+/// Version 4 kept properties in 12 bytes (`Prop`; converted when loaded, as the column's value
+/// size tells), their ends as u16 offsets in blocks of 64 rows, and packed times in 6 bytes
+/// (`Times`: the `time`, `time.bases`, `time.far_rows` and `time.far_times` columns) and big
+/// dedupe runs' keys in 10 bytes, as version 5 does; version 3 kept 16-byte properties, u32
+/// offsets in blocks of 4,096 rows, plain 8-byte times and 12-byte keys, converted when
+/// loaded (as the columns' value sizes tell, and for times the side columns' absence).
 /// Version 3 moved each row's event id, anonymous person and previous row into compressed
 /// blocks (`cold.blocks`, `cold.block_ends` and the `cold_tail` file) and the dedupe runs to
 /// 96-bit keys; version 2 kept those values in plain columns (`id_end`, `id_bytes`,
 /// `anonymous`, `previous_row`) and runs of whole keys, converted when loaded. Version 1 kept
 /// the dedupe keys in one sorted column (`seen`). Every earlier version still loads.
-const MANIFEST_VERSION: u32 = 4;
+const MANIFEST_VERSION: u32 = 5;
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -396,54 +398,62 @@ macro_rules! table_columns {
     };
 }
 
-/// Version 3's 16-byte properties as `Prop`s, on all cores.
-fn narrow_props(space: &Arc<ColumnSpace>, wide: &[WideProp]) -> std::result::Result<Column<Prop>, String> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (len, per) = (wide.len(), wide.len().div_ceil(threads).max(1));
-    let parts = run_parts(threads, |t| {
-        wide[(t * per).min(len)..((t + 1) * per).min(len)].iter().map(WideProp::narrow).collect::<Option<Vec<Prop>>>()
-    });
-    let mut props: Column<Prop> = Column::in_space(Some(space));
-    props.reserve(wide.len());
-    for part in parts {
-        props.extend_from_slice(&part.ok_or("a property has a key past the key space or a value of no known type")?);
-    }
-    Ok(props)
+/// The property ends of versions 3 (u32 offsets from the start of their block of 4,096 rows)
+/// and 4 (u16 offsets in blocks of `PROP_BLOCK` rows), counted in properties.
+enum OldPropEnds {
+    Wide(Column<u32>),
+    Narrow(Column<u16>),
 }
 
-/// Version 3's property ends (u32 offsets from the start of their block of `WIDE_PROP_BLOCK`
-/// rows) as this version's (u16 offsets in blocks of `PROP_BLOCK` rows), with the new blocks'
-/// starts.
-fn reblock_prop_ends(
+/// Writes the properties of versions up to 4 (whole properties, read as `Prop`s by `read`;
+/// ends counted in properties, the blocks' starts in `table.prop_block_start`) encoded
+/// (`props`) into new columns of `table`.
+fn encode_props<P>(
+    table: &mut EventTable,
     space: &Arc<ColumnSpace>,
-    ends: &[u32],
-    block_starts: &[u64],
-) -> std::result::Result<(Column<u16>, Vec<u64>), String> {
-    const WIDE_PROP_BLOCK: usize = 4096;
-    if block_starts.len() != ends.len().div_ceil(WIDE_PROP_BLOCK) {
-        return Err(format!("{} blocks of offsets for {} rows", block_starts.len(), ends.len()));
+    props: &[P],
+    read: impl Fn(&P) -> Option<Prop>,
+    ends: &OldPropEnds,
+) -> std::result::Result<(), String> {
+    let (rows, block) = match ends {
+        OldPropEnds::Wide(ends) => (ends.len(), 4096),
+        OldPropEnds::Narrow(ends) => (ends.len(), PROP_BLOCK),
+    };
+    let starts = std::mem::take(&mut table.prop_block_start);
+    if starts.len() != rows.div_ceil(block) {
+        return Err(format!("{} blocks of offsets for {rows} rows", starts.len()));
     }
-    let mut new_ends: Column<u16> = Column::in_space(Some(space));
-    new_ends.reserve(ends.len());
-    let mut new_starts = Vec::with_capacity(ends.len().div_ceil(PROP_BLOCK));
-    let mut previous = 0u64;
-    for (row, &end) in ends.iter().enumerate() {
-        let end = block_starts[row / WIDE_PROP_BLOCK] + u64::from(end);
-        if end < previous {
-            return Err(format!("row {row}'s properties end before the row before it"));
+    let end_of = |row: usize| {
+        starts[row / block]
+            + match ends {
+                OldPropEnds::Wide(ends) => u64::from(ends[row]),
+                OldPropEnds::Narrow(ends) => u64::from(ends[row]),
+            }
+    };
+    table.props = Column::in_space(Some(space));
+    table.prop_end = Column::in_space(Some(space));
+    table.prop_end.reserve(rows);
+    let mut start = 0u64;
+    for row in 0..rows {
+        let end = end_of(row);
+        let Some(row_props) = props.get(start as usize..end as usize) else {
+            return Err(format!("row {row}'s properties end at {end}, outside {start}..={}", props.len()));
+        };
+        let row_start = table.props.len();
+        for prop in row_props {
+            let prop = read(prop).ok_or("a property has a key past the key space or a value of no known type")?;
+            table.props.extend_from_slice(crate::core::store::props::encode(prop.key(), prop.value()).as_bytes());
         }
-        if row % PROP_BLOCK == 0 {
-            new_starts.push(previous);
+        if table.props.len() - row_start > usize::from(u16::MAX) {
+            return Err(format!(
+                "row {row} holds {} properties (this version keeps {MAX_PROPERTIES} a row)",
+                row_props.len()
+            ));
         }
-        let offset = end - new_starts[row / PROP_BLOCK];
-        let offset = u16::try_from(offset).map_err(|_| {
-            let first = row - row % PROP_BLOCK;
-            format!("rows {first}..={row} hold more than 65,535 properties (this version keeps {MAX_PROPERTIES} a row)")
-        })?;
-        new_ends.push(offset);
-        previous = end;
+        table.push_prop_end();
+        start = end;
     }
-    Ok((new_ends, new_starts))
+    Ok(())
 }
 
 impl ProjectData {
@@ -540,10 +550,11 @@ impl ProjectData {
             files.columns.get(name).ok_or_else(|| Error::Storage(format!("the manifest lists no column {name}")))
         };
         // Version 3 and earlier kept 16-byte properties and u32 offsets in blocks of 4,096
-        // rows: converted below, as their values' size tells.
+        // rows, version 4 12-byte properties: encoded below, as their values' size tells.
         let value_size = |name: &str| listed(name).map(|c| c.bytes.checked_div(c.len).unwrap_or(0));
-        let wide_props = value_size("props")? == 16;
+        let props_size = value_size("props")?;
         let wide_ends = value_size("prop_end")? == 4;
+        let plain_props = props_size == size_of::<WideProp>() as u64 || props_size == size_of::<Prop>() as u64;
         // Before times were packed, one 8-byte column and no side columns (told by the side
         // columns, as an empty column has no value size).
         let plain_times = !files.columns.contains_key("time.bases");
@@ -551,8 +562,7 @@ impl ProjectData {
             ($name:expr, $column:expr) => {
                 // Version 2 listed the cold values plain: compressed below.
                 let converted = ($name.starts_with("cold.") && files.cold_tail.is_none())
-                    || ($name == "props" && wide_props)
-                    || ($name == "prop_end" && wide_ends)
+                    || (($name == "props" || $name == "prop_end") && (plain_props || wide_ends))
                     || ($name.starts_with("time") && plain_times);
                 if !converted {
                     $column = open_column(space, listed($name)?)?;
@@ -569,15 +579,24 @@ impl ProjectData {
             table.time = Times::from_parts(cells, bases, far_rows, far_times).map_err(times_corrupt)?;
         }
         let props_corrupt = |e: String| corrupt(format!("the properties: {e}"));
-        if wide_props {
-            let wide: Column<WideProp> = open_column(space, listed("props")?)?;
-            table.props = narrow_props(space, &wide).map_err(props_corrupt)?;
-        }
-        let mut prop_block_start = state.prop_block_start.into_owned();
-        if wide_ends {
-            let ends: Column<u32> = open_column(space, listed("prop_end")?)?;
-            (table.prop_end, prop_block_start) =
-                reblock_prop_ends(space, &ends, &prop_block_start).map_err(props_corrupt)?;
+        table.prop_block_start = state.prop_block_start.into_owned();
+        if plain_props || wide_ends {
+            let ends = if wide_ends {
+                OldPropEnds::Wide(open_column(space, listed("prop_end")?)?)
+            } else {
+                OldPropEnds::Narrow(open_column(space, listed("prop_end")?)?)
+            };
+            // Read from their files as they are encoded: no copy in memory.
+            if props_size == size_of::<WideProp>() as u64 {
+                let wide: Column<WideProp> = open_column(space, listed("props")?)?;
+                encode_props(&mut table, space, &wide, WideProp::narrow, &ends)
+            } else if props_size == size_of::<Prop>() as u64 {
+                let props: Column<Prop> = open_column(space, listed("props")?)?;
+                encode_props(&mut table, space, &props, |p| Some(*p), &ends)
+            } else {
+                encode_props(&mut table, space, &[], |p: &Prop| Some(*p), &ends)
+            }
+            .map_err(props_corrupt)?;
         }
         let cold_corrupt = |e: String| corrupt(format!("the event ids, anonymous people or previous rows: {e}"));
         match &files.cold_tail {
@@ -601,7 +620,6 @@ impl ProjectData {
         table.aliases = state.aliases.into_iter().collect();
         table.last_row = state.last_row.into_owned();
         table.name_counts = state.name_counts.into_owned();
-        table.prop_block_start = prop_block_start;
         table.min_time = state.min_time;
         table.max_time = state.max_time;
         table.generation = state.generation;
@@ -837,7 +855,7 @@ mod tests {
     }
 
     #[test]
-    fn version_3_properties_and_times_convert_across_blocks_and_bad_ones_are_refused() {
+    fn properties_of_versions_3_and_4_and_plain_times_convert_across_blocks_and_bad_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let space = ColumnSpace::durable_for_tests(dir.path());
         let mut data = ProjectData::in_space(Some(&space));
@@ -865,9 +883,16 @@ mod tests {
         // The same rows as version 3 kept their properties: 16 bytes each, and ends as u32
         // offsets from the start of their block of 4,096 rows.
         let table = &data.table;
+        let row_props: Vec<Vec<Prop>> = (0..rows).map(|r| table.row_props(r).collect()).collect();
         let mut wide: Column<WideProp> = space.column();
-        table.props.iter().for_each(|p| wide.push(p.wide()));
-        let ends: Vec<u64> = (0..rows).map(|r| table.prop_end_of(r) as u64).collect();
+        row_props.iter().flatten().for_each(|p| wide.push(p.wide()));
+        let ends: Vec<u64> = row_props
+            .iter()
+            .scan(0u64, |end, props| {
+                *end += props.len() as u64;
+                Some(*end)
+            })
+            .collect();
         let starts: Vec<u64> = (0..rows.div_ceil(4096)).map(|b| if b == 0 { 0 } else { ends[b * 4096 - 1] }).collect();
         let mut wide_ends: Column<u32> = space.column();
         ends.iter().enumerate().for_each(|(r, &end)| wide_ends.push((end - starts[r / 4096]) as u32));
@@ -888,7 +913,27 @@ mod tests {
         let converted = ProjectData::load(&space, &v3).unwrap();
         assert_eq!((0..rows).map(|r| converted.table.event(r)).collect::<Vec<_>>(), expected);
         assert_eq!(converted.table.prop_block_start, data.table.prop_block_start);
+        assert_eq!(converted.table.props.to_vec(), data.table.props.to_vec());
         assert_eq!(converted.table.time.bases.to_vec(), data.table.time.bases.to_vec());
+
+        // As version 4 kept them: 12 bytes each, ends as u16 offsets in blocks of 64 rows.
+        let mut plain: Column<Prop> = space.column();
+        row_props.iter().flatten().for_each(|p| plain.push(*p));
+        let starts: Vec<u64> =
+            (0..rows.div_ceil(PROP_BLOCK)).map(|b| if b == 0 { 0 } else { ends[b * PROP_BLOCK - 1] }).collect();
+        let mut narrow_ends: Column<u16> = space.column();
+        ends.iter().enumerate().for_each(|(r, &end)| narrow_ends.push((end - starts[r / PROP_BLOCK]) as u16));
+        state.prop_block_start = Cow::Owned(starts);
+        let mut v4 = files.clone();
+        (v4.state, v4.state_checksum) = write_compressed(&space, "state", &state).unwrap();
+        v4.columns.insert("props".into(), save_column(&plain, &space).unwrap());
+        v4.columns.insert("prop_end".into(), save_column(&narrow_ends, &space).unwrap());
+        space.pin_also(v4.columns.values().map(|c| c.file.clone()));
+        let converted = ProjectData::load(&space, &v4).unwrap();
+        assert_eq!((0..rows).map(|r| converted.table.event(r)).collect::<Vec<_>>(), expected);
+        assert_eq!(converted.table.props.to_vec(), data.table.props.to_vec());
+        // Encoded, the properties take fewer bytes (thirds and times keep 8 bytes a value).
+        assert!(data.table.props.len() < plain.len() * size_of::<Prop>(), "{}", data.table.props.len());
 
         // Packed times without their bases are refused.
         let mut no_bases = files.clone();

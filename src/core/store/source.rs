@@ -28,7 +28,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::core::model::{ManualValue, Micros, Value};
-use crate::core::store::table::{Interner, Prop};
+use crate::core::store::props::RowProps;
+use crate::core::store::table::Interner;
 use crate::core::store::trait_groups::TraitGroups;
 
 pub use crate::core::store::person_order::{Numbers, PersonEvents, Rows, Strings};
@@ -92,7 +93,7 @@ pub trait EventSource: Sync {
     fn row_count(&self) -> usize;
     fn row_time(&self, row: usize) -> Micros;
     fn row_name(&self, row: usize) -> u32;
-    fn row_props(&self, row: usize) -> &[Prop];
+    fn row_props(&self, row: usize) -> RowProps<'_>;
     /// A row's event id (decoded: ids are stored compressed, as nothing scans them).
     fn row_event_id(&self, row: usize) -> Cow<'_, str>;
 
@@ -259,7 +260,7 @@ impl EventSource for AnySource<'_> {
     fn row_name(&self, row: usize) -> u32 {
         delegate!(self, s => s.row_name(row))
     }
-    fn row_props(&self, row: usize) -> &[Prop] {
+    fn row_props(&self, row: usize) -> RowProps<'_> {
         delegate!(self, s => s.row_props(row))
     }
     fn row_event_id(&self, row: usize) -> Cow<'_, str> {

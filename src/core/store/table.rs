@@ -15,6 +15,7 @@ use hashbrown::HashMap;
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::props::RowProps;
 use crate::core::store::times::Times;
 
 /// Marks "no value" in an id column.
@@ -26,8 +27,11 @@ const OWNER_LOG_LIMIT: usize = 1 << 22;
 /// Rows per block of property offsets (see `EventTable::prop_end`).
 pub(in crate::core::store) const PROP_BLOCK: usize = 64;
 /// The most properties one event may have (the configured limit is checked against it), so
-/// that a block's offsets fit in u16.
-pub const MAX_PROPERTIES: usize = (u16::MAX as usize) / PROP_BLOCK;
+/// that a row's encoded properties take under 65,536 bytes (see `EventTable::prop_end`).
+pub const MAX_PROPERTIES: usize = 1023;
+const _: () = assert!(MAX_PROPERTIES * crate::core::store::props::MAX_BYTES <= u16::MAX as usize);
+/// Marks, in `EventTable::prop_block_start`, a block whose u16 offsets wrapped past 65,535.
+const WRAPPED: u64 = 1 << 63;
 /// Property keys (and trait names) a `Prop` can name: ids below 2²⁹, as the value's type takes
 /// the key's top 3 bits. Ingest refuses new keys well before (`Limits::max_property_keys`).
 pub const MAX_PROPERTY_KEYS: usize = 1 << 29;
@@ -186,9 +190,9 @@ pub enum Cell {
     Time(Micros),
 }
 
-/// One property of a row: its key id and a typed value in 12 plain bytes (4-byte aligned), so
-/// the property arena can live in a file-backed column: the value's type in the top 3 bits of
-/// the key's word, its 64 bits in two words.
+/// One property of a row, as a row's bytes decode to (`props::RowProps`) and as checkpoints
+/// of version 4 stored it: its key id and a typed value in 12 plain bytes (4-byte aligned),
+/// the value's type in the top 3 bits of the key's word, its 64 bits in two words.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Prop {
@@ -321,12 +325,15 @@ pub struct EventTable {
     /// Per row: its time, packed (see `Times`).
     pub(in crate::core::store) time: Times,
     pub(in crate::core::store) name: Column<u32>,
-    /// Row i's properties end at `prop_block_start[i / PROP_BLOCK] + prop_end[i]` (and start
-    /// where row i-1's end): 2 bytes a row, and no wrap however many properties a project
-    /// holds, since a block of rows holds at most PROP_BLOCK × MAX_PROPERTIES of them.
+    /// Row i's properties (`props::RowProps`) end at byte `prop_block_start[i / PROP_BLOCK] +
+    /// prop_end[i]` of `props` (and start where row i-1's end): 2 bytes a row. A block's
+    /// offsets may pass 65,535 (64 rows of over 1 KB of properties on average): the block's
+    /// start then carries `WRAPPED`, and a row's offset gains 65,536 for each time its block's
+    /// offsets decrease up to it, which they do exactly at each wrap since one row's
+    /// properties take under 65,536 bytes (`MAX_PROPERTIES`).
     pub(in crate::core::store) prop_end: Column<u16>,
     pub(in crate::core::store) prop_block_start: Vec<u64>,
-    pub(in crate::core::store) props: Column<Prop>,
+    pub(in crate::core::store) props: Column<u8>,
     /// Per row, compressed in blocks (read one row at a time, never scanned): its event id,
     /// the anonymous person it was sent under (`NONE`: none), and the same person's row before
     /// it (`NONE` for its first), so a person's rows are a chain from `last_row`.
@@ -551,14 +558,20 @@ impl EventTable {
             self.name_counts.push(0);
         }
         self.name_counts[name as usize] += 1;
+        let row_start = self.props.len();
         for (key, value) in properties {
             // Ingest stops new keys long before (`Limits::max_property_keys`).
             let Some(key) = self.keys.intern_below(key, MAX_PROPERTY_KEYS) else {
                 tracing::error!(key, "a property key past the key space is dropped");
                 continue;
             };
-            let value = value.cell(&mut self.strings);
-            self.props.push(Prop::new(key, value));
+            let encoded = crate::core::store::props::encode(key, value.cell(&mut self.strings));
+            // Ingest allows at most `MAX_PROPERTIES` a row (`Limits::max_properties`).
+            if self.props.len() - row_start + encoded.as_bytes().len() > u16::MAX as usize {
+                tracing::error!(row, "properties past 65,535 bytes in a row are dropped");
+                break;
+            }
+            self.props.extend_from_slice(encoded.as_bytes());
         }
         self.push_prop_end();
         let previous = self.link_row(person, row);
@@ -596,20 +609,30 @@ impl EventTable {
     }
 
     /// Ends the properties of the row being added (row `prop_end.len()`) at `props.len()`.
-    fn push_prop_end(&mut self) {
+    pub(in crate::core::store) fn push_prop_end(&mut self) {
         let row = self.prop_end.len();
         if row.is_multiple_of(PROP_BLOCK) {
             // A block starts where the row before it ends.
             let start = if row == 0 { 0 } else { self.prop_end_of(row - 1) };
             self.prop_block_start.push(start as u64);
         }
-        let start = self.prop_block_start[row / PROP_BLOCK];
-        let offset = u16::try_from(self.props.len() as u64 - start).expect("MAX_PROPERTIES bounds a block's offsets");
-        self.prop_end.push(offset);
+        let start = &mut self.prop_block_start[row / PROP_BLOCK];
+        let offset = self.props.len() as u64 - (*start & !WRAPPED);
+        if offset > u64::from(u16::MAX) {
+            *start |= WRAPPED;
+        }
+        self.prop_end.push(offset as u16);
     }
 
     pub(in crate::core::store) fn prop_end_of(&self, row: usize) -> usize {
-        (self.prop_block_start[row / PROP_BLOCK] + u64::from(self.prop_end[row])) as usize
+        let start = self.prop_block_start[row / PROP_BLOCK];
+        let offset = u64::from(self.prop_end[row]);
+        if start & WRAPPED == 0 {
+            return (start + offset) as usize;
+        }
+        let ends = &self.prop_end[row - row % PROP_BLOCK..=row];
+        let wraps = ends.windows(2).filter(|pair| pair[1] < pair[0]).count() as u64;
+        ((start & !WRAPPED) + (wraps << 16) + offset) as usize
     }
 
     /// Notes that a read touched `group`'s columns (see `groups_read`). A load first, so that
@@ -632,10 +655,10 @@ impl EventTable {
         }
     }
 
-    pub fn row_props(&self, row: usize) -> &[Prop] {
+    pub fn row_props(&self, row: usize) -> RowProps<'_> {
         self.touch(FileGroup::Properties);
         let start = if row == 0 { 0 } else { self.prop_end_of(row - 1) };
-        &self.props[start..self.prop_end_of(row)]
+        RowProps::new(self.props.get(start..self.prop_end_of(row)).unwrap_or_default())
     }
 
     pub fn row_event_id(&self, row: usize) -> Cow<'_, str> {
@@ -661,7 +684,6 @@ impl EventTable {
         };
         let properties = self
             .row_props(row)
-            .iter()
             .map(|prop| {
                 let value = match prop.value() {
                     Cell::Null => Value::Null,
@@ -941,6 +963,62 @@ mod tests {
         for (row, e) in kept.iter().enumerate() {
             assert_eq!(&&table.event(row), e);
         }
+    }
+
+    #[test]
+    fn blocks_past_64_kb_of_properties_wrap_their_offsets_and_read_back() {
+        let mut table = EventTable::default();
+        let numbers = |count: usize, i: usize| -> Vec<(String, Value)> {
+            (0..count).map(|k| (format!("k{k}"), Value::Number((i * k) as f64 / 3.0))).collect()
+        };
+        // Two blocks of rows of about 8 KB of properties each (9 or 10 bytes a third), with
+        // empty rows among them, then a block of small rows.
+        let mut events: Vec<Event> = (0..2 * PROP_BLOCK + 10)
+            .map(|i| {
+                let mut e = event(&format!("e{i}"), "u1", "", i as i64);
+                e.properties = if i >= 2 * PROP_BLOCK {
+                    vec![("k1".into(), Value::Number(i as f64))]
+                } else if i % 5 == 0 {
+                    Vec::new()
+                } else {
+                    numbers(800 + i, i)
+                };
+                e
+            })
+            .collect();
+        // One row past 65,535 bytes keeps the properties that fit.
+        let mut too_many = event("big", "u1", "", 1_000);
+        too_many.properties = numbers(12_000, 7);
+        events.push(too_many.clone());
+        events.push(event("after", "u1", "", 1_001));
+        let wrapped =
+            |table: &EventTable| table.prop_block_start.iter().map(|start| start & WRAPPED != 0).collect::<Vec<_>>();
+        let big = events.len() - 2;
+        for e in &events[..big] {
+            table.push(e);
+        }
+        assert_eq!(wrapped(&table), [true, true, false]);
+        for e in &events[big..] {
+            table.push(e);
+        }
+        assert_eq!(wrapped(&table), [true, true, true]);
+        for (row, e) in events.iter().enumerate().filter(|(row, _)| *row != big) {
+            assert_eq!(&table.event(row), e, "row {row}");
+        }
+        let kept = table.event(big).properties;
+        let bytes = table.prop_end_of(big) - table.prop_end_of(big - 1);
+        assert!(kept.len() < 12_000 && bytes <= usize::from(u16::MAX) && bytes > usize::from(u16::MAX) - 14);
+        assert_eq!(kept[..], too_many.properties[..kept.len()]);
+        // Compaction lays the kept rows out afresh, wrapping where they do.
+        for row in (0..events.len()).step_by(2) {
+            table.erase(row as u32);
+        }
+        table.compact();
+        let kept: Vec<&Event> = events.iter().skip(1).step_by(2).collect();
+        for (row, e) in kept.iter().enumerate() {
+            assert_eq!(&&table.event(row), e, "row {row}");
+        }
+        assert!(table.prop_block_start[0] & WRAPPED != 0);
     }
 
     #[test]
