@@ -1,16 +1,17 @@
 //! Unsigned LEB128 varints: 7 bits a byte, low bits first, the high bit set on every byte but
-//! the last. ClickHouse's RowBinary lengths and the event id blocks' lengths use them.
+//! the last. ClickHouse's RowBinary lengths, the event id blocks' lengths and properties
+//! (`store::props`) use them.
 
 /// Appends `value`.
-pub fn put(out: &mut Vec<u8>, mut value: u64) {
+pub fn put(out: &mut impl Extend<u8>, mut value: u64) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
         if value == 0 {
-            out.push(byte);
+            out.extend([byte]);
             return;
         }
-        out.push(byte | 0x80);
+        out.extend([byte | 0x80]);
     }
 }
 

@@ -254,7 +254,7 @@ pub fn run(
         if channel_key == NONE {
             return None;
         }
-        match source.row_props(row).find(|p| p.key() == channel_key)?.value() {
+        match source.row_props(row).value_of(channel_key)? {
             Cell::Str(id) if id != empty => Some(id),
             _ => None,
         }

@@ -8,6 +8,7 @@
 //! 2 places: 3 bytes in all), else its 8 bytes. Versions up to 4 of the checkpoint kept 12 bytes a property (`Prop`)
 //! whatever its value.
 
+use crate::core::leb128;
 use crate::core::store::table::{Cell, MAX_PROPERTY_KEYS, Prop};
 
 const NULL: u8 = 0;
@@ -47,22 +48,19 @@ impl Encoded {
         &self.bytes[..self.len]
     }
 
-    fn push(&mut self, byte: u8) {
-        self.bytes[self.len] = byte;
-        self.len += 1;
-    }
-
-    fn varint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.push(value as u8 | 0x80);
-            value >>= 7;
-        }
-        self.push(value as u8);
-    }
-
     fn fixed(&mut self, bits: u64) {
         self.bytes[self.len..self.len + 8].copy_from_slice(&bits.to_le_bytes());
         self.len += 8;
+    }
+}
+
+/// For `leb128::put`.
+impl Extend<u8> for Encoded {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        for byte in bytes {
+            self.bytes[self.len] = byte;
+            self.len += 1;
+        }
     }
 }
 
@@ -93,27 +91,29 @@ fn decimal(kind: u8, magnitude: u64) -> f64 {
 /// `key`'s property with `value`; `key` must be below `MAX_PROPERTY_KEYS`.
 pub fn encode(key: u32, value: Cell) -> Encoded {
     debug_assert!((key as usize) < MAX_PROPERTY_KEYS, "property key {key} past the key space");
-    let mut out = Encoded { bytes: [0; MAX_BYTES], len: 1 };
-    let kind = match value {
-        Cell::Null => NULL,
-        Cell::Bool(false) => FALSE,
-        Cell::Bool(true) => TRUE,
-        Cell::Str(_) => STR,
-        Cell::Time(_) => TIME,
-        Cell::Number(n) => as_decimal(n).map_or(FLOAT, |(kind, _)| kind),
+    enum Payload {
+        Nothing,
+        Varint(u64),
+        Fixed(u64),
+    }
+    let (kind, payload) = match value {
+        Cell::Null => (NULL, Payload::Nothing),
+        Cell::Bool(false) => (FALSE, Payload::Nothing),
+        Cell::Bool(true) => (TRUE, Payload::Nothing),
+        Cell::Str(id) => (STR, Payload::Varint(u64::from(id))),
+        Cell::Time(t) => (TIME, Payload::Fixed(t as u64)),
+        Cell::Number(n) => as_decimal(n)
+            .map_or((FLOAT, Payload::Fixed(n.to_bits())), |(kind, magnitude)| (kind, Payload::Varint(magnitude))),
     };
+    let mut out = Encoded { bytes: [0; MAX_BYTES], len: 1 };
     out.bytes[0] = (kind << 4) | key.min(INLINE_KEYS) as u8;
     if key >= INLINE_KEYS {
-        out.varint(u64::from(key - INLINE_KEYS));
+        leb128::put(&mut out, u64::from(key - INLINE_KEYS));
     }
-    match value {
-        Cell::Null | Cell::Bool(_) => {}
-        Cell::Str(id) => out.varint(u64::from(id)),
-        Cell::Time(t) => out.fixed(t as u64),
-        Cell::Number(n) => match as_decimal(n) {
-            Some((_, magnitude)) => out.varint(magnitude),
-            None => out.fixed(n.to_bits()),
-        },
+    match payload {
+        Payload::Nothing => {}
+        Payload::Varint(value) => leb128::put(&mut out, value),
+        Payload::Fixed(bits) => out.fixed(bits),
     }
     out
 }
@@ -135,16 +135,12 @@ impl<'a> RowProps<'a> {
         self.into_iter().find(|p| p.key() == key).map(|p| p.value())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
     fn decode(bytes: &mut &'a [u8]) -> Option<Prop> {
         let (&header, rest) = bytes.split_first()?;
         *bytes = rest;
         let mut key = u32::from(header & 0x0f);
         if key == INLINE_KEYS {
-            key = u32::try_from(crate::core::leb128::take(bytes)?).ok()?.checked_add(INLINE_KEYS)?;
+            key = u32::try_from(leb128::take(bytes)?).ok()?.checked_add(INLINE_KEYS)?;
         }
         if key as usize >= MAX_PROPERTY_KEYS {
             return None;
@@ -158,10 +154,10 @@ impl<'a> RowProps<'a> {
             NULL => Cell::Null,
             FALSE => Cell::Bool(false),
             TRUE => Cell::Bool(true),
-            STR => Cell::Str(u32::try_from(crate::core::leb128::take(bytes)?).ok()?),
+            STR => Cell::Str(u32::try_from(leb128::take(bytes)?).ok()?),
             TIME => Cell::Time(fixed(bytes)? as i64),
             FLOAT => Cell::Number(f64::from_bits(fixed(bytes)?)),
-            kind => Cell::Number(decimal(kind, crate::core::leb128::take(bytes)?)),
+            kind => Cell::Number(decimal(kind, leb128::take(bytes)?)),
         };
         Some(Prop::new(key, value))
     }
@@ -252,7 +248,7 @@ mod tests {
         assert_eq!(RowProps::new(&bytes[..3]).map(|p| p.key()).collect::<Vec<_>>(), [7]);
         // So does a key past the key space.
         assert_eq!(RowProps::new(&[0x0f, 0xff, 0xff, 0xff, 0xff, 0x0f]).count(), 0);
-        assert!(RowProps::default().is_empty());
+        assert_eq!(RowProps::default().count(), 0);
     }
 
     fn cell() -> impl Strategy<Value = Cell> {
