@@ -54,14 +54,15 @@ def dir_bytes(path):
 
 
 def evict(path):
-    """Drops a directory's file pages from the page cache, as after a reboot (clean pages only)."""
-    for d, _, files in os.walk(path):
-        for f in files:
-            fd = os.open(os.path.join(d, f), os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    """Drops a file's or a directory's file pages from the page cache, as after a reboot (clean
+    pages only)."""
+    paths = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def start(db, *extra):
@@ -110,13 +111,15 @@ def main():
     ap.add_argument("--only-restart", type=int, default=0, metavar="N",
                     help="only N restarts, each timed to the port and to one funnel; writes nothing")
     ap.add_argument("--cold", action="store_true",
-                    help="with --only-restart: drop the data directory's pages from the page cache before each start")
+                    help="with --only-restart: drop the data directory's and the binary's pages from the page cache "
+                         "before each start")
     args = ap.parse_args()
     pb = stubs()
     if args.only_restart:
         for _ in range(args.only_restart):
             if args.cold:
                 evict(args.db)
+                evict(shutil.which(BIN) or BIN)
             proc, channel, to_port, started = start(args.db)
             try:
                 calls = bench_query.benchmarks(pb, channel, args.project)
@@ -201,6 +204,7 @@ def main():
                         queries[0] += 1
 
             own = []
+            own_started = []
 
             def write_load():
                 # Its latencies: Track on the queried project itself.
@@ -209,6 +213,7 @@ def main():
                     t = time.perf_counter()
                     ingest.Track(track_request(pb, args.project, f"{run}-load-{k}", 100), timeout=600)
                     own.append(time.perf_counter() - t)
+                    own_started.append(t)
                     k += 1
 
             workers = [threading.Thread(target=query_load), threading.Thread(target=write_load)]
@@ -224,6 +229,8 @@ def main():
                       f"p99 {percentile(values, 99) * 1000:.1f} ms ({len(values)} calls)")
             print(f"Track of 100 events on the queried project itself: p50 {statistics.median(own) * 1000:.1f} ms, "
                   f"p99 {percentile(own, 99) * 1000:.1f} ms, max {max(own) * 1000:.1f} ms ({len(own)} calls)")
+            slowest = max(range(len(own)), key=own.__getitem__)
+            print(f"  (the slowest was call {slowest + 1}, {own_started[slowest] - own_started[0]:.2f} s into the load)")
             print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
         finally:
             stop(proc)

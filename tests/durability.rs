@@ -554,6 +554,53 @@ async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
     assert!(stderr.contains("project p is inconsistent") && stderr.contains("a person"), "{stderr}");
 }
 
+/// A dedupe file that fails its checksum stops the server, naming it, whether it is found
+/// after the port opened (a clean stop's checkpoint: only ingestion reads those files, and it
+/// waits for their check) or before (the log holds acked events to replay, whose dedupe
+/// reads them); and every event acked before the damage is still there once it is repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_dedupe_file_stops_the_server_naming_it() {
+    let (temp, segments) = checkpoint_of_views().await;
+    let manifest = read_manifest(&segments);
+    let keys = manifest["seen_runs"][0]["keys"]["file"].as_str().unwrap().to_owned();
+    let path = segments.join(&keys);
+    let whole = std::fs::read(&path).unwrap();
+    let mut bytes = whole.clone();
+    bytes[whole.len() / 2] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, stderr) = refused(temp.path(), "a corrupt dedupe file");
+    assert!(stderr.contains(&keys) && stderr.contains("corrupt"), "{stderr}");
+
+    // Acked events in the log after the checkpoint: the replay needs the dedupe files.
+    std::fs::write(&path, &whole).unwrap();
+    let server = spawn_server(temp.path()).await;
+    let events: Vec<pb::Event> = (300..400).map(|i| event(&format!("e{i}"), "view", "u1", i)).collect();
+    let reply = IngestServiceClient::new(server.channel.clone())
+        .track(pb::TrackRequest { project: "p".into(), events, sequence: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.accepted, 100);
+    kill_9(server);
+    assert_eq!(read_manifest(&segments)["seen_runs"][0]["keys"]["file"], keys.as_str(), "no checkpoint since");
+    std::fs::write(&path, &bytes).unwrap();
+    let (stdout, stderr) = refused(temp.path(), "a corrupt dedupe file and a log to replay");
+    assert!(!stdout.contains("listening"), "the port opened: {stdout}");
+    assert!(stderr.contains(&keys) && stderr.contains("corrupt"), "{stderr}");
+
+    std::fs::write(&path, &whole).unwrap();
+    let server = spawn_server(temp.path()).await;
+    let ids = exported_ids(&server.channel).await;
+    assert_eq!(ids.len(), 400);
+    let resent = IngestServiceClient::new(server.channel.clone())
+        .track(pb::TrackRequest { project: "p".into(), events: vec![event("e350", "view", "u1", 350)], sequence: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resent.accepted, resent.duplicates), (0, 1));
+    stop_gracefully(server);
+}
+
 /// A checkpoint written before manifest version 3 (event ids, anonymous people and previous
 /// rows in plain columns, dedupe runs of whole 128-bit keys) loads: the same events and ids
 /// come back, in a user's timeline too, an old id is still a duplicate, and the next clean

@@ -1,12 +1,14 @@
 //! A project's state behind its lock, and the writes that are durable but not applied yet.
 //!
 //! The writer never waits for a project's lock. When a query holds it, the writer queues the
-//! job's records here and acks at once (while the queue stays within a bound); whoever takes
-//! the lock next applies them before anything else: a read (`read`), a write (`write`,
-//! `try_write`), or the writer's applier thread once the lock frees. So an ack still means
-//! durable and visible to every read that starts after it, and a long query holds up no ack,
-//! its own project's included. Past the bound, a job's ack waits until it is applied, which
-//! bounds the memory a long query can make the queue take.
+//! job's records here and acks at once; whoever takes the lock next applies them before
+//! anything else: a read (`read`), a write (`write`, `try_write`), or the writer's applier
+//! thread once the lock frees. So an ack still means durable and visible to every read that
+//! starts after it, and a long query holds up no ack, its own project's included. The queue
+//! keeps a bounded number of items in memory (`PendingLimits`); the jobs past it are spilled,
+//! as the log encoded them, to an unlinked scratch file, and read back when applied, so a long
+//! query costs memory no matter how much is written meanwhile. Only past the spill's own bound
+//! (or when it cannot be written) does a job's ack wait until it is applied.
 //!
 //! A project loaded at start also has its checkpoint's column files checked (`Verification`)
 //! in the background: the port opens without reading every byte, and no answer leaves before
@@ -16,14 +18,17 @@
 //! process before any answer from a failed file leaves.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::core::engine::ProjectState;
-use crate::core::store::record::LogRecord;
+use crate::core::store::record::{LogRecord, decode_record};
 use crate::core::store::table::FileGroup;
+use crate::storage::Encoded;
 
 /// What to do once a job is applied (send its ack).
 pub type Reply = Box<dyn FnOnce() + Send>;
@@ -39,9 +44,10 @@ pub struct ProjectEntry {
 
 /// The background check of a checkpoint's column files after a start (see the module doc), in
 /// groups (`FileGroup`, in order): an answer waits only for the groups its reads touched.
-/// Writes go on meanwhile: they append past the checked bytes, and the dedupe files are
-/// checked before the port opens. A failed check is final: the server ends the process on
-/// it (`server::start`), and a read still waiting panics rather than read a bad file.
+/// Writes go on meanwhile: they append past the checked bytes. The dedupe files are checked
+/// first, by a check of their own that ingestion waits for (`SeenIds::checked_by`). A failed
+/// check is final: the server ends the process on it (`server::start`), and a read still
+/// waiting panics rather than read a bad file.
 #[derive(Debug, Default)]
 pub struct Verification {
     /// The last group (as u8) that passed: groups pass in order.
@@ -109,7 +115,7 @@ impl Verification {
     /// Waits until `group` passed; panics when the check failed first.
     pub fn wait_for(&self, group: FileGroup) {
         if let Err(error) = self.settled(group) {
-            panic!("refusing to read a project whose files failed their check: {error}");
+            panic!("refusing to read files that failed their check: {error}");
         }
     }
 
@@ -151,19 +157,81 @@ impl Drop for AnswerRead<'_> {
     }
 }
 
+/// How much a project's queue of durable, unapplied writes holds before acks wait (`push`).
+#[derive(Debug, Clone)]
+pub struct PendingLimits {
+    /// Items (events, user updates, aliases; 1 for other records) kept in memory.
+    pub items: usize,
+    /// Where the jobs past `items` go, in an unlinked file (none: nowhere, their acks wait).
+    pub spill_dir: Option<PathBuf>,
+    /// Bytes of encoded records the spill file may hold.
+    pub spill_bytes: u64,
+}
+
 #[derive(Default)]
 struct Pending {
     jobs: VecDeque<PendingJob>,
-    /// Items (events, user updates, aliases; 1 for other records) in `jobs`.
+    /// Items (see `PendingLimits::items`) held in memory in `jobs`.
     items: usize,
+    /// Where the spilled jobs of `jobs` are (made when the first one is).
+    spill: Option<Spill>,
 }
 
 struct PendingJob {
-    records: Vec<LogRecord>,
+    records: Held,
     /// Which events of the first record are new (`ProjectData::apply`).
     keep: Vec<bool>,
-    /// The ack, when it waits for the apply (the queue was past its bound).
+    /// The ack, when it waits for the apply (the queue was past its bounds).
     reply: Option<Reply>,
+}
+
+enum Held {
+    Memory(Vec<LogRecord>),
+    /// Encoded records at `at` in the spill file, one after another, of these lengths.
+    Spilled {
+        at: u64,
+        lens: Vec<u32>,
+    },
+}
+
+/// An unlinked scratch file of encoded records, read back when they are applied. It is
+/// memory relief, not durability (the log has the records), so it is never synced.
+struct Spill {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spill {
+    /// Appends `encoded` when it fits in `limit` bytes: its place in the file.
+    fn append(&mut self, encoded: &[Encoded], limit: u64) -> std::io::Result<Option<Held>> {
+        let bytes: usize = encoded.iter().map(|e| e.0.len()).sum();
+        if self.len + bytes as u64 > limit {
+            return Ok(None);
+        }
+        let lens = encoded.iter().map(|e| u32::try_from(e.0.len()).map_err(std::io::Error::other));
+        let lens = lens.collect::<std::io::Result<Vec<u32>>>()?;
+        let at = self.len;
+        let joined = encoded.iter().map(|e| e.0.as_slice()).collect::<Vec<_>>().concat();
+        self.file.write_all_at(&joined, at)?;
+        self.len += bytes as u64;
+        Ok(Some(Held::Spilled { at, lens }))
+    }
+
+    /// The records spilled at `at`, decoded.
+    fn read(&self, at: u64, lens: &[u32]) -> crate::error::Result<Vec<LogRecord>> {
+        let mut bytes = vec![0; lens.iter().map(|&n| n as usize).sum()];
+        self.file
+            .read_exact_at(&mut bytes, at)
+            .map_err(|e| crate::error::Error::Storage(format!("cannot read back queued writes: {e}")))?;
+        let mut rest = bytes.as_slice();
+        lens.iter()
+            .map(|&n| {
+                let (record, after) = rest.split_at(n as usize);
+                rest = after;
+                decode_record(record)
+            })
+            .collect()
+    }
 }
 
 impl ProjectEntry {
@@ -210,7 +278,7 @@ impl ProjectEntry {
     /// The state, with writes not applied yet left pending, and without waiting behind a
     /// writer waiting for a query (a read lock held lets another in): for what ingestion reads
     /// on its way to the writer (settings, the tracking plan), which must not wait for queries.
-    /// The events and quarantine it shows may lag the acks (see `pending_records`).
+    /// The events and quarantine it shows may lag the acks (see `pending_quarantine`).
     pub fn read_without_pending(&self) -> RwLockReadGuard<'_, ProjectState> {
         self.state.read_recursive()
     }
@@ -232,20 +300,45 @@ impl ProjectEntry {
         !self.pending.lock().jobs.is_empty()
     }
 
-    /// Visits the records queued and not applied yet, oldest first.
-    pub fn pending_records(&self, mut visit: impl FnMut(&LogRecord)) {
+    /// Visits the quarantine records queued and not applied yet, oldest first (they are
+    /// never spilled).
+    pub fn pending_quarantine(&self, mut visit: impl FnMut(&LogRecord)) {
         for job in &self.pending.lock().jobs {
-            job.records.iter().for_each(&mut visit);
+            if let Held::Memory(records) = &job.records {
+                records.iter().filter(|r| matches!(r, LogRecord::Quarantined { .. })).for_each(&mut visit);
+            }
         }
     }
 
-    /// Queues a durable job's records, to be applied before the state is next read or
-    /// written. While the queue holds at most `bound` items with them, gives `reply` back (ack
-    /// now); past it, keeps `reply` to run once they are applied.
-    pub fn push(&self, records: Vec<LogRecord>, keep: Vec<bool>, bound: usize, reply: Reply) -> Option<Reply> {
+    /// Queues a durable job's records (`encoded` as the log holds them), to be applied before
+    /// the state is next read or written, and gives `reply` back (ack now), unless the queue is
+    /// past both its bounds (`PendingLimits`): then keeps `reply` to run once they are applied.
+    pub fn push(
+        &self,
+        records: Vec<LogRecord>,
+        encoded: &[Encoded],
+        keep: Vec<bool>,
+        limits: &PendingLimits,
+        reply: Reply,
+    ) -> Option<Reply> {
         let mut pending = self.pending.lock();
-        pending.items += records.iter().map(items).sum::<usize>();
-        let (reply, ack_now) = if pending.items <= bound { (None, Some(reply)) } else { (Some(reply), None) };
+        let weight = records.iter().map(items).sum::<usize>();
+        let in_memory = pending.items + weight <= limits.items;
+        // Quarantine records stay in memory: ingestion looks at them (`pending_quarantine`).
+        let spilled = match &limits.spill_dir {
+            Some(dir) if !in_memory && !records.iter().any(|r| matches!(r, LogRecord::Quarantined { .. })) => {
+                spill(&mut pending.spill, dir, encoded, limits.spill_bytes)
+            }
+            _ => None,
+        };
+        let (records, reply, ack_now) = match spilled {
+            Some(held) => (held, None, Some(reply)),
+            None => {
+                pending.items += weight;
+                let (reply, ack_now) = if in_memory { (None, Some(reply)) } else { (Some(reply), None) };
+                (Held::Memory(records), reply, ack_now)
+            }
+        };
         pending.jobs.push_back(PendingJob { records, keep, reply });
         ack_now
     }
@@ -253,17 +346,27 @@ impl ProjectEntry {
     /// Applies the queued jobs in order (the caller holds the write lock), then runs the acks
     /// that waited for them and wakes the project's live queries (`engine::live`).
     fn apply_pending(&self, state: &mut ProjectState) {
-        let jobs = {
+        // The spill goes with its jobs: later ones start a new file.
+        let (jobs, spill) = {
             let mut pending = self.pending.lock();
             pending.items = 0;
-            std::mem::take(&mut pending.jobs)
+            (std::mem::take(&mut pending.jobs), pending.spill.take())
         };
         if jobs.is_empty() {
             return;
         }
         for job in &jobs {
-            for record in &job.records {
-                state.data.apply(record, &job.keep);
+            match &job.records {
+                Held::Memory(records) => records.iter().for_each(|record| state.data.apply(record, &job.keep)),
+                Held::Spilled { at, lens } => {
+                    let spill = spill.as_ref().expect("a spilled job's file goes with it");
+                    // Acked writes that cannot be applied: the log has them, a restart does.
+                    let records = spill.read(*at, lens).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "stopping: acknowledged writes come back from the log at restart");
+                        std::process::abort()
+                    });
+                    records.iter().for_each(|record| state.data.apply(record, &job.keep));
+                }
             }
         }
         state.data.compact();
@@ -272,6 +375,24 @@ impl ProjectEntry {
             reply();
         }
     }
+}
+
+/// Appends `encoded` to the project's spill file in `dir` (made when missing) when it fits in
+/// `limit` bytes; none when it does not, or cannot be written (logged: the ack then waits).
+fn spill(spill: &mut Option<Spill>, dir: &std::path::Path, encoded: &[Encoded], limit: u64) -> Option<Held> {
+    let appended = match spill {
+        Some(spill) => spill.append(encoded, limit),
+        None => tempfile::tempfile_in(dir).and_then(|file| {
+            let mut made = Spill { file, len: 0 };
+            let appended = made.append(encoded, limit);
+            *spill = Some(made);
+            appended
+        }),
+    };
+    appended.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot spill queued writes; their ack waits for the apply");
+        None
+    })
 }
 
 /// How much a record weighs in the queue's bound.
@@ -310,13 +431,31 @@ mod tests {
         Arc::new(ProjectEntry::new(ProjectState::for_test("p")))
     }
 
-    /// Counts the replies run, and says whether `push` gave its reply back.
+    /// Counts the replies run, and says whether `push` gave its reply back (3 items in
+    /// memory, no spill).
     fn push(entry: &ProjectEntry, ids: &[&str], keep: Vec<bool>, replied: &Arc<AtomicUsize>) -> bool {
+        let limits = PendingLimits { items: 3, spill_dir: None, spill_bytes: 0 };
+        push_records(entry, events(ids), keep, &limits, replied)
+    }
+
+    fn push_records(
+        entry: &ProjectEntry,
+        records: Vec<LogRecord>,
+        keep: Vec<bool>,
+        limits: &PendingLimits,
+        replied: &Arc<AtomicUsize>,
+    ) -> bool {
         let replied = replied.clone();
         let reply: Reply = Box::new(move || {
             replied.fetch_add(1, Ordering::SeqCst);
         });
-        entry.push(events(ids), keep, 3, reply).is_some()
+        let encoded: Vec<Encoded> =
+            records.iter().map(|r| crate::core::store::record::encode_record(r).unwrap()).collect();
+        entry.push(records, &encoded, keep, limits, reply).is_some()
+    }
+
+    fn event_ids(state: &ProjectState) -> Vec<String> {
+        (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row).into_owned()).collect()
     }
 
     #[test]
@@ -332,16 +471,14 @@ mod tests {
         assert_eq!(query.data.table.len(), 0, "the query's view does not change under it");
         assert!(entry.try_write().is_none(), "the query holds the lock");
         let mut seen = 0;
-        entry.pending_records(|_| seen += 1);
-        assert_eq!(seen, 3);
+        entry.pending_quarantine(|_| seen += 1);
+        assert_eq!(seen, 0, "no quarantine queued");
         assert_eq!(entry.read_without_pending().data.table.len(), 0);
         drop(query);
 
         assert_eq!(replied.load(Ordering::SeqCst), 0);
         let state = entry.read();
-        let ids: Vec<String> =
-            (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row).into_owned()).collect();
-        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert_eq!(event_ids(&state), ["a", "b", "c", "d"]);
         assert_eq!(replied.load(Ordering::SeqCst), 1, "the waiting ack runs once applied");
         assert!(!entry.has_pending());
         assert_eq!(*state.changes.borrow(), 1, "live queries woken once for the three jobs");
@@ -350,6 +487,49 @@ mod tests {
         // The queue's weight starts again from nothing.
         assert!(push(&entry, &["e", "f", "g"], vec![], &replied));
         assert_eq!(entry.write().data.table.len(), 7);
+    }
+
+    /// Past the items kept in memory, jobs go to the spill file and are acked at once, up to
+    /// its bytes; they are applied in order with the jobs kept in memory, keeping their
+    /// duplicates out. Quarantine records are never spilled (ingestion reads them queued), so
+    /// past the memory bound their ack waits, as does one past the spill's bytes.
+    #[test]
+    fn jobs_past_the_memory_bound_are_spilled_acked_and_applied_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = |ids: &[&str]| crate::core::store::record::encode_record(&events(ids)[0]).unwrap().0.len() as u64;
+        let spill_bytes = size(&["c", "dup"]) + size(&["d"]) + size(&["e"]);
+        let limits = PendingLimits { items: 2, spill_dir: Some(dir.path().into()), spill_bytes };
+        let entry = entry();
+        let replied = Arc::new(AtomicUsize::new(0));
+        let query = entry.read();
+        assert!(push_records(&entry, events(&["a", "b"]), vec![true, true], &limits, &replied));
+        // Past the 2 items in memory: spilled, acked.
+        assert!(push_records(&entry, events(&["c", "dup"]), vec![true, false], &limits, &replied));
+        assert!(push_records(&entry, events(&["d"]), vec![true], &limits, &replied));
+        let Some(LogRecord::Events { events: mut held_event, .. }) = events(&["q"]).pop() else { unreachable!() };
+        let entry_of = |event| crate::core::model::QuarantinedEvent { id: 7, event, reasons: vec![], received: 1 };
+        let quarantined = LogRecord::Quarantined { project: "p".into(), entries: vec![entry_of(held_event.remove(0))] };
+        assert!(!push_records(&entry, vec![quarantined], vec![], &limits, &replied), "quarantine stays in memory");
+        let mut held = 0;
+        entry.pending_quarantine(|_| held += 1);
+        assert_eq!(held, 1);
+        assert!(push_records(&entry, events(&["e"]), vec![true], &limits, &replied));
+        // The spill holds c, dup, d and e: the next job does not fit, its ack waits.
+        assert!(!push_records(&entry, events(&["f"]), vec![true], &limits, &replied));
+        assert_eq!(query.data.table.len(), 0);
+        drop(query);
+
+        let state = entry.read();
+        assert_eq!(event_ids(&state), ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(state.data.quarantine.len(), 1);
+        assert_eq!(replied.load(Ordering::SeqCst), 2, "the two waiting acks run once applied");
+        drop(state);
+        // The memory bound and the spill went with their jobs: the next ones fit again.
+        let query = entry.read();
+        assert!(push_records(&entry, events(&["g", "h"]), vec![true; 2], &limits, &replied));
+        assert!(push_records(&entry, events(&["i", "j"]), vec![true; 2], &limits, &replied));
+        drop(query);
+        assert_eq!(event_ids(&entry.read())[6..], ["g", "h", "i", "j"]);
     }
 
     /// An analysis computes from the state while the files are checked; its answer leaves only

@@ -203,7 +203,7 @@ impl Engine {
             let held: std::collections::HashSet<&str> =
                 state.data.quarantine.values().map(|q| q.event.event_id.as_str()).collect();
             let mut held_pending = std::collections::HashSet::new();
-            entry.pending_records(|record| {
+            entry.pending_quarantine(|record| {
                 if let LogRecord::Quarantined { entries, .. } = record {
                     held_pending.extend(entries.iter().map(|q| q.event.event_id.clone()));
                 }

@@ -86,7 +86,7 @@ pub struct Definitions {
     pub holdouts: BTreeMap<String, Holdout>,
 }
 
-pub use entry::{AnswerRead, ProjectEntry, Verification};
+pub use entry::{AnswerRead, PendingLimits, ProjectEntry, Verification};
 
 impl ProjectState {
     /// A project with no data yet, its columns in files of `columns` (or in memory).
@@ -153,17 +153,43 @@ pub struct Engine {
     verification: Arc<Verification>,
 }
 
-/// Checks the projects' column files of `manifest` on a thread of its own, group after group
+/// Checks the dedupe files of `manifest` on a thread of its own; the check it returns ends
+/// with the outcome.
+fn check_dedupe_in_background(
+    dir: std::path::PathBuf,
+    manifest: Manifest,
+    started: std::time::Instant,
+) -> Arc<Verification> {
+    let check = Verification::running();
+    let checking = check.clone();
+    std::thread::spawn(move || {
+        let outcome = manifest.verify_seen(&dir).map(|_| ()).map_err(|e| e.to_string());
+        match &outcome {
+            Ok(()) => tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "dedupe files verified"),
+            Err(error) => tracing::error!(%error, "a dedupe file failed its check"),
+        }
+        checking.finish(outcome);
+    });
+    check
+}
+
+/// Checks the projects' column files of `manifest` on a thread of its own, once the dedupe
+/// files passed theirs (`dedupe_check`, which has the disk to itself first), group after group
 /// (`FileGroup`; after the first, every loaded table's rows against its people and names,
-/// `EventTable::check_rows`), passing each in `verification`, and ends it with the outcome.
+/// `EventTable::check_rows`), passing each in `verification`, and ends it with the outcome: a
+/// failure of either check.
 fn verify_in_background(
     dir: std::path::PathBuf,
     manifest: Manifest,
     projects: checkpoint::ProjectMap,
-    verification: Arc<Verification>,
+    (dedupe_check, verification): (Arc<Verification>, Arc<Verification>),
     started: std::time::Instant,
 ) {
     std::thread::spawn(move || {
+        if let Err(error) = dedupe_check.outcome() {
+            verification.finish(Err(error));
+            return;
+        }
         let rows = || {
             let entries: Vec<(String, Arc<ProjectEntry>)> =
                 projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect();
@@ -329,9 +355,13 @@ fn swap_in(current: &mut ProjectState, (generation, state): (u64, ProjectState))
 
 /// How many write jobs may wait for the writer before senders wait too.
 const WRITE_QUEUE: usize = 64;
-/// Full batches a project's queue of durable, unapplied writes holds before acks wait for
-/// the apply (`entry`): at the default 5,000 events a batch, 80,000 events.
+/// Full batches a project's queue of durable, unapplied writes holds in memory before the next
+/// ones are spilled to a file (`entry`): at the default 5,000 events a batch, 80,000 events.
 const PENDING_BATCHES: usize = 16;
+/// Bytes of encoded writes a project's queue may spill before acks wait for the apply: at
+/// about 100 bytes an event, some 10 million events, half a minute of a fast load behind one
+/// query.
+const SPILL_BYTES: u64 = 1 << 30;
 
 impl Engine {
     /// Loads meta objects and replays the log, then starts the writer.
@@ -347,47 +377,41 @@ impl Engine {
             Some(space) => Manifest::read(space.dir())?,
             None => None,
         };
-        // The dedupe files are verified while the checkpoint loads (loading only reads them),
-        // and nothing is replayed or acked until both are done. A bad file is the error (it
-        // names the file) even when the load failed on it first. The projects' column files
-        // are verified after the port opens, while answers wait for those they read
-        // (`Verification`); the
-        // load checks their sizes, and the compressed files as it reads them.
-        let (verified, loaded) = std::thread::scope(|scope| {
-            let verifying = match (&columns, &manifest) {
-                (Some(space), Some(manifest)) => Some(scope.spawn(|| {
-                    manifest.verify_seen(space.dir())?;
-                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "dedupe files verified");
-                    Ok::<(), Error>(())
-                })),
-                _ => None,
-            };
-            let loaded = (|| {
-                if let Some(space) = &columns {
-                    // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
-                    let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
-                    space
-                        .keep_only(listed)
-                        .map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
+        // The dedupe files are checked in the background (`check_dedupe_in_background`):
+        // only ingestion reads them, and it waits for the check (`SeenIds::checked_by`), so
+        // the port opens without reading them. A checkpoint of an earlier version may convert
+        // its dedupe keys while loading, so those are checked first. The projects' column
+        // files are checked after them, while answers wait for those they read
+        // (`Verification`); the load checks their sizes, and the compressed files as it reads
+        // them.
+        let dedupe_check = match (&columns, &manifest) {
+            (Some(space), Some(manifest)) => {
+                let check = check_dedupe_in_background(space.dir().to_owned(), manifest.clone(), started);
+                if !manifest.is_current() {
+                    check.outcome().map_err(Error::Storage)?;
                 }
-                let definitions = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
-                let seen = match (&columns, &manifest) {
-                    (Some(space), Some(manifest)) => match &manifest.seen {
-                        Some(sorted) => SeenIds::load_sorted(space, sorted)?,
-                        None => SeenIds::load(space, &manifest.seen_runs)?,
-                    },
-                    _ => SeenIds::in_space(columns.as_ref()),
-                };
-                Ok::<_, Error>((definitions, seen))
-            })();
-            let verified = verifying.map_or(Ok(()), |v| v.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-            (verified, loaded)
-        });
-        verified?;
-        let ((mut projects, api_keys), mut seen) = loaded?;
+                check
+            }
+            _ => Verification::passed(),
+        };
+        if let Some(space) = &columns {
+            // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
+            let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
+            space.keep_only(listed).map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
+        }
+        let (mut projects, api_keys) = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
+        let mut seen = match (&columns, &manifest) {
+            (Some(space), Some(manifest)) => match &manifest.seen {
+                Some(sorted) => SeenIds::load_sorted(space, sorted)?,
+                None => SeenIds::load(space, &manifest.seen_runs)?,
+            },
+            _ => SeenIds::in_space(columns.as_ref()),
+        };
+        seen.checked_by(dedupe_check.clone());
         let mut next_quarantine_id =
             projects.values().flat_map(|p| p.data.quarantine.keys()).max().map_or(0, |id| id + 1);
         let mut records = 0u64;
+        let mut dedupe_checked = false;
         let after = manifest.as_ref().map(|m| LogPosition { db: m.log_db.clone(), seq: m.log_seq });
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint loaded");
         storage.replay(after.as_ref(), &mut |value| {
@@ -398,6 +422,11 @@ impl Engine {
                 tracing::warn!(project = %project, "log record of an unknown project skipped");
                 return Ok(());
             };
+            if matches!(record, LogRecord::Events { .. } | LogRecord::SeenIds { .. }) && !dedupe_checked {
+                // The replay reads the dedupe runs: a bad file is the start's error, naming it.
+                dedupe_check.outcome().map_err(Error::Storage)?;
+                dedupe_checked = true;
+            }
             let keep = match &record {
                 LogRecord::Events { events, .. } => {
                     let keys: Vec<u128> =
@@ -452,7 +481,8 @@ impl Engine {
         ));
         if let Some((space, manifest)) = checked {
             let dir = space.dir().to_owned();
-            verify_in_background(dir, manifest.clone(), projects.clone(), verification.clone(), started);
+            let checks = (dedupe_check, verification.clone());
+            verify_in_background(dir, manifest.clone(), projects.clone(), checks, started);
         }
         warm_up_in_background(&projects);
         let checkpointer = columns.as_ref().map(|space| checkpoint::Checkpointer {
@@ -468,10 +498,20 @@ impl Engine {
                 None
             },
         });
-        // Acks of a project a query holds wait once this many items are queued for it (`entry`).
-        let pending_bound = limits.max_batch_events * PENDING_BATCHES;
+        // What a project a query holds may queue before acks wait for the query (`entry`): the
+        // spill goes to the scratch space beside the column files, or the system's temporary
+        // directory.
+        let spill_dir = match &columns {
+            Some(space) => space.derived().dir().to_owned(),
+            None => std::env::temp_dir(),
+        };
+        let pending = PendingLimits {
+            items: limits.max_batch_events * PENDING_BATCHES,
+            spill_dir: Some(spill_dir),
+            spill_bytes: SPILL_BYTES,
+        };
         let writer =
-            crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE, pending_bound, checkpointer);
+            crate::core::ingest::spawn_writer(storage.clone(), seen.clone(), WRITE_QUEUE, pending, checkpointer);
         let sender = writer.sender.clone();
         Ok(Arc::new(Engine {
             storage,

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use hashbrown::HashSet;
 
 use super::writer::IdHasher;
+use crate::core::engine::entry::Verification;
 use crate::core::store::column::{Column, ColumnSpace};
 use crate::core::store::segment::{ColumnRef, SeenRunRef, open_column, save_column};
 use crate::error::{Error, Result};
@@ -74,6 +75,9 @@ pub struct SeenIds {
     /// Flush when `recent` holds this many keys (`FLUSH`, or more after a flush failed, so a
     /// failing disk is not retried for every key).
     flush_at: usize,
+    /// The check of the loaded runs' files, which every read of them waits for: a start opens
+    /// the port before it ends, and only ingestion needs the runs (see `checked_by`).
+    check: Option<Arc<Verification>>,
 }
 
 impl Default for SeenIds {
@@ -376,7 +380,29 @@ impl RunKeys {
 impl SeenIds {
     /// An empty set whose runs live in files of `space` (or in memory).
     pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> SeenIds {
-        SeenIds { recent: KeySet::default(), runs: Vec::new(), space: space.cloned(), flushes: 0, flush_at: FLUSH }
+        SeenIds {
+            recent: KeySet::default(),
+            runs: Vec::new(),
+            space: space.cloned(),
+            flushes: 0,
+            flush_at: FLUSH,
+            check: None,
+        }
+    }
+
+    /// Makes every read of the runs wait for `check` (of their files, running in the
+    /// background), and panic when it fails: a key read from a bad file could drop a new event
+    /// as a duplicate, or store one twice.
+    pub fn checked_by(&mut self, check: Arc<Verification>) {
+        self.check = Some(check);
+    }
+
+    /// The runs, once their files passed their check.
+    fn runs(&self) -> &[Arc<Run>] {
+        if let Some(check) = &self.check {
+            check.wait();
+        }
+        &self.runs
     }
 
     pub fn len(&self) -> usize {
@@ -388,7 +414,7 @@ impl SeenIds {
     }
 
     pub fn contains(&self, key: &u128) -> bool {
-        self.recent.contains(key) || self.runs.iter().rev().any(|run| run.contains(*key))
+        self.recent.contains(key) || self.runs().iter().rev().any(|run| run.contains(*key))
     }
 
     /// A mark to check keys against later with `added_since`: the flushes so far.
@@ -449,13 +475,14 @@ impl SeenIds {
 
     /// The newest runs that are due to merge (see `MERGE_RATIO`), when there are two or more.
     fn merge_inputs(&self) -> Option<Vec<Arc<Run>>> {
-        let last = self.runs.len().checked_sub(1)?;
-        let (mut from, mut keys) = (last, self.runs[last].len());
-        while from > 0 && self.runs[from - 1].len() <= keys * MERGE_RATIO {
+        let runs = self.runs();
+        let last = runs.len().checked_sub(1)?;
+        let (mut from, mut keys) = (last, runs[last].len());
+        while from > 0 && runs[from - 1].len() <= keys * MERGE_RATIO {
             from -= 1;
-            keys += self.runs[from].len();
+            keys += runs[from].len();
         }
-        (from < last).then(|| self.runs[from..].to_vec())
+        (from < last).then(|| runs[from..].to_vec())
     }
 
     /// Puts `merged` in place of `inputs`, which must still be runs of the set, in order.
@@ -519,7 +546,7 @@ pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
         let run = flushed_unlocked(seen)?;
         seen.write().add_flushed(run);
     }
-    let runs = seen.read().runs.clone();
+    let runs = seen.read().runs().to_vec();
     let listed = runs.iter().map(|run| run.save(space)).collect::<Result<_>>()?;
     Ok(SavedRuns { listed, _runs: runs })
 }
@@ -660,6 +687,39 @@ mod tests {
         assert_ne!(ids.mark(), mark);
         assert!(ids.added_since(&key(100), mark), "moved to a run: the full check finds it");
         assert!(!ids.added_since(&key(101), mark));
+    }
+
+    /// Reads of loaded runs wait for their files' check, and refuse to answer once it failed;
+    /// keys only in memory need no check.
+    #[test]
+    fn reads_of_the_runs_wait_for_their_check() {
+        let mut ids = SeenIds::default();
+        ids.insert(key(1));
+        ids.flush_and_merge().unwrap();
+        ids.extend([key(2)]);
+        let check = Verification::running();
+        ids.checked_by(check.clone());
+        let ids = Arc::new(ids);
+        let (sent, answers) = std::sync::mpsc::channel();
+        let reading = {
+            let (ids, sent) = (ids.clone(), sent.clone());
+            std::thread::spawn(move || sent.send(ids.contains(&key(1))).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(answers.try_recv().is_err(), "a read answered before the check");
+        check.finish(Ok(()));
+        assert!(answers.recv().unwrap());
+        reading.join().unwrap();
+        assert!(ids.contains(&key(2)) && !ids.contains(&key(3)));
+
+        let mut failed = SeenIds::default();
+        failed.insert(key(1));
+        failed.flush_and_merge().unwrap();
+        let check = Verification::running();
+        failed.checked_by(check.clone());
+        check.finish(Err("7.col is corrupt".into()));
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| failed.contains(&key(1)))).unwrap_err();
+        assert!(panic.downcast_ref::<String>().unwrap().contains("7.col is corrupt"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::ids::{KeySet, Merger, SeenIds, SharedIds, flush_if_due};
 use crate::core::engine::ProjectEntry;
 use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer};
-use crate::core::engine::entry::Reply;
+use crate::core::engine::entry::{PendingLimits, Reply};
 use crate::core::store::record::LogRecord;
 use crate::error::Result;
 use crate::storage::{Encoded, Storage};
@@ -109,18 +109,18 @@ pub struct Writer {
 }
 
 /// Starts the writer thread; it ends when every sender is dropped, after syncing.
-/// `pending_bound`: see `ProjectEntry::push`.
+/// `pending_limits`: see `ProjectEntry::push`.
 pub fn spawn_writer(
     storage: Arc<dyn Storage>,
     seen: SharedIds,
     capacity: usize,
-    pending_bound: usize,
+    pending_limits: PendingLimits,
     checkpoints: Option<Checkpointer>,
 ) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
-        .spawn(move || run_writer(storage, receiver, seen, pending_bound, checkpoints))
+        .spawn(move || run_writer(storage, receiver, seen, pending_limits, checkpoints))
         .expect("spawning the writer thread");
     Writer { sender, thread }
 }
@@ -164,7 +164,7 @@ fn run_writer(
     storage: Arc<dyn Storage>,
     mut receiver: mpsc::Receiver<WriterTask>,
     seen: SharedIds,
-    pending_bound: usize,
+    pending_limits: PendingLimits,
     checkpoints: Option<Checkpointer>,
 ) {
     let (applier, applier_receiver) = std::sync::mpsc::channel::<ApplierTask>();
@@ -225,11 +225,11 @@ fn run_writer(
         let mut replies: Vec<Reply> = Vec::with_capacity(appended.len());
         for Appended { job, keep, result } in appended {
             events += result.accepted;
-            let WriteJob { project, records, reply: sender, .. } = job;
+            let WriteJob { project, records, encoded, reply: sender, .. } = job;
             let ack: Reply = Box::new(move || reply(sender, result));
             // Queued on the project, then applied at once unless a query holds its lock (the
             // applier or the next read applies it then): no ack waits for a query.
-            let ack_now = project.push(records, keep, pending_bound, ack);
+            let ack_now = project.push(records, &encoded, keep, &pending_limits, ack);
             if project.try_write().is_none() {
                 if !handed.iter().any(|p| Arc::ptr_eq(p, &project)) {
                     handed.push(project.clone());
