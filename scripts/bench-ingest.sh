@@ -20,7 +20,8 @@ fi
 rm -rf "$work/db"
 "$bin" serve --addr 127.0.0.1:$port --metrics-addr off --data-dir "$work/db" ${SEXTANT_SERVE_ARGS:-} >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+# The server is waited for: a next run must not start while this one still writes its files.
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 sleep 1
 # Anonymous memory (RssAnon: heap, not the file pages the kernel may drop) sampled during the load.
 ( peak=0; while kill -0 $server 2>/dev/null; do

@@ -4,10 +4,12 @@
 //! background job asks (`--checkpoint-interval-secs`, if anything was written since), before a
 //! compaction, and once more when the engine closes; so a restart after a clean stop replays
 //! nothing, and one after a crash replays at most what came after the last checkpoint. It
-//! runs between groups with the applier drained, so every project's data in memory is exactly
-//! the log up to the position it records; queries go on meanwhile (it reads the projects).
-//! While a query holds a project that has jobs waiting, the checkpoint is put off to a later
-//! group rather than make the writer wait for the query.
+//! starts between groups with the applier drained, so every project's data in memory is
+//! exactly the log up to the position it records; queries go on meanwhile (it reads the
+//! projects). While a query holds a project that has jobs waiting, the checkpoint is put off
+//! to a later group rather than make the writer wait for the query. The writer waits only for
+//! its cut (`Checkpointer::spawn`): the files are written on a thread of their own while acks
+//! go on, so a checkpoint of a large project holds up no ack.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,19 +43,70 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Writes a checkpoint of every project and truncates the log behind it. The caller makes
-    /// sure nothing is appended or applied meanwhile (the writer thread, applier drained).
+    /// Writes a checkpoint of every project and truncates the log behind it, in this thread,
+    /// once the projects' files passed their check. The caller makes sure nothing is appended
+    /// or applied meanwhile (the writer thread, applier drained).
     pub fn run(&self) -> Result<()> {
+        self.checkpoint(|| ())
+    }
+
+    /// Writes a checkpoint on a thread of its own, returning once its cut is taken (see
+    /// `checkpoint`): the writer waits only for that, and then appends and applies again. It
+    /// needs what `run` needs until then, and projects whose files passed their check.
+    /// `written` gets the outcome, on that thread.
+    pub fn spawn(self: &Arc<Self>, written: impl FnOnce(Result<()>) + Send + 'static) {
+        let (cut, taken) = std::sync::mpsc::channel();
+        let checkpointer = self.clone();
+        std::thread::Builder::new()
+            .name("sextant-checkpoint".into())
+            .spawn(move || {
+                written(checkpointer.checkpoint(move || {
+                    let _ = cut.send(());
+                }))
+            })
+            .expect("spawning the checkpoint thread");
+        // Also answered when the checkpoint failed before its cut (the sender is dropped).
+        let _ = taken.recv();
+    }
+
+    /// A checkpoint: first its cut, every project read-locked at the log position and the
+    /// dedupe keys copied, after which `cut_taken` runs (from then on appends and applies may
+    /// go on: a project still locked queues its writes and acks them, `entry`); then each
+    /// project's files, its lock released once they are written (the largest last, so the
+    /// others' are soon), the dedupe runs, the manifest, and the log's truncation.
+    fn checkpoint(&self, cut_taken: impl FnOnce()) -> Result<()> {
         let started = Instant::now();
         let position = self.storage.log_position()?;
-        let projects: Vec<(String, Arc<ProjectEntry>)> =
-            self.projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect();
-        let mut files = BTreeMap::new();
-        for (id, entry) in &projects {
-            files.insert(id.clone(), entry.read().data.save(&self.space)?);
-        }
+        let mut projects: Vec<(String, Arc<ProjectEntry>, usize)> = self
+            .projects
+            .read()
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.clone(), entry.read_without_pending().data.table.len()))
+            .collect();
+        projects.sort_by_key(|(_, _, events)| *events);
+        // Recursive reads: a write waiting behind a query does not hold the cut (nothing is
+        // pending: the writer waits, its applier drained).
+        let states: Vec<_> = projects
+            .iter()
+            .map(|(_, entry, _)| {
+                entry.wait_verified();
+                entry.read_without_pending()
+            })
+            .collect();
+        let seen = crate::core::ingest::cut_seen(&self.seen, &self.space);
+        cut_taken();
+        let cut_ms = started.elapsed().as_millis() as u64;
         // Held until the manifest pins the runs' files (see `SavedRuns`).
-        let seen = crate::core::ingest::save_seen(&self.seen, &self.space)?;
+        let seen = seen?;
+        let mut files = BTreeMap::new();
+        for ((id, _, _), state) in projects.iter().zip(states) {
+            let saved = state.data.save(&self.space)?;
+            // Pinned before the lock goes: a write applied after it may replace the project's
+            // columns (a deletion's compaction), which would remove their files otherwise.
+            self.space.pin_also(saved.files());
+            files.insert(id.clone(), saved);
+        }
+        let seen = seen.save(&self.space)?;
         let manifest = Manifest::new(position.db.clone(), position.seq, files, seen.listed.clone());
         self.space.pin_also(manifest.files());
         manifest.write(self.space.dir())?;
@@ -65,6 +118,7 @@ impl Checkpointer {
         tracing::info!(
             projects = projects.len(),
             log_seq = position.seq,
+            cut_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "checkpoint written"
         );
@@ -124,4 +178,132 @@ pub fn bytes_on_disk(storage: &dyn Storage, space: Option<&Arc<ColumnSpace>>) ->
         _ => 0,
     };
     Ok(storage.bytes_on_disk()? + columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::engine::Engine;
+    use crate::core::ingest::Incoming;
+    use crate::core::model::Event;
+    use crate::storage::{Encoded, ExtraValues, LogPosition, SledStorage, SnapshotVisitor};
+    use parking_lot::{Condvar, Mutex};
+
+    /// Sled storage whose log truncation (a checkpoint's last step) waits while `held`, and
+    /// says when one started.
+    struct HeldTruncation {
+        sled: SledStorage,
+        held: Mutex<bool>,
+        released: Condvar,
+        started: std::sync::mpsc::SyncSender<()>,
+    }
+
+    impl crate::storage::Storage for HeldTruncation {
+        fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.sled.get_meta(key)
+        }
+        fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+            self.sled.put_meta(key, value)
+        }
+        fn delete_meta(&self, key: &str) -> Result<()> {
+            self.sled.delete_meta(key)
+        }
+        fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+            self.sled.scan_meta(prefix)
+        }
+        fn append(&self, records: &[Encoded]) -> Result<()> {
+            self.sled.append(records)
+        }
+        fn sync(&self) -> Result<()> {
+            self.sled.sync()
+        }
+        fn replay(&self, after: Option<&LogPosition>, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+            self.sled.replay(after, visit)
+        }
+        fn log_position(&self) -> Result<LogPosition> {
+            self.sled.log_position()
+        }
+        fn truncate_log(&self, position: &LogPosition) -> Result<()> {
+            let _ = self.started.try_send(());
+            let mut held = self.held.lock();
+            while *held {
+                self.released.wait(&mut held);
+            }
+            self.sled.truncate_log(position)
+        }
+        fn bytes_on_disk(&self) -> Result<u64> {
+            self.sled.bytes_on_disk()
+        }
+        fn files_dir(&self) -> Option<std::path::PathBuf> {
+            self.sled.files_dir()
+        }
+        fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<()> {
+            self.sled.snapshot(visit)
+        }
+        fn rewrite_log(&self, keep: &mut dyn FnMut(&[u8]) -> Result<bool>, extra: &mut ExtraValues<'_>) -> Result<()> {
+            self.sled.rewrite_log(keep, extra)
+        }
+    }
+
+    fn view(id: &str, seconds: i64) -> Vec<Incoming> {
+        let event = Event {
+            event_id: id.into(),
+            name: "view".into(),
+            user_id: "u1".into(),
+            anonymous_id: String::new(),
+            timestamp: seconds * 1_000_000,
+            properties: Vec::new(),
+        };
+        vec![Incoming { event: Ok(event), encoded_len: 1 }]
+    }
+
+    /// A checkpoint writes its files beside the writer: while one waits in its last step,
+    /// a write is acked and applied, and the checkpoint, answered once done, holds exactly
+    /// what was acked before its cut; the later write is in the log after its position, so a
+    /// restart replays it once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_being_written_holds_up_no_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let (started, truncating) = std::sync::mpsc::sync_channel(8);
+        let storage = Arc::new(HeldTruncation {
+            sled: SledStorage::open(dir.path()).unwrap(),
+            held: Mutex::new(false),
+            released: Condvar::new(),
+            started,
+        });
+        let engine = Engine::open(storage.clone(), Default::default(), Default::default()).unwrap();
+        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        assert_eq!(engine.track("p", view("before", 1)).await.unwrap().accepted, 1);
+
+        *storage.held.lock() = true;
+        let checkpoint = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.checkpoint().await }
+        });
+        tokio::task::spawn_blocking(move || truncating.recv().unwrap()).await.unwrap();
+        let during = tokio::time::timeout(std::time::Duration::from_secs(30), engine.track("p", view("during", 2)));
+        assert_eq!(during.await.expect("an ack waited for the checkpoint").unwrap().accepted, 1);
+        assert_eq!(engine.project("p").unwrap().read().data.table.len(), 2);
+        assert!(!checkpoint.is_finished(), "answered before the checkpoint was written");
+
+        *storage.held.lock() = false;
+        storage.released.notify_all();
+        checkpoint.await.unwrap().unwrap();
+        let manifest = Manifest::read(&dir.path().join("segments")).unwrap().unwrap();
+        assert_eq!(manifest.projects["p"].columns["person"].len, 1, "the checkpoint holds its cut");
+        let after = LogPosition { db: manifest.log_db.clone(), seq: manifest.log_seq };
+        let mut replayed = Vec::new();
+        storage
+            .replay(Some(&after), &mut |value| {
+                if let crate::core::store::record::LogRecord::Events { events, .. } =
+                    crate::core::store::record::decode_record(value)?
+                {
+                    replayed.extend(events.into_iter().map(|e| e.event_id));
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(replayed, ["during"]);
+        engine.close().unwrap();
+    }
 }

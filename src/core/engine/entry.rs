@@ -119,6 +119,11 @@ impl Verification {
         }
     }
 
+    /// Whether the whole check passed (without waiting).
+    pub fn has_passed(&self) -> bool {
+        self.passed.load(Ordering::Acquire) >= LAST_GROUP as u8
+    }
+
     /// Waits for the whole check to pass; panics when it failed.
     pub fn wait(&self) {
         self.wait_for(LAST_GROUP);
@@ -250,6 +255,11 @@ impl ProjectEntry {
         if let Some(verification) = &self.verification {
             verification.wait();
         }
+    }
+
+    /// Whether the files the state was loaded from passed their check (without waiting).
+    pub fn is_verified(&self) -> bool {
+        self.verification.as_ref().is_none_or(|verification| verification.has_passed())
     }
 
     /// The state with every write acked so far applied, once its files passed their check.

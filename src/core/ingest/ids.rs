@@ -532,9 +532,17 @@ pub struct SavedRuns {
     _runs: Vec<Arc<Run>>,
 }
 
-/// Checkpoint: makes the recent keys a run (built while readers go on) and describes every
-/// run, synced, for the manifest.
-pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
+/// The dedupe set at a checkpoint's cut: its runs, and a copy of its recent keys, which
+/// `SeenCut::save` makes a run of their own for the checkpoint (off the writer's path; the
+/// set keeps its recent keys and flushes them when due).
+pub struct SeenCut {
+    runs: Vec<Arc<Run>>,
+    recent: Vec<u128>,
+}
+
+/// Takes a checkpoint's cut of the set; the caller makes sure no key is added meanwhile (the
+/// writer waits for it).
+pub fn cut(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SeenCut> {
     if seen.read().space.is_none() {
         // A set made in memory (no space at start) moves to files now.
         let mut ids = seen.write();
@@ -542,13 +550,20 @@ pub fn save(seen: &SharedIds, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
         ids.runs = moved.collect::<Result<_>>()?;
         ids.space = Some(space.clone());
     }
-    if !seen.read().recent.is_empty() {
-        let run = flushed_unlocked(seen)?;
-        seen.write().add_flushed(run);
+    let ids = seen.read();
+    Ok(SeenCut { runs: ids.runs().to_vec(), recent: ids.recent.iter().copied().collect() })
+}
+
+impl SeenCut {
+    /// Makes the recent keys a run and describes every run, synced, for the manifest.
+    pub fn save(self, space: &Arc<ColumnSpace>) -> Result<SavedRuns> {
+        let mut runs = self.runs;
+        if !self.recent.is_empty() {
+            runs.push(Arc::new(Run::of_keys(Some(space), self.recent)?));
+        }
+        let listed = runs.iter().map(|run| run.save(space)).collect::<Result<_>>()?;
+        Ok(SavedRuns { listed, _runs: runs })
     }
-    let runs = seen.read().runs().to_vec();
-    let listed = runs.iter().map(|run| run.save(space)).collect::<Result<_>>()?;
-    Ok(SavedRuns { listed, _runs: runs })
 }
 
 /// Flushes the writer's recent keys into a run when due, building it while readers go on
@@ -829,12 +844,17 @@ mod tests {
         ids.extend((0..700).map(key));
         ids.flush_and_merge().unwrap();
         ids.extend((700..900).map(key));
-        // Made in memory, saved to files: the run is copied to a file, the recent keys are one.
+        // Made in memory, saved to files: the run is copied to a file, the recent keys are one
+        // (the set keeps them recent).
         let seen: SharedIds = Arc::new(parking_lot::RwLock::new(ids));
-        let listed = save(&seen, &space).unwrap().listed;
+        let saved = cut(&seen, &space).unwrap().save(&space).unwrap();
+        let listed = saved.listed.clone();
         assert_eq!(listed.iter().map(|run| run.keys.len).collect::<Vec<_>>(), vec![700, 200]);
-        // As a checkpoint does: what a manifest lists outlives the columns opened from it.
+        assert_eq!((run_lens(&seen.read()), seen.read().recent.len()), (vec![700], 200));
+        // As a checkpoint does: what a manifest lists outlives the columns opened from it,
+        // pinned before they go.
         space.pin_also(listed.iter().flat_map(|run| [run.keys.file.clone(), run.index.file.clone()]));
+        drop(saved);
         let loaded = SeenIds::load(&space, &listed).unwrap();
         assert_eq!(loaded.len(), 900);
         assert!((0..900).all(|i| loaded.contains(&key(i))) && !loaded.contains(&key(900)));

@@ -5,6 +5,6 @@ mod ids;
 mod validate;
 mod writer;
 
-pub use ids::{KeySet, SeenIds, SharedIds, save as save_seen};
+pub use ids::{KeySet, SeenCut, SeenIds, SharedIds, cut as cut_seen};
 pub use validate::*;
 pub use writer::*;

@@ -51,6 +51,9 @@ pub enum WriterTask {
     /// Take a checkpoint if anything was written since the last one (see
     /// `engine::checkpoint`); answers once it is durable.
     Checkpoint(oneshot::Sender<Result<()>>),
+    /// The checkpoint written on its own thread is done (a wake-up: see `Checkpoints::reap`;
+    /// its outcome comes another way, sent before this).
+    CheckpointWritten,
 }
 
 /// Rebuilds projects' files so that what they deleted or expired leaves the disk (see
@@ -118,9 +121,11 @@ pub fn spawn_writer(
     checkpoints: Option<Checkpointer>,
 ) -> Writer {
     let (sender, receiver) = mpsc::channel(capacity);
+    // Weak: the writer still ends once every sender outside it is dropped.
+    let wake = sender.downgrade();
     let thread = std::thread::Builder::new()
         .name("sextant-writer".into())
-        .spawn(move || run_writer(storage, receiver, seen, pending_limits, checkpoints))
+        .spawn(move || run_writer(storage, (receiver, wake), seen, pending_limits, checkpoints))
         .expect("spawning the writer thread");
     Writer { sender, thread }
 }
@@ -162,7 +167,7 @@ fn run_applier(receiver: std::sync::mpsc::Receiver<ApplierTask>) {
 
 fn run_writer(
     storage: Arc<dyn Storage>,
-    mut receiver: mpsc::Receiver<WriterTask>,
+    (mut receiver, wake): (mpsc::Receiver<WriterTask>, mpsc::WeakSender<WriterTask>),
     seen: SharedIds,
     pending_limits: PendingLimits,
     checkpoints: Option<Checkpointer>,
@@ -180,7 +185,7 @@ fn run_writer(
         let _ = applied.recv();
     };
     let last = checkpoints.as_ref().and_then(|c| c.covered.clone());
-    let mut checkpoint = Checkpoints { checkpointer: checkpoints, last, events: 0 };
+    let mut checkpoint = Checkpoints { checkpointer: checkpoints.map(Arc::new), last, events: 0, running: None };
     let mut compaction = None;
     let mut checkpoint_asked = Vec::new();
     let mut merger = Merger::default();
@@ -191,15 +196,18 @@ fn run_writer(
             WriterTask::Write(job) => jobs.push(job),
             WriterTask::Compact(job) => compaction = Some(job),
             WriterTask::Checkpoint(reply) => checkpoint_asked.push(reply),
+            WriterTask::CheckpointWritten => {}
         }
         while compaction.is_none() && jobs.len() < MAX_GROUP {
             match receiver.try_recv() {
                 Ok(WriterTask::Write(job)) => jobs.push(job),
                 Ok(WriterTask::Compact(job)) => compaction = Some(job),
                 Ok(WriterTask::Checkpoint(reply)) => checkpoint_asked.push(reply),
+                Ok(WriterTask::CheckpointWritten) => {}
                 Err(_) => break,
             }
         }
+        checkpoint.reap(false);
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
         let mut group_keys = KeySet::default();
         for job in jobs {
@@ -254,6 +262,7 @@ fn run_writer(
         checkpoint.events += events;
         if let Some(job) = compaction.take() {
             drain();
+            checkpoint.reap(true);
             let result = match &checkpoint.checkpointer {
                 Some(checkpointer) => checkpointer.compact(&job.projects).inspect(|_| checkpoint.done(&storage)),
                 None => Err(crate::error::Error::Internal(
@@ -264,18 +273,18 @@ fn run_writer(
         }
         // A checkpoint waits for no query: while some project's jobs wait for a query to end,
         // it is put off to a later group, so no project's acks wait behind another's query.
+        // Nor for another checkpoint: the one being written wakes the writer when done.
         let due = !checkpoint_asked.is_empty() || checkpoint.events >= CHECKPOINT_EVENTS;
         handed.retain(|project| project.has_pending());
-        if due && handed.is_empty() {
+        if due && handed.is_empty() && checkpoint.running.is_none() {
             drain();
-            let result = checkpoint.take(&storage);
-            for reply in checkpoint_asked.drain(..) {
-                let _ = reply.send(result.clone());
-            }
+            let asked = std::mem::take(&mut checkpoint_asked);
+            checkpoint.start(&storage, asked, &wake);
         }
     }
     drop(applier);
     merger.finish();
+    checkpoint.reap(true);
     if applier_thread.join().is_err() {
         tracing::error!("the applier thread panicked");
     }
@@ -295,16 +304,30 @@ fn run_writer(
     }
 }
 
-/// The writer's checkpoint state: the position of the last one and the events stored since.
+/// The writer's checkpoint state: the position of the last one and the events stored since,
+/// and the one being written on its own thread.
 struct Checkpoints {
-    checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Arc<Checkpointer>>,
     last: Option<crate::storage::LogPosition>,
     events: u64,
+    running: Option<RunningCheckpoint>,
+}
+
+struct RunningCheckpoint {
+    /// Its outcome, sent as it ends (before it wakes the writer, so waiting for it here never
+    /// waits for the writer).
+    outcome: std::sync::mpsc::Receiver<Result<()>>,
+    /// The log position it covers.
+    position: crate::storage::LogPosition,
+    /// Who asked for it (`WriterTask::Checkpoint`), answered once it is written.
+    asked: Vec<oneshot::Sender<Result<()>>>,
 }
 
 impl Checkpoints {
-    /// Takes a checkpoint if the log moved since the last one (the applier drained).
+    /// Takes a checkpoint in this thread if the log moved since the last one (the applier
+    /// drained), after the one being written, if any.
     fn take(&mut self, storage: &Arc<dyn Storage>) -> Result<()> {
+        self.reap(true);
         let Some(checkpointer) = &self.checkpointer else {
             return Ok(());
         };
@@ -314,6 +337,77 @@ impl Checkpoints {
         checkpointer.run()?;
         self.done(storage);
         Ok(())
+    }
+
+    /// Starts a checkpoint (the applier drained, none running) if the log moved since the last
+    /// one, answering `asked` once it is written: on its own thread once every project's files
+    /// passed their check (the writer waits only for its cut; the thread wakes the writer
+    /// through `wake` when done), else in this thread, which waits for the check first.
+    fn start(
+        &mut self,
+        storage: &Arc<dyn Storage>,
+        asked: Vec<oneshot::Sender<Result<()>>>,
+        wake: &mpsc::WeakSender<WriterTask>,
+    ) {
+        let answer = |asked: Vec<oneshot::Sender<Result<()>>>, result: &Result<()>| {
+            for reply in asked {
+                let _ = reply.send(result.clone());
+            }
+        };
+        let position = match storage.log_position() {
+            Ok(position) => position,
+            Err(err) => return answer(asked, &Err(err)),
+        };
+        let checkpointer = match &self.checkpointer {
+            Some(checkpointer) if self.last.as_ref() != Some(&position) => checkpointer.clone(),
+            _ => return answer(asked, &Ok(())),
+        };
+        if !checkpointer.projects.read().values().all(|entry| entry.is_verified()) {
+            let result = self.take(storage);
+            return answer(asked, &result);
+        }
+        let wake = wake.clone();
+        let (sent, outcome) = std::sync::mpsc::channel();
+        checkpointer.spawn(move |result| {
+            let _ = sent.send(result);
+            if let Some(writer) = wake.upgrade() {
+                let _ = writer.blocking_send(WriterTask::CheckpointWritten);
+            }
+        });
+        // Events stored from now on count toward the next one.
+        self.events = 0;
+        self.running = Some(RunningCheckpoint { outcome, position, asked });
+    }
+
+    /// Ends the checkpoint being written once it is done (or waits for it, with `wait`):
+    /// records its position when it succeeded (else the next group tries again) and answers
+    /// who asked.
+    fn reap(&mut self, wait: bool) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        let outcome = match wait {
+            true => running.outcome.recv().ok(),
+            false => match running.outcome.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                received => received.ok(),
+            },
+        };
+        // None: the thread ended without one (it panicked).
+        let result = outcome.unwrap_or_else(|| Err(crate::error::Error::Internal("the checkpoint panicked".into())));
+        let Some(RunningCheckpoint { position, asked, .. }) = self.running.take() else {
+            return;
+        };
+        match &result {
+            Ok(()) => self.last = Some(position),
+            Err(err) => {
+                tracing::error!(error = %err, "checkpoint failed; the next group tries again");
+                self.events = self.events.max(CHECKPOINT_EVENTS);
+            }
+        }
+        for reply in asked {
+            let _ = reply.send(result.clone());
+        }
     }
 
     fn done(&mut self, storage: &Arc<dyn Storage>) {

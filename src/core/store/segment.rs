@@ -115,14 +115,18 @@ impl ProjectFiles {
     }
 }
 
+impl ProjectFiles {
+    /// Every file these are.
+    pub fn files(&self) -> impl Iterator<Item = String> + '_ {
+        self.compressed().map(|(file, _)| file.clone()).chain(self.columns.values().map(|c| c.file.clone()))
+    }
+}
+
 impl Manifest {
     /// Every file the manifest lists.
     pub fn files(&self) -> HashSet<String> {
         let mut files: HashSet<String> = self.seen_columns().map(|c| c.file.clone()).collect();
-        for project in self.projects.values() {
-            files.extend(project.compressed().map(|(file, _)| file.clone()));
-            files.extend(project.columns.values().map(|c| c.file.clone()));
-        }
+        files.extend(self.projects.values().flat_map(ProjectFiles::files));
         files
     }
 
