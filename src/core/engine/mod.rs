@@ -153,8 +153,9 @@ pub struct Engine {
     verification: Arc<Verification>,
 }
 
-/// Checks the dedupe files of `manifest` on a thread of its own; the check it returns ends
-/// with the outcome.
+/// Checks the dedupe files of `manifest` on a thread of its own, at a lower priority than the
+/// load beside it (the port waits for the load, not for this); the check it returns ends with
+/// the outcome.
 fn check_dedupe_in_background(
     dir: std::path::PathBuf,
     manifest: Manifest,
@@ -163,6 +164,7 @@ fn check_dedupe_in_background(
     let check = Verification::running();
     let checking = check.clone();
     std::thread::spawn(move || {
+        yield_to_queries();
         let outcome = manifest.verify_seen(&dir).map(|_| ()).map_err(|e| e.to_string());
         match &outcome {
             Ok(()) => tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "dedupe files verified"),
@@ -255,7 +257,7 @@ fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
 }
 
 /// Lowers the calling thread's priority (and that of the threads it starts, which inherit it):
-/// background work then takes the cores only when queries leave them idle. (Linux keeps a nice
+/// background work then takes the cores only when queries (or a start's load) leave them idle. (Linux keeps a nice
 /// value per thread; elsewhere this does nothing.)
 fn yield_to_queries() {
     #[cfg(target_os = "linux")]
@@ -373,6 +375,7 @@ impl Engine {
             Some(dir) => Some(column_spaces(&dir)?),
             None => None,
         };
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "column spaces ready");
         let manifest = match &columns {
             Some(space) => Manifest::read(space.dir())?,
             None => None,
@@ -400,6 +403,7 @@ impl Engine {
             space.keep_only(listed).map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;
         }
         let (mut projects, api_keys) = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "definitions and projects loaded");
         let mut seen = match (&columns, &manifest) {
             (Some(space), Some(manifest)) => match &manifest.seen {
                 Some(sorted) => SeenIds::load_sorted(space, sorted)?,

@@ -17,8 +17,9 @@ pub struct Traits {
     /// user's new slice; the old one is garbage until the arena is rebuilt.
     arena: Vec<Prop>,
     /// Per user person id (a user who had traits set, even if all were removed since): where
-    /// its traits are in `arena`, and how many.
-    by_user: HashMap<u32, (usize, u32)>,
+    /// its traits are in `arena`, and how many (u32s: 12 bytes an entry, where a usize start
+    /// made it 24; a restart fills this map for every user).
+    by_user: HashMap<u32, (u32, u32)>,
     /// Props in `arena` no user points at any more.
     garbage: usize,
     /// Counts changes, so that what is derived from the traits (trait groups, cached
@@ -60,7 +61,7 @@ impl Traits {
 
     /// A user's traits, when any were ever set.
     fn props_of(&self, person: u32) -> Option<&[Prop]> {
-        self.by_user.get(&person).map(|&(start, len)| &self.arena[start..start + len as usize])
+        self.by_user.get(&person).map(|&(start, len)| &self.arena[start as usize..][..len as usize])
     }
 
     /// How many changes the traits have had (see `changes`).
@@ -146,7 +147,7 @@ impl Traits {
                 props.retain(|p| p.key() != key);
             }
         }
-        let start = self.arena.len();
+        let start = arena_index(self.arena.len());
         self.arena.extend_from_slice(&props);
         if let Some((_, old)) = self.by_user.insert(person, (start, props.len() as u32)) {
             self.garbage += old as usize;
@@ -165,13 +166,19 @@ impl Traits {
     fn rebuild_arena(&mut self) {
         let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
         for (start, len) in self.by_user.values_mut() {
-            let live = &self.arena[*start..*start + *len as usize];
-            *start = arena.len();
+            let live = &self.arena[*start as usize..][..*len as usize];
+            *start = arena_index(arena.len());
             arena.extend_from_slice(live);
         }
         self.arena = arena;
         self.garbage = 0;
     }
+}
+
+/// A position in the arena as `by_user` keeps it: 2^32 traits (48 GB of them) is past what
+/// any server holds in memory.
+fn arena_index(at: usize) -> u32 {
+    u32::try_from(at).expect("fewer than 2^32 traits in memory")
 }
 
 /// `Traits` as a checkpoint stores it: the interned names and strings, and per user its
@@ -223,13 +230,8 @@ impl Traits {
         if !state.props.len().is_multiple_of(size_of::<WideProp>()) || state.people.len() != state.counts.len() {
             return Err("trait lists do not fit together".into());
         }
-        let props: Vec<Prop> = state
-            .props
-            .chunks_exact(size_of::<WideProp>())
-            .map(|bytes| bytemuck::pod_read_unaligned::<WideProp>(bytes).narrow())
-            .collect::<Option<_>>()
-            .ok_or("a trait has a name past the key space or a value of no known type")?;
-        if state.counts.iter().map(|&c| c as usize).sum::<usize>() != props.len() {
+        let count = state.props.len() / size_of::<WideProp>();
+        if state.counts.iter().map(|&c| c as usize).sum::<usize>() != count || u32::try_from(count).is_err() {
             return Err("trait counts do not add up".into());
         }
         let valid = |p: &Prop| {
@@ -239,8 +241,16 @@ impl Traits {
                     _ => true,
                 }
         };
-        if !props.iter().all(valid) {
-            return Err("a trait names a string that does not exist".into());
+        // Sized once: growing it as it fills copied it again and again at a restart.
+        let mut props = Vec::with_capacity(count);
+        for bytes in state.props.chunks_exact(size_of::<WideProp>()) {
+            let prop = bytemuck::pod_read_unaligned::<WideProp>(bytes)
+                .narrow()
+                .ok_or("a trait has a name past the key space or a value of no known type")?;
+            if !valid(&prop) {
+                return Err("a trait names a string that does not exist".into());
+            }
+            props.push(prop);
         }
         traits.by_user.reserve(state.people.len());
         let mut at = 0;
@@ -248,7 +258,7 @@ impl Traits {
             if traits.by_user.insert(person, (at, count)).is_some() {
                 return Err(format!("person {person} has two trait lists"));
             }
-            at += count as usize;
+            at += count;
         }
         traits.arena = props;
         Ok(traits)
@@ -287,10 +297,20 @@ mod tests {
         let copy = Traits::from_state(traits.state()).unwrap();
         assert_eq!(copy.users(), traits.users());
         assert_eq!((copy.arena.len(), copy.garbage), (4, 0));
-        // A state listing a person twice does not load.
+        // A state listing a person twice does not load, nor one whose counts, strings or
+        // bytes do not fit its traits.
         let mut state = traits.state();
         state.people = vec![0, 0];
         assert!(Traits::from_state(state).unwrap_err().contains("two trait lists"));
+        let mut state = traits.state();
+        state.counts[0] += 1;
+        assert!(Traits::from_state(state).unwrap_err().contains("do not add up"));
+        let mut state = traits.state();
+        state.strings.clear();
+        assert!(Traits::from_state(state).unwrap_err().contains("a string that does not exist"));
+        let mut state = traits.state();
+        state.props.pop();
+        assert!(Traits::from_state(state).unwrap_err().contains("do not fit together"));
     }
 
     #[test]
