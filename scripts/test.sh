@@ -34,6 +34,7 @@ SEXTANT_TEST_STORAGE=clickhouse cargo test --locked --test '*' -- \
   --skip replayed_events_count_against_the_property_key_limit \
   --skip a_clean_stop_leaves_no_dead_bytes_and_loses_nothing \
   --skip sigkills_during_checkpoints_lose_and_duplicate_nothing_acked \
+  --skip deletions_during_background_checkpoints_leave_every_listed_file \
   --skip after_delete_user_and_compact_no_file_holds_the_user_and_answers_stay \
   --skip backup_while_ingesting_restores_into_a_server_that_answers_the_same
 cargo build --locked --quiet

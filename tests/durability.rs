@@ -449,6 +449,54 @@ async fn sigkills_during_checkpoints_lose_and_duplicate_nothing_acked() {
     kill_9(server);
 }
 
+/// Checkpoints are written beside the writer, which applies deletions meanwhile: each one
+/// replaces the project's columns with new files. Users are deleted while checkpoints run
+/// every second under writes, then the server is killed: the last manifest's files are all
+/// there (a restart maps them and `sextant check` passes), every acked event of a user not
+/// deleted is stored once, and no deleted user has any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_during_background_checkpoints_leave_every_listed_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let args = ["--checkpoint-interval-secs", "1"];
+    let server = spawn_server_with(temp.path(), &args).await;
+    create_project(&server.channel, "p").await;
+    // Users d0..d29, to be deleted one by one, with events of their own.
+    let mut ingest = IngestServiceClient::new(server.channel.clone());
+    let victims: Vec<pb::Event> =
+        (0..3000).map(|i| event(&format!("v{i}"), "view", &format!("d{}", i % 30), i)).collect();
+    ingest.track(pb::TrackRequest { project: "p".into(), events: victims, sequence: 0 }).await.unwrap();
+    let mut writer = IngestServiceClient::new(server.channel.clone());
+    let writes = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for b in 0..100_000u64 {
+            let events: Vec<pb::Event> = (0..500)
+                .map(|i| event(&format!("w{b}-{i}"), "view", &format!("u{}", i % 60), (b * 500 + i) as i64))
+                .collect();
+            match writer.track(pb::TrackRequest { project: "p".into(), events: events.clone(), sequence: b }).await {
+                Ok(_) => acked.extend(events.into_iter().map(|e| e.event_id)),
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    let mut users = UserServiceClient::new(server.channel.clone());
+    for d in 0..30 {
+        let request = pb::DeleteUserRequest { project: "p".into(), user_id: format!("d{d}") };
+        users.delete_user(request).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    kill_9(server);
+    let acked = writes.await.unwrap();
+    check_data_dir(temp.path()).expect("every file the manifest lists is whole");
+    let server = spawn_server_with(temp.path(), &args).await;
+    let stored = stored_event_counts(&server.channel).await;
+    for id in &acked {
+        assert_eq!(stored.get(id), Some(&1), "acked event {id}");
+    }
+    assert!(stored.keys().all(|id| id.starts_with('w')), "a deleted user's event is back");
+    stop_gracefully(server);
+}
+
 /// A data directory at `dir` whose project "p" holds `events`, checkpointed by a clean stop.
 async fn checkpoint_of(dir: &Path, events: Vec<pb::Event>) {
     let server = spawn_server(dir).await;
