@@ -257,8 +257,8 @@ fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
 }
 
 /// Lowers the calling thread's priority (and that of the threads it starts, which inherit it):
-/// background work then takes the cores only when queries (or a start's load) leave them idle. (Linux keeps a nice
-/// value per thread; elsewhere this does nothing.)
+/// background work then takes the cores only when queries (or a start's load) leave them
+/// idle. (Linux keeps a nice value per thread; elsewhere this does nothing.)
 fn yield_to_queries() {
     #[cfg(target_os = "linux")]
     {
