@@ -384,6 +384,31 @@ async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
     kill_9(server);
 }
 
+/// Tracks `batches` batches of `size` views into project "p" (ids `<prefix><batch>-<i>`, by
+/// users u0..u59) on a task of its own, until one fails (the server was killed): the ids acked.
+fn write_views_until_refused(
+    channel: &Channel,
+    prefix: String,
+    batches: u64,
+    size: u64,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let mut writer = IngestServiceClient::new(channel.clone());
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for b in 0..batches {
+            let events: Vec<pb::Event> = (0..size)
+                .map(|i| event(&format!("{prefix}{b}-{i}"), "view", &format!("u{}", i % 60), (b * size + i) as i64))
+                .collect();
+            let request = pb::TrackRequest { project: "p".into(), events: events.clone(), sequence: b };
+            match writer.track(request).await {
+                Ok(_) => acked.extend(events.into_iter().map(|e| e.event_id)),
+                Err(_) => break,
+            }
+        }
+        acked
+    })
+}
+
 /// Checkpoints run every second while a client writes, and the server is killed with SIGKILL
 /// at random moments, some inside a checkpoint (its files, the manifest switch, the log
 /// truncation): after each restart, which maps the checkpoint and replays the log after it,
@@ -399,21 +424,7 @@ async fn sigkills_during_checkpoints_lose_and_duplicate_nothing_acked() {
     create_project(&server.channel, "p").await;
     let mut acked: Vec<String> = Vec::new();
     for round in 0..4u64 {
-        let mut writer = IngestServiceClient::new(server.channel.clone());
-        let writes = tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for b in 0..5000u64 {
-                let events: Vec<pb::Event> = (0..200)
-                    .map(|i| event(&format!("c{round}-{b}-{i}"), "view", &format!("u{}", i % 60), (b * 200 + i) as i64))
-                    .collect();
-                let request = pb::TrackRequest { project: "p".into(), events: events.clone(), sequence: b };
-                match writer.track(request).await {
-                    Ok(_) => acked.extend(events.into_iter().map(|e| e.event_id)),
-                    Err(_) => break,
-                }
-            }
-            acked
-        });
+        let writes = write_views_until_refused(&server.channel, format!("c{round}-"), 5000, 200);
         tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(900..2600))).await;
         kill_9(server);
         acked.extend(writes.await.unwrap());
@@ -465,20 +476,7 @@ async fn deletions_during_background_checkpoints_leave_every_listed_file() {
     let victims: Vec<pb::Event> =
         (0..3000).map(|i| event(&format!("v{i}"), "view", &format!("d{}", i % 30), i)).collect();
     ingest.track(pb::TrackRequest { project: "p".into(), events: victims, sequence: 0 }).await.unwrap();
-    let mut writer = IngestServiceClient::new(server.channel.clone());
-    let writes = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        for b in 0..100_000u64 {
-            let events: Vec<pb::Event> = (0..500)
-                .map(|i| event(&format!("w{b}-{i}"), "view", &format!("u{}", i % 60), (b * 500 + i) as i64))
-                .collect();
-            match writer.track(pb::TrackRequest { project: "p".into(), events: events.clone(), sequence: b }).await {
-                Ok(_) => acked.extend(events.into_iter().map(|e| e.event_id)),
-                Err(_) => break,
-            }
-        }
-        acked
-    });
+    let writes = write_views_until_refused(&server.channel, "w".into(), 100_000, 500);
     let mut users = UserServiceClient::new(server.channel.clone());
     for d in 0..30 {
         let request = pb::DeleteUserRequest { project: "p".into(), user_id: format!("d{d}") };

@@ -77,26 +77,22 @@ impl Checkpointer {
     fn checkpoint(&self, cut_taken: impl FnOnce()) -> Result<()> {
         let started = Instant::now();
         let position = self.storage.log_position()?;
-        let mut projects: Vec<(String, Arc<ProjectEntry>, usize)> = self
-            .projects
-            .read()
-            .iter()
-            .map(|(id, entry)| (id.clone(), entry.clone(), entry.read_without_pending().data.table.len()))
-            .collect();
-        projects.sort_by_key(|(_, _, events)| *events);
+        let projects: Vec<(String, Arc<ProjectEntry>)> =
+            self.projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect();
         // Recursive reads: a write waiting behind a query does not hold the cut (nothing is
-        // pending: the writer waits, its applier drained).
-        let states: Vec<_> = projects
+        // pending: the writer waits, its applier drained). The largest last.
+        let mut states: Vec<_> = projects
             .iter()
-            .map(|(_, entry, _)| {
+            .map(|(id, entry)| {
                 entry.wait_verified();
-                entry.read_without_pending()
+                (id, entry, entry.read_without_pending())
             })
             .collect();
+        states.sort_by_key(|(_, _, state)| state.data.table.len());
         // Queued writes would be in the log before the position but in no file: the log's
         // truncation would lose them. The writer starts a checkpoint only with none queued (its
         // applier drained, no project handed to it), and none can be queued now.
-        let queued = projects.iter().find(|(_, entry, _)| entry.has_pending());
+        let queued = states.iter().find(|(_, entry, _)| entry.has_pending());
         let seen = match queued {
             Some((id, _, _)) => Err(crate::error::Error::Internal(format!(
                 "project {id} has writes not applied yet; the checkpoint is put off"
@@ -108,12 +104,13 @@ impl Checkpointer {
         // Held until the manifest pins the runs' files (see `SavedRuns`).
         let seen = seen?;
         let mut files = BTreeMap::new();
-        for ((id, _, _), state) in projects.iter().zip(states) {
+        for (id, _, state) in states {
             let saved = state.data.save(&self.space)?;
             // Pinned before the lock goes: a write applied after it may replace the project's
             // columns (a deletion's compaction), which would remove their files otherwise.
             self.space.pin_also(saved.files());
             files.insert(id.clone(), saved);
+            drop(state);
         }
         let seen = seen.save(&self.space)?;
         let manifest = Manifest::new(position.db.clone(), position.seq, files, seen.listed.clone());
