@@ -549,8 +549,8 @@ fn refused(dir: &Path, what: &str) -> (String, String) {
     panic!("the server kept running on {what}; its log:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// A checkpoint file changed on disk is found by its checksum: the server stops, naming the
-/// file, and `sextant check` names it too. Nothing is answered from a bad file (answers wait
+/// A checkpoint file (a column, the traits) changed on disk is found by its checksum: the
+/// server stops, naming the file, and `sextant check` names it too. Nothing is answered from a bad file (answers wait
 /// for the check, `engine::Verification`). A file cut short is refused before the port opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
@@ -570,6 +570,17 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     bytes[8 * 150] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
     assert!(check_data_dir(temp.path()).is_ok(), "the file is whole again");
+    // The traits are read after the port opens (`Deferred`): a bad traits file stops the
+    // server all the same.
+    let traits = manifest["projects"]["p"]["traits"].as_str().unwrap().to_owned();
+    let traits_path = segments.join(&traits);
+    let whole = std::fs::read(&traits_path).unwrap();
+    let mut flipped = whole.clone();
+    flipped[whole.len() / 2] ^= 0x01;
+    std::fs::write(&traits_path, &flipped).unwrap();
+    let (_, stderr) = refused(temp.path(), "a corrupt traits file");
+    assert!(stderr.contains(&traits) && stderr.contains("corrupt"), "{stderr}");
+    std::fs::write(&traits_path, &whole).unwrap();
     let names = manifest["projects"]["p"]["columns"]["name"]["file"].as_str().unwrap().to_owned();
     let file = std::fs::OpenOptions::new().write(true).open(segments.join(&names)).unwrap();
     file.set_len(file.metadata().unwrap().len() / 2).unwrap();
@@ -598,6 +609,33 @@ async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
 
     let (_, stderr) = refused(temp.path(), "rows naming no person");
     assert!(stderr.contains("project p is inconsistent") && stderr.contains("a person"), "{stderr}");
+}
+
+/// The people's lookup is built after the port opens (`Deferred`), from the mapped names: a
+/// checkpoint naming one user twice (written wrong, its checksums matching) stops the server,
+/// naming the state, rather than let a lookup pick one of the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_naming_a_user_twice_stops_the_server() {
+    use sextant::core::store::column::block_checksums;
+    let temp = tempfile::tempdir().unwrap();
+    let events = vec![event("e1", "view", "ann", 1), event("e2", "view", "bob", 2)];
+    checkpoint_of(temp.path(), events).await;
+    let segments = temp.path().join("segments");
+    let mut manifest = read_manifest(&segments);
+    let people = &mut manifest["projects"]["p"]["columns"]["people.bytes"];
+    let path = segments.join(people["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(3).position(|w| w == b"bob").unwrap();
+    bytes[at..at + 3].copy_from_slice(b"ann");
+    std::fs::write(&path, &bytes).unwrap();
+    let listed = people["bytes"].as_u64().unwrap() as usize;
+    people["checksums"] = serde_json::json!(block_checksums(&bytes[..listed]));
+    std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    check_data_dir(temp.path()).expect("the checksums match");
+
+    let (stdout, stderr) = refused(temp.path(), "a user named twice");
+    assert!(stdout.contains("listening"), "found after the port opened: {stdout}");
+    assert!(stderr.contains("interner is corrupt") && stderr.contains("stored twice"), "{stderr}");
 }
 
 /// A dedupe file that fails its checksum stops the server, naming it, whether it is found

@@ -178,8 +178,8 @@ fn check_dedupe_in_background(
 /// Checks the projects' column files of `manifest` on a thread of its own, once the dedupe
 /// files passed theirs (`dedupe_check`, which has the disk to itself first), group after group
 /// (`FileGroup`; after the first, every loaded table's rows against its people and names,
-/// `EventTable::check_rows`), passing each in `verification`, and ends it with the outcome: a
-/// failure of either check.
+/// `EventTable::check_rows`), passing each in `verification`; then waits for what the load
+/// left to build (`ProjectData::loaded`), and ends it with the outcome: a failure of any.
 fn verify_in_background(
     dir: std::path::PathBuf,
     manifest: Manifest,
@@ -205,16 +205,29 @@ fn verify_in_background(
             }
             Ok::<(), String>(())
         };
+        // What the load left to build after the port opened (`Deferred`): a failure is the
+        // check's.
+        let built = || {
+            let entries: Vec<Arc<ProjectEntry>> = projects.read().values().cloned().collect();
+            entries.iter().try_for_each(|entry| entry.read_without_pending().data.loaded())
+        };
         // Group after group, so an answer that reads only the first waits for it alone.
-        let outcome = FileGroup::ALL.into_iter().try_fold(0, |files, group| {
-            let checked = manifest.verify_project_group(&dir, group).map_err(|e| e.to_string())?;
-            if group == FileGroup::Scanned {
-                rows()?;
-            }
-            verification.pass(group);
-            tracing::debug!(?group, elapsed_ms = started.elapsed().as_millis() as u64, "column file group verified");
-            Ok::<_, String>(files + checked)
-        });
+        let outcome = FileGroup::ALL
+            .into_iter()
+            .try_fold(0, |files, group| {
+                let checked = manifest.verify_project_group(&dir, group).map_err(|e| e.to_string())?;
+                if group == FileGroup::Scanned {
+                    rows()?;
+                }
+                verification.pass(group);
+                tracing::debug!(
+                    ?group,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "column file group verified"
+                );
+                Ok::<_, String>(files + checked)
+            })
+            .and_then(|files| built().map(|()| files));
         match &outcome {
             Ok(files) => {
                 tracing::info!(files, elapsed_ms = started.elapsed().as_millis() as u64, "column files verified")

@@ -4,6 +4,7 @@
 
 pub mod cold_rows;
 pub mod column;
+pub mod deferred;
 pub mod embedded;
 pub mod person_batch;
 pub mod person_order;
@@ -31,7 +32,7 @@ use trait_groups::TraitGroupCache;
 pub struct ProjectData {
     pub table: EventTable,
     /// Per user person id: traits by name.
-    pub traits: traits::Traits,
+    pub traits: deferred::Deferred<traits::Traits>,
     pub quarantine: BTreeMap<u64, QuarantinedEvent>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
@@ -57,6 +58,13 @@ impl ProjectData {
     pub fn in_space(columns: Option<&std::sync::Arc<column::ColumnSpace>>) -> ProjectData {
         let table = columns.map_or_else(EventTable::default, |space| EventTable::in_space(space.clone()));
         ProjectData { table, ..ProjectData::default() }
+    }
+
+    /// Waits for what a start of a checkpoint builds after the port opens (`Deferred`): the
+    /// interners' lookups and the traits. The error of one that failed.
+    pub fn loaded(&self) -> Result<(), String> {
+        self.table.lookups_built()?;
+        self.traits.outcome().map(|_| ()).map_err(str::to_owned)
     }
 
     /// Applies a durable log record. For `Events`, `keep[i]` says whether event i is new

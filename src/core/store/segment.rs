@@ -27,6 +27,7 @@ use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{CHECKSUM_BLOCK, Column, ColumnSpace, block_checksums, checksum};
+use crate::core::store::deferred::Deferred;
 use crate::core::store::table::{EventTable, FileGroup, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
 use crate::core::store::times::Times;
 use crate::core::store::traits::Traits;
@@ -246,27 +247,32 @@ fn verify_columns(dir: &Path, columns: Vec<&ColumnRef>) -> Result<usize> {
     verify_columns_in_spans(dir, columns, VERIFY_SPAN)
 }
 
+/// A read-only mapping of a listed column's file (none when it lists no bytes). It belongs to no
+/// `Column`: dropping it removes no file.
+fn map_listed(dir: &Path, column: &ColumnRef) -> Result<Option<memmap2::Mmap>> {
+    let path = dir.join(&column.file);
+    let file = std::fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+    let size = file.metadata().map_err(|e| io_error("cannot stat", &path, e))?.len();
+    if size < column.bytes {
+        return Err(corrupt(dir, &column.file, "it is shorter than the manifest lists"));
+    }
+    if column.bytes == 0 {
+        return Ok(None);
+    }
+    // SAFETY: a read-only map of a file no process changes in the listed prefix (columns only
+    // append past it).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?;
+    Ok(Some(map))
+}
+
 /// `verify_columns`, each task reading `span` checksum blocks.
 fn verify_columns_in_spans(dir: &Path, columns: Vec<&ColumnRef>, span: usize) -> Result<usize> {
     let mut maps = Vec::with_capacity(columns.len());
     for column in &columns {
-        let path = dir.join(&column.file);
-        let file = std::fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
-        let size = file.metadata().map_err(|e| io_error("cannot stat", &path, e))?.len();
-        if size < column.bytes {
-            return Err(corrupt(dir, &column.file, "it is shorter than the manifest lists"));
-        }
         if column.checksums.len() != (column.bytes as usize).div_ceil(CHECKSUM_BLOCK) {
             return Err(corrupt(dir, &column.file, "its checksum differs from the manifest's"));
         }
-        // SAFETY: a read-only map of a file no process changes in the listed prefix (columns
-        // only append past it).
-        let map = if column.bytes == 0 {
-            None
-        } else {
-            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error("cannot map", &path, e))?)
-        };
-        maps.push(map);
+        maps.push(map_listed(dir, column)?);
     }
     // Tasks: (column, first block), in the columns' order.
     let tasks: Vec<(usize, usize)> = columns
@@ -536,15 +542,20 @@ impl ProjectData {
     pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
         let path = space.dir().join(&files.state);
         let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
-        // The traits file is read and restored on a thread of its own, beside the rest.
-        let traits_file = files.traits.clone().map(|file| {
+        // The traits file is read and restored on a thread of its own, after the port opens:
+        // readers of the traits wait for it (`Deferred`).
+        let traits = files.traits.clone().map(|file| {
+            let (builder, traits) = Deferred::pending();
             let (space, checksum) = (space.clone(), files.traits_checksum);
-            std::thread::spawn(move || -> Result<Traits> {
-                let state = read_compressed(&space, &file, checksum)?;
-                let restored = Traits::from_state(state);
-                restored
-                    .map_err(|e| Error::Storage(format!("{} cannot be read: {e}", space.dir().join(&file).display())))
-            })
+            std::thread::spawn(move || {
+                let restored = read_compressed(&space, &file, checksum).map_err(|e| e.to_string()).and_then(|state| {
+                    Traits::from_state(state)
+                        .map_err(|e| format!("{} cannot be read: {e}", space.dir().join(&file).display()))
+                });
+                // A project replaced meanwhile (a compaction) no longer waits for it.
+                let _ = builder.send(restored);
+            });
+            traits
         });
         let state: ProjectState<'static> = read_compressed(space, &files.state, files.state_checksum)?;
         // Every column is replaced by its file below: start from empty ones in memory, not new files.
@@ -627,27 +638,47 @@ impl ProjectData {
         table.min_time = state.min_time;
         table.max_time = state.max_time;
         table.generation = state.generation;
-        // Rebuilding the interners' lookups and checking the rows are independent: on two
-        // threads.
-        let (indexes, checked) = std::thread::scope(|scope| {
-            let interners = [&table.names, &table.keys, &table.strings, &table.people];
-            let indexes = scope.spawn(move || interners.map(Interner::built_index));
-            let checked = table.check_consistent();
-            (indexes.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), checked)
-        });
-        let interners = [&mut table.names, &mut table.keys, &mut table.strings, &mut table.people];
-        for (interner, index) in interners.into_iter().zip(indexes) {
-            interner.index = index.map_err(|e| corrupt(format!("a checkpointed interner is corrupt: {e}")))?;
+        table.check_consistent().map_err(corrupt)?;
+        // The interners' lookups are built on a thread of their own, after the port opens, from
+        // second mappings of their files: a lookup waits for its table (`Deferred`), a resolve
+        // does not. The people's, by far the largest, comes last.
+        let mut sources = Vec::new();
+        for (name, interner) in [
+            ("names", &mut table.names),
+            ("keys", &mut table.keys),
+            ("strings", &mut table.strings),
+            ("people", &mut table.people),
+        ] {
+            let bytes = listed(&format!("{name}.bytes"))?;
+            let ends = listed(&format!("{name}.ends"))?;
+            let maps = (map_listed(space.dir(), bytes)?, map_listed(space.dir(), ends)?);
+            let (builder, index) = Deferred::pending();
+            interner.index = index;
+            sources.push((maps, (bytes.bytes as usize, ends.bytes as usize), builder));
         }
-        checked.map_err(corrupt)?;
+        let path = path.display().to_string();
+        std::thread::spawn(move || {
+            for ((bytes, ends), (bytes_len, ends_len), builder) in sources {
+                let bytes = &bytes.as_deref().unwrap_or_default()[..bytes_len];
+                let ends = match &ends {
+                    Some(map) => bytemuck::try_cast_slice(&map[..ends_len]).map_err(|e| format!("the ends: {e}")),
+                    None => Ok(&[][..]),
+                };
+                let index = ends
+                    .and_then(|ends| Interner::built_index(bytes, ends))
+                    .map_err(|e| format!("{path} cannot be read: a checkpointed interner is corrupt: {e}"));
+                let _ = builder.send(index);
+            }
+        });
         let mut data = ProjectData { table, ..ProjectData::default() };
-        data.traits = match traits_file {
-            Some(thread) => thread.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?,
+        data.traits = match traits {
+            Some(traits) => traits,
             // Earlier checkpoints kept the traits inside the state.
-            None => Traits::from_state(state.traits).map_err(corrupt)?,
+            None => Deferred::ready(Traits::from_state(state.traits).map_err(corrupt)?),
         };
         if let Some(traits) = &files.traits {
-            *data.traits_file.get_mut() = Some((data.traits.changes(), traits.clone(), files.traits_checksum));
+            // A file is written only with changes, and a load of one has none.
+            *data.traits_file.get_mut() = Some((0, traits.clone(), files.traits_checksum));
         }
         data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
         for (metric_key, values) in state.manual {
@@ -854,8 +885,52 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let err = ProjectData::load(&space, &third).unwrap_err().to_string();
+        // The traits are read after the load returns: their readers, and the start's check
+        // (`ProjectData::loaded`), get the error.
+        let loaded = ProjectData::load(&space, &third).unwrap();
+        assert_eq!(loaded.table.len(), 2, "the events load without the traits");
+        let err = loaded.loaded().unwrap_err();
         assert!(err.contains(third.traits.as_ref().unwrap()) && err.contains("corrupt"), "{err}");
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.traits.len())).unwrap_err();
+        assert!(read.downcast_ref::<String>().unwrap().contains("corrupt"));
+    }
+
+    /// The interners' lookups are built after the load returns: lookups wait for them, and a
+    /// checkpoint whose strings repeat (a bug, as its checksums match) fails them all, while
+    /// resolving an id still reads the file.
+    #[test]
+    fn loaded_lookups_answer_once_built_and_repeated_strings_fail_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
+        let mut data = ProjectData::in_space(Some(&space));
+        let people = ["ann", "bob", "cat"];
+        for (i, user) in people.iter().enumerate() {
+            data.table.push(&crate::core::store::table::test_event(&format!("e{i}"), user, "", i as i64));
+        }
+        let files = data.save(&space).unwrap();
+        space.pin_also(files.columns.values().map(|c| c.file.clone()));
+        let loaded = ProjectData::load(&space, &files).unwrap();
+        for (i, user) in people.iter().enumerate() {
+            let person = loaded.table.find_user(user).unwrap();
+            assert_eq!(loaded.table.person_name(person), *user);
+            assert_eq!(loaded.table.person[i], person);
+        }
+        assert_eq!(loaded.table.find_user("dan"), None);
+        assert_eq!(loaded.loaded(), Ok(()));
+
+        // "bob" becomes a second "ann" on disk.
+        let path = space.dir().join(&files.columns["people.bytes"].file);
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(3).position(|w| w == b"bob").unwrap();
+        let mut changed = bytes.clone();
+        changed[at..at + 3].copy_from_slice(b"ann");
+        std::fs::write(&path, &changed).unwrap();
+        let loaded = ProjectData::load(&space, &files).unwrap();
+        let err = loaded.loaded().unwrap_err();
+        assert!(err.contains("interner is corrupt") && err.contains("stored twice"), "{err}");
+        assert_eq!(loaded.table.person_name(loaded.table.person[2]), "cat");
+        let lookup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.table.find_user("cat")));
+        assert!(lookup.is_err(), "a lookup without its table panics rather than answer");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use hashbrown::HashMap;
 use crate::core::model::{Event, Micros, Value};
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{Column, ColumnSpace};
+use crate::core::store::deferred::Deferred;
 use crate::core::store::props::RowProps;
 use crate::core::store::times::Times;
 
@@ -44,7 +45,9 @@ pub const MAX_PROPERTY_KEYS: usize = 1 << 29;
 pub struct Interner {
     pub(in crate::core::store) bytes: Column<u8>,
     pub(in crate::core::store) ends: Column<u64>,
-    pub(in crate::core::store) index: hashbrown::HashTable<u32>,
+    /// Built after a start from the mapped strings (`ProjectData::load`): a lookup waits
+    /// for it, a resolve does not.
+    pub(in crate::core::store) index: Deferred<hashbrown::HashTable<u32>>,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -64,7 +67,7 @@ impl Interner {
         self.bytes.extend_from_slice(s.as_bytes());
         self.ends.push(self.bytes.len() as u64);
         let Interner { bytes, ends, index } = self;
-        index.insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
+        index.get_mut().insert_unique(hash_str(s), id, |&id| hash_str(resolve(bytes, ends, id)));
         id
     }
 
@@ -76,11 +79,9 @@ impl Interner {
         }
     }
 
-    /// The lookup table of the strings in the columns (loaded from a checkpoint), checking
-    /// that they hold whole strings, each once (a shared borrow: a start builds it beside
-    /// other checks).
-    pub(in crate::core::store) fn built_index(&self) -> Result<hashbrown::HashTable<u32>, String> {
-        let Interner { bytes, ends, .. } = self;
+    /// The lookup table of the strings in `bytes` ending at `ends` (an interner's columns
+    /// loaded from a checkpoint), checking that they hold whole strings, each once.
+    pub(in crate::core::store) fn built_index(bytes: &[u8], ends: &[u64]) -> Result<hashbrown::HashTable<u32>, String> {
         // The strings are valid UTF-8 each exactly when their concatenation is and every end
         // falls on a character boundary: one pass over the bytes instead of one per string.
         let all = std::str::from_utf8(bytes).map_err(|e| format!("the strings are not UTF-8 ({e})"))?;
@@ -111,7 +112,7 @@ impl Interner {
     }
 
     pub fn get(&self, s: &str) -> Option<u32> {
-        self.index.find(hash_str(s), |&id| self.resolve(id) == s).copied()
+        self.index.get().find(hash_str(s), |&id| self.resolve(id) == s).copied()
     }
 
     pub fn resolve(&self, id: u32) -> &str {
@@ -438,6 +439,15 @@ impl EventTable {
             || !self.name.iter().all(|&name| (name as usize) < self.name_counts.len())
         {
             return Err("a row names a person or an event name that does not exist".into());
+        }
+        Ok(())
+    }
+
+    /// Waits for the interners' lookups, which a start of a checkpoint builds after the port
+    /// opens (`Deferred`): the error of one that failed.
+    pub fn lookups_built(&self) -> Result<(), String> {
+        for interner in [&self.names, &self.keys, &self.strings, &self.people] {
+            interner.index.outcome().map_err(str::to_owned)?;
         }
         Ok(())
     }
@@ -877,19 +887,14 @@ mod tests {
         for s in strings {
             interner.intern(s);
         }
-        let index = interner.built_index().unwrap();
+        let index = Interner::built_index(&interner.bytes, &interner.ends).unwrap();
         assert_eq!(index.len(), strings.len());
-        let loaded = Interner { index, ..interner };
+        let loaded = Interner { index: Deferred::ready(index), ..interner };
         for (id, s) in strings.iter().enumerate() {
             assert_eq!(loaded.get(s), Some(id as u32));
         }
         assert_eq!(loaded.get("pla"), None);
-        let broken = |bytes: &[u8], ends: &[u64]| {
-            let mut interner = Interner::default();
-            interner.bytes.extend_from_slice(bytes);
-            interner.ends.extend_from_slice(ends);
-            interner.built_index().unwrap_err()
-        };
+        let broken = |bytes: &[u8], ends: &[u64]| Interner::built_index(bytes, ends).unwrap_err();
         // "é" is two bytes: an end between them cuts a character.
         assert_eq!(broken("aé".as_bytes(), &[2, 3]), "string 0 is not UTF-8");
         assert_eq!(
