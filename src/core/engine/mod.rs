@@ -48,6 +48,7 @@ use crate::core::metric::scan::{AggregatePushdown, MetricQuery, Series};
 use crate::core::model::{Clock, EventType, Micros, Project, ProjectStats, ProjectUpdate, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
+use crate::core::store::deferred::yield_to_queries;
 use crate::core::store::person_batch::PersonBatch;
 use crate::core::store::record::{LogRecord, decode_record};
 use crate::core::store::remote::{EventStats, Fetch, RemoteEvents};
@@ -267,21 +268,6 @@ fn warm_up_in_background(projects: &checkpoint::ProjectMap) {
             state.data.person_order.get(&state.data.table);
         }
     });
-}
-
-/// Lowers the calling thread's priority (and that of the threads it starts, which inherit it):
-/// background work then takes the cores only when queries (or a start's load) leave them
-/// idle. (Linux keeps a nice value per thread; elsewhere this does nothing.)
-fn yield_to_queries() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: setpriority reads only its integer arguments; on Linux, `who == 0` with
-        // PRIO_PROCESS names the calling thread.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-        if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
-        }
-    }
 }
 
 /// The engine's column files under a data directory: `segments` (checkpointed, see

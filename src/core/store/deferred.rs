@@ -86,6 +86,21 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Deferred<T> {
     }
 }
 
+/// Lowers the calling thread's priority (and that of the threads it starts, which inherit it):
+/// background work then takes the cores only when queries (or a start's load) leave them
+/// idle. (Linux keeps a nice value per thread; elsewhere this does nothing.)
+pub fn yield_to_queries() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads only its integer arguments; on Linux, `who == 0` with
+        // PRIO_PROCESS names the calling thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

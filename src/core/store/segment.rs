@@ -27,7 +27,7 @@ use crate::core::model::{ManualValue, Micros, QuarantinedEvent};
 use crate::core::store::ProjectData;
 use crate::core::store::cold_rows::ColdRows;
 use crate::core::store::column::{CHECKSUM_BLOCK, Column, ColumnSpace, block_checksums, checksum};
-use crate::core::store::deferred::Deferred;
+use crate::core::store::deferred::{Deferred, yield_to_queries};
 use crate::core::store::table::{EventTable, FileGroup, Interner, MAX_PROPERTIES, PROP_BLOCK, Prop, WideProp};
 use crate::core::store::times::Times;
 use crate::core::store::traits::Traits;
@@ -542,12 +542,13 @@ impl ProjectData {
     pub fn load(space: &Arc<ColumnSpace>, files: &ProjectFiles) -> Result<ProjectData> {
         let path = space.dir().join(&files.state);
         let corrupt = |e: String| Error::Storage(format!("{} cannot be read: {e}", path.display()));
-        // The traits file is read and restored on a thread of its own, after the port opens:
-        // readers of the traits wait for it (`Deferred`).
+        // The traits file is read and restored on a thread of its own, after the port opens,
+        // at a lower priority than queries: readers of the traits wait for it (`Deferred`).
         let traits = files.traits.clone().map(|file| {
             let (builder, traits) = Deferred::pending();
             let (space, checksum) = (space.clone(), files.traits_checksum);
             std::thread::spawn(move || {
+                yield_to_queries();
                 let restored = read_compressed(&space, &file, checksum).map_err(|e| e.to_string()).and_then(|state| {
                     Traits::from_state(state)
                         .map_err(|e| format!("{} cannot be read: {e}", space.dir().join(&file).display()))
@@ -639,9 +640,10 @@ impl ProjectData {
         table.max_time = state.max_time;
         table.generation = state.generation;
         table.check_consistent().map_err(corrupt)?;
-        // The interners' lookups are built on a thread of their own, after the port opens, from
-        // second mappings of their files: a lookup waits for its table (`Deferred`), a resolve
-        // does not. The people's, by far the largest, comes last.
+        // The interners' lookups are built on a thread of their own, after the port opens, at a
+        // lower priority than queries, from second mappings of their files: a lookup waits for
+        // its table (`Deferred`), a resolve does not. The people's, by far the largest, comes
+        // last.
         let mut sources = Vec::new();
         for (name, interner) in [
             ("names", &mut table.names),
@@ -658,6 +660,7 @@ impl ProjectData {
         }
         let path = path.display().to_string();
         std::thread::spawn(move || {
+            yield_to_queries();
             for ((bytes, ends), (bytes_len, ends_len), builder) in sources {
                 let bytes = &bytes.as_deref().unwrap_or_default()[..bytes_len];
                 let ends = match &ends {
