@@ -589,23 +589,30 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     assert!(stderr.contains(&names), "{stderr}");
 }
 
+/// Changes project p's column `name` in the checkpoint under `dir` with `edit`, and lists the
+/// new bytes' checksums in the manifest: a file written wrong, not damaged by the disk.
+fn rewrite_column(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) {
+    use sextant::core::store::column::block_checksums;
+    let segments = dir.join("segments");
+    let mut manifest = read_manifest(&segments);
+    let column = &mut manifest["projects"]["p"]["columns"][name];
+    let path = segments.join(column["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    edit(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    let listed = column["bytes"].as_u64().unwrap() as usize;
+    column["checksums"] = serde_json::json!(block_checksums(&bytes[..listed]));
+    std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    check_data_dir(dir).expect("the checksums match");
+}
+
 /// Checksums catch a changed file; a file written wrong with matching checksums (a bug, not
 /// the disk) is caught by the rows' check that follows them: a row naming no person ends the
 /// process, naming the project, before any query answers from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
-    use sextant::core::store::column::block_checksums;
-    let (temp, segments) = checkpoint_of_views().await;
-    let mut manifest = read_manifest(&segments);
-    let person = &mut manifest["projects"]["p"]["columns"]["person"];
-    let path = segments.join(person["file"].as_str().unwrap());
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[4 * 150..4 * 151].copy_from_slice(&7u32.to_le_bytes());
-    std::fs::write(&path, &bytes).unwrap();
-    let listed = person["bytes"].as_u64().unwrap() as usize;
-    person["checksums"] = serde_json::json!(block_checksums(&bytes[..listed]));
-    std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    check_data_dir(temp.path()).expect("the checksums match");
+    let (temp, _) = checkpoint_of_views().await;
+    rewrite_column(temp.path(), "person", |bytes| bytes[4 * 150..4 * 151].copy_from_slice(&7u32.to_le_bytes()));
 
     let (_, stderr) = refused(temp.path(), "rows naming no person");
     assert!(stderr.contains("project p is inconsistent") && stderr.contains("a person"), "{stderr}");
@@ -616,22 +623,13 @@ async fn a_checkpoint_whose_rows_name_no_person_stops_the_server() {
 /// naming the state, rather than let a lookup pick one of the two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_naming_a_user_twice_stops_the_server() {
-    use sextant::core::store::column::block_checksums;
     let temp = tempfile::tempdir().unwrap();
     let events = vec![event("e1", "view", "ann", 1), event("e2", "view", "bob", 2)];
     checkpoint_of(temp.path(), events).await;
-    let segments = temp.path().join("segments");
-    let mut manifest = read_manifest(&segments);
-    let people = &mut manifest["projects"]["p"]["columns"]["people.bytes"];
-    let path = segments.join(people["file"].as_str().unwrap());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.windows(3).position(|w| w == b"bob").unwrap();
-    bytes[at..at + 3].copy_from_slice(b"ann");
-    std::fs::write(&path, &bytes).unwrap();
-    let listed = people["bytes"].as_u64().unwrap() as usize;
-    people["checksums"] = serde_json::json!(block_checksums(&bytes[..listed]));
-    std::fs::write(segments.join("MANIFEST"), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    check_data_dir(temp.path()).expect("the checksums match");
+    rewrite_column(temp.path(), "people.bytes", |bytes| {
+        let at = bytes.windows(3).position(|w| w == b"bob").unwrap();
+        bytes[at..at + 3].copy_from_slice(b"ann");
+    });
 
     // Found by the check after the load, which may end the process before the port opens.
     let (_, stderr) = refused(temp.path(), "a user named twice");
