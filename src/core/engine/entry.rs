@@ -239,6 +239,10 @@ impl Spill {
     }
 }
 
+/// How often the applier, waiting for a project's lock, checks whether a read applied its
+/// queued jobs meanwhile (`ProjectEntry::apply_queued`).
+const APPLY_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl ProjectEntry {
     pub fn new(state: ProjectState) -> ProjectEntry {
         ProjectEntry { state: RwLock::new(state), pending: Mutex::default(), verification: None }
@@ -308,6 +312,20 @@ impl ProjectEntry {
 
     pub fn has_pending(&self) -> bool {
         !self.pending.lock().jobs.is_empty()
+    }
+
+    /// Applies the queued jobs once the lock is free, for the writer's applier; returns as
+    /// soon as nothing is queued (a read applied the jobs first), so a query on a project with
+    /// nothing left to apply holds the applier up at most `APPLY_RECHECK`.
+    pub fn apply_queued(&self) {
+        while self.has_pending() {
+            // A timed wait for the write lock still holds back new readers meanwhile (the
+            // lock is fair), so the apply is not starved by a stream of queries.
+            if let Some(mut state) = self.state.try_write_for(APPLY_RECHECK) {
+                self.apply_pending(&mut state);
+                return;
+            }
+        }
     }
 
     /// Visits the quarantine records queued and not applied yet, oldest first (they are
@@ -497,6 +515,28 @@ mod tests {
         // The queue's weight starts again from nothing.
         assert!(push(&entry, &["e", "f", "g"], vec![], &replied));
         assert_eq!(entry.write().data.table.len(), 7);
+    }
+
+    /// The applier's apply waits for a query holding the project while jobs are queued, and
+    /// applies them once it ends; with nothing queued it returns at once, query or not.
+    #[test]
+    fn apply_queued_waits_only_while_something_is_queued() {
+        let entry = entry();
+        let replied = Arc::new(AtomicUsize::new(0));
+        let query = entry.read_without_pending();
+        entry.apply_queued();
+        assert!(push(&entry, &["a", "b"], vec![true, true], &replied));
+        let applier = {
+            let entry = entry.clone();
+            std::thread::spawn(move || entry.apply_queued())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!applier.is_finished(), "the apply waits for the query");
+        assert!(entry.has_pending());
+        drop(query);
+        applier.join().unwrap();
+        assert!(!entry.has_pending());
+        assert_eq!(event_ids(&entry.read_without_pending()), ["a", "b"]);
     }
 
     /// Past the items kept in memory, jobs go to the spill file and are acked at once, up to
