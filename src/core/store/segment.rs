@@ -2,17 +2,18 @@
 //!
 //! A checkpoint lists, per project, its column files (each with its length and checksums of
 //! its values by 4 MiB block, so a checkpoint hashes only new blocks) and one state file
-//! (everything small: interner lookups are rebuilt from their columns, the rest is
-//! serialized) with the traits in a file of their own (listed again while unchanged) and the
+//! (everything small: interner lookups are rebuilt from their columns after the port opens,
+//! see `deferred`; the rest is serialized) with the traits in a file of their own (listed again while unchanged) and the
 //! rows' cold values after their last compressed block in another (`cold_rows`), and the
 //! dedupe set's runs of sorted keys, with the log position it covers. Columns are
 //! append-only, so a file a checkpoint lists is never changed in its listed prefix afterwards: later appends go past it, and compaction writes new files. The
 //! manifest is written last (temporary file, fsync, rename, fsync of the directory), so a
 //! crash leaves either the old checkpoint or the new one, each with all its files.
 //!
-//! At start the engine opens the files the manifest lists, checks every checksum (a bad file is
-//! an error naming it: the server refuses to start rather than answer wrong), and replays only
-//! the log records after the checkpoint's position.
+//! At start the engine maps the files the manifest lists, checks their sizes (a file cut short
+//! stops the start) and replays only the log records after the checkpoint's position. Their
+//! checksums are checked in the background, and answers wait for the files they read
+//! (`engine::Verification`): a bad file ends the process, naming it, rather than answer wrong.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
