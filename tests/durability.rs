@@ -574,10 +574,7 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     // server all the same.
     let traits = manifest["projects"]["p"]["traits"].as_str().unwrap().to_owned();
     let traits_path = segments.join(&traits);
-    let whole = std::fs::read(&traits_path).unwrap();
-    let mut flipped = whole.clone();
-    flipped[whole.len() / 2] ^= 0x01;
-    std::fs::write(&traits_path, &flipped).unwrap();
+    let (whole, _) = flip_a_middle_bit(&traits_path, 0x01);
     let (_, stderr) = refused(temp.path(), "a corrupt traits file");
     assert!(stderr.contains(&traits) && stderr.contains("corrupt"), "{stderr}");
     std::fs::write(&traits_path, &whole).unwrap();
@@ -587,6 +584,16 @@ async fn a_corrupt_checkpoint_file_stops_the_start_naming_it() {
     let (stdout, stderr) = refused(temp.path(), "a file cut short");
     assert!(!stdout.contains("listening"), "the port opened");
     assert!(stderr.contains(&names), "{stderr}");
+}
+
+/// Flips the `bit` of the middle byte of the file at `path`, as a failing disk would: the
+/// file as it was, and as it is now.
+fn flip_a_middle_bit(path: &Path, bit: u8) -> (Vec<u8>, Vec<u8>) {
+    let whole = std::fs::read(path).unwrap();
+    let mut flipped = whole.clone();
+    flipped[whole.len() / 2] ^= bit;
+    std::fs::write(path, &flipped).unwrap();
+    (whole, flipped)
 }
 
 /// Changes project p's column `name` in the checkpoint under `dir` with `edit`, and lists the
@@ -646,10 +653,7 @@ async fn a_corrupt_dedupe_file_stops_the_server_naming_it() {
     let manifest = read_manifest(&segments);
     let keys = manifest["seen_runs"][0]["keys"]["file"].as_str().unwrap().to_owned();
     let path = segments.join(&keys);
-    let whole = std::fs::read(&path).unwrap();
-    let mut bytes = whole.clone();
-    bytes[whole.len() / 2] ^= 0x10;
-    std::fs::write(&path, &bytes).unwrap();
+    let (whole, bytes) = flip_a_middle_bit(&path, 0x10);
     let (_, stderr) = refused(temp.path(), "a corrupt dedupe file");
     assert!(stderr.contains(&keys) && stderr.contains("corrupt"), "{stderr}");
 

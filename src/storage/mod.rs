@@ -83,3 +83,16 @@ pub enum Tree {
 /// request path, in parallel, so the single writer thread only appends bytes.
 #[derive(Debug, Clone)]
 pub struct Encoded(pub Vec<u8>);
+
+/// How many log records `storage` replays after `after` (for tests).
+#[cfg(test)]
+pub(crate) fn replayed_records(storage: &dyn Storage, after: Option<&LogPosition>) -> usize {
+    let mut records = 0;
+    storage
+        .replay(after, &mut |_| {
+            records += 1;
+            Ok(())
+        })
+        .unwrap();
+    records
+}

@@ -392,16 +392,7 @@ mod tests {
     fn a_truncated_log_replays_from_its_position_and_numbers_on_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let value = encode_record(&sample()).unwrap();
-        let count = |store: &SledStorage, after: Option<&LogPosition>| {
-            let mut n = 0;
-            store
-                .replay(after, &mut |_| {
-                    n += 1;
-                    Ok(())
-                })
-                .unwrap();
-            n
-        };
+        let count = |store: &SledStorage, after: Option<&LogPosition>| crate::storage::replayed_records(store, after);
         let position = {
             let store = SledStorage::open(dir.path()).unwrap();
             store.append(&[value.clone(), value.clone(), value.clone()]).unwrap();

@@ -193,25 +193,24 @@ fn verify_in_background(
             verification.finish(Err(error));
             return;
         }
-        let rows = || {
+        // Runs `check` on every project's data as loaded, as a query would read it.
+        let each_project = |check: &dyn Fn(&str, &ProjectData) -> Result<(), String>| {
             let entries: Vec<(String, Arc<ProjectEntry>)> =
                 projects.read().iter().map(|(id, entry)| (id.clone(), entry.clone())).collect();
-            for (id, entry) in entries {
-                let state = entry.read_without_pending();
-                state.data.table.check_rows().map_err(|e| {
+            entries.iter().try_for_each(|(id, entry)| check(id, &entry.read_without_pending().data))
+        };
+        let rows = || {
+            each_project(&|id, data| {
+                data.table.check_rows().map_err(|e| {
                     format!(
                         "the checkpoint of project {id} is inconsistent ({e}); restore the data directory from a backup"
                     )
-                })?;
-            }
-            Ok::<(), String>(())
+                })
+            })
         };
         // What the load left to build after the port opened (`Deferred`): a failure is the
         // check's.
-        let built = || {
-            let entries: Vec<Arc<ProjectEntry>> = projects.read().values().cloned().collect();
-            entries.iter().try_for_each(|entry| entry.read_without_pending().data.loaded())
-        };
+        let built = || each_project(&|_, data| data.loaded());
         // Group after group, so an answer that reads only the first waits for it alone.
         let outcome = FileGroup::ALL
             .into_iter()
