@@ -257,11 +257,34 @@ def main():
         while count() == events:
             time.sleep(0.5)
         left = count()
+        # Track on the compacted project while Compact runs: how long its writes wait.
+        ingest = ingest_grpc.IngestServiceStub(channel)
+        compacting = threading.Event()
+        during = []
+
+        def write_during():
+            k, run = 0, f"{time.time_ns()}"
+            while not compacting.is_set():
+                t = time.perf_counter()
+                ingest.Track(track_request(pb, args.project, f"{run}-compact-{k}", 100), timeout=3600)
+                during.append(time.perf_counter() - t)
+                k += 1
+
+        writer = threading.Thread(target=write_during)
+        writer.start()
+        while not during:
+            time.sleep(0.01)
         t = time.perf_counter()
         reply = admin_grpc.AdminServiceStub(channel).Compact(admin_pb.CompactRequest(), timeout=3600)
         took = time.perf_counter() - t
+        compacting.set()
+        writer.join()
+        during = during[1:]  # the first call ended before Compact began
+        left = count() - 100 * (len(during) + 1)
         print(f"retention {days} days kept {left} of {events} events; Compact took {took:.1f} s: "
               f"{reply.bytes_before} -> {reply.bytes_after} bytes ({reply.bytes_after / max(left, 1):.1f} bytes per kept event)")
+        print(f"Track of 100 events on the compacted project during Compact: p50 {statistics.median(during) * 1000:.1f} ms, "
+              f"p99 {percentile(during, 99) * 1000:.1f} ms, max {max(during) * 1000:.1f} ms ({len(during)} calls)")
     finally:
         stop(proc)
     # Stopped: what stays on disk (the person order's scratch files go with the process).

@@ -320,9 +320,11 @@ async fn stored_event_counts(channel: &tonic::transport::Channel) -> HashMap<Str
     stored
 }
 
-/// Compaction is killed with SIGKILL at random moments (while it writes the new database,
-/// around the switch, while it removes the old one) with writes arriving meanwhile: after
-/// each restart every acked event is there exactly once, and the deleted user stays gone.
+/// Compaction is killed with SIGKILL at random moments (while it rebuilds, while it catches up
+/// with the writes that arrived meanwhile, around the switch, while it removes the old
+/// database) with writes and a DeleteUser arriving meanwhile: after each restart every acked
+/// event is there exactly once, and every deleted user stays gone (one whose deletion was cut
+/// off by the kill is all there or all gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
     use rand::Rng;
@@ -343,11 +345,22 @@ async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
     }
     let request = pb::DeleteUserRequest { project: "p".into(), user_id: "u7".into() };
     UserServiceClient::new(server.channel.clone()).delete_user(request).await.unwrap();
-    acked.retain(|id| id.rsplit('-').next().is_none_or(|i| i.parse::<usize>().unwrap() % 50 != 7));
+    // A base event's user number.
+    let user_of =
+        |id: &str| id.strip_prefix("base-").map(|rest| rest.rsplit('-').next().unwrap().parse::<usize>().unwrap() % 50);
+    acked.retain(|id| user_of(id) != Some(7));
+    let mut deleted = vec![7];
 
     for round in 0..6u64 {
         let mut admin = AdminServiceClient::new(server.channel.clone());
         let compaction = tokio::spawn(async move { admin.compact(pb::CompactRequest::default()).await });
+        let victim = 10 + round as usize;
+        let mut users = UserServiceClient::new(server.channel.clone());
+        let deletion = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let request = pb::DeleteUserRequest { project: "p".into(), user_id: format!("u{victim}") };
+            users.delete_user(request).await.is_ok()
+        });
         let mut writer = IngestServiceClient::new(server.channel.clone());
         let writes = tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -367,8 +380,19 @@ async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
         let finished = compaction.await.unwrap().is_ok();
         println!("round {round}: compaction {}", if finished { "finished before the kill" } else { "killed" });
         acked.extend(writes.await.unwrap());
+        let deletion_acked = deletion.await.unwrap();
         server = spawn_server(temp.path()).await;
         let stored = stored_event_counts(&server.channel).await;
+        let victims_stored = stored.keys().filter(|id| user_of(id) == Some(victim)).count();
+        let victims_acked = acked.iter().filter(|id| user_of(id) == Some(victim)).count();
+        assert!(
+            victims_stored == 0 || (!deletion_acked && victims_stored == victims_acked),
+            "u{victim}: {victims_stored} of {victims_acked} events stored, deletion acked: {deletion_acked} (round {round}, seed {seed})"
+        );
+        if victims_stored == 0 {
+            acked.retain(|id| user_of(id) != Some(victim));
+            deleted.push(victim);
+        }
         for id in &acked {
             assert_eq!(stored.get(id), Some(&1), "acked event {id} (round {round}, seed {seed})");
         }
@@ -377,9 +401,11 @@ async fn sigkills_during_compaction_lose_nothing_and_bring_nothing_back() {
         let acked_set: std::collections::HashSet<&String> = acked.iter().collect();
         let extra: Vec<&String> = stored.keys().filter(|id| !acked_set.contains(id)).collect();
         assert!(extra.iter().all(|id| id.starts_with('r')), "unexpected {extra:?} (seed {seed})");
-        let user = pb::GetUserRequest { project: "p".into(), user_id: "u7".into() };
-        let status = UserServiceClient::new(server.channel.clone()).get_user(user).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::NotFound, "round {round}, seed {seed}");
+        for user in &deleted {
+            let request = pb::GetUserRequest { project: "p".into(), user_id: format!("u{user}") };
+            let status = UserServiceClient::new(server.channel.clone()).get_user(request).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::NotFound, "u{user} (round {round}, seed {seed})");
+        }
     }
     kill_9(server);
 }

@@ -30,6 +30,16 @@ pub trait Storage: Send + Sync + 'static {
     /// after `after` (a position `log_position` gave; when the log has been rewritten since,
     /// into another database, every value is after it).
     fn replay(&self, after: Option<&LogPosition>, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// `replay`, up to `until` (exclusive; a position of the current database, which the log
+    /// reaches): a compaction catches up on a log that is still being appended to.
+    fn replay_until(
+        &self,
+        _after: &LogPosition,
+        _until: &LogPosition,
+        _visit: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        Err(crate::error::Error::Internal("this storage cannot replay part of its log".into()))
+    }
     /// Where the log ends now: what a checkpoint covers when the caller appends nothing
     /// meanwhile.
     fn log_position(&self) -> Result<LogPosition>;

@@ -259,6 +259,24 @@ impl Storage for SledStorage {
         Ok(())
     }
 
+    fn replay_until(
+        &self,
+        after: &LogPosition,
+        until: &LogPosition,
+        visit: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let inner = self.inner.read();
+        if until.db != inner.name {
+            return Err(Error::Internal(format!("log position in {} replayed in {}", until.db, inner.name)));
+        }
+        let from = if after.db == inner.name { after.seq } else { 0 };
+        for item in inner.log.range(from.to_be_bytes()..until.seq.max(from).to_be_bytes()) {
+            let (_, value) = item?;
+            visit(&value)?;
+        }
+        Ok(())
+    }
+
     fn log_position(&self) -> Result<LogPosition> {
         let inner = self.inner.read();
         Ok(LogPosition { db: inner.name.clone(), seq: inner.next_seq.load(Ordering::Relaxed) })

@@ -18,15 +18,30 @@ use std::time::Instant;
 use parking_lot::RwLock;
 
 use crate::core::engine::ProjectEntry;
-use crate::core::ingest::SharedIds;
+use crate::core::ingest::{SeenIds, SharedIds, replay_keep};
+use crate::core::store::ProjectData;
 use crate::core::store::column::ColumnSpace;
+use crate::core::store::record::decode_record;
 use crate::core::store::segment::Manifest;
-use crate::error::Result;
-use crate::storage::Storage;
+use crate::error::{Error, Result};
+use crate::storage::{LogPosition, Storage};
 
 /// The engine's projects, shared with the writer so a checkpoint lists every project that
 /// exists when it runs.
 pub type ProjectMap = Arc<RwLock<BTreeMap<String, Arc<ProjectEntry>>>>;
+
+/// A compaction's new data, built beside the writer from the last checkpoint and the log after
+/// it (`Checkpointer::build_compaction`), then caught up and swapped in by the writer
+/// (`Checkpointer::finish_compaction`).
+pub struct CompactionBuild {
+    /// Each project, its id, and its data rebuilt.
+    projects: Vec<(Arc<ProjectEntry>, String, ProjectData)>,
+    /// The dedupe set after the records replayed so far, for the events of those after them.
+    seen: SeenIds,
+    /// Where the replay got to.
+    replayed_to: LogPosition,
+    bytes_before: u64,
+}
 
 /// A checkpoint after this many stored events bounds what a restart after a crash replays.
 pub const CHECKPOINT_EVENTS: u64 = 2_000_000;
@@ -131,30 +146,132 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Compaction: rebuilds the given projects from their data in memory (new columns and
-    /// interners holding nothing deleted or expired), checkpoints, and rewrites the log into a
-    /// new database, so nothing removed stays in any file. Returns the data directory's bytes
-    /// before and after.
-    pub fn compact(&self, projects: &[(String, Arc<ProjectEntry>)]) -> Result<(u64, u64)> {
+    /// A compaction's first part, on a thread of its own: a checkpoint, for which the caller
+    /// waits only until its cut is taken (as `spawn`'s), so what was deleted until then is in
+    /// none of its files; then `build_compaction` from it, while the writer appends and
+    /// applies. The caller writes no other checkpoint until `finish_compaction`. `built` gets
+    /// the outcome, on that thread.
+    pub fn spawn_compaction(
+        self: &Arc<Self>,
+        projects: Vec<(String, Arc<ProjectEntry>)>,
+        built: impl FnOnce(Result<CompactionBuild>) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let (cut, taken) = std::sync::mpsc::channel();
+        let checkpointer = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("sextant-compaction".into())
+            .spawn(move || {
+                let bytes_before = checkpointer.bytes_on_disk();
+                let checkpoint = checkpointer.checkpoint(move || {
+                    let _ = cut.send(());
+                    crate::core::store::deferred::yield_to_queries();
+                });
+                built(checkpoint.and_then(|()| checkpointer.build_compaction(&projects, bytes_before?)))
+            })
+            .expect("spawning the compaction thread");
+        // Also answered when the checkpoint failed before its cut (the sender is dropped).
+        let _ = taken.recv();
+        thread
+    }
+
+    /// Loads each project from the last checkpoint, rebuilds it into new files from what it
+    /// holds (`ProjectData::rebuilt`: nothing deleted or expired), replays the log after the
+    /// checkpoint into it, and syncs its files.
+    fn build_compaction(&self, projects: &[(String, Arc<ProjectEntry>)], bytes_before: u64) -> Result<CompactionBuild> {
         let started = Instant::now();
-        let before = self.bytes_on_disk()?;
+        let manifest = Manifest::read(self.space.dir())?
+            .ok_or_else(|| Error::Internal("a compaction starts from a checkpoint, and there is none".into()))?;
+        let mut built = Vec::with_capacity(projects.len());
         for (id, entry) in projects {
-            let rebuilt = entry.read().data.rebuilt(id, &self.space)?;
-            entry.write().data = rebuilt;
+            let rebuilt = match manifest.projects.get(id) {
+                Some(files) => ProjectData::load(&self.space, files)?.rebuilt(id, &self.space)?,
+                None => ProjectData::in_space(Some(&self.space)),
+            };
+            built.push((entry.clone(), id.clone(), rebuilt));
         }
+        let rebuilt_ms = started.elapsed().as_millis() as u64;
+        let seen = manifest.load_seen(&self.space)?;
+        let mut build = CompactionBuild { projects: built, seen, replayed_to: manifest.position(), bytes_before };
+        let replayed = self.catch_up(&mut build)?;
+        for (_, _, data) in &build.projects {
+            // Synced here rather than in the writer. Pinned: the checkpoint that lists them
+            // keeps them, and otherwise the next one removes them (as a crash's start would).
+            let saved = data.save(&self.space)?;
+            self.space.pin_also(saved.files());
+        }
+        tracing::info!(
+            projects = projects.len(),
+            rebuilt_ms,
+            replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compaction built"
+        );
+        Ok(build)
+    }
+
+    /// Applies the log's records after `build.replayed_to`, up to where the log ends now, to
+    /// the built projects, deduplicating their events as a start's replay does. Returns how
+    /// many records it read.
+    fn catch_up(&self, build: &mut CompactionBuild) -> Result<u64> {
+        let until = self.storage.log_position()?;
+        let CompactionBuild { projects, seen, replayed_to, .. } = build;
+        let mut records = 0;
+        self.storage.replay_until(replayed_to, &until, &mut |value| {
+            records += 1;
+            let record = decode_record(value)?;
+            if let Some((_, _, data)) = projects.iter_mut().find(|(_, id, _)| id == record.project()) {
+                let keep = replay_keep(seen, &record);
+                data.apply(&record, &keep);
+            }
+            Ok(())
+        })?;
+        for (_, _, data) in projects.iter_mut() {
+            data.compact();
+        }
+        *replayed_to = until;
+        Ok(records)
+    }
+
+    /// A compaction's last part, in the writer (nothing appended or queued meanwhile): catches
+    /// the built projects up with the log, swaps them in, checkpoints, and moves the then
+    /// empty log to a new database, so nothing removed stays in any file. Returns the data
+    /// directory's bytes before and after; none, with nothing swapped, while a query holds
+    /// one of the projects (the writer tries again, and this catches up from where it got).
+    pub fn finish_compaction(&self, build: &mut CompactionBuild) -> Result<Option<(u64, u64)>> {
+        let started = Instant::now();
+        let replayed = self.catch_up(build)?;
+        let entries: Vec<Arc<ProjectEntry>> = build.projects.iter().map(|(entry, _, _)| entry.clone()).collect();
+        let mut states = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            // Applies its queued writes, which the log, and so the build, holds already.
+            match entry.try_write() {
+                Some(state) => states.push(state),
+                None => return Ok(None),
+            }
+        }
+        let replaced: Vec<ProjectData> = states
+            .iter_mut()
+            .zip(build.projects.drain(..))
+            .map(|(state, (_, _, rebuilt))| state.data.replace_with(rebuilt))
+            .collect();
+        drop(states);
+        drop(replaced);
+        let swapped_ms = started.elapsed().as_millis() as u64;
         self.run()?;
         // The log is empty now (the writer appended nothing since the checkpoint): the new
         // database gets the meta objects only, and the old one, with every removed record, goes.
         self.storage.rewrite_log(&mut |_| Ok(true), &mut |_| Ok(()))?;
         let after = self.bytes_on_disk()?;
         tracing::info!(
-            projects = projects.len(),
-            before,
+            projects = entries.len(),
+            before = build.bytes_before,
             after,
+            replayed,
+            swapped_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compacted"
         );
-        Ok((before, after))
+        Ok(Some((build.bytes_before, after)))
     }
 
     fn bytes_on_disk(&self) -> Result<u64> {
@@ -196,12 +313,36 @@ mod tests {
     use parking_lot::{Condvar, Mutex};
 
     /// Sled storage whose log truncation (a checkpoint's last step) waits while `held`, and
-    /// says when one started.
+    /// says when one started; likewise a replay of part of the log (a compaction's catch-up)
+    /// while `replay_held`.
     struct HeldTruncation {
         sled: SledStorage,
         held: Mutex<bool>,
         released: Condvar,
         started: std::sync::mpsc::SyncSender<()>,
+        replay_held: Mutex<bool>,
+        replay_started: std::sync::mpsc::SyncSender<()>,
+    }
+
+    impl HeldTruncation {
+        fn open(dir: &std::path::Path) -> (Arc<Self>, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Receiver<()>) {
+            let (started, truncating) = std::sync::mpsc::sync_channel(8);
+            let (replay_started, replaying) = std::sync::mpsc::sync_channel(8);
+            let storage = Arc::new(HeldTruncation {
+                sled: SledStorage::open(dir).unwrap(),
+                held: Mutex::new(false),
+                released: Condvar::new(),
+                started,
+                replay_held: Mutex::new(false),
+                replay_started,
+            });
+            (storage, truncating, replaying)
+        }
+
+        fn release_replays(&self) {
+            *self.replay_held.lock() = false;
+            self.released.notify_all();
+        }
     }
 
     impl crate::storage::Storage for HeldTruncation {
@@ -225,6 +366,20 @@ mod tests {
         }
         fn replay(&self, after: Option<&LogPosition>, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
             self.sled.replay(after, visit)
+        }
+        fn replay_until(
+            &self,
+            after: &LogPosition,
+            until: &LogPosition,
+            visit: &mut dyn FnMut(&[u8]) -> Result<()>,
+        ) -> Result<()> {
+            let _ = self.replay_started.try_send(());
+            let mut held = self.replay_held.lock();
+            while *held {
+                self.released.wait(&mut held);
+            }
+            drop(held);
+            self.sled.replay_until(after, until, visit)
         }
         fn log_position(&self) -> Result<LogPosition> {
             self.sled.log_position()
@@ -252,10 +407,14 @@ mod tests {
     }
 
     fn view(id: &str, seconds: i64) -> Vec<Incoming> {
+        view_by(id, "u1", seconds)
+    }
+
+    fn view_by(id: &str, user: &str, seconds: i64) -> Vec<Incoming> {
         let event = Event {
             event_id: id.into(),
             name: "view".into(),
-            user_id: "u1".into(),
+            user_id: user.into(),
             anonymous_id: String::new(),
             timestamp: seconds * 1_000_000,
             properties: Vec::new(),
@@ -270,13 +429,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_checkpoint_being_written_holds_up_no_ack() {
         let dir = tempfile::tempdir().unwrap();
-        let (started, truncating) = std::sync::mpsc::sync_channel(8);
-        let storage = Arc::new(HeldTruncation {
-            sled: SledStorage::open(dir.path()).unwrap(),
-            held: Mutex::new(false),
-            released: Condvar::new(),
-            started,
-        });
+        let (storage, truncating, _) = HeldTruncation::open(dir.path());
         let engine = Engine::open(storage.clone(), Default::default(), Default::default()).unwrap();
         engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
         assert_eq!(engine.track("p", view("before", 1)).await.unwrap().accepted, 1);
@@ -344,5 +497,121 @@ mod tests {
         checkpointer.run().unwrap();
         let manifest = Manifest::read(space.dir()).unwrap().unwrap();
         assert_eq!(manifest.projects["p"].columns["person"].len, 1);
+    }
+
+    /// The events' ids in `p`, in row order.
+    fn event_ids(engine: &Engine) -> Vec<String> {
+        let entry = engine.project("p").unwrap();
+        let state = entry.read();
+        (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row).into_owned()).collect()
+    }
+
+    /// A compaction is rebuilt beside the writer: while its rebuild catches up with the log,
+    /// writes are acked and seen at once (a new event, a duplicate of a compacted one, a user
+    /// deleted), and the compacted data swapped in afterwards holds exactly what was acked:
+    /// the user deleted before it gone, the one deleted during it gone, every event once. A
+    /// restart reads the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_being_built_holds_up_no_ack_and_misses_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _, replaying) = HeldTruncation::open(dir.path());
+        let open =
+            |storage: Arc<HeldTruncation>| Engine::open(storage, Default::default(), Default::default()).unwrap();
+        let engine = open(storage.clone());
+        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        for (id, user, at) in [("a1", "ann", 1), ("b1", "bob", 2), ("c1", "cat", 3), ("a2", "ann", 4)] {
+            assert_eq!(engine.track("p", view_by(id, user, at)).await.unwrap().accepted, 1);
+        }
+        engine.checkpoint().await.unwrap();
+        assert_eq!(engine.delete_user("p", "bob").await.unwrap(), 1);
+        assert_eq!(engine.track("p", view_by("d1", "dan", 5)).await.unwrap().accepted, 1);
+        let generation = engine.project("p").unwrap().read().data.table.generation();
+
+        *storage.replay_held.lock() = true;
+        let compaction = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.compact("p").await }
+        });
+        tokio::task::spawn_blocking(move || replaying.recv().unwrap()).await.unwrap();
+        let patience = std::time::Duration::from_secs(30);
+        let during = tokio::time::timeout(patience, engine.track("p", view_by("e1", "eve", 6)));
+        assert_eq!(during.await.expect("an ack waited for the compaction").unwrap().accepted, 1);
+        let again = engine.track("p", view_by("a1", "ann", 1)).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, 1), "a compacted event stays a duplicate");
+        assert_eq!(engine.delete_user("p", "cat").await.unwrap(), 1);
+        assert_eq!(event_ids(&engine), ["a1", "a2", "d1", "e1"], "writes are seen while the compaction runs");
+        assert!(!compaction.is_finished(), "answered before the compaction was swapped in");
+
+        storage.release_replays();
+        let compacted = tokio::time::timeout(patience, compaction).await.expect("the compaction ended").unwrap();
+        assert!(compacted.unwrap().bytes_after > 0);
+        assert_eq!(crate::storage::replayed_records(storage.as_ref(), None), 0, "the log was moved, empty");
+        assert_eq!(event_ids(&engine), ["a1", "a2", "d1", "e1"]);
+        {
+            let entry = engine.project("p").unwrap();
+            let state = entry.read();
+            assert!(state.data.table.generation() > generation, "rows renumbered: a new generation");
+            assert!(
+                state.data.needs_compaction.load(std::sync::atomic::Ordering::Relaxed),
+                "cat, deleted during the compaction, is still in the files it did not rewrite"
+            );
+            assert!(state.data.table.find_user("bob").is_none(), "bob is in no file now");
+        }
+        let again = engine.track("p", view_by("c1", "cat", 3)).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, 1), "a deleted user's events stay duplicates");
+        engine.close().unwrap();
+        drop(engine);
+
+        let engine = open(storage);
+        assert_eq!(event_ids(&engine), ["a1", "a2", "d1", "e1"], "a restart reads what was acked");
+        engine.close().unwrap();
+    }
+
+    /// A compaction built while a query holds its project is swapped in only once the query
+    /// ends; meanwhile the project's writes are acked (queued), and the swap holds them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_compaction_waits_for_a_query_without_holding_up_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _, replaying) = HeldTruncation::open(dir.path());
+        let engine = Engine::open(storage.clone(), Default::default(), Default::default()).unwrap();
+        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        assert_eq!(engine.track("p", view_by("a1", "ann", 1)).await.unwrap().accepted, 1);
+        assert_eq!(engine.delete_user("p", "ann").await.unwrap(), 1);
+
+        *storage.replay_held.lock() = true;
+        let compaction = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.compact("p").await }
+        });
+        tokio::task::spawn_blocking(move || replaying.recv().unwrap()).await.unwrap();
+        // A query holds the project from before the build is done until `release` says.
+        let (held, holding) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let query = std::thread::spawn({
+            let entry = engine.project("p").unwrap();
+            move || {
+                let state = entry.read();
+                held.send(()).unwrap();
+                released.recv().unwrap();
+                drop(state);
+            }
+        });
+        holding.recv().unwrap();
+        storage.release_replays();
+        // The build is done long before this; the writer's swap then waits for the query.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let patience = std::time::Duration::from_secs(30);
+        for (i, id) in ["b1", "b2", "b3"].into_iter().enumerate() {
+            let tracked = tokio::time::timeout(patience, engine.track("p", view_by(id, "bob", 2 + i as i64)));
+            assert_eq!(tracked.await.expect("an ack waited for the query").unwrap().accepted, 1);
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        assert!(!compaction.is_finished(), "swapped in under a query");
+        release.send(()).unwrap();
+        query.join().unwrap();
+        tokio::time::timeout(patience, compaction).await.expect("the compaction ended").unwrap().unwrap();
+        assert_eq!(event_ids(&engine), ["b1", "b2", "b3"]);
+        assert!(engine.project("p").unwrap().read().data.table.find_user("ann").is_none(), "ann is in no file now");
+        engine.close().unwrap();
     }
 }

@@ -37,7 +37,8 @@ pub(crate) fn purge_quarantine_records(remote: &dyn RemoteEvents) -> Result<()> 
 impl Engine {
     /// Rewrites `project`'s stored data (every project's when empty) from what it holds now,
     /// so deleted users, expired events and deleted records are in no file any more. Writes
-    /// wait while it runs; it returns when the new files are durable and the old ones gone.
+    /// and queries go on meanwhile (see `Checkpointer::spawn_compaction`); it returns when the
+    /// new files are durable and the old ones gone.
     ///
     /// On a remote engine (ClickHouse) the removals are its own background mutations, which
     /// DeleteUser and retention started: this waits for them to finish.

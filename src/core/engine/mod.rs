@@ -56,7 +56,7 @@ use crate::core::store::segment::Manifest;
 use crate::core::store::source::{AnySource, EventSource};
 use crate::core::store::table::FileGroup;
 use crate::error::{Error, Result, echo};
-use crate::storage::{LogPosition, Storage};
+use crate::storage::Storage;
 use meta::{MetaKey, MetaKind};
 
 /// Everything known about one project: its settings, its data and its definitions.
@@ -403,10 +403,7 @@ impl Engine {
         let (mut projects, api_keys) = load_definitions(storage.as_ref(), columns.as_ref(), manifest.as_ref())?;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "definitions and projects loaded");
         let mut seen = match (&columns, &manifest) {
-            (Some(space), Some(manifest)) => match &manifest.seen {
-                Some(sorted) => SeenIds::load_sorted(space, sorted)?,
-                None => SeenIds::load(space, &manifest.seen_runs)?,
-            },
+            (Some(space), Some(manifest)) => manifest.load_seen(space)?,
             _ => SeenIds::in_space(columns.as_ref()),
         };
         seen.checked_by(dedupe_check.clone());
@@ -414,7 +411,7 @@ impl Engine {
             projects.values().flat_map(|p| p.data.quarantine.keys()).max().map_or(0, |id| id + 1);
         let mut records = 0u64;
         let mut dedupe_checked = false;
-        let after = manifest.as_ref().map(|m| LogPosition { db: m.log_db.clone(), seq: m.log_seq });
+        let after = manifest.as_ref().map(Manifest::position);
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint loaded");
         storage.replay(after.as_ref(), &mut |value| {
             let record = decode_record(value)?;
@@ -429,25 +426,11 @@ impl Engine {
                 dedupe_check.outcome().map_err(Error::Storage)?;
                 dedupe_checked = true;
             }
-            let keep = match &record {
-                LogRecord::Events { events, .. } => {
-                    let keys: Vec<u128> =
-                        events.iter().map(|e| crate::core::ingest::event_key(project, &e.event_id)).collect();
-                    crate::core::ingest::dedupe(&mut seen, &keys)
-                }
-                LogRecord::SeenIds { keys, .. } => {
-                    keys.iter().for_each(|key| {
-                        seen.insert(*key);
-                    });
-                    Vec::new()
-                }
-                LogRecord::Quarantined { entries, .. } => {
-                    let max = entries.iter().map(|e| e.id + 1).max().unwrap_or(0);
-                    next_quarantine_id = next_quarantine_id.max(max);
-                    Vec::new()
-                }
-                _ => Vec::new(),
-            };
+            if let LogRecord::Quarantined { entries, .. } = &record {
+                let max = entries.iter().map(|e| e.id + 1).max().unwrap_or(0);
+                next_quarantine_id = next_quarantine_id.max(max);
+            }
+            let keep = crate::core::ingest::replay_keep(&mut seen, &record);
             state.data.apply(&record, &keep);
             Ok(())
         })?;

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ids::{KeySet, Merger, SeenIds, SharedIds, flush_if_due};
 use crate::core::engine::ProjectEntry;
-use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer};
+use crate::core::engine::checkpoint::{CHECKPOINT_EVENTS, Checkpointer, CompactionBuild};
 use crate::core::engine::entry::{PendingLimits, Reply};
 use crate::core::store::record::LogRecord;
 use crate::error::Result;
@@ -54,11 +54,13 @@ pub enum WriterTask {
     /// The checkpoint written on its own thread is done (a wake-up: see `Checkpoints::reap`;
     /// its outcome comes another way, sent before this).
     CheckpointWritten,
+    /// A compaction's build is done, or its finish was put off (a wake-up: see `Compactions`).
+    CompactionReady,
 }
 
-/// Rebuilds projects' files so that what they deleted or expired leaves the disk (see
-/// `engine::checkpoint::Checkpointer::compact`). The writer runs it between groups, after
-/// every earlier job is applied, so the projects' data in memory is exactly their durable log.
+/// Rebuilds projects' files so that what they deleted or expired leaves the disk. The
+/// rebuild runs beside the writer (`Checkpointer::build_compaction`), and the writer swaps it
+/// in between groups (`Checkpointer::finish_compaction`): writes wait only for that.
 pub struct CompactJob {
     /// The projects to rebuild from their data in memory, by id.
     pub projects: Vec<(String, Arc<ProjectEntry>)>,
@@ -91,6 +93,24 @@ pub use crate::core::store::record::event_key;
 /// Marks which keys are new, adding them to `seen`; a key repeated inside `keys` is new once.
 pub fn dedupe(seen: &mut SeenIds, keys: &[u128]) -> Vec<bool> {
     keys.iter().map(|key| seen.insert(*key)).collect()
+}
+
+/// What a replay of `record` keeps (`ProjectData::apply`'s `keep`): the events not seen before,
+/// which join `seen`; the keys of a `SeenIds` record (erased events) join `seen` too.
+pub fn replay_keep(seen: &mut SeenIds, record: &LogRecord) -> Vec<bool> {
+    match record {
+        LogRecord::Events { project, events } => {
+            let keys: Vec<u128> = events.iter().map(|e| event_key(project, &e.event_id)).collect();
+            dedupe(seen, &keys)
+        }
+        LogRecord::SeenIds { keys, .. } => {
+            keys.iter().for_each(|key| {
+                seen.insert(*key);
+            });
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// `dedupe` for the writer's group: keys already durable (`durable`) are old, new ones go to
@@ -189,24 +209,22 @@ fn run_writer(
     };
     let last = checkpoints.as_ref().and_then(|c| c.covered.clone());
     let mut checkpoint = Checkpoints { checkpointer: checkpoints.map(Arc::new), last, events: 0, running: None };
-    let mut compaction = None;
+    let mut compactions = Compactions::default();
     let mut checkpoint_asked = Vec::new();
     let mut merger = Merger::default();
     while let Some(first) = receiver.blocking_recv() {
         let started = Instant::now();
         let mut jobs = Vec::new();
-        match first {
+        let mut take = |task: WriterTask, jobs: &mut Vec<WriteJob>| match task {
             WriterTask::Write(job) => jobs.push(job),
-            WriterTask::Compact(job) => compaction = Some(job),
+            WriterTask::Compact(job) => compactions.waiting.push_back(job),
             WriterTask::Checkpoint(reply) => checkpoint_asked.push(reply),
-            WriterTask::CheckpointWritten => {}
-        }
-        while compaction.is_none() && jobs.len() < MAX_GROUP {
+            WriterTask::CheckpointWritten | WriterTask::CompactionReady => {}
+        };
+        take(first, &mut jobs);
+        while jobs.len() < MAX_GROUP {
             match receiver.try_recv() {
-                Ok(WriterTask::Write(job)) => jobs.push(job),
-                Ok(WriterTask::Compact(job)) => compaction = Some(job),
-                Ok(WriterTask::Checkpoint(reply)) => checkpoint_asked.push(reply),
-                Ok(WriterTask::CheckpointWritten) => {}
+                Ok(task) => take(task, &mut jobs),
                 Err(_) => break,
             }
         }
@@ -263,28 +281,20 @@ fn run_writer(
         flush_if_due(&seen);
         merger.start_if_due(&seen);
         checkpoint.events += events;
-        if let Some(job) = compaction.take() {
-            drain();
-            checkpoint.reap(true);
-            let result = match &checkpoint.checkpointer {
-                Some(checkpointer) => checkpointer.compact(&job.projects).inspect(|_| checkpoint.done(&storage)),
-                None => Err(crate::error::Error::Internal(
-                    "compaction needs a storage with a data directory for column files".into(),
-                )),
-            };
-            let _ = job.reply.send(result);
-        }
+        handed.retain(|project| project.has_pending());
+        compactions.step(&mut checkpoint, &storage, handed.is_empty(), &drain, &wake);
         // A checkpoint waits for no query: while some project's jobs wait for a query to end,
         // it is put off to a later group, so no project's acks wait behind another's query.
-        // Nor for another checkpoint: the one being written wakes the writer when done.
+        // Nor for another checkpoint: the one being written wakes the writer when done. None
+        // is written while a compaction runs, which reads the last one.
         let due = !checkpoint_asked.is_empty() || checkpoint.events >= CHECKPOINT_EVENTS;
-        handed.retain(|project| project.has_pending());
-        if due && handed.is_empty() && checkpoint.running.is_none() {
+        if due && handed.is_empty() && checkpoint.running.is_none() && compactions.running.is_none() {
             drain();
             let asked = std::mem::take(&mut checkpoint_asked);
             checkpoint.start(&storage, asked, &wake);
         }
     }
+    compactions.abandon();
     drop(applier);
     merger.finish();
     checkpoint.reap(true);
@@ -305,6 +315,152 @@ fn run_writer(
         }
         (Ok(()), None) => {}
     }
+}
+
+/// The writer's compactions: those asked for, in order, and the one being built.
+#[derive(Default)]
+struct Compactions {
+    waiting: std::collections::VecDeque<CompactJob>,
+    running: Option<RunningCompaction>,
+}
+
+struct RunningCompaction {
+    reply: oneshot::Sender<Result<(u64, u64)>>,
+    /// The build's outcome, sent as its thread ends (which then wakes the writer).
+    outcome: std::sync::mpsc::Receiver<Result<CompactionBuild>>,
+    built: Option<CompactionBuild>,
+    thread: JoinHandle<()>,
+}
+
+/// How long a compaction's start or finish waits before it tries again, when a query holds one
+/// of its projects or some project's writes are queued.
+const FINISH_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Compactions {
+    /// Between groups: starts the next compaction asked for when none runs, and finishes the
+    /// running one once built, when no project has writes queued (`nothing_queued`: the
+    /// checkpoint it ends with needs that) and no query holds its projects; else it tries
+    /// again after `FINISH_RETRY`. One that ends lets the next one start at once.
+    fn step(
+        &mut self,
+        checkpoint: &mut Checkpoints,
+        storage: &Arc<dyn Storage>,
+        nothing_queued: bool,
+        drain: &dyn Fn(),
+        wake: &mpsc::WeakSender<WriterTask>,
+    ) {
+        while self.advance(checkpoint, storage, nothing_queued, drain, wake) && !self.waiting.is_empty() {}
+    }
+
+    /// One step of `step`; true when a compaction ended.
+    fn advance(
+        &mut self,
+        checkpoint: &mut Checkpoints,
+        storage: &Arc<dyn Storage>,
+        nothing_queued: bool,
+        drain: &dyn Fn(),
+        wake: &mpsc::WeakSender<WriterTask>,
+    ) -> bool {
+        let Some(checkpointer) = checkpoint.checkpointer.clone() else {
+            for job in self.waiting.drain(..) {
+                let _ = job.reply.send(Err(crate::error::Error::Internal(
+                    "compaction needs a storage with a data directory for column files".into(),
+                )));
+            }
+            return false;
+        };
+        if self.running.is_none() && !self.waiting.is_empty() {
+            // It starts with a checkpoint, whose cut needs what a checkpoint's does: no writes
+            // queued, and no checkpoint being written (whose end wakes the writer).
+            if checkpoint.running.is_some() {
+                return false;
+            }
+            // Nor may its cut wait for a start's check of the files (as a checkpoint's would).
+            let verified = checkpointer.projects.read().values().all(|entry| entry.is_verified());
+            if !nothing_queued || !verified {
+                retry_later(wake);
+                return false;
+            }
+            drain();
+            let job = self.waiting.pop_front().expect("not empty");
+            let (sent, outcome) = std::sync::mpsc::channel();
+            let wake = wake.clone();
+            let thread = checkpointer.spawn_compaction(job.projects, move |built| {
+                let _ = sent.send(built);
+                if let Some(writer) = wake.upgrade() {
+                    let _ = writer.blocking_send(WriterTask::CompactionReady);
+                }
+            });
+            // Events stored from now on are the next checkpoint's.
+            checkpoint.events = 0;
+            self.running = Some(RunningCompaction { reply: job.reply, outcome, built: None, thread });
+        }
+        let Some(running) = &mut self.running else {
+            return false;
+        };
+        if running.built.is_none() {
+            match running.outcome.try_recv() {
+                Ok(Ok(build)) => running.built = Some(build),
+                Ok(Err(err)) => return self.end(Err(err)),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return self.end(Err(crate::error::Error::Internal("the compaction panicked".into())));
+                }
+            }
+        }
+        let build = running.built.as_mut().expect("built above");
+        let finished = match nothing_queued {
+            true => {
+                drain();
+                checkpointer.finish_compaction(build)
+            }
+            false => Ok(None),
+        };
+        match finished {
+            Ok(Some(bytes)) => {
+                checkpoint.done(storage);
+                self.end(Ok(bytes))
+            }
+            Ok(None) => {
+                retry_later(wake);
+                false
+            }
+            Err(err) => self.end(Err(err)),
+        }
+    }
+
+    /// Answers the running compaction, which is over (true). Its thread may still be waking
+    /// the writer: not joined here.
+    fn end(&mut self, result: Result<(u64, u64)>) -> bool {
+        if let Some(running) = self.running.take() {
+            let _ = running.reply.send(result);
+        }
+        true
+    }
+
+    /// When the writer stops (every sender gone, so the build's thread cannot block waking
+    /// it): waits for a build still running, which writes files the last checkpoint then
+    /// removes, and answers every compaction that did not happen.
+    fn abandon(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.thread.join();
+            let _ = running.reply.send(Err(crate::error::Error::Unavailable));
+        }
+        for job in self.waiting.drain(..) {
+            let _ = job.reply.send(Err(crate::error::Error::Unavailable));
+        }
+    }
+}
+
+/// Wakes the writer after `FINISH_RETRY`, for a compaction step it put off.
+fn retry_later(wake: &mpsc::WeakSender<WriterTask>) {
+    let wake = wake.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(FINISH_RETRY);
+        if let Some(writer) = wake.upgrade() {
+            let _ = writer.blocking_send(WriterTask::CompactionReady);
+        }
+    });
 }
 
 /// The writer's checkpoint state: the position of the last one and the events stored since,

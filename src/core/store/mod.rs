@@ -134,6 +134,15 @@ impl ProjectData {
         Ok(fresh)
     }
 
+    /// Puts `rebuilt` (a compaction's, holding the same log as this data) in this one's place
+    /// and gives this one back: its rows are renumbered, so its generation moves past this
+    /// one's.
+    pub fn replace_with(&mut self, mut rebuilt: ProjectData) -> ProjectData {
+        rebuilt.table.generation = rebuilt.table.generation.max(self.table.generation + 1);
+        rebuilt.expired_before = rebuilt.expired_before.max(self.expired_before);
+        std::mem::replace(self, rebuilt)
+    }
+
     /// Stores values of a MANUAL metric; one with the timestamp and dimensions of an earlier
     /// one replaces it.
     pub(crate) fn add_manual(&mut self, metric_key: &str, values: &[ManualValue]) {

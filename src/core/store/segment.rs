@@ -132,6 +132,19 @@ impl Manifest {
         files
     }
 
+    /// The log position this checkpoint covers: records from there on are replayed.
+    pub fn position(&self) -> crate::storage::LogPosition {
+        crate::storage::LogPosition { db: self.log_db.clone(), seq: self.log_seq }
+    }
+
+    /// The dedupe set this checkpoint saved.
+    pub fn load_seen(&self, space: &Arc<ColumnSpace>) -> Result<crate::core::ingest::SeenIds> {
+        match &self.seen {
+            Some(sorted) => crate::core::ingest::SeenIds::load_sorted(space, sorted),
+            None => crate::core::ingest::SeenIds::load(space, &self.seen_runs),
+        }
+    }
+
     pub fn read(dir: &Path) -> Result<Option<Manifest>> {
         let path = dir.join(MANIFEST);
         let bytes = match std::fs::read(&path) {
