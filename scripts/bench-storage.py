@@ -9,7 +9,9 @@ scripts/bench-ingest.sh (which prints the load's events/s and peak RssAnon):
 - p99 of 100-event Track calls on a second project, idle and while the loaded project runs
   funnels and retention back to back and receives writes, and of those writes themselves
   (Track on the project being queried);
-- bytes on disk per event, and the data dir before / after retention + Compact (on a copy).
+- bytes on disk per event, and the data dir before / after retention + Compact (on a copy);
+  there also DeleteUser's time with the Track calls on the same project meanwhile, and Track
+  latency on the compacted project while Compact runs.
 
 Usage: scripts/bench-storage.py --data /tmp/sxbench/data-700000 --db /tmp/sxbench/db
 With --only-restart N, only the restart figures, N times, writing nothing (--cold: from an empty
@@ -93,6 +95,16 @@ def track_request(pb, project, prefix, n):
         e = request.events.add(event_id=f"{prefix}-{k}", name="bench_write", user_id=f"w{k % 97}")
         e.timestamp.FromDatetime(now)
     return request
+
+
+def track_until(ingest, pb, project, stop, tag, out):
+    """Tracks 100-event batches on `project` until `stop` is set; each call's seconds go to `out`."""
+    k, run = 0, f"{time.time_ns()}"
+    while not stop.is_set():
+        t = time.perf_counter()
+        ingest.Track(track_request(pb, project, f"{run}-{tag}-{k}", 100), timeout=3600)
+        out.append(time.perf_counter() - t)
+        k += 1
 
 
 def percentile(values, p):
@@ -250,6 +262,24 @@ def main():
         keep_from = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
         days = (dt.datetime.now(dt.timezone.utc) - keep_from).days
         count = lambda: projects.GetProjectStats(pb["project"].GetProjectStatsRequest(project=args.project)).events
+        # DeleteUser of one user (GDPR) while Track runs on the same project: how long the
+        # deletion takes and how long the writes wait for it.
+        ingest = ingest_grpc.IngestServiceStub(channel)
+        user_pb = importlib.import_module("sextant.v1.user_pb2")
+        users = importlib.import_module("sextant.v1.user_pb2_grpc").UserServiceStub(channel)
+        for victim in ("u42_1", "u42_2", "u42_3"):
+            deleting, beside = threading.Event(), []
+            writer = threading.Thread(target=track_until, args=(ingest, pb, args.project, deleting, victim, beside))
+            writer.start()
+            time.sleep(0.3)
+            t = time.perf_counter()
+            users.DeleteUser(user_pb.DeleteUserRequest(project=args.project, user_id=victim), timeout=3600)
+            took = time.perf_counter() - t
+            time.sleep(0.3)
+            deleting.set()
+            writer.join()
+            print(f"DeleteUser {victim}: {took * 1000:.0f} ms; Track of 100 events on the same project meanwhile: "
+                  f"max {max(beside) * 1000:.0f} ms, p50 {statistics.median(beside) * 1000:.1f} ms ({len(beside)} calls)")
         events = count()
         update = pb["project"].UpdateProjectRequest(project=args.project, update=pb["project"].Project(retention_days=days),
                                                     update_mask=["retention_days"])
@@ -258,19 +288,8 @@ def main():
             time.sleep(0.5)
         left = count()
         # Track on the compacted project while Compact runs: how long its writes wait.
-        ingest = ingest_grpc.IngestServiceStub(channel)
-        compacting = threading.Event()
-        during = []
-
-        def write_during():
-            k, run = 0, f"{time.time_ns()}"
-            while not compacting.is_set():
-                t = time.perf_counter()
-                ingest.Track(track_request(pb, args.project, f"{run}-compact-{k}", 100), timeout=3600)
-                during.append(time.perf_counter() - t)
-                k += 1
-
-        writer = threading.Thread(target=write_during)
+        compacting, during = threading.Event(), []
+        writer = threading.Thread(target=track_until, args=(ingest, pb, args.project, compacting, "compact", during))
         writer.start()
         while not during:
             time.sleep(0.01)

@@ -143,16 +143,18 @@ async fn after_delete_user_and_compact_no_file_holds_the_user_and_answers_stay()
     let secrets = [VICTIM, VICTIM_ANON, VICTIM_TRAIT, VICTIM_PROP, VICTIM_EVENT];
     let kept = [KEEPER_PROP, KEEPER_TRAIT];
     let everything: Vec<&str> = secrets.iter().chain(&kept).copied().collect();
-    // Deleted from every answer at once, but still on disk until compaction: the user's id,
-    // anonymous id, trait and property values stay in the string tables. (Its event ids went
-    // sooner: its rows left the table's column files at the checkpoint after DeleteUser, and a
-    // clean stop moves the log, which held them, to a fresh database.)
+    // Deleted from every answer at once, but still on disk until compaction: the user's rows
+    // are marked removed in the column files (event ids and property values included), and its
+    // id, anonymous id and trait values stay in the string tables.
     assert_eq!(export(&server, "p").await, keeper);
     stop(server).await;
-    let lingering: Vec<&str> = everything.iter().copied().filter(|s| *s != VICTIM_EVENT).collect();
-    assert_eq!(found_on_disk(dir, &everything), sorted(&lingering));
+    assert_eq!(found_on_disk(dir, &everything), sorted(&everything));
 
+    // A restart reads the removed rows back from the checkpoint: still in no answer.
     let server = TestServer::start_in(dir, |_| {}).await;
+    assert_eq!(export(&server, "p").await, keeper);
+    assert_eq!(server.stats("p").await.events, 5);
+    assert_eq!(traits(&server, VICTIM).await, None);
     let compacted = compact(&server, "p").await;
     assert!(compacted.bytes_after < compacted.bytes_before, "3,000 events fewer on disk: {compacted:?}");
     // The figures are the data directory's size (checkpoint files once, not twice), give or

@@ -533,7 +533,7 @@ async fn checkpoint_of(dir: &Path, events: Vec<pb::Event>) {
 }
 
 /// The manifest version a checkpoint is written in.
-const CURRENT_VERSION: u32 = 5;
+const CURRENT_VERSION: u32 = 6;
 
 /// The checkpoint manifest in `segments`, as JSON.
 fn read_manifest(segments: &Path) -> serde_json::Value {

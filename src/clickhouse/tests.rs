@@ -749,7 +749,7 @@ async fn deletions_follow_the_alias_history_as_the_embedded_engine_does() {
                     }
                     store.delete_user(project, user, seq64).await.unwrap();
                     data.apply(&LogRecord::UserDeleted { project: p(), user_id: user.to_string() }, &[]);
-                    data.compact();
+                    data.settle_removals();
                     let read = store.person_batch(project, &Fetch::everything()).await.unwrap();
                     assert_eq!(
                         people_of(&read),

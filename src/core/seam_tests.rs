@@ -147,7 +147,7 @@ pub(crate) fn embedded(sent: &Sent) -> ProjectData {
     for user_id in &sent.deleted {
         data.apply(&LogRecord::UserDeleted { project: project(), user_id: user_id.clone() }, &[]);
     }
-    data.compact();
+    data.settle_removals();
     data.apply(
         &LogRecord::ManualValues { project: project(), metric_key: "spend".into(), values: sent.spend.clone() },
         &[],

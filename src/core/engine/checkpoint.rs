@@ -43,6 +43,18 @@ pub struct CompactionBuild {
     bytes_before: u64,
 }
 
+/// A compaction swapped in: the data directory's bytes before and after, and the data it
+/// replaced.
+pub struct Finished {
+    pub bytes: (u64, u64),
+    pub replaced: Vec<ProjectData>,
+}
+
+/// A compaction's build replays the log written meanwhile in up to this many rounds, until one
+/// reads at most `CAUGHT_UP` records.
+const CATCH_UP_ROUNDS: usize = 8;
+const CAUGHT_UP: u64 = 256;
+
 /// A checkpoint after this many stored events bounds what a restart after a crash replays.
 pub const CHECKPOINT_EVENTS: u64 = 2_000_000;
 
@@ -192,7 +204,16 @@ impl Checkpointer {
         let rebuilt_ms = started.elapsed().as_millis() as u64;
         let seen = manifest.load_seen(&self.space)?;
         let mut build = CompactionBuild { projects: built, seen, replayed_to: manifest.position(), bytes_before };
-        let replayed = self.catch_up(&mut build)?;
+        // In rounds while writes go on (each replays what came during the one before), so that
+        // the writer's own, at the swap, has little left.
+        let mut replayed = 0;
+        for _ in 0..CATCH_UP_ROUNDS {
+            let records = self.catch_up(&mut build)?;
+            replayed += records;
+            if records <= CAUGHT_UP {
+                break;
+            }
+        }
         for (_, _, data) in &build.projects {
             // Synced here rather than in the writer. Pinned: the checkpoint that lists them
             // keeps them, and otherwise the next one removes them (as a crash's start would).
@@ -226,7 +247,7 @@ impl Checkpointer {
             Ok(())
         })?;
         for (_, _, data) in projects.iter_mut() {
-            data.compact();
+            data.settle_removals();
         }
         *replayed_to = until;
         Ok(records)
@@ -235,11 +256,14 @@ impl Checkpointer {
     /// A compaction's last part, in the writer (nothing appended or queued meanwhile): catches
     /// the built projects up with the log, swaps them in, checkpoints, and moves the then
     /// empty log to a new database, so nothing removed stays in any file. Returns the data
-    /// directory's bytes before and after; none, with nothing swapped, while a query holds
-    /// one of the projects (the writer tries again, and this catches up from where it got).
-    pub fn finish_compaction(&self, build: &mut CompactionBuild) -> Result<Option<(u64, u64)>> {
+    /// directory's bytes before and after, and the replaced data (freeing it takes a while: a
+    /// value per user, for the caller to drop elsewhere); none, with nothing swapped, while a
+    /// query holds one of the projects (the writer tries again, and this catches up from
+    /// where it got).
+    pub fn finish_compaction(&self, build: &mut CompactionBuild) -> Result<Option<Finished>> {
         let started = Instant::now();
         let replayed = self.catch_up(build)?;
+        let caught_up_ms = started.elapsed().as_millis() as u64;
         let entries: Vec<Arc<ProjectEntry>> = build.projects.iter().map(|(entry, _, _)| entry.clone()).collect();
         let mut states = Vec::with_capacity(entries.len());
         for entry in &entries {
@@ -255,7 +279,6 @@ impl Checkpointer {
             .map(|(state, (_, _, rebuilt))| state.data.replace_with(rebuilt))
             .collect();
         drop(states);
-        drop(replaced);
         let swapped_ms = started.elapsed().as_millis() as u64;
         self.run()?;
         // The log is empty now (the writer appended nothing since the checkpoint): the new
@@ -267,11 +290,12 @@ impl Checkpointer {
             before = build.bytes_before,
             after,
             replayed,
+            caught_up_ms,
             swapped_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compacted"
         );
-        Ok(Some((build.bytes_before, after)))
+        Ok(Some(Finished { bytes: (build.bytes_before, after), replaced }))
     }
 
     fn bytes_on_disk(&self) -> Result<u64> {
@@ -503,7 +527,8 @@ mod tests {
     fn event_ids(engine: &Engine) -> Vec<String> {
         let entry = engine.project("p").unwrap();
         let state = entry.read();
-        (0..state.data.table.len()).map(|row| state.data.table.row_event_id(row).into_owned()).collect()
+        let table = &state.data.table;
+        (0..table.len()).filter(|&row| !table.is_removed(row)).map(|row| table.row_event_id(row).into_owned()).collect()
     }
 
     /// A compaction is rebuilt beside the writer: while its rebuild catches up with the log,

@@ -397,7 +397,7 @@ impl ProjectEntry {
                 }
             }
         }
-        state.data.compact();
+        state.data.settle_removals();
         state.changes.send_modify(|n| *n += 1);
         for reply in jobs.into_iter().filter_map(|job| job.reply) {
             reply();

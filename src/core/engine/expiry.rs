@@ -27,7 +27,8 @@ impl Engine {
                 if table.min_time().is_none_or(|t| t >= before) && !old_quarantine {
                     return Ok(None);
                 }
-                Ok(Some((0..table.len()).filter(|&row| table.time_of(row) < before).count() as u64))
+                let expiring = (0..table.len()).filter(|&row| !table.is_removed(row) && table.time_of(row) < before);
+                Ok(Some(expiring.count() as u64))
             })
             .await?;
         let Some(expiring) = expiring else {

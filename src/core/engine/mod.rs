@@ -445,7 +445,7 @@ impl Engine {
             // Values of a MANUAL metric deleted just before a crash (see `delete_metric`).
             let metrics = &state.defs.metrics;
             state.data.manual.retain(|key, _| metrics.contains_key(key));
-            state.data.compact();
+            state.data.settle_removals();
         }
         let events: usize = projects.values().map(|p| p.data.table.len()).sum();
         tracing::info!(

@@ -224,7 +224,9 @@ impl Engine {
         let name_ok = |row: usize| name_ids.is_empty() || name_ids.contains(&table.name()[row]);
         let mut rows: Vec<u32> = if user_id.is_empty() {
             (0..table.len() as u32)
-                .filter(|&r| range.contains(table.time_of(r as usize)) && name_ok(r as usize))
+                .filter(|&r| {
+                    !table.is_removed(r as usize) && range.contains(table.time_of(r as usize)) && name_ok(r as usize)
+                })
                 .collect()
         } else {
             let Some(person) = table.find_user(user_id) else {

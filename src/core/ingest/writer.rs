@@ -322,6 +322,10 @@ fn run_writer(
 struct Compactions {
     waiting: std::collections::VecDeque<CompactJob>,
     running: Option<RunningCompaction>,
+    /// The thread freeing the data the last compaction replaced (joined before the next one
+    /// and when the writer stops, so that no file of it is removed after a restart that
+    /// reuses its name).
+    freeing: Option<JoinHandle<()>>,
 }
 
 struct RunningCompaction {
@@ -349,99 +353,96 @@ impl Compactions {
         drain: &dyn Fn(),
         wake: &mpsc::WeakSender<WriterTask>,
     ) {
-        while self.advance(checkpoint, storage, nothing_queued, drain, wake) && !self.waiting.is_empty() {}
-    }
-
-    /// One step of `step`; true when a compaction ended.
-    fn advance(
-        &mut self,
-        checkpoint: &mut Checkpoints,
-        storage: &Arc<dyn Storage>,
-        nothing_queued: bool,
-        drain: &dyn Fn(),
-        wake: &mpsc::WeakSender<WriterTask>,
-    ) -> bool {
         let Some(checkpointer) = checkpoint.checkpointer.clone() else {
             for job in self.waiting.drain(..) {
                 let _ = job.reply.send(Err(crate::error::Error::Internal(
                     "compaction needs a storage with a data directory for column files".into(),
                 )));
             }
-            return false;
+            return;
         };
-        if self.running.is_none() && !self.waiting.is_empty() {
-            // It starts with a checkpoint, whose cut needs what a checkpoint's does: no writes
-            // queued, and no checkpoint being written (whose end wakes the writer).
-            if checkpoint.running.is_some() {
-                return false;
+        loop {
+            if self.running.is_none() && !self.waiting.is_empty() {
+                // It starts with a checkpoint, whose cut needs what a checkpoint's does: no
+                // writes queued, and no checkpoint being written (whose end wakes the writer).
+                if checkpoint.running.is_some() {
+                    return;
+                }
+                // Nor may its cut wait for a start's check of the files (as a checkpoint's would).
+                let verified = checkpointer.projects.read().values().all(|entry| entry.is_verified());
+                if !nothing_queued || !verified {
+                    return retry_later(wake);
+                }
+                drain();
+                let job = self.waiting.pop_front().expect("not empty");
+                let (sent, outcome) = std::sync::mpsc::channel();
+                let wake = wake.clone();
+                let thread = checkpointer.spawn_compaction(job.projects, move |built| {
+                    let _ = sent.send(built);
+                    if let Some(writer) = wake.upgrade() {
+                        let _ = writer.blocking_send(WriterTask::CompactionReady);
+                    }
+                });
+                // Events stored from now on are the next checkpoint's.
+                checkpoint.events = 0;
+                self.running = Some(RunningCompaction { reply: job.reply, outcome, built: None, thread });
             }
-            // Nor may its cut wait for a start's check of the files (as a checkpoint's would).
-            let verified = checkpointer.projects.read().values().all(|entry| entry.is_verified());
-            if !nothing_queued || !verified {
-                retry_later(wake);
-                return false;
+            let Some(running) = &mut self.running else {
+                return;
+            };
+            if running.built.is_none() {
+                match running.outcome.try_recv() {
+                    Ok(Ok(build)) => running.built = Some(build),
+                    Ok(Err(err)) => {
+                        self.end(Err(err));
+                        continue;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        self.end(Err(crate::error::Error::Internal("the compaction panicked".into())));
+                        continue;
+                    }
+                }
+            }
+            if !nothing_queued {
+                return retry_later(wake);
             }
             drain();
-            let job = self.waiting.pop_front().expect("not empty");
-            let (sent, outcome) = std::sync::mpsc::channel();
-            let wake = wake.clone();
-            let thread = checkpointer.spawn_compaction(job.projects, move |built| {
-                let _ = sent.send(built);
-                if let Some(writer) = wake.upgrade() {
-                    let _ = writer.blocking_send(WriterTask::CompactionReady);
+            let build = running.built.as_mut().expect("built above");
+            match checkpointer.finish_compaction(build) {
+                Ok(Some(finished)) => {
+                    checkpoint.done(storage);
+                    self.end(Ok(finished.bytes));
+                    self.join_freeing();
+                    let replaced = finished.replaced;
+                    self.freeing = Some(std::thread::spawn(move || drop(replaced)));
                 }
-            });
-            // Events stored from now on are the next checkpoint's.
-            checkpoint.events = 0;
-            self.running = Some(RunningCompaction { reply: job.reply, outcome, built: None, thread });
-        }
-        let Some(running) = &mut self.running else {
-            return false;
-        };
-        if running.built.is_none() {
-            match running.outcome.try_recv() {
-                Ok(Ok(build)) => running.built = Some(build),
-                Ok(Err(err)) => return self.end(Err(err)),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    return self.end(Err(crate::error::Error::Internal("the compaction panicked".into())));
-                }
+                Ok(None) => return retry_later(wake),
+                Err(err) => self.end(Err(err)),
             }
-        }
-        let build = running.built.as_mut().expect("built above");
-        let finished = match nothing_queued {
-            true => {
-                drain();
-                checkpointer.finish_compaction(build)
-            }
-            false => Ok(None),
-        };
-        match finished {
-            Ok(Some(bytes)) => {
-                checkpoint.done(storage);
-                self.end(Ok(bytes))
-            }
-            Ok(None) => {
-                retry_later(wake);
-                false
-            }
-            Err(err) => self.end(Err(err)),
+            // This one ended: the next one asked for, if any, starts now.
         }
     }
 
-    /// Answers the running compaction, which is over (true). Its thread may still be waking
-    /// the writer: not joined here.
-    fn end(&mut self, result: Result<(u64, u64)>) -> bool {
+    /// Answers the running compaction, which is over. Its thread may still be waking the
+    /// writer: not joined here.
+    fn end(&mut self, result: Result<(u64, u64)>) {
         if let Some(running) = self.running.take() {
             let _ = running.reply.send(result);
         }
-        true
     }
 
     /// When the writer stops (every sender gone, so the build's thread cannot block waking
     /// it): waits for a build still running, which writes files the last checkpoint then
     /// removes, and answers every compaction that did not happen.
+    fn join_freeing(&mut self) {
+        if let Some(thread) = self.freeing.take() {
+            let _ = thread.join();
+        }
+    }
+
     fn abandon(&mut self) {
+        self.join_freeing();
         if let Some(running) = self.running.take() {
             let _ = running.thread.join();
             let _ = running.reply.send(Err(crate::error::Error::Unavailable));

@@ -106,7 +106,7 @@ impl EventSource for Embedded<'_> {
     }
 
     fn row_count(&self) -> usize {
-        self.data.table.len()
+        self.data.table.live_rows()
     }
 
     fn row_time(&self, row: usize) -> Micros {

@@ -15,6 +15,7 @@ pub mod segment;
 pub mod source;
 pub mod table;
 pub mod times;
+pub mod tombstones;
 pub mod trait_groups;
 pub mod traits;
 
@@ -40,6 +41,9 @@ pub struct ProjectData {
     pub person_order: PersonOrderCache,
     /// The traits file the last checkpoint listed: (`Traits::changes` then, file, checksum).
     pub traits_file: parking_lot::Mutex<Option<(u64, String, u64)>>,
+    /// The removed rows' file the last checkpoint listed: (how many rows it holds, file,
+    /// checksum). Rows are only ever added to it until a compaction makes a new table.
+    pub removed_file: parking_lot::Mutex<Option<(usize, String, u64)>>,
     pub trait_groups: TraitGroupCache,
     /// Dedupe keys of deleted users' events: compaction writes them in place of the events, so
     /// re-sent events of a deleted user stay duplicates. (Expired events need none: Track
@@ -128,7 +132,7 @@ impl ProjectData {
             fresh.apply(&record, &[]);
             Ok(())
         })?;
-        fresh.compact();
+        fresh.settle_removals();
         // Caches keyed by the generation (readouts) must not take the new rows for old ones.
         fresh.table.generation = self.table.generation + 1;
         Ok(fresh)
@@ -153,11 +157,11 @@ impl ProjectData {
         }
     }
 
-    /// Removes the rows that `apply` marked for erasure (DeleteUser, retention). The writer
-    /// calls it after each job, replay once at the end, so a log with many deletions replays
-    /// in one pass.
-    pub fn compact(&mut self) -> usize {
-        self.table.compact()
+    /// Ends the removals of the records applied since the last call (DeleteUser, retention:
+    /// `EventTable::settle_removals`). The writer calls it after each job, a replay once at
+    /// the end. Returns whether rows were removed.
+    pub fn settle_removals(&mut self) -> bool {
+        self.table.settle_removals()
     }
 
     /// The log records that rebuild this data as it is now, and nothing that was deleted or
@@ -175,11 +179,15 @@ impl ProjectData {
         if !self.erased_keys.is_empty() {
             emit(LogRecord::SeenIds { project: project(), keys: self.erased_keys.clone() })?;
         }
-        let mut row = 0;
-        while row < table.len() {
-            let end = (row + EVENTS_PER_RECORD).min(table.len());
-            emit(LogRecord::Events { project: project(), events: (row..end).map(|r| table.event(r)).collect() })?;
-            row = end;
+        let mut events = Vec::with_capacity(EVENTS_PER_RECORD);
+        for row in (0..table.len()).filter(|&row| !table.is_removed(row)) {
+            events.push(table.event(row));
+            if events.len() == EVENTS_PER_RECORD {
+                emit(LogRecord::Events { project: project(), events: std::mem::take(&mut events) })?;
+            }
+        }
+        if !events.is_empty() {
+            emit(LogRecord::Events { project: project(), events })?;
         }
         let people = self.traits.users();
         for chunk in people.chunks(EVENTS_PER_RECORD) {
@@ -248,7 +256,7 @@ impl ProjectData {
         let table = &mut self.table;
         if table.min_time.is_some_and(|t| t < before) {
             for row in 0..table.len() {
-                if table.time_of(row) < before {
+                if !table.is_removed(row) && table.time_of(row) < before {
                     table.erase(row as u32);
                 }
             }
@@ -379,7 +387,7 @@ mod tests {
         for record in records {
             data.apply(record, &[]);
         }
-        data.compact();
+        data.settle_removals();
         data
     }
 
@@ -440,9 +448,10 @@ mod tests {
 
         let rebuilt = replay(&checkpoint);
         let table = &rebuilt.table;
-        assert_eq!(table.len(), original.table.len());
-        for row in 0..table.len() {
-            assert_eq!(table.event(row), original.table.event(row));
+        let live: Vec<usize> = (0..original.table.len()).filter(|&row| !original.table.is_removed(row)).collect();
+        assert_eq!(table.len(), live.len());
+        for (row, &was) in live.iter().enumerate() {
+            assert_eq!(table.event(row), original.table.event(was));
         }
         let keeper = table.find_user("keeper").unwrap();
         assert_eq!(rebuilt.traits.of(keeper).unwrap(), vec![("plan".to_owned(), Value::String("pro".into()))]);

@@ -50,7 +50,10 @@ pub const MANIFEST: &str = "MANIFEST";
 /// 96-bit keys; version 2 kept those values in plain columns (`id_end`, `id_bytes`,
 /// `anonymous`, `previous_row`) and runs of whole keys, converted when loaded. Version 1 kept
 /// the dedupe keys in one sorted column (`seen`). Every earlier version still loads.
-const MANIFEST_VERSION: u32 = 5;
+/// Version 6 lists the rows DeleteUser and retention removed since the last compaction in a
+/// file of their own (`removed`, see `tombstones`): the rows themselves stay in the columns
+/// until then, so a version that cannot read it must not load the checkpoint.
+const MANIFEST_VERSION: u32 = 6;
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +109,11 @@ pub struct ProjectFiles {
     pub cold_tail: Option<String>,
     #[serde(default)]
     pub cold_tail_checksum: u64,
+    /// The rows removed since the last compaction (`Tombstones`; version 6), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
+    #[serde(default)]
+    pub removed_checksum: u64,
 }
 
 impl ProjectFiles {
@@ -114,6 +122,7 @@ impl ProjectFiles {
         std::iter::once((&self.state, self.state_checksum))
             .chain(self.traits.iter().map(|t| (t, self.traits_checksum)))
             .chain(self.cold_tail.iter().map(|t| (t, self.cold_tail_checksum)))
+            .chain(self.removed.iter().map(|t| (t, self.removed_checksum)))
     }
 }
 
@@ -527,6 +536,18 @@ impl ProjectData {
             }
         };
         let (cold_tail, cold_tail_checksum) = write_compressed(space, "cold", table.cold.tail())?;
+        // Likewise the removed rows, while no more were removed; none before the first.
+        let removed = table.removed();
+        let mut saved = self.removed_file.lock();
+        let (removed, removed_checksum) = match &*saved {
+            _ if removed.is_empty() => (None, 0),
+            Some((count, file, checksum)) if *count == removed.count() => (Some(file.clone()), *checksum),
+            _ => {
+                let (file, checksum) = write_compressed(space, "removed", removed)?;
+                *saved = Some((removed.count(), file.clone(), checksum));
+                (Some(file), checksum)
+            }
+        };
         Ok(ProjectFiles {
             columns,
             state,
@@ -535,6 +556,8 @@ impl ProjectData {
             traits_checksum,
             cold_tail: Some(cold_tail),
             cold_tail_checksum,
+            removed,
+            removed_checksum,
         })
     }
 
@@ -654,6 +677,10 @@ impl ProjectData {
         table.max_time = state.max_time;
         table.generation = state.generation;
         table.check_consistent().map_err(corrupt)?;
+        if let Some(file) = &files.removed {
+            let removed = read_compressed(space, file, files.removed_checksum)?;
+            table.restore_removed(removed).map_err(|e| corrupt(format!("the removed rows: {e}")))?;
+        }
         // The interners' lookups are built on a thread of their own, after the port opens, at a
         // lower priority than queries, from second mappings of their files: a lookup waits for
         // its table (`Deferred`), a resolve does not. The people's, by far the largest, comes
@@ -696,6 +723,10 @@ impl ProjectData {
         if let Some(traits) = &files.traits {
             // A file is written only with changes, and a load of one has none.
             *data.traits_file.get_mut() = Some((0, traits.clone(), files.traits_checksum));
+        }
+        if let Some(removed) = &files.removed {
+            *data.removed_file.get_mut() =
+                Some((data.table.removed().count(), removed.clone(), files.removed_checksum));
         }
         data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
         for (metric_key, values) in state.manual {
@@ -910,6 +941,54 @@ mod tests {
         assert!(err.contains(third.traits.as_ref().unwrap()) && err.contains("corrupt"), "{err}");
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.traits.len())).unwrap_err();
         assert!(read.downcast_ref::<String>().unwrap().contains("corrupt"));
+    }
+
+    /// Rows removed since the last compaction stay removed across a checkpoint: their file is
+    /// written once per change, read back at load (person counts included), and a flipped
+    /// byte in it stops the load, naming it.
+    #[test]
+    fn removed_rows_load_back_removed_and_a_bad_file_of_them_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::durable_for_tests(dir.path());
+        let mut data = ProjectData::in_space(Some(&space));
+        let event = |id: &str, user: &str, at: i64| Event {
+            event_id: id.into(),
+            name: "view".into(),
+            user_id: user.into(),
+            anonymous_id: String::new(),
+            timestamp: at,
+            properties: vec![],
+        };
+        for (id, user, at) in [("e1", "u1", 10), ("e2", "u2", 20), ("e3", "u1", 30), ("e4", "u3", 40)] {
+            data.table.push(&event(id, user, at));
+        }
+        assert_eq!(data.save(&space).unwrap().removed, None, "no file before a removal");
+        data.apply(&LogRecord::UserDeleted { project: "p".into(), user_id: "u1".into() }, &[]);
+        data.apply(&LogRecord::EventsExpired { project: "p".into(), before: 21 }, &[]);
+        assert!(data.settle_removals());
+        let first = data.save(&space).unwrap();
+        data.table.push(&event("e5", "u2", 50));
+        let second = data.save(&space).unwrap();
+        assert!(first.removed.is_some());
+        assert_eq!((&first.removed, first.removed_checksum), (&second.removed, second.removed_checksum));
+
+        let loaded = ProjectData::load(&space, &second).unwrap();
+        let table = &loaded.table;
+        let live: Vec<String> =
+            (0..table.len()).filter(|&r| !table.is_removed(r)).map(|r| table.row_event_id(r).into_owned()).collect();
+        assert_eq!(live, ["e4", "e5"]);
+        let person = |user: &str| table.find_user(user).unwrap();
+        assert!(!table.has_rows(person("u1")) && table.has_rows(person("u2")) && table.has_rows(person("u3")));
+        assert_eq!((table.min_time(), table.max_time(), table.name_counts()), (Some(40), Some(50), &[2][..]));
+        assert_eq!(loaded.save(&space).unwrap().removed, second.removed, "loaded, the same file is listed");
+
+        let path = space.dir().join(second.removed.as_ref().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = ProjectData::load(&space, &second).unwrap_err().to_string();
+        assert!(err.contains(second.removed.as_ref().unwrap()) && err.contains("corrupt"), "{err}");
     }
 
     /// The interners' lookups are built after the load returns: lookups wait for them, and a

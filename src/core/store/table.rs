@@ -1,11 +1,12 @@
 //! The in-memory columnar layout of a project's events, built from the log.
 //!
 //! Queries scan integer columns (person, time, name) and a flat property arena instead of
-//! parsing anything per event. Strings are interned once. Rows are appended, and removed only
-//! by `compact` (DeleteUser, data retention), which renumbers them and bumps `generation`: a
-//! row index is valid while the project lock is held, or across locks while `generation` is
-//! unchanged. Person, name, key and string ids never change. A row column added here must be
-//! rebuilt in `compact`.
+//! parsing anything per event. Strings are interned once. Rows are only appended: DeleteUser
+//! and data retention mark rows removed (`erase`, see `tombstones`), which every read leaves
+//! out, and bump `generation`; a compaction writes a new table without them
+//! (`ProjectData::rebuilt`), which renumbers rows. A row index is valid while the project lock
+//! is held, or across locks while `generation` is unchanged. Person, name, key and string ids
+//! never change.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::core::store::column::{Column, ColumnSpace};
 use crate::core::store::deferred::Deferred;
 use crate::core::store::props::RowProps;
 use crate::core::store::times::Times;
+use crate::core::store::tombstones::Tombstones;
 
 /// Marks "no value" in an id column.
 pub const NONE: u32 = u32::MAX;
@@ -341,9 +343,16 @@ pub struct EventTable {
     pub(in crate::core::store) cold: ColdRows,
     pub(in crate::core::store) min_time: Option<Micros>,
     pub(in crate::core::store) max_time: Option<Micros>,
-    /// Rows marked by `erase`, removed by the next `compact`.
-    erased: Vec<u32>,
-    /// Bumped whenever `compact` renumbers rows.
+    /// Rows removed (DeleteUser, retention), left out of every read until a compaction writes
+    /// the table without them (see `tombstones`).
+    removed: Tombstones,
+    /// Per person: its rows not removed, counted at the first removal (empty until then).
+    alive: Vec<u32>,
+    /// Rows were removed since the last `settle_removals`.
+    unsettled: bool,
+    /// A removed row held the earliest or the latest time: `settle_removals` finds them again.
+    span_stale: bool,
+    /// Bumped whenever rows are removed (or, in a new table, renumbered).
     pub(in crate::core::store) generation: u64,
     /// Changes whenever rows are renumbered or the table is replaced, so layouts derived from
     /// it (see `person_order`) know when to rebuild.
@@ -589,6 +598,13 @@ impl EventTable {
         self.person.push(person);
         self.time.push(timestamp);
         self.name.push(name);
+        if !self.removed.is_empty() {
+            let person = person as usize;
+            if self.alive.len() <= person {
+                self.alive.resize(person + 1, 0);
+            }
+            self.alive[person] += 1;
+        }
         self.min_time = Some(self.min_time.map_or(timestamp, |t| t.min(timestamp)));
         self.max_time = Some(self.max_time.map_or(timestamp, |t| t.max(timestamp)));
     }
@@ -604,7 +620,9 @@ impl EventTable {
         let mut rows = Vec::new();
         let mut row = self.last_row[person as usize];
         while row != NONE {
-            rows.push(row);
+            if !self.removed.contains(row as usize) {
+                rows.push(row);
+            }
             let previous = self.cold.get(row as usize).map_or(NONE, |values| values.previous);
             // Previous rows come before their own (checked as blocks are decoded): no cycle.
             row = if previous < row { previous } else { NONE };
@@ -615,7 +633,10 @@ impl EventTable {
 
     /// Whether a person has rows of its own.
     pub fn has_rows(&self, person: u32) -> bool {
-        self.last_row[person as usize] != NONE
+        match self.removed.is_empty() {
+            true => self.last_row[person as usize] != NONE,
+            false => self.alive.get(person as usize).is_some_and(|&rows| rows > 0),
+        }
     }
 
     /// Ends the properties of the row being added (row `prop_end.len()`) at `props.len()`.
@@ -715,9 +736,80 @@ impl EventTable {
         }
     }
 
-    /// Marks a row for removal by the next `compact`. Until then it is still visible.
+    /// Removes a row: no read of the table sees it from now on (see `tombstones`), and
+    /// `settle_removals` ends the record that removed rows.
     pub fn erase(&mut self, row: u32) {
-        self.erased.push(row);
+        let row = row as usize;
+        if self.removed.contains(row) {
+            return;
+        }
+        if self.removed.is_empty() {
+            self.alive = vec![0; self.people.len()];
+            for &person in self.person.iter() {
+                self.alive[person as usize] += 1;
+            }
+        }
+        self.removed.insert(row);
+        self.alive[self.person[row] as usize] -= 1;
+        self.name_counts[self.name[row] as usize] -= 1;
+        let time = Some(self.time_of(row));
+        self.span_stale |= time == self.min_time || time == self.max_time;
+        self.unsettled = true;
+    }
+
+    /// Whether `row` was removed (`erase`).
+    #[inline]
+    pub fn is_removed(&self, row: usize) -> bool {
+        self.removed.contains(row)
+    }
+
+    /// The removed rows in `rows`, ascending.
+    pub fn removed_within(&self, rows: std::ops::Range<usize>) -> impl Iterator<Item = usize> + '_ {
+        self.removed.within(rows)
+    }
+
+    /// The rows not removed.
+    pub fn live_rows(&self) -> usize {
+        self.len() - self.removed.count()
+    }
+
+    pub(in crate::core::store) fn removed(&self) -> &Tombstones {
+        &self.removed
+    }
+
+    /// The removed rows a checkpoint saved (after the columns and per-person arrays are in).
+    pub(in crate::core::store) fn restore_removed(&mut self, removed: Tombstones) -> Result<(), String> {
+        removed.check(self.len())?;
+        self.alive = vec![0; self.people.len()];
+        for (row, &person) in self.person.iter().enumerate() {
+            if !removed.contains(row) {
+                self.alive[person as usize] += 1;
+            }
+        }
+        self.removed = removed;
+        Ok(())
+    }
+
+    /// Ends a record's removals: the earliest and latest times are found again if a removed
+    /// row held one, and the generation and layout change, so that cached answers and the
+    /// person order are made again without the removed rows. Returns whether rows were
+    /// removed.
+    pub fn settle_removals(&mut self) -> bool {
+        if !std::mem::take(&mut self.unsettled) {
+            return false;
+        }
+        if std::mem::take(&mut self.span_stale) {
+            let (mut min, mut max) = (None, None);
+            for row in (0..self.len()).filter(|&row| !self.removed.contains(row)) {
+                let time = self.time_of(row);
+                min = Some(min.map_or(time, |t: Micros| t.min(time)));
+                max = Some(max.map_or(time, |t: Micros| t.max(time)));
+            }
+            (self.min_time, self.max_time) = (min, max);
+        }
+        self.generation += 1;
+        self.layout = LayoutVersion::next();
+        true
     }
 
     /// Unlinks every anonymous id aliased to `user` (they become their own people again).
@@ -728,63 +820,6 @@ impl EventTable {
         }
         self.log_owner_changes(&anons);
         anons
-    }
-
-    /// Removes the rows marked by `erase`, keeping the order of the rest; returns how many
-    /// were removed. O(rows): deletions and retention are rare, queries stay simple.
-    pub fn compact(&mut self) -> usize {
-        if self.erased.is_empty() {
-            return 0;
-        }
-        let n = self.len();
-        let mut dropped = vec![false; n];
-        for row in self.erased.drain(..) {
-            dropped[row as usize] = true;
-        }
-        let removed = dropped.iter().filter(|d| **d).count();
-        let kept = n - removed;
-        // New columns (new files), filled from the old ones, which go when this returns.
-        fn fresh<T: bytemuck::Pod>(column: &mut Column<T>, kept: usize) -> Column<T> {
-            let mut new = column.fresh();
-            new.reserve(kept);
-            std::mem::replace(column, new)
-        }
-        let person = fresh(&mut self.person, kept);
-        let fresh_times = self.time.fresh();
-        let time = std::mem::replace(&mut self.time, fresh_times);
-        let name = fresh(&mut self.name, kept);
-        let prop_ends: Vec<usize> = (0..n).map(|row| self.prop_end_of(row)).collect();
-        fresh(&mut self.prop_end, kept);
-        self.prop_block_start.clear();
-        let props = fresh(&mut self.props, 0);
-        let fresh_cold = self.cold.fresh();
-        let cold = std::mem::replace(&mut self.cold, fresh_cold);
-        self.last_row.iter_mut().for_each(|r| *r = NONE);
-        self.name_counts.iter_mut().for_each(|c| *c = 0);
-        self.min_time = None;
-        self.max_time = None;
-        // In row order, each block of cold values decoded once.
-        cold.for_each(|row, values| {
-            if dropped[row] {
-                return;
-            }
-            let new_row = self.time.len() as u32;
-            let prop_start = if row == 0 { 0 } else { prop_ends[row - 1] };
-            self.props.extend_from_slice(&props[prop_start..prop_ends[row]]);
-            self.push_prop_end();
-            let previous = self.link_row(person[row], new_row);
-            self.cold.push(&values.event_id, values.anonymous, previous);
-            let t = time.get(row);
-            self.person.push(person[row]);
-            self.time.push(t);
-            self.name.push(name[row]);
-            self.name_counts[name[row] as usize] += 1;
-            self.min_time = Some(self.min_time.map_or(t, |min| min.min(t)));
-            self.max_time = Some(self.max_time.map_or(t, |max| max.max(t)));
-        });
-        self.generation += 1;
-        self.layout = LayoutVersion::next();
-        removed
     }
 
     /// The rows of a user, including rows of anonymous ids aliased to it, by time then arrival.
@@ -801,7 +836,7 @@ impl EventTable {
 }
 
 /// Read-only access to the columns, for the analyses: only the store changes them (through
-/// `push`, `alias`, `erase` and `compact`), so readers never see a half-applied record.
+/// `push`, `alias`, `erase` and `settle_removals`), so readers never see a half-applied record.
 impl EventTable {
     pub fn names(&self) -> &Interner {
         &self.names
@@ -850,7 +885,7 @@ impl EventTable {
     pub fn max_time(&self) -> Option<Micros> {
         self.max_time
     }
-    /// Bumped whenever `compact` renumbers rows.
+    /// Bumped whenever rows are removed (see `generation`).
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -942,6 +977,15 @@ mod tests {
         assert_eq!(table.name_counts, vec![3]);
     }
 
+    /// A new table of `table`'s rows that were not removed, as a compaction makes one.
+    fn without_removed(table: &EventTable) -> EventTable {
+        let mut fresh = EventTable::default();
+        for row in (0..table.len()).filter(|&row| !table.is_removed(row)) {
+            fresh.push(&table.event(row));
+        }
+        fresh
+    }
+
     #[test]
     fn property_offsets_hold_across_blocks_and_compaction() {
         let mut table = EventTable::default();
@@ -962,7 +1006,8 @@ mod tests {
         for row in (0..events.len()).step_by(3) {
             table.erase(row as u32);
         }
-        table.compact();
+        assert!(table.settle_removals());
+        let table = without_removed(&table);
         let kept: Vec<&Event> = events.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, e)| e).collect();
         assert_eq!(table.len(), kept.len());
         for (row, e) in kept.iter().enumerate() {
@@ -1018,7 +1063,8 @@ mod tests {
         for row in (0..events.len()).step_by(2) {
             table.erase(row as u32);
         }
-        table.compact();
+        assert!(table.settle_removals());
+        let table = without_removed(&table);
         let kept: Vec<&Event> = events.iter().skip(1).step_by(2).collect();
         for (row, e) in kept.iter().enumerate() {
             assert_eq!(&&table.event(row), e, "row {row}");
@@ -1046,29 +1092,46 @@ mod tests {
     }
 
     #[test]
-    fn compaction_removes_marked_rows_and_keeps_the_rest_intact() {
+    fn removed_rows_leave_every_read_and_a_compacted_table() {
         let mut table = EventTable::default();
         let events: Vec<Event> = (0..6).map(|i| event(&format!("e{i}"), &format!("u{}", i % 2), "", i * 10)).collect();
         for e in &events {
             table.push(e);
         }
-        assert_eq!(table.compact(), 0);
+        assert!(!table.settle_removals(), "nothing removed");
         assert_eq!(table.generation, 0);
+        let layout = table.layout_version();
         table.erase(0);
         table.erase(3);
         table.erase(3);
-        assert_eq!(table.compact(), 2);
+        assert!(table.settle_removals());
+        assert!(!table.settle_removals(), "settled once");
         assert_eq!(table.generation, 1);
-        let kept: Vec<Event> = (0..table.len()).map(|r| table.event(r)).collect();
-        assert_eq!(kept, vec![events[1].clone(), events[2].clone(), events[4].clone(), events[5].clone()]);
+        assert_ne!(table.layout_version(), layout, "the person order is made again");
+        // Rows keep their numbers; the removed ones are in no read.
+        assert_eq!((table.len(), table.live_rows()), (6, 4));
+        assert_eq!((0..6).filter(|&r| table.is_removed(r)).collect::<Vec<_>>(), [0, 3]);
         assert_eq!((table.min_time, table.max_time), (Some(10), Some(50)));
         assert_eq!(table.name_counts, vec![4]);
-        let u0 = table.find_user("u0").unwrap();
-        assert_eq!(table.user_rows(u0), vec![1, 2]);
-        for r in 0..4 {
+        let (u0, u1) = (table.find_user("u0").unwrap(), table.find_user("u1").unwrap());
+        assert_eq!((table.user_rows(u0), table.user_rows(u1)), (vec![2, 4], vec![1, 5]));
+        // A row added after a removal counts; a person with every row removed has none.
+        table.push(&event("e6", "u2", "", 5));
+        let u2 = table.find_user("u2").unwrap();
+        assert_eq!(table.min_time, Some(5));
+        for row in [1, 5, 6] {
+            table.erase(row);
+        }
+        assert!(table.settle_removals());
+        assert!(table.has_rows(u0) && !table.has_rows(u1) && !table.has_rows(u2));
+        assert_eq!((table.min_time, table.max_time, table.live_rows()), (Some(20), Some(40), 2));
+        let compacted = without_removed(&table);
+        let kept: Vec<Event> = (0..compacted.len()).map(|r| compacted.event(r)).collect();
+        assert_eq!(kept, [events[2].clone(), events[4].clone()]);
+        for r in 0..7 {
             table.erase(r);
         }
-        assert_eq!(table.compact(), 4);
-        assert!(table.is_empty() && table.min_time.is_none());
+        assert!(table.settle_removals());
+        assert!(table.live_rows() == 0 && table.min_time.is_none() && !table.has_rows(u0));
     }
 }
