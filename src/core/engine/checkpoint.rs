@@ -273,12 +273,14 @@ impl Checkpointer {
                 None => return Ok(None),
             }
         }
-        let replaced: Vec<ProjectData> = states
+        let mut replaced: Vec<ProjectData> = states
             .iter_mut()
             .zip(build.projects.drain(..))
             .map(|(state, (_, _, rebuilt))| state.data.replace_with(rebuilt))
             .collect();
         drop(states);
+        // Its person order's scratch files go now (quickly), so the size below is without them.
+        replaced.iter_mut().for_each(|data| drop(std::mem::take(&mut data.person_order)));
         let swapped_ms = started.elapsed().as_millis() as u64;
         self.run()?;
         // The log is empty now (the writer appended nothing since the checkpoint): the new
