@@ -250,8 +250,9 @@ impl Engine {
         Ok(batch.find_person(user_id).is_some_and(|p| batch.known(p)))
     }
 
-    /// Events at rows listed by `export_rows`. A deletion in between renumbers rows: then the
-    /// export fails with ABORTED (retry) rather than return other events.
+    /// Events at rows listed by `export_rows`. A deletion in between (which removes rows) or a
+    /// compaction (which renumbers them): then the export fails with ABORTED (retry) rather
+    /// than return removed or other events.
     pub fn events_at(&self, project: &str, rows: &[u32], generation: u64) -> Result<Vec<Event>> {
         let entry = self.project(project)?;
         let state = entry.read();

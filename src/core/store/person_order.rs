@@ -4,7 +4,8 @@
 //! order. `PersonOrder` copies (row, time, name) into contiguous arrays sorted by canonical
 //! person then time, built once and reused by later queries. Rows appended since the build
 //! (the tail) are merged in per person at query time; when the tail grows past a share of
-//! the covered rows, or compaction renumbers rows, the next query rebuilds.
+//! the covered rows, or rows are removed (DeleteUser, retention) or renumbered (compaction), the
+//! next query rebuilds; a removed row is placed in no order.
 //!
 //! Aliases do not rebuild it either: an anonymous person whose owner changed since the build
 //! has its rows moved at query time. The blocks of the people it left and joined are read
@@ -38,7 +39,7 @@ const MIN_REBUILD_TAIL: usize = 50_000;
 pub struct PersonOrder {
     /// Rows `0..covered` are in the arrays below.
     covered: usize,
-    /// The table's layout version when built (compaction renumbers rows).
+    /// The table's layout version when built (removals and compaction change it).
     layout: u64,
     /// Per event name id known at the build, whether its rows are here: `None` for all names,
     /// else an order for some names' scans only (`build_named`).
