@@ -432,6 +432,13 @@ mod tests {
         }
     }
 
+    /// An engine on `storage` with an empty project "p".
+    fn engine_with_p(storage: &Arc<HeldTruncation>) -> Arc<Engine> {
+        let engine = Engine::open(storage.clone(), Default::default(), Default::default()).unwrap();
+        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        engine
+    }
+
     fn view(id: &str, seconds: i64) -> Vec<Incoming> {
         view_by(id, "u1", seconds)
     }
@@ -456,8 +463,7 @@ mod tests {
     async fn a_checkpoint_being_written_holds_up_no_ack() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, truncating, _) = HeldTruncation::open(dir.path());
-        let engine = Engine::open(storage.clone(), Default::default(), Default::default()).unwrap();
-        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        let engine = engine_with_p(&storage);
         assert_eq!(engine.track("p", view("before", 1)).await.unwrap().accepted, 1);
 
         *storage.held.lock() = true;
@@ -542,10 +548,7 @@ mod tests {
     async fn a_compaction_being_built_holds_up_no_ack_and_misses_no_write() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _, replaying) = HeldTruncation::open(dir.path());
-        let open =
-            |storage: Arc<HeldTruncation>| Engine::open(storage, Default::default(), Default::default()).unwrap();
-        let engine = open(storage.clone());
-        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        let engine = engine_with_p(&storage);
         for (id, user, at) in [("a1", "ann", 1), ("b1", "bob", 2), ("c1", "cat", 3), ("a2", "ann", 4)] {
             assert_eq!(engine.track("p", view_by(id, user, at)).await.unwrap().accepted, 1);
         }
@@ -589,7 +592,7 @@ mod tests {
         engine.close().unwrap();
         drop(engine);
 
-        let engine = open(storage);
+        let engine = Engine::open(storage, Default::default(), Default::default()).unwrap();
         assert_eq!(event_ids(&engine), ["a1", "a2", "d1", "e1"], "a restart reads what was acked");
         engine.close().unwrap();
     }
@@ -600,8 +603,7 @@ mod tests {
     async fn a_built_compaction_waits_for_a_query_without_holding_up_acks() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _, replaying) = HeldTruncation::open(dir.path());
-        let engine = Engine::open(storage.clone(), Default::default(), Default::default()).unwrap();
-        engine.create_project(crate::core::engine::ProjectState::for_test("p").project).unwrap();
+        let engine = engine_with_p(&storage);
         assert_eq!(engine.track("p", view_by("a1", "ann", 1)).await.unwrap().accepted, 1);
         assert_eq!(engine.delete_user("p", "ann").await.unwrap(), 1);
 
