@@ -253,14 +253,7 @@ impl ProjectData {
 
     /// Marks events older than `before` for erasure and drops old quarantined events.
     fn expire(&mut self, before: Micros) {
-        let table = &mut self.table;
-        if table.min_time.is_some_and(|t| t < before) {
-            for row in 0..table.len() {
-                if !table.is_removed(row) && table.time_of(row) < before {
-                    table.erase(row as u32);
-                }
-            }
-        }
+        self.table.remove_before(before);
         self.quarantine.retain(|_, q| q.event.timestamp >= before);
     }
 

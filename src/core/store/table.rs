@@ -757,6 +757,29 @@ impl EventTable {
         self.unsettled = true;
     }
 
+    /// Removes every row older than `before` (retention), finding the earliest and latest
+    /// time of the rest in the same pass over the rows' times.
+    pub fn remove_before(&mut self, before: Micros) {
+        if self.min_time.is_none_or(|t| t >= before) {
+            return;
+        }
+        let (mut min, mut max) = (None, None);
+        for row in 0..self.len() {
+            if self.removed.contains(row) {
+                continue;
+            }
+            let time = self.time_of(row);
+            if time < before {
+                self.erase(row as u32);
+            } else {
+                min = Some(min.map_or(time, |t: Micros| t.min(time)));
+                max = Some(max.map_or(time, |t: Micros| t.max(time)));
+            }
+        }
+        (self.min_time, self.max_time) = (min, max);
+        self.span_stale = false;
+    }
+
     /// Whether `row` was removed (`erase`).
     #[inline]
     pub fn is_removed(&self, row: usize) -> bool {
@@ -1133,5 +1156,23 @@ mod tests {
         }
         assert!(table.settle_removals());
         assert!(table.live_rows() == 0 && table.min_time.is_none() && !table.has_rows(u0));
+    }
+
+    #[test]
+    fn retention_removes_older_rows_and_finds_the_span_in_one_pass() {
+        let mut table = EventTable::default();
+        for (i, at) in [30, 10, 50, 20, 40].into_iter().enumerate() {
+            table.push(&event(&format!("e{i}"), &format!("u{}", i % 2), "", at));
+        }
+        table.remove_before(5);
+        assert!(!table.settle_removals(), "nothing older");
+        table.erase(2); // the latest, 50
+        table.remove_before(25);
+        assert!(table.settle_removals());
+        assert_eq!((0..5).filter(|&r| table.is_removed(r)).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!((table.min_time, table.max_time, table.live_rows()), (Some(30), Some(40), 2));
+        table.remove_before(100);
+        assert!(table.settle_removals());
+        assert_eq!((table.min_time, table.max_time, table.live_rows()), (None, None, 0));
     }
 }
