@@ -5,7 +5,8 @@
 //! person then time, built once and reused by later queries. Rows appended since the build
 //! (the tail) are merged in per person at query time; when the tail grows past a share of
 //! the covered rows, or rows are removed (DeleteUser, retention) or renumbered (compaction), the
-//! next query rebuilds; a removed row is placed in no order.
+//! next query rebuilds; a removed row is placed in no order. The tail's rows per person are
+//! kept with the order, and the next query adds only the rows appended since.
 //!
 //! Aliases do not rebuild it either: an anonymous person whose owner changed since the build
 //! has its rows moved at query time. The blocks of the people it left and joined are read
@@ -66,6 +67,9 @@ pub struct PersonOrder {
     numbers: parking_lot::Mutex<HashMap<(u32, u32), Numbers>>,
     /// Likewise a string property's id per indexed row (`NONE`: missing or not a string).
     strings: parking_lot::Mutex<HashMap<(u32, u32), Strings>>,
+    /// The rows past the order as the last query found them, extended by the next query when
+    /// only rows were appended since (`tail`), instead of made again from the first one.
+    tail: parking_lot::Mutex<Option<Arc<Tail>>>,
 }
 
 /// A numeric property's value per indexed row of one name (see `PersonOrder::numbers`).
@@ -382,6 +386,7 @@ impl PersonOrder {
             threads,
             numbers: Default::default(),
             strings: Default::default(),
+            tail: Default::default(),
         };
         tracing::debug!(
             owners_ms = owners_done.as_millis() as u64,
@@ -567,6 +572,12 @@ impl PersonOrder {
         column
     }
 
+    /// The index of `person`'s block of covered rows, if they have one (`people` is ascending:
+    /// built in person id order).
+    fn block_of(&self, person: u32) -> Option<usize> {
+        self.people.binary_search(&person).ok()
+    }
+
     /// Whether this order can serve `table` (possibly with a tail) without a rebuild.
     pub fn serves(&self, table: &EventTable) -> bool {
         let tail = table.len().saturating_sub(self.covered);
@@ -584,7 +595,7 @@ impl PersonOrder {
     /// with `Rows::Named`, in the same order, each person with at least one event of those
     /// names, with only those events.
     pub fn for_each_named(&self, table: &EventTable, rows: Rows<'_>, mut visit: impl FnMut(u32, PersonEvents<'_>)) {
-        let tail = Tail::of(self, table);
+        let tail = self.tail(table);
         self.visit_rows(table, &tail, rows, 0..self.people.len(), &tail.new_people, &mut visit);
     }
 
@@ -599,7 +610,7 @@ impl PersonOrder {
         init: impl Fn() -> S + Sync,
         visit: impl Fn(&mut S, u32, PersonEvents<'_>) + Sync,
     ) -> Vec<S> {
-        let tail = Tail::of(self, table);
+        let tail = self.tail(table);
         let parts = threads.clamp(1, self.people.len().max(1));
         let bounds: Vec<usize> = (0..=parts).map(|k| k * self.people.len() / parts).collect();
         crate::core::store::source::run_parts(parts, |k| {
@@ -610,6 +621,28 @@ impl PersonOrder {
             });
             state
         })
+    }
+
+    /// The rows past the order in `table`: the kept tail when the table is as it found it,
+    /// extended when rows were only appended since, else made again.
+    ///
+    /// Queries read the table under its project's read lock, so those running together see
+    /// the same rows and share one tail; the table grows only once they are done, and the
+    /// next query then extends the kept tail in place (it holds the only reference).
+    fn tail(&self, table: &EventTable) -> Arc<Tail> {
+        let mut kept = self.tail.lock();
+        let reusable =
+            kept.take().filter(|tail| tail.owner_changes == table.owner_changes() && tail.upto <= table.len());
+        let tail = match reusable {
+            Some(tail) if tail.upto == table.len() => tail,
+            Some(mut tail) => {
+                Arc::make_mut(&mut tail).extend(self, table);
+                tail
+            }
+            None => Arc::new(Tail::of(self, table)),
+        };
+        *kept = Some(Arc::clone(&tail));
+        tail
     }
 
     fn visit_rows(
@@ -818,6 +851,7 @@ pub fn query_threads(table: &EventTable) -> usize {
 
 /// Rows appended since an order was built, per canonical person, and the rows of people
 /// whose owners changed since.
+#[derive(Debug, Default, Clone)]
 struct Tail {
     rows: HashMap<u32, Vec<u32>>,
     /// People with tail rows only, ascending.
@@ -828,19 +862,17 @@ struct Tail {
     /// Indexes of the order's people whose block an owner change touched (it lost or gained
     /// an anonymous person), ascending: their rows, all of them, are in `rows`.
     replaced: Vec<usize>,
+    /// The table's rows `order.covered..upto` are in `rows`, its owners as they were after
+    /// `owner_changes` changes.
+    upto: usize,
+    owner_changes: u64,
 }
 
 impl Tail {
     fn of(order: &PersonOrder, table: &EventTable) -> Tail {
-        let mut rows: HashMap<u32, Vec<u32>> = HashMap::new();
-        for row in order.covered..table.len() {
-            let person = table.canonical[table.person[row] as usize];
-            rows.entry(person).or_default().push(row as u32);
-        }
-        // `people` is ascending (built in person id order).
-        let block_of = |person: u32| order.people.binary_search(&person).ok();
-        let mut replaced = Vec::new();
+        let mut tail = Tail { upto: order.covered, owner_changes: table.owner_changes(), ..Tail::default() };
         if table.owner_changes() != order.owner_changes {
+            let mut replaced = Vec::new();
             let mut moved = |person: usize| {
                 // People after the build have no covered rows: only the tail's, owned as they
                 // are now.
@@ -848,8 +880,8 @@ impl Tail {
                     return;
                 };
                 if then != now {
-                    replaced.extend(block_of(then));
-                    replaced.extend(block_of(now));
+                    replaced.extend(order.block_of(then));
+                    replaced.extend(order.block_of(now));
                 }
             };
             match table.owners_changed_since(order.owner_changes) {
@@ -860,24 +892,51 @@ impl Tail {
             replaced.sort_unstable();
             replaced.dedup();
             for &i in &replaced {
-                rows.entry(order.people[i]).or_default();
+                tail.rows.entry(order.people[i]).or_default();
                 for &row in &order.rows[order.starts[i] as usize..order.starts[i + 1] as usize] {
                     let person = table.canonical[table.person[row as usize] as usize];
-                    rows.entry(person).or_default().push(row);
+                    tail.rows.entry(person).or_default().push(row);
                 }
             }
+            tail.replaced = replaced;
+            let people: Vec<u32> = tail.rows.keys().copied().collect();
+            tail.place(order, people);
         }
-        let mut new_people = Vec::new();
-        let mut existing = Vec::new();
-        for &person in rows.keys() {
-            match block_of(person) {
+        tail.extend(order, table);
+        tail
+    }
+
+    /// Adds the table's rows appended since `upto` (owners unchanged since this tail was made).
+    fn extend(&mut self, order: &PersonOrder, table: &EventTable) {
+        let mut added = Vec::new();
+        for row in self.upto..table.len() {
+            let person = table.canonical[table.person[row] as usize];
+            let rows = self.rows.entry(person).or_insert_with(|| {
+                added.push(person);
+                Vec::new()
+            });
+            rows.push(row as u32);
+        }
+        self.upto = table.len();
+        self.place(order, added);
+    }
+
+    /// Files `people`, new to `rows`, under `existing` or `new_people`, keeping both ascending.
+    fn place(&mut self, order: &PersonOrder, people: Vec<u32>) {
+        let (mut existing, mut new_people) = (Vec::new(), Vec::new());
+        for person in people {
+            match order.block_of(person) {
                 Some(i) => existing.push(i),
                 None => new_people.push(person),
             }
         }
-        new_people.sort_unstable();
+        // Two ascending runs: the sort merges them in linear time.
         existing.sort_unstable();
-        Tail { rows, new_people, existing, replaced }
+        self.existing.append(&mut existing);
+        self.existing.sort();
+        new_people.sort_unstable();
+        self.new_people.append(&mut new_people);
+        self.new_people.sort();
     }
 }
 
@@ -1204,6 +1263,45 @@ mod tests {
                 proptest::prop_assert_eq!(stale, rebuilt, "names {:?}", names);
             }
             assert_named_scans_match(&order, &table);
+        }
+
+        /// Queries between writes keep one tail and extend it: after each step (rows
+        /// appended, or an owner change, which makes the tail again), the kept order reads as
+        /// one built now, and while only rows were appended it is the same tail, grown.
+        #[test]
+        fn the_tail_kept_between_queries_reads_as_a_fresh_build(
+            events in proptest::collection::vec((0u8..12, 0u8..3, 0i64..20), 1..80),
+            steps in proptest::collection::vec(
+                (proptest::option::of((0u8..4, 0u8..8)), proptest::collection::vec((0u8..12, 0u8..3, 0i64..20), 0..12)),
+                1..6,
+            ),
+        ) {
+            let mut table = EventTable::default();
+            push_all(&mut table, &events, 0);
+            let order = PersonOrder::build(&table);
+            let mut pushed = events.len();
+            for (link, rows) in &steps {
+                // The kept tail's address and state; no reference is held, so a query can
+                // grow it in place.
+                let kept = order.tail.lock().as_ref().map(|tail| (Arc::as_ptr(tail), tail.owner_changes));
+                if let Some((anon, user)) = link {
+                    table.alias(&format!("a{}", 8 + anon), &format!("u{user}"));
+                }
+                push_all(&mut table, rows, pushed);
+                pushed += rows.len();
+                let fresh = PersonOrder::build(&table);
+                proptest::prop_assert_eq!(collect(&order, &table), collect(&fresh, &table));
+                let tail = order.tail.lock().clone().expect("kept by the query");
+                proptest::prop_assert_eq!(tail.upto, table.len());
+                if let Some((at, _)) = kept.filter(|&(_, changes)| changes == table.owner_changes()) {
+                    proptest::prop_assert!(std::ptr::eq(at, Arc::as_ptr(&tail)), "extended in place, not made again");
+                }
+                let mut stale = named_scan(&order, &table, &[0, 2]);
+                let mut rebuilt = named_scan(&fresh, &table, &[0, 2]);
+                stale.sort();
+                rebuilt.sort();
+                proptest::prop_assert_eq!(stale, rebuilt);
+            }
         }
     }
 
