@@ -13,6 +13,8 @@ use super::*;
 
 pub(crate) const T_NORMAL_TAIL_DOF: f64 = 1e6;
 pub(crate) const T_CORNISH_FISHER_DOF: f64 = 1e5;
+/// `z` with `P(Z > z) = ¼`.
+const NORMAL_QUARTILE: f64 = 0.674_489_750_196_081_7;
 
 pub(crate) fn normal_pdf(x: f64) -> f64 {
     (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
@@ -50,6 +52,16 @@ pub(crate) fn t_sf(x: f64, dof: f64) -> f64 {
         let z = x * (1.0 - 1.0 / (4.0 * dof)) / (1.0 + x * x / (2.0 * dof)).sqrt();
         return normal_sf(z);
     }
+    // Near the centre statrs' tail rounds ν/(ν + x²) to 1 − x²/ν, which keeps few digits of
+    // x²/ν when that is near machine epsilon (off in the 7th digit at ν ≈ 10⁵); the
+    // probability of |T| < |x|, I(x²/(ν + x²); ½, ν/2), keeps them. Only inside the normal's
+    // quartile (inside the t's for every ν): further out its complement, the tail, would lose
+    // digits, and there x²/ν is far above epsilon.
+    if x.abs() < NORMAL_QUARTILE && dof > 0.0 && dof.is_finite() {
+        let x2 = x * x;
+        let upper = 0.5 * (1.0 - beta::beta_reg(0.5, 0.5 * dof, x2 / (dof + x2)));
+        return if x >= 0.0 { upper } else { 1.0 - upper };
+    }
     match StudentsT::new(0.0, 1.0, dof) {
         Ok(t) => t.sf(x),
         Err(_) => normal_sf(x),
@@ -84,7 +96,7 @@ pub(crate) fn t_upper_quantile(tail: f64, dof: f64) -> f64 {
     let mut lo = 0.0;
     let mut hi = if cornish_fisher.is_finite() { cornish_fisher.max(1.0) } else { 1.0 };
     let mut doublings = 0;
-    while dist.sf(hi) > tail {
+    while t_sf(hi, dof) > tail {
         lo = hi;
         hi *= 2.0;
         doublings += 1;
@@ -94,7 +106,7 @@ pub(crate) fn t_upper_quantile(tail: f64, dof: f64) -> f64 {
     }
     let mut x = if cornish_fisher > lo && cornish_fisher < hi { cornish_fisher } else { 0.5 * (lo + hi) };
     for _ in 0..200 {
-        let f = dist.sf(x) - tail;
+        let f = t_sf(x, dof) - tail;
         if f == 0.0 {
             return x;
         }

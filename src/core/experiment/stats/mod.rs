@@ -13,7 +13,7 @@
 
 pub(crate) use serde::{Deserialize, Serialize};
 pub(crate) use statrs::distribution::{ChiSquared, Continuous, ContinuousCDF, StudentsT};
-pub(crate) use statrs::function::erf;
+pub(crate) use statrs::function::{beta, erf};
 
 pub(crate) use crate::core::metric::definition::Direction;
 
