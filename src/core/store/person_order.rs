@@ -1136,6 +1136,66 @@ mod tests {
 
     /// Events (user, name, time) as ids `e{first + i}`: users 8 and up arrive anonymous
     /// (`a{user}`), names 0..3 are a, b, c.
+    /// Timing, not run by default (BENCHMARKS.md, session 25): a 1 M-row tail spread over
+    /// 400,000 people past 8 M covered rows, grouped from scratch (as every query did) against
+    /// the kept tail extended by 1,000 rows per query, and a named scan with each. The kept
+    /// tail must equal one made afresh.
+    /// `cargo test --release --lib kept_tail_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn kept_tail_timing() {
+        let event = |i: usize| Event {
+            event_id: format!("e{i}"),
+            name: ["a", "b", "c", "d", "e"][i % 5].into(),
+            user_id: format!("u{}", (i * 7919) % 400_000),
+            anonymous_id: String::new(),
+            timestamp: i as i64 * 1000,
+            properties: vec![],
+        };
+        let mut table = EventTable::default();
+        (0..8_000_000).for_each(|i| table.push(&event(i)));
+        let order = PersonOrder::build(&table);
+        let mut next = 8_000_000;
+        for _ in 0..1_000_000 {
+            table.push(&event(next));
+            next += 1;
+        }
+        let time = |what: &str, f: &mut dyn FnMut()| {
+            let started = std::time::Instant::now();
+            f();
+            eprintln!("{what}: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+        };
+        let scan = |order: &PersonOrder, table: &EventTable, tail: &Tail| {
+            let mut events = 0;
+            let everyone = 0..order.people.len();
+            order.visit_rows(table, tail, Rows::Named(&[0, 1]), everyone, &tail.new_people, &mut |_, e| {
+                events += e.len()
+            });
+            events
+        };
+        time("first scan: the names' indexes and the tail", &mut || {
+            scan(&order, &table, &order.tail(&table));
+        });
+        for round in 0..5 {
+            for _ in 0..1000 {
+                table.push(&event(next));
+                next += 1;
+            }
+            let mut made = Arc::new(Tail::default());
+            time(&format!("round {round}: tail made from scratch"), &mut || made = Arc::new(Tail::of(&order, &table)));
+            let mut kept = Arc::new(Tail::default());
+            time(&format!("round {round}: kept tail extended"), &mut || kept = order.tail(&table));
+            assert_eq!(
+                (&kept.rows, &kept.new_people, &kept.existing, kept.upto),
+                (&made.rows, &made.new_people, &made.existing, made.upto)
+            );
+            time(&format!("round {round}: named scan with it"), &mut || {
+                scan(&order, &table, &kept);
+            });
+            drop(kept);
+        }
+    }
+
     fn push_all(table: &mut EventTable, events: &[(u8, u8, i64)], first: usize) {
         for (i, &(user, name, t)) in events.iter().enumerate() {
             let (user_id, anon) =
