@@ -41,6 +41,19 @@ pub struct CompactionBuild {
     /// Where the replay got to.
     replayed_to: LogPosition,
     bytes_before: u64,
+    /// Swaps tried and refused so far because a query held a project (`finish_compaction`).
+    refused: u32,
+}
+
+/// How long a compaction's swap waits for a project's lock after `refused` refusals: not at
+/// all at first (the writer holds every project's acks while it waits), then a little longer
+/// each time, up to 100 ms. A wait makes queries that start meanwhile queue behind it, so
+/// queries that keep overlapping cannot put the swap, and with it every checkpoint, off for
+/// ever: it needs only the ones already running to end within the wait.
+fn swap_wait(refused: u32) -> std::time::Duration {
+    const PLAIN_TRIES: u32 = 10;
+    let steps = refused.saturating_sub(PLAIN_TRIES).min(20);
+    std::time::Duration::from_millis(5 * u64::from(steps))
 }
 
 /// A compaction swapped in: the data directory's bytes before and after, and the data it
@@ -203,7 +216,8 @@ impl Checkpointer {
         }
         let rebuilt_ms = started.elapsed().as_millis() as u64;
         let seen = manifest.load_seen(&self.space)?;
-        let mut build = CompactionBuild { projects: built, seen, replayed_to: manifest.position(), bytes_before };
+        let mut build =
+            CompactionBuild { projects: built, seen, replayed_to: manifest.position(), bytes_before, refused: 0 };
         // In rounds while writes go on (each replays what came during the one before), so that
         // the writer's own, at the swap, has little left.
         let mut replayed = 0;
@@ -266,11 +280,16 @@ impl Checkpointer {
         let caught_up_ms = started.elapsed().as_millis() as u64;
         let entries: Vec<Arc<ProjectEntry>> = build.projects.iter().map(|(entry, _, _)| entry.clone()).collect();
         let mut states = Vec::with_capacity(entries.len());
+        let wait = swap_wait(build.refused);
         for entry in &entries {
             // Applies its queued writes, which the log, and so the build, holds already.
-            match entry.try_write() {
+            let state = if wait.is_zero() { entry.try_write() } else { entry.try_write_for(wait) };
+            match state {
                 Some(state) => states.push(state),
-                None => return Ok(None),
+                None => {
+                    build.refused += 1;
+                    return Ok(None);
+                }
             }
         }
         let mut replaced: Vec<ProjectData> = states
@@ -594,6 +613,46 @@ mod tests {
 
         let engine = Engine::open(storage, Default::default(), Default::default()).unwrap();
         assert_eq!(event_ids(&engine), ["a1", "a2", "d1", "e1"], "a restart reads what was acked");
+        engine.close().unwrap();
+    }
+
+    /// Queries that keep overlapping (one always holds the project) do not put the swap off
+    /// for ever: its waits grow until the running ones end within one, and the compaction ends
+    /// while they go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_queries_do_not_put_a_built_compaction_off_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _, _) = HeldTruncation::open(dir.path());
+        let engine = engine_with_p(&storage);
+        assert_eq!(engine.track("p", view_by("a1", "ann", 1)).await.unwrap().accepted, 1);
+        assert_eq!(engine.delete_user("p", "ann").await.unwrap(), 1);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Two readers, each holding the project 40 ms at a time, half a hold apart; each gives
+        // up after 60 s (a hang, which would fail the test, not a timing).
+        let readers: Vec<_> = (0..2)
+            .map(|k| {
+                let (entry, stop) = (engine.project("p").unwrap(), stop.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(20 * k));
+                    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if Instant::now() > deadline {
+                            return false;
+                        }
+                        let state = entry.read();
+                        std::thread::sleep(std::time::Duration::from_millis(40));
+                        drop(state);
+                    }
+                    true
+                })
+            })
+            .collect();
+        engine.compact("p").await.unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.join().unwrap(), "the compaction ended only once the queries stopped");
+        }
+        assert!(engine.project("p").unwrap().read().data.table.find_user("ann").is_none(), "ann is in no file now");
         engine.close().unwrap();
     }
 

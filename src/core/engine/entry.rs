@@ -310,6 +310,13 @@ impl ProjectEntry {
         Some(state)
     }
 
+    /// `write`, unless the lock stays held for `wait` (meanwhile new readers queue behind).
+    pub fn try_write_for(&self, wait: std::time::Duration) -> Option<RwLockWriteGuard<'_, ProjectState>> {
+        let mut state = self.state.try_write_for(wait)?;
+        self.apply_pending(&mut state);
+        Some(state)
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.pending.lock().jobs.is_empty()
     }
