@@ -1134,8 +1134,6 @@ mod tests {
         });
     }
 
-    /// Events (user, name, time) as ids `e{first + i}`: users 8 and up arrive anonymous
-    /// (`a{user}`), names 0..3 are a, b, c.
     /// Timing, not run by default (BENCHMARKS.md, session 25): a 1 M-row tail spread over
     /// 400,000 people past 8 M covered rows, grouped from scratch (as every query did) against
     /// the kept tail extended by 1,000 rows per query, and a named scan with each. The kept
@@ -1196,6 +1194,8 @@ mod tests {
         }
     }
 
+    /// Events (user, name, time) as ids `e{first + i}`: users 8 and up arrive anonymous
+    /// (`a{user}`), names 0..3 are a, b, c.
     fn push_all(table: &mut EventTable, events: &[(u8, u8, i64)], first: usize) {
         for (i, &(user, name, t)) in events.iter().enumerate() {
             let (user_id, anon) =
