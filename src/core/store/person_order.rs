@@ -1171,7 +1171,16 @@ mod tests {
             });
             events
         };
-        time("first scan: the names' indexes and the tail", &mut || {
+        // Anonymous memory (KiB), to see what the kept tail holds between queries.
+        let rss_anon = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let line = status.lines().find(|line| line.starts_with("RssAnon:")).unwrap_or("RssAnon: 0 kB");
+            line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).unwrap_or(0)
+        };
+        let before = rss_anon();
+        drop(order.tail(&table));
+        eprintln!("kept tail: {} MiB more anonymous memory", (rss_anon().saturating_sub(before)) / 1024);
+        time("first scan: the names' indexes", &mut || {
             scan(&order, &table, &order.tail(&table));
         });
         for round in 0..5 {
