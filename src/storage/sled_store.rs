@@ -455,6 +455,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(SledStorage::open(dir.path()).unwrap());
         let (jobs, per_job) = (3000u64, 8);
+        // Taken before the appends begin: the reads start from the first value.
+        let mut after = store.log_position().unwrap();
         let appender = {
             let store = store.clone();
             std::thread::spawn(move || {
@@ -466,7 +468,6 @@ mod tests {
             })
         };
         let mut read = Vec::new();
-        let mut after = store.log_position().unwrap();
         loop {
             let done = appender.is_finished();
             let until = store.log_position().unwrap();
