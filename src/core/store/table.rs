@@ -744,10 +744,7 @@ impl EventTable {
             return;
         }
         if self.removed.is_empty() {
-            self.alive = vec![0; self.people.len()];
-            for &person in self.person.iter() {
-                self.alive[person as usize] += 1;
-            }
+            self.alive = self.live_rows_per_person();
         }
         self.removed.insert(row);
         self.alive[self.person[row] as usize] -= 1;
@@ -757,13 +754,24 @@ impl EventTable {
         self.unsettled = true;
     }
 
+    /// Each person's rows not in `removed`.
+    fn live_rows_per_person(&self) -> Vec<u32> {
+        let mut alive = vec![0; self.people.len()];
+        for (row, &person) in self.person.iter().enumerate() {
+            if !self.removed.contains(row) {
+                alive[person as usize] += 1;
+            }
+        }
+        alive
+    }
+
     /// Removes every row older than `before` (retention), finding the earliest and latest
     /// time of the rest in the same pass over the rows' times.
     pub fn remove_before(&mut self, before: Micros) {
         if self.min_time.is_none_or(|t| t >= before) {
             return;
         }
-        let (mut min, mut max) = (None, None);
+        let mut span = (None, None);
         for row in 0..self.len() {
             if self.removed.contains(row) {
                 continue;
@@ -772,11 +780,10 @@ impl EventTable {
             if time < before {
                 self.erase(row as u32);
             } else {
-                min = Some(min.map_or(time, |t: Micros| t.min(time)));
-                max = Some(max.map_or(time, |t: Micros| t.max(time)));
+                widen(&mut span, time);
             }
         }
-        (self.min_time, self.max_time) = (min, max);
+        (self.min_time, self.max_time) = span;
         self.span_stale = false;
     }
 
@@ -803,13 +810,8 @@ impl EventTable {
     /// The removed rows a checkpoint saved (after the columns and per-person arrays are in).
     pub(in crate::core::store) fn restore_removed(&mut self, removed: Tombstones) -> Result<(), String> {
         removed.check(self.len())?;
-        self.alive = vec![0; self.people.len()];
-        for (row, &person) in self.person.iter().enumerate() {
-            if !removed.contains(row) {
-                self.alive[person as usize] += 1;
-            }
-        }
         self.removed = removed;
+        self.alive = self.live_rows_per_person();
         Ok(())
     }
 
@@ -822,13 +824,11 @@ impl EventTable {
             return false;
         }
         if std::mem::take(&mut self.span_stale) {
-            let (mut min, mut max) = (None, None);
+            let mut span = (None, None);
             for row in (0..self.len()).filter(|&row| !self.removed.contains(row)) {
-                let time = self.time_of(row);
-                min = Some(min.map_or(time, |t: Micros| t.min(time)));
-                max = Some(max.map_or(time, |t: Micros| t.max(time)));
+                widen(&mut span, self.time_of(row));
             }
-            (self.min_time, self.max_time) = (min, max);
+            (self.min_time, self.max_time) = span;
         }
         self.generation += 1;
         self.layout = LayoutVersion::next();
@@ -931,6 +931,12 @@ pub(crate) fn test_event(id: &str, user: &str, anon: &str, t: Micros) -> Event {
             ("note".into(), Value::Null),
         ],
     }
+}
+
+/// Widens the (earliest, latest) span to hold `time`.
+fn widen(span: &mut (Option<Micros>, Option<Micros>), time: Micros) {
+    span.0 = Some(span.0.map_or(time, |t| t.min(time)));
+    span.1 = Some(span.1.map_or(time, |t| t.max(time)));
 }
 
 #[cfg(test)]
