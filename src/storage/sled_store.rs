@@ -4,11 +4,19 @@
 //! 40k single-key inserts/s here, but near 760k events/s written as one value per batch),
 //! keyed by a big-endian sequence number so iteration order is append order. A value is a
 //! record in the log codec of `super` (a format byte, then lz4-compressed bincode).
+//!
+//! sled writes a page too big for a quarter of its log segment to a file of its own under
+//! `blobs/` and never fsyncs that file or its directory (sled#1077): its `flush` makes the
+//! pointer durable, not the bytes. Every flush here (`Inner::flush`) first fsyncs the blob
+//! files written since the last one, with writes held off meanwhile (`Inner::writing`), so an
+//! ack never rests on bytes only the page cache holds. A new database's segments are 2 MiB
+//! (`SEGMENT_SIZE`) rather than sled's 512 KiB, under which most full batches' records (about
+//! 250 KB at the generator's shape) were blobs: a file each to make, sync and remove.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::files::{dir_bytes, io_error, replace_durably};
+use super::files::{dir_bytes, io_error, replace_durably, sync_dir};
 use super::{Encoded, ExtraValues, LogPosition, SnapshotVisitor, Storage, Tree};
 use crate::error::{Error, Result};
 
@@ -31,6 +39,9 @@ struct Inner {
     /// a backup) then never covers numbers whose values are not stored yet, which a range
     /// read up to it would skip for good.
     appending: parking_lot::Mutex<()>,
+    /// Held shared by every write to the database and exclusively by `flush`, which fsyncs
+    /// the blob files written since the last flush: none is half written while it does.
+    writing: parking_lot::RwLock<BlobFiles>,
 }
 
 impl Inner {
@@ -39,6 +50,76 @@ impl Inner {
         let _appending = self.appending.lock();
         self.next_seq.load(Ordering::Relaxed)
     }
+
+    /// Runs a write to the database while no `flush` is syncing blob files.
+    fn write<T>(&self, write: impl FnOnce(&Inner) -> sled::Result<T>) -> Result<T> {
+        let _writing = self.writing.read();
+        Ok(write(self)?)
+    }
+
+    /// Makes every write before it durable: the blob files sled wrote for them, then its log.
+    fn flush(&self) -> Result<()> {
+        let mut blobs = self.writing.write();
+        blobs.sync_new()?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The `blobs/` directory of one database and the length each of its files was synced at.
+#[derive(Debug)]
+struct BlobFiles {
+    dir: std::path::PathBuf,
+    /// By blob id (the file's name). A file listed at another length (sled may write one
+    /// outside this store's writes, consolidating a page on a read) is synced again.
+    synced: hashbrown::HashMap<u64, u64>,
+}
+
+impl BlobFiles {
+    fn new(dir: std::path::PathBuf) -> BlobFiles {
+        BlobFiles { dir, synced: hashbrown::HashMap::new() }
+    }
+
+    /// Fsyncs the blob files not synced at their present length, then the directory that
+    /// names them; returns how many it synced. The caller keeps this store's writes out.
+    fn sync_new(&mut self) -> Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(io_error("cannot list", &self.dir, err)),
+        };
+        let mut listed = hashbrown::HashMap::with_capacity(self.synced.len());
+        let mut unsynced = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list", &self.dir, e))?;
+            let Some(id) = entry.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else { continue };
+            let len = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                // sled removed it since the listing (a page rewritten since): nothing to keep.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_error("cannot stat", &entry.path(), err)),
+            };
+            if self.synced.get(&id) != Some(&len) {
+                unsynced.push(entry.path());
+            }
+            listed.insert(id, len);
+        }
+        sync_files(&unsynced)?;
+        if !unsynced.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        // Files sled removed leave the map with the listing.
+        self.synced = listed;
+        Ok(unsynced.len())
+    }
+}
+
+/// Fsyncs `paths`, skipping a file removed meanwhile.
+fn sync_files(paths: &[std::path::PathBuf]) -> Result<()> {
+    paths.iter().try_for_each(|path| match std::fs::File::open(path).and_then(|file| file.sync_all()) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io_error("cannot sync", path, err)),
+        _ => Ok(()),
+    })
 }
 
 /// Names the live database's subdirectory. Written atomically (temporary file, fsync,
@@ -65,7 +146,18 @@ impl Inner {
         };
         let next_seq = after_last.max(floor);
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Inner { name, db, meta, log, next_seq: AtomicU64::new(next_seq), appending: parking_lot::Mutex::new(()) })
+        // Blobs from before this open may never have been synced (a crash, or a build before
+        // this one): the first flush syncs them all.
+        let writing = parking_lot::RwLock::new(BlobFiles::new(path.join("blobs")));
+        Ok(Inner {
+            name,
+            db,
+            meta,
+            log,
+            next_seq: AtomicU64::new(next_seq),
+            appending: parking_lot::Mutex::new(()),
+            writing,
+        })
     }
 }
 
@@ -74,8 +166,36 @@ impl Inner {
 /// just after a server in this process stopped; another process holding it keeps it.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The log segment size of a new database. A page over a quarter of one goes to a blob file,
+/// which costs a file made, synced apart and later removed: 2 MiB keeps a full batch's record
+/// (about 250 KB at the generator's shape) in the segments.
+const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
+
+/// sled's segment size, which a database made before `SEGMENT_SIZE` keeps (sled refuses to
+/// open one with another size).
+const SLED_DEFAULT_SEGMENT_SIZE: usize = 512 * 1024;
+
+/// The segment size `path`'s database was made with (its `conf` file), or `SEGMENT_SIZE` for
+/// a new one.
+fn segment_size_of(path: &Path) -> Result<usize> {
+    let conf = path.join("conf");
+    let bytes = match std::fs::read(&conf) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(SEGMENT_SIZE),
+        Err(err) => return Err(io_error("cannot read", &conf, err)),
+    };
+    // Lines of `key: value`, then a checksum that sled checks when it opens.
+    let text = String::from_utf8_lossy(&bytes);
+    let size = text.lines().find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse::<usize>().ok());
+    Ok(size.unwrap_or(SLED_DEFAULT_SEGMENT_SIZE))
+}
+
 fn open_db(path: &Path) -> Result<sled::Db> {
-    let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(256 * 1024 * 1024);
+    let config = sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .cache_capacity(256 * 1024 * 1024)
+        .segment_size(segment_size_of(path)?);
     let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     loop {
         match config.open() {
@@ -185,11 +305,11 @@ impl SledStorage {
     pub fn restore(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
         let inner = self.inner.read();
         match tree {
-            Tree::Meta => inner.meta.insert(key, value)?,
+            Tree::Meta => inner.write(|inner| inner.meta.insert(key, value))?,
             Tree::Log => {
                 let seq = decode_seq(key)?;
                 inner.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
-                inner.log.insert(key, value)?
+                inner.write(|inner| inner.log.insert(key, value))?
             }
         };
         Ok(())
@@ -221,16 +341,14 @@ impl Storage for SledStorage {
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         let inner = self.inner.read();
-        inner.meta.insert(key, value)?;
-        inner.db.flush()?;
-        Ok(())
+        inner.write(|inner| inner.meta.insert(key, value))?;
+        inner.flush()
     }
 
     fn delete_meta(&self, key: &str) -> Result<()> {
         let inner = self.inner.read();
-        inner.meta.remove(key)?;
-        inner.db.flush()?;
-        Ok(())
+        inner.write(|inner| inner.meta.remove(key))?;
+        inner.flush()
     }
 
     fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -254,13 +372,11 @@ impl Storage for SledStorage {
         for (seq, record) in (first..).zip(records) {
             batch.insert(&seq.to_be_bytes()[..], record.0.as_slice());
         }
-        inner.log.apply_batch(batch)?;
-        Ok(())
+        inner.write(|inner| inner.log.apply_batch(batch))
     }
 
     fn sync(&self) -> Result<()> {
-        self.inner.read().db.flush()?;
-        Ok(())
+        self.inner.read().flush()
     }
 
     fn replay(&self, after: Option<&LogPosition>, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
@@ -308,16 +424,15 @@ impl Storage for SledStorage {
         if below.is_none() && floor.is_some_and(|floor| floor >= position.seq) {
             return Ok(());
         }
-        inner.db.insert(LOG_FLOOR, &position.seq.to_be_bytes()[..])?;
-        inner.db.flush()?;
+        inner.write(|inner| inner.db.insert(LOG_FLOOR, &position.seq.to_be_bytes()[..]))?;
+        inner.flush()?;
         let mut batch = sled::Batch::default();
         for item in inner.log.range(..position.seq.to_be_bytes()) {
             let (key, _) = item?;
             batch.remove(key);
         }
-        inner.log.apply_batch(batch)?;
-        inner.db.flush()?;
-        Ok(())
+        inner.write(|inner| inner.log.apply_batch(batch))?;
+        inner.flush()
     }
 
     fn files_dir(&self) -> Option<std::path::PathBuf> {
@@ -368,7 +483,7 @@ impl Storage for SledStorage {
                 seq += 1;
                 *batched += value.len();
                 if *batched >= 16 * 1024 * 1024 {
-                    fresh.log.apply_batch(std::mem::take(batch))?;
+                    fresh.write(|fresh| fresh.log.apply_batch(std::mem::take(batch)))?;
                     *batched = 0;
                 }
                 Ok(())
@@ -380,7 +495,7 @@ impl Storage for SledStorage {
                 }
             }
             extra(&mut |value| put(value, &mut batch, &mut batched))?;
-            fresh.log.apply_batch(batch)?;
+            fresh.write(|fresh| fresh.log.apply_batch(batch))?;
             fresh.next_seq.store(seq, Ordering::Relaxed);
             (fresh, new_name)
         };
@@ -390,8 +505,8 @@ impl Storage for SledStorage {
             let (key, value) = item?;
             batch.insert(key, value);
         }
-        fresh.meta.apply_batch(batch)?;
-        fresh.db.flush()?;
+        fresh.write(|fresh| fresh.meta.apply_batch(batch))?;
+        fresh.flush()?;
         // The switch: from here on a restart opens the new database.
         replace_durably(&self.dir, CURRENT, new_name.as_bytes())?;
         let old = std::mem::replace(&mut *inner, fresh);
@@ -538,6 +653,95 @@ mod tests {
         let refused = SledStorage::open(dir.path()).err().expect("refused");
         assert!(refused.to_string().contains("CURRENT is missing"), "{refused}");
         assert!(dir.path().join("sled.1").exists(), "nothing was removed");
+    }
+
+    /// Values a page of which outgrows a quarter of a segment: sled writes them to blob files
+    /// (never fsynced by sled), which every flush syncs first, once each, with the directory.
+    #[test]
+    fn blob_files_are_synced_by_the_flush_that_makes_their_pointers_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStorage::open(dir.path()).unwrap();
+        let blobs = dir.path().join(FIRST_DB).join("blobs");
+        let count = || std::fs::read_dir(&blobs).map_or(0, |entries| entries.count());
+        // Past a quarter of a segment.
+        let big = |fill: u8| Encoded(vec![fill; SEGMENT_SIZE / 2]);
+        store.append(&[big(1)]).unwrap();
+        assert!(count() >= 1, "the value went to a blob file");
+        let sync_new = || store.inner.read().writing.write().sync_new().unwrap();
+        assert!(sync_new() >= 1, "not synced before the flush");
+        store.append(&[big(2), Encoded(vec![3])]).unwrap();
+        store.sync().unwrap();
+        assert_eq!(sync_new(), 0, "the flush synced every blob file written before it");
+        store.put_meta("big", &vec![4; SEGMENT_SIZE / 2]).unwrap();
+        assert_eq!(sync_new(), 0, "put_meta's flush syncs them too");
+        assert!(count() >= 3);
+        drop(store);
+
+        let store = SledStorage::open(dir.path()).unwrap();
+        let mut values = Vec::new();
+        store
+            .replay(None, &mut |v| {
+                values.push(v.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(values, vec![big(1).0, big(2).0, vec![3]]);
+        assert_eq!(store.get_meta("big").unwrap().map(|v| v.len()), Some(SEGMENT_SIZE / 2));
+        // After a reopen nothing is known synced: the first flush syncs what is there.
+        assert!(store.inner.read().writing.write().sync_new().unwrap() >= 1);
+    }
+
+    /// A blob file is synced again when it is listed at another length (one sled was still
+    /// writing when listed); files named otherwise are not sled's blobs.
+    #[test]
+    fn a_blob_file_is_synced_again_when_its_length_changed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut blobs = BlobFiles::new(dir.path().join("blobs"));
+        assert_eq!(blobs.sync_new().unwrap(), 0, "no directory yet");
+        std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        let path = dir.path().join("blobs").join("41");
+        std::fs::write(&path, b"crc").unwrap();
+        std::fs::write(dir.path().join("blobs").join("notes.tmp"), b"x").unwrap();
+        assert_eq!(blobs.sync_new().unwrap(), 1);
+        assert_eq!(blobs.sync_new().unwrap(), 0);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"kind+data").unwrap();
+        assert_eq!(blobs.sync_new().unwrap(), 1, "grown since it was synced");
+        assert_eq!(blobs.synced.get(&41), Some(&12));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(blobs.sync_new().unwrap(), 0);
+        assert!(blobs.synced.is_empty(), "a removed file leaves the map");
+    }
+
+    /// A database made with sled's own segment size (before `SEGMENT_SIZE`) opens with it,
+    /// which sled requires; a new one gets `SEGMENT_SIZE`.
+    #[test]
+    fn a_database_keeps_the_segment_size_it_was_made_with() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path().join(FIRST_DB)).open().unwrap();
+            db.open_tree("log").unwrap().insert(0u64.to_be_bytes(), &b"old"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), SLED_DEFAULT_SEGMENT_SIZE);
+        let store = SledStorage::open(dir.path()).unwrap();
+        store.append(&[Encoded(b"new".to_vec())]).unwrap();
+        store.sync().unwrap();
+        let mut values = Vec::new();
+        store
+            .replay(None, &mut |v| {
+                values.push(v.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(values, [b"old".to_vec(), b"new".to_vec()]);
+        // A compaction moves the log to a new database, made with the new size.
+        store.rewrite_log(&mut |_| Ok(true), &mut |_| Ok(())).unwrap();
+        drop(store);
+        assert_eq!(segment_size_of(&dir.path().join("sled.1")).unwrap(), SEGMENT_SIZE);
+        assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), SEGMENT_SIZE, "none yet");
+        let store = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(store.inner.read().log.len(), 2);
     }
 
     #[test]
