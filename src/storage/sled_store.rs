@@ -131,7 +131,19 @@ const LOG_FLOOR: &[u8] = b"log_floor";
 
 impl Inner {
     fn open(path: &Path) -> Result<Inner> {
+        let made = !path.join("conf").exists();
         let db = open_db(path)?;
+        if made {
+            // sled syncs neither the `conf` it wrote (which names the segment size every
+            // later open needs) nor the directories: before anything is stored here.
+            let synced = std::fs::File::open(path.join("conf")).and_then(|conf| conf.sync_all());
+            synced.map_err(|e| io_error("cannot sync", &path.join("conf"), e))?;
+            sync_dir(&path.join("blobs"))?;
+            sync_dir(path)?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let meta = db.open_tree("meta")?;
         let log = db.open_tree("log")?;
         let after_last = match log.last()? {
@@ -171,12 +183,8 @@ const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// (about 250 KB at the generator's shape) in the segments.
 const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
 
-/// sled's segment size, which a database made before `SEGMENT_SIZE` keeps (sled refuses to
-/// open one with another size).
-const SLED_DEFAULT_SEGMENT_SIZE: usize = 512 * 1024;
-
-/// The segment size `path`'s database was made with (its `conf` file), or `SEGMENT_SIZE` for
-/// a new one.
+/// The segment size `path`'s database was made with (its `conf` file; sled refuses to open
+/// one with another), or `SEGMENT_SIZE` for a new one.
 fn segment_size_of(path: &Path) -> Result<usize> {
     let conf = path.join("conf");
     let bytes = match std::fs::read(&conf) {
@@ -187,7 +195,9 @@ fn segment_size_of(path: &Path) -> Result<usize> {
     // Lines of `key: value`, then a checksum that sled checks when it opens.
     let text = String::from_utf8_lossy(&bytes);
     let size = text.lines().find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse::<usize>().ok());
-    Ok(size.unwrap_or(SLED_DEFAULT_SEGMENT_SIZE))
+    // None: cut by a crash before it was synced (`Inner::open` syncs it before anything is
+    // stored), so sled writes it again, as for a new database.
+    Ok(size.unwrap_or(SEGMENT_SIZE))
 }
 
 fn open_db(path: &Path) -> Result<sled::Db> {
@@ -270,6 +280,9 @@ impl SledStorage {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
         let live = current_db(dir)?;
+        // `CURRENT` may have been renamed into place by a process killed before it synced the
+        // directory: the rename is made durable before the database it replaced goes.
+        sync_dir(dir)?;
         remove_stale_dbs(dir, &live, "a database left by an earlier compaction")?;
         Self::open_live(dir, &live)
     }
@@ -508,7 +521,16 @@ impl Storage for SledStorage {
         fresh.write(|fresh| fresh.meta.apply_batch(batch))?;
         fresh.flush()?;
         // The switch: from here on a restart opens the new database.
-        replace_durably(&self.dir, CURRENT, new_name.as_bytes())?;
+        if let Err(err) = replace_durably(&self.dir, CURRENT, new_name.as_bytes()) {
+            if current_db(&self.dir).is_ok_and(|name| name == new_name) {
+                // Renamed but not synced: going on with the old database would store acks
+                // where the next start does not look. A restart opens the new one, which holds
+                // everything (the caller appended nothing meanwhile).
+                tracing::error!(error = %err, "stopping: CURRENT names the new database but could not be synced");
+                std::process::abort();
+            }
+            return Err(err);
+        }
         let old = std::mem::replace(&mut *inner, fresh);
         drop(old);
         remove_stale_dbs(&self.dir, &new_name, "the database this compaction replaced")
@@ -723,7 +745,8 @@ mod tests {
             db.open_tree("log").unwrap().insert(0u64.to_be_bytes(), &b"old"[..]).unwrap();
             db.flush().unwrap();
         }
-        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), SLED_DEFAULT_SEGMENT_SIZE);
+        // sled's own size, which a database made before `SEGMENT_SIZE` keeps.
+        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), 512 * 1024);
         let store = SledStorage::open(dir.path()).unwrap();
         store.append(&[Encoded(b"new".to_vec())]).unwrap();
         store.sync().unwrap();
@@ -740,6 +763,12 @@ mod tests {
         drop(store);
         assert_eq!(segment_size_of(&dir.path().join("sled.1")).unwrap(), SEGMENT_SIZE);
         assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), SEGMENT_SIZE, "none yet");
+        // A `conf` a crash cut before it was synced (so nothing was stored under it): sled
+        // makes it again, with the new size.
+        std::fs::create_dir(dir.path().join("sled.9")).unwrap();
+        std::fs::write(dir.path().join("sled.9").join("conf"), b"segm").unwrap();
+        assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), SEGMENT_SIZE);
+        std::fs::remove_dir_all(dir.path().join("sled.9")).unwrap();
         let store = SledStorage::open(dir.path()).unwrap();
         assert_eq!(store.inner.read().log.len(), 2);
     }

@@ -396,6 +396,10 @@ impl Engine {
             _ => Verification::passed(),
         };
         if let Some(space) = &columns {
+            // The manifest read may have been renamed into place by a process killed before
+            // it synced the directory: made durable before what it replaced goes, files and
+            // (below) the log the checkpoint covers.
+            crate::storage::files::sync_dir(space.dir())?;
             // Files of a checkpoint that a crash kept from finishing go; the listed ones stay.
             let listed = manifest.as_ref().map(Manifest::files).unwrap_or_default();
             space.keep_only(listed).map_err(|e| crate::storage::files::io_error("cannot tidy", space.dir(), e))?;

@@ -57,7 +57,13 @@ impl ColumnSpace {
     /// Uses `dir` (created when missing) for checkpointed column files, numbering new ones after
     /// those already there; derived columns go to `derived`.
     pub fn durable(dir: &Path, derived: Arc<ColumnSpace>) -> std::io::Result<Arc<ColumnSpace>> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            // Its entry, before a checkpoint made in it lets the log be truncated.
+            if let Some(parent) = dir.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
         let mut next = 0;
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
