@@ -677,7 +677,7 @@ mod tests {
         assert!(dir.path().join("sled.1").exists(), "nothing was removed");
     }
 
-    /// Values a page of which outgrows a quarter of a segment: sled writes them to blob files
+    /// Values larger than a quarter of a segment: sled writes them to blob files
     /// (never fsynced by sled), which every flush syncs first, once each, with the directory.
     #[test]
     fn blob_files_are_synced_by_the_flush_that_makes_their_pointers_durable() {
