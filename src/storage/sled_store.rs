@@ -543,6 +543,18 @@ mod tests {
     use crate::core::model::{Event, Value};
     use crate::core::store::record::{LOG_FORMAT_V1, LogRecord, decode_record, encode_record};
 
+    /// Every log value, in order.
+    fn replayed(store: &SledStorage) -> Vec<Vec<u8>> {
+        let mut values = Vec::new();
+        store
+            .replay(None, &mut |v| {
+                values.push(v.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        values
+    }
+
     fn sample() -> LogRecord {
         LogRecord::Events {
             project: "p".into(),
@@ -657,14 +669,7 @@ mod tests {
             let mut keep = |value: &[u8]| Ok(value != [9]);
             let mut extra = |put: &mut dyn FnMut(&[u8]) -> Result<()>| put(&[7]);
             store.rewrite_log(&mut keep, &mut extra).unwrap();
-            let mut values = Vec::new();
-            store
-                .replay(None, &mut |v| {
-                    values.push(v.to_vec());
-                    Ok(())
-                })
-                .unwrap();
-            assert_eq!(values, vec![encode_record(&sample()).unwrap().0, vec![7]]);
+            assert_eq!(replayed(&store), vec![encode_record(&sample()).unwrap().0, vec![7]]);
         }
         assert_eq!(std::fs::read_to_string(dir.path().join(CURRENT)).unwrap(), "sled.1");
         assert!(!dir.path().join(FIRST_DB).exists());
@@ -700,14 +705,7 @@ mod tests {
         drop(store);
 
         let store = SledStorage::open(dir.path()).unwrap();
-        let mut values = Vec::new();
-        store
-            .replay(None, &mut |v| {
-                values.push(v.to_vec());
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(values, vec![big(1).0, big(2).0, vec![3]]);
+        assert_eq!(replayed(&store), vec![big(1).0, big(2).0, vec![3]]);
         assert_eq!(store.get_meta("big").unwrap().map(|v| v.len()), Some(SEGMENT_SIZE / 2));
         // After a reopen nothing is known synced: the first flush syncs what is there.
         assert!(store.inner.read().writing.write().sync_new().unwrap() >= 1);
@@ -750,14 +748,7 @@ mod tests {
         let store = SledStorage::open(dir.path()).unwrap();
         store.append(&[Encoded(b"new".to_vec())]).unwrap();
         store.sync().unwrap();
-        let mut values = Vec::new();
-        store
-            .replay(None, &mut |v| {
-                values.push(v.to_vec());
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(values, [b"old".to_vec(), b"new".to_vec()]);
+        assert_eq!(replayed(&store), [b"old".to_vec(), b"new".to_vec()]);
         // A compaction moves the log to a new database, made with the new size.
         store.rewrite_log(&mut |_| Ok(true), &mut |_| Ok(())).unwrap();
         drop(store);
