@@ -15,8 +15,13 @@ pub fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Storage(format!("{what} {}: {err}", path.display()))
 }
 
+/// Syncs a directory's entries. A file system that cannot sync a directory (EINVAL, as some
+/// network and FUSE ones answer) is taken as one with nothing to sync, as PostgreSQL does.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("cannot sync", dir, e))
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        synced => synced.map_err(|e| io_error("cannot sync", dir, e)),
+    }
 }
 
 /// Bytes of every file under `path` (none when it does not exist).

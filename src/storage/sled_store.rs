@@ -8,8 +8,13 @@
 //! sled writes a page too big for a quarter of its log segment to a file of its own under
 //! `blobs/` and never fsyncs that file or its directory (sled#1077): its `flush` makes the
 //! pointer durable, not the bytes. Every flush here (`Inner::flush`) first fsyncs the blob
-//! files written since the last one, with writes held off meanwhile (`Inner::writing`), so an
-//! ack never rests on bytes only the page cache holds. A new database's segments are 2 MiB
+//! files written since the last one, with this store's writes held off meanwhile
+//! (`Inner::writing`), so the records an ack covers never rest on bytes only the page cache
+//! holds. sled also writes blobs on its own, outside those writes: its background thread
+//! rewrites whole pages when it cleans segments, and a read may split one; it may make their
+//! pointers durable before a flush here syncs them (each flush syncs again after sled's, and
+//! the next one syncs what came later). A power cut in that window could cost a rewritten
+//! page; closing it needs sled to sync its blobs. A new database's segments are 2 MiB
 //! (`SEGMENT_SIZE`) rather than sled's 512 KiB, under which most full batches' records (about
 //! 250 KB at the generator's shape) were blobs: a file each to make, sync and remove.
 
@@ -57,11 +62,13 @@ impl Inner {
         Ok(write(self)?)
     }
 
-    /// Makes every write before it durable: the blob files sled wrote for them, then its log.
+    /// Makes every write before it durable: the blob files sled wrote for them, then its log;
+    /// then the blob files sled wrote on its own meanwhile (see the module doc).
     fn flush(&self) -> Result<()> {
         let mut blobs = self.writing.write();
         blobs.sync_new()?;
         self.db.flush()?;
+        blobs.sync_new()?;
         Ok(())
     }
 }
@@ -131,9 +138,9 @@ const LOG_FLOOR: &[u8] = b"log_floor";
 
 impl Inner {
     fn open(path: &Path) -> Result<Inner> {
-        let made = !path.join("conf").exists();
-        let db = open_db(path)?;
-        if made {
+        let (segment_size, conf_written) = segment_size_of(path)?;
+        let db = open_db(path, segment_size)?;
+        if conf_written {
             // sled syncs neither the `conf` it wrote (which names the segment size every
             // later open needs) nor the directories: before anything is stored here.
             let synced = std::fs::File::open(path.join("conf")).and_then(|conf| conf.sync_all());
@@ -183,29 +190,36 @@ const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// (about 250 KB at the generator's shape) in the segments.
 const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
 
-/// The segment size `path`'s database was made with (its `conf` file; sled refuses to open
-/// one with another), or `SEGMENT_SIZE` for a new one.
-fn segment_size_of(path: &Path) -> Result<usize> {
+/// sled's own segment size, which databases made before `SEGMENT_SIZE` have.
+const SLED_DEFAULT_SEGMENT_SIZE: usize = 512 * 1024;
+
+/// The segment size to open `path`'s database with (sled refuses another than the one it was
+/// made with), and whether sled (re)writes its `conf` on this open, which then needs a sync.
+fn segment_size_of(path: &Path) -> Result<(usize, bool)> {
     let conf = path.join("conf");
     let bytes = match std::fs::read(&conf) {
         Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(SEGMENT_SIZE),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(err) => return Err(io_error("cannot read", &conf, err)),
     };
     // Lines of `key: value`, then a checksum that sled checks when it opens.
     let text = String::from_utf8_lossy(&bytes);
-    let size = text.lines().find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse::<usize>().ok());
-    // None: cut by a crash before it was synced (`Inner::open` syncs it before anything is
-    // stored), so sled writes it again, as for a new database.
-    Ok(size.unwrap_or(SEGMENT_SIZE))
+    if let Some(size) = text.lines().find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok()) {
+        return Ok((size, false));
+    }
+    // No conf, or one a power cut emptied. This build syncs a new database's conf before
+    // storing anything, so data beside a lost conf is an older build's, made with sled's size
+    // (sled would have written the conf again with it).
+    let data = std::fs::metadata(path.join("db")).is_ok_and(|db| db.len() > 0);
+    Ok((if data { SLED_DEFAULT_SEGMENT_SIZE } else { SEGMENT_SIZE }, true))
 }
 
-fn open_db(path: &Path) -> Result<sled::Db> {
+fn open_db(path: &Path, segment_size: usize) -> Result<sled::Db> {
     let config = sled::Config::new()
         .path(path)
         .mode(sled::Mode::HighThroughput)
         .cache_capacity(256 * 1024 * 1024)
-        .segment_size(segment_size_of(path)?);
+        .segment_size(segment_size);
     let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     loop {
         match config.open() {
@@ -522,11 +536,11 @@ impl Storage for SledStorage {
         fresh.flush()?;
         // The switch: from here on a restart opens the new database.
         if let Err(err) = replace_durably(&self.dir, CURRENT, new_name.as_bytes()) {
-            if current_db(&self.dir).is_ok_and(|name| name == new_name) {
+            if current_db(&self.dir).ok().as_deref() != Some(inner.name.as_str()) {
                 // Renamed but not synced: going on with the old database would store acks
                 // where the next start does not look. A restart opens the new one, which holds
                 // everything (the caller appended nothing meanwhile).
-                tracing::error!(error = %err, "stopping: CURRENT names the new database but could not be synced");
+                tracing::error!(error = %err, "stopping: CURRENT may name the new database but could not be synced");
                 std::process::abort();
             }
             return Err(err);
@@ -738,13 +752,14 @@ mod tests {
     #[test]
     fn a_database_keeps_the_segment_size_it_was_made_with() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::Config::new().path(dir.path().join(FIRST_DB)).open().unwrap();
+        let old_db = |dir: &Path| {
+            let db = sled::Config::new().path(dir.join(FIRST_DB)).open().unwrap();
             db.open_tree("log").unwrap().insert(0u64.to_be_bytes(), &b"old"[..]).unwrap();
             db.flush().unwrap();
-        }
+        };
+        old_db(dir.path());
         // sled's own size, which a database made before `SEGMENT_SIZE` keeps.
-        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), 512 * 1024);
+        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), (SLED_DEFAULT_SEGMENT_SIZE, false));
         let store = SledStorage::open(dir.path()).unwrap();
         store.append(&[Encoded(b"new".to_vec())]).unwrap();
         store.sync().unwrap();
@@ -752,16 +767,28 @@ mod tests {
         // A compaction moves the log to a new database, made with the new size.
         store.rewrite_log(&mut |_| Ok(true), &mut |_| Ok(())).unwrap();
         drop(store);
-        assert_eq!(segment_size_of(&dir.path().join("sled.1")).unwrap(), SEGMENT_SIZE);
-        assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), SEGMENT_SIZE, "none yet");
-        // A `conf` a crash cut before it was synced (so nothing was stored under it): sled
-        // makes it again, with the new size.
+        assert_eq!(segment_size_of(&dir.path().join("sled.1")).unwrap(), (SEGMENT_SIZE, false));
+        assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), (SEGMENT_SIZE, true), "none yet");
+        // A `conf` cut by a power cut before it was synced, with nothing stored beside it:
+        // sled writes it again, with the new size.
         std::fs::create_dir(dir.path().join("sled.9")).unwrap();
         std::fs::write(dir.path().join("sled.9").join("conf"), b"segm").unwrap();
-        assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), SEGMENT_SIZE);
+        assert_eq!(segment_size_of(&dir.path().join("sled.9")).unwrap(), (SEGMENT_SIZE, true));
         std::fs::remove_dir_all(dir.path().join("sled.9")).unwrap();
         let store = SledStorage::open(dir.path()).unwrap();
         assert_eq!(store.inner.read().log.len(), 2);
+        drop(store);
+
+        // An older build never synced the conf: one a power cut emptied beside its data opens
+        // with sled's size, the one the data was written with.
+        let dir = tempfile::tempdir().unwrap();
+        old_db(dir.path());
+        std::fs::write(dir.path().join(FIRST_DB).join("conf"), b"").unwrap();
+        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), (SLED_DEFAULT_SEGMENT_SIZE, true));
+        let store = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(replayed(&store), [b"old".to_vec()]);
+        drop(store);
+        assert_eq!(segment_size_of(&dir.path().join(FIRST_DB)).unwrap(), (SLED_DEFAULT_SEGMENT_SIZE, false));
     }
 
     #[test]
