@@ -15,12 +15,17 @@ pub fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Storage(format!("{what} {}: {err}", path.display()))
 }
 
+/// Syncs a directory's entries, its error as the core reports it (`sync_dir_entries`).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    sync_dir_entries(dir).map_err(|e| io_error("cannot sync", dir, e))
+}
+
 /// Syncs a directory's entries. A file system that cannot sync a directory (EINVAL, as some
 /// network and FUSE ones answer) is taken as one with nothing to sync, as PostgreSQL does.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir_entries(dir: &Path) -> std::io::Result<()> {
     match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-        synced => synced.map_err(|e| io_error("cannot sync", dir, e)),
+        synced => synced,
     }
 }
 

@@ -61,7 +61,7 @@ impl ColumnSpace {
             std::fs::create_dir_all(dir)?;
             // Its entry, before a checkpoint made in it lets the log be truncated.
             if let Some(parent) = dir.parent() {
-                std::fs::File::open(parent)?.sync_all()?;
+                crate::storage::files::sync_dir_entries(parent)?;
             }
         }
         let mut next = 0;
