@@ -414,6 +414,11 @@ async fn acked<T>(ack: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(30), ack).await.expect("an ack waited for a query")
 }
 
+/// `call`'s answer, failing the test if it waits for the query the test holds.
+async fn answered<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), call).await.expect("a definitions read waited for a query")
+}
+
 /// A query holding a project's lock holds up no ack, its own project's included: the writer
 /// queues the busy project's batches on it and acks them; a read that starts after an ack
 /// applies the queue first, so it sees the event (it waits for the query to end to do so).
@@ -452,6 +457,77 @@ async fn a_query_holds_up_no_ack_and_a_read_after_an_ack_sees_the_event() {
     let ids = reader.await.unwrap();
     assert_eq!(ids, ["b1", "b2"]);
     assert_eq!(server.export("free").await.len(), 1);
+}
+
+/// Reads of a project's settings and definitions do not wait for a query on it, even with
+/// acked writes queued behind that query: the queue never changes them, so they need not apply
+/// it. The events themselves still wait (see above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_definitions_are_read_past_a_query_with_writes_queued() {
+    let server = TestServer::start().await;
+    server.create_project("busy").await;
+    let metric = pb::MetricDefinition {
+        key: "views".into(),
+        kind: pb::MetricKind::Count as i32,
+        selector: Some(pb::EventSelector { event: "view".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let request = pb::CreateMetricRequest { project: "busy".into(), metric: Some(metric) };
+    server.metrics().create_metric(request).await.unwrap();
+    let view = pb::EventType { name: "view".into(), ..Default::default() };
+    let request = pb::UpsertEventTypeRequest { project: "busy".into(), event_type: Some(view) };
+    server.catalog().upsert_event_type(request).await.unwrap();
+    let variant = |key: &str| pb::Variant { key: key.into(), weight: 0.5, ..Default::default() };
+    let experiment = pb::Experiment {
+        key: "checkout".into(),
+        variants: vec![variant("control"), variant("treatment")],
+        primary_metric_keys: vec!["views".into()],
+        ..Default::default()
+    };
+    let request = pb::CreateExperimentRequest { project: "busy".into(), experiment: Some(experiment) };
+    server.experiments().create_experiment(request).await.unwrap();
+    let (release, holder) = hold_project(&server, "busy");
+    assert_eq!(acked(spawn_track(&server, "busy", "b1")).await.unwrap().unwrap().into_inner().accepted, 1);
+
+    // Each would wait for the query if it applied the queued write first.
+    let project = || "busy".to_owned();
+    let got = answered(server.projects().get_project(pb::GetProjectRequest { project: project() })).await;
+    assert_eq!(got.unwrap().into_inner().project.unwrap().id, "busy");
+    let listed = answered(server.projects().list_projects(pb::ListProjectsRequest::default())).await;
+    assert_eq!(listed.unwrap().into_inner().projects.len(), 1);
+    let request = pb::GetMetricRequest { project: project(), key: "views".into(), version: 0 };
+    let got = answered(server.metrics().get_metric(request)).await.unwrap().into_inner();
+    assert_eq!(got.metric.unwrap().key, "views");
+    let request = pb::ListMetricsRequest { project: project(), ..Default::default() };
+    assert_eq!(answered(server.metrics().list_metrics(request)).await.unwrap().into_inner().metrics.len(), 1);
+    let request = pb::ListEventTypesRequest { project: project(), ..Default::default() };
+    let types = answered(server.catalog().list_event_types(request)).await.unwrap().into_inner().event_types;
+    assert_eq!(types.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["view"]);
+    let request = pb::ListCohortsRequest { project: project(), ..Default::default() };
+    assert!(answered(server.cohorts().list_cohorts(request)).await.unwrap().into_inner().cohorts.is_empty());
+    let request = pb::ListGoalsRequest { project: project(), ..Default::default() };
+    assert!(answered(server.goals().list_goals(request)).await.unwrap().into_inner().goals.is_empty());
+    let request = pb::ListExperimentsRequest { project: project(), ..Default::default() };
+    assert_eq!(
+        answered(server.experiments().list_experiments(request)).await.unwrap().into_inner().experiments.len(),
+        1
+    );
+    // Assignment, which product code calls on its own request path, reads only definitions.
+    let request = pb::AssignRequest {
+        project: project(),
+        experiment_key: "checkout".into(),
+        user_id: "u1".into(),
+        ..Default::default()
+    };
+    let assigned = answered(server.experiments().assign(request)).await.unwrap().into_inner();
+    assert!(["control", "treatment"].contains(&assigned.variant.as_str()), "{assigned:?}");
+    let request = pb::ListHoldoutsRequest { project: project(), ..Default::default() };
+    assert!(answered(server.experiments().list_holdouts(request)).await.unwrap().into_inner().holdouts.is_empty());
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let ids: Vec<String> = server.export("busy").await.into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, ["b1"]);
 }
 
 /// A busy project's queue keeps 16 full batches in memory; past them, batches are spilled to

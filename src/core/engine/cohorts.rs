@@ -26,14 +26,14 @@ impl Engine {
     pub fn get_cohort(&self, project: &str, id: &str) -> Result<Cohort> {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         state.defs.cohort(id).cloned()
     }
 
     /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
     pub fn list_cohorts(&self, project: &str, page: &PageRequest) -> Result<(Vec<(Cohort, usize)>, String)> {
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         let listed: Vec<(Cohort, usize)> = state
             .defs
             .cohorts

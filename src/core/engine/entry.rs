@@ -290,9 +290,10 @@ impl ProjectEntry {
     }
 
     /// The state, with writes not applied yet left pending, and without waiting behind a
-    /// writer waiting for a query (a read lock held lets another in): for what ingestion reads
-    /// on its way to the writer (settings, the tracking plan), which must not wait for queries.
-    /// The events and quarantine it shows may lag the acks (see `pending_quarantine`).
+    /// writer waiting for a query (a read lock held lets another in), nor for the files' check:
+    /// for what the queue never changes, the project's settings and definitions, which ingestion
+    /// reads on its way to the writer and the definitions' calls answer, without waiting for a
+    /// query. The events and quarantine it shows may lag the acks (see `pending_quarantine`).
     pub fn read_without_pending(&self) -> RwLockReadGuard<'_, ProjectState> {
         self.state.read_recursive()
     }

@@ -151,14 +151,14 @@ impl Engine {
     pub fn get_experiment(&self, project: &str, key: &str) -> Result<Experiment> {
         validate_slug("experiment_key", key)?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         state.defs.experiment(key).cloned()
     }
 
     /// Ordered by key, filtered by `ExperimentStatus::passes`.
     pub fn list_experiments(&self, project: &str, statuses: &[Option<ExperimentStatus>]) -> Result<Vec<Experiment>> {
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         Ok(state.defs.experiments.values().filter(|e| e.status.passes(statuses)).cloned().collect())
     }
 
@@ -226,8 +226,9 @@ impl Engine {
         }
         crate::core::ingest::validate_user_id("user_id", user_id)?;
         crate::core::ingest::validate_user_id("anonymous_id", anonymous_id)?;
+        // Definitions only: an assignment never waits for a query on the project.
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         let experiment = state.defs.experiment(key)?;
         let (variant, bucket) = experiment.assign(id);
         if let Some(holdout) = holding_out(&state.defs.holdouts, id, now_micros()) {

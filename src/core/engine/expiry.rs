@@ -80,7 +80,8 @@ impl Engine {
     /// One pass of the retention job over every project with a retention setting.
     pub async fn enforce_retention(self: &Arc<Self>, now: Micros) -> Result<u64> {
         let mut dropped = 0;
-        for project in self.list_projects()? {
+        // Off the executor: listing may refresh from a remote engine.
+        for project in self.off_executor(|engine| engine.list_projects()).await? {
             let Some(before) = project.retention_cutoff(now) else {
                 continue;
             };

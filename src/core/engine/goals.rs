@@ -51,13 +51,13 @@ impl Engine {
     pub fn get_goal(&self, project: &str, id: &str) -> Result<Goal> {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         state.defs.goals.get(id).cloned().ok_or_else(|| Error::NotFound(format!("goal {id} not found", id = echo(id))))
     }
 
     pub fn list_goals(&self, project: &str, metric_key: &str) -> Result<Vec<Goal>> {
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         Ok(state.defs.goals.values().filter(|g| metric_key.is_empty() || g.metric_key == metric_key).cloned().collect())
     }
 

@@ -34,14 +34,14 @@ impl Engine {
     pub fn get_holdout(&self, project: &str, key: &str) -> Result<Holdout> {
         validate_slug("holdout_key", key)?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         state.defs.holdouts.get(key).cloned().ok_or_else(|| not_found(key))
     }
 
     /// Ordered by key.
     pub fn list_holdouts(&self, project: &str) -> Result<Vec<Holdout>> {
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         Ok(state.defs.holdouts.values().cloned().collect())
     }
 

@@ -39,9 +39,10 @@ impl Engine {
             salt: hex(&salt),
             hash: hex(tag.as_ref()),
         };
-        let mut keys = self.api_keys.write();
+        // Stored before the map is locked: authentication reads the map on the executor.
+        let _changing = self.key_changes.lock();
         self.put_meta(MetaKey::ApiKey { project, id: &id }, &key)?;
-        keys.insert(id, key.clone());
+        self.api_keys.write().insert(id, key.clone());
         tracing::info!(project = %project, key = %key.id, role = key.role.name(), "api key created");
         Ok((key, secret))
     }
@@ -59,15 +60,18 @@ impl Engine {
         if id.len() > MAX_KEY_ID_CHARS {
             return Err(Error::invalid("key_id", format!("{} characters, at most {MAX_KEY_ID_CHARS}", id.len())));
         }
-        let mut keys = self.api_keys.write();
-        let key = keys
-            .get_mut(id)
+        // Stored before the map is locked, as in `create_api_key`.
+        let _changing = self.key_changes.lock();
+        let mut revoked = self
+            .api_keys
+            .read()
+            .get(id)
             .filter(|k| k.project == project)
+            .cloned()
             .ok_or_else(|| Error::NotFound(format!("api key {id} not found", id = echo(id))))?;
-        let mut revoked = key.clone();
         revoked.revoked = true;
         self.put_meta(MetaKey::ApiKey { project, id }, &revoked)?;
-        *key = revoked;
+        self.api_keys.write().insert(id.to_owned(), revoked);
         self.api_key_generation.fetch_add(1, Ordering::SeqCst);
         tracing::info!(project = %project, key = %id, "api key revoked");
         Ok(())

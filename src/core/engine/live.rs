@@ -165,8 +165,12 @@ pub async fn watch(
     if *engine.live.stopping.borrow() {
         return Err(Error::Unavailable);
     }
-    // Subscribed before evaluating: a write applied after this point wakes the feed.
-    let changes = engine.project(&spec.project)?.read().changes.subscribe();
+    // Subscribed before evaluating: a write applied after this point wakes the feed. The
+    // channel is all it needs of the state, so queued writes are not applied for it.
+    let project = spec.project.clone();
+    let changes = engine
+        .off_executor(move |engine| Ok(engine.project(&project)?.read_without_pending().changes.subscribe()))
+        .await?;
     let (first, took) = evaluate_live(&engine, &spec).await?;
     let first = Arc::new(first);
     let key = format!("{spec:?}");

@@ -49,7 +49,7 @@ impl Engine {
     pub fn get_metric(&self, project: &str, key: &str, version: u32) -> Result<(Metric, u32)> {
         crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         let metric = state.defs.metrics.metric_version(key, version)?.clone();
         let latest = state.defs.metrics.latest_metric(key)?.version;
         Ok((metric, latest))
@@ -57,7 +57,7 @@ impl Engine {
 
     pub fn list_metrics(&self, project: &str, roles: &[MetricRole]) -> Result<Vec<Metric>> {
         let entry = self.project(project)?;
-        let state = entry.read();
+        let state = entry.read_without_pending();
         Ok(state
             .defs
             .metrics

@@ -131,6 +131,11 @@ pub struct Engine {
     pub(crate) seen: crate::core::ingest::SharedIds,
     /// Every project's API keys by key id (see `auth`).
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
+    /// Held by a key's creation or revocation while it is stored: the keys' map is locked
+    /// only to change it after, since every call's authentication reads it on the executor.
+    pub(crate) key_changes: Mutex<()>,
+    /// Likewise for projects' creation and the projects' map, which every call reads.
+    project_changes: Mutex<()>,
     /// Bumped by every revocation, so open streams re-check their key only when it moves.
     pub(crate) api_key_generation: AtomicU64,
     pub limits: Limits,
@@ -511,6 +516,8 @@ impl Engine {
             seen,
             api_keys: RwLock::new(api_keys),
             api_key_generation: AtomicU64::new(0),
+            key_changes: Mutex::new(()),
+            project_changes: Mutex::new(()),
             limits,
             clock,
             live: crate::core::engine::live::LiveHub::default(),
@@ -872,13 +879,13 @@ impl Engine {
             project.name = project.id.clone();
         }
         project.created = self.clock.now();
-        let mut projects = self.projects.write();
-        if projects.contains_key(&project.id) {
+        let _creating = self.project_changes.lock();
+        if self.projects.read().contains_key(&project.id) {
             return Err(Error::AlreadyExists(format!("project {} already exists", echo(&project.id))));
         }
         self.put_meta(MetaKey::Project(&project.id), &project)?;
         tracing::info!(project = %project.id, "project created");
-        projects.insert(
+        self.projects.write().insert(
             project.id.clone(),
             Arc::new(ProjectEntry::new(ProjectState::new(project.clone(), self.columns.as_ref()))),
         );
@@ -886,14 +893,14 @@ impl Engine {
     }
 
     pub fn get_project(&self, id: &str) -> Result<Project> {
-        Ok(self.project(id)?.read().project.clone())
+        Ok(self.project(id)?.read_without_pending().project.clone())
     }
 
     pub fn list_projects(&self) -> Result<Vec<Project>> {
         self.refresh(None)?;
         // Entries first: no project lock is waited for under the map's lock.
         let entries: Vec<Arc<ProjectEntry>> = self.projects.read().values().cloned().collect();
-        Ok(entries.iter().map(|p| p.read().project.clone()).collect())
+        Ok(entries.iter().map(|p| p.read_without_pending().project.clone()).collect())
     }
 
     pub fn update_project(&self, id: &str, update: ProjectUpdate) -> Result<Project> {
@@ -963,7 +970,7 @@ impl Engine {
     pub fn get_event_type(&self, project: &str, name: &str) -> Result<EventType> {
         validate_name("name", name)?;
         self.project(project)?
-            .read()
+            .read_without_pending()
             .defs
             .event_types
             .get(name)
@@ -972,7 +979,7 @@ impl Engine {
     }
 
     pub fn list_event_types(&self, project: &str) -> Result<Vec<EventType>> {
-        Ok(self.project(project)?.read().defs.event_types.values().cloned().collect())
+        Ok(self.project(project)?.read_without_pending().defs.event_types.values().cloned().collect())
     }
 
     pub fn delete_event_type(&self, project: &str, name: &str) -> Result<()> {
