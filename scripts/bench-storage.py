@@ -9,6 +9,8 @@ scripts/bench-ingest.sh (which prints the load's events/s and peak RssAnon):
 - p99 of 100-event Track calls on a second project, idle and while the loaded project runs
   funnels and retention back to back and receives writes, and of those writes themselves
   (Track on the project being queried);
+- the latency of a short query on the loaded project while it runs funnels and retention, with
+  and without writes to it;
 - bytes on disk per event, and the data dir before / after retention + Compact (on a copy);
   there also DeleteUser's time with the Track calls on the same project meanwhile, and Track
   latency on the compacted project while Compact runs.
@@ -105,6 +107,17 @@ def track_until(ingest, pb, project, stop, tag, out):
         ingest.Track(track_request(pb, project, f"{run}-{tag}-{k}", 100), timeout=3600)
         out.append(time.perf_counter() - t)
         k += 1
+
+
+def short_query(pb, channel, project):
+    """A query that reads little: purchases per day over two days."""
+    m, c = pb["metric"], pb["common"]
+    metrics = pb["metric_grpc"].MetricServiceStub(channel)
+    request = m.QueryMetricRequest(project=project, granularity=c.GRANULARITY_DAY, definition=m.MetricDefinition(
+        key="purchases", kind=m.METRIC_KIND_COUNT, selector=c.EventSelector(event="purchase")))
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+    bench_query.set_range(request.range, start, start + dt.timedelta(days=2))
+    return lambda: metrics.QueryMetric(request, timeout=600)
 
 
 def percentile(values, p):
@@ -244,6 +257,30 @@ def main():
             slowest = max(range(len(own)), key=own.__getitem__)
             print(f"  (the slowest was call {slowest + 1}, {own_started[slowest] - own_started[0]:.2f} s into the load)")
             print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
+
+            # A short query on the project running funnels and retention, without and with
+            # writes to it: a read must see every acked write, so when writes are queued behind
+            # a running query it waits for that query to end (issue 14's snapshots, still open).
+            short = short_query(pb, channel, args.project)
+            for label, writing in (("queried only", False), ("queried and written", True)):
+                stop_load.clear()
+                queries[0] = 0
+                workers = [threading.Thread(target=query_load)] + ([threading.Thread(target=write_load)] if writing else [])
+                for w in workers:
+                    w.start()
+                time.sleep(1)
+                short_times = []
+                deadline = time.perf_counter() + args.seconds
+                while time.perf_counter() < deadline:
+                    t = time.perf_counter()
+                    short()
+                    short_times.append(time.perf_counter() - t)
+                    time.sleep(0.02)
+                stop_load.set()
+                for w in workers:
+                    w.join()
+                print(f"a 2-day event count on the project itself, {label}: p50 {statistics.median(short_times) * 1000:.1f} ms, "
+                      f"p99 {percentile(short_times, 99) * 1000:.1f} ms ({len(short_times)} calls, {queries[0]} heavy queries)")
         finally:
             stop(proc)
 
