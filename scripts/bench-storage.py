@@ -120,6 +120,33 @@ def short_query(pb, channel, project):
     return lambda: metrics.QueryMetric(request, timeout=600)
 
 
+def assign_call(pb, channel, project):
+    """An experiment assignment (made with its metric when missing), as product code calls it."""
+    m, c = pb["metric"], pb["common"]
+    x = importlib.import_module("sextant.v1.experiment_pb2")
+    experiments = importlib.import_module("sextant.v1.experiment_pb2_grpc").ExperimentServiceStub(channel)
+    metric = m.MetricDefinition(key="bench_purchases", kind=m.METRIC_KIND_COUNT,
+                                selector=c.EventSelector(event="purchase"))
+    experiment = x.Experiment(key="bench_assign", variants=[x.Variant(key="control", weight=0.5),
+                                                            x.Variant(key="treatment", weight=0.5)],
+                              primary_metric_keys=["bench_purchases"])
+    for create in (lambda: pb["metric_grpc"].MetricServiceStub(channel).CreateMetric(
+                       m.CreateMetricRequest(project=project, metric=metric)),
+                   lambda: experiments.CreateExperiment(x.CreateExperimentRequest(project=project, experiment=experiment))):
+        try:
+            create()
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+    k = [0]
+
+    def call():
+        k[0] += 1
+        experiments.Assign(x.AssignRequest(project=project, experiment_key="bench_assign", user_id=f"u{k[0]}"),
+                           timeout=600)
+    return call
+
+
 def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -262,6 +289,7 @@ def main():
             # writes to it: a read must see every acked write, so when writes are queued behind
             # a running query it waits for that query to end (issue 14's snapshots, still open).
             short = short_query(pb, channel, args.project)
+            assign = assign_call(pb, channel, args.project)
             for label, writing in (("queried only", False), ("queried and written", True)):
                 stop_load.clear()
                 queries[0] = 0
@@ -269,18 +297,21 @@ def main():
                 for w in workers:
                     w.start()
                 time.sleep(1)
-                short_times = []
+                short_times, assign_times = [], []
                 deadline = time.perf_counter() + args.seconds
                 while time.perf_counter() < deadline:
-                    t = time.perf_counter()
-                    short()
-                    short_times.append(time.perf_counter() - t)
+                    for call, times in ((assign, assign_times), (short, short_times)):
+                        t = time.perf_counter()
+                        call()
+                        times.append(time.perf_counter() - t)
                     time.sleep(0.02)
                 stop_load.set()
                 for w in workers:
                     w.join()
                 print(f"a 2-day event count on the project itself, {label}: p50 {statistics.median(short_times) * 1000:.1f} ms, "
                       f"p99 {percentile(short_times, 99) * 1000:.1f} ms ({len(short_times)} calls, {queries[0]} heavy queries)")
+                print(f"  Assign (reads definitions only) meanwhile: p50 {statistics.median(assign_times) * 1000:.1f} ms, "
+                      f"p99 {percentile(assign_times, 99) * 1000:.1f} ms")
         finally:
             stop(proc)
 
