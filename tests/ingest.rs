@@ -519,15 +519,24 @@ async fn settings_and_definitions_are_read_past_a_query_with_writes_queued() {
         user_id: "u1".into(),
         ..Default::default()
     };
-    let assigned = answered(server.experiments().assign(request)).await.unwrap().into_inner();
+    let assigned = answered(server.experiments().assign(request.clone())).await.unwrap().into_inner();
     assert!(["control", "treatment"].contains(&assigned.variant.as_str()), "{assigned:?}");
+    // With its exposure logged too: the exposure is queued and acked like any write.
+    let logged = pb::AssignRequest { log_exposure: true, ..request };
+    assert_eq!(answered(server.experiments().assign(logged)).await.unwrap().into_inner(), assigned);
+    let request = pb::GetExperimentRequest { project: project(), experiment_key: "checkout".into() };
+    let got = answered(server.experiments().get_experiment(request)).await.unwrap().into_inner();
+    assert_eq!(got.experiment.unwrap().variants.len(), 2);
+    let request = pb::GetEventTypeRequest { project: project(), name: "view".into() };
+    let got = answered(server.catalog().get_event_type(request)).await.unwrap().into_inner();
+    assert_eq!(got.event_type.unwrap().name, "view");
     let request = pb::ListHoldoutsRequest { project: project(), ..Default::default() };
     assert!(answered(server.experiments().list_holdouts(request)).await.unwrap().into_inner().holdouts.is_empty());
 
     release.send(()).unwrap();
     holder.join().unwrap();
-    let ids: Vec<String> = server.export("busy").await.into_iter().map(|e| e.event_id).collect();
-    assert_eq!(ids, ["b1"]);
+    let names: Vec<(String, String)> = server.export("busy").await.into_iter().map(|e| (e.name, e.user_id)).collect();
+    assert_eq!(names, [("view".to_owned(), "u1".to_owned()), ("$exposure".to_owned(), "u1".to_owned())]);
 }
 
 /// A busy project's queue keeps 16 full batches in memory; past them, batches are spilled to

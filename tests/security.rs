@@ -403,3 +403,76 @@ async fn query_time_budget_is_deadline_exceeded() {
     let compacted = server.admin().compact(pb::CompactRequest { project: "p".into() }).await.unwrap().into_inner();
     assert!(compacted.bytes_before > 0 && compacted.bytes_after > 0, "{compacted:?}");
 }
+
+/// Keys made and revoked at once, and one project created by several calls at once: every
+/// creation and revocation sticks, in the server's answers and after a restart, and exactly one
+/// of the project's creations succeeds (each is stored before the shared map is locked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_and_project_changes_all_stick() {
+    let server = TestServer::start_secure(|_| {}).await;
+    let creations = (0..8).map(|_| {
+        let mut projects = server.projects();
+        let project = pb::Project { id: "same".into(), ..Default::default() };
+        tokio::spawn(async move {
+            projects.create_project(bearer(pb::CreateProjectRequest { project: Some(project) }, BOOTSTRAP)).await
+        })
+    });
+    let mut codes: Vec<Code> = Vec::new();
+    for creation in creations.collect::<Vec<_>>() {
+        codes.push(creation.await.unwrap().map_or_else(|status| status.code(), |_| Code::Ok));
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == Code::Ok).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == Code::AlreadyExists).count(), 7, "{codes:?}");
+
+    let made = (0..8).map(|n| {
+        let mut projects = server.projects();
+        let request = pb::CreateApiKeyRequest {
+            project: "same".into(),
+            role: pb::Role::Read as i32,
+            name: format!("k{n}"),
+            expire_time: None,
+        };
+        tokio::spawn(async move { projects.create_api_key(bearer(request, BOOTSTRAP)).await.unwrap().into_inner() })
+    });
+    let mut keys = Vec::new();
+    for key in made.collect::<Vec<_>>() {
+        keys.push(key.await.unwrap());
+    }
+    let revoked: Vec<String> = keys.iter().step_by(2).map(|k| k.key.as_ref().unwrap().id.clone()).collect();
+    let revocations = revoked.iter().map(|id| {
+        let mut projects = server.projects();
+        let request = pb::RevokeApiKeyRequest { project: "same".into(), key_id: id.clone() };
+        tokio::spawn(async move { projects.revoke_api_key(bearer(request, BOOTSTRAP)).await.unwrap() })
+    });
+    for revocation in revocations.collect::<Vec<_>>() {
+        revocation.await.unwrap();
+    }
+
+    let mut server = server;
+    for round in 0..2 {
+        if round == 1 {
+            server = server.restart_with(|c| c.bootstrap_key = Some(BOOTSTRAP.into())).await;
+        }
+        let request = pb::ListApiKeysRequest { project: "same".into(), ..Default::default() };
+        let listed = server.projects().list_api_keys(bearer(request, BOOTSTRAP)).await.unwrap().into_inner().keys;
+        let mut flags: Vec<(String, bool)> = listed.into_iter().map(|k| (k.id, k.revoked)).collect();
+        flags.sort();
+        let mut want: Vec<(String, bool)> = keys
+            .iter()
+            .map(|k| k.key.as_ref().unwrap().id.clone())
+            .map(|id| (id.clone(), revoked.contains(&id)))
+            .collect();
+        want.sort();
+        assert_eq!(flags, want);
+        for key in &keys {
+            let request = bearer(pb::GetProjectRequest { project: "same".into() }, &key.secret);
+            let answer = server.projects().get_project(request).await;
+            let id = &key.key.as_ref().unwrap().id;
+            assert_eq!(
+                answer.map_or_else(|s| s.code(), |_| Code::Ok),
+                if revoked.contains(id) { Code::Unauthenticated } else { Code::Ok },
+                "{id}"
+            );
+        }
+    }
+}

@@ -294,6 +294,9 @@ impl ProjectEntry {
     /// for what the queue never changes, the project's settings and definitions, which ingestion
     /// reads on its way to the writer and the definitions' calls answer, without waiting for a
     /// query. The events and quarantine it shows may lag the acks (see `pending_quarantine`).
+    /// After a failed check it still answers (the process is ending on that failure). Its
+    /// readers hold the lock only to copy what they need, so a writer waiting meanwhile finds
+    /// it free between them.
     pub fn read_without_pending(&self) -> RwLockReadGuard<'_, ProjectState> {
         self.state.read_recursive()
     }

@@ -248,8 +248,11 @@ impl Engine {
         self.limits.check_batch("exposures", items.len())?;
         let entry = self.project(project)?;
         let now = now_micros();
+        // Definitions only (the experiment's variants): queued writes are not applied for them,
+        // so logging exposures waits for no query on the project.
         let (mut outcome, events, origin) = self
-            .read_project(&entry, move |engine, state| {
+            .off_executor(move |engine| {
+                let state = &*entry.read_without_pending();
                 let mut outcome = ExposureOutcome::default();
                 let mut events = Vec::with_capacity(items.len());
                 let mut origin = Vec::with_capacity(items.len());

@@ -885,10 +885,12 @@ impl Engine {
         }
         self.put_meta(MetaKey::Project(&project.id), &project)?;
         tracing::info!(project = %project.id, "project created");
-        self.projects.write().insert(
-            project.id.clone(),
-            Arc::new(ProjectEntry::new(ProjectState::new(project.clone(), self.columns.as_ref()))),
-        );
+        // An entry a remote engine's refresh made meanwhile (from the meta just stored) stays:
+        // calls may hold it already.
+        self.projects
+            .write()
+            .entry(project.id.clone())
+            .or_insert_with(|| Arc::new(ProjectEntry::new(ProjectState::new(project.clone(), self.columns.as_ref()))));
         Ok(project)
     }
 
