@@ -121,7 +121,8 @@ def short_query(pb, channel, project):
 
 
 def assign_call(pb, channel, project):
-    """An experiment assignment (made with its metric when missing), as product code calls it."""
+    """An experiment assignment (made with its metric when missing), as product code calls it, and
+    a definition change: a new version of that metric."""
     m, c = pb["metric"], pb["common"]
     x = importlib.import_module("sextant.v1.experiment_pb2")
     experiments = importlib.import_module("sextant.v1.experiment_pb2_grpc").ExperimentServiceStub(channel)
@@ -144,7 +145,11 @@ def assign_call(pb, channel, project):
         k[0] += 1
         experiments.Assign(x.AssignRequest(project=project, experiment_key="bench_assign", user_id=f"u{k[0]}"),
                            timeout=600)
-    return call
+
+    def change():
+        pb["metric_grpc"].MetricServiceStub(channel).UpdateMetric(m.UpdateMetricRequest(project=project, metric=metric),
+                                                                  timeout=600)
+    return call, change
 
 
 def percentile(values, p):
@@ -289,7 +294,7 @@ def main():
             # writes to it: a read must see every acked write, so when writes are queued behind
             # a running query it waits for that query to end (issue 14's snapshots, still open).
             short = short_query(pb, channel, args.project)
-            assign = assign_call(pb, channel, args.project)
+            assign, change = assign_call(pb, channel, args.project)
             for label, writing in (("queried only", False), ("queried and written", True)):
                 stop_load.clear()
                 queries[0] = 0
@@ -297,10 +302,10 @@ def main():
                 for w in workers:
                     w.start()
                 time.sleep(1)
-                short_times, assign_times = [], []
+                short_times, assign_times, change_times = [], [], []
                 deadline = time.perf_counter() + args.seconds
                 while time.perf_counter() < deadline:
-                    for call, times in ((assign, assign_times), (short, short_times)):
+                    for call, times in ((assign, assign_times), (change, change_times), (short, short_times)):
                         t = time.perf_counter()
                         call()
                         times.append(time.perf_counter() - t)
@@ -312,6 +317,8 @@ def main():
                       f"p99 {percentile(short_times, 99) * 1000:.1f} ms ({len(short_times)} calls, {queries[0]} heavy queries)")
                 print(f"  Assign (reads definitions only) meanwhile: p50 {statistics.median(assign_times) * 1000:.1f} ms, "
                       f"p99 {percentile(assign_times, 99) * 1000:.1f} ms")
+                print(f"  UpdateMetric (a definition change) meanwhile: p50 {statistics.median(change_times) * 1000:.1f} ms, "
+                      f"p99 {percentile(change_times, 99) * 1000:.1f} ms")
         finally:
             stop(proc)
 

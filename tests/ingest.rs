@@ -488,6 +488,7 @@ async fn settings_and_definitions_are_read_past_a_query_with_writes_queued() {
     server.experiments().create_experiment(request).await.unwrap();
     let (release, holder) = hold_project(&server, "busy");
     assert_eq!(acked(spawn_track(&server, "busy", "b1")).await.unwrap().unwrap().into_inner().accepted, 1);
+    assert_eq!(acked(spawn_track(&server, "busy", "b2")).await.unwrap().unwrap().into_inner().accepted, 1);
 
     // Each would wait for the query if it applied the queued write first.
     let project = || "busy".to_owned();
@@ -533,10 +534,49 @@ async fn settings_and_definitions_are_read_past_a_query_with_writes_queued() {
     let request = pb::ListHoldoutsRequest { project: project(), ..Default::default() };
     assert!(answered(server.experiments().list_holdouts(request)).await.unwrap().into_inner().holdouts.is_empty());
 
+    // Definitions change without waiting for the query either, and reads see each change at
+    // once: a new metric version, a started experiment, a renamed project.
+    let users_who_viewed = pb::MetricDefinition {
+        key: "views".into(),
+        kind: pb::MetricKind::UniqueUsers as i32,
+        selector: Some(pb::EventSelector { event: "view".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let request = pb::UpdateMetricRequest { project: project(), metric: Some(users_who_viewed) };
+    let updated = answered(server.metrics().update_metric(request)).await.unwrap().into_inner();
+    assert_eq!(updated.metric.unwrap().version, 2);
+    let request = pb::GetMetricRequest { project: project(), key: "views".into(), version: 0 };
+    let got = answered(server.metrics().get_metric(request)).await.unwrap().into_inner();
+    assert_eq!(got.metric.unwrap().kind, pb::MetricKind::UniqueUsers as i32);
+    let request = pb::StartExperimentRequest { project: project(), experiment_key: "checkout".into() };
+    answered(server.experiments().start_experiment(request)).await.unwrap();
+    let request = pb::GetExperimentRequest { project: project(), experiment_key: "checkout".into() };
+    let got = answered(server.experiments().get_experiment(request)).await.unwrap().into_inner();
+    assert_eq!(got.experiment.unwrap().status, pb::ExperimentStatus::Running as i32);
+    let request = pb::UpdateProjectRequest {
+        project: project(),
+        update: Some(pb::Project { name: "Busy shop".into(), ..Default::default() }),
+        update_mask: vec!["name".into()],
+    };
+    answered(server.projects().update_project(request)).await.unwrap();
+    let got = answered(server.projects().get_project(pb::GetProjectRequest { project: project() })).await;
+    assert_eq!(got.unwrap().into_inner().project.unwrap().name, "Busy shop");
+
     release.send(()).unwrap();
     holder.join().unwrap();
-    let names: Vec<(String, String)> = server.export("busy").await.into_iter().map(|e| (e.name, e.user_id)).collect();
-    assert_eq!(names, [("view".to_owned(), "u1".to_owned()), ("$exposure".to_owned(), "u1".to_owned())]);
+    let names: Vec<String> = server.export("busy").await.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["view", "view", "$exposure"]);
+    // A query after the changes reads them: the stored metric now counts users (u1 once, where
+    // its first version counted both views).
+    let query = pb::QueryMetricRequest {
+        project: project(),
+        metric: Some(pb::query_metric_request::Metric::MetricKey("views".into())),
+        range: Some(pb::TimeRange { from: Some(ts(0)), to: Some(ts(86_400)) }),
+        granularity: pb::Granularity::Total as i32,
+        ..Default::default()
+    };
+    let reply = server.metrics().query_metric(query).await.unwrap().into_inner();
+    assert_eq!((reply.metric_version, reply.series[0].total), (2, 1.0));
 }
 
 /// A busy project's queue keeps 16 full batches in memory; past them, batches are spilled to

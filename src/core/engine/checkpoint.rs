@@ -132,7 +132,7 @@ impl Checkpointer {
         // Queued writes would be in the log before the position but in no file: the log's
         // truncation would lose them. The writer starts a checkpoint only with none queued (its
         // applier drained, no project handed to it), and none can be queued now.
-        let queued = states.iter().find(|(_, entry, _)| entry.has_pending());
+        let queued = states.iter().find(|(_, entry, _)| entry.has_queued_writes());
         let seen = match queued {
             Some((id, _, _)) => Err(crate::error::Error::Internal(format!(
                 "project {id} has writes not applied yet; the checkpoint is put off"

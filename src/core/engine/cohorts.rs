@@ -13,27 +13,28 @@ impl Engine {
     pub fn create_cohort(&self, project: &str, mut cohort: Cohort) -> Result<Cohort> {
         cohort.validate()?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        if state.defs.cohorts.contains_key(&cohort.id) {
-            return Err(Error::AlreadyExists(format!("cohort {} already exists", echo(&cohort.id))));
-        }
-        cohort.created = self.clock.now();
-        self.put_meta(MetaKey::Cohort { project, id: &cohort.id }, &cohort)?;
-        state.defs.cohorts.insert(cohort.id.clone(), cohort.clone());
-        Ok(cohort)
+        entry.change_settings(|state| {
+            if state.defs.cohorts.contains_key(&cohort.id) {
+                return Err(Error::AlreadyExists(format!("cohort {} already exists", echo(&cohort.id))));
+            }
+            cohort.created = self.clock.now();
+            self.put_meta(MetaKey::Cohort { project, id: &cohort.id }, &cohort)?;
+            state.defs_mut().cohorts.insert(cohort.id.clone(), cohort.clone());
+            Ok(cohort)
+        })
     }
 
     pub fn get_cohort(&self, project: &str, id: &str) -> Result<Cohort> {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         state.defs.cohort(id).cloned()
     }
 
     /// Cohorts by id; static cohorts without their ids (see `Cohort::static_size`).
     pub fn list_cohorts(&self, project: &str, page: &PageRequest) -> Result<(Vec<(Cohort, usize)>, String)> {
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         let listed: Vec<(Cohort, usize)> = state
             .defs
             .cohorts
@@ -59,18 +60,27 @@ impl Engine {
     pub fn delete_cohort(&self, project: &str, id: &str) -> Result<()> {
         validate_slug("id", id)?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        if !state.defs.cohorts.contains_key(id) {
-            return Err(Error::NotFound(format!("cohort {id} not found", id = echo(id))));
-        }
-        let referrers: Vec<String> =
-            state.defs.goals.values().filter(|g| g.cohort_id == id).map(|g| format!("goal {}", echo(&g.id))).collect();
-        if !referrers.is_empty() {
-            return Err(Error::FailedPrecondition(format!("cohort {id:?} is referenced by {}", referrers.join(", "))));
-        }
-        self.delete_meta(MetaKey::Cohort { project, id })?;
-        state.defs.cohorts.remove(id);
-        Ok(())
+        entry.change_settings(|state| {
+            if !state.defs.cohorts.contains_key(id) {
+                return Err(Error::NotFound(format!("cohort {id} not found", id = echo(id))));
+            }
+            let referrers: Vec<String> = state
+                .defs
+                .goals
+                .values()
+                .filter(|g| g.cohort_id == id)
+                .map(|g| format!("goal {}", echo(&g.id)))
+                .collect();
+            if !referrers.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "cohort {id:?} is referenced by {}",
+                    referrers.join(", ")
+                )));
+            }
+            self.delete_meta(MetaKey::Cohort { project, id })?;
+            state.defs_mut().cohorts.remove(id);
+            Ok(())
+        })
     }
 
     /// One page of members by id: the uploaded ids of a static cohort, or the people a

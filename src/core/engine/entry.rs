@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::core::engine::ProjectState;
+use crate::core::engine::{ProjectState, Settings};
 use crate::core::store::record::{LogRecord, decode_record};
 use crate::core::store::table::FileGroup;
 use crate::storage::Encoded;
@@ -36,6 +36,11 @@ pub type Reply = Box<dyn FnOnce() + Send>;
 /// Everything known about one project, and its durable writes not applied yet.
 pub struct ProjectEntry {
     state: RwLock<ProjectState>,
+    /// The settings and definitions as last changed, read without the state's lock; the
+    /// state's copy takes them at its next apply (`change_settings`).
+    settings: RwLock<Arc<Settings>>,
+    /// Held by a change of the settings from reading them to publishing the change.
+    changing_settings: Mutex<()>,
     pending: Mutex<Pending>,
     /// The check of the files the state was loaded from, which reads wait for (none: made
     /// after the start, from nothing unverified).
@@ -176,6 +181,8 @@ pub struct PendingLimits {
 #[derive(Default)]
 struct Pending {
     jobs: VecDeque<PendingJob>,
+    /// Settings changed since the state's copy was last brought up to date.
+    settings: Option<Arc<Settings>>,
     /// Items (see `PendingLimits::items`) held in memory in `jobs`.
     items: usize,
     /// Where the spilled jobs of `jobs` are (made when the first one is).
@@ -245,7 +252,54 @@ const APPLY_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl ProjectEntry {
     pub fn new(state: ProjectState) -> ProjectEntry {
-        ProjectEntry { state: RwLock::new(state), pending: Mutex::default(), verification: None }
+        let settings = Arc::new(Settings { project: state.project.clone(), defs: state.defs.clone() });
+        ProjectEntry {
+            state: RwLock::new(state),
+            settings: RwLock::new(settings),
+            changing_settings: Mutex::new(()),
+            pending: Mutex::default(),
+            verification: None,
+        }
+    }
+
+    /// The settings and definitions as last changed, without the state's lock: reads of them
+    /// wait for no query (the queue of writes never changes them).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().clone()
+    }
+
+    /// Changes the settings or definitions: `change` checks and stores a copy; once it
+    /// succeeds, the copy is what `settings` returns, and what the state holds from its next
+    /// apply, which every read and write of the state makes first. So a change waits for no
+    /// query, and every read that starts after it sees it.
+    pub fn change_settings<T>(
+        &self,
+        change: impl FnOnce(&mut Settings) -> crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        let changing = self.changing_settings.lock();
+        let mut settings = Settings::clone(&self.settings.read());
+        let changed = change(&mut settings)?;
+        let settings = Arc::new(settings);
+        *self.settings.write() = settings.clone();
+        self.pending.lock().settings = Some(settings);
+        // Released before the state's lock is asked for: `replace_state` takes them the other
+        // way round.
+        drop(changing);
+        match self.state.try_write() {
+            Some(mut state) => self.apply_pending(&mut state),
+            // Live queries re-read the state, which applies the change first.
+            None => self.state.read_recursive().changes.send_modify(|n| *n += 1),
+        }
+        Ok(changed)
+    }
+
+    /// `replace` on the state (held for writing), whose settings become the ones published.
+    pub fn replace_state(&self, state: &mut ProjectState, replace: impl FnOnce(&mut ProjectState)) {
+        let _changing = self.changing_settings.lock();
+        // A change published since the caller's apply reaches the state before the replace.
+        self.apply_pending(state);
+        replace(state);
+        *self.settings.write() = Arc::new(Settings { project: state.project.clone(), defs: state.defs.clone() });
     }
 
     /// A project loaded from files that `verification` checks.
@@ -321,7 +375,15 @@ impl ProjectEntry {
         Some(state)
     }
 
+    /// Whether the state is behind: writes queued, or settings changed since its last apply.
     pub fn has_pending(&self) -> bool {
+        let pending = self.pending.lock();
+        !pending.jobs.is_empty() || pending.settings.is_some()
+    }
+
+    /// Whether log records are queued (settings are not in the log, so no checkpoint waits
+    /// for them).
+    pub fn has_queued_writes(&self) -> bool {
         !self.pending.lock().jobs.is_empty()
     }
 
@@ -386,13 +448,17 @@ impl ProjectEntry {
     /// that waited for them and wakes the project's live queries (`engine::live`).
     fn apply_pending(&self, state: &mut ProjectState) {
         // The spill goes with its jobs: later ones start a new file.
-        let (jobs, spill) = {
+        let (jobs, spill, settings) = {
             let mut pending = self.pending.lock();
             pending.items = 0;
-            (std::mem::take(&mut pending.jobs), pending.spill.take())
+            (std::mem::take(&mut pending.jobs), pending.spill.take(), pending.settings.take())
         };
-        if jobs.is_empty() {
+        if jobs.is_empty() && settings.is_none() {
             return;
+        }
+        if let Some(settings) = settings {
+            state.project = settings.project.clone();
+            state.defs = settings.defs.clone();
         }
         for job in &jobs {
             match &job.records {
@@ -468,6 +534,40 @@ mod tests {
 
     fn entry() -> Arc<ProjectEntry> {
         Arc::new(ProjectEntry::new(ProjectState::for_test("p")))
+    }
+
+    /// A change of the settings waits for no query: `settings` has it at once, the query's
+    /// state keeps its copy, and the next read applies it; a failed change publishes nothing.
+    #[test]
+    fn settings_change_past_a_query_and_reach_the_state_at_its_next_read() {
+        let entry = entry();
+        let query = entry.read();
+        let renamed = entry.change_settings(|settings| {
+            settings.project.name = "renamed".into();
+            Ok(settings.project.name.clone())
+        });
+        assert_eq!(renamed.unwrap(), "renamed");
+        let failed = entry.change_settings(|settings| -> crate::error::Result<()> {
+            settings.project.name = "never".into();
+            Err(crate::error::Error::invalid("name", "refused"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(entry.settings().project.name, "renamed");
+        assert_eq!(query.project.name, "p", "the running query's state does not change under it");
+        assert!(entry.has_pending() && !entry.has_queued_writes(), "settings are not log records");
+        assert_eq!(*query.changes.borrow(), 1, "live queries are woken to read again");
+        drop(query);
+        assert_eq!(entry.read().project.name, "renamed");
+        assert!(!entry.has_pending());
+        // With no query holding the state, the change reaches it at once.
+        entry
+            .change_settings(|settings| {
+                settings.project.timezone = "Europe/Berlin".into();
+                Ok(())
+            })
+            .unwrap();
+        assert!(!entry.has_pending());
+        assert_eq!(entry.read_without_pending().project.timezone, "Europe/Berlin");
     }
 
     /// Counts the replies run, and says whether `push` gave its reply back (3 items in

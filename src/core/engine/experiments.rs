@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::core::catalog::validate_slug;
 use crate::core::engine::meta::MetaKey;
-use crate::core::engine::{Definitions, Engine, ProjectState};
+use crate::core::engine::{Definitions, Engine, ProjectState, Settings};
 use crate::core::experiment::definition::{
     EXPERIMENT_PROPERTY, EXPOSURE_EVENT, Experiment, ExperimentStatus, MetricRole, ReadoutConfig, VARIANT_PROPERTY,
 };
@@ -80,8 +80,8 @@ pub struct ExperimentResults {
 }
 
 /// Checks that every metric exists and can be analysed in an experiment.
-fn check_metrics(state: &ProjectState, experiment: &Experiment) -> Result<()> {
-    let metrics = state.defs.metrics.latest_metrics();
+fn check_metrics(defs: &Definitions, experiment: &Experiment) -> Result<()> {
+    let metrics = defs.metrics.latest_metrics();
     let mut index = [0usize; 3];
     for (role, key) in experiment.metrics() {
         let slot = &mut index[role as usize];
@@ -108,17 +108,18 @@ impl Engine {
     pub fn create_experiment(&self, project: &str, mut experiment: Experiment) -> Result<Experiment> {
         experiment.normalize()?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        if state.defs.experiments.contains_key(&experiment.key) {
-            return Err(Error::AlreadyExists(format!("experiment {} already exists", echo(&experiment.key))));
-        }
-        check_metrics(&state, &experiment)?;
-        experiment.status = ExperimentStatus::Draft;
-        (experiment.created, experiment.updated) = (now_micros(), now_micros());
-        self.put_meta(MetaKey::Experiment { project, key: &experiment.key }, &experiment)?;
-        tracing::info!(project = %project, experiment = %experiment.key, "experiment created");
-        state.defs.experiments.insert(experiment.key.clone(), experiment.clone());
-        Ok(experiment)
+        entry.change_settings(|state| {
+            if state.defs.experiments.contains_key(&experiment.key) {
+                return Err(Error::AlreadyExists(format!("experiment {} already exists", echo(&experiment.key))));
+            }
+            check_metrics(&state.defs, &experiment)?;
+            experiment.status = ExperimentStatus::Draft;
+            (experiment.created, experiment.updated) = (now_micros(), now_micros());
+            self.put_meta(MetaKey::Experiment { project, key: &experiment.key }, &experiment)?;
+            tracing::info!(project = %project, experiment = %experiment.key, "experiment created");
+            state.defs_mut().experiments.insert(experiment.key.clone(), experiment.clone());
+            Ok(experiment)
+        })
     }
 
     /// Replaces a definition. Once started, the assignment (seed, variants, coverage) is
@@ -126,39 +127,40 @@ impl Engine {
     pub fn update_experiment(&self, project: &str, mut experiment: Experiment) -> Result<Experiment> {
         validate_slug("experiment.key", &experiment.key)?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        let previous = state.defs.experiment(&experiment.key)?.clone();
-        if previous.status != ExperimentStatus::Draft {
-            experiment.start_time = experiment.start_time.or(previous.start_time);
-        }
-        if previous.status == ExperimentStatus::Stopped {
-            experiment.end_time = experiment.end_time.or(previous.end_time);
-        }
-        experiment.normalize()?;
-        if previous.status != ExperimentStatus::Draft && previous.reassigns(&experiment) {
-            return Err(Error::FailedPrecondition(format!(
-                "experiment {} has started: seed, variants and coverage can no longer change (it would reassign users)",
-                echo(&experiment.key)
-            )));
-        }
-        check_metrics(&state, &experiment)?;
-        (experiment.status, experiment.created, experiment.updated) = (previous.status, previous.created, now_micros());
-        self.put_meta(MetaKey::Experiment { project, key: &experiment.key }, &experiment)?;
-        state.defs.experiments.insert(experiment.key.clone(), experiment.clone());
-        Ok(experiment)
+        entry.change_settings(|state| {
+            let previous = state.defs.experiment(&experiment.key)?.clone();
+            if previous.status != ExperimentStatus::Draft {
+                experiment.start_time = experiment.start_time.or(previous.start_time);
+            }
+            if previous.status == ExperimentStatus::Stopped {
+                experiment.end_time = experiment.end_time.or(previous.end_time);
+            }
+            experiment.normalize()?;
+            if previous.status != ExperimentStatus::Draft && previous.reassigns(&experiment) {
+                return Err(Error::FailedPrecondition(format!(
+                    "experiment {} has started: seed, variants and coverage can no longer change (it would reassign users)",
+                    echo(&experiment.key)
+                )));
+            }
+            check_metrics(&state.defs, &experiment)?;
+            (experiment.status, experiment.created, experiment.updated) = (previous.status, previous.created, now_micros());
+            self.put_meta(MetaKey::Experiment { project, key: &experiment.key }, &experiment)?;
+            state.defs_mut().experiments.insert(experiment.key.clone(), experiment.clone());
+            Ok(experiment)
+        })
     }
 
     pub fn get_experiment(&self, project: &str, key: &str) -> Result<Experiment> {
         validate_slug("experiment_key", key)?;
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         state.defs.experiment(key).cloned()
     }
 
     /// Ordered by key, filtered by `ExperimentStatus::passes`.
     pub fn list_experiments(&self, project: &str, statuses: &[Option<ExperimentStatus>]) -> Result<Vec<Experiment>> {
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         Ok(state.defs.experiments.values().filter(|e| e.status.passes(statuses)).cloned().collect())
     }
 
@@ -204,16 +206,17 @@ impl Engine {
     ) -> Result<Experiment> {
         validate_slug("experiment_key", key)?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        let mut experiment = state.defs.experiment(key)?.clone();
-        let now = now_micros();
-        if change(&mut experiment, now)? {
-            experiment.updated = now;
-            self.put_meta(MetaKey::Experiment { project, key }, &experiment)?;
-            tracing::info!(project = %project, experiment = %key, status = ?experiment.status, "experiment status changed");
-            state.defs.experiments.insert(key.to_owned(), experiment.clone());
-        }
-        Ok(experiment)
+        entry.change_settings(|state| {
+            let mut experiment = state.defs.experiment(key)?.clone();
+            let now = now_micros();
+            if change(&mut experiment, now)? {
+                experiment.updated = now;
+                self.put_meta(MetaKey::Experiment { project, key }, &experiment)?;
+                tracing::info!(project = %project, experiment = %key, status = ?experiment.status, "experiment status changed");
+                state.defs_mut().experiments.insert(key.to_owned(), experiment.clone());
+            }
+            Ok(experiment)
+        })
     }
 
     /// The variant `user_id` (or `anonymous_id` without one) gets, in any status; none while a
@@ -228,7 +231,7 @@ impl Engine {
         crate::core::ingest::validate_user_id("anonymous_id", anonymous_id)?;
         // Definitions only: an assignment never waits for a query on the project.
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         let experiment = state.defs.experiment(key)?;
         let (variant, bucket) = experiment.assign(id);
         if let Some(holdout) = holding_out(&state.defs.holdouts, id, now_micros()) {
@@ -252,7 +255,7 @@ impl Engine {
         // so logging exposures waits for no query on the project.
         let (mut outcome, events, origin) = self
             .off_executor(move |engine| {
-                let state = &*entry.read_without_pending();
+                let state = &*entry.settings();
                 let mut outcome = ExposureOutcome::default();
                 let mut events = Vec::with_capacity(items.len());
                 let mut origin = Vec::with_capacity(items.len());
@@ -366,7 +369,7 @@ impl Engine {
 }
 
 /// A `$exposure` event for an exposure, checked against its experiment.
-fn exposure_event(state: &ProjectState, item: ExposureItem, now: Micros) -> Result<Event> {
+fn exposure_event(state: &Settings, item: ExposureItem, now: Micros) -> Result<Event> {
     validate_slug("experiment_key", &item.experiment_key)?;
     let experiment = state.defs.experiment(&item.experiment_key)?;
     if experiment.variant_index(&item.variant).is_none() {

@@ -17,31 +17,32 @@ impl Engine {
     pub fn create_holdout(&self, project: &str, mut holdout: Holdout) -> Result<Holdout> {
         holdout.validate()?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        if state.defs.holdouts.contains_key(&holdout.key) {
-            return Err(Error::AlreadyExists(format!("holdout {:?} already exists", holdout.key)));
-        }
-        check_metrics(&state.defs.metrics, &holdout)?;
-        let now = self.clock.now();
-        holdout.start_time.get_or_insert(now);
-        (holdout.created, holdout.updated) = (now, now);
-        self.put_meta(MetaKey::Holdout { project, key: &holdout.key }, &holdout)?;
-        tracing::info!(project = %project, holdout = %holdout.key, percent = holdout.percent, "holdout created");
-        state.defs.holdouts.insert(holdout.key.clone(), holdout.clone());
-        Ok(holdout)
+        entry.change_settings(|state| {
+            if state.defs.holdouts.contains_key(&holdout.key) {
+                return Err(Error::AlreadyExists(format!("holdout {:?} already exists", holdout.key)));
+            }
+            check_metrics(&state.defs.metrics, &holdout)?;
+            let now = self.clock.now();
+            holdout.start_time.get_or_insert(now);
+            (holdout.created, holdout.updated) = (now, now);
+            self.put_meta(MetaKey::Holdout { project, key: &holdout.key }, &holdout)?;
+            tracing::info!(project = %project, holdout = %holdout.key, percent = holdout.percent, "holdout created");
+            state.defs_mut().holdouts.insert(holdout.key.clone(), holdout.clone());
+            Ok(holdout)
+        })
     }
 
     pub fn get_holdout(&self, project: &str, key: &str) -> Result<Holdout> {
         validate_slug("holdout_key", key)?;
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         state.defs.holdouts.get(key).cloned().ok_or_else(|| not_found(key))
     }
 
     /// Ordered by key.
     pub fn list_holdouts(&self, project: &str) -> Result<Vec<Holdout>> {
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         Ok(state.defs.holdouts.values().cloned().collect())
     }
 
@@ -49,18 +50,19 @@ impl Engine {
     pub fn stop_holdout(&self, project: &str, key: &str) -> Result<Holdout> {
         validate_slug("holdout_key", key)?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        let mut holdout = state.defs.holdouts.get(key).cloned().ok_or_else(|| not_found(key))?;
-        let now = self.clock.now();
-        if holdout.end_time.is_some_and(|end| end <= now) {
-            return Ok(holdout);
-        }
-        holdout.end_time = Some(now.max(holdout.start_time.unwrap_or(now)));
-        holdout.updated = now;
-        self.put_meta(MetaKey::Holdout { project, key }, &holdout)?;
-        tracing::info!(project = %project, holdout = %key, "holdout stopped");
-        state.defs.holdouts.insert(key.to_owned(), holdout.clone());
-        Ok(holdout)
+        entry.change_settings(|state| {
+            let mut holdout = state.defs.holdouts.get(key).cloned().ok_or_else(|| not_found(key))?;
+            let now = self.clock.now();
+            if holdout.end_time.is_some_and(|end| end <= now) {
+                return Ok(holdout);
+            }
+            holdout.end_time = Some(now.max(holdout.start_time.unwrap_or(now)));
+            holdout.updated = now;
+            self.put_meta(MetaKey::Holdout { project, key }, &holdout)?;
+            tracing::info!(project = %project, holdout = %key, "holdout stopped");
+            state.defs_mut().holdouts.insert(key.to_owned(), holdout.clone());
+            Ok(holdout)
+        })
     }
 
     /// Held-out people (`holdout`, the control) against everyone else seen in

@@ -188,7 +188,7 @@ impl Engine {
         // A remote engine's stored ids, looked up at once for the events the plan may judge
         // (see `Received::stored`); when the plan judges none, `store_events` answers.
         let remote_stored = match self.remote() {
-            Some(remote) if enforce_plan && entry.read_without_pending().project.enforcement != Enforcement::Allow => {
+            Some(remote) if enforce_plan && entry.settings().project.enforcement != Enforcement::Allow => {
                 let ids: Vec<String> =
                     items.iter().filter_map(|item| item.event.as_ref().ok().map(|e| e.event_id.clone())).collect();
                 remote.stored_ids(project_id, &ids)?
@@ -196,10 +196,11 @@ impl Engine {
             _ => Default::default(),
         };
         let sorted = {
-            // Settings and the plan only, plus what quarantine holds: no waiting for a query
-            // on the project (see `ProjectEntry::read_without_pending`).
+            // Settings and the plan as last changed, plus what quarantine holds: no waiting for
+            // a query on the project (see `ProjectEntry::read_without_pending`).
+            let settings = entry.settings();
             let state = entry.read_without_pending();
-            let enforcement = if enforce_plan { state.project.enforcement } else { Enforcement::Allow };
+            let enforcement = if enforce_plan { settings.project.enforcement } else { Enforcement::Allow };
             let held: std::collections::HashSet<&str> =
                 state.data.quarantine.values().map(|q| q.event.event_id.as_str()).collect();
             let mut held_pending = std::collections::HashSet::new();
@@ -214,8 +215,8 @@ impl Engine {
             let (key_known, keys) = self.property_keys(&state);
             let received = ingest::Received { stored: &stored, quarantined: &quarantined, key_known: &key_known, keys };
             let now = self.clock.now();
-            let cutoff = state.project.retention_cutoff(now);
-            ingest::sort_batch(items, enforcement, &state.defs.event_types, &self.limits, now, cutoff, &received)
+            let cutoff = settings.project.retention_cutoff(now);
+            ingest::sort_batch(items, enforcement, &settings.defs.event_types, &self.limits, now, cutoff, &received)
         };
         let mut outcome = sorted.outcome;
         // Ids stored before are answered here and never written again: a client re-sending a

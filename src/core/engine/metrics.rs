@@ -17,39 +17,40 @@ impl Engine {
     pub fn create_metric(&self, project: &str, mut metric: Metric) -> Result<Metric> {
         metric.validate()?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        if state.defs.metrics.contains_key(&metric.key) {
-            return Err(Error::AlreadyExists(format!("metric {} already exists", echo(&metric.key))));
-        }
-        check_graph(&state.defs.metrics, &metric)?;
-        let now = now_micros();
-        (metric.version, metric.created, metric.updated) = (1, now, now);
-        self.put_meta(MetaKey::Metric { project, key: &metric.key, version: 1 }, &metric)?;
-        state.defs.metrics.insert(metric.key.clone(), vec![metric.clone()]);
-        Ok(metric)
+        entry.change_settings(|state| {
+            if state.defs.metrics.contains_key(&metric.key) {
+                return Err(Error::AlreadyExists(format!("metric {} already exists", echo(&metric.key))));
+            }
+            check_graph(&state.defs.metrics, &metric)?;
+            let now = now_micros();
+            (metric.version, metric.created, metric.updated) = (1, now, now);
+            self.put_meta(MetaKey::Metric { project, key: &metric.key, version: 1 }, &metric)?;
+            state.defs_mut().metrics.insert(metric.key.clone(), vec![metric.clone()]);
+            Ok(metric)
+        })
     }
 
     /// Stores a new version; earlier versions stay readable.
     pub fn update_metric(&self, project: &str, mut metric: Metric) -> Result<Metric> {
         metric.validate()?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        let previous = state.defs.metrics.latest_metric(&metric.key)?.clone();
-        check_graph(&state.defs.metrics, &metric)?;
-        metric.version = previous.version + 1;
-        metric.created = previous.created;
-        metric.updated = now_micros();
-        self.put_meta(MetaKey::Metric { project, key: &metric.key, version: metric.version }, &metric)?;
-        state.defs.metrics.entry(metric.key.clone()).or_default().push(metric.clone());
-        state.changes.send_modify(|n| *n += 1);
-        Ok(metric)
+        entry.change_settings(|state| {
+            let previous = state.defs.metrics.latest_metric(&metric.key)?.clone();
+            check_graph(&state.defs.metrics, &metric)?;
+            metric.version = previous.version + 1;
+            metric.created = previous.created;
+            metric.updated = now_micros();
+            self.put_meta(MetaKey::Metric { project, key: &metric.key, version: metric.version }, &metric)?;
+            state.defs_mut().metrics.entry(metric.key.clone()).or_default().push(metric.clone());
+            Ok(metric)
+        })
     }
 
     /// A version of a metric (0: the latest) and the latest version number.
     pub fn get_metric(&self, project: &str, key: &str, version: u32) -> Result<(Metric, u32)> {
         crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         let metric = state.defs.metrics.metric_version(key, version)?.clone();
         let latest = state.defs.metrics.latest_metric(key)?.version;
         Ok((metric, latest))
@@ -57,7 +58,7 @@ impl Engine {
 
     pub fn list_metrics(&self, project: &str, roles: &[MetricRole]) -> Result<Vec<Metric>> {
         let entry = self.project(project)?;
-        let state = entry.read_without_pending();
+        let state = entry.settings();
         Ok(state
             .defs
             .metrics
@@ -83,46 +84,50 @@ impl Engine {
     fn remove_metric(&self, project: &str, key: &str) -> Result<bool> {
         crate::core::catalog::validate_slug("key", key)?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        let versions = state
-            .defs
-            .metrics
-            .get(key)
-            .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))?
-            .clone();
-        let referrers: Vec<String> = state
-            .defs
-            .metrics
-            .latest_metrics()
-            .values()
-            .filter(|m| {
-                m.key != key && (m.input_keys().iter().any(|k| k == key) || m.parent_keys.iter().any(|k| k == key))
-            })
-            .map(|m| m.key.clone())
-            .collect();
-        let goals = state.defs.goals.values().filter(|g| g.metric_key == key).map(|g| format!("goal {}", g.id));
-        let experiments = state
-            .defs
-            .experiments
-            .values()
-            .filter(|e| e.metrics().any(|(_, k)| k == key))
-            .map(|e| format!("experiment {}", e.key));
-        let holdouts = state
-            .defs
-            .holdouts
-            .values()
-            .filter(|h| h.metric_keys.iter().any(|k| k == key))
-            .map(|h| format!("holdout {}", h.key));
-        let referrers: Vec<String> = referrers.into_iter().chain(goals).chain(experiments).chain(holdouts).collect();
-        if !referrers.is_empty() {
-            return Err(Error::FailedPrecondition(format!("metric {key:?} is referenced by {}", referrers.join(", "))));
-        }
-        for metric in &versions {
-            self.delete_meta(MetaKey::Metric { project, key, version: metric.version })?;
-        }
-        state.defs.metrics.remove(key);
-        state.changes.send_modify(|n| *n += 1);
-        Ok(versions.iter().any(|m| m.kind == MetricKind::Manual))
+        entry.change_settings(|state| {
+            let versions = state
+                .defs
+                .metrics
+                .get(key)
+                .ok_or_else(|| Error::NotFound(format!("metric {key} not found", key = echo(key))))?
+                .clone();
+            let referrers: Vec<String> = state
+                .defs
+                .metrics
+                .latest_metrics()
+                .values()
+                .filter(|m| {
+                    m.key != key && (m.input_keys().iter().any(|k| k == key) || m.parent_keys.iter().any(|k| k == key))
+                })
+                .map(|m| m.key.clone())
+                .collect();
+            let goals = state.defs.goals.values().filter(|g| g.metric_key == key).map(|g| format!("goal {}", g.id));
+            let experiments = state
+                .defs
+                .experiments
+                .values()
+                .filter(|e| e.metrics().any(|(_, k)| k == key))
+                .map(|e| format!("experiment {}", e.key));
+            let holdouts = state
+                .defs
+                .holdouts
+                .values()
+                .filter(|h| h.metric_keys.iter().any(|k| k == key))
+                .map(|h| format!("holdout {}", h.key));
+            let referrers: Vec<String> =
+                referrers.into_iter().chain(goals).chain(experiments).chain(holdouts).collect();
+            if !referrers.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "metric {key:?} is referenced by {}",
+                    referrers.join(", ")
+                )));
+            }
+            for metric in &versions {
+                self.delete_meta(MetaKey::Metric { project, key, version: metric.version })?;
+            }
+            state.defs_mut().metrics.remove(key);
+            Ok(versions.iter().any(|m| m.kind == MetricKind::Manual))
+        })
     }
 
     async fn clear_manual_values(&self, project: &str, key: &str) -> Result<()> {

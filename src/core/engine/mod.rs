@@ -66,8 +66,9 @@ pub struct ProjectState {
     /// Events, traits, quarantine, MANUAL values and the caches derived from them: what the
     /// analyses read.
     pub data: ProjectData,
-    /// The registry of definitions (tracking plan, metrics, goals, cohorts, experiments).
-    pub defs: Definitions,
+    /// The registry of definitions (tracking plan, metrics, goals, cohorts, experiments), as
+    /// of the last apply (`ProjectEntry::settings` has the latest, read without this lock).
+    pub defs: Arc<Definitions>,
     /// Bumped after the writer applied records to this project (and when a metric definition
     /// changes): live queries wait on it instead of polling (`engine::live`).
     pub changes: tokio::sync::watch::Sender<u64>,
@@ -75,9 +76,25 @@ pub struct ProjectState {
     pub generation: u64,
 }
 
+/// A project's settings and definitions as last changed: definition reads and ingestion read
+/// them without the state's lock, and the state takes them at its next apply
+/// (`ProjectEntry::change_settings`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub project: Project,
+    pub defs: Arc<Definitions>,
+}
+
+impl Settings {
+    /// The definitions to change (copied first when a reader still holds them).
+    pub fn defs_mut(&mut self) -> &mut Definitions {
+        Arc::make_mut(&mut self.defs)
+    }
+}
+
 /// A project's definitions, loaded from meta storage at start and changed by the engine's
 /// create/update/delete calls; analyses receive the parts they read.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Definitions {
     pub event_types: BTreeMap<String, EventType>,
     pub metrics: MetricBook,
@@ -111,13 +128,7 @@ impl ProjectState {
 
     /// A project with the data given (loaded from a checkpoint).
     fn with_data(project: Project, data: ProjectData) -> Self {
-        ProjectState {
-            project,
-            data,
-            defs: Definitions::default(),
-            changes: tokio::sync::watch::Sender::new(0),
-            generation: 0,
-        }
+        ProjectState { project, data, defs: Arc::default(), changes: tokio::sync::watch::Sender::new(0), generation: 0 }
     }
 }
 
@@ -317,23 +328,23 @@ fn load_definitions(
         Ok(())
     }
     load(storage, MetaKind::EventType, &mut projects, |state, t: EventType| {
-        state.defs.event_types.insert(t.name.clone(), t);
+        Arc::make_mut(&mut state.defs).event_types.insert(t.name.clone(), t);
     })?;
     // Keys sort by version (zero-padded), so pushing in key order keeps versions in order.
     load(storage, MetaKind::Metric, &mut projects, |state, m: Metric| {
-        state.defs.metrics.entry(m.key.clone()).or_default().push(m);
+        Arc::make_mut(&mut state.defs).metrics.entry(m.key.clone()).or_default().push(m);
     })?;
     load(storage, MetaKind::Goal, &mut projects, |state, g: Goal| {
-        state.defs.goals.insert(g.id.clone(), g);
+        Arc::make_mut(&mut state.defs).goals.insert(g.id.clone(), g);
     })?;
     load(storage, MetaKind::Cohort, &mut projects, |state, c: Cohort| {
-        state.defs.cohorts.insert(c.id.clone(), c);
+        Arc::make_mut(&mut state.defs).cohorts.insert(c.id.clone(), c);
     })?;
     load(storage, MetaKind::Experiment, &mut projects, |state, e: Experiment| {
-        state.defs.experiments.insert(e.key.clone(), e);
+        Arc::make_mut(&mut state.defs).experiments.insert(e.key.clone(), e);
     })?;
     load(storage, MetaKind::Holdout, &mut projects, |state, h: Holdout| {
-        state.defs.holdouts.insert(h.key.clone(), h);
+        Arc::make_mut(&mut state.defs).holdouts.insert(h.key.clone(), h);
     })?;
     let mut api_keys = BTreeMap::new();
     for (key, bytes) in storage.scan_meta(MetaKind::ApiKey.prefix())? {
@@ -848,13 +859,14 @@ impl Engine {
                 continue;
             }
             if let Some(mut current) = entry.try_write() {
-                swap_in(&mut current, pending.remove(&id).expect("listed"));
+                let rebuilt = pending.remove(&id).expect("listed");
+                entry.replace_state(&mut current, |current| swap_in(current, rebuilt));
             }
         }
         // The caller's project last, without holding the others back while its lock is busy.
         drop(pending);
         if let Some((entry, rebuilt)) = waited {
-            swap_in(&mut entry.write(), rebuilt);
+            entry.replace_state(&mut entry.write(), |current| swap_in(current, rebuilt));
         }
         Ok(())
     }
@@ -895,36 +907,37 @@ impl Engine {
     }
 
     pub fn get_project(&self, id: &str) -> Result<Project> {
-        Ok(self.project(id)?.read_without_pending().project.clone())
+        Ok(self.project(id)?.settings().project.clone())
     }
 
     pub fn list_projects(&self) -> Result<Vec<Project>> {
         self.refresh(None)?;
         // Entries first: no project lock is waited for under the map's lock.
         let entries: Vec<Arc<ProjectEntry>> = self.projects.read().values().cloned().collect();
-        Ok(entries.iter().map(|p| p.read_without_pending().project.clone()).collect())
+        Ok(entries.iter().map(|p| p.settings().project.clone()).collect())
     }
 
     pub fn update_project(&self, id: &str, update: ProjectUpdate) -> Result<Project> {
         let entry = self.project(id)?;
-        let mut state = entry.write();
-        let mut project = state.project.clone();
-        if let Some(name) = update.name {
-            crate::core::bounds::check_name("update.name", &name)?;
-            project.name = name;
-        }
-        if let Some(zone) = update.timezone {
-            project.timezone = validate_timezone("update.timezone", &zone)?;
-        }
-        if let Some(enforcement) = update.enforcement {
-            project.enforcement = enforcement;
-        }
-        if let Some(days) = update.retention_days {
-            project.retention_days = days;
-        }
-        self.put_meta(MetaKey::Project(id), &project)?;
-        state.project = project.clone();
-        Ok(project)
+        entry.change_settings(|state| {
+            let mut project = state.project.clone();
+            if let Some(name) = update.name {
+                crate::core::bounds::check_name("update.name", &name)?;
+                project.name = name;
+            }
+            if let Some(zone) = update.timezone {
+                project.timezone = validate_timezone("update.timezone", &zone)?;
+            }
+            if let Some(enforcement) = update.enforcement {
+                project.enforcement = enforcement;
+            }
+            if let Some(days) = update.retention_days {
+                project.retention_days = days;
+            }
+            self.put_meta(MetaKey::Project(id), &project)?;
+            state.project = project.clone();
+            Ok(project)
+        })
     }
 
     pub fn project_stats(&self, id: &str) -> Result<ProjectStats> {
@@ -963,16 +976,17 @@ impl Engine {
         let entry = self.project(project)?;
         validate_event_type(&event_type)?;
         event_type.updated = self.clock.now();
-        let mut state = entry.write();
-        self.put_meta(MetaKey::EventType { project, name: &event_type.name }, &event_type)?;
-        state.defs.event_types.insert(event_type.name.clone(), event_type.clone());
-        Ok(event_type)
+        entry.change_settings(|state| {
+            self.put_meta(MetaKey::EventType { project, name: &event_type.name }, &event_type)?;
+            state.defs_mut().event_types.insert(event_type.name.clone(), event_type.clone());
+            Ok(event_type)
+        })
     }
 
     pub fn get_event_type(&self, project: &str, name: &str) -> Result<EventType> {
         validate_name("name", name)?;
         self.project(project)?
-            .read_without_pending()
+            .settings()
             .defs
             .event_types
             .get(name)
@@ -981,19 +995,20 @@ impl Engine {
     }
 
     pub fn list_event_types(&self, project: &str) -> Result<Vec<EventType>> {
-        Ok(self.project(project)?.read_without_pending().defs.event_types.values().cloned().collect())
+        Ok(self.project(project)?.settings().defs.event_types.values().cloned().collect())
     }
 
     pub fn delete_event_type(&self, project: &str, name: &str) -> Result<()> {
         validate_name("name", name)?;
         let entry = self.project(project)?;
-        let mut state = entry.write();
-        if !state.defs.event_types.contains_key(name) {
-            return Err(Error::NotFound(format!("event type {name} not found", name = echo(name))));
-        }
-        self.delete_meta(MetaKey::EventType { project, name })?;
-        state.defs.event_types.remove(name);
-        Ok(())
+        entry.change_settings(|state| {
+            if !state.defs.event_types.contains_key(name) {
+                return Err(Error::NotFound(format!("event type {name} not found", name = echo(name))));
+            }
+            self.delete_meta(MetaKey::EventType { project, name })?;
+            state.defs_mut().event_types.remove(name);
+            Ok(())
+        })
     }
 
     pub fn list_quarantined(&self, project: &str) -> Result<Vec<QuarantinedEvent>> {

@@ -281,7 +281,7 @@ fn run_writer(
         flush_if_due(&seen);
         merger.start_if_due(&seen);
         checkpoint.events += events;
-        handed.retain(|project| project.has_pending());
+        handed.retain(|project| project.has_queued_writes());
         compactions.step(&mut checkpoint, &storage, handed.is_empty(), &drain, &wake);
         // A checkpoint waits for no query: while some project's jobs wait for a query to end,
         // it is put off to a later group, so no project's acks wait behind another's query.

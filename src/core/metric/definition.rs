@@ -321,7 +321,7 @@ pub fn validate_references(candidate: &Metric, metrics: &BTreeMap<String, Metric
 
 /// Every version of every metric of a project, oldest first, by key. Derefs to the map so
 /// the engine's create/update/delete calls change it directly.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MetricBook {
     versions: BTreeMap<String, Vec<Metric>>,
 }
