@@ -22,6 +22,7 @@ cargo test --locked
 # and project locks, checkpoint and log files, files under the data dir, and backups (a
 # ClickHouse deployment's are the cluster's own).
 SEXTANT_TEST_STORAGE=clickhouse cargo test --locked --test '*' -- \
+  --skip settings_and_definitions_are_read_past_a_query_with_writes_queued \
   --skip past_its_memory_bound_a_busy_projects_writes_spill_and_are_still_acked \
   --skip a_checkpoint_waits_for_a_busy_project_without_holding_up_acks \
   --skip a_corrupt_checkpoint_file_stops_the_start_naming_it \

@@ -277,11 +277,18 @@ impl ProjectEntry {
         change: impl FnOnce(&mut Settings) -> crate::error::Result<T>,
     ) -> crate::error::Result<T> {
         let changing = self.changing_settings.lock();
-        let mut settings = Settings::clone(&self.settings.read());
+        let published = self.settings();
+        let mut settings = Settings::clone(&published);
         let changed = change(&mut settings)?;
+        // A change that changed nothing (a repeated stop) leaves the state and its readers be.
+        if Arc::ptr_eq(&settings.defs, &published.defs) && settings.project == published.project {
+            return Ok(changed);
+        }
         let settings = Arc::new(settings);
-        *self.settings.write() = settings.clone();
-        self.pending.lock().settings = Some(settings);
+        // Queued before published: a read that sees the change in `settings` then finds it
+        // queued, and applies it before reading the state.
+        self.pending.lock().settings = Some(settings.clone());
+        *self.settings.write() = settings;
         // Released before the state's lock is asked for: `replace_state` takes them the other
         // way round.
         drop(changing);
@@ -391,7 +398,9 @@ impl ProjectEntry {
     /// soon as nothing is queued (a read applied the jobs first), so a query on a project with
     /// nothing left to apply holds the applier up at most `APPLY_RECHECK`.
     pub fn apply_queued(&self) {
-        while self.has_pending() {
+        // Log records only: a settings change alone waits for the next read or write, so the
+        // applier is not held by a query for it.
+        while self.has_queued_writes() {
             // A timed wait for the write lock still holds back new readers meanwhile (the
             // lock is fair), so the apply is not starved by a stream of queries.
             if let Some(mut state) = self.state.try_write_for(APPLY_RECHECK) {
@@ -568,6 +577,12 @@ mod tests {
             .unwrap();
         assert!(!entry.has_pending());
         assert_eq!(entry.read_without_pending().project.timezone, "Europe/Berlin");
+        // A change that changes nothing queues nothing and wakes no one.
+        let woken = *entry.read().changes.borrow();
+        let query = entry.read();
+        entry.change_settings(|settings| Ok(settings.project.name.clone())).unwrap();
+        assert!(!entry.has_pending());
+        assert_eq!(*query.changes.borrow(), woken);
     }
 
     /// Counts the replies run, and says whether `push` gave its reply back (3 items in

@@ -597,6 +597,13 @@ mod tests {
         let (applier, tasks) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || run_applier(tasks));
         let query = project.read_without_pending();
+        // A settings change waiting for the state counts as nothing to apply here.
+        project
+            .change_settings(|settings| {
+                settings.project.name = "renamed".into();
+                Ok(())
+            })
+            .unwrap();
         applier.send(ApplierTask::Apply(project.clone())).unwrap();
         let (done, barrier) = std::sync::mpsc::channel();
         applier.send(ApplierTask::Barrier(done)).unwrap();
