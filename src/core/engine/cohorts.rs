@@ -19,7 +19,7 @@ impl Engine {
             }
             cohort.created = self.clock.now();
             self.put_meta(MetaKey::Cohort { project, id: &cohort.id }, &cohort)?;
-            state.defs_mut().cohorts.insert(cohort.id.clone(), cohort.clone());
+            std::sync::Arc::make_mut(&mut state.defs_mut().cohorts).insert(cohort.id.clone(), cohort.clone());
             Ok(cohort)
         })
     }
@@ -78,7 +78,7 @@ impl Engine {
                 )));
             }
             self.delete_meta(MetaKey::Cohort { project, id })?;
-            state.defs_mut().cohorts.remove(id);
+            std::sync::Arc::make_mut(&mut state.defs_mut().cohorts).remove(id);
             Ok(())
         })
     }

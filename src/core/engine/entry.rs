@@ -577,6 +577,16 @@ mod tests {
             .unwrap();
         assert!(!entry.has_pending());
         assert_eq!(entry.read_without_pending().project.timezone, "Europe/Berlin");
+        // A change of other definitions shares the cohorts (static ones hold up to 1 M ids).
+        let before = entry.settings();
+        entry
+            .change_settings(|settings| {
+                settings.defs_mut().goals.clear();
+                Ok(())
+            })
+            .unwrap();
+        let after = entry.settings();
+        assert!(!Arc::ptr_eq(&before.defs, &after.defs) && Arc::ptr_eq(&before.defs.cohorts, &after.defs.cohorts));
         // A change that changes nothing queues nothing and wakes no one.
         let woken = *entry.read().changes.borrow();
         let query = entry.read();

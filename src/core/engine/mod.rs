@@ -99,7 +99,9 @@ pub struct Definitions {
     pub event_types: BTreeMap<String, EventType>,
     pub metrics: MetricBook,
     pub goals: BTreeMap<String, Goal>,
-    pub cohorts: BTreeMap<String, Cohort>,
+    /// Behind an `Arc` of its own: static cohorts hold up to a million ids each, which a change
+    /// of another definition (a copy of the rest, see `Settings::defs_mut`) need not copy.
+    pub cohorts: Arc<BTreeMap<String, Cohort>>,
     pub experiments: BTreeMap<String, Experiment>,
     pub holdouts: BTreeMap<String, Holdout>,
 }
@@ -338,7 +340,7 @@ fn load_definitions(
         Arc::make_mut(&mut state.defs).goals.insert(g.id.clone(), g);
     })?;
     load(storage, MetaKind::Cohort, &mut projects, |state, c: Cohort| {
-        Arc::make_mut(&mut state.defs).cohorts.insert(c.id.clone(), c);
+        Arc::make_mut(&mut Arc::make_mut(&mut state.defs).cohorts).insert(c.id.clone(), c);
     })?;
     load(storage, MetaKind::Experiment, &mut projects, |state, e: Experiment| {
         Arc::make_mut(&mut state.defs).experiments.insert(e.key.clone(), e);
