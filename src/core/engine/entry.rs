@@ -352,12 +352,11 @@ impl ProjectEntry {
 
     /// The state, with writes not applied yet left pending, and without waiting behind a
     /// writer waiting for a query (a read lock held lets another in), nor for the files' check:
-    /// for what the queue never changes, the project's settings and definitions, which ingestion
-    /// reads on its way to the writer and the definitions' calls answer, without waiting for a
-    /// query. The events and quarantine it shows may lag the acks (see `pending_quarantine`).
-    /// After a failed check it still answers (the process is ending on that failure). Its
-    /// readers hold the lock only to copy what they need, so a writer waiting meanwhile finds
-    /// it free between them.
+    /// for what ingestion reads of the data on its way to the writer (the quarantine, the
+    /// property keys and trait names in use), which must not wait for queries. The events and
+    /// quarantine it shows may lag the acks (see `pending_quarantine`), and its settings and
+    /// definitions may lag a change (read `settings` for those). After a failed check it still
+    /// answers (the process is ending on that failure).
     pub fn read_without_pending(&self) -> RwLockReadGuard<'_, ProjectState> {
         self.state.read_recursive()
     }
