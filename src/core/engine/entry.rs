@@ -206,6 +206,11 @@ enum Held {
     },
 }
 
+/// The settings and definitions `state` holds, to publish as the entry's.
+fn settings_of(state: &ProjectState) -> Arc<Settings> {
+    Arc::new(Settings { project: state.project.clone(), defs: state.defs.clone() })
+}
+
 /// An unlinked scratch file of encoded records, read back when they are applied. It is
 /// memory relief, not durability (the log has the records), so it is never synced.
 struct Spill {
@@ -252,10 +257,9 @@ const APPLY_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl ProjectEntry {
     pub fn new(state: ProjectState) -> ProjectEntry {
-        let settings = Arc::new(Settings { project: state.project.clone(), defs: state.defs.clone() });
         ProjectEntry {
+            settings: RwLock::new(settings_of(&state)),
             state: RwLock::new(state),
-            settings: RwLock::new(settings),
             changing_settings: Mutex::new(()),
             pending: Mutex::default(),
             verification: None,
@@ -306,7 +310,7 @@ impl ProjectEntry {
         // A change published since the caller's apply reaches the state before the replace.
         self.apply_pending(state);
         replace(state);
-        *self.settings.write() = Arc::new(Settings { project: state.project.clone(), defs: state.defs.clone() });
+        *self.settings.write() = settings_of(state);
     }
 
     /// A project loaded from files that `verification` checks.

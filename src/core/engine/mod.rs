@@ -146,7 +146,7 @@ pub struct Engine {
     pub(crate) api_keys: RwLock<BTreeMap<String, ApiKey>>,
     /// Held by a key's creation or revocation while it is stored: the keys' map is locked
     /// only to change it after, since every call's authentication reads it on the executor.
-    pub(crate) key_changes: Mutex<()>,
+    key_changes: Mutex<()>,
     /// Likewise for projects' creation and the projects' map, which every call reads.
     project_changes: Mutex<()>,
     /// Bumped by every revocation, so open streams re-check their key only when it moves.
