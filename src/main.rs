@@ -82,6 +82,25 @@ struct GenArgs {
     out: PathBuf,
 }
 
+/// Has the allocator keep freed memory instead of giving it back to the system a second
+/// later. `load` frees each batch on another thread than the one that parsed it, and the
+/// pages given back were faulted in (and zeroed) again at once: a tenth of its CPU time
+/// (BENCHMARKS.md, session 28). A short-lived client's peak is all it holds anyway; the server
+/// keeps the default, so memory a query freed goes back.
+fn keep_freed_memory() {
+    // mimalloc v3's `mi_option_purge_delay`, which its Rust bindings do not name. Set only when
+    // the option there holds v3's default (1,000 ms, which no other option has): another
+    // version's numbering, or a MIMALLOC_PURGE_DELAY the user set, is left alone.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: reads and sets one of mimalloc's options (atomically, by mimalloc's design);
+    // no memory is touched.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(PURGE_DELAY) == 1000 {
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -164,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_clickhouse::run(&args))
         }
         Command::Load(args) => {
+            keep_freed_memory();
             telemetry::init_tracing(sextant::config::LogFormat::Text);
             let report = runtime.block_on(load::run(&args))?;
             print_report(&report);

@@ -56,19 +56,20 @@ pub fn enum_error(field: &str, value: i32) -> Error {
     Error::invalid(field, format!("unknown enum value {value}"))
 }
 
-pub fn value_from_pb(field: &str, value: &pb::Value) -> Result<Value> {
+/// Takes the value by value: an event's string properties move instead of being copied.
+pub fn value_from_pb(field: &str, value: pb::Value) -> Result<Value> {
     use pb::value::Kind;
-    Ok(match &value.kind {
+    Ok(match value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::StringValue(s)) => Value::String(s),
         Some(Kind::NumberValue(n)) => {
             if !n.is_finite() {
                 return Err(Error::invalid(field, "number must be finite"));
             }
-            Value::Number(*n)
+            Value::Number(n)
         }
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::TimestampValue(t)) => Value::Timestamp(micros_from_timestamp(field, t)?),
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::TimestampValue(t)) => Value::Timestamp(micros_from_timestamp(field, &t)?),
     })
 }
 
@@ -89,7 +90,7 @@ pub fn value_to_pb(value: &Value) -> pb::Value {
 fn properties_from_pb(field: &str, map: BTreeMap<String, pb::Value>) -> Result<Vec<(String, Value)>> {
     let mut out = Vec::with_capacity(map.len());
     for (key, value) in map {
-        let converted = value_from_pb("", &value).map_err(|e| e.under(&format!("{field}.{key}")))?;
+        let converted = value_from_pb("", value).map_err(|e| e.under(&format!("{field}.{key}")))?;
         out.push((key, converted));
     }
     Ok(out)
@@ -350,7 +351,7 @@ mod tests {
     fn non_finite_numbers_are_rejected() {
         for n in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             let v = pb::Value { kind: Some(pb::value::Kind::NumberValue(n)) };
-            assert!(value_from_pb("p", &v).is_err());
+            assert!(value_from_pb("p", v).is_err());
         }
     }
 }

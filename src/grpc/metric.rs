@@ -41,7 +41,7 @@ pub fn filter_from_pb(field: &str, filter: pb::Filter) -> Result<Filter> {
     };
     let values = filter
         .values
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, v)| value_from_pb(&format!("{field}.values[{i}]"), v))
         .collect::<Result<Vec<_>>>()?;
@@ -678,7 +678,10 @@ impl MetricService for Api {
                     .dimensions
                     .iter()
                     .map(|(k, value)| {
-                        Ok((k.clone(), value_from_pb("", value).map_err(|e| e.under(&format!("dimensions.{k}")))?))
+                        Ok((
+                            k.clone(),
+                            value_from_pb("", value.clone()).map_err(|e| e.under(&format!("dimensions.{k}")))?,
+                        ))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 dimensions.sort_by(|a, b| a.0.cmp(&b.0));

@@ -191,11 +191,12 @@ impl<'a> KeyBudget<'a> {
     /// added; otherwise the error names the first key past the limit.
     pub fn admit(&mut self, lists: &[(&str, &[(String, Value)])]) -> Result<()> {
         let keys = || lists.iter().flat_map(|(field, list)| list.iter().map(move |(key, _)| (*field, key.as_str())));
-        let new: HashSet<&str> =
-            keys().map(|(_, key)| key).filter(|key| !self.added.contains(*key) && !(self.known)(key)).collect();
-        if new.is_empty() {
+        let is_new = |key: &str| !(self.known)(key) && !self.added.contains(key);
+        // The common case, every key known, allocates nothing.
+        if !keys().any(|(_, key)| is_new(key)) {
             return Ok(());
         }
+        let new: HashSet<&str> = keys().map(|(_, key)| key).filter(|key| is_new(key)).collect();
         let held = self.held + self.added.len();
         if held + new.len() > self.limit {
             let (field, key) = keys().find(|(_, key)| new.contains(key)).unwrap_or_default();
@@ -224,8 +225,10 @@ pub fn sort_batch(
     retention_cutoff: Option<Micros>,
     received: &Received,
 ) -> Sorted {
-    let mut sorted = Sorted::default();
-    let mut batch_ids: HashSet<u128, BuildHasherDefault<IdHasher>> = HashSet::default();
+    // Sized for the batch up front: growing them event by event rehashed and copied.
+    let mut sorted = Sorted { accepted: Vec::with_capacity(items.len()), ..Sorted::default() };
+    let mut batch_ids: HashSet<u128, BuildHasherDefault<IdHasher>> =
+        HashSet::with_capacity_and_hasher(items.len(), BuildHasherDefault::default());
     let mut key_budget = KeyBudget::new(received.key_known, received.keys, limits.max_property_keys, "property keys");
     for (index, item) in items.into_iter().enumerate() {
         let index = index as u32;

@@ -230,7 +230,10 @@ fn run_writer(
         }
         checkpoint.reap(false);
         let mut appended: Vec<Appended> = Vec::with_capacity(jobs.len());
-        let mut group_keys = KeySet::default();
+        let mut group_keys = KeySet::with_capacity_and_hasher(
+            jobs.iter().map(|job| job.keys.len()).sum(),
+            std::hash::BuildHasherDefault::default(),
+        );
         for job in jobs {
             let keep = dedupe_in_group(&seen.read(), &mut group_keys, &job.keys, job.absent_at);
             let accepted = keep.iter().filter(|k| **k).count() as u64;
