@@ -31,7 +31,16 @@ sleep 1
   done ) &
 sampler=$!
 "$bin" load --addr 127.0.0.1:$port --project bench --users "$work/data-$users/users.jsonl"
-"$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" ${SEXTANT_LOAD_ARGS:-} | tee "$work/load.out"
+# Both sides share the machine's cores: the CPU each spends on the events is printed too
+# (the client's from `time`, the server's from /proc, counted from the events' load only).
+server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$server/stat; }
+server_before=$(server_cpu)
+TIMEFORMAT='%U %S'
+{ time "$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" ${SEXTANT_LOAD_ARGS:-} | tee "$work/load.out"; } 2>"$work/load.time" \
+  || { cat "$work/load.time" >&2; exit 1; }
+server_after=$(server_cpu)
+tail -n 1 "$work/load.time" | awk -v s0="$server_before" -v s1="$server_after" \
+  '{printf "CPU during the events load: client %.2f s, server %.2f s\n", $1 + $2, s1 - s0}'
 peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$server/status)
 echo "server peak RssAnon during the load: $(($(cat "$work/rss-anon-peak") / 1024)) MiB"
 events=$(grep -o 'accepted [0-9]*' "$work/load.out" | awk '{print $2}')
