@@ -226,7 +226,7 @@ impl Engine {
         let mut keys = event_keys(project_id, &accepted);
         let (known, mark): (Vec<bool>, u64) = {
             let seen = self.seen.read();
-            (keys.iter().map(|key| seen.contains(key)).collect(), seen.mark())
+            (seen.contains_each(&keys), seen.mark())
         };
         // The writer publishes ids only once their job is applied or queued on the project,
         // which every later read applies first: a known id means a visible event, as an ack must.

@@ -144,6 +144,20 @@ fn bloom_block(key: RunKey, blocks: usize) -> usize {
     ((u128::from(high) * blocks as u128) >> 64) as usize
 }
 
+/// Asks the CPU to bring `value`'s cache line in, without waiting for it (a hint: nowhere but
+/// on x86-64 does it do anything).
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and cannot fault; `value` is a valid
+    // reference anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const T).cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// The (word, mask) of each bit `key` sets in its block, from its low 64 bits (remixed).
 fn bloom_probes(key: RunKey) -> impl Iterator<Item = (usize, u64)> {
     let low = (u64::from(key[1]) << 32) | u64::from(key[2]);
@@ -345,6 +359,23 @@ impl Run {
         }
     }
 
+    /// Sets `found[i]` for each key of `keys` not found yet that this run holds: `contains`
+    /// over a batch, fetching the bloom block of a key a few ahead while one is checked, so
+    /// that the cache misses of a batch's lookups overlap instead of following one another.
+    fn find_each(&self, keys: &[u128], found: &mut [bool]) {
+        const AHEAD: usize = 16;
+        let bloom_at = HEADER + (1 << self.range_bits) + 1;
+        let index = self.index.as_slice();
+        let block_of = |key: u128| &index[bloom_at + bloom_block(run_key(key), self.bloom_blocks) * BLOCK_WORDS];
+        let pending: Vec<usize> = (0..keys.len()).filter(|&i| !found[i]).collect();
+        for (n, &i) in pending.iter().enumerate() {
+            if let Some(&ahead) = pending.get(n + AHEAD) {
+                prefetch(block_of(keys[ahead]));
+            }
+            found[i] = self.contains(keys[i]);
+        }
+    }
+
     fn save(&self, space: &ColumnSpace) -> Result<SeenRunRef> {
         let keys = match &self.keys {
             RunKeys::Whole(keys) => save_column(keys, space)?,
@@ -415,6 +446,16 @@ impl SeenIds {
 
     pub fn contains(&self, key: &u128) -> bool {
         self.recent.contains(key) || self.runs().iter().rev().any(|run| run.contains(*key))
+    }
+
+    /// `contains` of each key, for a batch: the runs' lookups, memory-bound (a tenth of the
+    /// server's ingest time at 31 M ids), overlap their cache misses (`Run::find_each`).
+    pub fn contains_each(&self, keys: &[u128]) -> Vec<bool> {
+        let mut found: Vec<bool> = keys.iter().map(|key| self.recent.contains(key)).collect();
+        for run in self.runs().iter().rev() {
+            run.find_each(keys, &mut found);
+        }
+        found
     }
 
     /// A mark to check keys against later with `added_since`: the flushes so far.
@@ -686,6 +727,21 @@ mod tests {
         assert_eq!(run_lens(&ids), vec![1900]);
         assert!(ids.runs[0].keys().is_sorted_by(|a, b| a < b));
         assert!((0..1900).all(|i| ids.contains(&key(i))) && !ids.contains(&key(1900)));
+    }
+
+    #[test]
+    fn a_batch_lookup_finds_what_single_lookups_find() {
+        let mut ids = SeenIds::default();
+        // Three runs of different sizes (newest last) and recent keys, some keys in two runs.
+        for range in [0..5000, 4000..6000, 6000..6500] {
+            ids.runs.push(Arc::new(Run::of_keys(None, range.map(key)).unwrap()));
+        }
+        ids.extend((6500..7000).map(key));
+        let asked: Vec<u128> = (0..9000).rev().map(key).collect();
+        let found = ids.contains_each(&asked);
+        assert_eq!(found, asked.iter().map(|k| ids.contains(k)).collect::<Vec<_>>());
+        assert_eq!(found.iter().filter(|f| **f).count(), 7000);
+        assert_eq!(ids.contains_each(&[]), Vec::<bool>::new());
     }
 
     #[test]
@@ -984,6 +1040,45 @@ mod tests {
                 prop_assert!(ids.contains(k));
             }
             prop_assert_eq!(ids.len(), reference.len());
+        }
+    }
+}
+
+/// Not a test: the speed of a batch's lookups against single ones, at about the size of the
+/// 31 M-event set (BENCHMARKS.md, session 28). Prints; asserts only that both agree.
+/// `cargo test --release --lib dedupe_lookups_speed -- --ignored --nocapture`
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn dedupe_lookups_speed() {
+        let key = |i: u64| crate::core::store::record::event_key("p", &i.to_string());
+        let mut ids = SeenIds::default();
+        let mut start = 0;
+        for n in [16_000_000, 8_000_000, 4_000_000, 1_000_000] {
+            ids.runs.push(Arc::new(Run::of_keys(None, (start..start + n).map(key)).unwrap()));
+            start += n;
+        }
+        ids.extend((start..start + 800_000).map(key));
+        // New ids, the common case: every run is asked.
+        let asked: Vec<u128> = (100_000_000..102_000_000).map(key).collect();
+        for round in 1..=3 {
+            let timed = std::time::Instant::now();
+            let single: Vec<bool> = asked.iter().map(|k| ids.contains(k)).collect();
+            let single_took = timed.elapsed();
+            let timed = std::time::Instant::now();
+            let batched: Vec<bool> = asked.chunks(5000).flat_map(|batch| ids.contains_each(batch)).collect();
+            let batched_took = timed.elapsed();
+            assert_eq!(single, batched);
+            let per_key = |took: std::time::Duration| took.as_nanos() as f64 / asked.len() as f64;
+            eprintln!(
+                "round {round}: {} lookups, one at a time {:.0} ns each, in batches of 5,000 {:.0} ns each",
+                asked.len(),
+                per_key(single_took),
+                per_key(batched_took)
+            );
         }
     }
 }
