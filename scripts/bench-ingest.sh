@@ -36,8 +36,9 @@ sampler=$!
 server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$server/stat; }
 server_before=$(server_cpu)
 TIMEFORMAT='%U %S'
-{ time "$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" ${SEXTANT_LOAD_ARGS:-} | tee "$work/load.out"; } 2>"$work/load.time" \
-  || { cat "$work/load.time" >&2; exit 1; }
+export LC_NUMERIC=C
+# Only `time`'s line goes to the file; the client's own stderr (warnings) stays on stderr.
+{ time "$bin" load --addr 127.0.0.1:$port --project bench --events "$work/data-$users/events.jsonl" ${SEXTANT_LOAD_ARGS:-} 2>&3 | tee "$work/load.out"; } 3>&2 2>"$work/load.time"
 server_after=$(server_cpu)
 tail -n 1 "$work/load.time" | awk -v s0="$server_before" -v s1="$server_after" \
   '{printf "CPU during the events load: client %.2f s, server %.2f s\n", $1 + $2, s1 - s0}'

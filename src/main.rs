@@ -88,14 +88,16 @@ struct GenArgs {
 /// (BENCHMARKS.md, session 28). A short-lived client's peak is all it holds anyway; the server
 /// keeps the default, so memory a query freed goes back.
 fn keep_freed_memory() {
-    // mimalloc v3's `mi_option_purge_delay`, which its Rust bindings do not name. Set only when
-    // the option there holds v3's default (1,000 ms, which no other option has): another
-    // version's numbering, or a MIMALLOC_PURGE_DELAY the user set, is left alone.
+    // mimalloc v3's `mi_option_purge_delay`, which its Rust bindings do not name. Set only on
+    // a v3 and where the option holds v3's default (1,000 ms, which no other option has):
+    // another version's numbering, or a MIMALLOC_PURGE_DELAY the user set, is left alone.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: reads and sets one of mimalloc's options (atomically, by mimalloc's design);
-    // no memory is touched.
+    // SAFETY: reads mimalloc's version and reads and sets one of its options, before any
+    // thread but this one runs; no memory is touched.
     unsafe {
-        if libmimalloc_sys::mi_option_get(PURGE_DELAY) == 1000 {
+        if (30_000..40_000).contains(&libmimalloc_sys::mi_version())
+            && libmimalloc_sys::mi_option_get(PURGE_DELAY) == 1000
+        {
             libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
         }
     }
@@ -103,6 +105,11 @@ fn keep_freed_memory() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before the runtime's threads exist: mimalloc's options are not meant to change under
+    // running threads.
+    if matches!(cli.command, Command::Load(_)) {
+        keep_freed_memory();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(config) => runtime.block_on(serve(*config)),
@@ -183,7 +190,6 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_clickhouse::run(&args))
         }
         Command::Load(args) => {
-            keep_freed_memory();
             telemetry::init_tracing(sextant::config::LogFormat::Text);
             let report = runtime.block_on(load::run(&args))?;
             print_report(&report);

@@ -676,12 +676,10 @@ impl MetricService for Api {
                 };
                 let mut dimensions = v
                     .dimensions
-                    .iter()
+                    .into_iter()
                     .map(|(k, value)| {
-                        Ok((
-                            k.clone(),
-                            value_from_pb("", value.clone()).map_err(|e| e.under(&format!("dimensions.{k}")))?,
-                        ))
+                        let value = value_from_pb("", value).map_err(|e| e.under(&format!("dimensions.{k}")))?;
+                        Ok((k, value))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 dimensions.sort_by(|a, b| a.0.cmp(&b.0));

@@ -452,6 +452,10 @@ impl SeenIds {
     /// server's ingest time at 31 M ids), overlap their cache misses (`Run::find_each`).
     pub fn contains_each(&self, keys: &[u128]) -> Vec<bool> {
         let mut found: Vec<bool> = keys.iter().map(|key| self.recent.contains(key)).collect();
+        // As `contains`: the runs (and their check, see `runs`) only for keys not recent.
+        if !found.contains(&false) {
+            return found;
+        }
         for run in self.runs().iter().rev() {
             run.find_each(keys, &mut found);
         }
@@ -512,6 +516,8 @@ impl SeenIds {
         // Emptied, not replaced: the set fills to `FLUSH` keys again, and growing a new one
         // there rehashed it a dozen times (a tenth of the writer's time in a profile).
         self.recent.clear();
+        // No more than `FLUSH` keys' room kept, should a failed flush have grown it past that.
+        self.recent.shrink_to(FLUSH);
         self.flushes += 1;
         self.flush_at = FLUSH;
     }
