@@ -185,10 +185,13 @@ impl Engine {
     ) -> Result<(TrackOutcome, Option<PreparedWrite>)> {
         self.limits.check_batch("events", items.len())?;
         let entry = self.project(project_id)?;
+        // Settings and the plan as last changed, read once: the remote lookup below and the
+        // plan's judgement go by the same enforcement.
+        let settings = entry.settings();
         // A remote engine's stored ids, looked up at once for the events the plan may judge
         // (see `Received::stored`); when the plan judges none, `store_events` answers.
         let remote_stored = match self.remote() {
-            Some(remote) if enforce_plan && entry.settings().project.enforcement != Enforcement::Allow => {
+            Some(remote) if enforce_plan && settings.project.enforcement != Enforcement::Allow => {
                 let ids: Vec<String> =
                     items.iter().filter_map(|item| item.event.as_ref().ok().map(|e| e.event_id.clone())).collect();
                 remote.stored_ids(project_id, &ids)?
@@ -196,9 +199,8 @@ impl Engine {
             _ => Default::default(),
         };
         let sorted = {
-            // Settings and the plan as last changed, plus what quarantine holds: no waiting for
-            // a query on the project (see `ProjectEntry::read_without_pending`).
-            let settings = entry.settings();
+            // What quarantine holds: no waiting for a query on the project (see
+            // `ProjectEntry::read_without_pending`).
             let state = entry.read_without_pending();
             let enforcement = if enforce_plan { settings.project.enforcement } else { Enforcement::Allow };
             let held: std::collections::HashSet<&str> =
