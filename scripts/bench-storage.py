@@ -291,8 +291,8 @@ def main():
             print(f"  ({queries[0]} funnel / retention queries ran meanwhile)")
 
             # A short query on the project running funnels and retention, without and with
-            # writes to it: a read must see every acked write, so when writes are queued behind
-            # a running query it waits for that query to end (issue 14's snapshots, still open).
+            # writes to it: a read must see every acked write, so when writes (or a definition
+            # change) are queued behind a running query it forks the state to apply them.
             short = short_query(pb, channel, args.project)
             assign, change = assign_call(pb, channel, args.project)
             for label, writing in (("queried only", False), ("queried and written", True)):

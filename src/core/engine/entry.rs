@@ -4,7 +4,13 @@
 //! job's records here and acks at once; whoever takes the lock next applies them before
 //! anything else: a read (`read`), a write (`write`, `try_write`), or the writer's applier
 //! thread once the lock frees. So an ack still means durable and visible to every read that
-//! starts after it, and a long query holds up no ack, its own project's included. The queue
+//! starts after it, and a long query holds up no ack, its own project's included.
+//!
+//! Nor does a read wait for a long query to apply what is queued: past `FORK_AFTER` it forks
+//! the state (`ProjectState::fork`: the columns share their files, the small per-person parts
+//! are copied), applies the queue to the fork and publishes it as the newest version. The
+//! query goes on reading the version it started on, which nothing changes any more and which
+//! goes when its last reader does; every write and every later read goes to the newest. The queue
 //! keeps a bounded number of items in memory (`PendingLimits`); the jobs past it are spilled,
 //! as the log encoded them, to an unlinked scratch file, and read back when applied, so a long
 //! query costs memory no matter how much is written meanwhile. Only past the spill's own bound
@@ -23,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{ArcRwLockReadGuard, ArcRwLockWriteGuard, Condvar, Mutex, RawRwLock, RwLock};
 
 use crate::core::engine::{ProjectState, Settings};
 use crate::core::store::record::{LogRecord, decode_record};
@@ -33,9 +39,20 @@ use crate::storage::Encoded;
 /// What to do once a job is applied (send its ack).
 pub type Reply = Box<dyn FnOnce() + Send>;
 
+/// A read of a version of a project's state (see the module doc).
+pub type StateRead = ArcRwLockReadGuard<RawRwLock, ProjectState>;
+/// A write of the newest version of a project's state.
+pub type StateWrite = ArcRwLockWriteGuard<RawRwLock, ProjectState>;
+
+type Version = Arc<RwLock<ProjectState>>;
+
 /// Everything known about one project, and its durable writes not applied yet.
 pub struct ProjectEntry {
-    state: RwLock<ProjectState>,
+    /// The newest version of the state (see the module doc): only it is ever written, and only
+    /// a fork replaces it (`read_forked`).
+    newest: Mutex<Version>,
+    /// Held by a fork from reading the newest version to publishing its fork.
+    forking: Mutex<()>,
     /// The settings and definitions as last changed, read without the state's lock; the
     /// state's copy takes them at its next apply (`change_settings`).
     settings: RwLock<Arc<Settings>>,
@@ -139,7 +156,7 @@ const LAST_GROUP: FileGroup = FileGroup::ALL[FileGroup::ALL.len() - 1];
 
 /// A read whose drop waits for the files' check (see `ProjectEntry::read_for_answer`).
 pub struct AnswerRead<'a> {
-    state: Option<RwLockReadGuard<'a, ProjectState>>,
+    state: Option<StateRead>,
     entry: &'a ProjectEntry,
 }
 
@@ -255,11 +272,17 @@ impl Spill {
 /// queued jobs meanwhile (`ProjectEntry::apply_queued`).
 const APPLY_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// How long a read with writes to apply waits for a query holding the state before it forks
+/// the state instead (see the module doc): a fork copies the per-person arrays, a few
+/// milliseconds per million people.
+const FORK_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl ProjectEntry {
     pub fn new(state: ProjectState) -> ProjectEntry {
         ProjectEntry {
             settings: RwLock::new(settings_of(&state)),
-            state: RwLock::new(state),
+            newest: Mutex::new(Arc::new(RwLock::new(state))),
+            forking: Mutex::new(()),
             changing_settings: Mutex::new(()),
             pending: Mutex::default(),
             verification: None,
@@ -296,10 +319,10 @@ impl ProjectEntry {
         // Released before the state's lock is asked for: `replace_state` takes them the other
         // way round.
         drop(changing);
-        match self.state.try_write() {
-            Some(mut state) => self.apply_pending(&mut state),
+        match self.try_write() {
+            Some(state) => drop(state),
             // Live queries re-read the state, which applies the change first.
-            None => self.state.read_recursive().changes.send_modify(|n| *n += 1),
+            None => self.newest().read_arc_recursive().changes.send_modify(|n| *n += 1),
         }
         Ok(changed)
     }
@@ -332,18 +355,64 @@ impl ProjectEntry {
     }
 
     /// The state with every write acked so far applied, once its files passed their check.
-    /// Waits for a query holding the lock only when there is something to apply.
-    pub fn read(&self) -> RwLockReadGuard<'_, ProjectState> {
+    /// Waits for a query holding the lock only when there is something to apply, and then at
+    /// most `FORK_AFTER` (see the module doc).
+    pub fn read(&self) -> StateRead {
         self.wait_verified();
         self.read_applied()
     }
 
+    /// The newest version.
+    fn newest(&self) -> Version {
+        self.newest.lock().clone()
+    }
+
     /// The state with every write acked so far applied (without waiting for the check).
-    fn read_applied(&self) -> RwLockReadGuard<'_, ProjectState> {
+    fn read_applied(&self) -> StateRead {
+        // Asked before the newest version is: a fork publishes its version before it takes the
+        // queue, so with nothing queued the newest version has every ack (or is being written
+        // by whoever took the queue, and the read waits for that).
         if !self.has_pending() {
-            return self.state.read();
+            return self.newest().read_arc();
         }
-        RwLockWriteGuard::downgrade(self.write())
+        match self.try_write_for(FORK_AFTER) {
+            Some(state) => ArcRwLockWriteGuard::downgrade(state),
+            None if self.forks_cheaply() => self.read_forked(),
+            None => ArcRwLockWriteGuard::downgrade(self.write()),
+        }
+    }
+
+    /// Whether the state's event columns are in files, which a fork shares: a fork of columns
+    /// in memory (a server without a data directory) would copy every event.
+    fn forks_cheaply(&self) -> bool {
+        self.newest().read_arc_recursive().data.table.space().is_some()
+    }
+
+    /// Forks the newest version, which a query holds, publishes the fork as the newest, and
+    /// applies the queue to it: the read that returns waits for no query.
+    fn read_forked(&self) -> StateRead {
+        let _forking = self.forking.lock();
+        // Another read forked meanwhile: its version has the queue (see `read_applied`).
+        if !self.has_pending() {
+            return self.newest().read_arc();
+        }
+        let started = std::time::Instant::now();
+        let newest = self.newest();
+        // Recursive: alongside the query, not behind a writer waiting for it (which finds the
+        // version superseded once it gets it, see `lock_newest`).
+        let forked = Arc::new(RwLock::new(newest.read_arc_recursive().fork()));
+        let mut state = forked.write_arc();
+        *self.newest.lock() = forked;
+        drop(newest);
+        let forked_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.apply_pending(&mut state);
+        tracing::debug!(
+            project = %state.project.id,
+            forked_ms,
+            applied_ms = started.elapsed().as_secs_f64() * 1000.0 - forked_ms,
+            "forked the state past a query"
+        );
+        ArcRwLockWriteGuard::downgrade(state)
     }
 
     /// The state with every write acked so far applied, for an analysis that only computes an
@@ -361,28 +430,38 @@ impl ProjectEntry {
     /// quarantine it shows may lag the acks (see `pending_quarantine`), and its settings and
     /// definitions may lag a change (read `settings` for those). After a failed check it still
     /// answers (the process is ending on that failure).
-    pub fn read_without_pending(&self) -> RwLockReadGuard<'_, ProjectState> {
-        self.state.read_recursive()
+    pub fn read_without_pending(&self) -> StateRead {
+        self.newest().read_arc_recursive()
     }
 
-    pub fn write(&self) -> RwLockWriteGuard<'_, ProjectState> {
-        let mut state = self.state.write();
-        self.apply_pending(&mut state);
-        state
+    /// A write lock of the newest version, taken by `lock`, or none when `lock` gives none.
+    /// A version a fork superseded while `lock` waited for it is let go for the newest.
+    fn lock_newest(&self, lock: impl Fn(&Version) -> Option<StateWrite>) -> Option<StateWrite> {
+        loop {
+            let newest = self.newest();
+            let mut state = lock(&newest)?;
+            // A fork publishes its version while it holds a read of the one it forked, so the
+            // version written here is still the newest once this holds its write lock.
+            if Arc::ptr_eq(&newest, &self.newest()) {
+                self.apply_pending(&mut state);
+                return Some(state);
+            }
+        }
+    }
+
+    pub fn write(&self) -> StateWrite {
+        self.lock_newest(|version| Some(version.write_arc()))
+            .unwrap_or_else(|| unreachable!("a write lock is waited for"))
     }
 
     /// `write`, unless the lock is held.
-    pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, ProjectState>> {
-        let mut state = self.state.try_write()?;
-        self.apply_pending(&mut state);
-        Some(state)
+    pub fn try_write(&self) -> Option<StateWrite> {
+        self.lock_newest(RwLock::try_write_arc)
     }
 
     /// `write`, unless the lock stays held for `wait` (meanwhile new readers queue behind).
-    pub fn try_write_for(&self, wait: std::time::Duration) -> Option<RwLockWriteGuard<'_, ProjectState>> {
-        let mut state = self.state.try_write_for(wait)?;
-        self.apply_pending(&mut state);
-        Some(state)
+    pub fn try_write_for(&self, wait: std::time::Duration) -> Option<StateWrite> {
+        self.lock_newest(|version| version.try_write_arc_for(wait))
     }
 
     /// Whether the state is behind: writes queued, or settings changed since its last apply.
@@ -406,8 +485,7 @@ impl ProjectEntry {
         while self.has_queued_writes() {
             // A timed wait for the write lock still holds back new readers meanwhile (the
             // lock is fair), so the apply is not starved by a stream of queries.
-            if let Some(mut state) = self.state.try_write_for(APPLY_RECHECK) {
-                self.apply_pending(&mut state);
+            if self.try_write_for(APPLY_RECHECK).is_some() {
                 return;
             }
         }
@@ -487,6 +565,7 @@ impl ProjectEntry {
             }
         }
         state.data.settle_removals();
+        state.version += 1;
         state.changes.send_modify(|n| *n += 1);
         for reply in jobs.into_iter().filter_map(|job| job.reply) {
             reply();
@@ -654,6 +733,47 @@ mod tests {
         // The queue's weight starts again from nothing.
         assert!(push(&entry, &["e", "f", "g"], vec![], &replied));
         assert_eq!(entry.write().data.table.len(), 7);
+    }
+
+    /// A read with writes queued behind a query forks the state (columns in files): it sees
+    /// every ack without waiting for the query, which keeps reading its version unchanged;
+    /// writes go to the fork from then on, a writer that waited for the old version included.
+    #[test]
+    fn a_read_behind_a_query_forks_the_state_and_the_query_keeps_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = crate::core::store::column::ColumnSpace::scratch(dir.path()).unwrap();
+        let project = ProjectState::for_test("p").project;
+        let entry = Arc::new(ProjectEntry::new(ProjectState::new(project, Some(&space))));
+        let replied = Arc::new(AtomicUsize::new(0));
+        assert!(push(&entry, &["a", "b"], vec![true, true], &replied));
+        let query = entry.read();
+        assert_eq!(event_ids(&query), ["a", "b"]);
+        assert!(push(&entry, &["c"], vec![true], &replied));
+        // A writer asks for the lock the query holds, before the fork.
+        let writer = {
+            let entry = entry.clone();
+            std::thread::spawn(move || entry.write().data.apply(&events(&["w"])[0], &[true]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (sender, read) = std::sync::mpsc::channel();
+        let reader = {
+            let entry = entry.clone();
+            std::thread::spawn(move || sender.send(event_ids(&entry.read())).unwrap())
+        };
+        let forked = read.recv_timeout(std::time::Duration::from_secs(60)).expect("the read waited for the query");
+        assert_eq!(forked, ["a", "b", "c"]);
+        reader.join().unwrap();
+        assert_eq!(event_ids(&query), ["a", "b"], "the query's version does not change under it");
+        assert!(!entry.has_pending());
+        // The fork is free: a write goes through at once, and a later read sees it.
+        entry.try_write().expect("the newest version is not the query's").data.apply(&events(&["d"])[0], &[true]);
+        assert_eq!(event_ids(&entry.read()), ["a", "b", "c", "d"]);
+        assert_eq!(event_ids(&query), ["a", "b"]);
+        // The writer that waited for the query's version writes to the newest once it ends.
+        drop(query);
+        writer.join().unwrap();
+        assert_eq!(event_ids(&entry.read()), ["a", "b", "c", "d", "w"]);
+        assert_eq!(replied.load(Ordering::SeqCst), 0, "every ack ran at once");
     }
 
     /// The applier's apply waits for a query holding the project while jobs are queued, and

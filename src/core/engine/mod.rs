@@ -71,7 +71,11 @@ pub struct ProjectState {
     pub defs: Arc<Definitions>,
     /// Bumped after the writer applied records to this project (and when a metric definition
     /// changes): live queries wait on it instead of polling (`engine::live`).
-    pub changes: tokio::sync::watch::Sender<u64>,
+    /// Shared by the state's forks (`fork`): it wakes whoever watches the project.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped at every apply to this state: two states of a project with the same version
+    /// hold the same data (a fork differs from the state it forked from at its first apply).
+    pub version: u64,
     /// With a remote engine: the remote generation this state was rebuilt at (see `refresh`).
     pub generation: u64,
 }
@@ -130,7 +134,27 @@ impl ProjectState {
 
     /// A project with the data given (loaded from a checkpoint).
     fn with_data(project: Project, data: ProjectData) -> Self {
-        ProjectState { project, data, defs: Arc::default(), changes: tokio::sync::watch::Sender::new(0), generation: 0 }
+        ProjectState {
+            project,
+            data,
+            defs: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            version: 0,
+            generation: 0,
+        }
+    }
+
+    /// A copy for the writer to change while queries read this one (`ProjectEntry`): see
+    /// `ProjectData::fork`.
+    pub fn fork(&self) -> ProjectState {
+        ProjectState {
+            project: self.project.clone(),
+            data: self.data.fork(),
+            defs: self.defs.clone(),
+            changes: self.changes.clone(),
+            version: self.version,
+            generation: self.generation,
+        }
     }
 }
 
@@ -368,6 +392,7 @@ fn swap_in(current: &mut ProjectState, (generation, state): (u64, ProjectState))
     current.defs = state.defs;
     current.data = state.data;
     current.generation = generation;
+    current.version += 1;
     current.changes.send_modify(|n| *n += 1);
 }
 

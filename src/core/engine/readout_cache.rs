@@ -15,8 +15,11 @@ use crate::core::model::Micros;
 #[derive(Debug, Clone, PartialEq)]
 struct Inputs {
     experiment: Experiment,
-    /// The project's change counter (bumped by every applied write and metric change).
+    /// The project's change counter (bumped by every applied write and metric change, and by
+    /// a remote engine's writes).
     changes: u64,
+    /// The state's own version: a query on a snapshot may see the counter of a later one.
+    version: u64,
     generation: u64,
     rows: usize,
     traits_version: u64,
@@ -50,6 +53,7 @@ impl ReadoutCache {
         let inputs = Inputs {
             experiment: experiment.clone(),
             changes: *state.changes.borrow(),
+            version: state.version,
             generation: state.data.table.generation(),
             rows: state.data.table.len(),
             traits_version: state.data.traits.changes(),
@@ -123,7 +127,7 @@ mod tests {
             set_once: vec![],
             unset: vec![],
         };
-        state.data.traits.update(0, &update);
+        state.data.traits_mut().update(0, &update);
         assert_eq!(read(&cache, &state, &experiment, &mut calls), 4);
         assert_eq!(read(&cache, &state, &experiment, &mut calls), 4);
         // A failure is not kept.

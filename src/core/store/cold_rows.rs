@@ -189,6 +189,17 @@ impl ColdRows {
         Ok(ColdRows { uid: NEXT_UID.fetch_add(1, Ordering::Relaxed), blocks, block_ends, tail })
     }
 
+    /// The same rows, sharing the files (see `Column::fork`); the blocks are the same, so the
+    /// decoded block cached for one serves the other.
+    pub fn fork(&self) -> ColdRows {
+        ColdRows {
+            uid: self.uid,
+            blocks: self.blocks.fork(),
+            block_ends: self.block_ends.fork(),
+            tail: self.tail.clone(),
+        }
+    }
+
     /// Empty, in the same space, for a rewrite.
     pub fn fresh(&self) -> ColdRows {
         ColdRows {

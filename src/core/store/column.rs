@@ -115,12 +115,10 @@ impl ColumnSpace {
             Ok(()) => Ok(Column {
                 len: 0,
                 backing: Backing::File(FileColumn {
-                    path,
-                    name,
+                    file: Arc::new(ColumnFile { path, name, space: Arc::clone(self) }),
                     map: None,
                     capacity_bytes: 0,
                     written_bytes: 0,
-                    space: Arc::clone(self),
                 }),
                 space: Some(Arc::clone(self)),
                 full_blocks: Default::default(),
@@ -145,14 +143,12 @@ impl ColumnSpace {
         Ok(Column {
             len,
             backing: Backing::File(FileColumn {
-                path,
-                name: name.to_owned(),
+                file: Arc::new(ColumnFile { path, name: name.to_owned(), space: Arc::clone(self) }),
                 map,
                 capacity_bytes,
                 // Anything may be in the file past the listed values (appended after the
                 // checkpoint).
                 written_bytes: capacity_bytes,
-                space: Arc::clone(self),
             }),
             space: Some(Arc::clone(self)),
             full_blocks: Default::default(),
@@ -232,14 +228,29 @@ const MAX_GROWTH_BYTES: usize = 4 << 20;
 
 #[derive(Debug)]
 struct FileColumn {
-    path: PathBuf,
-    name: String,
+    file: Arc<ColumnFile>,
     map: Option<MmapMut>,
     capacity_bytes: usize,
     /// The file reads as zeros past this many bytes: it was never written there (growth
     /// reserves zeroed blocks), so zeroing values there is needless.
     written_bytes: usize,
+}
+
+/// A column's file, shared by the column and its forks (`Column::fork`): it is removed when
+/// the last of them goes (unless a checkpoint lists it).
+#[derive(Debug)]
+struct ColumnFile {
+    path: PathBuf,
+    name: String,
     space: Arc<ColumnSpace>,
+}
+
+impl std::ops::Deref for FileColumn {
+    type Target = ColumnFile;
+
+    fn deref(&self) -> &ColumnFile {
+        &self.file
+    }
 }
 
 impl FileColumn {
@@ -269,8 +280,9 @@ impl FileColumn {
             fatal(self.space.durable, "cannot grow", &self.path, &err);
         }
         // SAFETY: the file is this column's own (a fresh name in its space, which nothing
-        // else opens), so nothing else changes it under the map; the old map is dropped
-        // before any slice of the new one is handed out (`&mut self`).
+        // else opens), and of its forks, which read only values below their length that no
+        // sharer writes again (`Column::fork`); the old map is dropped before any slice of the
+        // new one is handed out (`&mut self`).
         match unsafe { MmapMut::map_mut(&file) } {
             Ok(map) => {
                 self.map = Some(map);
@@ -303,9 +315,8 @@ fn whole_values<T>(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.len() / size_of::<T>() * size_of::<T>()]
 }
 
-impl Drop for FileColumn {
+impl Drop for ColumnFile {
     fn drop(&mut self) {
-        self.map = None;
         if self.space.durable && self.space.pinned.lock().contains(&self.name) {
             return;
         }
@@ -383,6 +394,42 @@ impl<T: Pod> Column<T> {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// A column with the same values, for a snapshot of the data (`ProjectData::fork`): one in
+    /// memory is copied; one in a file maps the same file, which goes when the last of the two
+    /// does. From then on only one of the two may change, and only by appending (`push`,
+    /// `extend_from_slice`, `reserve`; not `truncate`, `resize_zeroed` or a mutable slice):
+    /// the other reads its values in the file below its length, which then stay as they are.
+    pub fn fork(&self) -> Column<T> {
+        let backing = match &self.backing {
+            Backing::Memory(values) => Backing::Memory(values.clone()),
+            Backing::File(file) => {
+                // The map covers the file as it is now, values and reserve: its bytes past the
+                // values are the writer's to fill, and a growth maps anew.
+                let map = (file.capacity_bytes > 0).then(|| {
+                    let opened = std::fs::OpenOptions::new().read(true).write(true).open(&file.path);
+                    let opened =
+                        opened.unwrap_or_else(|err| fatal(file.space.durable, "cannot open", &file.path, &err));
+                    // SAFETY: as in `FileColumn::grow`: the file is this column's and its forks'
+                    // only, and no sharer writes below another's length again.
+                    unsafe { MmapMut::map_mut(&opened) }
+                        .unwrap_or_else(|err| fatal(file.space.durable, "cannot map", &file.path, &err))
+                });
+                Backing::File(FileColumn {
+                    file: Arc::clone(&file.file),
+                    map,
+                    capacity_bytes: file.capacity_bytes,
+                    written_bytes: file.written_bytes,
+                })
+            }
+        };
+        Column {
+            len: self.len,
+            backing,
+            space: self.space.clone(),
+            full_blocks: parking_lot::Mutex::new(self.full_blocks.lock().clone()),
+        }
     }
 
     /// The file's name in its space (none for a column in memory).
@@ -614,6 +661,36 @@ mod tests {
         assert!(dir.path().join(&ahead_name).exists());
         space.pin(HashSet::new()).unwrap();
         assert!(!dir.path().join(&ahead_name).exists());
+    }
+
+    /// A fork reads the values as they were while the column it forked from grows (across new
+    /// maps) and the file stays until both are gone; in memory the fork is a copy.
+    #[test]
+    fn a_fork_keeps_its_values_while_the_other_grows_and_shares_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = ColumnSpace::scratch(&dir.path().join("cols")).unwrap();
+        for mut column in [space.column::<u64>(), Column::memory()] {
+            column.extend(0..1000u64);
+            let snapshot = column.fork();
+            // The writer appends past the fork's length, well past the file's first map.
+            column.extend(1000..300_000u64);
+            assert_eq!(snapshot.len(), 1000);
+            assert!(snapshot.iter().copied().eq(0..1000u64));
+            assert!(column.iter().copied().eq(0..300_000u64));
+            let name = column.file_name().map(str::to_owned);
+            drop(column);
+            assert!(snapshot.iter().copied().eq(0..1000u64), "the fork outlives the column");
+            if let Some(name) = name {
+                assert!(space.dir().join(&name).exists(), "the fork still maps the file");
+                drop(snapshot);
+                assert!(!space.dir().join(&name).exists(), "the last sharer takes the file");
+            }
+        }
+        // An empty file column (no map yet) forks too, and the fork may be the one that grows.
+        let empty: Column<u32> = space.column();
+        let mut grown = empty.fork();
+        grown.extend(0..10u32);
+        assert!(empty.is_empty() && grown.len() == 10 && grown[9] == 9);
     }
 
     #[test]

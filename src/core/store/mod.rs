@@ -20,6 +20,7 @@ pub mod trait_groups;
 pub mod traits;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::core::model::{ManualValue, Micros, QuarantinedEvent, UserUpdate};
 use person_order::PersonOrderCache;
@@ -32,18 +33,20 @@ use trait_groups::TraitGroupCache;
 #[derive(Debug, Default)]
 pub struct ProjectData {
     pub table: EventTable,
-    /// Per user person id: traits by name.
-    pub traits: deferred::Deferred<traits::Traits>,
+    /// Per user person id: traits by name. Shared with the forks of this data until one of
+    /// them changes its traits (`traits_mut`).
+    pub traits: Arc<deferred::Deferred<traits::Traits>>,
     pub quarantine: BTreeMap<u64, QuarantinedEvent>,
     /// MANUAL metric values by metric key, keyed by (timestamp, dimensions).
     pub manual: HashMap<String, BTreeMap<(Micros, String), ManualValue>>,
     /// Events by person then time, for funnels and retention; rebuilt lazily.
     pub person_order: PersonOrderCache,
     /// The traits file the last checkpoint listed: (`Traits::changes` then, file, checksum).
-    pub traits_file: parking_lot::Mutex<Option<(u64, String, u64)>>,
+    /// Shared with the data's forks: it describes the disk, not one version of the data.
+    pub traits_file: Arc<parking_lot::Mutex<Option<(u64, String, u64)>>>,
     /// The removed rows' file the last checkpoint listed: (how many rows it holds, file,
     /// checksum). Rows are only ever added to it until a compaction makes a new table.
-    pub removed_file: parking_lot::Mutex<Option<(usize, String, u64)>>,
+    pub removed_file: Arc<parking_lot::Mutex<Option<(usize, String, u64)>>>,
     pub trait_groups: TraitGroupCache,
     /// Dedupe keys of deleted users' events: compaction writes them in place of the events, so
     /// re-sent events of a deleted user stay duplicates. (Expired events need none: Track
@@ -59,9 +62,36 @@ pub struct ProjectData {
 
 impl ProjectData {
     /// No data yet, the event columns in files of `columns` (or in memory).
-    pub fn in_space(columns: Option<&std::sync::Arc<column::ColumnSpace>>) -> ProjectData {
+    pub fn in_space(columns: Option<&Arc<column::ColumnSpace>>) -> ProjectData {
         let table = columns.map_or_else(EventTable::default, |space| EventTable::in_space(space.clone()));
         ProjectData { table, ..ProjectData::default() }
+    }
+
+    /// The same data, for a snapshot: queries that hold this one read it unchanged while the
+    /// writer changes the fork. The columns share their files (see `EventTable::fork`), the
+    /// traits are shared until one side changes them, the rest is copied. Only the fork may
+    /// change from then on.
+    pub fn fork(&self) -> ProjectData {
+        ProjectData {
+            table: self.table.fork(),
+            traits: self.traits.clone(),
+            quarantine: self.quarantine.clone(),
+            manual: self.manual.clone(),
+            person_order: self.person_order.fork(),
+            traits_file: self.traits_file.clone(),
+            removed_file: self.removed_file.clone(),
+            trait_groups: self.trait_groups.fork(),
+            erased_keys: self.erased_keys.clone(),
+            needs_compaction: std::sync::atomic::AtomicBool::new(
+                self.needs_compaction.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            expired_before: self.expired_before,
+        }
+    }
+
+    /// The traits, to change (copied first when a snapshot still shares them).
+    pub fn traits_mut(&mut self) -> &mut traits::Traits {
+        Arc::make_mut(&mut self.traits).get_mut()
     }
 
     /// Waits for what a start of a checkpoint builds after the port opens (`Deferred`): the
@@ -244,7 +274,7 @@ impl ProjectData {
         }
         let anonymous: std::collections::HashSet<String> =
             table.unalias_all(person).into_iter().map(|a| table.person_name(a).to_owned()).collect();
-        self.traits.remove(person);
+        self.traits_mut().remove(person);
         self.quarantine.retain(|_, q| {
             let event = &q.event;
             event.user_id != user_id && !(event.user_id.is_empty() && anonymous.contains(&event.anonymous_id))
@@ -259,7 +289,7 @@ impl ProjectData {
 
     fn apply_user_update(&mut self, update: &UserUpdate) {
         let person = self.table.user_person(&update.user_id);
-        self.traits.update(person, update);
+        self.traits_mut().update(person, update);
     }
 }
 
@@ -375,6 +405,16 @@ mod tests {
         Event { properties, ..table::test_event(id, user, anon, t) }
     }
 
+    /// Sets `user`'s plan trait.
+    fn set(user: &str, plan: &str) -> UserUpdate {
+        UserUpdate {
+            user_id: user.into(),
+            set: vec![("plan".into(), Value::String(plan.into()))],
+            set_once: vec![],
+            unset: vec![],
+        }
+    }
+
     fn replay(records: &[LogRecord]) -> ProjectData {
         let mut data = ProjectData::default();
         for record in records {
@@ -384,15 +424,78 @@ mod tests {
         data
     }
 
+    /// The records a checkpoint of `data` holds, and each person's rows in a person-ordered
+    /// scan: what a query can see of it.
+    fn seen(data: &ProjectData) -> (Vec<LogRecord>, Vec<(String, Vec<String>)>) {
+        let mut records = Vec::new();
+        data.checkpoint("p", &mut |record| {
+            records.push(record);
+            Ok(())
+        })
+        .unwrap();
+        let mut people = Vec::new();
+        let source = data.source();
+        crate::core::store::source::EventSource::for_each(&source, source::Scan::all(), |person, events| {
+            let ids = events.rows.iter().map(|&row| data.table.row_event_id(row as usize).into_owned()).collect();
+            people.push((data.table.person_name(person).to_owned(), ids));
+        });
+        (records, people)
+    }
+
+    /// A fork (the writer's next version, `ProjectEntry`) takes every kind of record while the
+    /// data it forked from, which queries still read, stays exactly as it was; the fork ends up
+    /// as the records replayed from nothing.
+    #[test]
+    fn a_fork_changes_while_the_data_it_forked_from_stays_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = column::ColumnSpace::scratch(dir.path()).unwrap();
+        let p = || "p".to_owned();
+        let before = vec![
+            LogRecord::Events {
+                project: p(),
+                events: (0..5_000).map(|i| event(&format!("k{i}"), &format!("u{}", i % 40), "", i, "kept")).collect(),
+            },
+            LogRecord::Events { project: p(), events: vec![event("a1", "", "anon", 6, "secret")] },
+            LogRecord::Users { project: p(), at: 1, updates: vec![set("u1", "x"), set("u2", "pro")] },
+        ];
+        let after = vec![
+            LogRecord::Events {
+                project: p(),
+                events: (0..3_000)
+                    .map(|i| event(&format!("n{i}"), &format!("u{}", i % 70), "", 9_000 + i, "new"))
+                    .collect(),
+            },
+            LogRecord::Alias { project: p(), anonymous_id: "anon".into(), user_id: "u1".into() },
+            LogRecord::Users { project: p(), at: 2, updates: vec![set("u2", "team"), set("u50", "free")] },
+            LogRecord::UserDeleted { project: p(), user_id: "u3".into() },
+            LogRecord::EventsExpired { project: p(), before: 100 },
+            LogRecord::ManualValues {
+                project: p(),
+                metric_key: "spend".into(),
+                values: vec![ManualValue { timestamp: 3, value: 9.5, dimensions: vec![] }],
+            },
+        ];
+        let mut original = ProjectData::in_space(Some(&space));
+        before.iter().for_each(|record| original.apply(record, &[]));
+        original.settle_removals();
+        let as_it_was = seen(&original);
+        assert_eq!(as_it_was.1.len(), 41);
+
+        let mut fork = original.fork();
+        after.iter().for_each(|record| fork.apply(record, &[]));
+        fork.settle_removals();
+        assert_eq!(seen(&original), as_it_was, "the data a query reads does not change under it");
+        assert_ne!(seen(&fork), as_it_was);
+        let all: Vec<LogRecord> = before.into_iter().chain(after).collect();
+        assert_eq!(seen(&fork), seen(&replay(&all)));
+        // The fork outlives the data it forked from, whose files it shares.
+        drop(original);
+        assert_eq!(seen(&fork), seen(&replay(&all)));
+    }
+
     #[test]
     fn a_checkpoint_replays_to_the_same_data_without_what_was_deleted() {
         let p = || "p".to_owned();
-        let set = |user: &str, plan: &str| UserUpdate {
-            user_id: user.into(),
-            set: vec![("plan".into(), Value::String(plan.into()))],
-            set_once: vec![],
-            unset: vec![],
-        };
         let history = vec![
             LogRecord::Events {
                 project: p(),

@@ -1040,6 +1040,18 @@ pub struct PersonOrderCache {
 }
 
 impl PersonOrderCache {
+    /// A cache for a fork of the table (`EventTable::fork`) that starts with this one's orders:
+    /// the fork's rows keep their numbers, so they serve it too. An order being built (its
+    /// lock held) is not waited for: the fork's first query builds its own.
+    pub fn fork(&self) -> PersonOrderCache {
+        let copy =
+            |slot: &parking_lot::Mutex<Option<Arc<PersonOrder>>>| slot.try_lock().and_then(|order| order.clone());
+        PersonOrderCache {
+            current: parking_lot::Mutex::new(copy(&self.current)),
+            named: parking_lot::Mutex::new(copy(&self.named)),
+        }
+    }
+
     /// The order of all rows, built if stale (waiting for a build under way).
     pub fn get(&self, table: &EventTable) -> Arc<PersonOrder> {
         self.whole(&mut self.current.lock(), table)

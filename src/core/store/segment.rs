@@ -715,18 +715,17 @@ impl ProjectData {
             }
         });
         let mut data = ProjectData { table, ..ProjectData::default() };
-        data.traits = match traits {
+        data.traits = std::sync::Arc::new(match traits {
             Some(traits) => traits,
             // Earlier checkpoints kept the traits inside the state.
             None => Deferred::ready(Traits::from_state(state.traits).map_err(corrupt)?),
-        };
+        });
         if let Some(traits) = &files.traits {
             // A file is written only with changes, and a load of one has none.
-            *data.traits_file.get_mut() = Some((0, traits.clone(), files.traits_checksum));
+            *data.traits_file.lock() = Some((0, traits.clone(), files.traits_checksum));
         }
         if let Some(removed) = &files.removed {
-            *data.removed_file.get_mut() =
-                Some((data.table.removed().count(), removed.clone(), files.removed_checksum));
+            *data.removed_file.lock() = Some((data.table.removed().count(), removed.clone(), files.removed_checksum));
         }
         data.quarantine = state.quarantine.into_iter().map(|q| (q.id, q)).collect();
         for (metric_key, values) in state.manual {

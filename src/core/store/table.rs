@@ -113,6 +113,12 @@ impl Interner {
         Ok(index)
     }
 
+    /// The same strings, sharing the files (see `Column::fork`: only one of the two interns
+    /// more).
+    pub fn fork(&self) -> Interner {
+        Interner { bytes: self.bytes.fork(), ends: self.ends.fork(), index: self.index.clone() }
+    }
+
     pub fn get(&self, s: &str) -> Option<u32> {
         self.index.get().find(hash_str(s), |&id| self.resolve(id) == s).copied()
     }
@@ -403,6 +409,44 @@ impl EventTable {
             cold: ColdRows::in_space(Some(&space)),
             space: Some(space),
             ..EventTable::default()
+        }
+    }
+
+    /// The same table, for a snapshot (`ProjectData::fork`): the row columns share their files
+    /// (see `Column::fork`: only the fork changes from then on, this table stays as it is for
+    /// the queries reading it), the per-person arrays are copied.
+    pub fn fork(&self) -> EventTable {
+        EventTable {
+            names: self.names.fork(),
+            keys: self.keys.fork(),
+            strings: self.strings.fork(),
+            people: self.people.fork(),
+            canonical: self.canonical.clone(),
+            is_user: self.is_user.clone(),
+            aliases: self.aliases.clone(),
+            last_row: self.last_row.clone(),
+            name_counts: self.name_counts.clone(),
+            person: self.person.fork(),
+            time: self.time.fork(),
+            name: self.name.fork(),
+            prop_end: self.prop_end.fork(),
+            prop_block_start: self.prop_block_start.clone(),
+            props: self.props.fork(),
+            cold: self.cold.fork(),
+            min_time: self.min_time,
+            max_time: self.max_time,
+            removed: self.removed.clone(),
+            alive: self.alive.clone(),
+            unsettled: self.unsettled,
+            span_stale: self.span_stale,
+            generation: self.generation,
+            // The rows keep their numbers, so what is derived from them (the person order)
+            // serves both.
+            layout: LayoutVersion(self.layout.0),
+            owner_log: self.owner_log.clone(),
+            owner_log_start: self.owner_log_start,
+            space: self.space.clone(),
+            groups_read: std::sync::atomic::AtomicU8::new(self.groups_read.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 

@@ -40,6 +40,16 @@ fn cell_of(offset: u64) -> Cell {
 }
 
 impl Times {
+    /// The same times, sharing the files (see `Column::fork`).
+    pub fn fork(&self) -> Times {
+        Times {
+            cells: self.cells.fork(),
+            bases: self.bases.fork(),
+            far_rows: self.far_rows.fork(),
+            far_times: self.far_times.fork(),
+        }
+    }
+
     /// Empty, its columns in files of `space` (in memory without one).
     pub fn in_space(space: Option<&Arc<ColumnSpace>>) -> Times {
         Times {

@@ -85,6 +85,11 @@ pub struct TraitGroupCache {
 }
 
 impl TraitGroupCache {
+    /// A copy for a fork of the data: each entry knows what it was built for.
+    pub fn fork(&self) -> TraitGroupCache {
+        TraitGroupCache { by_trait: parking_lot::Mutex::new(self.by_trait.lock().clone()) }
+    }
+
     pub fn get(&self, state: &ProjectData, name: &str) -> Arc<TraitGroups> {
         let version = TraitGroups::version(state);
         if let Some(groups) = self.by_trait.lock().get(name).filter(|g| g.built_for == version) {

@@ -27,6 +27,19 @@ pub struct Traits {
     changes: u64,
 }
 
+impl Clone for Traits {
+    fn clone(&self) -> Traits {
+        Traits {
+            names: self.names.fork(),
+            strings: self.strings.fork(),
+            arena: self.arena.clone(),
+            by_user: self.by_user.clone(),
+            garbage: self.garbage,
+            changes: self.changes,
+        }
+    }
+}
+
 impl Traits {
     /// Users with a traits entry.
     pub fn len(&self) -> usize {
