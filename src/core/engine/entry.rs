@@ -53,6 +53,9 @@ pub struct ProjectEntry {
     newest: Mutex<Version>,
     /// Held by a fork from reading the newest version to publishing its fork.
     forking: Mutex<()>,
+    /// Run by the next fork between its copy and its publication (tests of that window).
+    #[cfg(test)]
+    fork_pause: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// The settings and definitions as last changed, read without the state's lock; the
     /// state's copy takes them at its next apply (`change_settings`).
     settings: RwLock<Arc<Settings>>,
@@ -283,6 +286,8 @@ impl ProjectEntry {
             settings: RwLock::new(settings_of(&state)),
             newest: Mutex::new(Arc::new(RwLock::new(state))),
             forking: Mutex::new(()),
+            #[cfg(test)]
+            fork_pause: Mutex::new(None),
             changing_settings: Mutex::new(()),
             pending: Mutex::default(),
             verification: None,
@@ -397,13 +402,18 @@ impl ProjectEntry {
             return self.newest().read_arc();
         }
         let started = std::time::Instant::now();
-        let newest = self.newest();
-        // Recursive: alongside the query, not behind a writer waiting for it (which finds the
-        // version superseded once it gets it, see `lock_newest`).
-        let forked = Arc::new(RwLock::new(newest.read_arc_recursive().fork()));
+        // Recursive: alongside the query, not behind a writer waiting for it. Held until the
+        // fork is published, so that no writer takes the old version in between: one waiting
+        // for it finds it superseded once it gets it (`lock_newest`).
+        let source = self.newest().read_arc_recursive();
+        let forked = Arc::new(RwLock::new(source.fork()));
+        #[cfg(test)]
+        if let Some(pause) = self.fork_pause.lock().take() {
+            pause();
+        }
         let mut state = forked.write_arc();
         *self.newest.lock() = forked;
-        drop(newest);
+        drop(source);
         let forked_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.apply_pending(&mut state);
         tracing::debug!(
@@ -439,12 +449,18 @@ impl ProjectEntry {
     fn lock_newest(&self, lock: impl Fn(&Version) -> Option<StateWrite>) -> Option<StateWrite> {
         loop {
             let newest = self.newest();
-            let mut state = lock(&newest)?;
+            let locked = lock(&newest);
             // A fork publishes its version while it holds a read of the one it forked, so the
             // version written here is still the newest once this holds its write lock.
-            if Arc::ptr_eq(&newest, &self.newest()) {
-                self.apply_pending(&mut state);
-                return Some(state);
+            let superseded = !Arc::ptr_eq(&newest, &self.newest());
+            match locked {
+                Some(mut state) if !superseded => {
+                    self.apply_pending(&mut state);
+                    return Some(state);
+                }
+                // Forked while `lock` waited: the newest may well be free.
+                _ if superseded => continue,
+                _ => return None,
             }
         }
     }
@@ -774,6 +790,44 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(event_ids(&entry.read()), ["a", "b", "c", "d", "w"]);
         assert_eq!(replied.load(Ordering::SeqCst), 0, "every ack ran at once");
+    }
+
+    /// Between a fork's copy and its publication the old version stays read, so a writer
+    /// cannot apply the queue to it (and lose it to the fork) even when the query ends then.
+    #[test]
+    fn no_writer_takes_the_old_version_between_a_forks_copy_and_its_publication() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = crate::core::store::column::ColumnSpace::scratch(dir.path()).unwrap();
+        let project = ProjectState::for_test("p").project;
+        let entry = Arc::new(ProjectEntry::new(ProjectState::new(project, Some(&space))));
+        let replied = Arc::new(AtomicUsize::new(0));
+        assert!(push(&entry, &["a"], vec![true], &replied));
+        let (held, holding) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let query = {
+            let entry = entry.clone();
+            std::thread::spawn(move || {
+                let state = entry.read();
+                held.send(()).unwrap();
+                released.recv().unwrap();
+                drop(state);
+            })
+        };
+        holding.recv().unwrap();
+        assert!(push(&entry, &["b"], vec![true], &replied));
+        *entry.fork_pause.lock() = Some(Box::new({
+            let (entry, replied) = (entry.clone(), replied.clone());
+            move || {
+                release.send(()).unwrap();
+                query.join().unwrap();
+                // The writer's next job finds the lock taken, and queues.
+                assert!(push(&entry, &["c"], vec![true], &replied));
+                assert!(entry.try_write().is_none(), "a writer took the version being forked");
+            }
+        }));
+        assert_eq!(event_ids(&entry.read()), ["a", "b", "c"]);
+        assert!(entry.fork_pause.lock().is_none(), "the read forked");
+        assert_eq!(event_ids(&entry.write()), ["a", "b", "c"]);
     }
 
     /// The applier's apply waits for a query holding the project while jobs are queued, and

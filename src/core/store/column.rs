@@ -686,11 +686,17 @@ mod tests {
                 assert!(!space.dir().join(&name).exists(), "the last sharer takes the file");
             }
         }
-        // An empty file column (no map yet) forks too, and the fork may be the one that grows.
-        let empty: Column<u32> = space.column();
-        let mut grown = empty.fork();
-        grown.extend(0..10u32);
-        assert!(empty.is_empty() && grown.len() == 10 && grown[9] == 9);
+        // As the writer uses it: the fork grows (across maps, as does an empty column's) while
+        // the column it forked from keeps its values.
+        for kept in [0u32, 1000] {
+            let mut column: Column<u32> = space.column();
+            column.extend(0..kept);
+            let mut grown = column.fork();
+            grown.extend(kept..300_000);
+            assert!(column.iter().copied().eq(0..kept) && grown.iter().copied().eq(0..300_000u32));
+            drop(grown);
+            assert!(column.iter().copied().eq(0..kept));
+        }
     }
 
     #[test]

@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn a_fork_changes_while_the_data_it_forked_from_stays_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let space = column::ColumnSpace::scratch(dir.path()).unwrap();
+        let space = column::ColumnSpace::durable_for_tests(dir.path());
         let p = || "p".to_owned();
         let before = vec![
             LogRecord::Events {
@@ -475,9 +475,14 @@ mod tests {
                 values: vec![ManualValue { timestamp: 3, value: 9.5, dimensions: vec![] }],
             },
         ];
-        let mut original = ProjectData::in_space(Some(&space));
-        before.iter().for_each(|record| original.apply(record, &[]));
-        original.settle_removals();
+        let mut written = ProjectData::in_space(Some(&space));
+        before.iter().for_each(|record| written.apply(record, &[]));
+        written.settle_removals();
+        // As a start finds it: loaded from a checkpoint's files, the lookups built after.
+        let files = written.save(&space).unwrap();
+        space.pin_also(files.files());
+        drop(written);
+        let original = ProjectData::load(&space, &files).unwrap();
         let as_it_was = seen(&original);
         assert_eq!(as_it_was.1.len(), 41);
 
