@@ -474,6 +474,34 @@ mod tests {
         vec![Incoming { event: Ok(event), encoded_len: 1 }]
     }
 
+    /// A deletion (a pass over its project's rows) is applied by the applier, never by the
+    /// writer, which would hold every project's acks meanwhile: with the applier held by a
+    /// query on another project, the deletion is acked, still queued, and the next read of its
+    /// project applies it first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deletion_is_applied_off_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Engine::open(Arc::new(SledStorage::open(dir.path()).unwrap()), Default::default(), Default::default())
+                .unwrap();
+        for id in ["p", "q"] {
+            engine.create_project(crate::core::engine::ProjectState::for_test(id).project).unwrap();
+        }
+        engine.track("p", view("a", 1)).await.unwrap();
+        engine.track("q", view_by("b", "u2", 1)).await.unwrap();
+        let p = engine.project("p").unwrap();
+        let query = p.read();
+        // Queued behind the query: the applier waits for it from now on.
+        engine.track("p", view("c", 2)).await.unwrap();
+        assert!(p.has_queued_writes());
+        assert_eq!(engine.delete_user("q", "u2").await.unwrap(), 1);
+        let q = engine.project("q").unwrap();
+        assert!(q.has_queued_writes(), "the writer applied the deletion itself");
+        assert_eq!(q.read().data.table.live_rows(), 0, "a read applies the deletion first");
+        drop(query);
+        assert_eq!(p.read().data.table.len(), 2);
+    }
+
     /// A checkpoint writes its files beside the writer: while one waits in its last step,
     /// a write is acked and applied, and the checkpoint, answered once done, holds exactly
     /// what was acked before its cut; the later write is in the log after its position, so a

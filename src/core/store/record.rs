@@ -87,6 +87,13 @@ pub fn event_key(project: &str, event_id: &str) -> u128 {
 }
 
 impl LogRecord {
+    /// Whether applying the record scans the project's whole table (a deletion's first removal
+    /// counts every person's rows; an expiry looks at every row's time), where every other
+    /// record touches only its own rows and people.
+    pub fn scans_the_table(&self) -> bool {
+        matches!(self, LogRecord::UserDeleted { .. } | LogRecord::EventsExpired { .. })
+    }
+
     pub fn project(&self) -> &str {
         match self {
             LogRecord::Events { project, .. }
