@@ -497,8 +497,20 @@ mod tests {
         assert_eq!(engine.delete_user("q", "u2").await.unwrap(), 1);
         let q = engine.project("q").unwrap();
         assert!(q.has_queued_writes(), "the writer applied the deletion itself");
-        assert_eq!(q.read().data.table.live_rows(), 0, "a read applies the deletion first");
+        // Nor does the writer apply it with the project's next write.
+        engine.track("q", view_by("d", "u3", 3)).await.unwrap();
+        assert!(q.has_queued_writes(), "the writer applied the deletion with a later write");
+        // A checkpoint asked meanwhile is put off, and written once the applier is through,
+        // with nothing else written to wake the writer.
+        let checkpoint = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.checkpoint().await }
+        });
+        let live = q.read().data.table.live_rows();
+        assert_eq!(live, 1, "a read applies the deletion first");
         drop(query);
+        let written = tokio::time::timeout(std::time::Duration::from_secs(60), checkpoint);
+        written.await.expect("the asked checkpoint waited for a write").unwrap().unwrap();
         assert_eq!(p.read().data.table.len(), 2);
     }
 

@@ -207,6 +207,8 @@ struct Pending {
     items: usize,
     /// Where the spilled jobs of `jobs` are (made when the first one is).
     spill: Option<Spill>,
+    /// Some job in `jobs` scans the table to apply (`LogRecord::scans_the_table`).
+    scans: bool,
 }
 
 struct PendingJob {
@@ -406,6 +408,11 @@ impl ProjectEntry {
         // fork is published, so that no writer takes the old version in between: one waiting
         // for it finds it superseded once it gets it (`lock_newest`).
         let source = self.newest().read_arc_recursive();
+        // A writer may have applied the queue while this waited for the read: nothing to fork.
+        if !self.has_pending() {
+            drop(source);
+            return self.newest().read_arc();
+        }
         let forked = Arc::new(RwLock::new(source.fork()));
         #[cfg(test)]
         if let Some(pause) = self.fork_pause.lock().take() {
@@ -492,6 +499,12 @@ impl ProjectEntry {
         !self.pending.lock().jobs.is_empty()
     }
 
+    /// Whether a queued job scans the table to apply (a deletion, an expiry): the writer leaves
+    /// such a queue to its applier.
+    pub fn has_queued_scan(&self) -> bool {
+        self.pending.lock().scans
+    }
+
     /// Applies the queued jobs once the lock is free, for the writer's applier; returns as
     /// soon as nothing is queued (a read applied the jobs first), so a query on a project with
     /// nothing left to apply holds the applier up at most `APPLY_RECHECK`.
@@ -529,6 +542,7 @@ impl ProjectEntry {
         reply: Reply,
     ) -> Option<Reply> {
         let mut pending = self.pending.lock();
+        pending.scans |= records.iter().any(LogRecord::scans_the_table);
         let weight = records.iter().map(items).sum::<usize>();
         let in_memory = pending.items + weight <= limits.items;
         // Quarantine records stay in memory: ingestion looks at them (`pending_quarantine`).
@@ -557,6 +571,7 @@ impl ProjectEntry {
         let (jobs, spill, settings) = {
             let mut pending = self.pending.lock();
             pending.items = 0;
+            pending.scans = false;
             (std::mem::take(&mut pending.jobs), pending.spill.take(), pending.settings.take())
         };
         if jobs.is_empty() && settings.is_none() {

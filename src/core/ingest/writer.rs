@@ -259,13 +259,13 @@ fn run_writer(
             events += result.accepted;
             let WriteJob { project, records, encoded, reply: sender, .. } = job;
             let ack: Reply = Box::new(move || reply(sender, result));
-            // A deletion or an expiry takes a pass over the project's rows (a second at 30 M):
-            // applied here it would hold every project's acks, so the applier applies it.
-            let here = !records.iter().any(LogRecord::scans_the_table);
             // Queued on the project, then applied at once unless a query holds its lock (the
-            // applier or the next read applies it then): no ack waits for a query.
+            // applier or the next read applies it then): no ack waits for a query. Nor for a
+            // deletion or an expiry queued (by this job or an earlier one): its pass over the
+            // project's rows (a second at 30 M) would hold every project's acks here, so the
+            // applier applies that queue.
             let ack_now = project.push(records, &encoded, keep, &pending_limits, ack);
-            if !here || project.try_write().is_none() {
+            if project.has_queued_scan() || project.try_write().is_none() {
                 if !handed.iter().any(|p| Arc::ptr_eq(p, &project)) {
                     handed.push(project.clone());
                 }
@@ -298,6 +298,9 @@ fn run_writer(
             drain();
             let asked = std::mem::take(&mut checkpoint_asked);
             checkpoint.start(&storage, asked, &wake);
+        } else if !checkpoint_asked.is_empty() && !handed.is_empty() {
+            // An asked checkpoint put off for the applier: look again soon, written to or not.
+            retry_later(&wake);
         }
     }
     compactions.abandon();
@@ -459,7 +462,8 @@ impl Compactions {
     }
 }
 
-/// Wakes the writer after `FINISH_RETRY`, for a compaction step it put off.
+/// Wakes the writer after `FINISH_RETRY`, for a compaction step or an asked checkpoint it put
+/// off.
 fn retry_later(wake: &mpsc::WeakSender<WriterTask>) {
     let wake = wake.clone();
     std::thread::spawn(move || {
