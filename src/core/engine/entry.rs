@@ -384,7 +384,12 @@ impl ProjectEntry {
         }
         match self.try_write_for(FORK_AFTER) {
             Some(state) => ArcRwLockWriteGuard::downgrade(state),
-            None if self.forks_cheaply() => self.read_forked(),
+            // The lock may have been a writer's (the applier's, with a deletion): free by the
+            // time `forks_cheaply` read the state, and then no fork is needed.
+            None if self.forks_cheaply() => match self.try_write() {
+                Some(state) => ArcRwLockWriteGuard::downgrade(state),
+                None => self.read_forked(),
+            },
             None => ArcRwLockWriteGuard::downgrade(self.write()),
         }
     }
