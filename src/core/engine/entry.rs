@@ -404,16 +404,13 @@ impl ProjectEntry {
     /// applies the queue to it: the read that returns waits for no query.
     fn read_forked(&self) -> StateRead {
         let _forking = self.forking.lock();
-        // Another read forked meanwhile: its version has the queue (see `read_applied`).
-        if !self.has_pending() {
-            return self.newest().read_arc();
-        }
         let started = std::time::Instant::now();
         // Recursive: alongside the query, not behind a writer waiting for it. Held until the
         // fork is published, so that no writer takes the old version in between: one waiting
         // for it finds it superseded once it gets it (`lock_newest`).
         let source = self.newest().read_arc_recursive();
-        // A writer may have applied the queue while this waited for the read: nothing to fork.
+        // Another read forked meanwhile, or a writer applied the queue while this waited for
+        // the read: the newest version has the queue, nothing to fork (see `read_applied`).
         if !self.has_pending() {
             drop(source);
             return self.newest().read_arc();
@@ -663,6 +660,13 @@ mod tests {
         Arc::new(ProjectEntry::new(ProjectState::for_test("p")))
     }
 
+    /// An entry whose columns are files in `dir`, which forks share.
+    fn entry_in_files(dir: &std::path::Path) -> Arc<ProjectEntry> {
+        let space = crate::core::store::column::ColumnSpace::scratch(dir).unwrap();
+        let project = ProjectState::for_test("p").project;
+        Arc::new(ProjectEntry::new(ProjectState::new(project, Some(&space))))
+    }
+
     /// A change of the settings waits for no query: `settings` has it at once, the query's
     /// state keeps its copy, and the next read applies it; a failed change publishes nothing.
     #[test]
@@ -777,9 +781,7 @@ mod tests {
     #[test]
     fn a_read_behind_a_query_forks_the_state_and_the_query_keeps_its_version() {
         let dir = tempfile::tempdir().unwrap();
-        let space = crate::core::store::column::ColumnSpace::scratch(dir.path()).unwrap();
-        let project = ProjectState::for_test("p").project;
-        let entry = Arc::new(ProjectEntry::new(ProjectState::new(project, Some(&space))));
+        let entry = entry_in_files(dir.path());
         let replied = Arc::new(AtomicUsize::new(0));
         assert!(push(&entry, &["a", "b"], vec![true, true], &replied));
         let query = entry.read();
@@ -817,9 +819,7 @@ mod tests {
     #[test]
     fn no_writer_takes_the_old_version_between_a_forks_copy_and_its_publication() {
         let dir = tempfile::tempdir().unwrap();
-        let space = crate::core::store::column::ColumnSpace::scratch(dir.path()).unwrap();
-        let project = ProjectState::for_test("p").project;
-        let entry = Arc::new(ProjectEntry::new(ProjectState::new(project, Some(&space))));
+        let entry = entry_in_files(dir.path());
         let replied = Arc::new(AtomicUsize::new(0));
         assert!(push(&entry, &["a"], vec![true], &replied));
         let (held, holding) = std::sync::mpsc::channel();

@@ -47,12 +47,6 @@ impl<T> Deferred<T> {
         self.outcome().unwrap_or_else(|error| panic!("{error}"))
     }
 
-    /// A settled copy made by `copy` (waiting for the build first), or the same failure.
-    pub fn fork(&self, copy: impl FnOnce(&T) -> T) -> Deferred<T> {
-        let value = self.outcome().map(copy).map_err(str::to_owned);
-        Deferred { value: OnceLock::from(value), build: parking_lot::Mutex::new(None) }
-    }
-
     pub fn get_mut(&mut self) -> &mut T {
         self.get();
         match self.value.get_mut() {
@@ -76,9 +70,11 @@ impl<T> std::ops::DerefMut for Deferred<T> {
     }
 }
 
+/// A settled copy (waiting for the build first), or the same failure.
 impl<T: Clone> Clone for Deferred<T> {
     fn clone(&self) -> Deferred<T> {
-        self.fork(T::clone)
+        let value = self.outcome().cloned().map_err(str::to_owned);
+        Deferred { value: OnceLock::from(value), build: parking_lot::Mutex::new(None) }
     }
 }
 
